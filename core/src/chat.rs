@@ -1,0 +1,1 @@
+//! Chat templates (helper B).

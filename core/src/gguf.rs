@@ -1,0 +1,509 @@
+//! A bounds-checked reader for GGUF files (versions 2 and 3).
+//!
+//! The file is memory-mapped; tensor data is borrowed straight from the map, so loading
+//! a model costs no copy beyond what a kernel chooses to repack. Every length read from
+//! the file is checked against the bytes that remain, so a corrupt or truncated file
+//! gives a [`Error::ModelLoad`] naming the problem instead of a panic or a huge allocation.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+
+use crate::error::{Error, Result};
+
+const GGUF_MAGIC: &[u8; 4] = b"GGUF";
+const DEFAULT_ALIGNMENT: u64 = 32;
+
+/// Element types of ggml tensors, with their on-disk ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GgmlType {
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q8_1,
+    Q2K,
+    Q3K,
+    Q4K,
+    Q5K,
+    Q6K,
+    Q8K,
+    BF16,
+}
+
+impl GgmlType {
+    fn from_id(id: u32) -> Option<Self> {
+        Some(match id {
+            0 => Self::F32,
+            1 => Self::F16,
+            2 => Self::Q4_0,
+            3 => Self::Q4_1,
+            6 => Self::Q5_0,
+            7 => Self::Q5_1,
+            8 => Self::Q8_0,
+            9 => Self::Q8_1,
+            10 => Self::Q2K,
+            11 => Self::Q3K,
+            12 => Self::Q4K,
+            13 => Self::Q5K,
+            14 => Self::Q6K,
+            15 => Self::Q8K,
+            30 => Self::BF16,
+            _ => return None,
+        })
+    }
+
+    /// (elements per block, bytes per block)
+    pub fn block_layout(self) -> (usize, usize) {
+        match self {
+            Self::F32 => (1, 4),
+            Self::F16 | Self::BF16 => (1, 2),
+            Self::Q4_0 => (32, 18),
+            Self::Q4_1 => (32, 20),
+            Self::Q5_0 => (32, 22),
+            Self::Q5_1 => (32, 24),
+            Self::Q8_0 => (32, 34),
+            Self::Q8_1 => (32, 36),
+            Self::Q2K => (256, 84),
+            Self::Q3K => (256, 110),
+            Self::Q4K => (256, 144),
+            Self::Q5K => (256, 176),
+            Self::Q6K => (256, 210),
+            Self::Q8K => (256, 292),
+        }
+    }
+}
+
+/// A metadata value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    U64(u64),
+    I64(i64),
+    F32(f32),
+    F64(f64),
+    Bool(bool),
+    String(String),
+    Array(Vec<Value>),
+}
+
+impl Value {
+    /// The value as an unsigned integer, if it is a non-negative integer of any width.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Value::U8(v) => Some(v as u64),
+            Value::U16(v) => Some(v as u64),
+            Value::U32(v) => Some(v as u64),
+            Value::U64(v) => Some(v),
+            Value::I8(v) if v >= 0 => Some(v as u64),
+            Value::I16(v) if v >= 0 => Some(v as u64),
+            Value::I32(v) if v >= 0 => Some(v as u64),
+            Value::I64(v) if v >= 0 => Some(v as u64),
+            _ => None,
+        }
+    }
+
+    /// The value as a signed integer.
+    pub fn as_i64(&self) -> Option<i64> {
+        match *self {
+            Value::I8(v) => Some(v as i64),
+            Value::I16(v) => Some(v as i64),
+            Value::I32(v) => Some(v as i64),
+            Value::I64(v) => Some(v),
+            _ => self.as_u64().and_then(|v| i64::try_from(v).ok()),
+        }
+    }
+
+    /// The value as a float (integers are converted).
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Value::F32(v) => Some(v as f64),
+            Value::F64(v) => Some(v),
+            _ => self.as_i64().map(|v| v as f64),
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            Value::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&[Value]> {
+        match self {
+            Value::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+/// Where one tensor lives in the file.
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    pub name: String,
+    /// Dimensions in ggml order: `dims[0]` is the contiguous (innermost) one.
+    pub dims: Vec<usize>,
+    pub ty: GgmlType,
+    /// Byte range of the data inside the file.
+    pub offset: usize,
+    pub size: usize,
+}
+
+impl TensorInfo {
+    pub fn element_count(&self) -> usize {
+        self.dims.iter().product()
+    }
+}
+
+/// An opened GGUF file: metadata, tensor directory and the mapped bytes.
+pub struct GgufFile {
+    path: PathBuf,
+    mmap: Arc<Mmap>,
+    version: u32,
+    metadata: HashMap<String, Value>,
+    tensors: Vec<TensorInfo>,
+    tensor_index: HashMap<String, usize>,
+}
+
+impl std::fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("metadata_keys", &self.metadata.len())
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
+impl GgufFile {
+    /// Opens and parses `path`. Fails with [`Error::ModelLoad`] naming the file and the problem.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|e| {
+            Error::model_load(&path, format!("cannot open file: {e}"))
+        })?;
+        // SAFETY: the map is read-only; we assume the model file is not truncated by
+        // another process while loaded, as every mmap-based loader does.
+        let mmap = unsafe { Mmap::map(&file) }
+            .map_err(|e| Error::model_load(&path, format!("cannot map file: {e}")))?;
+        let mmap = Arc::new(mmap);
+        let parsed = Parser { bytes: &mmap[..], pos: 0 }
+            .parse()
+            .map_err(|message| Error::model_load(&path, message))?;
+        let (version, metadata, tensors) = parsed;
+        let tensor_index = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        Ok(Self { path, mmap, version, metadata, tensors, tensor_index })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    pub fn metadata(&self) -> &HashMap<String, Value> {
+        &self.metadata
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.metadata.get(key)
+    }
+
+    /// A metadata string, or a load error naming the missing key.
+    pub fn require_str(&self, key: &str) -> Result<&str> {
+        self.get(key)
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::model_load(&self.path, format!("missing string metadata `{key}`")))
+    }
+
+    /// A metadata unsigned integer, or a load error naming the missing key.
+    pub fn require_u64(&self, key: &str) -> Result<u64> {
+        self.get(key)
+            .and_then(Value::as_u64)
+            .ok_or_else(|| Error::model_load(&self.path, format!("missing integer metadata `{key}`")))
+    }
+
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+
+    pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensor_index.get(name).map(|&i| &self.tensors[i])
+    }
+
+    /// The raw bytes of a tensor, or a load error naming the missing tensor.
+    pub fn tensor_bytes(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
+        let info = self
+            .tensor_info(name)
+            .ok_or_else(|| Error::model_load(&self.path, format!("missing tensor `{name}`")))?;
+        Ok((info, &self.mmap[info.offset..info.offset + info.size]))
+    }
+
+    /// The shared memory map, for tensors that want to keep borrowing it.
+    pub fn mmap(&self) -> &Arc<Mmap> {
+        &self.mmap
+    }
+}
+
+type Parsed = (u32, HashMap<String, Value>, Vec<TensorInfo>);
+
+/// Cursor over the mapped bytes; every read is bounds-checked.
+struct Parser<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+// Arrays nest at most this deep; a deeper one is treated as corruption.
+const MAX_ARRAY_DEPTH: usize = 4;
+
+impl<'a> Parser<'a> {
+    fn parse(mut self) -> std::result::Result<Parsed, String> {
+        let magic = self.take(4).map_err(|_| "file is too short to be GGUF".to_string())?;
+        if magic != GGUF_MAGIC {
+            return Err("not a GGUF file (bad magic bytes)".into());
+        }
+        let version = self.u32()?;
+        if !(2..=3).contains(&version) {
+            return Err(format!("unsupported GGUF version {version} (supported: 2, 3)"));
+        }
+        let tensor_count = self.u64()?;
+        let kv_count = self.u64()?;
+        // Each entry takes at least a few bytes: reject counts the file cannot hold.
+        self.check_count(kv_count, 12, "metadata entries")?;
+        self.check_count(tensor_count, 24, "tensors")?;
+
+        let mut metadata = HashMap::with_capacity(kv_count as usize);
+        for _ in 0..kv_count {
+            let key = self.string()?;
+            let ty = self.u32()?;
+            let value = self.value(ty, 0).map_err(|e| format!("metadata `{key}`: {e}"))?;
+            metadata.insert(key, value);
+        }
+
+        let mut raw = Vec::with_capacity(tensor_count as usize);
+        for _ in 0..tensor_count {
+            let name = self.string()?;
+            let n_dims = self.u32()? as usize;
+            if n_dims == 0 || n_dims > 4 {
+                return Err(format!("tensor `{name}` has {n_dims} dimensions"));
+            }
+            let mut dims = Vec::with_capacity(n_dims);
+            for _ in 0..n_dims {
+                dims.push(self.u64()?);
+            }
+            let ty_id = self.u32()?;
+            let ty = GgmlType::from_id(ty_id)
+                .ok_or_else(|| format!("tensor `{name}` has unsupported ggml type id {ty_id}"))?;
+            let offset = self.u64()?;
+            raw.push((name, dims, ty, offset));
+        }
+
+        let alignment = match metadata.get("general.alignment").and_then(Value::as_u64) {
+            Some(a) if a.is_power_of_two() => a,
+            Some(a) => return Err(format!("invalid general.alignment {a}")),
+            None => DEFAULT_ALIGNMENT,
+        };
+        let data_start = (self.pos as u64).div_ceil(alignment) * alignment;
+        let file_len = self.bytes.len() as u64;
+
+        let mut tensors = Vec::with_capacity(raw.len());
+        for (name, dims, ty, offset) in raw {
+            let elements = dims
+                .iter()
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+                .ok_or_else(|| format!("tensor `{name}` dimensions overflow"))?;
+            let (block_elems, block_bytes) = ty.block_layout();
+            if elements % block_elems as u64 != 0 {
+                return Err(format!(
+                    "tensor `{name}` has {elements} elements, not a multiple of the {ty:?} block size {block_elems}"
+                ));
+            }
+            let size = elements / block_elems as u64 * block_bytes as u64;
+            let start = data_start
+                .checked_add(offset)
+                .ok_or_else(|| format!("tensor `{name}` offset overflows"))?;
+            let end = start.checked_add(size).ok_or_else(|| format!("tensor `{name}` size overflows"))?;
+            if end > file_len {
+                return Err(format!(
+                    "tensor `{name}` lies past the end of the file (needs byte {end}, file has {file_len}); the file is truncated"
+                ));
+            }
+            tensors.push(TensorInfo {
+                name,
+                dims: dims.into_iter().map(|d| d as usize).collect(),
+                ty,
+                offset: start as usize,
+                size: size as usize,
+            });
+        }
+        Ok((version, metadata, tensors))
+    }
+
+    fn check_count(&self, count: u64, min_bytes_each: u64, what: &str) -> std::result::Result<(), String> {
+        let remaining = (self.bytes.len() - self.pos) as u64;
+        if count.saturating_mul(min_bytes_each) > remaining {
+            return Err(format!("header claims {count} {what}, more than the file can hold; the file is corrupt or truncated"));
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| {
+            format!("unexpected end of file at byte {} (wanted {n} more bytes); the file is truncated", self.pos)
+        })?;
+        let out = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn array<const N: usize>(&mut self) -> std::result::Result<[u8; N], String> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    fn u32(&mut self) -> std::result::Result<u32, String> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> std::result::Result<u64, String> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn string(&mut self) -> std::result::Result<String, String> {
+        let len = self.u64()?;
+        let len = usize::try_from(len).map_err(|_| "string length overflows".to_string())?;
+        let bytes = self.take(len)?;
+        // Vocabularies occasionally hold invalid UTF-8 (raw byte tokens); keep them readable.
+        Ok(String::from_utf8_lossy(bytes).into_owned())
+    }
+
+    fn value(&mut self, ty: u32, depth: usize) -> std::result::Result<Value, String> {
+        Ok(match ty {
+            0 => Value::U8(self.array::<1>()?[0]),
+            1 => Value::I8(self.array::<1>()?[0] as i8),
+            2 => Value::U16(u16::from_le_bytes(self.array()?)),
+            3 => Value::I16(i16::from_le_bytes(self.array()?)),
+            4 => Value::U32(self.u32()?),
+            5 => Value::I32(i32::from_le_bytes(self.array()?)),
+            6 => Value::F32(f32::from_le_bytes(self.array()?)),
+            7 => Value::Bool(self.array::<1>()?[0] != 0),
+            8 => Value::String(self.string()?),
+            9 => {
+                if depth >= MAX_ARRAY_DEPTH {
+                    return Err("arrays nested too deeply".into());
+                }
+                let item_ty = self.u32()?;
+                let count = self.u64()?;
+                self.check_count(count, 1, "array items")?;
+                let mut items = Vec::with_capacity(count as usize);
+                for _ in 0..count {
+                    items.push(self.value(item_ty, depth + 1)?);
+                }
+                Value::Array(items)
+            }
+            10 => Value::U64(self.u64()?),
+            11 => Value::I64(i64::from_le_bytes(self.array()?)),
+            12 => Value::F64(f64::from_le_bytes(self.array()?)),
+            other => return Err(format!("unknown metadata value type {other}")),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write_tmp(name: &str, bytes: &[u8]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("cortexstream-gguf-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::File::create(&path).unwrap().write_all(bytes).unwrap();
+        path
+    }
+
+    fn gguf_header(tensors: u64, kvs: u64) -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(tensors.to_le_bytes());
+        b.extend(kvs.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn rejects_non_gguf() {
+        let p = write_tmp("not.gguf", b"PK\x03\x04 this is a zip");
+        let err = GgufFile::open(&p).unwrap_err().to_string();
+        assert!(err.contains("not a GGUF file"), "{err}");
+        assert!(err.contains("not.gguf"), "{err}");
+    }
+
+    #[test]
+    fn rejects_missing_file() {
+        let err = GgufFile::open("/nonexistent/model.gguf").unwrap_err();
+        assert!(matches!(err, Error::ModelLoad { .. }), "{err}");
+    }
+
+    #[test]
+    fn rejects_absurd_counts_without_allocating() {
+        let p = write_tmp("huge.gguf", &gguf_header(u64::MAX / 2, u64::MAX / 2));
+        let err = GgufFile::open(&p).unwrap_err().to_string();
+        assert!(err.contains("corrupt or truncated"), "{err}");
+    }
+
+    #[test]
+    fn reads_metadata_and_detects_truncated_tensor() {
+        let mut b = gguf_header(1, 1);
+        let key = b"general.architecture";
+        b.extend((key.len() as u64).to_le_bytes());
+        b.extend(key);
+        b.extend(8u32.to_le_bytes());
+        b.extend(5u64.to_le_bytes());
+        b.extend(b"llama");
+        let name = b"w";
+        b.extend((name.len() as u64).to_le_bytes());
+        b.extend(name);
+        b.extend(1u32.to_le_bytes());
+        b.extend(64u64.to_le_bytes());
+        b.extend(0u32.to_le_bytes()); // F32
+        b.extend(0u64.to_le_bytes());
+        let p = write_tmp("trunc.gguf", &b);
+        let err = GgufFile::open(&p).unwrap_err().to_string();
+        assert!(err.contains("truncated"), "{err}");
+
+        // Now pad to alignment and add the data: it parses.
+        while b.len() % 32 != 0 {
+            b.push(0);
+        }
+        b.extend(std::iter::repeat(0u8).take(256));
+        let p = write_tmp("ok.gguf", &b);
+        let f = GgufFile::open(&p).unwrap();
+        assert_eq!(f.require_str("general.architecture").unwrap(), "llama");
+        let (info, bytes) = f.tensor_bytes("w").unwrap();
+        assert_eq!(info.dims, vec![64]);
+        assert_eq!(bytes.len(), 256);
+    }
+}

@@ -1,0 +1,30 @@
+//! # cortexstream
+//!
+//! An LLM inference core: load a llama-family GGUF, submit requests from any thread, and
+//! stream tokens back while a continuous-batching scheduler runs one batched forward pass per
+//! step over a paged KV cache. Embeddings run a BERT model beside it.
+//!
+//! ```no_run
+//! use cortexstream::{Engine, EngineConfig, Request, SamplingParams, Event};
+//! let engine = Engine::new(EngineConfig::new("SmolLM2-135M-Instruct.Q4_1.gguf"))?;
+//! let handle = engine.submit(Request::new("The quick brown fox", SamplingParams::greedy()))?;
+//! for event in handle {
+//!     if let Event::Token { text, .. } = event { print!("{text}"); }
+//! }
+//! # Ok::<(), cortexstream::Error>(())
+//! ```
+
+pub mod chat;
+pub mod error;
+pub mod gguf;
+pub mod kv_cache;
+pub mod models;
+pub mod quant;
+pub mod request;
+pub mod threadpool;
+pub mod tokenizer;
+
+pub use error::{Error, Result};
+pub use request::{
+    ChatMessage, Event, FinishReason, Prompt, Request, SamplingParams, Timings, TokenLogprobs, TopLogprob, Usage,
+};

@@ -1,0 +1,1 @@
+//! BERT sentence embeddings (helper C).

@@ -1,0 +1,1 @@
+//! Batched llama forward pass (helper A).

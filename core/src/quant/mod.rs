@@ -1,0 +1,1 @@
+//! Quantized matrices and kernels (helper A).

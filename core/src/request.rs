@@ -1,0 +1,267 @@
+//! What a caller submits ([`Request`], [`SamplingParams`]) and what it gets back
+//! ([`Event`], [`FinishReason`], [`Usage`], [`Timings`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Largest number of alternatives reported per token, as in OpenAI's `top_logprobs`.
+pub const MAX_LOGPROBS: usize = 20;
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self { role: role.into(), content: content.into() }
+    }
+}
+
+/// What to generate from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// Raw text, tokenized without adding special tokens unless the model asks for BOS.
+    Text(String),
+    /// Token ids, used as they are.
+    Tokens(Vec<u32>),
+    /// Chat messages, rendered with the model's chat template plus the assistant header.
+    Chat(Vec<ChatMessage>),
+}
+
+impl From<&str> for Prompt {
+    fn from(s: &str) -> Self {
+        Prompt::Text(s.to_string())
+    }
+}
+
+impl From<String> for Prompt {
+    fn from(s: String) -> Self {
+        Prompt::Text(s)
+    }
+}
+
+impl From<Vec<ChatMessage>> for Prompt {
+    fn from(m: Vec<ChatMessage>) -> Self {
+        Prompt::Chat(m)
+    }
+}
+
+/// Sampling and stopping parameters. Defaults follow llama.cpp / OpenAI conventions;
+/// [`SamplingParams::validate`] runs at submit and names the offending field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SamplingParams {
+    /// 0 means greedy. Default 0.8 (llama.cpp's default).
+    pub temperature: f32,
+    /// 0 disables top-k.
+    pub top_k: u32,
+    /// Nucleus sampling in (0, 1]; 1 disables it.
+    pub top_p: f32,
+    /// Min-p in [0, 1]; 0 disables it.
+    pub min_p: f32,
+    /// Multiplicative penalty on tokens already seen (prompt and output); 1 disables it.
+    pub repetition_penalty: f32,
+    /// OpenAI presence penalty in [-2, 2].
+    pub presence_penalty: f32,
+    /// OpenAI frequency penalty in [-2, 2].
+    pub frequency_penalty: f32,
+    /// How many of the most recent tokens the penalties look at (0 = all).
+    pub penalty_last_n: usize,
+    /// Seed for this request's RNG; `None` picks one at random.
+    pub seed: Option<u64>,
+    /// Most tokens to generate; `None` means up to the context window.
+    pub max_tokens: Option<usize>,
+    /// Strings that end generation; never emitted.
+    pub stop: Vec<String>,
+    /// Token ids that end generation (in addition to the model's end-of-generation tokens).
+    pub stop_token_ids: Vec<u32>,
+    /// Keep generating past end-of-generation tokens.
+    pub ignore_eos: bool,
+    /// Report the log-probability of each sampled token and this many top alternatives
+    /// (`None` = no log-probabilities).
+    pub logprobs: Option<usize>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            penalty_last_n: 64,
+            seed: None,
+            max_tokens: None,
+            stop: Vec::new(),
+            stop_token_ids: Vec::new(),
+            ignore_eos: false,
+            logprobs: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Greedy decoding (temperature 0, no truncation), handy in tests and benchmarks.
+    pub fn greedy() -> Self {
+        Self { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, ..Self::default() }
+    }
+
+    /// Checks every field; the error names the first field that is out of range.
+    pub fn validate(&self, vocab_size: usize) -> Result<()> {
+        let t = self.temperature;
+        if !t.is_finite() || t < 0.0 {
+            return Err(Error::invalid("temperature", format!("must be a finite number >= 0, got {t}")));
+        }
+        let p = self.top_p;
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(Error::invalid("top_p", format!("must be in (0, 1], got {p}")));
+        }
+        let m = self.min_p;
+        if !(0.0..=1.0).contains(&m) {
+            return Err(Error::invalid("min_p", format!("must be in [0, 1], got {m}")));
+        }
+        let r = self.repetition_penalty;
+        if !(r.is_finite() && r > 0.0) {
+            return Err(Error::invalid("repetition_penalty", format!("must be > 0, got {r}")));
+        }
+        for (name, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(Error::invalid(name, format!("must be in [-2, 2], got {v}")));
+            }
+        }
+        if self.max_tokens == Some(0) {
+            return Err(Error::invalid("max_tokens", "max_tokens must be at least 1"));
+        }
+        if self.stop.iter().any(String::is_empty) {
+            return Err(Error::invalid("stop", "stop strings must not be empty"));
+        }
+        if let Some(&bad) = self.stop_token_ids.iter().find(|&&id| id as usize >= vocab_size) {
+            return Err(Error::invalid(
+                "stop_token_ids",
+                format!("token id {bad} is outside the vocabulary (size {vocab_size})"),
+            ));
+        }
+        if let Some(n) = self.logprobs {
+            if n > MAX_LOGPROBS {
+                return Err(Error::invalid("logprobs", format!("must be at most {MAX_LOGPROBS}, got {n}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A generation request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: Prompt,
+    pub params: SamplingParams,
+    /// Higher runs first; equal priorities run in arrival order.
+    pub priority: i32,
+}
+
+impl Request {
+    pub fn new(prompt: impl Into<Prompt>, params: SamplingParams) -> Self {
+        Self { prompt: prompt.into(), params, priority: 0 }
+    }
+
+    pub fn with_priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+}
+
+/// Why a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// End-of-generation token, a stop token id or a stop string.
+    Stop,
+    /// `max_tokens` reached or the context window is full.
+    Length,
+    /// Cancelled by the caller or by engine shutdown.
+    Cancelled,
+    /// An error ended the request; the `Finished` event's `error` says which.
+    Error,
+}
+
+impl FinishReason {
+    /// The spelling used by OpenAI and the bindings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+            FinishReason::Error => "error",
+        }
+    }
+}
+
+/// Token counts of one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// Prompt tokens whose KV came from the prefix cache instead of a prefill.
+    pub cached_prompt_tokens: usize,
+}
+
+impl Usage {
+    pub fn total_tokens(&self) -> usize {
+        self.prompt_tokens + self.completion_tokens
+    }
+}
+
+/// Nanosecond timings of one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Submit until first scheduled.
+    pub queued_ns: u64,
+    /// Submit until the first token was sampled.
+    pub time_to_first_token_ns: u64,
+    /// Prompt processing time (first scheduled until the first token).
+    pub prefill_ns: u64,
+    /// First token until the end.
+    pub decode_ns: u64,
+    /// Mean time per generated token after the first (0 with fewer than two tokens).
+    pub per_token_ns: u64,
+    /// Submit until the end.
+    pub total_ns: u64,
+}
+
+/// A top alternative at one position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprob {
+    pub token_id: u32,
+    pub logprob: f32,
+}
+
+/// Log-probabilities of one sampled token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprobs {
+    pub logprob: f32,
+    pub top: Vec<TopLogprob>,
+}
+
+/// One item of a request's event stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A sampled token. `text` is the newly safe-to-show text: whole UTF-8 characters only,
+    /// nothing that could still be part of a stop string. It may be empty (held back) and a
+    /// later event may carry text of several tokens.
+    Token { id: u32, text: String, logprobs: Option<TokenLogprobs> },
+    /// The last event of every request.
+    Finished {
+        reason: FinishReason,
+        usage: Usage,
+        timings: Timings,
+        /// Set when `reason` is `Error`.
+        error: Option<String>,
+    },
+}
