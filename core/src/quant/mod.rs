@@ -1,1 +1,270 @@
-//! Quantized matrices and kernels (helper A).
+//! Quantized weight matrices and the matrix-multiply kernels over them (our own code, no BLAS).
+//!
+//! A [`QMatrix`] holds one GGUF weight matrix. [`QMatrix::matmul`] quantizes each activation
+//! row to 8 bits per 32-element block ([`activations`]) and takes integer dot products against
+//! the weight blocks: AVX2 on CPUs that have it ([`avx2`]), portable code otherwise ([`scalar`]).
+//!
+//! **Batch invariance.** Every output element is computed by the same operations whatever the
+//! batch size and wherever its row sits in the batch: activations are quantized row by row,
+//! each (weight row, activation row) pair has its own accumulator summed over blocks in order,
+//! and tiling only decides which pairs share a weight load, never how a pair is summed. So a
+//! sequence gets bit-identical logits alone or batched.
+
+mod activations;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod blocks;
+pub(crate) mod disjoint;
+mod scalar;
+#[cfg(test)]
+mod tests;
+
+use std::cell::RefCell;
+
+use crate::gguf::{GgmlType, GgufFile};
+use crate::threadpool::ThreadPool;
+use crate::{Error, Result};
+
+use activations::{quantize_row, Q8Block};
+use blocks::{f16_to_f32, QuantFormat, BLOCK};
+use disjoint::DisjointSlice;
+
+/// Activation rows one unpacked weight block is applied to at a time by the AVX2 kernel
+/// (4 accumulators plus the weights and temporaries fit the 16 YMM registers).
+const TILE: usize = 4;
+
+/// Pool tasks per thread a matmul is split into, so uneven progress still balances.
+const TASKS_PER_THREAD: usize = 4;
+
+/// A weight matrix of `rows` output features × `cols` input features.
+#[derive(Debug, Clone)]
+pub struct QMatrix {
+    rows: usize,
+    cols: usize,
+    storage: Storage,
+}
+
+#[derive(Debug, Clone)]
+enum Storage {
+    /// F32 and F16 tensors, widened to f32 at load so one simple kernel serves both. In llama
+    /// models these are only the small norm vectors, so the extra memory does not matter.
+    Float(Vec<f32>),
+    /// The ggml blocks, row after row, copied out of the file map: owned memory that the OS
+    /// cannot evict and re-read from disk in the middle of a decode step.
+    Quantized { format: QuantFormat, blocks: Vec<u8> },
+}
+
+/// Which implementation computes the dot products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU supports.
+    fn best() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if avx2::is_available() {
+            return Kernel::Avx2;
+        }
+        Kernel::Scalar
+    }
+
+    fn dot_tile(self, format: QuantFormat, w_row: &[u8], acts: &[Q8Block], out: &mut [f32]) {
+        match self {
+            Kernel::Scalar => scalar::dot_tile(format, w_row, acts, out),
+            // SAFETY: `Avx2` is only chosen after `avx2::is_available()` said yes.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { avx2::dot_tile(format, w_row, acts, out) },
+        }
+    }
+}
+
+thread_local! {
+    /// The quantized activations of the current matmul. Thread-local so `matmul` keeps its
+    /// simple signature yet does not allocate once the buffer has grown to the largest batch.
+    static QUANTIZED_ACTIVATIONS: RefCell<Vec<Q8Block>> = const { RefCell::new(Vec::new()) };
+}
+
+impl QMatrix {
+    /// Loads tensor `name`: ggml dims `[cols, rows]` (a 1-D tensor loads as a single row).
+    /// Errors name the tensor: missing, unsupported type, or a shape the kernels cannot use.
+    pub fn from_gguf(gguf: &GgufFile, name: &str) -> Result<Self> {
+        let (info, bytes) = gguf.tensor_bytes(name)?;
+        let (cols, rows) = match info.dims[..] {
+            [cols] => (cols, 1),
+            [cols, rows] => (cols, rows),
+            _ => return Err(Error::model_load(gguf.path(), format!("tensor `{name}` has shape {:?}; expected a matrix", info.dims))),
+        };
+        Self::from_bytes(info.ty, rows, cols, bytes)
+            .map_err(|message| Error::model_load(gguf.path(), format!("tensor `{name}`: {message}")))
+    }
+
+    /// Builds a matrix from raw ggml data in row-major order (`rows` rows of `cols` values).
+    fn from_bytes(ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> std::result::Result<Self, String> {
+        // `None` for the float types.
+        let format = match ty {
+            GgmlType::F32 | GgmlType::F16 => None,
+            GgmlType::Q4_0 => Some(QuantFormat::Q4_0),
+            GgmlType::Q4_1 => Some(QuantFormat::Q4_1),
+            GgmlType::Q8_0 => Some(QuantFormat::Q8_0),
+            other => return Err(format!("unsupported tensor type {other:?} (supported: F32, F16, Q4_0, Q4_1, Q8_0)")),
+        };
+        let (block_values, block_bytes) = ty.block_layout();
+        if cols % block_values != 0 {
+            return Err(format!("{cols} columns is not a multiple of the {ty:?} block size {block_values}"));
+        }
+        if bytes.len() != rows * (cols / block_values) * block_bytes {
+            return Err(format!("{} bytes do not hold {rows}×{cols} {ty:?} values", bytes.len()));
+        }
+        let storage = match format {
+            Some(format) => Storage::Quantized { format, blocks: bytes.to_vec() },
+            None if ty == GgmlType::F16 => {
+                Storage::Float(bytes.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect())
+            }
+            None => Storage::Float(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
+        };
+        Ok(Self { rows, cols, storage })
+    }
+
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Stacks matrices with the same column count and storage format into one whose rows
+    /// are those of `parts` in order, so several projections of one input (Q, K and V; gate
+    /// and up) run as one matmul. `None` if the parts differ in columns or format.
+    pub fn concat_rows(parts: &[QMatrix]) -> Option<QMatrix> {
+        let first = parts.first()?;
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let storage = match &first.storage {
+            Storage::Float(_) => Storage::Float(
+                parts
+                    .iter()
+                    .map(|p| match &p.storage {
+                        Storage::Float(values) if p.cols == first.cols => Some(values.as_slice()),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()?
+                    .concat(),
+            ),
+            Storage::Quantized { format, .. } => Storage::Quantized {
+                format: *format,
+                blocks: parts
+                    .iter()
+                    .map(|p| match &p.storage {
+                        Storage::Quantized { format: f, blocks } if f == format && p.cols == first.cols => Some(blocks.as_slice()),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()?
+                    .concat(),
+            },
+        };
+        Some(QMatrix { rows, cols: first.cols, storage })
+    }
+
+    /// Writes row `row` as f32 into `out` (`out.len() == cols`); used for embedding lookups.
+    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
+        assert!(row < self.rows && out.len() == self.cols, "row {row} / len {} of a {}×{} matrix", out.len(), self.rows, self.cols);
+        match &self.storage {
+            Storage::Float(values) => out.copy_from_slice(&values[row * self.cols..][..self.cols]),
+            Storage::Quantized { format, blocks } => {
+                let row_bytes = &blocks[row * self.row_bytes()..][..self.row_bytes()];
+                for (bytes, values) in row_bytes.chunks_exact(format.block_bytes()).zip(out.chunks_exact_mut(BLOCK)) {
+                    let block = format.decode(bytes);
+                    for (v, &q) in values.iter_mut().zip(&block.q) {
+                        *v = block.d * q as f32 + block.m;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `out[r * rows + i] = Σ_j self[i][j] · x[r * cols + j]` for the `m` rows of `x`.
+    ///
+    /// Quantized weights take 8-bit quantized activations (see the module docs); F32/F16
+    /// weights take `x` as it is. Output rows are split across `pool`.
+    pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32], pool: &ThreadPool) {
+        self.matmul_using(Kernel::best(), x, m, out, pool);
+    }
+
+    fn matmul_using(&self, kernel: Kernel, x: &[f32], m: usize, out: &mut [f32], pool: &ThreadPool) {
+        assert!(x.len() == m * self.cols && out.len() == m * self.rows, "matmul shapes: x {} out {} for m {m} on {}×{}", x.len(), out.len(), self.rows, self.cols);
+        match &self.storage {
+            Storage::Float(weights) => self.for_each_row_parallel(pool, out, |row, out| {
+                let w_row = &weights[row * self.cols..][..self.cols];
+                for (r, x_row) in x.chunks_exact(self.cols).enumerate() {
+                    // SAFETY: each output row `row` belongs to exactly one task.
+                    unsafe { out.write(r * self.rows + row, dot_f32(w_row, x_row)) };
+                }
+            }),
+            Storage::Quantized { format, blocks } => QUANTIZED_ACTIVATIONS.with_borrow_mut(|acts| {
+                let n_blocks = self.cols / BLOCK;
+                acts.resize(m * n_blocks, Q8Block::default());
+                for (x_row, act_row) in x.chunks_exact(self.cols).zip(acts.chunks_exact_mut(n_blocks)) {
+                    quantize_row(x_row, act_row);
+                }
+                let acts = &acts[..];
+                let row_bytes = self.row_bytes();
+                self.for_each_row_parallel(pool, out, |row, out| {
+                    let w_row = &blocks[row * row_bytes..][..row_bytes];
+                    let mut results = [0f32; TILE];
+                    for first in (0..m).step_by(TILE) {
+                        let n = TILE.min(m - first);
+                        kernel.dot_tile(*format, w_row, &acts[first * n_blocks..(first + n) * n_blocks], &mut results[..n]);
+                        for (r, &value) in results[..n].iter().enumerate() {
+                            // SAFETY: each output row `row` belongs to exactly one task.
+                            unsafe { out.write((first + r) * self.rows + row, value) };
+                        }
+                    }
+                });
+            }),
+        }
+    }
+
+    /// Runs `f(row, out)` for every weight row, in contiguous row ranges spread over the pool.
+    fn for_each_row_parallel(&self, pool: &ThreadPool, out: &mut [f32], f: impl Fn(usize, &DisjointSlice<'_, f32>) + Sync) {
+        let out = DisjointSlice::new(out);
+        let rows_per_task = self.rows.div_ceil(pool.n_threads() * TASKS_PER_THREAD).max(1);
+        pool.run(self.rows.div_ceil(rows_per_task), &|task| {
+            let first = task * rows_per_task;
+            for row in first..(first + rows_per_task).min(self.rows) {
+                f(row, &out);
+            }
+        });
+    }
+
+    /// Bytes of one row in storage.
+    fn row_bytes(&self) -> usize {
+        match &self.storage {
+            Storage::Float(_) => self.cols * 4,
+            Storage::Quantized { format, .. } => self.cols / BLOCK * format.block_bytes(),
+        }
+    }
+}
+
+/// Dot product with eight independent lane sums, combined in a fixed order: the compiler
+/// vectorises it (a single running sum would force sequential adds), and the result depends
+/// only on the two vectors.
+pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut lanes = [0f32; 8];
+    let (a_body, a_tail) = a.split_at(a.len() / 8 * 8);
+    let (b_body, b_tail) = b.split_at(a_body.len());
+    for (x, y) in a_body.chunks_exact(8).zip(b_body.chunks_exact(8)) {
+        for i in 0..8 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum();
+    let pairs = [lanes[0] + lanes[4], lanes[1] + lanes[5], lanes[2] + lanes[6], lanes[3] + lanes[7]];
+    (pairs[0] + pairs[2]) + (pairs[1] + pairs[3]) + tail
+}

@@ -1,0 +1,66 @@
+//! Activation rows quantized to 8 bits per 32-element block, the left operand of the integer
+//! kernels (llama.cpp's Q8_1 idea: symmetric 8-bit values plus the block sum).
+
+use super::blocks::BLOCK;
+
+/// 32 activations quantized together: value `i` is about `d * q[i]`.
+///
+/// `s = d * Σ q[i]` serves weights with an offset: `Σ (d_w q_w[i] + m) · d q[i]` equals
+/// `d_w d Σ q_w[i] q[i] + m s`, so the offset costs one multiply per block, not 32.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Q8Block {
+    pub d: f32,
+    pub s: f32,
+    pub q: [i8; BLOCK],
+}
+
+/// Quantizes one row (`x.len() == out.len() * 32`) block by block.
+///
+/// Each block uses its own scale `max|x| / 127` and rounds to nearest, so a row's result
+/// depends only on that row: the root of batch invariance.
+pub fn quantize_row(x: &[f32], out: &mut [Q8Block]) {
+    debug_assert_eq!(x.len(), out.len() * BLOCK);
+    for (values, block) in x.chunks_exact(BLOCK).zip(out.iter_mut()) {
+        let amax = values.iter().fold(0f32, |acc, v| acc.max(v.abs()));
+        let d = amax / 127.0;
+        let inverse = if d == 0.0 { 0.0 } else { 1.0 / d };
+        let mut sum = 0i32;
+        for (q, &v) in block.q.iter_mut().zip(values) {
+            // |v * inverse| <= 127 up to rounding, and `round` cannot leave [-127, 127]:
+            // the kernels rely on never seeing -128.
+            *q = (v * inverse).round() as i8;
+            sum += *q as i32;
+        }
+        block.d = d;
+        block.s = d * sum as f32;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantization_error_is_at_most_half_a_step() {
+        let x: Vec<f32> = (0..64).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.173).collect();
+        let mut blocks = vec![Q8Block::default(); 2];
+        quantize_row(&x, &mut blocks);
+        for (values, block) in x.chunks_exact(BLOCK).zip(&blocks) {
+            let amax = values.iter().fold(0f32, |a, v| a.max(v.abs()));
+            assert!(block.q.iter().any(|&q| q.abs() == 127), "the largest value maps to ±127");
+            for (&v, &q) in values.iter().zip(&block.q) {
+                assert!((v - block.d * q as f32).abs() <= block.d * 0.5 + amax * 1e-6);
+            }
+            let sum: i32 = block.q.iter().map(|&q| q as i32).sum();
+            assert_eq!(block.s, block.d * sum as f32);
+        }
+    }
+
+    #[test]
+    fn zero_block_quantizes_to_zero() {
+        let mut blocks = vec![Q8Block::default(); 1];
+        quantize_row(&[0.0; 32], &mut blocks);
+        assert_eq!((blocks[0].d, blocks[0].s), (0.0, 0.0));
+        assert!(blocks[0].q.iter().all(|&q| q == 0));
+    }
+}

@@ -1,0 +1,238 @@
+//! Kernel tests against a float64 reference written straight from the ggml block layouts.
+
+use super::*;
+
+const TYPES: [GgmlType; 5] = [GgmlType::F32, GgmlType::F16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0];
+const ROWS: usize = 13;
+const COLS: usize = 256;
+const MAX_M: usize = 64;
+
+/// xorshift64*: deterministic test data without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn byte(&mut self) -> u8 {
+        (self.next() >> 56) as u8
+    }
+
+    /// Uniform in [-1, 1).
+    fn signed_unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    /// f16 bits of a value with magnitude in [2^-8, 2^-2) and a random sign.
+    fn f16_scale(&mut self) -> [u8; 2] {
+        let exponent = 7 + self.next() % 6;
+        let bits = ((self.next() & 1) << 15) as u16 | (exponent << 10) as u16 | (self.next() & 0x3ff) as u16;
+        bits.to_le_bytes()
+    }
+}
+
+fn kernels() -> Vec<Kernel> {
+    let mut kernels = vec![Kernel::Scalar];
+    #[cfg(target_arch = "x86_64")]
+    if avx2::is_available() {
+        kernels.push(Kernel::Avx2);
+    }
+    kernels
+}
+
+fn random_weight_bytes(ty: GgmlType, rng: &mut Rng) -> Vec<u8> {
+    let n = ROWS * COLS;
+    let mut bytes = Vec::new();
+    match ty {
+        GgmlType::F32 => (0..n).for_each(|_| bytes.extend(rng.signed_unit().to_le_bytes())),
+        GgmlType::F16 => (0..n).for_each(|_| bytes.extend(rng.f16_scale())),
+        _ => {
+            let (_, block_bytes) = ty.block_layout();
+            for _ in 0..n / BLOCK {
+                let start = bytes.len();
+                bytes.extend(rng.f16_scale());
+                if ty == GgmlType::Q4_1 {
+                    bytes.extend(rng.f16_scale()); // the offset m
+                }
+                while bytes.len() < start + block_bytes {
+                    bytes.push(rng.byte());
+                }
+            }
+        }
+    }
+    bytes
+}
+
+/// Dequantizes ggml data in f64, independently of the code under test (only `f16_to_f32`,
+/// tested on its own, is shared).
+fn reference_weights(ty: GgmlType, bytes: &[u8]) -> Vec<f64> {
+    let f16 = |b: &[u8]| f16_to_f32(u16::from_le_bytes([b[0], b[1]])) as f64;
+    match ty {
+        GgmlType::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64).collect(),
+        GgmlType::F16 => bytes.chunks_exact(2).map(f16).collect(),
+        GgmlType::Q8_0 => bytes.chunks_exact(34).flat_map(|b| b[2..].iter().map(move |&q| q as i8 as f64 * f16(b))).collect(),
+        GgmlType::Q4_0 | GgmlType::Q4_1 => {
+            let (_, block_bytes) = ty.block_layout();
+            bytes
+                .chunks_exact(block_bytes)
+                .flat_map(|b| {
+                    let (d, m, nibbles) =
+                        if ty == GgmlType::Q4_0 { (f16(b), -8.0 * f16(b), &b[2..]) } else { (f16(b), f16(&b[2..]), &b[4..]) };
+                    let low = nibbles.iter().map(move |&q| (q & 15) as f64 * d + m);
+                    let high = nibbles.iter().map(move |&q| (q >> 4) as f64 * d + m);
+                    low.chain(high).collect::<Vec<_>>()
+                })
+                .collect()
+        }
+        other => unreachable!("no test data for {other:?}"),
+    }
+}
+
+fn random_activations(rng: &mut Rng) -> Vec<f32> {
+    // Mostly small values with occasional outliers, like real hidden states.
+    (0..MAX_M * COLS).map(|i| rng.signed_unit() * if i % 37 == 0 { 8.0 } else { 1.0 }).collect()
+}
+
+/// The activations as the integer kernels see them (quantized, then widened to f64), and
+/// each value's worst-case quantization error (half a step).
+fn quantized_reference_activations(x: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    let mut blocks = vec![Q8Block::default(); x.len() / BLOCK];
+    quantize_row(x, &mut blocks);
+    let values = blocks.iter().flat_map(|b| b.q.iter().map(move |&q| b.d as f64 * q as f64)).collect();
+    let half_steps = blocks.iter().flat_map(|b| [b.d as f64 / 2.0; BLOCK]).collect();
+    (values, half_steps)
+}
+
+fn matrix(ty: GgmlType, seed: u64) -> (QMatrix, Vec<f64>) {
+    let bytes = random_weight_bytes(ty, &mut Rng(seed));
+    let m = QMatrix::from_bytes(ty, ROWS, COLS, &bytes).unwrap();
+    (m, reference_weights(ty, &bytes))
+}
+
+#[test]
+fn kernels_match_f64_reference_for_every_type_and_batch_size() {
+    let pool = ThreadPool::new(2);
+    let x = random_activations(&mut Rng(7));
+    for (t, ty) in TYPES.into_iter().enumerate() {
+        let (matrix, weights) = matrix(ty, 100 + t as u64);
+        for kernel in kernels() {
+            for m in 1..=MAX_M {
+                let mut out = vec![f32::NAN; m * ROWS];
+                matrix.matmul_using(kernel, &x[..m * COLS], m, &mut out, &pool);
+                for r in 0..m {
+                    let x_row = &x[r * COLS..][..COLS];
+                    let (quantized, half_steps) = quantized_reference_activations(x_row);
+                    for i in 0..ROWS {
+                        let w_row = &weights[i * COLS..][..COLS];
+                        let got = out[r * ROWS + i] as f64;
+                        let exact: f64 = w_row.iter().zip(x_row).map(|(w, &a)| w * a as f64).sum();
+                        let magnitude: f64 = w_row.iter().zip(x_row).map(|(w, &a)| w.abs() * a.abs() as f64).sum();
+                        let context = format!("{ty:?} {kernel:?} m={m} row {r} output {i}");
+                        if matches!(ty, GgmlType::F32 | GgmlType::F16) {
+                            assert!((got - exact).abs() <= 1e-6 * magnitude, "{context}: {got} vs {exact}");
+                            continue;
+                        }
+                        // Against the activations the kernel saw: only f32 rounding may differ.
+                        let want: f64 = w_row.iter().zip(&quantized).map(|(w, a)| w * a).sum();
+                        let offsets: f64 = weights_offset_magnitude(ty, w_row, &quantized);
+                        assert!((got - want).abs() <= 1e-6 * (magnitude + offsets), "{context}: {got} vs {want}");
+                        // Against the raw activations: within the 8-bit quantization error.
+                        let bound: f64 = w_row.iter().zip(&half_steps).map(|(w, h)| w.abs() * h).sum();
+                        assert!((got - exact).abs() <= bound * 1.001 + 1e-6 * magnitude, "{context}: {got} vs exact {exact}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Q4 kernels add `m · Σ a` per block separately, so their rounding scales with |m| Σ|a|, which
+/// can exceed Σ|w a| when weights sit near zero: an upper bound for that term.
+fn weights_offset_magnitude(ty: GgmlType, w_row: &[f64], activations: &[f64]) -> f64 {
+    if ty == GgmlType::Q8_0 {
+        return 0.0;
+    }
+    w_row
+        .chunks_exact(BLOCK)
+        .zip(activations.chunks_exact(BLOCK))
+        .map(|(w, a)| {
+            let largest = w.iter().fold(0f64, |acc, v| acc.max(v.abs()));
+            2.0 * largest * a.iter().map(|v| v.abs()).sum::<f64>()
+        })
+        .sum()
+}
+
+#[test]
+fn results_are_bitwise_batch_invariant() {
+    let pool = ThreadPool::new(2);
+    let x = random_activations(&mut Rng(11));
+    for (t, ty) in TYPES.into_iter().enumerate() {
+        let (matrix, _) = matrix(ty, 200 + t as u64);
+        for kernel in kernels() {
+            let mut full = vec![0f32; MAX_M * ROWS];
+            matrix.matmul_using(kernel, &x, MAX_M, &mut full, &pool);
+            // Every batch size, with each row at a different index than in the full batch.
+            for m in 1..=MAX_M {
+                let first = MAX_M - m;
+                let mut out = vec![0f32; m * ROWS];
+                matrix.matmul_using(kernel, &x[first * COLS..], m, &mut out, &pool);
+                for r in 0..m {
+                    let alone = out[r * ROWS..][..ROWS].iter().map(|v| v.to_bits());
+                    let batched = full[(first + r) * ROWS..][..ROWS].iter().map(|v| v.to_bits());
+                    assert!(alone.eq(batched), "{ty:?} {kernel:?}: row {} differs in a batch of {m}", first + r);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn dequantize_row_matches_reference() {
+    for (t, ty) in TYPES.into_iter().enumerate() {
+        let (matrix, weights) = matrix(ty, 300 + t as u64);
+        let mut row = vec![0f32; COLS];
+        for i in 0..ROWS {
+            matrix.dequantize_row(i, &mut row);
+            for (got, want) in row.iter().zip(&weights[i * COLS..][..COLS]) {
+                assert!((*got as f64 - want).abs() <= want.abs() * 1e-7, "{ty:?} row {i}: {got} vs {want}");
+            }
+        }
+    }
+}
+
+#[test]
+fn concat_rows_equals_separate_matmuls() {
+    let pool = ThreadPool::new(2);
+    let x = random_activations(&mut Rng(5));
+    let (a, _) = matrix(GgmlType::Q4_1, 1);
+    let (b, _) = matrix(GgmlType::Q4_1, 2);
+    let stacked = QMatrix::concat_rows(&[a.clone(), b.clone()]).unwrap();
+    assert_eq!((stacked.rows(), stacked.cols()), (2 * ROWS, COLS));
+    let m = 5;
+    let (mut out_a, mut out_b, mut out) = (vec![0f32; m * ROWS], vec![0f32; m * ROWS], vec![0f32; m * 2 * ROWS]);
+    a.matmul(&x[..m * COLS], m, &mut out_a, &pool);
+    b.matmul(&x[..m * COLS], m, &mut out_b, &pool);
+    stacked.matmul(&x[..m * COLS], m, &mut out, &pool);
+    for r in 0..m {
+        assert_eq!(out[r * 2 * ROWS..][..ROWS], out_a[r * ROWS..][..ROWS]);
+        assert_eq!(out[r * 2 * ROWS + ROWS..][..ROWS], out_b[r * ROWS..][..ROWS]);
+    }
+    let (q8, _) = matrix(GgmlType::Q8_0, 3);
+    assert!(QMatrix::concat_rows(&[a, q8]).is_none(), "formats differ");
+}
+
+#[test]
+fn unsupported_type_is_named() {
+    let err = QMatrix::from_bytes(GgmlType::Q6K, 1, 256, &[0u8; 210]).unwrap_err();
+    assert!(err.contains("Q6K") && err.contains("unsupported"), "{err}");
+}
+
+#[test]
+fn wrong_byte_count_is_an_error() {
+    let err = QMatrix::from_bytes(GgmlType::Q4_1, 2, 64, &[0u8; 60]).unwrap_err();
+    assert!(err.contains("do not hold"), "{err}");
+}
