@@ -1,1 +1,299 @@
-//! Chat templates (helper B).
+//! Chat templates: turning a list of messages into the prompt text a model was trained on.
+//!
+//! Templates are the Jinja sources HuggingFace ships (GGUF `tokenizer.chat_template`),
+//! compiled once with minijinja in the same dialect `transformers` uses (`trim_blocks`,
+//! `lstrip_blocks`, loop controls, Python string methods) and the globals those templates expect.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use minijinja::{context, Environment, ErrorKind};
+
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+use crate::request::ChatMessage;
+use crate::tokenizer::Tokenizer;
+
+/// The name the template is registered under; it shows up in error locations.
+const TEMPLATE_NAME: &str = "chat_template";
+
+/// Roles a request may use; anything else is rejected before rendering.
+const ROLES: &[&str] = &["system", "user", "assistant", "tool"];
+
+/// ChatML, the fallback for models without a template.
+const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] \
+                      + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+/// A compiled chat template, ready to render messages. Shareable across threads.
+#[derive(Debug)]
+pub struct ChatTemplate {
+    compiled: Compiled,
+}
+
+#[derive(Debug)]
+enum Compiled {
+    Ready(Environment<'static>),
+    /// The model's own template did not compile. Kept instead of failing the load so that
+    /// text and token prompts still work; chat requests get this reason as their error.
+    Failed(String),
+}
+
+/// The error `raise_exception(...)` raises, recognised on the way out so that the template
+/// author's message reaches the caller verbatim.
+#[derive(Debug)]
+struct RaisedException(String);
+
+impl std::fmt::Display for RaisedException {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RaisedException {}
+
+impl ChatTemplate {
+    /// Compiles `source` with `bos_token`/`eos_token` as the globals of those names.
+    /// A template that does not compile is an [`Error::ChatTemplate`].
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
+        let env = compile(source, bos_token, eos_token).map_err(|e| Error::ChatTemplate(compile_failure(&e)))?;
+        Ok(Self { compiled: Compiled::Ready(env) })
+    }
+
+    /// The model's template from GGUF `tokenizer.chat_template`; `Ok(None)` when it has none.
+    ///
+    /// A template that does not compile does *not* fail the load: it returns `Ok(Some(_))`
+    /// whose [`render`](Self::render) fails with an [`Error::ChatTemplate`] explaining why, so
+    /// the model still serves text and token prompts. Only a non-string value is a load error.
+    pub fn from_gguf(gguf: &GgufFile, tokenizer: &Tokenizer) -> Result<Option<Self>> {
+        let Some(value) = gguf.get("tokenizer.chat_template") else { return Ok(None) };
+        let source = value
+            .as_str()
+            .ok_or_else(|| Error::model_load(gguf.path(), "metadata `tokenizer.chat_template` must be a string"))?;
+        let token_text = |id: Option<u32>| id.and_then(|id| tokenizer.id_to_token(id)).unwrap_or("");
+        let compiled = match compile(source, token_text(tokenizer.bos_token_id()), token_text(tokenizer.eos_token_id()))
+        {
+            Ok(env) => Compiled::Ready(env),
+            Err(e) => Compiled::Failed(format!("the model's {}", compile_failure(&e))),
+        };
+        Ok(Some(Self { compiled }))
+    }
+
+    /// ChatML (`<|im_start|>role\ncontent<|im_end|>\n`), a reasonable default for models
+    /// that ship no template.
+    pub fn chatml() -> Self {
+        Self::new(CHATML, "", "").expect("the built-in ChatML template compiles")
+    }
+
+    /// Renders `messages`, followed by the assistant header when `add_generation_prompt`.
+    ///
+    /// Errors: an empty list or a role outside system/user/assistant/tool is an
+    /// [`Error::InvalidRequest`] on `messages`; `raise_exception(msg)` in the template is an
+    /// [`Error::ChatTemplate`] carrying `msg`; any other template failure (undefined values,
+    /// unknown filters, a template that did not compile) is an [`Error::ChatTemplate`] too.
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        if messages.is_empty() {
+            return Err(Error::invalid("messages", "at least one message is required"));
+        }
+        if let Some((index, message)) = messages.iter().enumerate().find(|(_, m)| !ROLES.contains(&m.role.as_str())) {
+            return Err(Error::invalid(
+                "messages",
+                format!("message {index} has role `{}`; expected one of {}", message.role, ROLES.join(", ")),
+            ));
+        }
+        let env = match &self.compiled {
+            Compiled::Ready(env) => env,
+            Compiled::Failed(reason) => return Err(Error::ChatTemplate(reason.clone())),
+        };
+        env.get_template(TEMPLATE_NAME)
+            .and_then(|template| template.render(context! { messages, add_generation_prompt }))
+            .map_err(render_failure)
+    }
+}
+
+/// A minijinja environment with `source` compiled under [`TEMPLATE_NAME`] and the globals
+/// HuggingFace templates rely on.
+fn compile(
+    source: &str,
+    bos_token: &str,
+    eos_token: &str,
+) -> std::result::Result<Environment<'static>, minijinja::Error> {
+    let mut env = Environment::new();
+    // `transformers` renders with these two on; templates are written for them.
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_global("bos_token", bos_token.to_owned());
+    env.add_global("eos_token", eos_token.to_owned());
+    env.add_function("raise_exception", |message: String| -> std::result::Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(ErrorKind::InvalidOperation, message.clone()).with_source(RaisedException(message)))
+    });
+    env.add_function("strftime_now", |format: String| strftime_utc(&format, seconds_since_epoch()));
+    env.add_template_owned(TEMPLATE_NAME, source.to_owned())?;
+    Ok(env)
+}
+
+fn compile_failure(err: &minijinja::Error) -> String {
+    format!("chat template does not compile: {err}")
+}
+
+/// Maps a render error: a `raise_exception` message verbatim, anything else with minijinja's
+/// description (kind, detail and template line).
+fn render_failure(err: minijinja::Error) -> Error {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        if let Some(raised) = cause.downcast_ref::<RaisedException>() {
+            return Error::ChatTemplate(raised.0.clone());
+        }
+        source = cause.source();
+    }
+    Error::ChatTemplate(err.to_string())
+}
+
+fn seconds_since_epoch() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Python's `strftime` for the specifiers chat templates use (dates in system prompts, e.g.
+/// Llama 3.1's `strftime_now("%d %b %Y")`), in UTC. Other specifiers are kept as written.
+fn strftime_utc(format: &str, seconds: u64) -> String {
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const WEEKDAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+    let days = seconds / 86_400;
+    let (year, month, day) = civil_from_days(days);
+    let month_name = MONTHS[month as usize - 1];
+    // 1970-01-01 was a Thursday (index 3 from Monday).
+    let weekday = WEEKDAYS[((days + 3) % 7) as usize];
+    let (hour, minute, second) = (seconds % 86_400 / 3600, seconds % 3600 / 60, seconds % 60);
+
+    let mut out = String::with_capacity(format.len() + 16);
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('Y') => out += &year.to_string(),
+            Some('y') => out += &format!("{:02}", year % 100),
+            Some('m') => out += &format!("{month:02}"),
+            Some('d') => out += &format!("{day:02}"),
+            Some('H') => out += &format!("{hour:02}"),
+            Some('M') => out += &format!("{minute:02}"),
+            Some('S') => out += &format!("{second:02}"),
+            Some('B') => out += month_name,
+            Some('b') => out += &month_name[..3],
+            Some('A') => out += weekday,
+            Some('a') => out += &weekday[..3],
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+/// (year, month 1-12, day 1-31) of a day count since 1970-01-01, by Howard Hinnant's
+/// `civil_from_days` (http://howardhinnant.github.io/date_algorithms.html).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153; // March = 0
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(content: &str) -> ChatMessage {
+        ChatMessage::new("user", content)
+    }
+
+    #[test]
+    fn chatml_renders_turns_and_generation_prompt() {
+        let messages = [ChatMessage::new("system", "Be brief."), user("Hi")];
+        let expected = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n";
+        assert_eq!(ChatTemplate::chatml().render(&messages, false).unwrap(), expected);
+        assert_eq!(
+            ChatTemplate::chatml().render(&messages, true).unwrap(),
+            format!("{expected}<|im_start|>assistant\n")
+        );
+    }
+
+    #[test]
+    fn empty_messages_are_rejected() {
+        let err = ChatTemplate::chatml().render(&[], true).unwrap_err();
+        assert_eq!(err.param(), Some("messages"), "{err}");
+    }
+
+    #[test]
+    fn unknown_role_is_rejected_by_name() {
+        let err = ChatTemplate::chatml().render(&[user("hi"), ChatMessage::new("wizard", "x")], true).unwrap_err();
+        assert_eq!(err.param(), Some("messages"), "{err}");
+        assert!(err.to_string().contains("`wizard`"), "{err}");
+    }
+
+    #[test]
+    fn raise_exception_message_reaches_the_caller() {
+        let source =
+            "{% if messages[0]['role'] != 'system' %}{{ raise_exception('System message first!') }}{% endif %}";
+        let err = ChatTemplate::new(source, "", "").unwrap().render(&[user("hi")], true).unwrap_err();
+        match err {
+            Error::ChatTemplate(message) => assert_eq!(message, "System message first!"),
+            other => panic!("expected a chat template error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_filter_fails_at_render_time() {
+        let template = ChatTemplate::new("{{ messages | no_such_filter }}", "", "").unwrap();
+        let err = template.render(&[user("hi")], true).unwrap_err();
+        assert!(matches!(&err, Error::ChatTemplate(m) if m.contains("no_such_filter")), "{err}");
+    }
+
+    #[test]
+    fn unknown_tag_fails_to_compile() {
+        let err = ChatTemplate::new("{% generation %}{{ x }}{% endgeneration %}", "", "").unwrap_err();
+        assert!(matches!(&err, Error::ChatTemplate(m) if m.contains("does not compile")), "{err}");
+    }
+
+    #[test]
+    fn huggingface_globals_and_python_methods_work() {
+        // bos/eos globals, .strip()/.upper() through pycompat, trim_blocks + lstrip_blocks
+        // dropping the block lines' own whitespace.
+        let source = "{{ bos_token }}\n{% for m in messages %}\n    {{ m.content.strip().upper() }}{{ eos_token }}\n{% endfor %}";
+        let rendered = ChatTemplate::new(source, "<s>", "</s>").unwrap().render(&[user("  hi  ")], false).unwrap();
+        assert_eq!(rendered, "<s>\n    HI</s>\n");
+    }
+
+    #[test]
+    fn strftime_formats_dates_like_python() {
+        // 2024-07-23 14:05:09 UTC, a Tuesday (date -u -d @1721743509).
+        let seconds = 1_721_743_509;
+        assert_eq!(strftime_utc("%d %b %Y", seconds), "23 Jul 2024");
+        assert_eq!(strftime_utc("%A %B %e %y %H:%M:%S %%", seconds), "Tuesday July %e 24 14:05:09 %");
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+    }
+}
