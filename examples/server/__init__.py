@@ -1,0 +1,1 @@
+"""An OpenAI- and Ollama-compatible REST server on the cortexstream Python module."""

@@ -1,0 +1,53 @@
+"""The FastAPI application: loads the engine in the background and mounts both APIs."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from . import ollama_routes, openai_routes
+from .errors import RETRY_AFTER_SECONDS, install_error_handlers
+from .metrics import CONTENT_TYPE, render_prometheus
+from .state import ServerConfig, ServerState, require_api_key, server_state
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    """An app serving `config.model`; /health answers 503 until the model has loaded."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state = ServerState(config)
+        app.state.server = state
+        # Loading runs in a thread so the server is already up (and /health says 503) meanwhile.
+        loading = asyncio.create_task(asyncio.to_thread(state.load))
+        try:
+            yield
+        finally:
+            await loading
+            state.close()
+
+    app = FastAPI(title="cortexstream", lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(openai_routes.router)
+    app.include_router(ollama_routes.router)
+
+    @app.get("/health")
+    async def health(request: Request):
+        state = server_state(request)
+        if state.ready:
+            return {"status": "ok"}
+        if state.load_error is not None:
+            return JSONResponse({"status": "error", "error": state.load_error}, status_code=503)
+        return JSONResponse({"status": "loading"}, status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    @app.get("/metrics", dependencies=[Depends(require_api_key)])
+    async def metrics(request: Request):
+        state = server_state(request)
+        snapshot = state.engine.metrics() if state.ready else {}
+        return PlainTextResponse(render_prometheus(snapshot, ready=state.ready), media_type=CONTENT_TYPE)
+
+    return app

@@ -1,0 +1,169 @@
+"""Ollama-compatible endpoints: /api/generate, /api/chat, /api/embed, /api/embeddings, /api/tags,
+/api/show, /api/ps and /api/version. Durations are in nanoseconds, as Ollama reports them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timezone
+
+import cortexstream
+from fastapi import APIRouter, Depends
+
+from .catalog import OLLAMA_DEFAULT_TAG, ServedModel
+from .errors import from_engine_error
+from .generation import Job, complete_all, engine_seed, merge_streams, open_streams
+from .schemas import (OllamaChatRequest, OllamaEmbeddingsRequest, OllamaEmbedRequest, OllamaGenerateRequest,
+                      OllamaOptions, OllamaShowRequest)
+from .state import ServerState, ready_state, require_api_key
+from .streaming import ndjson_line, ndjson_response
+
+router = APIRouter(prefix="/api", dependencies=[Depends(require_api_key)])
+
+# Ollama option names that the engine spells differently.
+_RENAMED_OPTIONS = {"repeat_penalty": "repetition_penalty", "num_predict": "max_tokens"}
+
+
+def _sampling(options: OllamaOptions) -> dict:
+    kwargs = {_RENAMED_OPTIONS.get(k, k): v for k, v in options.model_dump(exclude_none=True).items()}
+    # num_predict -1 (no limit) and -2 (fill the context) both mean "until the context is full".
+    if kwargs.get("max_tokens", 0) < 0:
+        del kwargs["max_tokens"]
+    if "seed" in kwargs:
+        kwargs["seed"] = engine_seed(kwargs["seed"])
+    return kwargs
+
+
+def _timestamp(moment: datetime | None = None) -> str:
+    """RFC 3339 in UTC with a `Z`, as Ollama writes `created_at`."""
+    moment = moment or datetime.now(timezone.utc)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _final_fields(result: cortexstream.Completion | cortexstream.Chunk) -> dict:
+    """The statistics of Ollama's last object, from a completion or a stream's last chunk."""
+    usage, timings = result.usage, result.timings
+    return {
+        "done": True,
+        "done_reason": result.finish_reason,
+        "total_duration": timings.total_ns,
+        "load_duration": 0,  # the model is loaded once at startup, never per request
+        "prompt_eval_count": usage.prompt_tokens,
+        "prompt_eval_duration": timings.prefill_ns,
+        "eval_count": usage.completion_tokens,
+        "eval_duration": timings.decode_ns,
+    }
+
+
+async def _respond(state: ServerState, model: str, job: Job, stream: bool, content: Callable[[str], dict]):
+    """Runs `job`; `content(text)` shapes generated text (`response` or `message`)."""
+    if not stream:
+        [completion] = await complete_all(state.engine, [job])
+        return {"model": model, "created_at": _timestamp(), **content(completion.text), **_final_fields(completion)}
+    streams = open_streams(state.engine, [job])
+    return ndjson_response(_stream_lines(streams, model, content))
+
+
+async def _stream_lines(streams, model: str, content: Callable[[str], dict]) -> AsyncIterator[str]:
+    try:
+        async for _, chunk in merge_streams(streams):
+            head = {"model": model, "created_at": _timestamp(), **content(chunk.text)}
+            if chunk.finish_reason is not None:
+                yield ndjson_line({**head, **_final_fields(chunk)})
+            elif chunk.text:
+                yield ndjson_line({**head, "done": False})
+    except cortexstream.CortexstreamError as error:
+        yield ndjson_line(from_engine_error(error).ollama_body())
+
+
+@router.post("/generate")
+async def generate(body: OllamaGenerateRequest, state: ServerState = Depends(ready_state)):
+    state.catalog.generation_model(body.model)
+    if not body.prompt:
+        # Ollama's way to preload a model: an empty prompt answers at once.
+        return {"model": body.model, "created_at": _timestamp(), "response": "", "done": True, "done_reason": "load"}
+    if body.raw:
+        job = Job(body.prompt, chat=False, sampling=_sampling(body.options))
+    else:
+        # Like Ollama, a non-raw prompt goes through the model's chat template as a user turn.
+        system = [{"role": "system", "content": body.system}] if body.system else []
+        messages = [*system, {"role": "user", "content": body.prompt}]
+        job = Job(messages, chat=True, sampling=_sampling(body.options))
+    return await _respond(state, body.model, job, body.stream, lambda text: {"response": text})
+
+
+@router.post("/chat")
+async def chat(body: OllamaChatRequest, state: ServerState = Depends(ready_state)):
+    state.catalog.generation_model(body.model)
+    messages = [{"role": m.role, "content": m.content} for m in body.messages]
+    job = Job(messages, chat=True, sampling=_sampling(body.options))
+    return await _respond(state, body.model, job, body.stream,
+                          lambda text: {"message": {"role": "assistant", "content": text}})
+
+
+async def _embed(state: ServerState, texts: list[str]) -> tuple[list[list[float]], int]:
+    # The embedding model runs outside the generation batch and blocks: keep it off the event loop.
+    return await asyncio.to_thread(state.engine.embed_with_usage, texts)
+
+
+@router.post("/embed")
+async def embed(body: OllamaEmbedRequest, state: ServerState = Depends(ready_state)):
+    state.catalog.embedding_model(body.model)
+    started = time.perf_counter_ns()
+    vectors, prompt_tokens = await _embed(state, [body.input] if isinstance(body.input, str) else body.input)
+    total_ns = time.perf_counter_ns() - started
+    return {"model": body.model, "embeddings": vectors, "total_duration": total_ns, "load_duration": 0,
+            "prompt_eval_count": prompt_tokens}
+
+
+@router.post("/embeddings")
+async def embeddings(body: OllamaEmbeddingsRequest, state: ServerState = Depends(ready_state)):
+    state.catalog.embedding_model(body.model)
+    [vector], _ = await _embed(state, [body.prompt])
+    return {"embedding": vector}
+
+
+def _details(model: ServedModel) -> dict:
+    file_format = "gguf" if model.path is not None and model.path.suffix == ".gguf" else "safetensors"
+    return {"parent_model": "", "format": file_format, "family": model.architecture,
+            "families": [model.architecture], "parameter_size": "", "quantization_level": ""}
+
+
+def _listing(model: ServedModel) -> dict:
+    name = model.id + OLLAMA_DEFAULT_TAG
+    return {"name": name, "model": name, "size": model.size_bytes, "details": _details(model)}
+
+
+@router.get("/tags")
+async def tags(state: ServerState = Depends(ready_state)):
+    return {"models": [{**_listing(m), "modified_at": _timestamp(m.modified_at)} for m in state.catalog.models]}
+
+
+@router.get("/ps")
+async def running_models(state: ServerState = Depends(ready_state)):
+    # Every served model stays loaded for the server's lifetime, and nothing is on a GPU.
+    return {"models": [{**_listing(m), "size_vram": 0, "context_length": m.context_length}
+                       for m in state.catalog.models]}
+
+
+@router.post("/show")
+async def show(body: OllamaShowRequest, state: ServerState = Depends(ready_state)):
+    model = state.catalog.find(body.model_name)
+    model_info = {"general.architecture": model.architecture}
+    if model.context_length is not None:
+        model_info[f"{model.architecture}.context_length"] = model.context_length
+    return {
+        "modelfile": "",
+        "parameters": "",
+        "template": "",
+        "details": _details(model),
+        "model_info": model_info,
+        "capabilities": ["embedding"] if model.is_embedding else ["completion"],
+        "modified_at": _timestamp(model.modified_at),
+    }
+
+
+@router.get("/version")
+async def version():
+    return {"version": getattr(cortexstream, "__version__", "0.0.0")}

@@ -1,0 +1,77 @@
+"""OpenAI response objects built from engine results: envelopes, usage and log-probabilities."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import cortexstream
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """The fields every object of one response repeats (`id`, `object`, `created`, `model`)."""
+
+    object: str
+    model: str
+    id: str
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @classmethod
+    def new(cls, object: str, model: str, id_prefix: str) -> Envelope:
+        return cls(object=object, model=model, id=f"{id_prefix}-{uuid.uuid4().hex}")
+
+    def body(self, choices: list[dict], **extra) -> dict:
+        return {"id": self.id, "object": self.object, "created": self.created, "model": self.model,
+                "choices": choices, **extra}
+
+
+def usage_body(usages: list[cortexstream.Usage]) -> dict:
+    """Token counts summed over every generation of the request (one per choice)."""
+    prompt = sum(u.prompt_tokens for u in usages)
+    completion = sum(u.completion_tokens for u in usages)
+    cached = sum(u.cached_prompt_tokens for u in usages)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
+
+
+class TokenTexts:
+    """The text of single token ids, which log-probabilities are reported with."""
+
+    def __init__(self, engine: cortexstream.Engine) -> None:
+        # Tokens repeat a lot across alternatives and requests; the vocabulary bounds the cache.
+        self.text = lru_cache(maxsize=65536)(lambda token_id: engine.detokenize([token_id]))
+
+    def chat_entry(self, logprobs: cortexstream.TokenLogprobs) -> dict:
+        """One entry of a chat choice's `logprobs.content`."""
+
+        def item(token_id: int, logprob: float) -> dict:
+            text = self.text(token_id)
+            return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+        return {**item(logprobs.token_id, logprobs.logprob),
+                "top_logprobs": [item(token_id, lp) for token_id, lp in logprobs.top]}
+
+    def chat_logprobs(self, entries: list[cortexstream.TokenLogprobs]) -> dict:
+        return {"content": [self.chat_entry(e) for e in entries]}
+
+    def completion_logprobs(self, entries: list[cortexstream.TokenLogprobs], text_offset: int) -> dict:
+        """A completion choice's `logprobs` (legacy layout: parallel lists); offsets count from
+        `text_offset`, the length of the text already returned for this choice."""
+        tokens = [self.text(e.token_id) for e in entries]
+        offsets = []
+        for token in tokens:
+            offsets.append(text_offset)
+            text_offset += len(token)
+        return {
+            "tokens": tokens,
+            "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [{self.text(t): lp for t, lp in e.top} for e in entries],
+            "text_offset": offsets,
+        }

@@ -1,0 +1,204 @@
+"""OpenAI-compatible endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+from collections.abc import AsyncIterator
+
+import cortexstream
+from fastapi import APIRouter, Depends
+
+from .errors import ApiError, from_engine_error
+from .generation import complete_all, engine_seed, fan_out, merge_streams, open_streams
+from .openai_format import Envelope, TokenTexts, usage_body
+from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, OpenAIMessage, OpenAISampling
+from .state import ServerState, ready_state, require_api_key
+from .streaming import sse_event, sse_response
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+
+# Request fields passed to the engine under the same name when the client set them.
+_PASSTHROUGH = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
+                "frequency_penalty")
+
+
+def _sampling(body: OpenAISampling, max_tokens: int | None, logprobs: int | None) -> dict:
+    """Engine keyword arguments; unset fields keep the engine's defaults."""
+    kwargs = {name: getattr(body, name) for name in _PASSTHROUGH if getattr(body, name) is not None}
+    if max_tokens is not None:
+        kwargs["max_tokens"] = max_tokens
+    if body.stop is not None:
+        kwargs["stop"] = [body.stop] if isinstance(body.stop, str) else body.stop
+    if engine_seed(body.seed) is not None:
+        kwargs["seed"] = engine_seed(body.seed)
+    if logprobs is not None:
+        kwargs["logprobs"] = logprobs
+    return kwargs
+
+
+def _check_n(n: int) -> None:
+    if n < 1:
+        raise ApiError(400, f"n must be at least 1, got {n}", param="n")
+
+
+def _message_text(message: OpenAIMessage) -> str:
+    if message.content is None or isinstance(message.content, str):
+        return message.content or ""
+    if any(part.type != "text" for part in message.content):
+        raise ApiError(400, "only text content parts are supported", param="messages")
+    return "".join(part.text or "" for part in message.content)
+
+
+# --- chat ---------------------------------------------------------------------------------------
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, state: ServerState = Depends(ready_state)):
+    state.catalog.generation_model(body.model)
+    _check_n(body.n)
+    messages = [{"role": m.role, "content": _message_text(m)} for m in body.messages]
+    top = (body.top_logprobs or 0) if body.logprobs else None
+    sampling = _sampling(body, body.max_completion_tokens or body.max_tokens, top)
+    jobs = fan_out([messages], chat=True, sampling=sampling, n=body.n)
+    envelope = Envelope.new("chat.completion", body.model, "chatcmpl")
+    texts = TokenTexts(state.engine)
+    if body.stream:
+        streams = open_streams(state.engine, jobs)
+        chunk_envelope = Envelope("chat.completion.chunk", body.model, envelope.id, envelope.created)
+        return sse_response(_chat_events(streams, chunk_envelope, texts, body.include_usage))
+    completions = await complete_all(state.engine, jobs)
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": c.text},
+            "logprobs": texts.chat_logprobs(c.logprobs) if c.logprobs is not None else None,
+            "finish_reason": c.finish_reason,
+        }
+        for i, c in enumerate(completions)
+    ]
+    return envelope.body(choices, usage=usage_body([c.usage for c in completions]))
+
+
+async def _chat_events(streams, envelope: Envelope, texts: TokenTexts, include_usage: bool) -> AsyncIterator[str]:
+    # With include_usage every chunk carries `usage: null` and a last chunk with no choices has it.
+    extra = {"usage": None} if include_usage else {}
+
+    def chunk(index: int, delta: dict, finish_reason: str | None = None, logprobs=None) -> str:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+        return sse_event(envelope.body([choice], **extra))
+
+    usages = []
+    try:
+        for index in range(len(streams)):
+            yield chunk(index, {"role": "assistant", "content": ""})
+        async for index, piece in merge_streams(streams):
+            if piece.text or piece.logprobs is not None:
+                logprobs = {"content": [texts.chat_entry(piece.logprobs)]} if piece.logprobs is not None else None
+                yield chunk(index, {"content": piece.text}, logprobs=logprobs)
+            if piece.finish_reason is not None:
+                usages.append(piece.usage)
+                yield chunk(index, {}, finish_reason=piece.finish_reason)
+        if include_usage:
+            yield sse_event(envelope.body([], usage=usage_body(usages)))
+        yield sse_event("[DONE]")
+    except cortexstream.CortexstreamError as error:
+        yield sse_event(from_engine_error(error).openai_body())
+
+
+# --- completions --------------------------------------------------------------------------------
+
+
+def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
+    """The prompt field as a list of prompts: a string and a token-id list are one prompt each."""
+    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+        return [prompt]
+    return list(prompt)
+
+
+@router.post("/completions")
+async def completions(body: CompletionRequest, state: ServerState = Depends(ready_state)):
+    state.catalog.generation_model(body.model)
+    _check_n(body.n)
+    sampling = _sampling(body, body.max_tokens, body.logprobs)
+    jobs = fan_out(_prompts(body.prompt), chat=False, sampling=sampling, n=body.n)
+    envelope = Envelope.new("text_completion", body.model, "cmpl")
+    texts = TokenTexts(state.engine)
+    if body.stream:
+        streams = open_streams(state.engine, jobs)
+        return sse_response(_completion_events(streams, envelope, texts, body.include_usage))
+    completions = await complete_all(state.engine, jobs)
+    choices = [
+        {
+            "index": i,
+            "text": c.text,
+            "logprobs": texts.completion_logprobs(c.logprobs, 0) if c.logprobs is not None else None,
+            "finish_reason": c.finish_reason,
+        }
+        for i, c in enumerate(completions)
+    ]
+    return envelope.body(choices, usage=usage_body([c.usage for c in completions]))
+
+
+async def _completion_events(streams, envelope: Envelope, texts: TokenTexts, include_usage: bool) -> AsyncIterator[str]:
+    extra = {"usage": None} if include_usage else {}
+    text_offsets = [0] * len(streams)
+    usages = []
+    try:
+        async for index, piece in merge_streams(streams):
+            if not (piece.text or piece.logprobs is not None or piece.finish_reason is not None):
+                continue
+            logprobs = None
+            if piece.logprobs is not None:
+                logprobs = texts.completion_logprobs([piece.logprobs], text_offsets[index])
+            text_offsets[index] += len(piece.text)
+            choice = {"index": index, "text": piece.text, "logprobs": logprobs, "finish_reason": piece.finish_reason}
+            yield sse_event(envelope.body([choice], **extra))
+            if piece.finish_reason is not None:
+                usages.append(piece.usage)
+        if include_usage:
+            yield sse_event(envelope.body([], usage=usage_body(usages)))
+        yield sse_event("[DONE]")
+    except cortexstream.CortexstreamError as error:
+        yield sse_event(from_engine_error(error).openai_body())
+
+
+# --- embeddings and models ----------------------------------------------------------------------
+
+
+def _encode_embedding(vector: list[float], encoding_format: str) -> list[float] | str:
+    if encoding_format == "float":
+        return vector
+    # base64 of little-endian float32s: what the official client asks for by default.
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+
+
+@router.post("/embeddings")
+async def embeddings(body: EmbeddingRequest, state: ServerState = Depends(ready_state)):
+    state.catalog.embedding_model(body.model)
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    # The embedding model runs outside the generation batch and blocks: keep it off the event loop.
+    vectors, prompt_tokens = await asyncio.to_thread(state.engine.embed_with_usage, texts)
+    data = [
+        {"object": "embedding", "index": i, "embedding": _encode_embedding(v, body.encoding_format)}
+        for i, v in enumerate(vectors)
+    ]
+    return {"object": "list", "data": data, "model": body.model,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
+
+
+def _model_object(model_id: str, created: int) -> dict:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "cortexstream"}
+
+
+@router.get("/models")
+async def list_models(state: ServerState = Depends(ready_state)):
+    data = [_model_object(m.id, int(m.modified_at.timestamp())) for m in state.catalog.models]
+    return {"object": "list", "data": data}
+
+
+@router.get("/models/{model_id:path}")
+async def get_model(model_id: str, state: ServerState = Depends(ready_state)):
+    model = state.catalog.find(model_id)
+    return _model_object(model.id, int(model.modified_at.timestamp()))

@@ -1,0 +1,138 @@
+"""Request bodies of the OpenAI and Ollama endpoints.
+
+Only the fields the server acts on are declared; unknown fields are ignored, as both APIs grow
+new ones all the time. Value ranges are checked by the engine, which names the field at fault.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# --- OpenAI -------------------------------------------------------------------------------------
+
+
+class ContentPart(_Body):
+    type: str
+    text: str | None = None
+
+
+class OpenAIMessage(_Body):
+    role: str
+    content: str | list[ContentPart] | None = None
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class OpenAISampling(_Body):
+    """Fields shared by chat completions and completions. `top_k`, `min_p` and
+    `repetition_penalty` are not OpenAI's but vLLM and llama.cpp accept them too."""
+
+    model: str
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+class ChatCompletionRequest(OpenAISampling):
+    messages: list[OpenAIMessage]
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+
+class CompletionRequest(OpenAISampling):
+    # A string, a list of strings (one choice set each), token ids, or a list of token-id lists.
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = None
+
+
+class EmbeddingRequest(_Body):
+    model: str
+    input: str | list[str]
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+# --- Ollama -------------------------------------------------------------------------------------
+
+
+class OllamaOptions(_Body):
+    """The `options` Ollama maps to llama.cpp's sampler; the rest (num_ctx, mirostat, ...) is ignored."""
+
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    num_predict: int | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
+    repeat_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+
+class OllamaMessage(_Body):
+    role: str
+    content: str = ""
+
+
+class OllamaGenerateRequest(_Body):
+    model: str
+    prompt: str = ""
+    system: str | None = None
+    raw: bool = False
+    stream: bool = True
+    options: OllamaOptions = Field(default_factory=OllamaOptions)
+
+
+class OllamaChatRequest(_Body):
+    model: str
+    messages: list[OllamaMessage] = Field(default_factory=list)
+    stream: bool = True
+    options: OllamaOptions = Field(default_factory=OllamaOptions)
+
+
+class OllamaEmbedRequest(_Body):
+    model: str
+    input: str | list[str]
+
+
+class OllamaEmbeddingsRequest(_Body):
+    """The legacy single-text endpoint."""
+
+    model: str
+    prompt: str
+
+
+class OllamaShowRequest(_Body):
+    # Older clients send `name`, newer ones `model`.
+    model: str | None = None
+    name: str | None = None
+
+    @property
+    def model_name(self) -> str:
+        return self.model or self.name or ""
+

@@ -1,0 +1,84 @@
+"""The server's configuration, its engine (loaded in the background), and the request guards."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+
+import cortexstream
+from fastapi import Request
+
+from .catalog import ModelCatalog
+from .errors import RETRY_AFTER_SECONDS, ApiError
+
+log = logging.getLogger("cortexstream.server")
+
+#: `--embedding-model none` serves no embedding model.
+NO_EMBEDDING_MODEL = "none"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What the command line chose. `embedding_model=None` means the engine's default (minilm)."""
+
+    model: str = "smollm2"
+    embedding_model: str | None = None
+    api_key: str | None = None
+
+
+class ServerState:
+    """Holds the engine once it has loaded; until then every model endpoint answers 503."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.engine: cortexstream.Engine | None = None
+        self.catalog: ModelCatalog | None = None
+        self.load_error: str | None = None
+
+    def load(self) -> None:
+        """Loads the models (blocking: run it off the event loop)."""
+        config = self.config
+        embedding = False if config.embedding_model == NO_EMBEDDING_MODEL else config.embedding_model
+        try:
+            engine = cortexstream.Engine(config.model, embedding_model=embedding)
+            self.catalog = ModelCatalog(engine.model_info, config.model, config.embedding_model)
+        except Exception as error:  # noqa: BLE001 - reported by /health and every endpoint
+            self.load_error = str(error)
+            log.error("cannot load the model: %s", error)
+            return
+        self.engine = engine
+        log.info("serving %s", ", ".join(m.id for m in self.catalog.models))
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None
+
+
+def server_state(request: Request) -> ServerState:
+    return request.app.state.server
+
+
+def ready_state(request: Request) -> ServerState:
+    """FastAPI dependency: the state of a server whose engine is ready, else 503."""
+    state = server_state(request)
+    if state.load_error is not None:
+        raise ApiError(503, f"the model failed to load: {state.load_error}", code="model_load_error")
+    if not state.ready:
+        raise ApiError(503, "the model is still loading", code="loading", retry_after=RETRY_AFTER_SECONDS)
+    return state
+
+
+def require_api_key(request: Request) -> None:
+    """FastAPI dependency: when an API key is configured, demands `Authorization: Bearer <key>`."""
+    expected = server_state(request).config.api_key
+    if expected is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    # compare_digest: the time taken must not tell how much of a guessed key was right.
+    if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), expected.encode()):
+        raise ApiError(401, "Incorrect or missing API key", type="invalid_request_error", code="invalid_api_key")
