@@ -115,6 +115,12 @@ impl Tokenizer {
             Some(value) => integer_array(gguf, "tokenizer.ggml.token_type", value)?,
             None => Vec::new(),
         };
+        if !token_types.is_empty() && token_types.len() != tokens.len() {
+            return Err(Error::model_load(
+                path,
+                format!("{} token types for {} tokens in `tokenizer.ggml.token_type`", token_types.len(), tokens.len()),
+            ));
+        }
 
         let vocab: Vocab = tokens.iter().enumerate().map(|(id, t)| (t.to_string(), id as u32)).collect();
         let bpe = BPE::builder()
@@ -138,12 +144,10 @@ impl Tokenizer {
         inner.add_special_tokens(&added(TOKEN_TYPE_CONTROL, true));
         inner.add_tokens(&added(TOKEN_TYPE_USER_DEFINED, false));
 
-        let special_id = |key: &str| gguf.get(key).and_then(Value::as_u64).map(|id| id as u32);
-        let bos = special_id("tokenizer.ggml.bos_token_id");
-        let eos = special_id("tokenizer.ggml.eos_token_id");
+        let (bos, eos) = gguf_bos_eos(gguf);
         // llama.cpp's default for BPE vocabularies when the key is missing is "don't add".
         let add_bos = gguf.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(false);
-        Ok(Self::with_tables(inner, TokenTextScheme::ByteLevel, bos, eos, bos.filter(|_| add_bos)))
+        Self::with_tables(inner, TokenTextScheme::ByteLevel, bos, eos, bos.filter(|_| add_bos)).validated(path)
     }
 
     /// Loads a HuggingFace `tokenizer.json` (used when one sits next to the model, and by the
@@ -166,13 +170,10 @@ impl Tokenizer {
             TokenTextScheme::Literal
         };
         let (bos, eos) = match gguf {
-            Some(gguf) => {
-                let id = |key: &str| gguf.get(key).and_then(Value::as_u64).map(|id| id as u32);
-                (id("tokenizer.ggml.bos_token_id"), id("tokenizer.ggml.eos_token_id"))
-            }
+            Some(gguf) => gguf_bos_eos(gguf),
             None => special_ids_next_to(path, &inner)?,
         };
-        Ok(Self::with_tables(inner, scheme, bos, eos, None))
+        Self::with_tables(inner, scheme, bos, eos, None).validated(path)
     }
 
     /// Precomputes the per-id tables shared by both constructors.
@@ -205,6 +206,19 @@ impl Tokenizer {
             }
         }
         Self { inner, entries, bos, eos, prepend_bos, end_of_generation }
+    }
+
+    /// Fails when the model file names a BOS/EOS id the vocabulary does not have.
+    fn validated(self, path: &Path) -> Result<Self> {
+        for (name, id) in [("BOS", self.bos), ("EOS", self.eos)] {
+            if let Some(id) = id.filter(|&id| self.entry(id).is_none()) {
+                return Err(Error::model_load(
+                    path,
+                    format!("{name} token id {id} is not in the vocabulary (size {})", self.vocab_size()),
+                ));
+            }
+        }
+        Ok(self)
     }
 
     /// Encodes `text`. Special tokens written literally (e.g. `<|im_start|>`) are recognised as
@@ -298,6 +312,12 @@ fn byte_level_pre_tokenizer(pre: &str) -> std::result::Result<PreTokenizerWrappe
         "qwen2" => split_then_bytes(QWEN2_SPLIT_REGEX),
         _ => Ok(byte_level(true)),
     }
+}
+
+/// The BOS and EOS ids a GGUF names, if any.
+fn gguf_bos_eos(gguf: &GgufFile) -> (Option<u32>, Option<u32>) {
+    let id = |key: &str| gguf.get(key).and_then(Value::as_u64).and_then(|id| u32::try_from(id).ok());
+    (id("tokenizer.ggml.bos_token_id"), id("tokenizer.ggml.eos_token_id"))
 }
 
 /// A GGUF metadata array of strings, or a load error naming the key.
