@@ -104,7 +104,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(request, ApiError(exc.status_code, str(exc.detail)))
 
+    async def on_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette still logs the traceback; the client gets a well-formed 500.
+        return error_response(request, ApiError(500, "internal server error", code="internal_error"))
+
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(cortexstream.CortexstreamError, on_engine_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected_error)

@@ -38,11 +38,6 @@ def _sampling(body: OpenAISampling, max_tokens: int | None, logprobs: int | None
     return kwargs
 
 
-def _check_n(n: int) -> None:
-    if n < 1:
-        raise ApiError(400, f"n must be at least 1, got {n}", param="n")
-
-
 def _message_text(message: OpenAIMessage) -> str:
     if message.content is None or isinstance(message.content, str):
         return message.content or ""
@@ -57,7 +52,6 @@ def _message_text(message: OpenAIMessage) -> str:
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, state: ServerState = Depends(ready_state)):
     state.catalog.generation_model(body.model)
-    _check_n(body.n)
     messages = [{"role": m.role, "content": _message_text(m)} for m in body.messages]
     top = (body.top_logprobs or 0) if body.logprobs else None
     sampling = _sampling(body, body.max_completion_tokens or body.max_tokens, top)
@@ -120,7 +114,6 @@ def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str 
 @router.post("/completions")
 async def completions(body: CompletionRequest, state: ServerState = Depends(ready_state)):
     state.catalog.generation_model(body.model)
-    _check_n(body.n)
     sampling = _sampling(body, body.max_tokens, body.logprobs)
     jobs = fan_out(_prompts(body.prompt), chat=False, sampling=sampling, n=body.n)
     envelope = Envelope.new("text_completion", body.model, "cmpl")

@@ -6,13 +6,23 @@ new ones all the time. Value ranges are checked by the engine, which names the f
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+#: Most choices per request: the engine's default number of running sequences, so that the
+#: choices of one request run side by side instead of queueing behind each other.
+MAX_CHOICES = 32
+
+# Fields the engine takes as unsigned integers; the engine checks the finer ranges and names the
+# field, but a negative or 65-bit number must already be a 400 here, not a failed conversion.
+Count = Annotated[int, Field(ge=0, le=2**32 - 1)]
+Seed = Annotated[int, Field(le=2**64 - 1)]
 
 
 # --- OpenAI -------------------------------------------------------------------------------------
@@ -37,17 +47,17 @@ class OpenAISampling(_Body):
     `repetition_penalty` are not OpenAI's but vLLM and llama.cpp accept them too."""
 
     model: str
-    max_tokens: int | None = None
+    max_tokens: Count | None = None
     temperature: float | None = None
     top_p: float | None = None
-    top_k: int | None = None
+    top_k: Count | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int = 1
+    seed: Seed | None = None
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -59,15 +69,15 @@ class OpenAISampling(_Body):
 
 class ChatCompletionRequest(OpenAISampling):
     messages: list[OpenAIMessage]
-    max_completion_tokens: int | None = None
+    max_completion_tokens: Count | None = None
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: Count | None = None
 
 
 class CompletionRequest(OpenAISampling):
     # A string, a list of strings (one choice set each), token ids, or a list of token-id lists.
-    prompt: str | list[str] | list[int] | list[list[int]]
-    logprobs: int | None = None
+    prompt: str | list[str] | list[Count] | list[list[Count]]
+    logprobs: Count | None = None
 
 
 class EmbeddingRequest(_Body):
@@ -83,12 +93,12 @@ class OllamaOptions(_Body):
     """The `options` Ollama maps to llama.cpp's sampler; the rest (num_ctx, mirostat, ...) is ignored."""
 
     temperature: float | None = None
-    top_k: int | None = None
+    top_k: Count | None = None
     top_p: float | None = None
     min_p: float | None = None
     num_predict: int | None = None
     stop: list[str] | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     repeat_penalty: float | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None

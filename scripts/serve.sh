@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Builds cortexstream into a virtualenv, fetches the default models and starts the OpenAI- and
+# Ollama-compatible REST server. Needs only Rust and python3; arguments go to the server:
+#   scripts/serve.sh --port 9000 --api-key secret
+# The virtualenv and the models live under $CORTEXSTREAM_CACHE (default ~/.cache/cortexstream).
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache="${CORTEXSTREAM_CACHE:-$HOME/.cache/cortexstream}"
+venv="$cache/venv"
+python="$venv/bin/python"
+
+if [ ! -x "$python" ]; then
+    echo "serve.sh: creating the virtualenv $venv" >&2
+    mkdir -p "$cache"
+    python3 -m venv "$venv" || {
+        echo "serve.sh: python3 cannot create a virtualenv (on Debian/Ubuntu: apt-get install python3-venv)" >&2
+        exit 1
+    }
+fi
+
+echo "serve.sh: installing maturin and the server's requirements" >&2
+"$python" -m pip install --quiet --disable-pip-version-check "maturin>=1.9,<2" -r "$repo/examples/server/requirements.txt"
+
+echo "serve.sh: building cortexstream (release)" >&2
+# The repository's own target dir keeps rebuilds incremental, shared with `cargo build --release`.
+(cd "$repo" && VIRTUAL_ENV="$venv" CARGO_TARGET_DIR="$repo/target" "$venv/bin/maturin" develop --release --quiet)
+
+export CORTEXSTREAM_CACHE="$cache"
+"$python" "$repo/python/cortexstream/models.py" pull all
+
+cd "$repo"
+exec "$python" -m examples.server "$@"

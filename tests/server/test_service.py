@@ -1,0 +1,105 @@
+"""Health, metrics, API keys, concurrency and cancellation on client disconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import ollama
+import openai
+import pytest
+
+from conftest import AUTH, start_server, stop_server, wait_for_health
+
+MODEL = "smollm2"
+
+
+def wait_for_metrics(server, condition, timeout_s: float = 10.0) -> dict[str, float]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        metrics = server.metrics()
+        if condition(metrics) or time.monotonic() > deadline:
+            return metrics
+        time.sleep(0.05)
+
+
+def test_health_needs_no_key_but_everything_else_does(server):
+    assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
+
+    missing = httpx.get(f"{server.url}/v1/models")
+    assert missing.status_code == 401
+    assert missing.json()["error"]["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0).models.list()
+    with pytest.raises(ollama.ResponseError) as rejected:
+        ollama.Client(host=server.url, headers={"Authorization": "Bearer wrong"}).list()
+    assert rejected.value.status_code == 401
+    assert httpx.get(f"{server.url}/metrics").status_code == 401
+
+
+def test_health_is_503_until_a_model_is_served():
+    broken = start_server("--model", "/nonexistent/model.gguf")
+    try:
+        health = wait_for_health(broken, lambda r: r.json().get("status") == "error", timeout_s=60)
+        assert health.status_code == 503
+        assert "/nonexistent/model.gguf" in health.json()["error"]
+        models = httpx.get(f"{broken.url}/v1/models")
+        assert models.status_code == 503
+        assert models.json()["error"]["code"] == "model_load_error"
+    finally:
+        stop_server(broken)
+
+
+def test_metrics_count_requests_and_tokens_in_prometheus_format(server, openai_client):
+    before = server.metrics()
+    result = openai_client.completions.create(model=MODEL, prompt="One, two,", max_tokens=5, temperature=0)
+    after = wait_for_metrics(server, lambda m: m["cortexstream_requests_finished_total"] > before["cortexstream_requests_finished_total"])
+    assert after["cortexstream_ready"] == 1
+    assert after["cortexstream_requests_finished_total"] == before["cortexstream_requests_finished_total"] + 1
+    assert after["cortexstream_generated_tokens_total"] >= (
+        before["cortexstream_generated_tokens_total"] + result.usage.completion_tokens)
+    assert after["cortexstream_time_to_first_token_seconds_count"] == before["cortexstream_time_to_first_token_seconds_count"] + 1
+    text = httpx.get(f"{server.url}/metrics", headers=AUTH).text
+    assert "# TYPE cortexstream_per_token_seconds histogram" in text
+    assert 'cortexstream_time_to_first_token_seconds_bucket{le="+Inf"}' in text
+    assert "# TYPE cortexstream_queue_depth gauge" in text
+
+
+def test_sixteen_concurrent_streams_all_finish(server):
+    async def one_stream(client: openai.AsyncOpenAI, i: int) -> tuple[str, str | None]:
+        stream = await client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": f"Tell me about the number {i}."}],
+            max_tokens=12, temperature=0.7, seed=i, stream=True)
+        text, finish_reason = "", None
+        async for chunk in stream:
+            text += chunk.choices[0].delta.content or ""
+            finish_reason = chunk.choices[0].finish_reason or finish_reason
+        return text, finish_reason
+
+    async def all_streams():
+        async with openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=AUTH["Authorization"][7:],
+                                      max_retries=0, timeout=120) as client:
+            return await asyncio.gather(*(one_stream(client, i) for i in range(16)))
+
+    results = asyncio.run(all_streams())
+    assert len(results) == 16
+    assert all(text and finish_reason in ("stop", "length") for text, finish_reason in results)
+    assert server.metrics()["cortexstream_running"] == 0
+
+
+def test_client_disconnect_cancels_the_request(server):
+    before = server.metrics()["cortexstream_requests_cancelled_total"]
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Write a long story."}],
+            "max_tokens": 500, "temperature": 0.8, "stream": True}
+    with httpx.Client(timeout=60) as client:
+        with client.stream("POST", f"{server.url}/v1/chat/completions", headers=AUTH, json=body) as response:
+            assert response.status_code == 200
+            events = response.iter_lines()
+            received = [line for line in (next(events) for _ in range(8)) if line.startswith("data: ")]
+            assert len(received) == 4  # the role chunk and three content chunks, before hanging up
+
+    metrics = wait_for_metrics(server, lambda m: m["cortexstream_requests_cancelled_total"] > before
+                               and m["cortexstream_running"] == 0)
+    assert metrics["cortexstream_requests_cancelled_total"] == before + 1
+    assert metrics["cortexstream_running"] == 0
