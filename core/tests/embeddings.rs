@@ -1,0 +1,181 @@
+//! Sentence embeddings with the real all-MiniLM-L6-v2, checked against an independent float64
+//! numpy implementation (`tests/reference/bert_f64.py`).
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use cortexstream::models::bert::BertEmbedder;
+use cortexstream::threadpool::{default_thread_count, ThreadPool};
+use cortexstream::Error;
+
+const LONG_TEXT: &str = "The history of the city goes back more than two thousand years, to a small settlement \
+    of fishermen and traders on the northern bank of the river. Over the centuries it grew into a busy port, \
+    survived floods, fires and a long siege, and became known for its markets, its bridges and its university. \
+    Today most visitors come for the old town, where narrow streets wind between merchant houses, churches and \
+    small squares, and for the museums that tell the story of the river trade, the shipyards and the people who \
+    worked in them, from the medieval guilds to the dock workers of the industrial age.";
+
+fn embedder() -> &'static BertEmbedder {
+    static EMBEDDER: OnceLock<BertEmbedder> = OnceLock::new();
+    EMBEDDER.get_or_init(|| {
+        let pool = Arc::new(ThreadPool::new(default_thread_count()));
+        let start = Instant::now();
+        let embedder = BertEmbedder::load(&common::minilm_dir(), pool).expect("the MiniLM folder loads");
+        println!("loaded {} in {:.1} ms", embedder.name(), start.elapsed().as_secs_f64() * 1e3);
+        embedder
+    })
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+fn embed_one(text: &str) -> Vec<f32> {
+    embedder().embed(&[text]).expect("embedding succeeds").remove(0)
+}
+
+fn assert_close(a: &[f32], b: &[f32], tolerance: f32, what: &str) {
+    let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(worst <= tolerance, "{what}: largest difference {worst}");
+}
+
+#[test]
+fn describes_the_model() {
+    let embedder = embedder();
+    assert_eq!(embedder.dim(), 384);
+    // min(max_seq_length 256 from sentence_bert_config.json, max_position_embeddings 512)
+    assert_eq!(embedder.max_tokens(), 256);
+    assert_eq!(embedder.name(), "minilm");
+    // [CLS] a man is eating food . [SEP]
+    assert_eq!(embedder.count_tokens("A man is eating food.").unwrap(), 8);
+}
+
+#[test]
+fn vectors_have_the_model_width_and_unit_length() {
+    let texts = ["A man is eating food.", "x", "Ünïcödé and emoji 🚀 survive tokenisation.", LONG_TEXT];
+    let vectors = embedder().embed(&texts).unwrap();
+    assert_eq!(vectors.len(), texts.len());
+    for (text, vector) in texts.iter().zip(&vectors) {
+        assert_eq!(vector.len(), 384);
+        let norm = vector.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() <= 1e-5, "{text:?}: norm {norm}");
+    }
+}
+
+#[test]
+fn related_sentences_are_closer_than_unrelated_ones() {
+    let triples = [
+        ("A man is eating food.", "A man is eating a piece of bread.", ["The girl is carrying a baby.", "A cheetah is running behind its prey."]),
+        ("A man is playing the guitar.", "Someone plays an instrument on stage.", ["A woman is slicing onions.", "The stock market fell sharply today."]),
+    ];
+    for (anchor, related, unrelated) in triples {
+        let vectors = embedder().embed(&[anchor, related, unrelated[0], unrelated[1]]).unwrap();
+        let related_score = cosine(&vectors[0], &vectors[1]);
+        for (text, vector) in unrelated.iter().zip(&vectors[2..]) {
+            let score = cosine(&vectors[0], vector);
+            assert!(related_score > score, "{anchor:?}: {related:?} scores {related_score:.4}, {text:?} {score:.4}");
+        }
+    }
+}
+
+#[test]
+fn a_text_embeds_the_same_alone_and_beside_longer_texts() {
+    let short = "A man is eating food.";
+    let alone = embed_one(short);
+    let batch = embedder().embed(&[LONG_TEXT, short, "A slightly longer sentence about something else entirely."]).unwrap();
+    assert_close(&alone, &batch[1], 1e-5, "short text inside a batch");
+    assert_close(&embed_one(LONG_TEXT), &batch[0], 1e-5, "long text inside a batch");
+}
+
+#[test]
+fn sixty_four_sentences_come_back_in_order_and_match_single_embeddings() {
+    let subjects = ["A man", "The girl", "A cheetah", "My neighbour", "The old dog", "A robot", "Two children", "The chef"];
+    let actions = ["is eating food.", "is running in the park.", "reads a book.", "plays the guitar.", "is sleeping.", "cooks dinner.", "waits for the bus.", "paints a fence."];
+    let sentences: Vec<String> = subjects.iter().flat_map(|s| actions.iter().map(move |a| format!("{s} {a}"))).collect();
+    let texts: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    assert_eq!(texts.len(), 64);
+
+    embedder().embed(&texts).unwrap(); // warm up
+    let start = Instant::now();
+    let vectors = embedder().embed(&texts).unwrap();
+    let elapsed = start.elapsed();
+    let tokens: usize = texts.iter().map(|t| embedder().count_tokens(t).unwrap()).sum();
+    println!(
+        "embedded 64 short sentences ({tokens} tokens) in {:.1} ms ({:.0} tokens/s)",
+        elapsed.as_secs_f64() * 1e3,
+        tokens as f64 / elapsed.as_secs_f64()
+    );
+
+    assert_eq!(vectors.len(), 64);
+    // Spans both internal sub-batches.
+    for i in [0, 31, 32, 63] {
+        assert_close(&embed_one(texts[i]), &vectors[i], 1e-5, texts[i]);
+    }
+}
+
+#[test]
+fn matches_the_float64_reference() {
+    let texts = [
+        "A man is eating food.",
+        "The girl is carrying a baby.",
+        "What's the capital of France? Paris, obviously!",
+        "naïve café — “quotes”, 数字 and 1234567.89",
+        LONG_TEXT,
+    ];
+    let long_tokens = embedder().count_tokens(LONG_TEXT).unwrap();
+    assert!(long_tokens > 100 && long_tokens <= 256, "the long text has {long_tokens} tokens");
+
+    let reference = float64_reference(&texts);
+    let vectors = embedder().embed(&texts).unwrap();
+    assert_eq!(reference.len(), texts.len());
+    for ((text, got), want) in texts.iter().zip(&vectors).zip(&reference) {
+        let similarity = cosine(got, want);
+        println!("1 - cosine to the float64 reference: {:.1e} for {text:?}", 1.0 - similarity);
+        assert!(similarity >= 0.9999, "{text:?}: cosine {similarity}");
+    }
+}
+
+/// Runs `tests/reference/bert_f64.py` on `texts`.
+fn float64_reference(texts: &[&str]) -> Vec<Vec<f32>> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/bert_f64.py");
+    let mut child = Command::new(common::python())
+        .arg(&script)
+        .arg(common::minilm_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python starts");
+    let input = serde_json::to_vec(texts).unwrap();
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{} failed", script.display());
+    serde_json::from_slice(&output.stdout).expect("the reference prints a JSON list of vectors")
+}
+
+fn expect_invalid_input(result: cortexstream::Result<Vec<Vec<f32>>>) -> String {
+    match result {
+        Err(Error::InvalidRequest { param: "input", message }) => message,
+        other => panic!("expected an invalid `input` error, got {other:?}"),
+    }
+}
+
+#[test]
+fn rejects_empty_and_too_long_input() {
+    let embedder = embedder();
+    expect_invalid_input(embedder.embed(&[]));
+
+    let message = expect_invalid_input(embedder.embed(&["fine", ""]));
+    assert!(message.contains("input[1]"), "{message}");
+
+    let too_long = LONG_TEXT.repeat(3);
+    let count = embedder.count_tokens(&too_long).unwrap();
+    assert!(count > 256);
+    let message = expect_invalid_input(embedder.embed(&["fine", &too_long]));
+    assert!(message.contains(&count.to_string()) && message.contains("256"), "{message}");
+}
