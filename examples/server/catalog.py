@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import ApiError, model_not_found
@@ -45,8 +45,8 @@ class ServedModel:
     def modified_at(self) -> datetime:
         """The model file's modification time (Ollama lists it); now when the path is unknown."""
         if self.path is not None and self.path.exists():
-            return datetime.fromtimestamp(self.path.stat().st_mtime, tz=timezone.utc)
-        return datetime.now(timezone.utc)
+            return datetime.fromtimestamp(self.path.stat().st_mtime, tz=UTC)
+        return datetime.now(UTC)
 
     @property
     def size_bytes(self) -> int:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import cortexstream
 
+from .errors import ApiError
+
 
 @dataclass(frozen=True)
 class Job:
@@ -48,10 +50,20 @@ async def complete_all(engine: cortexstream.Engine, jobs: list[Job]) -> list[cor
     ]
     tasks = [asyncio.ensure_future(call) for call in calls]
     try:
-        return list(await asyncio.gather(*tasks))
+        completions = list(await asyncio.gather(*tasks))
     finally:
         for task in tasks:
             task.cancel()
+    for completion in completions:
+        raise_if_failed(completion)
+    return completions
+
+
+def raise_if_failed(result: cortexstream.Completion | cortexstream.Chunk) -> None:
+    """The engine reports a failure inside a request (e.g. a caught panic) as finish reason
+    "error"; the client gets a 500 with the engine's message."""
+    if result.finish_reason == "error":
+        raise ApiError(500, result.error or "generation failed", code="internal_error")
 
 
 def open_streams(engine: cortexstream.Engine, jobs: list[Job]) -> list[cortexstream.AsyncStream]:
@@ -77,7 +89,7 @@ async def merge_streams(
     """Yields `(stream index, chunk)` as chunks arrive from any stream.
 
     Closing this generator (the client went away) cancels every request still running in the
-    engine, so their KV cache is freed at the next step.
+    engine, so their KV cache is freed at the next step. A request that fails raises `ApiError`.
     """
     queue: asyncio.Queue = asyncio.Queue()
     finished = [False] * len(streams)
@@ -99,6 +111,7 @@ async def merge_streams(
             elif isinstance(item, Exception):
                 raise item
             else:
+                raise_if_failed(item)
                 yield index, item
     finally:
         for task in tasks:

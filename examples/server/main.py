@@ -23,9 +23,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="OpenAI- and Ollama-compatible REST server for cortexstream.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
-    parser.add_argument("--model", default="smollm2", help="model name in the cache, or a GGUF path (default: smollm2)")
+    parser.add_argument("--model", default="smollm2",
+                        help="model name in the cache, or a GGUF path (default: smollm2)")
     parser.add_argument("--embedding-model", default=None,
-                        help=f"embedding model name or directory (default: minilm if cached; '{NO_EMBEDDING_MODEL}' for none)")
+                        help="embedding model name or directory "
+                             f"(default: minilm if cached; '{NO_EMBEDDING_MODEL}' for none)")
     parser.add_argument("--api-key", default=os.environ.get("CORTEXSTREAM_API_KEY"),
                         help="require `Authorization: Bearer KEY` (default: $CORTEXSTREAM_API_KEY, else no key)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

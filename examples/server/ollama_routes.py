@@ -6,17 +6,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import cortexstream
 from fastapi import APIRouter, Depends
 
 from .catalog import OLLAMA_DEFAULT_TAG, ServedModel
-from .errors import from_engine_error
+from .errors import ApiError, from_engine_error
 from .generation import Job, complete_all, engine_seed, merge_streams, open_streams
-from .schemas import (OllamaChatRequest, OllamaEmbeddingsRequest, OllamaEmbedRequest, OllamaGenerateRequest,
-                      OllamaOptions, OllamaShowRequest)
-from .state import ServerState, ready_state, require_api_key
+from .schemas import (
+    OllamaChatRequest,
+    OllamaEmbeddingsRequest,
+    OllamaEmbedRequest,
+    OllamaGenerateRequest,
+    OllamaOptions,
+    OllamaShowRequest,
+)
+from .state import ReadyState, ServerState, require_api_key
 from .streaming import ndjson_line, ndjson_response
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_api_key)])
@@ -37,7 +43,7 @@ def _sampling(options: OllamaOptions) -> dict:
 
 def _timestamp(moment: datetime | None = None) -> str:
     """RFC 3339 in UTC with a `Z`, as Ollama writes `created_at`."""
-    moment = moment or datetime.now(timezone.utc)
+    moment = moment or datetime.now(UTC)
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
@@ -73,12 +79,12 @@ async def _stream_lines(streams, model: str, content: Callable[[str], dict]) -> 
                 yield ndjson_line({**head, **_final_fields(chunk)})
             elif chunk.text:
                 yield ndjson_line({**head, "done": False})
-    except cortexstream.CortexstreamError as error:
+    except (cortexstream.CortexstreamError, ApiError) as error:
         yield ndjson_line(from_engine_error(error).ollama_body())
 
 
 @router.post("/generate")
-async def generate(body: OllamaGenerateRequest, state: ServerState = Depends(ready_state)):
+async def generate(body: OllamaGenerateRequest, state: ReadyState):
     state.catalog.generation_model(body.model)
     if not body.prompt:
         # Ollama's way to preload a model: an empty prompt answers at once.
@@ -94,7 +100,7 @@ async def generate(body: OllamaGenerateRequest, state: ServerState = Depends(rea
 
 
 @router.post("/chat")
-async def chat(body: OllamaChatRequest, state: ServerState = Depends(ready_state)):
+async def chat(body: OllamaChatRequest, state: ReadyState):
     state.catalog.generation_model(body.model)
     messages = [{"role": m.role, "content": m.content} for m in body.messages]
     job = Job(messages, chat=True, sampling=_sampling(body.options))
@@ -108,7 +114,7 @@ async def _embed(state: ServerState, texts: list[str]) -> tuple[list[list[float]
 
 
 @router.post("/embed")
-async def embed(body: OllamaEmbedRequest, state: ServerState = Depends(ready_state)):
+async def embed(body: OllamaEmbedRequest, state: ReadyState):
     state.catalog.embedding_model(body.model)
     started = time.perf_counter_ns()
     vectors, prompt_tokens = await _embed(state, [body.input] if isinstance(body.input, str) else body.input)
@@ -118,7 +124,7 @@ async def embed(body: OllamaEmbedRequest, state: ServerState = Depends(ready_sta
 
 
 @router.post("/embeddings")
-async def embeddings(body: OllamaEmbeddingsRequest, state: ServerState = Depends(ready_state)):
+async def embeddings(body: OllamaEmbeddingsRequest, state: ReadyState):
     state.catalog.embedding_model(body.model)
     [vector], _ = await _embed(state, [body.prompt])
     return {"embedding": vector}
@@ -136,19 +142,19 @@ def _listing(model: ServedModel) -> dict:
 
 
 @router.get("/tags")
-async def tags(state: ServerState = Depends(ready_state)):
+async def tags(state: ReadyState):
     return {"models": [{**_listing(m), "modified_at": _timestamp(m.modified_at)} for m in state.catalog.models]}
 
 
 @router.get("/ps")
-async def running_models(state: ServerState = Depends(ready_state)):
+async def running_models(state: ReadyState):
     # Every served model stays loaded for the server's lifetime, and nothing is on a GPU.
     return {"models": [{**_listing(m), "size_vram": 0, "context_length": m.context_length}
                        for m in state.catalog.models]}
 
 
 @router.post("/show")
-async def show(body: OllamaShowRequest, state: ServerState = Depends(ready_state)):
+async def show(body: OllamaShowRequest, state: ReadyState):
     model = state.catalog.find(body.model_name)
     model_info = {"general.architecture": model.architecture}
     if model.context_length is not None:

@@ -45,7 +45,7 @@ class TokenTexts:
     """The text of single token ids, which log-probabilities are reported with."""
 
     def __init__(self, engine: cortexstream.Engine) -> None:
-        # Tokens repeat a lot across alternatives and requests; the vocabulary bounds the cache.
+        # The same tokens come back again and again among the alternatives.
         self.text = lru_cache(maxsize=65536)(lambda token_id: engine.detokenize([token_id]))
 
     def chat_entry(self, logprobs: cortexstream.TokenLogprobs) -> dict:

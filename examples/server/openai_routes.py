@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import struct
 from collections.abc import AsyncIterator
 
@@ -14,7 +15,7 @@ from .errors import ApiError, from_engine_error
 from .generation import complete_all, engine_seed, fan_out, merge_streams, open_streams
 from .openai_format import Envelope, TokenTexts, usage_body
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, OpenAIMessage, OpenAISampling
-from .state import ServerState, ready_state, require_api_key
+from .state import ReadyState, require_api_key
 from .streaming import sse_event, sse_response
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
@@ -31,8 +32,9 @@ def _sampling(body: OpenAISampling, max_tokens: int | None, logprobs: int | None
         kwargs["max_tokens"] = max_tokens
     if body.stop is not None:
         kwargs["stop"] = [body.stop] if isinstance(body.stop, str) else body.stop
-    if engine_seed(body.seed) is not None:
-        kwargs["seed"] = engine_seed(body.seed)
+    seed = engine_seed(body.seed)
+    if seed is not None:
+        kwargs["seed"] = seed
     if logprobs is not None:
         kwargs["logprobs"] = logprobs
     return kwargs
@@ -50,17 +52,19 @@ def _message_text(message: OpenAIMessage) -> str:
 
 
 @router.post("/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, state: ServerState = Depends(ready_state)):
+async def chat_completions(body: ChatCompletionRequest, state: ReadyState):
     state.catalog.generation_model(body.model)
     messages = [{"role": m.role, "content": _message_text(m)} for m in body.messages]
     top = (body.top_logprobs or 0) if body.logprobs else None
-    sampling = _sampling(body, body.max_completion_tokens or body.max_tokens, top)
+    # max_completion_tokens is the newer name of max_tokens; it wins when both are sent.
+    max_tokens = body.max_tokens if body.max_completion_tokens is None else body.max_completion_tokens
+    sampling = _sampling(body, max_tokens, top)
     jobs = fan_out([messages], chat=True, sampling=sampling, n=body.n)
     envelope = Envelope.new("chat.completion", body.model, "chatcmpl")
     texts = TokenTexts(state.engine)
     if body.stream:
         streams = open_streams(state.engine, jobs)
-        chunk_envelope = Envelope("chat.completion.chunk", body.model, envelope.id, envelope.created)
+        chunk_envelope = dataclasses.replace(envelope, object="chat.completion.chunk")
         return sse_response(_chat_events(streams, chunk_envelope, texts, body.include_usage))
     completions = await complete_all(state.engine, jobs)
     choices = [
@@ -97,7 +101,7 @@ async def _chat_events(streams, envelope: Envelope, texts: TokenTexts, include_u
         if include_usage:
             yield sse_event(envelope.body([], usage=usage_body(usages)))
         yield sse_event("[DONE]")
-    except cortexstream.CortexstreamError as error:
+    except (cortexstream.CortexstreamError, ApiError) as error:
         yield sse_event(from_engine_error(error).openai_body())
 
 
@@ -112,7 +116,7 @@ def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str 
 
 
 @router.post("/completions")
-async def completions(body: CompletionRequest, state: ServerState = Depends(ready_state)):
+async def completions(body: CompletionRequest, state: ReadyState):
     state.catalog.generation_model(body.model)
     sampling = _sampling(body, body.max_tokens, body.logprobs)
     jobs = fan_out(_prompts(body.prompt), chat=False, sampling=sampling, n=body.n)
@@ -153,7 +157,7 @@ async def _completion_events(streams, envelope: Envelope, texts: TokenTexts, inc
         if include_usage:
             yield sse_event(envelope.body([], usage=usage_body(usages)))
         yield sse_event("[DONE]")
-    except cortexstream.CortexstreamError as error:
+    except (cortexstream.CortexstreamError, ApiError) as error:
         yield sse_event(from_engine_error(error).openai_body())
 
 
@@ -168,7 +172,7 @@ def _encode_embedding(vector: list[float], encoding_format: str) -> list[float] 
 
 
 @router.post("/embeddings")
-async def embeddings(body: EmbeddingRequest, state: ServerState = Depends(ready_state)):
+async def embeddings(body: EmbeddingRequest, state: ReadyState):
     state.catalog.embedding_model(body.model)
     texts = [body.input] if isinstance(body.input, str) else body.input
     # The embedding model runs outside the generation batch and blocks: keep it off the event loop.
@@ -186,12 +190,12 @@ def _model_object(model_id: str, created: int) -> dict:
 
 
 @router.get("/models")
-async def list_models(state: ServerState = Depends(ready_state)):
+async def list_models(state: ReadyState):
     data = [_model_object(m.id, int(m.modified_at.timestamp())) for m in state.catalog.models]
     return {"object": "list", "data": data}
 
 
 @router.get("/models/{model_id:path}")
-async def get_model(model_id: str, state: ServerState = Depends(ready_state)):
+async def get_model(model_id: str, state: ReadyState):
     model = state.catalog.find(model_id)
     return _model_object(model.id, int(model.modified_at.timestamp()))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass
+from typing import Annotated
 
 import cortexstream
-from fastapi import Request
+from fastapi import Depends, Request
 
 from .catalog import ModelCatalog
 from .errors import RETRY_AFTER_SECONDS, ApiError
@@ -82,3 +83,7 @@ def require_api_key(request: Request) -> None:
     # compare_digest: the time taken must not tell how much of a guessed key was right.
     if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), expected.encode()):
         raise ApiError(401, "Incorrect or missing API key", type="invalid_request_error", code="invalid_api_key")
+
+
+#: Route parameter type: the state of a server whose engine is ready (else the route answers 503).
+ReadyState = Annotated[ServerState, Depends(ready_state)]

@@ -7,7 +7,6 @@ from datetime import datetime
 import httpx
 import ollama
 import pytest
-
 from conftest import AUTH
 
 MODEL = "smollm2"
@@ -28,7 +27,8 @@ def assert_final_statistics(response) -> None:
 
 def test_generate_stream_joins_to_the_non_streamed_response(ollama_client):
     whole = ollama_client.generate(model=MODEL, prompt="Why is the sky blue?", options=GREEDY, stream=False)
-    parts = list(ollama_client.generate(model=f"{MODEL}:latest", prompt="Why is the sky blue?", options=GREEDY, stream=True))
+    parts = list(ollama_client.generate(
+        model=f"{MODEL}:latest", prompt="Why is the sky blue?", options=GREEDY, stream=True))
     assert whole.response
     assert_final_statistics(whole)
     assert "".join(p.response for p in parts) == whole.response

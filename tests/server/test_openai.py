@@ -7,7 +7,6 @@ import math
 import httpx
 import openai
 import pytest
-
 from conftest import AUTH
 
 MODEL = "smollm2"
@@ -96,11 +95,11 @@ def test_embeddings_are_unit_vectors_that_rank_similar_texts_closer(openai_clien
     assert [d.index for d in default.data] == [0, 1, 2]
     assert all(len(v) == 384 for v in vectors)
     assert all(math.isclose(math.fsum(x * x for x in v), 1.0, rel_tol=1e-4) for v in vectors)
-    assert all(a == pytest.approx(b, abs=1e-6) for a, b in zip(vectors[0], floats.data[0].embedding))
+    assert all(a == pytest.approx(b, abs=1e-6) for a, b in zip(vectors[0], floats.data[0].embedding, strict=True))
     assert default.usage.prompt_tokens > 0
 
     def cosine(a, b):
-        return math.fsum(x * y for x, y in zip(a, b))
+        return math.fsum(x * y for x, y in zip(a, b, strict=True))
 
     assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2]) + 0.2
 

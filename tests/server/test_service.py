@@ -9,7 +9,6 @@ import httpx
 import ollama
 import openai
 import pytest
-
 from conftest import AUTH, start_server, stop_server, wait_for_health
 
 MODEL = "smollm2"
@@ -52,14 +51,15 @@ def test_health_is_503_until_a_model_is_served():
 
 
 def test_metrics_count_requests_and_tokens_in_prometheus_format(server, openai_client):
+    finished, generated, ttft_count = ("cortexstream_requests_finished_total", "cortexstream_generated_tokens_total",
+                                       "cortexstream_time_to_first_token_seconds_count")
     before = server.metrics()
     result = openai_client.completions.create(model=MODEL, prompt="One, two,", max_tokens=5, temperature=0)
-    after = wait_for_metrics(server, lambda m: m["cortexstream_requests_finished_total"] > before["cortexstream_requests_finished_total"])
+    after = wait_for_metrics(server, lambda m: m[finished] > before[finished])
     assert after["cortexstream_ready"] == 1
-    assert after["cortexstream_requests_finished_total"] == before["cortexstream_requests_finished_total"] + 1
-    assert after["cortexstream_generated_tokens_total"] >= (
-        before["cortexstream_generated_tokens_total"] + result.usage.completion_tokens)
-    assert after["cortexstream_time_to_first_token_seconds_count"] == before["cortexstream_time_to_first_token_seconds_count"] + 1
+    assert after[finished] == before[finished] + 1
+    assert after[generated] >= before[generated] + result.usage.completion_tokens
+    assert after[ttft_count] == before[ttft_count] + 1
     text = httpx.get(f"{server.url}/metrics", headers=AUTH).text
     assert "# TYPE cortexstream_per_token_seconds histogram" in text
     assert 'cortexstream_time_to_first_token_seconds_bucket{le="+Inf"}' in text
