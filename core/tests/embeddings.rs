@@ -71,8 +71,16 @@ fn vectors_have_the_model_width_and_unit_length() {
 #[test]
 fn related_sentences_are_closer_than_unrelated_ones() {
     let triples = [
-        ("A man is eating food.", "A man is eating a piece of bread.", ["The girl is carrying a baby.", "A cheetah is running behind its prey."]),
-        ("A man is playing the guitar.", "Someone plays an instrument on stage.", ["A woman is slicing onions.", "The stock market fell sharply today."]),
+        (
+            "A man is eating food.",
+            "A man is eating a piece of bread.",
+            ["The girl is carrying a baby.", "A cheetah is running behind its prey."],
+        ),
+        (
+            "A man is playing the guitar.",
+            "Someone plays an instrument on stage.",
+            ["A woman is slicing onions.", "The stock market fell sharply today."],
+        ),
     ];
     for (anchor, related, unrelated) in triples {
         let vectors = embedder().embed(&[anchor, related, unrelated[0], unrelated[1]]).unwrap();
@@ -88,16 +96,28 @@ fn related_sentences_are_closer_than_unrelated_ones() {
 fn a_text_embeds_the_same_alone_and_beside_longer_texts() {
     let short = "A man is eating food.";
     let alone = embed_one(short);
-    let batch = embedder().embed(&[LONG_TEXT, short, "A slightly longer sentence about something else entirely."]).unwrap();
+    let batch =
+        embedder().embed(&[LONG_TEXT, short, "A slightly longer sentence about something else entirely."]).unwrap();
     assert_close(&alone, &batch[1], 1e-5, "short text inside a batch");
     assert_close(&embed_one(LONG_TEXT), &batch[0], 1e-5, "long text inside a batch");
 }
 
 #[test]
 fn sixty_four_sentences_come_back_in_order_and_match_single_embeddings() {
-    let subjects = ["A man", "The girl", "A cheetah", "My neighbour", "The old dog", "A robot", "Two children", "The chef"];
-    let actions = ["is eating food.", "is running in the park.", "reads a book.", "plays the guitar.", "is sleeping.", "cooks dinner.", "waits for the bus.", "paints a fence."];
-    let sentences: Vec<String> = subjects.iter().flat_map(|s| actions.iter().map(move |a| format!("{s} {a}"))).collect();
+    let subjects =
+        ["A man", "The girl", "A cheetah", "My neighbour", "The old dog", "A robot", "Two children", "The chef"];
+    let actions = [
+        "is eating food.",
+        "is running in the park.",
+        "reads a book.",
+        "plays the guitar.",
+        "is sleeping.",
+        "cooks dinner.",
+        "waits for the bus.",
+        "paints a fence.",
+    ];
+    let sentences: Vec<String> =
+        subjects.iter().flat_map(|s| actions.iter().map(move |a| format!("{s} {a}"))).collect();
     let texts: Vec<&str> = sentences.iter().map(String::as_str).collect();
     assert_eq!(texts.len(), 64);
 

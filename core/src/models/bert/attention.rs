@@ -29,7 +29,13 @@ impl HeadLayout {
 /// `qkv` holds one row per token, `[query | key | value]`, each `hidden` wide with heads side by
 /// side; `sequences` are the token ranges of each sequence. `out` receives `[tokens, hidden]`,
 /// heads side by side, ready for the output projection.
-pub(super) fn self_attention(pool: &ThreadPool, heads: HeadLayout, qkv: &[f32], sequences: &[Range<usize>], out: &mut [f32]) {
+pub(super) fn self_attention(
+    pool: &ThreadPool,
+    heads: HeadLayout,
+    qkv: &[f32],
+    sequences: &[Range<usize>],
+    out: &mut [f32],
+) {
     let hidden = heads.hidden();
     let n_tokens = out.len() / hidden;
     assert_eq!(qkv.len(), n_tokens * 3 * hidden, "qkv rows do not match the output rows");

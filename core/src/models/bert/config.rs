@@ -51,7 +51,7 @@ impl BertConfig {
                 config.position_embedding_type
             ));
         }
-        if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
+        if config.num_attention_heads == 0 || !config.hidden_size.is_multiple_of(config.num_attention_heads) {
             return unsupported(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 config.hidden_size, config.num_attention_heads
@@ -81,7 +81,8 @@ pub(super) fn require_mean_pooling(dir: &Path) -> Result<()> {
     }
     let path = dir.join("1_Pooling").join("config.json");
     let pooling: PoolingConfig = read_json(&path)?;
-    let others = pooling.pooling_mode_cls_token || pooling.pooling_mode_max_tokens || pooling.pooling_mode_mean_sqrt_len_tokens;
+    let others =
+        pooling.pooling_mode_cls_token || pooling.pooling_mode_max_tokens || pooling.pooling_mode_mean_sqrt_len_tokens;
     if !pooling.pooling_mode_mean_tokens || others {
         return Err(Error::model_load(
             &path,

@@ -43,10 +43,12 @@ impl BertEncoder {
     /// Builds the encoder from Hugging Face `BertModel` tensor names.
     pub fn load(weights: &WeightFile, config: &BertConfig) -> crate::Result<Self> {
         let (hidden, eps) = (config.hidden_size, config.layer_norm_eps);
-        let token_type = weights.tensor("embeddings.token_type_embeddings.weight", &[config.type_vocab_size, hidden])?;
+        let token_type =
+            weights.tensor("embeddings.token_type_embeddings.weight", &[config.type_vocab_size, hidden])?;
         let embeddings = Embeddings {
             word: weights.tensor("embeddings.word_embeddings.weight", &[config.vocab_size, hidden])?,
-            position: weights.tensor("embeddings.position_embeddings.weight", &[config.max_position_embeddings, hidden])?,
+            position: weights
+                .tensor("embeddings.position_embeddings.weight", &[config.max_position_embeddings, hidden])?,
             token_type_zero: token_type[..hidden].to_vec(),
             norm: weights.layer_norm("embeddings.LayerNorm", hidden, eps)?,
         };

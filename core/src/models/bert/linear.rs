@@ -51,7 +51,7 @@ impl Linear {
     /// `out[m, out_features] = x[m, in_features] · Wᵀ + b`, spread over `pool` by rows of `x`.
     pub fn forward(&self, pool: &ThreadPool, x: &[f32], out: &mut [f32]) {
         let (k, n) = (self.in_features, self.out_features());
-        assert_eq!(x.len() % k, 0, "input is not a whole number of rows");
+        assert!(x.len().is_multiple_of(k), "input is not a whole number of rows");
         let m = x.len() / k;
         assert_eq!(out.len(), m * n, "output buffer does not match the input rows");
         if m == 0 {
@@ -73,7 +73,7 @@ impl Linear {
 /// `out[m, n] = x[m, k] · w[n, k]ᵀ (+ bias[n])` on the calling thread, with the fastest compiled
 /// copy of the kernel this CPU can run.
 pub(super) fn matmul_transposed(x: &[f32], w: &[f32], k: usize, bias: Option<&[f32]>, out: &mut [f32]) {
-    assert!(k > 0 && x.len() % k == 0 && w.len() % k == 0, "operands are not whole rows of {k}");
+    assert!(k > 0 && x.len().is_multiple_of(k) && w.len().is_multiple_of(k), "operands are not whole rows of {k}");
     assert_eq!(out.len(), (x.len() / k) * (w.len() / k), "output buffer does not match the operands");
     assert!(bias.is_none_or(|b| b.len() == w.len() / k), "bias length differs from the output width");
     #[cfg(target_arch = "x86_64")]

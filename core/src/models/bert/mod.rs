@@ -53,7 +53,8 @@ impl BertEmbedder {
         tokenizer.with_truncation(None).map_err(|e| Error::model_load(&tokenizer_path, e.to_string()))?;
 
         let weights_path = dir.join("model.safetensors");
-        let bytes = std::fs::read(&weights_path).map_err(|e| Error::model_load(&weights_path, format!("cannot read: {e}")))?;
+        let bytes =
+            std::fs::read(&weights_path).map_err(|e| Error::model_load(&weights_path, format!("cannot read: {e}")))?;
         let weights = WeightFile::parse(&weights_path, &bytes, "embeddings.word_embeddings.weight")?;
         let encoder = BertEncoder::load(&weights, &config)?;
 
@@ -107,7 +108,11 @@ impl BertEmbedder {
                 if ids.len() > self.max_tokens {
                     return Err(Error::invalid(
                         "input",
-                        format!("input[{i}] has {} tokens, more than this model's limit of {}", ids.len(), self.max_tokens),
+                        format!(
+                            "input[{i}] has {} tokens, more than this model's limit of {}",
+                            ids.len(),
+                            self.max_tokens
+                        ),
                     ));
                 }
                 Ok(ids)
