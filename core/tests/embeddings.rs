@@ -199,3 +199,32 @@ fn rejects_empty_and_too_long_input() {
     let message = expect_invalid_input(embedder.embed(&["fine", &too_long]));
     assert!(message.contains(&count.to_string()) && message.contains("256"), "{message}");
 }
+
+#[test]
+fn load_errors_name_the_file_and_the_problem() {
+    let source = common::minilm_dir();
+    let dir = std::env::temp_dir().join(format!("cortexstream-bert-load-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+    for file in ["config.json", "tokenizer.json"] {
+        std::fs::copy(source.join(file), dir.join(file)).unwrap();
+    }
+    let pool = Arc::new(ThreadPool::new(1));
+    let load_error = |expected_file: &str| match BertEmbedder::load(&dir, Arc::clone(&pool)) {
+        Err(Error::ModelLoad { path, message }) => {
+            assert!(path.ends_with(expected_file), "{} should name {expected_file}", path.display());
+            message
+        }
+        other => panic!("expected a load error naming {expected_file}, got {other:?}"),
+    };
+
+    std::fs::write(dir.join("1_Pooling/config.json"), r#"{"pooling_mode_cls_token": true}"#).unwrap();
+    assert!(load_error("1_Pooling/config.json").contains("mean pooling"));
+
+    std::fs::copy(source.join("1_Pooling/config.json"), dir.join("1_Pooling/config.json")).unwrap();
+    assert!(load_error("model.safetensors").contains("cannot read"));
+
+    std::fs::write(dir.join("model.safetensors"), b"not safetensors").unwrap();
+    assert!(load_error("model.safetensors").contains("not a valid safetensors file"));
+
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -60,6 +60,7 @@ impl BertConfig {
         Ok(config)
     }
 
+    /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }

@@ -44,6 +44,7 @@ impl Linear {
         Self { weight, bias, in_features }
     }
 
+    /// Width of each output row.
     pub fn out_features(&self) -> usize {
         self.bias.len()
     }
