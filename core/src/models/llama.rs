@@ -1,1 +1,476 @@
-//! Batched llama forward pass (helper A).
+//! The llama-family decoder (llama.cpp's "LLAMA" architecture) with a batched forward pass
+//! over the paged KV cache.
+//!
+//! One [`LlamaModel::forward`] runs every token row of every chunk through each linear layer
+//! as a single matmul, so the weights are read once per step however many sequences are
+//! running. Nothing a row computes depends on the other rows: matmuls are batch invariant
+//! (see [`crate::quant`]), norms and RoPE are per row, and attention sums each (token, head)
+//! over its own positions in a fixed order. A sequence therefore gets bit-identical logits
+//! alone, batched with others, or prefilled in chunks of any size.
+
+use std::sync::{Arc, Mutex};
+
+use crate::gguf::GgufFile;
+use crate::kv_cache::KvStorage;
+use crate::models::SeqChunk;
+use crate::quant::disjoint::DisjointSlice;
+use crate::quant::{dot_f32, QMatrix};
+use crate::threadpool::ThreadPool;
+use crate::{Error, Result};
+
+/// Values of `general.architecture` this implementation runs.
+const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
+
+/// Query tokens one attention task handles, so a long prefill chunk spreads over the pool.
+const ATTENTION_TOKENS_PER_TASK: usize = 16;
+
+/// Hyperparameters, read from the GGUF `{arch}.*` metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    /// `general.name`, empty if absent.
+    pub name: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn_size: usize,
+    pub rope_theta: f32,
+    pub rms_eps: f32,
+    /// The context window the model was trained for.
+    pub context_length: usize,
+}
+
+impl LlamaConfig {
+    fn from_gguf(gguf: &GgufFile) -> Result<Self> {
+        let arch = gguf.require_str("general.architecture")?;
+        if !SUPPORTED_ARCHITECTURES.contains(&arch) {
+            return Err(load_error(gguf, format!("architecture `{arch}` is not supported (supported: {SUPPORTED_ARCHITECTURES:?})")));
+        }
+        let key = |suffix: &str| format!("{arch}.{suffix}");
+        let usize_key = |suffix: &str| gguf.require_u64(&key(suffix)).map(|v| v as usize);
+        let float_key = |suffix: &str, default: Option<f64>| {
+            gguf.get(&key(suffix)).and_then(|v| v.as_f64()).or(default).map(|v| v as f32).ok_or_else(|| {
+                load_error(gguf, format!("missing float metadata `{}`", key(suffix)))
+            })
+        };
+        let hidden_size = usize_key("embedding_length")?;
+        let n_heads = usize_key("attention.head_count")?;
+        let n_kv_heads = gguf.get(&key("attention.head_count_kv")).and_then(|v| v.as_u64()).map_or(n_heads, |v| v as usize);
+        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+            return Err(load_error(gguf, format!("{n_heads} attention heads cannot share {n_kv_heads} KV heads")));
+        }
+        let head_dim = gguf.get(&key("attention.key_length")).and_then(|v| v.as_u64()).map_or(hidden_size / n_heads, |v| v as usize);
+        let rope_dims = gguf.get(&key("rope.dimension_count")).and_then(|v| v.as_u64()).map_or(head_dim, |v| v as usize);
+        if rope_dims != head_dim || head_dim % 2 != 0 {
+            return Err(load_error(gguf, format!("RoPE over {rope_dims} of {head_dim} head dimensions is not supported")));
+        }
+        let vocab_size = match gguf.get(&key("vocab_size")).and_then(|v| v.as_u64()) {
+            Some(v) => v as usize,
+            None => gguf.tensor_info("token_embd.weight").and_then(|t| t.dims.get(1).copied()).unwrap_or(0),
+        };
+        Ok(Self {
+            name: gguf.get("general.name").and_then(|v| v.as_str()).unwrap_or_default().to_string(),
+            vocab_size,
+            hidden_size,
+            n_layers: usize_key("block_count")?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            ffn_size: usize_key("feed_forward_length")?,
+            rope_theta: float_key("rope.freq_base", Some(10_000.0))?,
+            rms_eps: float_key("attention.layer_norm_rms_epsilon", None)?,
+            context_length: usize_key("context_length")?,
+        })
+    }
+
+    fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+}
+
+fn load_error(gguf: &GgufFile, message: String) -> Error {
+    Error::model_load(gguf.path(), message)
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    /// Wq, Wk and Wv stacked: one matmul gives `[q | k | v]` per row.
+    qkv: QMatrix,
+    attn_output: QMatrix,
+    ffn_norm: Vec<f32>,
+    /// Wgate and Wup stacked: one matmul gives `[gate | up]` per row.
+    gate_up: QMatrix,
+    down: QMatrix,
+}
+
+/// A loaded llama-family model.
+pub struct LlamaModel {
+    config: LlamaConfig,
+    token_embedding: QMatrix,
+    layers: Vec<Layer>,
+    output_norm: Vec<f32>,
+    /// `None` when the token embedding doubles as the output head (tied weights).
+    output: Option<QMatrix>,
+    /// `theta^(-2i / head_dim)` for each rotated pair `i`.
+    rope_frequencies: Vec<f64>,
+    pool: Arc<ThreadPool>,
+    /// Buffers reused by every step, so a warmed-up step does not allocate.
+    scratch: Mutex<Scratch>,
+}
+
+impl std::fmt::Debug for LlamaModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlamaModel").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl LlamaModel {
+    /// Loads weights from an opened GGUF. Errors: architecture not llama-family (named),
+    /// unsupported tensor type, missing tensor, inconsistent shapes.
+    pub fn load(gguf: &GgufFile, pool: Arc<ThreadPool>) -> Result<Self> {
+        let config = LlamaConfig::from_gguf(gguf)?;
+        let c = &config;
+        let matrix = |name: &str, rows: usize, cols: usize| -> Result<QMatrix> {
+            let m = QMatrix::from_gguf(gguf, name)?;
+            if (m.rows(), m.cols()) != (rows, cols) {
+                return Err(load_error(gguf, format!("tensor `{name}` is {}×{}, expected {rows}×{cols}", m.rows(), m.cols())));
+            }
+            Ok(m)
+        };
+        let vector = |name: &str| -> Result<Vec<f32>> {
+            let mut values = vec![0f32; c.hidden_size];
+            matrix(name, 1, c.hidden_size)?.dequantize_row(0, &mut values);
+            Ok(values)
+        };
+        let stacked = |names: &[String], rows: &[usize], cols: usize| -> Result<QMatrix> {
+            let parts = names.iter().zip(rows).map(|(name, &r)| matrix(name, r, cols)).collect::<Result<Vec<_>>>()?;
+            QMatrix::concat_rows(&parts).ok_or_else(|| {
+                load_error(gguf, format!("tensors {names:?} have different types; one fused matmul needs them alike"))
+            })
+        };
+
+        let token_embedding = matrix("token_embd.weight", c.vocab_size, c.hidden_size)?;
+        let output = match gguf.tensor_info("output.weight") {
+            Some(_) => Some(matrix("output.weight", c.vocab_size, c.hidden_size)?),
+            None => None,
+        };
+        let layers = (0..c.n_layers)
+            .map(|l| {
+                let name = |suffix: &str| format!("blk.{l}.{suffix}.weight");
+                Ok(Layer {
+                    attn_norm: vector(&name("attn_norm"))?,
+                    qkv: stacked(
+                        &[name("attn_q"), name("attn_k"), name("attn_v")],
+                        &[c.q_dim(), c.kv_dim(), c.kv_dim()],
+                        c.hidden_size,
+                    )?,
+                    attn_output: matrix(&name("attn_output"), c.hidden_size, c.q_dim())?,
+                    ffn_norm: vector(&name("ffn_norm"))?,
+                    gate_up: stacked(&[name("ffn_gate"), name("ffn_up")], &[c.ffn_size, c.ffn_size], c.hidden_size)?,
+                    down: matrix(&name("ffn_down"), c.hidden_size, c.ffn_size)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let output_norm = vector("output_norm.weight")?;
+        let rope_frequencies =
+            (0..c.head_dim / 2).map(|i| (c.rope_theta as f64).powf(-2.0 * i as f64 / c.head_dim as f64)).collect();
+        Ok(Self {
+            config,
+            token_embedding,
+            layers,
+            output_norm,
+            output,
+            rope_frequencies,
+            pool,
+            scratch: Mutex::new(Scratch::default()),
+        })
+    }
+
+    /// The hyperparameters.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// A KV cache sized for this model: `num_blocks` blocks of `block_size` positions.
+    pub fn new_kv_storage(&self, num_blocks: usize, block_size: usize) -> KvStorage {
+        KvStorage::new(self.config.n_layers, num_blocks, block_size, self.config.kv_dim())
+    }
+
+    /// One batched step over all chunks (see [`SeqChunk`]): writes each new token's K/V into
+    /// `kv` through the chunk's block table, attends causally over positions
+    /// `0..start_pos + len`, and writes one row of `vocab_size` logits per chunk with
+    /// `want_logits`, in chunk order, into `logits` (resized).
+    ///
+    /// Errors: a token id outside the vocabulary (`InvalidRequest`), or chunks and KV storage
+    /// that do not fit together (`Internal`: the caller broke the [`SeqChunk`] contract).
+    pub fn forward(&self, chunks: &[SeqChunk<'_>], kv: &mut KvStorage, logits: &mut Vec<f32>) -> Result<()> {
+        self.check_inputs(chunks, kv)?;
+        let c = &self.config;
+        let pool = &*self.pool;
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let s = &mut *scratch;
+        s.prepare(chunks, c, &self.rope_frequencies);
+        let n = s.rows.len();
+        let hidden = c.hidden_size;
+
+        for (row, x) in s.rows.iter().zip(s.x.chunks_exact_mut(hidden)) {
+            self.token_embedding.dequantize_row(row.token as usize, x);
+        }
+        for (l, layer) in self.layers.iter().enumerate() {
+            rms_norm_rows(&s.x, &layer.attn_norm, c.rms_eps, &mut s.normed);
+            layer.qkv.matmul(&s.normed, n, &mut s.qkv, pool);
+            rotate_queries_and_keys(&mut s.qkv, c, &s.rope_cos, &s.rope_sin);
+            store_keys_and_values(&s.qkv, c, l, chunks, kv);
+            attend(s, c, l, chunks, kv, pool);
+            layer.attn_output.matmul(&s.attn, n, &mut s.projected, pool);
+            add_in_place(&mut s.x, &s.projected);
+
+            rms_norm_rows(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.normed);
+            layer.gate_up.matmul(&s.normed, n, &mut s.gate_up, pool);
+            swiglu_rows(&s.gate_up, c.ffn_size, &mut s.ffn_hidden);
+            layer.down.matmul(&s.ffn_hidden, n, &mut s.projected, pool);
+            add_in_place(&mut s.x, &s.projected);
+        }
+
+        // Final norm and output head only for the rows whose logits are wanted.
+        s.logit_inputs.clear();
+        let mut first_row = 0;
+        for chunk in chunks {
+            first_row += chunk.tokens.len();
+            if chunk.want_logits {
+                s.logit_inputs.extend_from_slice(&s.x[(first_row - 1) * hidden..][..hidden]);
+            }
+        }
+        let n_logits = s.logit_inputs.len() / hidden;
+        s.normed.resize(n_logits * hidden, 0.0);
+        rms_norm_rows(&s.logit_inputs, &self.output_norm, c.rms_eps, &mut s.normed);
+        logits.resize(n_logits * c.vocab_size, 0.0);
+        if n_logits > 0 {
+            self.output.as_ref().unwrap_or(&self.token_embedding).matmul(&s.normed, n_logits, logits, pool);
+        }
+        Ok(())
+    }
+
+    fn check_inputs(&self, chunks: &[SeqChunk<'_>], kv: &KvStorage) -> Result<()> {
+        let c = &self.config;
+        if kv.n_layers != c.n_layers || kv.kv_dim != c.kv_dim() {
+            return Err(Error::Internal(format!(
+                "KV storage has {} layers × {} values, the model needs {} × {}",
+                kv.n_layers,
+                kv.kv_dim,
+                c.n_layers,
+                c.kv_dim()
+            )));
+        }
+        for (i, chunk) in chunks.iter().enumerate() {
+            if chunk.tokens.is_empty() {
+                return Err(Error::Internal(format!("chunk {i} has no tokens")));
+            }
+            if let Some(&bad) = chunk.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+                return Err(Error::invalid("prompt", format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
+            }
+            let end = chunk.start_pos + chunk.tokens.len();
+            let blocks_needed = end.div_ceil(kv.block_size);
+            let table = chunk.block_table.get(..blocks_needed).ok_or_else(|| {
+                Error::Internal(format!("chunk {i} reaches position {end} but its block table covers {}", chunk.block_table.len() * kv.block_size))
+            })?;
+            if let Some(&bad) = table.iter().find(|&&b| b as usize >= kv.num_blocks) {
+                return Err(Error::Internal(format!("chunk {i} uses block {bad} of {}", kv.num_blocks)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Per-step buffers (row-major, one row per token of the step unless noted).
+#[derive(Default)]
+struct Scratch {
+    rows: Vec<RowInfo>,
+    /// The residual stream.
+    x: Vec<f32>,
+    normed: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    /// Output of the attention output projection, then of the down projection.
+    projected: Vec<f32>,
+    gate_up: Vec<f32>,
+    ffn_hidden: Vec<f32>,
+    /// RoPE rotation of each row's position: `head_dim / 2` values per row.
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
+    attention_tasks: Vec<AttentionTask>,
+    /// Softmax weights: `attention_span` values per attention task.
+    scores: Vec<f32>,
+    attention_span: usize,
+    /// Final hidden states of the rows that want logits.
+    logit_inputs: Vec<f32>,
+}
+
+#[derive(Clone, Copy)]
+struct RowInfo {
+    token: u32,
+    position: usize,
+}
+
+/// Query tokens `tokens` (indices within chunk `chunk`) attending through KV head `kv_head`.
+#[derive(Clone, Copy)]
+struct AttentionTask {
+    chunk: usize,
+    /// The step row of the chunk's first token.
+    chunk_first_row: usize,
+    kv_head: usize,
+    tokens: (usize, usize),
+}
+
+impl Scratch {
+    /// Sizes every buffer for this step's rows (growing only, so warm steps do not allocate)
+    /// and fills the per-row token, position and RoPE tables.
+    fn prepare(&mut self, chunks: &[SeqChunk<'_>], c: &LlamaConfig, rope_frequencies: &[f64]) {
+        self.rows.clear();
+        self.attention_tasks.clear();
+        self.attention_span = 0;
+        for (chunk_index, chunk) in chunks.iter().enumerate() {
+            let chunk_first_row = self.rows.len();
+            self.rows.extend(chunk.tokens.iter().enumerate().map(|(i, &token)| RowInfo { token, position: chunk.start_pos + i }));
+            self.attention_span = self.attention_span.max(chunk.start_pos + chunk.tokens.len());
+            for kv_head in 0..c.n_kv_heads {
+                for first in (0..chunk.tokens.len()).step_by(ATTENTION_TOKENS_PER_TASK) {
+                    let end = (first + ATTENTION_TOKENS_PER_TASK).min(chunk.tokens.len());
+                    self.attention_tasks.push(AttentionTask { chunk: chunk_index, chunk_first_row, kv_head, tokens: (first, end) });
+                }
+            }
+        }
+        let n = self.rows.len();
+        self.x.resize(n * c.hidden_size, 0.0);
+        self.normed.resize(n * c.hidden_size, 0.0);
+        self.qkv.resize(n * (c.q_dim() + 2 * c.kv_dim()), 0.0);
+        self.attn.resize(n * c.q_dim(), 0.0);
+        self.projected.resize(n * c.hidden_size, 0.0);
+        self.gate_up.resize(n * 2 * c.ffn_size, 0.0);
+        self.ffn_hidden.resize(n * c.ffn_size, 0.0);
+        self.scores.resize(self.attention_tasks.len() * self.attention_span, 0.0);
+        self.rope_cos.clear();
+        self.rope_sin.clear();
+        for row in &self.rows {
+            for &frequency in rope_frequencies {
+                let angle = row.position as f64 * frequency;
+                self.rope_cos.push(angle.cos() as f32);
+                self.rope_sin.push(angle.sin() as f32);
+            }
+        }
+    }
+}
+
+/// `out_row = x_row / sqrt(mean(x_row²) + eps) * weight` for every row.
+fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    for (x_row, out_row) in x.chunks_exact(weight.len()).zip(out.chunks_exact_mut(weight.len())) {
+        let sum_squares: f64 = x_row.iter().map(|&v| v as f64 * v as f64).sum();
+        let scale = 1.0 / ((sum_squares / x_row.len() as f64) as f32 + eps).sqrt();
+        for ((o, &v), &w) in out_row.iter_mut().zip(x_row).zip(weight) {
+            *o = v * scale * w;
+        }
+    }
+}
+
+/// RoPE in ggml's NORMAL mode on every query and key head: adjacent pairs `(x[2i], x[2i+1])`
+/// rotate by `position · theta^(-2i / head_dim)`. (The GGUF converter permuted Wq and Wk so
+/// that this pairing matches the original model.)
+fn rotate_queries_and_keys(qkv: &mut [f32], c: &LlamaConfig, cos: &[f32], sin: &[f32]) {
+    let row_len = c.q_dim() + 2 * c.kv_dim();
+    let half = c.head_dim / 2;
+    for ((row, cos), sin) in qkv.chunks_exact_mut(row_len).zip(cos.chunks_exact(half)).zip(sin.chunks_exact(half)) {
+        for head in row[..c.q_dim() + c.kv_dim()].chunks_exact_mut(c.head_dim) {
+            for ((pair, &cos), &sin) in head.chunks_exact_mut(2).zip(cos).zip(sin) {
+                let (a, b) = (pair[0], pair[1]);
+                pair[0] = a * cos - b * sin;
+                pair[1] = a * sin + b * cos;
+            }
+        }
+    }
+}
+
+/// Copies each row's K and V into layer `layer` of the paged cache.
+fn store_keys_and_values(qkv: &[f32], c: &LlamaConfig, layer: usize, chunks: &[SeqChunk<'_>], kv: &mut KvStorage) {
+    let row_len = c.q_dim() + 2 * c.kv_dim();
+    let kv_dim = c.kv_dim();
+    let mut rows = qkv.chunks_exact(row_len);
+    for chunk in chunks {
+        for (position, row) in (chunk.start_pos..).zip(rows.by_ref().take(chunk.tokens.len())) {
+            let offset = kv.position_offset(layer, chunk.block_table, position);
+            kv.k[offset..offset + kv_dim].copy_from_slice(&row[c.q_dim()..][..kv_dim]);
+            kv.v[offset..offset + kv_dim].copy_from_slice(&row[c.q_dim() + kv_dim..][..kv_dim]);
+        }
+    }
+}
+
+/// Causal attention of every row over its sequence's cached positions, reading K/V straight
+/// from the paged blocks, with tasks over (chunk, KV head, token range) spread on the pool.
+/// The query heads sharing a KV head run in one task, so each K/V row is loaded once for them.
+fn attend(s: &mut Scratch, c: &LlamaConfig, layer: usize, chunks: &[SeqChunk<'_>], kv: &KvStorage, pool: &ThreadPool) {
+    let row_len = c.q_dim() + 2 * c.kv_dim();
+    let hd = c.head_dim;
+    let heads_per_kv = c.n_heads / c.n_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let span = s.attention_span;
+    let (qkv, tasks) = (&s.qkv, &s.attention_tasks);
+    let out = DisjointSlice::new(&mut s.attn);
+    let scores = DisjointSlice::new(&mut s.scores);
+    pool.run(tasks.len(), &|task_index| {
+        let task = tasks[task_index];
+        let chunk = &chunks[task.chunk];
+        // SAFETY: each task owns its own `span`-long stretch of the score buffer.
+        let scores = unsafe { scores.range_mut(task_index * span, span) };
+        for t in task.tokens.0..task.tokens.1 {
+            let row = task.chunk_first_row + t;
+            let n_positions = chunk.start_pos + t + 1;
+            let scores = &mut scores[..n_positions];
+            for head in task.kv_head * heads_per_kv..(task.kv_head + 1) * heads_per_kv {
+                let query = &qkv[row * row_len + head * hd..][..hd];
+                let key_at = |p: usize| kv.position_offset(layer, chunk.block_table, p) + task.kv_head * hd;
+                for (p, score) in scores.iter_mut().enumerate() {
+                    *score = dot_f32(query, &kv.k[key_at(p)..][..hd]) * scale;
+                }
+                softmax_in_place(scores);
+                // SAFETY: the (row, head) output slot belongs to this task alone.
+                let out = unsafe { out.range_mut(row * c.q_dim() + head * hd, hd) };
+                out.fill(0.0);
+                for (p, &weight) in scores.iter().enumerate() {
+                    for (o, &v) in out.iter_mut().zip(&kv.v[key_at(p)..][..hd]) {
+                        *o += weight * v;
+                    }
+                }
+            }
+        }
+    });
+}
+
+fn softmax_in_place(values: &mut [f32]) {
+    let max = values.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0f32;
+    for v in values.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inverse = 1.0 / sum;
+    values.iter_mut().for_each(|v| *v *= inverse);
+}
+
+/// `out = silu(gate) * up` for rows laid out as `[gate | up]`.
+fn swiglu_rows(gate_up: &[f32], ffn_size: usize, out: &mut [f32]) {
+    for (row, out_row) in gate_up.chunks_exact(2 * ffn_size).zip(out.chunks_exact_mut(ffn_size)) {
+        let (gate, up) = row.split_at(ffn_size);
+        for ((o, &g), &u) in out_row.iter_mut().zip(gate).zip(up) {
+            *o = g / (1.0 + (-g).exp()) * u;
+        }
+    }
+}
+
+fn add_in_place(x: &mut [f32], delta: &[f32]) {
+    x.iter_mut().zip(delta).for_each(|(x, d)| *x += d);
+}
