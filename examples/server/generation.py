@@ -31,13 +31,13 @@ def engine_seed(seed: int | None) -> int | None:
 
 
 def fan_out(prompts: list, *, chat: bool, sampling: dict, n: int) -> list[Job]:
-    """`n` jobs per prompt, in OpenAI's choice order; a fixed seed becomes seed, seed+1, ... so
-    the `n` choices differ but stay reproducible."""
+    """`n` jobs per prompt, in OpenAI's choice order; a fixed seed becomes seed, seed+1, ...
+    (wrapping at 2**64) so the `n` choices differ but stay reproducible."""
     jobs = []
     for prompt in prompts:
         for i in range(n):
             seed = sampling.get("seed")
-            job_sampling = sampling if seed is None else {**sampling, "seed": seed + i}
+            job_sampling = sampling if seed is None else {**sampling, "seed": (seed + i) % 2**64}
             jobs.append(Job(prompt, chat, job_sampling))
     return jobs
 
