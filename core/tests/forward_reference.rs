@@ -70,7 +70,12 @@ impl Sequence {
     fn next_chunk(&mut self, len: usize, want_logits: bool) -> SeqChunk<'_> {
         let start = self.computed;
         self.computed += len;
-        SeqChunk { tokens: &self.tokens[start..start + len], start_pos: start, block_table: &self.block_table, want_logits }
+        SeqChunk {
+            tokens: &self.tokens[start..start + len],
+            start_pos: start,
+            block_table: &self.block_table,
+            want_logits,
+        }
     }
 }
 
@@ -157,11 +162,16 @@ fn logits_match_float64_reference_at_every_position() {
         // One token per step gives every position; whole-prompt and 5-token chunks must give
         // the same bits where they produce logits.
         let per_token = prefill_in_chunks(&tokens, 1);
-        let mut errors: Vec<PositionError> =
-            per_token.iter().map(|(position, logits)| position_error(*position, logits, reference_at(*position))).collect();
+        let mut errors: Vec<PositionError> = per_token
+            .iter()
+            .map(|(position, logits)| position_error(*position, logits, reference_at(*position)))
+            .collect();
         for chunk_size in [tokens.len(), 5] {
             for (position, logits) in prefill_in_chunks(&tokens, chunk_size) {
-                assert!(logits == per_token[position].1, "{name}: chunk size {chunk_size} changed position {position}'s logits");
+                assert!(
+                    logits == per_token[position].1,
+                    "{name}: chunk size {chunk_size} changed position {position}'s logits"
+                );
                 errors.push(position_error(position, &logits, reference_at(position)));
             }
         }
@@ -174,15 +184,25 @@ fn logits_match_float64_reference_at_every_position() {
         );
         assert!(mean < MAX_MEAN_ERROR, "{name}: mean logit error {mean} exceeds {MAX_MEAN_ERROR}");
         assert!(max_all < MAX_LOGIT_ERROR, "{name}: max logit error {max_all} exceeds {MAX_LOGIT_ERROR}");
-        assert!(max_top < MAX_TOP_LOGIT_ERROR, "{name}: max top-{TOP_K} logit error {max_top} exceeds {MAX_TOP_LOGIT_ERROR}");
+        assert!(
+            max_top < MAX_TOP_LOGIT_ERROR,
+            "{name}: max top-{TOP_K} logit error {max_top} exceeds {MAX_TOP_LOGIT_ERROR}"
+        );
         let mut checked = 0;
         // The logits that compete for top-1 are the reference's top few, so their error is the
         // one that could flip it.
         for e in errors.iter().filter(|e| e.reference_gap > 2.0 * max_top) {
-            assert!(e.same_top1, "{name} position {}: top-1 differs although the reference's gap is {}", e.position, e.reference_gap);
+            assert!(
+                e.same_top1,
+                "{name} position {}: top-1 differs although the reference's gap is {}",
+                e.position, e.reference_gap
+            );
             checked += 1;
         }
-        println!("{name}: top-1 identical at all {checked} positions where the reference's top-2 gap exceeds {:.3}", 2.0 * max_top);
+        println!(
+            "{name}: top-1 identical at all {checked} positions where the reference's top-2 gap exceeds {:.3}",
+            2.0 * max_top
+        );
     }
 }
 
@@ -209,7 +229,13 @@ fn greedy_completion_matches_llama_cpp() {
 
 /// One forward with `lens[i]` tokens of sequence `i` (0 = idle); greedy-extends and records
 /// the logits of every sequence that reached the end of its tokens.
-fn step(seqs: &mut [Sequence], lens: &[usize], kv: &mut KvStorage, logits: &mut Vec<f32>, recorded: &mut [Vec<Vec<f32>>]) {
+fn step(
+    seqs: &mut [Sequence],
+    lens: &[usize],
+    kv: &mut KvStorage,
+    logits: &mut Vec<f32>,
+    recorded: &mut [Vec<Vec<f32>>],
+) {
     let wanting: Vec<usize> =
         (0..seqs.len()).filter(|&i| lens[i] > 0 && seqs[i].computed + lens[i] == seqs[i].tokens.len()).collect();
     let chunks: Vec<SeqChunk<'_>> = seqs
@@ -274,7 +300,8 @@ fn decode_speed_report() {
     for n_seqs in [1usize, 8, 32] {
         let prompts = vec![raw.clone(); n_seqs];
         let (mut kv, blocks_each) = kv_for(n_seqs, raw.len() + STEPS + 1);
-        let mut seqs: Vec<Sequence> = (0..n_seqs).map(|i| Sequence::new(prompts[i].clone(), i, n_seqs, blocks_each)).collect();
+        let mut seqs: Vec<Sequence> =
+            (0..n_seqs).map(|i| Sequence::new(prompts[i].clone(), i, n_seqs, blocks_each)).collect();
         let mut logits = Vec::new();
         let chunks: Vec<SeqChunk<'_>> = seqs.iter_mut().map(|s| s.next_chunk(raw.len(), true)).collect();
         model().forward(&chunks, &mut kv, &mut logits).expect("prefill");

@@ -46,25 +46,38 @@ impl LlamaConfig {
     fn from_gguf(gguf: &GgufFile) -> Result<Self> {
         let arch = gguf.require_str("general.architecture")?;
         if !SUPPORTED_ARCHITECTURES.contains(&arch) {
-            return Err(load_error(gguf, format!("architecture `{arch}` is not supported (supported: {SUPPORTED_ARCHITECTURES:?})")));
+            return Err(load_error(
+                gguf,
+                format!("architecture `{arch}` is not supported (supported: {SUPPORTED_ARCHITECTURES:?})"),
+            ));
         }
         let key = |suffix: &str| format!("{arch}.{suffix}");
         let usize_key = |suffix: &str| gguf.require_u64(&key(suffix)).map(|v| v as usize);
         let float_key = |suffix: &str, default: Option<f64>| {
-            gguf.get(&key(suffix)).and_then(|v| v.as_f64()).or(default).map(|v| v as f32).ok_or_else(|| {
-                load_error(gguf, format!("missing float metadata `{}`", key(suffix)))
-            })
+            gguf.get(&key(suffix))
+                .and_then(|v| v.as_f64())
+                .or(default)
+                .map(|v| v as f32)
+                .ok_or_else(|| load_error(gguf, format!("missing float metadata `{}`", key(suffix))))
         };
         let hidden_size = usize_key("embedding_length")?;
         let n_heads = usize_key("attention.head_count")?;
-        let n_kv_heads = gguf.get(&key("attention.head_count_kv")).and_then(|v| v.as_u64()).map_or(n_heads, |v| v as usize);
+        let n_kv_heads =
+            gguf.get(&key("attention.head_count_kv")).and_then(|v| v.as_u64()).map_or(n_heads, |v| v as usize);
         if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
             return Err(load_error(gguf, format!("{n_heads} attention heads cannot share {n_kv_heads} KV heads")));
         }
-        let head_dim = gguf.get(&key("attention.key_length")).and_then(|v| v.as_u64()).map_or(hidden_size / n_heads, |v| v as usize);
-        let rope_dims = gguf.get(&key("rope.dimension_count")).and_then(|v| v.as_u64()).map_or(head_dim, |v| v as usize);
-        if rope_dims != head_dim || head_dim % 2 != 0 {
-            return Err(load_error(gguf, format!("RoPE over {rope_dims} of {head_dim} head dimensions is not supported")));
+        let head_dim = gguf
+            .get(&key("attention.key_length"))
+            .and_then(|v| v.as_u64())
+            .map_or(hidden_size / n_heads, |v| v as usize);
+        let rope_dims =
+            gguf.get(&key("rope.dimension_count")).and_then(|v| v.as_u64()).map_or(head_dim, |v| v as usize);
+        if rope_dims != head_dim || !head_dim.is_multiple_of(2) {
+            return Err(load_error(
+                gguf,
+                format!("RoPE over {rope_dims} of {head_dim} head dimensions is not supported"),
+            ));
         }
         let vocab_size = match gguf.get(&key("vocab_size")).and_then(|v| v.as_u64()) {
             Some(v) => v as usize,
@@ -139,7 +152,10 @@ impl LlamaModel {
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<QMatrix> {
             let m = QMatrix::from_gguf(gguf, name)?;
             if (m.rows(), m.cols()) != (rows, cols) {
-                return Err(load_error(gguf, format!("tensor `{name}` is {}×{}, expected {rows}×{cols}", m.rows(), m.cols())));
+                return Err(load_error(
+                    gguf,
+                    format!("tensor `{name}` is {}×{}, expected {rows}×{cols}", m.rows(), m.cols()),
+                ));
             }
             Ok(m)
         };
@@ -273,12 +289,18 @@ impl LlamaModel {
                 return Err(Error::Internal(format!("chunk {i} has no tokens")));
             }
             if let Some(&bad) = chunk.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-                return Err(Error::invalid("prompt", format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
+                return Err(Error::invalid(
+                    "prompt",
+                    format!("token id {bad} is outside the vocabulary of {}", c.vocab_size),
+                ));
             }
             let end = chunk.start_pos + chunk.tokens.len();
             let blocks_needed = end.div_ceil(kv.block_size);
             let table = chunk.block_table.get(..blocks_needed).ok_or_else(|| {
-                Error::Internal(format!("chunk {i} reaches position {end} but its block table covers {}", chunk.block_table.len() * kv.block_size))
+                Error::Internal(format!(
+                    "chunk {i} reaches position {end} but its block table covers {}",
+                    chunk.block_table.len() * kv.block_size
+                ))
             })?;
             if let Some(&bad) = table.iter().find(|&&b| b as usize >= kv.num_blocks) {
                 return Err(Error::Internal(format!("chunk {i} uses block {bad} of {}", kv.num_blocks)));
@@ -337,12 +359,19 @@ impl Scratch {
         self.attention_span = 0;
         for (chunk_index, chunk) in chunks.iter().enumerate() {
             let chunk_first_row = self.rows.len();
-            self.rows.extend(chunk.tokens.iter().enumerate().map(|(i, &token)| RowInfo { token, position: chunk.start_pos + i }));
+            self.rows.extend(
+                chunk.tokens.iter().enumerate().map(|(i, &token)| RowInfo { token, position: chunk.start_pos + i }),
+            );
             self.attention_span = self.attention_span.max(chunk.start_pos + chunk.tokens.len());
             for kv_head in 0..c.n_kv_heads {
                 for first in (0..chunk.tokens.len()).step_by(ATTENTION_TOKENS_PER_TASK) {
                     let end = (first + ATTENTION_TOKENS_PER_TASK).min(chunk.tokens.len());
-                    self.attention_tasks.push(AttentionTask { chunk: chunk_index, chunk_first_row, kv_head, tokens: (first, end) });
+                    self.attention_tasks.push(AttentionTask {
+                        chunk: chunk_index,
+                        chunk_first_row,
+                        kv_head,
+                        tokens: (first, end),
+                    });
                 }
             }
         }

@@ -1,8 +1,8 @@
 //! Quantized weight matrices and the matrix-multiply kernels over them (our own code, no BLAS).
 //!
 //! A [`QMatrix`] holds one GGUF weight matrix. [`QMatrix::matmul`] quantizes each activation
-//! row to 8 bits per 32-element block ([`activations`]) and takes integer dot products against
-//! the weight blocks: AVX2 on CPUs that have it ([`avx2`]), portable code otherwise ([`scalar`]).
+//! row to 8 bits per 32-element block and takes integer dot products against the weight
+//! blocks: with AVX2 on CPUs that have it (chosen at runtime), portable code otherwise.
 //!
 //! **Batch invariance.** Every output element is computed by the same operations whatever the
 //! batch size and wherever its row sits in the batch: activations are quantized row by row,
@@ -96,7 +96,12 @@ impl QMatrix {
         let (cols, rows) = match info.dims[..] {
             [cols] => (cols, 1),
             [cols, rows] => (cols, rows),
-            _ => return Err(Error::model_load(gguf.path(), format!("tensor `{name}` has shape {:?}; expected a matrix", info.dims))),
+            _ => {
+                return Err(Error::model_load(
+                    gguf.path(),
+                    format!("tensor `{name}` has shape {:?}; expected a matrix", info.dims),
+                ))
+            }
         };
         Self::from_bytes(info.ty, rows, cols, bytes)
             .map_err(|message| Error::model_load(gguf.path(), format!("tensor `{name}`: {message}")))
@@ -113,7 +118,7 @@ impl QMatrix {
             other => return Err(format!("unsupported tensor type {other:?} (supported: F32, F16, Q4_0, Q4_1, Q8_0)")),
         };
         let (block_values, block_bytes) = ty.block_layout();
-        if cols % block_values != 0 {
+        if !cols.is_multiple_of(block_values) {
             return Err(format!("{cols} columns is not a multiple of the {ty:?} block size {block_values}"));
         }
         if bytes.len() != rows * (cols / block_values) * block_bytes {
@@ -124,7 +129,9 @@ impl QMatrix {
             None if ty == GgmlType::F16 => {
                 Storage::Float(bytes.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect())
             }
-            None => Storage::Float(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
+            None => {
+                Storage::Float(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+            }
         };
         Ok(Self { rows, cols, storage })
     }
@@ -161,7 +168,9 @@ impl QMatrix {
                 blocks: parts
                     .iter()
                     .map(|p| match &p.storage {
-                        Storage::Quantized { format: f, blocks } if f == format && p.cols == first.cols => Some(blocks.as_slice()),
+                        Storage::Quantized { format: f, blocks } if f == format && p.cols == first.cols => {
+                            Some(blocks.as_slice())
+                        }
                         _ => None,
                     })
                     .collect::<Option<Vec<_>>>()?
@@ -173,7 +182,13 @@ impl QMatrix {
 
     /// Writes row `row` as f32 into `out` (`out.len() == cols`); used for embedding lookups.
     pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
-        assert!(row < self.rows && out.len() == self.cols, "row {row} / len {} of a {}×{} matrix", out.len(), self.rows, self.cols);
+        assert!(
+            row < self.rows && out.len() == self.cols,
+            "row {row} / len {} of a {}×{} matrix",
+            out.len(),
+            self.rows,
+            self.cols
+        );
         match &self.storage {
             Storage::Float(values) => out.copy_from_slice(&values[row * self.cols..][..self.cols]),
             Storage::Quantized { format, blocks } => {
@@ -197,7 +212,14 @@ impl QMatrix {
     }
 
     fn matmul_using(&self, kernel: Kernel, x: &[f32], m: usize, out: &mut [f32], pool: &ThreadPool) {
-        assert!(x.len() == m * self.cols && out.len() == m * self.rows, "matmul shapes: x {} out {} for m {m} on {}×{}", x.len(), out.len(), self.rows, self.cols);
+        assert!(
+            x.len() == m * self.cols && out.len() == m * self.rows,
+            "matmul shapes: x {} out {} for m {m} on {}×{}",
+            x.len(),
+            out.len(),
+            self.rows,
+            self.cols
+        );
         match &self.storage {
             Storage::Float(weights) => self.for_each_row_parallel(pool, out, |row, out| {
                 let w_row = &weights[row * self.cols..][..self.cols];
@@ -219,7 +241,12 @@ impl QMatrix {
                     let mut results = [0f32; TILE];
                     for first in (0..m).step_by(TILE) {
                         let n = TILE.min(m - first);
-                        kernel.dot_tile(*format, w_row, &acts[first * n_blocks..(first + n) * n_blocks], &mut results[..n]);
+                        kernel.dot_tile(
+                            *format,
+                            w_row,
+                            &acts[first * n_blocks..(first + n) * n_blocks],
+                            &mut results[..n],
+                        );
                         for (r, &value) in results[..n].iter().enumerate() {
                             // SAFETY: each output row `row` belongs to exactly one task.
                             unsafe { out.write((first + r) * self.rows + row, value) };
@@ -231,7 +258,12 @@ impl QMatrix {
     }
 
     /// Runs `f(row, out)` for every weight row, in contiguous row ranges spread over the pool.
-    fn for_each_row_parallel(&self, pool: &ThreadPool, out: &mut [f32], f: impl Fn(usize, &DisjointSlice<'_, f32>) + Sync) {
+    fn for_each_row_parallel(
+        &self,
+        pool: &ThreadPool,
+        out: &mut [f32],
+        f: impl Fn(usize, &DisjointSlice<'_, f32>) + Sync,
+    ) {
         let out = DisjointSlice::new(out);
         let rows_per_task = self.rows.div_ceil(pool.n_threads() * TASKS_PER_THREAD).max(1);
         pool.run(self.rows.div_ceil(rows_per_task), &|task| {

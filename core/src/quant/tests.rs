@@ -74,14 +74,19 @@ fn reference_weights(ty: GgmlType, bytes: &[u8]) -> Vec<f64> {
     match ty {
         GgmlType::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64).collect(),
         GgmlType::F16 => bytes.chunks_exact(2).map(f16).collect(),
-        GgmlType::Q8_0 => bytes.chunks_exact(34).flat_map(|b| b[2..].iter().map(move |&q| q as i8 as f64 * f16(b))).collect(),
+        GgmlType::Q8_0 => {
+            bytes.chunks_exact(34).flat_map(|b| b[2..].iter().map(move |&q| q as i8 as f64 * f16(b))).collect()
+        }
         GgmlType::Q4_0 | GgmlType::Q4_1 => {
             let (_, block_bytes) = ty.block_layout();
             bytes
                 .chunks_exact(block_bytes)
                 .flat_map(|b| {
-                    let (d, m, nibbles) =
-                        if ty == GgmlType::Q4_0 { (f16(b), -8.0 * f16(b), &b[2..]) } else { (f16(b), f16(&b[2..]), &b[4..]) };
+                    let (d, m, nibbles) = if ty == GgmlType::Q4_0 {
+                        (f16(b), -8.0 * f16(b), &b[2..])
+                    } else {
+                        (f16(b), f16(&b[2..]), &b[4..])
+                    };
                     let low = nibbles.iter().map(move |&q| (q & 15) as f64 * d + m);
                     let high = nibbles.iter().map(move |&q| (q >> 4) as f64 * d + m);
                     low.chain(high).collect::<Vec<_>>()
@@ -142,7 +147,10 @@ fn kernels_match_f64_reference_for_every_type_and_batch_size() {
                         assert!((got - want).abs() <= 1e-6 * (magnitude + offsets), "{context}: {got} vs {want}");
                         // Against the raw activations: within the 8-bit quantization error.
                         let bound: f64 = w_row.iter().zip(&half_steps).map(|(w, h)| w.abs() * h).sum();
-                        assert!((got - exact).abs() <= bound * 1.001 + 1e-6 * magnitude, "{context}: {got} vs exact {exact}");
+                        assert!(
+                            (got - exact).abs() <= bound * 1.001 + 1e-6 * magnitude,
+                            "{context}: {got} vs exact {exact}"
+                        );
                     }
                 }
             }
