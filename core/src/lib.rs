@@ -15,12 +15,17 @@
 //! ```
 
 pub mod chat;
+pub(crate) mod detokenize;
 pub mod error;
 pub mod gguf;
 pub mod kv_cache;
+pub mod metrics;
 pub mod models;
 pub mod quant;
 pub mod request;
+pub mod sampling;
+pub(crate) mod scheduler;
+pub(crate) mod sequence;
 pub mod threadpool;
 pub mod tokenizer;
 

@@ -1,0 +1,314 @@
+//! Turning a row of logits into the next token: penalties, then greedy or
+//! temperature + top-k + top-p + min-p sampling with a seeded per-request RNG.
+//!
+//! Each request owns its [`Sampler`] and RNG, so its choices depend only on its own logits
+//! and seed — never on which other requests share the batch.
+
+use std::collections::HashMap;
+
+use crate::request::{SamplingParams, TokenLogprobs, TopLogprob};
+
+/// A small, fast, seedable generator (xoshiro256**), seeded through SplitMix64.
+#[derive(Debug, Clone)]
+pub struct Rng {
+    s: [u64; 4],
+}
+
+impl Rng {
+    pub fn seeded(seed: u64) -> Self {
+        let mut x = seed;
+        let mut next = || {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        Self { s: [next(), next(), next(), next()] }
+    }
+
+    /// A seed for requests that did not give one.
+    pub fn random_seed() -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState is seeded from the OS per process and varies per instance.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        h.finish()
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = self.s[1] << 17;
+        self.s[2] ^= self.s[0];
+        self.s[3] ^= self.s[1];
+        self.s[1] ^= self.s[2];
+        self.s[0] ^= self.s[3];
+        self.s[2] ^= t;
+        self.s[3] = self.s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
+/// Per-request sampling state.
+#[derive(Debug)]
+pub struct Sampler {
+    params: SamplingParams,
+    rng: Rng,
+    /// How often each token appeared in the generated output (presence/frequency penalties).
+    output_counts: HashMap<u32, u32>,
+    /// Reused between calls to avoid allocating per token.
+    candidates: Vec<(u32, f32)>,
+}
+
+/// The outcome of one sampling call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampled {
+    pub token: u32,
+    pub logprobs: Option<TokenLogprobs>,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Self {
+        let seed = params.seed.unwrap_or_else(Rng::random_seed);
+        Self { params, rng: Rng::seeded(seed), output_counts: HashMap::new(), candidates: Vec::new() }
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Records a generated token (for presence and frequency penalties).
+    pub fn observe(&mut self, token: u32) {
+        *self.output_counts.entry(token).or_insert(0) += 1;
+    }
+
+    /// Picks the next token. `logits` is modified in place (penalties); `history` is the
+    /// sequence so far (prompt then output), used by the repetition penalty.
+    pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> Sampled {
+        self.apply_penalties(logits, history);
+        let logprobs = self.params.logprobs.map(|n| top_logprobs(logits, n));
+        let token = if self.params.temperature == 0.0 { argmax(logits) } else { self.sample_stochastic(logits) };
+        let logprobs = logprobs.map(|(lse, top)| TokenLogprobs { logprob: logits[token as usize] - lse, top });
+        Sampled { token, logprobs }
+    }
+
+    fn apply_penalties(&self, logits: &mut [f32], history: &[u32]) {
+        let p = &self.params;
+        if p.repetition_penalty != 1.0 {
+            let window = if p.penalty_last_n == 0 { history } else { &history[history.len().saturating_sub(p.penalty_last_n)..] };
+            // Penalise each distinct token once, as llama.cpp and transformers do.
+            let mut seen = std::collections::HashSet::with_capacity(window.len());
+            for &t in window {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    if seen.insert(t) {
+                        *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                    }
+                }
+            }
+        }
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            // OpenAI semantics: over the generated tokens only.
+            for (&t, &count) in &self.output_counts {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l -= p.presence_penalty + p.frequency_penalty * count as f32;
+                }
+            }
+        }
+    }
+
+    fn sample_stochastic(&mut self, logits: &[f32]) -> u32 {
+        let p = &self.params;
+        let inv_t = 1.0 / p.temperature;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        // min-p keeps tokens with prob >= min_p * p_max, i.e. logit >= max + ln(min_p) * T.
+        // Applying it first (O(vocab)) usually leaves a handful of candidates to sort.
+        let floor = if p.min_p > 0.0 { max + p.min_p.ln() * p.temperature } else { f32::NEG_INFINITY };
+        self.candidates.clear();
+        self.candidates.extend(
+            logits.iter().enumerate().filter(|(_, &l)| l >= floor && l.is_finite()).map(|(i, &l)| (i as u32, l)),
+        );
+        if self.candidates.is_empty() {
+            return argmax(logits);
+        }
+        let by_logit_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        let k = p.top_k as usize;
+        if k > 0 && k < self.candidates.len() {
+            self.candidates.select_nth_unstable_by(k - 1, by_logit_desc);
+            self.candidates.truncate(k);
+        }
+        self.candidates.sort_unstable_by(by_logit_desc);
+
+        // Softmax with temperature over the survivors, then the nucleus cut.
+        let top = self.candidates[0].1;
+        let mut total = 0.0f64;
+        for c in self.candidates.iter_mut() {
+            c.1 = (((c.1 - top) * inv_t) as f64).exp() as f32;
+            total += c.1 as f64;
+        }
+        if p.top_p < 1.0 {
+            let mut cumulative = 0.0f64;
+            let mut keep = self.candidates.len();
+            for (i, c) in self.candidates.iter().enumerate() {
+                cumulative += c.1 as f64 / total;
+                if cumulative >= p.top_p as f64 {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            self.candidates.truncate(keep);
+            total = self.candidates.iter().map(|c| c.1 as f64).sum();
+        }
+        let mut target = self.rng.next_f64() * total;
+        for c in &self.candidates {
+            target -= c.1 as f64;
+            if target < 0.0 {
+                return c.0;
+            }
+        }
+        self.candidates[self.candidates.len() - 1].0
+    }
+}
+
+/// Index of the largest logit; ties go to the lowest id so greedy decoding is deterministic.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0usize;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// log-sum-exp of the row and its `n` most likely tokens with their log-probabilities.
+fn top_logprobs(logits: &[f32], n: usize) -> (f32, Vec<TopLogprob>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    let lse = max + sum.ln() as f32;
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
+    if n > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if top.len() < n || l > top[top.len() - 1].1 {
+                let pos = top.partition_point(|&(_, x)| x >= l);
+                top.insert(pos, (i as u32, l));
+                top.truncate(n);
+            }
+        }
+    }
+    (lse, top.into_iter().map(|(token_id, l)| TopLogprob { token_id, logprob: l - lse }).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(f: impl FnOnce(&mut SamplingParams)) -> SamplingParams {
+        let mut p = SamplingParams::default();
+        f(&mut p);
+        p
+    }
+
+    #[test]
+    fn greedy_picks_the_max_and_breaks_ties_low() {
+        let mut s = Sampler::new(SamplingParams::greedy());
+        assert_eq!(s.sample(&mut [0.1, 3.0, -1.0, 3.0], &[]).token, 1);
+    }
+
+    #[test]
+    fn seeded_sampling_is_reproducible_and_seed_dependent() {
+        let logits: Vec<f32> = (0..100).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
+        let run = |seed| {
+            let mut s = Sampler::new(params(|p| {
+                p.temperature = 1.0;
+                p.top_k = 0;
+                p.min_p = 0.0;
+                p.top_p = 1.0;
+                p.seed = Some(seed);
+            }));
+            (0..50).map(|_| s.sample(&mut logits.clone(), &[]).token).collect::<Vec<_>>()
+        };
+        assert_eq!(run(7), run(7));
+        assert_ne!(run(7), run(8));
+    }
+
+    #[test]
+    fn top_k_one_is_greedy() {
+        let mut s = Sampler::new(params(|p| {
+            p.top_k = 1;
+            p.temperature = 5.0;
+            p.seed = Some(1);
+        }));
+        for _ in 0..20 {
+            assert_eq!(s.sample(&mut [1.0, 2.0, 1.9, 0.0], &[]).token, 1);
+        }
+    }
+
+    #[test]
+    fn top_p_cuts_the_tail() {
+        // Probabilities ~ [0.88, 0.12, tiny]: top_p 0.5 keeps only the first.
+        let mut s = Sampler::new(params(|p| {
+            p.top_p = 0.5;
+            p.top_k = 0;
+            p.min_p = 0.0;
+            p.temperature = 1.0;
+            p.seed = Some(3);
+        }));
+        for _ in 0..50 {
+            assert_eq!(s.sample(&mut [2.0, 0.0, -10.0], &[]).token, 0);
+        }
+    }
+
+    #[test]
+    fn min_p_filters_unlikely_tokens() {
+        let mut s = Sampler::new(params(|p| {
+            p.min_p = 0.5;
+            p.top_k = 0;
+            p.top_p = 1.0;
+            p.temperature = 1.0;
+            p.seed = Some(4);
+        }));
+        // Token 1 has prob e^-1 ≈ 0.37 of token 0's: filtered at min_p 0.5.
+        for _ in 0..50 {
+            assert_eq!(s.sample(&mut [1.0, 0.0], &[]).token, 0);
+        }
+    }
+
+    #[test]
+    fn repetition_penalty_discourages_history() {
+        let mut s = Sampler::new(params(|p| {
+            p.temperature = 0.0;
+            p.repetition_penalty = 2.0;
+        }));
+        assert_eq!(s.sample(&mut [2.0, 1.5], &[0, 0, 0]).token, 1);
+    }
+
+    #[test]
+    fn frequency_penalty_counts_output() {
+        let mut s = Sampler::new(params(|p| {
+            p.temperature = 0.0;
+            p.frequency_penalty = 1.0;
+        }));
+        s.observe(0);
+        s.observe(0);
+        assert_eq!(s.sample(&mut [2.0, 0.5], &[]).token, 1);
+    }
+
+    #[test]
+    fn logprobs_are_normalised_and_sorted() {
+        let mut s = Sampler::new(params(|p| {
+            p.temperature = 0.0;
+            p.logprobs = Some(2);
+        }));
+        let out = s.sample(&mut [0.0, 1.0, 2.0], &[]);
+        let lp = out.logprobs.unwrap();
+        assert_eq!(out.token, 2);
+        assert_eq!(lp.top.iter().map(|t| t.token_id).collect::<Vec<_>>(), vec![2, 1]);
+        let total: f32 = [0.0f32, 1.0, 2.0].iter().map(|l| (l - (2.0 - lp.logprob)).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-5);
+    }
+}
