@@ -1,1 +1,27 @@
-//! Python bindings (placeholder).
+//! `cortexstream._core`: the Python extension module over the `cortexstream` crate.
+//!
+//! A thin adapter: it converts arguments and results, maps core errors to exceptions in one
+//! place (`errors`), and moves events to Python threads with the GIL released while waiting.
+//! The friendly layer (model names, asyncio, numpy) is plain Python in `python/cortexstream`.
+
+mod engine;
+mod errors;
+mod options;
+mod records;
+mod stream;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_class::<engine::Engine>()?;
+    module.add_class::<stream::Stream>()?;
+    module.add_class::<records::Chunk>()?;
+    module.add_class::<records::Completion>()?;
+    module.add_class::<records::Usage>()?;
+    module.add_class::<records::Timings>()?;
+    module.add_class::<records::TokenLogprobs>()?;
+    module.add_class::<records::ModelInfo>()?;
+    module.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! Read-only result records handed to Python, converted from the core's types.
+
+use pyo3::prelude::*;
+
+/// `__repr__` in Python's `Name(field=value, ...)` style, each value shown by its own `repr`.
+macro_rules! python_repr {
+    ($record:ident { $($field:ident),+ $(,)? }) => {
+        #[pymethods]
+        impl $record {
+            fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+                let mut fields = Vec::new();
+                $(fields.push(format!("{}={}", stringify!($field), slf.getattr(stringify!($field))?.repr()?));)+
+                Ok(format!("{}({})", stringify!($record), fields.join(", ")))
+            }
+        }
+    };
+}
+
+/// Token counts of one request.
+#[pyclass(frozen, get_all, module = "cortexstream._core")]
+#[derive(Debug, Clone)]
+pub struct Usage {
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    total_tokens: usize,
+    cached_prompt_tokens: usize,
+}
+python_repr!(Usage { prompt_tokens, completion_tokens, total_tokens, cached_prompt_tokens });
+
+impl From<cortexstream::Usage> for Usage {
+    fn from(usage: cortexstream::Usage) -> Self {
+        Self {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            total_tokens: usage.total_tokens(),
+            cached_prompt_tokens: usage.cached_prompt_tokens,
+        }
+    }
+}
+
+/// Nanosecond timings of one request.
+#[pyclass(frozen, get_all, module = "cortexstream._core")]
+#[derive(Debug, Clone)]
+pub struct Timings {
+    queued_ns: u64,
+    time_to_first_token_ns: u64,
+    prefill_ns: u64,
+    decode_ns: u64,
+    per_token_ns: u64,
+    total_ns: u64,
+}
+python_repr!(Timings { queued_ns, time_to_first_token_ns, prefill_ns, decode_ns, per_token_ns, total_ns });
+
+impl From<cortexstream::Timings> for Timings {
+    fn from(t: cortexstream::Timings) -> Self {
+        Self {
+            queued_ns: t.queued_ns,
+            time_to_first_token_ns: t.time_to_first_token_ns,
+            prefill_ns: t.prefill_ns,
+            decode_ns: t.decode_ns,
+            per_token_ns: t.per_token_ns,
+            total_ns: t.total_ns,
+        }
+    }
+}
+
+/// Log-probability of one sampled token and its top alternatives `(token_id, logprob)`.
+#[pyclass(frozen, get_all, module = "cortexstream._core")]
+#[derive(Debug, Clone)]
+pub struct TokenLogprobs {
+    token_id: u32,
+    logprob: f32,
+    top: Vec<(u32, f32)>,
+}
+python_repr!(TokenLogprobs { token_id, logprob, top });
+
+impl TokenLogprobs {
+    /// The core reports alternatives per event; the sampled token's id comes with the event.
+    pub fn new(token_id: u32, logprobs: cortexstream::TokenLogprobs) -> Self {
+        let top = logprobs.top.into_iter().map(|alt| (alt.token_id, alt.logprob)).collect();
+        Self { token_id, logprob: logprobs.logprob, top }
+    }
+}
+
+/// One item of a stream: a piece of text, or (last) the finish reason with usage and timings.
+#[pyclass(frozen, get_all, module = "cortexstream._core")]
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub(crate) text: String,
+    pub(crate) token_id: Option<u32>,
+    pub(crate) logprobs: Option<TokenLogprobs>,
+    pub(crate) finish_reason: Option<&'static str>,
+    pub(crate) usage: Option<Usage>,
+    pub(crate) timings: Option<Timings>,
+    pub(crate) error: Option<String>,
+}
+python_repr!(Chunk { text, token_id, logprobs, finish_reason, usage, timings, error });
+
+/// The whole result of one request.
+#[pyclass(frozen, get_all, module = "cortexstream._core")]
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub(crate) text: String,
+    pub(crate) token_ids: Vec<u32>,
+    pub(crate) finish_reason: &'static str,
+    pub(crate) usage: Usage,
+    pub(crate) timings: Timings,
+    pub(crate) logprobs: Option<Vec<TokenLogprobs>>,
+    pub(crate) error: Option<String>,
+}
+python_repr!(Completion { text, token_ids, finish_reason, usage, timings, logprobs, error });
+
+/// What the engine has loaded.
+#[pyclass(frozen, get_all, module = "cortexstream._core")]
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    name: String,
+    path: String,
+    architecture: String,
+    context_length: usize,
+    vocab_size: usize,
+    embedding_model: Option<String>,
+    embedding_dim: Option<usize>,
+}
+python_repr!(ModelInfo { name, path, architecture, context_length, vocab_size, embedding_model, embedding_dim });
+
+impl From<&cortexstream::ModelInfo> for ModelInfo {
+    fn from(info: &cortexstream::ModelInfo) -> Self {
+        Self {
+            name: info.name.clone(),
+            path: info.path.display().to_string(),
+            architecture: info.architecture.clone(),
+            context_length: info.context_length,
+            vocab_size: info.vocab_size,
+            embedding_model: info.embedding.as_ref().map(|e| e.name.clone()),
+            embedding_dim: info.embedding.as_ref().map(|e| e.dim),
+        }
+    }
+}

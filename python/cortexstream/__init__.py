@@ -1,0 +1,49 @@
+"""cortexstream: fast LLM inference on CPU with continuous batching and streaming.
+
+>>> import cortexstream
+>>> with cortexstream.Engine() as engine:           # default model from the cache
+...     print(engine.generate("The capital of France is", max_tokens=8).text)
+
+Models come from the local cache; ``python -m cortexstream pull`` fetches the defaults.
+"""
+
+from . import models
+from ._async import AsyncStream
+from ._core import Chunk, Completion, ModelInfo, Stream, Timings, TokenLogprobs, Usage, __version__
+from ._engine import Engine
+from .errors import (
+    CancelledError,
+    ChatTemplateError,
+    ContextLengthExceededError,
+    CortexstreamError,
+    EngineClosedError,
+    InvalidRequestError,
+    ModelLoadError,
+    ModelNotFoundError,
+    NoEmbeddingModelError,
+    OverloadedError,
+)
+
+__all__ = [
+    "AsyncStream",
+    "CancelledError",
+    "ChatTemplateError",
+    "Chunk",
+    "Completion",
+    "ContextLengthExceededError",
+    "CortexstreamError",
+    "Engine",
+    "EngineClosedError",
+    "InvalidRequestError",
+    "ModelInfo",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "NoEmbeddingModelError",
+    "OverloadedError",
+    "Stream",
+    "Timings",
+    "TokenLogprobs",
+    "Usage",
+    "__version__",
+    "models",
+]

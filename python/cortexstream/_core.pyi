@@ -1,0 +1,220 @@
+"""Typed stubs of the compiled module ``cortexstream._core`` (checked by ``mypy.stubtest``)."""
+
+import os
+from types import TracebackType
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union, final
+
+from typing_extensions import Self, disjoint_base
+
+__all__ = ["Chunk", "Completion", "Engine", "ModelInfo", "Stream", "Timings", "TokenLogprobs", "Usage", "__version__"]
+
+__version__: str
+
+@final
+class Usage:
+    """Token counts of one request."""
+
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def completion_tokens(self) -> int: ...
+    @property
+    def total_tokens(self) -> int: ...
+    @property
+    def cached_prompt_tokens(self) -> int:
+        """Prompt tokens whose KV came from the prefix cache instead of a prefill."""
+
+@final
+class Timings:
+    """Nanosecond timings of one request."""
+
+    @property
+    def queued_ns(self) -> int:
+        """Submit until first scheduled."""
+    @property
+    def time_to_first_token_ns(self) -> int:
+        """Submit until the first token was sampled."""
+    @property
+    def prefill_ns(self) -> int:
+        """Prompt processing time."""
+    @property
+    def decode_ns(self) -> int:
+        """First token until the end."""
+    @property
+    def per_token_ns(self) -> int:
+        """Mean time per generated token after the first."""
+    @property
+    def total_ns(self) -> int:
+        """Submit until the end."""
+
+@final
+class TokenLogprobs:
+    """Log-probability of one sampled token and its top alternatives."""
+
+    @property
+    def token_id(self) -> int: ...
+    @property
+    def logprob(self) -> float: ...
+    @property
+    def top(self) -> List[Tuple[int, float]]:
+        """``(token_id, logprob)`` of the most likely tokens, best first."""
+
+@final
+class Chunk:
+    """One item of a stream: new text, or (last) the finish reason with usage and timings."""
+
+    @property
+    def text(self) -> str:
+        """Newly completed text; may be empty while a possible stop string is held back."""
+    @property
+    def token_id(self) -> Optional[int]:
+        """The sampled token (``None`` on the last chunk)."""
+    @property
+    def logprobs(self) -> Optional[TokenLogprobs]: ...
+    @property
+    def finish_reason(self) -> Optional[str]:
+        """``"stop"``, ``"length"``, ``"cancelled"`` or ``"error"`` on the last chunk only."""
+    @property
+    def usage(self) -> Optional[Usage]: ...
+    @property
+    def timings(self) -> Optional[Timings]: ...
+    @property
+    def error(self) -> Optional[str]:
+        """What went wrong, when ``finish_reason`` is ``"error"``."""
+
+@final
+class Completion:
+    """The whole result of one request."""
+
+    @property
+    def text(self) -> str: ...
+    @property
+    def token_ids(self) -> List[int]: ...
+    @property
+    def finish_reason(self) -> str:
+        """``"stop"``, ``"length"``, ``"cancelled"`` or ``"error"``."""
+    @property
+    def usage(self) -> Usage: ...
+    @property
+    def timings(self) -> Timings: ...
+    @property
+    def logprobs(self) -> Optional[List[TokenLogprobs]]:
+        """One entry per generated token, when the request asked for ``logprobs``."""
+    @property
+    def error(self) -> Optional[str]:
+        """What went wrong, when ``finish_reason`` is ``"error"``."""
+
+@final
+class ModelInfo:
+    """What an engine has loaded."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def architecture(self) -> str: ...
+    @property
+    def context_length(self) -> int: ...
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def embedding_model(self) -> Optional[str]:
+        """Name of the embedding model, if one is loaded."""
+    @property
+    def embedding_dim(self) -> Optional[int]: ...
+
+@final
+class Stream:
+    """An iterator over one request's chunks; also a context manager.
+
+    Breaking out of the loop, :meth:`close`, garbage collection or Ctrl-C cancels the
+    request in the engine.
+    """
+
+    @property
+    def request_id(self) -> int:
+        """The engine's id of this request."""
+    @property
+    def prompt_tokens(self) -> int:
+        """Number of prompt tokens."""
+    @property
+    def completion(self) -> Optional[Completion]:
+        """The whole result, once the last chunk has been read."""
+    @property
+    def finished(self) -> bool:
+        """Whether the last chunk has been read or the stream was closed."""
+    def next_chunk(self, timeout: Optional[float] = None) -> Optional[Chunk]:
+        """The next chunk, waiting at most ``timeout`` seconds (``None``: until one arrives).
+
+        Returns ``None`` when the stream has ended or nothing arrived in time; ``finished``
+        tells which.
+        """
+    def wait(self) -> Completion:
+        """Reads the remaining chunks and returns the completion."""
+    def cancel(self) -> None:
+        """Asks the engine to stop; the stream then ends with finish_reason ``"cancelled"``."""
+    def close(self) -> None:
+        """Cancels the request (if still running) and ends the stream now."""
+    def __iter__(self) -> Stream: ...
+    def __next__(self) -> Chunk: ...
+    def __enter__(self) -> Stream: ...
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc_value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None: ...
+
+@disjoint_base
+class Engine:
+    """A loaded model serving requests from any thread (paths only; see ``cortexstream.Engine``)."""
+
+    def __new__(
+        cls,
+        model: Union[str, os.PathLike[str]],
+        *,
+        tokenizer: Optional[Union[str, os.PathLike[str]]] = None,
+        embedding_model: Optional[Union[str, os.PathLike[str]]] = None,
+        max_running: Optional[int] = None,
+        max_batch_tokens: Optional[int] = None,
+        kv_cache_tokens: Optional[int] = None,
+        context_length: Optional[int] = None,
+        threads: Optional[int] = None,
+        max_queue: Optional[int] = None,
+    ) -> Self: ...
+    def generate(self, prompt: Union[str, List[int]], **sampling: Any) -> Completion:
+        """Generates a completion for a text or token-id prompt."""
+    def chat(self, messages: Sequence[Dict[str, str]], **sampling: Any) -> Completion:
+        """Generates the assistant's reply to chat messages."""
+    def stream(self, prompt: Union[str, List[int]], **sampling: Any) -> Stream:
+        """Submits a text or token-id prompt and returns its chunks as they are generated."""
+    def stream_chat(self, messages: Sequence[Dict[str, str]], **sampling: Any) -> Stream:
+        """Submits chat messages and returns the reply's chunks as they are generated."""
+    def embed(self, texts: Union[str, Sequence[str]]) -> List[List[float]]:
+        """Unit-length embedding vectors, one per text."""
+    def embed_with_usage(self, texts: Union[str, Sequence[str]]) -> Tuple[List[List[float]], int]:
+        """Embedding vectors and the number of tokens they consumed."""
+    def tokenize(self, text: str, add_special_tokens: bool = False) -> List[int]:
+        """Token ids of ``text``."""
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Text of token ids."""
+    def apply_chat_template(self, messages: Sequence[Dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """Renders chat messages with the model's chat template."""
+    def metrics(self) -> Dict[str, Any]:
+        """Counters and histograms (``{"buckets": [[le, count], ...], "sum", "count"}``)."""
+    @property
+    def model_info(self) -> ModelInfo:
+        """What the engine has loaded."""
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+    def close(self) -> None:
+        """Cancels in-flight requests, stops the engine thread and frees the model."""
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc_value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None: ...

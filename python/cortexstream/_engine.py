@@ -1,0 +1,115 @@
+"""The user-facing :class:`Engine`: model names from the cache, asyncio and numpy on top of
+the compiled engine (every synchronous method is the compiled one)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
+
+from . import _core, models
+from ._async import AsyncStream
+from ._core import Completion
+from .errors import ModelNotFoundError
+
+if TYPE_CHECKING:
+    import numpy
+
+PathLike = Union[str, "os.PathLike[str]"]
+Prompt = Union[str, List[int]]
+Messages = Sequence[Dict[str, str]]
+
+
+class Engine(_core.Engine):
+    """A loaded model serving requests from any thread, with or without asyncio.
+
+    ``model`` is a model name from the cache (default ``"smollm2"``) or a path to a GGUF
+    file. ``embedding_model`` is a name or a sentence-transformers folder; ``None`` loads
+    ``"minilm"`` when it is in the cache, ``False`` loads none. The other arguments tune the
+    scheduler; ``None`` keeps the core's default (``max_running=32``, ``max_batch_tokens=2048``,
+    ``kv_cache_tokens=16384``, ``context_length`` = the model's, ``threads`` = physical cores,
+    ``max_queue=256``).
+
+    Sampling keyword arguments, accepted by every generation method: ``max_tokens``,
+    ``temperature`` (0.8; 0 is greedy), ``top_k`` (40), ``top_p`` (0.95), ``min_p`` (0.05),
+    ``repetition_penalty`` (1.0), ``presence_penalty``, ``frequency_penalty`` (0.0),
+    ``penalty_last_n`` (64), ``seed``, ``stop`` (str or list), ``stop_token_ids``,
+    ``ignore_eos`` (False), ``logprobs`` (number of alternatives, 0..20), ``priority`` (0).
+    ``None`` for any of them means its default.
+
+    Use it as a context manager, or call :meth:`close`, to free the model deterministically.
+    """
+
+    def __new__(
+        cls,
+        model: Optional[PathLike] = None,
+        *,
+        embedding_model: Union[PathLike, None, bool] = None,
+        tokenizer: Optional[PathLike] = None,
+        max_running: Optional[int] = None,
+        max_batch_tokens: Optional[int] = None,
+        kv_cache_tokens: Optional[int] = None,
+        context_length: Optional[int] = None,
+        threads: Optional[int] = None,
+        max_queue: Optional[int] = None,
+    ) -> Engine:
+        return super().__new__(
+            cls,
+            _resolve(models.DEFAULT_MODEL if model is None else model),
+            tokenizer=tokenizer,
+            embedding_model=_embedding_model_path(embedding_model),
+            max_running=max_running,
+            max_batch_tokens=max_batch_tokens,
+            kv_cache_tokens=kv_cache_tokens,
+            context_length=context_length,
+            threads=threads,
+            max_queue=max_queue,
+        )
+
+    def embed(self, texts: Union[str, Sequence[str]], *, as_numpy: bool = False) -> Any:
+        """Unit-length embedding vectors, one per text: a list of lists, or with
+        ``as_numpy=True`` a float32 array of shape ``(len(texts), dim)`` (needs numpy)."""
+        vectors = super().embed(texts)
+        return _as_array(vectors, self.model_info.embedding_dim) if as_numpy else vectors
+
+    def astream(self, prompt: Prompt, **sampling: Any) -> AsyncStream:
+        """Submits a text or token-id prompt now; iterate the result with ``async for``."""
+        return AsyncStream(self.stream(prompt, **sampling))
+
+    def astream_chat(self, messages: Messages, **sampling: Any) -> AsyncStream:
+        """Submits chat messages now; iterate the reply with ``async for``."""
+        return AsyncStream(self.stream_chat(messages, **sampling))
+
+    async def agenerate(self, prompt: Prompt, **sampling: Any) -> Completion:
+        """Like :meth:`generate` without blocking the event loop; cancelling the task
+        cancels the request."""
+        return await self.astream(prompt, **sampling).wait()
+
+    async def achat(self, messages: Messages, **sampling: Any) -> Completion:
+        """Like :meth:`chat` without blocking the event loop; cancelling the task cancels
+        the request."""
+        return await self.astream_chat(messages, **sampling).wait()
+
+
+def _resolve(name_or_path: PathLike) -> Path:
+    try:
+        return models.resolve(name_or_path)
+    except FileNotFoundError as missing:
+        raise ModelNotFoundError(str(missing)) from None
+
+
+def _embedding_model_path(choice: Union[PathLike, None, bool]) -> Optional[Path]:
+    if choice is False:
+        return None
+    if choice is None or choice is True:
+        default = models.KNOWN_MODELS[models.DEFAULT_EMBEDDING_MODEL]
+        if choice is None and not default.is_present():
+            return None
+        return _resolve(default.name)
+    return _resolve(choice)
+
+
+def _as_array(vectors: List[List[float]], dim: Optional[int]) -> numpy.ndarray:
+    import numpy  # optional dependency: only needed for as_numpy=True
+
+    return numpy.asarray(vectors, dtype=numpy.float32).reshape(len(vectors), dim or 0)

@@ -1,0 +1,70 @@
+"""Invalid requests raise typed exceptions that name the field."""
+
+from __future__ import annotations
+
+import pytest
+
+import cortexstream
+
+
+@pytest.mark.parametrize(
+    "sampling, param",
+    [
+        (dict(temperature=-1), "temperature"),
+        (dict(top_p=0), "top_p"),
+        (dict(max_tokens=0), "max_tokens"),
+        (dict(max_tokens=-1), "max_tokens"),
+        (dict(logprobs=21), "logprobs"),
+        (dict(presence_penalty=3.0), "presence_penalty"),
+        (dict(stop=[""]), "stop"),
+    ],
+)
+def test_out_of_range_values_name_the_field(engine, sampling, param):
+    with pytest.raises(cortexstream.InvalidRequestError) as caught:
+        engine.generate("Hello", **sampling)
+    error = caught.value
+    assert isinstance(error, ValueError) and isinstance(error, cortexstream.CortexstreamError)
+    assert error.param == param and error.code == "invalid_request"
+    assert param in str(error)
+
+
+def test_empty_prompt_is_invalid(engine):
+    with pytest.raises(cortexstream.InvalidRequestError) as caught:
+        engine.generate("", max_tokens=1)
+    assert caught.value.param == "prompt"
+
+
+@pytest.mark.parametrize(
+    "call, field",
+    [
+        (lambda e: e.generate("Hi", temperature="hot"), "temperature"),
+        (lambda e: e.generate("Hi", ignore_eos="yes"), "ignore_eos"),
+        (lambda e: e.generate("Hi", stop=3), "stop"),
+        (lambda e: e.generate(3.5), "prompt"),
+        (lambda e: e.chat("not a list of messages"), "messages"),
+        (lambda e: e.generate("Hi", temprature=0.5), "temprature"),
+    ],
+)
+def test_wrong_types_raise_type_error_naming_the_field(engine, call, field):
+    with pytest.raises(TypeError, match=field):
+        call(engine)
+
+
+def test_chat_message_without_content_is_invalid(engine):
+    with pytest.raises(cortexstream.InvalidRequestError) as caught:
+        engine.chat([{"role": "user"}])
+    assert caught.value.param == "messages"
+
+
+def test_prompt_longer_than_the_context_is_rejected(engine):
+    too_long = [504] * (engine.model_info.context_length + 1)
+    with pytest.raises(cortexstream.ContextLengthExceededError) as caught:
+        engine.generate(too_long, max_tokens=1)
+    assert caught.value.prompt_tokens == len(too_long)
+    assert caught.value.context_length == engine.model_info.context_length
+
+
+def test_unknown_model_name_says_what_to_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("CORTEXSTREAM_CACHE", str(tmp_path))
+    with pytest.raises(cortexstream.ModelNotFoundError, match="python -m cortexstream pull smollm2"):
+        cortexstream.Engine()
