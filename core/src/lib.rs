@@ -16,6 +16,7 @@
 
 pub mod chat;
 pub(crate) mod detokenize;
+pub mod engine;
 pub mod error;
 pub mod gguf;
 pub mod kv_cache;
@@ -29,7 +30,11 @@ pub(crate) mod sequence;
 pub mod threadpool;
 pub mod tokenizer;
 
+pub use engine::{
+    Canceller, Completion, EmbeddingInfo, Embeddings, Engine, EngineConfig, ModelInfo, RecvError, RequestHandle,
+};
 pub use error::{Error, Result};
+pub use metrics::{Histogram, MetricsSnapshot};
 pub use request::{
     ChatMessage, Event, FinishReason, Prompt, Request, SamplingParams, Timings, TokenLogprobs, TopLogprob, Usage,
 };

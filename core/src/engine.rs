@@ -1,0 +1,803 @@
+//! The [`Engine`]: owns the model and the step-loop thread. Callers submit requests from any
+//! thread and read events from a [`RequestHandle`] (or a callback); embeddings run directly on
+//! the caller's thread, outside the generation scheduler.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+
+use crate::chat::ChatTemplate;
+use crate::detokenize::{Step, StreamingText};
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+use crate::kv_cache::{BlockAllocator, KvStorage};
+use crate::metrics::{add, Metrics, MetricsSnapshot};
+use crate::models::bert::BertEmbedder;
+use crate::models::llama::LlamaModel;
+use crate::models::SeqChunk;
+use crate::request::{ChatMessage, Event, FinishReason, Prompt, Request, TokenLogprobs, Timings, Usage};
+use crate::sampling::Sampler;
+use crate::scheduler::{ScheduledChunk, Scheduler, SchedulerConfig};
+use crate::sequence::{panic_message, Delivery, EventCallback, EventSink, Sequence};
+use crate::threadpool::{default_thread_count, ThreadPool};
+use crate::tokenizer::Tokenizer;
+
+/// How the engine is built. [`EngineConfig::new`] gives the defaults.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Path of a llama-family GGUF file.
+    pub model: PathBuf,
+    /// A `tokenizer.json` to use instead of the GGUF's own tokenizer.
+    pub tokenizer: Option<PathBuf>,
+    /// A sentence-transformers folder for [`Engine::embed`] (none: no embeddings).
+    pub embedding_model: Option<PathBuf>,
+    /// Most sequences in the running batch (default 32).
+    pub max_running: usize,
+    /// Token budget of one step: decode tokens plus prompt chunks (default 2048).
+    pub max_batch_tokens: usize,
+    /// Total KV cache capacity in tokens, shared by all sequences (default 16384).
+    pub kv_cache_tokens: usize,
+    /// Tokens per KV block (default 16).
+    pub block_size: usize,
+    /// Context window; default and maximum: the model's.
+    pub context_length: Option<usize>,
+    /// Compute threads; default: the physical cores.
+    pub threads: Option<usize>,
+    /// Most requests waiting for a running slot; past it, submit fails with
+    /// [`Error::Overloaded`] (default 256).
+    pub max_queue: usize,
+}
+
+impl EngineConfig {
+    /// Defaults for the model at `model`.
+    pub fn new(model: impl Into<PathBuf>) -> Self {
+        Self {
+            model: model.into(),
+            tokenizer: None,
+            embedding_model: None,
+            max_running: 32,
+            max_batch_tokens: 2048,
+            kv_cache_tokens: 16384,
+            block_size: 16,
+            context_length: None,
+            threads: None,
+            max_queue: 256,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let positive = [
+            ("max_running", self.max_running),
+            ("max_batch_tokens", self.max_batch_tokens),
+            ("kv_cache_tokens", self.kv_cache_tokens),
+            ("block_size", self.block_size),
+            ("max_queue", self.max_queue),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(Error::invalid(name, "must be at least 1"));
+            }
+        }
+        if self.kv_cache_tokens < self.block_size {
+            return Err(Error::invalid("kv_cache_tokens", "must hold at least one block"));
+        }
+        if self.threads == Some(0) || self.context_length == Some(0) {
+            return Err(Error::invalid(if self.threads == Some(0) { "threads" } else { "context_length" }, "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// What is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    pub name: String,
+    pub path: PathBuf,
+    pub architecture: String,
+    /// The effective context window (the model's, capped by the config and the KV cache).
+    pub context_length: usize,
+    pub vocab_size: usize,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    pub embedding: Option<EmbeddingInfo>,
+}
+
+/// The embedding model, when one is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddingInfo {
+    pub name: String,
+    pub path: PathBuf,
+    pub dim: usize,
+    pub max_tokens: usize,
+}
+
+/// The result of [`Engine::embed`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    /// One L2-normalised vector per input, in input order.
+    pub vectors: Vec<Vec<f32>>,
+    pub prompt_tokens: usize,
+}
+
+/// A finished request, gathered from its events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub text: String,
+    /// Every sampled token, including an end-of-generation token that ended the request.
+    pub token_ids: Vec<u32>,
+    pub finish_reason: FinishReason,
+    pub usage: Usage,
+    pub timings: Timings,
+    /// One entry per token when log-probabilities were requested, else empty.
+    pub logprobs: Vec<TokenLogprobs>,
+    pub error: Option<String>,
+}
+
+/// Why a receive returned no event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecvError {
+    /// `recv_timeout` waited the full time.
+    Timeout,
+    /// `try_recv` found nothing yet.
+    Empty,
+    /// The `Finished` event was already delivered.
+    Finished,
+}
+
+/// Cancels a request from any thread. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Canceller(Arc<AtomicBool>);
+
+impl Canceller {
+    /// Idempotent; the request ends with [`FinishReason::Cancelled`] within one step.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// The caller's end of one request: a stream of [`Event`]s ending with `Finished`.
+///
+/// Dropping it before the `Finished` event cancels the request.
+#[derive(Debug)]
+pub struct RequestHandle {
+    id: u64,
+    prompt_tokens: usize,
+    events: Receiver<Event>,
+    cancel: Arc<AtomicBool>,
+    finished: AtomicBool,
+}
+
+impl RequestHandle {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
+    }
+
+    /// Blocks for the next event; `None` once `Finished` has been delivered.
+    pub fn recv(&self) -> Option<Event> {
+        if self.finished.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(self.observe(self.events.recv().ok()))
+    }
+
+    /// Waits at most `timeout` for the next event.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Event, RecvError> {
+        if self.finished.load(Ordering::Acquire) {
+            return Err(RecvError::Finished);
+        }
+        match self.events.recv_timeout(timeout) {
+            Ok(event) => Ok(self.observe(Some(event))),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(RecvError::Timeout),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Ok(self.observe(None)),
+        }
+    }
+
+    /// Returns an event if one is ready.
+    pub fn try_recv(&self) -> Result<Event, RecvError> {
+        if self.finished.load(Ordering::Acquire) {
+            return Err(RecvError::Finished);
+        }
+        match self.events.try_recv() {
+            Ok(event) => Ok(self.observe(Some(event))),
+            Err(TryRecvError::Empty) => Err(RecvError::Empty),
+            Err(TryRecvError::Disconnected) => Ok(self.observe(None)),
+        }
+    }
+
+    /// Cancels the request (idempotent, thread-safe).
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Release);
+    }
+
+    /// A cancel handle that can move to another thread.
+    pub fn canceller(&self) -> Canceller {
+        Canceller(Arc::clone(&self.cancel))
+    }
+
+    /// Drains the remaining events into a [`Completion`].
+    pub fn wait(self) -> Completion {
+        let mut completion = Completion {
+            text: String::new(),
+            token_ids: Vec::new(),
+            finish_reason: FinishReason::Error,
+            usage: Usage::default(),
+            timings: Timings::default(),
+            logprobs: Vec::new(),
+            error: None,
+        };
+        while let Some(event) = self.recv() {
+            match event {
+                Event::Token { id, text, logprobs } => {
+                    completion.token_ids.push(id);
+                    completion.text.push_str(&text);
+                    completion.logprobs.extend(logprobs);
+                }
+                Event::Finished { reason, usage, timings, error } => {
+                    completion.finish_reason = reason;
+                    completion.usage = usage;
+                    completion.timings = timings;
+                    completion.error = error;
+                }
+            }
+        }
+        completion
+    }
+
+    /// Tracks the end of the stream. A channel closed without `Finished` means the engine
+    /// went away (shut down mid-request): report that as a cancellation.
+    fn observe(&self, event: Option<Event>) -> Event {
+        let event = event.unwrap_or(Event::Finished {
+            reason: FinishReason::Cancelled,
+            usage: Usage { prompt_tokens: self.prompt_tokens, ..Usage::default() },
+            timings: Timings::default(),
+            error: Some("the engine shut down".into()),
+        });
+        if matches!(event, Event::Finished { .. }) {
+            self.finished.store(true, Ordering::Release);
+        }
+        event
+    }
+}
+
+impl Iterator for RequestHandle {
+    type Item = Event;
+    fn next(&mut self) -> Option<Event> {
+        self.recv()
+    }
+}
+
+impl Drop for RequestHandle {
+    fn drop(&mut self) {
+        if !self.finished.load(Ordering::Acquire) {
+            self.cancel();
+        }
+    }
+}
+
+enum Command {
+    Submit(Box<Sequence>),
+    Shutdown,
+}
+
+/// State shared by the engine's owner and its thread.
+struct Shared {
+    tokenizer: Tokenizer,
+    chat_template: ChatTemplate,
+    embedder: Option<BertEmbedder>,
+    info: ModelInfo,
+    metrics: Arc<Metrics>,
+    closed: AtomicBool,
+    next_id: AtomicU64,
+    /// Requests submitted but not yet running (enforces `max_queue`).
+    queued: Arc<AtomicUsize>,
+    max_queue: usize,
+    kv_capacity_tokens: usize,
+}
+
+/// A loaded model serving requests on its own thread. `Send + Sync`: share it with `Arc`.
+pub struct Engine {
+    shared: Arc<Shared>,
+    commands: Sender<Command>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("model", &self.shared.info.name).finish()
+    }
+}
+
+impl Engine {
+    /// Loads the model (and the embedding model, if configured) and starts the engine thread.
+    pub fn new(config: EngineConfig) -> Result<Self> {
+        config.validate()?;
+        let threads = config.threads.unwrap_or_else(default_thread_count);
+        let pool = Arc::new(ThreadPool::new(threads));
+
+        let gguf = GgufFile::open(&config.model)?;
+        let model = LlamaModel::load(&gguf, Arc::clone(&pool))?;
+        let tokenizer = match &config.tokenizer {
+            Some(path) => Tokenizer::from_tokenizer_json(path, Some(&gguf))?,
+            None => Tokenizer::from_gguf(&gguf)?,
+        };
+        // Models without a template get ChatML, the de-facto default of instruct models.
+        let chat_template = ChatTemplate::from_gguf(&gguf, &tokenizer)?.unwrap_or_else(ChatTemplate::chatml);
+        let embedder = config.embedding_model.as_deref().map(|dir| BertEmbedder::load(dir, Arc::clone(&pool))).transpose()?;
+
+        let mc = model.config();
+        let num_blocks = config.kv_cache_tokens / config.block_size;
+        let kv_capacity_tokens = num_blocks * config.block_size;
+        let context_length = config.context_length.unwrap_or(mc.context_length).min(mc.context_length).min(kv_capacity_tokens);
+        let info = ModelInfo {
+            name: mc.name.clone(),
+            path: config.model.clone(),
+            architecture: gguf.require_str("general.architecture").unwrap_or("llama").to_string(),
+            context_length,
+            vocab_size: mc.vocab_size,
+            bos_token_id: tokenizer.bos_token_id(),
+            eos_token_id: tokenizer.eos_token_id(),
+            embedding: embedder.as_ref().map(|e| EmbeddingInfo {
+                name: e.name().to_string(),
+                path: config.embedding_model.clone().unwrap_or_default(),
+                dim: e.dim(),
+                max_tokens: e.max_tokens(),
+            }),
+        };
+        drop(gguf);
+
+        let metrics = Arc::new(Metrics::default());
+        metrics.kv_blocks_total.store(num_blocks, Ordering::Relaxed);
+        metrics.kv_blocks_free.store(num_blocks, Ordering::Relaxed);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let kv = model.new_kv_storage(num_blocks, config.block_size);
+        let scheduler = Scheduler::new(
+            SchedulerConfig { max_running: config.max_running, max_batch_tokens: config.max_batch_tokens },
+            BlockAllocator::new(num_blocks, config.block_size),
+        );
+        let (commands, command_rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared {
+            tokenizer,
+            chat_template,
+            embedder,
+            info,
+            metrics,
+            closed: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+            queued,
+            max_queue: config.max_queue,
+            kv_capacity_tokens,
+        });
+        let worker = StepLoop {
+            shared: Arc::clone(&shared),
+            model,
+            kv,
+            scheduler,
+            commands: command_rx,
+            logits: Vec::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("cortexstream-engine".into())
+            .spawn(move || worker.run())
+            .map_err(|e| Error::Internal(format!("cannot start the engine thread: {e}")))?;
+        Ok(Self { shared, commands, thread: Mutex::new(Some(thread)) })
+    }
+
+    /// Validates and queues a request; read its events from the returned handle.
+    pub fn submit(&self, request: Request) -> Result<RequestHandle> {
+        self.submit_inner(request, None)
+    }
+
+    /// Like [`submit`](Self::submit), but every event also goes to `callback`, called on the
+    /// engine thread (keep it short). Returning `false` cancels the request; a panicking callback
+    /// ends it with [`FinishReason::Error`]. The handle receives only the `Finished` event.
+    pub fn submit_with_callback(&self, request: Request, callback: EventCallback) -> Result<RequestHandle> {
+        self.submit_inner(request, Some(callback))
+    }
+
+    /// Runs a request to the end and returns its completion.
+    pub fn generate(&self, request: Request) -> Result<Completion> {
+        Ok(self.submit(request)?.wait())
+    }
+
+    /// Embeds texts with the embedding model, on the calling thread.
+    pub fn embed(&self, texts: &[&str]) -> Result<Embeddings> {
+        self.ensure_open()?;
+        let embedder = self.shared.embedder.as_ref().ok_or(Error::NoEmbeddingModel)?;
+        add(&self.shared.metrics.embedding_requests, 1);
+        let vectors = embedder.embed(texts)?;
+        let prompt_tokens = texts.iter().map(|t| embedder.count_tokens(t)).sum::<Result<usize>>()?;
+        Ok(Embeddings { vectors, prompt_tokens })
+    }
+
+    pub fn tokenize(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        self.shared.tokenizer.encode(text, add_special_tokens)
+    }
+
+    pub fn detokenize(&self, ids: &[u32]) -> Result<String> {
+        self.shared.tokenizer.decode(ids, false)
+    }
+
+    /// Renders chat messages with the model's template.
+    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.shared.chat_template.render(messages, add_generation_prompt)
+    }
+
+    pub fn model_info(&self) -> &ModelInfo {
+        &self.shared.info
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.shared.tokenizer
+    }
+
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.shared.metrics.snapshot()
+    }
+
+    /// Cancels everything in flight and queued (they finish with `Cancelled`), stops and joins
+    /// the engine thread. Idempotent; afterwards new work fails with [`Error::EngineClosed`].
+    pub fn shutdown(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        let _ = self.commands.send(Command::Shutdown);
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    fn ensure_open(&self) -> Result<()> {
+        if self.is_closed() {
+            Err(Error::EngineClosed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn submit_inner(&self, request: Request, callback: Option<EventCallback>) -> Result<RequestHandle> {
+        self.ensure_open()?;
+        let shared = &*self.shared;
+        let metrics = &shared.metrics;
+        let result = self.prepare(request, callback);
+        let (sequence, handle) = match result {
+            Ok(ok) => ok,
+            Err(e) => {
+                add(&metrics.requests_rejected, 1);
+                return Err(e);
+            }
+        };
+        let prompt_len = sequence.prompt_len as u64;
+        if shared.queued.fetch_add(1, Ordering::AcqRel) >= shared.max_queue {
+            shared.queued.fetch_sub(1, Ordering::AcqRel);
+            add(&metrics.requests_rejected, 1);
+            return Err(Error::Overloaded(format!("{} requests are already waiting", shared.max_queue)));
+        }
+        if self.commands.send(Command::Submit(Box::new(sequence))).is_err() {
+            shared.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::EngineClosed);
+        }
+        add(&metrics.requests_submitted, 1);
+        add(&metrics.prompt_tokens_total, prompt_len);
+        Ok(handle)
+    }
+
+    /// Tokenizes and validates a request (on the caller's thread, so errors return at once and
+    /// the engine thread never tokenizes).
+    fn prepare(&self, request: Request, callback: Option<EventCallback>) -> Result<(Sequence, RequestHandle)> {
+        let shared = &*self.shared;
+        let tokenizer = &shared.tokenizer;
+        let vocab_size = shared.info.vocab_size;
+        request.params.validate(vocab_size)?;
+        let tokens = match &request.prompt {
+            Prompt::Text(text) => {
+                if text.is_empty() {
+                    return Err(Error::invalid("prompt", "the prompt must not be empty"));
+                }
+                tokenizer.encode(text, true)?
+            }
+            Prompt::Tokens(ids) => {
+                if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab_size) {
+                    return Err(Error::invalid("prompt", format!("token id {bad} is outside the vocabulary (size {vocab_size})")));
+                }
+                ids.clone()
+            }
+            Prompt::Chat(messages) => tokenizer.encode(&shared.chat_template.render(messages, true)?, false)?,
+        };
+        if tokens.is_empty() {
+            return Err(Error::invalid("prompt", "the prompt must contain at least one token"));
+        }
+        let context = shared.info.context_length;
+        if tokens.len() >= context {
+            return Err(Error::ContextLengthExceeded {
+                message: format!(
+                    "the prompt has {} tokens but the context window is {context} tokens (at least one must remain for the completion)",
+                    tokens.len()
+                ),
+                prompt_tokens: tokens.len(),
+                max_tokens: request.params.max_tokens.unwrap_or(0),
+                context_length: context,
+            });
+        }
+        debug_assert!(context <= shared.kv_capacity_tokens);
+        // A completion that would overflow the context is clamped to it and ends with
+        // FinishReason::Length, as llama.cpp does (documented in the README).
+        let max_new_tokens = request.params.max_tokens.unwrap_or(usize::MAX).min(context - tokens.len());
+
+        let mut stop_ids: HashSet<u32> = request.params.stop_token_ids.iter().copied().collect();
+        if !request.params.ignore_eos {
+            stop_ids.extend(tokenizer.end_of_generation_ids().iter().copied());
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let sink = match callback {
+            Some(cb) => EventSink::Callback(cb, tx),
+            None => EventSink::Channel(tx),
+        };
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let prompt_len = tokens.len();
+        let sequence = Sequence {
+            id,
+            priority: request.priority,
+            arrival: id,
+            prompt_len,
+            tokens,
+            computed: 0,
+            blocks: Vec::new(),
+            registered_blocks: 0,
+            last_block_hash: None,
+            max_new_tokens,
+            text: StreamingText::new(request.params.stop.clone()),
+            sampler: Sampler::new(request.params),
+            stop_ids,
+            sink,
+            cancel: Arc::clone(&cancel),
+            cached_prompt_tokens: 0,
+            submitted: Instant::now(),
+            first_scheduled: None,
+            first_token: None,
+            last_token: None,
+        };
+        let handle = RequestHandle { id, prompt_tokens: prompt_len, events: rx, cancel, finished: AtomicBool::new(false) };
+        Ok((sequence, handle))
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The engine thread: owns the model, the KV storage and the scheduler.
+struct StepLoop {
+    shared: Arc<Shared>,
+    model: LlamaModel,
+    kv: KvStorage,
+    scheduler: Scheduler,
+    commands: Receiver<Command>,
+    /// Logits of the last step, reused across steps.
+    logits: Vec<f32>,
+}
+
+impl StepLoop {
+    fn run(mut self) {
+        loop {
+            // Sleep when idle; otherwise take whatever arrived and keep stepping.
+            if self.scheduler.is_idle() {
+                match self.commands.recv() {
+                    Ok(command) => {
+                        if !self.handle(command) {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut keep_running = true;
+            while let Ok(command) = self.commands.try_recv() {
+                keep_running &= self.handle(command);
+            }
+            if !keep_running {
+                break;
+            }
+            self.reap_cancelled();
+            // A panic inside a step must not take the engine down: fail the affected requests
+            // and keep serving the others.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step()));
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => self.fail_running(&e.to_string()),
+                Err(panic) => self.fail_running(&format!("internal error: {}", panic_message(&panic))),
+            }
+            self.publish_gauges();
+        }
+        self.cancel_everything();
+    }
+
+    /// Returns false on shutdown.
+    fn handle(&mut self, command: Command) -> bool {
+        match command {
+            Command::Submit(seq) => {
+                self.scheduler.enqueue(*seq);
+                true
+            }
+            Command::Shutdown => false,
+        }
+    }
+
+    fn step(&mut self) -> Result<()> {
+        let (plan, report) = self.scheduler.schedule();
+        let metrics = Arc::clone(&self.shared.metrics);
+        add(&metrics.preemptions, report.preempted as u64);
+        add(&metrics.prefix_cache_hit_tokens, report.prefix_hit_tokens as u64);
+        for mut seq in report.out_of_space {
+            self.end(&mut seq, FinishReason::Length, None);
+        }
+        self.sync_queue_count();
+        if plan.is_empty() {
+            return Ok(());
+        }
+
+        let running = &self.scheduler.running;
+        let chunks: Vec<SeqChunk<'_>> = plan
+            .iter()
+            .map(|c| {
+                let seq = &running[c.index];
+                SeqChunk {
+                    tokens: &seq.tokens[c.start..c.start + c.len],
+                    start_pos: c.start,
+                    block_table: &seq.blocks,
+                    want_logits: c.want_logits,
+                }
+            })
+            .collect();
+        let batch_tokens: usize = plan.iter().map(|c| c.len).sum();
+        // Everything but one-token decode chunks counts as prefill (including recomputation
+        // after preemption).
+        let is_decode = |c: &ScheduledChunk| c.len == 1 && c.start >= running[c.index].prompt_len;
+        let prefill_tokens: usize = plan.iter().filter(|c| !is_decode(c)).map(|c| c.len).sum();
+        self.model.forward(&chunks, &mut self.kv, &mut self.logits)?;
+        drop(chunks);
+
+        add(&metrics.steps, 1);
+        add(&metrics.prefill_tokens_total, prefill_tokens as u64);
+        metrics.observe_batch_size(batch_tokens);
+        self.scheduler.mark_computed(&plan);
+
+        let vocab = self.model.config().vocab_size;
+        let mut finished = Vec::new();
+        let mut row = 0;
+        for c in plan.iter().filter(|c| c.want_logits) {
+            let logits = &mut self.logits[row * vocab..(row + 1) * vocab];
+            row += 1;
+            let seq = &mut self.scheduler.running[c.index];
+            if let Some((reason, error)) = advance(seq, logits, &self.shared.tokenizer, &metrics) {
+                finished.push((seq.id, reason, error));
+            }
+        }
+        for (id, reason, error) in finished {
+            let mut removed = self.scheduler.remove_where(|s| s.id == id);
+            for seq in &mut removed {
+                self.end(seq, reason, error.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends cancelled requests (flag set by the caller, or the consumer went away).
+    fn reap_cancelled(&mut self) {
+        let removed = self.scheduler.remove_where(Sequence::is_cancelled);
+        for mut seq in removed {
+            self.end(&mut seq, FinishReason::Cancelled, None);
+        }
+        self.sync_queue_count();
+    }
+
+    /// Fails every running request after an error inside a step.
+    fn fail_running(&mut self, message: &str) {
+        let ids: HashSet<u64> = self.scheduler.running.iter().map(|s| s.id).collect();
+        let removed = self.scheduler.remove_where(|s| ids.contains(&s.id));
+        for mut seq in removed {
+            self.end(&mut seq, FinishReason::Error, Some(message.to_string()));
+        }
+    }
+
+    fn cancel_everything(&mut self) {
+        let removed = self.scheduler.remove_where(|_| true);
+        for mut seq in removed {
+            self.end(&mut seq, FinishReason::Cancelled, None);
+        }
+        // Requests that raced with shutdown.
+        while let Ok(Command::Submit(mut seq)) = self.commands.try_recv() {
+            self.end(&mut seq, FinishReason::Cancelled, None);
+        }
+        self.sync_queue_count();
+        self.publish_gauges();
+    }
+
+    /// Sends the final event and counts the outcome. The caller already released the blocks.
+    fn end(&self, seq: &mut Sequence, reason: FinishReason, error: Option<String>) {
+        let metrics = &self.shared.metrics;
+        add(&metrics.requests_finished, 1);
+        match reason {
+            FinishReason::Cancelled => add(&metrics.requests_cancelled, 1),
+            FinishReason::Error => add(&metrics.requests_failed, 1),
+            _ => {}
+        }
+        seq.send_finished(reason, error);
+    }
+
+    fn sync_queue_count(&self) {
+        self.shared.queued.store(self.scheduler.waiting_len() + self.commands.len(), Ordering::Release);
+    }
+
+    fn publish_gauges(&self) {
+        let m = &self.shared.metrics;
+        m.queue_depth.store(self.scheduler.waiting_len(), Ordering::Relaxed);
+        m.running.store(self.scheduler.running.len(), Ordering::Relaxed);
+        m.kv_blocks_free.store(self.scheduler.allocator.available(), Ordering::Relaxed);
+    }
+}
+
+/// Samples the next token of `seq` from its logits, streams it, and says whether the
+/// request is now finished (and why).
+fn advance(
+    seq: &mut Sequence,
+    logits: &mut [f32],
+    tokenizer: &Tokenizer,
+    metrics: &Metrics,
+) -> Option<(FinishReason, Option<String>)> {
+    let now = Instant::now();
+    let sampled = seq.sampler.sample(logits, &seq.tokens);
+    let token = sampled.token;
+    seq.tokens.push(token);
+    seq.sampler.observe(token);
+    add(&metrics.generated_tokens_total, 1);
+    match seq.last_token {
+        None => metrics.observe_ttft(now.duration_since(seq.submitted).as_secs_f64()),
+        Some(prev) => metrics.observe_per_token(now.duration_since(prev).as_secs_f64()),
+    }
+    seq.first_token.get_or_insert(now);
+    seq.last_token = Some(now);
+
+    let mut reason = None;
+    let mut text = String::new();
+    if seq.stop_ids.contains(&token) {
+        reason = Some(FinishReason::Stop);
+    } else {
+        // Special tokens (control markers) are not part of the visible text.
+        let bytes = if tokenizer.is_special(token) { &[][..] } else { tokenizer.token_bytes(token).unwrap_or(&[]) };
+        match seq.text.push(bytes) {
+            Step::Text(t) => text = t,
+            Step::Stopped(t) => {
+                text = t;
+                reason = Some(FinishReason::Stop);
+            }
+        }
+    }
+    if reason.is_none() && seq.generated() >= seq.max_new_tokens {
+        reason = Some(FinishReason::Length);
+    }
+    if reason.is_some() {
+        // Nothing can complete a stop string any more: release what was held back.
+        text.push_str(&seq.text.finish());
+    }
+    let event = Event::Token { id: token, text, logprobs: sampled.logprobs };
+    match seq.sink.deliver(event) {
+        Delivery::Delivered => reason.map(|r| (r, None)),
+        Delivery::ConsumerGone => Some((FinishReason::Cancelled, None)),
+        Delivery::CallbackPanicked(message) => Some((FinishReason::Error, Some(format!("the event callback panicked: {message}")))),
+    }
+}
