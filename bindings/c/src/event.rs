@@ -1,0 +1,238 @@
+//! What a request's stream delivers to C (`cs_event`) and the reusable buffers its
+//! borrowed pointers point into.
+
+use std::ffi::c_char;
+use std::ptr;
+
+use cortexstream::{Event, FinishReason, Timings, TokenLogprobs, Usage};
+
+/// Which kind of event a `cs_event` is.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum cs_event_type {
+    /// A sampled token and the text it made safe to show.
+    CS_EVENT_TOKEN = 0,
+    /// The last event of every request: finish reason, usage, timings.
+    CS_EVENT_FINISHED = 1,
+}
+
+/// Why a request ended.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum cs_finish_reason {
+    /// Not finished (TOKEN events).
+    CS_FINISH_NONE = 0,
+    /// End-of-generation token, a stop token id or a stop string.
+    CS_FINISH_STOP = 1,
+    /// `max_tokens` reached or the context window is full.
+    CS_FINISH_LENGTH = 2,
+    /// Cancelled by the caller, by `cs_request_free`, or by engine shutdown.
+    CS_FINISH_CANCELLED = 3,
+    /// An error ended the request; `cs_event.error_message` says which.
+    CS_FINISH_ERROR = 4,
+}
+
+/// Token counts of one request.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct cs_usage {
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub completion_tokens: usize,
+    /// Prompt tokens whose KV came from the prefix cache instead of a prefill.
+    pub cached_prompt_tokens: usize,
+}
+
+/// Nanosecond timings of one request.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct cs_timings {
+    /// Submit until first scheduled.
+    pub queued_ns: u64,
+    /// Submit until the first token was sampled.
+    pub time_to_first_token_ns: u64,
+    /// Prompt processing (first scheduled until the first token).
+    pub prefill_ns: u64,
+    /// First token until the end.
+    pub decode_ns: u64,
+    /// Mean time per generated token after the first (0 with fewer than two tokens).
+    pub per_token_ns: u64,
+    /// Submit until the end.
+    pub total_ns: u64,
+}
+
+/// One of the most likely alternatives at a position.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct cs_top_logprob {
+    /// The alternative token.
+    pub token_id: u32,
+    /// Its natural-log probability.
+    pub logprob: f32,
+}
+
+/// One event of a request's stream.
+///
+/// Lifetime: the event and every pointer in it are lent by the library. In a callback they
+/// are valid until the callback returns; from `cs_request_next_event` until the next call on
+/// that request or `cs_request_free`. Copy what you need to keep.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct cs_event {
+    /// TOKEN or FINISHED; fields not listed for a type are zero / NULL.
+    pub kind: cs_event_type,
+    /// TOKEN: the sampled token id.
+    pub token_id: u32,
+    /// TOKEN: UTF-8 text this token made safe to show: whole characters only, nothing that could
+    /// still become part of a stop string. Often empty (held back); a later event may carry the
+    /// text of several tokens. NUL-terminated for convenience; `text_len` is authoritative.
+    /// FINISHED: "".
+    pub text: *const c_char,
+    /// Length of `text` in bytes, without the terminating NUL.
+    pub text_len: usize,
+    /// TOKEN: whether `logprob` and `top_logprobs` are set (the request asked for logprobs).
+    pub has_logprobs: bool,
+    /// TOKEN: natural-log probability of the sampled token.
+    pub logprob: f32,
+    /// TOKEN: the most likely alternatives, best first, `top_logprobs_len` of them (NULL if none).
+    pub top_logprobs: *const cs_top_logprob,
+    /// Number of entries in `top_logprobs`.
+    pub top_logprobs_len: usize,
+    /// FINISHED: why the request ended.
+    pub finish_reason: cs_finish_reason,
+    /// FINISHED: token counts.
+    pub usage: cs_usage,
+    /// FINISHED: nanosecond timings.
+    pub timings: cs_timings,
+    /// FINISHED with CS_FINISH_ERROR: what went wrong (NUL-terminated UTF-8); otherwise NULL.
+    pub error_message: *const c_char,
+}
+
+/// Owns the bytes a `cs_event` points into. One lives per request and is reused for each
+/// event, so streaming does not allocate once the buffers have grown.
+#[derive(Default)]
+pub(crate) struct EventBuffer {
+    text: Vec<u8>,
+    top_logprobs: Vec<cs_top_logprob>,
+    error_message: Vec<u8>,
+}
+
+impl EventBuffer {
+    /// The C view of `event`. Its pointers borrow from `self` and stay valid until the next
+    /// call to `view` or until `self` is dropped.
+    pub(crate) fn view(&mut self, event: &Event) -> cs_event {
+        match event {
+            Event::Token { id, text, logprobs } => {
+                set_c_text(&mut self.text, text);
+                self.top_logprobs.clear();
+                if let Some(lp) = logprobs {
+                    self.top_logprobs.extend(top_logprobs(lp));
+                }
+                cs_event {
+                    token_id: *id,
+                    text: self.text.as_ptr().cast(),
+                    text_len: text.len(),
+                    has_logprobs: logprobs.is_some(),
+                    logprob: logprobs.as_ref().map_or(0.0, |lp| lp.logprob),
+                    top_logprobs: if self.top_logprobs.is_empty() {
+                        ptr::null()
+                    } else {
+                        self.top_logprobs.as_ptr()
+                    },
+                    top_logprobs_len: self.top_logprobs.len(),
+                    ..blank_event(cs_event_type::CS_EVENT_TOKEN)
+                }
+            }
+            Event::Finished {
+                reason,
+                usage,
+                timings,
+                error,
+            } => {
+                let error_message = error.as_deref().map_or(ptr::null(), |message| {
+                    set_c_text(&mut self.error_message, message);
+                    self.error_message.as_ptr().cast()
+                });
+                cs_event {
+                    finish_reason: (*reason).into(),
+                    usage: (*usage).into(),
+                    timings: (*timings).into(),
+                    error_message,
+                    ..blank_event(cs_event_type::CS_EVENT_FINISHED)
+                }
+            }
+        }
+    }
+}
+
+fn blank_event(kind: cs_event_type) -> cs_event {
+    cs_event {
+        kind,
+        token_id: 0,
+        text: c"".as_ptr(),
+        text_len: 0,
+        has_logprobs: false,
+        logprob: 0.0,
+        top_logprobs: ptr::null(),
+        top_logprobs_len: 0,
+        finish_reason: cs_finish_reason::CS_FINISH_NONE,
+        usage: cs_usage::default(),
+        timings: cs_timings::default(),
+        error_message: ptr::null(),
+    }
+}
+
+/// Stores `text` NUL-terminated in `buffer`, reusing its allocation.
+fn set_c_text(buffer: &mut Vec<u8>, text: &str) {
+    buffer.clear();
+    buffer.extend_from_slice(text.as_bytes());
+    buffer.push(0);
+}
+
+fn top_logprobs(lp: &TokenLogprobs) -> impl Iterator<Item = cs_top_logprob> + '_ {
+    lp.top.iter().map(|t| cs_top_logprob {
+        token_id: t.token_id,
+        logprob: t.logprob,
+    })
+}
+
+impl From<FinishReason> for cs_finish_reason {
+    fn from(reason: FinishReason) -> Self {
+        match reason {
+            FinishReason::Stop => cs_finish_reason::CS_FINISH_STOP,
+            FinishReason::Length => cs_finish_reason::CS_FINISH_LENGTH,
+            FinishReason::Cancelled => cs_finish_reason::CS_FINISH_CANCELLED,
+            FinishReason::Error => cs_finish_reason::CS_FINISH_ERROR,
+        }
+    }
+}
+
+impl From<Usage> for cs_usage {
+    fn from(u: Usage) -> Self {
+        cs_usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            cached_prompt_tokens: u.cached_prompt_tokens,
+        }
+    }
+}
+
+impl From<Timings> for cs_timings {
+    fn from(t: Timings) -> Self {
+        cs_timings {
+            queued_ns: t.queued_ns,
+            time_to_first_token_ns: t.time_to_first_token_ns,
+            prefill_ns: t.prefill_ns,
+            decode_ns: t.decode_ns,
+            per_token_ns: t.per_token_ns,
+            total_ns: t.total_ns,
+        }
+    }
+}

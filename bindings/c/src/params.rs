@@ -1,0 +1,223 @@
+//! The two params structs callers fill (`cs_engine_params`, `cs_sampling_params`), their
+//! defaults, and their conversion to the core's `EngineConfig` and `SamplingParams`.
+//! Range checks of sampling values stay in the core; here only what C's types add
+//! (sentinels like -1, signed counts, NULL strings) is checked.
+
+use std::ffi::c_char;
+use std::mem::size_of;
+use std::path::PathBuf;
+
+use cortexstream::{EngineConfig, SamplingParams};
+
+use crate::args::{c_str, c_str_array, optional_c_str, slice};
+use crate::status::Failure;
+
+/// `cs_sampling_params.seed` value that asks for a random seed.
+pub const CS_SEED_RANDOM: u64 = u64::MAX;
+
+/// How to build an engine. Get one from `cs_engine_default_params()`, then set `model_path`.
+/// Sizes of 0 in `context_length` and `threads` mean "automatic".
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct cs_engine_params {
+    /// `sizeof(cs_engine_params)` as the caller was compiled; set by `cs_engine_default_params()`.
+    pub struct_size: usize,
+    /// Path of the GGUF model (UTF-8, required). Borrowed only during `cs_engine_new`.
+    pub model_path: *const c_char,
+    /// tokenizer.json overriding the GGUF's own tokenizer, or NULL.
+    pub tokenizer_path: *const c_char,
+    /// Folder of a sentence-transformers embedding model (e.g. all-MiniLM-L6-v2), or NULL for none.
+    pub embedding_model_path: *const c_char,
+    /// Most sequences decoded together in one step (default 32).
+    pub max_running: usize,
+    /// Token budget of one step; long prompts are prefilled in chunks of this size (default 2048).
+    pub max_batch_tokens: usize,
+    /// Total tokens the KV cache holds across all sequences (default 16384).
+    pub kv_cache_tokens: usize,
+    /// Tokens per KV cache block (default 16).
+    pub block_size: usize,
+    /// Context window; 0 uses the model's.
+    pub context_length: usize,
+    /// Worker threads; 0 uses one per physical core.
+    pub threads: usize,
+    /// Requests allowed to wait beyond the running ones; more are rejected with CS_OVERLOADED (default 256).
+    pub max_queue: usize,
+}
+
+/// How to sample and when to stop. Get one from `cs_sampling_default_params()`
+/// (llama.cpp's defaults: temperature 0.8, top_k 40, top_p 0.95, min_p 0.05).
+/// Out-of-range values make the submit fail with CS_INVALID_ARGUMENT naming the field.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct cs_sampling_params {
+    /// `sizeof(cs_sampling_params)` as the caller was compiled; set by `cs_sampling_default_params()`.
+    pub struct_size: usize,
+    /// 0 means greedy; must be >= 0.
+    pub temperature: f32,
+    /// Keep the k most likely tokens; 0 disables; must be >= 0.
+    pub top_k: i32,
+    /// Nucleus sampling in (0, 1]; 1 disables.
+    pub top_p: f32,
+    /// Min-p in [0, 1]; 0 disables.
+    pub min_p: f32,
+    /// Multiplicative penalty on tokens already seen; 1 disables; must be > 0.
+    pub repetition_penalty: f32,
+    /// OpenAI presence penalty in [-2, 2].
+    pub presence_penalty: f32,
+    /// OpenAI frequency penalty in [-2, 2].
+    pub frequency_penalty: f32,
+    /// How many recent tokens the penalties look at; 0 means all.
+    pub penalty_last_n: usize,
+    /// RNG seed of this request; CS_SEED_RANDOM picks one at random.
+    pub seed: u64,
+    /// Most tokens to generate, at least 1; -1 means until end of generation or a full context.
+    pub max_tokens: i64,
+    /// Strings that end generation (never emitted), `stop_len` of them; NULL if none.
+    /// Borrowed only during the submit call.
+    pub stop: *const *const c_char,
+    /// Number of strings in `stop`.
+    pub stop_len: usize,
+    /// Token ids that end generation in addition to the model's own, `stop_token_ids_len` of them.
+    pub stop_token_ids: *const u32,
+    /// Number of ids in `stop_token_ids`.
+    pub stop_token_ids_len: usize,
+    /// Keep generating past end-of-generation tokens.
+    pub ignore_eos: bool,
+    /// Report each token's log-probability and this many top alternatives (0 to 20); -1 reports none.
+    pub logprobs: i32,
+    /// Scheduling priority of the request: higher runs first, equal ones in arrival order.
+    pub priority: i32,
+}
+
+/// Engine params with every field at its default and no model path.
+///
+/// Thread-safety: any thread.
+#[no_mangle]
+pub extern "C" fn cs_engine_default_params() -> cs_engine_params {
+    let defaults = EngineConfig::new(PathBuf::new());
+    cs_engine_params {
+        struct_size: size_of::<cs_engine_params>(),
+        model_path: std::ptr::null(),
+        tokenizer_path: std::ptr::null(),
+        embedding_model_path: std::ptr::null(),
+        max_running: defaults.max_running,
+        max_batch_tokens: defaults.max_batch_tokens,
+        kv_cache_tokens: defaults.kv_cache_tokens,
+        block_size: defaults.block_size,
+        context_length: defaults.context_length.unwrap_or(0),
+        threads: defaults.threads.unwrap_or(0),
+        max_queue: defaults.max_queue,
+    }
+}
+
+/// Sampling params with the core's defaults (see `cs_sampling_params`).
+///
+/// Thread-safety: any thread.
+#[no_mangle]
+pub extern "C" fn cs_sampling_default_params() -> cs_sampling_params {
+    let defaults = SamplingParams::default();
+    cs_sampling_params {
+        struct_size: size_of::<cs_sampling_params>(),
+        temperature: defaults.temperature,
+        top_k: i32::try_from(defaults.top_k).unwrap_or(i32::MAX),
+        top_p: defaults.top_p,
+        min_p: defaults.min_p,
+        repetition_penalty: defaults.repetition_penalty,
+        presence_penalty: defaults.presence_penalty,
+        frequency_penalty: defaults.frequency_penalty,
+        penalty_last_n: defaults.penalty_last_n,
+        seed: defaults.seed.unwrap_or(CS_SEED_RANDOM),
+        max_tokens: defaults
+            .max_tokens
+            .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
+        stop: std::ptr::null(),
+        stop_len: 0,
+        stop_token_ids: std::ptr::null(),
+        stop_token_ids_len: 0,
+        ignore_eos: defaults.ignore_eos,
+        logprobs: defaults
+            .logprobs
+            .map_or(-1, |n| i32::try_from(n).unwrap_or(i32::MAX)),
+        priority: 0,
+    }
+}
+
+impl cs_engine_params {
+    /// The core config these params describe.
+    ///
+    /// # Safety
+    /// The string fields must be NULL or NUL-terminated.
+    pub(crate) unsafe fn to_config(self) -> Result<EngineConfig, Failure> {
+        // SAFETY (all three): forwarded caller contract.
+        let model = unsafe { c_str(self.model_path, "model_path")? };
+        let tokenizer = unsafe { optional_c_str(self.tokenizer_path, "tokenizer_path")? };
+        let embedding_model =
+            unsafe { optional_c_str(self.embedding_model_path, "embedding_model_path")? };
+        let mut config = EngineConfig::new(model);
+        config.tokenizer = tokenizer.map(PathBuf::from);
+        config.embedding_model = embedding_model.map(PathBuf::from);
+        config.max_running = self.max_running;
+        config.max_batch_tokens = self.max_batch_tokens;
+        config.kv_cache_tokens = self.kv_cache_tokens;
+        config.block_size = self.block_size;
+        config.context_length = (self.context_length != 0).then_some(self.context_length);
+        config.threads = (self.threads != 0).then_some(self.threads);
+        config.max_queue = self.max_queue;
+        Ok(config)
+    }
+}
+
+impl cs_sampling_params {
+    /// The core sampling params these describe (the core validates their ranges at submit).
+    ///
+    /// # Safety
+    /// `stop` and `stop_token_ids` must be NULL or hold their stated number of valid elements.
+    pub(crate) unsafe fn to_core(self) -> Result<SamplingParams, Failure> {
+        let top_k = u32::try_from(self.top_k).map_err(|_| {
+            Failure::invalid(
+                "top_k",
+                format!("must be >= 0 (0 disables it), got {}", self.top_k),
+            )
+        })?;
+        let max_tokens = optional_count(self.max_tokens, "max_tokens")?;
+        let logprobs = optional_count(i64::from(self.logprobs), "logprobs")?;
+        // SAFETY (both): forwarded caller contract.
+        let stop = unsafe { c_str_array(self.stop, self.stop_len, "stop")? };
+        let stop_token_ids = unsafe {
+            slice(
+                self.stop_token_ids,
+                self.stop_token_ids_len,
+                "stop_token_ids",
+            )?
+        };
+        Ok(SamplingParams {
+            temperature: self.temperature,
+            top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            penalty_last_n: self.penalty_last_n,
+            seed: (self.seed != CS_SEED_RANDOM).then_some(self.seed),
+            max_tokens,
+            stop: stop.into_iter().map(str::to_owned).collect(),
+            stop_token_ids: stop_token_ids.to_vec(),
+            ignore_eos: self.ignore_eos,
+            logprobs,
+        })
+    }
+}
+
+/// A C count where -1 means "not set". Other negatives are errors; 0 passes through so the
+/// core reports it with its own message (e.g. "max_tokens must be at least 1").
+fn optional_count(value: i64, param: &'static str) -> Result<Option<usize>, Failure> {
+    match value {
+        -1 => Ok(None),
+        n => usize::try_from(n)
+            .map(Some)
+            .map_err(|_| Failure::invalid(param, format!("must be -1 (not set) or >= 0, got {n}"))),
+    }
+}

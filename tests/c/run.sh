@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Checks the committed header is up to date, builds the C library, compiles the C test and the C++ example against include/cortexstream.h,
+# and runs both on the real models.
+#
+#   tests/c/run.sh [--valgrind]
+#
+# The test links the shared library (found through an rpath), the example links the static
+# one, so both artefacts are exercised. --valgrind also runs the test under memcheck.
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+target_dir="${CARGO_TARGET_DIR:-$repo_root/target}"
+build_dir="$target_dir/c/tests"
+cache="${CORTEXSTREAM_CACHE:-$HOME/.cache/cortexstream}"
+models_dir="$cache/models"
+CC="${CC:-cc}"
+
+# The committed header must match the Rust sources it is generated from.
+"$repo_root/bindings/c/generate-header.sh" --check
+lib_dir="$("$repo_root/bindings/c/build.sh" | tail -n 1)"
+mkdir -p "$build_dir"
+
+python3 "$repo_root/tests/c/gen_reference_header.py" \
+    "$repo_root/tests/fixtures/smollm2_reference.json" "$build_dir/reference.h"
+
+"$CC" -std=c11 -O1 -g -Wall -Wextra -Werror -pedantic -pthread \
+    -I "$repo_root/include" -I "$build_dir" \
+    "$repo_root/tests/c/test_cortexstream.c" -o "$build_dir/test_cortexstream" \
+    -L "$lib_dir" -Wl,-rpath,"$lib_dir" -lcortexstream -lm
+
+# The header must also compile as C++ (extern "C" guards) and under strict C99.
+echo '#include "cortexstream.h"' | "$CC" -x c -std=c99 -Wall -Wextra -Werror -pedantic -I "$repo_root/include" -fsyntax-only -
+echo '#include "cortexstream.h"' | "${CXX:-c++}" -x c++ -std=c++17 -Wall -Wextra -Werror -pedantic -I "$repo_root/include" -fsyntax-only -
+
+echo "== C API tests"
+"$build_dir/test_cortexstream" "$models_dir"
+
+echo "== C++ example (static library)"
+make -s -C "$repo_root/examples/cpp" STATIC=1 BUILD_DIR="$build_dir" "$build_dir/daemon"
+"$build_dir/daemon" "$models_dir/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+if [[ "${1:-}" == "--valgrind" ]]; then
+    echo "== C API tests under valgrind"
+    valgrind --error-exitcode=99 --errors-for-leak-kinds=definite --leak-check=full \
+        "$build_dir/test_cortexstream" "$models_dir"
+fi

@@ -1,0 +1,708 @@
+/*
+ * Tests of the C API against the real SmolLM2 and MiniLM models and llama.cpp's reference
+ * outputs (reference.h is generated from tests/fixtures/smollm2_reference.json by run.sh).
+ *
+ * usage: test_cortexstream [MODELS_DIR]   (default: $CORTEXSTREAM_CACHE/models or
+ *                                          ~/.cache/cortexstream/models)
+ * Prints one line per test and finally "N passed, M failed"; exits non-zero on failure.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <math.h>
+#include <stddef.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cortexstream.h"
+#include "reference.h"
+
+#define COUNT_OF(array) (sizeof(array) / sizeof((array)[0]))
+
+/* ---------- a minimal test harness ---------- */
+
+static int checks_failed_in_test;
+
+#define CHECK(cond, ...)                                                    \
+    do {                                                                    \
+        if (!(cond)) {                                                      \
+            checks_failed_in_test++;                                        \
+            fprintf(stderr, "  %s:%d: check failed: %s\n    ", __FILE__,    \
+                    __LINE__, #cond);                                       \
+            fprintf(stderr, __VA_ARGS__);                                   \
+            fprintf(stderr, "\n");                                          \
+        }                                                                   \
+    } while (0)
+
+/* A call that must succeed; on failure shows the library's message. */
+#define CHECK_OK(call)                                                      \
+    do {                                                                    \
+        cs_status status_ = (call);                                         \
+        CHECK(status_ == CS_OK, "%s returned %d: %s", #call, (int)status_,  \
+              cs_last_error_message());                                     \
+    } while (0)
+
+/* A call that must fail with `expected`, naming `param` (NULL: any) in the error. */
+#define CHECK_FAILS(call, expected, param)                                  \
+    do {                                                                    \
+        cs_status status_ = (call);                                         \
+        CHECK(status_ == (expected), "%s returned %d, expected %s (%d)",    \
+              #call, (int)status_, #expected, (int)(expected));             \
+        check_error_names(param);                                           \
+    } while (0)
+
+static void check_error_names(const char *param) {
+    const char *message = cs_last_error_message();
+    CHECK(message != NULL && message[0] != '\0', "no error message was set");
+    if (param == NULL) return;
+    const char *named = cs_last_error_param();
+    CHECK(named != NULL && strcmp(named, param) == 0,
+          "cs_last_error_param() is \"%s\", expected \"%s\" (message: %s)",
+          named ? named : "(null)", param, message);
+    CHECK(strstr(message, param) != NULL, "message \"%s\" does not name \"%s\"",
+          message, param);
+}
+
+/* ---------- shared fixtures ---------- */
+
+static cs_engine *engine; /* SmolLM2 + MiniLM, used by most tests */
+static char models_dir[4096];
+
+static void model_paths(char *gguf, char *minilm, size_t size) {
+    snprintf(gguf, size, "%s/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", models_dir);
+    snprintf(minilm, size, "%s/minilm", models_dir);
+}
+
+/* Small KV cache: the tests never need the default 16k tokens of it. */
+static cs_engine *new_engine(bool with_embeddings) {
+    char gguf[4200], minilm[4200];
+    model_paths(gguf, minilm, sizeof gguf);
+    cs_engine_params params = cs_engine_default_params();
+    params.model_path = gguf;
+    params.embedding_model_path = with_embeddings ? minilm : NULL;
+    params.kv_cache_tokens = 4096;
+    cs_engine *created = NULL;
+    CHECK_OK(cs_engine_new(&params, &created));
+    return created;
+}
+
+static cs_sampling_params greedy_params(int64_t max_tokens) {
+    cs_sampling_params params = cs_sampling_default_params();
+    params.temperature = 0.0f;
+    params.top_k = 0;
+    params.top_p = 1.0f;
+    params.min_p = 0.0f;
+    params.max_tokens = max_tokens;
+    return params;
+}
+
+/* What a finished stream produced. */
+typedef struct {
+    uint32_t ids[4096];
+    size_t ids_len;
+    char text[16384];
+    size_t text_len;
+    int token_events_with_logprobs;
+    cs_event finished; /* copy of the FINISHED event (its pointers are not kept) */
+    bool has_finished;
+    int events_after_finished;
+} stream_result;
+
+static void record_event(stream_result *result, const cs_event *event) {
+    if (result->has_finished) {
+        result->events_after_finished++;
+        return;
+    }
+    if (event->kind == CS_EVENT_FINISHED) {
+        result->finished = *event;
+        result->has_finished = true;
+        return;
+    }
+    if (result->ids_len < COUNT_OF(result->ids)) result->ids[result->ids_len++] = event->token_id;
+    if (result->text_len + event->text_len < sizeof result->text) {
+        memcpy(result->text + result->text_len, event->text, event->text_len);
+        result->text_len += event->text_len;
+        result->text[result->text_len] = '\0';
+    }
+    if (event->has_logprobs) result->token_events_with_logprobs++;
+}
+
+/* Pulls every event of `request` into `result`; stops on any status but CS_OK. */
+static cs_status drain(cs_request *request, stream_result *result) {
+    for (;;) {
+        const cs_event *event = NULL;
+        cs_status status = cs_request_next_event(request, -1, &event);
+        if (status != CS_OK) return status;
+        record_event(result, event);
+    }
+}
+
+static stream_result greedy_reference_run; /* filled by test_greedy_matches_llama_cpp */
+
+/* Sleeps until `*counter` reaches `target`; false if that takes over 60 s. */
+static bool wait_for_count(atomic_size_t *counter, size_t target) {
+    for (int ms = 0; ms < 60000; ms++) {
+        if (atomic_load(counter) >= target) return true;
+        struct timespec pause = {0, 1000000};
+        nanosleep(&pause, NULL);
+    }
+    return false;
+}
+
+/* ---------- tests ---------- */
+
+static void test_version_matches_header(void) {
+    char expected[64];
+    snprintf(expected, sizeof expected, "%d.%d.%d", CS_VERSION_MAJOR, CS_VERSION_MINOR,
+             CS_VERSION_PATCH);
+    CHECK(strcmp(cs_version(), expected) == 0, "cs_version() is %s, header says %s",
+          cs_version(), expected);
+}
+
+static void test_model_info(void) {
+    cs_model_info info;
+    info.struct_size = sizeof info;
+    CHECK_OK(cs_engine_model_info(engine, &info));
+    CHECK(info.vocab_size == 49152, "vocab_size %zu", info.vocab_size);
+    CHECK(info.context_length > 0, "context_length %zu", info.context_length);
+    CHECK(strcmp(info.architecture, "llama") == 0, "architecture %s", info.architecture);
+    CHECK(info.name != NULL && info.name[0] != '\0', "empty model name");
+    CHECK(info.embedding_model_name != NULL, "embedding model name is NULL");
+    CHECK(info.embedding_dim == 384, "embedding_dim %zu", info.embedding_dim);
+
+    /* A caller built against an older, shorter struct gets only the fields it knows. */
+    cs_model_info older;
+    memset(&older, 0xAB, sizeof older);
+    older.struct_size = offsetof(cs_model_info, context_length);
+    CHECK_OK(cs_engine_model_info(engine, &older));
+    CHECK(older.struct_size == offsetof(cs_model_info, context_length), "struct_size overwritten");
+    CHECK(older.architecture != NULL && strcmp(older.architecture, "llama") == 0, "architecture missing");
+    CHECK(older.vocab_size == (size_t)0xABABABABABABABABull, "wrote past the caller's struct_size");
+}
+
+static void test_older_params_struct_gets_defaults(void) {
+    cs_sampling_params params = greedy_params(2);
+    /* Fields past struct_size are not the caller's; the library must use its defaults. */
+    params.struct_size = offsetof(cs_sampling_params, ignore_eos);
+    params.logprobs = 1000;
+    cs_request *request = NULL;
+    CHECK_OK(cs_engine_submit_text(engine, REF_PROMPT, &params, NULL, NULL, &request));
+    if (request == NULL) return;
+    stream_result *result = calloc(1, sizeof *result);
+    CHECK_FAILS(drain(request, result), CS_END_OF_STREAM, NULL);
+    CHECK(result->ids_len == 2 && result->ids[0] == REF_GREEDY_IDS[0], "%zu tokens, first %u",
+          result->ids_len, result->ids[0]);
+    CHECK(result->token_events_with_logprobs == 0, "logprobs were read past struct_size");
+    free(result);
+    CHECK_OK(cs_request_free(request));
+}
+
+static void test_greedy_matches_llama_cpp(void) {
+    cs_sampling_params params = greedy_params((int64_t)COUNT_OF(REF_GREEDY_IDS));
+    cs_request *request = NULL;
+    CHECK_OK(cs_engine_submit_text(engine, REF_PROMPT, &params, NULL, NULL, &request));
+    if (request == NULL) return;
+    stream_result *result = &greedy_reference_run;
+    CHECK_FAILS(drain(request, result), CS_END_OF_STREAM, NULL);
+    CHECK(result->ids_len == COUNT_OF(REF_GREEDY_IDS), "got %zu tokens", result->ids_len);
+    for (size_t i = 0; i < COUNT_OF(REF_GREEDY_IDS) && i < result->ids_len; i++) {
+        CHECK(result->ids[i] == REF_GREEDY_IDS[i], "token %zu is %u, llama.cpp gave %u", i,
+              result->ids[i], REF_GREEDY_IDS[i]);
+    }
+    CHECK(result->has_finished, "no FINISHED event");
+    const cs_event *fin = &result->finished;
+    CHECK(fin->finish_reason == CS_FINISH_LENGTH, "finish reason %d", (int)fin->finish_reason);
+    CHECK(fin->usage.prompt_tokens == COUNT_OF(REF_PROMPT_IDS), "prompt_tokens %zu",
+          fin->usage.prompt_tokens);
+    CHECK(fin->usage.completion_tokens == COUNT_OF(REF_GREEDY_IDS), "completion_tokens %zu",
+          fin->usage.completion_tokens);
+    CHECK(fin->timings.total_ns > 0 && fin->timings.time_to_first_token_ns <= fin->timings.total_ns,
+          "timings: ttft %llu ns, total %llu ns",
+          (unsigned long long)fin->timings.time_to_first_token_ns,
+          (unsigned long long)fin->timings.total_ns);
+    CHECK(fin->error_message == NULL, "error message on a successful request");
+    CHECK_OK(cs_request_free(request));
+}
+
+/* Callback state: the callback runs on the engine thread, the test waits on `done`. */
+typedef struct {
+    pthread_mutex_t lock;
+    pthread_cond_t done;
+    stream_result result;
+    bool keep_going;
+} callback_state;
+
+static void callback_state_init(callback_state *state) {
+    memset(state, 0, sizeof *state);
+    pthread_mutex_init(&state->lock, NULL);
+    pthread_cond_init(&state->done, NULL);
+    state->keep_going = true;
+}
+
+static bool on_event(const cs_event *event, void *user_data) {
+    callback_state *state = user_data;
+    pthread_mutex_lock(&state->lock);
+    record_event(&state->result, event);
+    if (event->kind == CS_EVENT_FINISHED) pthread_cond_broadcast(&state->done);
+    bool keep_going = state->keep_going;
+    pthread_mutex_unlock(&state->lock);
+    return keep_going;
+}
+
+/* Waits up to 60 s for the FINISHED event; false on timeout. */
+static bool wait_finished(callback_state *state) {
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 60;
+    pthread_mutex_lock(&state->lock);
+    int rc = 0;
+    while (!state->result.has_finished && rc == 0)
+        rc = pthread_cond_timedwait(&state->done, &state->lock, &deadline);
+    bool finished = state->result.has_finished;
+    pthread_mutex_unlock(&state->lock);
+    return finished;
+}
+
+static void test_callback_and_pull_streams_agree(void) {
+    static callback_state state;
+    callback_state_init(&state);
+    cs_sampling_params params = greedy_params((int64_t)COUNT_OF(REF_GREEDY_IDS));
+    cs_request *request = NULL;
+    CHECK_OK(cs_engine_submit_text(engine, REF_PROMPT, &params, on_event, &state, &request));
+    if (request == NULL) return;
+    CHECK(wait_finished(&state), "callback got no FINISHED event within 60 s");
+    const stream_result *pulled = &greedy_reference_run;
+    CHECK(state.result.ids_len == pulled->ids_len &&
+              memcmp(state.result.ids, pulled->ids, pulled->ids_len * sizeof(uint32_t)) == 0,
+          "callback ids differ from pulled ids");
+    CHECK(strcmp(state.result.text, pulled->text) == 0, "callback text \"%s\" != pulled \"%s\"",
+          state.result.text, pulled->text);
+    CHECK(state.result.finished.finish_reason == CS_FINISH_LENGTH, "finish reason %d",
+          (int)state.result.finished.finish_reason);
+
+    /* The streamed pieces concatenate to the detokenized ids. */
+    char *text = NULL;
+    size_t text_len = 0;
+    CHECK_OK(cs_engine_detokenize(engine, pulled->ids, pulled->ids_len, &text, &text_len));
+    if (text != NULL) {
+        CHECK(text_len == pulled->text_len && strcmp(text, pulled->text) == 0,
+              "detokenized \"%s\" != streamed \"%s\"", text, pulled->text);
+        CHECK_OK(cs_string_free(text));
+    }
+
+    /* A callback request has no events to pull. */
+    const cs_event *event = NULL;
+    CHECK_FAILS(cs_request_next_event(request, 0, &event), CS_INVALID_ARGUMENT, "request");
+    CHECK(event == NULL, "out_event written on failure");
+    CHECK_OK(cs_request_free(request));
+    CHECK(state.result.events_after_finished == 0, "%d events after FINISHED",
+          state.result.events_after_finished);
+}
+
+static void test_stop_string_and_logprobs(void) {
+    const char *stop[] = {"bear"};
+    cs_sampling_params params = greedy_params(32);
+    params.stop = stop;
+    params.stop_len = COUNT_OF(stop);
+    params.logprobs = 3;
+    cs_request *request = NULL;
+    CHECK_OK(cs_engine_submit_text(engine, REF_PROMPT, &params, NULL, NULL, &request));
+    if (request == NULL) return;
+    stream_result *result = calloc(1, sizeof *result);
+    const cs_event *event = NULL;
+    /* Check the first token's logprobs while the event is still lent to us. */
+    CHECK_OK(cs_request_next_event(request, -1, &event));
+    if (event != NULL && event->kind == CS_EVENT_TOKEN) {
+        CHECK(event->has_logprobs && event->top_logprobs_len == 3, "logprobs: %d, %zu alternatives",
+              (int)event->has_logprobs, event->top_logprobs_len);
+        if (event->top_logprobs_len > 0) {
+            CHECK(event->top_logprobs[0].token_id == event->token_id,
+                  "greedy token %u is not the top alternative %u", event->token_id,
+                  event->top_logprobs[0].token_id);
+            CHECK(event->logprob <= 0.0f && event->logprob >= event->top_logprobs[2].logprob,
+                  "logprob %f, third alternative %f", event->logprob,
+                  event->top_logprobs[2].logprob);
+        }
+        record_event(result, event);
+    }
+    CHECK_FAILS(drain(request, result), CS_END_OF_STREAM, NULL);
+    /* llama.cpp's greedy text is " with a quick brown bear.\n\n..." */
+    CHECK(strcmp(result->text, " with a quick brown ") == 0, "text before the stop string: \"%s\"",
+          result->text);
+    CHECK(result->finished.finish_reason == CS_FINISH_STOP, "finish reason %d",
+          (int)result->finished.finish_reason);
+    CHECK(result->token_events_with_logprobs == (int)result->ids_len,
+          "%d of %zu token events had logprobs", result->token_events_with_logprobs, result->ids_len);
+    free(result);
+    CHECK_OK(cs_request_free(request));
+}
+
+/* Cancels `request` from its own thread once the puller has seen `after_tokens` tokens. */
+typedef struct {
+    cs_request *request;
+    atomic_size_t tokens_seen;
+    size_t after_tokens;
+    cs_status status;
+} canceller;
+
+static void *cancel_when_started(void *arg) {
+    canceller *c = arg;
+    if (wait_for_count(&c->tokens_seen, c->after_tokens)) c->status = cs_request_cancel(c->request);
+    return NULL;
+}
+
+static void test_cancel_from_another_thread(void) {
+    cs_sampling_params params = greedy_params(400);
+    params.ignore_eos = true;
+    cs_request *request = NULL;
+    CHECK_OK(cs_engine_submit_text(engine, REF_PROMPT, &params, NULL, NULL, &request));
+    if (request == NULL) return;
+    canceller c = {.request = request, .after_tokens = 3, .status = CS_INTERNAL};
+    pthread_t thread;
+    pthread_create(&thread, NULL, cancel_when_started, &c);
+    stream_result *result = calloc(1, sizeof *result);
+    for (;;) {
+        const cs_event *event = NULL;
+        cs_status status = cs_request_next_event(request, -1, &event);
+        if (status != CS_OK) break;
+        record_event(result, event);
+        atomic_store(&c.tokens_seen, result->ids_len);
+    }
+    atomic_store(&c.tokens_seen, SIZE_MAX); /* releases the canceller if the stream ended early */
+    pthread_join(thread, NULL);
+    CHECK(c.status == CS_OK, "cs_request_cancel returned %d", (int)c.status);
+    CHECK(result->finished.finish_reason == CS_FINISH_CANCELLED, "finish reason %d",
+          (int)result->finished.finish_reason);
+    CHECK(result->ids_len >= 3 && result->ids_len < 400, "%zu tokens before the cancel took effect",
+          result->ids_len);
+    CHECK(result->finished.usage.completion_tokens == result->ids_len,
+          "usage says %zu tokens, %zu were streamed", result->finished.usage.completion_tokens,
+          result->ids_len);
+    CHECK_OK(cs_request_cancel(request)); /* idempotent, also after the end */
+    free(result);
+    CHECK_OK(cs_request_free(request));
+}
+
+static void test_free_running_request_cancels_it(void) {
+    static callback_state state;
+    callback_state_init(&state);
+    cs_sampling_params params = greedy_params(400);
+    params.ignore_eos = true;
+    cs_request *request = NULL;
+    CHECK_OK(cs_engine_submit_text(engine, REF_PROMPT, &params, on_event, &state, &request));
+    if (request == NULL) return;
+    CHECK_OK(cs_request_free(request));
+    CHECK(wait_finished(&state), "no FINISHED event within 60 s of freeing the request");
+    CHECK(state.result.finished.finish_reason == CS_FINISH_CANCELLED, "finish reason %d",
+          (int)state.result.finished.finish_reason);
+}
+
+static void test_callback_returning_false_cancels(void) {
+    static callback_state state;
+    callback_state_init(&state);
+    state.keep_going = false;
+    cs_sampling_params params = greedy_params(400);
+    params.ignore_eos = true;
+    cs_request *request = NULL;
+    CHECK_OK(cs_engine_submit_text(engine, REF_PROMPT, &params, on_event, &state, &request));
+    if (request == NULL) return;
+    CHECK(wait_finished(&state), "no FINISHED event within 60 s");
+    CHECK(state.result.finished.finish_reason == CS_FINISH_CANCELLED, "finish reason %d",
+          (int)state.result.finished.finish_reason);
+    CHECK(state.result.ids_len <= 2, "%zu tokens after the callback asked to stop",
+          state.result.ids_len);
+    CHECK_OK(cs_request_free(request));
+}
+
+static void test_bad_arguments_are_reported(void) {
+    cs_sampling_params params = greedy_params(4);
+    cs_request *const untouched = (cs_request *)&params; /* any non-NULL marker */
+    cs_request *request = untouched;
+
+    CHECK_FAILS(cs_engine_submit_text(NULL, REF_PROMPT, &params, NULL, NULL, &request),
+                CS_INVALID_ARGUMENT, "engine");
+    CHECK_FAILS(cs_engine_submit_text(engine, NULL, &params, NULL, NULL, &request),
+                CS_INVALID_ARGUMENT, "prompt");
+    CHECK_FAILS(cs_engine_submit_text(engine, "caf\xc3\x28", &params, NULL, NULL, &request),
+                CS_INVALID_ARGUMENT, "prompt");
+    CHECK(strstr(cs_last_error_message(), "UTF-8") != NULL, "message: %s", cs_last_error_message());
+    CHECK_FAILS(cs_engine_submit_text(engine, REF_PROMPT, NULL, NULL, NULL, &request),
+                CS_INVALID_ARGUMENT, "params");
+    CHECK_FAILS(cs_engine_submit_text(engine, REF_PROMPT, &params, NULL, NULL, NULL),
+                CS_INVALID_ARGUMENT, "out_request");
+
+    cs_sampling_params bad = params;
+    bad.temperature = -1.0f;
+    CHECK_FAILS(cs_engine_submit_text(engine, REF_PROMPT, &bad, NULL, NULL, &request),
+                CS_INVALID_ARGUMENT, "temperature");
+    bad = params;
+    bad.temperature = NAN;
+    CHECK_FAILS(cs_engine_submit_text(engine, REF_PROMPT, &bad, NULL, NULL, &request),
+                CS_INVALID_ARGUMENT, "temperature");
+    bad = params;
+    bad.top_p = 0.0f;
+    CHECK_FAILS(cs_engine_submit_text(engine, REF_PROMPT, &bad, NULL, NULL, &request),
+                CS_INVALID_ARGUMENT, "top_p");
+    bad = params;
+    bad.top_k = -1;
+    CHECK_FAILS(cs_engine_submit_text(engine, REF_PROMPT, &bad, NULL, NULL, &request),
+                CS_INVALID_ARGUMENT, "top_k");
+    bad = params;
+    bad.max_tokens = 0;
+    CHECK_FAILS(cs_engine_submit_text(engine, REF_PROMPT, &bad, NULL, NULL, &request),
+                CS_INVALID_ARGUMENT, "max_tokens");
+    bad = params;
+    bad.logprobs = 21;
+    CHECK_FAILS(cs_engine_submit_text(engine, REF_PROMPT, &bad, NULL, NULL, &request),
+                CS_INVALID_ARGUMENT, "logprobs");
+    const char *stop_with_null[] = {"ok", NULL};
+    bad = params;
+    bad.stop = stop_with_null;
+    bad.stop_len = 2;
+    CHECK_FAILS(cs_engine_submit_text(engine, REF_PROMPT, &bad, NULL, NULL, &request),
+                CS_INVALID_ARGUMENT, "stop");
+    bad = params;
+    bad.stop = NULL;
+    bad.stop_len = 1;
+    CHECK_FAILS(cs_engine_submit_text(engine, REF_PROMPT, &bad, NULL, NULL, &request),
+                CS_INVALID_ARGUMENT, "stop");
+    bad = params;
+    bad.struct_size = sizeof bad + 8; /* a caller built against a newer header */
+    CHECK_FAILS(cs_engine_submit_text(engine, REF_PROMPT, &bad, NULL, NULL, &request),
+                CS_INVALID_ARGUMENT, "params");
+
+    cs_chat_message no_role = {NULL, "hi"};
+    CHECK_FAILS(cs_engine_submit_chat(engine, &no_role, 1, &params, NULL, NULL, &request),
+                CS_INVALID_ARGUMENT, "messages");
+    CHECK(strstr(cs_last_error_message(), "messages[0].role") != NULL, "message: %s",
+          cs_last_error_message());
+    CHECK_FAILS(cs_engine_submit_tokens(engine, NULL, 3, &params, NULL, NULL, &request),
+                CS_INVALID_ARGUMENT, "tokens");
+    uint32_t out_of_vocab = 49152;
+    CHECK_FAILS(cs_engine_submit_tokens(engine, &out_of_vocab, 1, &params, NULL, NULL, &request),
+                CS_INVALID_ARGUMENT, NULL);
+    CHECK(request == untouched, "out_request was written by a failing call");
+
+    /* Frees and handles. */
+    CHECK_FAILS(cs_request_free(NULL), CS_INVALID_ARGUMENT, "request");
+    CHECK_FAILS(cs_engine_free(NULL), CS_INVALID_ARGUMENT, "engine");
+    CHECK_FAILS(cs_string_free(NULL), CS_INVALID_ARGUMENT, "text");
+    CHECK_FAILS(cs_tokens_free(NULL), CS_INVALID_ARGUMENT, "tokens");
+    CHECK_FAILS(cs_request_cancel(NULL), CS_INVALID_ARGUMENT, "request");
+    const cs_event *event = NULL;
+    CHECK_FAILS(cs_request_next_event(NULL, 0, &event), CS_INVALID_ARGUMENT, "request");
+
+    cs_engine_params engine_params = cs_engine_default_params();
+    cs_engine *no_engine = NULL;
+    CHECK_FAILS(cs_engine_new(&engine_params, &no_engine), CS_INVALID_ARGUMENT, "model_path");
+    engine_params.model_path = "/nonexistent/model.gguf";
+    cs_status status = cs_engine_new(&engine_params, &no_engine);
+    CHECK(status == CS_MODEL_LOAD || status == CS_IO, "missing model file gave %d: %s",
+          (int)status, cs_last_error_message());
+    CHECK(strstr(cs_last_error_message(), "/nonexistent/model.gguf") != NULL,
+          "message does not name the file: %s", cs_last_error_message());
+    CHECK(no_engine == NULL, "out_engine was written by a failing call");
+
+    /* An out-struct must say how much room it has. */
+    cs_model_info info = {.struct_size = 0};
+    CHECK_FAILS(cs_engine_model_info(engine, &info), CS_INVALID_ARGUMENT, "out_info");
+}
+
+static void test_prompt_longer_than_context(void) {
+    cs_model_info info = {.struct_size = sizeof info};
+    CHECK_OK(cs_engine_model_info(engine, &info));
+    size_t len = info.context_length + 1;
+    uint32_t *tokens = malloc(len * sizeof *tokens);
+    for (size_t i = 0; i < len; i++) tokens[i] = REF_PROMPT_IDS[i % COUNT_OF(REF_PROMPT_IDS)];
+    cs_sampling_params params = greedy_params(4);
+    cs_request *request = NULL;
+    CHECK_FAILS(cs_engine_submit_tokens(engine, tokens, len, &params, NULL, NULL, &request),
+                CS_CONTEXT_LENGTH_EXCEEDED, NULL);
+    char expected[32];
+    snprintf(expected, sizeof expected, "%zu", len);
+    CHECK(strstr(cs_last_error_message(), expected) != NULL, "message does not state %zu: %s",
+          len, cs_last_error_message());
+    free(tokens);
+}
+
+static void test_tokenize_detokenize_round_trip(void) {
+    uint32_t *tokens = NULL;
+    size_t len = 0;
+    CHECK_OK(cs_engine_tokenize(engine, REF_TOKENIZATION_TEXT, false, &tokens, &len));
+    if (tokens == NULL) return;
+    CHECK(len == COUNT_OF(REF_TOKENIZATION_IDS) &&
+              memcmp(tokens, REF_TOKENIZATION_IDS, sizeof REF_TOKENIZATION_IDS) == 0,
+          "%zu ids differ from llama.cpp's %zu", len, COUNT_OF(REF_TOKENIZATION_IDS));
+    char *text = NULL;
+    size_t text_len = 0;
+    CHECK_OK(cs_engine_detokenize(engine, tokens, len, &text, &text_len));
+    if (text != NULL) {
+        CHECK(text_len == strlen(REF_TOKENIZATION_TEXT) && strcmp(text, REF_TOKENIZATION_TEXT) == 0,
+              "round trip gave \"%s\"", text);
+        CHECK_OK(cs_string_free(text));
+    }
+    CHECK_OK(cs_tokens_free(tokens));
+
+    CHECK_FAILS(cs_engine_tokenize(engine, "\xff", false, &tokens, &len), CS_INVALID_ARGUMENT, "text");
+    CHECK_FAILS(cs_engine_tokenize(engine, "x", false, NULL, &len), CS_INVALID_ARGUMENT, "out_tokens");
+}
+
+static void test_chat_template_matches_llama_cpp(void) {
+    cs_chat_message message = {REF_CHAT_ROLE, REF_CHAT_CONTENT};
+    char *text = NULL;
+    size_t len = 0;
+    CHECK_OK(cs_engine_apply_chat_template(engine, &message, 1, true, &text, &len));
+    if (text == NULL) return;
+    CHECK(strcmp(text, REF_CHAT_RENDERED) == 0, "rendered:\n%s", text);
+    CHECK(len == strlen(REF_CHAT_RENDERED), "length %zu", len);
+    CHECK_OK(cs_string_free(text));
+}
+
+static double dot(const float *a, const float *b, size_t n) {
+    double sum = 0.0;
+    for (size_t i = 0; i < n; i++) sum += (double)a[i] * b[i];
+    return sum;
+}
+
+static void test_embeddings(void) {
+    const char *texts[] = {"A cat sits on the mat.", "A kitten is sitting on a rug.",
+                           "The stock market fell sharply today."};
+    enum { DIM = 384, N = 3 };
+    float vectors[N * DIM];
+    size_t dim = 0;
+    CHECK_OK(cs_engine_embed(engine, texts, N, vectors, N * DIM, &dim));
+    CHECK(dim == DIM, "dim %zu", dim);
+    for (int i = 0; i < N; i++) {
+        double norm = sqrt(dot(vectors + i * DIM, vectors + i * DIM, DIM));
+        CHECK(fabs(norm - 1.0) < 1e-4, "vector %d has norm %f", i, norm);
+    }
+    double similar = dot(vectors, vectors + DIM, DIM);
+    double unrelated = dot(vectors, vectors + 2 * DIM, DIM);
+    CHECK(similar > unrelated + 0.3, "cos(cat, kitten) %f vs cos(cat, stocks) %f", similar, unrelated);
+
+    size_t untouched_dim = 7;
+    CHECK_FAILS(cs_engine_embed(engine, texts, N, vectors, N * DIM - 1, &untouched_dim),
+                CS_INVALID_ARGUMENT, "out_vectors");
+    CHECK(strstr(cs_last_error_message(), "1152") != NULL, "message does not state the size: %s",
+          cs_last_error_message());
+    CHECK(untouched_dim == 7, "out_dim written by a failing call");
+    const char *with_null[] = {"ok", NULL};
+    CHECK_FAILS(cs_engine_embed(engine, with_null, 2, vectors, N * DIM, &dim), CS_INVALID_ARGUMENT,
+                "texts");
+}
+
+/* Counts FINISHED events of several callback requests. */
+typedef struct {
+    atomic_size_t tokens;
+    atomic_int cancelled;
+    atomic_int finished;
+} fleet;
+
+static bool on_fleet_event(const cs_event *event, void *user_data) {
+    fleet *f = user_data;
+    if (event->kind == CS_EVENT_TOKEN) {
+        atomic_fetch_add(&f->tokens, 1);
+    } else {
+        atomic_fetch_add(&f->finished, 1);
+        if (event->finish_reason == CS_FINISH_CANCELLED) atomic_fetch_add(&f->cancelled, 1);
+    }
+    return true;
+}
+
+static void test_engine_free_with_requests_in_flight(void) {
+    cs_engine *doomed = new_engine(false);
+    if (doomed == NULL) return;
+    enum { CALLBACK_REQUESTS = 3 };
+    static fleet f;
+    cs_sampling_params params = greedy_params(2000);
+    params.ignore_eos = true;
+    cs_request *requests[CALLBACK_REQUESTS + 1] = {NULL};
+    for (int i = 0; i < CALLBACK_REQUESTS; i++)
+        CHECK_OK(cs_engine_submit_text(doomed, REF_PROMPT, &params, on_fleet_event, &f, &requests[i]));
+    cs_request *pulled = NULL;
+    CHECK_OK(cs_engine_submit_text(doomed, REF_PROMPT, &params, NULL, NULL, &pulled));
+    requests[CALLBACK_REQUESTS] = pulled;
+    CHECK(wait_for_count(&f.tokens, 2 * CALLBACK_REQUESTS), "requests did not start within 60 s");
+
+    /* A second engine without embeddings says so. */
+    float vector[384];
+    size_t dim = 0;
+    const char *text = "x";
+    CHECK_FAILS(cs_engine_embed(doomed, &text, 1, vector, 384, &dim), CS_NO_EMBEDDING_MODEL, NULL);
+
+    CHECK_OK(cs_engine_free(doomed));
+    /* The engine thread has joined, so every callback has had its FINISHED event. */
+    CHECK(atomic_load(&f.finished) == CALLBACK_REQUESTS, "%d of %d callbacks finished",
+          atomic_load(&f.finished), CALLBACK_REQUESTS);
+    CHECK(atomic_load(&f.cancelled) == CALLBACK_REQUESTS, "%d of %d were cancelled",
+          atomic_load(&f.cancelled), CALLBACK_REQUESTS);
+    if (pulled != NULL) {
+        stream_result *result = calloc(1, sizeof *result);
+        CHECK_FAILS(drain(pulled, result), CS_END_OF_STREAM, NULL);
+        CHECK(result->finished.finish_reason == CS_FINISH_CANCELLED, "pulled request ended with %d",
+              (int)result->finished.finish_reason);
+        free(result);
+    }
+    for (int i = 0; i <= CALLBACK_REQUESTS; i++)
+        if (requests[i] != NULL) CHECK_OK(cs_request_free(requests[i]));
+}
+
+/* ---------- runner ---------- */
+
+typedef struct {
+    const char *name;
+    void (*run)(void);
+} test_case;
+
+int main(int argc, char **argv) {
+    const char *cache = getenv("CORTEXSTREAM_CACHE");
+    if (argc > 1)
+        snprintf(models_dir, sizeof models_dir, "%s", argv[1]);
+    else if (cache != NULL)
+        snprintf(models_dir, sizeof models_dir, "%s/models", cache);
+    else
+        snprintf(models_dir, sizeof models_dir, "%s/.cache/cortexstream/models", getenv("HOME"));
+
+    engine = new_engine(true);
+    if (engine == NULL) {
+        fprintf(stderr, "cannot load the models from %s: %s\n", models_dir, cs_last_error_message());
+        printf("0 passed, 1 failed\n");
+        return 1;
+    }
+    /* Order matters only in that the greedy run comes before the tests comparing with it. */
+    const test_case tests[] = {
+        {"version_matches_header", test_version_matches_header},
+        {"model_info", test_model_info},
+        {"greedy_matches_llama_cpp", test_greedy_matches_llama_cpp},
+        {"older_params_struct_gets_defaults", test_older_params_struct_gets_defaults},
+        {"callback_and_pull_streams_agree", test_callback_and_pull_streams_agree},
+        {"stop_string_and_logprobs", test_stop_string_and_logprobs},
+        {"cancel_from_another_thread", test_cancel_from_another_thread},
+        {"free_running_request_cancels_it", test_free_running_request_cancels_it},
+        {"callback_returning_false_cancels", test_callback_returning_false_cancels},
+        {"bad_arguments_are_reported", test_bad_arguments_are_reported},
+        {"prompt_longer_than_context", test_prompt_longer_than_context},
+        {"tokenize_detokenize_round_trip", test_tokenize_detokenize_round_trip},
+        {"chat_template_matches_llama_cpp", test_chat_template_matches_llama_cpp},
+        {"embeddings", test_embeddings},
+        {"engine_free_with_requests_in_flight", test_engine_free_with_requests_in_flight},
+    };
+    int passed = 0, failed = 0;
+    for (size_t i = 0; i < COUNT_OF(tests); i++) {
+        checks_failed_in_test = 0;
+        tests[i].run();
+        bool ok = checks_failed_in_test == 0;
+        printf("%s %s\n", ok ? "ok    " : "FAILED", tests[i].name);
+        fflush(stdout);
+        ok ? passed++ : failed++;
+    }
+    checks_failed_in_test = 0;
+    CHECK_OK(cs_engine_free(engine));
+    if (checks_failed_in_test != 0) failed++;
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed == 0 ? 0 : 1;
+}
