@@ -1,0 +1,346 @@
+//! End-to-end engine behaviour with the real SmolLM2 model: continuous batching, batch
+//! invariance, cancellation, prefix caching, stop strings, seeded sampling, validation.
+//! Run with `--test-threads=1`: the tests share one engine and measure its metrics.
+
+mod common;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use cortexstream::{
+    ChatMessage, Engine, EngineConfig, Error, Event, FinishReason, Prompt, Request, SamplingParams,
+};
+
+fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut config = EngineConfig::new(common::smollm2_path());
+        config.embedding_model = Some(common::minilm_dir());
+        Engine::new(config).expect("the default model loads")
+    })
+}
+
+fn greedy(max_tokens: usize) -> SamplingParams {
+    SamplingParams { max_tokens: Some(max_tokens), ignore_eos: true, ..SamplingParams::greedy() }
+}
+
+fn reference_greedy_ids() -> Vec<u32> {
+    common::reference()["raw_completion"]["greedy_token_ids"]
+        .as_array()
+        .expect("greedy ids")
+        .iter()
+        .map(|v| v.as_u64().expect("id") as u32)
+        .collect()
+}
+
+/// Waits until every submitted request has finished and the gauges say so.
+fn wait_idle(engine: &Engine) {
+    for _ in 0..500 {
+        let m = engine.metrics();
+        if m.requests_finished == m.requests_submitted && m.running == 0 && m.queue_depth == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("engine did not become idle: {:?}", engine.metrics());
+}
+
+#[test]
+fn raw_completion_matches_reference_greedy_tokens() {
+    let completion = engine().generate(Request::new("The quick brown fox", greedy(12))).unwrap();
+    assert_eq!(completion.token_ids, reference_greedy_ids()[..12]);
+    assert_eq!(completion.finish_reason, FinishReason::Length);
+    assert_eq!(completion.usage.prompt_tokens, 4);
+    assert_eq!(completion.usage.completion_tokens, 12);
+    assert!(completion.text.starts_with(" with a quick brown bear."), "{:?}", completion.text);
+    let t = completion.timings;
+    assert!(t.time_to_first_token_ns > 0 && t.total_ns >= t.time_to_first_token_ns && t.per_token_ns > 0, "{t:?}");
+}
+
+#[test]
+fn stream_concatenation_equals_completion_text() {
+    let engine = engine();
+    let handle = engine.submit(Request::new("The quick brown fox", greedy(20))).unwrap();
+    let mut streamed = String::new();
+    let mut tokens = 0;
+    for event in handle {
+        match event {
+            Event::Token { text, .. } => {
+                streamed.push_str(&text);
+                tokens += 1;
+            }
+            Event::Finished { reason, usage, .. } => {
+                assert_eq!(reason, FinishReason::Length);
+                assert_eq!(usage.completion_tokens, tokens);
+            }
+        }
+    }
+    let whole = engine.generate(Request::new("The quick brown fox", greedy(20))).unwrap();
+    assert_eq!(streamed, whole.text);
+}
+
+#[test]
+fn batch_invariance_alone_and_among_29_others() {
+    let engine = engine();
+    let prompts = ["The quick brown fox", "Once upon a time, in a small village,", "The capital of France is"];
+    let alone: Vec<Vec<u32>> =
+        prompts.iter().map(|p| engine.generate(Request::new(*p, greedy(16))).unwrap().token_ids).collect();
+
+    // Submit 29 other requests of various lengths first so the three share steps with them,
+    // some still in prefill, some decoding.
+    let fillers: Vec<_> = (0..29)
+        .map(|i| {
+            let prompt = format!("Request number {i}: write a sentence about the number {}.", i * 7);
+            engine.submit(Request::new(prompt, greedy(8 + i % 13))).unwrap()
+        })
+        .collect();
+    let batched: Vec<_> = prompts.iter().map(|p| engine.submit(Request::new(*p, greedy(16))).unwrap()).collect();
+    let batched: Vec<Vec<u32>> = batched.into_iter().map(|h| h.wait().token_ids).collect();
+    for f in fillers {
+        assert_eq!(f.wait().finish_reason, FinishReason::Length);
+    }
+    assert_eq!(alone, batched);
+    assert!(engine.metrics().batch_size.buckets.iter().any(|&(le, n)| le >= 16.0 && n > 0));
+}
+
+#[test]
+fn thirty_two_concurrent_requests_finish_with_correct_usage() {
+    let engine = engine();
+    let handles: Vec<_> = (0..32)
+        .map(|i| {
+            let prompt = format!("Write a short note number {i}.");
+            let prompt_len = engine.tokenize(&prompt, true).unwrap().len();
+            let max_tokens = 4 + i % 9;
+            (engine.submit(Request::new(prompt, greedy(max_tokens))).unwrap(), prompt_len, max_tokens)
+        })
+        .collect();
+    let threads: Vec<_> = handles
+        .into_iter()
+        .map(|(h, prompt_len, max_tokens)| {
+            std::thread::spawn(move || {
+                let c = h.wait();
+                assert_eq!(c.finish_reason, FinishReason::Length);
+                assert_eq!(c.usage.prompt_tokens, prompt_len);
+                assert_eq!(c.usage.completion_tokens, max_tokens);
+                assert_eq!(c.token_ids.len(), max_tokens);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("request thread");
+    }
+    wait_idle(engine);
+    let m = engine.metrics();
+    assert_eq!(m.kv_blocks_free, m.kv_blocks_total, "every block is back");
+}
+
+#[test]
+fn cancel_mid_stream_ends_promptly_and_frees_blocks() {
+    let engine = engine();
+    wait_idle(engine);
+    let before = engine.metrics();
+    let handle = engine.submit(Request::new("Tell me a long story about dragons.", greedy(500))).unwrap();
+    let mut got = 0;
+    while got < 3 {
+        if let Some(Event::Token { .. }) = handle.recv() {
+            got += 1;
+        }
+    }
+    let canceller = handle.canceller();
+    std::thread::spawn(move || canceller.cancel()).join().unwrap();
+    handle.cancel(); // idempotent
+    // Within one step: at most a token or two more arrive before Finished.
+    let mut extra_tokens = 0;
+    let finished = loop {
+        match handle.recv_timeout(Duration::from_secs(10)).expect("finished promptly") {
+            Event::Token { .. } => extra_tokens += 1,
+            Event::Finished { reason, usage, .. } => break (reason, usage),
+        }
+    };
+    assert_eq!(finished.0, FinishReason::Cancelled);
+    assert!(extra_tokens <= 2, "{extra_tokens} tokens after cancel");
+    assert!(finished.1.completion_tokens >= 3);
+    wait_idle(engine);
+    let after = engine.metrics();
+    assert_eq!(after.requests_cancelled, before.requests_cancelled + 1);
+    assert_eq!(after.kv_blocks_free, after.kv_blocks_total);
+}
+
+#[test]
+fn dropping_a_handle_cancels_the_request() {
+    let engine = engine();
+    wait_idle(engine);
+    let before = engine.metrics().requests_cancelled;
+    let handle = engine.submit(Request::new("Count to one thousand.", greedy(1000))).unwrap();
+    let _ = handle.recv();
+    drop(handle);
+    wait_idle(engine);
+    assert_eq!(engine.metrics().requests_cancelled, before + 1);
+}
+
+#[test]
+fn shared_system_prompt_is_served_from_the_prefix_cache() {
+    let engine = engine();
+    let system = "You are a meticulous assistant. ".repeat(20);
+    let chat = |question: &str| {
+        Prompt::Chat(vec![ChatMessage::new("system", system.clone()), ChatMessage::new("user", question)])
+    };
+    let first = engine.generate(Request::new(chat("What is two plus two?"), greedy(2))).unwrap();
+    let before = engine.metrics();
+    let second = engine.generate(Request::new(chat("Name a colour."), greedy(2))).unwrap();
+    let after = engine.metrics();
+    let hit = (after.prefix_cache_hit_tokens - before.prefix_cache_hit_tokens) as usize;
+    assert!(first.usage.prompt_tokens > 100);
+    assert!(hit >= 96, "only {hit} prompt tokens came from the cache");
+    assert_eq!(second.usage.cached_prompt_tokens, hit);
+    let prefilled = (after.prefill_tokens_total - before.prefill_tokens_total) as usize;
+    assert_eq!(prefilled, second.usage.prompt_tokens - hit, "the cached part was not recomputed");
+}
+
+#[test]
+fn stop_string_spanning_tokens_is_not_emitted() {
+    // Greedy continuation is " with a quick brown bear." — "own be" spans " brown" and " bear".
+    let params = SamplingParams { stop: vec!["own be".into()], ..greedy(30) };
+    let handle = engine().submit(Request::new("The quick brown fox", params)).unwrap();
+    let mut text = String::new();
+    let mut reason = None;
+    for event in handle {
+        match event {
+            Event::Token { text: t, .. } => text.push_str(&t),
+            Event::Finished { reason: r, .. } => reason = Some(r),
+        }
+    }
+    assert_eq!(text, " with a quick br");
+    assert_eq!(reason, Some(FinishReason::Stop));
+}
+
+#[test]
+fn multibyte_output_is_streamed_whole() {
+    let engine = engine();
+    let prompt = "中文：你好，世界。我爱北京天安门。你好，世界。我爱北京";
+    let handle = engine.submit(Request::new(prompt, greedy(24))).unwrap();
+    let mut streamed = String::new();
+    let mut ids = Vec::new();
+    for event in handle {
+        if let Event::Token { id, text, .. } = event {
+            ids.push(id);
+            streamed.push_str(&text);
+        }
+    }
+    assert!(streamed.chars().any(|c| !c.is_ascii()), "expected non-ASCII output, got {streamed:?}");
+    // Only a character cut off by max_tokens may end as U+FFFD, as in a lossy decode.
+    assert!(!streamed.trim_end_matches('\u{FFFD}').contains('\u{FFFD}'), "{streamed:?}");
+    // Some token in the output is a fragment of a character on its own...
+    let tok = engine.tokenizer();
+    assert!(ids.iter().any(|&id| std::str::from_utf8(tok.token_bytes(id).unwrap_or(&[])).is_err()));
+    // ...and the streamed text is exactly the decoded output.
+    assert_eq!(streamed, engine.detokenize(&ids).unwrap());
+}
+
+#[test]
+fn seeded_sampling_is_reproducible() {
+    let engine = engine();
+    let sample = |seed| {
+        let params = SamplingParams { temperature: 1.0, seed: Some(seed), max_tokens: Some(24), ignore_eos: true, ..Default::default() };
+        engine.generate(Request::new("My favourite animal is", params)).unwrap().token_ids
+    };
+    let a = sample(42);
+    assert_eq!(a, sample(42));
+    let others: Vec<_> = (1..=3).map(sample).collect();
+    assert!(others.iter().any(|o| *o != a), "different seeds should differ");
+}
+
+#[test]
+fn invalid_requests_get_typed_errors_and_the_engine_keeps_serving() {
+    let engine = engine();
+    let bad = |f: fn(&mut SamplingParams)| {
+        let mut p = SamplingParams::default();
+        f(&mut p);
+        engine.submit(Request::new("hi", p)).unwrap_err()
+    };
+    let param_of = |e: Error| match e {
+        Error::InvalidRequest { param, .. } => param,
+        other => panic!("expected InvalidRequest, got {other:?}"),
+    };
+    assert_eq!(param_of(bad(|p| p.temperature = -1.0)), "temperature");
+    assert_eq!(param_of(bad(|p| p.temperature = f32::NAN)), "temperature");
+    assert_eq!(param_of(bad(|p| p.top_p = 0.0)), "top_p");
+    assert_eq!(param_of(bad(|p| p.top_p = 1.5)), "top_p");
+    assert_eq!(param_of(bad(|p| p.max_tokens = Some(0))), "max_tokens");
+    assert_eq!(param_of(bad(|p| p.min_p = 2.0)), "min_p");
+    assert_eq!(param_of(bad(|p| p.logprobs = Some(21))), "logprobs");
+    assert_eq!(param_of(bad(|p| p.stop = vec![String::new()])), "stop");
+    assert_eq!(param_of(engine.submit(Request::new("", SamplingParams::default())).unwrap_err()), "prompt");
+    assert_eq!(param_of(engine.submit(Request::new(Prompt::Tokens(vec![49152]), SamplingParams::default())).unwrap_err()), "prompt");
+    assert_eq!(param_of(engine.submit(Request::new(Prompt::Chat(vec![]), SamplingParams::default())).unwrap_err()), "messages");
+
+    let long = "word ".repeat(9000);
+    match engine.submit(Request::new(long, SamplingParams::default())).unwrap_err() {
+        Error::ContextLengthExceeded { prompt_tokens, context_length, .. } => {
+            assert!(prompt_tokens > context_length);
+        }
+        other => panic!("expected ContextLengthExceeded, got {other:?}"),
+    }
+    // Still serving.
+    let c = engine.generate(Request::new("The quick brown fox", greedy(3))).unwrap();
+    assert_eq!(c.token_ids, reference_greedy_ids()[..3]);
+}
+
+#[test]
+fn callback_that_panics_fails_only_its_request() {
+    let engine = engine();
+    let handle = engine
+        .submit_with_callback(
+            Request::new("The quick brown fox", greedy(10)),
+            Box::new(|event| {
+                if let Event::Token { .. } = event {
+                    panic!("consumer bug");
+                }
+                true
+            }),
+        )
+        .unwrap();
+    let c = handle.wait();
+    assert_eq!(c.finish_reason, FinishReason::Error);
+    assert!(c.error.unwrap_or_default().contains("consumer bug"));
+    let ok = engine.generate(Request::new("The quick brown fox", greedy(2))).unwrap();
+    assert_eq!(ok.finish_reason, FinishReason::Length);
+}
+
+#[test]
+fn logprobs_are_reported_per_token() {
+    let params = SamplingParams { logprobs: Some(3), ..greedy(4) };
+    let c = engine().generate(Request::new("The quick brown fox", params)).unwrap();
+    assert_eq!(c.logprobs.len(), 4);
+    for (lp, &id) in c.logprobs.iter().zip(&c.token_ids) {
+        assert_eq!(lp.top.len(), 3);
+        assert_eq!(lp.top[0].token_id, id, "greedy picks the most likely token");
+        assert!(lp.logprob <= 0.0 && (lp.logprob - lp.top[0].logprob).abs() < 1e-6);
+    }
+}
+
+#[test]
+fn embeddings_run_beside_generation() {
+    let e = engine().embed(&["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby."]).unwrap();
+    assert_eq!(e.vectors.len(), 3);
+    assert_eq!(e.vectors[0].len(), 384);
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    assert!(dot(&e.vectors[0], &e.vectors[1]) > dot(&e.vectors[0], &e.vectors[2]));
+    assert!(e.prompt_tokens > 10);
+}
+
+#[test]
+fn shutdown_cancels_in_flight_requests_then_rejects_new_work() {
+    // A separate, small engine: shutting down the shared one would break the other tests.
+    let mut config = EngineConfig::new(common::smollm2_path());
+    config.kv_cache_tokens = 2048;
+    let engine = Arc::new(Engine::new(config).unwrap());
+    let handles: Vec<_> = (0..4).map(|_| engine.submit(Request::new("Tell me a story.", greedy(2000))).unwrap()).collect();
+    let _ = handles[0].recv();
+    engine.shutdown();
+    for h in handles {
+        assert_eq!(h.wait().finish_reason, FinishReason::Cancelled);
+    }
+    assert!(matches!(engine.submit(Request::new("hi", greedy(1))), Err(Error::EngineClosed)));
+    engine.shutdown(); // idempotent
+}
