@@ -36,8 +36,9 @@ def live_gap_ns(engine: cortexstream.Engine, tokens: int) -> tuple[float, float]
 
 def buffered_stream(engine: cortexstream.Engine, tokens: int) -> cortexstream.Stream:
     """A stream whose request has finished, so reading it involves no model time."""
+    finished_before = engine.metrics()["requests_finished"]
     stream = engine.stream(PROMPT, max_tokens=tokens, temperature=0.0, ignore_eos=True)
-    while engine.metrics()["running"] or engine.metrics()["queue_depth"]:
+    while engine.metrics()["requests_finished"] == finished_before:
         time.sleep(0.005)
     return stream
 

@@ -79,25 +79,45 @@ impl Engine {
 
     /// Generates a completion for a text or token-id prompt (blocks; the GIL is released).
     #[pyo3(signature = (prompt, **sampling))]
-    fn generate(&self, py: Python<'_>, prompt: &Bound<'_, PyAny>, sampling: Option<&Bound<'_, PyDict>>) -> PyResult<Completion> {
+    fn generate(
+        &self,
+        py: Python<'_>,
+        prompt: &Bound<'_, PyAny>,
+        sampling: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Completion> {
         self.submit(py, raw_prompt(prompt)?, sampling)?.run_to_end(py)
     }
 
     /// Generates the assistant's reply to chat messages (dicts with `role` and `content`).
     #[pyo3(signature = (messages, **sampling))]
-    fn chat(&self, py: Python<'_>, messages: &Bound<'_, PyAny>, sampling: Option<&Bound<'_, PyDict>>) -> PyResult<Completion> {
+    fn chat(
+        &self,
+        py: Python<'_>,
+        messages: &Bound<'_, PyAny>,
+        sampling: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Completion> {
         self.submit(py, Prompt::Chat(chat_messages(messages)?), sampling)?.run_to_end(py)
     }
 
     /// Submits a text or token-id prompt and returns its chunks as they are generated.
     #[pyo3(signature = (prompt, **sampling))]
-    fn stream(&self, py: Python<'_>, prompt: &Bound<'_, PyAny>, sampling: Option<&Bound<'_, PyDict>>) -> PyResult<Stream> {
+    fn stream(
+        &self,
+        py: Python<'_>,
+        prompt: &Bound<'_, PyAny>,
+        sampling: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Stream> {
         self.submit(py, raw_prompt(prompt)?, sampling)
     }
 
     /// Submits chat messages and returns the reply's chunks as they are generated.
     #[pyo3(signature = (messages, **sampling))]
-    fn stream_chat(&self, py: Python<'_>, messages: &Bound<'_, PyAny>, sampling: Option<&Bound<'_, PyDict>>) -> PyResult<Stream> {
+    fn stream_chat(
+        &self,
+        py: Python<'_>,
+        messages: &Bound<'_, PyAny>,
+        sampling: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Stream> {
         self.submit(py, Prompt::Chat(chat_messages(messages)?), sampling)
     }
 
@@ -125,7 +145,12 @@ impl Engine {
 
     /// Renders chat messages with the model's chat template.
     #[pyo3(signature = (messages, add_generation_prompt=true))]
-    fn apply_chat_template(&self, py: Python<'_>, messages: &Bound<'_, PyAny>, add_generation_prompt: bool) -> PyResult<String> {
+    fn apply_chat_template(
+        &self,
+        py: Python<'_>,
+        messages: &Bound<'_, PyAny>,
+        add_generation_prompt: bool,
+    ) -> PyResult<String> {
         let messages = chat_messages(messages)?;
         py.detach(|| self.engine.apply_chat_template(&messages, add_generation_prompt)).map_err(to_py_err)
     }

@@ -24,8 +24,6 @@ fn exception_for<'py>(py: Python<'py>, error: &Error) -> PyResult<Bound<'py, PyA
         }
         _ => (None, None),
     };
-    py.import("cortexstream.errors")?.call_method1(
-        "_from_core",
-        (error.code(), error.to_string(), error.param(), prompt_tokens, context_length),
-    )
+    py.import("cortexstream.errors")?
+        .call_method1("_from_core", (error.code(), error.to_string(), error.param(), prompt_tokens, context_length))
 }

@@ -103,7 +103,15 @@ impl Stream {
                 if let (Some(all), Some(this)) = (collected.logprobs.as_mut(), logprobs.as_ref()) {
                     all.push(this.clone());
                 }
-                Chunk { text, token_id: Some(id), logprobs, finish_reason: None, usage: None, timings: None, error: None }
+                Chunk {
+                    text,
+                    token_id: Some(id),
+                    logprobs,
+                    finish_reason: None,
+                    usage: None,
+                    timings: None,
+                    error: None,
+                }
             }
             Event::Finished { reason, usage, timings, error } => {
                 let completion = Completion {
