@@ -678,10 +678,9 @@ impl StepLoop {
 
         let vocab = self.model.config().vocab_size;
         let mut finished = Vec::new();
-        let mut row = 0;
-        for c in plan.iter().filter(|c| c.want_logits) {
+        // Logit rows come in plan order, one per chunk that wanted logits.
+        for (row, c) in plan.iter().filter(|c| c.want_logits).enumerate() {
             let logits = &mut self.logits[row * vocab..(row + 1) * vocab];
-            row += 1;
             let seq = &mut self.scheduler.running[c.index];
             if let Some((reason, error)) = advance(seq, logits, &self.shared.tokenizer, &metrics) {
                 finished.push((seq.id, reason, error));

@@ -495,10 +495,10 @@ mod tests {
         assert!(err.contains("truncated"), "{err}");
 
         // Now pad to alignment and add the data: it parses.
-        while b.len() % 32 != 0 {
+        while !b.len().is_multiple_of(32) {
             b.push(0);
         }
-        b.extend(std::iter::repeat(0u8).take(256));
+        b.extend(std::iter::repeat_n(0u8, 256));
         let p = write_tmp("ok.gguf", &b);
         let f = GgufFile::open(&p).unwrap();
         assert_eq!(f.require_str("general.architecture").unwrap(), "llama");

@@ -132,7 +132,7 @@ impl Sequence {
                 _ => 0,
             },
             decode_ns,
-            per_token_ns: if after_first > 0 { decode_ns / after_first } else { 0 },
+            per_token_ns: decode_ns.checked_div(after_first).unwrap_or(0),
             total_ns: ns(self.submitted, now),
         }
     }
