@@ -32,7 +32,8 @@ use crate::tokenizer::Tokenizer;
 pub struct EngineConfig {
     /// Path of a llama-family GGUF file.
     pub model: PathBuf,
-    /// A `tokenizer.json` to use instead of the GGUF's own tokenizer.
+    /// A `tokenizer.json` to use instead of the GGUF's own tokenizer. Without one, a
+    /// `tokenizer.json` next to the model file is used if present, else the GGUF metadata.
     pub tokenizer: Option<PathBuf>,
     /// A sentence-transformers folder for [`Engine::embed`] (none: no embeddings).
     pub embedding_model: Option<PathBuf>,
@@ -325,7 +326,10 @@ impl Engine {
 
         let gguf = GgufFile::open(&config.model)?;
         let model = LlamaModel::load(&gguf, Arc::clone(&pool))?;
-        let tokenizer = match &config.tokenizer {
+        // An explicit tokenizer.json wins, then one next to the model, then the GGUF metadata.
+        let beside_model = config.model.with_file_name("tokenizer.json");
+        let tokenizer_json = config.tokenizer.clone().or_else(|| beside_model.is_file().then_some(beside_model));
+        let tokenizer = match &tokenizer_json {
             Some(path) => Tokenizer::from_tokenizer_json(path, Some(&gguf))?,
             None => Tokenizer::from_gguf(&gguf)?,
         };

@@ -344,3 +344,16 @@ fn shutdown_cancels_in_flight_requests_then_rejects_new_work() {
     assert!(matches!(engine.submit(Request::new("hi", greedy(1))), Err(Error::EngineClosed)));
     engine.shutdown(); // idempotent
 }
+
+#[test]
+fn unloadable_models_give_errors_naming_the_file() {
+    let missing = std::path::Path::new("/nonexistent/model.gguf");
+    match Engine::new(EngineConfig::new(missing)).unwrap_err() {
+        Error::ModelLoad { path, .. } => assert_eq!(path, missing),
+        other => panic!("expected ModelLoad, got {other:?}"),
+    }
+    let not_gguf = common::minilm_dir().join("config.json");
+    let err = Engine::new(EngineConfig::new(&not_gguf)).unwrap_err();
+    assert!(matches!(err, Error::ModelLoad { .. }), "{err:?}");
+    assert!(err.to_string().contains("config.json") && err.to_string().contains("not a GGUF"), "{err}");
+}
