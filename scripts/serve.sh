@@ -2,7 +2,8 @@
 # Builds cortexstream into a virtualenv, fetches the default models and starts the OpenAI- and
 # Ollama-compatible REST server. Needs only Rust and python3; arguments go to the server:
 #   scripts/serve.sh --port 9000 --api-key secret
-# The virtualenv and the models live under $CORTEXSTREAM_CACHE (default ~/.cache/cortexstream).
+# The virtualenv, the models and the cargo target folder live under $CORTEXSTREAM_CACHE
+# (default ~/.cache/cortexstream), shared with scripts/test.sh, so a rebuild is incremental.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,10 +24,10 @@ echo "serve.sh: installing maturin and the server's requirements" >&2
 "$python" -m pip install --quiet --disable-pip-version-check "maturin>=1.9,<2" -r "$repo/examples/server/requirements.txt"
 
 echo "serve.sh: building cortexstream (release)" >&2
-# The repository's own target dir keeps rebuilds incremental, shared with `cargo build --release`.
-(cd "$repo" && VIRTUAL_ENV="$venv" CARGO_TARGET_DIR="$repo/target" "$venv/bin/maturin" develop --release --quiet)
-
 export CORTEXSTREAM_CACHE="$cache"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
+(cd "$repo" && VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" maturin develop --release --quiet)
+
 "$python" "$repo/python/cortexstream/models.py" pull all
 
 cd "$repo"

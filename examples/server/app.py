@@ -14,6 +14,23 @@ from .metrics import CONTENT_TYPE, render_prometheus
 from .state import ServerConfig, ServerState, require_api_key, server_state
 
 
+class JsonBodies:
+    """ASGI middleware reading every request body as JSON, whatever its Content-Type.
+
+    Ollama ignores the header and its documented examples are `curl URL -d '{...}'`, which sends
+    curl's default form type; FastAPI would otherwise refuse those bodies.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
+
+
 def create_app(config: ServerConfig) -> FastAPI:
     """An app serving `config.model`; /health answers 503 until the model has loaded."""
 
@@ -31,6 +48,7 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     app = FastAPI(title="cortexstream", lifespan=lifespan)
     install_error_handlers(app)
+    app.add_middleware(JsonBodies)
     app.include_router(openai_routes.router)
     app.include_router(ollama_routes.router)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 import httpx
@@ -91,3 +92,12 @@ def test_errors_use_ollama_shape(ollama_client):
         ollama_client.generate(model=MODEL, prompt="hi", options={"temperature": -1})
     assert invalid.value.status_code == 400
     assert "temperature" in invalid.value.error
+
+
+def test_bodies_are_json_whatever_the_content_type(server):
+    # Ollama's documented examples are `curl URL -d '{...}'`, which labels the body as a form.
+    body = json.dumps({"model": MODEL, "prompt": "Hi", "stream": False, "options": {"num_predict": 2}})
+    headers = {**AUTH, "Content-Type": "application/x-www-form-urlencoded"}
+    response = httpx.post(f"{server.url}/api/generate", content=body, headers=headers, timeout=60)
+    assert response.status_code == 200
+    assert response.json()["eval_count"] == 2
