@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import cortexstream
+
 from .errors import ApiError, model_not_found
 
 #: Extra names of the models the cache ships, as users of OpenAI- and Ollama-style servers type them.
@@ -34,7 +36,7 @@ class ServedModel:
     id: str
     aliases: frozenset[str]
     is_embedding: bool
-    path: Path | None
+    path: Path
     architecture: str
     context_length: int | None
 
@@ -43,15 +45,11 @@ class ServedModel:
 
     @property
     def modified_at(self) -> datetime:
-        """The model file's modification time (Ollama lists it); now when the path is unknown."""
-        if self.path is not None and self.path.exists():
-            return datetime.fromtimestamp(self.path.stat().st_mtime, tz=UTC)
-        return datetime.now(UTC)
+        """The model file's modification time, which Ollama lists."""
+        return datetime.fromtimestamp(self.path.stat().st_mtime, tz=UTC)
 
     @property
     def size_bytes(self) -> int:
-        if self.path is None or not self.path.exists():
-            return 0
         if self.path.is_dir():
             return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
         return self.path.stat().st_size
@@ -67,7 +65,9 @@ def _served_model(primary: str, others: list[str | None], **fields) -> ServedMod
 class ModelCatalog:
     """Resolves the `model` field of a request to the generation or the embedding model."""
 
-    def __init__(self, info, requested_model: str, requested_embedding_model: str | None) -> None:
+    def __init__(
+        self, info: cortexstream.ModelInfo, requested_model: str, requested_embedding_model: str | None
+    ) -> None:
         """`info` is the engine's `ModelInfo`; the requested names are what the command line said."""
         path = Path(info.path)
         # A cache name ("smollm2") is the friendliest id; a path falls back to the file stem.
@@ -82,11 +82,11 @@ class ModelCatalog:
         )
         self.embedding: ServedModel | None = None
         if info.embedding_model:
-            requested = requested_embedding_model
-            embedding_path = Path(requested) if requested and _is_path(requested) else None
+            # The engine loaded it, so the cache resolves it (its files give size and date).
+            embedding_path = cortexstream.models.resolve(requested_embedding_model or info.embedding_model)
             self.embedding = _served_model(
                 info.embedding_model,
-                [embedding_path.name if embedding_path else requested],
+                [embedding_path.name, requested_embedding_model],
                 is_embedding=True,
                 path=embedding_path,
                 architecture="bert",

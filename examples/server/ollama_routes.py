@@ -131,7 +131,7 @@ async def embeddings(body: OllamaEmbeddingsRequest, state: ReadyState):
 
 
 def _details(model: ServedModel) -> dict:
-    file_format = "gguf" if model.path is not None and model.path.suffix == ".gguf" else "safetensors"
+    file_format = "gguf" if model.path.suffix == ".gguf" else "safetensors"
     return {"parent_model": "", "format": file_format, "family": model.architecture,
             "families": [model.architecture], "parameter_size": "", "quantization_level": ""}
 

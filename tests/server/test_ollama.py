@@ -69,6 +69,7 @@ def test_tags_show_ps_and_version(ollama_client, server):
     assert tags["smollm2:latest"].details.format == "gguf"
     assert tags["smollm2:latest"].details.family == "llama"
     assert tags["smollm2:latest"].size > 50_000_000  # the 135M-parameter Q4_1 file
+    assert tags["minilm:latest"].size > 50_000_000  # 22M float32 parameters
 
     shown = ollama_client.show(MODEL)
     assert shown.capabilities == ["completion"]
