@@ -66,7 +66,7 @@ def test_metrics_count_requests_and_tokens_in_prometheus_format(server, openai_c
     assert "# TYPE cortexstream_queue_depth gauge" in text
 
 
-def test_sixteen_concurrent_streams_all_finish(server):
+def test_sixteen_concurrent_streams_all_finish_batched_together(server):
     async def one_stream(client: openai.AsyncOpenAI, i: int) -> tuple[str, str | None]:
         stream = await client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": f"Tell me about the number {i}."}],
@@ -82,10 +82,16 @@ def test_sixteen_concurrent_streams_all_finish(server):
                                       max_retries=0, timeout=120) as client:
             return await asyncio.gather(*(one_stream(client, i) for i in range(16)))
 
+    before = server.metrics()
     results = asyncio.run(all_streams())
+    after = server.metrics()
     assert len(results) == 16
     assert all(text and finish_reason in ("stop", "length") for text, finish_reason in results)
-    assert server.metrics()["cortexstream_running"] == 0
+    assert after["cortexstream_running"] == 0
+    # Continuous batching: the streams shared forward steps, so far fewer steps than tokens ran.
+    steps = after["cortexstream_steps_total"] - before["cortexstream_steps_total"]
+    tokens = after["cortexstream_generated_tokens_total"] - before["cortexstream_generated_tokens_total"]
+    assert steps < tokens / 4
 
 
 def test_client_disconnect_cancels_the_request(server):
