@@ -525,6 +525,7 @@ impl Engine {
         let context = shared.info.context_length;
         if tokens.len() >= context {
             return Err(Error::ContextLengthExceeded {
+                param: if matches!(request.prompt, Prompt::Chat(_)) { "messages" } else { "prompt" },
                 message: format!(
                     "the prompt has {} tokens but the context window is {context} tokens (at least one must remain for the completion)",
                     tokens.len()

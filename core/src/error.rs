@@ -17,6 +17,8 @@ pub enum Error {
     /// The prompt (plus the requested completion) does not fit in the context window.
     #[error("{message}")]
     ContextLengthExceeded {
+        /// `messages` for chat requests, `prompt` otherwise.
+        param: &'static str,
         message: String,
         prompt_tokens: usize,
         max_tokens: usize,
@@ -101,7 +103,7 @@ impl Error {
     pub fn param(&self) -> Option<&'static str> {
         match self {
             Error::InvalidRequest { param, .. } => Some(param),
-            Error::ContextLengthExceeded { .. } => Some("messages"),
+            Error::ContextLengthExceeded { param, .. } => Some(param),
             _ => None,
         }
     }
