@@ -139,6 +139,38 @@ pub struct Completion {
     pub error: Option<String>,
 }
 
+/// Gathers a request's events into a [`Completion`], for consumers that also look at each
+/// event as it arrives (streaming bindings).
+#[derive(Debug, Default)]
+pub struct CompletionBuilder {
+    text: String,
+    token_ids: Vec<u32>,
+    logprobs: Vec<TokenLogprobs>,
+}
+
+impl CompletionBuilder {
+    /// Adds one event; returns the completion when `event` is the `Finished` one.
+    pub fn push(&mut self, event: Event) -> Option<Completion> {
+        match event {
+            Event::Token { id, text, logprobs } => {
+                self.token_ids.push(id);
+                self.text.push_str(&text);
+                self.logprobs.extend(logprobs);
+                None
+            }
+            Event::Finished { reason, usage, timings, error } => Some(Completion {
+                text: std::mem::take(&mut self.text),
+                token_ids: std::mem::take(&mut self.token_ids),
+                finish_reason: reason,
+                usage,
+                timings,
+                logprobs: std::mem::take(&mut self.logprobs),
+                error,
+            }),
+        }
+    }
+}
+
 /// Why a receive returned no event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecvError {
@@ -226,31 +258,13 @@ impl RequestHandle {
 
     /// Drains the remaining events into a [`Completion`].
     pub fn wait(self) -> Completion {
-        let mut completion = Completion {
-            text: String::new(),
-            token_ids: Vec::new(),
-            finish_reason: FinishReason::Error,
-            usage: Usage::default(),
-            timings: Timings::default(),
-            logprobs: Vec::new(),
-            error: None,
-        };
+        let mut builder = CompletionBuilder::default();
         while let Some(event) = self.recv() {
-            match event {
-                Event::Token { id, text, logprobs } => {
-                    completion.token_ids.push(id);
-                    completion.text.push_str(&text);
-                    completion.logprobs.extend(logprobs);
-                }
-                Event::Finished { reason, usage, timings, error } => {
-                    completion.finish_reason = reason;
-                    completion.usage = usage;
-                    completion.timings = timings;
-                    completion.error = error;
-                }
+            if let Some(completion) = builder.push(event) {
+                return completion;
             }
         }
-        completion
+        unreachable!("recv yields a Finished event before it yields None")
     }
 
     /// Tracks the end of the stream. A channel closed without `Finished` means the engine

@@ -110,6 +110,22 @@ pub struct Completion {
 }
 python_repr!(Completion { text, token_ids, finish_reason, usage, timings, logprobs, error });
 
+impl Completion {
+    /// `wants_logprobs`: the request asked for log-probabilities (`None` otherwise, not `[]`).
+    pub fn new(c: cortexstream::Completion, wants_logprobs: bool) -> Self {
+        let logprobs = c.token_ids.iter().zip(c.logprobs).map(|(&id, l)| TokenLogprobs::new(id, l)).collect();
+        Self {
+            text: c.text,
+            token_ids: c.token_ids,
+            finish_reason: c.finish_reason.as_str(),
+            usage: c.usage.into(),
+            timings: c.timings.into(),
+            logprobs: wants_logprobs.then_some(logprobs),
+            error: c.error,
+        }
+    }
+}
+
 /// What the engine has loaded.
 #[pyclass(frozen, get_all, module = "cortexstream._core")]
 #[derive(Debug, Clone)]

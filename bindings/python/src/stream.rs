@@ -7,7 +7,7 @@
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use cortexstream::{Canceller, Error, Event, RecvError, RequestHandle};
+use cortexstream::{Canceller, CompletionBuilder, Error, Event, RecvError, RequestHandle};
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 
@@ -32,15 +32,9 @@ pub struct Stream {
 struct Receiver {
     /// `None` once closed; dropping the handle cancels an unfinished request.
     handle: Option<RequestHandle>,
-    collected: Collected,
-}
-
-/// The output so far, to build the `Completion` when the stream ends.
-struct Collected {
-    text: String,
-    token_ids: Vec<u32>,
-    /// `None` when the request did not ask for log-probabilities.
-    logprobs: Option<Vec<TokenLogprobs>>,
+    /// The output so far, to build the `Completion` when the stream ends.
+    collected: CompletionBuilder,
+    wants_logprobs: bool,
 }
 
 /// What one wait produced.
@@ -59,11 +53,8 @@ impl Stream {
             canceller: handle.canceller(),
             receiver: Mutex::new(Receiver {
                 handle: Some(handle),
-                collected: Collected {
-                    text: String::new(),
-                    token_ids: Vec::new(),
-                    logprobs: wants_logprobs.then(Vec::new),
-                },
+                collected: CompletionBuilder::default(),
+                wants_logprobs,
             }),
             completion: OnceLock::new(),
         }
@@ -88,55 +79,41 @@ impl Stream {
         let Some(handle) = receiver.handle.as_ref() else { return Received::Ended };
         let event = if wait.is_zero() { handle.try_recv() } else { handle.recv_timeout(wait) };
         match event {
-            Ok(event) => Received::Chunk(self.chunk_from(event, &mut receiver.collected)),
+            Ok(event) => {
+                let wants_logprobs = receiver.wants_logprobs;
+                Received::Chunk(self.chunk_from(event, &mut receiver.collected, wants_logprobs))
+            }
             Err(RecvError::Timeout | RecvError::Empty) => Received::Nothing,
             Err(RecvError::Finished) => Received::Ended,
         }
     }
 
-    fn chunk_from(&self, event: Event, collected: &mut Collected) -> Chunk {
-        match event {
-            Event::Token { id, text, logprobs } => {
-                let logprobs = logprobs.map(|l| TokenLogprobs::new(id, l));
-                collected.text.push_str(&text);
-                collected.token_ids.push(id);
-                if let (Some(all), Some(this)) = (collected.logprobs.as_mut(), logprobs.as_ref()) {
-                    all.push(this.clone());
-                }
-                Chunk {
-                    text,
-                    token_id: Some(id),
-                    logprobs,
-                    finish_reason: None,
-                    usage: None,
-                    timings: None,
-                    error: None,
-                }
-            }
-            Event::Finished { reason, usage, timings, error } => {
-                let completion = Completion {
-                    text: std::mem::take(&mut collected.text),
-                    token_ids: std::mem::take(&mut collected.token_ids),
-                    finish_reason: reason.as_str(),
-                    usage: usage.into(),
-                    timings: timings.into(),
-                    logprobs: collected.logprobs.take(),
-                    error: error.clone(),
-                };
-                let chunk = Chunk {
-                    text: String::new(),
-                    token_id: None,
-                    logprobs: None,
-                    finish_reason: Some(completion.finish_reason),
-                    usage: Some(completion.usage.clone()),
-                    timings: Some(completion.timings.clone()),
-                    error,
-                };
-                // Only the one Finished event of a request gets here, so the cell is empty.
-                let _ = self.completion.set(completion);
-                chunk
-            }
+    fn chunk_from(&self, event: Event, collected: &mut CompletionBuilder, wants_logprobs: bool) -> Chunk {
+        let chunk = match &event {
+            Event::Token { id, text, logprobs } => Chunk {
+                text: text.clone(),
+                token_id: Some(*id),
+                logprobs: logprobs.clone().map(|l| TokenLogprobs::new(*id, l)),
+                finish_reason: None,
+                usage: None,
+                timings: None,
+                error: None,
+            },
+            Event::Finished { reason, usage, timings, error } => Chunk {
+                text: String::new(),
+                token_id: None,
+                logprobs: None,
+                finish_reason: Some(reason.as_str()),
+                usage: Some((*usage).into()),
+                timings: Some((*timings).into()),
+                error: error.clone(),
+            },
+        };
+        if let Some(completion) = collected.push(event) {
+            // Only the one Finished event of a request gets here, so the cell is empty.
+            let _ = self.completion.set(Completion::new(completion, wants_logprobs));
         }
+        chunk
     }
 }
 
