@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
+/// The job generation a new pool starts at.
+const INITIAL_GENERATION: usize = 0;
+
 /// How many spin iterations a worker waits for the next job before sleeping.
 const SPIN_ITERATIONS: u32 = 20_000;
 
@@ -95,7 +98,7 @@ impl ThreadPool {
             state: Mutex::new(State { job: None, shutdown: false }),
             wake: Condvar::new(),
             done: Condvar::new(),
-            generation: AtomicUsize::new(0),
+            generation: AtomicUsize::new(INITIAL_GENERATION),
             next_task: AtomicUsize::new(0),
             remaining: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
@@ -194,7 +197,9 @@ fn work_on(shared: &Shared, f: &(dyn Fn(usize) + Sync), n_tasks: usize) {
 }
 
 fn worker_loop(shared: &Shared) {
-    let mut seen_generation = shared.generation.load(Ordering::SeqCst);
+    // Start from the generation the pool was created with, not whatever it is when this thread
+    // first runs: a job submitted before the thread started must not be mistaken for an old one.
+    let mut seen_generation = INITIAL_GENERATION;
     loop {
         // Spin a little for the next job, then sleep.
         let mut spins = 0;
