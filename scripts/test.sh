@@ -63,12 +63,13 @@ build_python() {
     VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" "$venv/bin/maturin" develop --release --quiet
 }
 
-python_tests() {
-    # pytest exits 5 when it collected nothing: that must fail, not pass.
-    "$python" -m pytest -q -p no:cacheprovider tests/python tests/server
+# pytest_suite DIR: one pytest run per folder (each has its own conftest.py helpers).
+# pytest exits 5 when it collected nothing: that must fail, not pass.
+pytest_suite() {
+    "$python" -m pytest -q -p no:cacheprovider "$1"
     local rc=$?
     if [ "$rc" -eq 5 ]; then
-        echo "pytest collected no tests" >&2
+        echo "pytest collected no tests in $1" >&2
     fi
     return "$rc"
 }
@@ -84,7 +85,8 @@ step "rust core and C ABI unit/integration tests" rust_tests
 step "C header drift, C tests, C++ example" tests/c/run.sh
 step "python module build" build_python
 step "python stubs (stubtest)" env PYTHON="$python" tests/python/check_stubs.sh
-step "python and REST server tests" python_tests
+step "python module tests" pytest_suite tests/python
+step "REST server tests" pytest_suite tests/server
 if [ -x bindings/node/test.sh ]; then
     step "node addon tests" bindings/node/test.sh
 fi
