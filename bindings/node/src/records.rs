@@ -1,0 +1,149 @@
+//! Plain JavaScript objects built from the core's results (field names become camelCase).
+
+use cortexstream::Event;
+use napi_derive::napi;
+
+/// Token counts of one request.
+#[napi(object)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub total_tokens: u32,
+    pub cached_prompt_tokens: u32,
+}
+
+impl From<cortexstream::Usage> for Usage {
+    fn from(usage: cortexstream::Usage) -> Self {
+        // Token counts are bounded by the context window, far below u32::MAX.
+        let count = |n: usize| n as u32;
+        Self {
+            prompt_tokens: count(usage.prompt_tokens),
+            completion_tokens: count(usage.completion_tokens),
+            total_tokens: count(usage.total_tokens()),
+            cached_prompt_tokens: count(usage.cached_prompt_tokens),
+        }
+    }
+}
+
+/// Nanosecond timings of one request (numbers: exact up to 104 days).
+#[napi(object)]
+pub struct Timings {
+    pub queued_ns: f64,
+    pub time_to_first_token_ns: f64,
+    pub prefill_ns: f64,
+    pub decode_ns: f64,
+    pub per_token_ns: f64,
+    pub total_ns: f64,
+}
+
+impl From<cortexstream::Timings> for Timings {
+    fn from(t: cortexstream::Timings) -> Self {
+        Self {
+            queued_ns: t.queued_ns as f64,
+            time_to_first_token_ns: t.time_to_first_token_ns as f64,
+            prefill_ns: t.prefill_ns as f64,
+            decode_ns: t.decode_ns as f64,
+            per_token_ns: t.per_token_ns as f64,
+            total_ns: t.total_ns as f64,
+        }
+    }
+}
+
+/// One alternative at a position.
+#[napi(object)]
+pub struct TopLogprob {
+    pub token_id: u32,
+    pub logprob: f64,
+}
+
+/// Log-probability of a sampled token and its top alternatives.
+#[napi(object)]
+pub struct TokenLogprobs {
+    pub token_id: u32,
+    pub logprob: f64,
+    pub top: Vec<TopLogprob>,
+}
+
+/// One item of a request's stream: a token's text, or (last) how the request ended.
+#[napi(object)]
+pub struct Chunk {
+    pub text: String,
+    pub token_id: Option<u32>,
+    pub logprobs: Option<TokenLogprobs>,
+    /// Set on the last chunk only.
+    pub finish_reason: Option<String>,
+    pub usage: Option<Usage>,
+    pub timings: Option<Timings>,
+    pub error: Option<String>,
+}
+
+impl From<&Event> for Chunk {
+    fn from(event: &Event) -> Self {
+        match event {
+            Event::Token { id, text, logprobs } => Chunk {
+                text: text.clone(),
+                token_id: Some(*id),
+                logprobs: logprobs.as_ref().map(|l| TokenLogprobs {
+                    token_id: *id,
+                    logprob: f64::from(l.logprob),
+                    top: l.top.iter().map(|t| TopLogprob { token_id: t.token_id, logprob: f64::from(t.logprob) }).collect(),
+                }),
+                finish_reason: None,
+                usage: None,
+                timings: None,
+                error: None,
+            },
+            Event::Finished { reason, usage, timings, error } => Chunk {
+                text: String::new(),
+                token_id: None,
+                logprobs: None,
+                finish_reason: Some(reason.as_str().to_owned()),
+                usage: Some((*usage).into()),
+                timings: Some((*timings).into()),
+                error: error.clone(),
+            },
+        }
+    }
+}
+
+/// The embedding model, when one is loaded.
+#[napi(object)]
+pub struct EmbeddingInfo {
+    pub name: String,
+    pub path: String,
+    pub dim: u32,
+    pub max_tokens: u32,
+}
+
+/// What the engine has loaded.
+#[napi(object)]
+pub struct ModelInfo {
+    pub name: String,
+    pub path: String,
+    pub architecture: String,
+    pub context_length: u32,
+    pub vocab_size: u32,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    pub embedding: Option<EmbeddingInfo>,
+}
+
+impl From<&cortexstream::ModelInfo> for ModelInfo {
+    fn from(info: &cortexstream::ModelInfo) -> Self {
+        Self {
+            name: info.name.clone(),
+            path: info.path.display().to_string(),
+            architecture: info.architecture.clone(),
+            context_length: info.context_length as u32,
+            vocab_size: info.vocab_size as u32,
+            bos_token_id: info.bos_token_id,
+            eos_token_id: info.eos_token_id,
+            embedding: info.embedding.as_ref().map(|e| EmbeddingInfo {
+                name: e.name.clone(),
+                path: e.path.display().to_string(),
+                dim: e.dim as u32,
+                max_tokens: e.max_tokens as u32,
+            }),
+        }
+    }
+}
