@@ -57,10 +57,12 @@ fn main() {
             .unwrap_or_else(|e| panic!("submit failed: {e}"));
         let completions: Vec<_> = handles.into_iter().map(|h| h.wait()).collect();
         let wall = start.elapsed().as_secs_f64();
-        let first_token_at = completions.iter().map(|c| c.timings.time_to_first_token_ns).min().unwrap_or(0) as f64 / 1e9;
+        let first_token_at =
+            completions.iter().map(|c| c.timings.time_to_first_token_ns).min().unwrap_or(0) as f64 / 1e9;
         let decode_tokens: usize = completions.iter().map(|c| c.usage.completion_tokens.saturating_sub(1)).sum();
         let decode_secs = (wall - first_token_at).max(1e-9);
-        let mean_ttft = completions.iter().map(|c| c.timings.time_to_first_token_ns as f64).sum::<f64>() / n as f64 / 1e9;
+        let mean_ttft =
+            completions.iter().map(|c| c.timings.time_to_first_token_ns as f64).sum::<f64>() / n as f64 / 1e9;
         let aggregate = decode_tokens as f64 / decode_secs;
         println!("{n:>8} {aggregate:>14.1} {:>14.1} {:>11.3}s", aggregate / n as f64, mean_ttft);
     }

@@ -38,11 +38,7 @@ impl StreamingText {
             return Step::Text(std::mem::take(&mut self.held));
         }
         // Earliest full match wins; for equal starts, the shortest stop string.
-        let earliest = self
-            .stops
-            .iter()
-            .filter_map(|s| self.held.find(s.as_str()).map(|at| (at, s.len())))
-            .min();
+        let earliest = self.stops.iter().filter_map(|s| self.held.find(s.as_str()).map(|at| (at, s.len()))).min();
         if let Some((at, _)) = earliest {
             let before = self.held[..at].to_string();
             self.held.clear();

@@ -20,7 +20,7 @@ use crate::metrics::{add, Metrics, MetricsSnapshot};
 use crate::models::bert::BertEmbedder;
 use crate::models::llama::LlamaModel;
 use crate::models::SeqChunk;
-use crate::request::{ChatMessage, Event, FinishReason, Prompt, Request, TokenLogprobs, Timings, Usage};
+use crate::request::{ChatMessage, Event, FinishReason, Prompt, Request, Timings, TokenLogprobs, Usage};
 use crate::sampling::Sampler;
 use crate::scheduler::{ScheduledChunk, Scheduler, SchedulerConfig};
 use crate::sequence::{panic_message, Delivery, EventCallback, EventSink, Sequence};
@@ -88,7 +88,10 @@ impl EngineConfig {
             return Err(Error::invalid("kv_cache_tokens", "must hold at least one block"));
         }
         if self.threads == Some(0) || self.context_length == Some(0) {
-            return Err(Error::invalid(if self.threads == Some(0) { "threads" } else { "context_length" }, "must be at least 1"));
+            return Err(Error::invalid(
+                if self.threads == Some(0) { "threads" } else { "context_length" },
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -349,12 +352,14 @@ impl Engine {
         };
         // Models without a template get ChatML, the de-facto default of instruct models.
         let chat_template = ChatTemplate::from_gguf(&gguf, &tokenizer)?.unwrap_or_else(ChatTemplate::chatml);
-        let embedder = config.embedding_model.as_deref().map(|dir| BertEmbedder::load(dir, Arc::clone(&pool))).transpose()?;
+        let embedder =
+            config.embedding_model.as_deref().map(|dir| BertEmbedder::load(dir, Arc::clone(&pool))).transpose()?;
 
         let mc = model.config();
         let num_blocks = config.kv_cache_tokens / config.block_size;
         let kv_capacity_tokens = num_blocks * config.block_size;
-        let context_length = config.context_length.unwrap_or(mc.context_length).min(mc.context_length).min(kv_capacity_tokens);
+        let context_length =
+            config.context_length.unwrap_or(mc.context_length).min(mc.context_length).min(kv_capacity_tokens);
         let info = ModelInfo {
             name: mc.name.clone(),
             path: config.model.clone(),
@@ -394,14 +399,8 @@ impl Engine {
             max_queue: config.max_queue,
             kv_capacity_tokens,
         });
-        let worker = StepLoop {
-            shared: Arc::clone(&shared),
-            model,
-            kv,
-            scheduler,
-            commands: command_rx,
-            logits: Vec::new(),
-        };
+        let worker =
+            StepLoop { shared: Arc::clone(&shared), model, kv, scheduler, commands: command_rx, logits: Vec::new() };
         let thread = std::thread::Builder::new()
             .name("cortexstream-engine".into())
             .spawn(move || worker.run())
@@ -527,7 +526,10 @@ impl Engine {
             }
             Prompt::Tokens(ids) => {
                 if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab_size) {
-                    return Err(Error::invalid("prompt", format!("token id {bad} is outside the vocabulary (size {vocab_size})")));
+                    return Err(Error::invalid(
+                        "prompt",
+                        format!("token id {bad} is outside the vocabulary (size {vocab_size})"),
+                    ));
                 }
                 ids.clone()
             }
@@ -588,7 +590,8 @@ impl Engine {
             first_token: None,
             last_token: None,
         };
-        let handle = RequestHandle { id, prompt_tokens: prompt_len, events: rx, cancel, finished: AtomicBool::new(false) };
+        let handle =
+            RequestHandle { id, prompt_tokens: prompt_len, events: rx, cancel, finished: AtomicBool::new(false) };
         Ok((sequence, handle))
     }
 }
@@ -816,6 +819,8 @@ fn advance(
     match seq.sink.deliver(event) {
         Delivery::Delivered => reason.map(|r| (r, None)),
         Delivery::ConsumerGone => Some((FinishReason::Cancelled, None)),
-        Delivery::CallbackPanicked(message) => Some((FinishReason::Error, Some(format!("the event callback panicked: {message}")))),
+        Delivery::CallbackPanicked(message) => {
+            Some((FinishReason::Error, Some(format!("the event callback panicked: {message}"))))
+        }
     }
 }

@@ -199,17 +199,14 @@ impl GgufFile {
     /// Opens and parses `path`. Fails with [`Error::ModelLoad`] naming the file and the problem.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|e| {
-            Error::model_load(&path, format!("cannot open file: {e}"))
-        })?;
+        let file = File::open(&path).map_err(|e| Error::model_load(&path, format!("cannot open file: {e}")))?;
         // SAFETY: the map is read-only; we assume the model file is not truncated by
         // another process while loaded, as every mmap-based loader does.
-        let mmap = unsafe { Mmap::map(&file) }
-            .map_err(|e| Error::model_load(&path, format!("cannot map file: {e}")))?;
+        let mmap =
+            unsafe { Mmap::map(&file) }.map_err(|e| Error::model_load(&path, format!("cannot map file: {e}")))?;
         let mmap = Arc::new(mmap);
-        let parsed = Parser { bytes: &mmap[..], pos: 0 }
-            .parse()
-            .map_err(|message| Error::model_load(&path, message))?;
+        let parsed =
+            Parser { bytes: &mmap[..], pos: 0 }.parse().map_err(|message| Error::model_load(&path, message))?;
         let (version, metadata, tensors) = parsed;
         let tensor_index = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
         Ok(Self { path, mmap, version, metadata, tensors, tensor_index })
@@ -255,9 +252,8 @@ impl GgufFile {
 
     /// The raw bytes of a tensor, or a load error naming the missing tensor.
     pub fn tensor_bytes(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
-        let info = self
-            .tensor_info(name)
-            .ok_or_else(|| Error::model_load(&self.path, format!("missing tensor `{name}`")))?;
+        let info =
+            self.tensor_info(name).ok_or_else(|| Error::model_load(&self.path, format!("missing tensor `{name}`")))?;
         Ok((info, &self.mmap[info.offset..info.offset + info.size]))
     }
 
@@ -341,9 +337,7 @@ impl<'a> Parser<'a> {
                 ));
             }
             let size = elements / block_elems as u64 * block_bytes as u64;
-            let start = data_start
-                .checked_add(offset)
-                .ok_or_else(|| format!("tensor `{name}` offset overflows"))?;
+            let start = data_start.checked_add(offset).ok_or_else(|| format!("tensor `{name}` offset overflows"))?;
             let end = start.checked_add(size).ok_or_else(|| format!("tensor `{name}` size overflows"))?;
             if end > file_len {
                 return Err(format!(
@@ -364,7 +358,9 @@ impl<'a> Parser<'a> {
     fn check_count(&self, count: u64, min_bytes_each: u64, what: &str) -> std::result::Result<(), String> {
         let remaining = (self.bytes.len() - self.pos) as u64;
         if count.saturating_mul(min_bytes_each) > remaining {
-            return Err(format!("header claims {count} {what}, more than the file can hold; the file is corrupt or truncated"));
+            return Err(format!(
+                "header claims {count} {what}, more than the file can hold; the file is corrupt or truncated"
+            ));
         }
         Ok(())
     }

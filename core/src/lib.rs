@@ -31,7 +31,8 @@ pub mod threadpool;
 pub mod tokenizer;
 
 pub use engine::{
-    Canceller, Completion, CompletionBuilder, EmbeddingInfo, Embeddings, Engine, EngineConfig, ModelInfo, RecvError, RequestHandle,
+    Canceller, Completion, CompletionBuilder, EmbeddingInfo, Embeddings, Engine, EngineConfig, ModelInfo, RecvError,
+    RequestHandle,
 };
 pub use error::{Error, Result};
 pub use metrics::{Histogram, MetricsSnapshot};

@@ -100,7 +100,11 @@ impl Sampler {
     fn apply_penalties(&self, logits: &mut [f32], history: &[u32]) {
         let p = &self.params;
         if p.repetition_penalty != 1.0 {
-            let window = if p.penalty_last_n == 0 { history } else { &history[history.len().saturating_sub(p.penalty_last_n)..] };
+            let window = if p.penalty_last_n == 0 {
+                history
+            } else {
+                &history[history.len().saturating_sub(p.penalty_last_n)..]
+            };
             // Penalise each distinct token once, as llama.cpp and transformers do.
             let mut seen = std::collections::HashSet::with_capacity(window.len());
             for &t in window {

@@ -154,7 +154,12 @@ impl Scheduler {
             }
             self.allocate_into(i, needed);
             let start = self.running[i].computed;
-            plan.push(ScheduledChunk { index: i, start, len, want_logits: start + len == self.running[i].tokens.len() });
+            plan.push(ScheduledChunk {
+                index: i,
+                start,
+                len,
+                want_logits: start + len == self.running[i].tokens.len(),
+            });
             budget -= len;
             i += 1;
         }
@@ -189,7 +194,12 @@ impl Scheduler {
             let index = self.running.len() - 1;
             self.allocate_into(index, needed);
             let seq = &self.running[index];
-            plan.push(ScheduledChunk { index, start: seq.computed, len, want_logits: seq.computed + len == seq.tokens.len() });
+            plan.push(ScheduledChunk {
+                index,
+                start: seq.computed,
+                len,
+                want_logits: seq.computed + len == seq.tokens.len(),
+            });
             budget -= len;
         }
         (plan, report)

@@ -7,9 +7,7 @@ mod common;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use cortexstream::{
-    ChatMessage, Engine, EngineConfig, Error, Event, FinishReason, Prompt, Request, SamplingParams,
-};
+use cortexstream::{ChatMessage, Engine, EngineConfig, Error, Event, FinishReason, Prompt, Request, SamplingParams};
 
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
@@ -149,7 +147,7 @@ fn cancel_mid_stream_ends_promptly_and_frees_blocks() {
     let canceller = handle.canceller();
     std::thread::spawn(move || canceller.cancel()).join().unwrap();
     handle.cancel(); // idempotent
-    // Within one step: at most a token or two more arrive before Finished.
+                     // Within one step: at most a token or two more arrive before Finished.
     let mut extra_tokens = 0;
     let finished = loop {
         match handle.recv_timeout(Duration::from_secs(10)).expect("finished promptly") {
@@ -241,7 +239,13 @@ fn multibyte_output_is_streamed_whole() {
 fn seeded_sampling_is_reproducible() {
     let engine = engine();
     let sample = |seed| {
-        let params = SamplingParams { temperature: 1.0, seed: Some(seed), max_tokens: Some(24), ignore_eos: true, ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.0,
+            seed: Some(seed),
+            max_tokens: Some(24),
+            ignore_eos: true,
+            ..Default::default()
+        };
         engine.generate(Request::new("My favourite animal is", params)).unwrap().token_ids
     };
     let a = sample(42);
@@ -271,8 +275,14 @@ fn invalid_requests_get_typed_errors_and_the_engine_keeps_serving() {
     assert_eq!(param_of(bad(|p| p.logprobs = Some(21))), "logprobs");
     assert_eq!(param_of(bad(|p| p.stop = vec![String::new()])), "stop");
     assert_eq!(param_of(engine.submit(Request::new("", SamplingParams::default())).unwrap_err()), "prompt");
-    assert_eq!(param_of(engine.submit(Request::new(Prompt::Tokens(vec![49152]), SamplingParams::default())).unwrap_err()), "prompt");
-    assert_eq!(param_of(engine.submit(Request::new(Prompt::Chat(vec![]), SamplingParams::default())).unwrap_err()), "messages");
+    assert_eq!(
+        param_of(engine.submit(Request::new(Prompt::Tokens(vec![49152]), SamplingParams::default())).unwrap_err()),
+        "prompt"
+    );
+    assert_eq!(
+        param_of(engine.submit(Request::new(Prompt::Chat(vec![]), SamplingParams::default())).unwrap_err()),
+        "messages"
+    );
 
     let long = "word ".repeat(9000);
     match engine.submit(Request::new(long, SamplingParams::default())).unwrap_err() {
@@ -321,7 +331,9 @@ fn logprobs_are_reported_per_token() {
 
 #[test]
 fn embeddings_run_beside_generation() {
-    let e = engine().embed(&["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby."]).unwrap();
+    let e = engine()
+        .embed(&["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby."])
+        .unwrap();
     assert_eq!(e.vectors.len(), 3);
     assert_eq!(e.vectors[0].len(), 384);
     let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
@@ -335,7 +347,8 @@ fn shutdown_cancels_in_flight_requests_then_rejects_new_work() {
     let mut config = EngineConfig::new(common::smollm2_path());
     config.kv_cache_tokens = 2048;
     let engine = Arc::new(Engine::new(config).unwrap());
-    let handles: Vec<_> = (0..4).map(|_| engine.submit(Request::new("Tell me a story.", greedy(2000))).unwrap()).collect();
+    let handles: Vec<_> =
+        (0..4).map(|_| engine.submit(Request::new("Tell me a story.", greedy(2000))).unwrap()).collect();
     let _ = handles[0].recv();
     engine.shutdown();
     for h in handles {

@@ -29,10 +29,7 @@ pub(crate) fn non_null<T>(ptr: *const T, param: &'static str) -> Result<(), Fail
 /// fails fast and nothing is computed in vain.
 pub(crate) fn check_out<T>(ptr: *mut T, param: &'static str) -> Result<(), Failure> {
     if ptr.is_null() {
-        return Err(Failure::invalid(
-            param,
-            format!("out-param `{param}` is NULL"),
-        ));
+        return Err(Failure::invalid(param, format!("out-param `{param}` is NULL")));
     }
     Ok(())
 }
@@ -41,10 +38,7 @@ pub(crate) fn check_out<T>(ptr: *mut T, param: &'static str) -> Result<(), Failu
 ///
 /// # Safety
 /// A non-NULL `ptr` must point to a NUL-terminated string that outlives `'a`.
-pub(crate) unsafe fn c_str<'a>(
-    ptr: *const c_char,
-    param: &'static str,
-) -> Result<&'a str, Failure> {
+pub(crate) unsafe fn c_str<'a>(ptr: *const c_char, param: &'static str) -> Result<&'a str, Failure> {
     // SAFETY: forwarded caller contract.
     unsafe { c_str_described(ptr, param, &format!("`{param}`")) }
 }
@@ -53,14 +47,9 @@ pub(crate) unsafe fn c_str<'a>(
 ///
 /// # Safety
 /// As for [`c_str`].
-pub(crate) unsafe fn optional_c_str<'a>(
-    ptr: *const c_char,
-    param: &'static str,
-) -> Result<Option<&'a str>, Failure> {
+pub(crate) unsafe fn optional_c_str<'a>(ptr: *const c_char, param: &'static str) -> Result<Option<&'a str>, Failure> {
     // SAFETY: forwarded caller contract.
-    (!ptr.is_null())
-        .then(|| unsafe { c_str(ptr, param) })
-        .transpose()
+    (!ptr.is_null()).then(|| unsafe { c_str(ptr, param) }).transpose()
 }
 
 /// Like [`c_str`], with `what` naming the string inside `param` (e.g. "`messages[2].role`").
@@ -77,28 +66,19 @@ pub(crate) unsafe fn c_str_described<'a>(
     }
     // SAFETY: non-NULL and NUL-terminated by the caller's contract.
     let bytes = unsafe { CStr::from_ptr(ptr) };
-    bytes
-        .to_str()
-        .map_err(|e| Failure::invalid(param, format!("{what} is not valid UTF-8 ({e})")))
+    bytes.to_str().map_err(|e| Failure::invalid(param, format!("{what} is not valid UTF-8 ({e})")))
 }
 
 /// An array given as pointer + length. NULL is accepted only with length 0.
 ///
 /// # Safety
 /// A non-NULL `ptr` must point to `len` valid `T`s that outlive `'a`.
-pub(crate) unsafe fn slice<'a, T>(
-    ptr: *const T,
-    len: usize,
-    param: &'static str,
-) -> Result<&'a [T], Failure> {
+pub(crate) unsafe fn slice<'a, T>(ptr: *const T, len: usize, param: &'static str) -> Result<&'a [T], Failure> {
     if len == 0 {
         return Ok(&[]);
     }
     if ptr.is_null() {
-        return Err(Failure::invalid(
-            param,
-            format!("`{param}` is NULL but its length is {len}"),
-        ));
+        return Err(Failure::invalid(param, format!("`{param}` is NULL but its length is {len}")));
     }
     // SAFETY: non-NULL with `len` elements by the caller's contract.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
@@ -134,24 +114,14 @@ pub(crate) unsafe fn c_str_array<'a>(
 ///
 /// # Safety
 /// A non-NULL `ptr` must point to at least `struct_size` readable bytes.
-pub(crate) unsafe fn read_sized<T: Copy>(
-    ptr: *const T,
-    defaults: T,
-    param: &'static str,
-) -> Result<T, Failure> {
+pub(crate) unsafe fn read_sized<T: Copy>(ptr: *const T, defaults: T, param: &'static str) -> Result<T, Failure> {
     non_null(ptr, param)?;
     // SAFETY: every such struct starts with a size_t, readable by the caller's contract.
     let size = unsafe { ptr.cast::<usize>().read() };
     check_struct_size::<T>(size, param)?;
     let mut value = defaults;
     // SAFETY: `size` bytes are readable at `ptr` and fit in `value` (checked above).
-    unsafe {
-        ptr::copy_nonoverlapping(
-            ptr.cast::<u8>(),
-            ptr::addr_of_mut!(value).cast::<u8>(),
-            size,
-        )
-    };
+    unsafe { ptr::copy_nonoverlapping(ptr.cast::<u8>(), ptr::addr_of_mut!(value).cast::<u8>(), size) };
     Ok(value)
 }
 
@@ -161,11 +131,7 @@ pub(crate) unsafe fn read_sized<T: Copy>(
 ///
 /// # Safety
 /// A non-NULL `out` must point to at least `out->struct_size` writable bytes.
-pub(crate) unsafe fn write_sized<T: Copy>(
-    out: *mut T,
-    value: T,
-    param: &'static str,
-) -> Result<(), Failure> {
+pub(crate) unsafe fn write_sized<T: Copy>(out: *mut T, value: T, param: &'static str) -> Result<(), Failure> {
     check_out(out, param)?;
     // SAFETY: the leading size_t is readable by the caller's contract.
     let size = unsafe { out.cast::<usize>().read() };

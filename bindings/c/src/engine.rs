@@ -8,8 +8,7 @@ use std::ptr;
 use cortexstream::{ChatMessage, Engine, Error, ModelInfo};
 
 use crate::args::{
-    c_str, c_str_array, c_str_described, check_out, read_sized, require, slice, to_c_string,
-    write_sized,
+    c_str, c_str_array, c_str_described, check_out, read_sized, require, slice, to_c_string, write_sized,
 };
 use crate::owned::{check_out_buffer, write_string, write_tokens};
 use crate::params::cs_engine_params;
@@ -104,14 +103,10 @@ impl cs_engine {
 /// CS_MODEL_LOAD, CS_IO, CS_TOKENIZER.
 /// Thread-safety: any thread.
 #[no_mangle]
-pub unsafe extern "C" fn cs_engine_new(
-    params: *const cs_engine_params,
-    out_engine: *mut *mut cs_engine,
-) -> cs_status {
+pub unsafe extern "C" fn cs_engine_new(params: *const cs_engine_params, out_engine: *mut *mut cs_engine) -> cs_status {
     guard(|| {
         // SAFETY: forwarded caller contract (documented above).
-        let params =
-            unsafe { read_sized(params, crate::params::cs_engine_default_params(), "params")? };
+        let params = unsafe { read_sized(params, crate::params::cs_engine_default_params(), "params")? };
         check_out(out_engine, "out_engine")?;
         // SAFETY: the string fields are NULL or NUL-terminated by the caller's contract.
         let engine = Engine::new(unsafe { params.to_config()? })?;
@@ -148,10 +143,7 @@ pub unsafe extern "C" fn cs_engine_free(engine: *mut cs_engine) -> cs_status {
 /// The strings in it are lent by the engine until `cs_engine_free`.
 /// Thread-safety: any thread.
 #[no_mangle]
-pub unsafe extern "C" fn cs_engine_model_info(
-    engine: *const cs_engine,
-    out_info: *mut cs_model_info,
-) -> cs_status {
+pub unsafe extern "C" fn cs_engine_model_info(engine: *const cs_engine, out_info: *mut cs_model_info) -> cs_status {
     guard(|| {
         // SAFETY: forwarded caller contract.
         let engine = unsafe { engine_ref(engine)? };
@@ -165,11 +157,7 @@ pub unsafe extern "C" fn cs_engine_model_info(
             vocab_size: info.vocab_size,
             bos_token_id: info.bos_token_id.map_or(-1, i64::from),
             eos_token_id: info.eos_token_id.map_or(-1, i64::from),
-            embedding_model_name: engine
-                .names
-                .embedding_name
-                .as_ref()
-                .map_or(ptr::null(), |n| n.as_ptr()),
+            embedding_model_name: engine.names.embedding_name.as_ref().map_or(ptr::null(), |n| n.as_ptr()),
             embedding_dim: embedding.map_or(0, |e| e.dim),
             embedding_max_tokens: embedding.map_or(0, |e| e.max_tokens),
         };
@@ -249,9 +237,7 @@ pub unsafe extern "C" fn cs_engine_apply_chat_template(
         let engine = unsafe { engine_ref(engine)? };
         let messages = unsafe { chat_messages(messages, messages_len)? };
         check_out_buffer(out_text, out_text_len, "out_text", "out_text_len")?;
-        let text = engine
-            .engine
-            .apply_chat_template(&messages, add_generation_prompt)?;
+        let text = engine.engine.apply_chat_template(&messages, add_generation_prompt)?;
         // SAFETY: both checked non-NULL above.
         unsafe { write_string(&text, out_text, out_text_len) };
         Ok(())
@@ -280,18 +266,15 @@ pub unsafe extern "C" fn cs_engine_embed(
         let engine = unsafe { engine_ref(engine)? };
         let texts = unsafe { c_str_array(texts, texts_len, "texts")? };
         check_out(out_dim, "out_dim")?;
-        let dim = engine
-            .engine
-            .model_info()
-            .embedding
-            .as_ref()
-            .ok_or(Error::NoEmbeddingModel)?
-            .dim;
+        let dim = engine.engine.model_info().embedding.as_ref().ok_or(Error::NoEmbeddingModel)?.dim;
         let needed = texts.len() * dim;
         if out_vectors_len < needed {
             return Err(Failure::invalid(
                 "out_vectors",
-                format!("buffer holds {out_vectors_len} floats but {} texts of dimension {dim} need {needed}", texts.len()),
+                format!(
+                    "buffer holds {out_vectors_len} floats but {} texts of dimension {dim} need {needed}",
+                    texts.len()
+                ),
             ));
         }
         check_out(out_vectors, "out_vectors")?;
@@ -311,10 +294,7 @@ pub unsafe extern "C" fn cs_engine_embed(
 ///
 /// # Safety
 /// As for [`slice`], and every message's strings as for [`c_str`].
-pub(crate) unsafe fn chat_messages(
-    messages: *const cs_chat_message,
-    len: usize,
-) -> Result<Vec<ChatMessage>, Failure> {
+pub(crate) unsafe fn chat_messages(messages: *const cs_chat_message, len: usize) -> Result<Vec<ChatMessage>, Failure> {
     // SAFETY: forwarded caller contract.
     let messages = unsafe { slice(messages, len, "messages")? };
     messages
@@ -322,11 +302,8 @@ pub(crate) unsafe fn chat_messages(
         .enumerate()
         .map(|(i, m)| {
             // SAFETY (both): forwarded caller contract.
-            let role =
-                unsafe { c_str_described(m.role, "messages", &format!("`messages[{i}].role`"))? };
-            let content = unsafe {
-                c_str_described(m.content, "messages", &format!("`messages[{i}].content`"))?
-            };
+            let role = unsafe { c_str_described(m.role, "messages", &format!("`messages[{i}].role`"))? };
+            let content = unsafe { c_str_described(m.content, "messages", &format!("`messages[{i}].content`"))? };
             Ok(ChatMessage::new(role, content))
         })
         .collect()

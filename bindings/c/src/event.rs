@@ -141,21 +141,12 @@ impl EventBuffer {
                     text_len: text.len(),
                     has_logprobs: logprobs.is_some(),
                     logprob: logprobs.as_ref().map_or(0.0, |lp| lp.logprob),
-                    top_logprobs: if self.top_logprobs.is_empty() {
-                        ptr::null()
-                    } else {
-                        self.top_logprobs.as_ptr()
-                    },
+                    top_logprobs: if self.top_logprobs.is_empty() { ptr::null() } else { self.top_logprobs.as_ptr() },
                     top_logprobs_len: self.top_logprobs.len(),
                     ..blank_event(cs_event_type::CS_EVENT_TOKEN)
                 }
             }
-            Event::Finished {
-                reason,
-                usage,
-                timings,
-                error,
-            } => {
+            Event::Finished { reason, usage, timings, error } => {
                 let error_message = error.as_deref().map_or(ptr::null(), |message| {
                     set_c_text(&mut self.error_message, message);
                     self.error_message.as_ptr().cast()
@@ -197,10 +188,7 @@ fn set_c_text(buffer: &mut Vec<u8>, text: &str) {
 }
 
 fn top_logprobs(lp: &TokenLogprobs) -> impl Iterator<Item = cs_top_logprob> + '_ {
-    lp.top.iter().map(|t| cs_top_logprob {
-        token_id: t.token_id,
-        logprob: t.logprob,
-    })
+    lp.top.iter().map(|t| cs_top_logprob { token_id: t.token_id, logprob: t.logprob })
 }
 
 impl From<FinishReason> for cs_finish_reason {

@@ -40,12 +40,7 @@ mod tests {
     /// must be bumped together with the crate version.
     #[test]
     fn version_constants_match_the_crate_version() {
-        let expected = format!(
-            "{}.{}.{}",
-            super::CS_VERSION_MAJOR,
-            super::CS_VERSION_MINOR,
-            super::CS_VERSION_PATCH
-        );
+        let expected = format!("{}.{}.{}", super::CS_VERSION_MAJOR, super::CS_VERSION_MINOR, super::CS_VERSION_PATCH);
         assert_eq!(expected, env!("CARGO_PKG_VERSION"));
     }
 }

@@ -17,8 +17,7 @@ use crate::status::{cs_status, guard, Failure};
 const HEADER: usize = 16;
 
 fn layout(data_bytes: usize) -> Layout {
-    Layout::from_size_align(HEADER + data_bytes, HEADER)
-        .expect("buffer sizes come from existing Rust slices")
+    Layout::from_size_align(HEADER + data_bytes, HEADER).expect("buffer sizes come from existing Rust slices")
 }
 
 /// Copies `items` into a library-owned buffer for C; free it with [`free_buffer`].

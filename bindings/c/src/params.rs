@@ -129,17 +129,13 @@ pub extern "C" fn cs_sampling_default_params() -> cs_sampling_params {
         frequency_penalty: defaults.frequency_penalty,
         penalty_last_n: defaults.penalty_last_n,
         seed: defaults.seed.unwrap_or(CS_SEED_RANDOM),
-        max_tokens: defaults
-            .max_tokens
-            .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
+        max_tokens: defaults.max_tokens.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
         stop: std::ptr::null(),
         stop_len: 0,
         stop_token_ids: std::ptr::null(),
         stop_token_ids_len: 0,
         ignore_eos: defaults.ignore_eos,
-        logprobs: defaults
-            .logprobs
-            .map_or(-1, |n| i32::try_from(n).unwrap_or(i32::MAX)),
+        logprobs: defaults.logprobs.map_or(-1, |n| i32::try_from(n).unwrap_or(i32::MAX)),
         priority: 0,
     }
 }
@@ -153,8 +149,7 @@ impl cs_engine_params {
         // SAFETY (all three): forwarded caller contract.
         let model = unsafe { c_str(self.model_path, "model_path")? };
         let tokenizer = unsafe { optional_c_str(self.tokenizer_path, "tokenizer_path")? };
-        let embedding_model =
-            unsafe { optional_c_str(self.embedding_model_path, "embedding_model_path")? };
+        let embedding_model = unsafe { optional_c_str(self.embedding_model_path, "embedding_model_path")? };
         let mut config = EngineConfig::new(model);
         config.tokenizer = tokenizer.map(PathBuf::from);
         config.embedding_model = embedding_model.map(PathBuf::from);
@@ -175,23 +170,13 @@ impl cs_sampling_params {
     /// # Safety
     /// `stop` and `stop_token_ids` must be NULL or hold their stated number of valid elements.
     pub(crate) unsafe fn to_core(self) -> Result<SamplingParams, Failure> {
-        let top_k = u32::try_from(self.top_k).map_err(|_| {
-            Failure::invalid(
-                "top_k",
-                format!("must be >= 0 (0 disables it), got {}", self.top_k),
-            )
-        })?;
+        let top_k = u32::try_from(self.top_k)
+            .map_err(|_| Failure::invalid("top_k", format!("must be >= 0 (0 disables it), got {}", self.top_k)))?;
         let max_tokens = optional_count(self.max_tokens, "max_tokens")?;
         let logprobs = optional_count(i64::from(self.logprobs), "logprobs")?;
         // SAFETY (both): forwarded caller contract.
         let stop = unsafe { c_str_array(self.stop, self.stop_len, "stop")? };
-        let stop_token_ids = unsafe {
-            slice(
-                self.stop_token_ids,
-                self.stop_token_ids_len,
-                "stop_token_ids",
-            )?
-        };
+        let stop_token_ids = unsafe { slice(self.stop_token_ids, self.stop_token_ids_len, "stop_token_ids")? };
         Ok(SamplingParams {
             temperature: self.temperature,
             top_k,

@@ -21,8 +21,7 @@ use crate::status::{cs_status, guard, Failure};
 /// they delay every request in the batch. The callback must not throw or longjmp across the
 /// library, nor call `cs_engine_free`. `user_data` must stay valid until the FINISHED call.
 #[allow(non_camel_case_types)]
-pub type cs_event_callback =
-    Option<unsafe extern "C" fn(event: *const cs_event, user_data: *mut c_void) -> bool>;
+pub type cs_event_callback = Option<unsafe extern "C" fn(event: *const cs_event, user_data: *mut c_void) -> bool>;
 
 /// A submitted request.
 ///
@@ -83,16 +82,7 @@ pub unsafe extern "C" fn cs_engine_submit_text(
     guard(|| {
         // SAFETY (all): forwarded caller contract.
         let prompt = unsafe { c_str(prompt, "prompt")? };
-        unsafe {
-            submit(
-                engine,
-                Prompt::Text(prompt.to_owned()),
-                params,
-                callback,
-                user_data,
-                out_request,
-            )
-        }
+        unsafe { submit(engine, Prompt::Text(prompt.to_owned()), params, callback, user_data, out_request) }
     })
 }
 
@@ -110,16 +100,7 @@ pub unsafe extern "C" fn cs_engine_submit_tokens(
     guard(|| {
         // SAFETY (all): forwarded caller contract.
         let tokens = unsafe { slice(tokens, tokens_len, "tokens")? };
-        unsafe {
-            submit(
-                engine,
-                Prompt::Tokens(tokens.to_vec()),
-                params,
-                callback,
-                user_data,
-                out_request,
-            )
-        }
+        unsafe { submit(engine, Prompt::Tokens(tokens.to_vec()), params, callback, user_data, out_request) }
     })
 }
 
@@ -138,16 +119,7 @@ pub unsafe extern "C" fn cs_engine_submit_chat(
     guard(|| {
         // SAFETY (all): forwarded caller contract.
         let messages = unsafe { chat_messages(messages, messages_len)? };
-        unsafe {
-            submit(
-                engine,
-                Prompt::Chat(messages),
-                params,
-                callback,
-                user_data,
-                out_request,
-            )
-        }
+        unsafe { submit(engine, Prompt::Chat(messages), params, callback, user_data, out_request) }
     })
 }
 
@@ -169,10 +141,7 @@ unsafe fn submit(
     let request = Request::new(prompt, unsafe { params.to_core()? }).with_priority(params.priority);
     check_out(out_request, "out_request")?;
     let stream = match callback {
-        None => Stream {
-            handle: engine.submit(request)?,
-            pulled: Some(Pulled::default()),
-        },
+        None => Stream { handle: engine.submit(request)?, pulled: Some(Pulled::default()) },
         Some(callback) => {
             let user_data = UserData(user_data);
             let mut buffer = EventBuffer::default();
@@ -181,17 +150,11 @@ unsafe fn submit(
                 // SAFETY: the caller supplied a valid callback; `view` outlives the call.
                 unsafe { callback(&view, user_data.get()) }
             };
-            Stream {
-                handle: engine.submit_with_callback(request, Box::new(forward))?,
-                pulled: None,
-            }
+            Stream { handle: engine.submit_with_callback(request, Box::new(forward))?, pulled: None }
         }
     };
-    let request = cs_request {
-        id: stream.handle.id(),
-        canceller: stream.handle.canceller(),
-        stream: Mutex::new(stream),
-    };
+    let request =
+        cs_request { id: stream.handle.id(), canceller: stream.handle.canceller(), stream: Mutex::new(stream) };
     // SAFETY: checked non-NULL above.
     unsafe { out_request.write(Box::into_raw(Box::new(request))) };
     Ok(())
@@ -223,18 +186,13 @@ pub unsafe extern "C" fn cs_request_next_event(
         // SAFETY: forwarded caller contract.
         let request = unsafe { request_ref(request)? };
         check_out(out_event, "out_event")?;
-        let mut stream = request.stream.lock().map_err(|_| {
-            Failure::new(
-                cs_status::CS_INTERNAL,
-                "request state poisoned by an earlier panic",
-            )
-        })?;
+        let mut stream = request
+            .stream
+            .lock()
+            .map_err(|_| Failure::new(cs_status::CS_INTERNAL, "request state poisoned by an earlier panic"))?;
         let Stream { handle, pulled } = &mut *stream;
         let Some(Pulled { buffer, current }) = pulled else {
-            return Err(Failure::invalid(
-                "request",
-                "it was submitted with a callback, which receives its events",
-            ));
+            return Err(Failure::invalid("request", "it was submitted with a callback, which receives its events"));
         };
         let event = receive(handle, timeout_ms)?;
         let event: *const cs_event = current.insert(buffer.view(&event));
@@ -251,14 +209,12 @@ fn receive(handle: &RequestHandle, timeout_ms: i64) -> Result<Event, Failure> {
         Ok(ms) => handle.recv_timeout(Duration::from_millis(ms)),
     };
     outcome.map_err(|e| match e {
-        RecvError::Timeout | RecvError::Empty => Failure::new(
-            cs_status::CS_TIMEOUT,
-            format!("no event within {timeout_ms} ms"),
-        ),
-        RecvError::Finished => Failure::new(
-            cs_status::CS_END_OF_STREAM,
-            "the request's FINISHED event was already delivered",
-        ),
+        RecvError::Timeout | RecvError::Empty => {
+            Failure::new(cs_status::CS_TIMEOUT, format!("no event within {timeout_ms} ms"))
+        }
+        RecvError::Finished => {
+            Failure::new(cs_status::CS_END_OF_STREAM, "the request's FINISHED event was already delivered")
+        }
     })
 }
 

@@ -59,11 +59,7 @@ pub(crate) struct Failure {
 impl Failure {
     /// A failure without a core error behind it (timeouts, end of stream, caught panics).
     pub(crate) fn new(status: cs_status, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-            param: None,
-        }
+        Self { status, message: message.into(), param: None }
     }
 
     /// A bad argument; `param` names it as the header spells it.
@@ -74,11 +70,7 @@ impl Failure {
 
 impl From<Error> for Failure {
     fn from(error: Error) -> Self {
-        Self {
-            status: status_of(&error),
-            message: error.to_string(),
-            param: error.param(),
-        }
+        Self { status: status_of(&error), message: error.to_string(), param: error.param() }
     }
 }
 
@@ -116,19 +108,13 @@ pub(crate) fn guard(body: impl FnOnce() -> Result<(), Failure>) -> cs_status {
     // Unwind safety: after a panic the only shared state touched again is behind mutexes,
     // whose poisoning is reported as CS_INTERNAL by the callers that lock them.
     let outcome = catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|payload| {
-        Err(Failure::new(
-            cs_status::CS_INTERNAL,
-            format!("internal error: panic: {}", panic_message(&*payload)),
-        ))
+        Err(Failure::new(cs_status::CS_INTERNAL, format!("internal error: panic: {}", panic_message(&*payload))))
     });
     match outcome {
         Ok(()) => cs_status::CS_OK,
         Err(failure) => {
             let status = failure.status;
-            let last = LastError {
-                message: to_c_string(&failure.message),
-                param: failure.param.map(to_c_string),
-            };
+            let last = LastError { message: to_c_string(&failure.message), param: failure.param.map(to_c_string) };
             LAST_ERROR.with(|slot| *slot.borrow_mut() = Some(last));
             status
         }
@@ -150,11 +136,7 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
 /// Thread-safety: each thread has its own last error.
 #[no_mangle]
 pub extern "C" fn cs_last_error_message() -> *const c_char {
-    LAST_ERROR.with(|slot| {
-        slot.borrow()
-            .as_ref()
-            .map_or(c"".as_ptr(), |last| last.message.as_ptr())
-    })
+    LAST_ERROR.with(|slot| slot.borrow().as_ref().map_or(c"".as_ptr(), |last| last.message.as_ptr()))
 }
 
 /// The argument or request field at fault in the last failed call on the calling thread
@@ -164,9 +146,6 @@ pub extern "C" fn cs_last_error_message() -> *const c_char {
 #[no_mangle]
 pub extern "C" fn cs_last_error_param() -> *const c_char {
     LAST_ERROR.with(|slot| {
-        slot.borrow()
-            .as_ref()
-            .and_then(|last| last.param.as_ref())
-            .map_or(std::ptr::null(), |p| p.as_ptr())
+        slot.borrow().as_ref().and_then(|last| last.param.as_ref()).map_or(std::ptr::null(), |p| p.as_ptr())
     })
 }
