@@ -129,7 +129,7 @@ impl NativeEngine {
         let handle = request
             .and_then(|request| self.engine.submit_with_callback(request, Box::new(forward)))
             .map_err(|e| to_js_error(env, e))?;
-        Ok(NativeRequest { handle })
+        Ok(NativeRequest { handle, _engine: Arc::clone(&self.engine) })
     }
 }
 
@@ -138,6 +138,9 @@ impl NativeEngine {
 #[napi]
 pub struct NativeRequest {
     handle: RequestHandle,
+    /// Keeps the engine alive while the request runs even if JavaScript drops the `Engine`:
+    /// the chunk function (which references this object) is rooted until the request ends.
+    _engine: Arc<Engine>,
 }
 
 #[napi]

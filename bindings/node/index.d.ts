@@ -1,0 +1,295 @@
+/**
+ * cortexstream for Node.js: a llama-family GGUF model served by a continuous-batching engine
+ * on its own thread, plus a sentence-embedding model beside it.
+ *
+ * Every call that waits returns a Promise; the JavaScript thread never blocks on the engine
+ * (only `new Engine()` loads the model synchronously). Errors are `Error`s with a stable
+ * `code` (see {@link CortexstreamError}).
+ *
+ * @example
+ * ```js
+ * import { Engine } from 'cortexstream';
+ * const engine = new Engine();
+ * for await (const chunk of engine.stream('The quick brown fox', { maxTokens: 32 })) {
+ *   process.stdout.write(chunk.text);
+ * }
+ * await engine.close();
+ * ```
+ */
+
+/** How to build an {@link Engine}. Unset options take the core's defaults. */
+export interface EngineOptions {
+  /** GGUF file; default: SmolLM2-135M-Instruct (Q4_1) in the model cache ({@link modelsDir}). */
+  model?: string;
+  /** A `tokenizer.json` to use instead of the GGUF's own tokenizer. */
+  tokenizer?: string;
+  /**
+   * A sentence-transformers folder for {@link Engine.embed}; default: `minilm/` in the model
+   * cache when it is there. `null` or `false` loads no embedding model.
+   */
+  embeddingModel?: string | null | false;
+  /** Most sequences in the running batch (default 32). */
+  maxRunning?: number;
+  /** Token budget of one engine step: decode tokens plus prompt chunks (default 2048). */
+  maxBatchTokens?: number;
+  /** Total KV cache capacity in tokens, shared by all requests (default 16384). */
+  kvCacheTokens?: number;
+  /** Tokens per KV cache block (default 16). */
+  blockSize?: number;
+  /** Context window; default and maximum: the model's. */
+  contextLength?: number;
+  /** Compute threads; default: the physical cores. */
+  threads?: number;
+  /** Most requests waiting for a running slot; beyond it submits fail with `overloaded` (default 256). */
+  maxQueue?: number;
+}
+
+/** Sampling, stopping and cancellation options of one request. */
+export interface GenerateOptions {
+  /** Most tokens to generate; default: up to the context window. */
+  maxTokens?: number;
+  /** 0 is greedy (default 0.8). */
+  temperature?: number;
+  /** Keep the k most likely tokens; 0 disables (default 40). */
+  topK?: number;
+  /** Nucleus sampling in (0, 1]; 1 disables (default 0.95). */
+  topP?: number;
+  /** Min-p in [0, 1]; 0 disables (default 0.05). */
+  minP?: number;
+  /** Multiplicative penalty on tokens already seen; 1 disables (default 1). */
+  repetitionPenalty?: number;
+  /** OpenAI presence penalty in [-2, 2] (default 0). */
+  presencePenalty?: number;
+  /** OpenAI frequency penalty in [-2, 2] (default 0). */
+  frequencyPenalty?: number;
+  /** How many recent tokens the penalties look at; 0 is all (default 64). */
+  penaltyLastN?: number;
+  /** Seed of this request's sampler; default: random. */
+  seed?: number;
+  /** Strings that end generation; never part of the output. */
+  stop?: string | string[];
+  /** Token ids that end generation, besides the model's end-of-generation tokens. */
+  stopTokenIds?: number[];
+  /** Keep generating past end-of-generation tokens. */
+  ignoreEos?: boolean;
+  /** Report each sampled token's log-probability and this many top alternatives (at most 20). */
+  logprobs?: number;
+  /** Higher runs first; equal priorities run in arrival order (default 0). */
+  priority?: number;
+  /**
+   * Aborting cancels the request in the engine; the promise (or iteration) then rejects with
+   * `signal.reason` (an `AbortError` by default) once the engine has ended the request.
+   */
+  signal?: AbortSignal;
+}
+
+/** One chat message. */
+export interface ChatMessage {
+  role: 'system' | 'user' | 'assistant' | (string & {});
+  content: string;
+}
+
+/** Why a request ended. `cancelled` also covers {@link Engine.close}. */
+export type FinishReason = 'stop' | 'length' | 'cancelled' | 'error';
+
+/** Token counts of one request. */
+export interface Usage {
+  promptTokens: number;
+  completionTokens: number;
+  totalTokens: number;
+  /** Prompt tokens served from the prefix cache instead of being computed. */
+  cachedPromptTokens: number;
+}
+
+/** Nanosecond timings of one request. */
+export interface Timings {
+  /** Submit until first scheduled. */
+  queuedNs: number;
+  /** Submit until the first token. */
+  timeToFirstTokenNs: number;
+  /** First scheduled until the first token. */
+  prefillNs: number;
+  /** First token until the end. */
+  decodeNs: number;
+  /** Mean time per token after the first. */
+  perTokenNs: number;
+  /** Submit until the end. */
+  totalNs: number;
+}
+
+/** Log-probability of a sampled token and its top alternatives. */
+export interface TokenLogprobs {
+  tokenId: number;
+  logprob: number;
+  top: { tokenId: number; logprob: number }[];
+}
+
+/**
+ * One piece of a stream. Token chunks carry `tokenId` and the newly visible `text` (possibly
+ * empty while a multi-byte character or a possible stop string is held back); the last chunk
+ * has empty text and carries `finishReason`, `usage` and `timings`.
+ */
+export interface Chunk {
+  text: string;
+  tokenId?: number;
+  /** Present when `logprobs` was requested. */
+  logprobs?: TokenLogprobs;
+  finishReason?: FinishReason;
+  usage?: Usage;
+  timings?: Timings;
+  /** Set when `finishReason` is `error`. */
+  error?: string;
+}
+
+/** The whole result of one request. */
+export interface Completion {
+  text: string;
+  /** Every sampled token, including an end-of-generation token that ended the request. */
+  tokenIds: number[];
+  finishReason: FinishReason;
+  usage: Usage;
+  timings: Timings;
+  /** One entry per token when `logprobs` was requested. */
+  logprobs?: TokenLogprobs[];
+  /** Set when `finishReason` is `error`. */
+  error?: string;
+}
+
+/** What the engine has loaded. */
+export interface ModelInfo {
+  name: string;
+  path: string;
+  architecture: string;
+  /** The effective context window. */
+  contextLength: number;
+  vocabSize: number;
+  bosTokenId?: number;
+  eosTokenId?: number;
+  embedding?: { name: string; path: string; dim: number; maxTokens: number };
+}
+
+/** A histogram with cumulative buckets `[upperBound, count]`, as Prometheus exposes them. */
+export interface Histogram {
+  buckets: [number, number][];
+  sum: number;
+  count: number;
+}
+
+/** The engine's counters (since start), gauges (now) and histograms. */
+export interface Metrics {
+  requestsSubmitted: number;
+  requestsFinished: number;
+  requestsCancelled: number;
+  requestsFailed: number;
+  requestsRejected: number;
+  queueDepth: number;
+  running: number;
+  promptTokensTotal: number;
+  prefillTokensTotal: number;
+  prefixCacheHitTokens: number;
+  generatedTokensTotal: number;
+  steps: number;
+  preemptions: number;
+  kvBlocksTotal: number;
+  kvBlocksFree: number;
+  embeddingRequests: number;
+  batchSize: Histogram;
+  timeToFirstTokenSeconds: Histogram;
+  perTokenSeconds: Histogram;
+}
+
+/**
+ * The errors cortexstream throws and rejects with: plain `Error`s with a stable `code`, the
+ * same string the C library, the Python package and the REST server report.
+ */
+export interface CortexstreamError extends Error {
+  code:
+    | 'invalid_request'
+    | 'context_length_exceeded'
+    | 'model_load_error'
+    | 'model_not_found'
+    | 'tokenizer_error'
+    | 'chat_template_error'
+    | 'engine_closed'
+    | 'overloaded'
+    | 'cancelled'
+    | 'no_embedding_model'
+    | 'internal_error'
+    | 'io_error';
+  /** The option at fault (`temperature`, `topP`, `maxTokens`, `prompt`, ...), when there is one. */
+  param?: string;
+}
+
+/**
+ * A request's chunks as they are generated, for `for await`. Breaking out of the loop
+ * cancels the request.
+ */
+export interface ChunkStream extends AsyncIterable<Chunk> {
+  /** The whole result once the request ends; rejects like the iteration does. */
+  readonly completion: Promise<Completion>;
+  /** Asks the engine to stop; the stream then ends with finishReason `cancelled`. */
+  cancel(): void;
+}
+
+/** A loaded model serving any number of concurrent requests. */
+export declare class Engine {
+  /**
+   * Loads the model (synchronously, about half a second for the default) and starts the
+   * engine thread. Throws a {@link CortexstreamError} (`model_load_error`, `invalid_request`).
+   */
+  constructor(options?: EngineOptions);
+
+  /** Generates a completion of a text prompt or of token ids. */
+  generate(prompt: string | number[], options?: GenerateOptions): Promise<Completion>;
+
+  /** Generates the assistant's reply to chat messages, rendered with the model's template. */
+  chat(messages: ChatMessage[], options?: GenerateOptions): Promise<Completion>;
+
+  /** Streams a completion; errors (invalid options, aborts) surface while iterating. */
+  stream(prompt: string | number[], options?: GenerateOptions): ChunkStream;
+
+  /** Streams the assistant's reply to chat messages. */
+  streamChat(messages: ChatMessage[], options?: GenerateOptions): ChunkStream;
+
+  /**
+   * Streams a completion to `callback`, called on the JavaScript thread for every chunk (the
+   * last one included). If the callback throws, the request is cancelled and the promise
+   * rejects with what it threw.
+   */
+  streamWithCallback(
+    prompt: string | number[],
+    options: GenerateOptions | undefined,
+    callback: (chunk: Chunk) => void,
+  ): Promise<Completion>;
+  streamWithCallback(prompt: string | number[], callback: (chunk: Chunk) => void): Promise<Completion>;
+
+  /** Unit-length embedding vectors, one per text; rejects with `no_embedding_model` without one. */
+  embed(texts: string | string[]): Promise<number[][]>;
+
+  /** Token ids of `text`; special tokens such as BOS only when asked for. */
+  tokenize(text: string, addSpecialTokens?: boolean): number[];
+
+  /** Text of token ids. */
+  detokenize(ids: number[]): string;
+
+  /** Renders chat messages with the model's template, by default ending with the assistant header. */
+  applyChatTemplate(messages: ChatMessage[], addGenerationPrompt?: boolean): string;
+
+  /** What the engine has loaded. */
+  readonly modelInfo: ModelInfo;
+
+  /** A snapshot of the engine's metrics. */
+  metrics(): Metrics;
+
+  /** Whether {@link Engine.close} has been called. */
+  readonly closed: boolean;
+
+  /**
+   * Cancels every request in flight or queued (they end with finishReason `cancelled`) and stops
+   * the engine thread. Idempotent; afterwards new requests fail with `engine_closed`.
+   */
+  close(): Promise<void>;
+}
+
+/** The model cache: `$CORTEXSTREAM_CACHE/models`, default `~/.cache/cortexstream/models`. */
+export declare function modelsDir(): string;

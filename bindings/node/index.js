@@ -1,0 +1,6 @@
+'use strict';
+// cortexstream for Node.js; the API is documented in index.d.ts.
+const { Engine } = require('./lib/engine');
+const { modelsDir } = require('./lib/models');
+
+module.exports = { Engine, modelsDir };

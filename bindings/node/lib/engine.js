@@ -1,0 +1,76 @@
+'use strict';
+// The public `Engine`: promises, async iteration and AbortSignal over the native engine.
+const { NativeEngine } = require('./native');
+const { withDefaultModels } = require('./models');
+const { runRequest, ChunkStream } = require('./request');
+
+class Engine {
+  #native;
+
+  constructor(options = {}) {
+    this.#native = new NativeEngine(withDefaultModels(options));
+  }
+
+  generate(prompt, options) {
+    return runRequest(this.#submit(prompt, options), options).completion;
+  }
+
+  chat(messages, options) {
+    return runRequest(this.#submitChat(messages, options), options).completion;
+  }
+
+  stream(prompt, options) {
+    return new ChunkStream(this.#submit(prompt, options), options);
+  }
+
+  streamChat(messages, options) {
+    return new ChunkStream(this.#submitChat(messages, options), options);
+  }
+
+  streamWithCallback(prompt, options, callback) {
+    if (typeof options === 'function') [options, callback] = [undefined, options];
+    return runRequest(this.#submit(prompt, options), options, callback).completion;
+  }
+
+  async embed(texts) {
+    return this.#native.embed(typeof texts === 'string' ? [texts] : texts);
+  }
+
+  tokenize(text, addSpecialTokens = false) {
+    return this.#native.tokenize(text, addSpecialTokens);
+  }
+
+  detokenize(ids) {
+    return this.#native.detokenize(ids);
+  }
+
+  applyChatTemplate(messages, addGenerationPrompt = true) {
+    return this.#native.applyChatTemplate(messages, addGenerationPrompt);
+  }
+
+  get modelInfo() {
+    return this.#native.modelInfo;
+  }
+
+  metrics() {
+    return this.#native.metrics();
+  }
+
+  get closed() {
+    return this.#native.closed;
+  }
+
+  async close() {
+    return this.#native.close();
+  }
+
+  #submit(prompt, options) {
+    return (onChunk) => this.#native.submit(prompt, options, onChunk);
+  }
+
+  #submitChat(messages, options) {
+    return (onChunk) => this.#native.submitChat(messages, options, onChunk);
+  }
+}
+
+module.exports = { Engine };
