@@ -124,8 +124,9 @@ impl NativeEngine {
     fn start(&self, env: &Env, request: Result<Request, Error>, on_chunk: ChunkSink) -> napi::Result<NativeRequest> {
         // Runs on the engine thread and only queues the chunk; if JavaScript is gone
         // (the environment is shutting down) the request is cancelled.
-        let forward =
-            move |event: &Event| on_chunk.call(Chunk::from(event), ThreadsafeFunctionCallMode::NonBlocking) == Status::Ok;
+        let forward = move |event: &Event| {
+            on_chunk.call(Chunk::from(event), ThreadsafeFunctionCallMode::NonBlocking) == Status::Ok
+        };
         let handle = request
             .and_then(|request| self.engine.submit_with_callback(request, Box::new(forward)))
             .map_err(|e| to_js_error(env, e))?;

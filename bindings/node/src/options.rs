@@ -124,8 +124,12 @@ pub fn request(prompt: Prompt, options: Option<GenerateOptions>) -> Result<Reque
         Some(Either::A(single)) => vec![single],
         Some(Either::B(many)) => many,
     };
-    p.stop_token_ids =
-        o.stop_token_ids.unwrap_or_default().into_iter().map(|id| whole(id, "stopTokenIds")).collect::<Result<_, _>>()?;
+    p.stop_token_ids = o
+        .stop_token_ids
+        .unwrap_or_default()
+        .into_iter()
+        .map(|id| whole(id, "stopTokenIds"))
+        .collect::<Result<_, _>>()?;
     let priority = o.priority.map(|v| whole(v, "priority")).transpose()?.unwrap_or(0);
     Ok(Request::new(prompt, p).with_priority(priority))
 }

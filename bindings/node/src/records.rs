@@ -86,7 +86,11 @@ impl From<&Event> for Chunk {
                 logprobs: logprobs.as_ref().map(|l| TokenLogprobs {
                     token_id: *id,
                     logprob: f64::from(l.logprob),
-                    top: l.top.iter().map(|t| TopLogprob { token_id: t.token_id, logprob: f64::from(t.logprob) }).collect(),
+                    top: l
+                        .top
+                        .iter()
+                        .map(|t| TopLogprob { token_id: t.token_id, logprob: f64::from(t.logprob) })
+                        .collect(),
                 }),
                 finish_reason: None,
                 usage: None,
