@@ -499,7 +499,7 @@ impl Engine {
         if shared.queued.fetch_add(1, Ordering::AcqRel) >= shared.max_queue {
             shared.queued.fetch_sub(1, Ordering::AcqRel);
             add(&metrics.requests_rejected, 1);
-            return Err(Error::Overloaded(format!("{} requests are already waiting", shared.max_queue)));
+            return Err(Error::Overloaded(format!("the request queue is full (max_queue = {})", shared.max_queue)));
         }
         if self.commands.send(Command::Submit(Box::new(sequence))).is_err() {
             shared.queued.fetch_sub(1, Ordering::AcqRel);

@@ -370,3 +370,22 @@ fn unloadable_models_give_errors_naming_the_file() {
     assert!(matches!(err, Error::ModelLoad { .. }), "{err:?}");
     assert!(err.to_string().contains("config.json") && err.to_string().contains("not a GGUF"), "{err}");
 }
+
+#[test]
+fn past_the_queue_limit_submit_fails_with_overloaded() {
+    let mut config = EngineConfig::new(common::smollm2_path());
+    config.max_running = 1;
+    config.max_queue = 1;
+    config.kv_cache_tokens = 2048;
+    let engine = Engine::new(config).unwrap();
+    let running = engine.submit(Request::new("Tell me a story.", greedy(2000))).unwrap();
+    let _ = running.recv(); // it is running now, so the queue is empty
+    let waiting = engine.submit(Request::new("Tell me a story.", greedy(4))).unwrap();
+    match engine.submit(Request::new("Tell me a story.", greedy(4))) {
+        Err(Error::Overloaded(message)) => assert!(message.contains("queue is full"), "{message}"),
+        other => panic!("expected Overloaded, got {other:?}"),
+    }
+    assert_eq!(engine.metrics().requests_rejected, 1);
+    running.cancel();
+    assert_eq!(waiting.wait().finish_reason, FinishReason::Length, "the queued request still runs");
+}
