@@ -1,0 +1,147 @@
+"""The llama.cpp side: llama-bench for single-stream decode and prefill, llama-server for
+time to first token and concurrent streams. Binaries come from setup_peer.sh."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+from machine import peak_rss_bytes
+from streams import StreamTiming
+from workload import Workload
+
+SERVER_START_TIMEOUT_S = 120.0
+REQUEST_TIMEOUT_S = 900.0
+
+
+def bench(bin_dir: Path, work: Workload) -> Dict[str, float]:
+    """llama-bench's own prefill (pp) and decode (tg) rates, averaged over the repeats."""
+    command = [
+        str(bin_dir / "llama-bench"), "-m", work.model, "-t", str(work.threads),
+        "-p", str(work.prefill_tokens), "-n", str(work.decode_tokens), "-r", str(work.repeats), "-o", "json",
+    ]
+    output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=900).stdout
+    rates = {}
+    for test in json.loads(output):
+        rates["decode_tok_s" if test["n_gen"] else "prefill_tok_s"] = test["avg_ts"]
+    return rates
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class LlamaServer:
+    """A llama-server with one slot per stream and continuous batching, on a free loopback port;
+    a context manager that always stops it."""
+
+    def __init__(self, bin_dir: Path, work: Workload) -> None:
+        self.work = work
+        self.port = free_loopback_port()
+        self.log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)
+        self.process = subprocess.Popen(
+            [
+                str(bin_dir / "llama-server"), "-m", work.model, "-t", str(work.threads), "-tb", str(work.threads),
+                "--parallel", str(work.max_streams), "--cont-batching", "-c", str(work.kv_tokens),
+                "--host", "127.0.0.1", "--port", str(self.port),
+            ],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+
+    def __enter__(self) -> "LlamaServer":
+        try:
+            self._wait_until_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+        Path(self.log.name).unlink(missing_ok=True)
+
+    def _wait_until_ready(self) -> None:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"llama-server exited with {self.process.returncode}:\n{self._log_tail()}")
+            try:
+                status, _ = self._request("GET", "/health", None, timeout=2)
+                if status == 200:
+                    return
+            except OSError:
+                pass  # not listening yet
+            time.sleep(0.2)
+        raise TimeoutError(f"llama-server not ready after {SERVER_START_TIMEOUT_S:.0f}s:\n{self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-20:])
+
+    def _request(self, method: str, path: str, body: Any, timeout: float):
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            connection.request(method, path, body=None if body is None else json.dumps(body),
+                               headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def peak_rss_bytes(self) -> int:
+        return peak_rss_bytes(self.process.pid)
+
+    def stream_completion(self, prompt: str, n_predict: int) -> StreamTiming:
+        """One streamed /completion, greedy, ignoring EOS, without prompt caching, timed as
+        the client sees it: first token when the first chunk with text (or the end) arrives."""
+        body = {"prompt": prompt, "n_predict": n_predict, "ignore_eos": True, "temperature": 0.0,
+                "cache_prompt": False, "stream": True}
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=REQUEST_TIMEOUT_S)
+        try:
+            submitted = time.perf_counter()
+            connection.request("POST", "/completion", body=json.dumps(body),
+                               headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            if response.status != 200:
+                raise RuntimeError(f"llama-server /completion: HTTP {response.status} {response.read()[:300]!r}")
+            first_token = None
+            for event in _sse_events(response):
+                if first_token is None and (event.get("content") or event.get("stop")):
+                    first_token = time.perf_counter()
+                if event.get("stop"):
+                    return StreamTiming(submitted, first_token, time.perf_counter(), event["timings"]["predicted_n"])
+            raise RuntimeError("llama-server stream ended without a final chunk")
+        finally:
+            connection.close()
+
+    def ttft_s(self, prompt: str, repeats: int) -> List[float]:
+        """Time to first token of ``prompt`` alone, once per repeat."""
+        times = []
+        for _ in range(repeats):
+            timing = self.stream_completion(prompt, n_predict=1)
+            times.append(timing.first_token - timing.submitted)
+        return times
+
+
+def _sse_events(response: http.client.HTTPResponse):
+    for raw in response:
+        line = raw.decode().strip()
+        if line.startswith("data: "):
+            yield json.loads(line[len("data: "):])

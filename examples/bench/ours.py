@@ -1,0 +1,109 @@
+"""Our side of the benchmark, run by side_by_side.py in a child process of its own so that its
+peak RSS is cortexstream's alone. Prints one JSON object on stdout.
+
+Usage: python ours.py WORKLOAD_JSON PROGRESS_DONE PROGRESS_TOTAL STARTED_AT
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from typing import Any, Dict
+
+import cortexstream
+
+from machine import peak_rss_bytes
+from progress import Progress
+from streams import StreamTiming, measure_streams
+from workload import CHAT_MESSAGES, DECODE_PROMPT, PREFILL_TEXT, Workload, prefill_tag
+
+GREEDY = {"temperature": 0.0, "ignore_eos": True}
+STREAMS_TIMEOUT_S = 900.0
+
+
+def decode_tok_s(engine: cortexstream.Engine, work: Workload) -> float:
+    """Single-stream decode rate: tokens after the first over the time they took (the first
+    token belongs to the prefill), median over the repeats."""
+    rates = []
+    for run in range(work.repeats):
+        completion = engine.generate(f"{prefill_tag(run)}{DECODE_PROMPT}", max_tokens=work.decode_tokens, **GREEDY)
+        rates.append((completion.usage.completion_tokens - 1) / (completion.timings.decode_ns / 1e9))
+    return statistics.median(rates)
+
+
+def prefill_tok_s(engine: cortexstream.Engine, work: Workload) -> float:
+    """Prompt tokens per second of prefill for a ``prefill_tokens`` prompt, median over the repeats."""
+    rates = []
+    for run in range(work.repeats):
+        ids = engine.tokenize(prefill_tag(run) + PREFILL_TEXT)[: work.prefill_tokens]
+        completion = engine.generate(ids, max_tokens=1, **GREEDY)
+        assert completion.usage.cached_prompt_tokens == 0, "prefill runs must not share a cached prefix"
+        rates.append(len(ids) / (completion.timings.prefill_ns / 1e9))
+    return statistics.median(rates)
+
+
+def first_token_time(stream: cortexstream.Stream) -> float:
+    for chunk in stream:
+        if chunk.token_id is not None:
+            return time.perf_counter()
+    raise RuntimeError(f"stream ended without a token: {stream.completion and stream.completion.error}")
+
+
+def chat_ttft_s(engine: cortexstream.Engine, work: Workload) -> float:
+    """Submit to first token of a chat request as the caller sees it, median over the repeats.
+    Each repeat uses a distinct system message so the prefix cache cannot help."""
+    times = []
+    for run in range(work.repeats):
+        messages = [{"role": "system", "content": f"You are assistant number {run}."}, *CHAT_MESSAGES]
+        start = time.perf_counter()
+        with engine.stream_chat(messages, max_tokens=1, **GREEDY) as stream:
+            times.append(first_token_time(stream) - start)
+    return statistics.median(times)
+
+
+def run_one_stream(engine: cortexstream.Engine, work: Workload):
+    def run(prompt: str) -> StreamTiming:
+        submitted = time.perf_counter()
+        stream = engine.stream(prompt, max_tokens=work.stream_tokens, **GREEDY)
+        first = first_token_time(stream)
+        completion = stream.wait()
+        return StreamTiming(submitted, first, time.perf_counter(), completion.usage.completion_tokens)
+
+    return run
+
+
+def main() -> None:
+    work = Workload.from_json(json.loads(sys.argv[1]))
+    progress = Progress(total=int(sys.argv[3]), done=int(sys.argv[2]), started_at=float(sys.argv[4]))
+    result: Dict[str, Any] = {}
+
+    progress.step("ours: load model, warm up")
+    with cortexstream.Engine(
+        work.model, embedding_model=False, threads=work.threads, kv_cache_tokens=work.kv_tokens,
+        max_running=work.max_streams,
+    ) as engine:
+        engine.generate(DECODE_PROMPT, max_tokens=4, **GREEDY)
+        progress.step(f"ours: single-stream decode, {work.decode_tokens} tokens x{work.repeats}")
+        result["decode_tok_s"] = decode_tok_s(engine, work)
+        progress.step(f"ours: prefill, {work.prefill_tokens}-token prompt x{work.repeats}")
+        result["prefill_tok_s"] = prefill_tok_s(engine, work)
+        progress.step(f"ours: chat TTFT x{work.repeats}")
+        result["ttft_s"] = chat_ttft_s(engine, work)
+        # The peer gets the very text our template renders (with the first repeat's system message).
+        chat = [{"role": "system", "content": "You are assistant number 0."}, *CHAT_MESSAGES]
+        result["chat_prompt"] = engine.apply_chat_template(chat)
+        result["chat_prompt_tokens"] = len(engine.tokenize(result["chat_prompt"]))
+        result["streams"] = {}
+        for count in work.stream_counts:
+            progress.step(f"ours: {count} concurrent streams x {work.stream_tokens} tokens")
+            result["streams"][str(count)] = measure_streams(
+                work.stream_prompts(count), run_one_stream(engine, work), STREAMS_TIMEOUT_S
+            )
+        result["peak_rss_bytes"] = peak_rss_bytes()
+    json.dump(result, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

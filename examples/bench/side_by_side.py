@@ -1,0 +1,158 @@
+"""cortexstream vs llama.cpp, side by side on the same GGUF, threads and prompts, in one run.
+
+Measures single-stream decode, prefill, time to first token, aggregate decode over concurrent
+streams, peak RSS and decode as a share of the memory-bandwidth bound; prints one table of
+ratios (ours / llama.cpp) on stdout and optionally writes everything as JSON. Progress goes to
+stderr. llama.cpp comes from setup_peer.sh (built once into the cache).
+
+Usage: python examples/bench/side_by_side.py [--threads 2] [--quick] [--skip-peer] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import llama_cpp
+from machine import read_bandwidth_bytes_per_s, weight_bytes_per_token
+from progress import Progress
+from streams import measure_streams
+from workload import DEFAULT_MODEL, Workload
+
+HERE = Path(__file__).resolve().parent
+OURS_TIMEOUT_S = 1800
+PEER_SETUP_TIMEOUT_S = 3600
+STREAMS_TIMEOUT_S = 900.0
+MIB = 1 << 20
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="GGUF file both sides load")
+    parser.add_argument("--threads", type=int, default=2, help="compute threads of each side (default 2)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny token counts, 1 and 4 streams")
+    parser.add_argument("--skip-peer", action="store_true", help="run only our side (ratios print as n/a)")
+    parser.add_argument("--json", type=Path, help="write all results to this JSON file")
+    return parser.parse_args()
+
+
+def run_ours(work: Workload, progress: Progress) -> Dict[str, Any]:
+    """Our side in a child process, so its peak RSS is the engine's and nothing else's."""
+    completed = subprocess.run(
+        [sys.executable, str(HERE / "ours.py"), json.dumps(work.to_json()),
+         str(progress.done), str(progress.total), str(progress.started_at)],
+        stdout=subprocess.PIPE, check=True, timeout=OURS_TIMEOUT_S, text=True,
+    )
+    progress.done += 4 + len(work.stream_counts)
+    return json.loads(completed.stdout)
+
+
+def setup_peer() -> Path:
+    """Builds llama.cpp on first use (minutes), then just returns its bin directory."""
+    completed = subprocess.run([str(HERE / "setup_peer.sh")], stdout=subprocess.PIPE, check=True,
+                               timeout=PEER_SETUP_TIMEOUT_S, text=True)
+    return Path(completed.stdout.strip().splitlines()[-1])
+
+
+def run_peer(work: Workload, chat_prompt: str, progress: Progress) -> Dict[str, Any]:
+    progress.step("llama.cpp: set up (builds once, ~20 min on 2 cores)")
+    bin_dir = setup_peer()
+    progress.step(f"llama.cpp: llama-bench pp{work.prefill_tokens} tg{work.decode_tokens} x{work.repeats}")
+    result: Dict[str, Any] = dict(llama_cpp.bench(bin_dir, work))
+    progress.step(f"llama.cpp: start llama-server --parallel {work.max_streams} -c {work.kv_tokens}")
+    with llama_cpp.LlamaServer(bin_dir, work) as server:
+        progress.step(f"llama.cpp: chat TTFT x{work.repeats}")
+        result["ttft_s"] = sorted(server.ttft_s(chat_prompt, work.repeats))[work.repeats // 2]
+        result["streams"] = {}
+        for count in work.stream_counts:
+            progress.step(f"llama.cpp: {count} concurrent streams x {work.stream_tokens} tokens")
+            result["streams"][str(count)] = measure_streams(
+                work.stream_prompts(count), lambda prompt: server.stream_completion(prompt, work.stream_tokens),
+                STREAMS_TIMEOUT_S,
+            )
+        result["peak_rss_bytes"] = server.peak_rss_bytes()
+    return result
+
+
+# (label, how to read the value from one side's results, unit format)
+Row = Tuple[str, Callable[[Dict[str, Any]], float], str]
+
+
+def table_rows(work: Workload, bound_tok_s: float, chat_tokens: int) -> List[Row]:
+    rows: List[Row] = [
+        (f"decode tok/s (1 stream, {work.decode_tokens} tokens)", lambda r: r["decode_tok_s"], "{:.1f}"),
+        (f"prefill tok/s ({work.prefill_tokens}-token prompt)", lambda r: r["prefill_tok_s"], "{:.1f}"),
+        (f"TTFT s ({chat_tokens}-token chat prompt)", lambda r: r["ttft_s"], "{:.3f}"),
+    ]
+    for count in work.stream_counts:
+        rows.append((f"aggregate decode tok/s, {count} stream{'s' if count > 1 else ''}",
+                     lambda r, c=str(count): r["streams"][c]["aggregate_tok_s"], "{:.1f}"))
+    rows += [
+        (f"mean TTFT s, {work.max_streams} streams",
+         lambda r: r["streams"][str(work.max_streams)]["mean_ttft_s"], "{:.3f}"),
+        ("peak RSS MiB", lambda r: r["peak_rss_bytes"] / MIB, "{:.0f}"),
+        (f"decode % of bandwidth bound ({bound_tok_s:.0f} tok/s)",
+         lambda r: 100 * r["decode_tok_s"] / bound_tok_s, "{:.0f}%"),
+    ]
+    return rows
+
+
+def build_table(rows: List[Row], ours: Dict[str, Any], peer: Optional[Dict[str, Any]]) -> Tuple[str, Dict[str, Any]]:
+    """The printed table and, per row, the numbers behind it (ratio None without a peer)."""
+    header = ("metric", "ours", "llama.cpp", "ours/llama.cpp")
+    lines, ratios = [], {}
+    for label, read, fmt in rows:
+        mine = read(ours)
+        theirs = read(peer) if peer else None
+        ratio = mine / theirs if theirs else None
+        ratios[label] = {"ours": mine, "llama_cpp": theirs, "ratio": ratio}
+        lines.append((label, fmt.format(mine), "n/a" if theirs is None else fmt.format(theirs),
+                      "n/a" if ratio is None else f"{ratio:.2f}x"))
+    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(4)]
+    render = lambda cells: "| " + " | ".join(  # noqa: E731 - a one-line formatter
+        cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths))) + " |"
+    separator = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
+    return "\n".join([render(header), separator, *map(render, lines)]), ratios
+
+
+def main() -> None:
+    args = parse_args()
+    work = Workload.create(args.model, args.threads, args.quick)
+    peer_steps = 0 if args.skip_peer else 4 + len(work.stream_counts)
+    progress = Progress(total=1 + 4 + len(work.stream_counts) + peer_steps)
+
+    progress.step(f"memory read bandwidth, {args.threads} threads over 1 GiB")
+    bandwidth = read_bandwidth_bytes_per_s(args.threads)
+    weight_bytes = weight_bytes_per_token(work.model)
+    bound_tok_s = bandwidth / weight_bytes
+
+    ours = run_ours(work, progress)
+    peer = None if args.skip_peer else run_peer(work, ours["chat_prompt"], progress)
+
+    table, ratios = build_table(table_rows(work, bound_tok_s, ours["chat_prompt_tokens"]), ours, peer)
+    print(table)
+    if args.json:
+        report = {
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "command": shlex.join([os.path.relpath(sys.executable), *sys.argv]),
+            "machine": {"cpus": os.cpu_count(), "read_bandwidth_bytes_per_s": bandwidth,
+                        "weight_bytes_per_token": weight_bytes, "decode_bound_tok_s": bound_tok_s},
+            "workload": work.to_json(),
+            "ours": ours,
+            "llama_cpp": peer,
+            "table": ratios,
+        }
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""What both sides run: token counts, prompts and stream counts, shared so that cortexstream and
+llama.cpp see exactly the same work."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+DEFAULT_MODEL = Path(os.environ.get("CORTEXSTREAM_CACHE", Path.home() / ".cache" / "cortexstream")) / (
+    "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+)
+
+DECODE_PROMPT = "Once upon a time, in a small village by the sea,"
+
+# Long enough to tokenize past 512 tokens; each prefill run puts a distinct tag in front so no
+# run can reuse the KV of an earlier one (our engine caches prefixes; llama.cpp gets
+# cache_prompt=false).
+PREFILL_TEXT = " ".join(
+    f"Chapter {n}: the keeper climbed the {n * 7} steps of the lighthouse, trimmed the wick, "
+    f"polished the lens and wrote the weather in the log before the ships came in."
+    for n in range(1, 40)
+)
+
+# About 60 tokens once the model's chat template wraps it.
+CHAT_MESSAGES = [
+    {
+        "role": "user",
+        "content": "Give me three short tips for keeping a sourdough starter healthy in a warm kitchen during a long, "
+        "humid summer, and explain briefly why each tip works for a complete beginner baker.",
+    }
+]
+
+STREAM_TOPICS = [
+    "a lighthouse keeper", "a clockmaker", "a desert caravan", "a deep-sea diver", "a mountain village",
+    "a robot gardener", "a night train", "a lost violin", "a city of bridges", "an old library",
+    "a winter market", "a comet watcher", "a river ferry", "a glass blower", "a kite festival",
+    "a beekeeper", "a submarine cook", "a map maker", "a radio operator", "a tea plantation",
+    "a puppet theatre", "a salt mine", "an ice hotel", "a bell foundry", "a lunar base",
+    "a street musician", "a paper mill", "a storm chaser", "a fishing fleet", "a castle kitchen",
+    "a circus tailor", "a volcano observatory",
+]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Sizes of every measurement; ``quick`` shrinks them for a smoke run."""
+
+    model: str
+    threads: int
+    decode_tokens: int
+    prefill_tokens: int
+    repeats: int
+    stream_counts: Tuple[int, ...]
+    stream_tokens: int
+    ctx_per_slot: int
+
+    @classmethod
+    def create(cls, model: str, threads: int, quick: bool) -> "Workload":
+        if quick:
+            return cls(model, threads, decode_tokens=8, prefill_tokens=32, repeats=1, stream_counts=(1, 4),
+                       stream_tokens=8, ctx_per_slot=256)
+        return cls(model, threads, decode_tokens=128, prefill_tokens=512, repeats=3, stream_counts=(1, 8, 32),
+                   stream_tokens=128, ctx_per_slot=256)
+
+    @property
+    def max_streams(self) -> int:
+        return max(self.stream_counts)
+
+    @property
+    def kv_tokens(self) -> int:
+        """KV capacity of each side: llama-server's -c, and our kv_cache_tokens, so RSS compares alike."""
+        return self.max_streams * self.ctx_per_slot
+
+    def stream_prompts(self, count: int) -> List[str]:
+        """Distinct prompts, so no stream shares a cached prefix with another."""
+        return [f"Write a story about {STREAM_TOPICS[i % len(STREAM_TOPICS)]} (#{i})." for i in range(count)]
+
+    def to_json(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any]) -> "Workload":
+        return cls(**{**data, "stream_counts": tuple(data["stream_counts"])})
+
+
+def prefill_tag(run: int) -> str:
+    return f"[run {run}] "
