@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import llama_cpp
+import ours as our_side
+import peer
 from machine import read_bandwidth_bytes_per_s, weight_bytes_per_token
 from progress import Progress
 from streams import measure_streams
@@ -51,7 +52,7 @@ def run_ours(work: Workload, progress: Progress) -> Dict[str, Any]:
          str(progress.done), str(progress.total), str(progress.started_at)],
         stdout=subprocess.PIPE, check=True, timeout=OURS_TIMEOUT_S, text=True,
     )
-    progress.done += 4 + len(work.stream_counts)
+    progress.done += our_side.step_count(work)
     return json.loads(completed.stdout)
 
 
@@ -62,13 +63,18 @@ def setup_peer() -> Path:
     return Path(completed.stdout.strip().splitlines()[-1])
 
 
+def peer_step_count(work: Workload) -> int:
+    """How many progress steps :func:`run_peer` shows."""
+    return 4 + len(work.stream_counts)
+
+
 def run_peer(work: Workload, chat_prompt: str, progress: Progress) -> Dict[str, Any]:
     progress.step("llama.cpp: set up (builds once, ~20 min on 2 cores)")
     bin_dir = setup_peer()
     progress.step(f"llama.cpp: llama-bench pp{work.prefill_tokens} tg{work.decode_tokens} x{work.repeats}")
-    result: Dict[str, Any] = dict(llama_cpp.bench(bin_dir, work))
+    result: Dict[str, Any] = dict(peer.bench(bin_dir, work))
     progress.step(f"llama.cpp: start llama-server --parallel {work.max_streams} -c {work.kv_tokens}")
-    with llama_cpp.LlamaServer(bin_dir, work) as server:
+    with peer.LlamaServer(bin_dir, work) as server:
         progress.step(f"llama.cpp: chat TTFT x{work.repeats}")
         result["ttft_s"] = sorted(server.ttft_s(chat_prompt, work.repeats))[work.repeats // 2]
         result["streams"] = {}
@@ -105,16 +111,16 @@ def table_rows(work: Workload, bound_tok_s: float, chat_tokens: int) -> List[Row
     return rows
 
 
-def build_table(rows: List[Row], ours: Dict[str, Any], peer: Optional[Dict[str, Any]]) -> Tuple[str, Dict[str, Any]]:
+def build_table(rows: List[Row], ours: Dict[str, Any], theirs: Optional[Dict[str, Any]]) -> Tuple[str, Dict[str, Any]]:
     """The printed table and, per row, the numbers behind it (ratio None without a peer)."""
     header = ("metric", "ours", "llama.cpp", "ours/llama.cpp")
     lines, ratios = [], {}
     for label, read, fmt in rows:
         mine = read(ours)
-        theirs = read(peer) if peer else None
-        ratio = mine / theirs if theirs else None
-        ratios[label] = {"ours": mine, "llama_cpp": theirs, "ratio": ratio}
-        lines.append((label, fmt.format(mine), "n/a" if theirs is None else fmt.format(theirs),
+        peer_value = read(theirs) if theirs else None
+        ratio = mine / peer_value if peer_value else None
+        ratios[label] = {"ours": mine, "llama_cpp": peer_value, "ratio": ratio}
+        lines.append((label, fmt.format(mine), "n/a" if peer_value is None else fmt.format(peer_value),
                       "n/a" if ratio is None else f"{ratio:.2f}x"))
     widths = [max(len(line[i]) for line in [header, *lines]) for i in range(4)]
     render = lambda cells: "| " + " | ".join(  # noqa: E731 - a one-line formatter
@@ -126,8 +132,8 @@ def build_table(rows: List[Row], ours: Dict[str, Any], peer: Optional[Dict[str, 
 def main() -> None:
     args = parse_args()
     work = Workload.create(args.model, args.threads, args.quick)
-    peer_steps = 0 if args.skip_peer else 4 + len(work.stream_counts)
-    progress = Progress(total=1 + 4 + len(work.stream_counts) + peer_steps)
+    peer_steps = 0 if args.skip_peer else peer_step_count(work)
+    progress = Progress(total=1 + our_side.step_count(work) + peer_steps)
 
     progress.step(f"memory read bandwidth, {args.threads} threads over 1 GiB")
     bandwidth = read_bandwidth_bytes_per_s(args.threads)
@@ -135,9 +141,9 @@ def main() -> None:
     bound_tok_s = bandwidth / weight_bytes
 
     ours = run_ours(work, progress)
-    peer = None if args.skip_peer else run_peer(work, ours["chat_prompt"], progress)
+    theirs = None if args.skip_peer else run_peer(work, ours["chat_prompt"], progress)
 
-    table, ratios = build_table(table_rows(work, bound_tok_s, ours["chat_prompt_tokens"]), ours, peer)
+    table, ratios = build_table(table_rows(work, bound_tok_s, ours["chat_prompt_tokens"]), ours, theirs)
     print(table)
     if args.json:
         report = {
@@ -147,7 +153,7 @@ def main() -> None:
                         "weight_bytes_per_token": weight_bytes, "decode_bound_tok_s": bound_tok_s},
             "workload": work.to_json(),
             "ours": ours,
-            "llama_cpp": peer,
+            "llama_cpp": theirs,
             "table": ratios,
         }
         args.json.write_text(json.dumps(report, indent=2) + "\n")
