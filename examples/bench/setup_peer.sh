@@ -62,7 +62,8 @@ fi
 
 echo "peer: configuring and building llama-server, llama-bench (-j$BUILD_JOBS, ~15-20 min on 2 cores)" >&2
 cmake -S "$src/vendor/llama.cpp" -B "$build" -DCMAKE_BUILD_TYPE=Release \
-    -DLLAMA_CURL=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DBUILD_SHARED_LIBS=OFF >&2
+    -DLLAMA_CURL=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DBUILD_SHARED_LIBS=OFF \
+    -DLLAMA_USE_PREBUILT_UI=OFF >&2
 # nice: the machine is shared with other builds; the peer is not on anyone's critical path.
 nice -n 10 cmake --build "$build" --target llama-server llama-bench -j "$BUILD_JOBS" >&2
 echo "$bin"
