@@ -148,7 +148,7 @@ def main() -> None:
     if args.json:
         report = {
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "command": shlex.join([os.path.relpath(sys.executable), *sys.argv]),
+            "command": shlex.join([sys.executable.replace(str(Path.home()), "~", 1), *sys.argv]),
             "machine": {"cpus": os.cpu_count(), "read_bandwidth_bytes_per_s": bandwidth,
                         "weight_bytes_per_token": weight_bytes, "decode_bound_tok_s": bound_tok_s},
             "workload": work.to_json(),
