@@ -10,7 +10,7 @@ import json
 import statistics
 import sys
 import time
-from typing import Any, Dict
+from typing import Any
 
 import cortexstream
 
@@ -83,11 +83,14 @@ def step_count(work: Workload) -> int:
 def main() -> None:
     work = Workload.from_json(json.loads(sys.argv[1]))
     progress = Progress(total=int(sys.argv[3]), done=int(sys.argv[2]), started_at=float(sys.argv[4]))
-    result: Dict[str, Any] = {}
+    result: dict[str, Any] = {}
 
     progress.step("ours: load model, warm up")
     with cortexstream.Engine(
-        work.model, embedding_model=False, threads=work.threads, kv_cache_tokens=work.kv_tokens,
+        work.model,
+        embedding_model=False,
+        threads=work.threads,
+        kv_cache_tokens=work.kv_tokens,
         max_running=work.max_streams,
     ) as engine:
         engine.generate(DECODE_PROMPT, max_tokens=4, **GREEDY)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
+
+from typing_extensions import Self
 
 from machine import peak_rss_bytes
 from streams import StreamTiming
@@ -20,11 +23,22 @@ SERVER_START_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 900.0
 
 
-def bench(bin_dir: Path, work: Workload) -> Dict[str, float]:
+def bench(bin_dir: Path, work: Workload) -> dict[str, float]:
     """llama-bench's own prefill (pp) and decode (tg) rates, averaged over the repeats."""
     command = [
-        str(bin_dir / "llama-bench"), "-m", work.model, "-t", str(work.threads),
-        "-p", str(work.prefill_tokens), "-n", str(work.decode_tokens), "-r", str(work.repeats), "-o", "json",
+        str(bin_dir / "llama-bench"),
+        "-m",
+        work.model,
+        "-t",
+        str(work.threads),
+        "-p",
+        str(work.prefill_tokens),
+        "-n",
+        str(work.decode_tokens),
+        "-r",
+        str(work.repeats),
+        "-o",
+        "json",
     ]
     output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=900).stdout
     rates = {}
@@ -46,17 +60,33 @@ class LlamaServer:
     def __init__(self, bin_dir: Path, work: Workload) -> None:
         self.work = work
         self.port = free_loopback_port()
-        self.log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)
+        log_fd, log_name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
+        self.log_path = Path(log_name)
         self.process = subprocess.Popen(
             [
-                str(bin_dir / "llama-server"), "-m", work.model, "-t", str(work.threads), "-tb", str(work.threads),
-                "--parallel", str(work.max_streams), "--cont-batching", "-c", str(work.kv_tokens),
-                "--host", "127.0.0.1", "--port", str(self.port),
+                str(bin_dir / "llama-server"),
+                "-m",
+                work.model,
+                "-t",
+                str(work.threads),
+                "-tb",
+                str(work.threads),
+                "--parallel",
+                str(work.max_streams),
+                "--cont-batching",
+                "-c",
+                str(work.kv_tokens),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
             ],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            stdout=log_fd,
+            stderr=subprocess.STDOUT,
         )
+        os.close(log_fd)  # the server holds its own copy
 
-    def __enter__(self) -> "LlamaServer":
+    def __enter__(self) -> Self:
         try:
             self._wait_until_ready()
         except BaseException:
@@ -64,7 +94,7 @@ class LlamaServer:
             raise
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     def stop(self) -> None:
@@ -75,8 +105,7 @@ class LlamaServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.log.close()
-        Path(self.log.name).unlink(missing_ok=True)
+        self.log_path.unlink(missing_ok=True)
 
     def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
@@ -93,13 +122,17 @@ class LlamaServer:
         raise TimeoutError(f"llama-server not ready after {SERVER_START_TIMEOUT_S:.0f}s:\n{self._log_tail()}")
 
     def _log_tail(self) -> str:
-        return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-20:])
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
 
     def _request(self, method: str, path: str, body: Any, timeout: float):
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
-            connection.request(method, path, body=None if body is None else json.dumps(body),
-                               headers={"Content-Type": "application/json"})
+            connection.request(
+                method,
+                path,
+                body=None if body is None else json.dumps(body),
+                headers={"Content-Type": "application/json"},
+            )
             response = connection.getresponse()
             return response.status, response.read()
         finally:
@@ -111,27 +144,35 @@ class LlamaServer:
     def stream_completion(self, prompt: str, n_predict: int) -> StreamTiming:
         """One streamed /completion, greedy, ignoring EOS, without prompt caching, timed as
         the client sees it: first token when the first chunk with text (or the end) arrives."""
-        body = {"prompt": prompt, "n_predict": n_predict, "ignore_eos": True, "temperature": 0.0,
-                "cache_prompt": False, "stream": True}
+        body = {
+            "prompt": prompt,
+            "n_predict": n_predict,
+            "ignore_eos": True,
+            "temperature": 0.0,
+            "cache_prompt": False,
+            "stream": True,
+        }
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=REQUEST_TIMEOUT_S)
         try:
             submitted = time.perf_counter()
-            connection.request("POST", "/completion", body=json.dumps(body),
-                               headers={"Content-Type": "application/json"})
+            connection.request(
+                "POST", "/completion", body=json.dumps(body), headers={"Content-Type": "application/json"}
+            )
             response = connection.getresponse()
             if response.status != 200:
                 raise RuntimeError(f"llama-server /completion: HTTP {response.status} {response.read()[:300]!r}")
-            first_token = None
+            first_token: float | None = None
             for event in _sse_events(response):
                 if first_token is None and (event.get("content") or event.get("stop")):
                     first_token = time.perf_counter()
                 if event.get("stop"):
+                    assert first_token is not None  # set above, at the latest by this very event
                     return StreamTiming(submitted, first_token, time.perf_counter(), event["timings"]["predicted_n"])
             raise RuntimeError("llama-server stream ended without a final chunk")
         finally:
             connection.close()
 
-    def ttft_s(self, prompt: str, repeats: int) -> List[float]:
+    def ttft_s(self, prompt: str, repeats: int) -> list[float]:
         """Time to first token of ``prompt`` alone, once per repeat."""
         times = []
         for _ in range(repeats):
@@ -144,4 +185,4 @@ def _sse_events(response: http.client.HTTPResponse):
     for raw in response:
         line = raw.decode().strip()
         if line.startswith("data: "):
-            yield json.loads(line[len("data: "):])
+            yield json.loads(line[len("data: ") :])

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Optional
 
 
 class Progress:
     """Prints ``[step/total elapsed] what`` to stderr as each measurement starts."""
 
-    def __init__(self, total: int, done: int = 0, started_at: Optional[float] = None) -> None:
+    def __init__(self, total: int, done: int = 0, started_at: float | None = None) -> None:
         self.total = total
         self.done = done
         self.started_at = time.time() if started_at is None else started_at

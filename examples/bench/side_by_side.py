@@ -17,9 +17,9 @@ import os
 import shlex
 import subprocess
 import sys
-import time
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable
 
 import ours as our_side
 import peer
@@ -45,12 +45,21 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def run_ours(work: Workload, progress: Progress) -> Dict[str, Any]:
+def run_ours(work: Workload, progress: Progress) -> dict[str, Any]:
     """Our side in a child process, so its peak RSS is the engine's and nothing else's."""
     completed = subprocess.run(
-        [sys.executable, str(HERE / "ours.py"), json.dumps(work.to_json()),
-         str(progress.done), str(progress.total), str(progress.started_at)],
-        stdout=subprocess.PIPE, check=True, timeout=OURS_TIMEOUT_S, text=True,
+        [
+            sys.executable,
+            str(HERE / "ours.py"),
+            json.dumps(work.to_json()),
+            str(progress.done),
+            str(progress.total),
+            str(progress.started_at),
+        ],
+        stdout=subprocess.PIPE,
+        check=True,
+        timeout=OURS_TIMEOUT_S,
+        text=True,
     )
     progress.done += our_side.step_count(work)
     return json.loads(completed.stdout)
@@ -58,8 +67,9 @@ def run_ours(work: Workload, progress: Progress) -> Dict[str, Any]:
 
 def setup_peer() -> Path:
     """Builds llama.cpp on first use (minutes), then just returns its bin directory."""
-    completed = subprocess.run([str(HERE / "setup_peer.sh")], stdout=subprocess.PIPE, check=True,
-                               timeout=PEER_SETUP_TIMEOUT_S, text=True)
+    completed = subprocess.run(
+        [str(HERE / "setup_peer.sh")], stdout=subprocess.PIPE, check=True, timeout=PEER_SETUP_TIMEOUT_S, text=True
+    )
     return Path(completed.stdout.strip().splitlines()[-1])
 
 
@@ -68,11 +78,11 @@ def peer_step_count(work: Workload) -> int:
     return 4 + len(work.stream_counts)
 
 
-def run_peer(work: Workload, chat_prompt: str, progress: Progress) -> Dict[str, Any]:
+def run_peer(work: Workload, chat_prompt: str, progress: Progress) -> dict[str, Any]:
     progress.step("llama.cpp: set up (builds once, ~20 min on 2 cores)")
     bin_dir = setup_peer()
     progress.step(f"llama.cpp: llama-bench pp{work.prefill_tokens} tg{work.decode_tokens} x{work.repeats}")
-    result: Dict[str, Any] = dict(peer.bench(bin_dir, work))
+    result: dict[str, Any] = dict(peer.bench(bin_dir, work))
     progress.step(f"llama.cpp: start llama-server --parallel {work.max_streams} -c {work.kv_tokens}")
     with peer.LlamaServer(bin_dir, work) as server:
         progress.step(f"llama.cpp: chat TTFT x{work.repeats}")
@@ -81,7 +91,8 @@ def run_peer(work: Workload, chat_prompt: str, progress: Progress) -> Dict[str, 
         for count in work.stream_counts:
             progress.step(f"llama.cpp: {count} concurrent streams x {work.stream_tokens} tokens")
             result["streams"][str(count)] = measure_streams(
-                work.stream_prompts(count), lambda prompt: server.stream_completion(prompt, work.stream_tokens),
+                work.stream_prompts(count),
+                partial(server.stream_completion, n_predict=work.stream_tokens),
                 STREAMS_TIMEOUT_S,
             )
         result["peak_rss_bytes"] = server.peak_rss_bytes()
@@ -89,29 +100,41 @@ def run_peer(work: Workload, chat_prompt: str, progress: Progress) -> Dict[str, 
 
 
 # (label, how to read the value from one side's results, unit format)
-Row = Tuple[str, Callable[[Dict[str, Any]], float], str]
+Row = tuple[str, Callable[[dict[str, Any]], float], str]
 
 
-def table_rows(work: Workload, bound_tok_s: float, chat_tokens: int) -> List[Row]:
-    rows: List[Row] = [
+def streams_metric(count: int, key: str) -> Callable[[dict[str, Any]], float]:
+    """Reads ``key`` of the run with ``count`` concurrent streams."""
+    return lambda result: result["streams"][str(count)][key]
+
+
+def table_rows(work: Workload, bound_tok_s: float, chat_tokens: int) -> list[Row]:
+    rows: list[Row] = [
         (f"decode tok/s (1 stream, {work.decode_tokens} tokens)", lambda r: r["decode_tok_s"], "{:.1f}"),
         (f"prefill tok/s ({work.prefill_tokens}-token prompt)", lambda r: r["prefill_tok_s"], "{:.1f}"),
         (f"TTFT s ({chat_tokens}-token chat prompt)", lambda r: r["ttft_s"], "{:.3f}"),
     ]
     for count in work.stream_counts:
-        rows.append((f"aggregate decode tok/s, {count} stream{'s' if count > 1 else ''}",
-                     lambda r, c=str(count): r["streams"][c]["aggregate_tok_s"], "{:.1f}"))
+        rows.append(
+            (
+                f"aggregate decode tok/s, {count} stream{'s' if count > 1 else ''}",
+                streams_metric(count, "aggregate_tok_s"),
+                "{:.1f}",
+            )
+        )
     rows += [
-        (f"mean TTFT s, {work.max_streams} streams",
-         lambda r: r["streams"][str(work.max_streams)]["mean_ttft_s"], "{:.3f}"),
+        (f"mean TTFT s, {work.max_streams} streams", streams_metric(work.max_streams, "mean_ttft_s"), "{:.3f}"),
         ("peak RSS MiB", lambda r: r["peak_rss_bytes"] / MIB, "{:.0f}"),
-        (f"decode % of bandwidth bound ({bound_tok_s:.0f} tok/s)",
-         lambda r: 100 * r["decode_tok_s"] / bound_tok_s, "{:.0f}%"),
+        (
+            f"decode % of bandwidth bound ({bound_tok_s:.0f} tok/s)",
+            lambda r: 100 * r["decode_tok_s"] / bound_tok_s,
+            "{:.0f}%",
+        ),
     ]
     return rows
 
 
-def build_table(rows: List[Row], ours: Dict[str, Any], theirs: Optional[Dict[str, Any]]) -> Tuple[str, Dict[str, Any]]:
+def build_table(rows: list[Row], ours: dict[str, Any], theirs: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
     """The printed table and, per row, the numbers behind it (ratio None without a peer)."""
     header = ("metric", "ours", "llama.cpp", "ours/llama.cpp")
     lines, ratios = [], {}
@@ -120,11 +143,20 @@ def build_table(rows: List[Row], ours: Dict[str, Any], theirs: Optional[Dict[str
         peer_value = read(theirs) if theirs else None
         ratio = mine / peer_value if peer_value else None
         ratios[label] = {"ours": mine, "llama_cpp": peer_value, "ratio": ratio}
-        lines.append((label, fmt.format(mine), "n/a" if peer_value is None else fmt.format(peer_value),
-                      "n/a" if ratio is None else f"{ratio:.2f}x"))
+        lines.append(
+            (
+                label,
+                fmt.format(mine),
+                "n/a" if peer_value is None else fmt.format(peer_value),
+                "n/a" if ratio is None else f"{ratio:.2f}x",
+            )
+        )
     widths = [max(len(line[i]) for line in [header, *lines]) for i in range(4)]
-    render = lambda cells: "| " + " | ".join(  # noqa: E731 - a one-line formatter
-        cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths))) + " |"
+
+    def render(cells: tuple[str, ...]) -> str:
+        padded = (cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths)))
+        return "| " + " | ".join(padded) + " |"
+
     separator = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
     return "\n".join([render(header), separator, *map(render, lines)]), ratios
 
@@ -149,8 +181,12 @@ def main() -> None:
         report = {
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "command": shlex.join([sys.executable.replace(str(Path.home()), "~", 1), *sys.argv]),
-            "machine": {"cpus": os.cpu_count(), "read_bandwidth_bytes_per_s": bandwidth,
-                        "weight_bytes_per_token": weight_bytes, "decode_bound_tok_s": bound_tok_s},
+            "machine": {
+                "cpus": os.cpu_count(),
+                "read_bandwidth_bytes_per_s": bandwidth,
+                "weight_bytes_per_token": weight_bytes,
+                "decode_bound_tok_s": bound_tok_s,
+            },
             "workload": work.to_json(),
             "ours": ours,
             "llama_cpp": theirs,

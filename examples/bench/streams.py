@@ -8,7 +8,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Dict, List
+from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class StreamTiming:
 RunOne = Callable[[str], StreamTiming]
 
 
-def measure_streams(prompts: List[str], run_one: RunOne, timeout_s: float) -> Dict[str, float]:
+def measure_streams(prompts: list[str], run_one: RunOne, timeout_s: float) -> dict[str, float]:
     """Aggregate decode tok/s (all generated tokens over the wall time from the first submit
     to the last finish) and mean time to first token over concurrent streams, one per prompt."""
     start_together = threading.Barrier(len(prompts))

@@ -7,7 +7,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 DEFAULT_MODEL = Path(os.environ.get("CORTEXSTREAM_CACHE", Path.home() / ".cache" / "cortexstream")) / (
     "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -34,13 +34,38 @@ CHAT_MESSAGES = [
 ]
 
 STREAM_TOPICS = [
-    "a lighthouse keeper", "a clockmaker", "a desert caravan", "a deep-sea diver", "a mountain village",
-    "a robot gardener", "a night train", "a lost violin", "a city of bridges", "an old library",
-    "a winter market", "a comet watcher", "a river ferry", "a glass blower", "a kite festival",
-    "a beekeeper", "a submarine cook", "a map maker", "a radio operator", "a tea plantation",
-    "a puppet theatre", "a salt mine", "an ice hotel", "a bell foundry", "a lunar base",
-    "a street musician", "a paper mill", "a storm chaser", "a fishing fleet", "a castle kitchen",
-    "a circus tailor", "a volcano observatory",
+    "a lighthouse keeper",
+    "a clockmaker",
+    "a desert caravan",
+    "a deep-sea diver",
+    "a mountain village",
+    "a robot gardener",
+    "a night train",
+    "a lost violin",
+    "a city of bridges",
+    "an old library",
+    "a winter market",
+    "a comet watcher",
+    "a river ferry",
+    "a glass blower",
+    "a kite festival",
+    "a beekeeper",
+    "a submarine cook",
+    "a map maker",
+    "a radio operator",
+    "a tea plantation",
+    "a puppet theatre",
+    "a salt mine",
+    "an ice hotel",
+    "a bell foundry",
+    "a lunar base",
+    "a street musician",
+    "a paper mill",
+    "a storm chaser",
+    "a fishing fleet",
+    "a castle kitchen",
+    "a circus tailor",
+    "a volcano observatory",
 ]
 
 
@@ -53,17 +78,33 @@ class Workload:
     decode_tokens: int
     prefill_tokens: int
     repeats: int
-    stream_counts: Tuple[int, ...]
+    stream_counts: tuple[int, ...]
     stream_tokens: int
     ctx_per_slot: int
 
     @classmethod
-    def create(cls, model: str, threads: int, quick: bool) -> "Workload":
+    def create(cls, model: str, threads: int, quick: bool) -> Workload:
         if quick:
-            return cls(model, threads, decode_tokens=8, prefill_tokens=32, repeats=1, stream_counts=(1, 4),
-                       stream_tokens=8, ctx_per_slot=256)
-        return cls(model, threads, decode_tokens=128, prefill_tokens=512, repeats=3, stream_counts=(1, 8, 32),
-                   stream_tokens=128, ctx_per_slot=256)
+            return cls(
+                model,
+                threads,
+                decode_tokens=8,
+                prefill_tokens=32,
+                repeats=1,
+                stream_counts=(1, 4),
+                stream_tokens=8,
+                ctx_per_slot=256,
+            )
+        return cls(
+            model,
+            threads,
+            decode_tokens=128,
+            prefill_tokens=512,
+            repeats=3,
+            stream_counts=(1, 8, 32),
+            stream_tokens=128,
+            ctx_per_slot=256,
+        )
 
     @property
     def max_streams(self) -> int:
@@ -74,15 +115,15 @@ class Workload:
         """KV capacity of each side: llama-server's -c, and our kv_cache_tokens, so RSS compares alike."""
         return self.max_streams * self.ctx_per_slot
 
-    def stream_prompts(self, count: int) -> List[str]:
+    def stream_prompts(self, count: int) -> list[str]:
         """Distinct prompts, so no stream shares a cached prefix with another."""
         return [f"Write a story about {STREAM_TOPICS[i % len(STREAM_TOPICS)]} (#{i})." for i in range(count)]
 
-    def to_json(self) -> Dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: Dict[str, Any]) -> "Workload":
+    def from_json(cls, data: dict[str, Any]) -> Workload:
         return cls(**{**data, "stream_counts": tuple(data["stream_counts"])})
 
 
