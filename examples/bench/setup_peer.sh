@@ -42,9 +42,10 @@ if [[ ! -f $sdist ]] || ! echo "$SDIST_SHA256  $sdist" | sha256sum -c --quiet - 
     python3 - "$SDIST_NAME" "$SDIST_VERSION" "$SDIST_SHA256" "$sdist" <<'EOF'
 import json, sys, urllib.parse, urllib.request
 name, version, sha256, dest = sys.argv[1:]
-meta_url = f"https://pypi.org/pypi/{name}/{version}/json"
+# The project-wide endpoint (not /pypi/NAME/VERSION/json, which some PyPI mirrors lack).
+meta_url = f"https://pypi.org/pypi/{name}/json"
 with urllib.request.urlopen(meta_url, timeout=60) as resp:
-    files = json.load(resp)["urls"]
+    files = json.load(resp)["releases"][version]
 sdist = next(f for f in files if f["packagetype"] == "sdist")
 if sdist["digests"]["sha256"] != sha256:
     sys.exit(f"PyPI lists a different sha256 for {name} {version}: {sdist['digests']['sha256']}")

@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from functools import partial
@@ -162,6 +163,8 @@ def build_table(rows: list[Row], ours: dict[str, Any], theirs: dict[str, Any] | 
 
 
 def main() -> None:
+    # A SIGTERM (a CI timeout, say) unwinds like Ctrl-C, so llama-server is stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     args = parse_args()
     work = Workload.create(args.model, args.threads, args.quick)
     peer_steps = 0 if args.skip_peer else peer_step_count(work)
