@@ -183,7 +183,8 @@ def main() -> None:
     if args.json:
         report = {
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "command": shlex.join([sys.executable.replace(str(Path.home()), "~", 1), *sys.argv]),
+            # "~" unquoted, so the recorded command can be pasted into a shell as is.
+            "command": sys.executable.replace(str(Path.home()), "~", 1) + " " + shlex.join(sys.argv),
             "machine": {
                 "cpus": os.cpu_count(),
                 "read_bandwidth_bytes_per_s": bandwidth,
