@@ -16,7 +16,7 @@ import cortexstream
 
 from machine import peak_rss_bytes
 from progress import Progress
-from streams import StreamTiming, measure_streams
+from streams import RunOne, StreamTiming, measure_streams
 from workload import CHAT_MESSAGES, DECODE_PROMPT, PREFILL_TEXT, Workload, prefill_tag
 
 GREEDY = {"temperature": 0.0, "ignore_eos": True}
@@ -64,7 +64,7 @@ def chat_ttft_s(engine: cortexstream.Engine, work: Workload) -> float:
     return statistics.median(times)
 
 
-def run_one_stream(engine: cortexstream.Engine, work: Workload):
+def run_one_stream(engine: cortexstream.Engine, work: Workload) -> RunOne:
     def run(prompt: str) -> StreamTiming:
         submitted = time.perf_counter()
         stream = engine.stream(prompt, max_tokens=work.stream_tokens, **GREEDY)

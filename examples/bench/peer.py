@@ -11,9 +11,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
-
-from typing_extensions import Self
+from typing import Any, Self
 
 from machine import peak_rss_bytes
 from streams import StreamTiming

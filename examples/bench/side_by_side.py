@@ -18,9 +18,10 @@ import shlex
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import ours as our_side
 import peer
