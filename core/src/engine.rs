@@ -430,8 +430,7 @@ impl Engine {
         self.ensure_open()?;
         let embedder = self.shared.embedder.as_ref().ok_or(Error::NoEmbeddingModel)?;
         add(&self.shared.metrics.embedding_requests, 1);
-        let vectors = embedder.embed(texts)?;
-        let prompt_tokens = texts.iter().map(|t| embedder.count_tokens(t)).sum::<Result<usize>>()?;
+        let (vectors, prompt_tokens) = embedder.embed_counting_tokens(texts)?;
         Ok(Embeddings { vectors, prompt_tokens })
     }
 

@@ -94,6 +94,12 @@ impl BertEmbedder {
     /// An empty list, an empty string, or a text longer than [`Self::max_tokens`] is an
     /// [`Error::InvalidRequest`] for `input`; nothing is computed then.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        Ok(self.embed_counting_tokens(texts)?.0)
+    }
+
+    /// Like [`Self::embed`], also returning how many tokens the texts took in all (for usage
+    /// reporting) without tokenizing them a second time.
+    pub fn embed_counting_tokens(&self, texts: &[&str]) -> Result<(Vec<Vec<f32>>, usize)> {
         if texts.is_empty() {
             return Err(Error::invalid("input", "must contain at least one text"));
         }
@@ -118,7 +124,9 @@ impl BertEmbedder {
                 Ok(ids)
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(token_ids.chunks(SUB_BATCH).flat_map(|batch| self.encoder.embed(&self.pool, batch)).collect())
+        let total_tokens = token_ids.iter().map(Vec::len).sum();
+        let vectors = token_ids.chunks(SUB_BATCH).flat_map(|batch| self.encoder.embed(&self.pool, batch)).collect();
+        Ok((vectors, total_tokens))
     }
 
     /// The number of tokens the embedder sees for `text`, including `[CLS]` and `[SEP]`.
