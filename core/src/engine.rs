@@ -2,7 +2,7 @@
 //! thread and read events from a [`RequestHandle`] (or a callback); embeddings run directly on
 //! the caller's thread, outside the generation scheduler.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -698,19 +698,20 @@ impl StepLoop {
         self.scheduler.mark_computed(&plan);
 
         let vocab = self.model.config().vocab_size;
-        let mut finished = Vec::new();
+        let mut finished = HashMap::new();
         // Logit rows come in plan order, one per chunk that wanted logits.
         for (row, c) in plan.iter().filter(|c| c.want_logits).enumerate() {
             let logits = &mut self.logits[row * vocab..(row + 1) * vocab];
             let seq = &mut self.scheduler.running[c.index];
-            if let Some((reason, error)) = advance(seq, logits, &self.shared.tokenizer, &metrics) {
-                finished.push((seq.id, reason, error));
+            if let Some(outcome) = advance(seq, logits, &self.shared.tokenizer, &metrics) {
+                finished.insert(seq.id, outcome);
             }
         }
-        for (id, reason, error) in finished {
-            let mut removed = self.scheduler.remove_where(|s| s.id == id);
-            for seq in &mut removed {
-                self.end(seq, reason, error.clone());
+        if !finished.is_empty() {
+            for mut seq in self.scheduler.remove_where(|s| finished.contains_key(&s.id)) {
+                if let Some((reason, error)) = finished.remove(&seq.id) {
+                    self.end(&mut seq, reason, error);
+                }
             }
         }
         Ok(())

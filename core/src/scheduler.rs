@@ -93,26 +93,19 @@ impl Scheduler {
     }
 
     /// Removes every sequence (waiting or running) that `should_remove` selects, releasing
-    /// its blocks.
+    /// its blocks. Runs every step (cancellation), so the waiting heap is only rebuilt when
+    /// one of its sequences is actually removed.
     pub fn remove_where(&mut self, mut should_remove: impl FnMut(&Sequence) -> bool) -> Vec<Sequence> {
-        let mut removed = Vec::new();
-        let waiting = std::mem::take(&mut self.waiting).into_vec();
-        for Queued(seq) in waiting {
-            if should_remove(&seq) {
-                removed.push(seq);
-            } else {
-                self.waiting.push(Queued(seq));
+        let mut removed: Vec<Sequence> = self.running.extract_if(.., |seq| should_remove(seq)).collect();
+        if self.waiting.iter().any(|Queued(seq)| should_remove(seq)) {
+            for Queued(seq) in std::mem::take(&mut self.waiting).into_vec() {
+                if should_remove(&seq) {
+                    removed.push(seq);
+                } else {
+                    self.waiting.push(Queued(seq));
+                }
             }
         }
-        let mut kept = Vec::with_capacity(self.running.len());
-        for seq in self.running.drain(..) {
-            if should_remove(&seq) {
-                removed.push(seq);
-            } else {
-                kept.push(seq);
-            }
-        }
-        self.running = kept;
         for seq in &mut removed {
             self.allocator.release_all(&seq.blocks);
             seq.blocks.clear();
