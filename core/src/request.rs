@@ -8,6 +8,9 @@ use crate::error::{Error, Result};
 /// Largest number of alternatives reported per token, as in OpenAI's `top_logprobs`.
 pub const MAX_LOGPROBS: usize = 20;
 
+/// Largest magnitude of a `logit_bias` entry, as in OpenAI's API.
+pub const MAX_LOGIT_BIAS: f32 = 100.0;
+
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
@@ -84,6 +87,9 @@ pub struct SamplingParams {
     /// Report the log-probability of each sampled token and this many top alternatives
     /// (`None` = no log-probabilities).
     pub logprobs: Option<usize>,
+    /// Added to a token's logit before any other step, as OpenAI's `logit_bias`
+    /// (token id, bias in [-100, 100]; -100 in effect bans the token, 100 forces it).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -103,6 +109,7 @@ impl Default for SamplingParams {
             stop_token_ids: Vec::new(),
             ignore_eos: false,
             logprobs: None,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -147,6 +154,20 @@ impl SamplingParams {
                 "stop_token_ids",
                 format!("token id {bad} is outside the vocabulary (size {vocab_size})"),
             ));
+        }
+        for &(id, bias) in &self.logit_bias {
+            if id as usize >= vocab_size {
+                return Err(Error::invalid(
+                    "logit_bias",
+                    format!("token id {id} is outside the vocabulary (size {vocab_size})"),
+                ));
+            }
+            if !(-MAX_LOGIT_BIAS..=MAX_LOGIT_BIAS).contains(&bias) {
+                return Err(Error::invalid(
+                    "logit_bias",
+                    format!("the bias of token {id} must be in [-100, 100], got {bias}"),
+                ));
+            }
         }
         if let Some(n) = self.logprobs {
             if n > MAX_LOGPROBS {

@@ -90,15 +90,22 @@ impl Sampler {
     /// Picks the next token. `logits` is modified in place (penalties); `history` is the
     /// sequence so far (prompt then output), used by the repetition penalty.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> Sampled {
-        self.apply_penalties(logits, history);
+        self.adjust_logits(logits, history);
         let logprobs = self.params.logprobs.map(|n| top_logprobs(logits, n));
         let token = if self.params.temperature == 0.0 { argmax(logits) } else { self.sample_stochastic(logits) };
         let logprobs = logprobs.map(|(lse, top)| TokenLogprobs { logprob: logits[token as usize] - lse, top });
         Sampled { token, logprobs }
     }
 
-    fn apply_penalties(&self, logits: &mut [f32], history: &[u32]) {
+    /// Logit bias, then the repetition, presence and frequency penalties, in place.
+    fn adjust_logits(&self, logits: &mut [f32], history: &[u32]) {
         let p = &self.params;
+        // Ids were validated against the vocabulary at submit.
+        for &(id, bias) in &p.logit_bias {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l += bias;
+            }
+        }
         if p.repetition_penalty != 1.0 {
             let window = if p.penalty_last_n == 0 {
                 history
@@ -289,6 +296,20 @@ mod tests {
             p.repetition_penalty = 2.0;
         }));
         assert_eq!(s.sample(&mut [2.0, 1.5], &[0, 0, 0]).token, 1);
+    }
+
+    #[test]
+    fn logit_bias_bans_and_forces_tokens() {
+        let mut banned = Sampler::new(params(|p| {
+            p.temperature = 0.0;
+            p.logit_bias = vec![(0, -100.0)];
+        }));
+        assert_eq!(banned.sample(&mut [5.0, 1.0, 0.0], &[]).token, 1);
+        let mut forced = Sampler::new(params(|p| {
+            p.temperature = 0.0;
+            p.logit_bias = vec![(2, 100.0)];
+        }));
+        assert_eq!(forced.sample(&mut [5.0, 1.0, 0.0], &[]).token, 2);
     }
 
     #[test]
