@@ -372,6 +372,20 @@ typedef struct cs_sampling_params {
    * Scheduling priority of the request: higher runs first, equal ones in arrival order.
    */
   int32_t priority;
+  /**
+   * OpenAI-style logit bias: `logit_bias_values[i]` (in [-100, 100]) is added to the logit of
+   * token `logit_bias_ids[i]`, for `logit_bias_len` entries; NULL if none.
+   * Borrowed only during the submit call.
+   */
+  const uint32_t *logit_bias_ids;
+  /**
+   * Biases matching `logit_bias_ids`.
+   */
+  const float *logit_bias_values;
+  /**
+   * Number of entries in `logit_bias_ids` and `logit_bias_values`.
+   */
+  size_t logit_bias_len;
 } cs_sampling_params;
 
 /**

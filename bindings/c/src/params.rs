@@ -89,6 +89,14 @@ pub struct cs_sampling_params {
     pub logprobs: i32,
     /// Scheduling priority of the request: higher runs first, equal ones in arrival order.
     pub priority: i32,
+    /// OpenAI-style logit bias: `logit_bias_values[i]` (in [-100, 100]) is added to the logit of
+    /// token `logit_bias_ids[i]`, for `logit_bias_len` entries; NULL if none.
+    /// Borrowed only during the submit call.
+    pub logit_bias_ids: *const u32,
+    /// Biases matching `logit_bias_ids`.
+    pub logit_bias_values: *const f32,
+    /// Number of entries in `logit_bias_ids` and `logit_bias_values`.
+    pub logit_bias_len: usize,
 }
 
 /// Engine params with every field at its default and no model path.
@@ -137,6 +145,9 @@ pub extern "C" fn cs_sampling_default_params() -> cs_sampling_params {
         ignore_eos: defaults.ignore_eos,
         logprobs: defaults.logprobs.map_or(-1, |n| i32::try_from(n).unwrap_or(i32::MAX)),
         priority: 0,
+        logit_bias_ids: std::ptr::null(),
+        logit_bias_values: std::ptr::null(),
+        logit_bias_len: 0,
     }
 }
 
@@ -168,15 +179,18 @@ impl cs_sampling_params {
     /// The core sampling params these describe (the core validates their ranges at submit).
     ///
     /// # Safety
-    /// `stop` and `stop_token_ids` must be NULL or hold their stated number of valid elements.
+    /// `stop`, `stop_token_ids`, `logit_bias_ids` and `logit_bias_values` must be NULL or hold
+    /// their stated number of valid elements.
     pub(crate) unsafe fn to_core(self) -> Result<SamplingParams, Failure> {
         let top_k = u32::try_from(self.top_k)
             .map_err(|_| Failure::invalid("top_k", format!("must be >= 0 (0 disables it), got {}", self.top_k)))?;
         let max_tokens = optional_count(self.max_tokens, "max_tokens")?;
         let logprobs = optional_count(i64::from(self.logprobs), "logprobs")?;
-        // SAFETY (both): forwarded caller contract.
+        // SAFETY (all four): forwarded caller contract.
         let stop = unsafe { c_str_array(self.stop, self.stop_len, "stop")? };
         let stop_token_ids = unsafe { slice(self.stop_token_ids, self.stop_token_ids_len, "stop_token_ids")? };
+        let bias_ids = unsafe { slice(self.logit_bias_ids, self.logit_bias_len, "logit_bias")? };
+        let bias_values = unsafe { slice(self.logit_bias_values, self.logit_bias_len, "logit_bias")? };
         Ok(SamplingParams {
             temperature: self.temperature,
             top_k,
@@ -192,6 +206,7 @@ impl cs_sampling_params {
             stop_token_ids: stop_token_ids.to_vec(),
             ignore_eos: self.ignore_eos,
             logprobs,
+            logit_bias: bias_ids.iter().copied().zip(bias_values.iter().copied()).collect(),
         })
     }
 }
