@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Checks the committed header is up to date, builds the C library, compiles the C test and the C++ example against include/cortexstream.h,
-# and runs both on the real models.
+# and runs both on the real models: once as they are, once built with AddressSanitizer,
+# LeakSanitizer and UBSan (gcc; only the C/C++ side is instrumented, the Rust library is linked
+# as is, but its heap goes through ASan's allocator so leaks and bad frees of its memory count
+# too). Any sanitizer report fails the run.
 #
 #   tests/c/run.sh [--valgrind]
 #
@@ -14,14 +17,18 @@ build_dir="$target_dir/c/tests"
 cache="${CORTEXSTREAM_CACHE:-$HOME/.cache/cortexstream}"
 models_dir="$cache/models"
 CC="${CC:-cc}"
+python="${CORTEXSTREAM_PYTHON:-python3}"
 
 # The committed header must match the Rust sources it is generated from.
 "$repo_root/bindings/c/generate-header.sh" --check
 lib_dir="$("$repo_root/bindings/c/build.sh" | tail -n 1)"
 mkdir -p "$build_dir"
 
-python3 "$repo_root/tests/c/gen_reference_header.py" \
+"$python" "$repo_root/tests/c/gen_reference_header.py" \
     "$repo_root/tests/fixtures/smollm2_reference.json" "$build_dir/reference.h"
+# The shared bad-input matrix, as C (the JSON stays the single source).
+"$python" "$repo_root/tests/c/gen_matrix_header.py" \
+    "$repo_root/tests/hardening/bad_inputs.json" "$build_dir/matrix.h"
 
 "$CC" -std=c11 -O1 -g -Wall -Wextra -Werror -pedantic -pthread \
     -I "$repo_root/include" -I "$build_dir" \
@@ -38,6 +45,21 @@ echo "== C API tests"
 echo "== C++ example (static library)"
 make -s -C "$repo_root/examples/cpp" STATIC=1 BUILD_DIR="$build_dir" "$build_dir/daemon"
 "$build_dir/daemon" "$models_dir/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+echo "== C API tests and C++ example under AddressSanitizer + LeakSanitizer + UBSan"
+sanitize=(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all)
+export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=0:exitcode=86"
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+"${SANITIZE_CC:-gcc}" -std=c11 -O1 -g -Wall -Wextra -Werror -pedantic -pthread "${sanitize[@]}" \
+    -I "$repo_root/include" -I "$build_dir" \
+    "$repo_root/tests/c/test_cortexstream.c" -o "$build_dir/test_cortexstream_asan" \
+    -L "$lib_dir" -Wl,-rpath,"$lib_dir" -lcortexstream -lm
+"$build_dir/test_cortexstream_asan" "$models_dir"
+mkdir -p "$build_dir/asan"
+make -s -C "$repo_root/examples/cpp" STATIC=1 SANITIZE=address,undefined CXX="${SANITIZE_CXX:-g++}" \
+    BUILD_DIR="$build_dir/asan" "$build_dir/asan/daemon"
+"$build_dir/asan/daemon" "$models_dir/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" >/dev/null
+unset ASAN_OPTIONS UBSAN_OPTIONS
 
 if [[ "${1:-}" == "--valgrind" ]]; then
     echo "== C API tests under valgrind"

@@ -1,6 +1,7 @@
 /*
  * Tests of the C API against the real SmolLM2 and MiniLM models and llama.cpp's reference
- * outputs (reference.h is generated from tests/fixtures/smollm2_reference.json by run.sh).
+ * outputs (reference.h is generated from tests/fixtures/smollm2_reference.json by run.sh), and
+ * the C door of the shared bad-input matrix (matrix.h, from tests/hardening/bad_inputs.json).
  *
  * usage: test_cortexstream [MODELS_DIR]   (default: $CORTEXSTREAM_CACHE/models or
  *                                          ~/.cache/cortexstream/models)
@@ -651,6 +652,247 @@ static void test_engine_free_with_requests_in_flight(void) {
         if (requests[i] != NULL) CHECK_OK(cs_request_free(requests[i]));
 }
 
+/* ---------- the shared bad-input matrix ---------- */
+
+/* tests/hardening/bad_inputs.json, turned into C by gen_matrix_header.py (run.sh writes
+ * matrix.h): each case's builder fills a matrix_request, and MATRIX_CASES says what the case
+ * expects. Every allocation a builder makes is owned by the request and freed with it. */
+
+enum { MX_GENERATE, MX_EMBED };
+enum { MX_OWNED_MAX = 512, MX_MESSAGES_MAX = 8 };
+
+typedef struct {
+    int kind;
+    char *prompt;
+    const uint32_t *prompt_tokens;
+    size_t prompt_tokens_len;
+    bool has_messages;
+    cs_chat_message messages[MX_MESSAGES_MAX];
+    size_t messages_len;
+    const char **input;
+    size_t input_len;
+    cs_sampling_params params;
+    void *owned[MX_OWNED_MAX];
+    size_t owned_len;
+} matrix_request;
+
+static void *mx_alloc(matrix_request *r, size_t size) {
+    void *p = calloc(1, size);
+    if (p == NULL || r->owned_len == MX_OWNED_MAX) {
+        fprintf(stderr, "matrix_request: out of memory or too many allocations\n");
+        abort();
+    }
+    r->owned[r->owned_len++] = p;
+    return p;
+}
+
+/* `times` copies of `text`, NUL-terminated, owned by `r`. */
+static char *mx_repeat(matrix_request *r, const char *text, size_t times) {
+    size_t len = strlen(text);
+    char *out = mx_alloc(r, len * times + 1);
+    for (size_t i = 0; i < times; i++) memcpy(out + i * len, text, len);
+    return out;
+}
+
+static void mx_free(matrix_request *r) {
+    for (size_t i = 0; i < r->owned_len; i++) free(r->owned[i]);
+    free(r);
+}
+
+typedef struct {
+    const char *id;
+    void (*build)(matrix_request *r);
+    cs_status status; /* CS_OK: the request is accepted */
+    const char *param; /* cs_last_error_param() of a rejected case */
+    const char *message_contains[4]; /* NULL-terminated */
+    const char *text; /* exact text of an accepted case, or NULL */
+    const char *text_not_equal; /* text an accepted case must not produce, or NULL */
+    cs_finish_reason finish_reason; /* CS_FINISH_NONE: not checked */
+} matrix_case;
+
+#include "matrix.h"
+
+/* Runs one case through the C API and checks it; `label` names it in failures. */
+static void run_matrix_case(const matrix_case *c, const char *label) {
+    matrix_request *r = calloc(1, sizeof *r);
+    if (r == NULL) abort();
+    r->params = cs_sampling_default_params();
+    c->build(r);
+    cs_status status;
+    cs_request *request = NULL;
+    if (r->kind == MX_EMBED) {
+        cs_model_info info = {.struct_size = sizeof info};
+        CHECK_OK(cs_engine_model_info(engine, &info));
+        size_t floats = r->input_len * info.embedding_dim;
+        float *vectors = malloc((floats ? floats : 1) * sizeof *vectors);
+        size_t dim = 0;
+        status = cs_engine_embed(engine, r->input, r->input_len, vectors, floats, &dim);
+        free(vectors);
+    } else if (r->has_messages) {
+        status = cs_engine_submit_chat(engine, r->messages, r->messages_len, &r->params, NULL, NULL, &request);
+    } else if (r->prompt_tokens != NULL) {
+        status = cs_engine_submit_tokens(engine, r->prompt_tokens, r->prompt_tokens_len, &r->params, NULL, NULL,
+                                         &request);
+    } else {
+        status = cs_engine_submit_text(engine, r->prompt, &r->params, NULL, NULL, &request);
+    }
+    CHECK(status == c->status, "%s: status %d (%s), expected %d", label, (int)status,
+          status == CS_OK ? "accepted" : cs_last_error_message(), (int)c->status);
+    if (status != CS_OK && c->status != CS_OK) {
+        const char *message = cs_last_error_message();
+        const char *param = cs_last_error_param();
+        CHECK(c->param == NULL || (param != NULL && strcmp(param, c->param) == 0),
+              "%s: cs_last_error_param() is \"%s\", expected \"%s\" (message: %s)", label,
+              param ? param : "(null)", c->param, message);
+        for (const char *const *needle = c->message_contains; *needle != NULL; needle++)
+            CHECK(strstr(message, *needle) != NULL, "%s: message \"%s\" does not contain \"%s\"", label,
+                  message, *needle);
+    }
+    if (request != NULL) {
+        stream_result *result = calloc(1, sizeof *result);
+        if (result == NULL) abort();
+        CHECK_FAILS(drain(request, result), CS_END_OF_STREAM, NULL);
+        if (c->status == CS_OK) {
+            CHECK(c->text == NULL || strcmp(result->text, c->text) == 0, "%s: text \"%s\", expected \"%s\"",
+                  label, result->text, c->text);
+            CHECK(c->text_not_equal == NULL || strcmp(result->text, c->text_not_equal) != 0,
+                  "%s: text is \"%s\", which the case rules out", label, result->text);
+            CHECK(c->finish_reason == CS_FINISH_NONE || result->finished.finish_reason == c->finish_reason,
+                  "%s: finish reason %d, expected %d", label, (int)result->finished.finish_reason,
+                  (int)c->finish_reason);
+        }
+        free(result);
+        CHECK_OK(cs_request_free(request));
+    }
+    mx_free(r);
+}
+
+static void test_bad_input_matrix_then_canary(void) {
+    CHECK(COUNT_OF(MATRIX_CASES) >= 30, "only %zu C cases in the matrix", COUNT_OF(MATRIX_CASES));
+    for (size_t i = 0; i < COUNT_OF(MATRIX_CASES); i++) {
+        run_matrix_case(&MATRIX_CASES[i], MATRIX_CASES[i].id);
+        /* A bad request must leave the engine serving: the canary comes out exactly. */
+        char label[128];
+        snprintf(label, sizeof label, "canary after %s", MATRIX_CASES[i].id);
+        run_matrix_case(&MATRIX_CANARY, label);
+    }
+}
+
+/* NULL in every pointer argument and invalid UTF-8 in every string input of the API: an
+ * error status naming the argument, never a crash; then the engine still serves. */
+static void test_null_pointers_and_invalid_utf8_everywhere(void) {
+    const char *bad_utf8 = "The \xff\xfe";
+    cs_sampling_params params = greedy_params(2);
+    cs_request *request = NULL;
+    uint32_t *tokens = NULL;
+    size_t len = 0;
+    char *text = NULL;
+    uint32_t ids[] = {504, 1017};
+    cs_chat_message message = {"user", "hi"};
+
+    cs_engine *no_engine = NULL;
+    CHECK_FAILS(cs_engine_new(NULL, &no_engine), CS_INVALID_ARGUMENT, "params");
+    cs_engine_params engine_params = cs_engine_default_params();
+    engine_params.model_path = "model.gguf";
+    CHECK_FAILS(cs_engine_new(&engine_params, NULL), CS_INVALID_ARGUMENT, "out_engine");
+    engine_params.model_path = bad_utf8;
+    CHECK_FAILS(cs_engine_new(&engine_params, &no_engine), CS_INVALID_ARGUMENT, "model_path");
+    engine_params.model_path = "model.gguf";
+    engine_params.tokenizer_path = bad_utf8;
+    CHECK_FAILS(cs_engine_new(&engine_params, &no_engine), CS_INVALID_ARGUMENT, "tokenizer_path");
+    engine_params.tokenizer_path = NULL;
+    engine_params.embedding_model_path = bad_utf8;
+    CHECK_FAILS(cs_engine_new(&engine_params, &no_engine), CS_INVALID_ARGUMENT, "embedding_model_path");
+    CHECK(no_engine == NULL, "out_engine written by a failing call");
+
+    cs_model_info info = {.struct_size = sizeof info};
+    CHECK_FAILS(cs_engine_model_info(NULL, &info), CS_INVALID_ARGUMENT, "engine");
+    CHECK_FAILS(cs_engine_model_info(engine, NULL), CS_INVALID_ARGUMENT, "out_info");
+
+    CHECK_FAILS(cs_engine_tokenize(NULL, "x", false, &tokens, &len), CS_INVALID_ARGUMENT, "engine");
+    CHECK_FAILS(cs_engine_tokenize(engine, NULL, false, &tokens, &len), CS_INVALID_ARGUMENT, "text");
+    CHECK_FAILS(cs_engine_tokenize(engine, bad_utf8, false, &tokens, &len), CS_INVALID_ARGUMENT, "text");
+    CHECK_FAILS(cs_engine_tokenize(engine, "x", false, &tokens, NULL), CS_INVALID_ARGUMENT, "out_tokens_len");
+
+    CHECK_FAILS(cs_engine_detokenize(NULL, ids, 2, &text, &len), CS_INVALID_ARGUMENT, "engine");
+    CHECK_FAILS(cs_engine_detokenize(engine, NULL, 2, &text, &len), CS_INVALID_ARGUMENT, "tokens");
+    CHECK_FAILS(cs_engine_detokenize(engine, ids, 2, NULL, &len), CS_INVALID_ARGUMENT, "out_text");
+    CHECK_FAILS(cs_engine_detokenize(engine, ids, 2, &text, NULL), CS_INVALID_ARGUMENT, "out_text_len");
+
+    CHECK_FAILS(cs_engine_apply_chat_template(NULL, &message, 1, true, &text, &len), CS_INVALID_ARGUMENT,
+                "engine");
+    CHECK_FAILS(cs_engine_apply_chat_template(engine, NULL, 1, true, &text, &len), CS_INVALID_ARGUMENT,
+                "messages");
+    CHECK_FAILS(cs_engine_apply_chat_template(engine, &message, 1, true, NULL, &len), CS_INVALID_ARGUMENT,
+                "out_text");
+    cs_chat_message bad_messages[] = {{"user", bad_utf8}, {bad_utf8, "hi"}, {"user", NULL}};
+    for (size_t i = 0; i < COUNT_OF(bad_messages); i++) {
+        CHECK_FAILS(cs_engine_apply_chat_template(engine, &bad_messages[i], 1, true, &text, &len),
+                    CS_INVALID_ARGUMENT, "messages");
+        CHECK_FAILS(cs_engine_submit_chat(engine, &bad_messages[i], 1, &params, NULL, NULL, &request),
+                    CS_INVALID_ARGUMENT, "messages");
+    }
+    CHECK(text == NULL && tokens == NULL, "an out-param was written by a failing call");
+
+    float vector[384];
+    size_t dim = 0;
+    const char *good_text = "ok";
+    CHECK_FAILS(cs_engine_embed(NULL, &good_text, 1, vector, 384, &dim), CS_INVALID_ARGUMENT, "engine");
+    CHECK_FAILS(cs_engine_embed(engine, NULL, 1, vector, 384, &dim), CS_INVALID_ARGUMENT, "texts");
+    CHECK_FAILS(cs_engine_embed(engine, &bad_utf8, 1, vector, 384, &dim), CS_INVALID_ARGUMENT, "texts");
+    CHECK_FAILS(cs_engine_embed(engine, &good_text, 1, NULL, 384, &dim), CS_INVALID_ARGUMENT, "out_vectors");
+    CHECK_FAILS(cs_engine_embed(engine, &good_text, 1, vector, 384, NULL), CS_INVALID_ARGUMENT, "out_dim");
+
+    CHECK_FAILS(cs_engine_submit_tokens(NULL, ids, 2, &params, NULL, NULL, &request), CS_INVALID_ARGUMENT,
+                "engine");
+    CHECK_FAILS(cs_engine_submit_tokens(engine, ids, 2, NULL, NULL, NULL, &request), CS_INVALID_ARGUMENT,
+                "params");
+    CHECK_FAILS(cs_engine_submit_tokens(engine, ids, 2, &params, NULL, NULL, NULL), CS_INVALID_ARGUMENT,
+                "out_request");
+    CHECK_FAILS(cs_engine_submit_chat(NULL, &message, 1, &params, NULL, NULL, &request), CS_INVALID_ARGUMENT,
+                "engine");
+    CHECK_FAILS(cs_engine_submit_chat(engine, NULL, 1, &params, NULL, NULL, &request), CS_INVALID_ARGUMENT,
+                "messages");
+    CHECK_FAILS(cs_engine_submit_chat(engine, &message, 1, NULL, NULL, NULL, &request), CS_INVALID_ARGUMENT,
+                "params");
+    CHECK_FAILS(cs_engine_submit_chat(engine, &message, 1, &params, NULL, NULL, NULL), CS_INVALID_ARGUMENT,
+                "out_request");
+
+    /* Invalid UTF-8 and NULL inside the sampling params' strings and arrays. */
+    const char *bad_stop[] = {bad_utf8};
+    cs_sampling_params bad = params;
+    bad.stop = bad_stop;
+    bad.stop_len = 1;
+    CHECK_FAILS(cs_engine_submit_text(engine, "hi", &bad, NULL, NULL, &request), CS_INVALID_ARGUMENT, "stop");
+    bad = params;
+    bad.stop_token_ids_len = 2;
+    CHECK_FAILS(cs_engine_submit_text(engine, "hi", &bad, NULL, NULL, &request), CS_INVALID_ARGUMENT,
+                "stop_token_ids");
+    bad = params;
+    bad.logit_bias_ids = ids;
+    bad.logit_bias_len = 2;
+    CHECK_FAILS(cs_engine_submit_text(engine, "hi", &bad, NULL, NULL, &request), CS_INVALID_ARGUMENT,
+                "logit_bias");
+    CHECK(request == NULL, "out_request written by a failing call");
+
+    /* Request handles. */
+    CHECK_OK(cs_engine_submit_tokens(engine, ids, 2, &params, NULL, NULL, &request));
+    if (request != NULL) {
+        uint64_t id = 0;
+        const cs_event *event = NULL;
+        CHECK_FAILS(cs_request_id(NULL, &id), CS_INVALID_ARGUMENT, "request");
+        CHECK_FAILS(cs_request_id(request, NULL), CS_INVALID_ARGUMENT, "out_id");
+        CHECK_FAILS(cs_request_next_event(request, -1, NULL), CS_INVALID_ARGUMENT, "out_event");
+        stream_result *result = calloc(1, sizeof *result);
+        CHECK_FAILS(drain(request, result), CS_END_OF_STREAM, NULL);
+        CHECK(result->ids_len == 2, "%zu tokens after the failed calls", result->ids_len);
+        free(result);
+        CHECK_FAILS(cs_request_next_event(request, 0, &event), CS_END_OF_STREAM, NULL);
+        CHECK_OK(cs_request_free(request));
+    }
+    run_matrix_case(&MATRIX_CANARY, "canary after the NULL and UTF-8 calls");
+}
+
 /* ---------- runner ---------- */
 
 typedef struct {
@@ -689,6 +931,8 @@ int main(int argc, char **argv) {
         {"tokenize_detokenize_round_trip", test_tokenize_detokenize_round_trip},
         {"chat_template_matches_llama_cpp", test_chat_template_matches_llama_cpp},
         {"embeddings", test_embeddings},
+        {"bad_input_matrix_then_canary", test_bad_input_matrix_then_canary},
+        {"null_pointers_and_invalid_utf8_everywhere", test_null_pointers_and_invalid_utf8_everywhere},
         {"engine_free_with_requests_in_flight", test_engine_free_with_requests_in_flight},
     };
     int passed = 0, failed = 0;
