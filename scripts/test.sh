@@ -85,7 +85,7 @@ bench_smoke() {
 step "python environment" setup_python
 step "models" pull_models
 step "rust core and C ABI unit/integration tests" rust_tests
-step "C header drift, C tests, C++ example" tests/c/run.sh
+step "C header drift, C tests, C++ example (plain and under ASan+LSan+UBSan)" tests/c/run.sh
 step "python module build" build_python
 step "python stubs (stubtest)" env PYTHON="$python" tests/python/check_stubs.sh
 step "python module tests" pytest_suite tests/python
