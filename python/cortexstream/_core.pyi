@@ -168,7 +168,15 @@ class Stream:
 
 @disjoint_base
 class Engine:
-    """A loaded model serving requests from any thread (paths only; see ``cortexstream.Engine``)."""
+    """A loaded model serving requests from any thread (paths only; see ``cortexstream.Engine``).
+
+    ``**sampling`` of the generation methods: ``max_tokens``, ``temperature``, ``top_k``,
+    ``top_p``, ``min_p``, ``repetition_penalty``, ``presence_penalty``, ``frequency_penalty``,
+    ``penalty_last_n``, ``seed``, ``stop`` (str or list of str), ``stop_token_ids`` (list of
+    int), ``ignore_eos`` (bool), ``logprobs`` (int), ``priority`` (int) and ``logit_bias``
+    (``Mapping[int | str, float]``: OpenAI's token id -> bias in [-100, 100]). ``max_queue``
+    bounds the requests waiting for a slot; past it submits raise ``OverloadedError``.
+    """
 
     def __new__(
         cls,

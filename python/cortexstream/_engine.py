@@ -34,8 +34,10 @@ class Engine(_core.Engine):
     ``temperature`` (0.8; 0 is greedy), ``top_k`` (40), ``top_p`` (0.95), ``min_p`` (0.05),
     ``repetition_penalty`` (1.0), ``presence_penalty``, ``frequency_penalty`` (0.0),
     ``penalty_last_n`` (64), ``seed``, ``stop`` (str or list), ``stop_token_ids``,
-    ``ignore_eos`` (False), ``logprobs`` (number of alternatives, 0..20), ``priority`` (0).
-    ``None`` for any of them means its default.
+    ``ignore_eos`` (False), ``logprobs`` (number of alternatives, 0..20), ``priority`` (0),
+    ``logit_bias`` (OpenAI's ``{token_id: bias}``, ids as int or str, biases in [-100, 100]).
+    ``None`` for any of them means its default. A wrong type raises ``TypeError`` naming the
+    argument; a value out of range raises :class:`InvalidRequestError` with ``param`` set.
 
     Use it as a context manager, or call :meth:`close`, to free the model deterministically.
     """

@@ -8,7 +8,7 @@
 use cortexstream::{ChatMessage, Error, Prompt, Request, SamplingParams};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyInt, PyString};
+use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyInt, PyString};
 
 use crate::errors::to_py_err;
 
@@ -16,6 +16,10 @@ use crate::errors::to_py_err;
 pub fn raw_prompt(prompt: &Bound<'_, PyAny>) -> PyResult<Prompt> {
     if prompt.is_instance_of::<PyString>() {
         return Ok(Prompt::Text(prompt.extract()?));
+    }
+    // `bytes` is a sequence of ints, so it would pass as token ids; text must be decoded first.
+    if prompt.is_instance_of::<PyBytes>() || prompt.is_instance_of::<PyByteArray>() {
+        return Err(type_error("prompt", "str or list[int] (decode bytes first)", prompt));
     }
     prompt.extract::<Vec<u32>>().map(Prompt::Tokens).map_err(|_| type_error("prompt", "str or list[int]", prompt))
 }
@@ -27,10 +31,12 @@ pub fn chat_messages(messages: &Bound<'_, PyAny>) -> PyResult<Vec<ChatMessage>> 
 }
 
 fn message(item: &Bound<'_, PyDict>) -> PyResult<ChatMessage> {
+    // A missing key is a malformed message, as a missing field is for a typed dict.
     let field = |key: &str| -> PyResult<String> {
+        let expected = format!("dicts with a str `{key}`");
         match item.get_item(key)? {
-            Some(value) => typed(&value, "messages", &format!("a str `{key}` in every message")),
-            None => Err(to_py_err(Error::invalid("messages", format!("every message needs a `{key}`")))),
+            Some(value) => typed(&value, "messages", &expected),
+            None => Err(PyTypeError::new_err(format!("`messages` must be {expected}, a message has no `{key}`"))),
         }
     };
     Ok(ChatMessage::new(field("role")?, field("content")?))
@@ -60,6 +66,7 @@ pub fn request(prompt: Prompt, sampling: Option<&Bound<'_, PyDict>>) -> PyResult
             "ignore_eos" => set(&mut p.ignore_eos, value, |v| typed(v, "ignore_eos", "a bool"))?,
             "stop" => set(&mut p.stop, value, stop_strings)?,
             "stop_token_ids" => set(&mut p.stop_token_ids, value, |v| typed(v, "stop_token_ids", "a list of int"))?,
+            "logit_bias" => set(&mut p.logit_bias, value, logit_bias)?,
             "priority" => set(&mut priority, value, |v| number(v, "priority"))?,
             other => return Err(PyTypeError::new_err(format!("unexpected keyword argument `{other}`"))),
         }
@@ -93,6 +100,37 @@ fn stop_strings(value: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
         return Ok(vec![single]);
     }
     typed(value, "stop", "a str or a list of str")
+}
+
+/// OpenAI's `logit_bias`: `{token_id: bias}`. Ids may be ints or decimal strs (JSON object keys
+/// are strings, so a dict decoded from an OpenAI request has str keys). The core checks that
+/// ids are in the vocabulary and biases in [-100, 100].
+fn logit_bias(value: &Bound<'_, PyAny>) -> PyResult<Vec<(u32, f32)>> {
+    const EXPECTED: &str = "a dict of token id (int or str) to bias (float)";
+    let entries = value.cast::<PyDict>().map_err(|_| type_error("logit_bias", EXPECTED, value))?;
+    entries
+        .iter()
+        .map(|(key, bias)| {
+            let bias = bias.extract::<f32>().map_err(|_| type_error("logit_bias", EXPECTED, &bias))?;
+            Ok((bias_token_id(&key)?, bias))
+        })
+        .collect()
+}
+
+/// A `logit_bias` key as a token id. Integers that are no token id at all (negative, huge,
+/// `"abc"`) are invalid values of the field, like ids past the vocabulary.
+fn bias_token_id(key: &Bound<'_, PyAny>) -> PyResult<u32> {
+    const EXPECTED: &str = "a dict of token id (int or str) to bias (float)";
+    let text = if key.is_instance_of::<PyString>() {
+        key.extract::<String>()?
+    } else if key.is_instance_of::<PyInt>() && !key.is_instance_of::<PyBool>() {
+        key.str()?.to_string()
+    } else {
+        return Err(type_error("logit_bias", EXPECTED, key));
+    };
+    text.trim().parse::<u32>().map_err(|_| {
+        to_py_err(Error::invalid("logit_bias", format!("{text:?} is not a token id (a non-negative integer)")))
+    })
 }
 
 /// A number field. A Python int outside the Rust type's range (a negative count, say) is an
