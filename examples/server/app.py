@@ -9,26 +9,10 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from . import ollama_routes, openai_routes
+from .bodies import JsonBodies
 from .errors import RETRY_AFTER_SECONDS, install_error_handlers
 from .metrics import CONTENT_TYPE, render_prometheus
 from .state import ServerConfig, ServerState, require_api_key, server_state
-
-
-class JsonBodies:
-    """ASGI middleware reading every request body as JSON, whatever its Content-Type.
-
-    Ollama ignores the header and its documented examples are `curl URL -d '{...}'`, which sends
-    curl's default form type; FastAPI would otherwise refuse those bodies.
-    """
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http":
-            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
-        await self.app(scope, receive, send)
 
 
 def create_app(config: ServerConfig) -> FastAPI:

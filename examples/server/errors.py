@@ -79,14 +79,48 @@ def error_response(request: Request, error: ApiError) -> JSONResponse:
     return JSONResponse(body, status_code=error.status, headers=headers)
 
 
+#: Pydantic error types meaning "right type, value out of range": the core's `invalid_request`,
+#: as when the engine itself rejects a value (a negative `max_tokens`, say).
+_RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
+#: Location parts pydantic adds for the member of a union (`str`, `list[int]`, `ContentPart`):
+#: not field names, so they do not belong in `param`.
+_TYPE_NAMES = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def param_path(location) -> str | None:
+    """OpenAI's spelling of a field location: `messages[0].content`, `stop`, `logit_bias`."""
+    path = ""
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part.isidentifier() and part not in _TYPE_NAMES and not part[0].isupper():
+            path += f".{part}" if path else part
+        else:
+            # A union member's tag or a dict key: the field before it is the one at fault.
+            break
+    return path or None
+
+
 def _validation_error(exc: RequestValidationError) -> ApiError:
     # OpenAI answers malformed bodies with 400 and names the field; FastAPI's default is 422 with
-    # a list the official clients cannot show.
-    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request body"}
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
-    param = ".".join(location) or None
+    # a list the official clients cannot show. Codes as OpenAI's: invalid_type for a wrong type,
+    # missing_required_parameter, invalid_json; a value out of range is the core's invalid_request.
+    errors = exc.errors() or [{"loc": (), "msg": "invalid request body", "type": "json_invalid"}]
+    first = errors[0]
+    location = [part for part in first.get("loc", ()) if part != "body"]
+    param = param_path(location) if first["type"] != "json_invalid" else None
+    # A union field fails once per member; they all describe the same field.
+    kinds = {e["type"] for e in errors if param_path([p for p in e.get("loc", ()) if p != "body"]) == param}
+    if kinds & _RANGE_ERRORS:
+        code = "invalid_request"
+    elif "missing" in kinds:
+        code = "missing_required_parameter"
+    elif "json_invalid" in kinds:
+        code = "invalid_json"
+    else:
+        code = "invalid_type"
     message = f"{param}: {first['msg']}" if param else first["msg"]
-    return ApiError(400, message, param=param, code="invalid_value")
+    return ApiError(400, message, param=param, code=code)
 
 
 def install_error_handlers(app: FastAPI) -> None:

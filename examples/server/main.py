@@ -16,7 +16,22 @@ if __package__ in (None, ""):
 import uvicorn  # noqa: E402
 
 from examples.server.app import create_app  # noqa: E402
-from examples.server.state import NO_EMBEDDING_MODEL, ServerConfig  # noqa: E402
+from examples.server.shutdown import DrainingServer  # noqa: E402
+from examples.server.state import NO_EMBEDDING_MODEL, EngineOptions, ServerConfig  # noqa: E402
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,14 +46,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--api-key", default=os.environ.get("CORTEXSTREAM_API_KEY"),
                         help="require `Authorization: Bearer KEY` (default: $CORTEXSTREAM_API_KEY, else no key)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    engine = parser.add_argument_group("engine sizes and limits (default: the engine's)")
+    engine.add_argument("--max-running", type=_positive,
+                        help="sequences decoded together (default 32); also the most choices `n` per request")
+    engine.add_argument("--max-queue", type=_positive,
+                        help="requests waiting for a running slot (default 256); past it: 503 with Retry-After")
+    engine.add_argument("--kv-cache-tokens", type=_positive, help="KV cache size in tokens (default 16384)")
+    engine.add_argument("--max-batch-tokens", type=_positive, help="tokens per forward step (default 2048)")
+    engine.add_argument("--context-length", type=_positive, help="context window (default: the model's)")
+    engine.add_argument("--threads", type=_positive, help="compute threads (default: physical cores)")
+    parser.add_argument("--shutdown-timeout", type=_seconds, default=10.0,
+                        help="on SIGTERM/SIGINT, seconds running requests may take to finish before the "
+                             "engine closes and ends them with finish_reason 'cancelled' (default: 10)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
-    config = ServerConfig(model=args.model, embedding_model=args.embedding_model, api_key=args.api_key or None)
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level)
+    engine = EngineOptions(max_running=args.max_running, max_queue=args.max_queue,
+                           kv_cache_tokens=args.kv_cache_tokens, max_batch_tokens=args.max_batch_tokens,
+                           context_length=args.context_length, threads=args.threads)
+    config = ServerConfig(model=args.model, embedding_model=args.embedding_model, api_key=args.api_key or None,
+                          engine=engine)
+    app = create_app(config)
+    server_config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
+    DrainingServer(server_config, app, drain_seconds=args.shutdown_timeout).run()
 
 
 if __name__ == "__main__":

@@ -37,7 +37,30 @@ def _sampling(body: OpenAISampling, max_tokens: int | None, logprobs: int | None
         kwargs["seed"] = seed
     if logprobs is not None:
         kwargs["logprobs"] = logprobs
+    if body.logit_bias is not None:
+        kwargs["logit_bias"] = _token_biases(body.logit_bias)
     return kwargs
+
+
+def _token_biases(logit_bias: dict[str, float]) -> dict[int, float]:
+    """OpenAI's `{"token_id": bias}` with the ids as ints; the engine checks that they are in
+    the vocabulary and the biases in [-100, 100]."""
+    biases = {}
+    for key, bias in logit_bias.items():
+        if not (key.isascii() and key.strip().isdigit()):
+            raise ApiError(400, f"logit_bias keys must be token ids (non-negative integers), got {key!r}",
+                           param="logit_bias", code="invalid_request")
+        biases[int(key)] = bias
+    return biases
+
+
+def _choices(n: int, state) -> int:
+    """`n`, checked: at least 1 and at most the engine's running slots (`--max-running`)."""
+    limit = state.config.max_choices
+    if not 1 <= n <= limit:
+        raise ApiError(400, f"n must be between 1 and {limit} (the server's running sequences), got {n}",
+                       param="n", code="invalid_request")
+    return n
 
 
 def _message_text(message: OpenAIMessage) -> str:
@@ -59,7 +82,7 @@ async def chat_completions(body: ChatCompletionRequest, state: ReadyState):
     # max_completion_tokens is the newer name of max_tokens; it wins when both are sent.
     max_tokens = body.max_tokens if body.max_completion_tokens is None else body.max_completion_tokens
     sampling = _sampling(body, max_tokens, top)
-    jobs = fan_out([messages], chat=True, sampling=sampling, n=body.n)
+    jobs = fan_out([messages], chat=True, sampling=sampling, n=_choices(body.n, state))
     envelope = Envelope.new("chat.completion", body.model, "chatcmpl")
     texts = TokenTexts(state.engine)
     if body.stream:
@@ -119,7 +142,7 @@ def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str 
 async def completions(body: CompletionRequest, state: ReadyState):
     state.catalog.generation_model(body.model)
     sampling = _sampling(body, body.max_tokens, body.logprobs)
-    jobs = fan_out(_prompts(body.prompt), chat=False, sampling=sampling, n=body.n)
+    jobs = fan_out(_prompts(body.prompt), chat=False, sampling=sampling, n=_choices(body.n, state))
     envelope = Envelope.new("text_completion", body.model, "cmpl")
     texts = TokenTexts(state.engine)
     if body.stream:

@@ -15,10 +15,6 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-#: Most choices per request: the engine's default number of running sequences, so that the
-#: choices of one request run side by side instead of queueing behind each other.
-MAX_CHOICES = 32
-
 # Fields the engine takes as unsigned integers; the engine checks the finer ranges and names the
 # field, but a negative or 65-bit number must already be a 400 here, not a failed conversion.
 Count = Annotated[int, Field(ge=0, le=2**32 - 1)]
@@ -35,7 +31,8 @@ class ContentPart(_Body):
 
 class OpenAIMessage(_Body):
     role: str
-    content: str | list[ContentPart] | None = None
+    # Required, as OpenAI requires it; null is allowed (an assistant turn that only called tools).
+    content: str | list[ContentPart] | None
 
 
 class StreamOptions(_Body):
@@ -57,7 +54,10 @@ class OpenAISampling(_Body):
     frequency_penalty: float | None = None
     stop: str | list[str] | None = None
     seed: Seed | None = None
-    n: int = Field(1, ge=1, le=MAX_CHOICES)
+    # OpenAI's {"token_id": bias}; JSON keys are strings, the route turns them into ids.
+    logit_bias: dict[str, float] | None = None
+    # Checked by the route against the engine's running slots (`--max-running`).
+    n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None

@@ -18,6 +18,24 @@ log = logging.getLogger("cortexstream.server")
 #: `--embedding-model none` serves no embedding model.
 NO_EMBEDDING_MODEL = "none"
 
+#: The core's default number of running sequences (`EngineConfig::max_running`).
+DEFAULT_MAX_RUNNING = 32
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Engine sizes and limits; None keeps the core's default (see `cortexstream.Engine`)."""
+
+    max_running: int | None = None
+    max_queue: int | None = None
+    kv_cache_tokens: int | None = None
+    max_batch_tokens: int | None = None
+    context_length: int | None = None
+    threads: int | None = None
+
+    def as_kwargs(self) -> dict:
+        return {name: value for name, value in self.__dict__.items() if value is not None}
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -26,6 +44,13 @@ class ServerConfig:
     model: str = "smollm2"
     embedding_model: str | None = None
     api_key: str | None = None
+    engine: EngineOptions = EngineOptions()
+
+    @property
+    def max_choices(self) -> int:
+        """Most choices (`n`) per request: the engine's running slots, so the choices of one
+        request run side by side and one request cannot fill the queue on its own."""
+        return self.engine.max_running or DEFAULT_MAX_RUNNING
 
 
 class ServerState:
@@ -42,7 +67,7 @@ class ServerState:
         config = self.config
         embedding = False if config.embedding_model == NO_EMBEDDING_MODEL else config.embedding_model
         try:
-            engine = cortexstream.Engine(config.model, embedding_model=embedding)
+            engine = cortexstream.Engine(config.model, embedding_model=embedding, **config.engine.as_kwargs())
             self.catalog = ModelCatalog(engine.model_info, config.model, config.embedding_model)
         except Exception as error:  # noqa: BLE001 - reported by /health and every endpoint
             self.load_error = str(error)
