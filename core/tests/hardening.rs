@@ -60,7 +60,7 @@ fn special(value: &Value) -> Option<Special> {
         }
         "$bytes_hex" => {
             let hex: String = arg.as_str().expect("$bytes_hex").chars().filter(|c| !c.is_whitespace()).collect();
-            assert!(hex.len() % 2 == 0, "odd $bytes_hex {hex:?}");
+            assert!(hex.len().is_multiple_of(2), "odd $bytes_hex {hex:?}");
             let bytes = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"));
             Special::Bytes(bytes.collect())
         }
