@@ -467,6 +467,9 @@ impl Engine {
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(thread) = thread {
             let _ = thread.join();
+            // The thread owned the weights and the KV cache; without this glibc keeps their
+            // pages resident after `close()` (see `memory`).
+            crate::memory::release_free_memory();
         }
     }
 

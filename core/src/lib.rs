@@ -20,6 +20,7 @@ pub mod engine;
 pub mod error;
 pub mod gguf;
 pub mod kv_cache;
+pub(crate) mod memory;
 pub mod metrics;
 pub mod models;
 pub mod quant;
