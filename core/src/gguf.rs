@@ -4,11 +4,17 @@
 //! a model costs no copy beyond what a kernel chooses to repack. Every length read from
 //! the file is checked against the bytes that remain, so a corrupt or truncated file
 //! gives a [`Error::ModelLoad`] naming the problem instead of a panic or a huge allocation.
+//!
+//! "No huge allocation" is enforced two ways: every count is checked against the smallest
+//! number of bytes its entries could take in what is left of the file, and counts far past
+//! what any real model has ([`MAX_TENSORS`], [`MAX_METADATA_ENTRIES`], [`MAX_ARRAY_ITEMS`],
+//! [`MAX_TOTAL_ARRAY_ITEMS`]) are refused outright. Capacities reserved up front are capped
+//! too, so memory grows only with entries actually read. `core/tests/malformed_models.rs` checks this with a counting
+//! allocator and `fuzz/` fuzzes [`GgufFile::from_bytes`].
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use memmap2::Mmap;
 
@@ -16,6 +22,20 @@ use crate::error::{Error, Result};
 
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
+
+/// Most tensors a file may declare. Real models have a few hundred to a few thousand.
+pub const MAX_TENSORS: u64 = 1 << 20;
+/// Most metadata entries a file may declare. Real models have a few dozen.
+pub const MAX_METADATA_ENTRIES: u64 = 1 << 20;
+/// Most items in one metadata array. The largest real arrays (vocabularies, BPE merges) hold
+/// well under a million; the limit keeps one array's `Vec<Value>` (32 bytes an item) at
+/// 128 MiB even when the file is large enough to back a longer one.
+pub const MAX_ARRAY_ITEMS: u64 = 1 << 22;
+/// Most array items in all metadata together (32 bytes each in memory): ten times what the
+/// largest real vocabularies need, so a file of small items cannot blow up 32-fold in memory.
+pub const MAX_TOTAL_ARRAY_ITEMS: u64 = 1 << 23;
+/// Capacity reserved before reading a counted list; beyond it the list grows as entries parse.
+const MAX_RESERVE: usize = 4096;
 
 /// Element types of ggml tensors, with their on-disk ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -154,6 +174,26 @@ impl Value {
             _ => None,
         }
     }
+
+    /// The type and, for scalars, the value, for error messages (`u32 7`, `array of 3`).
+    pub fn describe(&self) -> String {
+        match self {
+            Value::String(s) if s.len() > 40 => format!("a string of {} bytes", s.len()),
+            Value::String(s) => format!("string {s:?}"),
+            Value::Array(items) => format!("an array of {} items", items.len()),
+            Value::U8(v) => format!("u8 {v}"),
+            Value::I8(v) => format!("i8 {v}"),
+            Value::U16(v) => format!("u16 {v}"),
+            Value::I16(v) => format!("i16 {v}"),
+            Value::U32(v) => format!("u32 {v}"),
+            Value::I32(v) => format!("i32 {v}"),
+            Value::U64(v) => format!("u64 {v}"),
+            Value::I64(v) => format!("i64 {v}"),
+            Value::F32(v) => format!("f32 {v}"),
+            Value::F64(v) => format!("f64 {v}"),
+            Value::Bool(v) => format!("bool {v}"),
+        }
+    }
 }
 
 /// Where one tensor lives in the file.
@@ -174,10 +214,27 @@ impl TensorInfo {
     }
 }
 
+/// The bytes of a GGUF: mapped from a file, or owned (parsed from memory).
+enum Bytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(map) => map,
+            Bytes::Owned(bytes) => bytes,
+        }
+    }
+}
+
 /// An opened GGUF file: metadata, tensor directory and the mapped bytes.
 pub struct GgufFile {
     path: PathBuf,
-    mmap: Arc<Mmap>,
+    bytes: Bytes,
     version: u32,
     metadata: HashMap<String, Value>,
     tensors: Vec<TensorInfo>,
@@ -200,16 +257,33 @@ impl GgufFile {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(|e| Error::model_load(&path, format!("cannot open file: {e}")))?;
+        let kind = file.metadata().map_err(|e| Error::model_load(&path, format!("cannot stat file: {e}")))?;
+        if kind.is_dir() {
+            return Err(Error::model_load(&path, "is a directory, not a GGUF file"));
+        }
+        if !kind.is_file() {
+            return Err(Error::model_load(&path, "is not a regular file"));
+        }
         // SAFETY: the map is read-only; we assume the model file is not truncated by
         // another process while loaded, as every mmap-based loader does.
         let mmap =
             unsafe { Mmap::map(&file) }.map_err(|e| Error::model_load(&path, format!("cannot map file: {e}")))?;
-        let mmap = Arc::new(mmap);
-        let parsed =
-            Parser { bytes: &mmap[..], pos: 0 }.parse().map_err(|message| Error::model_load(&path, message))?;
+        Self::parse(path, Bytes::Mapped(mmap))
+    }
+
+    /// Parses a GGUF held in memory (fuzzing, tests, embedded models). `name` stands for the
+    /// file in error messages and is what [`GgufFile::path`] returns.
+    pub fn from_bytes(name: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Self> {
+        Self::parse(name.into(), Bytes::Owned(bytes))
+    }
+
+    fn parse(path: PathBuf, bytes: Bytes) -> Result<Self> {
+        let parsed = Parser { bytes: &bytes, pos: 0, array_items_left: MAX_TOTAL_ARRAY_ITEMS }
+            .parse()
+            .map_err(|message| Error::model_load(&path, message))?;
         let (version, metadata, tensors) = parsed;
         let tensor_index = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        Ok(Self { path, mmap, version, metadata, tensors, tensor_index })
+        Ok(Self { path, bytes, version, metadata, tensors, tensor_index })
     }
 
     pub fn path(&self) -> &Path {
@@ -228,18 +302,25 @@ impl GgufFile {
         self.metadata.get(key)
     }
 
-    /// A metadata string, or a load error naming the missing key.
+    /// A metadata string, or a load error naming the key and what is wrong with it.
     pub fn require_str(&self, key: &str) -> Result<&str> {
-        self.get(key)
-            .and_then(Value::as_str)
-            .ok_or_else(|| Error::model_load(&self.path, format!("missing string metadata `{key}`")))
+        let value = self.require(key, "string")?;
+        value.as_str().ok_or_else(|| self.wrong_type(key, "a string", value))
     }
 
-    /// A metadata unsigned integer, or a load error naming the missing key.
+    /// A metadata unsigned integer, or a load error naming the key and what is wrong with it.
     pub fn require_u64(&self, key: &str) -> Result<u64> {
-        self.get(key)
-            .and_then(Value::as_u64)
-            .ok_or_else(|| Error::model_load(&self.path, format!("missing integer metadata `{key}`")))
+        let value = self.require(key, "integer")?;
+        value.as_u64().ok_or_else(|| self.wrong_type(key, "a non-negative integer", value))
+    }
+
+    fn require(&self, key: &str, kind: &str) -> Result<&Value> {
+        self.get(key).ok_or_else(|| Error::model_load(&self.path, format!("missing {kind} metadata `{key}`")))
+    }
+
+    /// A load error for metadata `key` holding `found` where `expected` was needed.
+    pub fn wrong_type(&self, key: &str, expected: &str, found: &Value) -> Error {
+        Error::model_load(&self.path, format!("metadata `{key}` must be {expected}, found {}", found.describe()))
     }
 
     pub fn tensors(&self) -> &[TensorInfo] {
@@ -254,12 +335,13 @@ impl GgufFile {
     pub fn tensor_bytes(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
         let info =
             self.tensor_info(name).ok_or_else(|| Error::model_load(&self.path, format!("missing tensor `{name}`")))?;
-        Ok((info, &self.mmap[info.offset..info.offset + info.size]))
+        // In bounds: the parser checked every tensor's range against the file length.
+        Ok((info, &self.bytes[info.offset..info.offset + info.size]))
     }
 
-    /// The shared memory map, for tensors that want to keep borrowing it.
-    pub fn mmap(&self) -> &Arc<Mmap> {
-        &self.mmap
+    /// All bytes of the file.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
 }
 
@@ -269,10 +351,25 @@ type Parsed = (u32, HashMap<String, Value>, Vec<TensorInfo>);
 struct Parser<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// What is left of [`MAX_TOTAL_ARRAY_ITEMS`].
+    array_items_left: u64,
 }
 
 // Arrays nest at most this deep; a deeper one is treated as corruption.
 const MAX_ARRAY_DEPTH: usize = 4;
+
+/// Fewest bytes one metadata value of type `ty` takes in the file (`None`: unknown type).
+fn min_value_bytes(ty: u32) -> Option<u64> {
+    Some(match ty {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        8 => 8,  // length prefix of an empty string
+        9 => 12, // item type + count of an empty array
+        10..=12 => 8,
+        _ => return None,
+    })
+}
 
 impl<'a> Parser<'a> {
     fn parse(mut self) -> std::result::Result<Parsed, String> {
@@ -287,23 +384,26 @@ impl<'a> Parser<'a> {
         let tensor_count = self.u64()?;
         let kv_count = self.u64()?;
         // Each entry takes at least a few bytes: reject counts the file cannot hold.
-        self.check_count(kv_count, 12, "metadata entries")?;
-        self.check_count(tensor_count, 24, "tensors")?;
+        self.check_count(kv_count, 8 + 4 + 1, MAX_METADATA_ENTRIES, "metadata entries")?;
+        self.check_count(tensor_count, 8 + 4 + 8 + 4 + 8, MAX_TENSORS, "tensors")?;
 
-        let mut metadata = HashMap::with_capacity(kv_count as usize);
+        let mut metadata = HashMap::with_capacity(reserve(kv_count));
         for _ in 0..kv_count {
             let key = self.string()?;
             let ty = self.u32()?;
             let value = self.value(ty, 0).map_err(|e| format!("metadata `{key}`: {e}"))?;
+            if metadata.contains_key(&key) {
+                return Err(format!("metadata key `{key}` appears twice"));
+            }
             metadata.insert(key, value);
         }
 
-        let mut raw = Vec::with_capacity(tensor_count as usize);
+        let mut raw = Vec::with_capacity(reserve(tensor_count));
         for _ in 0..tensor_count {
             let name = self.string()?;
             let n_dims = self.u32()? as usize;
             if n_dims == 0 || n_dims > 4 {
-                return Err(format!("tensor `{name}` has {n_dims} dimensions"));
+                return Err(format!("tensor `{name}` has {n_dims} dimensions (supported: 1 to 4)"));
             }
             let mut dims = Vec::with_capacity(n_dims);
             for _ in 0..n_dims {
@@ -318,25 +418,40 @@ impl<'a> Parser<'a> {
 
         let alignment = match metadata.get("general.alignment").and_then(Value::as_u64) {
             Some(a) if a.is_power_of_two() => a,
-            Some(a) => return Err(format!("invalid general.alignment {a}")),
+            Some(a) => return Err(format!("invalid general.alignment {a} (must be a power of two)")),
             None => DEFAULT_ALIGNMENT,
         };
-        let data_start = (self.pos as u64).div_ceil(alignment) * alignment;
         let file_len = self.bytes.len() as u64;
+        // pos <= file_len < 2^63 and alignment <= 2^63, so this cannot overflow.
+        let data_start = (self.pos as u64).div_ceil(alignment) * alignment;
 
         let mut tensors = Vec::with_capacity(raw.len());
+        let mut names = std::collections::HashSet::with_capacity(raw.len());
         for (name, dims, ty, offset) in raw {
+            if !names.insert(name.clone()) {
+                return Err(format!("tensor `{name}` appears twice"));
+            }
+            if dims.contains(&0) {
+                return Err(format!("tensor `{name}` has a zero dimension: {dims:?}"));
+            }
             let elements = dims
                 .iter()
                 .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-                .ok_or_else(|| format!("tensor `{name}` dimensions overflow"))?;
+                .ok_or_else(|| format!("tensor `{name}` dimensions {dims:?} overflow"))?;
             let (block_elems, block_bytes) = ty.block_layout();
             if elements % block_elems as u64 != 0 {
                 return Err(format!(
                     "tensor `{name}` has {elements} elements, not a multiple of the {ty:?} block size {block_elems}"
                 ));
             }
-            let size = elements / block_elems as u64 * block_bytes as u64;
+            let size = (elements / block_elems as u64)
+                .checked_mul(block_bytes as u64)
+                .ok_or_else(|| format!("tensor `{name}` dimensions {dims:?} overflow"))?;
+            if offset % alignment != 0 {
+                return Err(format!(
+                    "tensor `{name}` data offset {offset} is not a multiple of the alignment {alignment}"
+                ));
+            }
             let start = data_start.checked_add(offset).ok_or_else(|| format!("tensor `{name}` offset overflows"))?;
             let end = start.checked_add(size).ok_or_else(|| format!("tensor `{name}` size overflows"))?;
             if end > file_len {
@@ -355,8 +470,13 @@ impl<'a> Parser<'a> {
         Ok((version, metadata, tensors))
     }
 
-    fn check_count(&self, count: u64, min_bytes_each: u64, what: &str) -> std::result::Result<(), String> {
+    /// Rejects a count past `limit`, or one whose entries (at least `min_bytes_each` bytes
+    /// each) cannot fit in what is left of the file.
+    fn check_count(&self, count: u64, min_bytes_each: u64, limit: u64, what: &str) -> std::result::Result<(), String> {
         let remaining = (self.bytes.len() - self.pos) as u64;
+        if count > limit {
+            return Err(format!("header claims {count} {what}, more than the limit of {limit}; the file is corrupt"));
+        }
         if count.saturating_mul(min_bytes_each) > remaining {
             return Err(format!(
                 "header claims {count} {what}, more than the file can hold; the file is corrupt or truncated"
@@ -390,7 +510,8 @@ impl<'a> Parser<'a> {
 
     fn string(&mut self) -> std::result::Result<String, String> {
         let len = self.u64()?;
-        let len = usize::try_from(len).map_err(|_| "string length overflows".to_string())?;
+        // A length past the file is reported as truncation by `take`, before any allocation.
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
         let bytes = self.take(len)?;
         // Vocabularies occasionally hold invalid UTF-8 (raw byte tokens); keep them readable.
         Ok(String::from_utf8_lossy(bytes).into_owned())
@@ -412,8 +533,12 @@ impl<'a> Parser<'a> {
                     return Err("arrays nested too deeply".into());
                 }
                 let item_ty = self.u32()?;
+                let min_bytes = min_value_bytes(item_ty).ok_or_else(|| format!("unknown array item type {item_ty}"))?;
                 let count = self.u64()?;
-                self.check_count(count, 1, "array items")?;
+                self.check_count(count, min_bytes, MAX_ARRAY_ITEMS, "array items")?;
+                self.array_items_left = self.array_items_left.checked_sub(count).ok_or_else(|| {
+                    format!("metadata arrays hold more than {MAX_TOTAL_ARRAY_ITEMS} items in all; the file is corrupt")
+                })?;
                 let mut items = Vec::with_capacity(count as usize);
                 for _ in 0..count {
                     items.push(self.value(item_ty, depth + 1)?);
@@ -426,6 +551,11 @@ impl<'a> Parser<'a> {
             other => return Err(format!("unknown metadata value type {other}")),
         })
     }
+}
+
+/// Capacity to reserve for `count` entries that are still to be read.
+fn reserve(count: u64) -> usize {
+    usize::try_from(count).unwrap_or(usize::MAX).min(MAX_RESERVE)
 }
 
 #[cfg(test)]
@@ -467,7 +597,7 @@ mod tests {
     fn rejects_absurd_counts_without_allocating() {
         let p = write_tmp("huge.gguf", &gguf_header(u64::MAX / 2, u64::MAX / 2));
         let err = GgufFile::open(&p).unwrap_err().to_string();
-        assert!(err.contains("corrupt or truncated"), "{err}");
+        assert!(err.contains("corrupt"), "{err}");
     }
 
     #[test]

@@ -322,15 +322,22 @@ fn gguf_bos_eos(gguf: &GgufFile) -> (Option<u32>, Option<u32>) {
 
 /// A GGUF metadata array of strings, or a load error naming the key.
 fn string_array<'a>(gguf: &'a GgufFile, key: &str) -> Result<Vec<&'a str>> {
-    let malformed = || Error::model_load(gguf.path(), format!("metadata `{key}` must be an array of strings"));
     let values = gguf.get(key).ok_or_else(|| Error::model_load(gguf.path(), format!("missing metadata `{key}`")))?;
-    values.as_array().ok_or_else(malformed)?.iter().map(|v| v.as_str().ok_or_else(malformed)).collect()
+    let items = values.as_array().ok_or_else(|| gguf.wrong_type(key, "an array of strings", values))?;
+    items.iter().map(|v| v.as_str().ok_or_else(|| bad_item(gguf, key, "strings", v))).collect()
 }
 
 /// A GGUF metadata array of integers, or a load error naming the key.
 fn integer_array(gguf: &GgufFile, key: &str, value: &Value) -> Result<Vec<i64>> {
-    let malformed = || Error::model_load(gguf.path(), format!("metadata `{key}` must be an array of integers"));
-    value.as_array().ok_or_else(malformed)?.iter().map(|v| v.as_i64().ok_or_else(malformed)).collect()
+    let items = value.as_array().ok_or_else(|| gguf.wrong_type(key, "an array of integers", value))?;
+    items.iter().map(|v| v.as_i64().ok_or_else(|| bad_item(gguf, key, "integers", v))).collect()
+}
+
+fn bad_item(gguf: &GgufFile, key: &str, kind: &str, item: &Value) -> Error {
+    Error::model_load(
+        gguf.path(),
+        format!("metadata `{key}` must be an array of {kind}, but holds {}", item.describe()),
+    )
 }
 
 /// Whether a tokenizer.json decoder is (or contains) the byte-level decoder.
