@@ -28,6 +28,8 @@ GENERATION_MODEL = "smollm2"
 EMBEDDING_MODEL = "minilm"
 #: The body is built with this string where raw bytes go, then the quoted string is swapped for them.
 RAW_BYTES_MARK = "\x00raw-bytes\x00"
+#: examples/server/bodies.py: MAX_BODY_BYTES, the largest body the server buffers.
+MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
 def special_value(value):
@@ -147,3 +149,46 @@ def test_every_rest_case_is_run():
     # The matrix grows: a case marked for REST must not be skipped silently by the mapping above.
     assert len(REST_CASES) >= 38
     assert all(case["kind"] in ("generate", "embed") for case in REST_CASES)
+
+
+# --- REST-only checks around the matrix ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("path", "body", "param"), [
+    # A JSON escape of a lone surrogate parses in Python but is no Unicode text.
+    ("/v1/chat/completions", b'{"model": "smollm2", "messages": [{"role": "user", "content": "a\\udcff"}]}',
+     "messages[0].content"),
+    ("/v1/completions", b'{"model": "smollm2", "prompt": "x", "stop": ["\\ud800"]}', "stop[0]"),
+])
+def test_text_that_is_not_unicode_is_400_naming_the_field(server, path, body, param):
+    response = post(server, path, body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    assert_canary(server)
+
+
+def test_surrogate_pairs_are_text_and_pass(server):
+    # An emoji escaped as a surrogate pair is valid text: the check must not reject it.
+    body = b'{"model": "smollm2", "prompt": "I like \\ud83d\\ude00", "max_tokens": 2, "temperature": 0}'
+    assert post(server, "/v1/completions", body).status_code == 200
+
+
+def test_invalid_utf8_on_the_ollama_api_answers_in_ollama_shape(server):
+    response = post(server, "/api/generate", b'{"model": "smollm2", "prompt": "The \xff\xfe", "stream": false}')
+    assert response.status_code == 400
+    assert set(response.json()) == {"error"} and "prompt" in response.json()["error"]
+
+
+def test_logit_bias_key_that_is_no_token_id_is_400(server):
+    body = json.dumps({"model": "smollm2", "prompt": "x", "max_tokens": 1, "logit_bias": {"abc": 1}}).encode()
+    response = post(server, "/v1/completions", body)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "logit_bias"
+
+
+def test_body_over_the_limit_is_413(server):
+    body = b'{"model": "smollm2", "prompt": "' + b"a" * MAX_BODY_BYTES + b'"}'
+    response = post(server, "/v1/completions", body)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+    assert_canary(server)
