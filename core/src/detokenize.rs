@@ -37,9 +37,7 @@ impl StreamingText {
         if self.stops.is_empty() {
             return Step::Text(std::mem::take(&mut self.held));
         }
-        // Earliest full match wins; for equal starts, the shortest stop string.
-        let earliest = self.stops.iter().filter_map(|s| self.held.find(s.as_str()).map(|at| (at, s.len()))).min();
-        if let Some((at, _)) = earliest {
+        if let Some(at) = self.earliest_stop(&self.held) {
             let before = self.held[..at].to_string();
             self.held.clear();
             self.partial.clear();
@@ -52,15 +50,25 @@ impl StreamingText {
         Step::Text(emitted)
     }
 
-    /// Everything still held back, at the end of generation (no stop string completed).
-    /// Incomplete UTF-8 bytes become U+FFFD.
+    /// Everything still held back, at the end of generation. Incomplete UTF-8 bytes become
+    /// U+FFFD; if that completes a stop string (one ending in U+FFFD), the text is cut there too,
+    /// so the output never contains a stop string.
     pub fn finish(&mut self) -> String {
         let mut out = std::mem::take(&mut self.held);
         if !self.partial.is_empty() {
             out.push_str(&String::from_utf8_lossy(&self.partial));
             self.partial.clear();
         }
+        if let Some(at) = self.earliest_stop(&out) {
+            out.truncate(at);
+        }
         out
+    }
+
+    /// Where the earliest full stop-string match in `text` starts (the earliest start wins;
+    /// which string matched does not matter, the text is cut there either way).
+    fn earliest_stop(&self, text: &str) -> Option<usize> {
+        self.stops.iter().filter_map(|s| text.find(s.as_str())).min()
     }
 
     /// Length in bytes of the longest suffix of `held` that is a proper prefix of a stop string.
@@ -187,6 +195,13 @@ mod tests {
         let (shown, stopped) = feed(&mut st, &[b"text sto", b"p04", b"2 tail"]);
         assert_eq!(shown, "text ");
         assert!(stopped.is_some());
+    }
+
+    #[test]
+    fn finish_cuts_a_stop_string_completed_by_the_replacement_character() {
+        let mut st = StreamingText::new(vec!["a\u{FFFD}".into()]);
+        assert_eq!(st.push(b"xa\xe4"), Step::Text("x".into()));
+        assert_eq!(st.finish(), "");
     }
 
     #[test]

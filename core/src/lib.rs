@@ -15,7 +15,7 @@
 //! ```
 
 pub mod chat;
-pub(crate) mod detokenize;
+pub mod detokenize;
 pub mod engine;
 pub mod error;
 pub mod gguf;

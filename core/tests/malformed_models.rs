@@ -186,6 +186,12 @@ fn the_intact_synthetic_model_loads_and_generates() {
     if let Some(dir) = std::env::var_os("CORTEXSTREAM_WRITE_FUZZ_SEED") {
         // `fuzz/README.md`: how the committed seed corpus was made.
         fs::write(Path::new(&dir).join("tiny_llama.gguf"), fs::read(&path).unwrap()).unwrap();
+        let mut templated = GgufSpec::tiny_llama();
+        let template = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}\
+                        {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+        templated.set("tokenizer.chat_template", Value::String(template.into()));
+        templated.set("tokenizer.ggml.pre", Value::String("smollm".into()));
+        fs::write(Path::new(&dir).join("tiny_llama_chat_template.gguf"), templated.to_bytes()).unwrap();
     }
     let engine = Engine::new(config(&path)).expect("the intact tiny model loads");
     let params = SamplingParams { max_tokens: Some(4), ..SamplingParams::greedy() };
