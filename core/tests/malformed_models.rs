@@ -184,15 +184,21 @@ fn the_intact_synthetic_model_loads_and_generates() {
     let scratch = Scratch::new("intact");
     let path = scratch.write("tiny.gguf", &GgufSpec::tiny_llama().to_bytes());
     if let Some(dir) = std::env::var_os("CORTEXSTREAM_WRITE_FUZZ_SEED") {
-        // `fuzz/README.md`: how the committed seed corpus was made.
-        fs::write(Path::new(&dir).join("tiny_llama.gguf"), fs::read(&path).unwrap()).unwrap();
-        let mut templated = GgufSpec::tiny_llama();
+        // How fuzz/corpus/gguf_load/tiny_llama*.gguf were made (fuzz/README.md): smaller still
+        // (hidden size 8, 13 KB), so the fuzzer runs fast; the second one has a chat template.
+        let mut small = GgufSpec::llama(8, 16);
+        fs::write(Path::new(&dir).join("tiny_llama.gguf"), small.to_bytes()).unwrap();
         let template = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}\
                         {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
-        templated.set("tokenizer.chat_template", Value::String(template.into()));
-        templated.set("tokenizer.ggml.pre", Value::String("smollm".into()));
-        fs::write(Path::new(&dir).join("tiny_llama_chat_template.gguf"), templated.to_bytes()).unwrap();
+        small.set("tokenizer.chat_template", Value::String(template.into()));
+        small.set("tokenizer.ggml.pre", Value::String("smollm".into()));
+        fs::write(Path::new(&dir).join("tiny_llama_chat_template.gguf"), small.to_bytes()).unwrap();
     }
+    let smaller = scratch.write("smaller.gguf", &GgufSpec::llama(8, 16).to_bytes());
+    Engine::new(config(&smaller))
+        .expect("the hidden-size-8 model loads")
+        .generate(Request::new("hi", SamplingParams { max_tokens: Some(2), ..SamplingParams::greedy() }))
+        .expect("and generates");
     let engine = Engine::new(config(&path)).expect("the intact tiny model loads");
     let params = SamplingParams { max_tokens: Some(4), ..SamplingParams::greedy() };
     let completion = engine.generate(Request::new("hi there", params)).expect("it generates");

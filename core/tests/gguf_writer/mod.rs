@@ -1,13 +1,10 @@
-//! A small GGUF writer for tests: a tiny but complete llama model (1 layer, hidden size 32,
+//! A small GGUF writer for tests: a tiny but complete llama model (1 layer, hidden size 32 or less,
 //! a 259-token byte-level BPE vocabulary) that the engine loads and runs, and the knobs to
 //! break it one way at a time.
 #![allow(dead_code)]
 
 use cortexstream::gguf::Value;
 
-pub const HIDDEN: u64 = 32;
-pub const KV_DIM: u64 = 16;
-pub const FFN: u64 = 64;
 pub const VOCAB: u64 = 259;
 const F32: u32 = 0;
 
@@ -67,8 +64,15 @@ fn strings(items: &[&str]) -> Value {
 }
 
 impl GgufSpec {
-    /// A complete llama model the engine loads and runs (random weights: the text is noise).
+    /// A complete llama model the engine loads and runs (random weights: the text is noise):
+    /// hidden size 32, 2 heads sharing 1 KV head, FFN 64; 75 KB.
     pub fn tiny_llama() -> Self {
+        Self::llama(32, 64)
+    }
+
+    /// The same with hidden size `hidden` (2 heads of `hidden / 2`, 1 KV head) and FFN `ffn`.
+    pub fn llama(hidden: u64, ffn: u64) -> Self {
+        let kv_dim = hidden / 2;
         let mut tokens: Vec<String> = gpt2_byte_chars().iter().map(|c| c.to_string()).collect();
         tokens.extend(["Ġt", "<|im_start|>", "<|im_end|>"].map(String::from));
         assert_eq!(tokens.len() as u64, VOCAB);
@@ -77,9 +81,9 @@ impl GgufSpec {
             ("general.architecture".into(), Value::String("llama".into())),
             ("general.name".into(), Value::String("tiny-test".into())),
             ("llama.context_length".into(), Value::U32(128)),
-            ("llama.embedding_length".into(), Value::U32(HIDDEN as u32)),
+            ("llama.embedding_length".into(), Value::U32(hidden as u32)),
             ("llama.block_count".into(), Value::U32(1)),
-            ("llama.feed_forward_length".into(), Value::U32(FFN as u32)),
+            ("llama.feed_forward_length".into(), Value::U32(ffn as u32)),
             ("llama.attention.head_count".into(), Value::U32(2)),
             ("llama.attention.head_count_kv".into(), Value::U32(1)),
             ("llama.attention.layer_norm_rms_epsilon".into(), Value::F32(1e-5)),
@@ -104,21 +108,21 @@ impl GgufSpec {
             }
         };
         let mut tensors = vec![
-            matrix("token_embd.weight", HIDDEN, VOCAB),
-            matrix("blk.0.attn_q.weight", HIDDEN, HIDDEN),
-            matrix("blk.0.attn_k.weight", HIDDEN, KV_DIM),
-            matrix("blk.0.attn_v.weight", HIDDEN, KV_DIM),
-            matrix("blk.0.attn_output.weight", HIDDEN, HIDDEN),
-            matrix("blk.0.ffn_gate.weight", HIDDEN, FFN),
-            matrix("blk.0.ffn_up.weight", HIDDEN, FFN),
-            matrix("blk.0.ffn_down.weight", FFN, HIDDEN),
+            matrix("token_embd.weight", hidden, VOCAB),
+            matrix("blk.0.attn_q.weight", hidden, hidden),
+            matrix("blk.0.attn_k.weight", hidden, kv_dim),
+            matrix("blk.0.attn_v.weight", hidden, kv_dim),
+            matrix("blk.0.attn_output.weight", hidden, hidden),
+            matrix("blk.0.ffn_gate.weight", hidden, ffn),
+            matrix("blk.0.ffn_up.weight", hidden, ffn),
+            matrix("blk.0.ffn_down.weight", ffn, hidden),
         ];
         for name in ["blk.0.attn_norm.weight", "blk.0.ffn_norm.weight", "output_norm.weight"] {
             tensors.push(TensorSpec {
                 name: name.into(),
-                dims: vec![HIDDEN],
+                dims: vec![hidden],
                 ty: F32,
-                data: ones(HIDDEN),
+                data: ones(hidden),
                 offset: None,
             });
         }
