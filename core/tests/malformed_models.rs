@@ -139,10 +139,8 @@ impl Report {
                     Some(format!("wrong error kind {} ({message})", err.code()))
                 } else if !message.contains(&file_name) {
                     Some(format!("message does not name {file_name}: {message}"))
-                } else if let Some(missing) = expected.iter().find(|e| !message.contains(*e)) {
-                    Some(format!("message lacks {missing:?}: {message}"))
                 } else {
-                    None
+                    expected.iter().find(|e| !message.contains(*e)).map(|e| format!("message lacks {e:?}: {message}"))
                 }
             }
         };
@@ -306,7 +304,7 @@ fn spec_cases() -> Vec<(&'static str, Vec<&'static str>, GgufSpec)> {
             "data offset overflowing u64",
             vec!["output_norm.weight", "overflows"],
             with(&|g| {
-                g.tensor("output_norm.weight").offset = Some(u64::MAX & !31);
+                g.tensor("output_norm.weight").offset = Some(!31);
             }),
         ),
         (
@@ -741,6 +739,20 @@ fn paths_that_are_not_model_files_are_rejected() {
     report.check("a directory", &dir, &["is a directory"], load_engine(&dir));
     let devnull = PathBuf::from("/dev/null");
     report.check("a character device", &devnull, &["not a regular file"], load_engine(&devnull));
+
+    // A tokenizer.json beside the model is used instead of the GGUF's vocabulary: a corrupt one
+    // is named, as is a missing one given explicitly.
+    let beside = scratch.0.join("with-tokenizer");
+    fs::create_dir(&beside).unwrap();
+    let model = beside.join("tiny.gguf");
+    fs::write(&model, GgufSpec::tiny_llama().to_bytes()).unwrap();
+    let tokenizer_json = beside.join("tokenizer.json");
+    fs::write(&tokenizer_json, b"{\"model\": 42}").unwrap();
+    report.check("corrupt tokenizer.json beside the model", &tokenizer_json, &[], load_engine(&model));
+    fs::remove_file(&tokenizer_json).unwrap();
+    let absent = scratch.0.join("absent-tokenizer.json");
+    let config = EngineConfig { tokenizer: Some(absent.clone()), ..config(&model) };
+    report.check("missing explicit tokenizer.json", &absent, &[], measured(|| Engine::new(config)));
     report.finish("path");
 }
 
@@ -784,7 +796,9 @@ fn broken_embedder_folders_give_load_errors() {
     std::io::Read::read_exact(&mut File::open(&real_weights).unwrap(), &mut weights_head).unwrap();
     let mut huge_header = (1u64 << 60).to_le_bytes().to_vec();
     huge_header.extend(b"{}");
-    let cases: Vec<(&str, &str, Option<Vec<u8>>, Vec<&str>)> = vec![
+    // (case, file to break, its new contents or None to delete it, expected message parts)
+    type Case<'a> = (&'a str, &'a str, Option<Vec<u8>>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
         ("no config.json", "config.json", None, vec!["cannot read"]),
         ("config.json not JSON", "config.json", Some(b"{hidden_size: 384".to_vec()), vec!["invalid JSON"]),
         ("no pooling config", "1_Pooling/config.json", None, vec!["cannot read"]),
