@@ -93,6 +93,8 @@ step "REST server tests" pytest_suite tests/server
 if [ -x bindings/node/test.sh ]; then
     step "node addon tests" bindings/node/test.sh
 fi
+# Bounded-time fuzzing of the GGUF loader and the stop matcher (FUZZ_SECONDS per target).
+step "fuzzing (cargo-fuzz, bounded)" fuzz/run.sh
 step "benchmark smoke runs" bench_smoke
 
 echo

@@ -839,12 +839,10 @@ fn broken_embedder_folders_give_load_errors() {
     report.finish("embedder");
 }
 
-/// Known gap, outside the GGUF reader: with `block_count` 0 no layer tensor checks the head
-/// size, and `LlamaModel::load` then sizes its RoPE table from `attention.key_length` alone
-/// (2^40 here: a 4 TiB allocation, so the process aborts). The fix belongs in
-/// `LlamaConfig::from_gguf` (reject 0 layers; checked products for q/kv dims); un-ignore then.
+/// With `block_count` 0 no layer tensor would check the head size, yet the RoPE table is sized
+/// by `attention.key_length` (2^40 here: a 4 TiB allocation that aborted the process before
+/// `LlamaConfig::from_gguf` bounded it).
 #[test]
-#[ignore = "aborts until LlamaConfig::from_gguf rejects block_count 0 (core/src/models/llama.rs)"]
 fn zero_layers_with_an_absurd_head_size_is_rejected() {
     let scratch = Scratch::new("zero-layers");
     let mut spec = GgufSpec::tiny_llama();

@@ -42,6 +42,9 @@ pub struct LlamaConfig {
     pub context_length: usize,
 }
 
+/// Largest attention head size accepted from a file (real models use 64 to 256).
+const MAX_HEAD_DIM: usize = 1024;
+
 impl LlamaConfig {
     fn from_gguf(gguf: &GgufFile) -> Result<Self> {
         let arch = gguf.require_str("general.architecture")?;
@@ -79,6 +82,26 @@ impl LlamaConfig {
                 format!("RoPE over {rope_dims} of {head_dim} head dimensions is not supported"),
             ));
         }
+        // Sizes come from an untrusted file: bound them before anything is allocated from them
+        // (with zero layers no weight shape would ever check the head size, yet the RoPE table
+        // is sized by it).
+        let n_layers = usize_key("block_count")?;
+        if n_layers == 0 || hidden_size == 0 {
+            return Err(load_error(
+                gguf,
+                format!(
+                    "`{}` is {n_layers} and `{}` is {hidden_size}: both must be at least 1",
+                    key("block_count"),
+                    key("embedding_length")
+                ),
+            ));
+        }
+        if head_dim == 0 || head_dim > MAX_HEAD_DIM || n_heads.checked_mul(head_dim).is_none() {
+            return Err(load_error(
+                gguf,
+                format!("`{}` is {head_dim}; supported head sizes are 1..={MAX_HEAD_DIM}", key("attention.key_length")),
+            ));
+        }
         let vocab_size = match gguf.get(&key("vocab_size")).and_then(|v| v.as_u64()) {
             Some(v) => v as usize,
             None => gguf.tensor_info("token_embd.weight").and_then(|t| t.dims.get(1).copied()).unwrap_or(0),
@@ -87,7 +110,7 @@ impl LlamaConfig {
             name: gguf.get("general.name").and_then(|v| v.as_str()).unwrap_or_default().to_string(),
             vocab_size,
             hidden_size,
-            n_layers: usize_key("block_count")?,
+            n_layers,
             n_heads,
             n_kv_heads,
             head_dim,
