@@ -24,6 +24,22 @@ fn model_path() -> PathBuf {
     cache.join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
+/// Distinct prompts shaped like examples/bench/workload.py's stream prompts (about 15 tokens),
+/// so no two share a cached prefix and TTFT compares with the side-by-side run.
+fn prompt(i: usize) -> String {
+    const TOPICS: [&str; 8] = [
+        "a lighthouse keeper",
+        "a clockmaker",
+        "a desert caravan",
+        "a deep-sea diver",
+        "a mountain village",
+        "a robot gardener",
+        "a night train",
+        "a lost violin",
+    ];
+    format!("Write a story about {} (#{i}).", TOPICS[i % TOPICS.len()])
+}
+
 fn main() {
     // `cargo test --benches` runs bench targets with `--bench`-less args; only run when asked.
     if std::env::args().any(|a| a == "--list") {
@@ -52,7 +68,7 @@ fn main() {
     for &n in &concurrency {
         let start = Instant::now();
         let handles: Vec<_> = (0..n)
-            .map(|i| engine.submit(Request::new(format!("Story {i}: once upon a time"), params.clone())))
+            .map(|i| engine.submit(Request::new(prompt(i), params.clone())))
             .collect::<Result<_, _>>()
             .unwrap_or_else(|e| panic!("submit failed: {e}"));
         let completions: Vec<_> = handles.into_iter().map(|h| h.wait()).collect();

@@ -2,7 +2,7 @@
 //! thread and read events from a [`RequestHandle`] (or a callback); embeddings run directly on
 //! the caller's thread, outside the generation scheduler.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,6 +27,13 @@ use crate::sequence::{panic_message, Delivery, EventCallback, EventSink, Sequenc
 use crate::threadpool::{default_thread_count, ThreadPool};
 use crate::tokenizer::Tokenizer;
 
+/// Default of [`EngineConfig::max_prefill_tokens`].
+const DEFAULT_MAX_PREFILL_TOKENS: usize = 64;
+
+/// Steps in a row a running decode may sit out while prompt work is pending: enough for a
+/// burst of queued prompts to get their first tokens first, bounded so decodes never starve.
+const MAX_DECODE_DEFERRAL: u32 = 8;
+
 /// How the engine is built. [`EngineConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -41,6 +48,10 @@ pub struct EngineConfig {
     pub max_running: usize,
     /// Token budget of one step: decode tokens plus prompt chunks (default 2048).
     pub max_batch_tokens: usize,
+    /// Prompt tokens one step may compute (default 64). Small steps give queued requests
+    /// their first token early, one group after another, instead of all at the end of one
+    /// long step; a long prompt alone costs a few more (cheap) steps.
+    pub max_prefill_tokens: usize,
     /// Total KV cache capacity in tokens, shared by all sequences (default 16384).
     pub kv_cache_tokens: usize,
     /// Tokens per KV block (default 16).
@@ -63,6 +74,7 @@ impl EngineConfig {
             embedding_model: None,
             max_running: 32,
             max_batch_tokens: 2048,
+            max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS,
             kv_cache_tokens: 16384,
             block_size: 16,
             context_length: None,
@@ -75,6 +87,7 @@ impl EngineConfig {
         let positive = [
             ("max_running", self.max_running),
             ("max_batch_tokens", self.max_batch_tokens),
+            ("max_prefill_tokens", self.max_prefill_tokens),
             ("kv_cache_tokens", self.kv_cache_tokens),
             ("block_size", self.block_size),
             ("max_queue", self.max_queue),
@@ -383,7 +396,13 @@ impl Engine {
         let queued = Arc::new(AtomicUsize::new(0));
         let kv = model.new_kv_storage(num_blocks, config.block_size);
         let scheduler = Scheduler::new(
-            SchedulerConfig { max_running: config.max_running, max_batch_tokens: config.max_batch_tokens },
+            SchedulerConfig {
+                max_running: config.max_running,
+                max_batch_tokens: config.max_batch_tokens,
+                max_prefill_tokens: env_override("CORTEXSTREAM_PREFILL_TOKENS").unwrap_or(config.max_prefill_tokens),
+                max_decode_deferral: env_override("CORTEXSTREAM_DECODE_DEFERRAL")
+                    .unwrap_or(MAX_DECODE_DEFERRAL as usize) as u32,
+            },
             BlockAllocator::new(num_blocks, config.block_size),
         );
         let (commands, command_rx) = crossbeam_channel::unbounded();
@@ -399,8 +418,17 @@ impl Engine {
             max_queue: config.max_queue,
             kv_capacity_tokens,
         });
-        let worker =
-            StepLoop { shared: Arc::clone(&shared), model, kv, scheduler, commands: command_rx, logits: Vec::new() };
+        let worker = StepLoop {
+            shared: Arc::clone(&shared),
+            model,
+            kv,
+            scheduler,
+            commands: command_rx,
+            logits: Vec::new(),
+            plan: Vec::new(),
+            chunks: Vec::new(),
+            finished: Vec::new(),
+        };
         let thread = std::thread::Builder::new()
             .name("cortexstream-engine".into())
             .spawn(move || worker.run())
@@ -591,6 +619,8 @@ impl Engine {
             first_scheduled: None,
             first_token: None,
             last_token: None,
+            decode_deferrals: 0,
+            scheduled_this_step: false,
         };
         let handle =
             RequestHandle { id, prompt_tokens: prompt_len, events: rx, cancel, finished: AtomicBool::new(false) };
@@ -613,6 +643,21 @@ struct StepLoop {
     commands: Receiver<Command>,
     /// Logits of the last step, reused across steps.
     logits: Vec<f32>,
+    /// The step's plan, reused across steps.
+    plan: Vec<ScheduledChunk>,
+    /// The step's model input, kept empty between steps only for its allocation (see
+    /// [`reuse_allocation`]).
+    chunks: Vec<SeqChunk<'static>>,
+    /// Sequences that finished in the step: id, reason, error.
+    finished: Vec<(u64, FinishReason, Option<String>)>,
+}
+
+/// An empty vector of another lifetime that keeps `buffer`'s allocation. `SeqChunk<'a>` has
+/// the same layout for every `'a`, so the in-place collect specialisation of `Vec` reuses the
+/// memory (no element ever exists, so nothing is converted).
+fn reuse_allocation<'a, 'b>(mut buffer: Vec<SeqChunk<'a>>) -> Vec<SeqChunk<'b>> {
+    buffer.clear();
+    buffer.into_iter().map(|_| unreachable!("the buffer is empty")).collect()
 }
 
 impl StepLoop {
@@ -662,7 +707,14 @@ impl StepLoop {
     }
 
     fn step(&mut self) -> Result<()> {
-        let (plan, report) = self.scheduler.schedule();
+        let mut plan = std::mem::take(&mut self.plan);
+        let result = self.run_plan(&mut plan);
+        self.plan = plan;
+        result
+    }
+
+    fn run_plan(&mut self, plan: &mut Vec<ScheduledChunk>) -> Result<()> {
+        let report = self.scheduler.schedule_into(plan);
         let metrics = Arc::clone(&self.shared.metrics);
         add(&metrics.preemptions, report.preempted as u64);
         add(&metrics.prefix_cache_hit_tokens, report.prefix_hit_tokens as u64);
@@ -675,47 +727,48 @@ impl StepLoop {
         }
 
         let running = &self.scheduler.running;
-        let chunks: Vec<SeqChunk<'_>> = plan
-            .iter()
-            .map(|c| {
-                let seq = &running[c.index];
-                SeqChunk {
-                    tokens: &seq.tokens[c.start..c.start + c.len],
-                    start_pos: c.start,
-                    block_table: &seq.blocks,
-                    want_logits: c.want_logits,
-                }
-            })
-            .collect();
+        let mut chunks = reuse_allocation(std::mem::take(&mut self.chunks));
+        chunks.extend(plan.iter().map(|c| {
+            let seq = &running[c.index];
+            SeqChunk {
+                tokens: &seq.tokens[c.start..c.start + c.len],
+                start_pos: c.start,
+                block_table: &seq.blocks,
+                want_logits: c.want_logits,
+            }
+        }));
         let batch_tokens: usize = plan.iter().map(|c| c.len).sum();
         // Everything but one-token decode chunks counts as prefill (including recomputation
         // after preemption).
         let is_decode = |c: &ScheduledChunk| c.len == 1 && c.start >= running[c.index].prompt_len;
         let prefill_tokens: usize = plan.iter().filter(|c| !is_decode(c)).map(|c| c.len).sum();
-        self.model.forward(&chunks, &mut self.kv, &mut self.logits)?;
-        drop(chunks);
+        let outcome = self.model.forward(&chunks, &mut self.kv, &mut self.logits);
+        self.chunks = reuse_allocation(chunks);
+        outcome?;
 
         add(&metrics.steps, 1);
         add(&metrics.prefill_tokens_total, prefill_tokens as u64);
         metrics.observe_batch_size(batch_tokens);
-        self.scheduler.mark_computed(&plan);
+        self.scheduler.mark_computed(plan);
 
         let vocab = self.model.config().vocab_size;
-        let mut finished = HashMap::new();
+        self.finished.clear();
         // Logit rows come in plan order, one per chunk that wanted logits.
         for (row, c) in plan.iter().filter(|c| c.want_logits).enumerate() {
             let logits = &mut self.logits[row * vocab..(row + 1) * vocab];
             let seq = &mut self.scheduler.running[c.index];
-            if let Some(outcome) = advance(seq, logits, &self.shared.tokenizer, &metrics) {
-                finished.insert(seq.id, outcome);
+            if let Some((reason, error)) = advance(seq, logits, &self.shared.tokenizer, &metrics) {
+                self.finished.push((seq.id, reason, error));
             }
         }
-        if !finished.is_empty() {
-            for mut seq in self.scheduler.remove_where(|s| finished.contains_key(&s.id)) {
-                if let Some((reason, error)) = finished.remove(&seq.id) {
+        if !self.finished.is_empty() {
+            let finished = std::mem::take(&mut self.finished);
+            for mut seq in self.scheduler.remove_where(|s| finished.iter().any(|f| f.0 == s.id)) {
+                if let Some((_, reason, error)) = finished.iter().find(|f| f.0 == seq.id).cloned() {
                     self.end(&mut seq, reason, error);
                 }
             }
+            self.finished = finished;
         }
         Ok(())
     }
@@ -773,6 +826,11 @@ impl StepLoop {
         m.running.store(self.scheduler.running.len(), Ordering::Relaxed);
         m.kv_blocks_free.store(self.scheduler.allocator.available(), Ordering::Relaxed);
     }
+}
+
+// TEMPORARY (experiments): scheduler knobs from the environment.
+fn env_override(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 /// Samples the next token of `seq` from its logits, streams it, and says whether the

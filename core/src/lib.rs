@@ -18,6 +18,7 @@ pub mod chat;
 pub mod detokenize;
 pub mod engine;
 pub mod error;
+pub(crate) mod f16;
 pub mod gguf;
 pub mod kv_cache;
 pub(crate) mod memory;

@@ -63,6 +63,8 @@ pub struct Sampler {
     output_counts: HashMap<u32, u32>,
     /// Reused between calls to avoid allocating per token.
     candidates: Vec<(u32, f32)>,
+    /// The distinct tokens of the repetition-penalty window (reused between calls).
+    penalised: Vec<u32>,
 }
 
 /// The outcome of one sampling call.
@@ -75,7 +77,13 @@ pub struct Sampled {
 impl Sampler {
     pub fn new(params: SamplingParams) -> Self {
         let seed = params.seed.unwrap_or_else(Rng::random_seed);
-        Self { params, rng: Rng::seeded(seed), output_counts: HashMap::new(), candidates: Vec::new() }
+        Self {
+            params,
+            rng: Rng::seeded(seed),
+            output_counts: HashMap::new(),
+            candidates: Vec::new(),
+            penalised: Vec::new(),
+        }
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -98,7 +106,7 @@ impl Sampler {
     }
 
     /// Logit bias, then the repetition, presence and frequency penalties, in place.
-    fn adjust_logits(&self, logits: &mut [f32], history: &[u32]) {
+    fn adjust_logits(&mut self, logits: &mut [f32], history: &[u32]) {
         let p = &self.params;
         // Ids were validated against the vocabulary at submit.
         for &(id, bias) in &p.logit_bias {
@@ -113,12 +121,13 @@ impl Sampler {
                 &history[history.len().saturating_sub(p.penalty_last_n)..]
             };
             // Penalise each distinct token once, as llama.cpp and transformers do.
-            let mut seen = std::collections::HashSet::with_capacity(window.len());
-            for &t in window {
+            self.penalised.clear();
+            self.penalised.extend_from_slice(window);
+            self.penalised.sort_unstable();
+            self.penalised.dedup();
+            for &t in &self.penalised {
                 if let Some(l) = logits.get_mut(t as usize) {
-                    if seen.insert(t) {
-                        *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
-                    }
+                    *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
                 }
             }
         }

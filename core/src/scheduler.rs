@@ -19,7 +19,18 @@ use crate::sequence::Sequence;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SchedulerConfig {
     pub max_running: usize,
+    /// Tokens per step, decode and prompt together.
     pub max_batch_tokens: usize,
+    /// Prompt (prefill) tokens per step.
+    pub max_prefill_tokens: usize,
+    /// Steps in a row a running decode may sit out while prompt work is pending.
+    pub max_decode_deferral: u32,
+}
+
+/// What is left of a step's token budgets while planning it.
+struct Budget {
+    total: usize,
+    prefill: usize,
 }
 
 /// One sequence's share of a step: tokens `start .. start + len` of `running[index]`.
@@ -113,22 +124,82 @@ impl Scheduler {
         removed
     }
 
-    /// Plans the next step. Returned chunks index into `self.running`, which this call may
-    /// reorder, shrink (preemption) and grow (admission).
-    pub fn schedule(&mut self) -> (Vec<ScheduledChunk>, PlanReport) {
+    /// Plans the next step into `plan` (cleared first). Returned chunks index into
+    /// `self.running`, which this call may reorder, shrink (preemption) and grow (admission).
+    ///
+    /// Time to first token under load: prompt work is capped at `max_prefill_tokens` per step
+    /// so that each step ends quickly and the sequences whose prompt it completes sample their
+    /// first token right away, instead of every queued prompt finishing together at the end of
+    /// one long step. While prompt work is pending, running decodes may sit out up to
+    /// `max_decode_deferral` steps in a row (their tokens would lengthen every one of those
+    /// steps); a plan with no prompt work in it never defers them.
+    pub fn schedule_into(&mut self, plan: &mut Vec<ScheduledChunk>) -> PlanReport {
         let mut report = PlanReport::default();
-        let mut plan = Vec::with_capacity(self.running.len() + 4);
-        let mut budget = self.config.max_batch_tokens;
-        let block_size = self.allocator.block_size();
-
+        plan.clear();
+        let mut budget = Budget {
+            total: self.config.max_batch_tokens,
+            prefill: self.config.max_prefill_tokens.min(self.config.max_batch_tokens),
+        };
         self.running.sort_by_key(|s| (Reverse(s.priority), s.arrival));
+        for seq in &mut self.running {
+            seq.scheduled_this_step = false;
+        }
+        let prefill_waiting = (!self.waiting.is_empty() && self.running.len() < self.config.max_running)
+            || self.running.iter().any(|s| !s.is_decoding());
+        self.schedule_running(plan, &mut budget, &mut report, prefill_waiting);
+        let prefill_before_admission = plan.len();
+        self.admit(plan, &mut budget, &mut report);
+        let scheduled_prefill =
+            plan.len() > prefill_before_admission || plan.iter().any(|c| !self.running[c.index].is_decoding());
+        if prefill_waiting && !scheduled_prefill {
+            // The pending prompt work could not run (no KV space, no slot): decode instead.
+            self.schedule_running(plan, &mut budget, &mut report, false);
+        }
+        report
+    }
+
+    /// Plans the next step (allocating; the engine uses [`Self::schedule_into`]).
+    #[cfg(test)]
+    pub fn schedule(&mut self) -> (Vec<ScheduledChunk>, PlanReport) {
+        let mut plan = Vec::new();
+        let report = self.schedule_into(&mut plan);
+        (plan, report)
+    }
+
+    /// Serves running sequences in order (each at most once per step): a decode token each
+    /// (unless `defer_decodes` lets it sit out) or the next chunk of its prompt.
+    fn schedule_running(
+        &mut self,
+        plan: &mut Vec<ScheduledChunk>,
+        budget: &mut Budget,
+        report: &mut PlanReport,
+        defer_decodes: bool,
+    ) {
         let mut i = 0;
-        while i < self.running.len() && budget > 0 {
-            let seq = &self.running[i];
-            let len = seq.pending().min(budget);
+        while i < self.running.len() && budget.total > 0 {
+            let seq = &mut self.running[i];
+            if seq.scheduled_this_step {
+                i += 1;
+                continue;
+            }
+            let decoding = seq.is_decoding();
+            if decoding && defer_decodes && seq.decode_deferrals < self.config.max_decode_deferral {
+                seq.decode_deferrals += 1;
+                i += 1;
+                continue;
+            }
+            let len = if decoding { 1 } else { seq.pending().min(budget.total).min(budget.prefill) };
+            if len == 0 {
+                i += 1;
+                continue;
+            }
             let needed = self.allocator.blocks_for(seq.computed + len).saturating_sub(seq.blocks.len());
-            // Make room by preempting the newest sequences behind this one.
-            while self.allocator.available() < needed && self.running.len() > i + 1 {
+            // Make room by preempting the newest sequences behind this one (not those already
+            // in this step's plan).
+            while self.allocator.available() < needed
+                && self.running.len() > i + 1
+                && self.running.last().is_some_and(|s| !s.scheduled_this_step)
+            {
                 if let Some(victim) = self.running.pop() {
                     self.preempt(victim);
                     report.preempted += 1;
@@ -143,21 +214,32 @@ impl Scheduler {
                     self.preempt(seq);
                     report.preempted += 1;
                 }
+                // Plan entries after `i` shifted down by one.
+                for chunk in plan.iter_mut().filter(|c| c.index > i) {
+                    chunk.index -= 1;
+                }
                 continue;
             }
             self.allocate_into(i, needed);
-            let start = self.running[i].computed;
-            plan.push(ScheduledChunk {
-                index: i,
-                start,
-                len,
-                want_logits: start + len == self.running[i].tokens.len(),
-            });
-            budget -= len;
+            let seq = &mut self.running[i];
+            seq.scheduled_this_step = true;
+            if decoding {
+                seq.decode_deferrals = 0;
+            } else {
+                budget.prefill -= len;
+            }
+            let start = seq.computed;
+            plan.push(ScheduledChunk { index: i, start, len, want_logits: start + len == seq.tokens.len() });
+            budget.total -= len;
             i += 1;
         }
+    }
 
-        while self.running.len() < self.config.max_running && budget > 0 {
+    /// Admits waiting sequences (highest priority, then earliest) while there is prefill
+    /// budget, a running slot and KV space.
+    fn admit(&mut self, plan: &mut Vec<ScheduledChunk>, budget: &mut Budget, report: &mut PlanReport) {
+        let block_size = self.allocator.block_size();
+        while self.running.len() < self.config.max_running && budget.total > 0 && budget.prefill > 0 {
             let Some(Queued(mut seq)) = self.waiting.pop() else { break };
             if seq.blocks.is_empty() {
                 // Reuse cached full blocks of the prompt, but always leave the last token to
@@ -173,9 +255,12 @@ impl Scheduler {
                     report.prefix_hit_tokens += seq.cached_prompt_tokens;
                 }
             }
-            let len = seq.pending().min(budget);
+            let len = seq.pending().min(budget.total).min(budget.prefill);
+            // A prompt that would only partly fit after others waits for the next step: the
+            // step stays short and its first token comes no later (whole prompts first).
+            let partial_after_others = len < seq.pending() && budget.prefill < self.config.max_prefill_tokens;
             let needed = self.allocator.blocks_for(seq.computed + len).saturating_sub(seq.blocks.len());
-            if self.allocator.available() < needed {
+            if partial_after_others || self.allocator.available() < needed {
                 // Not now: give the prefix blocks back (they stay cached) and keep its place.
                 self.preempt(seq);
                 break;
@@ -183,6 +268,7 @@ impl Scheduler {
             if seq.first_scheduled.is_none() {
                 seq.first_scheduled = Some(std::time::Instant::now());
             }
+            seq.scheduled_this_step = true;
             self.running.push(seq);
             let index = self.running.len() - 1;
             self.allocate_into(index, needed);
@@ -193,9 +279,9 @@ impl Scheduler {
                 len,
                 want_logits: seq.computed + len == seq.tokens.len(),
             });
-            budget -= len;
+            budget.total -= len;
+            budget.prefill -= len;
         }
-        (plan, report)
     }
 
     /// Records that the planned chunks went through the model: advances `computed` and
@@ -231,6 +317,7 @@ impl Scheduler {
         seq.computed = 0;
         seq.registered_blocks = 0;
         seq.last_block_hash = None;
+        seq.scheduled_this_step = false;
         self.waiting.push(Queued(seq));
     }
 }
@@ -268,11 +355,19 @@ mod tests {
             first_scheduled: None,
             first_token: None,
             last_token: None,
+            decode_deferrals: 0,
+            scheduled_this_step: false,
         }
     }
 
     fn scheduler(max_running: usize, budget: usize, blocks: usize) -> Scheduler {
-        Scheduler::new(SchedulerConfig { max_running, max_batch_tokens: budget }, BlockAllocator::new(blocks, 4))
+        let config = SchedulerConfig {
+            max_running,
+            max_batch_tokens: budget,
+            max_prefill_tokens: budget,
+            max_decode_deferral: 0,
+        };
+        Scheduler::new(config, BlockAllocator::new(blocks, 4))
     }
 
     /// Runs a step as the engine would, sampling token 7 for every chunk that wants logits.
@@ -345,6 +440,50 @@ mod tests {
         assert_eq!(s.running[0].id, 2);
         assert_eq!(s.running[0].tokens.len(), 9);
         assert!(plan[0].want_logits);
+    }
+
+    #[test]
+    fn a_burst_of_prompts_gets_first_tokens_group_by_group_with_bounded_decode_deferral() {
+        let config =
+            SchedulerConfig { max_running: 8, max_batch_tokens: 100, max_prefill_tokens: 10, max_decode_deferral: 2 };
+        let mut s = Scheduler::new(config, BlockAllocator::new(64, 4));
+        for id in 0..6 {
+            s.enqueue(seq(id, 0, vec![id as u32; 4]));
+        }
+        let ids = |s: &Scheduler, plan: &[ScheduledChunk]| -> Vec<(u64, usize)> {
+            plan.iter().map(|c| (s.running[c.index].id, c.len)).collect()
+        };
+        // Whole prompts only (a third 4-token prompt would not fit in the 2 tokens left).
+        let plan = step(&mut s);
+        assert_eq!(ids(&s, &plan), vec![(0, 4), (1, 4)]);
+        // The next prompts go first; 0 and 1 sit out their decode (deferral 1 of 2)...
+        let plan = step(&mut s);
+        assert_eq!(ids(&s, &plan), vec![(2, 4), (3, 4)]);
+        // ...and again (2 of 2), while 2 and 3 now wait too.
+        let plan = step(&mut s);
+        assert_eq!(ids(&s, &plan), vec![(4, 4), (5, 4)]);
+        // No prompt work left: everyone decodes.
+        let plan = step(&mut s);
+        assert_eq!(ids(&s, &plan), vec![(0, 1), (1, 1), (2, 1), (3, 1), (4, 1), (5, 1)]);
+    }
+
+    #[test]
+    fn decodes_are_not_deferred_past_the_limit() {
+        let config =
+            SchedulerConfig { max_running: 8, max_batch_tokens: 100, max_prefill_tokens: 4, max_decode_deferral: 1 };
+        let mut s = Scheduler::new(config, BlockAllocator::new(64, 4));
+        s.enqueue(seq(0, 0, vec![1; 4]));
+        step(&mut s);
+        for id in 1..4 {
+            s.enqueue(seq(id, 0, vec![id as u32; 4]));
+        }
+        let mut decodes_of_0 = Vec::new();
+        for _ in 0..4 {
+            let plan = step(&mut s);
+            decodes_of_0.push(plan.iter().any(|c| s.running[c.index].id == 0));
+        }
+        // Deferred once, decoded, deferred once, decoded (prompt work pending all along).
+        assert_eq!(decodes_of_0, vec![false, true, false, true]);
     }
 
     #[test]

@@ -95,6 +95,10 @@ pub(crate) struct Sequence {
     pub first_scheduled: Option<Instant>,
     pub first_token: Option<Instant>,
     pub last_token: Option<Instant>,
+    /// Steps in a row this sequence's decode sat out for prompt work (see the scheduler).
+    pub decode_deferrals: u32,
+    /// Already in the plan being built (the scheduler's bookkeeping within one step).
+    pub scheduled_this_step: bool,
 }
 
 impl Sequence {
@@ -104,6 +108,11 @@ impl Sequence {
 
     pub fn is_cancelled(&self) -> bool {
         self.cancel.load(Ordering::Acquire)
+    }
+
+    /// Generating: only the last sampled token is left to run (not a prompt or a recompute).
+    pub fn is_decoding(&self) -> bool {
+        self.pending() == 1 && self.computed >= self.prompt_len
     }
 
     /// Tokens still to run through the model before the next token can be sampled.

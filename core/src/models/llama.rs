@@ -12,17 +12,14 @@ use std::sync::{Arc, Mutex};
 
 use crate::gguf::GgufFile;
 use crate::kv_cache::KvStorage;
+use crate::models::attention::{self, AttentionScratch};
 use crate::models::SeqChunk;
-use crate::quant::disjoint::DisjointSlice;
-use crate::quant::{dot_f32, QMatrix};
+use crate::quant::QMatrix;
 use crate::threadpool::ThreadPool;
 use crate::{Error, Result};
 
 /// Values of `general.architecture` this implementation runs.
 const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
-
-/// Query tokens one attention task handles, so a long prefill chunk spreads over the pool.
-const ATTENTION_TOKENS_PER_TASK: usize = 16;
 
 /// Hyperparameters, read from the GGUF `{arch}.*` metadata.
 #[derive(Debug, Clone, PartialEq)]
@@ -127,6 +124,15 @@ impl LlamaConfig {
 
     fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
+    }
+
+    fn attention_geometry(&self) -> attention::Geometry {
+        attention::Geometry {
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+            qkv_row_len: self.q_dim() + 2 * self.kv_dim(),
+        }
     }
 }
 
@@ -257,6 +263,7 @@ impl LlamaModel {
         s.prepare(chunks, c, &self.rope_frequencies);
         let n = s.rows.len();
         let hidden = c.hidden_size;
+        let geometry = c.attention_geometry();
 
         for (row, x) in s.rows.iter().zip(s.x.chunks_exact_mut(hidden)) {
             self.token_embedding.dequantize_row(row.token as usize, x);
@@ -266,7 +273,7 @@ impl LlamaModel {
             layer.qkv.matmul(&s.normed, n, &mut s.qkv, pool);
             rotate_queries_and_keys(&mut s.qkv, c, &s.rope_cos, &s.rope_sin);
             store_keys_and_values(&s.qkv, c, l, chunks, kv);
-            attend(s, c, l, chunks, kv, pool);
+            attention::attend(&mut s.attention, &geometry, l, chunks, kv, &s.qkv, &mut s.attn, pool);
             layer.attn_output.matmul(&s.attn, n, &mut s.projected, pool);
             add_in_place(&mut s.x, &s.projected);
 
@@ -349,10 +356,7 @@ struct Scratch {
     /// RoPE rotation of each row's position: `head_dim / 2` values per row.
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
-    attention_tasks: Vec<AttentionTask>,
-    /// Softmax weights: `attention_span` values per attention task.
-    scores: Vec<f32>,
-    attention_span: usize,
+    attention: AttentionScratch,
     /// Final hidden states of the rows that want logits.
     logit_inputs: Vec<f32>,
 }
@@ -363,41 +367,17 @@ struct RowInfo {
     position: usize,
 }
 
-/// Query tokens `tokens` (indices within chunk `chunk`) attending through KV head `kv_head`.
-#[derive(Clone, Copy)]
-struct AttentionTask {
-    chunk: usize,
-    /// The step row of the chunk's first token.
-    chunk_first_row: usize,
-    kv_head: usize,
-    tokens: (usize, usize),
-}
-
 impl Scratch {
     /// Sizes every buffer for this step's rows (growing only, so warm steps do not allocate)
     /// and fills the per-row token, position and RoPE tables.
     fn prepare(&mut self, chunks: &[SeqChunk<'_>], c: &LlamaConfig, rope_frequencies: &[f64]) {
         self.rows.clear();
-        self.attention_tasks.clear();
-        self.attention_span = 0;
-        for (chunk_index, chunk) in chunks.iter().enumerate() {
-            let chunk_first_row = self.rows.len();
+        for chunk in chunks {
             self.rows.extend(
                 chunk.tokens.iter().enumerate().map(|(i, &token)| RowInfo { token, position: chunk.start_pos + i }),
             );
-            self.attention_span = self.attention_span.max(chunk.start_pos + chunk.tokens.len());
-            for kv_head in 0..c.n_kv_heads {
-                for first in (0..chunk.tokens.len()).step_by(ATTENTION_TOKENS_PER_TASK) {
-                    let end = (first + ATTENTION_TOKENS_PER_TASK).min(chunk.tokens.len());
-                    self.attention_tasks.push(AttentionTask {
-                        chunk: chunk_index,
-                        chunk_first_row,
-                        kv_head,
-                        tokens: (first, end),
-                    });
-                }
-            }
         }
+        self.attention.plan(chunks, &c.attention_geometry());
         let n = self.rows.len();
         self.x.resize(n * c.hidden_size, 0.0);
         self.normed.resize(n * c.hidden_size, 0.0);
@@ -406,7 +386,6 @@ impl Scratch {
         self.projected.resize(n * c.hidden_size, 0.0);
         self.gate_up.resize(n * 2 * c.ffn_size, 0.0);
         self.ffn_hidden.resize(n * c.ffn_size, 0.0);
-        self.scores.resize(self.attention_tasks.len() * self.attention_span, 0.0);
         self.rope_cos.clear();
         self.rope_sin.clear();
         for row in &self.rows {
@@ -447,70 +426,17 @@ fn rotate_queries_and_keys(qkv: &mut [f32], c: &LlamaConfig, cos: &[f32], sin: &
     }
 }
 
-/// Copies each row's K and V into layer `layer` of the paged cache.
+/// Stores each row's K and V (as f16) into layer `layer` of the paged cache.
 fn store_keys_and_values(qkv: &[f32], c: &LlamaConfig, layer: usize, chunks: &[SeqChunk<'_>], kv: &mut KvStorage) {
     let row_len = c.q_dim() + 2 * c.kv_dim();
     let kv_dim = c.kv_dim();
     let mut rows = qkv.chunks_exact(row_len);
     for chunk in chunks {
         for (position, row) in (chunk.start_pos..).zip(rows.by_ref().take(chunk.tokens.len())) {
-            let offset = kv.position_offset(layer, chunk.block_table, position);
-            kv.k[offset..offset + kv_dim].copy_from_slice(&row[c.q_dim()..][..kv_dim]);
-            kv.v[offset..offset + kv_dim].copy_from_slice(&row[c.q_dim() + kv_dim..][..kv_dim]);
+            let (key, value) = row[c.q_dim()..].split_at(kv_dim);
+            kv.write(layer, chunk.block_table, position, key, value);
         }
     }
-}
-
-/// Causal attention of every row over its sequence's cached positions, reading K/V straight
-/// from the paged blocks, with tasks over (chunk, KV head, token range) spread on the pool.
-/// The query heads sharing a KV head run in one task, so each K/V row is loaded once for them.
-fn attend(s: &mut Scratch, c: &LlamaConfig, layer: usize, chunks: &[SeqChunk<'_>], kv: &KvStorage, pool: &ThreadPool) {
-    let row_len = c.q_dim() + 2 * c.kv_dim();
-    let hd = c.head_dim;
-    let heads_per_kv = c.n_heads / c.n_kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let span = s.attention_span;
-    let (qkv, tasks) = (&s.qkv, &s.attention_tasks);
-    let out = DisjointSlice::new(&mut s.attn);
-    let scores = DisjointSlice::new(&mut s.scores);
-    pool.run(tasks.len(), &|task_index| {
-        let task = tasks[task_index];
-        let chunk = &chunks[task.chunk];
-        // SAFETY: each task owns its own `span`-long stretch of the score buffer.
-        let scores = unsafe { scores.range_mut(task_index * span, span) };
-        for t in task.tokens.0..task.tokens.1 {
-            let row = task.chunk_first_row + t;
-            let n_positions = chunk.start_pos + t + 1;
-            let scores = &mut scores[..n_positions];
-            for head in task.kv_head * heads_per_kv..(task.kv_head + 1) * heads_per_kv {
-                let query = &qkv[row * row_len + head * hd..][..hd];
-                let key_at = |p: usize| kv.position_offset(layer, chunk.block_table, p) + task.kv_head * hd;
-                for (p, score) in scores.iter_mut().enumerate() {
-                    *score = dot_f32(query, &kv.k[key_at(p)..][..hd]) * scale;
-                }
-                softmax_in_place(scores);
-                // SAFETY: the (row, head) output slot belongs to this task alone.
-                let out = unsafe { out.range_mut(row * c.q_dim() + head * hd, hd) };
-                out.fill(0.0);
-                for (p, &weight) in scores.iter().enumerate() {
-                    for (o, &v) in out.iter_mut().zip(&kv.v[key_at(p)..][..hd]) {
-                        *o += weight * v;
-                    }
-                }
-            }
-        }
-    });
-}
-
-fn softmax_in_place(values: &mut [f32]) {
-    let max = values.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0f32;
-    for v in values.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inverse = 1.0 / sum;
-    values.iter_mut().for_each(|v| *v *= inverse);
 }
 
 /// `out = silu(gate) * up` for rows laid out as `[gate | up]`.

@@ -1,6 +1,7 @@
 //! Model implementations. Generation models run one batched forward per engine step
 //! over a list of [`SeqChunk`]s; embedding models map texts to vectors.
 
+pub(crate) mod attention;
 pub mod bert;
 pub mod llama;
 
