@@ -399,9 +399,8 @@ impl Engine {
             SchedulerConfig {
                 max_running: config.max_running,
                 max_batch_tokens: config.max_batch_tokens,
-                max_prefill_tokens: env_override("CORTEXSTREAM_PREFILL_TOKENS").unwrap_or(config.max_prefill_tokens),
-                max_decode_deferral: env_override("CORTEXSTREAM_DECODE_DEFERRAL")
-                    .unwrap_or(MAX_DECODE_DEFERRAL as usize) as u32,
+                max_prefill_tokens: config.max_prefill_tokens,
+                max_decode_deferral: MAX_DECODE_DEFERRAL,
             },
             BlockAllocator::new(num_blocks, config.block_size),
         );
@@ -826,11 +825,6 @@ impl StepLoop {
         m.running.store(self.scheduler.running.len(), Ordering::Relaxed);
         m.kv_blocks_free.store(self.scheduler.allocator.available(), Ordering::Relaxed);
     }
-}
-
-// TEMPORARY (experiments): scheduler knobs from the environment.
-fn env_override(name: &str) -> Option<usize> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 /// Samples the next token of `seq` from its logits, streams it, and says whether the

@@ -301,20 +301,79 @@ mod avx2 {
             softmax(head_scores);
         }
 
-        // Weighted sum of V, position by position, into every head of the group.
+        // Weighted sum of V, position by position, into every head of the group: 32 dims
+        // of up to 3 heads at a time stay in registers while the positions stream by.
         out.fill(0.0);
-        let o = out.as_mut_ptr();
-        view.for_each_position(n, |p, offset| {
-            let row = v.as_ptr().add(offset);
-            for i in (0..head_dim).step_by(8) {
-                let value = _mm256_cvtph_ps(_mm_loadu_si128(row.add(i) as *const __m128i));
-                for h in 0..group {
-                    let weight = _mm256_set1_ps(*scores.get_unchecked(h * n + p));
-                    let dst = o.add(h * head_dim + i);
-                    _mm256_storeu_ps(dst, _mm256_fmadd_ps(weight, value, _mm256_loadu_ps(dst)));
+        for first_dim in (0..head_dim).step_by(32) {
+            for first_head in (0..group).step_by(3) {
+                let heads = (group - first_head).min(3);
+                let tile = ValueTile { view, n, scores, head_dim, first_dim, first_head };
+                match (head_dim - first_dim >= 32, heads) {
+                    (true, 3) => tile.accumulate::<3>(out),
+                    (true, 2) => tile.accumulate::<2>(out),
+                    (true, _) => tile.accumulate::<1>(out),
+                    (false, _) => tile.accumulate_narrow(out, heads),
                 }
             }
-        });
+        }
+    }
+
+    /// 32 dimensions (or what is left of the head) of up to 3 heads of the V sum.
+    struct ValueTile<'a, 'b> {
+        view: &'a KvHeadView<'b>,
+        n: usize,
+        scores: &'a [f32],
+        head_dim: usize,
+        first_dim: usize,
+        first_head: usize,
+    }
+
+    impl ValueTile<'_, '_> {
+        /// `HEADS` heads × 32 dims of accumulators in registers; each V row widened once.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn accumulate<const HEADS: usize>(&self, out: &mut [f32]) {
+            let mut acc = [[_mm256_setzero_ps(); 4]; HEADS];
+            let v = self.view.v.as_ptr().add(self.first_dim);
+            let weights = self.scores.as_ptr().add(self.first_head * self.n);
+            self.view.for_each_position(self.n, |p, offset| {
+                let row = v.add(offset);
+                let mut value = [_mm256_setzero_ps(); 4];
+                for (j, x) in value.iter_mut().enumerate() {
+                    *x = _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * j) as *const __m128i));
+                }
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    let weight = _mm256_set1_ps(*weights.add(h * self.n + p));
+                    for (a, &x) in acc.iter_mut().zip(&value) {
+                        *a = _mm256_fmadd_ps(weight, x, *a);
+                    }
+                }
+            });
+            for (h, acc) in acc.iter().enumerate() {
+                let dst = out.as_mut_ptr().add((self.first_head + h) * self.head_dim + self.first_dim);
+                for (j, &a) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(dst.add(8 * j), a);
+                }
+            }
+        }
+
+        /// The same sums (same order, same rounding) for a tail of fewer than 32 dims,
+        /// accumulating in `out`, which is zero on entry.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn accumulate_narrow(&self, out: &mut [f32], heads: usize) {
+            let o = out.as_mut_ptr();
+            let v = self.view.v.as_ptr();
+            self.view.for_each_position(self.n, |p, offset| {
+                let row = v.add(offset);
+                for i in (self.first_dim..self.head_dim).step_by(8) {
+                    let value = _mm256_cvtph_ps(_mm_loadu_si128(row.add(i) as *const __m128i));
+                    for h in self.first_head..self.first_head + heads {
+                        let weight = _mm256_set1_ps(*self.scores.get_unchecked(h * self.n + p));
+                        let dst = o.add(h * self.head_dim + i);
+                        _mm256_storeu_ps(dst, _mm256_fmadd_ps(weight, value, _mm256_loadu_ps(dst)));
+                    }
+                }
+            });
+        }
     }
 
     /// Lanes summed in a fixed order.
@@ -438,7 +497,7 @@ mod tests {
         if Kernel::best(64) != Kernel::Scalar {
             kernels.push(Kernel::best(64));
         }
-        for (head_dim, group) in [(64, 3), (8, 1), (16, 2)] {
+        for (head_dim, group) in [(64, 3), (8, 1), (16, 2), (32, 2), (40, 4)] {
             for n in [1, 3, 8, 9, 17, 40] {
                 let (kv, table) = storage(n, head_dim, 2, n as u32 + head_dim as u32);
                 let queries: Vec<f32> = (0..group * head_dim).map(|i| ((i * 37 % 17) as f32 - 8.0) / 4.0).collect();

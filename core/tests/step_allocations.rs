@@ -1,0 +1,84 @@
+//! A warmed-up forward step allocates nothing: every buffer (activations, attention tasks and
+//! scores, logits) is reused from the previous step of the same or a smaller shape.
+//!
+//! Counts every heap allocation in the process (worker threads included) with a counting
+//! global allocator, so this file holds this one test only.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use cortexstream::gguf::GgufFile;
+use cortexstream::models::llama::LlamaModel;
+use cortexstream::models::SeqChunk;
+use cortexstream::threadpool::ThreadPool;
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        System.alloc(layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        System.alloc_zeroed(layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        System.realloc(ptr, layout, new_size)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn warm_decode_and_prefill_steps_do_not_allocate() {
+    let gguf = GgufFile::open(common::smollm2_path()).expect("open model");
+    let model = LlamaModel::load(&gguf, Arc::new(ThreadPool::new(2))).expect("load model");
+    const BLOCK_SIZE: usize = 16;
+    const SEQS: usize = 4;
+    const BLOCKS_EACH: usize = 4;
+    let mut kv = model.new_kv_storage(SEQS * BLOCKS_EACH, BLOCK_SIZE);
+    let tables: Vec<Vec<u32>> =
+        (0..SEQS).map(|s| (0..BLOCKS_EACH).map(|b| (b * SEQS + s) as u32).collect()).collect();
+    let tokens: Vec<u32> = (0..40).map(|i| 100 + i * 7).collect();
+    let mut logits = Vec::new();
+
+    // Prefill 20 tokens of every sequence, then decode steps at growing positions.
+    let step = |start: usize, len: usize| -> Vec<SeqChunk<'_>> {
+        tables
+            .iter()
+            .map(|table| SeqChunk {
+                tokens: &tokens[start..start + len],
+                start_pos: start,
+                block_table: table,
+                want_logits: true,
+            })
+            .collect()
+    };
+    let prefill = step(0, 20);
+    model.forward(&prefill, &mut kv, &mut logits).expect("prefill");
+    // Warm-up decode at the longest span the measured steps reach.
+    let warm = step(39, 1);
+    model.forward(&warm, &mut kv, &mut logits).expect("warm-up decode");
+
+    let decodes: Vec<Vec<SeqChunk<'_>>> = (20..30).map(|p| step(p, 1)).collect();
+    let smaller_prefill = step(20, 10);
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    for chunks in &decodes {
+        model.forward(chunks, &mut kv, &mut logits).expect("decode");
+    }
+    model.forward(&smaller_prefill, &mut kv, &mut logits).expect("prefill again");
+    let allocated = ALLOCATIONS.load(Ordering::SeqCst) - before;
+    assert_eq!(allocated, 0, "warm forward steps allocated {allocated} times");
+}
