@@ -76,6 +76,8 @@ export interface GenerateOptions {
   logprobs?: number;
   /** Higher runs first; equal priorities run in arrival order (default 0). */
   priority?: number;
+  /** OpenAI's `logit_bias`: token id -> bias in [-100, 100] added to its logit (-100 in effect bans it). */
+  logitBias?: Record<number, number>;
   /**
    * Aborting cancels the request in the engine; the promise (or iteration) then rejects with
    * `signal.reason` (an `AbortError` by default) once the engine has ended the request.

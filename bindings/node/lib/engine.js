@@ -3,6 +3,7 @@
 const { NativeEngine } = require('./native');
 const { withDefaultModels } = require('./models');
 const { runRequest, ChunkStream } = require('./request');
+const { checkPrompt, checkMessages, checkOptions } = require('./validate');
 
 class Engine {
   #native;
@@ -64,12 +65,22 @@ class Engine {
     return this.#native.close();
   }
 
+  // Type checks run inside the submit, so they fail exactly like the core's own validation
+  // (a rejected promise for `generate`, a throw from `stream`).
   #submit(prompt, options) {
-    return (onChunk) => this.#native.submit(prompt, options, onChunk);
+    return (onChunk) => {
+      checkPrompt(prompt);
+      checkOptions(options);
+      return this.#native.submit(prompt, options, onChunk);
+    };
   }
 
   #submitChat(messages, options) {
-    return (onChunk) => this.#native.submitChat(messages, options, onChunk);
+    return (onChunk) => {
+      checkMessages(messages);
+      checkOptions(options);
+      return this.#native.submitChat(messages, options, onChunk);
+    };
   }
 }
 

@@ -5,6 +5,7 @@
 //! a fraction, a negative count or an unsafe integer is an invalid value for that option
 //! (rather than being silently truncated or wrapped).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use cortexstream::{ChatMessage, EngineConfig, Error, Prompt, Request, SamplingParams};
@@ -70,6 +71,8 @@ pub struct GenerateOptions {
     pub ignore_eos: Option<bool>,
     pub logprobs: Option<f64>,
     pub priority: Option<f64>,
+    /// OpenAI's `logit_bias`: token id (as an object key) -> bias in [-100, 100].
+    pub logit_bias: Option<HashMap<String, f64>>,
 }
 
 /// One chat message.
@@ -130,6 +133,17 @@ pub fn request(prompt: Prompt, options: Option<GenerateOptions>) -> Result<Reque
         .into_iter()
         .map(|id| whole(id, "stopTokenIds"))
         .collect::<Result<_, _>>()?;
+    p.logit_bias = o
+        .logit_bias
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(id, bias)| {
+            let id = id.trim().parse::<u32>().map_err(|_| {
+                Error::invalid("logit_bias", format!("keys must be token ids (whole numbers), got {id:?}"))
+            })?;
+            Ok((id, bias as f32))
+        })
+        .collect::<Result<_, Error>>()?;
     let priority = o.priority.map(|v| whole(v, "priority")).transpose()?.unwrap_or(0);
     Ok(Request::new(prompt, p).with_priority(priority))
 }
