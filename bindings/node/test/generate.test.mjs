@@ -93,7 +93,6 @@ describe('invalid options', () => {
     [{ temperature: -1 }, 'temperature'],
     [{ topP: 0 }, 'topP'],
     [{ maxTokens: -1 }, 'maxTokens'],
-    [{ maxTokens: 2.5 }, 'maxTokens'],
     [{ stopTokenIds: [49152] }, 'stopTokenIds'],
     [{ logprobs: 21 }, 'logprobs'],
   ];
@@ -119,6 +118,15 @@ describe('invalid options', () => {
     await assert.rejects(engine.generate(''), { code: 'invalid_request', param: 'prompt' });
     const tooLong = new Array(engine.modelInfo.contextLength).fill(fox.prompt_token_ids[0]);
     await assert.rejects(engine.generate(tooLong), { code: 'context_length_exceeded' });
+  });
+
+  test('a fraction where a count belongs is a TypeError naming the option', async () => {
+    await assert.rejects(engine.generate('hello', { maxTokens: 2.5 }), (error) => {
+      assert.ok(error instanceof TypeError);
+      assert.equal(error.code, 'invalid_type');
+      assert.equal(error.param, 'maxTokens');
+      return true;
+    });
   });
 
   test('a stream with invalid options fails when iterated', async () => {
