@@ -49,8 +49,7 @@ fn warm_decode_and_prefill_steps_do_not_allocate() {
     const SEQS: usize = 4;
     const BLOCKS_EACH: usize = 4;
     let mut kv = model.new_kv_storage(SEQS * BLOCKS_EACH, BLOCK_SIZE);
-    let tables: Vec<Vec<u32>> =
-        (0..SEQS).map(|s| (0..BLOCKS_EACH).map(|b| (b * SEQS + s) as u32).collect()).collect();
+    let tables: Vec<Vec<u32>> = (0..SEQS).map(|s| (0..BLOCKS_EACH).map(|b| (b * SEQS + s) as u32).collect()).collect();
     let tokens: Vec<u32> = (0..40).map(|i| 100 + i * 7).collect();
     let mut logits = Vec::new();
 

@@ -1,17 +1,22 @@
 //! AVX2 + FMA + F16C kernels (x86-64 only), selected at runtime.
 //!
-//! Per block: the 32 weights become unsigned bytes (Q4 nibbles as they are; Q8_0 by moving
-//! each weight's sign onto the activation), `maddubs` + `madd` give eight exact i32 partial
-//! dot products, and one FMA adds them, scaled by `d_w * d_a`, to that pair's accumulator.
+//! They read the row-interleaved layout ([`super::interleaved`]): each 32-bit lane of a vector
+//! belongs to one of eight weight rows. Per block and activation row:
+//! - four activation bytes at a time are broadcast to every lane and `maddubs` multiplies them
+//!   by four weights of each row (unsigned Q4 nibbles; for Q8_0 the weight magnitudes, the
+//!   weights' signs moved onto the activations), giving eight rows' partial sums at once;
+//! - the block's integer dot products (exact) become f32 once, times `d_w * d_a` (eight rows'
+//!   scales in one vector), plus the Q4 offset term `m_w * s_a`, added to the row's accumulator.
 //!
-//! Tiling: one weight block is unpacked once and applied to up to `TILE` activation rows.
-//! Each activation row keeps its own accumulator and sees the same instruction sequence
-//! whatever the tile size, so results do not depend on the batch.
+//! Tiling: each group's weights are unpacked once per block and applied to up to `TILE`
+//! activation rows. Every (weight row, activation row) pair sees the same instruction sequence
+//! whatever the tile size or its place in the batch, so results do not depend on the batch.
 
 use std::arch::x86_64::*;
 
 use super::activations::Q8Block;
 use super::blocks::QuantFormat;
+use super::interleaved::LANES;
 use super::TILE;
 
 /// Whether this CPU can run the kernels in this module.
@@ -19,101 +24,122 @@ pub fn is_available() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
 }
 
-/// `out[r] = w_row · activation row r` for the `out.len() <= TILE` rows stacked in `acts`.
+/// `out[r][j] = weight row j of the group · activation row r` for the `n <= TILE` activation
+/// rows stacked in `acts` (`n_blocks` blocks each). `group` holds the group's `n_blocks` blocks.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C ([`is_available`]).
-pub unsafe fn dot_tile(format: QuantFormat, w_row: &[u8], acts: &[Q8Block], out: &mut [f32]) {
-    let n_blocks = w_row.len() / format.block_bytes();
-    assert!(acts.len() == out.len() * n_blocks && w_row.len() == n_blocks * format.block_bytes());
-    match (format, out.len()) {
-        (QuantFormat::Q4_0, 1) => tile::<Q4_0, 1>(w_row, n_blocks, acts, out),
-        (QuantFormat::Q4_0, 2) => tile::<Q4_0, 2>(w_row, n_blocks, acts, out),
-        (QuantFormat::Q4_0, 3) => tile::<Q4_0, 3>(w_row, n_blocks, acts, out),
-        (QuantFormat::Q4_0, 4) => tile::<Q4_0, 4>(w_row, n_blocks, acts, out),
-        (QuantFormat::Q4_1, 1) => tile::<Q4_1, 1>(w_row, n_blocks, acts, out),
-        (QuantFormat::Q4_1, 2) => tile::<Q4_1, 2>(w_row, n_blocks, acts, out),
-        (QuantFormat::Q4_1, 3) => tile::<Q4_1, 3>(w_row, n_blocks, acts, out),
-        (QuantFormat::Q4_1, 4) => tile::<Q4_1, 4>(w_row, n_blocks, acts, out),
-        (QuantFormat::Q8_0, 1) => tile::<Q8_0, 1>(w_row, n_blocks, acts, out),
-        (QuantFormat::Q8_0, 2) => tile::<Q8_0, 2>(w_row, n_blocks, acts, out),
-        (QuantFormat::Q8_0, 3) => tile::<Q8_0, 3>(w_row, n_blocks, acts, out),
-        (QuantFormat::Q8_0, 4) => tile::<Q8_0, 4>(w_row, n_blocks, acts, out),
-        (_, n) => panic!("tile of {n} rows; callers pass 1..={TILE}"),
+pub unsafe fn group_tile(
+    format: QuantFormat,
+    group: &[u8],
+    n_blocks: usize,
+    acts: &[Q8Block],
+    out: &mut [[f32; LANES]; TILE],
+) {
+    let n = acts.len() / n_blocks.max(1);
+    assert!(group.len() == n_blocks * format.group_block_bytes() && acts.len() == n * n_blocks && n <= TILE);
+    match (format, n) {
+        (_, 0) => {}
+        (QuantFormat::Q4_0, 1) => q4::<false, 1>(group, n_blocks, acts, out),
+        (QuantFormat::Q4_0, 2) => q4::<false, 2>(group, n_blocks, acts, out),
+        (QuantFormat::Q4_0, 3) => q4::<false, 3>(group, n_blocks, acts, out),
+        (QuantFormat::Q4_0, _) => q4::<false, 4>(group, n_blocks, acts, out),
+        (QuantFormat::Q4_1, 1) => q4::<true, 1>(group, n_blocks, acts, out),
+        (QuantFormat::Q4_1, 2) => q4::<true, 2>(group, n_blocks, acts, out),
+        (QuantFormat::Q4_1, 3) => q4::<true, 3>(group, n_blocks, acts, out),
+        (QuantFormat::Q4_1, _) => q4::<true, 4>(group, n_blocks, acts, out),
+        (QuantFormat::Q8_0, 1) => q8::<1>(group, n_blocks, acts, out),
+        (QuantFormat::Q8_0, 2) => q8::<2>(group, n_blocks, acts, out),
+        (QuantFormat::Q8_0, 3) => q8::<3>(group, n_blocks, acts, out),
+        (QuantFormat::Q8_0, _) => q8::<4>(group, n_blocks, acts, out),
     }
 }
 
-// Const-generic stand-ins for `QuantFormat`, so each format gets its own branch-free loop.
-const Q4_0: u8 = 0;
-const Q4_1: u8 = 1;
-const Q8_0: u8 = 2;
-
+/// Four activation bytes `4 * v .. 4 * v + 4` of `act`, in every 32-bit lane.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile<const FORMAT: u8, const N: usize>(w_row: &[u8], n_blocks: usize, acts: &[Q8Block], out: &mut [f32]) {
-    let block_bytes = match FORMAT {
-        Q4_0 => QuantFormat::Q4_0.block_bytes(),
-        Q4_1 => QuantFormat::Q4_1.block_bytes(),
-        _ => QuantFormat::Q8_0.block_bytes(),
-    };
+#[inline]
+unsafe fn broadcast4(act: &Q8Block, v: usize) -> __m256i {
+    _mm256_set1_epi32((act.q.as_ptr().add(4 * v) as *const i32).read_unaligned())
+}
+
+/// Eight f16 values at `ptr` as f32.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn load_f16x8(ptr: *const u8) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(ptr as *const __m128i))
+}
+
+/// Q4_0 (`OFFSET == false`, `m = -8 d`) and Q4_1 (`OFFSET == true`, `m` stored).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4<const OFFSET: bool, const N: usize>(
+    group: &[u8],
+    n_blocks: usize,
+    acts: &[Q8Block],
+    out: &mut [[f32; LANES]; TILE],
+) {
+    let format = if OFFSET { QuantFormat::Q4_1 } else { QuantFormat::Q4_0 };
+    let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
+    let nibble = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
-    let mut scaled = [_mm256_setzero_ps(); N];
-    let mut offset = [0f32; N];
+    let mut acc = [_mm256_setzero_ps(); N];
     for b in 0..n_blocks {
-        let block = w_row.as_ptr().add(b * block_bytes);
-        // (d, m, weights as signed or unsigned bytes)
-        let (d, m, weights) = match FORMAT {
-            Q4_0 => {
-                let d = f16_pair(block).0;
-                (d, -8.0 * d, unpack_nibbles(block.add(2)))
+        let block = group.as_ptr().add(b * block_bytes);
+        let d = load_f16x8(block);
+        let m = if OFFSET { load_f16x8(block.add(2 * LANES)) } else { _mm256_mul_ps(d, _mm256_set1_ps(-8.0)) };
+        let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
+        // Per lane and activation row, the block's dot product as 16-bit sums: each `maddubs`
+        // lane is at most 2 * 15 * 127 = 3810 in magnitude, eight of them 30480 < 2^15.
+        let mut sums = [_mm256_setzero_si256(); N];
+        for pair in 0..4 {
+            let packed = _mm256_loadu_si256(block.add(values_at + 32 * pair) as *const __m256i);
+            let low = _mm256_and_si256(packed, nibble);
+            let high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
+            for r in 0..N {
+                let products = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(low, broadcast4(row_acts[r], 2 * pair)),
+                    _mm256_maddubs_epi16(high, broadcast4(row_acts[r], 2 * pair + 1)),
+                );
+                sums[r] = _mm256_add_epi16(sums[r], products);
             }
-            Q4_1 => {
-                let (d, m) = f16_pair(block);
-                (d, m, unpack_nibbles(block.add(4)))
-            }
-            _ => (f16_pair(block).0, 0.0, _mm256_loadu_si256(block.add(2) as *const __m256i)),
-        };
-        let unsigned_weights = if FORMAT == Q8_0 { _mm256_sign_epi8(weights, weights) } else { weights };
+        }
         for r in 0..N {
-            let act = &*acts.as_ptr().add(r * n_blocks + b);
-            let mut q = _mm256_loadu_si256(act.q.as_ptr() as *const __m256i);
-            if FORMAT == Q8_0 {
-                q = _mm256_sign_epi8(q, weights);
-            }
-            let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(unsigned_weights, q), ones);
-            scaled[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * act.d), _mm256_cvtepi32_ps(dot), scaled[r]);
-            if FORMAT != Q8_0 {
-                offset[r] += m * act.s;
-            }
+            let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(sums[r], ones));
+            let offset = _mm256_mul_ps(m, _mm256_set1_ps(row_acts[r].s));
+            let scale = _mm256_mul_ps(d, _mm256_set1_ps(row_acts[r].d));
+            acc[r] = _mm256_add_ps(acc[r], _mm256_fmadd_ps(scale, dot, offset));
         }
     }
     for r in 0..N {
-        out[r] = horizontal_sum(scaled[r]) + offset[r];
+        _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
     }
 }
 
-/// The two f16 values at `ptr` as f32 (for Q4_0 and Q8_0 only the first is meaningful).
 #[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn f16_pair(ptr: *const u8) -> (f32, f32) {
-    let both = _mm_cvtph_ps(_mm_cvtsi32_si128((ptr as *const i32).read_unaligned()));
-    (_mm_cvtss_f32(both), _mm_cvtss_f32(_mm_movehdup_ps(both)))
-}
-
-/// 16 bytes of packed nibbles to 32 bytes: low nibbles first (weights 0..16), then high ones.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn unpack_nibbles(ptr: *const u8) -> __m256i {
-    let packed = _mm_loadu_si128(ptr as *const __m128i);
-    let mask = _mm_set1_epi8(0x0f);
-    let low = _mm_and_si128(packed, mask);
-    let high = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
-    _mm256_set_m128i(high, low)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn horizontal_sum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+unsafe fn q8<const N: usize>(group: &[u8], n_blocks: usize, acts: &[Q8Block], out: &mut [[f32; LANES]; TILE]) {
+    let (block_bytes, values_at) = (QuantFormat::Q8_0.group_block_bytes(), QuantFormat::Q8_0.values_offset());
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); N];
+    for b in 0..n_blocks {
+        let block = group.as_ptr().add(b * block_bytes);
+        let d = load_f16x8(block);
+        let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
+        // 32-bit sums: a `maddubs` lane reaches 2 * 128 * 127, so two of them could overflow 16 bits.
+        let mut sums = [_mm256_setzero_si256(); N];
+        for v in 0..8 {
+            let weights = _mm256_loadu_si256(block.add(values_at + 32 * v) as *const __m256i);
+            let magnitudes = _mm256_sign_epi8(weights, weights);
+            for r in 0..N {
+                let signed_acts = _mm256_sign_epi8(broadcast4(row_acts[r], v), weights);
+                let products = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitudes, signed_acts), ones);
+                sums[r] = _mm256_add_epi32(sums[r], products);
+            }
+        }
+        for r in 0..N {
+            let scale = _mm256_mul_ps(d, _mm256_set1_ps(row_acts[r].d));
+            acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums[r]), acc[r]);
+        }
+    }
+    for r in 0..N {
+        _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+    }
 }

@@ -34,11 +34,6 @@ impl QuantFormat {
         }
     }
 
-    /// Whether the format has a per-block offset `m` (so kernels need the activation block sums).
-    pub const fn has_offset(self) -> bool {
-        !matches!(self, Self::Q8_0)
-    }
-
     /// Decodes one block from its ggml bytes (`block.len() == self.block_bytes()`).
     ///
     /// Layouts: Q4_0 `{d: f16, qs: [u8; 16]}`, Q4_1 `{d: f16, m: f16, qs: [u8; 16]}` where byte

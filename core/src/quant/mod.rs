@@ -1,8 +1,9 @@
 //! Quantized weight matrices and the matrix-multiply kernels over them (our own code, no BLAS).
 //!
-//! A [`QMatrix`] holds one GGUF weight matrix. [`QMatrix::matmul`] quantizes each activation
-//! row to 8 bits per 32-element block and takes integer dot products against the weight
-//! blocks: with AVX2 on CPUs that have it (chosen at runtime), portable code otherwise.
+//! A [`QMatrix`] holds one GGUF weight matrix, its blocks regrouped at load so eight rows sit
+//! side by side ([`interleaved`]). [`QMatrix::matmul`] quantizes each activation row to 8 bits
+//! per 32-element block and takes integer dot products against the weight blocks, eight weight
+//! rows per vector: with AVX2 on CPUs that have it (chosen at runtime), portable code otherwise.
 //!
 //! **Batch invariance.** Every output element is computed by the same operations whatever the
 //! batch size and wherever its row sits in the batch: activations are quantized row by row,
@@ -15,6 +16,7 @@ mod activations;
 mod avx2;
 mod blocks;
 pub(crate) mod disjoint;
+mod interleaved;
 mod scalar;
 #[cfg(test)]
 mod tests;
@@ -28,9 +30,11 @@ use crate::{Error, Result};
 use activations::{quantize_row, Q8Block};
 use blocks::{f16_to_f32, QuantFormat, BLOCK};
 use disjoint::DisjointSlice;
+use interleaved::LANES;
 
-/// Activation rows one unpacked weight block is applied to at a time by the AVX2 kernel
-/// (4 accumulators plus the weights and temporaries fit the 16 YMM registers).
+/// Activation rows one unpacked group of weight blocks is applied to at a time by the AVX2
+/// kernel (4 accumulators, 4 partial sums, the unpacked weights and temporaries fit the 16 YMM
+/// registers).
 const TILE: usize = 4;
 
 /// Pool tasks per thread a matmul is split into, so uneven progress still balances.
@@ -49,8 +53,8 @@ enum Storage {
     /// F32 and F16 tensors, widened to f32 at load so one simple kernel serves both. In llama
     /// models these are only the small norm vectors, so the extra memory does not matter.
     Float(Vec<f32>),
-    /// The ggml blocks, row after row, copied out of the file map: owned memory that the OS
-    /// cannot evict and re-read from disk in the middle of a decode step.
+    /// The ggml blocks regrouped eight rows at a time ([`interleaved`]), in owned memory that
+    /// the OS cannot evict and re-read from disk in the middle of a decode step.
     Quantized { format: QuantFormat, blocks: Vec<u8> },
 }
 
@@ -72,12 +76,19 @@ impl Kernel {
         Kernel::Scalar
     }
 
-    fn dot_tile(self, format: QuantFormat, w_row: &[u8], acts: &[Q8Block], out: &mut [f32]) {
+    fn group_tile(
+        self,
+        format: QuantFormat,
+        group: &[u8],
+        n_blocks: usize,
+        acts: &[Q8Block],
+        out: &mut [[f32; LANES]; TILE],
+    ) {
         match self {
-            Kernel::Scalar => scalar::dot_tile(format, w_row, acts, out),
+            Kernel::Scalar => scalar::group_tile(format, group, n_blocks, acts, out),
             // SAFETY: `Avx2` is only chosen after `avx2::is_available()` said yes.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::dot_tile(format, w_row, acts, out) },
+            Kernel::Avx2 => unsafe { avx2::group_tile(format, group, n_blocks, acts, out) },
         }
     }
 }
@@ -125,7 +136,9 @@ impl QMatrix {
             return Err(format!("{} bytes do not hold {rows}×{cols} {ty:?} values", bytes.len()));
         }
         let storage = match format {
-            Some(format) => Storage::Quantized { format, blocks: bytes.to_vec() },
+            Some(format) => {
+                Storage::Quantized { format, blocks: interleaved::interleave(format, rows, cols / BLOCK, bytes) }
+            }
             None if ty == GgmlType::F16 => {
                 Storage::Float(bytes.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect())
             }
@@ -151,31 +164,35 @@ impl QMatrix {
     /// and up) run as one matmul. `None` if the parts differ in columns or format.
     pub fn concat_rows(parts: &[QMatrix]) -> Option<QMatrix> {
         let first = parts.first()?;
+        if parts.iter().any(|p| p.cols != first.cols) {
+            return None;
+        }
         let rows = parts.iter().map(|p| p.rows).sum();
         let storage = match &first.storage {
             Storage::Float(_) => Storage::Float(
                 parts
                     .iter()
                     .map(|p| match &p.storage {
-                        Storage::Float(values) if p.cols == first.cols => Some(values.as_slice()),
-                        _ => None,
+                        Storage::Float(values) => Some(values.as_slice()),
+                        Storage::Quantized { .. } => None,
                     })
                     .collect::<Option<Vec<_>>>()?
                     .concat(),
             ),
-            Storage::Quantized { format, .. } => Storage::Quantized {
-                format: *format,
-                blocks: parts
-                    .iter()
-                    .map(|p| match &p.storage {
-                        Storage::Quantized { format: f, blocks } if f == format && p.cols == first.cols => {
-                            Some(blocks.as_slice())
+            Storage::Quantized { format, .. } => {
+                // Groups of eight rows may straddle the parts: regroup from the ggml rows.
+                let n_blocks = first.cols / BLOCK;
+                let mut ggml = Vec::with_capacity(rows * n_blocks * format.block_bytes());
+                for part in parts {
+                    match &part.storage {
+                        Storage::Quantized { format: f, blocks } if f == format => {
+                            (0..part.rows).for_each(|row| ggml.extend(interleaved::ggml_row(*f, blocks, n_blocks, row)))
                         }
-                        _ => None,
-                    })
-                    .collect::<Option<Vec<_>>>()?
-                    .concat(),
-            },
+                        _ => return None,
+                    }
+                }
+                Storage::Quantized { format: *format, blocks: interleaved::interleave(*format, rows, n_blocks, &ggml) }
+            }
         };
         Some(QMatrix { rows, cols: first.cols, storage })
     }
@@ -192,9 +209,9 @@ impl QMatrix {
         match &self.storage {
             Storage::Float(values) => out.copy_from_slice(&values[row * self.cols..][..self.cols]),
             Storage::Quantized { format, blocks } => {
-                let row_bytes = &blocks[row * self.row_bytes()..][..self.row_bytes()];
-                for (bytes, values) in row_bytes.chunks_exact(format.block_bytes()).zip(out.chunks_exact_mut(BLOCK)) {
-                    let block = format.decode(bytes);
+                let group = &blocks[row / LANES * self.group_bytes()..][..self.group_bytes()];
+                for (bytes, values) in group.chunks_exact(format.group_block_bytes()).zip(out.chunks_exact_mut(BLOCK)) {
+                    let block = interleaved::decode(*format, bytes, row % LANES);
                     for (v, &q) in values.iter_mut().zip(&block.q) {
                         *v = block.d * q as f32 + block.m;
                     }
@@ -235,21 +252,24 @@ impl QMatrix {
                     quantize_row(x_row, act_row);
                 }
                 let acts = &acts[..];
-                let row_bytes = self.row_bytes();
-                self.for_each_row_parallel(pool, out, |row, out| {
-                    let w_row = &blocks[row * row_bytes..][..row_bytes];
-                    let mut results = [0f32; TILE];
-                    for first in (0..m).step_by(TILE) {
-                        let n = TILE.min(m - first);
-                        kernel.dot_tile(
-                            *format,
-                            w_row,
-                            &acts[first * n_blocks..(first + n) * n_blocks],
-                            &mut results[..n],
-                        );
-                        for (r, &value) in results[..n].iter().enumerate() {
-                            // SAFETY: each output row `row` belongs to exactly one task.
-                            unsafe { out.write((first + r) * self.rows + row, value) };
+                let group_bytes = self.group_bytes();
+                let out = DisjointSlice::new(out);
+                let groups = self.rows.div_ceil(LANES);
+                let groups_per_task = groups.div_ceil(pool.n_threads() * TASKS_PER_THREAD).max(1);
+                pool.run(groups.div_ceil(groups_per_task), &|task| {
+                    let mut results = [[0f32; LANES]; TILE];
+                    for g in task * groups_per_task..((task + 1) * groups_per_task).min(groups) {
+                        let group = &blocks[g * group_bytes..][..group_bytes];
+                        let (first_row, lanes) = (g * LANES, LANES.min(self.rows - g * LANES));
+                        for first in (0..m).step_by(TILE) {
+                            let n = TILE.min(m - first);
+                            let tile_acts = &acts[first * n_blocks..(first + n) * n_blocks];
+                            kernel.group_tile(*format, group, n_blocks, tile_acts, &mut results);
+                            for (r, row_results) in results[..n].iter().enumerate() {
+                                // SAFETY: the output rows of group `g` belong to this task alone.
+                                let dst = unsafe { out.range_mut((first + r) * self.rows + first_row, lanes) };
+                                dst.copy_from_slice(&row_results[..lanes]);
+                            }
                         }
                     }
                 });
@@ -274,11 +294,11 @@ impl QMatrix {
         });
     }
 
-    /// Bytes of one row in storage.
-    fn row_bytes(&self) -> usize {
+    /// Bytes of one group of eight interleaved rows (quantized storage only).
+    fn group_bytes(&self) -> usize {
         match &self.storage {
-            Storage::Float(_) => self.cols * 4,
-            Storage::Quantized { format, .. } => self.cols / BLOCK * format.block_bytes(),
+            Storage::Float(_) => 0,
+            Storage::Quantized { format, .. } => self.cols / BLOCK * format.group_block_bytes(),
         }
     }
 }
