@@ -16,19 +16,33 @@ pub struct Q8Block {
 
 /// Quantizes one row (`x.len() == out.len() * 32`) block by block.
 ///
-/// Each block uses its own scale `max|x| / 127` and rounds to nearest, so a row's result
-/// depends only on that row: the root of batch invariance.
+/// Each block uses its own scale `max|x| / 127` and rounds to nearest, ties to even, so a
+/// row's result depends only on that row: the root of batch invariance. The AVX2 version
+/// gives the same bits (same scale, same rounding, exact integer sum).
 pub fn quantize_row(x: &[f32], out: &mut [Q8Block]) {
     debug_assert_eq!(x.len(), out.len() * BLOCK);
+    #[cfg(target_arch = "x86_64")]
+    if super::avx2::is_available() {
+        for (values, block) in x.chunks_exact(BLOCK).zip(out.iter_mut()) {
+            // SAFETY: AVX2 is available (checked above); `values` holds exactly 32 floats.
+            unsafe { super::avx2::quantize_block(values.try_into().expect("32 values"), block) };
+        }
+        return;
+    }
+    quantize_row_portable(x, out);
+}
+
+/// The portable statement of [`quantize_row`].
+pub fn quantize_row_portable(x: &[f32], out: &mut [Q8Block]) {
     for (values, block) in x.chunks_exact(BLOCK).zip(out.iter_mut()) {
         let amax = values.iter().fold(0f32, |acc, v| acc.max(v.abs()));
         let d = amax / 127.0;
         let inverse = if d == 0.0 { 0.0 } else { 1.0 / d };
         let mut sum = 0i32;
         for (q, &v) in block.q.iter_mut().zip(values) {
-            // |v * inverse| <= 127 up to rounding, and `round` cannot leave [-127, 127]:
+            // |v * inverse| <= 127 up to rounding, and rounding cannot leave [-127, 127]:
             // the kernels rely on never seeing -128.
-            *q = (v * inverse).round() as i8;
+            *q = (v * inverse).round_ties_even() as i8;
             sum += *q as i32;
         }
         block.d = d;
@@ -53,6 +67,23 @@ mod tests {
             }
             let sum: i32 = block.q.iter().map(|&q| q as i32).sum();
             assert_eq!(block.s, block.d * sum as f32);
+        }
+    }
+
+    #[test]
+    fn simd_and_portable_quantizers_give_the_same_bits() {
+        // Ties (x.5 steps), outliers, zeros, negative zero and tiny values.
+        let mut x: Vec<f32> = (0..4096).map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 0.0123).collect();
+        x[..32].iter_mut().enumerate().for_each(|(i, v)| *v = i as f32 - 15.5);
+        x[32..64].fill(0.0);
+        x[64] = -0.0;
+        x[100] = 1e-30;
+        x[200] = 3.0e4;
+        let (mut fast, mut portable) = (vec![Q8Block::default(); 128], vec![Q8Block::default(); 128]);
+        quantize_row(&x, &mut fast);
+        quantize_row_portable(&x, &mut portable);
+        for (i, (a, b)) in fast.iter().zip(&portable).enumerate() {
+            assert!(a.q == b.q && a.d.to_bits() == b.d.to_bits() && a.s.to_bits() == b.s.to_bits(), "block {i}");
         }
     }
 

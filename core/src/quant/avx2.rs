@@ -55,6 +55,40 @@ pub unsafe fn group_tile(
     }
 }
 
+/// Quantizes 32 activations into `out` exactly as `activations::quantize_row_portable` does
+/// (same scale, round half to even, exact integer sum).
+///
+/// # Safety
+/// The CPU must support AVX2 ([`is_available`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_block(values: &[f32; 32], out: &mut Q8Block) {
+    let p = values.as_ptr();
+    let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
+    let magnitude = |x| _mm256_andnot_ps(_mm256_set1_ps(-0.0), x);
+    let max =
+        _mm256_max_ps(_mm256_max_ps(magnitude(v[0]), magnitude(v[1])), _mm256_max_ps(magnitude(v[2]), magnitude(v[3])));
+    let max = _mm_max_ps(_mm256_castps256_ps128(max), _mm256_extractf128_ps(max, 1));
+    let max = _mm_max_ps(max, _mm_movehl_ps(max, max));
+    let amax = _mm_cvtss_f32(_mm_max_ss(max, _mm_movehdup_ps(max)));
+    let d = amax / 127.0;
+    let inverse = _mm256_set1_ps(if d == 0.0 { 0.0 } else { 1.0 / d });
+    let round = |x| {
+        let nearest_even = _mm256_round_ps(_mm256_mul_ps(x, inverse), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm256_cvtps_epi32(nearest_even)
+    };
+    let q = [round(v[0]), round(v[1]), round(v[2]), round(v[3])];
+    let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    let sum = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+    let sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0b01_00_11_10));
+    let sum = _mm_cvtsi128_si32(_mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0b10_11_00_01)));
+    // Narrow 4×8 i32 to 32 i8; the packs work within 128-bit halves, the permute restores order.
+    let packed = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    let ordered = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(out.q.as_mut_ptr() as *mut __m256i, ordered);
+    out.d = d;
+    out.s = d * sum as f32;
+}
+
 /// Four activation bytes `4 * v .. 4 * v + 4` of `act`, in every 32-bit lane.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
