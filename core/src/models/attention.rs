@@ -255,6 +255,7 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{KvHeadView, MAX_SIMD_HEAD_DIM};
+    use crate::models::elementwise::simd::exp_nonpositive;
 
     /// # Safety
     /// AVX2, FMA and F16C must be available; `head_dim` a multiple of 8, at most
@@ -290,11 +291,23 @@ mod avx2 {
             }
             for h in 0..group {
                 let q = queries.as_ptr().add(h * head_dim);
-                let mut acc = _mm256_setzero_ps();
-                for i in (0..head_dim).step_by(8) {
-                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i)), _mm256_loadu_ps(key.as_ptr().add(i)), acc);
+                // Four independent sums over 8-dim slices (a head_dim tail past the last
+                // 32 goes to the first): one chain of dependent FMAs would wait on latency.
+                let product = |i: usize, acc| {
+                    _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i)), _mm256_loadu_ps(key.as_ptr().add(i)), acc)
+                };
+                let [mut a0, mut a1, mut a2, mut a3] = [_mm256_setzero_ps(); 4];
+                let mut i = 0;
+                while i + 32 <= head_dim {
+                    (a0, a1, a2, a3) = (product(i, a0), product(i + 8, a1), product(i + 16, a2), product(i + 24, a3));
+                    i += 32;
                 }
-                *scores.get_unchecked_mut(h * n + p) = horizontal_sum(acc) * scale;
+                while i < head_dim {
+                    a0 = product(i, a0);
+                    i += 8;
+                }
+                let sum = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+                *scores.get_unchecked_mut(h * n + p) = horizontal_sum(sum) * scale;
             }
         });
         for head_scores in scores.chunks_exact_mut(n) {
@@ -410,7 +423,7 @@ mod avx2 {
 
         let mut sum8 = _mm256_setzero_ps();
         for i in (0..full).step_by(8) {
-            let e = exp(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), max));
+            let e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), max));
             _mm256_storeu_ps(p.add(i), e);
             sum8 = _mm256_add_ps(sum8, e);
         }
@@ -418,7 +431,7 @@ mod avx2 {
             _mm256_set1_epi32(rest as i32),
             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
         ));
-        let e = _mm256_and_ps(exp(_mm256_sub_ps(_mm256_loadu_ps(tail.as_ptr()), max)), in_tail);
+        let e = _mm256_and_ps(exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(tail.as_ptr()), max)), in_tail);
         _mm256_storeu_ps(tail.as_mut_ptr(), e);
         sum8 = _mm256_add_ps(sum8, e);
 
@@ -428,27 +441,6 @@ mod avx2 {
         }
         _mm256_storeu_ps(tail.as_mut_ptr(), _mm256_mul_ps(e, inverse));
         x[full..].copy_from_slice(&tail[..rest]);
-    }
-
-    /// e^x for x <= 0 (Cephes' single-precision polynomial, about 1 ulp); inputs below
-    /// ln(f32::MIN_POSITIVE) give 0.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn exp(x: __m256) -> __m256 {
-        let lowest = _mm256_set1_ps(-87.336_55);
-        let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, lowest);
-        let x = _mm256_max_ps(x, lowest);
-        // x = n·ln2 + r with |r| <= ln2/2; ln2 split in two for an exact n·ln2_hi.
-        let n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), _mm256_set1_ps(0.5)));
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-        let mut y = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
-            y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
-        }
-        y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0)));
-        // Scale by 2^n through the exponent bits (n >= -126 after the clamp).
-        let pow2n = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
-        _mm256_andnot_ps(underflow, _mm256_mul_ps(y, _mm256_castsi256_ps(pow2n)))
     }
 }
 

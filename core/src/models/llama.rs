@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use crate::gguf::GgufFile;
 use crate::kv_cache::KvStorage;
 use crate::models::attention::{self, AttentionScratch};
+use crate::models::elementwise::{add_in_place, rms_norm_rows, swiglu_rows};
 use crate::models::SeqChunk;
 use crate::quant::QMatrix;
 use crate::threadpool::ThreadPool;
@@ -269,7 +270,7 @@ impl LlamaModel {
             self.token_embedding.dequantize_row(row.token as usize, x);
         }
         for (l, layer) in self.layers.iter().enumerate() {
-            rms_norm_rows(&s.x, &layer.attn_norm, c.rms_eps, &mut s.normed);
+            rms_norm_rows(&s.x, &layer.attn_norm, c.rms_eps, &mut s.normed, pool);
             layer.qkv.matmul(&s.normed, n, &mut s.qkv, pool);
             rotate_queries_and_keys(&mut s.qkv, c, &s.rope_cos, &s.rope_sin);
             store_keys_and_values(&s.qkv, c, l, chunks, kv);
@@ -277,9 +278,9 @@ impl LlamaModel {
             layer.attn_output.matmul(&s.attn, n, &mut s.projected, pool);
             add_in_place(&mut s.x, &s.projected);
 
-            rms_norm_rows(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.normed);
+            rms_norm_rows(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.normed, pool);
             layer.gate_up.matmul(&s.normed, n, &mut s.gate_up, pool);
-            swiglu_rows(&s.gate_up, c.ffn_size, &mut s.ffn_hidden);
+            swiglu_rows(&s.gate_up, c.ffn_size, &mut s.ffn_hidden, pool);
             layer.down.matmul(&s.ffn_hidden, n, &mut s.projected, pool);
             add_in_place(&mut s.x, &s.projected);
         }
@@ -295,7 +296,7 @@ impl LlamaModel {
         }
         let n_logits = s.logit_inputs.len() / hidden;
         s.normed.resize(n_logits * hidden, 0.0);
-        rms_norm_rows(&s.logit_inputs, &self.output_norm, c.rms_eps, &mut s.normed);
+        rms_norm_rows(&s.logit_inputs, &self.output_norm, c.rms_eps, &mut s.normed, pool);
         logits.resize(n_logits * c.vocab_size, 0.0);
         if n_logits > 0 {
             self.output.as_ref().unwrap_or(&self.token_embedding).matmul(&s.normed, n_logits, logits, pool);
@@ -398,17 +399,6 @@ impl Scratch {
     }
 }
 
-/// `out_row = x_row / sqrt(mean(x_row²) + eps) * weight` for every row.
-fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    for (x_row, out_row) in x.chunks_exact(weight.len()).zip(out.chunks_exact_mut(weight.len())) {
-        let sum_squares: f64 = x_row.iter().map(|&v| v as f64 * v as f64).sum();
-        let scale = 1.0 / ((sum_squares / x_row.len() as f64) as f32 + eps).sqrt();
-        for ((o, &v), &w) in out_row.iter_mut().zip(x_row).zip(weight) {
-            *o = v * scale * w;
-        }
-    }
-}
-
 /// RoPE in ggml's NORMAL mode on every query and key head: adjacent pairs `(x[2i], x[2i+1])`
 /// rotate by `position · theta^(-2i / head_dim)`. (The GGUF converter permuted Wq and Wk so
 /// that this pairing matches the original model.)
@@ -437,18 +427,4 @@ fn store_keys_and_values(qkv: &[f32], c: &LlamaConfig, layer: usize, chunks: &[S
             kv.write(layer, chunk.block_table, position, key, value);
         }
     }
-}
-
-/// `out = silu(gate) * up` for rows laid out as `[gate | up]`.
-fn swiglu_rows(gate_up: &[f32], ffn_size: usize, out: &mut [f32]) {
-    for (row, out_row) in gate_up.chunks_exact(2 * ffn_size).zip(out.chunks_exact_mut(ffn_size)) {
-        let (gate, up) = row.split_at(ffn_size);
-        for ((o, &g), &u) in out_row.iter_mut().zip(gate).zip(up) {
-            *o = g / (1.0 + (-g).exp()) * u;
-        }
-    }
-}
-
-fn add_in_place(x: &mut [f32], delta: &[f32]) {
-    x.iter_mut().zip(delta).for_each(|(x, d)| *x += d);
 }

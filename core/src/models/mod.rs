@@ -3,6 +3,7 @@
 
 pub(crate) mod attention;
 pub mod bert;
+pub(crate) mod elementwise;
 pub mod llama;
 
 /// The slice of one sequence that a forward step processes.

@@ -38,20 +38,23 @@ pub unsafe fn group_tile(
 ) {
     let n = acts.len() / n_blocks.max(1);
     assert!(group.len() == n_blocks * format.group_block_bytes() && acts.len() == n * n_blocks && n <= TILE);
-    match (format, n) {
-        (_, 0) => {}
-        (QuantFormat::Q4_0, 1) => q4::<false, 1>(group, n_blocks, acts, out),
-        (QuantFormat::Q4_0, 2) => q4::<false, 2>(group, n_blocks, acts, out),
-        (QuantFormat::Q4_0, 3) => q4::<false, 3>(group, n_blocks, acts, out),
-        (QuantFormat::Q4_0, _) => q4::<false, 4>(group, n_blocks, acts, out),
-        (QuantFormat::Q4_1, 1) => q4::<true, 1>(group, n_blocks, acts, out),
-        (QuantFormat::Q4_1, 2) => q4::<true, 2>(group, n_blocks, acts, out),
-        (QuantFormat::Q4_1, 3) => q4::<true, 3>(group, n_blocks, acts, out),
-        (QuantFormat::Q4_1, _) => q4::<true, 4>(group, n_blocks, acts, out),
-        (QuantFormat::Q8_0, 1) => q8::<1>(group, n_blocks, acts, out),
-        (QuantFormat::Q8_0, 2) => q8::<2>(group, n_blocks, acts, out),
-        (QuantFormat::Q8_0, 3) => q8::<3>(group, n_blocks, acts, out),
-        (QuantFormat::Q8_0, _) => q8::<4>(group, n_blocks, acts, out),
+    // One instantiation per tile height, so every loop over the tile's rows is unrolled.
+    macro_rules! by_height {
+        ($kernel:ident $(, $flag:expr)?) => {
+            match n {
+                0 => {}
+                1 => $kernel::<$($flag,)? 1>(group, n_blocks, acts, out),
+                2 => $kernel::<$($flag,)? 2>(group, n_blocks, acts, out),
+                3 => $kernel::<$($flag,)? 3>(group, n_blocks, acts, out),
+                _ => $kernel::<$($flag,)? 4>(group, n_blocks, acts, out),
+            }
+        };
+    }
+    const _: () = assert!(TILE == 4, "by_height! covers tiles of up to 4 rows");
+    match format {
+        QuantFormat::Q4_0 => by_height!(q4, false),
+        QuantFormat::Q4_1 => by_height!(q4, true),
+        QuantFormat::Q8_0 => by_height!(q8),
     }
 }
 
