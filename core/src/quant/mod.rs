@@ -268,7 +268,11 @@ impl QMatrix {
                             for (r, row_results) in results[..n].iter().enumerate() {
                                 // SAFETY: the output rows of group `g` belong to this task alone.
                                 let dst = unsafe { out.range_mut((first + r) * self.rows + first_row, lanes) };
-                                dst.copy_from_slice(&row_results[..lanes]);
+                                match <&mut [f32; LANES]>::try_from(&mut *dst) {
+                                    // A fixed-size copy compiles to one vector store, not a memmove call.
+                                    Ok(full) => *full = *row_results,
+                                    Err(_) => dst.copy_from_slice(&row_results[..lanes]),
+                                }
                             }
                         }
                     }
