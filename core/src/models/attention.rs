@@ -16,6 +16,10 @@ use crate::threadpool::ThreadPool;
 /// Query tokens one task handles, so a long prefill chunk spreads over the pool.
 const TOKENS_PER_TASK: usize = 16;
 
+/// Positions ahead of the one being scored whose K and V rows the SIMD kernel prefetches.
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_AHEAD: usize = 8;
+
 /// Largest head dimension the SIMD kernel handles (it widens one K row into a stack buffer).
 #[cfg(target_arch = "x86_64")]
 const MAX_SIMD_HEAD_DIM: usize = 256;
@@ -105,6 +109,14 @@ impl<'a> KvHeadView<'a> {
             slot_stride: kv.kv_dim,
             block_size: kv.block_size,
         }
+    }
+
+    /// Offset of position `p`'s row in `k` and `v` (`p` within the block table).
+    #[inline(always)]
+    fn offset(&self, p: usize) -> usize {
+        self.base
+            + self.block_table[p / self.block_size] as usize * self.block_stride
+            + p % self.block_size * self.slot_stride
     }
 
     /// Calls `f(position, offset)` for positions `0..n` in order, walking the block table.
@@ -254,7 +266,7 @@ fn attend_token_scalar(
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{KvHeadView, MAX_SIMD_HEAD_DIM};
+    use super::{KvHeadView, MAX_SIMD_HEAD_DIM, PREFETCH_AHEAD};
     use crate::models::elementwise::simd::exp_nonpositive;
 
     /// # Safety
@@ -284,6 +296,15 @@ mod avx2 {
         // Scores: widen each K row once, dot it with every query head of the group.
         let mut key = [0f32; MAX_SIMD_HEAD_DIM];
         view.for_each_position(n, |p, offset| {
+            // The cache is read position by position from scattered blocks, with a stride the
+            // hardware prefetcher follows only within a block: ask for K and V rows ahead.
+            if p + PREFETCH_AHEAD < n {
+                let ahead = view.offset(p + PREFETCH_AHEAD);
+                for line in (0..head_dim).step_by(32) {
+                    _mm_prefetch::<_MM_HINT_T0>(k.as_ptr().add(ahead + line) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().add(ahead + line) as *const i8);
+                }
+            }
             let row = k.as_ptr().add(offset);
             for i in (0..head_dim).step_by(8) {
                 let wide = _mm256_cvtph_ps(_mm_loadu_si128(row.add(i) as *const __m128i));
