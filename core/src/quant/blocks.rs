@@ -1,10 +1,14 @@
-//! The ggml block formats our kernels read, decoded one 32-weight block at a time.
+//! The ggml block formats our kernels read (regrouped at load by [`super::interleaved`]).
 //!
 //! Every supported format is expressed the same way: a block holds 32 small integers `q[i]`
 //! and two scales, and weight `i` is `d * q[i] + m`. Q4_1 stores `m` (its minimum); Q4_0 stores
 //! nibbles that mean `q - 8`, which is the same as `m = -8 d` (exact in f32: both terms are
 //! small multiples of `d`); Q8_0 has signed `q` and `m = 0`. Writing Q4_0 like Q4_1 lets both
 //! share one kernel that multiplies unsigned nibbles by the signed activations.
+//!
+//! ggml layouts of one block: Q4_0 `{d: f16, qs: [u8; 16]}`, Q4_1 `{d: f16, m: f16, qs: [u8; 16]}`
+//! where byte `j` holds weight `j` in its low nibble and weight `j + 16` in its high nibble;
+//! Q8_0 `{d: f16, qs: [i8; 32]}`.
 
 /// Weights per quantized block (all supported formats).
 pub const BLOCK: usize = 32;
@@ -32,32 +36,6 @@ impl QuantFormat {
             Self::Q4_1 => 20,
             Self::Q8_0 => 34,
         }
-    }
-
-    /// Decodes one block from its ggml bytes (`block.len() == self.block_bytes()`).
-    ///
-    /// Layouts: Q4_0 `{d: f16, qs: [u8; 16]}`, Q4_1 `{d: f16, m: f16, qs: [u8; 16]}` where byte
-    /// `j` holds weight `j` in its low nibble and weight `j + 16` in its high nibble;
-    /// Q8_0 `{d: f16, qs: [i8; 32]}`.
-    #[inline]
-    pub fn decode(self, block: &[u8]) -> DecodedBlock {
-        let d = f16_to_f32(u16::from_le_bytes([block[0], block[1]]));
-        let mut q = [0i8; BLOCK];
-        let (m, nibbles) = match self {
-            Self::Q4_0 => (-8.0 * d, &block[2..18]),
-            Self::Q4_1 => (f16_to_f32(u16::from_le_bytes([block[2], block[3]])), &block[4..20]),
-            Self::Q8_0 => {
-                for (dst, &src) in q.iter_mut().zip(&block[2..34]) {
-                    *dst = src as i8;
-                }
-                return DecodedBlock { d, m: 0.0, q };
-            }
-        };
-        for (j, &byte) in nibbles.iter().enumerate() {
-            q[j] = (byte & 0x0f) as i8;
-            q[j + BLOCK / 2] = (byte >> 4) as i8;
-        }
-        DecodedBlock { d, m, q }
     }
 }
 
@@ -96,15 +74,5 @@ mod tests {
             assert_eq!(f16_to_f32(bits), want, "bits {bits:#06x}");
         }
         assert!(f16_to_f32(0x7e00).is_nan());
-    }
-
-    #[test]
-    fn q4_0_decodes_as_offset_nibbles() {
-        let mut block = vec![0u8; 18];
-        block[..2].copy_from_slice(&0x3c00u16.to_le_bytes()); // d = 1
-        block[2] = 0xf3; // weight 0: 3 - 8, weight 16: 15 - 8
-        let b = QuantFormat::Q4_0.decode(&block);
-        assert_eq!(b.d * b.q[0] as f32 + b.m, -5.0);
-        assert_eq!(b.d * b.q[16] as f32 + b.m, 7.0);
     }
 }

@@ -73,15 +73,26 @@ fn scatter_block(format: QuantFormat, src: &[u8], lane: usize, dst: &mut [u8]) -
         dst[scales + 2 * lane..scales + 2 * lane + 2].copy_from_slice(&src[2..4]);
     }
     let values_at = format.values_offset();
-    let q = format.decode(src).q;
     let values = &mut dst[values_at..];
-    for (i, &value) in q.iter().enumerate() {
-        let (vector, within) = (i / PER_LANE, i % PER_LANE);
-        let byte = lane * PER_LANE + within;
-        if format == QuantFormat::Q8_0 {
-            values[vector * VECTOR + byte] = value as u8;
-        } else {
-            values[vector / 2 * VECTOR + byte] |= (value as u8) << (4 * (vector % 2));
+    match format {
+        // Weights 4v..4v+4 of the row are bytes 4v..4v+4 of the block.
+        QuantFormat::Q8_0 => {
+            for (vector, four) in src[2..].chunks_exact(PER_LANE).enumerate() {
+                values[vector * VECTOR + lane * PER_LANE..][..PER_LANE].copy_from_slice(four);
+            }
+        }
+        // ggml byte j holds weight j (low nibble) and weight j + 16 (high nibble). Packed
+        // vector p needs weights 8p + t (low) and 8p + 4 + t (high) for t < 4.
+        QuantFormat::Q4_0 | QuantFormat::Q4_1 => {
+            let nibbles = &src[format.block_bytes() - BLOCK / 2..];
+            let weight = |k: usize| if k < BLOCK / 2 { nibbles[k] & 0x0f } else { nibbles[k - BLOCK / 2] >> 4 };
+            for packed in 0..BLOCK / (2 * PER_LANE) {
+                for t in 0..PER_LANE {
+                    let low = weight(2 * PER_LANE * packed + t);
+                    let high = weight(2 * PER_LANE * packed + PER_LANE + t);
+                    values[packed * VECTOR + lane * PER_LANE + t] = low | high << 4;
+                }
+            }
         }
     }
     values_at

@@ -179,8 +179,26 @@ impl QMatrix {
                     .collect::<Option<Vec<_>>>()?
                     .concat(),
             ),
+            Storage::Quantized { format, .. }
+                if parts[..parts.len() - 1].iter().all(|p| p.rows.is_multiple_of(LANES))
+                    && parts
+                        .iter()
+                        .all(|p| matches!(&p.storage, Storage::Quantized { format: f, .. } if f == format)) =>
+            {
+                // Whole groups only (padding at most in the last part's last group): the
+                // interleaved data simply follows on.
+                let blocks = parts
+                    .iter()
+                    .map(|p| match &p.storage {
+                        Storage::Quantized { blocks, .. } => blocks.as_slice(),
+                        Storage::Float(_) => &[],
+                    })
+                    .collect::<Vec<_>>()
+                    .concat();
+                Storage::Quantized { format: *format, blocks }
+            }
             Storage::Quantized { format, .. } => {
-                // Groups of eight rows may straddle the parts: regroup from the ggml rows.
+                // Groups of eight rows would straddle the parts: regroup from the ggml rows.
                 let n_blocks = first.cols / BLOCK;
                 let mut ggml = Vec::with_capacity(rows * n_blocks * format.block_bytes());
                 for part in parts {

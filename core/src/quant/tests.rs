@@ -216,21 +216,45 @@ fn dequantize_row_matches_reference() {
 fn concat_rows_equals_separate_matmuls() {
     let pool = ThreadPool::new(2);
     let x = random_activations(&mut Rng(5));
-    let (a, _) = matrix(GgmlType::Q4_1, 1);
-    let (b, _) = matrix(GgmlType::Q4_1, 2);
-    let stacked = QMatrix::concat_rows(&[a.clone(), b.clone()]).unwrap();
-    assert_eq!((stacked.rows(), stacked.cols()), (2 * ROWS, COLS));
     let m = 5;
-    let (mut out_a, mut out_b, mut out) = (vec![0f32; m * ROWS], vec![0f32; m * ROWS], vec![0f32; m * 2 * ROWS]);
-    a.matmul(&x[..m * COLS], m, &mut out_a, &pool);
-    b.matmul(&x[..m * COLS], m, &mut out_b, &pool);
-    stacked.matmul(&x[..m * COLS], m, &mut out, &pool);
-    for r in 0..m {
-        assert_eq!(out[r * 2 * ROWS..][..ROWS], out_a[r * ROWS..][..ROWS]);
-        assert_eq!(out[r * 2 * ROWS + ROWS..][..ROWS], out_b[r * ROWS..][..ROWS]);
+    // 13 rows: groups of eight straddle the parts (regrouped); 16 rows: whole groups (appended).
+    for rows in [13usize, 16] {
+        let part = |seed| {
+            let bytes: Vec<u8> = (0..rows.div_ceil(ROWS))
+                .flat_map(|i| random_weight_bytes(GgmlType::Q4_1, &mut Rng(seed + i as u64)))
+                .collect();
+            QMatrix::from_bytes(GgmlType::Q4_1, rows, COLS, &bytes[..rows * COLS / BLOCK * 20]).unwrap()
+        };
+        let (a, b, c) = (part(1), part(2), part(3));
+        let stacked = QMatrix::concat_rows(&[a.clone(), b.clone(), c.clone()]).unwrap();
+        assert_eq!((stacked.rows(), stacked.cols()), (3 * rows, COLS));
+        let mut out = vec![0f32; m * 3 * rows];
+        stacked.matmul(&x[..m * COLS], m, &mut out, &pool);
+        for (i, part) in [a, b, c].iter().enumerate() {
+            let mut alone = vec![0f32; m * rows];
+            part.matmul(&x[..m * COLS], m, &mut alone, &pool);
+            for r in 0..m {
+                assert_eq!(out[r * 3 * rows + i * rows..][..rows], alone[r * rows..][..rows], "{rows} rows, part {i}");
+            }
+        }
     }
+    let (a, _) = matrix(GgmlType::Q4_1, 1);
     let (q8, _) = matrix(GgmlType::Q8_0, 3);
     assert!(QMatrix::concat_rows(&[a, q8]).is_none(), "formats differ");
+}
+
+#[test]
+fn interleaving_round_trips_every_row() {
+    for (t, ty) in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0].into_iter().enumerate() {
+        let bytes = random_weight_bytes(ty, &mut Rng(400 + t as u64));
+        let m = QMatrix::from_bytes(ty, ROWS, COLS, &bytes).unwrap();
+        let Storage::Quantized { format, blocks } = &m.storage else { panic!("{ty:?} is quantized") };
+        let row_bytes = bytes.len() / ROWS;
+        for row in 0..ROWS {
+            let back = interleaved::ggml_row(*format, blocks, COLS / BLOCK, row);
+            assert_eq!(back, bytes[row * row_bytes..][..row_bytes], "{ty:?} row {row}");
+        }
+    }
 }
 
 #[test]
