@@ -77,6 +77,7 @@ pytest_suite() {
 bench_smoke() {
     # Not a timed test: proves the benchmark harness runs. Numbers are printed, not asserted.
     BENCH_TOKENS=8 BENCH_CONCURRENCY=1,4 cargo bench --quiet -p cortexstream --bench decode &&
+        BENCH_ROWS=1,4 BENCH_SECONDS=0.2 cargo bench --quiet -p cortexstream --bench matmul &&
         # The side-by-side harness, our side only: building llama.cpp takes ~20 min on 2 cores,
         # so the full comparison is run by hand (examples/bench/README.md).
         "$python" examples/bench/side_by_side.py --quick --skip-peer --json "$CARGO_TARGET_DIR/bench-smoke.json"
