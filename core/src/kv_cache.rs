@@ -3,11 +3,11 @@
 
 /// K and V tensors for every layer, split in fixed-size blocks.
 ///
-/// Layout of `k` and `v`: `[layer][block][slot][kv_dim]` of IEEE f16 bits (as llama.cpp's
-/// default cache type: half the memory of f32 and half the bytes attention streams, for an
-/// error far below that of the 8-bit activations the matmuls use), contiguous, where
-/// `kv_dim = n_kv_heads * head_dim`. A token's K for layer `l` at block `b`, slot `s` starts at
-/// `((l * num_blocks + b) * block_size + s) * kv_dim`.
+/// Layout of `k` and `v`: `[layer][block][kv_head][slot][head_dim]` of IEEE f16 bits (as
+/// llama.cpp's default cache type: half the memory of f32 and half the bytes attention streams,
+/// for an error far below that of the 8-bit activations the matmuls use). Within a block, each
+/// KV head's rows are contiguous, so attention, which works one (sequence, KV head) at a time,
+/// reads one unbroken run per block instead of every `kv_dim`-th stretch.
 ///
 /// The buffers are zero-allocated, so the OS maps pages only as blocks are first written:
 /// resident memory grows with the blocks actually used, not with the configured capacity.
@@ -15,34 +15,41 @@ pub struct KvStorage {
     pub n_layers: usize,
     pub num_blocks: usize,
     pub block_size: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// `n_kv_heads * head_dim`: the K (or V) values of one token in one layer.
     pub kv_dim: usize,
     pub k: Vec<u16>,
     pub v: Vec<u16>,
 }
 
 impl KvStorage {
-    pub fn new(n_layers: usize, num_blocks: usize, block_size: usize, kv_dim: usize) -> Self {
+    pub fn new(n_layers: usize, num_blocks: usize, block_size: usize, n_kv_heads: usize, head_dim: usize) -> Self {
+        let kv_dim = n_kv_heads * head_dim;
         let len = n_layers * num_blocks * block_size * kv_dim;
-        Self { n_layers, num_blocks, block_size, kv_dim, k: vec![0; len], v: vec![0; len] }
+        Self { n_layers, num_blocks, block_size, n_kv_heads, head_dim, kv_dim, k: vec![0; len], v: vec![0; len] }
     }
 
-    /// Offset of (layer, block, slot) in `k` / `v`.
+    /// Offset in `k` / `v` of the `head_dim` values of (layer, block, KV head, slot).
     #[inline]
-    pub fn offset(&self, layer: usize, block: usize, slot: usize) -> usize {
-        ((layer * self.num_blocks + block) * self.block_size + slot) * self.kv_dim
+    pub fn offset(&self, layer: usize, block: usize, kv_head: usize, slot: usize) -> usize {
+        (((layer * self.num_blocks + block) * self.n_kv_heads + kv_head) * self.block_size + slot) * self.head_dim
     }
 
-    /// Offset of the token at `pos` of a sequence with `block_table`, for `layer`.
+    /// Offset of KV head `kv_head` of the token at `pos` of a sequence with `block_table`.
     #[inline]
-    pub fn position_offset(&self, layer: usize, block_table: &[u32], pos: usize) -> usize {
-        self.offset(layer, block_table[pos / self.block_size] as usize, pos % self.block_size)
+    pub fn position_offset(&self, layer: usize, block_table: &[u32], pos: usize, kv_head: usize) -> usize {
+        self.offset(layer, block_table[pos / self.block_size] as usize, kv_head, pos % self.block_size)
     }
 
-    /// Stores one token's K and V (f32, rounded to f16) at `pos` of a sequence, for `layer`.
+    /// Stores one token's K and V (`kv_dim` f32 each, rounded to f16) at `pos` of a sequence.
     pub fn write(&mut self, layer: usize, block_table: &[u32], pos: usize, key: &[f32], value: &[f32]) {
-        let offset = self.position_offset(layer, block_table, pos);
-        crate::f16::f32_slice_to_f16(key, &mut self.k[offset..offset + self.kv_dim]);
-        crate::f16::f32_slice_to_f16(value, &mut self.v[offset..offset + self.kv_dim]);
+        let hd = self.head_dim;
+        for (head, (key, value)) in key.chunks_exact(hd).zip(value.chunks_exact(hd)).enumerate() {
+            let offset = self.position_offset(layer, block_table, pos, head);
+            crate::f16::f32_slice_to_f16(key, &mut self.k[offset..offset + hd]);
+            crate::f16::f32_slice_to_f16(value, &mut self.v[offset..offset + hd]);
+        }
     }
 }
 

@@ -104,9 +104,9 @@ impl<'a> KvHeadView<'a> {
             k: &kv.k,
             v: &kv.v,
             block_table,
-            base: kv.offset(layer, 0, 0) + kv_head * head_dim,
+            base: kv.offset(layer, 0, kv_head, 0),
             block_stride: kv.block_size * kv.kv_dim,
-            slot_stride: kv.kv_dim,
+            slot_stride: head_dim,
             block_size: kv.block_size,
         }
     }
@@ -296,8 +296,8 @@ mod avx2 {
         // Scores: widen each K row once, dot it with every query head of the group.
         let mut key = [0f32; MAX_SIMD_HEAD_DIM];
         view.for_each_position(n, |p, offset| {
-            // The cache is read position by position from scattered blocks, with a stride the
-            // hardware prefetcher follows only within a block: ask for K and V rows ahead.
+            // Blocks are scattered in memory; the hardware prefetcher follows a block's run
+            // but not the jump to the next block: ask for K and V rows ahead.
             if p + PREFETCH_AHEAD < n {
                 let ahead = view.offset(p + PREFETCH_AHEAD);
                 for line in (0..head_dim).step_by(32) {
@@ -474,7 +474,7 @@ mod tests {
     fn storage(n: usize, head_dim: usize, n_kv_heads: usize, seed: u32) -> (KvStorage, Vec<u32>) {
         let block_size = 4;
         let blocks = n.div_ceil(block_size);
-        let mut kv = KvStorage::new(2, blocks * 3, block_size, n_kv_heads * head_dim);
+        let mut kv = KvStorage::new(2, blocks * 3, block_size, n_kv_heads, head_dim);
         let mut state = seed;
         let mut random = move || {
             state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -491,7 +491,7 @@ mod tests {
     /// Straightforward float64 attention for one query head.
     fn reference(kv: &KvStorage, table: &[u32], layer: usize, kv_head: usize, q: &[f32], n: usize) -> Vec<f64> {
         let hd = q.len();
-        let at = |p: usize| kv.position_offset(layer, table, p) + kv_head * hd;
+        let at = |p: usize| kv.position_offset(layer, table, p, kv_head);
         let wide = |x: u16| crate::f16::f16_to_f32(x) as f64;
         let scores: Vec<f64> = (0..n)
             .map(|p| {

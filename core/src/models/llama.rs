@@ -245,7 +245,7 @@ impl LlamaModel {
 
     /// A KV cache sized for this model: `num_blocks` blocks of `block_size` positions.
     pub fn new_kv_storage(&self, num_blocks: usize, block_size: usize) -> KvStorage {
-        KvStorage::new(self.config.n_layers, num_blocks, block_size, self.config.kv_dim())
+        KvStorage::new(self.config.n_layers, num_blocks, block_size, self.config.n_kv_heads, self.config.head_dim)
     }
 
     /// One batched step over all chunks (see [`SeqChunk`]): writes each new token's K/V into
