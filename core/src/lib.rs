@@ -15,6 +15,7 @@
 //! ```
 
 pub mod chat;
+pub(crate) mod cpu;
 pub mod detokenize;
 pub mod engine;
 pub mod error;

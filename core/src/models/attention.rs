@@ -143,12 +143,7 @@ enum Kernel {
 impl Kernel {
     fn best(head_dim: usize) -> Self {
         #[cfg(target_arch = "x86_64")]
-        if head_dim.is_multiple_of(8)
-            && head_dim <= MAX_SIMD_HEAD_DIM
-            && is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-        {
+        if head_dim.is_multiple_of(8) && head_dim <= MAX_SIMD_HEAD_DIM && crate::cpu::has_avx2_fma_f16c() {
             return Kernel::Avx2;
         }
         let _ = head_dim;
@@ -283,7 +278,7 @@ mod avx2 {
         out: &mut [f32],
     ) {
         let group = queries.len() / head_dim;
-        assert!(head_dim % 8 == 0 && head_dim <= MAX_SIMD_HEAD_DIM && scores.len() == group * n);
+        assert!(head_dim.is_multiple_of(8) && head_dim <= MAX_SIMD_HEAD_DIM && scores.len() == group * n);
         assert!(out.len() == queries.len());
         let (k, v) = (view.k, view.v);
         // Every offset the walk yields is a slot of a block in the table; the last slot's

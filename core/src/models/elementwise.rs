@@ -91,7 +91,7 @@ fn scale_by_weight(x: &[f32], scale: f32, weight: &[f32], out: &mut [f32]) {
 /// `out[i] = silu(gate[i]) * up[i]`, with `silu(g) = g / (1 + e^-g)`.
 fn silu_times(gate: &[f32], up: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if simd::is_available() {
+    if crate::cpu::has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
         return unsafe { simd::silu_times(gate, up, out) };
     }
@@ -103,10 +103,6 @@ fn silu_times(gate: &[f32], up: &[f32], out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod simd {
     use std::arch::x86_64::*;
-
-    pub(crate) fn is_available() -> bool {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
 
     /// `out = silu(gate) * up`, 8 lanes at a time; the tail goes through a padded copy.
     ///

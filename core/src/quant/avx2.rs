@@ -16,12 +16,12 @@ use std::arch::x86_64::*;
 
 use super::activations::Q8Block;
 use super::blocks::QuantFormat;
-use super::interleaved::LANES;
+use super::interleaved::{m_at, LANES};
 use super::TILE;
 
 /// Whether this CPU can run the kernels in this module.
 pub fn is_available() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+    crate::cpu::has_avx2_fma_f16c()
 }
 
 /// `out[r][j] = weight row j of the group · activation row r` for the `n <= TILE` activation
@@ -122,7 +122,7 @@ unsafe fn q4<const OFFSET: bool, const N: usize>(
     for b in 0..n_blocks {
         let block = group.as_ptr().add(b * block_bytes);
         let d = load_f16x8(block);
-        let m = if OFFSET { load_f16x8(block.add(2 * LANES)) } else { _mm256_mul_ps(d, _mm256_set1_ps(-8.0)) };
+        let m = if OFFSET { load_f16x8(block.add(m_at(0))) } else { _mm256_mul_ps(d, _mm256_set1_ps(-8.0)) };
         let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
         // Per lane and activation row, the block's dot product as 16-bit sums: each `maddubs`
         // lane is at most 2 * 15 * 127 = 3810 in magnitude, eight of them 30480 < 2^15.

@@ -29,6 +29,16 @@ const PER_LANE: usize = 4;
 /// Bytes of one 32-byte vector of quantized values.
 const VECTOR: usize = LANES * PER_LANE;
 
+/// Offset of row `lane`'s f16 scale `d` within a group block.
+pub const fn d_at(lane: usize) -> usize {
+    2 * lane
+}
+
+/// Offset of row `lane`'s f16 offset `m` within a Q4_1 group block (after the eight `d`).
+pub const fn m_at(lane: usize) -> usize {
+    2 * LANES + 2 * lane
+}
+
 impl QuantFormat {
     /// Bytes of one block of a whole group (eight rows).
     pub const fn group_block_bytes(self) -> usize {
@@ -58,22 +68,19 @@ pub fn interleave(format: QuantFormat, rows: usize, n_blocks: usize, ggml: &[u8]
         for b in 0..n_blocks {
             let src = &ggml[(row * n_blocks + b) * block_bytes..][..block_bytes];
             let dst = &mut out[(group * n_blocks + b) * group_block..][..group_block];
-            let values = scatter_block(format, src, lane, dst);
-            debug_assert_eq!(values, format.values_offset());
+            scatter_block(format, src, lane, dst);
         }
     }
     out
 }
 
-/// Writes one ggml block of row `lane` into its group block; returns where the values start.
-fn scatter_block(format: QuantFormat, src: &[u8], lane: usize, dst: &mut [u8]) -> usize {
-    let scales = 2 * LANES;
-    dst[2 * lane..2 * lane + 2].copy_from_slice(&src[..2]);
+/// Writes one ggml block of row `lane` into its group block.
+fn scatter_block(format: QuantFormat, src: &[u8], lane: usize, dst: &mut [u8]) {
+    dst[d_at(lane)..][..2].copy_from_slice(&src[..2]);
     if format == QuantFormat::Q4_1 {
-        dst[scales + 2 * lane..scales + 2 * lane + 2].copy_from_slice(&src[2..4]);
+        dst[m_at(lane)..][..2].copy_from_slice(&src[2..4]);
     }
-    let values_at = format.values_offset();
-    let values = &mut dst[values_at..];
+    let values = &mut dst[format.values_offset()..];
     match format {
         // Weights 4v..4v+4 of the row are bytes 4v..4v+4 of the block.
         QuantFormat::Q8_0 => {
@@ -95,17 +102,16 @@ fn scatter_block(format: QuantFormat, src: &[u8], lane: usize, dst: &mut [u8]) -
             }
         }
     }
-    values_at
 }
 
 /// Block `b` of row `lane` of a group block, decoded (for the scalar kernel and embeddings).
 #[inline]
 pub fn decode(format: QuantFormat, group_block: &[u8], lane: usize) -> DecodedBlock {
     let f16_at = |at: usize| f16_to_f32(u16::from_le_bytes([group_block[at], group_block[at + 1]]));
-    let d = f16_at(2 * lane);
+    let d = f16_at(d_at(lane));
     let m = match format {
         QuantFormat::Q4_0 => -8.0 * d,
-        QuantFormat::Q4_1 => f16_at(2 * LANES + 2 * lane),
+        QuantFormat::Q4_1 => f16_at(m_at(lane)),
         QuantFormat::Q8_0 => 0.0,
     };
     let values = &group_block[format.values_offset()..];
@@ -127,9 +133,9 @@ pub fn ggml_row(format: QuantFormat, interleaved: &[u8], n_blocks: usize, row: u
     let mut out = Vec::with_capacity(n_blocks * format.block_bytes());
     for b in 0..n_blocks {
         let block = &interleaved[(group * n_blocks + b) * group_block..][..group_block];
-        out.extend_from_slice(&block[2 * lane..2 * lane + 2]);
+        out.extend_from_slice(&block[d_at(lane)..][..2]);
         if format == QuantFormat::Q4_1 {
-            out.extend_from_slice(&block[2 * LANES + 2 * lane..][..2]);
+            out.extend_from_slice(&block[m_at(lane)..][..2]);
         }
         let q = decode(format, block, lane).q;
         match format {

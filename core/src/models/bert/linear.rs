@@ -78,7 +78,7 @@ pub(super) fn matmul_transposed(x: &[f32], w: &[f32], k: usize, bias: Option<&[f
     assert_eq!(out.len(), (x.len() / k) * (w.len() / k), "output buffer does not match the operands");
     assert!(bias.is_none_or(|b| b.len() == w.len() / k), "bias length differs from the output width");
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if crate::cpu::has_avx2_fma() {
         // SAFETY: the CPU supports the features this copy was compiled for.
         return unsafe { matmul_transposed_avx2_fma(x, w, k, bias, out) };
     }
