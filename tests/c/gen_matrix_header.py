@@ -80,6 +80,15 @@ def c_int(value: Any) -> int:
     return value
 
 
+def token_ids(array: str, field: str, values: list[Any]) -> list[str]:
+    """A static uint32_t array named ARRAY holding VALUES, assigned to FIELD and FIELD_len."""
+    ids = ", ".join(str(c_int(i)) for i in values)
+    return [
+        f"    static const uint32_t {array}[] = {{{ids}}};",
+        f"    {field} = {array};\n    {field}_len = {len(values)};",
+    ]
+
+
 def builder(name: str, kind: str, request: dict[str, Any]) -> list[str]:
     """The body of `static void NAME(matrix_request *r)`."""
     lines = [f"static void {name}(matrix_request *r) {{", f"    r->kind = MX_{kind.upper()};"]
@@ -87,9 +96,7 @@ def builder(name: str, kind: str, request: dict[str, Any]) -> list[str]:
         if key == "prompt":
             lines.append(f"    r->prompt = {c_text(value)};")
         elif key == "prompt_tokens":
-            ids = ", ".join(str(c_int(i)) for i in value)
-            lines.append(f"    static const uint32_t ids[] = {{{ids}}};")
-            lines.append(f"    r->prompt_tokens = ids;\n    r->prompt_tokens_len = {len(value)};")
+            lines += token_ids("ids", "r->prompt_tokens", value)
         elif key == "messages":
             if len(value) > MESSAGES_MAX:
                 raise ValueError(f"more than {MESSAGES_MAX} messages")
@@ -113,9 +120,7 @@ def builder(name: str, kind: str, request: dict[str, Any]) -> list[str]:
                 lines.append(f"    stop[{i}] = {c_text(text)};")
             lines.append(f"    r->params.stop = stop;\n    r->params.stop_len = {len(value)};")
         elif key == "stop_token_ids":
-            ids = ", ".join(str(c_int(i)) for i in value)
-            lines.append(f"    static const uint32_t stop_ids[] = {{{ids}}};")
-            lines.append(f"    r->params.stop_token_ids = stop_ids;\n    r->params.stop_token_ids_len = {len(value)};")
+            lines += token_ids("stop_ids", "r->params.stop_token_ids", value)
         elif key == "logit_bias":
             ids = ", ".join(str(c_int(int(i))) for i in value)
             biases = ", ".join(c_float(b) for b in value.values())
