@@ -11,6 +11,9 @@ use super::blocks::BLOCK;
 pub struct Q8Block {
     pub d: f32,
     pub s: f32,
+    /// `Σ q[i]`, exact: lets a kernel that needs unsigned weights add 128 to them and take
+    /// `128 Σ q[i]` back off in integers (the VNNI kernel's Q8_0 path).
+    pub sum: i32,
     pub q: [i8; BLOCK],
 }
 
@@ -47,6 +50,7 @@ pub fn quantize_row_portable(x: &[f32], out: &mut [Q8Block]) {
         }
         block.d = d;
         block.s = d * sum as f32;
+        block.sum = sum;
     }
 }
 
@@ -67,6 +71,7 @@ mod tests {
             }
             let sum: i32 = block.q.iter().map(|&q| q as i32).sum();
             assert_eq!(block.s, block.d * sum as f32);
+            assert_eq!(block.sum, sum);
         }
     }
 
@@ -83,7 +88,10 @@ mod tests {
         quantize_row(&x, &mut fast);
         quantize_row_portable(&x, &mut portable);
         for (i, (a, b)) in fast.iter().zip(&portable).enumerate() {
-            assert!(a.q == b.q && a.d.to_bits() == b.d.to_bits() && a.s.to_bits() == b.s.to_bits(), "block {i}");
+            assert!(
+                a.q == b.q && a.sum == b.sum && a.d.to_bits() == b.d.to_bits() && a.s.to_bits() == b.s.to_bits(),
+                "block {i}"
+            );
         }
     }
 

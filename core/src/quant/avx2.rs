@@ -38,23 +38,10 @@ pub unsafe fn group_tile(
 ) {
     let n = acts.len() / n_blocks.max(1);
     assert!(group.len() == n_blocks * format.group_block_bytes() && acts.len() == n * n_blocks && n <= TILE);
-    // One instantiation per tile height, so every loop over the tile's rows is unrolled.
-    macro_rules! by_height {
-        ($kernel:ident $(, $flag:expr)?) => {
-            match n {
-                0 => {}
-                1 => $kernel::<$($flag,)? 1>(group, n_blocks, acts, out),
-                2 => $kernel::<$($flag,)? 2>(group, n_blocks, acts, out),
-                3 => $kernel::<$($flag,)? 3>(group, n_blocks, acts, out),
-                _ => $kernel::<$($flag,)? 4>(group, n_blocks, acts, out),
-            }
-        };
-    }
-    const _: () = assert!(TILE == 4, "by_height! covers tiles of up to 4 rows");
     match format {
-        QuantFormat::Q4_0 => by_height!(q4, false),
-        QuantFormat::Q4_1 => by_height!(q4, true),
-        QuantFormat::Q8_0 => by_height!(q8),
+        QuantFormat::Q4_0 => by_tile_height!(n, q4, false; group, n_blocks, acts, out),
+        QuantFormat::Q4_1 => by_tile_height!(n, q4, true; group, n_blocks, acts, out),
+        QuantFormat::Q8_0 => by_tile_height!(n, q8; group, n_blocks, acts, out),
     }
 }
 
@@ -90,19 +77,20 @@ pub unsafe fn quantize_block(values: &[f32; 32], out: &mut Q8Block) {
     _mm256_storeu_si256(out.q.as_mut_ptr() as *mut __m256i, ordered);
     out.d = d;
     out.s = d * sum as f32;
+    out.sum = sum;
 }
 
 /// Four activation bytes `4 * v .. 4 * v + 4` of `act`, in every 32-bit lane.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn broadcast4(act: &Q8Block, v: usize) -> __m256i {
+pub(super) unsafe fn broadcast4(act: &Q8Block, v: usize) -> __m256i {
     _mm256_set1_epi32((act.q.as_ptr().add(4 * v) as *const i32).read_unaligned())
 }
 
 /// Eight f16 values at `ptr` as f32.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn load_f16x8(ptr: *const u8) -> __m256 {
+pub(super) unsafe fn load_f16x8(ptr: *const u8) -> __m256 {
     _mm256_cvtph_ps(_mm_loadu_si128(ptr as *const __m128i))
 }
 

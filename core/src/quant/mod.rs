@@ -3,13 +3,31 @@
 //! A [`QMatrix`] holds one GGUF weight matrix, its blocks regrouped at load so eight rows sit
 //! side by side ([`interleaved`]). [`QMatrix::matmul`] quantizes each activation row to 8 bits
 //! per 32-element block and takes integer dot products against the weight blocks, eight weight
-//! rows per vector: with AVX2 on CPUs that have it (chosen at runtime), portable code otherwise.
+//! rows per vector: with VNNI or AVX2 on CPUs that have them (chosen at runtime), portable code
+//! otherwise.
 //!
 //! **Batch invariance.** Every output element is computed by the same operations whatever the
 //! batch size and wherever its row sits in the batch: activations are quantized row by row,
 //! each (weight row, activation row) pair has its own accumulator summed over blocks in order,
 //! and tiling only decides which pairs share a weight load, never how a pair is summed. So a
 //! sequence gets bit-identical logits alone or batched.
+
+/// Calls `$kernel::<[$flag,] N>(args)` with the tile height `$n` (1..=TILE) as the const `N`:
+/// one instantiation per height, so every loop over a tile's rows is unrolled. Defined before
+/// the kernel modules so they all see it.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_tile_height {
+    ($n:expr, $kernel:ident $(, $flag:expr)?; $($arg:expr),*) => {{
+        const _: () = assert!(super::TILE == 4, "by_tile_height! covers tiles of up to 4 rows");
+        match $n {
+            0 => {}
+            1 => $kernel::<$($flag,)? 1>($($arg),*),
+            2 => $kernel::<$($flag,)? 2>($($arg),*),
+            3 => $kernel::<$($flag,)? 3>($($arg),*),
+            _ => $kernel::<$($flag,)? 4>($($arg),*),
+        }
+    }};
+}
 
 mod activations;
 #[cfg(target_arch = "x86_64")]
@@ -20,6 +38,8 @@ mod interleaved;
 mod scalar;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 
 use std::cell::RefCell;
 
@@ -64,16 +84,51 @@ enum Kernel {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// AVX2 plus `vpdpbusd` in its AVX512-VNNI (with AVX512-VL) encoding.
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
+    /// AVX2 plus `vpdpbusd` in its AVX-VNNI encoding.
+    #[cfg(target_arch = "x86_64")]
+    AvxVnni,
 }
 
 impl Kernel {
     /// The fastest kernel this CPU supports.
     fn best() -> Self {
+        // Checked in order on every matmul (the standard library caches the CPUID answers),
+        // so this must not allocate: a warm forward step allocates nothing.
         #[cfg(target_arch = "x86_64")]
-        if avx2::is_available() {
-            return Kernel::Avx2;
+        {
+            if vnni::avx512::is_available() {
+                return Kernel::Avx512Vnni;
+            }
+            if vnni::avx::is_available() {
+                return Kernel::AvxVnni;
+            }
+            if avx2::is_available() {
+                return Kernel::Avx2;
+            }
         }
         Kernel::Scalar
+    }
+
+    /// Every kernel this CPU can run (for tests that hold them to one another).
+    #[cfg(test)]
+    fn available() -> Vec<Self> {
+        let mut kernels = vec![Kernel::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if avx2::is_available() {
+                kernels.push(Kernel::Avx2);
+            }
+            if vnni::avx::is_available() {
+                kernels.push(Kernel::AvxVnni);
+            }
+            if vnni::avx512::is_available() {
+                kernels.push(Kernel::Avx512Vnni);
+            }
+        }
+        kernels
     }
 
     fn group_tile(
@@ -89,6 +144,12 @@ impl Kernel {
             // SAFETY: `Avx2` is only chosen after `avx2::is_available()` said yes.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => unsafe { avx2::group_tile(format, group, n_blocks, acts, out) },
+            // SAFETY: chosen only after `vnni::avx512::is_available()` said yes.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => unsafe { vnni::avx512::group_tile(format, group, n_blocks, acts, out) },
+            // SAFETY: chosen only after `vnni::avx::is_available()` said yes.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::AvxVnni => unsafe { vnni::avx::group_tile(format, group, n_blocks, acts, out) },
         }
     }
 }

@@ -36,12 +36,7 @@ impl Rng {
 }
 
 fn kernels() -> Vec<Kernel> {
-    let mut kernels = vec![Kernel::Scalar];
-    #[cfg(target_arch = "x86_64")]
-    if avx2::is_available() {
-        kernels.push(Kernel::Avx2);
-    }
-    kernels
+    Kernel::available()
 }
 
 fn random_weight_bytes(ty: GgmlType, rng: &mut Rng) -> Vec<u8> {
@@ -267,4 +262,27 @@ fn unsupported_type_is_named() {
 fn wrong_byte_count_is_an_error() {
     let err = QMatrix::from_bytes(GgmlType::Q4_1, 2, 64, &[0u8; 60]).unwrap_err();
     assert!(err.contains("do not hold"), "{err}");
+}
+
+#[test]
+fn simd_kernels_give_identical_bits() {
+    // Every SIMD kernel takes exact integer block sums and then the same float operations, so
+    // a model computes the same logits on an AVX2 machine and on a VNNI one.
+    let pool = ThreadPool::new(2);
+    let x = random_activations(&mut Rng(13));
+    let simd: Vec<Kernel> = kernels().into_iter().filter(|k| *k != Kernel::Scalar).collect();
+    for (t, ty) in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0].into_iter().enumerate() {
+        let (matrix, _) = matrix(ty, 500 + t as u64);
+        let results: Vec<Vec<u32>> = simd
+            .iter()
+            .map(|&kernel| {
+                let mut out = vec![0f32; MAX_M * ROWS];
+                matrix.matmul_using(kernel, &x, MAX_M, &mut out, &pool);
+                out.iter().map(|v| v.to_bits()).collect()
+            })
+            .collect();
+        for (kernel, result) in simd.iter().zip(&results).skip(1) {
+            assert!(*result == results[0], "{ty:?}: {kernel:?} differs from {:?}", simd[0]);
+        }
+    }
 }
