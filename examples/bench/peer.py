@@ -18,6 +18,13 @@ from streams import StreamTiming
 from workload import Workload
 
 SERVER_START_TIMEOUT_S = 120.0
+
+# llama.cpp's weight repacking ("extra buffer types") has, on x86, nothing for Q4_1 or Q8_0
+# except the AMX buffer, and its AMX matmul crashes (SIGSEGV in ggml_backend_amx_mul_mat) on
+# this model's 576-wide matrices on Sapphire Rapids-class CPUs. Turning repacking off is then
+# llama.cpp's only working configuration there, and changes nothing on CPUs without AMX.
+NO_REPACK_BENCH = ["--repack", "0"]
+NO_REPACK_SERVER = ["--no-repack"]
 REQUEST_TIMEOUT_S = 900.0
 
 
@@ -35,6 +42,7 @@ def bench(bin_dir: Path, work: Workload) -> dict[str, float]:
         str(work.decode_tokens),
         "-r",
         str(work.repeats),
+        *NO_REPACK_BENCH,
         "-o",
         "json",
     ]
@@ -72,6 +80,7 @@ class LlamaServer:
                 "--parallel",
                 str(work.max_streams),
                 "--cont-batching",
+                *NO_REPACK_SERVER,
                 "-c",
                 str(work.kv_tokens),
                 "--host",

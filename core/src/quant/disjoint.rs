@@ -21,6 +21,11 @@ impl<'a, T: Copy> DisjointSlice<'a, T> {
         Self { ptr: slice.as_mut_ptr(), len: slice.len(), _borrow: PhantomData }
     }
 
+    /// Elements in the slice.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     /// Writes `value` at `index`.
     ///
     /// # Safety

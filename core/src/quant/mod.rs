@@ -31,6 +31,8 @@ macro_rules! by_tile_height {
 
 mod activations;
 #[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
 mod avx2;
 mod blocks;
 pub(crate) mod disjoint;
@@ -90,7 +92,16 @@ enum Kernel {
     /// AVX2 plus `vpdpbusd` in its AVX-VNNI encoding.
     #[cfg(target_arch = "x86_64")]
     AvxVnni,
+    /// AMX tiles, for batches of [`AMX_MIN_ROWS`] rows or more; identical bits to the VNNI
+    /// kernels (see [`amx`]).
+    #[cfg(target_arch = "x86_64")]
+    Amx,
 }
+
+/// The batch size from which AMX beats the VNNI kernels: 8 rows are a tie, 12 rows 1.16x, 32
+/// rows 1.22x (`benches/matmul.rs`; one AMX tile multiply costs the same for 1 row or 16).
+#[cfg(target_arch = "x86_64")]
+const AMX_MIN_ROWS: usize = 8;
 
 impl Kernel {
     /// The fastest kernel this CPU supports.
@@ -112,6 +123,16 @@ impl Kernel {
         Kernel::Scalar
     }
 
+    /// The fastest kernel for a batch of `m` activation rows.
+    fn for_rows(m: usize) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if m >= AMX_MIN_ROWS && amx::is_available() {
+            return Kernel::Amx;
+        }
+        let _ = m;
+        Self::best()
+    }
+
     /// Every kernel this CPU can run (for tests that hold them to one another).
     #[cfg(test)]
     fn available() -> Vec<Self> {
@@ -126,6 +147,9 @@ impl Kernel {
             }
             if vnni::avx512::is_available() {
                 kernels.push(Kernel::Avx512Vnni);
+            }
+            if amx::is_available() {
+                kernels.push(Kernel::Amx);
             }
         }
         kernels
@@ -150,6 +174,10 @@ impl Kernel {
             // SAFETY: chosen only after `vnni::avx::is_available()` said yes.
             #[cfg(target_arch = "x86_64")]
             Kernel::AvxVnni => unsafe { vnni::avx::group_tile(format, group, n_blocks, acts, out) },
+            // Whole matmuls only (`QMatrix::matmul_amx`); a single group tile goes to VNNI,
+            // which gives the same bits.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Amx => Kernel::best().group_tile(format, group, n_blocks, acts, out),
         }
     }
 }
@@ -158,6 +186,13 @@ thread_local! {
     /// The quantized activations of the current matmul. Thread-local so `matmul` keeps its
     /// simple signature yet does not allocate once the buffer has grown to the largest batch.
     static QUANTIZED_ACTIVATIONS: RefCell<Vec<Q8Block>> = const { RefCell::new(Vec::new()) };
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// Each pool thread's AMX results of one group pair for every activation row, grown to
+    /// the largest matmul and then reused (no allocation per step).
+    static AMX_RESULTS: RefCell<Vec<[f32; amx::ROWS]>> = const { RefCell::new(Vec::new()) };
 }
 
 impl QMatrix {
@@ -304,7 +339,7 @@ impl QMatrix {
     /// Quantized weights take 8-bit quantized activations (see the module docs); F32/F16
     /// weights take `x` as it is. Output rows are split across `pool`.
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32], pool: &ThreadPool) {
-        self.matmul_using(Kernel::best(), x, m, out, pool);
+        self.matmul_using(Kernel::for_rows(m), x, m, out, pool);
     }
 
     fn matmul_using(&self, kernel: Kernel, x: &[f32], m: usize, out: &mut [f32], pool: &ThreadPool) {
@@ -326,38 +361,107 @@ impl QMatrix {
             }),
             Storage::Quantized { format, blocks } => QUANTIZED_ACTIVATIONS.with_borrow_mut(|acts| {
                 let n_blocks = self.cols / BLOCK;
-                acts.resize(m * n_blocks, Q8Block::default());
+                // The AMX kernel reads whole tiles of activation rows: pad with zero rows.
+                let padded = match kernel {
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Amx => m.next_multiple_of(amx::TOKENS),
+                    _ => m,
+                };
+                acts.resize(padded * n_blocks, Q8Block::default());
                 for (x_row, act_row) in x.chunks_exact(self.cols).zip(acts.chunks_exact_mut(n_blocks)) {
                     quantize_row(x_row, act_row);
                 }
-                let acts = &acts[..];
-                let group_bytes = self.group_bytes();
+                acts[m * n_blocks..].fill(Q8Block::default());
                 let out = DisjointSlice::new(out);
-                let groups = self.rows.div_ceil(LANES);
-                let groups_per_task = groups.div_ceil(pool.n_threads() * TASKS_PER_THREAD).max(1);
-                pool.run(groups.div_ceil(groups_per_task), &|task| {
-                    let mut results = [[0f32; LANES]; TILE];
-                    for g in task * groups_per_task..((task + 1) * groups_per_task).min(groups) {
-                        let group = &blocks[g * group_bytes..][..group_bytes];
-                        let (first_row, lanes) = (g * LANES, LANES.min(self.rows - g * LANES));
-                        for first in (0..m).step_by(TILE) {
-                            let n = TILE.min(m - first);
-                            let tile_acts = &acts[first * n_blocks..(first + n) * n_blocks];
-                            kernel.group_tile(*format, group, n_blocks, tile_acts, &mut results);
-                            for (r, row_results) in results[..n].iter().enumerate() {
-                                // SAFETY: the output rows of group `g` belong to this task alone.
-                                let dst = unsafe { out.range_mut((first + r) * self.rows + first_row, lanes) };
-                                match <&mut [f32; LANES]>::try_from(&mut *dst) {
-                                    // A fixed-size copy compiles to one vector store, not a memmove call.
-                                    Ok(full) => *full = *row_results,
-                                    Err(_) => dst.copy_from_slice(&row_results[..lanes]),
-                                }
-                            }
-                        }
-                    }
-                });
+                match kernel {
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Amx => self.matmul_amx(*format, blocks, acts, &out, pool),
+                    _ => self.matmul_groups(kernel, *format, blocks, acts, m, &out, pool),
+                }
             }),
         }
+    }
+
+    /// The group kernels: each task takes a run of 8-row groups and applies each group to the
+    /// activation rows `TILE` at a time.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_groups(
+        &self,
+        kernel: Kernel,
+        format: QuantFormat,
+        blocks: &[u8],
+        acts: &[Q8Block],
+        m: usize,
+        out: &DisjointSlice<'_, f32>,
+        pool: &ThreadPool,
+    ) {
+        let n_blocks = self.cols / BLOCK;
+        let group_bytes = self.group_bytes();
+        let groups = self.rows.div_ceil(LANES);
+        let groups_per_task = groups.div_ceil(pool.n_threads() * TASKS_PER_THREAD).max(1);
+        pool.run(groups.div_ceil(groups_per_task), &|task| {
+            let mut results = [[0f32; LANES]; TILE];
+            for g in task * groups_per_task..((task + 1) * groups_per_task).min(groups) {
+                let group = &blocks[g * group_bytes..][..group_bytes];
+                let (first_row, lanes) = (g * LANES, LANES.min(self.rows - g * LANES));
+                for first in (0..m).step_by(TILE) {
+                    let n = TILE.min(m - first);
+                    let tile_acts = &acts[first * n_blocks..(first + n) * n_blocks];
+                    kernel.group_tile(format, group, n_blocks, tile_acts, &mut results);
+                    for (r, row_results) in results[..n].iter().enumerate() {
+                        // SAFETY: the output rows of group `g` belong to this task alone.
+                        let dst = unsafe { out.range_mut((first + r) * self.rows + first_row, lanes) };
+                        store_lanes(dst, row_results);
+                    }
+                }
+            }
+        });
+    }
+
+    /// The AMX kernel: each task takes a run of group pairs (16 weight rows) and applies each
+    /// to all activation rows (`acts`: padded to whole
+    /// tiles; only the first `out.len() / rows` rows are stored).
+    #[cfg(target_arch = "x86_64")]
+    fn matmul_amx(
+        &self,
+        format: QuantFormat,
+        blocks: &[u8],
+        acts: &[Q8Block],
+        out: &DisjointSlice<'_, f32>,
+        pool: &ThreadPool,
+    ) {
+        let n_blocks = self.cols / BLOCK;
+        let (m, padded) = (out.len() / self.rows, acts.len() / n_blocks);
+        let group_bytes = self.group_bytes();
+        let groups = self.rows.div_ceil(LANES);
+        let pairs = groups.div_ceil(2);
+        let pairs_per_task = pairs.div_ceil(pool.n_threads() * TASKS_PER_THREAD).max(1);
+        pool.run(pairs.div_ceil(pairs_per_task), &|task| {
+            AMX_RESULTS.with_borrow_mut(|results| {
+                results.resize(padded, [0f32; amx::ROWS]);
+                // SAFETY: `Kernel::Amx` is only chosen after `amx::is_available()` said yes.
+                let tiles = unsafe { amx::Tiles::configure() };
+                for p in task * pairs_per_task..((task + 1) * pairs_per_task).min(pairs) {
+                    let group = |g: usize| if g < groups { &blocks[g * group_bytes..][..group_bytes] } else { &[][..] };
+                    let pair = [group(2 * p), group(2 * p + 1)];
+                    // SAFETY: as above; `tiles` configured this thread.
+                    unsafe { amx::pair_matmul(&tiles, format, pair, n_blocks, acts, m, results) };
+                    for (lane_block, first_row) in [(0, 2 * p * LANES), (1, (2 * p + 1) * LANES)] {
+                        if first_row >= self.rows {
+                            continue;
+                        }
+                        let lanes = LANES.min(self.rows - first_row);
+                        for (r, row_results) in results[..m].iter().enumerate() {
+                            // SAFETY: the output rows of pair `p` belong to this task alone.
+                            let dst = unsafe { out.range_mut(r * self.rows + first_row, lanes) };
+                            let half: &[f32; LANES] =
+                                row_results[lane_block * LANES..][..LANES].try_into().expect("8 lanes");
+                            store_lanes(dst, half);
+                        }
+                    }
+                }
+            })
+        });
     }
 
     /// Runs `f(row, out)` for every weight row, in contiguous row ranges spread over the pool.
@@ -383,6 +487,16 @@ impl QMatrix {
             Storage::Float(_) => 0,
             Storage::Quantized { format, .. } => self.cols / BLOCK * format.group_block_bytes(),
         }
+    }
+}
+
+/// Writes a group's eight results into `dst` (eight outputs, or fewer in a partial last group).
+#[inline]
+fn store_lanes(dst: &mut [f32], results: &[f32; LANES]) {
+    match <&mut [f32; LANES]>::try_from(&mut *dst) {
+        // A fixed-size copy compiles to one vector store, not a memmove call.
+        Ok(full) => *full = *results,
+        Err(_) => dst.copy_from_slice(&results[..dst.len()]),
     }
 }
 

@@ -272,17 +272,24 @@ fn simd_kernels_give_identical_bits() {
     let x = random_activations(&mut Rng(13));
     let simd: Vec<Kernel> = kernels().into_iter().filter(|k| *k != Kernel::Scalar).collect();
     for (t, ty) in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0].into_iter().enumerate() {
-        let (matrix, _) = matrix(ty, 500 + t as u64);
-        let results: Vec<Vec<u32>> = simd
-            .iter()
-            .map(|&kernel| {
-                let mut out = vec![0f32; MAX_M * ROWS];
-                matrix.matmul_using(kernel, &x, MAX_M, &mut out, &pool);
-                out.iter().map(|v| v.to_bits()).collect()
-            })
-            .collect();
-        for (kernel, result) in simd.iter().zip(&results).skip(1) {
-            assert!(*result == results[0], "{ty:?}: {kernel:?} differs from {:?}", simd[0]);
+        // 13 rows: one pair of 8-row groups, the second partial; 39 rows: an odd group count,
+        // so the AMX kernel's last pair has one group.
+        let (small, _) = matrix(ty, 500 + t as u64);
+        let parts: Vec<QMatrix> = (0..3).map(|i| matrix(ty, 510 + 3 * t as u64 + i).0).collect();
+        let large = QMatrix::concat_rows(&parts).expect("same format");
+        for matrix in [small, large] {
+            let rows = matrix.rows();
+            let results: Vec<Vec<u32>> = simd
+                .iter()
+                .map(|&kernel| {
+                    let mut out = vec![0f32; MAX_M * rows];
+                    matrix.matmul_using(kernel, &x, MAX_M, &mut out, &pool);
+                    out.iter().map(|v| v.to_bits()).collect()
+                })
+                .collect();
+            for (kernel, result) in simd.iter().zip(&results).skip(1) {
+                assert!(*result == results[0], "{ty:?} {rows} rows: {kernel:?} differs from {:?}", simd[0]);
+            }
         }
     }
 }

@@ -1,0 +1,314 @@
+//! AMX tile kernels (Sapphire Rapids and later Xeons) for batches of activation rows.
+//!
+//! One `tdpbsud`/`tdpbssd` multiplies a tile of 16 activation rows × 32 quantized values (one
+//! block each) by a tile of 32 values × 16 weight rows and leaves the 16 × 16 exact block dot
+//! products in 32-bit lanes: 8,192 multiply-adds in one instruction, where the VNNI kernels
+//! need 64 `vpdpbusd`. What remains on the vector units is the float epilogue per block
+//! (`d_w d_a · dot + m_w s_a` into the accumulator), so AMX pays off from a few rows up; a
+//! single row stays on the VNNI kernel.
+//!
+//! **Identical bits.** The block dot products are exact integers, and the epilogue is the VNNI
+//! kernel's, operation for operation, on 16 weight rows per vector instead of 8. So whether a
+//! matmul runs here or on the VNNI path does not change a single output bit, which is what lets
+//! `Kernel::for_rows` pick by batch size without breaking batch invariance.
+//!
+//! Layout: the weight tile of a block is the VNNI layout of `tdpb*` ("B" operand): 8 rows of
+//! 64 bytes, row `v` holding weights `4v..4v+4` of each of 16 weight rows. That is our
+//! interleaved vector `v` of two consecutive 8-row groups side by side, so each block of a pair
+//! of groups is unpacked (Q4 nibbles to bytes) once into an L1-resident tile and reused for
+//! every tile of activation rows. The activation tile ("A") is read straight from the quantized
+//! blocks with a row stride of one activation row.
+//!
+//! The tile registers are used through inline assembly (the AMX intrinsics are not stable in
+//! Rust); no compiler-generated code touches them. Linux hands out AMX state only after the
+//! process asks for it (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), done once in [`is_available`].
+
+use std::arch::asm;
+use std::arch::x86_64::*;
+use std::sync::OnceLock;
+
+use super::activations::Q8Block;
+use super::blocks::{QuantFormat, BLOCK};
+use super::interleaved::{m_at, LANES};
+
+/// Weight rows one tile covers: two interleaved groups.
+pub const ROWS: usize = 2 * LANES;
+
+/// Activation rows one tile covers; a matmul's activations are padded to a multiple of this.
+pub const TOKENS: usize = 16;
+
+/// Bytes of one block's unpacked weight tile: `BLOCK / 4` rows of `ROWS * 4` bytes.
+pub const TILE_BYTES: usize = BLOCK * ROWS;
+
+/// Bytes per row of the weight tile (and of the result tile: 16 × i32).
+const TILE_ROW_BYTES: usize = 4 * ROWS;
+
+/// Whether this CPU and OS can run the kernels in this module (asks the OS once).
+pub fn is_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        has_amx_int8()
+            && crate::cpu::has_avx2_fma_f16c()
+            && is_x86_feature_detected!("avx512f")
+            && request_tile_data_permission()
+    })
+}
+
+/// CPUID leaf 7: AMX-TILE (EDX bit 24) and AMX-INT8 (EDX bit 25).
+fn has_amx_int8() -> bool {
+    // Leaf 7 is read only if the CPU has it.
+    if __cpuid(0).eax < 7 {
+        return false;
+    }
+    let edx = __cpuid_count(7, 0).edx;
+    edx & (1 << 24) != 0 && edx & (1 << 25) != 0
+}
+
+/// Linux keeps the 8 KiB tile-data state off until the process asks: without this, the first
+/// tile instruction is `SIGILL`. Other systems: no AMX here (we cannot test them).
+#[cfg(target_os = "linux")]
+fn request_tile_data_permission() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: arch_prctl with these arguments only changes this process's permitted xsave
+    // features; it fails cleanly on kernels or CPUs without AMX.
+    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn request_tile_data_permission() -> bool {
+    false
+}
+
+/// The `ldtilecfg` operand (palette 1): tile `i` has `rows[i]` rows of `colsb[i]` bytes.
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+/// tmm0, tmm3: results (16 activation rows × 16 i32); tmm1: activations (16 rows × one
+/// 32-byte block); tmm2: weights (8 rows × 16 weight rows × 4 bytes).
+const CONFIG: TileConfig = {
+    let mut config = TileConfig { palette: 1, start_row: 0, reserved: [0; 14], colsb: [0; 16], rows: [0; 16] };
+    config.colsb[0] = TILE_ROW_BYTES as u16;
+    config.rows[0] = TOKENS as u8;
+    config.colsb[1] = BLOCK as u16;
+    config.rows[1] = TOKENS as u8;
+    config.colsb[2] = TILE_ROW_BYTES as u16;
+    config.rows[2] = (BLOCK / 4) as u8;
+    config.colsb[3] = TILE_ROW_BYTES as u16;
+    config.rows[3] = TOKENS as u8;
+    config
+};
+
+/// Tile registers configured for this module on the current thread, released on drop (so a
+/// thread that is not computing does not carry 8 KiB of tile state through context switches).
+pub struct Tiles(());
+
+impl Tiles {
+    /// # Safety
+    /// [`is_available`] must have returned true.
+    pub unsafe fn configure() -> Self {
+        asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
+        Tiles(())
+    }
+}
+
+impl Drop for Tiles {
+    fn drop(&mut self) {
+        // SAFETY: tiles were configured (`configure` is the only constructor).
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+}
+
+/// Unpacks block `b` of the two 8-row groups `pair` (the second may be absent: zero rows)
+/// into one weight tile.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn unpack_block(format: QuantFormat, pair: [&[u8]; 2], b: usize, tile: &mut WeightTile) {
+    let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
+    let nibble = _mm256_set1_epi8(0x0f);
+    let base = tile.0.as_mut_ptr();
+    for (half, group) in pair.into_iter().enumerate() {
+        let row = |v: usize| base.add(v * TILE_ROW_BYTES + half * 4 * LANES) as *mut __m256i;
+        if group.is_empty() {
+            (0..BLOCK / 4).for_each(|v| _mm256_storeu_si256(row(v), _mm256_setzero_si256()));
+            continue;
+        }
+        let values = group[b * block_bytes + values_at..][..block_bytes - values_at].as_ptr();
+        match format {
+            QuantFormat::Q8_0 => {
+                for v in 0..BLOCK / 4 {
+                    _mm256_storeu_si256(row(v), _mm256_loadu_si256(values.add(32 * v) as *const __m256i));
+                }
+            }
+            // Packed vector p holds vector 2p in its low nibbles and 2p + 1 in its high ones.
+            QuantFormat::Q4_0 | QuantFormat::Q4_1 => {
+                for p in 0..BLOCK / 8 {
+                    let packed = _mm256_loadu_si256(values.add(32 * p) as *const __m256i);
+                    _mm256_storeu_si256(row(2 * p), _mm256_and_si256(packed, nibble));
+                    _mm256_storeu_si256(row(2 * p + 1), _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble));
+                }
+            }
+        }
+    }
+}
+
+/// `out[t][j] = weight row j of the pair · activation row t` for the first `m` of the
+/// `out.len()` activation rows in `acts` (a multiple of [`TOKENS`] rows, `n_blocks` blocks
+/// each; the rest is padding that is multiplied but skipped by the epilogue). `pair` holds two
+/// 8-row groups' blocks (the second may be empty: zero rows).
+///
+/// Blocks outer, activation tiles inner: each block's weights are unpacked once, into a tile
+/// that stays in L1, while the weights stream in from memory. Tile loads do not take data
+/// from the store buffer, and vector loads do not take it from tile stores, so both hand-offs
+/// are software-pipelined one step ahead: block `b + 1` is unpacked (into the other of two
+/// weight buffers) while block `b` multiplies, and each result tile's epilogue runs after the
+/// next tile's multiply has been issued (two result tiles and buffers alternate).
+///
+/// # Safety
+/// [`is_available`] must have returned true and `_tiles` must be this thread's configuration.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub unsafe fn pair_matmul(
+    _tiles: &Tiles,
+    format: QuantFormat,
+    pair: [&[u8]; 2],
+    n_blocks: usize,
+    acts: &[Q8Block],
+    m: usize,
+    out: &mut [[f32; ROWS]],
+) {
+    let tokens = out.len();
+    let block_bytes = format.group_block_bytes();
+    assert!(tokens.is_multiple_of(TOKENS) && acts.len() == tokens * n_blocks && n_blocks > 0 && m <= tokens);
+    assert!(pair.iter().all(|g| g.is_empty() || g.len() == n_blocks * block_bytes) && !pair[0].is_empty());
+    let act_stride = n_blocks * std::mem::size_of::<Q8Block>();
+    out.fill([0.0; ROWS]);
+    let mut weights = [WeightTile([0; TILE_BYTES]), WeightTile([0; TILE_BYTES])];
+    let mut dots = [Dots([[0; ROWS]; TOKENS]), Dots([[0; ROWS]; TOKENS])];
+    // The multiply whose epilogue is still to run: (result buffer, first activation row, block).
+    let mut pending: Option<(usize, usize, usize)> = None;
+    let finish = |(buffer, first, block): (usize, usize, usize), dots: &[Dots; 2], out: &mut [[f32; ROWS]]| {
+        let scales = BlockScales::load(format, pair, block * block_bytes);
+        let rows = &mut out[first..m.min(first + TOKENS)];
+        epilogue(format, &dots[buffer], &scales, &acts[first * n_blocks + block..], n_blocks, rows);
+    };
+    let mut step = 0usize;
+    unpack_block(format, pair, 0, &mut weights[0]);
+    for b in 0..n_blocks {
+        asm!(
+            "tileloadd tmm2, [{w} + {stride}]",
+            w = in(reg) weights[b % 2].0.as_ptr(), stride = in(reg) TILE_ROW_BYTES,
+            options(nostack, readonly),
+        );
+        if b + 1 < n_blocks {
+            unpack_block(format, pair, b + 1, &mut weights[(b + 1) % 2]);
+        }
+        for first in (0..m).step_by(TOKENS) {
+            let buffer = step % 2;
+            let a = acts[first * n_blocks + b].q.as_ptr();
+            multiply_tile(format, buffer == 1, a, act_stride, &mut dots[buffer]);
+            if let Some(previous) = pending {
+                finish(previous, &dots, out);
+            }
+            pending = Some((buffer, first, b));
+            step += 1;
+        }
+    }
+    if let Some(previous) = pending {
+        finish(previous, &dots, out);
+    }
+}
+
+/// One block's weight scales `d` and offsets `m` for the 16 rows of a pair, as f32.
+struct BlockScales {
+    d: __m512,
+    m: __m512,
+}
+
+impl BlockScales {
+    /// From the group blocks at byte `at` of each group of `pair` (zeros for a missing group).
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn load(format: QuantFormat, pair: [&[u8]; 2], at: usize) -> Self {
+        let f16x16 = |offset: usize| {
+            let [low, high] = pair.map(|group| match group.is_empty() {
+                true => _mm_setzero_si128(),
+                false => _mm_loadu_si128(group[at + offset..][..16].as_ptr() as *const __m128i),
+            });
+            _mm512_cvtph_ps(_mm256_set_m128i(high, low))
+        };
+        let d = f16x16(0);
+        let m = match format {
+            QuantFormat::Q4_1 => f16x16(m_at(0)),
+            QuantFormat::Q4_0 => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
+            QuantFormat::Q8_0 => _mm512_setzero_ps(),
+        };
+        Self { d, m }
+    }
+}
+
+/// The VNNI kernel's epilogue, 16 weight rows per vector: for each activation row `t` of a
+/// tile that `out` covers (`row_acts[t * n_blocks]` is its block), `out[t] += d_w d_a · dot
+/// (+ m_w s_a)`.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+#[inline]
+unsafe fn epilogue(
+    format: QuantFormat,
+    dots: &Dots,
+    scales: &BlockScales,
+    row_acts: &[Q8Block],
+    n_blocks: usize,
+    out: &mut [[f32; ROWS]],
+) {
+    for (t, acc) in out.iter_mut().enumerate() {
+        let act = &row_acts[t * n_blocks];
+        let dot = _mm512_cvtepi32_ps(_mm512_load_si512(dots.0[t].as_ptr() as *const _));
+        let scale = _mm512_mul_ps(scales.d, _mm512_set1_ps(act.d));
+        let sum = _mm512_loadu_ps(acc.as_ptr());
+        let sum = match format {
+            QuantFormat::Q8_0 => _mm512_fmadd_ps(scale, dot, sum),
+            _ => _mm512_add_ps(sum, _mm512_fmadd_ps(scale, dot, _mm512_mul_ps(scales.m, _mm512_set1_ps(act.s)))),
+        };
+        _mm512_storeu_ps(acc.as_mut_ptr(), sum);
+    }
+}
+
+/// One block's dot products for 16 activation rows (`a`, rows `a_stride` bytes apart) against
+/// the weight tile in tmm2, into `dots`; result tile tmm3 when `alternate`, else tmm0.
+#[inline(always)]
+unsafe fn multiply_tile(format: QuantFormat, alternate: bool, a: *const i8, a_stride: usize, dots: &mut Dots) {
+    let c = dots.0.as_mut_ptr();
+    // Signed activations × unsigned Q4 nibbles (tdpbsud), or × signed Q8_0 weights (tdpbssd).
+    macro_rules! tile_op {
+        ($op:literal, $result:literal) => {
+            asm!(
+                concat!("tilezero ", $result),
+                "tileloadd tmm1, [{a} + {a_stride}]",
+                concat!($op, " ", $result, ", tmm1, tmm2"),
+                concat!("tilestored [{c} + {c_stride}], ", $result),
+                a = in(reg) a, a_stride = in(reg) a_stride,
+                c = in(reg) c, c_stride = in(reg) TILE_ROW_BYTES,
+                options(nostack),
+            )
+        };
+    }
+    match (format, alternate) {
+        (QuantFormat::Q8_0, false) => tile_op!("tdpbssd", "tmm0"),
+        (QuantFormat::Q8_0, true) => tile_op!("tdpbssd", "tmm3"),
+        (_, false) => tile_op!("tdpbsud", "tmm0"),
+        (_, true) => tile_op!("tdpbsud", "tmm3"),
+    }
+}
+
+/// One block's weights for 16 weight rows, as `tdpb*` reads them: 8 rows of 64 bytes.
+#[repr(C, align(64))]
+struct WeightTile([u8; TILE_BYTES]);
+
+/// The result tile as stored: 16 activation rows of 16 i32, one cache line each.
+#[repr(C, align(64))]
+struct Dots([[i32; ROWS]; TOKENS]);
