@@ -224,6 +224,17 @@ pub unsafe fn pair_matmul(
     }
 }
 
+/// Writes the first `dst.len()` (at most 16) results of `row` to `dst` in one masked store.
+///
+/// # Safety
+/// The CPU must support AVX-512 (implied by [`is_available`]).
+#[target_feature(enable = "avx512f")]
+pub unsafe fn store_row(row: &[f32; ROWS], dst: &mut [f32]) {
+    assert!(dst.len() <= ROWS);
+    let mask = ((1u32 << dst.len()) - 1) as __mmask16;
+    _mm512_mask_storeu_ps(dst.as_mut_ptr(), mask, _mm512_loadu_ps(row.as_ptr()));
+}
+
 /// One block's weight scales `d` and offsets `m` for the 16 rows of a pair, as f32.
 struct BlockScales {
     d: __m512,

@@ -446,18 +446,12 @@ impl QMatrix {
                     let pair = [group(2 * p), group(2 * p + 1)];
                     // SAFETY: as above; `tiles` configured this thread.
                     unsafe { amx::pair_matmul(&tiles, format, pair, n_blocks, acts, m, results) };
-                    for (lane_block, first_row) in [(0, 2 * p * LANES), (1, (2 * p + 1) * LANES)] {
-                        if first_row >= self.rows {
-                            continue;
-                        }
-                        let lanes = LANES.min(self.rows - first_row);
-                        for (r, row_results) in results[..m].iter().enumerate() {
-                            // SAFETY: the output rows of pair `p` belong to this task alone.
-                            let dst = unsafe { out.range_mut(r * self.rows + first_row, lanes) };
-                            let half: &[f32; LANES] =
-                                row_results[lane_block * LANES..][..LANES].try_into().expect("8 lanes");
-                            store_lanes(dst, half);
-                        }
+                    let first_row = 2 * p * LANES;
+                    let lanes = amx::ROWS.min(self.rows - first_row);
+                    for (r, row_results) in results[..m].iter().enumerate() {
+                        // SAFETY: the output rows of pair `p` belong to this task alone; AVX-512
+                        // is available (part of `amx::is_available()`).
+                        unsafe { amx::store_row(row_results, out.range_mut(r * self.rows + first_row, lanes)) };
                     }
                 }
             })
