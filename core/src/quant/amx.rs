@@ -90,18 +90,24 @@ struct TileConfig {
     rows: [u8; 16],
 }
 
-/// tmm0, tmm3: results (16 activation rows × 16 i32); tmm1: activations (16 rows × one
-/// 32-byte block); tmm2: weights (8 rows × 16 weight rows × 4 bytes).
+/// Multiplies in flight: each one's epilogue runs `DEPTH - 1` multiplies after it was issued,
+/// by when its result tile has reached memory.
+const DEPTH: usize = 4;
+
+/// tmm0, tmm3, tmm4, tmm5: results (16 activation rows × 16 i32), one per slot of the ring;
+/// tmm1, tmm6: activations (16 rows × one 32-byte block), alternating; tmm2: weights (8 rows
+/// × 16 weight rows × 4 bytes).
 const CONFIG: TileConfig = {
     let mut config = TileConfig { palette: 1, start_row: 0, reserved: [0; 14], colsb: [0; 16], rows: [0; 16] };
-    config.colsb[0] = TILE_ROW_BYTES as u16;
-    config.rows[0] = TOKENS as u8;
-    config.colsb[1] = BLOCK as u16;
-    config.rows[1] = TOKENS as u8;
-    config.colsb[2] = TILE_ROW_BYTES as u16;
-    config.rows[2] = (BLOCK / 4) as u8;
-    config.colsb[3] = TILE_ROW_BYTES as u16;
-    config.rows[3] = TOKENS as u8;
+    let mut tile = 0;
+    while tile < 7 {
+        (config.colsb[tile], config.rows[tile]) = match tile {
+            1 | 6 => (BLOCK as u16, TOKENS as u8),
+            2 => (TILE_ROW_BYTES as u16, (BLOCK / 4) as u8),
+            _ => (TILE_ROW_BYTES as u16, TOKENS as u8),
+        };
+        tile += 1;
+    }
     config
 };
 
@@ -158,44 +164,45 @@ unsafe fn unpack_block(format: QuantFormat, pair: [&[u8]; 2], b: usize, tile: &m
     }
 }
 
-/// `out[t][j] = weight row j of the pair · activation row t` for the first `m` of the
-/// `out.len()` activation rows in `acts` (a multiple of [`TOKENS`] rows, `n_blocks` blocks
-/// each; the rest is padding that is multiplied but skipped by the epilogue). `pair` holds two
+/// `workspace.results()[t][j] = weight row j of the pair · activation row t` for the first `m`
+/// activation rows in `acts` (a multiple of [`TOKENS`] rows, `n_blocks` blocks each; the rest
+/// is padding that is multiplied but skipped by the epilogue). `pair` holds two
 /// 8-row groups' blocks (the second may be empty: zero rows).
 ///
 /// Blocks outer, activation tiles inner: each block's weights are unpacked once, into a tile
 /// that stays in L1, while the weights stream in from memory. Tile loads do not take data
 /// from the store buffer, and vector loads do not take it from tile stores, so both hand-offs
-/// are software-pipelined one step ahead: block `b + 1` is unpacked (into the other of two
-/// weight buffers) while block `b` multiplies, and each result tile's epilogue runs after the
-/// next tile's multiply has been issued (two result tiles and buffers alternate).
+/// are software-pipelined: block `b + 1` is unpacked (into the other of two weight buffers)
+/// while block `b` multiplies, and a ring of [`DEPTH`] result tiles and buffers keeps several
+/// multiplies in flight, each tile's epilogue running only when its slot comes round again.
 ///
 /// # Safety
 /// [`is_available`] must have returned true and `_tiles` must be this thread's configuration.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 pub unsafe fn pair_matmul(
     _tiles: &Tiles,
+    workspace: &mut Workspace,
     format: QuantFormat,
     pair: [&[u8]; 2],
     n_blocks: usize,
     acts: &[Q8Block],
     m: usize,
-    out: &mut [[f32; ROWS]],
 ) {
+    let Workspace { weights, dots, results } = workspace;
+    results.resize(acts.len() / n_blocks.max(1), [0.0; ROWS]);
+    let out = &mut results[..];
     let tokens = out.len();
     let block_bytes = format.group_block_bytes();
     assert!(tokens.is_multiple_of(TOKENS) && acts.len() == tokens * n_blocks && n_blocks > 0 && m <= tokens);
     assert!(pair.iter().all(|g| g.is_empty() || g.len() == n_blocks * block_bytes) && !pair[0].is_empty());
     let act_stride = n_blocks * std::mem::size_of::<Q8Block>();
     out.fill([0.0; ROWS]);
-    let mut weights = [WeightTile([0; TILE_BYTES]), WeightTile([0; TILE_BYTES])];
-    let mut dots = [Dots([[0; ROWS]; TOKENS]), Dots([[0; ROWS]; TOKENS])];
-    // The multiply whose epilogue is still to run: (result buffer, first activation row, block).
-    let mut pending: Option<(usize, usize, usize)> = None;
-    let finish = |(buffer, first, block): (usize, usize, usize), dots: &[Dots; 2], out: &mut [[f32; ROWS]]| {
+    // Per ring slot, the multiply whose epilogue is still to run: (first activation row, block).
+    let mut pending: [Option<(usize, usize)>; DEPTH] = [None; DEPTH];
+    let finish = |(first, block): (usize, usize), dots: &Dots, out: &mut [[f32; ROWS]]| {
         let scales = BlockScales::load(format, pair, block * block_bytes);
         let rows = &mut out[first..m.min(first + TOKENS)];
-        epilogue(format, &dots[buffer], &scales, &acts[first * n_blocks + block..], n_blocks, rows);
+        epilogue(format, dots, &scales, &acts[first * n_blocks + block..], n_blocks, rows);
     };
     let mut step = 0usize;
     unpack_block(format, pair, 0, &mut weights[0]);
@@ -209,18 +216,21 @@ pub unsafe fn pair_matmul(
             unpack_block(format, pair, b + 1, &mut weights[(b + 1) % 2]);
         }
         for first in (0..m).step_by(TOKENS) {
-            let buffer = step % 2;
-            let a = acts[first * n_blocks + b].q.as_ptr();
-            multiply_tile(format, buffer == 1, a, act_stride, &mut dots[buffer]);
-            if let Some(previous) = pending {
-                finish(previous, &dots, out);
+            let slot = step % DEPTH;
+            if let Some(issued) = pending[slot].take() {
+                finish(issued, &dots[slot], out);
             }
-            pending = Some((buffer, first, b));
+            let a = acts[first * n_blocks + b].q.as_ptr();
+            multiply_tile(format, slot, a, act_stride, &mut dots[slot]);
+            pending[slot] = Some((first, b));
             step += 1;
         }
     }
-    if let Some(previous) = pending {
-        finish(previous, &dots, out);
+    // The last multiplies, oldest first (per activation tile the blocks must add in order).
+    for slot in (step..step + DEPTH).map(|s| s % DEPTH) {
+        if let Some(issued) = pending[slot].take() {
+            finish(issued, &dots[slot], out);
+        }
     }
 }
 
@@ -290,17 +300,17 @@ unsafe fn epilogue(
 }
 
 /// One block's dot products for 16 activation rows (`a`, rows `a_stride` bytes apart) against
-/// the weight tile in tmm2, into `dots`; result tile tmm3 when `alternate`, else tmm0.
+/// the weight tile in tmm2, into `dots`, through ring slot `slot`'s tiles.
 #[inline(always)]
-unsafe fn multiply_tile(format: QuantFormat, alternate: bool, a: *const i8, a_stride: usize, dots: &mut Dots) {
+unsafe fn multiply_tile(format: QuantFormat, slot: usize, a: *const i8, a_stride: usize, dots: &mut Dots) {
     let c = dots.0.as_mut_ptr();
     // Signed activations × unsigned Q4 nibbles (tdpbsud), or × signed Q8_0 weights (tdpbssd).
     macro_rules! tile_op {
-        ($op:literal, $result:literal) => {
+        ($op:literal, $result:literal, $acts:literal) => {
             asm!(
                 concat!("tilezero ", $result),
-                "tileloadd tmm1, [{a} + {a_stride}]",
-                concat!($op, " ", $result, ", tmm1, tmm2"),
+                concat!("tileloadd ", $acts, ", [{a} + {a_stride}]"),
+                concat!($op, " ", $result, ", ", $acts, ", tmm2"),
                 concat!("tilestored [{c} + {c_stride}], ", $result),
                 a = in(reg) a, a_stride = in(reg) a_stride,
                 c = in(reg) c, c_stride = in(reg) TILE_ROW_BYTES,
@@ -308,11 +318,39 @@ unsafe fn multiply_tile(format: QuantFormat, alternate: bool, a: *const i8, a_st
             )
         };
     }
-    match (format, alternate) {
-        (QuantFormat::Q8_0, false) => tile_op!("tdpbssd", "tmm0"),
-        (QuantFormat::Q8_0, true) => tile_op!("tdpbssd", "tmm3"),
-        (_, false) => tile_op!("tdpbsud", "tmm0"),
-        (_, true) => tile_op!("tdpbsud", "tmm3"),
+    const _: () = assert!(DEPTH == 4, "multiply_tile names the tiles of four slots");
+    match (format, slot) {
+        (QuantFormat::Q8_0, 0) => tile_op!("tdpbssd", "tmm0", "tmm1"),
+        (QuantFormat::Q8_0, 1) => tile_op!("tdpbssd", "tmm3", "tmm6"),
+        (QuantFormat::Q8_0, 2) => tile_op!("tdpbssd", "tmm4", "tmm1"),
+        (QuantFormat::Q8_0, _) => tile_op!("tdpbssd", "tmm5", "tmm6"),
+        (_, 0) => tile_op!("tdpbsud", "tmm0", "tmm1"),
+        (_, 1) => tile_op!("tdpbsud", "tmm3", "tmm6"),
+        (_, 2) => tile_op!("tdpbsud", "tmm4", "tmm1"),
+        (_, _) => tile_op!("tdpbsud", "tmm5", "tmm6"),
+    }
+}
+
+/// A thread's buffers for [`pair_matmul`], kept across calls: zeroing them for every group
+/// pair was 7% of a matmul, and the results grow once to the largest batch.
+pub struct Workspace {
+    weights: [WeightTile; 2],
+    dots: [Dots; DEPTH],
+    results: Vec<[f32; ROWS]>,
+}
+
+impl Workspace {
+    pub const fn new() -> Self {
+        Self {
+            weights: [WeightTile([0; TILE_BYTES]), WeightTile([0; TILE_BYTES])],
+            dots: [const { Dots([[0; ROWS]; TOKENS]) }; DEPTH],
+            results: Vec::new(),
+        }
+    }
+
+    /// The last [`pair_matmul`]'s results, one row of 16 per activation row (padding included).
+    pub fn results(&self) -> &[[f32; ROWS]] {
+        &self.results
     }
 }
 

@@ -190,9 +190,8 @@ thread_local! {
 
 #[cfg(target_arch = "x86_64")]
 thread_local! {
-    /// Each pool thread's AMX results of one group pair for every activation row, grown to
-    /// the largest matmul and then reused (no allocation per step).
-    static AMX_RESULTS: RefCell<Vec<[f32; amx::ROWS]>> = const { RefCell::new(Vec::new()) };
+    /// Each pool thread's AMX buffers (no allocation per step once grown to the largest batch).
+    static AMX_WORKSPACE: RefCell<amx::Workspace> = const { RefCell::new(amx::Workspace::new()) };
 }
 
 impl QMatrix {
@@ -431,24 +430,23 @@ impl QMatrix {
         pool: &ThreadPool,
     ) {
         let n_blocks = self.cols / BLOCK;
-        let (m, padded) = (out.len() / self.rows, acts.len() / n_blocks);
+        let m = out.len() / self.rows;
         let group_bytes = self.group_bytes();
         let groups = self.rows.div_ceil(LANES);
         let pairs = groups.div_ceil(2);
         let pairs_per_task = pairs.div_ceil(pool.n_threads() * TASKS_PER_THREAD).max(1);
         pool.run(pairs.div_ceil(pairs_per_task), &|task| {
-            AMX_RESULTS.with_borrow_mut(|results| {
-                results.resize(padded, [0f32; amx::ROWS]);
+            AMX_WORKSPACE.with_borrow_mut(|workspace| {
                 // SAFETY: `Kernel::Amx` is only chosen after `amx::is_available()` said yes.
                 let tiles = unsafe { amx::Tiles::configure() };
                 for p in task * pairs_per_task..((task + 1) * pairs_per_task).min(pairs) {
                     let group = |g: usize| if g < groups { &blocks[g * group_bytes..][..group_bytes] } else { &[][..] };
                     let pair = [group(2 * p), group(2 * p + 1)];
                     // SAFETY: as above; `tiles` configured this thread.
-                    unsafe { amx::pair_matmul(&tiles, format, pair, n_blocks, acts, m, results) };
+                    unsafe { amx::pair_matmul(&tiles, workspace, format, pair, n_blocks, acts, m) };
                     let first_row = 2 * p * LANES;
                     let lanes = amx::ROWS.min(self.rows - first_row);
-                    for (r, row_results) in results[..m].iter().enumerate() {
+                    for (r, row_results) in workspace.results()[..m].iter().enumerate() {
                         // SAFETY: the output rows of pair `p` belong to this task alone; AVX-512
                         // is available (part of `amx::is_available()`).
                         unsafe { amx::store_row(row_results, out.range_mut(r * self.rows + first_row, lanes)) };
