@@ -33,6 +33,27 @@ def read_bandwidth_bytes_per_s(threads: int, total_bytes: int = GIB, repeats: in
     return best
 
 
+# The CPU features that decide which of our matmul kernels runs (AVX2, VNNI, AMX) and which
+# ggml kernels llama.cpp builds with -march=native.
+KERNEL_FLAGS = ("avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512_vnni", "amx_tile", "amx_int8")
+
+
+def cpu_description() -> dict[str, object]:
+    """The CPU model name and which of ``KERNEL_FLAGS`` it has, from /proc/cpuinfo (Linux)."""
+    model, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    return {"model": model, "flags": [flag for flag in KERNEL_FLAGS if flag in flags]}
+
+
 def peak_rss_bytes(pid: int | str = "self") -> int:
     """Peak resident set size (VmHWM) of a live process, from /proc."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -25,7 +25,7 @@ from typing import Any
 
 import ours as our_side
 import peer
-from machine import read_bandwidth_bytes_per_s, weight_bytes_per_token
+from machine import cpu_description, read_bandwidth_bytes_per_s, weight_bytes_per_token
 from progress import Progress
 from streams import measure_streams
 from workload import DEFAULT_MODEL, Workload
@@ -188,6 +188,7 @@ def main() -> None:
             "command": sys.executable.replace(str(Path.home()), "~", 1) + " " + shlex.join(sys.argv),
             "machine": {
                 "cpus": os.cpu_count(),
+                "cpu": cpu_description(),
                 "read_bandwidth_bytes_per_s": bandwidth,
                 "weight_bytes_per_token": weight_bytes,
                 "decode_bound_tok_s": bound_tok_s,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import _thread
 
@@ -43,6 +44,9 @@ def test_a_consumer_that_raises_does_not_break_the_engine(engine):
 
 def test_ctrl_c_interrupts_a_blocking_generate_and_cancels_it(engine):
     before = engine.metrics()["requests_cancelled"]
+    # A shell starts background jobs with SIGINT ignored, and Python then keeps it ignored, so
+    # interrupt_main would do nothing: install Python's own Ctrl-C handler for this test.
+    previous_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.3, _thread.interrupt_main)
     timer.start()
     try:
@@ -50,4 +54,5 @@ def test_ctrl_c_interrupts_a_blocking_generate_and_cancels_it(engine):
             engine.generate("Tell me a long story.", **LONG)
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous_handler)
     assert wait_until(lambda: engine.metrics()["requests_cancelled"] == before + 1 and idle(engine))
