@@ -4,8 +4,8 @@
 //! block each) by a tile of 32 values × 16 weight rows and leaves the 16 × 16 exact block dot
 //! products in 32-bit lanes: 8,192 multiply-adds in one instruction, where the VNNI kernels
 //! need 64 `vpdpbusd`. What remains on the vector units is the float epilogue per block
-//! (`d_w d_a · dot + m_w s_a` into the accumulator), so AMX pays off from a few rows up; a
-//! single row stays on the VNNI kernel.
+//! (`d_w d_a · dot + m_w s_a` into the accumulator). A tile multiply costs the same for 1 row
+//! as for 16, so AMX pays off from about 8 rows; smaller batches stay on the VNNI kernel.
 //!
 //! **Identical bits.** The block dot products are exact integers, and the epilogue is the VNNI
 //! kernel's, operation for operation, on 16 weight rows per vector instead of 8. So whether a
@@ -38,7 +38,7 @@ pub const ROWS: usize = 2 * LANES;
 pub const TOKENS: usize = 16;
 
 /// Bytes of one block's unpacked weight tile: `BLOCK / 4` rows of `ROWS * 4` bytes.
-pub const TILE_BYTES: usize = BLOCK * ROWS;
+const TILE_BYTES: usize = BLOCK * ROWS;
 
 /// Bytes per row of the weight tile (and of the result tile: 16 × i32).
 const TILE_ROW_BYTES: usize = 4 * ROWS;
@@ -46,22 +46,8 @@ const TILE_ROW_BYTES: usize = 4 * ROWS;
 /// Whether this CPU and OS can run the kernels in this module (asks the OS once).
 pub fn is_available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        has_amx_int8()
-            && crate::cpu::has_avx2_fma_f16c()
-            && is_x86_feature_detected!("avx512f")
-            && request_tile_data_permission()
-    })
-}
-
-/// CPUID leaf 7: AMX-TILE (EDX bit 24) and AMX-INT8 (EDX bit 25).
-fn has_amx_int8() -> bool {
-    // Leaf 7 is read only if the CPU has it.
-    if __cpuid(0).eax < 7 {
-        return false;
-    }
-    let edx = __cpuid_count(7, 0).edx;
-    edx & (1 << 24) != 0 && edx & (1 << 25) != 0
+    *AVAILABLE
+        .get_or_init(|| crate::cpu::has_amx_int8() && crate::cpu::has_avx2_fma_f16c() && request_tile_data_permission())
 }
 
 /// Linux keeps the 8 KiB tile-data state off until the process asks: without this, the first

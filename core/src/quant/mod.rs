@@ -4,7 +4,9 @@
 //! side by side ([`interleaved`]). [`QMatrix::matmul`] quantizes each activation row to 8 bits
 //! per 32-element block and takes integer dot products against the weight blocks, eight weight
 //! rows per vector: with VNNI or AVX2 on CPUs that have them (chosen at runtime), portable code
-//! otherwise.
+//! otherwise; batches of 8 rows or more go to AMX tiles where the CPU and OS offer them
+//! ([`amx`]). The SIMD kernels give identical bits (exact integer block sums, then the same
+//! float operations in the same order), so the choice never shows in the results.
 //!
 //! **Batch invariance.** Every output element is computed by the same operations whatever the
 //! batch size and wherever its row sits in the batch: activations are quantized row by row,

@@ -24,7 +24,7 @@ use super::TILE;
 /// Defines module `$name`: `is_available()` and `group_tile()` compiled with `$features`,
 /// using `$dpbusd` as the `vpdpbusd` intrinsic.
 macro_rules! vnni_kernels {
-    ($(#[$doc:meta])* $name:ident, $features:literal, [$($detect:tt),+], $dpbusd:ident) => {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $detect:path, $dpbusd:ident) => {
         $(#[$doc])*
         pub mod $name {
             use std::arch::x86_64::*;
@@ -35,7 +35,7 @@ macro_rules! vnni_kernels {
 
             /// Whether this CPU can run the kernels in this module.
             pub fn is_available() -> bool {
-                crate::cpu::has_avx2_fma_f16c() $(&& is_x86_feature_detected!($detect))+
+                crate::cpu::has_avx2_fma_f16c() && $detect()
             }
 
             /// Same contract as `avx2::group_tile`.
@@ -143,7 +143,7 @@ vnni_kernels!(
     /// `vpdpbusd` in its EVEX encoding on 256-bit vectors (AVX512-VNNI + AVX512-VL).
     avx512,
     "avx512vnni,avx512vl,avx2,fma,f16c",
-    ["avx512vnni", "avx512vl"],
+    crate::cpu::has_avx512_vnni,
     _mm256_dpbusd_epi32
 );
 
@@ -151,6 +151,6 @@ vnni_kernels!(
     /// `vpdpbusd` in its VEX encoding (AVX-VNNI).
     avx,
     "avxvnni,avx2,fma,f16c",
-    ["avxvnni"],
+    crate::cpu::has_avx_vnni,
     _mm256_dpbusd_avx_epi32
 );
