@@ -1,11 +1,11 @@
 //! Quantized weight matrices and the matrix-multiply kernels over them (our own code, no BLAS).
 //!
 //! A [`QMatrix`] holds one GGUF weight matrix, its blocks regrouped at load so eight rows sit
-//! side by side ([`interleaved`]). [`QMatrix::matmul`] quantizes each activation row to 8 bits
+//! side by side (`interleaved`). [`QMatrix::matmul`] quantizes each activation row to 8 bits
 //! per 32-element block and takes integer dot products against the weight blocks, eight weight
 //! rows per vector: with VNNI or AVX2 on CPUs that have them (chosen at runtime), portable code
 //! otherwise; batches of 8 rows or more go to AMX tiles where the CPU and OS offer them
-//! ([`amx`]). The SIMD kernels give identical bits (exact integer block sums, then the same
+//! (`amx`). The SIMD kernels give identical bits (exact integer block sums, then the same
 //! float operations in the same order), so the choice never shows in the results.
 //!
 //! **Batch invariance.** Every output element is computed by the same operations whatever the
@@ -77,7 +77,7 @@ enum Storage {
     /// F32 and F16 tensors, widened to f32 at load so one simple kernel serves both. In llama
     /// models these are only the small norm vectors, so the extra memory does not matter.
     Float(Vec<f32>),
-    /// The ggml blocks regrouped eight rows at a time ([`interleaved`]), in owned memory that
+    /// The ggml blocks regrouped eight rows at a time (`interleaved`), in owned memory that
     /// the OS cannot evict and re-read from disk in the middle of a decode step.
     Quantized { format: QuantFormat, blocks: Vec<u8> },
 }
