@@ -24,26 +24,7 @@ pub fn is_available() -> bool {
     crate::cpu::has_avx2_fma_f16c()
 }
 
-/// `out[r][j] = weight row j of the group · activation row r` for the `n <= TILE` activation
-/// rows stacked in `acts` (`n_blocks` blocks each). `group` holds the group's `n_blocks` blocks.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C ([`is_available`]).
-pub unsafe fn group_tile(
-    format: QuantFormat,
-    group: &[u8],
-    n_blocks: usize,
-    acts: &[Q8Block],
-    out: &mut [[f32; LANES]; TILE],
-) {
-    let n = acts.len() / n_blocks.max(1);
-    assert!(group.len() == n_blocks * format.group_block_bytes() && acts.len() == n * n_blocks && n <= TILE);
-    match format {
-        QuantFormat::Q4_0 => by_tile_height!(n, q4, false; group, n_blocks, acts, out),
-        QuantFormat::Q4_1 => by_tile_height!(n, q4, true; group, n_blocks, acts, out),
-        QuantFormat::Q8_0 => by_tile_height!(n, q8; group, n_blocks, acts, out),
-    }
-}
+group_kernels!("avx2,fma,f16c");
 
 /// Quantizes 32 activations into `out` exactly as `activations::quantize_row_portable` does
 /// (same scale, round half to even, exact integer sum).
@@ -94,77 +75,48 @@ pub(super) unsafe fn load_f16x8(ptr: *const u8) -> __m256 {
     _mm256_cvtph_ps(_mm_loadu_si128(ptr as *const __m128i))
 }
 
-/// Q4_0 (`OFFSET == false`, `m = -8 d`) and Q4_1 (`OFFSET == true`, `m` stored).
+// The inner steps of `group_kernels!`.
+
+/// Q4 sums in 16 bits: each `maddubs` lane is at most 2 * 15 * 127 = 3810 in magnitude, a
+/// block's eight of them 30480 < 2^15.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4<const OFFSET: bool, const N: usize>(
-    group: &[u8],
-    n_blocks: usize,
-    acts: &[Q8Block],
-    out: &mut [[f32; LANES]; TILE],
-) {
-    let format = if OFFSET { QuantFormat::Q4_1 } else { QuantFormat::Q4_0 };
-    let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
-    let nibble = _mm256_set1_epi8(0x0f);
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); N];
-    for b in 0..n_blocks {
-        let block = group.as_ptr().add(b * block_bytes);
-        let d = load_f16x8(block);
-        let m = if OFFSET { load_f16x8(block.add(m_at(0))) } else { _mm256_mul_ps(d, _mm256_set1_ps(-8.0)) };
-        let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
-        // Per lane and activation row, the block's dot product as 16-bit sums: each `maddubs`
-        // lane is at most 2 * 15 * 127 = 3810 in magnitude, eight of them 30480 < 2^15.
-        let mut sums = [_mm256_setzero_si256(); N];
-        for pair in 0..4 {
-            let packed = _mm256_loadu_si256(block.add(values_at + 32 * pair) as *const __m256i);
-            let low = _mm256_and_si256(packed, nibble);
-            let high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
-            for r in 0..N {
-                let products = _mm256_add_epi16(
-                    _mm256_maddubs_epi16(low, broadcast4(row_acts[r], 2 * pair)),
-                    _mm256_maddubs_epi16(high, broadcast4(row_acts[r], 2 * pair + 1)),
-                );
-                sums[r] = _mm256_add_epi16(sums[r], products);
-            }
-        }
-        for r in 0..N {
-            let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(sums[r], ones));
-            let offset = _mm256_mul_ps(m, _mm256_set1_ps(row_acts[r].s));
-            let scale = _mm256_mul_ps(d, _mm256_set1_ps(row_acts[r].d));
-            acc[r] = _mm256_add_ps(acc[r], _mm256_fmadd_ps(scale, dot, offset));
-        }
-    }
-    for r in 0..N {
-        _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
-    }
+#[inline]
+unsafe fn q4_start() -> __m256i {
+    _mm256_setzero_si256()
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8<const N: usize>(group: &[u8], n_blocks: usize, acts: &[Q8Block], out: &mut [[f32; LANES]; TILE]) {
-    let (block_bytes, values_at) = (QuantFormat::Q8_0.group_block_bytes(), QuantFormat::Q8_0.values_offset());
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); N];
-    for b in 0..n_blocks {
-        let block = group.as_ptr().add(b * block_bytes);
-        let d = load_f16x8(block);
-        let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
-        // 32-bit sums: a `maddubs` lane reaches 2 * 128 * 127, so two of them could overflow 16 bits.
-        let mut sums = [_mm256_setzero_si256(); N];
-        for v in 0..8 {
-            let weights = _mm256_loadu_si256(block.add(values_at + 32 * v) as *const __m256i);
-            let magnitudes = _mm256_sign_epi8(weights, weights);
-            for r in 0..N {
-                let signed_acts = _mm256_sign_epi8(broadcast4(row_acts[r], v), weights);
-                let products = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitudes, signed_acts), ones);
-                sums[r] = _mm256_add_epi32(sums[r], products);
-            }
-        }
-        for r in 0..N {
-            let scale = _mm256_mul_ps(d, _mm256_set1_ps(row_acts[r].d));
-            acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums[r]), acc[r]);
-        }
-    }
-    for r in 0..N {
-        _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
-    }
+#[inline]
+unsafe fn q4_step(sums: __m256i, low: __m256i, high: __m256i, a_low: __m256i, a_high: __m256i) -> __m256i {
+    let products = _mm256_add_epi16(_mm256_maddubs_epi16(low, a_low), _mm256_maddubs_epi16(high, a_high));
+    _mm256_add_epi16(sums, products)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn q4_sum(sums: __m256i) -> __m256i {
+    _mm256_madd_epi16(sums, _mm256_set1_epi16(1))
+}
+
+/// Q8_0 sums in 32 bits: a `maddubs` lane reaches 2 * 128 * 127, so two could overflow 16 bits.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn q8_start(_act: &Q8Block) -> __m256i {
+    _mm256_setzero_si256()
+}
+
+/// `maddubs` takes unsigned bytes first: the weights' magnitudes, their signs moved onto the
+/// activations in `q8_step`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn q8_weights(weights: __m256i) -> __m256i {
+    _mm256_sign_epi8(weights, weights)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn q8_step(sums: __m256i, magnitudes: __m256i, weights: __m256i, acts: __m256i) -> __m256i {
+    let signed_acts = _mm256_sign_epi8(acts, weights);
+    let products = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitudes, signed_acts), _mm256_set1_epi16(1));
+    _mm256_add_epi32(sums, products)
 }

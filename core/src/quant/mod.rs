@@ -14,22 +14,9 @@
 //! and tiling only decides which pairs share a weight load, never how a pair is summed. So a
 //! sequence gets bit-identical logits alone or batched.
 
-/// Calls `$kernel::<[$flag,] N>(args)` with the tile height `$n` (1..=TILE) as the const `N`:
-/// one instantiation per height, so every loop over a tile's rows is unrolled. Defined before
-/// the kernel modules so they all see it.
 #[cfg(target_arch = "x86_64")]
-macro_rules! by_tile_height {
-    ($n:expr, $kernel:ident $(, $flag:expr)?; $($arg:expr),*) => {{
-        const _: () = assert!(super::TILE == 4, "by_tile_height! covers tiles of up to 4 rows");
-        match $n {
-            0 => {}
-            1 => $kernel::<$($flag,)? 1>($($arg),*),
-            2 => $kernel::<$($flag,)? 2>($($arg),*),
-            3 => $kernel::<$($flag,)? 3>($($arg),*),
-            _ => $kernel::<$($flag,)? 4>($($arg),*),
-        }
-    }};
-}
+#[macro_use]
+mod group_kernel;
 
 mod activations;
 #[cfg(target_arch = "x86_64")]

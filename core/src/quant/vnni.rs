@@ -38,102 +38,47 @@ macro_rules! vnni_kernels {
                 crate::cpu::has_avx2_fma_f16c() && $detect()
             }
 
-            /// Same contract as `avx2::group_tile`.
-            ///
-            /// # Safety
-            /// The CPU must support the module's features ([`is_available`]).
-            pub unsafe fn group_tile(
-                format: QuantFormat,
-                group: &[u8],
-                n_blocks: usize,
-                acts: &[Q8Block],
-                out: &mut [[f32; LANES]; TILE],
-            ) {
-                let n = acts.len() / n_blocks.max(1);
-                assert!(
-                    group.len() == n_blocks * format.group_block_bytes() && acts.len() == n * n_blocks && n <= TILE
-                );
-                match format {
-                    QuantFormat::Q4_0 => by_tile_height!(n, q4, false; group, n_blocks, acts, out),
-                    QuantFormat::Q4_1 => by_tile_height!(n, q4, true; group, n_blocks, acts, out),
-                    QuantFormat::Q8_0 => by_tile_height!(n, q8; group, n_blocks, acts, out),
-                }
-            }
+            group_kernels!($features);
 
-            /// Q4_0 (`OFFSET == false`, `m = -8 d`) and Q4_1 (`OFFSET == true`, `m` stored).
+            // The inner steps of `group_kernels!`: `vpdpbusd` sums four u8 × i8 products into
+            // each 32-bit lane without saturating.
+
             #[target_feature(enable = $features)]
-            unsafe fn q4<const OFFSET: bool, const N: usize>(
-                group: &[u8],
-                n_blocks: usize,
-                acts: &[Q8Block],
-                out: &mut [[f32; LANES]; TILE],
-            ) {
-                let format = if OFFSET { QuantFormat::Q4_1 } else { QuantFormat::Q4_0 };
-                let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
-                let nibble = _mm256_set1_epi8(0x0f);
-                let mut acc = [_mm256_setzero_ps(); N];
-                for b in 0..n_blocks {
-                    let block = group.as_ptr().add(b * block_bytes);
-                    let d = load_f16x8(block);
-                    let m = if OFFSET { load_f16x8(block.add(m_at(0))) } else { _mm256_mul_ps(d, _mm256_set1_ps(-8.0)) };
-                    let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
-                    // Low and high nibbles in separate accumulators: two dependency chains per
-                    // activation row keep more `vpdpbusd` in flight. Exact either way.
-                    let mut low_sums = [_mm256_setzero_si256(); N];
-                    let mut high_sums = [_mm256_setzero_si256(); N];
-                    for pair in 0..4 {
-                        let packed = _mm256_loadu_si256(block.add(values_at + 32 * pair) as *const __m256i);
-                        let low = _mm256_and_si256(packed, nibble);
-                        let high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
-                        for r in 0..N {
-                            low_sums[r] = $dpbusd(low_sums[r], low, broadcast4(row_acts[r], 2 * pair));
-                            high_sums[r] = $dpbusd(high_sums[r], high, broadcast4(row_acts[r], 2 * pair + 1));
-                        }
-                    }
-                    for r in 0..N {
-                        let dot = _mm256_cvtepi32_ps(_mm256_add_epi32(low_sums[r], high_sums[r]));
-                        let offset = _mm256_mul_ps(m, _mm256_set1_ps(row_acts[r].s));
-                        let scale = _mm256_mul_ps(d, _mm256_set1_ps(row_acts[r].d));
-                        acc[r] = _mm256_add_ps(acc[r], _mm256_fmadd_ps(scale, dot, offset));
-                    }
-                }
-                for r in 0..N {
-                    _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
-                }
+            #[inline]
+            unsafe fn q4_start() -> __m256i {
+                _mm256_setzero_si256()
             }
 
             #[target_feature(enable = $features)]
-            unsafe fn q8<const N: usize>(
-                group: &[u8],
-                n_blocks: usize,
-                acts: &[Q8Block],
-                out: &mut [[f32; LANES]; TILE],
-            ) {
-                let (block_bytes, values_at) = (QuantFormat::Q8_0.group_block_bytes(), QuantFormat::Q8_0.values_offset());
-                let bias = _mm256_set1_epi8(i8::MIN);
-                let mut acc = [_mm256_setzero_ps(); N];
-                for b in 0..n_blocks {
-                    let block = group.as_ptr().add(b * block_bytes);
-                    let d = load_f16x8(block);
-                    let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
-                    // Σ (w + 128) a = Σ w a + 128 Σ a: start from -128 Σ a. |Σ a| <= 32 * 127.
-                    let mut sums: [__m256i; N] = std::array::from_fn(|r| _mm256_set1_epi32(-128 * row_acts[r].sum));
-                    for v in 0..8 {
-                        let weights = _mm256_loadu_si256(block.add(values_at + 32 * v) as *const __m256i);
-                        // w XOR 0x80, read as unsigned, is w + 128.
-                        let unsigned = _mm256_xor_si256(weights, bias);
-                        for r in 0..N {
-                            sums[r] = $dpbusd(sums[r], unsigned, broadcast4(row_acts[r], v));
-                        }
-                    }
-                    for r in 0..N {
-                        let scale = _mm256_mul_ps(d, _mm256_set1_ps(row_acts[r].d));
-                        acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums[r]), acc[r]);
-                    }
-                }
-                for r in 0..N {
-                    _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
-                }
+            #[inline]
+            unsafe fn q4_step(sums: __m256i, low: __m256i, high: __m256i, a_low: __m256i, a_high: __m256i) -> __m256i {
+                $dpbusd($dpbusd(sums, low, a_low), high, a_high)
+            }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn q4_sum(sums: __m256i) -> __m256i {
+                sums
+            }
+
+            /// Σ (w + 128) a = Σ w a + 128 Σ a: start from -128 Σ a. |Σ a| <= 32 * 127.
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn q8_start(act: &Q8Block) -> __m256i {
+                _mm256_set1_epi32(-128 * act.sum)
+            }
+
+            /// w XOR 0x80, read as unsigned, is w + 128.
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn q8_weights(weights: __m256i) -> __m256i {
+                _mm256_xor_si256(weights, _mm256_set1_epi8(i8::MIN))
+            }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn q8_step(sums: __m256i, unsigned: __m256i, _weights: __m256i, acts: __m256i) -> __m256i {
+                $dpbusd(sums, unsigned, acts)
             }
         }
     };

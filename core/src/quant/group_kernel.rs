@@ -1,0 +1,126 @@
+//! The shape every 256-bit group kernel shares, written once as macros: the AVX2 and VNNI
+//! kernels differ only in how they multiply four weight bytes by four activation bytes and sum
+//! them, so each kernel module defines that inner step and [`group_kernels!`] builds the rest
+//! (block loop, scales, nibble unpacking, the float epilogue) compiled with the module's CPU
+//! features. The float epilogue being one piece of code is what makes the kernels' results
+//! bit-identical.
+
+/// Calls `$kernel::<[$flag,] N>(args)` with the tile height `$n` (1..=TILE) as the const `N`:
+/// one instantiation per height, so every loop over a tile's rows is unrolled.
+macro_rules! by_tile_height {
+    ($n:expr, $kernel:ident $(, $flag:expr)?; $($arg:expr),*) => {{
+        const _: () = assert!(super::TILE == 4, "by_tile_height! covers tiles of up to 4 rows");
+        match $n {
+            0 => {}
+            1 => $kernel::<$($flag,)? 1>($($arg),*),
+            2 => $kernel::<$($flag,)? 2>($($arg),*),
+            3 => $kernel::<$($flag,)? 3>($($arg),*),
+            _ => $kernel::<$($flag,)? 4>($($arg),*),
+        }
+    }};
+}
+
+/// Defines `group_tile` (and its `q4` and `q8` kernels) in the invoking module, compiled with
+/// `$features`. The module provides, as `#[inline]` functions with those features:
+///
+/// - `q4_start() -> S`, `q4_step(S, low, high, a_low, a_high) -> S`, `q4_sum(S) -> __m256i`:
+///   a Q4 block's dot products for 8 rows, from the unpacked low and high nibble vectors and
+///   the matching broadcast activation bytes, as exact 32-bit sums;
+/// - `q8_start(&Q8Block) -> __m256i`, `q8_weights(w) -> W`, `q8_step(__m256i, W, w, a) ->
+///   __m256i`: the same for Q8_0, where `q8_weights` prepares a weight vector once for every
+///   activation row;
+///
+/// and has `broadcast4`, `load_f16x8`, `m_at`, `Q8Block`, `QuantFormat`, `LANES` and `TILE`
+/// in scope.
+macro_rules! group_kernels {
+    ($features:literal) => {
+        /// `out[r][j] = weight row j of the group · activation row r` for the `n <= TILE`
+        /// activation rows stacked in `acts` (`n_blocks` blocks each). `group` holds the
+        /// group's `n_blocks` blocks.
+        ///
+        /// # Safety
+        /// The CPU must support this module's features ([`is_available`]).
+        pub unsafe fn group_tile(
+            format: QuantFormat,
+            group: &[u8],
+            n_blocks: usize,
+            acts: &[Q8Block],
+            out: &mut [[f32; LANES]; TILE],
+        ) {
+            let n = acts.len() / n_blocks.max(1);
+            assert!(
+                group.len() == n_blocks * format.group_block_bytes() && acts.len() == n * n_blocks && n <= TILE
+            );
+            match format {
+                QuantFormat::Q4_0 => by_tile_height!(n, q4, false; group, n_blocks, acts, out),
+                QuantFormat::Q4_1 => by_tile_height!(n, q4, true; group, n_blocks, acts, out),
+                QuantFormat::Q8_0 => by_tile_height!(n, q8; group, n_blocks, acts, out),
+            }
+        }
+
+        /// Q4_0 (`OFFSET == false`, `m = -8 d`) and Q4_1 (`OFFSET == true`, `m` stored).
+        #[target_feature(enable = $features)]
+        unsafe fn q4<const OFFSET: bool, const N: usize>(
+            group: &[u8],
+            n_blocks: usize,
+            acts: &[Q8Block],
+            out: &mut [[f32; LANES]; TILE],
+        ) {
+            let format = if OFFSET { QuantFormat::Q4_1 } else { QuantFormat::Q4_0 };
+            let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
+            let nibble = _mm256_set1_epi8(0x0f);
+            let mut acc = [_mm256_setzero_ps(); N];
+            for b in 0..n_blocks {
+                let block = group.as_ptr().add(b * block_bytes);
+                let d = load_f16x8(block);
+                let m = if OFFSET { load_f16x8(block.add(m_at(0))) } else { _mm256_mul_ps(d, _mm256_set1_ps(-8.0)) };
+                let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
+                let mut sums = [q4_start(); N];
+                for pair in 0..4 {
+                    let packed = _mm256_loadu_si256(block.add(values_at + 32 * pair) as *const __m256i);
+                    let low = _mm256_and_si256(packed, nibble);
+                    let high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
+                    for r in 0..N {
+                        let (a_low, a_high) = (broadcast4(row_acts[r], 2 * pair), broadcast4(row_acts[r], 2 * pair + 1));
+                        sums[r] = q4_step(sums[r], low, high, a_low, a_high);
+                    }
+                }
+                for r in 0..N {
+                    let dot = _mm256_cvtepi32_ps(q4_sum(sums[r]));
+                    let offset = _mm256_mul_ps(m, _mm256_set1_ps(row_acts[r].s));
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(row_acts[r].d));
+                    acc[r] = _mm256_add_ps(acc[r], _mm256_fmadd_ps(scale, dot, offset));
+                }
+            }
+            for r in 0..N {
+                _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+            }
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn q8<const N: usize>(group: &[u8], n_blocks: usize, acts: &[Q8Block], out: &mut [[f32; LANES]; TILE]) {
+            let (block_bytes, values_at) = (QuantFormat::Q8_0.group_block_bytes(), QuantFormat::Q8_0.values_offset());
+            let mut acc = [_mm256_setzero_ps(); N];
+            for b in 0..n_blocks {
+                let block = group.as_ptr().add(b * block_bytes);
+                let d = load_f16x8(block);
+                let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
+                let mut sums: [__m256i; N] = std::array::from_fn(|r| q8_start(row_acts[r]));
+                for v in 0..8 {
+                    let weights = _mm256_loadu_si256(block.add(values_at + 32 * v) as *const __m256i);
+                    let prepared = q8_weights(weights);
+                    for r in 0..N {
+                        sums[r] = q8_step(sums[r], prepared, weights, broadcast4(row_acts[r], v));
+                    }
+                }
+                for r in 0..N {
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(row_acts[r].d));
+                    acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums[r]), acc[r]);
+                }
+            }
+            for r in 0..N {
+                _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+            }
+        }
+    };
+}
