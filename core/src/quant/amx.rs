@@ -24,6 +24,7 @@
 //! process asks for it (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), done once in [`is_available`].
 
 use std::arch::asm;
+use std::marker::PhantomData;
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
@@ -99,14 +100,15 @@ const CONFIG: TileConfig = {
 
 /// Tile registers configured for this module on the current thread, released on drop (so a
 /// thread that is not computing does not carry 8 KiB of tile state through context switches).
-pub struct Tiles(());
+/// Not `Send`: the configuration belongs to the thread that loaded it.
+pub struct Tiles(PhantomData<*const ()>);
 
 impl Tiles {
     /// # Safety
     /// [`is_available`] must have returned true.
     pub unsafe fn configure() -> Self {
         asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
-        Tiles(())
+        Tiles(PhantomData)
     }
 }
 
