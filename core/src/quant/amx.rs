@@ -24,8 +24,8 @@
 //! process asks for it (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), done once in [`is_available`].
 
 use std::arch::asm;
-use std::marker::PhantomData;
 use std::arch::x86_64::*;
+use std::marker::PhantomData;
 use std::sync::OnceLock;
 
 use super::activations::Q8Block;

@@ -385,11 +385,9 @@ impl QMatrix {
     ) {
         let n_blocks = self.cols / BLOCK;
         let group_bytes = self.group_bytes();
-        let groups = self.rows.div_ceil(LANES);
-        let groups_per_task = groups.div_ceil(pool.n_threads() * TASKS_PER_THREAD).max(1);
-        pool.run(groups.div_ceil(groups_per_task), &|task| {
+        for_each_range(pool, self.rows.div_ceil(LANES), |groups| {
             let mut results = [[0f32; LANES]; TILE];
-            for g in task * groups_per_task..((task + 1) * groups_per_task).min(groups) {
+            for g in groups {
                 let group = &blocks[g * group_bytes..][..group_bytes];
                 let (first_row, lanes) = (g * LANES, LANES.min(self.rows - g * LANES));
                 for first in (0..m).step_by(TILE) {
@@ -399,7 +397,11 @@ impl QMatrix {
                     for (r, row_results) in results[..n].iter().enumerate() {
                         // SAFETY: the output rows of group `g` belong to this task alone.
                         let dst = unsafe { out.range_mut((first + r) * self.rows + first_row, lanes) };
-                        store_lanes(dst, row_results);
+                        match <&mut [f32; LANES]>::try_from(&mut *dst) {
+                            // A fixed-size copy compiles to one vector store, not a memmove call.
+                            Ok(full) => *full = *row_results,
+                            Err(_) => dst.copy_from_slice(&row_results[..lanes]),
+                        }
                     }
                 }
             }
@@ -407,8 +409,8 @@ impl QMatrix {
     }
 
     /// The AMX kernel: each task takes a run of group pairs (16 weight rows) and applies each
-    /// to all activation rows (`acts`: padded to whole
-    /// tiles; only the first `out.len() / rows` rows are stored).
+    /// to all activation rows (`acts`: padded to whole tiles; only the first `out.len() / rows`
+    /// rows are stored).
     #[cfg(target_arch = "x86_64")]
     fn matmul_amx(
         &self,
@@ -422,13 +424,11 @@ impl QMatrix {
         let m = out.len() / self.rows;
         let group_bytes = self.group_bytes();
         let groups = self.rows.div_ceil(LANES);
-        let pairs = groups.div_ceil(2);
-        let pairs_per_task = pairs.div_ceil(pool.n_threads() * TASKS_PER_THREAD).max(1);
-        pool.run(pairs.div_ceil(pairs_per_task), &|task| {
+        for_each_range(pool, groups.div_ceil(2), |pairs| {
             AMX_WORKSPACE.with_borrow_mut(|workspace| {
                 // SAFETY: `Kernel::Amx` is only chosen after `amx::is_available()` said yes.
                 let tiles = unsafe { amx::Tiles::configure() };
-                for p in task * pairs_per_task..((task + 1) * pairs_per_task).min(pairs) {
+                for p in pairs {
                     let group = |g: usize| if g < groups { &blocks[g * group_bytes..][..group_bytes] } else { &[][..] };
                     let pair = [group(2 * p), group(2 * p + 1)];
                     // SAFETY: as above; `tiles` configured this thread.
@@ -453,13 +453,7 @@ impl QMatrix {
         f: impl Fn(usize, &DisjointSlice<'_, f32>) + Sync,
     ) {
         let out = DisjointSlice::new(out);
-        let rows_per_task = self.rows.div_ceil(pool.n_threads() * TASKS_PER_THREAD).max(1);
-        pool.run(self.rows.div_ceil(rows_per_task), &|task| {
-            let first = task * rows_per_task;
-            for row in first..(first + rows_per_task).min(self.rows) {
-                f(row, &out);
-            }
-        });
+        for_each_range(pool, self.rows, |rows| rows.for_each(|row| f(row, &out)));
     }
 
     /// Bytes of one group of eight interleaved rows (quantized storage only).
@@ -471,14 +465,11 @@ impl QMatrix {
     }
 }
 
-/// Writes a group's eight results into `dst` (eight outputs, or fewer in a partial last group).
-#[inline]
-fn store_lanes(dst: &mut [f32], results: &[f32; LANES]) {
-    match <&mut [f32; LANES]>::try_from(&mut *dst) {
-        // A fixed-size copy compiles to one vector store, not a memmove call.
-        Ok(full) => *full = *results,
-        Err(_) => dst.copy_from_slice(&results[..dst.len()]),
-    }
+/// Splits `0..count` into contiguous ranges, [`TASKS_PER_THREAD`] per pool thread, and runs
+/// `f` on each as one pool task.
+fn for_each_range(pool: &ThreadPool, count: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+    let per_task = count.div_ceil(pool.n_threads() * TASKS_PER_THREAD).max(1);
+    pool.run(count.div_ceil(per_task), &|task| f(task * per_task..((task + 1) * per_task).min(count)));
 }
 
 /// Dot product with eight independent lane sums, combined in a fixed order: the compiler
