@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from . import ollama_routes, openai_routes
+from .auth import ApiKeys
 from .bodies import JsonBodies
 from .errors import RETRY_AFTER_SECONDS, install_error_handlers
 from .metrics import CONTENT_TYPE, render_prometheus
-from .state import ServerConfig, ServerState, require_api_key, server_state
+from .state import ServerConfig, ServerState, server_state
 
 
 def create_app(config: ServerConfig) -> FastAPI:
@@ -32,7 +33,9 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     app = FastAPI(title="cortexstream", lifespan=lifespan)
     install_error_handlers(app)
+    # The last added runs first: the key is checked before any body is read.
     app.add_middleware(JsonBodies)
+    app.add_middleware(ApiKeys, api_key=config.api_key)
     app.include_router(openai_routes.router)
     app.include_router(ollama_routes.router)
 
@@ -46,7 +49,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         return JSONResponse({"status": "loading"}, status_code=503,
                             headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
-    @app.get("/metrics", dependencies=[Depends(require_api_key)])
+    @app.get("/metrics")
     async def metrics(request: Request):
         state = server_state(request)
         snapshot = state.engine.metrics() if state.ready else {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import cortexstream
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 #: Seconds a client should wait before retrying when the engine queue is full or still loading.
@@ -43,8 +43,18 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def ollama_body(self) -> dict:
-        """Ollama's error object (also sent as an NDJSON line when a stream fails midway)."""
-        return {"error": self.message}
+        """Ollama's error object (also sent as an NDJSON line when a stream fails midway). It has
+        no member for the field at fault, so the message starts with it: `options.top_p: ...`."""
+        named = self.param is None or self.message.startswith(self.param)
+        return {"error": self.message if named else f"{self.param}: {self.message}"}
+
+
+#: The status nginx logs for "client closed request"; nobody reads the answer.
+CLIENT_CLOSED_REQUEST = 499
+
+
+class ClientDisconnected(Exception):
+    """The client closed its connection while its request waited on the engine."""
 
 
 def model_not_found(name: str) -> ApiError:
@@ -138,6 +148,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(request, ApiError(exc.status_code, str(exc.detail)))
 
+    async def on_client_disconnected(request: Request, exc: ClientDisconnected) -> Response:
+        # The requests behind it are already cancelled; the answer goes nowhere.
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+
     async def on_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         # Starlette still logs the traceback; the client gets a well-formed 500.
         return error_response(request, ApiError(500, "internal server error", code="internal_error"))
@@ -146,4 +160,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(cortexstream.CortexstreamError, on_engine_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(ClientDisconnected, on_client_disconnected)
     app.add_exception_handler(Exception, on_unexpected_error)

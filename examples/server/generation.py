@@ -8,12 +8,16 @@ engine rejects gets a proper error status instead of a broken stream.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import cortexstream
+from starlette.types import Receive
 
-from .errors import ApiError
+from .errors import ApiError, ClientDisconnected
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -32,28 +36,56 @@ def engine_seed(seed: int | None) -> int | None:
 
 def fan_out(prompts: list, *, chat: bool, sampling: dict, n: int) -> list[Job]:
     """`n` jobs per prompt, in OpenAI's choice order; a fixed seed becomes seed, seed+1, ...
-    (wrapping at 2**64) so the `n` choices differ but stay reproducible."""
+    (wrapping at 2**64) so the `n` choices differ but stay reproducible.
+
+    The k-th job of the request gets engine priority -k: a request's first job competes with
+    other clients' requests as an equal, its extra jobs wait behind them in the queue, so one
+    request's fan-out cannot push a second client's single request back."""
     jobs = []
     for prompt in prompts:
         for i in range(n):
             seed = sampling.get("seed")
             job_sampling = sampling if seed is None else {**sampling, "seed": (seed + i) % 2**64}
-            jobs.append(Job(prompt, chat, job_sampling))
+            jobs.append(Job(prompt, chat, {**job_sampling, "priority": -len(jobs)}))
     return jobs
 
 
-async def complete_all(engine: cortexstream.Engine, jobs: list[Job]) -> list[cortexstream.Completion]:
-    """Runs every job to completion concurrently; one failure cancels the others."""
-    calls = [
-        engine.achat(job.prompt, **job.sampling) if job.chat else engine.agenerate(job.prompt, **job.sampling)
-        for job in jobs
-    ]
-    tasks = [asyncio.ensure_future(call) for call in calls]
+async def wait_for_disconnect(receive: Receive) -> None:
+    """Returns once the client has gone. Call it only after the body was read: every message
+    the channel has left then is `http.disconnect` (sent when the client closes the socket, or
+    once the response is complete, by which time the caller has stopped listening)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_disconnected(receive: Receive, work: Awaitable[_T]) -> _T:
+    """`await work`, unless the client disconnects first: then `work` is cancelled and
+    `ClientDisconnected` raised. A plain (non-streaming) response only starts once the engine is
+    done, so without this watch nobody notices a client that left, and its requests run on."""
+    work_task = asyncio.ensure_future(work)
+    watcher = asyncio.create_task(wait_for_disconnect(receive))
     try:
-        completions = list(await asyncio.gather(*tasks))
+        await asyncio.wait((work_task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        if not work_task.done():
+            raise ClientDisconnected
+        return work_task.result()
     finally:
-        for task in tasks:
-            task.cancel()
+        watcher.cancel()
+        work_task.cancel()
+
+
+async def complete_all(engine: cortexstream.Engine, jobs: list[Job], receive: Receive) -> list[cortexstream.Completion]:
+    """Runs every job to completion concurrently. One failure, or the client disconnecting,
+    cancels every job in the engine."""
+    streams = await submit_all(engine, jobs)
+    try:
+        completions = await unless_disconnected(receive, asyncio.gather(*(s.wait() for s in streams)))
+    finally:
+        # Requests still running (a failure elsewhere, a disconnect) end within a step and free
+        # their KV blocks.
+        for stream in streams:
+            if stream.completion is None:
+                stream.cancel()
     for completion in completions:
         raise_if_failed(completion)
     return completions
@@ -78,6 +110,24 @@ def open_streams(engine: cortexstream.Engine, jobs: list[Job]) -> list[cortexstr
             stream.cancel()
         raise
     return streams
+
+
+async def submit_all(engine: cortexstream.Engine, jobs: list[Job]) -> list[cortexstream.AsyncStream]:
+    """`open_streams` on a worker thread: submitting tokenizes the prompt and renders the chat
+    template, which for a prompt of up to 16 MiB would stall every other client on the event loop.
+    If the caller is cancelled meanwhile, the streams it would have got are cancelled on arrival."""
+    submitted = asyncio.get_running_loop().run_in_executor(None, open_streams, engine, jobs)
+    try:
+        return await asyncio.shield(submitted)
+    except asyncio.CancelledError:
+        submitted.add_done_callback(_cancel_submitted)
+        raise
+
+
+def _cancel_submitted(submitted: asyncio.Future) -> None:
+    if not submitted.cancelled() and submitted.exception() is None:
+        for stream in submitted.result():
+            stream.cancel()
 
 
 _END = object()

@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import cortexstream
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Request
+from starlette.types import Receive
 
 from .catalog import OLLAMA_DEFAULT_TAG, ServedModel
 from .errors import ApiError, from_engine_error
-from .generation import Job, complete_all, engine_seed, merge_streams, open_streams
+from .generation import Job, complete_all, engine_seed, merge_streams, submit_all
 from .schemas import (
     OllamaChatRequest,
     OllamaEmbeddingsRequest,
@@ -21,14 +22,36 @@ from .schemas import (
     OllamaGenerateRequest,
     OllamaOptions,
     OllamaShowRequest,
+    embedding_texts,
 )
-from .state import ReadyState, ServerState, require_api_key
+from .state import ReadyState, ServerState
 from .streaming import ndjson_line, ndjson_response
 
-router = APIRouter(prefix="/api", dependencies=[Depends(require_api_key)])
+# The API key is checked by the `ApiKeys` middleware, before any body is read.
+router = APIRouter(prefix="/api")
 
 # Ollama option names that the engine spells differently.
 _RENAMED_OPTIONS = {"repeat_penalty": "repetition_penalty", "num_predict": "max_tokens"}
+#: The engine's name of a sampling field -> where an Ollama request holds it.
+_OPTION_FIELDS = {
+    **{engine: f"options.{ollama}" for ollama, engine in _RENAMED_OPTIONS.items()},
+    **{name: f"options.{name}" for name in OllamaOptions.model_fields if name not in _RENAMED_OPTIONS},
+}
+
+
+def _in_ollama_terms(error: Exception, fields: dict[str, str]) -> ApiError:
+    """`error` with the field at fault named as the Ollama request spells it: the engine says
+    `max_tokens` where the request said `options.num_predict`, `messages` for a templated prompt."""
+    error = from_engine_error(error)
+    fields = {**_OPTION_FIELDS, **fields}
+    if error.param in fields:
+        error.param = fields[error.param]
+    return error
+
+
+def _load_response(model: str, content: dict) -> dict:
+    """Ollama's answer to a request with nothing to generate: it only loads the model."""
+    return {"model": model, "created_at": _timestamp(), **content, "done": True, "done_reason": "load"}
 
 
 def _sampling(options: OllamaOptions) -> dict:
@@ -62,12 +85,18 @@ def _final_fields(result: cortexstream.Completion | cortexstream.Chunk) -> dict:
     }
 
 
-async def _respond(state: ServerState, model: str, job: Job, stream: bool, content: Callable[[str], dict]):
-    """Runs `job`; `content(text)` shapes generated text (`response` or `message`)."""
-    if not stream:
-        [completion] = await complete_all(state.engine, [job])
-        return {"model": model, "created_at": _timestamp(), **content(completion.text), **_final_fields(completion)}
-    streams = open_streams(state.engine, [job])
+async def _respond(state: ServerState, model: str, job: Job, stream: bool, content: Callable[[str], dict],
+                   receive: Receive, fields: dict[str, str]):
+    """Runs `job`; `content(text)` shapes generated text (`response` or `message`). An error
+    names its field as `fields` maps the engine's names (plus every option)."""
+    try:
+        if not stream:
+            [completion] = await complete_all(state.engine, [job], receive)
+            return {"model": model, "created_at": _timestamp(), **content(completion.text),
+                    **_final_fields(completion)}
+        streams = await submit_all(state.engine, [job])
+    except (cortexstream.CortexstreamError, ApiError) as error:
+        raise _in_ollama_terms(error, fields) from error
     return ndjson_response(_stream_lines(streams, model, content))
 
 
@@ -84,11 +113,11 @@ async def _stream_lines(streams, model: str, content: Callable[[str], dict]) -> 
 
 
 @router.post("/generate")
-async def generate(body: OllamaGenerateRequest, state: ReadyState):
+async def generate(body: OllamaGenerateRequest, state: ReadyState, request: Request):
     state.catalog.generation_model(body.model)
     if not body.prompt:
         # Ollama's way to preload a model: an empty prompt answers at once.
-        return {"model": body.model, "created_at": _timestamp(), "response": "", "done": True, "done_reason": "load"}
+        return _load_response(body.model, {"response": ""})
     if body.raw:
         job = Job(body.prompt, chat=False, sampling=_sampling(body.options))
     else:
@@ -96,28 +125,38 @@ async def generate(body: OllamaGenerateRequest, state: ReadyState):
         system = [{"role": "system", "content": body.system}] if body.system else []
         messages = [*system, {"role": "user", "content": body.prompt}]
         job = Job(messages, chat=True, sampling=_sampling(body.options))
-    return await _respond(state, body.model, job, body.stream, lambda text: {"response": text})
+    # Templated, the prompt is the engine's `messages`: an error about it is about `prompt`.
+    return await _respond(state, body.model, job, body.stream, lambda text: {"response": text},
+                          request.receive, {"messages": "prompt"})
 
 
 @router.post("/chat")
-async def chat(body: OllamaChatRequest, state: ReadyState):
+async def chat(body: OllamaChatRequest, state: ReadyState, request: Request):
     state.catalog.generation_model(body.model)
+    if not body.messages:
+        # Ollama documents an empty message list as the chat way to preload a model.
+        return _load_response(body.model, {"message": {"role": "assistant", "content": ""}})
     messages = [{"role": m.role, "content": m.content} for m in body.messages]
     job = Job(messages, chat=True, sampling=_sampling(body.options))
     return await _respond(state, body.model, job, body.stream,
-                          lambda text: {"message": {"role": "assistant", "content": text}})
+                          lambda text: {"message": {"role": "assistant", "content": text}},
+                          request.receive, {})
 
 
-async def _embed(state: ServerState, texts: list[str]) -> tuple[list[list[float]], int]:
-    # The embedding model runs outside the generation batch and blocks: keep it off the event loop.
-    return await asyncio.to_thread(state.engine.embed_with_usage, texts)
+async def _embed(state: ServerState, texts: list[str], input_field: str) -> tuple[list[list[float]], int]:
+    """Embeds off the event loop (the embedding model runs outside the generation batch and
+    blocks); an error about the engine's `input` names `input_field`."""
+    try:
+        return await asyncio.to_thread(state.engine.embed_with_usage, texts)
+    except cortexstream.CortexstreamError as error:
+        raise _in_ollama_terms(error, {"input": input_field}) from error
 
 
 @router.post("/embed")
 async def embed(body: OllamaEmbedRequest, state: ReadyState):
     state.catalog.embedding_model(body.model)
     started = time.perf_counter_ns()
-    vectors, prompt_tokens = await _embed(state, [body.input] if isinstance(body.input, str) else body.input)
+    vectors, prompt_tokens = await _embed(state, embedding_texts(body.input), "input")
     total_ns = time.perf_counter_ns() - started
     return {"model": body.model, "embeddings": vectors, "total_duration": total_ns, "load_duration": 0,
             "prompt_eval_count": prompt_tokens}
@@ -126,7 +165,7 @@ async def embed(body: OllamaEmbedRequest, state: ReadyState):
 @router.post("/embeddings")
 async def embeddings(body: OllamaEmbeddingsRequest, state: ReadyState):
     state.catalog.embedding_model(body.model)
-    [vector], _ = await _embed(state, [body.prompt])
+    [vector], _ = await _embed(state, [body.prompt], "prompt")
     return {"embedding": vector}
 
 

@@ -28,6 +28,21 @@ class Envelope:
                 "choices": choices, **extra}
 
 
+#: The finish reasons the engine shares with OpenAI; a strict OpenAI client knows no others.
+_OPENAI_FINISH_REASONS = frozenset({"stop", "length"})
+#: Where the engine's own finish reason goes when OpenAI has no word for it.
+ENGINE_FINISH_REASON_FIELD = "cortexstream_finish_reason"
+
+
+def finish_fields(reason: str | None) -> dict:
+    """A choice's `finish_reason` in OpenAI's vocabulary. The engine's "cancelled" (the server
+    closed the engine at shutdown while the request ran) becomes "length", which tells a client
+    that the text was cut short, with the engine's reason in `cortexstream_finish_reason`."""
+    if reason is None or reason in _OPENAI_FINISH_REASONS:
+        return {"finish_reason": reason}
+    return {"finish_reason": "length", ENGINE_FINISH_REASON_FIELD: reason}
+
+
 def usage_body(usages: list[cortexstream.Usage]) -> dict:
     """Token counts summed over every generation of the request (one per choice)."""
     prompt = sum(u.prompt_tokens for u in usages)

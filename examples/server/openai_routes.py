@@ -9,16 +9,27 @@ import struct
 from collections.abc import AsyncIterator
 
 import cortexstream
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Request
 
 from .errors import ApiError, from_engine_error
-from .generation import complete_all, engine_seed, fan_out, merge_streams, open_streams
-from .openai_format import Envelope, TokenTexts, usage_body
-from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, OpenAIMessage, OpenAISampling
-from .state import ReadyState, require_api_key
+from .generation import complete_all, engine_seed, fan_out, merge_streams, submit_all
+from .openai_format import Envelope, TokenTexts, finish_fields, usage_body
+from .schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    OpenAIMessage,
+    OpenAISampling,
+    embedding_texts,
+)
+from .state import ReadyState
 from .streaming import sse_event, sse_response
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+# The API key is checked by the `ApiKeys` middleware, before any body is read.
+router = APIRouter(prefix="/v1")
+
+#: The largest token id a request can name: the engine takes ids as unsigned 32-bit integers.
+MAX_TOKEN_ID = 2**32 - 1
 
 # Request fields passed to the engine under the same name when the client set them.
 _PASSTHROUGH = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
@@ -45,22 +56,44 @@ def _sampling(body: OpenAISampling, max_tokens: int | None, logprobs: int | None
 def _token_biases(logit_bias: dict[str, float]) -> dict[int, float]:
     """OpenAI's `{"token_id": bias}` with the ids as ints; the engine checks that they are in
     the vocabulary and the biases in [-100, 100]."""
-    biases = {}
-    for key, bias in logit_bias.items():
-        if not (key.isascii() and key.strip().isdigit()):
-            raise ApiError(400, f"logit_bias keys must be token ids (non-negative integers), got {key!r}",
-                           param="logit_bias", code="invalid_request")
-        biases[int(key)] = bias
-    return biases
+    return {_token_id(key): bias for key, bias in logit_bias.items()}
+
+
+def _token_id(key: str) -> int:
+    """A `logit_bias` key as a token id. The length is checked before `int()`: Python refuses
+    to convert more than 4300 digits (a ValueError, which would be a 500) and a number past
+    u32 would fail the engine's conversion instead of naming the field."""
+    digits = key.strip()
+    if not (digits.isascii() and digits.isdigit()):
+        raise ApiError(400, f"logit_bias keys must be token ids (non-negative integers), got {_shorten(key)}",
+                       param="logit_bias", code="invalid_request")
+    if len(digits.lstrip("0")) > len(str(MAX_TOKEN_ID)) or int(digits) > MAX_TOKEN_ID:
+        raise ApiError(400, f"logit_bias key {_shorten(key)} is not a token id of this model",
+                       param="logit_bias", code="invalid_request")
+    return int(digits)
+
+
+def _shorten(text: str, limit: int = 40) -> str:
+    """`text` quoted for an error message, cut to `limit` characters (a key may be megabytes)."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 def _choices(n: int, state) -> int:
-    """`n`, checked: at least 1 and at most the engine's running slots (`--max-running`)."""
-    limit = state.config.max_choices
+    """`n`, checked: at least 1 and at most one request's fan-out limit."""
+    limit = state.config.max_fan_out
     if not 1 <= n <= limit:
-        raise ApiError(400, f"n must be between 1 and {limit} (the server's running sequences), got {n}",
-                       param="n", code="invalid_request")
+        raise ApiError(400, f"n must be between 1 and {limit} (half the server's {state.config.max_running} "
+                            f"running sequences), got {n}", param="n", code="invalid_request")
     return n
+
+
+def _check_fan_out(prompts: list, n: int, state) -> None:
+    """Every prompt runs `n` times; together they may not exceed one request's fan-out limit."""
+    limit = state.config.max_fan_out
+    if len(prompts) * n > limit:
+        raise ApiError(400, f"{len(prompts)} prompts x n={n} ask for {len(prompts) * n} generations; one request "
+                            f"may ask for at most {limit} (half the server's {state.config.max_running} running "
+                            "sequences)", param="prompt", code="invalid_request")
 
 
 def _message_text(message: OpenAIMessage) -> str:
@@ -75,7 +108,7 @@ def _message_text(message: OpenAIMessage) -> str:
 
 
 @router.post("/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, state: ReadyState):
+async def chat_completions(body: ChatCompletionRequest, state: ReadyState, request: Request):
     state.catalog.generation_model(body.model)
     messages = [{"role": m.role, "content": _message_text(m)} for m in body.messages]
     top = (body.top_logprobs or 0) if body.logprobs else None
@@ -86,16 +119,16 @@ async def chat_completions(body: ChatCompletionRequest, state: ReadyState):
     envelope = Envelope.new("chat.completion", body.model, "chatcmpl")
     texts = TokenTexts(state.engine)
     if body.stream:
-        streams = open_streams(state.engine, jobs)
+        streams = await submit_all(state.engine, jobs)
         chunk_envelope = dataclasses.replace(envelope, object="chat.completion.chunk")
         return sse_response(_chat_events(streams, chunk_envelope, texts, body.include_usage))
-    completions = await complete_all(state.engine, jobs)
+    completions = await complete_all(state.engine, jobs, request.receive)
     choices = [
         {
             "index": i,
             "message": {"role": "assistant", "content": c.text},
             "logprobs": texts.chat_logprobs(c.logprobs) if c.logprobs is not None else None,
-            "finish_reason": c.finish_reason,
+            **finish_fields(c.finish_reason),
         }
         for i, c in enumerate(completions)
     ]
@@ -107,7 +140,7 @@ async def _chat_events(streams, envelope: Envelope, texts: TokenTexts, include_u
     extra = {"usage": None} if include_usage else {}
 
     def chunk(index: int, delta: dict, finish_reason: str | None = None, logprobs=None) -> str:
-        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, **finish_fields(finish_reason)}
         return sse_event(envelope.body([choice], **extra))
 
     usages = []
@@ -132,29 +165,34 @@ async def _chat_events(streams, envelope: Envelope, texts: TokenTexts, include_u
 
 
 def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
-    """The prompt field as a list of prompts: a string and a token-id list are one prompt each."""
-    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+    """The prompt field as a list of prompts: a string and a token-id list are one prompt each.
+    An empty list is no prompt at all (it would answer with no choices): a 400 naming `prompt`."""
+    if isinstance(prompt, list) and not prompt:
+        raise ApiError(400, "prompt must not be an empty list", param="prompt", code="invalid_request")
+    if isinstance(prompt, str) or isinstance(prompt[0], int):
         return [prompt]
     return list(prompt)
 
 
 @router.post("/completions")
-async def completions(body: CompletionRequest, state: ReadyState):
+async def completions(body: CompletionRequest, state: ReadyState, request: Request):
     state.catalog.generation_model(body.model)
     sampling = _sampling(body, body.max_tokens, body.logprobs)
-    jobs = fan_out(_prompts(body.prompt), chat=False, sampling=sampling, n=_choices(body.n, state))
+    prompts, n = _prompts(body.prompt), _choices(body.n, state)
+    _check_fan_out(prompts, n, state)
+    jobs = fan_out(prompts, chat=False, sampling=sampling, n=n)
     envelope = Envelope.new("text_completion", body.model, "cmpl")
     texts = TokenTexts(state.engine)
     if body.stream:
-        streams = open_streams(state.engine, jobs)
+        streams = await submit_all(state.engine, jobs)
         return sse_response(_completion_events(streams, envelope, texts, body.include_usage))
-    completions = await complete_all(state.engine, jobs)
+    completions = await complete_all(state.engine, jobs, request.receive)
     choices = [
         {
             "index": i,
             "text": c.text,
             "logprobs": texts.completion_logprobs(c.logprobs, 0) if c.logprobs is not None else None,
-            "finish_reason": c.finish_reason,
+            **finish_fields(c.finish_reason),
         }
         for i, c in enumerate(completions)
     ]
@@ -173,7 +211,7 @@ async def _completion_events(streams, envelope: Envelope, texts: TokenTexts, inc
             if piece.logprobs is not None:
                 logprobs = texts.completion_logprobs([piece.logprobs], text_offsets[index])
             text_offsets[index] += len(piece.text)
-            choice = {"index": index, "text": piece.text, "logprobs": logprobs, "finish_reason": piece.finish_reason}
+            choice = {"index": index, "text": piece.text, "logprobs": logprobs, **finish_fields(piece.finish_reason)}
             yield sse_event(envelope.body([choice], **extra))
             if piece.finish_reason is not None:
                 usages.append(piece.usage)
@@ -197,7 +235,7 @@ def _encode_embedding(vector: list[float], encoding_format: str) -> list[float] 
 @router.post("/embeddings")
 async def embeddings(body: EmbeddingRequest, state: ReadyState):
     state.catalog.embedding_model(body.model)
-    texts = [body.input] if isinstance(body.input, str) else body.input
+    texts = embedding_texts(body.input)
     # The embedding model runs outside the generation batch and blocks: keep it off the event loop.
     vectors, prompt_tokens = await asyncio.to_thread(state.engine.embed_with_usage, texts)
     data = [

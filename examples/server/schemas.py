@@ -10,6 +10,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .errors import ApiError
+
+#: Most texts one embeddings request may hold (OpenAI's own limit). The engine embeds them in one
+#: call that cannot be cancelled, so a client that leaves cannot stop it: keep it bounded.
+MAX_EMBEDDING_INPUTS = 2048
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -80,6 +86,16 @@ class CompletionRequest(OpenAISampling):
     logprobs: Count | None = None
 
 
+def embedding_texts(value: str | list[str]) -> list[str]:
+    """The `input` of an embeddings request (OpenAI's or Ollama's) as a list of at most
+    `MAX_EMBEDDING_INPUTS` texts; the engine rejects an empty list or text, naming `input`."""
+    texts = [value] if isinstance(value, str) else value
+    if len(texts) > MAX_EMBEDDING_INPUTS:
+        raise ApiError(400, f"input holds {len(texts)} texts; at most {MAX_EMBEDDING_INPUTS} per request",
+                       param="input", code="invalid_request")
+    return texts
+
+
 class EmbeddingRequest(_Body):
     model: str
     input: str | list[str]
@@ -96,7 +112,8 @@ class OllamaOptions(_Body):
     top_k: Count | None = None
     top_p: float | None = None
     min_p: float | None = None
-    num_predict: int | None = None
+    # Negative means no limit (Ollama's -1 and -2); past u32 it is no count the engine takes.
+    num_predict: Annotated[int, Field(le=2**32 - 1)] | None = None
     stop: list[str] | None = None
     seed: Seed | None = None
     repeat_penalty: float | None = None

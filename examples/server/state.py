@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import secrets
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -47,10 +46,15 @@ class ServerConfig:
     engine: EngineOptions = EngineOptions()
 
     @property
-    def max_choices(self) -> int:
-        """Most choices (`n`) per request: the engine's running slots, so the choices of one
-        request run side by side and one request cannot fill the queue on its own."""
+    def max_running(self) -> int:
         return self.engine.max_running or DEFAULT_MAX_RUNNING
+
+    @property
+    def max_fan_out(self) -> int:
+        """Most generations one request may ask for (prompts x `n`): half the running slots
+        (at least 1), so one request cannot take every slot, and the other half stays free for
+        other clients' requests while a largest fan-out runs."""
+        return max(1, self.max_running // 2)
 
 
 class ServerState:
@@ -97,17 +101,6 @@ def ready_state(request: Request) -> ServerState:
     if not state.ready:
         raise ApiError(503, "the model is still loading", code="loading", retry_after=RETRY_AFTER_SECONDS)
     return state
-
-
-def require_api_key(request: Request) -> None:
-    """FastAPI dependency: when an API key is configured, demands `Authorization: Bearer <key>`."""
-    expected = server_state(request).config.api_key
-    if expected is None:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    # compare_digest: the time taken must not tell how much of a guessed key was right.
-    if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), expected.encode()):
-        raise ApiError(401, "Incorrect or missing API key", type="invalid_request_error", code="invalid_api_key")
 
 
 #: Route parameter type: the state of a server whose engine is ready (else the route answers 503).

@@ -192,3 +192,204 @@ def test_body_over_the_limit_is_413(server):
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
     assert_canary(server)
+
+
+# --- the Ollama door of the matrix ---------------------------------------------------------------
+
+#: The engine's name of a sampling field -> where an Ollama request holds it (`options.<name>`).
+OLLAMA_OPTIONS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p",
+                  "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
+                  "repetition_penalty": "repeat_penalty", "max_tokens": "num_predict", "stop": "stop",
+                  "seed": "seed"}
+#: Matrix fields Ollama's API has no place for (token-id prompts, `n`, logprobs, logit_bias).
+NOT_IN_OLLAMA = {"prompt_tokens", "n", "logprobs", "logit_bias", "stop_token_ids"}
+
+
+def ollama_field(name: str) -> str:
+    return f"options.{OLLAMA_OPTIONS[name]}" if name in OLLAMA_OPTIONS else name
+
+
+def ollama_skip_reason(case: dict) -> str | None:
+    """Why a REST case has no Ollama equivalent, or None when it has one."""
+    request = case["request"]
+    if NOT_IN_OLLAMA & set(request):
+        return f"Ollama has no {sorted(NOT_IN_OLLAMA & set(request))}"
+    if request.get("prompt") == "" or request.get("messages") == []:
+        return "Ollama answers an empty prompt or message list by loading the model (tested below)"
+    if isinstance(request.get("max_tokens"), int) and request["max_tokens"] < 0:
+        return "Ollama's negative num_predict means no limit"
+    if case["id"] == "message_missing_content":
+        return "Ollama's message content is optional"
+    return None
+
+
+OLLAMA_CASES = [case for case in REST_CASES if ollama_skip_reason(case) is None]
+
+
+def ollama_request(case: dict) -> tuple[str, bytes]:
+    """The Ollama endpoint and body bytes for a matrix request: a text prompt goes to
+    /api/generate with `raw` (no chat template, as /v1/completions), messages to /api/chat,
+    embedding inputs to /api/embed; sampling fields go in `options` under Ollama's names."""
+    request = dict(case["request"])
+    if case["kind"] == "embed":
+        path, body = "/api/embed", {"model": EMBEDDING_MODEL}
+    elif "messages" in request:
+        path, body = "/api/chat", {"model": GENERATION_MODEL, "stream": False}
+    else:
+        path, body = "/api/generate", {"model": GENERATION_MODEL, "stream": False, "raw": True}
+    options = {OLLAMA_OPTIONS[name]: request.pop(name) for name in list(request) if name in OLLAMA_OPTIONS}
+    raw = raw_bytes_of(request)
+    body.update(special_value(request))
+    if options:
+        body["options"] = special_value(options)
+    encoded = json.dumps(body).encode()
+    if raw is not None:
+        encoded = encoded.replace(json.dumps(RAW_BYTES_MARK).encode(), b'"' + raw + b'"')
+    return path, encoded
+
+
+def ollama_text(response: httpx.Response) -> tuple[str, str]:
+    body = response.json()
+    text = body["response"] if "response" in body else body["message"]["content"]
+    return text, body["done_reason"]
+
+
+@pytest.mark.parametrize("case", OLLAMA_CASES, ids=[case["id"] for case in OLLAMA_CASES])
+def test_matrix_case_on_the_ollama_api(server, case):
+    path, body = ollama_request(case)
+    response = post(server, path, body)
+    expect = case["expect"]
+
+    if "error" in expect:
+        assert response.status_code == 400, response.text
+        # Ollama's shape, which its client reads: one `error` string, naming the field as the
+        # Ollama request spells it (`options.num_predict`, not the engine's `max_tokens`).
+        assert set(response.json()) == {"error"}, response.text
+        message = response.json()["error"]
+        assert ollama_field(expect["param"]) in message, message
+        for fragment in expect.get("message_contains", []):
+            assert fragment in message, message
+    else:
+        assert response.status_code == 200, response.text
+        text, done_reason = ollama_text(response)
+        if "text" in expect:
+            assert text == expect["text"]
+        if "text_not_equal" in expect:
+            assert text != expect["text_not_equal"]
+        assert done_reason == expect["finish_reason"]
+
+    assert_canary(server)
+
+
+def test_most_rest_cases_run_on_the_ollama_api():
+    # The skip rules above must not quietly drop the matrix: every sampling, prompt, message and
+    # embedding-input case that Ollama can express is run.
+    assert len(OLLAMA_CASES) >= 30, [case["id"] for case in REST_CASES if case not in OLLAMA_CASES]
+
+
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/api/generate", {"model": "smollm2", "prompt": 42, "stream": False}, "prompt"),
+    ("/api/generate", {"model": "smollm2", "prompt": "x", "options": {"num_predict": 0}, "stream": False},
+     "options.num_predict"),
+    ("/api/generate", {"model": "smollm2", "prompt": "hello " * 9000, "stream": False}, "prompt"),
+    ("/api/chat", {"model": "smollm2", "messages": [{"role": "wizard", "content": "hi"}], "stream": False},
+     "messages"),
+    ("/api/chat", {"model": "smollm2", "messages": [{"role": "user", "content": "hi"}],
+                   "options": {"top_p": 0}, "stream": True}, "options.top_p"),
+    ("/api/embed", {"model": "minilm", "input": []}, "input"),
+    ("/api/embed", {"model": "minilm", "input": ["x"] * 2049}, "input"),
+    ("/api/embeddings", {"model": "minilm", "prompt": ""}, "prompt"),
+    ("/api/embeddings", {"model": "minilm"}, "prompt"),
+    ("/api/show", {"model": 7}, "model"),
+])
+def test_every_ollama_route_names_the_field_of_bad_input(server, path, body, field):
+    response = post(server, path, json.dumps(body).encode())
+    assert response.status_code == 400, response.text
+    assert set(response.json()) == {"error"}, response.text
+    assert response.json()["error"].startswith(f"{field}"), response.json()
+    assert_canary(server)
+
+
+@pytest.mark.parametrize(("path", "body", "content"), [
+    ("/api/generate", {"model": "smollm2", "prompt": "", "stream": False}, {"response": ""}),
+    ("/api/chat", {"model": "smollm2", "messages": [], "stream": False},
+     {"message": {"role": "assistant", "content": ""}}),
+])
+def test_ollama_empty_prompt_or_messages_loads_the_model(server, path, body, content):
+    # Ollama documents both as the way to preload a model: answered at once, nothing generated.
+    before = server.metrics()["cortexstream_requests_finished_total"]
+    response = post(server, path, json.dumps(body).encode())
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["done"] is True and answer["done_reason"] == "load"
+    assert {key: answer[key] for key in content} == content
+    assert server.metrics()["cortexstream_requests_finished_total"] == before
+
+
+# --- empty lists, fan-out and big numbers --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/v1/completions", {"model": "smollm2", "prompt": []}, "prompt"),
+    ("/v1/completions", {"model": "smollm2", "prompt": [[]]}, "prompt"),
+    ("/v1/chat/completions", {"model": "smollm2", "messages": []}, "messages"),
+    ("/v1/embeddings", {"model": "minilm", "input": []}, "input"),
+    ("/v1/embeddings", {"model": "minilm", "input": ["x"] * 2049}, "input"),
+])
+def test_empty_or_oversized_lists_are_400_naming_the_field(server, path, body, param):
+    response = post(server, path, json.dumps(body).encode())
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param, response.json()
+    assert_canary(server)
+
+
+@pytest.mark.parametrize("key", ["9" * 5000, "4294967296", "0" * 30 + "1" * 11])
+def test_logit_bias_key_too_big_for_a_token_id_is_400(server, key):
+    # 5000 digits is past what Python's int() converts (a ValueError, once a 500); 2**32 is past
+    # what the engine's u32 token ids hold.
+    body = json.dumps({"model": "smollm2", "prompt": "x", "max_tokens": 1, "logit_bias": {key: 1}}).encode()
+    response = post(server, "/v1/completions", body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "logit_bias" and len(error["message"]) < 200, error
+    assert_canary(server)
+
+
+def test_leading_zeros_of_a_logit_bias_key_are_still_the_token_id(server):
+    # "000351" is token 351: the length check must not reject a valid id written long.
+    body = {"model": "smollm2", "prompt": "The quick brown fox", "max_tokens": 1, "temperature": 0}
+    plain = post(server, "/v1/completions", json.dumps({**body, "logit_bias": {"351": -100}}).encode())
+    padded = post(server, "/v1/completions", json.dumps({**body, "logit_bias": {"0" * 20 + "351": -100}}).encode())
+    assert padded.status_code == 200, padded.text
+    assert completion_text(padded) == completion_text(plain)
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/completions", b'{"model": "smollm2", "prompt": "x", "max_tokens": 1' + b"0" * 5000 + b"}"),
+    ("/v1/completions", b'{"model": "smollm2", "prompt": "x", "seed": 9' + b"9" * 5000 + b"}"),
+    ("/api/generate", b'{"model": "smollm2", "prompt": "x", "options": {"num_predict": 1' + b"0" * 5000 + b"}}"),
+])
+def test_integers_of_thousands_of_digits_are_400(server, path, body):
+    response = post(server, path, body)
+    assert response.status_code == 400, response.text
+    assert_canary(server)
+
+
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/v1/completions", {"model": "smollm2", "prompt": "x", "max_tokens": 2**70}, "max_tokens"),
+    ("/v1/completions", {"model": "smollm2", "prompt": "x", "n": 2**70}, "n"),
+    ("/v1/chat/completions", {"model": "smollm2", "messages": [{"role": "user", "content": "x"}],
+                              "top_logprobs": 2**70, "logprobs": True}, "top_logprobs"),
+    ("/api/generate", {"model": "smollm2", "prompt": "x", "raw": True, "stream": False,
+                       "options": {"num_predict": 2**70}}, "options.num_predict"),
+    ("/api/generate", {"model": "smollm2", "prompt": "x", "raw": True, "stream": False,
+                       "options": {"top_k": 2**70}}, "options.top_k"),
+])
+def test_integers_past_the_engines_range_are_400_naming_the_field(server, path, body, field):
+    response = post(server, path, json.dumps(body).encode())
+    assert response.status_code == 400, response.text
+    if path.startswith("/v1"):
+        assert response.json()["error"]["param"] == field
+    else:
+        assert response.json()["error"].startswith(field)
+    assert_canary(server)

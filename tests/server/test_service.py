@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import time
 
 import httpx
@@ -35,6 +37,32 @@ def test_health_needs_no_key_but_everything_else_does(server):
         ollama.Client(host=server.url, headers={"Authorization": "Bearer wrong"}).list()
     assert rejected.value.status_code == 401
     assert httpx.get(f"{server.url}/metrics").status_code == 401
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect", "/no/such/route"])
+def test_docs_and_schema_need_the_key_too(server, path):
+    # Every endpoint but /health: the schema lists every route and field a caller could probe.
+    assert httpx.get(f"{server.url}{path}").status_code == 401
+    if path != "/no/such/route":
+        assert httpx.get(f"{server.url}{path}", headers=AUTH).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/api/generate"])
+def test_a_request_without_the_key_is_refused_before_its_body_is_read(server, path):
+    # The client announces a 16 MiB body and sends 100 bytes of it. Checked first, the key is
+    # missing and the answer comes at once; checked after the body, the server would wait for
+    # the other 16 MiB that never come (the socket timeout is only a hang guard).
+    address = httpx.URL(server.url)
+    head = (f"POST {path} HTTP/1.1\r\nHost: {address.host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {16 * 1024 * 1024}\r\n\r\n").encode()
+    with socket.create_connection((address.host, address.port), timeout=30) as connection:
+        connection.sendall(head + b'{"model": "smollm2", "prompt": "' + b"a" * 67)
+        answer = connection.recv(65536).decode(errors="replace")
+    status_line, _, rest = answer.partition("\r\n")
+    assert status_line.split()[1] == "401", answer
+    body = json.loads(rest.partition("\r\n\r\n")[2])
+    # In the shape of the API called: OpenAI's object on /v1, Ollama's string on /api.
+    assert body["error"]["code"] == "invalid_api_key" if path.startswith("/v1") else set(body) == {"error"}
 
 
 def test_health_is_503_until_a_model_is_served():
