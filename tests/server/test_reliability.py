@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 
 import httpx
 import pytest
@@ -143,3 +145,91 @@ def test_stream_of_a_queued_request_that_is_cancelled_frees_the_queue(tiny_serve
             assert json.loads(first[6:])["choices"][0]["finish_reason"] is None
     wait_for(server, lambda m: m["cortexstream_running"] == 0
              and m["cortexstream_requests_cancelled_total"] == before + 2)
+
+
+# --- fan-out and fairness (`--max-running 4`: one request may ask for at most 2 generations) ------
+
+FAIR_RUNNING = 4
+FAN_OUT_LIMIT = FAIR_RUNNING // 2
+COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"
+#: Long enough that none of these ends while the single request runs (tens of tokens), short
+#: enough that a starved single request would still finish behind them (the test fails, not hangs).
+FAN_OUT_MAX_TOKENS = 300
+
+
+@pytest.fixture(scope="module")
+def fair_server():
+    server = start_server("--api-key", AUTH["Authorization"][7:], "--embedding-model", "none",
+                          "--max-running", str(FAIR_RUNNING), "--max-queue", "16")
+    try:
+        watch_startup(server, STARTUP_TIMEOUT_S)
+        yield server
+    finally:
+        stop_server(server)
+
+
+def fan_out_body(prompts: int, n: int, stream: bool = True) -> dict:
+    prompt = COUNTING if prompts == 1 else [COUNTING] * prompts
+    return {"model": "smollm2", "prompt": prompt, "n": n, "max_tokens": FAN_OUT_MAX_TOKENS, "temperature": 0.5,
+            "seed": 7, "stream": stream}
+
+
+def ended_normally(metrics: dict[str, float]) -> float:
+    # requests_finished counts cancelled requests too.
+    return metrics["cortexstream_requests_finished_total"] - metrics["cortexstream_requests_cancelled_total"]
+
+
+@pytest.mark.parametrize(("prompts", "n", "param"), [(1, 3, "n"), (3, 1, "prompt"), (2, 2, "prompt"),
+                                                     (1000, 1, "prompt")])
+def test_a_fan_out_past_half_the_running_slots_is_400_naming_the_limit(fair_server, prompts, n, param):
+    submitted = fair_server.metrics()["cortexstream_requests_submitted_total"]
+    response = httpx.post(f"{fair_server.url}/v1/completions", headers=AUTH, json=fan_out_body(prompts, n, False),
+                          timeout=60)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and error["code"] == "invalid_request", error
+    assert f"at most {FAN_OUT_LIMIT}" in error["message"] or f"between 1 and {FAN_OUT_LIMIT}" in error["message"]
+    # Refused whole: not one of its generations reached the engine.
+    assert fair_server.metrics()["cortexstream_requests_submitted_total"] == submitted
+
+
+def test_a_single_request_is_served_while_the_largest_fan_out_runs(fair_server):
+    server = fair_server
+    before = wait_for(server, lambda m: m["cortexstream_running"] == 0 and m["cortexstream_queue_depth"] == 0)
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=120) as client:
+        with client.stream("POST", "/v1/completions", json=fan_out_body(1, FAN_OUT_LIMIT)) as big:
+            assert big.status_code == 200
+            wait_for(server, lambda m: m["cortexstream_running"] == FAN_OUT_LIMIT)
+            single = client.post("/v1/completions", json=CANARY)
+            assert single.status_code == 200, single.text
+            assert single.json()["choices"][0]["text"] == CANARY_TEXT
+            # It ran beside the fan-out: only it has ended, every generation of the fan-out runs on.
+            during = server.metrics()
+            assert ended_normally(during) - ended_normally(before) == 1
+            assert during["cortexstream_running"] == FAN_OUT_LIMIT
+    wait_for(server, lambda m: m["cortexstream_running"] == 0 and m["cortexstream_queue_depth"] == 0)
+
+
+def test_the_extra_generations_of_a_queued_fan_out_wait_behind_a_single_request(fair_server):
+    # Every slot runs a fan-out; a third fan-out and then a single request queue. When two slots
+    # free up, the third fan-out's first generation and the single request take them: the fan-out's
+    # second generation (engine priority -1) waits, though it arrived before the single request.
+    server = fair_server
+    before = wait_for(server, lambda m: m["cortexstream_running"] == 0 and m["cortexstream_queue_depth"] == 0)
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=120) as client, ThreadPoolExecutor(1) as pool:
+        with ExitStack() as first, ExitStack() as rest:
+            first.enter_context(client.stream("POST", "/v1/completions", json=fan_out_body(1, FAN_OUT_LIMIT)))
+            wait_for(server, lambda m: m["cortexstream_running"] == FAN_OUT_LIMIT)
+            rest.enter_context(client.stream("POST", "/v1/completions", json=fan_out_body(1, FAN_OUT_LIMIT)))
+            wait_for(server, lambda m: m["cortexstream_running"] == FAIR_RUNNING)
+            rest.enter_context(client.stream("POST", "/v1/completions", json=fan_out_body(1, FAN_OUT_LIMIT)))
+            wait_for(server, lambda m: m["cortexstream_queue_depth"] == FAN_OUT_LIMIT)
+            single = pool.submit(client.post, "/v1/completions", json=CANARY)
+            wait_for(server, lambda m: m["cortexstream_queue_depth"] == FAN_OUT_LIMIT + 1)
+            first.close()  # the first fan-out's client leaves: two slots free
+            answer = single.result()
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["choices"][0]["text"] == CANARY_TEXT
+            # The single request got a slot at once: no fan-out generation had to end first.
+            assert ended_normally(server.metrics()) - ended_normally(before) == 1
+    wait_for(server, lambda m: m["cortexstream_running"] == 0 and m["cortexstream_queue_depth"] == 0)
