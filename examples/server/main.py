@@ -48,7 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     engine = parser.add_argument_group("engine sizes and limits (default: the engine's)")
     engine.add_argument("--max-running", type=_positive,
-                        help="sequences decoded together (default 32); also the most choices `n` per request")
+                        help="sequences decoded together (default 32); half of it is the most generations "
+                             "(prompts x n) one request may ask for")
     engine.add_argument("--max-queue", type=_positive,
                         help="requests waiting for a running slot (default 256); past it: 503 with Retry-After")
     engine.add_argument("--kv-cache-tokens", type=_positive, help="KV cache size in tokens (default 16384)")
@@ -57,7 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     engine.add_argument("--threads", type=_positive, help="compute threads (default: physical cores)")
     parser.add_argument("--shutdown-timeout", type=_seconds, default=10.0,
                         help="on SIGTERM/SIGINT, seconds running requests may take to finish before the "
-                             "engine closes and ends them with finish_reason 'cancelled' (default: 10)")
+                             "engine closes and ends them (OpenAI: finish_reason 'length' with "
+                             "cortexstream_finish_reason 'cancelled') (default: 10)")
     return parser.parse_args(argv)
 
 

@@ -3,8 +3,10 @@
 On SIGTERM/SIGINT uvicorn stops accepting connections and waits for open ones. Left alone it
 would wait forever for a long generation, or (with a graceful-shutdown timeout) cut the
 connections mid-stream. Here, once `drain_seconds` have passed, the engine is closed instead:
-every request still running ends at once with finish reason "cancelled", which its stream sends
-as a last event before `[DONE]`, so clients see an end rather than a dropped connection.
+every request still running ends at once with the engine's finish reason "cancelled" (sent on
+/v1 as OpenAI's "length" plus `cortexstream_finish_reason: "cancelled"`, see openai_format.py),
+which its stream sends as a last event before `[DONE]`, so clients see an end rather than a
+dropped connection.
 """
 
 from __future__ import annotations
