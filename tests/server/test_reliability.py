@@ -204,9 +204,10 @@ def test_a_single_request_is_served_while_the_largest_fan_out_runs(fair_server):
             assert single.status_code == 200, single.text
             assert single.json()["choices"][0]["text"] == CANARY_TEXT
             # It ran beside the fan-out: only it has ended, every generation of the fan-out runs on.
-            during = server.metrics()
+            # (Polled: the engine's counters may trail the answer by a step.)
+            during = wait_for(server, lambda m: ended_normally(m) > ended_normally(before)
+                              and m["cortexstream_running"] == FAN_OUT_LIMIT)
             assert ended_normally(during) - ended_normally(before) == 1
-            assert during["cortexstream_running"] == FAN_OUT_LIMIT
     wait_for(server, lambda m: m["cortexstream_running"] == 0 and m["cortexstream_queue_depth"] == 0)
 
 
@@ -231,5 +232,6 @@ def test_the_extra_generations_of_a_queued_fan_out_wait_behind_a_single_request(
             assert answer.status_code == 200, answer.text
             assert answer.json()["choices"][0]["text"] == CANARY_TEXT
             # The single request got a slot at once: no fan-out generation had to end first.
-            assert ended_normally(server.metrics()) - ended_normally(before) == 1
+            during = wait_for(server, lambda m: ended_normally(m) > ended_normally(before))
+            assert ended_normally(during) - ended_normally(before) == 1
     wait_for(server, lambda m: m["cortexstream_running"] == 0 and m["cortexstream_queue_depth"] == 0)
