@@ -71,7 +71,16 @@ async def unless_disconnected(receive: Receive, work: Awaitable[_T]) -> _T:
         return work_task.result()
     finally:
         watcher.cancel()
-        work_task.cancel()
+        if not work_task.done():
+            work_task.cancel()
+            work_task.add_done_callback(_consume_outcome)
+
+
+def _consume_outcome(future: asyncio.Future) -> None:
+    """Reads the outcome of work abandoned for a disconnect: a cancelled `gather` ends with a
+    CancelledError as its exception, which asyncio would otherwise log as never retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 async def complete_all(engine: cortexstream.Engine, jobs: list[Job], receive: Receive) -> list[cortexstream.Completion]:
