@@ -11,6 +11,11 @@ A rejected case must answer 400 in OpenAI's error shape, naming the field in `er
 (for errors the core raises) carrying the core's code in `error.code`; an accepted case must give
 the exact greedy text, streamed or not. After every case the canary request must still get its
 expected text: a bad request leaves the server serving.
+
+The same cases run through the Ollama API too (every one Ollama can express: text prompts to
+/api/generate with `raw`, messages to /api/chat, inputs to /api/embed, sampling fields in
+`options`): a rejected case answers 400 in Ollama's `{"error": "..."}` shape with the field, as
+the Ollama request spells it, in the message. Every Ollama route is also sent bad input of its own.
 """
 
 from __future__ import annotations
