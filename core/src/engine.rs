@@ -330,6 +330,8 @@ struct Shared {
     next_id: AtomicU64,
     /// Requests submitted but not yet running (enforces `max_queue`).
     queued: Arc<AtomicUsize>,
+    /// The compute pool (also owned by the models), kept for the test-only fault hook.
+    pool: Arc<ThreadPool>,
     max_queue: usize,
     kv_capacity_tokens: usize,
 }
@@ -352,7 +354,7 @@ impl Engine {
     pub fn new(config: EngineConfig) -> Result<Self> {
         config.validate()?;
         let threads = config.threads.unwrap_or_else(default_thread_count);
-        let pool = Arc::new(ThreadPool::new(threads));
+        let pool = Arc::new(ThreadPool::new(threads).map_err(|e| Error::invalid("threads", e.to_string()))?);
 
         let gguf = GgufFile::open(&config.model)?;
         let model = LlamaModel::load(&gguf, Arc::clone(&pool))?;
@@ -416,6 +418,7 @@ impl Engine {
             queued,
             max_queue: config.max_queue,
             kv_capacity_tokens,
+            pool,
         });
         let worker = StepLoop {
             shared: Arc::clone(&shared),
@@ -484,6 +487,15 @@ impl Engine {
 
     pub fn metrics(&self) -> MetricsSnapshot {
         self.shared.metrics.snapshot()
+    }
+
+    /// Test-only fault hook: the next thread-pool job (of the next step, or of an `embed`
+    /// call, whichever computes first) panics in one worker-run task, as a bug in a kernel
+    /// would. Exists so the tests of every binding can check that such a panic fails the
+    /// affected requests or call with an internal error and that the engine keeps serving.
+    #[doc(hidden)]
+    pub fn inject_pool_panic_for_testing(&self) {
+        self.shared.pool.panic_in_next_job_for_testing();
     }
 
     /// Cancels everything in flight and queued (they finish with `Cancelled`), stops and joins
@@ -686,8 +698,8 @@ impl StepLoop {
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step()));
             match outcome {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => self.fail_running(&e.to_string()),
-                Err(panic) => self.fail_running(&format!("internal error: {}", panic_message(&panic))),
+                Ok(Err(e)) => self.fail_step(&e.to_string()),
+                Err(panic) => self.fail_step(&format!("internal error: {}", panic_message(&panic))),
             }
             self.publish_gauges();
         }
@@ -779,6 +791,12 @@ impl StepLoop {
             self.end(&mut seq, FinishReason::Cancelled, None);
         }
         self.sync_queue_count();
+    }
+
+    /// Counts a failed step and fails the requests it was computing.
+    fn fail_step(&mut self, message: &str) {
+        add(&self.shared.metrics.step_failures, 1);
+        self.fail_running(message);
     }
 
     /// Fails every running request after an error inside a step.

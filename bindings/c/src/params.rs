@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use cortexstream::{EngineConfig, SamplingParams};
 
-use crate::args::{c_str, c_str_array, optional_c_str, slice};
+use crate::args::{c_str, c_str_array, optional_c_str, slice, SizedParams};
 use crate::status::Failure;
 
 /// `cs_sampling_params.seed` value that asks for a random seed.
@@ -83,7 +83,8 @@ pub struct cs_sampling_params {
     pub stop_token_ids: *const u32,
     /// Number of ids in `stop_token_ids`.
     pub stop_token_ids_len: usize,
-    /// Keep generating past end-of-generation tokens.
+    /// Keep generating past end-of-generation tokens. Must hold 0 or 1 (a byte set any other
+    /// way, e.g. by memset, fails with CS_INVALID_ARGUMENT naming `ignore_eos`).
     pub ignore_eos: bool,
     /// Report each token's log-probability and this many top alternatives (0 to 20); -1 reports none.
     pub logprobs: i32,
@@ -97,6 +98,15 @@ pub struct cs_sampling_params {
     pub logit_bias_values: *const f32,
     /// Number of entries in `logit_bias_ids` and `logit_bias_values`.
     pub logit_bias_len: usize,
+}
+
+impl SizedParams for cs_engine_params {
+    const BOOL_FIELDS: &'static [(usize, &'static str)] = &[];
+}
+
+impl SizedParams for cs_sampling_params {
+    const BOOL_FIELDS: &'static [(usize, &'static str)] =
+        &[(std::mem::offset_of!(cs_sampling_params, ignore_eos), "ignore_eos")];
 }
 
 /// Engine params with every field at its default and no model path.

@@ -41,8 +41,8 @@ pub unsafe fn quantize_block(values: &[f32; 32], out: &mut Q8Block) {
     let max = _mm_max_ps(_mm256_castps256_ps128(max), _mm256_extractf128_ps(max, 1));
     let max = _mm_max_ps(max, _mm_movehl_ps(max, max));
     let amax = _mm_cvtss_f32(_mm_max_ss(max, _mm_movehdup_ps(max)));
-    let d = amax / 127.0;
-    let inverse = _mm256_set1_ps(if d == 0.0 { 0.0 } else { 1.0 / d });
+    let (d, inverse) = super::activations::block_scale(amax);
+    let inverse = _mm256_set1_ps(inverse);
     let round = |x| {
         let nearest_even = _mm256_round_ps(_mm256_mul_ps(x, inverse), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         _mm256_cvtps_epi32(nearest_even)
