@@ -460,7 +460,11 @@ impl Engine {
         self.ensure_open()?;
         let embedder = self.shared.embedder.as_ref().ok_or(Error::NoEmbeddingModel)?;
         add(&self.shared.metrics.embedding_requests, 1);
-        let (vectors, prompt_tokens) = embedder.embed_counting_tokens(texts)?;
+        // A panic in the embedder (on this thread or a pool worker) is a bug, reported as an
+        // error like every other failure instead of unwinding into the caller (or a binding).
+        let embedded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| embedder.embed_counting_tokens(texts)))
+            .map_err(|panic| Error::Internal(panic_message(&panic)))?;
+        let (vectors, prompt_tokens) = embedded?;
         Ok(Embeddings { vectors, prompt_tokens })
     }
 

@@ -97,11 +97,7 @@ impl Shared {
 /// The text of a panic payload. The payload is dropped here, under `catch_unwind`, because a
 /// payload's destructor may itself panic and must not kill the thread that caught it.
 fn describe_panic(payload: Box<dyn Any + Send>) -> String {
-    let message = payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".to_string());
+    let message = crate::sequence::panic_message(&payload);
     if let Err(nested) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
         // Leak rather than drop: this payload's destructor could panic too.
         std::mem::forget(nested);
