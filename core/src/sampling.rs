@@ -563,8 +563,9 @@ mod tests {
                 p.temperature = 0.0;
                 p.repetition_penalty = penalty;
             }));
-            // Token 0 (in the history) has a positive logit, token 2 (also) a negative one.
-            let mut logits = [2.0, 1.0, -3.0];
+            // Token 0 (in the history) has a positive logit, token 2 (also) a negative one;
+            // divided or multiplied by the penalty, either would overflow f32.
+            let mut logits = [20.0, 10.0, -30.0];
             assert_eq!(s.sample(&mut logits, &[0, 2]).token, expected, "penalty {penalty:e}");
             assert!(logits.iter().all(|l| l.is_finite()), "{logits:?}");
         }
