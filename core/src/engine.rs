@@ -58,7 +58,8 @@ pub struct EngineConfig {
     pub block_size: usize,
     /// Context window; default and maximum: the model's.
     pub context_length: Option<usize>,
-    /// Compute threads; default: the physical cores.
+    /// Compute threads; default: the physical cores. At most [`crate::threadpool::MAX_THREADS`];
+    /// more, or a count the system cannot start, fails with an error naming `threads`.
     pub threads: Option<usize>,
     /// Most requests waiting for a running slot; past it, submit fails with
     /// [`Error::Overloaded`] (default 256).

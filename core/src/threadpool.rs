@@ -96,11 +96,10 @@ impl Shared {
 
 /// The text of a panic payload. The payload is dropped here, under `catch_unwind`, because a
 /// payload's destructor may itself panic and must not kill the thread that caught it.
-fn describe_panic(payload: Box<dyn Any + Send>) -> String {
+fn describe_panic(mut payload: Box<dyn Any + Send>) -> String {
     let message = crate::sequence::panic_message(&payload);
-    if let Err(nested) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
-        // Leak rather than drop: this payload's destructor could panic too.
-        std::mem::forget(nested);
+    while let Err(next) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+        payload = next;
     }
     message
 }

@@ -39,7 +39,9 @@ pub struct cs_engine_params {
     pub block_size: usize,
     /// Context window; 0 uses the model's.
     pub context_length: usize,
-    /// Worker threads; 0 uses one per physical core.
+    /// Compute threads (including the engine thread); 0 uses one per physical core. At most 1024
+    /// (`cortexstream::threadpool::MAX_THREADS`); more, or a count the system cannot start,
+    /// fails with CS_INVALID_ARGUMENT naming `threads`.
     pub threads: usize,
     /// Requests allowed to wait beyond the running ones; more are rejected with CS_OVERLOADED (default 256).
     pub max_queue: usize,

@@ -116,11 +116,17 @@ pub(crate) fn guard(body: impl FnOnce() -> Result<(), Failure>) -> cs_status {
     // Unwind safety: after a panic the only shared state touched again is behind mutexes,
     // whose poisoning is reported as CS_INTERNAL by the callers that lock them.
     catch_unwind(AssertUnwindSafe(|| settle(catch_unwind(AssertUnwindSafe(body))))).unwrap_or_else(|payload| {
-        // Dropping this payload could panic again; leaking it is the safe choice.
-        std::mem::forget(payload);
+        drop_panic_payload(payload);
         record_without_allocating(PANIC_WHILE_RECORDING);
         cs_status::CS_INTERNAL
     })
+}
+
+/// Drops a caught panic's payload; if its destructor panics, drops that payload in turn.
+fn drop_panic_payload(mut payload: Box<dyn Any + Send>) {
+    while let Err(next) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+        payload = next;
+    }
 }
 
 /// The status of a finished body, recording its failure (or its panic) as the last error.
@@ -129,7 +135,12 @@ fn settle(outcome: std::thread::Result<Result<(), Failure>>) -> cs_status {
         Ok(Ok(())) => return cs_status::CS_OK,
         Ok(Err(failure)) => failure,
         Err(payload) => {
-            Failure::new(cs_status::CS_INTERNAL, format!("internal error: panic: {}", panic_message(&*payload)))
+            let message = format!("internal error: panic: {}", panic_message(&*payload));
+            // Dropped before the failure is built: a payload whose destructor panics would
+            // otherwise leak the value under construction (rust-lang/rust#47949). If it does
+            // panic, the outer catch_unwind in `guard` handles it.
+            drop(payload);
+            Failure::new(cs_status::CS_INTERNAL, message)
         }
     };
     let status = failure.status;
