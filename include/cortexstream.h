@@ -306,7 +306,7 @@ typedef struct cs_sampling_params {
    */
   size_t struct_size;
   /**
-   * 0 means greedy; must be >= 0.
+   * 0 means greedy; otherwise at least FLT_MIN (1.17549435e-38, so that 1/temperature is finite).
    */
   float temperature;
   /**

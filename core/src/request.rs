@@ -71,7 +71,8 @@ pub struct SamplingParams {
     pub top_p: f32,
     /// Min-p in [0, 1]; 0 disables it.
     pub min_p: f32,
-    /// Multiplicative penalty on tokens already seen (prompt and output); 1 disables it.
+    /// Multiplicative penalty on tokens already seen (prompt and output); 1 disables it. Any
+    /// finite value > 0; a penalised logit that would overflow saturates at ±`f32::MAX`.
     pub repetition_penalty: f32,
     /// OpenAI presence penalty in [-2, 2].
     pub presence_penalty: f32,

@@ -335,7 +335,11 @@ fn worker_loop(shared: &Shared) {
         // SAFETY: `run` keeps the closure alive until `remaining` hits 0, and we only touch
         // it through `work_on`, which claims tasks that are still outstanding.
         let f = unsafe { &*task };
-        work_on(shared, f, n_tasks);
+        // `work_on` catches the tasks' panics; this catches anything else, because a worker
+        // that died here would never decrement `active` and `run` would wait forever.
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| work_on(shared, f, n_tasks))) {
+            shared.record_panic(payload);
+        }
         if shared.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             let _guard = shared.state.lock().unwrap_or_else(|e| e.into_inner());
             shared.done.notify_all();

@@ -56,7 +56,7 @@ pub struct cs_engine_params {
 pub struct cs_sampling_params {
     /// `sizeof(cs_sampling_params)` as the caller was compiled; set by `cs_sampling_default_params()`.
     pub struct_size: usize,
-    /// 0 means greedy; must be >= 0.
+    /// 0 means greedy; otherwise at least FLT_MIN (1.17549435e-38, so that 1/temperature is finite).
     pub temperature: f32,
     /// Keep the k most likely tokens; 0 disables; must be >= 0.
     pub top_k: i32,
