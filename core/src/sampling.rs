@@ -526,7 +526,8 @@ mod tests {
             p.min_p = 0.0;
             p.seed = Some(1);
         }));
-        let tokens: std::collections::HashSet<u32> = (0..200).map(|_| sampler.sample(&mut [1.0, 0.0, 0.5], &[]).token).collect();
+        let tokens: std::collections::HashSet<u32> =
+            (0..200).map(|_| sampler.sample(&mut [1.0, 0.0, 0.5], &[]).token).collect();
         assert_eq!(tokens.len(), 3);
     }
 

@@ -56,7 +56,8 @@ fn model() -> &'static LlamaModel {
     static MODEL: OnceLock<LlamaModel> = OnceLock::new();
     MODEL.get_or_init(|| {
         let gguf = GgufFile::open(common::smollm2_path()).expect("open model");
-        LlamaModel::load(&gguf, Arc::new(ThreadPool::new(default_thread_count()).expect("start the thread pool"))).expect("load model")
+        LlamaModel::load(&gguf, Arc::new(ThreadPool::new(default_thread_count()).expect("start the thread pool")))
+            .expect("load model")
     })
 }
 
