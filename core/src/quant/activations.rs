@@ -185,6 +185,32 @@ mod tests {
         }
     }
 
+    /// Blocks holding NaN and infinities (a diverged model): garbage either way, but the same
+    /// garbage on every path, and never a quantized value outside [-127, 127].
+    fn non_finite_blocks() -> Vec<f32> {
+        let ordinary = |i: usize| (i as f32 - 15.5) * 0.25;
+        let mut x = Vec::new();
+        for (lane, special) in [(0, f32::NAN), (9, f32::NAN), (31, f32::NAN), (3, f32::INFINITY), (30, f32::NEG_INFINITY)] {
+            let start = x.len();
+            x.extend((0..BLOCK).map(ordinary));
+            x[start + lane] = special;
+        }
+        x.extend([f32::NAN; BLOCK]);
+        x.extend((0..BLOCK).map(|i| if i % 2 == 0 { f32::NAN } else { f32::INFINITY }));
+        x.extend((0..BLOCK).map(|i| if i == 5 { f32::NAN } else { 1e-40 }));
+        x
+    }
+
+    #[test]
+    fn non_finite_blocks_never_quantize_outside_the_kernel_range() {
+        let x = non_finite_blocks();
+        let mut blocks = vec![Q8Block::default(); x.len() / BLOCK];
+        quantize_row(&x, &mut blocks);
+        for (i, block) in blocks.iter().enumerate() {
+            assert!(block.q.iter().all(|&q| q != i8::MIN), "block {i}: {:?}", block.q);
+        }
+    }
+
     /// The SIMD quantizer against the portable one directly, so the comparison does not
     /// depend on what `quantize_row` dispatches to. AVX2 is the only SIMD activation
     /// quantizer (the VNNI, AVX-512 and AMX kernels consume its blocks).
@@ -197,6 +223,7 @@ mod tests {
         }
         let mut x = tiny_blocks();
         x.extend((0..4096).map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 0.0123));
+        x.extend(non_finite_blocks());
         let mut portable = vec![Q8Block::default(); x.len() / BLOCK];
         quantize_row_portable(&x, &mut portable);
         for (i, (values, expected)) in x.chunks_exact(BLOCK).zip(&portable).enumerate() {
