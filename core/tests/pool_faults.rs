@@ -2,6 +2,7 @@
 //! (`Engine::inject_pool_panic_for_testing`), with the real SmolLM2 and MiniLM models: the
 //! requests of the failed step end with an internal error, the failure is counted, an
 //! embedding call fails with `Error::Internal`, and the engine keeps giving exact results.
+//! Also: a thread count the pool cannot start is a clean error naming `threads`.
 //! Run with `--test-threads=1`: the tests share one engine and read its metrics.
 
 mod common;
@@ -66,4 +67,19 @@ fn a_worker_panic_during_embedding_is_an_internal_error_and_the_next_call_is_exa
     }
     let again = engine.embed(&texts).expect("embed after the fault");
     assert_eq!(again.vectors, expected.vectors, "bit-identical after the fault");
+}
+
+#[test]
+fn a_thread_count_no_machine_can_start_is_an_error_naming_threads() {
+    for threads in [cortexstream::threadpool::MAX_THREADS + 1, usize::MAX] {
+        let mut config = EngineConfig::new(common::smollm2_path());
+        config.threads = Some(threads);
+        match Engine::new(config) {
+            Err(error @ Error::InvalidRequest { .. }) => {
+                assert_eq!(error.param(), Some("threads"), "{error}");
+                assert!(error.to_string().contains(&threads.to_string()), "{error}");
+            }
+            other => panic!("{threads} threads: expected an error naming threads, got {other:?}"),
+        }
+    }
 }

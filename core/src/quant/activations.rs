@@ -190,7 +190,9 @@ mod tests {
     fn non_finite_blocks() -> Vec<f32> {
         let ordinary = |i: usize| (i as f32 - 15.5) * 0.25;
         let mut x = Vec::new();
-        for (lane, special) in [(0, f32::NAN), (9, f32::NAN), (31, f32::NAN), (3, f32::INFINITY), (30, f32::NEG_INFINITY)] {
+        for (lane, special) in
+            [(0, f32::NAN), (9, f32::NAN), (31, f32::NAN), (3, f32::INFINITY), (30, f32::NEG_INFINITY)]
+        {
             let start = x.len();
             x.extend((0..BLOCK).map(ordinary));
             x[start + lane] = special;
