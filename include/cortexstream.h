@@ -223,7 +223,9 @@ typedef struct cs_engine_params {
    */
   size_t context_length;
   /**
-   * Worker threads; 0 uses one per physical core.
+   * Compute threads (including the engine thread); 0 uses one per physical core. At most 1024
+   * (`cortexstream::threadpool::MAX_THREADS`); more, or a count the system cannot start,
+   * fails with CS_INVALID_ARGUMENT naming `threads`.
    */
   size_t threads;
   /**
@@ -304,7 +306,7 @@ typedef struct cs_sampling_params {
    */
   size_t struct_size;
   /**
-   * 0 means greedy; must be >= 0.
+   * 0 means greedy; otherwise at least FLT_MIN (1.17549435e-38, so that 1/temperature is finite).
    */
   float temperature;
   /**
@@ -361,7 +363,8 @@ typedef struct cs_sampling_params {
    */
   size_t stop_token_ids_len;
   /**
-   * Keep generating past end-of-generation tokens.
+   * Keep generating past end-of-generation tokens. Must hold 0 or 1 (a byte set any other
+   * way, e.g. by memset, fails with CS_INVALID_ARGUMENT naming `ignore_eos`).
    */
   bool ignore_eos;
   /**

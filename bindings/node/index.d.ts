@@ -191,6 +191,8 @@ export interface Metrics {
   prefixCacheHitTokens: number;
   generatedTokensTotal: number;
   steps: number;
+  /** Steps that failed (an error or a caught panic, also in a compute worker); their requests ended with an error. */
+  stepFailures: number;
   preemptions: number;
   kvBlocksTotal: number;
   kvBlocksFree: number;

@@ -43,7 +43,7 @@ fn main() {
     }
     let head = load("token_embd.weight");
     let threads = std::env::var("BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(default_thread_count);
-    let pool = ThreadPool::new(threads);
+    let pool = ThreadPool::new(threads).expect("start the thread pool");
     let min_time =
         Duration::from_secs_f64(std::env::var("BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2.0));
     let sizes: Vec<usize> = std::env::var("BENCH_ROWS")

@@ -58,7 +58,8 @@ pub struct EngineConfig {
     pub block_size: usize,
     /// Context window; default and maximum: the model's.
     pub context_length: Option<usize>,
-    /// Compute threads; default: the physical cores.
+    /// Compute threads; default: the physical cores. At most [`crate::threadpool::MAX_THREADS`];
+    /// more, or a count the system cannot start, fails with an error naming `threads`.
     pub threads: Option<usize>,
     /// Most requests waiting for a running slot; past it, submit fails with
     /// [`Error::Overloaded`] (default 256).
@@ -330,6 +331,8 @@ struct Shared {
     next_id: AtomicU64,
     /// Requests submitted but not yet running (enforces `max_queue`).
     queued: Arc<AtomicUsize>,
+    /// The compute pool (also owned by the models), kept for the test-only fault hook.
+    pool: Arc<ThreadPool>,
     max_queue: usize,
     kv_capacity_tokens: usize,
 }
@@ -352,7 +355,7 @@ impl Engine {
     pub fn new(config: EngineConfig) -> Result<Self> {
         config.validate()?;
         let threads = config.threads.unwrap_or_else(default_thread_count);
-        let pool = Arc::new(ThreadPool::new(threads));
+        let pool = Arc::new(ThreadPool::new(threads).map_err(|e| Error::invalid("threads", e.to_string()))?);
 
         let gguf = GgufFile::open(&config.model)?;
         let model = LlamaModel::load(&gguf, Arc::clone(&pool))?;
@@ -416,6 +419,7 @@ impl Engine {
             queued,
             max_queue: config.max_queue,
             kv_capacity_tokens,
+            pool,
         });
         let worker = StepLoop {
             shared: Arc::clone(&shared),
@@ -457,7 +461,11 @@ impl Engine {
         self.ensure_open()?;
         let embedder = self.shared.embedder.as_ref().ok_or(Error::NoEmbeddingModel)?;
         add(&self.shared.metrics.embedding_requests, 1);
-        let (vectors, prompt_tokens) = embedder.embed_counting_tokens(texts)?;
+        // A panic in the embedder (on this thread or a pool worker) is a bug, reported as an
+        // error like every other failure instead of unwinding into the caller (or a binding).
+        let embedded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| embedder.embed_counting_tokens(texts)))
+            .map_err(|panic| Error::Internal(panic_message(&panic)))?;
+        let (vectors, prompt_tokens) = embedded?;
         Ok(Embeddings { vectors, prompt_tokens })
     }
 
@@ -484,6 +492,15 @@ impl Engine {
 
     pub fn metrics(&self) -> MetricsSnapshot {
         self.shared.metrics.snapshot()
+    }
+
+    /// Test-only fault hook: the next thread-pool job (of the next step, or of an `embed`
+    /// call, whichever computes first) panics in one worker-run task, as a bug in a kernel
+    /// would. Exists so the tests of every binding can check that such a panic fails the
+    /// affected requests or call with an internal error and that the engine keeps serving.
+    #[doc(hidden)]
+    pub fn inject_pool_panic_for_testing(&self) {
+        self.shared.pool.panic_in_next_job_for_testing();
     }
 
     /// Cancels everything in flight and queued (they finish with `Cancelled`), stops and joins
@@ -686,8 +703,8 @@ impl StepLoop {
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step()));
             match outcome {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => self.fail_running(&e.to_string()),
-                Err(panic) => self.fail_running(&format!("internal error: {}", panic_message(&panic))),
+                Ok(Err(e)) => self.fail_step(&e.to_string()),
+                Err(panic) => self.fail_step(&format!("internal error: {}", panic_message(&panic))),
             }
             self.publish_gauges();
         }
@@ -779,6 +796,12 @@ impl StepLoop {
             self.end(&mut seq, FinishReason::Cancelled, None);
         }
         self.sync_queue_count();
+    }
+
+    /// Counts a failed step and fails the requests it was computing.
+    fn fail_step(&mut self, message: &str) {
+        add(&self.shared.metrics.step_failures, 1);
+        self.fail_running(message);
     }
 
     /// Fails every running request after an error inside a step.

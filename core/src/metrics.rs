@@ -54,6 +54,9 @@ pub struct MetricsSnapshot {
     pub prefix_cache_hit_tokens: u64,
     pub generated_tokens_total: u64,
     pub steps: u64,
+    /// Steps that failed (an error, or a panic in the engine thread or a thread-pool worker);
+    /// the requests running in them ended with `FinishReason::Error`.
+    pub step_failures: u64,
     pub preemptions: u64,
     pub kv_blocks_total: usize,
     /// Blocks not used by any sequence (free or holding reusable cached prefixes).
@@ -80,6 +83,7 @@ pub struct Metrics {
     pub prefix_cache_hit_tokens: AtomicU64,
     pub generated_tokens_total: AtomicU64,
     pub steps: AtomicU64,
+    pub step_failures: AtomicU64,
     pub preemptions: AtomicU64,
     pub kv_blocks_total: AtomicUsize,
     pub kv_blocks_free: AtomicUsize,
@@ -109,6 +113,7 @@ impl Default for Metrics {
             prefix_cache_hit_tokens: AtomicU64::new(0),
             generated_tokens_total: AtomicU64::new(0),
             steps: AtomicU64::new(0),
+            step_failures: AtomicU64::new(0),
             preemptions: AtomicU64::new(0),
             kv_blocks_total: AtomicUsize::new(0),
             kv_blocks_free: AtomicUsize::new(0),
@@ -161,6 +166,7 @@ impl Metrics {
             prefix_cache_hit_tokens: load64(&self.prefix_cache_hit_tokens),
             generated_tokens_total: load64(&self.generated_tokens_total),
             steps: load64(&self.steps),
+            step_failures: load64(&self.step_failures),
             preemptions: load64(&self.preemptions),
             kv_blocks_total: load(&self.kv_blocks_total),
             kv_blocks_free: load(&self.kv_blocks_free),

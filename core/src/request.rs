@@ -11,6 +11,11 @@ pub const MAX_LOGPROBS: usize = 20;
 /// Largest magnitude of a `logit_bias` entry, as in OpenAI's API.
 pub const MAX_LOGIT_BIAS: f32 = 100.0;
 
+/// Smallest non-zero temperature: the smallest normal `f32`. The sampler divides logits by
+/// the temperature, and below this (subnormal values) `1 / temperature` overflows to infinity,
+/// which would turn the most likely token's weight into NaN and pick the least likely one.
+pub const MIN_TEMPERATURE: f32 = f32::MIN_POSITIVE;
+
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
@@ -58,7 +63,7 @@ impl From<Vec<ChatMessage>> for Prompt {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SamplingParams {
-    /// 0 means greedy. Default 0.8 (llama.cpp's default).
+    /// 0 means greedy; otherwise at least [`MIN_TEMPERATURE`]. Default 0.8 (llama.cpp's default).
     pub temperature: f32,
     /// 0 disables top-k.
     pub top_k: u32,
@@ -66,7 +71,8 @@ pub struct SamplingParams {
     pub top_p: f32,
     /// Min-p in [0, 1]; 0 disables it.
     pub min_p: f32,
-    /// Multiplicative penalty on tokens already seen (prompt and output); 1 disables it.
+    /// Multiplicative penalty on tokens already seen (prompt and output); 1 disables it. Any
+    /// finite value > 0; a penalised logit that would overflow saturates at ±`f32::MAX`.
     pub repetition_penalty: f32,
     /// OpenAI presence penalty in [-2, 2].
     pub presence_penalty: f32,
@@ -125,6 +131,12 @@ impl SamplingParams {
         let t = self.temperature;
         if !t.is_finite() || t < 0.0 {
             return Err(Error::invalid("temperature", format!("must be a finite number >= 0, got {t}")));
+        }
+        if t != 0.0 && t < MIN_TEMPERATURE {
+            return Err(Error::invalid(
+                "temperature",
+                format!("must be 0 (greedy) or at least {MIN_TEMPERATURE:e} (its inverse must be finite), got {t:e}"),
+            ));
         }
         let p = self.top_p;
         if !(p > 0.0 && p <= 1.0) {

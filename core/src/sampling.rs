@@ -127,7 +127,11 @@ impl Sampler {
             self.penalised.dedup();
             for &t in &self.penalised {
                 if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                    let penalised = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                    // Any positive penalty is valid, so extreme ones can overflow: saturate so
+                    // the token keeps its (extreme) rank instead of becoming an infinity that
+                    // top-k, min-p and the softmax cannot weigh.
+                    *l = saturate(penalised);
                 }
             }
         }
@@ -192,6 +196,11 @@ impl Sampler {
         }
         self.candidates[self.candidates.len() - 1].0
     }
+}
+
+/// `x` limited to the finite range (NaN stays NaN).
+fn saturate(x: f32) -> f32 {
+    x.clamp(-f32::MAX, f32::MAX)
 }
 
 /// Index of the largest logit; ties go to the lowest id so greedy decoding is deterministic.
@@ -387,5 +396,179 @@ mod tests {
         assert_eq!(lp.top.iter().map(|t| t.token_id).collect::<Vec<_>>(), vec![2, 1]);
         let total: f32 = [0.0f32, 1.0, 2.0].iter().map(|l| (l - (2.0 - lp.logprob)).exp()).sum();
         assert!((total - 1.0).abs() < 1e-5);
+    }
+
+    /// Tokens the sampler may return for `logits` (already adjusted by the penalties): finite,
+    /// not cut by top-k, min-p or top-p. Computed independently of the sampler, in f64, and
+    /// generous at the boundaries (`slack`), where rounding may decide either way.
+    fn allowed(logits: &[f32], p: &SamplingParams) -> Vec<u32> {
+        let slack = 1e-4;
+        let mut order: Vec<usize> = (0..logits.len()).filter(|&i| logits[i].is_finite()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        let Some(&best) = order.first() else { return vec![] };
+        if p.temperature == 0.0 {
+            return vec![best as u32];
+        }
+        let max = logits[best] as f64;
+        let t = p.temperature as f64;
+        // Relative weights exp((l - max) / T), computed in f64 (T >= MIN_TEMPERATURE, so finite).
+        let weight = |i: usize| ((logits[i] as f64 - max) / t).exp();
+        let min_p_ok = |i: usize| p.min_p == 0.0 || weight(i) >= p.min_p as f64 * (1.0 - slack) - 1e-30;
+        let mut survivors: Vec<usize> = order.into_iter().filter(|&i| min_p_ok(i)).collect();
+        if p.top_k > 0 {
+            // Ties at the k-th logit may go either way.
+            if let Some(&kth) = survivors.get(p.top_k as usize - 1) {
+                survivors.retain(|&i| logits[i] >= logits[kth]);
+            }
+        }
+        let total: f64 = survivors.iter().map(|&i| weight(i)).sum();
+        // A token is in the nucleus if the mass strictly more likely than it is below top_p.
+        survivors
+            .iter()
+            .filter(|&&i| {
+                let above: f64 = survivors.iter().filter(|&&j| logits[j] > logits[i]).map(|&j| weight(j)).sum();
+                above / total < p.top_p as f64 + slack
+            })
+            .map(|&i| i as u32)
+            .collect()
+    }
+
+    /// Random valid parameters, biased towards the edges (tiny temperatures and top_p,
+    /// extreme penalties) where arithmetic breaks first.
+    fn random_params(rng: &mut Rng, vocab: usize) -> SamplingParams {
+        let mut pick = |choices: &[f32]| choices[(rng.next_u64() % choices.len() as u64) as usize];
+        let temperature = pick(&[0.0, crate::request::MIN_TEMPERATURE, 1e-30, 1e-6, 0.1, 0.8, 1.0, 2.0, 1e6, 1e30]);
+        let top_p = pick(&[1e-30, 1e-6, 0.1, 0.5, 0.95, 1.0]);
+        let min_p = pick(&[0.0, 1e-38, 1e-6, 0.05, 0.5, 1.0]);
+        let repetition_penalty = pick(&[1e-38, 1e-6, 0.5, 1.0, 1.3, 1e6, 1e38]);
+        let presence_penalty = pick(&[-2.0, 0.0, 1.5, 2.0]);
+        let frequency_penalty = pick(&[-2.0, 0.0, 0.7, 2.0]);
+        let bias = pick(&[-100.0, -1.0, 0.0, 50.0, 100.0]);
+        let top_k = (rng.next_u64() % 6) as u32 * (rng.next_u64() % 3) as u32;
+        let biased_token = (rng.next_u64() % vocab as u64) as u32;
+        SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            presence_penalty,
+            frequency_penalty,
+            penalty_last_n: (rng.next_u64() % 4) as usize,
+            seed: Some(rng.next_u64()),
+            logprobs: Some(3),
+            logit_bias: vec![(biased_token, bias)],
+            ..SamplingParams::default()
+        }
+    }
+
+    /// Random finite logits over a wide range, with ties.
+    fn random_logits(rng: &mut Rng, vocab: usize) -> Vec<f32> {
+        let scale = [1e-30f32, 1.0, 10.0, 1e4, 1e30][(rng.next_u64() % 5) as usize];
+        (0..vocab).map(|_| ((rng.next_u64() % 64) as f32 - 32.0) * 0.25 * scale).collect()
+    }
+
+    #[test]
+    fn any_valid_parameters_sample_an_allowed_token_with_finite_logprobs() {
+        let mut rng = Rng::seeded(17);
+        for case in 0..4000 {
+            let vocab = 1 + (rng.next_u64() % 40) as usize;
+            let params = random_params(&mut rng, vocab);
+            params.validate(vocab).unwrap_or_else(|e| panic!("case {case}: {params:?} should be valid: {e}"));
+            let history: Vec<u32> = (0..(rng.next_u64() % 6)).map(|_| (rng.next_u64() % vocab as u64) as u32).collect();
+            let mut sampler = Sampler::new(params.clone());
+            for &t in &history {
+                sampler.observe(t);
+            }
+            let mut logits = random_logits(&mut rng, vocab);
+            let original = logits.clone();
+            let sampled = sampler.sample(&mut logits, &history);
+            // `logits` now holds the adjusted values the sampler chose from.
+            assert!(logits.iter().all(|l| l.is_finite()), "case {case}: {params:?} made a logit non-finite");
+            let allowed = allowed(&logits, &params);
+            assert!(
+                allowed.contains(&sampled.token),
+                "case {case}: token {} not in {allowed:?}\nparams {params:?}\nlogits {original:?}\nadjusted {logits:?}",
+                sampled.token
+            );
+            let logprobs = sampled.logprobs.expect("logprobs were asked for");
+            assert!(logprobs.logprob <= 0.0 && !logprobs.logprob.is_nan(), "case {case}: {logprobs:?}");
+        }
+    }
+
+    #[test]
+    fn temperature_towards_zero_tends_to_greedy() {
+        let mut rng = Rng::seeded(5);
+        for case in 0..300 {
+            let vocab = 2 + (rng.next_u64() % 30) as usize;
+            let mut logits: Vec<f32> = (0..vocab).map(|_| ((rng.next_u64() % 64) as f32 - 32.0) * 0.25).collect();
+            // A unique maximum, one unit above the rest.
+            let best = (rng.next_u64() % vocab as u64) as usize;
+            logits[best] = logits.iter().copied().fold(f32::MIN, f32::max) + 1.0;
+            for temperature in [crate::request::MIN_TEMPERATURE, 1e-20, 1e-3, 0.01] {
+                let mut sampler = Sampler::new(params(|p| {
+                    p.temperature = temperature;
+                    p.top_k = 0;
+                    p.top_p = 1.0;
+                    p.min_p = 0.0;
+                    p.seed = Some(case);
+                }));
+                for _ in 0..20 {
+                    assert_eq!(sampler.sample(&mut logits.clone(), &[]).token, best as u32, "T = {temperature:e}");
+                }
+            }
+        }
+        // And the other way: at T = 1 the same kind of logits do not always give the maximum.
+        let mut sampler = Sampler::new(params(|p| {
+            p.temperature = 1.0;
+            p.top_k = 0;
+            p.top_p = 1.0;
+            p.min_p = 0.0;
+            p.seed = Some(1);
+        }));
+        let tokens: std::collections::HashSet<u32> =
+            (0..200).map(|_| sampler.sample(&mut [1.0, 0.0, 0.5], &[]).token).collect();
+        assert_eq!(tokens.len(), 3);
+    }
+
+    #[test]
+    fn the_smallest_valid_temperature_still_picks_the_most_likely_token() {
+        // Before the bound, T = 1e-40 gave 1/T = inf, the top weight (0 * inf) NaN, and the
+        // least likely candidate won.
+        let p = params(|p| {
+            p.temperature = crate::request::MIN_TEMPERATURE;
+            p.seed = Some(2);
+        });
+        p.validate(3).expect("MIN_TEMPERATURE is valid");
+        let mut s = Sampler::new(p);
+        for _ in 0..20 {
+            assert_eq!(s.sample(&mut [1.0, 3.0, 2.9], &[]).token, 1);
+        }
+    }
+
+    #[test]
+    fn temperatures_whose_inverse_overflows_are_rejected_naming_temperature() {
+        for t in [1e-40f32, f32::from_bits(1), f32::MIN_POSITIVE / 2.0] {
+            let error = params(|p| p.temperature = t).validate(10).expect_err("subnormal temperature");
+            assert_eq!(error.param(), Some("temperature"), "{error}");
+            assert!(error.to_string().contains("inverse must be finite"), "{error}");
+        }
+        params(|p| p.temperature = 0.0).validate(10).expect("0 is greedy");
+        params(|p| p.temperature = -0.0).validate(10).expect("-0 is greedy");
+    }
+
+    #[test]
+    fn extreme_repetition_penalties_keep_logits_finite_and_ranked() {
+        for (penalty, expected) in [(1e-38f32, 0u32), (1e38, 1)] {
+            let mut s = Sampler::new(params(|p| {
+                p.temperature = 0.0;
+                p.repetition_penalty = penalty;
+            }));
+            // Token 0 (in the history) has a positive logit, token 2 (also) a negative one;
+            // divided or multiplied by the penalty, either would overflow f32.
+            let mut logits = [20.0, 10.0, -30.0];
+            assert_eq!(s.sample(&mut logits, &[0, 2]).token, expected, "penalty {penalty:e}");
+            assert!(logits.iter().all(|l| l.is_finite()), "{logits:?}");
+        }
     }
 }

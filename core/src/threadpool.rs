@@ -6,7 +6,9 @@
 //! for a short, bounded time after a job (cheap hand-off between back-to-back kernels) and
 //! then sleep on a condition variable.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -74,6 +76,51 @@ struct Shared {
     /// so a worker that woke late never touches a closure that is gone or claims tasks of the
     /// next job.
     active: AtomicUsize,
+    /// The message of the first task of the current job that panicked, on any thread. A task
+    /// that panics leaves its output unwritten, so `run` must not return normally after it.
+    panic_message: Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// Records a task's panic (the first one per job wins) and drops its payload.
+    fn record_panic(&self, payload: Box<dyn Any + Send>) {
+        let message = describe_panic(payload);
+        let mut slot = self.panic_message.lock().unwrap_or_else(|e| e.into_inner());
+        slot.get_or_insert(message);
+    }
+
+    fn take_panic(&self) -> Option<String> {
+        self.panic_message.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// The text of a panic payload. The payload is dropped here, under `catch_unwind`, because a
+/// payload's destructor may itself panic and must not kill the thread that caught it.
+fn describe_panic(mut payload: Box<dyn Any + Send>) -> String {
+    let message = crate::sequence::panic_message(&payload);
+    while let Err(next) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+        payload = next;
+    }
+    message
+}
+
+/// The most threads a pool accepts: far above any core count, low enough that a mistaken
+/// value fails cleanly instead of exhausting the machine's threads or memory.
+pub const MAX_THREADS: usize = 1024;
+
+/// Why a pool could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("{requested} threads requested; at most {MAX_THREADS} are supported")]
+    TooManyThreads { requested: usize },
+    #[error("could not start thread-pool worker {index} of {requested} threads: {source}")]
+    Spawn {
+        /// The worker that failed (1-based; thread 0 is the caller).
+        index: usize,
+        requested: usize,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 struct State {
@@ -88,11 +135,28 @@ pub struct ThreadPool {
     n_threads: usize,
     /// Serialises `run` calls from different threads.
     run_lock: Mutex<()>,
+    /// Test-only fault: the next job's first task panics on a worker (see
+    /// [`ThreadPool::panic_in_next_job_for_testing`]).
+    inject_panic: AtomicBool,
 }
 
 impl ThreadPool {
     /// A pool using `n_threads` threads in total (the caller plus `n_threads - 1` workers).
-    pub fn new(n_threads: usize) -> Self {
+    ///
+    /// Fails above [`MAX_THREADS`] or when the operating system refuses a thread; the
+    /// workers already started are then stopped and joined before returning.
+    pub fn new(n_threads: usize) -> Result<Self, PoolError> {
+        Self::with_spawner(n_threads, |name, body| std::thread::Builder::new().name(name).spawn(body))
+    }
+
+    /// [`ThreadPool::new`] with the thread creation passed in, so tests can make it fail.
+    fn with_spawner(
+        n_threads: usize,
+        mut spawn: impl FnMut(String, Box<dyn FnOnce() + Send>) -> std::io::Result<JoinHandle<()>>,
+    ) -> Result<Self, PoolError> {
+        if n_threads > MAX_THREADS {
+            return Err(PoolError::TooManyThreads { requested: n_threads });
+        }
         let n_threads = n_threads.max(1);
         let shared = Arc::new(Shared {
             state: Mutex::new(State { job: None, shutdown: false }),
@@ -102,17 +166,38 @@ impl ThreadPool {
             next_task: AtomicUsize::new(0),
             remaining: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
+            panic_message: Mutex::new(None),
         });
-        let workers = (1..n_threads)
-            .map(|i| {
-                let shared = Arc::clone(&shared);
-                std::thread::Builder::new()
-                    .name(format!("cortexstream-worker-{i}"))
-                    .spawn(move || worker_loop(&shared))
-                    .expect("failed to spawn a thread-pool worker")
-            })
-            .collect();
-        Self { shared, workers, n_threads, run_lock: Mutex::new(()) }
+        // Built before the workers, so that on a spawn failure dropping it shuts down and
+        // joins the workers started so far.
+        let mut pool = Self {
+            shared,
+            workers: Vec::with_capacity(n_threads - 1),
+            n_threads,
+            run_lock: Mutex::new(()),
+            inject_panic: AtomicBool::new(false),
+        };
+        for index in 1..n_threads {
+            let shared = Arc::clone(&pool.shared);
+            let worker = spawn(format!("cortexstream-worker-{index}"), Box::new(move || worker_loop(&shared)))
+                .map_err(|source| PoolError::Spawn { index, requested: n_threads, source })?;
+            pool.workers.push(worker);
+        }
+        Ok(pool)
+    }
+
+    /// Test-only fault hook: the first task of the next job panics, on a worker thread when
+    /// the pool has one (the caller then runs no task of that job). Lets tests check that a
+    /// worker's panic fails the computation instead of leaving its output unwritten.
+    #[doc(hidden)]
+    pub fn panic_in_next_job_for_testing(&self) {
+        self.inject_panic.store(true, Ordering::Release);
+    }
+
+    /// Whether the test-only fault is armed; disarms it. A plain load first keeps the common
+    /// path free of a read-modify-write.
+    fn take_injected_panic(&self) -> bool {
+        self.inject_panic.load(Ordering::Relaxed) && self.inject_panic.swap(false, Ordering::AcqRel)
     }
 
     /// Total threads that work on a job, including the caller.
@@ -122,15 +207,31 @@ impl ThreadPool {
 
     /// Calls `f(i)` once for every `i` in `0..n_tasks`, spread over the pool, and returns when
     /// all calls have finished. Tasks are handed out dynamically, so uneven tasks balance.
-    /// A panic in `f` propagates to the caller after the job has finished.
+    /// A panic in `f`, on the caller or on a worker, propagates to the caller (with the task's
+    /// message) after the job has finished; the pool stays usable.
     pub fn run(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
         if n_tasks == 0 {
             return;
+        }
+        if self.take_injected_panic() {
+            let faulty = |i: usize| {
+                if i == 0 {
+                    panic!("injected thread-pool fault (test hook)");
+                }
+                f(i)
+            };
+            return self.run_job(n_tasks, &faulty, self.n_threads == 1);
         }
         if self.n_threads == 1 || n_tasks == 1 {
             (0..n_tasks).for_each(f);
             return;
         }
+        self.run_job(n_tasks, f, true);
+    }
+
+    /// Hands the job to the workers, takes part in it when `caller_works`, waits until every
+    /// task and every worker is done, then re-raises a task's panic.
+    fn run_job(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync), caller_works: bool) {
         let _serial = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
         let shared = &*self.shared;
         // SAFETY: erase the closure's lifetime; we wait below until every worker is done with it.
@@ -144,15 +245,17 @@ impl ThreadPool {
         }
         shared.wake.notify_all();
 
-        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work_on(shared, f, n_tasks))).is_err();
+        if caller_works {
+            work_on(shared, f, n_tasks);
+        }
 
         // Wait for workers still finishing their last task, retire the job so no late waker
         // picks it up, then wait for workers that already hold it to let go.
         wait_until_zero(shared, &shared.remaining);
         shared.state.lock().unwrap_or_else(|e| e.into_inner()).job = None;
         wait_until_zero(shared, &shared.active);
-        if panicked {
-            panic!("a thread-pool task panicked");
+        if let Some(message) = shared.take_panic() {
+            panic!("a thread-pool task panicked: {message}");
         }
     }
 }
@@ -174,7 +277,8 @@ fn wait_until_zero(shared: &Shared, counter: &AtomicUsize) {
 }
 
 /// Claims and runs tasks until none are left. Returns after decrementing `remaining`
-/// for each task it ran.
+/// for each task it ran. A task's panic is recorded for `run` to re-raise, not unwound
+/// through here, so a worker keeps its loop and the job's bookkeeping stays exact.
 fn work_on(shared: &Shared, f: &(dyn Fn(usize) + Sync), n_tasks: usize) {
     loop {
         let i = shared.next_task.fetch_add(1, Ordering::AcqRel);
@@ -192,7 +296,9 @@ fn work_on(shared: &Shared, f: &(dyn Fn(usize) + Sync), n_tasks: usize) {
             }
         }
         let _done = Done(shared);
-        f(i);
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| f(i))) {
+            shared.record_panic(payload);
+        }
     }
 }
 
@@ -229,7 +335,11 @@ fn worker_loop(shared: &Shared) {
         // SAFETY: `run` keeps the closure alive until `remaining` hits 0, and we only touch
         // it through `work_on`, which claims tasks that are still outstanding.
         let f = unsafe { &*task };
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work_on(shared, f, n_tasks)));
+        // `work_on` catches the tasks' panics; this catches anything else, because a worker
+        // that died here would never decrement `active` and `run` would wait forever.
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| work_on(shared, f, n_tasks))) {
+            shared.record_panic(payload);
+        }
         if shared.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             let _guard = shared.state.lock().unwrap_or_else(|e| e.into_inner());
             shared.done.notify_all();
@@ -259,7 +369,7 @@ mod tests {
 
     #[test]
     fn runs_every_task_once() {
-        let pool = ThreadPool::new(3);
+        let pool = ThreadPool::new(3).expect("pool");
         for n in [0usize, 1, 2, 7, 100] {
             let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
             pool.run(n, &|i| {
@@ -271,7 +381,7 @@ mod tests {
 
     #[test]
     fn many_back_to_back_jobs() {
-        let pool = ThreadPool::new(2);
+        let pool = ThreadPool::new(2).expect("pool");
         let total = AtomicUsize::new(0);
         for _ in 0..2000 {
             pool.run(4, &|i| {
@@ -281,21 +391,97 @@ mod tests {
         assert_eq!(total.load(Ordering::Relaxed), 2000 * 6);
     }
 
+    /// The panic message `run` re-raised, or None if it returned normally.
+    fn run_catching(pool: &ThreadPool, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) -> Option<String> {
+        let outcome = catch_unwind(AssertUnwindSafe(|| pool.run(n_tasks, f)));
+        outcome.err().map(describe_panic)
+    }
+
     #[test]
-    fn task_panic_propagates_and_pool_survives() {
-        let pool = ThreadPool::new(2);
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            pool.run(8, &|i| {
-                if i == 3 {
-                    panic!("boom");
-                }
-            })
-        }));
-        assert!(r.is_err());
+    fn a_panic_in_a_worker_run_task_propagates_and_the_pool_survives() {
+        // Two tasks meeting at a barrier: the caller blocks in the one it claimed, so the
+        // other can only run on the worker. Only the worker's task panics.
+        let pool = ThreadPool::new(2).expect("pool");
+        let caller = std::thread::current().id();
+        let both_started = std::sync::Barrier::new(2);
+        let panicked = run_catching(&pool, 2, &|_| {
+            both_started.wait();
+            if std::thread::current().id() != caller {
+                panic!("boom on a worker");
+            }
+        });
+        assert_eq!(panicked.as_deref(), Some("a thread-pool task panicked: boom on a worker"));
         let count = AtomicUsize::new(0);
         pool.run(8, &|_| {
             count.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(count.load(Ordering::Relaxed), 8);
+    }
+
+    #[test]
+    fn a_panic_in_a_caller_run_task_propagates() {
+        let pool = ThreadPool::new(1).expect("pool");
+        assert_eq!(run_catching(&pool, 3, &|i| assert!(i != 2, "task 2")).as_deref(), Some("task 2"));
+        let pool = ThreadPool::new(2).expect("pool");
+        let message = run_catching(&pool, 8, &|_| panic!("every task"));
+        assert_eq!(message.as_deref(), Some("a thread-pool task panicked: every task"));
+    }
+
+    #[test]
+    fn the_fault_hook_panics_one_worker_task_of_the_next_job_only() {
+        let pool = ThreadPool::new(3).expect("pool");
+        let caller = std::thread::current().id();
+        let ran_on_workers = AtomicUsize::new(0);
+        let ran = AtomicUsize::new(0);
+        let count = |_: usize| {
+            ran.fetch_add(1, Ordering::Relaxed);
+            if std::thread::current().id() != caller {
+                ran_on_workers.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        pool.panic_in_next_job_for_testing();
+        let panicked = run_catching(&pool, 8, &count);
+        assert_eq!(panicked.as_deref(), Some("a thread-pool task panicked: injected thread-pool fault (test hook)"));
+        // Task 0 panicked; the other seven ran, all on workers.
+        assert_eq!((ran.load(Ordering::Relaxed), ran_on_workers.load(Ordering::Relaxed)), (7, 7));
+        assert_eq!(run_catching(&pool, 8, &count), None, "the hook fires once");
+        assert_eq!(ran.load(Ordering::Relaxed), 15);
+    }
+
+    #[test]
+    fn the_fault_hook_also_fires_for_single_task_and_single_thread_jobs() {
+        for threads in [1, 2] {
+            let pool = ThreadPool::new(threads).expect("pool");
+            pool.panic_in_next_job_for_testing();
+            assert!(run_catching(&pool, 1, &|_| {}).is_some(), "{threads} threads");
+            assert_eq!(run_catching(&pool, 1, &|_| {}), None);
+        }
+    }
+
+    #[test]
+    fn too_many_threads_is_an_error_not_a_crash() {
+        let error = ThreadPool::new(usize::MAX).expect_err("usize::MAX threads");
+        assert!(matches!(error, PoolError::TooManyThreads { requested: usize::MAX }), "{error}");
+        assert!(ThreadPool::new(MAX_THREADS + 1).is_err());
+    }
+
+    #[test]
+    fn a_failed_spawn_joins_the_workers_already_started() {
+        // Every started worker holds a clone of `alive` until its thread ends, so after the
+        // failed `new` returns, only the test's own reference may be left.
+        let alive = Arc::new(());
+        let result = ThreadPool::with_spawner(5, |name, body| {
+            if name.ends_with("-3") {
+                return Err(std::io::Error::other("no more threads"));
+            }
+            let alive = Arc::clone(&alive);
+            std::thread::Builder::new().name(name).spawn(move || {
+                body();
+                drop(alive);
+            })
+        });
+        let error = result.expect_err("spawning worker 3 fails");
+        assert!(matches!(error, PoolError::Spawn { index: 3, requested: 5, .. }), "{error}");
+        assert_eq!(Arc::strong_count(&alive), 1, "workers 1 and 2 were stopped and joined");
     }
 }

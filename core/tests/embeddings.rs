@@ -22,7 +22,7 @@ const LONG_TEXT: &str = "The history of the city goes back more than two thousan
 fn embedder() -> &'static BertEmbedder {
     static EMBEDDER: OnceLock<BertEmbedder> = OnceLock::new();
     EMBEDDER.get_or_init(|| {
-        let pool = Arc::new(ThreadPool::new(default_thread_count()));
+        let pool = Arc::new(ThreadPool::new(default_thread_count()).expect("start the thread pool"));
         let start = Instant::now();
         let embedder = BertEmbedder::load(&common::minilm_dir(), pool).expect("the MiniLM folder loads");
         println!("loaded {} in {:.1} ms", embedder.name(), start.elapsed().as_secs_f64() * 1e3);
@@ -208,7 +208,7 @@ fn load_errors_name_the_file_and_the_problem() {
     for file in ["config.json", "tokenizer.json"] {
         std::fs::copy(source.join(file), dir.join(file)).unwrap();
     }
-    let pool = Arc::new(ThreadPool::new(1));
+    let pool = Arc::new(ThreadPool::new(1).expect("start the thread pool"));
     let load_error = |expected_file: &str| match BertEmbedder::load(&dir, Arc::clone(&pool)) {
         Err(Error::ModelLoad { path, message }) => {
             assert!(path.ends_with(expected_file), "{} should name {expected_file}", path.display());

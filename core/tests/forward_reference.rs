@@ -16,26 +16,48 @@ use cortexstream::threadpool::{default_thread_count, ThreadPool};
 
 const BLOCK_SIZE: usize = 16;
 
-/// Bounds on |ours − float64 reference|. Almost all of our error comes from quantizing
-/// activations to 8 bits before each matmul, as llama.cpp does. Running the float64 reference
-/// with exactly that quantization emulated gives, on the chat prompt: mean 0.29, max 2.84 over
-/// the whole 49152-logit vocabulary and up to 2.37 on the reference's top 10 (at the
-/// `<|im_end|>` position; 0.2–0.8 elsewhere). Its error realisation differs from ours (single
-/// rounding flips propagate chaotically), so the bounds sit a little above those figures. Our
-/// chat top-10 maximum has ranged from 0.7 to 2.11 as kernel changes moved single roundings
-/// (same inputs, same quantization), against 2.37 for the emulation.
-/// Getting under llama.cpp's quoted 0.1–0.3 everywhere would need wider activations.
-const MAX_MEAN_ERROR: f64 = 0.4;
-const MAX_LOGIT_ERROR: f64 = 3.0;
-const MAX_TOP_LOGIT_ERROR: f64 = 2.5;
-/// How many of the reference's highest logits `MAX_TOP_LOGIT_ERROR` covers.
+/// Bounds on |ours − float64 reference|, per prompt. Almost all of our error comes from
+/// quantizing activations to 8 bits before each matmul, as llama.cpp does (running the float64
+/// reference with that quantization emulated gives errors of the same size: on the chat
+/// prompt mean 0.29, max 2.84, top-10 up to 2.37). Getting under llama.cpp's quoted 0.1–0.3
+/// everywhere would need wider activations.
+///
+/// Our errors do not depend on the CPU: every SIMD path (AVX2, AVX-VNNI, AVX-512 VNNI, AMX)
+/// is bit-identical to the portable one, and results do not depend on the thread count. So
+/// each bound is the measured value (2026-12, printed by this test) plus a margin of about
+/// 10%, rounded up: enough for a kernel change that moves single roundings (which propagate
+/// chaotically; the chat top-10 maximum has moved between 0.7 and 2.1 that way), too little
+/// for a systematic error. When a kernel change moves a figure past its bound, re-measure,
+/// check the change is a rounding shift and not a bug, and update the table.
+struct Bounds {
+    prompt: &'static str,
+    /// Measured: raw 0.224, chat 0.238, tokenization 0.169.
+    mean: f64,
+    /// Over the whole 49152-logit vocabulary. Measured: raw 1.172, chat 2.051, tokenization 1.289.
+    max: f64,
+    /// Over the reference's `TOP_K` highest logits. Measured: raw 0.371, chat 1.579, tokenization 0.614.
+    max_top: f64,
+    /// Distinct positions where the reference's top-2 gap exceeds `2 * max_top`, so that our
+    /// error cannot flip the top-1 and it must match. Fixed by the reference alone; fewer
+    /// would mean the check quietly covers less. Measured: raw 3, chat 7, tokenization 8.
+    min_top1_positions: usize,
+}
+
+const BOUNDS: [Bounds; 3] = [
+    Bounds { prompt: "raw", mean: 0.25, max: 1.3, max_top: 0.42, min_top1_positions: 3 },
+    Bounds { prompt: "chat", mean: 0.27, max: 2.3, max_top: 1.75, min_top1_positions: 7 },
+    Bounds { prompt: "tokenization", mean: 0.19, max: 1.45, max_top: 0.7, min_top1_positions: 8 },
+];
+
+/// How many of the reference's highest logits `Bounds::max_top` covers.
 const TOP_K: usize = 10;
 
 fn model() -> &'static LlamaModel {
     static MODEL: OnceLock<LlamaModel> = OnceLock::new();
     MODEL.get_or_init(|| {
         let gguf = GgufFile::open(common::smollm2_path()).expect("open model");
-        LlamaModel::load(&gguf, Arc::new(ThreadPool::new(default_thread_count()))).expect("load model")
+        LlamaModel::load(&gguf, Arc::new(ThreadPool::new(default_thread_count()).expect("start the thread pool")))
+            .expect("load model")
     })
 }
 
@@ -177,6 +199,7 @@ fn logits_match_float64_reference_at_every_position() {
                 errors.push(position_error(position, &logits, reference_at(position)));
             }
         }
+        let bounds = BOUNDS.iter().find(|b| b.prompt == name).expect("bounds for every prompt");
         let max_all = errors.iter().map(|e| e.all).fold(0.0, f64::max);
         let max_top = errors.iter().map(|e| e.top).fold(0.0, f64::max);
         let mean = errors.iter().map(|e| e.mean).sum::<f64>() / errors.len() as f64;
@@ -184,26 +207,31 @@ fn logits_match_float64_reference_at_every_position() {
             "{name} ({} tokens): |logit error| vs float64 reference: mean {mean:.3}, max {max_all:.3}, max over the top {TOP_K} {max_top:.3}",
             tokens.len()
         );
-        assert!(mean < MAX_MEAN_ERROR, "{name}: mean logit error {mean} exceeds {MAX_MEAN_ERROR}");
-        assert!(max_all < MAX_LOGIT_ERROR, "{name}: max logit error {max_all} exceeds {MAX_LOGIT_ERROR}");
-        assert!(
-            max_top < MAX_TOP_LOGIT_ERROR,
-            "{name}: max top-{TOP_K} logit error {max_top} exceeds {MAX_TOP_LOGIT_ERROR}"
-        );
-        let mut checked = 0;
-        // The logits that compete for top-1 are the reference's top few, so their error is the
-        // one that could flip it.
-        for e in errors.iter().filter(|e| e.reference_gap > 2.0 * max_top) {
+        assert!(mean <= bounds.mean, "{name}: mean logit error {mean} exceeds {}", bounds.mean);
+        assert!(max_all <= bounds.max, "{name}: max logit error {max_all} exceeds {}", bounds.max);
+        assert!(max_top <= bounds.max_top, "{name}: max top-{TOP_K} logit error {max_top} exceeds {}", bounds.max_top);
+
+        // The logits that compete for top-1 are the reference's top few, so their error (at
+        // most `max_top`) could flip it only where the reference's gap is below twice that.
+        let mut checked = std::collections::BTreeSet::new();
+        for e in errors.iter().filter(|e| e.reference_gap > 2.0 * bounds.max_top) {
             assert!(
                 e.same_top1,
                 "{name} position {}: top-1 differs although the reference's gap is {}",
                 e.position, e.reference_gap
             );
-            checked += 1;
+            checked.insert(e.position);
         }
         println!(
-            "{name}: top-1 identical at all {checked} positions where the reference's top-2 gap exceeds {:.3}",
-            2.0 * max_top
+            "{name}: top-1 identical at all {} positions where the reference's top-2 gap exceeds {:.3}",
+            checked.len(),
+            2.0 * bounds.max_top
+        );
+        assert!(
+            checked.len() >= bounds.min_top1_positions,
+            "{name}: top-1 checked at {} positions, expected at least {}",
+            checked.len(),
+            bounds.min_top1_positions
         );
     }
 }

@@ -790,7 +790,7 @@ fn safetensors_without_bert_tensors() -> Vec<u8> {
 #[test]
 fn broken_embedder_folders_give_load_errors() {
     let scratch = Scratch::new("bert");
-    let pool = Arc::new(ThreadPool::new(1));
+    let pool = Arc::new(ThreadPool::new(1).expect("start the thread pool"));
     let real_weights = common::minilm_dir().join("model.safetensors");
     let mut weights_head = vec![0u8; 1 << 20];
     std::io::Read::read_exact(&mut File::open(&real_weights).unwrap(), &mut weights_head).unwrap();

@@ -44,7 +44,8 @@ static GLOBAL: Counting = Counting;
 #[test]
 fn warm_decode_and_prefill_steps_do_not_allocate() {
     let gguf = GgufFile::open(common::smollm2_path()).expect("open model");
-    let model = LlamaModel::load(&gguf, Arc::new(ThreadPool::new(2))).expect("load model");
+    let model =
+        LlamaModel::load(&gguf, Arc::new(ThreadPool::new(2).expect("start the thread pool"))).expect("load model");
     const BLOCK_SIZE: usize = 16;
     const SEQS: usize = 4;
     const BLOCKS_EACH: usize = 4;

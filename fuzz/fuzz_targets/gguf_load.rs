@@ -17,7 +17,7 @@ use libfuzzer_sys::fuzz_target;
 
 fn pool() -> Arc<ThreadPool> {
     static POOL: OnceLock<Arc<ThreadPool>> = OnceLock::new();
-    Arc::clone(POOL.get_or_init(|| Arc::new(ThreadPool::new(1))))
+    Arc::clone(POOL.get_or_init(|| Arc::new(ThreadPool::new(1).expect("start the thread pool"))))
 }
 
 fn assert_load_error<T>(result: cortexstream::Result<T>) -> Option<T> {

@@ -652,6 +652,127 @@ static void test_engine_free_with_requests_in_flight(void) {
         if (requests[i] != NULL) CHECK_OK(cs_request_free(requests[i]));
 }
 
+/* ---------- internal errors, fault hooks, bool fields ---------- */
+
+/* Test-only hooks: exported by the library, deliberately absent from cortexstream.h. */
+cs_status cs_testing_inject_pool_panic(const cs_engine *engine);
+cs_status cs_testing_guard_panic(int32_t payload_panics_on_drop);
+
+/* A panic in a compute kernel, injected on a thread-pool worker (the engine has 2 threads):
+ * the request in the failed step ends with CS_FINISH_ERROR naming an internal error, an
+ * embedding call returns CS_INTERNAL, and the engine keeps giving exact results. */
+static void test_pool_panic_is_an_internal_error_and_the_engine_keeps_serving(void) {
+    char gguf[4200], minilm[4200];
+    model_paths(gguf, minilm, sizeof gguf);
+    cs_engine_params engine_params = cs_engine_default_params();
+    engine_params.model_path = gguf;
+    engine_params.embedding_model_path = minilm;
+    engine_params.kv_cache_tokens = 1024;
+    engine_params.threads = 2;
+    cs_engine *faulty = NULL;
+    CHECK_OK(cs_engine_new(&engine_params, &faulty));
+    if (faulty == NULL) return;
+
+    cs_sampling_params params = greedy_params((int64_t)COUNT_OF(REF_GREEDY_IDS));
+    params.ignore_eos = true;
+    stream_result *result = calloc(1, sizeof *result);
+    cs_request *request = NULL;
+    CHECK_OK(cs_testing_inject_pool_panic(faulty));
+    CHECK_OK(cs_engine_submit_text(faulty, REF_PROMPT, &params, NULL, NULL, &request));
+    if (request != NULL) {
+        /* Pull by hand: the FINISHED event's message is lent only until the next pull. */
+        const cs_event *event = NULL;
+        cs_status status = CS_OK;
+        while ((status = cs_request_next_event(request, -1, &event)) == CS_OK &&
+               event->kind != CS_EVENT_FINISHED)
+            record_event(result, event);
+        CHECK(status == CS_OK && event != NULL, "no FINISHED event: status %d", (int)status);
+        if (status == CS_OK && event != NULL) {
+            CHECK(event->finish_reason == CS_FINISH_ERROR, "finish reason %d", (int)event->finish_reason);
+            CHECK(event->error_message != NULL &&
+                      strstr(event->error_message, "internal error: a thread-pool task panicked") != NULL,
+                  "error message: %s", event->error_message ? event->error_message : "(null)");
+        }
+        CHECK(result->ids_len == 0, "%zu tokens came out of the failed step", result->ids_len);
+        CHECK_OK(cs_request_free(request));
+    }
+    memset(result, 0, sizeof *result);
+    request = NULL;
+    CHECK_OK(cs_engine_submit_text(faulty, REF_PROMPT, &params, NULL, NULL, &request));
+    if (request != NULL) {
+        CHECK_FAILS(drain(request, result), CS_END_OF_STREAM, NULL);
+        CHECK(result->finished.finish_reason == CS_FINISH_LENGTH, "finish reason %d",
+              (int)result->finished.finish_reason);
+        CHECK(result->ids_len == COUNT_OF(REF_GREEDY_IDS) &&
+                  memcmp(result->ids, REF_GREEDY_IDS, sizeof REF_GREEDY_IDS) == 0,
+              "after the fault: %zu tokens, not llama.cpp's greedy ones", result->ids_len);
+        CHECK_OK(cs_request_free(request));
+    }
+    free(result);
+
+    const char *texts[] = {"The quick brown fox"};
+    static float expected[384], after[384];
+    size_t dim = 0;
+    CHECK_OK(cs_engine_embed(faulty, texts, 1, expected, 384, &dim));
+    CHECK_OK(cs_testing_inject_pool_panic(faulty));
+    CHECK_FAILS(cs_engine_embed(faulty, texts, 1, after, 384, &dim), CS_INTERNAL, NULL);
+    CHECK(strstr(cs_last_error_message(), "internal error") != NULL &&
+              strstr(cs_last_error_message(), "thread-pool task panicked") != NULL,
+          "message: %s", cs_last_error_message());
+    CHECK_OK(cs_engine_embed(faulty, texts, 1, after, 384, &dim));
+    CHECK(memcmp(expected, after, sizeof expected) == 0, "embedding changed after the fault");
+    CHECK_FAILS(cs_testing_inject_pool_panic(NULL), CS_INVALID_ARGUMENT, "engine");
+    CHECK_OK(cs_engine_free(faulty));
+}
+
+/* A panic inside an entry point is CS_INTERNAL, also when dropping its payload panics again
+ * (that second panic used to escape the guard and abort the process). */
+static void test_panics_in_the_guard_return_cs_internal(void) {
+    CHECK(cs_testing_guard_panic(0) == CS_INTERNAL, "plain panic");
+    CHECK(strstr(cs_last_error_message(), "internal error: panic: test-only panic") != NULL,
+          "message: %s", cs_last_error_message());
+    CHECK(cs_testing_guard_panic(1) == CS_INTERNAL, "panic while dropping the payload");
+    CHECK(strstr(cs_last_error_message(), "internal error") != NULL, "message: %s",
+          cs_last_error_message());
+}
+
+/* `ignore_eos` is a C bool: a byte other than 0 or 1 there (memset, garbage) is rejected, not
+ * read as a Rust bool (undefined behaviour). */
+static void test_bool_field_bytes_other_than_0_or_1_are_rejected(void) {
+    const unsigned char bad_bytes[] = {2, 0x80, 0xFF};
+    for (size_t i = 0; i < COUNT_OF(bad_bytes); i++) {
+        cs_sampling_params params = greedy_params(2);
+        memcpy(&params.ignore_eos, &bad_bytes[i], 1);
+        cs_request *request = NULL;
+        CHECK_FAILS(cs_engine_submit_text(engine, REF_PROMPT, &params, NULL, NULL, &request),
+                    CS_INVALID_ARGUMENT, "ignore_eos");
+        CHECK(request == NULL, "out_request written on failure");
+    }
+    cs_sampling_params params = greedy_params(2);
+    params.ignore_eos = true;
+    cs_request *request = NULL;
+    CHECK_OK(cs_engine_submit_text(engine, REF_PROMPT, &params, NULL, NULL, &request));
+    if (request == NULL) return;
+    stream_result *result = calloc(1, sizeof *result);
+    CHECK_FAILS(drain(request, result), CS_END_OF_STREAM, NULL);
+    CHECK(result->ids_len == 2, "%zu tokens", result->ids_len);
+    free(result);
+    CHECK_OK(cs_request_free(request));
+}
+
+/* A thread count no machine can honour fails cleanly, naming `threads`, before any thread or
+ * model is loaded. */
+static void test_huge_thread_count_is_rejected(void) {
+    char gguf[4200], minilm[4200];
+    model_paths(gguf, minilm, sizeof gguf);
+    cs_engine_params params = cs_engine_default_params();
+    params.model_path = gguf;
+    params.threads = SIZE_MAX;
+    cs_engine *created = NULL;
+    CHECK_FAILS(cs_engine_new(&params, &created), CS_INVALID_ARGUMENT, "threads");
+    CHECK(created == NULL, "out_engine written on failure");
+}
+
 /* ---------- the shared bad-input matrix ---------- */
 
 /* tests/hardening/bad_inputs.json, turned into C by gen_matrix_header.py (run.sh writes
@@ -934,6 +1055,10 @@ int main(int argc, char **argv) {
         {"bad_input_matrix_then_canary", test_bad_input_matrix_then_canary},
         {"null_pointers_and_invalid_utf8_everywhere", test_null_pointers_and_invalid_utf8_everywhere},
         {"engine_free_with_requests_in_flight", test_engine_free_with_requests_in_flight},
+        {"pool_panic_is_an_internal_error", test_pool_panic_is_an_internal_error_and_the_engine_keeps_serving},
+        {"panics_in_the_guard_return_cs_internal", test_panics_in_the_guard_return_cs_internal},
+        {"bool_field_bytes_other_than_0_or_1_are_rejected", test_bool_field_bytes_other_than_0_or_1_are_rejected},
+        {"huge_thread_count_is_rejected", test_huge_thread_count_is_rejected},
     };
     int passed = 0, failed = 0;
     for (size_t i = 0; i < COUNT_OF(tests); i++) {

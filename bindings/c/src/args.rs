@@ -2,7 +2,7 @@
 //! pointer + length, size-versioned structs) and writing out-params.
 
 use std::ffi::{c_char, CStr, CString};
-use std::mem::size_of;
+use std::mem::{size_of, MaybeUninit};
 use std::ptr;
 
 use crate::status::Failure;
@@ -103,26 +103,47 @@ pub(crate) unsafe fn c_str_array<'a>(
         .collect()
 }
 
+/// A params struct C passes in, read with [`read_sized`].
+pub(crate) trait SizedParams: Copy {
+    /// Byte offsets and names of the struct's `bool` fields. C memory may hold any byte
+    /// there (memset, an uninitialised field, another language's layout), but only 0 and 1
+    /// are Rust `bool`s: reading another value as `bool` is undefined behaviour.
+    const BOOL_FIELDS: &'static [(usize, &'static str)];
+}
+
 /// Reads a params struct whose first field is `size_t struct_size`.
 ///
 /// A caller built against an older header passes a smaller size; the fields it does not know
 /// keep the values in `defaults`. That is how fields get appended without breaking the ABI.
 /// A size larger than this library's struct means the caller's header is newer than the
-/// library, which cannot be honoured. Copying bytes is sound for any size in range because
-/// these structs hold only integers, floats, one-byte bools and raw pointers, for which
-/// every byte pattern is a valid value.
+/// library, which cannot be honoured. The bytes are copied into a `MaybeUninit`, and the
+/// struct is only formed once its `bool` fields are checked to hold 0 or 1 (an error naming
+/// the field otherwise); every other field (integers, floats, raw pointers) accepts any
+/// byte pattern.
 ///
 /// # Safety
 /// A non-NULL `ptr` must point to at least `struct_size` readable bytes.
-pub(crate) unsafe fn read_sized<T: Copy>(ptr: *const T, defaults: T, param: &'static str) -> Result<T, Failure> {
+pub(crate) unsafe fn read_sized<T: SizedParams>(ptr: *const T, defaults: T, param: &'static str) -> Result<T, Failure> {
     non_null(ptr, param)?;
     // SAFETY: every such struct starts with a size_t, readable by the caller's contract.
     let size = unsafe { ptr.cast::<usize>().read() };
     check_struct_size::<T>(size, param)?;
-    let mut value = defaults;
+    let mut value = MaybeUninit::new(defaults);
     // SAFETY: `size` bytes are readable at `ptr` and fit in `value` (checked above).
-    unsafe { ptr::copy_nonoverlapping(ptr.cast::<u8>(), ptr::addr_of_mut!(value).cast::<u8>(), size) };
-    Ok(value)
+    unsafe { ptr::copy_nonoverlapping(ptr.cast::<u8>(), value.as_mut_ptr().cast::<u8>(), size) };
+    for &(offset, field) in T::BOOL_FIELDS {
+        // SAFETY: `offset` is a field offset of `T`, so inside `value`; any byte is a valid u8.
+        let byte = unsafe { value.as_ptr().cast::<u8>().add(offset).read() };
+        if byte > 1 {
+            return Err(Failure::invalid(
+                field,
+                format!("`{param}.{field}` is a bool but holds the byte {byte}; it must be 0 (false) or 1 (true)"),
+            ));
+        }
+    }
+    // SAFETY: the bytes come from `defaults` or the caller's struct of the same layout, and
+    // the only fields with invalid byte patterns (bools) hold 0 or 1 (checked above).
+    Ok(unsafe { value.assume_init() })
 }
 
 /// Writes an out-struct whose first field is `size_t struct_size`, set by the caller to the

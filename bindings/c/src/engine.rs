@@ -308,3 +308,21 @@ pub(crate) unsafe fn chat_messages(messages: *const cs_chat_message, len: usize)
         })
         .collect()
 }
+
+/// Test-only fault hook (not in the header; tests/c declares it): the engine's next
+/// thread-pool job panics in a worker-run task, as a kernel bug would. A step then fails its
+/// requests with CS_FINISH_ERROR, an embedding call returns CS_INTERNAL, and the engine
+/// keeps serving. See `Engine::inject_pool_panic_for_testing`.
+///
+/// # Safety
+/// As for every engine call: NULL or a live handle from `cs_engine_new`.
+#[doc(hidden)]
+#[no_mangle]
+pub unsafe extern "C" fn cs_testing_inject_pool_panic(engine: *const cs_engine) -> cs_status {
+    guard(|| {
+        // SAFETY: forwarded caller contract.
+        let engine = unsafe { engine_ref(engine)? };
+        engine.core().inject_pool_panic_for_testing();
+        Ok(())
+    })
+}

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use cortexstream::{EngineConfig, SamplingParams};
 
-use crate::args::{c_str, c_str_array, optional_c_str, slice};
+use crate::args::{c_str, c_str_array, optional_c_str, slice, SizedParams};
 use crate::status::Failure;
 
 /// `cs_sampling_params.seed` value that asks for a random seed.
@@ -39,7 +39,9 @@ pub struct cs_engine_params {
     pub block_size: usize,
     /// Context window; 0 uses the model's.
     pub context_length: usize,
-    /// Worker threads; 0 uses one per physical core.
+    /// Compute threads (including the engine thread); 0 uses one per physical core. At most 1024
+    /// (`cortexstream::threadpool::MAX_THREADS`); more, or a count the system cannot start,
+    /// fails with CS_INVALID_ARGUMENT naming `threads`.
     pub threads: usize,
     /// Requests allowed to wait beyond the running ones; more are rejected with CS_OVERLOADED (default 256).
     pub max_queue: usize,
@@ -54,7 +56,7 @@ pub struct cs_engine_params {
 pub struct cs_sampling_params {
     /// `sizeof(cs_sampling_params)` as the caller was compiled; set by `cs_sampling_default_params()`.
     pub struct_size: usize,
-    /// 0 means greedy; must be >= 0.
+    /// 0 means greedy; otherwise at least FLT_MIN (1.17549435e-38, so that 1/temperature is finite).
     pub temperature: f32,
     /// Keep the k most likely tokens; 0 disables; must be >= 0.
     pub top_k: i32,
@@ -83,7 +85,8 @@ pub struct cs_sampling_params {
     pub stop_token_ids: *const u32,
     /// Number of ids in `stop_token_ids`.
     pub stop_token_ids_len: usize,
-    /// Keep generating past end-of-generation tokens.
+    /// Keep generating past end-of-generation tokens. Must hold 0 or 1 (a byte set any other
+    /// way, e.g. by memset, fails with CS_INVALID_ARGUMENT naming `ignore_eos`).
     pub ignore_eos: bool,
     /// Report each token's log-probability and this many top alternatives (0 to 20); -1 reports none.
     pub logprobs: i32,
@@ -97,6 +100,15 @@ pub struct cs_sampling_params {
     pub logit_bias_values: *const f32,
     /// Number of entries in `logit_bias_ids` and `logit_bias_values`.
     pub logit_bias_len: usize,
+}
+
+impl SizedParams for cs_engine_params {
+    const BOOL_FIELDS: &'static [(usize, &'static str)] = &[];
+}
+
+impl SizedParams for cs_sampling_params {
+    const BOOL_FIELDS: &'static [(usize, &'static str)] =
+        &[(std::mem::offset_of!(cs_sampling_params, ignore_eos), "ignore_eos")];
 }
 
 /// Engine params with every field at its default and no model path.

@@ -2,8 +2,9 @@
 //! its body in so that no panic crosses the C boundary.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::cell::RefCell;
-use std::ffi::{c_char, CString};
+use std::ffi::{c_char, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use cortexstream::Error;
@@ -94,9 +95,12 @@ fn status_of(error: &Error) -> cs_status {
 
 /// The last failure on this thread, kept as C strings so the getters can hand out pointers.
 struct LastError {
-    message: CString,
-    param: Option<CString>,
+    message: Cow<'static, CStr>,
+    param: Option<Cow<'static, CStr>>,
 }
+
+/// What the last error says when recording the real one panicked (it needs no allocation).
+const PANIC_WHILE_RECORDING: &CStr = c"internal error: a panic occurred while reporting a failure";
 
 thread_local! {
     static LAST_ERROR: RefCell<Option<LastError>> = const { RefCell::new(None) };
@@ -104,21 +108,58 @@ thread_local! {
 
 /// Runs the body of an entry point: a panic becomes `CS_INTERNAL`, a failure is recorded
 /// for `cs_last_error_message()` and turned into its status.
+///
+/// Everything after the body can panic too (a panic payload's destructor, formatting and
+/// allocating the message, the thread-local slot), so it runs under a second
+/// `catch_unwind`: whatever happens, the caller gets a status, never an unwinding panic.
 pub(crate) fn guard(body: impl FnOnce() -> Result<(), Failure>) -> cs_status {
     // Unwind safety: after a panic the only shared state touched again is behind mutexes,
     // whose poisoning is reported as CS_INTERNAL by the callers that lock them.
-    let outcome = catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|payload| {
-        Err(Failure::new(cs_status::CS_INTERNAL, format!("internal error: panic: {}", panic_message(&*payload))))
-    });
-    match outcome {
-        Ok(()) => cs_status::CS_OK,
-        Err(failure) => {
-            let status = failure.status;
-            let last = LastError { message: to_c_string(&failure.message), param: failure.param.map(to_c_string) };
-            LAST_ERROR.with(|slot| *slot.borrow_mut() = Some(last));
-            status
-        }
+    catch_unwind(AssertUnwindSafe(|| settle(catch_unwind(AssertUnwindSafe(body))))).unwrap_or_else(|payload| {
+        drop_panic_payload(payload);
+        record_without_allocating(PANIC_WHILE_RECORDING);
+        cs_status::CS_INTERNAL
+    })
+}
+
+/// Drops a caught panic's payload; if its destructor panics, drops that payload in turn.
+fn drop_panic_payload(mut payload: Box<dyn Any + Send>) {
+    while let Err(next) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+        payload = next;
     }
+}
+
+/// The status of a finished body, recording its failure (or its panic) as the last error.
+fn settle(outcome: std::thread::Result<Result<(), Failure>>) -> cs_status {
+    let failure = match outcome {
+        Ok(Ok(())) => return cs_status::CS_OK,
+        Ok(Err(failure)) => failure,
+        Err(payload) => {
+            let message = format!("internal error: panic: {}", panic_message(&*payload));
+            // Dropped before the failure is built: a payload whose destructor panics would
+            // otherwise leak the value under construction (rust-lang/rust#47949). If it does
+            // panic, the outer catch_unwind in `guard` handles it.
+            drop(payload);
+            Failure::new(cs_status::CS_INTERNAL, message)
+        }
+    };
+    let status = failure.status;
+    let last = LastError {
+        message: Cow::Owned(to_c_string(&failure.message)),
+        param: failure.param.map(|p| Cow::Owned(to_c_string(p))),
+    };
+    LAST_ERROR.with(|slot| *slot.borrow_mut() = Some(last));
+    status
+}
+
+/// Sets the last error to a static message, skipping it if the slot is unavailable (being
+/// destroyed at thread exit, or borrowed by the panic being handled).
+fn record_without_allocating(message: &'static CStr) {
+    let _ = LAST_ERROR.try_with(|slot| {
+        if let Ok(mut slot) = slot.try_borrow_mut() {
+            *slot = Some(LastError { message: Cow::Borrowed(message), param: None });
+        }
+    });
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> &str {
@@ -148,4 +189,53 @@ pub extern "C" fn cs_last_error_param() -> *const c_char {
     LAST_ERROR.with(|slot| {
         slot.borrow().as_ref().and_then(|last| last.param.as_ref()).map_or(std::ptr::null(), |p| p.as_ptr())
     })
+}
+
+/// Test-only entry point (not in the header; tests/c declares it): runs a body that panics
+/// through [`guard`], with a payload whose destructor panics too when
+/// `payload_panics_on_drop` is non-zero. Returns what `guard` returns, CS_INTERNAL.
+#[doc(hidden)]
+#[no_mangle]
+pub extern "C" fn cs_testing_guard_panic(payload_panics_on_drop: i32) -> cs_status {
+    guard(|| {
+        if payload_panics_on_drop != 0 {
+            std::panic::panic_any(PanicsOnDrop);
+        }
+        panic!("test-only panic through guard");
+    })
+}
+
+/// A panic payload whose destructor panics.
+struct PanicsOnDrop;
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("test-only panic while dropping a panic payload");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last_message() -> String {
+        // SAFETY: the getter returns a NUL-terminated string valid until the next failure.
+        unsafe { CStr::from_ptr(cs_last_error_message()) }.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn a_panic_becomes_cs_internal_with_its_message() {
+        assert_eq!(cs_testing_guard_panic(0), cs_status::CS_INTERNAL);
+        assert_eq!(last_message(), "internal error: panic: test-only panic through guard");
+    }
+
+    #[test]
+    fn a_panic_while_handling_a_panic_still_returns_cs_internal() {
+        // Before: the payload was dropped outside catch_unwind, so its panic escaped guard
+        // (and, through an extern "C" function, aborted the process).
+        assert_eq!(cs_testing_guard_panic(1), cs_status::CS_INTERNAL);
+        assert_eq!(last_message(), PANIC_WHILE_RECORDING.to_str().expect("UTF-8"));
+        assert_eq!(guard(|| Err(Failure::invalid("x", "bad x"))), cs_status::CS_INVALID_ARGUMENT);
+        assert_eq!(last_message(), "invalid value for `x`: bad x");
+    }
 }

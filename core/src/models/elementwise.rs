@@ -178,7 +178,7 @@ mod tests {
 
     #[test]
     fn rms_norm_rows_alone_and_on_the_pool_agree_bitwise() {
-        let pool = ThreadPool::new(2);
+        let pool = ThreadPool::new(2).expect("start the thread pool");
         let width = 40;
         let x: Vec<f32> = (0..9 * width).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01).collect();
         let weight: Vec<f32> = (0..width).map(|i| 0.5 + i as f32 * 0.01).collect();

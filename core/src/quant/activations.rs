@@ -35,12 +35,28 @@ pub fn quantize_row(x: &[f32], out: &mut [Q8Block]) {
     quantize_row_portable(x, out);
 }
 
+/// The scale `d` of a block whose largest magnitude is `amax`, and the inverse the values are
+/// multiplied by; every path (portable and SIMD) takes both from here.
+///
+/// A block whose inverse is not finite (all zeros, or `0 < amax < ~3.7e-37`, where `d` is
+/// below `1 / f32::MAX`) quantizes to zeros with `d = 0`: its values are far below what the
+/// f32 dot products resolve, and an infinite inverse would make them ±inf and NaN, which the
+/// portable and SIMD float-to-int conversions turn into different (and wrong) integers.
+pub(super) fn block_scale(amax: f32) -> (f32, f32) {
+    let d = amax / 127.0;
+    let inverse = 1.0 / d;
+    if inverse.is_finite() {
+        (d, inverse)
+    } else {
+        (0.0, 0.0)
+    }
+}
+
 /// The portable statement of [`quantize_row`].
 pub fn quantize_row_portable(x: &[f32], out: &mut [Q8Block]) {
     for (values, block) in x.chunks_exact(BLOCK).zip(out.iter_mut()) {
         let amax = values.iter().fold(0f32, |acc, v| acc.max(v.abs()));
-        let d = amax / 127.0;
-        let inverse = if d == 0.0 { 0.0 } else { 1.0 / d };
+        let (d, inverse) = block_scale(amax);
         let mut sum = 0i32;
         for (q, &v) in block.q.iter_mut().zip(values) {
             // |v * inverse| <= 127 up to rounding, and rounding cannot leave [-127, 127]:
@@ -101,5 +117,128 @@ mod tests {
         quantize_row(&[0.0; 32], &mut blocks);
         assert_eq!((blocks[0].d, blocks[0].s), (0.0, 0.0));
         assert!(blocks[0].q.iter().all(|&q| q == 0));
+    }
+
+    /// Blocks whose largest magnitude runs from ordinary sizes down through the point where
+    /// `1 / d` overflows (max|x| ~ 3.7e-37) into the subnormals.
+    fn tiny_blocks() -> Vec<f32> {
+        let maxima = [
+            1.0f32,
+            1e-30,
+            1e-36,
+            4e-37,
+            3.8e-37,
+            3.7e-37,
+            3.6e-37,
+            1e-37,
+            f32::MIN_POSITIVE,
+            1e-39,
+            1e-44,
+            f32::from_bits(1),
+        ];
+        let mut x = Vec::new();
+        for amax in maxima {
+            // Mixed signs and magnitudes, the maximum positive in one block and negative in
+            // the next; then a block holding a single non-zero value.
+            let shape = |i: usize| ((i * 13 % 32) as f32 - 15.0) / 16.0;
+            x.extend((0..BLOCK).map(|i| amax * shape(i)).map(|v| v.clamp(-amax, amax)));
+            let first = x.len() - BLOCK;
+            x[first] = amax;
+            x.extend((0..BLOCK).map(|i| -amax * shape(i)).map(|v| v.clamp(-amax, amax)));
+            let last = x.len() - 1;
+            x[last] = -amax;
+            x.extend((0..BLOCK).map(|i| if i == 7 { amax } else { 0.0 }));
+        }
+        x
+    }
+
+    #[test]
+    fn tiny_and_subnormal_blocks_quantize_in_range_and_the_same_on_every_path() {
+        let x = tiny_blocks();
+        let n = x.len() / BLOCK;
+        let (mut fast, mut portable) = (vec![Q8Block::default(); n], vec![Q8Block::default(); n]);
+        quantize_row(&x, &mut fast);
+        quantize_row_portable(&x, &mut portable);
+        for (i, (values, block)) in x.chunks_exact(BLOCK).zip(&portable).enumerate() {
+            let amax = values.iter().fold(0f32, |a, v| a.max(v.abs()));
+            assert!(block.q.iter().all(|&q| (-127..=127).contains(&q)), "block {i} (max {amax:e}): {:?}", block.q);
+            assert!(block.d.is_finite() && block.s.is_finite(), "block {i} (max {amax:e}): {block:?}");
+            let flushed = !(1.0 / (amax / 127.0)).is_finite();
+            if flushed {
+                assert_eq!((block.d, block.sum), (0.0, 0), "block {i} (max {amax:e}) is flushed to zero");
+            } else {
+                assert!(block.q.iter().any(|&q| q.abs() == 127), "block {i} (max {amax:e}) keeps its scale");
+            }
+            // Every value within half a step (plus rounding of a subnormal product), or, in a
+            // flushed block, within its own negligible size.
+            let bound = if flushed { amax } else { block.d * 0.500_001 + f32::from_bits(1) };
+            for (&v, &q) in values.iter().zip(&block.q) {
+                let error = (v - block.d * q as f32).abs();
+                assert!(error <= bound, "block {i}: {v:e} -> {q} * {:e}", block.d);
+            }
+        }
+        for (i, (a, b)) in fast.iter().zip(&portable).enumerate() {
+            assert!(
+                a.q == b.q && a.sum == b.sum && a.d.to_bits() == b.d.to_bits() && a.s.to_bits() == b.s.to_bits(),
+                "block {i}: SIMD {a:?} vs portable {b:?}"
+            );
+        }
+    }
+
+    /// Blocks holding NaN and infinities (a diverged model): garbage either way, but the same
+    /// garbage on every path, and never a quantized value outside [-127, 127].
+    fn non_finite_blocks() -> Vec<f32> {
+        let ordinary = |i: usize| (i as f32 - 15.5) * 0.25;
+        let mut x = Vec::new();
+        for (lane, special) in
+            [(0, f32::NAN), (9, f32::NAN), (31, f32::NAN), (3, f32::INFINITY), (30, f32::NEG_INFINITY)]
+        {
+            let start = x.len();
+            x.extend((0..BLOCK).map(ordinary));
+            x[start + lane] = special;
+        }
+        x.extend([f32::NAN; BLOCK]);
+        x.extend((0..BLOCK).map(|i| if i % 2 == 0 { f32::NAN } else { f32::INFINITY }));
+        x.extend((0..BLOCK).map(|i| if i == 5 { f32::NAN } else { 1e-40 }));
+        x
+    }
+
+    #[test]
+    fn non_finite_blocks_never_quantize_outside_the_kernel_range() {
+        let x = non_finite_blocks();
+        let mut blocks = vec![Q8Block::default(); x.len() / BLOCK];
+        quantize_row(&x, &mut blocks);
+        for (i, block) in blocks.iter().enumerate() {
+            assert!(block.q.iter().all(|&q| q != i8::MIN), "block {i}: {:?}", block.q);
+        }
+    }
+
+    /// The SIMD quantizer against the portable one directly, so the comparison does not
+    /// depend on what `quantize_row` dispatches to. AVX2 is the only SIMD activation
+    /// quantizer (the VNNI, AVX-512 and AMX kernels consume its blocks).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_quantizer_matches_the_portable_one_bit_for_bit() {
+        if !super::super::avx2::is_available() {
+            eprintln!("skipped: this CPU has no AVX2");
+            return;
+        }
+        let mut x = tiny_blocks();
+        x.extend((0..4096).map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 0.0123));
+        x.extend(non_finite_blocks());
+        let mut portable = vec![Q8Block::default(); x.len() / BLOCK];
+        quantize_row_portable(&x, &mut portable);
+        for (i, (values, expected)) in x.chunks_exact(BLOCK).zip(&portable).enumerate() {
+            let mut block = Q8Block::default();
+            // SAFETY: AVX2 is available (checked above); `values` holds exactly 32 floats.
+            unsafe { super::super::avx2::quantize_block(values.try_into().expect("32 values"), &mut block) };
+            assert!(
+                block.q == expected.q
+                    && block.sum == expected.sum
+                    && block.d.to_bits() == expected.d.to_bits()
+                    && block.s.to_bits() == expected.s.to_bits(),
+                "block {i}: AVX2 {block:?} vs portable {expected:?}"
+            );
+        }
     }
 }

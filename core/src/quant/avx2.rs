@@ -36,15 +36,20 @@ pub unsafe fn quantize_block(values: &[f32; 32], out: &mut Q8Block) {
     let p = values.as_ptr();
     let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
     let magnitude = |x| _mm256_andnot_ps(_mm256_set1_ps(-0.0), x);
-    let max =
-        _mm256_max_ps(_mm256_max_ps(magnitude(v[0]), magnitude(v[1])), _mm256_max_ps(magnitude(v[2]), magnitude(v[3])));
+    // NaN values are skipped, as `f32::max` skips them in the portable fold: `max_ps` returns
+    // its second operand when either is NaN, so the running maximum (never NaN) goes second.
+    let max = v.iter().fold(_mm256_setzero_ps(), |max, &x| _mm256_max_ps(magnitude(x), max));
     let max = _mm_max_ps(_mm256_castps256_ps128(max), _mm256_extractf128_ps(max, 1));
     let max = _mm_max_ps(max, _mm_movehl_ps(max, max));
     let amax = _mm_cvtss_f32(_mm_max_ss(max, _mm_movehdup_ps(max)));
-    let d = amax / 127.0;
-    let inverse = _mm256_set1_ps(if d == 0.0 { 0.0 } else { 1.0 / d });
+    let (d, inverse) = super::activations::block_scale(amax);
+    let inverse = _mm256_set1_ps(inverse);
     let round = |x| {
-        let nearest_even = _mm256_round_ps(_mm256_mul_ps(x, inverse), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        let scaled = _mm256_mul_ps(x, inverse);
+        // A NaN (a NaN input, or ±inf × 0 in a block whose scale is infinite) becomes 0, as
+        // the portable `as i8` makes it; the conversion below would give i32::MIN (→ -128).
+        let scaled = _mm256_and_ps(scaled, _mm256_cmp_ps::<_CMP_ORD_Q>(scaled, scaled));
+        let nearest_even = _mm256_round_ps(scaled, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         _mm256_cvtps_epi32(nearest_even)
     };
     let q = [round(v[0]), round(v[1]), round(v[2]), round(v[3])];

@@ -115,7 +115,7 @@ fn matrix(ty: GgmlType, seed: u64) -> (QMatrix, Vec<f64>) {
 
 #[test]
 fn kernels_match_f64_reference_for_every_type_and_batch_size() {
-    let pool = ThreadPool::new(2);
+    let pool = ThreadPool::new(2).expect("start the thread pool");
     let x = random_activations(&mut Rng(7));
     for (t, ty) in TYPES.into_iter().enumerate() {
         let (matrix, weights) = matrix(ty, 100 + t as u64);
@@ -171,7 +171,7 @@ fn weights_offset_magnitude(ty: GgmlType, w_row: &[f64], activations: &[f64]) ->
 
 #[test]
 fn results_are_bitwise_batch_invariant() {
-    let pool = ThreadPool::new(2);
+    let pool = ThreadPool::new(2).expect("start the thread pool");
     let x = random_activations(&mut Rng(11));
     for (t, ty) in TYPES.into_iter().enumerate() {
         let (matrix, _) = matrix(ty, 200 + t as u64);
@@ -209,7 +209,7 @@ fn dequantize_row_matches_reference() {
 
 #[test]
 fn concat_rows_equals_separate_matmuls() {
-    let pool = ThreadPool::new(2);
+    let pool = ThreadPool::new(2).expect("start the thread pool");
     let x = random_activations(&mut Rng(5));
     let m = 5;
     // 13 rows: groups of eight straddle the parts (regrouped); 16 rows: whole groups (appended).
@@ -268,7 +268,7 @@ fn wrong_byte_count_is_an_error() {
 fn simd_kernels_give_identical_bits() {
     // Every SIMD kernel takes exact integer block sums and then the same float operations, so
     // a model computes the same logits on an AVX2 machine and on a VNNI one.
-    let pool = ThreadPool::new(2);
+    let pool = ThreadPool::new(2).expect("start the thread pool");
     let x = random_activations(&mut Rng(13));
     let simd: Vec<Kernel> = kernels().into_iter().filter(|k| *k != Kernel::Scalar).collect();
     for (t, ty) in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0].into_iter().enumerate() {

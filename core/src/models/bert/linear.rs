@@ -210,7 +210,7 @@ mod tests {
     /// blocks and tasks.
     #[test]
     fn matches_naive_f64_matmul() {
-        let pool = ThreadPool::new(3);
+        let pool = ThreadPool::new(3).expect("start the thread pool");
         for (m, k, n) in [(1, 8, 1), (13, 37, 11), (70, 384, 9), (5, 1536, 130), (130, 3, 2)] {
             let x = pseudo_random(m * k, 1);
             let w = pseudo_random(n * k, 2);
@@ -228,7 +228,7 @@ mod tests {
 
     #[test]
     fn a_row_gives_the_same_bits_alone_and_in_a_batch() {
-        let pool = ThreadPool::new(2);
+        let pool = ThreadPool::new(2).expect("start the thread pool");
         let (m, k, n) = (23, 100, 17);
         let x = pseudo_random(m * k, 4);
         let layer = Linear::new(pseudo_random(n * k, 5), pseudo_random(n, 6), k);
