@@ -41,16 +41,16 @@ fn strings(items: &[&str]) -> Value {
 /// A SentencePiece vocabulary: 256 byte tokens, then the pieces below (ids 256..), with
 /// Llama's `<unk>`/`<s>`/`</s>` at the end.
 const PIECES: &[(&str, f32, i32)] = &[
-    ("▁", -1.0, 1),                // 256
-    ("H", -1.0, 1),                // 257
-    ("i", -1.0, 1),                // 258
-    ("Hi", -2.0, 1),               // 259
-    ("▁Hi", -3.0, 1),              // 260
-    ("<start_of_turn>", 0.0, 3),   // 261: a control token, matched whole
-    ("<unk>", 0.0, 2),             // 262
-    ("<s>", 0.0, 3),               // 263
-    ("</s>", 0.0, 3),              // 264
-    ("<end_of_turn>", 0.0, 3),     // 265
+    ("▁", -1.0, 1),              // 256
+    ("H", -1.0, 1),              // 257
+    ("i", -1.0, 1),              // 258
+    ("Hi", -2.0, 1),             // 259
+    ("▁Hi", -3.0, 1),            // 260
+    ("<start_of_turn>", 0.0, 3), // 261: a control token, matched whole
+    ("<unk>", 0.0, 2),           // 262
+    ("<s>", 0.0, 3),             // 263
+    ("</s>", 0.0, 3),            // 264
+    ("<end_of_turn>", 0.0, 3),   // 265
 ];
 
 fn sentencepiece_spec() -> GgufSpec {

@@ -18,8 +18,7 @@ use crate::gguf::GgufFile;
 /// mapping (which then runs without its own GPT-2 regex). The contractions are spelled out
 /// (`'[sS]`) rather than `(?i:'s)`: Unicode case folding would also match `'ſ` and the Kelvin sign.
 const LLAMA3_SPLIT_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_SPLIT_REGEX: &str =
-    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// llama.cpp's `default` pre-tokenizer: these regexes one after the other, each splitting the
 /// pieces the previous one left (matches and the text between them both become pieces).
 const DEFAULT_SPLIT_REGEXES: &[&str] = &[
@@ -30,7 +29,8 @@ const DEFAULT_SPLIT_REGEXES: &[&str] = &[
 ];
 
 /// The `tokenizer.ggml.pre` values this module knows, for error messages.
-pub(super) const SUPPORTED_PRE: &str = "`llama-bpe` (`llama3`, `llama-v3`), `qwen2`, `smollm`, `starcoder`, `gpt-2` (`gpt2`), `default`";
+pub(super) const SUPPORTED_PRE: &str =
+    "`llama-bpe` (`llama3`, `llama-v3`), `qwen2`, `smollm`, `starcoder`, `gpt-2` (`gpt2`), `default`";
 
 /// How text is split into words before BPE, by GGUF `tokenizer.ggml.pre`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +74,8 @@ impl PreTokenizer {
     fn build(self) -> std::result::Result<PreTokenizerWrapper, String> {
         let byte_level = |use_regex: bool| -> PreTokenizerWrapper { ByteLevel::new(false, false, use_regex).into() };
         let splits_then_bytes = |regexes: &[&str]| -> std::result::Result<PreTokenizerWrapper, String> {
-            let mut steps = regexes.iter().map(|regex| isolating_split(regex)).collect::<std::result::Result<Vec<_>, _>>()?;
+            let mut steps =
+                regexes.iter().map(|regex| isolating_split(regex)).collect::<std::result::Result<Vec<_>, _>>()?;
             steps.push(byte_level(false));
             Ok(Sequence::new(steps).into())
         };

@@ -176,11 +176,7 @@ impl Tokenizer {
             .map(|(id, t)| if t.is_empty() { format!("[EMPTY_{id}]") } else { (*t).to_owned() })
             .collect();
         let type_of = |id: usize| token_types.get(id).copied().unwrap_or(1);
-        let entries = texts
-            .iter()
-            .enumerate()
-            .map(|(id, text)| Some(sentencepiece_entry(text, type_of(id))))
-            .collect();
+        let entries = texts.iter().enumerate().map(|(id, text)| Some(sentencepiece_entry(text, type_of(id)))).collect();
         let kinds: Vec<PieceKind> = (0..texts.len()).map(|id| sentencepiece_kind(type_of(id))).collect();
         let encoder = SentencePiece::new(texts, scores, &kinds, add_space_prefix);
         Self::assemble(Backend::SentencePiece(encoder), entries, specials, add_special).validated(gguf.path())

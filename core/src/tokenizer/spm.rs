@@ -119,10 +119,8 @@ impl SentencePiece {
 
     /// Appends the ids of one fragment (spaces already replaced by `▁`).
     fn encode_fragment(&self, text: &str, ids: &mut Vec<u32>) -> Result<()> {
-        let mut symbols: Vec<Symbol> = text
-            .char_indices()
-            .map(|(start, c)| Symbol { start, len: c.len_utf8(), prev: None, next: None })
-            .collect();
+        let mut symbols: Vec<Symbol> =
+            text.char_indices().map(|(start, c)| Symbol { start, len: c.len_utf8(), prev: None, next: None }).collect();
         let count = symbols.len();
         for (i, symbol) in symbols.iter_mut().enumerate() {
             symbol.prev = i.checked_sub(1);
@@ -246,10 +244,7 @@ impl Ord for Pair {
     /// Higher score first; among equal scores the leftmost pair. (`partial_cmp` rather than
     /// `total_cmp` so that -0.0 and 0.0 tie, as they do in llama.cpp's comparison.)
     fn cmp(&self, other: &Self) -> Ordering {
-        self.score
-            .partial_cmp(&other.score)
-            .unwrap_or(Ordering::Equal)
-            .then_with(|| other.left.cmp(&self.left))
+        self.score.partial_cmp(&other.score).unwrap_or(Ordering::Equal).then_with(|| other.left.cmp(&self.left))
     }
 }
 
@@ -345,11 +340,7 @@ mod tests {
     #[test]
     fn whole_tokens_are_cut_out_before_merging_longest_first() {
         let mut entries = letters();
-        entries.extend([
-            ("<start_of_turn>", 0.0, PieceKind::Whole),
-            ("<s", 0.0, PieceKind::Whole),
-            ("▁a", -1.5, N),
-        ]);
+        entries.extend([("<start_of_turn>", 0.0, PieceKind::Whole), ("<s", 0.0, PieceKind::Whole), ("▁a", -1.5, N)]);
         let spm = vocab(&entries, false);
         assert_eq!(texts(&spm, &spm.encode("a<start_of_turn>b<sa").unwrap()), ["a", "<start_of_turn>", "b", "<s", "a"]);
         // With the prefix, text after a whole token gets a space too (as in llama.cpp).
