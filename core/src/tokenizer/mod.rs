@@ -66,7 +66,8 @@ struct TokenEntry {
 /// What turns text into ids and back.
 enum Backend {
     /// A `tokenizers::Tokenizer`: byte-level BPE from GGUF metadata, or a tokenizer.json.
-    Hf(tokenizers::Tokenizer),
+    /// (Boxed: it is large, and the enum lives once per model.)
+    Hf(Box<tokenizers::Tokenizer>),
     /// Our SentencePiece encoder (llama.cpp's algorithm); decoding uses the token byte table.
     SentencePiece(SentencePiece),
 }
@@ -150,7 +151,8 @@ impl Tokenizer {
             eos: optional_bool(gguf, "tokenizer.ggml.add_eos_token")?.unwrap_or(false),
         };
         let entries = hf_entries(&inner, TokenTextScheme::ByteLevel);
-        Self::assemble(Backend::Hf(inner), entries, gguf_special_ids(gguf)?, add_special).validated(gguf.path())
+        Self::assemble(Backend::Hf(Box::new(inner)), entries, gguf_special_ids(gguf)?, add_special)
+            .validated(gguf.path())
     }
 
     fn sentencepiece_from_gguf(gguf: &GgufFile) -> Result<Self> {
@@ -178,7 +180,7 @@ impl Tokenizer {
         let type_of = |id: usize| token_types.get(id).copied().unwrap_or(1);
         let entries = texts.iter().enumerate().map(|(id, text)| Some(sentencepiece_entry(text, type_of(id)))).collect();
         let kinds: Vec<PieceKind> = (0..texts.len()).map(|id| sentencepiece_kind(type_of(id))).collect();
-        let encoder = SentencePiece::new(texts, scores, &kinds, add_space_prefix);
+        let encoder = SentencePiece::new(&texts, scores, &kinds, add_space_prefix);
         Self::assemble(Backend::SentencePiece(encoder), entries, specials, add_special).validated(gguf.path())
     }
 
@@ -209,7 +211,7 @@ impl Tokenizer {
             }
         };
         let entries = hf_entries(&inner, scheme);
-        Self::assemble(Backend::Hf(inner), entries, specials, AddSpecial::default()).validated(path)
+        Self::assemble(Backend::Hf(Box::new(inner)), entries, specials, AddSpecial::default()).validated(path)
     }
 
     /// Puts the parts together and derives the end-of-generation set: EOS, EOT and EOM as the

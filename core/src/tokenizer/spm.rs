@@ -34,13 +34,12 @@ pub(super) enum PieceKind {
 /// A SentencePiece vocabulary ready to encode.
 #[derive(Debug)]
 pub(super) struct SentencePiece {
-    /// Entry texts by id.
-    texts: Vec<String>,
+    /// Scores by id: a pair whose concatenation scores higher merges first.
     scores: Vec<f32>,
     /// Text to id; for a text listed twice the later id wins (as in llama.cpp).
     ids: HashMap<String, u32>,
-    /// Ids matched whole before the merge pass, longest text first (then lowest id).
-    whole_tokens: Vec<u32>,
+    /// Entries matched whole before the merge pass, longest text first (then lowest id).
+    whole_tokens: Vec<(String, u32)>,
     /// The byte-fallback token of every byte value, if the vocabulary has one.
     byte_tokens: Vec<Option<u32>>,
     add_space_prefix: bool,
@@ -56,14 +55,16 @@ enum Fragment<'a> {
 impl SentencePiece {
     /// Builds the encoder. `texts`, `scores` and `kinds` are indexed by id and have equal length
     /// (checked by the caller against the GGUF keys they come from).
-    pub(super) fn new(texts: Vec<String>, scores: Vec<f32>, kinds: &[PieceKind], add_space_prefix: bool) -> Self {
+    pub(super) fn new(texts: &[String], scores: Vec<f32>, kinds: &[PieceKind], add_space_prefix: bool) -> Self {
         let ids: HashMap<String, u32> = texts.iter().enumerate().map(|(id, text)| (text.clone(), id as u32)).collect();
-        let mut whole_tokens: Vec<u32> =
-            (0..texts.len() as u32).filter(|&id| kinds[id as usize] == PieceKind::Whole).collect();
+        let mut whole_tokens: Vec<(String, u32)> = (0..texts.len())
+            .filter(|&id| kinds[id] == PieceKind::Whole)
+            .map(|id| (texts[id].clone(), id as u32))
+            .collect();
         // Longest first, so that a token containing another (`<|end|>` in `<|endoftext|>`) wins.
-        whole_tokens.sort_by_key(|&id| std::cmp::Reverse(texts[id as usize].len()));
+        whole_tokens.sort_by_key(|(text, _)| std::cmp::Reverse(text.len()));
         let byte_tokens = (0..=255u8).map(|byte| byte_fallback_id(&ids, byte)).collect();
-        Self { texts, scores, ids, whole_tokens, byte_tokens, add_space_prefix }
+        Self { scores, ids, whole_tokens, byte_tokens, add_space_prefix }
     }
 
     /// Whether a leading space was added to the text (and is removed again by decoding).
@@ -101,8 +102,8 @@ impl SentencePiece {
     /// first; what is left between them stays text.
     fn split_whole_tokens<'a>(&self, text: &'a str) -> Vec<Fragment<'a>> {
         let mut fragments = if text.is_empty() { Vec::new() } else { vec![Fragment::Text(text)] };
-        for &id in &self.whole_tokens {
-            let needle = self.texts[id as usize].as_str();
+        for (needle, id) in &self.whole_tokens {
+            let (needle, id) = (needle.as_str(), *id);
             if !text.contains(needle) {
                 continue; // the common case; saves rebuilding the list
             }
@@ -276,11 +277,12 @@ mod tests {
             scores.push(score);
             kinds.push(kind);
         }
-        SentencePiece::new(texts, scores, &kinds, add_space_prefix)
+        SentencePiece::new(&texts, scores, &kinds, add_space_prefix)
     }
 
     fn texts(spm: &SentencePiece, ids: &[u32]) -> Vec<String> {
-        ids.iter().map(|&id| spm.texts[id as usize].clone()).collect()
+        let text_of: HashMap<u32, &String> = spm.ids.iter().map(|(text, &id)| (id, text)).collect();
+        ids.iter().map(|id| text_of[id].clone()).collect()
     }
 
     const N: PieceKind = PieceKind::Normal;
@@ -332,7 +334,7 @@ mod tests {
 
     #[test]
     fn missing_byte_fallback_is_an_error_not_a_guess() {
-        let spm = SentencePiece::new(vec!["a".into()], vec![0.0], &[N], false);
+        let spm = SentencePiece::new(&["a".into()], vec![0.0], &[N], false);
         let err = spm.encode("aé").unwrap_err();
         assert!(err.to_string().contains("<0xC3>"), "{err}");
     }
