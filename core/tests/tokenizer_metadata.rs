@@ -156,7 +156,7 @@ fn missing_pre_tokenizer_fails_the_load() {
 
 #[test]
 fn every_supported_pre_tokenizer_loads() {
-    for pre in ["llama-bpe", "llama3", "qwen2", "smollm", "starcoder", "gpt-2", "gpt2", "default"] {
+    for pre in ["llama-bpe", "llama3", "llama-v3", "qwen2", "smollm", "starcoder", "gpt-2", "gpt2", "mpt", "default"] {
         let mut spec = GgufSpec::tiny_llama();
         spec.set("tokenizer.ggml.pre", Value::String(pre.into()));
         let (_, tokenizer) = tokenizer_of(&format!("bpe-{pre}"), &spec);

@@ -80,7 +80,7 @@ fn starcoder_digits_then_gpt2_pre_tokenizer_matches_llama_cpp() {
 /// Decoding what we encoded gives the text back (the SentencePiece space prefix removed again).
 #[test]
 fn encode_then_decode_round_trips_for_every_kind() {
-    for kind in ["llama-spm", "phi-3", "gpt-2", "starcoder"] {
+    for kind in ["llama-spm", "phi-3", "gpt-2", "starcoder", "mpt"] {
         let tokenizer = load(kind);
         for (text, _) in cases(kind) {
             let ids = tokenizer.encode(&text, false).unwrap();
@@ -133,4 +133,11 @@ fn control_tokens_are_matched_whole_and_end_generation() {
     let eog = tokenizer.end_of_generation_ids();
     assert_eq!(eog[0], tokenizer.eos_token_id().unwrap());
     assert!(eog.contains(&end), "{eog:?}");
+}
+
+/// `mpt` (GPT-NeoX's vocabulary) uses the GPT-2 regex in llama.cpp; its 178 user-defined
+/// tokens (runs of spaces) are matched whole before BPE.
+#[test]
+fn mpt_with_user_defined_tokens_matches_llama_cpp() {
+    check_vocab("mpt");
 }

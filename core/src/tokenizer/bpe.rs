@@ -30,12 +30,12 @@ const DEFAULT_SPLIT_REGEXES: &[&str] = &[
 
 /// The `tokenizer.ggml.pre` values this module knows, for error messages.
 pub(super) const SUPPORTED_PRE: &str =
-    "`llama-bpe` (`llama3`, `llama-v3`), `qwen2`, `smollm`, `starcoder`, `gpt-2` (`gpt2`), `default`";
+    "`llama-bpe` (`llama3`, `llama-v3`), `qwen2`, `smollm`, `starcoder`, `gpt-2` (`gpt2`), `mpt`, `default`";
 
 /// How text is split into words before BPE, by GGUF `tokenizer.ggml.pre`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum PreTokenizer {
-    /// `gpt-2`: the GPT-2 regex.
+    /// `gpt-2`, `mpt`: the GPT-2 regex.
     Gpt2,
     /// `smollm`, `starcoder`: every digit alone, then the GPT-2 regex.
     DigitsThenGpt2,
@@ -52,7 +52,7 @@ impl PreTokenizer {
     /// implement (which must fail the load rather than be guessed).
     pub(super) fn from_name(pre: &str) -> Option<Self> {
         Some(match pre {
-            "gpt-2" | "gpt2" => Self::Gpt2,
+            "gpt-2" | "gpt2" | "mpt" => Self::Gpt2,
             "smollm" | "starcoder" => Self::DigitsThenGpt2,
             "llama-bpe" | "llama3" | "llama-v3" => Self::Llama3,
             "qwen2" => Self::Qwen2,
