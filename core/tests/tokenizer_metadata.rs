@@ -173,3 +173,52 @@ fn unsupported_tokenizer_model_fails_the_load_naming_the_value() {
     spec.set("tokenizer.ggml.model", Value::String("rwkv".into()));
     load_error("rwkv", &spec, &["unsupported tokenizer model `rwkv`", "tokenizer.ggml.model"]);
 }
+
+/// A HuggingFace tokenizer.json for the tiny model's byte-level vocabulary.
+fn tiny_tokenizer_json() -> String {
+    let chars = gguf_writer::gpt2_byte_chars();
+    let mut vocab: serde_json::Map<String, serde_json::Value> =
+        chars.iter().enumerate().map(|(id, c)| (c.to_string(), id.into())).collect();
+    for (id, token) in [(256, "Ġt"), (257, "<|im_start|>"), (258, "<|im_end|>")] {
+        vocab.insert(token.into(), id.into());
+    }
+    let added = |id: u32, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+                           "rstrip": false, "normalized": false, "special": true})
+    };
+    let byte_level =
+        serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [added(257, "<|im_start|>"), added(258, "<|im_end|>")],
+        "normalizer": null, "pre_tokenizer": byte_level, "post_processor": null, "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                  "vocab": vocab, "merges": ["Ġ t"]}
+    })
+    .to_string()
+}
+
+/// The way out of an unknown `pre`: a tokenizer.json next to the model is used instead of the
+/// metadata, so the engine loads (and tokenizes with the tokenizer.json).
+#[test]
+fn unknown_pre_with_a_tokenizer_json_beside_the_model_loads() {
+    use cortexstream::{Engine, EngineConfig};
+    let dir = std::env::temp_dir().join(format!("cortexstream-tokenizer-json-beside-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut spec = GgufSpec::tiny_llama();
+    spec.set("tokenizer.ggml.pre", Value::String("deepseek-v3".into()));
+    let model = dir.join("model.gguf");
+    std::fs::write(&model, spec.to_bytes()).unwrap();
+    let config = || EngineConfig { threads: Some(1), kv_cache_tokens: 256, ..EngineConfig::new(&model) };
+
+    let err = Engine::new(config()).expect_err("no tokenizer.json yet: the unknown pre must fail the load");
+    assert!(err.to_string().contains("`deepseek-v3`"), "{err}");
+
+    std::fs::write(dir.join("tokenizer.json"), tiny_tokenizer_json()).unwrap();
+    let engine = Engine::new(config()).expect("the tokenizer.json beside the model is used");
+    assert_eq!(engine.tokenize("<|im_start|> t", false).unwrap(), [257, 256]);
+    drop(engine);
+    let _ = std::fs::remove_dir_all(&dir);
+}
