@@ -426,9 +426,9 @@ fn spec_cases() -> Vec<(&'static str, Vec<&'static str>, GgufSpec)> {
         ),
         (
             "unsupported tokenizer model",
-            vec!["unsupported tokenizer model `llama`"],
+            vec!["unsupported tokenizer model `rwkv`"],
             with(&|g| {
-                g.set("tokenizer.ggml.model", s("llama"));
+                g.set("tokenizer.ggml.model", s("rwkv"));
             }),
         ),
         (

@@ -160,11 +160,11 @@ fn tiny_gguf(name: &str, metadata: &[(&str, &str)]) -> PathBuf {
 
 #[test]
 fn unsupported_tokenizer_model_is_a_clear_load_error() {
-    let path = tiny_gguf("spm.gguf", &[("tokenizer.ggml.model", "llama")]);
+    let path = tiny_gguf("rwkv.gguf", &[("tokenizer.ggml.model", "rwkv")]);
     let err = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap_err();
     assert!(matches!(err, Error::ModelLoad { .. }), "{err}");
     let message = err.to_string();
-    assert!(message.contains("spm.gguf") && message.contains("`llama`"), "{message}");
+    assert!(message.contains("rwkv.gguf") && message.contains("`rwkv`"), "{message}");
 }
 
 #[test]
