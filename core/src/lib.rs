@@ -31,6 +31,7 @@ pub mod sampling;
 pub(crate) mod scheduler;
 pub(crate) mod sequence;
 pub mod threadpool;
+pub mod timeout;
 pub mod tokenizer;
 
 pub use engine::{
@@ -39,6 +40,7 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use metrics::{Histogram, MetricsSnapshot};
+pub use timeout::WaitLimit;
 pub use request::{
     ChatMessage, Event, FinishReason, Prompt, Request, SamplingParams, Timings, TokenLogprobs, TopLogprob, Usage,
 };
