@@ -162,8 +162,9 @@ fn cancel_after(engine: &Engine, tokens_before_cancel: usize) {
     while let Ok(Event::Token { .. }) = handle.try_recv() {
         seen += 1;
     }
-    let steps_before = engine.metrics().steps;
     handle.cancel();
+    // Read after cancel(): only the step already past its cancel check may still complete.
+    let steps_before = engine.metrics().steps;
     let (after_cancel, finished) = drain(&handle);
     let steps_after = engine.metrics().steps;
     let Event::Finished { reason, usage, .. } = finished else { unreachable!() };
@@ -185,8 +186,8 @@ fn cancel_during_a_long_prefill_ends_it_within_one_step_with_no_tokens() {
     let before = engine.metrics();
     let handle = engine.submit(Request::new(Prompt::Tokens(prompt.clone()), greedy(16))).unwrap();
     wait_for_metrics(engine, "the prefill started", |m| m.prefill_tokens_total > before.prefill_tokens_total);
-    let steps_before = engine.metrics().steps;
     handle.cancel();
+    let steps_before = engine.metrics().steps;
     let (tokens, finished) = drain(&handle);
     let after = engine.metrics();
     let Event::Finished { reason, usage, .. } = finished else { unreachable!() };
