@@ -140,7 +140,10 @@ fn kv_cache_bytes(num_blocks: usize, block_size: usize, model: &crate::models::l
     const K_AND_V: usize = 2;
     let element = std::mem::size_of::<u16>();
     let too_big = || {
-        Error::invalid("kv_cache_tokens", format!("{} tokens of KV cache overflow the address space", num_blocks * block_size))
+        Error::invalid(
+            "kv_cache_tokens",
+            format!("{} tokens of KV cache overflow the address space", num_blocks * block_size),
+        )
     };
     let bytes = [model.n_layers, block_size, model.n_kv_heads, model.head_dim, K_AND_V, element]
         .into_iter()

@@ -40,7 +40,7 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use metrics::{Histogram, MetricsSnapshot};
-pub use timeout::WaitLimit;
 pub use request::{
     ChatMessage, Event, FinishReason, Prompt, Request, SamplingParams, Timings, TokenLogprobs, TopLogprob, Usage,
 };
+pub use timeout::WaitLimit;

@@ -101,7 +101,8 @@ impl Sampler {
         self.adjust_logits(logits, history);
         let logprobs = self.params.logprobs.map(|n| top_logprobs(logits, n));
         let token = if self.params.temperature == 0.0 { argmax(logits) } else { self.sample_stochastic(logits) };
-        let logprobs = logprobs.map(|(lse, top)| TokenLogprobs { logprob: logits[token as usize] - lse, top, bytes: Vec::new() });
+        let logprobs =
+            logprobs.map(|(lse, top)| TokenLogprobs { logprob: logits[token as usize] - lse, top, bytes: Vec::new() });
         Sampled { token, logprobs }
     }
 

@@ -23,7 +23,10 @@ impl WaitLimit {
     /// A limit in seconds; `param` is the argument's name as the caller spells it.
     pub fn from_secs_f64(seconds: f64, param: &'static str) -> Result<Self> {
         if seconds.is_nan() || seconds < 0.0 {
-            return Err(Error::invalid(param, format!("must be a number of seconds >= 0 (inf waits forever), got {seconds}")));
+            return Err(Error::invalid(
+                param,
+                format!("must be a number of seconds >= 0 (inf waits forever), got {seconds}"),
+            ));
         }
         // `try_from_secs_f64` fails only for +inf and values past Duration::MAX here.
         Ok(Duration::try_from_secs_f64(seconds).map_or(WaitLimit::Forever, WaitLimit::For))
