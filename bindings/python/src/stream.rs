@@ -39,7 +39,8 @@ struct Receiver {
 
 /// What one wait produced.
 enum Received {
-    Chunk(Chunk),
+    /// Boxed: a chunk (with its logprobs and their bytes) is far larger than the other variants.
+    Chunk(Box<Chunk>),
     Nothing,
     Ended,
 }
@@ -81,7 +82,7 @@ impl Stream {
         match event {
             Ok(event) => {
                 let wants_logprobs = receiver.wants_logprobs;
-                Received::Chunk(self.chunk_from(event, &mut receiver.collected, wants_logprobs))
+                Received::Chunk(Box::new(self.chunk_from(event, &mut receiver.collected, wants_logprobs)))
             }
             Err(RecvError::Timeout | RecvError::Empty) => Received::Nothing,
             Err(RecvError::Finished) => Received::Ended,
@@ -163,7 +164,7 @@ impl Stream {
                 return Err(interrupt);
             }
             match received {
-                Received::Chunk(chunk) => return Ok(Some(chunk)),
+                Received::Chunk(chunk) => return Ok(Some(*chunk)),
                 Received::Ended => return Ok(None),
                 Received::Nothing => {}
             }
