@@ -211,7 +211,8 @@ typedef struct cs_engine_params {
    */
   size_t max_batch_tokens;
   /**
-   * Total tokens the KV cache holds across all sequences (default 16384).
+   * Total tokens the KV cache holds across all sequences (default 16384). A cache larger than
+   * the machine's memory is CS_INVALID_ARGUMENT naming `kv_cache_tokens`.
    */
   size_t kv_cache_tokens;
   /**
@@ -223,9 +224,9 @@ typedef struct cs_engine_params {
    */
   size_t context_length;
   /**
-   * Compute threads (including the engine thread); 0 uses one per physical core. At most 1024
-   * (`cortexstream::threadpool::MAX_THREADS`); more, or a count the system cannot start,
-   * fails with CS_INVALID_ARGUMENT naming `threads`.
+   * Compute threads (including the engine thread); 0 uses one per physical core. At most 4 per
+   * available CPU (and never more than 1024, `cortexstream::threadpool::MAX_THREADS`); more, or
+   * a count the system cannot start, fails with CS_INVALID_ARGUMENT naming `threads`.
    */
   size_t threads;
   /**
@@ -454,6 +455,20 @@ typedef struct cs_timings {
 } cs_timings;
 
 /**
+ * Raw bytes lent by the library: `len` bytes at `data` (not NUL-terminated; NULL when empty).
+ */
+typedef struct cs_bytes {
+  /**
+   * The first byte.
+   */
+  const uint8_t *data;
+  /**
+   * Number of bytes at `data`.
+   */
+  size_t len;
+} cs_bytes;
+
+/**
  * One event of a request's stream.
  *
  * Lifetime: the event and every pointer in it are lent by the library. In a callback they
@@ -512,6 +527,18 @@ typedef struct cs_event {
    * FINISHED with CS_FINISH_ERROR: what went wrong (NUL-terminated UTF-8); otherwise NULL.
    */
   const char *error_message;
+  /**
+   * TOKEN with `has_logprobs`: the sampled token's raw bytes (OpenAI's `bytes`). A byte-level
+   * token may be part of a multi-byte UTF-8 character, so these are not always valid UTF-8
+   * alone. Appended after the older fields: this struct is lent by the library and only grows at
+   * its end, so callers built against an older header keep reading the fields they know.
+   */
+  struct cs_bytes token_bytes;
+  /**
+   * TOKEN with `has_logprobs`: the raw bytes of each alternative, parallel to `top_logprobs`
+   * (`top_logprobs_len` entries; NULL if none).
+   */
+  const struct cs_bytes *top_logprobs_bytes;
 } cs_event;
 
 /**
@@ -705,7 +732,8 @@ enum cs_status cs_engine_submit_chat(const struct cs_engine *engine,
 /**
  * Takes the next event of a request submitted without a callback.
  *
- * Waits up to `timeout_ms` milliseconds (0: do not wait; negative: wait as long as it takes).
+ * Waits up to `timeout_ms` milliseconds (0: do not wait; -1: wait as long as it takes; any
+ * other negative value is CS_INVALID_ARGUMENT naming `timeout_ms`).
  * On success `*out_event` points to the event, lent until the next call on this request or
  * `cs_request_free`. CS_TIMEOUT if no event came in time (call again); CS_END_OF_STREAM
  * once the FINISHED event has been delivered; CS_INVALID_ARGUMENT for a callback request.

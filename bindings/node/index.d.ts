@@ -17,7 +17,12 @@
  * ```
  */
 
-/** How to build an {@link Engine}. Unset options take the core's defaults. */
+/**
+ * How to build an {@link Engine}. Unset options take the core's defaults. A value of the
+ * wrong type throws a `TypeError` naming the option; a value out of range (not a whole
+ * number, below 1, `threads` above 4 per available CPU, a KV cache larger than memory)
+ * throws an `Error` with `code: 'invalid_request'` and `param` naming the option.
+ */
 export interface EngineOptions {
   /** GGUF file; default: SmolLM2-135M-Instruct (Q4_1) in the model cache ({@link modelsDir}). */
   model?: string;
@@ -38,7 +43,7 @@ export interface EngineOptions {
   blockSize?: number;
   /** Context window; default and maximum: the model's. */
   contextLength?: number;
-  /** Compute threads; default: the physical cores. */
+  /** Compute threads, at most 4 per available CPU; default: the physical cores. */
   threads?: number;
   /** Most requests waiting for a running slot; beyond it submits fail with `overloaded` (default 256). */
   maxQueue?: number;
@@ -123,7 +128,12 @@ export interface Timings {
 export interface TokenLogprobs {
   tokenId: number;
   logprob: number;
-  top: { tokenId: number; logprob: number }[];
+  /**
+   * The token's raw bytes (as OpenAI's `bytes`). A byte-level token may be part of a
+   * multi-byte character, so these are not always valid UTF-8 on their own.
+   */
+  bytes: number[];
+  top: { tokenId: number; logprob: number; bytes: number[] }[];
 }
 
 /**

@@ -84,6 +84,16 @@ impl EngineConfig {
         }
     }
 
+    /// Most compute threads an engine accepts: four per CPU the process may use. More
+    /// threads than that only add contention, and a mistyped huge value would otherwise try to
+    /// spawn that many OS threads.
+    pub fn max_threads() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get()).saturating_mul(THREADS_PER_CPU)
+    }
+
+    /// Checks every setting that can be checked without the model; the error names the
+    /// first field out of range. The KV cache size is checked once the model's shape is known
+    /// ([`kv_cache_bytes`]).
     fn validate(&self) -> Result<()> {
         let positive = [
             ("max_running", self.max_running),
@@ -101,14 +111,75 @@ impl EngineConfig {
         if self.kv_cache_tokens < self.block_size {
             return Err(Error::invalid("kv_cache_tokens", "must hold at least one block"));
         }
-        if self.threads == Some(0) || self.context_length == Some(0) {
+        if self.context_length == Some(0) {
+            return Err(Error::invalid("context_length", "must be at least 1"));
+        }
+        self.validate_threads()
+    }
+
+    fn validate_threads(&self) -> Result<()> {
+        let Some(threads) = self.threads else { return Ok(()) };
+        let max = Self::max_threads();
+        if threads == 0 || threads > max {
             return Err(Error::invalid(
-                if self.threads == Some(0) { "threads" } else { "context_length" },
-                "must be at least 1",
+                "threads",
+                format!("must be between 1 and {max} (4 per available CPU), got {threads}"),
             ));
         }
         Ok(())
     }
+}
+
+/// See [`EngineConfig::max_threads`].
+const THREADS_PER_CPU: usize = 4;
+
+/// Bytes of the KV cache for `num_blocks` blocks of `block_size` tokens with the model's
+/// shape (K and V, f16), or an error naming `kv_cache_tokens` when that overflows or exceeds
+/// the machine's physical memory: a typo must fail cleanly, not abort in the allocator or
+/// get the process killed when the pages are first touched.
+fn kv_cache_bytes(num_blocks: usize, block_size: usize, model: &crate::models::llama::LlamaConfig) -> Result<usize> {
+    const K_AND_V: usize = 2;
+    let element = std::mem::size_of::<u16>();
+    let too_big = || {
+        Error::invalid(
+            "kv_cache_tokens",
+            format!("{} tokens of KV cache overflow the address space", num_blocks * block_size),
+        )
+    };
+    let bytes = [model.n_layers, block_size, model.n_kv_heads, model.head_dim, K_AND_V, element]
+        .into_iter()
+        .try_fold(num_blocks, usize::checked_mul)
+        .filter(|&bytes| bytes <= isize::MAX as usize)
+        .ok_or_else(too_big)?;
+    if let Some(memory) = physical_memory_bytes() {
+        if bytes as u64 > memory {
+            return Err(Error::invalid(
+                "kv_cache_tokens",
+                format!(
+                    "{} tokens of KV cache need {} MiB, more than the machine's {} MiB of memory",
+                    num_blocks * block_size,
+                    bytes >> 20,
+                    memory >> 20
+                ),
+            ));
+        }
+    }
+    Ok(bytes)
+}
+
+/// Installed RAM, when the platform says.
+#[cfg(target_os = "linux")]
+fn physical_memory_bytes() -> Option<u64> {
+    // SAFETY: sysconf only reads system configuration.
+    let (pages, page_size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let pages = u64::try_from(pages).ok()?;
+    let page_size = u64::try_from(page_size).ok()?;
+    pages.checked_mul(page_size)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn physical_memory_bytes() -> Option<u64> {
+    None
 }
 
 /// What is loaded.
@@ -373,6 +444,7 @@ impl Engine {
 
         let mc = model.config();
         let num_blocks = config.kv_cache_tokens / config.block_size;
+        kv_cache_bytes(num_blocks, config.block_size, mc)?;
         let kv_capacity_tokens = num_blocks * config.block_size;
         let context_length =
             config.context_length.unwrap_or(mc.context_length).min(mc.context_length).min(kv_capacity_tokens);
@@ -893,7 +965,11 @@ fn advance(
         // Nothing can complete a stop string any more: release what was held back.
         text.push_str(&seq.text.finish());
     }
-    let event = Event::Token { id: token, text, logprobs: sampled.logprobs };
+    let mut logprobs = sampled.logprobs;
+    if let Some(logprobs) = &mut logprobs {
+        logprobs.fill_bytes(token, tokenizer);
+    }
+    let event = Event::Token { id: token, text, logprobs };
     match seq.sink.deliver(event) {
         Delivery::Delivered => reason.map(|r| (r, None)),
         Delivery::ConsumerGone => Some((FinishReason::Cancelled, None)),

@@ -31,6 +31,7 @@ pub mod sampling;
 pub(crate) mod scheduler;
 pub(crate) mod sequence;
 pub mod threadpool;
+pub mod timeout;
 pub mod tokenizer;
 
 pub use engine::{
@@ -42,3 +43,4 @@ pub use metrics::{Histogram, MetricsSnapshot};
 pub use request::{
     ChatMessage, Event, FinishReason, Prompt, Request, SamplingParams, Timings, TokenLogprobs, TopLogprob, Usage,
 };
+pub use timeout::WaitLimit;

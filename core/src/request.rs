@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::tokenizer::Tokenizer;
 
 /// Largest number of alternatives reported per token, as in OpenAI's `top_logprobs`.
 pub const MAX_LOGPROBS: usize = 20;
@@ -273,6 +274,11 @@ pub struct Timings {
 pub struct TopLogprob {
     pub token_id: u32,
     pub logprob: f32,
+    /// The token's raw bytes (OpenAI's `bytes`). A byte-level BPE token may be part of a
+    /// multi-byte UTF-8 character, so these are not always valid UTF-8 on their own; they are
+    /// what decoding the token alone as text would lose.
+    #[serde(default)]
+    pub bytes: Vec<u8>,
 }
 
 /// Log-probabilities of one sampled token.
@@ -280,6 +286,21 @@ pub struct TopLogprob {
 pub struct TokenLogprobs {
     pub logprob: f32,
     pub top: Vec<TopLogprob>,
+    /// The sampled token's raw bytes (see [`TopLogprob::bytes`]).
+    #[serde(default)]
+    pub bytes: Vec<u8>,
+}
+
+impl TokenLogprobs {
+    /// Sets the raw bytes of the sampled token and of every alternative. The sampler knows
+    /// only ids; the engine, which owns the tokenizer, calls this before the event leaves.
+    pub(crate) fn fill_bytes(&mut self, sampled: u32, tokenizer: &Tokenizer) {
+        let bytes_of = |id: u32| tokenizer.token_bytes(id).unwrap_or_default().to_vec();
+        self.bytes = bytes_of(sampled);
+        for alternative in &mut self.top {
+            alternative.bytes = bytes_of(alternative.token_id);
+        }
+    }
 }
 
 /// One item of a request's event stream.

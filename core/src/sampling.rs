@@ -101,7 +101,8 @@ impl Sampler {
         self.adjust_logits(logits, history);
         let logprobs = self.params.logprobs.map(|n| top_logprobs(logits, n));
         let token = if self.params.temperature == 0.0 { argmax(logits) } else { self.sample_stochastic(logits) };
-        let logprobs = logprobs.map(|(lse, top)| TokenLogprobs { logprob: logits[token as usize] - lse, top });
+        let logprobs =
+            logprobs.map(|(lse, top)| TokenLogprobs { logprob: logits[token as usize] - lse, top, bytes: Vec::new() });
         Sampled { token, logprobs }
     }
 
@@ -238,7 +239,7 @@ fn top_logprobs(logits: &[f32], n: usize) -> (f32, Vec<TopLogprob>) {
             }
         }
     }
-    (lse, top.into_iter().map(|(token_id, l)| TopLogprob { token_id, logprob: l - lse }).collect())
+    (lse, top.into_iter().map(|(token_id, l)| TopLogprob { token_id, logprob: l - lse, bytes: Vec::new() }).collect())
 }
 
 #[cfg(test)]

@@ -5,12 +5,13 @@ mod common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::Instant;
 
 use cortexstream::models::bert::BertEmbedder;
 use cortexstream::threadpool::{default_thread_count, ThreadPool};
-use cortexstream::Error;
+use cortexstream::{Engine, EngineConfig, Error, Event, Request, SamplingParams};
 
 const LONG_TEXT: &str = "The history of the city goes back more than two thousand years, to a small settlement \
     of fishermen and traders on the northern bank of the river. Over the centuries it grew into a busy port, \
@@ -227,4 +228,91 @@ fn load_errors_name_the_file_and_the_problem() {
     assert!(load_error("model.safetensors").contains("not a valid safetensors file"));
 
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Bit patterns of embedding vectors: "bit for bit" equality, with no float tolerance.
+fn bits(vectors: &[Vec<f32>]) -> Vec<Vec<u32>> {
+    vectors.iter().map(|v| v.iter().map(|x| x.to_bits()).collect()).collect()
+}
+
+/// One embed call made while a generation streams on the engine thread.
+struct Overlap {
+    vectors: Vec<Vec<f32>>,
+    /// Tokens the generation had streamed when the call started and when it returned.
+    tokens_at_start: usize,
+    tokens_at_end: usize,
+    generation_finished_at_end: bool,
+}
+
+#[test]
+fn embeddings_run_beside_generation() {
+    let mut config = EngineConfig::new(common::smollm2_path());
+    config.embedding_model = Some(common::minilm_dir());
+    config.kv_cache_tokens = 2048;
+    let engine = Engine::new(config).expect("SmolLM2 and MiniLM load");
+    let texts = [LONG_TEXT, "A man is eating food.", "The girl is carrying a baby.", LONG_TEXT];
+    let request = || {
+        let params = SamplingParams { max_tokens: Some(200), ignore_eos: true, ..SamplingParams::greedy() };
+        Request::new("Once upon a time, in a small village by the sea,", params)
+    };
+    // Each alone first: the references.
+    let solo_vectors = engine.embed(&texts).unwrap().vectors;
+    let solo_generation = engine.generate(request()).unwrap();
+
+    let tokens = AtomicUsize::new(0);
+    let finished = AtomicBool::new(false);
+    let (first_token_tx, first_token_rx) = mpsc::channel();
+    let handle = engine.submit(request()).unwrap();
+    let (streamed_ids, streamed_text, overlap) = std::thread::scope(|scope| {
+        // Embeds from another thread, again and again while the generation streams, until one
+        // call saw tokens arrive while it ran (bounded: the generation has 200 tokens).
+        let (engine, texts, tokens, finished) = (&engine, &texts, &tokens, &finished);
+        let embedder = scope.spawn(move || {
+            first_token_rx.recv().expect("the generation streams a first token");
+            let mut calls = Vec::new();
+            while !finished.load(Ordering::Acquire) {
+                let tokens_at_start = tokens.load(Ordering::Acquire);
+                let vectors = engine.embed(texts).unwrap().vectors;
+                let call = Overlap {
+                    vectors,
+                    tokens_at_start,
+                    tokens_at_end: tokens.load(Ordering::Acquire),
+                    generation_finished_at_end: finished.load(Ordering::Acquire),
+                };
+                let overlapped = call.tokens_at_end > call.tokens_at_start && !call.generation_finished_at_end;
+                calls.push(call);
+                if overlapped {
+                    break;
+                }
+            }
+            calls
+        });
+        let (mut ids, mut text) = (Vec::new(), String::new());
+        for event in handle {
+            if let Event::Token { id, text: piece, .. } = event {
+                ids.push(id);
+                text.push_str(&piece);
+                if tokens.fetch_add(1, Ordering::AcqRel) == 0 {
+                    first_token_tx.send(()).unwrap();
+                }
+            }
+        }
+        finished.store(true, Ordering::Release);
+        (ids, text, embedder.join().expect("the embedding thread does not panic"))
+    });
+
+    let last = overlap.last().expect("at least one embed call ran while the generation streamed");
+    assert!(
+        last.tokens_at_end > last.tokens_at_start && !last.generation_finished_at_end,
+        "no embed call overlapped the generation in {} calls (the last saw tokens {}..{}, finished: {})",
+        overlap.len(),
+        last.tokens_at_start,
+        last.tokens_at_end,
+        last.generation_finished_at_end
+    );
+    for call in &overlap {
+        assert_eq!(bits(&call.vectors), bits(&solo_vectors), "an embedding beside generation equals the solo one");
+    }
+    assert_eq!(streamed_ids, solo_generation.token_ids, "the generation beside embeddings equals the solo one");
+    assert_eq!(streamed_text, solo_generation.text);
 }

@@ -334,18 +334,6 @@ fn logprobs_are_reported_per_token() {
 }
 
 #[test]
-fn embeddings_run_beside_generation() {
-    let e = engine()
-        .embed(&["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby."])
-        .unwrap();
-    assert_eq!(e.vectors.len(), 3);
-    assert_eq!(e.vectors[0].len(), 384);
-    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
-    assert!(dot(&e.vectors[0], &e.vectors[1]) > dot(&e.vectors[0], &e.vectors[2]));
-    assert!(e.prompt_tokens > 10);
-}
-
-#[test]
 fn shutdown_cancels_in_flight_requests_then_rejects_new_work() {
     // A separate, small engine: shutting down the shared one would break the other tests.
     let mut config = EngineConfig::new(common::smollm2_path());

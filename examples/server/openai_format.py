@@ -66,12 +66,14 @@ class TokenTexts:
     def chat_entry(self, logprobs: cortexstream.TokenLogprobs) -> dict:
         """One entry of a chat choice's `logprobs.content`."""
 
-        def item(token_id: int, logprob: float) -> dict:
-            text = self.text(token_id)
-            return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+        def item(token_id: int, logprob: float, raw: bytes) -> dict:
+            # `bytes` are the token's own bytes: a token that is part of a UTF-8 character
+            # decodes alone to U+FFFD, so they cannot come from its text.
+            return {"token": self.text(token_id), "logprob": logprob, "bytes": list(raw)}
 
-        return {**item(logprobs.token_id, logprobs.logprob),
-                "top_logprobs": [item(token_id, lp) for token_id, lp in logprobs.top]}
+        return {**item(logprobs.token_id, logprobs.logprob, logprobs.bytes),
+                "top_logprobs": [item(token_id, lp, raw)
+                                 for (token_id, lp), raw in zip(logprobs.top, logprobs.top_bytes)]}
 
     def chat_logprobs(self, entries: list[cortexstream.TokenLogprobs]) -> dict:
         return {"content": [self.chat_entry(e) for e in entries]}

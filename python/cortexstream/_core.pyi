@@ -1,5 +1,6 @@
 """Typed stubs of the compiled module ``cortexstream._core`` (checked by ``mypy.stubtest``)."""
 
+import builtins
 import os
 from types import TracebackType
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union, final
@@ -58,6 +59,13 @@ class TokenLogprobs:
     @property
     def top(self) -> List[Tuple[int, float]]:
         """``(token_id, logprob)`` of the most likely tokens, best first."""
+    @property
+    def bytes(self) -> builtins.bytes:
+        """The sampled token's raw bytes (not always valid UTF-8 alone: a byte-level token
+        may be part of a multi-byte character)."""
+    @property
+    def top_bytes(self) -> List[builtins.bytes]:
+        """The raw bytes of each alternative in ``top``, in the same order."""
 
 @final
 class Chunk:
@@ -145,7 +153,8 @@ class Stream:
     def finished(self) -> bool:
         """Whether the last chunk has been read or the stream was closed."""
     def next_chunk(self, timeout: Optional[float] = None) -> Optional[Chunk]:
-        """The next chunk, waiting at most ``timeout`` seconds (``None``: until one arrives).
+        """The next chunk, waiting at most ``timeout`` seconds (``None`` or ``inf``: until one
+        arrives; NaN or a negative number raises ``InvalidRequestError`` naming ``timeout``).
 
         Returns ``None`` when the stream has ended or nothing arrived in time; ``finished``
         tells which.
@@ -176,6 +185,8 @@ class Engine:
     int), ``ignore_eos`` (bool), ``logprobs`` (int), ``priority`` (int) and ``logit_bias``
     (``Mapping[int | str, float]``: OpenAI's token id -> bias in [-100, 100]). ``max_queue``
     bounds the requests waiting for a slot; past it submits raise ``OverloadedError``.
+    ``threads`` is at most 4 per available CPU. A setting out of range (a negative size, a
+    KV cache larger than memory) raises ``InvalidRequestError`` naming it.
     """
 
     def __new__(

@@ -28,7 +28,9 @@ class Engine(_core.Engine):
     ``"minilm"`` when it is in the cache, ``False`` loads none. The other arguments tune the
     scheduler; ``None`` keeps the core's default (``max_running=32``, ``max_batch_tokens=2048``,
     ``kv_cache_tokens=16384``, ``context_length`` = the model's, ``threads`` = physical cores,
-    ``max_queue=256``).
+    ``max_queue=256``). ``threads`` may be at most 4 per available CPU, and the KV cache must
+    fit in the machine's memory; a setting out of range raises :class:`InvalidRequestError`
+    with ``param`` naming it.
 
     Sampling keyword arguments, accepted by every generation method: ``max_tokens``,
     ``temperature`` (0.8; 0 is greedy), ``top_k`` (40), ``top_p`` (0.95), ``min_p`` (0.05),

@@ -1021,6 +1021,187 @@ typedef struct {
     void (*run)(void);
 } test_case;
 
+/* ---------- issue 17: settings, timeouts, logprob bytes, cancel within one step ---------- */
+
+/* cs_engine_new with `params` must fail naming `param`, and write no engine. */
+static void check_engine_params_rejected(cs_engine_params params, const char *param) {
+    cs_engine *created = NULL;
+    CHECK_FAILS(cs_engine_new(&params, &created), CS_INVALID_ARGUMENT, param);
+    CHECK(created == NULL, "an engine was created with a bad %s", param);
+    if (created != NULL) cs_engine_free(created);
+}
+
+static void test_engine_settings_out_of_range_are_rejected(void) {
+    char gguf[4200], minilm[4200];
+    model_paths(gguf, minilm, sizeof gguf);
+    cs_engine_params params = cs_engine_default_params();
+    params.model_path = gguf;
+
+    cs_engine_params bad = params;
+    bad.kv_cache_tokens = SIZE_MAX; /* the KV byte count overflows */
+    check_engine_params_rejected(bad, "kv_cache_tokens");
+    bad = params;
+    bad.kv_cache_tokens = (size_t)1 << 40; /* petabytes of KV: more than the machine's memory */
+    check_engine_params_rejected(bad, "kv_cache_tokens");
+    bad = params;
+    bad.threads = SIZE_MAX;
+    check_engine_params_rejected(bad, "threads");
+    bad = params;
+    bad.threads = (size_t)1 << 20;
+    check_engine_params_rejected(bad, "threads");
+    bad = params;
+    bad.max_running = 0;
+    check_engine_params_rejected(bad, "max_running");
+}
+
+static void test_next_event_timeouts(void) {
+    cs_sampling_params params = greedy_params(2);
+    cs_request *request = NULL;
+    CHECK_OK(cs_engine_submit_text(engine, REF_PROMPT, &params, NULL, NULL, &request));
+    if (request == NULL) return;
+    const cs_event *event = NULL;
+    /* -1 is "no limit"; any other negative value is a mistake, not a longer wait. */
+    CHECK_FAILS(cs_request_next_event(request, -2, &event), CS_INVALID_ARGUMENT, "timeout_ms");
+    CHECK_FAILS(cs_request_next_event(request, INT64_MIN, &event), CS_INVALID_ARGUMENT, "timeout_ms");
+    CHECK(event == NULL, "out_event written on failure");
+    /* The largest timeout is as good as none (no overflow computing the deadline). */
+    CHECK_OK(cs_request_next_event(request, INT64_MAX, &event));
+    CHECK(event != NULL && event->kind == CS_EVENT_TOKEN, "first event is not a token");
+    stream_result *result = calloc(1, sizeof *result);
+    CHECK_FAILS(drain(request, result), CS_END_OF_STREAM, NULL);
+    CHECK(result->has_finished && result->ids_len == 1, "%zu more tokens", result->ids_len);
+    free(result);
+    CHECK_OK(cs_request_free(request));
+}
+
+/* Generates one token forced by a logit bias and copies the event's logprob bytes. */
+static size_t forced_token_bytes(uint32_t token, uint8_t *out, size_t out_size) {
+    cs_sampling_params params = greedy_params(1);
+    params.logprobs = 2;
+    float bias = 100.0f;
+    params.logit_bias_ids = &token;
+    params.logit_bias_values = &bias;
+    params.logit_bias_len = 1;
+    cs_request *request = NULL;
+    CHECK_OK(cs_engine_submit_text(engine, "The crab emoji is", &params, NULL, NULL, &request));
+    if (request == NULL) return 0;
+    size_t len = 0;
+    const cs_event *event = NULL;
+    CHECK_OK(cs_request_next_event(request, -1, &event));
+    if (event != NULL && event->kind == CS_EVENT_TOKEN) {
+        CHECK(event->token_id == token && event->has_logprobs, "token %u, logprobs %d", event->token_id,
+              (int)event->has_logprobs);
+        len = event->token_bytes.len;
+        CHECK(len > 0 && len <= out_size && event->token_bytes.data != NULL, "%zu token bytes", len);
+        if (len <= out_size && event->token_bytes.data != NULL) memcpy(out, event->token_bytes.data, len);
+        /* The forced token is also the top alternative, with the same bytes. */
+        CHECK(event->top_logprobs_len == 2 && event->top_logprobs_bytes != NULL, "%zu alternatives",
+              event->top_logprobs_len);
+        if (event->top_logprobs_bytes != NULL && event->top_logprobs_len > 0) {
+            const cs_bytes *top = &event->top_logprobs_bytes[0];
+            CHECK(event->top_logprobs[0].token_id == token && top->len == len &&
+                      memcmp(top->data, event->token_bytes.data, len) == 0,
+                  "the top alternative's bytes differ from the sampled token's");
+        }
+    }
+    CHECK_OK(cs_request_free(request));
+    return len;
+}
+
+static void test_logprob_bytes_of_a_partial_utf8_token(void) {
+    const char *crab = "\xF0\x9F\xA6\x80"; /* U+1F980, four bytes: byte-level BPE splits it */
+    uint32_t *ids = NULL;
+    size_t ids_len = 0;
+    CHECK_OK(cs_engine_tokenize(engine, crab, false, &ids, &ids_len));
+    if (ids == NULL) return;
+    CHECK(ids_len >= 2, "the emoji is %zu token(s)", ids_len);
+    uint8_t joined[64];
+    size_t joined_len = 0;
+    for (size_t i = 0; i < ids_len && joined_len < sizeof joined; i++) {
+        size_t len = forced_token_bytes(ids[i], joined + joined_len, sizeof joined - joined_len);
+        /* A token that is part of the character is not the replacement character EF BF BD. */
+        CHECK(len < 4 && !(len == 3 && memcmp(joined + joined_len, "\xEF\xBF\xBD", 3) == 0),
+              "token %u reports %zu bytes", ids[i], len);
+        joined_len += len;
+    }
+    CHECK(joined_len == 4 && memcmp(joined, crab, 4) == 0, "the tokens' bytes do not spell the emoji");
+    CHECK_OK(cs_tokens_free(ids));
+}
+
+/* Pulls token events until `count` have arrived (or the stream ended); returns how many. */
+static size_t pull_tokens(cs_request *request, size_t count, int64_t timeout_ms) {
+    size_t seen = 0;
+    while (seen < count) {
+        const cs_event *event = NULL;
+        if (cs_request_next_event(request, timeout_ms, &event) != CS_OK) break;
+        if (event->kind != CS_EVENT_TOKEN) break;
+        seen++;
+    }
+    return seen;
+}
+
+/* Cancels after `tokens_before` tokens; the request may take one more step, never more. */
+static void cancel_after_tokens(size_t tokens_before) {
+    cs_sampling_params params = greedy_params(2000);
+    params.ignore_eos = true;
+    cs_request *request = NULL;
+    CHECK_OK(cs_engine_submit_text(engine, REF_PROMPT, &params, NULL, NULL, &request));
+    if (request == NULL) return;
+    size_t seen = pull_tokens(request, tokens_before, -1);
+    seen += pull_tokens(request, SIZE_MAX, 0); /* what is already queued was sampled before */
+    CHECK_OK(cs_request_cancel(request));
+    stream_result *result = calloc(1, sizeof *result);
+    CHECK_FAILS(drain(request, result), CS_END_OF_STREAM, NULL);
+    CHECK(result->finished.finish_reason == CS_FINISH_CANCELLED, "finish reason %d",
+          (int)result->finished.finish_reason);
+    /* One token of the step running at cancel(), plus at most one that raced the drain. */
+    CHECK(result->ids_len <= 2, "%zu tokens arrived after cs_request_cancel returned (after %zu)",
+          result->ids_len, tokens_before);
+    CHECK(result->finished.usage.completion_tokens == seen + result->ids_len, "usage says %zu, streamed %zu",
+          result->finished.usage.completion_tokens, seen + result->ids_len);
+    free(result);
+    CHECK_OK(cs_request_free(request));
+}
+
+static void test_cancel_takes_effect_within_one_step(void) {
+    /* Several phases, so a cancel applied only every few steps cannot pass by luck. */
+    for (size_t tokens_before = 3; tokens_before < 7; tokens_before++) cancel_after_tokens(tokens_before);
+}
+
+static void test_cancel_during_a_long_prefill(void) {
+    /* A running request shows the engine's steps: its tokens come one per step it joins. */
+    cs_sampling_params params = greedy_params(2000);
+    params.ignore_eos = true;
+    cs_request *running = NULL;
+    CHECK_OK(cs_engine_submit_text(engine, REF_PROMPT, &params, NULL, NULL, &running));
+    if (running == NULL) return;
+    CHECK(pull_tokens(running, 1, -1) == 1, "the running request produced no token");
+
+    /* ~3000 prompt tokens: ~47 prefill steps of 64 tokens. */
+    static uint32_t prompt[3000];
+    for (size_t i = 0; i < COUNT_OF(prompt); i++) prompt[i] = REF_PROMPT_IDS[i % COUNT_OF(REF_PROMPT_IDS)];
+    cs_sampling_params long_params = greedy_params(16);
+    cs_request *prefilling = NULL;
+    CHECK_OK(cs_engine_submit_tokens(engine, prompt, COUNT_OF(prompt), &long_params, NULL, NULL, &prefilling));
+    if (prefilling != NULL) {
+        /* Two tokens of the running request after the submit: a whole step began after it,
+         * so the long prompt is being prefilled. */
+        CHECK(pull_tokens(running, 2, -1) == 2, "the running request stopped");
+        CHECK_OK(cs_request_cancel(prefilling));
+        stream_result *result = calloc(1, sizeof *result);
+        CHECK_FAILS(drain(prefilling, result), CS_END_OF_STREAM, NULL);
+        CHECK(result->finished.finish_reason == CS_FINISH_CANCELLED, "finish reason %d",
+              (int)result->finished.finish_reason);
+        CHECK(result->ids_len == 0 && result->finished.usage.completion_tokens == 0,
+              "%zu tokens sampled for a request cancelled during its prefill", result->ids_len);
+        CHECK(result->finished.usage.prompt_tokens == COUNT_OF(prompt), "prompt_tokens %zu",
+              result->finished.usage.prompt_tokens);
+        free(result);
+        CHECK_OK(cs_request_free(prefilling));
+    }
+    CHECK_OK(cs_request_free(running));
+}
+
 int main(int argc, char **argv) {
     const char *cache = getenv("CORTEXSTREAM_CACHE");
     if (argc > 1)
@@ -1059,6 +1240,11 @@ int main(int argc, char **argv) {
         {"panics_in_the_guard_return_cs_internal", test_panics_in_the_guard_return_cs_internal},
         {"bool_field_bytes_other_than_0_or_1_are_rejected", test_bool_field_bytes_other_than_0_or_1_are_rejected},
         {"huge_thread_count_is_rejected", test_huge_thread_count_is_rejected},
+        {"engine_settings_out_of_range_are_rejected", test_engine_settings_out_of_range_are_rejected},
+        {"next_event_timeouts", test_next_event_timeouts},
+        {"logprob_bytes_of_a_partial_utf8_token", test_logprob_bytes_of_a_partial_utf8_token},
+        {"cancel_takes_effect_within_one_step", test_cancel_takes_effect_within_one_step},
+        {"cancel_during_a_long_prefill", test_cancel_during_a_long_prefill},
     };
     int passed = 0, failed = 0;
     for (size_t i = 0; i < COUNT_OF(tests); i++) {

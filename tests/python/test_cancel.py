@@ -56,3 +56,47 @@ def test_ctrl_c_interrupts_a_blocking_generate_and_cancels_it(engine):
         timer.cancel()
         signal.signal(signal.SIGINT, previous_handler)
     assert wait_until(lambda: engine.metrics()["requests_cancelled"] == before + 1 and idle(engine))
+
+
+def take_queued(stream) -> int:
+    """Reads the chunks already delivered (sampled before the cancel that follows)."""
+    taken = 0
+    while stream.next_chunk(0) is not None:
+        taken += 1
+    return taken
+
+
+@pytest.mark.parametrize("tokens_before_cancel", [3, 4, 5, 6])
+def test_cancel_takes_effect_within_one_step(engine, tokens_before_cancel):
+    """Counted in engine steps: the one running when cancel() is called may finish, no more.
+    Several phases, so a cancel applied only every few steps cannot pass by luck."""
+    stream = engine.stream("Tell me a long story.", temperature=0.0, **LONG)
+    seen = sum(1 for _ in zip(range(tokens_before_cancel), stream)) + take_queued(stream)
+    stream.cancel()
+    steps_before = engine.metrics()["steps"]  # after cancel(): only a step already past its check may end
+    rest = list(stream)
+    steps_after = engine.metrics()["steps"]
+    assert rest[-1].finish_reason == "cancelled"
+    assert steps_after - steps_before <= 1, f"{steps_after - steps_before} steps ran after cancel()"
+    tokens_after = len(rest) - 1
+    assert tokens_after <= 2, f"{tokens_after} tokens after cancel()"  # that step's, one racing the drain
+    assert rest[-1].usage.completion_tokens == seen + tokens_after
+    assert wait_until(lambda: idle(engine))
+
+
+def test_cancel_during_a_long_prefill(engine):
+    sentence = engine.tokenize(" The river runs past the old mill and under the stone bridge.")
+    prompt = (sentence * 400)[:3000]  # ~47 prefill steps of 64 tokens
+    before = engine.metrics()
+    stream = engine.stream(prompt, max_tokens=16, temperature=0.0)
+    assert wait_until(lambda: engine.metrics()["prefill_tokens_total"] > before["prefill_tokens_total"])
+    stream.cancel()
+    steps_before = engine.metrics()["steps"]  # after cancel(): only a step already past its check may end
+    chunks = list(stream)
+    after = engine.metrics()
+    assert [c.finish_reason for c in chunks] == ["cancelled"], "no token for a cancelled prefill"
+    assert chunks[-1].usage.completion_tokens == 0 and chunks[-1].usage.prompt_tokens == len(prompt)
+    assert after["steps"] - steps_before <= 1, f"{after['steps'] - steps_before} steps ran after cancel()"
+    prefilled = after["prefill_tokens_total"] - before["prefill_tokens_total"]
+    assert prefilled < len(prompt), f"the cancel came after the prefill ({prefilled} tokens computed)"
+    assert wait_until(lambda: idle(engine))

@@ -77,6 +77,17 @@ pub struct cs_top_logprob {
     pub logprob: f32,
 }
 
+/// Raw bytes lent by the library: `len` bytes at `data` (not NUL-terminated; NULL when empty).
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct cs_bytes {
+    /// The first byte.
+    pub data: *const u8,
+    /// Number of bytes at `data`.
+    pub len: usize,
+}
+
 /// One event of a request's stream.
 ///
 /// Lifetime: the event and every pointer in it are lent by the library. In a callback they
@@ -113,6 +124,14 @@ pub struct cs_event {
     pub timings: cs_timings,
     /// FINISHED with CS_FINISH_ERROR: what went wrong (NUL-terminated UTF-8); otherwise NULL.
     pub error_message: *const c_char,
+    /// TOKEN with `has_logprobs`: the sampled token's raw bytes (OpenAI's `bytes`). A byte-level
+    /// token may be part of a multi-byte UTF-8 character, so these are not always valid UTF-8
+    /// alone. Appended after the older fields: this struct is lent by the library and only grows at
+    /// its end, so callers built against an older header keep reading the fields they know.
+    pub token_bytes: cs_bytes,
+    /// TOKEN with `has_logprobs`: the raw bytes of each alternative, parallel to `top_logprobs`
+    /// (`top_logprobs_len` entries; NULL if none).
+    pub top_logprobs_bytes: *const cs_bytes,
 }
 
 /// Owns the bytes a `cs_event` points into. One lives per request and is reused for each
@@ -122,7 +141,16 @@ pub(crate) struct EventBuffer {
     text: Vec<u8>,
     top_logprobs: Vec<cs_top_logprob>,
     error_message: Vec<u8>,
+    /// The sampled token's bytes, then every alternative's, back to back.
+    token_bytes: Vec<u8>,
+    /// Views into `token_bytes`, one per alternative.
+    top_logprobs_bytes: Vec<cs_bytes>,
 }
+
+// SAFETY: the only pointers inside (`top_logprobs_bytes`) point into `token_bytes`, a heap
+// buffer owned by the same value, so they stay valid wherever the buffer moves; they are
+// dereferenced only by C, during the lend documented on `cs_event`.
+unsafe impl Send for EventBuffer {}
 
 impl EventBuffer {
     /// The C view of `event`. Its pointers borrow from `self` and stay valid until the next
@@ -135,6 +163,7 @@ impl EventBuffer {
                 if let Some(lp) = logprobs {
                     self.top_logprobs.extend(top_logprobs(lp));
                 }
+                let sampled_bytes = self.set_token_bytes(logprobs.as_ref());
                 cs_event {
                     token_id: *id,
                     text: self.text.as_ptr().cast(),
@@ -143,6 +172,12 @@ impl EventBuffer {
                     logprob: logprobs.as_ref().map_or(0.0, |lp| lp.logprob),
                     top_logprobs: if self.top_logprobs.is_empty() { ptr::null() } else { self.top_logprobs.as_ptr() },
                     top_logprobs_len: self.top_logprobs.len(),
+                    token_bytes: sampled_bytes,
+                    top_logprobs_bytes: if self.top_logprobs_bytes.is_empty() {
+                        ptr::null()
+                    } else {
+                        self.top_logprobs_bytes.as_ptr()
+                    },
                     ..blank_event(cs_event_type::CS_EVENT_TOKEN)
                 }
             }
@@ -163,6 +198,39 @@ impl EventBuffer {
     }
 }
 
+impl EventBuffer {
+    /// Stores the raw bytes of the sampled token and its alternatives; returns the view of the
+    /// sampled token's and leaves the alternatives' in `top_logprobs_bytes`.
+    fn set_token_bytes(&mut self, logprobs: Option<&TokenLogprobs>) -> cs_bytes {
+        self.token_bytes.clear();
+        self.top_logprobs_bytes.clear();
+        let Some(lp) = logprobs else { return NO_BYTES };
+        // All bytes first, views after: the buffer must not grow once views point into it.
+        self.token_bytes.extend_from_slice(&lp.bytes);
+        for alternative in &lp.top {
+            self.token_bytes.extend_from_slice(&alternative.bytes);
+        }
+        let mut offset = lp.bytes.len();
+        for alternative in &lp.top {
+            let end = offset + alternative.bytes.len();
+            self.top_logprobs_bytes.push(bytes_view(&self.token_bytes[offset..end]));
+            offset = end;
+        }
+        bytes_view(&self.token_bytes[..lp.bytes.len()])
+    }
+}
+
+/// The C view of `bytes` (NULL when empty).
+fn bytes_view(bytes: &[u8]) -> cs_bytes {
+    if bytes.is_empty() {
+        NO_BYTES
+    } else {
+        cs_bytes { data: bytes.as_ptr(), len: bytes.len() }
+    }
+}
+
+const NO_BYTES: cs_bytes = cs_bytes { data: ptr::null(), len: 0 };
+
 fn blank_event(kind: cs_event_type) -> cs_event {
     cs_event {
         kind,
@@ -177,6 +245,8 @@ fn blank_event(kind: cs_event_type) -> cs_event {
         usage: cs_usage::default(),
         timings: cs_timings::default(),
         error_message: ptr::null(),
+        token_bytes: NO_BYTES,
+        top_logprobs_bytes: ptr::null(),
     }
 }
 

@@ -33,15 +33,16 @@ pub struct cs_engine_params {
     pub max_running: usize,
     /// Token budget of one step; long prompts are prefilled in chunks of this size (default 2048).
     pub max_batch_tokens: usize,
-    /// Total tokens the KV cache holds across all sequences (default 16384).
+    /// Total tokens the KV cache holds across all sequences (default 16384). A cache larger than
+    /// the machine's memory is CS_INVALID_ARGUMENT naming `kv_cache_tokens`.
     pub kv_cache_tokens: usize,
     /// Tokens per KV cache block (default 16).
     pub block_size: usize,
     /// Context window; 0 uses the model's.
     pub context_length: usize,
-    /// Compute threads (including the engine thread); 0 uses one per physical core. At most 1024
-    /// (`cortexstream::threadpool::MAX_THREADS`); more, or a count the system cannot start,
-    /// fails with CS_INVALID_ARGUMENT naming `threads`.
+    /// Compute threads (including the engine thread); 0 uses one per physical core. At most 4 per
+    /// available CPU (and never more than 1024, `cortexstream::threadpool::MAX_THREADS`); more, or
+    /// a count the system cannot start, fails with CS_INVALID_ARGUMENT naming `threads`.
     pub threads: usize,
     /// Requests allowed to wait beyond the running ones; more are rejected with CS_OVERLOADED (default 256).
     pub max_queue: usize,

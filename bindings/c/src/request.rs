@@ -4,7 +4,7 @@ use std::ffi::{c_char, c_void};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use cortexstream::{Canceller, Event, Prompt, RecvError, Request, RequestHandle};
+use cortexstream::{Canceller, Event, Prompt, RecvError, Request, RequestHandle, WaitLimit};
 
 use crate::args::{c_str, check_out, read_sized, require, slice};
 use crate::engine::{chat_messages, cs_chat_message, cs_engine, engine_ref};
@@ -171,7 +171,8 @@ unsafe fn request_ref<'a>(request: *const cs_request) -> Result<&'a cs_request, 
 
 /// Takes the next event of a request submitted without a callback.
 ///
-/// Waits up to `timeout_ms` milliseconds (0: do not wait; negative: wait as long as it takes).
+/// Waits up to `timeout_ms` milliseconds (0: do not wait; -1: wait as long as it takes; any
+/// other negative value is CS_INVALID_ARGUMENT naming `timeout_ms`).
 /// On success `*out_event` points to the event, lent until the next call on this request or
 /// `cs_request_free`. CS_TIMEOUT if no event came in time (call again); CS_END_OF_STREAM
 /// once the FINISHED event has been delivered; CS_INVALID_ARGUMENT for a callback request.
@@ -202,11 +203,19 @@ pub unsafe extern "C" fn cs_request_next_event(
     })
 }
 
+/// `cs_request_next_event`'s `timeout_ms` value that waits for as long as it takes (C has no
+/// infinity; -1 is the library's "not set", as in `max_tokens`).
+const WAIT_FOREVER_MS: i64 = -1;
+
 fn receive(handle: &RequestHandle, timeout_ms: i64) -> Result<Event, Failure> {
-    let outcome = match u64::try_from(timeout_ms) {
-        Err(_) => handle.recv().ok_or(RecvError::Finished),
-        Ok(0) => handle.try_recv(),
-        Ok(ms) => handle.recv_timeout(Duration::from_millis(ms)),
+    let limit = match timeout_ms {
+        WAIT_FOREVER_MS => WaitLimit::Forever,
+        ms => WaitLimit::from_millis(ms, "timeout_ms")?,
+    };
+    let outcome = match limit {
+        WaitLimit::Forever => handle.recv().ok_or(RecvError::Finished),
+        WaitLimit::For(Duration::ZERO) => handle.try_recv(),
+        WaitLimit::For(wait) => handle.recv_timeout(wait),
     };
     outcome.map_err(|e| match e {
         RecvError::Timeout | RecvError::Empty => {

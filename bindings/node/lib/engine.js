@@ -3,12 +3,13 @@
 const { NativeEngine } = require('./native');
 const { withDefaultModels } = require('./models');
 const { runRequest, ChunkStream } = require('./request');
-const { checkPrompt, checkMessages, checkOptions } = require('./validate');
+const { checkPrompt, checkMessages, checkOptions, checkEngineOptions } = require('./validate');
 
 class Engine {
   #native;
 
   constructor(options = {}) {
+    checkEngineOptions(options);
     this.#native = new NativeEngine(withDefaultModels(options));
   }
 

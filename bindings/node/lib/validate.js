@@ -41,6 +41,17 @@ function checkMessages(messages) {
   });
 }
 
+// Engine sizes; ranges (whole, >= 1, bounded) are the core's to check.
+const ENGINE_NUMBER_OPTIONS = ['maxRunning', 'maxBatchTokens', 'kvCacheTokens', 'blockSize', 'contextLength', 'threads', 'maxQueue'];
+
+/** Engine options: sizes must be numbers (the native conversion would not name the option). */
+function checkEngineOptions(options) {
+  if (options === null || typeof options !== 'object') throw typeError('options', 'an object', options);
+  for (const name of ENGINE_NUMBER_OPTIONS) {
+    if (options[name] !== undefined && typeof options[name] !== 'number') throw typeError(name, 'a number', options[name]);
+  }
+}
+
 /** Generation options; unknown keys (e.g. `signal`) are left to their own handlers. */
 function checkOptions(options) {
   if (options === undefined) return;
@@ -69,4 +80,4 @@ function checkOptions(options) {
   }
 }
 
-module.exports = { checkPrompt, checkMessages, checkOptions };
+module.exports = { checkPrompt, checkMessages, checkOptions, checkEngineOptions };

@@ -54,6 +54,9 @@ impl From<cortexstream::Timings> for Timings {
 pub struct TopLogprob {
     pub token_id: u32,
     pub logprob: f64,
+    /// The token's raw bytes (an array of numbers, as OpenAI's `bytes`): a byte-level token
+    /// may be part of a multi-byte character, so not always valid UTF-8 alone.
+    pub bytes: Vec<u8>,
 }
 
 /// Log-probability of a sampled token and its top alternatives.
@@ -61,7 +64,24 @@ pub struct TopLogprob {
 pub struct TokenLogprobs {
     pub token_id: u32,
     pub logprob: f64,
+    /// The sampled token's raw bytes (see [`TopLogprob::bytes`]).
+    pub bytes: Vec<u8>,
     pub top: Vec<TopLogprob>,
+}
+
+impl TokenLogprobs {
+    fn new(token_id: u32, logprobs: &cortexstream::TokenLogprobs) -> Self {
+        Self {
+            token_id,
+            logprob: f64::from(logprobs.logprob),
+            bytes: logprobs.bytes.clone(),
+            top: logprobs
+                .top
+                .iter()
+                .map(|t| TopLogprob { token_id: t.token_id, logprob: f64::from(t.logprob), bytes: t.bytes.clone() })
+                .collect(),
+        }
+    }
 }
 
 /// One item of a request's stream: a token's text, or (last) how the request ended.
@@ -83,15 +103,7 @@ impl From<&Event> for Chunk {
             Event::Token { id, text, logprobs } => Chunk {
                 text: text.clone(),
                 token_id: Some(*id),
-                logprobs: logprobs.as_ref().map(|l| TokenLogprobs {
-                    token_id: *id,
-                    logprob: f64::from(l.logprob),
-                    top: l
-                        .top
-                        .iter()
-                        .map(|t| TopLogprob { token_id: t.token_id, logprob: f64::from(t.logprob) })
-                        .collect(),
-                }),
+                logprobs: logprobs.as_ref().map(|l| TokenLogprobs::new(*id, l)),
                 finish_reason: None,
                 usage: None,
                 timings: None,

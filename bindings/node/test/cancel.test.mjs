@@ -77,15 +77,58 @@ test('a throwing callback cancels its request, rejects with the error, and the n
   assert.equal(next.usage.completionTokens, 5);
 });
 
-test('breaking out of a for-await loop cancels the request', async () => {
+test('breaking out of a for-await loop cancels the request within one step', async () => {
   const cancelledBefore = engine.metrics().requestsCancelled;
   const stream = engine.stream('Once upon a time', endless);
   let chunks = 0;
   for await (const _chunk of stream) {
-    if (++chunks === 2) break;
+    if (++chunks === 2) break; // leaving the loop cancels, synchronously
   }
+  // Read right after the cancel: only the step already past its cancel check may still end.
+  const stepsAtCancel = engine.metrics().steps;
   const completion = await stream.completion;
   assert.equal(completion.finishReason, 'cancelled');
-  assert.ok(completion.usage.completionTokens < 100);
+  assert.ok(engine.metrics().steps - stepsAtCancel <= 1, `${engine.metrics().steps - stepsAtCancel} steps after the cancel`);
   await assertOneCancelled(cancelledBefore);
+});
+
+test('cancel() takes effect within one engine step, whatever the phase', async () => {
+  // Several phases, so a cancel applied only every few steps cannot pass by luck.
+  for (let tokensBeforeCancel = 3; tokensBeforeCancel < 7; tokensBeforeCancel++) {
+    const cancelledBefore = engine.metrics().requestsCancelled;
+    const stream = engine.stream('Once upon a time', endless);
+    let tokens = 0;
+    let stepsAtCancel;
+    let finished;
+    for await (const chunk of stream) {
+      if (chunk.finishReason != null) finished = chunk;
+      else if (++tokens === tokensBeforeCancel) {
+        stream.cancel();
+        stepsAtCancel = engine.metrics().steps;
+      }
+    }
+    const steps = engine.metrics().steps - stepsAtCancel;
+    assert.equal(finished.finishReason, 'cancelled');
+    assert.ok(steps <= 1, `${steps} steps ran after cancel() (cancelled after ${tokensBeforeCancel} tokens)`);
+    await assertOneCancelled(cancelledBefore);
+  }
+});
+
+test('cancelling during a long prefill ends the request with no token and frees its KV blocks', async () => {
+  const sentence = engine.tokenize(' The river runs past the old mill and under the stone bridge.');
+  const prompt = Array.from({ length: 3000 }, (_, i) => sentence[i % sentence.length]); // ~47 prefill steps
+  const before = engine.metrics();
+  const stream = engine.stream(prompt, { ...greedy, maxTokens: 16 });
+  await waitFor(() => engine.metrics().prefillTokensTotal > before.prefillTokensTotal, 60000);
+  stream.cancel();
+  const stepsAtCancel = engine.metrics().steps;
+  const chunks = [];
+  for await (const chunk of stream) chunks.push(chunk);
+  const after = engine.metrics();
+  assert.deepEqual(chunks.map((c) => c.finishReason), ['cancelled'], 'no token for a cancelled prefill');
+  assert.equal(chunks[0].usage.completionTokens, 0);
+  assert.equal(chunks[0].usage.promptTokens, prompt.length);
+  assert.ok(after.steps - stepsAtCancel <= 1, `${after.steps - stepsAtCancel} steps ran after cancel()`);
+  assert.ok(after.prefillTokensTotal - before.prefillTokensTotal < prompt.length, 'the cancel came during the prefill');
+  await waitFor(() => engine.metrics().kvBlocksFree === engine.metrics().kvBlocksTotal);
 });

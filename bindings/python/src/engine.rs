@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyType};
 
 use crate::errors::to_py_err;
-use crate::options::{chat_messages, raw_prompt, request};
+use crate::options::{chat_messages, number, raw_prompt, request};
 use crate::records::{Completion, ModelInfo};
 use crate::stream::Stream;
 
@@ -51,26 +51,28 @@ impl Engine {
         model: PathBuf,
         tokenizer: Option<PathBuf>,
         embedding_model: Option<PathBuf>,
-        max_running: Option<usize>,
-        max_batch_tokens: Option<usize>,
-        kv_cache_tokens: Option<usize>,
-        context_length: Option<usize>,
-        threads: Option<usize>,
-        max_queue: Option<usize>,
+        max_running: Option<&Bound<'_, PyAny>>,
+        max_batch_tokens: Option<&Bound<'_, PyAny>>,
+        kv_cache_tokens: Option<&Bound<'_, PyAny>>,
+        context_length: Option<&Bound<'_, PyAny>>,
+        threads: Option<&Bound<'_, PyAny>>,
+        max_queue: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let mut config = EngineConfig::new(model);
         config.tokenizer = tokenizer;
         config.embedding_model = embedding_model;
-        config.context_length = context_length;
-        config.threads = threads;
-        for (slot, value) in [
-            (&mut config.max_running, max_running),
-            (&mut config.max_batch_tokens, max_batch_tokens),
-            (&mut config.kv_cache_tokens, kv_cache_tokens),
-            (&mut config.max_queue, max_queue),
+        // Sizes go through `number` so a negative or huge int is an InvalidRequestError naming
+        // the argument (pyo3's own conversion raises a bare OverflowError); the core checks ranges.
+        set_optional(&mut config.context_length, context_length, "context_length")?;
+        set_optional(&mut config.threads, threads, "threads")?;
+        for (slot, value, name) in [
+            (&mut config.max_running, max_running, "max_running"),
+            (&mut config.max_batch_tokens, max_batch_tokens, "max_batch_tokens"),
+            (&mut config.kv_cache_tokens, kv_cache_tokens, "kv_cache_tokens"),
+            (&mut config.max_queue, max_queue, "max_queue"),
         ] {
-            if let Some(value) = value {
-                *slot = value;
+            if let Some(value) = value.filter(|v| !v.is_none()) {
+                *slot = number(value, name)?;
             }
         }
         let engine = py.detach(|| cortexstream::Engine::new(config)).map_err(to_py_err)?;
@@ -195,4 +197,12 @@ impl Engine {
     ) {
         self.close(py);
     }
+}
+
+/// Sets an optional size from a keyword argument (`None` keeps it unset).
+fn set_optional(slot: &mut Option<usize>, value: Option<&Bound<'_, PyAny>>, name: &'static str) -> PyResult<()> {
+    if let Some(value) = value.filter(|v| !v.is_none()) {
+        *slot = Some(number(value, name)?);
+    }
+    Ok(())
 }

@@ -135,7 +135,7 @@ fn bias_token_id(key: &Bound<'_, PyAny>) -> PyResult<u32> {
 
 /// A number field. A Python int outside the Rust type's range (a negative count, say) is an
 /// invalid value for that field rather than a bare `OverflowError`.
-fn number<'py, T>(value: &Bound<'py, PyAny>, param: &'static str) -> PyResult<T>
+pub fn number<'py, T>(value: &Bound<'py, PyAny>, param: &'static str) -> PyResult<T>
 where
     T: for<'a> FromPyObject<'a, 'py>,
 {

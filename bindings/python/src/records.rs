@@ -1,6 +1,7 @@
 //! Read-only result records handed to Python, converted from the core's types.
 
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 
 /// `__repr__` in Python's `Name(field=value, ...)` style, each value shown by its own `repr`.
 macro_rules! python_repr {
@@ -64,21 +65,51 @@ impl From<cortexstream::Timings> for Timings {
     }
 }
 
-/// Log-probability of one sampled token and its top alternatives `(token_id, logprob)`.
-#[pyclass(frozen, get_all, module = "cortexstream._core")]
+/// Log-probability of one sampled token and its top alternatives `(token_id, logprob)`, with
+/// the raw bytes of each token (a byte-level token may be part of a UTF-8 character, so bytes
+/// rather than text).
+#[pyclass(frozen, module = "cortexstream._core")]
 #[derive(Debug, Clone)]
 pub struct TokenLogprobs {
+    #[pyo3(get)]
     token_id: u32,
+    #[pyo3(get)]
     logprob: f32,
+    #[pyo3(get)]
     top: Vec<(u32, f32)>,
+    token_bytes: Vec<u8>,
+    top_token_bytes: Vec<Vec<u8>>,
 }
-python_repr!(TokenLogprobs { token_id, logprob, top });
+
+#[pymethods]
+impl TokenLogprobs {
+    /// The sampled token's raw bytes (`bytes`, not always valid UTF-8 alone).
+    #[getter]
+    fn bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.token_bytes)
+    }
+
+    /// The raw bytes of each alternative in `top`, in the same order.
+    #[getter]
+    fn top_bytes<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
+        self.top_token_bytes.iter().map(|bytes| PyBytes::new(py, bytes)).collect()
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let mut fields = Vec::new();
+        for name in ["token_id", "logprob", "bytes", "top", "top_bytes"] {
+            fields.push(format!("{name}={}", slf.getattr(name)?.repr()?));
+        }
+        Ok(format!("TokenLogprobs({})", fields.join(", ")))
+    }
+}
 
 impl TokenLogprobs {
     /// The core reports alternatives per event; the sampled token's id comes with the event.
     pub fn new(token_id: u32, logprobs: cortexstream::TokenLogprobs) -> Self {
-        let top = logprobs.top.into_iter().map(|alt| (alt.token_id, alt.logprob)).collect();
-        Self { token_id, logprob: logprobs.logprob, top }
+        let (top, top_token_bytes) =
+            logprobs.top.into_iter().map(|alt| ((alt.token_id, alt.logprob), alt.bytes)).unzip();
+        Self { token_id, logprob: logprobs.logprob, top, token_bytes: logprobs.bytes, top_token_bytes }
     }
 }
 

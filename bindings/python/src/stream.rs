@@ -7,7 +7,7 @@
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use cortexstream::{Canceller, CompletionBuilder, Error, Event, RecvError, RequestHandle};
+use cortexstream::{Canceller, CompletionBuilder, Error, Event, RecvError, RequestHandle, WaitLimit};
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 
@@ -39,7 +39,8 @@ struct Receiver {
 
 /// What one wait produced.
 enum Received {
-    Chunk(Chunk),
+    /// Boxed: a chunk (with its logprobs and their bytes) is far larger than the other variants.
+    Chunk(Box<Chunk>),
     Nothing,
     Ended,
 }
@@ -81,7 +82,7 @@ impl Stream {
         match event {
             Ok(event) => {
                 let wants_logprobs = receiver.wants_logprobs;
-                Received::Chunk(self.chunk_from(event, &mut receiver.collected, wants_logprobs))
+                Received::Chunk(Box::new(self.chunk_from(event, &mut receiver.collected, wants_logprobs)))
             }
             Err(RecvError::Timeout | RecvError::Empty) => Received::Nothing,
             Err(RecvError::Finished) => Received::Ended,
@@ -143,12 +144,14 @@ impl Stream {
         self.completion.get().is_some() || py.detach(|| self.lock().handle.is_none())
     }
 
-    /// The next chunk, waiting at most `timeout` seconds (`None`: until one arrives).
+    /// The next chunk, waiting at most `timeout` seconds (`None` or `inf`: until one arrives;
+    /// NaN or negative: `InvalidRequestError` naming `timeout`).
     /// Returns `None` when the stream has ended or nothing arrived in time; `finished`
     /// tells which. A `KeyboardInterrupt` while waiting cancels the request.
     #[pyo3(signature = (timeout=None))]
     pub fn next_chunk(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Chunk>> {
-        let deadline = timeout.map(|seconds| Instant::now() + Duration::from_secs_f64(seconds.max(0.0)));
+        let limit = timeout.map_or(Ok(WaitLimit::Forever), |seconds| WaitLimit::from_secs_f64(seconds, "timeout"));
+        let deadline = limit.map_err(to_py_err)?.deadline();
         loop {
             let wait = deadline.map_or(SIGNAL_CHECK_INTERVAL, |d| {
                 d.saturating_duration_since(Instant::now()).min(SIGNAL_CHECK_INTERVAL)
@@ -161,7 +164,7 @@ impl Stream {
                 return Err(interrupt);
             }
             match received {
-                Received::Chunk(chunk) => return Ok(Some(chunk)),
+                Received::Chunk(chunk) => return Ok(Some(*chunk)),
                 Received::Ended => return Ok(None),
                 Received::Nothing => {}
             }

@@ -1,0 +1,77 @@
+"""Engine settings and wait timeouts through the Python door (issue 17, item 8).
+
+Every out-of-range setting raises ``InvalidRequestError`` naming it, never an
+``OverflowError`` without a name, a huge allocation or a panic; ``next_chunk(timeout=)``
+rejects NaN and negative values naming ``timeout`` and waits forever for ``inf``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+
+import cortexstream
+from cortexstream.errors import InvalidRequestError
+
+#: More threads than 4 per CPU is refused (the core's documented bound).
+TOO_MANY_THREADS = 4 * (os.cpu_count() or 1) + 1
+
+
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("kv_cache_tokens", 2**64),  # not even a size
+        ("kv_cache_tokens", 2**64 - 1),  # the KV byte count overflows
+        ("kv_cache_tokens", 2**40),  # petabytes of KV, more than the machine's memory
+        ("kv_cache_tokens", -1),
+        ("threads", 2**64 - 1),
+        ("threads", TOO_MANY_THREADS),
+        ("threads", 0),
+        ("threads", -1),
+        ("max_running", -1),
+        ("max_running", 0),
+        ("max_batch_tokens", 0),
+        ("context_length", -5),
+        ("max_queue", 0),
+    ],
+)
+def test_an_engine_setting_out_of_range_is_an_error_naming_it(setting, value):
+    with pytest.raises(InvalidRequestError) as raised:
+        cortexstream.Engine(embedding_model=False, **{setting: value})
+    assert raised.value.param == setting, raised.value
+    assert setting in str(raised.value)
+
+
+def test_an_engine_setting_of_the_wrong_type_is_a_type_error_naming_it():
+    with pytest.raises(TypeError, match="threads"):
+        cortexstream.Engine(embedding_model=False, threads="many")
+
+
+@pytest.mark.parametrize("timeout", [math.nan, -1.0, -1e-9, -math.inf])
+def test_next_chunk_rejects_nan_and_negative_timeouts_naming_timeout(engine, timeout):
+    with engine.stream("Hello", max_tokens=2, temperature=0.0) as stream:
+        with pytest.raises(InvalidRequestError) as raised:
+            stream.next_chunk(timeout)
+        assert raised.value.param == "timeout"
+        assert not stream.finished, "a rejected call takes nothing from the stream"
+
+
+@pytest.mark.parametrize("timeout", [math.inf, 1e300, 1e19, None])
+def test_next_chunk_with_an_infinite_or_huge_timeout_waits_for_the_chunk(engine, timeout):
+    # Used to panic in Duration::from_secs_f64 (inf) or in Instant + Duration (huge).
+    stream = engine.stream("Hello", max_tokens=2, temperature=0.0, ignore_eos=True)
+    chunks = []
+    while (chunk := stream.next_chunk(timeout)) is not None:
+        chunks.append(chunk)
+    assert [c.finish_reason for c in chunks] == [None, None, "length"]
+
+
+def test_next_chunk_with_a_zero_timeout_does_not_wait(engine):
+    stream = engine.stream("Hello", max_tokens=2, temperature=0.0, ignore_eos=True)
+    seen = 0
+    while not stream.finished:
+        if stream.next_chunk(0) is not None:
+            seen += 1
+    assert seen == 3
