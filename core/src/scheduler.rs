@@ -550,6 +550,22 @@ mod tests {
     }
 
     #[test]
+    fn a_sequence_ended_for_lack_of_space_gives_its_blocks_back() {
+        // Two blocks of 4 slots: an 8-token prompt fills both, and its first decode needs a
+        // third that the whole cache does not have.
+        let mut s = scheduler(4, 100, 2);
+        s.enqueue(seq(1, 0, (0..8).collect()));
+        step(&mut s);
+        let (plan, report) = s.schedule();
+        assert!(plan.is_empty());
+        assert_eq!(report.out_of_space.len(), 1);
+        assert_eq!(s.allocator.available(), 0, "the sequence still holds its blocks until it ends");
+        drop(report);
+        assert_eq!(s.allocator.available(), 2);
+        assert!(s.is_idle());
+    }
+
+    #[test]
     fn removal_frees_blocks() {
         let mut s = scheduler(4, 100, 8);
         s.enqueue(seq(1, 0, (0..9).collect()));
