@@ -504,7 +504,10 @@ mod tests {
 
     /// Which running sequences decode (one token at the end of their tokens) in `plan`.
     fn decoding_ids(s: &Scheduler, plan: &[ScheduledChunk]) -> Vec<u64> {
-        plan.iter().filter(|c| c.len == 1 && c.start >= s.running[c.index].prompt_len).map(|c| s.running[c.index].id).collect()
+        plan.iter()
+            .filter(|c| c.len == 1 && c.start >= s.running[c.index].prompt_len)
+            .map(|c| s.running[c.index].id)
+            .collect()
     }
 
     #[test]

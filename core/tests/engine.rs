@@ -92,15 +92,12 @@ fn batch_invariance_alone_and_among_29_others() {
         assert_eq!(f.wait().finish_reason, FinishReason::Length);
     }
     assert_eq!(alone, batched);
-    // They really were batched: judged on this phase's steps alone (metric deltas), some
-    // step carried more than 16 tokens and the steps sampled 4+ tokens each on average.
+    // They really were batched, judged on this phase's steps alone (metric deltas): the steps
+    // carried 8+ tokens and sampled 4+ tokens each on average (one request at a time: ~2 and 1).
     let after = engine.metrics();
-    let steps_over_16 = |m: &cortexstream::MetricsSnapshot| {
-        let at_most_16 = m.batch_size.buckets.iter().find(|&&(le, _)| le == 16.0).expect("a 16 bucket").1;
-        m.batch_size.count - at_most_16
-    };
-    assert!(steps_over_16(&after) > steps_over_16(&before), "no step of this phase had more than 16 tokens");
     let steps = after.steps - before.steps;
+    let batched_tokens = after.batch_size.sum - before.batch_size.sum;
+    assert!(batched_tokens >= 8.0 * steps as f64, "{batched_tokens} tokens in {steps} steps: not batched");
     let generated = after.generated_tokens_total - before.generated_tokens_total;
     assert!(steps * 4 <= generated, "{generated} tokens in {steps} steps: not batched");
 }
@@ -422,8 +419,9 @@ fn preempted_sequences_resume_and_lose_nothing() {
 
 #[test]
 fn max_queue_is_exact_under_concurrent_submitters() {
-    // One running slot, taken by a long request, and 5 queue places: of 128 requests sent at
-    // once by 32 threads, exactly 5 are accepted and the rest are refused as overloaded.
+    // One running slot, taken by a long request, and 5 queue places: of 8000 requests sent by
+    // 32 threads at once (and for many engine steps: the engine thread must not disturb the
+    // count while they hammer it), exactly 5 are accepted and the rest refused as overloaded.
     let mut config = EngineConfig::new(common::smollm2_path());
     config.max_running = 1;
     config.max_queue = 5;
@@ -438,7 +436,7 @@ fn max_queue_is_exact_under_concurrent_submitters() {
             let (engine, start) = (Arc::clone(&engine.0), Arc::clone(&start));
             std::thread::spawn(move || {
                 start.wait();
-                (0..4).map(|i| engine.submit(Request::new(format!("Note {t}-{i}:"), greedy(2)))).collect::<Vec<_>>()
+                (0..250).map(|i| engine.submit(Request::new(format!("Note {t}-{i}:"), greedy(2)))).collect::<Vec<_>>()
             })
         })
         .collect();
@@ -451,7 +449,7 @@ fn max_queue_is_exact_under_concurrent_submitters() {
             other => panic!("expected Overloaded, got {other:?}"),
         }
     }
-    assert_eq!(engine.metrics().requests_rejected, 123);
+    assert_eq!(engine.metrics().requests_rejected, 7995);
 
     // The queue drains once the slot frees, and its places are given back.
     running.cancel();
@@ -467,7 +465,10 @@ fn max_queue_is_exact_under_concurrent_submitters() {
 
 /// Submits a greedy request whose callback reports, for each token, the engine step that
 /// produced it (callbacks run on the engine thread right after their step's forward pass).
-fn submit_logging_steps(prompt: Prompt, max_tokens: usize) -> (cortexstream::RequestHandle, std::sync::mpsc::Receiver<u64>) {
+fn submit_logging_steps(
+    prompt: Prompt,
+    max_tokens: usize,
+) -> (cortexstream::RequestHandle, std::sync::mpsc::Receiver<u64>) {
     let (steps, log) = std::sync::mpsc::channel();
     let callback = Box::new(move |event: &Event| {
         if let Event::Token { .. } = event {
@@ -498,7 +499,10 @@ fn running_streams_decode_every_step_while_a_long_prompt_is_prefilled() {
     let submitted_after = engine.metrics().steps;
     let (long, long_log) = submit_logging_steps(Prompt::Tokens(long_prompt), 1);
     let first_token_step = long_log.recv_timeout(hang_guard).expect("the long prompt's first token");
-    assert!(first_token_step - submitted_after >= 62, "the prefill took only {first_token_step} - {submitted_after} steps");
+    assert!(
+        first_token_step - submitted_after >= 62,
+        "the prefill took only {first_token_step} - {submitted_after} steps"
+    );
 
     long.wait();
     for (handle, log) in streams {

@@ -10,8 +10,8 @@
 //!   leaves the others and later ones untouched.
 //!
 //! - a request's blocks are free, and the gauges say so, by the time its caller sees the
-//!   final event, also with the CPU oversubscribed; every test leaves every KV block free
-//!   (`AllBlocksFreeAfter`).
+//!   final event (checked on the engine thread at delivery, so independent of CPU load, and
+//!   after every matrix case); every test leaves every KV block free (`AllBlocksFreeAfter`).
 //!
 //! Run with `--test-threads=1`: the model-heavy tests must not share the two cores.
 
@@ -19,7 +19,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cortexstream::{
@@ -459,8 +458,11 @@ fn gauges_at_finish(request: Request, on_token: fn() -> bool) -> (Completion, Ga
         Event::Token { .. } => on_token(),
         Event::Finished { .. } => {
             let m = cramped_engine().metrics();
-            let gauges =
-                GaugesAtFinish { kv_blocks_free: m.kv_blocks_free, kv_blocks_total: m.kv_blocks_total, running: m.running };
+            let gauges = GaugesAtFinish {
+                kv_blocks_free: m.kv_blocks_free,
+                kv_blocks_total: m.kv_blocks_total,
+                running: m.running,
+            };
             *record.lock().unwrap() = Some(gauges);
             true
         }
@@ -486,54 +488,11 @@ fn a_final_event_is_delivered_after_its_blocks_are_free() {
     for (name, request, on_token, reason) in cases {
         let (completion, gauges) = gauges_at_finish(request, on_token);
         assert_eq!(completion.finish_reason, reason, "{name}: {completion:?}");
-        let whole = GaugesAtFinish { kv_blocks_free: gauges.kv_blocks_total, kv_blocks_total: gauges.kv_blocks_total, running: 0 };
+        let whole = GaugesAtFinish {
+            kv_blocks_free: gauges.kv_blocks_total,
+            kv_blocks_total: gauges.kv_blocks_total,
+            running: 0,
+        };
         assert_eq!(gauges, whole, "{name}: the final event came before the gauges showed its blocks free");
-    }
-}
-
-/// Busy threads on every core while alive: the CPU oversubscribed, as on a loaded CI host.
-struct BusyCores {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl BusyCores {
-    fn start() -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let threads = (0..cores * 2)
-            .map(|_| {
-                let stop = Arc::clone(&stop);
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::hint::spin_loop();
-                    }
-                })
-            })
-            .collect();
-        Self { stop, threads }
-    }
-}
-
-impl Drop for BusyCores {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
-}
-
-#[test]
-fn blocks_are_free_when_generate_returns_even_on_an_oversubscribed_cpu() {
-    let engine = AllBlocksFreeAfter(cramped_engine());
-    let _busy = BusyCores::start();
-    for i in 0..40 {
-        let c = engine.generate(Request::new(format!("Item {i} on the list is"), greedy(2))).unwrap();
-        assert_eq!(c.finish_reason, FinishReason::Length);
-        // Read at once: the gauges must already be current, however late the engine thread
-        // gets the CPU back after sending the final event.
-        let m = engine.metrics();
-        assert_eq!((m.kv_blocks_free, m.running), (m.kv_blocks_total, 0), "request {i}: stale gauges");
     }
 }
