@@ -131,14 +131,13 @@ impl BlockTable {
         self.blocks.clear();
     }
 
-    /// Adds blocks taken from `pool` (the table's pool from now on).
-    fn extend(&mut self, pool: &Arc<Mutex<BlockPool>>, blocks: Vec<u32>) {
+    /// Makes `pool` the one this table's blocks go back to.
+    fn adopt(&mut self, pool: &Arc<Mutex<BlockPool>>) {
         debug_assert!(
             self.pool.as_ref().is_none_or(|p| Arc::ptr_eq(p, pool)),
             "a block table takes blocks from one allocator only"
         );
         self.pool.get_or_insert_with(|| Arc::clone(pool));
-        self.blocks.extend(blocks);
     }
 }
 
@@ -221,11 +220,9 @@ impl BlockAllocator {
     /// Adds `count` blocks for exclusive use to `table`, evicting cached blocks (leaves first,
     /// least recently used first) when no free one is left. All or nothing.
     pub fn allocate_into(&self, table: &mut BlockTable, count: usize) -> Result<(), OutOfBlocks> {
-        // The table is extended after the lock is released: a table dropped while the pool is
-        // locked (by a panic in between) would otherwise deadlock on its way back.
-        let blocks = self.pool().allocate(count)?;
-        table.extend(&self.pool, blocks);
-        Ok(())
+        table.adopt(&self.pool);
+        // Straight into the table's own vector: no allocation per step beyond its growth.
+        self.pool().allocate(count, &mut table.blocks)
     }
 
     /// Looks up the longest run of cached full blocks that starts `tokens`, at most
@@ -233,9 +230,7 @@ impl BlockAllocator {
     /// last one.
     pub fn acquire_prefix(&self, tokens: &[u32], max_blocks: usize) -> (BlockTable, Option<BlockHash>) {
         let (blocks, last) = self.pool().acquire_prefix(tokens, max_blocks);
-        let mut table = BlockTable::new();
-        table.extend(&self.pool, blocks);
-        (table, last)
+        (BlockTable { blocks, pool: Some(Arc::clone(&self.pool)) }, last)
     }
 
     /// Registers the full, computed block `table[index]` (its `tokens` follow a block with
@@ -280,11 +275,11 @@ impl BlockPool {
         self.free.len() + self.idle_cached
     }
 
-    fn allocate(&mut self, count: usize) -> Result<Vec<u32>, OutOfBlocks> {
+    /// Appends `count` blocks to `blocks`, or none if fewer are available.
+    fn allocate(&mut self, count: usize, blocks: &mut Vec<u32>) -> Result<(), OutOfBlocks> {
         if self.available() < count {
             return Err(OutOfBlocks);
         }
-        let mut blocks = Vec::with_capacity(count);
         for _ in 0..count {
             let block = match self.free.pop() {
                 Some(b) => b,
@@ -293,7 +288,7 @@ impl BlockPool {
             self.ref_count[block as usize] = 1;
             blocks.push(block);
         }
-        Ok(blocks)
+        Ok(())
     }
 
     /// Reclaims the least recently used cached leaf. Only called when no block is free and
