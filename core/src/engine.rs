@@ -64,7 +64,7 @@ pub struct EngineConfig {
     /// Most requests submitted and not yet admitted to the running batch (so at most
     /// `max_running + max_queue` are accepted and unfinished before a sequence ends); past it,
     /// submit fails with [`Error::Overloaded`] (default 256). Exact under concurrent submitters.
-    /// A sequence preempted back to the queue keeps running status here: it was admitted.
+    /// A sequence preempted back to the queue does not count again: it was admitted once.
     pub max_queue: usize,
 }
 
@@ -521,14 +521,13 @@ impl Engine {
         let shared = &*self.shared;
         let metrics = &shared.metrics;
         let result = self.prepare(request, callback);
-        let (sequence, handle) = match result {
+        let (mut sequence, handle) = match result {
             Ok(ok) => ok,
             Err(e) => {
                 add(&metrics.requests_rejected, 1);
                 return Err(e);
             }
         };
-        let mut sequence = sequence;
         let prompt_len = sequence.prompt_len as u64;
         let Some(slot) = QueueSlot::try_take(&shared.queued, shared.max_queue) else {
             add(&metrics.requests_rejected, 1);
@@ -793,11 +792,11 @@ impl StepLoop {
         let removed = self.scheduler.remove_where(|_| true);
         self.retire(removed.into_iter().map(|seq| (seq, FinishReason::Cancelled, None)));
         // Requests that raced with shutdown.
-        let raced = std::iter::from_fn(|| match self.commands.try_recv() {
+        let raced: Vec<Sequence> = std::iter::from_fn(|| match self.commands.try_recv() {
             Ok(Command::Submit(seq)) => Some(*seq),
             _ => None,
-        });
-        let raced: Vec<Sequence> = raced.collect();
+        })
+        .collect();
         self.retire(raced.into_iter().map(|seq| (seq, FinishReason::Cancelled, None)));
         self.publish_gauges();
     }

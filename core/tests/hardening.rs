@@ -472,6 +472,9 @@ fn gauges_at_finish(request: Request, on_token: fn() -> bool) -> (Completion, Ga
     (completion, gauges)
 }
 
+/// A named request, how its consumer answers each token, and how it must end.
+type FinishCase = (&'static str, Request, fn() -> bool, FinishReason);
+
 #[test]
 fn a_final_event_is_delivered_after_its_blocks_are_free() {
     let engine = AllBlocksFreeAfter(cramped_engine());
@@ -479,7 +482,7 @@ fn a_final_event_is_delivered_after_its_blocks_are_free() {
     // Its first greedy token as a stop token: a stop at the first step.
     let first = engine.generate(Request::new(prompt(), greedy(1))).unwrap().token_ids[0];
     let stop = SamplingParams { stop_token_ids: vec![first], ..greedy(20) };
-    let cases: [(&str, Request, fn() -> bool, FinishReason); 4] = [
+    let cases: [FinishCase; 4] = [
         ("length", Request::new(prompt(), greedy(3)), || true, FinishReason::Length),
         ("stop token", Request::new(prompt(), stop), || true, FinishReason::Stop),
         ("cancelled by its consumer", Request::new(prompt(), greedy(20)), || false, FinishReason::Cancelled),
