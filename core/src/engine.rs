@@ -23,15 +23,16 @@ use crate::models::SeqChunk;
 use crate::request::{ChatMessage, Event, FinishReason, Prompt, Request, Timings, TokenLogprobs, Usage};
 use crate::sampling::Sampler;
 use crate::scheduler::{ScheduledChunk, Scheduler, SchedulerConfig};
-use crate::sequence::{panic_message, Delivery, EventCallback, EventSink, Sequence};
+use crate::sequence::{panic_message, Delivery, EventCallback, EventSink, FinalEvent, QueueSlot, Sequence};
 use crate::threadpool::{default_thread_count, ThreadPool};
 use crate::tokenizer::Tokenizer;
 
 /// Default of [`EngineConfig::max_prefill_tokens`].
 const DEFAULT_MAX_PREFILL_TOKENS: usize = 64;
 
-/// Steps in a row a running decode may sit out while prompt work is pending: enough for a
-/// burst of queued prompts to get their first tokens first, bounded so decodes never starve.
+/// Steps in a row a running decode may sit out while a short backlog of prompt work is
+/// pending: enough for a burst of queued short prompts to get their first tokens first,
+/// bounded so decodes never starve (a long prompt never defers them: see the scheduler).
 const MAX_DECODE_DEFERRAL: u32 = 8;
 
 /// How the engine is built. [`EngineConfig::new`] gives the defaults.
@@ -61,8 +62,10 @@ pub struct EngineConfig {
     /// Compute threads; default: the physical cores. At most [`crate::threadpool::MAX_THREADS`];
     /// more, or a count the system cannot start, fails with an error naming `threads`.
     pub threads: Option<usize>,
-    /// Most requests waiting for a running slot; past it, submit fails with
-    /// [`Error::Overloaded`] (default 256).
+    /// Most requests submitted and not yet admitted to the running batch (so at most
+    /// `max_running + max_queue` are accepted and unfinished before a sequence ends); past it,
+    /// submit fails with [`Error::Overloaded`] (default 256). Exact under concurrent submitters.
+    /// A sequence preempted back to the queue does not count again: it was admitted once.
     pub max_queue: usize,
 }
 
@@ -400,7 +403,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     closed: AtomicBool,
     next_id: AtomicU64,
-    /// Requests submitted but not yet running (enforces `max_queue`).
+    /// Places taken in the queue (see [`QueueSlot`]): requests submitted and not yet admitted
+    /// to the running batch. Only submit increments it; a slot's drop decrements it.
     queued: Arc<AtomicUsize>,
     /// The compute pool (also owned by the models), kept for the test-only fault hook.
     pool: Arc<ThreadPool>,
@@ -606,7 +610,7 @@ impl Engine {
         let shared = &*self.shared;
         let metrics = &shared.metrics;
         let result = self.prepare(request, callback);
-        let (sequence, handle) = match result {
+        let (mut sequence, handle) = match result {
             Ok(ok) => ok,
             Err(e) => {
                 add(&metrics.requests_rejected, 1);
@@ -614,13 +618,13 @@ impl Engine {
             }
         };
         let prompt_len = sequence.prompt_len as u64;
-        if shared.queued.fetch_add(1, Ordering::AcqRel) >= shared.max_queue {
-            shared.queued.fetch_sub(1, Ordering::AcqRel);
+        let Some(slot) = QueueSlot::try_take(&shared.queued, shared.max_queue) else {
             add(&metrics.requests_rejected, 1);
             return Err(Error::Overloaded(format!("the request queue is full (max_queue = {})", shared.max_queue)));
-        }
+        };
+        sequence.queue_slot = Some(slot);
+        // A failed send drops the sequence, and with it the slot.
         if self.commands.send(Command::Submit(Box::new(sequence))).is_err() {
-            shared.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(Error::EngineClosed);
         }
         add(&metrics.requests_submitted, 1);
@@ -693,7 +697,9 @@ impl Engine {
             prompt_len,
             tokens,
             computed: 0,
-            blocks: Vec::new(),
+            prefill_start: 0,
+            blocks: Default::default(),
+            queue_slot: None,
             registered_blocks: 0,
             last_block_hash: None,
             max_new_tokens,
@@ -806,10 +812,7 @@ impl StepLoop {
         let metrics = Arc::clone(&self.shared.metrics);
         add(&metrics.preemptions, report.preempted as u64);
         add(&metrics.prefix_cache_hit_tokens, report.prefix_hit_tokens as u64);
-        for mut seq in report.out_of_space {
-            self.end(&mut seq, FinishReason::Length, None);
-        }
-        self.sync_queue_count();
+        self.retire(report.out_of_space.into_iter().map(|seq| (seq, FinishReason::Length, None)));
         if plan.is_empty() {
             return Ok(());
         }
@@ -851,11 +854,11 @@ impl StepLoop {
         }
         if !self.finished.is_empty() {
             let finished = std::mem::take(&mut self.finished);
-            for mut seq in self.scheduler.remove_where(|s| finished.iter().any(|f| f.0 == s.id)) {
-                if let Some((_, reason, error)) = finished.iter().find(|f| f.0 == seq.id).cloned() {
-                    self.end(&mut seq, reason, error);
-                }
-            }
+            let removed = self.scheduler.remove_where(|s| finished.iter().any(|f| f.0 == s.id));
+            self.retire(removed.into_iter().filter_map(|seq| {
+                let (_, reason, error) = finished.iter().find(|f| f.0 == seq.id).cloned()?;
+                Some((seq, reason, error))
+            }));
             self.finished = finished;
         }
         Ok(())
@@ -864,10 +867,7 @@ impl StepLoop {
     /// Ends cancelled requests (flag set by the caller, or the consumer went away).
     fn reap_cancelled(&mut self) {
         let removed = self.scheduler.remove_where(Sequence::is_cancelled);
-        for mut seq in removed {
-            self.end(&mut seq, FinishReason::Cancelled, None);
-        }
-        self.sync_queue_count();
+        self.retire(removed.into_iter().map(|seq| (seq, FinishReason::Cancelled, None)));
     }
 
     /// Counts a failed step and fails the requests it was computing.
@@ -880,38 +880,44 @@ impl StepLoop {
     fn fail_running(&mut self, message: &str) {
         let ids: HashSet<u64> = self.scheduler.running.iter().map(|s| s.id).collect();
         let removed = self.scheduler.remove_where(|s| ids.contains(&s.id));
-        for mut seq in removed {
-            self.end(&mut seq, FinishReason::Error, Some(message.to_string()));
-        }
+        self.retire(removed.into_iter().map(|seq| (seq, FinishReason::Error, Some(message.to_string()))));
     }
 
     fn cancel_everything(&mut self) {
         let removed = self.scheduler.remove_where(|_| true);
-        for mut seq in removed {
-            self.end(&mut seq, FinishReason::Cancelled, None);
-        }
+        self.retire(removed.into_iter().map(|seq| (seq, FinishReason::Cancelled, None)));
         // Requests that raced with shutdown.
-        while let Ok(Command::Submit(mut seq)) = self.commands.try_recv() {
-            self.end(&mut seq, FinishReason::Cancelled, None);
-        }
-        self.sync_queue_count();
+        let raced: Vec<Sequence> = std::iter::from_fn(|| match self.commands.try_recv() {
+            Ok(Command::Submit(seq)) => Some(*seq),
+            _ => None,
+        })
+        .collect();
+        self.retire(raced.into_iter().map(|seq| (seq, FinishReason::Cancelled, None)));
         self.publish_gauges();
     }
 
-    /// Sends the final event and counts the outcome. The caller already released the blocks.
-    fn end(&self, seq: &mut Sequence, reason: FinishReason, error: Option<String>) {
+    /// Ends sequences: gives back their blocks and queue places, counts the outcomes and
+    /// publishes the gauges, and only then delivers their `Finished` events, so a caller that
+    /// sees `Finished` also sees the blocks free in the metrics.
+    fn retire(&mut self, ended: impl IntoIterator<Item = (Sequence, FinishReason, Option<String>)>) {
         let metrics = &self.shared.metrics;
-        add(&metrics.requests_finished, 1);
-        match reason {
-            FinishReason::Cancelled => add(&metrics.requests_cancelled, 1),
-            FinishReason::Error => add(&metrics.requests_failed, 1),
-            _ => {}
+        let mut finals: Vec<FinalEvent> = Vec::new();
+        for (seq, reason, error) in ended {
+            add(&metrics.requests_finished, 1);
+            match reason {
+                FinishReason::Cancelled => add(&metrics.requests_cancelled, 1),
+                FinishReason::Error => add(&metrics.requests_failed, 1),
+                _ => {}
+            }
+            finals.push(seq.finish(reason, error));
         }
-        seq.send_finished(reason, error);
-    }
-
-    fn sync_queue_count(&self) {
-        self.shared.queued.store(self.scheduler.waiting_len() + self.commands.len(), Ordering::Release);
+        if finals.is_empty() {
+            return;
+        }
+        self.publish_gauges();
+        for event in finals {
+            event.deliver();
+        }
     }
 
     fn publish_gauges(&self) {

@@ -8,6 +8,9 @@
 //! When a running sequence needs a block and none is left, the newest running sequence is
 //! preempted: its blocks are released (its full blocks stay in the prefix cache) and it goes
 //! back to the queue, to resume later by recomputing — nothing it generated is lost.
+//!
+//! Sequences own their blocks (a [`crate::kv_cache::BlockTable`]): whatever removes a
+//! sequence from here, its blocks go back to the allocator when it is dropped.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
@@ -23,7 +26,8 @@ pub(crate) struct SchedulerConfig {
     pub max_batch_tokens: usize,
     /// Prompt (prefill) tokens per step.
     pub max_prefill_tokens: usize,
-    /// Steps in a row a running decode may sit out while prompt work is pending.
+    /// Steps in a row a running decode may sit out while a short backlog of prompt work is
+    /// pending (see [`Scheduler::may_defer_decodes`]).
     pub max_decode_deferral: u32,
 }
 
@@ -103,9 +107,9 @@ impl Scheduler {
         self.waiting.is_empty() && self.running.is_empty()
     }
 
-    /// Removes every sequence (waiting or running) that `should_remove` selects, releasing
-    /// its blocks. Runs every step (cancellation), so the waiting heap is only rebuilt when
-    /// one of its sequences is actually removed.
+    /// Removes every sequence (waiting or running) that `should_remove` selects; each keeps
+    /// its blocks until it is finished or dropped. Runs every step (cancellation), so the
+    /// waiting heap is only rebuilt when one of its sequences is actually removed.
     pub fn remove_where(&mut self, mut should_remove: impl FnMut(&Sequence) -> bool) -> Vec<Sequence> {
         let mut removed: Vec<Sequence> = self.running.extract_if(.., |seq| should_remove(seq)).collect();
         if self.waiting.iter().any(|Queued(seq)| should_remove(seq)) {
@@ -117,10 +121,6 @@ impl Scheduler {
                 }
             }
         }
-        for seq in &mut removed {
-            self.allocator.release_all(&seq.blocks);
-            seq.blocks.clear();
-        }
         removed
     }
 
@@ -130,9 +130,9 @@ impl Scheduler {
     /// Time to first token under load: prompt work is capped at `max_prefill_tokens` per step
     /// so that each step ends quickly and the sequences whose prompt it completes sample their
     /// first token right away, instead of every queued prompt finishing together at the end of
-    /// one long step. While prompt work is pending, running decodes may sit out up to
-    /// `max_decode_deferral` steps in a row (their tokens would lengthen every one of those
-    /// steps); a plan with no prompt work in it never defers them.
+    /// one long step. Every step carries every running decode beside the prompt chunks,
+    /// except that decodes may sit out a few steps for a short backlog of prompts (see
+    /// [`Self::may_defer_decodes`]); a plan with no prompt work in it never defers them.
     pub fn schedule_into(&mut self, plan: &mut Vec<ScheduledChunk>) -> PlanReport {
         let mut report = PlanReport::default();
         plan.clear();
@@ -144,18 +144,41 @@ impl Scheduler {
         for seq in &mut self.running {
             seq.scheduled_this_step = false;
         }
-        let prefill_waiting = (!self.waiting.is_empty() && self.running.len() < self.config.max_running)
-            || self.running.iter().any(|s| !s.is_decoding());
-        self.schedule_running(plan, &mut budget, &mut report, prefill_waiting);
+        let defer_decodes = self.may_defer_decodes();
+        self.schedule_running(plan, &mut budget, &mut report, defer_decodes);
         let prefill_before_admission = plan.len();
         self.admit(plan, &mut budget, &mut report);
         let scheduled_prefill =
             plan.len() > prefill_before_admission || plan.iter().any(|c| !self.running[c.index].is_decoding());
-        if prefill_waiting && !scheduled_prefill {
+        if defer_decodes && !scheduled_prefill {
             // The pending prompt work could not run (no KV space, no slot): decode instead.
             self.schedule_running(plan, &mut budget, &mut report, false);
         }
         report
+    }
+
+    /// Whether running decodes may sit out this step (each at most `max_decode_deferral` steps
+    /// in a row) so that pending prompts get their first tokens sooner.
+    ///
+    /// Only for a short backlog: all pending prompt work, each prompt counted whole (not just
+    /// what is left of it), must fit in the deferral window of `max_decode_deferral` steps of
+    /// `max_prefill_tokens`. Then a burst of short prompts gets every first token before the
+    /// decodes resume, while a long prompt never holds running streams back: it is prefilled
+    /// in chunks beside their decodes, from its first chunk to its last.
+    fn may_defer_decodes(&self) -> bool {
+        let window = self.config.max_prefill_tokens.saturating_mul(self.config.max_decode_deferral as usize);
+        let prefilling = self.running.iter().filter(|s| !s.is_decoding());
+        let slot_free = self.running.len() < self.config.max_running;
+        let admissible = self.waiting.iter().filter(|_| slot_free).map(|Queued(s)| s);
+        let mut backlog = prefilling.chain(admissible).map(Sequence::prompt_work).peekable();
+        if backlog.peek().is_none() {
+            return false;
+        }
+        let mut total = 0usize;
+        backlog.all(|work| {
+            total = total.saturating_add(work);
+            total <= window
+        })
     }
 
     /// Plans the next step (allocating; the engine uses [`Self::schedule_into`]).
@@ -205,7 +228,7 @@ impl Scheduler {
                     report.preempted += 1;
                 }
             }
-            if self.allocator.available() < needed {
+            if self.allocator.allocate_into(&mut self.running[i].blocks, needed).is_err() {
                 let seq = self.running.remove(i);
                 if self.running.is_empty() && plan.is_empty() {
                     // Alone and still no room: the whole cache cannot hold it.
@@ -220,7 +243,6 @@ impl Scheduler {
                 }
                 continue;
             }
-            self.allocate_into(i, needed);
             let seq = &mut self.running[i];
             seq.scheduled_this_step = true;
             if decoding {
@@ -247,6 +269,7 @@ impl Scheduler {
                 let max_blocks = (seq.tokens.len() - 1) / block_size;
                 let (blocks, last_hash) = self.allocator.acquire_prefix(&seq.tokens, max_blocks);
                 seq.computed = blocks.len() * block_size;
+                seq.prefill_start = seq.computed;
                 seq.registered_blocks = blocks.len();
                 seq.last_block_hash = last_hash;
                 seq.blocks = blocks;
@@ -260,7 +283,7 @@ impl Scheduler {
             // step stays short and its first token comes no later (whole prompts first).
             let partial_after_others = len < seq.pending() && budget.prefill < self.config.max_prefill_tokens;
             let needed = self.allocator.blocks_for(seq.computed + len).saturating_sub(seq.blocks.len());
-            if partial_after_others || self.allocator.available() < needed {
+            if partial_after_others || self.allocator.allocate_into(&mut seq.blocks, needed).is_err() {
                 // Not now: give the prefix blocks back (they stay cached) and keep its place.
                 self.preempt(seq);
                 break;
@@ -268,10 +291,11 @@ impl Scheduler {
             if seq.first_scheduled.is_none() {
                 seq.first_scheduled = Some(std::time::Instant::now());
             }
+            // It left the queue: its place there is free for the next submitter.
+            seq.queue_slot = None;
             seq.scheduled_this_step = true;
             self.running.push(seq);
             let index = self.running.len() - 1;
-            self.allocate_into(index, needed);
             let seq = &self.running[index];
             plan.push(ScheduledChunk {
                 index,
@@ -294,27 +318,19 @@ impl Scheduler {
             while (seq.registered_blocks + 1) * block_size <= seq.computed {
                 let r = seq.registered_blocks;
                 let tokens = &seq.tokens[r * block_size..(r + 1) * block_size];
-                let hash = self.allocator.register_full_block(seq.blocks[r], seq.last_block_hash, tokens);
+                let hash = self.allocator.register_full_block(&seq.blocks, r, seq.last_block_hash, tokens);
                 seq.last_block_hash = Some(hash);
                 seq.registered_blocks += 1;
             }
         }
     }
 
-    fn allocate_into(&mut self, index: usize, count: usize) {
-        for _ in 0..count {
-            // `schedule` checked availability first, so this cannot fail.
-            let Some(block) = self.allocator.allocate() else { unreachable!("KV availability was checked") };
-            self.running[index].blocks.push(block);
-        }
-    }
-
     /// Sends a sequence back to the queue, releasing its blocks; it will recompute its
     /// tokens (mostly from the prefix cache) when readmitted.
     fn preempt(&mut self, mut seq: Sequence) {
-        self.allocator.release_all(&seq.blocks);
-        seq.blocks.clear();
+        seq.blocks.release();
         seq.computed = 0;
+        seq.prefill_start = 0;
         seq.registered_blocks = 0;
         seq.last_block_hash = None;
         seq.scheduled_this_step = false;
@@ -341,7 +357,9 @@ mod tests {
             prompt_len: prompt.len(),
             tokens: prompt,
             computed: 0,
-            blocks: Vec::new(),
+            prefill_start: 0,
+            blocks: Default::default(),
+            queue_slot: None,
             registered_blocks: 0,
             last_block_hash: None,
             max_new_tokens: 100,
@@ -433,9 +451,8 @@ mod tests {
         assert_eq!(s.running[0].id, 1);
         assert_eq!(plan.len(), 1);
         s.mark_computed(&plan);
-        // Finish sequence 1: its blocks free up and 2 resumes, generated token intact.
-        let done = s.remove_where(|q| q.id == 1);
-        assert_eq!(done.len(), 1);
+        // Finish sequence 1 (dropping it frees its blocks) and 2 resumes, generated token intact.
+        assert_eq!(s.remove_where(|q| q.id == 1).len(), 1);
         let (plan, _) = s.schedule();
         assert_eq!(s.running[0].id, 2);
         assert_eq!(s.running[0].tokens.len(), 9);
@@ -474,16 +491,81 @@ mod tests {
         let mut s = Scheduler::new(config, BlockAllocator::new(64, 4));
         s.enqueue(seq(0, 0, vec![1; 4]));
         step(&mut s);
-        for id in 1..4 {
-            s.enqueue(seq(id, 0, vec![id as u32; 4]));
-        }
         let mut decodes_of_0 = Vec::new();
-        for _ in 0..4 {
+        // One short prompt arrives every step: a backlog that fits the deferral window.
+        for id in 1..5 {
+            s.enqueue(seq(id, 0, vec![id as u32; 4]));
             let plan = step(&mut s);
             decodes_of_0.push(plan.iter().any(|c| s.running[c.index].id == 0));
         }
         // Deferred once, decoded, deferred once, decoded (prompt work pending all along).
         assert_eq!(decodes_of_0, vec![false, true, false, true]);
+    }
+
+    /// Which running sequences decode (one token at the end of their tokens) in `plan`.
+    fn decoding_ids(s: &Scheduler, plan: &[ScheduledChunk]) -> Vec<u64> {
+        plan.iter()
+            .filter(|c| c.len == 1 && c.start >= s.running[c.index].prompt_len)
+            .map(|c| s.running[c.index].id)
+            .collect()
+    }
+
+    #[test]
+    fn a_long_prompt_is_prefilled_in_chunks_beside_every_running_decode() {
+        // Deferral window: 2 steps of 4 prompt tokens. The new prompt is 24 tokens.
+        let config =
+            SchedulerConfig { max_running: 8, max_batch_tokens: 100, max_prefill_tokens: 4, max_decode_deferral: 2 };
+        let mut s = Scheduler::new(config, BlockAllocator::new(64, 4));
+        s.enqueue(seq(0, 0, vec![1; 4]));
+        s.enqueue(seq(1, 0, vec![2; 3]));
+        step(&mut s);
+        step(&mut s);
+        s.enqueue(seq(2, 0, vec![3; 24]));
+        // Six steps of prefill, its last chunk included: both streams decode in every one.
+        for chunk in 0..6 {
+            let plan = step(&mut s);
+            assert_eq!(decoding_ids(&s, &plan), vec![0, 1], "prefill step {chunk}");
+            let long = plan.iter().find(|c| s.running[c.index].id == 2).expect("a chunk of the long prompt");
+            assert_eq!((long.start, long.len), (chunk * 4, 4));
+        }
+        let plan = step(&mut s);
+        assert_eq!(decoding_ids(&s, &plan), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn decodes_wait_only_for_a_backlog_that_fits_the_deferral_window() {
+        // Window: 2 steps of 4 prompt tokens. Four 4-token prompts (16 tokens) are too many at
+        // first; once two of them have run, the last two (8 tokens) fit.
+        let config =
+            SchedulerConfig { max_running: 8, max_batch_tokens: 100, max_prefill_tokens: 4, max_decode_deferral: 2 };
+        let mut s = Scheduler::new(config, BlockAllocator::new(64, 4));
+        s.enqueue(seq(0, 0, vec![1; 4]));
+        step(&mut s);
+        for id in 1..5 {
+            s.enqueue(seq(id, 0, vec![id as u32 + 1; 4]));
+        }
+        let mut decodes_of_0 = Vec::new();
+        for _ in 0..5 {
+            let plan = step(&mut s);
+            decodes_of_0.push(decoding_ids(&s, &plan).contains(&0));
+        }
+        assert_eq!(decodes_of_0, vec![true, true, false, false, true]);
+    }
+
+    #[test]
+    fn a_sequence_ended_for_lack_of_space_gives_its_blocks_back() {
+        // Two blocks of 4 slots: an 8-token prompt fills both, and its first decode needs a
+        // third that the whole cache does not have.
+        let mut s = scheduler(4, 100, 2);
+        s.enqueue(seq(1, 0, (0..8).collect()));
+        step(&mut s);
+        let (plan, report) = s.schedule();
+        assert!(plan.is_empty());
+        assert_eq!(report.out_of_space.len(), 1);
+        assert_eq!(s.allocator.available(), 0, "the sequence still holds its blocks until it ends");
+        drop(report);
+        assert_eq!(s.allocator.available(), 2);
+        assert!(s.is_idle());
     }
 
     #[test]

@@ -2,14 +2,14 @@
 //! timestamps, and where its events go.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::Sender;
 
 use crate::detokenize::StreamingText;
-use crate::kv_cache::BlockHash;
+use crate::kv_cache::{BlockHash, BlockTable};
 use crate::request::{Event, FinishReason, Timings, Usage};
 use crate::sampling::Sampler;
 
@@ -79,7 +79,14 @@ pub(crate) struct Sequence {
     pub prompt_len: usize,
     /// Leading tokens whose K/V are in the cache.
     pub computed: usize,
-    pub blocks: Vec<u32>,
+    /// Where the current prefill started (after the prefix-cache hit at admission): the
+    /// scheduler weighs prompt work by its whole length, `tokens.len() - prefill_start`.
+    pub prefill_start: usize,
+    /// The KV blocks it holds; they go back to the allocator when the sequence is dropped.
+    pub blocks: BlockTable,
+    /// Its place in the engine's bounded queue, held from submit until it first joins the
+    /// running batch (then, or when it ends, the place is given back).
+    pub queue_slot: Option<QueueSlot>,
     /// Leading blocks registered in the prefix cache, and the hash of the last one.
     pub registered_blocks: usize,
     pub last_block_hash: Option<BlockHash>,
@@ -115,6 +122,12 @@ impl Sequence {
         self.pending() == 1 && self.computed >= self.prompt_len
     }
 
+    /// The whole prompt work of its current (or next) prefill, computed or not: what the
+    /// scheduler weighs when deciding whether decodes may wait for it.
+    pub fn prompt_work(&self) -> usize {
+        self.tokens.len() - self.prefill_start
+    }
+
     /// Tokens still to run through the model before the next token can be sampled.
     pub fn pending(&self) -> usize {
         self.tokens.len() - self.computed
@@ -146,9 +159,71 @@ impl Sequence {
         }
     }
 
-    /// Sends the final event. Consumes nothing: the caller frees the blocks.
-    pub fn send_finished(&mut self, reason: FinishReason, error: Option<String>) {
+    /// Ends the sequence: its blocks and queue place are given back now, and the returned
+    /// final event is delivered by the caller once the engine's gauges say so.
+    pub fn finish(self, reason: FinishReason, error: Option<String>) -> FinalEvent {
         let event = Event::Finished { reason, usage: self.usage(), timings: self.timings(Instant::now()), error };
-        let _ = self.sink.deliver(event);
+        // Everything but the sink (blocks included) is dropped here.
+        FinalEvent { sink: self.sink, event }
+    }
+}
+
+/// The `Finished` event of a sequence that no longer holds anything, and where it goes.
+pub(crate) struct FinalEvent {
+    sink: EventSink,
+    event: Event,
+}
+
+impl FinalEvent {
+    pub fn deliver(mut self) {
+        let _ = self.sink.deliver(self.event);
+    }
+}
+
+/// One place in a bounded queue (the engine's `max_queue`). Places are only taken by
+/// [`QueueSlot::try_take`], with a compare-and-swap against the limit, and only given back by
+/// dropping the slot, so the count is exact however many threads submit at once.
+#[derive(Debug)]
+pub(crate) struct QueueSlot(Arc<AtomicUsize>);
+
+impl QueueSlot {
+    /// Takes a place if fewer than `limit` are taken; `None` when the queue is full.
+    pub fn try_take(taken: &Arc<AtomicUsize>, limit: usize) -> Option<Self> {
+        taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
+            .ok()
+            .map(|_| Self(Arc::clone(taken)))
+    }
+}
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_takers_get_exactly_the_limit_and_drops_give_places_back() {
+        let taken = Arc::new(AtomicUsize::new(0));
+        let start = Arc::new(std::sync::Barrier::new(16));
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let (taken, start) = (Arc::clone(&taken), Arc::clone(&start));
+                std::thread::spawn(move || {
+                    start.wait();
+                    (0..50).filter_map(|_| QueueSlot::try_take(&taken, 37)).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let slots: Vec<QueueSlot> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        assert_eq!(slots.len(), 37);
+        assert_eq!(taken.load(Ordering::Acquire), 37);
+        drop(slots);
+        assert_eq!(taken.load(Ordering::Acquire), 0);
+        assert!(QueueSlot::try_take(&taken, 1).is_some());
     }
 }

@@ -1,11 +1,15 @@
 //! End-to-end engine behaviour with the real SmolLM2 model: continuous batching, batch
 //! invariance, cancellation, prefix caching, stop strings, seeded sampling, validation.
 //! Run with `--test-threads=1`: the tests share one engine and measure its metrics.
+//! Every test wraps the engine it uses in `AllBlocksFreeAfter`: when it ends, the engine is
+//! idle and every KV block is back.
 
 mod common;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use common::{wait_idle, AllBlocksFreeAfter};
 
 use cortexstream::{ChatMessage, Engine, EngineConfig, Error, Event, FinishReason, Prompt, Request, SamplingParams};
 
@@ -31,21 +35,10 @@ fn reference_greedy_ids() -> Vec<u32> {
         .collect()
 }
 
-/// Waits until every submitted request has finished and the gauges say so.
-fn wait_idle(engine: &Engine) {
-    for _ in 0..500 {
-        let m = engine.metrics();
-        if m.requests_finished == m.requests_submitted && m.running == 0 && m.queue_depth == 0 {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("engine did not become idle: {:?}", engine.metrics());
-}
-
 #[test]
 fn raw_completion_matches_reference_greedy_tokens() {
-    let completion = engine().generate(Request::new("The quick brown fox", greedy(12))).unwrap();
+    let engine = AllBlocksFreeAfter(engine());
+    let completion = engine.generate(Request::new("The quick brown fox", greedy(12))).unwrap();
     assert_eq!(completion.token_ids, reference_greedy_ids()[..12]);
     assert_eq!(completion.finish_reason, FinishReason::Length);
     assert_eq!(completion.usage.prompt_tokens, 4);
@@ -57,7 +50,7 @@ fn raw_completion_matches_reference_greedy_tokens() {
 
 #[test]
 fn stream_concatenation_equals_completion_text() {
-    let engine = engine();
+    let engine = AllBlocksFreeAfter(engine());
     let handle = engine.submit(Request::new("The quick brown fox", greedy(20))).unwrap();
     let mut streamed = String::new();
     let mut tokens = 0;
@@ -79,13 +72,14 @@ fn stream_concatenation_equals_completion_text() {
 
 #[test]
 fn batch_invariance_alone_and_among_29_others() {
-    let engine = engine();
+    let engine = AllBlocksFreeAfter(engine());
     let prompts = ["The quick brown fox", "Once upon a time, in a small village,", "The capital of France is"];
     let alone: Vec<Vec<u32>> =
         prompts.iter().map(|p| engine.generate(Request::new(*p, greedy(16))).unwrap().token_ids).collect();
 
     // Submit 29 other requests of various lengths first so the three share steps with them,
     // some still in prefill, some decoding.
+    let before = engine.metrics();
     let fillers: Vec<_> = (0..29)
         .map(|i| {
             let prompt = format!("Request number {i}: write a sentence about the number {}.", i * 7);
@@ -98,12 +92,19 @@ fn batch_invariance_alone_and_among_29_others() {
         assert_eq!(f.wait().finish_reason, FinishReason::Length);
     }
     assert_eq!(alone, batched);
-    assert!(engine.metrics().batch_size.buckets.iter().any(|&(le, n)| le >= 16.0 && n > 0));
+    // They really were batched, judged on this phase's steps alone (metric deltas): the steps
+    // carried 8+ tokens and sampled 4+ tokens each on average (one request at a time: ~2 and 1).
+    let after = engine.metrics();
+    let steps = after.steps - before.steps;
+    let batched_tokens = after.batch_size.sum - before.batch_size.sum;
+    assert!(batched_tokens >= 8.0 * steps as f64, "{batched_tokens} tokens in {steps} steps: not batched");
+    let generated = after.generated_tokens_total - before.generated_tokens_total;
+    assert!(steps * 4 <= generated, "{generated} tokens in {steps} steps: not batched");
 }
 
 #[test]
 fn thirty_two_concurrent_requests_finish_with_correct_usage() {
-    let engine = engine();
+    let engine = AllBlocksFreeAfter(engine());
     let handles: Vec<_> = (0..32)
         .map(|i| {
             let prompt = format!("Write a short note number {i}.");
@@ -127,15 +128,15 @@ fn thirty_two_concurrent_requests_finish_with_correct_usage() {
     for t in threads {
         t.join().expect("request thread");
     }
-    wait_idle(engine);
+    wait_idle(&engine);
     let m = engine.metrics();
     assert_eq!(m.kv_blocks_free, m.kv_blocks_total, "every block is back");
 }
 
 #[test]
 fn cancel_mid_stream_ends_promptly_and_frees_blocks() {
-    let engine = engine();
-    wait_idle(engine);
+    let engine = AllBlocksFreeAfter(engine());
+    wait_idle(&engine);
     let before = engine.metrics();
     let handle = engine.submit(Request::new("Tell me a long story about dragons.", greedy(500))).unwrap();
     let mut got = 0;
@@ -162,7 +163,7 @@ fn cancel_mid_stream_ends_promptly_and_frees_blocks() {
     let after_cancel = engine.metrics().generated_tokens_total - generated_at_cancel;
     assert!(after_cancel <= 2, "{after_cancel} tokens generated after cancel");
     assert!(finished.1.completion_tokens >= 3);
-    wait_idle(engine);
+    wait_idle(&engine);
     let after = engine.metrics();
     assert_eq!(after.requests_cancelled, before.requests_cancelled + 1);
     assert_eq!(after.kv_blocks_free, after.kv_blocks_total);
@@ -170,19 +171,19 @@ fn cancel_mid_stream_ends_promptly_and_frees_blocks() {
 
 #[test]
 fn dropping_a_handle_cancels_the_request() {
-    let engine = engine();
-    wait_idle(engine);
+    let engine = AllBlocksFreeAfter(engine());
+    wait_idle(&engine);
     let before = engine.metrics().requests_cancelled;
     let handle = engine.submit(Request::new("Count to one thousand.", greedy(1000))).unwrap();
     let _ = handle.recv();
     drop(handle);
-    wait_idle(engine);
+    wait_idle(&engine);
     assert_eq!(engine.metrics().requests_cancelled, before + 1);
 }
 
 #[test]
 fn shared_system_prompt_is_served_from_the_prefix_cache() {
-    let engine = engine();
+    let engine = AllBlocksFreeAfter(engine());
     let system = "You are a meticulous assistant. ".repeat(20);
     let chat = |question: &str| {
         Prompt::Chat(vec![ChatMessage::new("system", system.clone()), ChatMessage::new("user", question)])
@@ -203,7 +204,8 @@ fn shared_system_prompt_is_served_from_the_prefix_cache() {
 fn stop_string_spanning_tokens_is_not_emitted() {
     // Greedy continuation is " with a quick brown bear." — "own be" spans " brown" and " bear".
     let params = SamplingParams { stop: vec!["own be".into()], ..greedy(30) };
-    let handle = engine().submit(Request::new("The quick brown fox", params)).unwrap();
+    let engine = AllBlocksFreeAfter(engine());
+    let handle = engine.submit(Request::new("The quick brown fox", params)).unwrap();
     let mut text = String::new();
     let mut reason = None;
     for event in handle {
@@ -218,7 +220,7 @@ fn stop_string_spanning_tokens_is_not_emitted() {
 
 #[test]
 fn multibyte_output_is_streamed_whole() {
-    let engine = engine();
+    let engine = AllBlocksFreeAfter(engine());
     let prompt = "中文：你好，世界。我爱北京天安门。你好，世界。我爱北京";
     let handle = engine.submit(Request::new(prompt, greedy(24))).unwrap();
     let mut streamed = String::new();
@@ -241,7 +243,7 @@ fn multibyte_output_is_streamed_whole() {
 
 #[test]
 fn seeded_sampling_is_reproducible() {
-    let engine = engine();
+    let engine = AllBlocksFreeAfter(engine());
     let sample = |seed| {
         let params = SamplingParams {
             temperature: 1.0,
@@ -260,7 +262,7 @@ fn seeded_sampling_is_reproducible() {
 
 #[test]
 fn invalid_requests_get_typed_errors_and_the_engine_keeps_serving() {
-    let engine = engine();
+    let engine = AllBlocksFreeAfter(engine());
     let bad = |f: fn(&mut SamplingParams)| {
         let mut p = SamplingParams::default();
         f(&mut p);
@@ -302,7 +304,7 @@ fn invalid_requests_get_typed_errors_and_the_engine_keeps_serving() {
 
 #[test]
 fn callback_that_panics_fails_only_its_request() {
-    let engine = engine();
+    let engine = AllBlocksFreeAfter(engine());
     let handle = engine
         .submit_with_callback(
             Request::new("The quick brown fox", greedy(10)),
@@ -324,7 +326,8 @@ fn callback_that_panics_fails_only_its_request() {
 #[test]
 fn logprobs_are_reported_per_token() {
     let params = SamplingParams { logprobs: Some(3), ..greedy(4) };
-    let c = engine().generate(Request::new("The quick brown fox", params)).unwrap();
+    let engine = AllBlocksFreeAfter(engine());
+    let c = engine.generate(Request::new("The quick brown fox", params)).unwrap();
     assert_eq!(c.logprobs.len(), 4);
     for (lp, &id) in c.logprobs.iter().zip(&c.token_ids) {
         assert_eq!(lp.top.len(), 3);
@@ -338,7 +341,7 @@ fn shutdown_cancels_in_flight_requests_then_rejects_new_work() {
     // A separate, small engine: shutting down the shared one would break the other tests.
     let mut config = EngineConfig::new(common::smollm2_path());
     config.kv_cache_tokens = 2048;
-    let engine = Arc::new(Engine::new(config).unwrap());
+    let engine = AllBlocksFreeAfter(Arc::new(Engine::new(config).unwrap()));
     let handles: Vec<_> =
         (0..4).map(|_| engine.submit(Request::new("Tell me a story.", greedy(2000))).unwrap()).collect();
     let _ = handles[0].recv();
@@ -369,7 +372,7 @@ fn past_the_queue_limit_submit_fails_with_overloaded() {
     config.max_running = 1;
     config.max_queue = 1;
     config.kv_cache_tokens = 2048;
-    let engine = Engine::new(config).unwrap();
+    let engine = AllBlocksFreeAfter(Engine::new(config).unwrap());
     let running = engine.submit(Request::new("Tell me a story.", greedy(2000))).unwrap();
     let _ = running.recv(); // it is running now, so the queue is empty
     let waiting = engine.submit(Request::new("Tell me a story.", greedy(4))).unwrap();
@@ -388,14 +391,120 @@ fn preempted_sequences_resume_and_lose_nothing() {
     // and later recomputed. Their output must equal the unconstrained engine's.
     let mut config = EngineConfig::new(common::smollm2_path());
     config.kv_cache_tokens = 256;
-    let small = Engine::new(config).unwrap();
+    let small = AllBlocksFreeAfter(Engine::new(config).unwrap());
+    let engine = AllBlocksFreeAfter(engine());
     let prompts: Vec<String> = (0..4).map(|i| format!("Story {i}: the dragon and the knight")).collect();
     let expected: Vec<Vec<u32>> =
-        prompts.iter().map(|p| engine().generate(Request::new(p.as_str(), greedy(80))).unwrap().token_ids).collect();
+        prompts.iter().map(|p| engine.generate(Request::new(p.as_str(), greedy(80))).unwrap().token_ids).collect();
     let handles: Vec<_> = prompts.iter().map(|p| small.submit(Request::new(p.as_str(), greedy(80))).unwrap()).collect();
     let got: Vec<Vec<u32>> = handles.into_iter().map(|h| h.wait().token_ids).collect();
     let m = small.metrics();
     assert!(m.preemptions > 0, "the cache was large enough: {m:?}");
     assert_eq!(got, expected);
     assert_eq!(m.requests_finished, 4);
+}
+
+#[test]
+fn max_queue_is_exact_under_concurrent_submitters() {
+    // One running slot, taken by a long request, and 5 queue places: of 8000 requests sent by
+    // 32 threads at once (and for many engine steps: the engine thread must not disturb the
+    // count while they hammer it), exactly 5 are accepted and the rest refused as overloaded.
+    let mut config = EngineConfig::new(common::smollm2_path());
+    config.max_running = 1;
+    config.max_queue = 5;
+    config.kv_cache_tokens = 2048;
+    let engine = AllBlocksFreeAfter(Arc::new(Engine::new(config).unwrap()));
+    let running = engine.submit(Request::new("Tell me a story.", greedy(2000))).unwrap();
+    let _ = running.recv(); // it holds the running slot now
+
+    let start = Arc::new(std::sync::Barrier::new(32));
+    let submitters: Vec<_> = (0..32)
+        .map(|t| {
+            let (engine, start) = (Arc::clone(&engine.0), Arc::clone(&start));
+            std::thread::spawn(move || {
+                start.wait();
+                (0..250).map(|i| engine.submit(Request::new(format!("Note {t}-{i}:"), greedy(2)))).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let results: Vec<_> = submitters.into_iter().flat_map(|s| s.join().expect("submitter")).collect();
+    let (accepted, refused): (Vec<_>, Vec<_>) = results.into_iter().partition(|r| r.is_ok());
+    assert_eq!(accepted.len(), 5, "accepted past max_queue = 5 with the running slot taken");
+    for r in refused {
+        match r {
+            Err(Error::Overloaded(message)) => assert!(message.contains("max_queue = 5"), "{message}"),
+            other => panic!("expected Overloaded, got {other:?}"),
+        }
+    }
+    assert_eq!(engine.metrics().requests_rejected, 7995);
+
+    // The queue drains once the slot frees, and its places are given back.
+    running.cancel();
+    for handle in accepted.into_iter().flatten() {
+        assert_eq!(handle.wait().finish_reason, FinishReason::Length);
+    }
+    let again: Vec<_> = (0..5).map(|i| engine.submit(Request::new(format!("Again {i}:"), greedy(2)))).collect();
+    assert!(again.iter().all(Result::is_ok), "queue places were not given back: {again:?}");
+    for handle in again.into_iter().flatten() {
+        assert_eq!(handle.wait().finish_reason, FinishReason::Length);
+    }
+}
+
+/// Submits a greedy request whose callback reports, for each token, the engine step that
+/// produced it (callbacks run on the engine thread right after their step's forward pass).
+fn submit_logging_steps(
+    prompt: Prompt,
+    max_tokens: usize,
+) -> (cortexstream::RequestHandle, std::sync::mpsc::Receiver<u64>) {
+    let (steps, log) = std::sync::mpsc::channel();
+    let callback = Box::new(move |event: &Event| {
+        if let Event::Token { .. } = event {
+            let _ = steps.send(engine().metrics().steps);
+        }
+        true
+    });
+    (engine().submit_with_callback(Request::new(prompt, greedy(max_tokens)), callback).unwrap(), log)
+}
+
+#[test]
+fn running_streams_decode_every_step_while_a_long_prompt_is_prefilled() {
+    let engine = AllBlocksFreeAfter(engine());
+    let hang_guard = Duration::from_secs(600);
+    let streams: Vec<_> = ["Once upon a time", "The capital of France is"]
+        .into_iter()
+        .map(|p| submit_logging_steps(Prompt::Text(p.into()), 2000))
+        .collect();
+    for (_, log) in &streams {
+        log.recv_timeout(hang_guard).expect("the stream is running");
+    }
+
+    // ~4k tokens nobody has sent before (so none come from the prefix cache): 63+ steps of
+    // 64-token chunks.
+    let text: String = (0..4000).map(|i| format!("{} ", i * 7919 % 10007)).collect();
+    let long_prompt: Vec<u32> = engine.tokenize(&text, true).unwrap().into_iter().take(4000).collect();
+    assert_eq!(long_prompt.len(), 4000);
+    let submitted_after = engine.metrics().steps;
+    let (long, long_log) = submit_logging_steps(Prompt::Tokens(long_prompt), 1);
+    let first_token_step = long_log.recv_timeout(hang_guard).expect("the long prompt's first token");
+    assert!(
+        first_token_step - submitted_after >= 62,
+        "the prefill took only {first_token_step} - {submitted_after} steps"
+    );
+
+    long.wait();
+    for (handle, log) in streams {
+        handle.cancel();
+        handle.wait();
+        let steps: Vec<u64> = log.try_iter().collect();
+        // Every step from the long prompt's arrival to its first token carried a decode of
+        // each running stream.
+        let missed: Vec<u64> = (submitted_after + 1..=first_token_step).filter(|s| !steps.contains(s)).collect();
+        assert!(
+            missed.is_empty(),
+            "a running stream sat out {} of the {} steps of a long prefill, e.g. {:?}",
+            missed.len(),
+            first_token_step - submitted_after,
+            &missed[..missed.len().min(10)]
+        );
+    }
 }

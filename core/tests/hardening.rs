@@ -9,6 +9,10 @@
 //!   all complete while at most `max_running` run at once; a panic while serving one request
 //!   leaves the others and later ones untouched.
 //!
+//! - a request's blocks are free, and the gauges say so, by the time its caller sees the
+//!   final event (checked on the engine thread at delivery, so independent of CPU load, and
+//!   after every matrix case); every test leaves every KV block free (`AllBlocksFreeAfter`).
+//!
 //! Run with `--test-threads=1`: the model-heavy tests must not share the two cores.
 
 mod common;
@@ -21,6 +25,8 @@ use cortexstream::{
     ChatMessage, Completion, Engine, EngineConfig, Error, Event, FinishReason, Prompt, Request, SamplingParams,
 };
 use serde_json::Value;
+
+use common::AllBlocksFreeAfter;
 
 // ---------- the matrix file ----------
 
@@ -236,7 +242,7 @@ fn matrix_engine() -> &'static Engine {
 
 #[test]
 fn every_core_case_of_the_bad_input_matrix_then_the_canary() {
-    let engine = matrix_engine();
+    let engine = AllBlocksFreeAfter(matrix_engine());
     let m = matrix();
     let canary = &m["canary"];
     let cases = m["cases"].as_array().expect("cases");
@@ -249,10 +255,15 @@ fn every_core_case_of_the_bad_input_matrix_then_the_canary() {
         }
         let id = case["id"].as_str().expect("id").to_string();
         let kind = case["kind"].as_str().expect("kind");
-        let mut problems = check(&run(engine, kind, &case["request"]), &case["expect"]);
+        let mut problems = check(&run(&engine, kind, &case["request"]), &case["expect"]);
         // A bad request must leave the engine serving: the canary comes out exactly.
-        let canary_problems = check(&run(engine, "generate", &canary["request"]), &canary["expect"]);
+        let canary_problems = check(&run(&engine, "generate", &canary["request"]), &canary["expect"]);
         problems.extend(canary_problems.into_iter().map(|p| format!("canary after it: {p}")));
+        // Read at once, without waiting: blocks are free when the final event arrives.
+        let metrics = engine.metrics();
+        if metrics.kv_blocks_free != metrics.kv_blocks_total {
+            problems.push(format!("{} of {} KV blocks free after it", metrics.kv_blocks_free, metrics.kv_blocks_total));
+        }
         if !problems.is_empty() {
             failures.insert(id, problems);
         }
@@ -260,8 +271,6 @@ fn every_core_case_of_the_bad_input_matrix_then_the_canary() {
     }
     assert!(ran >= 30, "only {ran} core cases in the matrix");
     assert!(failures.is_empty(), "{} of {ran} core cases failed:\n{failures:#?}", failures.len());
-    let metrics = engine.metrics();
-    assert_eq!(metrics.kv_blocks_free, metrics.kv_blocks_total, "a case left KV blocks allocated");
 }
 
 #[test]
@@ -303,14 +312,15 @@ fn prompt_of(engine: &Engine, n: usize) -> Vec<u32> {
 
 #[test]
 fn the_context_is_capped_by_the_kv_cache() {
-    assert_eq!(cramped_engine().model_info().context_length, 128);
+    let engine = AllBlocksFreeAfter(cramped_engine());
+    assert_eq!(engine.model_info().context_length, 128);
 }
 
 #[test]
 fn a_prompt_larger_than_the_whole_kv_cache_is_rejected_at_admission() {
-    let engine = cramped_engine();
+    let engine = AllBlocksFreeAfter(cramped_engine());
     let before = engine.metrics();
-    let err = engine.submit(Request::new(Prompt::Tokens(prompt_of(engine, 200)), greedy(4))).unwrap_err();
+    let err = engine.submit(Request::new(Prompt::Tokens(prompt_of(&engine, 200)), greedy(4))).unwrap_err();
     match &err {
         Error::ContextLengthExceeded { param, prompt_tokens, context_length, .. } => {
             assert_eq!((*param, *prompt_tokens, *context_length), ("prompt", 200, 128));
@@ -328,8 +338,8 @@ fn a_prompt_larger_than_the_whole_kv_cache_is_rejected_at_admission() {
 
 #[test]
 fn a_completion_past_the_context_is_clamped_and_ends_with_length() {
-    let engine = cramped_engine();
-    let prompt = prompt_of(engine, 100);
+    let engine = AllBlocksFreeAfter(cramped_engine());
+    let prompt = prompt_of(&engine, 100);
     let c = engine.generate(Request::new(Prompt::Tokens(prompt.clone()), greedy(1000))).unwrap();
     assert_eq!(c.finish_reason, FinishReason::Length);
     assert_eq!(c.usage.prompt_tokens, 100);
@@ -344,7 +354,7 @@ fn a_completion_past_the_context_is_clamped_and_ends_with_length() {
 
 #[test]
 fn more_requests_than_running_slots_all_complete_two_at_a_time() {
-    let engine = cramped_engine();
+    let engine = AllBlocksFreeAfter(cramped_engine());
     let prompts: Vec<String> = (0..6).map(|i| format!("Item {i} on the list is")).collect();
     let alone: Vec<Vec<u32>> =
         prompts.iter().map(|p| engine.generate(Request::new(p.as_str(), greedy(8))).unwrap().token_ids).collect();
@@ -403,7 +413,7 @@ fn more_requests_than_running_slots_all_complete_two_at_a_time() {
 
 #[test]
 fn a_panic_while_serving_one_request_leaves_the_others_untouched() {
-    let engine = matrix_engine();
+    let engine = AllBlocksFreeAfter(matrix_engine());
     let expected = engine.generate(Request::new("Once upon a time", greedy(24))).unwrap();
     // The neighbour is submitted first so both share the steps in which the panic happens.
     let neighbour = engine.submit(Request::new("Once upon a time", greedy(24))).unwrap();
@@ -425,5 +435,67 @@ fn a_panic_while_serving_one_request_leaves_the_others_untouched() {
     assert_eq!(neighbour.finish_reason, FinishReason::Length);
     assert_eq!(neighbour.token_ids, expected.token_ids, "the neighbour's output changed");
     let canary = &matrix()["canary"];
-    assert!(check(&run(engine, "generate", &canary["request"]), &canary["expect"]).is_empty());
+    assert!(check(&run(&engine, "generate", &canary["request"]), &canary["expect"]).is_empty());
+}
+
+// ---------- the final event comes after the blocks are free ----------
+
+/// What the engine's gauges said when a request's `Finished` event was delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct GaugesAtFinish {
+    kv_blocks_free: usize,
+    kv_blocks_total: usize,
+    running: usize,
+}
+
+/// Submits `request` to the cramped engine with a callback that reads the gauges when the
+/// `Finished` event is delivered (on the engine thread, so exactly then, whatever the CPU load),
+/// and that answers each token with `on_token`.
+fn gauges_at_finish(request: Request, on_token: fn() -> bool) -> (Completion, GaugesAtFinish) {
+    let seen: Arc<Mutex<Option<GaugesAtFinish>>> = Arc::default();
+    let record = Arc::clone(&seen);
+    let callback = Box::new(move |event: &Event| match event {
+        Event::Token { .. } => on_token(),
+        Event::Finished { .. } => {
+            let m = cramped_engine().metrics();
+            let gauges = GaugesAtFinish {
+                kv_blocks_free: m.kv_blocks_free,
+                kv_blocks_total: m.kv_blocks_total,
+                running: m.running,
+            };
+            *record.lock().unwrap() = Some(gauges);
+            true
+        }
+    });
+    let completion = cramped_engine().submit_with_callback(request, callback).unwrap().wait();
+    let gauges = seen.lock().unwrap().take().expect("the callback saw the Finished event");
+    (completion, gauges)
+}
+
+/// A named request, how its consumer answers each token, and how it must end.
+type FinishCase = (&'static str, Request, fn() -> bool, FinishReason);
+
+#[test]
+fn a_final_event_is_delivered_after_its_blocks_are_free() {
+    let engine = AllBlocksFreeAfter(cramped_engine());
+    let prompt = || Prompt::Tokens(prompt_of(&engine, 40));
+    // Its first greedy token as a stop token: a stop at the first step.
+    let first = engine.generate(Request::new(prompt(), greedy(1))).unwrap().token_ids[0];
+    let stop = SamplingParams { stop_token_ids: vec![first], ..greedy(20) };
+    let cases: [FinishCase; 4] = [
+        ("length", Request::new(prompt(), greedy(3)), || true, FinishReason::Length),
+        ("stop token", Request::new(prompt(), stop), || true, FinishReason::Stop),
+        ("cancelled by its consumer", Request::new(prompt(), greedy(20)), || false, FinishReason::Cancelled),
+        ("failed by its consumer", Request::new(prompt(), greedy(20)), || panic!("consumer bug"), FinishReason::Error),
+    ];
+    for (name, request, on_token, reason) in cases {
+        let (completion, gauges) = gauges_at_finish(request, on_token);
+        assert_eq!(completion.finish_reason, reason, "{name}: {completion:?}");
+        let whole = GaugesAtFinish {
+            kv_blocks_free: gauges.kv_blocks_total,
+            kv_blocks_total: gauges.kv_blocks_total,
+            running: 0,
+        };
+        assert_eq!(gauges, whole, "{name}: the final event came before the gauges showed its blocks free");
+    }
 }

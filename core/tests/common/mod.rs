@@ -40,3 +40,41 @@ pub fn reference() -> serde_json::Value {
 pub fn python() -> String {
     std::env::var("CORTEXSTREAM_PYTHON").unwrap_or_else(|_| "python3".to_string())
 }
+
+/// Waits until every submitted request of `engine` has finished and the gauges say it is
+/// idle. The bound is a hang guard only, generous for an oversubscribed CPU.
+pub fn wait_idle(engine: &cortexstream::Engine) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let m = engine.metrics();
+        if m.requests_finished >= m.requests_submitted && m.running == 0 && m.queue_depth == 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "engine did not become idle: {m:?}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// An engine that must have every KV block back when the test using it ends: dropping the
+/// guard waits for the engine to be idle, then asserts `kv_blocks_free == kv_blocks_total`.
+/// Every engine test wraps the engine it uses, e.g. `let engine = AllBlocksFreeAfter(engine());`.
+/// (Skipped when the test already failed, so its own message is the one reported.)
+pub struct AllBlocksFreeAfter<E: std::borrow::Borrow<cortexstream::Engine>>(pub E);
+
+impl<E: std::borrow::Borrow<cortexstream::Engine>> std::ops::Deref for AllBlocksFreeAfter<E> {
+    type Target = cortexstream::Engine;
+    fn deref(&self) -> &cortexstream::Engine {
+        self.0.borrow()
+    }
+}
+
+impl<E: std::borrow::Borrow<cortexstream::Engine>> Drop for AllBlocksFreeAfter<E> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        wait_idle(self);
+        let m = self.metrics();
+        assert_eq!(m.kv_blocks_free, m.kv_blocks_total, "the test left KV blocks allocated: {m:?}");
+    }
+}
