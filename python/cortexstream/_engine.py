@@ -28,7 +28,9 @@ class Engine(_core.Engine):
     ``"minilm"`` when it is in the cache, ``False`` loads none. The other arguments tune the
     scheduler; ``None`` keeps the core's default (``max_running=32``, ``max_batch_tokens=2048``,
     ``kv_cache_tokens=16384``, ``context_length`` = the model's, ``threads`` = physical cores,
-    ``max_queue=256``).
+    ``max_queue=256``). ``chat_template`` is a Jinja chat template used instead of the model's
+    own; a model without one (a base model such as ``"gemma3"``) needs it for chat requests,
+    which otherwise raise :class:`ChatTemplateMissingError`.
 
     Sampling keyword arguments, accepted by every generation method: ``max_tokens``,
     ``temperature`` (0.8; 0 is greedy), ``top_k`` (40), ``top_p`` (0.95), ``min_p`` (0.05),
@@ -54,6 +56,7 @@ class Engine(_core.Engine):
         context_length: Optional[int] = None,
         threads: Optional[int] = None,
         max_queue: Optional[int] = None,
+        chat_template: Optional[str] = None,
     ) -> Engine:
         return super().__new__(
             cls,
@@ -66,6 +69,7 @@ class Engine(_core.Engine):
             context_length=context_length,
             threads=threads,
             max_queue=max_queue,
+            chat_template=chat_template,
         )
 
     def embed(self, texts: Union[str, Sequence[str]], *, as_numpy: bool = False) -> Any:

@@ -82,7 +82,7 @@ fn status_of(error: &Error) -> cs_status {
         Error::ModelLoad { .. } => cs_status::CS_MODEL_LOAD,
         Error::ModelNotFound(_) => cs_status::CS_MODEL_NOT_FOUND,
         Error::Tokenizer(_) => cs_status::CS_TOKENIZER,
-        Error::ChatTemplate(_) => cs_status::CS_CHAT_TEMPLATE,
+        Error::ChatTemplate(_) | Error::ChatTemplateMissing => cs_status::CS_CHAT_TEMPLATE,
         Error::EngineClosed => cs_status::CS_ENGINE_CLOSED,
         Error::Overloaded(_) => cs_status::CS_OVERLOADED,
         Error::Cancelled => cs_status::CS_CANCELLED,

@@ -43,7 +43,7 @@ impl Engine {
     #[new]
     #[pyo3(signature = (
         model, *, tokenizer=None, embedding_model=None, max_running=None, max_batch_tokens=None,
-        kv_cache_tokens=None, context_length=None, threads=None, max_queue=None,
+        kv_cache_tokens=None, context_length=None, threads=None, max_queue=None, chat_template=None,
     ))]
     #[allow(clippy::too_many_arguments)] // mirrors the Python keyword arguments one to one
     fn new(
@@ -57,12 +57,14 @@ impl Engine {
         context_length: Option<usize>,
         threads: Option<usize>,
         max_queue: Option<usize>,
+        chat_template: Option<String>,
     ) -> PyResult<Self> {
         let mut config = EngineConfig::new(model);
         config.tokenizer = tokenizer;
         config.embedding_model = embedding_model;
         config.context_length = context_length;
         config.threads = threads;
+        config.chat_template = chat_template;
         for (slot, value) in [
             (&mut config.max_running, max_running),
             (&mut config.max_batch_tokens, max_batch_tokens),

@@ -10,7 +10,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, Value};
 use crate::kv_cache::KvStorage;
 use crate::models::attention::{self, AttentionScratch};
 use crate::models::elementwise::{add_in_place, rms_norm_rows, swiglu_rows};
@@ -100,6 +100,8 @@ impl LlamaConfig {
                 format!("`{}` is {head_dim}; supported head sizes are 1..={MAX_HEAD_DIM}", key("attention.key_length")),
             ));
         }
+        refuse_unhonoured_metadata(gguf, arch, head_dim)?;
+        refuse_unused_tensors(gguf, n_layers)?;
         let vocab_size = match gguf.get(&key("vocab_size")).and_then(|v| v.as_u64()) {
             Some(v) => v as usize,
             None => gguf.tensor_info("token_embd.weight").and_then(|t| t.dims.get(1).copied()).unwrap_or(0),
@@ -135,6 +137,114 @@ impl LlamaConfig {
             qkv_row_len: self.q_dim() + 2 * self.kv_dim(),
         }
     }
+}
+
+/// Refuses metadata that changes the numerics in a way this forward does not implement, so a
+/// model is never run silently wrong: each key is named with its value. Keys absent, or present
+/// with the value that means "off", are fine.
+fn refuse_unhonoured_metadata(gguf: &GgufFile, arch: &str, head_dim: usize) -> Result<()> {
+    let key = |suffix: &str| format!("{arch}.{suffix}");
+    let refuse = |suffix: &str, value: &Value, why: &str| {
+        Err(load_error(gguf, format!("metadata `{}` = {} is not supported: {why}", key(suffix), value.describe())))
+    };
+    let number = |suffix: &str| gguf.get(&key(suffix)).map(|v| (v, v.as_f64()));
+
+    // llama.cpp reads an absent scaling type as `linear` (so a factor alone scales) and
+    // ignores the factor only when the type is explicitly `none`.
+    let scaling_type = gguf.get(&key("rope.scaling.type"));
+    if let Some(value) = scaling_type.filter(|v| v.as_str() != Some("none")) {
+        return refuse("rope.scaling.type", value, ROPE_SCALING_WHY);
+    }
+    let scaling_off = scaling_type.is_some();
+    if let Some((value, factor)) = number("rope.scaling.factor") {
+        if !scaling_off && !matches!(factor, Some(f) if f == 0.0 || f == 1.0) {
+            return refuse("rope.scaling.factor", value, ROPE_SCALING_WHY);
+        }
+    }
+    // Off when 0 (llama.cpp's own default for these).
+    for suffix in ["attn_logit_softcapping", "final_logit_softcapping"] {
+        if let Some((value, cap)) = number(suffix) {
+            if cap != Some(0.0) {
+                return refuse(suffix, value, "logit soft-capping is not implemented for this architecture");
+            }
+        }
+    }
+    if let Some((value, window)) = number("attention.sliding_window") {
+        if window != Some(0.0) {
+            return refuse(
+                "attention.sliding_window",
+                value,
+                "sliding-window attention is not implemented for this architecture",
+            );
+        }
+    }
+    for suffix in ["expert_count", "expert_used_count"] {
+        if let Some((value, count)) = number(suffix) {
+            if count != Some(0.0) {
+                return refuse(suffix, value, "mixture-of-experts layers are not implemented");
+            }
+        }
+    }
+    if let Some((value, length)) = number("attention.value_length") {
+        if length != Some(head_dim as f64) {
+            return refuse(
+                "attention.value_length",
+                value,
+                &format!("value heads must have the key head size {head_dim} (`{}`)", key("attention.key_length")),
+            );
+        }
+    }
+    // Scales some llama-like files carry (Granite and others); 1 means no scaling.
+    for suffix in ["embedding_scale", "residual_scale", "logit_scale", "attention.scale"] {
+        if let Some((value, scale)) = number(suffix) {
+            if scale != Some(1.0) {
+                return refuse(suffix, value, "this scale is not implemented for this architecture");
+            }
+        }
+    }
+    if let Some(value) = gguf.get(&key("attention.causal")) {
+        if value.as_bool() != Some(true) {
+            return refuse("attention.causal", value, "only causal attention is implemented");
+        }
+    }
+    Ok(())
+}
+
+const ROPE_SCALING_WHY: &str = "RoPE scaling is not implemented yet (only `none`)";
+
+/// Tensors the llama forward reads in every layer (each `blk.N.{name}.weight`).
+const LAYER_TENSORS: &[&str] =
+    &["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"];
+/// Tensors outside the layers the forward reads (`output.weight` is optional: tied embeddings).
+const MODEL_TENSORS: &[&str] = &["token_embd.weight", "output_norm.weight", "output.weight"];
+
+/// Refuses a file with a tensor the forward would not read: a bias, a Q/K norm, a frequency
+/// factor table each change the numerics, and skipping one would run the model silently wrong.
+fn refuse_unused_tensors(gguf: &GgufFile, n_layers: usize) -> Result<()> {
+    let is_read = |name: &str| {
+        if MODEL_TENSORS.contains(&name) {
+            return true;
+        }
+        let Some(rest) = name.strip_prefix("blk.") else { return false };
+        let Some((layer, tensor)) = rest.split_once('.') else { return false };
+        let in_range = layer.parse::<usize>().is_ok_and(|l| l < n_layers && layer == l.to_string());
+        in_range && tensor.strip_suffix(".weight").is_some_and(|t| LAYER_TENSORS.contains(&t))
+    };
+    match gguf.tensors().iter().find(|t| !is_read(&t.name)) {
+        None => Ok(()),
+        Some(unused) => Err(load_error(gguf, unused_tensor_message(&unused.name))),
+    }
+}
+
+fn unused_tensor_message(name: &str) -> String {
+    let why = if name == "rope_freqs.weight" {
+        "RoPE frequency factors (llama3-style RoPE scaling) are not implemented yet"
+    } else if name.ends_with(".bias") {
+        "bias tensors are not implemented for this architecture"
+    } else {
+        "the llama forward does not use it, and ignoring a weight would compute wrong outputs"
+    };
+    format!("tensor `{name}` is not supported: {why}")
 }
 
 fn load_error(gguf: &GgufFile, message: String) -> Error {
