@@ -242,26 +242,37 @@ mod tests {
         ChatMessage::new("user", content)
     }
 
+    /// ChatML, as SmolLM2 and many instruct models spell it.
+    fn chatml() -> ChatTemplate {
+        let source = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] \
+                      + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+        ChatTemplate::new(source, "", "").expect("ChatML compiles")
+    }
+
+    #[test]
+    fn a_missing_template_refuses_chat_with_a_typed_error() {
+        let err = ChatTemplate::missing().render(&[user("hi")], true).unwrap_err();
+        assert!(matches!(err, Error::ChatTemplateMissing), "{err:?}");
+        assert_eq!((err.code(), err.param()), ("chat_template_missing", Some("messages")));
+    }
+
     #[test]
     fn chatml_renders_turns_and_generation_prompt() {
         let messages = [ChatMessage::new("system", "Be brief."), user("Hi")];
         let expected = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n";
-        assert_eq!(ChatTemplate::chatml().render(&messages, false).unwrap(), expected);
-        assert_eq!(
-            ChatTemplate::chatml().render(&messages, true).unwrap(),
-            format!("{expected}<|im_start|>assistant\n")
-        );
+        assert_eq!(chatml().render(&messages, false).unwrap(), expected);
+        assert_eq!(chatml().render(&messages, true).unwrap(), format!("{expected}<|im_start|>assistant\n"));
     }
 
     #[test]
     fn empty_messages_are_rejected() {
-        let err = ChatTemplate::chatml().render(&[], true).unwrap_err();
+        let err = chatml().render(&[], true).unwrap_err();
         assert_eq!(err.param(), Some("messages"), "{err}");
     }
 
     #[test]
     fn unknown_role_is_rejected_by_name() {
-        let err = ChatTemplate::chatml().render(&[user("hi"), ChatMessage::new("wizard", "x")], true).unwrap_err();
+        let err = chatml().render(&[user("hi"), ChatMessage::new("wizard", "x")], true).unwrap_err();
         assert_eq!(err.param(), Some("messages"), "{err}");
         assert!(err.to_string().contains("`wizard`"), "{err}");
     }
