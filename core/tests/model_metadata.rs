@@ -190,6 +190,21 @@ fn unhonoured_cases() -> Vec<(&'static str, GgufSpec, Vec<&'static str>)> {
             vec!["`blk.0.attn_q_norm.weight`"],
         ),
         (
+            // Per-layer KV head counts (OpenELM-style) must not fall back to `head_count`.
+            "KV heads per layer",
+            tiny_with(|g| {
+                g.set("llama.attention.head_count_kv", Value::Array(vec![Value::U32(1)]));
+            }),
+            vec!["`llama.attention.head_count_kv`", "an array of 1 items"],
+        ),
+        (
+            "RoPE base of the wrong type",
+            tiny_with(|g| {
+                g.set("llama.rope.freq_base", s("500000"));
+            }),
+            vec!["`llama.rope.freq_base`", "string \"500000\""],
+        ),
+        (
             "a tensor for a layer the model does not have",
             tiny_with(|g| {
                 g.tensors.push(f32_tensor("blk.1.attn_norm.weight", 32));

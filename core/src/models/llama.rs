@@ -54,26 +54,28 @@ impl LlamaConfig {
         }
         let key = |suffix: &str| format!("{arch}.{suffix}");
         let usize_key = |suffix: &str| gguf.require_u64(&key(suffix)).map(|v| v as usize);
-        let float_key = |suffix: &str, default: Option<f64>| {
-            gguf.get(&key(suffix))
-                .and_then(|v| v.as_f64())
-                .or(default)
+        // Optional keys: absent takes the default, but a present value of the wrong type (a
+        // per-layer array, a string) is an error, never silently replaced by the default.
+        let optional_usize_key = |suffix: &str, default: usize| match gguf.get(&key(suffix)) {
+            None => Ok(default),
+            Some(v) => {
+                v.as_u64().map(|v| v as usize).ok_or_else(|| gguf.wrong_type(&key(suffix), "a non-negative integer", v))
+            }
+        };
+        let float_key = |suffix: &str, default: Option<f64>| match gguf.get(&key(suffix)) {
+            Some(v) => v.as_f64().map(|v| v as f32).ok_or_else(|| gguf.wrong_type(&key(suffix), "a number", v)),
+            None => default
                 .map(|v| v as f32)
-                .ok_or_else(|| load_error(gguf, format!("missing float metadata `{}`", key(suffix))))
+                .ok_or_else(|| load_error(gguf, format!("missing float metadata `{}`", key(suffix)))),
         };
         let hidden_size = usize_key("embedding_length")?;
         let n_heads = usize_key("attention.head_count")?;
-        let n_kv_heads =
-            gguf.get(&key("attention.head_count_kv")).and_then(|v| v.as_u64()).map_or(n_heads, |v| v as usize);
+        let n_kv_heads = optional_usize_key("attention.head_count_kv", n_heads)?;
         if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
             return Err(load_error(gguf, format!("{n_heads} attention heads cannot share {n_kv_heads} KV heads")));
         }
-        let head_dim = gguf
-            .get(&key("attention.key_length"))
-            .and_then(|v| v.as_u64())
-            .map_or(hidden_size / n_heads, |v| v as usize);
-        let rope_dims =
-            gguf.get(&key("rope.dimension_count")).and_then(|v| v.as_u64()).map_or(head_dim, |v| v as usize);
+        let head_dim = optional_usize_key("attention.key_length", hidden_size / n_heads)?;
+        let rope_dims = optional_usize_key("rope.dimension_count", head_dim)?;
         if rope_dims != head_dim || !head_dim.is_multiple_of(2) {
             return Err(load_error(
                 gguf,
@@ -102,10 +104,8 @@ impl LlamaConfig {
         }
         refuse_unhonoured_metadata(gguf, arch, head_dim)?;
         refuse_unused_tensors(gguf, n_layers)?;
-        let vocab_size = match gguf.get(&key("vocab_size")).and_then(|v| v.as_u64()) {
-            Some(v) => v as usize,
-            None => gguf.tensor_info("token_embd.weight").and_then(|t| t.dims.get(1).copied()).unwrap_or(0),
-        };
+        let embedding_rows = gguf.tensor_info("token_embd.weight").and_then(|t| t.dims.get(1).copied()).unwrap_or(0);
+        let vocab_size = optional_usize_key("vocab_size", embedding_rows)?;
         Ok(Self {
             name: gguf.get("general.name").and_then(|v| v.as_str()).unwrap_or_default().to_string(),
             vocab_size,
