@@ -28,7 +28,8 @@ pub enum cs_status {
     CS_MODEL_NOT_FOUND = 4,
     /// The tokenizer failed to build, encode or decode.
     CS_TOKENIZER = 5,
-    /// The chat template failed to render (for example it raised an exception).
+    /// The chat template failed to render (for example it raised an exception), or the model
+    /// has none and the engine param `chat_template` gave none.
     CS_CHAT_TEMPLATE = 6,
     /// The engine has been shut down; no new work is accepted.
     CS_ENGINE_CLOSED = 7,
