@@ -169,6 +169,13 @@ fn unhonoured_cases() -> Vec<(&'static str, GgufSpec, Vec<&'static str>)> {
             vec!["`llama.embedding_scale`"],
         ),
         (
+            "custom attention scale",
+            tiny_with(|g| {
+                g.set("llama.attention.scale", Value::F32(0.015625));
+            }),
+            vec!["`llama.attention.scale`", "f32 0.015625"],
+        ),
+        (
             "non-causal attention",
             tiny_with(|g| {
                 g.set("llama.attention.causal", Value::Bool(false));

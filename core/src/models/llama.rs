@@ -139,67 +139,43 @@ impl LlamaConfig {
     }
 }
 
+/// `{arch}.*` keys that change the numerics of features this forward does not implement: the
+/// values that mean "off" (llama.cpp's defaults), and why any other value is refused.
+const MUST_BE_OFF: &[(&str, &[f64], &str)] = &[
+    ("attn_logit_softcapping", &[0.0], "logit soft-capping is not implemented for this architecture"),
+    ("final_logit_softcapping", &[0.0], "logit soft-capping is not implemented for this architecture"),
+    ("attention.sliding_window", &[0.0], "sliding-window attention is not implemented for this architecture"),
+    ("expert_count", &[0.0], "mixture-of-experts layers are not implemented"),
+    ("expert_used_count", &[0.0], "mixture-of-experts layers are not implemented"),
+    // Granite-style scales: 0 is "unset", 1 changes nothing.
+    ("embedding_scale", &[0.0, 1.0], "this scale is not implemented for this architecture"),
+    ("residual_scale", &[0.0, 1.0], "this scale is not implemented for this architecture"),
+    ("logit_scale", &[0.0, 1.0], "this scale is not implemented for this architecture"),
+    ("attention.scale", &[0.0], "a custom attention scale is not implemented (only 1/sqrt(head size))"),
+];
+
+const ROPE_SCALING_WHY: &str = "RoPE scaling is not implemented yet (only `none`)";
+
 /// Refuses metadata that changes the numerics in a way this forward does not implement, so a
-/// model is never run silently wrong: each key is named with its value. Keys absent, or present
-/// with the value that means "off", are fine.
+/// model is never run silently wrong: the error names the key and its value. Keys absent, or
+/// present with the value that means "off", are fine.
 fn refuse_unhonoured_metadata(gguf: &GgufFile, arch: &str, head_dim: usize) -> Result<()> {
     let key = |suffix: &str| format!("{arch}.{suffix}");
     let refuse = |suffix: &str, value: &Value, why: &str| {
         Err(load_error(gguf, format!("metadata `{}` = {} is not supported: {why}", key(suffix), value.describe())))
     };
-    let number = |suffix: &str| gguf.get(&key(suffix)).map(|v| (v, v.as_f64()));
-
-    // llama.cpp reads an absent scaling type as `linear` (so a factor alone scales) and
-    // ignores the factor only when the type is explicitly `none`.
-    let scaling_type = gguf.get(&key("rope.scaling.type"));
-    if let Some(value) = scaling_type.filter(|v| v.as_str() != Some("none")) {
-        return refuse("rope.scaling.type", value, ROPE_SCALING_WHY);
-    }
-    let scaling_off = scaling_type.is_some();
-    if let Some((value, factor)) = number("rope.scaling.factor") {
-        if !scaling_off && !matches!(factor, Some(f) if f == 0.0 || f == 1.0) {
-            return refuse("rope.scaling.factor", value, ROPE_SCALING_WHY);
-        }
-    }
-    // Off when 0 (llama.cpp's own default for these).
-    for suffix in ["attn_logit_softcapping", "final_logit_softcapping"] {
-        if let Some((value, cap)) = number(suffix) {
-            if cap != Some(0.0) {
-                return refuse(suffix, value, "logit soft-capping is not implemented for this architecture");
+    refuse_rope_scaling(gguf, arch)?;
+    for &(suffix, off, why) in MUST_BE_OFF {
+        if let Some(value) = gguf.get(&key(suffix)) {
+            if !value.as_f64().is_some_and(|v| off.contains(&v)) {
+                return refuse(suffix, value, why);
             }
         }
     }
-    if let Some((value, window)) = number("attention.sliding_window") {
-        if window != Some(0.0) {
-            return refuse(
-                "attention.sliding_window",
-                value,
-                "sliding-window attention is not implemented for this architecture",
-            );
-        }
-    }
-    for suffix in ["expert_count", "expert_used_count"] {
-        if let Some((value, count)) = number(suffix) {
-            if count != Some(0.0) {
-                return refuse(suffix, value, "mixture-of-experts layers are not implemented");
-            }
-        }
-    }
-    if let Some((value, length)) = number("attention.value_length") {
-        if length != Some(head_dim as f64) {
-            return refuse(
-                "attention.value_length",
-                value,
-                &format!("value heads must have the key head size {head_dim} (`{}`)", key("attention.key_length")),
-            );
-        }
-    }
-    // Scales some llama-like files carry (Granite and others); 1 means no scaling.
-    for suffix in ["embedding_scale", "residual_scale", "logit_scale", "attention.scale"] {
-        if let Some((value, scale)) = number(suffix) {
-            if scale != Some(1.0) {
-                return refuse(suffix, value, "this scale is not implemented for this architecture");
-            }
+    if let Some(value) = gguf.get(&key("attention.value_length")) {
+        if value.as_u64() != Some(head_dim as u64) {
+            let why = format!("value heads must have the key head size {head_dim} (`{}`)", key("attention.key_length"));
+            return refuse("attention.value_length", value, &why);
         }
     }
     if let Some(value) = gguf.get(&key("attention.causal")) {
@@ -210,7 +186,23 @@ fn refuse_unhonoured_metadata(gguf: &GgufFile, arch: &str, head_dim: usize) -> R
     Ok(())
 }
 
-const ROPE_SCALING_WHY: &str = "RoPE scaling is not implemented yet (only `none`)";
+/// llama.cpp reads an absent `rope.scaling.type` as `linear` (so a factor alone scales) and
+/// ignores the factor only when the type is explicitly `none`; any scaling is refused for now.
+fn refuse_rope_scaling(gguf: &GgufFile, arch: &str) -> Result<()> {
+    let type_key = format!("{arch}.rope.scaling.type");
+    let factor_key = format!("{arch}.rope.scaling.factor");
+    let refuse = |key: &str, value: &Value| {
+        Err(load_error(gguf, format!("metadata `{key}` = {} is not supported: {ROPE_SCALING_WHY}", value.describe())))
+    };
+    match gguf.get(&type_key) {
+        Some(value) if value.as_str() == Some("none") => Ok(()),
+        Some(value) => refuse(&type_key, value),
+        None => match gguf.get(&factor_key) {
+            Some(value) if !value.as_f64().is_some_and(|f| f == 0.0 || f == 1.0) => refuse(&factor_key, value),
+            _ => Ok(()),
+        },
+    }
+}
 
 /// Tensors the llama forward reads in every layer (each `blk.N.{name}.weight`).
 const LAYER_TENSORS: &[&str] =
