@@ -87,7 +87,8 @@ typedef enum cs_status {
    */
   CS_TOKENIZER = 5,
   /**
-   * The chat template failed to render (for example it raised an exception).
+   * The chat template failed to render (for example it raised an exception), or the model
+   * has none and the engine param `chat_template` gave none.
    */
   CS_CHAT_TEMPLATE = 6,
   /**
@@ -233,6 +234,12 @@ typedef struct cs_engine_params {
    * Requests allowed to wait beyond the running ones; more are rejected with CS_OVERLOADED (default 256).
    */
   size_t max_queue;
+  /**
+   * A Jinja chat template (UTF-8) used instead of the model's own, or NULL. A model without
+   * a template (a base model) needs one for chat requests, which otherwise fail with
+   * CS_CHAT_TEMPLATE. Borrowed only during `cs_engine_new`.
+   */
+  const char *chat_template;
 } cs_engine_params;
 
 /**

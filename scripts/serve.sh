@@ -2,6 +2,7 @@
 # Builds cortexstream into a virtualenv, fetches the default models and starts the OpenAI- and
 # Ollama-compatible REST server. Needs only Rust and python3; arguments go to the server:
 #   scripts/serve.sh --port 9000 --api-key secret
+# `--model NAME` with a name from `python -m cortexstream list` fetches that model too.
 # The virtualenv, the models and the cargo target folder live under $CORTEXSTREAM_CACHE
 # (default ~/.cache/cortexstream), shared with scripts/test.sh, so a rebuild is incremental.
 set -euo pipefail
@@ -28,7 +29,21 @@ export CORTEXSTREAM_CACHE="$cache"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
 (cd "$repo" && VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" maturin develop --release --quiet)
 
-"$python" "$repo/python/cortexstream/models.py" pull all
+# The default models, plus the one `--model NAME` names when it is a cache name rather than a
+# path (`--model gemma3`); an unknown name stops here with the list of known ones.
+model_choice=""
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+    case "${args[i]}" in
+        --model) model_choice="${args[i + 1]:-}" ;;
+        --model=*) model_choice="${args[i]#--model=}" ;;
+    esac
+done
+pull=(all)
+if [[ "$model_choice" =~ ^[A-Za-z0-9_-]+$ && ! -e "$model_choice" ]]; then
+    pull+=("$model_choice")
+fi
+"$python" "$repo/python/cortexstream/models.py" pull "${pull[@]}"
 
 cd "$repo"
 exec "$python" -m examples.server "$@"

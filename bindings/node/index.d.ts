@@ -47,6 +47,11 @@ export interface EngineOptions {
   threads?: number;
   /** Most requests waiting for a running slot; beyond it submits fail with `overloaded` (default 256). */
   maxQueue?: number;
+  /**
+   * A Jinja chat template used instead of the model's own. A model without one (a base model)
+   * needs it for chat requests, which otherwise fail with `chat_template_missing`.
+   */
+  chatTemplate?: string;
 }
 
 /** Sampling, stopping and cancellation options of one request. */
@@ -224,6 +229,7 @@ export interface CortexstreamError extends Error {
     | 'model_not_found'
     | 'tokenizer_error'
     | 'chat_template_error'
+    | 'chat_template_missing'
     | 'engine_closed'
     | 'overloaded'
     | 'cancelled'

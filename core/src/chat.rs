@@ -19,10 +19,6 @@ const TEMPLATE_NAME: &str = "chat_template";
 /// Roles a request may use; anything else is rejected before rendering.
 const ROLES: &[&str] = &["system", "user", "assistant", "tool"];
 
-/// ChatML, the fallback for models without a template.
-const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] \
-                      + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
-
 /// A compiled chat template, ready to render messages. Shareable across threads.
 #[derive(Debug)]
 pub struct ChatTemplate {
@@ -35,6 +31,9 @@ enum Compiled {
     /// The model's own template did not compile. Kept instead of failing the load so that
     /// text and token prompts still work; chat requests get this reason as their error.
     Failed(String),
+    /// The model ships no template and none was configured: chat requests fail with
+    /// [`Error::ChatTemplateMissing`] rather than guess a format.
+    Missing,
 }
 
 /// The error `raise_exception(...)` raises, recognised on the way out so that the template
@@ -77,10 +76,21 @@ impl ChatTemplate {
         Ok(Some(Self { compiled }))
     }
 
-    /// ChatML (`<|im_start|>role\ncontent<|im_end|>\n`), a reasonable default for models
-    /// that ship no template.
-    pub fn chatml() -> Self {
-        Self::new(CHATML, "", "").expect("the built-in ChatML template compiles")
+    /// The template for a model that ships none: every render fails with
+    /// [`Error::ChatTemplateMissing`].
+    pub fn missing() -> Self {
+        Self { compiled: Compiled::Missing }
+    }
+
+    /// A template supplied by the caller (the engine option `chat_template`), with the model's
+    /// BOS/EOS token texts as `bos_token`/`eos_token`. Unlike the model's own, a template that
+    /// does not compile is an [`Error::InvalidRequest`] on `chat_template` at once: the caller
+    /// can fix it.
+    pub fn from_option(source: &str, tokenizer: &Tokenizer) -> Result<Self> {
+        let token_text = |id: Option<u32>| id.and_then(|id| tokenizer.id_to_token(id)).unwrap_or("");
+        compile(source, token_text(tokenizer.bos_token_id()), token_text(tokenizer.eos_token_id()))
+            .map(|env| Self { compiled: Compiled::Ready(env) })
+            .map_err(|e| Error::invalid("chat_template", compile_failure(&e)))
     }
 
     /// Renders `messages`, followed by the assistant header when `add_generation_prompt`.
@@ -102,6 +112,7 @@ impl ChatTemplate {
         let env = match &self.compiled {
             Compiled::Ready(env) => env,
             Compiled::Failed(reason) => return Err(Error::ChatTemplate(reason.clone())),
+            Compiled::Missing => return Err(Error::ChatTemplateMissing),
         };
         env.get_template(TEMPLATE_NAME)
             .and_then(|template| template.render(context! { messages, add_generation_prompt }))
@@ -231,26 +242,37 @@ mod tests {
         ChatMessage::new("user", content)
     }
 
+    /// ChatML, as SmolLM2 and many instruct models spell it.
+    fn chatml() -> ChatTemplate {
+        let source = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] \
+                      + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+        ChatTemplate::new(source, "", "").expect("ChatML compiles")
+    }
+
+    #[test]
+    fn a_missing_template_refuses_chat_with_a_typed_error() {
+        let err = ChatTemplate::missing().render(&[user("hi")], true).unwrap_err();
+        assert!(matches!(err, Error::ChatTemplateMissing), "{err:?}");
+        assert_eq!((err.code(), err.param()), ("chat_template_missing", Some("messages")));
+    }
+
     #[test]
     fn chatml_renders_turns_and_generation_prompt() {
         let messages = [ChatMessage::new("system", "Be brief."), user("Hi")];
         let expected = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n";
-        assert_eq!(ChatTemplate::chatml().render(&messages, false).unwrap(), expected);
-        assert_eq!(
-            ChatTemplate::chatml().render(&messages, true).unwrap(),
-            format!("{expected}<|im_start|>assistant\n")
-        );
+        assert_eq!(chatml().render(&messages, false).unwrap(), expected);
+        assert_eq!(chatml().render(&messages, true).unwrap(), format!("{expected}<|im_start|>assistant\n"));
     }
 
     #[test]
     fn empty_messages_are_rejected() {
-        let err = ChatTemplate::chatml().render(&[], true).unwrap_err();
+        let err = chatml().render(&[], true).unwrap_err();
         assert_eq!(err.param(), Some("messages"), "{err}");
     }
 
     #[test]
     fn unknown_role_is_rejected_by_name() {
-        let err = ChatTemplate::chatml().render(&[user("hi"), ChatMessage::new("wizard", "x")], true).unwrap_err();
+        let err = chatml().render(&[user("hi"), ChatMessage::new("wizard", "x")], true).unwrap_err();
         assert_eq!(err.param(), Some("messages"), "{err}");
         assert!(err.to_string().contains("`wizard`"), "{err}");
     }

@@ -67,6 +67,9 @@ pub struct EngineConfig {
     /// submit fails with [`Error::Overloaded`] (default 256). Exact under concurrent submitters.
     /// A sequence preempted back to the queue does not count again: it was admitted once.
     pub max_queue: usize,
+    /// A Jinja chat template (HuggingFace dialect) used instead of the model's
+    /// `tokenizer.chat_template`; needed for chat requests to a model that ships none.
+    pub chat_template: Option<String>,
 }
 
 impl EngineConfig {
@@ -84,6 +87,7 @@ impl EngineConfig {
             context_length: None,
             threads: None,
             max_queue: 256,
+            chat_template: None,
         }
     }
 
@@ -441,8 +445,12 @@ impl Engine {
             Some(path) => Tokenizer::from_tokenizer_json(path, Some(&gguf))?,
             None => Tokenizer::from_gguf(&gguf)?,
         };
-        // Models without a template get ChatML, the de-facto default of instruct models.
-        let chat_template = ChatTemplate::from_gguf(&gguf, &tokenizer)?.unwrap_or_else(ChatTemplate::chatml);
+        // A configured template wins over the model's; a model with neither refuses chat
+        // requests (a guessed format would be silently wrong) but still serves text prompts.
+        let chat_template = match &config.chat_template {
+            Some(source) => ChatTemplate::from_option(source, &tokenizer)?,
+            None => ChatTemplate::from_gguf(&gguf, &tokenizer)?.unwrap_or_else(ChatTemplate::missing),
+        };
         let embedder =
             config.embedding_model.as_deref().map(|dir| BertEmbedder::load(dir, Arc::clone(&pool))).transpose()?;
 

@@ -41,6 +41,15 @@ pub enum Error {
     #[error("chat template error: {0}")]
     ChatTemplate(String),
 
+    /// A chat request reached a model that ships no chat template, and none was configured.
+    /// Guessing a format (say ChatML) would prompt the model in a format it was never trained
+    /// on, so this is an error; plain text and token prompts still work.
+    #[error(
+        "the model has no chat template (GGUF `tokenizer.chat_template` is absent), so chat messages cannot be \
+         formatted for it; supply one with the engine option `chat_template`, or send a plain text prompt"
+    )]
+    ChatTemplateMissing,
+
     /// The engine has been shut down; no new work is accepted.
     #[error("the engine is closed")]
     EngineClosed,
@@ -90,6 +99,7 @@ impl Error {
             Error::ModelNotFound(_) => "model_not_found",
             Error::Tokenizer(_) => "tokenizer_error",
             Error::ChatTemplate(_) => "chat_template_error",
+            Error::ChatTemplateMissing => "chat_template_missing",
             Error::EngineClosed => "engine_closed",
             Error::Overloaded(_) => "overloaded",
             Error::Cancelled => "cancelled",
@@ -104,6 +114,7 @@ impl Error {
         match self {
             Error::InvalidRequest { param, .. } => Some(param),
             Error::ContextLengthExceeded { param, .. } => Some(param),
+            Error::ChatTemplateMissing => Some("messages"),
             _ => None,
         }
     }

@@ -57,7 +57,87 @@ pub enum GgmlType {
     BF16,
 }
 
+/// Every type id ggml has ever assigned, by its ggml name (`ggml_type` in ggml's `ggml.h`), so
+/// that a tensor of a type this engine cannot load is reported as `IQ2_XXS`, not as "id 16".
+/// Ids ggml has retired are named with a note; gaps are ids ggml never used.
+const GGML_TYPE_NAMES: &[(u32, &str)] = &[
+    (0, "F32"),
+    (1, "F16"),
+    (2, "Q4_0"),
+    (3, "Q4_1"),
+    (4, "Q4_2 (removed from ggml)"),
+    (5, "Q4_3 (removed from ggml)"),
+    (6, "Q5_0"),
+    (7, "Q5_1"),
+    (8, "Q8_0"),
+    (9, "Q8_1"),
+    (10, "Q2_K"),
+    (11, "Q3_K"),
+    (12, "Q4_K"),
+    (13, "Q5_K"),
+    (14, "Q6_K"),
+    (15, "Q8_K"),
+    (16, "IQ2_XXS"),
+    (17, "IQ2_XS"),
+    (18, "IQ3_XXS"),
+    (19, "IQ1_S"),
+    (20, "IQ4_NL"),
+    (21, "IQ3_S"),
+    (22, "IQ2_S"),
+    (23, "IQ4_XS"),
+    (24, "I8"),
+    (25, "I16"),
+    (26, "I32"),
+    (27, "I64"),
+    (28, "F64"),
+    (29, "IQ1_M"),
+    (30, "BF16"),
+    (31, "Q4_0_4_4 (removed from GGUF files)"),
+    (32, "Q4_0_4_8 (removed from GGUF files)"),
+    (33, "Q4_0_8_8 (removed from GGUF files)"),
+    (34, "TQ1_0"),
+    (35, "TQ2_0"),
+    (36, "IQ4_NL_4_4 (removed from GGUF files)"),
+    (37, "IQ4_NL_4_8 (removed from GGUF files)"),
+    (38, "IQ4_NL_8_8 (removed from GGUF files)"),
+    (39, "MXFP4"),
+];
+
+/// The ggml name of type `id` (`"Q4_K"`, `"IQ2_XXS"`), `None` for an id ggml never assigned.
+pub fn ggml_type_name(id: u32) -> Option<&'static str> {
+    GGML_TYPE_NAMES.iter().find(|(known, _)| *known == id).map(|(_, name)| *name)
+}
+
+/// The message for a tensor whose type id the reader has no block layout for.
+fn unloadable_type(tensor: &str, id: u32) -> String {
+    match ggml_type_name(id) {
+        Some(name) => format!("tensor `{tensor}` has ggml type {name} (type id {id}), which cortexstream cannot load"),
+        None => format!("tensor `{tensor}` has type id {id}, which is not a ggml type (corrupt or newer file)"),
+    }
+}
+
 impl GgmlType {
+    /// The type's ggml name, as llama.cpp prints it (`Q4_K`, `BF16`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "F32",
+            Self::F16 => "F16",
+            Self::Q4_0 => "Q4_0",
+            Self::Q4_1 => "Q4_1",
+            Self::Q5_0 => "Q5_0",
+            Self::Q5_1 => "Q5_1",
+            Self::Q8_0 => "Q8_0",
+            Self::Q8_1 => "Q8_1",
+            Self::Q2K => "Q2_K",
+            Self::Q3K => "Q3_K",
+            Self::Q4K => "Q4_K",
+            Self::Q5K => "Q5_K",
+            Self::Q6K => "Q6_K",
+            Self::Q8K => "Q8_K",
+            Self::BF16 => "BF16",
+        }
+    }
+
     fn from_id(id: u32) -> Option<Self> {
         Some(match id {
             0 => Self::F32,
@@ -97,6 +177,12 @@ impl GgmlType {
             Self::Q6K => (256, 210),
             Self::Q8K => (256, 292),
         }
+    }
+}
+
+impl std::fmt::Display for GgmlType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -410,8 +496,7 @@ impl<'a> Parser<'a> {
                 dims.push(self.u64()?);
             }
             let ty_id = self.u32()?;
-            let ty = GgmlType::from_id(ty_id)
-                .ok_or_else(|| format!("tensor `{name}` has unsupported ggml type id {ty_id}"))?;
+            let ty = GgmlType::from_id(ty_id).ok_or_else(|| unloadable_type(&name, ty_id))?;
             let offset = self.u64()?;
             raw.push((name, dims, ty, offset));
         }
@@ -441,7 +526,7 @@ impl<'a> Parser<'a> {
             let (block_elems, block_bytes) = ty.block_layout();
             if elements % block_elems as u64 != 0 {
                 return Err(format!(
-                    "tensor `{name}` has {elements} elements, not a multiple of the {ty:?} block size {block_elems}"
+                    "tensor `{name}` has {elements} elements, not a multiple of the {ty} block size {block_elems}"
                 ));
             }
             let size = (elements / block_elems as u64)

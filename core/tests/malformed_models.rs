@@ -202,10 +202,12 @@ fn the_intact_synthetic_model_loads_and_generates() {
     let completion = engine.generate(Request::new("hi there", params)).expect("it generates");
     assert!(!completion.token_ids.is_empty());
     assert!(matches!(completion.finish_reason, FinishReason::Length | FinishReason::Stop), "{completion:?}");
-    // It also tokenizes with its merge and renders the default chat template.
+    // It has no chat template, so chat requests are refused rather than formatted by a guess
+    // (core/tests/model_metadata.rs covers chat templates).
     let chat = Prompt::Chat(vec![cortexstream::ChatMessage::new("user", "to")]);
     let params = SamplingParams { max_tokens: Some(2), ..SamplingParams::greedy() };
-    engine.generate(Request::new(chat, params)).expect("chat works");
+    let refused = engine.generate(Request::new(chat, params));
+    assert!(matches!(refused, Err(Error::ChatTemplateMissing)), "{refused:?}");
 }
 
 /// One defect per case, applied to the intact model's spec.
@@ -288,7 +290,7 @@ fn spec_cases() -> Vec<(&'static str, Vec<&'static str>, GgufSpec)> {
         ),
         (
             "unknown ggml type",
-            vec!["output_norm.weight", "unsupported ggml type id 99"],
+            vec!["output_norm.weight", "type id 99, which is not a ggml type"],
             with(&|g| {
                 g.tensor("output_norm.weight").ty = 99;
             }),

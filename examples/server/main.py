@@ -34,6 +34,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _template_file(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise argparse.ArgumentTypeError(f"cannot read the chat template file {path!r}: {error}") from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="OpenAI- and Ollama-compatible REST server for cortexstream.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
@@ -56,6 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     engine.add_argument("--max-batch-tokens", type=_positive, help="tokens per forward step (default 2048)")
     engine.add_argument("--context-length", type=_positive, help="context window (default: the model's)")
     engine.add_argument("--threads", type=_positive, help="compute threads (default: physical cores)")
+    engine.add_argument("--chat-template", type=_template_file, metavar="FILE",
+                        help="Jinja chat template file used instead of the model's own; a model without one "
+                             "(a base model such as gemma3) answers chat requests with 400 "
+                             "chat_template_missing otherwise")
     parser.add_argument("--shutdown-timeout", type=_seconds, default=10.0,
                         help="on SIGTERM/SIGINT, seconds running requests may take to finish before the "
                              "engine closes and ends them (OpenAI: finish_reason 'length' with "
@@ -68,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
     engine = EngineOptions(max_running=args.max_running, max_queue=args.max_queue,
                            kv_cache_tokens=args.kv_cache_tokens, max_batch_tokens=args.max_batch_tokens,
-                           context_length=args.context_length, threads=args.threads)
+                           context_length=args.context_length, threads=args.threads,
+                           chat_template=args.chat_template)
     config = ServerConfig(model=args.model, embedding_model=args.embedding_model, api_key=args.api_key or None,
                           engine=engine)
     app = create_app(config)

@@ -31,6 +31,8 @@ class EngineOptions:
     max_batch_tokens: int | None = None
     context_length: int | None = None
     threads: int | None = None
+    chat_template: str | None = None
+    """Jinja chat template text used instead of the model's own (`--chat-template FILE`)."""
 
     def as_kwargs(self) -> dict:
         return {name: value for name, value in self.__dict__.items() if value is not None}

@@ -14,6 +14,7 @@ from ._engine import Engine
 from .errors import (
     CancelledError,
     ChatTemplateError,
+    ChatTemplateMissingError,
     ContextLengthExceededError,
     CortexstreamError,
     EngineClosedError,
@@ -28,6 +29,7 @@ __all__ = [
     "AsyncStream",
     "CancelledError",
     "ChatTemplateError",
+    "ChatTemplateMissingError",
     "Chunk",
     "Completion",
     "ContextLengthExceededError",

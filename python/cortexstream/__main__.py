@@ -1,4 +1,4 @@
-"""``python -m cortexstream pull [smollm2|minilm|all]``: fill the model cache."""
+"""``python -m cortexstream pull [smollm2|minilm|gemma3|all]``: fill the model cache (``list`` shows it)."""
 
 import sys
 

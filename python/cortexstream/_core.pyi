@@ -201,6 +201,7 @@ class Engine:
         context_length: Optional[int] = None,
         threads: Optional[int] = None,
         max_queue: Optional[int] = None,
+        chat_template: Optional[str] = None,
     ) -> Self: ...
     def generate(self, prompt: Union[str, List[int]], **sampling: Any) -> Completion:
         """Generates a completion for a text or token-id prompt."""

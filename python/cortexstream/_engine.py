@@ -31,6 +31,9 @@ class Engine(_core.Engine):
     ``max_queue=256``). ``threads`` may be at most 4 per available CPU, and the KV cache must
     fit in the machine's memory; a setting out of range raises :class:`InvalidRequestError`
     with ``param`` naming it.
+    ``chat_template`` is a Jinja chat template used instead of the model's
+    own; a model without one (a base model such as ``"gemma3"``) needs it for chat requests,
+    which otherwise raise :class:`ChatTemplateMissingError`.
 
     Sampling keyword arguments, accepted by every generation method: ``max_tokens``,
     ``temperature`` (0.8; 0 is greedy), ``top_k`` (40), ``top_p`` (0.95), ``min_p`` (0.05),
@@ -56,6 +59,7 @@ class Engine(_core.Engine):
         context_length: Optional[int] = None,
         threads: Optional[int] = None,
         max_queue: Optional[int] = None,
+        chat_template: Optional[str] = None,
     ) -> Engine:
         return super().__new__(
             cls,
@@ -68,6 +72,7 @@ class Engine(_core.Engine):
             context_length=context_length,
             threads=threads,
             max_queue=max_queue,
+            chat_template=chat_template,
         )
 
     def embed(self, texts: Union[str, Sequence[str]], *, as_numpy: bool = False) -> Any:

@@ -57,6 +57,13 @@ class ChatTemplateError(InvalidRequestError):
     code = "chat_template_error"
 
 
+class ChatTemplateMissingError(ChatTemplateError):
+    """A chat request to a model without a chat template (a base model), and none was given
+    with the engine option ``chat_template``. Plain text prompts still work."""
+
+    code = "chat_template_missing"
+
+
 class ModelLoadError(CortexstreamError):
     """A model file is missing, unreadable or unsupported."""
 
@@ -99,6 +106,7 @@ _CLASS_BY_CODE = {
         InvalidRequestError,
         ContextLengthExceededError,
         ChatTemplateError,
+        ChatTemplateMissingError,
         ModelLoadError,
         ModelNotFoundError,
         CancelledError,

@@ -21,6 +21,7 @@ STATUS_OF_CODE = {
     "model_not_found": "CS_MODEL_NOT_FOUND",
     "tokenizer_error": "CS_TOKENIZER",
     "chat_template_error": "CS_CHAT_TEMPLATE",
+    "chat_template_missing": "CS_CHAT_TEMPLATE",
     "engine_closed": "CS_ENGINE_CLOSED",
     "overloaded": "CS_OVERLOADED",
     "cancelled": "CS_CANCELLED",

@@ -202,6 +202,90 @@ static void test_older_params_struct_gets_defaults(void) {
     CHECK_OK(cs_request_free(request));
 }
 
+/* A copy of SmolLM2 whose `tokenizer.chat_template` key is renamed (same length, same layout):
+ * a model without a chat template, like a base model. Returns false if it cannot be written. */
+static bool write_model_without_template(const char *from, const char *to) {
+    FILE *in = fopen(from, "rb");
+    if (in == NULL) return false;
+    fseek(in, 0, SEEK_END);
+    long size = ftell(in);
+    fseek(in, 0, SEEK_SET);
+    char *bytes = size > 0 ? malloc((size_t)size) : NULL;
+    bool ok = bytes != NULL && fread(bytes, 1, (size_t)size, in) == (size_t)size;
+    fclose(in);
+    const char *key = "tokenizer.chat_template";
+    size_t key_len = strlen(key);
+    bool renamed = false;
+    for (size_t at = 0; ok && !renamed && at + key_len <= (size_t)size; at++) {
+        if (memcmp(bytes + at, key, key_len) == 0) {
+            bytes[at + key_len - 1] = 'X';
+            renamed = true;
+        }
+    }
+    FILE *out = renamed ? fopen(to, "wb") : NULL;
+    ok = out != NULL && fwrite(bytes, 1, (size_t)size, out) == (size_t)size;
+    if (out != NULL) ok = fclose(out) == 0 && ok;
+    free(bytes);
+    return ok;
+}
+
+static cs_engine *new_small_engine(const char *gguf, const char *chat_template) {
+    cs_engine_params params = cs_engine_default_params();
+    params.model_path = gguf;
+    params.kv_cache_tokens = 512;
+    params.chat_template = chat_template;
+    cs_engine *created = NULL;
+    CHECK_OK(cs_engine_new(&params, &created));
+    return created;
+}
+
+/* The engine param `chat_template` replaces the model's template (and a broken one is refused
+ * naming it); a model without a template refuses chat with CS_CHAT_TEMPLATE naming `messages`
+ * instead of guessing a format, yet still completes text. */
+static void test_chat_template_param_and_missing_template(void) {
+    char gguf[4200], minilm[4200], base[4300];
+    model_paths(gguf, minilm, sizeof gguf);
+    cs_chat_message message = {"user", "hi"};
+    char *text = NULL;
+    size_t len = 0;
+
+    cs_engine *custom = new_small_engine(gguf, "T: {{ messages[0]['content'] }}");
+    if (custom != NULL) {
+        CHECK_OK(cs_engine_apply_chat_template(custom, &message, 1, true, &text, &len));
+        CHECK(text != NULL && strcmp(text, "T: hi") == 0, "rendered \"%s\"", text ? text : "(null)");
+        CHECK_OK(cs_string_free(text));
+        CHECK_OK(cs_engine_free(custom));
+    }
+    cs_engine_params broken = cs_engine_default_params();
+    broken.model_path = gguf;
+    broken.chat_template = "{% for %}";
+    cs_engine *refused = NULL;
+    CHECK_FAILS(cs_engine_new(&broken, &refused), CS_INVALID_ARGUMENT, "chat_template");
+
+    snprintf(base, sizeof base, "/tmp/cortexstream-c-test-base-model-%ld.gguf", (long)time(NULL));
+    CHECK(write_model_without_template(gguf, base), "cannot write %s", base);
+    cs_engine *no_template = new_small_engine(base, NULL);
+    remove(base); /* the engine maps what it needs at load */
+    if (no_template == NULL) return;
+    text = NULL;
+    CHECK_FAILS(cs_engine_apply_chat_template(no_template, &message, 1, true, &text, &len), CS_CHAT_TEMPLATE,
+                "messages");
+    CHECK(strstr(cs_last_error_message(), "chat_template") != NULL, "%s", cs_last_error_message());
+    cs_sampling_params params = greedy_params(2);
+    cs_request *request = NULL;
+    CHECK_FAILS(cs_engine_submit_chat(no_template, &message, 1, &params, NULL, NULL, &request), CS_CHAT_TEMPLATE,
+                "messages");
+    CHECK_OK(cs_engine_submit_text(no_template, "The capital of France is", &params, NULL, NULL, &request));
+    if (request != NULL) {
+        stream_result *result = calloc(1, sizeof *result);
+        CHECK_FAILS(drain(request, result), CS_END_OF_STREAM, NULL);
+        CHECK(result->ids_len == 2, "plain completion gave %zu tokens", result->ids_len);
+        free(result);
+        CHECK_OK(cs_request_free(request));
+    }
+    CHECK_OK(cs_engine_free(no_template));
+}
+
 static void test_greedy_matches_llama_cpp(void) {
     cs_sampling_params params = greedy_params((int64_t)COUNT_OF(REF_GREEDY_IDS));
     cs_request *request = NULL;
@@ -1232,6 +1316,7 @@ int main(int argc, char **argv) {
         {"prompt_longer_than_context", test_prompt_longer_than_context},
         {"tokenize_detokenize_round_trip", test_tokenize_detokenize_round_trip},
         {"chat_template_matches_llama_cpp", test_chat_template_matches_llama_cpp},
+        {"chat_template_param_and_missing_template", test_chat_template_param_and_missing_template},
         {"embeddings", test_embeddings},
         {"bad_input_matrix_then_canary", test_bad_input_matrix_then_canary},
         {"null_pointers_and_invalid_utf8_everywhere", test_null_pointers_and_invalid_utf8_everywhere},

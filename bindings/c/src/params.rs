@@ -46,6 +46,10 @@ pub struct cs_engine_params {
     pub threads: usize,
     /// Requests allowed to wait beyond the running ones; more are rejected with CS_OVERLOADED (default 256).
     pub max_queue: usize,
+    /// A Jinja chat template (UTF-8) used instead of the model's own, or NULL. A model without
+    /// a template (a base model) needs one for chat requests, which otherwise fail with
+    /// CS_CHAT_TEMPLATE. Borrowed only during `cs_engine_new`.
+    pub chat_template: *const c_char,
 }
 
 /// How to sample and when to stop. Get one from `cs_sampling_default_params()`
@@ -130,6 +134,7 @@ pub extern "C" fn cs_engine_default_params() -> cs_engine_params {
         context_length: defaults.context_length.unwrap_or(0),
         threads: defaults.threads.unwrap_or(0),
         max_queue: defaults.max_queue,
+        chat_template: std::ptr::null(),
     }
 }
 
@@ -184,6 +189,8 @@ impl cs_engine_params {
         config.context_length = (self.context_length != 0).then_some(self.context_length);
         config.threads = (self.threads != 0).then_some(self.threads);
         config.max_queue = self.max_queue;
+        // SAFETY: forwarded caller contract.
+        config.chat_template = unsafe { optional_c_str(self.chat_template, "chat_template")? }.map(String::from);
         Ok(config)
     }
 }

@@ -29,7 +29,8 @@ pub enum cs_status {
     CS_MODEL_NOT_FOUND = 4,
     /// The tokenizer failed to build, encode or decode.
     CS_TOKENIZER = 5,
-    /// The chat template failed to render (for example it raised an exception).
+    /// The chat template failed to render (for example it raised an exception), or the model
+    /// has none and the engine param `chat_template` gave none.
     CS_CHAT_TEMPLATE = 6,
     /// The engine has been shut down; no new work is accepted.
     CS_ENGINE_CLOSED = 7,
@@ -83,7 +84,7 @@ fn status_of(error: &Error) -> cs_status {
         Error::ModelLoad { .. } => cs_status::CS_MODEL_LOAD,
         Error::ModelNotFound(_) => cs_status::CS_MODEL_NOT_FOUND,
         Error::Tokenizer(_) => cs_status::CS_TOKENIZER,
-        Error::ChatTemplate(_) => cs_status::CS_CHAT_TEMPLATE,
+        Error::ChatTemplate(_) | Error::ChatTemplateMissing => cs_status::CS_CHAT_TEMPLATE,
         Error::EngineClosed => cs_status::CS_ENGINE_CLOSED,
         Error::Overloaded(_) => cs_status::CS_OVERLOADED,
         Error::Cancelled => cs_status::CS_CANCELLED,

@@ -28,6 +28,7 @@ pub struct EngineOptions {
     pub context_length: Option<f64>,
     pub threads: Option<f64>,
     pub max_queue: Option<f64>,
+    pub chat_template: Option<String>,
 }
 
 impl EngineOptions {
@@ -38,6 +39,7 @@ impl EngineOptions {
         config.embedding_model = self.embedding_model.map(PathBuf::from);
         config.context_length = self.context_length.map(|v| whole(v, "contextLength")).transpose()?;
         config.threads = self.threads.map(|v| whole(v, "threads")).transpose()?;
+        config.chat_template = self.chat_template;
         for (slot, value, name) in [
             (&mut config.max_running, self.max_running, "maxRunning"),
             (&mut config.max_batch_tokens, self.max_batch_tokens, "maxBatchTokens"),

@@ -43,7 +43,7 @@ impl Engine {
     #[new]
     #[pyo3(signature = (
         model, *, tokenizer=None, embedding_model=None, max_running=None, max_batch_tokens=None,
-        kv_cache_tokens=None, context_length=None, threads=None, max_queue=None,
+        kv_cache_tokens=None, context_length=None, threads=None, max_queue=None, chat_template=None,
     ))]
     #[allow(clippy::too_many_arguments)] // mirrors the Python keyword arguments one to one
     fn new(
@@ -57,6 +57,7 @@ impl Engine {
         context_length: Option<&Bound<'_, PyAny>>,
         threads: Option<&Bound<'_, PyAny>>,
         max_queue: Option<&Bound<'_, PyAny>>,
+        chat_template: Option<String>,
     ) -> PyResult<Self> {
         let mut config = EngineConfig::new(model);
         config.tokenizer = tokenizer;
@@ -65,6 +66,7 @@ impl Engine {
         // the argument (pyo3's own conversion raises a bare OverflowError); the core checks ranges.
         set_optional(&mut config.context_length, context_length, "context_length")?;
         set_optional(&mut config.threads, threads, "threads")?;
+        config.chat_template = chat_template;
         for (slot, value, name) in [
             (&mut config.max_running, max_running, "max_running"),
             (&mut config.max_batch_tokens, max_batch_tokens, "max_batch_tokens"),

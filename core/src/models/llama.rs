@@ -10,7 +10,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, Value};
 use crate::kv_cache::KvStorage;
 use crate::models::attention::{self, AttentionScratch};
 use crate::models::elementwise::{add_in_place, rms_norm_rows, swiglu_rows};
@@ -54,26 +54,28 @@ impl LlamaConfig {
         }
         let key = |suffix: &str| format!("{arch}.{suffix}");
         let usize_key = |suffix: &str| gguf.require_u64(&key(suffix)).map(|v| v as usize);
-        let float_key = |suffix: &str, default: Option<f64>| {
-            gguf.get(&key(suffix))
-                .and_then(|v| v.as_f64())
-                .or(default)
+        // Optional keys: absent takes the default, but a present value of the wrong type (a
+        // per-layer array, a string) is an error, never silently replaced by the default.
+        let optional_usize_key = |suffix: &str, default: usize| match gguf.get(&key(suffix)) {
+            None => Ok(default),
+            Some(v) => {
+                v.as_u64().map(|v| v as usize).ok_or_else(|| gguf.wrong_type(&key(suffix), "a non-negative integer", v))
+            }
+        };
+        let float_key = |suffix: &str, default: Option<f64>| match gguf.get(&key(suffix)) {
+            Some(v) => v.as_f64().map(|v| v as f32).ok_or_else(|| gguf.wrong_type(&key(suffix), "a number", v)),
+            None => default
                 .map(|v| v as f32)
-                .ok_or_else(|| load_error(gguf, format!("missing float metadata `{}`", key(suffix))))
+                .ok_or_else(|| load_error(gguf, format!("missing float metadata `{}`", key(suffix)))),
         };
         let hidden_size = usize_key("embedding_length")?;
         let n_heads = usize_key("attention.head_count")?;
-        let n_kv_heads =
-            gguf.get(&key("attention.head_count_kv")).and_then(|v| v.as_u64()).map_or(n_heads, |v| v as usize);
+        let n_kv_heads = optional_usize_key("attention.head_count_kv", n_heads)?;
         if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
             return Err(load_error(gguf, format!("{n_heads} attention heads cannot share {n_kv_heads} KV heads")));
         }
-        let head_dim = gguf
-            .get(&key("attention.key_length"))
-            .and_then(|v| v.as_u64())
-            .map_or(hidden_size / n_heads, |v| v as usize);
-        let rope_dims =
-            gguf.get(&key("rope.dimension_count")).and_then(|v| v.as_u64()).map_or(head_dim, |v| v as usize);
+        let head_dim = optional_usize_key("attention.key_length", hidden_size / n_heads)?;
+        let rope_dims = optional_usize_key("rope.dimension_count", head_dim)?;
         if rope_dims != head_dim || !head_dim.is_multiple_of(2) {
             return Err(load_error(
                 gguf,
@@ -100,10 +102,10 @@ impl LlamaConfig {
                 format!("`{}` is {head_dim}; supported head sizes are 1..={MAX_HEAD_DIM}", key("attention.key_length")),
             ));
         }
-        let vocab_size = match gguf.get(&key("vocab_size")).and_then(|v| v.as_u64()) {
-            Some(v) => v as usize,
-            None => gguf.tensor_info("token_embd.weight").and_then(|t| t.dims.get(1).copied()).unwrap_or(0),
-        };
+        refuse_unhonoured_metadata(gguf, arch, head_dim)?;
+        refuse_unused_tensors(gguf, n_layers)?;
+        let embedding_rows = gguf.tensor_info("token_embd.weight").and_then(|t| t.dims.get(1).copied()).unwrap_or(0);
+        let vocab_size = optional_usize_key("vocab_size", embedding_rows)?;
         Ok(Self {
             name: gguf.get("general.name").and_then(|v| v.as_str()).unwrap_or_default().to_string(),
             vocab_size,
@@ -135,6 +137,106 @@ impl LlamaConfig {
             qkv_row_len: self.q_dim() + 2 * self.kv_dim(),
         }
     }
+}
+
+/// `{arch}.*` keys that change the numerics of features this forward does not implement: the
+/// values that mean "off" (llama.cpp's defaults), and why any other value is refused.
+const MUST_BE_OFF: &[(&str, &[f64], &str)] = &[
+    ("attn_logit_softcapping", &[0.0], "logit soft-capping is not implemented for this architecture"),
+    ("final_logit_softcapping", &[0.0], "logit soft-capping is not implemented for this architecture"),
+    ("attention.sliding_window", &[0.0], "sliding-window attention is not implemented for this architecture"),
+    ("expert_count", &[0.0], "mixture-of-experts layers are not implemented"),
+    ("expert_used_count", &[0.0], "mixture-of-experts layers are not implemented"),
+    // Granite-style scales: 0 is "unset", 1 changes nothing.
+    ("embedding_scale", &[0.0, 1.0], "this scale is not implemented for this architecture"),
+    ("residual_scale", &[0.0, 1.0], "this scale is not implemented for this architecture"),
+    ("logit_scale", &[0.0, 1.0], "this scale is not implemented for this architecture"),
+    ("attention.scale", &[0.0], "a custom attention scale is not implemented (only 1/sqrt(head size))"),
+];
+
+const ROPE_SCALING_WHY: &str = "RoPE scaling is not implemented yet (only `none`)";
+
+/// Refuses metadata that changes the numerics in a way this forward does not implement, so a
+/// model is never run silently wrong: the error names the key and its value. Keys absent, or
+/// present with the value that means "off", are fine.
+fn refuse_unhonoured_metadata(gguf: &GgufFile, arch: &str, head_dim: usize) -> Result<()> {
+    let key = |suffix: &str| format!("{arch}.{suffix}");
+    let refuse = |suffix: &str, value: &Value, why: &str| {
+        Err(load_error(gguf, format!("metadata `{}` = {} is not supported: {why}", key(suffix), value.describe())))
+    };
+    refuse_rope_scaling(gguf, arch)?;
+    for &(suffix, off, why) in MUST_BE_OFF {
+        if let Some(value) = gguf.get(&key(suffix)) {
+            if !value.as_f64().is_some_and(|v| off.contains(&v)) {
+                return refuse(suffix, value, why);
+            }
+        }
+    }
+    if let Some(value) = gguf.get(&key("attention.value_length")) {
+        if value.as_u64() != Some(head_dim as u64) {
+            let why = format!("value heads must have the key head size {head_dim} (`{}`)", key("attention.key_length"));
+            return refuse("attention.value_length", value, &why);
+        }
+    }
+    if let Some(value) = gguf.get(&key("attention.causal")) {
+        if value.as_bool() != Some(true) {
+            return refuse("attention.causal", value, "only causal attention is implemented");
+        }
+    }
+    Ok(())
+}
+
+/// llama.cpp reads an absent `rope.scaling.type` as `linear` (so a factor alone scales) and
+/// ignores the factor only when the type is explicitly `none`; any scaling is refused for now.
+fn refuse_rope_scaling(gguf: &GgufFile, arch: &str) -> Result<()> {
+    let type_key = format!("{arch}.rope.scaling.type");
+    let factor_key = format!("{arch}.rope.scaling.factor");
+    let refuse = |key: &str, value: &Value| {
+        Err(load_error(gguf, format!("metadata `{key}` = {} is not supported: {ROPE_SCALING_WHY}", value.describe())))
+    };
+    match gguf.get(&type_key) {
+        Some(value) if value.as_str() == Some("none") => Ok(()),
+        Some(value) => refuse(&type_key, value),
+        None => match gguf.get(&factor_key) {
+            Some(value) if !value.as_f64().is_some_and(|f| f == 0.0 || f == 1.0) => refuse(&factor_key, value),
+            _ => Ok(()),
+        },
+    }
+}
+
+/// Tensors the llama forward reads in every layer (each `blk.N.{name}.weight`).
+const LAYER_TENSORS: &[&str] =
+    &["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"];
+/// Tensors outside the layers the forward reads (`output.weight` is optional: tied embeddings).
+const MODEL_TENSORS: &[&str] = &["token_embd.weight", "output_norm.weight", "output.weight"];
+
+/// Refuses a file with a tensor the forward would not read: a bias, a Q/K norm, a frequency
+/// factor table each change the numerics, and skipping one would run the model silently wrong.
+fn refuse_unused_tensors(gguf: &GgufFile, n_layers: usize) -> Result<()> {
+    let is_read = |name: &str| {
+        if MODEL_TENSORS.contains(&name) {
+            return true;
+        }
+        let Some(rest) = name.strip_prefix("blk.") else { return false };
+        let Some((layer, tensor)) = rest.split_once('.') else { return false };
+        let in_range = layer.parse::<usize>().is_ok_and(|l| l < n_layers && layer == l.to_string());
+        in_range && tensor.strip_suffix(".weight").is_some_and(|t| LAYER_TENSORS.contains(&t))
+    };
+    match gguf.tensors().iter().find(|t| !is_read(&t.name)) {
+        None => Ok(()),
+        Some(unused) => Err(load_error(gguf, unused_tensor_message(&unused.name))),
+    }
+}
+
+fn unused_tensor_message(name: &str) -> String {
+    let why = if name == "rope_freqs.weight" {
+        "RoPE frequency factors (llama3-style RoPE scaling) are not implemented yet"
+    } else if name.ends_with(".bias") {
+        "bias tensors are not implemented for this architecture"
+    } else {
+        "the llama forward does not use it, and ignoring a weight would compute wrong outputs"
+    };
+    format!("tensor `{name}` is not supported: {why}")
 }
 
 fn load_error(gguf: &GgufFile, message: String) -> Error {

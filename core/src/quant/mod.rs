@@ -210,14 +210,14 @@ impl QMatrix {
             GgmlType::Q4_0 => Some(QuantFormat::Q4_0),
             GgmlType::Q4_1 => Some(QuantFormat::Q4_1),
             GgmlType::Q8_0 => Some(QuantFormat::Q8_0),
-            other => return Err(format!("unsupported tensor type {other:?} (supported: F32, F16, Q4_0, Q4_1, Q8_0)")),
+            other => return Err(format!("unsupported tensor type {other} (supported: F32, F16, Q4_0, Q4_1, Q8_0)")),
         };
         let (block_values, block_bytes) = ty.block_layout();
         if !cols.is_multiple_of(block_values) {
-            return Err(format!("{cols} columns is not a multiple of the {ty:?} block size {block_values}"));
+            return Err(format!("{cols} columns is not a multiple of the {ty} block size {block_values}"));
         }
         if bytes.len() != rows * (cols / block_values) * block_bytes {
-            return Err(format!("{} bytes do not hold {rows}×{cols} {ty:?} values", bytes.len()));
+            return Err(format!("{} bytes do not hold {rows}×{cols} {ty} values", bytes.len()));
         }
         let storage = match format {
             Some(format) => {

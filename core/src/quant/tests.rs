@@ -255,7 +255,7 @@ fn interleaving_round_trips_every_row() {
 #[test]
 fn unsupported_type_is_named() {
     let err = QMatrix::from_bytes(GgmlType::Q6K, 1, 256, &[0u8; 210]).unwrap_err();
-    assert!(err.contains("Q6K") && err.contains("unsupported"), "{err}");
+    assert!(err.contains("Q6_K") && err.contains("unsupported"), "{err}");
 }
 
 #[test]

