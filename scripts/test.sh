@@ -59,6 +59,11 @@ rust_tests() {
     cargo test --release -p cortexstream -p cortexstream-c -- --test-threads=1
 }
 
+rust_tests_oversubscribed() {
+    # The bad-input matrix and fault tests again, with every core busy (see the script).
+    scripts/oversubscribed.sh cargo test --release -p cortexstream --test hardening -- --test-threads=1
+}
+
 build_python() {
     VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" "$venv/bin/maturin" develop --release --quiet
 }
@@ -86,6 +91,7 @@ bench_smoke() {
 step "python environment" setup_python
 step "models" pull_models
 step "rust core and C ABI unit/integration tests" rust_tests
+step "rust hardening tests on an oversubscribed CPU" rust_tests_oversubscribed
 step "C header drift, C tests, C++ example (plain and under ASan+LSan+UBSan)" tests/c/run.sh
 step "python module build" build_python
 step "python stubs (stubtest)" env PYTHON="$python" tests/python/check_stubs.sh
