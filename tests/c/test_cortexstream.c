@@ -1339,6 +1339,50 @@ static cs_metrics wait_prefill_beyond(uint64_t prefill_tokens) {
     return metrics;
 }
 
+/* Submits a ~3000-token prompt (~47 prefill steps of 64 tokens) while another request runs,
+ * cancels it once `chunks_before` chunks of it are prefilled, and checks that it ends within
+ * one step, unsampled, with its blocks back before its FINISHED event. `variant` makes the
+ * prompt unique, so no earlier run's cached prefix shortens the prefill. */
+static void cancel_during_prefill(size_t chunks_before, uint32_t variant) {
+    static uint32_t prompt[3000];
+    for (size_t i = 0; i < COUNT_OF(prompt); i++) prompt[i] = REF_PROMPT_IDS[i % COUNT_OF(REF_PROMPT_IDS)];
+    prompt[0] = variant;
+    cs_sampling_params params = greedy_params(16);
+    static finish_probe probe;
+    memset(&probe, 0, sizeof probe);
+    probe.engine = engine;
+    cs_metrics before = metrics_of(engine); /* the running request is decoding: no prefill */
+    cs_request *prefilling = NULL;
+    CHECK_OK(cs_engine_submit_tokens(engine, prompt, COUNT_OF(prompt), &params, on_event_probe_metrics, &probe,
+                                     &prefilling));
+    if (prefilling == NULL) return;
+    uint64_t target = before.prefill_tokens_total + 64 * chunks_before;
+    cs_metrics prefill_started = wait_prefill_beyond(target);
+    CHECK(prefill_started.prefill_tokens_total > target, "the long prompt was not prefilled beyond %zu chunks",
+          chunks_before);
+    CHECK_OK(cs_request_cancel(prefilling));
+    cs_metrics at_cancel = metrics_of(engine);
+    CHECK(wait_for_count(&probe.finished, 1), "no FINISHED event within 60 s of the cancel");
+    CHECK(probe.metrics_status == CS_OK, "cs_engine_metrics in the callback returned %d", (int)probe.metrics_status);
+    CHECK(probe.finish_reason == CS_FINISH_CANCELLED, "finish reason %d", (int)probe.finish_reason);
+    CHECK(probe.tokens == 0 && probe.usage.completion_tokens == 0,
+          "%zu tokens sampled for a request cancelled during its prefill", probe.tokens);
+    CHECK(probe.usage.prompt_tokens == COUNT_OF(prompt), "prompt_tokens %zu", probe.usage.prompt_tokens);
+    const cs_metrics *fin = &probe.at_finish;
+    /* The step in flight when cancel returned may complete; the next one must not run it. */
+    CHECK(fin->steps - at_cancel.steps <= 1, "%llu steps ran between cs_request_cancel and FINISHED (after %zu chunks)",
+          (unsigned long long)(fin->steps - at_cancel.steps), chunks_before);
+    CHECK(fin->prefill_tokens_total - before.prefill_tokens_total < COUNT_OF(prompt),
+          "the whole prompt was prefilled (%llu tokens): the cancel did not land during the prefill",
+          (unsigned long long)(fin->prefill_tokens_total - before.prefill_tokens_total));
+    /* Its blocks are back before its FINISHED event is delivered (the running request can
+     * take at most one new block in the one step allowed). */
+    CHECK(fin->kv_blocks_free > at_cancel.kv_blocks_free,
+          "%llu KV blocks free at FINISHED, %llu at the cancel: the prefill's blocks were not freed first",
+          (unsigned long long)fin->kv_blocks_free, (unsigned long long)at_cancel.kv_blocks_free);
+    CHECK_OK(cs_request_free(prefilling));
+}
+
 static void test_cancel_during_a_long_prefill(void) {
     /* A running request keeps the engine stepping while the long prompt is prefilled. */
     cs_sampling_params params = greedy_params(2000);
@@ -1347,44 +1391,9 @@ static void test_cancel_during_a_long_prefill(void) {
     CHECK_OK(cs_engine_submit_text(engine, REF_PROMPT, &params, NULL, NULL, &running));
     if (running == NULL) return;
     CHECK(pull_tokens(running, 1, -1) == 1, "the running request produced no token");
-
-    /* ~3000 prompt tokens: ~47 prefill steps of 64 tokens. */
-    static uint32_t prompt[3000];
-    for (size_t i = 0; i < COUNT_OF(prompt); i++) prompt[i] = REF_PROMPT_IDS[i % COUNT_OF(REF_PROMPT_IDS)];
-    cs_sampling_params long_params = greedy_params(16);
-    static finish_probe probe;
-    memset(&probe, 0, sizeof probe);
-    probe.engine = engine;
-    cs_metrics before = metrics_of(engine); /* the running request is decoding: no prefill */
-    cs_request *prefilling = NULL;
-    CHECK_OK(cs_engine_submit_tokens(engine, prompt, COUNT_OF(prompt), &long_params, on_event_probe_metrics, &probe,
-                                     &prefilling));
-    if (prefilling != NULL) {
-        cs_metrics prefill_started = wait_prefill_beyond(before.prefill_tokens_total);
-        CHECK(prefill_started.prefill_tokens_total > before.prefill_tokens_total, "the long prompt was never prefilled");
-        CHECK_OK(cs_request_cancel(prefilling));
-        cs_metrics at_cancel = metrics_of(engine);
-        CHECK(wait_for_count(&probe.finished, 1), "no FINISHED event within 60 s of the cancel");
-        CHECK(probe.metrics_status == CS_OK, "cs_engine_metrics in the callback returned %d",
-              (int)probe.metrics_status);
-        CHECK(probe.finish_reason == CS_FINISH_CANCELLED, "finish reason %d", (int)probe.finish_reason);
-        CHECK(probe.tokens == 0 && probe.usage.completion_tokens == 0,
-              "%zu tokens sampled for a request cancelled during its prefill", probe.tokens);
-        CHECK(probe.usage.prompt_tokens == COUNT_OF(prompt), "prompt_tokens %zu", probe.usage.prompt_tokens);
-        const cs_metrics *fin = &probe.at_finish;
-        /* The step in flight when cancel returned may complete; the next one must not run it. */
-        CHECK(fin->steps - at_cancel.steps <= 1, "%llu steps ran between cs_request_cancel and FINISHED",
-              (unsigned long long)(fin->steps - at_cancel.steps));
-        CHECK(fin->prefill_tokens_total - before.prefill_tokens_total < COUNT_OF(prompt),
-              "the whole prompt was prefilled (%llu tokens): the cancel did not land during the prefill",
-              (unsigned long long)(fin->prefill_tokens_total - before.prefill_tokens_total));
-        /* Its blocks are back before its FINISHED event is delivered (the running request can
-         * take at most one new block in the one step allowed). */
-        CHECK(fin->kv_blocks_free > at_cancel.kv_blocks_free,
-              "%llu KV blocks free at FINISHED, %llu at the cancel: the prefill's blocks were not freed first",
-              (unsigned long long)fin->kv_blocks_free, (unsigned long long)at_cancel.kv_blocks_free);
-        CHECK_OK(cs_request_free(prefilling));
-    }
+    /* Several phases, so a cancel applied only every few steps cannot pass by luck. */
+    for (size_t chunks_before = 0; chunks_before < 4; chunks_before++)
+        cancel_during_prefill(chunks_before, 1000 + (uint32_t)chunks_before);
     CHECK_OK(cs_request_free(running));
 }
 
