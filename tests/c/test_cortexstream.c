@@ -467,11 +467,15 @@ typedef struct {
     atomic_size_t tokens_seen;
     size_t after_tokens;
     cs_status status;
+    cs_metrics at_cancel; /* read right after cs_request_cancel returned */
 } canceller;
 
 static void *cancel_when_started(void *arg) {
     canceller *c = arg;
-    if (wait_for_count(&c->tokens_seen, c->after_tokens)) c->status = cs_request_cancel(c->request);
+    if (!wait_for_count(&c->tokens_seen, c->after_tokens)) return NULL;
+    c->status = cs_request_cancel(c->request);
+    c->at_cancel.struct_size = sizeof c->at_cancel;
+    if (c->status == CS_OK) c->status = cs_engine_metrics(engine, &c->at_cancel);
     return NULL;
 }
 
@@ -499,6 +503,11 @@ static void test_cancel_from_another_thread(void) {
           (int)result->finished.finish_reason);
     CHECK(result->ids_len >= 3 && result->ids_len < 400, "%zu tokens before the cancel took effect",
           result->ids_len);
+    /* Nothing else runs: every step after the cancel returned is counted once idle. */
+    cs_metrics after;
+    CHECK(wait_idle(engine, &after), "the engine kept running after the cancel");
+    CHECK(c.status != CS_OK || after.steps - c.at_cancel.steps <= 1, "%llu steps ran after the cancel returned",
+          (unsigned long long)(after.steps - c.at_cancel.steps));
     CHECK(result->finished.usage.completion_tokens == result->ids_len,
           "usage says %zu tokens, %zu were streamed", result->finished.usage.completion_tokens,
           result->ids_len);
@@ -516,9 +525,14 @@ static void test_free_running_request_cancels_it(void) {
     CHECK_OK(cs_engine_submit_text(engine, REF_PROMPT, &params, on_event, &state, &request));
     if (request == NULL) return;
     CHECK_OK(cs_request_free(request));
+    uint64_t steps_at_free = metrics_of(engine).steps;
     CHECK(wait_finished(&state), "no FINISHED event within 60 s of freeing the request");
     CHECK(state.result.finished.finish_reason == CS_FINISH_CANCELLED, "finish reason %d",
           (int)state.result.finished.finish_reason);
+    cs_metrics after;
+    CHECK(wait_idle(engine, &after), "the engine kept running after the free");
+    CHECK(after.steps - steps_at_free <= 1, "%llu steps ran after cs_request_free returned",
+          (unsigned long long)(after.steps - steps_at_free));
 }
 
 static void test_callback_returning_false_cancels(void) {
