@@ -304,6 +304,116 @@ typedef struct cs_chat_message {
 } cs_chat_message;
 
 /**
+ * A point-in-time copy of the engine's metrics. The caller sets
+ * `struct_size = sizeof(cs_metrics)` before calling `cs_engine_metrics`; fields are only
+ * ever appended, so a caller built against an older header gets the fields it knows.
+ *
+ * Counters (`*_total`, `requests_*`, `steps`, ...) only grow over the engine's life; gauges
+ * (`queue_depth`, `running`, `kv_blocks_free`) are the state after the engine's last
+ * scheduling decision. Histograms appear as their count and sum (the REST server renders
+ * the buckets for Prometheus).
+ */
+typedef struct cs_metrics {
+  /**
+   * `sizeof(cs_metrics)` as the caller was compiled; only that many bytes are written.
+   */
+  size_t struct_size;
+  /**
+   * Requests accepted by a `cs_engine_submit_*` call.
+   */
+  uint64_t requests_submitted;
+  /**
+   * Requests that ended, for any reason (their FINISHED event was produced).
+   */
+  uint64_t requests_finished;
+  /**
+   * Requests that ended with CS_FINISH_CANCELLED.
+   */
+  uint64_t requests_cancelled;
+  /**
+   * Requests that ended with CS_FINISH_ERROR.
+   */
+  uint64_t requests_failed;
+  /**
+   * Submissions refused by `cs_engine_submit_*` (an invalid request, CS_OVERLOADED).
+   */
+  uint64_t requests_rejected;
+  /**
+   * Gauge: requests waiting to be scheduled.
+   */
+  uint64_t queue_depth;
+  /**
+   * Gauge: sequences in the running batch.
+   */
+  uint64_t running;
+  /**
+   * Prompt tokens of accepted requests.
+   */
+  uint64_t prompt_tokens_total;
+  /**
+   * Prompt tokens actually run through the model (excludes prefix-cache hits).
+   */
+  uint64_t prefill_tokens_total;
+  /**
+   * Prompt tokens whose KV was reused from the prefix cache.
+   */
+  uint64_t prefix_cache_hit_tokens;
+  /**
+   * Tokens sampled for requests.
+   */
+  uint64_t generated_tokens_total;
+  /**
+   * Forward steps the engine completed (one batch through the model each).
+   */
+  uint64_t steps;
+  /**
+   * Steps that failed; the requests running in them ended with CS_FINISH_ERROR.
+   */
+  uint64_t step_failures;
+  /**
+   * Sequences preempted (their KV blocks taken back) to make room for others.
+   */
+  uint64_t preemptions;
+  /**
+   * Gauge: KV cache blocks in total.
+   */
+  uint64_t kv_blocks_total;
+  /**
+   * Gauge: KV cache blocks not used by any sequence (free, or holding reusable cached
+   * prefixes). Equals `kv_blocks_total` once the engine is idle.
+   */
+  uint64_t kv_blocks_free;
+  /**
+   * Embedding calls served.
+   */
+  uint64_t embedding_requests;
+  /**
+   * Histogram count: forward steps observed.
+   */
+  uint64_t batch_size_count;
+  /**
+   * Histogram sum: tokens (prefill + decode rows) over all observed steps.
+   */
+  double batch_size_sum;
+  /**
+   * Histogram count: requests that produced a first token.
+   */
+  uint64_t time_to_first_token_count;
+  /**
+   * Histogram sum: seconds from submit to first token, over those requests.
+   */
+  double time_to_first_token_seconds_sum;
+  /**
+   * Histogram count: tokens timed after the first.
+   */
+  uint64_t per_token_count;
+  /**
+   * Histogram sum: seconds between consecutive tokens, over those tokens.
+   */
+  double per_token_seconds_sum;
+} cs_metrics;
+
+/**
  * How to sample and when to stop. Get one from `cs_sampling_default_params()`
  * (llama.cpp's defaults: temperature 0.8, top_k 40, top_p 0.95, min_p 0.05).
  * Out-of-range values make the submit fail with CS_INVALID_ARGUMENT naming the field.
@@ -661,6 +771,19 @@ enum cs_status cs_engine_embed(const struct cs_engine *engine,
                                float *out_vectors,
                                size_t out_vectors_len,
                                size_t *out_dim);
+
+/**
+ * Copies the engine's current metrics into `*out_metrics` (set `out_metrics->struct_size`
+ * first, to `sizeof(cs_metrics)`). Only `struct_size` bytes are written. Errors:
+ * CS_INVALID_ARGUMENT for a NULL argument or a `struct_size` smaller than a `size_t` or
+ * larger than this library's struct (a header newer than the library).
+ *
+ * Each field is read atomically, the struct as a whole is not: counters read one after
+ * another may be a step apart while the engine runs. On an idle engine it is exact.
+ * Thread-safety: any thread, also from inside an event callback (the engine publishes the
+ * gauges before it delivers a FINISHED event, so a callback sees the request's blocks free).
+ */
+enum cs_status cs_engine_metrics(const struct cs_engine *engine, struct cs_metrics *out_metrics);
 
 /**
  * Frees a string returned by the library (`cs_engine_detokenize`, `cs_engine_apply_chat_template`).

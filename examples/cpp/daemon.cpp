@@ -1,6 +1,6 @@
 // A small C++17 program on the cortexstream C API: loads SmolLM2, runs several chat requests
 // concurrently from their own threads with streaming callbacks, cancels one of them
-// mid-stream, and prints what each produced.
+// mid-stream, and prints what each produced and the engine's metrics.
 //
 //   make -C examples/cpp run                      (model from the default cache)
 //   target/c/examples/daemon path/to/model.gguf
@@ -130,6 +130,22 @@ class StreamingChat {
     bool finished_ = false;
 };
 
+// One line of the engine's counters, e.g. for a log at shutdown.
+void print_metrics(const cs_engine* engine) {
+    cs_metrics metrics{};
+    metrics.struct_size = sizeof metrics;
+    check(cs_engine_metrics(engine, &metrics), "cs_engine_metrics");
+    std::printf(
+        "metrics: %llu requests (%llu cancelled, %llu failed), %llu steps, %llu tokens generated, "
+        "%llu of %llu KV blocks free\n",
+        static_cast<unsigned long long>(metrics.requests_finished),
+        static_cast<unsigned long long>(metrics.requests_cancelled),
+        static_cast<unsigned long long>(metrics.requests_failed), static_cast<unsigned long long>(metrics.steps),
+        static_cast<unsigned long long>(metrics.generated_tokens_total),
+        static_cast<unsigned long long>(metrics.kv_blocks_free),
+        static_cast<unsigned long long>(metrics.kv_blocks_total));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -197,6 +213,7 @@ int main(int argc, char** argv) {
             std::printf("Q%zu: %s\n%s\n\n", i + 1, questions[i].c_str(), summaries[i].c_str());
         }
         chats.clear();  // requests before the engine, though either order is allowed
+        print_metrics(engine.get());
         return 0;
     } catch (const std::exception& e) {
         std::fprintf(stderr, "error: %s\n", e.what());

@@ -154,6 +154,39 @@ static bool wait_for_count(atomic_size_t *counter, size_t target) {
     return false;
 }
 
+/* ---------- engine metrics: steps, idleness, KV blocks ---------- */
+
+static cs_metrics metrics_of(const cs_engine *of) {
+    cs_metrics metrics;
+    memset(&metrics, 0, sizeof metrics);
+    metrics.struct_size = sizeof metrics;
+    CHECK_OK(cs_engine_metrics(of, &metrics));
+    return metrics;
+}
+
+/* Polls until nothing is queued or running (at most 60 s: a hang guard, not a timing
+ * check); `*last` receives the last metrics read. False if the engine never went idle. */
+static bool wait_idle(const cs_engine *of, cs_metrics *last) {
+    for (int tries = 0; tries < 6000; tries++) {
+        *last = metrics_of(of);
+        if (last->running == 0 && last->queue_depth == 0) return true;
+        struct timespec pause = {0, 10000000};
+        nanosleep(&pause, NULL);
+    }
+    return false;
+}
+
+/* Every test ends here for each engine it used: once idle, every KV block is free again
+ * (issue 17: a block still held then is a leak). */
+static void check_idle_with_all_kv_blocks_free(const cs_engine *of, const char *label) {
+    cs_metrics metrics;
+    CHECK(wait_idle(of, &metrics), "%s: not idle within 60 s (%llu running, %llu queued)", label,
+          (unsigned long long)metrics.running, (unsigned long long)metrics.queue_depth);
+    CHECK(metrics.kv_blocks_total > 0 && metrics.kv_blocks_free == metrics.kv_blocks_total,
+          "%s: %llu of %llu KV blocks free once idle", label, (unsigned long long)metrics.kv_blocks_free,
+          (unsigned long long)metrics.kv_blocks_total);
+}
+
 /* ---------- tests ---------- */
 
 static void test_version_matches_header(void) {
@@ -254,6 +287,7 @@ static void test_chat_template_param_and_missing_template(void) {
         CHECK_OK(cs_engine_apply_chat_template(custom, &message, 1, true, &text, &len));
         CHECK(text != NULL && strcmp(text, "T: hi") == 0, "rendered \"%s\"", text ? text : "(null)");
         CHECK_OK(cs_string_free(text));
+        check_idle_with_all_kv_blocks_free(custom, "engine with a chat_template param");
         CHECK_OK(cs_engine_free(custom));
     }
     cs_engine_params broken = cs_engine_default_params();
@@ -283,6 +317,7 @@ static void test_chat_template_param_and_missing_template(void) {
         free(result);
         CHECK_OK(cs_request_free(request));
     }
+    check_idle_with_all_kv_blocks_free(no_template, "engine without a chat template");
     CHECK_OK(cs_engine_free(no_template));
 }
 
@@ -432,11 +467,15 @@ typedef struct {
     atomic_size_t tokens_seen;
     size_t after_tokens;
     cs_status status;
+    cs_metrics at_cancel; /* read right after cs_request_cancel returned */
 } canceller;
 
 static void *cancel_when_started(void *arg) {
     canceller *c = arg;
-    if (wait_for_count(&c->tokens_seen, c->after_tokens)) c->status = cs_request_cancel(c->request);
+    if (!wait_for_count(&c->tokens_seen, c->after_tokens)) return NULL;
+    c->status = cs_request_cancel(c->request);
+    c->at_cancel.struct_size = sizeof c->at_cancel;
+    if (c->status == CS_OK) c->status = cs_engine_metrics(engine, &c->at_cancel);
     return NULL;
 }
 
@@ -464,6 +503,11 @@ static void test_cancel_from_another_thread(void) {
           (int)result->finished.finish_reason);
     CHECK(result->ids_len >= 3 && result->ids_len < 400, "%zu tokens before the cancel took effect",
           result->ids_len);
+    /* Nothing else runs: every step after the cancel returned is counted once idle. */
+    cs_metrics after;
+    CHECK(wait_idle(engine, &after), "the engine kept running after the cancel");
+    CHECK(c.status != CS_OK || after.steps - c.at_cancel.steps <= 1, "%llu steps ran after the cancel returned",
+          (unsigned long long)(after.steps - c.at_cancel.steps));
     CHECK(result->finished.usage.completion_tokens == result->ids_len,
           "usage says %zu tokens, %zu were streamed", result->finished.usage.completion_tokens,
           result->ids_len);
@@ -481,9 +525,14 @@ static void test_free_running_request_cancels_it(void) {
     CHECK_OK(cs_engine_submit_text(engine, REF_PROMPT, &params, on_event, &state, &request));
     if (request == NULL) return;
     CHECK_OK(cs_request_free(request));
+    uint64_t steps_at_free = metrics_of(engine).steps;
     CHECK(wait_finished(&state), "no FINISHED event within 60 s of freeing the request");
     CHECK(state.result.finished.finish_reason == CS_FINISH_CANCELLED, "finish reason %d",
           (int)state.result.finished.finish_reason);
+    cs_metrics after;
+    CHECK(wait_idle(engine, &after), "the engine kept running after the free");
+    CHECK(after.steps - steps_at_free <= 1, "%llu steps ran after cs_request_free returned",
+          (unsigned long long)(after.steps - steps_at_free));
 }
 
 static void test_callback_returning_false_cancels(void) {
@@ -806,6 +855,10 @@ static void test_pool_panic_is_an_internal_error_and_the_engine_keeps_serving(vo
     CHECK_OK(cs_engine_embed(faulty, texts, 1, after, 384, &dim));
     CHECK(memcmp(expected, after, sizeof expected) == 0, "embedding changed after the fault");
     CHECK_FAILS(cs_testing_inject_pool_panic(NULL), CS_INVALID_ARGUMENT, "engine");
+    cs_metrics metrics = metrics_of(faulty);
+    CHECK(metrics.step_failures == 1 && metrics.requests_failed == 1, "%llu step failures, %llu failed requests",
+          (unsigned long long)metrics.step_failures, (unsigned long long)metrics.requests_failed);
+    check_idle_with_all_kv_blocks_free(faulty, "engine after a pool panic");
     CHECK_OK(cs_engine_free(faulty));
 }
 
@@ -1234,10 +1287,20 @@ static void cancel_after_tokens(size_t tokens_before) {
     size_t seen = pull_tokens(request, tokens_before, -1);
     seen += pull_tokens(request, SIZE_MAX, 0); /* what is already queued was sampled before */
     CHECK_OK(cs_request_cancel(request));
+    uint64_t steps_at_cancel = metrics_of(engine).steps;
     stream_result *result = calloc(1, sizeof *result);
     CHECK_FAILS(drain(request, result), CS_END_OF_STREAM, NULL);
     CHECK(result->finished.finish_reason == CS_FINISH_CANCELLED, "finish reason %d",
           (int)result->finished.finish_reason);
+    /* Nothing else runs, so the engine stops stepping once the request is gone: the steps
+     * counted now are all the steps taken after cancel returned. The step in flight at that
+     * moment may complete; the next one must not include the request. */
+    cs_metrics after;
+    CHECK(wait_idle(engine, &after), "the engine kept running after the cancel");
+    CHECK(after.steps - steps_at_cancel <= 1, "%llu steps ran after cs_request_cancel returned (after %zu tokens)",
+          (unsigned long long)(after.steps - steps_at_cancel), tokens_before);
+    CHECK(after.kv_blocks_free == after.kv_blocks_total, "%llu of %llu KV blocks free after the cancel",
+          (unsigned long long)after.kv_blocks_free, (unsigned long long)after.kv_blocks_total);
     /* One token of the step running at cancel(), plus at most one that raced the drain. */
     CHECK(result->ids_len <= 2, "%zu tokens arrived after cs_request_cancel returned (after %zu)",
           result->ids_len, tokens_before);
@@ -1252,38 +1315,186 @@ static void test_cancel_takes_effect_within_one_step(void) {
     for (size_t tokens_before = 3; tokens_before < 7; tokens_before++) cancel_after_tokens(tokens_before);
 }
 
+/* What a request's callback saw: its tokens, and the engine's metrics read on the engine
+ * thread as its FINISHED event was delivered (so later steps cannot blur them). */
+typedef struct {
+    const cs_engine *engine;
+    size_t tokens;
+    cs_finish_reason finish_reason;
+    cs_usage usage;
+    cs_status metrics_status;
+    cs_metrics at_finish;
+    atomic_size_t finished; /* set last: the fields above are complete once it is 1 */
+} finish_probe;
+
+static bool on_event_probe_metrics(const cs_event *event, void *user_data) {
+    finish_probe *probe = user_data;
+    if (event->kind == CS_EVENT_TOKEN) {
+        probe->tokens++;
+        return true;
+    }
+    probe->finish_reason = event->finish_reason;
+    probe->usage = event->usage;
+    probe->at_finish.struct_size = sizeof probe->at_finish;
+    probe->metrics_status = cs_engine_metrics(probe->engine, &probe->at_finish);
+    atomic_store(&probe->finished, 1);
+    return true;
+}
+
+/* Polls until the engine has prefilled more than `prefill_tokens` prompt tokens in total
+ * (at most 60 s: a hang guard); returns the metrics that showed it. */
+static cs_metrics wait_prefill_beyond(uint64_t prefill_tokens) {
+    cs_metrics metrics = metrics_of(engine);
+    for (int tries = 0; tries < 60000 && metrics.prefill_tokens_total <= prefill_tokens; tries++) {
+        struct timespec pause = {0, 1000000};
+        nanosleep(&pause, NULL);
+        metrics = metrics_of(engine);
+    }
+    return metrics;
+}
+
+/* Submits a ~3000-token prompt (~47 prefill steps of 64 tokens) while another request runs,
+ * cancels it once `chunks_before` chunks of it are prefilled, and checks that it ends within
+ * one step, unsampled, with its blocks back before its FINISHED event. `variant` makes the
+ * prompt unique, so no earlier run's cached prefix shortens the prefill. */
+static void cancel_during_prefill(size_t chunks_before, uint32_t variant) {
+    static uint32_t prompt[3000];
+    for (size_t i = 0; i < COUNT_OF(prompt); i++) prompt[i] = REF_PROMPT_IDS[i % COUNT_OF(REF_PROMPT_IDS)];
+    prompt[0] = variant;
+    cs_sampling_params params = greedy_params(16);
+    static finish_probe probe;
+    memset(&probe, 0, sizeof probe);
+    probe.engine = engine;
+    cs_metrics before = metrics_of(engine); /* the running request is decoding: no prefill */
+    cs_request *prefilling = NULL;
+    CHECK_OK(cs_engine_submit_tokens(engine, prompt, COUNT_OF(prompt), &params, on_event_probe_metrics, &probe,
+                                     &prefilling));
+    if (prefilling == NULL) return;
+    uint64_t target = before.prefill_tokens_total + 64 * chunks_before;
+    cs_metrics prefill_started = wait_prefill_beyond(target);
+    CHECK(prefill_started.prefill_tokens_total > target, "the long prompt was not prefilled beyond %zu chunks",
+          chunks_before);
+    CHECK_OK(cs_request_cancel(prefilling));
+    cs_metrics at_cancel = metrics_of(engine);
+    CHECK(wait_for_count(&probe.finished, 1), "no FINISHED event within 60 s of the cancel");
+    CHECK(probe.metrics_status == CS_OK, "cs_engine_metrics in the callback returned %d", (int)probe.metrics_status);
+    CHECK(probe.finish_reason == CS_FINISH_CANCELLED, "finish reason %d", (int)probe.finish_reason);
+    CHECK(probe.tokens == 0 && probe.usage.completion_tokens == 0,
+          "%zu tokens sampled for a request cancelled during its prefill", probe.tokens);
+    CHECK(probe.usage.prompt_tokens == COUNT_OF(prompt), "prompt_tokens %zu", probe.usage.prompt_tokens);
+    const cs_metrics *fin = &probe.at_finish;
+    /* The step in flight when cancel returned may complete; the next one must not run it. */
+    CHECK(fin->steps - at_cancel.steps <= 1, "%llu steps ran between cs_request_cancel and FINISHED (after %zu chunks)",
+          (unsigned long long)(fin->steps - at_cancel.steps), chunks_before);
+    CHECK(fin->prefill_tokens_total - before.prefill_tokens_total < COUNT_OF(prompt),
+          "the whole prompt was prefilled (%llu tokens): the cancel did not land during the prefill",
+          (unsigned long long)(fin->prefill_tokens_total - before.prefill_tokens_total));
+    /* Its blocks are back before its FINISHED event is delivered (the running request can
+     * take at most one new block in the one step allowed). */
+    CHECK(fin->kv_blocks_free > at_cancel.kv_blocks_free,
+          "%llu KV blocks free at FINISHED, %llu at the cancel: the prefill's blocks were not freed first",
+          (unsigned long long)fin->kv_blocks_free, (unsigned long long)at_cancel.kv_blocks_free);
+    CHECK_OK(cs_request_free(prefilling));
+}
+
 static void test_cancel_during_a_long_prefill(void) {
-    /* A running request shows the engine's steps: its tokens come one per step it joins. */
+    /* A running request keeps the engine stepping while the long prompt is prefilled. */
     cs_sampling_params params = greedy_params(2000);
     params.ignore_eos = true;
     cs_request *running = NULL;
     CHECK_OK(cs_engine_submit_text(engine, REF_PROMPT, &params, NULL, NULL, &running));
     if (running == NULL) return;
     CHECK(pull_tokens(running, 1, -1) == 1, "the running request produced no token");
-
-    /* ~3000 prompt tokens: ~47 prefill steps of 64 tokens. */
-    static uint32_t prompt[3000];
-    for (size_t i = 0; i < COUNT_OF(prompt); i++) prompt[i] = REF_PROMPT_IDS[i % COUNT_OF(REF_PROMPT_IDS)];
-    cs_sampling_params long_params = greedy_params(16);
-    cs_request *prefilling = NULL;
-    CHECK_OK(cs_engine_submit_tokens(engine, prompt, COUNT_OF(prompt), &long_params, NULL, NULL, &prefilling));
-    if (prefilling != NULL) {
-        /* Two tokens of the running request after the submit: a whole step began after it,
-         * so the long prompt is being prefilled. */
-        CHECK(pull_tokens(running, 2, -1) == 2, "the running request stopped");
-        CHECK_OK(cs_request_cancel(prefilling));
-        stream_result *result = calloc(1, sizeof *result);
-        CHECK_FAILS(drain(prefilling, result), CS_END_OF_STREAM, NULL);
-        CHECK(result->finished.finish_reason == CS_FINISH_CANCELLED, "finish reason %d",
-              (int)result->finished.finish_reason);
-        CHECK(result->ids_len == 0 && result->finished.usage.completion_tokens == 0,
-              "%zu tokens sampled for a request cancelled during its prefill", result->ids_len);
-        CHECK(result->finished.usage.prompt_tokens == COUNT_OF(prompt), "prompt_tokens %zu",
-              result->finished.usage.prompt_tokens);
-        free(result);
-        CHECK_OK(cs_request_free(prefilling));
-    }
+    /* Several phases, so a cancel applied only every few steps cannot pass by luck. */
+    for (size_t chunks_before = 0; chunks_before < 4; chunks_before++)
+        cancel_during_prefill(chunks_before, 1000 + (uint32_t)chunks_before);
     CHECK_OK(cs_request_free(running));
+}
+
+/* cs_engine_metrics: NULL arguments and struct sizes it cannot honour are refused naming the
+ * argument, an older (shorter) struct gets only its fields, and the counters move by exactly
+ * what one request and one embedding call did. */
+static void test_engine_metrics(void) {
+    cs_metrics metrics;
+    memset(&metrics, 0xAB, sizeof metrics);
+    metrics.struct_size = sizeof metrics;
+    CHECK_FAILS(cs_engine_metrics(NULL, &metrics), CS_INVALID_ARGUMENT, "engine");
+    CHECK_FAILS(cs_engine_metrics(engine, NULL), CS_INVALID_ARGUMENT, "out_metrics");
+    metrics.struct_size = 0;
+    CHECK_FAILS(cs_engine_metrics(engine, &metrics), CS_INVALID_ARGUMENT, "out_metrics");
+    metrics.struct_size = sizeof(size_t) - 1;
+    CHECK_FAILS(cs_engine_metrics(engine, &metrics), CS_INVALID_ARGUMENT, "out_metrics");
+    struct {
+        cs_metrics metrics;
+        uint64_t field_of_a_newer_header;
+    } newer;
+    memset(&newer, 0xAB, sizeof newer);
+    newer.metrics.struct_size = sizeof newer;
+    CHECK_FAILS(cs_engine_metrics(engine, &newer.metrics), CS_INVALID_ARGUMENT, "out_metrics");
+    CHECK(metrics.steps == 0xABABABABABABABABull && newer.metrics.steps == 0xABABABABABABABABull,
+          "out_metrics written on failure");
+
+    /* A caller built against an older, shorter struct gets only the fields it knows. */
+    cs_metrics older;
+    memset(&older, 0xAB, sizeof older);
+    older.struct_size = offsetof(cs_metrics, steps);
+    CHECK_OK(cs_engine_metrics(engine, &older));
+    CHECK(older.struct_size == offsetof(cs_metrics, steps), "struct_size overwritten");
+    CHECK(older.requests_submitted != 0xABABABABABABABABull, "a field inside struct_size was not written");
+    CHECK(older.steps == 0xABABABABABABABABull && older.kv_blocks_total == 0xABABABABABABABABull,
+          "wrote past the caller's struct_size");
+
+    cs_metrics before;
+    CHECK(wait_idle(engine, &before), "the engine is busy before the test");
+    enum { TOKENS = 4 };
+    cs_sampling_params params = greedy_params(TOKENS);
+    params.ignore_eos = true;
+    cs_request *request = NULL;
+    CHECK_OK(cs_engine_submit_text(engine, REF_PROMPT, &params, NULL, NULL, &request));
+    if (request != NULL) {
+        stream_result *result = calloc(1, sizeof *result);
+        CHECK_FAILS(drain(request, result), CS_END_OF_STREAM, NULL);
+        free(result);
+        CHECK_OK(cs_request_free(request));
+    }
+    params.temperature = -0.5f;
+    CHECK_FAILS(cs_engine_submit_text(engine, REF_PROMPT, &params, NULL, NULL, &request), CS_INVALID_ARGUMENT,
+                "temperature");
+    const char *texts[] = {"The quick brown fox"};
+    static float vector[384];
+    size_t dim = 0;
+    CHECK_OK(cs_engine_embed(engine, texts, 1, vector, 384, &dim));
+    cs_metrics after;
+    CHECK(wait_idle(engine, &after), "the engine kept running");
+
+#define CHECK_DELTA(field, expected)                                                                     \
+    CHECK(after.field - before.field == (uint64_t)(expected), #field " moved by %llu, expected %llu",   \
+          (unsigned long long)(after.field - before.field), (unsigned long long)(expected))
+    CHECK_DELTA(requests_submitted, 1);
+    CHECK_DELTA(requests_finished, 1);
+    CHECK_DELTA(requests_cancelled, 0);
+    CHECK_DELTA(requests_failed, 0);
+    CHECK_DELTA(requests_rejected, 1);
+    CHECK_DELTA(prompt_tokens_total, COUNT_OF(REF_PROMPT_IDS));
+    CHECK_DELTA(generated_tokens_total, TOKENS);
+    /* The short prompt fits one step, which samples the first token; each further token is
+     * one decode step. */
+    CHECK_DELTA(steps, TOKENS);
+    CHECK_DELTA(batch_size_count, TOKENS);
+    CHECK_DELTA(time_to_first_token_count, 1);
+    CHECK_DELTA(per_token_count, TOKENS - 1);
+    CHECK_DELTA(step_failures, 0);
+    CHECK_DELTA(embedding_requests, 1);
+#undef CHECK_DELTA
+    uint64_t prompt_seen = (after.prefill_tokens_total - before.prefill_tokens_total) +
+                           (after.prefix_cache_hit_tokens - before.prefix_cache_hit_tokens);
+    CHECK(prompt_seen == COUNT_OF(REF_PROMPT_IDS), "%llu prompt tokens prefilled or reused, the prompt has %zu",
+          (unsigned long long)prompt_seen, COUNT_OF(REF_PROMPT_IDS));
+    CHECK(after.batch_size_sum > before.batch_size_sum, "batch_size_sum did not grow");
+    CHECK(after.time_to_first_token_seconds_sum > before.time_to_first_token_seconds_sum,
+          "time_to_first_token_seconds_sum did not grow");
+    CHECK(after.kv_blocks_total == before.kv_blocks_total && after.kv_blocks_total > 0, "kv_blocks_total %llu, was %llu",
+          (unsigned long long)after.kv_blocks_total, (unsigned long long)before.kv_blocks_total);
 }
 
 int main(int argc, char **argv) {
@@ -1330,11 +1541,13 @@ int main(int argc, char **argv) {
         {"logprob_bytes_of_a_partial_utf8_token", test_logprob_bytes_of_a_partial_utf8_token},
         {"cancel_takes_effect_within_one_step", test_cancel_takes_effect_within_one_step},
         {"cancel_during_a_long_prefill", test_cancel_during_a_long_prefill},
+        {"engine_metrics", test_engine_metrics},
     };
     int passed = 0, failed = 0;
     for (size_t i = 0; i < COUNT_OF(tests); i++) {
         checks_failed_in_test = 0;
         tests[i].run();
+        check_idle_with_all_kv_blocks_free(engine, tests[i].name);
         bool ok = checks_failed_in_test == 0;
         printf("%s %s\n", ok ? "ok    " : "FAILED", tests[i].name);
         fflush(stdout);

@@ -11,6 +11,7 @@
 mod args;
 mod engine;
 mod event;
+mod metrics;
 mod owned;
 mod params;
 mod request;
