@@ -82,6 +82,18 @@ def stop_server(server: RunningServer) -> None:
         server.process.kill()
     server.log_path.unlink(missing_ok=True)
 
+def wait_for_metrics(server, condition, what: str = "the condition", timeout_s: float = 30.0) -> dict[str, float]:
+    """Polls `/metrics` until `condition(metrics)` holds and returns them; fails naming `what`
+    after `timeout_s` (a hang guard, not a timing assertion)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        metrics = server.metrics()
+        if condition(metrics):
+            return metrics
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} never happened: {metrics}")
+        time.sleep(0.02)
+
 
 @pytest.fixture(scope="session")
 def server():

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 import openai
 import pytest
-from conftest import API_KEY, AUTH
+from conftest import API_KEY, AUTH, wait_for_metrics
 
 MODEL = "smollm2"
 #: Far more tokens than the test takes to run: the request is surely still generating when the
@@ -66,14 +66,7 @@ def send_raw(url: str, path: str, body: dict) -> socket.socket:
 
 
 def wait_for(server, condition, what: str) -> dict[str, float]:
-    deadline = time.monotonic() + SETTLE_TIMEOUT_S
-    while True:
-        metrics = server.metrics()
-        if condition(metrics):
-            return metrics
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} never happened: {metrics}")
-        time.sleep(0.02)
+    return wait_for_metrics(server, condition, what, SETTLE_TIMEOUT_S)
 
 
 def idle(metrics: dict[str, float]) -> bool:

@@ -10,7 +10,7 @@ from contextlib import ExitStack
 
 import httpx
 import pytest
-from conftest import AUTH, STARTUP_TIMEOUT_S, start_server, stop_server
+from conftest import AUTH, STARTUP_TIMEOUT_S, start_server, stop_server, wait_for_metrics
 
 CANARY = {"model": "smollm2", "prompt": "The quick brown fox", "temperature": 0, "max_tokens": 6}
 CANARY_TEXT = " with a quick brown bear."
@@ -78,26 +78,16 @@ def test_health_is_503_while_loading_and_never_refused_once_listening(tiny_serve
         assert retry_after is not None and int(retry_after) >= 1
 
 
-def wait_for(server, condition, timeout_s: float = 30.0) -> dict[str, float]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        metrics = server.metrics()
-        if condition(metrics):
-            return metrics
-        if time.monotonic() > deadline:
-            pytest.fail(f"metrics never reached the condition: {metrics}")
-        time.sleep(0.02)
-
 
 def test_past_the_queue_limit_the_server_answers_503_with_retry_after(tiny_server):
     server = tiny_server
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as client:
         with client.stream("POST", "/v1/completions", json=LONG) as running:
             assert running.status_code == 200
-            wait_for(server, lambda m: m["cortexstream_running"] == 1)
+            wait_for_metrics(server, lambda m: m["cortexstream_running"] == 1)
             with client.stream("POST", "/v1/completions", json=LONG) as queued:
                 assert queued.status_code == 200
-                wait_for(server, lambda m: m["cortexstream_queue_depth"] == 1)
+                wait_for_metrics(server, lambda m: m["cortexstream_queue_depth"] == 1)
                 rejected_before = server.metrics()["cortexstream_requests_rejected_total"]
 
                 overflow = client.post("/v1/completions", json=CANARY)
@@ -114,7 +104,7 @@ def test_past_the_queue_limit_the_server_answers_503_with_retry_after(tiny_serve
                 assert overflow_stream.json()["error"]["code"] == "overloaded"
                 assert server.metrics()["cortexstream_requests_rejected_total"] == rejected_before + 2
         # Both streams closed: their requests are cancelled and the slot and queue free again.
-    wait_for(server, lambda m: m["cortexstream_running"] == 0 and m["cortexstream_queue_depth"] == 0)
+    wait_for_metrics(server, lambda m: m["cortexstream_running"] == 0 and m["cortexstream_queue_depth"] == 0)
     served = httpx.post(f"{server.url}/v1/completions", headers=AUTH, json=CANARY, timeout=60)
     assert served.status_code == 200
     assert served.json()["choices"][0]["text"] == CANARY_TEXT
@@ -135,15 +125,15 @@ def test_stream_of_a_queued_request_that_is_cancelled_frees_the_queue(tiny_serve
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as client:
         with client.stream("POST", "/v1/completions", json=LONG) as running:
             assert running.status_code == 200
-            wait_for(server, lambda m: m["cortexstream_running"] == 1)
+            wait_for_metrics(server, lambda m: m["cortexstream_running"] == 1)
             with client.stream("POST", "/v1/completions", json=LONG) as queued:
                 assert queued.status_code == 200
-                wait_for(server, lambda m: m["cortexstream_queue_depth"] == 1)
-            wait_for(server, lambda m: m["cortexstream_queue_depth"] == 0
+                wait_for_metrics(server, lambda m: m["cortexstream_queue_depth"] == 1)
+            wait_for_metrics(server, lambda m: m["cortexstream_queue_depth"] == 0
                      and m["cortexstream_requests_cancelled_total"] == before + 1)
             first = next(line for line in running.iter_lines() if line.startswith("data: "))
             assert json.loads(first[6:])["choices"][0]["finish_reason"] is None
-    wait_for(server, lambda m: m["cortexstream_running"] == 0
+    wait_for_metrics(server, lambda m: m["cortexstream_running"] == 0
              and m["cortexstream_requests_cancelled_total"] == before + 2)
 
 
@@ -195,20 +185,20 @@ def test_a_fan_out_past_half_the_running_slots_is_400_naming_the_limit(fair_serv
 
 def test_a_single_request_is_served_while_the_largest_fan_out_runs(fair_server):
     server = fair_server
-    before = wait_for(server, lambda m: m["cortexstream_running"] == 0 and m["cortexstream_queue_depth"] == 0)
+    before = wait_for_metrics(server, lambda m: m["cortexstream_running"] == 0 and m["cortexstream_queue_depth"] == 0)
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=120) as client:
         with client.stream("POST", "/v1/completions", json=fan_out_body(1, FAN_OUT_LIMIT)) as big:
             assert big.status_code == 200
-            wait_for(server, lambda m: m["cortexstream_running"] == FAN_OUT_LIMIT)
+            wait_for_metrics(server, lambda m: m["cortexstream_running"] == FAN_OUT_LIMIT)
             single = client.post("/v1/completions", json=CANARY)
             assert single.status_code == 200, single.text
             assert single.json()["choices"][0]["text"] == CANARY_TEXT
             # It ran beside the fan-out: only it has ended, every generation of the fan-out runs on.
             # (Polled: the engine's counters may trail the answer by a step.)
-            during = wait_for(server, lambda m: ended_normally(m) > ended_normally(before)
+            during = wait_for_metrics(server, lambda m: ended_normally(m) > ended_normally(before)
                               and m["cortexstream_running"] == FAN_OUT_LIMIT)
             assert ended_normally(during) - ended_normally(before) == 1
-    wait_for(server, lambda m: m["cortexstream_running"] == 0 and m["cortexstream_queue_depth"] == 0)
+    wait_for_metrics(server, lambda m: m["cortexstream_running"] == 0 and m["cortexstream_queue_depth"] == 0)
 
 
 def test_the_extra_generations_of_a_queued_fan_out_wait_behind_a_single_request(fair_server):
@@ -216,22 +206,22 @@ def test_the_extra_generations_of_a_queued_fan_out_wait_behind_a_single_request(
     # free up, the third fan-out's first generation and the single request take them: the fan-out's
     # second generation (engine priority -1) waits, though it arrived before the single request.
     server = fair_server
-    before = wait_for(server, lambda m: m["cortexstream_running"] == 0 and m["cortexstream_queue_depth"] == 0)
+    before = wait_for_metrics(server, lambda m: m["cortexstream_running"] == 0 and m["cortexstream_queue_depth"] == 0)
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=120) as client, ThreadPoolExecutor(1) as pool:
         with ExitStack() as first, ExitStack() as rest:
             first.enter_context(client.stream("POST", "/v1/completions", json=fan_out_body(1, FAN_OUT_LIMIT)))
-            wait_for(server, lambda m: m["cortexstream_running"] == FAN_OUT_LIMIT)
+            wait_for_metrics(server, lambda m: m["cortexstream_running"] == FAN_OUT_LIMIT)
             rest.enter_context(client.stream("POST", "/v1/completions", json=fan_out_body(1, FAN_OUT_LIMIT)))
-            wait_for(server, lambda m: m["cortexstream_running"] == FAIR_RUNNING)
+            wait_for_metrics(server, lambda m: m["cortexstream_running"] == FAIR_RUNNING)
             rest.enter_context(client.stream("POST", "/v1/completions", json=fan_out_body(1, FAN_OUT_LIMIT)))
-            wait_for(server, lambda m: m["cortexstream_queue_depth"] == FAN_OUT_LIMIT)
+            wait_for_metrics(server, lambda m: m["cortexstream_queue_depth"] == FAN_OUT_LIMIT)
             single = pool.submit(client.post, "/v1/completions", json=CANARY)
-            wait_for(server, lambda m: m["cortexstream_queue_depth"] == FAN_OUT_LIMIT + 1)
+            wait_for_metrics(server, lambda m: m["cortexstream_queue_depth"] == FAN_OUT_LIMIT + 1)
             first.close()  # the first fan-out's client leaves: two slots free
             answer = single.result()
             assert answer.status_code == 200, answer.text
             assert answer.json()["choices"][0]["text"] == CANARY_TEXT
             # The single request got a slot at once: no fan-out generation had to end first.
-            during = wait_for(server, lambda m: ended_normally(m) > ended_normally(before))
+            during = wait_for_metrics(server, lambda m: ended_normally(m) > ended_normally(before))
             assert ended_normally(during) - ended_normally(before) == 1
-    wait_for(server, lambda m: m["cortexstream_running"] == 0 and m["cortexstream_queue_depth"] == 0)
+    wait_for_metrics(server, lambda m: m["cortexstream_running"] == 0 and m["cortexstream_queue_depth"] == 0)
