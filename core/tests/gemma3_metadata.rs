@@ -1,0 +1,142 @@
+//! Gemma 3 metadata: every key the forward depends on is read, and a value it cannot honour
+//! fails the load with an error naming the key (or tensor) and the value. Each case edits the
+//! tiny F32 fixture (`tests/fixtures/gemma3/tiny-f32.gguf`) one way.
+
+mod gguf_writer;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cortexstream::gguf::{GgmlType, GgufFile, Value};
+use cortexstream::models::gemma3::{Gemma3Config, Gemma3Model};
+use cortexstream::threadpool::ThreadPool;
+use cortexstream::Error;
+use gguf_writer::{GgufSpec, TensorSpec};
+
+/// The tiny fixture as an editable spec (all its tensors are F32).
+fn fixture_spec() -> GgufSpec {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gemma3/tiny-f32.gguf");
+    let gguf = GgufFile::open(path).expect("open the fixture");
+    let mut metadata: Vec<(String, Value)> = gguf.metadata().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    metadata.sort_by(|a, b| a.0.cmp(&b.0));
+    let tensors = gguf
+        .tensors()
+        .iter()
+        .map(|t| {
+            assert_eq!(t.ty, GgmlType::F32, "{}", t.name);
+            let (_, data) = gguf.tensor_bytes(&t.name).expect("tensor bytes");
+            TensorSpec {
+                name: t.name.clone(),
+                dims: t.dims.iter().map(|&d| d as u64).collect(),
+                ty: 0,
+                data: data.to_vec(),
+                offset: None,
+            }
+        })
+        .collect();
+    GgufSpec { version: 3, metadata, tensors }
+}
+
+fn load(spec: &GgufSpec) -> Result<Gemma3Model, Error> {
+    let gguf = GgufFile::from_bytes("edited-gemma3.gguf", spec.to_bytes()).expect("a readable GGUF");
+    Gemma3Model::load(&gguf, Arc::new(ThreadPool::new(1).expect("start the thread pool")))
+}
+
+fn config(spec: &GgufSpec) -> Gemma3Config {
+    load(spec).expect("loads").config().clone()
+}
+
+/// Loading fails with a model-load error whose message contains every one of `needles`.
+fn refused(spec: &GgufSpec, needles: &[&str]) {
+    match load(spec) {
+        Err(Error::ModelLoad { message, .. }) => {
+            for needle in needles {
+                assert!(message.contains(needle), "{message:?} should name {needle:?}");
+            }
+        }
+        other => panic!("expected a load error naming {needles:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_fixture_loads_with_the_values_it_declares() {
+    let c = config(&fixture_spec());
+    assert_eq!((c.hidden_size, c.n_layers, c.ffn_size, c.context_length), (64, 6, 96, 256));
+    assert_eq!(c.rms_eps, 1e-6);
+}
+
+#[test]
+fn unhonoured_values_are_refused_naming_key_and_value() {
+    let cases: &[(&str, Value, &str)] = &[
+        ("gemma3.final_logit_softcapping", Value::F32(30.0), "30"),
+        ("gemma3.attn_logit_softcapping", Value::F32(50.0), "50"),
+        ("gemma3.attention.scale", Value::F32(0.0625), "0.0625"),
+        ("gemma3.rope.scaling.type", Value::String("linear".into()), "linear"),
+        ("gemma3.rope.scaling.factor", Value::F32(8.0), "8"),
+        ("gemma3.attention.causal", Value::Bool(false), "false"),
+        ("gemma3.attention.value_length", Value::U32(32), "32"),
+        ("gemma3.expert_count", Value::U32(4), "4"),
+    ];
+    for (key, value, shown) in cases {
+        let mut spec = fixture_spec();
+        spec.set(key, value.clone());
+        refused(&spec, &[key, shown]);
+    }
+}
+
+#[test]
+fn keys_of_the_wrong_type_are_refused_naming_the_key() {
+    for (key, value) in [
+        ("gemma3.attention.sliding_window", Value::String("8".into())),
+        ("gemma3.rope.freq_base_swa", Value::String("10000".into())),
+        ("gemma3.attention.sliding_window_pattern", Value::Array(vec![Value::Bool(true); 5])),
+        ("gemma3.attention.sliding_window_pattern", Value::String("6".into())),
+    ] {
+        let mut spec = fixture_spec();
+        spec.set(key, value);
+        refused(&spec, &[key]);
+    }
+}
+
+#[test]
+fn a_tensor_the_forward_does_not_read_is_refused_by_name() {
+    let mut spec = fixture_spec();
+    let mut bias = spec.tensor("blk.0.attn_q_norm.weight").clone();
+    bias.name = "blk.0.attn_q.bias".into();
+    spec.tensors.push(bias);
+    refused(&spec, &["blk.0.attn_q.bias"]);
+}
+
+#[test]
+fn the_sliding_pattern_and_rope_bases_are_read_as_llama_cpp_reads_them() {
+    // A period: every n-th layer is global.
+    let mut spec = fixture_spec();
+    spec.set("gemma3.attention.sliding_window_pattern", Value::U32(2));
+    assert_eq!(config(&spec).sliding_layers, [true, false, true, false, true, false]);
+    // One bool per layer.
+    let flags = [false, true, true, false, true, true];
+    spec.set("gemma3.attention.sliding_window_pattern", Value::Array(flags.iter().map(|&f| Value::Bool(f)).collect()));
+    assert_eq!(config(&spec).sliding_layers, flags);
+    // No window: no layer slides, whatever the pattern.
+    spec.remove("gemma3.attention.sliding_window");
+    let c = config(&spec);
+    assert_eq!((c.sliding_window, c.sliding_layers), (None, vec![false; 6]));
+    // The sliding layers' RoPE base defaults to llama.cpp's 10000.
+    let mut spec = fixture_spec();
+    spec.set("gemma3.rope.freq_base_swa", Value::F32(500.0));
+    assert_eq!(config(&spec).rope_theta_swa, 500.0);
+    spec.remove("gemma3.rope.freq_base_swa");
+    assert_eq!(config(&spec).rope_theta_swa, 10_000.0);
+}
+
+#[test]
+fn required_keys_are_named_when_missing() {
+    for key in ["gemma3.attention.layer_norm_rms_epsilon", "gemma3.feed_forward_length", "gemma3.block_count"] {
+        let mut spec = fixture_spec();
+        spec.remove(key);
+        match load(&spec) {
+            Err(e) => assert!(e.to_string().contains(key), "{e} should name {key}"),
+            Ok(_) => panic!("loaded without {key}"),
+        }
+    }
+}
