@@ -140,3 +140,40 @@ fn required_keys_are_named_when_missing() {
         }
     }
 }
+
+/// Real quantized files mix tensor types inside a layer (Gemma 3 270M Q4_K_M: Q5_0 `attn_q`
+/// and `attn_k` beside a Q8_0 `attn_v`). Such a file loads, and the projection it can no
+/// longer fuse gives the right outputs: the logits stay within the Q8_0 bound of the
+/// transformers reference (`gemma3_reference.rs`).
+#[test]
+fn projections_of_mixed_tensor_types_load_and_compute_correctly() {
+    let q8_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gemma3/tiny-q8_0.gguf");
+    let q8 = GgufFile::open(q8_path).expect("open the Q8_0 fixture");
+    let mut spec = fixture_spec();
+    for name in ["blk.0.attn_v.weight", "blk.3.ffn_up.weight"] {
+        let (info, data) = q8.tensor_bytes(name).expect("tensor");
+        assert_eq!(info.ty, GgmlType::Q8_0);
+        let tensor = spec.tensor(name);
+        tensor.ty = 8; // ggml's Q8_0
+        tensor.data = data.to_vec();
+    }
+    let model = load(&spec).expect("mixed types load");
+
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gemma3");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).expect("json")).expect("valid");
+    let ids: Vec<u32> =
+        meta["prompts"][0]["ids"].as_array().expect("ids").iter().map(|v| v.as_u64().expect("id") as u32).collect();
+    let bytes = std::fs::read(dir.join("reference_logits.f64")).expect("logits");
+    let vocab = model.config().vocab_size;
+    let last_row = &bytes[(ids.len() - 1) * vocab * 8..ids.len() * vocab * 8];
+    let reference: Vec<f64> = last_row.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8"))).collect();
+
+    let mut kv = model.new_kv_storage(ids.len().div_ceil(4), 4);
+    let table: Vec<u32> = (0..ids.len().div_ceil(4) as u32).collect();
+    let mut logits = Vec::new();
+    let chunk = cortexstream::models::SeqChunk { tokens: &ids, start_pos: 0, block_table: &table, want_logits: true };
+    model.forward(&[chunk], &mut kv, &mut logits).expect("forward");
+    let max_error = logits.iter().zip(&reference).map(|(&o, &r)| (o as f64 - r).abs()).fold(0.0, f64::max);
+    assert!(max_error <= 0.40, "max logit error {max_error} with mixed tensor types");
+}

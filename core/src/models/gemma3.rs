@@ -25,6 +25,7 @@ use crate::kv_cache::KvStorage;
 use crate::models::attention::{self, AttentionScratch, Span};
 use crate::models::elementwise::{add_in_place, geglu_tanh_rows, rms_norm_in_place, rms_norm_rows};
 use crate::models::llama::{load_error, refuse_rope_scaling, MAX_HEAD_DIM};
+use crate::models::stacked::StackedMatrix;
 use crate::models::{check_chunks, SeqChunk};
 use crate::quant::QMatrix;
 use crate::threadpool::ThreadPool;
@@ -285,15 +286,15 @@ fn refuse_unused_tensors(gguf: &GgufFile, n_layers: usize) -> Result<()> {
 
 struct Layer {
     attn_norm: Vec<f32>,
-    /// Wq, Wk and Wv stacked: one matmul gives `[q | k | v]` per row.
-    qkv: QMatrix,
+    /// Wq, Wk and Wv stacked: gives `[q | k | v]` per row.
+    qkv: StackedMatrix,
     q_norm: Vec<f32>,
     k_norm: Vec<f32>,
     attn_output: QMatrix,
     post_attention_norm: Vec<f32>,
     ffn_norm: Vec<f32>,
-    /// Wgate and Wup stacked: one matmul gives `[gate | up]` per row.
-    gate_up: QMatrix,
+    /// Wgate and Wup stacked: gives `[gate | up]` per row.
+    gate_up: StackedMatrix,
     down: QMatrix,
     post_ffw_norm: Vec<f32>,
 }
@@ -345,11 +346,9 @@ impl Gemma3Model {
             matrix(name, 1, len)?.dequantize_row(0, &mut values);
             Ok(values)
         };
-        let stacked = |names: &[String], rows: &[usize], cols: usize| -> Result<QMatrix> {
+        let stacked = |names: &[String], rows: &[usize], cols: usize| -> Result<StackedMatrix> {
             let parts = names.iter().zip(rows).map(|(name, &r)| matrix(name, r, cols)).collect::<Result<Vec<_>>>()?;
-            QMatrix::concat_rows(&parts).ok_or_else(|| {
-                load_error(gguf, format!("tensors {names:?} have different types; one fused matmul needs them alike"))
-            })
+            Ok(StackedMatrix::new(parts))
         };
 
         let token_embedding = matrix("token_embd.weight", c.vocab_size, c.hidden_size)?;

@@ -14,6 +14,7 @@ use crate::gguf::{GgufFile, Value};
 use crate::kv_cache::KvStorage;
 use crate::models::attention::{self, AttentionScratch};
 use crate::models::elementwise::{add_in_place, rms_norm_rows, swiglu_rows};
+use crate::models::stacked::StackedMatrix;
 use crate::models::{check_chunks, SeqChunk};
 use crate::quant::QMatrix;
 use crate::threadpool::ThreadPool;
@@ -245,12 +246,12 @@ pub(crate) fn load_error(gguf: &GgufFile, message: String) -> Error {
 
 struct Layer {
     attn_norm: Vec<f32>,
-    /// Wq, Wk and Wv stacked: one matmul gives `[q | k | v]` per row.
-    qkv: QMatrix,
+    /// Wq, Wk and Wv stacked: gives `[q | k | v]` per row (one fused matmul when their types agree).
+    qkv: StackedMatrix,
     attn_output: QMatrix,
     ffn_norm: Vec<f32>,
-    /// Wgate and Wup stacked: one matmul gives `[gate | up]` per row.
-    gate_up: QMatrix,
+    /// Wgate and Wup stacked: gives `[gate | up]` per row.
+    gate_up: StackedMatrix,
     down: QMatrix,
 }
 
@@ -296,11 +297,9 @@ impl LlamaModel {
             matrix(name, 1, c.hidden_size)?.dequantize_row(0, &mut values);
             Ok(values)
         };
-        let stacked = |names: &[String], rows: &[usize], cols: usize| -> Result<QMatrix> {
+        let stacked = |names: &[String], rows: &[usize], cols: usize| -> Result<StackedMatrix> {
             let parts = names.iter().zip(rows).map(|(name, &r)| matrix(name, r, cols)).collect::<Result<Vec<_>>>()?;
-            QMatrix::concat_rows(&parts).ok_or_else(|| {
-                load_error(gguf, format!("tensors {names:?} have different types; one fused matmul needs them alike"))
-            })
+            Ok(StackedMatrix::new(parts))
         };
 
         let token_embedding = matrix("token_embd.weight", c.vocab_size, c.hidden_size)?;

@@ -6,6 +6,7 @@ pub mod bert;
 pub(crate) mod elementwise;
 pub mod gemma3;
 pub mod llama;
+pub(crate) mod stacked;
 
 use std::sync::Arc;
 
