@@ -32,6 +32,8 @@ pub(crate) struct Geometry {
     pub head_dim: usize,
     /// Floats per row of the fused projection buffer, which starts with the query heads.
     pub qkv_row_len: usize,
+    /// Scores are `q·k · scale` (usually `1 / sqrt(head_dim)`).
+    pub scale: f32,
 }
 
 /// Which cached positions a query at position `pos` attends to.
@@ -191,7 +193,7 @@ impl Kernel {
 }
 
 /// Causal attention of every row of the step: for each token at position `pos` and each query
-/// head, softmax(q·k / sqrt(head_dim)) over the sequence's positions in `span` (all of
+/// head, softmax(q·k · scale) over the sequence's positions in `span` (all of
 /// `0..=pos`, or a sliding window ending at `pos`) applied to V.
 /// Reads queries from `qkv` (rows of `qkv_row_len`) and writes `out` (rows of
 /// `n_heads * head_dim`). K/V of this step's tokens must already be in `kv`.
@@ -210,7 +212,7 @@ pub(crate) fn attend(
     let hd = g.head_dim;
     let group = g.group();
     let q_dim = g.n_heads * hd;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = g.scale;
     let kernel = Kernel::best(hd);
     let score_span = scratch.span;
     let tasks = &scratch.tasks;

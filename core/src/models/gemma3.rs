@@ -13,7 +13,9 @@
 //! - interleaved sliding-window layers (`attention.sliding_window` positions, pattern
 //!   `attention.sliding_window_pattern`: a period `n` where every `n`-th layer is global, or
 //!   one bool per layer; llama.cpp's default period is 6) and global layers;
-//! - a GELU (tanh approximation) gated FFN.
+//! - a GELU (tanh approximation) gated FFN;
+//! - attention scaled by `1/sqrt(head_dim)`, or `1/sqrt(hidden/heads)` for the 62-layer 27B,
+//!   as llama.cpp does (see [`attention_scale`]).
 //!
 //! Batch invariance holds for the same reasons as llama's: every operation is per row or per
 //! (token, head) in a fixed order.
@@ -61,6 +63,17 @@ pub struct Gemma3Config {
     pub sliding_window: Option<usize>,
     /// Per layer: does it use the sliding window?
     pub sliding_layers: Vec<bool>,
+    /// Attention scores are `q·k · attention_scale` (see [`attention_scale`]).
+    pub attention_scale: f32,
+}
+
+/// Gemma 3 scales attention by `query_pre_attn_scalar^-1/2`, a value the GGUF does not carry:
+/// it is the head size in every released model but the 27B, whose is `hidden / heads`. llama.cpp
+/// recognises the 27B by its 62 layers; so do we, rather than run it silently wrong.
+pub fn attention_scale(n_layers: usize, hidden_size: usize, n_heads: usize, head_dim: usize) -> f32 {
+    const LAYERS_OF_27B: usize = 62;
+    let scalar = if n_layers == LAYERS_OF_27B { hidden_size / n_heads } else { head_dim };
+    1.0 / (scalar as f32).sqrt()
 }
 
 /// `gemma3.*` keys that change the numerics of features this forward does not implement, with
@@ -166,6 +179,7 @@ impl Gemma3Config {
             context_length: usize_key("context_length")?,
             sliding_window,
             sliding_layers,
+            attention_scale: attention_scale(n_layers, hidden_size, n_heads, head_dim),
         })
     }
 
@@ -187,6 +201,7 @@ impl Gemma3Config {
             n_kv_heads: self.n_kv_heads,
             head_dim: self.head_dim,
             qkv_row_len: self.qkv_row_len(),
+            scale: self.attention_scale,
         }
     }
 
@@ -564,5 +579,18 @@ fn store_keys_and_values(qkv: &[f32], c: &Gemma3Config, layer: usize, chunks: &[
             let (key, value) = row[c.q_dim()..].split_at(c.kv_dim());
             kv.write(layer, chunk.block_table, position, key, value);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attention_scale;
+
+    #[test]
+    fn attention_scale_is_the_head_size_but_for_the_27b() {
+        // Gemma 3 270M: 18 layers, head size 256.
+        assert_eq!(attention_scale(18, 640, 4, 256), 1.0 / 16.0);
+        // Gemma 3 27B: 62 layers, query_pre_attn_scalar = 5376 / 32 = 168, head size 128.
+        assert_eq!(attention_scale(62, 5376, 32, 128), 1.0 / (168f32).sqrt());
     }
 }

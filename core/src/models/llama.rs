@@ -136,6 +136,7 @@ impl LlamaConfig {
             n_kv_heads: self.n_kv_heads,
             head_dim: self.head_dim,
             qkv_row_len: self.q_dim() + 2 * self.kv_dim(),
+            scale: 1.0 / (self.head_dim as f32).sqrt(),
         }
     }
 }
