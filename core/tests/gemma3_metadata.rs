@@ -76,6 +76,10 @@ fn unhonoured_values_are_refused_naming_key_and_value() {
         ("gemma3.attention.causal", Value::Bool(false), "false"),
         ("gemma3.attention.value_length", Value::U32(32), "32"),
         ("gemma3.expert_count", Value::U32(4), "4"),
+        ("gemma3.rope.scale_linear", Value::F32(0.125), "0.125"),
+        ("gemma3.rope.scaling.attn_factor", Value::F32(1.5), "1.5"),
+        ("gemma3.attention.key_length_swa", Value::U32(8), "8"),
+        ("gemma3.rope.dimension_count_swa", Value::U32(8), "8"),
     ];
     for (key, value, shown) in cases {
         let mut spec = fixture_spec();

@@ -87,7 +87,14 @@ const MUST_BE_OFF: &[(&str, &[f64], &str)] = &[
     ("residual_scale", &[0.0, 1.0], "this scale is not implemented for this architecture"),
     ("logit_scale", &[0.0, 1.0], "this scale is not implemented for this architecture"),
     ("attention.scale", &[0.0], "a custom attention scale is not implemented (only 1/sqrt(head size))"),
+    // llama.cpp reads both as RoPE scaling for every architecture.
+    ("rope.scale_linear", &[0.0, 1.0], "RoPE scaling is not implemented yet (only `none`)"),
+    ("rope.scaling.attn_factor", &[0.0, 1.0], "RoPE scaling is not implemented yet (only `none`)"),
 ];
+
+/// Sliding-layer head sizes llama.cpp reads (Gemma 4 style); this forward has one head size.
+const SAME_AS_HEAD_SIZE: &[&str] =
+    &["attention.key_length_swa", "attention.value_length_swa", "rope.dimension_count_swa"];
 
 impl Gemma3Config {
     fn from_gguf(gguf: &GgufFile) -> Result<Self> {
@@ -127,6 +134,18 @@ impl Gemma3Config {
                     key("attention.key_length")
                 ),
             ));
+        }
+        for suffix in SAME_AS_HEAD_SIZE {
+            if optional_usize_key(suffix, head_dim)? != head_dim {
+                return Err(load_error(
+                    gguf,
+                    format!(
+                        "metadata `{}` = {} is not supported: sliding layers must have the head size {head_dim}",
+                        key(suffix),
+                        gguf.get(&key(suffix)).map(Value::describe).unwrap_or_default()
+                    ),
+                ));
+            }
         }
         let value_dim = optional_usize_key("attention.value_length", head_dim)?;
         let rope_dims = optional_usize_key("rope.dimension_count", head_dim)?;
