@@ -18,8 +18,8 @@ use crate::gguf::GgufFile;
 use crate::kv_cache::{BlockAllocator, KvStorage};
 use crate::metrics::{add, Metrics, MetricsSnapshot};
 use crate::models::bert::BertEmbedder;
-use crate::models::llama::LlamaModel;
 use crate::models::SeqChunk;
+use crate::models::{GenerationModel, ModelShape};
 use crate::request::{ChatMessage, Event, FinishReason, Prompt, Request, Timings, TokenLogprobs, Usage};
 use crate::sampling::Sampler;
 use crate::scheduler::{ScheduledChunk, Scheduler, SchedulerConfig};
@@ -144,7 +144,7 @@ const THREADS_PER_CPU: usize = 4;
 /// shape (K and V, f16), or an error naming `kv_cache_tokens` when that overflows or exceeds
 /// the machine's physical memory: a typo must fail cleanly, not abort in the allocator or
 /// get the process killed when the pages are first touched.
-fn kv_cache_bytes(num_blocks: usize, block_size: usize, model: &crate::models::llama::LlamaConfig) -> Result<usize> {
+fn kv_cache_bytes(num_blocks: usize, block_size: usize, model: &ModelShape) -> Result<usize> {
     const K_AND_V: usize = 2;
     let element = std::mem::size_of::<u16>();
     let too_big = || {
@@ -437,7 +437,7 @@ impl Engine {
         let pool = Arc::new(ThreadPool::new(threads).map_err(|e| Error::invalid("threads", e.to_string()))?);
 
         let gguf = GgufFile::open(&config.model)?;
-        let model = LlamaModel::load(&gguf, Arc::clone(&pool))?;
+        let model = GenerationModel::load(&gguf, Arc::clone(&pool))?;
         // An explicit tokenizer.json wins, then one next to the model, then the GGUF metadata.
         let beside_model = config.model.with_file_name("tokenizer.json");
         let tokenizer_json = config.tokenizer.clone().or_else(|| beside_model.is_file().then_some(beside_model));
@@ -454,7 +454,7 @@ impl Engine {
         let embedder =
             config.embedding_model.as_deref().map(|dir| BertEmbedder::load(dir, Arc::clone(&pool))).transpose()?;
 
-        let mc = model.config();
+        let mc = &model.shape();
         let num_blocks = config.kv_cache_tokens / config.block_size;
         kv_cache_bytes(num_blocks, config.block_size, mc)?;
         let kv_capacity_tokens = num_blocks * config.block_size;
@@ -739,7 +739,7 @@ impl Drop for Engine {
 /// The engine thread: owns the model, the KV storage and the scheduler.
 struct StepLoop {
     shared: Arc<Shared>,
-    model: LlamaModel,
+    model: GenerationModel,
     kv: KvStorage,
     scheduler: Scheduler,
     commands: Receiver<Command>,
@@ -850,7 +850,7 @@ impl StepLoop {
         metrics.observe_batch_size(batch_tokens);
         self.scheduler.mark_computed(plan);
 
-        let vocab = self.model.config().vocab_size;
+        let vocab = self.model.vocab_size();
         self.finished.clear();
         // Logit rows come in plan order, one per chunk that wanted logits.
         for (row, c) in plan.iter().filter(|c| c.want_logits).enumerate() {

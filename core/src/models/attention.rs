@@ -32,6 +32,28 @@ pub(crate) struct Geometry {
     pub head_dim: usize,
     /// Floats per row of the fused projection buffer, which starts with the query heads.
     pub qkv_row_len: usize,
+    /// Scores are `q·k · scale` (usually `1 / sqrt(head_dim)`).
+    pub scale: f32,
+}
+
+/// Which cached positions a query at position `pos` attends to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Span {
+    /// Every position `0..=pos` (global attention).
+    Causal,
+    /// The last `n` positions `pos + 1 - n ..= pos` (sliding-window attention; llama.cpp's
+    /// standard SWA masks key `k` for query `q` when `q - k >= n`).
+    Window(usize),
+}
+
+impl Span {
+    /// The first position a query at `pos` attends to.
+    fn first(self, pos: usize) -> usize {
+        match self {
+            Span::Causal => 0,
+            Span::Window(n) => (pos + 1).saturating_sub(n),
+        }
+    }
 }
 
 impl Geometry {
@@ -87,10 +109,13 @@ impl AttentionScratch {
 }
 
 /// One KV head of one layer of one sequence's paged cache.
+#[derive(Clone, Copy)]
 struct KvHeadView<'a> {
     k: &'a [u16],
     v: &'a [u16],
     block_table: &'a [u32],
+    /// The first position attended: positions before it are never read (a sliding window).
+    first: usize,
     /// Offset of this layer's block 0, slot 0, at this KV head.
     base: usize,
     block_stride: usize,
@@ -104,6 +129,7 @@ impl<'a> KvHeadView<'a> {
             k: &kv.k,
             v: &kv.v,
             block_table,
+            first: 0,
             base: kv.offset(layer, 0, kv_head, 0),
             block_stride: kv.block_size * kv.kv_dim,
             slot_stride: head_dim,
@@ -111,22 +137,37 @@ impl<'a> KvHeadView<'a> {
         }
     }
 
-    /// Offset of position `p`'s row in `k` and `v` (`p` within the block table).
+    /// The same view starting at position `first`.
+    fn starting_at(self, first: usize) -> Self {
+        Self { first, ..self }
+    }
+
+    /// Offset of the row of the `i`-th attended position (`first + i`) in `k` and `v`.
     #[inline(always)]
-    fn offset(&self, p: usize) -> usize {
+    fn offset(&self, i: usize) -> usize {
+        let p = self.first + i;
         self.base
             + self.block_table[p / self.block_size] as usize * self.block_stride
             + p % self.block_size * self.slot_stride
     }
 
-    /// Calls `f(position, offset)` for positions `0..n` in order, walking the block table.
+    /// The blocks holding the `n` attended positions `first..first + n`.
+    fn blocks(&self, n: usize) -> &'a [u32] {
+        &self.block_table[self.first / self.block_size..(self.first + n).div_ceil(self.block_size)]
+    }
+
+    /// Calls `f(i, offset)` for the `n` attended positions `first + i`, `i` in `0..n` in
+    /// order, walking the block table.
     #[inline(always)]
     fn for_each_position(&self, n: usize, mut f: impl FnMut(usize, usize)) {
-        for (b, &block) in self.block_table[..n.div_ceil(self.block_size)].iter().enumerate() {
+        let end = self.first + n;
+        let first_block = self.first / self.block_size;
+        for (b, &block) in self.blocks(n).iter().enumerate() {
             let block_base = self.base + block as usize * self.block_stride;
-            let first = b * self.block_size;
-            for slot in 0..self.block_size.min(n - first) {
-                f(first + slot, block_base + slot * self.slot_stride);
+            let block_start = (first_block + b) * self.block_size;
+            let from = self.first.max(block_start);
+            for p in from..end.min(block_start + self.block_size) {
+                f(p - self.first, block_base + (p - block_start) * self.slot_stride);
             }
         }
     }
@@ -152,7 +193,8 @@ impl Kernel {
 }
 
 /// Causal attention of every row of the step: for each token at position `pos` and each query
-/// head, softmax(q·k / sqrt(head_dim)) over the sequence's positions `0..=pos` applied to V.
+/// head, softmax(q·k · scale) over the sequence's positions in `span` (all of
+/// `0..=pos`, or a sliding window ending at `pos`) applied to V.
 /// Reads queries from `qkv` (rows of `qkv_row_len`) and writes `out` (rows of
 /// `n_heads * head_dim`). K/V of this step's tokens must already be in `kv`.
 #[allow(clippy::too_many_arguments)]
@@ -160,6 +202,7 @@ pub(crate) fn attend(
     scratch: &mut AttentionScratch,
     g: &Geometry,
     layer: usize,
+    span: Span,
     chunks: &[SeqChunk<'_>],
     kv: &KvStorage,
     qkv: &[f32],
@@ -169,9 +212,9 @@ pub(crate) fn attend(
     let hd = g.head_dim;
     let group = g.group();
     let q_dim = g.n_heads * hd;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = g.scale;
     let kernel = Kernel::best(hd);
-    let span = scratch.span;
+    let score_span = scratch.span;
     let tasks = &scratch.tasks;
     let out = DisjointSlice::new(out);
     let scores = DisjointSlice::new(&mut scratch.scores);
@@ -180,10 +223,13 @@ pub(crate) fn attend(
         let chunk = &chunks[task.chunk];
         let view = KvHeadView::new(kv, layer, chunk.block_table, task.kv_head, hd);
         // SAFETY: each task owns its own `span`-long stretch of the score buffer.
-        let scores = unsafe { scores.range_mut(task_index * span, span) };
+        let scores = unsafe { scores.range_mut(task_index * score_span, score_span) };
         for t in task.tokens.0..task.tokens.1 {
             let row = task.chunk_first_row + t;
-            let n = chunk.start_pos + t + 1;
+            let position = chunk.start_pos + t;
+            let first = span.first(position);
+            let view = view.starting_at(first);
+            let n = position + 1 - first;
             let first_head = task.kv_head * group;
             let queries = &qkv[row * g.qkv_row_len + first_head * hd..][..group * hd];
             // SAFETY: the (row, head group) output slots belong to this task alone.
@@ -284,7 +330,7 @@ mod avx2 {
         // Every offset the walk yields is a slot of a block in the table; the last slot's
         // `head_dim` values must lie inside both buffers.
         let last_slot = (view.block_size - 1) * view.slot_stride + head_dim;
-        let blocks = &view.block_table[..n.div_ceil(view.block_size)];
+        let blocks = view.blocks(n);
         assert!(k.len() == v.len());
         assert!(blocks.iter().all(|&b| view.base + b as usize * view.block_stride + last_slot <= k.len()));
 
@@ -483,12 +529,25 @@ mod tests {
         (kv, table)
     }
 
-    /// Straightforward float64 attention for one query head.
+    /// Straightforward float64 attention for one query head over positions `0..n`.
     fn reference(kv: &KvStorage, table: &[u32], layer: usize, kv_head: usize, q: &[f32], n: usize) -> Vec<f64> {
+        reference_over(kv, table, layer, kv_head, q, 0..n)
+    }
+
+    /// Straightforward float64 attention for one query head over `positions`.
+    fn reference_over(
+        kv: &KvStorage,
+        table: &[u32],
+        layer: usize,
+        kv_head: usize,
+        q: &[f32],
+        positions: std::ops::Range<usize>,
+    ) -> Vec<f64> {
         let hd = q.len();
         let at = |p: usize| kv.position_offset(layer, table, p, kv_head);
         let wide = |x: u16| crate::f16::f16_to_f32(x) as f64;
-        let scores: Vec<f64> = (0..n)
+        let scores: Vec<f64> = positions
+            .clone()
             .map(|p| {
                 q.iter().zip(&kv.k[at(p)..][..hd]).map(|(&a, &b)| a as f64 * wide(b)).sum::<f64>() / (hd as f64).sqrt()
             })
@@ -496,7 +555,38 @@ mod tests {
         let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
         let total: f64 = e.iter().sum();
-        (0..hd).map(|d| (0..n).map(|p| e[p] / total * wide(kv.v[at(p) + d])).sum()).collect()
+        (0..hd).map(|d| positions.clone().zip(&e).map(|(p, e)| e / total * wide(kv.v[at(p) + d])).sum()).collect()
+    }
+
+    #[test]
+    fn sliding_window_reads_only_the_last_positions() {
+        assert_eq!(Span::Window(8).first(3), 0);
+        assert_eq!(Span::Window(8).first(7), 0);
+        assert_eq!(Span::Window(8).first(8), 1);
+        assert_eq!(Span::Causal.first(100), 0);
+        let mut kernels = vec![Kernel::Scalar];
+        if Kernel::best(16) != Kernel::Scalar {
+            kernels.push(Kernel::best(16));
+        }
+        let (head_dim, group, window) = (16, 2, 6);
+        for end in [1, 5, 6, 7, 9, 13, 22] {
+            let (kv, table) = storage(end, head_dim, 2, end as u32);
+            let queries: Vec<f32> = (0..group * head_dim).map(|i| ((i * 29 % 13) as f32 - 6.0) / 3.0).collect();
+            let first = Span::Window(window).first(end - 1);
+            let view = KvHeadView::new(&kv, 0, &table, 1, head_dim).starting_at(first);
+            let n = end - first;
+            for &kernel in &kernels {
+                let mut scores = vec![0.0; group * n];
+                let mut out = vec![0.0; group * head_dim];
+                attend_token(kernel, &view, n, &queries, head_dim, 0.25, &mut scores, &mut out);
+                for h in 0..group {
+                    let expected = reference_over(&kv, &table, 0, 1, &queries[h * head_dim..][..head_dim], first..end);
+                    for (&got, &want) in out[h * head_dim..][..head_dim].iter().zip(&expected) {
+                        assert!((got as f64 - want).abs() < 1e-4, "{kernel:?} end {end} head {h}: {got} vs {want}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

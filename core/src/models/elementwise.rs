@@ -36,6 +36,37 @@ pub(crate) fn swiglu_rows(gate_up: &[f32], ffn_size: usize, out: &mut [f32], poo
     });
 }
 
+/// `out = gelu_tanh(gate) * up` for rows laid out as `[gate | up]` (`ffn_size` each): Gemma's
+/// gated FFN, with GELU's tanh approximation.
+pub(crate) fn geglu_tanh_rows(gate_up: &[f32], ffn_size: usize, out: &mut [f32], pool: &ThreadPool) {
+    for_row_ranges(out.len() / ffn_size, out, ffn_size, pool, |rows, out| {
+        let rows_in = &gate_up[rows.start * 2 * ffn_size..rows.end * 2 * ffn_size];
+        for (row, out_row) in rows_in.chunks_exact(2 * ffn_size).zip(out.chunks_exact_mut(ffn_size)) {
+            let (gate, up) = row.split_at(ffn_size);
+            for ((o, &g), &u) in out_row.iter_mut().zip(gate).zip(up) {
+                *o = gelu_tanh(g) * u;
+            }
+        }
+    });
+}
+
+/// `0.5 x (1 + tanh(sqrt(2/π) (x + 0.044715 x³)))`, evaluated in f64 so the only rounding
+/// is the final one.
+fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+    let x = x as f64;
+    (0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())) as f32
+}
+
+/// One row normalised in place: `x = x / sqrt(mean(x²) + eps) * weight` (the arithmetic of
+/// [`rms_norm_rows`]).
+pub(crate) fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    let scale = 1.0 / ((sum_of_squares(x) / x.len() as f64) as f32 + eps).sqrt();
+    for (v, &w) in x.iter_mut().zip(weight) {
+        *v = *v * scale * w;
+    }
+}
+
 /// `x += delta`, element by element.
 pub(crate) fn add_in_place(x: &mut [f32], delta: &[f32]) {
     x.iter_mut().zip(delta).for_each(|(x, d)| *x += d);
@@ -174,6 +205,28 @@ mod tests {
             let want = g as f64 / (1.0 + (-(g as f64)).exp()) * u as f64;
             assert!((got as f64 - want).abs() <= 4e-7 * want.abs() + 1e-30, "silu({g}) * {u}: {got} vs {want}");
         }
+    }
+
+    #[test]
+    fn gelu_tanh_matches_the_formula() {
+        for x in [-6.0f32, -1.5, -0.3, 0.0, 0.7, 2.0, 9.0] {
+            let x64 = x as f64;
+            let want =
+                0.5 * x64 * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x64 + 0.044715 * x64.powi(3))).tanh());
+            assert!((gelu_tanh(x) as f64 - want).abs() <= 1e-7 * want.abs().max(1e-3), "gelu({x})");
+        }
+    }
+
+    #[test]
+    fn rms_norm_in_place_matches_rms_norm_rows_bitwise() {
+        let pool = ThreadPool::new(1).expect("start the thread pool");
+        let x: Vec<f32> = (0..32).map(|i| (i as f32 - 13.0) * 0.37).collect();
+        let weight: Vec<f32> = (0..32).map(|i| 0.5 + i as f32 * 0.03).collect();
+        let mut rows = vec![0f32; 32];
+        rms_norm_rows(&x, &weight, 1e-6, &mut rows, &pool);
+        let mut in_place = x.clone();
+        rms_norm_in_place(&mut in_place, &weight, 1e-6);
+        assert_eq!(rows, in_place);
     }
 
     #[test]

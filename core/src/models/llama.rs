@@ -14,7 +14,8 @@ use crate::gguf::{GgufFile, Value};
 use crate::kv_cache::KvStorage;
 use crate::models::attention::{self, AttentionScratch};
 use crate::models::elementwise::{add_in_place, rms_norm_rows, swiglu_rows};
-use crate::models::SeqChunk;
+use crate::models::stacked::StackedMatrix;
+use crate::models::{check_chunks, SeqChunk};
 use crate::quant::QMatrix;
 use crate::threadpool::ThreadPool;
 use crate::{Error, Result};
@@ -41,7 +42,7 @@ pub struct LlamaConfig {
 }
 
 /// Largest attention head size accepted from a file (real models use 64 to 256).
-const MAX_HEAD_DIM: usize = 1024;
+pub(crate) const MAX_HEAD_DIM: usize = 1024;
 
 impl LlamaConfig {
     fn from_gguf(gguf: &GgufFile) -> Result<Self> {
@@ -135,6 +136,7 @@ impl LlamaConfig {
             n_kv_heads: self.n_kv_heads,
             head_dim: self.head_dim,
             qkv_row_len: self.q_dim() + 2 * self.kv_dim(),
+            scale: 1.0 / (self.head_dim as f32).sqrt(),
         }
     }
 }
@@ -188,7 +190,7 @@ fn refuse_unhonoured_metadata(gguf: &GgufFile, arch: &str, head_dim: usize) -> R
 
 /// llama.cpp reads an absent `rope.scaling.type` as `linear` (so a factor alone scales) and
 /// ignores the factor only when the type is explicitly `none`; any scaling is refused for now.
-fn refuse_rope_scaling(gguf: &GgufFile, arch: &str) -> Result<()> {
+pub(crate) fn refuse_rope_scaling(gguf: &GgufFile, arch: &str) -> Result<()> {
     let type_key = format!("{arch}.rope.scaling.type");
     let factor_key = format!("{arch}.rope.scaling.factor");
     let refuse = |key: &str, value: &Value| {
@@ -239,18 +241,18 @@ fn unused_tensor_message(name: &str) -> String {
     format!("tensor `{name}` is not supported: {why}")
 }
 
-fn load_error(gguf: &GgufFile, message: String) -> Error {
+pub(crate) fn load_error(gguf: &GgufFile, message: String) -> Error {
     Error::model_load(gguf.path(), message)
 }
 
 struct Layer {
     attn_norm: Vec<f32>,
-    /// Wq, Wk and Wv stacked: one matmul gives `[q | k | v]` per row.
-    qkv: QMatrix,
+    /// Wq, Wk and Wv stacked: gives `[q | k | v]` per row (one fused matmul when their types agree).
+    qkv: StackedMatrix,
     attn_output: QMatrix,
     ffn_norm: Vec<f32>,
-    /// Wgate and Wup stacked: one matmul gives `[gate | up]` per row.
-    gate_up: QMatrix,
+    /// Wgate and Wup stacked: gives `[gate | up]` per row.
+    gate_up: StackedMatrix,
     down: QMatrix,
 }
 
@@ -296,11 +298,9 @@ impl LlamaModel {
             matrix(name, 1, c.hidden_size)?.dequantize_row(0, &mut values);
             Ok(values)
         };
-        let stacked = |names: &[String], rows: &[usize], cols: usize| -> Result<QMatrix> {
+        let stacked = |names: &[String], rows: &[usize], cols: usize| -> Result<StackedMatrix> {
             let parts = names.iter().zip(rows).map(|(name, &r)| matrix(name, r, cols)).collect::<Result<Vec<_>>>()?;
-            QMatrix::concat_rows(&parts).ok_or_else(|| {
-                load_error(gguf, format!("tensors {names:?} have different types; one fused matmul needs them alike"))
-            })
+            Ok(StackedMatrix::new(parts))
         };
 
         let token_embedding = matrix("token_embd.weight", c.vocab_size, c.hidden_size)?;
@@ -358,8 +358,8 @@ impl LlamaModel {
     /// Errors: a token id outside the vocabulary (`InvalidRequest`), or chunks and KV storage
     /// that do not fit together (`Internal`: the caller broke the [`SeqChunk`] contract).
     pub fn forward(&self, chunks: &[SeqChunk<'_>], kv: &mut KvStorage, logits: &mut Vec<f32>) -> Result<()> {
-        self.check_inputs(chunks, kv)?;
         let c = &self.config;
+        check_chunks(chunks, kv, c.n_layers, c.kv_dim(), c.vocab_size)?;
         let pool = &*self.pool;
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let s = &mut *scratch;
@@ -376,7 +376,17 @@ impl LlamaModel {
             layer.qkv.matmul(&s.normed, n, &mut s.qkv, pool);
             rotate_queries_and_keys(&mut s.qkv, c, &s.rope_cos, &s.rope_sin);
             store_keys_and_values(&s.qkv, c, l, chunks, kv);
-            attention::attend(&mut s.attention, &geometry, l, chunks, kv, &s.qkv, &mut s.attn, pool);
+            attention::attend(
+                &mut s.attention,
+                &geometry,
+                l,
+                attention::Span::Causal,
+                chunks,
+                kv,
+                &s.qkv,
+                &mut s.attn,
+                pool,
+            );
             layer.attn_output.matmul(&s.attn, n, &mut s.projected, pool);
             add_in_place(&mut s.x, &s.projected);
 
@@ -402,42 +412,6 @@ impl LlamaModel {
         logits.resize(n_logits * c.vocab_size, 0.0);
         if n_logits > 0 {
             self.output.as_ref().unwrap_or(&self.token_embedding).matmul(&s.normed, n_logits, logits, pool);
-        }
-        Ok(())
-    }
-
-    fn check_inputs(&self, chunks: &[SeqChunk<'_>], kv: &KvStorage) -> Result<()> {
-        let c = &self.config;
-        if kv.n_layers != c.n_layers || kv.kv_dim != c.kv_dim() {
-            return Err(Error::Internal(format!(
-                "KV storage has {} layers × {} values, the model needs {} × {}",
-                kv.n_layers,
-                kv.kv_dim,
-                c.n_layers,
-                c.kv_dim()
-            )));
-        }
-        for (i, chunk) in chunks.iter().enumerate() {
-            if chunk.tokens.is_empty() {
-                return Err(Error::Internal(format!("chunk {i} has no tokens")));
-            }
-            if let Some(&bad) = chunk.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-                return Err(Error::invalid(
-                    "prompt",
-                    format!("token id {bad} is outside the vocabulary of {}", c.vocab_size),
-                ));
-            }
-            let end = chunk.start_pos + chunk.tokens.len();
-            let blocks_needed = end.div_ceil(kv.block_size);
-            let table = chunk.block_table.get(..blocks_needed).ok_or_else(|| {
-                Error::Internal(format!(
-                    "chunk {i} reaches position {end} but its block table covers {}",
-                    chunk.block_table.len() * kv.block_size
-                ))
-            })?;
-            if let Some(&bad) = table.iter().find(|&&b| b as usize >= kv.num_blocks) {
-                return Err(Error::Internal(format!("chunk {i} uses block {bad} of {}", kv.num_blocks)));
-            }
         }
         Ok(())
     }

@@ -4,7 +4,16 @@
 pub(crate) mod attention;
 pub mod bert;
 pub(crate) mod elementwise;
+pub mod gemma3;
 pub mod llama;
+pub(crate) mod stacked;
+
+use std::sync::Arc;
+
+use crate::gguf::GgufFile;
+use crate::kv_cache::KvStorage;
+use crate::threadpool::ThreadPool;
+use crate::{Error, Result};
 
 /// The slice of one sequence that a forward step processes.
 ///
@@ -20,4 +29,126 @@ pub struct SeqChunk<'a> {
     pub block_table: &'a [u32],
     /// Compute logits for the last token of this chunk (false for a non-final prefill chunk).
     pub want_logits: bool,
+}
+
+/// A loaded generation model of one of the supported architectures, dispatched on
+/// `general.architecture`.
+#[derive(Debug)]
+pub enum GenerationModel {
+    Llama(llama::LlamaModel),
+    Gemma3(gemma3::Gemma3Model),
+}
+
+/// What the engine needs to know about a model's shape, whatever its architecture.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelShape {
+    /// `general.name`, empty if absent.
+    pub name: String,
+    pub vocab_size: usize,
+    /// The context window the model was trained for.
+    pub context_length: usize,
+    pub n_layers: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl GenerationModel {
+    /// Loads the model of the file's architecture. Errors: an unsupported architecture (named,
+    /// with the supported ones), and every load error of the architecture's own loader.
+    pub fn load(gguf: &GgufFile, pool: Arc<ThreadPool>) -> Result<Self> {
+        match gguf.require_str("general.architecture")? {
+            "gemma3" => Ok(Self::Gemma3(gemma3::Gemma3Model::load(gguf, pool)?)),
+            // The llama loader names the architecture when it is not one it runs.
+            _ => Ok(Self::Llama(llama::LlamaModel::load(gguf, pool)?)),
+        }
+    }
+
+    pub fn shape(&self) -> ModelShape {
+        match self {
+            Self::Llama(m) => {
+                let c = m.config();
+                ModelShape {
+                    name: c.name.clone(),
+                    vocab_size: c.vocab_size,
+                    context_length: c.context_length,
+                    n_layers: c.n_layers,
+                    n_kv_heads: c.n_kv_heads,
+                    head_dim: c.head_dim,
+                }
+            }
+            Self::Gemma3(m) => {
+                let c = m.config();
+                ModelShape {
+                    name: c.name.clone(),
+                    vocab_size: c.vocab_size,
+                    context_length: c.context_length,
+                    n_layers: c.n_layers,
+                    n_kv_heads: c.n_kv_heads,
+                    head_dim: c.head_dim,
+                }
+            }
+        }
+    }
+
+    /// Logits per row of [`Self::forward`]'s output (no allocation: the step loop calls it).
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Self::Llama(m) => m.config().vocab_size,
+            Self::Gemma3(m) => m.config().vocab_size,
+        }
+    }
+
+    /// A KV cache sized for this model: `num_blocks` blocks of `block_size` positions.
+    pub fn new_kv_storage(&self, num_blocks: usize, block_size: usize) -> KvStorage {
+        match self {
+            Self::Llama(m) => m.new_kv_storage(num_blocks, block_size),
+            Self::Gemma3(m) => m.new_kv_storage(num_blocks, block_size),
+        }
+    }
+
+    /// One batched step (see [`llama::LlamaModel::forward`] for the contract).
+    pub fn forward(&self, chunks: &[SeqChunk<'_>], kv: &mut KvStorage, logits: &mut Vec<f32>) -> Result<()> {
+        match self {
+            Self::Llama(m) => m.forward(chunks, kv, logits),
+            Self::Gemma3(m) => m.forward(chunks, kv, logits),
+        }
+    }
+}
+
+/// Checks a step's chunks against the model and its KV storage: token ids inside the
+/// vocabulary (`InvalidRequest`), non-empty chunks, block tables that cover every position and
+/// name existing blocks (`Internal`: the caller broke the [`SeqChunk`] contract).
+pub(crate) fn check_chunks(
+    chunks: &[SeqChunk<'_>],
+    kv: &KvStorage,
+    n_layers: usize,
+    kv_dim: usize,
+    vocab_size: usize,
+) -> Result<()> {
+    if kv.n_layers != n_layers || kv.kv_dim != kv_dim {
+        return Err(Error::Internal(format!(
+            "KV storage has {} layers × {} values, the model needs {n_layers} × {kv_dim}",
+            kv.n_layers, kv.kv_dim
+        )));
+    }
+    for (i, chunk) in chunks.iter().enumerate() {
+        if chunk.tokens.is_empty() {
+            return Err(Error::Internal(format!("chunk {i} has no tokens")));
+        }
+        if let Some(&bad) = chunk.tokens.iter().find(|&&t| t as usize >= vocab_size) {
+            return Err(Error::invalid("prompt", format!("token id {bad} is outside the vocabulary of {vocab_size}")));
+        }
+        let end = chunk.start_pos + chunk.tokens.len();
+        let blocks_needed = end.div_ceil(kv.block_size);
+        let table = chunk.block_table.get(..blocks_needed).ok_or_else(|| {
+            Error::Internal(format!(
+                "chunk {i} reaches position {end} but its block table covers {}",
+                chunk.block_table.len() * kv.block_size
+            ))
+        })?;
+        if let Some(&bad) = table.iter().find(|&&b| b as usize >= kv.num_blocks) {
+            return Err(Error::Internal(format!("chunk {i} uses block {bad} of {}", kv.num_blocks)));
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,615 @@
+//! Gemma 3 text decoder (llama.cpp's "GEMMA3" architecture) with the same batched forward over
+//! the paged KV cache as [`crate::models::llama`].
+//!
+//! Differences from llama, each read from the GGUF and honoured (anything else is refused at
+//! load, naming the key or tensor):
+//! - the token embedding is scaled by `sqrt(hidden_size)`;
+//! - RMS norms before *and after* attention and the FFN (`post_attention_norm`,
+//!   `post_ffw_norm`), and per-head RMS norms on queries and keys (`attn_q_norm`,
+//!   `attn_k_norm`). llama.cpp's converter stores Gemma's `1 + weight` norm scale already
+//!   added, so the weights are used as they are;
+//! - RoPE in NEOX order (pairs `(x[i], x[i + head_dim/2])`), base `rope.freq_base` on global
+//!   layers and `rope.freq_base_swa` (default 10000) on sliding ones;
+//! - interleaved sliding-window layers (`attention.sliding_window` positions, pattern
+//!   `attention.sliding_window_pattern`: a period `n` where every `n`-th layer is global, or
+//!   one bool per layer; llama.cpp's default period is 6) and global layers;
+//! - a GELU (tanh approximation) gated FFN;
+//! - attention scaled by `1/sqrt(head_dim)`, or `1/sqrt(hidden/heads)` for the 62-layer 27B,
+//!   as llama.cpp does (see [`attention_scale`]).
+//!
+//! Batch invariance holds for the same reasons as llama's: every operation is per row or per
+//! (token, head) in a fixed order.
+
+use std::sync::{Arc, Mutex};
+
+use crate::gguf::{GgufFile, Value};
+use crate::kv_cache::KvStorage;
+use crate::models::attention::{self, AttentionScratch, Span};
+use crate::models::elementwise::{add_in_place, geglu_tanh_rows, rms_norm_in_place, rms_norm_rows};
+use crate::models::llama::{load_error, refuse_rope_scaling, MAX_HEAD_DIM};
+use crate::models::stacked::StackedMatrix;
+use crate::models::{check_chunks, SeqChunk};
+use crate::quant::QMatrix;
+use crate::threadpool::ThreadPool;
+use crate::Result;
+
+const ARCHITECTURE: &str = "gemma3";
+
+/// llama.cpp's sliding-window period when the file does not give one: layers `0..5` of every 6
+/// slide, the 6th is global.
+const DEFAULT_SWA_PERIOD: u64 = 6;
+/// llama.cpp's RoPE base of sliding layers when `rope.freq_base_swa` is absent.
+const DEFAULT_SWA_ROPE_BASE: f64 = 10_000.0;
+
+/// Hyperparameters, read from the GGUF `gemma3.*` metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gemma3Config {
+    /// `general.name`, empty if absent.
+    pub name: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn_size: usize,
+    /// RoPE base of global layers.
+    pub rope_theta: f32,
+    /// RoPE base of sliding-window layers.
+    pub rope_theta_swa: f32,
+    pub rms_eps: f32,
+    pub context_length: usize,
+    /// Positions a sliding layer attends to (the query's own included); `None`: no layer slides.
+    pub sliding_window: Option<usize>,
+    /// Per layer: does it use the sliding window?
+    pub sliding_layers: Vec<bool>,
+    /// Attention scores are `q·k · attention_scale` (see [`attention_scale`]).
+    pub attention_scale: f32,
+}
+
+/// Gemma 3 scales attention by `query_pre_attn_scalar^-1/2`, a value the GGUF does not carry:
+/// it is the head size in every released model but the 27B, whose is `hidden / heads`. llama.cpp
+/// recognises the 27B by its 62 layers; so do we, rather than run it silently wrong.
+pub fn attention_scale(n_layers: usize, hidden_size: usize, n_heads: usize, head_dim: usize) -> f32 {
+    const LAYERS_OF_27B: usize = 62;
+    let scalar = if n_layers == LAYERS_OF_27B { hidden_size / n_heads } else { head_dim };
+    1.0 / (scalar as f32).sqrt()
+}
+
+/// `gemma3.*` keys that change the numerics of features this forward does not implement, with
+/// the values that mean "off".
+const MUST_BE_OFF: &[(&str, &[f64], &str)] = &[
+    ("attn_logit_softcapping", &[0.0], "attention logit soft-capping is not implemented"),
+    ("final_logit_softcapping", &[0.0], "final logit soft-capping is not implemented yet"),
+    ("expert_count", &[0.0], "mixture-of-experts layers are not implemented"),
+    ("expert_used_count", &[0.0], "mixture-of-experts layers are not implemented"),
+    ("embedding_scale", &[0.0], "Gemma's embedding scale is sqrt(hidden size); another is not implemented"),
+    ("residual_scale", &[0.0, 1.0], "this scale is not implemented for this architecture"),
+    ("logit_scale", &[0.0, 1.0], "this scale is not implemented for this architecture"),
+    ("attention.scale", &[0.0], "a custom attention scale is not implemented (only 1/sqrt(head size))"),
+    // llama.cpp reads both as RoPE scaling for every architecture.
+    ("rope.scale_linear", &[0.0, 1.0], "RoPE scaling is not implemented yet (only `none`)"),
+    ("rope.scaling.attn_factor", &[0.0, 1.0], "RoPE scaling is not implemented yet (only `none`)"),
+];
+
+/// Sliding-layer head sizes llama.cpp reads (Gemma 4 style); this forward has one head size.
+const SAME_AS_HEAD_SIZE: &[&str] =
+    &["attention.key_length_swa", "attention.value_length_swa", "rope.dimension_count_swa"];
+
+impl Gemma3Config {
+    fn from_gguf(gguf: &GgufFile) -> Result<Self> {
+        let key = |suffix: &str| format!("{ARCHITECTURE}.{suffix}");
+        let usize_key = |suffix: &str| gguf.require_u64(&key(suffix)).map(|v| v as usize);
+        let optional_usize_key = |suffix: &str, default: usize| match gguf.get(&key(suffix)) {
+            None => Ok(default),
+            Some(v) => {
+                v.as_u64().map(|v| v as usize).ok_or_else(|| gguf.wrong_type(&key(suffix), "a non-negative integer", v))
+            }
+        };
+        let float_key = |suffix: &str, default: Option<f64>| match gguf.get(&key(suffix)) {
+            Some(v) => v.as_f64().map(|v| v as f32).ok_or_else(|| gguf.wrong_type(&key(suffix), "a number", v)),
+            None => default
+                .map(|v| v as f32)
+                .ok_or_else(|| load_error(gguf, format!("missing float metadata `{}`", key(suffix)))),
+        };
+        let hidden_size = usize_key("embedding_length")?;
+        let n_layers = usize_key("block_count")?;
+        if n_layers == 0 || hidden_size == 0 {
+            return Err(load_error(
+                gguf,
+                format!("`{}` and `{}` must both be at least 1", key("block_count"), key("embedding_length")),
+            ));
+        }
+        let n_heads = usize_key("attention.head_count")?;
+        let n_kv_heads = optional_usize_key("attention.head_count_kv", n_heads)?;
+        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+            return Err(load_error(gguf, format!("{n_heads} attention heads cannot share {n_kv_heads} KV heads")));
+        }
+        let head_dim = optional_usize_key("attention.key_length", hidden_size / n_heads)?;
+        if head_dim == 0 || head_dim > MAX_HEAD_DIM || !head_dim.is_multiple_of(2) {
+            return Err(load_error(
+                gguf,
+                format!(
+                    "`{}` is {head_dim}; supported head sizes are even, 2..={MAX_HEAD_DIM}",
+                    key("attention.key_length")
+                ),
+            ));
+        }
+        for suffix in SAME_AS_HEAD_SIZE {
+            if optional_usize_key(suffix, head_dim)? != head_dim {
+                return Err(load_error(
+                    gguf,
+                    format!(
+                        "metadata `{}` = {} is not supported: sliding layers must have the head size {head_dim}",
+                        key(suffix),
+                        gguf.get(&key(suffix)).map(Value::describe).unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        let value_dim = optional_usize_key("attention.value_length", head_dim)?;
+        let rope_dims = optional_usize_key("rope.dimension_count", head_dim)?;
+        if value_dim != head_dim || rope_dims != head_dim {
+            return Err(load_error(
+                gguf,
+                format!(
+                    "`{}` = {value_dim} and `{}` = {rope_dims} must equal the key head size {head_dim}",
+                    key("attention.value_length"),
+                    key("rope.dimension_count")
+                ),
+            ));
+        }
+        refuse_must_be_off(gguf)?;
+        refuse_rope_scaling(gguf, ARCHITECTURE)?;
+        if let Some(value) = gguf.get(&key("attention.causal")) {
+            if value.as_bool() != Some(true) {
+                return Err(load_error(
+                    gguf,
+                    format!(
+                        "metadata `{}` = {} is not supported: only causal attention is implemented",
+                        key("attention.causal"),
+                        value.describe()
+                    ),
+                ));
+            }
+        }
+        refuse_unused_tensors(gguf, n_layers)?;
+        let sliding_window = match optional_usize_key("attention.sliding_window", 0)? {
+            0 => None,
+            window => Some(window),
+        };
+        let sliding_layers = match sliding_window {
+            None => vec![false; n_layers],
+            Some(_) => sliding_pattern(gguf, n_layers)?,
+        };
+        let embedding_rows = gguf.tensor_info("token_embd.weight").and_then(|t| t.dims.get(1).copied()).unwrap_or(0);
+        Ok(Self {
+            name: gguf.get("general.name").and_then(|v| v.as_str()).unwrap_or_default().to_string(),
+            vocab_size: optional_usize_key("vocab_size", embedding_rows)?,
+            hidden_size,
+            n_layers,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            ffn_size: usize_key("feed_forward_length")?,
+            rope_theta: float_key("rope.freq_base", Some(10_000.0))?,
+            rope_theta_swa: float_key("rope.freq_base_swa", Some(DEFAULT_SWA_ROPE_BASE))?,
+            rms_eps: float_key("attention.layer_norm_rms_epsilon", None)?,
+            context_length: usize_key("context_length")?,
+            sliding_window,
+            sliding_layers,
+            attention_scale: attention_scale(n_layers, hidden_size, n_heads, head_dim),
+        })
+    }
+
+    fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    fn qkv_row_len(&self) -> usize {
+        self.q_dim() + 2 * self.kv_dim()
+    }
+
+    fn attention_geometry(&self) -> attention::Geometry {
+        attention::Geometry {
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+            qkv_row_len: self.qkv_row_len(),
+            scale: self.attention_scale,
+        }
+    }
+
+    fn span(&self, layer: usize) -> Span {
+        match self.sliding_window {
+            Some(window) if self.sliding_layers[layer] => Span::Window(window),
+            _ => Span::Causal,
+        }
+    }
+}
+
+fn refuse_must_be_off(gguf: &GgufFile) -> Result<()> {
+    for &(suffix, off, why) in MUST_BE_OFF {
+        let key = format!("{ARCHITECTURE}.{suffix}");
+        if let Some(value) = gguf.get(&key) {
+            if !value.as_f64().is_some_and(|v| off.contains(&v)) {
+                return Err(load_error(
+                    gguf,
+                    format!("metadata `{key}` = {} is not supported: {why}", value.describe()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Which layers slide, from `attention.sliding_window_pattern` as llama.cpp reads it: an array
+/// of one bool per layer, or a period `n` (layer `l` slides unless `l % n == n - 1`; 0 means
+/// every layer slides), absent meaning period 6.
+fn sliding_pattern(gguf: &GgufFile, n_layers: usize) -> Result<Vec<bool>> {
+    let key = format!("{ARCHITECTURE}.attention.sliding_window_pattern");
+    let period = match gguf.get(&key) {
+        None => DEFAULT_SWA_PERIOD,
+        Some(Value::Array(values)) => {
+            let flags: Option<Vec<bool>> = values.iter().map(Value::as_bool).collect();
+            return match flags {
+                Some(flags) if flags.len() == n_layers => Ok(flags),
+                _ => Err(gguf.wrong_type(
+                    &key,
+                    &format!("a period or {n_layers} bools (one per layer)"),
+                    &values_of(values),
+                )),
+            };
+        }
+        Some(value) => value.as_u64().ok_or_else(|| gguf.wrong_type(&key, "a period or one bool per layer", value))?,
+    };
+    let period = period as usize;
+    Ok((0..n_layers).map(|l| period == 0 || l % period < period - 1).collect())
+}
+
+fn values_of(values: &[Value]) -> Value {
+    Value::Array(values.to_vec())
+}
+
+/// Tensors the forward reads in every layer (each `blk.N.{name}.weight`).
+const LAYER_TENSORS: &[&str] = &[
+    "attn_norm",
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_q_norm",
+    "attn_k_norm",
+    "attn_output",
+    "post_attention_norm",
+    "ffn_norm",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+    "post_ffw_norm",
+];
+/// Tensors outside the layers (`output.weight` is optional: tied embeddings).
+const MODEL_TENSORS: &[&str] = &["token_embd.weight", "output_norm.weight", "output.weight"];
+
+/// Refuses a file with a tensor the forward would not read (a bias, an embedding model's dense
+/// projection, ...): ignoring a weight would compute wrong outputs.
+fn refuse_unused_tensors(gguf: &GgufFile, n_layers: usize) -> Result<()> {
+    let is_read = |name: &str| {
+        if MODEL_TENSORS.contains(&name) {
+            return true;
+        }
+        let Some(rest) = name.strip_prefix("blk.") else { return false };
+        let Some((layer, tensor)) = rest.split_once('.') else { return false };
+        let in_range = layer.parse::<usize>().is_ok_and(|l| l < n_layers && layer == l.to_string());
+        in_range && tensor.strip_suffix(".weight").is_some_and(|t| LAYER_TENSORS.contains(&t))
+    };
+    match gguf.tensors().iter().find(|t| !is_read(&t.name)) {
+        None => Ok(()),
+        Some(unused) => Err(load_error(
+            gguf,
+            format!(
+                "tensor `{}` is not supported: the gemma3 forward does not use it, and ignoring a weight would compute wrong outputs",
+                unused.name
+            ),
+        )),
+    }
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    /// Wq, Wk and Wv stacked: gives `[q | k | v]` per row.
+    qkv: StackedMatrix,
+    q_norm: Vec<f32>,
+    k_norm: Vec<f32>,
+    attn_output: QMatrix,
+    post_attention_norm: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    /// Wgate and Wup stacked: gives `[gate | up]` per row.
+    gate_up: StackedMatrix,
+    down: QMatrix,
+    post_ffw_norm: Vec<f32>,
+}
+
+/// A loaded Gemma 3 model.
+pub struct Gemma3Model {
+    config: Gemma3Config,
+    token_embedding: QMatrix,
+    /// `sqrt(hidden_size)`, rounded to f32 as llama.cpp does.
+    embedding_scale: f32,
+    layers: Vec<Layer>,
+    output_norm: Vec<f32>,
+    /// `None` when the token embedding doubles as the output head (tied weights).
+    output: Option<QMatrix>,
+    /// `theta^(-2i / head_dim)` for each rotated pair `i`, for global and sliding layers.
+    rope_frequencies_global: Vec<f64>,
+    rope_frequencies_swa: Vec<f64>,
+    pool: Arc<ThreadPool>,
+    scratch: Mutex<Scratch>,
+}
+
+impl std::fmt::Debug for Gemma3Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gemma3Model").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+fn rope_frequencies(theta: f32, head_dim: usize) -> Vec<f64> {
+    (0..head_dim / 2).map(|i| (theta as f64).powf(-2.0 * i as f64 / head_dim as f64)).collect()
+}
+
+impl Gemma3Model {
+    /// Loads weights from an opened GGUF whose architecture is `gemma3`.
+    pub fn load(gguf: &GgufFile, pool: Arc<ThreadPool>) -> Result<Self> {
+        let config = Gemma3Config::from_gguf(gguf)?;
+        let c = &config;
+        let matrix = |name: &str, rows: usize, cols: usize| -> Result<QMatrix> {
+            let m = QMatrix::from_gguf(gguf, name)?;
+            if (m.rows(), m.cols()) != (rows, cols) {
+                return Err(load_error(
+                    gguf,
+                    format!("tensor `{name}` is {}×{}, expected {rows}×{cols}", m.rows(), m.cols()),
+                ));
+            }
+            Ok(m)
+        };
+        let vector = |name: &str, len: usize| -> Result<Vec<f32>> {
+            let mut values = vec![0f32; len];
+            matrix(name, 1, len)?.dequantize_row(0, &mut values);
+            Ok(values)
+        };
+        let stacked = |names: &[String], rows: &[usize], cols: usize| -> Result<StackedMatrix> {
+            let parts = names.iter().zip(rows).map(|(name, &r)| matrix(name, r, cols)).collect::<Result<Vec<_>>>()?;
+            Ok(StackedMatrix::new(parts))
+        };
+
+        let token_embedding = matrix("token_embd.weight", c.vocab_size, c.hidden_size)?;
+        let output = match gguf.tensor_info("output.weight") {
+            Some(_) => Some(matrix("output.weight", c.vocab_size, c.hidden_size)?),
+            None => None,
+        };
+        let layers = (0..c.n_layers)
+            .map(|l| {
+                let name = |suffix: &str| format!("blk.{l}.{suffix}.weight");
+                Ok(Layer {
+                    attn_norm: vector(&name("attn_norm"), c.hidden_size)?,
+                    qkv: stacked(
+                        &[name("attn_q"), name("attn_k"), name("attn_v")],
+                        &[c.q_dim(), c.kv_dim(), c.kv_dim()],
+                        c.hidden_size,
+                    )?,
+                    q_norm: vector(&name("attn_q_norm"), c.head_dim)?,
+                    k_norm: vector(&name("attn_k_norm"), c.head_dim)?,
+                    attn_output: matrix(&name("attn_output"), c.hidden_size, c.q_dim())?,
+                    post_attention_norm: vector(&name("post_attention_norm"), c.hidden_size)?,
+                    ffn_norm: vector(&name("ffn_norm"), c.hidden_size)?,
+                    gate_up: stacked(&[name("ffn_gate"), name("ffn_up")], &[c.ffn_size, c.ffn_size], c.hidden_size)?,
+                    down: matrix(&name("ffn_down"), c.hidden_size, c.ffn_size)?,
+                    post_ffw_norm: vector(&name("post_ffw_norm"), c.hidden_size)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let output_norm = vector("output_norm.weight", c.hidden_size)?;
+        Ok(Self {
+            embedding_scale: (c.hidden_size as f32).sqrt(),
+            rope_frequencies_global: rope_frequencies(c.rope_theta, c.head_dim),
+            rope_frequencies_swa: rope_frequencies(c.rope_theta_swa, c.head_dim),
+            config,
+            token_embedding,
+            layers,
+            output_norm,
+            output,
+            pool,
+            scratch: Mutex::new(Scratch::default()),
+        })
+    }
+
+    /// The hyperparameters.
+    pub fn config(&self) -> &Gemma3Config {
+        &self.config
+    }
+
+    /// A KV cache sized for this model: `num_blocks` blocks of `block_size` positions.
+    ///
+    /// Every layer, sliding or not, keeps every position's K/V: sliding layers only *read*
+    /// the window (see [`Span`]).
+    pub fn new_kv_storage(&self, num_blocks: usize, block_size: usize) -> KvStorage {
+        KvStorage::new(self.config.n_layers, num_blocks, block_size, self.config.n_kv_heads, self.config.head_dim)
+    }
+
+    /// One batched step over all chunks, with the contract of
+    /// [`crate::models::llama::LlamaModel::forward`].
+    pub fn forward(&self, chunks: &[SeqChunk<'_>], kv: &mut KvStorage, logits: &mut Vec<f32>) -> Result<()> {
+        let c = &self.config;
+        check_chunks(chunks, kv, c.n_layers, c.kv_dim(), c.vocab_size)?;
+        let pool = &*self.pool;
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let s = &mut *scratch;
+        s.prepare(chunks, c, &self.rope_frequencies_global, &self.rope_frequencies_swa);
+        let n = s.rows.len();
+        let hidden = c.hidden_size;
+        let geometry = c.attention_geometry();
+
+        for (row, x) in s.rows.iter().zip(s.x.chunks_exact_mut(hidden)) {
+            self.token_embedding.dequantize_row(row.token as usize, x);
+            x.iter_mut().for_each(|v| *v *= self.embedding_scale);
+        }
+        for (l, layer) in self.layers.iter().enumerate() {
+            rms_norm_rows(&s.x, &layer.attn_norm, c.rms_eps, &mut s.normed, pool);
+            layer.qkv.matmul(&s.normed, n, &mut s.qkv, pool);
+            normalize_query_and_key_heads(&mut s.qkv, c, &layer.q_norm, &layer.k_norm);
+            let (cos, sin) = if c.sliding_layers[l] { (&s.cos_swa, &s.sin_swa) } else { (&s.cos, &s.sin) };
+            rotate_neox(&mut s.qkv, c, cos, sin);
+            store_keys_and_values(&s.qkv, c, l, chunks, kv);
+            attention::attend(&mut s.attention, &geometry, l, c.span(l), chunks, kv, &s.qkv, &mut s.attn, pool);
+            layer.attn_output.matmul(&s.attn, n, &mut s.projected, pool);
+            rms_norm_rows(&s.projected, &layer.post_attention_norm, c.rms_eps, &mut s.normed, pool);
+            add_in_place(&mut s.x, &s.normed);
+
+            rms_norm_rows(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.normed, pool);
+            layer.gate_up.matmul(&s.normed, n, &mut s.gate_up, pool);
+            geglu_tanh_rows(&s.gate_up, c.ffn_size, &mut s.ffn_hidden, pool);
+            layer.down.matmul(&s.ffn_hidden, n, &mut s.projected, pool);
+            rms_norm_rows(&s.projected, &layer.post_ffw_norm, c.rms_eps, &mut s.normed, pool);
+            add_in_place(&mut s.x, &s.normed);
+        }
+
+        // Final norm and output head only for the rows whose logits are wanted.
+        s.logit_inputs.clear();
+        let mut first_row = 0;
+        for chunk in chunks {
+            first_row += chunk.tokens.len();
+            if chunk.want_logits {
+                s.logit_inputs.extend_from_slice(&s.x[(first_row - 1) * hidden..][..hidden]);
+            }
+        }
+        let n_logits = s.logit_inputs.len() / hidden;
+        s.normed.resize(n_logits * hidden, 0.0);
+        rms_norm_rows(&s.logit_inputs, &self.output_norm, c.rms_eps, &mut s.normed, pool);
+        logits.resize(n_logits * c.vocab_size, 0.0);
+        if n_logits > 0 {
+            self.output.as_ref().unwrap_or(&self.token_embedding).matmul(&s.normed, n_logits, logits, pool);
+        }
+        Ok(())
+    }
+}
+
+/// Per-step buffers (row-major, one row per token of the step unless noted).
+#[derive(Default)]
+struct Scratch {
+    rows: Vec<RowInfo>,
+    /// The residual stream.
+    x: Vec<f32>,
+    normed: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    /// Output of the attention output projection, then of the down projection.
+    projected: Vec<f32>,
+    gate_up: Vec<f32>,
+    ffn_hidden: Vec<f32>,
+    /// RoPE rotation of each row's position, `head_dim / 2` values per row, for global
+    /// layers and for sliding ones.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    cos_swa: Vec<f32>,
+    sin_swa: Vec<f32>,
+    attention: AttentionScratch,
+    /// Final hidden states of the rows that want logits.
+    logit_inputs: Vec<f32>,
+}
+
+#[derive(Clone, Copy)]
+struct RowInfo {
+    token: u32,
+    position: usize,
+}
+
+impl Scratch {
+    fn prepare(&mut self, chunks: &[SeqChunk<'_>], c: &Gemma3Config, global: &[f64], swa: &[f64]) {
+        self.rows.clear();
+        for chunk in chunks {
+            self.rows.extend(
+                chunk.tokens.iter().enumerate().map(|(i, &token)| RowInfo { token, position: chunk.start_pos + i }),
+            );
+        }
+        self.attention.plan(chunks, &c.attention_geometry());
+        let n = self.rows.len();
+        self.x.resize(n * c.hidden_size, 0.0);
+        self.normed.resize(n * c.hidden_size, 0.0);
+        self.qkv.resize(n * c.qkv_row_len(), 0.0);
+        self.attn.resize(n * c.q_dim(), 0.0);
+        self.projected.resize(n * c.hidden_size, 0.0);
+        self.gate_up.resize(n * 2 * c.ffn_size, 0.0);
+        self.ffn_hidden.resize(n * c.ffn_size, 0.0);
+        fill_rotations(&self.rows, global, &mut self.cos, &mut self.sin);
+        fill_rotations(&self.rows, swa, &mut self.cos_swa, &mut self.sin_swa);
+    }
+}
+
+fn fill_rotations(rows: &[RowInfo], frequencies: &[f64], cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
+    cos.clear();
+    sin.clear();
+    for row in rows {
+        for &frequency in frequencies {
+            let angle = row.position as f64 * frequency;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+}
+
+/// RMS-normalises every query head with `q_norm` and every key head with `k_norm`, in place.
+fn normalize_query_and_key_heads(qkv: &mut [f32], c: &Gemma3Config, q_norm: &[f32], k_norm: &[f32]) {
+    for row in qkv.chunks_exact_mut(c.qkv_row_len()) {
+        let (queries, rest) = row.split_at_mut(c.q_dim());
+        for head in queries.chunks_exact_mut(c.head_dim) {
+            rms_norm_in_place(head, q_norm, c.rms_eps);
+        }
+        for head in rest[..c.kv_dim()].chunks_exact_mut(c.head_dim) {
+            rms_norm_in_place(head, k_norm, c.rms_eps);
+        }
+    }
+}
+
+/// RoPE in ggml's NEOX mode on every query and key head: the pairs `(x[i], x[i + half])`
+/// rotate by `position · theta^(-2i / head_dim)`.
+fn rotate_neox(qkv: &mut [f32], c: &Gemma3Config, cos: &[f32], sin: &[f32]) {
+    let half = c.head_dim / 2;
+    let rows = qkv.chunks_exact_mut(c.qkv_row_len()).zip(cos.chunks_exact(half)).zip(sin.chunks_exact(half));
+    for ((row, cos), sin) in rows {
+        for head in row[..c.q_dim() + c.kv_dim()].chunks_exact_mut(c.head_dim) {
+            let (first, second) = head.split_at_mut(half);
+            for (((a, b), &cos), &sin) in first.iter_mut().zip(second.iter_mut()).zip(cos).zip(sin) {
+                let (x, y) = (*a, *b);
+                *a = x * cos - y * sin;
+                *b = x * sin + y * cos;
+            }
+        }
+    }
+}
+
+/// Stores each row's K and V (as f16) into layer `layer` of the paged cache.
+fn store_keys_and_values(qkv: &[f32], c: &Gemma3Config, layer: usize, chunks: &[SeqChunk<'_>], kv: &mut KvStorage) {
+    let mut rows = qkv.chunks_exact(c.qkv_row_len());
+    for chunk in chunks {
+        for (position, row) in (chunk.start_pos..).zip(rows.by_ref().take(chunk.tokens.len())) {
+            let (key, value) = row[c.q_dim()..].split_at(c.kv_dim());
+            kv.write(layer, chunk.block_table, position, key, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attention_scale;
+
+    #[test]
+    fn attention_scale_is_the_head_size_but_for_the_27b() {
+        // Gemma 3 270M: 18 layers, head size 256.
+        assert_eq!(attention_scale(18, 640, 4, 256), 1.0 / 16.0);
+        // Gemma 3 27B: 62 layers, query_pre_attn_scalar = 5376 / 32 = 168, head size 128.
+        assert_eq!(attention_scale(62, 5376, 32, 128), 1.0 / (168f32).sqrt());
+    }
+}
