@@ -55,6 +55,8 @@ macro_rules! group_kernels {
                 QuantFormat::Q4_0 => by_tile_height!(n, q4, false; group, n_blocks, acts, out),
                 QuantFormat::Q4_1 => by_tile_height!(n, q4, true; group, n_blocks, acts, out),
                 QuantFormat::Q8_0 => by_tile_height!(n, q8; group, n_blocks, acts, out),
+                // No SIMD kernel for this format yet: the portable one (same bits).
+                _ => crate::quant::scalar::group_tile(format, group, n_blocks, acts, out),
             }
         }
 
