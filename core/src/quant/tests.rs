@@ -410,3 +410,43 @@ fn regrouped_formats_survive_concat_across_groups() {
         }
     }
 }
+
+/// The Gemma 3 270M Q4_K_M file (Q4_K, Q5_0, Q6_K, Q8_0 and F32 tensors), where the model
+/// cache keeps it; `None` (the test says it skipped) when it has not been pulled.
+fn gemma3_model() -> Option<std::path::PathBuf> {
+    let cache = std::env::var_os("CORTEXSTREAM_CACHE").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/cortexstream")
+    });
+    Some(cache.join("models/gemma3/gemma-3-270m-q4_k_m.gguf")).filter(|path| path.exists())
+}
+
+/// Every tensor of the real file, dequantized row by row, against gguf-py's dequantization of
+/// it (checksums from `tests/reference/real_tensor_checksums.py`: any value differing in any
+/// bit changes its tensor's checksum).
+#[test]
+fn real_tensors_dequantize_like_gguf_py() {
+    let Some(path) = gemma3_model() else {
+        eprintln!("skipped: the gemma3 model is not in the model cache");
+        return;
+    };
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/quant/gemma-3-270m-q4_k_m.checksums.json");
+    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture).unwrap()).unwrap();
+    let gguf = GgufFile::open(&path).unwrap();
+    assert_eq!(gguf.tensors().len(), expected.as_object().unwrap().len(), "tensor count");
+    for info in gguf.tensors() {
+        let want = &expected[&info.name];
+        let matrix = QMatrix::from_gguf(&gguf, &info.name).unwrap();
+        let mut row = vec![0f32; matrix.cols()];
+        let (mut checksum, mut index) = (0u64, 0u64);
+        for r in 0..matrix.rows() {
+            matrix.dequantize_row(r, &mut row);
+            for v in &row {
+                checksum = checksum.wrapping_add(u64::from(v.to_bits()).wrapping_mul(2 * index + 1));
+                index += 1;
+            }
+        }
+        assert_eq!(index, want["values"].as_u64().unwrap(), "{} values", info.name);
+        assert_eq!(checksum.to_string(), want["checksum"].as_str().unwrap(), "{} ({})", info.name, want["type"]);
+    }
+}
