@@ -8,14 +8,14 @@
 /// Calls `$kernel::<[$flag,] N>(args)` with the tile height `$n` (1..=TILE) as the const `N`:
 /// one instantiation per height, so every loop over a tile's rows is unrolled.
 macro_rules! by_tile_height {
-    ($n:expr, $kernel:ident $(, $flag:expr)?; $($arg:expr),*) => {{
+    ($n:expr, $kernel:ident $(, $flag:expr)*; $($arg:expr),*) => {{
         const _: () = assert!(super::TILE == 4, "by_tile_height! covers tiles of up to 4 rows");
         match $n {
             0 => {}
-            1 => $kernel::<$($flag,)? 1>($($arg),*),
-            2 => $kernel::<$($flag,)? 2>($($arg),*),
-            3 => $kernel::<$($flag,)? 3>($($arg),*),
-            _ => $kernel::<$($flag,)? 4>($($arg),*),
+            1 => $kernel::<$($flag,)* 1>($($arg),*),
+            2 => $kernel::<$($flag,)* 2>($($arg),*),
+            3 => $kernel::<$($flag,)* 3>($($arg),*),
+            _ => $kernel::<$($flag,)* 4>($($arg),*),
         }
     }};
 }
@@ -30,8 +30,17 @@ macro_rules! by_tile_height {
 ///   __m256i`: the same for Q8_0, where `q8_weights` prepares a weight vector once for every
 ///   activation row;
 ///
+/// - `u8_step(__m256i, w, a) -> __m256i`: adds four u8 × i8 products per lane, unsaturated
+///   for weights up to 31 (the 5-bit formats), to 32-bit sums;
+/// - `s8_step(__m256i, magnitudes, w, a) -> __m256i`: the same for signed weights given with
+///   their magnitudes (up to 127), exact;
+///
 /// and has `broadcast4`, `load_f16x8`, `m_at`, `Q8Block`, `QuantFormat`, `LANES` and `TILE`
 /// in scope.
+///
+/// The regrouped formats (`regroup`) follow the portable kernel's epilogues operation for
+/// operation: `Offset` formats like Q4_1 with their scale and min computed per block, `Plain`
+/// like Q8_0. Q2_K has no SIMD kernel yet and runs the portable one (same bits).
 macro_rules! group_kernels {
     ($features:literal) => {
         /// `out[r][j] = weight row j of the group · activation row r` for the `n <= TILE`
@@ -55,8 +64,187 @@ macro_rules! group_kernels {
                 QuantFormat::Q4_0 => by_tile_height!(n, q4, false; group, n_blocks, acts, out),
                 QuantFormat::Q4_1 => by_tile_height!(n, q4, true; group, n_blocks, acts, out),
                 QuantFormat::Q8_0 => by_tile_height!(n, q8; group, n_blocks, acts, out),
+                QuantFormat::Q5_0 => by_tile_height!(n, offset_kernel, MIN_MINUS_16D, true; format, group, n_blocks, acts, out),
+                QuantFormat::Q5_1 => by_tile_height!(n, offset_kernel, MIN_STORED, true; format, group, n_blocks, acts, out),
+                QuantFormat::Q4K => by_tile_height!(n, offset_kernel, MIN_K, false; format, group, n_blocks, acts, out),
+                QuantFormat::Q5K => by_tile_height!(n, offset_kernel, MIN_K, true; format, group, n_blocks, acts, out),
+                QuantFormat::IQ4NL | QuantFormat::IQ4XS => by_tile_height!(n, iq4; format, group, n_blocks, acts, out),
+                QuantFormat::Q6K | QuantFormat::Q3K => by_tile_height!(n, halves; format, group, n_blocks, acts, out),
                 // No SIMD kernel for this format yet: the portable one (same bits).
-                _ => crate::quant::scalar::group_tile(format, group, n_blocks, acts, out),
+                QuantFormat::Q2K => crate::quant::scalar::group_tile(format, group, n_blocks, acts, out),
+            }
+        }
+
+        /// How an `Offset` format's per-block scale `d` and min `m` come from its fields.
+        const MIN_MINUS_16D: u8 = 0; // Q5_0: `m = -16 d`
+        const MIN_STORED: u8 = 1; // Q5_1: `m` stored as f16
+        const MIN_K: u8 = 2; // Q4_K, Q5_K: `d = d_super sc`, `m = -dmin mn`
+
+        /// Eight unsigned bytes at `ptr` as f32.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn load_u8x8(ptr: *const u8) -> __m256 {
+            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(ptr as *const __m128i)))
+        }
+
+        /// Eight signed bytes at `ptr` as i32.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn load_i8x8(ptr: *const u8) -> __m256i {
+            _mm256_cvtepi8_epi32(_mm_loadl_epi64(ptr as *const __m128i))
+        }
+
+        /// The high-bit plane word at `ptr` (bit `k` for byte `k` of a value vector) as 0x10 or
+        /// 0 in each byte.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn high_bits(ptr: *const u8) -> __m256i {
+            let bits = _mm256_set1_epi32((ptr as *const i32).read_unaligned());
+            #[rustfmt::skip]
+            let spread = _mm256_shuffle_epi8(bits, _mm256_setr_epi8(
+                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+            ));
+            let select = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+            let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select);
+            _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+        }
+
+        /// The `Offset` formats: Q5_0, Q5_1, Q4_K, Q5_K (`FIVE`: values have a high-bit plane).
+        #[target_feature(enable = $features)]
+        unsafe fn offset_kernel<const MIN: u8, const FIVE: bool, const N: usize>(
+            format: QuantFormat,
+            group: &[u8],
+            n_blocks: usize,
+            acts: &[Q8Block],
+            out: &mut [[f32; LANES]; TILE],
+        ) {
+            let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
+            let nibble = _mm256_set1_epi8(0x0f);
+            let mut acc = [_mm256_setzero_ps(); N];
+            for b in 0..n_blocks {
+                let block = group.as_ptr().add(b * block_bytes);
+                let d = load_f16x8(block);
+                let (d, m) = match MIN {
+                    MIN_MINUS_16D => (d, _mm256_mul_ps(d, _mm256_set1_ps(-16.0))),
+                    MIN_STORED => (d, load_f16x8(block.add(QuantFormat::AUX_AT))),
+                    _ => {
+                        let negative_dmin = _mm256_xor_ps(load_f16x8(block.add(QuantFormat::AUX_AT)), _mm256_set1_ps(-0.0));
+                        (
+                            _mm256_mul_ps(d, load_u8x8(block.add(format.sc_at(0)))),
+                            _mm256_mul_ps(negative_dmin, load_u8x8(block.add(format.mins_at(0)))),
+                        )
+                    }
+                };
+                let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
+                let mut sums = [q4_start(); N];
+                for pair in 0..4 {
+                    let packed = _mm256_loadu_si256(block.add(values_at + 32 * pair) as *const __m256i);
+                    let mut low = _mm256_and_si256(packed, nibble);
+                    let mut high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
+                    if FIVE {
+                        let plane = block.add(values_at + 128 + 8 * pair);
+                        low = _mm256_or_si256(low, high_bits(plane));
+                        high = _mm256_or_si256(high, high_bits(plane.add(4)));
+                    }
+                    for r in 0..N {
+                        let (a_low, a_high) = (broadcast4(row_acts[r], 2 * pair), broadcast4(row_acts[r], 2 * pair + 1));
+                        sums[r] = if FIVE {
+                            u8_step(u8_step(sums[r], low, a_low), high, a_high)
+                        } else {
+                            q4_step(sums[r], low, high, a_low, a_high)
+                        };
+                    }
+                }
+                for r in 0..N {
+                    let dot = _mm256_cvtepi32_ps(if FIVE { sums[r] } else { q4_sum(sums[r]) });
+                    let offset = _mm256_mul_ps(m, _mm256_set1_ps(row_acts[r].s));
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(row_acts[r].d));
+                    acc[r] = _mm256_add_ps(acc[r], _mm256_fmadd_ps(scale, dot, offset));
+                }
+            }
+            for r in 0..N {
+                _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+            }
+        }
+
+        /// IQ4_NL and IQ4_XS: nibbles index the codebook (`vpshufb`), then the Q8_0 steps.
+        #[target_feature(enable = $features)]
+        unsafe fn iq4<const N: usize>(
+            format: QuantFormat,
+            group: &[u8],
+            n_blocks: usize,
+            acts: &[Q8Block],
+            out: &mut [[f32; LANES]; TILE],
+        ) {
+            let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
+            let nibble = _mm256_set1_epi8(0x0f);
+            let codebook =
+                _mm256_broadcastsi128_si256(_mm_loadu_si128(crate::quant::regroup::IQ4_VALUES.as_ptr() as *const __m128i));
+            let mut acc = [_mm256_setzero_ps(); N];
+            for b in 0..n_blocks {
+                let block = group.as_ptr().add(b * block_bytes);
+                let d = _mm256_mul_ps(load_f16x8(block), _mm256_cvtepi32_ps(load_i8x8(block.add(format.sc_at(0)))));
+                let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
+                let mut sums: [__m256i; N] = std::array::from_fn(|r| q8_start(row_acts[r]));
+                for pair in 0..4 {
+                    let packed = _mm256_loadu_si256(block.add(values_at + 32 * pair) as *const __m256i);
+                    let indices = [_mm256_and_si256(packed, nibble), _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble)];
+                    for (half, index) in indices.into_iter().enumerate() {
+                        let weights = _mm256_shuffle_epi8(codebook, index);
+                        let prepared = q8_weights(weights);
+                        for r in 0..N {
+                            sums[r] = q8_step(sums[r], prepared, weights, broadcast4(row_acts[r], 2 * pair + half));
+                        }
+                    }
+                }
+                for r in 0..N {
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(row_acts[r].d));
+                    acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums[r]), acc[r]);
+                }
+            }
+            for r in 0..N {
+                _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+            }
+        }
+
+        /// Q6_K and Q3_K: signed bytes with an integer scale per 16-weight half.
+        #[target_feature(enable = $features)]
+        unsafe fn halves<const N: usize>(
+            format: QuantFormat,
+            group: &[u8],
+            n_blocks: usize,
+            acts: &[Q8Block],
+            out: &mut [[f32; LANES]; TILE],
+        ) {
+            let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
+            let mut acc = [_mm256_setzero_ps(); N];
+            for b in 0..n_blocks {
+                let block = group.as_ptr().add(b * block_bytes);
+                let d = load_f16x8(block);
+                let scales = [load_i8x8(block.add(format.sc_at(0))), load_i8x8(block.add(format.sc_at(1)))];
+                let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
+                let mut dots = [_mm256_setzero_si256(); N];
+                for (half, scale) in scales.into_iter().enumerate() {
+                    let mut sums = [_mm256_setzero_si256(); N];
+                    for v in 4 * half..4 * half + 4 {
+                        let weights = _mm256_loadu_si256(block.add(values_at + 32 * v) as *const __m256i);
+                        let magnitudes = _mm256_abs_epi8(weights);
+                        for r in 0..N {
+                            sums[r] = s8_step(sums[r], magnitudes, weights, broadcast4(row_acts[r], v));
+                        }
+                    }
+                    for r in 0..N {
+                        dots[r] = _mm256_add_epi32(dots[r], _mm256_mullo_epi32(scale, sums[r]));
+                    }
+                }
+                for r in 0..N {
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(row_acts[r].d));
+                    acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dots[r]), acc[r]);
+                }
+            }
+            for r in 0..N {
+                _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
             }
         }
 
