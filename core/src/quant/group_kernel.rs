@@ -40,7 +40,7 @@ macro_rules! by_tile_height {
 ///
 /// The regrouped formats (`regroup`) follow the portable kernel's epilogues operation for
 /// operation: `Offset` formats like Q4_1 with their scale and min computed per block, `Plain`
-/// like Q8_0. Q2_K has no SIMD kernel yet and runs the portable one (same bits).
+/// like Q8_0, `HalfMins` (Q2_K) with the activations' half sums.
 macro_rules! group_kernels {
     ($features:literal) => {
         /// `out[r][j] = weight row j of the group · activation row r` for the `n <= TILE`
@@ -69,9 +69,9 @@ macro_rules! group_kernels {
                 QuantFormat::Q4K => by_tile_height!(n, offset_kernel, MIN_K, false; format, group, n_blocks, acts, out),
                 QuantFormat::Q5K => by_tile_height!(n, offset_kernel, MIN_K, true; format, group, n_blocks, acts, out),
                 QuantFormat::IQ4NL | QuantFormat::IQ4XS => by_tile_height!(n, iq4; format, group, n_blocks, acts, out),
-                QuantFormat::Q6K | QuantFormat::Q3K => by_tile_height!(n, halves; format, group, n_blocks, acts, out),
-                // No SIMD kernel for this format yet: the portable one (same bits).
-                QuantFormat::Q2K => crate::quant::scalar::group_tile(format, group, n_blocks, acts, out),
+                QuantFormat::Q6K => by_tile_height!(n, halves, 2; format, group, n_blocks, acts, out),
+                QuantFormat::Q3K => by_tile_height!(n, halves, 0; format, group, n_blocks, acts, out),
+                QuantFormat::Q2K => by_tile_height!(n, q2k; format, group, n_blocks, acts, out),
             }
         }
 
@@ -208,9 +208,73 @@ macro_rules! group_kernels {
             }
         }
 
-        /// Q6_K and Q3_K: signed bytes with an integer scale per 16-weight half.
+        /// The nibbles of packed vector `pair` (vectors `2 pair` and `2 pair + 1`) with their
+        /// high-bit planes (`PLANES` of them) added: the stored unsigned values.
         #[target_feature(enable = $features)]
-        unsafe fn halves<const N: usize>(
+        #[inline]
+        unsafe fn unpack_pair<const PLANES: usize>(values: *const u8, pair: usize) -> [__m256i; 2] {
+            let nibble = _mm256_set1_epi8(0x0f);
+            let packed = _mm256_loadu_si256(values.add(32 * pair) as *const __m256i);
+            let mut out = [_mm256_and_si256(packed, nibble), _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble)];
+            for (k, vector) in out.iter_mut().enumerate() {
+                for plane in 0..PLANES {
+                    let bits = high_bits(values.add(128 + 32 * plane + 4 * (2 * pair + k)));
+                    // 0x10 doubled is bit 5.
+                    let bits = if plane == 1 { _mm256_add_epi8(bits, bits) } else { bits };
+                    *vector = _mm256_or_si256(*vector, bits);
+                }
+            }
+            out
+        }
+
+        /// Q6_K (`PLANES == 2`) and Q3_K: signed values (stored plus a bias) with an integer
+        /// scale per 16-weight half.
+        #[target_feature(enable = $features)]
+        unsafe fn halves<const PLANES: usize, const N: usize>(
+            format: QuantFormat,
+            group: &[u8],
+            n_blocks: usize,
+            acts: &[Q8Block],
+            out: &mut [[f32; LANES]; TILE],
+        ) {
+            let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
+            let bias = _mm256_set1_epi8(format.bias() as i8);
+            let mut acc = [_mm256_setzero_ps(); N];
+            for b in 0..n_blocks {
+                let block = group.as_ptr().add(b * block_bytes);
+                let d = load_f16x8(block);
+                let scales = [load_i8x8(block.add(format.sc_at(0))), load_i8x8(block.add(format.sc_at(1)))];
+                let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
+                let mut dots = [_mm256_setzero_si256(); N];
+                for (half, scale) in scales.into_iter().enumerate() {
+                    let mut sums = [_mm256_setzero_si256(); N];
+                    for pair in 2 * half..2 * half + 2 {
+                        for (k, stored) in unpack_pair::<PLANES>(block.add(values_at), pair).into_iter().enumerate() {
+                            let weights = _mm256_sub_epi8(stored, bias);
+                            let magnitudes = _mm256_abs_epi8(weights);
+                            for r in 0..N {
+                                sums[r] = s8_step(sums[r], magnitudes, weights, broadcast4(row_acts[r], 2 * pair + k));
+                            }
+                        }
+                    }
+                    for r in 0..N {
+                        dots[r] = _mm256_add_epi32(dots[r], _mm256_mullo_epi32(scale, sums[r]));
+                    }
+                }
+                for r in 0..N {
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(row_acts[r].d));
+                    acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dots[r]), acc[r]);
+                }
+            }
+            for r in 0..N {
+                _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+            }
+        }
+
+        /// Q2_K: unsigned 2-bit values, integer scales and mins per 16-weight half; the mins
+        /// take the activations' half sums.
+        #[target_feature(enable = $features)]
+        unsafe fn q2k<const N: usize>(
             format: QuantFormat,
             group: &[u8],
             n_blocks: usize,
@@ -222,16 +286,22 @@ macro_rules! group_kernels {
             for b in 0..n_blocks {
                 let block = group.as_ptr().add(b * block_bytes);
                 let d = load_f16x8(block);
+                let m = _mm256_xor_ps(load_f16x8(block.add(QuantFormat::AUX_AT)), _mm256_set1_ps(-0.0));
                 let scales = [load_i8x8(block.add(format.sc_at(0))), load_i8x8(block.add(format.sc_at(1)))];
+                let mins = [
+                    _mm256_cvtepu8_epi32(_mm_loadl_epi64(block.add(format.mins_at(0)) as *const __m128i)),
+                    _mm256_cvtepu8_epi32(_mm_loadl_epi64(block.add(format.mins_at(1)) as *const __m128i)),
+                ];
+                let scales = scales.map(|s| _mm256_and_si256(s, _mm256_set1_epi32(0xff)));
                 let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
                 let mut dots = [_mm256_setzero_si256(); N];
                 for (half, scale) in scales.into_iter().enumerate() {
                     let mut sums = [_mm256_setzero_si256(); N];
-                    for v in 4 * half..4 * half + 4 {
-                        let weights = _mm256_loadu_si256(block.add(values_at + 32 * v) as *const __m256i);
-                        let magnitudes = _mm256_abs_epi8(weights);
-                        for r in 0..N {
-                            sums[r] = s8_step(sums[r], magnitudes, weights, broadcast4(row_acts[r], v));
+                    for pair in 2 * half..2 * half + 2 {
+                        for (k, weights) in unpack_pair::<0>(block.add(values_at), pair).into_iter().enumerate() {
+                            for r in 0..N {
+                                sums[r] = u8_step(sums[r], weights, broadcast4(row_acts[r], 2 * pair + k));
+                            }
                         }
                     }
                     for r in 0..N {
@@ -239,8 +309,15 @@ macro_rules! group_kernels {
                     }
                 }
                 for r in 0..N {
-                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(row_acts[r].d));
-                    acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dots[r]), acc[r]);
+                    let act = row_acts[r];
+                    let low: i32 = act.q[..16].iter().map(|&a| a as i32).sum();
+                    let min_dot = _mm256_add_epi32(
+                        _mm256_mullo_epi32(mins[0], _mm256_set1_epi32(low)),
+                        _mm256_mullo_epi32(mins[1], _mm256_set1_epi32(act.sum - low)),
+                    );
+                    let offset = _mm256_mul_ps(m, _mm256_mul_ps(_mm256_set1_ps(act.d), _mm256_cvtepi32_ps(min_dot)));
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(act.d));
+                    acc[r] = _mm256_add_ps(acc[r], _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dots[r]), offset));
                 }
             }
             for r in 0..N {

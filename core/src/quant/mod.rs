@@ -207,6 +207,13 @@ impl QMatrix {
             .map_err(|message| Error::model_load(gguf.path(), format!("tensor `{name}`: {message}")))
     }
 
+    /// [`QMatrix::from_gguf`] for raw ggml data in row-major order (`rows` rows of `cols`
+    /// values of type `ty`), for benchmarks and tools that make their own weights. The error
+    /// says which type, shape or size is wrong.
+    pub fn from_ggml_bytes(ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> std::result::Result<Self, String> {
+        Self::from_bytes(ty, rows, cols, bytes)
+    }
+
     /// Builds a matrix from raw ggml data in row-major order (`rows` rows of `cols` values).
     fn from_bytes(ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> std::result::Result<Self, String> {
         // `None` for the float types.

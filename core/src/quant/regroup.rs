@@ -15,9 +15,9 @@
 //! d[8]: f16   aux[8]: f16 (dmin or m)   sc[n_sc][8]: u8/i8   mins[n_mins][8]: u8   values
 //! ```
 //!
-//! Values: 4-bit formats use the Q4 nibble packing of `interleaved`; 5-bit formats add a bit
-//! plane (one u32 per 4-weight vector, bit `4 * row + t` the high bit of weight `t`); Q6_K and
-//! Q3_K keep one signed byte per weight in the Q8_0 packing.
+//! Values: the Q4 nibble packing of `interleaved`; 5-bit formats add a bit plane (one u32 per
+//! 4-weight vector, bit `4 * row + t` bit 4 of weight `t`), Q6_K two (bits 4 and 5). Signed
+//! values are stored plus a bias (Q6_K 32, Q3_K 4) and the kernels subtract it.
 //!
 //! How the integer dot products of a 32-weight block turn into a row's sum ([`Epilogue`]), with
 //! `lo`/`hi` the dots of the block's two 16-weight halves and `d_a`, `s_a = d_a Σ a` the
@@ -52,6 +52,8 @@ pub struct RowBlock {
 pub enum Values {
     Nibbles,
     NibblesAndHighBit,
+    /// Q6_K: nibbles plus two bit planes (bits 4 and 5).
+    NibblesAndTwoHighBits,
     Bytes,
 }
 
@@ -72,7 +74,8 @@ impl QuantFormat {
     pub const fn values(self) -> Values {
         match self {
             Self::Q5_0 | Self::Q5_1 | Self::Q5K => Values::NibblesAndHighBit,
-            Self::Q6K | Self::Q3K | Self::Q8_0 => Values::Bytes,
+            Self::Q6K => Values::NibblesAndTwoHighBits,
+            Self::Q8_0 => Values::Bytes,
             _ => Values::Nibbles,
         }
     }
@@ -82,6 +85,15 @@ impl QuantFormat {
             Self::Q2K => Epilogue::HalfMins,
             Self::IQ4NL | Self::IQ4XS | Self::Q6K | Self::Q3K | Self::Q8_0 => Epilogue::Plain,
             _ => Epilogue::Offset,
+        }
+    }
+
+    /// What is added to a signed value to store it unsigned (Q6_K: -32..31, Q3_K: -4..3).
+    pub const fn bias(self) -> u8 {
+        match self {
+            Self::Q6K => 32,
+            Self::Q3K => 4,
+            _ => 0,
         }
     }
 
@@ -101,6 +113,15 @@ impl QuantFormat {
         match self {
             Self::Q4K | Self::Q5K => 1,
             Self::Q2K => 2,
+            _ => 0,
+        }
+    }
+
+    /// Bit planes after the nibbles.
+    pub const fn high_bit_planes(self) -> usize {
+        match self.values() {
+            Values::NibblesAndHighBit => 1,
+            Values::NibblesAndTwoHighBits => 2,
             _ => 0,
         }
     }
@@ -129,6 +150,7 @@ impl QuantFormat {
             + match self.values() {
                 Values::Nibbles => BLOCK * LANES / 2,
                 Values::NibblesAndHighBit => BLOCK * LANES / 2 + BLOCK * LANES / 8,
+                Values::NibblesAndTwoHighBits => BLOCK * LANES / 2 + 2 * BLOCK * LANES / 8,
                 Values::Bytes => BLOCK * LANES,
             }
     }
@@ -298,22 +320,25 @@ pub fn scatter(format: QuantFormat, block: &RowBlock, lane: usize, dst: &mut [u8
                 values[vector * VECTOR + lane * PER_LANE..][..PER_LANE].copy_from_slice(four);
             }
         }
-        Values::Nibbles | Values::NibblesAndHighBit => {
+        Values::Nibbles | Values::NibblesAndHighBit | Values::NibblesAndTwoHighBits => {
+            let q = block.q.map(|q| q.wrapping_add(format.bias()));
             // Packed vector p: weights 8p + t in the low nibbles, 8p + 4 + t in the high ones.
             for packed in 0..BLOCK / (2 * PER_LANE) {
                 for t in 0..PER_LANE {
-                    let low = block.q[2 * PER_LANE * packed + t] & 15;
-                    let high = block.q[2 * PER_LANE * packed + PER_LANE + t] & 15;
+                    let low = q[2 * PER_LANE * packed + t] & 15;
+                    let high = q[2 * PER_LANE * packed + PER_LANE + t] & 15;
                     values[packed * VECTOR + lane * PER_LANE + t] = low | high << 4;
                 }
             }
-            if format.values() == Values::NibblesAndHighBit {
-                let plane = &mut values[BLOCK * LANES / 2..];
+            // Bit plane k holds bit 4 + k of every value.
+            for k in 0..format.high_bit_planes() {
+                let plane = &mut values[BLOCK * LANES / 2 + k * BLOCK * LANES / 8..];
                 for vector in 0..BLOCK / PER_LANE {
                     for t in 0..PER_LANE {
                         let bit = lane * PER_LANE + t;
-                        let high = (block.q[vector * PER_LANE + t] >> 4) & 1;
-                        plane[4 * vector + bit / 8] |= high << (bit % 8);
+                        let high = (q[vector * PER_LANE + t] >> (4 + k)) & 1;
+                        let byte = &mut plane[4 * vector + bit / 8];
+                        *byte = (*byte & !(1 << (bit % 8))) | high << (bit % 8);
                     }
                 }
             }
@@ -336,9 +361,11 @@ pub fn extract(format: QuantFormat, src: &[u8], lane: usize) -> RowBlock {
             Values::Bytes => values[vector * VECTOR + byte],
             _ => (values[vector / 2 * VECTOR + byte] >> (4 * (vector % 2))) & 15,
         };
-        if format.values() == Values::NibblesAndHighBit {
-            *q |= ((values[BLOCK * LANES / 2 + 4 * vector + byte / 8] >> (byte % 8)) & 1) << 4;
+        for k in 0..format.high_bit_planes() {
+            let plane = &values[BLOCK * LANES / 2 + k * BLOCK * LANES / 8..];
+            *q |= ((plane[4 * vector + byte / 8] >> (byte % 8)) & 1) << (4 + k);
         }
+        *q = q.wrapping_sub(format.bias());
     }
     block
 }
