@@ -1,7 +1,9 @@
 //! Quantized weight matrices and the matrix-multiply kernels over them (our own code, no BLAS).
 //!
 //! A [`QMatrix`] holds one GGUF weight matrix, its blocks regrouped at load so eight rows sit
-//! side by side (`interleaved`). [`QMatrix::matmul`] quantizes each activation row to 8 bits
+//! side by side (`interleaved` for Q4_0/Q4_1/Q8_0; `regroup` for Q5_0, Q5_1, Q2_K..Q6_K,
+//! IQ4_NL and IQ4_XS, which all become small integers times a scale plus a min per 32 or 16
+//! weights, dequantizing bit for bit like ggml). F32, F16 and BF16 are widened to f32. [`QMatrix::matmul`] quantizes each activation row to 8 bits
 //! per 32-element block and takes integer dot products against the weight blocks, eight weight
 //! rows per vector: with VNNI or AVX2 on CPUs that have them (chosen at runtime), portable code
 //! otherwise; batches of 8 rows or more go to AMX tiles where the CPU and OS offer them
