@@ -58,7 +58,7 @@ macro_rules! group_kernels {
         ) {
             let n = acts.len() / n_blocks.max(1);
             assert!(
-                group.len() == n_blocks * format.group_block_bytes() && acts.len() == n * n_blocks && n <= TILE
+                group.len() == format.group_bytes(n_blocks) && acts.len() == n * n_blocks && n <= TILE
             );
             match format {
                 QuantFormat::Q4_0 => by_tile_height!(n, q4, false; group, n_blocks, acts, out),
@@ -79,6 +79,13 @@ macro_rules! group_kernels {
         const MIN_MINUS_16D: u8 = 0; // Q5_0: `m = -16 d`
         const MIN_STORED: u8 = 1; // Q5_1: `m` stored as f16
         const MIN_K: u8 = 2; // Q4_K, Q5_K: `d = d_super sc`, `m = -dmin mn`
+
+        /// Block `b`'s eight f16 `d` values (`aux` follows at `AUX_AT`): in the block, or in its
+        /// super-block's header (`regroup`).
+        #[inline]
+        unsafe fn scale_fields(format: QuantFormat, group: &[u8], n_blocks: usize, b: usize) -> *const u8 {
+            group.as_ptr().add(format.scale_fields_at(n_blocks, b))
+        }
 
         /// Eight unsigned bytes at `ptr` as f32.
         #[target_feature(enable = $features)]
@@ -124,12 +131,13 @@ macro_rules! group_kernels {
             let mut acc = [_mm256_setzero_ps(); N];
             for b in 0..n_blocks {
                 let block = group.as_ptr().add(b * block_bytes);
-                let d = load_f16x8(block);
+                let fields = scale_fields(format, group, n_blocks, b);
+                let d = load_f16x8(fields);
                 let (d, m) = match MIN {
                     MIN_MINUS_16D => (d, _mm256_mul_ps(d, _mm256_set1_ps(-16.0))),
-                    MIN_STORED => (d, load_f16x8(block.add(QuantFormat::AUX_AT))),
+                    MIN_STORED => (d, load_f16x8(fields.add(QuantFormat::AUX_AT))),
                     _ => {
-                        let negative_dmin = _mm256_xor_ps(load_f16x8(block.add(QuantFormat::AUX_AT)), _mm256_set1_ps(-0.0));
+                        let negative_dmin = _mm256_xor_ps(load_f16x8(fields.add(QuantFormat::AUX_AT)), _mm256_set1_ps(-0.0));
                         (
                             _mm256_mul_ps(d, load_u8x8(block.add(format.sc_at(0)))),
                             _mm256_mul_ps(negative_dmin, load_u8x8(block.add(format.mins_at(0)))),
@@ -184,7 +192,8 @@ macro_rules! group_kernels {
             let mut acc = [_mm256_setzero_ps(); N];
             for b in 0..n_blocks {
                 let block = group.as_ptr().add(b * block_bytes);
-                let d = _mm256_mul_ps(load_f16x8(block), _mm256_cvtepi32_ps(load_i8x8(block.add(format.sc_at(0)))));
+                let d = load_f16x8(scale_fields(format, group, n_blocks, b));
+                let d = _mm256_mul_ps(d, _mm256_cvtepi32_ps(load_i8x8(block.add(format.sc_at(0)))));
                 let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
                 let mut sums: [__m256i; N] = std::array::from_fn(|r| q8_start(row_acts[r]));
                 for pair in 0..4 {
@@ -242,7 +251,7 @@ macro_rules! group_kernels {
             let mut acc = [_mm256_setzero_ps(); N];
             for b in 0..n_blocks {
                 let block = group.as_ptr().add(b * block_bytes);
-                let d = load_f16x8(block);
+                let d = load_f16x8(scale_fields(format, group, n_blocks, b));
                 let scales = [load_i8x8(block.add(format.sc_at(0))), load_i8x8(block.add(format.sc_at(1)))];
                 let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
                 let mut dots = [_mm256_setzero_si256(); N];
@@ -285,8 +294,9 @@ macro_rules! group_kernels {
             let mut acc = [_mm256_setzero_ps(); N];
             for b in 0..n_blocks {
                 let block = group.as_ptr().add(b * block_bytes);
-                let d = load_f16x8(block);
-                let m = _mm256_xor_ps(load_f16x8(block.add(QuantFormat::AUX_AT)), _mm256_set1_ps(-0.0));
+                let fields = scale_fields(format, group, n_blocks, b);
+                let d = load_f16x8(fields);
+                let m = _mm256_xor_ps(load_f16x8(fields.add(QuantFormat::AUX_AT)), _mm256_set1_ps(-0.0));
                 let scales = [load_i8x8(block.add(format.sc_at(0))), load_i8x8(block.add(format.sc_at(1)))];
                 let mins = [
                     _mm256_cvtepu8_epi32(_mm_loadl_epi64(block.add(format.mins_at(0)) as *const __m128i)),

@@ -319,15 +319,17 @@ impl QMatrix {
                 if parts.iter().any(|p| !matches!(&p.storage, Storage::Quantized { format: f, .. } if f == format)) {
                     return None;
                 }
-                let (n_blocks, group_block) = (first.cols / BLOCK, format.group_block_bytes());
-                let mut blocks = vec![0u8; rows.div_ceil(LANES) * n_blocks * group_block];
+                let n_blocks = first.cols / BLOCK;
+                let group_bytes = format.group_bytes(n_blocks);
+                let mut blocks = vec![0u8; rows.div_ceil(LANES) * group_bytes];
                 let sources = parts.iter().flat_map(|p| (0..p.rows).map(move |row| (p, row)));
                 for (dst_row, (part, src_row)) in sources.enumerate() {
                     let Storage::Quantized { blocks: src, .. } = &part.storage else { return None };
+                    let src_group = &src[src_row / LANES * group_bytes..][..group_bytes];
+                    let dst_group = &mut blocks[dst_row / LANES * group_bytes..][..group_bytes];
                     for b in 0..n_blocks {
-                        let at = |row: usize| ((row / LANES) * n_blocks + b) * group_block;
-                        let block = regroup::extract(*format, &src[at(src_row)..][..group_block], src_row % LANES);
-                        regroup::scatter(*format, &block, dst_row % LANES, &mut blocks[at(dst_row)..][..group_block]);
+                        let block = regroup::extract(*format, src_group, n_blocks, b, src_row % LANES);
+                        regroup::scatter(*format, &block, dst_group, n_blocks, b, dst_row % LANES);
                     }
                 }
                 Storage::Quantized { format: *format, blocks }
@@ -364,10 +366,9 @@ impl QMatrix {
             Storage::Quantized { format, blocks } => {
                 let group = &blocks[row / LANES * self.group_bytes()..][..self.group_bytes()];
                 if format.is_regrouped() {
-                    for (bytes, values) in
-                        group.chunks_exact(format.group_block_bytes()).zip(out.chunks_exact_mut(BLOCK))
-                    {
-                        regroup::dequantize_block(*format, bytes, row % LANES, values);
+                    let n_blocks = self.cols / BLOCK;
+                    for (b, values) in out.chunks_exact_mut(BLOCK).enumerate() {
+                        regroup::dequantize_block(*format, group, n_blocks, b, row % LANES, values);
                     }
                     return;
                 }
@@ -525,7 +526,7 @@ impl QMatrix {
     fn group_bytes(&self) -> usize {
         match &self.storage {
             Storage::Float(_) => 0,
-            Storage::Quantized { format, .. } => self.cols / BLOCK * format.group_block_bytes(),
+            Storage::Quantized { format, .. } => format.group_bytes(self.cols / BLOCK),
         }
     }
 }

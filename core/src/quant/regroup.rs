@@ -9,11 +9,16 @@
 //! [`dequantize_block`] compute the scale and min from them exactly as ggml does (products of
 //! an f16 and a small integer are exact in f32), so our dequantized rows equal ggml's bit for bit.
 //!
-//! Group block of eight rows (row `j`'s fields at `8 * j` bytes (f16: `2 * j`) into each array):
+//! Group block of eight rows (row `j`'s fields at `j` bytes (f16: `2 * j`) into each array):
 //!
 //! ```text
-//! d[8]: f16   aux[8]: f16 (dmin or m)   sc[n_sc][8]: u8/i8   mins[n_mins][8]: u8   values
+//! [d[8]: f16   aux[8]: f16 (dmin or m)]   sc[n_sc][8]: u8/i8   mins[n_mins][8]: u8   values
 //! ```
+//!
+//! The K-quants and IQ4_XS share `d` and `aux` over a 256-weight super-block: those are stored
+//! once per super-block, in headers after the group's blocks (so every block has the same size
+//! and the kernels' block loop stays simple), which keeps Q4_K at 4.625 bits per weight (file:
+//! 4.5) and Q6_K at 6.625 (6.5625).
 //!
 //! Values: the Q4 nibble packing of `interleaved`; 5-bit formats add a bit plane (one u32 per
 //! 4-weight vector, bit `4 * row + t` bit 4 of weight `t`), Q6_K two (bits 4 and 5). Signed
@@ -28,6 +33,9 @@
 
 use super::blocks::{f16_to_f32, QuantFormat, BLOCK};
 use super::interleaved::{LANES, PER_LANE, VECTOR};
+
+/// 32-weight blocks per K-quant super-block.
+pub const SUPER_BLOCK: usize = 8;
 
 /// The IQ4_NL / IQ4_XS codebook (ggml's `kvalues_iq4nl`).
 pub const IQ4_VALUES: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
@@ -126,12 +134,40 @@ impl QuantFormat {
         }
     }
 
-    /// Offset of the eight rows' f16 `aux` values.
+    /// Offset of the eight rows' f16 `aux` values from their `d` values.
     pub const AUX_AT: usize = 2 * LANES;
 
-    /// Offset of the eight rows' sub-scale `k` (k < 2).
+    /// Whether `d` (and `aux`) belong to a 256-weight super-block (the K-quants, IQ4_XS): then
+    /// they are stored once per super-block, in a header after a group's blocks, not per block.
+    pub const fn has_super_header(self) -> bool {
+        matches!(self, Self::Q2K | Self::Q3K | Self::Q4K | Self::Q5K | Self::Q6K | Self::IQ4XS)
+    }
+
+    /// Bytes of the eight rows' f16 `d` (and `aux`) values.
+    const fn scale_fields_bytes(self) -> usize {
+        2 * LANES * (1 + self.has_aux() as usize)
+    }
+
+    /// Bytes of a group (eight rows) of `n_blocks` blocks, super-block headers included.
+    pub const fn group_bytes(self, n_blocks: usize) -> usize {
+        let headers = if self.has_super_header() { n_blocks / SUPER_BLOCK * self.scale_fields_bytes() } else { 0 };
+        n_blocks * self.group_block_bytes() + headers
+    }
+
+    /// Offset within a group of block `b`'s eight f16 `d` values (`aux` follows at
+    /// [`Self::AUX_AT`]): in the block, or in its super-block's header.
+    pub const fn scale_fields_at(self, n_blocks: usize, b: usize) -> usize {
+        if self.has_super_header() {
+            n_blocks * self.group_block_bytes() + b / SUPER_BLOCK * self.scale_fields_bytes()
+        } else {
+            b * self.group_block_bytes()
+        }
+    }
+
+    /// Offset within a group block of the eight rows' sub-scale `k` (k < 2).
     pub const fn sc_at(self, k: usize) -> usize {
-        2 * LANES * (1 + self.has_aux() as usize) + LANES * k
+        let in_block = if self.has_super_header() { 0 } else { self.scale_fields_bytes() };
+        in_block + LANES * k
     }
 
     /// Offset of the eight rows' sub-min `k`.
@@ -290,27 +326,29 @@ pub fn interleave(format: QuantFormat, rows: usize, n_blocks: usize, ggml: &[u8]
     let (per_block, block_bytes) = format.ggml_block();
     let row_bytes = n_blocks * BLOCK / per_block * block_bytes;
     assert_eq!(ggml.len(), rows * row_bytes, "ggml data size");
-    let group_block = format.regrouped_group_block_bytes();
+    let group_bytes = format.group_bytes(n_blocks);
     // Padding rows stay all zero: scale 0 makes their outputs 0, and they are never stored.
-    let mut out = vec![0u8; rows.div_ceil(LANES) * n_blocks * group_block];
+    let mut out = vec![0u8; rows.div_ceil(LANES) * group_bytes];
     let mut blocks = Vec::with_capacity(n_blocks);
     for (row, bytes) in ggml.chunks_exact(row_bytes.max(1)).enumerate().take(rows) {
         blocks.clear();
         bytes.chunks_exact(block_bytes).for_each(|b| decode_ggml_block(format, b, &mut blocks));
-        let (group, lane) = (row / LANES, row % LANES);
+        let group = &mut out[row / LANES * group_bytes..][..group_bytes];
         for (b, block) in blocks.iter().enumerate() {
-            scatter(format, block, lane, &mut out[(group * n_blocks + b) * group_block..][..group_block]);
+            scatter(format, block, group, n_blocks, b, row % LANES);
         }
     }
     out
 }
 
-/// Writes one row's block into lane `lane` of a group block.
-pub fn scatter(format: QuantFormat, block: &RowBlock, lane: usize, dst: &mut [u8]) {
-    dst[2 * lane..][..2].copy_from_slice(&block.d.to_le_bytes());
+/// Writes one row's block `b` into lane `lane` of a group of `n_blocks` blocks.
+pub fn scatter(format: QuantFormat, block: &RowBlock, group: &mut [u8], n_blocks: usize, b: usize, lane: usize) {
+    let fields = format.scale_fields_at(n_blocks, b);
+    group[fields + 2 * lane..][..2].copy_from_slice(&block.d.to_le_bytes());
     if format.has_aux() {
-        dst[QuantFormat::AUX_AT + 2 * lane..][..2].copy_from_slice(&block.aux.to_le_bytes());
+        group[fields + QuantFormat::AUX_AT + 2 * lane..][..2].copy_from_slice(&block.aux.to_le_bytes());
     }
+    let dst = &mut group[b * format.group_block_bytes()..][..format.group_block_bytes()];
     (0..format.scale_count()).for_each(|k| dst[format.sc_at(k) + lane] = block.sc[k]);
     (0..format.min_count()).for_each(|k| dst[format.mins_at(k) + lane] = block.mins[k]);
     let values = &mut dst[format.regrouped_values_offset()..];
@@ -346,12 +384,14 @@ pub fn scatter(format: QuantFormat, block: &RowBlock, lane: usize, dst: &mut [u8
     }
 }
 
-/// Lane `lane` of a group block (the inverse of [`scatter`]).
-pub fn extract(format: QuantFormat, src: &[u8], lane: usize) -> RowBlock {
-    let mut block = RowBlock { d: u16_at(src, 2 * lane), ..Default::default() };
+/// Lane `lane` of block `b` of a group of `n_blocks` blocks (the inverse of [`scatter`]).
+pub fn extract(format: QuantFormat, group: &[u8], n_blocks: usize, b: usize, lane: usize) -> RowBlock {
+    let fields = format.scale_fields_at(n_blocks, b);
+    let mut block = RowBlock { d: u16_at(group, fields + 2 * lane), ..Default::default() };
     if format.has_aux() {
-        block.aux = u16_at(src, QuantFormat::AUX_AT + 2 * lane);
+        block.aux = u16_at(group, fields + QuantFormat::AUX_AT + 2 * lane);
     }
+    let src = &group[b * format.group_block_bytes()..][..format.group_block_bytes()];
     (0..format.scale_count()).for_each(|k| block.sc[k] = src[format.sc_at(k) + lane]);
     (0..format.min_count()).for_each(|k| block.mins[k] = src[format.mins_at(k) + lane]);
     let values = &src[format.regrouped_values_offset()..];
@@ -381,9 +421,10 @@ pub struct Decoded {
     pub q: [i8; BLOCK],
 }
 
-/// Block `lane` of a group block, with its float scale and min computed as the SIMD kernels do.
-pub fn decode(format: QuantFormat, group_block: &[u8], lane: usize) -> Decoded {
-    let block = extract(format, group_block, lane);
+/// Lane `lane` of block `b` of a group, with its float scale and min computed as the SIMD
+/// kernels do.
+pub fn decode(format: QuantFormat, group: &[u8], n_blocks: usize, b: usize, lane: usize) -> Decoded {
+    let block = extract(format, group, n_blocks, b, lane);
     let (d, aux) = (f16_to_f32(block.d), f16_to_f32(block.aux));
     let raw = block.q.map(|q| q as i8);
     let signed = |v: [u8; 2]| v.map(|s| s as i8 as i32);
@@ -411,10 +452,10 @@ pub fn decode(format: QuantFormat, group_block: &[u8], lane: usize) -> Decoded {
     out
 }
 
-/// Block `lane` of a group block as f32, in ggml's order of operations (bit for bit what its
-/// dequantizer gives).
-pub fn dequantize_block(format: QuantFormat, group_block: &[u8], lane: usize, out: &mut [f32]) {
-    let w = decode(format, group_block, lane);
+/// Lane `lane` of block `b` of a group as f32, in ggml's order of operations (bit for bit
+/// what its dequantizer gives).
+pub fn dequantize_block(format: QuantFormat, group: &[u8], n_blocks: usize, b: usize, lane: usize, out: &mut [f32]) {
+    let w = decode(format, group, n_blocks, b, lane);
     for (i, (v, &q)) in out.iter_mut().zip(&w.q).enumerate() {
         let h = i / (BLOCK / 2);
         *v = match format.epilogue() {

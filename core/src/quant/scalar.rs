@@ -45,12 +45,11 @@ fn regrouped_group_tile(
     acts: &[Q8Block],
     out: &mut [[f32; LANES]; TILE],
 ) {
-    let block_bytes = format.group_block_bytes();
     for (act_row, results) in acts.chunks_exact(n_blocks.max(1)).zip(out.iter_mut()) {
         for (lane, result) in results.iter_mut().enumerate() {
             let mut sum = 0f32;
-            for (block, act) in group.chunks_exact(block_bytes).zip(act_row) {
-                let w = regroup::decode(format, block, lane);
+            for (b, act) in act_row.iter().enumerate() {
+                let w = regroup::decode(format, group, n_blocks, b, lane);
                 let [lo, hi] = regroup::half_dots(&w.q, &act.q);
                 let dot = (w.sc[0] * lo + w.sc[1] * hi) as f32;
                 let scale = w.d * act.d;

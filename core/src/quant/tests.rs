@@ -36,7 +36,8 @@ fn f16_scale_offsets(ty: GgmlType) -> &'static [usize] {
     }
 }
 const ROWS: usize = 13;
-const COLS: usize = 256;
+/// Two K-quant super-blocks per row, so their per-super-block scales are told apart.
+const COLS: usize = 512;
 const MAX_M: usize = 64;
 
 /// xorshift64*: deterministic test data without a dependency.
