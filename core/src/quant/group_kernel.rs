@@ -69,8 +69,8 @@ macro_rules! group_kernels {
                 QuantFormat::Q4K => by_tile_height!(n, offset_kernel, MIN_K, false; format, group, n_blocks, acts, out),
                 QuantFormat::Q5K => by_tile_height!(n, offset_kernel, MIN_K, true; format, group, n_blocks, acts, out),
                 QuantFormat::IQ4NL | QuantFormat::IQ4XS => by_tile_height!(n, iq4; format, group, n_blocks, acts, out),
-                QuantFormat::Q6K => by_tile_height!(n, halves, 2; format, group, n_blocks, acts, out),
-                QuantFormat::Q3K => by_tile_height!(n, halves, 0; format, group, n_blocks, acts, out),
+                QuantFormat::Q6K => by_tile_height!(n, halves, true; format, group, n_blocks, acts, out),
+                QuantFormat::Q3K => by_tile_height!(n, halves, false; format, group, n_blocks, acts, out),
                 QuantFormat::Q2K => by_tile_height!(n, q2k; format, group, n_blocks, acts, out),
             }
         }
@@ -217,29 +217,35 @@ macro_rules! group_kernels {
             }
         }
 
-        /// The nibbles of packed vector `pair` (vectors `2 pair` and `2 pair + 1`) with their
-        /// high-bit planes (`PLANES` of them) added: the stored unsigned values.
+        /// The nibbles of packed vector `pair` (vectors `2 pair` and `2 pair + 1`), with bits 4-5
+        /// from the crumb vectors if `CRUMBS` (Q6_K): the stored unsigned values.
         #[target_feature(enable = $features)]
         #[inline]
-        unsafe fn unpack_pair<const PLANES: usize>(values: *const u8, pair: usize) -> [__m256i; 2] {
+        unsafe fn unpack_pair<const CRUMBS: bool>(values: *const u8, pair: usize) -> [__m256i; 2] {
             let nibble = _mm256_set1_epi8(0x0f);
             let packed = _mm256_loadu_si256(values.add(32 * pair) as *const __m256i);
             let mut out = [_mm256_and_si256(packed, nibble), _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble)];
-            for (k, vector) in out.iter_mut().enumerate() {
-                for plane in 0..PLANES {
-                    let bits = high_bits(values.add(128 + 32 * plane + 4 * (2 * pair + k)));
-                    // 0x10 doubled is bit 5.
-                    let bits = if plane == 1 { _mm256_add_epi8(bits, bits) } else { bits };
-                    *vector = _mm256_or_si256(*vector, bits);
-                }
+            if CRUMBS {
+                // Vectors 2 pair, 2 pair + 1 are j = 2 (pair % 2) + k of crumb vector pair / 2:
+                // their bits sit at 2j, 2j + 1 and move to 4, 5 (the mask drops what a 16-bit
+                // shift carries over from the neighbouring byte).
+                let crumbs = _mm256_loadu_si256(values.add(128 + 32 * (pair / 2)) as *const __m256i);
+                let (first, second) = if pair % 2 == 0 {
+                    (_mm256_slli_epi16(crumbs, 4), _mm256_slli_epi16(crumbs, 2))
+                } else {
+                    (crumbs, _mm256_srli_epi16(crumbs, 2))
+                };
+                let mask = _mm256_set1_epi8(0x30);
+                out[0] = _mm256_or_si256(out[0], _mm256_and_si256(first, mask));
+                out[1] = _mm256_or_si256(out[1], _mm256_and_si256(second, mask));
             }
             out
         }
 
-        /// Q6_K (`PLANES == 2`) and Q3_K: signed values (stored plus a bias) with an integer
+        /// Q6_K (`CRUMBS`) and Q3_K: signed values (stored plus a bias) with an integer
         /// scale per 16-weight half.
         #[target_feature(enable = $features)]
-        unsafe fn halves<const PLANES: usize, const N: usize>(
+        unsafe fn halves<const CRUMBS: bool, const N: usize>(
             format: QuantFormat,
             group: &[u8],
             n_blocks: usize,
@@ -258,7 +264,7 @@ macro_rules! group_kernels {
                 for (half, scale) in scales.into_iter().enumerate() {
                     let mut sums = [_mm256_setzero_si256(); N];
                     for pair in 2 * half..2 * half + 2 {
-                        for (k, stored) in unpack_pair::<PLANES>(block.add(values_at), pair).into_iter().enumerate() {
+                        for (k, stored) in unpack_pair::<CRUMBS>(block.add(values_at), pair).into_iter().enumerate() {
                             let weights = _mm256_sub_epi8(stored, bias);
                             let magnitudes = _mm256_abs_epi8(weights);
                             for r in 0..N {
@@ -308,7 +314,7 @@ macro_rules! group_kernels {
                 for (half, scale) in scales.into_iter().enumerate() {
                     let mut sums = [_mm256_setzero_si256(); N];
                     for pair in 2 * half..2 * half + 2 {
-                        for (k, weights) in unpack_pair::<0>(block.add(values_at), pair).into_iter().enumerate() {
+                        for (k, weights) in unpack_pair::<false>(block.add(values_at), pair).into_iter().enumerate() {
                             for r in 0..N {
                                 sums[r] = u8_step(sums[r], weights, broadcast4(row_acts[r], 2 * pair + k));
                             }

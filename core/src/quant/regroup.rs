@@ -21,8 +21,10 @@
 //! 4.5) and Q6_K at 6.625 (6.5625).
 //!
 //! Values: the Q4 nibble packing of `interleaved`; 5-bit formats add a bit plane (one u32 per
-//! 4-weight vector, bit `4 * row + t` bit 4 of weight `t`), Q6_K two (bits 4 and 5). Signed
-//! values are stored plus a bias (Q6_K 32, Q3_K 4) and the kernels subtract it.
+//! 4-weight vector, bit `4 * row + t` bit 4 of weight `t`); Q6_K adds two "crumb" vectors
+//! whose byte `k` holds bits 4-5 of byte `k` of four value vectors (a shift and a mask each,
+//! like ggml's own Q6_K `qh`). Signed values are stored plus a bias (Q6_K 32, Q3_K 4) and the
+//! kernels subtract it.
 //!
 //! How the integer dot products of a 32-weight block turn into a row's sum ([`Epilogue`]), with
 //! `lo`/`hi` the dots of the block's two 16-weight halves and `d_a`, `s_a = d_a Σ a` the
@@ -60,7 +62,7 @@ pub struct RowBlock {
 pub enum Values {
     Nibbles,
     NibblesAndHighBit,
-    /// Q6_K: nibbles plus two bit planes (bits 4 and 5).
+    /// Q6_K: nibbles plus bits 4 and 5 of four vectors in each byte of two crumb vectors.
     NibblesAndTwoHighBits,
     Bytes,
 }
@@ -125,11 +127,10 @@ impl QuantFormat {
         }
     }
 
-    /// Bit planes after the nibbles.
-    pub const fn high_bit_planes(self) -> usize {
+    /// Bit planes after the nibbles (bit 4 of each value).
+    const fn high_bit_planes(self) -> usize {
         match self.values() {
             Values::NibblesAndHighBit => 1,
-            Values::NibblesAndTwoHighBits => 2,
             _ => 0,
         }
     }
@@ -368,7 +369,7 @@ pub fn scatter(format: QuantFormat, block: &RowBlock, group: &mut [u8], n_blocks
                     values[packed * VECTOR + lane * PER_LANE + t] = low | high << 4;
                 }
             }
-            // Bit plane k holds bit 4 + k of every value.
+            // The bit plane holds bit 4 of every value.
             for k in 0..format.high_bit_planes() {
                 let plane = &mut values[BLOCK * LANES / 2 + k * BLOCK * LANES / 8..];
                 for vector in 0..BLOCK / PER_LANE {
@@ -377,6 +378,18 @@ pub fn scatter(format: QuantFormat, block: &RowBlock, group: &mut [u8], n_blocks
                         let high = (q[vector * PER_LANE + t] >> (4 + k)) & 1;
                         let byte = &mut plane[4 * vector + bit / 8];
                         *byte = (*byte & !(1 << (bit % 8))) | high << (bit % 8);
+                    }
+                }
+            }
+            // Crumb vector g, byte k: bits 4-5 of byte k of vector 4g + j in its bits 2j, 2j + 1.
+            if format.values() == Values::NibblesAndTwoHighBits {
+                let crumbs = &mut values[BLOCK * LANES / 2..];
+                for vector in 0..BLOCK / PER_LANE {
+                    let (g, j) = (vector / 4, vector % 4);
+                    for t in 0..PER_LANE {
+                        let high = (q[vector * PER_LANE + t] >> 4) & 3;
+                        let byte = &mut crumbs[g * VECTOR + lane * PER_LANE + t];
+                        *byte = (*byte & !(3 << (2 * j))) | high << (2 * j);
                     }
                 }
             }
@@ -404,6 +417,10 @@ pub fn extract(format: QuantFormat, group: &[u8], n_blocks: usize, b: usize, lan
         for k in 0..format.high_bit_planes() {
             let plane = &values[BLOCK * LANES / 2 + k * BLOCK * LANES / 8..];
             *q |= ((plane[4 * vector + byte / 8] >> (byte % 8)) & 1) << (4 + k);
+        }
+        if format.values() == Values::NibblesAndTwoHighBits {
+            let crumb = values[BLOCK * LANES / 2 + vector / 4 * VECTOR + byte];
+            *q |= ((crumb >> (2 * (vector % 4))) & 3) << 4;
         }
         *q = q.wrapping_sub(format.bias());
     }
