@@ -101,20 +101,22 @@ macro_rules! group_kernels {
             _mm256_cvtepi8_epi32(_mm_loadl_epi64(ptr as *const __m128i))
         }
 
-        /// The high-bit plane word at `ptr` (bit `k` for byte `k` of a value vector) as 0x10 or
-        /// 0 in each byte.
+        /// Bit 4 of value vector `v` from the 5-bit formats' bit vector (bit `v` of each byte),
+        /// as 0x10 or 0 in each byte (the mask drops what a 16-bit shift carries over).
         #[target_feature(enable = $features)]
         #[inline]
-        unsafe fn high_bits(ptr: *const u8) -> __m256i {
-            let bits = _mm256_set1_epi32((ptr as *const i32).read_unaligned());
-            #[rustfmt::skip]
-            let spread = _mm256_shuffle_epi8(bits, _mm256_setr_epi8(
-                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
-                2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
-            ));
-            let select = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-            let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select);
-            _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+        unsafe fn bit4_of(bits: __m256i, v: usize) -> __m256i {
+            let moved = match v {
+                0 => _mm256_slli_epi16(bits, 4),
+                1 => _mm256_slli_epi16(bits, 3),
+                2 => _mm256_slli_epi16(bits, 2),
+                3 => _mm256_slli_epi16(bits, 1),
+                4 => bits,
+                5 => _mm256_srli_epi16(bits, 1),
+                6 => _mm256_srli_epi16(bits, 2),
+                _ => _mm256_srli_epi16(bits, 3),
+            };
+            _mm256_and_si256(moved, _mm256_set1_epi8(0x10))
         }
 
         /// The `Offset` formats: Q5_0, Q5_1, Q4_K, Q5_K (`FIVE`: values have a high-bit plane).
@@ -146,14 +148,18 @@ macro_rules! group_kernels {
                 };
                 let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
                 let mut sums = [q4_start(); N];
+                let bits = if FIVE {
+                    _mm256_loadu_si256(block.add(values_at + 128) as *const __m256i)
+                } else {
+                    _mm256_setzero_si256()
+                };
                 for pair in 0..4 {
                     let packed = _mm256_loadu_si256(block.add(values_at + 32 * pair) as *const __m256i);
                     let mut low = _mm256_and_si256(packed, nibble);
                     let mut high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
                     if FIVE {
-                        let plane = block.add(values_at + 128 + 8 * pair);
-                        low = _mm256_or_si256(low, high_bits(plane));
-                        high = _mm256_or_si256(high, high_bits(plane.add(4)));
+                        low = _mm256_or_si256(low, bit4_of(bits, 2 * pair));
+                        high = _mm256_or_si256(high, bit4_of(bits, 2 * pair + 1));
                     }
                     for r in 0..N {
                         let (a_low, a_high) = (broadcast4(row_acts[r], 2 * pair), broadcast4(row_acts[r], 2 * pair + 1));

@@ -20,10 +20,10 @@
 //! and the kernels' block loop stays simple), which keeps Q4_K at 4.625 bits per weight (file:
 //! 4.5) and Q6_K at 6.625 (6.5625).
 //!
-//! Values: the Q4 nibble packing of `interleaved`; 5-bit formats add a bit plane (one u32 per
-//! 4-weight vector, bit `4 * row + t` bit 4 of weight `t`); Q6_K adds two "crumb" vectors
-//! whose byte `k` holds bits 4-5 of byte `k` of four value vectors (a shift and a mask each,
-//! like ggml's own Q6_K `qh`). Signed values are stored plus a bias (Q6_K 32, Q3_K 4) and the
+//! Values: the Q4 nibble packing of `interleaved`; 5-bit formats add a bit vector whose byte
+//! `k` holds bit 4 of byte `k` of all eight value vectors, Q6_K two "crumb" vectors whose byte
+//! `k` holds bits 4-5 of byte `k` of four value vectors (a shift and a mask per value vector,
+//! like ggml's own Q5_K / Q6_K `qh`). Signed values are stored plus a bias (Q6_K 32, Q3_K 4) and the
 //! kernels subtract it.
 //!
 //! How the integer dot products of a 32-weight block turn into a row's sum ([`Epilogue`]), with
@@ -123,14 +123,6 @@ impl QuantFormat {
         match self {
             Self::Q4K | Self::Q5K => 1,
             Self::Q2K => 2,
-            _ => 0,
-        }
-    }
-
-    /// Bit planes after the nibbles (bit 4 of each value).
-    const fn high_bit_planes(self) -> usize {
-        match self.values() {
-            Values::NibblesAndHighBit => 1,
             _ => 0,
         }
     }
@@ -369,15 +361,14 @@ pub fn scatter(format: QuantFormat, block: &RowBlock, group: &mut [u8], n_blocks
                     values[packed * VECTOR + lane * PER_LANE + t] = low | high << 4;
                 }
             }
-            // The bit plane holds bit 4 of every value.
-            for k in 0..format.high_bit_planes() {
-                let plane = &mut values[BLOCK * LANES / 2 + k * BLOCK * LANES / 8..];
+            // Bit vector, byte k: bit 4 of byte k of value vector v in its bit v.
+            if format.values() == Values::NibblesAndHighBit {
+                let bits = &mut values[BLOCK * LANES / 2..];
                 for vector in 0..BLOCK / PER_LANE {
                     for t in 0..PER_LANE {
-                        let bit = lane * PER_LANE + t;
-                        let high = (q[vector * PER_LANE + t] >> (4 + k)) & 1;
-                        let byte = &mut plane[4 * vector + bit / 8];
-                        *byte = (*byte & !(1 << (bit % 8))) | high << (bit % 8);
+                        let high = (q[vector * PER_LANE + t] >> 4) & 1;
+                        let byte = &mut bits[lane * PER_LANE + t];
+                        *byte = (*byte & !(1 << vector)) | high << vector;
                     }
                 }
             }
@@ -414,9 +405,8 @@ pub fn extract(format: QuantFormat, group: &[u8], n_blocks: usize, b: usize, lan
             Values::Bytes => values[vector * VECTOR + byte],
             _ => (values[vector / 2 * VECTOR + byte] >> (4 * (vector % 2))) & 15,
         };
-        for k in 0..format.high_bit_planes() {
-            let plane = &values[BLOCK * LANES / 2 + k * BLOCK * LANES / 8..];
-            *q |= ((plane[4 * vector + byte / 8] >> (byte % 8)) & 1) << (4 + k);
+        if format.values() == Values::NibblesAndHighBit {
+            *q |= ((values[BLOCK * LANES / 2 + byte] >> vector) & 1) << 4;
         }
         if format.values() == Values::NibblesAndTwoHighBits {
             let crumb = values[BLOCK * LANES / 2 + vector / 4 * VECTOR + byte];
