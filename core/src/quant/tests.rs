@@ -384,29 +384,37 @@ fn dequantized_rows_equal_gguf_py_bit_for_bit() {
 }
 
 #[test]
-fn regrouped_formats_survive_concat_across_groups() {
+fn every_format_survives_concat_across_and_along_groups() {
     let pool = ThreadPool::new(2).expect("start the thread pool");
     let x = random_activations(&mut Rng(21));
     for (t, ty) in quantized_types().enumerate() {
-        // 13-row parts: eight-row groups straddle the parts, so rows move between lanes.
-        let parts: Vec<QMatrix> = (0..3).map(|i| matrix(ty, 700 + 3 * t as u64 + i).0).collect();
-        let stacked = QMatrix::concat_rows(&parts).expect("same format");
-        let (mut row, mut part_row) = (vec![0f32; COLS], vec![0f32; COLS]);
-        for (p, part) in parts.iter().enumerate() {
-            for r in 0..ROWS {
-                stacked.dequantize_row(p * ROWS + r, &mut row);
-                part.dequantize_row(r, &mut part_row);
-                assert_eq!(row, part_row, "{ty:?} part {p} row {r}");
+        // 13-row parts: eight-row groups straddle the parts, so rows move between lanes;
+        // 16-row parts: whole groups (super-block headers included) are appended.
+        for rows in [ROWS, 16] {
+            let part = |i: u64| {
+                let bytes: Vec<u8> =
+                    (0..2).flat_map(|k| random_weight_bytes(ty, &mut Rng(700 + 10 * t as u64 + 2 * i + k))).collect();
+                QMatrix::from_bytes(ty, rows, COLS, &bytes[..bytes.len() / (2 * ROWS) * rows]).unwrap()
+            };
+            let parts: Vec<QMatrix> = (0..3).map(part).collect();
+            let stacked = QMatrix::concat_rows(&parts).expect("same format");
+            let (mut row, mut part_row) = (vec![0f32; COLS], vec![0f32; COLS]);
+            for (p, part) in parts.iter().enumerate() {
+                for r in 0..rows {
+                    stacked.dequantize_row(p * rows + r, &mut row);
+                    part.dequantize_row(r, &mut part_row);
+                    assert_eq!(row, part_row, "{ty:?} {rows}-row part {p} row {r}");
+                }
             }
-        }
-        let m = 3;
-        let mut out = vec![0f32; m * 3 * ROWS];
-        stacked.matmul(&x[..m * COLS], m, &mut out, &pool);
-        for (p, part) in parts.iter().enumerate() {
-            let mut alone = vec![0f32; m * ROWS];
-            part.matmul(&x[..m * COLS], m, &mut alone, &pool);
-            for r in 0..m {
-                assert_eq!(out[r * 3 * ROWS + p * ROWS..][..ROWS], alone[r * ROWS..][..ROWS], "{ty:?} part {p}");
+            let m = 3;
+            let mut out = vec![0f32; m * 3 * rows];
+            stacked.matmul(&x[..m * COLS], m, &mut out, &pool);
+            for (p, part) in parts.iter().enumerate() {
+                let mut alone = vec![0f32; m * rows];
+                part.matmul(&x[..m * COLS], m, &mut alone, &pool);
+                for r in 0..m {
+                    assert_eq!(out[r * 3 * rows + p * rows..][..rows], alone[r * rows..][..rows], "{ty:?} part {p}");
+                }
             }
         }
     }
