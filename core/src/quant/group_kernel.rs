@@ -68,7 +68,8 @@ macro_rules! group_kernels {
                 QuantFormat::Q5_1 => by_tile_height!(n, offset_kernel, MIN_STORED, true; format, group, n_blocks, acts, out),
                 QuantFormat::Q4K => by_tile_height!(n, offset_kernel, MIN_K, false; format, group, n_blocks, acts, out),
                 QuantFormat::Q5K => by_tile_height!(n, offset_kernel, MIN_K, true; format, group, n_blocks, acts, out),
-                QuantFormat::IQ4NL | QuantFormat::IQ4XS => by_tile_height!(n, iq4; format, group, n_blocks, acts, out),
+                QuantFormat::IQ4NL => by_tile_height!(n, iq4, false; format, group, n_blocks, acts, out),
+                QuantFormat::IQ4XS => by_tile_height!(n, iq4, true; format, group, n_blocks, acts, out),
                 QuantFormat::Q6K => by_tile_height!(n, halves, true; format, group, n_blocks, acts, out),
                 QuantFormat::Q3K => by_tile_height!(n, halves, false; format, group, n_blocks, acts, out),
                 QuantFormat::Q2K => by_tile_height!(n, q2k; format, group, n_blocks, acts, out),
@@ -182,9 +183,10 @@ macro_rules! group_kernels {
             }
         }
 
-        /// IQ4_NL and IQ4_XS: nibbles index the codebook (`vpshufb`), then the Q8_0 steps.
+        /// IQ4_NL and IQ4_XS (`SCALED`: a sub-scale per block): nibbles index the codebook
+        /// (`vpshufb`), then the Q8_0 steps.
         #[target_feature(enable = $features)]
-        unsafe fn iq4<const N: usize>(
+        unsafe fn iq4<const SCALED: bool, const N: usize>(
             format: QuantFormat,
             group: &[u8],
             n_blocks: usize,
@@ -199,7 +201,7 @@ macro_rules! group_kernels {
             for b in 0..n_blocks {
                 let block = group.as_ptr().add(b * block_bytes);
                 let d = load_f16x8(scale_fields(format, group, n_blocks, b));
-                let d = _mm256_mul_ps(d, _mm256_cvtepi32_ps(load_i8x8(block.add(format.sc_at(0)))));
+                let d = if SCALED { _mm256_mul_ps(d, _mm256_cvtepi32_ps(load_i8x8(block.add(format.sc_at(0))))) } else { d };
                 let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
                 let mut sums: [__m256i; N] = std::array::from_fn(|r| q8_start(row_acts[r]));
                 for pair in 0..4 {

@@ -49,7 +49,7 @@ pub struct RowBlock {
     pub d: u16,
     /// f16 bits of the K-quants' `dmin` or Q5_1's `m`.
     pub aux: u16,
-    /// Integer sub-scales: one per block (Q4_K, Q5_K, IQ4) or per 16-weight half.
+    /// Integer sub-scales: one per block (Q4_K, Q5_K, IQ4_XS) or per 16-weight half.
     pub sc: [u8; 2],
     /// Integer sub-mins, like `sc` (Q4_K, Q5_K: one; Q2_K: two).
     pub mins: [u8; 2],
@@ -113,7 +113,7 @@ impl QuantFormat {
 
     const fn scale_count(self) -> usize {
         match self {
-            Self::Q4K | Self::Q5K | Self::IQ4NL | Self::IQ4XS => 1,
+            Self::Q4K | Self::Q5K | Self::IQ4XS => 1,
             Self::Q6K | Self::Q3K | Self::Q2K => 2,
             _ => 0,
         }
@@ -221,12 +221,9 @@ pub fn decode_ggml_block(format: QuantFormat, bytes: &[u8], out: &mut Vec<RowBlo
             });
             out.push(RowBlock { d: u16_at(bytes, 0), aux, sc: [0; 2], mins: [0; 2], q });
         }
-        QuantFormat::IQ4NL => out.push(RowBlock {
-            d: u16_at(bytes, 0),
-            sc: [1; 2],
-            q: nibbles_low_then_high(&bytes[2..18]),
-            ..Default::default()
-        }),
+        QuantFormat::IQ4NL => {
+            out.push(RowBlock { d: u16_at(bytes, 0), q: nibbles_low_then_high(&bytes[2..18]), ..Default::default() })
+        }
         QuantFormat::IQ4XS => {
             let (d, scales_h, scales_l) = (u16_at(bytes, 0), u16_at(bytes, 2), &bytes[4..8]);
             for ib in 0..8 {
@@ -444,7 +441,8 @@ pub fn decode(format: QuantFormat, group: &[u8], n_blocks: usize, b: usize, lane
             out.d = d * block.sc[0] as f32;
             out.m = -aux * block.mins[0] as f32;
         }
-        QuantFormat::IQ4NL | QuantFormat::IQ4XS => {
+        QuantFormat::IQ4NL => out.q = block.q.map(|q| IQ4_VALUES[q as usize & 15]),
+        QuantFormat::IQ4XS => {
             out.d = d * block.sc[0] as i8 as f32;
             out.q = block.q.map(|q| IQ4_VALUES[q as usize & 15]);
         }
