@@ -70,8 +70,8 @@ macro_rules! group_kernels {
                 QuantFormat::Q5K => by_tile_height!(n, offset_kernel, MIN_K, true; format, group, n_blocks, acts, out),
                 QuantFormat::IQ4NL => by_tile_height!(n, iq4, false; format, group, n_blocks, acts, out),
                 QuantFormat::IQ4XS => by_tile_height!(n, iq4, true; format, group, n_blocks, acts, out),
-                QuantFormat::Q6K => by_tile_height!(n, halves, true; format, group, n_blocks, acts, out),
-                QuantFormat::Q3K => by_tile_height!(n, halves, false; format, group, n_blocks, acts, out),
+                QuantFormat::Q6K => by_tile_height!(n, halves, PACK_NIBBLES_CRUMBS; format, group, n_blocks, acts, out),
+                QuantFormat::Q3K => by_tile_height!(n, halves, PACK_CRUMBS_BIT; format, group, n_blocks, acts, out),
                 QuantFormat::Q2K => by_tile_height!(n, q2k; format, group, n_blocks, acts, out),
             }
         }
@@ -102,22 +102,39 @@ macro_rules! group_kernels {
             _mm256_cvtepi8_epi32(_mm_loadl_epi64(ptr as *const __m128i))
         }
 
-        /// Bit 4 of value vector `v` from the 5-bit formats' bit vector (bit `v` of each byte),
-        /// as 0x10 or 0 in each byte (the mask drops what a 16-bit shift carries over).
+        /// Bit `v` of each byte of a bit vector (the 5-bit formats' bit 4, Q3_K's bit 2) moved
+        /// to bit `TO` (the mask drops what a 16-bit shift carries over).
         #[target_feature(enable = $features)]
         #[inline]
-        unsafe fn bit4_of(bits: __m256i, v: usize) -> __m256i {
-            let moved = match v {
-                0 => _mm256_slli_epi16(bits, 4),
-                1 => _mm256_slli_epi16(bits, 3),
+        unsafe fn bit_at<const TO: i32>(bits: __m256i, v: usize) -> __m256i {
+            let moved = match TO - v as i32 {
+                4 => _mm256_slli_epi16(bits, 4),
+                3 => _mm256_slli_epi16(bits, 3),
                 2 => _mm256_slli_epi16(bits, 2),
-                3 => _mm256_slli_epi16(bits, 1),
-                4 => bits,
-                5 => _mm256_srli_epi16(bits, 1),
-                6 => _mm256_srli_epi16(bits, 2),
-                _ => _mm256_srli_epi16(bits, 3),
+                1 => _mm256_slli_epi16(bits, 1),
+                0 => bits,
+                -1 => _mm256_srli_epi16(bits, 1),
+                -2 => _mm256_srli_epi16(bits, 2),
+                -3 => _mm256_srli_epi16(bits, 3),
+                -4 => _mm256_srli_epi16(bits, 4),
+                _ => _mm256_srli_epi16(bits, 5),
             };
-            _mm256_and_si256(moved, _mm256_set1_epi8(0x10))
+            _mm256_and_si256(moved, _mm256_set1_epi8(1 << TO))
+        }
+
+        /// Bits `2j`, `2j + 1` of each byte of a crumb vector moved to bits `TO`, `TO + 1`.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn crumb_at<const TO: i32>(crumbs: __m256i, j: usize) -> __m256i {
+            let moved = match TO - 2 * j as i32 {
+                4 => _mm256_slli_epi16(crumbs, 4),
+                2 => _mm256_slli_epi16(crumbs, 2),
+                0 => crumbs,
+                -2 => _mm256_srli_epi16(crumbs, 2),
+                -4 => _mm256_srli_epi16(crumbs, 4),
+                _ => _mm256_srli_epi16(crumbs, 6),
+            };
+            _mm256_and_si256(moved, _mm256_set1_epi8(3 << TO))
         }
 
         /// The `Offset` formats: Q5_0, Q5_1, Q4_K, Q5_K (`FIVE`: values have a high-bit plane).
@@ -159,8 +176,8 @@ macro_rules! group_kernels {
                     let mut low = _mm256_and_si256(packed, nibble);
                     let mut high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
                     if FIVE {
-                        low = _mm256_or_si256(low, bit4_of(bits, 2 * pair));
-                        high = _mm256_or_si256(high, bit4_of(bits, 2 * pair + 1));
+                        low = _mm256_or_si256(low, bit_at::<4>(bits, 2 * pair));
+                        high = _mm256_or_si256(high, bit_at::<4>(bits, 2 * pair + 1));
                     }
                     for r in 0..N {
                         let (a_low, a_high) = (broadcast4(row_acts[r], 2 * pair), broadcast4(row_acts[r], 2 * pair + 1));
@@ -225,35 +242,38 @@ macro_rules! group_kernels {
             }
         }
 
-        /// The nibbles of packed vector `pair` (vectors `2 pair` and `2 pair + 1`), with bits 4-5
-        /// from the crumb vectors if `CRUMBS` (Q6_K): the stored unsigned values.
+        /// How a kernel's values are packed (`regroup::Values`).
+        const PACK_NIBBLES_CRUMBS: u8 = 1; // Q6_K
+        const PACK_CRUMBS: u8 = 2; // Q2_K
+        const PACK_CRUMBS_BIT: u8 = 3; // Q3_K
+
+        /// The stored unsigned values of vectors `2 pair` and `2 pair + 1` of a block.
         #[target_feature(enable = $features)]
         #[inline]
-        unsafe fn unpack_pair<const CRUMBS: bool>(values: *const u8, pair: usize) -> [__m256i; 2] {
-            let nibble = _mm256_set1_epi8(0x0f);
-            let packed = _mm256_loadu_si256(values.add(32 * pair) as *const __m256i);
-            let mut out = [_mm256_and_si256(packed, nibble), _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble)];
-            if CRUMBS {
-                // Vectors 2 pair, 2 pair + 1 are j = 2 (pair % 2) + k of crumb vector pair / 2:
-                // their bits sit at 2j, 2j + 1 and move to 4, 5 (the mask drops what a 16-bit
-                // shift carries over from the neighbouring byte).
+        unsafe fn unpack_pair<const PACK: u8>(values: *const u8, pair: usize) -> [__m256i; 2] {
+            // No closures here: they need not inherit this function's CPU features.
+            let (first, second) = (2 * pair, 2 * pair + 1);
+            if PACK == PACK_NIBBLES_CRUMBS {
+                let nibble = _mm256_set1_epi8(0x0f);
+                let packed = _mm256_loadu_si256(values.add(32 * pair) as *const __m256i);
                 let crumbs = _mm256_loadu_si256(values.add(128 + 32 * (pair / 2)) as *const __m256i);
-                let (first, second) = if pair % 2 == 0 {
-                    (_mm256_slli_epi16(crumbs, 4), _mm256_slli_epi16(crumbs, 2))
-                } else {
-                    (crumbs, _mm256_srli_epi16(crumbs, 2))
-                };
-                let mask = _mm256_set1_epi8(0x30);
-                out[0] = _mm256_or_si256(out[0], _mm256_and_si256(first, mask));
-                out[1] = _mm256_or_si256(out[1], _mm256_and_si256(second, mask));
+                let low = _mm256_or_si256(_mm256_and_si256(packed, nibble), crumb_at::<4>(crumbs, first % 4));
+                let high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
+                return [low, _mm256_or_si256(high, crumb_at::<4>(crumbs, second % 4))];
             }
-            out
+            let crumbs = _mm256_loadu_si256(values.add(32 * (pair / 2)) as *const __m256i);
+            let (low, high) = (crumb_at::<0>(crumbs, first % 4), crumb_at::<0>(crumbs, second % 4));
+            if PACK == PACK_CRUMBS {
+                return [low, high];
+            }
+            let bits = _mm256_loadu_si256(values.add(64) as *const __m256i);
+            [_mm256_or_si256(low, bit_at::<2>(bits, first)), _mm256_or_si256(high, bit_at::<2>(bits, second))]
         }
 
-        /// Q6_K (`CRUMBS`) and Q3_K: signed values (stored plus a bias) with an integer
+        /// Q6_K and Q3_K: signed values (stored plus a bias) with an integer
         /// scale per 16-weight half.
         #[target_feature(enable = $features)]
-        unsafe fn halves<const CRUMBS: bool, const N: usize>(
+        unsafe fn halves<const PACK: u8, const N: usize>(
             format: QuantFormat,
             group: &[u8],
             n_blocks: usize,
@@ -272,7 +292,7 @@ macro_rules! group_kernels {
                 for (half, scale) in scales.into_iter().enumerate() {
                     let mut sums = [_mm256_setzero_si256(); N];
                     for pair in 2 * half..2 * half + 2 {
-                        for (k, stored) in unpack_pair::<CRUMBS>(block.add(values_at), pair).into_iter().enumerate() {
+                        for (k, stored) in unpack_pair::<PACK>(block.add(values_at), pair).into_iter().enumerate() {
                             let weights = _mm256_sub_epi8(stored, bias);
                             let magnitudes = _mm256_abs_epi8(weights);
                             for r in 0..N {
@@ -322,7 +342,7 @@ macro_rules! group_kernels {
                 for (half, scale) in scales.into_iter().enumerate() {
                     let mut sums = [_mm256_setzero_si256(); N];
                     for pair in 2 * half..2 * half + 2 {
-                        for (k, weights) in unpack_pair::<false>(block.add(values_at), pair).into_iter().enumerate() {
+                        for (k, weights) in unpack_pair::<PACK_CRUMBS>(block.add(values_at), pair).into_iter().enumerate() {
                             for r in 0..N {
                                 sums[r] = u8_step(sums[r], weights, broadcast4(row_acts[r], 2 * pair + k));
                             }

@@ -23,8 +23,9 @@
 //! Values: the Q4 nibble packing of `interleaved`; 5-bit formats add a bit vector whose byte
 //! `k` holds bit 4 of byte `k` of all eight value vectors, Q6_K two "crumb" vectors whose byte
 //! `k` holds bits 4-5 of byte `k` of four value vectors (a shift and a mask per value vector,
-//! like ggml's own Q5_K / Q6_K `qh`). Signed values are stored plus a bias (Q6_K 32, Q3_K 4) and the
-//! kernels subtract it.
+//! like ggml's own Q5_K / Q6_K `qh`). Q2_K keeps only crumb vectors (2 bits), Q3_K crumbs and a
+//! bit vector (3 bits). Signed values are stored plus a bias (Q6_K 32, Q3_K 4) and the kernels
+//! subtract it.
 //!
 //! How the integer dot products of a 32-weight block turn into a row's sum ([`Epilogue`]), with
 //! `lo`/`hi` the dots of the block's two 16-weight halves and `d_a`, `s_a = d_a Σ a` the
@@ -64,6 +65,10 @@ pub enum Values {
     NibblesAndHighBit,
     /// Q6_K: nibbles plus bits 4 and 5 of four vectors in each byte of two crumb vectors.
     NibblesAndTwoHighBits,
+    /// Q2_K: two crumb vectors only (2-bit values).
+    Crumbs,
+    /// Q3_K: crumbs (bits 0-1) and a bit vector (bit 2).
+    CrumbsAndBit,
     Bytes,
 }
 
@@ -85,6 +90,8 @@ impl QuantFormat {
         match self {
             Self::Q5_0 | Self::Q5_1 | Self::Q5K => Values::NibblesAndHighBit,
             Self::Q6K => Values::NibblesAndTwoHighBits,
+            Self::Q2K => Values::Crumbs,
+            Self::Q3K => Values::CrumbsAndBit,
             Self::Q8_0 => Values::Bytes,
             _ => Values::Nibbles,
         }
@@ -181,6 +188,8 @@ impl QuantFormat {
                 Values::NibblesAndHighBit => BLOCK * LANES / 2 + BLOCK * LANES / 8,
                 Values::NibblesAndTwoHighBits => BLOCK * LANES / 2 + 2 * BLOCK * LANES / 8,
                 Values::Bytes => BLOCK * LANES,
+                Values::Crumbs => BLOCK * LANES / 4,
+                Values::CrumbsAndBit => BLOCK * LANES / 4 + BLOCK * LANES / 8,
             }
     }
 
@@ -348,6 +357,23 @@ pub fn scatter(format: QuantFormat, block: &RowBlock, group: &mut [u8], n_blocks
                 values[vector * VECTOR + lane * PER_LANE..][..PER_LANE].copy_from_slice(four);
             }
         }
+        Values::Crumbs | Values::CrumbsAndBit => {
+            let q = block.q.map(|q| q.wrapping_add(format.bias()));
+            // Crumb vector g, byte k: bits 0-1 of byte k of vector 4g + j in its bits 2j, 2j + 1;
+            // then (Q3_K) the bit vector: bit 2 of byte k of vector v in bit v of byte k.
+            for vector in 0..BLOCK / PER_LANE {
+                let (g, j) = (vector / 4, vector % 4);
+                for t in 0..PER_LANE {
+                    let (value, byte) = (q[vector * PER_LANE + t], lane * PER_LANE + t);
+                    let crumb = &mut values[g * VECTOR + byte];
+                    *crumb = (*crumb & !(3 << (2 * j))) | (value & 3) << (2 * j);
+                    if format.values() == Values::CrumbsAndBit {
+                        let bits = &mut values[BLOCK * LANES / 4 + byte];
+                        *bits = (*bits & !(1 << vector)) | ((value >> 2) & 1) << vector;
+                    }
+                }
+            }
+        }
         Values::Nibbles | Values::NibblesAndHighBit | Values::NibblesAndTwoHighBits => {
             let q = block.q.map(|q| q.wrapping_add(format.bias()));
             // Packed vector p: weights 8p + t in the low nibbles, 8p + 4 + t in the high ones.
@@ -400,6 +426,11 @@ pub fn extract(format: QuantFormat, group: &[u8], n_blocks: usize, b: usize, lan
         let (vector, byte) = (i / PER_LANE, lane * PER_LANE + i % PER_LANE);
         *q = match format.values() {
             Values::Bytes => values[vector * VECTOR + byte],
+            Values::Crumbs => (values[vector / 4 * VECTOR + byte] >> (2 * (vector % 4))) & 3,
+            Values::CrumbsAndBit => {
+                let low = (values[vector / 4 * VECTOR + byte] >> (2 * (vector % 4))) & 3;
+                low | ((values[BLOCK * LANES / 4 + byte] >> vector) & 1) << 2
+            }
             _ => (values[vector / 2 * VECTOR + byte] >> (4 * (vector % 2))) & 15,
         };
         if format.values() == Values::NibblesAndHighBit {
