@@ -459,3 +459,19 @@ fn real_tensors_dequantize_like_gguf_py() {
         assert_eq!(checksum.to_string(), want["checksum"].as_str().unwrap(), "{} ({})", info.name, want["type"]);
     }
 }
+
+/// Decode reads every weight once per token, so the regrouped layout must stay close to the
+/// file's bits per weight: at most 1.2x (Q2_K's 3.125 vs 2.625 is the largest ratio; the rest
+/// are within 3%), and never the 8 bits of a widened 4-bit format.
+#[test]
+fn quantized_weights_stay_close_to_their_file_size() {
+    for (t, ty) in quantized_types().enumerate() {
+        let bytes: Vec<u8> = (0..2).flat_map(|k| random_weight_bytes(ty, &mut Rng(900 + 2 * t as u64 + k))).collect();
+        let rows = 16; // whole groups: no padding rows
+        let file = &bytes[..bytes.len() / (2 * ROWS) * rows];
+        let matrix = QMatrix::from_bytes(ty, rows, COLS, file).unwrap();
+        let Storage::Quantized { blocks, .. } = &matrix.storage else { panic!("{ty:?} is quantized") };
+        let ratio = blocks.len() as f64 / file.len() as f64;
+        assert!(ratio <= 1.2, "{ty:?}: {} bytes in memory for {} in the file", blocks.len(), file.len());
+    }
+}
