@@ -17,8 +17,9 @@
 //!
 //! The K-quants and IQ4_XS share `d` and `aux` over a 256-weight super-block: those are stored
 //! once per super-block, in headers after the group's blocks (so every block has the same size
-//! and the kernels' block loop stays simple), which keeps Q4_K at 4.625 bits per weight (file:
-//! 4.5) and Q6_K at 6.625 (6.5625).
+//! and the kernels' block loop stays simple). Bits per weight in memory (file): Q4_K 4.625
+//! (4.5), Q5_K 5.625 (5.5), Q6_K 6.5625 (6.5625), Q3_K 3.5625 (3.4375), Q2_K 3.125 (2.625),
+//! IQ4_XS 4.3125 (4.25), IQ4_NL 4.5, Q5_0 5.5, Q5_1 6 (as in the file).
 //!
 //! Values: the Q4 nibble packing of `interleaved`; 5-bit formats add a bit vector whose byte
 //! `k` holds bit 4 of byte `k` of all eight value vectors, Q6_K two "crumb" vectors whose byte
@@ -33,6 +34,11 @@
 //! - `Offset` (Q4_K, Q5_K, Q5_0, Q5_1): `acc += fma(d_w d_a, lo + hi, m_w s_a)`;
 //! - `Plain` (IQ4_NL, IQ4_XS, Q6_K, Q3_K): `acc = fma(d_w d_a, sc_lo lo + sc_hi hi, acc)`;
 //! - `HalfMins` (Q2_K): `acc += fma(d_w d_a, sc_lo lo + sc_hi hi, m_w (d_a (mn_lo Σa_lo + mn_hi Σa_hi)))`.
+//!
+//! The integer sums are exact on every path: a half's dot is at most 16 · 32 · 127 in magnitude
+//! and a sub-scale at most 128, so `sc_lo lo + sc_hi hi` stays below 2^24 and even its
+//! conversion to f32 is exact. AMX unpacks only Q4_0/Q4_1/Q8_0; batches of these formats run
+//! on the VNNI kernels, with the same bits.
 
 use super::blocks::{f16_to_f32, QuantFormat, BLOCK};
 use super::interleaved::{LANES, PER_LANE, VECTOR};
