@@ -411,11 +411,11 @@ fn spec_cases() -> Vec<(&'static str, Vec<&'static str>, GgufSpec)> {
         ),
         (
             "unsupported tensor type",
-            vec!["blk.0.attn_q.weight", "unsupported tensor type Q5_0"],
+            vec!["blk.0.attn_q.weight", "unsupported tensor type Q8_1"],
             with(&|g| {
                 let t = g.tensor("blk.0.attn_q.weight");
-                t.ty = 6; // Q5_0: 22 bytes per 32 values
-                t.data.truncate(32 * 22);
+                t.ty = 9; // Q8_1 (an activation format, never a weight): 36 bytes per 32 values
+                t.data.resize(32 * 36, 0);
             }),
         ),
         // Tokenizer metadata.

@@ -141,7 +141,8 @@ unsafe fn unpack_block(format: QuantFormat, pair: [&[u8]; 2], b: usize, tile: &m
                 }
             }
             // Packed vector p holds vector 2p in its low nibbles and 2p + 1 in its high ones.
-            QuantFormat::Q4_0 | QuantFormat::Q4_1 => {
+            _ if format.is_regrouped() => unreachable!("AMX serves Q4_0, Q4_1 and Q8_0 only"),
+            _ => {
                 for p in 0..BLOCK / 8 {
                     let packed = _mm256_loadu_si256(values.add(32 * p) as *const __m256i);
                     _mm256_storeu_si256(row(2 * p), _mm256_and_si256(packed, nibble));
@@ -256,6 +257,7 @@ impl BlockScales {
             QuantFormat::Q4_1 => f16x16(m_at(0)),
             QuantFormat::Q4_0 => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
             QuantFormat::Q8_0 => _mm512_setzero_ps(),
+            _ => unreachable!("AMX serves Q4_0, Q4_1 and Q8_0 only"),
         };
         Self { d, m }
     }

@@ -19,6 +19,16 @@ pub enum QuantFormat {
     Q4_0,
     Q4_1,
     Q8_0,
+    // Regrouped through `regroup` (their own layouts and epilogues).
+    Q5_0,
+    Q5_1,
+    Q2K,
+    Q3K,
+    Q4K,
+    Q5K,
+    Q6K,
+    IQ4NL,
+    IQ4XS,
 }
 
 /// One decoded block: weight `i` is `d * q[i] + m`.
@@ -29,12 +39,14 @@ pub struct DecodedBlock {
 }
 
 impl QuantFormat {
-    /// Bytes one block of 32 weights takes in the file (and in our copy of it).
+    /// Bytes one block of 32 weights takes in the file (and in our copy of it); Q4_0, Q4_1
+    /// and Q8_0 only (the regrouped formats: `regroup`).
     pub const fn block_bytes(self) -> usize {
         match self {
             Self::Q4_0 => 18,
             Self::Q4_1 => 20,
             Self::Q8_0 => 34,
+            _ => panic!("block_bytes of a regrouped format"),
         }
     }
 }

@@ -8,14 +8,14 @@
 /// Calls `$kernel::<[$flag,] N>(args)` with the tile height `$n` (1..=TILE) as the const `N`:
 /// one instantiation per height, so every loop over a tile's rows is unrolled.
 macro_rules! by_tile_height {
-    ($n:expr, $kernel:ident $(, $flag:expr)?; $($arg:expr),*) => {{
+    ($n:expr, $kernel:ident $(, $flag:expr)*; $($arg:expr),*) => {{
         const _: () = assert!(super::TILE == 4, "by_tile_height! covers tiles of up to 4 rows");
         match $n {
             0 => {}
-            1 => $kernel::<$($flag,)? 1>($($arg),*),
-            2 => $kernel::<$($flag,)? 2>($($arg),*),
-            3 => $kernel::<$($flag,)? 3>($($arg),*),
-            _ => $kernel::<$($flag,)? 4>($($arg),*),
+            1 => $kernel::<$($flag,)* 1>($($arg),*),
+            2 => $kernel::<$($flag,)* 2>($($arg),*),
+            3 => $kernel::<$($flag,)* 3>($($arg),*),
+            _ => $kernel::<$($flag,)* 4>($($arg),*),
         }
     }};
 }
@@ -30,8 +30,17 @@ macro_rules! by_tile_height {
 ///   __m256i`: the same for Q8_0, where `q8_weights` prepares a weight vector once for every
 ///   activation row;
 ///
+/// - `u8_step(__m256i, w, a) -> __m256i`: adds four u8 × i8 products per lane, unsaturated
+///   for weights up to 31 (the 5-bit formats), to 32-bit sums;
+/// - `s8_step(__m256i, magnitudes, w, a) -> __m256i`: the same for signed weights given with
+///   their magnitudes (up to 127), exact;
+///
 /// and has `broadcast4`, `load_f16x8`, `m_at`, `Q8Block`, `QuantFormat`, `LANES` and `TILE`
 /// in scope.
+///
+/// The regrouped formats (`regroup`) follow the portable kernel's epilogues operation for
+/// operation: `Offset` formats like Q4_1 with their scale and min computed per block, `Plain`
+/// like Q8_0, `HalfMins` (Q2_K) with the activations' half sums.
 macro_rules! group_kernels {
     ($features:literal) => {
         /// `out[r][j] = weight row j of the group · activation row r` for the `n <= TILE`
@@ -49,12 +58,314 @@ macro_rules! group_kernels {
         ) {
             let n = acts.len() / n_blocks.max(1);
             assert!(
-                group.len() == n_blocks * format.group_block_bytes() && acts.len() == n * n_blocks && n <= TILE
+                group.len() == format.group_bytes(n_blocks) && acts.len() == n * n_blocks && n <= TILE
             );
             match format {
                 QuantFormat::Q4_0 => by_tile_height!(n, q4, false; group, n_blocks, acts, out),
                 QuantFormat::Q4_1 => by_tile_height!(n, q4, true; group, n_blocks, acts, out),
                 QuantFormat::Q8_0 => by_tile_height!(n, q8; group, n_blocks, acts, out),
+                QuantFormat::Q5_0 => by_tile_height!(n, offset_kernel, MIN_MINUS_16D, true; format, group, n_blocks, acts, out),
+                QuantFormat::Q5_1 => by_tile_height!(n, offset_kernel, MIN_STORED, true; format, group, n_blocks, acts, out),
+                QuantFormat::Q4K => by_tile_height!(n, offset_kernel, MIN_K, false; format, group, n_blocks, acts, out),
+                QuantFormat::Q5K => by_tile_height!(n, offset_kernel, MIN_K, true; format, group, n_blocks, acts, out),
+                QuantFormat::IQ4NL => by_tile_height!(n, iq4, false; format, group, n_blocks, acts, out),
+                QuantFormat::IQ4XS => by_tile_height!(n, iq4, true; format, group, n_blocks, acts, out),
+                QuantFormat::Q6K => by_tile_height!(n, halves, PACK_NIBBLES_CRUMBS; format, group, n_blocks, acts, out),
+                QuantFormat::Q3K => by_tile_height!(n, halves, PACK_CRUMBS_BIT; format, group, n_blocks, acts, out),
+                QuantFormat::Q2K => by_tile_height!(n, q2k; format, group, n_blocks, acts, out),
+            }
+        }
+
+        /// How an `Offset` format's per-block scale `d` and min `m` come from its fields.
+        const MIN_MINUS_16D: u8 = 0; // Q5_0: `m = -16 d`
+        const MIN_STORED: u8 = 1; // Q5_1: `m` stored as f16
+        const MIN_K: u8 = 2; // Q4_K, Q5_K: `d = d_super sc`, `m = -dmin mn`
+
+        /// Block `b`'s eight f16 `d` values (`aux` follows at `AUX_AT`): in the block, or in its
+        /// super-block's header (`regroup`).
+        #[inline]
+        unsafe fn scale_fields(format: QuantFormat, group: &[u8], n_blocks: usize, b: usize) -> *const u8 {
+            group.as_ptr().add(format.scale_fields_at(n_blocks, b))
+        }
+
+        /// Eight unsigned bytes at `ptr` as f32.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn load_u8x8(ptr: *const u8) -> __m256 {
+            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(ptr as *const __m128i)))
+        }
+
+        /// Eight signed bytes at `ptr` as i32.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn load_i8x8(ptr: *const u8) -> __m256i {
+            _mm256_cvtepi8_epi32(_mm_loadl_epi64(ptr as *const __m128i))
+        }
+
+        /// Bit `v` of each byte of a bit vector (the 5-bit formats' bit 4, Q3_K's bit 2) moved
+        /// to bit `TO` (the mask drops what a 16-bit shift carries over).
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn bit_at<const TO: i32>(bits: __m256i, v: usize) -> __m256i {
+            let moved = match TO - v as i32 {
+                4 => _mm256_slli_epi16(bits, 4),
+                3 => _mm256_slli_epi16(bits, 3),
+                2 => _mm256_slli_epi16(bits, 2),
+                1 => _mm256_slli_epi16(bits, 1),
+                0 => bits,
+                -1 => _mm256_srli_epi16(bits, 1),
+                -2 => _mm256_srli_epi16(bits, 2),
+                -3 => _mm256_srli_epi16(bits, 3),
+                -4 => _mm256_srli_epi16(bits, 4),
+                _ => _mm256_srli_epi16(bits, 5),
+            };
+            _mm256_and_si256(moved, _mm256_set1_epi8(1 << TO))
+        }
+
+        /// Bits `2j`, `2j + 1` of each byte of a crumb vector moved to bits `TO`, `TO + 1`.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn crumb_at<const TO: i32>(crumbs: __m256i, j: usize) -> __m256i {
+            let moved = match TO - 2 * j as i32 {
+                4 => _mm256_slli_epi16(crumbs, 4),
+                2 => _mm256_slli_epi16(crumbs, 2),
+                0 => crumbs,
+                -2 => _mm256_srli_epi16(crumbs, 2),
+                -4 => _mm256_srli_epi16(crumbs, 4),
+                _ => _mm256_srli_epi16(crumbs, 6),
+            };
+            _mm256_and_si256(moved, _mm256_set1_epi8(3 << TO))
+        }
+
+        /// The `Offset` formats: Q5_0, Q5_1, Q4_K, Q5_K (`FIVE`: values have a high-bit plane).
+        #[target_feature(enable = $features)]
+        unsafe fn offset_kernel<const MIN: u8, const FIVE: bool, const N: usize>(
+            format: QuantFormat,
+            group: &[u8],
+            n_blocks: usize,
+            acts: &[Q8Block],
+            out: &mut [[f32; LANES]; TILE],
+        ) {
+            let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
+            let nibble = _mm256_set1_epi8(0x0f);
+            let mut acc = [_mm256_setzero_ps(); N];
+            for b in 0..n_blocks {
+                let block = group.as_ptr().add(b * block_bytes);
+                let fields = scale_fields(format, group, n_blocks, b);
+                let d = load_f16x8(fields);
+                let (d, m) = match MIN {
+                    MIN_MINUS_16D => (d, _mm256_mul_ps(d, _mm256_set1_ps(-16.0))),
+                    MIN_STORED => (d, load_f16x8(fields.add(QuantFormat::AUX_AT))),
+                    _ => {
+                        let negative_dmin = _mm256_xor_ps(load_f16x8(fields.add(QuantFormat::AUX_AT)), _mm256_set1_ps(-0.0));
+                        (
+                            _mm256_mul_ps(d, load_u8x8(block.add(format.sc_at(0)))),
+                            _mm256_mul_ps(negative_dmin, load_u8x8(block.add(format.mins_at(0)))),
+                        )
+                    }
+                };
+                let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
+                let mut sums = [q4_start(); N];
+                let bits = if FIVE {
+                    _mm256_loadu_si256(block.add(values_at + 128) as *const __m256i)
+                } else {
+                    _mm256_setzero_si256()
+                };
+                for pair in 0..4 {
+                    let packed = _mm256_loadu_si256(block.add(values_at + 32 * pair) as *const __m256i);
+                    let mut low = _mm256_and_si256(packed, nibble);
+                    let mut high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
+                    if FIVE {
+                        low = _mm256_or_si256(low, bit_at::<4>(bits, 2 * pair));
+                        high = _mm256_or_si256(high, bit_at::<4>(bits, 2 * pair + 1));
+                    }
+                    for r in 0..N {
+                        let (a_low, a_high) = (broadcast4(row_acts[r], 2 * pair), broadcast4(row_acts[r], 2 * pair + 1));
+                        sums[r] = if FIVE {
+                            u8_step(u8_step(sums[r], low, a_low), high, a_high)
+                        } else {
+                            q4_step(sums[r], low, high, a_low, a_high)
+                        };
+                    }
+                }
+                for r in 0..N {
+                    let dot = _mm256_cvtepi32_ps(if FIVE { sums[r] } else { q4_sum(sums[r]) });
+                    let offset = _mm256_mul_ps(m, _mm256_set1_ps(row_acts[r].s));
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(row_acts[r].d));
+                    acc[r] = _mm256_add_ps(acc[r], _mm256_fmadd_ps(scale, dot, offset));
+                }
+            }
+            for r in 0..N {
+                _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+            }
+        }
+
+        /// IQ4_NL and IQ4_XS (`SCALED`: a sub-scale per block): nibbles index the codebook
+        /// (`vpshufb`), then the Q8_0 steps.
+        #[target_feature(enable = $features)]
+        unsafe fn iq4<const SCALED: bool, const N: usize>(
+            format: QuantFormat,
+            group: &[u8],
+            n_blocks: usize,
+            acts: &[Q8Block],
+            out: &mut [[f32; LANES]; TILE],
+        ) {
+            let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
+            let nibble = _mm256_set1_epi8(0x0f);
+            let codebook =
+                _mm256_broadcastsi128_si256(_mm_loadu_si128(crate::quant::regroup::IQ4_VALUES.as_ptr() as *const __m128i));
+            let mut acc = [_mm256_setzero_ps(); N];
+            for b in 0..n_blocks {
+                let block = group.as_ptr().add(b * block_bytes);
+                let d = load_f16x8(scale_fields(format, group, n_blocks, b));
+                let d = if SCALED { _mm256_mul_ps(d, _mm256_cvtepi32_ps(load_i8x8(block.add(format.sc_at(0))))) } else { d };
+                let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
+                let mut sums: [__m256i; N] = std::array::from_fn(|r| q8_start(row_acts[r]));
+                for pair in 0..4 {
+                    let packed = _mm256_loadu_si256(block.add(values_at + 32 * pair) as *const __m256i);
+                    let indices = [_mm256_and_si256(packed, nibble), _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble)];
+                    for (half, index) in indices.into_iter().enumerate() {
+                        let weights = _mm256_shuffle_epi8(codebook, index);
+                        let prepared = q8_weights(weights);
+                        for r in 0..N {
+                            sums[r] = q8_step(sums[r], prepared, weights, broadcast4(row_acts[r], 2 * pair + half));
+                        }
+                    }
+                }
+                for r in 0..N {
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(row_acts[r].d));
+                    acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums[r]), acc[r]);
+                }
+            }
+            for r in 0..N {
+                _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+            }
+        }
+
+        /// How a kernel's values are packed (`regroup::Values`).
+        const PACK_NIBBLES_CRUMBS: u8 = 1; // Q6_K
+        const PACK_CRUMBS: u8 = 2; // Q2_K
+        const PACK_CRUMBS_BIT: u8 = 3; // Q3_K
+
+        /// The stored unsigned values of vectors `2 pair` and `2 pair + 1` of a block.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn unpack_pair<const PACK: u8>(values: *const u8, pair: usize) -> [__m256i; 2] {
+            // No closures here: they need not inherit this function's CPU features.
+            let (first, second) = (2 * pair, 2 * pair + 1);
+            if PACK == PACK_NIBBLES_CRUMBS {
+                let nibble = _mm256_set1_epi8(0x0f);
+                let packed = _mm256_loadu_si256(values.add(32 * pair) as *const __m256i);
+                let crumbs = _mm256_loadu_si256(values.add(128 + 32 * (pair / 2)) as *const __m256i);
+                let low = _mm256_or_si256(_mm256_and_si256(packed, nibble), crumb_at::<4>(crumbs, first % 4));
+                let high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
+                return [low, _mm256_or_si256(high, crumb_at::<4>(crumbs, second % 4))];
+            }
+            let crumbs = _mm256_loadu_si256(values.add(32 * (pair / 2)) as *const __m256i);
+            let (low, high) = (crumb_at::<0>(crumbs, first % 4), crumb_at::<0>(crumbs, second % 4));
+            if PACK == PACK_CRUMBS {
+                return [low, high];
+            }
+            let bits = _mm256_loadu_si256(values.add(64) as *const __m256i);
+            [_mm256_or_si256(low, bit_at::<2>(bits, first)), _mm256_or_si256(high, bit_at::<2>(bits, second))]
+        }
+
+        /// Q6_K and Q3_K: signed values (stored plus a bias) with an integer
+        /// scale per 16-weight half.
+        #[target_feature(enable = $features)]
+        unsafe fn halves<const PACK: u8, const N: usize>(
+            format: QuantFormat,
+            group: &[u8],
+            n_blocks: usize,
+            acts: &[Q8Block],
+            out: &mut [[f32; LANES]; TILE],
+        ) {
+            let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
+            let bias = _mm256_set1_epi8(format.bias() as i8);
+            let mut acc = [_mm256_setzero_ps(); N];
+            for b in 0..n_blocks {
+                let block = group.as_ptr().add(b * block_bytes);
+                let d = load_f16x8(scale_fields(format, group, n_blocks, b));
+                let scales = [load_i8x8(block.add(format.sc_at(0))), load_i8x8(block.add(format.sc_at(1)))];
+                let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
+                let mut dots = [_mm256_setzero_si256(); N];
+                for (half, scale) in scales.into_iter().enumerate() {
+                    let mut sums = [_mm256_setzero_si256(); N];
+                    for pair in 2 * half..2 * half + 2 {
+                        for (k, stored) in unpack_pair::<PACK>(block.add(values_at), pair).into_iter().enumerate() {
+                            let weights = _mm256_sub_epi8(stored, bias);
+                            let magnitudes = _mm256_abs_epi8(weights);
+                            for r in 0..N {
+                                sums[r] = s8_step(sums[r], magnitudes, weights, broadcast4(row_acts[r], 2 * pair + k));
+                            }
+                        }
+                    }
+                    for r in 0..N {
+                        dots[r] = _mm256_add_epi32(dots[r], _mm256_mullo_epi32(scale, sums[r]));
+                    }
+                }
+                for r in 0..N {
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(row_acts[r].d));
+                    acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dots[r]), acc[r]);
+                }
+            }
+            for r in 0..N {
+                _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+            }
+        }
+
+        /// Q2_K: unsigned 2-bit values, integer scales and mins per 16-weight half; the mins
+        /// take the activations' half sums.
+        #[target_feature(enable = $features)]
+        unsafe fn q2k<const N: usize>(
+            format: QuantFormat,
+            group: &[u8],
+            n_blocks: usize,
+            acts: &[Q8Block],
+            out: &mut [[f32; LANES]; TILE],
+        ) {
+            let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
+            let mut acc = [_mm256_setzero_ps(); N];
+            for b in 0..n_blocks {
+                let block = group.as_ptr().add(b * block_bytes);
+                let fields = scale_fields(format, group, n_blocks, b);
+                let d = load_f16x8(fields);
+                let m = _mm256_xor_ps(load_f16x8(fields.add(QuantFormat::AUX_AT)), _mm256_set1_ps(-0.0));
+                let scales = [load_i8x8(block.add(format.sc_at(0))), load_i8x8(block.add(format.sc_at(1)))];
+                let mins = [
+                    _mm256_cvtepu8_epi32(_mm_loadl_epi64(block.add(format.mins_at(0)) as *const __m128i)),
+                    _mm256_cvtepu8_epi32(_mm_loadl_epi64(block.add(format.mins_at(1)) as *const __m128i)),
+                ];
+                let scales = scales.map(|s| _mm256_and_si256(s, _mm256_set1_epi32(0xff)));
+                let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
+                let mut dots = [_mm256_setzero_si256(); N];
+                for (half, scale) in scales.into_iter().enumerate() {
+                    let mut sums = [_mm256_setzero_si256(); N];
+                    for pair in 2 * half..2 * half + 2 {
+                        for (k, weights) in unpack_pair::<PACK_CRUMBS>(block.add(values_at), pair).into_iter().enumerate() {
+                            for r in 0..N {
+                                sums[r] = u8_step(sums[r], weights, broadcast4(row_acts[r], 2 * pair + k));
+                            }
+                        }
+                    }
+                    for r in 0..N {
+                        dots[r] = _mm256_add_epi32(dots[r], _mm256_mullo_epi32(scale, sums[r]));
+                    }
+                }
+                for r in 0..N {
+                    let act = row_acts[r];
+                    let low: i32 = act.q[..16].iter().map(|&a| a as i32).sum();
+                    let min_dot = _mm256_add_epi32(
+                        _mm256_mullo_epi32(mins[0], _mm256_set1_epi32(low)),
+                        _mm256_mullo_epi32(mins[1], _mm256_set1_epi32(act.sum - low)),
+                    );
+                    let offset = _mm256_mul_ps(m, _mm256_mul_ps(_mm256_set1_ps(act.d), _mm256_cvtepi32_ps(min_dot)));
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(act.d));
+                    acc[r] = _mm256_add_ps(acc[r], _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dots[r]), offset));
+                }
+            }
+            for r in 0..N {
+                _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
             }
         }
 

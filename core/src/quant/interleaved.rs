@@ -24,10 +24,10 @@ use super::blocks::{f16_to_f32, DecodedBlock, QuantFormat, BLOCK};
 pub const LANES: usize = 8;
 
 /// Weights of one row that one 32-bit lane holds (the width of `maddubs` + `madd`).
-const PER_LANE: usize = 4;
+pub(super) const PER_LANE: usize = 4;
 
 /// Bytes of one 32-byte vector of quantized values.
-const VECTOR: usize = LANES * PER_LANE;
+pub(super) const VECTOR: usize = LANES * PER_LANE;
 
 /// Offset of row `lane`'s f16 scale `d` within a group block.
 pub const fn d_at(lane: usize) -> usize {
@@ -42,7 +42,10 @@ pub const fn m_at(lane: usize) -> usize {
 impl QuantFormat {
     /// Bytes of one block of a whole group (eight rows).
     pub const fn group_block_bytes(self) -> usize {
-        self.block_bytes() * LANES
+        match self {
+            Self::Q4_0 | Self::Q4_1 | Self::Q8_0 => self.block_bytes() * LANES,
+            _ => self.regrouped_group_block_bytes(),
+        }
     }
 
     /// Offset of the quantized values within a group block (after the f16 scales).
@@ -50,6 +53,7 @@ impl QuantFormat {
         match self {
             Self::Q4_1 => 4 * LANES,
             Self::Q4_0 | Self::Q8_0 => 2 * LANES,
+            _ => self.regrouped_values_offset(),
         }
     }
 }
@@ -90,7 +94,7 @@ fn scatter_block(format: QuantFormat, src: &[u8], lane: usize, dst: &mut [u8]) {
         }
         // ggml byte j holds weight j (low nibble) and weight j + 16 (high nibble). Packed
         // vector p needs weights 8p + t (low) and 8p + 4 + t (high) for t < 4.
-        QuantFormat::Q4_0 | QuantFormat::Q4_1 => {
+        _ => {
             let nibbles = &src[format.block_bytes() - BLOCK / 2..];
             let weight = |k: usize| if k < BLOCK / 2 { nibbles[k] & 0x0f } else { nibbles[k - BLOCK / 2] >> 4 };
             for packed in 0..BLOCK / (2 * PER_LANE) {
@@ -113,6 +117,7 @@ pub fn decode(format: QuantFormat, group_block: &[u8], lane: usize) -> DecodedBl
         QuantFormat::Q4_0 => -8.0 * d,
         QuantFormat::Q4_1 => f16_at(m_at(lane)),
         QuantFormat::Q8_0 => 0.0,
+        _ => unreachable!("{format:?} decodes through `regroup`"),
     };
     let values = &group_block[format.values_offset()..];
     let mut q = [0i8; BLOCK];

@@ -1,7 +1,9 @@
 //! Quantized weight matrices and the matrix-multiply kernels over them (our own code, no BLAS).
 //!
 //! A [`QMatrix`] holds one GGUF weight matrix, its blocks regrouped at load so eight rows sit
-//! side by side (`interleaved`). [`QMatrix::matmul`] quantizes each activation row to 8 bits
+//! side by side (`interleaved` for Q4_0/Q4_1/Q8_0; `regroup` for Q5_0, Q5_1, Q2_K..Q6_K,
+//! IQ4_NL and IQ4_XS, which all become small integers times a scale plus a min per 32 or 16
+//! weights, dequantizing bit for bit like ggml). F32, F16 and BF16 are widened to f32. [`QMatrix::matmul`] quantizes each activation row to 8 bits
 //! per 32-element block and takes integer dot products against the weight blocks, eight weight
 //! rows per vector: with VNNI or AVX2 on CPUs that have them (chosen at runtime), portable code
 //! otherwise; batches of 8 rows or more go to AMX tiles where the CPU and OS offer them
@@ -26,6 +28,7 @@ mod avx2;
 mod blocks;
 pub(crate) mod disjoint;
 mod interleaved;
+mod regroup;
 mod scalar;
 #[cfg(test)]
 mod tests;
@@ -47,6 +50,10 @@ use interleaved::LANES;
 /// kernel (4 accumulators, 4 partial sums, the unpacked weights and temporaries fit the 16 YMM
 /// registers).
 const TILE: usize = 4;
+
+/// The tensor types [`QMatrix`] loads, by their ggml names (for errors).
+pub const SUPPORTED_TYPES: &str =
+    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS";
 
 /// Pool tasks per thread a matmul is split into, so uneven progress still balances.
 const TASKS_PER_THREAD: usize = 4;
@@ -202,15 +209,31 @@ impl QMatrix {
             .map_err(|message| Error::model_load(gguf.path(), format!("tensor `{name}`: {message}")))
     }
 
+    /// [`QMatrix::from_gguf`] for raw ggml data in row-major order (`rows` rows of `cols`
+    /// values of type `ty`), for benchmarks and tools that make their own weights. The error
+    /// says which type, shape or size is wrong.
+    pub fn from_ggml_bytes(ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> std::result::Result<Self, String> {
+        Self::from_bytes(ty, rows, cols, bytes)
+    }
+
     /// Builds a matrix from raw ggml data in row-major order (`rows` rows of `cols` values).
     fn from_bytes(ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> std::result::Result<Self, String> {
         // `None` for the float types.
         let format = match ty {
-            GgmlType::F32 | GgmlType::F16 => None,
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => None,
             GgmlType::Q4_0 => Some(QuantFormat::Q4_0),
             GgmlType::Q4_1 => Some(QuantFormat::Q4_1),
             GgmlType::Q8_0 => Some(QuantFormat::Q8_0),
-            other => return Err(format!("unsupported tensor type {other} (supported: F32, F16, Q4_0, Q4_1, Q8_0)")),
+            GgmlType::Q5_0 => Some(QuantFormat::Q5_0),
+            GgmlType::Q5_1 => Some(QuantFormat::Q5_1),
+            GgmlType::Q2K => Some(QuantFormat::Q2K),
+            GgmlType::Q3K => Some(QuantFormat::Q3K),
+            GgmlType::Q4K => Some(QuantFormat::Q4K),
+            GgmlType::Q5K => Some(QuantFormat::Q5K),
+            GgmlType::Q6K => Some(QuantFormat::Q6K),
+            GgmlType::IQ4NL => Some(QuantFormat::IQ4NL),
+            GgmlType::IQ4XS => Some(QuantFormat::IQ4XS),
+            other => return Err(format!("unsupported tensor type {other} (supported: {SUPPORTED_TYPES})")),
         };
         let (block_values, block_bytes) = ty.block_layout();
         if !cols.is_multiple_of(block_values) {
@@ -220,9 +243,19 @@ impl QMatrix {
             return Err(format!("{} bytes do not hold {rows}×{cols} {ty} values", bytes.len()));
         }
         let storage = match format {
+            Some(format) if format.is_regrouped() => {
+                Storage::Quantized { format, blocks: regroup::interleave(format, rows, cols / BLOCK, bytes) }
+            }
             Some(format) => {
                 Storage::Quantized { format, blocks: interleaved::interleave(format, rows, cols / BLOCK, bytes) }
             }
+            // bf16 is the top half of an f32: widening is exact (as ggml and gguf-py do it).
+            None if ty == GgmlType::BF16 => Storage::Float(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
+                    .collect(),
+            ),
             None if ty == GgmlType::F16 => {
                 Storage::Float(bytes.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect())
             }
@@ -251,7 +284,7 @@ impl QMatrix {
         if parts.iter().any(|p| p.cols != first.cols) {
             return None;
         }
-        let rows = parts.iter().map(|p| p.rows).sum();
+        let rows: usize = parts.iter().map(|p| p.rows).sum();
         let storage = match &first.storage {
             Storage::Float(_) => Storage::Float(
                 parts
@@ -279,6 +312,26 @@ impl QMatrix {
                     })
                     .collect::<Vec<_>>()
                     .concat();
+                Storage::Quantized { format: *format, blocks }
+            }
+            Storage::Quantized { format, .. } if format.is_regrouped() => {
+                // Groups of eight rows would straddle the parts: move each row's blocks.
+                if parts.iter().any(|p| !matches!(&p.storage, Storage::Quantized { format: f, .. } if f == format)) {
+                    return None;
+                }
+                let n_blocks = first.cols / BLOCK;
+                let group_bytes = format.group_bytes(n_blocks);
+                let mut blocks = vec![0u8; rows.div_ceil(LANES) * group_bytes];
+                let sources = parts.iter().flat_map(|p| (0..p.rows).map(move |row| (p, row)));
+                for (dst_row, (part, src_row)) in sources.enumerate() {
+                    let Storage::Quantized { blocks: src, .. } = &part.storage else { return None };
+                    let src_group = &src[src_row / LANES * group_bytes..][..group_bytes];
+                    let dst_group = &mut blocks[dst_row / LANES * group_bytes..][..group_bytes];
+                    for b in 0..n_blocks {
+                        let block = regroup::extract(*format, src_group, n_blocks, b, src_row % LANES);
+                        regroup::scatter(*format, &block, dst_group, n_blocks, b, dst_row % LANES);
+                    }
+                }
                 Storage::Quantized { format: *format, blocks }
             }
             Storage::Quantized { format, .. } => {
@@ -312,6 +365,13 @@ impl QMatrix {
             Storage::Float(values) => out.copy_from_slice(&values[row * self.cols..][..self.cols]),
             Storage::Quantized { format, blocks } => {
                 let group = &blocks[row / LANES * self.group_bytes()..][..self.group_bytes()];
+                if format.is_regrouped() {
+                    let n_blocks = self.cols / BLOCK;
+                    for (b, values) in out.chunks_exact_mut(BLOCK).enumerate() {
+                        regroup::dequantize_block(*format, group, n_blocks, b, row % LANES, values);
+                    }
+                    return;
+                }
                 for (bytes, values) in group.chunks_exact(format.group_block_bytes()).zip(out.chunks_exact_mut(BLOCK)) {
                     let block = interleaved::decode(*format, bytes, row % LANES);
                     for (v, &q) in values.iter_mut().zip(&block.q) {
@@ -331,6 +391,12 @@ impl QMatrix {
     }
 
     fn matmul_using(&self, kernel: Kernel, x: &[f32], m: usize, out: &mut [f32], pool: &ThreadPool) {
+        // AMX unpacks Q4_0, Q4_1 and Q8_0 only; the VNNI kernel gives the same bits.
+        #[cfg(target_arch = "x86_64")]
+        let kernel = match (kernel, &self.storage) {
+            (Kernel::Amx, Storage::Quantized { format, .. }) if format.is_regrouped() => Kernel::best(),
+            _ => kernel,
+        };
         assert!(
             x.len() == m * self.cols && out.len() == m * self.rows,
             "matmul shapes: x {} out {} for m {m} on {}×{}",
@@ -460,7 +526,7 @@ impl QMatrix {
     fn group_bytes(&self) -> usize {
         match &self.storage {
             Storage::Float(_) => 0,
-            Storage::Quantized { format, .. } => self.cols / BLOCK * format.group_block_bytes(),
+            Storage::Quantized { format, .. } => format.group_bytes(self.cols / BLOCK),
         }
     }
 }
