@@ -77,10 +77,22 @@ fn starcoder_digits_then_gpt2_pre_tokenizer_matches_llama_cpp() {
     check_vocab("starcoder");
 }
 
+/// Llama 3's pre-tokenizer (digits in groups of up to three, `ignore_merges`) on its 128k vocabulary.
+#[test]
+fn llama_bpe_matches_llama_cpp() {
+    check_vocab("llama-bpe");
+}
+
+/// Qwen 2's pre-tokenizer (every digit alone) with its user-defined tokens.
+#[test]
+fn qwen2_matches_llama_cpp() {
+    check_vocab("qwen2");
+}
+
 /// Decoding what we encoded gives the text back (the SentencePiece space prefix removed again).
 #[test]
 fn encode_then_decode_round_trips_for_every_kind() {
-    for kind in ["llama-spm", "phi-3", "gpt-2", "starcoder", "mpt"] {
+    for kind in ["llama-spm", "phi-3", "gpt-2", "starcoder", "mpt", "llama-bpe", "qwen2"] {
         let tokenizer = load(kind);
         for (text, _) in cases(kind) {
             let ids = tokenizer.encode(&text, false).unwrap();
