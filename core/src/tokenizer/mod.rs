@@ -180,7 +180,8 @@ impl Tokenizer {
         let type_of = |id: usize| token_types.get(id).copied().unwrap_or(1);
         let entries = texts.iter().enumerate().map(|(id, text)| Some(sentencepiece_entry(text, type_of(id)))).collect();
         let kinds: Vec<PieceKind> = (0..texts.len()).map(|id| sentencepiece_kind(type_of(id))).collect();
-        let encoder = SentencePiece::new(&texts, scores, &kinds, add_space_prefix);
+        let encoder = SentencePiece::new(&texts, scores, &kinds, add_space_prefix)
+            .map_err(|e| Error::model_load(gguf.path(), e.to_string()))?;
         Self::assemble(Backend::SentencePiece(encoder), entries, specials, add_special).validated(gguf.path())
     }
 
