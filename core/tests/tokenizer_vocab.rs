@@ -147,6 +147,20 @@ fn control_tokens_are_matched_whole_and_end_generation() {
     assert!(eog.contains(&end), "{eog:?}");
 }
 
+/// llama.cpp drops the whitespace after Phi-3's special tokens (the file's `general.name` is
+/// `Phi3`), except after `<unk>`, `<s>` and `<|endoftext|>`; the text after them then starts a
+/// new fragment with its space prefix.
+#[test]
+fn phi_3_special_tokens_strip_the_whitespace_after_them() {
+    let tokenizer = load("phi-3");
+    let encode = |text: &str| tokenizer.encode(text, false).unwrap();
+    assert_eq!(encode("<|user|>\n Hi<|end|>\n"), encode("<|user|>Hi<|end|>"));
+    let user = tokenizer.token_to_id("<|user|>").unwrap();
+    assert_eq!(encode("<|user|>\nHi")[..2], [user, tokenizer.token_to_id("▁Hi").unwrap()]);
+    // `<s>` is exempt: its newline stays.
+    assert_ne!(encode("<s>\nHi"), encode("<s>Hi"));
+}
+
 /// `mpt` (GPT-NeoX's vocabulary) uses the GPT-2 regex in llama.cpp; its 178 user-defined
 /// tokens (runs of spaces) are matched whole before BPE.
 #[test]

@@ -31,6 +31,9 @@ pub(super) enum PieceKind {
     Normal,
     /// Matched whole in the input before the merge pass (control, user-defined, unknown).
     Whole,
+    /// Matched whole, and the whitespace right after it is dropped (llama.cpp's
+    /// `LLAMA_TOKEN_ATTR_RSTRIP`, which it gives Phi-3's special tokens).
+    WholeStripsSpaceAfter,
     /// Never produced by the merge pass (unused entries, byte tokens reached only by fallback).
     Other,
 }
@@ -43,12 +46,20 @@ pub(super) struct SentencePiece {
     /// Text to id; for a text listed twice the later id wins (as in llama.cpp).
     ids: HashMap<String, u32>,
     /// Entries matched whole before the merge pass, longest text first (then lowest id).
-    whole_tokens: Vec<(String, u32)>,
+    whole_tokens: Vec<WholeToken>,
     /// Finds every occurrence of every whole token; pattern `i` is `whole_tokens[i]`.
     whole_token_finder: AhoCorasick,
     /// The byte-fallback token of every byte value, if the vocabulary has one.
     byte_tokens: Vec<Option<u32>>,
     add_space_prefix: bool,
+}
+
+/// A vocabulary entry matched whole in the input.
+#[derive(Debug)]
+struct WholeToken {
+    text: String,
+    id: u32,
+    strips_space_after: bool,
 }
 
 /// A part of the input: raw text still to be tokenized, or a token matched whole.
@@ -71,13 +82,19 @@ impl SentencePiece {
         add_space_prefix: bool,
     ) -> Result<Self> {
         let ids: HashMap<String, u32> = texts.iter().enumerate().map(|(id, text)| (text.clone(), id as u32)).collect();
-        let mut whole_tokens: Vec<(String, u32)> = (0..texts.len())
-            .filter(|&id| kinds[id] == PieceKind::Whole)
-            .map(|id| (texts[id].clone(), id as u32))
+        let mut whole_tokens: Vec<WholeToken> = (0..texts.len())
+            .filter_map(|id| {
+                let strips_space_after = match kinds[id] {
+                    PieceKind::Whole => false,
+                    PieceKind::WholeStripsSpaceAfter => true,
+                    PieceKind::Normal | PieceKind::Other => return None,
+                };
+                Some(WholeToken { text: texts[id].clone(), id: id as u32, strips_space_after })
+            })
             .collect();
         // Longest first, so that a token containing another (`<|end|>` in `<|endoftext|>`) wins.
-        whole_tokens.sort_by_key(|(text, _)| std::cmp::Reverse(text.len()));
-        let whole_token_finder = AhoCorasick::new(whole_tokens.iter().map(|(text, _)| text))
+        whole_tokens.sort_by_key(|token| std::cmp::Reverse(token.text.len()));
+        let whole_token_finder = AhoCorasick::new(whole_tokens.iter().map(|token| &token.text))
             .map_err(|e| Error::Tokenizer(format!("cannot index the tokens matched whole: {e}")))?;
         let byte_tokens = (0..=255u8).map(|byte| byte_fallback_id(&ids, byte)).collect();
         Ok(Self { scores, ids, whole_tokens, whole_token_finder, byte_tokens, add_space_prefix })
@@ -123,11 +140,11 @@ impl SentencePiece {
     fn split_whole_tokens<'a>(&self, text: &'a str) -> Vec<Fragment<'a>> {
         let mut fragments = if text.is_empty() { Vec::new() } else { vec![Fragment::Text(text)] };
         for rank in self.whole_tokens_in(text) {
-            let (needle, id) = (self.whole_tokens[rank].0.as_str(), self.whole_tokens[rank].1);
+            let token = &self.whole_tokens[rank];
             fragments = fragments
                 .into_iter()
                 .flat_map(|fragment| match fragment {
-                    Fragment::Text(part) => split_on(part, needle, id),
+                    Fragment::Text(part) => split_on(part, token),
                     token => vec![token],
                 })
                 .collect();
@@ -216,22 +233,30 @@ impl SentencePiece {
     }
 }
 
-/// `part` split at every non-overlapping occurrence of `needle` (left to right), which becomes
+/// `part` split at every non-overlapping occurrence of `token` (left to right), which becomes
 /// `Token(id)`; empty text between occurrences is dropped.
-fn split_on<'a>(part: &'a str, needle: &str, id: u32) -> Vec<Fragment<'a>> {
+fn split_on<'a>(part: &'a str, token: &WholeToken) -> Vec<Fragment<'a>> {
     let mut fragments = Vec::new();
     let mut rest = part;
-    while let Some(at) = rest.find(needle) {
+    while let Some(at) = rest.find(token.text.as_str()) {
         if at > 0 {
             fragments.push(Fragment::Text(&rest[..at]));
         }
-        fragments.push(Fragment::Token(id));
-        rest = &rest[at + needle.len()..];
+        fragments.push(Fragment::Token(token.id));
+        rest = &rest[at + token.text.len()..];
+        if token.strips_space_after {
+            rest = rest.trim_start_matches(is_c_space);
+        }
     }
     if !rest.is_empty() {
         fragments.push(Fragment::Text(rest));
     }
     fragments
+}
+
+/// C's `isspace` in the "C" locale, which llama.cpp strips with (ASCII only, `\v` included).
+fn is_c_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\x0B' | '\x0C' | '\r')
 }
 
 /// The token that stands for one raw byte: `<0xAB>`, or else (as llama.cpp accepts) an entry
@@ -386,5 +411,21 @@ mod tests {
         assert_eq!(texts(&spm, &spm.encode("abcd").unwrap()), ["a", "bcd"]);
         // Overlapping occurrences of one token: leftmost first, then after it.
         assert_eq!(texts(&spm, &spm.encode("ababcdab").unwrap()), ["ab", "a", "bcd", "ab"]);
+    }
+
+    /// A token that strips the whitespace after it (Phi-3's specials in llama.cpp) drops the
+    /// ASCII whitespace up to the next text; other whole tokens keep it.
+    #[test]
+    fn whitespace_after_a_stripping_token_is_dropped() {
+        let mut entries = letters();
+        entries.extend([
+            ("\n", -1.0, N),
+            ("<|user|>", 0.0, PieceKind::WholeStripsSpaceAfter),
+            ("<s>", 0.0, PieceKind::Whole),
+            ("▁a", -1.5, N),
+        ]);
+        let spm = vocab(&entries, true);
+        assert_eq!(texts(&spm, &spm.encode("<|user|> \n\ta<|user|>").unwrap()), ["<|user|>", "▁a", "<|user|>"]);
+        assert_eq!(texts(&spm, &spm.encode("<s>\na").unwrap()), ["<s>", "▁", "\n", "a"]);
     }
 }
