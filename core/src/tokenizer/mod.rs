@@ -180,8 +180,11 @@ impl Tokenizer {
         let type_of = |id: usize| token_types.get(id).copied().unwrap_or(1);
         let entries = texts.iter().enumerate().map(|(id, text)| Some(sentencepiece_entry(text, type_of(id)))).collect();
         let strips_space = strips_space_after_specials(gguf);
-        let kinds: Vec<PieceKind> =
-            texts.iter().enumerate().map(|(id, text)| sentencepiece_kind(type_of(id), strips_space && !keeps_space_after(text))).collect();
+        let kinds: Vec<PieceKind> = texts
+            .iter()
+            .enumerate()
+            .map(|(id, text)| sentencepiece_kind(type_of(id), strips_space && !keeps_space_after(text)))
+            .collect();
         let encoder = SentencePiece::new(&texts, scores, &kinds, add_space_prefix)
             .map_err(|e| Error::model_load(gguf.path(), e.to_string()))?;
         Self::assemble(Backend::SentencePiece(encoder), entries, specials, add_special).validated(gguf.path())

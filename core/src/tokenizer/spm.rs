@@ -75,12 +75,7 @@ impl SentencePiece {
     ///
     /// Fails only if the whole-token automaton cannot be built (it would exceed the automaton's
     /// size limits, far beyond any real vocabulary).
-    pub(super) fn new(
-        texts: &[String],
-        scores: Vec<f32>,
-        kinds: &[PieceKind],
-        add_space_prefix: bool,
-    ) -> Result<Self> {
+    pub(super) fn new(texts: &[String], scores: Vec<f32>, kinds: &[PieceKind], add_space_prefix: bool) -> Result<Self> {
         let ids: HashMap<String, u32> = texts.iter().enumerate().map(|(id, text)| (text.clone(), id as u32)).collect();
         let mut whole_tokens: Vec<WholeToken> = (0..texts.len())
             .filter_map(|id| {
