@@ -3,10 +3,13 @@
 //! from llama.cpp's `models/` (see `tests/fixtures/vocab/README.md`). llama.cpp's
 //! `tests/test-tokenizer-0.cpp` tokenizes each input without adding BOS/EOS; so do we.
 
+mod gguf_writer;
+
 use std::path::PathBuf;
 
-use cortexstream::gguf::GgufFile;
+use cortexstream::gguf::{GgufFile, Value};
 use cortexstream::tokenizer::Tokenizer;
+use gguf_writer::GgufSpec;
 
 /// The line that separates cases in a `.inp` file (a newline before and after it belongs to it).
 const CASE_SEPARATOR: &str = "\n__ggml_vocab_test__\n";
@@ -45,7 +48,11 @@ fn cases(kind: &str) -> Vec<(String, Vec<u32>)> {
 
 /// Every case of `kind` tokenizes exactly as llama.cpp does; all failures are listed at once.
 fn check_vocab(kind: &str) {
-    let tokenizer = load(kind);
+    check_cases(kind, &load(kind));
+}
+
+/// Every case of `kind` (its `.inp`/`.out`) tokenizes with `tokenizer` exactly as llama.cpp does.
+fn check_cases(kind: &str, tokenizer: &Tokenizer) {
     let failures: Vec<String> = cases(kind)
         .into_iter()
         .filter_map(|(text, expected)| {
@@ -77,10 +84,41 @@ fn starcoder_digits_then_gpt2_pre_tokenizer_matches_llama_cpp() {
     check_vocab("starcoder");
 }
 
+/// Llama 3's pre-tokenizer (digits in groups of up to three, `ignore_merges`) on its 128k vocabulary.
+#[test]
+fn llama_bpe_matches_llama_cpp() {
+    check_vocab("llama-bpe");
+}
+
+/// Qwen 2's pre-tokenizer (every digit alone) with its user-defined tokens.
+#[test]
+fn qwen2_matches_llama_cpp() {
+    check_vocab("qwen2");
+}
+
+/// llama.cpp's `default` pre-tokenizer (four regexes, one after the other). No vocabulary in
+/// llama.cpp's `models/` says `pre = default` and has expected ids, so: mpt's vocabulary (the
+/// same tokens, types and merges as `ggml-vocab-gpt-neox.gguf`) written again with
+/// `pre = default`, against llama.cpp's ids on `ggml-vocab-gpt-neox.gguf`, which has no `pre`
+/// and so is tokenized with `default` there (`ggml-vocab-gpt-neox.gguf.out`, see the README).
+#[test]
+fn default_pre_tokenizer_matches_llama_cpp() {
+    let mpt = GgufFile::open(vocab_dir().join("ggml-vocab-mpt.gguf")).unwrap();
+    let mut metadata: Vec<(String, Value)> = mpt.metadata().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    metadata.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut spec = GgufSpec { version: 3, metadata, tensors: Vec::new() };
+    spec.set("tokenizer.ggml.pre", Value::String("default".into()));
+    let path = std::env::temp_dir().join(format!("cortexstream-vocab-default-pre-{}.gguf", std::process::id()));
+    std::fs::write(&path, spec.to_bytes()).unwrap();
+    let tokenizer = GgufFile::open(&path).and_then(|gguf| Tokenizer::from_gguf(&gguf));
+    std::fs::remove_file(&path).unwrap();
+    check_cases("gpt-neox", &tokenizer.unwrap());
+}
+
 /// Decoding what we encoded gives the text back (the SentencePiece space prefix removed again).
 #[test]
 fn encode_then_decode_round_trips_for_every_kind() {
-    for kind in ["llama-spm", "phi-3", "gpt-2", "starcoder", "mpt"] {
+    for kind in ["llama-spm", "phi-3", "gpt-2", "starcoder", "mpt", "llama-bpe", "qwen2"] {
         let tokenizer = load(kind);
         for (text, _) in cases(kind) {
             let ids = tokenizer.encode(&text, false).unwrap();
@@ -133,6 +171,21 @@ fn control_tokens_are_matched_whole_and_end_generation() {
     let eog = tokenizer.end_of_generation_ids();
     assert_eq!(eog[0], tokenizer.eos_token_id().unwrap());
     assert!(eog.contains(&end), "{eog:?}");
+}
+
+/// llama.cpp drops the whitespace after Phi-3's special tokens (the file's `general.name` is
+/// `Phi3`), except after `<unk>`, `<s>` and `<|endoftext|>`; the text after them then starts a
+/// new fragment with its space prefix. The ids are llama.cpp's (`llama-tokenize --no-bos` on
+/// this file, the llama.cpp of the README).
+#[test]
+fn phi_3_special_tokens_strip_the_whitespace_after_them() {
+    let tokenizer = load("phi-3");
+    let encode = |text: &str| tokenizer.encode(text, false).unwrap();
+    // <|user|> ▁Hi <|end|>: the newline and space after <|user|>, the newline after <|end|> gone.
+    assert_eq!(encode("<|user|>\n Hi<|end|>\n"), [32010, 6324, 32007]);
+    assert_eq!(encode("<|user|>\nHi"), [32010, 6324]);
+    // `<s>` is exempt: <s> ▁ \n Hi.
+    assert_eq!(encode("<s>\nHi"), [1, 29871, 13, 18567]);
 }
 
 /// `mpt` (GPT-NeoX's vocabulary) uses the GPT-2 regex in llama.cpp; its 178 user-defined

@@ -179,8 +179,14 @@ impl Tokenizer {
             .collect();
         let type_of = |id: usize| token_types.get(id).copied().unwrap_or(1);
         let entries = texts.iter().enumerate().map(|(id, text)| Some(sentencepiece_entry(text, type_of(id)))).collect();
-        let kinds: Vec<PieceKind> = (0..texts.len()).map(|id| sentencepiece_kind(type_of(id))).collect();
-        let encoder = SentencePiece::new(&texts, scores, &kinds, add_space_prefix);
+        let strips_space = strips_space_after_specials(gguf);
+        let kinds: Vec<PieceKind> = texts
+            .iter()
+            .enumerate()
+            .map(|(id, text)| sentencepiece_kind(type_of(id), strips_space && !keeps_space_after(text)))
+            .collect();
+        let encoder = SentencePiece::new(&texts, scores, &kinds, add_space_prefix)
+            .map_err(|e| Error::model_load(gguf.path(), e.to_string()))?;
         Self::assemble(Backend::SentencePiece(encoder), entries, specials, add_special).validated(gguf.path())
     }
 
@@ -414,13 +420,30 @@ fn sentencepiece_entry(text: &str, token_type: i64) -> TokenEntry {
 }
 
 /// Which entries the SentencePiece encoder matches whole before merging (llama.cpp's special
-/// token cache: control, user-defined and unknown entries).
-fn sentencepiece_kind(token_type: i64) -> PieceKind {
+/// token cache: control, user-defined and unknown entries), and whether they drop the
+/// whitespace after them.
+fn sentencepiece_kind(token_type: i64, strips_space_after: bool) -> PieceKind {
     match token_type {
+        TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED | TOKEN_TYPE_UNKNOWN if strips_space_after => {
+            PieceKind::WholeStripsSpaceAfter
+        }
         TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED | TOKEN_TYPE_UNKNOWN => PieceKind::Whole,
         1 => PieceKind::Normal,
         _ => PieceKind::Other,
     }
+}
+
+/// Whether llama.cpp strips the whitespace after this model's special tokens: it does for
+/// Phi-3, recognised by `general.name` (lowercased) containing `phi-3` or `phi3`
+/// (`LLAMA_TOKEN_ATTR_RSTRIP` in `llama-vocab.cpp`). So `<|user|>\nHi` is `<|user|>` + `Hi`.
+fn strips_space_after_specials(gguf: &GgufFile) -> bool {
+    let name = gguf.get("general.name").and_then(Value::as_str).unwrap_or_default().to_lowercase();
+    name.contains("phi-3") || name.contains("phi3")
+}
+
+/// The special tokens llama.cpp exempts from Phi-3's whitespace stripping.
+fn keeps_space_after(text: &str) -> bool {
+    matches!(text, "<unk>" | "<s>" | "<|endoftext|>")
 }
 
 /// The pre-tokenizer `tokenizer.ggml.pre` names; missing or unknown fails the load.
