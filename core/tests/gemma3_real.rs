@@ -45,7 +45,8 @@ fn ids(v: &Value) -> Vec<u32> {
 
 fn top2(step: &Value) -> [(u32, f32); 2] {
     let top = step["top"].as_array().expect("top");
-    let entry = |i: usize| (top[i]["id"].as_u64().expect("id") as u32, top[i]["logprob"].as_f64().expect("logprob") as f32);
+    let entry =
+        |i: usize| (top[i]["id"].as_u64().expect("id") as u32, top[i]["logprob"].as_f64().expect("logprob") as f32);
     [entry(0), entry(1)]
 }
 
@@ -157,7 +158,11 @@ fn next_token_logprobs_follow_llama_cpp_at_every_position() {
                 r.prompt
             );
             if their_logprob - their_second >= r.near_tie {
-                assert_eq!(ours.token_ids[0], theirs, "{:?} position {i}: a clear pick of llama.cpp's differs", r.prompt);
+                assert_eq!(
+                    ours.token_ids[0], theirs,
+                    "{:?} position {i}: a clear pick of llama.cpp's differs",
+                    r.prompt
+                );
             }
         }
     }
