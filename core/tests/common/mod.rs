@@ -19,6 +19,13 @@ pub fn smollm2_path() -> PathBuf {
     p
 }
 
+/// The real Gemma 3 270M Q4_K_M file (issue 16), pulled by `pull all` like SmolLM2.
+pub fn gemma3_path() -> PathBuf {
+    let p = models_dir().join("gemma3").join("gemma-3-270m-q4_k_m.gguf");
+    assert!(p.exists(), "model missing at {}; run `python3 python/cortexstream/models.py pull all`", p.display());
+    p
+}
+
 pub fn minilm_dir() -> PathBuf {
     let p = models_dir().join("minilm");
     assert!(
@@ -34,6 +41,13 @@ pub fn reference() -> serde_json::Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/smollm2_reference.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).expect("reference fixture is valid JSON")
+}
+
+/// A committed JSON fixture under `tests/fixtures/`.
+pub fn fixture(name: &str) -> serde_json::Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The Python interpreter that has the test requirements (numpy, gguf, ...).
