@@ -113,6 +113,20 @@ fn unhonoured_cases() -> Vec<(&'static str, GgufSpec, Vec<&'static str>)> {
             vec!["`llama.rope.scaling.factor`", "f32 8"],
         ),
         (
+            "linear rope scale",
+            tiny_with(|g| {
+                g.set("llama.rope.scale_linear", Value::F32(0.25));
+            }),
+            vec!["`llama.rope.scale_linear`", "f32 0.25"],
+        ),
+        (
+            "rope attention factor",
+            tiny_with(|g| {
+                g.set("llama.rope.scaling.attn_factor", Value::F32(1.5));
+            }),
+            vec!["`llama.rope.scaling.attn_factor`", "f32 1.5"],
+        ),
+        (
             "rope frequency factors",
             tiny_with(|g| {
                 g.tensors.push(f32_tensor("rope_freqs.weight", 8));

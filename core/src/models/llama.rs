@@ -154,6 +154,9 @@ const MUST_BE_OFF: &[(&str, &[f64], &str)] = &[
     ("residual_scale", &[0.0, 1.0], "this scale is not implemented for this architecture"),
     ("logit_scale", &[0.0, 1.0], "this scale is not implemented for this architecture"),
     ("attention.scale", &[0.0], "a custom attention scale is not implemented (only 1/sqrt(head size))"),
+    // llama.cpp reads both as RoPE scaling for every architecture.
+    ("rope.scale_linear", &[0.0, 1.0], ROPE_SCALING_WHY),
+    ("rope.scaling.attn_factor", &[0.0, 1.0], ROPE_SCALING_WHY),
 ];
 
 const ROPE_SCALING_WHY: &str = "RoPE scaling is not implemented yet (only `none`)";
