@@ -1,8 +1,9 @@
 //! The real Gemma 3 270M Q4_K_M file (`python3 python/cortexstream/models.py pull all`), held
 //! to llama.cpp's output on the same file (`tests/fixtures/gemma3_llamacpp.json`, written by
 //! `tests/reference/gemma3_llamacpp.py` from the peer build): token ids of prompts and varied
-//! strings, and greedy ids until llama.cpp's own top two are a near-tie. Plus batch
-//! invariance and a clean KV pool.
+//! strings, and greedy ids until llama.cpp's own top two are a near-tie. Held far more tightly
+//! to a float64 forward on the same dequantized weights (`tests/fixtures/gemma3_f64.json`,
+//! written by `tests/reference/gemma3_f64_fixture.py`). Plus batch invariance and a clean KV pool.
 //!
 //! One engine for the whole binary (run with `--test-threads=1`, like every model test).
 

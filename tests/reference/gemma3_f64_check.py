@@ -2,7 +2,8 @@
 package), teacher-forced on the llama.cpp fixture's ids: how far llama.cpp's log-probabilities
 (and, if the `cortexstream` module is installed, ours) are from exact arithmetic on the same
 weights. Evidence for the tolerances in `gemma3_llamacpp.py` / `core/tests/gemma3_real.rs`;
-not run by CI (about a minute, 3 GB of RAM).
+not run by CI (about a minute, 3 GB of RAM). `gemma3_f64_fixture.py` reuses `forward` to write
+the committed float64 fixture `tests/fixtures/gemma3_f64.json`.
 
     python tests/reference/gemma3_f64_check.py
 """
