@@ -2,7 +2,8 @@
 package), teacher-forced on the llama.cpp fixture's ids: how far llama.cpp's log-probabilities
 (and, if the `cortexstream` module is installed, ours) are from exact arithmetic on the same
 weights. Evidence for the tolerances in `gemma3_llamacpp.py` / `core/tests/gemma3_real.rs`;
-not run by CI (about a minute, 3 GB of RAM).
+not run by CI (about a minute, 3 GB of RAM). `gemma3_f64_fixture.py` reuses `forward` to write
+the committed float64 fixture `tests/fixtures/gemma3_f64.json`.
 
     python tests/reference/gemma3_f64_check.py
 """
@@ -53,24 +54,28 @@ def forward(ids):
     logits = rms(x, out_norm) @ emb.T
     m = logits.max(-1, keepdims=True)
     return logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
-fx = json.load(open(REPO / 'tests' / 'fixtures' / 'gemma3_llamacpp.json'))
-try:
-    import cortexstream
-    engine = cortexstream.Engine(str(MODEL), embedding_model=False, kv_cache_tokens=1024)
-except ImportError:
-    engine = None
-llama_err, our_err = [], []
-for p in fx['prompts']:
-    lp = forward(np.array(p['prompt_ids'] + p['generated_ids']))
-    for i, step in enumerate(p['steps']):
-        row = lp[len(p['prompt_ids']) - 1 + i]
-        exact = float(row[step['id']])
-        llama_err.append(abs(step['logprob'] - exact))
-        if engine is not None:
-            c = engine.generate(p['prompt_ids'] + p['generated_ids'][:i], max_tokens=1, temperature=0, logprobs=5)
-            ours = dict(c.logprobs[0].top).get(step['id'])
-            if ours is not None:
-                our_err.append(abs(ours - exact))
-print('llama.cpp |logprob - float64|: max %.3f mean %.4f' % (max(llama_err), np.mean(llama_err)))
-if our_err:
-    print('cortexstream |logprob - float64|: max %.3f mean %.4f' % (max(our_err), np.mean(our_err)))
+def main():
+    fx = json.load(open(REPO / 'tests' / 'fixtures' / 'gemma3_llamacpp.json'))
+    try:
+        import cortexstream
+        engine = cortexstream.Engine(str(MODEL), embedding_model=False, kv_cache_tokens=1024)
+    except ImportError:
+        engine = None
+    llama_err, our_err = [], []
+    for p in fx['prompts']:
+        lp = forward(np.array(p['prompt_ids'] + p['generated_ids']))
+        for i, step in enumerate(p['steps']):
+            row = lp[len(p['prompt_ids']) - 1 + i]
+            exact = float(row[step['id']])
+            llama_err.append(abs(step['logprob'] - exact))
+            if engine is not None:
+                c = engine.generate(p['prompt_ids'] + p['generated_ids'][:i], max_tokens=1, temperature=0, logprobs=5)
+                ours = dict(c.logprobs[0].top).get(step['id'])
+                if ours is not None:
+                    our_err.append(abs(ours - exact))
+    print('llama.cpp |logprob - float64|: max %.3f mean %.4f' % (max(llama_err), np.mean(llama_err)))
+    if our_err:
+        print('cortexstream |logprob - float64|: max %.3f mean %.4f' % (max(our_err), np.mean(our_err)))
+
+if __name__ == '__main__':
+    main()
