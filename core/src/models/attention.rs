@@ -60,6 +60,16 @@ impl Geometry {
     fn group(&self) -> usize {
         self.n_heads / self.n_kv_heads
     }
+
+    /// Floats of the query heads at the start of each fused row.
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    /// Floats of the key heads (and of the value heads) that follow the queries.
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
 }
 
 /// Query tokens `tokens` (indices within chunk `chunk`) attending through KV head `kv_head`.

@@ -24,11 +24,16 @@ use std::sync::{Arc, Mutex};
 
 use crate::gguf::{GgufFile, Value};
 use crate::kv_cache::KvStorage;
-use crate::models::attention::{self, AttentionScratch, Span};
+use crate::models::attention::{self, Span};
 use crate::models::elementwise::{add_in_place, geglu_tanh_rows, rms_norm_in_place, rms_norm_rows};
-use crate::models::llama::{load_error, refuse_rope_scaling, MAX_HEAD_DIM};
+use crate::models::kv_write::store_keys_and_values;
+use crate::models::llama::{refuse_rope_scaling, MAX_HEAD_DIM};
+use crate::models::output_head::OutputHead;
+use crate::models::rope::{self, RopeTable};
 use crate::models::stacked::StackedMatrix;
-use crate::models::{check_chunks, SeqChunk};
+use crate::models::step::StepScratch;
+use crate::models::tensors::ReadTensors;
+use crate::models::{check_chunks, load_error, SeqChunk};
 use crate::quant::QMatrix;
 use crate::threadpool::ThreadPool;
 use crate::Result;
@@ -173,7 +178,8 @@ impl Gemma3Config {
                 ));
             }
         }
-        refuse_unused_tensors(gguf, n_layers)?;
+        ReadTensors { layer: LAYER_TENSORS, model: MODEL_TENSORS, n_layers }
+            .refuse_others(gguf, unused_tensor_message)?;
         let sliding_window = match optional_usize_key("attention.sliding_window", 0)? {
             0 => None,
             window => Some(window),
@@ -294,28 +300,12 @@ const LAYER_TENSORS: &[&str] = &[
 /// Tensors outside the layers (`output.weight` is optional: tied embeddings).
 const MODEL_TENSORS: &[&str] = &["token_embd.weight", "output_norm.weight", "output.weight"];
 
-/// Refuses a file with a tensor the forward would not read (a bias, an embedding model's dense
-/// projection, ...): ignoring a weight would compute wrong outputs.
-fn refuse_unused_tensors(gguf: &GgufFile, n_layers: usize) -> Result<()> {
-    let is_read = |name: &str| {
-        if MODEL_TENSORS.contains(&name) {
-            return true;
-        }
-        let Some(rest) = name.strip_prefix("blk.") else { return false };
-        let Some((layer, tensor)) = rest.split_once('.') else { return false };
-        let in_range = layer.parse::<usize>().is_ok_and(|l| l < n_layers && layer == l.to_string());
-        in_range && tensor.strip_suffix(".weight").is_some_and(|t| LAYER_TENSORS.contains(&t))
-    };
-    match gguf.tensors().iter().find(|t| !is_read(&t.name)) {
-        None => Ok(()),
-        Some(unused) => Err(load_error(
-            gguf,
-            format!(
-                "tensor `{}` is not supported: the gemma3 forward does not use it, and ignoring a weight would compute wrong outputs",
-                unused.name
-            ),
-        )),
-    }
+/// Why a tensor the gemma3 forward does not read (a bias, an embedding model's dense
+/// projection, ...) is refused (see [`ReadTensors`]).
+fn unused_tensor_message(name: &str) -> String {
+    format!(
+        "tensor `{name}` is not supported: the gemma3 forward does not use it, and ignoring a weight would compute wrong outputs"
+    )
 }
 
 struct Layer {
@@ -354,10 +344,6 @@ impl std::fmt::Debug for Gemma3Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gemma3Model").field("config", &self.config).finish_non_exhaustive()
     }
-}
-
-fn rope_frequencies(theta: f32, head_dim: usize) -> Vec<f64> {
-    (0..head_dim / 2).map(|i| (theta as f64).powf(-2.0 * i as f64 / head_dim as f64)).collect()
 }
 
 impl Gemma3Model {
@@ -414,8 +400,8 @@ impl Gemma3Model {
         let output_norm = vector("output_norm.weight", c.hidden_size)?;
         Ok(Self {
             embedding_scale: (c.hidden_size as f32).sqrt(),
-            rope_frequencies_global: rope_frequencies(c.rope_theta, c.head_dim),
-            rope_frequencies_swa: rope_frequencies(c.rope_theta_swa, c.head_dim),
+            rope_frequencies_global: rope::frequencies(c.rope_theta, c.head_dim),
+            rope_frequencies_swa: rope::frequencies(c.rope_theta_swa, c.head_dim),
             config,
             token_embedding,
             layers,
@@ -447,10 +433,13 @@ impl Gemma3Model {
         let pool = &*self.pool;
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let s = &mut *scratch;
-        s.prepare(chunks, c, &self.rope_frequencies_global, &self.rope_frequencies_swa);
+        let geometry = c.attention_geometry();
+        s.step.prepare(chunks, &geometry, c.hidden_size, c.ffn_size);
+        s.rope_global.fill(&s.step.rows, &self.rope_frequencies_global);
+        s.rope_swa.fill(&s.step.rows, &self.rope_frequencies_swa);
+        let (rope_global, rope_swa, s) = (&s.rope_global, &s.rope_swa, &mut s.step);
         let n = s.rows.len();
         let hidden = c.hidden_size;
-        let geometry = c.attention_geometry();
 
         for (row, x) in s.rows.iter().zip(s.x.chunks_exact_mut(hidden)) {
             self.token_embedding.dequantize_row(row.token as usize, x);
@@ -460,9 +449,9 @@ impl Gemma3Model {
             rms_norm_rows(&s.x, &layer.attn_norm, c.rms_eps, &mut s.normed, pool);
             layer.qkv.matmul(&s.normed, n, &mut s.qkv, pool);
             normalize_query_and_key_heads(&mut s.qkv, c, &layer.q_norm, &layer.k_norm);
-            let (cos, sin) = if c.sliding_layers[l] { (&s.cos_swa, &s.sin_swa) } else { (&s.cos, &s.sin) };
-            rotate_neox(&mut s.qkv, c, cos, sin);
-            store_keys_and_values(&s.qkv, c, l, chunks, kv);
+            let rotation = if c.sliding_layers[l] { rope_swa } else { rope_global };
+            rope::rotate_neox(&mut s.qkv, &geometry, rotation);
+            store_keys_and_values(&s.qkv, &geometry, l, chunks, kv);
             attention::attend(&mut s.attention, &geometry, l, c.span(l), chunks, kv, &s.qkv, &mut s.attn, pool);
             layer.attn_output.matmul(&s.attn, n, &mut s.projected, pool);
             rms_norm_rows(&s.projected, &layer.post_attention_norm, c.rms_eps, &mut s.normed, pool);
@@ -476,88 +465,23 @@ impl Gemma3Model {
             add_in_place(&mut s.x, &s.normed);
         }
 
-        // Final norm and output head only for the rows whose logits are wanted.
-        s.logit_inputs.clear();
-        let mut first_row = 0;
-        for chunk in chunks {
-            first_row += chunk.tokens.len();
-            if chunk.want_logits {
-                s.logit_inputs.extend_from_slice(&s.x[(first_row - 1) * hidden..][..hidden]);
-            }
-        }
-        let n_logits = s.logit_inputs.len() / hidden;
-        s.normed.resize(n_logits * hidden, 0.0);
-        rms_norm_rows(&s.logit_inputs, &self.output_norm, c.rms_eps, &mut s.normed, pool);
-        logits.resize(n_logits * c.vocab_size, 0.0);
-        if n_logits > 0 {
-            self.output.as_ref().unwrap_or(&self.token_embedding).matmul(&s.normed, n_logits, logits, pool);
-        }
+        let head = OutputHead {
+            norm: &self.output_norm,
+            rms_eps: c.rms_eps,
+            matrix: self.output.as_ref().unwrap_or(&self.token_embedding),
+        };
+        head.wanted_logits(chunks, s, logits, pool);
         Ok(())
     }
 }
 
-/// Per-step buffers (row-major, one row per token of the step unless noted).
+/// Per-step buffers: the shared ones and the RoPE rotation of each row, for global layers
+/// and for sliding ones.
 #[derive(Default)]
 struct Scratch {
-    rows: Vec<RowInfo>,
-    /// The residual stream.
-    x: Vec<f32>,
-    normed: Vec<f32>,
-    qkv: Vec<f32>,
-    attn: Vec<f32>,
-    /// Output of the attention output projection, then of the down projection.
-    projected: Vec<f32>,
-    gate_up: Vec<f32>,
-    ffn_hidden: Vec<f32>,
-    /// RoPE rotation of each row's position, `head_dim / 2` values per row, for global
-    /// layers and for sliding ones.
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-    cos_swa: Vec<f32>,
-    sin_swa: Vec<f32>,
-    attention: AttentionScratch,
-    /// Final hidden states of the rows that want logits.
-    logit_inputs: Vec<f32>,
-}
-
-#[derive(Clone, Copy)]
-struct RowInfo {
-    token: u32,
-    position: usize,
-}
-
-impl Scratch {
-    fn prepare(&mut self, chunks: &[SeqChunk<'_>], c: &Gemma3Config, global: &[f64], swa: &[f64]) {
-        self.rows.clear();
-        for chunk in chunks {
-            self.rows.extend(
-                chunk.tokens.iter().enumerate().map(|(i, &token)| RowInfo { token, position: chunk.start_pos + i }),
-            );
-        }
-        self.attention.plan(chunks, &c.attention_geometry());
-        let n = self.rows.len();
-        self.x.resize(n * c.hidden_size, 0.0);
-        self.normed.resize(n * c.hidden_size, 0.0);
-        self.qkv.resize(n * c.qkv_row_len(), 0.0);
-        self.attn.resize(n * c.q_dim(), 0.0);
-        self.projected.resize(n * c.hidden_size, 0.0);
-        self.gate_up.resize(n * 2 * c.ffn_size, 0.0);
-        self.ffn_hidden.resize(n * c.ffn_size, 0.0);
-        fill_rotations(&self.rows, global, &mut self.cos, &mut self.sin);
-        fill_rotations(&self.rows, swa, &mut self.cos_swa, &mut self.sin_swa);
-    }
-}
-
-fn fill_rotations(rows: &[RowInfo], frequencies: &[f64], cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
-    cos.clear();
-    sin.clear();
-    for row in rows {
-        for &frequency in frequencies {
-            let angle = row.position as f64 * frequency;
-            cos.push(angle.cos() as f32);
-            sin.push(angle.sin() as f32);
-        }
-    }
+    step: StepScratch,
+    rope_global: RopeTable,
+    rope_swa: RopeTable,
 }
 
 /// RMS-normalises every query head with `q_norm` and every key head with `k_norm`, in place.
@@ -569,34 +493,6 @@ fn normalize_query_and_key_heads(qkv: &mut [f32], c: &Gemma3Config, q_norm: &[f3
         }
         for head in rest[..c.kv_dim()].chunks_exact_mut(c.head_dim) {
             rms_norm_in_place(head, k_norm, c.rms_eps);
-        }
-    }
-}
-
-/// RoPE in ggml's NEOX mode on every query and key head: the pairs `(x[i], x[i + half])`
-/// rotate by `position · theta^(-2i / head_dim)`.
-fn rotate_neox(qkv: &mut [f32], c: &Gemma3Config, cos: &[f32], sin: &[f32]) {
-    let half = c.head_dim / 2;
-    let rows = qkv.chunks_exact_mut(c.qkv_row_len()).zip(cos.chunks_exact(half)).zip(sin.chunks_exact(half));
-    for ((row, cos), sin) in rows {
-        for head in row[..c.q_dim() + c.kv_dim()].chunks_exact_mut(c.head_dim) {
-            let (first, second) = head.split_at_mut(half);
-            for (((a, b), &cos), &sin) in first.iter_mut().zip(second.iter_mut()).zip(cos).zip(sin) {
-                let (x, y) = (*a, *b);
-                *a = x * cos - y * sin;
-                *b = x * sin + y * cos;
-            }
-        }
-    }
-}
-
-/// Stores each row's K and V (as f16) into layer `layer` of the paged cache.
-fn store_keys_and_values(qkv: &[f32], c: &Gemma3Config, layer: usize, chunks: &[SeqChunk<'_>], kv: &mut KvStorage) {
-    let mut rows = qkv.chunks_exact(c.qkv_row_len());
-    for chunk in chunks {
-        for (position, row) in (chunk.start_pos..).zip(rows.by_ref().take(chunk.tokens.len())) {
-            let (key, value) = row[c.q_dim()..].split_at(c.kv_dim());
-            kv.write(layer, chunk.block_table, position, key, value);
         }
     }
 }

@@ -12,13 +12,18 @@ use std::sync::{Arc, Mutex};
 
 use crate::gguf::{GgufFile, Value};
 use crate::kv_cache::KvStorage;
-use crate::models::attention::{self, AttentionScratch};
+use crate::models::attention;
 use crate::models::elementwise::{add_in_place, rms_norm_rows, swiglu_rows};
+use crate::models::kv_write::store_keys_and_values;
+use crate::models::output_head::OutputHead;
+use crate::models::rope::{self, RopeTable};
 use crate::models::stacked::StackedMatrix;
-use crate::models::{check_chunks, SeqChunk};
+use crate::models::step::StepScratch;
+use crate::models::tensors::ReadTensors;
+use crate::models::{check_chunks, load_error, SeqChunk};
 use crate::quant::QMatrix;
 use crate::threadpool::ThreadPool;
-use crate::{Error, Result};
+use crate::Result;
 
 /// Values of `general.architecture` this implementation runs.
 const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
@@ -104,7 +109,8 @@ impl LlamaConfig {
             ));
         }
         refuse_unhonoured_metadata(gguf, arch, head_dim)?;
-        refuse_unused_tensors(gguf, n_layers)?;
+        ReadTensors { layer: LAYER_TENSORS, model: MODEL_TENSORS, n_layers }
+            .refuse_others(gguf, unused_tensor_message)?;
         let embedding_rows = gguf.tensor_info("token_embd.weight").and_then(|t| t.dims.get(1).copied()).unwrap_or(0);
         let vocab_size = optional_usize_key("vocab_size", embedding_rows)?;
         Ok(Self {
@@ -215,24 +221,7 @@ const LAYER_TENSORS: &[&str] =
 /// Tensors outside the layers the forward reads (`output.weight` is optional: tied embeddings).
 const MODEL_TENSORS: &[&str] = &["token_embd.weight", "output_norm.weight", "output.weight"];
 
-/// Refuses a file with a tensor the forward would not read: a bias, a Q/K norm, a frequency
-/// factor table each change the numerics, and skipping one would run the model silently wrong.
-fn refuse_unused_tensors(gguf: &GgufFile, n_layers: usize) -> Result<()> {
-    let is_read = |name: &str| {
-        if MODEL_TENSORS.contains(&name) {
-            return true;
-        }
-        let Some(rest) = name.strip_prefix("blk.") else { return false };
-        let Some((layer, tensor)) = rest.split_once('.') else { return false };
-        let in_range = layer.parse::<usize>().is_ok_and(|l| l < n_layers && layer == l.to_string());
-        in_range && tensor.strip_suffix(".weight").is_some_and(|t| LAYER_TENSORS.contains(&t))
-    };
-    match gguf.tensors().iter().find(|t| !is_read(&t.name)) {
-        None => Ok(()),
-        Some(unused) => Err(load_error(gguf, unused_tensor_message(&unused.name))),
-    }
-}
-
+/// Why a tensor the llama forward does not read is refused (see [`ReadTensors`]).
 fn unused_tensor_message(name: &str) -> String {
     let why = if name == "rope_freqs.weight" {
         "RoPE frequency factors (llama3-style RoPE scaling) are not implemented yet"
@@ -242,10 +231,6 @@ fn unused_tensor_message(name: &str) -> String {
         "the llama forward does not use it, and ignoring a weight would compute wrong outputs"
     };
     format!("tensor `{name}` is not supported: {why}")
-}
-
-pub(crate) fn load_error(gguf: &GgufFile, message: String) -> Error {
-    Error::model_load(gguf.path(), message)
 }
 
 struct Layer {
@@ -329,8 +314,7 @@ impl LlamaModel {
             })
             .collect::<Result<Vec<_>>>()?;
         let output_norm = vector("output_norm.weight")?;
-        let rope_frequencies =
-            (0..c.head_dim / 2).map(|i| (c.rope_theta as f64).powf(-2.0 * i as f64 / c.head_dim as f64)).collect();
+        let rope_frequencies = rope::frequencies(c.rope_theta, c.head_dim);
         Ok(Self {
             config,
             token_embedding,
@@ -366,10 +350,12 @@ impl LlamaModel {
         let pool = &*self.pool;
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let s = &mut *scratch;
-        s.prepare(chunks, c, &self.rope_frequencies);
+        let geometry = c.attention_geometry();
+        s.step.prepare(chunks, &geometry, c.hidden_size, c.ffn_size);
+        s.rope.fill(&s.step.rows, &self.rope_frequencies);
+        let (rope, s) = (&s.rope, &mut s.step);
         let n = s.rows.len();
         let hidden = c.hidden_size;
-        let geometry = c.attention_geometry();
 
         for (row, x) in s.rows.iter().zip(s.x.chunks_exact_mut(hidden)) {
             self.token_embedding.dequantize_row(row.token as usize, x);
@@ -377,8 +363,8 @@ impl LlamaModel {
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(&s.x, &layer.attn_norm, c.rms_eps, &mut s.normed, pool);
             layer.qkv.matmul(&s.normed, n, &mut s.qkv, pool);
-            rotate_queries_and_keys(&mut s.qkv, c, &s.rope_cos, &s.rope_sin);
-            store_keys_and_values(&s.qkv, c, l, chunks, kv);
+            rope::rotate_normal(&mut s.qkv, &geometry, rope);
+            store_keys_and_values(&s.qkv, &geometry, l, chunks, kv);
             attention::attend(
                 &mut s.attention,
                 &geometry,
@@ -400,110 +386,19 @@ impl LlamaModel {
             add_in_place(&mut s.x, &s.projected);
         }
 
-        // Final norm and output head only for the rows whose logits are wanted.
-        s.logit_inputs.clear();
-        let mut first_row = 0;
-        for chunk in chunks {
-            first_row += chunk.tokens.len();
-            if chunk.want_logits {
-                s.logit_inputs.extend_from_slice(&s.x[(first_row - 1) * hidden..][..hidden]);
-            }
-        }
-        let n_logits = s.logit_inputs.len() / hidden;
-        s.normed.resize(n_logits * hidden, 0.0);
-        rms_norm_rows(&s.logit_inputs, &self.output_norm, c.rms_eps, &mut s.normed, pool);
-        logits.resize(n_logits * c.vocab_size, 0.0);
-        if n_logits > 0 {
-            self.output.as_ref().unwrap_or(&self.token_embedding).matmul(&s.normed, n_logits, logits, pool);
-        }
+        let head = OutputHead {
+            norm: &self.output_norm,
+            rms_eps: c.rms_eps,
+            matrix: self.output.as_ref().unwrap_or(&self.token_embedding),
+        };
+        head.wanted_logits(chunks, s, logits, pool);
         Ok(())
     }
 }
 
-/// Per-step buffers (row-major, one row per token of the step unless noted).
+/// Per-step buffers: the shared ones and the RoPE rotation of each row.
 #[derive(Default)]
 struct Scratch {
-    rows: Vec<RowInfo>,
-    /// The residual stream.
-    x: Vec<f32>,
-    normed: Vec<f32>,
-    qkv: Vec<f32>,
-    attn: Vec<f32>,
-    /// Output of the attention output projection, then of the down projection.
-    projected: Vec<f32>,
-    gate_up: Vec<f32>,
-    ffn_hidden: Vec<f32>,
-    /// RoPE rotation of each row's position: `head_dim / 2` values per row.
-    rope_cos: Vec<f32>,
-    rope_sin: Vec<f32>,
-    attention: AttentionScratch,
-    /// Final hidden states of the rows that want logits.
-    logit_inputs: Vec<f32>,
-}
-
-#[derive(Clone, Copy)]
-struct RowInfo {
-    token: u32,
-    position: usize,
-}
-
-impl Scratch {
-    /// Sizes every buffer for this step's rows (growing only, so warm steps do not allocate)
-    /// and fills the per-row token, position and RoPE tables.
-    fn prepare(&mut self, chunks: &[SeqChunk<'_>], c: &LlamaConfig, rope_frequencies: &[f64]) {
-        self.rows.clear();
-        for chunk in chunks {
-            self.rows.extend(
-                chunk.tokens.iter().enumerate().map(|(i, &token)| RowInfo { token, position: chunk.start_pos + i }),
-            );
-        }
-        self.attention.plan(chunks, &c.attention_geometry());
-        let n = self.rows.len();
-        self.x.resize(n * c.hidden_size, 0.0);
-        self.normed.resize(n * c.hidden_size, 0.0);
-        self.qkv.resize(n * (c.q_dim() + 2 * c.kv_dim()), 0.0);
-        self.attn.resize(n * c.q_dim(), 0.0);
-        self.projected.resize(n * c.hidden_size, 0.0);
-        self.gate_up.resize(n * 2 * c.ffn_size, 0.0);
-        self.ffn_hidden.resize(n * c.ffn_size, 0.0);
-        self.rope_cos.clear();
-        self.rope_sin.clear();
-        for row in &self.rows {
-            for &frequency in rope_frequencies {
-                let angle = row.position as f64 * frequency;
-                self.rope_cos.push(angle.cos() as f32);
-                self.rope_sin.push(angle.sin() as f32);
-            }
-        }
-    }
-}
-
-/// RoPE in ggml's NORMAL mode on every query and key head: adjacent pairs `(x[2i], x[2i+1])`
-/// rotate by `position · theta^(-2i / head_dim)`. (The GGUF converter permuted Wq and Wk so
-/// that this pairing matches the original model.)
-fn rotate_queries_and_keys(qkv: &mut [f32], c: &LlamaConfig, cos: &[f32], sin: &[f32]) {
-    let row_len = c.q_dim() + 2 * c.kv_dim();
-    let half = c.head_dim / 2;
-    for ((row, cos), sin) in qkv.chunks_exact_mut(row_len).zip(cos.chunks_exact(half)).zip(sin.chunks_exact(half)) {
-        for head in row[..c.q_dim() + c.kv_dim()].chunks_exact_mut(c.head_dim) {
-            for ((pair, &cos), &sin) in head.chunks_exact_mut(2).zip(cos).zip(sin) {
-                let (a, b) = (pair[0], pair[1]);
-                pair[0] = a * cos - b * sin;
-                pair[1] = a * sin + b * cos;
-            }
-        }
-    }
-}
-
-/// Stores each row's K and V (as f16) into layer `layer` of the paged cache.
-fn store_keys_and_values(qkv: &[f32], c: &LlamaConfig, layer: usize, chunks: &[SeqChunk<'_>], kv: &mut KvStorage) {
-    let row_len = c.q_dim() + 2 * c.kv_dim();
-    let kv_dim = c.kv_dim();
-    let mut rows = qkv.chunks_exact(row_len);
-    for chunk in chunks {
-        for (position, row) in (chunk.start_pos..).zip(rows.by_ref().take(chunk.tokens.len())) {
-            let (key, value) = row[c.q_dim()..].split_at(kv_dim);
-            kv.write(layer, chunk.block_table, position, key, value);
-        }
-    }
+    step: StepScratch,
+    rope: RopeTable,
 }

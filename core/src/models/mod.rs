@@ -5,8 +5,14 @@ pub(crate) mod attention;
 pub mod bert;
 pub(crate) mod elementwise;
 pub mod gemma3;
+pub(crate) mod kv_write;
 pub mod llama;
+pub(crate) mod output_head;
+pub(crate) mod rope;
+pub(crate) mod rows;
 pub(crate) mod stacked;
+pub(crate) mod step;
+pub(crate) mod tensors;
 
 use std::sync::Arc;
 
@@ -64,29 +70,22 @@ impl GenerationModel {
     }
 
     pub fn shape(&self) -> ModelShape {
+        // The configs are distinct types with these fields in common.
+        macro_rules! shape_of {
+            ($c:expr) => {
+                ModelShape {
+                    name: $c.name.clone(),
+                    vocab_size: $c.vocab_size,
+                    context_length: $c.context_length,
+                    n_layers: $c.n_layers,
+                    n_kv_heads: $c.n_kv_heads,
+                    head_dim: $c.head_dim,
+                }
+            };
+        }
         match self {
-            Self::Llama(m) => {
-                let c = m.config();
-                ModelShape {
-                    name: c.name.clone(),
-                    vocab_size: c.vocab_size,
-                    context_length: c.context_length,
-                    n_layers: c.n_layers,
-                    n_kv_heads: c.n_kv_heads,
-                    head_dim: c.head_dim,
-                }
-            }
-            Self::Gemma3(m) => {
-                let c = m.config();
-                ModelShape {
-                    name: c.name.clone(),
-                    vocab_size: c.vocab_size,
-                    context_length: c.context_length,
-                    n_layers: c.n_layers,
-                    n_kv_heads: c.n_kv_heads,
-                    head_dim: c.head_dim,
-                }
-            }
+            Self::Llama(m) => shape_of!(m.config()),
+            Self::Gemma3(m) => shape_of!(m.config()),
         }
     }
 
@@ -113,6 +112,11 @@ impl GenerationModel {
             Self::Gemma3(m) => m.forward(chunks, kv, logits),
         }
     }
+}
+
+/// A load error naming the file.
+pub(crate) fn load_error(gguf: &GgufFile, message: String) -> Error {
+    Error::model_load(gguf.path(), message)
 }
 
 /// Checks a step's chunks against the model and its KV storage: token ids inside the
