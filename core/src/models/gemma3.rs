@@ -28,11 +28,13 @@ use crate::models::attention::{self, Span};
 use crate::models::elementwise::{add_in_place, geglu_tanh_rows, rms_norm_in_place, rms_norm_rows};
 use crate::models::kv_write::store_keys_and_values;
 use crate::models::llama::{refuse_rope_scaling, MAX_HEAD_DIM};
+use crate::models::metadata::ArchKeys;
 use crate::models::output_head::OutputHead;
 use crate::models::rope::{self, RopeTable};
 use crate::models::stacked::StackedMatrix;
 use crate::models::step::StepScratch;
 use crate::models::tensors::ReadTensors;
+use crate::models::weights::Weights;
 use crate::models::{check_chunks, load_error, SeqChunk};
 use crate::quant::QMatrix;
 use crate::threadpool::ThreadPool;
@@ -103,76 +105,63 @@ const SAME_AS_HEAD_SIZE: &[&str] =
 
 impl Gemma3Config {
     fn from_gguf(gguf: &GgufFile) -> Result<Self> {
-        let key = |suffix: &str| format!("{ARCHITECTURE}.{suffix}");
-        let usize_key = |suffix: &str| gguf.require_u64(&key(suffix)).map(|v| v as usize);
-        let optional_usize_key = |suffix: &str, default: usize| match gguf.get(&key(suffix)) {
-            None => Ok(default),
-            Some(v) => {
-                v.as_u64().map(|v| v as usize).ok_or_else(|| gguf.wrong_type(&key(suffix), "a non-negative integer", v))
-            }
-        };
-        let float_key = |suffix: &str, default: Option<f64>| match gguf.get(&key(suffix)) {
-            Some(v) => v.as_f64().map(|v| v as f32).ok_or_else(|| gguf.wrong_type(&key(suffix), "a number", v)),
-            None => default
-                .map(|v| v as f32)
-                .ok_or_else(|| load_error(gguf, format!("missing float metadata `{}`", key(suffix)))),
-        };
-        let hidden_size = usize_key("embedding_length")?;
-        let n_layers = usize_key("block_count")?;
+        let keys = ArchKeys { gguf, arch: ARCHITECTURE };
+        let hidden_size = keys.usize("embedding_length")?;
+        let n_layers = keys.usize("block_count")?;
         if n_layers == 0 || hidden_size == 0 {
             return Err(load_error(
                 gguf,
-                format!("`{}` and `{}` must both be at least 1", key("block_count"), key("embedding_length")),
+                format!("`{}` and `{}` must both be at least 1", keys.key("block_count"), keys.key("embedding_length")),
             ));
         }
-        let n_heads = usize_key("attention.head_count")?;
-        let n_kv_heads = optional_usize_key("attention.head_count_kv", n_heads)?;
+        let n_heads = keys.usize("attention.head_count")?;
+        let n_kv_heads = keys.optional_usize("attention.head_count_kv", n_heads)?;
         if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
             return Err(load_error(gguf, format!("{n_heads} attention heads cannot share {n_kv_heads} KV heads")));
         }
-        let head_dim = optional_usize_key("attention.key_length", hidden_size / n_heads)?;
+        let head_dim = keys.optional_usize("attention.key_length", hidden_size / n_heads)?;
         if head_dim == 0 || head_dim > MAX_HEAD_DIM || !head_dim.is_multiple_of(2) {
             return Err(load_error(
                 gguf,
                 format!(
                     "`{}` is {head_dim}; supported head sizes are even, 2..={MAX_HEAD_DIM}",
-                    key("attention.key_length")
+                    keys.key("attention.key_length")
                 ),
             ));
         }
         for suffix in SAME_AS_HEAD_SIZE {
-            if optional_usize_key(suffix, head_dim)? != head_dim {
+            if keys.optional_usize(suffix, head_dim)? != head_dim {
                 return Err(load_error(
                     gguf,
                     format!(
                         "metadata `{}` = {} is not supported: sliding layers must have the head size {head_dim}",
-                        key(suffix),
-                        gguf.get(&key(suffix)).map(Value::describe).unwrap_or_default()
+                        keys.key(suffix),
+                        gguf.get(&keys.key(suffix)).map(Value::describe).unwrap_or_default()
                     ),
                 ));
             }
         }
-        let value_dim = optional_usize_key("attention.value_length", head_dim)?;
-        let rope_dims = optional_usize_key("rope.dimension_count", head_dim)?;
+        let value_dim = keys.optional_usize("attention.value_length", head_dim)?;
+        let rope_dims = keys.optional_usize("rope.dimension_count", head_dim)?;
         if value_dim != head_dim || rope_dims != head_dim {
             return Err(load_error(
                 gguf,
                 format!(
                     "`{}` = {value_dim} and `{}` = {rope_dims} must equal the key head size {head_dim}",
-                    key("attention.value_length"),
-                    key("rope.dimension_count")
+                    keys.key("attention.value_length"),
+                    keys.key("rope.dimension_count")
                 ),
             ));
         }
         refuse_must_be_off(gguf)?;
         refuse_rope_scaling(gguf, ARCHITECTURE)?;
-        if let Some(value) = gguf.get(&key("attention.causal")) {
+        if let Some(value) = gguf.get(&keys.key("attention.causal")) {
             if value.as_bool() != Some(true) {
                 return Err(load_error(
                     gguf,
                     format!(
                         "metadata `{}` = {} is not supported: only causal attention is implemented",
-                        key("attention.causal"),
+                        keys.key("attention.causal"),
                         value.describe()
                     ),
                 ));
@@ -180,7 +169,7 @@ impl Gemma3Config {
         }
         ReadTensors { layer: LAYER_TENSORS, model: MODEL_TENSORS, n_layers }
             .refuse_others(gguf, unused_tensor_message)?;
-        let sliding_window = match optional_usize_key("attention.sliding_window", 0)? {
+        let sliding_window = match keys.optional_usize("attention.sliding_window", 0)? {
             0 => None,
             window => Some(window),
         };
@@ -191,17 +180,17 @@ impl Gemma3Config {
         let embedding_rows = gguf.tensor_info("token_embd.weight").and_then(|t| t.dims.get(1).copied()).unwrap_or(0);
         Ok(Self {
             name: gguf.get("general.name").and_then(|v| v.as_str()).unwrap_or_default().to_string(),
-            vocab_size: optional_usize_key("vocab_size", embedding_rows)?,
+            vocab_size: keys.optional_usize("vocab_size", embedding_rows)?,
             hidden_size,
             n_layers,
             n_heads,
             n_kv_heads,
             head_dim,
-            ffn_size: usize_key("feed_forward_length")?,
-            rope_theta: float_key("rope.freq_base", Some(10_000.0))?,
-            rope_theta_swa: float_key("rope.freq_base_swa", Some(DEFAULT_SWA_ROPE_BASE))?,
-            rms_eps: float_key("attention.layer_norm_rms_epsilon", None)?,
-            context_length: usize_key("context_length")?,
+            ffn_size: keys.usize("feed_forward_length")?,
+            rope_theta: keys.float("rope.freq_base", Some(10_000.0))?,
+            rope_theta_swa: keys.float("rope.freq_base_swa", Some(DEFAULT_SWA_ROPE_BASE))?,
+            rms_eps: keys.float("attention.layer_norm_rms_epsilon", None)?,
+            context_length: keys.usize("context_length")?,
             sliding_window,
             sliding_layers,
             attention_scale: attention_scale(n_layers, hidden_size, n_heads, head_dim),
@@ -351,53 +340,35 @@ impl Gemma3Model {
     pub fn load(gguf: &GgufFile, pool: Arc<ThreadPool>) -> Result<Self> {
         let config = Gemma3Config::from_gguf(gguf)?;
         let c = &config;
-        let matrix = |name: &str, rows: usize, cols: usize| -> Result<QMatrix> {
-            let m = QMatrix::from_gguf(gguf, name)?;
-            if (m.rows(), m.cols()) != (rows, cols) {
-                return Err(load_error(
-                    gguf,
-                    format!("tensor `{name}` is {}×{}, expected {rows}×{cols}", m.rows(), m.cols()),
-                ));
-            }
-            Ok(m)
-        };
-        let vector = |name: &str, len: usize| -> Result<Vec<f32>> {
-            let mut values = vec![0f32; len];
-            matrix(name, 1, len)?.dequantize_row(0, &mut values);
-            Ok(values)
-        };
-        let stacked = |names: &[String], rows: &[usize], cols: usize| -> Result<StackedMatrix> {
-            let parts = names.iter().zip(rows).map(|(name, &r)| matrix(name, r, cols)).collect::<Result<Vec<_>>>()?;
-            Ok(StackedMatrix::new(parts))
-        };
-
-        let token_embedding = matrix("token_embd.weight", c.vocab_size, c.hidden_size)?;
-        let output = match gguf.tensor_info("output.weight") {
-            Some(_) => Some(matrix("output.weight", c.vocab_size, c.hidden_size)?),
-            None => None,
-        };
+        let w = Weights { gguf };
+        let token_embedding = w.matrix("token_embd.weight", c.vocab_size, c.hidden_size)?;
+        let output = w.optional_matrix("output.weight", c.vocab_size, c.hidden_size)?;
         let layers = (0..c.n_layers)
             .map(|l| {
                 let name = |suffix: &str| format!("blk.{l}.{suffix}.weight");
                 Ok(Layer {
-                    attn_norm: vector(&name("attn_norm"), c.hidden_size)?,
-                    qkv: stacked(
+                    attn_norm: w.vector(&name("attn_norm"), c.hidden_size)?,
+                    qkv: w.stacked(
                         &[name("attn_q"), name("attn_k"), name("attn_v")],
                         &[c.q_dim(), c.kv_dim(), c.kv_dim()],
                         c.hidden_size,
                     )?,
-                    q_norm: vector(&name("attn_q_norm"), c.head_dim)?,
-                    k_norm: vector(&name("attn_k_norm"), c.head_dim)?,
-                    attn_output: matrix(&name("attn_output"), c.hidden_size, c.q_dim())?,
-                    post_attention_norm: vector(&name("post_attention_norm"), c.hidden_size)?,
-                    ffn_norm: vector(&name("ffn_norm"), c.hidden_size)?,
-                    gate_up: stacked(&[name("ffn_gate"), name("ffn_up")], &[c.ffn_size, c.ffn_size], c.hidden_size)?,
-                    down: matrix(&name("ffn_down"), c.hidden_size, c.ffn_size)?,
-                    post_ffw_norm: vector(&name("post_ffw_norm"), c.hidden_size)?,
+                    q_norm: w.vector(&name("attn_q_norm"), c.head_dim)?,
+                    k_norm: w.vector(&name("attn_k_norm"), c.head_dim)?,
+                    attn_output: w.matrix(&name("attn_output"), c.hidden_size, c.q_dim())?,
+                    post_attention_norm: w.vector(&name("post_attention_norm"), c.hidden_size)?,
+                    ffn_norm: w.vector(&name("ffn_norm"), c.hidden_size)?,
+                    gate_up: w.stacked(
+                        &[name("ffn_gate"), name("ffn_up")],
+                        &[c.ffn_size, c.ffn_size],
+                        c.hidden_size,
+                    )?,
+                    down: w.matrix(&name("ffn_down"), c.hidden_size, c.ffn_size)?,
+                    post_ffw_norm: w.vector(&name("post_ffw_norm"), c.hidden_size)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let output_norm = vector("output_norm.weight", c.hidden_size)?;
+        let output_norm = w.vector("output_norm.weight", c.hidden_size)?;
         Ok(Self {
             embedding_scale: (c.hidden_size as f32).sqrt(),
             rope_frequencies_global: rope::frequencies(c.rope_theta, c.head_dim),

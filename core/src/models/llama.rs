@@ -15,11 +15,13 @@ use crate::kv_cache::KvStorage;
 use crate::models::attention;
 use crate::models::elementwise::{add_in_place, rms_norm_rows, swiglu_rows};
 use crate::models::kv_write::store_keys_and_values;
+use crate::models::metadata::ArchKeys;
 use crate::models::output_head::OutputHead;
 use crate::models::rope::{self, RopeTable};
 use crate::models::stacked::StackedMatrix;
 use crate::models::step::StepScratch;
 use crate::models::tensors::ReadTensors;
+use crate::models::weights::Weights;
 use crate::models::{check_chunks, load_error, SeqChunk};
 use crate::quant::QMatrix;
 use crate::threadpool::ThreadPool;
@@ -58,30 +60,15 @@ impl LlamaConfig {
                 format!("architecture `{arch}` is not supported (supported: {SUPPORTED_ARCHITECTURES:?})"),
             ));
         }
-        let key = |suffix: &str| format!("{arch}.{suffix}");
-        let usize_key = |suffix: &str| gguf.require_u64(&key(suffix)).map(|v| v as usize);
-        // Optional keys: absent takes the default, but a present value of the wrong type (a
-        // per-layer array, a string) is an error, never silently replaced by the default.
-        let optional_usize_key = |suffix: &str, default: usize| match gguf.get(&key(suffix)) {
-            None => Ok(default),
-            Some(v) => {
-                v.as_u64().map(|v| v as usize).ok_or_else(|| gguf.wrong_type(&key(suffix), "a non-negative integer", v))
-            }
-        };
-        let float_key = |suffix: &str, default: Option<f64>| match gguf.get(&key(suffix)) {
-            Some(v) => v.as_f64().map(|v| v as f32).ok_or_else(|| gguf.wrong_type(&key(suffix), "a number", v)),
-            None => default
-                .map(|v| v as f32)
-                .ok_or_else(|| load_error(gguf, format!("missing float metadata `{}`", key(suffix)))),
-        };
-        let hidden_size = usize_key("embedding_length")?;
-        let n_heads = usize_key("attention.head_count")?;
-        let n_kv_heads = optional_usize_key("attention.head_count_kv", n_heads)?;
+        let keys = ArchKeys { gguf, arch };
+        let hidden_size = keys.usize("embedding_length")?;
+        let n_heads = keys.usize("attention.head_count")?;
+        let n_kv_heads = keys.optional_usize("attention.head_count_kv", n_heads)?;
         if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
             return Err(load_error(gguf, format!("{n_heads} attention heads cannot share {n_kv_heads} KV heads")));
         }
-        let head_dim = optional_usize_key("attention.key_length", hidden_size / n_heads)?;
-        let rope_dims = optional_usize_key("rope.dimension_count", head_dim)?;
+        let head_dim = keys.optional_usize("attention.key_length", hidden_size / n_heads)?;
+        let rope_dims = keys.optional_usize("rope.dimension_count", head_dim)?;
         if rope_dims != head_dim || !head_dim.is_multiple_of(2) {
             return Err(load_error(
                 gguf,
@@ -91,28 +78,31 @@ impl LlamaConfig {
         // Sizes come from an untrusted file: bound them before anything is allocated from them
         // (with zero layers no weight shape would ever check the head size, yet the RoPE table
         // is sized by it).
-        let n_layers = usize_key("block_count")?;
+        let n_layers = keys.usize("block_count")?;
         if n_layers == 0 || hidden_size == 0 {
             return Err(load_error(
                 gguf,
                 format!(
                     "`{}` is {n_layers} and `{}` is {hidden_size}: both must be at least 1",
-                    key("block_count"),
-                    key("embedding_length")
+                    keys.key("block_count"),
+                    keys.key("embedding_length")
                 ),
             ));
         }
         if head_dim == 0 || head_dim > MAX_HEAD_DIM || n_heads.checked_mul(head_dim).is_none() {
             return Err(load_error(
                 gguf,
-                format!("`{}` is {head_dim}; supported head sizes are 1..={MAX_HEAD_DIM}", key("attention.key_length")),
+                format!(
+                    "`{}` is {head_dim}; supported head sizes are 1..={MAX_HEAD_DIM}",
+                    keys.key("attention.key_length")
+                ),
             ));
         }
         refuse_unhonoured_metadata(gguf, arch, head_dim)?;
         ReadTensors { layer: LAYER_TENSORS, model: MODEL_TENSORS, n_layers }
             .refuse_others(gguf, unused_tensor_message)?;
         let embedding_rows = gguf.tensor_info("token_embd.weight").and_then(|t| t.dims.get(1).copied()).unwrap_or(0);
-        let vocab_size = optional_usize_key("vocab_size", embedding_rows)?;
+        let vocab_size = keys.optional_usize("vocab_size", embedding_rows)?;
         Ok(Self {
             name: gguf.get("general.name").and_then(|v| v.as_str()).unwrap_or_default().to_string(),
             vocab_size,
@@ -121,10 +111,10 @@ impl LlamaConfig {
             n_heads,
             n_kv_heads,
             head_dim,
-            ffn_size: usize_key("feed_forward_length")?,
-            rope_theta: float_key("rope.freq_base", Some(10_000.0))?,
-            rms_eps: float_key("attention.layer_norm_rms_epsilon", None)?,
-            context_length: usize_key("context_length")?,
+            ffn_size: keys.usize("feed_forward_length")?,
+            rope_theta: keys.float("rope.freq_base", Some(10_000.0))?,
+            rms_eps: keys.float("attention.layer_norm_rms_epsilon", None)?,
+            context_length: keys.usize("context_length")?,
         })
     }
 
@@ -271,49 +261,31 @@ impl LlamaModel {
     pub fn load(gguf: &GgufFile, pool: Arc<ThreadPool>) -> Result<Self> {
         let config = LlamaConfig::from_gguf(gguf)?;
         let c = &config;
-        let matrix = |name: &str, rows: usize, cols: usize| -> Result<QMatrix> {
-            let m = QMatrix::from_gguf(gguf, name)?;
-            if (m.rows(), m.cols()) != (rows, cols) {
-                return Err(load_error(
-                    gguf,
-                    format!("tensor `{name}` is {}×{}, expected {rows}×{cols}", m.rows(), m.cols()),
-                ));
-            }
-            Ok(m)
-        };
-        let vector = |name: &str| -> Result<Vec<f32>> {
-            let mut values = vec![0f32; c.hidden_size];
-            matrix(name, 1, c.hidden_size)?.dequantize_row(0, &mut values);
-            Ok(values)
-        };
-        let stacked = |names: &[String], rows: &[usize], cols: usize| -> Result<StackedMatrix> {
-            let parts = names.iter().zip(rows).map(|(name, &r)| matrix(name, r, cols)).collect::<Result<Vec<_>>>()?;
-            Ok(StackedMatrix::new(parts))
-        };
-
-        let token_embedding = matrix("token_embd.weight", c.vocab_size, c.hidden_size)?;
-        let output = match gguf.tensor_info("output.weight") {
-            Some(_) => Some(matrix("output.weight", c.vocab_size, c.hidden_size)?),
-            None => None,
-        };
+        let w = Weights { gguf };
+        let token_embedding = w.matrix("token_embd.weight", c.vocab_size, c.hidden_size)?;
+        let output = w.optional_matrix("output.weight", c.vocab_size, c.hidden_size)?;
         let layers = (0..c.n_layers)
             .map(|l| {
                 let name = |suffix: &str| format!("blk.{l}.{suffix}.weight");
                 Ok(Layer {
-                    attn_norm: vector(&name("attn_norm"))?,
-                    qkv: stacked(
+                    attn_norm: w.vector(&name("attn_norm"), c.hidden_size)?,
+                    qkv: w.stacked(
                         &[name("attn_q"), name("attn_k"), name("attn_v")],
                         &[c.q_dim(), c.kv_dim(), c.kv_dim()],
                         c.hidden_size,
                     )?,
-                    attn_output: matrix(&name("attn_output"), c.hidden_size, c.q_dim())?,
-                    ffn_norm: vector(&name("ffn_norm"))?,
-                    gate_up: stacked(&[name("ffn_gate"), name("ffn_up")], &[c.ffn_size, c.ffn_size], c.hidden_size)?,
-                    down: matrix(&name("ffn_down"), c.hidden_size, c.ffn_size)?,
+                    attn_output: w.matrix(&name("attn_output"), c.hidden_size, c.q_dim())?,
+                    ffn_norm: w.vector(&name("ffn_norm"), c.hidden_size)?,
+                    gate_up: w.stacked(
+                        &[name("ffn_gate"), name("ffn_up")],
+                        &[c.ffn_size, c.ffn_size],
+                        c.hidden_size,
+                    )?,
+                    down: w.matrix(&name("ffn_down"), c.hidden_size, c.ffn_size)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let output_norm = vector("output_norm.weight")?;
+        let output_norm = w.vector("output_norm.weight", c.hidden_size)?;
         let rope_frequencies = rope::frequencies(c.rope_theta, c.head_dim);
         Ok(Self {
             config,
