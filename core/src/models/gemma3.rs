@@ -29,12 +29,12 @@ use crate::models::elementwise::{add_in_place, geglu_tanh_rows, rms_norm_in_plac
 use crate::models::kv_write::store_keys_and_values;
 use crate::models::llama::{refuse_rope_scaling, MAX_HEAD_DIM};
 use crate::models::metadata::ArchKeys;
-use crate::models::output_head::OutputHead;
 use crate::models::rope::{self, RopeTable};
 use crate::models::stacked::StackedMatrix;
 use crate::models::step::StepScratch;
 use crate::models::tensors::ReadTensors;
-use crate::models::weights::Weights;
+use crate::models::vocabulary::{Vocabulary, VOCABULARY_TENSORS};
+use crate::models::weights::{layer_tensor, Weights};
 use crate::models::{check_chunks, load_error, SeqChunk};
 use crate::quant::QMatrix;
 use crate::threadpool::ThreadPool;
@@ -167,7 +167,7 @@ impl Gemma3Config {
                 ));
             }
         }
-        ReadTensors { layer: LAYER_TENSORS, model: MODEL_TENSORS, n_layers }
+        ReadTensors { layer: LAYER_TENSORS, model: VOCABULARY_TENSORS, n_layers }
             .refuse_others(gguf, unused_tensor_message)?;
         let sliding_window = match keys.optional_usize("attention.sliding_window", 0)? {
             0 => None,
@@ -286,8 +286,6 @@ const LAYER_TENSORS: &[&str] = &[
     "ffn_down",
     "post_ffw_norm",
 ];
-/// Tensors outside the layers (`output.weight` is optional: tied embeddings).
-const MODEL_TENSORS: &[&str] = &["token_embd.weight", "output_norm.weight", "output.weight"];
 
 /// Why a tensor the gemma3 forward does not read (a bias, an embedding model's dense
 /// projection, ...) is refused (see [`ReadTensors`]).
@@ -315,13 +313,11 @@ struct Layer {
 /// A loaded Gemma 3 model.
 pub struct Gemma3Model {
     config: Gemma3Config,
-    token_embedding: QMatrix,
+    /// Token embedding, final norm and output head.
+    vocabulary: Vocabulary,
     /// `sqrt(hidden_size)`, rounded to f32 as llama.cpp does.
     embedding_scale: f32,
     layers: Vec<Layer>,
-    output_norm: Vec<f32>,
-    /// `None` when the token embedding doubles as the output head (tied weights).
-    output: Option<QMatrix>,
     /// `theta^(-2i / head_dim)` for each rotated pair `i`, for global and sliding layers.
     rope_frequencies_global: Vec<f64>,
     rope_frequencies_swa: Vec<f64>,
@@ -345,24 +341,16 @@ impl Gemma3Model {
         let output = w.optional_matrix("output.weight", c.vocab_size, c.hidden_size)?;
         let layers = (0..c.n_layers)
             .map(|l| {
-                let name = |suffix: &str| format!("blk.{l}.{suffix}.weight");
+                let name = |tensor: &str| layer_tensor(l, tensor);
                 Ok(Layer {
                     attn_norm: w.vector(&name("attn_norm"), c.hidden_size)?,
-                    qkv: w.stacked(
-                        &[name("attn_q"), name("attn_k"), name("attn_v")],
-                        &[c.q_dim(), c.kv_dim(), c.kv_dim()],
-                        c.hidden_size,
-                    )?,
+                    qkv: w.attention_qkv(l, c.q_dim(), c.kv_dim(), c.hidden_size)?,
                     q_norm: w.vector(&name("attn_q_norm"), c.head_dim)?,
                     k_norm: w.vector(&name("attn_k_norm"), c.head_dim)?,
                     attn_output: w.matrix(&name("attn_output"), c.hidden_size, c.q_dim())?,
                     post_attention_norm: w.vector(&name("post_attention_norm"), c.hidden_size)?,
                     ffn_norm: w.vector(&name("ffn_norm"), c.hidden_size)?,
-                    gate_up: w.stacked(
-                        &[name("ffn_gate"), name("ffn_up")],
-                        &[c.ffn_size, c.ffn_size],
-                        c.hidden_size,
-                    )?,
+                    gate_up: w.ffn_gate_up(l, c.ffn_size, c.hidden_size)?,
                     down: w.matrix(&name("ffn_down"), c.hidden_size, c.ffn_size)?,
                     post_ffw_norm: w.vector(&name("post_ffw_norm"), c.hidden_size)?,
                 })
@@ -374,10 +362,8 @@ impl Gemma3Model {
             rope_frequencies_global: rope::frequencies(c.rope_theta, c.head_dim),
             rope_frequencies_swa: rope::frequencies(c.rope_theta_swa, c.head_dim),
             config,
-            token_embedding,
+            vocabulary: Vocabulary { token_embedding, output_norm, output },
             layers,
-            output_norm,
-            output,
             pool,
             scratch: Mutex::new(Scratch::default()),
         })
@@ -410,12 +396,9 @@ impl Gemma3Model {
         s.rope_swa.fill(&s.step.rows, &self.rope_frequencies_swa);
         let (rope_global, rope_swa, s) = (&s.rope_global, &s.rope_swa, &mut s.step);
         let n = s.rows.len();
-        let hidden = c.hidden_size;
 
-        for (row, x) in s.rows.iter().zip(s.x.chunks_exact_mut(hidden)) {
-            self.token_embedding.dequantize_row(row.token as usize, x);
-            x.iter_mut().for_each(|v| *v *= self.embedding_scale);
-        }
+        self.vocabulary.embed(&s.rows, &mut s.x, c.hidden_size);
+        s.x.iter_mut().for_each(|v| *v *= self.embedding_scale);
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(&s.x, &layer.attn_norm, c.rms_eps, &mut s.normed, pool);
             layer.qkv.matmul(&s.normed, n, &mut s.qkv, pool);
@@ -436,12 +419,7 @@ impl Gemma3Model {
             add_in_place(&mut s.x, &s.normed);
         }
 
-        let head = OutputHead {
-            norm: &self.output_norm,
-            rms_eps: c.rms_eps,
-            matrix: self.output.as_ref().unwrap_or(&self.token_embedding),
-        };
-        head.wanted_logits(chunks, s, logits, pool);
+        self.vocabulary.wanted_logits(chunks, c.rms_eps, s, logits, pool);
         Ok(())
     }
 }

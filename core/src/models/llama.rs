@@ -16,12 +16,12 @@ use crate::models::attention;
 use crate::models::elementwise::{add_in_place, rms_norm_rows, swiglu_rows};
 use crate::models::kv_write::store_keys_and_values;
 use crate::models::metadata::ArchKeys;
-use crate::models::output_head::OutputHead;
 use crate::models::rope::{self, RopeTable};
 use crate::models::stacked::StackedMatrix;
 use crate::models::step::StepScratch;
 use crate::models::tensors::ReadTensors;
-use crate::models::weights::Weights;
+use crate::models::vocabulary::{Vocabulary, VOCABULARY_TENSORS};
+use crate::models::weights::{layer_tensor, Weights};
 use crate::models::{check_chunks, load_error, SeqChunk};
 use crate::quant::QMatrix;
 use crate::threadpool::ThreadPool;
@@ -99,7 +99,7 @@ impl LlamaConfig {
             ));
         }
         refuse_unhonoured_metadata(gguf, arch, head_dim)?;
-        ReadTensors { layer: LAYER_TENSORS, model: MODEL_TENSORS, n_layers }
+        ReadTensors { layer: LAYER_TENSORS, model: VOCABULARY_TENSORS, n_layers }
             .refuse_others(gguf, unused_tensor_message)?;
         let embedding_rows = gguf.tensor_info("token_embd.weight").and_then(|t| t.dims.get(1).copied()).unwrap_or(0);
         let vocab_size = keys.optional_usize("vocab_size", embedding_rows)?;
@@ -208,8 +208,6 @@ pub(crate) fn refuse_rope_scaling(gguf: &GgufFile, arch: &str) -> Result<()> {
 /// Tensors the llama forward reads in every layer (each `blk.N.{name}.weight`).
 const LAYER_TENSORS: &[&str] =
     &["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"];
-/// Tensors outside the layers the forward reads (`output.weight` is optional: tied embeddings).
-const MODEL_TENSORS: &[&str] = &["token_embd.weight", "output_norm.weight", "output.weight"];
 
 /// Why a tensor the llama forward does not read is refused (see [`ReadTensors`]).
 fn unused_tensor_message(name: &str) -> String {
@@ -237,11 +235,9 @@ struct Layer {
 /// A loaded llama-family model.
 pub struct LlamaModel {
     config: LlamaConfig,
-    token_embedding: QMatrix,
+    /// Token embedding, final norm and output head.
+    vocabulary: Vocabulary,
     layers: Vec<Layer>,
-    output_norm: Vec<f32>,
-    /// `None` when the token embedding doubles as the output head (tied weights).
-    output: Option<QMatrix>,
     /// `theta^(-2i / head_dim)` for each rotated pair `i`.
     rope_frequencies: Vec<f64>,
     pool: Arc<ThreadPool>,
@@ -266,21 +262,13 @@ impl LlamaModel {
         let output = w.optional_matrix("output.weight", c.vocab_size, c.hidden_size)?;
         let layers = (0..c.n_layers)
             .map(|l| {
-                let name = |suffix: &str| format!("blk.{l}.{suffix}.weight");
+                let name = |tensor: &str| layer_tensor(l, tensor);
                 Ok(Layer {
                     attn_norm: w.vector(&name("attn_norm"), c.hidden_size)?,
-                    qkv: w.stacked(
-                        &[name("attn_q"), name("attn_k"), name("attn_v")],
-                        &[c.q_dim(), c.kv_dim(), c.kv_dim()],
-                        c.hidden_size,
-                    )?,
+                    qkv: w.attention_qkv(l, c.q_dim(), c.kv_dim(), c.hidden_size)?,
                     attn_output: w.matrix(&name("attn_output"), c.hidden_size, c.q_dim())?,
                     ffn_norm: w.vector(&name("ffn_norm"), c.hidden_size)?,
-                    gate_up: w.stacked(
-                        &[name("ffn_gate"), name("ffn_up")],
-                        &[c.ffn_size, c.ffn_size],
-                        c.hidden_size,
-                    )?,
+                    gate_up: w.ffn_gate_up(l, c.ffn_size, c.hidden_size)?,
                     down: w.matrix(&name("ffn_down"), c.hidden_size, c.ffn_size)?,
                 })
             })
@@ -289,10 +277,8 @@ impl LlamaModel {
         let rope_frequencies = rope::frequencies(c.rope_theta, c.head_dim);
         Ok(Self {
             config,
-            token_embedding,
+            vocabulary: Vocabulary { token_embedding, output_norm, output },
             layers,
-            output_norm,
-            output,
             rope_frequencies,
             pool,
             scratch: Mutex::new(Scratch::default()),
@@ -327,11 +313,8 @@ impl LlamaModel {
         s.rope.fill(&s.step.rows, &self.rope_frequencies);
         let (rope, s) = (&s.rope, &mut s.step);
         let n = s.rows.len();
-        let hidden = c.hidden_size;
 
-        for (row, x) in s.rows.iter().zip(s.x.chunks_exact_mut(hidden)) {
-            self.token_embedding.dequantize_row(row.token as usize, x);
-        }
+        self.vocabulary.embed(&s.rows, &mut s.x, c.hidden_size);
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(&s.x, &layer.attn_norm, c.rms_eps, &mut s.normed, pool);
             layer.qkv.matmul(&s.normed, n, &mut s.qkv, pool);
@@ -358,12 +341,7 @@ impl LlamaModel {
             add_in_place(&mut s.x, &s.projected);
         }
 
-        let head = OutputHead {
-            norm: &self.output_norm,
-            rms_eps: c.rms_eps,
-            matrix: self.output.as_ref().unwrap_or(&self.token_embedding),
-        };
-        head.wanted_logits(chunks, s, logits, pool);
+        self.vocabulary.wanted_logits(chunks, c.rms_eps, s, logits, pool);
         Ok(())
     }
 }

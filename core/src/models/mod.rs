@@ -8,12 +8,12 @@ pub mod gemma3;
 pub(crate) mod kv_write;
 pub mod llama;
 pub(crate) mod metadata;
-pub(crate) mod output_head;
 pub(crate) mod rope;
 pub(crate) mod rows;
 pub(crate) mod stacked;
 pub(crate) mod step;
 pub(crate) mod tensors;
+pub(crate) mod vocabulary;
 pub(crate) mod weights;
 
 use std::sync::Arc;

@@ -40,8 +40,26 @@ impl Weights<'_> {
     }
 
     /// The tensors `names`, of `rows[i] × cols` each, stacked into one matrix.
-    pub fn stacked(&self, names: &[String], rows: &[usize], cols: usize) -> Result<StackedMatrix> {
+    fn stacked(&self, names: &[String], rows: &[usize], cols: usize) -> Result<StackedMatrix> {
         let parts = names.iter().zip(rows).map(|(name, &r)| self.matrix(name, r, cols)).collect::<Result<Vec<_>>>()?;
         Ok(StackedMatrix::new(parts))
     }
+
+    /// Layer `layer`'s Wq, Wk and Wv stacked: gives `[q | k | v]` per row (one fused matmul
+    /// when their types agree).
+    pub fn attention_qkv(&self, layer: usize, q_dim: usize, kv_dim: usize, hidden: usize) -> Result<StackedMatrix> {
+        let names = ["attn_q", "attn_k", "attn_v"].map(|t| layer_tensor(layer, t));
+        self.stacked(&names, &[q_dim, kv_dim, kv_dim], hidden)
+    }
+
+    /// Layer `layer`'s Wgate and Wup stacked: gives `[gate | up]` per row.
+    pub fn ffn_gate_up(&self, layer: usize, ffn_size: usize, hidden: usize) -> Result<StackedMatrix> {
+        let names = ["ffn_gate", "ffn_up"].map(|t| layer_tensor(layer, t));
+        self.stacked(&names, &[ffn_size, ffn_size], hidden)
+    }
+}
+
+/// The GGUF name of layer `layer`'s tensor `tensor`.
+pub(crate) fn layer_tensor(layer: usize, tensor: &str) -> String {
+    format!("blk.{layer}.{tensor}.weight")
 }

@@ -1,0 +1,59 @@
+//! The two ends of a decoder: token ids into hidden states (the embedding), and at the end of
+//! a step the final RMS norm and output head, over only the rows that want logits (the last
+//! row of each chunk with `want_logits`).
+
+use crate::models::elementwise::rms_norm_rows;
+use crate::models::rows::RowInfo;
+use crate::models::step::StepScratch;
+use crate::models::SeqChunk;
+use crate::quant::QMatrix;
+use crate::threadpool::ThreadPool;
+
+/// Tensors outside the layers that [`Vocabulary`] reads (`output.weight` is optional).
+pub(crate) const VOCABULARY_TENSORS: &[&str] = &["token_embd.weight", "output_norm.weight", "output.weight"];
+
+pub(crate) struct Vocabulary {
+    pub token_embedding: QMatrix,
+    /// Weights of the final RMS norm.
+    pub output_norm: Vec<f32>,
+    /// `None` when the token embedding doubles as the output head (tied weights).
+    pub output: Option<QMatrix>,
+}
+
+impl Vocabulary {
+    /// Writes each row's token embedding into its row of `x` (`hidden` values per row).
+    pub fn embed(&self, rows: &[RowInfo], x: &mut [f32], hidden: usize) {
+        for (row, x) in rows.iter().zip(x.chunks_exact_mut(hidden)) {
+            self.token_embedding.dequantize_row(row.token as usize, x);
+        }
+    }
+
+    /// Writes one row of `vocab_size` logits per chunk with `want_logits`, in chunk order, into
+    /// `logits` (resized), from the residual stream `s.x`.
+    pub fn wanted_logits(
+        &self,
+        chunks: &[SeqChunk<'_>],
+        rms_eps: f32,
+        s: &mut StepScratch,
+        logits: &mut Vec<f32>,
+        pool: &ThreadPool,
+    ) {
+        let hidden = self.output_norm.len();
+        s.logit_inputs.clear();
+        let mut first_row = 0;
+        for chunk in chunks {
+            first_row += chunk.tokens.len();
+            if chunk.want_logits {
+                s.logit_inputs.extend_from_slice(&s.x[(first_row - 1) * hidden..][..hidden]);
+            }
+        }
+        let n_logits = s.logit_inputs.len() / hidden;
+        s.normed.resize(n_logits * hidden, 0.0);
+        rms_norm_rows(&s.logit_inputs, &self.output_norm, rms_eps, &mut s.normed, pool);
+        let head = self.output.as_ref().unwrap_or(&self.token_embedding);
+        logits.resize(n_logits * head.rows(), 0.0);
+        if n_logits > 0 {
+            head.matmul(&s.normed, n_logits, logits, pool);
+        }
+    }
+}
