@@ -27,8 +27,7 @@ use crate::kv_cache::KvStorage;
 use crate::models::attention::{self, Span};
 use crate::models::elementwise::{add_in_place, geglu_tanh_rows, rms_norm_in_place, rms_norm_rows};
 use crate::models::kv_write::store_keys_and_values;
-use crate::models::llama::{refuse_rope_scaling, MAX_HEAD_DIM};
-use crate::models::metadata::ArchKeys;
+use crate::models::metadata::{ArchKeys, MustBeOff, MAX_HEAD_DIM, ROPE_SCALING_WHY};
 use crate::models::rope::{self, RopeTable};
 use crate::models::stacked::StackedMatrix;
 use crate::models::step::StepScratch;
@@ -83,9 +82,8 @@ pub fn attention_scale(n_layers: usize, hidden_size: usize, n_heads: usize, head
     1.0 / (scalar as f32).sqrt()
 }
 
-/// `gemma3.*` keys that change the numerics of features this forward does not implement, with
-/// the values that mean "off".
-const MUST_BE_OFF: &[(&str, &[f64], &str)] = &[
+/// `gemma3.*` keys that change the numerics of features this forward does not implement.
+const MUST_BE_OFF: &MustBeOff = &[
     ("attn_logit_softcapping", &[0.0], "attention logit soft-capping is not implemented"),
     ("final_logit_softcapping", &[0.0], "final logit soft-capping is not implemented yet"),
     ("expert_count", &[0.0], "mixture-of-experts layers are not implemented"),
@@ -95,8 +93,8 @@ const MUST_BE_OFF: &[(&str, &[f64], &str)] = &[
     ("logit_scale", &[0.0, 1.0], "this scale is not implemented for this architecture"),
     ("attention.scale", &[0.0], "a custom attention scale is not implemented (only 1/sqrt(head size))"),
     // llama.cpp reads both as RoPE scaling for every architecture.
-    ("rope.scale_linear", &[0.0, 1.0], "RoPE scaling is not implemented yet (only `none`)"),
-    ("rope.scaling.attn_factor", &[0.0, 1.0], "RoPE scaling is not implemented yet (only `none`)"),
+    ("rope.scale_linear", &[0.0, 1.0], ROPE_SCALING_WHY),
+    ("rope.scaling.attn_factor", &[0.0, 1.0], ROPE_SCALING_WHY),
 ];
 
 /// Sliding-layer head sizes llama.cpp reads (Gemma 4 style); this forward has one head size.
@@ -153,20 +151,9 @@ impl Gemma3Config {
                 ),
             ));
         }
-        refuse_must_be_off(gguf)?;
-        refuse_rope_scaling(gguf, ARCHITECTURE)?;
-        if let Some(value) = gguf.get(&keys.key("attention.causal")) {
-            if value.as_bool() != Some(true) {
-                return Err(load_error(
-                    gguf,
-                    format!(
-                        "metadata `{}` = {} is not supported: only causal attention is implemented",
-                        keys.key("attention.causal"),
-                        value.describe()
-                    ),
-                ));
-            }
-        }
+        keys.refuse_unless_off(MUST_BE_OFF)?;
+        keys.refuse_rope_scaling()?;
+        keys.refuse_non_causal()?;
         ReadTensors { layer: LAYER_TENSORS, model: VOCABULARY_TENSORS, n_layers }
             .refuse_others(gguf, unused_tensor_message)?;
         let sliding_window = match keys.optional_usize("attention.sliding_window", 0)? {
@@ -225,21 +212,6 @@ impl Gemma3Config {
             _ => Span::Causal,
         }
     }
-}
-
-fn refuse_must_be_off(gguf: &GgufFile) -> Result<()> {
-    for &(suffix, off, why) in MUST_BE_OFF {
-        let key = format!("{ARCHITECTURE}.{suffix}");
-        if let Some(value) = gguf.get(&key) {
-            if !value.as_f64().is_some_and(|v| off.contains(&v)) {
-                return Err(load_error(
-                    gguf,
-                    format!("metadata `{key}` = {} is not supported: {why}", value.describe()),
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Which layers slide, from `attention.sliding_window_pattern` as llama.cpp reads it: an array

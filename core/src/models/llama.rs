@@ -10,12 +10,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::gguf::{GgufFile, Value};
+use crate::gguf::GgufFile;
 use crate::kv_cache::KvStorage;
 use crate::models::attention;
 use crate::models::elementwise::{add_in_place, rms_norm_rows, swiglu_rows};
 use crate::models::kv_write::store_keys_and_values;
-use crate::models::metadata::ArchKeys;
+use crate::models::metadata::{ArchKeys, MustBeOff, MAX_HEAD_DIM, ROPE_SCALING_WHY};
 use crate::models::rope::{self, RopeTable};
 use crate::models::stacked::StackedMatrix;
 use crate::models::step::StepScratch;
@@ -47,9 +47,6 @@ pub struct LlamaConfig {
     /// The context window the model was trained for.
     pub context_length: usize,
 }
-
-/// Largest attention head size accepted from a file (real models use 64 to 256).
-pub(crate) const MAX_HEAD_DIM: usize = 1024;
 
 impl LlamaConfig {
     fn from_gguf(gguf: &GgufFile) -> Result<Self> {
@@ -98,7 +95,7 @@ impl LlamaConfig {
                 ),
             ));
         }
-        refuse_unhonoured_metadata(gguf, arch, head_dim)?;
+        refuse_unhonoured_metadata(&keys, head_dim)?;
         ReadTensors { layer: LAYER_TENSORS, model: VOCABULARY_TENSORS, n_layers }
             .refuse_others(gguf, unused_tensor_message)?;
         let embedding_rows = gguf.tensor_info("token_embd.weight").and_then(|t| t.dims.get(1).copied()).unwrap_or(0);
@@ -137,9 +134,8 @@ impl LlamaConfig {
     }
 }
 
-/// `{arch}.*` keys that change the numerics of features this forward does not implement: the
-/// values that mean "off" (llama.cpp's defaults), and why any other value is refused.
-const MUST_BE_OFF: &[(&str, &[f64], &str)] = &[
+/// `{arch}.*` keys that change the numerics of features this forward does not implement.
+const MUST_BE_OFF: &MustBeOff = &[
     ("attn_logit_softcapping", &[0.0], "logit soft-capping is not implemented for this architecture"),
     ("final_logit_softcapping", &[0.0], "logit soft-capping is not implemented for this architecture"),
     ("attention.sliding_window", &[0.0], "sliding-window attention is not implemented for this architecture"),
@@ -155,54 +151,21 @@ const MUST_BE_OFF: &[(&str, &[f64], &str)] = &[
     ("rope.scaling.attn_factor", &[0.0, 1.0], ROPE_SCALING_WHY),
 ];
 
-const ROPE_SCALING_WHY: &str = "RoPE scaling is not implemented yet (only `none`)";
-
 /// Refuses metadata that changes the numerics in a way this forward does not implement, so a
 /// model is never run silently wrong: the error names the key and its value. Keys absent, or
 /// present with the value that means "off", are fine.
-fn refuse_unhonoured_metadata(gguf: &GgufFile, arch: &str, head_dim: usize) -> Result<()> {
-    let key = |suffix: &str| format!("{arch}.{suffix}");
-    let refuse = |suffix: &str, value: &Value, why: &str| {
-        Err(load_error(gguf, format!("metadata `{}` = {} is not supported: {why}", key(suffix), value.describe())))
-    };
-    refuse_rope_scaling(gguf, arch)?;
-    for &(suffix, off, why) in MUST_BE_OFF {
-        if let Some(value) = gguf.get(&key(suffix)) {
-            if !value.as_f64().is_some_and(|v| off.contains(&v)) {
-                return refuse(suffix, value, why);
-            }
-        }
-    }
-    if let Some(value) = gguf.get(&key("attention.value_length")) {
+fn refuse_unhonoured_metadata(keys: &ArchKeys<'_>, head_dim: usize) -> Result<()> {
+    keys.refuse_rope_scaling()?;
+    keys.refuse_unless_off(MUST_BE_OFF)?;
+    let value_key = keys.key("attention.value_length");
+    if let Some(value) = keys.gguf.get(&value_key) {
         if value.as_u64() != Some(head_dim as u64) {
-            let why = format!("value heads must have the key head size {head_dim} (`{}`)", key("attention.key_length"));
-            return refuse("attention.value_length", value, &why);
+            let why =
+                format!("value heads must have the key head size {head_dim} (`{}`)", keys.key("attention.key_length"));
+            return Err(keys.refusal(&value_key, value, &why));
         }
     }
-    if let Some(value) = gguf.get(&key("attention.causal")) {
-        if value.as_bool() != Some(true) {
-            return refuse("attention.causal", value, "only causal attention is implemented");
-        }
-    }
-    Ok(())
-}
-
-/// llama.cpp reads an absent `rope.scaling.type` as `linear` (so a factor alone scales) and
-/// ignores the factor only when the type is explicitly `none`; any scaling is refused for now.
-pub(crate) fn refuse_rope_scaling(gguf: &GgufFile, arch: &str) -> Result<()> {
-    let type_key = format!("{arch}.rope.scaling.type");
-    let factor_key = format!("{arch}.rope.scaling.factor");
-    let refuse = |key: &str, value: &Value| {
-        Err(load_error(gguf, format!("metadata `{key}` = {} is not supported: {ROPE_SCALING_WHY}", value.describe())))
-    };
-    match gguf.get(&type_key) {
-        Some(value) if value.as_str() == Some("none") => Ok(()),
-        Some(value) => refuse(&type_key, value),
-        None => match gguf.get(&factor_key) {
-            Some(value) if !value.as_f64().is_some_and(|f| f == 0.0 || f == 1.0) => refuse(&factor_key, value),
-            _ => Ok(()),
-        },
-    }
+    keys.refuse_non_causal()
 }
 
 /// Tensors the llama forward reads in every layer (each `blk.N.{name}.weight`).

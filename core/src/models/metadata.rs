@@ -1,9 +1,19 @@
 //! Reading an architecture's `{arch}.*` hyperparameters from GGUF metadata, with errors that
 //! name the key.
 
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, Value};
 use crate::models::load_error;
-use crate::Result;
+use crate::{Error, Result};
+
+/// Largest attention head size accepted from a file (real models use 64 to 256).
+pub(crate) const MAX_HEAD_DIM: usize = 1024;
+
+/// Why any RoPE scaling is refused.
+pub(crate) const ROPE_SCALING_WHY: &str = "RoPE scaling is not implemented yet (only `none`)";
+
+/// `{arch}.*` keys that change the numerics of features a forward does not implement: the key
+/// suffix, the values that mean "off" (llama.cpp's defaults), and why any other is refused.
+pub(crate) type MustBeOff = [(&'static str, &'static [f64], &'static str)];
 
 /// The `{arch}.*` keys of one file.
 pub(crate) struct ArchKeys<'a> {
@@ -43,6 +53,55 @@ impl ArchKeys<'_> {
             None => default
                 .map(|v| v as f32)
                 .ok_or_else(|| load_error(self.gguf, format!("missing float metadata `{key}`"))),
+        }
+    }
+
+    /// The error refusing `key` = `value`, naming both and saying why.
+    pub fn refusal(&self, key: &str, value: &Value, why: &str) -> Error {
+        load_error(self.gguf, format!("metadata `{key}` = {} is not supported: {why}", value.describe()))
+    }
+
+    /// Refuses the first key of `table` present with a value other than its "off" values, so a
+    /// model is never run silently wrong. Absent keys are fine.
+    pub fn refuse_unless_off(&self, table: &MustBeOff) -> Result<()> {
+        for &(suffix, off, why) in table {
+            let key = self.key(suffix);
+            if let Some(value) = self.gguf.get(&key) {
+                if !value.as_f64().is_some_and(|v| off.contains(&v)) {
+                    return Err(self.refusal(&key, value, why));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses `attention.causal` set to anything but true: only causal attention is
+    /// implemented.
+    pub fn refuse_non_causal(&self) -> Result<()> {
+        let key = self.key("attention.causal");
+        match self.gguf.get(&key) {
+            Some(value) if value.as_bool() != Some(true) => {
+                Err(self.refusal(&key, value, "only causal attention is implemented"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// llama.cpp reads an absent `rope.scaling.type` as `linear` (so a factor alone scales) and
+    /// ignores the factor only when the type is explicitly `none`; any scaling is refused for
+    /// now.
+    pub fn refuse_rope_scaling(&self) -> Result<()> {
+        let type_key = self.key("rope.scaling.type");
+        let factor_key = self.key("rope.scaling.factor");
+        match self.gguf.get(&type_key) {
+            Some(value) if value.as_str() == Some("none") => Ok(()),
+            Some(value) => Err(self.refusal(&type_key, value, ROPE_SCALING_WHY)),
+            None => match self.gguf.get(&factor_key) {
+                Some(value) if !value.as_f64().is_some_and(|f| f == 0.0 || f == 1.0) => {
+                    Err(self.refusal(&factor_key, value, ROPE_SCALING_WHY))
+                }
+                _ => Ok(()),
+            },
         }
     }
 }
