@@ -95,14 +95,20 @@ def wait_for_metrics(server, condition, what: str = "the condition", timeout_s: 
         time.sleep(0.02)
 
 
-@pytest.fixture(scope="session")
-def server():
-    running = start_server("--api-key", API_KEY)
+def serving(*args: str):
+    """A server started with `args`, yielded once healthy and stopped afterwards: the body of a
+    fixture (`yield from serving(...)`)."""
+    running = start_server(*args)
     try:
         wait_for_health(running, lambda r: r.status_code == 200, STARTUP_TIMEOUT_S)
         yield running
     finally:
         stop_server(running)
+
+
+@pytest.fixture(scope="session")
+def server():
+    yield from serving("--api-key", API_KEY)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import pytest
 
 from cortexstream import models
 
-from conftest import AUTH, STARTUP_TIMEOUT_S, start_server, stop_server, wait_for_health
+from conftest import AUTH, serving
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
 
@@ -30,12 +30,7 @@ def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def running_server(*args: str):
-    running = start_server(*args, "--kv-cache-tokens", "512", "--embedding-model", "none")
-    try:
-        wait_for_health(running, lambda r: r.status_code == 200, STARTUP_TIMEOUT_S)
-        yield running
-    finally:
-        stop_server(running)
+    yield from serving(*args, "--kv-cache-tokens", "512", "--embedding-model", "none")
 
 
 @pytest.fixture(scope="module")

@@ -9,18 +9,13 @@ import pytest
 
 from cortexstream import models
 
-from conftest import AUTH, STARTUP_TIMEOUT_S, start_server, stop_server, wait_for_health
+from conftest import AUTH, serving
 
 
 @pytest.fixture(scope="module")
 def gemma3_server():
     assert models.GEMMA3.is_present(), "gemma3 missing; run `python3 python/cortexstream/models.py pull all`"
-    running = start_server("--model", "gemma3", "--kv-cache-tokens", "512", "--embedding-model", "none")
-    try:
-        wait_for_health(running, lambda r: r.status_code == 200, STARTUP_TIMEOUT_S)
-        yield running
-    finally:
-        stop_server(running)
+    yield from serving("--model", "gemma3", "--kv-cache-tokens", "512", "--embedding-model", "none")
 
 
 def served_model_id(server) -> str:
