@@ -1,5 +1,11 @@
-//! The llama-family decoder (llama.cpp's "LLAMA" architecture) with a batched forward pass
-//! over the paged KV cache.
+//! The llama-family decoder (llama.cpp's "LLAMA" architecture, and Phi-3 with its fused
+//! projections: see [`Family`] and [`crate::models::phi3`]) with a batched forward pass over the
+//! paged KV cache.
+//!
+//! RoPE scaling is honoured as llama.cpp reads it from the GGUF: linear (`rope.scaling.type` =
+//! `linear` or absent, `rope.scaling.factor`) and Llama 3's per-pair frequency factors
+//! (`rope_freqs.weight`, which llama.cpp's converter writes from `rope_scaling` of type
+//! `llama3`). YaRN and LongRoPE are refused at load, naming the key and value.
 //!
 //! One [`LlamaModel::forward`] runs every token row of every chunk through each linear layer
 //! as a single matmul, so the weights are read once per step however many sequences are
@@ -15,26 +21,62 @@ use crate::kv_cache::KvStorage;
 use crate::models::attention;
 use crate::models::elementwise::{add_in_place, rms_norm_rows, swiglu_rows};
 use crate::models::kv_write::store_keys_and_values;
-use crate::models::metadata::{ArchKeys, MustBeOff, MAX_HEAD_DIM, ROPE_SCALING_WHY};
+use crate::models::metadata::{ArchKeys, MustBeOff, MAX_HEAD_DIM};
 use crate::models::rope::{self, RopeTable};
 use crate::models::stacked::StackedMatrix;
 use crate::models::step::StepScratch;
 use crate::models::tensors::ReadTensors;
-use crate::models::vocabulary::{Vocabulary, VOCABULARY_TENSORS};
+use crate::models::vocabulary::Vocabulary;
 use crate::models::weights::{layer_tensor, Weights};
 use crate::models::{check_chunks, load_error, SeqChunk};
 use crate::quant::QMatrix;
 use crate::threadpool::ThreadPool;
 use crate::Result;
 
-/// Values of `general.architecture` this implementation runs.
-const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
+/// What differs between the architectures this decoder runs: everything else (RMS norms, GQA
+/// attention, SwiGLU FFN, RoPE scaling, the metadata refusals) is shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Family {
+    /// `general.architecture`.
+    pub architecture: &'static str,
+    pub rope: RopeStyle,
+    /// Whether `attention.sliding_window` is honoured (on every layer) rather than refused.
+    pub sliding_window: bool,
+    /// How each layer's projections are stored.
+    pub projections: Projections,
+}
+
+/// Which pairs of a head RoPE rotates (ggml's modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs `(x[2i], x[2i+1])` (llama; the converter permuted Wq and Wk for it).
+    Normal,
+    /// Pairs `(x[i], x[i + head_dim/2])` (Phi-3).
+    Neox,
+}
+
+/// How a layer's attention and FFN input projections are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Projections {
+    /// `attn_q`, `attn_k`, `attn_v`; `ffn_gate`, `ffn_up`.
+    Separate,
+    /// `attn_qkv` holding `[q | k | v]`; `ffn_up` holding `[gate | up]` (Phi-3).
+    Fused,
+}
+
+/// llama.cpp's "LLAMA" architecture: Llama 1-3 (with Llama 3's RoPE scaling), Mistral, SmolLM.
+pub const LLAMA: Family =
+    Family { architecture: "llama", rope: RopeStyle::Normal, sliding_window: false, projections: Projections::Separate };
+
+/// The architectures this decoder runs.
+const FAMILIES: &[Family] = &[LLAMA, crate::models::phi3::PHI3];
 
 /// Hyperparameters, read from the GGUF `{arch}.*` metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
     /// `general.name`, empty if absent.
     pub name: String,
+    pub family: Family,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub n_layers: usize,
@@ -43,20 +85,23 @@ pub struct LlamaConfig {
     pub head_dim: usize,
     pub ffn_size: usize,
     pub rope_theta: f32,
+    /// Linear RoPE scaling: positions are divided by it (1: none). See
+    /// [`ArchKeys::rope_linear_factor`].
+    pub rope_linear_factor: f64,
     pub rms_eps: f32,
     /// The context window the model was trained for.
     pub context_length: usize,
+    /// Positions every layer attends to (the query's own included); `None`: all before it.
+    pub sliding_window: Option<usize>,
 }
 
 impl LlamaConfig {
     fn from_gguf(gguf: &GgufFile) -> Result<Self> {
         let arch = gguf.require_str("general.architecture")?;
-        if !SUPPORTED_ARCHITECTURES.contains(&arch) {
-            return Err(load_error(
-                gguf,
-                format!("architecture `{arch}` is not supported (supported: {SUPPORTED_ARCHITECTURES:?})"),
-            ));
-        }
+        let Some(&family) = FAMILIES.iter().find(|f| f.architecture == arch) else {
+            let supported: Vec<&str> = FAMILIES.iter().map(|f| f.architecture).collect();
+            return Err(load_error(gguf, format!("architecture `{arch}` is not supported (supported: {supported:?})")));
+        };
         let keys = ArchKeys { gguf, arch };
         let hidden_size = keys.usize("embedding_length")?;
         let n_heads = keys.usize("attention.head_count")?;
@@ -96,12 +141,14 @@ impl LlamaConfig {
             ));
         }
         refuse_unhonoured_metadata(&keys, head_dim)?;
-        ReadTensors { layer: LAYER_TENSORS, model: VOCABULARY_TENSORS, n_layers }
+        let sliding_window = sliding_window(&keys, family)?;
+        ReadTensors { layer: family.projections.layer_tensors(), model: MODEL_TENSORS, n_layers }
             .refuse_others(gguf, unused_tensor_message)?;
         let embedding_rows = gguf.tensor_info("token_embd.weight").and_then(|t| t.dims.get(1).copied()).unwrap_or(0);
         let vocab_size = keys.optional_usize("vocab_size", embedding_rows)?;
         Ok(Self {
             name: gguf.get("general.name").and_then(|v| v.as_str()).unwrap_or_default().to_string(),
+            family,
             vocab_size,
             hidden_size,
             n_layers,
@@ -110,8 +157,10 @@ impl LlamaConfig {
             head_dim,
             ffn_size: keys.usize("feed_forward_length")?,
             rope_theta: keys.float("rope.freq_base", Some(10_000.0))?,
+            rope_linear_factor: keys.rope_linear_factor()?,
             rms_eps: keys.float("attention.layer_norm_rms_epsilon", None)?,
             context_length: keys.usize("context_length")?,
+            sliding_window,
         })
     }
 
@@ -132,13 +181,35 @@ impl LlamaConfig {
             scale: 1.0 / (self.head_dim as f32).sqrt(),
         }
     }
+
+    fn span(&self) -> attention::Span {
+        self.sliding_window.map_or(attention::Span::Causal, attention::Span::Window)
+    }
+}
+
+/// `attention.sliding_window`: honoured on every layer by a family that has one (0 means none),
+/// refused by the others, naming key and value. (llama.cpp's converter writes none for
+/// Mistral's `MistralForCausalLM`, so Mistral GGUFs attend over the whole context, as in
+/// llama.cpp.)
+fn sliding_window(keys: &ArchKeys<'_>, family: Family) -> Result<Option<usize>> {
+    let key = keys.key("attention.sliding_window");
+    if !family.sliding_window {
+        return match keys.gguf.get(&key) {
+            Some(value) if value.as_f64() != Some(0.0) => Err(keys.refusal(
+                &key,
+                value,
+                "sliding-window attention is not implemented for this architecture",
+            )),
+            _ => Ok(None),
+        };
+    }
+    Ok(Some(keys.optional_usize("attention.sliding_window", 0)?).filter(|&w| w > 0))
 }
 
 /// `{arch}.*` keys that change the numerics of features this forward does not implement.
 const MUST_BE_OFF: &MustBeOff = &[
     ("attn_logit_softcapping", &[0.0], "logit soft-capping is not implemented for this architecture"),
     ("final_logit_softcapping", &[0.0], "logit soft-capping is not implemented for this architecture"),
-    ("attention.sliding_window", &[0.0], "sliding-window attention is not implemented for this architecture"),
     ("expert_count", &[0.0], "mixture-of-experts layers are not implemented"),
     ("expert_used_count", &[0.0], "mixture-of-experts layers are not implemented"),
     // Granite-style scales: 0 is "unset", 1 changes nothing.
@@ -146,16 +217,14 @@ const MUST_BE_OFF: &MustBeOff = &[
     ("residual_scale", &[0.0, 1.0], "this scale is not implemented for this architecture"),
     ("logit_scale", &[0.0, 1.0], "this scale is not implemented for this architecture"),
     ("attention.scale", &[0.0], "a custom attention scale is not implemented (only 1/sqrt(head size))"),
-    // llama.cpp reads both as RoPE scaling for every architecture.
-    ("rope.scale_linear", &[0.0, 1.0], ROPE_SCALING_WHY),
-    ("rope.scaling.attn_factor", &[0.0, 1.0], ROPE_SCALING_WHY),
+    // ggml multiplies the rotated queries and keys by it (YaRN's attention factor).
+    ("rope.scaling.attn_factor", &[0.0, 1.0], "a RoPE attention factor is not implemented"),
 ];
 
 /// Refuses metadata that changes the numerics in a way this forward does not implement, so a
 /// model is never run silently wrong: the error names the key and its value. Keys absent, or
 /// present with the value that means "off", are fine.
 fn refuse_unhonoured_metadata(keys: &ArchKeys<'_>, head_dim: usize) -> Result<()> {
-    keys.refuse_rope_scaling()?;
     keys.refuse_unless_off(MUST_BE_OFF)?;
     let value_key = keys.key("attention.value_length");
     if let Some(value) = keys.gguf.get(&value_key) {
@@ -168,14 +237,45 @@ fn refuse_unhonoured_metadata(keys: &ArchKeys<'_>, head_dim: usize) -> Result<()
     keys.refuse_non_causal()
 }
 
-/// Tensors the llama forward reads in every layer (each `blk.N.{name}.weight`).
-const LAYER_TENSORS: &[&str] =
-    &["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"];
+/// Tensors the llama forward reads outside the layers: the vocabulary's and the optional RoPE
+/// frequency factors.
+const MODEL_TENSORS: &[&str] = &["token_embd.weight", "output_norm.weight", "output.weight", ROPE_FREQS];
+
+/// Per-pair RoPE frequency divisors (Llama 3's RoPE scaling, written by llama.cpp's converter).
+const ROPE_FREQS: &str = "rope_freqs.weight";
+
+impl Projections {
+    /// Tensors the forward reads in every layer (each `blk.N.{name}.weight`).
+    fn layer_tensors(self) -> &'static [&'static str] {
+        match self {
+            Self::Separate => {
+                &["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"]
+            }
+            Self::Fused => &["attn_norm", "attn_qkv", "attn_output", "ffn_norm", "ffn_up", "ffn_down"],
+        }
+    }
+
+    /// Layer `layer`'s `[q | k | v]` and `[gate | up]` projections.
+    fn load(self, w: &Weights<'_>, layer: usize, c: &LlamaConfig) -> Result<(StackedMatrix, StackedMatrix)> {
+        match self {
+            Self::Separate => Ok((
+                w.attention_qkv(layer, c.q_dim(), c.kv_dim(), c.hidden_size)?,
+                w.ffn_gate_up(layer, c.ffn_size, c.hidden_size)?,
+            )),
+            Self::Fused => {
+                let qkv_rows = c.q_dim() + 2 * c.kv_dim();
+                let qkv = w.matrix(&layer_tensor(layer, "attn_qkv"), qkv_rows, c.hidden_size)?;
+                let gate_up = w.matrix(&layer_tensor(layer, "ffn_up"), 2 * c.ffn_size, c.hidden_size)?;
+                Ok((StackedMatrix::Fused(qkv), StackedMatrix::Fused(gate_up)))
+            }
+        }
+    }
+}
 
 /// Why a tensor the llama forward does not read is refused (see [`ReadTensors`]).
 fn unused_tensor_message(name: &str) -> String {
-    let why = if name == "rope_freqs.weight" {
-        "RoPE frequency factors (llama3-style RoPE scaling) are not implemented yet"
+    let why = if name.starts_with("rope_factors_") {
+        "LongRoPE (Phi-3 128k) frequency factors are not implemented"
     } else if name.ends_with(".bias") {
         "bias tensors are not implemented for this architecture"
     } else {
@@ -201,7 +301,8 @@ pub struct LlamaModel {
     /// Token embedding, final norm and output head.
     vocabulary: Vocabulary,
     layers: Vec<Layer>,
-    /// `theta^(-2i / head_dim)` for each rotated pair `i`.
+    /// `theta^(-2i / head_dim)` for each rotated pair `i`, scaled (see
+    /// [`rope::scaled_frequencies`]).
     rope_frequencies: Vec<f64>,
     pool: Arc<ThreadPool>,
     /// Buffers reused by every step, so a warmed-up step does not allocate.
@@ -226,18 +327,21 @@ impl LlamaModel {
         let layers = (0..c.n_layers)
             .map(|l| {
                 let name = |tensor: &str| layer_tensor(l, tensor);
+                let (qkv, gate_up) = c.family.projections.load(&w, l, c)?;
                 Ok(Layer {
                     attn_norm: w.vector(&name("attn_norm"), c.hidden_size)?,
-                    qkv: w.attention_qkv(l, c.q_dim(), c.kv_dim(), c.hidden_size)?,
+                    qkv,
                     attn_output: w.matrix(&name("attn_output"), c.hidden_size, c.q_dim())?,
                     ffn_norm: w.vector(&name("ffn_norm"), c.hidden_size)?,
-                    gate_up: w.ffn_gate_up(l, c.ffn_size, c.hidden_size)?,
+                    gate_up,
                     down: w.matrix(&name("ffn_down"), c.hidden_size, c.ffn_size)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let output_norm = w.vector("output_norm.weight", c.hidden_size)?;
-        let rope_frequencies = rope::frequencies(c.rope_theta, c.head_dim);
+        let frequency_factors = rope_frequency_factors(&w, c.head_dim / 2)?;
+        let rope_frequencies =
+            rope::scaled_frequencies(c.rope_theta, c.head_dim, c.rope_linear_factor, frequency_factors.as_deref());
         Ok(Self {
             config,
             vocabulary: Vocabulary { token_embedding, output_norm, output },
@@ -281,13 +385,16 @@ impl LlamaModel {
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(&s.x, &layer.attn_norm, c.rms_eps, &mut s.normed, pool);
             layer.qkv.matmul(&s.normed, n, &mut s.qkv, pool);
-            rope::rotate_normal(&mut s.qkv, &geometry, rope);
+            match c.family.rope {
+                RopeStyle::Normal => rope::rotate_normal(&mut s.qkv, &geometry, rope),
+                RopeStyle::Neox => rope::rotate_neox(&mut s.qkv, &geometry, rope),
+            }
             store_keys_and_values(&s.qkv, &geometry, l, chunks, kv);
             attention::attend(
                 &mut s.attention,
                 &geometry,
                 l,
-                attention::Span::Causal,
+                c.span(),
                 chunks,
                 kv,
                 &s.qkv,
@@ -306,6 +413,21 @@ impl LlamaModel {
 
         self.vocabulary.wanted_logits(chunks, c.rms_eps, s, logits, pool);
         Ok(())
+    }
+}
+
+/// The file's `rope_freqs.weight` (one positive divisor per rotated pair), if it has one.
+fn rope_frequency_factors(w: &Weights<'_>, pairs: usize) -> Result<Option<Vec<f32>>> {
+    if w.gguf.tensor_info(ROPE_FREQS).is_none() {
+        return Ok(None);
+    }
+    let factors = w.vector(ROPE_FREQS, pairs)?;
+    match factors.iter().position(|f| !(f.is_finite() && *f > 0.0)) {
+        None => Ok(Some(factors)),
+        Some(i) => Err(load_error(
+            w.gguf,
+            format!("tensor `{ROPE_FREQS}` holds {} at index {i}: RoPE frequency factors must be positive", factors[i]),
+        )),
     }
 }
 

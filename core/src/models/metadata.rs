@@ -8,8 +8,13 @@ use crate::{Error, Result};
 /// Largest attention head size accepted from a file (real models use 64 to 256).
 pub(crate) const MAX_HEAD_DIM: usize = 1024;
 
-/// Why any RoPE scaling is refused.
+/// Why any RoPE scaling is refused (by architectures that implement none).
 pub(crate) const ROPE_SCALING_WHY: &str = "RoPE scaling is not implemented yet (only `none`)";
+
+/// Why a RoPE scaling type other than `none` or `linear` is refused (by architectures that
+/// implement linear scaling and frequency factors).
+const ROPE_SCALING_TYPE_WHY: &str =
+    "only RoPE scaling `none`, `linear` and frequency factors (`rope_freqs.weight`, Llama 3) are implemented";
 
 /// `{arch}.*` keys that change the numerics of features a forward does not implement: the key
 /// suffix, the values that mean "off" (llama.cpp's defaults), and why any other is refused.
@@ -102,6 +107,32 @@ impl ArchKeys<'_> {
                 }
                 _ => Ok(()),
             },
+        }
+    }
+
+    /// The linear RoPE scale factor, as llama.cpp reads it: positions are divided by it (1 means
+    /// no scaling). `rope.scaling.type` absent means `linear`, so a factor alone scales; `none`
+    /// ignores the factor. The factor is `rope.scaling.factor`, else the older
+    /// `rope.scale_linear`; absent or 0 means 1. Any other type (`yarn`, `longrope`) is refused
+    /// naming it, as is a factor that is not a positive number.
+    pub fn rope_linear_factor(&self) -> Result<f64> {
+        let type_key = self.key("rope.scaling.type");
+        if let Some(value) = self.gguf.get(&type_key) {
+            match value.as_str() {
+                Some("none") => return Ok(1.0),
+                Some("linear") => {}
+                _ => return Err(self.refusal(&type_key, value, ROPE_SCALING_TYPE_WHY)),
+            }
+        }
+        let factor = ["rope.scaling.factor", "rope.scale_linear"].into_iter().find_map(|suffix| {
+            let key = self.key(suffix);
+            self.gguf.get(&key).map(|value| (key, value))
+        });
+        let Some((factor_key, value)) = factor else { return Ok(1.0) };
+        match value.as_f64() {
+            Some(f) if f == 0.0 => Ok(1.0),
+            Some(f) if f.is_finite() && f > 0.0 => Ok(f),
+            _ => Err(self.refusal(&factor_key, value, "the RoPE scale factor must be a positive number")),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod gemma3;
 pub(crate) mod kv_write;
 pub mod llama;
 pub(crate) mod metadata;
+pub mod phi3;
 pub(crate) mod rope;
 pub(crate) mod rows;
 pub(crate) mod stacked;
@@ -66,7 +67,8 @@ impl GenerationModel {
     pub fn load(gguf: &GgufFile, pool: Arc<ThreadPool>) -> Result<Self> {
         match gguf.require_str("general.architecture")? {
             "gemma3" => Ok(Self::Gemma3(gemma3::Gemma3Model::load(gguf, pool)?)),
-            // The llama loader names the architecture when it is not one it runs.
+            // The llama loader also runs phi3 (see `llama::Family`), and names the architecture
+            // when it is not one it runs.
             _ => Ok(Self::Llama(llama::LlamaModel::load(gguf, pool)?)),
         }
     }

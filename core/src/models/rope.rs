@@ -9,6 +9,26 @@ pub(crate) fn frequencies(theta: f32, head_dim: usize) -> Vec<f64> {
     (0..head_dim / 2).map(|i| (theta as f64).powf(-2.0 * i as f64 / head_dim as f64)).collect()
 }
 
+/// [`frequencies`] with RoPE scaling as GGUF stores it: every frequency divided by the linear
+/// scale factor (`rope.scaling.factor`: positions are compressed by it), and pair `i`'s also by
+/// `frequency_factors[i]` when the file has them (`rope_freqs.weight`, which llama.cpp's
+/// converter computes from Llama 3's `rope_scaling` {factor, low/high_freq_factor,
+/// original_max_position_embeddings}; ggml divides the same way). The caller has checked that
+/// there is one factor per pair and that every factor and the scale are positive.
+pub(crate) fn scaled_frequencies(
+    theta: f32,
+    head_dim: usize,
+    linear_factor: f64,
+    frequency_factors: Option<&[f32]>,
+) -> Vec<f64> {
+    let mut scaled = frequencies(theta, head_dim);
+    for (i, frequency) in scaled.iter_mut().enumerate() {
+        let factor = frequency_factors.and_then(|f| f.get(i)).map_or(1.0, |&f| f as f64);
+        *frequency /= linear_factor * factor;
+    }
+    scaled
+}
+
 /// The rotation of each row's position: `head_dim / 2` values per row.
 #[derive(Default)]
 pub(crate) struct RopeTable {

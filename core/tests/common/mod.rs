@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: where the real models live.
 #![allow(dead_code)]
 
+pub mod tiny_reference;
+
 use std::path::PathBuf;
 
 /// The model cache: `$CORTEXSTREAM_CACHE/models`, default `~/.cache/cortexstream/models`.
