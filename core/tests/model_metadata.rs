@@ -94,7 +94,8 @@ fn the_intact_tiny_model_loads() {
 fn unhonoured_cases() -> Vec<(&'static str, GgufSpec, Vec<&'static str>)> {
     let s = |v: &str| Value::String(v.into());
     let mut cases = vec![];
-    for kind in ["linear", "yarn", "llama3", "longrope"] {
+    // `linear` is honoured; Llama 3's scaling arrives as `rope_freqs.weight`, never as a type.
+    for kind in ["yarn", "llama3", "longrope"] {
         cases.push((
             "rope scaling type",
             tiny_with(|g| {
@@ -105,19 +106,18 @@ fn unhonoured_cases() -> Vec<(&'static str, GgufSpec, Vec<&'static str>)> {
     }
     cases.extend([
         (
-            // No type: llama.cpp reads it as linear, so the factor alone scales.
-            "rope scaling factor without a type",
+            "negative rope scaling factor",
             tiny_with(|g| {
-                g.set("llama.rope.scaling.factor", Value::F32(8.0));
+                g.set("llama.rope.scaling.factor", Value::F32(-2.0));
             }),
-            vec!["`llama.rope.scaling.factor`", "f32 8"],
+            vec!["`llama.rope.scaling.factor`", "f32 -2", "positive"],
         ),
         (
-            "linear rope scale",
+            "rope scaling factor as a string",
             tiny_with(|g| {
-                g.set("llama.rope.scale_linear", Value::F32(0.25));
+                g.set("llama.rope.scale_linear", s("4"));
             }),
-            vec!["`llama.rope.scale_linear`", "f32 0.25"],
+            vec!["`llama.rope.scale_linear`", "string \"4\""],
         ),
         (
             "rope attention factor",
@@ -127,11 +127,27 @@ fn unhonoured_cases() -> Vec<(&'static str, GgufSpec, Vec<&'static str>)> {
             vec!["`llama.rope.scaling.attn_factor`", "f32 1.5"],
         ),
         (
-            "rope frequency factors",
+            "a zero rope frequency factor",
             tiny_with(|g| {
-                g.tensors.push(f32_tensor("rope_freqs.weight", 8));
+                let mut factors = f32_tensor("rope_freqs.weight", 8);
+                factors.data[28..32].copy_from_slice(&0f32.to_le_bytes());
+                g.tensors.push(factors);
             }),
-            vec!["`rope_freqs.weight`", "RoPE"],
+            vec!["`rope_freqs.weight`", "index 7", "positive"],
+        ),
+        (
+            "rope frequency factors of the wrong length",
+            tiny_with(|g| {
+                g.tensors.push(f32_tensor("rope_freqs.weight", 16));
+            }),
+            vec!["`rope_freqs.weight`", "1×16", "1×8"],
+        ),
+        (
+            "LongRoPE factors",
+            tiny_with(|g| {
+                g.tensors.push(f32_tensor("rope_factors_long.weight", 8));
+            }),
+            vec!["`rope_factors_long.weight`", "LongRoPE"],
         ),
         (
             "attention logit soft-capping",
@@ -261,6 +277,27 @@ fn metadata_meaning_off_still_loads() {
             "scaling factor 1",
             tiny_with(|g| {
                 g.set("llama.rope.scaling.factor", Value::F32(1.0));
+            }),
+        ),
+        (
+            // Honoured (see `models::rope::scaled_frequencies`).
+            "linear scaling",
+            tiny_with(|g| {
+                g.set("llama.rope.scaling.type", s("linear"));
+                g.set("llama.rope.scaling.factor", Value::F32(4.0));
+            }),
+        ),
+        (
+            // No type: llama.cpp reads it as linear, and so do we.
+            "a scale factor without a type, under its old name",
+            tiny_with(|g| {
+                g.set("llama.rope.scale_linear", Value::F32(0.25));
+            }),
+        ),
+        (
+            "Llama 3 rope frequency factors",
+            tiny_with(|g| {
+                g.tensors.push(f32_tensor("rope_freqs.weight", 8));
             }),
         ),
         (

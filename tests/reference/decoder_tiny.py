@@ -32,6 +32,7 @@ into the output directory, as `gemma3_tiny.py` does: `tiny-f32.gguf`, `tiny-q8_0
 """
 
 import argparse
+import functools
 import importlib
 import io
 import json
@@ -77,7 +78,7 @@ def training_text():
     return list(PROMPTS) + [" ".join(rng.choice(WORDS, size=12)) for _ in range(400)]
 
 
-def train_sentencepiece(hf_dir):
+def train_sentencepiece(hf_dir, user_defined_symbols=()):
     """A Llama-style SentencePiece model (unk 0, BOS 1, EOS 2, byte fallback, dummy prefix)."""
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
@@ -95,6 +96,7 @@ def train_sentencepiece(hf_dir):
         remove_extra_whitespaces=False,
         split_digits=True,
         normalization_rule_name="identity",
+        user_defined_symbols=list(user_defined_symbols),
     )
     (hf_dir / "tokenizer.model").write_bytes(model.getvalue())
     processor = spm.SentencePieceProcessor(model_file=str(hf_dir / "tokenizer.model"))
@@ -184,7 +186,13 @@ def phi3_config(vocab_size):
 FAMILIES = {
     "llama3": (transformers.LlamaForCausalLM, llama3_config, train_llama3_bpe, "llama-bpe"),
     "mistral": (transformers.MistralForCausalLM, mistral_config, train_sentencepiece, None),
-    "phi3": (transformers.Phi3ForCausalLM, phi3_config, train_sentencepiece, None),
+    # llama.cpp refuses a Phi-3 vocabulary without `<|endoftext|>` (it sets that token's attributes).
+    "phi3": (
+        transformers.Phi3ForCausalLM,
+        phi3_config,
+        functools.partial(train_sentencepiece, user_defined_symbols=["<|endoftext|>"]),
+        None,
+    ),
 }
 
 

@@ -91,3 +91,17 @@ pub(crate) fn rotate_neox(qkv: &mut [f32], g: &Geometry, table: &RopeTable) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scaling_divides_each_frequency_by_the_linear_factor_and_its_own_factor() {
+        let base = frequencies(10_000.0, 8);
+        let scaled = scaled_frequencies(10_000.0, 8, 4.0, Some(&[1.0, 2.0, 8.0, 0.5]));
+        let expected: Vec<f64> = base.iter().zip([1.0, 2.0, 8.0, 0.5]).map(|(f, d)| f / (4.0 * d)).collect();
+        assert_eq!(scaled, expected);
+        assert_eq!(scaled_frequencies(10_000.0, 8, 1.0, None), base);
+    }
+}
