@@ -2,8 +2,8 @@
 Q8_0 fixtures of `decoder_tiny.py`, which `core/tests/tiny_decoders.rs` holds our decoder to.
 
 For each reference prompt (given as token ids, so both engines see the same ids) llama.cpp's
-greedy ids and per-step top-2 log-probabilities (`n_probs: 2`), and the first near tie (see
-`gemma3_llamacpp.NEAR_TIE`). llama.cpp currently ignores Phi-3's sliding window, so the Phi-3
+greedy ids and, teacher-forced one step at a time, its pick and top-2 log-probabilities
+(`n_probs: 2`; `null` where llama-server withholds them, see `step_probabilities`). llama.cpp currently ignores Phi-3's sliding window, so the Phi-3
 prompts and generations stay inside it (15 positions of a 16-position window).
 
 Not run by CI (it needs the peer build): run it by hand after regenerating the fixtures.
@@ -21,7 +21,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from gemma3_llamacpp import NEAR_TIE, first_near_tie, free_port, post, server_flags, wait_ready
+from gemma3_llamacpp import free_port, post, server_flags, wait_ready
 
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
 FILE = "tiny-q8_0.gguf"
@@ -29,34 +29,31 @@ FILE = "tiny-q8_0.gguf"
 LENGTHS = {"llama3": (None, 16), "mistral": (None, 16), "phi3": (6, 9)}
 
 
-def complete(port: int, ids: list[int], n_predict: int) -> dict | None:
-    """llama-server leaves `completion_probabilities` out of a reply whose text ends inside a
-    UTF-8 sequence (random models often emit byte tokens): ask for a few more tokens until it
-    has them, and keep the first `n_predict`. `None` when it never does (a model stuck on
-    one byte token): that prompt is left out of the fixture."""
-    for extra in range(8):
-        body = {"prompt": ids, "n_predict": n_predict + extra, "temperature": 0, "n_probs": 2}
-        reply = post(port, "/completion", {**body, "cache_prompt": False, "return_tokens": True})
-        if len(reply.get("completion_probabilities", [])) >= n_predict:
-            reply["completion_probabilities"] = reply["completion_probabilities"][:n_predict]
-            return reply
-    return None
+def completion(port: int, ids: list[int], n_predict: int) -> dict:
+    body = {"prompt": ids, "n_predict": n_predict, "temperature": 0, "n_probs": 2}
+    return post(port, "/completion", {**body, "cache_prompt": False, "return_tokens": True})
 
 
-def one_prompt(port: int, ids: list[int], n_predict: int) -> dict | None:
-    reply = complete(port, ids, n_predict)
-    if reply is None:
+def step_probabilities(port: int, ids: list[int]) -> dict | None:
+    """llama.cpp's pick and top-2 log-probabilities after `ids`, or `None` when llama-server
+    withholds them: it leaves out the probabilities of a token whose text ends inside a UTF-8
+    sequence (random models often pick byte tokens), which is also why they are asked for one
+    step at a time: in a longer reply the list skips such tokens and no longer lines up with
+    the generated ids."""
+    probabilities = completion(port, ids, 1).get("completion_probabilities")
+    if not probabilities:
         return None
-    steps = []
-    for p in reply["completion_probabilities"]:
-        top = [{"id": t["id"], "logprob": t["logprob"]} for t in p["top_logprobs"]]
-        steps.append({"id": p["id"], "logprob": p["logprob"], "top": top})
-    return {
-        "prompt_ids": ids,
-        "generated_ids": [s["id"] for s in steps],
-        "steps": steps,
-        "near_tie_at": first_near_tie(steps),
-    }
+    p = probabilities[0]
+    return {"id": p["id"], "logprob": p["logprob"], "top": [{"id": t["id"], "logprob": t["logprob"]} for t in p["top_logprobs"]]}
+
+
+def one_prompt(port: int, ids: list[int], n_predict: int) -> dict:
+    generated = completion(port, ids, n_predict)["tokens"]
+    steps = [step_probabilities(port, ids + generated[:i]) for i in range(len(generated))]
+    for i, step in enumerate(steps):
+        if step is not None and step["id"] != generated[i]:
+            raise SystemExit(f"{ids}: step {i} picks {step['id']} alone but {generated[i]} in the generation")
+    return {"prompt_ids": ids, "generated_ids": generated, "steps": steps}
 
 
 def family_fixture(bin_dir: Path, family: str) -> dict:
@@ -82,7 +79,7 @@ def family_fixture(bin_dir: Path, family: str) -> dict:
         wait_ready(port, server, log)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/props", timeout=10) as r:
             build = json.load(r).get("build_info")
-        results = [r for p in prompts if (r := one_prompt(port, p["ids"][:keep], n_predict)) is not None]
+        results = [one_prompt(port, p["ids"][:keep], n_predict) for p in prompts]
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -92,7 +89,6 @@ def family_fixture(bin_dir: Path, family: str) -> dict:
         "model": f"{family}/{FILE}",
         "llama_cpp_build": build,
         "server_flags": command[3:-4],
-        "near_tie": NEAR_TIE,
         "prompts": results,
     }
 
@@ -105,7 +101,8 @@ def main() -> None:
         fixture = family_fixture(args.bin, family)
         (FIXTURES / family / "llamacpp.json").write_text(json.dumps(fixture, indent=1) + "\n")
         for p in fixture["prompts"]:
-            print(family, p["generated_ids"], "near tie at", p["near_tie_at"])
+            withheld = sum(step is None for step in p["steps"])
+            print(family, p["generated_ids"], f"{withheld} steps without probabilities")
 
 
 if __name__ == "__main__":
