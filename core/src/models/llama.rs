@@ -114,7 +114,10 @@ impl LlamaConfig {
         if rope_dims != head_dim || !head_dim.is_multiple_of(2) {
             return Err(load_error(
                 gguf,
-                format!("RoPE over {rope_dims} of {head_dim} head dimensions is not supported"),
+                format!(
+                    "metadata `{}` = {rope_dims} is not supported: RoPE over part of the {head_dim} head dimensions (partial rotary) is not implemented",
+                    keys.key("rope.dimension_count")
+                ),
             ));
         }
         // Sizes come from an untrusted file: bound them before anything is allocated from them

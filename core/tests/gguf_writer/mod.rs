@@ -129,6 +129,30 @@ impl GgufSpec {
         Self { version: 3, metadata, tensors }
     }
 
+    /// An existing GGUF whose tensors are all F32 (a tiny fixture), as an editable spec with its
+    /// metadata sorted by key.
+    pub fn from_f32_file(path: &std::path::Path) -> Self {
+        let gguf = cortexstream::gguf::GgufFile::open(path).expect("open the fixture");
+        let mut metadata: Vec<(String, Value)> = gguf.metadata().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        metadata.sort_by(|a, b| a.0.cmp(&b.0));
+        let tensors = gguf
+            .tensors()
+            .iter()
+            .map(|t| {
+                assert_eq!(t.ty, cortexstream::gguf::GgmlType::F32, "{}", t.name);
+                let (_, data) = gguf.tensor_bytes(&t.name).expect("tensor bytes");
+                TensorSpec {
+                    name: t.name.clone(),
+                    dims: t.dims.iter().map(|&d| d as u64).collect(),
+                    ty: F32,
+                    data: data.to_vec(),
+                    offset: None,
+                }
+            })
+            .collect();
+        Self { version: 3, metadata, tensors }
+    }
+
     /// Sets `key`, replacing an existing entry in place or appending a new one.
     pub fn set(&mut self, key: &str, value: Value) -> &mut Self {
         match self.metadata.iter_mut().find(|(k, _)| k == key) {
