@@ -76,13 +76,21 @@ fn llama3_rope_scaling_changes_the_logits_and_ours_follow_it() {
     let (to_scaled, _) = reference::logit_error(&ours, &prompt.logits, vocab);
     let (to_unscaled, _) = reference::logit_error(&ours, &unscaled, vocab);
     let (reference_gap, _) = reference::logit_error(
-        &(0..prompt.ids.len()).map(|p| (p, unscaled[p * vocab..][..vocab].iter().map(|&v| v as f32).collect())).collect::<Vec<_>>(),
+        &(0..prompt.ids.len())
+            .map(|p| (p, unscaled[p * vocab..][..vocab].iter().map(|&v| v as f32).collect()))
+            .collect::<Vec<_>>(),
         &prompt.logits,
         vocab,
     );
     println!("mean |ours - scaled| {to_scaled:.5}, |ours - unscaled| {to_unscaled:.4}, |scaled - unscaled| {reference_gap:.4}");
-    assert!(reference_gap > 0.1, "the scaling barely changes the reference ({reference_gap}): the fixture does not test it");
-    assert!(to_unscaled > 100.0 * to_scaled, "ours: {to_scaled} from the scaled reference, {to_unscaled} from the unscaled");
+    assert!(
+        reference_gap > 0.1,
+        "the scaling barely changes the reference ({reference_gap}): the fixture does not test it"
+    );
+    assert!(
+        to_unscaled > 100.0 * to_scaled,
+        "ours: {to_scaled} from the scaled reference, {to_unscaled} from the unscaled"
+    );
 }
 
 #[test]
@@ -154,8 +162,12 @@ fn llama_cpp_agrees_on_the_same_files() {
                 assert_eq!(pick, generated[i] as usize, "{family} step {i}: fixture out of line");
                 worst = worst.max((logprobs[pick] - step["logprob"].as_f64().expect("logprob")).abs());
                 compared += 1;
-                let top: Vec<f64> =
-                    step["top"].as_array().expect("top").iter().map(|t| t["logprob"].as_f64().expect("logprob")).collect();
+                let top: Vec<f64> = step["top"]
+                    .as_array()
+                    .expect("top")
+                    .iter()
+                    .map(|t| t["logprob"].as_f64().expect("logprob"))
+                    .collect();
                 if top[0] - top[1] > 2.0 * LOGPROB_TOLERANCE {
                     assert_eq!(reference::argmax(&logprobs), pick, "{family} step {i}: greedy pick differs");
                     picks_checked += 1;

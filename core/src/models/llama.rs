@@ -65,8 +65,12 @@ pub enum Projections {
 }
 
 /// llama.cpp's "LLAMA" architecture: Llama 1-3 (with Llama 3's RoPE scaling), Mistral, SmolLM.
-pub const LLAMA: Family =
-    Family { architecture: "llama", rope: RopeStyle::Normal, sliding_window: false, projections: Projections::Separate };
+pub const LLAMA: Family = Family {
+    architecture: "llama",
+    rope: RopeStyle::Normal,
+    sliding_window: false,
+    projections: Projections::Separate,
+};
 
 /// The architectures this decoder runs.
 const FAMILIES: &[Family] = &[LLAMA, crate::models::phi3::PHI3];
@@ -198,11 +202,9 @@ fn sliding_window(keys: &ArchKeys<'_>, family: Family) -> Result<Option<usize>> 
     let key = keys.key("attention.sliding_window");
     if !family.sliding_window {
         return match keys.gguf.get(&key) {
-            Some(value) if value.as_f64() != Some(0.0) => Err(keys.refusal(
-                &key,
-                value,
-                "sliding-window attention is not implemented for this architecture",
-            )),
+            Some(value) if value.as_f64() != Some(0.0) => {
+                Err(keys.refusal(&key, value, "sliding-window attention is not implemented for this architecture"))
+            }
             _ => Ok(None),
         };
     }
@@ -251,9 +253,17 @@ impl Projections {
     /// Tensors the forward reads in every layer (each `blk.N.{name}.weight`).
     fn layer_tensors(self) -> &'static [&'static str] {
         match self {
-            Self::Separate => {
-                &["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"]
-            }
+            Self::Separate => &[
+                "attn_norm",
+                "attn_q",
+                "attn_k",
+                "attn_v",
+                "attn_output",
+                "ffn_norm",
+                "ffn_gate",
+                "ffn_up",
+                "ffn_down",
+            ],
             Self::Fused => &["attn_norm", "attn_qkv", "attn_output", "ffn_norm", "ffn_up", "ffn_down"],
         }
     }
@@ -393,17 +403,7 @@ impl LlamaModel {
                 RopeStyle::Neox => rope::rotate_neox(&mut s.qkv, &geometry, rope),
             }
             store_keys_and_values(&s.qkv, &geometry, l, chunks, kv);
-            attention::attend(
-                &mut s.attention,
-                &geometry,
-                l,
-                c.span(),
-                chunks,
-                kv,
-                &s.qkv,
-                &mut s.attn,
-                pool,
-            );
+            attention::attend(&mut s.attention, &geometry, l, c.span(), chunks, kv, &s.qkv, &mut s.attn, pool);
             layer.attn_output.matmul(&s.attn, n, &mut s.projected, pool);
             add_in_place(&mut s.x, &s.projected);
 

@@ -130,7 +130,7 @@ impl ArchKeys<'_> {
         });
         let Some((factor_key, value)) = factor else { return Ok(1.0) };
         match value.as_f64() {
-            Some(f) if f == 0.0 => Ok(1.0),
+            Some(0.0) => Ok(1.0),
             Some(f) if f.is_finite() && f > 0.0 => Ok(f),
             _ => Err(self.refusal(&factor_key, value, "the RoPE scale factor must be a positive number")),
         }
