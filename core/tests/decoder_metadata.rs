@@ -67,7 +67,7 @@ fn linear_rope_scaling_is_read_as_llama_cpp_reads_it() {
 
 #[test]
 fn unimplemented_rope_scaling_is_refused_naming_key_and_value() {
-    for (family, kind) in [("llama3", "yarn"), ("phi3", "longrope"), ("phi3", "su"), ("phi3", "yarn")] {
+    for (family, kind) in [("llama3", "yarn"), ("phi3", "su"), ("phi3", "yarn")] {
         let mut spec = fixture_spec(family);
         let key = format!("{family}.rope.scaling.type").replace("llama3", "llama");
         spec.set(&key, string(kind));
@@ -76,16 +76,42 @@ fn unimplemented_rope_scaling_is_refused_naming_key_and_value() {
 }
 
 #[test]
-fn phi3_long_rope_factors_are_refused_by_name() {
+fn long_rope_caps_the_context_at_its_original_length() {
+    let mut spec = fixture_spec("phi3");
+    assert_eq!(config(&spec).context_length, 256);
+    spec.set("phi3.rope.scaling.original_context_length", Value::U32(100));
+    assert_eq!(config(&spec).context_length, 100);
+    // llama.cpp's default original length is the trained one.
+    spec.remove("phi3.rope.scaling.original_context_length");
+    assert_eq!(config(&spec).context_length, 1024);
+    // The type key (which the converter does not write for Phi-3) may say so.
+    spec.set("phi3.rope.scaling.type", string("longrope"));
+    assert_eq!(config(&spec).context_length, 1024);
+    // Without LongRoPE factors, the trained context.
+    let mut spec = fixture_spec("mistral");
+    spec.set("llama.rope.scaling.original_context_length", Value::U32(100));
+    assert_eq!(config(&spec).context_length, 256);
+}
+
+#[test]
+fn long_rope_factors_come_in_pairs_of_positive_values() {
     for name in ["rope_factors_long.weight", "rope_factors_short.weight"] {
         let mut spec = fixture_spec("phi3");
-        let mut factors = spec.tensor("output_norm.weight").clone();
-        factors.name = name.into();
-        factors.dims = vec![8];
-        factors.data.truncate(8 * 4);
-        spec.tensors.push(factors);
-        refused(&spec, &[name, "LongRoPE"]);
+        spec.tensors.retain(|t| t.name != name);
+        refused(&spec, &["rope_factors_long.weight", "rope_factors_short.weight", "LongRoPE"]);
+        let mut spec = fixture_spec("phi3");
+        let factors = spec.tensors.iter_mut().find(|t| t.name == name).expect("in the fixture");
+        factors.data[..4].copy_from_slice(&(-1f32).to_le_bytes());
+        refused(&spec, &[name, "positive"]);
     }
+    let mut spec = fixture_spec("phi3");
+    let mut freqs = spec.tensor("rope_factors_short.weight").clone();
+    freqs.name = "rope_freqs.weight".into();
+    spec.tensors.push(freqs);
+    refused(&spec, &["rope_freqs.weight", "LongRoPE"]);
+    let mut spec = fixture_spec("phi3");
+    spec.set("phi3.rope.scaling.attn_factor", Value::F32(-1.0));
+    refused(&spec, &["`phi3.rope.scaling.attn_factor`", "f32 -1", "positive"]);
 }
 
 #[test]

@@ -120,11 +120,11 @@ fn unhonoured_cases() -> Vec<(&'static str, GgufSpec, Vec<&'static str>)> {
             vec!["`llama.rope.scale_linear`", "string \"4\""],
         ),
         (
-            "rope attention factor",
+            "negative rope attention factor",
             tiny_with(|g| {
-                g.set("llama.rope.scaling.attn_factor", Value::F32(1.5));
+                g.set("llama.rope.scaling.attn_factor", Value::F32(-1.5));
             }),
-            vec!["`llama.rope.scaling.attn_factor`", "f32 1.5"],
+            vec!["`llama.rope.scaling.attn_factor`", "f32 -1.5", "positive"],
         ),
         (
             "a zero rope frequency factor",
@@ -143,11 +143,11 @@ fn unhonoured_cases() -> Vec<(&'static str, GgufSpec, Vec<&'static str>)> {
             vec!["`rope_freqs.weight`", "1×16", "1×8"],
         ),
         (
-            "LongRoPE factors",
+            "LongRoPE long factors without the short ones",
             tiny_with(|g| {
                 g.tensors.push(f32_tensor("rope_factors_long.weight", 8));
             }),
-            vec!["`rope_factors_long.weight`", "LongRoPE"],
+            vec!["`rope_factors_long.weight`", "`rope_factors_short.weight`", "LongRoPE"],
         ),
         (
             "attention logit soft-capping",
@@ -182,7 +182,7 @@ fn unhonoured_cases() -> Vec<(&'static str, GgufSpec, Vec<&'static str>)> {
             tiny_with(|g| {
                 g.set("llama.rope.dimension_count", Value::U32(8));
             }),
-            vec!["RoPE over 8 of 16"],
+            vec!["`llama.rope.dimension_count` = 8", "16 head dimensions"],
         ),
         (
             "value heads of another size",

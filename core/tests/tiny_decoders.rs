@@ -6,18 +6,19 @@
 //!
 //! Each model has 4 layers, grouped-query attention (4 query heads on 2 KV heads), random norm
 //! weights and ~40-token prompts. The Llama 3 model's `original_max_position_embeddings` is 16,
-//! so its scaled RoPE frequencies matter in the prompts; the Phi-3 model's sliding window is 16
-//! positions.
+//! so its scaled RoPE frequencies matter in the prompts; the Phi-3 model has a sliding window of
+//! 16 positions and Phi-3.5-style LongRoPE (short factors and attention factor in use below its
+//! original 256 positions).
 
 mod common;
 
 // Bounds on |ours − float64 reference| per file: the value measured (2026-12, printed by the
 // tests) plus about 15%. With F32 weights the error left is f32 rounding and the f16 KV cache
-// (measured max 0.0010 / 0.0008 / 0.0007 for llama3 / mistral / phi3 on logits whose spread is
+// (measured max 0.0010 / 0.0008 / 0.0010 for llama3 / mistral / phi3 on logits whose spread is
 // about 1.2 and median top-2 gap 0.3), so no room for a wrong equation; with Q8_0 weights the
 // activations are quantized to 8 bits before each matmul as llama.cpp does (measured max 0.108 /
-// 0.077 / 0.084). Top-1 must match wherever the reference's gap exceeds twice the max bound:
-// measured at 111 / 139 / 140 positions (F32) and 69 / 86 / 82 (Q8_0).
+// 0.077 / 0.077). Top-1 must match wherever the reference's gap exceeds twice the max bound:
+// measured at 111 / 139 / 140 positions (F32) and 69 / 86 / 84 (Q8_0).
 
 use common::tiny_reference::{self as reference, Bounds};
 use cortexstream::models::llama::LlamaConfig;
@@ -57,40 +58,41 @@ fn phi3_logits_match_transformers_float64_at_every_position() {
     reference::check_logits_against_reference(
         "phi3",
         &[
-            Bounds { file: "tiny-f32.gguf", mean: 0.00015, max: 0.001, min_top1_positions: 137 },
+            Bounds { file: "tiny-f32.gguf", mean: 0.00015, max: 0.0012, min_top1_positions: 137 },
             Bounds { file: "tiny-q8_0.gguf", mean: 0.015, max: 0.1, min_top1_positions: 79 },
         ],
     );
 }
 
-/// Without its RoPE scaling the same weights give other logits (transformers' own, recorded for
-/// the first prompt): the scaling matters in this fixture, and ours is far from the unscaled
+/// Without its RoPE scaling (Llama 3's frequency factors; Phi-3's LongRoPE short factors and
+/// attention factor) the same weights give other logits (transformers' own, recorded for the
+/// first prompt): the scaling matters in these fixtures, and ours are far from the unscaled
 /// reference while close to the scaled one.
 #[test]
-fn llama3_rope_scaling_changes_the_logits_and_ours_follow_it() {
-    let model = reference::load("llama3", "tiny-f32.gguf");
-    let vocab = model.vocab_size();
-    let prompt = &reference::prompts("llama3")[0];
-    let unscaled = reference::read_f64("llama3", "reference_unscaled_logits.f64");
-    let ours = reference::logits_in_chunks(&model, &prompt.ids, 1);
-    let (to_scaled, _) = reference::logit_error(&ours, &prompt.logits, vocab);
-    let (to_unscaled, _) = reference::logit_error(&ours, &unscaled, vocab);
-    let (reference_gap, _) = reference::logit_error(
-        &(0..prompt.ids.len())
-            .map(|p| (p, unscaled[p * vocab..][..vocab].iter().map(|&v| v as f32).collect()))
-            .collect::<Vec<_>>(),
-        &prompt.logits,
-        vocab,
-    );
-    println!("mean |ours - scaled| {to_scaled:.5}, |ours - unscaled| {to_unscaled:.4}, |scaled - unscaled| {reference_gap:.4}");
-    assert!(
-        reference_gap > 0.1,
-        "the scaling barely changes the reference ({reference_gap}): the fixture does not test it"
-    );
-    assert!(
-        to_unscaled > 100.0 * to_scaled,
-        "ours: {to_scaled} from the scaled reference, {to_unscaled} from the unscaled"
-    );
+fn rope_scaling_changes_the_logits_and_ours_follow_it() {
+    for family in ["llama3", "phi3"] {
+        let model = reference::load(family, "tiny-f32.gguf");
+        let vocab = model.vocab_size();
+        let prompt = &reference::prompts(family)[0];
+        let unscaled = reference::read_f64(family, "reference_unscaled_logits.f64");
+        let as_rows = |logits: &[f64]| -> Vec<(usize, Vec<f32>)> {
+            (0..prompt.ids.len())
+                .map(|p| (p, logits[p * vocab..][..vocab].iter().map(|&v| v as f32).collect()))
+                .collect()
+        };
+        let ours = reference::logits_in_chunks(&model, &prompt.ids, 1);
+        let (to_scaled, _) = reference::logit_error(&ours, &prompt.logits, vocab);
+        let (to_unscaled, _) = reference::logit_error(&ours, &unscaled, vocab);
+        let (reference_gap, _) = reference::logit_error(&as_rows(&unscaled), &prompt.logits, vocab);
+        println!(
+            "{family}: mean |ours - scaled| {to_scaled:.5}, |ours - unscaled| {to_unscaled:.4}, |scaled - unscaled| {reference_gap:.4}"
+        );
+        assert!(reference_gap > 0.05, "{family}: the scaling barely changes the reference ({reference_gap})");
+        assert!(
+            to_unscaled > 100.0 * to_scaled,
+            "{family}: ours {to_scaled} from the scaled reference, {to_unscaled} from the unscaled"
+        );
+    }
 }
 
 #[test]
@@ -101,6 +103,10 @@ fn configs_read_the_family_specifics() {
     assert_eq!((mistral.rope_theta, mistral.sliding_window), (1_000_000.0, None));
     let phi3 = llama_config("phi3");
     assert_eq!((phi3.family.architecture, phi3.sliding_window), ("phi3", Some(16)));
+    // LongRoPE: the context capped at the original 256 positions (of 1024), and the converter's
+    // attention factor sqrt(1 + ln 4 / ln 256).
+    assert_eq!(phi3.context_length, 256);
+    assert!((phi3.rope_attention_factor - (1.0 + 4f32.ln() / 256f32.ln()).sqrt()).abs() < 1e-6);
     for c in [&llama3, &mistral, &phi3] {
         assert_eq!((c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size), (4, 4, 2, 16, 384));
     }
@@ -134,14 +140,16 @@ fn log_softmax(logits: &[f32]) -> Vec<f64> {
 /// gap exceeds twice that, our pick is its pick. (Both quantize activations to 8 bits before each
 /// matmul, each its own way, so the two differ by more than float rounding; random models have
 /// flat distributions, so free-running greedy outputs may part at near ties and are not
-/// compared.) Phi-3's prompts stay inside its 16-position window, which llama.cpp ignores.
+/// compared.) Phi-3's prompts stay inside its 16-position window, which llama.cpp ignores, and
+/// llama.cpp runs it with a context of its LongRoPE original length (256), so that it uses the
+/// short factors as we do.
 #[test]
 fn llama_cpp_agrees_on_the_same_files() {
-    // Measured: 0.021 (llama3), 0.019 (mistral), 0.016 (phi3).
-    const LOGPROB_TOLERANCE: f64 = 0.03;
+    // Measured: 0.021 (llama3), 0.019 (mistral), 0.029 (phi3).
+    const LOGPROB_TOLERANCE: f64 = 0.04;
     // Steps with llama.cpp's probabilities, per family (fixed by the fixture; fewer would mean
     // the check quietly covers less).
-    const COMPARED: [(&str, usize); 3] = [("llama3", 31), ("mistral", 42), ("phi3", 21)];
+    const COMPARED: [(&str, usize); 3] = [("llama3", 31), ("mistral", 42), ("phi3", 23)];
     for (family, expected_steps) in COMPARED {
         let model = reference::load(family, "tiny-q8_0.gguf");
         let fixture = common::fixture(&format!("{family}/llamacpp.json"));
@@ -186,16 +194,14 @@ fn llama_cpp_agrees_on_the_same_files() {
 /// prompts, all submitted at once, give llama.cpp's greedy tokens up to the first step where its
 /// top-2 gap is under `NEAR_TIE`, where two correct engines may pick differently. (Steps whose
 /// probabilities llama-server withheld are compared too: their ids are still its picks.)
-/// Measured (2026-12): identical over all 123 generated tokens, near ties included.
 #[test]
 fn the_engine_generates_llama_cpps_tokens() {
     use cortexstream::{Engine, EngineConfig, Prompt, Request, SamplingParams};
-    /// Twice the largest log-probability difference measured between the two engines (0.021).
-    const NEAR_TIE: f64 = 0.042;
+    /// Twice the largest log-probability difference measured between the two engines (0.029).
+    const NEAR_TIE: f64 = 0.058;
     // Tokens compared per family: fixed by the fixture (fewer would mean the check quietly
     // covers less).
-    const COMPARED: [(&str, &str, usize); 3] =
-        [("llama3", "llama", 33), ("mistral", "llama", 28), ("phi3", "phi3", 19)];
+    const COMPARED: [(&str, &str, usize); 3] = [("llama3", "llama", 17), ("mistral", "llama", 28), ("phi3", "phi3", 9)];
     for (family, architecture, expected) in COMPARED {
         let mut config = EngineConfig::new(reference::fixture(family, "tiny-q8_0.gguf"));
         config.block_size = 4;

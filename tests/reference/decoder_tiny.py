@@ -14,14 +14,16 @@ by llama.cpp's own `convert_hf_to_gguf.py`, with a tiny tokenizer trained here:
   match: the script tells it the name (`llama-bpe`, whose regex the tokenizer was trained with).
   Tokenizer correctness for `llama-bpe` itself is held by `core/tests/tokenizer_vocab.rs`.
   `reference_unscaled_logits.f64` holds the first prompt's logits of the same weights *without*
-  the scaling, so the test can show that the scaling changes the result.
+  the scaling, so the test can show that the scaling changes the result (phi3 too).
 - `mistral`: `MistralForCausalLM` with a SentencePiece tokenizer and `sliding_window` = 4096 (as in
   Mistral 7B v0.1). The converter writes no sliding window for the llama architecture (the script
   checks that), so the GGUF, like llama.cpp, attends over the whole context; the prompts are
   far shorter than the window, where the two agree.
-- `phi3`: `Phi3ForCausalLM` (fused QKV and gate-up projections) with a SentencePiece tokenizer and
+- `phi3`: `Phi3ForCausalLM` (fused QKV and gate-up projections) with a SentencePiece tokenizer,
   a `sliding_window` of 16 (Phi-3 mini's is 2047), which the converter writes as
-  `phi3.attention.sliding_window`, short enough that the window matters in the prompts.
+  `phi3.attention.sliding_window`, short enough that the window matters in the prompts, and
+  Phi-3.5-style LongRoPE (see `PHI3_ROPE`), which it writes as `rope_factors_{short,long}.weight`
+  and `phi3.rope.scaling.attn_factor`.
 
     PYTHONPATH=$LLAMA_CPP/gguf-py python decoder_tiny.py FAMILY $LLAMA_CPP/convert_hf_to_gguf.py tests/fixtures/FAMILY
 
@@ -172,14 +174,28 @@ def mistral_config(vocab_size):
     )
 
 
-def phi3_config(vocab_size):
+# Phi-3.5-mini style LongRoPE: a context extended 4x from an original 256 positions (the
+# converter writes the attention factor sqrt(1 + ln 4 / ln 256)). The prompts stay under 256
+# positions, where the short factors apply (llama.cpp pads its context to a multiple of 256 and
+# picks the long factors for a context beyond the original one, so a smaller original length
+# would not let it run the short ones).
+PHI3_ROPE = {
+    "rope_type": "longrope",
+    "rope_theta": 10_000.0,
+    "short_factor": [1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0],
+    "long_factor": [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0],
+    "original_max_position_embeddings": 256,
+}
+
+
+def phi3_config(vocab_size, rope=PHI3_ROPE):
     return transformers.Phi3Config(
         **common_config(vocab_size, 1, 2),
-        max_position_embeddings=256,
-        original_max_position_embeddings=256,
+        max_position_embeddings=1024,
+        original_max_position_embeddings=rope.get("original_max_position_embeddings", 1024),
         sliding_window=16,
         tie_word_embeddings=False,
-        rope_parameters={"rope_type": "default", "rope_theta": 10_000.0},
+        rope_parameters=dict(rope),
     )
 
 
@@ -275,8 +291,8 @@ def main():
         # The reference runs the saved (float32-rounded) weights in float64, as the GGUF holds them.
         model = model_class.from_pretrained(hf_dir, dtype=torch.float64, attn_implementation="eager").eval()
         prompts, logits = reference_logits(model, encode)
-        if args.family == "llama3":
-            unscaled = llama3_config(vocab_size, {"rope_type": "default", "rope_theta": LLAMA3_ROPE["rope_theta"]})
+        if args.family in ("llama3", "phi3"):
+            unscaled = make_config(vocab_size, {"rope_type": "default", "rope_theta": 10_000.0})
             model = model_class.from_pretrained(hf_dir, config=unscaled, dtype=torch.float64, attn_implementation="eager")
             _, unscaled_logits = reference_logits(model.eval(), encode)
             unscaled_logits[0].tofile(out / "reference_unscaled_logits.f64")

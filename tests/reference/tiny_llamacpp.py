@@ -25,8 +25,9 @@ from gemma3_llamacpp import free_port, post, server_flags, wait_ready
 
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
 FILE = "tiny-q8_0.gguf"
-# family: (prompt ids kept, tokens generated)
-LENGTHS = {"llama3": (None, 16), "mistral": (None, 16), "phi3": (6, 9)}
+# family: (prompt ids kept, tokens generated, context): Phi-3's context stays at its LongRoPE
+# original 256 positions, where llama.cpp uses the short factors as we do.
+LENGTHS = {"llama3": (None, 16, 128), "mistral": (None, 16, 128), "phi3": (6, 9, 256)}
 
 
 def completion(port: int, ids: list[int], n_predict: int) -> dict:
@@ -57,7 +58,7 @@ def one_prompt(port: int, ids: list[int], n_predict: int) -> dict:
 
 
 def family_fixture(bin_dir: Path, family: str) -> dict:
-    keep, n_predict = LENGTHS[family]
+    keep, n_predict, context = LENGTHS[family]
     prompts = json.loads((FIXTURES / family / "reference.json").read_text())["prompts"]
     port = free_port()
     log_fd, log_name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
@@ -66,7 +67,7 @@ def family_fixture(bin_dir: Path, family: str) -> dict:
         str(bin_dir / "llama-server"),
         "-m", str(FIXTURES / family / FILE),
         "-t", "1", "-tb", "1",
-        "-c", "128",
+        "-c", str(context),
         "--parallel", "1",
         "--temp", "0",
         *server_flags(bin_dir),

@@ -5,7 +5,8 @@
 //! RoPE scaling is honoured as llama.cpp reads it from the GGUF: linear (`rope.scaling.type` =
 //! `linear` or absent, `rope.scaling.factor`) and Llama 3's per-pair frequency factors
 //! (`rope_freqs.weight`, which llama.cpp's converter writes from `rope_scaling` of type
-//! `llama3`). YaRN and LongRoPE are refused at load, naming the key and value.
+//! `llama3`), LongRoPE up to its original context (see `long_rope_context`), and the RoPE
+//! attention factor. YaRN is refused at load, naming the key and value.
 //!
 //! One [`LlamaModel::forward`] runs every token row of every chunk through each linear layer
 //! as a single matmul, so the weights are read once per step however many sequences are
@@ -92,8 +93,11 @@ pub struct LlamaConfig {
     /// Linear RoPE scaling: positions are divided by it (1: none). See
     /// [`ArchKeys::rope_linear_factor`].
     pub rope_linear_factor: f64,
+    /// Queries and keys are multiplied by it after RoPE (`rope.scaling.attn_factor`; 1: none).
+    pub rope_attention_factor: f32,
     pub rms_eps: f32,
-    /// The context window the model was trained for.
+    /// The context window this model runs: the one it was trained for, or with LongRoPE the
+    /// original one (see [`long_rope_context`]).
     pub context_length: usize,
     /// Positions every layer attends to (the query's own included); `None`: all before it.
     pub sliding_window: Option<usize>,
@@ -165,8 +169,9 @@ impl LlamaConfig {
             ffn_size: keys.usize("feed_forward_length")?,
             rope_theta: keys.float("rope.freq_base", Some(10_000.0))?,
             rope_linear_factor: keys.rope_linear_factor()?,
+            rope_attention_factor: keys.rope_attention_factor()?,
             rms_eps: keys.float("attention.layer_norm_rms_epsilon", None)?,
-            context_length: keys.usize("context_length")?,
+            context_length: long_rope_context(&keys, keys.usize("context_length")?)?,
             sliding_window,
         })
     }
@@ -185,7 +190,9 @@ impl LlamaConfig {
             n_kv_heads: self.n_kv_heads,
             head_dim: self.head_dim,
             qkv_row_len: self.q_dim() + 2 * self.kv_dim(),
-            scale: 1.0 / (self.head_dim as f32).sqrt(),
+            // Queries and keys both scaled by the RoPE attention factor scale their dot products
+            // by its square.
+            scale: self.rope_attention_factor.powi(2) / (self.head_dim as f32).sqrt(),
         }
     }
 
@@ -222,8 +229,6 @@ const MUST_BE_OFF: &MustBeOff = &[
     ("residual_scale", &[0.0, 1.0], "this scale is not implemented for this architecture"),
     ("logit_scale", &[0.0, 1.0], "this scale is not implemented for this architecture"),
     ("attention.scale", &[0.0], "a custom attention scale is not implemented (only 1/sqrt(head size))"),
-    // ggml multiplies the rotated queries and keys by it (YaRN's attention factor).
-    ("rope.scaling.attn_factor", &[0.0, 1.0], "a RoPE attention factor is not implemented"),
 ];
 
 /// Refuses metadata that changes the numerics in a way this forward does not implement, so a
@@ -244,10 +249,48 @@ fn refuse_unhonoured_metadata(keys: &ArchKeys<'_>, head_dim: usize) -> Result<()
 
 /// Tensors the llama forward reads outside the layers: the vocabulary's and the optional RoPE
 /// frequency factors.
-const MODEL_TENSORS: &[&str] = &["token_embd.weight", "output_norm.weight", "output.weight", ROPE_FREQS];
+const MODEL_TENSORS: &[&str] =
+    &["token_embd.weight", "output_norm.weight", "output.weight", ROPE_FREQS, LONG_ROPE_SHORT, LONG_ROPE_LONG];
 
 /// Per-pair RoPE frequency divisors (Llama 3's RoPE scaling, written by llama.cpp's converter).
 const ROPE_FREQS: &str = "rope_freqs.weight";
+/// LongRoPE's per-pair frequency divisors for sequences up to the original context, and beyond.
+const LONG_ROPE_SHORT: &str = "rope_factors_short.weight";
+const LONG_ROPE_LONG: &str = "rope_factors_long.weight";
+
+/// The context a LongRoPE model (Phi-3 128k, Phi-3.5) runs: its short factors serve sequences
+/// up to `rope.scaling.original_context_length` and its long ones sequences beyond it. The
+/// short ones are honoured and the context capped at that length, which is what llama.cpp does
+/// with a context up to that length and what transformers does for sequences up to it. Without
+/// LongRoPE factors the context is `trained`. A file with only one of the two tensors, with
+/// Llama 3's `rope_freqs.weight` beside them, or with `rope.scaling.type` = `longrope` and
+/// neither, is refused naming them.
+fn long_rope_context(keys: &ArchKeys<'_>, trained: usize) -> Result<usize> {
+    let has = |name: &str| keys.gguf.tensor_info(name).is_some();
+    match (has(LONG_ROPE_SHORT), has(LONG_ROPE_LONG)) {
+        (false, false) => {
+            let type_key = keys.key("rope.scaling.type");
+            return match keys.gguf.get(&type_key) {
+                Some(value) if value.as_str() == Some("longrope") => Err(keys.refusal(
+                    &type_key,
+                    value,
+                    &format!("LongRoPE needs the tensors `{LONG_ROPE_SHORT}` and `{LONG_ROPE_LONG}`"),
+                )),
+                _ => Ok(trained),
+            };
+        }
+        (true, true) if !has(ROPE_FREQS) => {}
+        _ => {
+            return Err(load_error(
+                keys.gguf,
+                format!(
+                    "LongRoPE tensors `{LONG_ROPE_SHORT}` and `{LONG_ROPE_LONG}` must come together and without `{ROPE_FREQS}`"
+                ),
+            ))
+        }
+    }
+    Ok(trained.min(keys.optional_usize("rope.scaling.original_context_length", trained)?))
+}
 
 impl Projections {
     /// Tensors the forward reads in every layer (each `blk.N.{name}.weight`).
@@ -287,9 +330,7 @@ impl Projections {
 
 /// Why a tensor the llama forward does not read is refused (see [`ReadTensors`]).
 fn unused_tensor_message(name: &str) -> String {
-    let why = if name.starts_with("rope_factors_") {
-        "LongRoPE (Phi-3 128k) frequency factors are not implemented"
-    } else if name.ends_with(".bias") {
+    let why = if name.ends_with(".bias") {
         "bias tensors are not implemented for this architecture"
     } else {
         "the llama forward does not use it, and ignoring a weight would compute wrong outputs"
@@ -419,17 +460,28 @@ impl LlamaModel {
     }
 }
 
-/// The file's `rope_freqs.weight` (one positive divisor per rotated pair), if it has one.
+/// The per-pair RoPE frequency divisors the model runs with, if it has any: Llama 3's
+/// `rope_freqs.weight`, or LongRoPE's short factors (see [`long_rope_context`]; the long ones
+/// are checked as well, though no sequence reaches them).
 fn rope_frequency_factors(w: &Weights<'_>, pairs: usize) -> Result<Option<Vec<f32>>> {
-    if w.gguf.tensor_info(ROPE_FREQS).is_none() {
-        return Ok(None);
+    if w.gguf.tensor_info(LONG_ROPE_SHORT).is_some() {
+        positive_factors(w, LONG_ROPE_LONG, pairs)?;
+        return positive_factors(w, LONG_ROPE_SHORT, pairs).map(Some);
     }
-    let factors = w.vector(ROPE_FREQS, pairs)?;
+    match w.gguf.tensor_info(ROPE_FREQS) {
+        Some(_) => positive_factors(w, ROPE_FREQS, pairs).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The tensor `name` of `pairs` values, all positive.
+fn positive_factors(w: &Weights<'_>, name: &str, pairs: usize) -> Result<Vec<f32>> {
+    let factors = w.vector(name, pairs)?;
     match factors.iter().position(|f| !(f.is_finite() && *f > 0.0)) {
-        None => Ok(Some(factors)),
+        None => Ok(factors),
         Some(i) => Err(load_error(
             w.gguf,
-            format!("tensor `{ROPE_FREQS}` holds {} at index {i}: RoPE frequency factors must be positive", factors[i]),
+            format!("tensor `{name}` holds {} at index {i}: RoPE frequency factors must be positive", factors[i]),
         )),
     }
 }

@@ -13,8 +13,8 @@ pub(crate) const ROPE_SCALING_WHY: &str = "RoPE scaling is not implemented yet (
 
 /// Why a RoPE scaling type other than `none` or `linear` is refused (by architectures that
 /// implement linear scaling and frequency factors).
-const ROPE_SCALING_TYPE_WHY: &str =
-    "only RoPE scaling `none`, `linear` and frequency factors (`rope_freqs.weight`, Llama 3) are implemented";
+const ROPE_SCALING_TYPE_WHY: &str = "only RoPE scaling `none`, `linear`, `longrope` (up to its original context) and \
+     frequency factors (`rope_freqs.weight`, Llama 3) are implemented";
 
 /// `{arch}.*` keys that change the numerics of features a forward does not implement: the key
 /// suffix, the values that mean "off" (llama.cpp's defaults), and why any other is refused.
@@ -113,14 +113,15 @@ impl ArchKeys<'_> {
     /// The linear RoPE scale factor, as llama.cpp reads it: positions are divided by it (1 means
     /// no scaling). `rope.scaling.type` absent means `linear`, so a factor alone scales; `none`
     /// ignores the factor. The factor is `rope.scaling.factor`, else the older
-    /// `rope.scale_linear`; absent or 0 means 1. Any other type (`yarn`, `longrope`) is refused
-    /// naming it, as is a factor that is not a positive number.
+    /// `rope.scale_linear`; absent or 0 means 1. `longrope` reads the factor too (its frequency
+    /// factors are tensors: see the llama decoder); any other type (`yarn`) is refused naming it,
+    /// as is a factor that is not a positive number.
     pub fn rope_linear_factor(&self) -> Result<f64> {
         let type_key = self.key("rope.scaling.type");
         if let Some(value) = self.gguf.get(&type_key) {
             match value.as_str() {
                 Some("none") => return Ok(1.0),
-                Some("linear") => {}
+                Some("linear" | "longrope") => {}
                 _ => return Err(self.refusal(&type_key, value, ROPE_SCALING_TYPE_WHY)),
             }
         }
@@ -133,6 +134,20 @@ impl ArchKeys<'_> {
             Some(0.0) => Ok(1.0),
             Some(f) if f.is_finite() && f > 0.0 => Ok(f),
             _ => Err(self.refusal(&factor_key, value, "the RoPE scale factor must be a positive number")),
+        }
+    }
+
+    /// `rope.scaling.attn_factor`: ggml multiplies the rotated queries and keys by it (LongRoPE's
+    /// converter writes `sqrt(1 + ln(scale) / ln(original context))`); absent or 0 means 1.
+    pub fn rope_attention_factor(&self) -> Result<f32> {
+        let key = self.key("rope.scaling.attn_factor");
+        match self.gguf.get(&key) {
+            None => Ok(1.0),
+            Some(value) => match value.as_f64() {
+                Some(0.0) => Ok(1.0),
+                Some(f) if f.is_finite() && f > 0.0 => Ok(f as f32),
+                _ => Err(self.refusal(&key, value, "the RoPE attention factor must be a positive number")),
+            },
         }
     }
 }

@@ -8,10 +8,13 @@
 //!   `transformers` does. llama.cpp currently ignores it ("Phi SWA is currently disabled"), so the
 //!   two agree on sequences up to the window and part beyond it.
 //!
+//! - LongRoPE (Phi-3 128k, Phi-3.5: `rope_factors_short` / `rope_factors_long` and
+//!   `rope.scaling.attn_factor`): the short factors and the attention factor are honoured and the
+//!   context is capped at `rope.scaling.original_context_length` (4096 for those models), as
+//!   llama.cpp runs them with a context up to that length; longer contexts are not supported.
+//!
 //! Refused at load, naming what: partial rotary (`rope.dimension_count` below the head size, as
-//! in Phi-4-mini), LongRoPE (`rope.scaling.type` = `longrope`, or the `rope_factors_long` /
-//! `rope_factors_short` tensors of the 128k models), YaRN, and every other key or tensor the llama
-//! decoder refuses.
+//! in Phi-4-mini), YaRN, and every other key or tensor the llama decoder refuses.
 
 use crate::models::llama::{Family, Projections, RopeStyle};
 

@@ -13,7 +13,8 @@ pub(crate) fn frequencies(theta: f32, head_dim: usize) -> Vec<f64> {
 /// scale factor (`rope.scaling.factor`: positions are compressed by it), and pair `i`'s also by
 /// `frequency_factors[i]` when the file has them (`rope_freqs.weight`, which llama.cpp's
 /// converter computes from Llama 3's `rope_scaling` {factor, low/high_freq_factor,
-/// original_max_position_embeddings}; ggml divides the same way). The caller has checked that
+/// original_max_position_embeddings}, or LongRoPE's `rope_factors_short.weight`; ggml divides
+/// the same way). The caller has checked that
 /// there is one factor per pair and that every factor and the scale are positive.
 pub(crate) fn scaled_frequencies(
     theta: f32,
