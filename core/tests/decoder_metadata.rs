@@ -19,25 +19,18 @@ fn fixture_spec(family: &str) -> GgufSpec {
     GgufSpec::from_f32_file(&path)
 }
 
-fn load(spec: &GgufSpec) -> Result<LlamaModel, Error> {
-    let gguf = GgufFile::from_bytes("edited.gguf", spec.to_bytes()).expect("a readable GGUF");
-    LlamaModel::load(&gguf, Arc::new(ThreadPool::new(1).expect("start the thread pool")))
+fn load_file(gguf: &GgufFile) -> Result<LlamaModel, Error> {
+    LlamaModel::load(gguf, Arc::new(ThreadPool::new(1).expect("start the thread pool")))
 }
 
 fn config(spec: &GgufSpec) -> LlamaConfig {
-    load(spec).expect("loads").config().clone()
+    let gguf = GgufFile::from_bytes("edited.gguf", spec.to_bytes()).expect("a readable GGUF");
+    load_file(&gguf).expect("loads").config().clone()
 }
 
 /// Loading fails with a model-load error whose message contains every one of `needles`.
 fn refused(spec: &GgufSpec, needles: &[&str]) {
-    match load(spec) {
-        Err(Error::ModelLoad { message, .. }) => {
-            for needle in needles {
-                assert!(message.contains(needle), "{message:?} should name {needle:?}");
-            }
-        }
-        other => panic!("expected a load error naming {needles:?}, got {:?}", other.map(|m| m.config().clone())),
-    }
+    spec.assert_refused(load_file, needles);
 }
 
 fn string(s: &str) -> Value {

@@ -31,37 +31,26 @@ fn llama_config(family: &str) -> LlamaConfig {
     }
 }
 
-#[test]
-fn llama3_logits_match_transformers_float64_at_every_position() {
-    reference::check_logits_against_reference(
-        "llama3",
-        &[
-            Bounds { file: "tiny-f32.gguf", mean: 0.00015, max: 0.0012, min_top1_positions: 110 },
-            Bounds { file: "tiny-q8_0.gguf", mean: 0.015, max: 0.125, min_top1_positions: 66 },
-        ],
-    );
+/// Per family: F32 then Q8_0 bounds (see above).
+const BOUNDS: [(&str, [Bounds; 2]); 3] = [
+    ("llama3", [f32_bounds(0.0012, 110), q8_bounds(0.125, 66)]),
+    ("mistral", [f32_bounds(0.001, 137), q8_bounds(0.09, 83)]),
+    ("phi3", [f32_bounds(0.0012, 137), q8_bounds(0.1, 79)]),
+];
+
+const fn f32_bounds(max: f64, min_top1_positions: usize) -> Bounds {
+    Bounds { file: "tiny-f32.gguf", mean: 0.00015, max, min_top1_positions }
+}
+
+const fn q8_bounds(max: f64, min_top1_positions: usize) -> Bounds {
+    Bounds { file: "tiny-q8_0.gguf", mean: 0.015, max, min_top1_positions }
 }
 
 #[test]
-fn mistral_logits_match_transformers_float64_at_every_position() {
-    reference::check_logits_against_reference(
-        "mistral",
-        &[
-            Bounds { file: "tiny-f32.gguf", mean: 0.00015, max: 0.001, min_top1_positions: 137 },
-            Bounds { file: "tiny-q8_0.gguf", mean: 0.015, max: 0.09, min_top1_positions: 83 },
-        ],
-    );
-}
-
-#[test]
-fn phi3_logits_match_transformers_float64_at_every_position() {
-    reference::check_logits_against_reference(
-        "phi3",
-        &[
-            Bounds { file: "tiny-f32.gguf", mean: 0.00015, max: 0.0012, min_top1_positions: 137 },
-            Bounds { file: "tiny-q8_0.gguf", mean: 0.015, max: 0.1, min_top1_positions: 79 },
-        ],
-    );
+fn logits_match_transformers_float64_at_every_position() {
+    for (family, bounds) in &BOUNDS {
+        reference::check_logits_against_reference(family, bounds);
+    }
 }
 
 /// Without its RoPE scaling (Llama 3's frequency factors; Phi-3's LongRoPE short factors and

@@ -36,7 +36,6 @@ into the output directory, as `gemma3_tiny.py` does: `tiny-f32.gguf`, `tiny-q8_0
 import argparse
 import functools
 import importlib
-import io
 import json
 import pathlib
 import subprocess
@@ -49,10 +48,10 @@ import torch
 import transformers
 from gguf import GGUFReader
 
-from gemma3_tiny import randomize
+from gemma3_tiny import VOCAB_SIZE, randomize
+from gemma3_tiny import train_sentencepiece as train_sentencepiece_model
 
 SEED = 1234
-VOCAB_SIZE = 384
 
 PROMPTS = [
     "The quick brown fox jumps over the lazy dog while the cat sleeps near the warm fire.",
@@ -82,25 +81,16 @@ def training_text():
 
 def train_sentencepiece(hf_dir, user_defined_symbols=()):
     """A Llama-style SentencePiece model (unk 0, BOS 1, EOS 2, byte fallback, dummy prefix)."""
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(training_text()),
-        model_writer=model,
-        vocab_size=VOCAB_SIZE,
-        model_type="bpe",
-        byte_fallback=True,
+    train_sentencepiece_model(
+        training_text(),
+        hf_dir / "tokenizer.model",
         unk_id=0,
         bos_id=1,
         eos_id=2,
         pad_id=-1,
-        character_coverage=1.0,
         add_dummy_prefix=True,
-        remove_extra_whitespaces=False,
-        split_digits=True,
-        normalization_rule_name="identity",
         user_defined_symbols=list(user_defined_symbols),
     )
-    (hf_dir / "tokenizer.model").write_bytes(model.getvalue())
     processor = spm.SentencePieceProcessor(model_file=str(hf_dir / "tokenizer.model"))
     return processor.get_piece_size(), lambda text: [processor.bos_id()] + processor.encode(text)
 

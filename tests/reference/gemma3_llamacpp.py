@@ -16,6 +16,7 @@ Not run by CI (it needs the peer build): run it by hand after changing the promp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -25,7 +26,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "fixtures" / "gemma3_llamacpp.json"
@@ -145,22 +146,21 @@ def one_prompt(port: int, prompt: str) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bin", type=Path, default=Path.home() / ".cache/cortexstream/peer/build/bin")
-    parser.add_argument("--model", type=Path, default=default_model())
-    args = parser.parse_args()
+@contextlib.contextmanager
+def llama_server(bin_dir: Path, model: Path, context: int) -> Iterator[tuple[int, list[str]]]:
+    """A greedy, single-threaded, single-slot llama-server on `model` for the duration: yields
+    its port and its command line."""
     port = free_port()
     log_fd, log_name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
     log = Path(log_name)
     command = [
-        str(args.bin / "llama-server"),
-        "-m", str(args.model),
+        str(bin_dir / "llama-server"),
+        "-m", str(model),
         "-t", "1", "-tb", "1",
-        "-c", "512",
+        "-c", str(context),
         "--parallel", "1",
         "--temp", "0",
-        *server_flags(args.bin),
+        *server_flags(bin_dir),
         "--host", "127.0.0.1",
         "--port", str(port),
     ]  # fmt: skip
@@ -168,12 +168,28 @@ def main() -> None:
     os.close(log_fd)
     try:
         wait_ready(port, server, log)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/props", timeout=10) as r:
-            build = json.load(r).get("build_info")
+        yield port, command
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.unlink(missing_ok=True)
+
+
+def build_info(port: int) -> Any:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/props", timeout=10) as r:
+        return json.load(r).get("build_info")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bin", type=Path, default=Path.home() / ".cache/cortexstream/peer/build/bin")
+    parser.add_argument("--model", type=Path, default=default_model())
+    args = parser.parse_args()
+    with llama_server(args.bin, args.model, 512) as (port, command):
         fixture = {
             "about": "llama.cpp greedy reference for core/tests/gemma3_real.rs; written by tests/reference/gemma3_llamacpp.py",
             "model": MODEL_ENTRY,
-            "llama_cpp_build": build,
+            "llama_cpp_build": build_info(port),
             "llama_cpp_source": "llama.cpp vendored in the llama-cpp-python 0.3.36 sdist (examples/bench/setup_peer.sh)",
             "server_flags": command[3:-4],
             "near_tie": NEAR_TIE,
@@ -183,10 +199,6 @@ def main() -> None:
                 for t in TOKENIZE_ONLY
             ],
         }
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.unlink(missing_ok=True)
     FIXTURE.write_text(json.dumps(fixture, indent=1, ensure_ascii=False) + "\n")
     for p in fixture["prompts"]:
         print(f"{p['prompt']!r}: {len(p['generated_ids'])} ids, near tie at {p['near_tie_at']}: {p['text']!r}")

@@ -56,26 +56,28 @@ def training_text():
     return lines
 
 
-def train_tokenizer(path):
+def train_sentencepiece(lines, path, **options):
+    """A tiny BPE SentencePiece model with byte fallback, split digits and no normalization
+    (neither Gemma's nor Llama's tokenizer maps newlines to spaces; neither does llama.cpp), plus
+    `options` (special ids, dummy prefix, ...)."""
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(training_text()),
+        sentence_iterator=iter(lines),
         model_writer=model,
         vocab_size=VOCAB_SIZE,
         model_type="bpe",
         byte_fallback=True,
-        pad_id=0,
-        eos_id=1,
-        bos_id=2,
-        unk_id=3,
         character_coverage=1.0,
-        add_dummy_prefix=False,
         remove_extra_whitespaces=False,
         split_digits=True,
-        # Gemma's tokenizer does not normalize (no newline-to-space mapping); neither does llama.cpp.
         normalization_rule_name="identity",
+        **options,
     )
     path.write_bytes(model.getvalue())
+
+
+def train_tokenizer(path):
+    train_sentencepiece(training_text(), path, pad_id=0, eos_id=1, bos_id=2, unk_id=3, add_dummy_prefix=False)
 
 
 def tiny_config():

@@ -15,13 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import tempfile
-import urllib.request
 from pathlib import Path
 
-from gemma3_llamacpp import free_port, post, server_flags, wait_ready
+from gemma3_llamacpp import build_info, llama_server, post
 
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
 FILE = "tiny-q8_0.gguf"
@@ -60,38 +56,14 @@ def one_prompt(port: int, ids: list[int], n_predict: int) -> dict:
 def family_fixture(bin_dir: Path, family: str) -> dict:
     keep, n_predict, context = LENGTHS[family]
     prompts = json.loads((FIXTURES / family / "reference.json").read_text())["prompts"]
-    port = free_port()
-    log_fd, log_name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
-    log = Path(log_name)
-    command = [
-        str(bin_dir / "llama-server"),
-        "-m", str(FIXTURES / family / FILE),
-        "-t", "1", "-tb", "1",
-        "-c", str(context),
-        "--parallel", "1",
-        "--temp", "0",
-        *server_flags(bin_dir),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-    ]  # fmt: skip
-    server = subprocess.Popen(command, stdout=log_fd, stderr=subprocess.STDOUT)
-    os.close(log_fd)
-    try:
-        wait_ready(port, server, log)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/props", timeout=10) as r:
-            build = json.load(r).get("build_info")
-        results = [one_prompt(port, p["ids"][:keep], n_predict) for p in prompts]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.unlink(missing_ok=True)
-    return {
-        "about": f"llama.cpp greedy reference for core/tests/tiny_decoders.rs; written by tests/reference/tiny_llamacpp.py",
-        "model": f"{family}/{FILE}",
-        "llama_cpp_build": build,
-        "server_flags": command[3:-4],
-        "prompts": results,
-    }
+    with llama_server(bin_dir, FIXTURES / family / FILE, context) as (port, command):
+        return {
+            "about": "llama.cpp greedy reference for core/tests/tiny_decoders.rs; written by tests/reference/tiny_llamacpp.py",
+            "model": f"{family}/{FILE}",
+            "llama_cpp_build": build_info(port),
+            "server_flags": command[3:-4],
+            "prompts": [one_prompt(port, p["ids"][:keep], n_predict) for p in prompts],
+        }
 
 
 def main() -> None:

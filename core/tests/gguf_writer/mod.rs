@@ -153,6 +153,24 @@ impl GgufSpec {
         Self { version: 3, metadata, tensors }
     }
 
+    /// Loads the spec with `load` and asserts it fails with a model-load error whose message
+    /// contains every one of `needles`.
+    pub fn assert_refused<T: std::fmt::Debug>(
+        &self,
+        load: impl FnOnce(&cortexstream::gguf::GgufFile) -> cortexstream::Result<T>,
+        needles: &[&str],
+    ) {
+        let gguf = cortexstream::gguf::GgufFile::from_bytes("edited.gguf", self.to_bytes()).expect("a readable GGUF");
+        match load(&gguf) {
+            Err(cortexstream::Error::ModelLoad { message, .. }) => {
+                for needle in needles {
+                    assert!(message.contains(needle), "{message:?} should name {needle:?}");
+                }
+            }
+            other => panic!("expected a load error naming {needles:?}, got {other:?}"),
+        }
+    }
+
     /// Sets `key`, replacing an existing entry in place or appending a new one.
     pub fn set(&mut self, key: &str, value: Value) -> &mut Self {
         match self.metadata.iter_mut().find(|(k, _)| k == key) {
