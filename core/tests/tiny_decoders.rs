@@ -11,6 +11,7 @@
 //! original 256 positions).
 
 mod common;
+mod gguf_writer;
 
 // Bounds on |ours − float64 reference| per file: the value measured (2026-12, printed by the
 // tests) plus about 15%. With F32 weights the error left is f32 rounding and the f16 KV cache
@@ -21,8 +22,10 @@ mod common;
 // measured at 111 / 139 / 140 positions (F32) and 69 / 86 / 84 (Q8_0).
 
 use common::tiny_reference::{self as reference, Bounds};
+use cortexstream::gguf::{GgufFile, Value};
 use cortexstream::models::llama::LlamaConfig;
 use cortexstream::models::GenerationModel;
+use gguf_writer::GgufSpec;
 
 fn llama_config(family: &str) -> LlamaConfig {
     match reference::load(family, "tiny-f32.gguf") {
@@ -53,35 +56,53 @@ fn logits_match_transformers_float64_at_every_position() {
     }
 }
 
-/// Without its RoPE scaling (Llama 3's frequency factors; Phi-3's LongRoPE short factors and
-/// attention factor) the same weights give other logits (transformers' own, recorded for the
-/// first prompt): the scaling matters in these fixtures, and ours are far from the unscaled
-/// reference while close to the scaled one.
+/// Our logits for the first prompt of `family` are close to `scaled` (transformers with the
+/// RoPE scaling the model runs) and far from `unscaled` (without it), and the two references
+/// differ clearly: the scaling matters in the fixture and ours follows it.
+fn check_follows_scaling(family: &str, model: &GenerationModel, scaled: &[f64], unscaled: &[f64]) {
+    let vocab = model.vocab_size();
+    let prompt = &reference::prompts(family)[0];
+    let as_rows = |logits: &[f64]| -> Vec<(usize, Vec<f32>)> {
+        (0..prompt.ids.len()).map(|p| (p, logits[p * vocab..][..vocab].iter().map(|&v| v as f32).collect())).collect()
+    };
+    let ours = reference::logits_in_chunks(model, &prompt.ids, 1);
+    let (to_scaled, max) = reference::logit_error(&ours, scaled, vocab);
+    let (to_unscaled, _) = reference::logit_error(&ours, unscaled, vocab);
+    let (reference_gap, _) = reference::logit_error(&as_rows(unscaled), scaled, vocab);
+    println!(
+        "{family}: mean |ours - scaled| {to_scaled:.5} (max {max:.4}), |ours - unscaled| {to_unscaled:.4}, |scaled - unscaled| {reference_gap:.4}"
+    );
+    assert!(reference_gap > 0.05, "{family}: the scaling barely changes the reference ({reference_gap})");
+    assert!(max < 0.0012, "{family}: max logit error {max} from the scaled reference");
+    assert!(
+        to_unscaled > 100.0 * to_scaled,
+        "{family}: ours {to_scaled} from the scaled reference, {to_unscaled} from the unscaled"
+    );
+}
+
+/// Llama 3's frequency factors and Phi-3's LongRoPE (short factors and attention factor), as the
+/// converter wrote them, against transformers with and without them.
 #[test]
 fn rope_scaling_changes_the_logits_and_ours_follow_it() {
     for family in ["llama3", "phi3"] {
-        let model = reference::load(family, "tiny-f32.gguf");
-        let vocab = model.vocab_size();
-        let prompt = &reference::prompts(family)[0];
+        let scaled = &reference::prompts(family)[0].logits;
         let unscaled = reference::read_f64(family, "reference_unscaled_logits.f64");
-        let as_rows = |logits: &[f64]| -> Vec<(usize, Vec<f32>)> {
-            (0..prompt.ids.len())
-                .map(|p| (p, logits[p * vocab..][..vocab].iter().map(|&v| v as f32).collect()))
-                .collect()
-        };
-        let ours = reference::logits_in_chunks(&model, &prompt.ids, 1);
-        let (to_scaled, _) = reference::logit_error(&ours, &prompt.logits, vocab);
-        let (to_unscaled, _) = reference::logit_error(&ours, &unscaled, vocab);
-        let (reference_gap, _) = reference::logit_error(&as_rows(&unscaled), &prompt.logits, vocab);
-        println!(
-            "{family}: mean |ours - scaled| {to_scaled:.5}, |ours - unscaled| {to_unscaled:.4}, |scaled - unscaled| {reference_gap:.4}"
-        );
-        assert!(reference_gap > 0.05, "{family}: the scaling barely changes the reference ({reference_gap})");
-        assert!(
-            to_unscaled > 100.0 * to_scaled,
-            "{family}: ours {to_scaled} from the scaled reference, {to_unscaled} from the unscaled"
-        );
+        check_follows_scaling(family, &reference::load(family, "tiny-f32.gguf"), scaled, &unscaled);
     }
+}
+
+/// Linear RoPE scaling, asked of the Mistral file by adding the keys llama.cpp's converter writes
+/// for `rope_scaling` of type `linear` (factor 2), against transformers with that scaling and
+/// the file's own unscaled reference.
+#[test]
+fn linear_rope_scaling_matches_transformers() {
+    let mut spec = GgufSpec::from_f32_file(&reference::fixture("mistral", "tiny-f32.gguf"));
+    spec.set("llama.rope.scaling.type", Value::String("linear".into()));
+    spec.set("llama.rope.scaling.factor", Value::F32(2.0));
+    let gguf = GgufFile::from_bytes("mistral-linear2.gguf", spec.to_bytes()).expect("a readable GGUF");
+    let model = GenerationModel::load(&gguf, reference::pool()).expect("load");
+    let scaled = reference::read_f64("mistral", "reference_linear2_logits.f64");
+    check_follows_scaling("mistral", &model, &scaled, &reference::prompts("mistral")[0].logits);
 }
 
 #[test]

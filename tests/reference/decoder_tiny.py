@@ -14,11 +14,14 @@ by llama.cpp's own `convert_hf_to_gguf.py`, with a tiny tokenizer trained here:
   match: the script tells it the name (`llama-bpe`, whose regex the tokenizer was trained with).
   Tokenizer correctness for `llama-bpe` itself is held by `core/tests/tokenizer_vocab.rs`.
   `reference_unscaled_logits.f64` holds the first prompt's logits of the same weights *without*
-  the scaling, so the test can show that the scaling changes the result (phi3 too).
+  the scaling, so the test can show that the scaling changes the result (phi3 too; see
+  `OTHER_ROPE`).
 - `mistral`: `MistralForCausalLM` with a SentencePiece tokenizer and `sliding_window` = 4096 (as in
   Mistral 7B v0.1). The converter writes no sliding window for the llama architecture (the script
   checks that), so the GGUF, like llama.cpp, attends over the whole context; the prompts are
-  far shorter than the window, where the two agree.
+  far shorter than the window, where the two agree. `reference_linear2_logits.f64`: the first
+  prompt with linear RoPE scaling of factor 2, which the test asks of the same file by adding
+  `llama.rope.scaling.*` keys.
 - `phi3`: `Phi3ForCausalLM` (fused QKV and gate-up projections) with a SentencePiece tokenizer,
   a `sliding_window` of 16 (Phi-3 mini's is 2047), which the converter writes as
   `phi3.attention.sliding_window`, short enough that the window matters in the prompts, and
@@ -154,13 +157,13 @@ def llama3_config(vocab_size, rope=LLAMA3_ROPE):
     )
 
 
-def mistral_config(vocab_size):
+def mistral_config(vocab_size, rope=None):
     return transformers.MistralConfig(
         **common_config(vocab_size, 1, 2),
         max_position_embeddings=256,
         sliding_window=4096,
         tie_word_embeddings=False,
-        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        rope_parameters=rope or {"rope_type": "default", "rope_theta": 1_000_000.0},
     )
 
 
@@ -188,6 +191,15 @@ def phi3_config(vocab_size, rope=PHI3_ROPE):
         rope_parameters=dict(rope),
     )
 
+
+# The first prompt's logits of the same weights with other RoPE parameters, per family:
+# `reference_{name}_logits.f64`.
+OTHER_ROPE = {
+    "llama3": {"unscaled": {"rope_type": "default", "rope_theta": LLAMA3_ROPE["rope_theta"]}},
+    "phi3": {"unscaled": {"rope_type": "default", "rope_theta": PHI3_ROPE["rope_theta"]}},
+    # Linear scaling, which the Rust test asks of the same GGUF through `rope.scaling.*` keys.
+    "mistral": {"linear2": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1_000_000.0}},
+}
 
 FAMILIES = {
     "llama3": (transformers.LlamaForCausalLM, llama3_config, train_llama3_bpe, "llama-bpe"),
@@ -281,11 +293,11 @@ def main():
         # The reference runs the saved (float32-rounded) weights in float64, as the GGUF holds them.
         model = model_class.from_pretrained(hf_dir, dtype=torch.float64, attn_implementation="eager").eval()
         prompts, logits = reference_logits(model, encode)
-        if args.family in ("llama3", "phi3"):
-            unscaled = make_config(vocab_size, {"rope_type": "default", "rope_theta": 10_000.0})
-            model = model_class.from_pretrained(hf_dir, config=unscaled, dtype=torch.float64, attn_implementation="eager")
-            _, unscaled_logits = reference_logits(model.eval(), encode)
-            unscaled_logits[0].tofile(out / "reference_unscaled_logits.f64")
+        for name, rope in OTHER_ROPE.get(args.family, {}).items():
+            config = make_config(vocab_size, rope)
+            model = model_class.from_pretrained(hf_dir, config=config, dtype=torch.float64, attn_implementation="eager")
+            _, other_logits = reference_logits(model.eval(), encode)
+            other_logits[0].tofile(out / f"reference_{name}_logits.f64")
     (out / "reference.json").write_text(json.dumps({"prompts": prompts}, indent=1) + "\n")
     np.concatenate(logits).tofile(out / "reference_logits.f64")
 

@@ -91,13 +91,13 @@ pub struct LlamaConfig {
     pub ffn_size: usize,
     pub rope_theta: f32,
     /// Linear RoPE scaling: positions are divided by it (1: none). See
-    /// [`ArchKeys::rope_linear_factor`].
+    /// `ArchKeys::rope_linear_factor`.
     pub rope_linear_factor: f64,
     /// Queries and keys are multiplied by it after RoPE (`rope.scaling.attn_factor`; 1: none).
     pub rope_attention_factor: f32,
     pub rms_eps: f32,
     /// The context window this model runs: the one it was trained for, or with LongRoPE the
-    /// original one (see [`long_rope_context`]).
+    /// original one (see `long_rope_context`).
     pub context_length: usize,
     /// Positions every layer attends to (the query's own included); `None`: all before it.
     pub sliding_window: Option<usize>,
