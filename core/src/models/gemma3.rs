@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use crate::gguf::{GgufFile, Value};
 use crate::kv_cache::KvStorage;
 use crate::models::attention::{self, Span};
-use crate::models::elementwise::{add_in_place, geglu_tanh_rows, rms_norm_in_place, rms_norm_rows};
+use crate::models::elementwise::{add_in_place, geglu_tanh_rows, rms_norm_query_and_key_heads, rms_norm_rows};
 use crate::models::kv_write::store_keys_and_values;
 use crate::models::metadata::{ArchKeys, MustBeOff, MAX_HEAD_DIM, ROPE_SCALING_WHY};
 use crate::models::rope::{self, RopeTable};
@@ -374,7 +374,7 @@ impl Gemma3Model {
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(&s.x, &layer.attn_norm, c.rms_eps, &mut s.normed, pool);
             layer.qkv.matmul(&s.normed, n, &mut s.qkv, pool);
-            normalize_query_and_key_heads(&mut s.qkv, c, &layer.q_norm, &layer.k_norm);
+            rms_norm_query_and_key_heads(&mut s.qkv, &geometry, &layer.q_norm, &layer.k_norm, c.rms_eps);
             let rotation = if c.sliding_layers[l] { rope_swa } else { rope_global };
             rope::rotate_neox(&mut s.qkv, &geometry, rotation);
             store_keys_and_values(&s.qkv, &geometry, l, chunks, kv);
@@ -403,19 +403,6 @@ struct Scratch {
     step: StepScratch,
     rope_global: RopeTable,
     rope_swa: RopeTable,
-}
-
-/// RMS-normalises every query head with `q_norm` and every key head with `k_norm`, in place.
-fn normalize_query_and_key_heads(qkv: &mut [f32], c: &Gemma3Config, q_norm: &[f32], k_norm: &[f32]) {
-    for row in qkv.chunks_exact_mut(c.qkv_row_len()) {
-        let (queries, rest) = row.split_at_mut(c.q_dim());
-        for head in queries.chunks_exact_mut(c.head_dim) {
-            rms_norm_in_place(head, q_norm, c.rms_eps);
-        }
-        for head in rest[..c.kv_dim()].chunks_exact_mut(c.head_dim) {
-            rms_norm_in_place(head, k_norm, c.rms_eps);
-        }
-    }
 }
 
 #[cfg(test)]

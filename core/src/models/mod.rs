@@ -8,6 +8,7 @@ pub mod gemma3;
 pub(crate) mod kv_write;
 pub mod llama;
 pub(crate) mod metadata;
+pub mod qwen;
 pub(crate) mod rope;
 pub(crate) mod rows;
 pub(crate) mod stacked;
@@ -45,6 +46,7 @@ pub struct SeqChunk<'a> {
 pub enum GenerationModel {
     Llama(llama::LlamaModel),
     Gemma3(gemma3::Gemma3Model),
+    Qwen(qwen::QwenModel),
 }
 
 /// What the engine needs to know about a model's shape, whatever its architecture.
@@ -66,6 +68,8 @@ impl GenerationModel {
     pub fn load(gguf: &GgufFile, pool: Arc<ThreadPool>) -> Result<Self> {
         match gguf.require_str("general.architecture")? {
             "gemma3" => Ok(Self::Gemma3(gemma3::Gemma3Model::load(gguf, pool)?)),
+            "qwen2" => Ok(Self::Qwen(qwen::QwenModel::load(gguf, qwen::QwenFamily::Qwen2, pool)?)),
+            "qwen3" => Ok(Self::Qwen(qwen::QwenModel::load(gguf, qwen::QwenFamily::Qwen3, pool)?)),
             // The llama loader names the architecture when it is not one it runs.
             _ => Ok(Self::Llama(llama::LlamaModel::load(gguf, pool)?)),
         }
@@ -88,6 +92,7 @@ impl GenerationModel {
         match self {
             Self::Llama(m) => shape_of!(m.config()),
             Self::Gemma3(m) => shape_of!(m.config()),
+            Self::Qwen(m) => shape_of!(m.config()),
         }
     }
 
@@ -96,6 +101,7 @@ impl GenerationModel {
         match self {
             Self::Llama(m) => m.config().vocab_size,
             Self::Gemma3(m) => m.config().vocab_size,
+            Self::Qwen(m) => m.config().vocab_size,
         }
     }
 
@@ -104,6 +110,7 @@ impl GenerationModel {
         match self {
             Self::Llama(m) => m.new_kv_storage(num_blocks, block_size),
             Self::Gemma3(m) => m.new_kv_storage(num_blocks, block_size),
+            Self::Qwen(m) => m.new_kv_storage(num_blocks, block_size),
         }
     }
 
@@ -112,6 +119,7 @@ impl GenerationModel {
         match self {
             Self::Llama(m) => m.forward(chunks, kv, logits),
             Self::Gemma3(m) => m.forward(chunks, kv, logits),
+            Self::Qwen(m) => m.forward(chunks, kv, logits),
         }
     }
 }

@@ -92,3 +92,4 @@ impl<E: std::borrow::Borrow<cortexstream::Engine>> Drop for AllBlocksFreeAfter<E
         assert_eq!(m.kv_blocks_free, m.kv_blocks_total, "the test left KV blocks allocated: {m:?}");
     }
 }
+pub mod reference;
