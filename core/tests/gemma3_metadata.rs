@@ -11,30 +11,11 @@ use cortexstream::gguf::{GgmlType, GgufFile, Value};
 use cortexstream::models::gemma3::{Gemma3Config, Gemma3Model};
 use cortexstream::threadpool::ThreadPool;
 use cortexstream::Error;
-use gguf_writer::{GgufSpec, TensorSpec};
+use gguf_writer::GgufSpec;
 
 /// The tiny fixture as an editable spec (all its tensors are F32).
 fn fixture_spec() -> GgufSpec {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gemma3/tiny-f32.gguf");
-    let gguf = GgufFile::open(path).expect("open the fixture");
-    let mut metadata: Vec<(String, Value)> = gguf.metadata().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    metadata.sort_by(|a, b| a.0.cmp(&b.0));
-    let tensors = gguf
-        .tensors()
-        .iter()
-        .map(|t| {
-            assert_eq!(t.ty, GgmlType::F32, "{}", t.name);
-            let (_, data) = gguf.tensor_bytes(&t.name).expect("tensor bytes");
-            TensorSpec {
-                name: t.name.clone(),
-                dims: t.dims.iter().map(|&d| d as u64).collect(),
-                ty: 0,
-                data: data.to_vec(),
-                offset: None,
-            }
-        })
-        .collect();
-    GgufSpec { version: 3, metadata, tensors }
+    GgufSpec::from_f32_file(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gemma3/tiny-f32.gguf"))
 }
 
 fn load(spec: &GgufSpec) -> Result<Gemma3Model, Error> {

@@ -64,6 +64,29 @@ fn strings(items: &[&str]) -> Value {
 }
 
 impl GgufSpec {
+    /// An existing all-F32 GGUF (a committed fixture) as an editable spec.
+    pub fn from_f32_file(path: &std::path::Path) -> Self {
+        let gguf = cortexstream::gguf::GgufFile::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        let mut metadata: Vec<(String, Value)> = gguf.metadata().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        metadata.sort_by(|a, b| a.0.cmp(&b.0));
+        let tensors = gguf
+            .tensors()
+            .iter()
+            .map(|t| {
+                assert_eq!(t.ty, cortexstream::gguf::GgmlType::F32, "{}", t.name);
+                let (_, data) = gguf.tensor_bytes(&t.name).expect("tensor bytes");
+                TensorSpec {
+                    name: t.name.clone(),
+                    dims: t.dims.iter().map(|&d| d as u64).collect(),
+                    ty: F32,
+                    data: data.to_vec(),
+                    offset: None,
+                }
+            })
+            .collect();
+        Self { version: 3, metadata, tensors }
+    }
+
     /// A complete llama model the engine loads and runs (random weights: the text is noise):
     /// hidden size 32, 2 heads sharing 1 KV head, FFN 64; 75 KB.
     pub fn tiny_llama() -> Self {
