@@ -27,7 +27,7 @@ use crate::kv_cache::KvStorage;
 use crate::models::attention::{self, Span};
 use crate::models::elementwise::{add_in_place, geglu_tanh_rows, rms_norm_query_and_key_heads, rms_norm_rows};
 use crate::models::kv_write::store_keys_and_values;
-use crate::models::metadata::{ArchKeys, MustBeOff, MAX_HEAD_DIM, ROPE_SCALING_WHY};
+use crate::models::metadata::{ArchKeys, DecoderDims, MustBeOff, ROPE_SCALING_WHY};
 use crate::models::rope::{self, RopeTable};
 use crate::models::stacked::StackedMatrix;
 use crate::models::step::StepScratch;
@@ -104,29 +104,7 @@ const SAME_AS_HEAD_SIZE: &[&str] =
 impl Gemma3Config {
     fn from_gguf(gguf: &GgufFile) -> Result<Self> {
         let keys = ArchKeys { gguf, arch: ARCHITECTURE };
-        let hidden_size = keys.usize("embedding_length")?;
-        let n_layers = keys.usize("block_count")?;
-        if n_layers == 0 || hidden_size == 0 {
-            return Err(load_error(
-                gguf,
-                format!("`{}` and `{}` must both be at least 1", keys.key("block_count"), keys.key("embedding_length")),
-            ));
-        }
-        let n_heads = keys.usize("attention.head_count")?;
-        let n_kv_heads = keys.optional_usize("attention.head_count_kv", n_heads)?;
-        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-            return Err(load_error(gguf, format!("{n_heads} attention heads cannot share {n_kv_heads} KV heads")));
-        }
-        let head_dim = keys.optional_usize("attention.key_length", hidden_size / n_heads)?;
-        if head_dim == 0 || head_dim > MAX_HEAD_DIM || !head_dim.is_multiple_of(2) {
-            return Err(load_error(
-                gguf,
-                format!(
-                    "`{}` is {head_dim}; supported head sizes are even, 2..={MAX_HEAD_DIM}",
-                    keys.key("attention.key_length")
-                ),
-            ));
-        }
+        let DecoderDims { hidden_size, n_layers, n_heads, n_kv_heads, head_dim } = keys.decoder_dims()?;
         for suffix in SAME_AS_HEAD_SIZE {
             if keys.optional_usize(suffix, head_dim)? != head_dim {
                 return Err(load_error(
@@ -138,18 +116,6 @@ impl Gemma3Config {
                     ),
                 ));
             }
-        }
-        let value_dim = keys.optional_usize("attention.value_length", head_dim)?;
-        let rope_dims = keys.optional_usize("rope.dimension_count", head_dim)?;
-        if value_dim != head_dim || rope_dims != head_dim {
-            return Err(load_error(
-                gguf,
-                format!(
-                    "`{}` = {value_dim} and `{}` = {rope_dims} must equal the key head size {head_dim}",
-                    keys.key("attention.value_length"),
-                    keys.key("rope.dimension_count")
-                ),
-            ));
         }
         keys.refuse_unless_off(MUST_BE_OFF)?;
         keys.refuse_rope_scaling()?;
