@@ -259,3 +259,78 @@ pub fn check_batch_invariance(family: &str, file: &str) {
         assert!(a == b, "{family}/{file} step {step}: logits differ between alone and batched");
     }
 }
+
+/// `log_softmax(logits)[id]`, in f64.
+fn log_probability(logits: &[f32], id: usize) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    logits[id] as f64 - max - sum.ln()
+}
+
+/// How closely our forward must follow llama.cpp on one file of `tests/fixtures/{family}/llamacpp.json`
+/// (written by `tests/reference/tiny_llamacpp.py`).
+pub struct PeerBounds {
+    pub file: &'static str,
+    /// Largest |our log-probability − llama.cpp's| of its top two tokens at a step; a step
+    /// whose top-2 gap is under this is a near tie, where the two may pick differently.
+    pub logprob: f64,
+    /// Steps (over all prompts) at which top-1 was compared teacher-forced; fewer would mean
+    /// the check quietly covers less.
+    pub min_steps_compared: usize,
+}
+
+/// Holds our forward to llama.cpp's on the same converted file: teacher-forced on llama.cpp's
+/// tokens, our log-probabilities of its top two tokens are within `bounds.logprob` of its own
+/// and our pick is its pick wherever its gap is clear; free-running, our greedy ids are its ids
+/// up to its first near tie.
+pub fn check_llamacpp_agreement(family: &str, bounds: &PeerBounds) {
+    let json = std::fs::read_to_string(fixture_path(family, "llamacpp.json")).expect("llamacpp.json");
+    let fixture: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array().expect("ids").iter().map(|i| i.as_u64().expect("id") as u32).collect()
+    };
+    let model = load(family, bounds.file);
+    let (mut compared, mut worst) = (0usize, 0f64);
+    for (p, prompt) in fixture["files"][bounds.file]["prompts"].as_array().expect("prompts").iter().enumerate() {
+        let prompt_ids = ids(&prompt["prompt_ids"]);
+        let theirs = ids(&prompt["generated_ids"]);
+        let tokens: Vec<u32> = prompt_ids.iter().chain(&theirs).copied().collect();
+        let forced = logits_in_chunks(&model, &tokens, 1);
+        let mut first_near_tie = theirs.len();
+        for (step, expected) in prompt["steps"].as_array().expect("steps").iter().enumerate() {
+            let Some(top) = expected["top"].as_array() else { continue };
+            let ours = &forced[prompt_ids.len() - 1 + step].1;
+            let logprob = |t: &serde_json::Value| t["logprob"].as_f64().expect("logprob");
+            for t in top {
+                let error = (log_probability(ours, t["id"].as_u64().expect("id") as usize) - logprob(t)).abs();
+                worst = worst.max(error);
+                assert!(
+                    error <= bounds.logprob,
+                    "{family}/{} prompt {p} step {step}: log-probability off by {error}",
+                    bounds.file
+                );
+            }
+            if logprob(&top[0]) - logprob(&top[1]) > bounds.logprob {
+                assert_eq!(
+                    argmax(ours) as u32,
+                    theirs[step],
+                    "{family}/{} prompt {p} step {step}: pick differs",
+                    bounds.file
+                );
+                compared += 1;
+            } else {
+                first_near_tie = first_near_tie.min(step);
+            }
+        }
+        let free = run_schedule(&model, std::slice::from_ref(&prompt_ids), &[vec![prompt_ids.len()]], theirs.len() - 1);
+        let ours: Vec<u32> = free[0].iter().map(|logits| argmax(logits) as u32).collect();
+        assert_eq!(
+            ours[..first_near_tie],
+            theirs[..first_near_tie],
+            "{family}/{} prompt {p}: greedy ids differ",
+            bounds.file
+        );
+    }
+    println!("{family}/{}: top-1 compared at {compared} steps; worst log-probability error {worst:.4}", bounds.file);
+    assert!(compared >= bounds.min_steps_compared, "{family}/{}: compared {compared} steps", bounds.file);
+}

@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Writes `tests/fixtures/{family}/llamacpp.json`: llama.cpp's greedy continuation of each
+reference prompt of a tiny random-weight fixture (`tests/fixtures/{family}/reference.json`,
+made by `qwen_tiny.py` or `gemma3_tiny.py`), on the same converted GGUFs our engine loads
+(F32 and Q8_0). `core/tests/qwen_llamacpp.rs` holds our forward to it.
+
+The prompts go in as token ids (so the comparison is of the forward, not the tokenizer). Per
+file and prompt (llama.cpp checked to evaluate exactly the ids given, adding no BOS): its
+`N_PREDICT` greedy ids and, per step, its top-2 log-probabilities (`n_probs: 2`, one request
+per step; `null` where the server withholds them, see `top_two`). The test decides per file
+type which gaps are near ties (F32 engines agree far more closely than 8-bit ones).
+
+Not run by CI (it needs the peer build): run it by hand after changing a tiny model.
+
+    python tests/reference/tiny_llamacpp.py qwen2 qwen3 [--bin ~/.cache/cortexstream/peer/build/bin]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gemma3_llamacpp import free_port, post, server_flags, wait_ready  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+FILES = ["tiny-f32.gguf", "tiny-q8_0.gguf"]
+N_PREDICT = 16
+
+
+def completion(port: int, ids: list[int], n_predict: int) -> dict[str, Any]:
+    body = {"prompt": ids, "n_predict": n_predict, "temperature": 0, "n_probs": 2, "cache_prompt": False}
+    reply = post(port, "/completion", {**body, "return_tokens": True})
+    if reply["tokens_evaluated"] != len(ids):
+        sys.exit(f"llama.cpp evaluated {reply['tokens_evaluated']} tokens of {len(ids)}: it added or dropped some")
+    return reply
+
+
+def top_two(port: int, ids: list[int]) -> list[dict[str, Any]] | None:
+    """llama.cpp's top-2 log-probabilities after `ids`, or None when it withholds them: the
+    server reports no probabilities for a token that ends inside a UTF-8 character (a random
+    model emits such byte tokens). One token per request, so no other step's are lost."""
+    probabilities = completion(port, ids, 1).get("completion_probabilities") or []
+    if not probabilities:
+        return None
+    return [{"id": t["id"], "logprob": t["logprob"]} for t in probabilities[0]["top_logprobs"]]
+
+
+def one_prompt(port: int, ids: list[int]) -> dict[str, Any]:
+    generated = completion(port, ids, N_PREDICT)["tokens"]
+    if len(generated) != N_PREDICT:
+        sys.exit(f"{ids}: llama.cpp generated {len(generated)} tokens, not {N_PREDICT}")
+    steps = [{"id": g, "top": top_two(port, ids + generated[:i])} for i, g in enumerate(generated)]
+    for step in steps:
+        if step["top"] is not None and step["top"][0]["id"] != step["id"]:
+            sys.exit(f"{ids}: the single-step pick disagrees with the greedy run at {step}")
+    return {"prompt_ids": ids, "generated_ids": generated, "steps": steps}
+
+
+def run_file(bin_dir: Path, model: Path, prompts: list[list[int]]) -> dict[str, Any]:
+    port = free_port()
+    log_fd, log_name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
+    log = Path(log_name)
+    command = [
+        str(bin_dir / "llama-server"),
+        "-m", str(model),
+        "-t", "1", "-tb", "1",
+        "-c", "256",
+        "--parallel", "1",
+        "--temp", "0",
+        # Generate through end-of-text: a random model may pick it, and the check is of logits.
+        "--ignore-eos",
+        *server_flags(bin_dir),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+    ]  # fmt: skip
+    server = subprocess.Popen(command, stdout=log_fd, stderr=subprocess.STDOUT)
+    os.close(log_fd)
+    try:
+        wait_ready(port, server, log)
+        return {"server_flags": command[3:-4], "prompts": [one_prompt(port, ids) for ids in prompts]}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.unlink(missing_ok=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("families", nargs="+")
+    parser.add_argument("--bin", type=Path, default=Path.home() / ".cache/cortexstream/peer/build/bin")
+    args = parser.parse_args()
+    for family in args.families:
+        directory = REPO / "tests" / "fixtures" / family
+        reference = json.loads((directory / "reference.json").read_text())
+        prompts = [p["ids"] for p in reference["prompts"]]
+        fixture = {
+            "about": f"llama.cpp greedy reference on the tiny {family} fixtures; written by tests/reference/tiny_llamacpp.py",
+            "llama_cpp_source": "llama.cpp vendored in the llama-cpp-python 0.3.36 sdist (examples/bench/setup_peer.sh)",
+            "files": {file: run_file(args.bin, directory / file, prompts) for file in FILES},
+        }
+        (directory / "llamacpp.json").write_text(json.dumps(fixture, indent=1) + "\n")
+        for file, result in fixture["files"].items():
+            for p in result["prompts"]:
+                print(f"{family}/{file}: {p['generated_ids']}")
+
+
+if __name__ == "__main__":
+    main()
