@@ -93,6 +93,16 @@ impl ChatTemplate {
             .map_err(|e| Error::invalid("chat_template", compile_failure(&e)))
     }
 
+    /// The same template with `strftime_now` reading the fixed time `unix_seconds` (UTC)
+    /// instead of the system clock, so that a template printing today's date (Llama 3.2's)
+    /// renders reproducibly.
+    pub fn at_fixed_time(mut self, unix_seconds: u64) -> Self {
+        if let Compiled::Ready(env) = &mut self.compiled {
+            env.add_function("strftime_now", move |format: String| strftime_utc(&format, unix_seconds));
+        }
+        self
+    }
+
     /// Renders `messages`, followed by the assistant header when `add_generation_prompt`.
     ///
     /// Errors: an empty list or a role outside system/user/assistant/tool is an
