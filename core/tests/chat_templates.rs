@@ -45,3 +45,30 @@ fn every_family_renders_exactly_as_transformers() {
     assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
     assert_eq!(cases.len(), 11 * 8 * 2, "every template × conversation × flag is in the fixture");
 }
+
+/// One jinja2 feature per template (transformers' `tojson`, `raise_exception` and
+/// `strftime_now`; `namespace`, whitespace control, Python string methods, filters, tests,
+/// number printing), rendered over the `multi_turn` conversation: the dialect the shipped
+/// templates are written in, including parts the conversations above do not reach (tool
+/// templates print `tojson`).
+#[test]
+fn the_jinja_dialect_matches_transformers() {
+    let fixture = common::fixture("chat_templates.json");
+    let now = fixture["fixed_now_unix"].as_u64().expect("fixed time");
+    let conversation = messages(&fixture["conversations"]["multi_turn"]);
+    let mut failures = Vec::new();
+    let cases = fixture["dialect"].as_array().expect("dialect cases");
+    for case in cases {
+        let name = case["name"].as_str().expect("name");
+        let source = case["source"].as_str().expect("source");
+        let ours = ChatTemplate::new(source, "<s>", "</s>")
+            .map(|t| t.at_fixed_time(now))
+            .and_then(|t| t.render(&conversation, false));
+        match (&ours, case["rendered"].as_str(), case["raises"].as_str()) {
+            (Ok(ours), Some(expected), _) if ours == expected => {}
+            (Err(Error::ChatTemplate(message)), _, Some(expected)) if message == expected => {}
+            _ => failures.push(format!("{name}: {source}\n  ours:         {ours:?}\n  transformers: {case}")),
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}

@@ -80,6 +80,33 @@ CONVERSATIONS = {
 }
 
 
+# Small templates, one jinja2 feature each that chat templates use (HF's dialect: transformers'
+# own `tojson`, `raise_exception`, `strftime_now`; jinja2's `namespace`, whitespace control,
+# Python string methods), rendered over the `multi_turn` conversation.
+DIALECT = {
+    "tojson_message": "{{ messages[1] | tojson }}",
+    "tojson_special_characters": "{{ {'text': '<b> & \\'quoted\\' \"double\" é 🚀 \\n', 'n': [1, 2.5, none, true]} | tojson }}",
+    "tojson_indent": "{{ messages[:2] | tojson(indent=2) }}",
+    "tojson_string": "{{ messages[2].content | tojson }}",
+    "tojson_insertion_order": "{{ {'zeta': 1, 'alpha': {'y': 2, 'b': 3}} | tojson }}",
+    "tojson_options": "{{ {'b': 1, 'a': [1e-5, 1.5e20, 1e16, 1e15, 0.1, -0.0, 3, 1.0], 'ü': 'ü 🚀 \\u0001'} | tojson(ensure_ascii=True, sort_keys=True) }}",
+    "tojson_empty_and_nested_indent": "{{ {'empty': [], 'none': {}, 'list': [[1], {'k': 'v'}]} | tojson(indent=4) }}",
+    "namespace": "{% set ns = namespace(count=0, last='') %}{% for m in messages %}{% set ns.count = ns.count + 1 %}{% set ns.last = m.role %}{% endfor %}{{ ns.count }} {{ ns.last }}",
+    "whitespace_control": "{%- for m in messages -%}\n  [{{- m.role -}}]  \n{%- endfor -%}\n",
+    "trim_and_lstrip_blocks": "{% for m in messages %}\n    {% if m.role == 'user' %}\n{{ m.content }}\n    {% endif %}\n{% endfor %}\n",
+    "string_methods": "{% for m in messages %}{{ m.content.strip().lower().replace('o', '0').split(' ')[0] }}|{{ m.content.startswith('H') }}|{{ m.content.endswith('?') }}|{{ m.role.upper() }}|{{ m.content.rstrip('!?. ') }}|{{ m.content.title() }};{% endfor %}",
+    "split_and_index": "{{ messages[2].content.split('o')[-1] }}|{{ messages[2].content.lstrip('B') }}|{{ messages[1].content[:3] }}|{{ messages[1].content[::-1] }}",
+    "filters": "{{ messages | length }} {{ messages | map(attribute='role') | join(',') }} {{ messages | selectattr('role', 'equalto', 'user') | list | length }} {{ (messages | last).content | trim }} {{ 'x' * 3 }}",
+    "loop_variables": "{% for m in messages %}{{ loop.index0 }}{{ loop.first }}{{ loop.last }}{% if not loop.last %},{% endif %}{% endfor %}",
+    "defined_and_none": "{{ foo is defined }} {{ messages[0].content is string }} {{ messages[0].get('missing') is none }} {{ messages[0]['tool_calls'] is defined }}",
+    "items_and_dict": "{% for k, v in {'b': 1, 'a': 2}.items() %}{{ k }}={{ v }};{% endfor %}{{ dict(x=1).x }}",
+    "strftime_now": "{{ strftime_now('%Y-%m-%d %H:%M:%S %A %B %d %b') }}",
+    "raise_exception": "{% if messages[0].role == 'system' %}{{ raise_exception('System messages are not supported here.') }}{% endif %}",
+    "in_operator_and_tests": "{{ 'French' in messages[0].content }} {{ messages[0].role in ['system', 'user'] }} {{ 3 is divisibleby 3 }} {{ 4 is odd }}",
+    "integer_and_float_rendering": "{{ 1 }} {{ 2.0 }} {{ 10 / 4 }} {{ 10 // 4 }} {{ 7 % 3 }} {{ 1e3 }} {{ true }} {{ none }}",
+}
+
+
 class FixedClock(datetime.datetime):
     @classmethod
     def now(cls, tz=None):
@@ -125,14 +152,21 @@ def main():
                     "add_generation_prompt": add_generation_prompt,
                     **result,
                 })
+    dialect = []
+    for name, source in DIALECT.items():
+        result = render(source, "<s>", "</s>", CONVERSATIONS["multi_turn"], False)
+        dialect.append({"name": name, "source": source, **result})
     fixture = {
         "about": "transformers' render_jinja_template output; written by tests/reference/chat_templates.py",
         "fixed_now_unix": int(FIXED_NOW.timestamp()),
         "conversations": CONVERSATIONS,
         "templates": templates,
         "cases": cases,
+        "dialect": dialect,
     }
     FIXTURE.write_text(json.dumps(fixture, indent=1, ensure_ascii=False) + "\n")
+    for case in dialect:
+        print(f"dialect {case['name']}: {case}")
     for case in cases:
         outcome = "raises " + case["raises"] if "raises" in case else f"{len(case['rendered'])} chars"
         print(f"{case['template']} {case['conversation']} gen={case['add_generation_prompt']}: {outcome}")
