@@ -9,6 +9,7 @@ pre-tokenizer regex.
     LLAMA_CPP=~/.cache/cortexstream/peer/src/llama-cpp-python-0.3.36/vendor/llama.cpp
     python qwen_tiny.py $LLAMA_CPP qwen2 tests/fixtures/qwen2
     python qwen_tiny.py $LLAMA_CPP qwen3 tests/fixtures/qwen3
+    python qwen_tiny.py $LLAMA_CPP qwen2 tests/fixtures/qwen2_q4_k_m --q4-k-m $PEER/llama-quantize
 
 needs `torch transformers tokenizers` (not CI: the outputs are committed). Writes into the
 output directory the same files as `gemma3_tiny.py`:
@@ -27,6 +28,7 @@ import argparse
 import json
 import pathlib
 import runpy
+import subprocess
 import sys
 import tempfile
 
@@ -86,12 +88,13 @@ def train_tokenizer():
     )
 
 
-def tiny_config(family, eos_id):
+def tiny_config(family, eos_id, k_quant):
+    # K-quant blocks hold 256 values: rows of 256 and 512 let llama-quantize use them.
+    sizes = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2) if k_quant else dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=4)
     common = dict(
         vocab_size=VOCAB_SIZE,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=4,
+        **sizes,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=256,
@@ -103,7 +106,7 @@ def tiny_config(family, eos_id):
     )
     if family == "qwen2":
         return Qwen2Config(tie_word_embeddings=True, **common)
-    return Qwen3Config(head_dim=32, tie_word_embeddings=False, attention_bias=False, **common)
+    return Qwen3Config(head_dim=32 if not k_quant else 64, tie_word_embeddings=False, attention_bias=False, **common)
 
 
 def randomize(model):
@@ -119,7 +122,8 @@ def randomize(model):
             elif name.endswith(".bias"):
                 p.copy_(noise * 0.5)
             elif "embed_tokens" in name or "lm_head" in name:
-                p.copy_(noise * 0.5)
+                # Logits' spread about 4 whatever the width (0.5 at hidden 64).
+                p.copy_(noise * 4.0 / p.shape[-1] ** 0.5)
             else:
                 p.copy_(noise / p.shape[-1] ** 0.5)
 
@@ -156,6 +160,12 @@ def main():
     parser.add_argument("llama_cpp", help="llama.cpp's source tree")
     parser.add_argument("family", choices=["qwen2", "qwen3"])
     parser.add_argument("out_dir")
+    parser.add_argument(
+        "--q4-k-m",
+        metavar="LLAMA_QUANTIZE",
+        help="instead: a model wide enough for K-quants (hidden 256, 2 layers), written only as "
+        "tiny-q4_k_m.gguf by this llama-quantize binary (the quantization people download)",
+    )
     args = parser.parse_args()
     out = pathlib.Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,11 +176,16 @@ def main():
         hf_dir = pathlib.Path(tmp) / f"tiny-{args.family}"
         tokenizer = train_tokenizer()
         tokenizer.save_pretrained(hf_dir)
-        model = model_class(tiny_config(args.family, tokenizer.eos_token_id)).to(torch.float64)
+        model = model_class(tiny_config(args.family, tokenizer.eos_token_id, bool(args.q4_k_m))).to(torch.float64)
         randomize(model)
         model.to(torch.float32).save_pretrained(hf_dir, safe_serialization=True)
-        for outtype in ["f32", "q8_0"]:
-            convert(pathlib.Path(args.llama_cpp), hf_dir, outtype, out / f"tiny-{outtype}.gguf")
+        if args.q4_k_m:
+            f32 = pathlib.Path(tmp) / "tiny-f32.gguf"
+            convert(pathlib.Path(args.llama_cpp), hf_dir, "f32", f32)
+            subprocess.run([args.q4_k_m, str(f32), str(out / "tiny-q4_k_m.gguf"), "Q4_K_M"], check=True)
+        else:
+            for outtype in ["f32", "q8_0"]:
+                convert(pathlib.Path(args.llama_cpp), hf_dir, outtype, out / f"tiny-{outtype}.gguf")
 
         # The reference runs the saved (float32-rounded) weights in float64, as the GGUF holds them.
         modeling_qwen2.Qwen2RMSNorm.forward = rms_norm_in_input_dtype

@@ -2,7 +2,7 @@
 """Writes `tests/fixtures/{family}/llamacpp.json`: llama.cpp's greedy continuation of each
 reference prompt of a tiny random-weight fixture (`tests/fixtures/{family}/reference.json`,
 made by `qwen_tiny.py` or `gemma3_tiny.py`), on the same converted GGUFs our engine loads
-(F32 and Q8_0). `core/tests/qwen_llamacpp.rs` holds our forward to it.
+(every `tiny-*.gguf` there). `core/tests/qwen_llamacpp.rs` holds our forward to it.
 
 The prompts go in as token ids (so the comparison is of the forward, not the tokenizer). Per
 file and prompt (llama.cpp checked to evaluate exactly the ids given, adding no BOS): its
@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gemma3_llamacpp import free_port, post, server_flags, wait_ready  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-FILES = ["tiny-f32.gguf", "tiny-q8_0.gguf"]
 N_PREDICT = 16
 
 
@@ -103,7 +102,7 @@ def main() -> None:
         fixture = {
             "about": f"llama.cpp greedy reference on the tiny {family} fixtures; written by tests/reference/tiny_llamacpp.py",
             "llama_cpp_source": "llama.cpp vendored in the llama-cpp-python 0.3.36 sdist (examples/bench/setup_peer.sh)",
-            "files": {file: run_file(args.bin, directory / file, prompts) for file in FILES},
+            "files": {path.name: run_file(args.bin, path, prompts) for path in sorted(directory.glob("tiny-*.gguf"))},
         }
         (directory / "llamacpp.json").write_text(json.dumps(fixture, indent=1) + "\n")
         for file, result in fixture["files"].items():
