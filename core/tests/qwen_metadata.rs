@@ -129,3 +129,12 @@ fn required_keys_are_named_when_missing() {
         }
     }
 }
+
+#[test]
+fn an_architecture_of_the_family_not_implemented_is_refused_naming_it() {
+    for arch in ["qwen2moe", "qwen3moe", "qwen2vl"] {
+        let mut spec = fixture_spec("qwen2");
+        spec.set("general.architecture", Value::String(arch.into()));
+        refused(&spec, &[arch]);
+    }
+}
