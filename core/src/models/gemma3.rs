@@ -26,7 +26,6 @@ use crate::gguf::{GgufFile, Value};
 use crate::kv_cache::KvStorage;
 use crate::models::attention::{self, Span};
 use crate::models::elementwise::{add_in_place, geglu_tanh_rows, rms_norm_query_and_key_heads, rms_norm_rows};
-use crate::models::kv_write::store_keys_and_values;
 use crate::models::metadata::{ArchKeys, DecoderDims, MustBeOff, ROPE_SCALING_WHY};
 use crate::models::rope::{self, RopeTable};
 use crate::models::stacked::StackedMatrix;
@@ -275,8 +274,7 @@ impl Gemma3Model {
         let config = Gemma3Config::from_gguf(gguf)?;
         let c = &config;
         let w = Weights { gguf };
-        let token_embedding = w.matrix("token_embd.weight", c.vocab_size, c.hidden_size)?;
-        let output = w.optional_matrix("output.weight", c.vocab_size, c.hidden_size)?;
+        let vocabulary = Vocabulary::load(&w, c.vocab_size, c.hidden_size)?;
         let layers = (0..c.n_layers)
             .map(|l| {
                 let name = |tensor: &str| layer_tensor(l, tensor);
@@ -294,13 +292,12 @@ impl Gemma3Model {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let output_norm = w.vector("output_norm.weight", c.hidden_size)?;
         Ok(Self {
             embedding_scale: (c.hidden_size as f32).sqrt(),
             rope_frequencies_global: rope::frequencies(c.rope_theta, c.head_dim),
             rope_frequencies_swa: rope::frequencies(c.rope_theta_swa, c.head_dim),
             config,
-            vocabulary: Vocabulary { token_embedding, output_norm, output },
+            vocabulary,
             layers,
             pool,
             scratch: Mutex::new(Scratch::default()),
@@ -343,9 +340,7 @@ impl Gemma3Model {
             rms_norm_query_and_key_heads(&mut s.qkv, &geometry, &layer.q_norm, &layer.k_norm, c.rms_eps);
             let rotation = if c.sliding_layers[l] { rope_swa } else { rope_global };
             rope::rotate_neox(&mut s.qkv, &geometry, rotation);
-            store_keys_and_values(&s.qkv, &geometry, l, chunks, kv);
-            attention::attend(&mut s.attention, &geometry, l, c.span(l), chunks, kv, &s.qkv, &mut s.attn, pool);
-            layer.attn_output.matmul(&s.attn, n, &mut s.projected, pool);
+            s.attend_and_project(&geometry, l, c.span(l), chunks, kv, &layer.attn_output, pool);
             rms_norm_rows(&s.projected, &layer.post_attention_norm, c.rms_eps, &mut s.normed, pool);
             add_in_place(&mut s.x, &s.normed);
 

@@ -22,14 +22,11 @@ use std::sync::{Arc, Mutex};
 use crate::gguf::GgufFile;
 use crate::kv_cache::KvStorage;
 use crate::models::attention::{self, Span};
-use crate::models::elementwise::{
-    add_bias_rows, add_in_place, rms_norm_query_and_key_heads, rms_norm_rows, swiglu_rows,
-};
-use crate::models::kv_write::store_keys_and_values;
+use crate::models::elementwise::{add_bias_rows, add_in_place, rms_norm_query_and_key_heads, rms_norm_rows};
 use crate::models::metadata::{ArchKeys, MustBeOff, ROPE_SCALING_WHY};
 use crate::models::rope::{self, RopeTable};
 use crate::models::stacked::StackedMatrix;
-use crate::models::step::StepScratch;
+use crate::models::step::{StepScratch, SwigluFfn};
 use crate::models::tensors::ReadTensors;
 use crate::models::vocabulary::{Vocabulary, VOCABULARY_TENSORS};
 use crate::models::weights::{layer_tensor, Weights};
@@ -201,10 +198,7 @@ struct Layer {
     qkv_bias: Option<Vec<f32>>,
     head_norms: Option<HeadNorms>,
     attn_output: QMatrix,
-    ffn_norm: Vec<f32>,
-    /// Wgate and Wup stacked: gives `[gate | up]` per row.
-    gate_up: StackedMatrix,
-    down: QMatrix,
+    ffn: SwigluFfn,
 }
 
 /// A loaded Qwen 2 or Qwen 3 model.
@@ -239,14 +233,12 @@ impl QwenModel {
         let config = QwenConfig::from_gguf(gguf, family)?;
         let c = &config;
         let w = Weights { gguf };
-        let token_embedding = w.matrix("token_embd.weight", c.vocab_size, c.hidden_size)?;
-        let output = w.optional_matrix("output.weight", c.vocab_size, c.hidden_size)?;
+        let vocabulary = Vocabulary::load(&w, c.vocab_size, c.hidden_size)?;
         let layers = (0..c.n_layers).map(|l| load_layer(&w, c, l)).collect::<Result<Vec<_>>>()?;
-        let output_norm = w.vector("output_norm.weight", c.hidden_size)?;
         Ok(Self {
             rope_frequencies: rope::frequencies(c.rope_theta, c.head_dim),
             config,
-            vocabulary: Vocabulary { token_embedding, output_norm, output },
+            vocabulary,
             layers,
             pool,
             scratch: Mutex::new(Scratch::default()),
@@ -288,16 +280,9 @@ impl QwenModel {
                 rms_norm_query_and_key_heads(&mut s.qkv, &geometry, &norms.query, &norms.key, c.rms_eps);
             }
             rope::rotate_neox(&mut s.qkv, &geometry, rope);
-            store_keys_and_values(&s.qkv, &geometry, l, chunks, kv);
-            attention::attend(&mut s.attention, &geometry, l, Span::Causal, chunks, kv, &s.qkv, &mut s.attn, pool);
-            layer.attn_output.matmul(&s.attn, n, &mut s.projected, pool);
+            s.attend_and_project(&geometry, l, Span::Causal, chunks, kv, &layer.attn_output, pool);
             add_in_place(&mut s.x, &s.projected);
-
-            rms_norm_rows(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.normed, pool);
-            layer.gate_up.matmul(&s.normed, n, &mut s.gate_up, pool);
-            swiglu_rows(&s.gate_up, c.ffn_size, &mut s.ffn_hidden, pool);
-            layer.down.matmul(&s.ffn_hidden, n, &mut s.projected, pool);
-            add_in_place(&mut s.x, &s.projected);
+            s.add_swiglu_ffn(&layer.ffn, c.ffn_size, c.rms_eps, pool);
         }
 
         self.vocabulary.wanted_logits(chunks, c.rms_eps, s, logits, pool);
@@ -321,9 +306,11 @@ fn load_layer(w: &Weights<'_>, c: &QwenConfig, l: usize) -> Result<Layer> {
         qkv_bias: qkv_bias(w, l, c)?,
         head_norms,
         attn_output: w.matrix(&name("attn_output"), c.hidden_size, c.q_dim())?,
-        ffn_norm: w.vector(&name("ffn_norm"), c.hidden_size)?,
-        gate_up: w.ffn_gate_up(l, c.ffn_size, c.hidden_size)?,
-        down: w.matrix(&name("ffn_down"), c.hidden_size, c.ffn_size)?,
+        ffn: SwigluFfn {
+            norm: w.vector(&name("ffn_norm"), c.hidden_size)?,
+            gate_up: w.ffn_gate_up(l, c.ffn_size, c.hidden_size)?,
+            down: w.matrix(&name("ffn_down"), c.hidden_size, c.ffn_size)?,
+        },
     })
 }
 
