@@ -16,6 +16,7 @@ Not run by CI (it needs the peer build): run it by hand after changing the promp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -25,7 +26,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "fixtures" / "gemma3_llamacpp.json"
@@ -105,6 +106,33 @@ def server_flags(bin_dir: Path) -> list[str]:
     return ["--no-repack"] if "--no-repack" in help_text else []
 
 
+@contextlib.contextmanager
+def llama_server(bin_dir: Path, model: Path, context: int, extra_flags: list[str]) -> Iterator[tuple[int, list[str]]]:
+    """A greedy, single-threaded llama-server on `model`, stopped on exit: yields its port and
+    the flags it was started with (for the fixture's record)."""
+    port = free_port()
+    log_fd, log_name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
+    log = Path(log_name)
+    flags = [
+        "-t", "1", "-tb", "1",
+        "-c", str(context),
+        "--parallel", "1",
+        "--temp", "0",
+        *extra_flags,
+        *server_flags(bin_dir),
+    ]  # fmt: skip
+    command = [str(bin_dir / "llama-server"), "-m", str(model), *flags, "--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(command, stdout=log_fd, stderr=subprocess.STDOUT)
+    os.close(log_fd)
+    try:
+        wait_ready(port, server, log)
+        yield port, flags
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.unlink(missing_ok=True)
+
+
 def first_near_tie(steps: list[dict[str, Any]]) -> int | None:
     for i, step in enumerate(steps):
         top = step["top"]
@@ -150,24 +178,7 @@ def main() -> None:
     parser.add_argument("--bin", type=Path, default=Path.home() / ".cache/cortexstream/peer/build/bin")
     parser.add_argument("--model", type=Path, default=default_model())
     args = parser.parse_args()
-    port = free_port()
-    log_fd, log_name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
-    log = Path(log_name)
-    command = [
-        str(args.bin / "llama-server"),
-        "-m", str(args.model),
-        "-t", "1", "-tb", "1",
-        "-c", "512",
-        "--parallel", "1",
-        "--temp", "0",
-        *server_flags(args.bin),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-    ]  # fmt: skip
-    server = subprocess.Popen(command, stdout=log_fd, stderr=subprocess.STDOUT)
-    os.close(log_fd)
-    try:
-        wait_ready(port, server, log)
+    with llama_server(args.bin, args.model, 512, []) as (port, flags):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/props", timeout=10) as r:
             build = json.load(r).get("build_info")
         fixture = {
@@ -175,7 +186,7 @@ def main() -> None:
             "model": MODEL_ENTRY,
             "llama_cpp_build": build,
             "llama_cpp_source": "llama.cpp vendored in the llama-cpp-python 0.3.36 sdist (examples/bench/setup_peer.sh)",
-            "server_flags": command[3:-4],
+            "server_flags": flags,
             "near_tie": NEAR_TIE,
             "prompts": [one_prompt(port, p) for p in PROMPTS],
             "tokenize": [
@@ -183,10 +194,6 @@ def main() -> None:
                 for t in TOKENIZE_ONLY
             ],
         }
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.unlink(missing_ok=True)
     FIXTURE.write_text(json.dumps(fixture, indent=1, ensure_ascii=False) + "\n")
     for p in fixture["prompts"]:
         print(f"{p['prompt']!r}: {len(p['generated_ids'])} ids, near tie at {p['near_tie_at']}: {p['text']!r}")

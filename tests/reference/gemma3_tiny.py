@@ -20,17 +20,18 @@ output directory:
 
 import argparse
 import io
-import json
 import pathlib
 import subprocess
 import sys
 import tempfile
 
-import numpy as np
 import sentencepiece as spm
 import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 from transformers.models.gemma3 import modeling_gemma3
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from tiny_reference import training_text, write_reference  # noqa: E402
 
 SEED = 1234
 VOCAB_SIZE = 384
@@ -42,24 +43,17 @@ PROMPTS = [
 ]
 
 
-def training_text():
-    """Deterministic text for the tokenizer: the prompts' vocabulary plus filler."""
-    words = (
-        "the quick brown fox jumps over lazy dog cat sleeps near warm fire window sliding global "
-        "layers tokens keep them all far back fall out of runs model attention return print add "
-        "def code number value key query head norm scale rope base"
-    ).split()
-    rng = np.random.default_rng(SEED)
-    lines = list(PROMPTS)
-    for _ in range(400):
-        lines.append(" ".join(rng.choice(words, size=12)))
-    return lines
+WORDS = (
+    "the quick brown fox jumps over lazy dog cat sleeps near warm fire window sliding global "
+    "layers tokens keep them all far back fall out of runs model attention return print add "
+    "def code number value key query head norm scale rope base"
+).split()
 
 
 def train_tokenizer(path):
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(training_text()),
+        sentence_iterator=iter(training_text(PROMPTS, WORDS, SEED)),
         model_writer=model,
         vocab_size=VOCAB_SIZE,
         model_type="bpe",
@@ -153,16 +147,8 @@ def main():
         model = Gemma3ForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float64, attn_implementation="eager")
         model.eval()
         tokenizer = spm.SentencePieceProcessor(model_file=str(hf_dir / "tokenizer.model"))
-        prompts, logits = [], []
-        for text in PROMPTS:
-            ids = [tokenizer.bos_id()] + tokenizer.encode(text)
-            with torch.no_grad():
-                row_logits = model(torch.tensor([ids])).logits[0].numpy().astype("<f8")
-            prompts.append({"text": text, "ids": ids, "rows": row_logits.shape[0], "vocab": row_logits.shape[1]})
-            logits.append(row_logits)
-    (out / "reference.json").write_text(json.dumps({"prompts": prompts}, indent=1) + "\n")
-    np.concatenate(logits).tofile(out / "reference_logits.f64")
-
+        texts_and_ids = [(text, [tokenizer.bos_id()] + tokenizer.encode(text)) for text in PROMPTS]
+        write_reference(out, model, texts_and_ids)
 
 if __name__ == "__main__":
     main()

@@ -25,19 +25,20 @@ hidden / heads (16), and its own output head.
 """
 
 import argparse
-import json
 import pathlib
 import runpy
 import subprocess
 import sys
 import tempfile
 
-import numpy as np
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 from transformers.models.qwen2 import modeling_qwen2
 from transformers.models.qwen3 import modeling_qwen3
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from tiny_reference import training_text, write_reference  # noqa: E402
 
 SEED = 4321
 VOCAB_SIZE = 384
@@ -55,18 +56,11 @@ PROMPTS = [
 ]
 
 
-def training_text():
-    """Deterministic text for the tokenizer: the prompts' vocabulary plus filler."""
-    words = (
-        "the quick brown fox jumps over lazy dog cat sleeps near warm fire keeps biases queries keys "
-        "values normalises each head before rope return print add def code number value key query "
-        "norm scale base qwen model attention"
-    ).split()
-    rng = np.random.default_rng(SEED)
-    lines = list(PROMPTS)
-    for _ in range(400):
-        lines.append(" ".join(rng.choice(words, size=12)))
-    return lines
+WORDS = (
+    "the quick brown fox jumps over lazy dog cat sleeps near warm fire keeps biases queries keys "
+    "values normalises each head before rope return print add def code number value key query "
+    "norm scale base qwen model attention"
+).split()
 
 
 def train_tokenizer():
@@ -82,7 +76,7 @@ def train_tokenizer():
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(training_text(), trainer)
+    tokenizer.train_from_iterator(training_text(PROMPTS, WORDS, SEED), trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, eos_token="<|endoftext|>", pad_token="<|endoftext|>", bos_token=None
     )
@@ -192,16 +186,8 @@ def main():
         modeling_qwen3.Qwen3RMSNorm.forward = rms_norm_in_input_dtype
         model = model_class.from_pretrained(hf_dir, dtype=torch.float64, attn_implementation="eager")
         model.eval()
-        prompts, logits = [], []
-        for text in PROMPTS:
-            ids = tokenizer.encode(text, add_special_tokens=False)
-            with torch.no_grad():
-                row_logits = model(torch.tensor([ids])).logits[0].numpy().astype("<f8")
-            prompts.append({"text": text, "ids": ids, "rows": row_logits.shape[0], "vocab": row_logits.shape[1]})
-            logits.append(row_logits)
-    (out / "reference.json").write_text(json.dumps({"prompts": prompts}, indent=1) + "\n")
-    np.concatenate(logits).tofile(out / "reference_logits.f64")
-
+        texts_and_ids = [(text, tokenizer.encode(text, add_special_tokens=False)) for text in PROMPTS]
+        write_reference(out, model, texts_and_ids)
 
 if __name__ == "__main__":
     main()

@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gemma3_llamacpp import free_port, post, server_flags, wait_ready  # noqa: E402
+from gemma3_llamacpp import llama_server, post  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 N_PREDICT = 16
@@ -63,31 +60,9 @@ def one_prompt(port: int, ids: list[int]) -> dict[str, Any]:
 
 
 def run_file(bin_dir: Path, model: Path, prompts: list[list[int]]) -> dict[str, Any]:
-    port = free_port()
-    log_fd, log_name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
-    log = Path(log_name)
-    command = [
-        str(bin_dir / "llama-server"),
-        "-m", str(model),
-        "-t", "1", "-tb", "1",
-        "-c", "256",
-        "--parallel", "1",
-        "--temp", "0",
-        # Generate through end-of-text: a random model may pick it, and the check is of logits.
-        "--ignore-eos",
-        *server_flags(bin_dir),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-    ]  # fmt: skip
-    server = subprocess.Popen(command, stdout=log_fd, stderr=subprocess.STDOUT)
-    os.close(log_fd)
-    try:
-        wait_ready(port, server, log)
-        return {"server_flags": command[3:-4], "prompts": [one_prompt(port, ids) for ids in prompts]}
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.unlink(missing_ok=True)
+    # Generate through end-of-text: a random model may pick it, and the check is of logits.
+    with llama_server(bin_dir, model, 256, ["--ignore-eos"]) as (port, flags):
+        return {"server_flags": flags, "prompts": [one_prompt(port, ids) for ids in prompts]}
 
 
 def main() -> None:

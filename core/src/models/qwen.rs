@@ -51,11 +51,9 @@ impl QwenFamily {
     }
 
     /// Per-layer tensors the forward reads.
-    fn layer_tensors(self) -> &'static [&'static str] {
-        match self {
-            Self::Qwen2 => QWEN2_LAYER_TENSORS,
-            Self::Qwen3 => QWEN3_LAYER_TENSORS,
-        }
+    fn layer_tensors(self) -> Vec<&'static str> {
+        let head_norms = if self.has_qk_norm() { HEAD_NORM_TENSORS } else { &[] };
+        [LAYER_TENSORS, head_norms].concat()
     }
 
     fn has_qk_norm(self) -> bool {
@@ -63,7 +61,8 @@ impl QwenFamily {
     }
 }
 
-const QWEN2_LAYER_TENSORS: &[&str] = &[
+/// Per-layer tensors both families' forwards read (the biases only when present).
+const LAYER_TENSORS: &[&str] = &[
     "attn_norm",
     "attn_q",
     "attn_k",
@@ -78,22 +77,8 @@ const QWEN2_LAYER_TENSORS: &[&str] = &[
     "ffn_down",
 ];
 
-const QWEN3_LAYER_TENSORS: &[&str] = &[
-    "attn_norm",
-    "attn_q",
-    "attn_k",
-    "attn_v",
-    "attn_q.bias",
-    "attn_k.bias",
-    "attn_v.bias",
-    "attn_q_norm",
-    "attn_k_norm",
-    "attn_output",
-    "ffn_norm",
-    "ffn_gate",
-    "ffn_up",
-    "ffn_down",
-];
+/// Qwen 3's per-head norms, read besides [`LAYER_TENSORS`].
+const HEAD_NORM_TENSORS: &[&str] = &["attn_q_norm", "attn_k_norm"];
 
 /// `{arch}.*` keys that change the numerics of features this forward does not implement.
 const MUST_BE_OFF: &MustBeOff = &[
@@ -137,7 +122,7 @@ impl QwenConfig {
         keys.refuse_rope_scaling()?;
         keys.refuse_unless_off(MUST_BE_OFF)?;
         keys.refuse_non_causal()?;
-        ReadTensors { layer: family.layer_tensors(), model: VOCABULARY_TENSORS, n_layers: dims.n_layers }
+        ReadTensors { layer: &family.layer_tensors(), model: VOCABULARY_TENSORS, n_layers: dims.n_layers }
             .refuse_others(gguf, |name| unused_tensor_message(family, name))?;
         let embedding_rows = gguf.tensor_info("token_embd.weight").and_then(|t| t.dims.get(1).copied()).unwrap_or(0);
         Ok(Self {

@@ -63,6 +63,18 @@ fn strings(items: &[&str]) -> Value {
     Value::Array(items.iter().map(|s| Value::String(s.to_string())).collect())
 }
 
+/// `loaded` is a model-load error whose message contains every one of `needles`.
+pub fn assert_load_refused<T: std::fmt::Debug>(loaded: Result<T, cortexstream::Error>, needles: &[&str]) {
+    match loaded {
+        Err(cortexstream::Error::ModelLoad { message, .. }) => {
+            for needle in needles {
+                assert!(message.contains(needle), "{message:?} should name {needle:?}");
+            }
+        }
+        other => panic!("expected a load error naming {needles:?}, got {other:?}"),
+    }
+}
+
 impl GgufSpec {
     /// An existing all-F32 GGUF (a committed fixture) as an editable spec.
     pub fn from_f32_file(path: &std::path::Path) -> Self {
