@@ -93,6 +93,16 @@ impl ChatTemplate {
             .map_err(|e| Error::invalid("chat_template", compile_failure(&e)))
     }
 
+    /// The same template with `strftime_now` reading the fixed time `unix_seconds` (UTC)
+    /// instead of the system clock, so that a template printing today's date (Llama 3.2's)
+    /// renders reproducibly.
+    pub fn at_fixed_time(mut self, unix_seconds: u64) -> Self {
+        if let Compiled::Ready(env) = &mut self.compiled {
+            env.add_function("strftime_now", move |format: String| strftime_utc(&format, unix_seconds));
+        }
+        self
+    }
+
     /// Renders `messages`, followed by the assistant header when `add_generation_prompt`.
     ///
     /// Errors: an empty list or a role outside system/user/assistant/tool is an
@@ -138,6 +148,9 @@ fn compile(
         Err(minijinja::Error::new(ErrorKind::InvalidOperation, message.clone()).with_source(RaisedException(message)))
     });
     env.add_function("strftime_now", |format: String| strftime_utc(&format, seconds_since_epoch()));
+    // minijinja's own `tojson` escapes HTML characters and prints compact JSON; templates are
+    // written for transformers' (Python's `json.dumps`), which tool and argument blocks print.
+    env.add_filter("tojson", python_json::tojson);
     env.add_template_owned(TEMPLATE_NAME, source.to_owned())?;
     Ok(env)
 }
@@ -232,6 +245,155 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 };
     let year = year_of_era + era * 400 + u64::from(month <= 2);
     (year, month, day)
+}
+
+/// `tojson` as transformers defines it: Python's `json.dumps(x, ensure_ascii=False,
+/// indent=None, separators=None, sort_keys=False)`, byte for byte.
+mod python_json {
+    use std::fmt::Write;
+
+    use minijinja::value::{Kwargs, ValueKind};
+    use minijinja::{Error, ErrorKind, Value};
+
+    struct Style {
+        indent: Option<usize>,
+        ensure_ascii: bool,
+        sort_keys: bool,
+    }
+
+    /// The filter: `value | tojson(indent=None, ensure_ascii=False, sort_keys=False)`.
+    /// (`separators` is not supported: no shipped template passes it; it is an error, not
+    /// silently ignored.)
+    pub fn tojson(value: &Value, kwargs: Kwargs) -> Result<String, Error> {
+        let style = Style {
+            indent: kwargs.get::<Option<usize>>("indent")?,
+            ensure_ascii: kwargs.get::<Option<bool>>("ensure_ascii")?.unwrap_or(false),
+            sort_keys: kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false),
+        };
+        kwargs.assert_all_used()?;
+        let mut out = String::new();
+        write_value(&mut out, value, &style, 0)?;
+        Ok(out)
+    }
+
+    fn write_value(out: &mut String, value: &Value, style: &Style, depth: usize) -> Result<(), Error> {
+        match value.kind() {
+            ValueKind::Undefined | ValueKind::None => out.push_str("null"),
+            ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
+            ValueKind::Number => write_number(out, value),
+            ValueKind::String => write_string(out, value.as_str().unwrap_or_default(), style.ensure_ascii),
+            ValueKind::Seq | ValueKind::Iterable => {
+                let items: Vec<Value> = value.try_iter()?.collect();
+                write_container(out, ('[', ']'), &items, style, depth, |out, item, depth| {
+                    write_value(out, item, style, depth)
+                })?;
+            }
+            ValueKind::Map => {
+                let mut keys: Vec<Value> = value.try_iter()?.collect();
+                if style.sort_keys {
+                    keys.sort();
+                }
+                write_container(out, ('{', '}'), &keys, style, depth, |out, key, depth| {
+                    match key.as_str() {
+                        Some(text) => write_string(out, text, style.ensure_ascii),
+                        // Python writes number and bool keys as strings.
+                        None => write_string(out, &key.to_string(), style.ensure_ascii),
+                    }
+                    out.push_str(": ");
+                    write_value(out, &value.get_item(key)?, style, depth)
+                })?;
+            }
+            other => {
+                return Err(Error::new(ErrorKind::InvalidOperation, format!("tojson cannot serialize a {other}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// `[a, b]` on one line, or with `indent`: one item per line, `,` at line ends.
+    fn write_container(
+        out: &mut String,
+        (open, close): (char, char),
+        items: &[Value],
+        style: &Style,
+        depth: usize,
+        mut write_item: impl FnMut(&mut String, &Value, usize) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        out.push(open);
+        if items.is_empty() {
+            out.push(close);
+            return Ok(());
+        }
+        for (i, item) in items.iter().enumerate() {
+            match style.indent {
+                Some(indent) => {
+                    out.push_str(if i == 0 { "\n" } else { ",\n" });
+                    out.extend(std::iter::repeat_n(' ', indent * (depth + 1)));
+                }
+                None if i > 0 => out.push_str(", "),
+                None => {}
+            }
+            write_item(out, item, depth + 1)?;
+        }
+        if let Some(indent) = style.indent {
+            out.push('\n');
+            out.extend(std::iter::repeat_n(' ', indent * depth));
+        }
+        out.push(close);
+        Ok(())
+    }
+
+    /// Integers as they are; floats as Python's `repr` (shortest round-trip digits, `.0` on
+    /// whole numbers, exponent form below 1e-4 and from 1e16), `NaN` and `Infinity` as
+    /// `json.dumps` writes them.
+    fn write_number(out: &mut String, value: &Value) {
+        if value.is_integer() {
+            let _ = write!(out, "{value}");
+            return;
+        }
+        let x = f64::try_from(value.clone()).unwrap_or(f64::NAN);
+        if x.is_nan() {
+            out.push_str("NaN");
+        } else if x.is_infinite() {
+            out.push_str(if x > 0.0 { "Infinity" } else { "-Infinity" });
+        } else if x != 0.0 && (x.abs() < 1e-4 || x.abs() >= 1e16) {
+            // Rust's `{:e}` gives `1.5e20` / `1e-5`; Python writes `1.5e+20` / `1e-05`.
+            let formatted = format!("{x:e}");
+            let (mantissa, exponent) = formatted.split_once('e').unwrap_or((&formatted, "0"));
+            let (sign, digits) = exponent.strip_prefix('-').map_or(("+", exponent), |d| ("-", d));
+            let _ = write!(out, "{mantissa}e{sign}{digits:0>2}");
+        } else if x.fract() == 0.0 {
+            let _ = write!(out, "{x:.1}");
+        } else {
+            let _ = write!(out, "{x}");
+        }
+    }
+
+    /// A JSON string as Python escapes it: `"` `\\` and control characters, and with
+    /// `ensure_ascii` every non-ASCII character as `\\uXXXX` (UTF-16 surrogate pairs above
+    /// U+FFFF). HTML characters are left alone.
+    fn write_string(out: &mut String, text: &str, ensure_ascii: bool) {
+        out.push('"');
+        for c in text.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                c if (c as u32) < 0x20 || (ensure_ascii && !c.is_ascii()) => {
+                    let mut units = [0u16; 2];
+                    for unit in c.encode_utf16(&mut units) {
+                        let _ = write!(out, "\\u{unit:04x}");
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
 }
 
 #[cfg(test)]

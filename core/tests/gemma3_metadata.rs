@@ -13,17 +13,8 @@ use cortexstream::threadpool::ThreadPool;
 use cortexstream::Error;
 use gguf_writer::GgufSpec;
 
-/// The tiny fixture as an editable spec (all its tensors are F32).
-fn fixture_spec() -> GgufSpec {
-    GgufSpec::from_f32_file(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gemma3/tiny-f32.gguf"))
-}
-
-fn load_file(gguf: &GgufFile) -> Result<Gemma3Model, Error> {
-    Gemma3Model::load(gguf, Arc::new(ThreadPool::new(1).expect("start the thread pool")))
-}
-
 fn load(spec: &GgufSpec) -> Result<Gemma3Model, Error> {
-    load_file(&GgufFile::from_bytes("edited-gemma3.gguf", spec.to_bytes()).expect("a readable GGUF"))
+    Gemma3Model::load(&spec.to_gguf(), Arc::new(ThreadPool::new(1).expect("start the thread pool")))
 }
 
 fn config(spec: &GgufSpec) -> Gemma3Config {
@@ -32,12 +23,12 @@ fn config(spec: &GgufSpec) -> Gemma3Config {
 
 /// Loading fails with a model-load error whose message contains every one of `needles`.
 fn refused(spec: &GgufSpec, needles: &[&str]) {
-    spec.assert_refused(load_file, needles);
+    gguf_writer::assert_load_refused(load(spec), needles);
 }
 
 #[test]
 fn the_fixture_loads_with_the_values_it_declares() {
-    let c = config(&fixture_spec());
+    let c = config(&GgufSpec::tiny_fixture("gemma3"));
     assert_eq!((c.hidden_size, c.n_layers, c.ffn_size, c.context_length), (64, 6, 96, 256));
     assert_eq!(c.rms_eps, 1e-6);
 }
@@ -59,7 +50,7 @@ fn unhonoured_values_are_refused_naming_key_and_value() {
         ("gemma3.rope.dimension_count_swa", Value::U32(8), "8"),
     ];
     for (key, value, shown) in cases {
-        let mut spec = fixture_spec();
+        let mut spec = GgufSpec::tiny_fixture("gemma3");
         spec.set(key, value.clone());
         refused(&spec, &[key, shown]);
     }
@@ -73,7 +64,7 @@ fn keys_of_the_wrong_type_are_refused_naming_the_key() {
         ("gemma3.attention.sliding_window_pattern", Value::Array(vec![Value::Bool(true); 5])),
         ("gemma3.attention.sliding_window_pattern", Value::String("6".into())),
     ] {
-        let mut spec = fixture_spec();
+        let mut spec = GgufSpec::tiny_fixture("gemma3");
         spec.set(key, value);
         refused(&spec, &[key]);
     }
@@ -81,7 +72,7 @@ fn keys_of_the_wrong_type_are_refused_naming_the_key() {
 
 #[test]
 fn a_tensor_the_forward_does_not_read_is_refused_by_name() {
-    let mut spec = fixture_spec();
+    let mut spec = GgufSpec::tiny_fixture("gemma3");
     let mut bias = spec.tensor("blk.0.attn_q_norm.weight").clone();
     bias.name = "blk.0.attn_q.bias".into();
     spec.tensors.push(bias);
@@ -91,7 +82,7 @@ fn a_tensor_the_forward_does_not_read_is_refused_by_name() {
 #[test]
 fn the_sliding_pattern_and_rope_bases_are_read_as_llama_cpp_reads_them() {
     // A period: every n-th layer is global.
-    let mut spec = fixture_spec();
+    let mut spec = GgufSpec::tiny_fixture("gemma3");
     spec.set("gemma3.attention.sliding_window_pattern", Value::U32(2));
     assert_eq!(config(&spec).sliding_layers, [true, false, true, false, true, false]);
     // One bool per layer.
@@ -103,7 +94,7 @@ fn the_sliding_pattern_and_rope_bases_are_read_as_llama_cpp_reads_them() {
     let c = config(&spec);
     assert_eq!((c.sliding_window, c.sliding_layers), (None, vec![false; 6]));
     // The sliding layers' RoPE base defaults to llama.cpp's 10000.
-    let mut spec = fixture_spec();
+    let mut spec = GgufSpec::tiny_fixture("gemma3");
     spec.set("gemma3.rope.freq_base_swa", Value::F32(500.0));
     assert_eq!(config(&spec).rope_theta_swa, 500.0);
     spec.remove("gemma3.rope.freq_base_swa");
@@ -113,7 +104,7 @@ fn the_sliding_pattern_and_rope_bases_are_read_as_llama_cpp_reads_them() {
 #[test]
 fn required_keys_are_named_when_missing() {
     for key in ["gemma3.attention.layer_norm_rms_epsilon", "gemma3.feed_forward_length", "gemma3.block_count"] {
-        let mut spec = fixture_spec();
+        let mut spec = GgufSpec::tiny_fixture("gemma3");
         spec.remove(key);
         match load(&spec) {
             Err(e) => assert!(e.to_string().contains(key), "{e} should name {key}"),
@@ -130,7 +121,7 @@ fn required_keys_are_named_when_missing() {
 fn projections_of_mixed_tensor_types_load_and_compute_correctly() {
     let q8_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gemma3/tiny-q8_0.gguf");
     let q8 = GgufFile::open(q8_path).expect("open the Q8_0 fixture");
-    let mut spec = fixture_spec();
+    let mut spec = GgufSpec::tiny_fixture("gemma3");
     for name in ["blk.0.attn_v.weight", "blk.3.ffn_up.weight"] {
         let (info, data) = q8.tensor_bytes(name).expect("tensor");
         assert_eq!(info.ty, GgmlType::Q8_0);

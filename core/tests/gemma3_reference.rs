@@ -10,10 +10,8 @@
 
 mod common;
 
-use common::tiny_reference::{self as reference, Bounds};
+use common::reference::{check_batch_invariance, check_logits, check_tokenizer, load, Bounds};
 use cortexstream::models::GenerationModel;
-
-const FAMILY: &str = "gemma3";
 
 /// Bounds on |ours − float64 reference| per file: the measured value (2026-12, printed by the
 /// test) plus a margin of about 10%. The reference runs the float32 weights the converter read.
@@ -22,8 +20,8 @@ const FAMILY: &str = "gemma3";
 /// activations are quantized to 8 bits before each matmul (as llama.cpp does) and the weights
 /// carry their own 8-bit rounding; the logits' spread is about 4.2 (standard deviation over the
 /// vocabulary) and the top-2 gap about 10, so the error is about 1% of the spread.
-/// Measured: mean 0.0005 (F32), 0.0569 (Q8_0); max 0.0039 (F32), 0.366 (Q8_0); top-1 checked at
-/// 127 of 127 positions for both.
+/// Measured mean: 0.0005 (F32), 0.0569 (Q8_0); max: 0.0039 (F32), 0.366 (Q8_0); top-1
+/// checked at 127 of 127 positions in both.
 const BOUNDS: [Bounds; 2] = [
     Bounds { file: "tiny-q8_0.gguf", mean: 0.063, max: 0.40, min_top1_positions: 125 },
     Bounds { file: "tiny-f32.gguf", mean: 0.0007, max: 0.0045, min_top1_positions: 125 },
@@ -31,14 +29,14 @@ const BOUNDS: [Bounds; 2] = [
 
 #[test]
 fn logits_match_transformers_float64_at_every_position() {
-    reference::check_logits_against_reference(FAMILY, &BOUNDS);
+    for bounds in &BOUNDS {
+        check_logits("gemma3", bounds);
+    }
 }
 
 #[test]
 fn config_reads_the_sliding_pattern_and_rope_bases() {
-    let GenerationModel::Gemma3(model) = reference::load(FAMILY, "tiny-f32.gguf") else {
-        panic!("the gemma3 fixture loads as Gemma 3");
-    };
+    let GenerationModel::Gemma3(model) = load("gemma3", "tiny-f32.gguf") else { panic!("loads as Gemma 3") };
     let c = model.config();
     assert_eq!(c.sliding_window, Some(8));
     assert_eq!(c.sliding_layers, vec![true, true, true, true, true, false]);
@@ -48,12 +46,12 @@ fn config_reads_the_sliding_pattern_and_rope_bases() {
 
 #[test]
 fn sentencepiece_tokenizer_matches_the_trained_model() {
-    reference::check_tokenizer_against_reference(FAMILY);
+    check_tokenizer("gemma3", true);
 }
 
 /// The first prompt prefilled in two chunks while the others prefill and decode beside it, then
 /// all decode together past the sliding window: bit-identical to running it alone.
 #[test]
 fn logits_are_bitwise_identical_alone_and_batched() {
-    reference::check_batch_invariance(FAMILY, "tiny-q8_0.gguf");
+    check_batch_invariance("gemma3", "tiny-q8_0.gguf");
 }

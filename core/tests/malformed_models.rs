@@ -333,7 +333,7 @@ fn spec_cases() -> Vec<(&'static str, Vec<&'static str>, GgufSpec)> {
         ),
         (
             "unsupported architecture",
-            vec!["architecture `gpt2` is not supported"],
+            vec![r#"architecture `gpt2` is not supported (supported: ["llama", "gemma3", "phi3", "qwen2", "qwen3"])"#],
             with(&|g| {
                 g.set("general.architecture", s("gpt2"));
             }),

@@ -483,3 +483,28 @@ fn smollm2_keeps_its_own_chat_template() {
     let rendered = engine.apply_chat_template(&[ChatMessage::new("user", "Hi")], true).expect("it has a template");
     assert!(rendered.contains("<|im_start|>user\nHi<|im_end|>"), "{rendered}");
 }
+
+/// The unknown-architecture error lists every architecture the dispatch runs, and each one it
+/// lists is dispatched to a loader (the llama model's keys relabelled: the loader may refuse the
+/// keys, but not the architecture).
+#[test]
+fn the_architecture_refusal_lists_exactly_what_loads() {
+    use cortexstream::models::{GenerationModel, SUPPORTED_ARCHITECTURES};
+    let pool = || std::sync::Arc::new(cortexstream::threadpool::ThreadPool::new(1).expect("start the thread pool"));
+    assert_eq!(SUPPORTED_ARCHITECTURES, ["llama", "gemma3", "phi3", "qwen2", "qwen3"]);
+    let mut spec = GgufSpec::tiny_llama();
+    spec.set("general.architecture", Value::String("mamba".into()));
+    let message = GenerationModel::load(&spec.to_gguf(), pool()).expect_err("mamba is refused").to_string();
+    assert!(
+        message.contains(
+            r#"architecture `mamba` is not supported (supported: ["llama", "gemma3", "phi3", "qwen2", "qwen3"])"#
+        ),
+        "{message}"
+    );
+    for arch in SUPPORTED_ARCHITECTURES {
+        spec.set("general.architecture", Value::String(arch.to_string()));
+        if let Err(e) = GenerationModel::load(&spec.to_gguf(), pool()) {
+            assert!(!e.to_string().contains("is not supported (supported"), "{arch}: {e}");
+        }
+    }
+}

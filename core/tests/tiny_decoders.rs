@@ -21,8 +21,8 @@ mod gguf_writer;
 // 0.077 / 0.077). Top-1 must match wherever the reference's gap exceeds twice the max bound:
 // measured at 111 / 139 / 140 positions (F32) and 69 / 86 / 84 (Q8_0).
 
-use common::tiny_reference::{self as reference, Bounds};
-use cortexstream::gguf::{GgufFile, Value};
+use common::reference::{self, Bounds, PeerBounds};
+use cortexstream::gguf::Value;
 use cortexstream::models::llama::LlamaConfig;
 use cortexstream::models::GenerationModel;
 use gguf_writer::GgufSpec;
@@ -52,7 +52,9 @@ const fn q8_bounds(max: f64, min_top1_positions: usize) -> Bounds {
 #[test]
 fn logits_match_transformers_float64_at_every_position() {
     for (family, bounds) in &BOUNDS {
-        reference::check_logits_against_reference(family, bounds);
+        for file_bounds in bounds {
+            reference::check_logits(family, file_bounds);
+        }
     }
 }
 
@@ -96,11 +98,10 @@ fn rope_scaling_changes_the_logits_and_ours_follow_it() {
 /// the file's own unscaled reference.
 #[test]
 fn linear_rope_scaling_matches_transformers() {
-    let mut spec = GgufSpec::from_f32_file(&reference::fixture("mistral", "tiny-f32.gguf"));
+    let mut spec = GgufSpec::tiny_fixture("mistral");
     spec.set("llama.rope.scaling.type", Value::String("linear".into()));
     spec.set("llama.rope.scaling.factor", Value::F32(2.0));
-    let gguf = GgufFile::from_bytes("mistral-linear2.gguf", spec.to_bytes()).expect("a readable GGUF");
-    let model = GenerationModel::load(&gguf, reference::pool()).expect("load");
+    let model = GenerationModel::load(&spec.to_gguf(), reference::pool()).expect("load");
     let scaled = reference::read_f64("mistral", "reference_linear2_logits.f64");
     check_follows_scaling("mistral", &model, &scaled, &reference::prompts("mistral")[0].logits);
 }
@@ -125,7 +126,7 @@ fn configs_read_the_family_specifics() {
 #[test]
 fn tokenizers_match_the_trained_ones() {
     for family in ["llama3", "mistral", "phi3"] {
-        reference::check_tokenizer_against_reference(family);
+        reference::check_tokenizer(family, true);
     }
 }
 
@@ -136,67 +137,29 @@ fn logits_are_bitwise_identical_alone_and_batched() {
     }
 }
 
-/// Log-softmax of one row of logits, in f64.
-fn log_softmax(logits: &[f32]) -> Vec<f64> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let log_sum = logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
-    logits.iter().map(|&l| l as f64 - max - log_sum).collect()
-}
-
-/// llama.cpp on the same Q8_0 files (`tests/fixtures/{family}/llamacpp.json`, written by
-/// `tests/reference/tiny_llamacpp.py` from the peer build) agrees with us, teacher-forced on its
-/// greedy ids: at every generated position where llama-server reported them, our
-/// log-probability of its pick is within `LOGPROB_TOLERANCE` of its own, and wherever its top-2
-/// gap exceeds twice that, our pick is its pick. (Both quantize activations to 8 bits before each
-/// matmul, each its own way, so the two differ by more than float rounding; random models have
-/// flat distributions, so free-running greedy outputs may part at near ties and are not
-/// compared.) Phi-3's prompts stay inside its 16-position window, which llama.cpp ignores, and
-/// llama.cpp runs it with a context of its LongRoPE original length (256), so that it uses the
-/// short factors as we do.
+/// llama.cpp on the same files (`tests/fixtures/{family}/llamacpp.json`, written by
+/// `tests/reference/tiny_llamacpp.py` from the peer build) agrees with us: see
+/// `check_llamacpp_agreement` (log-probabilities of llama.cpp's top two tokens at every step,
+/// picks wherever its gap exceeds the bound, free-running ids up to its first near tie). F32:
+/// both compute in f32 with an f16 KV cache (measured worst log-probability difference 0.0014
+/// / 0.0016 / 0.0007 for llama3 / mistral / phi3); Q8_0: both quantize activations to 8 bits
+/// before each matmul, each its own way (0.021 / 0.021 / 0.047: Phi-3's is the runner-up token's
+/// at one step, its picks' worst is 0.029). Phi-3's prompts stay inside its 16-position window,
+/// which llama.cpp ignores, and llama.cpp runs it with a context of its LongRoPE original length
+/// (256), so that it uses the short factors as we do. Steps at which top-1 is compared are fixed
+/// by the fixture (fewer would mean the check quietly covers less).
 #[test]
 fn llama_cpp_agrees_on_the_same_files() {
-    // Measured: 0.021 (llama3), 0.019 (mistral), 0.029 (phi3).
-    const LOGPROB_TOLERANCE: f64 = 0.04;
-    // Steps with llama.cpp's probabilities, per family (fixed by the fixture; fewer would mean
-    // the check quietly covers less).
-    const COMPARED: [(&str, usize); 3] = [("llama3", 31), ("mistral", 42), ("phi3", 23)];
-    for (family, expected_steps) in COMPARED {
-        let model = reference::load(family, "tiny-q8_0.gguf");
-        let fixture = common::fixture(&format!("{family}/llamacpp.json"));
-        let (mut worst, mut compared, mut picks_checked) = (0f64, 0usize, 0usize);
-        for prompt in fixture["prompts"].as_array().expect("prompts") {
-            let ids = |key: &str| -> Vec<u32> {
-                prompt[key].as_array().expect(key).iter().map(|v| v.as_u64().expect("id") as u32).collect()
-            };
-            let (prompt_ids, generated) = (ids("prompt_ids"), ids("generated_ids"));
-            let tokens: Vec<u32> = prompt_ids.iter().chain(&generated).copied().collect();
-            let ours = reference::logits_in_chunks(&model, &tokens, 1);
-            for (i, step) in prompt["steps"].as_array().expect("steps").iter().enumerate() {
-                if step.is_null() {
-                    continue; // llama-server withheld this step's probabilities
-                }
-                let logprobs = log_softmax(&ours[prompt_ids.len() - 1 + i].1);
-                let pick = step["id"].as_u64().expect("id") as usize;
-                assert_eq!(pick, generated[i] as usize, "{family} step {i}: fixture out of line");
-                worst = worst.max((logprobs[pick] - step["logprob"].as_f64().expect("logprob")).abs());
-                compared += 1;
-                let top: Vec<f64> = step["top"]
-                    .as_array()
-                    .expect("top")
-                    .iter()
-                    .map(|t| t["logprob"].as_f64().expect("logprob"))
-                    .collect();
-                if top[0] - top[1] > 2.0 * LOGPROB_TOLERANCE {
-                    assert_eq!(reference::argmax(&logprobs), pick, "{family} step {i}: greedy pick differs");
-                    picks_checked += 1;
-                }
-            }
-        }
-        println!(
-            "{family}: |logprob ours - llama.cpp| max {worst:.4} over {compared} steps; picks compared at {picks_checked}"
-        );
-        assert!(worst <= LOGPROB_TOLERANCE, "{family}: log-probabilities differ by {worst}");
-        assert_eq!(compared, expected_steps, "{family}: steps compared");
+    let cases = [
+        ("llama3", PeerBounds { file: "tiny-f32.gguf", logprob: 0.002, min_steps_compared: 31 }),
+        ("llama3", PeerBounds { file: "tiny-q8_0.gguf", logprob: 0.04, min_steps_compared: 29 }),
+        ("mistral", PeerBounds { file: "tiny-f32.gguf", logprob: 0.002, min_steps_compared: 42 }),
+        ("mistral", PeerBounds { file: "tiny-q8_0.gguf", logprob: 0.04, min_steps_compared: 40 }),
+        ("phi3", PeerBounds { file: "tiny-f32.gguf", logprob: 0.002, min_steps_compared: 23 }),
+        ("phi3", PeerBounds { file: "tiny-q8_0.gguf", logprob: 0.055, min_steps_compared: 17 }),
+    ];
+    for (family, bounds) in &cases {
+        reference::check_llamacpp_agreement(family, bounds);
     }
 }
 
@@ -213,39 +176,24 @@ fn the_engine_generates_llama_cpps_tokens() {
     // covers less).
     const COMPARED: [(&str, &str, usize); 3] = [("llama3", "llama", 17), ("mistral", "llama", 28), ("phi3", "phi3", 9)];
     for (family, architecture, expected) in COMPARED {
-        let mut config = EngineConfig::new(reference::fixture(family, "tiny-q8_0.gguf"));
+        let mut config = EngineConfig::new(reference::fixture_path(family, "tiny-q8_0.gguf"));
         config.block_size = 4;
-        let engine = Engine::new(config).unwrap_or_else(|e| panic!("{family}: {e}"));
+        let engine = common::AllBlocksFreeAfter(Engine::new(config).unwrap_or_else(|e| panic!("{family}: {e}")));
         assert_eq!(engine.model_info().architecture, architecture);
-        let fixture = common::fixture(&format!("{family}/llamacpp.json"));
-        let prompts = fixture["prompts"].as_array().expect("prompts");
-        let ids = |p: &serde_json::Value, key: &str| -> Vec<u32> {
-            p[key].as_array().expect(key).iter().map(|v| v.as_u64().expect("id") as u32).collect()
-        };
+        let prompts = reference::llamacpp_prompts(family, "tiny-q8_0.gguf");
         let handles: Vec<_> = prompts
             .iter()
             .map(|p| {
-                let max_tokens = Some(ids(p, "generated_ids").len());
+                let max_tokens = Some(p["generated_ids"].as_array().expect("generated_ids").len());
                 let params = SamplingParams { max_tokens, ignore_eos: true, ..SamplingParams::greedy() };
-                engine.submit(Request::new(Prompt::Tokens(ids(p, "prompt_ids")), params)).expect("submit")
+                engine.submit(Request::new(Prompt::Tokens(reference::ids(&p["prompt_ids"])), params)).expect("submit")
             })
             .collect();
         let mut compared = 0;
         for (p, handle) in prompts.iter().zip(handles) {
             let ours = handle.wait().token_ids;
-            let clear = p["steps"]
-                .as_array()
-                .expect("steps")
-                .iter()
-                .take_while(|s| {
-                    s.is_null()
-                        || s["top"][0]["logprob"]
-                            .as_f64()
-                            .zip(s["top"][1]["logprob"].as_f64())
-                            .is_some_and(|(a, b)| a - b >= NEAR_TIE)
-                })
-                .count();
-            assert_eq!(ours[..clear], ids(p, "generated_ids")[..clear], "{family}: greedy tokens differ");
+            let clear = reference::steps_before_near_tie(p, NEAR_TIE);
+            assert_eq!(ours[..clear], reference::ids(&p["generated_ids"])[..clear], "{family}: greedy tokens differ");
             compared += clear;
         }
         println!("{family}: engine greedy tokens identical to llama.cpp's over {compared} tokens before a near tie");

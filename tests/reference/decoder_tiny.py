@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Builds the tiny random-weight Llama 3, Mistral and Phi-3 fixtures and their float64 reference
-logits: an independent reference for `core/src/models/llama.rs` (with Llama 3 RoPE scaling) and
-`core/src/models/phi3.rs`.
+"""Builds the tiny random-weight Llama 3, Mistral, Phi-3, Qwen 2 and Qwen 3 fixtures and their
+float64 reference logits: an independent reference for `core/src/models/llama.rs` (with Llama 3
+RoPE scaling), `core/src/models/phi3.rs` and `core/src/models/qwen.rs`.
 
 Each family is Hugging Face `transformers`' own model class on a tiny config, converted to GGUF
 by llama.cpp's own `convert_hf_to_gguf.py`, with a tiny tokenizer trained here:
@@ -27,16 +27,32 @@ by llama.cpp's own `convert_hf_to_gguf.py`, with a tiny tokenizer trained here:
   `phi3.attention.sliding_window`, short enough that the window matters in the prompts, and
   Phi-3.5-style LongRoPE (see `PHI3_ROPE`), which it writes as `rope_factors_{short,long}.weight`
   and `phi3.rope.scaling.attn_factor`.
+- `qwen2`, `qwen3`: `Qwen2ForCausalLM` / `Qwen3ForCausalLM` with a byte-level BPE tokenizer
+  trained with Qwen 2's pre-tokenizer regex (named `qwen2` for the converter, as the real
+  Qwen 2.5 and Qwen 3 files are; held by llama.cpp's `ggml-vocab-qwen2` test), RoPE base 10^6
+  and their own seed, prompts and weight scales (`qwen_weight`). They differ where the
+  architectures do: Qwen 2 has Q/K/V biases (random and large enough to matter) and ties the
+  output head to the embedding (as Qwen 2.5 0.5B does); Qwen 3 has per-head Q/K RMS norms
+  (random weights), no biases, a head size (32) that is not hidden / heads (16), and its own
+  output head. `--q4-k-m` instead builds a Qwen 2 wide enough for K-quants (hidden 256, 2
+  layers) and writes it only as `tiny-q4_k_m.gguf`, quantized by llama.cpp's `llama-quantize`
+  (the quantization people download).
 
-    PYTHONPATH=$LLAMA_CPP/gguf-py python decoder_tiny.py FAMILY $LLAMA_CPP/convert_hf_to_gguf.py tests/fixtures/FAMILY
+    LLAMA_CPP=~/.cache/cortexstream/peer/src/llama-cpp-python-0.3.36/vendor/llama.cpp
+    python decoder_tiny.py FAMILY $LLAMA_CPP/convert_hf_to_gguf.py tests/fixtures/FAMILY
+    python decoder_tiny.py qwen2 $LLAMA_CPP/convert_hf_to_gguf.py tests/fixtures/qwen2_q4_k_m \
+        --q4-k-m ~/.cache/cortexstream/peer/build/bin/llama-quantize
 
-needs `torch transformers sentencepiece tokenizers` (not CI: the outputs are committed). Writes
-into the output directory, as `gemma3_tiny.py` does: `tiny-f32.gguf`, `tiny-q8_0.gguf`,
-`reference.json` (per prompt: text, token ids with BOS, logits shape) and `reference_logits.f64`
-(every prompt's logits at every position, float64 little-endian, row-major).
+for FAMILY in llama3, mistral, phi3, qwen2, qwen3; needs `torch transformers sentencepiece
+tokenizers` (not CI: the outputs are committed; the steps shared with `gemma3_tiny.py` are in
+`tiny_reference.py`). Writes into the output directory, as `gemma3_tiny.py` does:
+`tiny-f32.gguf`, `tiny-q8_0.gguf`, `reference.json` (per prompt: text, token ids, logits shape)
+and `reference_logits.f64` (every prompt's logits at every position, float64 little-endian,
+row-major).
 """
 
 import argparse
+import dataclasses
 import functools
 import importlib
 import json
@@ -44,25 +60,24 @@ import pathlib
 import subprocess
 import sys
 import tempfile
+from typing import Callable
 
-import numpy as np
 import sentencepiece as spm
 import torch
 import transformers
-from gguf import GGUFReader
 
-from gemma3_tiny import VOCAB_SIZE, randomize
-from gemma3_tiny import train_sentencepiece as train_sentencepiece_model
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import tiny_reference as tiny  # noqa: E402
 
-SEED = 1234
+LLAMA_SEED = 1234
 
-PROMPTS = [
+LLAMA_PROMPTS = [
     "The quick brown fox jumps over the lazy dog while the cat sleeps near the warm fire.",
     "def add(a, b):\n    return a + b  # 123 456\nprint(add(7, 35))",
     "Long context models scale rotary frequencies: tokens far back keep their order, near ones their detail.",
 ]
 
-WORDS = (
+LLAMA_WORDS = (
     "the quick brown fox jumps over lazy dog cat sleeps near warm fire window sliding global "
     "layers tokens keep them all far back fall out of runs model attention return print add "
     "def code number value key query head norm scale rope base long context rotary frequencies "
@@ -75,17 +90,32 @@ LLAMA3_PATTERN = (
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
+QWEN_SEED = 4321
 
-def training_text():
-    """Deterministic text for the tokenizers: the prompts' vocabulary plus filler."""
-    rng = np.random.default_rng(SEED)
-    return list(PROMPTS) + [" ".join(rng.choice(WORDS, size=12)) for _ in range(400)]
+QWEN_PROMPTS = [
+    "The quick brown fox jumps over the lazy dog while the cat sleeps near the warm fire.",
+    "def add(a, b):\n    return a + b  # 123 456\nprint(add(7, 35))",
+    "Qwen keeps biases on queries, keys and values; Qwen 3 normalises each head before RoPE!",
+]
+
+QWEN_WORDS = (
+    "the quick brown fox jumps over lazy dog cat sleeps near warm fire keeps biases queries keys "
+    "values normalises each head before rope return print add def code number value key query "
+    "norm scale base qwen model attention"
+).split()
+
+# Qwen 2's pre-tokenizer split (its tokenizer.json), followed by byte-level mapping.
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+QWEN_EOS_ID = 0
 
 
-def train_sentencepiece(hf_dir, user_defined_symbols=()):
+def train_sentencepiece(hf_dir, lines, user_defined_symbols=()):
     """A Llama-style SentencePiece model (unk 0, BOS 1, EOS 2, byte fallback, dummy prefix)."""
-    train_sentencepiece_model(
-        training_text(),
+    tiny.train_sentencepiece(
+        lines,
         hf_dir / "tokenizer.model",
         unk_id=0,
         bos_id=1,
@@ -98,23 +128,12 @@ def train_sentencepiece(hf_dir, user_defined_symbols=()):
     return processor.get_piece_size(), lambda text: [processor.bos_id()] + processor.encode(text)
 
 
-def train_llama3_bpe(hf_dir):
+def train_llama3_bpe(hf_dir, lines):
     """A byte-level BPE with Llama 3's regex and its BOS/EOS names, saved as tokenizer.json."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import processors
 
     bos, eos = "<|begin_of_text|>", "<|end_of_text|>"
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE, special_tokens=[bos, eos], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tokenizer.train_from_iterator(training_text(), trainer)
+    tokenizer = tiny.train_byte_level_bpe(lines, LLAMA3_PATTERN, [bos, eos])
     bos_id = tokenizer.token_to_id(bos)
     tokenizer.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, bos_id)])
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=bos, eos_token=eos)
@@ -124,6 +143,18 @@ def train_llama3_bpe(hf_dir):
     config["add_bos_token"] = True  # read by the converter into tokenizer.ggml.add_bos_token
     config_path.write_text(json.dumps(config, indent=1))
     return tokenizer.get_vocab_size(), lambda text: tokenizer.encode(text).ids
+
+
+def train_qwen_bpe(hf_dir, lines):
+    """A byte-level BPE with Qwen 2's regex and its special tokens (end-of-text first, so id 0;
+    no BOS), saved as tokenizer.json."""
+    tokenizer = tiny.train_byte_level_bpe(lines, QWEN2_SPLIT, QWEN_SPECIAL_TOKENS)
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<|endoftext|>", pad_token="<|endoftext|>", bos_token=None
+    )
+    assert fast.eos_token_id == QWEN_EOS_ID
+    fast.save_pretrained(hf_dir)
+    return tokenizer.get_vocab_size(), lambda text: fast.encode(text, add_special_tokens=False)
 
 
 LLAMA3_ROPE = {
@@ -192,24 +223,99 @@ def phi3_config(vocab_size, rope=PHI3_ROPE):
     )
 
 
-# The first prompt's logits of the same weights with other RoPE parameters, per family:
-# `reference_{name}_logits.f64`.
-OTHER_ROPE = {
-    "llama3": {"unscaled": {"rope_type": "default", "rope_theta": LLAMA3_ROPE["rope_theta"]}},
-    "phi3": {"unscaled": {"rope_type": "default", "rope_theta": PHI3_ROPE["rope_theta"]}},
-    # Linear scaling, which the Rust test asks of the same GGUF through `rope.scaling.*` keys.
-    "mistral": {"linear2": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1_000_000.0}},
-}
+def qwen_config(family, vocab_size, rope=None, k_quant=False):
+    # K-quant blocks hold 256 values: rows of 256 and 512 let llama-quantize use them.
+    sizes = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2) if k_quant else dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=4)
+    common = dict(
+        vocab_size=vocab_size,
+        **sizes,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-6,
+        rope_theta=1_000_000.0,
+        use_sliding_window=False,
+        eos_token_id=QWEN_EOS_ID,
+        bos_token_id=QWEN_EOS_ID,
+    )
+    if family == "qwen2":
+        return transformers.Qwen2Config(tie_word_embeddings=True, **common)
+    return transformers.Qwen3Config(
+        head_dim=32 if not k_quant else 64, tie_word_embeddings=False, attention_bias=False, **common
+    )
+
+
+def qwen_weight(name, p, noise):
+    """Biases and norm weights large and away from one, so a bias or norm skipped or misapplied
+    shows; embedding and head scaled for logits with a spread of about 4 whatever the width."""
+    if name.endswith("norm.weight"):
+        return 1.0 + noise * 0.3
+    if name.endswith(".bias"):
+        return noise * 0.5
+    if "embed_tokens" in name or "lm_head" in name:
+        return noise * 4.0 / p.shape[-1] ** 0.5
+    return noise / p.shape[-1] ** 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    model_class: type
+    # (vocab_size, rope=None[, k_quant]) -> config; `rope` replaces the RoPE parameters.
+    make_config: Callable
+    # (hf_dir, training lines) -> (vocab size, text -> ids as the reference runs them).
+    train_tokenizer: Callable
+    # The pre-tokenizer name the converter writes for a trained BPE vocabulary (see `tiny_reference.convert`).
+    bpe_pre: str | None
+    seed: int
+    prompts: list
+    words: list
+    # `tiny_reference.randomize`'s weight per parameter.
+    weight: Callable
+    # Queries, keys and head scaled up after `tiny_reference.randomize` (see `sharpen`).
+    sharpened: bool
+    # The first prompt's logits of the same weights with other RoPE parameters:
+    # `reference_{name}_logits.f64`.
+    other_rope: dict = dataclasses.field(default_factory=dict)
+
+
+LLAMA_FAMILY = dict(seed=LLAMA_SEED, prompts=LLAMA_PROMPTS, words=LLAMA_WORDS, weight=tiny.default_weight, sharpened=True)
+QWEN_FAMILY = dict(
+    bpe_pre="qwen2", seed=QWEN_SEED, prompts=QWEN_PROMPTS, words=QWEN_WORDS, weight=qwen_weight, sharpened=False
+)
 
 FAMILIES = {
-    "llama3": (transformers.LlamaForCausalLM, llama3_config, train_llama3_bpe, "llama-bpe"),
-    "mistral": (transformers.MistralForCausalLM, mistral_config, train_sentencepiece, None),
+    "llama3": Family(
+        transformers.LlamaForCausalLM,
+        llama3_config,
+        train_llama3_bpe,
+        bpe_pre="llama-bpe",
+        other_rope={"unscaled": {"rope_type": "default", "rope_theta": LLAMA3_ROPE["rope_theta"]}},
+        **LLAMA_FAMILY,
+    ),
+    "mistral": Family(
+        transformers.MistralForCausalLM,
+        mistral_config,
+        train_sentencepiece,
+        bpe_pre=None,
+        # Linear scaling, which the Rust test asks of the same GGUF through `rope.scaling.*` keys.
+        other_rope={"linear2": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1_000_000.0}},
+        **LLAMA_FAMILY,
+    ),
     # llama.cpp refuses a Phi-3 vocabulary without `<|endoftext|>` (it sets that token's attributes).
-    "phi3": (
+    "phi3": Family(
         transformers.Phi3ForCausalLM,
         phi3_config,
         functools.partial(train_sentencepiece, user_defined_symbols=["<|endoftext|>"]),
-        None,
+        bpe_pre=None,
+        other_rope={"unscaled": {"rope_type": "default", "rope_theta": PHI3_ROPE["rope_theta"]}},
+        **LLAMA_FAMILY,
+    ),
+    "qwen2": Family(
+        transformers.Qwen2ForCausalLM, functools.partial(qwen_config, "qwen2"), train_qwen_bpe, **QWEN_FAMILY
+    ),
+    "qwen3": Family(
+        transformers.Qwen3ForCausalLM, functools.partial(qwen_config, "qwen3"), train_qwen_bpe, **QWEN_FAMILY
     ),
 }
 
@@ -229,36 +335,24 @@ def sharpen(model, config):
                 p.mul_(4.0)
 
 
-def rms_norm_in_input_dtype(self, x):
-    """transformers' RMS norms compute in float32 whatever the model dtype: keep float64."""
-    return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+def keep_norms_in_float64():
+    """transformers' RMS norms compute in float32 whatever the model dtype: patched to keep the
+    reference in float64."""
+    for module, norm in [("llama", "Llama"), ("mistral", "Mistral"), ("phi3", "Phi3"), ("qwen2", "Qwen2"), ("qwen3", "Qwen3")]:
+        modeling = importlib.import_module(f"transformers.models.{module}.modeling_{module}")
+        getattr(modeling, f"{norm}RMSNorm").forward = tiny.rms_norm_in_input_dtype
 
 
-def convert(converter, hf_dir, outtype, outfile, bpe_pre):
-    """Runs llama.cpp's converter; for a trained BPE vocabulary, telling it the pre-tokenizer name
-    its hash cannot find (see the module docstring)."""
-    if bpe_pre is None:
-        command = [sys.executable, converter]
-    else:
-        patch = (
-            "import sys, runpy, pathlib; sys.path.insert(0, str(pathlib.Path(sys.argv[1]).parent)); "
-            "import conversion.base as b; "
-            f"b.TextModel.get_vocab_base_pre = lambda self, tokenizer: {bpe_pre!r}; "
-            "path = sys.argv.pop(1); sys.argv[0] = path; runpy.run_path(path, run_name='__main__')"
-        )
-        command = [sys.executable, "-c", patch, converter]
-    subprocess.run(command + [str(hf_dir), "--outtype", outtype, "--outfile", str(outfile)], check=True)
-
-
-def reference_logits(model, encode):
-    prompts, logits = [], []
-    for text in PROMPTS:
-        ids = encode(text)
-        with torch.no_grad():
-            row_logits = model(torch.tensor([ids])).logits[0].numpy().astype("<f8")
-        prompts.append({"text": text, "ids": ids, "rows": row_logits.shape[0], "vocab": row_logits.shape[1]})
-        logits.append(row_logits)
-    return prompts, logits
+def write_ggufs(family, converter, hf_dir, out, quantize):
+    """`tiny-f32.gguf` and `tiny-q8_0.gguf`, or with `quantize` (llama-quantize) only
+    `tiny-q4_k_m.gguf`, converted from `hf_dir`."""
+    if quantize:
+        f32 = hf_dir.parent / "tiny-f32.gguf"
+        tiny.convert(converter, hf_dir, "f32", f32, family.bpe_pre)
+        subprocess.run([quantize, str(f32), str(out / "tiny-q4_k_m.gguf"), "Q4_K_M"], check=True)
+        return
+    for outtype in ["f32", "q8_0"]:
+        tiny.convert(converter, hf_dir, outtype, out / f"tiny-{outtype}.gguf", family.bpe_pre)
 
 
 def main():
@@ -266,40 +360,49 @@ def main():
     parser.add_argument("family", choices=sorted(FAMILIES))
     parser.add_argument("converter", help="llama.cpp's convert_hf_to_gguf.py")
     parser.add_argument("out_dir")
+    parser.add_argument(
+        "--q4-k-m",
+        metavar="LLAMA_QUANTIZE",
+        help="qwen2 only, instead: a model wide enough for K-quants (hidden 256, 2 layers), written "
+        "only as tiny-q4_k_m.gguf by this llama-quantize binary (the quantization people download)",
+    )
     args = parser.parse_args()
-    model_class, make_config, train_tokenizer, bpe_pre = FAMILIES[args.family]
+    family = FAMILIES[args.family]
+    if args.q4_k_m and args.family != "qwen2":
+        parser.error("--q4-k-m builds a qwen2 model")
+    make_config = functools.partial(family.make_config, k_quant=True) if args.q4_k_m else family.make_config
     out = pathlib.Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for module in ["llama", "mistral", "phi3"]:
-        modeling = importlib.import_module(f"transformers.models.{module}.modeling_{module}")
-        getattr(modeling, f"{module.capitalize()}RMSNorm").forward = rms_norm_in_input_dtype
+    keep_norms_in_float64()
 
-    torch.manual_seed(SEED)
+    torch.manual_seed(family.seed)
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = pathlib.Path(tmp) / f"tiny-{args.family}"
         hf_dir.mkdir()
-        vocab_size, encode = train_tokenizer(hf_dir)
+        vocab_size, encode = family.train_tokenizer(hf_dir, tiny.training_text(family.prompts, family.words, family.seed))
         config = make_config(vocab_size)
-        model = model_class(config).to(torch.float64)
-        randomize(model)
-        sharpen(model, config)
+        model = family.model_class(config).to(torch.float64)
+        tiny.randomize(model, family.seed, family.weight)
+        if family.sharpened:
+            sharpen(model, config)
         model.to(torch.float32).save_pretrained(hf_dir, safe_serialization=True)
-        for outtype in ["f32", "q8_0"]:
-            convert(args.converter, hf_dir, outtype, out / f"tiny-{outtype}.gguf", bpe_pre)
+        write_ggufs(family, args.converter, hf_dir, out, args.q4_k_m)
         if args.family == "mistral":
+            from gguf import GGUFReader
+
             keys = GGUFReader(out / "tiny-f32.gguf").fields
             assert "llama.attention.sliding_window" not in keys, "the converter now writes Mistral's window"
 
         # The reference runs the saved (float32-rounded) weights in float64, as the GGUF holds them.
-        model = model_class.from_pretrained(hf_dir, dtype=torch.float64, attn_implementation="eager").eval()
-        prompts, logits = reference_logits(model, encode)
-        for name, rope in OTHER_ROPE.get(args.family, {}).items():
+        texts_and_ids = [(text, encode(text)) for text in family.prompts]
+        model = family.model_class.from_pretrained(hf_dir, dtype=torch.float64, attn_implementation="eager").eval()
+        prompts, logits = tiny.reference_logits(model, texts_and_ids)
+        for name, rope in family.other_rope.items():
             config = make_config(vocab_size, rope)
-            model = model_class.from_pretrained(hf_dir, config=config, dtype=torch.float64, attn_implementation="eager")
-            _, other_logits = reference_logits(model.eval(), encode)
+            model = family.model_class.from_pretrained(hf_dir, config=config, dtype=torch.float64, attn_implementation="eager")
+            _, other_logits = tiny.reference_logits(model.eval(), texts_and_ids)
             other_logits[0].tofile(out / f"reference_{name}_logits.f64")
-    (out / "reference.json").write_text(json.dumps({"prompts": prompts}, indent=1) + "\n")
-    np.concatenate(logits).tofile(out / "reference_logits.f64")
+    tiny.write_reference(out, prompts, logits)
 
 
 if __name__ == "__main__":

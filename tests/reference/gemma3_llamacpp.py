@@ -26,7 +26,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "fixtures" / "gemma3_llamacpp.json"
@@ -106,6 +106,35 @@ def server_flags(bin_dir: Path) -> list[str]:
     return ["--no-repack"] if "--no-repack" in help_text else []
 
 
+@contextlib.contextmanager
+def llama_server(
+    bin_dir: Path, model: Path, context: int, extra_flags: Sequence[str] = ()
+) -> Iterator[tuple[int, list[str]]]:
+    """A greedy, single-threaded llama-server on `model`, stopped on exit: yields its port and
+    the flags it was started with (for the fixture's record)."""
+    port = free_port()
+    log_fd, log_name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
+    log = Path(log_name)
+    flags = [
+        "-t", "1", "-tb", "1",
+        "-c", str(context),
+        "--parallel", "1",
+        "--temp", "0",
+        *extra_flags,
+        *server_flags(bin_dir),
+    ]  # fmt: skip
+    command = [str(bin_dir / "llama-server"), "-m", str(model), *flags, "--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(command, stdout=log_fd, stderr=subprocess.STDOUT)
+    os.close(log_fd)
+    try:
+        wait_ready(port, server, log)
+        yield port, flags
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.unlink(missing_ok=True)
+
+
 def first_near_tie(steps: list[dict[str, Any]]) -> int | None:
     for i, step in enumerate(steps):
         top = step["top"]
@@ -146,36 +175,8 @@ def one_prompt(port: int, prompt: str) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def llama_server(bin_dir: Path, model: Path, context: int) -> Iterator[tuple[int, list[str]]]:
-    """A greedy, single-threaded, single-slot llama-server on `model` for the duration: yields
-    its port and its command line."""
-    port = free_port()
-    log_fd, log_name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
-    log = Path(log_name)
-    command = [
-        str(bin_dir / "llama-server"),
-        "-m", str(model),
-        "-t", "1", "-tb", "1",
-        "-c", str(context),
-        "--parallel", "1",
-        "--temp", "0",
-        *server_flags(bin_dir),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-    ]  # fmt: skip
-    server = subprocess.Popen(command, stdout=log_fd, stderr=subprocess.STDOUT)
-    os.close(log_fd)
-    try:
-        wait_ready(port, server, log)
-        yield port, command
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.unlink(missing_ok=True)
-
-
 def build_info(port: int) -> Any:
+    """The running llama-server's build, for the fixture's record."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/props", timeout=10) as r:
         return json.load(r).get("build_info")
 
@@ -185,13 +186,13 @@ def main() -> None:
     parser.add_argument("--bin", type=Path, default=Path.home() / ".cache/cortexstream/peer/build/bin")
     parser.add_argument("--model", type=Path, default=default_model())
     args = parser.parse_args()
-    with llama_server(args.bin, args.model, 512) as (port, command):
+    with llama_server(args.bin, args.model, 512) as (port, flags):
         fixture = {
             "about": "llama.cpp greedy reference for core/tests/gemma3_real.rs; written by tests/reference/gemma3_llamacpp.py",
             "model": MODEL_ENTRY,
             "llama_cpp_build": build_info(port),
             "llama_cpp_source": "llama.cpp vendored in the llama-cpp-python 0.3.36 sdist (examples/bench/setup_peer.sh)",
-            "server_flags": command[3:-4],
+            "server_flags": flags,
             "near_tie": NEAR_TIE,
             "prompts": [one_prompt(port, p) for p in PROMPTS],
             "tokenize": [

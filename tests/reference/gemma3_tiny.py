@@ -7,9 +7,9 @@ default pattern makes layers 0-4 sliding-window and layer 5 global; a window of 
 so it matters in the ~40-token prompts), converted to GGUF by llama.cpp's own
 `convert_hf_to_gguf.py`, with a tiny SentencePiece tokenizer (byte fallback) trained here.
 
-    PYTHONPATH=$LLAMA_CPP/gguf-py python gemma3_tiny.py $LLAMA_CPP/convert_hf_to_gguf.py tests/fixtures/gemma3
+    python gemma3_tiny.py $LLAMA_CPP/convert_hf_to_gguf.py tests/fixtures/gemma3
 
-needs `torch transformers sentencepiece` (not CI: the outputs are committed). Writes into the
+needs `torch transformers sentencepiece` (the shared steps are in `tiny_reference.py`) (not CI: the outputs are committed). Writes into the
 output directory:
 - `tiny-f32.gguf`, `tiny-q8_0.gguf`: the converted model;
 - `reference.json`: per prompt, its text, the SentencePiece ids (BOS first) and the shape of
@@ -19,21 +19,19 @@ output directory:
 """
 
 import argparse
-import io
-import json
 import pathlib
-import subprocess
 import sys
 import tempfile
 
-import numpy as np
 import sentencepiece as spm
 import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 from transformers.models.gemma3 import modeling_gemma3
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import tiny_reference as tiny  # noqa: E402
+
 SEED = 1234
-VOCAB_SIZE = 384
 
 PROMPTS = [
     "The quick brown fox jumps over the lazy dog while the cat sleeps near the warm fire.",
@@ -42,47 +40,21 @@ PROMPTS = [
 ]
 
 
-def training_text():
-    """Deterministic text for the tokenizer: the prompts' vocabulary plus filler."""
-    words = (
-        "the quick brown fox jumps over lazy dog cat sleeps near warm fire window sliding global "
-        "layers tokens keep them all far back fall out of runs model attention return print add "
-        "def code number value key query head norm scale rope base"
-    ).split()
-    rng = np.random.default_rng(SEED)
-    lines = list(PROMPTS)
-    for _ in range(400):
-        lines.append(" ".join(rng.choice(words, size=12)))
-    return lines
-
-
-def train_sentencepiece(lines, path, **options):
-    """A tiny BPE SentencePiece model with byte fallback, split digits and no normalization
-    (neither Gemma's nor Llama's tokenizer maps newlines to spaces; neither does llama.cpp), plus
-    `options` (special ids, dummy prefix, ...)."""
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines),
-        model_writer=model,
-        vocab_size=VOCAB_SIZE,
-        model_type="bpe",
-        byte_fallback=True,
-        character_coverage=1.0,
-        remove_extra_whitespaces=False,
-        split_digits=True,
-        normalization_rule_name="identity",
-        **options,
-    )
-    path.write_bytes(model.getvalue())
+WORDS = (
+    "the quick brown fox jumps over lazy dog cat sleeps near warm fire window sliding global "
+    "layers tokens keep them all far back fall out of runs model attention return print add "
+    "def code number value key query head norm scale rope base"
+).split()
 
 
 def train_tokenizer(path):
-    train_sentencepiece(training_text(), path, pad_id=0, eos_id=1, bos_id=2, unk_id=3, add_dummy_prefix=False)
+    lines = tiny.training_text(PROMPTS, WORDS, SEED)
+    tiny.train_sentencepiece(lines, path, pad_id=0, eos_id=1, bos_id=2, unk_id=3, add_dummy_prefix=False)
 
 
 def tiny_config():
     return Gemma3TextConfig(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=tiny.VOCAB_SIZE,
         hidden_size=64,
         intermediate_size=96,
         num_hidden_layers=6,
@@ -106,22 +78,6 @@ def tiny_config():
     )
 
 
-def randomize(model):
-    """Weights of a size that gives the logits a real spread (the default init is near zero),
-    and norm weights away from zero so that a norm read wrongly (e.g. without Gemma's +1)
-    shows."""
-    generator = torch.Generator().manual_seed(SEED)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=generator, dtype=torch.float64)
-            if name.endswith("norm.weight"):
-                p.copy_(noise * 0.3)
-            elif "embed_tokens" in name:
-                p.copy_(noise * 0.5)
-            else:
-                p.copy_(noise / p.shape[-1] ** 0.5)
-
-
 def rms_norm_in_input_dtype(self, x):
     """transformers' Gemma3RMSNorm computes in float32 whatever the model dtype: keep float64."""
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * (1.0 + self.weight)
@@ -141,29 +97,19 @@ def main():
         hf_dir.mkdir()
         train_tokenizer(hf_dir / "tokenizer.model")
         model = Gemma3ForCausalLM(tiny_config()).to(torch.float64)
-        randomize(model)
+        tiny.randomize(model, SEED, tiny.default_weight)
         model.to(torch.float32).save_pretrained(hf_dir, safe_serialization=True)
         for outtype in ["f32", "q8_0"]:
-            subprocess.run(
-                [sys.executable, args.converter, str(hf_dir), "--outtype", outtype,
-                 "--outfile", str(out / f"tiny-{outtype}.gguf")],
-                check=True,
-            )
+            tiny.convert(args.converter, hf_dir, outtype, out / f"tiny-{outtype}.gguf")
 
         # The reference runs the saved (float32-rounded) weights in float64, as the GGUF holds them.
         modeling_gemma3.Gemma3RMSNorm.forward = rms_norm_in_input_dtype
         model = Gemma3ForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float64, attn_implementation="eager")
         model.eval()
         tokenizer = spm.SentencePieceProcessor(model_file=str(hf_dir / "tokenizer.model"))
-        prompts, logits = [], []
-        for text in PROMPTS:
-            ids = [tokenizer.bos_id()] + tokenizer.encode(text)
-            with torch.no_grad():
-                row_logits = model(torch.tensor([ids])).logits[0].numpy().astype("<f8")
-            prompts.append({"text": text, "ids": ids, "rows": row_logits.shape[0], "vocab": row_logits.shape[1]})
-            logits.append(row_logits)
-    (out / "reference.json").write_text(json.dumps({"prompts": prompts}, indent=1) + "\n")
-    np.concatenate(logits).tofile(out / "reference_logits.f64")
+        texts_and_ids = [(text, [tokenizer.bos_id()] + tokenizer.encode(text)) for text in PROMPTS]
+        prompts, logits = tiny.reference_logits(model, texts_and_ids)
+    tiny.write_reference(out, prompts, logits)
 
 
 if __name__ == "__main__":

@@ -1,81 +1,100 @@
-"""Writes tests/fixtures/{llama3,mistral,phi3}/llamacpp.json: llama.cpp's greedy output on the tiny
-Q8_0 fixtures of `decoder_tiny.py`, which `core/tests/tiny_decoders.rs` holds our decoder to.
+#!/usr/bin/env python3
+"""Writes `tests/fixtures/{family}/llamacpp.json`: llama.cpp's greedy continuation of each
+reference prompt of a tiny random-weight fixture (`tests/fixtures/{family}/reference.json`,
+made by `decoder_tiny.py` or `gemma3_tiny.py`), on the same converted GGUFs our engine
+loads (every `tiny-*.gguf` there). `check_llamacpp_agreement` in
+`core/tests/common/reference.rs` holds our forward to it (`core/tests/tiny_decoders.rs`,
+`qwen_reference.rs`), and the engine tests (`tiny_decoders.rs`, `qwen_engine.rs`) our greedy
+tokens.
 
-For each reference prompt (given as token ids, so both engines see the same ids) llama.cpp's
-greedy ids and, teacher-forced one step at a time, its pick and top-2 log-probabilities
-(`n_probs: 2`; `null` where llama-server withholds them, see `step_probabilities`). llama.cpp currently ignores Phi-3's sliding window, so the Phi-3
-prompts and generations stay inside it (15 positions of a 16-position window).
+The prompts go in as token ids (so the comparison is of the forward, not the tokenizer). Per
+file and prompt (llama.cpp checked to evaluate exactly the ids given, adding no BOS): its
+greedy ids (`N_PREDICT`, or the family's entry in `PROMPT_LENGTHS`) and, per step, its top-2
+log-probabilities (`n_probs: 2`, one request per step; `null` where the server withholds them,
+see `top_two`). The test decides per file type which gaps are near ties (F32 engines agree far
+more closely than 8-bit ones).
 
-Not run by CI (it needs the peer build): run it by hand after regenerating the fixtures.
+Context 256 for every family: Phi-3's LongRoPE original length, below which llama.cpp uses the
+short factors as we do (the other families' results do not depend on it).
 
-    python tests/reference/tiny_llamacpp.py [--bin ~/.cache/cortexstream/peer/build/bin]
+Not run by CI (it needs the peer build): run it by hand after changing a tiny model.
+
+    python tests/reference/tiny_llamacpp.py llama3 mistral phi3 qwen2 qwen3 qwen2_q4_k_m \
+        [--bin ~/.cache/cortexstream/peer/build/bin]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
-from gemma3_llamacpp import build_info, llama_server, post
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gemma3_llamacpp import llama_server, post  # noqa: E402
 
-FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
-FILE = "tiny-q8_0.gguf"
-# family: (prompt ids kept, tokens generated, context): Phi-3's context stays at its LongRoPE
-# original 256 positions, where llama.cpp uses the short factors as we do.
-LENGTHS = {"llama3": (None, 16, 128), "mistral": (None, 16, 128), "phi3": (6, 9, 256)}
-
-
-def completion(port: int, ids: list[int], n_predict: int) -> dict:
-    body = {"prompt": ids, "n_predict": n_predict, "temperature": 0, "n_probs": 2}
-    return post(port, "/completion", {**body, "cache_prompt": False, "return_tokens": True})
+REPO = Path(__file__).resolve().parents[2]
+N_PREDICT = 16
+# family: (prompt ids kept, tokens generated). llama.cpp ignores Phi-3's sliding window (16
+# positions), so the Phi-3 prompts and generations stay inside it (15 positions).
+PROMPT_LENGTHS = {"phi3": (6, 9)}
 
 
-def step_probabilities(port: int, ids: list[int]) -> dict | None:
-    """llama.cpp's pick and top-2 log-probabilities after `ids`, or `None` when llama-server
-    withholds them: it leaves out the probabilities of a token whose text ends inside a UTF-8
-    sequence (random models often pick byte tokens), which is also why they are asked for one
-    step at a time: in a longer reply the list skips such tokens and no longer lines up with
-    the generated ids."""
-    probabilities = completion(port, ids, 1).get("completion_probabilities")
+def completion(port: int, ids: list[int], n_predict: int) -> dict[str, Any]:
+    body = {"prompt": ids, "n_predict": n_predict, "temperature": 0, "n_probs": 2, "cache_prompt": False}
+    reply = post(port, "/completion", {**body, "return_tokens": True})
+    if reply["tokens_evaluated"] != len(ids):
+        sys.exit(f"llama.cpp evaluated {reply['tokens_evaluated']} tokens of {len(ids)}: it added or dropped some")
+    return reply
+
+
+def top_two(port: int, ids: list[int]) -> list[dict[str, Any]] | None:
+    """llama.cpp's top-2 log-probabilities after `ids`, or None when it withholds them: the
+    server reports no probabilities for a token that ends inside a UTF-8 character (a random
+    model emits such byte tokens). One token per request, so no other step's are lost."""
+    probabilities = completion(port, ids, 1).get("completion_probabilities") or []
     if not probabilities:
         return None
-    p = probabilities[0]
-    return {"id": p["id"], "logprob": p["logprob"], "top": [{"id": t["id"], "logprob": t["logprob"]} for t in p["top_logprobs"]]}
+    return [{"id": t["id"], "logprob": t["logprob"]} for t in probabilities[0]["top_logprobs"]]
 
 
-def one_prompt(port: int, ids: list[int], n_predict: int) -> dict:
+def one_prompt(port: int, ids: list[int], n_predict: int) -> dict[str, Any]:
     generated = completion(port, ids, n_predict)["tokens"]
-    steps = [step_probabilities(port, ids + generated[:i]) for i in range(len(generated))]
-    for i, step in enumerate(steps):
-        if step is not None and step["id"] != generated[i]:
-            raise SystemExit(f"{ids}: step {i} picks {step['id']} alone but {generated[i]} in the generation")
+    if len(generated) != n_predict:
+        sys.exit(f"{ids}: llama.cpp generated {len(generated)} tokens, not {n_predict}")
+    steps = [{"id": g, "top": top_two(port, ids + generated[:i])} for i, g in enumerate(generated)]
+    for step in steps:
+        if step["top"] is not None and step["top"][0]["id"] != step["id"]:
+            sys.exit(f"{ids}: the single-step pick disagrees with the greedy run at {step}")
     return {"prompt_ids": ids, "generated_ids": generated, "steps": steps}
 
 
-def family_fixture(bin_dir: Path, family: str) -> dict:
-    keep, n_predict, context = LENGTHS[family]
-    prompts = json.loads((FIXTURES / family / "reference.json").read_text())["prompts"]
-    with llama_server(bin_dir, FIXTURES / family / FILE, context) as (port, command):
-        return {
-            "about": "llama.cpp greedy reference for core/tests/tiny_decoders.rs; written by tests/reference/tiny_llamacpp.py",
-            "model": f"{family}/{FILE}",
-            "llama_cpp_build": build_info(port),
-            "server_flags": command[3:-4],
-            "prompts": [one_prompt(port, p["ids"][:keep], n_predict) for p in prompts],
-        }
+def run_file(bin_dir: Path, model: Path, prompts: list[list[int]], n_predict: int) -> dict[str, Any]:
+    # Generate through end-of-text: a random model may pick it, and the check is of logits.
+    with llama_server(bin_dir, model, 256, ["--ignore-eos"]) as (port, flags):
+        return {"server_flags": flags, "prompts": [one_prompt(port, ids, n_predict) for ids in prompts]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("families", nargs="+")
     parser.add_argument("--bin", type=Path, default=Path.home() / ".cache/cortexstream/peer/build/bin")
     args = parser.parse_args()
-    for family in LENGTHS:
-        fixture = family_fixture(args.bin, family)
-        (FIXTURES / family / "llamacpp.json").write_text(json.dumps(fixture, indent=1) + "\n")
-        for p in fixture["prompts"]:
-            withheld = sum(step is None for step in p["steps"])
-            print(family, p["generated_ids"], f"{withheld} steps without probabilities")
+    for family in args.families:
+        directory = REPO / "tests" / "fixtures" / family
+        reference = json.loads((directory / "reference.json").read_text())
+        keep, n_predict = PROMPT_LENGTHS.get(family, (None, N_PREDICT))
+        prompts = [p["ids"][:keep] for p in reference["prompts"]]
+        fixture = {
+            "about": f"llama.cpp greedy reference on the tiny {family} fixtures; written by tests/reference/tiny_llamacpp.py",
+            "llama_cpp_source": "llama.cpp vendored in the llama-cpp-python 0.3.36 sdist (examples/bench/setup_peer.sh)",
+            "files": {path.name: run_file(args.bin, path, prompts, n_predict) for path in sorted(directory.glob("tiny-*.gguf"))},
+        }
+        (directory / "llamacpp.json").write_text(json.dumps(fixture, indent=1) + "\n")
+        for file, result in fixture["files"].items():
+            for p in result["prompts"]:
+                print(f"{family}/{file}: {p['generated_ids']}")
 
 
 if __name__ == "__main__":

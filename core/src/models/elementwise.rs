@@ -5,6 +5,7 @@
 //! Each row's result depends only on that row and is computed by the same instructions
 //! wherever the row sits in the batch, so batching keeps bit-identical results.
 
+use crate::models::attention::Geometry;
 use crate::quant::disjoint::DisjointSlice;
 use crate::threadpool::ThreadPool;
 
@@ -64,6 +65,27 @@ pub(crate) fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     let scale = 1.0 / ((sum_of_squares(x) / x.len() as f64) as f32 + eps).sqrt();
     for (v, &w) in x.iter_mut().zip(weight) {
         *v = *v * scale * w;
+    }
+}
+
+/// RMS-normalises every query head of each fused `[q | k | v]` row with `q_norm` and every
+/// key head with `k_norm`, in place (Gemma 3's and Qwen 3's per-head norms before RoPE).
+pub(crate) fn rms_norm_query_and_key_heads(qkv: &mut [f32], g: &Geometry, q_norm: &[f32], k_norm: &[f32], eps: f32) {
+    for row in qkv.chunks_exact_mut(g.qkv_row_len) {
+        let (queries, rest) = row.split_at_mut(g.q_dim());
+        for head in queries.chunks_exact_mut(g.head_dim) {
+            rms_norm_in_place(head, q_norm, eps);
+        }
+        for head in rest[..g.kv_dim()].chunks_exact_mut(g.head_dim) {
+            rms_norm_in_place(head, k_norm, eps);
+        }
+    }
+}
+
+/// `row += bias` for every row of `x` (rows of `bias.len()` values).
+pub(crate) fn add_bias_rows(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        add_in_place(row, bias);
     }
 }
 

@@ -25,9 +25,8 @@ use std::sync::{Arc, Mutex};
 use crate::gguf::{GgufFile, Value};
 use crate::kv_cache::KvStorage;
 use crate::models::attention::{self, Span};
-use crate::models::elementwise::{add_in_place, geglu_tanh_rows, rms_norm_in_place, rms_norm_rows};
-use crate::models::kv_write::store_keys_and_values;
-use crate::models::metadata::{ArchKeys, MustBeOff, MAX_HEAD_DIM, ROPE_SCALING_WHY};
+use crate::models::elementwise::{add_in_place, geglu_tanh_rows, rms_norm_query_and_key_heads, rms_norm_rows};
+use crate::models::metadata::{ArchKeys, DecoderDims, MustBeOff, ROPE_SCALING_WHY};
 use crate::models::rope::{self, RopeTable};
 use crate::models::stacked::StackedMatrix;
 use crate::models::step::StepScratch;
@@ -104,29 +103,7 @@ const SAME_AS_HEAD_SIZE: &[&str] =
 impl Gemma3Config {
     fn from_gguf(gguf: &GgufFile) -> Result<Self> {
         let keys = ArchKeys { gguf, arch: ARCHITECTURE };
-        let hidden_size = keys.usize("embedding_length")?;
-        let n_layers = keys.usize("block_count")?;
-        if n_layers == 0 || hidden_size == 0 {
-            return Err(load_error(
-                gguf,
-                format!("`{}` and `{}` must both be at least 1", keys.key("block_count"), keys.key("embedding_length")),
-            ));
-        }
-        let n_heads = keys.usize("attention.head_count")?;
-        let n_kv_heads = keys.optional_usize("attention.head_count_kv", n_heads)?;
-        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-            return Err(load_error(gguf, format!("{n_heads} attention heads cannot share {n_kv_heads} KV heads")));
-        }
-        let head_dim = keys.optional_usize("attention.key_length", hidden_size / n_heads)?;
-        if head_dim == 0 || head_dim > MAX_HEAD_DIM || !head_dim.is_multiple_of(2) {
-            return Err(load_error(
-                gguf,
-                format!(
-                    "`{}` is {head_dim}; supported head sizes are even, 2..={MAX_HEAD_DIM}",
-                    keys.key("attention.key_length")
-                ),
-            ));
-        }
+        let DecoderDims { hidden_size, n_layers, n_heads, n_kv_heads, head_dim } = keys.decoder_dims()?;
         for suffix in SAME_AS_HEAD_SIZE {
             if keys.optional_usize(suffix, head_dim)? != head_dim {
                 return Err(load_error(
@@ -138,18 +115,6 @@ impl Gemma3Config {
                     ),
                 ));
             }
-        }
-        let value_dim = keys.optional_usize("attention.value_length", head_dim)?;
-        let rope_dims = keys.optional_usize("rope.dimension_count", head_dim)?;
-        if value_dim != head_dim || rope_dims != head_dim {
-            return Err(load_error(
-                gguf,
-                format!(
-                    "`{}` = {value_dim} and `{}` = {rope_dims} must equal the key head size {head_dim}",
-                    keys.key("attention.value_length"),
-                    keys.key("rope.dimension_count")
-                ),
-            ));
         }
         keys.refuse_unless_off(MUST_BE_OFF)?;
         keys.refuse_rope_scaling()?;
@@ -309,8 +274,7 @@ impl Gemma3Model {
         let config = Gemma3Config::from_gguf(gguf)?;
         let c = &config;
         let w = Weights { gguf };
-        let token_embedding = w.matrix("token_embd.weight", c.vocab_size, c.hidden_size)?;
-        let output = w.optional_matrix("output.weight", c.vocab_size, c.hidden_size)?;
+        let vocabulary = Vocabulary::load(&w, c.vocab_size, c.hidden_size)?;
         let layers = (0..c.n_layers)
             .map(|l| {
                 let name = |tensor: &str| layer_tensor(l, tensor);
@@ -328,13 +292,12 @@ impl Gemma3Model {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let output_norm = w.vector("output_norm.weight", c.hidden_size)?;
         Ok(Self {
             embedding_scale: (c.hidden_size as f32).sqrt(),
             rope_frequencies_global: rope::frequencies(c.rope_theta, c.head_dim),
             rope_frequencies_swa: rope::frequencies(c.rope_theta_swa, c.head_dim),
             config,
-            vocabulary: Vocabulary { token_embedding, output_norm, output },
+            vocabulary,
             layers,
             pool,
             scratch: Mutex::new(Scratch::default()),
@@ -374,12 +337,10 @@ impl Gemma3Model {
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(&s.x, &layer.attn_norm, c.rms_eps, &mut s.normed, pool);
             layer.qkv.matmul(&s.normed, n, &mut s.qkv, pool);
-            normalize_query_and_key_heads(&mut s.qkv, c, &layer.q_norm, &layer.k_norm);
+            rms_norm_query_and_key_heads(&mut s.qkv, &geometry, &layer.q_norm, &layer.k_norm, c.rms_eps);
             let rotation = if c.sliding_layers[l] { rope_swa } else { rope_global };
             rope::rotate_neox(&mut s.qkv, &geometry, rotation);
-            store_keys_and_values(&s.qkv, &geometry, l, chunks, kv);
-            attention::attend(&mut s.attention, &geometry, l, c.span(l), chunks, kv, &s.qkv, &mut s.attn, pool);
-            layer.attn_output.matmul(&s.attn, n, &mut s.projected, pool);
+            s.attend_and_project(&geometry, l, c.span(l), chunks, kv, &layer.attn_output, pool);
             rms_norm_rows(&s.projected, &layer.post_attention_norm, c.rms_eps, &mut s.normed, pool);
             add_in_place(&mut s.x, &s.normed);
 
@@ -403,19 +364,6 @@ struct Scratch {
     step: StepScratch,
     rope_global: RopeTable,
     rope_swa: RopeTable,
-}
-
-/// RMS-normalises every query head with `q_norm` and every key head with `k_norm`, in place.
-fn normalize_query_and_key_heads(qkv: &mut [f32], c: &Gemma3Config, q_norm: &[f32], k_norm: &[f32]) {
-    for row in qkv.chunks_exact_mut(c.qkv_row_len()) {
-        let (queries, rest) = row.split_at_mut(c.q_dim());
-        for head in queries.chunks_exact_mut(c.head_dim) {
-            rms_norm_in_place(head, q_norm, c.rms_eps);
-        }
-        for head in rest[..c.kv_dim()].chunks_exact_mut(c.head_dim) {
-            rms_norm_in_place(head, k_norm, c.rms_eps);
-        }
-    }
 }
 
 #[cfg(test)]

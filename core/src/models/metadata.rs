@@ -26,6 +26,63 @@ pub(crate) struct ArchKeys<'a> {
     pub arch: &'a str,
 }
 
+/// The sizes of a decoder's layers and attention heads, as every architecture reads them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct DecoderDims {
+    pub hidden_size: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    /// `attention.key_length`, default `hidden_size / n_heads`.
+    pub head_dim: usize,
+}
+
+impl ArchKeys<'_> {
+    /// Reads the layer and head sizes, bounding them before anything is allocated from them
+    /// (they come from an untrusted file): at least one layer and one hidden unit, query heads
+    /// that KV heads divide, an even head size up to [`MAX_HEAD_DIM`], and value heads and
+    /// RoPE over exactly the key head size (the only shapes the shared forward computes).
+    pub fn decoder_dims(&self) -> Result<DecoderDims> {
+        let hidden_size = self.usize("embedding_length")?;
+        let n_layers = self.usize("block_count")?;
+        if n_layers == 0 || hidden_size == 0 {
+            return Err(load_error(
+                self.gguf,
+                format!(
+                    "`{}` is {n_layers} and `{}` is {hidden_size}: both must be at least 1",
+                    self.key("block_count"),
+                    self.key("embedding_length")
+                ),
+            ));
+        }
+        let n_heads = self.usize("attention.head_count")?;
+        let n_kv_heads = self.optional_usize("attention.head_count_kv", n_heads)?;
+        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+            return Err(load_error(self.gguf, format!("{n_heads} attention heads cannot share {n_kv_heads} KV heads")));
+        }
+        let head_dim = self.optional_usize("attention.key_length", hidden_size / n_heads)?;
+        if head_dim == 0 || head_dim > MAX_HEAD_DIM || !head_dim.is_multiple_of(2) {
+            return Err(load_error(
+                self.gguf,
+                format!(
+                    "`{}` is {head_dim}; supported head sizes are even, 2..={MAX_HEAD_DIM}",
+                    self.key("attention.key_length")
+                ),
+            ));
+        }
+        for suffix in ["attention.value_length", "rope.dimension_count"] {
+            let key = self.key(suffix);
+            if let Some(value) = self.gguf.get(&key) {
+                if value.as_u64() != Some(head_dim as u64) {
+                    let why = format!("it must equal the key head size {head_dim}");
+                    return Err(self.refusal(&key, value, &why));
+                }
+            }
+        }
+        Ok(DecoderDims { hidden_size, n_layers, n_heads, n_kv_heads, head_dim })
+    }
+}
+
 impl ArchKeys<'_> {
     /// The full key of `suffix`: `{arch}.{suffix}`.
     pub fn key(&self, suffix: &str) -> String {

@@ -9,6 +9,7 @@ pub(crate) mod kv_write;
 pub mod llama;
 pub(crate) mod metadata;
 pub mod phi3;
+pub mod qwen;
 pub(crate) mod rope;
 pub(crate) mod rows;
 pub(crate) mod stacked;
@@ -46,6 +47,7 @@ pub struct SeqChunk<'a> {
 pub enum GenerationModel {
     Llama(llama::LlamaModel),
     Gemma3(gemma3::Gemma3Model),
+    Qwen(qwen::QwenModel),
 }
 
 /// What the engine needs to know about a model's shape, whatever its architecture.
@@ -61,15 +63,23 @@ pub struct ModelShape {
     pub head_dim: usize,
 }
 
+/// Every `general.architecture` [`GenerationModel::load`] runs, as its error lists them.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "gemma3", "phi3", "qwen2", "qwen3"];
+
 impl GenerationModel {
     /// Loads the model of the file's architecture. Errors: an unsupported architecture (named,
     /// with the supported ones), and every load error of the architecture's own loader.
     pub fn load(gguf: &GgufFile, pool: Arc<ThreadPool>) -> Result<Self> {
         match gguf.require_str("general.architecture")? {
             "gemma3" => Ok(Self::Gemma3(gemma3::Gemma3Model::load(gguf, pool)?)),
-            // The llama loader also runs phi3 (see `llama::Family`), and names the architecture
-            // when it is not one it runs.
-            _ => Ok(Self::Llama(llama::LlamaModel::load(gguf, pool)?)),
+            "qwen2" => Ok(Self::Qwen(qwen::QwenModel::load(gguf, qwen::QwenFamily::Qwen2, pool)?)),
+            "qwen3" => Ok(Self::Qwen(qwen::QwenModel::load(gguf, qwen::QwenFamily::Qwen3, pool)?)),
+            // The llama decoder also runs phi3 (see `llama::Family`).
+            "llama" | "phi3" => Ok(Self::Llama(llama::LlamaModel::load(gguf, pool)?)),
+            other => Err(load_error(
+                gguf,
+                format!("architecture `{other}` is not supported (supported: {SUPPORTED_ARCHITECTURES:?})"),
+            )),
         }
     }
 
@@ -90,6 +100,7 @@ impl GenerationModel {
         match self {
             Self::Llama(m) => shape_of!(m.config()),
             Self::Gemma3(m) => shape_of!(m.config()),
+            Self::Qwen(m) => shape_of!(m.config()),
         }
     }
 
@@ -98,6 +109,7 @@ impl GenerationModel {
         match self {
             Self::Llama(m) => m.config().vocab_size,
             Self::Gemma3(m) => m.config().vocab_size,
+            Self::Qwen(m) => m.config().vocab_size,
         }
     }
 
@@ -106,6 +118,7 @@ impl GenerationModel {
         match self {
             Self::Llama(m) => m.new_kv_storage(num_blocks, block_size),
             Self::Gemma3(m) => m.new_kv_storage(num_blocks, block_size),
+            Self::Qwen(m) => m.new_kv_storage(num_blocks, block_size),
         }
     }
 
@@ -114,6 +127,7 @@ impl GenerationModel {
         match self {
             Self::Llama(m) => m.forward(chunks, kv, logits),
             Self::Gemma3(m) => m.forward(chunks, kv, logits),
+            Self::Qwen(m) => m.forward(chunks, kv, logits),
         }
     }
 }

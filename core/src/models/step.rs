@@ -1,8 +1,14 @@
 //! The buffers one batched decoder step works in, shared by every architecture's forward.
 
-use crate::models::attention::{AttentionScratch, Geometry};
+use crate::kv_cache::KvStorage;
+use crate::models::attention::{self, AttentionScratch, Geometry, Span};
+use crate::models::elementwise::{add_in_place, rms_norm_rows, swiglu_rows};
+use crate::models::kv_write::store_keys_and_values;
 use crate::models::rows::{fill_rows, RowInfo};
+use crate::models::stacked::StackedMatrix;
 use crate::models::SeqChunk;
+use crate::quant::QMatrix;
+use crate::threadpool::ThreadPool;
 
 /// Per-step buffers (row-major, one row per token of the step unless noted), reused by every
 /// step so a warmed-up step does not allocate.
@@ -37,5 +43,45 @@ impl StepScratch {
         self.projected.resize(n * hidden_size, 0.0);
         self.gate_up.resize(n * 2 * ffn_size, 0.0);
         self.ffn_hidden.resize(n * ffn_size, 0.0);
+    }
+}
+
+/// A llama-style feed-forward block: `rms_norm` with `norm`, `[gate | up]` projections, SwiGLU,
+/// `down` projection.
+pub(crate) struct SwigluFfn {
+    pub norm: Vec<f32>,
+    /// Wgate and Wup stacked: gives `[gate | up]` per row.
+    pub gate_up: StackedMatrix,
+    pub down: QMatrix,
+}
+
+impl StepScratch {
+    /// Attention after the step's `qkv` rows are final (biases, norms and RoPE applied): stores
+    /// this step's keys and values in layer `layer` of `kv`, attends over `span`, and writes the
+    /// output projection `attn_output · attn` into `projected`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend_and_project(
+        &mut self,
+        g: &Geometry,
+        layer: usize,
+        span: Span,
+        chunks: &[SeqChunk<'_>],
+        kv: &mut KvStorage,
+        attn_output: &QMatrix,
+        pool: &ThreadPool,
+    ) {
+        store_keys_and_values(&self.qkv, g, layer, chunks, kv);
+        attention::attend(&mut self.attention, g, layer, span, chunks, kv, &self.qkv, &mut self.attn, pool);
+        attn_output.matmul(&self.attn, self.rows.len(), &mut self.projected, pool);
+    }
+
+    /// `x += ffn(x)` for the residual stream `x`.
+    pub fn add_swiglu_ffn(&mut self, ffn: &SwigluFfn, ffn_size: usize, rms_eps: f32, pool: &ThreadPool) {
+        let n = self.rows.len();
+        rms_norm_rows(&self.x, &ffn.norm, rms_eps, &mut self.normed, pool);
+        ffn.gate_up.matmul(&self.normed, n, &mut self.gate_up, pool);
+        swiglu_rows(&self.gate_up, ffn_size, &mut self.ffn_hidden, pool);
+        ffn.down.matmul(&self.ffn_hidden, n, &mut self.projected, pool);
+        add_in_place(&mut self.x, &self.projected);
     }
 }

@@ -8,7 +8,8 @@ use crate::Result;
 
 /// The tensors an architecture's forward reads.
 pub(crate) struct ReadTensors<'a> {
-    /// Read in every layer, as `blk.N.{name}.weight` for `N` in `0..n_layers`.
+    /// Read in every layer, as `blk.N.{name}.weight` for `N` in `0..n_layers`, or as
+    /// `blk.N.{name}` when the name already ends in `.bias`.
     pub layer: &'a [&'a str],
     /// Read outside the layers, by full name.
     pub model: &'a [&'a str],
@@ -23,7 +24,9 @@ impl ReadTensors<'_> {
         let Some(rest) = name.strip_prefix("blk.") else { return false };
         let Some((layer, tensor)) = rest.split_once('.') else { return false };
         let in_range = layer.parse::<usize>().is_ok_and(|l| l < self.n_layers && layer == l.to_string());
-        in_range && tensor.strip_suffix(".weight").is_some_and(|t| self.layer.contains(&t))
+        let listed = |t: &str| self.layer.contains(&t);
+        in_range
+            && (tensor.strip_suffix(".weight").is_some_and(listed) || (tensor.ends_with(".bias") && listed(tensor)))
     }
 
     /// Errors on the first tensor of the file not read, with `message(name)` as the reason.

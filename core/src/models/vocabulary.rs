@@ -5,6 +5,7 @@
 use crate::models::elementwise::rms_norm_rows;
 use crate::models::rows::RowInfo;
 use crate::models::step::StepScratch;
+use crate::models::weights::Weights;
 use crate::models::SeqChunk;
 use crate::quant::QMatrix;
 use crate::threadpool::ThreadPool;
@@ -21,6 +22,16 @@ pub(crate) struct Vocabulary {
 }
 
 impl Vocabulary {
+    /// Reads `token_embd.weight` and `output.weight` (optional: tied to the embedding when
+    /// absent), both `vocab_size × hidden`, and `output_norm.weight`.
+    pub fn load(w: &Weights<'_>, vocab_size: usize, hidden: usize) -> crate::Result<Self> {
+        Ok(Self {
+            token_embedding: w.matrix("token_embd.weight", vocab_size, hidden)?,
+            output_norm: w.vector("output_norm.weight", hidden)?,
+            output: w.optional_matrix("output.weight", vocab_size, hidden)?,
+        })
+    }
+
     /// Writes each row's token embedding into its row of `x` (`hidden` values per row).
     pub fn embed(&self, rows: &[RowInfo], x: &mut [f32], hidden: usize) {
         for (row, x) in rows.iter().zip(x.chunks_exact_mut(hidden)) {

@@ -1,7 +1,7 @@
 //! Shared helpers for the integration tests: where the real models live.
 #![allow(dead_code)]
 
-pub mod tiny_reference;
+pub mod reference;
 
 use std::path::PathBuf;
 

@@ -63,7 +63,50 @@ fn strings(items: &[&str]) -> Value {
     Value::Array(items.iter().map(|s| Value::String(s.to_string())).collect())
 }
 
+/// `loaded` is a model-load error whose message contains every one of `needles`.
+pub fn assert_load_refused<T: std::fmt::Debug>(loaded: Result<T, cortexstream::Error>, needles: &[&str]) {
+    match loaded {
+        Err(cortexstream::Error::ModelLoad { message, .. }) => {
+            for needle in needles {
+                assert!(message.contains(needle), "{message:?} should name {needle:?}");
+            }
+        }
+        other => panic!("expected a load error naming {needles:?}, got {other:?}"),
+    }
+}
+
 impl GgufSpec {
+    /// The all-F32 tiny fixture of `family` (`tests/fixtures/{family}/tiny-f32.gguf`) as an
+    /// editable spec.
+    pub fn tiny_fixture(family: &str) -> Self {
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(family);
+        Self::from_f32_file(&path.join("tiny-f32.gguf"))
+    }
+
+    /// An existing all-F32 GGUF (a committed fixture) as an editable spec, its metadata sorted
+    /// by key.
+    pub fn from_f32_file(path: &std::path::Path) -> Self {
+        let gguf = cortexstream::gguf::GgufFile::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        let mut metadata: Vec<(String, Value)> = gguf.metadata().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        metadata.sort_by(|a, b| a.0.cmp(&b.0));
+        let tensors = gguf
+            .tensors()
+            .iter()
+            .map(|t| {
+                assert_eq!(t.ty, cortexstream::gguf::GgmlType::F32, "{}", t.name);
+                let (_, data) = gguf.tensor_bytes(&t.name).expect("tensor bytes");
+                TensorSpec {
+                    name: t.name.clone(),
+                    dims: t.dims.iter().map(|&d| d as u64).collect(),
+                    ty: F32,
+                    data: data.to_vec(),
+                    offset: None,
+                }
+            })
+            .collect();
+        Self { version: 3, metadata, tensors }
+    }
+
     /// A complete llama model the engine loads and runs (random weights: the text is noise):
     /// hidden size 32, 2 heads sharing 1 KV head, FFN 64; 75 KB.
     pub fn tiny_llama() -> Self {
@@ -129,48 +172,6 @@ impl GgufSpec {
         Self { version: 3, metadata, tensors }
     }
 
-    /// An existing GGUF whose tensors are all F32 (a tiny fixture), as an editable spec with its
-    /// metadata sorted by key.
-    pub fn from_f32_file(path: &std::path::Path) -> Self {
-        let gguf = cortexstream::gguf::GgufFile::open(path).expect("open the fixture");
-        let mut metadata: Vec<(String, Value)> = gguf.metadata().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        metadata.sort_by(|a, b| a.0.cmp(&b.0));
-        let tensors = gguf
-            .tensors()
-            .iter()
-            .map(|t| {
-                assert_eq!(t.ty, cortexstream::gguf::GgmlType::F32, "{}", t.name);
-                let (_, data) = gguf.tensor_bytes(&t.name).expect("tensor bytes");
-                TensorSpec {
-                    name: t.name.clone(),
-                    dims: t.dims.iter().map(|&d| d as u64).collect(),
-                    ty: F32,
-                    data: data.to_vec(),
-                    offset: None,
-                }
-            })
-            .collect();
-        Self { version: 3, metadata, tensors }
-    }
-
-    /// Loads the spec with `load` and asserts it fails with a model-load error whose message
-    /// contains every one of `needles`.
-    pub fn assert_refused<T: std::fmt::Debug>(
-        &self,
-        load: impl FnOnce(&cortexstream::gguf::GgufFile) -> cortexstream::Result<T>,
-        needles: &[&str],
-    ) {
-        let gguf = cortexstream::gguf::GgufFile::from_bytes("edited.gguf", self.to_bytes()).expect("a readable GGUF");
-        match load(&gguf) {
-            Err(cortexstream::Error::ModelLoad { message, .. }) => {
-                for needle in needles {
-                    assert!(message.contains(needle), "{message:?} should name {needle:?}");
-                }
-            }
-            other => panic!("expected a load error naming {needles:?}, got {other:?}"),
-        }
-    }
-
     /// Sets `key`, replacing an existing entry in place or appending a new one.
     pub fn set(&mut self, key: &str, value: Value) -> &mut Self {
         match self.metadata.iter_mut().find(|(k, _)| k == key) {
@@ -200,6 +201,11 @@ impl GgufSpec {
 
     fn alignment(&self) -> u64 {
         self.metadata.iter().find(|(k, _)| k == "general.alignment").and_then(|(_, v)| v.as_u64()).unwrap_or(32)
+    }
+
+    /// The spec as an opened in-memory GGUF.
+    pub fn to_gguf(&self) -> cortexstream::gguf::GgufFile {
+        cortexstream::gguf::GgufFile::from_bytes("edited.gguf", self.to_bytes()).expect("a readable GGUF")
     }
 
     /// The file's bytes. Tensor data follows the tensor directory, each tensor aligned.
