@@ -71,9 +71,7 @@ import tiny_reference as tiny  # noqa: E402
 
 LLAMA_SEED = 1234
 
-LLAMA_PROMPTS = [
-    "The quick brown fox jumps over the lazy dog while the cat sleeps near the warm fire.",
-    "def add(a, b):\n    return a + b  # 123 456\nprint(add(7, 35))",
+LLAMA_PROMPTS = tiny.SHARED_PROMPTS + [
     "Long context models scale rotary frequencies: tokens far back keep their order, near ones their detail.",
 ]
 
@@ -92,9 +90,7 @@ LLAMA3_PATTERN = (
 
 QWEN_SEED = 4321
 
-QWEN_PROMPTS = [
-    "The quick brown fox jumps over the lazy dog while the cat sleeps near the warm fire.",
-    "def add(a, b):\n    return a + b  # 123 456\nprint(add(7, 35))",
+QWEN_PROMPTS = tiny.SHARED_PROMPTS + [
     "Qwen keeps biases on queries, keys and values; Qwen 3 normalises each head before RoPE!",
 ]
 

@@ -33,9 +33,7 @@ import tiny_reference as tiny  # noqa: E402
 
 SEED = 1234
 
-PROMPTS = [
-    "The quick brown fox jumps over the lazy dog while the cat sleeps near the warm fire.",
-    "def add(a, b):\n    return a + b  # 123 456\nprint(add(7, 35))",
+PROMPTS = tiny.SHARED_PROMPTS + [
     "Gemma runs sliding windows: tokens far back fall out of the window, global layers keep them all.",
 ]
 

@@ -15,6 +15,13 @@ import torch
 
 VOCAB_SIZE = 384
 
+# The first two prompts of every tiny fixture (prose, and code with digits and newlines); each
+# family adds a third of its own.
+SHARED_PROMPTS = [
+    "The quick brown fox jumps over the lazy dog while the cat sleeps near the warm fire.",
+    "def add(a, b):\n    return a + b  # 123 456\nprint(add(7, 35))",
+]
+
 
 def training_text(prompts, words, seed):
     """Deterministic text for a tiny tokenizer: the prompts plus 400 lines of 12 random words."""
