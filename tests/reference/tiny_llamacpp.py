@@ -4,7 +4,7 @@ reference prompt of a tiny random-weight fixture (`tests/fixtures/{family}/refer
 made by `decoder_tiny.py` or `gemma3_tiny.py`), on the same converted GGUFs our engine
 loads (every `tiny-*.gguf` there). `check_llamacpp_agreement` in
 `core/tests/common/reference.rs` holds our forward to it (`core/tests/tiny_decoders.rs`,
-`qwen_reference.rs`), and the engine tests (`tiny_decoders.rs`, `qwen_engine.rs`) our greedy
+`qwen_reference.rs`, `gemma3_reference.rs`), and the engine tests (`tiny_decoders.rs`, `qwen_engine.rs`) our greedy
 tokens.
 
 The prompts go in as token ids (so the comparison is of the forward, not the tokenizer). Per
@@ -19,7 +19,7 @@ short factors as we do (the other families' results do not depend on it).
 
 Not run by CI (it needs the peer build): run it by hand after changing a tiny model.
 
-    python tests/reference/tiny_llamacpp.py llama3 mistral phi3 qwen2 qwen3 qwen2_q4_k_m \
+    python tests/reference/tiny_llamacpp.py gemma3 llama3 mistral phi3 qwen2 qwen3 qwen2_q4_k_m \
         [--bin ~/.cache/cortexstream/peer/build/bin]
 """
 
