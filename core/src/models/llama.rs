@@ -20,12 +20,11 @@ use std::sync::{Arc, Mutex};
 use crate::gguf::GgufFile;
 use crate::kv_cache::KvStorage;
 use crate::models::attention;
-use crate::models::elementwise::{add_in_place, rms_norm_rows, swiglu_rows};
-use crate::models::kv_write::store_keys_and_values;
+use crate::models::elementwise::{add_in_place, rms_norm_rows};
 use crate::models::metadata::{ArchKeys, MustBeOff, MAX_HEAD_DIM};
 use crate::models::rope::{self, RopeTable};
 use crate::models::stacked::StackedMatrix;
-use crate::models::step::StepScratch;
+use crate::models::step::{StepScratch, SwigluFfn};
 use crate::models::tensors::ReadTensors;
 use crate::models::vocabulary::Vocabulary;
 use crate::models::weights::{layer_tensor, Weights};
@@ -343,10 +342,7 @@ struct Layer {
     /// Wq, Wk and Wv stacked: gives `[q | k | v]` per row (one fused matmul when their types agree).
     qkv: StackedMatrix,
     attn_output: QMatrix,
-    ffn_norm: Vec<f32>,
-    /// Wgate and Wup stacked: gives `[gate | up]` per row.
-    gate_up: StackedMatrix,
-    down: QMatrix,
+    ffn: SwigluFfn,
 }
 
 /// A loaded llama-family model.
@@ -386,9 +382,11 @@ impl LlamaModel {
                     attn_norm: w.vector(&name("attn_norm"), c.hidden_size)?,
                     qkv,
                     attn_output: w.matrix(&name("attn_output"), c.hidden_size, c.q_dim())?,
-                    ffn_norm: w.vector(&name("ffn_norm"), c.hidden_size)?,
-                    gate_up,
-                    down: w.matrix(&name("ffn_down"), c.hidden_size, c.ffn_size)?,
+                    ffn: SwigluFfn {
+                        norm: w.vector(&name("ffn_norm"), c.hidden_size)?,
+                        gate_up,
+                        down: w.matrix(&name("ffn_down"), c.hidden_size, c.ffn_size)?,
+                    },
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -443,16 +441,9 @@ impl LlamaModel {
                 RopeStyle::Normal => rope::rotate_normal(&mut s.qkv, &geometry, rope),
                 RopeStyle::Neox => rope::rotate_neox(&mut s.qkv, &geometry, rope),
             }
-            store_keys_and_values(&s.qkv, &geometry, l, chunks, kv);
-            attention::attend(&mut s.attention, &geometry, l, c.span(), chunks, kv, &s.qkv, &mut s.attn, pool);
-            layer.attn_output.matmul(&s.attn, n, &mut s.projected, pool);
+            s.attend_and_project(&geometry, l, c.span(), chunks, kv, &layer.attn_output, pool);
             add_in_place(&mut s.x, &s.projected);
-
-            rms_norm_rows(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.normed, pool);
-            layer.gate_up.matmul(&s.normed, n, &mut s.gate_up, pool);
-            swiglu_rows(&s.gate_up, c.ffn_size, &mut s.ffn_hidden, pool);
-            layer.down.matmul(&s.ffn_hidden, n, &mut s.projected, pool);
-            add_in_place(&mut s.x, &s.projected);
+            s.add_swiglu_ffn(&layer.ffn, c.ffn_size, c.rms_eps, pool);
         }
 
         self.vocabulary.wanted_logits(chunks, c.rms_eps, s, logits, pool);
