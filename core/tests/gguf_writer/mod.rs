@@ -63,12 +63,14 @@ fn strings(items: &[&str]) -> Value {
     Value::Array(items.iter().map(|s| Value::String(s.to_string())).collect())
 }
 
-/// `loaded` is a model-load error whose message contains every one of `needles`.
+/// `loaded` is a model-load error whose text (`cannot load model {path}: {message}`) contains
+/// every one of `needles`.
 pub fn assert_load_refused<T: std::fmt::Debug>(loaded: Result<T, cortexstream::Error>, needles: &[&str]) {
     match loaded {
-        Err(cortexstream::Error::ModelLoad { message, .. }) => {
+        Err(err @ cortexstream::Error::ModelLoad { .. }) => {
+            let text = err.to_string();
             for needle in needles {
-                assert!(message.contains(needle), "{message:?} should name {needle:?}");
+                assert!(text.contains(needle), "{text:?} should name {needle:?}");
             }
         }
         other => panic!("expected a load error naming {needles:?}, got {other:?}"),
