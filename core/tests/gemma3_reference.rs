@@ -66,8 +66,8 @@ fn logits_are_bitwise_identical_alone_and_batched() {
 #[test]
 fn greedy_and_log_probabilities_match_llama_cpp() {
     let cases = [
-        PeerBounds { file: "tiny-f32.gguf", logprob: 0.005, min_steps_compared: 48 },
-        PeerBounds { file: "tiny-q8_0.gguf", logprob: 0.18, min_steps_compared: 48 },
+        PeerBounds { file: "tiny-f32.gguf", logprob: 0.005, runner_up_logprob: None, min_steps_compared: 48 },
+        PeerBounds { file: "tiny-q8_0.gguf", logprob: 0.18, runner_up_logprob: None, min_steps_compared: 48 },
     ];
     for bounds in &cases {
         check_llamacpp_agreement("gemma3", bounds);

@@ -79,10 +79,16 @@ fn logits_are_bitwise_identical_alone_and_batched() {
 #[test]
 fn greedy_and_log_probabilities_match_llama_cpp() {
     let cases = [
-        ("qwen2", PeerBounds { file: "tiny-f32.gguf", logprob: 0.02, min_steps_compared: 46 }),
-        ("qwen2", PeerBounds { file: "tiny-q8_0.gguf", logprob: 0.35, min_steps_compared: 46 }),
-        ("qwen3", PeerBounds { file: "tiny-f32.gguf", logprob: 0.02, min_steps_compared: 35 }),
-        ("qwen3", PeerBounds { file: "tiny-q8_0.gguf", logprob: 0.35, min_steps_compared: 30 }),
+        ("qwen2", PeerBounds { file: "tiny-f32.gguf", logprob: 0.02, runner_up_logprob: None, min_steps_compared: 46 }),
+        (
+            "qwen2",
+            PeerBounds { file: "tiny-q8_0.gguf", logprob: 0.35, runner_up_logprob: None, min_steps_compared: 46 },
+        ),
+        ("qwen3", PeerBounds { file: "tiny-f32.gguf", logprob: 0.02, runner_up_logprob: None, min_steps_compared: 35 }),
+        (
+            "qwen3",
+            PeerBounds { file: "tiny-q8_0.gguf", logprob: 0.35, runner_up_logprob: None, min_steps_compared: 30 },
+        ),
     ];
     for (family, bounds) in &cases {
         check_llamacpp_agreement(family, bounds);
@@ -103,7 +109,7 @@ fn greedy_and_log_probabilities_match_llama_cpp() {
 fn q4_k_m_file_matches_llama_cpp_and_transformers() {
     check_llamacpp_agreement(
         "qwen2_q4_k_m",
-        &PeerBounds { file: "tiny-q4_k_m.gguf", logprob: 0.45, min_steps_compared: 48 },
+        &PeerBounds { file: "tiny-q4_k_m.gguf", logprob: 0.45, runner_up_logprob: None, min_steps_compared: 48 },
     );
     check_logits("qwen2_q4_k_m", &Bounds { file: "tiny-q4_k_m.gguf", mean: 0.6, max: 3.3, min_top1_positions: 3 });
 }
