@@ -67,6 +67,8 @@ fn greedy_tokens_are_the_same_alone_and_among_others() {
     common::wait_idle(&engine);
     let m = engine.metrics();
     assert_eq!(m.kv_blocks_free, m.kv_blocks_total, "every block is back");
+    assert!(m.kv_sliding_blocks_total > 0, "the sliding layers have a pool of their own");
+    assert_eq!(m.kv_sliding_blocks_free, m.kv_sliding_blocks_total, "every sliding block is back");
 }
 
 #[test]

@@ -74,8 +74,13 @@ fn logits_in_chunks(model: &Gemma3Model, tokens: &[u32], chunk_size: usize) -> V
     let mut start = 0;
     while start < tokens.len() {
         let len = chunk_size.min(tokens.len() - start);
-        let chunk =
-            SeqChunk { tokens: &tokens[start..start + len], start_pos: start, block_table: &table, want_logits: true };
+        let chunk = SeqChunk {
+            tokens: &tokens[start..start + len],
+            start_pos: start,
+            block_table: &table,
+            sliding_block_table: &[],
+            want_logits: true,
+        };
         model.forward(&[chunk], &mut kv, &mut logits).expect("forward");
         start += len;
         out.push((start - 1, logits.clone()));
@@ -224,6 +229,7 @@ fn run(model: &Gemma3Model, prompts: &[Vec<u32>], schedule: &[Vec<usize>], decod
                     tokens: &s.tokens[s.computed..s.computed + lens[i]],
                     start_pos: s.computed,
                     block_table: &s.table,
+                    sliding_block_table: &[],
                     want_logits: s.computed + lens[i] == s.tokens.len(),
                 }
             })
