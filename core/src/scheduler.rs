@@ -359,8 +359,8 @@ impl Scheduler {
                 // Reuse cached full blocks of the prompt, but always leave the last token to
                 // compute: its logits are what the next token is sampled from.
                 let max_blocks = (seq.tokens.len() - 1) / block_size;
-                let (blocks, mut last_hash) = self.allocator.acquire_prefix(&seq.tokens, max_blocks);
-                let mut blocks = blocks;
+                let (mut blocks, mut last_hash) = self.allocator.acquire_prefix(&seq.tokens, max_blocks);
+                // Sliding layers need the window before the reuse point too (maybe less reuse).
                 if let Some(sliding) = &self.sliding {
                     (blocks, last_hash, seq.sliding_blocks) = sliding.reuse(&seq.tokens, blocks);
                 }
