@@ -697,11 +697,11 @@ mod tests {
             let (plan, _) = s.schedule();
             let chunk = plan[0];
             let seq = &s.running[0];
-            let sliding = s.sliding.as_ref().unwrap();
             assert!(seq.sliding_blocks.held() <= 4, "{} sliding blocks at {}", seq.sliding_blocks.held(), chunk.start);
             assert_eq!(seq.blocks.len(), (chunk.start + chunk.len).div_ceil(4));
-            // Every block the chunk's positions attend to is held.
-            let first = sliding.first_needed_block(chunk.start);
+            // Every block the chunk's positions attend to is held: the first position attends
+            // from `start + 1 - window`.
+            let first = (chunk.start + 1).saturating_sub(8) / 4;
             assert_eq!(seq.sliding_blocks.released(), first, "given back exactly before the window");
             assert!(seq.sliding_blocks[first..].iter().all(|&b| b != crate::kv_cache::RELEASED_BLOCK));
             s.mark_computed(&plan);
