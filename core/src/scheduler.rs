@@ -733,6 +733,31 @@ mod tests {
     }
 
     #[test]
+    fn a_sequence_short_of_sliding_blocks_preempts_the_newest_which_resumes_later() {
+        // 4 sliding blocks: two 8-token prompts take 2 each; the older one's first decode needs
+        // a third (window 8), so the newer one is preempted though the global pool has room.
+        let mut s = sliding_scheduler(100, 64, 4, 8);
+        s.enqueue(seq(1, 0, (0..8).collect()));
+        s.enqueue(seq(2, 0, (100..108).collect()));
+        step(&mut s);
+        let (plan, report) = s.schedule();
+        assert_eq!(report.preempted, 1);
+        assert!(report.out_of_space.is_empty());
+        assert_eq!((s.running.len(), s.running[0].id, plan.len()), (1, 1, 1));
+        assert!(s.allocator.available() > 32, "the global pool is not what ran out");
+        s.mark_computed(&plan);
+        // Once the first ends, the second resumes with its sampled token. Its global blocks are
+        // cached, but the first's decode took the least recently used of its cached sliding
+        // blocks (its first), which the window at position 8 needs: it recomputes everything.
+        s.remove_where(|q| q.id == 1);
+        let (plan, _) = s.schedule();
+        assert_eq!((s.running[0].id, s.running[0].tokens.len()), (2, 9));
+        assert_eq!((plan[0].start, plan[0].len), (0, 9));
+        s.remove_where(|_| true);
+        assert_eq!((s.allocator.available(), sliding_available(&s)), (64, 4));
+    }
+
+    #[test]
     fn a_prefix_hit_reuses_the_cached_window_of_sliding_blocks() {
         let mut s = sliding_scheduler(100, 64, 16, 8);
         let prompt: Vec<u32> = (0..20).collect();
