@@ -382,9 +382,26 @@ pub struct OutOfBlocks;
 
 impl BlockAllocator {
     pub fn new(num_blocks: usize, block_size: usize) -> Self {
+        Self::with_policy(num_blocks, block_size, false)
+    }
+
+    /// An allocator that hands out a block used before (evicting the least recently used
+    /// cached one if no such block is free) rather than one never used, so the memory that is
+    /// resident (the storage is zero-allocated: a block's pages are mapped when first written)
+    /// stays at the blocks in use plus what the cache keeps. For the sliding-window pool: the
+    /// blocks a long sequence gives back are reused by its next ones instead of walking the
+    /// whole pool. Cached blocks are then kept only until space is needed, instead of until
+    /// no never-used block is left.
+    pub fn new_reusing_first(num_blocks: usize, block_size: usize) -> Self {
+        Self::with_policy(num_blocks, block_size, true)
+    }
+
+    fn with_policy(num_blocks: usize, block_size: usize, reuse_first: bool) -> Self {
         assert!(num_blocks > 0 && block_size > 0, "KV cache needs at least one block of one slot");
         let pool = BlockPool {
             block_size,
+            never_used: num_blocks,
+            reuse_first,
             ref_count: vec![0; num_blocks],
             // Reversed so that block 0 is handed out first (easier to read in debugging).
             free: (0..num_blocks as u32).rev().collect(),
@@ -420,6 +437,12 @@ impl BlockAllocator {
     /// Blocks holding nothing and registered nowhere.
     pub fn free_blocks(&self) -> usize {
         self.pool().free.len()
+    }
+
+    /// Blocks handed out at least once (the others' memory was never touched).
+    pub fn blocks_ever_used(&self) -> usize {
+        let pool = self.pool();
+        pool.ref_count.len() - pool.never_used
     }
 
     /// Blocks a sequence of `tokens` positions needs.
@@ -486,6 +509,12 @@ impl BlockAllocator {
 /// The allocator's state (see [`BlockAllocator`]).
 struct BlockPool {
     block_size: usize,
+    /// The bottom `never_used` entries of `free` were never handed out (blocks returned are
+    /// pushed above them).
+    never_used: usize,
+    /// Evict a cached block before handing out a never-used one (see
+    /// [`BlockAllocator::new_reusing_first`]).
+    reuse_first: bool,
     ref_count: Vec<u32>,
     free: Vec<u32>,
     cached: Vec<Option<CachedBlock>>,
@@ -512,18 +541,32 @@ impl BlockPool {
             return Err(OutOfBlocks);
         }
         for _ in 0..count {
-            let block = match self.free.pop() {
-                Some(b) => b,
-                None => self.evict_one(),
-            };
+            let block = self.take_block();
             self.ref_count[block as usize] = 1;
             blocks.push(block);
         }
         Ok(())
     }
 
-    /// Reclaims the least recently used cached leaf. Only called when no block is free and
-    /// `available()` said an idle cached block exists, so a leaf exists too: the subtree of an
+    /// The next block to hand out: a free block used before, then (with `reuse_first`) a
+    /// cached one, then a never-used one, then a cached one. `available()` must be positive.
+    fn take_block(&mut self) -> u32 {
+        let used_before_is_free = self.free.len() > self.never_used;
+        if !used_before_is_free && self.reuse_first && self.idle_cached > 0 {
+            return self.evict_one();
+        }
+        match self.free.pop() {
+            Some(block) => {
+                self.never_used = self.never_used.min(self.free.len());
+                block
+            }
+            None => self.evict_one(),
+        }
+    }
+
+    /// Reclaims the least recently used cached leaf. Only called when an idle cached block
+    /// exists (no block is free and `available()` said so, or `reuse_first` checked), so a leaf
+    /// exists too: the subtree of an
     /// idle cached block is idle (see [`BlockAllocator`]), and its deepest block is a leaf.
     fn evict_one(&mut self) -> u32 {
         let Some((_, block)) = self.evictable.pop_first() else {
@@ -796,6 +839,35 @@ mod tests {
         assert_eq!((table.len(), table.held(), a.free_blocks()), (4, 1, 5));
         drop(table);
         assert_eq!(a.free_blocks(), 6);
+    }
+
+    /// A sequence walking `steps` blocks while holding at most `window` of them (each full
+    /// block registered as the sliding pool does), on `a`.
+    fn walk_a_window(a: &BlockAllocator, steps: usize, window: usize) {
+        let mut table = BlockTable::new();
+        let mut parent = None;
+        for i in 0..steps {
+            a.allocate_into(&mut table, 1).unwrap();
+            let tokens = [i as u32, 0];
+            a.register_window_block(&table, i, parent, &tokens);
+            parent = Some(block_hash(parent, &tokens));
+            table.release_before((i + 1).saturating_sub(window));
+            assert!(table.held() <= window);
+        }
+    }
+
+    #[test]
+    fn a_reusing_first_pool_keeps_a_walking_window_in_the_blocks_it_already_used() {
+        let a = BlockAllocator::new_reusing_first(64, 2);
+        walk_a_window(&a, 100, 3);
+        // Three held, the fourth allocation found nothing cached yet; from then on each new
+        // block is the least recently given-back one.
+        assert_eq!(a.blocks_ever_used(), 4);
+        // The default policy keeps cached blocks while never-used ones are left: the walk
+        // touches the whole pool.
+        let b = BlockAllocator::new(64, 2);
+        walk_a_window(&b, 100, 3);
+        assert_eq!(b.blocks_ever_used(), 64);
     }
 
     #[test]

@@ -499,7 +499,7 @@ mod tests {
 
     /// Blocks of 4 slots, `sliding_blocks` of them for sliding layers with `window`.
     fn sliding_scheduler(budget: usize, blocks: usize, sliding_blocks: usize, window: usize) -> Scheduler {
-        let sliding = SlidingPool { allocator: BlockAllocator::new(sliding_blocks, 4), window };
+        let sliding = SlidingPool { allocator: BlockAllocator::new_reusing_first(sliding_blocks, 4), window };
         scheduler(4, budget, blocks).with_sliding_pool(sliding)
     }
 
@@ -710,6 +710,9 @@ mod tests {
             }
         }
         assert_eq!(s.running[0].computed, 41 + 30 - 11, "11 prefill steps, then a decode each");
+        // The blocks given back were reused: the rest of the 64-block pool was never touched.
+        let ever_used = s.sliding.as_ref().unwrap().allocator.blocks_ever_used();
+        assert!(ever_used <= 4, "{ever_used} sliding blocks touched for one sequence");
         s.remove_where(|_| true);
         assert_eq!((s.allocator.available(), sliding_available(&s)), (64, 64), "both pools are whole again");
     }
