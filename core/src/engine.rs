@@ -520,9 +520,7 @@ impl Engine {
             BlockAllocator::new(num_blocks, config.block_size),
         );
         if let (Some(window), Some(blocks)) = (mc.sliding_window, sliding_blocks) {
-            // Reusing given-back blocks first keeps a long sequence's resident sliding KV at its
-            // window instead of the whole pool (see `new_reusing_first`).
-            let allocator = BlockAllocator::new_reusing_first(blocks, config.block_size);
+            let allocator = BlockAllocator::new(blocks, config.block_size);
             scheduler = scheduler.with_sliding_pool(SlidingPool { allocator, window });
         }
         let (commands, command_rx) = crossbeam_channel::unbounded();

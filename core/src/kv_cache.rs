@@ -305,14 +305,16 @@ impl BlockTable {
 
     /// Gives back the blocks of entries `..index` (those not given back yet); their entries
     /// become [`RELEASED_BLOCK`]. For a sliding-window table, whose positions before the
-    /// window are never read again.
+    /// window are never read again. Cached ones among them are the first reused when a block
+    /// is needed (see [`BlockAllocator`]), so a long sequence keeps reusing the memory of its
+    /// window instead of touching new blocks.
     pub fn release_before(&mut self, index: usize) {
         let index = index.min(self.blocks.len());
         if index <= self.released {
             return;
         }
         if let Some(pool) = &self.pool {
-            lock(pool).release_all(&self.blocks[self.released..index]);
+            lock(pool).release_slid_out(&self.blocks[self.released..index]);
         }
         self.blocks[self.released..index].fill(RELEASED_BLOCK);
         self.released = index;
@@ -382,26 +384,11 @@ pub struct OutOfBlocks;
 
 impl BlockAllocator {
     pub fn new(num_blocks: usize, block_size: usize) -> Self {
-        Self::with_policy(num_blocks, block_size, false)
-    }
-
-    /// An allocator that hands out a block used before (evicting the least recently used
-    /// cached one if no such block is free) rather than one never used, so the memory that is
-    /// resident (the storage is zero-allocated: a block's pages are mapped when first written)
-    /// stays at the blocks in use plus what the cache keeps. For the sliding-window pool: the
-    /// blocks a long sequence gives back are reused by its next ones instead of walking the
-    /// whole pool. Cached blocks are then kept only until space is needed, instead of until
-    /// no never-used block is left.
-    pub fn new_reusing_first(num_blocks: usize, block_size: usize) -> Self {
-        Self::with_policy(num_blocks, block_size, true)
-    }
-
-    fn with_policy(num_blocks: usize, block_size: usize, reuse_first: bool) -> Self {
         assert!(num_blocks > 0 && block_size > 0, "KV cache needs at least one block of one slot");
         let pool = BlockPool {
             block_size,
             never_used: num_blocks,
-            reuse_first,
+            slid_out: BTreeMap::new(),
             ref_count: vec![0; num_blocks],
             // Reversed so that block 0 is handed out first (easier to read in debugging).
             free: (0..num_blocks as u32).rev().collect(),
@@ -512,9 +499,9 @@ struct BlockPool {
     /// The bottom `never_used` entries of `free` were never handed out (blocks returned are
     /// pushed above them).
     never_used: usize,
-    /// Evict a cached block before handing out a never-used one (see
-    /// [`BlockAllocator::new_reusing_first`]).
-    reuse_first: bool,
+    /// Idle cached blocks a sliding-window table gave back as they left its window
+    /// ([`BlockTable::release_before`]), by last use: reused before any never-used block.
+    slid_out: BTreeMap<u64, u32>,
     ref_count: Vec<u32>,
     free: Vec<u32>,
     cached: Vec<Option<CachedBlock>>,
@@ -548,12 +535,15 @@ impl BlockPool {
         Ok(())
     }
 
-    /// The next block to hand out: a free block used before, then (with `reuse_first`) a
-    /// cached one, then a never-used one, then a cached one. `available()` must be positive.
+    /// The next block to hand out: a free block used before, then a cached block that slid
+    /// out of a window, then a never-used block, then the least recently used cached block.
+    /// `available()` must be positive.
     fn take_block(&mut self) -> u32 {
         let used_before_is_free = self.free.len() > self.never_used;
-        if !used_before_is_free && self.reuse_first && self.idle_cached > 0 {
-            return self.evict_one();
+        if !used_before_is_free {
+            if let Some((_, block)) = self.slid_out.pop_first() {
+                return self.reclaim(block);
+            }
         }
         match self.free.pop() {
             Some(block) => {
@@ -564,14 +554,25 @@ impl BlockPool {
         }
     }
 
-    /// Reclaims the least recently used cached leaf. Only called when an idle cached block
-    /// exists (no block is free and `available()` said so, or `reuse_first` checked), so a leaf
-    /// exists too: the subtree of an
+    /// Reclaims the least recently used cached leaf. Only called when no block is free and
+    /// `available()` said an idle cached block exists, so a leaf exists too: the subtree of an
     /// idle cached block is idle (see [`BlockAllocator`]), and its deepest block is a leaf.
     fn evict_one(&mut self) -> u32 {
-        let Some((_, block)) = self.evictable.pop_first() else {
+        let oldest_slid_out = self.slid_out.first_key_value().map(|(&k, _)| k);
+        let oldest_other = self.evictable.first_key_value().map(|(&k, _)| k);
+        let order = match (oldest_slid_out, oldest_other) {
+            (Some(s), Some(o)) if s < o => &mut self.slid_out,
+            (Some(_), None) => &mut self.slid_out,
+            _ => &mut self.evictable,
+        };
+        let Some((_, block)) = order.pop_first() else {
             unreachable!("an idle cached block always has an idle cached leaf")
         };
+        self.reclaim(block)
+    }
+
+    /// Takes an idle cached block out of the cache to hand it out.
+    fn reclaim(&mut self, block: u32) -> u32 {
         self.idle_cached -= 1;
         self.forget(block);
         block
@@ -580,13 +581,21 @@ impl BlockPool {
     /// Drops one reference to each block of a table.
     fn release_all(&mut self, table: &[u32]) {
         for &block in table {
-            self.release(block);
+            self.release(block, false);
+        }
+    }
+
+    /// Drops one reference to each block that slid out of a sliding-window table's window.
+    fn release_slid_out(&mut self, blocks: &[u32]) {
+        for &block in blocks {
+            self.release(block, true);
         }
     }
 
     /// Drops one reference to `block`. The last reference returns it to the free stack, or
-    /// keeps it as an idle cached block when its contents are registered.
-    fn release(&mut self, block: u32) {
+    /// keeps it as an idle cached block when its contents are registered (first in line for
+    /// reuse if it `slid_out` of a window).
+    fn release(&mut self, block: u32, slid_out: bool) {
         let b = block as usize;
         debug_assert!(self.ref_count[b] > 0, "block {block} released more often than acquired");
         self.ref_count[b] = self.ref_count[b].saturating_sub(1);
@@ -601,7 +610,8 @@ impl BlockPool {
         self.last_use[b] = self.clock;
         self.idle_cached += 1;
         if self.cached_children[b] == 0 {
-            self.evictable.insert(self.clock, block);
+            let order = if slid_out { &mut self.slid_out } else { &mut self.evictable };
+            order.insert(self.clock, block);
         }
     }
 
@@ -651,7 +661,10 @@ impl BlockPool {
         let b = block as usize;
         if self.ref_count[b] == 0 {
             self.idle_cached -= 1;
-            self.evictable.remove(&self.last_use[b]);
+            let key = self.last_use[b];
+            if self.evictable.remove(&key).is_none() {
+                self.slid_out.remove(&key);
+            }
         }
         self.ref_count[b] += 1;
     }
@@ -841,33 +854,39 @@ mod tests {
         assert_eq!(a.free_blocks(), 6);
     }
 
-    /// A sequence walking `steps` blocks while holding at most `window` of them (each full
-    /// block registered as the sliding pool does), on `a`.
-    fn walk_a_window(a: &BlockAllocator, steps: usize, window: usize) {
+    /// A sequence walking `steps` blocks of 2 tokens while holding at most `window` of them
+    /// (each block registered as the sliding pool does), on `a`: its table and its tokens'
+    /// block contents.
+    fn walk_a_window(a: &BlockAllocator, steps: usize, window: usize) -> (BlockTable, Vec<CachedContents<'static>>) {
+        let tokens: &'static [u32] = Vec::leak((0..2 * steps as u32).collect());
+        let contents = prefix_contents(tokens, 2, steps);
         let mut table = BlockTable::new();
-        let mut parent = None;
-        for i in 0..steps {
+        for (i, c) in contents.iter().enumerate() {
             a.allocate_into(&mut table, 1).unwrap();
-            let tokens = [i as u32, 0];
-            a.register_window_block(&table, i, parent, &tokens);
-            parent = Some(block_hash(parent, &tokens));
+            a.register_window_block(&table, i, c.parent, c.tokens);
             table.release_before((i + 1).saturating_sub(window));
             assert!(table.held() <= window);
         }
+        (table, contents)
     }
 
     #[test]
-    fn a_reusing_first_pool_keeps_a_walking_window_in_the_blocks_it_already_used() {
-        let a = BlockAllocator::new_reusing_first(64, 2);
-        walk_a_window(&a, 100, 3);
-        // Three held, the fourth allocation found nothing cached yet; from then on each new
-        // block is the least recently given-back one.
+    fn a_walking_window_reuses_its_slid_out_blocks_and_a_finished_window_stays_cached() {
+        let a = BlockAllocator::new(64, 2);
+        let (table, contents) = walk_a_window(&a, 100, 3);
+        // Three held, the fourth allocation found nothing slid out yet; from then on each new
+        // block is the least recently slid-out one: 60 blocks were never touched.
         assert_eq!(a.blocks_ever_used(), 4);
-        // The default policy keeps cached blocks while never-used ones are left: the walk
-        // touches the whole pool.
-        let b = BlockAllocator::new(64, 2);
-        walk_a_window(&b, 100, 3);
-        assert_eq!(b.blocks_ever_used(), 64);
+        // A finished sequence's window is kept like any cached prefix: new blocks come from
+        // what slid out (one block left), then from the never-used ones while there are some.
+        let window = table[97..].to_vec();
+        drop(table);
+        let other = take(&a, 10);
+        assert_eq!(a.blocks_ever_used(), 4 + 9);
+        let reused = a.acquire_window(97, &contents[97..100]).expect("the finished window is still cached");
+        assert_eq!(&reused[97..], &window[..]);
+        drop((other, reused));
+        assert_eq!(take(&a, 64).len(), 64, "every idle block can be handed out again");
     }
 
     #[test]

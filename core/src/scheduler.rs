@@ -499,7 +499,7 @@ mod tests {
 
     /// Blocks of 4 slots, `sliding_blocks` of them for sliding layers with `window`.
     fn sliding_scheduler(budget: usize, blocks: usize, sliding_blocks: usize, window: usize) -> Scheduler {
-        let sliding = SlidingPool { allocator: BlockAllocator::new_reusing_first(sliding_blocks, 4), window };
+        let sliding = SlidingPool { allocator: BlockAllocator::new(sliding_blocks, 4), window };
         scheduler(4, budget, blocks).with_sliding_pool(sliding)
     }
 
