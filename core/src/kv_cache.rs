@@ -262,6 +262,13 @@ struct CachedBlock {
 /// block in use keeps its parent in use, so every idle cached block can be reclaimed
 /// (leaves first) and counts as available.
 ///
+/// A sliding-window pool's blocks are registered on their own, found by hash, never by
+/// walking a chain ([`Self::register_window_block`]). Those a table gives back as they leave
+/// its window ([`BlockTable::release_before`]) are handed out again before any block that was
+/// never used (whose memory was never touched): a long sequence keeps reusing about a window
+/// of blocks instead of walking the pool, while a finished sequence's last window stays
+/// cached, like any prefix, until no never-used block is left.
+///
 /// Allocating from and returning to the free stack is O(1); evicting a cached block is
 /// O(log n) in the number of cached blocks.
 #[derive(Clone)]
