@@ -7,7 +7,10 @@ import math
 PREFIX = "cortexstream"
 
 #: Snapshot fields that go up and down; every other number only grows (a counter).
-GAUGES = frozenset({"queue_depth", "running", "kv_blocks_total", "kv_blocks_free"})
+GAUGES = frozenset({
+    "queue_depth", "running", "kv_blocks_total", "kv_blocks_free",
+    "kv_sliding_blocks_total", "kv_sliding_blocks_free",
+})
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

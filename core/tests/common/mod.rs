@@ -72,7 +72,8 @@ pub fn wait_idle(engine: &cortexstream::Engine) {
 }
 
 /// An engine that must have every KV block back when the test using it ends: dropping the
-/// guard waits for the engine to be idle, then asserts `kv_blocks_free == kv_blocks_total`.
+/// guard waits for the engine to be idle, then asserts `kv_blocks_free == kv_blocks_total`, and
+/// the same of the sliding-window pool (`kv_sliding_blocks_*`).
 /// Every engine test wraps the engine it uses, e.g. `let engine = AllBlocksFreeAfter(engine());`.
 /// (Skipped when the test already failed, so its own message is the one reported.)
 pub struct AllBlocksFreeAfter<E: std::borrow::Borrow<cortexstream::Engine>>(pub E);
@@ -92,5 +93,9 @@ impl<E: std::borrow::Borrow<cortexstream::Engine>> Drop for AllBlocksFreeAfter<E
         wait_idle(self);
         let m = self.metrics();
         assert_eq!(m.kv_blocks_free, m.kv_blocks_total, "the test left KV blocks allocated: {m:?}");
+        assert_eq!(
+            m.kv_sliding_blocks_free, m.kv_sliding_blocks_total,
+            "the test left sliding-window KV blocks allocated: {m:?}"
+        );
     }
 }
