@@ -4,7 +4,7 @@ model, ask it for token ids (`/tokenize`) and greedy completions with top-2 log-
 (`/completion` with `n_probs`), stop it.
 
 Each prompt's record: llama.cpp's prompt token ids (with BOS as `/completion` adds it), its
-greedy token ids and, per position, its top-2 log-probabilities (from the raw logits), plus the
+greedy token ids and, per position, its top log-probabilities (from the raw logits), plus the
 first position where those two are a near tie (`near_tie_at`): greedy outputs of two correct
 engines may part there, so the Rust tests compare free-running ids only before it.
 """
@@ -83,7 +83,7 @@ class Server:
     def tokenize(self, text: str) -> list[int]:
         return post(self.port, "/tokenize", {"content": text, "add_special": True})["tokens"]
 
-    def greedy(self, prompt: str, n_predict: int, near_tie: float) -> dict[str, Any]:
+    def greedy(self, prompt: str, n_predict: int, near_tie: float, n_probs: int) -> dict[str, Any]:
         reply = post(
             self.port,
             "/completion",
@@ -91,7 +91,7 @@ class Server:
                 "prompt": prompt,
                 "n_predict": n_predict,
                 "temperature": 0,
-                "n_probs": 2,
+                "n_probs": n_probs,
                 "cache_prompt": False,
                 "return_tokens": True,
             },
@@ -144,15 +144,22 @@ def serving(bin_dir: Path, model: Path) -> Iterator[Server]:
 
 
 def greedy_reference(
-    server: Server, prompts: list[str], n_predict: int, near_tie: float, tokenize_only: list[str]
+    server: Server,
+    prompts: list[str],
+    n_predict: int,
+    near_tie: float,
+    tokenize_only: list[str],
+    n_probs: int = 2,
 ) -> dict[str, Any]:
-    """The fixture fields both scripts share, from one running server."""
+    """The fixture fields both scripts share, from one running server. `n_probs` is how many
+    of llama.cpp's top log-probabilities each step records: more than 2 lets a test accept any
+    of several near-tied tokens at the first near tie, not just the top two."""
     return {
         "llama_cpp_build": server.build,
         "llama_cpp_source": SOURCE,
         "server_flags": server.flags,
         "near_tie": near_tie,
-        "prompts": [server.greedy(p, n_predict, near_tie) for p in prompts],
+        "prompts": [server.greedy(p, n_predict, near_tie, n_probs) for p in prompts],
         "tokenize": [{"text": t, "ids": server.tokenize(t)} for t in tokenize_only],
     }
 

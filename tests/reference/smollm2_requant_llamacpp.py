@@ -5,7 +5,7 @@ requantizer (`cortexstream::quant::quantize`) and our engine to.
 
 For each preset: every tensor of llama-quantize's output (name, ggml type, dims, sha256 of its
 data), and llama.cpp's greedy output on that file (`llamacpp_server.py`: prompt ids, 32 greedy
-ids, top-2 log-probabilities per position, first near-tie position). CI never runs llama.cpp:
+ids, top-5 log-probabilities per position, first near-tie position). CI never runs llama.cpp:
 our requantizer rebuilds the files from the Q4_1 source, and the test checks each tensor
 against these hashes before running the engine on them.
 
@@ -36,10 +36,18 @@ FIXTURE = REPO / "tests" / "fixtures" / "smollm2_requant_llamacpp.json"
 SOURCE_ENTRY = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PRESETS = ["Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0"]
 N_PREDICT = 32
-NEAR_TIE = 0.35
-"""Top-two log-probability gap under which two correct engines may pick differently (both
-quantize activations to 8 bits, each its own way): the same cut as for Gemma 3
-(`gemma3_llamacpp.py` explains it)."""
+N_PROBS = 5
+"""Top log-probabilities recorded per step: SmolLM2's distributions are flat, so a near tie is
+often among three or more tokens, any of which a correct engine may pick."""
+NEAR_TIE = 1.0
+"""Top-two log-probability gap under which two correct engines may pick differently. Both
+quantize activations to 8 bits before each quantized matmul, each its own way, and this small
+model has sensitive positions: measured on these prompts (teacher-forced on llama.cpp's ids,
+all four files), a token's log-probability differs by up to 0.58 between llama.cpp and
+cortexstream (Q5_K_M, "1, 2, 3, ..." position 1, where a float64 forward on the same
+dequantized weights lies between them: llama.cpp 0.23 from it, cortexstream 0.35), and their
+picks part at a llama.cpp gap of 0.85 there; every other position differs by at most 0.39. The
+Gemma 3 cut (0.35) would call that noise a mismatch; 1.0 keeps a margin above 0.85."""
 
 PROMPTS = [
     "The capital of France is",
@@ -94,7 +102,7 @@ def main() -> None:
             requantize(args.bin, args.source, out, preset)
             with llamacpp_server.serving(args.bin, out) as server:
                 reference = llamacpp_server.greedy_reference(
-                    server, PROMPTS, N_PREDICT, NEAR_TIE, TOKENIZE_ONLY if not tokenize else []
+                    server, PROMPTS, N_PREDICT, NEAR_TIE, TOKENIZE_ONLY if not tokenize else [], N_PROBS
                 )
             tokenize = tokenize or reference.pop("tokenize")
             reference.pop("tokenize", None)

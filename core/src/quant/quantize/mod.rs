@@ -14,6 +14,8 @@ mod kquants;
 mod legacy;
 mod preset;
 mod source;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 
