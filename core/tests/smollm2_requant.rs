@@ -104,6 +104,21 @@ fn file_differences(preset: Preset, file: &GgufFile) -> Vec<String> {
     differences(preset, tensors)
 }
 
+/// The hash the fixture comparisons rest on is SHA-256.
+#[test]
+fn sha256_matches_the_standard_test_vectors() {
+    assert_eq!(hex_digest(b""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    assert_eq!(hex_digest(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    assert_eq!(
+        hex_digest(b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
+        "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
+    );
+    assert_eq!(
+        hex_digest(&vec![b'a'; 1_000_000]),
+        "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"
+    );
+}
+
 fn source() -> &'static GgufFile {
     static SOURCE: OnceLock<GgufFile> = OnceLock::new();
     SOURCE.get_or_init(|| GgufFile::open(common::smollm2_path()).expect("the SmolLM2 Q4_1 file opens"))
