@@ -68,7 +68,10 @@ fn next_token_logprobs_follow_llama_cpp_at_every_position() {
 
 #[test]
 fn greedy_is_the_same_alone_and_beside_eight_others() {
-    llamacpp::assert_greedy_same_alone_and_beside_eight_others(&AllBlocksFreeAfter(engine()), "The capital of France is");
+    llamacpp::assert_greedy_same_alone_and_beside_eight_others(
+        &AllBlocksFreeAfter(engine()),
+        "The capital of France is",
+    );
 }
 
 /// The float64 reference for one prompt (`tests/fixtures/gemma3_f64.json`, written by

@@ -65,7 +65,10 @@ fn expected_tensors(preset: Preset) -> Vec<(String, Expected)> {
 
 /// Every way `tensors` (name, ggml type name, dims, data) differ from llama-quantize's output
 /// for `preset`, one line each; empty when they are the same tensor for tensor.
-fn differences<'a>(preset: Preset, tensors: impl Iterator<Item = (&'a str, &'a str, &'a [usize], &'a [u8])>) -> Vec<String> {
+fn differences<'a>(
+    preset: Preset,
+    tensors: impl Iterator<Item = (&'a str, &'a str, &'a [usize], &'a [u8])>,
+) -> Vec<String> {
     let expected = expected_tensors(preset);
     let mut ours: HashMap<&str, (&str, &[usize], &[u8])> = HashMap::new();
     let mut problems = Vec::new();
@@ -113,10 +116,7 @@ fn sha256_matches_the_standard_test_vectors() {
         hex_digest(b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
         "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
     );
-    assert_eq!(
-        hex_digest(&vec![b'a'; 1_000_000]),
-        "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"
-    );
+    assert_eq!(hex_digest(&vec![b'a'; 1_000_000]), "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
 }
 
 fn source() -> &'static GgufFile {
@@ -152,7 +152,11 @@ fn requantized_file(preset: Preset) -> PathBuf {
     }
     let ours = requantize(source(), preset).unwrap_or_else(|e| panic!("{preset}: {e}"));
     let problems = requantized_differences(preset, &ours);
-    assert!(problems.is_empty(), "{preset}: our requantization differs from llama-quantize's:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{preset}: our requantization differs from llama-quantize's:\n{}",
+        problems.join("\n")
+    );
     std::fs::create_dir_all(path.parent().expect("a directory")).expect("the cache directory is writable");
     ours.write(&path).unwrap_or_else(|e| panic!("{e}"));
     let written = GgufFile::open(&path).expect("the written file opens");
@@ -193,8 +197,12 @@ fn check_against_llama_cpp(preset: Preset) {
     let engine = AllBlocksFreeAfter(engine(preset));
     let references = references(preset);
     llamacpp::assert_tokenization_matches(&engine, &references, &fixture()["tokenize"]);
-    let largest =
-        llamacpp::assert_teacher_forced_logprobs_match(&engine, &references, TEACHER_FORCED_POSITIONS, LOGPROB_TOLERANCE);
+    let largest = llamacpp::assert_teacher_forced_logprobs_match(
+        &engine,
+        &references,
+        TEACHER_FORCED_POSITIONS,
+        LOGPROB_TOLERANCE,
+    );
     eprintln!("{preset}: largest |ours - llama.cpp| teacher-forced logprob difference {largest:.4}");
     llamacpp::assert_greedy_matches_until_near_tie(&engine, &references);
     llamacpp::assert_greedy_same_alone_and_beside_eight_others(&engine, "The capital of France is");

@@ -123,7 +123,8 @@ fn convert(shape: &TensorShape, bytes: &[u8], target: GgmlType) -> Result<Vec<u8
     }
     let values = source::to_f32(shape.ty, bytes)
         .map_err(|from| RequantizeError::UnsupportedSourceType { tensor: shape.name.to_string(), from })?;
-    quantize(target, &values).ok_or_else(|| RequantizeError::UnsupportedTargetType { tensor: shape.name.to_string(), to: target })
+    quantize(target, &values)
+        .ok_or_else(|| RequantizeError::UnsupportedTargetType { tensor: shape.name.to_string(), to: target })
 }
 
 /// The layer count, after refusing the models whose llama.cpp rules this does not port.
@@ -150,7 +151,9 @@ fn requantized_metadata(source: &GgufFile, preset: Preset) -> Vec<(String, Value
     let mut metadata: Vec<_> = source
         .metadata()
         .iter()
-        .filter(|(key, _)| !matches!(key.as_str(), "general.file_type" | "general.quantization_version") && !key.starts_with("split."))
+        .filter(|(key, _)| {
+            !matches!(key.as_str(), "general.file_type" | "general.quantization_version") && !key.starts_with("split.")
+        })
         .map(|(key, value)| (key.clone(), value.clone()))
         .collect();
     metadata.push(("general.quantization_version".into(), Value::U32(QUANTIZATION_VERSION)));

@@ -12,7 +12,8 @@ fn shape<'a>(name: &'a str, dims: &'a [usize]) -> TensorShape<'a> {
 
 /// The types of a 30-layer model's attn_v and ffn_down under `preset`, layer by layer.
 fn per_layer_types(preset: Preset, row: usize) -> Vec<(GgmlType, GgmlType)> {
-    let names: Vec<_> = (0..30).map(|i| [format!("blk.{i}.attn_v.weight"), format!("blk.{i}.ffn_down.weight")]).collect();
+    let names: Vec<_> =
+        (0..30).map(|i| [format!("blk.{i}.attn_v.weight"), format!("blk.{i}.ffn_down.weight")]).collect();
     let dims = [row, 64];
     let shapes: Vec<_> = names.iter().flatten().map(|n| shape(n, &dims)).collect();
     let mut planner = Planner::new(preset, &shapes, 30);
@@ -53,7 +54,10 @@ fn a_tied_embedding_is_quantized_like_the_output_head() {
     let embedding = shape("token_embd.weight", &dims);
     let output = shape("output.weight", &dims);
     // Tied (no output.weight): the embedding is the head and gets Q6_K in a K-mix.
-    assert_eq!(Planner::new(Preset::Q4KM, &[shape("token_embd.weight", &dims)], 30).target_type(&embedding), GgmlType::Q6K);
+    assert_eq!(
+        Planner::new(Preset::Q4KM, &[shape("token_embd.weight", &dims)], 30).target_type(&embedding),
+        GgmlType::Q6K
+    );
     // Untied: the embedding takes the preset's type, the head Q6_K.
     let both = [shape("token_embd.weight", &dims), shape("output.weight", &dims)];
     let mut planner = Planner::new(Preset::Q4KM, &both, 30);
@@ -74,9 +78,24 @@ fn norms_and_vectors_keep_their_type() {
 
 #[test]
 fn tensors_are_ordered_as_llama_cpp_writes_them() {
-    let mut names = ["blk.10.attn_q.weight", "token_embd.weight", "blk.2.ffn_up.weight", "blk.2.attn_k.weight", "output_norm.weight"];
+    let mut names = [
+        "blk.10.attn_q.weight",
+        "token_embd.weight",
+        "blk.2.ffn_up.weight",
+        "blk.2.attn_k.weight",
+        "output_norm.weight",
+    ];
     names.sort_by(|a, b| llama_cpp_order(a, b));
-    assert_eq!(names, ["output_norm.weight", "token_embd.weight", "blk.2.attn_k.weight", "blk.2.ffn_up.weight", "blk.10.attn_q.weight"]);
+    assert_eq!(
+        names,
+        [
+            "output_norm.weight",
+            "token_embd.weight",
+            "blk.2.attn_k.weight",
+            "blk.2.ffn_up.weight",
+            "blk.10.attn_q.weight"
+        ]
+    );
 }
 
 /// Deterministic values, per 256: ordinary, all zero, large, with outliers, then ordinary again.
@@ -159,7 +178,10 @@ fn a_source_type_it_cannot_read_is_named_with_its_tensor() {
     let data = quantize(GgmlType::Q4K, &sample_values(256)).unwrap();
     // The tied embedding of a Q8_0 file must become Q8_0, so the Q4_K source has to be read.
     let error = requantize(&tiny_model("llama", GgmlType::Q4K, &data), Preset::Q8_0).unwrap_err();
-    assert_eq!(error.to_string(), "cannot requantize tensor `token_embd.weight`: reading Q4_K tensors is not supported");
+    assert_eq!(
+        error.to_string(),
+        "cannot requantize tensor `token_embd.weight`: reading Q4_K tensors is not supported"
+    );
 }
 
 #[test]
