@@ -285,13 +285,15 @@ pub fn quantize_q6_k(x: &[f32], out: &mut Vec<u8>) {
         let iscale = -128.0f32 / max_scale;
         let d = f32_to_f16(1.0 / iscale);
         let block_scales: [i8; 16] = std::array::from_fn(|ib| nearest_int(iscale * scales[ib]).min(127) as i8);
-        for j in 0..16 {
-            let d = f16_to_f32(d) * block_scales[j] as f32;
+        // Re-round every value against the scales as stored (a zero scale keeps the search's codes).
+        for ((&scale, codes), values) in block_scales.iter().zip(codes.chunks_exact_mut(16)).zip(block.chunks_exact(16))
+        {
+            let d = f16_to_f32(d) * scale as f32;
             if d == 0.0 {
                 continue;
             }
-            for i in 16 * j..16 * j + 16 {
-                codes[i] = (nearest_int(block[i] / d).clamp(-32, 31) + 32) as i8;
+            for (code, &v) in codes.iter_mut().zip(values) {
+                *code = (nearest_int(v / d).clamp(-32, 31) + 32) as i8;
             }
         }
         push_q6_k_codes(&codes, out);

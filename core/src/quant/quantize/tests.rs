@@ -23,7 +23,7 @@ fn per_layer_types(preset: Preset, row: usize) -> Vec<(GgmlType, GgmlType)> {
 #[test]
 fn k_mixes_give_more_bits_to_the_first_and_last_eighth_and_every_third_layer_between() {
     // llama.cpp's use_more_bits for 30 layers: 0..3, 26..30, and 5, 8, ..., 23.
-    let more: Vec<usize> = (0..30).filter(|&i| i < 3 || i >= 26 || (i >= 3 && (i - 3) % 3 == 2)).collect();
+    let more: Vec<usize> = (0..30).filter(|&i| !(3..26).contains(&i) || (i - 3) % 3 == 2).collect();
     for (preset, base) in [(Preset::Q4KM, GgmlType::Q4K), (Preset::Q5KM, GgmlType::Q5K)] {
         for (layer, (v, down)) in per_layer_types(preset, 512).into_iter().enumerate() {
             let expected = if more.contains(&layer) { GgmlType::Q6K } else { base };
