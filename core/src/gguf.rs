@@ -354,6 +354,8 @@ pub struct GgufFile {
     bytes: Bytes,
     version: u32,
     metadata: HashMap<String, Value>,
+    /// The metadata keys in the order the file lists them.
+    metadata_keys: Vec<String>,
     tensors: Vec<TensorInfo>,
     tensor_index: HashMap<String, usize>,
 }
@@ -398,9 +400,9 @@ impl GgufFile {
         let parsed = Parser { bytes: &bytes, pos: 0, array_items_left: MAX_TOTAL_ARRAY_ITEMS }
             .parse()
             .map_err(|message| Error::model_load(&path, message))?;
-        let (version, metadata, tensors) = parsed;
+        let (version, metadata, metadata_keys, tensors) = parsed;
         let tensor_index = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        Ok(Self { path, bytes, version, metadata, tensors, tensor_index })
+        Ok(Self { path, bytes, version, metadata, metadata_keys, tensors, tensor_index })
     }
 
     pub fn path(&self) -> &Path {
@@ -413,6 +415,11 @@ impl GgufFile {
 
     pub fn metadata(&self) -> &HashMap<String, Value> {
         &self.metadata
+    }
+
+    /// The metadata keys in file order (a file rewritten with the same order keeps its bytes).
+    pub fn metadata_keys(&self) -> &[String] {
+        &self.metadata_keys
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -462,7 +469,7 @@ impl GgufFile {
     }
 }
 
-type Parsed = (u32, HashMap<String, Value>, Vec<TensorInfo>);
+type Parsed = (u32, HashMap<String, Value>, Vec<String>, Vec<TensorInfo>);
 
 /// Cursor over the mapped bytes; every read is bounds-checked.
 struct Parser<'a> {
@@ -505,6 +512,7 @@ impl<'a> Parser<'a> {
         self.check_count(tensor_count, 8 + 4 + 8 + 4 + 8, MAX_TENSORS, "tensors")?;
 
         let mut metadata = HashMap::with_capacity(reserve(kv_count));
+        let mut keys = Vec::with_capacity(reserve(kv_count));
         for _ in 0..kv_count {
             let key = self.string()?;
             let ty = self.u32()?;
@@ -512,6 +520,7 @@ impl<'a> Parser<'a> {
             if metadata.contains_key(&key) {
                 return Err(format!("metadata key `{key}` appears twice"));
             }
+            keys.push(key.clone());
             metadata.insert(key, value);
         }
 
@@ -583,7 +592,7 @@ impl<'a> Parser<'a> {
                 size: size as usize,
             });
         }
-        Ok((version, metadata, tensors))
+        Ok((version, metadata, keys, tensors))
     }
 
     /// Rejects a count past `limit`, or one whose entries (at least `min_bytes_each` bytes

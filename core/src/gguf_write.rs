@@ -143,6 +143,8 @@ mod tests {
         for (key, value) in &metadata {
             assert_eq!(file.get(key), Some(value), "{key}");
         }
+        let keys: Vec<_> = metadata.iter().map(|(key, _)| key.clone()).collect();
+        assert_eq!(file.metadata_keys(), keys, "the reader keeps the file's key order");
         assert_eq!(file.tensor_bytes("norm").unwrap().1, &norm[..]);
         let (info, bytes) = file.tensor_bytes("w").unwrap();
         assert_eq!((info.ty, &info.dims[..], bytes), (GgmlType::Q8_0, &[32usize, 1][..], &block[..]));

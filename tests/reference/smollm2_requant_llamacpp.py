@@ -3,8 +3,8 @@ cache's SmolLM2-135M-Instruct Q4_1 when its `llama-quantize --allow-requantize` 
 Q4_K_M, Q5_K_M, Q6_K and Q8_0, the reference `core/tests/smollm2_requant.rs` holds our
 requantizer (`cortexstream::quant::quantize`) and our engine to.
 
-For each preset: every tensor of llama-quantize's output (name, ggml type, dims, sha256 of its
-data), and llama.cpp's greedy output on that file (`llamacpp_server.py`: prompt ids, 32 greedy
+For each preset: the sha256 of llama-quantize's whole output file, every tensor of it (name,
+ggml type, dims, sha256 of its data, to say which differ when the file does), and llama.cpp's greedy output on that file (`llamacpp_server.py`: prompt ids, 32 greedy
 ids, top-5 log-probabilities per position, first near-tie position). CI never runs llama.cpp:
 our requantizer rebuilds the files from the Q4_1 source, and the test checks each tensor
 against these hashes before running the engine on them.
@@ -106,7 +106,12 @@ def main() -> None:
                 )
             tokenize = tokenize or reference.pop("tokenize")
             reference.pop("tokenize", None)
-            files[preset] = {"tensors": tensor_hashes(out), **reference}
+            files[preset] = {
+                "file_sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+                "file_size": out.stat().st_size,
+                "tensors": tensor_hashes(out),
+                **reference,
+            }
             print(f"== {preset}")
             llamacpp_server.print_summary(reference["prompts"])
     fixture = {

@@ -53,8 +53,8 @@ pub struct QuantizedTensor {
     pub data: Vec<u8>,
 }
 
-/// A requantized model: the source's metadata (with the new file type) and its tensors in the
-/// order llama-quantize writes them.
+/// A requantized model: the source's metadata (with the new file type) and its tensors, in the
+/// order llama-quantize writes them, so [`Requantized::to_bytes`] is llama-quantize's file.
 #[derive(Debug, Clone)]
 pub struct Requantized {
     pub metadata: Vec<(String, Value)>,
@@ -62,15 +62,19 @@ pub struct Requantized {
 }
 
 impl Requantized {
+    fn tensors_to_write(&self) -> Vec<TensorToWrite<'_>> {
+        self.tensors.iter().map(|t| TensorToWrite { name: &t.name, dims: &t.dims, ty: t.ty, data: &t.data }).collect()
+    }
+
+    /// The GGUF file's bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        gguf_write::to_bytes(&self.metadata, &self.tensors_to_write())
+    }
+
     /// Writes the model as a GGUF file, atomically (a temporary file renamed into place), so
     /// a reader never sees half a file.
     pub fn write(&self, path: &Path) -> Result<(), RequantizeError> {
-        let tensors: Vec<_> = self
-            .tensors
-            .iter()
-            .map(|t| TensorToWrite { name: &t.name, dims: &t.dims, ty: t.ty, data: &t.data })
-            .collect();
-        gguf_write::write_file(path, &self.metadata, &tensors)
+        gguf_write::write_file(path, &self.metadata, &self.tensors_to_write())
             .map_err(|source| RequantizeError::Write { path: path.to_path_buf(), source })
     }
 }
@@ -145,19 +149,19 @@ fn check_supported(source: &GgufFile) -> Result<usize, RequantizeError> {
     Ok(layers)
 }
 
-/// The source's metadata, sorted by key, with llama-quantize's changes: the new file type and
-/// quantization version, and no split keys (the output is one file).
+/// The source's metadata in its order, changed as llama-quantize changes it: the quantization
+/// version and the new file type set (ggml's `gguf_set_val_*` removes a key and appends it, so
+/// both move to the end, in that order), and no split keys (the output is one file).
 fn requantized_metadata(source: &GgufFile, preset: Preset) -> Vec<(String, Value)> {
     let mut metadata: Vec<_> = source
-        .metadata()
+        .metadata_keys()
         .iter()
-        .filter(|(key, _)| {
+        .filter(|key| {
             !matches!(key.as_str(), "general.file_type" | "general.quantization_version") && !key.starts_with("split.")
         })
-        .map(|(key, value)| (key.clone(), value.clone()))
+        .filter_map(|key| Some((key.clone(), source.get(key)?.clone())))
         .collect();
     metadata.push(("general.quantization_version".into(), Value::U32(QUANTIZATION_VERSION)));
     metadata.push(("general.file_type".into(), Value::U32(preset.file_type())));
-    metadata.sort_by(|a, b| a.0.cmp(&b.0));
     metadata
 }
