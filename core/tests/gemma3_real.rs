@@ -11,10 +11,10 @@ mod common;
 
 use std::sync::OnceLock;
 
-use common::llamacpp::{self, ids, Reference};
+use common::float64;
+use common::llamacpp::{self, Reference};
 use common::AllBlocksFreeAfter;
-use cortexstream::{Engine, EngineConfig, Request, SamplingParams};
-use serde_json::Value;
+use cortexstream::{Engine, EngineConfig};
 
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
@@ -74,39 +74,6 @@ fn greedy_is_the_same_alone_and_beside_eight_others() {
     );
 }
 
-/// The float64 reference for one prompt (`tests/fixtures/gemma3_f64.json`, written by
-/// `tests/reference/gemma3_f64_fixture.py`): exact arithmetic on the same dequantized weights,
-/// independent of our code and of llama.cpp.
-struct Float64Reference {
-    prompt: String,
-    /// Prompt ids then the greedy ids it was teacher-forced on.
-    ids: Vec<u32>,
-    prompt_len: usize,
-    /// Float64 top-5 `(id, logprob)` after each prefix `ids[..prompt_len + i]`, best first.
-    top: Vec<Vec<(u32, f32)>>,
-}
-
-fn float64_references() -> Vec<Float64Reference> {
-    let fixture = common::fixture("gemma3_f64.json");
-    let entry = |e: &Value| (e["id"].as_u64().expect("id") as u32, e["logprob"].as_f64().expect("logprob") as f32);
-    fixture["prompts"]
-        .as_array()
-        .expect("prompts")
-        .iter()
-        .map(|p| Float64Reference {
-            prompt: p["prompt"].as_str().expect("prompt").to_string(),
-            ids: ids(&p["ids"]),
-            prompt_len: p["prompt_len"].as_u64().expect("prompt_len") as usize,
-            top: p["top"]
-                .as_array()
-                .expect("top")
-                .iter()
-                .map(|row| row.as_array().expect("a top row").iter().map(entry).collect())
-                .collect(),
-        })
-        .collect()
-}
-
 /// Per prompt of the fixture (in its order), bounds on `|our logprob - float64 logprob|` over
 /// the float64 top-5 ids of its positions: `(mean, max)`, each what we measured plus about 15%
 /// (measured: mean 0.049 0.089 0.065 0.076 0.086 0.047; max 0.174 0.360 0.290 0.282 0.306
@@ -126,52 +93,14 @@ const FLOAT64_MIN_POSITIONS: usize = 6 * 16;
 #[test]
 fn next_token_logprobs_follow_float64_closely() {
     let engine = AllBlocksFreeAfter(engine());
-    // 20 alternatives so float64's top 5 are all among ours even where the order shifts.
-    let one_token = SamplingParams { max_tokens: Some(1), logprobs: Some(20), ..SamplingParams::greedy() };
-    let references = float64_references();
+    let references = float64::references(&common::fixture("gemma3_f64.json"));
     assert_eq!(references.len(), FLOAT64_ERROR_BOUNDS.len(), "one pair of bounds per float64 prompt");
     let mut positions = 0;
     for (r, &(mean_bound, max_bound)) in references.iter().zip(&FLOAT64_ERROR_BOUNDS) {
-        let handles: Vec<_> = (0..r.top.len())
-            .map(|i| {
-                let prefix = r.ids[..r.prompt_len + i].to_vec();
-                engine.submit(Request::new(cortexstream::Prompt::Tokens(prefix), one_token.clone())).unwrap()
-            })
-            .collect();
-        let mut errors = Vec::new();
-        // The worst error of the prompt and where: reported with the mean before either bound
-        // is checked, so a failure says how far off the whole prompt is.
-        let mut worst = (0.0f32, String::new());
-        for (i, (handle, exact)) in handles.into_iter().zip(&r.top).enumerate() {
-            let ours = handle.wait();
-            let step = &ours.logprobs[0];
-            for &(id, exact_logprob) in exact {
-                let our_logprob = step.top.iter().find(|t| t.token_id == id).map(|t| t.logprob).unwrap_or_else(|| {
-                    panic!("{:?} position {i}: float64's token {id} is not in our top 20 {:?}", r.prompt, step.top)
-                });
-                let error = (our_logprob - exact_logprob).abs();
-                if error > worst.0 {
-                    worst =
-                        (error, format!("position {i}, token {id}: {our_logprob} here, {exact_logprob} in float64"));
-                }
-                errors.push(error);
-            }
-            let (best, best_logprob) = exact[0];
-            if best_logprob - exact[1].1 > 2.0 * max_bound {
-                assert_eq!(ours.token_ids[0], best, "{:?} position {i}: a clear float64 pick differs", r.prompt);
-            }
-            positions += 1;
-        }
-        let mean = errors.iter().sum::<f32>() / errors.len() as f32;
-        let (max, at) = worst;
-        let summary = format!(
-            "{:?}: |ours - float64| over {} logprobs: mean {mean:.4}, max {max:.4} ({at})",
-            r.prompt,
-            errors.len()
-        );
-        eprintln!("{summary}");
-        assert!(mean <= mean_bound, "{summary}: mean above {mean_bound}");
-        assert!(max <= max_bound, "{summary}: max above {max_bound}");
+        let errors = float64::errors(&engine, r, 2.0 * max_bound);
+        assert!(errors.mean <= mean_bound, "{}: mean above {mean_bound}", errors.summary);
+        assert!(errors.max <= max_bound, "{}: max above {max_bound}", errors.summary);
+        positions += errors.positions;
     }
     assert!(positions >= FLOAT64_MIN_POSITIONS, "only {positions} positions checked against float64");
 }

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+pub mod float64;
 pub mod llamacpp;
 pub mod sha256;
 
