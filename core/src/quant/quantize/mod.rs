@@ -5,8 +5,9 @@
 //! 32-value blocks, `kquants` for the 256-value super-blocks), with no importance matrix.
 //!
 //! It exists so CI can rebuild the files llama.cpp would make from the model cache's SmolLM2
-//! Q4_1 without building llama.cpp (`core/tests/smollm2_requant.rs` holds each tensor to the
-//! hashes of llama-quantize's own output). Not a stable API yet: hidden from the docs.
+//! Q4_1 without building llama.cpp: `core/tests/smollm2_requant.rs` holds [`Requantized::to_bytes`]
+//! to the sha256 of llama-quantize's own output file, whole. Not a stable API yet: hidden from
+//! the docs.
 //!
 //! Scope: dense `llama` models; MoE files and the 70B-specific rule are refused, not guessed.
 
