@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from gemma3_llamacpp import build_info, llama_server, post
+from llamacpp_server import post, serving
 
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
 FILE = "tiny-q8_0.gguf"
@@ -56,12 +56,13 @@ def one_prompt(port: int, ids: list[int], n_predict: int) -> dict:
 def family_fixture(bin_dir: Path, family: str) -> dict:
     keep, n_predict, context = LENGTHS[family]
     prompts = json.loads((FIXTURES / family / "reference.json").read_text())["prompts"]
-    with llama_server(bin_dir, FIXTURES / family / FILE, context) as (port, command):
+    with serving(bin_dir, FIXTURES / family / FILE, context) as server:
+        port = server.port
         return {
             "about": "llama.cpp greedy reference for core/tests/tiny_decoders.rs; written by tests/reference/tiny_llamacpp.py",
             "model": f"{family}/{FILE}",
-            "llama_cpp_build": build_info(port),
-            "server_flags": command[3:-4],
+            "llama_cpp_build": server.build,
+            "server_flags": server.flags,
             "prompts": [one_prompt(port, p["ids"][:keep], n_predict) for p in prompts],
         }
 

