@@ -99,6 +99,7 @@ step "python module tests" pytest_suite tests/python
 step "REST server tests" pytest_suite tests/server
 if [ -x bindings/node/test.sh ]; then
     step "node addon tests" bindings/node/test.sh
+    step "node package: npm pack, npm install <tarball> (prebuilt and built from source)" bindings/node/test_package.sh
 fi
 # Bounded-time fuzzing of the GGUF loader and the stop matcher (FUZZ_SECONDS per target).
 step "fuzzing (cargo-fuzz, bounded)" fuzz/run.sh
