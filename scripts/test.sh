@@ -98,6 +98,7 @@ step "python module build" build_python
 step "python stubs (stubtest)" env PYTHON="$python" tests/python/check_stubs.sh
 step "python module tests" pytest_suite tests/python
 step "REST server tests" pytest_suite tests/server
+step "REST server from the wheel: pip install cortexstream[server] in a fresh venv" tests/server/installed_package.sh
 if [ -x bindings/node/test.sh ]; then
     step "node addon tests" bindings/node/test.sh
     step "node package: npm pack, npm install <tarball> (prebuilt and built from source)" bindings/node/test_package.sh
