@@ -93,7 +93,7 @@ class CompletionRequest {
         if (!body.contains("prompt") || !body["prompt"].is_string()) {
             throw BadRequest("prompt", "prompt must be a string");
         }
-        prompt = body["prompt"].get<std::string>();
+        prompt = text_without_nul(body["prompt"], "prompt");
         stream = optional_bool(body, "stream").value_or(false);
         params = cs_sampling_default_params();
         params.max_tokens = optional_integer(body, "max_tokens").value_or(16);  // OpenAI's default
@@ -151,14 +151,22 @@ class CompletionRequest {
         const json* v = field(body, "stop");
         if (!v) return;
         if (v->is_string()) {
-            stop.push_back(v->get<std::string>());
+            stop.push_back(text_without_nul(*v, "stop"));
             return;
         }
         if (!v->is_array()) throw BadRequest("stop", "stop must be a string or a list of strings");
         for (const auto& item : *v) {
             if (!item.is_string()) throw BadRequest("stop", "stop must be a string or a list of strings");
-            stop.push_back(item.get<std::string>());
+            stop.push_back(text_without_nul(item, "stop"));
         }
+    }
+    // The C API takes NUL-terminated strings: a "\u0000" inside would silently cut the text short.
+    static std::string text_without_nul(const json& value, const char* name) {
+        std::string text = value.get<std::string>();
+        if (text.find('\0') != std::string::npos) {
+            throw BadRequest(name, std::string(name) + " must not contain NUL characters (\\u0000)");
+        }
+        return text;
     }
 
     cs_sampling_params params{};

@@ -82,6 +82,8 @@ def check_bad_requests(address):
         ({"prompt": "x", "max_tokens": "8"}, "max_tokens"),  # the daemon's type check
         ({"prompt": "x", "temperature": -1}, "temperature"),  # the library's range check
         ({"max_tokens": 8}, "prompt"),
+        ({"prompt": "a\u0000b"}, "prompt"),  # the C API would see only "a"
+        ({"prompt": "x", "stop": ["ok", "\u0000"]}, "stop"),
     ]:
         status, error = request(address, "POST", "/v1/completions", body)
         assert status == 400, (body, status, error)
