@@ -411,6 +411,16 @@ typedef struct cs_metrics {
    * Histogram sum: seconds between consecutive tokens, over those tokens.
    */
   double per_token_seconds_sum;
+  /**
+   * Gauge: blocks of the sliding-window layers' own KV pool (Gemma 3); 0 for a model
+   * without sliding layers, whose every layer uses the pool of `kv_blocks_total`.
+   */
+  uint64_t kv_sliding_blocks_total;
+  /**
+   * Gauge: sliding-window pool blocks not used by any sequence. Equals
+   * `kv_sliding_blocks_total` once the engine is idle.
+   */
+  uint64_t kv_sliding_blocks_free;
 } cs_metrics;
 
 /**

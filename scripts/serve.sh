@@ -46,4 +46,4 @@ fi
 "$python" "$repo/python/cortexstream/models.py" pull "${pull[@]}"
 
 cd "$repo"
-exec "$python" -m examples.server "$@"
+exec "$python" -m cortexstream.server "$@"

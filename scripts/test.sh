@@ -92,13 +92,16 @@ step "python environment" setup_python
 step "models" pull_models
 step "rust core and C ABI unit/integration tests" rust_tests
 step "rust hardening tests on an oversubscribed CPU" rust_tests_oversubscribed
-step "C header drift, C tests, C++ example (plain and under ASan+LSan+UBSan)" tests/c/run.sh
+step "C header drift, C tests, C++ daemon (plain and under ASan+LSan+UBSan)" tests/c/run.sh
+step "C library installed with --prefix, found by pkg-config and CMake find_package" tests/c/install.sh
 step "python module build" build_python
 step "python stubs (stubtest)" env PYTHON="$python" tests/python/check_stubs.sh
 step "python module tests" pytest_suite tests/python
 step "REST server tests" pytest_suite tests/server
+step "REST server from the wheel: pip install cortexstream[server] in a fresh venv" tests/server/installed_package.sh
 if [ -x bindings/node/test.sh ]; then
     step "node addon tests" bindings/node/test.sh
+    step "node package: npm pack, npm install <tarball> (prebuilt and built from source)" bindings/node/test_package.sh
 fi
 # Bounded-time fuzzing of the GGUF loader and the stop matcher (FUZZ_SECONDS per target).
 step "fuzzing (cargo-fuzz, bounded)" fuzz/run.sh

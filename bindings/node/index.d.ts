@@ -211,6 +211,9 @@ export interface Metrics {
   preemptions: number;
   kvBlocksTotal: number;
   kvBlocksFree: number;
+  /** Blocks of the sliding-window layers' own pool (0 for models without sliding layers). */
+  kvSlidingBlocksTotal: number;
+  kvSlidingBlocksFree: number;
   embeddingRequests: number;
   batchSize: Histogram;
   timeToFirstTokenSeconds: Histogram;

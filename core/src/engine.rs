@@ -22,7 +22,7 @@ use crate::models::SeqChunk;
 use crate::models::{GenerationModel, ModelShape};
 use crate::request::{ChatMessage, Event, FinishReason, Prompt, Request, Timings, TokenLogprobs, Usage};
 use crate::sampling::Sampler;
-use crate::scheduler::{ScheduledChunk, Scheduler, SchedulerConfig};
+use crate::scheduler::{ScheduledChunk, Scheduler, SchedulerConfig, SlidingPool};
 use crate::sequence::{panic_message, Delivery, EventCallback, EventSink, FinalEvent, QueueSlot, Sequence};
 use crate::threadpool::{default_thread_count, ThreadPool};
 use crate::tokenizer::Tokenizer;
@@ -53,7 +53,13 @@ pub struct EngineConfig {
     /// their first token early, one group after another, instead of all at the end of one
     /// long step; a long prompt alone costs a few more (cheap) steps.
     pub max_prefill_tokens: usize,
-    /// Total KV cache capacity in tokens, shared by all sequences (default 16384).
+    /// Total KV cache capacity in tokens, shared by all sequences (default 16384): every
+    /// position of every layer of a model without sliding-window layers, and of the global
+    /// layers of one with them (Gemma 3). Its sliding-window layers have a pool of their own
+    /// that keeps only each sequence's window: `max_running` sequences of
+    /// `window + min(max_prefill_tokens, max_batch_tokens)` positions plus one block each,
+    /// rounded up to blocks, and never more blocks than this capacity (see
+    /// [`sliding_pool_blocks`]).
     pub kv_cache_tokens: usize,
     /// Tokens per KV block (default 16).
     pub block_size: usize,
@@ -140,11 +146,22 @@ impl EngineConfig {
 /// See [`EngineConfig::max_threads`].
 const THREADS_PER_CPU: usize = 4;
 
-/// Bytes of the KV cache for `num_blocks` blocks of `block_size` tokens with the model's
-/// shape (K and V, f16), or an error naming `kv_cache_tokens` when that overflows or exceeds
-/// the machine's physical memory: a typo must fail cleanly, not abort in the allocator or
-/// get the process killed when the pages are first touched.
-fn kv_cache_bytes(num_blocks: usize, block_size: usize, model: &ModelShape) -> Result<usize> {
+/// Blocks of the sliding-window layers' pool (see [`EngineConfig::kv_cache_tokens`]): room
+/// for every running sequence's window and one prefill chunk, plus the block a window that
+/// does not start on a block boundary straddles, capped by the global pool's `num_blocks`
+/// (a sequence never holds more sliding blocks than global ones).
+pub fn sliding_pool_blocks(config: &EngineConfig, window: usize, num_blocks: usize) -> usize {
+    let chunk = config.max_prefill_tokens.min(config.max_batch_tokens);
+    let per_sequence = window.saturating_add(chunk).div_ceil(config.block_size).saturating_add(1);
+    per_sequence.saturating_mul(config.max_running).min(num_blocks)
+}
+
+/// Bytes of the KV cache for `num_blocks` blocks of `block_size` tokens in the global pool and
+/// `sliding_blocks` in the sliding one, with the model's shape (K and V, f16), or an error
+/// naming `kv_cache_tokens` when that overflows or exceeds the machine's physical memory: a
+/// typo must fail cleanly, not abort in the allocator or get the process killed when the
+/// pages are first touched.
+fn kv_cache_bytes(num_blocks: usize, sliding_blocks: usize, block_size: usize, model: &ModelShape) -> Result<usize> {
     const K_AND_V: usize = 2;
     let element = std::mem::size_of::<u16>();
     let too_big = || {
@@ -153,9 +170,14 @@ fn kv_cache_bytes(num_blocks: usize, block_size: usize, model: &ModelShape) -> R
             format!("{} tokens of KV cache overflow the address space", num_blocks * block_size),
         )
     };
-    let bytes = [model.n_layers, block_size, model.n_kv_heads, model.head_dim, K_AND_V, element]
+    let global_layers = model.n_layers - model.n_sliding_layers;
+    let layer_blocks = global_layers
+        .checked_mul(num_blocks)
+        .zip(model.n_sliding_layers.checked_mul(sliding_blocks))
+        .and_then(|(global, sliding)| global.checked_add(sliding));
+    let bytes = [block_size, model.n_kv_heads, model.head_dim, K_AND_V, element]
         .into_iter()
-        .try_fold(num_blocks, usize::checked_mul)
+        .try_fold(layer_blocks.ok_or_else(too_big)?, usize::checked_mul)
         .filter(|&bytes| bytes <= isize::MAX as usize)
         .ok_or_else(too_big)?;
     if let Some(memory) = physical_memory_bytes() {
@@ -456,7 +478,8 @@ impl Engine {
 
         let mc = &model.shape();
         let num_blocks = config.kv_cache_tokens / config.block_size;
-        kv_cache_bytes(num_blocks, config.block_size, mc)?;
+        let sliding_blocks = mc.sliding_window.map(|window| sliding_pool_blocks(&config, window, num_blocks));
+        kv_cache_bytes(num_blocks, sliding_blocks.unwrap_or(0), config.block_size, mc)?;
         let kv_capacity_tokens = num_blocks * config.block_size;
         let context_length =
             config.context_length.unwrap_or(mc.context_length).min(mc.context_length).min(kv_capacity_tokens);
@@ -480,9 +503,14 @@ impl Engine {
         let metrics = Arc::new(Metrics::default());
         metrics.kv_blocks_total.store(num_blocks, Ordering::Relaxed);
         metrics.kv_blocks_free.store(num_blocks, Ordering::Relaxed);
+        metrics.kv_sliding_blocks_total.store(sliding_blocks.unwrap_or(0), Ordering::Relaxed);
+        metrics.kv_sliding_blocks_free.store(sliding_blocks.unwrap_or(0), Ordering::Relaxed);
         let queued = Arc::new(AtomicUsize::new(0));
-        let kv = model.new_kv_storage(num_blocks, config.block_size);
-        let scheduler = Scheduler::new(
+        let kv = match sliding_blocks {
+            Some(sliding) => model.new_kv_storage_with_sliding_pool(num_blocks, sliding, config.block_size),
+            None => model.new_kv_storage(num_blocks, config.block_size),
+        };
+        let mut scheduler = Scheduler::new(
             SchedulerConfig {
                 max_running: config.max_running,
                 max_batch_tokens: config.max_batch_tokens,
@@ -491,6 +519,10 @@ impl Engine {
             },
             BlockAllocator::new(num_blocks, config.block_size),
         );
+        if let (Some(window), Some(blocks)) = (mc.sliding_window, sliding_blocks) {
+            let allocator = BlockAllocator::new(blocks, config.block_size);
+            scheduler = scheduler.with_sliding_pool(SlidingPool { allocator, window });
+        }
         let (commands, command_rx) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
             tokenizer,
@@ -707,6 +739,7 @@ impl Engine {
             computed: 0,
             prefill_start: 0,
             blocks: Default::default(),
+            sliding_blocks: Default::default(),
             queue_slot: None,
             registered_blocks: 0,
             last_block_hash: None,
@@ -833,6 +866,7 @@ impl StepLoop {
                 tokens: &seq.tokens[c.start..c.start + c.len],
                 start_pos: c.start,
                 block_table: &seq.blocks,
+                sliding_block_table: &seq.sliding_blocks,
                 want_logits: c.want_logits,
             }
         }));
@@ -933,6 +967,9 @@ impl StepLoop {
         m.queue_depth.store(self.scheduler.waiting_len(), Ordering::Relaxed);
         m.running.store(self.scheduler.running.len(), Ordering::Relaxed);
         m.kv_blocks_free.store(self.scheduler.allocator.available(), Ordering::Relaxed);
+        if let Some(sliding) = &self.scheduler.sliding {
+            m.kv_sliding_blocks_free.store(sliding.allocator.available(), Ordering::Relaxed);
+        }
     }
 }
 

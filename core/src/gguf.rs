@@ -142,6 +142,29 @@ impl GgmlType {
         }
     }
 
+    /// The type's id in GGUF files (`ggml_type`).
+    pub fn id(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q4_0 => 2,
+            Self::Q4_1 => 3,
+            Self::Q5_0 => 6,
+            Self::Q5_1 => 7,
+            Self::Q8_0 => 8,
+            Self::Q8_1 => 9,
+            Self::Q2K => 10,
+            Self::Q3K => 11,
+            Self::Q4K => 12,
+            Self::Q5K => 13,
+            Self::Q6K => 14,
+            Self::Q8K => 15,
+            Self::IQ4NL => 20,
+            Self::IQ4XS => 23,
+            Self::BF16 => 30,
+        }
+    }
+
     fn from_id(id: u32) -> Option<Self> {
         Some(match id {
             0 => Self::F32,
@@ -331,6 +354,8 @@ pub struct GgufFile {
     bytes: Bytes,
     version: u32,
     metadata: HashMap<String, Value>,
+    /// The metadata keys in the order the file lists them.
+    metadata_keys: Vec<String>,
     tensors: Vec<TensorInfo>,
     tensor_index: HashMap<String, usize>,
 }
@@ -375,9 +400,9 @@ impl GgufFile {
         let parsed = Parser { bytes: &bytes, pos: 0, array_items_left: MAX_TOTAL_ARRAY_ITEMS }
             .parse()
             .map_err(|message| Error::model_load(&path, message))?;
-        let (version, metadata, tensors) = parsed;
+        let (version, metadata, metadata_keys, tensors) = parsed;
         let tensor_index = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        Ok(Self { path, bytes, version, metadata, tensors, tensor_index })
+        Ok(Self { path, bytes, version, metadata, metadata_keys, tensors, tensor_index })
     }
 
     pub fn path(&self) -> &Path {
@@ -390,6 +415,11 @@ impl GgufFile {
 
     pub fn metadata(&self) -> &HashMap<String, Value> {
         &self.metadata
+    }
+
+    /// The metadata keys in file order (a file rewritten with the same order keeps its bytes).
+    pub fn metadata_keys(&self) -> &[String] {
+        &self.metadata_keys
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -439,7 +469,7 @@ impl GgufFile {
     }
 }
 
-type Parsed = (u32, HashMap<String, Value>, Vec<TensorInfo>);
+type Parsed = (u32, HashMap<String, Value>, Vec<String>, Vec<TensorInfo>);
 
 /// Cursor over the mapped bytes; every read is bounds-checked.
 struct Parser<'a> {
@@ -482,6 +512,7 @@ impl<'a> Parser<'a> {
         self.check_count(tensor_count, 8 + 4 + 8 + 4 + 8, MAX_TENSORS, "tensors")?;
 
         let mut metadata = HashMap::with_capacity(reserve(kv_count));
+        let mut keys = Vec::with_capacity(reserve(kv_count));
         for _ in 0..kv_count {
             let key = self.string()?;
             let ty = self.u32()?;
@@ -489,6 +520,7 @@ impl<'a> Parser<'a> {
             if metadata.contains_key(&key) {
                 return Err(format!("metadata key `{key}` appears twice"));
             }
+            keys.push(key.clone());
             metadata.insert(key, value);
         }
 
@@ -560,7 +592,7 @@ impl<'a> Parser<'a> {
                 size: size as usize,
             });
         }
-        Ok((version, metadata, tensors))
+        Ok((version, metadata, keys, tensors))
     }
 
     /// Rejects a count past `limit`, or one whose entries (at least `min_bytes_each` bytes

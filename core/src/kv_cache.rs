@@ -1,54 +1,192 @@
 //! Paged KV cache: the storage the model reads and writes ([`KvStorage`]) and the block
 //! allocator with ref-counted prefix sharing that the scheduler drives ([`BlockAllocator`]).
 
-/// K and V tensors for every layer, split in fixed-size blocks.
+/// Which block pool a layer's K/V live in.
 ///
-/// Layout of `k` and `v`: `[layer][block][kv_head][slot][head_dim]` of IEEE f16 bits (as
-/// llama.cpp's default cache type: half the memory of f32 and half the bytes attention streams,
-/// for an error far below that of the 8-bit activations the matmuls use). Within a block, each
-/// KV head's rows are contiguous, so attention, which works one (sequence, KV head) at a time,
-/// reads one unbroken run per block instead of every `kv_dim`-th stretch.
+/// Models without sliding-window layers have only the global pool. With a sliding pool,
+/// sliding-window layers keep their K/V there, and a sequence's sliding blocks that lie
+/// entirely before the window of every position it still has to compute are given back as it
+/// advances (see [`BlockTable::release_before`]); global layers keep every position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvPool {
+    Global,
+    Sliding,
+}
+
+/// The entry of a block table whose block was given back (a sliding block before the window):
+/// never read, and never a valid block index.
+pub const RELEASED_BLOCK: u32 = u32::MAX;
+
+/// K and V of the layers of one pool: `[layer][block][kv_head][slot][head_dim]` f16 bits.
+struct PoolBuffers {
+    num_blocks: usize,
+    k: Vec<u16>,
+    v: Vec<u16>,
+}
+
+impl PoolBuffers {
+    fn new(n_layers: usize, num_blocks: usize, values_per_block: usize) -> Self {
+        let len = n_layers * num_blocks * values_per_block;
+        Self { num_blocks, k: vec![0; len], v: vec![0; len] }
+    }
+}
+
+/// K and V tensors for every layer, split in fixed-size blocks, in one or two pools
+/// ([`KvPool`]).
+///
+/// Layout of each pool: `[layer of the pool][block][kv_head][slot][head_dim]` of IEEE f16 bits
+/// (as llama.cpp's default cache type: half the memory of f32 and half the bytes attention
+/// streams, for an error far below that of the 8-bit activations the matmuls use). Within a
+/// block, each KV head's rows are contiguous, so attention, which works one (sequence, KV
+/// head) at a time, reads one unbroken run per block instead of every `kv_dim`-th stretch.
 ///
 /// The buffers are zero-allocated, so the OS maps pages only as blocks are first written:
 /// resident memory grows with the blocks actually used, not with the configured capacity.
 pub struct KvStorage {
+    /// Layers of the model (both pools together).
     pub n_layers: usize,
-    pub num_blocks: usize,
     pub block_size: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
     /// `n_kv_heads * head_dim`: the K (or V) values of one token in one layer.
     pub kv_dim: usize,
-    pub k: Vec<u16>,
-    pub v: Vec<u16>,
+    global: PoolBuffers,
+    sliding: Option<PoolBuffers>,
+    /// Per model layer: its pool and its index among that pool's layers.
+    placement: Vec<(KvPool, usize)>,
 }
 
 impl KvStorage {
+    /// One pool of `num_blocks` blocks holding every layer (every position of every layer).
     pub fn new(n_layers: usize, num_blocks: usize, block_size: usize, n_kv_heads: usize, head_dim: usize) -> Self {
-        let kv_dim = n_kv_heads * head_dim;
-        let len = n_layers * num_blocks * block_size * kv_dim;
-        Self { n_layers, num_blocks, block_size, n_kv_heads, head_dim, kv_dim, k: vec![0; len], v: vec![0; len] }
+        Self::with_pools(&vec![false; n_layers], num_blocks, 0, block_size, n_kv_heads, head_dim)
     }
 
-    /// Offset in `k` / `v` of the `head_dim` values of (layer, block, KV head, slot).
+    /// Global layers in a pool of `num_blocks` blocks, and the layers with `sliding[layer]`
+    /// in a pool of `sliding_blocks` blocks (none if no layer slides).
+    pub fn with_sliding_pool(
+        sliding: &[bool],
+        num_blocks: usize,
+        sliding_blocks: usize,
+        block_size: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+    ) -> Self {
+        Self::with_pools(sliding, num_blocks, sliding_blocks, block_size, n_kv_heads, head_dim)
+    }
+
+    fn with_pools(
+        sliding: &[bool],
+        num_blocks: usize,
+        sliding_blocks: usize,
+        block_size: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+    ) -> Self {
+        let kv_dim = n_kv_heads * head_dim;
+        let (mut globals, mut slidings) = (0, 0);
+        let placement = sliding
+            .iter()
+            .map(|&slides| {
+                let counter = if slides { &mut slidings } else { &mut globals };
+                *counter += 1;
+                (if slides { KvPool::Sliding } else { KvPool::Global }, *counter - 1)
+            })
+            .collect();
+        let per_block = block_size * kv_dim;
+        Self {
+            n_layers: sliding.len(),
+            block_size,
+            n_kv_heads,
+            head_dim,
+            kv_dim,
+            global: PoolBuffers::new(globals, num_blocks, per_block),
+            sliding: (slidings > 0).then(|| PoolBuffers::new(slidings, sliding_blocks, per_block)),
+            placement,
+        }
+    }
+
+    /// Whether sliding-window layers have their own pool (and releasable block tables).
+    pub fn has_sliding_pool(&self) -> bool {
+        self.sliding.is_some()
+    }
+
+    /// The pool holding `layer`'s K/V.
+    #[inline]
+    pub fn pool_of(&self, layer: usize) -> KvPool {
+        self.placement[layer].0
+    }
+
+    /// Blocks in `pool` (0 for a sliding pool this storage does not have).
+    pub fn num_blocks(&self, pool: KvPool) -> usize {
+        match pool {
+            KvPool::Global => self.global.num_blocks,
+            KvPool::Sliding => self.sliding.as_ref().map_or(0, |s| s.num_blocks),
+        }
+    }
+
+    /// Bytes of K and V in both pools.
+    pub fn bytes(&self) -> usize {
+        let pool_bytes = |p: &PoolBuffers| (p.k.len() + p.v.len()) * std::mem::size_of::<u16>();
+        pool_bytes(&self.global) + self.sliding.as_ref().map_or(0, pool_bytes)
+    }
+
+    fn buffers(&self, layer: usize) -> &PoolBuffers {
+        match (self.placement[layer].0, &self.sliding) {
+            (KvPool::Sliding, Some(sliding)) => sliding,
+            _ => &self.global,
+        }
+    }
+
+    /// The K buffer of `layer`'s pool (index it with [`Self::offset`]).
+    #[inline]
+    pub fn keys(&self, layer: usize) -> &[u16] {
+        &self.buffers(layer).k
+    }
+
+    /// The V buffer of `layer`'s pool (index it with [`Self::offset`]).
+    #[inline]
+    pub fn values(&self, layer: usize) -> &[u16] {
+        &self.buffers(layer).v
+    }
+
+    /// Every K and V value of both pools, to fill in tests.
+    #[doc(hidden)]
+    pub fn all_values_mut(&mut self) -> impl Iterator<Item = &mut u16> {
+        let sliding = self.sliding.iter_mut().flat_map(|s| s.k.iter_mut().chain(s.v.iter_mut()));
+        self.global.k.iter_mut().chain(self.global.v.iter_mut()).chain(sliding)
+    }
+
+    /// Offset in [`Self::keys`] / [`Self::values`] of the `head_dim` values of (layer, block
+    /// of the layer's pool, KV head, slot).
     #[inline]
     pub fn offset(&self, layer: usize, block: usize, kv_head: usize, slot: usize) -> usize {
-        (((layer * self.num_blocks + block) * self.n_kv_heads + kv_head) * self.block_size + slot) * self.head_dim
+        let local_layer = self.placement[layer].1;
+        let num_blocks = self.buffers(layer).num_blocks;
+        (((local_layer * num_blocks + block) * self.n_kv_heads + kv_head) * self.block_size + slot) * self.head_dim
     }
 
-    /// Offset of KV head `kv_head` of the token at `pos` of a sequence with `block_table`.
+    /// Offset of KV head `kv_head` of the token at `pos` of a sequence with `block_table` (the
+    /// sequence's table of `layer`'s pool).
     #[inline]
     pub fn position_offset(&self, layer: usize, block_table: &[u32], pos: usize, kv_head: usize) -> usize {
         self.offset(layer, block_table[pos / self.block_size] as usize, kv_head, pos % self.block_size)
     }
 
-    /// Stores one token's K and V (`kv_dim` f32 each, rounded to f16) at `pos` of a sequence.
+    /// Stores one token's K and V (`kv_dim` f32 each, rounded to f16) at `pos` of a sequence
+    /// whose table in `layer`'s pool is `block_table`.
     pub fn write(&mut self, layer: usize, block_table: &[u32], pos: usize, key: &[f32], value: &[f32]) {
         let hd = self.head_dim;
+        let first = self.position_offset(layer, block_table, pos, 0);
+        let buffers = match (self.placement[layer].0, &mut self.sliding) {
+            (KvPool::Sliding, Some(sliding)) => sliding,
+            _ => &mut self.global,
+        };
+        let head_stride = self.block_size * hd;
         for (head, (key, value)) in key.chunks_exact(hd).zip(value.chunks_exact(hd)).enumerate() {
-            let offset = self.position_offset(layer, block_table, pos, head);
-            crate::f16::f32_slice_to_f16(key, &mut self.k[offset..offset + hd]);
-            crate::f16::f32_slice_to_f16(value, &mut self.v[offset..offset + hd]);
+            let offset = first + head * head_stride;
+            crate::f16::f32_slice_to_f16(key, &mut buffers.k[offset..offset + hd]);
+            crate::f16::f32_slice_to_f16(value, &mut buffers.v[offset..offset + hd]);
         }
     }
 }
@@ -70,11 +208,38 @@ pub fn block_hash(parent: Option<BlockHash>, tokens: &[u32]) -> BlockHash {
     hasher.finish()
 }
 
+/// The contents of a full block at a place in a sequence: its chained hash, its parent's,
+/// and its tokens.
+#[derive(Debug, Clone, Copy)]
+pub struct CachedContents<'a> {
+    pub hash: BlockHash,
+    pub parent: Option<BlockHash>,
+    pub tokens: &'a [u32],
+}
+
+/// The contents of the first `count` full blocks of `tokens`, hashes chained from the start.
+pub fn prefix_contents(tokens: &[u32], block_size: usize, count: usize) -> Vec<CachedContents<'_>> {
+    let mut parent = None;
+    tokens
+        .chunks_exact(block_size)
+        .take(count)
+        .map(|tokens| {
+            let hash = block_hash(parent, tokens);
+            let contents = CachedContents { hash, parent, tokens };
+            parent = Some(hash);
+            contents
+        })
+        .collect()
+}
+
 /// What the prefix cache remembers about a full block, to confirm a hash hit is real.
 struct CachedBlock {
     hash: BlockHash,
     parent: Option<BlockHash>,
     tokens: Box<[u32]>,
+    /// Counted in its parent block's `cached_children` (false for sliding-window blocks,
+    /// registered on their own: see [`BlockAllocator::register_window_block`]).
+    chained: bool,
 }
 
 /// Hands out KV blocks and shares full prompt blocks between sequences.
@@ -97,6 +262,13 @@ struct CachedBlock {
 /// block in use keeps its parent in use, so every idle cached block can be reclaimed
 /// (leaves first) and counts as available.
 ///
+/// A sliding-window pool's blocks are registered on their own, found by hash, never by
+/// walking a chain ([`Self::register_window_block`]). Those a table gives back as they leave
+/// its window ([`BlockTable::release_before`]) are handed out again before any block that was
+/// never used (whose memory was never touched): a long sequence keeps reusing about a window
+/// of blocks instead of walking the pool, while a finished sequence's last window stays
+/// cached, like any prefix, until no never-used block is left.
+///
 /// Allocating from and returning to the free stack is O(1); evicting a cached block is
 /// O(log n) in the number of cached blocks.
 #[derive(Clone)]
@@ -107,9 +279,15 @@ pub struct BlockAllocator {
 /// The blocks one sequence holds, in position order (position `p` lives in block
 /// `self[p / block_size]`). Releasing or dropping the table returns every block to the
 /// allocator that handed it out.
+///
+/// A sliding-window table may give back its leading blocks early
+/// ([`Self::release_before`]): their entries become [`RELEASED_BLOCK`], so positions keep
+/// their index.
 #[derive(Default)]
 pub struct BlockTable {
     blocks: Vec<u32>,
+    /// Leading entries already given back (all [`RELEASED_BLOCK`]).
+    released: usize,
     /// The pool the blocks came from (none while the table has never held a block).
     pool: Option<Arc<Mutex<BlockPool>>>,
 }
@@ -126,9 +304,50 @@ impl BlockTable {
             return;
         }
         if let Some(pool) = &self.pool {
-            lock(pool).release_all(&self.blocks);
+            lock(pool).release_all(&self.blocks[self.released..]);
         }
         self.blocks.clear();
+        self.released = 0;
+    }
+
+    /// Gives back the blocks of entries `..index` (those not given back yet); their entries
+    /// become [`RELEASED_BLOCK`]. For a sliding-window table, whose positions before the
+    /// window are never read again. Cached ones among them are the first reused when a block
+    /// is needed (see [`BlockAllocator`]), so a long sequence keeps reusing the memory of its
+    /// window instead of touching new blocks.
+    pub fn release_before(&mut self, index: usize) {
+        let index = index.min(self.blocks.len());
+        if index <= self.released {
+            return;
+        }
+        if let Some(pool) = &self.pool {
+            lock(pool).release_slid_out(&self.blocks[self.released..index]);
+        }
+        self.blocks[self.released..index].fill(RELEASED_BLOCK);
+        self.released = index;
+    }
+
+    /// Gives back the blocks of entries `len..`, keeping the first `len`.
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.blocks.len() {
+            return;
+        }
+        let from = len.max(self.released);
+        if let Some(pool) = &self.pool {
+            lock(pool).release_all(&self.blocks[from..]);
+        }
+        self.blocks.truncate(len);
+        self.released = self.released.min(len);
+    }
+
+    /// Blocks this table holds (entries not given back).
+    pub fn held(&self) -> usize {
+        self.blocks.len() - self.released
+    }
+
+    /// Leading entries given back ([`RELEASED_BLOCK`]).
+    pub fn released(&self) -> usize {
+        self.released
     }
 
     /// Makes `pool` the one this table's blocks go back to.
@@ -175,6 +394,8 @@ impl BlockAllocator {
         assert!(num_blocks > 0 && block_size > 0, "KV cache needs at least one block of one slot");
         let pool = BlockPool {
             block_size,
+            never_used: num_blocks,
+            slid_out: BTreeMap::new(),
             ref_count: vec![0; num_blocks],
             // Reversed so that block 0 is handed out first (easier to read in debugging).
             free: (0..num_blocks as u32).rev().collect(),
@@ -212,6 +433,12 @@ impl BlockAllocator {
         self.pool().free.len()
     }
 
+    /// Blocks handed out at least once (the others' memory was never touched).
+    pub fn blocks_ever_used(&self) -> usize {
+        let pool = self.pool();
+        pool.ref_count.len() - pool.never_used
+    }
+
     /// Blocks a sequence of `tokens` positions needs.
     pub fn blocks_for(&self, tokens: usize) -> usize {
         tokens.div_ceil(self.pool().block_size)
@@ -230,7 +457,28 @@ impl BlockAllocator {
     /// last one.
     pub fn acquire_prefix(&self, tokens: &[u32], max_blocks: usize) -> (BlockTable, Option<BlockHash>) {
         let (blocks, last) = self.pool().acquire_prefix(tokens, max_blocks);
-        (BlockTable { blocks, pool: Some(Arc::clone(&self.pool)) }, last)
+        (BlockTable { blocks, released: 0, pool: Some(Arc::clone(&self.pool)) }, last)
+    }
+
+    /// A table whose first `released` entries are [`RELEASED_BLOCK`], followed by a reference
+    /// to each block cached (by [`Self::register_window_block`]) as one of `blocks`. Unless
+    /// every one is cached, nothing is taken and the error is the index in `blocks` of the
+    /// first that is not. How a sliding-window pool serves a prefix-cache hit: only the blocks
+    /// inside the window before the reuse point are needed.
+    pub fn acquire_window(&self, released: usize, blocks: &[CachedContents<'_>]) -> Result<BlockTable, usize> {
+        let found = self.pool().acquire_all(blocks)?;
+        let mut blocks = vec![RELEASED_BLOCK; released];
+        blocks.extend(found);
+        Ok(BlockTable { blocks, released, pool: Some(Arc::clone(&self.pool)) })
+    }
+
+    /// Registers the full, computed block `table[index]` of a sliding-window table under its
+    /// chained hash (its `tokens` follow a block with hash `parent`), without linking it to its
+    /// parent: the parent may already be given back. Such blocks are found by hash
+    /// ([`Self::acquire_window`]), never by walking a chain, so each is evictable on its own,
+    /// least recently used first.
+    pub fn register_window_block(&self, table: &BlockTable, index: usize, parent: Option<BlockHash>, tokens: &[u32]) {
+        self.pool().register_unchained(table[index], parent, tokens);
     }
 
     /// Registers the full, computed block `table[index]` (its `tokens` follow a block with
@@ -255,6 +503,12 @@ impl BlockAllocator {
 /// The allocator's state (see [`BlockAllocator`]).
 struct BlockPool {
     block_size: usize,
+    /// The bottom `never_used` entries of `free` were never handed out (blocks returned are
+    /// pushed above them).
+    never_used: usize,
+    /// Idle cached blocks a sliding-window table gave back as they left its window
+    /// ([`BlockTable::release_before`]), by last use: reused before any never-used block.
+    slid_out: BTreeMap<u64, u32>,
     ref_count: Vec<u32>,
     free: Vec<u32>,
     cached: Vec<Option<CachedBlock>>,
@@ -281,23 +535,51 @@ impl BlockPool {
             return Err(OutOfBlocks);
         }
         for _ in 0..count {
-            let block = match self.free.pop() {
-                Some(b) => b,
-                None => self.evict_one(),
-            };
+            let block = self.take_block();
             self.ref_count[block as usize] = 1;
             blocks.push(block);
         }
         Ok(())
     }
 
+    /// The next block to hand out: a free block used before, then a cached block that slid
+    /// out of a window, then a never-used block, then the least recently used cached block.
+    /// `available()` must be positive.
+    fn take_block(&mut self) -> u32 {
+        let used_before_is_free = self.free.len() > self.never_used;
+        if !used_before_is_free {
+            if let Some((_, block)) = self.slid_out.pop_first() {
+                return self.reclaim(block);
+            }
+        }
+        match self.free.pop() {
+            Some(block) => {
+                self.never_used = self.never_used.min(self.free.len());
+                block
+            }
+            None => self.evict_one(),
+        }
+    }
+
     /// Reclaims the least recently used cached leaf. Only called when no block is free and
     /// `available()` said an idle cached block exists, so a leaf exists too: the subtree of an
     /// idle cached block is idle (see [`BlockAllocator`]), and its deepest block is a leaf.
     fn evict_one(&mut self) -> u32 {
-        let Some((_, block)) = self.evictable.pop_first() else {
+        let oldest_slid_out = self.slid_out.first_key_value().map(|(&k, _)| k);
+        let oldest_other = self.evictable.first_key_value().map(|(&k, _)| k);
+        let order = match (oldest_slid_out, oldest_other) {
+            (Some(s), Some(o)) if s < o => &mut self.slid_out,
+            (Some(_), None) => &mut self.slid_out,
+            _ => &mut self.evictable,
+        };
+        let Some((_, block)) = order.pop_first() else {
             unreachable!("an idle cached block always has an idle cached leaf")
         };
+        self.reclaim(block)
+    }
+
+    /// Takes an idle cached block out of the cache to hand it out.
+    fn reclaim(&mut self, block: u32) -> u32 {
         self.idle_cached -= 1;
         self.forget(block);
         block
@@ -306,13 +588,21 @@ impl BlockPool {
     /// Drops one reference to each block of a table.
     fn release_all(&mut self, table: &[u32]) {
         for &block in table {
-            self.release(block);
+            self.release(block, false);
+        }
+    }
+
+    /// Drops one reference to each block that slid out of a sliding-window table's window.
+    fn release_slid_out(&mut self, blocks: &[u32]) {
+        for &block in blocks {
+            self.release(block, true);
         }
     }
 
     /// Drops one reference to `block`. The last reference returns it to the free stack, or
-    /// keeps it as an idle cached block when its contents are registered.
-    fn release(&mut self, block: u32) {
+    /// keeps it as an idle cached block when its contents are registered (first in line for
+    /// reuse if it `slid_out` of a window).
+    fn release(&mut self, block: u32, slid_out: bool) {
         let b = block as usize;
         debug_assert!(self.ref_count[b] > 0, "block {block} released more often than acquired");
         self.ref_count[b] = self.ref_count[b].saturating_sub(1);
@@ -327,7 +617,8 @@ impl BlockPool {
         self.last_use[b] = self.clock;
         self.idle_cached += 1;
         if self.cached_children[b] == 0 {
-            self.evictable.insert(self.clock, block);
+            let order = if slid_out { &mut self.slid_out } else { &mut self.evictable };
+            order.insert(self.clock, block);
         }
     }
 
@@ -345,7 +636,7 @@ impl BlockPool {
             },
         };
         if self.cached[b].is_none() && !self.by_hash.contains_key(&hash) {
-            self.cached[b] = Some(CachedBlock { hash, parent, tokens: tokens.into() });
+            self.cached[b] = Some(CachedBlock { hash, parent, tokens: tokens.into(), chained: true });
             self.by_hash.insert(hash, block);
             if let Some(p) = parent_block {
                 self.cached_children[p as usize] += 1;
@@ -354,23 +645,58 @@ impl BlockPool {
         hash
     }
 
+    fn register_unchained(&mut self, block: u32, parent: Option<BlockHash>, tokens: &[u32]) {
+        debug_assert_eq!(tokens.len(), self.block_size);
+        let hash = block_hash(parent, tokens);
+        let b = block as usize;
+        if self.cached[b].is_none() && !self.by_hash.contains_key(&hash) {
+            self.cached[b] = Some(CachedBlock { hash, parent, tokens: tokens.into(), chained: false });
+            self.by_hash.insert(hash, block);
+        }
+    }
+
+    /// The block cached with exactly these contents, if any.
+    fn lookup(&self, hash: BlockHash, parent: Option<BlockHash>, tokens: &[u32]) -> Option<u32> {
+        let &block = self.by_hash.get(&hash)?;
+        let entry = self.cached[block as usize].as_ref()?;
+        // Guard against a 64-bit hash collision: the contents must really match.
+        (entry.parent == parent && &*entry.tokens == tokens).then_some(block)
+    }
+
+    /// Takes a reference to a cached block (out of the eviction order if it was idle).
+    fn take_reference(&mut self, block: u32) {
+        let b = block as usize;
+        if self.ref_count[b] == 0 {
+            self.idle_cached -= 1;
+            let key = self.last_use[b];
+            if self.evictable.remove(&key).is_none() {
+                self.slid_out.remove(&key);
+            }
+        }
+        self.ref_count[b] += 1;
+    }
+
+    /// A reference to each cached block of `blocks`, or none (and the index of the first
+    /// missing one) unless all are cached.
+    fn acquire_all(&mut self, blocks: &[CachedContents<'_>]) -> Result<Vec<u32>, usize> {
+        let found = blocks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| self.lookup(c.hash, c.parent, c.tokens).ok_or(i))
+            .collect::<Result<Vec<u32>, usize>>()?;
+        for &block in &found {
+            self.take_reference(block);
+        }
+        Ok(found)
+    }
+
     fn acquire_prefix(&mut self, tokens: &[u32], max_blocks: usize) -> (Vec<u32>, Option<BlockHash>) {
         let mut blocks = Vec::new();
         let mut parent = None;
         for chunk in tokens.chunks_exact(self.block_size).take(max_blocks) {
             let hash = block_hash(parent, chunk);
-            let Some(&block) = self.by_hash.get(&hash) else { break };
-            let entry = self.cached[block as usize].as_ref();
-            // Guard against a 64-bit hash collision: the contents must really match.
-            if !entry.is_some_and(|e| e.parent == parent && &*e.tokens == chunk) {
-                break;
-            }
-            let b = block as usize;
-            if self.ref_count[b] == 0 {
-                self.idle_cached -= 1;
-                self.evictable.remove(&self.last_use[b]);
-            }
-            self.ref_count[b] += 1;
+            let Some(block) = self.lookup(hash, parent, chunk) else { break };
+            self.take_reference(block);
             blocks.push(block);
             parent = Some(hash);
         }
@@ -383,6 +709,9 @@ impl BlockPool {
         let Some(entry) = self.cached[block as usize].take() else { return };
         if self.by_hash.get(&entry.hash) == Some(&block) {
             self.by_hash.remove(&entry.hash);
+        }
+        if !entry.chained {
+            return;
         }
         let Some(&parent) = entry.parent.as_ref().and_then(|h| self.by_hash.get(h)) else { return };
         let p = parent as usize;
@@ -507,6 +836,96 @@ mod tests {
         assert_eq!(*taken, [old[1], old[0]]);
         let (shared, _) = a.acquire_prefix(&[3, 3, 4, 4, 5], 2);
         assert_eq!(*shared, new[..]);
+    }
+
+    #[test]
+    fn released_entries_keep_their_place_and_their_blocks_go_back_once() {
+        let a = BlockAllocator::new(6, 2);
+        let mut table = take(&a, 5);
+        let kept = table[3..].to_vec();
+        table.release_before(3);
+        assert_eq!(&table[..3], &[RELEASED_BLOCK; 3]);
+        assert_eq!(&table[3..], &kept[..]);
+        assert_eq!((table.len(), table.held(), table.released()), (5, 2, 3));
+        assert_eq!(a.free_blocks(), 4);
+        // Releasing less, or the same, again gives nothing back twice.
+        table.release_before(2);
+        table.release_before(3);
+        assert_eq!(a.free_blocks(), 4);
+        // Growing keeps the indexing: the new block is entry 5.
+        a.allocate_into(&mut table, 1).unwrap();
+        assert_eq!((table.len(), table.held()), (6, 3));
+        table.truncate(4);
+        assert_eq!((table.len(), table.held(), a.free_blocks()), (4, 1, 5));
+        drop(table);
+        assert_eq!(a.free_blocks(), 6);
+    }
+
+    /// A sequence walking `steps` blocks of 2 tokens while holding at most `window` of them
+    /// (each block registered as the sliding pool does), on `a`: its table and its tokens'
+    /// block contents.
+    fn walk_a_window(a: &BlockAllocator, steps: usize, window: usize) -> (BlockTable, Vec<CachedContents<'static>>) {
+        let tokens: &'static [u32] = Vec::leak((0..2 * steps as u32).collect());
+        let contents = prefix_contents(tokens, 2, steps);
+        let mut table = BlockTable::new();
+        for (i, c) in contents.iter().enumerate() {
+            a.allocate_into(&mut table, 1).unwrap();
+            a.register_window_block(&table, i, c.parent, c.tokens);
+            table.release_before((i + 1).saturating_sub(window));
+            assert!(table.held() <= window);
+        }
+        (table, contents)
+    }
+
+    #[test]
+    fn a_walking_window_reuses_its_slid_out_blocks_and_a_finished_window_stays_cached() {
+        let a = BlockAllocator::new(64, 2);
+        let (table, contents) = walk_a_window(&a, 100, 3);
+        // Three held, the fourth allocation found nothing slid out yet; from then on each new
+        // block is the least recently slid-out one: 60 blocks were never touched.
+        assert_eq!(a.blocks_ever_used(), 4);
+        // A finished sequence's window is kept like any cached prefix: new blocks come from
+        // what slid out (one block left), then from the never-used ones while there are some.
+        let window = table[97..].to_vec();
+        drop(table);
+        let other = take(&a, 10);
+        assert_eq!(a.blocks_ever_used(), 4 + 9);
+        let reused = a.acquire_window(97, &contents[97..100]).expect("the finished window is still cached");
+        assert_eq!(&reused[97..], &window[..]);
+        drop((other, reused));
+        assert_eq!(take(&a, 64).len(), 64, "every idle block can be handed out again");
+    }
+
+    #[test]
+    fn window_blocks_are_found_by_hash_all_or_nothing_and_evicted_alone() {
+        let a = BlockAllocator::new(4, 2);
+        let prompt = [1, 2, 3, 4, 5, 6];
+        let contents = prefix_contents(&prompt, 2, 3);
+        let mut table = take(&a, 3);
+        for (i, c) in contents.iter().enumerate() {
+            a.register_window_block(&table, i, c.parent, c.tokens);
+        }
+        let blocks = table.to_vec();
+        // The first block slid out of the window: given back, still cached.
+        table.release_before(1);
+        let reused = a.acquire_window(1, &contents[1..3]).expect("both window blocks are cached");
+        assert_eq!(&reused[..], &[RELEASED_BLOCK, blocks[1], blocks[2]]);
+        assert_eq!(reused.held(), 2);
+        drop((table, reused));
+        assert_eq!(a.available(), 4);
+
+        // Two new blocks: the free one, then the least recently used cached block, the first
+        // one (released first), though the others name it as their parent.
+        let other = take(&a, 2);
+        assert!(other.contains(&blocks[0]), "evicted {other:?}, cached {blocks:?}");
+        assert_eq!(a.acquire_window(0, &contents[..2]).err(), Some(0), "the missing block is named");
+        let tail = a.acquire_window(1, &contents[1..]).expect("the rest is still cached");
+        // A different token in a block is a miss, not a hash hit.
+        let mut wrong = contents[2];
+        wrong.tokens = &[5, 7];
+        assert_eq!(a.acquire_window(2, &[wrong]).err(), Some(0));
+        drop((other, tail));
+        assert_eq!(take(&a, 4).len(), 4, "every idle block can be handed out again");
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub mod engine;
 pub mod error;
 pub(crate) mod f16;
 pub mod gguf;
+#[doc(hidden)]
+pub mod gguf_write;
 pub mod kv_cache;
 pub(crate) mod memory;
 pub mod metrics;

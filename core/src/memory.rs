@@ -9,13 +9,10 @@
 /// Returns the allocator's free pages to the OS; call after dropping large buffers.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub(crate) fn release_free_memory() {
-    extern "C" {
-        fn malloc_trim(pad: usize) -> std::ffi::c_int;
-    }
     // SAFETY: glibc's malloc_trim takes each arena's lock and only touches free chunks; any
     // thread may call it at any time.
     unsafe {
-        malloc_trim(0);
+        libc::malloc_trim(0);
     }
 }
 

@@ -61,6 +61,11 @@ pub struct MetricsSnapshot {
     pub kv_blocks_total: usize,
     /// Blocks not used by any sequence (free or holding reusable cached prefixes).
     pub kv_blocks_free: usize,
+    /// Blocks of the sliding-window layers' pool (0 for models without sliding layers, whose
+    /// every layer uses the pool above).
+    pub kv_sliding_blocks_total: usize,
+    /// Blocks of the sliding-window pool not used by any sequence (as `kv_blocks_free`).
+    pub kv_sliding_blocks_free: usize,
     pub embedding_requests: u64,
     /// Tokens (prefill + decode rows) per forward step.
     pub batch_size: Histogram,
@@ -87,6 +92,8 @@ pub struct Metrics {
     pub preemptions: AtomicU64,
     pub kv_blocks_total: AtomicUsize,
     pub kv_blocks_free: AtomicUsize,
+    pub kv_sliding_blocks_total: AtomicUsize,
+    pub kv_sliding_blocks_free: AtomicUsize,
     pub embedding_requests: AtomicU64,
     histograms: Mutex<Histograms>,
 }
@@ -117,6 +124,8 @@ impl Default for Metrics {
             preemptions: AtomicU64::new(0),
             kv_blocks_total: AtomicUsize::new(0),
             kv_blocks_free: AtomicUsize::new(0),
+            kv_sliding_blocks_total: AtomicUsize::new(0),
+            kv_sliding_blocks_free: AtomicUsize::new(0),
             embedding_requests: AtomicU64::new(0),
             histograms: Mutex::new(Histograms {
                 batch_size: Histogram::with_bounds(BATCH_SIZE_BOUNDS),
@@ -170,6 +179,8 @@ impl Metrics {
             preemptions: load64(&self.preemptions),
             kv_blocks_total: load(&self.kv_blocks_total),
             kv_blocks_free: load(&self.kv_blocks_free),
+            kv_sliding_blocks_total: load(&self.kv_sliding_blocks_total),
+            kv_sliding_blocks_free: load(&self.kv_sliding_blocks_free),
             embedding_requests: load64(&self.embedding_requests),
             batch_size: h.batch_size.clone(),
             time_to_first_token_seconds: h.ttft.clone(),

@@ -11,12 +11,97 @@
 //!
 //! Sequences own their blocks (a [`crate::kv_cache::BlockTable`]): whatever removes a
 //! sequence from here, its blocks go back to the allocator when it is dropped.
+//!
+//! A model with sliding-window layers has a second block pool for them ([`SlidingPool`]):
+//! each sequence holds a second table whose blocks before the window of its next position are
+//! given back as it advances, so a long sequence holds about `window / block_size` sliding
+//! blocks however long it grows. Admission and growth need room in both pools.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
-use crate::kv_cache::BlockAllocator;
+use crate::kv_cache::{prefix_contents, BlockAllocator, BlockHash, BlockTable, OutOfBlocks};
 use crate::sequence::Sequence;
+
+/// The block pool of sliding-window layers, and their window.
+pub(crate) struct SlidingPool {
+    pub allocator: BlockAllocator,
+    /// Positions a sliding layer attends to, the query's own included.
+    pub window: usize,
+}
+
+impl SlidingPool {
+    /// The first block a sequence still needs when its next position to compute is `next`:
+    /// that position attends from `next + 1 - window`, and every later position from later.
+    pub fn first_needed_block(&self, next: usize) -> usize {
+        (next + 1).saturating_sub(self.window) / self.allocator.block_size()
+    }
+
+    /// Gives back the sliding blocks `seq` no longer needs.
+    fn release_slid_out(&self, seq: &mut Sequence) {
+        seq.sliding_blocks.release_before(self.first_needed_block(seq.computed));
+    }
+
+    /// Of a prefix-cache hit of `global` blocks of `tokens`, the longest leading part whose
+    /// sliding blocks (those inside the window before the reuse point) are all still cached
+    /// in this pool, with a table holding them. The global blocks past that part are given
+    /// back: reusing them without the sliding layers' K/V would need a recompute that writes
+    /// into shared blocks, so those positions are recomputed instead.
+    fn reuse(&self, tokens: &[u32], mut global: BlockTable) -> (BlockTable, Option<BlockHash>, BlockTable) {
+        let block_size = self.allocator.block_size();
+        let contents = prefix_contents(tokens, block_size, global.len());
+        let mut usable = contents.len();
+        while usable > 0 {
+            let first = self.first_needed_block(usable * block_size);
+            match self.allocator.acquire_window(first, &contents[first..usable]) {
+                Ok(sliding) => {
+                    global.truncate(usable);
+                    return (global, Some(contents[usable - 1].hash), sliding);
+                }
+                // Every shorter reuse whose window still covers the missing block fails too.
+                Err(missing) => usable = first + missing,
+            }
+        }
+        global.release();
+        (global, None, BlockTable::new())
+    }
+}
+
+/// Blocks `seq` needs in each pool to hold positions `..end`.
+fn blocks_needed(
+    allocator: &BlockAllocator,
+    sliding: Option<&SlidingPool>,
+    seq: &Sequence,
+    end: usize,
+) -> (usize, usize) {
+    let global = allocator.blocks_for(end).saturating_sub(seq.blocks.len());
+    // A sliding table keeps an entry (maybe given back) for every block before its end.
+    let sliding = sliding.map_or(0, |p| p.allocator.blocks_for(end).saturating_sub(seq.sliding_blocks.len()));
+    (global, sliding)
+}
+
+/// Whether both pools can hand out `needed` blocks now.
+fn room_for(allocator: &BlockAllocator, sliding: Option<&SlidingPool>, needed: (usize, usize)) -> bool {
+    allocator.available() >= needed.0 && sliding.is_none_or(|p| p.allocator.available() >= needed.1)
+}
+
+/// Adds `needed` blocks to each of `seq`'s tables, all or nothing.
+fn allocate(
+    allocator: &BlockAllocator,
+    sliding: Option<&SlidingPool>,
+    seq: &mut Sequence,
+    needed: (usize, usize),
+) -> Result<(), OutOfBlocks> {
+    let held = seq.blocks.len();
+    allocator.allocate_into(&mut seq.blocks, needed.0)?;
+    if let Some(pool) = sliding {
+        if let Err(e) = pool.allocator.allocate_into(&mut seq.sliding_blocks, needed.1) {
+            seq.blocks.truncate(held);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
 
 /// Scheduling limits.
 #[derive(Debug, Clone, Copy)]
@@ -88,11 +173,18 @@ pub(crate) struct Scheduler {
     waiting: BinaryHeap<Queued>,
     pub running: Vec<Sequence>,
     pub allocator: BlockAllocator,
+    /// The sliding-window layers' pool, for models that have such layers.
+    pub sliding: Option<SlidingPool>,
 }
 
 impl Scheduler {
     pub fn new(config: SchedulerConfig, allocator: BlockAllocator) -> Self {
-        Self { config, waiting: BinaryHeap::new(), running: Vec::new(), allocator }
+        Self { config, waiting: BinaryHeap::new(), running: Vec::new(), allocator, sliding: None }
+    }
+
+    /// The same scheduler with a second pool for sliding-window layers.
+    pub fn with_sliding_pool(self, sliding: SlidingPool) -> Self {
+        Self { sliding: Some(sliding), ..self }
     }
 
     pub fn enqueue(&mut self, seq: Sequence) {
@@ -216,10 +308,10 @@ impl Scheduler {
                 i += 1;
                 continue;
             }
-            let needed = self.allocator.blocks_for(seq.computed + len).saturating_sub(seq.blocks.len());
+            let needed = blocks_needed(&self.allocator, self.sliding.as_ref(), seq, seq.computed + len);
             // Make room by preempting the newest sequences behind this one (not those already
             // in this step's plan).
-            while self.allocator.available() < needed
+            while !room_for(&self.allocator, self.sliding.as_ref(), needed)
                 && self.running.len() > i + 1
                 && self.running.last().is_some_and(|s| !s.scheduled_this_step)
             {
@@ -228,7 +320,7 @@ impl Scheduler {
                     report.preempted += 1;
                 }
             }
-            if self.allocator.allocate_into(&mut self.running[i].blocks, needed).is_err() {
+            if allocate(&self.allocator, self.sliding.as_ref(), &mut self.running[i], needed).is_err() {
                 let seq = self.running.remove(i);
                 if self.running.is_empty() && plan.is_empty() {
                     // Alone and still no room: the whole cache cannot hold it.
@@ -267,7 +359,11 @@ impl Scheduler {
                 // Reuse cached full blocks of the prompt, but always leave the last token to
                 // compute: its logits are what the next token is sampled from.
                 let max_blocks = (seq.tokens.len() - 1) / block_size;
-                let (blocks, last_hash) = self.allocator.acquire_prefix(&seq.tokens, max_blocks);
+                let (mut blocks, mut last_hash) = self.allocator.acquire_prefix(&seq.tokens, max_blocks);
+                // Sliding layers need the window before the reuse point too (maybe less reuse).
+                if let Some(sliding) = &self.sliding {
+                    (blocks, last_hash, seq.sliding_blocks) = sliding.reuse(&seq.tokens, blocks);
+                }
                 seq.computed = blocks.len() * block_size;
                 seq.prefill_start = seq.computed;
                 seq.registered_blocks = blocks.len();
@@ -282,8 +378,8 @@ impl Scheduler {
             // A prompt that would only partly fit after others waits for the next step: the
             // step stays short and its first token comes no later (whole prompts first).
             let partial_after_others = len < seq.pending() && budget.prefill < self.config.max_prefill_tokens;
-            let needed = self.allocator.blocks_for(seq.computed + len).saturating_sub(seq.blocks.len());
-            if partial_after_others || self.allocator.allocate_into(&mut seq.blocks, needed).is_err() {
+            let needed = blocks_needed(&self.allocator, self.sliding.as_ref(), &seq, seq.computed + len);
+            if partial_after_others || allocate(&self.allocator, self.sliding.as_ref(), &mut seq, needed).is_err() {
                 // Not now: give the prefix blocks back (they stay cached) and keep its place.
                 self.preempt(seq);
                 break;
@@ -308,8 +404,9 @@ impl Scheduler {
         }
     }
 
-    /// Records that the planned chunks went through the model: advances `computed` and
-    /// registers newly completed blocks in the prefix cache.
+    /// Records that the planned chunks went through the model: advances `computed`,
+    /// registers newly completed blocks in the prefix cache (in both pools) and gives back the
+    /// sliding blocks that fell out of the window.
     pub fn mark_computed(&mut self, plan: &[ScheduledChunk]) {
         let block_size = self.allocator.block_size();
         for chunk in plan {
@@ -318,9 +415,19 @@ impl Scheduler {
             while (seq.registered_blocks + 1) * block_size <= seq.computed {
                 let r = seq.registered_blocks;
                 let tokens = &seq.tokens[r * block_size..(r + 1) * block_size];
-                let hash = self.allocator.register_full_block(&seq.blocks, r, seq.last_block_hash, tokens);
+                let parent = seq.last_block_hash;
+                let hash = self.allocator.register_full_block(&seq.blocks, r, parent, tokens);
+                if let Some(sliding) = &self.sliding {
+                    // Just computed, so still held: blocks are given back only below.
+                    if r >= seq.sliding_blocks.released() {
+                        sliding.allocator.register_window_block(&seq.sliding_blocks, r, parent, tokens);
+                    }
+                }
                 seq.last_block_hash = Some(hash);
                 seq.registered_blocks += 1;
+            }
+            if let Some(sliding) = &self.sliding {
+                sliding.release_slid_out(seq);
             }
         }
     }
@@ -329,6 +436,7 @@ impl Scheduler {
     /// tokens (mostly from the prefix cache) when readmitted.
     fn preempt(&mut self, mut seq: Sequence) {
         seq.blocks.release();
+        seq.sliding_blocks.release();
         seq.computed = 0;
         seq.prefill_start = 0;
         seq.registered_blocks = 0;
@@ -359,6 +467,7 @@ mod tests {
             computed: 0,
             prefill_start: 0,
             blocks: Default::default(),
+            sliding_blocks: Default::default(),
             queue_slot: None,
             registered_blocks: 0,
             last_block_hash: None,
@@ -386,6 +495,16 @@ mod tests {
             max_decode_deferral: 0,
         };
         Scheduler::new(config, BlockAllocator::new(blocks, 4))
+    }
+
+    /// Blocks of 4 slots, `sliding_blocks` of them for sliding layers with `window`.
+    fn sliding_scheduler(budget: usize, blocks: usize, sliding_blocks: usize, window: usize) -> Scheduler {
+        let sliding = SlidingPool { allocator: BlockAllocator::new(sliding_blocks, 4), window };
+        scheduler(4, budget, blocks).with_sliding_pool(sliding)
+    }
+
+    fn sliding_available(s: &Scheduler) -> usize {
+        s.sliding.as_ref().map_or(0, |p| p.allocator.available())
     }
 
     /// Runs a step as the engine would, sampling token 7 for every chunk that wants logits.
@@ -566,6 +685,122 @@ mod tests {
         drop(report);
         assert_eq!(s.allocator.available(), 2);
         assert!(s.is_idle());
+    }
+
+    #[test]
+    fn a_long_prompt_holds_only_its_window_of_sliding_blocks() {
+        // Window 8, chunks of 4, blocks of 4: at most ceil((8 + 4) / 4) + 1 = 4 sliding
+        // blocks, however long the sequence grows; the global table keeps every block.
+        let mut s = sliding_scheduler(4, 64, 64, 8);
+        s.enqueue(seq(1, 0, (0..41).collect()));
+        for _ in 0..30 {
+            let (plan, _) = s.schedule();
+            let chunk = plan[0];
+            let seq = &s.running[0];
+            assert!(seq.sliding_blocks.held() <= 4, "{} sliding blocks at {}", seq.sliding_blocks.held(), chunk.start);
+            assert_eq!(seq.blocks.len(), (chunk.start + chunk.len).div_ceil(4));
+            // Every block the chunk's positions attend to is held: the first position attends
+            // from `start + 1 - window`.
+            let first = (chunk.start + 1).saturating_sub(8) / 4;
+            assert_eq!(seq.sliding_blocks.released(), first, "given back exactly before the window");
+            assert!(seq.sliding_blocks[first..].iter().all(|&b| b != crate::kv_cache::RELEASED_BLOCK));
+            s.mark_computed(&plan);
+            if chunk.want_logits {
+                s.running[0].tokens.push(7);
+            }
+        }
+        assert_eq!(s.running[0].computed, 41 + 30 - 11, "11 prefill steps, then a decode each");
+        // The blocks given back were reused: the rest of the 64-block pool was never touched.
+        let ever_used = s.sliding.as_ref().unwrap().allocator.blocks_ever_used();
+        assert!(ever_used <= 4, "{ever_used} sliding blocks touched for one sequence");
+        s.remove_where(|_| true);
+        assert_eq!((s.allocator.available(), sliding_available(&s)), (64, 64), "both pools are whole again");
+    }
+
+    #[test]
+    fn admission_needs_room_in_the_sliding_pool_too() {
+        // Plenty of global blocks, 3 sliding ones: an 8-token prompt computed in one chunk
+        // takes 2 sliding blocks, so a second one waits although the global pool has room.
+        let mut s = sliding_scheduler(100, 64, 3, 4);
+        s.enqueue(seq(1, 0, (0..8).collect()));
+        s.enqueue(seq(2, 0, (100..108).collect()));
+        let plan = step(&mut s);
+        assert_eq!(plan.len(), 1);
+        assert_eq!((s.running.len(), s.waiting_len()), (1, 1));
+        assert!(s.allocator.available() >= 2, "the global pool is not what holds it back");
+        s.remove_where(|q| q.id == 1);
+        let plan = step(&mut s);
+        assert_eq!((plan.len(), s.running[0].id), (1, 2));
+        s.remove_where(|_| true);
+        assert_eq!((s.allocator.available(), sliding_available(&s)), (64, 3));
+    }
+
+    #[test]
+    fn a_sequence_short_of_sliding_blocks_preempts_the_newest_which_resumes_later() {
+        // 4 sliding blocks: two 8-token prompts take 2 each; the older one's first decode needs
+        // a third (window 8), so the newer one is preempted though the global pool has room.
+        let mut s = sliding_scheduler(100, 64, 4, 8);
+        s.enqueue(seq(1, 0, (0..8).collect()));
+        s.enqueue(seq(2, 0, (100..108).collect()));
+        step(&mut s);
+        let (plan, report) = s.schedule();
+        assert_eq!(report.preempted, 1);
+        assert!(report.out_of_space.is_empty());
+        assert_eq!((s.running.len(), s.running[0].id, plan.len()), (1, 1, 1));
+        assert!(s.allocator.available() > 32, "the global pool is not what ran out");
+        s.mark_computed(&plan);
+        // Once the first ends, the second resumes with its sampled token. Its global blocks are
+        // cached, but the first's decode took the least recently used of its cached sliding
+        // blocks (its first), which the window at position 8 needs: it recomputes everything.
+        s.remove_where(|q| q.id == 1);
+        let (plan, _) = s.schedule();
+        assert_eq!((s.running[0].id, s.running[0].tokens.len()), (2, 9));
+        assert_eq!((plan[0].start, plan[0].len), (0, 9));
+        s.remove_where(|_| true);
+        assert_eq!((s.allocator.available(), sliding_available(&s)), (64, 4));
+    }
+
+    #[test]
+    fn a_prefix_hit_reuses_the_cached_window_of_sliding_blocks() {
+        let mut s = sliding_scheduler(100, 64, 16, 8);
+        let prompt: Vec<u32> = (0..20).collect();
+        s.enqueue(seq(1, 0, prompt.clone()));
+        step(&mut s);
+        s.enqueue(seq(2, 0, prompt));
+        let (_, report) = s.schedule();
+        // Four full blocks (16 tokens) reused; the sliding layers need positions 9..16 of
+        // them: blocks 2 and 3, shared with the first sequence (which still holds block 3).
+        assert_eq!(report.prefix_hit_tokens, 16);
+        let (first, second) = (&s.running[0], &s.running[1]);
+        assert_eq!((second.computed, second.sliding_blocks.released()), (16, 2));
+        assert_eq!(second.sliding_blocks[3], first.sliding_blocks[3]);
+        s.remove_where(|_| true);
+        assert_eq!((s.allocator.available(), sliding_available(&s)), (64, 16));
+    }
+
+    #[test]
+    fn a_prefix_hit_whose_sliding_blocks_were_evicted_is_recomputed() {
+        // 4 sliding blocks: another prompt run after the first evicts all of its cached ones.
+        let mut s = sliding_scheduler(4, 64, 4, 8);
+        let prompt: Vec<u32> = (0..20).collect();
+        s.enqueue(seq(1, 0, prompt.clone()));
+        while s.running.first().is_none_or(|q| q.computed < 20) {
+            step(&mut s);
+        }
+        s.remove_where(|_| true);
+        s.enqueue(seq(3, 0, (100..116).collect()));
+        while s.running.first().is_none_or(|q| q.computed < 16) {
+            step(&mut s);
+        }
+        s.remove_where(|_| true);
+        s.enqueue(seq(2, 0, prompt));
+        let (plan, report) = s.schedule();
+        // The global blocks are cached, but without the window's sliding K/V they cannot be
+        // used: the prompt is computed from the start.
+        assert_eq!(report.prefix_hit_tokens, 0);
+        assert_eq!((plan[0].start, s.running[0].blocks.len()), (0, 1));
+        s.remove_where(|_| true);
+        assert_eq!((s.allocator.available(), sliding_available(&s)), (64, 4));
     }
 
     #[test]

@@ -84,6 +84,9 @@ pub(crate) struct Sequence {
     pub prefill_start: usize,
     /// The KV blocks it holds; they go back to the allocator when the sequence is dropped.
     pub blocks: BlockTable,
+    /// Its blocks in the sliding-window layers' pool (empty for models without one); those
+    /// before the window of its next position are already given back.
+    pub sliding_blocks: BlockTable,
     /// Its place in the engine's bounded queue, held from submit until it first joins the
     /// running batch (then, or when it ends, the place is given back).
     pub queue_slot: Option<QueueSlot>,

@@ -18,39 +18,15 @@ const INITIAL_GENERATION: usize = 0;
 /// How many spin iterations a worker waits for the next job before sleeping.
 const SPIN_ITERATIONS: u32 = 20_000;
 
-/// The number of threads to use when the caller does not say: the physical cores.
+/// The number of threads to use when the caller does not say: the physical cores, at most the
+/// CPUs this process may run on.
 ///
 /// SMT siblings share the vector units the kernels saturate, so they add little and
-/// oversubscribe. Falls back to the logical CPU count when topology is unknown.
+/// oversubscribe. `num_cpus` reads the topology (falling back to the logical count when it is
+/// unknown); containers and `taskset` often restrict the CPU set below what it lists.
 pub fn default_thread_count() -> usize {
-    physical_cores().unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1)
-}
-
-#[cfg(target_os = "linux")]
-fn physical_cores() -> Option<usize> {
-    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let mut cores = std::collections::HashSet::new();
-    let mut physical_id = String::new();
-    for line in info.lines() {
-        let mut parts = line.splitn(2, ':');
-        let key = parts.next()?.trim();
-        let value = parts.next().unwrap_or("").trim();
-        match key {
-            "physical id" => physical_id = value.to_string(),
-            "core id" => {
-                cores.insert((physical_id.clone(), value.to_string()));
-            }
-            _ => {}
-        }
-    }
-    let logical = std::thread::available_parallelism().map(|n| n.get()).ok()?;
-    // Containers often restrict the CPU set below what /proc/cpuinfo lists.
-    (!cores.is_empty()).then(|| cores.len().min(logical))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn physical_cores() -> Option<usize> {
-    None
+    let usable = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    num_cpus::get_physical().min(usable).max(1)
 }
 
 type Task = dyn Fn(usize) + Sync;

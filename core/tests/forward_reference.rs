@@ -98,6 +98,7 @@ impl Sequence {
             tokens: &self.tokens[start..start + len],
             start_pos: start,
             block_table: &self.block_table,
+            sliding_block_table: &[],
             want_logits,
         }
     }

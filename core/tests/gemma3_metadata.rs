@@ -144,7 +144,13 @@ fn projections_of_mixed_tensor_types_load_and_compute_correctly() {
     let mut kv = model.new_kv_storage(ids.len().div_ceil(4), 4);
     let table: Vec<u32> = (0..ids.len().div_ceil(4) as u32).collect();
     let mut logits = Vec::new();
-    let chunk = cortexstream::models::SeqChunk { tokens: &ids, start_pos: 0, block_table: &table, want_logits: true };
+    let chunk = cortexstream::models::SeqChunk {
+        tokens: &ids,
+        start_pos: 0,
+        block_table: &table,
+        sliding_block_table: &[],
+        want_logits: true,
+    };
     model.forward(&[chunk], &mut kv, &mut logits).expect("forward");
     let max_error = logits.iter().zip(&reference).map(|(&o, &r)| (o as f64 - r).abs()).fold(0.0, f64::max);
     assert!(max_error <= 0.40, "max logit error {max_error} with mixed tensor types");

@@ -11,9 +11,10 @@ mod common;
 
 use std::sync::OnceLock;
 
+use common::float64;
+use common::llamacpp::{self, Reference};
 use common::AllBlocksFreeAfter;
-use cortexstream::{Completion, Engine, EngineConfig, FinishReason, Request, SamplingParams};
-use serde_json::Value;
+use cortexstream::{Engine, EngineConfig};
 
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
@@ -28,49 +29,8 @@ fn engine() -> &'static Engine {
     })
 }
 
-/// llama.cpp's reference for one raw prompt (see the generator script for the fields).
-struct Reference {
-    prompt: String,
-    prompt_ids: Vec<u32>,
-    generated_ids: Vec<u32>,
-    /// llama.cpp's top two `(id, logprob)` at each generated position.
-    top2: Vec<[(u32, f32); 2]>,
-    near_tie_at: Option<usize>,
-    /// The gap under which llama.cpp's top two count as a near tie (see the generator).
-    near_tie: f32,
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().expect("an id array").iter().map(|x| x.as_u64().expect("an id") as u32).collect()
-}
-
-fn top2(step: &Value) -> [(u32, f32); 2] {
-    let top = step["top"].as_array().expect("top");
-    let entry =
-        |i: usize| (top[i]["id"].as_u64().expect("id") as u32, top[i]["logprob"].as_f64().expect("logprob") as f32);
-    [entry(0), entry(1)]
-}
-
 fn references() -> Vec<Reference> {
-    let fixture = common::fixture("gemma3_llamacpp.json");
-    let near_tie = fixture["near_tie"].as_f64().expect("near_tie") as f32;
-    fixture["prompts"]
-        .as_array()
-        .expect("prompts")
-        .iter()
-        .map(|p| Reference {
-            prompt: p["prompt"].as_str().expect("prompt").to_string(),
-            prompt_ids: ids(&p["prompt_ids"]),
-            generated_ids: ids(&p["generated_ids"]),
-            top2: p["steps"].as_array().expect("steps").iter().map(top2).collect(),
-            near_tie_at: p["near_tie_at"].as_u64().map(|i| i as usize),
-            near_tie,
-        })
-        .collect()
-}
-
-fn greedy(max_tokens: usize) -> SamplingParams {
-    SamplingParams { max_tokens: Some(max_tokens), logprobs: Some(2), ..SamplingParams::greedy() }
+    llamacpp::references(&common::fixture("gemma3_llamacpp.json"))
 }
 
 #[test]
@@ -81,45 +41,13 @@ fn the_file_loads_as_gemma3_with_its_vocabulary() {
 
 #[test]
 fn prompt_tokens_equal_llama_cpp() {
-    let engine = engine();
-    for r in references() {
-        let ours = engine.tokenize(&r.prompt, true).unwrap();
-        assert_eq!(ours, r.prompt_ids, "{:?}: our prompt ids differ from llama.cpp's", r.prompt);
-    }
-    for t in common::fixture("gemma3_llamacpp.json")["tokenize"].as_array().expect("tokenize") {
-        let text = t["text"].as_str().expect("text");
-        assert_eq!(engine.tokenize(text, true).unwrap(), ids(&t["ids"]), "{text:?}: our ids differ from llama.cpp's");
-    }
+    let tokenize = &common::fixture("gemma3_llamacpp.json")["tokenize"];
+    llamacpp::assert_tokenization_matches(engine(), &references(), tokenize);
 }
 
 #[test]
 fn greedy_ids_equal_llama_cpp_until_its_top_two_near_tie() {
-    let engine = AllBlocksFreeAfter(engine());
-    for r in references() {
-        let ours = engine.generate(Request::new(r.prompt.as_str(), greedy(r.generated_ids.len()))).unwrap();
-        let agreed = r.near_tie_at.unwrap_or(r.generated_ids.len());
-        assert!(
-            ours.token_ids.len() >= agreed,
-            "{:?}: we stopped after {} tokens ({:?}), llama.cpp went on to {}",
-            r.prompt,
-            ours.token_ids.len(),
-            ours.finish_reason,
-            r.generated_ids.len()
-        );
-        assert_eq!(
-            ours.token_ids[..agreed],
-            r.generated_ids[..agreed],
-            "{:?}: greedy ids differ from llama.cpp's before its first near-tie (at {:?}); ours: {:?}",
-            r.prompt,
-            r.near_tie_at,
-            ours.text
-        );
-        // At the near tie itself, our pick is one of llama.cpp's two.
-        if let (Some(at), Some(&pick)) = (r.near_tie_at, ours.token_ids.get(agreed)) {
-            let [(first, _), (second, _)] = r.top2[at];
-            assert!(pick == first || pick == second, "{:?}: at the near tie {at} we picked {pick}", r.prompt);
-        }
-    }
+    llamacpp::assert_greedy_matches_until_near_tie(&AllBlocksFreeAfter(engine()), &references());
 }
 
 /// How far our log-probability of llama.cpp's token may be from llama.cpp's own: both engines
@@ -129,110 +57,21 @@ const LOGPROB_TOLERANCE: f32 = 0.4;
 /// Positions compared per prompt teacher-forced (each is one prefill: kept modest for CI).
 const TEACHER_FORCED_POSITIONS: usize = 16;
 
-/// Teacher-forced on llama.cpp's greedy ids, so positions past where free runs part are
-/// compared too: at each of the first [`TEACHER_FORCED_POSITIONS`], our log-probability of llama.cpp's token is within
-/// [`LOGPROB_TOLERANCE`] of llama.cpp's, and where llama.cpp's top two are not a near tie we
-/// pick its token. (All positions of a prompt run as one batch: batch invariance makes that
-/// the same as one at a time.)
+/// Teacher-forced on llama.cpp's greedy ids (`llamacpp::assert_teacher_forced_logprobs_match`):
+/// at each of the first [`TEACHER_FORCED_POSITIONS`], our log-probability of llama.cpp's token
+/// is within [`LOGPROB_TOLERANCE`] of llama.cpp's, and clear picks are its picks.
 #[test]
 fn next_token_logprobs_follow_llama_cpp_at_every_position() {
     let engine = AllBlocksFreeAfter(engine());
-    let one_token = SamplingParams { max_tokens: Some(1), logprobs: Some(5), ..SamplingParams::greedy() };
-    for r in references() {
-        let handles: Vec<_> = (0..r.generated_ids.len().min(TEACHER_FORCED_POSITIONS))
-            .map(|i| {
-                let prefix = [&r.prompt_ids[..], &r.generated_ids[..i]].concat();
-                engine.submit(Request::new(cortexstream::Prompt::Tokens(prefix), one_token.clone())).unwrap()
-            })
-            .collect();
-        for (i, handle) in handles.into_iter().enumerate() {
-            let ours = handle.wait();
-            let [(theirs, their_logprob), (_, their_second)] = r.top2[i];
-            let step = &ours.logprobs[0];
-            let our_logprob = step.top.iter().find(|t| t.token_id == theirs).map(|t| t.logprob);
-            let our_logprob = our_logprob.unwrap_or_else(|| {
-                panic!("{:?} position {i}: llama.cpp's token {theirs} is not in our top 5 {:?}", r.prompt, step.top)
-            });
-            assert!(
-                (our_logprob - their_logprob).abs() <= LOGPROB_TOLERANCE,
-                "{:?} position {i}: token {theirs} has logprob {our_logprob} here, {their_logprob} in llama.cpp",
-                r.prompt
-            );
-            if their_logprob - their_second >= r.near_tie {
-                assert_eq!(
-                    ours.token_ids[0], theirs,
-                    "{:?} position {i}: a clear pick of llama.cpp's differs",
-                    r.prompt
-                );
-            }
-        }
-    }
-}
-
-fn ids_and_logprobs(c: Completion) -> (Vec<u32>, Vec<cortexstream::TokenLogprobs>) {
-    assert_eq!(c.logprobs.len(), c.token_ids.len());
-    (c.token_ids, c.logprobs)
+    llamacpp::assert_teacher_forced_logprobs_match(&engine, &references(), TEACHER_FORCED_POSITIONS, LOGPROB_TOLERANCE);
 }
 
 #[test]
 fn greedy_is_the_same_alone_and_beside_eight_others() {
-    let engine = AllBlocksFreeAfter(engine());
-    let prompt = "The capital of France is";
-    let alone = ids_and_logprobs(engine.generate(Request::new(prompt, greedy(16))).unwrap());
-
-    let before = engine.metrics();
-    let others: Vec<_> = (0..8)
-        .map(|i| {
-            let other = format!("Item {i}: a list of {} things to pack for a trip", i * 3 + 2);
-            let params = SamplingParams { ignore_eos: true, ..greedy(4 + i) };
-            engine.submit(Request::new(other, params)).unwrap()
-        })
-        .collect();
-    let beside = engine.submit(Request::new(prompt, greedy(16))).unwrap();
-    let beside = ids_and_logprobs(beside.wait());
-    for other in others {
-        assert_eq!(other.wait().finish_reason, FinishReason::Length);
-    }
-    // They really shared steps: on average more than two sampled tokens per step.
-    let after = engine.metrics();
-    let (steps, generated) = (after.steps - before.steps, after.generated_tokens_total - before.generated_tokens_total);
-    assert!(steps * 2 <= generated, "{generated} tokens in {steps} steps: not batched");
-    assert_eq!(alone.0, beside.0, "token ids differ alone and beside others");
-    let first_difference = alone.1.iter().zip(&beside.1).position(|(a, b)| a != b);
-    assert_eq!(first_difference, None, "logprobs differ alone and beside others (at that token)");
-}
-
-/// The float64 reference for one prompt (`tests/fixtures/gemma3_f64.json`, written by
-/// `tests/reference/gemma3_f64_fixture.py`): exact arithmetic on the same dequantized weights,
-/// independent of our code and of llama.cpp.
-struct Float64Reference {
-    prompt: String,
-    /// Prompt ids then the greedy ids it was teacher-forced on.
-    ids: Vec<u32>,
-    prompt_len: usize,
-    /// Float64 top-5 `(id, logprob)` after each prefix `ids[..prompt_len + i]`, best first.
-    top: Vec<Vec<(u32, f32)>>,
-}
-
-fn float64_references() -> Vec<Float64Reference> {
-    let fixture = common::fixture("gemma3_f64.json");
-    let entry = |e: &Value| (e["id"].as_u64().expect("id") as u32, e["logprob"].as_f64().expect("logprob") as f32);
-    fixture["prompts"]
-        .as_array()
-        .expect("prompts")
-        .iter()
-        .map(|p| Float64Reference {
-            prompt: p["prompt"].as_str().expect("prompt").to_string(),
-            ids: ids(&p["ids"]),
-            prompt_len: p["prompt_len"].as_u64().expect("prompt_len") as usize,
-            top: p["top"]
-                .as_array()
-                .expect("top")
-                .iter()
-                .map(|row| row.as_array().expect("a top row").iter().map(entry).collect())
-                .collect(),
-        })
-        .collect()
+    llamacpp::assert_greedy_same_alone_and_beside_eight_others(
+        &AllBlocksFreeAfter(engine()),
+        "The capital of France is",
+    );
 }
 
 /// Per prompt of the fixture (in its order), bounds on `|our logprob - float64 logprob|` over
@@ -254,52 +93,14 @@ const FLOAT64_MIN_POSITIONS: usize = 6 * 16;
 #[test]
 fn next_token_logprobs_follow_float64_closely() {
     let engine = AllBlocksFreeAfter(engine());
-    // 20 alternatives so float64's top 5 are all among ours even where the order shifts.
-    let one_token = SamplingParams { max_tokens: Some(1), logprobs: Some(20), ..SamplingParams::greedy() };
-    let references = float64_references();
+    let references = float64::references(&common::fixture("gemma3_f64.json"));
     assert_eq!(references.len(), FLOAT64_ERROR_BOUNDS.len(), "one pair of bounds per float64 prompt");
     let mut positions = 0;
     for (r, &(mean_bound, max_bound)) in references.iter().zip(&FLOAT64_ERROR_BOUNDS) {
-        let handles: Vec<_> = (0..r.top.len())
-            .map(|i| {
-                let prefix = r.ids[..r.prompt_len + i].to_vec();
-                engine.submit(Request::new(cortexstream::Prompt::Tokens(prefix), one_token.clone())).unwrap()
-            })
-            .collect();
-        let mut errors = Vec::new();
-        // The worst error of the prompt and where: reported with the mean before either bound
-        // is checked, so a failure says how far off the whole prompt is.
-        let mut worst = (0.0f32, String::new());
-        for (i, (handle, exact)) in handles.into_iter().zip(&r.top).enumerate() {
-            let ours = handle.wait();
-            let step = &ours.logprobs[0];
-            for &(id, exact_logprob) in exact {
-                let our_logprob = step.top.iter().find(|t| t.token_id == id).map(|t| t.logprob).unwrap_or_else(|| {
-                    panic!("{:?} position {i}: float64's token {id} is not in our top 20 {:?}", r.prompt, step.top)
-                });
-                let error = (our_logprob - exact_logprob).abs();
-                if error > worst.0 {
-                    worst =
-                        (error, format!("position {i}, token {id}: {our_logprob} here, {exact_logprob} in float64"));
-                }
-                errors.push(error);
-            }
-            let (best, best_logprob) = exact[0];
-            if best_logprob - exact[1].1 > 2.0 * max_bound {
-                assert_eq!(ours.token_ids[0], best, "{:?} position {i}: a clear float64 pick differs", r.prompt);
-            }
-            positions += 1;
-        }
-        let mean = errors.iter().sum::<f32>() / errors.len() as f32;
-        let (max, at) = worst;
-        let summary = format!(
-            "{:?}: |ours - float64| over {} logprobs: mean {mean:.4}, max {max:.4} ({at})",
-            r.prompt,
-            errors.len()
-        );
-        eprintln!("{summary}");
-        assert!(mean <= mean_bound, "{summary}: mean above {mean_bound}");
-        assert!(max <= max_bound, "{summary}: max above {max_bound}");
+        let errors = float64::errors(&engine, r, 2.0 * max_bound);
+        assert!(errors.mean <= mean_bound, "{}: mean above {mean_bound}", errors.summary);
+        assert!(errors.max <= max_bound, "{}: max above {max_bound}", errors.summary);
+        positions += errors.positions;
     }
     assert!(positions >= FLOAT64_MIN_POSITIONS, "only {positions} positions checked against float64");
 }

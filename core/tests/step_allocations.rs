@@ -62,6 +62,7 @@ fn warm_decode_and_prefill_steps_do_not_allocate() {
                 tokens: &tokens[start..start + len],
                 start_pos: start,
                 block_table: table,
+                sliding_block_table: &[],
                 want_logits: true,
             })
             .collect()

@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # Builds the llama.cpp peer (llama-server, llama-bench) for the side-by-side benchmark.
 #
-# The source comes from a registry package only: the PyPI sdist of llama-cpp-python vendors
-# llama.cpp under vendor/llama.cpp. We fetch that sdist through PyPI's JSON API rather than
-# `pip download`, because pip insists on installing the sdist's build backend (scikit-build-core,
-# cmake, ninja) just to read its metadata, which costs minutes and is not needed to compile the
-# C++ source. The sdist is pinned by version and sha256 so every run compares against the same peer.
+# The source comes from a registry package only: the sdist of llama-cpp-python vendors llama.cpp
+# under vendor/llama.cpp. fetch_sdist.py downloads it from the package index pip is configured
+# with (PIP_INDEX_URL or pip's config, else PyPI), pinned by version and sha256 so every run
+# compares against the same peer.
 #
 # Everything lands in $CORTEXSTREAM_CACHE/peer (default ~/.cache/cortexstream/peer), outside git.
 # Re-running is cheap: nothing is rebuilt when both binaries already exist.
@@ -38,20 +37,8 @@ fi
 mkdir -p "$peer/src"
 sdist=$peer/src/llama_cpp_python-$SDIST_VERSION.tar.gz
 if [[ ! -f $sdist ]] || ! echo "$SDIST_SHA256  $sdist" | sha256sum -c --quiet - 2>/dev/null; then
-    echo "peer: downloading $SDIST_NAME $SDIST_VERSION sdist from PyPI" >&2
-    python3 - "$SDIST_NAME" "$SDIST_VERSION" "$SDIST_SHA256" "$sdist" <<'EOF'
-import json, sys, urllib.parse, urllib.request
-name, version, sha256, dest = sys.argv[1:]
-# The project-wide endpoint (not /pypi/NAME/VERSION/json, which some PyPI mirrors lack).
-meta_url = f"https://pypi.org/pypi/{name}/json"
-with urllib.request.urlopen(meta_url, timeout=60) as resp:
-    files = json.load(resp)["releases"][version]
-sdist = next(f for f in files if f["packagetype"] == "sdist")
-if sdist["digests"]["sha256"] != sha256:
-    sys.exit(f"PyPI lists a different sha256 for {name} {version}: {sdist['digests']['sha256']}")
-# The index may hand out URLs relative to the metadata URL, so resolve before fetching.
-urllib.request.urlretrieve(urllib.parse.urljoin(meta_url, sdist["url"]), dest)
-EOF
+    echo "peer: downloading the $SDIST_NAME $SDIST_VERSION sdist from pip's package index" >&2
+    python3 "$(dirname "${BASH_SOURCE[0]}")/fetch_sdist.py" "$SDIST_NAME" "$SDIST_VERSION" "$SDIST_SHA256" "$sdist"
     echo "$SDIST_SHA256  $sdist" | sha256sum -c --quiet -
 fi
 

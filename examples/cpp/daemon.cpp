@@ -1,19 +1,31 @@
-// A small C++17 program on the cortexstream C API: loads SmolLM2, runs several chat requests
-// concurrently from their own threads with streaming callbacks, cancels one of them
-// mid-stream, and prints what each produced and the engine's metrics.
+// A small long-running HTTP daemon on the cortexstream C API: serves OpenAI's
+// `POST /v1/completions` (whole or streamed as server-sent events), `GET /metrics` (the
+// engine's counters as JSON) and `GET /health`, until SIGINT or SIGTERM.
 //
-//   make -C examples/cpp run                      (model from the default cache)
-//   target/c/examples/daemon path/to/model.gguf
+//   make -C examples/cpp run                                     (model from the default cache)
+//   target/c/examples/daemon [--model FILE.gguf] [--host 127.0.0.1] [--port 8080]
+//
+// `--port 0` picks a free port. The first line on stdout is always
+// `listening on http://HOST:PORT`, once requests are accepted.
+//
+// A client that disconnects mid-stream cancels its request in the engine: each streamed
+// request is pulled with `cs_request_next_event` on its HTTP worker thread, and the request is
+// cancelled as soon as a write fails or the socket is found closed while waiting for a token.
+//
+// HTTP comes from cpp-httplib and JSON from nlohmann/json, both from the distribution's
+// packages (Debian: libcpp-httplib-dev, nlohmann-json3-dev; tests/c/run.sh installs them).
 
 #include <cortexstream.h>
+#include <httplib.h>
+#include <signal.h>
 
-#include <atomic>
-#include <chrono>
-#include <condition_variable>
+#include <nlohmann/json.hpp>
+
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <memory>
-#include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -21,13 +33,10 @@
 
 namespace {
 
-// Turns a failed call into an exception carrying the library's explanation.
-void check(cs_status status, const char* what) {
-    if (status != CS_OK) {
-        throw std::runtime_error(std::string(what) + " failed (status " + std::to_string(status) +
-                                 "): " + cs_last_error_message());
-    }
-}
+using nlohmann::json;
+
+// How long a streaming worker waits for the next token before checking the client is still there.
+constexpr int64_t kPollMs = 100;
 
 struct EngineDeleter {
     void operator()(cs_engine* engine) const { cs_engine_free(engine); }
@@ -35,9 +44,17 @@ struct EngineDeleter {
 using EnginePtr = std::unique_ptr<cs_engine, EngineDeleter>;
 
 struct RequestDeleter {
+    // Freeing a running request cancels it first.
     void operator()(cs_request* request) const { cs_request_free(request); }
 };
-using RequestPtr = std::unique_ptr<cs_request, RequestDeleter>;
+using RequestPtr = std::shared_ptr<cs_request>;
+
+// A request the client got wrong: HTTP 400 in OpenAI's error shape, naming the field.
+struct BadRequest : std::runtime_error {
+    BadRequest(std::string param, const std::string& message)
+        : std::runtime_error(message), param(std::move(param)) {}
+    std::string param;
+};
 
 std::string default_model_path() {
     const char* cache = std::getenv("CORTEXSTREAM_CACHE");
@@ -57,163 +74,313 @@ const char* finish_reason_name(cs_finish_reason reason) {
     return "none";
 }
 
-// One streaming chat request. The callback runs on the engine thread; everything it touches
-// is guarded by `mutex_`, and `wait()` blocks the submitting thread until FINISHED arrives.
-class StreamingChat {
+json error_body(const std::string& message, const std::string& type, const std::optional<std::string>& param) {
+    return {{"error", {{"message", message}, {"type", type}, {"param", param ? json(*param) : json(nullptr)}}}};
+}
+
+void send_json(httplib::Response& res, int status, const json& body) {
+    res.status = status;
+    res.set_content(body.dump(), "application/json");
+}
+
+// The sampling fields of an OpenAI completion request that this daemon understands (others
+// are ignored, as OpenAI clients send many). Types are checked here; ranges by the library.
+class CompletionRequest {
   public:
-    StreamingChat(cs_engine* engine, const std::string& question, int max_tokens) {
-        cs_chat_message message{"user", question.c_str()};
-        cs_sampling_params params = cs_sampling_default_params();
-        params.temperature = 0.0f;  // greedy, so runs are reproducible
-        params.max_tokens = max_tokens;
+    explicit CompletionRequest(const std::string& body_text) {
+        json body = json::parse(body_text, nullptr, /*allow_exceptions=*/false);
+        if (body.is_discarded() || !body.is_object()) throw BadRequest("body", "the body must be a JSON object");
+        if (!body.contains("prompt") || !body["prompt"].is_string()) {
+            throw BadRequest("prompt", "prompt must be a string");
+        }
+        prompt = text_without_nul(body["prompt"], "prompt");
+        stream = optional_bool(body, "stream").value_or(false);
+        params = cs_sampling_default_params();
+        params.max_tokens = optional_integer(body, "max_tokens").value_or(16);  // OpenAI's default
+        if (auto v = optional_number(body, "temperature")) params.temperature = static_cast<float>(*v);
+        if (auto v = optional_number(body, "top_p")) params.top_p = static_cast<float>(*v);
+        if (auto v = optional_integer(body, "seed")) params.seed = static_cast<uint64_t>(*v);
+        // vLLM's extension: keep generating past end-of-generation tokens.
+        params.ignore_eos = optional_bool(body, "ignore_eos").value_or(false);
+        read_stop(body);
+    }
+
+    // Submits for pulling with cs_request_next_event; throws BadRequest for what the library refuses.
+    RequestPtr submit(const cs_engine* engine) const {
+        cs_sampling_params submitted = params;
+        std::vector<const char*> stop_pointers;
+        for (const auto& s : stop) stop_pointers.push_back(s.c_str());
+        submitted.stop = stop_pointers.empty() ? nullptr : stop_pointers.data();
+        submitted.stop_len = stop_pointers.size();
         cs_request* request = nullptr;
-        check(cs_engine_submit_chat(engine, &message, 1, &params, &StreamingChat::on_event, this, &request),
-              "cs_engine_submit_chat");
-        request_.reset(request);
+        cs_status status = cs_engine_submit_text(engine, prompt.c_str(), &submitted, nullptr, nullptr, &request);
+        if (status != CS_OK) {
+            const char* param = cs_last_error_param();
+            throw BadRequest(param ? param : "", cs_last_error_message());
+        }
+        return RequestPtr(request, RequestDeleter());
     }
 
-    // The callback holds `this` until FINISHED, so the object must neither move nor die first.
-    StreamingChat(const StreamingChat&) = delete;
-    StreamingChat& operator=(const StreamingChat&) = delete;
-    ~StreamingChat() {
-        request_.reset();  // cancels if still running...
-        wait();            // ...and the callback may still deliver FINISHED, which uses `this`
-    }
-
-    void cancel() { check(cs_request_cancel(request_.get()), "cs_request_cancel"); }
-    size_t tokens_so_far() const { return tokens_.load(); }
-
-    bool finished() {
-        std::lock_guard<std::mutex> lock(mutex_);
-        return finished_;
-    }
-
-    void wait() {
-        std::unique_lock<std::mutex> lock(mutex_);
-        finished_cv_.wait(lock, [this] { return finished_; });
-    }
-
-    std::string summary() {
-        wait();
-        std::lock_guard<std::mutex> lock(mutex_);
-        double seconds = finished_event_.timings.total_ns / 1e9;
-        char line[256];
-        std::snprintf(line, sizeof line, "[%s] %zu prompt + %zu completion tokens, ttft %.1f ms, %.1f tok/s",
-                      finish_reason_name(finished_event_.finish_reason), finished_event_.usage.prompt_tokens,
-                      finished_event_.usage.completion_tokens, finished_event_.timings.time_to_first_token_ns / 1e6,
-                      seconds > 0 ? finished_event_.usage.completion_tokens / seconds : 0.0);
-        return line + std::string("\n  ") + text_;
-    }
+    std::string prompt;
+    bool stream = false;
 
   private:
-    static bool on_event(const cs_event* event, void* user_data) {
-        auto* self = static_cast<StreamingChat*>(user_data);
-        std::lock_guard<std::mutex> lock(self->mutex_);
-        if (event->kind == CS_EVENT_TOKEN) {
-            self->text_.append(event->text, event->text_len);  // the piece is lent: copy it
-            self->tokens_++;
-        } else {
-            self->finished_event_ = *event;  // only the plain fields are read later
-            self->finished_event_.error_message = nullptr;
-            self->finished_ = true;
-            self->finished_cv_.notify_all();
+    static const json* field(const json& body, const char* name) {
+        auto it = body.find(name);
+        return it == body.end() || it->is_null() ? nullptr : &*it;
+    }
+    static std::optional<bool> optional_bool(const json& body, const char* name) {
+        const json* v = field(body, name);
+        if (!v) return std::nullopt;
+        if (!v->is_boolean()) throw BadRequest(name, std::string(name) + " must be true or false");
+        return v->get<bool>();
+    }
+    static std::optional<double> optional_number(const json& body, const char* name) {
+        const json* v = field(body, name);
+        if (!v) return std::nullopt;
+        if (!v->is_number()) throw BadRequest(name, std::string(name) + " must be a number");
+        return v->get<double>();
+    }
+    static std::optional<int64_t> optional_integer(const json& body, const char* name) {
+        const json* v = field(body, name);
+        if (!v) return std::nullopt;
+        if (!v->is_number_integer()) throw BadRequest(name, std::string(name) + " must be an integer");
+        return v->get<int64_t>();
+    }
+    void read_stop(const json& body) {
+        const json* v = field(body, "stop");
+        if (!v) return;
+        if (v->is_string()) {
+            stop.push_back(text_without_nul(*v, "stop"));
+            return;
         }
-        return true;
+        if (!v->is_array()) throw BadRequest("stop", "stop must be a string or a list of strings");
+        for (const auto& item : *v) {
+            if (!item.is_string()) throw BadRequest("stop", "stop must be a string or a list of strings");
+            stop.push_back(text_without_nul(item, "stop"));
+        }
+    }
+    // The C API takes NUL-terminated strings: a "\u0000" inside would silently cut the text short.
+    static std::string text_without_nul(const json& value, const char* name) {
+        std::string text = value.get<std::string>();
+        if (text.find('\0') != std::string::npos) {
+            throw BadRequest(name, std::string(name) + " must not contain NUL characters (\\u0000)");
+        }
+        return text;
     }
 
-    RequestPtr request_;
-    std::mutex mutex_;
-    std::condition_variable finished_cv_;
-    std::string text_;
-    std::atomic<size_t> tokens_{0};
-    cs_event finished_event_{};
-    bool finished_ = false;
+    cs_sampling_params params{};
+    std::vector<std::string> stop;
 };
 
-// One line of the engine's counters, e.g. for a log at shutdown.
-void print_metrics(const cs_engine* engine) {
-    cs_metrics metrics{};
-    metrics.struct_size = sizeof metrics;
-    check(cs_engine_metrics(engine, &metrics), "cs_engine_metrics");
-    std::printf(
-        "metrics: %llu requests (%llu cancelled, %llu failed), %llu steps, %llu tokens generated, "
-        "%llu of %llu KV blocks free\n",
-        static_cast<unsigned long long>(metrics.requests_finished),
-        static_cast<unsigned long long>(metrics.requests_cancelled),
-        static_cast<unsigned long long>(metrics.requests_failed), static_cast<unsigned long long>(metrics.steps),
-        static_cast<unsigned long long>(metrics.generated_tokens_total),
-        static_cast<unsigned long long>(metrics.kv_blocks_free),
-        static_cast<unsigned long long>(metrics.kv_blocks_total));
+// One OpenAI `text_completion` object (a whole response, or one SSE chunk of a stream).
+json completion_object(uint64_t id, const std::string& model, const std::string& text, const json& finish_reason) {
+    return {{"id", "cmpl-" + std::to_string(id)},
+            {"object", "text_completion"},
+            {"created", static_cast<int64_t>(std::time(nullptr))},
+            {"model", model},
+            {"choices", json::array({{{"index", 0}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", finish_reason}}})}};
+}
+
+json usage_object(const cs_usage& usage) {
+    return {{"prompt_tokens", usage.prompt_tokens},
+            {"completion_tokens", usage.completion_tokens},
+            {"total_tokens", usage.prompt_tokens + usage.completion_tokens}};
+}
+
+uint64_t request_id(const cs_request* request) {
+    uint64_t id = 0;
+    cs_request_id(request, &id);
+    return id;
+}
+
+// The whole completion, waiting on this worker thread.
+json complete(const RequestPtr& request, const std::string& model) {
+    std::string text;
+    const cs_event* event = nullptr;
+    while (cs_request_next_event(request.get(), -1, &event) == CS_OK) {
+        if (event->kind == CS_EVENT_TOKEN) {
+            text.append(event->text, event->text_len);
+            continue;
+        }
+        json body = completion_object(request_id(request.get()), model, text, finish_reason_name(event->finish_reason));
+        body["usage"] = usage_object(event->usage);
+        return body;
+    }
+    throw std::runtime_error(std::string("the request ended without a FINISHED event: ") + cs_last_error_message());
+}
+
+// Streams a request as server-sent events. cpp-httplib calls the provider again and again on
+// this worker thread; each call forwards at most one event. Returning false (the client is
+// gone, a write failed) ends the response, and the releaser then cancels the request.
+void stream(httplib::Response& res, RequestPtr request, std::string model) {
+    const uint64_t id = request_id(request.get());
+    auto provider = [request, model, id](size_t /*offset*/, httplib::DataSink& sink) {
+        const cs_event* event = nullptr;
+        cs_status status = cs_request_next_event(request.get(), kPollMs, &event);
+        if (status == CS_TIMEOUT) return sink.is_writable();  // a long prefill: is anyone listening?
+        if (status != CS_OK) return false;
+        auto send = [&sink](const std::string& data) {
+            std::string frame = "data: " + data + "\n\n";
+            return sink.write(frame.data(), frame.size());
+        };
+        if (event->kind == CS_EVENT_TOKEN) {
+            // Held-back text (part of a character or of a possible stop string) arrives later.
+            if (event->text_len == 0) return sink.is_writable();
+            return send(completion_object(id, model, std::string(event->text, event->text_len), nullptr).dump());
+        }
+        json last = completion_object(id, model, "", finish_reason_name(event->finish_reason));
+        last["usage"] = usage_object(event->usage);
+        bool ok = send(last.dump()) && send("[DONE]");
+        sink.done();
+        return ok;
+    };
+    auto releaser = [request](bool success) {
+        if (!success) cs_request_cancel(request.get());
+    };
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider("text/event-stream", provider, releaser);
+}
+
+json metrics_object(const cs_engine* engine) {
+    cs_metrics m{};
+    m.struct_size = sizeof m;
+    if (cs_engine_metrics(engine, &m) != CS_OK) throw std::runtime_error(cs_last_error_message());
+    return {{"requests_submitted", m.requests_submitted},
+            {"requests_finished", m.requests_finished},
+            {"requests_cancelled", m.requests_cancelled},
+            {"requests_failed", m.requests_failed},
+            {"requests_rejected", m.requests_rejected},
+            {"running", m.running},
+            {"queue_depth", m.queue_depth},
+            {"steps", m.steps},
+            {"generated_tokens_total", m.generated_tokens_total},
+            {"kv_blocks_free", m.kv_blocks_free},
+            {"kv_blocks_total", m.kv_blocks_total}};
+}
+
+void add_routes(httplib::Server& server, const cs_engine* engine, const std::string& model) {
+    server.Post("/v1/completions", [engine, model](const httplib::Request& req, httplib::Response& res) {
+        try {
+            CompletionRequest completion(req.body);
+            RequestPtr request = completion.submit(engine);
+            if (completion.stream) {
+                stream(res, std::move(request), model);
+            } else {
+                send_json(res, 200, complete(request, model));
+            }
+        } catch (const BadRequest& e) {
+            auto param = e.param.empty() ? std::nullopt : std::optional<std::string>(e.param);
+            send_json(res, 400, error_body(e.what(), "invalid_request_error", param));
+        }
+    });
+    server.Get("/metrics", [engine](const httplib::Request&, httplib::Response& res) {
+        send_json(res, 200, metrics_object(engine));
+    });
+    server.Get("/health", [](const httplib::Request&, httplib::Response& res) {
+        send_json(res, 200, {{"status", "ok"}});
+    });
+    // Anything a handler throws beyond a bad request: 500 with the reason, never a crash.
+    server.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+        std::string message = "internal error";
+        try {
+            std::rethrow_exception(ep);
+        } catch (const std::exception& e) {
+            message = e.what();
+        } catch (...) {
+        }
+        send_json(res, 500, error_body(message, "internal_error", std::nullopt));
+    });
+}
+
+struct Options {
+    std::string model = default_model_path();
+    std::string host = "127.0.0.1";
+    int port = 8080;
+};
+
+Options parse_options(int argc, char** argv) {
+    Options options;
+    for (int i = 1; i < argc; i++) {
+        std::string flag = argv[i];
+        if (i + 1 >= argc) throw std::invalid_argument("usage: daemon [--model FILE] [--host HOST] [--port PORT]");
+        std::string value = argv[++i];
+        if (flag == "--model") {
+            options.model = value;
+        } else if (flag == "--host") {
+            options.host = value;
+        } else if (flag == "--port") {
+            size_t used = 0;
+            int port = -1;
+            try {
+                port = std::stoi(value, &used);
+            } catch (const std::exception&) {
+            }
+            if (used != value.size() || port < 0 || port > 65535) {
+                throw std::invalid_argument("--port must be 0 to 65535, got " + value);
+            }
+            options.port = port;
+        } else {
+            throw std::invalid_argument("unknown option " + flag);
+        }
+    }
+    return options;
+}
+
+// SIGINT and SIGTERM, blocked in this thread and so in every thread started after it (the
+// engine's, the server's): only `stop_on_signals` takes them.
+sigset_t block_stop_signals() {
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+    return signals;
+}
+
+// Stops the server from a thread that waits for the signals (a signal handler may not call
+// into the server).
+std::thread stop_on_signals(httplib::Server& server, sigset_t signals) {
+    return std::thread([&server, signals] {
+        int received = 0;
+        sigwait(&signals, &received);
+        server.stop();
+    });
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
     try {
-        std::string model = argc > 1 ? argv[1] : default_model_path();
-        std::printf("cortexstream %s, loading %s\n", cs_version(), model.c_str());
+        Options options = parse_options(argc, argv);
+        sigset_t stop_signals = block_stop_signals();
+        signal(SIGPIPE, SIG_IGN);  // a closed client socket is a failed write, not a crash
         cs_engine_params params = cs_engine_default_params();
-        params.model_path = model.c_str();
+        params.model_path = options.model.c_str();
         params.kv_cache_tokens = 4096;
         cs_engine* raw_engine = nullptr;
-        check(cs_engine_new(&params, &raw_engine), "cs_engine_new");
+        if (cs_engine_new(&params, &raw_engine) != CS_OK) {
+            throw std::runtime_error(std::string("cs_engine_new: ") + cs_last_error_message());
+        }
         EnginePtr engine(raw_engine);
+        cs_model_info info{};
+        info.struct_size = sizeof info;
+        std::string model_name = cs_engine_model_info(engine.get(), &info) == CS_OK && info.name ? info.name : "model";
 
-        const std::vector<std::string> questions = {
-            "What is the capital of France?",
-            "Write a haiku about the sea.",
-            "Name three primary colors.",
-            "Tell me a very long story about a dragon.",  // this one gets cancelled
-        };
-        const size_t cancelled_index = questions.size() - 1;
-        std::vector<std::unique_ptr<StreamingChat>> chats(questions.size());
-        std::vector<std::string> summaries(questions.size());
-        std::mutex chats_mutex;
-        std::condition_variable submitted_cv;
-        size_t submitted = 0;  // requests submitted or failed to submit
+        httplib::Server server;
+        add_routes(server, engine.get(), model_name);
+        std::thread signal_waiter = stop_on_signals(server, stop_signals);
+        int port = options.port == 0 ? server.bind_to_any_port(options.host)
+                                     : (server.bind_to_port(options.host, options.port) ? options.port : -1);
+        if (port < 0) throw std::runtime_error("cannot listen on " + options.host + ":" + std::to_string(options.port));
+        std::printf("listening on http://%s:%d\n", options.host.c_str(), port);
+        std::fflush(stdout);
+        server.listen_after_bind();  // returns after server.stop(), with every handler finished
 
-        // Each client thread submits its request and waits for it; the engine batches them.
-        std::vector<std::thread> clients;
-        for (size_t i = 0; i < questions.size(); i++) {
-            clients.emplace_back([&, i] {
-                StreamingChat* mine = nullptr;
-                try {
-                    auto chat = std::make_unique<StreamingChat>(engine.get(), questions[i], 48);
-                    mine = chat.get();
-                    std::lock_guard<std::mutex> lock(chats_mutex);
-                    chats[i] = std::move(chat);
-                } catch (const std::exception& e) {
-                    summaries[i] = e.what();
-                }
-                {
-                    std::lock_guard<std::mutex> lock(chats_mutex);
-                    submitted++;
-                }
-                submitted_cv.notify_all();
-                if (mine != nullptr) summaries[i] = mine->summary();
-            });
-        }
-
-        // Cancel the long story from this thread once it has streamed a few tokens.
-        StreamingChat* story = nullptr;
-        {
-            std::unique_lock<std::mutex> lock(chats_mutex);
-            submitted_cv.wait(lock, [&] { return submitted == questions.size(); });
-            story = chats[cancelled_index].get();
-        }
-        if (story != nullptr) {
-            while (story->tokens_so_far() < 5 && !story->finished()) {
-                std::this_thread::sleep_for(std::chrono::milliseconds(1));
-            }
-            story->cancel();
-        }
-
-        for (auto& client : clients) client.join();
-        for (size_t i = 0; i < questions.size(); i++) {
-            std::printf("Q%zu: %s\n%s\n\n", i + 1, questions[i].c_str(), summaries[i].c_str());
-        }
-        chats.clear();  // requests before the engine, though either order is allowed
-        print_metrics(engine.get());
+        // Wake the signal thread if the server stopped for another reason.
+        kill(getpid(), SIGTERM);
+        signal_waiter.join();
+        std::printf("stopped: %s\n", metrics_object(engine.get()).dump().c_str());
         return 0;
     } catch (const std::exception& e) {
         std::fprintf(stderr, "error: %s\n", e.what());

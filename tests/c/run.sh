@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Checks the committed header is up to date, builds the C library, compiles the C test and the C++ example against include/cortexstream.h,
+# Checks the committed header is up to date, builds the C library, compiles the C test and the
+# C++ example (an HTTP daemon, driven by tests/c/test_daemon.py) against include/cortexstream.h,
 # and runs both on the real models: once as they are, once built with AddressSanitizer,
 # LeakSanitizer and UBSan (gcc; only the C/C++ side is instrumented, the Rust library is linked
 # as is, but its heap goes through ASan's allocator so leaks and bad frees of its memory count
@@ -18,6 +19,19 @@ cache="${CORTEXSTREAM_CACHE:-$HOME/.cache/cortexstream}"
 models_dir="$cache/models"
 CC="${CC:-cc}"
 python="${CORTEXSTREAM_PYTHON:-python3}"
+
+# The daemon's HTTP and JSON libraries come from the distribution (Debian packages); install
+# them when missing (CI runs as root; elsewhere, install them once by hand).
+ensure_daemon_packages() {
+    local packages=(libcpp-httplib-dev nlohmann-json3-dev)
+    dpkg -s "${packages[@]}" >/dev/null 2>&1 && return 0
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get install -y -q "${packages[@]}" >/dev/null ||
+        { "${sudo[@]}" apt-get update -q >/dev/null && "${sudo[@]}" apt-get install -y -q "${packages[@]}" >/dev/null; }
+}
+ensure_daemon_packages
+smollm2="$models_dir/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # The committed header must match the Rust sources it is generated from.
 "$repo_root/bindings/c/generate-header.sh" --check
@@ -42,9 +56,9 @@ echo '#include "cortexstream.h"' | "${CXX:-c++}" -x c++ -std=c++17 -Wall -Wextra
 echo "== C API tests"
 "$build_dir/test_cortexstream" "$models_dir"
 
-echo "== C++ example (static library)"
+echo "== C++ daemon (static library): completions, SSE, cancel on client disconnect"
 make -s -C "$repo_root/examples/cpp" STATIC=1 BUILD_DIR="$build_dir" "$build_dir/daemon"
-"$build_dir/daemon" "$models_dir/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+"$python" "$repo_root/tests/c/test_daemon.py" "$build_dir/daemon" "$smollm2"
 
 echo "== C API tests and C++ example under AddressSanitizer + LeakSanitizer + UBSan"
 sanitize=(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all)
@@ -58,7 +72,7 @@ export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 mkdir -p "$build_dir/asan"
 make -s -C "$repo_root/examples/cpp" STATIC=1 SANITIZE=address,undefined CXX="${SANITIZE_CXX:-g++}" \
     BUILD_DIR="$build_dir/asan" "$build_dir/asan/daemon"
-"$build_dir/asan/daemon" "$models_dir/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" >/dev/null
+"$python" "$repo_root/tests/c/test_daemon.py" "$build_dir/asan/daemon" "$smollm2" >/dev/null
 unset ASAN_OPTIONS UBSAN_OPTIONS
 
 if [[ "${1:-}" == "--valgrind" ]]; then

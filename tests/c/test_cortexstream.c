@@ -185,6 +185,9 @@ static void check_idle_with_all_kv_blocks_free(const cs_engine *of, const char *
     CHECK(metrics.kv_blocks_total > 0 && metrics.kv_blocks_free == metrics.kv_blocks_total,
           "%s: %llu of %llu KV blocks free once idle", label, (unsigned long long)metrics.kv_blocks_free,
           (unsigned long long)metrics.kv_blocks_total);
+    CHECK(metrics.kv_sliding_blocks_free == metrics.kv_sliding_blocks_total,
+          "%s: %llu of %llu sliding-window KV blocks free once idle", label,
+          (unsigned long long)metrics.kv_sliding_blocks_free, (unsigned long long)metrics.kv_sliding_blocks_total);
 }
 
 /* ---------- tests ---------- */

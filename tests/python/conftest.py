@@ -38,6 +38,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
 
 
 def idle(engine: cortexstream.Engine) -> bool:
-    """No request running or queued, and every KV block free again."""
+    """No request running or queued, and every KV block (of both pools) free again."""
     m = engine.metrics()
-    return m["running"] == 0 and m["queue_depth"] == 0 and m["kv_blocks_free"] == m["kv_blocks_total"]
+    return (m["running"] == 0 and m["queue_depth"] == 0 and m["kv_blocks_free"] == m["kv_blocks_total"]
+            and m["kv_sliding_blocks_free"] == m["kv_sliding_blocks_total"])

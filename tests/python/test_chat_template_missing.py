@@ -5,7 +5,6 @@ template given as the engine option ``chat_template`` (issue 16 item 5)."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -83,8 +82,7 @@ def test_a_supplied_template_that_does_not_compile_names_the_option(base_model: 
 
 def test_the_rest_server_answers_400_with_the_code() -> None:
     """The REST door maps the error once, like every InvalidRequestError (OpenAI and Ollama)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: examples.server
-    from examples.server import errors
+    from cortexstream.server import errors
 
     api_error = errors.from_engine_error(cortexstream.ChatTemplateMissingError("no template", code="chat_template_missing"))
     assert (api_error.status, api_error.code) == (400, "chat_template_missing")

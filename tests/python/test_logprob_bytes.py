@@ -9,7 +9,7 @@ from typing import List
 
 import pytest
 
-from examples.server.openai_format import TokenTexts
+from cortexstream.server.openai_format import TokenTexts
 
 CRAB = "\U0001f980"
 

@@ -3,10 +3,9 @@
 
 For each raw prompt (no chat template): llama.cpp's prompt token ids (`/tokenize`, with BOS as
 `/completion` adds it), its 32 greedy token ids and, per position, its top-2 log-probabilities
-(from the raw logits, `n_probs: 2`). Greedy outputs of two correct engines may part where the top
-two are a near-tie (see `NEAR_TIE`), so the fixture also records the first such position
-(`near_tie_at`); the test compares free-running ids before it, and teacher-forced picks and
-log-probabilities at every position.
+(from the raw logits, `n_probs: 2`), and the first near-tie position (see `llamacpp_server.py`,
+shared with `smollm2_requant_llamacpp.py`); the test compares free-running ids before it, and
+teacher-forced picks and log-probabilities at every position.
 
 Not run by CI (it needs the peer build): run it by hand after changing the prompts or the model.
 
@@ -16,17 +15,10 @@ Not run by CI (it needs the peer build): run it by hand after changing the promp
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+
+import llamacpp_server
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "fixtures" / "gemma3_llamacpp.json"
@@ -61,148 +53,20 @@ TOKENIZE_ONLY = [
 """Strings whose token ids alone are compared (whitespace, emoji, digits, punctuation, scripts)."""
 
 
-def default_model() -> Path:
-    cache = os.environ.get("CORTEXSTREAM_CACHE")
-    root = Path(cache) if cache else Path.home() / ".cache" / "cortexstream"
-    return root / "models" / MODEL_ENTRY
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def post(port: int, path: str, body: Any) -> Any:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=600) as response:
-        return json.load(response)
-
-
-def wait_ready(port: int, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            sys.exit(f"llama-server exited with {server.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass  # still loading
-        time.sleep(0.2)
-    sys.exit("llama-server did not become ready")
-
-
-def server_flags(bin_dir: Path) -> list[str]:
-    """`--no-repack` when this build has it: repacked weights change the summation order."""
-    help_text = subprocess.run(
-        [str(bin_dir / "llama-server"), "--help"], capture_output=True, text=True, check=False
-    ).stdout
-    return ["--no-repack"] if "--no-repack" in help_text else []
-
-
-@contextlib.contextmanager
-def llama_server(
-    bin_dir: Path, model: Path, context: int, extra_flags: Sequence[str] = ()
-) -> Iterator[tuple[int, list[str]]]:
-    """A greedy, single-threaded llama-server on `model`, stopped on exit: yields its port and
-    the flags it was started with (for the fixture's record)."""
-    port = free_port()
-    log_fd, log_name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
-    log = Path(log_name)
-    flags = [
-        "-t", "1", "-tb", "1",
-        "-c", str(context),
-        "--parallel", "1",
-        "--temp", "0",
-        *extra_flags,
-        *server_flags(bin_dir),
-    ]  # fmt: skip
-    command = [str(bin_dir / "llama-server"), "-m", str(model), *flags, "--host", "127.0.0.1", "--port", str(port)]
-    server = subprocess.Popen(command, stdout=log_fd, stderr=subprocess.STDOUT)
-    os.close(log_fd)
-    try:
-        wait_ready(port, server, log)
-        yield port, flags
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.unlink(missing_ok=True)
-
-
-def first_near_tie(steps: list[dict[str, Any]]) -> int | None:
-    for i, step in enumerate(steps):
-        top = step["top"]
-        if len(top) >= 2 and top[0]["logprob"] - top[1]["logprob"] < NEAR_TIE:
-            return i
-    return None
-
-
-def one_prompt(port: int, prompt: str) -> dict[str, Any]:
-    prompt_ids = post(port, "/tokenize", {"content": prompt, "add_special": True})["tokens"]
-    reply = post(
-        port,
-        "/completion",
-        {
-            "prompt": prompt,
-            "n_predict": N_PREDICT,
-            "temperature": 0,
-            "n_probs": 2,
-            "cache_prompt": False,
-            "return_tokens": True,
-        },
-    )
-    steps = []
-    for p in reply["completion_probabilities"]:
-        top = [{"id": t["id"], "logprob": t["logprob"]} for t in p["top_logprobs"]]
-        steps.append({"id": p["id"], "logprob": p["logprob"], "top": top})
-    generated = [s["id"] for s in steps]
-    if reply.get("tokens") and reply["tokens"] != generated[: len(reply["tokens"])]:
-        sys.exit(f"{prompt!r}: `tokens` and `completion_probabilities` disagree")
-    return {
-        "prompt": prompt,
-        "prompt_ids": prompt_ids,
-        "generated_ids": generated,
-        "steps": steps,
-        "stop_type": reply.get("stop_type"),
-        "near_tie_at": first_near_tie(steps),
-        "text": reply["content"],
-    }
-
-
-def build_info(port: int) -> Any:
-    """The running llama-server's build, for the fixture's record."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/props", timeout=10) as r:
-        return json.load(r).get("build_info")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bin", type=Path, default=Path.home() / ".cache/cortexstream/peer/build/bin")
-    parser.add_argument("--model", type=Path, default=default_model())
+    parser.add_argument("--bin", type=Path, default=llamacpp_server.DEFAULT_BIN)
+    parser.add_argument("--model", type=Path, default=llamacpp_server.models_dir() / MODEL_ENTRY)
     args = parser.parse_args()
-    with llama_server(args.bin, args.model, 512) as (port, flags):
-        fixture = {
-            "about": "llama.cpp greedy reference for core/tests/gemma3_real.rs; written by tests/reference/gemma3_llamacpp.py",
-            "model": MODEL_ENTRY,
-            "llama_cpp_build": build_info(port),
-            "llama_cpp_source": "llama.cpp vendored in the llama-cpp-python 0.3.36 sdist (examples/bench/setup_peer.sh)",
-            "server_flags": flags,
-            "near_tie": NEAR_TIE,
-            "prompts": [one_prompt(port, p) for p in PROMPTS],
-            "tokenize": [
-                {"text": t, "ids": post(port, "/tokenize", {"content": t, "add_special": True})["tokens"]}
-                for t in TOKENIZE_ONLY
-            ],
-        }
+    with llamacpp_server.serving(args.bin, args.model) as server:
+        reference = llamacpp_server.greedy_reference(server, PROMPTS, N_PREDICT, NEAR_TIE, TOKENIZE_ONLY)
+    fixture = {
+        "about": "llama.cpp greedy reference for core/tests/gemma3_real.rs; written by tests/reference/gemma3_llamacpp.py",
+        "model": MODEL_ENTRY,
+        **reference,
+    }
     FIXTURE.write_text(json.dumps(fixture, indent=1, ensure_ascii=False) + "\n")
-    for p in fixture["prompts"]:
-        print(f"{p['prompt']!r}: {len(p['generated_ids'])} ids, near tie at {p['near_tie_at']}: {p['text']!r}")
+    llamacpp_server.print_summary(fixture["prompts"])
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gemma3_llamacpp import llama_server, post  # noqa: E402
+from llamacpp_server import post, serving  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 N_PREDICT = 16
@@ -72,8 +72,8 @@ def one_prompt(port: int, ids: list[int], n_predict: int) -> dict[str, Any]:
 
 def run_file(bin_dir: Path, model: Path, prompts: list[list[int]], n_predict: int) -> dict[str, Any]:
     # Generate through end-of-text: a random model may pick it, and the check is of logits.
-    with llama_server(bin_dir, model, 256, ["--ignore-eos"]) as (port, flags):
-        return {"server_flags": flags, "prompts": [one_prompt(port, ids, n_predict) for ids in prompts]}
+    with serving(bin_dir, model, 256, ["--ignore-eos"]) as server:
+        return {"server_flags": server.flags, "prompts": [one_prompt(server.port, ids, n_predict) for ids in prompts]}
 
 
 def main() -> None:

@@ -46,12 +46,12 @@ def free_port() -> int:
 
 
 def start_server(*args: str) -> RunningServer:
-    """Launches `python -m examples.server` on a free loopback port (not waiting for it)."""
+    """Launches `python -m cortexstream.server` on a free loopback port (not waiting for it)."""
     port = free_port()
     log_path = Path(tempfile.mkstemp(prefix="cortexstream-server-", suffix=".log")[1])
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "examples.server", "--port", str(port), "--log-level", "warning", *args],
+            [sys.executable, "-m", "cortexstream.server", "--port", str(port), "--log-level", "warning", *args],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
         )
     return RunningServer(f"http://127.0.0.1:{port}", process, log_path)

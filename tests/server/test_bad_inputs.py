@@ -33,7 +33,7 @@ GENERATION_MODEL = "smollm2"
 EMBEDDING_MODEL = "minilm"
 #: The body is built with this string where raw bytes go, then the quoted string is swapped for them.
 RAW_BYTES_MARK = "\x00raw-bytes\x00"
-#: examples/server/bodies.py: MAX_BODY_BYTES, the largest body the server buffers.
+#: cortexstream/server/bodies.py: MAX_BODY_BYTES, the largest body the server buffers.
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
 

@@ -8,18 +8,14 @@ submission arrives on, through every generating route, streamed and not.
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
-from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from examples.server.app import create_app  # noqa: E402
-from examples.server.state import ServerConfig  # noqa: E402
+from cortexstream.server.app import create_app
+from cortexstream.server.state import ServerConfig
 
 USAGE = SimpleNamespace(prompt_tokens=3, completion_tokens=1, cached_prompt_tokens=0)
 TIMINGS = SimpleNamespace(total_ns=1, prefill_ns=1, decode_ns=1)

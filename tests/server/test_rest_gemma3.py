@@ -9,7 +9,7 @@ import pytest
 
 from cortexstream import models
 
-from conftest import AUTH, serving
+from conftest import AUTH, serving, wait_for_metrics
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +55,22 @@ def test_ollama_chat_is_400_naming_the_missing_template(gemma3_server) -> None:
                                 "stream": False, "options": {"num_predict": 2}})
     assert response.status_code == 400, response.text
     assert "no chat template" in response.json()["error"]
+
+
+def test_the_sliding_window_pool_is_a_gauge_and_whole_when_idle(gemma3_server) -> None:
+    response = httpx.post(f"{gemma3_server.url}/v1/completions", headers=AUTH, timeout=120,
+                          json={"model": served_model_id(gemma3_server), "prompt": "Sliding windows " * 40,
+                                "max_tokens": 4, "temperature": 0})
+    assert response.status_code == 200, response.text
+    text = httpx.get(f"{gemma3_server.url}/metrics", headers=AUTH).text
+    assert "# TYPE cortexstream_kv_sliding_blocks_free gauge" in text
+    # --kv-cache-tokens 512: 32 global blocks of 16; the sliding pool's rule (32 sequences of a
+    # 512-token window and a 64-token chunk) is capped by the global pool.
+    metrics = wait_for_metrics(
+        gemma3_server,
+        lambda m: m["cortexstream_running"] == 0
+        and m["cortexstream_kv_sliding_blocks_free"] == m["cortexstream_kv_sliding_blocks_total"]
+        and m["cortexstream_kv_blocks_free"] == m["cortexstream_kv_blocks_total"],
+        "both KV pools whole once idle",
+    )
+    assert (metrics["cortexstream_kv_blocks_total"], metrics["cortexstream_kv_sliding_blocks_total"]) == (32, 32)

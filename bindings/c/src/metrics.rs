@@ -69,6 +69,12 @@ pub struct cs_metrics {
     pub per_token_count: u64,
     /// Histogram sum: seconds between consecutive tokens, over those tokens.
     pub per_token_seconds_sum: f64,
+    /// Gauge: blocks of the sliding-window layers' own KV pool (Gemma 3); 0 for a model
+    /// without sliding layers, whose every layer uses the pool of `kv_blocks_total`.
+    pub kv_sliding_blocks_total: u64,
+    /// Gauge: sliding-window pool blocks not used by any sequence. Equals
+    /// `kv_sliding_blocks_total` once the engine is idle.
+    pub kv_sliding_blocks_free: u64,
 }
 
 /// A count that fits the C field (usize is never wider than 64 bits on supported targets).
@@ -103,6 +109,8 @@ impl From<&MetricsSnapshot> for cs_metrics {
             time_to_first_token_seconds_sum: m.time_to_first_token_seconds.sum,
             per_token_count: m.per_token_seconds.count,
             per_token_seconds_sum: m.per_token_seconds.sum,
+            kv_sliding_blocks_total: gauge(m.kv_sliding_blocks_total),
+            kv_sliding_blocks_free: gauge(m.kv_sliding_blocks_free),
         }
     }
 }

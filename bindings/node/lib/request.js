@@ -13,7 +13,6 @@ function runRequest(submit, options, onChunk) {
   let request;
   const completion = new Promise((resolve, reject) => {
     signal?.throwIfAborted();
-    const chunks = [];
     let failed = false;
     let failure;
     const fail = (error) => {
@@ -25,8 +24,8 @@ function runRequest(submit, options, onChunk) {
     const onAbort = () => fail(signal.reason);
     // Chunks arrive on later turns of the event loop, never during `submit`, so `request`
     // is always set when the handler runs.
-    request = submit((chunk) => {
-      chunks.push(chunk);
+    // The native side hands over the whole completion with the last chunk (and null before).
+    request = submit((chunk, completion) => {
       if (onChunk && !failed) {
         try {
           onChunk(chunk);
@@ -34,29 +33,14 @@ function runRequest(submit, options, onChunk) {
           fail(error);
         }
       }
-      if (chunk.finishReason == null) return;
+      if (completion == null) return;
       signal?.removeEventListener('abort', onAbort);
       if (failed) reject(failure);
-      else resolve(completionOf(chunks, options?.logprobs != null));
+      else resolve(completion);
     });
     signal?.addEventListener('abort', onAbort, { once: true });
   });
   return { completion, cancel: () => request?.cancel() };
-}
-
-/** Gathers a request's chunks into its completion; the last chunk says how it ended. */
-function completionOf(chunks, wantsLogprobs) {
-  const tokens = chunks.filter((chunk) => chunk.tokenId != null);
-  const last = chunks[chunks.length - 1];
-  return {
-    text: tokens.map((chunk) => chunk.text).join(''),
-    tokenIds: tokens.map((chunk) => chunk.tokenId),
-    finishReason: last.finishReason,
-    usage: last.usage,
-    timings: last.timings,
-    logprobs: wantsLogprobs ? tokens.map((chunk) => chunk.logprobs) : undefined,
-    error: last.error,
-  };
 }
 
 /** A request's chunks as an async iterable; leaving the loop early cancels the request. */

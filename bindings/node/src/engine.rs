@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use cortexstream::{ChatMessage, Engine, Error, Event, Prompt, Request, RequestHandle};
-use napi::bindgen_prelude::{AsyncTask, Either, Env};
+use cortexstream::{ChatMessage, CompletionBuilder, Engine, Error, Event, Prompt, Request, RequestHandle};
+use napi::bindgen_prelude::{AsyncTask, Either, Env, FnArgs};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::Status;
 use napi_derive::napi;
@@ -12,13 +12,17 @@ use napi_derive::napi;
 use crate::errors::to_js_error;
 use crate::naming::camel_case_keys;
 use crate::options::{raw_prompt, request, whole, EngineOptions, GenerateOptions, Message};
-use crate::records::{Chunk, ModelInfo};
+use crate::records::{Chunk, Completion, ModelInfo};
 use crate::tasks::{CloseTask, EmbedTask};
 
-/// Hands a request's chunks from the engine thread to a JavaScript function. It holds the
-/// event loop open until the request ends and the engine drops it. The JavaScript function
-/// must not throw (`lib/engine.js` catches the user's exceptions itself).
-type ChunkSink = ThreadsafeFunction<Chunk, (), Chunk, Status, false>;
+/// A chunk, and with the last chunk the request's whole [`Completion`] (`null` before it).
+type ChunkArgs = FnArgs<(Chunk, Option<Completion>)>;
+
+/// Hands a request's chunks from the engine thread to a JavaScript function
+/// `(chunk, completion)`. It holds the event loop open until the request ends and the engine
+/// drops it. The JavaScript function must not throw (`lib/request.js` catches the user's
+/// exceptions itself).
+type ChunkSink = ThreadsafeFunction<ChunkArgs, (), ChunkArgs, Status, false>;
 
 /// A loaded model serving requests.
 #[napi]
@@ -122,14 +126,20 @@ impl NativeEngine {
     }
 
     fn start(&self, env: &Env, request: Result<Request, Error>, on_chunk: ChunkSink) -> napi::Result<NativeRequest> {
-        // Runs on the engine thread and only queues the chunk; if JavaScript is gone
-        // (the environment is shutting down) the request is cancelled.
-        let forward = move |event: &Event| {
-            on_chunk.call(Chunk::from(event), ThreadsafeFunctionCallMode::NonBlocking) == Status::Ok
+        let submit = |request: Request| {
+            let wants_logprobs = request.params.logprobs.is_some();
+            let mut completion = CompletionBuilder::default();
+            // Runs on the engine thread: gathers the completion as the core defines it and
+            // only queues the chunk; if JavaScript is gone (the environment is shutting
+            // down) the request is cancelled.
+            let forward = move |event: &Event| {
+                let chunk = Chunk::from(event);
+                let done = completion.push(event.clone()).map(|c| Completion::new(c, wants_logprobs));
+                on_chunk.call((chunk, done).into(), ThreadsafeFunctionCallMode::NonBlocking) == Status::Ok
+            };
+            self.engine.submit_with_callback(request, Box::new(forward))
         };
-        let handle = request
-            .and_then(|request| self.engine.submit_with_callback(request, Box::new(forward)))
-            .map_err(|e| to_js_error(env, e))?;
+        let handle = request.and_then(submit).map_err(|e| to_js_error(env, e))?;
         Ok(NativeRequest { handle, _engine: Arc::clone(&self.engine) })
     }
 }

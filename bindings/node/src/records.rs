@@ -122,6 +122,40 @@ impl From<&Event> for Chunk {
     }
 }
 
+/// The whole result of one request, gathered by the core's `CompletionBuilder` on the engine
+/// thread and converted once, so JavaScript never rebuilds it from the chunks.
+#[napi(object)]
+pub struct Completion {
+    pub text: String,
+    /// Every sampled token, including an end-of-generation token that ended the request.
+    pub token_ids: Vec<u32>,
+    pub finish_reason: String,
+    pub usage: Usage,
+    pub timings: Timings,
+    /// One entry per token when log-probabilities were requested (even if empty), else unset.
+    pub logprobs: Option<Vec<TokenLogprobs>>,
+    pub error: Option<String>,
+}
+
+impl Completion {
+    /// `wants_logprobs`: whether the request asked for them, which an empty list cannot tell.
+    pub fn new(completion: cortexstream::Completion, wants_logprobs: bool) -> Self {
+        let logprobs = wants_logprobs.then(|| {
+            // The core keeps one logprobs entry per sampled token, in token order.
+            completion.token_ids.iter().zip(&completion.logprobs).map(|(&id, l)| TokenLogprobs::new(id, l)).collect()
+        });
+        Self {
+            text: completion.text,
+            token_ids: completion.token_ids,
+            finish_reason: completion.finish_reason.as_str().to_owned(),
+            usage: completion.usage.into(),
+            timings: completion.timings.into(),
+            logprobs,
+            error: completion.error,
+        }
+    }
+}
+
 /// The embedding model, when one is loaded.
 #[napi(object)]
 pub struct EmbeddingInfo {

@@ -57,6 +57,30 @@ describe('generate', () => {
 });
 
 describe('streaming', () => {
+  test('the completion comes from the engine, whatever a callback does to the chunks it sees', async () => {
+    const expected = await engine.generate(fox.prompt, { ...greedy, maxTokens: 8, logprobs: 1 });
+    const completion = await engine.streamWithCallback(fox.prompt, { ...greedy, maxTokens: 8, logprobs: 1 }, (chunk) => {
+      // A caller is free to reuse the objects it is given; the result must not depend on them.
+      chunk.text = 'X';
+      chunk.tokenId = undefined;
+      chunk.logprobs = undefined;
+      chunk.usage = undefined;
+    });
+    assert.equal(completion.text, expected.text);
+    assert.deepEqual(completion.tokenIds, expected.tokenIds);
+    assert.deepEqual(completion.logprobs.map((l) => l.tokenId), expected.tokenIds);
+    assert.deepEqual(completion.usage, expected.usage);
+  });
+
+  test('logprobs requested but no token generated: an empty list, not undefined', async () => {
+    const stream = engine.stream(fox.prompt, { ...greedy, maxTokens: 64, logprobs: 1 });
+    stream.cancel();
+    const completion = await stream.completion;
+    assert.equal(completion.finishReason, 'cancelled');
+    assert.ok(Array.isArray(completion.logprobs));
+    assert.equal(completion.logprobs.length, completion.tokenIds.length);
+  });
+
   test('async-iterator chunks join to the generate() text', async () => {
     const options = { ...greedy, maxTokens: 24 };
     const expected = await engine.generate(fox.prompt, options);

@@ -136,8 +136,8 @@ struct KvHeadView<'a> {
 impl<'a> KvHeadView<'a> {
     fn new(kv: &'a KvStorage, layer: usize, block_table: &'a [u32], kv_head: usize, head_dim: usize) -> Self {
         Self {
-            k: &kv.k,
-            v: &kv.v,
+            k: kv.keys(layer),
+            v: kv.values(layer),
             block_table,
             first: 0,
             base: kv.offset(layer, 0, kv_head, 0),
@@ -231,7 +231,7 @@ pub(crate) fn attend(
     pool.run(tasks.len(), &|task_index| {
         let task = tasks[task_index];
         let chunk = &chunks[task.chunk];
-        let view = KvHeadView::new(kv, layer, chunk.block_table, task.kv_head, hd);
+        let view = KvHeadView::new(kv, layer, chunk.table(kv.pool_of(layer)), task.kv_head, hd);
         // SAFETY: each task owns its own `span`-long stretch of the score buffer.
         let scores = unsafe { scores.range_mut(task_index * score_span, score_span) };
         for t in task.tokens.0..task.tokens.1 {
@@ -531,7 +531,7 @@ mod tests {
             state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             (state >> 8) as f32 / (1u32 << 24) as f32 * 4.0 - 2.0
         };
-        for x in kv.k.iter_mut().chain(kv.v.iter_mut()) {
+        for x in kv.all_values_mut() {
             *x = f32_to_f16(random());
         }
         // Blocks out of order and spread, like a real allocator's.
@@ -559,13 +559,16 @@ mod tests {
         let scores: Vec<f64> = positions
             .clone()
             .map(|p| {
-                q.iter().zip(&kv.k[at(p)..][..hd]).map(|(&a, &b)| a as f64 * wide(b)).sum::<f64>() / (hd as f64).sqrt()
+                q.iter().zip(&kv.keys(layer)[at(p)..][..hd]).map(|(&a, &b)| a as f64 * wide(b)).sum::<f64>()
+                    / (hd as f64).sqrt()
             })
             .collect();
         let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
         let total: f64 = e.iter().sum();
-        (0..hd).map(|d| positions.clone().zip(&e).map(|(p, e)| e / total * wide(kv.v[at(p) + d])).sum()).collect()
+        (0..hd)
+            .map(|d| positions.clone().zip(&e).map(|(p, e)| e / total * wide(kv.values(layer)[at(p) + d])).sum())
+            .collect()
     }
 
     #[test]

@@ -23,7 +23,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::gguf::{GgufFile, Value};
-use crate::kv_cache::KvStorage;
+use crate::kv_cache::{KvPool, KvStorage};
 use crate::models::attention::{self, Span};
 use crate::models::elementwise::{add_in_place, geglu_tanh_rows, rms_norm_query_and_key_heads, rms_norm_rows};
 use crate::models::metadata::{ArchKeys, DecoderDims, MustBeOff, ROPE_SCALING_WHY};
@@ -33,7 +33,7 @@ use crate::models::step::StepScratch;
 use crate::models::tensors::ReadTensors;
 use crate::models::vocabulary::{Vocabulary, VOCABULARY_TENSORS};
 use crate::models::weights::{layer_tensor, Weights};
-use crate::models::{check_chunks, load_error, SeqChunk};
+use crate::models::{check_chunks, check_sliding_tables, load_error, SeqChunk};
 use crate::quant::QMatrix;
 use crate::threadpool::ThreadPool;
 use crate::Result;
@@ -311,10 +311,29 @@ impl Gemma3Model {
 
     /// A KV cache sized for this model: `num_blocks` blocks of `block_size` positions.
     ///
-    /// Every layer, sliding or not, keeps every position's K/V: sliding layers only *read*
-    /// the window (see [`Span`]).
+    /// Every layer, sliding or not, keeps every position's K/V in one pool: sliding layers
+    /// only *read* the window (see [`Span`]). The engine uses
+    /// [`Self::new_kv_storage_with_sliding_pool`].
     pub fn new_kv_storage(&self, num_blocks: usize, block_size: usize) -> KvStorage {
         KvStorage::new(self.config.n_layers, num_blocks, block_size, self.config.n_kv_heads, self.config.head_dim)
+    }
+
+    /// A KV cache whose global layers have `num_blocks` blocks and whose sliding-window layers
+    /// have a pool of their own of `sliding_blocks`, read through each chunk's
+    /// `sliding_block_table`, whose blocks before the window may be given back. One pool, as
+    /// [`Self::new_kv_storage`], when no layer slides.
+    pub fn new_kv_storage_with_sliding_pool(
+        &self,
+        num_blocks: usize,
+        sliding_blocks: usize,
+        block_size: usize,
+    ) -> KvStorage {
+        let c = &self.config;
+        let sliding: Vec<bool> = match c.sliding_window {
+            Some(_) => c.sliding_layers.clone(),
+            None => vec![false; c.n_layers],
+        };
+        KvStorage::with_sliding_pool(&sliding, num_blocks, sliding_blocks, block_size, c.n_kv_heads, c.head_dim)
     }
 
     /// One batched step over all chunks, with the contract of
@@ -322,6 +341,7 @@ impl Gemma3Model {
     pub fn forward(&self, chunks: &[SeqChunk<'_>], kv: &mut KvStorage, logits: &mut Vec<f32>) -> Result<()> {
         let c = &self.config;
         check_chunks(chunks, kv, c.n_layers, c.kv_dim(), c.vocab_size)?;
+        self.check_sliding_pool(chunks, kv)?;
         let pool = &*self.pool;
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let s = &mut *scratch;
@@ -354,6 +374,24 @@ impl Gemma3Model {
 
         self.vocabulary.wanted_logits(chunks, c.rms_eps, s, logits, pool);
         Ok(())
+    }
+}
+
+impl Gemma3Model {
+    /// With a sliding pool in `kv`: it must hold exactly the sliding layers, and every chunk's
+    /// sliding table must cover its window.
+    fn check_sliding_pool(&self, chunks: &[SeqChunk<'_>], kv: &KvStorage) -> Result<()> {
+        let c = &self.config;
+        if !kv.has_sliding_pool() {
+            return Ok(());
+        }
+        let misplaced = (0..c.n_layers).find(|&l| (kv.pool_of(l) == KvPool::Sliding) != (c.span(l) != Span::Causal));
+        match (c.sliding_window, misplaced) {
+            (Some(window), None) => check_sliding_tables(chunks, kv, window),
+            _ => Err(crate::Error::Internal(format!(
+                "the KV storage's sliding pool does not hold exactly the sliding layers (layer {misplaced:?})"
+            ))),
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use crate::models::attention::Geometry;
 use crate::models::SeqChunk;
 
 /// Stores each row's K and V (as f16) into layer `layer` of the paged cache, at the row's
-/// position through its chunk's block table.
+/// position through its chunk's block table of the layer's pool.
 pub(crate) fn store_keys_and_values(
     qkv: &[f32],
     g: &Geometry,
@@ -14,10 +14,12 @@ pub(crate) fn store_keys_and_values(
     kv: &mut KvStorage,
 ) {
     let mut rows = qkv.chunks_exact(g.qkv_row_len);
+    let pool = kv.pool_of(layer);
     for chunk in chunks {
+        let table = chunk.table(pool);
         for (position, row) in (chunk.start_pos..).zip(rows.by_ref().take(chunk.tokens.len())) {
             let (key, value) = row[g.q_dim()..].split_at(g.kv_dim());
-            kv.write(layer, chunk.block_table, position, key, value);
+            kv.write(layer, table, position, key, value);
         }
     }
 }

@@ -21,7 +21,7 @@ pub(crate) mod weights;
 use std::sync::Arc;
 
 use crate::gguf::GgufFile;
-use crate::kv_cache::KvStorage;
+use crate::kv_cache::{KvPool, KvStorage};
 use crate::threadpool::ThreadPool;
 use crate::{Error, Result};
 
@@ -32,13 +32,30 @@ use crate::{Error, Result};
 /// `block_table[p / block_size]`, slot `p % block_size`), and attention reads positions
 /// `0 .. start_pos + tokens.len()` through the same table. `block_table` must already cover
 /// every position up to `start_pos + tokens.len()`.
+///
+/// When the KV storage has a sliding pool ([`KvStorage::has_sliding_pool`]), sliding-window
+/// layers use `sliding_block_table` instead: the same indexing, but only the blocks from the
+/// window of `start_pos` on must be valid (earlier ones may be given back,
+/// [`crate::kv_cache::RELEASED_BLOCK`]). Without a sliding pool it is ignored (leave it empty).
 #[derive(Debug, Clone, Copy)]
 pub struct SeqChunk<'a> {
     pub tokens: &'a [u32],
     pub start_pos: usize,
     pub block_table: &'a [u32],
+    pub sliding_block_table: &'a [u32],
     /// Compute logits for the last token of this chunk (false for a non-final prefill chunk).
     pub want_logits: bool,
+}
+
+impl<'a> SeqChunk<'a> {
+    /// The block table of `pool`.
+    #[inline]
+    pub fn table(&self, pool: KvPool) -> &'a [u32] {
+        match pool {
+            KvPool::Global => self.block_table,
+            KvPool::Sliding => self.sliding_block_table,
+        }
+    }
 }
 
 /// A loaded generation model of one of the supported architectures, dispatched on
@@ -61,6 +78,10 @@ pub struct ModelShape {
     pub n_layers: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// Positions a sliding-window layer attends to; `None` when no layer slides.
+    pub sliding_window: Option<usize>,
+    /// Layers that slide (0 when none does).
+    pub n_sliding_layers: usize,
 }
 
 /// Every `general.architecture` [`GenerationModel::load`] runs, as its error lists them.
@@ -94,12 +115,19 @@ impl GenerationModel {
                     n_layers: $c.n_layers,
                     n_kv_heads: $c.n_kv_heads,
                     head_dim: $c.head_dim,
+                    sliding_window: None,
+                    n_sliding_layers: 0,
                 }
             };
         }
         match self {
             Self::Llama(m) => shape_of!(m.config()),
-            Self::Gemma3(m) => shape_of!(m.config()),
+            Self::Gemma3(m) => {
+                let c = m.config();
+                let n_sliding_layers = c.sliding_layers.iter().filter(|&&s| s).count();
+                let sliding_window = c.sliding_window.filter(|_| n_sliding_layers > 0);
+                ModelShape { sliding_window, n_sliding_layers, ..shape_of!(c) }
+            }
             Self::Qwen(m) => shape_of!(m.config()),
         }
     }
@@ -119,6 +147,21 @@ impl GenerationModel {
             Self::Llama(m) => m.new_kv_storage(num_blocks, block_size),
             Self::Gemma3(m) => m.new_kv_storage(num_blocks, block_size),
             Self::Qwen(m) => m.new_kv_storage(num_blocks, block_size),
+        }
+    }
+
+    /// A KV cache with `num_blocks` blocks for global layers and `sliding_blocks` for
+    /// sliding-window layers (see [`SeqChunk::sliding_block_table`]); one pool of
+    /// `num_blocks`, as [`Self::new_kv_storage`], for a model without sliding layers.
+    pub fn new_kv_storage_with_sliding_pool(
+        &self,
+        num_blocks: usize,
+        sliding_blocks: usize,
+        block_size: usize,
+    ) -> KvStorage {
+        match self {
+            Self::Llama(m) => m.new_kv_storage(num_blocks, block_size),
+            Self::Gemma3(m) => m.new_kv_storage_with_sliding_pool(num_blocks, sliding_blocks, block_size),
         }
     }
 
@@ -160,17 +203,36 @@ pub(crate) fn check_chunks(
         if let Some(&bad) = chunk.tokens.iter().find(|&&t| t as usize >= vocab_size) {
             return Err(Error::invalid("prompt", format!("token id {bad} is outside the vocabulary of {vocab_size}")));
         }
-        let end = chunk.start_pos + chunk.tokens.len();
-        let blocks_needed = end.div_ceil(kv.block_size);
-        let table = chunk.block_table.get(..blocks_needed).ok_or_else(|| {
-            Error::Internal(format!(
-                "chunk {i} reaches position {end} but its block table covers {}",
-                chunk.block_table.len() * kv.block_size
-            ))
-        })?;
-        if let Some(&bad) = table.iter().find(|&&b| b as usize >= kv.num_blocks) {
-            return Err(Error::Internal(format!("chunk {i} uses block {bad} of {}", kv.num_blocks)));
-        }
+        check_table(i, chunk, KvPool::Global, 0, kv)?;
+    }
+    Ok(())
+}
+
+/// Checks the sliding-window block tables of a step whose KV storage has a sliding pool:
+/// each must cover the chunk with valid blocks from the window of its first position on.
+pub(crate) fn check_sliding_tables(chunks: &[SeqChunk<'_>], kv: &KvStorage, window: usize) -> Result<()> {
+    for (i, chunk) in chunks.iter().enumerate() {
+        let first_block = (chunk.start_pos + 1).saturating_sub(window) / kv.block_size;
+        check_table(i, chunk, KvPool::Sliding, first_block, kv)?;
+    }
+    Ok(())
+}
+
+/// Checks that chunk `i`'s table of `pool` covers every position it reaches, with blocks of
+/// the pool from entry `first_block` on.
+fn check_table(i: usize, chunk: &SeqChunk<'_>, pool: KvPool, first_block: usize, kv: &KvStorage) -> Result<()> {
+    let end = chunk.start_pos + chunk.tokens.len();
+    let blocks_needed = end.div_ceil(kv.block_size);
+    let table = chunk.table(pool);
+    let table = table.get(first_block.min(blocks_needed)..blocks_needed).ok_or_else(|| {
+        Error::Internal(format!(
+            "chunk {i} reaches position {end} but its {pool:?} block table covers {}",
+            table.len() * kv.block_size
+        ))
+    })?;
+    let num_blocks = kv.num_blocks(pool);
+    if let Some(&bad) = table.iter().find(|&&b| b as usize >= num_blocks) {
+        return Err(Error::Internal(format!("chunk {i} uses {pool:?} block {bad} of {num_blocks}")));
     }
     Ok(())
 }

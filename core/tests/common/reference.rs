@@ -83,8 +83,13 @@ pub fn logits_in_chunks(model: &GenerationModel, tokens: &[u32], chunk_size: usi
     let mut start = 0;
     while start < tokens.len() {
         let len = chunk_size.min(tokens.len() - start);
-        let chunk =
-            SeqChunk { tokens: &tokens[start..start + len], start_pos: start, block_table: &table, want_logits: true };
+        let chunk = SeqChunk {
+            tokens: &tokens[start..start + len],
+            start_pos: start,
+            block_table: &table,
+            sliding_block_table: &[],
+            want_logits: true,
+        };
         model.forward(&[chunk], &mut kv, &mut logits).expect("forward");
         start += len;
         out.push((start - 1, logits.clone()));
@@ -243,6 +248,7 @@ pub fn run_schedule(
                     tokens: &s.tokens[s.computed..s.computed + lens[i]],
                     start_pos: s.computed,
                     block_table: &s.table,
+                    sliding_block_table: &[],
                     want_logits: s.computed + lens[i] == s.tokens.len(),
                 }
             })

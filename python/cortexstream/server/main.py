@@ -1,23 +1,18 @@
-"""Command line: `python -m examples.server [--host H] [--port P] [--model M] ...` from the repo
-root, or `python examples/server/main.py ...` from anywhere."""
+"""Command line: `cortexstream-server [--host H] [--port P] [--model M] ...` (the console script
+`pip install cortexstream[server]` installs) or `python -m cortexstream.server ...`."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # Run as a script: make `examples.server` importable from the repository root.
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import uvicorn
 
-import uvicorn  # noqa: E402
-
-from examples.server.app import create_app  # noqa: E402
-from examples.server.shutdown import DrainingServer  # noqa: E402
-from examples.server.state import NO_EMBEDDING_MODEL, EngineOptions, ServerConfig  # noqa: E402
+from .app import create_app
+from .shutdown import DrainingServer
+from .state import NO_EMBEDDING_MODEL, EngineOptions, ServerConfig
 
 
 def _positive(text: str) -> int:

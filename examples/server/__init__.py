@@ -1,1 +1,0 @@
-"""An OpenAI- and Ollama-compatible REST server on the cortexstream Python module."""

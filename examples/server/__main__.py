@@ -1,5 +1,0 @@
-"""`python -m examples.server`: see main.py for the options."""
-
-from .main import main
-
-main()

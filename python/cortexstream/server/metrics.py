@@ -1,0 +1,90 @@
+"""Renders `engine.metrics()` in the Prometheus text exposition format with `prometheus_client`
+(HELP and TYPE lines, name and value formatting, escaping), from a fresh snapshot per scrape."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+PREFIX = "cortexstream"
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+#: Snapshot fields that go up and down; every other number only grows (a counter).
+GAUGES = frozenset({
+    "queue_depth", "running", "kv_blocks_total", "kv_blocks_free",
+    "kv_sliding_blocks_total", "kv_sliding_blocks_free",
+})
+
+#: What each field of the engine's snapshot counts (the core's field documentation).
+HELP = {
+    "requests_submitted": "Requests accepted by the engine.",
+    "requests_finished": "Requests that ended, for any reason.",
+    "requests_cancelled": "Requests that ended cancelled (a client disconnect, an abort, shutdown).",
+    "requests_failed": "Requests that ended with an error.",
+    "requests_rejected": "Submissions refused (an invalid request, a full queue).",
+    "queue_depth": "Requests waiting to be scheduled.",
+    "running": "Sequences in the running batch.",
+    "prompt_tokens_total": "Prompt tokens of accepted requests.",
+    "prefill_tokens_total": "Prompt tokens run through the model (prefix-cache hits excluded).",
+    "prefix_cache_hit_tokens": "Prompt tokens whose KV was reused from the prefix cache.",
+    "generated_tokens_total": "Tokens generated.",
+    "steps": "Engine steps (one batched forward each).",
+    "step_failures": "Steps that failed; the requests running in them ended with an error.",
+    "preemptions": "Sequences preempted to free KV cache blocks.",
+    "kv_blocks_total": "KV cache blocks.",
+    "kv_blocks_free": "KV cache blocks not used by any sequence (free or holding reusable prefixes).",
+    "kv_sliding_blocks_total": "KV cache blocks of sliding-window layers (0 for models without them).",
+    "kv_sliding_blocks_free": "Sliding-window KV cache blocks not used by any sequence.",
+    "embedding_requests": "Embedding requests served.",
+    "batch_size": "Tokens (prefill and decode rows) per forward step.",
+    "time_to_first_token_seconds": "Seconds from submit to a request's first token.",
+    "per_token_seconds": "Mean seconds per generated token after the first, per request.",
+}
+
+
+def _help(field: str) -> str:
+    # A field the core added after this table: still exported, described by its name.
+    return HELP.get(field, f"The engine's {field.replace('_', ' ')}.")
+
+
+def _histogram(name: str, field: str, histogram: dict) -> Metric:
+    # The snapshot's buckets are cumulative (as Prometheus wants); +Inf holds every observation.
+    buckets = [(repr(float(bound)), count) for bound, count in histogram["buckets"]]
+    buckets.append(("+Inf", histogram["count"]))
+    return HistogramMetricFamily(name, _help(field), buckets=buckets, sum_value=histogram["sum"])
+
+
+def _families(snapshot: dict, ready: bool) -> Iterator[Metric]:
+    yield GaugeMetricFamily(f"{PREFIX}_ready", "1 once the model is loaded and requests are served.", value=int(ready))
+    for field, value in snapshot.items():
+        name = f"{PREFIX}_{field}"
+        if isinstance(value, dict):
+            yield _histogram(name, field, value)
+        elif field in GAUGES:
+            yield GaugeMetricFamily(name, _help(field), value=value)
+        else:
+            # prometheus_client names the sample `<name>_total` (and drops a `_total` already there).
+            yield CounterMetricFamily(name, _help(field), value=value)
+
+
+class _Snapshot:
+    """A collector that yields one snapshot's metric families."""
+
+    def __init__(self, snapshot: dict, ready: bool) -> None:
+        self._snapshot = snapshot
+        self._ready = ready
+
+    def collect(self) -> Iterator[Metric]:
+        return _families(self._snapshot, self._ready)
+
+
+def render_prometheus(snapshot: dict, *, ready: bool) -> str:
+    """One metric family per snapshot field: histograms (dicts with `buckets`), gauges, counters
+    (samples suffixed `_total`). `ready` becomes the `cortexstream_ready` gauge."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(snapshot, ready))
+    return generate_latest(registry).decode("utf-8")
