@@ -162,6 +162,7 @@ impl GenerationModel {
         match self {
             Self::Llama(m) => m.new_kv_storage(num_blocks, block_size),
             Self::Gemma3(m) => m.new_kv_storage_with_sliding_pool(num_blocks, sliding_blocks, block_size),
+            Self::Qwen(m) => m.new_kv_storage(num_blocks, block_size),
         }
     }
 
