@@ -19,16 +19,23 @@ from workload import Workload
 
 SERVER_START_TIMEOUT_S = 120.0
 
-# llama.cpp's weight repacking ("extra buffer types") has, on x86, nothing for Q4_1 or Q8_0
-# except the AMX buffer, and its AMX matmul crashes (SIGSEGV in ggml_backend_amx_mul_mat) on
-# this model's 576-wide matrices on Sapphire Rapids-class CPUs. Turning repacking off is then
-# llama.cpp's only working configuration there, and changes nothing on CPUs without AMX.
-NO_REPACK_BENCH = ["--repack", "0"]
-NO_REPACK_SERVER = ["--no-repack"]
 REQUEST_TIMEOUT_S = 900.0
 
 
-def bench(bin_dir: Path, work: Workload) -> dict[str, float]:
+def default_repack(cpu_flags: list[str]) -> bool:
+    """llama.cpp's weight repacking ("extra buffer types"), on unless the CPU has AMX.
+
+    With AVX2 (and AVX-512) llama.cpp repacks Q4_0, Q4_K and IQ4_NL (Q2_K with AVX-512) into
+    interleaved CPU_REPACK layouts, its fastest kernels for them, and leaves the other types as
+    they are, so repacking on is its best configuration on such CPUs. On CPUs with AMX it also
+    moves Q4_1, Q8_0 and the K-quants into its AMX buffer, and that matmul crashed (SIGSEGV in
+    ggml_backend_amx_mul_mat) on SmolLM2's 576-wide matrices on a Sapphire Rapids-class CPU:
+    there repacking off is its only working configuration. ``--peer-repack`` overrides this.
+    """
+    return "amx_int8" not in cpu_flags
+
+
+def bench(bin_dir: Path, work: Workload, repack: bool) -> dict[str, float]:
     """llama-bench's own prefill (pp) and decode (tg) rates, averaged over the repeats."""
     command = [
         str(bin_dir / "llama-bench"),
@@ -42,7 +49,8 @@ def bench(bin_dir: Path, work: Workload) -> dict[str, float]:
         str(work.decode_tokens),
         "-r",
         str(work.repeats),
-        *NO_REPACK_BENCH,
+        "--repack",
+        "1" if repack else "0",
         "-o",
         "json",
     ]
@@ -63,7 +71,7 @@ class LlamaServer:
     """A llama-server with one slot per stream and continuous batching, on a free loopback port;
     a context manager that always stops it."""
 
-    def __init__(self, bin_dir: Path, work: Workload) -> None:
+    def __init__(self, bin_dir: Path, work: Workload, repack: bool) -> None:
         self.work = work
         self.port = free_loopback_port()
         log_fd, log_name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
@@ -80,7 +88,7 @@ class LlamaServer:
                 "--parallel",
                 str(work.max_streams),
                 "--cont-batching",
-                *NO_REPACK_SERVER,
+                *([] if repack else ["--no-repack"]),
                 "-c",
                 str(work.kv_tokens),
                 "--host",
