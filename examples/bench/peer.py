@@ -22,17 +22,28 @@ SERVER_START_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 900.0
 
 
-def default_repack(cpu_flags: list[str]) -> bool:
-    """llama.cpp's weight repacking ("extra buffer types"), on unless the CPU has AMX.
+def repack_works(cpu_flags: list[str]) -> bool:
+    """Whether llama.cpp's weight repacking ("extra buffer types") can be on: not on CPUs with AMX.
 
     With AVX2 (and AVX-512) llama.cpp repacks Q4_0, Q4_K and IQ4_NL (Q2_K with AVX-512) into
-    interleaved CPU_REPACK layouts, its fastest kernels for them, and leaves the other types as
-    they are, so repacking on is its best configuration on such CPUs. On CPUs with AMX it also
-    moves Q4_1, Q8_0 and the K-quants into its AMX buffer, and that matmul crashed (SIGSEGV in
-    ggml_backend_amx_mul_mat) on SmolLM2's 576-wide matrices on a Sapphire Rapids-class CPU:
-    there repacking off is its only working configuration. ``--peer-repack`` overrides this.
+    interleaved CPU_REPACK layouts and leaves the other types as they are. On CPUs with AMX it
+    also moves Q4_1, Q8_0 and the K-quants into its AMX buffer, and that matmul crashed (SIGSEGV
+    in ggml_backend_amx_mul_mat) on SmolLM2's 576-wide matrices on a Sapphire Rapids-class CPU:
+    there repacking off is its only working configuration.
     """
     return "amx_int8" not in cpu_flags
+
+
+def best_bench(bin_dir: Path, work: Workload, settings: list[bool]) -> dict[str, Any]:
+    """llama-bench once per repacking setting; each rate is the better setting's (which one wins
+    depends on the model and the CPU: on a 2-core Zen 4, repacking sped up Q4_K decode and slowed
+    prefill), and every setting's rates are kept."""
+    runs = {("on" if repack else "off"): bench(bin_dir, work, repack) for repack in settings}
+    best: dict[str, Any] = {"bench_by_repack": runs}
+    for rate in ("decode_tok_s", "prefill_tok_s"):
+        setting = max(runs, key=lambda s: runs[s][rate])
+        best[rate], best[f"{rate}_repack"] = runs[setting][rate], setting
+    return best
 
 
 def bench(bin_dir: Path, work: Workload, repack: bool) -> dict[str, float]:

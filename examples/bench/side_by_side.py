@@ -51,9 +51,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-peer", action="store_true", help="run only our side (ratios print as n/a)")
     parser.add_argument(
         "--peer-repack",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="llama.cpp weight repacking (auto: on unless the CPU has AMX, see peer.default_repack)",
+        choices=("best", "on", "off"),
+        default="best",
+        help="llama.cpp weight repacking. best (default): llama-bench both ways where repacking works "
+        "(not with AMX, see peer.repack_works), each rate from the faster; llama-server with it on",
     )
     parser.add_argument("--json", type=Path, help="write all results to this JSON file")
     return parser.parse_args()
@@ -92,13 +93,23 @@ def peer_step_count(work: Workload) -> int:
     return 4 + len(work.stream_counts)
 
 
-def run_peer(work: Workload, ttft_prompt: str, repack: bool, progress: Progress) -> dict[str, Any]:
+def repack_settings(choice: str, cpu_flags: list[str]) -> list[bool]:
+    """The repacking settings llama-bench runs with; llama-server uses the last."""
+    if choice != "best":
+        return [choice == "on"]
+    return [False, True] if peer.repack_works(cpu_flags) else [False]
+
+
+def run_peer(work: Workload, ttft_prompt: str, settings: list[bool], progress: Progress) -> dict[str, Any]:
     progress.step("llama.cpp: set up (builds once, ~20 min on 2 cores)")
     bin_dir = setup_peer()
     progress.step(
-        f"llama.cpp: llama-bench pp{work.prefill_tokens} tg{work.decode_tokens} x{work.repeats}, repack {int(repack)}"
+        f"llama.cpp: llama-bench pp{work.prefill_tokens} tg{work.decode_tokens} x{work.repeats}, "
+        f"repack {' and '.join('on' if s else 'off' for s in settings)}"
     )
-    result: dict[str, Any] = {"repack": repack, **peer.bench(bin_dir, work, repack)}
+    result: dict[str, Any] = peer.best_bench(bin_dir, work, settings)
+    repack = settings[-1]
+    result["server_repack"] = "on" if repack else "off"
     progress.step(f"llama.cpp: start llama-server --parallel {work.max_streams} -c {work.kv_tokens}")
     with peer.LlamaServer(bin_dir, work, repack) as server:
         progress.step(f"llama.cpp: TTFT x{work.repeats}")
@@ -184,7 +195,7 @@ def main() -> None:
     model = bench_models.resolve(args.model, peer_bin=setup_peer)
     work = Workload.create(str(model), args.threads, args.quick)
     cpu = cpu_description()
-    repack = peer.default_repack(cpu["flags"]) if args.peer_repack == "auto" else args.peer_repack == "on"
+    settings = repack_settings(args.peer_repack, cpu["flags"])
     peer_steps = 0 if args.skip_peer else peer_step_count(work)
     progress = Progress(total=1 + our_side.step_count(work) + peer_steps)
 
@@ -194,11 +205,16 @@ def main() -> None:
     bound_tok_s = bandwidth / weight_bytes
 
     ours = run_ours(work, progress)
-    theirs = None if args.skip_peer else run_peer(work, ours["ttft_prompt"], repack, progress)
+    theirs = None if args.skip_peer else run_peer(work, ours["ttft_prompt"], settings, progress)
 
     rows = table_rows(work, bound_tok_s, ours["ttft_prompt_tokens"], ours["ttft_kind"])
     table, ratios = build_table(rows, ours, theirs)
     print(table)
+    if theirs:
+        print(
+            f"llama.cpp repacking: decode {theirs['decode_tok_s_repack']}, prefill {theirs['prefill_tok_s_repack']}"
+            f" (llama-bench, the faster setting each), llama-server {theirs['server_repack']}"
+        )
     if args.json:
         report = {
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
