@@ -452,87 +452,29 @@ impl QMatrix {
         out: &DisjointSlice<'_, f32>,
         pool: &ThreadPool,
     ) {
-        #[cfg(target_arch = "x86_64")]
-        if kernel == Kernel::Avx512Vnni && format == QuantFormat::Q8_0 {
-            return self.matmul_q8_pairs(blocks, acts, m, out, pool);
-        }
         let n_blocks = self.cols / BLOCK;
         let group_bytes = self.group_bytes();
         for_each_range(pool, self.rows.div_ceil(LANES), |groups| {
             let mut results = [[0f32; LANES]; TILE];
             for g in groups {
                 let group = &blocks[g * group_bytes..][..group_bytes];
+                let (first_row, lanes) = (g * LANES, LANES.min(self.rows - g * LANES));
                 for first in (0..m).step_by(TILE) {
                     let n = TILE.min(m - first);
                     let tile_acts = &acts[first * n_blocks..(first + n) * n_blocks];
                     kernel.group_tile(format, group, n_blocks, tile_acts, &mut results);
-                    // SAFETY: the output rows of group `g` belong to this task alone.
-                    unsafe { self.store_tile(out, g, first, &results[..n]) };
-                }
-            }
-        });
-    }
-
-    /// Q8_0 on AVX512-VNNI (the output head of most models): groups two at a time
-    /// (`vnni::avx512::q8_pair_tile`), the same bits as [`Self::matmul_groups`].
-    #[cfg(target_arch = "x86_64")]
-    fn matmul_q8_pairs(
-        &self,
-        blocks: &[u8],
-        acts: &[Q8Block],
-        m: usize,
-        out: &DisjointSlice<'_, f32>,
-        pool: &ThreadPool,
-    ) {
-        let n_blocks = self.cols / BLOCK;
-        let group_bytes = self.group_bytes();
-        let groups = self.rows.div_ceil(LANES);
-        let group = |g: usize| &blocks[g * group_bytes..][..group_bytes];
-        for_each_range(pool, groups.div_ceil(2), |pairs| {
-            let mut results = [[[0f32; LANES]; TILE]; 2];
-            for p in pairs {
-                let g = 2 * p;
-                for first in (0..m).step_by(TILE) {
-                    let n = TILE.min(m - first);
-                    let tile_acts = &acts[first * n_blocks..(first + n) * n_blocks];
-                    let [first_results, second_results] = &mut results;
-                    if g + 1 < groups {
-                        // SAFETY: `Avx512Vnni` is only chosen after `vnni::avx512::is_available()`.
-                        unsafe {
-                            vnni::avx512::q8_pair_tile(
-                                [group(g), group(g + 1)],
-                                n_blocks,
-                                tile_acts,
-                                [first_results, second_results],
-                            )
-                        };
-                        // SAFETY: the output rows of groups `g` and `g + 1` belong to this task alone.
-                        unsafe { self.store_tile(out, g + 1, first, &second_results[..n]) };
-                    } else {
-                        Kernel::Avx512Vnni.group_tile(QuantFormat::Q8_0, group(g), n_blocks, tile_acts, first_results);
+                    for (r, row_results) in results[..n].iter().enumerate() {
+                        // SAFETY: the output rows of group `g` belong to this task alone.
+                        let dst = unsafe { out.range_mut((first + r) * self.rows + first_row, lanes) };
+                        match <&mut [f32; LANES]>::try_from(&mut *dst) {
+                            // A fixed-size copy compiles to one vector store, not a memmove call.
+                            Ok(full) => *full = *row_results,
+                            Err(_) => dst.copy_from_slice(&row_results[..lanes]),
+                        }
                     }
-                    // SAFETY: as above.
-                    unsafe { self.store_tile(out, g, first, &first_results[..n]) };
                 }
             }
         });
-    }
-
-    /// Stores the results of group `g` (eight weight rows) for activation rows `first..`.
-    ///
-    /// # Safety
-    /// No other thread may write those output elements meanwhile.
-    unsafe fn store_tile(&self, out: &DisjointSlice<'_, f32>, g: usize, first: usize, results: &[[f32; LANES]]) {
-        let (first_row, lanes) = (g * LANES, LANES.min(self.rows - g * LANES));
-        for (r, row_results) in results.iter().enumerate() {
-            // SAFETY: forwarded to the caller.
-            let dst = unsafe { out.range_mut((first + r) * self.rows + first_row, lanes) };
-            match <&mut [f32; LANES]>::try_from(&mut *dst) {
-                // A fixed-size copy compiles to one vector store, not a memmove call.
-                Ok(full) => *full = *row_results,
-                Err(_) => dst.copy_from_slice(&row_results[..lanes]),
-            }
-        }
     }
 
     /// The AMX kernel: each task takes a run of group pairs (16 weight rows) and applies each

@@ -40,65 +40,6 @@ macro_rules! vnni_kernels {
 
             group_kernels!($features);
 
-            /// Q8_0 for two groups at once (16 weight rows): each broadcast of four activation
-            /// bytes feeds both groups' `vpdpbusd`, half the broadcasts per multiply of
-            /// `group_tile`. Each (weight row, activation row) pair is summed exactly as there,
-            /// so the results are the same bits. 16 accumulators: needs AVX-512's 32 registers.
-            ///
-            /// # Safety
-            /// The CPU must support this module's features ([`is_available`]).
-            #[allow(dead_code)] // used with AVX512-VNNI only (AVX-VNNI has 16 registers)
-            pub unsafe fn q8_pair_tile(
-                groups: [&[u8]; 2],
-                n_blocks: usize,
-                acts: &[Q8Block],
-                out: [&mut [[f32; LANES]; TILE]; 2],
-            ) {
-                let n = acts.len() / n_blocks.max(1);
-                let group_bytes = QuantFormat::Q8_0.group_bytes(n_blocks);
-                assert!(groups.iter().all(|g| g.len() == group_bytes) && acts.len() == n * n_blocks && n <= TILE);
-                by_tile_height!(n, q8_pair; groups, n_blocks, acts, out)
-            }
-
-            #[allow(dead_code)] // as `q8_pair_tile`
-            #[target_feature(enable = $features)]
-            unsafe fn q8_pair<const N: usize>(
-                groups: [&[u8]; 2],
-                n_blocks: usize,
-                acts: &[Q8Block],
-                out: [&mut [[f32; LANES]; TILE]; 2],
-            ) {
-                let (block_bytes, values_at) = (QuantFormat::Q8_0.group_block_bytes(), QuantFormat::Q8_0.values_offset());
-                let mut acc = [[_mm256_setzero_ps(); N]; 2];
-                for b in 0..n_blocks {
-                    let blocks = [groups[0].as_ptr().add(b * block_bytes), groups[1].as_ptr().add(b * block_bytes)];
-                    let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
-                    let mut sums: [[__m256i; N]; 2] = [std::array::from_fn(|r| q8_start(row_acts[r])); 2];
-                    for v in 0..8 {
-                        let weights = blocks.map(|block| _mm256_loadu_si256(block.add(values_at + 32 * v) as *const __m256i));
-                        let prepared = [q8_weights(weights[0]), q8_weights(weights[1])];
-                        for r in 0..N {
-                            let a = broadcast4(row_acts[r], v);
-                            for g in 0..2 {
-                                sums[g][r] = q8_step(sums[g][r], prepared[g], weights[g], a);
-                            }
-                        }
-                    }
-                    for g in 0..2 {
-                        let d = load_f16x8(blocks[g]);
-                        for r in 0..N {
-                            let scale = _mm256_mul_ps(d, _mm256_set1_ps(row_acts[r].d));
-                            acc[g][r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums[g][r]), acc[g][r]);
-                        }
-                    }
-                }
-                let [out0, out1] = out;
-                for r in 0..N {
-                    _mm256_storeu_ps(out0[r].as_mut_ptr(), acc[0][r]);
-                    _mm256_storeu_ps(out1[r].as_mut_ptr(), acc[1][r]);
-                }
-            }
-
             // The inner steps of `group_kernels!`: `vpdpbusd` sums four u8 × i8 products into
             // each 32-bit lane without saturating.
 
