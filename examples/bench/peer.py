@@ -35,9 +35,10 @@ def repack_works(cpu_flags: list[str]) -> bool:
 
 
 def best_bench(bin_dir: Path, work: Workload, settings: list[bool]) -> dict[str, Any]:
-    """llama-bench once per repacking setting; each rate is the better setting's (which one wins
-    depends on the model and the CPU: on a 2-core Zen 4, repacking sped up Q4_K decode and slowed
-    prefill), and every setting's rates are kept."""
+    """llama-bench once per repacking setting; each rate is the better setting's, and every
+    setting's rates are kept. Which one wins depends on the model, the rate and the CPU: on a
+    2-core Zen 4 the two were within noise of each other for Gemma 3 and SmolLM2 Q4_K_M, each
+    winning some runs (examples/bench/README.md)."""
     runs = {("on" if repack else "off"): bench(bin_dir, work, repack) for repack in settings}
     best: dict[str, Any] = {"bench_by_repack": runs}
     for rate in ("decode_tok_s", "prefill_tok_s"):
