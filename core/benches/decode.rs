@@ -3,7 +3,8 @@
 //! `cargo bench -p cortexstream --bench decode` (model from the cache, filled by
 //! `python3 python/cortexstream/models.py pull all`). Environment: `BENCH_TOKENS` tokens per sequence (default 128),
 //! `BENCH_THREADS` compute threads (default: physical cores), `BENCH_CONCURRENCY` a
-//! comma-separated list (default `1,8,32`).
+//! comma-separated list (default `1,8,32`), `BENCH_MODEL` a GGUF path (default: the cached
+//! SmolLM2 Q4_1).
 //!
 //! Reports aggregate decode tokens/s (tokens generated after each sequence's first token,
 //! over the time from the first first-token to the last token) and mean time to first token.
@@ -18,6 +19,9 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 fn model_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("BENCH_MODEL") {
+        return PathBuf::from(path);
+    }
     let cache = std::env::var_os("CORTEXSTREAM_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/cortexstream"));

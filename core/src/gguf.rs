@@ -463,6 +463,23 @@ impl GgufFile {
         Ok((info, &self.bytes[info.offset..info.offset + info.size]))
     }
 
+    /// Says that tensor `info`'s bytes will not be read through the map again (the caller has
+    /// copied them into memory of its own): the process stops holding their pages, so a model
+    /// is not resident twice (mapped file and regrouped copy) at the peak of its load. Only
+    /// about memory: a later read faults the same bytes back in from the file.
+    pub fn release_tensor_pages(&self, info: &TensorInfo) {
+        #[cfg(unix)]
+        if let Bytes::Mapped(map) = &self.bytes {
+            // In bounds: the parser checked every tensor's range against the file length.
+            // SAFETY: the map is a read-only file mapping, so MADV_DONTNEED only drops this
+            // process's page-table entries: any later read (a borrowed slice included) sees the
+            // file's unchanged bytes again. Failure just leaves the pages resident.
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, info.offset, info.size) };
+        }
+        #[cfg(not(unix))]
+        let _ = info;
+    }
+
     /// All bytes of the file.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes

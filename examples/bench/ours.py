@@ -17,7 +17,7 @@ import cortexstream
 from machine import peak_rss_bytes
 from progress import Progress
 from streams import RunOne, StreamTiming, measure_streams
-from workload import CHAT_MESSAGES, DECODE_PROMPT, PREFILL_TEXT, Workload, prefill_tag
+from workload import CHAT_MESSAGES, DECODE_PROMPT, PREFILL_TEXT, Workload, prefill_tag, raw_ttft_prompt, system_message
 
 GREEDY = {"temperature": 0.0, "ignore_eos": True}
 STREAMS_TIMEOUT_S = 900.0
@@ -52,14 +52,30 @@ def first_token_time(stream: cortexstream.Stream) -> float:
     raise RuntimeError(f"stream ended without a token: {stream.completion and stream.completion.error}")
 
 
-def chat_ttft_s(engine: cortexstream.Engine, work: Workload) -> float:
-    """Submit to first token of a chat request as the caller sees it, median over the repeats.
-    Each repeat uses a distinct system message so the prefix cache cannot help."""
+def chat(run: int) -> list[dict[str, str]]:
+    return [{"role": "system", "content": system_message(run)}, *CHAT_MESSAGES]
+
+
+def has_chat_template(engine: cortexstream.Engine) -> bool:
+    try:
+        engine.apply_chat_template(chat(0))
+    except cortexstream.ChatTemplateMissingError:
+        return False
+    return True
+
+
+def ttft_s(engine: cortexstream.Engine, work: Workload, chat_template: bool) -> float:
+    """Submit to first token as the caller sees it, median over the repeats: of a chat request,
+    or for a model without a chat template of the same text as a raw prompt. Each repeat uses a
+    distinct system message so the prefix cache cannot help."""
     times = []
     for run in range(work.repeats):
-        messages = [{"role": "system", "content": f"You are assistant number {run}."}, *CHAT_MESSAGES]
         start = time.perf_counter()
-        with engine.stream_chat(messages, max_tokens=1, **GREEDY) as stream:
+        if chat_template:
+            stream = engine.stream_chat(chat(run), max_tokens=1, **GREEDY)
+        else:
+            stream = engine.stream(raw_ttft_prompt(run), max_tokens=1, **GREEDY)
+        with stream:
             times.append(first_token_time(stream) - start)
     return statistics.median(times)
 
@@ -98,12 +114,13 @@ def main() -> None:
         result["decode_tok_s"] = decode_tok_s(engine, work)
         progress.step(f"ours: prefill, {work.prefill_tokens}-token prompt x{work.repeats}")
         result["prefill_tok_s"] = prefill_tok_s(engine, work)
-        progress.step(f"ours: chat TTFT x{work.repeats}")
-        result["ttft_s"] = chat_ttft_s(engine, work)
-        # The peer gets the very text our template renders (with the first repeat's system message).
-        chat = [{"role": "system", "content": "You are assistant number 0."}, *CHAT_MESSAGES]
-        result["chat_prompt"] = engine.apply_chat_template(chat)
-        result["chat_prompt_tokens"] = len(engine.tokenize(result["chat_prompt"]))
+        chat_template = has_chat_template(engine)
+        result["ttft_kind"] = "chat" if chat_template else "raw"
+        progress.step(f"ours: {result['ttft_kind']} TTFT x{work.repeats}")
+        result["ttft_s"] = ttft_s(engine, work, chat_template)
+        # The peer gets the very text we prefilled (with the first repeat's system message).
+        result["ttft_prompt"] = engine.apply_chat_template(chat(0)) if chat_template else raw_ttft_prompt(0)
+        result["ttft_prompt_tokens"] = len(engine.tokenize(result["ttft_prompt"]))
         result["streams"] = {}
         for count in work.stream_counts:
             progress.step(f"ours: {count} concurrent streams x {work.stream_tokens} tokens")

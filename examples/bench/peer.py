@@ -19,16 +19,35 @@ from workload import Workload
 
 SERVER_START_TIMEOUT_S = 120.0
 
-# llama.cpp's weight repacking ("extra buffer types") has, on x86, nothing for Q4_1 or Q8_0
-# except the AMX buffer, and its AMX matmul crashes (SIGSEGV in ggml_backend_amx_mul_mat) on
-# this model's 576-wide matrices on Sapphire Rapids-class CPUs. Turning repacking off is then
-# llama.cpp's only working configuration there, and changes nothing on CPUs without AMX.
-NO_REPACK_BENCH = ["--repack", "0"]
-NO_REPACK_SERVER = ["--no-repack"]
 REQUEST_TIMEOUT_S = 900.0
 
 
-def bench(bin_dir: Path, work: Workload) -> dict[str, float]:
+def repack_works(cpu_flags: list[str]) -> bool:
+    """Whether llama.cpp's weight repacking ("extra buffer types") can be on: not on CPUs with AMX.
+
+    With AVX2 (and AVX-512) llama.cpp repacks Q4_0, Q4_K and IQ4_NL (Q2_K with AVX-512) into
+    interleaved CPU_REPACK layouts and leaves the other types as they are. On CPUs with AMX it
+    also moves Q4_1, Q8_0 and the K-quants into its AMX buffer, and that matmul crashed (SIGSEGV
+    in ggml_backend_amx_mul_mat) on SmolLM2's 576-wide matrices on a Sapphire Rapids-class CPU:
+    there repacking off is its only working configuration.
+    """
+    return "amx_int8" not in cpu_flags
+
+
+def best_bench(bin_dir: Path, work: Workload, settings: list[bool]) -> dict[str, Any]:
+    """llama-bench once per repacking setting; each rate is the better setting's, and every
+    setting's rates are kept. Which one wins depends on the model, the rate and the CPU: on a
+    2-core Zen 4 the two were within noise of each other for Gemma 3 and SmolLM2 Q4_K_M, each
+    winning some runs (examples/bench/README.md)."""
+    runs = {("on" if repack else "off"): bench(bin_dir, work, repack) for repack in settings}
+    best: dict[str, Any] = {"bench_by_repack": runs}
+    for rate in ("decode_tok_s", "prefill_tok_s"):
+        setting = max(runs, key=lambda s: runs[s][rate])
+        best[rate], best[f"{rate}_repack"] = runs[setting][rate], setting
+    return best
+
+
+def bench(bin_dir: Path, work: Workload, repack: bool) -> dict[str, float]:
     """llama-bench's own prefill (pp) and decode (tg) rates, averaged over the repeats."""
     command = [
         str(bin_dir / "llama-bench"),
@@ -42,7 +61,8 @@ def bench(bin_dir: Path, work: Workload) -> dict[str, float]:
         str(work.decode_tokens),
         "-r",
         str(work.repeats),
-        *NO_REPACK_BENCH,
+        "--repack",
+        "1" if repack else "0",
         "-o",
         "json",
     ]
@@ -63,7 +83,7 @@ class LlamaServer:
     """A llama-server with one slot per stream and continuous batching, on a free loopback port;
     a context manager that always stops it."""
 
-    def __init__(self, bin_dir: Path, work: Workload) -> None:
+    def __init__(self, bin_dir: Path, work: Workload, repack: bool) -> None:
         self.work = work
         self.port = free_loopback_port()
         log_fd, log_name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
@@ -80,7 +100,7 @@ class LlamaServer:
                 "--parallel",
                 str(work.max_streams),
                 "--cont-batching",
-                *NO_REPACK_SERVER,
+                *([] if repack else ["--no-repack"]),
                 "-c",
                 str(work.kv_tokens),
                 "--host",

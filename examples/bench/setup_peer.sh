@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the llama.cpp peer (llama-server, llama-bench) for the side-by-side benchmark.
+# Builds the llama.cpp peer (llama-server, llama-bench, llama-quantize) for the side-by-side
+# benchmark (llama-quantize makes the requantized models, e.g. `--model smollm2-q4_k_m`).
 #
 # The source comes from a registry package only: the sdist of llama-cpp-python vendors llama.cpp
 # under vendor/llama.cpp. fetch_sdist.py downloads it from the package index pip is configured
@@ -7,7 +8,7 @@
 # compares against the same peer.
 #
 # Everything lands in $CORTEXSTREAM_CACHE/peer (default ~/.cache/cortexstream/peer), outside git.
-# Re-running is cheap: nothing is rebuilt when both binaries already exist.
+# Re-running is cheap: nothing is rebuilt when all three binaries already exist.
 #
 # Usage: examples/bench/setup_peer.sh        (prints the bin directory on its last line)
 set -euo pipefail
@@ -23,8 +24,8 @@ src=$peer/src/llama-cpp-python-$SDIST_VERSION
 build=$peer/build
 bin=$build/bin
 
-if [[ -x $bin/llama-server && -x $bin/llama-bench ]]; then
-    echo "peer: llama-server and llama-bench already built" >&2
+if [[ -x $bin/llama-server && -x $bin/llama-bench && -x $bin/llama-quantize ]]; then
+    echo "peer: llama-server, llama-bench and llama-quantize already built" >&2
     echo "$bin"
     exit 0
 fi
@@ -48,10 +49,10 @@ if [[ ! -f $src/vendor/llama.cpp/CMakeLists.txt ]]; then
     mv "$peer/src/llama_cpp_python-$SDIST_VERSION" "$src"
 fi
 
-echo "peer: configuring and building llama-server, llama-bench (-j$BUILD_JOBS, ~15-20 min on 2 cores)" >&2
+echo "peer: configuring and building llama-server, llama-bench, llama-quantize (-j$BUILD_JOBS, ~15-20 min on 2 cores)" >&2
 cmake -S "$src/vendor/llama.cpp" -B "$build" -DCMAKE_BUILD_TYPE=Release \
     -DLLAMA_CURL=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DBUILD_SHARED_LIBS=OFF \
     -DLLAMA_USE_PREBUILT_UI=OFF >&2
 # nice: the machine is shared with other builds; the peer is not on anyone's critical path.
-nice -n 10 cmake --build "$build" --target llama-server llama-bench -j "$BUILD_JOBS" >&2
+nice -n 10 cmake --build "$build" --target llama-server llama-bench llama-quantize -j "$BUILD_JOBS" >&2
 echo "$bin"

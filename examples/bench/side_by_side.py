@@ -5,7 +5,8 @@ streams, peak RSS and decode as a share of the memory-bandwidth bound; prints on
 ratios (ours / llama.cpp) on stdout and optionally writes everything as JSON. Progress goes to
 stderr. llama.cpp comes from setup_peer.sh (built once into the cache).
 
-Usage: python examples/bench/side_by_side.py [--threads 2] [--quick] [--skip-peer] [--json out.json]
+Usage: python examples/bench/side_by_side.py [--model smollm2|gemma3|smollm2-q4_k_m|PATH]
+       [--threads 2] [--quick] [--skip-peer] [--peer-repack auto|on|off] [--json out.json]
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import bench_models
 import ours as our_side
 import peer
 from machine import cpu_description, read_bandwidth_bytes_per_s, weight_bytes_per_token
 from progress import Progress
 from streams import measure_streams
-from workload import DEFAULT_MODEL, Workload
+from workload import Workload
 
 HERE = Path(__file__).resolve().parent
 OURS_TIMEOUT_S = 1800
@@ -39,10 +41,21 @@ MIB = 1 << 20
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="GGUF file both sides load")
+    parser.add_argument(
+        "--model",
+        default="smollm2",
+        help="GGUF both sides load: a path, or a name (" + ", ".join(bench_models.known_names()) + "; default smollm2)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="compute threads of each side (default 2)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny token counts, 1 and 4 streams")
     parser.add_argument("--skip-peer", action="store_true", help="run only our side (ratios print as n/a)")
+    parser.add_argument(
+        "--peer-repack",
+        choices=("best", "on", "off"),
+        default="best",
+        help="llama.cpp weight repacking. best (default): llama-bench both ways where repacking works "
+        "(not with AMX, see peer.repack_works), each rate from the faster; llama-server with it on",
+    )
     parser.add_argument("--json", type=Path, help="write all results to this JSON file")
     return parser.parse_args()
 
@@ -80,15 +93,27 @@ def peer_step_count(work: Workload) -> int:
     return 4 + len(work.stream_counts)
 
 
-def run_peer(work: Workload, chat_prompt: str, progress: Progress) -> dict[str, Any]:
+def repack_settings(choice: str, cpu_flags: list[str]) -> list[bool]:
+    """The repacking settings llama-bench runs with; llama-server uses the last."""
+    if choice != "best":
+        return [choice == "on"]
+    return [False, True] if peer.repack_works(cpu_flags) else [False]
+
+
+def run_peer(work: Workload, ttft_prompt: str, settings: list[bool], progress: Progress) -> dict[str, Any]:
     progress.step("llama.cpp: set up (builds once, ~20 min on 2 cores)")
     bin_dir = setup_peer()
-    progress.step(f"llama.cpp: llama-bench pp{work.prefill_tokens} tg{work.decode_tokens} x{work.repeats}")
-    result: dict[str, Any] = dict(peer.bench(bin_dir, work))
+    progress.step(
+        f"llama.cpp: llama-bench pp{work.prefill_tokens} tg{work.decode_tokens} x{work.repeats}, "
+        f"repack {' and '.join('on' if s else 'off' for s in settings)}"
+    )
+    result: dict[str, Any] = peer.best_bench(bin_dir, work, settings)
+    repack = settings[-1]
+    result["server_repack"] = "on" if repack else "off"
     progress.step(f"llama.cpp: start llama-server --parallel {work.max_streams} -c {work.kv_tokens}")
-    with peer.LlamaServer(bin_dir, work) as server:
-        progress.step(f"llama.cpp: chat TTFT x{work.repeats}")
-        result["ttft_s"] = sorted(server.ttft_s(chat_prompt, work.repeats))[work.repeats // 2]
+    with peer.LlamaServer(bin_dir, work, repack) as server:
+        progress.step(f"llama.cpp: TTFT x{work.repeats}")
+        result["ttft_s"] = sorted(server.ttft_s(ttft_prompt, work.repeats))[work.repeats // 2]
         result["streams"] = {}
         for count in work.stream_counts:
             progress.step(f"llama.cpp: {count} concurrent streams x {work.stream_tokens} tokens")
@@ -110,11 +135,11 @@ def streams_metric(count: int, key: str) -> Callable[[dict[str, Any]], float]:
     return lambda result: result["streams"][str(count)][key]
 
 
-def table_rows(work: Workload, bound_tok_s: float, chat_tokens: int) -> list[Row]:
+def table_rows(work: Workload, bound_tok_s: float, ttft_tokens: int, ttft_kind: str) -> list[Row]:
     rows: list[Row] = [
         (f"decode tok/s (1 stream, {work.decode_tokens} tokens)", lambda r: r["decode_tok_s"], "{:.1f}"),
         (f"prefill tok/s ({work.prefill_tokens}-token prompt)", lambda r: r["prefill_tok_s"], "{:.1f}"),
-        (f"TTFT s ({chat_tokens}-token chat prompt)", lambda r: r["ttft_s"], "{:.3f}"),
+        (f"TTFT s ({ttft_tokens}-token {ttft_kind} prompt)", lambda r: r["ttft_s"], "{:.3f}"),
     ]
     for count in work.stream_counts:
         rows.append(
@@ -167,7 +192,10 @@ def main() -> None:
     # A SIGTERM (a CI timeout, say) unwinds like Ctrl-C, so llama-server is stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     args = parse_args()
-    work = Workload.create(args.model, args.threads, args.quick)
+    model = bench_models.resolve(args.model, peer_bin=setup_peer)
+    work = Workload.create(str(model), args.threads, args.quick)
+    cpu = cpu_description()
+    settings = repack_settings(args.peer_repack, cpu["flags"])
     peer_steps = 0 if args.skip_peer else peer_step_count(work)
     progress = Progress(total=1 + our_side.step_count(work) + peer_steps)
 
@@ -177,10 +205,16 @@ def main() -> None:
     bound_tok_s = bandwidth / weight_bytes
 
     ours = run_ours(work, progress)
-    theirs = None if args.skip_peer else run_peer(work, ours["chat_prompt"], progress)
+    theirs = None if args.skip_peer else run_peer(work, ours["ttft_prompt"], settings, progress)
 
-    table, ratios = build_table(table_rows(work, bound_tok_s, ours["chat_prompt_tokens"]), ours, theirs)
+    rows = table_rows(work, bound_tok_s, ours["ttft_prompt_tokens"], ours["ttft_kind"])
+    table, ratios = build_table(rows, ours, theirs)
     print(table)
+    if theirs:
+        print(
+            f"llama.cpp repacking: decode {theirs['decode_tok_s_repack']}, prefill {theirs['prefill_tok_s_repack']}"
+            f" (llama-bench, the faster setting each), llama-server {theirs['server_repack']}"
+        )
     if args.json:
         report = {
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -188,7 +222,7 @@ def main() -> None:
             "command": sys.executable.replace(str(Path.home()), "~", 1) + " " + shlex.join(sys.argv),
             "machine": {
                 "cpus": os.cpu_count(),
-                "cpu": cpu_description(),
+                "cpu": cpu,
                 "read_bandwidth_bytes_per_s": bandwidth,
                 "weight_bytes_per_token": weight_bytes,
                 "decode_bound_tok_s": bound_tok_s,

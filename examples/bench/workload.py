@@ -4,14 +4,8 @@ llama.cpp see exactly the same work."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-DEFAULT_MODEL = Path(os.environ.get("CORTEXSTREAM_CACHE", Path.home() / ".cache" / "cortexstream")) / (
-    "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-)
 
 DECODE_PROMPT = "Once upon a time, in a small village by the sea,"
 
@@ -32,6 +26,19 @@ CHAT_MESSAGES = [
         "humid summer, and explain briefly why each tip works for a complete beginner baker.",
     }
 ]
+
+
+
+def system_message(run: int) -> str:
+    """A distinct system message per repeat, so the prefix cache cannot help the TTFT runs."""
+    return f"You are assistant number {run}."
+
+
+def raw_ttft_prompt(run: int) -> str:
+    """The TTFT prompt for a model without a chat template (a base model such as Gemma 3 270M):
+    the chat's system and user text as plain text, about as many tokens as the chat prompt."""
+    return f"{system_message(run)}\n\n{CHAT_MESSAGES[0]['content']}\n\n"
+
 
 STREAM_TOPICS = [
     "a lighthouse keeper",

@@ -44,20 +44,18 @@ pub(crate) fn geglu_tanh_rows(gate_up: &[f32], ffn_size: usize, out: &mut [f32],
         let rows_in = &gate_up[rows.start * 2 * ffn_size..rows.end * 2 * ffn_size];
         for (row, out_row) in rows_in.chunks_exact(2 * ffn_size).zip(out.chunks_exact_mut(ffn_size)) {
             let (gate, up) = row.split_at(ffn_size);
-            for ((o, &g), &u) in out_row.iter_mut().zip(gate).zip(up) {
-                *o = gelu_tanh(g) * u;
-            }
+            gated_times(Gate::GeluTanh, gate, up, out_row);
         }
     });
 }
 
-/// `0.5 x (1 + tanh(sqrt(2/π) (x + 0.044715 x³)))`, evaluated in f64 so the only rounding
-/// is the final one.
-fn gelu_tanh(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
-    let x = x as f64;
-    (0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())) as f32
-}
+/// GELU's tanh approximation `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))` is `x · sigmoid(z)`
+/// with `z = 2√(2/π) (x + 0.044715 x³) = x (GELU_A + GELU_B x²)` (as `1 + tanh(t) = 2
+/// sigmoid(2t)`): one `exp` per value, vectorised, instead of a libm `tanh`. Evaluated in f64
+/// so the only rounding that shows is the final one to f32 (an f32 evaluation moved the real
+/// Gemma 3's logits by its own rounding, amplified by the 8-bit activations downstream).
+const GELU_A: f64 = 1.595_769_121_605_730_8; // 2 √(2/π)
+const GELU_B: f64 = GELU_A * 0.044_715;
 
 /// One row normalised in place: `x = x / sqrt(mean(x²) + eps) * weight` (the arithmetic of
 /// [`rms_norm_rows`]).
@@ -141,15 +139,133 @@ fn scale_by_weight(x: &[f32], scale: f32, weight: &[f32], out: &mut [f32]) {
     }
 }
 
-/// `out[i] = silu(gate[i]) * up[i]`, with `silu(g) = g / (1 + e^-g)`.
-fn silu_times(gate: &[f32], up: &[f32], out: &mut [f32]) {
+/// The activation applied to the gate of a gated FFN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    /// `silu(g) = g · sigmoid(g)` (SwiGLU).
+    Silu,
+    /// `gelu_tanh(g) = g · sigmoid(g (GELU_A + GELU_B g²))` in f64, rounded once (GeGLU).
+    GeluTanh,
+}
+
+/// `out[i] = act(gate[i]) * up[i]`. The AVX2 path and the portable one are the same f32
+/// operations in the same order (fused multiply-adds where the vector code has them, as
+/// `f32::mul_add`, which is exact without FMA hardware too), so their results are identical.
+fn gated_times(act: Gate, gate: &[f32], up: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        return unsafe { simd::silu_times(gate, up, out) };
+        return unsafe {
+            match act {
+                Gate::Silu => simd::gated_times::<false>(gate, up, out),
+                Gate::GeluTanh => simd::gated_times::<true>(gate, up, out),
+            }
+        };
     }
-    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-        *o = g / (1.0 + (-g).exp()) * u;
+    portable::gated_times(act, gate, up, out);
+}
+
+/// `out[i] = silu(gate[i]) * up[i]`, with `silu(g) = g / (1 + e^-g)`.
+fn silu_times(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    gated_times(Gate::Silu, gate, up, out);
+}
+
+/// Constants of the f64 `e^x` (x <= 0) of [`portable`] and [`simd`].
+mod exp_f64 {
+    /// Below ln(f64::MIN_POSITIVE), `e^x` is flushed to 0.
+    pub const LOWEST: f64 = -708.39;
+    /// ln 2 split in two (Cephes) so that `n · LN2_HIGH` is exact for every `n` that occurs.
+    pub const LN2_HIGH: f64 = 6.931_457_519_531_25e-1;
+    pub const LN2_LOW: f64 = 1.428_606_820_309_417_3e-6;
+    /// `1/k!` for k = 13 down to 0: `e^r` for |r| <= ln2/2, truncation below 5e-18 relative.
+    pub const TAYLOR: [f64; 14] = [
+        1.0 / 6_227_020_800.0,
+        1.0 / 479_001_600.0,
+        1.0 / 39_916_800.0,
+        1.0 / 3_628_800.0,
+        1.0 / 362_880.0,
+        1.0 / 40_320.0,
+        1.0 / 5_040.0,
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ];
+}
+
+/// The scalar twins of [`simd`]'s functions, operation for operation.
+mod portable {
+    use super::{Gate, GELU_A, GELU_B};
+
+    pub(super) fn gated_times(act: Gate, gate: &[f32], up: &[f32], out: &mut [f32]) {
+        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+            *o = match act {
+                Gate::Silu => sigmoid_times(g, g, u),
+                Gate::GeluTanh => gelu_tanh(g) * u,
+            };
+        }
+    }
+
+    /// `x sigmoid(x (GELU_A + GELU_B x²))` in f64 (plain multiplies and adds where the vector
+    /// code has them, never fused), rounded to f32.
+    fn gelu_tanh(x: f32) -> f32 {
+        let x = x as f64;
+        let z = x * (GELU_B * (x * x) + GELU_A);
+        let e = exp_nonpositive_f64(-z.abs());
+        let numerator = if z.is_sign_negative() { e } else { 1.0 };
+        (x * (numerator / (1.0 + e))) as f32
+    }
+
+    /// [`super::simd::exp_nonpositive_f64`] for one value.
+    pub(super) fn exp_nonpositive_f64(x: f64) -> f64 {
+        use super::exp_f64::*;
+        let underflow = x < LOWEST;
+        let x = x.max(LOWEST);
+        let n = x.mul_add(std::f64::consts::LOG2_E, 0.5).floor();
+        let r = (-n).mul_add(LN2_HIGH, x);
+        let r = (-n).mul_add(LN2_LOW, r);
+        let mut y = TAYLOR[0];
+        for &c in &TAYLOR[1..] {
+            y = y.mul_add(r, c);
+        }
+        let pow2n = f64::from_bits(((n as i64 + 1023) as u64) << 52);
+        if underflow {
+            0.0
+        } else {
+            y * pow2n
+        }
+    }
+
+    /// `x · sigmoid(z) · u` with `e = e^-|z|`: sigmoid(z) is `1 / (1 + e)` for z >= 0 and
+    /// `e / (1 + e)` for z < 0 (the sign bit decides, as the vector blend does).
+    fn sigmoid_times(z: f32, x: f32, u: f32) -> f32 {
+        let e = exp_nonpositive(-z.abs());
+        let numerator = if z.is_sign_negative() { e } else { 1.0 };
+        x * (numerator / (1.0 + e)) * u
+    }
+
+    /// [`super::simd::exp_nonpositive`] for one value.
+    pub(super) fn exp_nonpositive(x: f32) -> f32 {
+        const LOWEST: f32 = -87.336_55;
+        let underflow = x < LOWEST;
+        let x = x.max(LOWEST);
+        let n = x.mul_add(std::f32::consts::LOG2_E, 0.5).floor();
+        let r = (-n).mul_add(0.693_359_4, x);
+        let r = (-n).mul_add(-2.121_944_4e-4, r);
+        let mut y = 1.987_569_1e-4f32;
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+            y = y.mul_add(r, c);
+        }
+        y = y.mul_add(r * r, r + 1.0);
+        let pow2n = f32::from_bits(((n as i32 + 127) as u32) << 23);
+        if underflow {
+            0.0
+        } else {
+            y * pow2n
+        }
     }
 }
 
@@ -157,37 +273,86 @@ fn silu_times(gate: &[f32], up: &[f32], out: &mut [f32]) {
 pub(crate) mod simd {
     use std::arch::x86_64::*;
 
-    /// `out = silu(gate) * up`, 8 lanes at a time; the tail goes through a padded copy.
+    use super::{GELU_A, GELU_B};
+
+    /// `out = act(gate) * up` (`GELU`: GELU-tanh, else SiLU), 8 lanes at a time; the tail
+    /// goes through a padded copy.
     ///
     /// # Safety
     /// AVX2 and FMA must be available.
     #[target_feature(enable = "avx2,fma")]
-    pub(crate) unsafe fn silu_times(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    pub(crate) unsafe fn gated_times<const GELU: bool>(gate: &[f32], up: &[f32], out: &mut [f32]) {
         let n = out.len().min(gate.len()).min(up.len());
         let full = n / 8 * 8;
         for i in (0..full).step_by(8) {
-            let value = silu_times8(_mm256_loadu_ps(gate.as_ptr().add(i)), _mm256_loadu_ps(up.as_ptr().add(i)));
+            let value = gated8::<GELU>(_mm256_loadu_ps(gate.as_ptr().add(i)), _mm256_loadu_ps(up.as_ptr().add(i)));
             _mm256_storeu_ps(out.as_mut_ptr().add(i), value);
         }
         if full < n {
             let (mut g, mut u, mut o) = ([0f32; 8], [0f32; 8], [0f32; 8]);
             g[..n - full].copy_from_slice(&gate[full..n]);
             u[..n - full].copy_from_slice(&up[full..n]);
-            _mm256_storeu_ps(o.as_mut_ptr(), silu_times8(_mm256_loadu_ps(g.as_ptr()), _mm256_loadu_ps(u.as_ptr())));
+            _mm256_storeu_ps(o.as_mut_ptr(), gated8::<GELU>(_mm256_loadu_ps(g.as_ptr()), _mm256_loadu_ps(u.as_ptr())));
             out[full..n].copy_from_slice(&o[..n - full]);
         }
     }
 
-    /// silu(g) · u with `e = e^-|g|` (never overflows): sigmoid(g) is `1 / (1 + e)` for
-    /// g >= 0 and `e / (1 + e)` for g < 0.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn silu_times8(g: __m256, u: __m256) -> __m256 {
+    unsafe fn gated8<const GELU: bool>(g: __m256, u: __m256) -> __m256 {
+        if GELU {
+            let low = gelu_tanh4(_mm256_cvtps_pd(_mm256_castps256_ps128(g)));
+            let high = gelu_tanh4(_mm256_cvtps_pd(_mm256_extractf128_ps::<1>(g)));
+            _mm256_mul_ps(_mm256_insertf128_ps::<1>(_mm256_castps128_ps256(low), high), u)
+        } else {
+            sigmoid_times8(g, g, u)
+        }
+    }
+
+    /// `x sigmoid(x (GELU_A + GELU_B x²))` for four f64 lanes, rounded to f32.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn gelu_tanh4(x: __m256d) -> __m128 {
+        let square = _mm256_mul_pd(x, x);
+        let z = _mm256_mul_pd(x, _mm256_add_pd(_mm256_mul_pd(_mm256_set1_pd(GELU_B), square), _mm256_set1_pd(GELU_A)));
+        let e = exp_nonpositive_f64(_mm256_or_pd(z, _mm256_set1_pd(-0.0)));
+        let numerator = _mm256_blendv_pd(_mm256_set1_pd(1.0), e, z);
+        _mm256_cvtpd_ps(_mm256_mul_pd(x, _mm256_div_pd(numerator, _mm256_add_pd(_mm256_set1_pd(1.0), e))))
+    }
+
+    /// e^x for x <= 0 in f64 (a degree-13 Taylor polynomial after range reduction, a few
+    /// ulp); inputs below `exp_f64::LOWEST` give 0.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(crate) unsafe fn exp_nonpositive_f64(x: __m256d) -> __m256d {
+        use super::exp_f64::*;
+        let lowest = _mm256_set1_pd(LOWEST);
+        let underflow = _mm256_cmp_pd::<_CMP_LT_OQ>(x, lowest);
+        let x = _mm256_max_pd(x, lowest);
+        let n = _mm256_floor_pd(_mm256_fmadd_pd(x, _mm256_set1_pd(std::f64::consts::LOG2_E), _mm256_set1_pd(0.5)));
+        let r = _mm256_fnmadd_pd(n, _mm256_set1_pd(LN2_HIGH), x);
+        let r = _mm256_fnmadd_pd(n, _mm256_set1_pd(LN2_LOW), r);
+        let mut y = _mm256_set1_pd(TAYLOR[0]);
+        for &c in &TAYLOR[1..] {
+            y = _mm256_fmadd_pd(y, r, _mm256_set1_pd(c));
+        }
+        // 2^n from the exponent bits: n + 1023 (1..=1023, exact) sits in the low mantissa
+        // bits of n + 1023 + 2^52, and a shift by 52 moves it into the exponent field.
+        let biased = _mm256_castpd_si256(_mm256_add_pd(n, _mm256_set1_pd(1023.0 + 4_503_599_627_370_496.0)));
+        let pow2n = _mm256_castsi256_pd(_mm256_slli_epi64::<52>(biased));
+        _mm256_andnot_pd(underflow, _mm256_mul_pd(y, pow2n))
+    }
+
+    /// x · sigmoid(z) · u with `e = e^-|z|` (never overflows): sigmoid(z) is `1 / (1 + e)`
+    /// for z >= 0 and `e / (1 + e)` for z < 0.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn sigmoid_times8(z: __m256, x: __m256, u: __m256) -> __m256 {
         let sign = _mm256_set1_ps(-0.0);
-        let e = exp_nonpositive(_mm256_or_ps(g, sign));
-        let numerator = _mm256_blendv_ps(_mm256_set1_ps(1.0), e, g);
+        let e = exp_nonpositive(_mm256_or_ps(z, sign));
+        let numerator = _mm256_blendv_ps(_mm256_set1_ps(1.0), e, z);
         let sigmoid = _mm256_div_ps(numerator, _mm256_add_ps(_mm256_set1_ps(1.0), e));
-        _mm256_mul_ps(_mm256_mul_ps(g, sigmoid), u)
+        _mm256_mul_ps(_mm256_mul_ps(x, sigmoid), u)
     }
 
     /// e^x for x <= 0 (Cephes' single-precision polynomial, about 1 ulp); inputs below
@@ -229,13 +394,60 @@ mod tests {
         }
     }
 
+    /// Gate values over the range activations take and past it (both underflow ends, the
+    /// sign change, the 8-lane tail).
+    fn sweep() -> Vec<f32> {
+        (0..4003).map(|i| (i as f32 - 2001.0) * 0.0137).chain([-90.0, 90.0, 1e20, -1e20, 0.0, -0.0, 3e-39]).collect()
+    }
+
+    fn gated(act: Gate, gate: &[f32]) -> Vec<f32> {
+        let up: Vec<f32> = (0..gate.len()).map(|i| 1.0 + (i % 7) as f32 * 0.25).collect();
+        let mut out = vec![f32::NAN; gate.len()];
+        gated_times(act, gate, &up, &mut out);
+        out
+    }
+
     #[test]
-    fn gelu_tanh_matches_the_formula() {
-        for x in [-6.0f32, -1.5, -0.3, 0.0, 0.7, 2.0, 9.0] {
-            let x64 = x as f64;
-            let want =
-                0.5 * x64 * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x64 + 0.044715 * x64.powi(3))).tanh());
-            assert!((gelu_tanh(x) as f64 - want).abs() <= 1e-7 * want.abs().max(1e-3), "gelu({x})");
+    fn gelu_tanh_matches_the_formula_in_f64() {
+        let gate = sweep();
+        let up: Vec<f32> = (0..gate.len()).map(|i| 1.0 + (i % 7) as f32 * 0.25).collect();
+        for ((&g, &u), &got) in gate.iter().zip(&up).zip(&gated(Gate::GeluTanh, &gate)) {
+            let x = g as f64;
+            let t = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3));
+            let tanh_form = (0.5 * x * (1.0 + t.tanh())) as f32 * u;
+            if x >= -5.0 {
+                // Where 1 + tanh t does not cancel, the same f32 as the tanh formula in f64
+                // (so the model's logits do not move).
+                assert_eq!(got.to_bits(), tanh_form.to_bits(), "gelu({g}) * {u}: {got} vs {tanh_form}");
+            }
+            // Everywhere: as x / (1 + e^-2t), the same function without that cancellation.
+            let want = x / (1.0 + (-2.0 * t).exp()) * u as f64;
+            assert!((got as f64 - want).abs() <= 2.5e-7 * want.abs() + 1e-44, "gelu({g}) * {u}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn the_vector_and_portable_gates_agree_bitwise() {
+        let gate = sweep();
+        let up: Vec<f32> = (0..gate.len()).map(|i| 0.5 - (i % 5) as f32 * 0.3).collect();
+        for act in [Gate::Silu, Gate::GeluTanh] {
+            let mut portable = vec![f32::NAN; gate.len()];
+            portable::gated_times(act, &gate, &up, &mut portable);
+            let dispatched = {
+                let mut out = vec![f32::NAN; gate.len()];
+                gated_times(act, &gate, &up, &mut out);
+                out
+            };
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&portable), bits(&dispatched), "{act:?}");
+        }
+        for x in [-87.0f32, -20.5, -1.0, -0.3, -1e-8, 0.0] {
+            let e = portable::exp_nonpositive(x) as f64;
+            assert!((e - (x as f64).exp()).abs() <= 3e-7 * (x as f64).exp(), "exp({x}) = {e}");
+        }
+        for x in [-708.0f64, -100.3, -20.5, -1.0, -0.3466, -1e-12, 0.0] {
+            let e = portable::exp_nonpositive_f64(x);
+            assert!((e - x.exp()).abs() <= 1e-15 * x.exp(), "exp({x}) = {e}");
         }
     }
 

@@ -41,6 +41,7 @@ pub struct DecodedBlock {
 impl QuantFormat {
     /// Bytes one block of 32 weights takes in the file (and in our copy of it); Q4_0, Q4_1
     /// and Q8_0 only (the regrouped formats: `regroup`).
+    #[inline]
     pub const fn block_bytes(self) -> usize {
         match self {
             Self::Q4_0 => 18,

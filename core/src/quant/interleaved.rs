@@ -30,17 +30,20 @@ pub(super) const PER_LANE: usize = 4;
 pub(super) const VECTOR: usize = LANES * PER_LANE;
 
 /// Offset of row `lane`'s f16 scale `d` within a group block.
+#[inline]
 pub const fn d_at(lane: usize) -> usize {
     2 * lane
 }
 
 /// Offset of row `lane`'s f16 offset `m` within a Q4_1 group block (after the eight `d`).
+#[inline]
 pub const fn m_at(lane: usize) -> usize {
     2 * LANES + 2 * lane
 }
 
 impl QuantFormat {
     /// Bytes of one block of a whole group (eight rows).
+    #[inline]
     pub const fn group_block_bytes(self) -> usize {
         match self {
             Self::Q4_0 | Self::Q4_1 | Self::Q8_0 => self.block_bytes() * LANES,
@@ -49,6 +52,7 @@ impl QuantFormat {
     }
 
     /// Offset of the quantized values within a group block (after the f16 scales).
+    #[inline]
     pub const fn values_offset(self) -> usize {
         match self {
             Self::Q4_1 => 4 * LANES,

@@ -207,8 +207,11 @@ impl QMatrix {
                 ))
             }
         };
-        Self::from_bytes(info.ty, rows, cols, bytes)
-            .map_err(|message| Error::model_load(gguf.path(), format!("tensor `{name}`: {message}")))
+        let matrix = Self::from_bytes(info.ty, rows, cols, bytes)
+            .map_err(|message| Error::model_load(gguf.path(), format!("tensor `{name}`: {message}")))?;
+        // Every storage is a copy (regrouped or widened): the mapped pages are no longer needed.
+        gguf.release_tensor_pages(info);
+        Ok(matrix)
     }
 
     /// [`QMatrix::from_gguf`] for raw ggml data in row-major order (`rows` rows of `cols`

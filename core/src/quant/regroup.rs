@@ -88,10 +88,12 @@ pub enum Epilogue {
 
 impl QuantFormat {
     /// The formats regrouped here (the others go through `interleaved` directly).
+    #[inline]
     pub const fn is_regrouped(self) -> bool {
         !matches!(self, Self::Q4_0 | Self::Q4_1 | Self::Q8_0)
     }
 
+    #[inline]
     pub const fn values(self) -> Values {
         match self {
             Self::Q5_0 | Self::Q5_1 | Self::Q5K => Values::NibblesAndHighBit,
@@ -103,6 +105,7 @@ impl QuantFormat {
         }
     }
 
+    #[inline]
     pub const fn epilogue(self) -> Epilogue {
         match self {
             Self::Q2K => Epilogue::HalfMins,
@@ -112,6 +115,7 @@ impl QuantFormat {
     }
 
     /// What is added to a signed value to store it unsigned (Q6_K: -32..31, Q3_K: -4..3).
+    #[inline]
     pub const fn bias(self) -> u8 {
         match self {
             Self::Q6K => 32,
@@ -120,10 +124,12 @@ impl QuantFormat {
         }
     }
 
+    #[inline]
     const fn has_aux(self) -> bool {
         matches!(self, Self::Q4K | Self::Q5K | Self::Q5_1 | Self::Q2K)
     }
 
+    #[inline]
     const fn scale_count(self) -> usize {
         match self {
             Self::Q4K | Self::Q5K | Self::IQ4XS => 1,
@@ -132,6 +138,7 @@ impl QuantFormat {
         }
     }
 
+    #[inline]
     const fn min_count(self) -> usize {
         match self {
             Self::Q4K | Self::Q5K => 1,
@@ -145,16 +152,19 @@ impl QuantFormat {
 
     /// Whether `d` (and `aux`) belong to a 256-weight super-block (the K-quants, IQ4_XS): then
     /// they are stored once per super-block, in a header after a group's blocks, not per block.
+    #[inline]
     pub const fn has_super_header(self) -> bool {
         matches!(self, Self::Q2K | Self::Q3K | Self::Q4K | Self::Q5K | Self::Q6K | Self::IQ4XS)
     }
 
     /// Bytes of the eight rows' f16 `d` (and `aux`) values.
+    #[inline]
     const fn scale_fields_bytes(self) -> usize {
         2 * LANES * (1 + self.has_aux() as usize)
     }
 
     /// Bytes of a group (eight rows) of `n_blocks` blocks, super-block headers included.
+    #[inline]
     pub const fn group_bytes(self, n_blocks: usize) -> usize {
         let headers = if self.has_super_header() { n_blocks / SUPER_BLOCK * self.scale_fields_bytes() } else { 0 };
         n_blocks * self.group_block_bytes() + headers
@@ -162,6 +172,7 @@ impl QuantFormat {
 
     /// Offset within a group of block `b`'s eight f16 `d` values (`aux` follows at
     /// [`Self::AUX_AT`]): in the block, or in its super-block's header.
+    #[inline]
     pub const fn scale_fields_at(self, n_blocks: usize, b: usize) -> usize {
         if self.has_super_header() {
             n_blocks * self.group_block_bytes() + b / SUPER_BLOCK * self.scale_fields_bytes()
@@ -171,22 +182,26 @@ impl QuantFormat {
     }
 
     /// Offset within a group block of the eight rows' sub-scale `k` (k < 2).
+    #[inline]
     pub const fn sc_at(self, k: usize) -> usize {
         let in_block = if self.has_super_header() { 0 } else { self.scale_fields_bytes() };
         in_block + LANES * k
     }
 
     /// Offset of the eight rows' sub-min `k`.
+    #[inline]
     pub const fn mins_at(self, k: usize) -> usize {
         self.sc_at(self.scale_count()) + LANES * k
     }
 
     /// Offset of the values of a regrouped format's group block.
+    #[inline]
     pub const fn regrouped_values_offset(self) -> usize {
         self.mins_at(self.min_count())
     }
 
     /// Bytes of a regrouped format's group block.
+    #[inline]
     pub const fn regrouped_group_block_bytes(self) -> usize {
         self.regrouped_values_offset()
             + match self.values() {
