@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use crate::chat::ChatTemplate;
+use crate::constraint::compiler::ConstraintCompiler;
 use crate::detokenize::{Step, StreamingText};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
@@ -436,6 +437,8 @@ struct Shared {
     pool: Arc<ThreadPool>,
     max_queue: usize,
     kv_capacity_tokens: usize,
+    /// Compiles and caches the requests' output constraints.
+    constraints: ConstraintCompiler,
 }
 
 /// A loaded model serving requests on its own thread. `Send + Sync`: share it with `Arc`.
@@ -536,6 +539,7 @@ impl Engine {
             max_queue: config.max_queue,
             kv_capacity_tokens,
             pool,
+            constraints: ConstraintCompiler::default(),
         });
         let worker = StepLoop {
             shared: Arc::clone(&shared),
@@ -672,6 +676,12 @@ impl Engine {
         Ok(handle)
     }
 
+    /// How many distinct constraints this engine has compiled (the rest came from its cache).
+    #[doc(hidden)]
+    pub fn constraint_compilations(&self) -> usize {
+        self.shared.constraints.compilations()
+    }
+
     /// Tokenizes and validates a request (on the caller's thread, so errors return at once and
     /// the engine thread never tokenizes).
     fn prepare(&self, request: Request, callback: Option<EventCallback>) -> Result<(Sequence, RequestHandle)> {
@@ -718,6 +728,13 @@ impl Engine {
         // FinishReason::Length, as llama.cpp does (documented in the README).
         let max_new_tokens = request.params.max_tokens.unwrap_or(usize::MAX).min(context - tokens.len());
 
+        // Compiled here, on the caller's thread, so a bad schema fails the submit itself.
+        let constraint = request
+            .params
+            .constraint
+            .as_ref()
+            .map(|c| shared.constraints.start(c, tokenizer, vocab_size))
+            .transpose()?;
         let mut stop_ids: HashSet<u32> = request.params.stop_token_ids.iter().copied().collect();
         if !request.params.ignore_eos {
             stop_ids.extend(tokenizer.end_of_generation_ids().iter().copied());
@@ -746,6 +763,7 @@ impl Engine {
             max_new_tokens,
             text: StreamingText::new(request.params.stop.clone()),
             sampler: Sampler::new(request.params),
+            constraint,
             stop_ids,
             sink,
             cancel: Arc::clone(&cancel),
@@ -982,8 +1000,18 @@ fn advance(
     metrics: &Metrics,
 ) -> Option<(FinishReason, Option<String>)> {
     let now = Instant::now();
+    if let Some(constraint) = &mut seq.constraint {
+        if let Err(message) = constraint.mask_logits(logits) {
+            return Some((FinishReason::Error, Some(message)));
+        }
+    }
     let sampled = seq.sampler.sample(logits, &seq.tokens);
     let token = sampled.token;
+    let grammar_complete = match seq.constraint.as_mut().map(|c| c.advance(token)) {
+        Some(Err(message)) => return Some((FinishReason::Error, Some(message))),
+        Some(Ok(complete)) => complete,
+        None => false,
+    };
     seq.tokens.push(token);
     seq.sampler.observe(token);
     add(&metrics.generated_tokens_total, 1);
@@ -1008,6 +1036,9 @@ fn advance(
                 reason = Some(FinishReason::Stop);
             }
         }
+    }
+    if reason.is_none() && grammar_complete {
+        reason = Some(FinishReason::Stop);
     }
     if reason.is_none() && seq.generated() >= seq.max_new_tokens {
         reason = Some(FinishReason::Length);
