@@ -70,6 +70,36 @@ impl Constraint {
         }
     }
 
+    /// OpenAI's `response_format`: `{"type": "text"}` (no constraint), `{"type": "json_object"}`
+    /// (any object, or the `schema` given beside it as llama.cpp and vLLM accept) and
+    /// `{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`. Errors name
+    /// `response_format`.
+    pub fn from_response_format(format: &serde_json::Value) -> Result<Option<Self>> {
+        let invalid = |message: String| Error::invalid("response_format", message);
+        let kind = format
+            .get("type")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| invalid("must be an object with a string `type`".into()))?;
+        let schema = match kind {
+            "text" => return Ok(None),
+            "json_object" => match format.get("schema") {
+                None | Some(serde_json::Value::Null) => return Ok(Some(Constraint::json_object())),
+                Some(schema) => schema,
+            },
+            "json_schema" => format
+                .get("json_schema")
+                .and_then(|spec| spec.get("schema"))
+                .ok_or_else(|| invalid("`json_schema.schema` is required when `type` is \"json_schema\"".into()))?,
+            other => {
+                return Err(invalid(format!("unknown type {other:?} (expected text, json_object or json_schema)")))
+            }
+        };
+        if !schema.is_object() && !schema.is_boolean() {
+            return Err(invalid(format!("the schema must be a JSON object, got {schema}")));
+        }
+        Ok(Some(Constraint::JsonSchema(schema.to_string())))
+    }
+
     /// Checks what can be checked without compiling; the compiler reports the rest.
     pub fn validate(&self) -> Result<()> {
         let field = self.field();

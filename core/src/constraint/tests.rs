@@ -27,3 +27,17 @@ fn empty_constraints_are_rejected_naming_their_field() {
         assert_eq!(constraint.validate().unwrap_err().param(), Some(field), "{constraint:?}");
     }
 }
+
+#[test]
+fn openai_response_formats_map_to_constraints() {
+    use serde_json::json;
+    let parse = |v: serde_json::Value| Constraint::from_response_format(&v);
+    assert_eq!(parse(json!({"type": "text"})).unwrap(), None);
+    assert_eq!(parse(json!({"type": "json_object"})).unwrap(), Some(Constraint::json_object()));
+    let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+    let spec = json!({"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": true}});
+    assert_eq!(parse(spec).unwrap(), Some(Constraint::JsonSchema(schema.to_string())));
+    for bad in [json!({}), json!({"type": "yaml"}), json!({"type": "json_schema", "json_schema": {"name": "x"}})] {
+        assert_eq!(parse(bad.clone()).unwrap_err().param(), Some("response_format"), "{bad}");
+    }
+}
