@@ -13,6 +13,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use crate::chat::ChatTemplate;
 use crate::constraint::compiler::ConstraintCompiler;
+use crate::constraint::state::ConstraintState;
 use crate::detokenize::{Step, StreamingText};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
@@ -876,6 +877,9 @@ impl StepLoop {
             return Ok(());
         }
 
+        // The grammar states of the sequences sampling this step leave their sequences for the
+        // forward, so their masks can be computed beside it (see `forward_and_masks`).
+        let mut constrained = take_sampling_constraints(&mut self.scheduler.running, plan);
         let running = &self.scheduler.running;
         let mut chunks = reuse_allocation(std::mem::take(&mut self.chunks));
         chunks.extend(plan.iter().map(|c| {
@@ -893,8 +897,11 @@ impl StepLoop {
         // after preemption).
         let is_decode = |c: &ScheduledChunk| c.len == 1 && c.start >= running[c.index].prompt_len;
         let prefill_tokens: usize = plan.iter().filter(|c| !is_decode(c)).map(|c| c.len).sum();
-        let outcome = self.model.forward(&chunks, &mut self.kv, &mut self.logits);
+        let outcome = forward_and_masks(&self.model, &chunks, &mut self.kv, &mut self.logits, &mut constrained);
         self.chunks = reuse_allocation(chunks);
+        for (index, state) in constrained {
+            self.scheduler.running[index].constraint = Some(state);
+        }
         outcome?;
 
         add(&metrics.steps, 1);
@@ -989,6 +996,39 @@ impl StepLoop {
             m.kv_sliding_blocks_free.store(sliding.allocator.available(), Ordering::Relaxed);
         }
     }
+}
+
+/// Takes the constraint state out of every sequence that samples a token this step, with its
+/// index in `running` (put back after the forward).
+fn take_sampling_constraints(running: &mut [Sequence], plan: &[ScheduledChunk]) -> Vec<(usize, ConstraintState)> {
+    plan.iter()
+        .filter(|c| c.want_logits)
+        .filter_map(|c| running[c.index].constraint.take().map(|state| (c.index, state)))
+        .collect()
+}
+
+/// Runs the forward and, on a helper thread meanwhile, the token masks of `constrained`: a
+/// mask depends only on the tokens already sampled, so it need not wait for the logits, and
+/// 32 constrained streams cost little more than 32 free ones. Without constrained sequences
+/// no thread is started.
+fn forward_and_masks(
+    model: &GenerationModel,
+    chunks: &[SeqChunk<'_>],
+    kv: &mut KvStorage,
+    logits: &mut Vec<f32>,
+    constrained: &mut [(usize, ConstraintState)],
+) -> Result<()> {
+    if constrained.is_empty() {
+        return model.forward(chunks, kv, logits);
+    }
+    std::thread::scope(|scope| {
+        let masks = scope.spawn(|| constrained.iter_mut().for_each(|(_, state)| state.prepare_mask()));
+        let outcome = model.forward(chunks, kv, logits);
+        // A panic while masking leaves the masks unprepared; sampling then computes them
+        // itself (and reports any failure on that request alone).
+        let _ = masks.join();
+        outcome
+    })
 }
 
 /// Samples the next token of `seq` from its logits, streams it, and says whether the
