@@ -93,7 +93,8 @@ fn regex_and_choices_outputs_match() {
 #[test]
 fn a_lark_grammar_constrains_the_output() {
     let engine = engine();
-    let grammar = Constraint::Grammar("start: \"yes\" | \"no\" | \"maybe (\" NUMBER \"%)\"\nNUMBER: /[0-9]{1,2}/".into());
+    let grammar =
+        Constraint::Grammar("start: \"yes\" | \"no\" | \"maybe (\" NUMBER \"%)\"\nNUMBER: /[0-9]{1,2}/".into());
     let done = run(&engine, ask("Will it rain tomorrow?"), constrained(grammar, 1.0, 3, 12));
     assert_eq!(done.finish_reason, FinishReason::Stop);
     let t = done.text.as_str();
@@ -114,7 +115,10 @@ fn bad_constraints_fail_the_submit_naming_their_field_before_anything_is_queued(
     let engine = engine();
     let cases = [
         (Constraint::JsonSchema("{not json".into()), "json_schema"),
-        (Constraint::JsonSchema(r#"{"type": "object", "properties": {"a": {"type": "nonsense"}}}"#.into()), "json_schema"),
+        (
+            Constraint::JsonSchema(r#"{"type": "object", "properties": {"a": {"type": "nonsense"}}}"#.into()),
+            "json_schema",
+        ),
         (Constraint::Regex("(unclosed".into()), "regex"),
         (Constraint::Grammar("start: undefined_rule".into()), "grammar"),
         (Constraint::Choices(vec![]), "choices"),

@@ -96,7 +96,9 @@ fn constraint(o: &mut GenerateOptions) -> Result<Option<Constraint>, Error> {
         let text = match schema {
             serde_json::Value::String(text) => text,
             serde_json::Value::Object(_) | serde_json::Value::Bool(_) => schema.to_string(),
-            other => return Err(Error::invalid("jsonSchema", format!("must be an object or a JSON string, got {other}"))),
+            other => {
+                return Err(Error::invalid("jsonSchema", format!("must be an object or a JSON string, got {other}")))
+            }
         };
         given.push(("jsonSchema", Some(Constraint::JsonSchema(text))));
     }

@@ -44,7 +44,8 @@ impl ConstraintCompiler {
         let compiled = slot.get_or_init(|| self.compile(constraint, tokenizer, vocab_size));
         match compiled {
             Ok(template) => {
-                let template = template.lock().map_err(|_| Error::Internal("a constraint cache entry is poisoned".into()))?;
+                let template =
+                    template.lock().map_err(|_| Error::Internal("a constraint cache entry is poisoned".into()))?;
                 Ok(ConstraintState::new(template.deep_clone(), constraint.field()))
             }
             Err(e) => Err(clone_error(e)),
@@ -92,8 +93,8 @@ fn grammar_of(constraint: &Constraint) -> Result<TopLevelGrammar> {
     let field = constraint.field();
     Ok(match constraint {
         Constraint::JsonSchema(text) => {
-            let schema: serde_json::Value = serde_json::from_str(text)
-                .map_err(|e| Error::invalid(field, format!("is not valid JSON: {e}")))?;
+            let schema: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| Error::invalid(field, format!("is not valid JSON: {e}")))?;
             TopLevelGrammar::from_json_schema(with_compact_whitespace(schema))
         }
         Constraint::Regex(pattern) => {
