@@ -147,8 +147,7 @@ pub fn raw_prompt(prompt: Either<String, Vec<f64>>) -> Result<Prompt, Error> {
 /// Builds the request; unset options keep the core's defaults.
 pub fn request(prompt: Prompt, options: Option<GenerateOptions>) -> Result<Request, Error> {
     let Some(mut o) = options else { return Ok(Request::new(prompt, SamplingParams::default())) };
-    let mut p = SamplingParams::default();
-    p.constraint = constraint(&mut o)?;
+    let mut p = SamplingParams { constraint: constraint(&mut o)?, ..SamplingParams::default() };
     for (slot, value) in [
         (&mut p.temperature, o.temperature),
         (&mut p.top_p, o.top_p),
