@@ -154,3 +154,28 @@ fn a_constrained_greedy_request_gives_the_same_tokens_alone_and_in_a_batch() {
     assert_eq!(batched.token_ids, alone.token_ids);
     assert_eq!(batched.finish_reason, alone.finish_reason);
 }
+
+#[test]
+fn a_sentencepiece_vocabulary_with_byte_fallback_is_constrained_too() {
+    // Gemma 3: SentencePiece pieces (`▁` as a space, `<0xAB>` byte tokens) and 262k ids.
+    let engine = Engine::new(EngineConfig {
+        threads: Some(1),
+        kv_cache_tokens: 512,
+        ..EngineConfig::new(common::gemma3_path())
+    })
+    .expect("Gemma 3 loads");
+    let choices = vec!["été".to_string(), "hiver".to_string(), "printemps à Paris".to_string()];
+    for seed in [1, 2, 3] {
+        let done = run(
+            &engine,
+            Prompt::Text("Pick a season:".into()),
+            constrained(Constraint::Choices(choices.clone()), 1.0, seed, 12),
+        );
+        assert_eq!(done.finish_reason, FinishReason::Stop);
+        assert!(choices.contains(&done.text), "{:?}", done.text);
+    }
+    let date = Constraint::Regex(r"20[0-9]{2}-[01][0-9]-[0-3][0-9]".into());
+    let done = run(&engine, Prompt::Text("The date today is".into()), constrained(date, 1.0, 1, 20));
+    assert_eq!(done.finish_reason, FinishReason::Stop);
+    assert_eq!(done.text.len(), 10, "{:?}", done.text);
+}
