@@ -29,7 +29,7 @@ type Compiled = std::result::Result<Mutex<Matcher>, Error>;
 #[derive(Default)]
 pub(crate) struct ConstraintCompiler {
     /// Built on the first constrained request: engines that never see one never pay for it.
-    factory: OnceLock<ParserFactory>,
+    factory: OnceLock<std::result::Result<ParserFactory, String>>,
     cache: Mutex<HashMap<Constraint, Arc<OnceLock<Compiled>>>>,
     /// How many compilations ran (cache misses), for tests.
     compilations: AtomicUsize,
@@ -69,7 +69,11 @@ impl ConstraintCompiler {
         self.compilations.fetch_add(1, Ordering::Relaxed);
         let field = constraint.field();
         let grammar = grammar_of(constraint)?;
-        let factory = self.factory.get_or_init(|| new_factory(tokenizer, vocab_size));
+        let factory = self
+            .factory
+            .get_or_init(|| new_factory(tokenizer, vocab_size))
+            .as_ref()
+            .map_err(|message| Error::Internal(message.clone()))?;
         let parser = factory.create_parser(grammar).map_err(|e| Error::invalid(field, reason(&e)))?;
         let matcher = Matcher::new(Ok(parser));
         if let Some(message) = matcher.get_error() {
@@ -79,13 +83,13 @@ impl ConstraintCompiler {
     }
 }
 
-fn new_factory(tokenizer: &Tokenizer, vocab_size: usize) -> ParserFactory {
+fn new_factory(tokenizer: &Tokenizer, vocab_size: usize) -> std::result::Result<ParserFactory, String> {
     let env = token_env(tokenizer, vocab_size);
-    // `new_simple` only fails on its own built-in slice regexes, which are fixed and valid.
-    let mut factory = ParserFactory::new_simple(&env).expect("llguidance's built-in token slices compile");
+    let mut factory = ParserFactory::new_simple(&env)
+        .map_err(|e| format!("cannot prepare constrained decoding for this vocabulary: {e}"))?;
     // Errors reach the caller as values; nothing is printed to stderr.
     factory.quiet();
-    factory
+    Ok(factory)
 }
 
 /// The llguidance grammar of a constraint (parsing and rewriting only; compiled later).
