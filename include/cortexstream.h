@@ -58,6 +58,36 @@
 #define CS_SEED_RANDOM UINT64_MAX
 
 /**
+ * `cs_sampling_params.constraint_kind`: free text (the default).
+ */
+#define CS_CONSTRAINT_NONE 0
+
+/**
+ * The output is one JSON value valid against the JSON schema in `constraint`.
+ */
+#define CS_CONSTRAINT_JSON_SCHEMA 1
+
+/**
+ * The output is a JSON object (OpenAI's JSON mode); `constraint` is ignored.
+ */
+#define CS_CONSTRAINT_JSON_OBJECT 2
+
+/**
+ * The whole output matches the regular expression in `constraint`.
+ */
+#define CS_CONSTRAINT_REGEX 3
+
+/**
+ * The output follows the Lark grammar in `constraint` (llguidance's dialect).
+ */
+#define CS_CONSTRAINT_GRAMMAR 4
+
+/**
+ * The output is one of the strings of the JSON array in `constraint` (`["yes", "no"]`).
+ */
+#define CS_CONSTRAINT_CHOICES 5
+
+/**
  * The result of every `cs_*` call that can fail. `CS_OK` is zero; for any other value,
  * `cs_last_error_message()` on the same thread explains what went wrong.
  */
@@ -517,6 +547,18 @@ typedef struct cs_sampling_params {
    * Number of entries in `logit_bias_ids` and `logit_bias_values`.
    */
   size_t logit_bias_len;
+  /**
+   * What the output must follow: one of the `CS_CONSTRAINT_*` values (default
+   * CS_CONSTRAINT_NONE). A constraint that does not compile fails the submit with
+   * CS_INVALID_ARGUMENT naming `json_schema`, `regex`, `grammar` or `choices`.
+   */
+  int32_t constraint_kind;
+  /**
+   * The constraint's text (UTF-8): a JSON schema, a regex, a Lark grammar or a JSON array of
+   * strings, per `constraint_kind`; NULL for CS_CONSTRAINT_NONE and CS_CONSTRAINT_JSON_OBJECT.
+   * Borrowed only during the submit call.
+   */
+  const char *constraint;
 } cs_sampling_params;
 
 /**

@@ -89,6 +89,24 @@ export interface GenerateOptions {
   /** OpenAI's `logit_bias`: token id -> bias in [-100, 100] added to its logit (-100 in effect bans it). */
   logitBias?: Record<number, number>;
   /**
+   * Output constraints: give at most one. The output then follows it and the request ends with
+   * `'stop'` once complete (`'length'` if `maxTokens` runs out first). A constraint that does
+   * not compile rejects with `code: 'invalid_request'` and `param` naming the option.
+   */
+  /** A JSON schema (object or JSON text) the output validates against. */
+  jsonSchema?: Record<string, unknown> | string;
+  /** A regular expression the whole output matches. */
+  regex?: string;
+  /** A Lark grammar (llguidance's dialect) the output follows. */
+  grammar?: string;
+  /** The output is exactly one of these strings. */
+  choices?: string[];
+  /** OpenAI's `response_format`. */
+  responseFormat?:
+    | { type: 'text' }
+    | { type: 'json_object' }
+    | { type: 'json_schema'; json_schema: { name?: string; schema: Record<string, unknown>; strict?: boolean } };
+  /**
    * Aborting cancels the request in the engine; the promise (or iteration) then rejects with
    * `signal.reason` (an `AbortError` by default) once the engine has ended the request.
    */

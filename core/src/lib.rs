@@ -15,6 +15,7 @@
 //! ```
 
 pub mod chat;
+pub mod constraint;
 pub(crate) mod cpu;
 pub mod detokenize;
 pub mod engine;
@@ -36,6 +37,7 @@ pub mod threadpool;
 pub mod timeout;
 pub mod tokenizer;
 
+pub use constraint::Constraint;
 pub use engine::{
     Canceller, Completion, CompletionBuilder, EmbeddingInfo, Embeddings, Engine, EngineConfig, ModelInfo, RecvError,
     RequestHandle,

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::constraint::Constraint;
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
 
@@ -97,6 +98,9 @@ pub struct SamplingParams {
     /// Added to a token's logit before any other step, as OpenAI's `logit_bias`
     /// (token id, bias in [-100, 100]; -100 in effect bans the token, 100 forces it).
     pub logit_bias: Vec<(u32, f32)>,
+    /// Keep the output inside a JSON schema, regex, grammar or list of choices (`None` = free
+    /// text). Compiled at submit; see [`crate::constraint`].
+    pub constraint: Option<Constraint>,
 }
 
 impl Default for SamplingParams {
@@ -117,6 +121,7 @@ impl Default for SamplingParams {
             ignore_eos: false,
             logprobs: None,
             logit_bias: Vec::new(),
+            constraint: None,
         }
     }
 }
@@ -181,6 +186,9 @@ impl SamplingParams {
                     format!("the bias of token {id} must be in [-100, 100], got {bias}"),
                 ));
             }
+        }
+        if let Some(constraint) = &self.constraint {
+            constraint.validate()?;
         }
         if let Some(n) = self.logprobs {
             if n > MAX_LOGPROBS {

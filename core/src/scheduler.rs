@@ -473,6 +473,7 @@ mod tests {
             last_block_hash: None,
             max_new_tokens: 100,
             sampler: Sampler::new(SamplingParams::greedy()),
+            constraint: None,
             text: StreamingText::new(vec![]),
             stop_ids: Default::default(),
             sink: EventSink::Channel(tx),

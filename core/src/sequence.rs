@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use crossbeam_channel::Sender;
 
+use crate::constraint::state::ConstraintState;
 use crate::detokenize::StreamingText;
 use crate::kv_cache::{BlockHash, BlockTable};
 use crate::request::{Event, FinishReason, Timings, Usage};
@@ -95,6 +96,8 @@ pub(crate) struct Sequence {
     pub last_block_hash: Option<BlockHash>,
     pub max_new_tokens: usize,
     pub sampler: Sampler,
+    /// The grammar its output must follow, if the request is constrained.
+    pub constraint: Option<ConstraintState>,
     pub text: StreamingText,
     /// Token ids that end the request (end-of-generation ids unless ignore_eos, plus stop_token_ids).
     pub stop_ids: HashSet<u32>,

@@ -183,7 +183,10 @@ class Engine:
     ``top_p``, ``min_p``, ``repetition_penalty``, ``presence_penalty``, ``frequency_penalty``,
     ``penalty_last_n``, ``seed``, ``stop`` (str or list of str), ``stop_token_ids`` (list of
     int), ``ignore_eos`` (bool), ``logprobs`` (int), ``priority`` (int) and ``logit_bias``
-    (``Mapping[int | str, float]``: OpenAI's token id -> bias in [-100, 100]). ``max_queue``
+    (``Mapping[int | str, float]``: OpenAI's token id -> bias in [-100, 100]), and at most one
+    constraint: ``json_schema`` (dict, JSON str or Pydantic model class), ``regex`` (str),
+    ``grammar`` (Lark str), ``choices`` (list of str) or ``response_format`` (OpenAI's dict
+    or a Pydantic model class). ``max_queue``
     bounds the requests waiting for a slot; past it submits raise ``OverloadedError``.
     ``threads`` is at most 4 per available CPU. A setting out of range (a negative size, a
     KV cache larger than memory) raises ``InvalidRequestError`` naming it.

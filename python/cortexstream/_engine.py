@@ -41,6 +41,11 @@ class Engine(_core.Engine):
     ``penalty_last_n`` (64), ``seed``, ``stop`` (str or list), ``stop_token_ids``,
     ``ignore_eos`` (False), ``logprobs`` (number of alternatives, 0..20), ``priority`` (0),
     ``logit_bias`` (OpenAI's ``{token_id: bias}``, ids as int or str, biases in [-100, 100]).
+    At most one output constraint: ``json_schema`` (a dict, a JSON str or a Pydantic model
+    class), ``regex``, ``grammar`` (Lark), ``choices`` (list of str) or ``response_format``
+    (OpenAI's dict, or a Pydantic model class); the output then follows it and ends with
+    ``"stop"`` when complete, ``"length"`` if ``max_tokens`` runs out first. A constraint that
+    does not compile raises :class:`InvalidRequestError` naming the argument.
     ``None`` for any of them means its default. A wrong type raises ``TypeError`` naming the
     argument; a value out of range raises :class:`InvalidRequestError` with ``param`` set.
 

@@ -464,6 +464,56 @@ static void test_stop_string_and_logprobs(void) {
     CHECK_OK(cs_request_free(request));
 }
 
+/* Runs `params` on the reference prompt to the end; NULL if the submit failed. */
+static stream_result *run_to_end(const cs_sampling_params *params) {
+    cs_request *request = NULL;
+    CHECK_OK(cs_engine_submit_text(engine, REF_PROMPT, params, NULL, NULL, &request));
+    if (request == NULL) return NULL;
+    stream_result *result = calloc(1, sizeof *result);
+    CHECK_FAILS(drain(request, result), CS_END_OF_STREAM, NULL);
+    CHECK_OK(cs_request_free(request));
+    return result;
+}
+
+static void test_constrained_output_and_bad_constraints(void) {
+    cs_sampling_params params = greedy_params(16);
+    params.temperature = 1.0f;
+    params.seed = 11;
+    params.constraint_kind = CS_CONSTRAINT_CHOICES;
+    params.constraint = "[\"yes\", \"no\"]";
+    stream_result *result = run_to_end(&params);
+    if (result != NULL) {
+        CHECK(strcmp(result->text, "yes") == 0 || strcmp(result->text, "no") == 0, "choice: \"%s\"", result->text);
+        CHECK(result->finished.finish_reason == CS_FINISH_STOP, "finish reason %d", (int)result->finished.finish_reason);
+        free(result);
+    }
+    params.constraint_kind = CS_CONSTRAINT_JSON_SCHEMA;
+    params.constraint = "{\"type\": \"object\", \"properties\": {\"n\": {\"type\": \"integer\", \"minimum\": 0, "
+                        "\"maximum\": 9}}, \"required\": [\"n\"], \"additionalProperties\": false}";
+    result = run_to_end(&params);
+    if (result != NULL) {
+        int n = -1;
+        char end = 0;
+        CHECK(sscanf(result->text, "{\"n\":%d%c", &n, &end) == 2 && end == '}' && n >= 0 && n <= 9 &&
+                  strchr(result->text, '}') == result->text + result->text_len - 1,
+              "schema output: \"%s\"", result->text);
+        CHECK(result->finished.finish_reason == CS_FINISH_STOP, "finish reason %d", (int)result->finished.finish_reason);
+        free(result);
+    }
+
+    cs_request *request = NULL;
+    params.constraint_kind = CS_CONSTRAINT_REGEX;
+    params.constraint = "(unclosed";
+    CHECK_FAILS(cs_engine_submit_text(engine, REF_PROMPT, &params, NULL, NULL, &request), CS_INVALID_ARGUMENT, "regex");
+    params.constraint = NULL;
+    CHECK_FAILS(cs_engine_submit_text(engine, REF_PROMPT, &params, NULL, NULL, &request), CS_INVALID_ARGUMENT,
+                "constraint");
+    params.constraint_kind = 9;
+    CHECK_FAILS(cs_engine_submit_text(engine, REF_PROMPT, &params, NULL, NULL, &request), CS_INVALID_ARGUMENT,
+                "constraint_kind");
+    CHECK(request == NULL, "a refused submit returned a request");
+}
+
 /* Cancels `request` from its own thread once the puller has seen `after_tokens` tokens. */
 typedef struct {
     cs_request *request;
@@ -1523,6 +1573,7 @@ int main(int argc, char **argv) {
         {"older_params_struct_gets_defaults", test_older_params_struct_gets_defaults},
         {"callback_and_pull_streams_agree", test_callback_and_pull_streams_agree},
         {"stop_string_and_logprobs", test_stop_string_and_logprobs},
+        {"constrained_output_and_bad_constraints", test_constrained_output_and_bad_constraints},
         {"cancel_from_another_thread", test_cancel_from_another_thread},
         {"free_running_request_cancels_it", test_free_running_request_cancels_it},
         {"callback_returning_false_cancels", test_callback_returning_false_cancels},

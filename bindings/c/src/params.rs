@@ -7,13 +7,26 @@ use std::ffi::c_char;
 use std::mem::size_of;
 use std::path::PathBuf;
 
-use cortexstream::{EngineConfig, SamplingParams};
+use cortexstream::{Constraint, EngineConfig, SamplingParams};
 
 use crate::args::{c_str, c_str_array, optional_c_str, slice, SizedParams};
 use crate::status::Failure;
 
 /// `cs_sampling_params.seed` value that asks for a random seed.
 pub const CS_SEED_RANDOM: u64 = u64::MAX;
+
+/// `cs_sampling_params.constraint_kind`: free text (the default).
+pub const CS_CONSTRAINT_NONE: i32 = 0;
+/// The output is one JSON value valid against the JSON schema in `constraint`.
+pub const CS_CONSTRAINT_JSON_SCHEMA: i32 = 1;
+/// The output is a JSON object (OpenAI's JSON mode); `constraint` is ignored.
+pub const CS_CONSTRAINT_JSON_OBJECT: i32 = 2;
+/// The whole output matches the regular expression in `constraint`.
+pub const CS_CONSTRAINT_REGEX: i32 = 3;
+/// The output follows the Lark grammar in `constraint` (llguidance's dialect).
+pub const CS_CONSTRAINT_GRAMMAR: i32 = 4;
+/// The output is one of the strings of the JSON array in `constraint` (`["yes", "no"]`).
+pub const CS_CONSTRAINT_CHOICES: i32 = 5;
 
 /// How to build an engine. Get one from `cs_engine_default_params()`, then set `model_path`.
 /// Sizes of 0 in `context_length` and `threads` mean "automatic".
@@ -105,6 +118,14 @@ pub struct cs_sampling_params {
     pub logit_bias_values: *const f32,
     /// Number of entries in `logit_bias_ids` and `logit_bias_values`.
     pub logit_bias_len: usize,
+    /// What the output must follow: one of the `CS_CONSTRAINT_*` values (default
+    /// CS_CONSTRAINT_NONE). A constraint that does not compile fails the submit with
+    /// CS_INVALID_ARGUMENT naming `json_schema`, `regex`, `grammar` or `choices`.
+    pub constraint_kind: i32,
+    /// The constraint's text (UTF-8): a JSON schema, a regex, a Lark grammar or a JSON array of
+    /// strings, per `constraint_kind`; NULL for CS_CONSTRAINT_NONE and CS_CONSTRAINT_JSON_OBJECT.
+    /// Borrowed only during the submit call.
+    pub constraint: *const c_char,
 }
 
 impl SizedParams for cs_engine_params {
@@ -166,6 +187,8 @@ pub extern "C" fn cs_sampling_default_params() -> cs_sampling_params {
         logit_bias_ids: std::ptr::null(),
         logit_bias_values: std::ptr::null(),
         logit_bias_len: 0,
+        constraint_kind: CS_CONSTRAINT_NONE,
+        constraint: std::ptr::null(),
     }
 }
 
@@ -211,6 +234,8 @@ impl cs_sampling_params {
         let stop_token_ids = unsafe { slice(self.stop_token_ids, self.stop_token_ids_len, "stop_token_ids")? };
         let bias_ids = unsafe { slice(self.logit_bias_ids, self.logit_bias_len, "logit_bias")? };
         let bias_values = unsafe { slice(self.logit_bias_values, self.logit_bias_len, "logit_bias")? };
+        // SAFETY: forwarded caller contract.
+        let constraint = unsafe { self.constraint()? };
         Ok(SamplingParams {
             temperature: self.temperature,
             top_k,
@@ -227,7 +252,32 @@ impl cs_sampling_params {
             ignore_eos: self.ignore_eos,
             logprobs,
             logit_bias: bias_ids.iter().copied().zip(bias_values.iter().copied()).collect(),
+            constraint,
         })
+    }
+
+    /// The core constraint of `constraint_kind` and `constraint` (the core parses the text).
+    ///
+    /// # Safety
+    /// `constraint` must be NULL or NUL-terminated.
+    unsafe fn constraint(&self) -> Result<Option<Constraint>, Failure> {
+        let kind = match self.constraint_kind {
+            CS_CONSTRAINT_NONE => return Ok(None),
+            CS_CONSTRAINT_JSON_OBJECT => return Ok(Some(Constraint::json_object())),
+            CS_CONSTRAINT_JSON_SCHEMA => "json_schema",
+            CS_CONSTRAINT_REGEX => "regex",
+            CS_CONSTRAINT_GRAMMAR => "grammar",
+            CS_CONSTRAINT_CHOICES => "choices",
+            other => {
+                return Err(Failure::invalid(
+                    "constraint_kind",
+                    format!("must be one of the CS_CONSTRAINT_* values (0 to 5), got {other}"),
+                ))
+            }
+        };
+        // SAFETY: forwarded caller contract.
+        let text = unsafe { c_str(self.constraint, "constraint")? };
+        Ok(Some(Constraint::from_kind(kind, text)?))
     }
 }
 

@@ -72,11 +72,30 @@ function checkOptions(options) {
     throw typeError('stopTokenIds', 'an array of token ids', stopTokenIds);
   }
   if (ignoreEos !== undefined && typeof ignoreEos !== 'boolean') throw typeError('ignoreEos', 'a boolean', ignoreEos);
+  checkConstraintTypes(options);
   if (logitBias !== undefined) {
     if (logitBias === null || typeof logitBias !== 'object' || Array.isArray(logitBias)
         || !Object.values(logitBias).every((bias) => typeof bias === 'number')) {
       throw typeError('logitBias', 'an object mapping token ids to numbers', logitBias);
     }
+  }
+}
+
+const isPlainObject = (value) => value !== null && typeof value === 'object' && !Array.isArray(value);
+
+/** The constraint options' types; the core parses and compiles them and names the field. */
+function checkConstraintTypes({ jsonSchema, regex, grammar, choices, responseFormat }) {
+  if (jsonSchema !== undefined && typeof jsonSchema !== 'string' && !isPlainObject(jsonSchema)) {
+    throw typeError('jsonSchema', 'an object or a JSON string', jsonSchema);
+  }
+  for (const [name, value] of [['regex', regex], ['grammar', grammar]]) {
+    if (value !== undefined && typeof value !== 'string') throw typeError(name, 'a string', value);
+  }
+  if (choices !== undefined && !(Array.isArray(choices) && choices.every((c) => typeof c === 'string'))) {
+    throw typeError('choices', 'an array of strings', choices);
+  }
+  if (responseFormat !== undefined && !isPlainObject(responseFormat)) {
+    throw typeError('responseFormat', 'an object', responseFormat);
   }
 }
 

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use cortexstream::{ChatMessage, EngineConfig, Error, Prompt, Request, SamplingParams};
+use cortexstream::{ChatMessage, Constraint, EngineConfig, Error, Prompt, Request, SamplingParams};
 use napi::bindgen_prelude::Either;
 use napi_derive::napi;
 
@@ -75,6 +75,52 @@ pub struct GenerateOptions {
     pub priority: Option<f64>,
     /// OpenAI's `logit_bias`: token id (as an object key) -> bias in [-100, 100].
     pub logit_bias: Option<HashMap<String, f64>>,
+    // At most one of the five output constraints below (see `constraint`).
+    /// A JSON schema the output validates against (an object or JSON text).
+    pub json_schema: Option<serde_json::Value>,
+    /// A regular expression the whole output matches.
+    pub regex: Option<String>,
+    /// A Lark grammar (llguidance's dialect) the output follows.
+    pub grammar: Option<String>,
+    /// The output is exactly one of these strings.
+    pub choices: Option<Vec<String>>,
+    /// OpenAI's `response_format` object (`{type: 'json_object'}`, `{type: 'json_schema', ...}`).
+    pub response_format: Option<serde_json::Value>,
+}
+
+/// The request's constraint from whichever of the constraint options is set; two of them are
+/// an invalid request naming the second (JS spelling).
+fn constraint(o: &mut GenerateOptions) -> Result<Option<Constraint>, Error> {
+    let mut given: Vec<(&'static str, Option<Constraint>)> = Vec::new();
+    if let Some(schema) = o.json_schema.take() {
+        let text = match schema {
+            serde_json::Value::String(text) => text,
+            serde_json::Value::Object(_) | serde_json::Value::Bool(_) => schema.to_string(),
+            other => {
+                return Err(Error::invalid("jsonSchema", format!("must be an object or a JSON string, got {other}")))
+            }
+        };
+        given.push(("jsonSchema", Some(Constraint::JsonSchema(text))));
+    }
+    if let Some(pattern) = o.regex.take() {
+        given.push(("regex", Some(Constraint::Regex(pattern))));
+    }
+    if let Some(lark) = o.grammar.take() {
+        given.push(("grammar", Some(Constraint::Grammar(lark))));
+    }
+    if let Some(choices) = o.choices.take() {
+        given.push(("choices", Some(Constraint::Choices(choices))));
+    }
+    if let Some(format) = o.response_format.take() {
+        given.push(("responseFormat", Constraint::from_response_format(&format)?));
+    }
+    if let Some((second, _)) = given.get(1) {
+        return Err(Error::invalid(
+            second,
+            "only one of jsonSchema, regex, grammar, choices and responseFormat may be given",
+        ));
+    }
+    Ok(given.pop().and_then(|(_, constraint)| constraint))
 }
 
 /// One chat message.
@@ -100,8 +146,8 @@ pub fn raw_prompt(prompt: Either<String, Vec<f64>>) -> Result<Prompt, Error> {
 
 /// Builds the request; unset options keep the core's defaults.
 pub fn request(prompt: Prompt, options: Option<GenerateOptions>) -> Result<Request, Error> {
-    let Some(o) = options else { return Ok(Request::new(prompt, SamplingParams::default())) };
-    let mut p = SamplingParams::default();
+    let Some(mut o) = options else { return Ok(Request::new(prompt, SamplingParams::default())) };
+    let mut p = SamplingParams { constraint: constraint(&mut o)?, ..SamplingParams::default() };
     for (slot, value) in [
         (&mut p.temperature, o.temperature),
         (&mut p.top_p, o.top_p),

@@ -10,6 +10,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyInt, PyString};
 
+use crate::constraint;
 use crate::errors::to_py_err;
 
 /// A text or token-id prompt (`str | list[int]`).
@@ -68,6 +69,13 @@ pub fn request(prompt: Prompt, sampling: Option<&Bound<'_, PyDict>>) -> PyResult
             "stop_token_ids" => set(&mut p.stop_token_ids, value, |v| typed(v, "stop_token_ids", "a list of int"))?,
             "logit_bias" => set(&mut p.logit_bias, value, logit_bias)?,
             "priority" => set(&mut priority, value, |v| number(v, "priority"))?,
+            "json_schema" => constraint::set(&mut p.constraint, "json_schema", value, constraint::json_schema)?,
+            "regex" => constraint::set(&mut p.constraint, "regex", value, constraint::regex)?,
+            "grammar" => constraint::set(&mut p.constraint, "grammar", value, constraint::grammar)?,
+            "choices" => constraint::set(&mut p.constraint, "choices", value, constraint::choices)?,
+            "response_format" => {
+                constraint::set(&mut p.constraint, "response_format", value, constraint::response_format)?
+            }
             other => return Err(PyTypeError::new_err(format!("unexpected keyword argument `{other}`"))),
         }
     }
@@ -148,7 +156,7 @@ where
     })
 }
 
-fn type_error(param: &str, expected: &str, value: &Bound<'_, PyAny>) -> PyErr {
+pub(crate) fn type_error(param: &str, expected: &str, value: &Bound<'_, PyAny>) -> PyErr {
     let got = value.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".to_owned());
     PyTypeError::new_err(format!("`{param}` must be {expected}, got {got}"))
 }

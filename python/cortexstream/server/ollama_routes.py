@@ -25,6 +25,7 @@ from .schemas import (
     embedding_texts,
 )
 from .state import ReadyState, ServerState
+from .structured import CONSTRAINT_PARAMS, ollama_constraint, refuse_ollama_tools
 from .streaming import ndjson_line, ndjson_response
 
 # The API key is checked by the `ApiKeys` middleware, before any body is read.
@@ -37,6 +38,9 @@ _OPTION_FIELDS = {
     **{engine: f"options.{ollama}" for ollama, engine in _RENAMED_OPTIONS.items()},
     **{name: f"options.{name}" for name in OllamaOptions.model_fields if name not in _RENAMED_OPTIONS},
 }
+
+#: An engine error about the constraint is about the request's `format`.
+_FORMAT_FIELDS = dict.fromkeys(CONSTRAINT_PARAMS, "format")
 
 
 def _in_ollama_terms(error: Exception, fields: dict[str, str]) -> ApiError:
@@ -118,16 +122,17 @@ async def generate(body: OllamaGenerateRequest, state: ReadyState, request: Requ
     if not body.prompt:
         # Ollama's way to preload a model: an empty prompt answers at once.
         return _load_response(body.model, {"response": ""})
+    sampling = {**_sampling(body.options), **ollama_constraint(body.format)}
     if body.raw:
-        job = Job(body.prompt, chat=False, sampling=_sampling(body.options))
+        job = Job(body.prompt, chat=False, sampling=sampling)
     else:
         # Like Ollama, a non-raw prompt goes through the model's chat template as a user turn.
         system = [{"role": "system", "content": body.system}] if body.system else []
         messages = [*system, {"role": "user", "content": body.prompt}]
-        job = Job(messages, chat=True, sampling=_sampling(body.options))
+        job = Job(messages, chat=True, sampling=sampling)
     # Templated, the prompt is the engine's `messages`: an error about it is about `prompt`.
     return await _respond(state, body.model, job, body.stream, lambda text: {"response": text},
-                          request.receive, {"messages": "prompt"})
+                          request.receive, {"messages": "prompt", **_FORMAT_FIELDS})
 
 
 @router.post("/chat")
@@ -136,11 +141,12 @@ async def chat(body: OllamaChatRequest, state: ReadyState, request: Request):
     if not body.messages:
         # Ollama documents an empty message list as the chat way to preload a model.
         return _load_response(body.model, {"message": {"role": "assistant", "content": ""}})
+    refuse_ollama_tools(body.tools)
     messages = [{"role": m.role, "content": m.content} for m in body.messages]
-    job = Job(messages, chat=True, sampling=_sampling(body.options))
+    job = Job(messages, chat=True, sampling={**_sampling(body.options), **ollama_constraint(body.format)})
     return await _respond(state, body.model, job, body.stream,
                           lambda text: {"message": {"role": "assistant", "content": text}},
-                          request.receive, {})
+                          request.receive, _FORMAT_FIELDS)
 
 
 async def _embed(state: ServerState, texts: list[str], input_field: str) -> tuple[list[list[float]], int]:

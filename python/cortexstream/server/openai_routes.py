@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from .errors import ApiError, from_engine_error
 from .generation import complete_all, engine_seed, fan_out, merge_streams, submit_all
 from .openai_format import Envelope, TokenTexts, finish_fields, usage_body
+from .structured import naming_constraint_errors, openai_constraint
 from .schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -114,15 +115,16 @@ async def chat_completions(body: ChatCompletionRequest, state: ReadyState, reque
     top = (body.top_logprobs or 0) if body.logprobs else None
     # max_completion_tokens is the newer name of max_tokens; it wins when both are sent.
     max_tokens = body.max_tokens if body.max_completion_tokens is None else body.max_completion_tokens
-    sampling = _sampling(body, max_tokens, top)
+    sampling = {**_sampling(body, max_tokens, top), **openai_constraint(body)}
     jobs = fan_out([messages], chat=True, sampling=sampling, n=_choices(body.n, state))
     envelope = Envelope.new("chat.completion", body.model, "chatcmpl")
     texts = TokenTexts(state.engine)
     if body.stream:
-        streams = await submit_all(state.engine, jobs)
+        streams = await naming_constraint_errors(submit_all(state.engine, jobs), "response_format")
         chunk_envelope = dataclasses.replace(envelope, object="chat.completion.chunk")
         return sse_response(_chat_events(streams, chunk_envelope, texts, body.include_usage))
-    completions = await complete_all(state.engine, jobs, request.receive)
+    completions = await naming_constraint_errors(complete_all(state.engine, jobs, request.receive),
+                                                 "response_format")
     choices = [
         {
             "index": i,
@@ -177,16 +179,17 @@ def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str 
 @router.post("/completions")
 async def completions(body: CompletionRequest, state: ReadyState, request: Request):
     state.catalog.generation_model(body.model)
-    sampling = _sampling(body, body.max_tokens, body.logprobs)
+    sampling = {**_sampling(body, body.max_tokens, body.logprobs), **openai_constraint(body)}
     prompts, n = _prompts(body.prompt), _choices(body.n, state)
     _check_fan_out(prompts, n, state)
     jobs = fan_out(prompts, chat=False, sampling=sampling, n=n)
     envelope = Envelope.new("text_completion", body.model, "cmpl")
     texts = TokenTexts(state.engine)
     if body.stream:
-        streams = await submit_all(state.engine, jobs)
+        streams = await naming_constraint_errors(submit_all(state.engine, jobs), "response_format")
         return sse_response(_completion_events(streams, envelope, texts, body.include_usage))
-    completions = await complete_all(state.engine, jobs, request.receive)
+    completions = await naming_constraint_errors(complete_all(state.engine, jobs, request.receive),
+                                                 "response_format")
     choices = [
         {
             "index": i,

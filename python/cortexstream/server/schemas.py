@@ -67,6 +67,12 @@ class OpenAISampling(_Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    # Structured output and tools (see structured.py): never silently ignored.
+    response_format: dict | None = None
+    tools: list | None = None
+    tool_choice: str | dict | None = None
+    functions: list | None = None
+    function_call: str | dict | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -133,6 +139,8 @@ class OllamaGenerateRequest(_Body):
     raw: bool = False
     stream: bool = True
     options: OllamaOptions = Field(default_factory=OllamaOptions)
+    # "json" or a JSON schema (see structured.py).
+    format: str | dict | None = None
 
 
 class OllamaChatRequest(_Body):
@@ -140,6 +148,9 @@ class OllamaChatRequest(_Body):
     messages: list[OllamaMessage] = Field(default_factory=list)
     stream: bool = True
     options: OllamaOptions = Field(default_factory=OllamaOptions)
+    format: str | dict | None = None
+    # Refused until tool calling is implemented (see structured.py).
+    tools: list | None = None
 
 
 class OllamaEmbedRequest(_Body):

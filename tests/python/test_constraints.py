@@ -1,0 +1,132 @@
+"""Constrained decoding through the Python module (issue 20): `json_schema=` (dict, str or a
+Pydantic model class), `regex=`, `grammar=`, `choices=` and OpenAI's `response_format=`. Every
+output validates (`jsonschema`); bad constraints raise naming their argument, before anything
+is queued."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import List, Literal, Optional
+
+import jsonschema
+import pytest
+from pydantic import BaseModel, Field
+
+import cortexstream
+
+ASK = [{"role": "user", "content": "Describe a person as JSON."}]
+
+SCHEMAS = {
+    "nested object and array": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 10},
+            "address": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 10}},
+                        "required": ["city"], "additionalProperties": False},
+            "tags": {"type": "array", "items": {"type": "string", "maxLength": 6}, "maxItems": 2},
+        },
+        "required": ["name", "address", "tags"],
+        "additionalProperties": False,
+    },
+    "enum, bounded numbers and a pattern": {
+        "type": "object",
+        "properties": {
+            "colour": {"enum": ["red", "green", "blue"]},
+            "score": {"type": "number", "minimum": 0, "maximum": 1},
+            "count": {"type": "integer", "minimum": 1, "maximum": 9},
+            "code": {"type": "string", "pattern": "^[A-Z]{2}[0-9]{2}$"},
+        },
+        "required": ["colour", "score", "count", "code"],
+        "additionalProperties": False,
+    },
+    "anyOf": {
+        "anyOf": [
+            {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+             "additionalProperties": False},
+            {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 99}, "maxItems": 3},
+        ]
+    },
+}
+
+
+@pytest.mark.parametrize("schema", list(SCHEMAS.values()), ids=list(SCHEMAS))
+@pytest.mark.parametrize("temperature,seed", [(0.0, 0), (1.0, 1), (1.0, 2)])
+def test_every_output_validates_against_its_schema(engine, schema, temperature, seed):
+    result = engine.chat(ASK, json_schema=schema, temperature=temperature, seed=seed, max_tokens=80)
+    assert result.finish_reason == "stop", result.text
+    jsonschema.validate(json.loads(result.text), schema)
+
+
+class Person(BaseModel):
+    name: str = Field(max_length=10)
+    age: int = Field(ge=0, le=120)
+    role: Literal["admin", "user"]
+    nickname: Optional[str] = Field(default=None, max_length=8)
+    languages: List[Literal["en", "fr"]] = Field(max_length=2)
+
+
+def test_a_pydantic_model_class_is_a_schema_and_its_output_parses(engine):
+    for kwargs in ({"json_schema": Person}, {"response_format": Person}):
+        result = engine.chat(ASK, temperature=1.0, seed=4, max_tokens=80, **kwargs)
+        assert result.finish_reason == "stop", result.text
+        Person.model_validate_json(result.text)
+
+
+def test_openai_response_formats(engine):
+    ask_name = [{"role": "user", "content": "Give your name and age as a JSON object."}]
+    result = engine.chat(ask_name, response_format={"type": "json_object"}, temperature=0, max_tokens=60)
+    assert result.finish_reason == "stop", result.text
+    assert isinstance(json.loads(result.text), dict)
+    schema = SCHEMAS["enum, bounded numbers and a pattern"]
+    spec = {"type": "json_schema", "json_schema": {"name": "s", "schema": schema, "strict": True}}
+    result = engine.chat(ASK, response_format=spec, temperature=0, max_tokens=60)
+    jsonschema.validate(json.loads(result.text), schema)
+    # A JSON string is a schema too.
+    result = engine.generate("A JSON list:", json_schema=json.dumps({"type": "array", "maxItems": 2,
+                             "items": {"type": "integer"}}), temperature=0, max_tokens=30)
+    assert isinstance(json.loads(result.text), list)
+
+
+def test_regex_and_choices(engine):
+    result = engine.chat(ASK, regex=r"[A-Z][a-z]{2,8} [0-9]{2}", temperature=1.0, seed=3, max_tokens=16)
+    assert result.finish_reason == "stop"
+    assert re.fullmatch(r"[A-Z][a-z]{2,8} [0-9]{2}", result.text), result.text
+    result = engine.chat(ASK, choices=["cat", "dog", "bird"], temperature=1.0, seed=5, max_tokens=8)
+    assert result.text in {"cat", "dog", "bird"}
+    result = engine.chat(ASK, grammar='start: "a" NUM\nNUM: /[0-9]/', temperature=1.0, seed=6, max_tokens=8)
+    assert re.fullmatch(r"a[0-9]", result.text), result.text
+
+
+def test_a_streamed_constrained_request_streams_the_same_valid_text(engine):
+    schema = SCHEMAS["nested object and array"]
+    pieces = list(engine.stream_chat(ASK, json_schema=schema, temperature=0, max_tokens=80))
+    jsonschema.validate(json.loads("".join(p.text for p in pieces)), schema)
+    assert pieces[-1].finish_reason == "stop"
+
+
+@pytest.mark.parametrize(
+    "kwargs,param",
+    [
+        ({"json_schema": "{not json"}, "json_schema"),
+        ({"json_schema": {"type": "object", "properties": {"a": {"type": "nonsense"}}}}, "json_schema"),
+        ({"regex": "(unclosed"}, "regex"),
+        ({"grammar": "start: nowhere"}, "grammar"),
+        ({"choices": []}, "choices"),
+        ({"response_format": {"type": "yaml"}}, "response_format"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format"),
+        ({"regex": "a", "choices": ["a"]}, "choices"),
+    ],
+)
+def test_bad_constraints_raise_naming_their_argument_before_anything_is_queued(engine, kwargs, param):
+    before = engine.metrics()["requests_submitted"]
+    with pytest.raises(cortexstream.InvalidRequestError) as caught:
+        engine.generate("Hi", max_tokens=4, **kwargs)
+    assert caught.value.param == param, caught.value
+    assert engine.metrics()["requests_submitted"] == before
+
+
+@pytest.mark.parametrize("kwargs", [{"json_schema": 3}, {"choices": "abc"}, {"regex": ["a"]}, {"grammar": 1}])
+def test_wrong_types_raise_type_error_naming_the_argument(engine, kwargs):
+    with pytest.raises(TypeError, match=next(iter(kwargs))):
+        engine.generate("Hi", max_tokens=4, **kwargs)
