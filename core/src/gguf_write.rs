@@ -32,7 +32,7 @@ pub fn to_bytes(metadata: &[(String, Value)], tensors: &[TensorToWrite]) -> Vec<
     out.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
     for (key, value) in metadata {
         push_string(&mut out, key);
-        out.extend_from_slice(&value_type(value).to_le_bytes());
+        out.extend_from_slice(&value_type_id(value).to_le_bytes());
         push_value(&mut out, value);
     }
     let mut offset = 0usize;
@@ -72,14 +72,15 @@ pub fn write_file(path: &Path, metadata: &[(String, Value)], tensors: &[TensorTo
     result
 }
 
-fn push_string(out: &mut Vec<u8>, s: &str) {
+/// Appends a GGUF string: its byte length as a u64, then its bytes.
+pub fn push_string(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u64).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
 }
 
 /// GGUF's metadata value type ids. An empty array is written as an array of u8 (the reader
 /// keeps no element type for it).
-fn value_type(value: &Value) -> u32 {
+pub fn value_type_id(value: &Value) -> u32 {
     match value {
         Value::U8(_) => 0,
         Value::I8(_) => 1,
@@ -97,7 +98,8 @@ fn value_type(value: &Value) -> u32 {
     }
 }
 
-fn push_value(out: &mut Vec<u8>, value: &Value) {
+/// Appends a metadata value's payload (its type id is written separately, before it).
+pub fn push_value(out: &mut Vec<u8>, value: &Value) {
     match value {
         Value::U8(v) => out.push(*v),
         Value::I8(v) => out.push(*v as u8),
@@ -109,7 +111,7 @@ fn push_value(out: &mut Vec<u8>, value: &Value) {
         Value::Bool(v) => out.push(u8::from(*v)),
         Value::String(s) => push_string(out, s),
         Value::Array(items) => {
-            out.extend_from_slice(&items.first().map_or(0, value_type).to_le_bytes());
+            out.extend_from_slice(&items.first().map_or(0, value_type_id).to_le_bytes());
             out.extend_from_slice(&(items.len() as u64).to_le_bytes());
             for item in items {
                 push_value(out, item);

@@ -59,23 +59,14 @@ pub struct KvStorage {
 impl KvStorage {
     /// One pool of `num_blocks` blocks holding every layer (every position of every layer).
     pub fn new(n_layers: usize, num_blocks: usize, block_size: usize, n_kv_heads: usize, head_dim: usize) -> Self {
-        Self::with_pools(&vec![false; n_layers], num_blocks, 0, block_size, n_kv_heads, head_dim)
+        Self::with_sliding_pool(&vec![false; n_layers], num_blocks, 0, block_size, n_kv_heads, head_dim)
     }
 
     /// Global layers in a pool of `num_blocks` blocks, and the layers with `sliding[layer]`
     /// in a pool of `sliding_blocks` blocks (none if no layer slides).
+    /// Global layers in a pool of `num_blocks` blocks, and the layers with `sliding[layer]`
+    /// in a pool of `sliding_blocks` blocks (none if no layer slides).
     pub fn with_sliding_pool(
-        sliding: &[bool],
-        num_blocks: usize,
-        sliding_blocks: usize,
-        block_size: usize,
-        n_kv_heads: usize,
-        head_dim: usize,
-    ) -> Self {
-        Self::with_pools(sliding, num_blocks, sliding_blocks, block_size, n_kv_heads, head_dim)
-    }
-
-    fn with_pools(
         sliding: &[bool],
         num_blocks: usize,
         sliding_blocks: usize,

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use cortexstream::gguf::Value;
+use cortexstream::gguf_write::{push_string, push_value, value_type_id};
 
 pub const VOCAB: u64 = 259;
 const F32: u32 = 0;
@@ -217,9 +218,9 @@ impl GgufSpec {
         out.extend((self.tensors.len() as u64).to_le_bytes());
         out.extend((self.metadata.len() as u64).to_le_bytes());
         for (key, value) in &self.metadata {
-            write_string(&mut out, key);
-            out.extend(type_id(value).to_le_bytes());
-            write_value(&mut out, value);
+            push_string(&mut out, key);
+            out.extend(value_type_id(value).to_le_bytes());
+            push_value(&mut out, value);
         }
         // A zero alignment is written as asked but laid out with 1 (the reader rejects it).
         let alignment = self.alignment().max(1);
@@ -230,7 +231,7 @@ impl GgufSpec {
             next = (next + tensor.data.len() as u64).div_ceil(alignment) * alignment;
         }
         for (tensor, &offset) in self.tensors.iter().zip(&offsets) {
-            write_string(&mut out, &tensor.name);
+            push_string(&mut out, &tensor.name);
             out.extend((tensor.dims.len() as u32).to_le_bytes());
             for d in &tensor.dims {
                 out.extend(d.to_le_bytes());
@@ -245,53 +246,6 @@ impl GgufSpec {
             out.extend(&tensor.data);
         }
         out
-    }
-}
-
-pub fn type_id(value: &Value) -> u32 {
-    match value {
-        Value::U8(_) => 0,
-        Value::I8(_) => 1,
-        Value::U16(_) => 2,
-        Value::I16(_) => 3,
-        Value::U32(_) => 4,
-        Value::I32(_) => 5,
-        Value::F32(_) => 6,
-        Value::Bool(_) => 7,
-        Value::String(_) => 8,
-        Value::Array(_) => 9,
-        Value::U64(_) => 10,
-        Value::I64(_) => 11,
-        Value::F64(_) => 12,
-    }
-}
-
-fn write_string(out: &mut Vec<u8>, s: &str) {
-    out.extend((s.len() as u64).to_le_bytes());
-    out.extend(s.as_bytes());
-}
-
-fn write_value(out: &mut Vec<u8>, value: &Value) {
-    match value {
-        Value::U8(v) => out.push(*v),
-        Value::I8(v) => out.extend(v.to_le_bytes()),
-        Value::U16(v) => out.extend(v.to_le_bytes()),
-        Value::I16(v) => out.extend(v.to_le_bytes()),
-        Value::U32(v) => out.extend(v.to_le_bytes()),
-        Value::I32(v) => out.extend(v.to_le_bytes()),
-        Value::F32(v) => out.extend(v.to_le_bytes()),
-        Value::Bool(v) => out.push(*v as u8),
-        Value::String(s) => write_string(out, s),
-        Value::Array(items) => {
-            out.extend(items.first().map_or(0, type_id).to_le_bytes());
-            out.extend((items.len() as u64).to_le_bytes());
-            for item in items {
-                write_value(out, item);
-            }
-        }
-        Value::U64(v) => out.extend(v.to_le_bytes()),
-        Value::I64(v) => out.extend(v.to_le_bytes()),
-        Value::F64(v) => out.extend(v.to_le_bytes()),
     }
 }
 
