@@ -159,14 +159,16 @@ impl Kernel {
 
     /// Activation rows per [`Kernel::group_tile`] call for `format`. Tiling decides only which
     /// rows share a weight load, never how a row is summed, so the height never shows in the
-    /// results. The AVX-512 VNNI kernel takes 8 rows only for Q4_K: in interleaved A/B runs
-    /// (`BENCH_TYPES=... cargo bench --bench matmul`, 1 thread) 8-row tiles were 11-14% faster
-    /// for Q4_K at 32 and 512 rows, no faster for Q5_0 and 5-15% slower for Q6_K and Q8_0
-    /// (their unpacked weights leave too few registers for 8 rows).
+    /// results. The AVX-512 VNNI kernel takes 8 rows only where that measured faster: in
+    /// interleaved A/B runs (`BENCH_TYPES=... cargo bench --bench matmul`, 1 thread, Zen 4)
+    /// 8-row tiles were 9-17% faster for Q4_K and 9-34% for IQ4_NL/IQ4_XS at 32 and 512 rows,
+    /// no faster for Q5_0, Q5_K and Q4_1, and 5-25% slower for Q4_0, Q6_K and Q8_0.
     fn tile_rows(self, format: QuantFormat) -> usize {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni if format == QuantFormat::Q4K => vnni::avx512::TILE_ROWS,
+            Kernel::Avx512Vnni if matches!(format, QuantFormat::Q4K | QuantFormat::IQ4NL | QuantFormat::IQ4XS) => {
+                vnni::avx512::TILE_ROWS
+            }
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => avx2::TILE_ROWS,
             #[cfg(target_arch = "x86_64")]
