@@ -8,7 +8,7 @@
 //! - the block's integer dot products (exact) become f32 once, times `d_w * d_a` (eight rows'
 //!   scales in one vector), plus the Q4 offset term `m_w * s_a`, added to the row's accumulator.
 //!
-//! Tiling: each group's weights are unpacked once per block and applied to up to `TILE_ROWS`
+//! Tiling: each group's weights are unpacked once per block and applied to up to `TILE`
 //! activation rows. Every (weight row, activation row) pair sees the same instruction sequence
 //! whatever the tile size or its place in the batch, so results do not depend on the batch.
 
@@ -24,7 +24,7 @@ pub fn is_available() -> bool {
     crate::cpu::has_avx2_fma_f16c()
 }
 
-group_kernels!("avx2,fma,f16c", 4);
+group_kernels!("avx2,fma,f16c");
 
 /// Quantizes 32 activations into `out` exactly as `activations::quantize_row_portable` does
 /// (same scale, round half to even, exact integer sum).

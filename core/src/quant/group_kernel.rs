@@ -5,31 +5,17 @@
 //! features. The float epilogue being one piece of code is what makes the kernels' results
 //! bit-identical.
 
-/// Calls `$kernel::<[$flag,] N>(args)` with the tile height `$n` (1..=`$max`, where `$max` is
-/// 4 or 8) as the const `N`: one instantiation per height, so every loop over a tile's rows is
-/// unrolled.
+/// Calls `$kernel::<[$flag,] N>(args)` with the tile height `$n` (1..=TILE) as the const `N`:
+/// one instantiation per height, so every loop over a tile's rows is unrolled.
 macro_rules! by_tile_height {
-    (4, $n:expr, $kernel:ident $(, $flag:expr)*; $($arg:expr),*) => {{
+    ($n:expr, $kernel:ident $(, $flag:expr)*; $($arg:expr),*) => {{
+        const _: () = assert!(super::TILE == 4, "by_tile_height! covers tiles of up to 4 rows");
         match $n {
             0 => {}
             1 => $kernel::<$($flag,)* 1>($($arg),*),
             2 => $kernel::<$($flag,)* 2>($($arg),*),
             3 => $kernel::<$($flag,)* 3>($($arg),*),
             _ => $kernel::<$($flag,)* 4>($($arg),*),
-        }
-    }};
-    (8, $n:expr, $kernel:ident $(, $flag:expr)*; $($arg:expr),*) => {{
-        const _: () = assert!(super::TILE >= 8, "by_tile_height! with 8 rows needs TILE >= 8");
-        match $n {
-            0 => {}
-            1 => $kernel::<$($flag,)* 1>($($arg),*),
-            2 => $kernel::<$($flag,)* 2>($($arg),*),
-            3 => $kernel::<$($flag,)* 3>($($arg),*),
-            4 => $kernel::<$($flag,)* 4>($($arg),*),
-            5 => $kernel::<$($flag,)* 5>($($arg),*),
-            6 => $kernel::<$($flag,)* 6>($($arg),*),
-            7 => $kernel::<$($flag,)* 7>($($arg),*),
-            _ => $kernel::<$($flag,)* 8>($($arg),*),
         }
     }};
 }
@@ -56,12 +42,8 @@ macro_rules! by_tile_height {
 /// operation: `Offset` formats like Q4_1 with their scale and min computed per block, `Plain`
 /// like Q8_0, `HalfMins` (Q2_K) with the activations' half sums.
 macro_rules! group_kernels {
-    ($features:literal, $tile_rows:tt) => {
-        /// Most activation rows one [`group_tile`] call takes: 4 where the kernels have 16
-        /// vector registers, 8 with AVX-512's 32 (twice the rows per unpacked weight block).
-        pub const TILE_ROWS: usize = $tile_rows;
-
-        /// `out[r][j] = weight row j of the group · activation row r` for the `n <= TILE_ROWS`
+    ($features:literal) => {
+        /// `out[r][j] = weight row j of the group · activation row r` for the `n <= TILE`
         /// activation rows stacked in `acts` (`n_blocks` blocks each). `group` holds the
         /// group's `n_blocks` blocks.
         ///
@@ -76,21 +58,21 @@ macro_rules! group_kernels {
         ) {
             let n = acts.len() / n_blocks.max(1);
             assert!(
-                group.len() == format.group_bytes(n_blocks) && acts.len() == n * n_blocks && n <= TILE_ROWS
+                group.len() == format.group_bytes(n_blocks) && acts.len() == n * n_blocks && n <= TILE
             );
             match format {
-                QuantFormat::Q4_0 => by_tile_height!($tile_rows, n, q4, false; group, n_blocks, acts, out),
-                QuantFormat::Q4_1 => by_tile_height!($tile_rows, n, q4, true; group, n_blocks, acts, out),
-                QuantFormat::Q8_0 => by_tile_height!($tile_rows, n, q8; group, n_blocks, acts, out),
-                QuantFormat::Q5_0 => by_tile_height!($tile_rows, n, offset_kernel, MIN_MINUS_16D, true; format, group, n_blocks, acts, out),
-                QuantFormat::Q5_1 => by_tile_height!($tile_rows, n, offset_kernel, MIN_STORED, true; format, group, n_blocks, acts, out),
-                QuantFormat::Q4K => by_tile_height!($tile_rows, n, offset_kernel, MIN_K, false; format, group, n_blocks, acts, out),
-                QuantFormat::Q5K => by_tile_height!($tile_rows, n, offset_kernel, MIN_K, true; format, group, n_blocks, acts, out),
-                QuantFormat::IQ4NL => by_tile_height!($tile_rows, n, iq4, false; format, group, n_blocks, acts, out),
-                QuantFormat::IQ4XS => by_tile_height!($tile_rows, n, iq4, true; format, group, n_blocks, acts, out),
-                QuantFormat::Q6K => by_tile_height!($tile_rows, n, halves, PACK_NIBBLES_CRUMBS; format, group, n_blocks, acts, out),
-                QuantFormat::Q3K => by_tile_height!($tile_rows, n, halves, PACK_CRUMBS_BIT; format, group, n_blocks, acts, out),
-                QuantFormat::Q2K => by_tile_height!($tile_rows, n, q2k; format, group, n_blocks, acts, out),
+                QuantFormat::Q4_0 => by_tile_height!(n, q4, false; group, n_blocks, acts, out),
+                QuantFormat::Q4_1 => by_tile_height!(n, q4, true; group, n_blocks, acts, out),
+                QuantFormat::Q8_0 => by_tile_height!(n, q8; group, n_blocks, acts, out),
+                QuantFormat::Q5_0 => by_tile_height!(n, offset_kernel, MIN_MINUS_16D, true; format, group, n_blocks, acts, out),
+                QuantFormat::Q5_1 => by_tile_height!(n, offset_kernel, MIN_STORED, true; format, group, n_blocks, acts, out),
+                QuantFormat::Q4K => by_tile_height!(n, offset_kernel, MIN_K, false; format, group, n_blocks, acts, out),
+                QuantFormat::Q5K => by_tile_height!(n, offset_kernel, MIN_K, true; format, group, n_blocks, acts, out),
+                QuantFormat::IQ4NL => by_tile_height!(n, iq4, false; format, group, n_blocks, acts, out),
+                QuantFormat::IQ4XS => by_tile_height!(n, iq4, true; format, group, n_blocks, acts, out),
+                QuantFormat::Q6K => by_tile_height!(n, halves, PACK_NIBBLES_CRUMBS; format, group, n_blocks, acts, out),
+                QuantFormat::Q3K => by_tile_height!(n, halves, PACK_CRUMBS_BIT; format, group, n_blocks, acts, out),
+                QuantFormat::Q2K => by_tile_height!(n, q2k; format, group, n_blocks, acts, out),
             }
         }
 

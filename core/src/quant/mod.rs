@@ -48,14 +48,10 @@ use blocks::{f16_to_f32, QuantFormat, BLOCK};
 use disjoint::DisjointSlice;
 use interleaved::LANES;
 
-/// Most activation rows one unpacked group of weight blocks is applied to at a time: the
-/// AVX-512 VNNI kernel's 8 (its 32 registers hold 8 accumulators and 8 partial sums beside the
-/// weights). The height is chosen per kernel and format ([`Kernel::tile_rows`]); the AVX2 and
-/// AVX-VNNI kernels take 4 (16 YMM registers).
-const TILE: usize = 8;
-
-/// The tile height of the kernels with 16 vector registers.
-const NARROW_TILE: usize = 4;
+/// Activation rows one unpacked group of weight blocks is applied to at a time by the AVX2
+/// kernel (4 accumulators, 4 partial sums, the unpacked weights and temporaries fit the 16 YMM
+/// registers).
+const TILE: usize = 4;
 
 /// The tensor types [`QMatrix`] loads, by their ggml names (for errors).
 pub const SUPPORTED_TYPES: &str =
@@ -155,28 +151,6 @@ impl Kernel {
             }
         }
         kernels
-    }
-
-    /// Activation rows per [`Kernel::group_tile`] call for `format`. Tiling decides only which
-    /// rows share a weight load, never how a row is summed, so the height never shows in the
-    /// results. The AVX-512 VNNI kernel takes 8 rows only where that measured faster: in
-    /// interleaved A/B runs (`BENCH_TYPES=... cargo bench --bench matmul`, 1 thread, Zen 4)
-    /// 8-row tiles were 9-17% faster for Q4_K and 9-34% for IQ4_NL/IQ4_XS at 32 and 512 rows,
-    /// no faster for Q5_0, Q5_K and Q4_1, and 5-25% slower for Q4_0, Q6_K and Q8_0.
-    fn tile_rows(self, format: QuantFormat) -> usize {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni if matches!(format, QuantFormat::Q4K | QuantFormat::IQ4NL | QuantFormat::IQ4XS) => {
-                vnni::avx512::TILE_ROWS
-            }
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => avx2::TILE_ROWS,
-            #[cfg(target_arch = "x86_64")]
-            Kernel::AvxVnni => vnni::avx::TILE_ROWS,
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Amx => Kernel::best().tile_rows(format),
-            _ => NARROW_TILE,
-        }
     }
 
     fn group_tile(
@@ -468,7 +442,7 @@ impl QMatrix {
     }
 
     /// The group kernels: each task takes a run of 8-row groups and applies each group to the
-    /// activation rows `kernel.tile_rows()` at a time.
+    /// activation rows `TILE` at a time.
     #[allow(clippy::too_many_arguments)]
     fn matmul_groups(
         &self,
@@ -482,14 +456,13 @@ impl QMatrix {
     ) {
         let n_blocks = self.cols / BLOCK;
         let group_bytes = self.group_bytes();
-        let tile_rows = kernel.tile_rows(format);
         for_each_range(pool, self.rows.div_ceil(LANES), |groups| {
             let mut results = [[0f32; LANES]; TILE];
             for g in groups {
                 let group = &blocks[g * group_bytes..][..group_bytes];
                 let (first_row, lanes) = (g * LANES, LANES.min(self.rows - g * LANES));
-                for first in (0..m).step_by(tile_rows) {
-                    let n = tile_rows.min(m - first);
+                for first in (0..m).step_by(TILE) {
+                    let n = TILE.min(m - first);
                     let tile_acts = &acts[first * n_blocks..(first + n) * n_blocks];
                     kernel.group_tile(format, group, n_blocks, tile_acts, &mut results);
                     for (r, row_results) in results[..n].iter().enumerate() {

@@ -22,9 +22,9 @@ use super::interleaved::LANES;
 use super::TILE;
 
 /// Defines module `$name`: `is_available()` and `group_tile()` compiled with `$features`,
-/// using `$dpbusd` as the `vpdpbusd` intrinsic, taking up to `$tile_rows` activation rows.
+/// using `$dpbusd` as the `vpdpbusd` intrinsic.
 macro_rules! vnni_kernels {
-    ($(#[$doc:meta])* $name:ident, $features:literal, $detect:path, $dpbusd:ident, $tile_rows:tt) => {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $detect:path, $dpbusd:ident) => {
         $(#[$doc])*
         pub mod $name {
             use std::arch::x86_64::*;
@@ -38,7 +38,7 @@ macro_rules! vnni_kernels {
                 crate::cpu::has_avx2_fma_f16c() && $detect()
             }
 
-            group_kernels!($features, $tile_rows);
+            group_kernels!($features);
 
             // The inner steps of `group_kernels!`: `vpdpbusd` sums four u8 × i8 products into
             // each 32-bit lane without saturating.
@@ -102,10 +102,7 @@ vnni_kernels!(
     avx512,
     "avx512vnni,avx512vl,avx2,fma,f16c",
     crate::cpu::has_avx512_vnni,
-    _mm256_dpbusd_epi32,
-    // 32 vector registers hold 8 rows' accumulators and partial sums beside the unpacked
-    // weights, so each unpacked block feeds 8 activation rows.
-    8
+    _mm256_dpbusd_epi32
 );
 
 vnni_kernels!(
@@ -113,6 +110,5 @@ vnni_kernels!(
     avx,
     "avxvnni,avx2,fma,f16c",
     crate::cpu::has_avx_vnni,
-    _mm256_dpbusd_avx_epi32,
-    4
+    _mm256_dpbusd_avx_epi32
 );
