@@ -21,7 +21,7 @@ use crate::gguf::GgufFile;
 use crate::kv_cache::KvStorage;
 use crate::models::attention;
 use crate::models::elementwise::{add_in_place, rms_norm_rows};
-use crate::models::metadata::{ArchKeys, MustBeOff, MAX_HEAD_DIM};
+use crate::models::metadata::{ArchKeys, DENSE_DECODER_MUST_BE_OFF, MAX_HEAD_DIM};
 use crate::models::rope::{self, RopeTable};
 use crate::models::stacked::StackedMatrix;
 use crate::models::step::{StepScratch, SwigluFfn};
@@ -217,24 +217,11 @@ fn sliding_window(keys: &ArchKeys<'_>, family: Family) -> Result<Option<usize>> 
     Ok(Some(keys.optional_usize("attention.sliding_window", 0)?).filter(|&w| w > 0))
 }
 
-/// `{arch}.*` keys that change the numerics of features this forward does not implement.
-const MUST_BE_OFF: &MustBeOff = &[
-    ("attn_logit_softcapping", &[0.0], "logit soft-capping is not implemented for this architecture"),
-    ("final_logit_softcapping", &[0.0], "logit soft-capping is not implemented for this architecture"),
-    ("expert_count", &[0.0], "mixture-of-experts layers are not implemented"),
-    ("expert_used_count", &[0.0], "mixture-of-experts layers are not implemented"),
-    // Granite-style scales: 0 is "unset", 1 changes nothing.
-    ("embedding_scale", &[0.0, 1.0], "this scale is not implemented for this architecture"),
-    ("residual_scale", &[0.0, 1.0], "this scale is not implemented for this architecture"),
-    ("logit_scale", &[0.0, 1.0], "this scale is not implemented for this architecture"),
-    ("attention.scale", &[0.0], "a custom attention scale is not implemented (only 1/sqrt(head size))"),
-];
-
 /// Refuses metadata that changes the numerics in a way this forward does not implement, so a
 /// model is never run silently wrong: the error names the key and its value. Keys absent, or
 /// present with the value that means "off", are fine.
 fn refuse_unhonoured_metadata(keys: &ArchKeys<'_>, head_dim: usize) -> Result<()> {
-    keys.refuse_unless_off(MUST_BE_OFF)?;
+    keys.refuse_unless_off(DENSE_DECODER_MUST_BE_OFF)?;
     let value_key = keys.key("attention.value_length");
     if let Some(value) = keys.gguf.get(&value_key) {
         if value.as_u64() != Some(head_dim as u64) {

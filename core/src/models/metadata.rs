@@ -20,6 +20,21 @@ const ROPE_SCALING_TYPE_WHY: &str = "only RoPE scaling `none`, `linear`, `longro
 /// suffix, the values that mean "off" (llama.cpp's defaults), and why any other is refused.
 pub(crate) type MustBeOff = [(&'static str, &'static [f64], &'static str)];
 
+/// The keys a plain pre-norm decoder (llama, phi3, qwen2, qwen3) refuses unless off: features
+/// of other architectures (soft-capping, experts, Granite-style scales, a custom attention
+/// scale). Each architecture refuses its own extra keys beside these.
+pub(crate) const DENSE_DECODER_MUST_BE_OFF: &MustBeOff = &[
+    ("attn_logit_softcapping", &[0.0], "logit soft-capping is not implemented for this architecture"),
+    ("final_logit_softcapping", &[0.0], "logit soft-capping is not implemented for this architecture"),
+    ("expert_count", &[0.0], "mixture-of-experts layers are not implemented"),
+    ("expert_used_count", &[0.0], "mixture-of-experts layers are not implemented"),
+    // Granite-style scales: 0 is "unset", 1 changes nothing.
+    ("embedding_scale", &[0.0, 1.0], "this scale is not implemented for this architecture"),
+    ("residual_scale", &[0.0, 1.0], "this scale is not implemented for this architecture"),
+    ("logit_scale", &[0.0, 1.0], "this scale is not implemented for this architecture"),
+    ("attention.scale", &[0.0], "a custom attention scale is not implemented (only 1/sqrt(head size))"),
+];
+
 /// The `{arch}.*` keys of one file.
 pub(crate) struct ArchKeys<'a> {
     pub gguf: &'a GgufFile,

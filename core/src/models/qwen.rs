@@ -23,7 +23,7 @@ use crate::gguf::GgufFile;
 use crate::kv_cache::KvStorage;
 use crate::models::attention::{self, Span};
 use crate::models::elementwise::{add_bias_rows, add_in_place, rms_norm_query_and_key_heads, rms_norm_rows};
-use crate::models::metadata::{ArchKeys, MustBeOff, ROPE_SCALING_WHY};
+use crate::models::metadata::{ArchKeys, MustBeOff, DENSE_DECODER_MUST_BE_OFF, ROPE_SCALING_WHY};
 use crate::models::rope::{self, RopeTable};
 use crate::models::stacked::StackedMatrix;
 use crate::models::step::{StepScratch, SwigluFfn};
@@ -80,17 +80,9 @@ const LAYER_TENSORS: &[&str] = &[
 /// Qwen 3's per-head norms, read besides [`LAYER_TENSORS`].
 const HEAD_NORM_TENSORS: &[&str] = &["attn_q_norm", "attn_k_norm"];
 
-/// `{arch}.*` keys that change the numerics of features this forward does not implement.
-const MUST_BE_OFF: &MustBeOff = &[
-    ("attn_logit_softcapping", &[0.0], "logit soft-capping is not implemented for this architecture"),
-    ("final_logit_softcapping", &[0.0], "logit soft-capping is not implemented for this architecture"),
+/// `{arch}.*` keys Qwen refuses unless off, beside [`DENSE_DECODER_MUST_BE_OFF`].
+const QWEN_MUST_BE_OFF: &MustBeOff = &[
     ("attention.sliding_window", &[0.0], "sliding-window attention is not implemented for this architecture"),
-    ("expert_count", &[0.0], "mixture-of-experts layers are not implemented"),
-    ("expert_used_count", &[0.0], "mixture-of-experts layers are not implemented"),
-    ("embedding_scale", &[0.0, 1.0], "this scale is not implemented for this architecture"),
-    ("residual_scale", &[0.0, 1.0], "this scale is not implemented for this architecture"),
-    ("logit_scale", &[0.0, 1.0], "this scale is not implemented for this architecture"),
-    ("attention.scale", &[0.0], "a custom attention scale is not implemented (only 1/sqrt(head size))"),
     // llama.cpp reads both as RoPE scaling for every architecture.
     ("rope.scale_linear", &[0.0, 1.0], ROPE_SCALING_WHY),
     ("rope.scaling.attn_factor", &[0.0, 1.0], ROPE_SCALING_WHY),
@@ -120,7 +112,8 @@ impl QwenConfig {
         let keys = ArchKeys { gguf, arch: family.architecture() };
         let dims = keys.decoder_dims()?;
         keys.refuse_rope_scaling()?;
-        keys.refuse_unless_off(MUST_BE_OFF)?;
+        keys.refuse_unless_off(DENSE_DECODER_MUST_BE_OFF)?;
+        keys.refuse_unless_off(QWEN_MUST_BE_OFF)?;
         keys.refuse_non_causal()?;
         ReadTensors { layer: &family.layer_tensors(), model: VOCABULARY_TENSORS, n_layers: dims.n_layers }
             .refuse_others(gguf, |name| unused_tensor_message(family, name))?;
