@@ -139,7 +139,7 @@ fn unreachable_lost_states() -> ! {
 /// with an error instead of being sampled without a mask.
 fn prepare_catching_panics(state: &mut ConstraintState) {
     if let Err(payload) = catch_unwind(AssertUnwindSafe(|| state.prepare_mask())) {
-        state.fail_mask(crate::sequence::panic_message(&payload));
+        state.fail_mask(crate::engine::sequence::panic_message(&payload));
     }
 }
 

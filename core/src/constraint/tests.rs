@@ -91,8 +91,9 @@ mod mask_worker {
         let tokenizer = gpt2_tokenizer();
         let compiler = compiler::ConstraintCompiler::default();
         let schema = Constraint::JsonSchema(r#"{"type":"object","properties":{"a":{"type":"integer"}}}"#.into());
-        let states =
-            (0..n).map(|i| (i, compiler.start(&schema, &tokenizer, tokenizer.vocab_size()).expect("compiles"))).collect();
+        let states = (0..n)
+            .map(|i| (i, compiler.start(&schema, &tokenizer, tokenizer.vocab_size()).expect("compiles")))
+            .collect();
         (tokenizer, states)
     }
 

@@ -11,7 +11,7 @@ use crossbeam_channel::Receiver;
 use super::scheduler::{ScheduledChunk, Scheduler};
 use super::sequence::{panic_message, Delivery, FinalEvent, Sequence};
 use super::{Command, Shared};
-use crate::constraint::state::ConstraintState;
+use crate::constraint::masks::{MaskWorker, StepStates};
 use crate::detokenize::Step;
 use crate::error::Result;
 use crate::kv_cache::KvStorage;
@@ -36,6 +36,8 @@ pub(super) struct StepLoop {
     chunks: Vec<SeqChunk<'static>>,
     /// Sequences that finished in the step: id, reason, error.
     finished: Vec<(u64, FinishReason, Option<String>)>,
+    /// Computes the token masks of constrained sequences beside the forward.
+    masks: MaskWorker,
 }
 
 /// An empty vector of another lifetime that keeps `buffer`'s allocation. `SeqChunk<'a>` has
@@ -56,6 +58,7 @@ impl StepLoop {
         commands: Receiver<Command>,
     ) -> Self {
         Self {
+            masks: MaskWorker::new(Arc::clone(&shared.mask_counters)),
             shared,
             model,
             kv,
@@ -131,7 +134,7 @@ impl StepLoop {
         }
 
         // The grammar states of the sequences sampling this step leave their sequences for the
-        // forward, so their masks can be computed beside it (see `forward_and_masks`).
+        // forward, so their masks can be computed beside it (see `MaskWorker`).
         let mut constrained = take_sampling_constraints(&mut self.scheduler.running, plan);
         let running = &self.scheduler.running;
         let mut chunks = reuse_allocation(std::mem::take(&mut self.chunks));
@@ -150,7 +153,8 @@ impl StepLoop {
         // after preemption).
         let is_decode = |c: &ScheduledChunk| c.len == 1 && c.start >= running[c.index].prompt_len;
         let prefill_tokens: usize = plan.iter().filter(|c| !is_decode(c)).map(|c| c.len).sum();
-        let outcome = forward_and_masks(&self.model, &chunks, &mut self.kv, &mut self.logits, &mut constrained);
+        let (model, kv, logits) = (&self.model, &mut self.kv, &mut self.logits);
+        let outcome = self.masks.beside(&mut constrained, || model.forward(&chunks, kv, logits));
         self.chunks = reuse_allocation(chunks);
         for (index, state) in constrained {
             self.scheduler.running[index].constraint = Some(state);
@@ -253,35 +257,11 @@ impl StepLoop {
 
 /// Takes the constraint state out of every sequence that samples a token this step, with its
 /// index in `running` (put back after the forward).
-fn take_sampling_constraints(running: &mut [Sequence], plan: &[ScheduledChunk]) -> Vec<(usize, ConstraintState)> {
+fn take_sampling_constraints(running: &mut [Sequence], plan: &[ScheduledChunk]) -> StepStates {
     plan.iter()
         .filter(|c| c.want_logits)
         .filter_map(|c| running[c.index].constraint.take().map(|state| (c.index, state)))
         .collect()
-}
-
-/// Runs the forward and, on a helper thread meanwhile, the token masks of `constrained`: a
-/// mask depends only on the tokens already sampled, so it need not wait for the logits, and
-/// 32 constrained streams cost little more than 32 free ones. Without constrained sequences
-/// no thread is started.
-fn forward_and_masks(
-    model: &GenerationModel,
-    chunks: &[SeqChunk<'_>],
-    kv: &mut KvStorage,
-    logits: &mut Vec<f32>,
-    constrained: &mut [(usize, ConstraintState)],
-) -> Result<()> {
-    if constrained.is_empty() {
-        return model.forward(chunks, kv, logits);
-    }
-    std::thread::scope(|scope| {
-        let masks = scope.spawn(|| constrained.iter_mut().for_each(|(_, state)| state.prepare_mask()));
-        let outcome = model.forward(chunks, kv, logits);
-        // A panic while masking leaves the masks unprepared; sampling then computes them
-        // itself (and reports any failure on that request alone).
-        let _ = masks.join();
-        outcome
-    })
 }
 
 /// Samples the next token of `seq` from its logits, streams it, and says whether the
