@@ -195,6 +195,7 @@ fn the_masks_of_eight_constrained_streams_are_ready_before_sampling() {
     assert_eq!(counts.prepared - before.prepared, sampled);
     assert_eq!(counts.late - before.late, 0);
     assert_eq!(engine.constraint_compilations(), 4, "each distinct constraint compiled once");
+    assert_eq!(engine.constraint_cache_len(), 4, "and kept compiled");
 }
 
 #[test]
