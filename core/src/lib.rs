@@ -31,6 +31,7 @@ pub mod models;
 pub mod quant;
 pub mod request;
 pub mod sampling;
+pub mod telemetry;
 pub mod threadpool;
 pub mod timeout;
 pub mod tokenizer;

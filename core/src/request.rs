@@ -206,11 +206,19 @@ pub struct Request {
     pub params: SamplingParams,
     /// Higher runs first; equal priorities run in arrival order.
     pub priority: i32,
+    /// A caller's label (the server's request id), carried by every log record of the request.
+    pub tag: Option<String>,
 }
 
 impl Request {
     pub fn new(prompt: impl Into<Prompt>, params: SamplingParams) -> Self {
-        Self { prompt: prompt.into(), params, priority: 0 }
+        Self { prompt: prompt.into(), params, priority: 0, tag: None }
+    }
+
+    /// Labels the request's log records (see [`crate::telemetry`]).
+    pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
+        self.tag = Some(tag.into());
+        self
     }
 
     pub fn with_priority(mut self, priority: i32) -> Self {

@@ -78,6 +78,7 @@ pub(super) fn prepare(
     };
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let prompt_len = tokens.len();
+    let span = request_span(id, &request, shared.log_prompts);
     let sequence = Sequence {
         id,
         priority: request.priority,
@@ -105,7 +106,32 @@ pub(super) fn prepare(
         last_token: None,
         decode_deferrals: 0,
         scheduled_this_step: false,
+        span,
     };
     let handle = RequestHandle::new(id, prompt_len, rx, cancel);
     Ok((sequence, handle))
+}
+
+/// The request's log span: its engine id and the caller's tag, and its prompt text only when
+/// the engine was configured to log prompts. Disabled (and free) when nobody listens.
+fn request_span(id: u64, request: &Request, log_prompts: bool) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: "cortexstream::request",
+        "request",
+        request_id = id,
+        tag = request.tag.as_deref(),
+        prompt = tracing::field::Empty,
+    );
+    if log_prompts && !span.is_disabled() {
+        span.record("prompt", prompt_text(&request.prompt).as_str());
+    }
+    span
+}
+
+fn prompt_text(prompt: &Prompt) -> String {
+    match prompt {
+        Prompt::Text(text) => text.clone(),
+        Prompt::Tokens(ids) => format!("{ids:?}"),
+        Prompt::Chat(messages) => serde_json::to_string(messages).unwrap_or_default(),
+    }
 }

@@ -50,6 +50,9 @@ pub struct EngineConfig {
     /// A Jinja chat template (HuggingFace dialect) used instead of the model's
     /// `tokenizer.chat_template`; needed for chat requests to a model that ships none.
     pub chat_template: Option<String>,
+    /// Puts each request's prompt text in its `queued` log record (default false: prompts are
+    /// never logged). See [`crate::telemetry`].
+    pub log_prompts: bool,
 }
 
 impl EngineConfig {
@@ -68,6 +71,7 @@ impl EngineConfig {
             threads: None,
             max_queue: 256,
             chat_template: None,
+            log_prompts: false,
         }
     }
 

@@ -69,6 +69,8 @@ struct Shared {
     constraints: ConstraintCompiler,
     /// How the token masks of constrained sequences were computed (beside the forward or late).
     mask_counters: Arc<MaskCounters>,
+    /// Put prompt text in the request spans (`EngineConfig::log_prompts`).
+    log_prompts: bool,
 }
 
 /// A loaded model serving requests on its own thread. `Send + Sync`: share it with `Arc`.
@@ -88,6 +90,7 @@ impl Engine {
     /// Loads the model (and the embedding model, if configured) and starts the engine thread.
     pub fn new(config: EngineConfig) -> Result<Self> {
         config.validate()?;
+        let load_started = std::time::Instant::now();
         let threads = config.threads.unwrap_or_else(default_thread_count);
         let pool = Arc::new(ThreadPool::new(threads).map_err(|e| Error::invalid("threads", e.to_string()))?);
 
@@ -171,12 +174,14 @@ impl Engine {
             pool,
             constraints: ConstraintCompiler::default(),
             mask_counters: Arc::default(),
+            log_prompts: config.log_prompts,
         });
         let worker = StepLoop::new(Arc::clone(&shared), model, kv, scheduler, command_rx);
         let thread = std::thread::Builder::new()
             .name("cortexstream-engine".into())
             .spawn(move || worker.run())
             .map_err(|e| Error::Internal(format!("cannot start the engine thread: {e}")))?;
+        log_model_loaded(&shared.info, num_blocks, load_started);
         Ok(Self { shared, commands, thread: Mutex::new(Some(thread)) })
     }
 
@@ -274,26 +279,33 @@ impl Engine {
         self.ensure_open()?;
         let shared = &*self.shared;
         let metrics = &shared.metrics;
+        let tag = request.tag.clone();
         let result = admission::prepare(shared, request, callback);
         let (mut sequence, handle) = match result {
             Ok(ok) => ok,
             Err(e) => {
                 add(&metrics.requests_rejected, 1);
+                log_rejected(tag.as_deref(), &e);
                 return Err(e);
             }
         };
         let prompt_len = sequence.prompt_len as u64;
         let Some(slot) = QueueSlot::try_take(&shared.queued, shared.max_queue) else {
             add(&metrics.requests_rejected, 1);
-            return Err(Error::Overloaded(format!("the request queue is full (max_queue = {})", shared.max_queue)));
+            let error = Error::Overloaded(format!("the request queue is full (max_queue = {})", shared.max_queue));
+            log_rejected(tag.as_deref(), &error);
+            return Err(error);
         };
         sequence.queue_slot = Some(slot);
+        let span = sequence.span.clone();
+        let max_tokens = sequence.max_new_tokens;
         // A failed send drops the sequence, and with it the slot.
         if self.commands.send(Command::Submit(Box::new(sequence))).is_err() {
             return Err(Error::EngineClosed);
         }
         add(&metrics.requests_submitted, 1);
         add(&metrics.prompt_tokens_total, prompt_len);
+        tracing::info!(target: "cortexstream::request", parent: &span, prompt_tokens = prompt_len, max_tokens, "queued");
         Ok(handle)
     }
 
@@ -315,6 +327,34 @@ impl Engine {
     pub fn constraint_mask_counts(&self) -> MaskCounts {
         self.shared.mask_counters.counts()
     }
+}
+
+/// The model is loaded and the engine thread started.
+fn log_model_loaded(info: &ModelInfo, kv_blocks: usize, started: std::time::Instant) {
+    tracing::info!(
+        target: "cortexstream::model",
+        file = %info.path.display(),
+        name = info.name.as_str(),
+        architecture = info.architecture.as_str(),
+        bytes = std::fs::metadata(&info.path).map_or(0, |m| m.len()),
+        context_length = info.context_length,
+        kv_blocks,
+        embedding_model = info.embedding.as_ref().map(|e| e.name.as_str()),
+        load_ms = started.elapsed().as_secs_f64() * 1e3,
+        "model loaded"
+    );
+}
+
+/// A submit refused before queueing (bad input, full queue, closed engine).
+fn log_rejected(tag: Option<&str>, error: &Error) {
+    tracing::info!(
+        target: "cortexstream::request",
+        tag,
+        code = error.code(),
+        param = error.param(),
+        error = %error,
+        "rejected"
+    );
 }
 
 impl Drop for Engine {

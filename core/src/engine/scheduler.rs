@@ -316,6 +316,7 @@ impl Scheduler {
                 && self.running.last().is_some_and(|s| !s.scheduled_this_step)
             {
                 if let Some(victim) = self.running.pop() {
+                    log_preemption(&victim, &self.allocator);
                     self.preempt(victim);
                     report.preempted += 1;
                 }
@@ -326,6 +327,7 @@ impl Scheduler {
                     // Alone and still no room: the whole cache cannot hold it.
                     report.out_of_space.push(seq);
                 } else {
+                    log_preemption(&seq, &self.allocator);
                     self.preempt(seq);
                     report.preempted += 1;
                 }
@@ -386,6 +388,7 @@ impl Scheduler {
             }
             if seq.first_scheduled.is_none() {
                 seq.first_scheduled = Some(std::time::Instant::now());
+                tracing::debug!(target: "cortexstream::request", parent: &seq.span, cached_prompt_tokens = seq.cached_prompt_tokens, "prefill start");
             }
             // It left the queue: its place there is free for the next submitter.
             seq.queue_slot = None;
@@ -446,6 +449,17 @@ impl Scheduler {
     }
 }
 
+/// A running sequence loses its KV blocks for lack of room (it resumes later).
+fn log_preemption(seq: &Sequence, allocator: &BlockAllocator) {
+    tracing::info!(
+        target: "cortexstream::request",
+        parent: &seq.span,
+        tokens = seq.tokens.len(),
+        free_blocks = allocator.available(),
+        "preempted: KV cache full, will recompute"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,6 +495,7 @@ mod tests {
             cached_prompt_tokens: 0,
             submitted: std::time::Instant::now(),
             first_scheduled: None,
+            span: tracing::Span::none(),
             first_token: None,
             last_token: None,
             decode_deferrals: 0,

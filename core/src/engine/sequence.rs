@@ -112,6 +112,8 @@ pub(crate) struct Sequence {
     pub decode_deferrals: u32,
     /// Already in the plan being built (the scheduler's bookkeeping within one step).
     pub scheduled_this_step: bool,
+    /// The request's log span (disabled, and free, when nobody listens; see `telemetry`).
+    pub span: tracing::Span,
 }
 
 impl Sequence {

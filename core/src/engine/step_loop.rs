@@ -128,6 +128,17 @@ impl StepLoop {
         let metrics = Arc::clone(&self.shared.metrics);
         add(&metrics.preemptions, report.preempted as u64);
         add(&metrics.prefix_cache_hit_tokens, report.prefix_hit_tokens as u64);
+        if report.preempted > 0 || !report.out_of_space.is_empty() {
+            tracing::warn!(
+                target: "cortexstream::kv",
+                preempted = report.preempted,
+                out_of_space = report.out_of_space.len(),
+                free_blocks = self.scheduler.allocator.available(),
+                running = self.scheduler.running.len(),
+                waiting = self.scheduler.waiting_len(),
+                "KV cache pressure"
+            );
+        }
         self.retire(report.out_of_space.into_iter().map(|seq| (seq, FinishReason::Length, None)));
         if plan.is_empty() {
             return Ok(());
@@ -197,6 +208,7 @@ impl StepLoop {
     /// Counts a failed step and fails the requests it was computing.
     fn fail_step(&mut self, message: &str) {
         add(&self.shared.metrics.step_failures, 1);
+        tracing::error!(target: "cortexstream::engine", error = message, running = self.scheduler.running.len(), "step failed");
         self.fail_running(message);
     }
 
@@ -233,6 +245,7 @@ impl StepLoop {
                 FinishReason::Error => add(&metrics.requests_failed, 1),
                 _ => {}
             }
+            log_finish(&seq, reason, error.as_deref());
             finals.push(seq.finish(reason, error));
         }
         if finals.is_empty() {
@@ -289,7 +302,10 @@ fn advance(
     seq.sampler.observe(token);
     add(&metrics.generated_tokens_total, 1);
     match seq.last_token {
-        None => metrics.observe_ttft(now.duration_since(seq.submitted).as_secs_f64()),
+        None => {
+            metrics.observe_ttft(now.duration_since(seq.submitted).as_secs_f64());
+            log_first_token(seq, now);
+        }
         Some(prev) => metrics.observe_per_token(now.duration_since(prev).as_secs_f64()),
     }
     seq.first_token.get_or_insert(now);
@@ -331,5 +347,50 @@ fn advance(
         Delivery::CallbackPanicked(message) => {
             Some((FinishReason::Error, Some(format!("the event callback panicked: {message}"))))
         }
+    }
+}
+
+fn millis(from: Instant, to: Instant) -> f64 {
+    to.saturating_duration_since(from).as_secs_f64() * 1e3
+}
+
+/// The first token of a request is sampled: its prefill is over.
+fn log_first_token(seq: &Sequence, now: Instant) {
+    tracing::debug!(
+        target: "cortexstream::request",
+            parent: &seq.span,
+        ttft_ms = millis(seq.submitted, now),
+        prefill_ms = seq.first_scheduled.map_or(0.0, |t| millis(t, now)),
+        cached_prompt_tokens = seq.cached_prompt_tokens,
+        "first token"
+    );
+}
+
+/// A request ends: why, its token counts and timings (an error or a cancel says so).
+fn log_finish(seq: &Sequence, reason: FinishReason, error: Option<&str>) {
+    let message = match reason {
+        FinishReason::Cancelled => "cancelled",
+        FinishReason::Error => "failed",
+        _ => "finished",
+    };
+    macro_rules! finish_event {
+        ($level:ident) => {
+            tracing::$level!(
+                target: "cortexstream::request",
+            parent: &seq.span,
+                reason = reason.as_str(),
+                prompt_tokens = seq.prompt_len,
+                completion_tokens = seq.generated(),
+                cached_prompt_tokens = seq.cached_prompt_tokens,
+                total_ms = millis(seq.submitted, Instant::now()),
+                error,
+                "{message}"
+            )
+        };
+    }
+    if reason == FinishReason::Error {
+        finish_event!(warn);
+    } else {
+        finish_event!(info);
     }
 }
