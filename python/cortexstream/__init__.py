@@ -7,7 +7,7 @@
 Models come from the local cache; ``python -m cortexstream pull`` fetches the defaults.
 """
 
-from . import models
+from . import logs, models
 from ._async import AsyncStream
 from ._core import Chunk, Completion, ModelInfo, Stream, Timings, TokenLogprobs, Usage, __version__
 from ._engine import Engine
@@ -47,5 +47,8 @@ __all__ = [
     "TokenLogprobs",
     "Usage",
     "__version__",
+    "logs",
     "models",
 ]
+
+logs.forward_logs()

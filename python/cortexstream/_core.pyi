@@ -3,13 +3,32 @@
 import builtins
 import os
 from types import TracebackType
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union, final
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union, final
 
 from typing_extensions import Self, disjoint_base
 
-__all__ = ["Chunk", "Completion", "Engine", "ModelInfo", "Stream", "Timings", "TokenLogprobs", "Usage", "__version__"]
+__all__ = [
+    "Chunk",
+    "Completion",
+    "Engine",
+    "ModelInfo",
+    "Stream",
+    "Timings",
+    "TokenLogprobs",
+    "Usage",
+    "__version__",
+    "dropped_log_records",
+    "set_log_handler",
+]
 
 __version__: str
+
+def set_log_handler(level: int, handler: Optional[Callable[[int, str, str, str], object]]) -> None:
+    """Forwards the core's log records at ``level`` (1 error .. 5 trace) and more severe to
+    ``handler(level, target, message, fields_json)``, called on a log thread; ``None`` stops."""
+
+def dropped_log_records() -> int:
+    """Records dropped because the handler fell a full queue behind."""
 
 @final
 class Usage:
@@ -182,7 +201,7 @@ class Engine:
     ``**sampling`` of the generation methods: ``max_tokens``, ``temperature``, ``top_k``,
     ``top_p``, ``min_p``, ``repetition_penalty``, ``presence_penalty``, ``frequency_penalty``,
     ``penalty_last_n``, ``seed``, ``stop`` (str or list of str), ``stop_token_ids`` (list of
-    int), ``ignore_eos`` (bool), ``logprobs`` (int), ``priority`` (int) and ``logit_bias``
+    int), ``ignore_eos`` (bool), ``logprobs`` (int), ``priority`` (int), ``tag`` (str, carried by the log records) and ``logit_bias``
     (``Mapping[int | str, float]``: OpenAI's token id -> bias in [-100, 100]), and at most one
     constraint: ``json_schema`` (dict, JSON str or Pydantic model class), ``regex`` (str),
     ``grammar`` (Lark str), ``choices`` (list of str) or ``response_format`` (OpenAI's dict
@@ -205,6 +224,7 @@ class Engine:
         threads: Optional[int] = None,
         max_queue: Optional[int] = None,
         chat_template: Optional[str] = None,
+        log_prompts: bool = False,
     ) -> Self: ...
     def generate(self, prompt: Union[str, List[int]], **sampling: Any) -> Completion:
         """Generates a completion for a text or token-id prompt."""

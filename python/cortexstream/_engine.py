@@ -34,13 +34,16 @@ class Engine(_core.Engine):
     ``chat_template`` is a Jinja chat template used instead of the model's
     own; a model without one (a base model such as ``"gemma3"``) needs it for chat requests,
     which otherwise raise :class:`ChatTemplateMissingError`.
+    ``log_prompts=True`` puts each request's prompt in its ``queued`` log record (see
+    :mod:`cortexstream.logs`); by default prompts are never logged.
 
     Sampling keyword arguments, accepted by every generation method: ``max_tokens``,
     ``temperature`` (0.8; 0 is greedy), ``top_k`` (40), ``top_p`` (0.95), ``min_p`` (0.05),
     ``repetition_penalty`` (1.0), ``presence_penalty``, ``frequency_penalty`` (0.0),
     ``penalty_last_n`` (64), ``seed``, ``stop`` (str or list), ``stop_token_ids``,
     ``ignore_eos`` (False), ``logprobs`` (number of alternatives, 0..20), ``priority`` (0),
-    ``logit_bias`` (OpenAI's ``{token_id: bias}``, ids as int or str, biases in [-100, 100]).
+    ``logit_bias`` (OpenAI's ``{token_id: bias}``, ids as int or str, biases in [-100, 100]),
+    ``tag`` (a str carried by the request's log records, e.g. a request id).
     At most one output constraint: ``json_schema`` (a dict, a JSON str or a Pydantic model
     class), ``regex``, ``grammar`` (Lark), ``choices`` (list of str) or ``response_format``
     (OpenAI's dict, or a Pydantic model class); the output then follows it and ends with
@@ -65,6 +68,7 @@ class Engine(_core.Engine):
         threads: Optional[int] = None,
         max_queue: Optional[int] = None,
         chat_template: Optional[str] = None,
+        log_prompts: bool = False,
     ) -> Engine:
         return super().__new__(
             cls,
@@ -78,6 +82,7 @@ class Engine(_core.Engine):
             threads=threads,
             max_queue=max_queue,
             chat_template=chat_template,
+            log_prompts=log_prompts,
         )
 
     def embed(self, texts: Union[str, Sequence[str]], *, as_numpy: bool = False) -> Any:

@@ -44,6 +44,7 @@ impl Engine {
     #[pyo3(signature = (
         model, *, tokenizer=None, embedding_model=None, max_running=None, max_batch_tokens=None,
         kv_cache_tokens=None, context_length=None, threads=None, max_queue=None, chat_template=None,
+        log_prompts=false,
     ))]
     #[allow(clippy::too_many_arguments)] // mirrors the Python keyword arguments one to one
     fn new(
@@ -58,6 +59,7 @@ impl Engine {
         threads: Option<&Bound<'_, PyAny>>,
         max_queue: Option<&Bound<'_, PyAny>>,
         chat_template: Option<String>,
+        log_prompts: bool,
     ) -> PyResult<Self> {
         let mut config = EngineConfig::new(model);
         config.tokenizer = tokenizer;
@@ -67,6 +69,7 @@ impl Engine {
         set_optional(&mut config.context_length, context_length, "context_length")?;
         set_optional(&mut config.threads, threads, "threads")?;
         config.chat_template = chat_template;
+        config.log_prompts = log_prompts;
         for (slot, value, name) in [
             (&mut config.max_running, max_running, "max_running"),
             (&mut config.max_batch_tokens, max_batch_tokens, "max_batch_tokens"),

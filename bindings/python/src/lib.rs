@@ -7,6 +7,7 @@
 mod constraint;
 mod engine;
 mod errors;
+mod logs;
 mod options;
 mod records;
 mod stream;
@@ -23,6 +24,8 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<records::Timings>()?;
     module.add_class::<records::TokenLogprobs>()?;
     module.add_class::<records::ModelInfo>()?;
+    module.add_function(wrap_pyfunction!(logs::set_log_handler, module)?)?;
+    module.add_function(wrap_pyfunction!(logs::dropped_log_records, module)?)?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

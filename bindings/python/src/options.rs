@@ -48,6 +48,7 @@ fn message(item: &Bound<'_, PyDict>) -> PyResult<ChatMessage> {
 pub fn request(prompt: Prompt, sampling: Option<&Bound<'_, PyDict>>) -> PyResult<Request> {
     let mut params = SamplingParams::default();
     let mut priority = 0;
+    let mut tag = None;
     for (key, value) in sampling.into_iter().flat_map(|kwargs| kwargs.iter()) {
         let key: String = key.extract()?;
         let p = &mut params;
@@ -69,6 +70,7 @@ pub fn request(prompt: Prompt, sampling: Option<&Bound<'_, PyDict>>) -> PyResult
             "stop_token_ids" => set(&mut p.stop_token_ids, value, |v| typed(v, "stop_token_ids", "a list of int"))?,
             "logit_bias" => set(&mut p.logit_bias, value, logit_bias)?,
             "priority" => set(&mut priority, value, |v| number(v, "priority"))?,
+            "tag" => set(&mut tag, value, |v| typed(v, "tag", "a str").map(Some))?,
             "json_schema" => constraint::set(&mut p.constraint, "json_schema", value, constraint::json_schema)?,
             "regex" => constraint::set(&mut p.constraint, "regex", value, constraint::regex)?,
             "grammar" => constraint::set(&mut p.constraint, "grammar", value, constraint::grammar)?,
@@ -79,7 +81,9 @@ pub fn request(prompt: Prompt, sampling: Option<&Bound<'_, PyDict>>) -> PyResult
             other => return Err(PyTypeError::new_err(format!("unexpected keyword argument `{other}`"))),
         }
     }
-    Ok(Request::new(prompt, params).with_priority(priority))
+    let mut request = Request::new(prompt, params).with_priority(priority);
+    request.tag = tag;
+    Ok(request)
 }
 
 /// Parses `value` into `slot` unless it is `None` (keep the default).
