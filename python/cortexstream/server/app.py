@@ -12,6 +12,7 @@ from . import ollama_routes, openai_routes
 from .auth import ApiKeys
 from .bodies import JsonBodies
 from .errors import RETRY_AFTER_SECONDS, install_error_handlers
+from .logs import RequestLogging
 from .metrics import CONTENT_TYPE, render_prometheus
 from .state import ServerConfig, ServerState, server_state
 
@@ -36,6 +37,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     # The last added runs first: the key is checked before any body is read.
     app.add_middleware(JsonBodies)
     app.add_middleware(ApiKeys, api_key=config.api_key)
+    # Outermost: every response (401s included) gets its request id and an access line.
+    app.add_middleware(RequestLogging)
     app.include_router(openai_routes.router)
     app.include_router(ollama_routes.router)
 

@@ -16,6 +16,7 @@ import cortexstream
 from starlette.types import Receive
 
 from .errors import ApiError, ClientDisconnected
+from .logs import current_request_id, note_model, note_usage
 
 _T = TypeVar("_T")
 
@@ -97,7 +98,17 @@ async def complete_all(engine: cortexstream.Engine, jobs: list[Job], receive: Re
                 stream.cancel()
     for completion in completions:
         raise_if_failed(completion)
+        note_usage(completion.usage.prompt_tokens, completion.usage.completion_tokens)
     return completions
+
+
+def tagged(jobs: list[Job]) -> list[Job]:
+    """`jobs` with the current HTTP request's id as their engine tag (read here, on the event
+    loop: the executor thread that submits does not see the request's context)."""
+    request_id = current_request_id()
+    if request_id is None:
+        return jobs
+    return [Job(job.prompt, job.chat, {**job.sampling, "tag": request_id}) for job in jobs]
 
 
 def raise_if_failed(result: cortexstream.Completion | cortexstream.Chunk) -> None:
@@ -124,7 +135,10 @@ def open_streams(engine: cortexstream.Engine, jobs: list[Job]) -> list[cortexstr
 async def submit_all(engine: cortexstream.Engine, jobs: list[Job]) -> list[cortexstream.AsyncStream]:
     """`open_streams` on a worker thread: submitting tokenizes the prompt and renders the chat
     template, which for a prompt of up to 16 MiB would stall every other client on the event loop.
-    If the caller is cancelled meanwhile, the streams it would have got are cancelled on arrival."""
+    If the caller is cancelled meanwhile, the streams it would have got are cancelled on arrival.
+    Each engine request is tagged with the HTTP request's id, so the engine's log records carry it."""
+    jobs = tagged(jobs)
+    note_model(engine.model_info.name)
     submitted = asyncio.get_running_loop().run_in_executor(None, open_streams, engine, jobs)
     try:
         return await asyncio.shield(submitted)
@@ -171,6 +185,8 @@ async def merge_streams(
                 raise item
             else:
                 raise_if_failed(item)
+                if item.usage is not None:
+                    note_usage(item.usage.prompt_tokens, item.usage.completion_tokens)
                 yield index, item
     finally:
         for task in tasks:

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 from pathlib import Path
 
 import uvicorn
 
 from .app import create_app
+from .logs import setup_logging
 from .shutdown import DrainingServer
 from .state import NO_EMBEDDING_MODEL, EngineOptions, ServerConfig
 
@@ -48,6 +48,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--api-key", default=os.environ.get("CORTEXSTREAM_API_KEY"),
                         help="require `Authorization: Bearer KEY` (default: $CORTEXSTREAM_API_KEY, else no key)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--log-format", default="text", choices=["json", "text"],
+                        help="one JSON object per line, or text (default: text); every line names its "
+                             "request's id (X-Request-Id, accepted or generated, returned on every response)")
+    parser.add_argument("--log-prompts", action="store_true",
+                        help="include prompt text in the engine's `queued` log lines (default: prompts are "
+                             "never logged)")
     engine = parser.add_argument_group("engine sizes and limits (default: the engine's)")
     engine.add_argument("--max-running", type=_positive,
                         help="sequences decoded together (default 32); half of it is the most generations "
@@ -71,15 +77,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
+    setup_logging(args.log_format, args.log_level)
     engine = EngineOptions(max_running=args.max_running, max_queue=args.max_queue,
                            kv_cache_tokens=args.kv_cache_tokens, max_batch_tokens=args.max_batch_tokens,
                            context_length=args.context_length, threads=args.threads,
-                           chat_template=args.chat_template)
+                           chat_template=args.chat_template, log_prompts=args.log_prompts or None)
     config = ServerConfig(model=args.model, embedding_model=args.embedding_model, api_key=args.api_key or None,
                           engine=engine)
     app = create_app(config)
-    server_config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
+    # uvicorn's lines go through our handler (log_config=None); the access line is ours.
+    server_config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                   log_config=None, access_log=False)
     DrainingServer(server_config, app, drain_seconds=args.shutdown_timeout).run()
 
 

@@ -33,6 +33,8 @@ class EngineOptions:
     threads: int | None = None
     chat_template: str | None = None
     """Jinja chat template text used instead of the model's own (`--chat-template FILE`)."""
+    log_prompts: bool | None = None
+    """Put prompts in the engine's `queued` log records (`--log-prompts`); never by default."""
 
     def as_kwargs(self) -> dict:
         return {name: value for name, value in self.__dict__.items() if value is not None}
