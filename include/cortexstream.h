@@ -88,6 +88,36 @@
 #define CS_CONSTRAINT_CHOICES 5
 
 /**
+ * `cs_set_log_callback` level: no records (removes the callback).
+ */
+#define CS_LOG_OFF 0
+
+/**
+ * Errors only (a failed engine step).
+ */
+#define CS_LOG_ERROR 1
+
+/**
+ * And warnings (KV cache pressure, a request that failed).
+ */
+#define CS_LOG_WARN 2
+
+/**
+ * And information: model load, a request queued / finished / cancelled / rejected, preemptions.
+ */
+#define CS_LOG_INFO 3
+
+/**
+ * And debugging detail: a request's prefill start and first token.
+ */
+#define CS_LOG_DEBUG 4
+
+/**
+ * Everything.
+ */
+#define CS_LOG_TRACE 5
+
+/**
  * The result of every `cs_*` call that can fail. `CS_OK` is zero; for any other value,
  * `cs_last_error_message()` on the same thread explains what went wrong.
  */
@@ -722,6 +752,42 @@ typedef struct cs_event {
  */
 typedef bool (*cs_event_callback)(const struct cs_event *event, void *user_data);
 
+/**
+ * One log record. It and its strings are valid only during the callback call.
+ */
+typedef struct cs_log_record {
+  /**
+   * `sizeof(cs_log_record)` of the library: later versions only append fields.
+   */
+  size_t struct_size;
+  /**
+   * One of the `CS_LOG_*` levels, CS_LOG_ERROR to CS_LOG_TRACE.
+   */
+  int32_t level;
+  /**
+   * Where it comes from (UTF-8): `cortexstream::request`, `cortexstream::model`,
+   * `cortexstream::kv`, `cortexstream::engine`.
+   */
+  const char *target;
+  /**
+   * What happened (UTF-8), e.g. "queued", "finished", "model loaded".
+   */
+  const char *message;
+  /**
+   * The record's fields as one JSON object (UTF-8): a request's `request_id` and `tag`,
+   * `reason`, `prompt_tokens`, `completion_tokens`, ...; never prompt text unless the engine
+   * was configured to log prompts.
+   */
+  const char *fields_json;
+} cs_log_record;
+
+/**
+ * Receives log records. Called on whichever thread logged (usually an engine thread, often
+ * several at once): it must be thread-safe, short (it delays the engine), must not throw or
+ * longjmp across the library, and must not call `cs_set_log_callback`.
+ */
+typedef void (*cs_log_callback)(const struct cs_log_record *record, void *user_data);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -967,6 +1033,18 @@ const char *cs_last_error_message(void);
  * Ownership and lifetime as for `cs_last_error_message()`.
  */
 const char *cs_last_error_param(void);
+
+/**
+ * Sends the library's log records at `level` (CS_LOG_ERROR .. CS_LOG_TRACE) and more severe to
+ * `callback(record, user_data)`, replacing any previous callback; CS_LOG_OFF or a NULL callback
+ * removes it (then logging costs the engine nothing). Once this returns, the previous callback
+ * is not called again, so its `user_data` may be freed.
+ *
+ * Errors: CS_INVALID_ARGUMENT naming `level` for a level outside CS_LOG_OFF..CS_LOG_TRACE;
+ * CS_INTERNAL if another `tracing` subscriber owns the process's logs (a Rust host program).
+ * Thread-safety: any thread, but not from inside the callback.
+ */
+enum cs_status cs_set_log_callback(int32_t level, cs_log_callback callback, void *user_data);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -86,6 +86,8 @@ export interface GenerateOptions {
   logprobs?: number;
   /** Higher runs first; equal priorities run in arrival order (default 0). */
   priority?: number;
+  /** A label carried by the request's log records (see `setLogListener`), e.g. an HTTP request id. */
+  tag?: string;
   /** OpenAI's `logit_bias`: token id -> bias in [-100, 100] added to its logit (-100 in effect bans it). */
   logitBias?: Record<number, number>;
   /**
@@ -334,3 +336,24 @@ export declare class Engine {
 
 /** The model cache: `$CORTEXSTREAM_CACHE/models`, default `~/.cache/cortexstream/models`. */
 export declare function modelsDir(): string;
+
+/** One structured log record of the library. */
+export interface LogRecord {
+  level: 'error' | 'warn' | 'info' | 'debug' | 'trace';
+  /** `cortexstream::request`, `cortexstream::model`, `cortexstream::kv` or `cortexstream::engine`. */
+  target: string;
+  /** What happened: `queued`, `prefill start`, `first token`, `finished`, `cancelled`, `model loaded`, ... */
+  message: string;
+  /** A request's `request_id` (the engine's) and `tag`, `reason`, token counts, ...; never prompt text. */
+  fields: Record<string, unknown>;
+}
+
+/**
+ * Calls `listener` on the JavaScript thread for every record at `level` (default 'info') and more
+ * severe; `null` stops. Records are queued by the engine threads, never waited for; a listener
+ * that throws is reported with `process.emitWarning`. The listener does not keep the process alive.
+ */
+export declare function setLogListener(
+  listener: ((record: LogRecord) => void) | null,
+  level?: 'error' | 'warn' | 'info' | 'debug' | 'trace',
+): void;

@@ -475,6 +475,48 @@ static stream_result *run_to_end(const cs_sampling_params *params) {
     return result;
 }
 
+/* What the log callback saw (called on engine threads, hence the lock). */
+typedef struct {
+    pthread_mutex_t lock;
+    int records, malformed, queued, first_token_debug, finished_with_counts;
+} log_state;
+
+static void on_log(const cs_log_record *record, void *user_data) {
+    log_state *state = user_data;
+    pthread_mutex_lock(&state->lock);
+    state->records++;
+    if (record->struct_size < sizeof(cs_log_record) || record->level < CS_LOG_ERROR ||
+        record->level > CS_LOG_TRACE || record->fields_json[0] != '{')
+        state->malformed++;
+    if (strcmp(record->target, "cortexstream::request") == 0 && strstr(record->fields_json, "\"request_id\":")) {
+        if (strcmp(record->message, "queued") == 0) state->queued++;
+        if (strcmp(record->message, "first token") == 0 && record->level == CS_LOG_DEBUG)
+            state->first_token_debug++;
+        if (strcmp(record->message, "finished") == 0 && strstr(record->fields_json, "\"reason\":\"length\"") &&
+            strstr(record->fields_json, "\"completion_tokens\":3"))
+            state->finished_with_counts++;
+    }
+    pthread_mutex_unlock(&state->lock);
+}
+
+static void test_log_callback_receives_a_requests_records(void) {
+    static log_state state = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    CHECK_OK(cs_set_log_callback(CS_LOG_DEBUG, on_log, &state));
+    cs_sampling_params params = greedy_params(3);
+    free(run_to_end(&params));
+    /* Records are delivered before the FINISHED event; once this returns no more come. */
+    CHECK_OK(cs_set_log_callback(CS_LOG_OFF, NULL, NULL));
+    CHECK(state.queued == 1 && state.first_token_debug == 1 && state.finished_with_counts == 1,
+          "queued %d, first token %d, finished %d of %d records", state.queued, state.first_token_debug,
+          state.finished_with_counts, state.records);
+    CHECK(state.malformed == 0, "%d malformed records", state.malformed);
+    int before = state.records;
+    free(run_to_end(&params));
+    CHECK(state.records == before, "%d records after the callback was removed", state.records - before);
+    CHECK_FAILS(cs_set_log_callback(9, on_log, &state), CS_INVALID_ARGUMENT, "level");
+    CHECK_FAILS(cs_set_log_callback(-1, NULL, NULL), CS_INVALID_ARGUMENT, "level");
+}
+
 static void test_constrained_output_and_bad_constraints(void) {
     cs_sampling_params params = greedy_params(16);
     params.temperature = 1.0f;
@@ -1596,6 +1638,7 @@ int main(int argc, char **argv) {
         {"cancel_takes_effect_within_one_step", test_cancel_takes_effect_within_one_step},
         {"cancel_during_a_long_prefill", test_cancel_during_a_long_prefill},
         {"engine_metrics", test_engine_metrics},
+        {"log_callback_receives_a_requests_records", test_log_callback_receives_a_requests_records},
     };
     int passed = 0, failed = 0;
     for (size_t i = 0; i < COUNT_OF(tests); i++) {

@@ -16,6 +16,8 @@ mod owned;
 mod params;
 mod request;
 mod status;
+// Last: its items close the header.
+pub mod log;
 
 use std::ffi::c_char;
 

@@ -64,7 +64,8 @@ function checkOptions(options) {
       throw typeError(name, 'an integer', typeof options[name] === 'number' ? `the fraction ${options[name]}` : options[name]);
     }
   }
-  const { stop, stopTokenIds, ignoreEos, logitBias } = options;
+  const { stop, stopTokenIds, ignoreEos, logitBias, tag } = options;
+  if (tag !== undefined && typeof tag !== 'string') throw typeError('tag', 'a string', tag);
   if (stop !== undefined && typeof stop !== 'string' && !(Array.isArray(stop) && stop.every((s) => typeof s === 'string'))) {
     throw typeError('stop', 'a string or an array of strings', stop);
   }

@@ -12,6 +12,7 @@
 
 mod engine;
 mod errors;
+mod logs;
 mod naming;
 mod options;
 mod records;

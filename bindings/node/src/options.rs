@@ -73,6 +73,8 @@ pub struct GenerateOptions {
     pub ignore_eos: Option<bool>,
     pub logprobs: Option<f64>,
     pub priority: Option<f64>,
+    /// A label carried by the request's log records (e.g. an HTTP request id).
+    pub tag: Option<String>,
     /// OpenAI's `logit_bias`: token id (as an object key) -> bias in [-100, 100].
     pub logit_bias: Option<HashMap<String, f64>>,
     // At most one of the five output constraints below (see `constraint`).
@@ -193,7 +195,9 @@ pub fn request(prompt: Prompt, options: Option<GenerateOptions>) -> Result<Reque
         })
         .collect::<Result<_, Error>>()?;
     let priority = o.priority.map(|v| whole(v, "priority")).transpose()?.unwrap_or(0);
-    Ok(Request::new(prompt, p).with_priority(priority))
+    let mut request = Request::new(prompt, p).with_priority(priority);
+    request.tag = o.tag;
+    Ok(request)
 }
 
 /// A JavaScript number that must be a whole number representable as `T`.
