@@ -297,15 +297,21 @@ impl Engine {
             return Err(error);
         };
         sequence.queue_slot = Some(slot);
-        let span = sequence.span.clone();
-        let max_tokens = sequence.max_new_tokens;
+        // Logged before the send: once sent, the engine thread may log the request's next steps.
+        tracing::info!(
+            target: "cortexstream::request",
+            parent: &sequence.span,
+            prompt_tokens = prompt_len,
+            max_tokens = sequence.max_new_tokens,
+            "queued"
+        );
         // A failed send drops the sequence, and with it the slot.
         if self.commands.send(Command::Submit(Box::new(sequence))).is_err() {
+            log_rejected(tag.as_deref(), &Error::EngineClosed);
             return Err(Error::EngineClosed);
         }
         add(&metrics.requests_submitted, 1);
         add(&metrics.prompt_tokens_total, prompt_len);
-        tracing::info!(target: "cortexstream::request", parent: &span, prompt_tokens = prompt_len, max_tokens, "queued");
         Ok(handle)
     }
 
