@@ -5,11 +5,13 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cortexstream::telemetry::{add_sink, remove_sink, LogLevel, LogRecord};
 use cortexstream::{Engine, EngineConfig, FinishReason, Request, SamplingParams};
 use serde_json::Value;
+use tracing::level_filters::LevelFilter;
 
 const PROMPT: &str = "The secret ingredient of the soup is";
 
@@ -21,13 +23,31 @@ fn params(max_tokens: usize) -> SamplingParams {
     SamplingParams { max_tokens: Some(max_tokens), ..SamplingParams::greedy() }
 }
 
+/// Counts how often a log field's value was computed.
+static FIELD_EVALUATIONS: AtomicUsize = AtomicUsize::new(0);
+
+fn counted_field() -> u64 {
+    FIELD_EVALUATIONS.fetch_add(1, Ordering::Relaxed) as u64
+}
+
+/// A record built only when someone listens: its field counts its evaluations.
+fn log_a_counted_record() {
+    tracing::info!(target: "cortexstream::request", value = counted_field(), "probe");
+}
+
 #[test]
 fn request_records_share_id_and_tag_and_a_panicking_sink_breaks_nothing() {
+    // Nobody listening yet: nothing is evaluated (the macros stop at the level check).
+    log_a_counted_record();
+    assert_eq!(FIELD_EVALUATIONS.load(Ordering::Relaxed), 0);
+    assert_eq!(LevelFilter::current(), LevelFilter::OFF);
     let records = Arc::new(Mutex::new(Vec::new()));
     let sink_records = Arc::clone(&records);
     let sink = add_sink(LogLevel::Debug, Arc::new(move |r: &LogRecord| sink_records.lock().unwrap().push(r.clone())))
         .expect("the core's subscriber installs");
     let panicking = add_sink(LogLevel::Trace, Arc::new(|_: &LogRecord| panic!("a broken log sink"))).unwrap();
+    log_a_counted_record();
+    assert_eq!(FIELD_EVALUATIONS.load(Ordering::Relaxed), 1, "a listened-to record is built");
 
     let config = EngineConfig { threads: Some(1), kv_cache_tokens: 256, ..EngineConfig::new(common::smollm2_path()) };
     let engine = Engine::new(config.clone()).expect("load");
@@ -95,4 +115,9 @@ fn request_records_share_id_and_tag_and_a_panicking_sink_breaks_nothing() {
     remove_sink(info_sink);
     engine.generate(Request::new(PROMPT, params(1))).unwrap();
     assert!(collect(&records).is_empty() && collect(&info_only).is_empty());
+    // With the subscriber installed but no sink left, logging is off again at the level check.
+    assert_eq!(LevelFilter::current(), LevelFilter::OFF);
+    let evaluated = FIELD_EVALUATIONS.load(Ordering::Relaxed);
+    log_a_counted_record();
+    assert_eq!(FIELD_EVALUATIONS.load(Ordering::Relaxed), evaluated);
 }
