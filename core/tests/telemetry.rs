@@ -95,6 +95,26 @@ fn request_records_share_id_and_tag_and_a_panicking_sink_breaks_nothing() {
     assert!(cancelled.iter().all(|r| r.fields["tag"] == "req-cancel"));
     drop(engine);
 
+    // Two requests that cannot both fit the KV cache: the newer is preempted, and said so.
+    let small = Engine::new(EngineConfig { kv_cache_tokens: 96, max_running: 2, ..config.clone() }).unwrap();
+    collect(&records);
+    let ignore_eos = || SamplingParams { ignore_eos: true, ..params(60) };
+    let handles: Vec<_> = ["first", "second"]
+        .iter()
+        .map(|tag| small.submit(Request::new(PROMPT, ignore_eos()).with_tag(*tag)).unwrap())
+        .collect();
+    for handle in handles {
+        assert_eq!(handle.wait().finish_reason, FinishReason::Length);
+    }
+    assert!(small.metrics().preemptions > 0, "the setup must preempt");
+    let logged = collect(&records);
+    let preempted = logged.iter().find(|r| r.message.starts_with("preempted")).expect("a preempted record");
+    assert!(preempted.fields["tag"] == "first" || preempted.fields["tag"] == "second", "{preempted:?}");
+    let pressure = logged.iter().find(|r| r.message == "KV cache pressure").expect("a KV pressure record");
+    assert_eq!((pressure.level, pressure.target.as_str()), (LogLevel::Warn, "cortexstream::kv"));
+    assert!(pressure.fields["preempted"].as_u64().unwrap() >= 1);
+    drop(small);
+
     // Only an engine configured to log prompts puts the prompt in the queued record.
     let engine = Engine::new(EngineConfig { log_prompts: true, ..config }).unwrap();
     collect(&records);
