@@ -43,6 +43,7 @@ pub use engine::{
 pub use error::{Error, Result};
 pub use metrics::{Histogram, MetricsSnapshot};
 pub use request::{
-    ChatMessage, Event, FinishReason, Prompt, Request, SamplingParams, Timings, TokenLogprobs, TopLogprob, Usage,
+    ChatMessage, Event, FinishReason, Prompt, Request, SamplingParams, StopReason, Timings, TokenLogprobs, TopLogprob,
+    Usage,
 };
 pub use timeout::WaitLimit;
