@@ -259,7 +259,7 @@ class Engine:
     def apply_chat_template(self, messages: Sequence[Dict[str, str]], add_generation_prompt: bool = True) -> str:
         """Renders chat messages with the model's chat template."""
     def metrics(self) -> Dict[str, Any]:
-        """Counters and histograms (``{"buckets": [[le, count], ...], "sum", "count"}``)."""
+        """Counters and histograms (``{"buckets": [(le, count), ...], "sum", "count"}``)."""
     @property
     def model_info(self) -> ModelInfo:
         """What the engine has loaded."""
