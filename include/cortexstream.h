@@ -196,6 +196,46 @@ typedef enum cs_finish_reason {
 } cs_finish_reason;
 
 /**
+ * Which stop ended a request: the detail behind `cs_finish_reason` (STOP is EOS, TOKEN,
+ * STRING or GRAMMAR).
+ */
+typedef enum cs_stop_kind {
+  /**
+   * Not finished (TOKEN events).
+   */
+  CS_STOP_NONE = 0,
+  /**
+   * The model's end-of-generation token (EOS, `<|im_end|>`, ...); `stop_token_id` says which.
+   */
+  CS_STOP_EOS = 1,
+  /**
+   * One of the request's `stop_token_ids`; `stop_token_id` says which (also when that id is
+   * an end-of-generation token too).
+   */
+  CS_STOP_TOKEN = 2,
+  /**
+   * One of the request's `stop` strings; `stop_string` says which.
+   */
+  CS_STOP_STRING = 3,
+  /**
+   * The output constraint (schema, regex, grammar, choices) accepts no more tokens.
+   */
+  CS_STOP_GRAMMAR = 4,
+  /**
+   * `max_tokens` reached or the context window is full (CS_FINISH_LENGTH).
+   */
+  CS_STOP_LENGTH = 5,
+  /**
+   * CS_FINISH_CANCELLED.
+   */
+  CS_STOP_CANCELLED = 6,
+  /**
+   * CS_FINISH_ERROR.
+   */
+  CS_STOP_ERROR = 7,
+} cs_stop_kind;
+
+/**
  * An engine: one loaded model (plus an optional embedding model) and its scheduler thread.
  *
  * Thread-safety: every function taking a `cs_engine*` may be called from any thread,
@@ -708,6 +748,23 @@ typedef struct cs_event {
    * (`top_logprobs_len` entries; NULL if none).
    */
   const struct cs_bytes *top_logprobs_bytes;
+  /**
+   * FINISHED: which stop ended the request (appended like `token_bytes`).
+   */
+  enum cs_stop_kind stop_kind;
+  /**
+   * FINISHED with CS_STOP_EOS or CS_STOP_TOKEN: the token that ended the request; else 0.
+   */
+  uint32_t stop_token_id;
+  /**
+   * FINISHED with CS_STOP_STRING: the stop string that matched (NUL-terminated UTF-8, never
+   * part of the text); otherwise NULL.
+   */
+  const char *stop_string;
+  /**
+   * Length of `stop_string` in bytes, without the terminating NUL (0 when NULL).
+   */
+  size_t stop_string_len;
 } cs_event;
 
 /**

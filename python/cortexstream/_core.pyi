@@ -7,7 +7,18 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union, fina
 
 from typing_extensions import Self, disjoint_base
 
-__all__ = ["Chunk", "Completion", "Engine", "ModelInfo", "Stream", "Timings", "TokenLogprobs", "Usage", "__version__"]
+__all__ = [
+    "Chunk",
+    "Completion",
+    "Engine",
+    "ModelInfo",
+    "StopReason",
+    "Stream",
+    "Timings",
+    "TokenLogprobs",
+    "Usage",
+    "__version__",
+]
 
 __version__: str
 
@@ -49,6 +60,23 @@ class Timings:
         """Submit until the end."""
 
 @final
+class StopReason:
+    """Which stop ended a request: the detail behind ``finish_reason``."""
+
+    @property
+    def kind(self) -> str:
+        """``"eos"`` (the model's end-of-generation token), ``"stop_token"`` (one of
+        ``stop_token_ids``), ``"stop_string"`` (one of ``stop``), ``"grammar"`` (the output
+        constraint is complete): all with ``finish_reason`` ``"stop"``; or ``"length"``,
+        ``"cancelled"``, ``"error"`` as ``finish_reason``."""
+    @property
+    def token_id(self) -> Optional[int]:
+        """The token that ended the request, for ``"eos"`` and ``"stop_token"``."""
+    @property
+    def stop_string(self) -> Optional[str]:
+        """The stop string that matched, for ``"stop_string"``."""
+
+@final
 class TokenLogprobs:
     """Log-probability of one sampled token and its top alternatives."""
 
@@ -83,6 +111,9 @@ class Chunk:
     def finish_reason(self) -> Optional[str]:
         """``"stop"``, ``"length"``, ``"cancelled"`` or ``"error"`` on the last chunk only."""
     @property
+    def stop_reason(self) -> Optional[StopReason]:
+        """Which stop ended the request, on the last chunk only."""
+    @property
     def usage(self) -> Optional[Usage]: ...
     @property
     def timings(self) -> Optional[Timings]: ...
@@ -101,6 +132,9 @@ class Completion:
     @property
     def finish_reason(self) -> str:
         """``"stop"``, ``"length"``, ``"cancelled"`` or ``"error"``."""
+    @property
+    def stop_reason(self) -> StopReason:
+        """Which stop ended the request."""
     @property
     def usage(self) -> Usage: ...
     @property
@@ -225,7 +259,7 @@ class Engine:
     def apply_chat_template(self, messages: Sequence[Dict[str, str]], add_generation_prompt: bool = True) -> str:
         """Renders chat messages with the model's chat template."""
     def metrics(self) -> Dict[str, Any]:
-        """Counters and histograms (``{"buckets": [[le, count], ...], "sum", "count"}``)."""
+        """Counters and histograms (``{"buckets": [(le, count), ...], "sum", "count"}``)."""
     @property
     def model_info(self) -> ModelInfo:
         """What the engine has loaded."""

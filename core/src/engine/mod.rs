@@ -187,7 +187,8 @@ impl Engine {
 
     /// Like [`submit`](Self::submit), but every event also goes to `callback`, called on the
     /// engine thread (keep it short). Returning `false` cancels the request; a panicking callback
-    /// ends it with [`FinishReason::Error`](crate::request::FinishReason::Error). The handle receives only the `Finished` event.
+    /// ends it with [`FinishReason::Error`](crate::request::FinishReason::Error). The handle
+    /// receives only the `Finished` event.
     pub fn submit_with_callback(&self, request: Request, callback: EventCallback) -> Result<RequestHandle> {
         self.submit_inner(request, Some(callback))
     }

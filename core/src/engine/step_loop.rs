@@ -17,7 +17,7 @@ use crate::error::Result;
 use crate::kv_cache::KvStorage;
 use crate::metrics::{add, Metrics};
 use crate::models::{GenerationModel, SeqChunk};
-use crate::request::{Event, FinishReason};
+use crate::request::{Event, StopReason};
 use crate::tokenizer::Tokenizer;
 
 /// The engine thread: owns the model, the KV storage and the scheduler.
@@ -35,7 +35,7 @@ pub(super) struct StepLoop {
     /// [`reuse_allocation`]).
     chunks: Vec<SeqChunk<'static>>,
     /// Sequences that finished in the step: id, reason, error.
-    finished: Vec<(u64, FinishReason, Option<String>)>,
+    finished: Vec<(u64, StopReason, Option<String>)>,
     /// Computes the token masks of constrained sequences beside the forward.
     masks: MaskWorker,
 }
@@ -128,7 +128,7 @@ impl StepLoop {
         let metrics = Arc::clone(&self.shared.metrics);
         add(&metrics.preemptions, report.preempted as u64);
         add(&metrics.prefix_cache_hit_tokens, report.prefix_hit_tokens as u64);
-        self.retire(report.out_of_space.into_iter().map(|seq| (seq, FinishReason::Length, None)));
+        self.retire(report.out_of_space.into_iter().map(|seq| (seq, StopReason::Length, None)));
         if plan.is_empty() {
             return Ok(());
         }
@@ -191,7 +191,7 @@ impl StepLoop {
     /// Ends cancelled requests (flag set by the caller, or the consumer went away).
     fn reap_cancelled(&mut self) {
         let removed = self.scheduler.remove_where(Sequence::is_cancelled);
-        self.retire(removed.into_iter().map(|seq| (seq, FinishReason::Cancelled, None)));
+        self.retire(removed.into_iter().map(|seq| (seq, StopReason::Cancelled, None)));
     }
 
     /// Counts a failed step and fails the requests it was computing.
@@ -204,33 +204,33 @@ impl StepLoop {
     fn fail_running(&mut self, message: &str) {
         let ids: HashSet<u64> = self.scheduler.running.iter().map(|s| s.id).collect();
         let removed = self.scheduler.remove_where(|s| ids.contains(&s.id));
-        self.retire(removed.into_iter().map(|seq| (seq, FinishReason::Error, Some(message.to_string()))));
+        self.retire(removed.into_iter().map(|seq| (seq, StopReason::Error, Some(message.to_string()))));
     }
 
     fn cancel_everything(&mut self) {
         let removed = self.scheduler.remove_where(|_| true);
-        self.retire(removed.into_iter().map(|seq| (seq, FinishReason::Cancelled, None)));
+        self.retire(removed.into_iter().map(|seq| (seq, StopReason::Cancelled, None)));
         // Requests that raced with shutdown.
         let raced: Vec<Sequence> = std::iter::from_fn(|| match self.commands.try_recv() {
             Ok(Command::Submit(seq)) => Some(*seq),
             _ => None,
         })
         .collect();
-        self.retire(raced.into_iter().map(|seq| (seq, FinishReason::Cancelled, None)));
+        self.retire(raced.into_iter().map(|seq| (seq, StopReason::Cancelled, None)));
         self.publish_gauges();
     }
 
     /// Ends sequences: gives back their blocks and queue places, counts the outcomes and
     /// publishes the gauges, and only then delivers their `Finished` events, so a caller that
     /// sees `Finished` also sees the blocks free in the metrics.
-    fn retire(&mut self, ended: impl IntoIterator<Item = (Sequence, FinishReason, Option<String>)>) {
+    fn retire(&mut self, ended: impl IntoIterator<Item = (Sequence, StopReason, Option<String>)>) {
         let metrics = &self.shared.metrics;
         let mut finals: Vec<FinalEvent> = Vec::new();
         for (seq, reason, error) in ended {
             add(&metrics.requests_finished, 1);
             match reason {
-                FinishReason::Cancelled => add(&metrics.requests_cancelled, 1),
-                FinishReason::Error => add(&metrics.requests_failed, 1),
+                StopReason::Cancelled => add(&metrics.requests_cancelled, 1),
+                StopReason::Error => add(&metrics.requests_failed, 1),
                 _ => {}
             }
             finals.push(seq.finish(reason, error));
@@ -271,17 +271,17 @@ fn advance(
     logits: &mut [f32],
     tokenizer: &Tokenizer,
     metrics: &Metrics,
-) -> Option<(FinishReason, Option<String>)> {
+) -> Option<(StopReason, Option<String>)> {
     let now = Instant::now();
     if let Some(constraint) = &mut seq.constraint {
         if let Err(message) = constraint.mask_logits(logits) {
-            return Some((FinishReason::Error, Some(message)));
+            return Some((StopReason::Error, Some(message)));
         }
     }
     let sampled = seq.sampler.sample(logits, &seq.tokens);
     let token = sampled.token;
     let grammar_complete = match seq.constraint.as_mut().map(|c| c.advance(token)) {
-        Some(Err(message)) => return Some((FinishReason::Error, Some(message))),
+        Some(Err(message)) => return Some((StopReason::Error, Some(message))),
         Some(Ok(complete)) => complete,
         None => false,
     };
@@ -297,24 +297,24 @@ fn advance(
 
     let mut reason = None;
     let mut text = String::new();
-    if seq.stop_ids.contains(&token) {
-        reason = Some(FinishReason::Stop);
+    if let Some(stop) = seq.stop_ids.get(&token) {
+        reason = Some(stop.clone());
     } else {
         // Special tokens (control markers) are not part of the visible text.
         let bytes = if tokenizer.is_special(token) { &[][..] } else { tokenizer.token_bytes(token).unwrap_or(&[]) };
         match seq.text.push(bytes) {
             Step::Text(t) => text = t,
-            Step::Stopped(t) => {
-                text = t;
-                reason = Some(FinishReason::Stop);
+            Step::Stopped { text: before, stop } => {
+                text = before;
+                reason = Some(StopReason::StopString(stop));
             }
         }
     }
     if reason.is_none() && grammar_complete {
-        reason = Some(FinishReason::Stop);
+        reason = Some(StopReason::GrammarComplete);
     }
     if reason.is_none() && seq.generated() >= seq.max_new_tokens {
-        reason = Some(FinishReason::Length);
+        reason = Some(StopReason::Length);
     }
     if reason.is_some() {
         // Nothing can complete a stop string any more: release what was held back.
@@ -327,9 +327,9 @@ fn advance(
     let event = Event::Token { id: token, text, logprobs };
     match seq.sink.deliver(event) {
         Delivery::Delivered => reason.map(|r| (r, None)),
-        Delivery::ConsumerGone => Some((FinishReason::Cancelled, None)),
+        Delivery::ConsumerGone => Some((StopReason::Cancelled, None)),
         Delivery::CallbackPanicked(message) => {
-            Some((FinishReason::Error, Some(format!("the event callback panicked: {message}"))))
+            Some((StopReason::Error, Some(format!("the event callback panicked: {message}"))))
         }
     }
 }

@@ -122,7 +122,7 @@ async def generate(body: OllamaGenerateRequest, state: ReadyState, request: Requ
     if not body.prompt:
         # Ollama's way to preload a model: an empty prompt answers at once.
         return _load_response(body.model, {"response": ""})
-    sampling = {**_sampling(body.options), **ollama_constraint(body.format)}
+    sampling = {**_sampling(body.options), **ollama_constraint(body.format), "priority": body.priority}
     if body.raw:
         job = Job(body.prompt, chat=False, sampling=sampling)
     else:
@@ -143,7 +143,8 @@ async def chat(body: OllamaChatRequest, state: ReadyState, request: Request):
         return _load_response(body.model, {"message": {"role": "assistant", "content": ""}})
     refuse_ollama_tools(body.tools)
     messages = [{"role": m.role, "content": m.content} for m in body.messages]
-    job = Job(messages, chat=True, sampling={**_sampling(body.options), **ollama_constraint(body.format)})
+    sampling = {**_sampling(body.options), **ollama_constraint(body.format), "priority": body.priority}
+    job = Job(messages, chat=True, sampling=sampling)
     return await _respond(state, body.model, job, body.stream,
                           lambda text: {"message": {"role": "assistant", "content": text}},
                           request.receive, _FORMAT_FIELDS)
