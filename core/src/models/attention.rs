@@ -268,7 +268,15 @@ impl Kernel {
 
     /// Scores of `queries` (`rows` heads) against the tile's keys in `lanes`, into `scores`
     /// (`rows` × [`TILE`]); lanes outside `lanes` get -inf.
-    fn scores(self, queries: &[f32], keys: &[f32], head_dim: usize, lanes: (usize, usize), scale: f32, scores: &mut [f32]) {
+    fn scores(
+        self,
+        queries: &[f32],
+        keys: &[f32],
+        head_dim: usize,
+        lanes: (usize, usize),
+        scale: f32,
+        scores: &mut [f32],
+    ) {
         for row in scores.chunks_exact_mut(TILE) {
             row[..lanes.0].fill(f32::NEG_INFINITY);
             row[lanes.1..].fill(f32::NEG_INFINITY);
@@ -487,7 +495,13 @@ mod portable {
         }
     }
 
-    pub(super) fn accumulate(values: &[f32], weights: &[f32], correction: &[f32], lanes: (usize, usize), acc: &mut [f32]) {
+    pub(super) fn accumulate(
+        values: &[f32],
+        weights: &[f32],
+        correction: &[f32],
+        lanes: (usize, usize),
+        acc: &mut [f32],
+    ) {
         let hd = acc.len() / correction.len();
         for ((acc, w), &c) in acc.chunks_exact_mut(hd).zip(weights.chunks_exact(TILE)).zip(correction) {
             acc.iter_mut().for_each(|a| *a *= c);
@@ -532,7 +546,14 @@ mod avx2 {
     /// AVX2, FMA and F16C; `head_dim` a multiple of 8; `queries` whole rows of `head_dim`,
     /// `keys` [`TILE`] rows, `out` [`TILE`] per query row.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn scores(queries: &[f32], keys: &[f32], hd: usize, lanes: (usize, usize), scale: f32, out: &mut [f32]) {
+    pub(super) unsafe fn scores(
+        queries: &[f32],
+        keys: &[f32],
+        hd: usize,
+        lanes: (usize, usize),
+        scale: f32,
+        out: &mut [f32],
+    ) {
         let rows = queries.len() / hd;
         assert!(hd.is_multiple_of(8) && keys.len() >= TILE * hd && out.len() == rows * TILE && lanes.1 <= TILE);
         // Three rows of four accumulators and one key's four vectors fill the 16 registers.
@@ -593,7 +614,13 @@ mod avx2 {
     /// AVX2 and FMA; `acc` whole rows of a `head_dim` that is a multiple of 8, one per
     /// `correction`; `weights` [`TILE`] per row; `values` [`TILE`] rows.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn accumulate(values: &[f32], weights: &[f32], correction: &[f32], lanes: (usize, usize), acc: &mut [f32]) {
+    pub(super) unsafe fn accumulate(
+        values: &[f32],
+        weights: &[f32],
+        correction: &[f32],
+        lanes: (usize, usize),
+        acc: &mut [f32],
+    ) {
         let rows = correction.len();
         let hd = acc.len() / rows;
         assert!(hd.is_multiple_of(8) && acc.len() == rows * hd && weights.len() == rows * TILE);
@@ -677,7 +704,14 @@ mod avx512 {
     /// # Safety
     /// AVX-512F, AVX2, FMA and F16C; shapes as [`super::avx2::scores`].
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub(super) unsafe fn scores(queries: &[f32], keys: &[f32], hd: usize, lanes: (usize, usize), scale: f32, out: &mut [f32]) {
+    pub(super) unsafe fn scores(
+        queries: &[f32],
+        keys: &[f32],
+        hd: usize,
+        lanes: (usize, usize),
+        scale: f32,
+        out: &mut [f32],
+    ) {
         let rows = queries.len() / hd;
         assert!(hd.is_multiple_of(8) && keys.len() >= TILE * hd && out.len() == rows * TILE && lanes.1 <= TILE);
         // Up to four rows × two keys × two accumulators: 16 of the 32 registers.
@@ -707,7 +741,13 @@ mod avx512 {
     /// `0..16` live in the first accumulator, `16..32` in the second.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     #[inline]
-    unsafe fn score_block<const R: usize, const P: usize>(q: *const f32, k: *const f32, hd: usize, scale: f32, out: *mut f32) {
+    unsafe fn score_block<const R: usize, const P: usize>(
+        q: *const f32,
+        k: *const f32,
+        hd: usize,
+        scale: f32,
+        out: *mut f32,
+    ) {
         let mut acc = [[[_mm512_setzero_ps(); 2]; P]; R];
         let full = hd / 32 * 32;
         for d in (0..full).step_by(32) {
@@ -752,7 +792,13 @@ mod avx512 {
     /// # Safety
     /// AVX-512F, AVX2, FMA and F16C; shapes as [`super::avx2::accumulate`].
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub(super) unsafe fn accumulate(values: &[f32], weights: &[f32], correction: &[f32], lanes: (usize, usize), acc: &mut [f32]) {
+    pub(super) unsafe fn accumulate(
+        values: &[f32],
+        weights: &[f32],
+        correction: &[f32],
+        lanes: (usize, usize),
+        acc: &mut [f32],
+    ) {
         let rows = correction.len();
         let hd = acc.len() / rows;
         assert!(hd.is_multiple_of(8) && acc.len() == rows * hd && weights.len() == rows * TILE);
@@ -870,29 +916,56 @@ mod tests {
     }
 
     /// Float64 attention of query head `head` of `q_row` over `positions`.
-    fn reference(kv: &KvStorage, table: &[u32], g: &Geometry, head: usize, q_row: &[f32], positions: std::ops::Range<usize>) -> Vec<f64> {
+    fn reference(
+        kv: &KvStorage,
+        table: &[u32],
+        g: &Geometry,
+        head: usize,
+        q_row: &[f32],
+        positions: std::ops::Range<usize>,
+    ) -> Vec<f64> {
         let (hd, layer, kv_head) = (g.head_dim, 1, head / g.group());
         let q = &q_row[head * hd..][..hd];
         let at = |p: usize| kv.position_offset(layer, table, p, kv_head);
         let wide = |x: u16| crate::f16::f16_to_f32(x) as f64;
         let scores: Vec<f64> = positions
             .clone()
-            .map(|p| q.iter().zip(&kv.keys(layer)[at(p)..][..hd]).map(|(&a, &b)| a as f64 * wide(b)).sum::<f64>() * g.scale as f64)
+            .map(|p| {
+                q.iter().zip(&kv.keys(layer)[at(p)..][..hd]).map(|(&a, &b)| a as f64 * wide(b)).sum::<f64>()
+                    * g.scale as f64
+            })
             .collect();
         let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
         let total: f64 = e.iter().sum();
-        (0..hd).map(|d| positions.clone().zip(&e).map(|(p, e)| e / total * wide(kv.values(layer)[at(p) + d])).sum()).collect()
+        (0..hd)
+            .map(|d| positions.clone().zip(&e).map(|(p, e)| e / total * wide(kv.values(layer)[at(p) + d])).sum())
+            .collect()
     }
 
     /// Runs `attend_with` for one sequence's chunks (each `(start_pos, n_tokens)`), all in one
     /// step, and returns the output rows in step order.
     #[allow(clippy::too_many_arguments)]
-    fn run(kernel: Kernel, g: &Geometry, span: Span, kv: &KvStorage, table: &[u32], chunks: &[(usize, usize)], qkv: &[f32], pool: &ThreadPool) -> Vec<f32> {
+    fn run(
+        kernel: Kernel,
+        g: &Geometry,
+        span: Span,
+        kv: &KvStorage,
+        table: &[u32],
+        chunks: &[(usize, usize)],
+        qkv: &[f32],
+        pool: &ThreadPool,
+    ) -> Vec<f32> {
         let tokens = vec![0u32; chunks.iter().map(|c| c.1).sum()];
         let seq_chunks: Vec<SeqChunk<'_>> = chunks
             .iter()
-            .map(|&(start_pos, n)| SeqChunk { tokens: &tokens[..n], start_pos, block_table: table, sliding_block_table: table, want_logits: false })
+            .map(|&(start_pos, n)| SeqChunk {
+                tokens: &tokens[..n],
+                start_pos,
+                block_table: table,
+                sliding_block_table: table,
+                want_logits: false,
+            })
             .collect();
         let mut scratch = AttentionScratch::default();
         scratch.plan(&seq_chunks, g);
@@ -919,8 +992,16 @@ mod tests {
     /// mid-tile, contexts shorter and longer than a tile.
     fn cases() -> Vec<(Geometry, Span, usize)> {
         let mut cases = Vec::new();
-        for (hd, heads, kv_heads) in [(64, 9, 3), (8, 1, 1), (16, 4, 2), (24, 2, 1), (40, 5, 1), (256, 4, 1), (48, 8, 2)] {
-            for (span, n) in [(Span::Causal, 1), (Span::Causal, 7), (Span::Causal, 45), (Span::Window(6), 23), (Span::Window(17), 50)] {
+        for (hd, heads, kv_heads) in
+            [(64, 9, 3), (8, 1, 1), (16, 4, 2), (24, 2, 1), (40, 5, 1), (256, 4, 1), (48, 8, 2)]
+        {
+            for (span, n) in [
+                (Span::Causal, 1),
+                (Span::Causal, 7),
+                (Span::Causal, 45),
+                (Span::Window(6), 23),
+                (Span::Window(17), 50),
+            ] {
                 cases.push((geometry(hd, heads, kv_heads), span, n));
             }
         }
@@ -934,19 +1015,23 @@ mod tests {
             let (kv, table) = storage(n, &g, 5, n as u32 + g.head_dim as u32);
             // The prompt in one chunk from position 0, then the last token as a decode.
             let chunks = [(0, n)];
-            let qkv = queries_for(&g, &chunks, 7);
-            for kernel in Kernel::available(g.head_dim) {
-                let out = run(kernel, &g, span, &kv, &table, &chunks, &qkv, &pool);
-                for pos in 0..n {
-                    for head in 0..g.n_heads {
-                        let q_row = &qkv[pos * g.qkv_row_len..][..g.qkv_row_len];
-                        let want = reference(&kv, &table, &g, head, q_row, span.first(pos)..pos + 1);
-                        let got = &out[pos * g.q_dim() + head * g.head_dim..][..g.head_dim];
-                        for (d, (&got, &want)) in got.iter().zip(&want).enumerate() {
-                            assert!(
+            // Queries of two sizes: scores near each other, and scores ten times further apart
+            // (a peaked softmax whose running maximum jumps between tiles).
+            for magnitude in [1.0, 10.0] {
+                let qkv: Vec<f32> = queries_for(&g, &chunks, 7).iter().map(|q| q * magnitude).collect();
+                for kernel in Kernel::available(g.head_dim) {
+                    let out = run(kernel, &g, span, &kv, &table, &chunks, &qkv, &pool);
+                    for pos in 0..n {
+                        for head in 0..g.n_heads {
+                            let q_row = &qkv[pos * g.qkv_row_len..][..g.qkv_row_len];
+                            let want = reference(&kv, &table, &g, head, q_row, span.first(pos)..pos + 1);
+                            let got = &out[pos * g.q_dim() + head * g.head_dim..][..g.head_dim];
+                            for (d, (&got, &want)) in got.iter().zip(&want).enumerate() {
+                                assert!(
                                 (got as f64 - want).abs() < 1e-4,
-                                "{kernel:?} {g:?} {span:?} pos {pos} head {head} dim {d}: {got} vs {want}"
+                                "{kernel:?} {g:?} {span:?} x{magnitude} pos {pos} head {head} dim {d}: {got} vs {want}"
                             );
+                            }
                         }
                     }
                 }
@@ -976,7 +1061,11 @@ mod tests {
     fn a_token_gets_the_same_bits_however_its_prompt_is_chunked() {
         let pool = ThreadPool::new(2).unwrap();
         let n = 53;
-        for (g, span) in [(geometry(256, 4, 1), Span::Causal), (geometry(64, 9, 3), Span::Window(20)), (geometry(40, 2, 2), Span::Causal)] {
+        for (g, span) in [
+            (geometry(256, 4, 1), Span::Causal),
+            (geometry(64, 9, 3), Span::Window(20)),
+            (geometry(40, 2, 2), Span::Causal),
+        ] {
             let (kv, table) = storage(n, &g, 16, 99);
             for kernel in Kernel::available(g.head_dim) {
                 let whole = [(0, n)];
