@@ -28,6 +28,7 @@ pub mod kv_cache;
 pub(crate) mod memory;
 pub mod metrics;
 pub mod models;
+pub mod options;
 pub mod quant;
 pub mod request;
 pub mod sampling;
@@ -44,6 +45,7 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use metrics::{Histogram, MetricsSnapshot};
+pub use options::{OptionValue, RequestOptions};
 pub use request::{
     ChatMessage, Event, FinishReason, Prompt, Request, SamplingParams, Timings, TokenLogprobs, TopLogprob, Usage,
 };
