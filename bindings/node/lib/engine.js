@@ -83,9 +83,11 @@ class Engine {
   }
 }
 
-/** The options the core reads: all but `signal`, which `runRequest` handles (undefined is unset). */
+/** The options the core reads: all but `signal`, which `runRequest` handles. */
 function samplingOptions(options) {
-  return options !== null && typeof options === 'object' ? { ...options, signal: undefined } : options;
+  if (options === null || typeof options !== 'object') return options;
+  const { signal, ...sampling } = options;
+  return sampling;
 }
 
 module.exports = { Engine };
