@@ -75,7 +75,8 @@ fn option_value(value: &Bound<'_, PyAny>) -> PyResult<OptionValue> {
     } else if let Ok(b) = value.cast::<PyBool>() {
         OptionValue::Bool(b.is_true())
     } else if value.is_instance_of::<PyInt>() {
-        value.extract::<i128>().map_or_else(|_| OptionValue::Unsupported(format!("integer `{value}` (out of range)")), OptionValue::Int)
+        // Not shown: an int of thousands of digits would make a message as long.
+        value.extract::<i128>().map_or_else(|_| OptionValue::Unsupported("an integer past 128 bits".into()), OptionValue::Int)
     } else if value.is_instance_of::<PyFloat>() {
         OptionValue::Float(value.extract()?)
     } else if value.is_instance_of::<PyString>() {
