@@ -47,6 +47,7 @@ pub use error::{Error, Result};
 pub use metrics::{Histogram, MetricsSnapshot};
 pub use options::{OptionValue, RequestOptions};
 pub use request::{
-    ChatMessage, Event, FinishReason, Prompt, Request, SamplingParams, Timings, TokenLogprobs, TopLogprob, Usage,
+    ChatMessage, Event, FinishReason, Prompt, Request, SamplerSettings, SamplingParams, StopCriteria, Timings,
+    TokenLogprobs, TopLogprob, Usage,
 };
 pub use timeout::WaitLimit;

@@ -208,6 +208,81 @@ impl SamplingParams {
     }
 }
 
+/// What the sampler reads of a request's options (see [`SamplingParams`] for each field).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplerSettings {
+    pub temperature: f32,
+    pub top_k: u32,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub repetition_penalty: f32,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub penalty_last_n: usize,
+    pub seed: Option<u64>,
+    pub logprobs: Option<usize>,
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Masks what may be sampled; compiled by the engine at submit.
+    pub constraint: Option<Constraint>,
+}
+
+/// When generation stops: what the sequence holds of a request's options (see
+/// [`SamplingParams`] for each field).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StopCriteria {
+    pub max_tokens: Option<usize>,
+    pub stop: Vec<String>,
+    pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+}
+
+impl SamplingParams {
+    /// The options split by who reads them. Every field is named (no `..`), so a field added
+    /// to [`SamplingParams`] does not compile until it is given to the sampler or the stop
+    /// criteria.
+    pub fn split(self) -> (SamplerSettings, StopCriteria) {
+        let SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            presence_penalty,
+            frequency_penalty,
+            penalty_last_n,
+            seed,
+            max_tokens,
+            stop,
+            stop_token_ids,
+            ignore_eos,
+            logprobs,
+            logit_bias,
+            constraint,
+        } = self;
+        let sampler = SamplerSettings {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            presence_penalty,
+            frequency_penalty,
+            penalty_last_n,
+            seed,
+            logprobs,
+            logit_bias,
+            constraint,
+        };
+        (sampler, StopCriteria { max_tokens, stop, stop_token_ids, ignore_eos })
+    }
+}
+
+impl From<SamplingParams> for SamplerSettings {
+    fn from(params: SamplingParams) -> Self {
+        params.split().0
+    }
+}
+
 /// A generation request.
 #[derive(Debug, Clone)]
 pub struct Request {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::request::StopCriteria;
 
 fn map(entries: &[(&str, OptionValue)]) -> OptionValue {
     OptionValue::Map(entries.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
@@ -117,4 +118,24 @@ fn the_field_list_is_the_structs() {
         assert!(names.contains(&name), "{name} missing from {names:?}");
     }
     assert!(!names.contains(&"constraint"), "the constraint is given through its five forms");
+}
+
+#[test]
+fn split_gives_the_sampler_its_fields_and_the_sequence_the_stop_criteria() {
+    let params = SamplingParams {
+        temperature: 0.3,
+        seed: Some(9),
+        logit_bias: vec![(1, 2.0)],
+        max_tokens: Some(4),
+        stop: vec!["x".into()],
+        stop_token_ids: vec![7],
+        ignore_eos: true,
+        ..SamplingParams::default()
+    };
+    let (sampler, stop) = params.split();
+    assert_eq!((sampler.temperature, sampler.seed, sampler.logit_bias), (0.3, Some(9), vec![(1, 2.0)]));
+    assert_eq!(
+        stop,
+        StopCriteria { max_tokens: Some(4), stop: vec!["x".into()], stop_token_ids: vec![7], ignore_eos: true }
+    );
 }
