@@ -24,6 +24,8 @@ pub(super) fn prepare(
     let tokenizer = &shared.tokenizer;
     let vocab_size = shared.info.vocab_size;
     request.params.validate(vocab_size)?;
+    // The sampler gets what it reads; the sequence holds the stop criteria.
+    let (sampler_settings, stop) = request.params.split();
     let tokens = match &request.prompt {
         Prompt::Text(text) => {
             if text.is_empty() {
@@ -54,20 +56,20 @@ pub(super) fn prepare(
                 tokens.len()
             ),
             prompt_tokens: tokens.len(),
-            max_tokens: request.params.max_tokens.unwrap_or(0),
+            max_tokens: stop.max_tokens.unwrap_or(0),
             context_length: context,
         });
     }
     debug_assert!(context <= shared.kv_capacity_tokens);
     // A completion that would overflow the context is clamped to it and ends with
     // FinishReason::Length, as llama.cpp does (documented in the README).
-    let max_new_tokens = request.params.max_tokens.unwrap_or(usize::MAX).min(context - tokens.len());
+    let max_new_tokens = stop.max_tokens.unwrap_or(usize::MAX).min(context - tokens.len());
 
     // Compiled here, on the caller's thread, so a bad schema fails the submit itself.
     let constraint =
-        request.params.constraint.as_ref().map(|c| shared.constraints.start(c, tokenizer, vocab_size)).transpose()?;
-    let mut stop_ids: HashSet<u32> = request.params.stop_token_ids.iter().copied().collect();
-    if !request.params.ignore_eos {
+        sampler_settings.constraint.as_ref().map(|c| shared.constraints.start(c, tokenizer, vocab_size)).transpose()?;
+    let mut stop_ids: HashSet<u32> = stop.stop_token_ids.iter().copied().collect();
+    if !stop.ignore_eos {
         stop_ids.extend(tokenizer.end_of_generation_ids().iter().copied());
     }
     let cancel = Arc::new(AtomicBool::new(false));
@@ -92,8 +94,8 @@ pub(super) fn prepare(
         registered_blocks: 0,
         last_block_hash: None,
         max_new_tokens,
-        text: StreamingText::new(request.params.stop.clone()),
-        sampler: Sampler::new(request.params),
+        text: StreamingText::new(stop.stop),
+        sampler: Sampler::new(sampler_settings),
         constraint,
         stop_ids,
         sink,
