@@ -131,3 +131,11 @@ def test_malformed_logit_bias_names_the_field(engine, bias):
     with pytest.raises(cortexstream.InvalidRequestError, match="logit_bias") as caught:
         engine.generate("Hello", logit_bias=bias, max_tokens=1)
     assert caught.value.param == "logit_bias"
+
+
+@pytest.mark.parametrize("kwargs", [{"seed": 10**5000}, {"logit_bias": {10**5000: 1}}])
+def test_integers_of_thousands_of_digits_are_invalid_requests_with_short_messages(engine, kwargs):
+    # Python refuses to print such an int; the message must neither try nor echo it.
+    with pytest.raises(cortexstream.InvalidRequestError) as caught:
+        engine.generate("Hi", max_tokens=1, **kwargs)
+    assert caught.value.param == next(iter(kwargs)) and len(str(caught.value)) < 300, caught.value

@@ -253,7 +253,9 @@ impl cs_sampling_params {
             ("priority", int(self.priority.into())),
             (
                 "logit_bias",
-                OptionValue::Map(bias_ids.iter().zip(bias_values).map(|(id, &bias)| (id.to_string(), float(bias))).collect()),
+                OptionValue::Map(
+                    bias_ids.iter().zip(bias_values).map(|(id, &bias)| (id.to_string(), float(bias))).collect(),
+                ),
             ),
         ];
         let value = OptionValue::Map(fields.into_iter().map(|(name, value)| (name.to_owned(), value)).collect());

@@ -99,16 +99,17 @@ pub fn request(prompt: Prompt, options: Option<Unknown<'_>>) -> napi::Result<Res
 /// a float so that a count refuses it instead of rounding it. Functions, symbols and bigints
 /// take no option: `Unsupported`, so the core's error names the field they were in.
 fn option_value(value: &Unknown<'_>) -> napi::Result<OptionValue> {
+    // SAFETY (every `cast` below): each casts to the type `get_type` reported, as `cast` requires.
     Ok(match value.get_type()? {
         ValueType::Undefined | ValueType::Null => OptionValue::Null,
         ValueType::Boolean => OptionValue::Bool(unsafe { value.cast::<bool>() }?),
         ValueType::Number => number(unsafe { value.cast::<f64>() }?),
         ValueType::String => OptionValue::Str(unsafe { value.cast::<String>() }?),
         ValueType::Object => {
-            // SAFETY (all casts above and here): each follows `get_type`, as `cast` requires.
             let object = unsafe { value.cast::<Object<'_>>() }?;
             if object.is_array()? {
-                let items = (0..object.get_array_length()?).map(|i| option_value(&object.get_element::<Unknown<'_>>(i)?));
+                let items =
+                    (0..object.get_array_length()?).map(|i| option_value(&object.get_element::<Unknown<'_>>(i)?));
                 OptionValue::List(items.collect::<napi::Result<_>>()?)
             } else {
                 let names = object.get_property_names()?;

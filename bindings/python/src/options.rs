@@ -76,7 +76,9 @@ fn option_value(value: &Bound<'_, PyAny>) -> PyResult<OptionValue> {
         OptionValue::Bool(b.is_true())
     } else if value.is_instance_of::<PyInt>() {
         // Not shown: an int of thousands of digits would make a message as long.
-        value.extract::<i128>().map_or_else(|_| OptionValue::Unsupported("an integer past 128 bits".into()), OptionValue::Int)
+        value
+            .extract::<i128>()
+            .map_or_else(|_| OptionValue::Unsupported("an integer past 128 bits".into()), OptionValue::Int)
     } else if value.is_instance_of::<PyFloat>() {
         OptionValue::Float(value.extract()?)
     } else if value.is_instance_of::<PyString>() {
@@ -97,7 +99,8 @@ fn map_key(key: &Bound<'_, PyAny>) -> PyResult<String> {
         return key.extract();
     }
     if key.is_instance_of::<PyInt>() && !key.is_instance_of::<PyBool>() {
-        return Ok(key.str()?.to_string());
+        // Through i128, not `str()`: Python refuses to print an int of thousands of digits.
+        return Ok(key.extract::<i128>().map_or_else(|_| "an integer past 128 bits".to_owned(), |n| n.to_string()));
     }
     Ok(format!("{} {}", type_name(key), key.repr()?))
 }
