@@ -346,6 +346,14 @@ def test_ollama_options_are_renamed_and_their_errors_name_ollamas_field(server, 
     assert message.startswith(field) and wording in message, message
 
 
+def test_vllm_extension_fields_reach_the_engine(server):
+    # `ignore_eos` and `stop_token_ids` (vLLM's) are renamed like OpenAI's own fields.
+    body = {"model": "smollm2", "prompt": "x", "max_tokens": 1, "ignore_eos": "yes"}
+    response = post(server, "/v1/completions", json.dumps(body).encode())
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "ignore_eos"
+
+
 def test_max_completion_tokens_wins_over_max_tokens(server):
     body = {"model": "smollm2", "messages": [{"role": "user", "content": "Count to ten."}], "temperature": 0,
             "max_tokens": 5, "max_completion_tokens": 1}
