@@ -54,7 +54,13 @@ export interface EngineOptions {
   chatTemplate?: string;
 }
 
-/** Sampling, stopping and cancellation options of one request. */
+/**
+ * Sampling, stopping and cancellation options of one request: the core's request options
+ * (`cortexstream::RequestOptions`) in camelCase, plus `signal`. The core reads them, so an
+ * unknown name, a wrong type (a fraction where a count belongs included) or a value out of
+ * range rejects with `code: 'invalid_request'` and `param` naming the option, worded as at
+ * every other door. `null` and `undefined` keep an option's default.
+ */
 export interface GenerateOptions {
   /** Most tokens to generate; default: up to the context window. */
   maxTokens?: number;
@@ -87,7 +93,7 @@ export interface GenerateOptions {
   /** Higher runs first; equal priorities run in arrival order (default 0). */
   priority?: number;
   /** OpenAI's `logit_bias`: token id -> bias in [-100, 100] added to its logit (-100 in effect bans it). */
-  logitBias?: Record<number, number>;
+  logitBias?: Record<number | string, number>;
   /**
    * Output constraints: give at most one. The output then follows it and the request ends with
    * `'stop'` once complete (`'length'` if `maxTokens` runs out first). A constraint that does

@@ -33,6 +33,7 @@ pub(crate) mod memory;
 pub mod metrics;
 #[doc(hidden)]
 pub mod models;
+pub mod options;
 #[doc(hidden)]
 pub mod quant;
 pub mod request;
@@ -49,8 +50,9 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use metrics::{Histogram, MetricsSnapshot};
+pub use options::{OptionValue, RequestOptions};
 pub use request::{
-    ChatMessage, Event, FinishReason, Prompt, Request, SamplingParams, StopReason, Timings, TokenLogprobs, TopLogprob,
-    Usage,
+    ChatMessage, Event, FinishReason, Prompt, Request, SamplerSettings, SamplingParams, StopCriteria, StopReason,
+    Timings, TokenLogprobs, TopLogprob, Usage,
 };
 pub use timeout::WaitLimit;

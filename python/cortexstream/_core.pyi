@@ -3,9 +3,9 @@
 import builtins
 import os
 from types import TracebackType
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union, final
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union, final
 
-from typing_extensions import Self, disjoint_base
+from typing_extensions import Literal, Self, TypedDict, Unpack, disjoint_base
 
 __all__ = [
     "Chunk",
@@ -209,18 +209,53 @@ class Stream:
         traceback: Optional[TracebackType],
     ) -> None: ...
 
+class _JsonSchemaFormat(TypedDict, total=False):
+    name: str
+    schema: Dict[str, Any]
+    strict: bool
+
+class _ResponseFormat(TypedDict, total=False):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: _JsonSchemaFormat
+
+class Sampling(TypedDict, total=False):
+    """The ``**sampling`` keyword arguments of the generation methods: the core's request
+    options (``cortexstream::RequestOptions``), which the core reads and checks. ``None`` keeps
+    a field's default; a wrong type, an unknown name or a value out of range raises
+    ``InvalidRequestError`` naming the field."""
+
+    # What the sampler reads.
+    temperature: Optional[float]
+    top_k: Optional[int]
+    top_p: Optional[float]
+    min_p: Optional[float]
+    repetition_penalty: Optional[float]
+    presence_penalty: Optional[float]
+    frequency_penalty: Optional[float]
+    penalty_last_n: Optional[int]
+    seed: Optional[int]
+    logprobs: Optional[int]
+    logit_bias: Optional[Mapping[Union[int, str], float]]
+    # When to stop.
+    max_tokens: Optional[int]
+    stop: Optional[Union[str, Sequence[str]]]
+    stop_token_ids: Optional[Sequence[int]]
+    ignore_eos: Optional[bool]
+    # Scheduling.
+    priority: Optional[int]
+    # At most one output constraint. A Pydantic model class (``json_schema``,
+    # ``response_format``) stands for its JSON schema.
+    json_schema: Optional[Union[Dict[str, Any], str, type]]
+    regex: Optional[str]
+    grammar: Optional[str]
+    choices: Optional[Sequence[str]]
+    response_format: Optional[Union[_ResponseFormat, Dict[str, Any], type]]
+
 @disjoint_base
 class Engine:
     """A loaded model serving requests from any thread (paths only; see ``cortexstream.Engine``).
 
-    ``**sampling`` of the generation methods: ``max_tokens``, ``temperature``, ``top_k``,
-    ``top_p``, ``min_p``, ``repetition_penalty``, ``presence_penalty``, ``frequency_penalty``,
-    ``penalty_last_n``, ``seed``, ``stop`` (str or list of str), ``stop_token_ids`` (list of
-    int), ``ignore_eos`` (bool), ``logprobs`` (int), ``priority`` (int) and ``logit_bias``
-    (``Mapping[int | str, float]``: OpenAI's token id -> bias in [-100, 100]), and at most one
-    constraint: ``json_schema`` (dict, JSON str or Pydantic model class), ``regex`` (str),
-    ``grammar`` (Lark str), ``choices`` (list of str) or ``response_format`` (OpenAI's dict
-    or a Pydantic model class). ``max_queue``
+    ``**sampling`` of the generation methods: see :class:`Sampling`. ``max_queue``
     bounds the requests waiting for a slot; past it submits raise ``OverloadedError``.
     ``threads`` is at most 4 per available CPU. A setting out of range (a negative size, a
     KV cache larger than memory) raises ``InvalidRequestError`` naming it.
@@ -240,13 +275,13 @@ class Engine:
         max_queue: Optional[int] = None,
         chat_template: Optional[str] = None,
     ) -> Self: ...
-    def generate(self, prompt: Union[str, List[int]], **sampling: Any) -> Completion:
+    def generate(self, prompt: Union[str, List[int]], **sampling: Unpack[Sampling]) -> Completion:
         """Generates a completion for a text or token-id prompt."""
-    def chat(self, messages: Sequence[Dict[str, str]], **sampling: Any) -> Completion:
+    def chat(self, messages: Sequence[Dict[str, str]], **sampling: Unpack[Sampling]) -> Completion:
         """Generates the assistant's reply to chat messages."""
-    def stream(self, prompt: Union[str, List[int]], **sampling: Any) -> Stream:
+    def stream(self, prompt: Union[str, List[int]], **sampling: Unpack[Sampling]) -> Stream:
         """Submits a text or token-id prompt and returns its chunks as they are generated."""
-    def stream_chat(self, messages: Sequence[Dict[str, str]], **sampling: Any) -> Stream:
+    def stream_chat(self, messages: Sequence[Dict[str, str]], **sampling: Unpack[Sampling]) -> Stream:
         """Submits chat messages and returns the reply's chunks as they are generated."""
     def embed(self, texts: Union[str, Sequence[str]]) -> List[List[float]]:
         """Unit-length embedding vectors, one per text."""

@@ -14,6 +14,9 @@ from .errors import ModelNotFoundError
 
 if TYPE_CHECKING:
     import numpy
+    from typing_extensions import Unpack
+
+    from ._core import Sampling
 
 PathLike = Union[str, "os.PathLike[str]"]
 Prompt = Union[str, List[int]]
@@ -46,8 +49,10 @@ class Engine(_core.Engine):
     (OpenAI's dict, or a Pydantic model class); the output then follows it and ends with
     ``"stop"`` when complete, ``"length"`` if ``max_tokens`` runs out first. A constraint that
     does not compile raises :class:`InvalidRequestError` naming the argument.
-    ``None`` for any of them means its default. A wrong type raises ``TypeError`` naming the
-    argument; a value out of range raises :class:`InvalidRequestError` with ``param`` set.
+    ``None`` for any of them means its default. The core reads them: an unknown name, a wrong
+    type or a value out of range raises :class:`InvalidRequestError` with ``param`` set (typed
+    as ``cortexstream._core.Sampling``, a ``TypedDict``). A prompt or messages of the wrong
+    type raise ``TypeError``.
 
     Use it as a context manager, or call :meth:`close`, to free the model deterministically.
     """
@@ -86,20 +91,20 @@ class Engine(_core.Engine):
         vectors = super().embed(texts)
         return _as_array(vectors, self.model_info.embedding_dim) if as_numpy else vectors
 
-    def astream(self, prompt: Prompt, **sampling: Any) -> AsyncStream:
+    def astream(self, prompt: Prompt, **sampling: Unpack[Sampling]) -> AsyncStream:
         """Submits a text or token-id prompt now; iterate the result with ``async for``."""
         return AsyncStream(self.stream(prompt, **sampling))
 
-    def astream_chat(self, messages: Messages, **sampling: Any) -> AsyncStream:
+    def astream_chat(self, messages: Messages, **sampling: Unpack[Sampling]) -> AsyncStream:
         """Submits chat messages now; iterate the reply with ``async for``."""
         return AsyncStream(self.stream_chat(messages, **sampling))
 
-    async def agenerate(self, prompt: Prompt, **sampling: Any) -> Completion:
+    async def agenerate(self, prompt: Prompt, **sampling: Unpack[Sampling]) -> Completion:
         """Like :meth:`generate` without blocking the event loop; cancelling the task
         cancels the request."""
         return await self.astream(prompt, **sampling).wait()
 
-    async def achat(self, messages: Messages, **sampling: Any) -> Completion:
+    async def achat(self, messages: Messages, **sampling: Unpack[Sampling]) -> Completion:
         """Like :meth:`chat` without blocking the event loop; cancelling the task cancels
         the request."""
         return await self.astream_chat(messages, **sampling).wait()

@@ -1,13 +1,13 @@
 //! The two params structs callers fill (`cs_engine_params`, `cs_sampling_params`), their
-//! defaults, and their conversion to the core's `EngineConfig` and `SamplingParams`.
-//! Range checks of sampling values stay in the core; here only what C's types add
-//! (sentinels like -1, signed counts, NULL strings) is checked.
+//! defaults, and their conversion to the core's `EngineConfig` and `RequestOptions`.
+//! Types and ranges of sampling values are checked by the core; here only what C's types add
+//! (sentinels like -1, NULL strings, the constraint kind) is handled.
 
 use std::ffi::c_char;
 use std::mem::size_of;
 use std::path::PathBuf;
 
-use cortexstream::{Constraint, EngineConfig, SamplingParams};
+use cortexstream::{Constraint, EngineConfig, OptionValue, RequestOptions, SamplingParams};
 
 use crate::args::{c_str, c_str_array, optional_c_str, slice, SizedParams};
 use crate::status::Failure;
@@ -219,41 +219,50 @@ impl cs_engine_params {
 }
 
 impl cs_sampling_params {
-    /// The core sampling params these describe (the core validates their ranges at submit).
+    /// The core request options these describe: the one conversion of the C struct. The
+    /// fields become the core's language-neutral value, which the core reads as it reads every
+    /// door's (so a negative `top_k` gets the same message as in Python); only C's sentinels
+    /// (-1, `CS_SEED_RANDOM`) and the constraint kind are C's own.
     ///
     /// # Safety
     /// `stop`, `stop_token_ids`, `logit_bias_ids` and `logit_bias_values` must be NULL or hold
-    /// their stated number of valid elements.
-    pub(crate) unsafe fn to_core(self) -> Result<SamplingParams, Failure> {
-        let top_k = u32::try_from(self.top_k)
-            .map_err(|_| Failure::invalid("top_k", format!("must be >= 0 (0 disables it), got {}", self.top_k)))?;
-        let max_tokens = optional_count(self.max_tokens, "max_tokens")?;
-        let logprobs = optional_count(i64::from(self.logprobs), "logprobs")?;
+    /// their stated number of valid elements; `constraint` must be NULL or NUL-terminated.
+    pub(crate) unsafe fn to_options(self) -> Result<RequestOptions, Failure> {
         // SAFETY (all four): forwarded caller contract.
         let stop = unsafe { c_str_array(self.stop, self.stop_len, "stop")? };
         let stop_token_ids = unsafe { slice(self.stop_token_ids, self.stop_token_ids_len, "stop_token_ids")? };
         let bias_ids = unsafe { slice(self.logit_bias_ids, self.logit_bias_len, "logit_bias")? };
         let bias_values = unsafe { slice(self.logit_bias_values, self.logit_bias_len, "logit_bias")? };
+        let int = |n: i128| OptionValue::Int(n);
+        let float = |x: f32| OptionValue::Float(f64::from(x));
+        let fields = vec![
+            ("temperature", float(self.temperature)),
+            ("top_k", int(self.top_k.into())),
+            ("top_p", float(self.top_p)),
+            ("min_p", float(self.min_p)),
+            ("repetition_penalty", float(self.repetition_penalty)),
+            ("presence_penalty", float(self.presence_penalty)),
+            ("frequency_penalty", float(self.frequency_penalty)),
+            ("penalty_last_n", int(self.penalty_last_n as i128)),
+            ("seed", if self.seed == CS_SEED_RANDOM { OptionValue::Null } else { int(self.seed.into()) }),
+            ("max_tokens", unset_if_minus_one(self.max_tokens)),
+            ("stop", OptionValue::List(stop.into_iter().map(|s| OptionValue::Str(s.to_owned())).collect())),
+            ("stop_token_ids", OptionValue::List(stop_token_ids.iter().map(|&id| int(id.into())).collect())),
+            ("ignore_eos", OptionValue::Bool(self.ignore_eos)),
+            ("logprobs", unset_if_minus_one(self.logprobs.into())),
+            ("priority", int(self.priority.into())),
+            (
+                "logit_bias",
+                OptionValue::Map(
+                    bias_ids.iter().zip(bias_values).map(|(id, &bias)| (id.to_string(), float(bias))).collect(),
+                ),
+            ),
+        ];
+        let value = OptionValue::Map(fields.into_iter().map(|(name, value)| (name.to_owned(), value)).collect());
+        let mut options = RequestOptions::from_value(value)?;
         // SAFETY: forwarded caller contract.
-        let constraint = unsafe { self.constraint()? };
-        Ok(SamplingParams {
-            temperature: self.temperature,
-            top_k,
-            top_p: self.top_p,
-            min_p: self.min_p,
-            repetition_penalty: self.repetition_penalty,
-            presence_penalty: self.presence_penalty,
-            frequency_penalty: self.frequency_penalty,
-            penalty_last_n: self.penalty_last_n,
-            seed: (self.seed != CS_SEED_RANDOM).then_some(self.seed),
-            max_tokens,
-            stop: stop.into_iter().map(str::to_owned).collect(),
-            stop_token_ids: stop_token_ids.to_vec(),
-            ignore_eos: self.ignore_eos,
-            logprobs,
-            logit_bias: bias_ids.iter().copied().zip(bias_values.iter().copied()).collect(),
-            constraint,
-        })
+        options.sampling.constraint = unsafe { self.constraint()? };
+        Ok(options)
     }
 
     /// The core constraint of `constraint_kind` and `constraint` (the core parses the text).
@@ -281,13 +290,12 @@ impl cs_sampling_params {
     }
 }
 
-/// A C count where -1 means "not set". Other negatives are errors; 0 passes through so the
-/// core reports it with its own message (e.g. "max_tokens must be at least 1").
-fn optional_count(value: i64, param: &'static str) -> Result<Option<usize>, Failure> {
+/// A C count where -1 means "not set"; any other value goes to the core, which refuses other
+/// negatives with the message every door gives and 0 with its own (e.g. "max_tokens must be at
+/// least 1").
+fn unset_if_minus_one(value: i64) -> OptionValue {
     match value {
-        -1 => Ok(None),
-        n => usize::try_from(n)
-            .map(Some)
-            .map_err(|_| Failure::invalid(param, format!("must be -1 (not set) or >= 0, got {n}"))),
+        -1 => OptionValue::Null,
+        n => OptionValue::Int(n.into()),
     }
 }

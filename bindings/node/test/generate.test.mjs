@@ -146,13 +146,26 @@ describe('invalid options', () => {
     await assert.rejects(engine.generate(tooLong), { code: 'context_length_exceeded' });
   });
 
-  test('a fraction where a count belongs is a TypeError naming the option', async () => {
-    await assert.rejects(engine.generate('hello', { maxTokens: 2.5 }), (error) => {
-      assert.ok(error instanceof TypeError);
-      assert.equal(error.code, 'invalid_type');
-      assert.equal(error.param, 'maxTokens');
+  test('a fraction or an unsafe integer where a count belongs is invalid, naming the option', async () => {
+    // The core reads the options: the same code and wording as the Python, C and REST doors.
+    for (const [maxTokens, wording] of [[2.5, 'floating point `2.5`'], [2 ** 64, 'floating point']]) {
+      await assert.rejects(engine.generate('hello', { maxTokens }), (error) => {
+        assert.equal(error.code, 'invalid_request', error.message);
+        assert.equal(error.param, 'maxTokens');
+        assert.ok(error.message.includes(wording), error.message);
+        return true;
+      });
+    }
+  });
+
+  test('an unknown option is named, and `signal` is not one', async () => {
+    await assert.rejects(engine.generate('hello', { maxTokenz: 2 }), (error) => {
+      assert.equal(error.code, 'invalid_request');
+      assert.ok(error.message.includes('unknown option `max_tokenz`'), error.message);
       return true;
     });
+    const completion = await engine.generate('hello', { maxTokens: 1, signal: new AbortController().signal });
+    assert.equal(completion.tokenIds.length, 1);
   });
 
   test('a stream with invalid options fails when iterated', async () => {

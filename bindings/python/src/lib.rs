@@ -4,7 +4,6 @@
 //! place (`errors`), and moves events to Python threads with the GIL released while waiting.
 //! The friendly layer (model names, asyncio, numpy) is plain Python in `python/cortexstream`.
 
-mod constraint;
 mod engine;
 mod errors;
 mod options;
