@@ -29,6 +29,7 @@ pub(crate) mod memory;
 pub mod metrics;
 pub mod models;
 pub mod quant;
+pub mod registry;
 pub mod request;
 pub mod sampling;
 pub mod threadpool;
@@ -45,4 +46,5 @@ pub use metrics::{Histogram, MetricsSnapshot};
 pub use request::{
     ChatMessage, Event, FinishReason, Prompt, Request, SamplingParams, Timings, TokenLogprobs, TopLogprob, Usage,
 };
+pub use registry::{KeepAlive, ModelLease, ModelSpec, Registry, RegistryError, RegistryOptions, ServedModel};
 pub use timeout::WaitLimit;
