@@ -161,6 +161,8 @@ fn keep_alive_zero_unloads_when_the_last_request_ends() {
     let completion = first.engine().unwrap().generate(greedy("Hello", 4)).unwrap();
     assert_eq!(completion.finish_reason, FinishReason::Length);
     drop(first);
+    // Unloaded by the lease's end itself (`memory_bytes` does not expire anything).
+    assert_eq!(registry.memory_bytes(), 0);
     assert!(loaded_names(&registry).is_empty());
     assert!(engine.upgrade().is_none(), "the engine was freed");
 }
