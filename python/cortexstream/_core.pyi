@@ -218,6 +218,7 @@ class Engine:
         threads: Optional[int] = None,
         max_queue: Optional[int] = None,
         chat_template: Optional[str] = None,
+        _lease: Optional[Lease] = None,
     ) -> Self: ...
     def generate(self, prompt: Union[str, List[int]], **sampling: Any) -> Completion:
         """Generates a completion for a text or token-id prompt."""
@@ -285,9 +286,9 @@ class Lease:
     @property
     def is_embedding(self) -> bool: ...
     @property
-    def engine(self) -> Optional[Engine]:
-        """The generation engine (``None`` for an embedding model); its ``close()`` leaves the
-        model to the registry."""
+    def engine(self) -> Optional[Any]:
+        """The generation engine as a ``cortexstream.Engine`` (with its asyncio methods),
+        ``None`` for an embedding model; its ``close()`` leaves the model to the registry."""
     def embed(self, texts: Union[str, Sequence[str]]) -> List[List[float]]:
         """Unit-length embedding vectors, one per text."""
     def embed_with_usage(self, texts: Union[str, Sequence[str]]) -> Tuple[List[List[float]], int]:

@@ -91,3 +91,18 @@ def test_a_request_racing_an_unload_is_served(registry):
     lease.release()
     with pytest.raises(cortexstream.EngineClosedError):
         lease.embed("x")
+
+
+def test_a_leased_engine_is_a_full_engine_that_close_does_not_stop(registry):
+    import asyncio
+
+    with registry.get("small") as lease:
+        engine = lease.engine
+        assert isinstance(engine, cortexstream.Engine)
+        completion = asyncio.run(engine.agenerate("Hello", max_tokens=3, temperature=0, ignore_eos=True))
+        assert completion.usage.completion_tokens == 3
+        engine.close()  # the registry owns the model: this leaves it running
+        assert not engine.closed
+        assert lease.engine.generate("Hi", max_tokens=2, ignore_eos=True).usage.completion_tokens == 2
+    with registry.get("minilm") as minilm:
+        assert minilm.engine is None

@@ -11,6 +11,7 @@ use pyo3::types::{PyDict, PyString, PyType};
 use crate::errors::to_py_err;
 use crate::options::{chat_messages, number, raw_prompt, request};
 use crate::records::{Completion, ModelInfo};
+use crate::registry::Lease;
 use crate::stream::Stream;
 
 /// A loaded model serving requests from any thread. Arguments left as `None` take the
@@ -39,7 +40,7 @@ impl std::ops::Deref for EngineRef {
 
 impl Engine {
     /// A Python engine over a registry's model (see `Lease.engine`).
-    pub(crate) fn lent(engine: Arc<cortexstream::Engine>) -> Self {
+    fn lent(engine: Arc<cortexstream::Engine>) -> Self {
         Self { engine: EngineRef::Lent(engine) }
     }
 }
@@ -68,7 +69,7 @@ impl Engine {
     #[new]
     #[pyo3(signature = (
         model, *, tokenizer=None, embedding_model=None, max_running=None, max_batch_tokens=None,
-        kv_cache_tokens=None, context_length=None, threads=None, max_queue=None, chat_template=None,
+        kv_cache_tokens=None, context_length=None, threads=None, max_queue=None, chat_template=None, _lease=None,
     ))]
     #[allow(clippy::too_many_arguments)] // mirrors the Python keyword arguments one to one
     fn new(
@@ -83,7 +84,13 @@ impl Engine {
         threads: Option<&Bound<'_, PyAny>>,
         max_queue: Option<&Bound<'_, PyAny>>,
         chat_template: Option<String>,
+        _lease: Option<PyRef<'_, Lease>>,
     ) -> PyResult<Self> {
+        // `Lease.engine` builds the `cortexstream.Engine` subclass (with its asyncio methods)
+        // over a registry's engine this way; the other arguments are then ignored.
+        if let Some(lease) = _lease {
+            return lease.generation_engine().map(Self::lent);
+        }
         let config = engine_config(
             model,
             tokenizer,

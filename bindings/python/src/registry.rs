@@ -2,13 +2,13 @@
 //! unloading release the GIL.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
 
 use cortexstream::registry::{KeepAlive, ModelLease, ModelSource, ModelSpec, RegistryOptions, ServedModel};
 use cortexstream::Error;
 use pyo3::prelude::*;
-use pyo3::types::{PyString, PyType};
+use pyo3::types::{PyDict, PyString, PyType};
 
 use crate::engine::{engine_config, Engine};
 use crate::errors::to_py_err;
@@ -166,6 +166,14 @@ impl From<cortexstream::registry::LoadedModel> for LoadedModel {
 }
 
 impl Lease {
+    /// The leased generation engine; an embedding model has none (`NoEmbeddingModel`'s
+    /// counterpart: an invalid `model`).
+    pub(crate) fn generation_engine(&self) -> PyResult<Arc<cortexstream::Engine>> {
+        self.served()?.engine().cloned().ok_or_else(|| {
+            to_py_err(Error::invalid("model", format!("`{}` is an embedding model and cannot generate text", self.name)))
+        })
+    }
+
     fn served(&self) -> PyResult<ServedModel> {
         let lease = self.lease.lock().unwrap_or_else(|e| e.into_inner());
         lease.as_ref().map(|l| l.model().clone()).ok_or_else(|| to_py_err(Error::EngineClosed))
@@ -184,11 +192,20 @@ impl Lease {
         self.is_embedding
     }
 
-    /// The generation engine (`None` for an embedding model). Its `close()` leaves the model
-    /// to the registry.
+    /// The generation engine as a `cortexstream.Engine` (with its asyncio methods), `None` for
+    /// an embedding model. Its `close()` leaves the model to the registry.
     #[getter]
-    fn engine(&self) -> PyResult<Option<Engine>> {
-        Ok(self.served()?.engine().cloned().map(Engine::lent))
+    fn engine<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        if slf.get().served()?.engine().is_none() {
+            return Ok(None);
+        }
+        let py = slf.py();
+        let subclass = py.import("cortexstream")?.getattr("Engine")?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("_lease", slf)?;
+        // The compiled `__new__` with the subclass allocates the subclass (no `__init__` runs).
+        let new = py.get_type::<Engine>().getattr("__new__")?;
+        new.call((subclass, ""), Some(&kwargs)).map(Some)
     }
 
     /// Unit-length embedding vectors, one per text.
