@@ -43,8 +43,8 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use metrics::{Histogram, MetricsSnapshot};
+pub use registry::{KeepAlive, ModelLease, ModelSpec, Registry, RegistryError, RegistryOptions, ServedModel};
 pub use request::{
     ChatMessage, Event, FinishReason, Prompt, Request, SamplingParams, Timings, TokenLogprobs, TopLogprob, Usage,
 };
-pub use registry::{KeepAlive, ModelLease, ModelSpec, Registry, RegistryError, RegistryOptions, ServedModel};
 pub use timeout::WaitLimit;

@@ -213,7 +213,8 @@ fn a_request_racing_an_unload_is_served() {
 
 #[test]
 fn the_reaper_thread_unloads_expired_models_without_being_asked() {
-    let options = RegistryOptions { default_keep_alive: KeepAlive::For(Duration::from_millis(50)), ..Default::default() };
+    let options =
+        RegistryOptions { default_keep_alive: KeepAlive::For(Duration::from_millis(50)), ..Default::default() };
     let registry = Registry::new(options);
     registry.register(ModelSpec::embedding("minilm", common::minilm_dir())).unwrap();
     registry.load("minilm", None).unwrap();

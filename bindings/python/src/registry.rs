@@ -170,7 +170,10 @@ impl Lease {
     /// counterpart: an invalid `model`).
     pub(crate) fn generation_engine(&self) -> PyResult<Arc<cortexstream::Engine>> {
         self.served()?.engine().cloned().ok_or_else(|| {
-            to_py_err(Error::invalid("model", format!("`{}` is an embedding model and cannot generate text", self.name)))
+            to_py_err(Error::invalid(
+                "model",
+                format!("`{}` is an embedding model and cannot generate text", self.name),
+            ))
         })
     }
 
@@ -218,9 +221,8 @@ impl Lease {
         let texts: Vec<String> =
             if texts.is_instance_of::<PyString>() { vec![texts.extract()?] } else { texts.extract()? };
         let model = self.served()?;
-        let embeddings = py
-            .detach(|| model.embed(&texts.iter().map(String::as_str).collect::<Vec<_>>()))
-            .map_err(to_py_err)?;
+        let embeddings =
+            py.detach(|| model.embed(&texts.iter().map(String::as_str).collect::<Vec<_>>())).map_err(to_py_err)?;
         Ok((embeddings.vectors, embeddings.prompt_tokens))
     }
 

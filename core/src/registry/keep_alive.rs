@@ -32,9 +32,7 @@ impl KeepAlive {
         if seconds < 0.0 {
             return Ok(Self::Forever);
         }
-        Duration::try_from_secs_f64(seconds)
-            .map(Self::For)
-            .map_err(|_| invalid(&seconds.to_string(), "is too large"))
+        Duration::try_from_secs_f64(seconds).map(Self::For).map_err(|_| invalid(&seconds.to_string(), "is too large"))
     }
 
     /// Parses what Ollama clients send: a number of seconds (`300`, `-1`, `0`) or a Go

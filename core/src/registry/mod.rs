@@ -359,9 +359,10 @@ fn validate_name(name: &str) -> Result<(), RegistryError> {
 
 impl State {
     fn require_registered(&self, name: &str) -> Result<&Registered, RegistryError> {
-        self.specs
-            .get(name)
-            .ok_or_else(|| RegistryError::UnknownModel { name: name.to_string(), known: self.specs.keys().cloned().collect() })
+        self.specs.get(name).ok_or_else(|| RegistryError::UnknownModel {
+            name: name.to_string(),
+            known: self.specs.keys().cloned().collect(),
+        })
     }
 
     fn loaded_bytes(&self) -> u64 {

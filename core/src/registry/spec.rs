@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::engine::sequence::panic_message;
-use crate::engine::{EngineConfig, Embeddings};
+use crate::engine::{Embeddings, EngineConfig};
 use crate::error::{Error, Result};
 use crate::models::bert::BertEmbedder;
 use crate::threadpool::{default_thread_count, ThreadPool};
