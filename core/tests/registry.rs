@@ -143,6 +143,20 @@ fn keep_alive_counts_from_the_end_of_the_last_request() {
     clock.advance(Duration::from_secs(1));
     assert_eq!(registry.reap(), ["small"]);
 
+    // Any access expires the others (no reaper thread here); the model asked for, expired
+    // but still in memory, is reused.
+    registry.load("small", None).unwrap();
+    clock.advance(Duration::from_secs(301));
+    let small = registry.get("small", None).unwrap();
+    let engine = Arc::clone(small.engine().unwrap());
+    drop(small);
+    clock.advance(Duration::from_secs(301));
+    registry.load("minilm", None).unwrap();
+    assert_eq!(registry.memory_bytes(), registry.get("minilm", None).unwrap().memory_bytes(), "small expired");
+    assert_eq!(Arc::strong_count(&engine), 1, "the registry let go of small");
+    drop(engine);
+    registry.unload("minilm").unwrap();
+
     // Negative (forever): never unloaded for being idle.
     registry.load("large", Some(KeepAlive::parse("-1").unwrap())).unwrap();
     clock.advance(Duration::from_secs(365 * 24 * 3600));

@@ -424,17 +424,25 @@ impl Inner {
     }
 
     fn get(self: &Arc<Self>, name: &str, keep_alive: Option<KeepAlive>) -> Result<ModelLease, RegistryError> {
-        let load_lock = {
+        let (load_lock, expired) = {
             let mut state = self.lock();
             if state.closed {
                 return Err(RegistryError::Closed);
             }
             let load_lock = Arc::clone(&state.require_registered(name)?.load_lock);
+            // Expire on access: the other models idle past their keep-alive go now. The one
+            // asked for is still in memory, so it is reused rather than reloaded.
+            let mut expired = state.take_expired(self.clock.now());
+            if let Some(index) = expired.iter().position(|(expired_name, _)| expired_name == name) {
+                let (name, slot) = expired.swap_remove(index);
+                state.loaded.insert(name, slot);
+            }
             if let Some(lease) = state.lease(name, keep_alive, self.weak()) {
                 return Ok(lease);
             }
-            load_lock
+            (load_lock, expired)
         };
+        drop(expired);
         // One load per model at a time; whoever waited here finds it loaded.
         let _loading = load_lock.lock().unwrap_or_else(|e| e.into_inner());
         let (spec, evicted) = {
