@@ -36,6 +36,7 @@ pub mod models;
 pub mod options;
 #[doc(hidden)]
 pub mod quant;
+pub mod registry;
 pub mod request;
 #[doc(hidden)]
 pub mod sampling;
@@ -51,6 +52,7 @@ pub use engine::{
 pub use error::{Error, Result};
 pub use metrics::{Histogram, MetricsSnapshot};
 pub use options::{OptionValue, RequestOptions};
+pub use registry::{KeepAlive, ModelLease, ModelSpec, Registry, RegistryError, RegistryOptions, ServedModel};
 pub use request::{
     ChatMessage, Event, FinishReason, Prompt, Request, SamplerSettings, SamplingParams, StopCriteria, StopReason,
     Timings, TokenLogprobs, TopLogprob, Usage,

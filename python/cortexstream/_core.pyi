@@ -11,7 +11,10 @@ __all__ = [
     "Chunk",
     "Completion",
     "Engine",
+    "Lease",
+    "LoadedModel",
     "ModelInfo",
+    "Registry",
     "StopReason",
     "Stream",
     "Timings",
@@ -274,6 +277,7 @@ class Engine:
         threads: Optional[int] = None,
         max_queue: Optional[int] = None,
         chat_template: Optional[str] = None,
+        _lease: Optional[Lease] = None,
     ) -> Self: ...
     def generate(self, prompt: Union[str, List[int]], **sampling: Unpack[Sampling]) -> Completion:
         """Generates a completion for a text or token-id prompt."""
@@ -303,6 +307,100 @@ class Engine:
         """Whether :meth:`close` has been called."""
     def close(self) -> None:
         """Cancels in-flight requests, stops the engine thread and frees the model."""
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc_value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None: ...
+
+#: Ollama's keep-alive: seconds (negative: forever, 0: unload when idle) or a duration like ``"5m"``.
+_KeepAlive = Union[float, str, None]
+
+@final
+class LoadedModel:
+    """A model a :class:`Registry` has loaded."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def is_embedding(self) -> bool: ...
+    @property
+    def memory_bytes(self) -> int:
+        """Weight files plus KV cache."""
+    @property
+    def active_requests(self) -> int:
+        """Leases held on it now."""
+    @property
+    def expires_at(self) -> Optional[float]:
+        """Unix time it unloads if unused; ``None``: never."""
+
+@final
+class Lease:
+    """A hold on a registry model: it stays loaded, and its requests run, until :meth:`release`."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def is_embedding(self) -> bool: ...
+    @property
+    def engine(self) -> Optional[Any]:
+        """The generation engine as a ``cortexstream.Engine`` (with its asyncio methods),
+        ``None`` for an embedding model; its ``close()`` leaves the model to the registry."""
+    def embed(self, texts: Union[str, Sequence[str]]) -> List[List[float]]:
+        """Unit-length embedding vectors, one per text."""
+    def embed_with_usage(self, texts: Union[str, Sequence[str]]) -> Tuple[List[List[float]], int]:
+        """Embedding vectors and the number of tokens they consumed."""
+    def release(self) -> None:
+        """Ends the hold; the model's keep-alive countdown starts. Idempotent."""
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc_value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None: ...
+
+@disjoint_base
+class Registry:
+    """Several models by name (paths only; see ``cortexstream.Registry``), each its own engine,
+    loaded on first use, unloaded when idle past ``keep_alive`` or, least recently used
+    first, to stay within ``memory_budget_bytes``. A model in use is never unloaded under a
+    request: unloading only drops the registry's hold."""
+
+    def __new__(cls, *, memory_budget_bytes: Optional[int] = None, keep_alive: _KeepAlive = None) -> Self: ...
+    def register(
+        self,
+        name: str,
+        model: Union[str, os.PathLike[str]],
+        *,
+        embedding: bool = False,
+        keep_alive: _KeepAlive = None,
+        tokenizer: Optional[Union[str, os.PathLike[str]]] = None,
+        embedding_model: Optional[Union[str, os.PathLike[str]]] = None,
+        max_running: Optional[int] = None,
+        max_batch_tokens: Optional[int] = None,
+        kv_cache_tokens: Optional[int] = None,
+        context_length: Optional[int] = None,
+        threads: Optional[int] = None,
+        max_queue: Optional[int] = None,
+        chat_template: Optional[str] = None,
+    ) -> None:
+        """Registers a GGUF generation model, or with ``embedding=True`` a sentence-transformers
+        folder, under ``name``; loads nothing yet."""
+    def names(self) -> List[str]:
+        """The registered names, sorted."""
+    def get(self, name: str, keep_alive: _KeepAlive = None) -> Lease:
+        """The model ``name``, loaded now if needed; hold the lease while using it."""
+    def load(self, name: str, keep_alive: _KeepAlive = None) -> None:
+        """Loads ``name`` if needed and starts its keep-alive countdown."""
+    def unload(self, name: str) -> bool:
+        """Unloads ``name`` now (leased requests finish first); whether it was loaded."""
+    def loaded(self) -> List[LoadedModel]:
+        """The loaded models, by name, after unloading the expired ones."""
+    def close(self) -> None:
+        """Unloads every model; later calls to :meth:`get` raise ``EngineClosedError``."""
     def __enter__(self) -> Self: ...
     def __exit__(
         self,

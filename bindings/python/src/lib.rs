@@ -8,6 +8,7 @@ mod engine;
 mod errors;
 mod options;
 mod records;
+mod registry;
 mod stream;
 
 use pyo3::prelude::*;
@@ -23,6 +24,9 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<records::Timings>()?;
     module.add_class::<records::TokenLogprobs>()?;
     module.add_class::<records::ModelInfo>()?;
+    module.add_class::<registry::Registry>()?;
+    module.add_class::<registry::Lease>()?;
+    module.add_class::<registry::LoadedModel>()?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

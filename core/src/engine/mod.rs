@@ -69,6 +69,8 @@ struct Shared {
     constraints: ConstraintCompiler,
     /// How the token masks of constrained sequences were computed (beside the forward or late).
     mask_counters: Arc<MaskCounters>,
+    /// See [`Engine::memory_bytes`].
+    memory_bytes: u64,
 }
 
 /// A loaded model serving requests on its own thread. `Send + Sync`: share it with `Arc`.
@@ -112,7 +114,8 @@ impl Engine {
         let mc = &model.shape();
         let num_blocks = config.kv_cache_tokens / config.block_size;
         let sliding_blocks = mc.sliding_window.map(|window| sliding_pool_blocks(&config, window, num_blocks));
-        kv_cache_bytes(num_blocks, sliding_blocks.unwrap_or(0), config.block_size, mc)?;
+        let kv_bytes = kv_cache_bytes(num_blocks, sliding_blocks.unwrap_or(0), config.block_size, mc)?;
+        let memory_bytes = resident_estimate(&config, kv_bytes);
         let kv_capacity_tokens = num_blocks * config.block_size;
         let context_length =
             config.context_length.unwrap_or(mc.context_length).min(mc.context_length).min(kv_capacity_tokens);
@@ -171,6 +174,7 @@ impl Engine {
             pool,
             constraints: ConstraintCompiler::default(),
             mask_counters: Arc::default(),
+            memory_bytes,
         });
         let worker = StepLoop::new(Arc::clone(&shared), model, kv, scheduler, command_rx);
         let thread = std::thread::Builder::new()
@@ -230,6 +234,12 @@ impl Engine {
 
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.shared.tokenizer
+    }
+
+    /// Memory the engine holds, in bytes: the model files' sizes (the weights are loaded
+    /// from them) plus the KV cache. What a model registry budgets and `/api/ps` reports.
+    pub fn memory_bytes(&self) -> u64 {
+        self.shared.memory_bytes
     }
 
     pub fn metrics(&self) -> MetricsSnapshot {
@@ -316,6 +326,13 @@ impl Engine {
     pub fn constraint_mask_counts(&self) -> MaskCounts {
         self.shared.mask_counters.counts()
     }
+}
+
+/// The bytes an engine holds: its weight files plus the KV cache (see [`Engine::memory_bytes`]).
+fn resident_estimate(config: &EngineConfig, kv_bytes: usize) -> u64 {
+    let weights = std::fs::metadata(&config.model).map_or(0, |m| m.len());
+    let embedding = config.embedding_model.as_deref().map_or(0, crate::memory::files_bytes);
+    weights + embedding + kv_bytes as u64
 }
 
 impl Drop for Engine {
