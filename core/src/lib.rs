@@ -33,6 +33,7 @@ pub mod request;
 pub mod sampling;
 pub(crate) mod scheduler;
 pub(crate) mod sequence;
+pub(crate) mod step_budget;
 pub mod threadpool;
 pub mod timeout;
 pub mod tokenizer;
