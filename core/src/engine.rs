@@ -25,17 +25,26 @@ use crate::models::{GenerationModel, ModelShape};
 use crate::request::{ChatMessage, Event, FinishReason, Prompt, Request, Timings, TokenLogprobs, Usage};
 use crate::sampling::Sampler;
 use crate::scheduler::{ScheduledChunk, Scheduler, SchedulerConfig, SlidingPool};
+use crate::step_budget::StepBudget;
 use crate::sequence::{panic_message, Delivery, EventCallback, EventSink, FinalEvent, QueueSlot, Sequence};
 use crate::threadpool::{default_thread_count, ThreadPool};
 use crate::tokenizer::Tokenizer;
 
-/// Default of [`EngineConfig::max_prefill_tokens`].
-const DEFAULT_MAX_PREFILL_TOKENS: usize = 64;
+/// Default of [`EngineConfig::max_batch_tokens`] and [`EngineConfig::max_prefill_tokens`].
+const DEFAULT_MAX_BATCH_TOKENS: usize = 2048;
 
-/// Steps in a row a running decode may sit out while a short backlog of prompt work is
-/// pending: enough for a burst of queued short prompts to get their first tokens first,
-/// bounded so decodes never starve (a long prompt never defers them: see the scheduler).
-const MAX_DECODE_DEFERRAL: u32 = 8;
+/// Default of [`EngineConfig::target_step_ms`].
+pub const DEFAULT_TARGET_STEP_MS: f64 = 50.0;
+
+/// Largest accepted token budget: far beyond any context window, so a bigger value is a typo.
+const MAX_TOKENS_PER_STEP: usize = 1 << 20;
+
+/// Largest accepted step target (10 s): a step that long is no streaming at all.
+const MAX_TARGET_STEP_MS: f64 = 10_000.0;
+
+/// Prompt tokens every step carries even when its decodes use up the budget, so a prompt
+/// always progresses (one KV block's worth).
+const MIN_PREFILL_TOKENS: usize = 16;
 
 /// How the engine is built. [`EngineConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
@@ -49,11 +58,19 @@ pub struct EngineConfig {
     pub embedding_model: Option<PathBuf>,
     /// Most sequences in the running batch (default 32).
     pub max_running: usize,
-    /// Token budget of one step: decode tokens plus prompt chunks (default 2048).
+    /// Token budget of one step, its decode tokens and prompt chunks together (vLLM's
+    /// `max_num_batched_tokens`): the budget itself without a `target_step_ms`, its ceiling
+    /// with one (default 2048, at most 2^20). Every running decode is in every step, whatever
+    /// the budget; prompts are prefilled in chunks of what the decodes leave (at least 16
+    /// tokens, so a prompt always progresses).
     pub max_batch_tokens: usize,
-    /// Prompt tokens one step may compute (default 64). Small steps give queued requests
-    /// their first token early, one group after another, instead of all at the end of one
-    /// long step; a long prompt alone costs a few more (cheap) steps.
+    /// Target duration of one step in milliseconds, which is the inter-token latency of every
+    /// running stream: the budget adapts to the measured step times so that a step carrying a
+    /// prompt chunk takes about this long (default [`DEFAULT_TARGET_STEP_MS`]; `None`: a fixed
+    /// budget of `max_batch_tokens`). Positive, at most 10000.
+    pub target_step_ms: Option<f64>,
+    /// Most prompt tokens one step may compute, whatever the budget (default 2048, at most
+    /// 2^20).
     pub max_prefill_tokens: usize,
     /// Total KV cache capacity in tokens, shared by all sequences (default 16384): every
     /// position of every layer of a model without sliding-window layers, and of the global
@@ -88,8 +105,9 @@ impl EngineConfig {
             tokenizer: None,
             embedding_model: None,
             max_running: 32,
-            max_batch_tokens: 2048,
-            max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS,
+            max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
+            target_step_ms: Some(DEFAULT_TARGET_STEP_MS),
+            max_prefill_tokens: DEFAULT_MAX_BATCH_TOKENS,
             kv_cache_tokens: 16384,
             block_size: 16,
             context_length: None,
@@ -123,6 +141,13 @@ impl EngineConfig {
                 return Err(Error::invalid(name, "must be at least 1"));
             }
         }
+        for (name, value) in [("max_batch_tokens", self.max_batch_tokens), ("max_prefill_tokens", self.max_prefill_tokens)]
+        {
+            if value > MAX_TOKENS_PER_STEP {
+                return Err(Error::invalid(name, format!("must be at most {MAX_TOKENS_PER_STEP}, got {value}")));
+            }
+        }
+        self.validate_target_step()?;
         if self.kv_cache_tokens < self.block_size {
             return Err(Error::invalid("kv_cache_tokens", "must hold at least one block"));
         }
@@ -130,6 +155,25 @@ impl EngineConfig {
             return Err(Error::invalid("context_length", "must be at least 1"));
         }
         self.validate_threads()
+    }
+
+    fn validate_target_step(&self) -> Result<()> {
+        let Some(ms) = self.target_step_ms else { return Ok(()) };
+        if !(ms > 0.0 && ms <= MAX_TARGET_STEP_MS) {
+            return Err(Error::invalid(
+                "target_step_ms",
+                format!("must be a number of milliseconds above 0 and at most {MAX_TARGET_STEP_MS} (none for a fixed budget), got {ms}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The token budget controller this config asks for.
+    fn step_budget(&self) -> StepBudget {
+        match self.target_step_ms {
+            Some(ms) => StepBudget::adaptive(self.max_batch_tokens, Duration::from_secs_f64(ms / 1000.0)),
+            None => StepBudget::fixed(self.max_batch_tokens),
+        }
     }
 
     fn validate_threads(&self) -> Result<()> {
@@ -517,9 +561,8 @@ impl Engine {
         let mut scheduler = Scheduler::new(
             SchedulerConfig {
                 max_running: config.max_running,
-                max_batch_tokens: config.max_batch_tokens,
                 max_prefill_tokens: config.max_prefill_tokens,
-                max_decode_deferral: MAX_DECODE_DEFERRAL,
+                min_prefill_tokens: MIN_PREFILL_TOKENS.min(config.max_prefill_tokens),
             },
             BlockAllocator::new(num_blocks, config.block_size),
         );
@@ -547,6 +590,7 @@ impl Engine {
             model,
             kv,
             scheduler,
+            budget: config.step_budget(),
             commands: command_rx,
             logits: Vec::new(),
             plan: Vec::new(),
@@ -755,7 +799,6 @@ impl Engine {
             prompt_len,
             tokens,
             computed: 0,
-            prefill_start: 0,
             blocks: Default::default(),
             sliding_blocks: Default::default(),
             queue_slot: None,
@@ -773,7 +816,6 @@ impl Engine {
             first_scheduled: None,
             first_token: None,
             last_token: None,
-            decode_deferrals: 0,
             scheduled_this_step: false,
         };
         let handle =
@@ -794,6 +836,8 @@ struct StepLoop {
     model: GenerationModel,
     kv: KvStorage,
     scheduler: Scheduler,
+    /// Tokens per step, adapted to the measured step times.
+    budget: StepBudget,
     commands: Receiver<Command>,
     /// Logits of the last step, reused across steps.
     logits: Vec<f32>,
@@ -868,7 +912,8 @@ impl StepLoop {
     }
 
     fn run_plan(&mut self, plan: &mut Vec<ScheduledChunk>) -> Result<()> {
-        let report = self.scheduler.schedule_into(plan);
+        let started = Instant::now();
+        let report = self.scheduler.schedule_into(plan, self.budget.tokens());
         let metrics = Arc::clone(&self.shared.metrics);
         add(&metrics.preemptions, report.preempted as u64);
         add(&metrics.prefix_cache_hit_tokens, report.prefix_hit_tokens as u64);
@@ -928,6 +973,8 @@ impl StepLoop {
             }));
             self.finished = finished;
         }
+        // The whole step, sampling and streaming included: what a running stream waits.
+        self.budget.observe(batch_tokens, started.elapsed());
         Ok(())
     }
 
