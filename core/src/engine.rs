@@ -42,9 +42,6 @@ const MAX_TOKENS_PER_STEP: usize = 1 << 20;
 /// Largest accepted step target (10 s): a step that long is no streaming at all.
 const MAX_TARGET_STEP_MS: f64 = 10_000.0;
 
-/// Prompt tokens every step carries even when its decodes use up the budget, so a prompt
-/// always progresses (one KV block's worth).
-const MIN_PREFILL_TOKENS: usize = 16;
 
 /// How the engine is built. [`EngineConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
@@ -61,13 +58,16 @@ pub struct EngineConfig {
     /// Token budget of one step, its decode tokens and prompt chunks together (vLLM's
     /// `max_num_batched_tokens`): the budget itself without a `target_step_ms`, its ceiling
     /// with one (default 2048, at most 2^20). Every running decode is in every step, whatever
-    /// the budget; prompts are prefilled in chunks of what the decodes leave (at least 16
-    /// tokens, so a prompt always progresses).
+    /// the budget; prompts are prefilled in chunks of what the decodes leave (at least one
+    /// token, so a prompt always progresses).
     pub max_batch_tokens: usize,
     /// Target duration of one step in milliseconds, which is the inter-token latency of every
-    /// running stream: the budget adapts to the measured step times so that a step carrying a
-    /// prompt chunk takes about this long (default [`DEFAULT_TARGET_STEP_MS`]; `None`: a fixed
-    /// budget of `max_batch_tokens`). Positive, at most 10000.
+    /// running stream: prompt chunks are sized from the measured step times so that a step
+    /// carrying one takes about this long, or, when the running decodes alone take more than
+    /// half of it, twice as long as they do (a prompt always gets half of a step, and the
+    /// streams' latency at most doubles while it is prefilled). Default
+    /// [`DEFAULT_TARGET_STEP_MS`]; `None`: a fixed budget of `max_batch_tokens`. Positive, at
+    /// most 10000.
     pub target_step_ms: Option<f64>,
     /// Most prompt tokens one step may compute, whatever the budget (default 2048, at most
     /// 2^20).
@@ -115,6 +115,13 @@ impl EngineConfig {
             max_queue: 256,
             chat_template: None,
         }
+    }
+
+    /// Sets [`Self::target_step_ms`] from a plain number, the way the C, Python, Node and
+    /// REST front doors take it: 0 means none (a fixed budget); anything else is validated by
+    /// [`Engine::new`].
+    pub fn set_target_step_ms(&mut self, ms: f64) {
+        self.target_step_ms = (ms != 0.0).then_some(ms);
     }
 
     /// Most compute threads an engine accepts: four per CPU the process may use. More
@@ -562,7 +569,6 @@ impl Engine {
             SchedulerConfig {
                 max_running: config.max_running,
                 max_prefill_tokens: config.max_prefill_tokens,
-                min_prefill_tokens: MIN_PREFILL_TOKENS.min(config.max_prefill_tokens),
             },
             BlockAllocator::new(num_blocks, config.block_size),
         );
@@ -913,7 +919,7 @@ impl StepLoop {
 
     fn run_plan(&mut self, plan: &mut Vec<ScheduledChunk>) -> Result<()> {
         let started = Instant::now();
-        let report = self.scheduler.schedule_into(plan, self.budget.tokens());
+        let report = self.scheduler.schedule_into(plan, &self.budget);
         let metrics = Arc::clone(&self.shared.metrics);
         add(&metrics.preemptions, report.preempted as u64);
         add(&metrics.prefix_cache_hit_tokens, report.prefix_hit_tokens as u64);
@@ -974,7 +980,7 @@ impl StepLoop {
             self.finished = finished;
         }
         // The whole step, sampling and streaming included: what a running stream waits.
-        self.budget.observe(batch_tokens, started.elapsed());
+        self.budget.observe(batch_tokens - prefill_tokens, prefill_tokens, started.elapsed());
         Ok(())
     }
 

@@ -22,6 +22,7 @@ use std::collections::BinaryHeap;
 
 use crate::kv_cache::{prefix_contents, BlockAllocator, BlockHash, BlockTable, OutOfBlocks};
 use crate::sequence::Sequence;
+use crate::step_budget::StepBudget;
 
 /// The block pool of sliding-window layers, and their window.
 pub(crate) struct SlidingPool {
@@ -109,9 +110,6 @@ pub(crate) struct SchedulerConfig {
     pub max_running: usize,
     /// Most prompt (prefill) tokens in one step, whatever the budget.
     pub max_prefill_tokens: usize,
-    /// Prompt tokens every step may carry even when its running decodes use up the budget,
-    /// so that a prompt always progresses.
-    pub min_prefill_tokens: usize,
 }
 
 /// Which running sequences a pass over them serves.
@@ -217,18 +215,17 @@ impl Scheduler {
         removed
     }
 
-    /// Plans the next step into `plan` (cleared first) under a budget of `budget_tokens`
-    /// tokens. Returned chunks index into `self.running`, which this call may reorder, shrink
-    /// (preemption) and grow (admission).
+    /// Plans the next step into `plan` (cleared first) under `budget`. Returned chunks index
+    /// into `self.running`, which this call may reorder, shrink (preemption) and grow
+    /// (admission).
     ///
     /// Every running decode is in every step (vLLM-style chunked prefill): a stream's
-    /// inter-token latency is one step, however long the prompts beside it. What the decodes
-    /// leave of the budget (at least `min_prefill_tokens`, at most `max_prefill_tokens`) goes
-    /// to prompt chunks: prompts already started first, oldest first, then newly admitted ones.
-    /// The engine sizes the budget so that a step takes about its target time (see
-    /// [`crate::step_budget::StepBudget`]); each step's prompts that complete sample their
-    /// first token right away.
-    pub fn schedule_into(&mut self, plan: &mut Vec<ScheduledChunk>, budget_tokens: usize) -> PlanReport {
+    /// inter-token latency is one step, however long the prompts beside it. The prompt tokens
+    /// the budget grants beside those decodes (at most `max_prefill_tokens`) go to prompt
+    /// chunks: prompts already started first, oldest first, then newly admitted ones. The
+    /// engine's budget sizes them so that a step takes about its target time; each step's
+    /// prompts that complete sample their first token right away.
+    pub fn schedule_into(&mut self, plan: &mut Vec<ScheduledChunk>, budget: &StepBudget) -> PlanReport {
         let mut report = PlanReport::default();
         plan.clear();
         self.running.sort_by_key(|s| (Reverse(s.priority), s.arrival));
@@ -239,10 +236,7 @@ impl Scheduler {
         let mut unlimited = usize::MAX;
         self.schedule_running(plan, Phase::Decodes, &mut unlimited, &mut report);
         let decodes = plan.len();
-        let mut prefill = budget_tokens
-            .saturating_sub(decodes)
-            .max(self.config.min_prefill_tokens)
-            .min(self.config.max_prefill_tokens);
+        let mut prefill = budget.prompt_tokens(decodes).min(self.config.max_prefill_tokens);
         self.schedule_running(plan, Phase::Prompts, &mut prefill, &mut report);
         self.admit(plan, &mut prefill, decodes, &mut report);
         report
@@ -253,7 +247,7 @@ impl Scheduler {
     #[cfg(test)]
     pub fn schedule(&mut self) -> (Vec<ScheduledChunk>, PlanReport) {
         let mut plan = Vec::new();
-        let report = self.schedule_into(&mut plan, usize::MAX);
+        let report = self.schedule_into(&mut plan, &StepBudget::fixed(usize::MAX));
         (plan, report)
     }
 
@@ -447,7 +441,7 @@ mod tests {
     }
 
     fn scheduler(max_running: usize, budget: usize, blocks: usize) -> Scheduler {
-        let config = SchedulerConfig { max_running, max_prefill_tokens: budget, min_prefill_tokens: 1 };
+        let config = SchedulerConfig { max_running, max_prefill_tokens: budget };
         Scheduler::new(config, BlockAllocator::new(blocks, 4))
     }
 
@@ -469,7 +463,7 @@ mod tests {
     /// [`step`] under a budget of `budget` tokens.
     fn step_within(s: &mut Scheduler, budget: usize) -> Vec<ScheduledChunk> {
         let mut plan = Vec::new();
-        let report = s.schedule_into(&mut plan, budget);
+        let report = s.schedule_into(&mut plan, &StepBudget::fixed(budget));
         assert!(report.out_of_space.is_empty());
         s.mark_computed(&plan);
         for c in &plan {
@@ -546,9 +540,9 @@ mod tests {
             .collect()
     }
 
-    /// The config of the tests below: at most `max_prefill` prompt tokens a step, at least 4.
+    /// The config of the tests below: at most `max_prefill` prompt tokens a step.
     fn chunked(max_running: usize, max_prefill: usize, blocks: usize) -> Scheduler {
-        let config = SchedulerConfig { max_running, max_prefill_tokens: max_prefill, min_prefill_tokens: 4 };
+        let config = SchedulerConfig { max_running, max_prefill_tokens: max_prefill };
         Scheduler::new(config, BlockAllocator::new(blocks, 4))
     }
 
@@ -573,7 +567,7 @@ mod tests {
         }
         step(&mut s);
         s.enqueue(seq(100, 0, vec![9; 2048]));
-        let budgets = [72, 40, 8, 3, 200, 136, 1000, 24];
+        let budgets = [72, 40, 8, 3, 200, 136, 1000, 30];
         let mut prefilled = 0;
         let mut steps = 0;
         while prefilled < 2048 {
@@ -583,12 +577,12 @@ mod tests {
             assert_eq!(decoding_ids(&s, &plan), (0..8).collect::<Vec<u64>>(), "step {steps}");
             let long = plan.iter().find(|c| s.running[c.index].id == 100).expect("a chunk of the long prompt");
             assert_eq!(long.start, prefilled, "chunks follow each other");
-            // What the decodes leave, but at least the minimum chunk.
-            let expected = budget.saturating_sub(8).max(4).min(2048 - prefilled);
+            // What the decodes leave, but at least one token.
+            let expected = budget.saturating_sub(8).max(1).min(2048 - prefilled);
             assert_eq!(long.len, expected, "step {steps} with a budget of {budget}");
             prefilled += long.len;
         }
-        assert_eq!(steps, 15, "2048 tokens in chunks of 64, 32, 4, 4, 192, 128, 992, 16, then 64 ... 192");
+        assert_eq!(steps, 15, "2048 tokens in chunks of 64, 32, 1, 1, 192, 128, 992, 22, then 64 ... 198");
         let plan = step(&mut s);
         assert_eq!(decoding_ids(&s, &plan), (0..8).chain([100]).collect::<Vec<u64>>());
     }
@@ -617,8 +611,8 @@ mod tests {
         s.enqueue(seq(0, 0, vec![1; 40]));
         assert_eq!(step_shares(&mut s, 10), vec![(0, 10)]);
         assert_eq!(step_shares(&mut s, 100), vec![(0, 16)], "max_prefill_tokens caps it");
-        assert_eq!(step_shares(&mut s, 1), vec![(0, 4)], "min_prefill_tokens floors it");
-        assert_eq!(step_shares(&mut s, 100), vec![(0, 10)]);
+        assert_eq!(step_shares(&mut s, 8), vec![(0, 8)]);
+        assert_eq!(step_shares(&mut s, 100), vec![(0, 6)]);
         assert_eq!(step_shares(&mut s, 1), vec![(0, 1)], "then it decodes");
     }
 

@@ -1,117 +1,106 @@
-//! How many tokens the next step may carry, so that a step's time stays near a target
-//! inter-token latency.
+//! How many prompt tokens the next step may carry beside its decodes, so that a step's time
+//! stays near a target inter-token latency.
 //!
 //! Every running stream gets one token per step, so a step's duration *is* their inter-token
-//! latency. A step costs roughly a fixed part (reading the weights once, the running decodes'
-//! attention, sampling) plus a part per token it carries. [`StepBudget`] fits that line to the
-//! steps it is shown (least squares, older steps weighing less, so it follows a context that
-//! grows and a machine whose load changes) and answers with the token count whose predicted
-//! time is the target. It takes durations as input and never reads a clock, so it is tested
-//! with made-up ones.
+//! latency. A step costs what its decodes cost plus a cost per prompt token, and the second
+//! grows with the prompt's depth (attention over everything before it). [`StepBudget`] keeps
+//! two running estimates from the steps it is shown: the time of a step without prompt work,
+//! and the time per prompt token beyond it; the prompt chunk is what fits in the rest of the
+//! target. When the decodes alone take more than half the target (many streams, a slow or
+//! busy machine), a step may take up to twice their time instead: a prompt always gets at
+//! least half of every step, and the streams' inter-token latency at most doubles while it is
+//! prefilled. It takes durations as input and never reads a clock, so it is tested with
+//! made-up ones.
 //!
-//! Without a target the budget is fixed at its ceiling (`max_batch_tokens`).
+//! Without a target the budget is fixed: `max_batch_tokens` tokens a step, decodes first
+//! (every one of them: a prompt gets at least one token even when they exceed the budget).
 
 use std::time::Duration;
 
-/// How much each earlier step weighs relative to the next one: the fit mostly reflects the
-/// last ~20 steps (1 / (1 - 0.95)).
-const FORGETTING: f64 = 0.95;
+/// Weight of the newest step in the running estimates: they mostly reflect the last ~4 steps,
+/// so a deeper prompt chunk or a busier machine shows within a few steps.
+const SMOOTHING: f64 = 0.25;
 
-/// The budget grows at most this much per step: the fitted line is only trusted near the
-/// token counts it has seen (attention makes big chunks cost more than linear).
-const MAX_GROWTH: f64 = 2.0;
+/// A step may take this many times its decodes' time when that is more than the target.
+const PROMPT_SHARE_FACTOR: f64 = 2.0;
 
-/// Smallest spread of token counts (variance, tokens²) with which the fixed and per-token
-/// costs can be told apart; below it every token is charged its share of the whole step.
-const MIN_TOKEN_VARIANCE: f64 = 1.0;
+/// The least share of a step's time its prompt chunk is taken to cost (see [`StepBudget::observe`]).
+const MIN_PROMPT_SHARE: f64 = 0.1;
 
-/// Budget of the first adaptive step, before anything was measured: small enough that a long
-/// prompt arriving first cannot make a long step, big enough to measure the per-token cost.
-const INITIAL_TOKENS: usize = 64;
+/// The prompt chunk grows at most this much per step over the largest one measured: the
+/// estimates are only trusted near the chunk sizes they come from.
+const MAX_GROWTH: usize = 2;
 
-/// Exponentially weighted sums of (tokens, seconds) for a least-squares line.
-#[derive(Debug, Clone, Copy, Default)]
-struct WeightedFit {
-    weight: f64,
-    x: f64,
-    y: f64,
-    xx: f64,
-    xy: f64,
+/// Prompt tokens of the first adaptive step, before anything was measured: small enough that
+/// a long prompt arriving first makes no long step, big enough to measure the per-token cost.
+const INITIAL_PROMPT_TOKENS: usize = 64;
+
+/// An exponentially weighted running mean.
+fn smooth(estimate: Option<f64>, sample: f64) -> Option<f64> {
+    Some(estimate.map_or(sample, |old| old + SMOOTHING * (sample - old)))
 }
 
-impl WeightedFit {
-    fn add(&mut self, x: f64, y: f64) {
-        for sum in [&mut self.weight, &mut self.x, &mut self.y, &mut self.xx, &mut self.xy] {
-            *sum *= FORGETTING;
-        }
-        self.weight += 1.0;
-        self.x += x;
-        self.y += y;
-        self.xx += x * x;
-        self.xy += x * y;
-    }
-
-    /// `(fixed seconds, seconds per token)`, both non-negative, or `None` before any step.
-    fn line(&self) -> Option<(f64, f64)> {
-        if self.weight <= 0.0 || self.x <= 0.0 {
-            return None;
-        }
-        let mean_x = self.x / self.weight;
-        let mean_y = self.y / self.weight;
-        let variance = self.xx / self.weight - mean_x * mean_x;
-        let proportional = (0.0, self.y / self.x);
-        if variance < MIN_TOKEN_VARIANCE {
-            return Some(proportional);
-        }
-        let slope = (self.xy / self.weight - mean_x * mean_y) / variance;
-        let intercept = mean_y - slope * mean_x;
-        // Noise can tilt the line the impossible way; charging per token is the safe answer.
-        if slope <= 0.0 || intercept < 0.0 {
-            return Some(proportional);
-        }
-        Some((intercept, slope))
-    }
-}
-
-/// The token budget of the next step: fixed, or adapted to a target step time.
+/// The prompt token budget of the next step: fixed, or adapted to a target step time.
 #[derive(Debug, Clone)]
 pub(crate) struct StepBudget {
-    /// The ceiling, and the fixed budget without a target.
+    /// Tokens of a step, decodes and prompt together: the budget without a target, the
+    /// ceiling with one.
     max_tokens: usize,
-    target: Option<Duration>,
-    fit: WeightedFit,
-    current: usize,
+    /// Target step time in seconds.
+    target: Option<f64>,
+    /// Seconds of a step with decodes and no prompt work.
+    decode_step: Option<f64>,
+    /// Seconds per prompt token beyond the decodes.
+    per_prompt_token: Option<f64>,
+    /// The largest prompt chunk measured (the growth limit starts from it).
+    largest_measured: usize,
 }
 
 impl StepBudget {
-    /// Always `max_tokens`.
+    /// `max_tokens` a step, decodes first; at least one prompt token, so that a prompt always
+    /// progresses.
     pub fn fixed(max_tokens: usize) -> Self {
-        let max_tokens = max_tokens.max(1);
-        Self { max_tokens, target: None, fit: WeightedFit::default(), current: max_tokens }
+        Self { max_tokens, target: None, decode_step: None, per_prompt_token: None, largest_measured: 0 }
     }
 
-    /// Adapts to `target` per step, between 1 and `max_tokens`.
+    /// Prompt chunks sized so that a step takes about `target`, at most `max_tokens` tokens a
+    /// step.
     pub fn adaptive(max_tokens: usize, target: Duration) -> Self {
-        let max_tokens = max_tokens.max(1);
-        Self { max_tokens, target: Some(target), fit: WeightedFit::default(), current: INITIAL_TOKENS.min(max_tokens) }
+        Self { target: Some(target.as_secs_f64()), ..Self::fixed(max_tokens) }
     }
 
-    /// Tokens the next step may carry (its decodes and prompt chunks together).
-    pub fn tokens(&self) -> usize {
-        self.current
+    /// Prompt tokens a step that carries `decodes` decodes may add.
+    pub fn prompt_tokens(&self, decodes: usize) -> usize {
+        let room = self.max_tokens.saturating_sub(decodes);
+        let Some(target) = self.target else {
+            return room.max(1);
+        };
+        let ceiling = (self.largest_measured * MAX_GROWTH).max(INITIAL_PROMPT_TOKENS).min(room).max(1);
+        let Some(per_token) = self.per_prompt_token else { return ceiling };
+        let decodes_time = if decodes > 0 { self.decode_step.unwrap_or(0.0) } else { 0.0 };
+        let step_time = target.max(PROMPT_SHARE_FACTOR * decodes_time);
+        let affordable = (step_time - decodes_time) / per_token;
+        // Saturating float-to-int conversion: an infinite or huge estimate is just the ceiling.
+        (affordable.floor() as usize).clamp(1, ceiling)
     }
 
-    /// Records that a step of `tokens` tokens took `elapsed`, and sets the next budget.
-    pub fn observe(&mut self, tokens: usize, elapsed: Duration) {
-        let Some(target) = self.target else { return };
-        if tokens == 0 {
+    /// Records that a step of `decodes` decodes and `prompt_tokens` prompt tokens took
+    /// `elapsed`.
+    pub fn observe(&mut self, decodes: usize, prompt_tokens: usize, elapsed: Duration) {
+        if self.target.is_none() || decodes + prompt_tokens == 0 {
             return;
         }
-        self.fit.add(tokens as f64, elapsed.as_secs_f64());
-        let Some((fixed, per_token)) = self.fit.line() else { return };
-        let affordable = if per_token > 0.0 { (target.as_secs_f64() - fixed) / per_token } else { f64::INFINITY };
-        let ceiling = (self.current as f64 * MAX_GROWTH).min(self.max_tokens as f64);
-        self.current = affordable.round().clamp(1.0, ceiling.max(1.0)) as usize;
+        let seconds = elapsed.as_secs_f64();
+        if prompt_tokens == 0 {
+            self.decode_step = smooth(self.decode_step, seconds);
+            return;
+        }
+        let decodes_time = if decodes > 0 { self.decode_step.unwrap_or(0.0) } else { 0.0 };
+        // A noisy step can take less than its decodes' estimate: a prompt chunk is taken to
+        // cost at least a tenth of its step.
+        let per_token = (seconds - decodes_time).max(MIN_PROMPT_SHARE * seconds) / prompt_tokens as f64;
+        self.per_prompt_token = smooth(self.per_prompt_token, per_token);
+        self.largest_measured = self.largest_measured.max(prompt_tokens);
     }
 }
 
@@ -119,87 +108,126 @@ impl StepBudget {
 mod tests {
     use super::*;
 
-    /// A machine whose step costs `fixed_ms` plus `per_token_ms` per token.
-    fn step_time(fixed_ms: f64, per_token_ms: f64, tokens: usize) -> Duration {
-        Duration::from_secs_f64((fixed_ms + per_token_ms * tokens as f64) / 1000.0)
+    /// A machine: a step costs `fixed_ms`, plus `per_decode_ms` a decode and `per_prompt_ms` a
+    /// prompt token.
+    #[derive(Clone, Copy)]
+    struct Machine {
+        fixed_ms: f64,
+        per_decode_ms: f64,
+        per_prompt_ms: f64,
     }
 
-    /// Runs `steps` steps that each use the whole budget, plus `decodes` tokens when the
-    /// budget is smaller (decodes always run), and returns the last budget.
-    fn converge(budget: &mut StepBudget, steps: usize, fixed_ms: f64, per_token_ms: f64, decodes: usize) -> usize {
+    impl Machine {
+        fn step(self, decodes: usize, prompt: usize) -> Duration {
+            let ms = self.fixed_ms + self.per_decode_ms * decodes as f64 + self.per_prompt_ms * prompt as f64;
+            Duration::from_secs_f64(ms / 1000.0)
+        }
+
+        fn ms(self, decodes: usize, prompt: usize) -> f64 {
+            self.step(decodes, prompt).as_secs_f64() * 1000.0
+        }
+    }
+
+    /// Runs `steps` steps of `decodes` decodes and as many prompt tokens as the budget grants;
+    /// returns the last grant.
+    fn run(budget: &mut StepBudget, machine: Machine, decodes: usize, steps: usize) -> usize {
         for _ in 0..steps {
-            let tokens = budget.tokens().max(decodes);
-            budget.observe(tokens, step_time(fixed_ms, per_token_ms, tokens));
+            let prompt = budget.prompt_tokens(decodes);
+            budget.observe(decodes, prompt, machine.step(decodes, prompt));
         }
-        budget.tokens()
+        budget.prompt_tokens(decodes)
     }
 
+    /// Decode-only steps, as before a long prompt arrives.
+    fn decode_only(budget: &mut StepBudget, machine: Machine, decodes: usize, steps: usize) {
+        for _ in 0..steps {
+            budget.observe(decodes, 0, machine.step(decodes, 0));
+        }
+    }
+
+    const MACHINE: Machine = Machine { fixed_ms: 5.0, per_decode_ms: 1.0, per_prompt_ms: 0.5 };
+
     #[test]
-    fn a_fixed_budget_ignores_step_times() {
+    fn a_fixed_budget_gives_prompts_what_the_decodes_leave_and_ignores_step_times() {
         let mut budget = StepBudget::fixed(512);
-        assert_eq!(budget.tokens(), 512);
-        budget.observe(512, Duration::from_secs(10));
-        assert_eq!(budget.tokens(), 512);
+        assert_eq!(budget.prompt_tokens(0), 512);
+        assert_eq!(budget.prompt_tokens(8), 504);
+        budget.observe(8, 504, Duration::from_secs(10));
+        assert_eq!(budget.prompt_tokens(8), 504);
+        assert_eq!(budget.prompt_tokens(600), 1, "a prompt still progresses");
     }
 
     #[test]
-    fn the_budget_settles_where_a_step_takes_the_target() {
-        // 10 ms fixed + 0.1 ms per token, target 30 ms: 200 tokens.
+    fn the_prompt_chunk_settles_where_a_step_takes_the_target() {
+        // 8 decodes take 13 ms; a 30 ms target leaves 17 ms, 34 prompt tokens.
         let mut budget = StepBudget::adaptive(2048, Duration::from_millis(30));
-        assert_eq!(budget.tokens(), INITIAL_TOKENS);
-        let settled = converge(&mut budget, 40, 10.0, 0.1, 8);
-        assert!((195..=200).contains(&settled), "settled at {settled}");
+        decode_only(&mut budget, MACHINE, 8, 5);
+        assert_eq!(budget.prompt_tokens(8), INITIAL_PROMPT_TOKENS, "nothing measured yet");
+        let settled = run(&mut budget, MACHINE, 8, 30);
+        assert!((33..=34).contains(&settled), "settled at {settled}");
+        assert!(MACHINE.ms(8, settled) <= 30.0 + 1e-9);
     }
 
     #[test]
-    fn the_budget_grows_at_most_twofold_per_step() {
+    fn a_lone_prompt_gets_the_whole_target_and_grows_at_most_twofold_per_step() {
+        // No decodes: 5 ms + 0.5 ms a token, target 1 s: 1990 tokens, reached by doubling.
         let mut budget = StepBudget::adaptive(4096, Duration::from_millis(1000));
-        let mut previous = budget.tokens();
-        for _ in 0..10 {
-            let tokens = budget.tokens();
-            budget.observe(tokens, step_time(1.0, 0.01, tokens));
-            assert!(budget.tokens() <= previous * 2);
-            previous = budget.tokens();
+        let mut grants = Vec::new();
+        for _ in 0..8 {
+            let prompt = budget.prompt_tokens(0);
+            grants.push(prompt);
+            budget.observe(0, prompt, MACHINE.step(0, prompt));
         }
-        assert_eq!(budget.tokens(), 4096, "capped at the ceiling");
+        assert_eq!(&grants[..5], &[64, 128, 256, 512, 1024]);
+        assert!((1850..=1990).contains(&grants[7]), "{grants:?}");
     }
 
     #[test]
-    fn a_slower_machine_shrinks_the_budget_at_once() {
+    fn decodes_over_half_the_target_leave_prompts_half_of_every_step() {
+        // 32 decodes take 37 ms against a 50 ms target: a step may take 74 ms, 37 of them
+        // for 74 prompt tokens (not the 26 that the target alone would leave).
+        let mut budget = StepBudget::adaptive(2048, Duration::from_millis(50));
+        decode_only(&mut budget, MACHINE, 32, 20);
+        let settled = run(&mut budget, MACHINE, 32, 40);
+        assert!((73..=74).contains(&settled), "settled at {settled}");
+        assert!(MACHINE.ms(32, settled) <= 2.0 * MACHINE.ms(32, 0) + 0.01);
+    }
+
+    #[test]
+    fn deeper_and_costlier_prompt_tokens_shrink_the_chunk_within_a_few_steps() {
         let mut budget = StepBudget::adaptive(2048, Duration::from_millis(30));
-        converge(&mut budget, 40, 10.0, 0.1, 8);
-        // The machine gets four times slower per token (another tenant, a longer context).
-        let tokens = budget.tokens();
-        budget.observe(tokens, step_time(10.0, 0.4, tokens));
-        assert!(budget.tokens() < tokens, "{} after a slow step of {tokens}", budget.tokens());
-        let settled = converge(&mut budget, 60, 10.0, 0.4, 8);
-        assert!((45..=52).contains(&settled), "settled at {settled}, 50 expected");
+        decode_only(&mut budget, MACHINE, 8, 5);
+        let before = run(&mut budget, MACHINE, 8, 30);
+        // Prompt tokens now cost four times as much (attention over a longer prefix).
+        let deeper = Machine { per_prompt_ms: 2.0, ..MACHINE };
+        let prompt = budget.prompt_tokens(8);
+        budget.observe(8, prompt, deeper.step(8, prompt));
+        assert!(budget.prompt_tokens(8) < before, "shrinks after one slow step");
+        let settled = run(&mut budget, deeper, 8, 30);
+        assert!((8..=9).contains(&settled), "settled at {settled}, 17 ms / 2 ms expected");
     }
 
     #[test]
-    fn decodes_that_alone_exceed_the_target_leave_a_budget_below_them() {
-        // 32 decodes take 60 ms against a 30 ms target: 8 tokens would take it (the scheduler
-        // still runs every decode and gives prompts their minimum chunk).
+    fn a_noisy_fast_step_cannot_make_prompt_tokens_free() {
         let mut budget = StepBudget::adaptive(2048, Duration::from_millis(30));
-        let settled = converge(&mut budget, 40, 20.0, 1.25, 32);
-        assert_eq!(settled, 8);
-    }
-
-    #[test]
-    fn steps_of_one_size_charge_each_token_its_share() {
-        // Every step carries 8 tokens: the fixed cost cannot be told apart, so each token is
-        // charged 10 ms / 8 and the budget is what that affords.
-        let mut budget = StepBudget::adaptive(2048, Duration::from_millis(20));
-        for _ in 0..5 {
-            budget.observe(8, Duration::from_millis(10));
-        }
-        assert_eq!(budget.tokens(), 16);
+        decode_only(&mut budget, MACHINE, 8, 5);
+        // 64 prompt tokens in less time than the decodes alone usually take.
+        budget.observe(8, 64, Duration::from_millis(10));
+        assert!(budget.prompt_tokens(8) <= 128, "{}", budget.prompt_tokens(8));
     }
 
     #[test]
     fn empty_steps_are_not_measured() {
         let mut budget = StepBudget::adaptive(2048, Duration::from_millis(20));
-        budget.observe(0, Duration::from_millis(500));
-        assert_eq!(budget.tokens(), INITIAL_TOKENS);
+        budget.observe(0, 0, Duration::from_millis(500));
+        assert_eq!(budget.prompt_tokens(0), INITIAL_PROMPT_TOKENS);
+    }
+
+    #[test]
+    fn the_grant_stays_within_the_ceiling_and_above_zero() {
+        let mut budget = StepBudget::adaptive(100, Duration::from_millis(1000));
+        assert_eq!(run(&mut budget, MACHINE, 8, 10), 92, "max_batch_tokens caps decodes and prompt together");
+        let slow = Machine { per_prompt_ms: 10_000.0, ..MACHINE };
+        assert_eq!(run(&mut budget, slow, 8, 10), 1, "one token a step at worst");
     }
 }

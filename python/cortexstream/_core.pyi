@@ -188,8 +188,10 @@ class Engine:
     ``grammar`` (Lark str), ``choices`` (list of str) or ``response_format`` (OpenAI's dict
     or a Pydantic model class). ``max_queue``
     bounds the requests waiting for a slot; past it submits raise ``OverloadedError``.
-    ``threads`` is at most 4 per available CPU. A setting out of range (a negative size, a
-    KV cache larger than memory) raises ``InvalidRequestError`` naming it.
+    ``threads`` is at most 4 per available CPU. ``max_batch_tokens`` is a step's token budget
+    (decodes and prompt chunks) and ``target_step_ms`` the step time it adapts to (default 50;
+    0 keeps the budget fixed). A setting out of range (a negative size, a KV cache larger than
+    memory, a target above 10000 ms) raises ``InvalidRequestError`` naming it.
     """
 
     def __new__(
@@ -205,6 +207,7 @@ class Engine:
         threads: Optional[int] = None,
         max_queue: Optional[int] = None,
         chat_template: Optional[str] = None,
+        target_step_ms: Optional[float] = None,
     ) -> Self: ...
     def generate(self, prompt: Union[str, List[int]], **sampling: Any) -> Completion:
         """Generates a completion for a text or token-id prompt."""

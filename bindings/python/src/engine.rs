@@ -44,6 +44,7 @@ impl Engine {
     #[pyo3(signature = (
         model, *, tokenizer=None, embedding_model=None, max_running=None, max_batch_tokens=None,
         kv_cache_tokens=None, context_length=None, threads=None, max_queue=None, chat_template=None,
+        target_step_ms=None,
     ))]
     #[allow(clippy::too_many_arguments)] // mirrors the Python keyword arguments one to one
     fn new(
@@ -58,6 +59,7 @@ impl Engine {
         threads: Option<&Bound<'_, PyAny>>,
         max_queue: Option<&Bound<'_, PyAny>>,
         chat_template: Option<String>,
+        target_step_ms: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let mut config = EngineConfig::new(model);
         config.tokenizer = tokenizer;
@@ -67,6 +69,9 @@ impl Engine {
         set_optional(&mut config.context_length, context_length, "context_length")?;
         set_optional(&mut config.threads, threads, "threads")?;
         config.chat_template = chat_template;
+        if let Some(ms) = target_step_ms.filter(|v| !v.is_none()) {
+            config.set_target_step_ms(number(ms, "target_step_ms")?);
+        }
         for (slot, value, name) in [
             (&mut config.max_running, max_running, "max_running"),
             (&mut config.max_batch_tokens, max_batch_tokens, "max_batch_tokens"),
