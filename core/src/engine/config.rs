@@ -52,10 +52,9 @@ pub struct EngineConfig {
     /// Total KV cache capacity in tokens, shared by all sequences (default 16384): every
     /// position of every layer of a model without sliding-window layers, and of the global
     /// layers of one with them (Gemma 3). Its sliding-window layers have a pool of their own
-    /// that keeps only each sequence's window: `max_running` sequences of
-    /// `window + min(max_prefill_tokens, max_batch_tokens)` positions plus one block each,
-    /// rounded up to blocks, and never more blocks than this capacity (see
-    /// [`sliding_pool_blocks`]).
+    /// that keeps only each sequence's window: `max_running` windows plus two blocks each, and
+    /// one step's prompt tokens (`min(max_prefill_tokens, max_batch_tokens)`), rounded up to
+    /// blocks, and never more blocks than this capacity (see [`sliding_pool_blocks`]).
     pub kv_cache_tokens: usize,
     /// Tokens per KV block (default 16).
     pub block_size: usize,
@@ -177,13 +176,18 @@ impl EngineConfig {
 const THREADS_PER_CPU: usize = 4;
 
 /// Blocks of the sliding-window layers' pool (see [`EngineConfig::kv_cache_tokens`]): room
-/// for every running sequence's window and one prefill chunk, plus the block a window that
-/// does not start on a block boundary straddles, capped by the global pool's `num_blocks`
-/// (a sequence never holds more sliding blocks than global ones).
+/// for every running sequence's window plus two blocks (the one a window that does not start
+/// on a block boundary straddles, and the partial block its next tokens start in), and for one
+/// step's prompt tokens, which all the step's prompt chunks together never exceed; capped by
+/// the global pool's `num_blocks` (a sequence never holds more sliding blocks than global
+/// ones).
 pub fn sliding_pool_blocks(config: &EngineConfig, window: usize, num_blocks: usize) -> usize {
-    let chunk = config.max_prefill_tokens.min(config.max_batch_tokens);
-    let per_sequence = window.saturating_add(chunk).div_ceil(config.block_size).saturating_add(1);
-    per_sequence.saturating_mul(config.max_running).min(num_blocks)
+    let step_prompt_tokens = config.max_prefill_tokens.min(config.max_batch_tokens);
+    let per_sequence = window.div_ceil(config.block_size).saturating_add(2);
+    per_sequence
+        .saturating_mul(config.max_running)
+        .saturating_add(step_prompt_tokens.div_ceil(config.block_size))
+        .min(num_blocks)
 }
 
 /// Bytes of the KV cache for `num_blocks` blocks of `block_size` tokens in the global pool and
