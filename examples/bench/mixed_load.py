@@ -180,8 +180,10 @@ def peer_stream(server: peer.LlamaServer) -> RunStream:
 def measure(run: RunStream, prompts: list[list[int]], long_ids: list[int], progress: Progress, side: str):
     progress.step(f"{side}: {len(prompts)} streams alone")
     alone = run_mixed(run, prompts, None)
+    print(f"{side} alone: {json.dumps(alone)}", file=sys.stderr, flush=True)
     progress.step(f"{side}: {len(prompts)} streams while a {len(long_ids)}-token prompt arrives")
     mixed = run_mixed(run, prompts, long_ids)
+    print(f"{side} mixed: {json.dumps(mixed)}", file=sys.stderr, flush=True)
     return {"alone": alone, "mixed": mixed}
 
 
