@@ -246,14 +246,14 @@ def main() -> None:
             raise SystemExit(f"the docs hold only {len(long_ids)} tokens")
         prompts = [engine.tokenize(stream_prompt(i)) for i in range(args.streams)]
         engine.generate(prompts[0], max_tokens=4, **GREEDY)  # warm up
+        # The peer first (its run is the shorter one), while our engine sits idle.
+        theirs = None
+        if not args.skip_peer:
+            progress.step(f"llama.cpp: start llama-server --parallel {args.streams + 1} -c {work.kv_tokens}")
+            repack = peer.repack_works(cpu_description()["flags"])
+            with peer.LlamaServer(setup_peer(), work, repack) as server:
+                theirs = measure(peer_stream(server), prompts, long_ids, progress, "llama.cpp")
         ours = measure(our_stream(engine), prompts, long_ids, progress, "ours")
-
-    theirs = None
-    if not args.skip_peer:
-        progress.step(f"llama.cpp: start llama-server --parallel {args.streams + 1} -c {work.kv_tokens}")
-        repack = peer.repack_works(cpu_description()["flags"])
-        with peer.LlamaServer(setup_peer(), work, repack) as server:
-            theirs = measure(peer_stream(server), prompts, long_ids, progress, "llama.cpp")
 
     print(table(ours, theirs, args.streams, args.long_tokens))
     if args.json:
