@@ -69,6 +69,8 @@ class Recorder:
     arrivals: list[float] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
+    # Set when the request ended (a stream that hit its cap is not waited for).
+    done: bool = False
 
 
 # (token ids, max tokens, recorder): runs one request to its end or until recorder.stop is set.
@@ -85,6 +87,7 @@ def run_mixed(run: RunStream, prompts: list[list[int]], long_ids: list[int] | No
             run(ids, STREAM_MAX_TOKENS, recorder)
         except BaseException as error:  # reported below, after the others are stopped
             recorder.error = error
+        recorder.done = True
 
     threads = [threading.Thread(target=client, args=(ids, r), daemon=True) for ids, r in zip(prompts, recorders)]
     for thread in threads:
@@ -108,7 +111,7 @@ def run_mixed(run: RunStream, prompts: list[list[int]], long_ids: list[int] | No
             # Wait for the first token after the long one from every stream, so a stall that
             # ends with the prefill is counted whole.
             counts = [len(r.arrivals) for r in recorders]
-            wait_until(lambda: all(len(r.arrivals) > c or r.error for r, c in zip(recorders, counts)), deadline)
+            wait_until(lambda: all(len(r.arrivals) > c or r.done for r, c in zip(recorders, counts)), deadline)
             gaps = [b - a for r in recorders for a, b in zip(r.arrivals, r.arrivals[1:]) if b > submitted and a < first]
             result["long_ttft_s"] = first - submitted
         result.update(itl_stats(gaps))

@@ -42,7 +42,8 @@ pub struct EngineConfig {
     /// running stream: prompt chunks are sized from the measured step times so that a step
     /// carrying one takes about this long, or, when the running decodes alone take more than
     /// half of it, twice as long as they do (a prompt always gets half of a step, and the
-    /// streams' latency at most doubles while it is prefilled). Default
+    /// streams' latency at most doubles while it is prefilled; one step in 17 of a long prefill
+    /// runs the decodes alone to measure them again). Default
     /// [`DEFAULT_TARGET_STEP_MS`]; `None`: a fixed budget of `max_batch_tokens`. Positive, at
     /// most 10000.
     pub target_step_ms: Option<f64>,

@@ -31,6 +31,11 @@ const MIN_PROMPT_SHARE: f64 = 0.1;
 /// estimates are only trusted near the chunk sizes they come from.
 const MAX_GROWTH: usize = 2;
 
+/// Steps with prompt work in a row after which one step runs the decodes alone: their cost
+/// grows as the running streams' contexts do, and without a fresh measurement of it a prompt
+/// would get ever less of each step. Costs the prompt one step in this many.
+const REFRESH_DECODES_EVERY: u32 = 16;
+
 /// Prompt tokens of the first adaptive step, before anything was measured: small enough that
 /// a long prompt arriving first makes no long step, big enough to measure the per-token cost.
 const INITIAL_PROMPT_TOKENS: usize = 64;
@@ -54,13 +59,22 @@ pub(crate) struct StepBudget {
     per_prompt_token: Option<f64>,
     /// The largest prompt chunk measured (the growth limit starts from it).
     largest_measured: usize,
+    /// Steps with both decodes and prompt work since the last decode-only one.
+    since_decode_only: u32,
 }
 
 impl StepBudget {
     /// `max_tokens` a step, decodes first; at least one prompt token, so that a prompt always
     /// progresses.
     pub fn fixed(max_tokens: usize) -> Self {
-        Self { max_tokens, target: None, decode_step: None, per_prompt_token: None, largest_measured: 0 }
+        Self {
+            max_tokens,
+            target: None,
+            decode_step: None,
+            per_prompt_token: None,
+            largest_measured: 0,
+            since_decode_only: 0,
+        }
     }
 
     /// Prompt chunks sized so that a step takes about `target`, at most `max_tokens` tokens a
@@ -69,12 +83,16 @@ impl StepBudget {
         Self { target: Some(target.as_secs_f64()), ..Self::fixed(max_tokens) }
     }
 
-    /// Prompt tokens a step that carries `decodes` decodes may add.
+    /// Prompt tokens a step that carries `decodes` decodes may add: 0 for one step in
+    /// [`REFRESH_DECODES_EVERY`] + 1 of a long prefill beside decodes (see there), else at least 1.
     pub fn prompt_tokens(&self, decodes: usize) -> usize {
         let room = self.max_tokens.saturating_sub(decodes);
         let Some(target) = self.target else {
             return room.max(1);
         };
+        if decodes > 0 && self.since_decode_only >= REFRESH_DECODES_EVERY {
+            return 0;
+        }
         let ceiling = (self.largest_measured * MAX_GROWTH).max(INITIAL_PROMPT_TOKENS).min(room).max(1);
         let Some(per_token) = self.per_prompt_token else { return ceiling };
         let decodes_time = if decodes > 0 { self.decode_step.unwrap_or(0.0) } else { 0.0 };
@@ -92,8 +110,15 @@ impl StepBudget {
         }
         let seconds = elapsed.as_secs_f64();
         if prompt_tokens == 0 {
-            self.decode_step = smooth(self.decode_step, seconds);
+            // After a stretch of prefill the decodes may cost far more than before (longer
+            // contexts): the fresh measurement replaces the old estimate.
+            let stale = self.since_decode_only >= REFRESH_DECODES_EVERY;
+            self.decode_step = if stale { Some(seconds) } else { smooth(self.decode_step, seconds) };
+            self.since_decode_only = 0;
             return;
+        }
+        if decodes > 0 {
+            self.since_decode_only += 1;
         }
         let decodes_time = if decodes > 0 { self.decode_step.unwrap_or(0.0) } else { 0.0 };
         // A noisy step can take less than its decodes' estimate: a prompt chunk is taken to
@@ -129,13 +154,18 @@ mod tests {
     }
 
     /// Runs `steps` steps of `decodes` decodes and as many prompt tokens as the budget grants;
-    /// returns the last grant.
+    /// returns the last nonzero grant.
     fn run(budget: &mut StepBudget, machine: Machine, decodes: usize, steps: usize) -> usize {
+        let mut last = 0;
         for _ in 0..steps {
             let prompt = budget.prompt_tokens(decodes);
             budget.observe(decodes, prompt, machine.step(decodes, prompt));
+            last = if prompt > 0 { prompt } else { last };
         }
-        budget.prompt_tokens(decodes)
+        match budget.prompt_tokens(decodes) {
+            0 => last,
+            grant => grant,
+        }
     }
 
     /// Decode-only steps, as before a long prompt arrives.
@@ -205,6 +235,27 @@ mod tests {
         assert!(budget.prompt_tokens(8) < before, "shrinks after one slow step");
         let settled = run(&mut budget, deeper, 8, 30);
         assert!((8..=9).contains(&settled), "settled at {settled}, 17 ms / 2 ms expected");
+    }
+
+    #[test]
+    fn decodes_that_grow_costlier_during_a_long_prefill_are_measured_again() {
+        let mut budget = StepBudget::adaptive(2048, Duration::from_millis(50));
+        decode_only(&mut budget, MACHINE, 8, 5);
+        run(&mut budget, MACHINE, 8, 20);
+        // The streams' contexts grew: 8 decodes now take 105 ms, more than half the target.
+        let grown = Machine { per_decode_ms: 12.5, ..MACHINE };
+        let mut grants = Vec::new();
+        for _ in 0..60 {
+            let prompt = budget.prompt_tokens(8);
+            grants.push(prompt);
+            budget.observe(8, prompt, grown.step(8, prompt));
+        }
+        // One decode-only step in every 17, and the prompt again gets half of each step
+        // (105 ms, 210 tokens), not what a stale 13 ms estimate of the decodes would leave.
+        let decode_only_steps = grants.iter().filter(|&&g| g == 0).count();
+        assert!((3..=4).contains(&decode_only_steps), "{grants:?}");
+        let last = *grants.iter().rev().find(|&&g| g > 0).unwrap();
+        assert!((200..=210).contains(&last), "{grants:?}");
     }
 
     #[test]
