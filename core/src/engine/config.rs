@@ -125,7 +125,8 @@ impl EngineConfig {
                 return Err(Error::invalid(name, "must be at least 1"));
             }
         }
-        for (name, value) in [("max_batch_tokens", self.max_batch_tokens), ("max_prefill_tokens", self.max_prefill_tokens)]
+        for (name, value) in
+            [("max_batch_tokens", self.max_batch_tokens), ("max_prefill_tokens", self.max_prefill_tokens)]
         {
             if value > MAX_TOKENS_PER_STEP {
                 return Err(Error::invalid(name, format!("must be at most {MAX_TOKENS_PER_STEP}, got {value}")));

@@ -136,10 +136,7 @@ impl Engine {
             None => model.new_kv_storage(num_blocks, config.block_size),
         };
         let mut scheduler = Scheduler::new(
-            SchedulerConfig {
-                max_running: config.max_running,
-                max_prefill_tokens: config.max_prefill_tokens,
-            },
+            SchedulerConfig { max_running: config.max_running, max_prefill_tokens: config.max_prefill_tokens },
             BlockAllocator::new(num_blocks, config.block_size),
         );
         if let (Some(window), Some(blocks)) = (mc.sliding_window, sliding_blocks) {
