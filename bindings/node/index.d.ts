@@ -35,8 +35,18 @@ export interface EngineOptions {
   embeddingModel?: string | null | false;
   /** Most sequences in the running batch (default 32). */
   maxRunning?: number;
-  /** Token budget of one engine step: decode tokens plus prompt chunks (default 2048). */
+  /**
+   * Token budget of one engine step, its decodes and prompt chunks together (default 2048, at
+   * most 2^20): fixed when `targetStepMs` is 0, else the ceiling of the adaptive budget. Every
+   * running stream's next token is in every step; prompts are prefilled in chunks beside them.
+   */
   maxBatchTokens?: number;
+  /**
+   * Target duration of one step in milliseconds, i.e. the inter-token latency of running
+   * streams while a prompt is prefilled beside them: the budget adapts to measured step times
+   * (default 50; 0 keeps a fixed budget; above 0 and at most 10000 otherwise).
+   */
+  targetStepMs?: number;
   /** Total KV cache capacity in tokens, shared by all requests (default 16384). */
   kvCacheTokens?: number;
   /** Tokens per KV cache block (default 16). */

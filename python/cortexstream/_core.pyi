@@ -260,8 +260,10 @@ class Engine:
 
     ``**sampling`` of the generation methods: see :class:`Sampling`. ``max_queue``
     bounds the requests waiting for a slot; past it submits raise ``OverloadedError``.
-    ``threads`` is at most 4 per available CPU. A setting out of range (a negative size, a
-    KV cache larger than memory) raises ``InvalidRequestError`` naming it.
+    ``threads`` is at most 4 per available CPU. ``max_batch_tokens`` is a step's token budget
+    (decodes and prompt chunks) and ``target_step_ms`` the step time it adapts to (default 50;
+    0 keeps the budget fixed). A setting out of range (a negative size, a KV cache larger than
+    memory, a target above 10000 ms) raises ``InvalidRequestError`` naming it.
     """
 
     def __new__(
@@ -277,6 +279,7 @@ class Engine:
         threads: Optional[int] = None,
         max_queue: Optional[int] = None,
         chat_template: Optional[str] = None,
+        target_step_ms: Optional[float] = None,
         _lease: Optional[Lease] = None,
     ) -> Self: ...
     def generate(self, prompt: Union[str, List[int]], **sampling: Unpack[Sampling]) -> Completion:
@@ -386,6 +389,7 @@ class Registry:
         threads: Optional[int] = None,
         max_queue: Optional[int] = None,
         chat_template: Optional[str] = None,
+        target_step_ms: Optional[float] = None,
     ) -> None:
         """Registers a GGUF generation model, or with ``embedding=True`` a sentence-transformers
         folder, under ``name``; loads nothing yet."""

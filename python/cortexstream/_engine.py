@@ -30,8 +30,12 @@ class Engine(_core.Engine):
     file. ``embedding_model`` is a name or a sentence-transformers folder; ``None`` loads
     ``"minilm"`` when it is in the cache, ``False`` loads none. The other arguments tune the
     scheduler; ``None`` keeps the core's default (``max_running=32``, ``max_batch_tokens=2048``,
-    ``kv_cache_tokens=16384``, ``context_length`` = the model's, ``threads`` = physical cores,
-    ``max_queue=256``). ``threads`` may be at most 4 per available CPU, and the KV cache must
+    ``target_step_ms=50``, ``kv_cache_tokens=16384``, ``context_length`` = the model's,
+    ``threads`` = physical cores, ``max_queue=256``). Every step runs every running stream's
+    next token plus a chunk of any prompt being prefilled; ``max_batch_tokens`` is the step's
+    token budget (at most 2**20) and ``target_step_ms`` the step time, hence inter-token
+    latency, the budget adapts to (above 0, at most 10000; ``0`` keeps a fixed budget of
+    ``max_batch_tokens``). ``threads`` may be at most 4 per available CPU, and the KV cache must
     fit in the machine's memory; a setting out of range raises :class:`InvalidRequestError`
     with ``param`` naming it.
     ``chat_template`` is a Jinja chat template used instead of the model's
@@ -70,6 +74,7 @@ class Engine(_core.Engine):
         threads: Optional[int] = None,
         max_queue: Optional[int] = None,
         chat_template: Optional[str] = None,
+        target_step_ms: Optional[float] = None,
     ) -> Engine:
         return super().__new__(
             cls,
@@ -83,6 +88,7 @@ class Engine(_core.Engine):
             threads=threads,
             max_queue=max_queue,
             chat_template=chat_template,
+            target_step_ms=target_step_ms,
         )
 
     def embed(self, texts: Union[str, Sequence[str]], *, as_numpy: bool = False) -> Any:

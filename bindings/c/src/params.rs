@@ -44,7 +44,10 @@ pub struct cs_engine_params {
     pub embedding_model_path: *const c_char,
     /// Most sequences decoded together in one step (default 32).
     pub max_running: usize,
-    /// Token budget of one step; long prompts are prefilled in chunks of this size (default 2048).
+    /// Token budget of one step, its decodes and prompt chunks together (vLLM's
+    /// `max_num_batched_tokens`): the budget itself when `target_step_ms` is 0, its ceiling
+    /// otherwise (default 2048, at most 2^20). Every running decode is in every step; long
+    /// prompts are prefilled in chunks of what the decodes leave (at least 16 tokens a step).
     pub max_batch_tokens: usize,
     /// Total tokens the KV cache holds across all sequences (default 16384). A cache larger than
     /// the machine's memory is CS_INVALID_ARGUMENT naming `kv_cache_tokens`.
@@ -63,6 +66,12 @@ pub struct cs_engine_params {
     /// a template (a base model) needs one for chat requests, which otherwise fail with
     /// CS_CHAT_TEMPLATE. Borrowed only during `cs_engine_new`.
     pub chat_template: *const c_char,
+    /// Target duration of one step in milliseconds, i.e. the inter-token latency of running
+    /// streams while prompts are prefilled beside them: the step's token budget adapts to
+    /// measured step times (default 50). 0 keeps a fixed budget of `max_batch_tokens`; a
+    /// negative, NaN or above-10000 value is CS_INVALID_ARGUMENT naming `target_step_ms`.
+    /// Appended after `chat_template`: a caller whose `struct_size` ends before it gets the default.
+    pub target_step_ms: f64,
 }
 
 /// How to sample and when to stop. Get one from `cs_sampling_default_params()`
@@ -156,6 +165,7 @@ pub extern "C" fn cs_engine_default_params() -> cs_engine_params {
         threads: defaults.threads.unwrap_or(0),
         max_queue: defaults.max_queue,
         chat_template: std::ptr::null(),
+        target_step_ms: defaults.target_step_ms.unwrap_or(0.0),
     }
 }
 
@@ -212,6 +222,7 @@ impl cs_engine_params {
         config.context_length = (self.context_length != 0).then_some(self.context_length);
         config.threads = (self.threads != 0).then_some(self.threads);
         config.max_queue = self.max_queue;
+        config.set_target_step_ms(self.target_step_ms);
         // SAFETY: forwarded caller contract.
         config.chat_template = unsafe { optional_c_str(self.chat_template, "chat_template")? }.map(String::from);
         Ok(config)

@@ -36,7 +36,9 @@ function checkMessages(messages) {
 }
 
 // Engine sizes; ranges (whole, >= 1, bounded) are the core's to check.
-const ENGINE_NUMBER_OPTIONS = ['maxRunning', 'maxBatchTokens', 'kvCacheTokens', 'blockSize', 'contextLength', 'threads', 'maxQueue'];
+const ENGINE_NUMBER_OPTIONS = [
+  'maxRunning', 'maxBatchTokens', 'targetStepMs', 'kvCacheTokens', 'blockSize', 'contextLength', 'threads', 'maxQueue',
+];
 
 /** Engine options: sizes must be numbers (the native conversion would not name the option). */
 function checkEngineOptions(options) {

@@ -31,6 +31,7 @@ pub struct EngineOptions {
     pub threads: Option<f64>,
     pub max_queue: Option<f64>,
     pub chat_template: Option<String>,
+    pub target_step_ms: Option<f64>,
 }
 
 impl EngineOptions {
@@ -42,6 +43,9 @@ impl EngineOptions {
         config.context_length = self.context_length.map(|v| whole(v, "contextLength")).transpose()?;
         config.threads = self.threads.map(|v| whole(v, "threads")).transpose()?;
         config.chat_template = self.chat_template;
+        if let Some(ms) = self.target_step_ms {
+            config.set_target_step_ms(ms);
+        }
         for (slot, value, name) in [
             (&mut config.max_running, self.max_running, "maxRunning"),
             (&mut config.max_batch_tokens, self.max_batch_tokens, "maxBatchTokens"),

@@ -69,7 +69,8 @@ impl Engine {
     #[new]
     #[pyo3(signature = (
         model, *, tokenizer=None, embedding_model=None, max_running=None, max_batch_tokens=None,
-        kv_cache_tokens=None, context_length=None, threads=None, max_queue=None, chat_template=None, _lease=None,
+        kv_cache_tokens=None, context_length=None, threads=None, max_queue=None, chat_template=None,
+        target_step_ms=None, _lease=None,
     ))]
     #[allow(clippy::too_many_arguments)] // mirrors the Python keyword arguments one to one
     fn new(
@@ -84,6 +85,7 @@ impl Engine {
         threads: Option<&Bound<'_, PyAny>>,
         max_queue: Option<&Bound<'_, PyAny>>,
         chat_template: Option<String>,
+        target_step_ms: Option<&Bound<'_, PyAny>>,
         _lease: Option<PyRef<'_, Lease>>,
     ) -> PyResult<Self> {
         // `Lease.engine` builds the `cortexstream.Engine` subclass (with its asyncio methods)
@@ -97,6 +99,7 @@ impl Engine {
             embedding_model,
             [max_running, max_batch_tokens, kv_cache_tokens, context_length, threads, max_queue],
             chat_template,
+            target_step_ms,
         )?;
         let engine = py.detach(|| cortexstream::Engine::new(config)).map_err(to_py_err)?;
         Ok(Self { engine: EngineRef::Owned(engine) })
@@ -232,6 +235,7 @@ pub(crate) fn engine_config(
     embedding_model: Option<PathBuf>,
     sizes: [Option<&Bound<'_, PyAny>>; 6],
     chat_template: Option<String>,
+    target_step_ms: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<EngineConfig> {
     let [max_running, max_batch_tokens, kv_cache_tokens, context_length, threads, max_queue] = sizes;
     let mut config = EngineConfig::new(model);
@@ -242,6 +246,9 @@ pub(crate) fn engine_config(
     set_optional(&mut config.context_length, context_length, "context_length")?;
     set_optional(&mut config.threads, threads, "threads")?;
     config.chat_template = chat_template;
+    if let Some(ms) = target_step_ms.filter(|v| !v.is_none()) {
+        config.set_target_step_ms(number(ms, "target_step_ms")?);
+    }
     for (slot, value, name) in [
         (&mut config.max_running, max_running, "max_running"),
         (&mut config.max_batch_tokens, max_batch_tokens, "max_batch_tokens"),

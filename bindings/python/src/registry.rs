@@ -71,7 +71,7 @@ impl Registry {
     #[pyo3(signature = (
         name, model, *, embedding=false, keep_alive=None, tokenizer=None, embedding_model=None, max_running=None,
         max_batch_tokens=None, kv_cache_tokens=None, context_length=None, threads=None, max_queue=None,
-        chat_template=None,
+        chat_template=None, target_step_ms=None,
     ))]
     #[allow(clippy::too_many_arguments)] // mirrors the Python keyword arguments one to one
     fn register(
@@ -89,13 +89,14 @@ impl Registry {
         threads: Option<&Bound<'_, PyAny>>,
         max_queue: Option<&Bound<'_, PyAny>>,
         chat_template: Option<String>,
+        target_step_ms: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let source = if embedding {
             let threads = threads.filter(|v| !v.is_none()).map(|t| number(t, "threads")).transpose()?;
             ModelSource::Embedding { dir: model, threads }
         } else {
             let sizes = [max_running, max_batch_tokens, kv_cache_tokens, context_length, threads, max_queue];
-            ModelSource::Generation(engine_config(model, tokenizer, embedding_model, sizes, chat_template)?)
+            ModelSource::Generation(engine_config(model, tokenizer, embedding_model, sizes, chat_template, target_step_ms)?)
         };
         let spec = ModelSpec { name, source, keep_alive: self::keep_alive(keep_alive)? };
         self.registry.register(spec).map_err(|e| to_py_err(e.into()))

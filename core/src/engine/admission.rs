@@ -85,7 +85,6 @@ pub(super) fn prepare(
         prompt_len,
         tokens,
         computed: 0,
-        prefill_start: 0,
         blocks: Default::default(),
         sliding_blocks: Default::default(),
         queue_slot: None,
@@ -103,7 +102,6 @@ pub(super) fn prepare(
         first_scheduled: None,
         first_token: None,
         last_token: None,
-        decode_deferrals: 0,
         scheduled_this_step: false,
     };
     let handle = RequestHandle::new(id, prompt_len, rx, cancel);

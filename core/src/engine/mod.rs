@@ -9,6 +9,7 @@ mod config;
 mod handle;
 pub(crate) mod scheduler;
 pub(crate) mod sequence;
+pub(crate) mod step_budget;
 mod step_loop;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -36,13 +37,8 @@ use sequence::{panic_message, EventCallback, QueueSlot, Sequence};
 use step_loop::StepLoop;
 
 pub use completion::{Completion, CompletionBuilder, EmbeddingInfo, Embeddings, ModelInfo};
-pub use config::{sliding_pool_blocks, EngineConfig};
+pub use config::{sliding_pool_blocks, EngineConfig, DEFAULT_TARGET_STEP_MS};
 pub use handle::{Canceller, RecvError, RequestHandle};
-
-/// Steps in a row a running decode may sit out while a short backlog of prompt work is
-/// pending: enough for a burst of queued short prompts to get their first tokens first,
-/// bounded so decodes never starve (a long prompt never defers them: see the scheduler).
-const MAX_DECODE_DEFERRAL: u32 = 8;
 
 enum Command {
     Submit(Box<Sequence>),
@@ -147,12 +143,7 @@ impl Engine {
             None => model.new_kv_storage(num_blocks, config.block_size),
         };
         let mut scheduler = Scheduler::new(
-            SchedulerConfig {
-                max_running: config.max_running,
-                max_batch_tokens: config.max_batch_tokens,
-                max_prefill_tokens: config.max_prefill_tokens,
-                max_decode_deferral: MAX_DECODE_DEFERRAL,
-            },
+            SchedulerConfig { max_running: config.max_running, max_prefill_tokens: config.max_prefill_tokens },
             BlockAllocator::new(num_blocks, config.block_size),
         );
         if let (Some(window), Some(blocks)) = (mc.sliding_window, sliding_blocks) {
@@ -176,7 +167,7 @@ impl Engine {
             mask_counters: Arc::default(),
             memory_bytes,
         });
-        let worker = StepLoop::new(Arc::clone(&shared), model, kv, scheduler, command_rx);
+        let worker = StepLoop::new(Arc::clone(&shared), model, kv, scheduler, config.step_budget(), command_rx);
         let thread = std::thread::Builder::new()
             .name("cortexstream-engine".into())
             .spawn(move || worker.run())
