@@ -226,6 +226,46 @@ typedef enum cs_finish_reason {
 } cs_finish_reason;
 
 /**
+ * Which stop ended a request: the detail behind `cs_finish_reason` (STOP is EOS, TOKEN,
+ * STRING or GRAMMAR).
+ */
+typedef enum cs_stop_kind {
+  /**
+   * Not finished (TOKEN events).
+   */
+  CS_STOP_NONE = 0,
+  /**
+   * The model's end-of-generation token (EOS, `<|im_end|>`, ...); `stop_token_id` says which.
+   */
+  CS_STOP_EOS = 1,
+  /**
+   * One of the request's `stop_token_ids`; `stop_token_id` says which (also when that id is
+   * an end-of-generation token too).
+   */
+  CS_STOP_TOKEN = 2,
+  /**
+   * One of the request's `stop` strings; `stop_string` says which.
+   */
+  CS_STOP_STRING = 3,
+  /**
+   * The output constraint (schema, regex, grammar, choices) accepts no more tokens.
+   */
+  CS_STOP_GRAMMAR = 4,
+  /**
+   * `max_tokens` reached or the context window is full (CS_FINISH_LENGTH).
+   */
+  CS_STOP_LENGTH = 5,
+  /**
+   * CS_FINISH_CANCELLED.
+   */
+  CS_STOP_CANCELLED = 6,
+  /**
+   * CS_FINISH_ERROR.
+   */
+  CS_STOP_ERROR = 7,
+} cs_stop_kind;
+
+/**
  * An engine: one loaded model (plus an optional embedding model) and its scheduler thread.
  *
  * Thread-safety: every function taking a `cs_engine*` may be called from any thread,
@@ -268,7 +308,10 @@ typedef struct cs_engine_params {
    */
   size_t max_running;
   /**
-   * Token budget of one step; long prompts are prefilled in chunks of this size (default 2048).
+   * Token budget of one step, its decodes and prompt chunks together (vLLM's
+   * `max_num_batched_tokens`): the budget itself when `target_step_ms` is 0, its ceiling
+   * otherwise (default 2048, at most 2^20). Every running decode is in every step; long
+   * prompts are prefilled in chunks of what the decodes leave (at least 16 tokens a step).
    */
   size_t max_batch_tokens;
   /**
@@ -300,6 +343,14 @@ typedef struct cs_engine_params {
    * CS_CHAT_TEMPLATE. Borrowed only during `cs_engine_new`.
    */
   const char *chat_template;
+  /**
+   * Target duration of one step in milliseconds, i.e. the inter-token latency of running
+   * streams while prompts are prefilled beside them: the step's token budget adapts to
+   * measured step times (default 50). 0 keeps a fixed budget of `max_batch_tokens`; a
+   * negative, NaN or above-10000 value is CS_INVALID_ARGUMENT naming `target_step_ms`.
+   * Appended after `chat_template`: a caller whose `struct_size` ends before it gets the default.
+   */
+  double target_step_ms;
 } cs_engine_params;
 
 /**
@@ -738,6 +789,23 @@ typedef struct cs_event {
    * (`top_logprobs_len` entries; NULL if none).
    */
   const struct cs_bytes *top_logprobs_bytes;
+  /**
+   * FINISHED: which stop ended the request (appended like `token_bytes`).
+   */
+  enum cs_stop_kind stop_kind;
+  /**
+   * FINISHED with CS_STOP_EOS or CS_STOP_TOKEN: the token that ended the request; else 0.
+   */
+  uint32_t stop_token_id;
+  /**
+   * FINISHED with CS_STOP_STRING: the stop string that matched (NUL-terminated UTF-8, never
+   * part of the text); otherwise NULL.
+   */
+  const char *stop_string;
+  /**
+   * Length of `stop_string` in bytes, without the terminating NUL (0 when NULL).
+   */
+  size_t stop_string_len;
 } cs_event;
 
 /**

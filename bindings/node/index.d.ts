@@ -35,8 +35,18 @@ export interface EngineOptions {
   embeddingModel?: string | null | false;
   /** Most sequences in the running batch (default 32). */
   maxRunning?: number;
-  /** Token budget of one engine step: decode tokens plus prompt chunks (default 2048). */
+  /**
+   * Token budget of one engine step, its decodes and prompt chunks together (default 2048, at
+   * most 2^20): fixed when `targetStepMs` is 0, else the ceiling of the adaptive budget. Every
+   * running stream's next token is in every step; prompts are prefilled in chunks beside them.
+   */
   maxBatchTokens?: number;
+  /**
+   * Target duration of one step in milliseconds, i.e. the inter-token latency of running
+   * streams while a prompt is prefilled beside them: the budget adapts to measured step times
+   * (default 50; 0 keeps a fixed budget; above 0 and at most 10000 otherwise).
+   */
+  targetStepMs?: number;
   /** Total KV cache capacity in tokens, shared by all requests (default 16384). */
   kvCacheTokens?: number;
   /** Tokens per KV cache block (default 16). */
@@ -54,7 +64,13 @@ export interface EngineOptions {
   chatTemplate?: string;
 }
 
-/** Sampling, stopping and cancellation options of one request. */
+/**
+ * Sampling, stopping and cancellation options of one request: the core's request options
+ * (`cortexstream::RequestOptions`) in camelCase, plus `signal`. The core reads them, so an
+ * unknown name, a wrong type (a fraction where a count belongs included) or a value out of
+ * range rejects with `code: 'invalid_request'` and `param` naming the option, worded as at
+ * every other door. `null` and `undefined` keep an option's default.
+ */
 export interface GenerateOptions {
   /** Most tokens to generate; default: up to the context window. */
   maxTokens?: number;
@@ -89,7 +105,7 @@ export interface GenerateOptions {
   /** A label carried by the request's log records (see `setLogListener`), e.g. an HTTP request id. */
   tag?: string;
   /** OpenAI's `logit_bias`: token id -> bias in [-100, 100] added to its logit (-100 in effect bans it). */
-  logitBias?: Record<number, number>;
+  logitBias?: Record<number | string, number>;
   /**
    * Output constraints: give at most one. The output then follows it and the request ends with
    * `'stop'` once complete (`'length'` if `maxTokens` runs out first). A constraint that does
@@ -123,6 +139,18 @@ export interface ChatMessage {
 
 /** Why a request ended. `cancelled` also covers {@link Engine.close}. */
 export type FinishReason = 'stop' | 'length' | 'cancelled' | 'error';
+
+/**
+ * Which stop ended a request: the detail behind {@link FinishReason}. `eos` (the model's
+ * end-of-generation token), `stop_token` (one of `stopTokenIds`; also when that id is an
+ * end-of-generation token too), `stop_string` (one of `stop`; the earliest in the text) and
+ * `grammar` (the output constraint is complete) have finishReason `stop`; `length`,
+ * `cancelled` and `error` have the finishReason of the same name.
+ */
+export type StopReason =
+  | { kind: 'eos' | 'stop_token'; tokenId: number; stopString?: undefined }
+  | { kind: 'stop_string'; stopString: string; tokenId?: undefined }
+  | { kind: 'grammar' | 'length' | 'cancelled' | 'error'; tokenId?: undefined; stopString?: undefined };
 
 /** Token counts of one request. */
 export interface Usage {
@@ -172,6 +200,8 @@ export interface Chunk {
   /** Present when `logprobs` was requested. */
   logprobs?: TokenLogprobs;
   finishReason?: FinishReason;
+  /** Which stop ended the request; last chunk only. */
+  stopReason?: StopReason;
   usage?: Usage;
   timings?: Timings;
   /** Set when `finishReason` is `error`. */
@@ -184,6 +214,8 @@ export interface Completion {
   /** Every sampled token, including an end-of-generation token that ended the request. */
   tokenIds: number[];
   finishReason: FinishReason;
+  /** Which stop ended the request. */
+  stopReason: StopReason;
   usage: Usage;
   timings: Timings;
   /** One entry per token when `logprobs` was requested. */

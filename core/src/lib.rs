@@ -14,9 +14,12 @@
 //! # Ok::<(), cortexstream::Error>(())
 //! ```
 
+// `#[doc(hidden)]`: modules only the tests, benches and fuzz targets reach from outside, not
+// the public API (which is what lib.rs re-exports, plus chat, gguf, tokenizer and the rest).
 pub mod chat;
 pub mod constraint;
 pub(crate) mod cpu;
+#[doc(hidden)]
 pub mod detokenize;
 pub mod engine;
 pub mod error;
@@ -24,12 +27,18 @@ pub(crate) mod f16;
 pub mod gguf;
 #[doc(hidden)]
 pub mod gguf_write;
+#[doc(hidden)]
 pub mod kv_cache;
 pub(crate) mod memory;
 pub mod metrics;
+#[doc(hidden)]
 pub mod models;
+pub mod options;
+#[doc(hidden)]
 pub mod quant;
+pub mod registry;
 pub mod request;
+#[doc(hidden)]
 pub mod sampling;
 pub mod telemetry;
 pub mod threadpool;
@@ -43,7 +52,10 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use metrics::{Histogram, MetricsSnapshot};
+pub use options::{OptionValue, RequestOptions};
+pub use registry::{KeepAlive, ModelLease, ModelSpec, Registry, RegistryError, RegistryOptions, ServedModel};
 pub use request::{
-    ChatMessage, Event, FinishReason, Prompt, Request, SamplingParams, Timings, TokenLogprobs, TopLogprob, Usage,
+    ChatMessage, Event, FinishReason, Prompt, Request, SamplerSettings, SamplingParams, StopCriteria, StopReason,
+    Timings, TokenLogprobs, TopLogprob, Usage,
 };
 pub use timeout::WaitLimit;

@@ -8,6 +8,7 @@ mod common;
 
 use cortexstream::{
     ChatMessage, Completion, Constraint, Engine, EngineConfig, FinishReason, Prompt, Request, SamplingParams,
+    StopReason,
 };
 use serde_json::Value;
 
@@ -86,6 +87,7 @@ fn regex_and_choices_outputs_match() {
         let params = constrained(Constraint::Choices(choices.clone()), 1.0, seed, 8);
         let done = run(&engine, ask("Name a colour."), params);
         assert_eq!(done.finish_reason, FinishReason::Stop);
+        assert_eq!(done.stop_reason, StopReason::GrammarComplete, "the choice ended it, not a token");
         assert!(choices.contains(&done.text), "{:?}", done.text);
     }
 }

@@ -9,8 +9,21 @@ Models come from the local cache; ``python -m cortexstream pull`` fetches the de
 
 from . import logs, models
 from ._async import AsyncStream
-from ._core import Chunk, Completion, ModelInfo, Stream, Timings, TokenLogprobs, Usage, __version__
+from ._core import (
+    Chunk,
+    Completion,
+    Lease,
+    LoadedModel,
+    ModelInfo,
+    StopReason,
+    Stream,
+    Timings,
+    TokenLogprobs,
+    Usage,
+    __version__,
+)
 from ._engine import Engine
+from ._registry import Registry
 from .errors import (
     CancelledError,
     ChatTemplateError,
@@ -37,11 +50,15 @@ __all__ = [
     "Engine",
     "EngineClosedError",
     "InvalidRequestError",
+    "Lease",
+    "LoadedModel",
     "ModelInfo",
     "ModelLoadError",
     "ModelNotFoundError",
     "NoEmbeddingModelError",
     "OverloadedError",
+    "Registry",
+    "StopReason",
     "Stream",
     "Timings",
     "TokenLogprobs",

@@ -109,6 +109,7 @@ typedef struct {
     size_t text_len;
     int token_events_with_logprobs;
     cs_event finished; /* copy of the FINISHED event (its pointers are not kept) */
+    char stop_string[64]; /* copy of finished.stop_string ("" when NULL) */
     bool has_finished;
     int events_after_finished;
 } stream_result;
@@ -120,6 +121,9 @@ static void record_event(stream_result *result, const cs_event *event) {
     }
     if (event->kind == CS_EVENT_FINISHED) {
         result->finished = *event;
+        if (event->stop_string != NULL)
+            snprintf(result->stop_string, sizeof result->stop_string, "%.*s", (int)event->stop_string_len,
+                     event->stop_string);
         result->has_finished = true;
         return;
     }
@@ -339,6 +343,8 @@ static void test_greedy_matches_llama_cpp(void) {
     CHECK(result->has_finished, "no FINISHED event");
     const cs_event *fin = &result->finished;
     CHECK(fin->finish_reason == CS_FINISH_LENGTH, "finish reason %d", (int)fin->finish_reason);
+    CHECK(fin->stop_kind == CS_STOP_LENGTH && fin->stop_token_id == 0 && fin->stop_string == NULL,
+          "stop kind %d, token %u", (int)fin->stop_kind, fin->stop_token_id);
     CHECK(fin->usage.prompt_tokens == COUNT_OF(REF_PROMPT_IDS), "prompt_tokens %zu",
           fin->usage.prompt_tokens);
     CHECK(fin->usage.completion_tokens == COUNT_OF(REF_GREEDY_IDS), "completion_tokens %zu",
@@ -458,10 +464,31 @@ static void test_stop_string_and_logprobs(void) {
           result->text);
     CHECK(result->finished.finish_reason == CS_FINISH_STOP, "finish reason %d",
           (int)result->finished.finish_reason);
+    CHECK(result->finished.stop_kind == CS_STOP_STRING && strcmp(result->stop_string, "bear") == 0 &&
+              result->finished.stop_string_len == 4,
+          "stop kind %d, stop string \"%s\"", (int)result->finished.stop_kind, result->stop_string);
     CHECK(result->token_events_with_logprobs == (int)result->ids_len,
           "%d of %zu token events had logprobs", result->token_events_with_logprobs, result->ids_len);
     free(result);
     CHECK_OK(cs_request_free(request));
+}
+
+/* Runs `params` on the reference prompt to the end; NULL if the submit failed. */
+static stream_result *run_to_end(const cs_sampling_params *params);
+
+static void test_stop_token_id_is_reported(void) {
+    const uint32_t stop_ids[] = {REF_GREEDY_IDS[2]};
+    cs_sampling_params params = greedy_params(16);
+    params.stop_token_ids = stop_ids;
+    params.stop_token_ids_len = COUNT_OF(stop_ids);
+    stream_result *result = run_to_end(&params);
+    if (result == NULL) return;
+    CHECK(result->ids_len == 3 && result->ids[2] == stop_ids[0], "%zu tokens", result->ids_len);
+    CHECK(result->finished.finish_reason == CS_FINISH_STOP, "finish reason %d", (int)result->finished.finish_reason);
+    CHECK(result->finished.stop_kind == CS_STOP_TOKEN && result->finished.stop_token_id == stop_ids[0] &&
+              result->finished.stop_string == NULL,
+          "stop kind %d, token %u", (int)result->finished.stop_kind, result->finished.stop_token_id);
+    free(result);
 }
 
 /* Runs `params` on the reference prompt to the end; NULL if the submit failed. */
@@ -527,6 +554,7 @@ static void test_constrained_output_and_bad_constraints(void) {
     if (result != NULL) {
         CHECK(strcmp(result->text, "yes") == 0 || strcmp(result->text, "no") == 0, "choice: \"%s\"", result->text);
         CHECK(result->finished.finish_reason == CS_FINISH_STOP, "finish reason %d", (int)result->finished.finish_reason);
+        CHECK(result->finished.stop_kind == CS_STOP_GRAMMAR, "stop kind %d", (int)result->finished.stop_kind);
         free(result);
     }
     params.constraint_kind = CS_CONSTRAINT_JSON_SCHEMA;
@@ -1284,6 +1312,35 @@ static void test_engine_settings_out_of_range_are_rejected(void) {
     bad = params;
     bad.max_running = 0;
     check_engine_params_rejected(bad, "max_running");
+    bad = params;
+    bad.max_batch_tokens = SIZE_MAX;
+    check_engine_params_rejected(bad, "max_batch_tokens");
+    const double bad_targets[] = {-1.0, NAN, INFINITY, 10000.5};
+    for (size_t i = 0; i < COUNT_OF(bad_targets); i++) {
+        bad = params;
+        bad.target_step_ms = bad_targets[i];
+        check_engine_params_rejected(bad, "target_step_ms");
+    }
+}
+
+/* The step latency target: 50 ms by default, 0 for a fixed budget, and a caller built before
+ * the field existed (struct_size ending before it) gets the default, whatever lies past it. */
+static void test_target_step_ms_param(void) {
+    char gguf[4200], minilm[4200];
+    model_paths(gguf, minilm, sizeof gguf);
+    cs_engine_params params = cs_engine_default_params();
+    CHECK(params.target_step_ms == 50.0, "default target_step_ms %f", params.target_step_ms);
+    params.model_path = gguf;
+    params.kv_cache_tokens = 512;
+    params.target_step_ms = 0.0;
+    cs_engine *fixed = NULL;
+    CHECK_OK(cs_engine_new(&params, &fixed));
+    if (fixed != NULL) CHECK_OK(cs_engine_free(fixed));
+    params.struct_size = offsetof(cs_engine_params, target_step_ms);
+    params.target_step_ms = -1.0;
+    cs_engine *older = NULL;
+    CHECK_OK(cs_engine_new(&params, &older));
+    if (older != NULL) CHECK_OK(cs_engine_free(older));
 }
 
 static void test_next_event_timeouts(void) {
@@ -1615,6 +1672,7 @@ int main(int argc, char **argv) {
         {"older_params_struct_gets_defaults", test_older_params_struct_gets_defaults},
         {"callback_and_pull_streams_agree", test_callback_and_pull_streams_agree},
         {"stop_string_and_logprobs", test_stop_string_and_logprobs},
+        {"stop_token_id_is_reported", test_stop_token_id_is_reported},
         {"constrained_output_and_bad_constraints", test_constrained_output_and_bad_constraints},
         {"cancel_from_another_thread", test_cancel_from_another_thread},
         {"free_running_request_cancels_it", test_free_running_request_cancels_it},
@@ -1633,6 +1691,7 @@ int main(int argc, char **argv) {
         {"bool_field_bytes_other_than_0_or_1_are_rejected", test_bool_field_bytes_other_than_0_or_1_are_rejected},
         {"huge_thread_count_is_rejected", test_huge_thread_count_is_rejected},
         {"engine_settings_out_of_range_are_rejected", test_engine_settings_out_of_range_are_rejected},
+        {"target_step_ms_param", test_target_step_ms_param},
         {"next_event_timeouts", test_next_event_timeouts},
         {"logprob_bytes_of_a_partial_utf8_token", test_logprob_bytes_of_a_partial_utf8_token},
         {"cancel_takes_effect_within_one_step", test_cancel_takes_effect_within_one_step},

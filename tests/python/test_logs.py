@@ -101,5 +101,6 @@ def test_a_bad_level_is_refused_naming_it() -> None:
 
 
 def test_a_bad_tag_is_refused_naming_it(engine: cortexstream.Engine) -> None:
-    with pytest.raises(TypeError, match="tag"):
+    with pytest.raises(cortexstream.InvalidRequestError) as error:
         engine.generate(PROMPT, max_tokens=1, tag=5)
+    assert error.value.param == "tag"

@@ -16,6 +16,7 @@ mod owned;
 mod params;
 mod request;
 mod status;
+mod text;
 // Last: its items close the header.
 pub mod log;
 

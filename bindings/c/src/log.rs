@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use cortexstream::telemetry::{add_sink, remove_sink, LogLevel, LogRecord, SinkId};
 
-use crate::args::to_c_string;
 use crate::status::{cs_status, guard, Failure};
+use crate::text::to_c_string;
 
 /// `cs_set_log_callback` level: no records (removes the callback).
 pub const CS_LOG_OFF: i32 = 0;

@@ -4,7 +4,7 @@ use std::ffi::{c_char, c_void};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use cortexstream::{Canceller, Event, Prompt, RecvError, Request, RequestHandle, WaitLimit};
+use cortexstream::{Canceller, Event, Prompt, RecvError, RequestHandle, WaitLimit};
 
 use crate::args::{c_str, check_out, read_sized, require, slice};
 use crate::engine::{chat_messages, cs_chat_message, cs_engine, engine_ref};
@@ -138,7 +138,7 @@ unsafe fn submit(
     // SAFETY (all): forwarded caller contract.
     let engine = unsafe { engine_ref(engine)? }.core();
     let params = unsafe { read_sized(params, cs_sampling_default_params(), "params")? };
-    let request = Request::new(prompt, unsafe { params.to_core()? }).with_priority(params.priority);
+    let request = unsafe { params.to_options()? }.into_request(prompt);
     check_out(out_request, "out_request")?;
     let stream = match callback {
         None => Stream { handle: engine.submit(request)?, pulled: Some(Pulled::default()) },

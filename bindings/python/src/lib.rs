@@ -4,12 +4,12 @@
 //! place (`errors`), and moves events to Python threads with the GIL released while waiting.
 //! The friendly layer (model names, asyncio, numpy) is plain Python in `python/cortexstream`.
 
-mod constraint;
 mod engine;
 mod errors;
 mod logs;
 mod options;
 mod records;
+mod registry;
 mod stream;
 
 use pyo3::prelude::*;
@@ -20,12 +20,16 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<stream::Stream>()?;
     module.add_class::<records::Chunk>()?;
     module.add_class::<records::Completion>()?;
+    module.add_class::<records::StopReason>()?;
     module.add_class::<records::Usage>()?;
     module.add_class::<records::Timings>()?;
     module.add_class::<records::TokenLogprobs>()?;
     module.add_class::<records::ModelInfo>()?;
     module.add_function(wrap_pyfunction!(logs::set_log_handler, module)?)?;
     module.add_function(wrap_pyfunction!(logs::dropped_log_records, module)?)?;
+    module.add_class::<registry::Registry>()?;
+    module.add_class::<registry::Lease>()?;
+    module.add_class::<registry::LoadedModel>()?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -96,15 +96,17 @@ impl Stream {
                 token_id: Some(*id),
                 logprobs: logprobs.clone().map(|l| TokenLogprobs::new(*id, l)),
                 finish_reason: None,
+                stop_reason: None,
                 usage: None,
                 timings: None,
                 error: None,
             },
-            Event::Finished { reason, usage, timings, error } => Chunk {
+            Event::Finished { reason, stop_reason, usage, timings, error } => Chunk {
                 text: String::new(),
                 token_id: None,
                 logprobs: None,
                 finish_reason: Some(reason.as_str()),
+                stop_reason: Some(stop_reason.into()),
                 usage: Some((*usage).into()),
                 timings: Some((*timings).into()),
                 error: error.clone(),

@@ -1,7 +1,7 @@
 //! Admission: validating and tokenizing a request on the caller's thread, before it is
 //! queued for the engine thread.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,8 +11,9 @@ use super::sequence::{EventCallback, EventSink, Sequence};
 use super::Shared;
 use crate::detokenize::StreamingText;
 use crate::error::{Error, Result};
-use crate::request::{Prompt, Request};
+use crate::request::{Prompt, Request, StopCriteria, StopReason};
 use crate::sampling::Sampler;
+use crate::tokenizer::Tokenizer;
 
 /// Tokenizes and validates a request (on the caller's thread, so errors return at once and
 /// the engine thread never tokenizes).
@@ -24,6 +25,8 @@ pub(super) fn prepare(
     let tokenizer = &shared.tokenizer;
     let vocab_size = shared.info.vocab_size;
     request.params.validate(vocab_size)?;
+    // The sampler gets what it reads; the sequence holds the stop criteria.
+    let (sampler_settings, stop) = request.params.split();
     let tokens = match &request.prompt {
         Prompt::Text(text) => {
             if text.is_empty() {
@@ -54,22 +57,19 @@ pub(super) fn prepare(
                 tokens.len()
             ),
             prompt_tokens: tokens.len(),
-            max_tokens: request.params.max_tokens.unwrap_or(0),
+            max_tokens: stop.max_tokens.unwrap_or(0),
             context_length: context,
         });
     }
     debug_assert!(context <= shared.kv_capacity_tokens);
     // A completion that would overflow the context is clamped to it and ends with
     // FinishReason::Length, as llama.cpp does (documented in the README).
-    let max_new_tokens = request.params.max_tokens.unwrap_or(usize::MAX).min(context - tokens.len());
+    let max_new_tokens = stop.max_tokens.unwrap_or(usize::MAX).min(context - tokens.len());
 
     // Compiled here, on the caller's thread, so a bad schema fails the submit itself.
     let constraint =
-        request.params.constraint.as_ref().map(|c| shared.constraints.start(c, tokenizer, vocab_size)).transpose()?;
-    let mut stop_ids: HashSet<u32> = request.params.stop_token_ids.iter().copied().collect();
-    if !request.params.ignore_eos {
-        stop_ids.extend(tokenizer.end_of_generation_ids().iter().copied());
-    }
+        sampler_settings.constraint.as_ref().map(|c| shared.constraints.start(c, tokenizer, vocab_size)).transpose()?;
+    let stop_ids = stop_tokens(&stop, tokenizer);
     let cancel = Arc::new(AtomicBool::new(false));
     let (tx, rx) = crossbeam_channel::unbounded();
     let sink = match callback {
@@ -78,7 +78,7 @@ pub(super) fn prepare(
     };
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let prompt_len = tokens.len();
-    let span = request_span(id, &request, shared.log_prompts);
+    let span = request_span(id, request.tag.as_deref(), &request.prompt, shared.log_prompts);
     let sequence = Sequence {
         id,
         priority: request.priority,
@@ -86,15 +86,14 @@ pub(super) fn prepare(
         prompt_len,
         tokens,
         computed: 0,
-        prefill_start: 0,
         blocks: Default::default(),
         sliding_blocks: Default::default(),
         queue_slot: None,
         registered_blocks: 0,
         last_block_hash: None,
         max_new_tokens,
-        text: StreamingText::new(request.params.stop.clone()),
-        sampler: Sampler::new(request.params),
+        text: StreamingText::new(stop.stop),
+        sampler: Sampler::new(sampler_settings),
         constraint,
         stop_ids,
         sink,
@@ -104,7 +103,6 @@ pub(super) fn prepare(
         first_scheduled: None,
         first_token: None,
         last_token: None,
-        decode_deferrals: 0,
         scheduled_this_step: false,
         span,
     };
@@ -114,16 +112,16 @@ pub(super) fn prepare(
 
 /// The request's log span: its engine id and the caller's tag, and its prompt text only when
 /// the engine was configured to log prompts. Disabled (and free) when nobody listens.
-fn request_span(id: u64, request: &Request, log_prompts: bool) -> tracing::Span {
+fn request_span(id: u64, tag: Option<&str>, prompt: &Prompt, log_prompts: bool) -> tracing::Span {
     let span = tracing::info_span!(
         target: "cortexstream::request",
         "request",
         request_id = id,
-        tag = request.tag.as_deref(),
+        tag,
         prompt = tracing::field::Empty,
     );
     if log_prompts && !span.is_disabled() {
-        span.record("prompt", prompt_text(&request.prompt).as_str());
+        span.record("prompt", prompt_text(prompt).as_str());
     }
     span
 }
@@ -134,4 +132,14 @@ fn prompt_text(prompt: &Prompt) -> String {
         Prompt::Tokens(ids) => format!("{ids:?}"),
         Prompt::Chat(messages) => serde_json::to_string(messages).unwrap_or_default(),
     }
+}
+
+/// The token ids that end a request, each with the stop it reports. A requested stop token id
+/// wins over the same id as an end-of-generation token: the request named it.
+fn stop_tokens(stop: &StopCriteria, tokenizer: &Tokenizer) -> HashMap<u32, StopReason> {
+    let end_of_generation = tokenizer.end_of_generation_ids().iter().filter(|_| !stop.ignore_eos);
+    let mut stops: HashMap<u32, StopReason> =
+        end_of_generation.map(|&id| (id, StopReason::EndOfGeneration(id))).collect();
+    stops.extend(stop.stop_token_ids.iter().map(|&id| (id, StopReason::StopTokenId(id))));
+    stops
 }

@@ -1,7 +1,7 @@
 //! One request's life inside the engine: its tokens, KV blocks, sampler, text stream,
 //! timestamps, and where its events go.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,7 +11,7 @@ use crossbeam_channel::Sender;
 use super::block_allocator::{BlockHash, BlockTable};
 use crate::constraint::state::ConstraintState;
 use crate::detokenize::StreamingText;
-use crate::request::{Event, FinishReason, Timings, Usage};
+use crate::request::{Event, StopReason, Timings, Usage};
 use crate::sampling::Sampler;
 
 /// A user callback receiving every event on the engine thread; returning `false` cancels.
@@ -80,9 +80,6 @@ pub(crate) struct Sequence {
     pub prompt_len: usize,
     /// Leading tokens whose K/V are in the cache.
     pub computed: usize,
-    /// Where the current prefill started (after the prefix-cache hit at admission): the
-    /// scheduler weighs prompt work by its whole length, `tokens.len() - prefill_start`.
-    pub prefill_start: usize,
     /// The KV blocks it holds; they go back to the allocator when the sequence is dropped.
     pub blocks: BlockTable,
     /// Its blocks in the sliding-window layers' pool (empty for models without one); those
@@ -99,8 +96,9 @@ pub(crate) struct Sequence {
     /// The grammar its output must follow, if the request is constrained.
     pub constraint: Option<ConstraintState>,
     pub text: StreamingText,
-    /// Token ids that end the request (end-of-generation ids unless ignore_eos, plus stop_token_ids).
-    pub stop_ids: HashSet<u32>,
+    /// Token ids that end the request, each with the stop it reports: the request's
+    /// stop_token_ids, and the model's end-of-generation ids unless ignore_eos.
+    pub stop_ids: HashMap<u32, StopReason>,
     pub sink: EventSink,
     pub cancel: Arc<AtomicBool>,
     pub cached_prompt_tokens: usize,
@@ -108,8 +106,6 @@ pub(crate) struct Sequence {
     pub first_scheduled: Option<Instant>,
     pub first_token: Option<Instant>,
     pub last_token: Option<Instant>,
-    /// Steps in a row this sequence's decode sat out for prompt work (see the scheduler).
-    pub decode_deferrals: u32,
     /// Already in the plan being built (the scheduler's bookkeeping within one step).
     pub scheduled_this_step: bool,
     /// The request's log span (disabled, and free, when nobody listens; see `telemetry`).
@@ -128,12 +124,6 @@ impl Sequence {
     /// Generating: only the last sampled token is left to run (not a prompt or a recompute).
     pub fn is_decoding(&self) -> bool {
         self.pending() == 1 && self.computed >= self.prompt_len
-    }
-
-    /// The whole prompt work of its current (or next) prefill, computed or not: what the
-    /// scheduler weighs when deciding whether decodes may wait for it.
-    pub fn prompt_work(&self) -> usize {
-        self.tokens.len() - self.prefill_start
     }
 
     /// Tokens still to run through the model before the next token can be sampled.
@@ -169,8 +159,14 @@ impl Sequence {
 
     /// Ends the sequence: its blocks and queue place are given back now, and the returned
     /// final event is delivered by the caller once the engine's gauges say so.
-    pub fn finish(self, reason: FinishReason, error: Option<String>) -> FinalEvent {
-        let event = Event::Finished { reason, usage: self.usage(), timings: self.timings(Instant::now()), error };
+    pub fn finish(self, stop: StopReason, error: Option<String>) -> FinalEvent {
+        let event = Event::Finished {
+            reason: stop.finish_reason(),
+            stop_reason: stop,
+            usage: self.usage(),
+            timings: self.timings(Instant::now()),
+            error,
+        };
         // Everything but the sink (blocks included) is dropped here.
         FinalEvent { sink: self.sink, event }
     }

@@ -10,6 +10,7 @@ use crossbeam_channel::Receiver;
 
 use super::scheduler::{ScheduledChunk, Scheduler};
 use super::sequence::{panic_message, Delivery, FinalEvent, Sequence};
+use super::step_budget::StepBudget;
 use super::{Command, Shared};
 use crate::constraint::masks::{MaskWorker, StepStates};
 use crate::detokenize::Step;
@@ -17,7 +18,7 @@ use crate::error::Result;
 use crate::kv_cache::KvStorage;
 use crate::metrics::{add, Metrics};
 use crate::models::{GenerationModel, SeqChunk};
-use crate::request::{Event, FinishReason};
+use crate::request::{Event, FinishReason, StopReason};
 use crate::tokenizer::Tokenizer;
 
 /// The engine thread: owns the model, the KV storage and the scheduler.
@@ -26,6 +27,8 @@ pub(super) struct StepLoop {
     model: GenerationModel,
     kv: KvStorage,
     scheduler: Scheduler,
+    /// Prompt tokens per step beside the decodes, adapted to the measured step times.
+    budget: StepBudget,
     commands: Receiver<Command>,
     /// Logits of the last step, reused across steps.
     logits: Vec<f32>,
@@ -35,7 +38,7 @@ pub(super) struct StepLoop {
     /// [`reuse_allocation`]).
     chunks: Vec<SeqChunk<'static>>,
     /// Sequences that finished in the step: id, reason, error.
-    finished: Vec<(u64, FinishReason, Option<String>)>,
+    finished: Vec<(u64, StopReason, Option<String>)>,
     /// Computes the token masks of constrained sequences beside the forward.
     masks: MaskWorker,
 }
@@ -55,6 +58,7 @@ impl StepLoop {
         model: GenerationModel,
         kv: KvStorage,
         scheduler: Scheduler,
+        budget: StepBudget,
         commands: Receiver<Command>,
     ) -> Self {
         Self {
@@ -63,6 +67,7 @@ impl StepLoop {
             model,
             kv,
             scheduler,
+            budget,
             commands,
             logits: Vec::new(),
             plan: Vec::new(),
@@ -124,7 +129,8 @@ impl StepLoop {
     }
 
     fn run_plan(&mut self, plan: &mut Vec<ScheduledChunk>) -> Result<()> {
-        let report = self.scheduler.schedule_into(plan);
+        let started = Instant::now();
+        let report = self.scheduler.schedule_into(plan, &self.budget);
         let metrics = Arc::clone(&self.shared.metrics);
         add(&metrics.preemptions, report.preempted as u64);
         add(&metrics.prefix_cache_hit_tokens, report.prefix_hit_tokens as u64);
@@ -139,7 +145,7 @@ impl StepLoop {
                 "KV cache pressure"
             );
         }
-        self.retire(report.out_of_space.into_iter().map(|seq| (seq, FinishReason::Length, None)));
+        self.retire(report.out_of_space.into_iter().map(|seq| (seq, StopReason::Length, None)));
         if plan.is_empty() {
             return Ok(());
         }
@@ -196,13 +202,15 @@ impl StepLoop {
             }));
             self.finished = finished;
         }
+        // The whole step, sampling and streaming included: what a running stream waits.
+        self.budget.observe(batch_tokens - prefill_tokens, prefill_tokens, started.elapsed());
         Ok(())
     }
 
     /// Ends cancelled requests (flag set by the caller, or the consumer went away).
     fn reap_cancelled(&mut self) {
         let removed = self.scheduler.remove_where(Sequence::is_cancelled);
-        self.retire(removed.into_iter().map(|seq| (seq, FinishReason::Cancelled, None)));
+        self.retire(removed.into_iter().map(|seq| (seq, StopReason::Cancelled, None)));
     }
 
     /// Counts a failed step and fails the requests it was computing.
@@ -216,36 +224,36 @@ impl StepLoop {
     fn fail_running(&mut self, message: &str) {
         let ids: HashSet<u64> = self.scheduler.running.iter().map(|s| s.id).collect();
         let removed = self.scheduler.remove_where(|s| ids.contains(&s.id));
-        self.retire(removed.into_iter().map(|seq| (seq, FinishReason::Error, Some(message.to_string()))));
+        self.retire(removed.into_iter().map(|seq| (seq, StopReason::Error, Some(message.to_string()))));
     }
 
     fn cancel_everything(&mut self) {
         let removed = self.scheduler.remove_where(|_| true);
-        self.retire(removed.into_iter().map(|seq| (seq, FinishReason::Cancelled, None)));
+        self.retire(removed.into_iter().map(|seq| (seq, StopReason::Cancelled, None)));
         // Requests that raced with shutdown.
         let raced: Vec<Sequence> = std::iter::from_fn(|| match self.commands.try_recv() {
             Ok(Command::Submit(seq)) => Some(*seq),
             _ => None,
         })
         .collect();
-        self.retire(raced.into_iter().map(|seq| (seq, FinishReason::Cancelled, None)));
+        self.retire(raced.into_iter().map(|seq| (seq, StopReason::Cancelled, None)));
         self.publish_gauges();
     }
 
     /// Ends sequences: gives back their blocks and queue places, counts the outcomes and
     /// publishes the gauges, and only then delivers their `Finished` events, so a caller that
     /// sees `Finished` also sees the blocks free in the metrics.
-    fn retire(&mut self, ended: impl IntoIterator<Item = (Sequence, FinishReason, Option<String>)>) {
+    fn retire(&mut self, ended: impl IntoIterator<Item = (Sequence, StopReason, Option<String>)>) {
         let metrics = &self.shared.metrics;
         let mut finals: Vec<FinalEvent> = Vec::new();
         for (seq, reason, error) in ended {
             add(&metrics.requests_finished, 1);
             match reason {
-                FinishReason::Cancelled => add(&metrics.requests_cancelled, 1),
-                FinishReason::Error => add(&metrics.requests_failed, 1),
+                StopReason::Cancelled => add(&metrics.requests_cancelled, 1),
+                StopReason::Error => add(&metrics.requests_failed, 1),
                 _ => {}
             }
-            log_finish(&seq, reason, error.as_deref());
+            log_finish(&seq, reason.finish_reason(), error.as_deref());
             finals.push(seq.finish(reason, error));
         }
         if finals.is_empty() {
@@ -284,17 +292,17 @@ fn advance(
     logits: &mut [f32],
     tokenizer: &Tokenizer,
     metrics: &Metrics,
-) -> Option<(FinishReason, Option<String>)> {
+) -> Option<(StopReason, Option<String>)> {
     let now = Instant::now();
     if let Some(constraint) = &mut seq.constraint {
         if let Err(message) = constraint.mask_logits(logits) {
-            return Some((FinishReason::Error, Some(message)));
+            return Some((StopReason::Error, Some(message)));
         }
     }
     let sampled = seq.sampler.sample(logits, &seq.tokens);
     let token = sampled.token;
     let grammar_complete = match seq.constraint.as_mut().map(|c| c.advance(token)) {
-        Some(Err(message)) => return Some((FinishReason::Error, Some(message))),
+        Some(Err(message)) => return Some((StopReason::Error, Some(message))),
         Some(Ok(complete)) => complete,
         None => false,
     };
@@ -313,24 +321,24 @@ fn advance(
 
     let mut reason = None;
     let mut text = String::new();
-    if seq.stop_ids.contains(&token) {
-        reason = Some(FinishReason::Stop);
+    if let Some(stop) = seq.stop_ids.get(&token) {
+        reason = Some(stop.clone());
     } else {
         // Special tokens (control markers) are not part of the visible text.
         let bytes = if tokenizer.is_special(token) { &[][..] } else { tokenizer.token_bytes(token).unwrap_or(&[]) };
         match seq.text.push(bytes) {
             Step::Text(t) => text = t,
-            Step::Stopped(t) => {
-                text = t;
-                reason = Some(FinishReason::Stop);
+            Step::Stopped { text: before, stop } => {
+                text = before;
+                reason = Some(StopReason::StopString(stop));
             }
         }
     }
     if reason.is_none() && grammar_complete {
-        reason = Some(FinishReason::Stop);
+        reason = Some(StopReason::GrammarComplete);
     }
     if reason.is_none() && seq.generated() >= seq.max_new_tokens {
-        reason = Some(FinishReason::Length);
+        reason = Some(StopReason::Length);
     }
     if reason.is_some() {
         // Nothing can complete a stop string any more: release what was held back.
@@ -343,9 +351,9 @@ fn advance(
     let event = Event::Token { id: token, text, logprobs };
     match seq.sink.deliver(event) {
         Delivery::Delivered => reason.map(|r| (r, None)),
-        Delivery::ConsumerGone => Some((FinishReason::Cancelled, None)),
+        Delivery::ConsumerGone => Some((StopReason::Cancelled, None)),
         Delivery::CallbackPanicked(message) => {
-            Some((FinishReason::Error, Some(format!("the event callback panicked: {message}"))))
+            Some((StopReason::Error, Some(format!("the event callback panicked: {message}"))))
         }
     }
 }
