@@ -96,7 +96,14 @@ impl Registry {
             ModelSource::Embedding { dir: model, threads }
         } else {
             let sizes = [max_running, max_batch_tokens, kv_cache_tokens, context_length, threads, max_queue];
-            ModelSource::Generation(engine_config(model, tokenizer, embedding_model, sizes, chat_template, target_step_ms)?)
+            ModelSource::Generation(engine_config(
+                model,
+                tokenizer,
+                embedding_model,
+                sizes,
+                chat_template,
+                target_step_ms,
+            )?)
         };
         let spec = ModelSpec { name, source, keep_alive: self::keep_alive(keep_alive)? };
         self.registry.register(spec).map_err(|e| to_py_err(e.into()))
