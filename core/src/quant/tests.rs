@@ -317,7 +317,8 @@ fn simd_kernels_give_identical_bits() {
     let simd: Vec<Kernel> = kernels();
     for (t, ty) in quantized_types().enumerate() {
         // 13 rows: one pair of 8-row groups, the second partial; 39 rows: an odd group count,
-        // so the AMX kernel's last pair has one group.
+        // so the last pair of the AMX kernel and of the 512-bit Q8_0 kernel (`vnni512`, under
+        // `Avx512Vnni`) has one group.
         let (small, _) = matrix(ty, 500 + t as u64);
         let parts: Vec<QMatrix> = (0..3).map(|i| matrix(ty, 510 + 3 * t as u64 + i).0).collect();
         let large = QMatrix::concat_rows(&parts).expect("same format");
