@@ -461,8 +461,8 @@ impl QMatrix {
     }
 
     /// The group kernels: each task takes a run of 8-row groups and applies each group to the
-    /// activation rows `TILE` at a time. Q8_0 on 512-bit VNNI takes the groups in pairs instead
-    /// (`vnni512`: same bits, half the instructions).
+    /// activation rows `TILE` at a time. On 512-bit VNNI the formats `vnni512` covers take the
+    /// groups in pairs instead (same bits, about half the instructions).
     #[allow(clippy::too_many_arguments)]
     fn matmul_groups(
         &self,
@@ -475,8 +475,8 @@ impl QMatrix {
         pool: &ThreadPool,
     ) {
         #[cfg(target_arch = "x86_64")]
-        if kernel == Kernel::Avx512Vnni && format == QuantFormat::Q8_0 && vnni512::is_available() {
-            return self.matmul_q8_group_pairs(blocks, acts, m, out, pool);
+        if kernel == Kernel::Avx512Vnni && vnni512::pairs(format) && vnni512::is_available() {
+            return self.matmul_group_pairs(format, blocks, acts, m, out, pool);
         }
         let n_blocks = self.cols / BLOCK;
         let group_bytes = self.group_bytes();
@@ -494,12 +494,13 @@ impl QMatrix {
         });
     }
 
-    /// Q8_0 with [`vnni512::q8_pair_tile`]: each task takes a run of group pairs (16 weight
+    /// [`vnni512::pair_tile`]: each task takes a run of group pairs (16 weight
     /// rows; the last pair of an odd group count pairs the last group with itself and keeps
     /// one half).
     #[cfg(target_arch = "x86_64")]
-    fn matmul_q8_group_pairs(
+    fn matmul_group_pairs(
         &self,
+        format: QuantFormat,
         blocks: &[u8],
         acts: &[Q8Block],
         m: usize,
@@ -519,7 +520,7 @@ impl QMatrix {
                     let n = TILE.min(m - first);
                     let tile_acts = &acts[first * n_blocks..(first + n) * n_blocks];
                     // SAFETY: chosen only after `vnni512::is_available()` said yes.
-                    unsafe { vnni512::q8_pair_tile(first_group, second_group, n_blocks, tile_acts, &mut results) };
+                    unsafe { vnni512::pair_tile(format, first_group, second_group, n_blocks, tile_acts, &mut results) };
                     self.store_tile(out, g * LANES, first, &results[..n]);
                 }
             }
