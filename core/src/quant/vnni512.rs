@@ -1,10 +1,10 @@
-//! Q8_0 and the `Offset` formats (Q5_0, Q5_1, Q4_K, Q5_K) on 512-bit `vpdpbusd` (AVX512-VNNI
+//! Q8_0, Q6_K and the `Offset` formats (Q5_0, Q5_1, Q4_K, Q5_K) on 512-bit `vpdpbusd` (AVX512-VNNI
 //! with AVX512-F/BW): two 8-row groups side by side, one group in each 256-bit half of a
 //! vector, so each nibble unpacking, each broadcast activation dword and each `vpdpbusd`
 //! serves sixteen weight rows instead of eight.
 //!
 //! Every lane computes what the 256-bit VNNI kernels compute for its row (`group_kernel`'s
-//! `q8` and `offset_kernel` under `vnni`): the same exact integer block sums, then the same
+//! `q8`, `offset_kernel` and `halves` under `vnni`): the same exact integer block sums, then the same
 //! float operations in the same order, block after block. So the bits are the same as every
 //! other kernel's, and the choice of pairing (which depends only on the matrix, never on the
 //! batch) does not show in the results.
@@ -29,7 +29,15 @@ pub fn is_available() -> bool {
 
 /// Whether [`pair_tile`] takes `format`.
 pub fn pairs(format: QuantFormat) -> bool {
-    matches!(format, QuantFormat::Q8_0 | QuantFormat::Q5_0 | QuantFormat::Q5_1 | QuantFormat::Q4K | QuantFormat::Q5K)
+    matches!(
+        format,
+        QuantFormat::Q8_0
+            | QuantFormat::Q5_0
+            | QuantFormat::Q5_1
+            | QuantFormat::Q4K
+            | QuantFormat::Q5K
+            | QuantFormat::Q6K
+    )
 }
 
 /// `out[r][j]` = weight row `j` of the pair (rows 0..8 from `first`, 8..16 from `second`) ·
@@ -59,6 +67,7 @@ pub unsafe fn pair_tile(
         }
         QuantFormat::Q4K => by_tile_height!(n, offset_pair, MIN_K, false; format, first, second, n_blocks, acts, out),
         QuantFormat::Q5K => by_tile_height!(n, offset_pair, MIN_K, true; format, first, second, n_blocks, acts, out),
+        QuantFormat::Q6K => by_tile_height!(n, q6k_pair; format, first, second, n_blocks, acts, out),
         _ => unreachable!("{format:?} is not paired (`pairs`)"),
     }
 }
@@ -120,6 +129,90 @@ unsafe fn bit_4(bits: __m512i, v: usize) -> __m512i {
         _ => _mm512_srli_epi16::<3>(bits),
     };
     _mm512_and_si512(moved, _mm512_set1_epi8(1 << 4))
+}
+
+/// Bits 2j, 2j + 1 of each byte of a crumb vector moved to bits 4, 5 (Q6_K's high bits).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn crumb_4(crumbs: __m512i, j: usize) -> __m512i {
+    let moved = match j {
+        0 => _mm512_slli_epi16::<4>(crumbs),
+        1 => _mm512_slli_epi16::<2>(crumbs),
+        2 => crumbs,
+        _ => _mm512_srli_epi16::<2>(crumbs),
+    };
+    _mm512_and_si512(moved, _mm512_set1_epi8(3 << 4))
+}
+
+/// Eight signed bytes at `low` and eight at `high`, as sixteen i32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn load_i8x8_pair(low: *const u8, high: *const u8) -> __m512i {
+    _mm512_cvtepi8_epi32(_mm_unpacklo_epi64(
+        _mm_loadl_epi64(low as *const __m128i),
+        _mm_loadl_epi64(high as *const __m128i),
+    ))
+}
+
+/// Q6_K, as `group_kernel`'s `halves` under `vnni` for sixteen rows. The 256-bit kernel moves
+/// the weights' signs onto the activations (`vpsignb`, which AVX-512 lacks); here the stored
+/// values (0..=63) go to `vpdpbusd` as they are and each 16-weight half's sum starts at
+/// `-32 Σ a` over that half: `Σ (q - 32) a` either way, exact in 32 bits.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
+unsafe fn q6k_pair<const N: usize>(
+    format: QuantFormat,
+    first: &[u8],
+    second: &[u8],
+    n_blocks: usize,
+    acts: &[Q8Block],
+    out: &mut [[f32; PAIR_LANES]; TILE],
+) {
+    let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
+    let bias = format.bias() as i32;
+    let nibble = _mm512_set1_epi8(0x0f);
+    let mut acc = [_mm512_setzero_ps(); N];
+    for b in 0..n_blocks {
+        let (low, high) = (first.as_ptr().add(b * block_bytes), second.as_ptr().add(b * block_bytes));
+        let fields_at = format.scale_fields_at(n_blocks, b);
+        let d = load_f16x8_pair(first.as_ptr().add(fields_at), second.as_ptr().add(fields_at));
+        let (sc0, sc1) = (format.sc_at(0), format.sc_at(1));
+        let scales = [load_i8x8_pair(low.add(sc0), high.add(sc0)), load_i8x8_pair(low.add(sc1), high.add(sc1))];
+        let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
+        let first_half_sums: [i32; N] = std::array::from_fn(|r| row_acts[r].q[..16].iter().map(|&a| a as i32).sum());
+        let (low_values, high_values) = (low.add(values_at), high.add(values_at));
+        let mut dots = [_mm512_setzero_si512(); N];
+        for (half, scale) in scales.into_iter().enumerate() {
+            let mut sums: [__m512i; N] = std::array::from_fn(|r| {
+                let half_sum = if half == 0 { first_half_sums[r] } else { row_acts[r].sum - first_half_sums[r] };
+                _mm512_set1_epi32(-bias * half_sum)
+            });
+            for pair in 2 * half..2 * half + 2 {
+                let packed = load_pair(low_values.add(32 * pair), high_values.add(32 * pair));
+                let crumbs_at = 128 + 32 * (pair / 2);
+                let crumbs = load_pair(low_values.add(crumbs_at), high_values.add(crumbs_at));
+                let (j_low, j_high) = ((2 * pair) % 4, (2 * pair + 1) % 4);
+                let stored = [
+                    _mm512_or_si512(_mm512_and_si512(packed, nibble), crumb_4(crumbs, j_low)),
+                    _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16::<4>(packed), nibble), crumb_4(crumbs, j_high)),
+                ];
+                for (k, values) in stored.into_iter().enumerate() {
+                    for r in 0..N {
+                        sums[r] = _mm512_dpbusd_epi32(sums[r], values, broadcast4(row_acts[r], 2 * pair + k));
+                    }
+                }
+            }
+            for r in 0..N {
+                dots[r] = _mm512_add_epi32(dots[r], _mm512_mullo_epi32(scale, sums[r]));
+            }
+        }
+        for r in 0..N {
+            let scale = _mm512_mul_ps(d, _mm512_set1_ps(row_acts[r].d));
+            acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dots[r]), acc[r]);
+        }
+    }
+    for r in 0..N {
+        _mm512_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+    }
 }
 
 /// The `Offset` formats (`FIVE`: values have a high-bit plane), as `group_kernel`'s
