@@ -7,7 +7,8 @@
 //! per 32-element block and takes integer dot products against the weight blocks, eight weight
 //! rows per vector: with VNNI or AVX2 on CPUs that have them (chosen at runtime), portable code
 //! otherwise; batches of 8 rows or more go to AMX tiles where the CPU and OS offer them
-//! (`amx`). The SIMD kernels give identical bits (exact integer block sums, then the same
+//! (`amx`). With AVX-512, batches of 16 rows or more in the formats `vnni512` covers take
+//! sixteen weight rows (two groups) per 512-bit vector. The SIMD kernels give identical bits (exact integer block sums, then the same
 //! float operations in the same order), so the choice never shows in the results.
 //!
 //! **Batch invariance.** Every output element is computed by the same operations whatever the
@@ -103,7 +104,9 @@ enum Kernel {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2,
-    /// AVX2 plus `vpdpbusd` in its AVX512-VNNI (with AVX512-VL) encoding.
+    /// AVX2 plus `vpdpbusd` in its AVX512-VNNI (with AVX512-VL) encoding; with AVX512-F/BW
+    /// too, batches of 16 rows or more in Q8_0, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K take two
+    /// groups per 512-bit vector (`vnni512`, same bits).
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
     /// AVX2 plus `vpdpbusd` in its AVX-VNNI encoding.
@@ -461,8 +464,9 @@ impl QMatrix {
     }
 
     /// The group kernels: each task takes a run of 8-row groups and applies each group to the
-    /// activation rows `TILE` at a time. On 512-bit VNNI the formats `vnni512` covers take the
-    /// groups in pairs instead (same bits, about half the instructions).
+    /// activation rows `TILE` at a time. On 512-bit VNNI, batches of `vnni512::MIN_ROWS` rows or
+    /// more in the formats `vnni512` covers take the groups in pairs instead (same bits, about
+    /// half the instructions).
     #[allow(clippy::too_many_arguments)]
     fn matmul_groups(
         &self,
@@ -475,7 +479,7 @@ impl QMatrix {
         pool: &ThreadPool,
     ) {
         #[cfg(target_arch = "x86_64")]
-        if kernel == Kernel::Avx512Vnni && vnni512::pairs(format) && vnni512::is_available() {
+        if kernel == Kernel::Avx512Vnni && m >= vnni512::MIN_ROWS && vnni512::pairs(format) && vnni512::is_available() {
             return self.matmul_group_pairs(format, blocks, acts, m, out, pool);
         }
         let n_blocks = self.cols / BLOCK;

@@ -335,7 +335,9 @@ fn simd_kernels_give_identical_bits() {
             for (kernel, result) in simd.iter().zip(&results).skip(1) {
                 assert!(*result == results[0], "{ty:?} {rows} rows: {kernel:?} differs from {:?}", simd[0]);
             }
-            // Every batch size and odd row counts: each batch's rows equal the full batch's.
+            // Every batch size and odd row counts: each batch's rows equal the full batch's
+            // (under `Avx512Vnni` this also holds the 256-bit kernels, below
+            // `vnni512::MIN_ROWS`, to the 512-bit pairs the full batch of 64 takes).
             for (kernel, full) in simd.iter().zip(&results) {
                 for m in [1, 2, 3, 5, 7, 9, 17, 31, 33, 63] {
                     let mut out = vec![0f32; m * rows];

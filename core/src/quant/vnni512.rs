@@ -19,6 +19,14 @@ use super::TILE;
 /// Weight rows of a group pair: one per 32-bit lane of a 512-bit vector.
 pub const PAIR_LANES: usize = 2 * LANES;
 
+/// The batch size from which the pairs pay: below it the 256-bit kernels stay. With a few
+/// activation rows a matmul streams its weights from memory, and there the two streams of a
+/// pair were slower (Zen 4, one thread, weights far larger than the caches: the 262144-row
+/// Q8_0 output head 57% slower at 1 row, 10-20% at 2 to 8, even at 16, 17% faster at 32;
+/// Q5_0 slower up to 4 rows, faster from 8). Both give the same bits, so where the switch
+/// sits never shows in results.
+pub const MIN_ROWS: usize = 16;
+
 /// Whether this CPU can run [`pair_tile`].
 pub fn is_available() -> bool {
     crate::cpu::has_avx512_vnni()
