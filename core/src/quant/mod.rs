@@ -7,7 +7,8 @@
 //! per 32-element block and takes integer dot products against the weight blocks, eight weight
 //! rows per vector: with VNNI or AVX2 on CPUs that have them (chosen at runtime), portable code
 //! otherwise; batches of 8 rows or more go to AMX tiles where the CPU and OS offer them
-//! (`amx`). The SIMD kernels give identical bits (exact integer block sums, then the same
+//! (`amx`). With AVX-512, batches of 16 rows or more in the formats `vnni512` covers take
+//! sixteen weight rows (two groups) per 512-bit vector. The SIMD kernels give identical bits (exact integer block sums, then the same
 //! float operations in the same order), so the choice never shows in the results.
 //!
 //! **Batch invariance.** Every output element is computed by the same operations whatever the
@@ -36,6 +37,8 @@ mod scalar;
 mod tests;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
+#[cfg(target_arch = "x86_64")]
+mod vnni512;
 
 use std::cell::RefCell;
 
@@ -101,7 +104,9 @@ enum Kernel {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2,
-    /// AVX2 plus `vpdpbusd` in its AVX512-VNNI (with AVX512-VL) encoding.
+    /// AVX2 plus `vpdpbusd` in its AVX512-VNNI (with AVX512-VL) encoding; with AVX512-F/BW
+    /// too, batches of 16 rows or more in Q8_0, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K take two
+    /// groups per 512-bit vector (`vnni512`, same bits).
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
     /// AVX2 plus `vpdpbusd` in its AVX-VNNI encoding.
@@ -459,7 +464,9 @@ impl QMatrix {
     }
 
     /// The group kernels: each task takes a run of 8-row groups and applies each group to the
-    /// activation rows `TILE` at a time.
+    /// activation rows `TILE` at a time. On 512-bit VNNI, batches of `vnni512::MIN_ROWS` rows or
+    /// more in the formats `vnni512` covers take the groups in pairs instead (same bits, about
+    /// half the instructions).
     #[allow(clippy::too_many_arguments)]
     fn matmul_groups(
         &self,
@@ -471,29 +478,78 @@ impl QMatrix {
         out: &DisjointSlice<'_, f32>,
         pool: &ThreadPool,
     ) {
+        #[cfg(target_arch = "x86_64")]
+        if kernel == Kernel::Avx512Vnni && m >= vnni512::MIN_ROWS && vnni512::pairs(format) && vnni512::is_available() {
+            return self.matmul_group_pairs(format, blocks, acts, m, out, pool);
+        }
         let n_blocks = self.cols / BLOCK;
         let group_bytes = self.group_bytes();
         for_each_range(pool, self.rows.div_ceil(LANES), |groups| {
             let mut results = [[0f32; LANES]; TILE];
             for g in groups {
                 let group = &blocks[g * group_bytes..][..group_bytes];
-                let (first_row, lanes) = (g * LANES, LANES.min(self.rows - g * LANES));
                 for first in (0..m).step_by(TILE) {
                     let n = TILE.min(m - first);
                     let tile_acts = &acts[first * n_blocks..(first + n) * n_blocks];
                     kernel.group_tile(format, group, n_blocks, tile_acts, &mut results);
-                    for (r, row_results) in results[..n].iter().enumerate() {
-                        // SAFETY: the output rows of group `g` belong to this task alone.
-                        let dst = unsafe { out.range_mut((first + r) * self.rows + first_row, lanes) };
-                        match <&mut [f32; LANES]>::try_from(&mut *dst) {
-                            // A fixed-size copy compiles to one vector store, not a memmove call.
-                            Ok(full) => *full = *row_results,
-                            Err(_) => dst.copy_from_slice(&row_results[..lanes]),
-                        }
-                    }
+                    self.store_tile(out, g * LANES, first, &results[..n]);
                 }
             }
         });
+    }
+
+    /// [`vnni512::pair_tile`]: each task takes a run of group pairs (16 weight
+    /// rows; the last pair of an odd group count pairs the last group with itself and keeps
+    /// one half).
+    #[cfg(target_arch = "x86_64")]
+    fn matmul_group_pairs(
+        &self,
+        format: QuantFormat,
+        blocks: &[u8],
+        acts: &[Q8Block],
+        m: usize,
+        out: &DisjointSlice<'_, f32>,
+        pool: &ThreadPool,
+    ) {
+        let n_blocks = self.cols / BLOCK;
+        let group_bytes = self.group_bytes();
+        let groups = self.rows.div_ceil(LANES);
+        for_each_range(pool, groups.div_ceil(2), |pairs| {
+            let mut results = [[0f32; vnni512::PAIR_LANES]; TILE];
+            for pair in pairs {
+                let g = 2 * pair;
+                let first_group = &blocks[g * group_bytes..][..group_bytes];
+                let second_group = &blocks[(g + 1).min(groups - 1) * group_bytes..][..group_bytes];
+                for first in (0..m).step_by(TILE) {
+                    let n = TILE.min(m - first);
+                    let tile_acts = &acts[first * n_blocks..(first + n) * n_blocks];
+                    // SAFETY: chosen only after `vnni512::is_available()` said yes.
+                    unsafe { vnni512::pair_tile(format, first_group, second_group, n_blocks, tile_acts, &mut results) };
+                    self.store_tile(out, g * LANES, first, &results[..n]);
+                }
+            }
+        });
+    }
+
+    /// Writes a tile's results (`results[r][j]`: weight row `first_row + j`, activation row
+    /// `first + r`), dropping lanes past the matrix's last row.
+    fn store_tile<const W: usize>(
+        &self,
+        out: &DisjointSlice<'_, f32>,
+        first_row: usize,
+        first: usize,
+        results: &[[f32; W]],
+    ) {
+        let lanes = W.min(self.rows - first_row);
+        for (r, row_results) in results.iter().enumerate() {
+            // SAFETY: the output rows of these groups belong to the calling task alone.
+            let dst = unsafe { out.range_mut((first + r) * self.rows + first_row, lanes) };
+            match <&mut [f32; W]>::try_from(&mut *dst) {
+                // A fixed-size copy compiles to one vector store, not a memmove call.
+                Ok(full) => *full = *row_results,
+                Err(_) => dst.copy_from_slice(&row_results[..lanes]),
+            }
+        }
     }
 
     /// The AMX kernel: each task takes a run of group pairs (16 weight rows) and applies each

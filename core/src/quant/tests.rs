@@ -317,7 +317,8 @@ fn simd_kernels_give_identical_bits() {
     let simd: Vec<Kernel> = kernels();
     for (t, ty) in quantized_types().enumerate() {
         // 13 rows: one pair of 8-row groups, the second partial; 39 rows: an odd group count,
-        // so the AMX kernel's last pair has one group.
+        // so the last pair of the AMX kernel and of the 512-bit Q8_0 kernel (`vnni512`, under
+        // `Avx512Vnni`) has one group.
         let (small, _) = matrix(ty, 500 + t as u64);
         let parts: Vec<QMatrix> = (0..3).map(|i| matrix(ty, 510 + 3 * t as u64 + i).0).collect();
         let large = QMatrix::concat_rows(&parts).expect("same format");
@@ -334,7 +335,9 @@ fn simd_kernels_give_identical_bits() {
             for (kernel, result) in simd.iter().zip(&results).skip(1) {
                 assert!(*result == results[0], "{ty:?} {rows} rows: {kernel:?} differs from {:?}", simd[0]);
             }
-            // Every batch size and odd row counts: each batch's rows equal the full batch's.
+            // Every batch size and odd row counts: each batch's rows equal the full batch's
+            // (under `Avx512Vnni` this also holds the 256-bit kernels, below
+            // `vnni512::MIN_ROWS`, to the 512-bit pairs the full batch of 64 takes).
             for (kernel, full) in simd.iter().zip(&results) {
                 for m in [1, 2, 3, 5, 7, 9, 17, 31, 33, 63] {
                     let mut out = vec![0f32; m * rows];

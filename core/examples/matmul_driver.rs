@@ -1,0 +1,60 @@
+//! A small fixed matmul for counting instructions under `valgrind --tool=callgrind` (wall time
+//! is useless on a shared machine): one weight matrix of a chosen type, random but fixed
+//! weights and activations, one thread, a fixed number of matmuls.
+//!
+//! `cargo run --release -p cortexstream --example matmul_driver -- Q8_0 512 640 32 4`
+//! (type, rows, cols, batch rows, repetitions); compare `Ir` of `QMatrix::matmul` between builds.
+
+use cortexstream::gguf::GgmlType;
+use cortexstream::quant::QMatrix;
+use cortexstream::threadpool::ThreadPool;
+
+/// Bytes per ggml block and the offsets of its f16 scales (set to a sane value, 2^-7).
+fn block_layout(ty: GgmlType) -> (usize, usize, &'static [usize]) {
+    match ty {
+        GgmlType::Q8_0 => (32, 34, &[0]),
+        GgmlType::Q5_0 => (32, 22, &[0]),
+        GgmlType::Q4K => (256, 144, &[0, 2]),
+        GgmlType::Q5K => (256, 176, &[0, 2]),
+        GgmlType::Q6K => (256, 210, &[208]),
+        _ => panic!("the driver covers Q8_0, Q5_0, Q4_K, Q5_K and Q6_K"),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize, default: usize| args.get(i).map_or(default, |s| s.parse().expect("a number"));
+    let ty = match args.first().map_or("Q8_0", String::as_str) {
+        "Q8_0" => GgmlType::Q8_0,
+        "Q5_0" => GgmlType::Q5_0,
+        "Q4_K" => GgmlType::Q4K,
+        "Q5_K" => GgmlType::Q5K,
+        "Q6_K" => GgmlType::Q6K,
+        other => panic!("unknown type {other}"),
+    };
+    let (rows, cols, m, reps) = (arg(1, 512), arg(2, 640), arg(3, 32), arg(4, 4));
+    let (per_block, block_bytes, scales) = block_layout(ty);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut bytes: Vec<u8> = (0..rows * cols / per_block * block_bytes).map(|_| next() as u8).collect();
+    for block in bytes.chunks_exact_mut(block_bytes) {
+        for &at in scales {
+            block[at..at + 2].copy_from_slice(&[0x00, 0x20]);
+        }
+    }
+    let matrix = QMatrix::from_ggml_bytes(ty, rows, cols, &bytes).expect("weights");
+    let x: Vec<f32> = (0..m * cols).map(|_| (next() % 2001) as f32 / 1000.0 - 1.0).collect();
+    let pool = ThreadPool::new(1).expect("thread pool");
+    let mut out = vec![0f32; m * rows];
+    let mut checksum = 0f64;
+    for _ in 0..reps {
+        matrix.matmul(&x, m, &mut out, &pool);
+        checksum += out.iter().map(|&v| v as f64).sum::<f64>();
+    }
+    println!("{ty:?} {rows}x{cols} m={m} reps={reps} checksum {checksum:.6}");
+}

@@ -1,0 +1,331 @@
+//! Q8_0, Q6_K and the `Offset` formats (Q5_0, Q5_1, Q4_K, Q5_K) on 512-bit `vpdpbusd` (AVX512-VNNI
+//! with AVX512-F/BW): two 8-row groups side by side, one group in each 256-bit half of a
+//! vector, so each nibble unpacking, each broadcast activation dword and each `vpdpbusd`
+//! serves sixteen weight rows instead of eight.
+//!
+//! Every lane computes what the 256-bit VNNI kernels compute for its row (`group_kernel`'s
+//! `q8`, `offset_kernel` and `halves` under `vnni`): the same exact integer block sums, then the same
+//! float operations in the same order, block after block. So the bits are the same as every
+//! other kernel's, and the choice of pairing (which depends only on the matrix, never on the
+//! batch) does not show in the results.
+
+use std::arch::x86_64::*;
+
+use super::activations::Q8Block;
+use super::blocks::QuantFormat;
+use super::interleaved::LANES;
+use super::TILE;
+
+/// Weight rows of a group pair: one per 32-bit lane of a 512-bit vector.
+pub const PAIR_LANES: usize = 2 * LANES;
+
+/// The batch size from which the pairs pay: below it the 256-bit kernels stay. With a few
+/// activation rows a matmul streams its weights from memory, and there the two streams of a
+/// pair were slower (Zen 4, one thread, weights far larger than the caches: the 262144-row
+/// Q8_0 output head 57% slower at 1 row, 10-20% at 2 to 8, even at 16, 17% faster at 32;
+/// Q5_0 slower up to 4 rows, faster from 8). Both give the same bits, so where the switch
+/// sits never shows in results.
+pub const MIN_ROWS: usize = 16;
+
+/// Whether this CPU can run [`pair_tile`].
+pub fn is_available() -> bool {
+    crate::cpu::has_avx512_vnni()
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && crate::cpu::has_avx2_fma_f16c()
+}
+
+/// Whether [`pair_tile`] takes `format`.
+pub fn pairs(format: QuantFormat) -> bool {
+    matches!(
+        format,
+        QuantFormat::Q8_0
+            | QuantFormat::Q5_0
+            | QuantFormat::Q5_1
+            | QuantFormat::Q4K
+            | QuantFormat::Q5K
+            | QuantFormat::Q6K
+    )
+}
+
+/// `out[r][j]` = weight row `j` of the pair (rows 0..8 from `first`, 8..16 from `second`) ·
+/// activation row `r`, for the `n <= TILE` activation rows stacked in `acts`. `first` and
+/// `second` each hold one group's `n_blocks` blocks of `format` (one that [`pairs`] takes).
+///
+/// # Safety
+/// The CPU must support the features [`is_available`] checks.
+pub unsafe fn pair_tile(
+    format: QuantFormat,
+    first: &[u8],
+    second: &[u8],
+    n_blocks: usize,
+    acts: &[Q8Block],
+    out: &mut [[f32; PAIR_LANES]; TILE],
+) {
+    let n = acts.len() / n_blocks.max(1);
+    let group_bytes = format.group_bytes(n_blocks);
+    assert!(first.len() == group_bytes && second.len() == group_bytes && acts.len() == n * n_blocks && n <= TILE);
+    match format {
+        QuantFormat::Q8_0 => by_tile_height!(n, q8_pair; first, second, n_blocks, acts, out),
+        QuantFormat::Q5_0 => {
+            by_tile_height!(n, offset_pair, MIN_MINUS_16D, true; format, first, second, n_blocks, acts, out)
+        }
+        QuantFormat::Q5_1 => {
+            by_tile_height!(n, offset_pair, MIN_STORED, true; format, first, second, n_blocks, acts, out)
+        }
+        QuantFormat::Q4K => by_tile_height!(n, offset_pair, MIN_K, false; format, first, second, n_blocks, acts, out),
+        QuantFormat::Q5K => by_tile_height!(n, offset_pair, MIN_K, true; format, first, second, n_blocks, acts, out),
+        QuantFormat::Q6K => by_tile_height!(n, q6k_pair; format, first, second, n_blocks, acts, out),
+        _ => unreachable!("{format:?} is not paired (`pairs`)"),
+    }
+}
+
+/// How an `Offset` format's per-block scale `d` and min `m` come from its fields (as in
+/// `group_kernel`).
+const MIN_MINUS_16D: u8 = 0; // Q5_0: `m = -16 d`
+const MIN_STORED: u8 = 1; // Q5_1: `m` stored as f16
+const MIN_K: u8 = 2; // Q4_K, Q5_K: `d = d_super sc`, `m = -dmin mn`
+
+/// Eight f16 values at `low` and eight at `high`, as sixteen f32 (exact).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn load_f16x8_pair(low: *const u8, high: *const u8) -> __m512 {
+    _mm512_cvtph_ps(_mm256_inserti128_si256::<1>(
+        _mm256_castsi128_si256(_mm_loadu_si128(low as *const __m128i)),
+        _mm_loadu_si128(high as *const __m128i),
+    ))
+}
+
+/// Eight unsigned bytes at `low` and eight at `high`, as sixteen f32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn load_u8x8_pair(low: *const u8, high: *const u8) -> __m512 {
+    let bytes = _mm_unpacklo_epi64(_mm_loadl_epi64(low as *const __m128i), _mm_loadl_epi64(high as *const __m128i));
+    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes))
+}
+
+/// 32 bytes at `low` and 32 at `high`, as one vector.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn load_pair(low: *const u8, high: *const u8) -> __m512i {
+    _mm512_inserti64x4::<1>(
+        _mm512_castsi256_si512(_mm256_loadu_si256(low as *const __m256i)),
+        _mm256_loadu_si256(high as *const __m256i),
+    )
+}
+
+/// Activation bytes `4 v .. 4 v + 4` of `act`, in every 32-bit lane.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn broadcast4(act: &Q8Block, v: usize) -> __m512i {
+    _mm512_set1_epi32((act.q.as_ptr().add(4 * v) as *const i32).read_unaligned())
+}
+
+/// Bit `v` of each byte of a bit vector moved to bit 4 (the 5-bit formats' high bit; the mask
+/// drops what a 16-bit shift carries over).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn bit_4(bits: __m512i, v: usize) -> __m512i {
+    let moved = match v {
+        0 => _mm512_slli_epi16::<4>(bits),
+        1 => _mm512_slli_epi16::<3>(bits),
+        2 => _mm512_slli_epi16::<2>(bits),
+        3 => _mm512_slli_epi16::<1>(bits),
+        4 => bits,
+        5 => _mm512_srli_epi16::<1>(bits),
+        6 => _mm512_srli_epi16::<2>(bits),
+        _ => _mm512_srli_epi16::<3>(bits),
+    };
+    _mm512_and_si512(moved, _mm512_set1_epi8(1 << 4))
+}
+
+/// Bits 2j, 2j + 1 of each byte of a crumb vector moved to bits 4, 5 (Q6_K's high bits).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn crumb_4(crumbs: __m512i, j: usize) -> __m512i {
+    let moved = match j {
+        0 => _mm512_slli_epi16::<4>(crumbs),
+        1 => _mm512_slli_epi16::<2>(crumbs),
+        2 => crumbs,
+        _ => _mm512_srli_epi16::<2>(crumbs),
+    };
+    _mm512_and_si512(moved, _mm512_set1_epi8(3 << 4))
+}
+
+/// Eight signed bytes at `low` and eight at `high`, as sixteen i32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn load_i8x8_pair(low: *const u8, high: *const u8) -> __m512i {
+    _mm512_cvtepi8_epi32(_mm_unpacklo_epi64(
+        _mm_loadl_epi64(low as *const __m128i),
+        _mm_loadl_epi64(high as *const __m128i),
+    ))
+}
+
+/// Q6_K, as `group_kernel`'s `halves` under `vnni` for sixteen rows. The 256-bit kernel moves
+/// the weights' signs onto the activations (`vpsignb`, which AVX-512 lacks); here the stored
+/// values (0..=63) go to `vpdpbusd` as they are and each 16-weight half's sum starts at
+/// `-32 Σ a` over that half: `Σ (q - 32) a` either way, exact in 32 bits.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
+unsafe fn q6k_pair<const N: usize>(
+    format: QuantFormat,
+    first: &[u8],
+    second: &[u8],
+    n_blocks: usize,
+    acts: &[Q8Block],
+    out: &mut [[f32; PAIR_LANES]; TILE],
+) {
+    let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
+    let bias = format.bias() as i32;
+    let nibble = _mm512_set1_epi8(0x0f);
+    let mut acc = [_mm512_setzero_ps(); N];
+    for b in 0..n_blocks {
+        let (low, high) = (first.as_ptr().add(b * block_bytes), second.as_ptr().add(b * block_bytes));
+        let fields_at = format.scale_fields_at(n_blocks, b);
+        let d = load_f16x8_pair(first.as_ptr().add(fields_at), second.as_ptr().add(fields_at));
+        let (sc0, sc1) = (format.sc_at(0), format.sc_at(1));
+        let scales = [load_i8x8_pair(low.add(sc0), high.add(sc0)), load_i8x8_pair(low.add(sc1), high.add(sc1))];
+        let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
+        let first_half_sums: [i32; N] = std::array::from_fn(|r| row_acts[r].q[..16].iter().map(|&a| a as i32).sum());
+        let (low_values, high_values) = (low.add(values_at), high.add(values_at));
+        let mut dots = [_mm512_setzero_si512(); N];
+        for (half, scale) in scales.into_iter().enumerate() {
+            let mut sums: [__m512i; N] = std::array::from_fn(|r| {
+                let half_sum = if half == 0 { first_half_sums[r] } else { row_acts[r].sum - first_half_sums[r] };
+                _mm512_set1_epi32(-bias * half_sum)
+            });
+            for pair in 2 * half..2 * half + 2 {
+                let packed = load_pair(low_values.add(32 * pair), high_values.add(32 * pair));
+                let crumbs_at = 128 + 32 * (pair / 2);
+                let crumbs = load_pair(low_values.add(crumbs_at), high_values.add(crumbs_at));
+                let (j_low, j_high) = ((2 * pair) % 4, (2 * pair + 1) % 4);
+                let stored = [
+                    _mm512_or_si512(_mm512_and_si512(packed, nibble), crumb_4(crumbs, j_low)),
+                    _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16::<4>(packed), nibble), crumb_4(crumbs, j_high)),
+                ];
+                for (k, values) in stored.into_iter().enumerate() {
+                    for r in 0..N {
+                        sums[r] = _mm512_dpbusd_epi32(sums[r], values, broadcast4(row_acts[r], 2 * pair + k));
+                    }
+                }
+            }
+            for r in 0..N {
+                dots[r] = _mm512_add_epi32(dots[r], _mm512_mullo_epi32(scale, sums[r]));
+            }
+        }
+        for r in 0..N {
+            let scale = _mm512_mul_ps(d, _mm512_set1_ps(row_acts[r].d));
+            acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dots[r]), acc[r]);
+        }
+    }
+    for r in 0..N {
+        _mm512_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+    }
+}
+
+/// The `Offset` formats (`FIVE`: values have a high-bit plane), as `group_kernel`'s
+/// `offset_kernel` under `vnni` for sixteen rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
+unsafe fn offset_pair<const MIN: u8, const FIVE: bool, const N: usize>(
+    format: QuantFormat,
+    first: &[u8],
+    second: &[u8],
+    n_blocks: usize,
+    acts: &[Q8Block],
+    out: &mut [[f32; PAIR_LANES]; TILE],
+) {
+    let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
+    let nibble = _mm512_set1_epi8(0x0f);
+    let mut acc = [_mm512_setzero_ps(); N];
+    for b in 0..n_blocks {
+        let (low, high) = (first.as_ptr().add(b * block_bytes), second.as_ptr().add(b * block_bytes));
+        let fields_at = format.scale_fields_at(n_blocks, b);
+        let (low_fields, high_fields) = (first.as_ptr().add(fields_at), second.as_ptr().add(fields_at));
+        let d = load_f16x8_pair(low_fields, high_fields);
+        let (d, m) = match MIN {
+            MIN_MINUS_16D => (d, _mm512_mul_ps(d, _mm512_set1_ps(-16.0))),
+            MIN_STORED => {
+                (d, load_f16x8_pair(low_fields.add(QuantFormat::AUX_AT), high_fields.add(QuantFormat::AUX_AT)))
+            }
+            _ => {
+                let dmin = load_f16x8_pair(low_fields.add(QuantFormat::AUX_AT), high_fields.add(QuantFormat::AUX_AT));
+                let negative_dmin =
+                    _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(dmin), _mm512_set1_epi32(i32::MIN)));
+                let (sc, mins) = (format.sc_at(0), format.mins_at(0));
+                (
+                    _mm512_mul_ps(d, load_u8x8_pair(low.add(sc), high.add(sc))),
+                    _mm512_mul_ps(negative_dmin, load_u8x8_pair(low.add(mins), high.add(mins))),
+                )
+            }
+        };
+        let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
+        let mut sums = [_mm512_setzero_si512(); N];
+        let bits =
+            if FIVE { load_pair(low.add(values_at + 128), high.add(values_at + 128)) } else { _mm512_setzero_si512() };
+        for pair in 0..4 {
+            let packed = load_pair(low.add(values_at + 32 * pair), high.add(values_at + 32 * pair));
+            let mut low_values = _mm512_and_si512(packed, nibble);
+            let mut high_values = _mm512_and_si512(_mm512_srli_epi16::<4>(packed), nibble);
+            if FIVE {
+                low_values = _mm512_or_si512(low_values, bit_4(bits, 2 * pair));
+                high_values = _mm512_or_si512(high_values, bit_4(bits, 2 * pair + 1));
+            }
+            for r in 0..N {
+                let (a_low, a_high) = (broadcast4(row_acts[r], 2 * pair), broadcast4(row_acts[r], 2 * pair + 1));
+                sums[r] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(sums[r], low_values, a_low), high_values, a_high);
+            }
+        }
+        for r in 0..N {
+            let dot = _mm512_cvtepi32_ps(sums[r]);
+            let offset = _mm512_mul_ps(m, _mm512_set1_ps(row_acts[r].s));
+            let scale = _mm512_mul_ps(d, _mm512_set1_ps(row_acts[r].d));
+            acc[r] = _mm512_add_ps(acc[r], _mm512_fmadd_ps(scale, dot, offset));
+        }
+    }
+    for r in 0..N {
+        _mm512_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
+unsafe fn q8_pair<const N: usize>(
+    first: &[u8],
+    second: &[u8],
+    n_blocks: usize,
+    acts: &[Q8Block],
+    out: &mut [[f32; PAIR_LANES]; TILE],
+) {
+    let (block_bytes, values_at) = (QuantFormat::Q8_0.group_block_bytes(), QuantFormat::Q8_0.values_offset());
+    let top_bit = _mm512_set1_epi8(i8::MIN);
+    let mut acc = [_mm512_setzero_ps(); N];
+    for b in 0..n_blocks {
+        let (low, high) = (first.as_ptr().add(b * block_bytes), second.as_ptr().add(b * block_bytes));
+        // The sixteen rows' f16 scales, widened exactly.
+        let d16 = _mm256_inserti128_si256::<1>(
+            _mm256_castsi128_si256(_mm_loadu_si128(low as *const __m128i)),
+            _mm_loadu_si128(high as *const __m128i),
+        );
+        let d = _mm512_cvtph_ps(d16);
+        let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
+        // Σ (w + 128) a = Σ w a + 128 Σ a: start from -128 Σ a (exact, as in `vnni`).
+        let mut sums: [__m512i; N] = std::array::from_fn(|r| _mm512_set1_epi32(-128 * row_acts[r].sum));
+        for v in 0..8 {
+            let weights = _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(_mm256_loadu_si256(low.add(values_at + 32 * v) as *const __m256i)),
+                _mm256_loadu_si256(high.add(values_at + 32 * v) as *const __m256i),
+            );
+            // w XOR 0x80, read as unsigned, is w + 128.
+            let unsigned = _mm512_xor_si512(weights, top_bit);
+            for r in 0..N {
+                sums[r] = _mm512_dpbusd_epi32(sums[r], unsigned, broadcast4(row_acts[r], v));
+            }
+        }
+        for r in 0..N {
+            let scale = _mm512_mul_ps(d, _mm512_set1_ps(row_acts[r].d));
+            acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(sums[r]), acc[r]);
+        }
+    }
+    for r in 0..N {
+        _mm512_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+    }
+}
