@@ -230,16 +230,19 @@ fn q8_0_file_agrees_with_llama_cpp() {
 
 /// Per preset, bounds on `|our logprob - float64 logprob|` over the float64 top-5 ids of each
 /// prompt's positions (`tests/fixtures/smollm2_requant_f64.json`): `(mean, max)` per prompt,
-/// each the largest we measured over the five prompts plus about 15% (measured: mean 0.103,
-/// 0.108, 0.100, 0.095; max 0.517, 0.546, 0.451, 0.547; the lower-ranked ids of the top 5
-/// carry the larger errors, as on Gemma 3). Only our own 8-bit activation
-/// rounding separates us from float64, so these are far tighter than the llama.cpp comparison.
-/// A change that moves them (e.g. a more exact kernel) should re-measure them, not widen them.
+/// each the largest we measured over the five prompts plus about 15% (measured with the tiled
+/// attention: mean 0.118, 0.109, 0.097, 0.100; max 0.519, 0.479, 0.434, 0.543 for Q4_K_M, Q5_K_M,
+/// Q6_K, Q8_0; before it: mean 0.103, 0.108, 0.100, 0.095; max 0.517, 0.546, 0.451, 0.547. The
+/// attention is within 2e-6 of a float64 attention, so the shift is which activations round
+/// differently to 8 bits; the lower-ranked ids of the top 5 carry the larger errors, as on
+/// Gemma 3). Only our own 8-bit activation rounding separates us from float64, so these are far
+/// tighter than the llama.cpp comparison. A change that moves them (e.g. a more exact kernel)
+/// should re-measure them, not widen them.
 const FLOAT64_ERROR_BOUNDS: [(Preset, (f32, f32)); 4] = [
-    (Preset::Q4KM, (0.118, 0.59)),
-    (Preset::Q5KM, (0.124, 0.63)),
-    (Preset::Q6K, (0.115, 0.52)),
-    (Preset::Q8_0, (0.109, 0.63)),
+    (Preset::Q4KM, (0.136, 0.60)),
+    (Preset::Q5KM, (0.125, 0.55)),
+    (Preset::Q6K, (0.112, 0.50)),
+    (Preset::Q8_0, (0.115, 0.625)),
 ];
 
 /// Positions per preset in the fixture (five prompts, up to 16 each): the test must really look.
