@@ -151,10 +151,12 @@ fn cancel_mid_stream_ends_promptly_and_frees_blocks() {
         }
     }
     // Tokens already queued in the channel were generated before the cancel; count what the
-    // engine generates after it instead (this is the only running request).
-    let generated_at_cancel = engine.metrics().generated_tokens_total;
+    // engine generates once `cancel()` has returned instead (this is the only running request).
+    // Read after the cancel, not before: on a loaded machine spawning the cancelling thread can
+    // take longer than a step, and tokens made before the cancel are not the engine's delay.
     let canceller = handle.canceller();
     std::thread::spawn(move || canceller.cancel()).join().unwrap();
+    let generated_at_cancel = engine.metrics().generated_tokens_total;
     // Cancelling again is a no-op.
     handle.cancel();
     // Within one step: the engine generates at most a token or two more before Finished.
