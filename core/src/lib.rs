@@ -36,6 +36,7 @@ pub(crate) mod sequence;
 pub mod threadpool;
 pub mod timeout;
 pub mod tokenizer;
+pub mod tools;
 
 pub use constraint::Constraint;
 pub use engine::{
@@ -48,3 +49,4 @@ pub use request::{
     ChatMessage, Event, FinishReason, Prompt, Request, SamplingParams, Timings, TokenLogprobs, TopLogprob, Usage,
 };
 pub use timeout::WaitLimit;
+pub use tools::{ToolCall, ToolCallFormat, ToolChoice, ToolSpec};

@@ -1,0 +1,249 @@
+//! Reading tool calls back out of a model's text: all at once ([`parse_tool_calls`]) or as the
+//! text streams in ([`ToolCallStream`]).
+//!
+//! Text that does not parse as a call is never dropped: it stays content.
+
+use serde_json::Value;
+
+use super::{new_call_id, ToolCall, ToolCallFormat};
+
+const HERMES_OPEN: &str = "<tool_call>";
+const HERMES_CLOSE: &str = "</tool_call>";
+const MISTRAL_MARKER: &str = "[TOOL_CALLS]";
+const LLAMA_PYTHON_TAG: &str = "<|python_tag|>";
+
+/// A model's answer split into its text and its calls.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ParsedOutput {
+    /// The text outside the calls (trimmed when there were calls).
+    pub content: String,
+    pub tool_calls: Vec<ToolCall>,
+}
+
+/// Parses the calls out of a complete answer written in `format`.
+pub fn parse_tool_calls(format: ToolCallFormat, text: &str) -> ParsedOutput {
+    let parsed = match format {
+        ToolCallFormat::Hermes => parse_hermes(text),
+        ToolCallFormat::Llama3 => parse_llama3(text),
+        ToolCallFormat::Mistral => parse_mistral(text),
+        ToolCallFormat::Generic => parse_generic(text),
+    };
+    match parsed {
+        Some(parsed) if !parsed.tool_calls.is_empty() => parsed,
+        _ => ParsedOutput { content: text.to_string(), tool_calls: Vec::new() },
+    }
+}
+
+/// `<tool_call>{json}</tool_call>` blocks anywhere in the text (the last may be unclosed:
+/// the answer ran out of tokens or the model stopped at `</tool_call>`).
+fn parse_hermes(text: &str) -> Option<ParsedOutput> {
+    let mut content = String::new();
+    let mut calls = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(HERMES_OPEN) {
+        content.push_str(&rest[..start]);
+        let after = &rest[start + HERMES_OPEN.len()..];
+        let (inner, next) = match after.find(HERMES_CLOSE) {
+            Some(end) => (&after[..end], &after[end + HERMES_CLOSE.len()..]),
+            None => (after, ""),
+        };
+        match serde_json::from_str(inner.trim()).ok().and_then(|v| call_from_json(&v)) {
+            Some(call) => calls.push(call),
+            None => content.push_str(&rest[start..rest.len() - next.len()]),
+        }
+        rest = next;
+    }
+    content.push_str(rest);
+    Some(ParsedOutput { content: content.trim().to_string(), tool_calls: calls })
+}
+
+/// The whole answer is one or more call objects, separated by `;` or whitespace, optionally
+/// after `<|python_tag|>`.
+fn parse_llama3(text: &str) -> Option<ParsedOutput> {
+    let trimmed = text.trim_start();
+    let body = trimmed.strip_prefix(LLAMA_PYTHON_TAG).unwrap_or(trimmed);
+    let values = json_sequence(body, ';')?;
+    let calls = values.iter().map(call_from_json).collect::<Option<Vec<_>>>()?;
+    Some(ParsedOutput { content: String::new(), tool_calls: calls })
+}
+
+/// `[TOOL_CALLS]` then a JSON array of calls. The marker is a control token that decoding
+/// may not print, so an answer that is only such an array counts too.
+fn parse_mistral(text: &str) -> Option<ParsedOutput> {
+    let (content, array) = match text.find(MISTRAL_MARKER) {
+        Some(at) => (&text[..at], &text[at + MISTRAL_MARKER.len()..]),
+        None => ("", text),
+    };
+    let Value::Array(items) = serde_json::from_str(array.trim()).ok()? else { return None };
+    let calls = items.iter().map(call_from_json).collect::<Option<Vec<_>>>()?;
+    Some(ParsedOutput { content: content.trim().to_string(), tool_calls: calls })
+}
+
+/// `{"tool_calls": [{"name", "arguments"}, ..]}` as the whole answer.
+fn parse_generic(text: &str) -> Option<ParsedOutput> {
+    let value: Value = serde_json::from_str(text.trim()).ok()?;
+    let items = value.get("tool_calls")?.as_array()?;
+    let calls = items.iter().map(call_from_json).collect::<Option<Vec<_>>>()?;
+    Some(ParsedOutput { content: String::new(), tool_calls: calls })
+}
+
+/// JSON values one after another, separated by whitespace and `separator`; `None` unless the
+/// whole text is such a sequence of at least one value.
+fn json_sequence(text: &str, separator: char) -> Option<Vec<Value>> {
+    let mut values = Vec::new();
+    let mut rest = text;
+    loop {
+        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == separator);
+        if rest.is_empty() {
+            break;
+        }
+        let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+        values.push(stream.next()?.ok()?);
+        rest = &rest[stream.byte_offset()..];
+    }
+    (!values.is_empty()).then_some(values)
+}
+
+/// A call object: a string `name` and its arguments under `arguments` or `parameters` (an
+/// object, or JSON text of one; absent means none). Anything else is not a call.
+fn call_from_json(value: &Value) -> Option<ToolCall> {
+    let object = value.as_object()?;
+    let name = object.get("name")?.as_str().filter(|n| !n.is_empty())?;
+    let arguments = match object.get("arguments").or_else(|| object.get("parameters")) {
+        None | Some(Value::Null) => "{}".to_string(),
+        Some(arguments @ Value::Object(_)) => arguments.to_string(),
+        Some(Value::String(text)) if serde_json::from_str::<Value>(text).is_ok_and(|v| v.is_object()) => text.clone(),
+        Some(_) => return None,
+    };
+    Some(ToolCall { id: new_call_id(), name: name.to_string(), arguments })
+}
+
+/// What a [`ToolCallStream`] lets out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamItem {
+    /// Text that is certainly not part of a call.
+    Content(String),
+    /// A complete call, the `index`-th of the answer.
+    Call { index: usize, call: ToolCall },
+}
+
+/// Incremental parsing for streamed answers: text comes out as soon as it cannot be the start
+/// of a call; a call comes out once it is complete. Text that began like a call but did not
+/// parse as one comes out as content (at the latest from [`finish`](Self::finish)).
+#[derive(Debug)]
+pub struct ToolCallStream {
+    format: ToolCallFormat,
+    /// Text received and not yet let out.
+    pending: String,
+    /// Inside something that may be a call (until its end, or the answer's).
+    capturing: bool,
+    /// For formats whose calls are the whole answer: decided that this answer is plain text.
+    plain_text: bool,
+    calls: usize,
+}
+
+impl ToolCallStream {
+    pub fn new(format: ToolCallFormat) -> Self {
+        Self { format, pending: String::new(), capturing: false, plain_text: false, calls: 0 }
+    }
+
+    /// Takes the next piece of text; returns what can be let out now.
+    pub fn push(&mut self, text: &str) -> Vec<StreamItem> {
+        self.pending.push_str(text);
+        let mut out = Vec::new();
+        match self.format {
+            ToolCallFormat::Hermes => self.advance_hermes(&mut out),
+            _ => self.advance_whole_answer(&mut out),
+        }
+        out
+    }
+
+    /// The answer is complete: lets out everything still held back.
+    pub fn finish(&mut self) -> Vec<StreamItem> {
+        let text = std::mem::take(&mut self.pending);
+        let mut out = Vec::new();
+        if text.is_empty() {
+            return out;
+        }
+        if self.capturing {
+            self.capturing = false;
+            self.emit_parsed(&text, &mut out);
+        } else {
+            out.push(StreamItem::Content(text));
+        }
+        out
+    }
+
+    /// Hermes: content up to `<tool_call>` (holding back a tail that may begin it), then
+    /// the block up to `</tool_call>`, parsed.
+    fn advance_hermes(&mut self, out: &mut Vec<StreamItem>) {
+        loop {
+            if self.capturing {
+                let Some(end) = self.pending.find(HERMES_CLOSE) else { return };
+                let block: String = self.pending.drain(..end + HERMES_CLOSE.len()).collect();
+                self.capturing = false;
+                self.emit_parsed(&block, out);
+            } else if let Some(start) = self.pending.find(HERMES_OPEN) {
+                let before: String = self.pending.drain(..start).collect();
+                push_content(out, before);
+                self.capturing = true;
+            } else {
+                let keep = longest_suffix_prefix(&self.pending, HERMES_OPEN);
+                let ready: String = self.pending.drain(..self.pending.len() - keep).collect();
+                push_content(out, ready);
+                return;
+            }
+        }
+    }
+
+    /// Llama 3, Mistral, generic: the calls are the whole answer, so an answer whose first
+    /// non-blank character can open one is held until the end; any other is plain text.
+    fn advance_whole_answer(&mut self, out: &mut Vec<StreamItem>) {
+        if self.plain_text {
+            push_content(out, std::mem::take(&mut self.pending));
+            return;
+        }
+        if self.capturing {
+            return;
+        }
+        let start = self.pending.trim_start();
+        if start.is_empty() {
+            return;
+        }
+        let opens_call = match self.format {
+            ToolCallFormat::Llama3 => start.starts_with('{') || LLAMA_PYTHON_TAG.starts_with(start) || start.starts_with(LLAMA_PYTHON_TAG),
+            ToolCallFormat::Mistral => start.starts_with('[') || MISTRAL_MARKER.starts_with(start),
+            _ => start.starts_with('{'),
+        };
+        if opens_call {
+            self.capturing = true;
+        } else {
+            self.plain_text = true;
+            push_content(out, std::mem::take(&mut self.pending));
+        }
+    }
+
+    fn emit_parsed(&mut self, text: &str, out: &mut Vec<StreamItem>) {
+        let parsed = parse_tool_calls(self.format, text);
+        push_content(out, parsed.content);
+        for call in parsed.tool_calls {
+            out.push(StreamItem::Call { index: self.calls, call });
+            self.calls += 1;
+        }
+    }
+}
+
+fn push_content(out: &mut Vec<StreamItem>, text: String) {
+    if !text.is_empty() {
+        out.push(StreamItem::Content(text));
+    }
+}
+
+/// The length of the longest end of `text` that is a proper beginning of `marker` (what must
+/// be held back because the next piece may complete the marker).
+fn longest_suffix_prefix(text: &str, marker: &str) -> usize {
+    (1..marker.len().min(text.len() + 1))
+        .rev()
+        .find(|&n| text.is_char_boundary(text.len() - n) && marker.starts_with(&text[text.len() - n..]))
+        .unwrap_or(0)
+}
