@@ -9,7 +9,7 @@ Models come from the local cache; ``python -m cortexstream pull`` fetches the de
 
 from . import models
 from ._async import AsyncStream
-from ._core import Chunk, Completion, ModelInfo, Stream, Timings, TokenLogprobs, Usage, __version__
+from ._core import Chunk, Completion, ModelInfo, Stream, Timings, TokenLogprobs, ToolCall, Usage, __version__
 from ._engine import Engine
 from .errors import (
     CancelledError,
@@ -45,6 +45,7 @@ __all__ = [
     "Stream",
     "Timings",
     "TokenLogprobs",
+    "ToolCall",
     "Usage",
     "__version__",
     "models",

@@ -68,6 +68,18 @@ class TokenLogprobs:
         """The raw bytes of each alternative in ``top``, in the same order."""
 
 @final
+class ToolCall:
+    """A call the model made to one of the request's ``tools``."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def arguments(self) -> str:
+        """The arguments as JSON text (an object), as OpenAI returns them."""
+
+@final
 class Chunk:
     """One item of a stream: new text, or (last) the finish reason with usage and timings."""
 
@@ -81,7 +93,8 @@ class Chunk:
     def logprobs(self) -> Optional[TokenLogprobs]: ...
     @property
     def finish_reason(self) -> Optional[str]:
-        """``"stop"``, ``"length"``, ``"cancelled"`` or ``"error"`` on the last chunk only."""
+        """``"stop"``, ``"length"``, ``"cancelled"`` or ``"error"`` on the last chunk only
+        (``"tool_calls"`` for a request with ``tools`` that stopped after calling)."""
     @property
     def usage(self) -> Optional[Usage]: ...
     @property
@@ -89,6 +102,10 @@ class Chunk:
     @property
     def error(self) -> Optional[str]:
         """What went wrong, when ``finish_reason`` is ``"error"``."""
+    @property
+    def tool_calls(self) -> List[ToolCall]:
+        """Calls completed by this chunk (requests with ``tools`` only; their text is then
+        held back until it is known not to be a call)."""
 
 @final
 class Completion:
@@ -100,7 +117,8 @@ class Completion:
     def token_ids(self) -> List[int]: ...
     @property
     def finish_reason(self) -> str:
-        """``"stop"``, ``"length"``, ``"cancelled"`` or ``"error"``."""
+        """``"stop"``, ``"length"``, ``"cancelled"`` or ``"error"`` (``"tool_calls"`` for a
+        request with ``tools`` that stopped after calling)."""
     @property
     def usage(self) -> Usage: ...
     @property
@@ -111,6 +129,10 @@ class Completion:
     @property
     def error(self) -> Optional[str]:
         """What went wrong, when ``finish_reason`` is ``"error"``."""
+    @property
+    def tool_calls(self) -> List[ToolCall]:
+        """The calls the answer made (requests with ``tools`` only; ``text`` is then the
+        answer without them and ``finish_reason`` is ``"tool_calls"``)."""
 
 @final
 class ModelInfo:
@@ -186,7 +208,11 @@ class Engine:
     (``Mapping[int | str, float]``: OpenAI's token id -> bias in [-100, 100]), and at most one
     constraint: ``json_schema`` (dict, JSON str or Pydantic model class), ``regex`` (str),
     ``grammar`` (Lark str), ``choices`` (list of str) or ``response_format`` (OpenAI's dict
-    or a Pydantic model class). ``max_queue``
+    or a Pydantic model class). Chat methods also take ``tools`` (OpenAI's list of
+    ``{"type": "function", "function": {...}}``), ``tool_choice`` (``"none"``, ``"auto"``,
+    ``"required"`` or ``{"type": "function", "function": {"name": ...}}``) and
+    ``parallel_tool_calls`` (bool); messages may carry ``tool_calls``, ``tool_call_id`` and
+    ``name``. ``max_queue``
     bounds the requests waiting for a slot; past it submits raise ``OverloadedError``.
     ``threads`` is at most 4 per available CPU. A setting out of range (a negative size, a
     KV cache larger than memory) raises ``InvalidRequestError`` naming it.
@@ -208,11 +234,11 @@ class Engine:
     ) -> Self: ...
     def generate(self, prompt: Union[str, List[int]], **sampling: Any) -> Completion:
         """Generates a completion for a text or token-id prompt."""
-    def chat(self, messages: Sequence[Dict[str, str]], **sampling: Any) -> Completion:
+    def chat(self, messages: Sequence[Dict[str, Any]], **sampling: Any) -> Completion:
         """Generates the assistant's reply to chat messages."""
     def stream(self, prompt: Union[str, List[int]], **sampling: Any) -> Stream:
         """Submits a text or token-id prompt and returns its chunks as they are generated."""
-    def stream_chat(self, messages: Sequence[Dict[str, str]], **sampling: Any) -> Stream:
+    def stream_chat(self, messages: Sequence[Dict[str, Any]], **sampling: Any) -> Stream:
         """Submits chat messages and returns the reply's chunks as they are generated."""
     def embed(self, texts: Union[str, Sequence[str]]) -> List[List[float]]:
         """Unit-length embedding vectors, one per text."""
@@ -222,7 +248,7 @@ class Engine:
         """Token ids of ``text``."""
     def detokenize(self, ids: Sequence[int]) -> str:
         """Text of token ids."""
-    def apply_chat_template(self, messages: Sequence[Dict[str, str]], add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(self, messages: Sequence[Dict[str, Any]], add_generation_prompt: bool = True) -> str:
         """Renders chat messages with the model's chat template."""
     def metrics(self) -> Dict[str, Any]:
         """Counters and histograms (``{"buckets": [[le, count], ...], "sum", "count"}``)."""

@@ -7,7 +7,7 @@ use std::ffi::c_char;
 use std::mem::size_of;
 use std::path::PathBuf;
 
-use cortexstream::{Constraint, EngineConfig, SamplingParams};
+use cortexstream::{Constraint, EngineConfig, SamplingParams, ToolSpec};
 
 use crate::args::{c_str, c_str_array, optional_c_str, slice, SizedParams};
 use crate::status::Failure;
@@ -126,6 +126,18 @@ pub struct cs_sampling_params {
     /// strings, per `constraint_kind`; NULL for CS_CONSTRAINT_NONE and CS_CONSTRAINT_JSON_OBJECT.
     /// Borrowed only during the submit call.
     pub constraint: *const c_char,
+    /// Tools the model may call (chat requests only), as JSON text (UTF-8) in OpenAI's shape:
+    /// `[{"type": "function", "function": {"name", "description", "parameters"}}]`; NULL for
+    /// none. Malformed tools fail the submit with CS_INVALID_ARGUMENT naming `tools` (the
+    /// message gives the path, e.g. `tools[0].function.name`). Borrowed only during the submit.
+    pub tools: *const c_char,
+    /// With `tools`: `none`, `auto` (NULL means auto), `required`, or a named function as JSON
+    /// (`{"type": "function", "function": {"name": "f"}}`). With `required` or a named
+    /// function the output is constrained to a call whose arguments validate against the
+    /// tool's schema. Borrowed only during the submit.
+    pub tool_choice: *const c_char,
+    /// With `tools`: 1 allows several calls per answer, 0 one; -1 (default) means 1.
+    pub parallel_tool_calls: i32,
 }
 
 impl SizedParams for cs_engine_params {
@@ -189,6 +201,9 @@ pub extern "C" fn cs_sampling_default_params() -> cs_sampling_params {
         logit_bias_len: 0,
         constraint_kind: CS_CONSTRAINT_NONE,
         constraint: std::ptr::null(),
+        tools: std::ptr::null(),
+        tool_choice: std::ptr::null(),
+        parallel_tool_calls: -1,
     }
 }
 
@@ -254,6 +269,25 @@ impl cs_sampling_params {
             logit_bias: bias_ids.iter().copied().zip(bias_values.iter().copied()).collect(),
             constraint,
         })
+    }
+
+    /// The tools of `tools`, `tool_choice` and `parallel_tool_calls` (the core checks them).
+    ///
+    /// # Safety
+    /// `tools` and `tool_choice` must be NULL or NUL-terminated.
+    pub(crate) unsafe fn tool_spec(&self) -> Result<Option<ToolSpec>, Failure> {
+        // SAFETY (both): forwarded caller contract.
+        let tools = unsafe { optional_c_str(self.tools, "tools")? };
+        let choice = unsafe { optional_c_str(self.tool_choice, "tool_choice")? };
+        let parallel = match self.parallel_tool_calls {
+            -1 => None,
+            0 => Some(false),
+            1 => Some(true),
+            other => {
+                return Err(Failure::invalid("parallel_tool_calls", format!("must be -1, 0 or 1, got {other}")))
+            }
+        };
+        Ok(ToolSpec::from_texts(tools, choice, parallel)?)
     }
 
     /// The core constraint of `constraint_kind` and `constraint` (the core parses the text).

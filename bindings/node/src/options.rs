@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use cortexstream::{ChatMessage, Constraint, EngineConfig, Error, Prompt, Request, SamplingParams};
+use cortexstream::{ChatMessage, Constraint, EngineConfig, Error, Prompt, Request, SamplingParams, ToolSpec};
 use napi::bindgen_prelude::Either;
 use napi_derive::napi;
 
@@ -86,6 +86,12 @@ pub struct GenerateOptions {
     pub choices: Option<Vec<String>>,
     /// OpenAI's `response_format` object (`{type: 'json_object'}`, `{type: 'json_schema', ...}`).
     pub response_format: Option<serde_json::Value>,
+    /// Tools the model may call (chat only): OpenAI's `[{type: 'function', function: {...}}]`.
+    pub tools: Option<serde_json::Value>,
+    /// `'none'`, `'auto'` (default), `'required'` or `{type: 'function', function: {name}}`.
+    pub tool_choice: Option<serde_json::Value>,
+    /// More than one call per answer (default true).
+    pub parallel_tool_calls: Option<bool>,
 }
 
 /// The request's constraint from whichever of the constraint options is set; two of them are
@@ -123,16 +129,26 @@ fn constraint(o: &mut GenerateOptions) -> Result<Option<Constraint>, Error> {
     Ok(given.pop().and_then(|(_, constraint)| constraint))
 }
 
-/// One chat message.
+/// One chat message, with the tool fields of an assistant turn that called tools
+/// (`toolCalls`, OpenAI's `[{id, type, function: {name, arguments}}]`) and of a `tool` turn
+/// answering one (`toolCallId`, `name`).
 #[napi(object)]
 pub struct Message {
     pub role: String,
-    pub content: String,
+    /// May be null on an assistant turn that only called tools.
+    pub content: Option<String>,
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    pub tool_call_id: Option<String>,
+    pub name: Option<String>,
 }
 
 impl From<Message> for ChatMessage {
     fn from(message: Message) -> Self {
-        ChatMessage::new(message.role, message.content)
+        let mut chat = ChatMessage::new(message.role, message.content.unwrap_or_default());
+        chat.tool_calls = message.tool_calls;
+        chat.tool_call_id = message.tool_call_id;
+        chat.name = message.name;
+        chat
     }
 }
 
@@ -147,6 +163,7 @@ pub fn raw_prompt(prompt: Either<String, Vec<f64>>) -> Result<Prompt, Error> {
 /// Builds the request; unset options keep the core's defaults.
 pub fn request(prompt: Prompt, options: Option<GenerateOptions>) -> Result<Request, Error> {
     let Some(mut o) = options else { return Ok(Request::new(prompt, SamplingParams::default())) };
+    let tools = ToolSpec::from_options(o.tools.as_ref(), o.tool_choice.as_ref(), o.parallel_tool_calls)?;
     let mut p = SamplingParams { constraint: constraint(&mut o)?, ..SamplingParams::default() };
     for (slot, value) in [
         (&mut p.temperature, o.temperature),
@@ -193,7 +210,11 @@ pub fn request(prompt: Prompt, options: Option<GenerateOptions>) -> Result<Reque
         })
         .collect::<Result<_, Error>>()?;
     let priority = o.priority.map(|v| whole(v, "priority")).transpose()?.unwrap_or(0);
-    Ok(Request::new(prompt, p).with_priority(priority))
+    let request = Request::new(prompt, p).with_priority(priority);
+    Ok(match tools {
+        Some(tools) => request.with_tools(tools),
+        None => request,
+    })
 }
 
 /// A JavaScript number that must be a whole number representable as `T`.

@@ -10,6 +10,7 @@ mod errors;
 mod options;
 mod records;
 mod stream;
+mod tools;
 
 use pyo3::prelude::*;
 
@@ -23,6 +24,7 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<records::Timings>()?;
     module.add_class::<records::TokenLogprobs>()?;
     module.add_class::<records::ModelInfo>()?;
+    module.add_class::<tools::ToolCall>()?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -12,6 +12,7 @@ use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyInt, PyString};
 
 use crate::constraint;
 use crate::errors::to_py_err;
+use crate::tools::{message_fields, ToolArgs};
 
 /// A text or token-id prompt (`str | list[int]`).
 pub fn raw_prompt(prompt: &Bound<'_, PyAny>) -> PyResult<Prompt> {
@@ -40,7 +41,13 @@ fn message(item: &Bound<'_, PyDict>) -> PyResult<ChatMessage> {
             None => Err(PyTypeError::new_err(format!("`messages` must be {expected}, a message has no `{key}`"))),
         }
     };
-    Ok(ChatMessage::new(field("role")?, field("content")?))
+    // An assistant turn that only called tools has `content: None` in OpenAI's shape.
+    let only_calls = item.get_item("tool_calls")?.is_some_and(|calls| !calls.is_none())
+        && item.get_item("content")?.is_none_or(|content| content.is_none());
+    let content = if only_calls { String::new() } else { field("content")? };
+    let mut message = ChatMessage::new(field("role")?, content);
+    message_fields(item, &mut message)?;
+    Ok(message)
 }
 
 /// Builds the request from a prompt and the sampling keyword arguments. `None` for any of
@@ -48,8 +55,12 @@ fn message(item: &Bound<'_, PyDict>) -> PyResult<ChatMessage> {
 pub fn request(prompt: Prompt, sampling: Option<&Bound<'_, PyDict>>) -> PyResult<Request> {
     let mut params = SamplingParams::default();
     let mut priority = 0;
+    let mut tools = ToolArgs::default();
     for (key, value) in sampling.into_iter().flat_map(|kwargs| kwargs.iter()) {
         let key: String = key.extract()?;
+        if tools.take(&key, &value)? {
+            continue;
+        }
         let p = &mut params;
         let value = &value;
         match key.as_str() {
@@ -79,7 +90,7 @@ pub fn request(prompt: Prompt, sampling: Option<&Bound<'_, PyDict>>) -> PyResult
             other => return Err(PyTypeError::new_err(format!("unexpected keyword argument `{other}`"))),
         }
     }
-    Ok(Request::new(prompt, params).with_priority(priority))
+    tools.attach(Request::new(prompt, params).with_priority(priority))
 }
 
 /// Parses `value` into `slot` unless it is `None` (keep the default).

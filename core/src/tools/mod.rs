@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::request::ChatMessage;
 
 pub use format::ToolCallFormat;
-pub use parse::{parse_tool_calls, ParsedOutput, StreamItem, ToolCallStream};
+pub use parse::{finish_reason, parse_tool_calls, ParsedOutput, StreamItem, ToolCallSplitter, ToolCallStream, TOOL_CALLS_FINISH_REASON};
 pub use prompt::{call_constraint, prepare_chat};
 
 /// One function the model may call.
@@ -91,6 +91,41 @@ impl ToolSpec {
         }
         let choice = tool_choice.map_or(Ok(ToolChoice::Auto), |c| choice(c, &tools))?;
         Ok(Self { tools, choice, parallel_calls: parallel_tool_calls.unwrap_or(true) })
+    }
+
+    /// The spec of a front door's optional tool arguments: `None` without `tools`, where a
+    /// `tool_choice` other than "none" is an error naming `tool_choice`.
+    pub fn from_options(
+        tools: Option<&Value>,
+        tool_choice: Option<&Value>,
+        parallel_tool_calls: Option<bool>,
+    ) -> Result<Option<Self>> {
+        match (tools, tool_choice) {
+            (Some(tools), choice) => Self::from_json(tools, choice, parallel_tool_calls).map(Some),
+            (None, Some(choice)) if choice != "none" => {
+                Err(Error::invalid("tool_choice", "is only allowed when `tools` are given"))
+            }
+            (None, _) => Ok(None),
+        }
+    }
+
+    /// [`from_options`](Self::from_options) with `tools` as JSON text and `tool_choice` as a
+    /// bare word (`none`, `auto`, `required`) or JSON text (a named function), as the C front
+    /// door takes them.
+    pub fn from_texts(tools: Option<&str>, tool_choice: Option<&str>, parallel_tool_calls: Option<bool>) -> Result<Option<Self>> {
+        let tools = tools
+            .map(|text| serde_json::from_str::<Value>(text))
+            .transpose()
+            .map_err(|e| Error::invalid("tools", format!("is not valid JSON: {e}")))?;
+        let choice = tool_choice
+            .map(|text| match text {
+                "none" | "auto" | "required" => Ok(Value::String(text.to_string())),
+                json => serde_json::from_str(json).map_err(|e| {
+                    Error::invalid("tool_choice", format!("is not none, auto, required or JSON text: {e}"))
+                }),
+            })
+            .transpose()?;
+        Self::from_options(tools.as_ref(), choice.as_ref(), parallel_tool_calls)
     }
 
     /// The tools' definitions as the chat template receives them.
@@ -172,6 +207,51 @@ fn choice(value: &Value, tools: &[Tool]) -> Result<ToolChoice> {
     }
 }
 
+/// Chat messages from JSON text in OpenAI's shape: `[{"role", "content", "tool_calls"?,
+/// "tool_call_id"?, "name"?}]`, `content` null (or absent) allowed on an assistant turn with
+/// `tool_calls`, as front doors that take a conversation as JSON (C) receive it. Errors name
+/// `messages` with the index of the message at fault.
+pub fn messages_from_json(text: &str) -> Result<Vec<ChatMessage>> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| Error::invalid("messages", format!("is not valid JSON: {e}")))?;
+    let items = value.as_array().ok_or_else(|| Error::invalid("messages", "must be a JSON array of messages"))?;
+    items.iter().enumerate().map(|(index, item)| message_from_json(index, item)).collect()
+}
+
+fn message_from_json(index: usize, item: &Value) -> Result<ChatMessage> {
+    let at = |message: &str| Error::invalid("messages", format!("messages[{index}]{message}"));
+    let object = item.as_object().ok_or_else(|| at(" must be an object"))?;
+    let text = |key: &str| -> Result<Option<String>> {
+        match object.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text.clone())),
+            Some(_) => Err(at(&format!(".{key} must be a string"))),
+        }
+    };
+    let role = text("role")?.ok_or_else(|| at(".role is required"))?;
+    let tool_calls = match object.get("tool_calls") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(calls)) => Some(calls.clone()),
+        Some(_) => return Err(at(".tool_calls must be an array")),
+    };
+    let content = match text("content")? {
+        Some(content) => content,
+        None if tool_calls.is_some() => String::new(),
+        None => return Err(at(".content is required (null only beside tool_calls)")),
+    };
+    let mut message = ChatMessage::new(role, content);
+    message.tool_calls = tool_calls;
+    message.tool_call_id = text("tool_call_id")?;
+    message.name = text("name")?;
+    Ok(message)
+}
+
+/// The syntax to parse a request's answer for calls in, given the model's: `None` unless
+/// the request offers tools (and `tool_choice` is not none).
+pub fn parsed_format(request: &crate::request::Request, model_format: ToolCallFormat) -> Option<ToolCallFormat> {
+    request.tools.as_ref().filter(|spec| spec.choice != ToolChoice::None).map(|_| model_format)
+}
+
 /// Checks the tool-calling fields of a conversation: a `tool` message needs `tool_call_id`,
 /// and each entry of an assistant's `tool_calls` needs `function.name`. Errors name
 /// `messages` with the message index.
@@ -189,6 +269,47 @@ pub fn validate_messages(messages: &[ChatMessage]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The constraint a request runs under, given its tools: its own constraint, or, when
+/// `tool_choice` demands a call, the call grammar for the model's `format`.
+///
+/// Whenever tools are offered (choice other than none) the call grammar is compiled through
+/// `compile`, even if it is not applied, so an argument schema llguidance cannot compile is a
+/// 400 on `tools` at submit. A forced call together with another constraint is refused
+/// (the answer cannot be both). Tools on a prompt that is not chat messages are refused.
+pub(crate) fn effective_constraint(
+    request: &crate::request::Request,
+    format: ToolCallFormat,
+    special_token: &dyn Fn(&str) -> Option<u32>,
+    compile: &dyn Fn(&crate::constraint::Constraint) -> Result<()>,
+) -> Result<Option<crate::constraint::Constraint>> {
+    let own = request.params.constraint.clone();
+    let Some(spec) = request.tools.as_ref().filter(|spec| spec.choice != ToolChoice::None) else { return Ok(own) };
+    if !matches!(request.prompt, crate::request::Prompt::Chat(_)) {
+        return Err(Error::invalid("tools", "tools need a chat prompt (messages)"));
+    }
+    let calls = call_constraint(format, spec, special_token);
+    compile(&calls).map_err(|e| match e {
+        Error::InvalidRequest { message, .. } => {
+            Error::invalid("tools", format!("a tool's `parameters` schema does not compile: {message}"))
+        }
+        other => other,
+    })?;
+    match (spec.forces_call(), own) {
+        (false, own) => Ok(own),
+        (true, None) => Ok(Some(calls)),
+        (true, Some(other)) => Err(Error::invalid(
+            "tool_choice",
+            format!("a required tool call cannot be combined with a `{}` constraint", other.field()),
+        )),
+    }
+}
+
+/// Calls as a JSON array `[{"id", "name", "arguments"}]` (arguments as JSON text), for front
+/// doors that hand them out as text (C).
+pub fn calls_to_json(calls: &[ToolCall]) -> String {
+    serde_json::to_string(calls).unwrap_or_else(|_| "[]".to_string())
 }
 
 /// A fresh call id: 9 letters and digits, the form Mistral's templates require (and OpenAI

@@ -247,3 +247,60 @@ fn longest_suffix_prefix(text: &str, marker: &str) -> usize {
         .find(|&n| text.is_char_boundary(text.len() - n) && marker.starts_with(&text[text.len() - n..]))
         .unwrap_or(0)
 }
+
+/// OpenAI's finish reason for an answer that stopped after calling tools.
+pub const TOOL_CALLS_FINISH_REASON: &str = "tool_calls";
+
+/// The finish reason a front door reports for an answer that offered tools: `"tool_calls"`
+/// when it stopped (end of turn or complete call grammar) having made calls, else the core's.
+pub fn finish_reason(reason: crate::request::FinishReason, made_calls: bool) -> &'static str {
+    if made_calls && reason == crate::request::FinishReason::Stop {
+        TOOL_CALLS_FINISH_REASON
+    } else {
+        reason.as_str()
+    }
+}
+
+/// One streamed request's text split into content and calls, for front doors that hand out
+/// chunks: each token's text goes through [`text`](Self::text), the last chunk through
+/// [`finish`](Self::finish).
+#[derive(Debug)]
+pub struct ToolCallSplitter {
+    stream: ToolCallStream,
+    made_calls: bool,
+}
+
+impl ToolCallSplitter {
+    pub fn new(format: ToolCallFormat) -> Self {
+        Self { stream: ToolCallStream::new(format), made_calls: false }
+    }
+
+    /// The content and the completed calls of the next piece of text.
+    pub fn text(&mut self, text: &str) -> ParsedOutput {
+        let items = self.stream.push(text);
+        self.collect(items)
+    }
+
+    /// Everything held back, at the end of the answer.
+    pub fn finish(&mut self) -> ParsedOutput {
+        let items = self.stream.finish();
+        self.collect(items)
+    }
+
+    /// Whether any call has come out so far.
+    pub fn made_calls(&self) -> bool {
+        self.made_calls
+    }
+
+    fn collect(&mut self, items: Vec<StreamItem>) -> ParsedOutput {
+        let mut out = ParsedOutput::default();
+        for item in items {
+            match item {
+                StreamItem::Content(text) => out.content.push_str(&text),
+                StreamItem::Call { call, .. } => out.tool_calls.push(call),
+            }
+        }
+        self.made_calls |= !out.tool_calls.is_empty();
+        out
+    }
+}

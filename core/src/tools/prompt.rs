@@ -34,9 +34,24 @@ pub fn prepare_chat(template: &ChatTemplate, messages: &[ChatMessage], tools: Op
         }
         _ => {
             let definitions = offered.map(ToolSpec::definitions);
-            template.render_with_tools(messages, definitions.as_deref(), true)
+            let messages: Vec<ChatMessage> = messages.iter().map(with_argument_objects).collect();
+            template.render_with_tools(&messages, definitions.as_deref(), true)
         }
     }
+}
+
+/// A history message whose calls' `arguments` are objects: OpenAI sends them as JSON text,
+/// the templates print them with `tojson` and expect the object Hugging Face documents.
+fn with_argument_objects(message: &ChatMessage) -> ChatMessage {
+    let mut message = message.clone();
+    for call in message.tool_calls.iter_mut().flatten() {
+        if let Some(arguments) = call.get_mut("function").and_then(|f| f.get_mut("arguments")) {
+            if let Some(object) = arguments.as_str().and_then(|text| serde_json::from_str::<Value>(text).ok()) {
+                *arguments = object;
+            }
+        }
+    }
+    message
 }
 
 /// A history message as a template without tool support can show it.

@@ -224,3 +224,26 @@ fn call_ids_are_nine_letters_or_digits_and_distinct() {
     assert_eq!(ids.len(), 1000);
     assert!(ids.iter().all(|id| id.len() == 9 && id.chars().all(|c| c.is_ascii_alphanumeric())));
 }
+
+#[test]
+fn messages_parse_from_openai_json() {
+    let text = r#"[{"role": "user", "content": "hi"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "abc", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "content": "ok", "tool_call_id": "abc", "name": "f"}]"#;
+    let messages = messages_from_json(text).unwrap();
+    assert_eq!(messages[1].content, "");
+    assert_eq!(messages[1].tool_calls.as_ref().map(Vec::len), Some(1));
+    assert_eq!(messages[2], ChatMessage::tool_result("ok", "abc", Some("f".into())));
+    for (bad, fragment) in [
+        ("{}", "JSON array"),
+        ("[1]", "messages[0] must be an object"),
+        (r#"[{"content": "x"}]"#, "messages[0].role is required"),
+        (r#"[{"role": "user"}]"#, "messages[0].content is required"),
+        (r#"[{"role": "user", "content": 3}]"#, "messages[0].content must be a string"),
+        ("[", "not valid JSON"),
+    ] {
+        let err = messages_from_json(bad).unwrap_err();
+        assert_eq!(err.param(), Some("messages"));
+        assert!(err.to_string().contains(fragment), "{bad}: {err}");
+    }
+}
