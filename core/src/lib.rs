@@ -31,8 +31,6 @@ pub mod models;
 pub mod quant;
 pub mod request;
 pub mod sampling;
-pub(crate) mod scheduler;
-pub(crate) mod sequence;
 pub mod threadpool;
 pub mod timeout;
 pub mod tokenizer;

@@ -73,7 +73,7 @@ impl Shared {
 /// The text of a panic payload. The payload is dropped here, under `catch_unwind`, because a
 /// payload's destructor may itself panic and must not kill the thread that caught it.
 fn describe_panic(mut payload: Box<dyn Any + Send>) -> String {
-    let message = crate::sequence::panic_message(&payload);
+    let message = crate::engine::sequence::panic_message(&payload);
     while let Err(next) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
         payload = next;
     }

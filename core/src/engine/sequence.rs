@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use crossbeam_channel::Sender;
 
+use super::block_allocator::{BlockHash, BlockTable};
 use crate::constraint::state::ConstraintState;
 use crate::detokenize::StreamingText;
-use crate::kv_cache::{BlockHash, BlockTable};
 use crate::request::{Event, FinishReason, Timings, Usage};
 use crate::sampling::Sampler;
 

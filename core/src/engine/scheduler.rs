@@ -9,7 +9,7 @@
 //! preempted: its blocks are released (its full blocks stay in the prefix cache) and it goes
 //! back to the queue, to resume later by recomputing — nothing it generated is lost.
 //!
-//! Sequences own their blocks (a [`crate::kv_cache::BlockTable`]): whatever removes a
+//! Sequences own their blocks (a [`crate::engine::block_allocator::BlockTable`]): whatever removes a
 //! sequence from here, its blocks go back to the allocator when it is dropped.
 //!
 //! A model with sliding-window layers has a second block pool for them ([`SlidingPool`]):
@@ -20,8 +20,8 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
-use crate::kv_cache::{prefix_contents, BlockAllocator, BlockHash, BlockTable, OutOfBlocks};
-use crate::sequence::Sequence;
+use super::block_allocator::{prefix_contents, BlockAllocator, BlockHash, BlockTable, OutOfBlocks};
+use super::sequence::Sequence;
 
 /// The block pool of sliding-window layers, and their window.
 pub(crate) struct SlidingPool {
@@ -450,9 +450,9 @@ impl Scheduler {
 mod tests {
     use super::*;
     use crate::detokenize::StreamingText;
+    use crate::engine::sequence::EventSink;
     use crate::request::SamplingParams;
     use crate::sampling::Sampler;
-    use crate::sequence::EventSink;
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
 
@@ -704,7 +704,7 @@ mod tests {
             // from `start + 1 - window`.
             let first = (chunk.start + 1).saturating_sub(8) / 4;
             assert_eq!(seq.sliding_blocks.released(), first, "given back exactly before the window");
-            assert!(seq.sliding_blocks[first..].iter().all(|&b| b != crate::kv_cache::RELEASED_BLOCK));
+            assert!(seq.sliding_blocks[first..].iter().all(|&b| b != crate::engine::block_allocator::RELEASED_BLOCK));
             s.mark_computed(&plan);
             if chunk.want_logits {
                 s.running[0].tokens.push(7);

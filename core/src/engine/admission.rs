@@ -1,0 +1,111 @@
+//! Admission: validating and tokenizing a request on the caller's thread, before it is
+//! queued for the engine thread.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::handle::RequestHandle;
+use super::sequence::{EventCallback, EventSink, Sequence};
+use super::Shared;
+use crate::detokenize::StreamingText;
+use crate::error::{Error, Result};
+use crate::request::{Prompt, Request};
+use crate::sampling::Sampler;
+
+/// Tokenizes and validates a request (on the caller's thread, so errors return at once and
+/// the engine thread never tokenizes).
+pub(super) fn prepare(
+    shared: &Shared,
+    request: Request,
+    callback: Option<EventCallback>,
+) -> Result<(Sequence, RequestHandle)> {
+    let tokenizer = &shared.tokenizer;
+    let vocab_size = shared.info.vocab_size;
+    request.params.validate(vocab_size)?;
+    let tokens = match &request.prompt {
+        Prompt::Text(text) => {
+            if text.is_empty() {
+                return Err(Error::invalid("prompt", "the prompt must not be empty"));
+            }
+            tokenizer.encode(text, true)?
+        }
+        Prompt::Tokens(ids) => {
+            if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab_size) {
+                return Err(Error::invalid(
+                    "prompt",
+                    format!("token id {bad} is outside the vocabulary (size {vocab_size})"),
+                ));
+            }
+            ids.clone()
+        }
+        Prompt::Chat(messages) => tokenizer.encode(&shared.chat_template.render(messages, true)?, false)?,
+    };
+    if tokens.is_empty() {
+        return Err(Error::invalid("prompt", "the prompt must contain at least one token"));
+    }
+    let context = shared.info.context_length;
+    if tokens.len() >= context {
+        return Err(Error::ContextLengthExceeded {
+            param: if matches!(request.prompt, Prompt::Chat(_)) { "messages" } else { "prompt" },
+            message: format!(
+                "the prompt has {} tokens but the context window is {context} tokens (at least one must remain for the completion)",
+                tokens.len()
+            ),
+            prompt_tokens: tokens.len(),
+            max_tokens: request.params.max_tokens.unwrap_or(0),
+            context_length: context,
+        });
+    }
+    debug_assert!(context <= shared.kv_capacity_tokens);
+    // A completion that would overflow the context is clamped to it and ends with
+    // FinishReason::Length, as llama.cpp does (documented in the README).
+    let max_new_tokens = request.params.max_tokens.unwrap_or(usize::MAX).min(context - tokens.len());
+
+    // Compiled here, on the caller's thread, so a bad schema fails the submit itself.
+    let constraint =
+        request.params.constraint.as_ref().map(|c| shared.constraints.start(c, tokenizer, vocab_size)).transpose()?;
+    let mut stop_ids: HashSet<u32> = request.params.stop_token_ids.iter().copied().collect();
+    if !request.params.ignore_eos {
+        stop_ids.extend(tokenizer.end_of_generation_ids().iter().copied());
+    }
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let sink = match callback {
+        Some(cb) => EventSink::Callback(cb, tx),
+        None => EventSink::Channel(tx),
+    };
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let prompt_len = tokens.len();
+    let sequence = Sequence {
+        id,
+        priority: request.priority,
+        arrival: id,
+        prompt_len,
+        tokens,
+        computed: 0,
+        prefill_start: 0,
+        blocks: Default::default(),
+        sliding_blocks: Default::default(),
+        queue_slot: None,
+        registered_blocks: 0,
+        last_block_hash: None,
+        max_new_tokens,
+        text: StreamingText::new(request.params.stop.clone()),
+        sampler: Sampler::new(request.params),
+        constraint,
+        stop_ids,
+        sink,
+        cancel: Arc::clone(&cancel),
+        cached_prompt_tokens: 0,
+        submitted: Instant::now(),
+        first_scheduled: None,
+        first_token: None,
+        last_token: None,
+        decode_deferrals: 0,
+        scheduled_this_step: false,
+    };
+    let handle = RequestHandle::new(id, prompt_len, rx, cancel);
+    Ok((sequence, handle))
+}

@@ -1,0 +1,191 @@
+//! How an engine is built ([`EngineConfig`]), and the KV cache sizing checked against the
+//! model's shape and the machine's memory.
+
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::models::ModelShape;
+
+/// Default of [`EngineConfig::max_prefill_tokens`].
+const DEFAULT_MAX_PREFILL_TOKENS: usize = 64;
+
+/// How the engine is built. [`EngineConfig::new`] gives the defaults.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Path of a llama-family GGUF file.
+    pub model: PathBuf,
+    /// A `tokenizer.json` to use instead of the GGUF's own tokenizer. Without one, a
+    /// `tokenizer.json` next to the model file is used if present, else the GGUF metadata.
+    pub tokenizer: Option<PathBuf>,
+    /// A sentence-transformers folder for [`Engine::embed`](super::Engine::embed) (none: no embeddings).
+    pub embedding_model: Option<PathBuf>,
+    /// Most sequences in the running batch (default 32).
+    pub max_running: usize,
+    /// Token budget of one step: decode tokens plus prompt chunks (default 2048).
+    pub max_batch_tokens: usize,
+    /// Prompt tokens one step may compute (default 64). Small steps give queued requests
+    /// their first token early, one group after another, instead of all at the end of one
+    /// long step; a long prompt alone costs a few more (cheap) steps.
+    pub max_prefill_tokens: usize,
+    /// Total KV cache capacity in tokens, shared by all sequences (default 16384): every
+    /// position of every layer of a model without sliding-window layers, and of the global
+    /// layers of one with them (Gemma 3). Its sliding-window layers have a pool of their own
+    /// that keeps only each sequence's window: `max_running` sequences of
+    /// `window + min(max_prefill_tokens, max_batch_tokens)` positions plus one block each,
+    /// rounded up to blocks, and never more blocks than this capacity (see
+    /// [`sliding_pool_blocks`]).
+    pub kv_cache_tokens: usize,
+    /// Tokens per KV block (default 16).
+    pub block_size: usize,
+    /// Context window; default and maximum: the model's.
+    pub context_length: Option<usize>,
+    /// Compute threads; default: the physical cores. At most [`crate::threadpool::MAX_THREADS`];
+    /// more, or a count the system cannot start, fails with an error naming `threads`.
+    pub threads: Option<usize>,
+    /// Most requests submitted and not yet admitted to the running batch (so at most
+    /// `max_running + max_queue` are accepted and unfinished before a sequence ends); past it,
+    /// submit fails with [`Error::Overloaded`] (default 256). Exact under concurrent submitters.
+    /// A sequence preempted back to the queue does not count again: it was admitted once.
+    pub max_queue: usize,
+    /// A Jinja chat template (HuggingFace dialect) used instead of the model's
+    /// `tokenizer.chat_template`; needed for chat requests to a model that ships none.
+    pub chat_template: Option<String>,
+}
+
+impl EngineConfig {
+    /// Defaults for the model at `model`.
+    pub fn new(model: impl Into<PathBuf>) -> Self {
+        Self {
+            model: model.into(),
+            tokenizer: None,
+            embedding_model: None,
+            max_running: 32,
+            max_batch_tokens: 2048,
+            max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS,
+            kv_cache_tokens: 16384,
+            block_size: 16,
+            context_length: None,
+            threads: None,
+            max_queue: 256,
+            chat_template: None,
+        }
+    }
+
+    /// Most compute threads an engine accepts: four per CPU the process may use. More
+    /// threads than that only add contention, and a mistyped huge value would otherwise try to
+    /// spawn that many OS threads.
+    pub fn max_threads() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get()).saturating_mul(THREADS_PER_CPU)
+    }
+
+    /// Checks every setting that can be checked without the model; the error names the
+    /// first field out of range. The KV cache size is checked once the model's shape is known
+    /// ([`kv_cache_bytes`]).
+    pub(super) fn validate(&self) -> Result<()> {
+        let positive = [
+            ("max_running", self.max_running),
+            ("max_batch_tokens", self.max_batch_tokens),
+            ("max_prefill_tokens", self.max_prefill_tokens),
+            ("kv_cache_tokens", self.kv_cache_tokens),
+            ("block_size", self.block_size),
+            ("max_queue", self.max_queue),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(Error::invalid(name, "must be at least 1"));
+            }
+        }
+        if self.kv_cache_tokens < self.block_size {
+            return Err(Error::invalid("kv_cache_tokens", "must hold at least one block"));
+        }
+        if self.context_length == Some(0) {
+            return Err(Error::invalid("context_length", "must be at least 1"));
+        }
+        self.validate_threads()
+    }
+
+    fn validate_threads(&self) -> Result<()> {
+        let Some(threads) = self.threads else { return Ok(()) };
+        let max = Self::max_threads();
+        if threads == 0 || threads > max {
+            return Err(Error::invalid(
+                "threads",
+                format!("must be between 1 and {max} (4 per available CPU), got {threads}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// See [`EngineConfig::max_threads`].
+const THREADS_PER_CPU: usize = 4;
+
+/// Blocks of the sliding-window layers' pool (see [`EngineConfig::kv_cache_tokens`]): room
+/// for every running sequence's window and one prefill chunk, plus the block a window that
+/// does not start on a block boundary straddles, capped by the global pool's `num_blocks`
+/// (a sequence never holds more sliding blocks than global ones).
+pub fn sliding_pool_blocks(config: &EngineConfig, window: usize, num_blocks: usize) -> usize {
+    let chunk = config.max_prefill_tokens.min(config.max_batch_tokens);
+    let per_sequence = window.saturating_add(chunk).div_ceil(config.block_size).saturating_add(1);
+    per_sequence.saturating_mul(config.max_running).min(num_blocks)
+}
+
+/// Bytes of the KV cache for `num_blocks` blocks of `block_size` tokens in the global pool and
+/// `sliding_blocks` in the sliding one, with the model's shape (K and V, f16), or an error
+/// naming `kv_cache_tokens` when that overflows or exceeds the machine's physical memory: a
+/// typo must fail cleanly, not abort in the allocator or get the process killed when the
+/// pages are first touched.
+pub(super) fn kv_cache_bytes(
+    num_blocks: usize,
+    sliding_blocks: usize,
+    block_size: usize,
+    model: &ModelShape,
+) -> Result<usize> {
+    const K_AND_V: usize = 2;
+    let element = std::mem::size_of::<u16>();
+    let too_big = || {
+        Error::invalid(
+            "kv_cache_tokens",
+            format!("{} tokens of KV cache overflow the address space", num_blocks * block_size),
+        )
+    };
+    let global_layers = model.n_layers - model.n_sliding_layers;
+    let layer_blocks = global_layers
+        .checked_mul(num_blocks)
+        .zip(model.n_sliding_layers.checked_mul(sliding_blocks))
+        .and_then(|(global, sliding)| global.checked_add(sliding));
+    let bytes = [block_size, model.n_kv_heads, model.head_dim, K_AND_V, element]
+        .into_iter()
+        .try_fold(layer_blocks.ok_or_else(too_big)?, usize::checked_mul)
+        .filter(|&bytes| bytes <= isize::MAX as usize)
+        .ok_or_else(too_big)?;
+    if let Some(memory) = physical_memory_bytes() {
+        if bytes as u64 > memory {
+            return Err(Error::invalid(
+                "kv_cache_tokens",
+                format!(
+                    "{} tokens of KV cache need {} MiB, more than the machine's {} MiB of memory",
+                    num_blocks * block_size,
+                    bytes >> 20,
+                    memory >> 20
+                ),
+            ));
+        }
+    }
+    Ok(bytes)
+}
+
+/// Installed RAM, when the platform says.
+#[cfg(target_os = "linux")]
+fn physical_memory_bytes() -> Option<u64> {
+    // SAFETY: sysconf only reads system configuration.
+    let (pages, page_size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let pages = u64::try_from(pages).ok()?;
+    let page_size = u64::try_from(page_size).ok()?;
+    pages.checked_mul(page_size)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn physical_memory_bytes() -> Option<u64> {
+    None
+}

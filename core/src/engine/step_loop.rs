@@ -1,0 +1,355 @@
+//! The engine thread: one batched forward per step over the scheduler's plan, the grammar
+//! masks beside it, then sampling and streaming each sequence's next token.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::Receiver;
+
+use super::scheduler::{ScheduledChunk, Scheduler};
+use super::sequence::{panic_message, Delivery, FinalEvent, Sequence};
+use super::{Command, Shared};
+use crate::constraint::state::ConstraintState;
+use crate::detokenize::Step;
+use crate::error::Result;
+use crate::kv_cache::KvStorage;
+use crate::metrics::{add, Metrics};
+use crate::models::{GenerationModel, SeqChunk};
+use crate::request::{Event, FinishReason};
+use crate::tokenizer::Tokenizer;
+
+/// The engine thread: owns the model, the KV storage and the scheduler.
+pub(super) struct StepLoop {
+    shared: Arc<Shared>,
+    model: GenerationModel,
+    kv: KvStorage,
+    scheduler: Scheduler,
+    commands: Receiver<Command>,
+    /// Logits of the last step, reused across steps.
+    logits: Vec<f32>,
+    /// The step's plan, reused across steps.
+    plan: Vec<ScheduledChunk>,
+    /// The step's model input, kept empty between steps only for its allocation (see
+    /// [`reuse_allocation`]).
+    chunks: Vec<SeqChunk<'static>>,
+    /// Sequences that finished in the step: id, reason, error.
+    finished: Vec<(u64, FinishReason, Option<String>)>,
+}
+
+/// An empty vector of another lifetime that keeps `buffer`'s allocation. `SeqChunk<'a>` has
+/// the same layout for every `'a`, so the in-place collect specialisation of `Vec` reuses the
+/// memory (no element ever exists, so nothing is converted).
+fn reuse_allocation<'a, 'b>(mut buffer: Vec<SeqChunk<'a>>) -> Vec<SeqChunk<'b>> {
+    buffer.clear();
+    buffer.into_iter().map(|_| unreachable!("the buffer is empty")).collect()
+}
+
+impl StepLoop {
+    /// The loop of an engine thread over `model`, `kv` and `scheduler`, fed by `commands`.
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        model: GenerationModel,
+        kv: KvStorage,
+        scheduler: Scheduler,
+        commands: Receiver<Command>,
+    ) -> Self {
+        Self {
+            shared,
+            model,
+            kv,
+            scheduler,
+            commands,
+            logits: Vec::new(),
+            plan: Vec::new(),
+            chunks: Vec::new(),
+            finished: Vec::new(),
+        }
+    }
+
+    pub(super) fn run(mut self) {
+        loop {
+            // Sleep when idle; otherwise take whatever arrived and keep stepping.
+            if self.scheduler.is_idle() {
+                match self.commands.recv() {
+                    Ok(command) => {
+                        if !self.handle(command) {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut keep_running = true;
+            while let Ok(command) = self.commands.try_recv() {
+                keep_running &= self.handle(command);
+            }
+            if !keep_running {
+                break;
+            }
+            self.reap_cancelled();
+            // A panic inside a step must not take the engine down: fail the affected requests
+            // and keep serving the others.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step()));
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => self.fail_step(&e.to_string()),
+                Err(panic) => self.fail_step(&format!("internal error: {}", panic_message(&panic))),
+            }
+            self.publish_gauges();
+        }
+        self.cancel_everything();
+    }
+
+    /// Returns false on shutdown.
+    fn handle(&mut self, command: Command) -> bool {
+        match command {
+            Command::Submit(seq) => {
+                self.scheduler.enqueue(*seq);
+                true
+            }
+            Command::Shutdown => false,
+        }
+    }
+
+    fn step(&mut self) -> Result<()> {
+        let mut plan = std::mem::take(&mut self.plan);
+        let result = self.run_plan(&mut plan);
+        self.plan = plan;
+        result
+    }
+
+    fn run_plan(&mut self, plan: &mut Vec<ScheduledChunk>) -> Result<()> {
+        let report = self.scheduler.schedule_into(plan);
+        let metrics = Arc::clone(&self.shared.metrics);
+        add(&metrics.preemptions, report.preempted as u64);
+        add(&metrics.prefix_cache_hit_tokens, report.prefix_hit_tokens as u64);
+        self.retire(report.out_of_space.into_iter().map(|seq| (seq, FinishReason::Length, None)));
+        if plan.is_empty() {
+            return Ok(());
+        }
+
+        // The grammar states of the sequences sampling this step leave their sequences for the
+        // forward, so their masks can be computed beside it (see `forward_and_masks`).
+        let mut constrained = take_sampling_constraints(&mut self.scheduler.running, plan);
+        let running = &self.scheduler.running;
+        let mut chunks = reuse_allocation(std::mem::take(&mut self.chunks));
+        chunks.extend(plan.iter().map(|c| {
+            let seq = &running[c.index];
+            SeqChunk {
+                tokens: &seq.tokens[c.start..c.start + c.len],
+                start_pos: c.start,
+                block_table: &seq.blocks,
+                sliding_block_table: &seq.sliding_blocks,
+                want_logits: c.want_logits,
+            }
+        }));
+        let batch_tokens: usize = plan.iter().map(|c| c.len).sum();
+        // Everything but one-token decode chunks counts as prefill (including recomputation
+        // after preemption).
+        let is_decode = |c: &ScheduledChunk| c.len == 1 && c.start >= running[c.index].prompt_len;
+        let prefill_tokens: usize = plan.iter().filter(|c| !is_decode(c)).map(|c| c.len).sum();
+        let outcome = forward_and_masks(&self.model, &chunks, &mut self.kv, &mut self.logits, &mut constrained);
+        self.chunks = reuse_allocation(chunks);
+        for (index, state) in constrained {
+            self.scheduler.running[index].constraint = Some(state);
+        }
+        outcome?;
+
+        add(&metrics.steps, 1);
+        add(&metrics.prefill_tokens_total, prefill_tokens as u64);
+        metrics.observe_batch_size(batch_tokens);
+        self.scheduler.mark_computed(plan);
+
+        let vocab = self.model.vocab_size();
+        self.finished.clear();
+        // Logit rows come in plan order, one per chunk that wanted logits.
+        for (row, c) in plan.iter().filter(|c| c.want_logits).enumerate() {
+            let logits = &mut self.logits[row * vocab..(row + 1) * vocab];
+            let seq = &mut self.scheduler.running[c.index];
+            if let Some((reason, error)) = advance(seq, logits, &self.shared.tokenizer, &metrics) {
+                self.finished.push((seq.id, reason, error));
+            }
+        }
+        if !self.finished.is_empty() {
+            let finished = std::mem::take(&mut self.finished);
+            let removed = self.scheduler.remove_where(|s| finished.iter().any(|f| f.0 == s.id));
+            self.retire(removed.into_iter().filter_map(|seq| {
+                let (_, reason, error) = finished.iter().find(|f| f.0 == seq.id).cloned()?;
+                Some((seq, reason, error))
+            }));
+            self.finished = finished;
+        }
+        Ok(())
+    }
+
+    /// Ends cancelled requests (flag set by the caller, or the consumer went away).
+    fn reap_cancelled(&mut self) {
+        let removed = self.scheduler.remove_where(Sequence::is_cancelled);
+        self.retire(removed.into_iter().map(|seq| (seq, FinishReason::Cancelled, None)));
+    }
+
+    /// Counts a failed step and fails the requests it was computing.
+    fn fail_step(&mut self, message: &str) {
+        add(&self.shared.metrics.step_failures, 1);
+        self.fail_running(message);
+    }
+
+    /// Fails every running request after an error inside a step.
+    fn fail_running(&mut self, message: &str) {
+        let ids: HashSet<u64> = self.scheduler.running.iter().map(|s| s.id).collect();
+        let removed = self.scheduler.remove_where(|s| ids.contains(&s.id));
+        self.retire(removed.into_iter().map(|seq| (seq, FinishReason::Error, Some(message.to_string()))));
+    }
+
+    fn cancel_everything(&mut self) {
+        let removed = self.scheduler.remove_where(|_| true);
+        self.retire(removed.into_iter().map(|seq| (seq, FinishReason::Cancelled, None)));
+        // Requests that raced with shutdown.
+        let raced: Vec<Sequence> = std::iter::from_fn(|| match self.commands.try_recv() {
+            Ok(Command::Submit(seq)) => Some(*seq),
+            _ => None,
+        })
+        .collect();
+        self.retire(raced.into_iter().map(|seq| (seq, FinishReason::Cancelled, None)));
+        self.publish_gauges();
+    }
+
+    /// Ends sequences: gives back their blocks and queue places, counts the outcomes and
+    /// publishes the gauges, and only then delivers their `Finished` events, so a caller that
+    /// sees `Finished` also sees the blocks free in the metrics.
+    fn retire(&mut self, ended: impl IntoIterator<Item = (Sequence, FinishReason, Option<String>)>) {
+        let metrics = &self.shared.metrics;
+        let mut finals: Vec<FinalEvent> = Vec::new();
+        for (seq, reason, error) in ended {
+            add(&metrics.requests_finished, 1);
+            match reason {
+                FinishReason::Cancelled => add(&metrics.requests_cancelled, 1),
+                FinishReason::Error => add(&metrics.requests_failed, 1),
+                _ => {}
+            }
+            finals.push(seq.finish(reason, error));
+        }
+        if finals.is_empty() {
+            return;
+        }
+        self.publish_gauges();
+        for event in finals {
+            event.deliver();
+        }
+    }
+
+    fn publish_gauges(&self) {
+        let m = &self.shared.metrics;
+        m.queue_depth.store(self.scheduler.waiting_len(), Ordering::Relaxed);
+        m.running.store(self.scheduler.running.len(), Ordering::Relaxed);
+        m.kv_blocks_free.store(self.scheduler.allocator.available(), Ordering::Relaxed);
+        if let Some(sliding) = &self.scheduler.sliding {
+            m.kv_sliding_blocks_free.store(sliding.allocator.available(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Takes the constraint state out of every sequence that samples a token this step, with its
+/// index in `running` (put back after the forward).
+fn take_sampling_constraints(running: &mut [Sequence], plan: &[ScheduledChunk]) -> Vec<(usize, ConstraintState)> {
+    plan.iter()
+        .filter(|c| c.want_logits)
+        .filter_map(|c| running[c.index].constraint.take().map(|state| (c.index, state)))
+        .collect()
+}
+
+/// Runs the forward and, on a helper thread meanwhile, the token masks of `constrained`: a
+/// mask depends only on the tokens already sampled, so it need not wait for the logits, and
+/// 32 constrained streams cost little more than 32 free ones. Without constrained sequences
+/// no thread is started.
+fn forward_and_masks(
+    model: &GenerationModel,
+    chunks: &[SeqChunk<'_>],
+    kv: &mut KvStorage,
+    logits: &mut Vec<f32>,
+    constrained: &mut [(usize, ConstraintState)],
+) -> Result<()> {
+    if constrained.is_empty() {
+        return model.forward(chunks, kv, logits);
+    }
+    std::thread::scope(|scope| {
+        let masks = scope.spawn(|| constrained.iter_mut().for_each(|(_, state)| state.prepare_mask()));
+        let outcome = model.forward(chunks, kv, logits);
+        // A panic while masking leaves the masks unprepared; sampling then computes them
+        // itself (and reports any failure on that request alone).
+        let _ = masks.join();
+        outcome
+    })
+}
+
+/// Samples the next token of `seq` from its logits, streams it, and says whether the
+/// request is now finished (and why).
+fn advance(
+    seq: &mut Sequence,
+    logits: &mut [f32],
+    tokenizer: &Tokenizer,
+    metrics: &Metrics,
+) -> Option<(FinishReason, Option<String>)> {
+    let now = Instant::now();
+    if let Some(constraint) = &mut seq.constraint {
+        if let Err(message) = constraint.mask_logits(logits) {
+            return Some((FinishReason::Error, Some(message)));
+        }
+    }
+    let sampled = seq.sampler.sample(logits, &seq.tokens);
+    let token = sampled.token;
+    let grammar_complete = match seq.constraint.as_mut().map(|c| c.advance(token)) {
+        Some(Err(message)) => return Some((FinishReason::Error, Some(message))),
+        Some(Ok(complete)) => complete,
+        None => false,
+    };
+    seq.tokens.push(token);
+    seq.sampler.observe(token);
+    add(&metrics.generated_tokens_total, 1);
+    match seq.last_token {
+        None => metrics.observe_ttft(now.duration_since(seq.submitted).as_secs_f64()),
+        Some(prev) => metrics.observe_per_token(now.duration_since(prev).as_secs_f64()),
+    }
+    seq.first_token.get_or_insert(now);
+    seq.last_token = Some(now);
+
+    let mut reason = None;
+    let mut text = String::new();
+    if seq.stop_ids.contains(&token) {
+        reason = Some(FinishReason::Stop);
+    } else {
+        // Special tokens (control markers) are not part of the visible text.
+        let bytes = if tokenizer.is_special(token) { &[][..] } else { tokenizer.token_bytes(token).unwrap_or(&[]) };
+        match seq.text.push(bytes) {
+            Step::Text(t) => text = t,
+            Step::Stopped(t) => {
+                text = t;
+                reason = Some(FinishReason::Stop);
+            }
+        }
+    }
+    if reason.is_none() && grammar_complete {
+        reason = Some(FinishReason::Stop);
+    }
+    if reason.is_none() && seq.generated() >= seq.max_new_tokens {
+        reason = Some(FinishReason::Length);
+    }
+    if reason.is_some() {
+        // Nothing can complete a stop string any more: release what was held back.
+        text.push_str(&seq.text.finish());
+    }
+    let mut logprobs = sampled.logprobs;
+    if let Some(logprobs) = &mut logprobs {
+        logprobs.fill_bytes(token, tokenizer);
+    }
+    let event = Event::Token { id: token, text, logprobs };
+    match seq.sink.deliver(event) {
+        Delivery::Delivered => reason.map(|r| (r, None)),
+        Delivery::ConsumerGone => Some((FinishReason::Cancelled, None)),
+        Delivery::CallbackPanicked(message) => {
+            Some((FinishReason::Error, Some(format!("the event callback panicked: {message}"))))
+        }
+    }
+}
