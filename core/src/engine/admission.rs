@@ -13,6 +13,7 @@ use crate::detokenize::StreamingText;
 use crate::error::{Error, Result};
 use crate::request::{Prompt, Request};
 use crate::sampling::Sampler;
+use crate::tools;
 
 /// Tokenizes and validates a request (on the caller's thread, so errors return at once and
 /// the engine thread never tokenizes).
@@ -40,7 +41,9 @@ pub(super) fn prepare(
             }
             ids.clone()
         }
-        Prompt::Chat(messages) => tokenizer.encode(&shared.chat_template.render(messages, true)?, false)?,
+        Prompt::Chat(messages) => {
+            tokenizer.encode(&tools::prepare_chat(&shared.chat_template, messages, request.tools.as_ref())?, false)?
+        }
     };
     if tokens.is_empty() {
         return Err(Error::invalid("prompt", "the prompt must contain at least one token"));
@@ -63,9 +66,13 @@ pub(super) fn prepare(
     // FinishReason::Length, as llama.cpp does (documented in the README).
     let max_new_tokens = request.params.max_tokens.unwrap_or(usize::MAX).min(context - tokens.len());
 
-    // Compiled here, on the caller's thread, so a bad schema fails the submit itself.
+    // Compiled here, on the caller's thread, so a bad schema fails the submit itself. With
+    // tools, a forced call is the constraint and every tool schema is checked.
+    let special_token = |text: &str| tokenizer.token_to_id(text).filter(|&id| tokenizer.is_special(id));
+    let compile = |c: &crate::constraint::Constraint| shared.constraints.start(c, tokenizer, vocab_size).map(drop);
     let constraint =
-        request.params.constraint.as_ref().map(|c| shared.constraints.start(c, tokenizer, vocab_size)).transpose()?;
+        tools::effective_constraint(&request, shared.chat_template.tool_format(), &special_token, &compile)?;
+    let constraint = constraint.as_ref().map(|c| shared.constraints.start(c, tokenizer, vocab_size)).transpose()?;
     let mut stop_ids: HashSet<u32> = request.params.stop_token_ids.iter().copied().collect();
     if !request.params.ignore_eos {
         stop_ids.extend(tokenizer.end_of_generation_ids().iter().copied());
