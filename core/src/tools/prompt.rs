@@ -103,8 +103,9 @@ fn describe_tools_in_system_message(messages: &mut Vec<ChatMessage>, spec: &Tool
     }
 }
 
-/// The constraint that makes the answer a call in `format`: one call (or, with parallel calls,
-/// one or more) of the callable tools, each call's arguments valid against its schema.
+/// The constraint that makes the answer a call in `format`: one call (or, with parallel calls
+/// and `tool_choice` required, one or more) of the callable tools, each call's arguments valid
+/// against its schema. A named function is called once, as vLLM does.
 /// `special_token` gives the id of a marker (`<tool_call>`, `[TOOL_CALLS]`) when the
 /// vocabulary has it as a special token, which the grammar must then name by id.
 pub fn call_constraint(format: ToolCallFormat, spec: &ToolSpec, special_token: &dyn Fn(&str) -> Option<u32>) -> Constraint {
@@ -113,8 +114,9 @@ pub fn call_constraint(format: ToolCallFormat, spec: &ToolSpec, special_token: &
         None => lark_string(text),
     };
     let tools = spec.callable();
+    let several = spec.parallel_calls && spec.choice == ToolChoice::Required;
     let repeat = |call: &str, separator: &str| {
-        if spec.parallel_calls {
+        if several {
             format!("{call} ({} {call})*", lark_string(separator))
         } else {
             call.to_string()
@@ -143,7 +145,7 @@ pub fn call_constraint(format: ToolCallFormat, spec: &ToolSpec, special_token: &
         ToolCallFormat::Generic => {
             let prefix = "/properties/tool_calls/items";
             let mut calls = json!({ "type": "array", "items": call_schema(format, &tools, prefix), "minItems": 1 });
-            if !spec.parallel_calls {
+            if !several {
                 calls["maxItems"] = json!(1);
             }
             let schema = style(json!({

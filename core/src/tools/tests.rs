@@ -179,6 +179,10 @@ fn call_grammars_name_the_tools_and_honour_parallel_calls() {
         panic!("a grammar")
     };
     assert!(generic.contains(r#""maxItems":1"#) && generic.contains(r#""minItems":1"#), "{generic}");
+    // A named function is called once, parallel calls or not.
+    let named = spec(Some(json!({"type": "function", "function": {"name": "get_weather"}})), Some(true));
+    let Constraint::Grammar(named) = call_constraint(ToolCallFormat::Llama3, &named, &no_special) else { panic!("a grammar") };
+    assert!(named.starts_with("start: call\n"), "{named}");
 }
 
 #[test]

@@ -151,7 +151,8 @@ async def chat(body: OllamaChatRequest, state: ReadyState, request: Request):
         tools["tool_choice"] = body.tool_choice
     sampling = {**_sampling(body.options), **ollama_constraint(body.format), **tools}
     job = Job(ollama_history(body.messages), chat=True, sampling=sampling)
-    return await _respond(state, body.model, job, body.stream, _chat_message, request.receive, _FORMAT_FIELDS)
+    return await _respond(state, body.model, job, body.stream, lambda result: {"message": _chat_message(result)},
+                          request.receive, _FORMAT_FIELDS)
 
 
 def _chat_message(result: cortexstream.Completion | cortexstream.Chunk) -> dict:
