@@ -75,7 +75,8 @@ fn calls_parse_back_out_of_each_templates_own_rendering() {
         let name = example["template"].as_str().expect("template");
         let template = &fixture["templates"][name];
         let format = ToolCallFormat::detect(template["source"].as_str().expect("source"));
-        let (Some(prompt), Some(whole)) = (example["prompt"]["rendered"].as_str(), example["whole"]["rendered"].as_str())
+        let (Some(prompt), Some(whole)) =
+            (example["prompt"]["rendered"].as_str(), example["whole"]["rendered"].as_str())
         else {
             continue; // the template refuses this example (Llama 3.x: one call at a time)
         };
@@ -90,9 +91,8 @@ fn calls_parse_back_out_of_each_templates_own_rendering() {
             .min()
             .map_or(written, |end| &written[..end]);
         let parsed = parse_tool_calls(format, written);
-        let expected = fixture["call_examples"][example["example"].as_str().expect("example")]["calls"]
-            .as_array()
-            .expect("calls");
+        let expected =
+            fixture["call_examples"][example["example"].as_str().expect("example")]["calls"].as_array().expect("calls");
         let got: Vec<(String, Value)> = parsed
             .tool_calls
             .iter()

@@ -58,7 +58,8 @@ fn ask() -> Prompt {
 }
 
 fn request(choice: Value, parallel: bool, seed: u64) -> Request {
-    let params = SamplingParams { temperature: 1.0, seed: Some(seed), max_tokens: Some(200), ..SamplingParams::default() };
+    let params =
+        SamplingParams { temperature: 1.0, seed: Some(seed), max_tokens: Some(200), ..SamplingParams::default() };
     let spec = ToolSpec::from_json(&tools(), Some(&choice), Some(parallel)).expect("valid tools");
     Request::new(ask(), params).with_tools(spec)
 }
@@ -118,7 +119,8 @@ fn parallel_calls_allow_several_and_each_validates() {
 #[test]
 fn tool_choice_none_renders_the_prompt_without_tools() {
     let engine = engine(None);
-    let plain = engine.generate(Request::new(ask(), SamplingParams { max_tokens: Some(1), ..SamplingParams::greedy() }));
+    let plain =
+        engine.generate(Request::new(ask(), SamplingParams { max_tokens: Some(1), ..SamplingParams::greedy() }));
     let none = engine.generate(
         Request::new(ask(), SamplingParams { max_tokens: Some(1), ..SamplingParams::greedy() })
             .with_tools(ToolSpec::from_json(&tools(), Some(&json!("none")), None).unwrap()),

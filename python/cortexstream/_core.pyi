@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union, fina
 
 from typing_extensions import Self, disjoint_base
 
-__all__ = ["Chunk", "Completion", "Engine", "ModelInfo", "Stream", "Timings", "TokenLogprobs", "Usage", "__version__"]
+__all__ = ["Chunk", "Completion", "Engine", "ModelInfo", "Stream", "Timings", "TokenLogprobs", "ToolCall", "Usage", "__version__"]
 
 __version__: str
 

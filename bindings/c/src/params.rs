@@ -283,9 +283,7 @@ impl cs_sampling_params {
             -1 => None,
             0 => Some(false),
             1 => Some(true),
-            other => {
-                return Err(Failure::invalid("parallel_tool_calls", format!("must be -1, 0 or 1, got {other}")))
-            }
+            other => return Err(Failure::invalid("parallel_tool_calls", format!("must be -1, 0 or 1, got {other}"))),
         };
         Ok(ToolSpec::from_texts(tools, choice, parallel)?)
     }

@@ -83,7 +83,8 @@ impl Stream {
                 handle: Some(handle),
                 collected: CompletionBuilder::default(),
                 wants_logprobs,
-                tool_calls: tool_format.map(|format| ToolCallParsing { format, splitter: ToolCallSplitter::new(format) }),
+                tool_calls: tool_format
+                    .map(|format| ToolCallParsing { format, splitter: ToolCallSplitter::new(format) }),
             }),
             completion: OnceLock::new(),
         }

@@ -59,7 +59,8 @@ impl ToolArgs {
 
     /// Adds the checked tools to `request`.
     pub fn attach(self, request: Request) -> PyResult<Request> {
-        let spec = ToolSpec::from_options(self.tools.as_ref(), self.choice.as_ref(), self.parallel).map_err(to_py_err)?;
+        let spec =
+            ToolSpec::from_options(self.tools.as_ref(), self.choice.as_ref(), self.parallel).map_err(to_py_err)?;
         Ok(match spec {
             Some(spec) => request.with_tools(spec),
             None => request,

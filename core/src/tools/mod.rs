@@ -20,7 +20,10 @@ use crate::error::{Error, Result};
 use crate::request::ChatMessage;
 
 pub use format::ToolCallFormat;
-pub use parse::{finish_reason, parse_tool_calls, ParsedOutput, StreamItem, ToolCallSplitter, ToolCallStream, TOOL_CALLS_FINISH_REASON};
+pub use parse::{
+    finish_reason, parse_tool_calls, ParsedOutput, StreamItem, ToolCallSplitter, ToolCallStream,
+    TOOL_CALLS_FINISH_REASON,
+};
 pub use prompt::{call_constraint, prepare_chat};
 
 /// One function the model may call.
@@ -112,7 +115,11 @@ impl ToolSpec {
     /// [`from_options`](Self::from_options) with `tools` as JSON text and `tool_choice` as a
     /// bare word (`none`, `auto`, `required`) or JSON text (a named function), as the C front
     /// door takes them.
-    pub fn from_texts(tools: Option<&str>, tool_choice: Option<&str>, parallel_tool_calls: Option<bool>) -> Result<Option<Self>> {
+    pub fn from_texts(
+        tools: Option<&str>,
+        tool_choice: Option<&str>,
+        parallel_tool_calls: Option<bool>,
+    ) -> Result<Option<Self>> {
         let tools = tools
             .map(|text| serde_json::from_str::<Value>(text))
             .transpose()
@@ -193,11 +200,11 @@ fn choice(value: &Value, tools: &[Tool]) -> Result<ToolChoice> {
         Value::String(other) => {
             return Err(invalid(format!("{other:?} is not one of \"none\", \"auto\", \"required\" or a function")))
         }
-        Value::Object(object) => object
-            .get("function")
-            .and_then(|f| f.get("name"))
-            .and_then(Value::as_str)
-            .ok_or_else(|| invalid("a named choice is {\"type\": \"function\", \"function\": {\"name\": ...}}".into()))?,
+        Value::Object(object) => {
+            object.get("function").and_then(|f| f.get("name")).and_then(Value::as_str).ok_or_else(|| {
+                invalid("a named choice is {\"type\": \"function\", \"function\": {\"name\": ...}}".into())
+            })?
+        }
         _ => return Err(invalid("must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", ...}".into())),
     };
     if tools.iter().any(|t| t.name == name) {

@@ -211,7 +211,9 @@ impl ToolCallStream {
             return;
         }
         let opens_call = match self.format {
-            ToolCallFormat::Llama3 => start.starts_with('{') || LLAMA_PYTHON_TAG.starts_with(start) || start.starts_with(LLAMA_PYTHON_TAG),
+            ToolCallFormat::Llama3 => {
+                start.starts_with('{') || LLAMA_PYTHON_TAG.starts_with(start) || start.starts_with(LLAMA_PYTHON_TAG)
+            }
             ToolCallFormat::Mistral => start.starts_with('[') || MISTRAL_MARKER.starts_with(start),
             _ => start.starts_with('{'),
         };

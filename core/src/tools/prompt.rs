@@ -59,8 +59,7 @@ fn generic_history_message(message: &ChatMessage) -> ChatMessage {
     if let Some(calls) = message.tool_calls.as_ref().filter(|calls| !calls.is_empty()) {
         let calls: Vec<Value> = calls.iter().map(generic_call).collect();
         let written = json!({ "tool_calls": calls }).to_string();
-        let content =
-            if message.content.is_empty() { written } else { format!("{}\n{written}", message.content) };
+        let content = if message.content.is_empty() { written } else { format!("{}\n{written}", message.content) };
         return ChatMessage::new(message.role.clone(), content);
     }
     if message.role == "tool" {
@@ -108,7 +107,11 @@ fn describe_tools_in_system_message(messages: &mut Vec<ChatMessage>, spec: &Tool
 /// against its schema. A named function is called once, as vLLM does.
 /// `special_token` gives the id of a marker (`<tool_call>`, `[TOOL_CALLS]`) when the
 /// vocabulary has it as a special token, which the grammar must then name by id.
-pub fn call_constraint(format: ToolCallFormat, spec: &ToolSpec, special_token: &dyn Fn(&str) -> Option<u32>) -> Constraint {
+pub fn call_constraint(
+    format: ToolCallFormat,
+    spec: &ToolSpec,
+    special_token: &dyn Fn(&str) -> Option<u32>,
+) -> Constraint {
     let marker = |text: &str| match special_token(text) {
         Some(id) => format!("<[{id}]>"),
         None => lark_string(text),
@@ -175,7 +178,9 @@ fn call_schema(format: ToolCallFormat, tools: &[&Tool], at: &str) -> Value {
     };
     match tools {
         [tool] => one(tool, at.to_string()),
-        _ => json!({ "anyOf": tools.iter().enumerate().map(|(i, t)| one(t, format!("{at}/anyOf/{i}"))).collect::<Vec<_>>() }),
+        _ => {
+            json!({ "anyOf": tools.iter().enumerate().map(|(i, t)| one(t, format!("{at}/anyOf/{i}"))).collect::<Vec<_>>() })
+        }
     }
 }
 

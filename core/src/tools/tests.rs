@@ -1,8 +1,8 @@
 use serde_json::{json, Value};
 
 use super::*;
-use crate::constraint::Constraint;
 use crate::chat::ChatTemplate;
+use crate::constraint::Constraint;
 
 fn weather() -> Value {
     json!({"type": "function", "function": {"name": "get_weather", "description": "Weather.",
@@ -24,10 +24,12 @@ fn invalid(tools: Value, choice: Option<Value>) -> (String, String) {
 fn malformed_tools_are_refused_naming_the_field() {
     let (param, message) = invalid(json!([{"type": "function", "function": {"description": "x"}}]), None);
     assert_eq!((param.as_str(), message.as_str()), ("tools", "tools[0].function.name: is required"));
-    let (param, message) = invalid(json!([weather(), {"type": "function", "function": {"name": "f", "parameters": []}}]), None);
+    let (param, message) =
+        invalid(json!([weather(), {"type": "function", "function": {"name": "f", "parameters": []}}]), None);
     assert_eq!(param, "tools");
     assert!(message.starts_with("tools[1].function.parameters:"), "{message}");
-    let (_, message) = invalid(json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]), None);
+    let (_, message) =
+        invalid(json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]), None);
     assert!(message.contains("must describe an object"), "{message}");
     let (_, message) = invalid(json!([{"type": "retrieval"}]), None);
     assert!(message.starts_with("tools[0].type"), "{message}");
@@ -86,13 +88,20 @@ fn each_format_parses_its_calls_and_keeps_other_text() {
     let parsed = parse_tool_calls(ToolCallFormat::Llama3, llama);
     assert_eq!(calls(&parsed), [("get_weather".into(), json!({"city": "Rome"})), ("f".into(), json!({}))]);
 
-    let mistral = "[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}, \"id\": \"abcdefghi\"}]";
-    assert_eq!(calls(&parse_tool_calls(ToolCallFormat::Mistral, mistral)), [("get_weather".into(), json!({"city": "Oslo"}))]);
+    let mistral =
+        "[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}, \"id\": \"abcdefghi\"}]";
+    assert_eq!(
+        calls(&parse_tool_calls(ToolCallFormat::Mistral, mistral)),
+        [("get_weather".into(), json!({"city": "Oslo"}))]
+    );
     // The marker is a control token that decoding does not print.
     assert_eq!(calls(&parse_tool_calls(ToolCallFormat::Mistral, &mistral[12..])).len(), 1);
 
     let generic = "{\"tool_calls\": [{\"name\": \"get_weather\", \"arguments\": \"{\\\"city\\\": \\\"Lima\\\"}\"}]}";
-    assert_eq!(calls(&parse_tool_calls(ToolCallFormat::Generic, generic)), [("get_weather".into(), json!({"city": "Lima"}))]);
+    assert_eq!(
+        calls(&parse_tool_calls(ToolCallFormat::Generic, generic)),
+        [("get_weather".into(), json!({"city": "Lima"}))]
+    );
 
     // Not calls: kept as content, verbatim.
     for (format, text) in [
@@ -137,8 +146,10 @@ fn streaming_in_any_pieces_matches_parsing_whole() {
                 rest = &rest[cut..];
             }
             items.extend(stream.finish());
-            let content: String =
-                items.iter().filter_map(|i| if let StreamItem::Content(t) = i { Some(t.as_str()) } else { None }).collect();
+            let content: String = items
+                .iter()
+                .filter_map(|i| if let StreamItem::Content(t) = i { Some(t.as_str()) } else { None })
+                .collect();
             let streamed: Vec<(usize, String, String)> = items
                 .iter()
                 .filter_map(|i| match i {
@@ -161,27 +172,33 @@ fn streaming_in_any_pieces_matches_parsing_whole() {
 #[test]
 fn call_grammars_name_the_tools_and_honour_parallel_calls() {
     let no_special = |_: &str| None;
-    let Constraint::Grammar(one) = call_constraint(ToolCallFormat::Hermes, &spec(Some(json!("required")), Some(false)), &no_special)
+    let Constraint::Grammar(one) =
+        call_constraint(ToolCallFormat::Hermes, &spec(Some(json!("required")), Some(false)), &no_special)
     else {
         panic!("a grammar")
     };
     assert!(one.starts_with("start: call\n"), "{one}");
     assert!(one.contains("\"<tool_call>\"") && one.contains(r#""const":"get_weather""#), "{one}");
-    let Constraint::Grammar(many) = call_constraint(ToolCallFormat::Hermes, &spec(Some(json!("required")), None), &|t: &str| {
-        (t == "<tool_call>").then_some(7)
-    }) else {
+    let Constraint::Grammar(many) =
+        call_constraint(ToolCallFormat::Hermes, &spec(Some(json!("required")), None), &|t: &str| {
+            (t == "<tool_call>").then_some(7)
+        })
+    else {
         panic!("a grammar")
     };
     assert!(many.starts_with("start: call (\"\\n\" call)*"), "{many}");
     assert!(many.contains("<[7]>"), "a special-token marker is named by id: {many}");
-    let Constraint::Grammar(generic) = call_constraint(ToolCallFormat::Generic, &spec(Some(json!("required")), Some(false)), &no_special)
+    let Constraint::Grammar(generic) =
+        call_constraint(ToolCallFormat::Generic, &spec(Some(json!("required")), Some(false)), &no_special)
     else {
         panic!("a grammar")
     };
     assert!(generic.contains(r#""maxItems":1"#) && generic.contains(r#""minItems":1"#), "{generic}");
     // A named function is called once, parallel calls or not.
     let named = spec(Some(json!({"type": "function", "function": {"name": "get_weather"}})), Some(true));
-    let Constraint::Grammar(named) = call_constraint(ToolCallFormat::Llama3, &named, &no_special) else { panic!("a grammar") };
+    let Constraint::Grammar(named) = call_constraint(ToolCallFormat::Llama3, &named, &no_special) else {
+        panic!("a grammar")
+    };
     assert!(named.starts_with("start: call\n"), "{named}");
 }
 
@@ -215,8 +232,16 @@ fn the_generic_form_describes_tools_and_writes_history_as_json() {
     assert!(prompt.contains(r#"{"type":"function","function":{"name":"get_weather""#), "{prompt}");
     let written = "{\"tool_calls\":[{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}}]}";
     assert!(prompt.contains(&format!("<|im_start|>assistant\n{written}<|im_end|>")), "{prompt}");
-    assert_eq!(calls(&parse_tool_calls(ToolCallFormat::Generic, written)), [("get_weather".into(), json!({"city": "Paris"}))]);
-    assert!(prompt.contains("<|im_start|>user\n{\"tool_response\":{\"name\":\"get_weather\",\"content\":\"22 degrees\"}}<|im_end|>"), "{prompt}");
+    assert_eq!(
+        calls(&parse_tool_calls(ToolCallFormat::Generic, written)),
+        [("get_weather".into(), json!({"city": "Paris"}))]
+    );
+    assert!(
+        prompt.contains(
+            "<|im_start|>user\n{\"tool_response\":{\"name\":\"get_weather\",\"content\":\"22 degrees\"}}<|im_end|>"
+        ),
+        "{prompt}"
+    );
     // tool_choice none: the tools are not shown.
     let none = prepare_chat(&template, &messages[..1], Some(&spec(Some(json!("none")), None))).unwrap();
     assert_eq!(none, "<|im_start|>user\nWeather in Paris?<|im_end|>\n<|im_start|>assistant\n");
