@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use cortexstream::{ChatMessage, Constraint, EngineConfig, Error, Prompt, Request, SamplingParams, ToolSpec};
-use napi::bindgen_prelude::Either;
+use napi::bindgen_prelude::{Either, Null};
 use napi_derive::napi;
 
 /// Largest integer a JavaScript number holds exactly (`Number.MAX_SAFE_INTEGER`).
@@ -136,7 +136,7 @@ fn constraint(o: &mut GenerateOptions) -> Result<Option<Constraint>, Error> {
 pub struct Message {
     pub role: String,
     /// May be null on an assistant turn that only called tools.
-    pub content: Option<String>,
+    pub content: Option<Either<String, Null>>,
     pub tool_calls: Option<Vec<serde_json::Value>>,
     pub tool_call_id: Option<String>,
     pub name: Option<String>,
@@ -144,7 +144,11 @@ pub struct Message {
 
 impl From<Message> for ChatMessage {
     fn from(message: Message) -> Self {
-        let mut chat = ChatMessage::new(message.role, message.content.unwrap_or_default());
+        let content = match message.content {
+            Some(Either::A(text)) => text,
+            Some(Either::B(Null)) | None => String::new(),
+        };
+        let mut chat = ChatMessage::new(message.role, content);
         chat.tool_calls = message.tool_calls;
         chat.tool_call_id = message.tool_call_id;
         chat.name = message.name;
