@@ -137,3 +137,10 @@ def test_tools_need_chat_messages(engine) -> None:
     with pytest.raises(cortexstream.InvalidRequestError) as raised:
         engine.generate("Hello", tools=[WEATHER], max_tokens=4)
     assert raised.value.param == "tools"
+
+
+def test_a_call_cut_short_by_max_tokens_ends_length_with_no_call(engine) -> None:
+    completion = engine.chat(ASK, tools=[WEATHER], tool_choice="required", temperature=0, max_tokens=5)
+    assert completion.finish_reason == "length"
+    assert completion.tool_calls == []  # never a half call claimed complete
+    assert completion.text.startswith('{"tool_calls"')
