@@ -193,10 +193,6 @@ typedef enum cs_finish_reason {
    * An error ended the request; `cs_event.error_message` says which.
    */
   CS_FINISH_ERROR = 4,
-  /**
-   * A request with `tools` stopped after calling them; `cs_event.tool_calls` lists the calls.
-   */
-  CS_FINISH_TOOL_CALLS = 5,
 } cs_finish_reason;
 
 /**
@@ -733,7 +729,8 @@ typedef struct cs_event {
   /**
    * FINISHED of a request with `tools`: every call the answer made, as a NUL-terminated JSON
    * array `[{"id", "name", "arguments"}]` (`arguments` is JSON text, an object; `[]` when
-   * none); NULL for requests without tools. TOKEN events of such a request carry only the
+   * none); NULL for requests without tools. An answer that stopped after calling ends with
+   * CS_FINISH_STOP and a non-empty array (OpenAI's finish reason "tool_calls"). TOKEN events of such a request carry only the
    * text outside calls (call syntax is held back; text held back that turned out not to be
    * a call comes with the FINISHED event's `text`).
    */

@@ -4,7 +4,7 @@
 use std::ffi::c_char;
 use std::ptr;
 
-use cortexstream::tools::{calls_to_json, finish_reason, ToolCallSplitter, TOOL_CALLS_FINISH_REASON};
+use cortexstream::tools::{calls_to_json, ToolCallSplitter};
 use cortexstream::{Event, FinishReason, Timings, TokenLogprobs, ToolCall, ToolCallFormat, Usage};
 
 /// Which kind of event a `cs_event` is.
@@ -33,8 +33,6 @@ pub enum cs_finish_reason {
     CS_FINISH_CANCELLED = 3,
     /// An error ended the request; `cs_event.error_message` says which.
     CS_FINISH_ERROR = 4,
-    /// A request with `tools` stopped after calling them; `cs_event.tool_calls` lists the calls.
-    CS_FINISH_TOOL_CALLS = 5,
 }
 
 /// Token counts of one request.
@@ -137,7 +135,8 @@ pub struct cs_event {
     pub top_logprobs_bytes: *const cs_bytes,
     /// FINISHED of a request with `tools`: every call the answer made, as a NUL-terminated JSON
     /// array `[{"id", "name", "arguments"}]` (`arguments` is JSON text, an object; `[]` when
-    /// none); NULL for requests without tools. TOKEN events of such a request carry only the
+    /// none); NULL for requests without tools. An answer that stopped after calling ends with
+    /// CS_FINISH_STOP and a non-empty array (OpenAI's finish reason "tool_calls"). TOKEN events of such a request carry only the
     /// text outside calls (call syntax is held back; text held back that turned out not to be
     /// a call comes with the FINISHED event's `text`).
     pub tool_calls: *const c_char,
@@ -234,16 +233,13 @@ impl EventBuffer {
                 tools.calls.extend(split.tool_calls);
                 self.view(&Event::Token { id: *id, text: split.content, logprobs: logprobs.clone() })
             }
-            Event::Finished { reason, .. } => {
+            Event::Finished { .. } => {
                 let split = tools.splitter.finish();
                 tools.calls.extend(split.tool_calls);
                 let mut view = self.view(event);
                 set_c_text(&mut self.text, &split.content);
                 view.text = self.text.as_ptr().cast();
                 view.text_len = split.content.len();
-                if finish_reason(*reason, tools.splitter.made_calls()) == TOOL_CALLS_FINISH_REASON {
-                    view.finish_reason = cs_finish_reason::CS_FINISH_TOOL_CALLS;
-                }
                 let json = calls_to_json(&tools.calls);
                 set_c_text(&mut self.tool_calls, &json);
                 view.tool_calls = self.tool_calls.as_ptr().cast();
