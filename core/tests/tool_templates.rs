@@ -1,5 +1,6 @@
 //! Real tool-calling chat templates (Qwen 2.5, QwQ, Qwen 3, Hermes 2 Pro, Hermes 3, Llama 3.1 /
-//! 3.2 / 3.3, Mistral Nemo, and two without tool syntax) render conversations with `tools`,
+//! 3.2 / 3.3, Mistral Nemo, Mistral Small 3.2, Devstral, Ministral 3, and two without tool
+//! syntax) render conversations with `tools`,
 //! assistant `tool_calls` and `tool` results byte for byte as Hugging Face `transformers`
 //! renders them (`tests/reference/tool_templates.py` wrote `tests/fixtures/tool_templates.json`),
 //! the tool-call syntax is detected from each template's source, and the calls each template
@@ -53,7 +54,7 @@ fn tool_conversations_render_exactly_as_transformers() {
         }
     }
     assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
-    assert_eq!(cases.len(), 11 * 4 * 2, "every template × conversation × flag is in the fixture");
+    assert_eq!(cases.len(), 14 * 4 * 2, "every template × conversation × flag is in the fixture");
 }
 
 #[test]

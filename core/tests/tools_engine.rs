@@ -1,6 +1,6 @@
 //! Tool calling through the engine on SmolLM2 (issue 20, items 3 and 5): with `tool_choice`
 //! required or named, the answer is constrained to a call in the template's own syntax (the
-//! generic JSON form for SmolLM2's template; Hermes, Llama 3 and Mistral syntax when the
+//! generic JSON form for SmolLM2's template; Hermes, Llama 3 and both Mistral syntaxes when the
 //! engine is given those templates) whose arguments validate against the tool's schema; with
 //! parallel calls off there is exactly one; `none` leaves the prompt as without tools; bad
 //! tools fail the submit naming the field, before anything is queued.
@@ -77,6 +77,7 @@ fn forced_calls_validate_in_every_syntax() {
         (Some(template("Qwen-Qwen2.5-7B-Instruct")), ToolCallFormat::Hermes),
         (Some(template("meta-llama-Llama-3.1-8B-Instruct")), ToolCallFormat::Llama3),
         (Some(template("mistralai-Mistral-Nemo-Instruct-2407")), ToolCallFormat::Mistral),
+        (Some(template("unsloth-mistral-Devstral-Small-2507")), ToolCallFormat::MistralArgs),
     ];
     for (source, format) in cases {
         let engine = engine(source);

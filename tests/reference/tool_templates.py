@@ -37,6 +37,9 @@ TEMPLATES = {
     "meta-llama-Llama-3.2-3B-Instruct.jinja": ("<|begin_of_text|>", "<|eot_id|>", "llama3"),
     "meta-llama-Llama-3.3-70B-Instruct.jinja": ("<|begin_of_text|>", "<|eot_id|>", "llama3"),
     "mistralai-Mistral-Nemo-Instruct-2407.jinja": ("<s>", "</s>", "mistral"),
+    "Mistral-Small-3.2-24B-Instruct-2506.jinja": ("<s>", "</s>", "mistral_args"),
+    "unsloth-mistral-Devstral-Small-2507.jinja": ("<s>", "</s>", "mistral_args"),
+    "mistralai-Ministral-3-14B-Reasoning-2512.jinja": ("<s>", "</s>", "mistral_args"),
     # Templates with no tool syntax we parse: rendered with tools all the same (the renderer
     # passes `tools` to any template), served with the generic JSON form.
     "microsoft-Phi-3.5-mini-instruct.jinja": ("<s>", "<|endoftext|>", "generic"),

@@ -14,6 +14,9 @@ pub enum ToolCallFormat {
     Llama3,
     /// Mistral Nemo: `[TOOL_CALLS][{"name": .., "arguments": {..}}, ..]`.
     Mistral,
+    /// Newer Mistral templates (Mistral Small 3.2, Devstral, Ministral 3): each call is
+    /// `[TOOL_CALLS]name[ARGS]{..}` (Mistral Small 3.2 puts `[CALL_ID]id` before `[ARGS]`).
+    MistralArgs,
     /// Templates without tool support: the tools are listed in a system message and a call is
     /// the JSON object `{"tool_calls": [{"name": .., "arguments": {..}}]}`.
     Generic,
@@ -26,9 +29,9 @@ impl ToolCallFormat {
         let has = |needle: &str| template_source.contains(needle);
         if has("<tool_call>") {
             ToolCallFormat::Hermes
-        } else if has("[TOOL_CALLS][") || (has("[TOOL_CALLS]") && !has("[ARGS]")) {
-            // Newer Mistral templates write `[TOOL_CALLS]name[ARGS]{..}`, which is not this
-            // syntax: they fall through to the generic form rather than be misparsed.
+        } else if has("[TOOL_CALLS]") && has("[ARGS]") {
+            ToolCallFormat::MistralArgs
+        } else if has("[TOOL_CALLS]") {
             ToolCallFormat::Mistral
         } else if has("<|start_header_id|>") && has("tools") && (has("<|python_tag|>") || has("\"parameters\"")) {
             ToolCallFormat::Llama3
@@ -43,6 +46,7 @@ impl ToolCallFormat {
             ToolCallFormat::Hermes => "hermes",
             ToolCallFormat::Llama3 => "llama3",
             ToolCallFormat::Mistral => "mistral",
+            ToolCallFormat::MistralArgs => "mistral_args",
             ToolCallFormat::Generic => "generic",
         }
     }

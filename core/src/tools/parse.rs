@@ -10,6 +10,8 @@ use super::{new_call_id, ToolCall, ToolCallFormat};
 const HERMES_OPEN: &str = "<tool_call>";
 const HERMES_CLOSE: &str = "</tool_call>";
 const MISTRAL_MARKER: &str = "[TOOL_CALLS]";
+const MISTRAL_ARGS: &str = "[ARGS]";
+const MISTRAL_CALL_ID: &str = "[CALL_ID]";
 const LLAMA_PYTHON_TAG: &str = "<|python_tag|>";
 
 /// A model's answer split into its text and its calls.
@@ -26,6 +28,7 @@ pub fn parse_tool_calls(format: ToolCallFormat, text: &str) -> ParsedOutput {
         ToolCallFormat::Hermes => parse_hermes(text),
         ToolCallFormat::Llama3 => parse_llama3(text),
         ToolCallFormat::Mistral => parse_mistral(text),
+        ToolCallFormat::MistralArgs => parse_mistral_args(text),
         ToolCallFormat::Generic => parse_generic(text),
     };
     match parsed {
@@ -77,6 +80,40 @@ fn parse_mistral(text: &str) -> Option<ParsedOutput> {
     let Value::Array(items) = serde_json::from_str(array.trim()).ok()? else { return None };
     let calls = items.iter().map(call_from_json).collect::<Option<Vec<_>>>()?;
     Some(ParsedOutput { content: content.trim().to_string(), tool_calls: calls })
+}
+
+/// `[TOOL_CALLS]name[CALL_ID]id[ARGS]{..}` per call (`[CALL_ID]id` optional). The markers are
+/// control tokens that decoding may not print, so `name{..}` one after another counts too.
+fn parse_mistral_args(text: &str) -> Option<ParsedOutput> {
+    let (content, mut rest) = match text.find(MISTRAL_MARKER) {
+        Some(at) => (&text[..at], &text[at..]),
+        None => ("", text),
+    };
+    let mut calls = Vec::new();
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() {
+            break;
+        }
+        rest = rest.strip_prefix(MISTRAL_MARKER).unwrap_or(rest);
+        let name_len = rest.find(|c: char| !is_name_char(c)).unwrap_or(rest.len());
+        let name = &rest[..name_len];
+        rest = &rest[name_len..];
+        if let Some(after) = rest.strip_prefix(MISTRAL_CALL_ID) {
+            rest = after.trim_start_matches(|c: char| c.is_ascii_alphanumeric());
+        }
+        rest = rest.strip_prefix(MISTRAL_ARGS).unwrap_or(rest);
+        let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+        let arguments = stream.next()?.ok()?;
+        rest = &rest[stream.byte_offset()..];
+        calls.push(call_from_json(&serde_json::json!({ "name": name, "arguments": arguments }))?);
+    }
+    Some(ParsedOutput { content: content.trim().to_string(), tool_calls: calls })
+}
+
+/// A character of a function name (see `valid_function_name`).
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')
 }
 
 /// `{"tool_calls": [{"name", "arguments"}, ..]}` as the whole answer.
@@ -206,22 +243,13 @@ impl ToolCallStream {
         if self.capturing {
             return;
         }
-        let start = self.pending.trim_start();
-        if start.is_empty() {
-            return;
-        }
-        let opens_call = match self.format {
-            ToolCallFormat::Llama3 => {
-                start.starts_with('{') || LLAMA_PYTHON_TAG.starts_with(start) || start.starts_with(LLAMA_PYTHON_TAG)
+        match opening(self.format, self.pending.trim_start()) {
+            Opening::Call => self.capturing = true,
+            Opening::Undecided => {}
+            Opening::Text => {
+                self.plain_text = true;
+                push_content(out, std::mem::take(&mut self.pending));
             }
-            ToolCallFormat::Mistral => start.starts_with('[') || MISTRAL_MARKER.starts_with(start),
-            _ => start.starts_with('{'),
-        };
-        if opens_call {
-            self.capturing = true;
-        } else {
-            self.plain_text = true;
-            push_content(out, std::mem::take(&mut self.pending));
         }
     }
 
@@ -232,6 +260,39 @@ impl ToolCallStream {
             out.push(StreamItem::Call { index: self.calls, call });
             self.calls += 1;
         }
+    }
+}
+
+/// What the start of an answer in a whole-answer format says about it.
+enum Opening {
+    Call,
+    Text,
+    /// Too short to tell (nothing yet, part of a marker, or a name still being written).
+    Undecided,
+}
+
+fn opening(format: ToolCallFormat, start: &str) -> Opening {
+    let decided = |call: bool| if call { Opening::Call } else { Opening::Text };
+    let partial = |marker: &str| marker.starts_with(start) && start != marker;
+    if start.is_empty() {
+        return Opening::Undecided;
+    }
+    match format {
+        ToolCallFormat::Llama3 if partial(LLAMA_PYTHON_TAG) => Opening::Undecided,
+        ToolCallFormat::Llama3 => decided(start.starts_with('{') || start.starts_with(LLAMA_PYTHON_TAG)),
+        ToolCallFormat::Mistral if partial(MISTRAL_MARKER) => Opening::Undecided,
+        ToolCallFormat::Mistral => decided(start.starts_with('[')),
+        ToolCallFormat::MistralArgs if partial(MISTRAL_MARKER) => Opening::Undecided,
+        ToolCallFormat::MistralArgs if start.starts_with(MISTRAL_MARKER) => Opening::Call,
+        ToolCallFormat::MistralArgs => {
+            // `name{` or `name[ARGS]` without the unprinted marker; a name alone may go on.
+            let after_name = start.trim_start_matches(is_name_char);
+            match after_name.chars().next() {
+                None => Opening::Undecided,
+                Some(c) => decided(after_name.len() < start.len() && (c == '{' || c == '[')),
+            }
+        }
+        _ => decided(start.starts_with('{')),
     }
 }
 

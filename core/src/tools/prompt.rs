@@ -145,6 +145,22 @@ pub fn call_constraint(
             let schema = style(call_schema(format, &tools, ""));
             format!("start: {} \"[\" {} \"]\"\ncall: %json{schema}\n", marker("[TOOL_CALLS]"), repeat("call", ", "))
         }
+        ToolCallFormat::MistralArgs => {
+            let alternatives: Vec<String> = tools
+                .iter()
+                .map(|tool| {
+                    format!(
+                        "{} {} {} %json{}",
+                        marker("[TOOL_CALLS]"),
+                        lark_string(&tool.name),
+                        marker("[ARGS]"),
+                        style(tool.parameters.clone())
+                    )
+                })
+                .collect();
+            let calls = if several { "call+" } else { "call" };
+            format!("start: {calls}\ncall: {}\n", alternatives.join(" | "))
+        }
         ToolCallFormat::Generic => {
             let prefix = "/properties/tool_calls/items";
             let mut calls = json!({ "type": "array", "items": call_schema(format, &tools, prefix), "minItems": 1 });

@@ -97,6 +97,14 @@ fn each_format_parses_its_calls_and_keeps_other_text() {
     // The marker is a control token that decoding does not print.
     assert_eq!(calls(&parse_tool_calls(ToolCallFormat::Mistral, &mistral[12..])).len(), 1);
 
+    let args = "[TOOL_CALLS]get_weather[CALL_ID]abcdefghi[ARGS]{\"city\": \"Oslo\"}[TOOL_CALLS]f[ARGS]{}";
+    assert_eq!(
+        calls(&parse_tool_calls(ToolCallFormat::MistralArgs, args)),
+        [("get_weather".into(), json!({"city": "Oslo"})), ("f".into(), json!({}))]
+    );
+    // Its markers are control tokens too: `name{..}` without them.
+    assert_eq!(calls(&parse_tool_calls(ToolCallFormat::MistralArgs, "get_weather{\"city\": \"Oslo\"}")).len(), 1);
+
     let generic = "{\"tool_calls\": [{\"name\": \"get_weather\", \"arguments\": \"{\\\"city\\\": \\\"Lima\\\"}\"}]}";
     assert_eq!(
         calls(&parse_tool_calls(ToolCallFormat::Generic, generic)),
@@ -110,6 +118,8 @@ fn each_format_parses_its_calls_and_keeps_other_text() {
         (ToolCallFormat::Llama3, "Plain text."),
         (ToolCallFormat::Mistral, "[1, 2]"),
         (ToolCallFormat::Generic, "{\"city\": \"Paris\"}"),
+        (ToolCallFormat::MistralArgs, "Hello there {x}"),
+        (ToolCallFormat::MistralArgs, "Sunny."),
         (ToolCallFormat::Generic, "{\"tool_calls\": [{\"name\": \"f\", \"arguments\": [1]}]}"),
     ] {
         let parsed = parse_tool_calls(format, text);
@@ -130,6 +140,9 @@ fn streaming_in_any_pieces_matches_parsing_whole() {
         (ToolCallFormat::Mistral, "[{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}]"),
         (ToolCallFormat::Generic, "{\"tool_calls\": [{\"name\": \"a\", \"arguments\": {}}, {\"name\": \"b\", \"arguments\": {\"x\": 1}}]}"),
         (ToolCallFormat::Generic, "{\"answer\": \"not a call\"}"),
+        (ToolCallFormat::MistralArgs, "[TOOL_CALLS]get_weather[ARGS]{\"city\": \"Oslo\"}[TOOL_CALLS]f[ARGS]{}"),
+        (ToolCallFormat::MistralArgs, "get_time{\"hours\": 3}"),
+        (ToolCallFormat::MistralArgs, "Plain words, then {braces}."),
     ];
     for (format, text) in samples {
         let whole = parse_tool_calls(format, text);
