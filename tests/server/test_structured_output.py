@@ -1,6 +1,6 @@
 """Structured output on the REST routes (issue 20): OpenAI `response_format` on chat and
 completions (the official client's `.parse()` included), Ollama `format` on /api/chat and
-/api/generate; an invalid schema is a 400 naming the field (tool calling: test_tools.py)."""
+/api/generate; an invalid schema is a 400 naming the field (tool calling: test_rest_tools.py)."""
 
 from __future__ import annotations
 
