@@ -196,6 +196,46 @@ typedef enum cs_finish_reason {
 } cs_finish_reason;
 
 /**
+ * Which stop ended a request: the detail behind `cs_finish_reason` (STOP is EOS, TOKEN,
+ * STRING or GRAMMAR).
+ */
+typedef enum cs_stop_kind {
+  /**
+   * Not finished (TOKEN events).
+   */
+  CS_STOP_NONE = 0,
+  /**
+   * The model's end-of-generation token (EOS, `<|im_end|>`, ...); `stop_token_id` says which.
+   */
+  CS_STOP_EOS = 1,
+  /**
+   * One of the request's `stop_token_ids`; `stop_token_id` says which (also when that id is
+   * an end-of-generation token too).
+   */
+  CS_STOP_TOKEN = 2,
+  /**
+   * One of the request's `stop` strings; `stop_string` says which.
+   */
+  CS_STOP_STRING = 3,
+  /**
+   * The output constraint (schema, regex, grammar, choices) accepts no more tokens.
+   */
+  CS_STOP_GRAMMAR = 4,
+  /**
+   * `max_tokens` reached or the context window is full (CS_FINISH_LENGTH).
+   */
+  CS_STOP_LENGTH = 5,
+  /**
+   * CS_FINISH_CANCELLED.
+   */
+  CS_STOP_CANCELLED = 6,
+  /**
+   * CS_FINISH_ERROR.
+   */
+  CS_STOP_ERROR = 7,
+} cs_stop_kind;
+
+/**
  * An engine: one loaded model (plus an optional embedding model) and its scheduler thread.
  *
  * Thread-safety: every function taking a `cs_engine*` may be called from any thread,
@@ -727,12 +767,29 @@ typedef struct cs_event {
    */
   const struct cs_bytes *top_logprobs_bytes;
   /**
+   * FINISHED: which stop ended the request (appended like `token_bytes`).
+   */
+  enum cs_stop_kind stop_kind;
+  /**
+   * FINISHED with CS_STOP_EOS or CS_STOP_TOKEN: the token that ended the request; else 0.
+   */
+  uint32_t stop_token_id;
+  /**
+   * FINISHED with CS_STOP_STRING: the stop string that matched (NUL-terminated UTF-8, never
+   * part of the text); otherwise NULL.
+   */
+  const char *stop_string;
+  /**
+   * Length of `stop_string` in bytes, without the terminating NUL (0 when NULL).
+   */
+  size_t stop_string_len;
+  /**
    * FINISHED of a request with `tools`: every call the answer made, as a NUL-terminated JSON
    * array `[{"id", "name", "arguments"}]` (`arguments` is JSON text, an object; `[]` when
    * none); NULL for requests without tools. An answer that stopped after calling ends with
-   * CS_FINISH_STOP and a non-empty array (OpenAI's finish reason "tool_calls"). TOKEN events of such a request carry only the
-   * text outside calls (call syntax is held back; text held back that turned out not to be
-   * a call comes with the FINISHED event's `text`).
+   * CS_FINISH_STOP and a non-empty array (OpenAI's finish reason "tool_calls"). TOKEN events
+   * of such a request carry only the text outside calls (call syntax is held back; text held
+   * back that turned out not to be a call comes with the FINISHED event's `text`).
    */
   const char *tool_calls;
   /**

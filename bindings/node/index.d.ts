@@ -161,6 +161,18 @@ export interface ToolCall {
  */
 export type FinishReason = 'stop' | 'length' | 'cancelled' | 'error' | 'tool_calls';
 
+/**
+ * Which stop ended a request: the detail behind {@link FinishReason}. `eos` (the model's
+ * end-of-generation token), `stop_token` (one of `stopTokenIds`; also when that id is an
+ * end-of-generation token too), `stop_string` (one of `stop`; the earliest in the text) and
+ * `grammar` (the output constraint is complete) have finishReason `stop`; `length`,
+ * `cancelled` and `error` have the finishReason of the same name.
+ */
+export type StopReason =
+  | { kind: 'eos' | 'stop_token'; tokenId: number; stopString?: undefined }
+  | { kind: 'stop_string'; stopString: string; tokenId?: undefined }
+  | { kind: 'grammar' | 'length' | 'cancelled' | 'error'; tokenId?: undefined; stopString?: undefined };
+
 /** Token counts of one request. */
 export interface Usage {
   promptTokens: number;
@@ -209,6 +221,8 @@ export interface Chunk {
   /** Present when `logprobs` was requested. */
   logprobs?: TokenLogprobs;
   finishReason?: FinishReason;
+  /** Which stop ended the request; last chunk only. */
+  stopReason?: StopReason;
   usage?: Usage;
   timings?: Timings;
   /** Set when `finishReason` is `error`. */
@@ -223,6 +237,8 @@ export interface Completion {
   /** Every sampled token, including an end-of-generation token that ended the request. */
   tokenIds: number[];
   finishReason: FinishReason;
+  /** Which stop ended the request. */
+  stopReason: StopReason;
   usage: Usage;
   timings: Timings;
   /** One entry per token when `logprobs` was requested. */

@@ -20,8 +20,8 @@ pub struct StreamingText {
 pub enum Step {
     /// Text that can be shown now (possibly empty).
     Text(String),
-    /// A stop string matched: the text before it, then the request ends.
-    Stopped(String),
+    /// A stop string matched: the text before it, and which stop string; the request ends.
+    Stopped { text: String, stop: String },
 }
 
 impl StreamingText {
@@ -37,11 +37,11 @@ impl StreamingText {
         if self.stops.is_empty() {
             return Step::Text(std::mem::take(&mut self.held));
         }
-        if let Some(at) = self.earliest_stop(&self.held) {
-            let before = self.held[..at].to_string();
+        if let Some((at, stop)) = self.earliest_stop(&self.held) {
+            let stopped = Step::Stopped { text: self.held[..at].to_string(), stop: stop.to_string() };
             self.held.clear();
             self.partial.clear();
-            return Step::Stopped(before);
+            return stopped;
         }
         let keep = self.longest_stop_prefix_suffix();
         let emit_to = self.held.len() - keep;
@@ -59,16 +59,21 @@ impl StreamingText {
             out.push_str(&String::from_utf8_lossy(&self.partial));
             self.partial.clear();
         }
-        if let Some(at) = self.earliest_stop(&out) {
+        if let Some((at, _)) = self.earliest_stop(&out) {
             out.truncate(at);
         }
         out
     }
 
-    /// Where the earliest full stop-string match in `text` starts (the earliest start wins;
-    /// which string matched does not matter, the text is cut there either way).
-    fn earliest_stop(&self, text: &str) -> Option<usize> {
-        self.stops.iter().filter_map(|s| text.find(s.as_str())).min()
+    /// Where the earliest full stop-string match in `text` starts, and which string it is: the
+    /// earliest start wins (the text is cut there), on a tie the string listed first.
+    fn earliest_stop(&self, text: &str) -> Option<(usize, &str)> {
+        self.stops
+            .iter()
+            .enumerate()
+            .filter_map(|(listed, stop)| text.find(stop.as_str()).map(|at| (at, listed, stop.as_str())))
+            .min_by_key(|&(at, listed, _)| (at, listed))
+            .map(|(at, _, stop)| (at, stop))
     }
 
     /// Length in bytes of the longest suffix of `held` that is a proper prefix of a stop string.
@@ -133,9 +138,9 @@ mod tests {
         for p in pieces {
             match st.push(p) {
                 Step::Text(t) => shown.push_str(&t),
-                Step::Stopped(t) => {
-                    shown.push_str(&t);
-                    return (shown, Some("stopped".into()));
+                Step::Stopped { text, stop } => {
+                    shown.push_str(&text);
+                    return (shown, Some(stop));
                 }
             }
         }
@@ -166,7 +171,7 @@ mod tests {
         let mut st = StreamingText::new(vec!["END".into()]);
         let (shown, stopped) = feed(&mut st, &[b"hello E", b"N", b"D and more"]);
         assert_eq!(shown, "hello ");
-        assert!(stopped.is_some());
+        assert_eq!(stopped.as_deref(), Some("END"));
     }
 
     #[test]
@@ -181,11 +186,12 @@ mod tests {
         let mut st = StreamingText::new(vec!["abc".into(), "ab".into()]);
         let (shown, stopped) = feed(&mut st, &[b"xa", b"bc"]);
         assert_eq!(shown, "x");
-        assert!(stopped.is_some());
+        assert_eq!(stopped.as_deref(), Some("abc"), "both start at the same place: the one listed first");
 
         let mut st = StreamingText::new(vec!["b".into(), "xab".into()]);
-        let (shown, _) = feed(&mut st, &[b"x", b"ab"]);
+        let (shown, stopped) = feed(&mut st, &[b"x", b"ab"]);
         assert_eq!(shown, "", "xab starts before b, so it wins");
+        assert_eq!(stopped.as_deref(), Some("xab"));
     }
 
     #[test]
@@ -194,7 +200,7 @@ mod tests {
         let mut st = StreamingText::new(stops);
         let (shown, stopped) = feed(&mut st, &[b"text sto", b"p04", b"2 tail"]);
         assert_eq!(shown, "text ");
-        assert!(stopped.is_some());
+        assert_eq!(stopped.as_deref(), Some("stop042"));
     }
 
     #[test]

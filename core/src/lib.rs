@@ -14,9 +14,12 @@
 //! # Ok::<(), cortexstream::Error>(())
 //! ```
 
+// `#[doc(hidden)]`: modules only the tests, benches and fuzz targets reach from outside, not
+// the public API (which is what lib.rs re-exports, plus chat, gguf, tokenizer and the rest).
 pub mod chat;
 pub mod constraint;
 pub(crate) mod cpu;
+#[doc(hidden)]
 pub mod detokenize;
 pub mod engine;
 pub mod error;
@@ -24,12 +27,16 @@ pub(crate) mod f16;
 pub mod gguf;
 #[doc(hidden)]
 pub mod gguf_write;
+#[doc(hidden)]
 pub mod kv_cache;
 pub(crate) mod memory;
 pub mod metrics;
+#[doc(hidden)]
 pub mod models;
+#[doc(hidden)]
 pub mod quant;
 pub mod request;
+#[doc(hidden)]
 pub mod sampling;
 pub mod threadpool;
 pub mod timeout;
@@ -44,7 +51,8 @@ pub use engine::{
 pub use error::{Error, Result};
 pub use metrics::{Histogram, MetricsSnapshot};
 pub use request::{
-    ChatMessage, Event, FinishReason, Prompt, Request, SamplingParams, Timings, TokenLogprobs, TopLogprob, Usage,
+    ChatMessage, Event, FinishReason, Prompt, Request, SamplingParams, StopReason, Timings, TokenLogprobs, TopLogprob,
+    Usage,
 };
 pub use timeout::WaitLimit;
 pub use tools::{ToolCall, ToolCallFormat, ToolChoice, ToolSpec};

@@ -275,6 +275,74 @@ impl FinishReason {
     }
 }
 
+/// Which stop ended a request: the detail behind [`FinishReason`], as vLLM's `stop_reason`.
+/// Every variant maps to one finish reason ([`StopReason::finish_reason`]), so the two never
+/// disagree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model's end-of-generation token (EOS, or another such as `<end_of_turn>`); its id.
+    EndOfGeneration(u32),
+    /// One of the request's `stop_token_ids`; which one. Also when that id is an
+    /// end-of-generation token too: the request named it.
+    StopTokenId(u32),
+    /// One of the request's `stop` strings; which one. When several complete in the same
+    /// token, the one that starts first in the text (on a tie, the one listed first).
+    StopString(String),
+    /// The output constraint (JSON schema, regex, grammar, choices) accepts no more tokens.
+    GrammarComplete,
+    /// `max_tokens` reached, or the context window (or the KV cache) is full.
+    Length,
+    /// Cancelled by the caller, a consumer that went away, or engine shutdown.
+    Cancelled,
+    /// An error ended the request; the `Finished` event's `error` says which.
+    Error,
+}
+
+impl StopReason {
+    /// The OpenAI-style finish reason this stop belongs to.
+    pub fn finish_reason(&self) -> FinishReason {
+        match self {
+            StopReason::EndOfGeneration(_)
+            | StopReason::StopTokenId(_)
+            | StopReason::StopString(_)
+            | StopReason::GrammarComplete => FinishReason::Stop,
+            StopReason::Length => FinishReason::Length,
+            StopReason::Cancelled => FinishReason::Cancelled,
+            StopReason::Error => FinishReason::Error,
+        }
+    }
+
+    /// The variant's name as every binding spells it: `eos`, `stop_token`, `stop_string`,
+    /// `grammar`, `length`, `cancelled` or `error`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StopReason::EndOfGeneration(_) => "eos",
+            StopReason::StopTokenId(_) => "stop_token",
+            StopReason::StopString(_) => "stop_string",
+            StopReason::GrammarComplete => "grammar",
+            StopReason::Length => "length",
+            StopReason::Cancelled => "cancelled",
+            StopReason::Error => "error",
+        }
+    }
+
+    /// The token that ended the request (`eos` and `stop_token`).
+    pub fn token_id(&self) -> Option<u32> {
+        match self {
+            StopReason::EndOfGeneration(id) | StopReason::StopTokenId(id) => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// The stop string that ended the request (`stop_string`).
+    pub fn stop_string(&self) -> Option<&str> {
+        match self {
+            StopReason::StopString(stop) => Some(stop),
+            _ => None,
+        }
+    }
+}
+
 /// Token counts of one request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
@@ -351,6 +419,8 @@ pub enum Event {
     /// The last event of every request.
     Finished {
         reason: FinishReason,
+        /// Which stop ended the request (`reason` is always `stop_reason.finish_reason()`).
+        stop_reason: StopReason,
         usage: Usage,
         timings: Timings,
         /// Set when `reason` is `Error`.

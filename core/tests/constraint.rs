@@ -8,6 +8,7 @@ mod common;
 
 use cortexstream::{
     ChatMessage, Completion, Constraint, Engine, EngineConfig, FinishReason, Prompt, Request, SamplingParams,
+    StopReason,
 };
 use serde_json::Value;
 
@@ -86,6 +87,7 @@ fn regex_and_choices_outputs_match() {
         let params = constrained(Constraint::Choices(choices.clone()), 1.0, seed, 8);
         let done = run(&engine, ask("Name a colour."), params);
         assert_eq!(done.finish_reason, FinishReason::Stop);
+        assert_eq!(done.stop_reason, StopReason::GrammarComplete, "the choice ended it, not a token");
         assert!(choices.contains(&done.text), "{:?}", done.text);
     }
 }
@@ -133,26 +135,69 @@ fn bad_constraints_fail_the_submit_naming_their_field_before_anything_is_queued(
     assert_eq!(m.requests_submitted, 0, "nothing was queued");
 }
 
-#[test]
-fn a_constrained_greedy_request_gives_the_same_tokens_alone_and_in_a_batch() {
-    let engine = engine();
-    let schema = Constraint::JsonSchema(PERSON.into());
-    let alone = run(&engine, ask("Describe an admin as JSON."), constrained(schema.clone(), 0.0, 0, 40));
+/// One greedy request of every constraint kind, and a sampled companion of each, so a batch
+/// of eight mixes kinds, temperatures and finish steps.
+fn every_kind() -> Vec<(Prompt, Constraint)> {
+    vec![
+        (ask("Describe an admin as JSON."), Constraint::JsonSchema(PERSON.into())),
+        (ask("When were you born?"), Constraint::Regex(r"(19|20)[0-9]{2}-(0[1-9]|1[0-2])-[0-3][0-9]".into())),
+        (
+            ask("Will it rain tomorrow?"),
+            Constraint::Grammar("start: \"yes\" | \"no\" | \"maybe (\" NUMBER \"%)\"\nNUMBER: /[0-9]{1,2}/".into()),
+        ),
+        (ask("Name a colour."), Constraint::Choices(vec!["red".into(), "green".into(), "dark blue".into()])),
+    ]
+}
 
-    // The same request beside free and other constrained requests, all submitted before the
-    // engine takes any of them, so they share steps.
-    let others = [
-        Request::new(ask("Tell me a story."), SamplingParams { max_tokens: Some(40), ..SamplingParams::greedy() }),
-        Request::new(ask("Pick one."), constrained(Constraint::Choices(vec!["x".into(), "y".into()]), 1.0, 5, 4)),
-        Request::new(ask("Describe a guest."), constrained(schema.clone(), 1.0, 9, 40)),
-    ];
-    let handles: Vec<_> = others.into_iter().map(|r| engine.submit(r).expect("submit")).collect();
-    let batched = run(&engine, ask("Describe an admin as JSON."), constrained(schema, 0.0, 0, 40));
-    for handle in handles {
-        handle.wait();
+#[test]
+fn a_constrained_greedy_request_gives_the_same_tokens_alone_and_in_a_batch_for_every_kind() {
+    let engine = engine();
+    let kinds = every_kind();
+    let alone: Vec<Completion> =
+        kinds.iter().map(|(prompt, c)| run(&engine, prompt.clone(), constrained(c.clone(), 0.0, 0, 40))).collect();
+
+    // The same requests beside sampled constrained ones (eight in all), all submitted before
+    // the engine takes any of them, so they share steps.
+    let sampled =
+        kinds.iter().enumerate().map(|(i, (prompt, c))| (prompt.clone(), constrained(c.clone(), 1.0, i as u64, 40)));
+    let greedy = kinds.iter().map(|(prompt, c)| (prompt.clone(), constrained(c.clone(), 0.0, 0, 40)));
+    let handles: Vec<_> = greedy
+        .chain(sampled)
+        .map(|(prompt, params)| engine.submit(Request::new(prompt, params)).expect("submit"))
+        .collect();
+    let batched: Vec<Completion> = handles.into_iter().map(|h| h.wait()).collect();
+    for ((alone, batched), (_, constraint)) in alone.iter().zip(&batched).zip(&kinds) {
+        assert_eq!(batched.error, None);
+        assert_eq!(batched.token_ids, alone.token_ids, "{constraint:?}");
+        assert_eq!(batched.finish_reason, alone.finish_reason, "{constraint:?}");
     }
-    assert_eq!(batched.token_ids, alone.token_ids);
-    assert_eq!(batched.finish_reason, alone.finish_reason);
+}
+
+#[test]
+fn the_masks_of_eight_constrained_streams_are_ready_before_sampling() {
+    let engine = engine();
+    let before = engine.constraint_mask_counts();
+    let handles: Vec<_> = every_kind()
+        .into_iter()
+        .cycle()
+        .take(8)
+        .enumerate()
+        .map(|(i, (prompt, c))| engine.submit(Request::new(prompt, constrained(c, 1.0, i as u64, 24))).expect("submit"))
+        .collect();
+    let sampled: u64 = handles
+        .into_iter()
+        .map(|h| {
+            let done = h.wait();
+            assert_eq!(done.error, None);
+            done.usage.completion_tokens as u64
+        })
+        .sum();
+    let counts = engine.constraint_mask_counts();
+    // Every token a constrained stream sampled used a mask computed beside the forward.
+    assert_eq!(counts.prepared - before.prepared, sampled);
+    assert_eq!(counts.late - before.late, 0);
+    assert_eq!(engine.constraint_compilations(), 4, "each distinct constraint compiled once");
+    assert_eq!(engine.constraint_cache_len(), 4, "and kept compiled");
 }
 
 #[test]

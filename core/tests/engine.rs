@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use common::{wait_idle, AllBlocksFreeAfter};
 
-use cortexstream::{ChatMessage, Engine, EngineConfig, Error, Event, FinishReason, Prompt, Request, SamplingParams};
+use cortexstream::{
+    ChatMessage, Engine, EngineConfig, Error, Event, FinishReason, Prompt, Request, SamplingParams, StopReason,
+};
 
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
@@ -216,6 +218,61 @@ fn stop_string_spanning_tokens_is_not_emitted() {
     }
     assert_eq!(text, " with a quick br");
     assert_eq!(reason, Some(FinishReason::Stop));
+}
+
+#[test]
+fn the_final_event_and_the_completion_say_which_stop_string_ended_the_request() {
+    // " with a quick brown bear.": "quick" completes first although "bear" is listed first.
+    let params = SamplingParams { stop: vec!["bear".into(), "nothing".into(), "quick".into()], ..greedy(30) };
+    let engine = AllBlocksFreeAfter(engine());
+    let handle = engine.submit(Request::new("The quick brown fox", params)).unwrap();
+    let mut final_stop = None;
+    for event in handle {
+        if let Event::Finished { reason, stop_reason, .. } = event {
+            assert_eq!(reason, stop_reason.finish_reason());
+            final_stop = Some(stop_reason);
+        }
+    }
+    assert_eq!(final_stop, Some(StopReason::StopString("quick".into())));
+}
+
+#[test]
+fn a_requested_stop_token_id_is_reported_with_its_id() {
+    let engine = AllBlocksFreeAfter(engine());
+    let third = reference_greedy_ids()[2];
+    let params = SamplingParams { stop_token_ids: vec![third], ..greedy(30) };
+    let done = engine.generate(Request::new("The quick brown fox", params)).unwrap();
+    assert_eq!(done.finish_reason, FinishReason::Stop);
+    assert_eq!(done.stop_reason, StopReason::StopTokenId(third));
+    assert_eq!(done.token_ids.last(), Some(&third));
+}
+
+#[test]
+fn the_end_of_generation_token_is_reported_as_eos_unless_the_request_named_it() {
+    let engine = AllBlocksFreeAfter(engine());
+    let prompt = || Prompt::Chat(vec![ChatMessage::new("user", "Say hello.")]);
+    let params = SamplingParams { max_tokens: Some(64), ..SamplingParams::greedy() };
+    let done = engine.generate(Request::new(prompt(), params.clone())).unwrap();
+    let last = *done.token_ids.last().expect("a token");
+    assert!(engine.tokenizer().end_of_generation_ids().contains(&last), "{:?} did not end at EOS", done.text);
+    assert_eq!(done.finish_reason, FinishReason::Stop);
+    assert_eq!(done.stop_reason, StopReason::EndOfGeneration(last));
+
+    let named = SamplingParams { stop_token_ids: vec![last], ..params };
+    let done = engine.generate(Request::new(prompt(), named)).unwrap();
+    assert_eq!(done.stop_reason, StopReason::StopTokenId(last));
+}
+
+#[test]
+fn length_and_cancel_are_stop_reasons_too() {
+    let engine = AllBlocksFreeAfter(engine());
+    let done = engine.generate(Request::new("The quick brown fox", greedy(3))).unwrap();
+    assert_eq!((done.finish_reason, done.stop_reason), (FinishReason::Length, StopReason::Length));
+
+    let handle = engine.submit(Request::new("The quick brown fox", greedy(10_000))).unwrap();
+    handle.cancel();
+    let done = handle.wait();
+    assert_eq!((done.finish_reason, done.stop_reason), (FinishReason::Cancelled, StopReason::Cancelled));
 }
 
 #[test]

@@ -22,7 +22,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cortexstream::{
-    ChatMessage, Completion, Engine, EngineConfig, Error, Event, FinishReason, Prompt, Request, SamplingParams,
+    ChatMessage, Completion, Constraint, Engine, EngineConfig, Error, Event, FinishReason, Prompt, Request,
+    SamplingParams,
 };
 use serde_json::Value;
 
@@ -140,6 +141,17 @@ fn core_request(request: &Value) -> Request {
                     .map(|(id, bias)| (id.parse().expect("logit_bias key is a token id"), number(bias) as f32))
                     .collect();
             }
+            "json_schema" => {
+                // A schema may be given as JSON text (possibly not JSON at all) or as an object.
+                let schema = value.as_str().map_or_else(|| value.to_string(), str::to_string);
+                params.constraint = Some(Constraint::JsonSchema(schema));
+            }
+            "regex" => params.constraint = Some(Constraint::Regex(text(value))),
+            "grammar" => params.constraint = Some(Constraint::Grammar(text(value))),
+            "choices" => {
+                let choices = value.as_array().expect("choices is a list").iter().map(text).collect();
+                params.constraint = Some(Constraint::Choices(choices));
+            }
             other => panic!("the core door does not know request field `{other}`"),
         }
     }
@@ -255,7 +267,12 @@ fn every_core_case_of_the_bad_input_matrix_then_the_canary() {
         }
         let id = case["id"].as_str().expect("id").to_string();
         let kind = case["kind"].as_str().expect("kind");
+        let submitted_before = engine.metrics().requests_submitted;
         let mut problems = check(&run(&engine, kind, &case["request"]), &case["expect"]);
+        // A refused request is refused at submit, before anything is queued.
+        if case["expect"]["error"].is_string() && engine.metrics().requests_submitted != submitted_before {
+            problems.push("the refused request was queued before being refused".to_string());
+        }
         // A bad request must leave the engine serving: the canary comes out exactly.
         let canary_problems = check(&run(&engine, "generate", &canary["request"]), &canary["expect"]);
         problems.extend(canary_problems.into_iter().map(|p| format!("canary after it: {p}")));

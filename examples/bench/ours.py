@@ -17,7 +17,16 @@ import cortexstream
 from machine import peak_rss_bytes
 from progress import Progress
 from streams import RunOne, StreamTiming, measure_streams
-from workload import CHAT_MESSAGES, DECODE_PROMPT, PREFILL_TEXT, Workload, prefill_tag, raw_ttft_prompt, system_message
+from workload import (
+    CHAT_MESSAGES,
+    DECODE_PROMPT,
+    PREFILL_TEXT,
+    STRUCTURED_SCHEMA,
+    Workload,
+    prefill_tag,
+    raw_ttft_prompt,
+    system_message,
+)
 
 GREEDY = {"temperature": 0.0, "ignore_eos": True}
 STREAMS_TIMEOUT_S = 900.0
@@ -64,26 +73,29 @@ def has_chat_template(engine: cortexstream.Engine) -> bool:
     return True
 
 
-def ttft_s(engine: cortexstream.Engine, work: Workload, chat_template: bool) -> float:
+def ttft_s(engine: cortexstream.Engine, work: Workload, chat_template: bool, **constraint: Any) -> float:
     """Submit to first token as the caller sees it, median over the repeats: of a chat request,
     or for a model without a chat template of the same text as a raw prompt. Each repeat uses a
-    distinct system message so the prefix cache cannot help."""
-    times = []
-    for run in range(work.repeats):
-        start = time.perf_counter()
-        if chat_template:
-            stream = engine.stream_chat(chat(run), max_tokens=1, **GREEDY)
-        else:
-            stream = engine.stream(raw_ttft_prompt(run), max_tokens=1, **GREEDY)
-        with stream:
-            times.append(first_token_time(stream) - start)
-    return statistics.median(times)
+    distinct system message so the prefix cache cannot help. ``constraint`` (e.g. `json_schema`)
+    goes with every request."""
+    return statistics.median(first_token_s(engine, run, chat_template, **constraint) for run in range(work.repeats))
 
 
-def run_one_stream(engine: cortexstream.Engine, work: Workload) -> RunOne:
+def first_token_s(engine: cortexstream.Engine, run: int, chat_template: bool, **constraint: Any) -> float:
+    """Submit to first token of the TTFT prompt of repeat ``run``."""
+    start = time.perf_counter()
+    if chat_template:
+        stream = engine.stream_chat(chat(run), max_tokens=1, **GREEDY, **constraint)
+    else:
+        stream = engine.stream(raw_ttft_prompt(run), max_tokens=1, **GREEDY, **constraint)
+    with stream:
+        return first_token_time(stream) - start
+
+
+def run_one_stream(engine: cortexstream.Engine, work: Workload, **constraint: Any) -> RunOne:
     def run(prompt: str) -> StreamTiming:
         submitted = time.perf_counter()
-        stream = engine.stream(prompt, max_tokens=work.stream_tokens, **GREEDY)
+        stream = engine.stream(prompt, max_tokens=work.stream_tokens, **GREEDY, **constraint)
         first = first_token_time(stream)
         completion = stream.wait()
         return StreamTiming(submitted, first, time.perf_counter(), completion.usage.completion_tokens)
@@ -91,9 +103,28 @@ def run_one_stream(engine: cortexstream.Engine, work: Workload) -> RunOne:
     return run
 
 
+def constrained_runs(
+    engine: cortexstream.Engine, work: Workload, chat_template: bool, progress: Progress
+) -> dict[str, Any]:
+    """The JSON-schema rows: TTFT of the first request of a new schema (it compiles the schema),
+    TTFT once the schema is cached, and the most concurrent streams, each constrained."""
+    schema = {"json_schema": STRUCTURED_SCHEMA}
+    progress.step(f"ours: JSON-schema TTFT, first request then x{work.repeats} cached")
+    # Repeat numbers past the plain TTFT runs: new system messages, no prefix-cache help.
+    first = first_token_s(engine, work.repeats, chat_template, **schema)
+    cached = statistics.median(
+        first_token_s(engine, work.repeats + 1 + run, chat_template, **schema) for run in range(work.repeats)
+    )
+    count = work.max_streams
+    progress.step(f"ours: {count} JSON-schema-constrained streams x {work.stream_tokens} tokens")
+    streams = measure_streams(work.structured_prompts(count), run_one_stream(engine, work, **schema), STREAMS_TIMEOUT_S)
+    work.check_full_length(streams, count)
+    return {"first_ttft_s": first, "ttft_s": cached, "streams": {str(count): streams}}
+
+
 def step_count(work: Workload) -> int:
     """How many progress steps :func:`main` shows."""
-    return 4 + len(work.stream_counts)
+    return 6 + len(work.stream_counts)
 
 
 def main() -> None:
@@ -127,6 +158,7 @@ def main() -> None:
             result["streams"][str(count)] = measure_streams(
                 work.stream_prompts(count), run_one_stream(engine, work), STREAMS_TIMEOUT_S
             )
+        result["constrained"] = constrained_runs(engine, work, chat_template, progress)
         result["peak_rss_bytes"] = peak_rss_bytes()
     json.dump(result, sys.stdout)
 

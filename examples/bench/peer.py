@@ -168,9 +168,10 @@ class LlamaServer:
     def peak_rss_bytes(self) -> int:
         return peak_rss_bytes(self.process.pid)
 
-    def stream_completion(self, prompt: str, n_predict: int) -> StreamTiming:
+    def stream_completion(self, prompt: str, n_predict: int, json_schema: dict | None = None) -> StreamTiming:
         """One streamed /completion, greedy, ignoring EOS, without prompt caching, timed as
-        the client sees it: first token when the first chunk with text (or the end) arrives."""
+        the client sees it: first token when the first chunk with text (or the end) arrives.
+        With ``json_schema``, llama-server constrains the output to it (its own grammar)."""
         body = {
             "prompt": prompt,
             "n_predict": n_predict,
@@ -178,6 +179,7 @@ class LlamaServer:
             "temperature": 0.0,
             "cache_prompt": False,
             "stream": True,
+            **({} if json_schema is None else {"json_schema": json_schema}),
         }
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=REQUEST_TIMEOUT_S)
         try:
@@ -199,11 +201,11 @@ class LlamaServer:
         finally:
             connection.close()
 
-    def ttft_s(self, prompt: str, repeats: int) -> list[float]:
+    def ttft_s(self, prompt: str, repeats: int, json_schema: dict | None = None) -> list[float]:
         """Time to first token of ``prompt`` alone, once per repeat."""
         times = []
         for _ in range(repeats):
-            timing = self.stream_completion(prompt, n_predict=1)
+            timing = self.stream_completion(prompt, n_predict=1, json_schema=json_schema)
             times.append(timing.first_token - timing.submitted)
         return times
 

@@ -30,7 +30,7 @@ import peer
 from machine import cpu_description, read_bandwidth_bytes_per_s, weight_bytes_per_token
 from progress import Progress
 from streams import measure_streams
-from workload import Workload
+from workload import STRUCTURED_SCHEMA, Workload
 
 HERE = Path(__file__).resolve().parent
 OURS_TIMEOUT_S = 1800
@@ -90,7 +90,7 @@ def setup_peer() -> Path:
 
 def peer_step_count(work: Workload) -> int:
     """How many progress steps :func:`run_peer` shows."""
-    return 4 + len(work.stream_counts)
+    return 6 + len(work.stream_counts)
 
 
 def repack_settings(choice: str, cpu_flags: list[str]) -> list[bool]:
@@ -122,8 +122,31 @@ def run_peer(work: Workload, ttft_prompt: str, settings: list[bool], progress: P
                 partial(server.stream_completion, n_predict=work.stream_tokens),
                 STREAMS_TIMEOUT_S,
             )
+        result["constrained"] = peer_constrained_runs(server, work, ttft_prompt, progress)
         result["peak_rss_bytes"] = server.peak_rss_bytes()
     return result
+
+
+def peer_constrained_runs(
+    server: peer.LlamaServer, work: Workload, ttft_prompt: str, progress: Progress
+) -> dict[str, Any]:
+    """The JSON-schema rows on llama-server, as ours.constrained_runs (llama-server converts the
+    schema to a grammar on every request: its first and later TTFTs are alike)."""
+    progress.step(f"llama.cpp: JSON-schema TTFT x{work.repeats + 1}")
+    times = server.ttft_s(ttft_prompt, work.repeats + 1, json_schema=STRUCTURED_SCHEMA)
+    count = work.max_streams
+    progress.step(f"llama.cpp: {count} JSON-schema-constrained streams x {work.stream_tokens} tokens")
+    streams = measure_streams(
+        work.structured_prompts(count),
+        partial(server.stream_completion, n_predict=work.stream_tokens, json_schema=STRUCTURED_SCHEMA),
+        STREAMS_TIMEOUT_S,
+    )
+    work.check_full_length(streams, count)
+    return {
+        "first_ttft_s": times[0],
+        "ttft_s": sorted(times[1:])[work.repeats // 2],
+        "streams": {str(count): streams},
+    }
 
 
 # (label, how to read the value from one side's results, unit format)
@@ -149,6 +172,7 @@ def table_rows(work: Workload, bound_tok_s: float, ttft_tokens: int, ttft_kind: 
                 "{:.1f}",
             )
         )
+    rows += constrained_rows(work, ttft_tokens, ttft_kind)
     rows += [
         (f"mean TTFT s, {work.max_streams} streams", streams_metric(work.max_streams, "mean_ttft_s"), "{:.3f}"),
         ("peak RSS MiB", lambda r: r["peak_rss_bytes"] / MIB, "{:.0f}"),
@@ -159,6 +183,28 @@ def table_rows(work: Workload, bound_tok_s: float, ttft_tokens: int, ttft_kind: 
         ),
     ]
     return rows
+
+
+def constrained_rows(work: Workload, ttft_tokens: int, ttft_kind: str) -> list[Row]:
+    """The JSON-schema rows: each side's constrained numbers, and each side's constrained over
+    unconstrained ratio (targets: >= 0.85x aggregate decode, <= 1.2x TTFT)."""
+    count = work.max_streams
+
+    def constrained(key: str) -> Callable[[dict[str, Any]], float]:
+        return lambda r: r["constrained"]["streams"][str(count)][key]
+
+    return [
+        (f"aggregate decode tok/s, {count} JSON-schema streams", constrained("aggregate_tok_s"), "{:.1f}"),
+        (
+            f"  JSON-schema / free aggregate decode, {count} streams",
+            lambda r: r["constrained"]["streams"][str(count)]["aggregate_tok_s"]
+            / r["streams"][str(count)]["aggregate_tok_s"],
+            "{:.2f}x",
+        ),
+        (f"TTFT s ({ttft_tokens}-token {ttft_kind} prompt, JSON schema cached)", lambda r: r["constrained"]["ttft_s"], "{:.3f}"),
+        ("  JSON-schema / free TTFT", lambda r: r["constrained"]["ttft_s"] / r["ttft_s"], "{:.2f}x"),
+        ("TTFT s, first request of a new JSON schema", lambda r: r["constrained"]["first_ttft_s"], "{:.3f}"),
+    ]
 
 
 def build_table(rows: list[Row], ours: dict[str, Any], theirs: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:

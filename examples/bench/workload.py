@@ -28,6 +28,25 @@ CHAT_MESSAGES = [
 ]
 
 
+# The JSON schema of the constrained rows (both sides get it: ours as `json_schema`, llama-server
+# as its `json_schema` field). A list of at least 20 small records: structure, strings, bounded
+# integers and an enum, and far more than `stream_tokens` tokens before it can be complete, so
+# every constrained stream decodes exactly as many tokens as its unconstrained twin.
+STRUCTURED_SCHEMA = {
+    "type": "array",
+    "minItems": 20,
+    "items": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 16},
+            "age": {"type": "integer", "minimum": 0, "maximum": 120},
+            "role": {"enum": ["keeper", "sailor", "cook", "pilot"]},
+        },
+        "required": ["name", "age", "role"],
+        "additionalProperties": False,
+    },
+}
+
 
 def system_message(run: int) -> str:
     """A distinct system message per repeat, so the prefix cache cannot help the TTFT runs."""
@@ -125,6 +144,18 @@ class Workload:
     def stream_prompts(self, count: int) -> list[str]:
         """Distinct prompts, so no stream shares a cached prefix with another."""
         return [f"Write a story about {STREAM_TOPICS[i % len(STREAM_TOPICS)]} (#{i})." for i in range(count)]
+
+    def structured_prompts(self, count: int) -> list[str]:
+        """The prompts of the constrained streams: the same requests, tagged so that none reuses
+        the cached prefix of its unconstrained twin (which ran just before)."""
+        return [f"[json] {prompt}" for prompt in self.stream_prompts(count)]
+
+    def check_full_length(self, streams: dict[str, float], count: int) -> None:
+        """Constrained streams must decode as many tokens as the free ones for their rates to
+        compare: a grammar that completed early would make the constrained run look cheaper."""
+        if streams["tokens"] != count * self.stream_tokens:
+            raise RuntimeError(f"{count} constrained streams decoded {streams['tokens']} tokens, "
+                               f"not {count} x {self.stream_tokens}")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -74,6 +74,14 @@ const char* finish_reason_name(cs_finish_reason reason) {
     return "none";
 }
 
+// vLLM's `stop_reason` of a FINISHED event: the stop string or stop token id that ended the
+// request, null when something else did (end-of-generation token, length, cancel, error).
+json stop_reason_value(const cs_event& event) {
+    if (event.stop_kind == CS_STOP_STRING) return std::string(event.stop_string, event.stop_string_len);
+    if (event.stop_kind == CS_STOP_TOKEN) return event.stop_token_id;
+    return nullptr;
+}
+
 json error_body(const std::string& message, const std::string& type, const std::optional<std::string>& param) {
     return {{"error", {{"message", message}, {"type", type}, {"param", param ? json(*param) : json(nullptr)}}}};
 }
@@ -204,6 +212,7 @@ json complete(const RequestPtr& request, const std::string& model) {
             continue;
         }
         json body = completion_object(request_id(request.get()), model, text, finish_reason_name(event->finish_reason));
+        body["choices"][0]["stop_reason"] = stop_reason_value(*event);
         body["usage"] = usage_object(event->usage);
         return body;
     }
@@ -230,6 +239,7 @@ void stream(httplib::Response& res, RequestPtr request, std::string model) {
             return send(completion_object(id, model, std::string(event->text, event->text_len), nullptr).dump());
         }
         json last = completion_object(id, model, "", finish_reason_name(event->finish_reason));
+        last["choices"][0]["stop_reason"] = stop_reason_value(*event);
         last["usage"] = usage_object(event->usage);
         bool ok = send(last.dump()) && send("[DONE]");
         sink.done();

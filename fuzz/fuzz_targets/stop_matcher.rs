@@ -77,9 +77,10 @@ fuzz_target!(|input: Input| {
                 assert_eq!(earliest_stop(&so_far, &stops), None, "a stop string in {so_far:?} was missed");
                 assert!(so_far.starts_with(&shown), "shown {shown:?} is not a prefix of {so_far:?}");
             }
-            Step::Stopped(text) => {
+            Step::Stopped { text, stop } => {
                 shown.push_str(&text);
                 let at = earliest_stop(&so_far, &stops).expect("stopped without a stop string");
+                assert!(so_far[at..].starts_with(&stop), "reported stop {stop:?} is not the one at {at} in {so_far:?}");
                 assert_eq!(shown, so_far[..at], "text before the earliest stop");
                 return;
             }

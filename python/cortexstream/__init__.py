@@ -9,7 +9,18 @@ Models come from the local cache; ``python -m cortexstream pull`` fetches the de
 
 from . import models
 from ._async import AsyncStream
-from ._core import Chunk, Completion, ModelInfo, Stream, Timings, TokenLogprobs, ToolCall, Usage, __version__
+from ._core import (
+    Chunk,
+    Completion,
+    ModelInfo,
+    StopReason,
+    Stream,
+    Timings,
+    TokenLogprobs,
+    ToolCall,
+    Usage,
+    __version__,
+)
 from ._engine import Engine
 from .errors import (
     CancelledError,
@@ -42,6 +53,7 @@ __all__ = [
     "ModelNotFoundError",
     "NoEmbeddingModelError",
     "OverloadedError",
+    "StopReason",
     "Stream",
     "Timings",
     "TokenLogprobs",

@@ -7,7 +7,19 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union, fina
 
 from typing_extensions import Self, disjoint_base
 
-__all__ = ["Chunk", "Completion", "Engine", "ModelInfo", "Stream", "Timings", "TokenLogprobs", "ToolCall", "Usage", "__version__"]
+__all__ = [
+    "Chunk",
+    "Completion",
+    "Engine",
+    "ModelInfo",
+    "StopReason",
+    "Stream",
+    "Timings",
+    "TokenLogprobs",
+    "ToolCall",
+    "Usage",
+    "__version__",
+]
 
 __version__: str
 
@@ -47,6 +59,23 @@ class Timings:
     @property
     def total_ns(self) -> int:
         """Submit until the end."""
+
+@final
+class StopReason:
+    """Which stop ended a request: the detail behind ``finish_reason``."""
+
+    @property
+    def kind(self) -> str:
+        """``"eos"`` (the model's end-of-generation token), ``"stop_token"`` (one of
+        ``stop_token_ids``), ``"stop_string"`` (one of ``stop``), ``"grammar"`` (the output
+        constraint is complete): all with ``finish_reason`` ``"stop"``; or ``"length"``,
+        ``"cancelled"``, ``"error"`` as ``finish_reason``."""
+    @property
+    def token_id(self) -> Optional[int]:
+        """The token that ended the request, for ``"eos"`` and ``"stop_token"``."""
+    @property
+    def stop_string(self) -> Optional[str]:
+        """The stop string that matched, for ``"stop_string"``."""
 
 @final
 class TokenLogprobs:
@@ -96,6 +125,9 @@ class Chunk:
         """``"stop"``, ``"length"``, ``"cancelled"`` or ``"error"`` on the last chunk only
         (``"tool_calls"`` for a request with ``tools`` that stopped after calling)."""
     @property
+    def stop_reason(self) -> Optional[StopReason]:
+        """Which stop ended the request, on the last chunk only."""
+    @property
     def usage(self) -> Optional[Usage]: ...
     @property
     def timings(self) -> Optional[Timings]: ...
@@ -119,6 +151,9 @@ class Completion:
     def finish_reason(self) -> str:
         """``"stop"``, ``"length"``, ``"cancelled"`` or ``"error"`` (``"tool_calls"`` for a
         request with ``tools`` that stopped after calling)."""
+    @property
+    def stop_reason(self) -> StopReason:
+        """Which stop ended the request."""
     @property
     def usage(self) -> Usage: ...
     @property
@@ -251,7 +286,7 @@ class Engine:
     def apply_chat_template(self, messages: Sequence[Dict[str, Any]], add_generation_prompt: bool = True) -> str:
         """Renders chat messages with the model's chat template."""
     def metrics(self) -> Dict[str, Any]:
-        """Counters and histograms (``{"buckets": [[le, count], ...], "sum", "count"}``)."""
+        """Counters and histograms (``{"buckets": [(le, count), ...], "sum", "count"}``)."""
     @property
     def model_info(self) -> ModelInfo:
         """What the engine has loaded."""

@@ -40,6 +40,14 @@ FINISH_OF_REASON = {
 FLOAT_FIELDS = {"temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"}
 INT_FIELDS = {"top_k": "int32_t", "max_tokens": "int64_t", "logprobs": "int32_t"}
 MESSAGES_MAX = 8  # the test's fixed message buffer; checked here
+# A constraint field -> its `constraint_kind`; the text goes in `constraint` (a JSON schema given
+# as an object and the choices list are written as JSON text, as the C API takes them).
+CONSTRAINT_KINDS = {
+    "json_schema": "CS_CONSTRAINT_JSON_SCHEMA",
+    "regex": "CS_CONSTRAINT_REGEX",
+    "grammar": "CS_CONSTRAINT_GRAMMAR",
+    "choices": "CS_CONSTRAINT_CHOICES",
+}
 
 
 def c_bytes(data: bytes) -> str:
@@ -130,6 +138,10 @@ def builder(name: str, kind: str, request: dict[str, Any]) -> list[str]:
             lines.append("    r->params.logit_bias_ids = bias_ids;")
             lines.append("    r->params.logit_bias_values = bias_values;")
             lines.append(f"    r->params.logit_bias_len = {len(value)};")
+        elif key in CONSTRAINT_KINDS:
+            text = value if isinstance(value, str) else json.dumps(value)
+            lines.append(f"    r->params.constraint_kind = {CONSTRAINT_KINDS[key]};")
+            lines.append(f"    r->params.constraint = {c_text(text)};")
         else:
             raise ValueError(f"the C door does not know request field `{key}`")
     lines.append("}")

@@ -109,6 +109,7 @@ typedef struct {
     size_t text_len;
     int token_events_with_logprobs;
     cs_event finished; /* copy of the FINISHED event (its pointers are not kept) */
+    char stop_string[64]; /* copy of finished.stop_string ("" when NULL) */
     bool has_finished;
     int events_after_finished;
 } stream_result;
@@ -120,6 +121,9 @@ static void record_event(stream_result *result, const cs_event *event) {
     }
     if (event->kind == CS_EVENT_FINISHED) {
         result->finished = *event;
+        if (event->stop_string != NULL)
+            snprintf(result->stop_string, sizeof result->stop_string, "%.*s", (int)event->stop_string_len,
+                     event->stop_string);
         result->has_finished = true;
         return;
     }
@@ -339,6 +343,8 @@ static void test_greedy_matches_llama_cpp(void) {
     CHECK(result->has_finished, "no FINISHED event");
     const cs_event *fin = &result->finished;
     CHECK(fin->finish_reason == CS_FINISH_LENGTH, "finish reason %d", (int)fin->finish_reason);
+    CHECK(fin->stop_kind == CS_STOP_LENGTH && fin->stop_token_id == 0 && fin->stop_string == NULL,
+          "stop kind %d, token %u", (int)fin->stop_kind, fin->stop_token_id);
     CHECK(fin->usage.prompt_tokens == COUNT_OF(REF_PROMPT_IDS), "prompt_tokens %zu",
           fin->usage.prompt_tokens);
     CHECK(fin->usage.completion_tokens == COUNT_OF(REF_GREEDY_IDS), "completion_tokens %zu",
@@ -458,10 +464,31 @@ static void test_stop_string_and_logprobs(void) {
           result->text);
     CHECK(result->finished.finish_reason == CS_FINISH_STOP, "finish reason %d",
           (int)result->finished.finish_reason);
+    CHECK(result->finished.stop_kind == CS_STOP_STRING && strcmp(result->stop_string, "bear") == 0 &&
+              result->finished.stop_string_len == 4,
+          "stop kind %d, stop string \"%s\"", (int)result->finished.stop_kind, result->stop_string);
     CHECK(result->token_events_with_logprobs == (int)result->ids_len,
           "%d of %zu token events had logprobs", result->token_events_with_logprobs, result->ids_len);
     free(result);
     CHECK_OK(cs_request_free(request));
+}
+
+/* Runs `params` on the reference prompt to the end; NULL if the submit failed. */
+static stream_result *run_to_end(const cs_sampling_params *params);
+
+static void test_stop_token_id_is_reported(void) {
+    const uint32_t stop_ids[] = {REF_GREEDY_IDS[2]};
+    cs_sampling_params params = greedy_params(16);
+    params.stop_token_ids = stop_ids;
+    params.stop_token_ids_len = COUNT_OF(stop_ids);
+    stream_result *result = run_to_end(&params);
+    if (result == NULL) return;
+    CHECK(result->ids_len == 3 && result->ids[2] == stop_ids[0], "%zu tokens", result->ids_len);
+    CHECK(result->finished.finish_reason == CS_FINISH_STOP, "finish reason %d", (int)result->finished.finish_reason);
+    CHECK(result->finished.stop_kind == CS_STOP_TOKEN && result->finished.stop_token_id == stop_ids[0] &&
+              result->finished.stop_string == NULL,
+          "stop kind %d, token %u", (int)result->finished.stop_kind, result->finished.stop_token_id);
+    free(result);
 }
 
 /* Runs `params` on the reference prompt to the end; NULL if the submit failed. */
@@ -485,6 +512,7 @@ static void test_constrained_output_and_bad_constraints(void) {
     if (result != NULL) {
         CHECK(strcmp(result->text, "yes") == 0 || strcmp(result->text, "no") == 0, "choice: \"%s\"", result->text);
         CHECK(result->finished.finish_reason == CS_FINISH_STOP, "finish reason %d", (int)result->finished.finish_reason);
+        CHECK(result->finished.stop_kind == CS_STOP_GRAMMAR, "stop kind %d", (int)result->finished.stop_kind);
         free(result);
     }
     params.constraint_kind = CS_CONSTRAINT_JSON_SCHEMA;
@@ -1645,6 +1673,7 @@ int main(int argc, char **argv) {
         {"older_params_struct_gets_defaults", test_older_params_struct_gets_defaults},
         {"callback_and_pull_streams_agree", test_callback_and_pull_streams_agree},
         {"stop_string_and_logprobs", test_stop_string_and_logprobs},
+        {"stop_token_id_is_reported", test_stop_token_id_is_reported},
         {"constrained_output_and_bad_constraints", test_constrained_output_and_bad_constraints},
         {"tool_calls_and_bad_tools", test_tool_calls_and_bad_tools},
         {"cancel_from_another_thread", test_cancel_from_another_thread},

@@ -75,6 +75,12 @@ def check_completions(address):
     texts, finish_reason = sse_texts(address, body)
     assert "".join(texts) == whole["choices"][0]["text"]
     assert finish_reason == "length"
+    assert whole["choices"][0]["stop_reason"] is None
+
+    # vLLM's stop_reason: the stop string that ended the completion ("quick" completes first).
+    status, stopped = request(address, "POST", "/v1/completions", {**body, "max_tokens": 24, "stop": ["bear", "quick"]})
+    assert status == 200, stopped
+    assert (stopped["choices"][0]["finish_reason"], stopped["choices"][0]["stop_reason"]) == ("stop", "quick")
 
 
 def check_bad_requests(address):

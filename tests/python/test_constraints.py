@@ -5,6 +5,7 @@ is queued."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import List, Literal, Optional
@@ -50,12 +51,105 @@ SCHEMAS = {
 }
 
 
-@pytest.mark.parametrize("schema", list(SCHEMAS.values()), ids=list(SCHEMAS))
-@pytest.mark.parametrize("temperature,seed", [(0.0, 0), (1.0, 1), (1.0, 2)])
-def test_every_output_validates_against_its_schema(engine, schema, temperature, seed):
-    result = engine.chat(ASK, json_schema=schema, temperature=temperature, seed=seed, max_tokens=80)
-    assert result.finish_reason == "stop", result.text
-    jsonschema.validate(json.loads(result.text), schema)
+SCHEMAS.update({
+    "array of objects": {
+        "type": "array",
+        "items": {"type": "object", "properties": {"id": {"type": "integer", "minimum": 1, "maximum": 99},
+                                                   "done": {"type": "boolean"}},
+                  "required": ["id", "done"], "additionalProperties": False},
+        "minItems": 1, "maxItems": 3,
+    },
+    "exclusive bounds, const and null": {
+        "type": "object",
+        "properties": {
+            "version": {"const": 2},
+            "ratio": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 10},
+            "parent": {"type": "null"},
+            "level": {"enum": [1, 2, 3]},
+        },
+        "required": ["version", "ratio", "parent", "level"],
+        "additionalProperties": False,
+    },
+    "$defs and nested anyOf": {
+        "$defs": {"point": {"type": "object", "properties": {"x": {"type": "integer", "minimum": -9, "maximum": 9},
+                                                             "y": {"type": "integer", "minimum": -9, "maximum": 9}},
+                            "required": ["x", "y"], "additionalProperties": False}},
+        "type": "object",
+        "properties": {"shape": {"anyOf": [{"$ref": "#/$defs/point"},
+                                           {"type": "array", "items": {"$ref": "#/$defs/point"}, "maxItems": 2}]},
+                       "label": {"type": ["string", "null"], "maxLength": 8}},
+        "required": ["shape", "label"],
+        "additionalProperties": False,
+    },
+    "string patterns": {
+        "type": "object",
+        "properties": {"email": {"type": "string", "pattern": "^[a-z]{1,8}@[a-z]{1,8}\\.(com|org)$"},
+                       "zip": {"type": "string", "pattern": "^[0-9]{5}$"},
+                       "words": {"type": "string", "minLength": 2, "maxLength": 12}},
+        "required": ["email", "zip", "words"],
+        "additionalProperties": False,
+    },
+    "top-level scalar": {"type": "integer", "minimum": 100, "maximum": 999},
+})
+
+#: Greedy once, then sampled with two seeds: every output must validate either way.
+SETTINGS = [(0.0, 0), (1.0, 1), (1.0, 2)]
+
+#: Regular expressions, choices and Lark grammars, each with a Python check of its language.
+OTHER_CONSTRAINTS = {
+    "regex date": ({"regex": r"(19|20)[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"},
+                   lambda t: re.fullmatch(r"(19|20)[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])", t)),
+    "regex words": ({"regex": r"[A-Z][a-z]{1,8}( [a-z]{1,8}){0,3}\."},
+                    lambda t: re.fullmatch(r"[A-Z][a-z]{1,8}( [a-z]{1,8}){0,3}\.", t)),
+    "choices": ({"choices": ["yes", "no", "not sure", "yes, but later"]},
+                lambda t: t in {"yes", "no", "not sure", "yes, but later"}),
+    "lark list": ({"grammar": 'start: "[" item ("," item)? ("," item)? "]"\nitem: /[a-z]{1,6}/'},
+                  lambda t: re.fullmatch(r"\[[a-z]{1,6}(,[a-z]{1,6}){0,2}\]", t)),
+}
+
+
+def run_together(engine, requests):
+    """Submits every request at once (they share the engine's steps, as a server's would) and
+    returns their completions in order."""
+    async def main():
+        return await asyncio.gather(*(engine.achat(ASK, **kwargs) for kwargs in requests))
+    return asyncio.run(main())
+
+
+def test_every_output_of_many_schemas_and_seeds_validates_batched(engine):
+    cases = [(name, schema, t, seed) for name, schema in SCHEMAS.items() for t, seed in SETTINGS]
+    results = run_together(engine, [dict(json_schema=schema, temperature=t, seed=seed, max_tokens=120)
+                                     for _, schema, t, seed in cases])
+    for (name, schema, t, seed), result in zip(cases, results):
+        where = f"{name} T={t} seed={seed}: {result.text!r}"
+        assert result.finish_reason == "stop", where
+        jsonschema.validate(json.loads(result.text), schema)
+
+
+def test_every_output_of_regexes_choices_and_grammars_matches_batched(engine):
+    cases = [(name, kwargs, check, t, seed) for name, (kwargs, check) in OTHER_CONSTRAINTS.items()
+             for t, seed in SETTINGS]
+    results = run_together(engine, [dict(temperature=t, seed=seed, max_tokens=40, **kwargs)
+                                     for _, kwargs, _, t, seed in cases])
+    for (name, _, check, t, seed), result in zip(cases, results):
+        assert result.finish_reason == "stop", f"{name} T={t} seed={seed}: {result.text!r}"
+        assert check(result.text), f"{name} T={t} seed={seed}: {result.text!r}"
+
+
+def test_a_constraint_cut_short_by_max_tokens_ends_with_length_never_claimed_complete(engine):
+    # Too few tokens for most of these to finish: each output either completed (`stop`, and
+    # then it validates) or ran out (`length`); never `stop` on an invalid prefix.
+    cases = [(schema, seed) for schema in SCHEMAS.values() for seed in (1, 2)]
+    results = run_together(engine, [dict(json_schema=schema, temperature=1.0, seed=seed, max_tokens=6)
+                                     for schema, seed in cases])
+    reasons = [r.finish_reason for r in results]
+    assert set(reasons) <= {"stop", "length"}, reasons
+    assert "length" in reasons
+    for (schema, _), result in zip(cases, results):
+        if result.finish_reason == "stop":
+            jsonschema.validate(json.loads(result.text), schema)
+        else:
+            assert result.usage.completion_tokens == 6
 
 
 class Person(BaseModel):

@@ -33,6 +33,10 @@ GENERATION_MODEL = "smollm2"
 EMBEDDING_MODEL = "minilm"
 #: The body is built with this string where raw bytes go, then the quoted string is swapped for them.
 RAW_BYTES_MARK = "\x00raw-bytes\x00"
+#: The matrix's `json_schema` (the engine's name) as each REST API carries it, and the field a
+#: REST error names for it: OpenAI's `response_format` and Ollama's `format`.
+OPENAI_CONSTRAINT_FIELD = "response_format"
+OLLAMA_CONSTRAINT_FIELD = "format"
 #: cortexstream/server/bodies.py: MAX_BODY_BYTES, the largest body the server buffers.
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
@@ -72,6 +76,9 @@ def openai_request(case: dict) -> tuple[str, bytes]:
         path, body = "/v1/completions", {"model": GENERATION_MODEL}
         if "prompt_tokens" in request:
             request["prompt"] = request.pop("prompt_tokens")
+    if "json_schema" in request:
+        schema = request.pop("json_schema")
+        request[OPENAI_CONSTRAINT_FIELD] = {"type": "json_schema", "json_schema": {"name": "case", "schema": schema}}
     raw = raw_bytes_of(request)
     body.update(special_value(request))
     encoded = json.dumps(body).encode()
@@ -110,6 +117,11 @@ def names_param(actual: str | None, expected: str) -> bool:
     return actual is not None and (actual == expected or actual.startswith((f"{expected}[", f"{expected}.")))
 
 
+def openai_param(param: str) -> str:
+    """The field an OpenAI error names for the engine's `param`."""
+    return OPENAI_CONSTRAINT_FIELD if param == "json_schema" else param
+
+
 def assert_canary(server) -> None:
     canary = MATRIX["canary"]
     response = post(server, "/v1/completions", json.dumps({"model": GENERATION_MODEL, **canary["request"]}).encode())
@@ -128,7 +140,7 @@ def test_matrix_case(server, case):
         error = response.json()["error"]
         assert set(error) == {"message", "type", "param", "code"}
         assert error["type"] == "invalid_request_error"
-        assert names_param(error["param"], expect["param"]), error
+        assert names_param(error["param"], openai_param(expect["param"])), error
         # type_error is the door's own check, with OpenAI's codes for a wrong type or a missing
         # field; every other code is the core's and must come through unchanged.
         if expect["error"] == "type_error":
@@ -211,6 +223,8 @@ NOT_IN_OLLAMA = {"prompt_tokens", "n", "logprobs", "logit_bias", "stop_token_ids
 
 
 def ollama_field(name: str) -> str:
+    if name == "json_schema":
+        return OLLAMA_CONSTRAINT_FIELD
     return f"options.{OLLAMA_OPTIONS[name]}" if name in OLLAMA_OPTIONS else name
 
 
@@ -243,6 +257,8 @@ def ollama_request(case: dict) -> tuple[str, bytes]:
     else:
         path, body = "/api/generate", {"model": GENERATION_MODEL, "stream": False, "raw": True}
     options = {OLLAMA_OPTIONS[name]: request.pop(name) for name in list(request) if name in OLLAMA_OPTIONS}
+    if "json_schema" in request:
+        request[OLLAMA_CONSTRAINT_FIELD] = request.pop("json_schema")
     raw = raw_bytes_of(request)
     body.update(special_value(request))
     if options:

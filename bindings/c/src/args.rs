@@ -1,7 +1,7 @@
 //! Crossing the boundary: reading what C passes in (NULL and UTF-8 checks, arrays given as
 //! pointer + length, size-versioned structs) and writing out-params.
 
-use std::ffi::{c_char, CStr, CString};
+use std::ffi::{c_char, CStr};
 use std::mem::{size_of, MaybeUninit};
 use std::ptr;
 
@@ -178,10 +178,4 @@ fn check_struct_size<T>(size: usize, param: &'static str) -> Result<(), Failure>
         ));
     }
     Ok(())
-}
-
-/// A C copy of a Rust string. Interior NULs (possible in model output and error messages
-/// that quote it) are escaped rather than failing, because these strings are for reading.
-pub(crate) fn to_c_string(text: &str) -> CString {
-    CString::new(text.replace('\0', "\\0")).expect("interior NULs were escaped")
 }

@@ -7,12 +7,11 @@ use std::ptr;
 
 use cortexstream::{ChatMessage, Engine, Error, ModelInfo};
 
-use crate::args::{
-    c_str, c_str_array, c_str_described, check_out, read_sized, require, slice, to_c_string, write_sized,
-};
+use crate::args::{c_str, c_str_array, c_str_described, check_out, read_sized, require, slice, write_sized};
 use crate::owned::{check_out_buffer, write_string, write_tokens};
 use crate::params::cs_engine_params;
 use crate::status::{cs_status, guard, Failure};
+use crate::text::to_c_string;
 
 /// An engine: one loaded model (plus an optional embedding model) and its scheduler thread.
 ///

@@ -5,7 +5,7 @@ use std::ffi::c_char;
 use std::ptr;
 
 use cortexstream::tools::{calls_to_json, ToolCallSplitter};
-use cortexstream::{Event, FinishReason, Timings, TokenLogprobs, ToolCall, ToolCallFormat, Usage};
+use cortexstream::{Event, FinishReason, StopReason, Timings, TokenLogprobs, ToolCall, ToolCallFormat, Usage};
 
 /// Which kind of event a `cs_event` is.
 #[allow(non_camel_case_types)]
@@ -33,6 +33,31 @@ pub enum cs_finish_reason {
     CS_FINISH_CANCELLED = 3,
     /// An error ended the request; `cs_event.error_message` says which.
     CS_FINISH_ERROR = 4,
+}
+
+/// Which stop ended a request: the detail behind `cs_finish_reason` (STOP is EOS, TOKEN,
+/// STRING or GRAMMAR).
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum cs_stop_kind {
+    /// Not finished (TOKEN events).
+    CS_STOP_NONE = 0,
+    /// The model's end-of-generation token (EOS, `<|im_end|>`, ...); `stop_token_id` says which.
+    CS_STOP_EOS = 1,
+    /// One of the request's `stop_token_ids`; `stop_token_id` says which (also when that id is
+    /// an end-of-generation token too).
+    CS_STOP_TOKEN = 2,
+    /// One of the request's `stop` strings; `stop_string` says which.
+    CS_STOP_STRING = 3,
+    /// The output constraint (schema, regex, grammar, choices) accepts no more tokens.
+    CS_STOP_GRAMMAR = 4,
+    /// `max_tokens` reached or the context window is full (CS_FINISH_LENGTH).
+    CS_STOP_LENGTH = 5,
+    /// CS_FINISH_CANCELLED.
+    CS_STOP_CANCELLED = 6,
+    /// CS_FINISH_ERROR.
+    CS_STOP_ERROR = 7,
 }
 
 /// Token counts of one request.
@@ -133,12 +158,21 @@ pub struct cs_event {
     /// TOKEN with `has_logprobs`: the raw bytes of each alternative, parallel to `top_logprobs`
     /// (`top_logprobs_len` entries; NULL if none).
     pub top_logprobs_bytes: *const cs_bytes,
+    /// FINISHED: which stop ended the request (appended like `token_bytes`).
+    pub stop_kind: cs_stop_kind,
+    /// FINISHED with CS_STOP_EOS or CS_STOP_TOKEN: the token that ended the request; else 0.
+    pub stop_token_id: u32,
+    /// FINISHED with CS_STOP_STRING: the stop string that matched (NUL-terminated UTF-8, never
+    /// part of the text); otherwise NULL.
+    pub stop_string: *const c_char,
+    /// Length of `stop_string` in bytes, without the terminating NUL (0 when NULL).
+    pub stop_string_len: usize,
     /// FINISHED of a request with `tools`: every call the answer made, as a NUL-terminated JSON
     /// array `[{"id", "name", "arguments"}]` (`arguments` is JSON text, an object; `[]` when
     /// none); NULL for requests without tools. An answer that stopped after calling ends with
-    /// CS_FINISH_STOP and a non-empty array (OpenAI's finish reason "tool_calls"). TOKEN events of such a request carry only the
-    /// text outside calls (call syntax is held back; text held back that turned out not to be
-    /// a call comes with the FINISHED event's `text`).
+    /// CS_FINISH_STOP and a non-empty array (OpenAI's finish reason "tool_calls"). TOKEN events
+    /// of such a request carry only the text outside calls (call syntax is held back; text held
+    /// back that turned out not to be a call comes with the FINISHED event's `text`).
     pub tool_calls: *const c_char,
     /// Length of `tool_calls` in bytes, without the terminating NUL (0 when NULL).
     pub tool_calls_len: usize,
@@ -163,6 +197,7 @@ pub(crate) struct EventBuffer {
     text: Vec<u8>,
     top_logprobs: Vec<cs_top_logprob>,
     error_message: Vec<u8>,
+    stop_string: Vec<u8>,
     /// The sampled token's bytes, then every alternative's, back to back.
     token_bytes: Vec<u8>,
     /// Views into `token_bytes`, one per alternative.
@@ -205,13 +240,21 @@ impl EventBuffer {
                     ..blank_event(cs_event_type::CS_EVENT_TOKEN)
                 }
             }
-            Event::Finished { reason, usage, timings, error } => {
+            Event::Finished { reason, stop_reason, usage, timings, error } => {
                 let error_message = error.as_deref().map_or(ptr::null(), |message| {
                     set_c_text(&mut self.error_message, message);
                     self.error_message.as_ptr().cast()
                 });
+                let stop_string = stop_reason.stop_string().map_or(ptr::null(), |stop| {
+                    set_c_text(&mut self.stop_string, stop);
+                    self.stop_string.as_ptr().cast()
+                });
                 cs_event {
                     finish_reason: (*reason).into(),
+                    stop_kind: stop_reason.into(),
+                    stop_token_id: stop_reason.token_id().unwrap_or(0),
+                    stop_string,
+                    stop_string_len: stop_reason.stop_string().map_or(0, str::len),
                     usage: (*usage).into(),
                     timings: (*timings).into(),
                     error_message,
@@ -297,6 +340,10 @@ fn blank_event(kind: cs_event_type) -> cs_event {
         error_message: ptr::null(),
         token_bytes: NO_BYTES,
         top_logprobs_bytes: ptr::null(),
+        stop_kind: cs_stop_kind::CS_STOP_NONE,
+        stop_token_id: 0,
+        stop_string: ptr::null(),
+        stop_string_len: 0,
         tool_calls: ptr::null(),
         tool_calls_len: 0,
     }
@@ -320,6 +367,20 @@ impl From<FinishReason> for cs_finish_reason {
             FinishReason::Length => cs_finish_reason::CS_FINISH_LENGTH,
             FinishReason::Cancelled => cs_finish_reason::CS_FINISH_CANCELLED,
             FinishReason::Error => cs_finish_reason::CS_FINISH_ERROR,
+        }
+    }
+}
+
+impl From<&StopReason> for cs_stop_kind {
+    fn from(stop: &StopReason) -> Self {
+        match stop {
+            StopReason::EndOfGeneration(_) => cs_stop_kind::CS_STOP_EOS,
+            StopReason::StopTokenId(_) => cs_stop_kind::CS_STOP_TOKEN,
+            StopReason::StopString(_) => cs_stop_kind::CS_STOP_STRING,
+            StopReason::GrammarComplete => cs_stop_kind::CS_STOP_GRAMMAR,
+            StopReason::Length => cs_stop_kind::CS_STOP_LENGTH,
+            StopReason::Cancelled => cs_stop_kind::CS_STOP_CANCELLED,
+            StopReason::Error => cs_stop_kind::CS_STOP_ERROR,
         }
     }
 }

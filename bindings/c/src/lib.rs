@@ -16,6 +16,7 @@ mod owned;
 mod params;
 mod request;
 mod status;
+mod text;
 
 use std::ffi::c_char;
 

@@ -9,7 +9,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use cortexstream::Error;
 
-use crate::args::to_c_string;
+use crate::text::to_c_string;
 
 /// The result of every `cs_*` call that can fail. `CS_OK` is zero; for any other value,
 /// `cs_last_error_message()` on the same thread explains what went wrong.

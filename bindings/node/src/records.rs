@@ -103,6 +103,25 @@ fn tool_calls(calls: Vec<cortexstream::ToolCall>) -> Vec<ToolCall> {
     calls.into_iter().map(ToolCall::from).collect()
 }
 
+/// Which stop ended a request (`stopReason`): `kind` is the core's name for it; `tokenId` is set
+/// for `eos` and `stop_token`, `stopString` for `stop_string`.
+#[napi(object)]
+pub struct StopReason {
+    pub kind: String,
+    pub token_id: Option<u32>,
+    pub stop_string: Option<String>,
+}
+
+impl From<&cortexstream::StopReason> for StopReason {
+    fn from(stop: &cortexstream::StopReason) -> Self {
+        Self {
+            kind: stop.kind().to_owned(),
+            token_id: stop.token_id(),
+            stop_string: stop.stop_string().map(str::to_owned),
+        }
+    }
+}
+
 /// One item of a request's stream: a token's text, or (last) how the request ended.
 #[napi(object)]
 pub struct Chunk {
@@ -111,6 +130,8 @@ pub struct Chunk {
     pub logprobs: Option<TokenLogprobs>,
     /// Set on the last chunk only.
     pub finish_reason: Option<String>,
+    /// Set on the last chunk only.
+    pub stop_reason: Option<StopReason>,
     pub usage: Option<Usage>,
     pub timings: Option<Timings>,
     pub error: Option<String>,
@@ -142,16 +163,18 @@ impl From<&Event> for Chunk {
                 token_id: Some(*id),
                 logprobs: logprobs.as_ref().map(|l| TokenLogprobs::new(*id, l)),
                 finish_reason: None,
+                stop_reason: None,
                 usage: None,
                 timings: None,
                 error: None,
                 tool_calls: None,
             },
-            Event::Finished { reason, usage, timings, error } => Chunk {
+            Event::Finished { reason, stop_reason, usage, timings, error } => Chunk {
                 text: String::new(),
                 token_id: None,
                 logprobs: None,
                 finish_reason: Some(reason.as_str().to_owned()),
+                stop_reason: Some(stop_reason.into()),
                 usage: Some((*usage).into()),
                 timings: Some((*timings).into()),
                 error: error.clone(),
@@ -169,6 +192,7 @@ pub struct Completion {
     /// Every sampled token, including an end-of-generation token that ended the request.
     pub token_ids: Vec<u32>,
     pub finish_reason: String,
+    pub stop_reason: StopReason,
     pub usage: Usage,
     pub timings: Timings,
     /// One entry per token when log-probabilities were requested (even if empty), else unset.
@@ -200,6 +224,7 @@ impl Completion {
             text: completion.text,
             token_ids: completion.token_ids,
             finish_reason: completion.finish_reason.as_str().to_owned(),
+            stop_reason: (&completion.stop_reason).into(),
             usage: completion.usage.into(),
             timings: completion.timings.into(),
             logprobs,

@@ -162,12 +162,12 @@ impl Engine {
     }
 
     /// Counters and histograms as a dict; histograms are
-    /// `{"buckets": [[upper_bound, cumulative_count], ...], "sum": float, "count": int}`.
+    /// `{"buckets": [(upper_bound, cumulative_count), ...], "sum": float, "count": int}`.
     fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        // The snapshot is `Serialize`; going through JSON keeps this in step with the core's fields.
-        let json = serde_json::to_string(&self.engine.metrics())
-            .map_err(|e| to_py_err(cortexstream::Error::Internal(format!("metrics: {e}"))))?;
-        py.import("json")?.call_method1("loads", (json,))
+        // The snapshot's `Serialize` builds the dict directly (no JSON text in between), so it
+        // stays in step with the core's fields.
+        pythonize::pythonize(py, &self.engine.metrics())
+            .map_err(|e| to_py_err(cortexstream::Error::Internal(format!("metrics: {e}"))))
     }
 
     /// What the engine has loaded.

@@ -20,6 +20,7 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<stream::Stream>()?;
     module.add_class::<records::Chunk>()?;
     module.add_class::<records::Completion>()?;
+    module.add_class::<records::StopReason>()?;
     module.add_class::<records::Usage>()?;
     module.add_class::<records::Timings>()?;
     module.add_class::<records::TokenLogprobs>()?;

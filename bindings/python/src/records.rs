@@ -67,6 +67,24 @@ impl From<cortexstream::Timings> for Timings {
     }
 }
 
+/// Which stop ended a request: `kind` is `"eos"`, `"stop_token"`, `"stop_string"`,
+/// `"grammar"`, `"length"`, `"cancelled"` or `"error"`; `token_id` is set for `eos` and
+/// `stop_token`, `stop_string` for `stop_string`.
+#[pyclass(frozen, get_all, module = "cortexstream._core")]
+#[derive(Debug, Clone)]
+pub struct StopReason {
+    kind: &'static str,
+    token_id: Option<u32>,
+    stop_string: Option<String>,
+}
+python_repr!(StopReason { kind, token_id, stop_string });
+
+impl From<&cortexstream::StopReason> for StopReason {
+    fn from(stop: &cortexstream::StopReason) -> Self {
+        Self { kind: stop.kind(), token_id: stop.token_id(), stop_string: stop.stop_string().map(str::to_owned) }
+    }
+}
+
 /// Log-probability of one sampled token and its top alternatives `(token_id, logprob)`, with
 /// the raw bytes of each token (a byte-level token may be part of a UTF-8 character, so bytes
 /// rather than text).
@@ -123,13 +141,14 @@ pub struct Chunk {
     pub(crate) token_id: Option<u32>,
     pub(crate) logprobs: Option<TokenLogprobs>,
     pub(crate) finish_reason: Option<&'static str>,
+    pub(crate) stop_reason: Option<StopReason>,
     pub(crate) usage: Option<Usage>,
     pub(crate) timings: Option<Timings>,
     pub(crate) error: Option<String>,
     /// Calls completed by this chunk (only when the request offered tools).
     pub(crate) tool_calls: Vec<ToolCall>,
 }
-python_repr!(Chunk { text, token_id, logprobs, finish_reason, usage, timings, error, tool_calls });
+python_repr!(Chunk { text, token_id, logprobs, finish_reason, stop_reason, usage, timings, error, tool_calls });
 
 /// The whole result of one request.
 #[pyclass(frozen, get_all, module = "cortexstream._core")]
@@ -138,6 +157,7 @@ pub struct Completion {
     pub(crate) text: String,
     pub(crate) token_ids: Vec<u32>,
     pub(crate) finish_reason: &'static str,
+    pub(crate) stop_reason: StopReason,
     pub(crate) usage: Usage,
     pub(crate) timings: Timings,
     pub(crate) logprobs: Option<Vec<TokenLogprobs>>,
@@ -146,7 +166,7 @@ pub struct Completion {
     /// answer without them, and `finish_reason` is "tool_calls" if it stopped after calling).
     pub(crate) tool_calls: Vec<ToolCall>,
 }
-python_repr!(Completion { text, token_ids, finish_reason, usage, timings, logprobs, error, tool_calls });
+python_repr!(Completion { text, token_ids, finish_reason, stop_reason, usage, timings, logprobs, error, tool_calls });
 
 impl Completion {
     /// `wants_logprobs`: the request asked for log-probabilities (`None` otherwise, not `[]`).
@@ -156,6 +176,7 @@ impl Completion {
             text: c.text,
             token_ids: c.token_ids,
             finish_reason: c.finish_reason.as_str(),
+            stop_reason: (&c.stop_reason).into(),
             usage: c.usage.into(),
             timings: c.timings.into(),
             logprobs: wants_logprobs.then_some(logprobs),

@@ -18,21 +18,38 @@ use super::Constraint;
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
 
-/// Distinct constraints kept compiled; past this the cache starts over (a server fed a new
-/// schema per request must not grow without bound).
+/// Distinct constraints kept compiled; past this the least recently used one is dropped (a
+/// server fed a new schema per request must not grow without bound).
 const MAX_CACHED: usize = 256;
 
 /// A compiled matcher in its start state, or why the constraint does not compile.
 type Compiled = std::result::Result<Mutex<Matcher>, Error>;
 
 /// Compiles constraints for one engine's vocabulary.
-#[derive(Default)]
 pub(crate) struct ConstraintCompiler {
     /// Built on the first constrained request: engines that never see one never pay for it.
     factory: OnceLock<std::result::Result<ParserFactory, String>>,
-    cache: Mutex<HashMap<Constraint, Arc<OnceLock<Compiled>>>>,
+    cache: Mutex<Cache>,
     /// How many compilations ran (cache misses), for tests.
     compilations: AtomicUsize,
+}
+
+/// Compiled constraints with the tick of their last use, at most `capacity` of them.
+struct Cache {
+    entries: HashMap<Constraint, CacheEntry>,
+    capacity: usize,
+    tick: u64,
+}
+
+struct CacheEntry {
+    compiled: Arc<OnceLock<Compiled>>,
+    last_used: u64,
+}
+
+impl Default for ConstraintCompiler {
+    fn default() -> Self {
+        Self::with_capacity(MAX_CACHED)
+    }
 }
 
 impl ConstraintCompiler {
@@ -52,17 +69,32 @@ impl ConstraintCompiler {
         }
     }
 
+    /// A compiler keeping at most `capacity` (at least 1) compiled constraints.
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        Self {
+            factory: OnceLock::new(),
+            cache: Mutex::new(Cache { entries: HashMap::new(), capacity: capacity.max(1), tick: 0 }),
+            compilations: AtomicUsize::new(0),
+        }
+    }
+
     pub fn compilations(&self) -> usize {
         self.compilations.load(Ordering::Relaxed)
     }
 
+    /// How many constraints are cached now (at most the capacity).
+    pub fn cached(&self) -> usize {
+        self.lock_cache().entries.len()
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        // The cache holds no invariant a panicking holder could break half-way.
+        self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// The cache entry of `constraint`, created empty if new.
     fn slot(&self, constraint: &Constraint) -> Arc<OnceLock<Compiled>> {
-        let mut cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if cache.len() >= MAX_CACHED && !cache.contains_key(constraint) {
-            cache.clear();
-        }
-        Arc::clone(cache.entry(constraint.clone()).or_default())
+        self.lock_cache().slot(constraint)
     }
 
     fn compile(&self, constraint: &Constraint, tokenizer: &Tokenizer, vocab_size: usize) -> Compiled {
@@ -80,6 +112,32 @@ impl ConstraintCompiler {
             return Err(Error::invalid(field, message));
         }
         Ok(Mutex::new(matcher))
+    }
+}
+
+impl Cache {
+    /// The entry of `constraint`, marked as just used; a new one evicts the least recently
+    /// used entry when the cache is full (a request holding it keeps its own `Arc`).
+    fn slot(&mut self, constraint: &Constraint) -> Arc<OnceLock<Compiled>> {
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some(entry) = self.entries.get_mut(constraint) {
+            entry.last_used = tick;
+            return Arc::clone(&entry.compiled);
+        }
+        if self.entries.len() >= self.capacity {
+            self.evict_least_recently_used();
+        }
+        let compiled = Arc::new(OnceLock::new());
+        self.entries.insert(constraint.clone(), CacheEntry { compiled: Arc::clone(&compiled), last_used: tick });
+        compiled
+    }
+
+    fn evict_least_recently_used(&mut self) {
+        let oldest = self.entries.iter().min_by_key(|(_, entry)| entry.last_used).map(|(key, _)| key.clone());
+        if let Some(key) = oldest {
+            self.entries.remove(&key);
+        }
     }
 }
 

@@ -9,12 +9,15 @@
 //! `max_tokens` first ends with `length` (its output is then a prefix of a valid one).
 
 pub(crate) mod compiler;
+pub(crate) mod masks;
 pub(crate) mod state;
 mod vocabulary;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+
+pub use masks::MaskCounts;
 
 /// What a constrained request's output must match.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

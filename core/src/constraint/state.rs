@@ -29,6 +29,17 @@ impl ConstraintState {
         self.prepared = Some(self.compute_mask());
     }
 
+    /// Whether [`Self::prepare_mask`] ran since the last token (successfully or not).
+    pub fn is_mask_prepared(&self) -> bool {
+        self.prepared.is_some()
+    }
+
+    /// Records that preparing the mask failed (it panicked): sampling then fails the request
+    /// instead of computing the mask again from a parser state that may be broken.
+    pub fn fail_mask(&mut self, reason: String) {
+        self.prepared = Some(Err(format!("the `{}` constraint failed: {reason}", self.field)));
+    }
+
     fn compute_mask(&mut self) -> Result<SimpleVob, String> {
         self.matcher.compute_mask().map_err(|e| self.failure(&e))
     }

@@ -1,7 +1,7 @@
 //! Admission: validating and tokenizing a request on the caller's thread, before it is
 //! queued for the engine thread.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,8 +11,9 @@ use super::sequence::{EventCallback, EventSink, Sequence};
 use super::Shared;
 use crate::detokenize::StreamingText;
 use crate::error::{Error, Result};
-use crate::request::{Prompt, Request};
+use crate::request::{Prompt, Request, SamplingParams, StopReason};
 use crate::sampling::Sampler;
+use crate::tokenizer::Tokenizer;
 use crate::tools;
 
 /// Tokenizes and validates a request (on the caller's thread, so errors return at once and
@@ -73,10 +74,7 @@ pub(super) fn prepare(
     let constraint =
         tools::effective_constraint(&request, shared.chat_template.tool_format(), &special_token, &compile)?;
     let constraint = constraint.as_ref().map(|c| shared.constraints.start(c, tokenizer, vocab_size)).transpose()?;
-    let mut stop_ids: HashSet<u32> = request.params.stop_token_ids.iter().copied().collect();
-    if !request.params.ignore_eos {
-        stop_ids.extend(tokenizer.end_of_generation_ids().iter().copied());
-    }
+    let stop_ids = stop_tokens(&request.params, tokenizer);
     let cancel = Arc::new(AtomicBool::new(false));
     let (tx, rx) = crossbeam_channel::unbounded();
     let sink = match callback {
@@ -115,4 +113,14 @@ pub(super) fn prepare(
     };
     let handle = RequestHandle::new(id, prompt_len, rx, cancel);
     Ok((sequence, handle))
+}
+
+/// The token ids that end a request, each with the stop it reports. A requested stop token id
+/// wins over the same id as an end-of-generation token: the request named it.
+fn stop_tokens(params: &SamplingParams, tokenizer: &Tokenizer) -> HashMap<u32, StopReason> {
+    let end_of_generation = tokenizer.end_of_generation_ids().iter().filter(|_| !params.ignore_eos);
+    let mut stops: HashMap<u32, StopReason> =
+        end_of_generation.map(|&id| (id, StopReason::EndOfGeneration(id))).collect();
+    stops.extend(params.stop_token_ids.iter().map(|&id| (id, StopReason::StopTokenId(id))));
+    stops
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::request::{Event, FinishReason, Timings, TokenLogprobs, Usage};
+use crate::request::{Event, FinishReason, StopReason, Timings, TokenLogprobs, Usage};
 
 /// What is loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +42,8 @@ pub struct Completion {
     /// Every sampled token, including an end-of-generation token that ended the request.
     pub token_ids: Vec<u32>,
     pub finish_reason: FinishReason,
+    /// Which stop ended it (`finish_reason` is always `stop_reason.finish_reason()`).
+    pub stop_reason: StopReason,
     pub usage: Usage,
     pub timings: Timings,
     /// One entry per token when log-probabilities were requested, else empty.
@@ -68,10 +70,11 @@ impl CompletionBuilder {
                 self.logprobs.extend(logprobs);
                 None
             }
-            Event::Finished { reason, usage, timings, error } => Some(Completion {
+            Event::Finished { reason, stop_reason, usage, timings, error } => Some(Completion {
                 text: std::mem::take(&mut self.text),
                 token_ids: std::mem::take(&mut self.token_ids),
                 finish_reason: reason,
+                stop_reason,
                 usage,
                 timings,
                 logprobs: std::mem::take(&mut self.logprobs),

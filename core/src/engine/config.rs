@@ -17,7 +17,8 @@ pub struct EngineConfig {
     /// A `tokenizer.json` to use instead of the GGUF's own tokenizer. Without one, a
     /// `tokenizer.json` next to the model file is used if present, else the GGUF metadata.
     pub tokenizer: Option<PathBuf>,
-    /// A sentence-transformers folder for [`Engine::embed`](super::Engine::embed) (none: no embeddings).
+    /// A sentence-transformers folder for [`Engine::embed`](super::Engine::embed) (none: no
+    /// embeddings).
     pub embedding_model: Option<PathBuf>,
     /// Most sequences in the running batch (default 32).
     pub max_running: usize,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, TryRecvError};
 
 use super::completion::{Completion, CompletionBuilder};
-use crate::request::{Event, FinishReason, Timings, Usage};
+use crate::request::{Event, FinishReason, StopReason, Timings, Usage};
 
 /// Why a receive returned no event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +115,7 @@ impl RequestHandle {
     fn observe(&self, event: Option<Event>) -> Event {
         let event = event.unwrap_or(Event::Finished {
             reason: FinishReason::Cancelled,
+            stop_reason: StopReason::Cancelled,
             usage: Usage { prompt_tokens: self.prompt_tokens, ..Usage::default() },
             timings: Timings::default(),
             error: Some("the engine shut down".into()),

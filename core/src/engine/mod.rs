@@ -19,6 +19,8 @@ use crossbeam_channel::Sender;
 
 use crate::chat::ChatTemplate;
 use crate::constraint::compiler::ConstraintCompiler;
+use crate::constraint::masks::MaskCounters;
+use crate::constraint::MaskCounts;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::metrics::{add, Metrics, MetricsSnapshot};
@@ -66,6 +68,8 @@ struct Shared {
     kv_capacity_tokens: usize,
     /// Compiles and caches the requests' output constraints.
     constraints: ConstraintCompiler,
+    /// How the token masks of constrained sequences were computed (beside the forward or late).
+    mask_counters: Arc<MaskCounters>,
 }
 
 /// A loaded model serving requests on its own thread. `Send + Sync`: share it with `Arc`.
@@ -167,6 +171,7 @@ impl Engine {
             kv_capacity_tokens,
             pool,
             constraints: ConstraintCompiler::default(),
+            mask_counters: Arc::default(),
         });
         let worker = StepLoop::new(Arc::clone(&shared), model, kv, scheduler, command_rx);
         let thread = std::thread::Builder::new()
@@ -183,7 +188,8 @@ impl Engine {
 
     /// Like [`submit`](Self::submit), but every event also goes to `callback`, called on the
     /// engine thread (keep it short). Returning `false` cancels the request; a panicking callback
-    /// ends it with [`FinishReason::Error`](crate::request::FinishReason::Error). The handle receives only the `Finished` event.
+    /// ends it with [`FinishReason::Error`](crate::request::FinishReason::Error). The handle
+    /// receives only the `Finished` event.
     pub fn submit_with_callback(&self, request: Request, callback: EventCallback) -> Result<RequestHandle> {
         self.submit_inner(request, Some(callback))
     }
@@ -302,6 +308,19 @@ impl Engine {
     #[doc(hidden)]
     pub fn constraint_compilations(&self) -> usize {
         self.shared.constraints.compilations()
+    }
+
+    /// How many compiled constraints this engine keeps cached now (bounded).
+    #[doc(hidden)]
+    pub fn constraint_cache_len(&self) -> usize {
+        self.shared.constraints.cached()
+    }
+
+    /// How many token masks were ready before sampling (computed beside the forward) and how
+    /// many sampling had to compute itself.
+    #[doc(hidden)]
+    pub fn constraint_mask_counts(&self) -> MaskCounts {
+        self.shared.mask_counters.counts()
     }
 }
 

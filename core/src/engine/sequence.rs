@@ -1,7 +1,7 @@
 //! One request's life inside the engine: its tokens, KV blocks, sampler, text stream,
 //! timestamps, and where its events go.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,7 +11,7 @@ use crossbeam_channel::Sender;
 use super::block_allocator::{BlockHash, BlockTable};
 use crate::constraint::state::ConstraintState;
 use crate::detokenize::StreamingText;
-use crate::request::{Event, FinishReason, Timings, Usage};
+use crate::request::{Event, StopReason, Timings, Usage};
 use crate::sampling::Sampler;
 
 /// A user callback receiving every event on the engine thread; returning `false` cancels.
@@ -99,8 +99,9 @@ pub(crate) struct Sequence {
     /// The grammar its output must follow, if the request is constrained.
     pub constraint: Option<ConstraintState>,
     pub text: StreamingText,
-    /// Token ids that end the request (end-of-generation ids unless ignore_eos, plus stop_token_ids).
-    pub stop_ids: HashSet<u32>,
+    /// Token ids that end the request, each with the stop it reports: the request's
+    /// stop_token_ids, and the model's end-of-generation ids unless ignore_eos.
+    pub stop_ids: HashMap<u32, StopReason>,
     pub sink: EventSink,
     pub cancel: Arc<AtomicBool>,
     pub cached_prompt_tokens: usize,
@@ -167,8 +168,14 @@ impl Sequence {
 
     /// Ends the sequence: its blocks and queue place are given back now, and the returned
     /// final event is delivered by the caller once the engine's gauges say so.
-    pub fn finish(self, reason: FinishReason, error: Option<String>) -> FinalEvent {
-        let event = Event::Finished { reason, usage: self.usage(), timings: self.timings(Instant::now()), error };
+    pub fn finish(self, stop: StopReason, error: Option<String>) -> FinalEvent {
+        let event = Event::Finished {
+            reason: stop.finish_reason(),
+            stop_reason: stop,
+            usage: self.usage(),
+            timings: self.timings(Instant::now()),
+            error,
+        };
         // Everything but the sink (blocks included) is dropped here.
         FinalEvent { sink: self.sink, event }
     }

@@ -11,13 +11,13 @@ use crossbeam_channel::Receiver;
 use super::scheduler::{ScheduledChunk, Scheduler};
 use super::sequence::{panic_message, Delivery, FinalEvent, Sequence};
 use super::{Command, Shared};
-use crate::constraint::state::ConstraintState;
+use crate::constraint::masks::{MaskWorker, StepStates};
 use crate::detokenize::Step;
 use crate::error::Result;
 use crate::kv_cache::KvStorage;
 use crate::metrics::{add, Metrics};
 use crate::models::{GenerationModel, SeqChunk};
-use crate::request::{Event, FinishReason};
+use crate::request::{Event, StopReason};
 use crate::tokenizer::Tokenizer;
 
 /// The engine thread: owns the model, the KV storage and the scheduler.
@@ -35,7 +35,9 @@ pub(super) struct StepLoop {
     /// [`reuse_allocation`]).
     chunks: Vec<SeqChunk<'static>>,
     /// Sequences that finished in the step: id, reason, error.
-    finished: Vec<(u64, FinishReason, Option<String>)>,
+    finished: Vec<(u64, StopReason, Option<String>)>,
+    /// Computes the token masks of constrained sequences beside the forward.
+    masks: MaskWorker,
 }
 
 /// An empty vector of another lifetime that keeps `buffer`'s allocation. `SeqChunk<'a>` has
@@ -56,6 +58,7 @@ impl StepLoop {
         commands: Receiver<Command>,
     ) -> Self {
         Self {
+            masks: MaskWorker::new(Arc::clone(&shared.mask_counters)),
             shared,
             model,
             kv,
@@ -125,13 +128,13 @@ impl StepLoop {
         let metrics = Arc::clone(&self.shared.metrics);
         add(&metrics.preemptions, report.preempted as u64);
         add(&metrics.prefix_cache_hit_tokens, report.prefix_hit_tokens as u64);
-        self.retire(report.out_of_space.into_iter().map(|seq| (seq, FinishReason::Length, None)));
+        self.retire(report.out_of_space.into_iter().map(|seq| (seq, StopReason::Length, None)));
         if plan.is_empty() {
             return Ok(());
         }
 
         // The grammar states of the sequences sampling this step leave their sequences for the
-        // forward, so their masks can be computed beside it (see `forward_and_masks`).
+        // forward, so their masks can be computed beside it (see `MaskWorker`).
         let mut constrained = take_sampling_constraints(&mut self.scheduler.running, plan);
         let running = &self.scheduler.running;
         let mut chunks = reuse_allocation(std::mem::take(&mut self.chunks));
@@ -150,7 +153,8 @@ impl StepLoop {
         // after preemption).
         let is_decode = |c: &ScheduledChunk| c.len == 1 && c.start >= running[c.index].prompt_len;
         let prefill_tokens: usize = plan.iter().filter(|c| !is_decode(c)).map(|c| c.len).sum();
-        let outcome = forward_and_masks(&self.model, &chunks, &mut self.kv, &mut self.logits, &mut constrained);
+        let (model, kv, logits) = (&self.model, &mut self.kv, &mut self.logits);
+        let outcome = self.masks.beside(&mut constrained, || model.forward(&chunks, kv, logits));
         self.chunks = reuse_allocation(chunks);
         for (index, state) in constrained {
             self.scheduler.running[index].constraint = Some(state);
@@ -187,7 +191,7 @@ impl StepLoop {
     /// Ends cancelled requests (flag set by the caller, or the consumer went away).
     fn reap_cancelled(&mut self) {
         let removed = self.scheduler.remove_where(Sequence::is_cancelled);
-        self.retire(removed.into_iter().map(|seq| (seq, FinishReason::Cancelled, None)));
+        self.retire(removed.into_iter().map(|seq| (seq, StopReason::Cancelled, None)));
     }
 
     /// Counts a failed step and fails the requests it was computing.
@@ -200,33 +204,33 @@ impl StepLoop {
     fn fail_running(&mut self, message: &str) {
         let ids: HashSet<u64> = self.scheduler.running.iter().map(|s| s.id).collect();
         let removed = self.scheduler.remove_where(|s| ids.contains(&s.id));
-        self.retire(removed.into_iter().map(|seq| (seq, FinishReason::Error, Some(message.to_string()))));
+        self.retire(removed.into_iter().map(|seq| (seq, StopReason::Error, Some(message.to_string()))));
     }
 
     fn cancel_everything(&mut self) {
         let removed = self.scheduler.remove_where(|_| true);
-        self.retire(removed.into_iter().map(|seq| (seq, FinishReason::Cancelled, None)));
+        self.retire(removed.into_iter().map(|seq| (seq, StopReason::Cancelled, None)));
         // Requests that raced with shutdown.
         let raced: Vec<Sequence> = std::iter::from_fn(|| match self.commands.try_recv() {
             Ok(Command::Submit(seq)) => Some(*seq),
             _ => None,
         })
         .collect();
-        self.retire(raced.into_iter().map(|seq| (seq, FinishReason::Cancelled, None)));
+        self.retire(raced.into_iter().map(|seq| (seq, StopReason::Cancelled, None)));
         self.publish_gauges();
     }
 
     /// Ends sequences: gives back their blocks and queue places, counts the outcomes and
     /// publishes the gauges, and only then delivers their `Finished` events, so a caller that
     /// sees `Finished` also sees the blocks free in the metrics.
-    fn retire(&mut self, ended: impl IntoIterator<Item = (Sequence, FinishReason, Option<String>)>) {
+    fn retire(&mut self, ended: impl IntoIterator<Item = (Sequence, StopReason, Option<String>)>) {
         let metrics = &self.shared.metrics;
         let mut finals: Vec<FinalEvent> = Vec::new();
         for (seq, reason, error) in ended {
             add(&metrics.requests_finished, 1);
             match reason {
-                FinishReason::Cancelled => add(&metrics.requests_cancelled, 1),
-                FinishReason::Error => add(&metrics.requests_failed, 1),
+                StopReason::Cancelled => add(&metrics.requests_cancelled, 1),
+                StopReason::Error => add(&metrics.requests_failed, 1),
                 _ => {}
             }
             finals.push(seq.finish(reason, error));
@@ -253,35 +257,11 @@ impl StepLoop {
 
 /// Takes the constraint state out of every sequence that samples a token this step, with its
 /// index in `running` (put back after the forward).
-fn take_sampling_constraints(running: &mut [Sequence], plan: &[ScheduledChunk]) -> Vec<(usize, ConstraintState)> {
+fn take_sampling_constraints(running: &mut [Sequence], plan: &[ScheduledChunk]) -> StepStates {
     plan.iter()
         .filter(|c| c.want_logits)
         .filter_map(|c| running[c.index].constraint.take().map(|state| (c.index, state)))
         .collect()
-}
-
-/// Runs the forward and, on a helper thread meanwhile, the token masks of `constrained`: a
-/// mask depends only on the tokens already sampled, so it need not wait for the logits, and
-/// 32 constrained streams cost little more than 32 free ones. Without constrained sequences
-/// no thread is started.
-fn forward_and_masks(
-    model: &GenerationModel,
-    chunks: &[SeqChunk<'_>],
-    kv: &mut KvStorage,
-    logits: &mut Vec<f32>,
-    constrained: &mut [(usize, ConstraintState)],
-) -> Result<()> {
-    if constrained.is_empty() {
-        return model.forward(chunks, kv, logits);
-    }
-    std::thread::scope(|scope| {
-        let masks = scope.spawn(|| constrained.iter_mut().for_each(|(_, state)| state.prepare_mask()));
-        let outcome = model.forward(chunks, kv, logits);
-        // A panic while masking leaves the masks unprepared; sampling then computes them
-        // itself (and reports any failure on that request alone).
-        let _ = masks.join();
-        outcome
-    })
 }
 
 /// Samples the next token of `seq` from its logits, streams it, and says whether the
@@ -291,17 +271,17 @@ fn advance(
     logits: &mut [f32],
     tokenizer: &Tokenizer,
     metrics: &Metrics,
-) -> Option<(FinishReason, Option<String>)> {
+) -> Option<(StopReason, Option<String>)> {
     let now = Instant::now();
     if let Some(constraint) = &mut seq.constraint {
         if let Err(message) = constraint.mask_logits(logits) {
-            return Some((FinishReason::Error, Some(message)));
+            return Some((StopReason::Error, Some(message)));
         }
     }
     let sampled = seq.sampler.sample(logits, &seq.tokens);
     let token = sampled.token;
     let grammar_complete = match seq.constraint.as_mut().map(|c| c.advance(token)) {
-        Some(Err(message)) => return Some((FinishReason::Error, Some(message))),
+        Some(Err(message)) => return Some((StopReason::Error, Some(message))),
         Some(Ok(complete)) => complete,
         None => false,
     };
@@ -317,24 +297,24 @@ fn advance(
 
     let mut reason = None;
     let mut text = String::new();
-    if seq.stop_ids.contains(&token) {
-        reason = Some(FinishReason::Stop);
+    if let Some(stop) = seq.stop_ids.get(&token) {
+        reason = Some(stop.clone());
     } else {
         // Special tokens (control markers) are not part of the visible text.
         let bytes = if tokenizer.is_special(token) { &[][..] } else { tokenizer.token_bytes(token).unwrap_or(&[]) };
         match seq.text.push(bytes) {
             Step::Text(t) => text = t,
-            Step::Stopped(t) => {
-                text = t;
-                reason = Some(FinishReason::Stop);
+            Step::Stopped { text: before, stop } => {
+                text = before;
+                reason = Some(StopReason::StopString(stop));
             }
         }
     }
     if reason.is_none() && grammar_complete {
-        reason = Some(FinishReason::Stop);
+        reason = Some(StopReason::GrammarComplete);
     }
     if reason.is_none() && seq.generated() >= seq.max_new_tokens {
-        reason = Some(FinishReason::Length);
+        reason = Some(StopReason::Length);
     }
     if reason.is_some() {
         // Nothing can complete a stop string any more: release what was held back.
@@ -347,9 +327,9 @@ fn advance(
     let event = Event::Token { id: token, text, logprobs };
     match seq.sink.deliver(event) {
         Delivery::Delivered => reason.map(|r| (r, None)),
-        Delivery::ConsumerGone => Some((FinishReason::Cancelled, None)),
+        Delivery::ConsumerGone => Some((StopReason::Cancelled, None)),
         Delivery::CallbackPanicked(message) => {
-            Some((FinishReason::Error, Some(format!("the event callback panicked: {message}"))))
+            Some((StopReason::Error, Some(format!("the event callback panicked: {message}"))))
         }
     }
 }

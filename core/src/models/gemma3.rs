@@ -22,6 +22,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::error::Result;
 use crate::gguf::{GgufFile, Value};
 use crate::kv_cache::{KvPool, KvStorage};
 use crate::models::attention::{self, Span};
@@ -36,7 +37,6 @@ use crate::models::weights::{layer_tensor, Weights};
 use crate::models::{check_chunks, check_sliding_tables, load_error, SeqChunk};
 use crate::quant::QMatrix;
 use crate::threadpool::ThreadPool;
-use crate::Result;
 
 const ARCHITECTURE: &str = "gemma3";
 
@@ -388,7 +388,7 @@ impl Gemma3Model {
         let misplaced = (0..c.n_layers).find(|&l| (kv.pool_of(l) == KvPool::Sliding) != (c.span(l) != Span::Causal));
         match (c.sliding_window, misplaced) {
             (Some(window), None) => check_sliding_tables(chunks, kv, window),
-            _ => Err(crate::Error::Internal(format!(
+            _ => Err(crate::error::Error::Internal(format!(
                 "the KV storage's sliding pool does not hold exactly the sliding layers (layer {misplaced:?})"
             ))),
         }

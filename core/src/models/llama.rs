@@ -17,6 +17,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::error::Result;
 use crate::gguf::GgufFile;
 use crate::kv_cache::KvStorage;
 use crate::models::attention;
@@ -31,7 +32,6 @@ use crate::models::weights::{layer_tensor, Weights};
 use crate::models::{check_chunks, load_error, SeqChunk};
 use crate::quant::QMatrix;
 use crate::threadpool::ThreadPool;
-use crate::Result;
 
 /// What differs between the architectures this decoder runs: everything else (RMS norms, GQA
 /// attention, SwiGLU FFN, RoPE scaling, the metadata refusals) is shared.

@@ -1,9 +1,9 @@
 //! Reading an architecture's `{arch}.*` hyperparameters from GGUF metadata, with errors that
 //! name the key.
 
+use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, Value};
 use crate::models::load_error;
-use crate::{Error, Result};
 
 /// Largest attention head size accepted from a file (real models use 64 to 256).
 pub(crate) const MAX_HEAD_DIM: usize = 1024;

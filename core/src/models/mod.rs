@@ -20,10 +20,10 @@ pub(crate) mod weights;
 
 use std::sync::Arc;
 
+use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::kv_cache::{KvPool, KvStorage};
 use crate::threadpool::ThreadPool;
-use crate::{Error, Result};
 
 /// The slice of one sequence that a forward step processes.
 ///

@@ -19,6 +19,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::error::Result;
 use crate::gguf::GgufFile;
 use crate::kv_cache::KvStorage;
 use crate::models::attention::{self, Span};
@@ -33,7 +34,6 @@ use crate::models::weights::{layer_tensor, Weights};
 use crate::models::{check_chunks, SeqChunk};
 use crate::quant::QMatrix;
 use crate::threadpool::ThreadPool;
-use crate::Result;
 
 /// Which of the two architectures a file is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,9 +2,9 @@
 //! frequency table each change the numerics, and skipping one would run the model silently
 //! wrong.
 
+use crate::error::Result;
 use crate::gguf::GgufFile;
 use crate::models::load_error;
-use crate::Result;
 
 /// The tensors an architecture's forward reads.
 pub(crate) struct ReadTensors<'a> {

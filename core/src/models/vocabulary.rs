@@ -24,7 +24,7 @@ pub(crate) struct Vocabulary {
 impl Vocabulary {
     /// Reads `token_embd.weight` and `output.weight` (optional: tied to the embedding when
     /// absent), both `vocab_size × hidden`, and `output_norm.weight`.
-    pub fn load(w: &Weights<'_>, vocab_size: usize, hidden: usize) -> crate::Result<Self> {
+    pub fn load(w: &Weights<'_>, vocab_size: usize, hidden: usize) -> crate::error::Result<Self> {
         Ok(Self {
             token_embedding: w.matrix("token_embd.weight", vocab_size, hidden)?,
             output_norm: w.vector("output_norm.weight", hidden)?,

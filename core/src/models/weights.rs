@@ -1,10 +1,10 @@
 //! Loading a model's weights from a GGUF, checking each tensor's shape against the config.
 
+use crate::error::Result;
 use crate::gguf::GgufFile;
 use crate::models::load_error;
 use crate::models::stacked::StackedMatrix;
 use crate::quant::QMatrix;
-use crate::Result;
 
 /// The tensors of one opened file.
 pub(crate) struct Weights<'a> {

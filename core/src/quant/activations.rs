@@ -17,24 +17,6 @@ pub struct Q8Block {
     pub q: [i8; BLOCK],
 }
 
-/// Quantizes one row (`x.len() == out.len() * 32`) block by block.
-///
-/// Each block uses its own scale `max|x| / 127` and rounds to nearest, ties to even, so a
-/// row's result depends only on that row: the root of batch invariance. The AVX2 version
-/// gives the same bits (same scale, same rounding, exact integer sum).
-pub fn quantize_row(x: &[f32], out: &mut [Q8Block]) {
-    debug_assert_eq!(x.len(), out.len() * BLOCK);
-    #[cfg(target_arch = "x86_64")]
-    if super::avx2::is_available() {
-        for (values, block) in x.chunks_exact(BLOCK).zip(out.iter_mut()) {
-            // SAFETY: AVX2 is available (checked above); `values` holds exactly 32 floats.
-            unsafe { super::avx2::quantize_block(values.try_into().expect("32 values"), block) };
-        }
-        return;
-    }
-    quantize_row_portable(x, out);
-}
-
 /// The scale `d` of a block whose largest magnitude is `amax`, and the inverse the values are
 /// multiplied by; every path (portable and SIMD) takes both from here.
 ///
@@ -52,7 +34,11 @@ pub(super) fn block_scale(amax: f32) -> (f32, f32) {
     }
 }
 
-/// The portable statement of [`quantize_row`].
+/// Quantizes one row (`x.len() == out.len() * 32`) block by block, portably; the SIMD paths
+/// give the same bits (see `quantize_row` in the parent module, which picks one).
+///
+/// Each block uses its own scale `max|x| / 127` and rounds to nearest, ties to even, so a
+/// row's result depends only on that row: the root of batch invariance.
 pub fn quantize_row_portable(x: &[f32], out: &mut [Q8Block]) {
     for (values, block) in x.chunks_exact(BLOCK).zip(out.iter_mut()) {
         let amax = values.iter().fold(0f32, |acc, v| acc.max(v.abs()));
@@ -73,6 +59,8 @@ pub fn quantize_row_portable(x: &[f32], out: &mut [Q8Block]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // The dispatcher (AVX2 where available) is checked against the portable statement here.
+    use crate::quant::quantize_row;
 
     #[test]
     fn quantization_error_is_at_most_half_a_step() {

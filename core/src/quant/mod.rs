@@ -39,11 +39,11 @@ mod vnni;
 
 use std::cell::RefCell;
 
+use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile};
 use crate::threadpool::ThreadPool;
-use crate::{Error, Result};
 
-use activations::{quantize_row, Q8Block};
+use activations::{quantize_row_portable, Q8Block};
 use blocks::{f16_to_f32, QuantFormat, BLOCK};
 use disjoint::DisjointSlice;
 use interleaved::LANES;
@@ -52,6 +52,23 @@ use interleaved::LANES;
 /// kernel (4 accumulators, 4 partial sums, the unpacked weights and temporaries fit the 16 YMM
 /// registers).
 const TILE: usize = 4;
+
+/// Quantizes one activation row (`x.len() == out.len() * 32`) block by block, with AVX2 where
+/// the CPU has it, else portably ([`activations::quantize_row_portable`], which states the
+/// rule); both give the same bits (same scale, same rounding, exact integer sum). Lives here,
+/// above both, so that `activations` and `avx2` do not import each other.
+pub fn quantize_row(x: &[f32], out: &mut [Q8Block]) {
+    debug_assert_eq!(x.len(), out.len() * BLOCK);
+    #[cfg(target_arch = "x86_64")]
+    if avx2::is_available() {
+        for (values, block) in x.chunks_exact(BLOCK).zip(out.iter_mut()) {
+            // SAFETY: AVX2 is available (checked above); `values` holds exactly 32 floats.
+            unsafe { avx2::quantize_block(values.try_into().expect("32 values"), block) };
+        }
+        return;
+    }
+    quantize_row_portable(x, out);
+}
 
 /// The tensor types [`QMatrix`] loads, by their ggml names (for errors).
 pub const SUPPORTED_TYPES: &str =

@@ -34,19 +34,24 @@ def engine_seed(seed: int | None) -> int | None:
     return None if seed is None or seed < 0 else seed
 
 
-def fan_out(prompts: list, *, chat: bool, sampling: dict, n: int) -> list[Job]:
+#: The lowest priority the engine takes (a signed 32-bit integer).
+PRIORITY_MIN = -(2**31)
+
+
+def fan_out(prompts: list, *, chat: bool, sampling: dict, n: int, priority: int = 0) -> list[Job]:
     """`n` jobs per prompt, in OpenAI's choice order; a fixed seed becomes seed, seed+1, ...
     (wrapping at 2**64) so the `n` choices differ but stay reproducible.
 
-    The k-th job of the request gets engine priority -k: a request's first job competes with
-    other clients' requests as an equal, its extra jobs wait behind them in the queue, so one
-    request's fan-out cannot push a second client's single request back."""
+    The k-th job of the request gets engine priority `priority - k` (the request's `priority`
+    extension, default 0; never below the engine's minimum): a request's first job competes
+    with other clients' requests of its priority as an equal, its extra jobs wait behind them in
+    the queue, so one request's fan-out cannot push a second client's single request back."""
     jobs = []
     for prompt in prompts:
         for i in range(n):
             seed = sampling.get("seed")
             job_sampling = sampling if seed is None else {**sampling, "seed": (seed + i) % 2**64}
-            jobs.append(Job(prompt, chat, {**job_sampling, "priority": -len(jobs)}))
+            jobs.append(Job(prompt, chat, {**job_sampling, "priority": max(priority - len(jobs), PRIORITY_MIN)}))
     return jobs
 
 

@@ -127,7 +127,7 @@ async def generate(body: OllamaGenerateRequest, state: ReadyState, request: Requ
     if not body.prompt:
         # Ollama's way to preload a model: an empty prompt answers at once.
         return _load_response(body.model, {"response": ""})
-    sampling = {**_sampling(body.options), **ollama_constraint(body.format)}
+    sampling = {**_sampling(body.options), **ollama_constraint(body.format), "priority": body.priority}
     if body.raw:
         job = Job(body.prompt, chat=False, sampling=sampling)
     else:
@@ -149,7 +149,7 @@ async def chat(body: OllamaChatRequest, state: ReadyState, request: Request):
     tools = {"tools": body.tools} if body.tools else {}
     if body.tool_choice is not None:
         tools["tool_choice"] = body.tool_choice
-    sampling = {**_sampling(body.options), **ollama_constraint(body.format), **tools}
+    sampling = {**_sampling(body.options), **ollama_constraint(body.format), "priority": body.priority, **tools}
     job = Job(ollama_history(body.messages), chat=True, sampling=sampling)
     return await _respond(state, body.model, job, body.stream, lambda result: {"message": _chat_message(result)},
                           request.receive, _FORMAT_FIELDS)

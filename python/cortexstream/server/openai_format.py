@@ -34,13 +34,30 @@ _OPENAI_FINISH_REASONS = frozenset({"stop", "length", "tool_calls"})
 ENGINE_FINISH_REASON_FIELD = "cortexstream_finish_reason"
 
 
-def finish_fields(reason: str | None) -> dict:
-    """A choice's `finish_reason` in OpenAI's vocabulary. The engine's "cancelled" (the server
-    closed the engine at shutdown while the request ran) becomes "length", which tells a client
-    that the text was cut short, with the engine's reason in `cortexstream_finish_reason`."""
-    if reason is None or reason in _OPENAI_FINISH_REASONS:
-        return {"finish_reason": reason}
-    return {"finish_reason": "length", ENGINE_FINISH_REASON_FIELD: reason}
+def stop_reason_value(stop: cortexstream.StopReason | None) -> str | int | None:
+    """vLLM's `stop_reason` (an extension of OpenAI's choices): the stop string or the stop token
+    id that ended the request; null when something else did (the model's end-of-generation
+    token, a length limit, a complete structured output, a cancellation)."""
+    if stop is None:
+        return None
+    if stop.kind == "stop_string":
+        return stop.stop_string
+    if stop.kind == "stop_token":
+        return stop.token_id
+    return None
+
+
+def finish_fields(reason: str | None, stop: cortexstream.StopReason | None = None) -> dict:
+    """A choice's `finish_reason` in OpenAI's vocabulary, and on a finished choice vLLM's
+    `stop_reason`. The engine's "cancelled" (the server closed the engine at shutdown while the
+    request ran) becomes "length", which tells a client that the text was cut short, with the
+    engine's reason in `cortexstream_finish_reason`."""
+    if reason is None:
+        return {"finish_reason": None}
+    detail = {"stop_reason": stop_reason_value(stop)}
+    if reason in _OPENAI_FINISH_REASONS:
+        return {"finish_reason": reason, **detail}
+    return {"finish_reason": "length", ENGINE_FINISH_REASON_FIELD: reason, **detail}
 
 
 def usage_body(usages: list[cortexstream.Usage]) -> dict:

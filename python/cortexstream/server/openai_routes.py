@@ -116,7 +116,7 @@ async def chat_completions(body: ChatCompletionRequest, state: ReadyState, reque
     # max_completion_tokens is the newer name of max_tokens; it wins when both are sent.
     max_tokens = body.max_tokens if body.max_completion_tokens is None else body.max_completion_tokens
     sampling = {**_sampling(body, max_tokens, top), **openai_constraint(body)}
-    jobs = fan_out([messages], chat=True, sampling=sampling, n=_choices(body.n, state))
+    jobs = fan_out([messages], chat=True, sampling=sampling, n=_choices(body.n, state), priority=body.priority)
     envelope = Envelope.new("chat.completion", body.model, "chatcmpl")
     texts = TokenTexts(state.engine)
     if body.stream:
@@ -130,7 +130,7 @@ async def chat_completions(body: ChatCompletionRequest, state: ReadyState, reque
             "index": i,
             "message": _assistant_message(c),
             "logprobs": texts.chat_logprobs(c.logprobs) if c.logprobs is not None else None,
-            **finish_fields(c.finish_reason),
+            **finish_fields(c.finish_reason, c.stop_reason),
         }
         for i, c in enumerate(completions)
     ]
@@ -162,8 +162,9 @@ async def _chat_events(streams, envelope: Envelope, texts: TokenTexts, include_u
     # With include_usage every chunk carries `usage: null` and a last chunk with no choices has it.
     extra = {"usage": None} if include_usage else {}
 
-    def chunk(index: int, delta: dict, finish_reason: str | None = None, logprobs=None) -> str:
-        choice = {"index": index, "delta": delta, "logprobs": logprobs, **finish_fields(finish_reason)}
+    def chunk(index: int, delta: dict, finish: cortexstream.Chunk | None = None, logprobs=None) -> str:
+        finish_reason, stop = (finish.finish_reason, finish.stop_reason) if finish is not None else (None, None)
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, **finish_fields(finish_reason, stop)}
         return sse_event(envelope.body([choice], **extra))
 
     usages = []
@@ -180,7 +181,7 @@ async def _chat_events(streams, envelope: Envelope, texts: TokenTexts, include_u
             calls_made[index] += len(piece.tool_calls)
             if piece.finish_reason is not None:
                 usages.append(piece.usage)
-                yield chunk(index, {}, finish_reason=piece.finish_reason)
+                yield chunk(index, {}, finish=piece)
         if include_usage:
             yield sse_event(envelope.body([], usage=usage_body(usages)))
         yield sse_event("[DONE]")
@@ -207,7 +208,7 @@ async def completions(body: CompletionRequest, state: ReadyState, request: Reque
     sampling = {**_sampling(body, body.max_tokens, body.logprobs), **openai_constraint(body)}
     prompts, n = _prompts(body.prompt), _choices(body.n, state)
     _check_fan_out(prompts, n, state)
-    jobs = fan_out(prompts, chat=False, sampling=sampling, n=n)
+    jobs = fan_out(prompts, chat=False, sampling=sampling, n=n, priority=body.priority)
     envelope = Envelope.new("text_completion", body.model, "cmpl")
     texts = TokenTexts(state.engine)
     if body.stream:
@@ -220,7 +221,7 @@ async def completions(body: CompletionRequest, state: ReadyState, request: Reque
             "index": i,
             "text": c.text,
             "logprobs": texts.completion_logprobs(c.logprobs, 0) if c.logprobs is not None else None,
-            **finish_fields(c.finish_reason),
+            **finish_fields(c.finish_reason, c.stop_reason),
         }
         for i, c in enumerate(completions)
     ]
@@ -239,7 +240,8 @@ async def _completion_events(streams, envelope: Envelope, texts: TokenTexts, inc
             if piece.logprobs is not None:
                 logprobs = texts.completion_logprobs([piece.logprobs], text_offsets[index])
             text_offsets[index] += len(piece.text)
-            choice = {"index": index, "text": piece.text, "logprobs": logprobs, **finish_fields(piece.finish_reason)}
+            choice = {"index": index, "text": piece.text, "logprobs": logprobs,
+                      **finish_fields(piece.finish_reason, piece.stop_reason)}
             yield sse_event(envelope.body([choice], **extra))
             if piece.finish_reason is not None:
                 usages.append(piece.usage)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from .errors import ApiError
 
@@ -25,6 +25,9 @@ class _Body(BaseModel):
 # field, but a negative or 65-bit number must already be a 400 here, not a failed conversion.
 Count = Annotated[int, Field(ge=0, le=2**32 - 1)]
 Seed = Annotated[int, Field(le=2**64 - 1)]
+# An extension of both APIs (vLLM's `priority`): the engine's scheduling priority, a signed
+# 32-bit integer; higher runs first, equal ones in arrival order. Strict: no bools or "5".
+Priority = Annotated[StrictInt, Field(ge=-(2**31), le=2**31 - 1)]
 
 
 # --- OpenAI -------------------------------------------------------------------------------------
@@ -71,6 +74,7 @@ class OpenAISampling(_Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    priority: Priority = 0
     # Structured output and tools (see structured.py): never silently ignored.
     response_format: dict | None = None
     tools: list | None = None
@@ -150,6 +154,7 @@ class OllamaGenerateRequest(_Body):
     options: OllamaOptions = Field(default_factory=OllamaOptions)
     # "json" or a JSON schema (see structured.py).
     format: str | dict | None = None
+    priority: Priority = 0
 
 
 class OllamaChatRequest(_Body):
@@ -158,6 +163,7 @@ class OllamaChatRequest(_Body):
     stream: bool = True
     options: OllamaOptions = Field(default_factory=OllamaOptions)
     format: str | dict | None = None
+    priority: Priority = 0
     # OpenAI's tool shape, as Ollama takes it (see structured.py).
     tools: list | None = None
     # Not Ollama's: OpenAI's `tool_choice`, accepted here too so a call can be forced.

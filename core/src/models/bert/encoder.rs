@@ -41,7 +41,7 @@ pub(super) struct BertEncoder {
 
 impl BertEncoder {
     /// Builds the encoder from Hugging Face `BertModel` tensor names.
-    pub fn load(weights: &WeightFile, config: &BertConfig) -> crate::Result<Self> {
+    pub fn load(weights: &WeightFile, config: &BertConfig) -> crate::error::Result<Self> {
         let (hidden, eps) = (config.hidden_size, config.layer_norm_eps);
         let token_type =
             weights.tensor("embeddings.token_type_embeddings.weight", &[config.type_vocab_size, hidden])?;
@@ -65,7 +65,7 @@ impl BertEncoder {
                     output_norm: weights.layer_norm(&name("output.LayerNorm"), hidden, eps)?,
                 })
             })
-            .collect::<crate::Result<_>>()?;
+            .collect::<crate::error::Result<_>>()?;
         Ok(Self {
             hidden,
             heads: HeadLayout { n_heads: config.num_attention_heads, head_dim: config.head_dim() },

@@ -33,7 +33,7 @@ const QUANTIZATION_VERSION: u32 = 2;
 #[derive(Debug, thiserror::Error)]
 pub enum RequantizeError {
     #[error(transparent)]
-    Source(#[from] crate::Error),
+    Source(#[from] crate::error::Error),
     #[error("cannot requantize {path}: {reason}")]
     UnsupportedModel { path: PathBuf, reason: String },
     #[error("cannot requantize tensor `{tensor}`: reading {from} tensors is not supported")]
