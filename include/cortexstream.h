@@ -278,7 +278,10 @@ typedef struct cs_engine_params {
    */
   size_t max_running;
   /**
-   * Token budget of one step; long prompts are prefilled in chunks of this size (default 2048).
+   * Token budget of one step, its decodes and prompt chunks together (vLLM's
+   * `max_num_batched_tokens`): the budget itself when `target_step_ms` is 0, its ceiling
+   * otherwise (default 2048, at most 2^20). Every running decode is in every step; long
+   * prompts are prefilled in chunks of what the decodes leave (at least 16 tokens a step).
    */
   size_t max_batch_tokens;
   /**
@@ -310,6 +313,14 @@ typedef struct cs_engine_params {
    * CS_CHAT_TEMPLATE. Borrowed only during `cs_engine_new`.
    */
   const char *chat_template;
+  /**
+   * Target duration of one step in milliseconds, i.e. the inter-token latency of running
+   * streams while prompts are prefilled beside them: the step's token budget adapts to
+   * measured step times (default 50). 0 keeps a fixed budget of `max_batch_tokens`; a
+   * negative, NaN or above-10000 value is CS_INVALID_ARGUMENT naming `target_step_ms`.
+   * Appended after `chat_template`: a caller whose `struct_size` ends before it gets the default.
+   */
+  double target_step_ms;
 } cs_engine_params;
 
 /**

@@ -35,8 +35,18 @@ export interface EngineOptions {
   embeddingModel?: string | null | false;
   /** Most sequences in the running batch (default 32). */
   maxRunning?: number;
-  /** Token budget of one engine step: decode tokens plus prompt chunks (default 2048). */
+  /**
+   * Token budget of one engine step, its decodes and prompt chunks together (default 2048, at
+   * most 2^20): fixed when `targetStepMs` is 0, else the ceiling of the adaptive budget. Every
+   * running stream's next token is in every step; prompts are prefilled in chunks beside them.
+   */
   maxBatchTokens?: number;
+  /**
+   * Target duration of one step in milliseconds, i.e. the inter-token latency of running
+   * streams while a prompt is prefilled beside them: the budget adapts to measured step times
+   * (default 50; 0 keeps a fixed budget; above 0 and at most 10000 otherwise).
+   */
+  targetStepMs?: number;
   /** Total KV cache capacity in tokens, shared by all requests (default 16384). */
   kvCacheTokens?: number;
   /** Tokens per KV cache block (default 16). */
@@ -54,7 +64,13 @@ export interface EngineOptions {
   chatTemplate?: string;
 }
 
-/** Sampling, stopping and cancellation options of one request. */
+/**
+ * Sampling, stopping and cancellation options of one request: the core's request options
+ * (`cortexstream::RequestOptions`) in camelCase, plus `signal`. The core reads them, so an
+ * unknown name, a wrong type (a fraction where a count belongs included) or a value out of
+ * range rejects with `code: 'invalid_request'` and `param` naming the option, worded as at
+ * every other door. `null` and `undefined` keep an option's default.
+ */
 export interface GenerateOptions {
   /** Most tokens to generate; default: up to the context window. */
   maxTokens?: number;
@@ -87,7 +103,7 @@ export interface GenerateOptions {
   /** Higher runs first; equal priorities run in arrival order (default 0). */
   priority?: number;
   /** OpenAI's `logit_bias`: token id -> bias in [-100, 100] added to its logit (-100 in effect bans it). */
-  logitBias?: Record<number, number>;
+  logitBias?: Record<number | string, number>;
   /**
    * Output constraints: give at most one. The output then follows it and the request ends with
    * `'stop'` once complete (`'length'` if `maxTokens` runs out first). A constraint that does

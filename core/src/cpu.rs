@@ -13,6 +13,12 @@ pub(crate) fn has_avx2_fma_f16c() -> bool {
     has_avx2_fma() && is_x86_feature_detected!("f16c")
 }
 
+/// AVX-512F with AVX2, FMA and F16C: the 512-bit attention kernel.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx512f_f16c() -> bool {
+    is_x86_feature_detected!("avx512f") && has_avx2_fma_f16c()
+}
+
 /// AVX512-VNNI with AVX512-VL: `vpdpbusd` on 256-bit vectors in its EVEX encoding.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn has_avx512_vnni() -> bool {

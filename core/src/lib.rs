@@ -33,8 +33,10 @@ pub(crate) mod memory;
 pub mod metrics;
 #[doc(hidden)]
 pub mod models;
+pub mod options;
 #[doc(hidden)]
 pub mod quant;
+pub mod registry;
 pub mod request;
 #[doc(hidden)]
 pub mod sampling;
@@ -50,9 +52,11 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use metrics::{Histogram, MetricsSnapshot};
+pub use options::{OptionValue, RequestOptions};
+pub use registry::{KeepAlive, ModelLease, ModelSpec, Registry, RegistryError, RegistryOptions, ServedModel};
 pub use request::{
-    ChatMessage, Event, FinishReason, Prompt, Request, SamplingParams, StopReason, Timings, TokenLogprobs, TopLogprob,
-    Usage,
+    ChatMessage, Event, FinishReason, Prompt, Request, SamplerSettings, SamplingParams, StopCriteria, StopReason,
+    Timings, TokenLogprobs, TopLogprob, Usage,
 };
 pub use timeout::WaitLimit;
 pub use tools::{ToolCall, ToolCallFormat, ToolChoice, ToolSpec};

@@ -19,3 +19,14 @@ pub(crate) fn release_free_memory() {
 /// Returns the allocator's free pages to the OS; call after dropping large buffers.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub(crate) fn release_free_memory() {}
+
+/// Total size of the files in `path` (a file, or a folder walked recursively); unreadable
+/// entries count as 0. Model weights are loaded from these files, so this sizes a model.
+pub(crate) fn files_bytes(path: &std::path::Path) -> u64 {
+    let Ok(meta) = std::fs::metadata(path) else { return 0 };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
+    entries.flatten().map(|entry| files_bytes(&entry.path())).sum()
+}

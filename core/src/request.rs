@@ -83,8 +83,12 @@ impl From<Vec<ChatMessage>> for Prompt {
 
 /// Sampling and stopping parameters. Defaults follow llama.cpp / OpenAI conventions;
 /// [`SamplingParams::validate`] runs at submit and names the offending field.
+///
+/// This struct's serde derive is the list of sampling options every front door accepts
+/// (see [`crate::options::RequestOptions`]): a field added here is an option of the Python,
+/// Node and REST doors without touching them; the C struct `cs_sampling_params` adds it by hand.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SamplingParams {
     /// 0 means greedy; otherwise at least [`MIN_TEMPERATURE`]. Default 0.8 (llama.cpp's default).
     pub temperature: f32,
@@ -107,7 +111,8 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     /// Most tokens to generate; `None` means up to the context window.
     pub max_tokens: Option<usize>,
-    /// Strings that end generation; never emitted.
+    /// Strings that end generation; never emitted. Deserialized from one string or a list.
+    #[serde(deserialize_with = "crate::options::one_or_many_strings")]
     pub stop: Vec<String>,
     /// Token ids that end generation (in addition to the model's end-of-generation tokens).
     pub stop_token_ids: Vec<u32>,
@@ -118,9 +123,13 @@ pub struct SamplingParams {
     pub logprobs: Option<usize>,
     /// Added to a token's logit before any other step, as OpenAI's `logit_bias`
     /// (token id, bias in [-100, 100]; -100 in effect bans the token, 100 forces it).
+    /// Serialized as OpenAI's map of token id (a decimal string) to bias.
+    #[serde(with = "crate::options::logit_bias_map")]
     pub logit_bias: Vec<(u32, f32)>,
     /// Keep the output inside a JSON schema, regex, grammar or list of choices (`None` = free
-    /// text). Compiled at submit; see [`crate::constraint`].
+    /// text). Compiled at submit; see [`crate::constraint`]. Given as one of the constraint
+    /// options of [`crate::options::RequestOptions`], not under this name.
+    #[serde(skip)]
     pub constraint: Option<Constraint>,
 }
 
@@ -217,6 +226,81 @@ impl SamplingParams {
             }
         }
         Ok(())
+    }
+}
+
+/// What the sampler reads of a request's options (see [`SamplingParams`] for each field).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplerSettings {
+    pub temperature: f32,
+    pub top_k: u32,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub repetition_penalty: f32,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub penalty_last_n: usize,
+    pub seed: Option<u64>,
+    pub logprobs: Option<usize>,
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Masks what may be sampled; compiled by the engine at submit.
+    pub constraint: Option<Constraint>,
+}
+
+/// When generation stops: what the sequence holds of a request's options (see
+/// [`SamplingParams`] for each field).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StopCriteria {
+    pub max_tokens: Option<usize>,
+    pub stop: Vec<String>,
+    pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+}
+
+impl SamplingParams {
+    /// The options split by who reads them. Every field is named (no `..`), so a field added
+    /// to [`SamplingParams`] does not compile until it is given to the sampler or the stop
+    /// criteria.
+    pub fn split(self) -> (SamplerSettings, StopCriteria) {
+        let SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            presence_penalty,
+            frequency_penalty,
+            penalty_last_n,
+            seed,
+            max_tokens,
+            stop,
+            stop_token_ids,
+            ignore_eos,
+            logprobs,
+            logit_bias,
+            constraint,
+        } = self;
+        let sampler = SamplerSettings {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            presence_penalty,
+            frequency_penalty,
+            penalty_last_n,
+            seed,
+            logprobs,
+            logit_bias,
+            constraint,
+        };
+        (sampler, StopCriteria { max_tokens, stop, stop_token_ids, ignore_eos })
+    }
+}
+
+impl From<SamplingParams> for SamplerSettings {
+    fn from(params: SamplingParams) -> Self {
+        params.split().0
     }
 }
 

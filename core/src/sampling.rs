@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use crate::request::{SamplingParams, TokenLogprobs, TopLogprob};
+use crate::request::{SamplerSettings, TokenLogprobs, TopLogprob};
 
 /// A small, fast, seedable generator (xoshiro256**), seeded through SplitMix64.
 #[derive(Debug, Clone)]
@@ -57,7 +57,7 @@ impl Rng {
 /// Per-request sampling state.
 #[derive(Debug)]
 pub struct Sampler {
-    params: SamplingParams,
+    params: SamplerSettings,
     rng: Rng,
     /// How often each token appeared in the generated output (presence/frequency penalties).
     output_counts: HashMap<u32, u32>,
@@ -75,7 +75,8 @@ pub struct Sampled {
 }
 
 impl Sampler {
-    pub fn new(params: SamplingParams) -> Self {
+    pub fn new(params: impl Into<SamplerSettings>) -> Self {
+        let params = params.into();
         let seed = params.seed.unwrap_or_else(Rng::random_seed);
         Self {
             params,
@@ -86,7 +87,7 @@ impl Sampler {
         }
     }
 
-    pub fn params(&self) -> &SamplingParams {
+    pub fn params(&self) -> &SamplerSettings {
         &self.params
     }
 
@@ -245,6 +246,7 @@ fn top_logprobs(logits: &[f32], n: usize) -> (f32, Vec<TopLogprob>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request::SamplingParams;
 
     fn params(f: impl FnOnce(&mut SamplingParams)) -> SamplingParams {
         let mut p = SamplingParams::default();

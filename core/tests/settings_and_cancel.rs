@@ -86,6 +86,18 @@ fn zero_sizes_are_errors_naming_the_setting() {
     assert_rejected("kv_cache_tokens", |c| c.block_size = c.kv_cache_tokens + 1);
 }
 
+#[test]
+fn absurd_step_budgets_and_targets_are_errors_naming_the_setting() {
+    for bad in [(1 << 20) + 1, usize::MAX] {
+        assert_rejected("max_batch_tokens", |c| c.max_batch_tokens = bad);
+        assert_rejected("max_prefill_tokens", |c| c.max_prefill_tokens = bad);
+    }
+    for bad in [0.0, -5.0, 10_000.5, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let message = assert_rejected("target_step_ms", |c| c.target_step_ms = Some(bad));
+        assert!(message.contains("10000"), "the limit is stated: {message}");
+    }
+}
+
 /// A token of `text` whose bytes alone are not valid UTF-8 (part of a multi-byte character).
 fn partial_utf8_token(engine: &Engine, text: &str) -> u32 {
     let ids = engine.tokenize(text, false).unwrap();

@@ -166,6 +166,11 @@ fn real_gemma3_long_prompt_gives_the_same_tokens_holding_only_the_window() {
     let mut config = EngineConfig::new(common::gemma3_path());
     config.kv_cache_tokens = 2048;
     config.max_prefill_tokens = CHUNK;
+    // Fixed 64-token chunks, as the reference run computes them and the bounds below assume
+    // (an adaptive budget sizes them by time). With 1-token chunks the tokens are the same but
+    // the second run's prefix hit was 0 of 688 tokens: the window's sliding blocks had been
+    // evicted (noticed with issue 21, left to the sliding KV's owner).
+    config.target_step_ms = None;
     let engine = AllBlocksFreeAfter(Engine::new(config).expect("load"));
     let prompt = long_prompt(&engine, PROMPT);
 

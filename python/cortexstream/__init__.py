@@ -12,6 +12,8 @@ from ._async import AsyncStream
 from ._core import (
     Chunk,
     Completion,
+    Lease,
+    LoadedModel,
     ModelInfo,
     StopReason,
     Stream,
@@ -22,6 +24,7 @@ from ._core import (
     __version__,
 )
 from ._engine import Engine
+from ._registry import Registry
 from .errors import (
     CancelledError,
     ChatTemplateError,
@@ -48,11 +51,14 @@ __all__ = [
     "Engine",
     "EngineClosedError",
     "InvalidRequestError",
+    "Lease",
+    "LoadedModel",
     "ModelInfo",
     "ModelLoadError",
     "ModelNotFoundError",
     "NoEmbeddingModelError",
     "OverloadedError",
+    "Registry",
     "StopReason",
     "Stream",
     "Timings",

@@ -3,15 +3,18 @@
 import builtins
 import os
 from types import TracebackType
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union, final
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union, final
 
-from typing_extensions import Self, disjoint_base
+from typing_extensions import Literal, Self, TypedDict, Unpack, disjoint_base
 
 __all__ = [
     "Chunk",
     "Completion",
     "Engine",
+    "Lease",
+    "LoadedModel",
     "ModelInfo",
+    "Registry",
     "StopReason",
     "Stream",
     "Timings",
@@ -232,25 +235,65 @@ class Stream:
         traceback: Optional[TracebackType],
     ) -> None: ...
 
+class _JsonSchemaFormat(TypedDict, total=False):
+    name: str
+    schema: Dict[str, Any]
+    strict: bool
+
+class _ResponseFormat(TypedDict, total=False):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: _JsonSchemaFormat
+
+class Sampling(TypedDict, total=False):
+    """The ``**sampling`` keyword arguments of the generation methods: the core's request
+    options (``cortexstream::RequestOptions``), which the core reads and checks. ``None`` keeps
+    a field's default; a wrong type, an unknown name or a value out of range raises
+    ``InvalidRequestError`` naming the field."""
+
+    # What the sampler reads.
+    temperature: Optional[float]
+    top_k: Optional[int]
+    top_p: Optional[float]
+    min_p: Optional[float]
+    repetition_penalty: Optional[float]
+    presence_penalty: Optional[float]
+    frequency_penalty: Optional[float]
+    penalty_last_n: Optional[int]
+    seed: Optional[int]
+    logprobs: Optional[int]
+    logit_bias: Optional[Mapping[Union[int, str], float]]
+    # When to stop.
+    max_tokens: Optional[int]
+    stop: Optional[Union[str, Sequence[str]]]
+    stop_token_ids: Optional[Sequence[int]]
+    ignore_eos: Optional[bool]
+    # Scheduling.
+    priority: Optional[int]
+    # At most one output constraint. A Pydantic model class (``json_schema``,
+    # ``response_format``) stands for its JSON schema.
+    json_schema: Optional[Union[Dict[str, Any], str, type]]
+    regex: Optional[str]
+    grammar: Optional[str]
+    choices: Optional[Sequence[str]]
+    response_format: Optional[Union[_ResponseFormat, Dict[str, Any], type]]
+    # Tools the model may call (chat methods only): OpenAI's list of
+    # ``{"type": "function", "function": {...}}``, ``"none"``/``"auto"``/``"required"`` or
+    # ``{"type": "function", "function": {"name": ...}}``, and more than one call per answer.
+    tools: Optional[Sequence[Dict[str, Any]]]
+    tool_choice: Optional[Union[str, Dict[str, Any]]]
+    parallel_tool_calls: Optional[bool]
+
 @disjoint_base
 class Engine:
     """A loaded model serving requests from any thread (paths only; see ``cortexstream.Engine``).
 
-    ``**sampling`` of the generation methods: ``max_tokens``, ``temperature``, ``top_k``,
-    ``top_p``, ``min_p``, ``repetition_penalty``, ``presence_penalty``, ``frequency_penalty``,
-    ``penalty_last_n``, ``seed``, ``stop`` (str or list of str), ``stop_token_ids`` (list of
-    int), ``ignore_eos`` (bool), ``logprobs`` (int), ``priority`` (int) and ``logit_bias``
-    (``Mapping[int | str, float]``: OpenAI's token id -> bias in [-100, 100]), and at most one
-    constraint: ``json_schema`` (dict, JSON str or Pydantic model class), ``regex`` (str),
-    ``grammar`` (Lark str), ``choices`` (list of str) or ``response_format`` (OpenAI's dict
-    or a Pydantic model class). Chat methods also take ``tools`` (OpenAI's list of
-    ``{"type": "function", "function": {...}}``), ``tool_choice`` (``"none"``, ``"auto"``,
-    ``"required"`` or ``{"type": "function", "function": {"name": ...}}``) and
-    ``parallel_tool_calls`` (bool); messages may carry ``tool_calls``, ``tool_call_id`` and
-    ``name``. ``max_queue``
+    ``**sampling`` of the generation methods: see :class:`Sampling` (the tool options are for
+    the chat methods; messages may carry ``tool_calls``, ``tool_call_id`` and ``name``). ``max_queue``
     bounds the requests waiting for a slot; past it submits raise ``OverloadedError``.
-    ``threads`` is at most 4 per available CPU. A setting out of range (a negative size, a
-    KV cache larger than memory) raises ``InvalidRequestError`` naming it.
+    ``threads`` is at most 4 per available CPU. ``max_batch_tokens`` is a step's token budget
+    (decodes and prompt chunks) and ``target_step_ms`` the step time it adapts to (default 50;
+    0 keeps the budget fixed). A setting out of range (a negative size, a KV cache larger than
+    memory, a target above 10000 ms) raises ``InvalidRequestError`` naming it.
     """
 
     def __new__(
@@ -266,14 +309,16 @@ class Engine:
         threads: Optional[int] = None,
         max_queue: Optional[int] = None,
         chat_template: Optional[str] = None,
+        target_step_ms: Optional[float] = None,
+        _lease: Optional[Lease] = None,
     ) -> Self: ...
-    def generate(self, prompt: Union[str, List[int]], **sampling: Any) -> Completion:
+    def generate(self, prompt: Union[str, List[int]], **sampling: Unpack[Sampling]) -> Completion:
         """Generates a completion for a text or token-id prompt."""
-    def chat(self, messages: Sequence[Dict[str, Any]], **sampling: Any) -> Completion:
+    def chat(self, messages: Sequence[Dict[str, Any]], **sampling: Unpack[Sampling]) -> Completion:
         """Generates the assistant's reply to chat messages."""
-    def stream(self, prompt: Union[str, List[int]], **sampling: Any) -> Stream:
+    def stream(self, prompt: Union[str, List[int]], **sampling: Unpack[Sampling]) -> Stream:
         """Submits a text or token-id prompt and returns its chunks as they are generated."""
-    def stream_chat(self, messages: Sequence[Dict[str, Any]], **sampling: Any) -> Stream:
+    def stream_chat(self, messages: Sequence[Dict[str, Any]], **sampling: Unpack[Sampling]) -> Stream:
         """Submits chat messages and returns the reply's chunks as they are generated."""
     def embed(self, texts: Union[str, Sequence[str]]) -> List[List[float]]:
         """Unit-length embedding vectors, one per text."""
@@ -295,6 +340,101 @@ class Engine:
         """Whether :meth:`close` has been called."""
     def close(self) -> None:
         """Cancels in-flight requests, stops the engine thread and frees the model."""
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc_value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None: ...
+
+#: Ollama's keep-alive: seconds (negative: forever, 0: unload when idle) or a duration like ``"5m"``.
+_KeepAlive = Union[float, str, None]
+
+@final
+class LoadedModel:
+    """A model a :class:`Registry` has loaded."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def is_embedding(self) -> bool: ...
+    @property
+    def memory_bytes(self) -> int:
+        """Weight files plus KV cache."""
+    @property
+    def active_requests(self) -> int:
+        """Leases held on it now."""
+    @property
+    def expires_at(self) -> Optional[float]:
+        """Unix time it unloads if unused; ``None``: never."""
+
+@final
+class Lease:
+    """A hold on a registry model: it stays loaded, and its requests run, until :meth:`release`."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def is_embedding(self) -> bool: ...
+    @property
+    def engine(self) -> Optional[Any]:
+        """The generation engine as a ``cortexstream.Engine`` (with its asyncio methods),
+        ``None`` for an embedding model; its ``close()`` leaves the model to the registry."""
+    def embed(self, texts: Union[str, Sequence[str]]) -> List[List[float]]:
+        """Unit-length embedding vectors, one per text."""
+    def embed_with_usage(self, texts: Union[str, Sequence[str]]) -> Tuple[List[List[float]], int]:
+        """Embedding vectors and the number of tokens they consumed."""
+    def release(self) -> None:
+        """Ends the hold; the model's keep-alive countdown starts. Idempotent."""
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc_value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None: ...
+
+@disjoint_base
+class Registry:
+    """Several models by name (paths only; see ``cortexstream.Registry``), each its own engine,
+    loaded on first use, unloaded when idle past ``keep_alive`` or, least recently used
+    first, to stay within ``memory_budget_bytes``. A model in use is never unloaded under a
+    request: unloading only drops the registry's hold."""
+
+    def __new__(cls, *, memory_budget_bytes: Optional[int] = None, keep_alive: _KeepAlive = None) -> Self: ...
+    def register(
+        self,
+        name: str,
+        model: Union[str, os.PathLike[str]],
+        *,
+        embedding: bool = False,
+        keep_alive: _KeepAlive = None,
+        tokenizer: Optional[Union[str, os.PathLike[str]]] = None,
+        embedding_model: Optional[Union[str, os.PathLike[str]]] = None,
+        max_running: Optional[int] = None,
+        max_batch_tokens: Optional[int] = None,
+        kv_cache_tokens: Optional[int] = None,
+        context_length: Optional[int] = None,
+        threads: Optional[int] = None,
+        max_queue: Optional[int] = None,
+        chat_template: Optional[str] = None,
+        target_step_ms: Optional[float] = None,
+    ) -> None:
+        """Registers a GGUF generation model, or with ``embedding=True`` a sentence-transformers
+        folder, under ``name``; loads nothing yet."""
+    def names(self) -> List[str]:
+        """The registered names, sorted."""
+    def get(self, name: str, keep_alive: _KeepAlive = None) -> Lease:
+        """The model ``name``, loaded now if needed; hold the lease while using it."""
+    def load(self, name: str, keep_alive: _KeepAlive = None) -> None:
+        """Loads ``name`` if needed and starts its keep-alive countdown."""
+    def unload(self, name: str) -> bool:
+        """Unloads ``name`` now (leased requests finish first); whether it was loaded."""
+    def loaded(self) -> List[LoadedModel]:
+        """The loaded models, by name, after unloading the expired ones."""
+    def close(self) -> None:
+        """Unloads every model; later calls to :meth:`get` raise ``EngineClosedError``."""
     def __enter__(self) -> Self: ...
     def __exit__(
         self,

@@ -14,6 +14,9 @@ from .errors import ModelNotFoundError
 
 if TYPE_CHECKING:
     import numpy
+    from typing_extensions import Unpack
+
+    from ._core import Sampling
 
 PathLike = Union[str, "os.PathLike[str]"]
 Prompt = Union[str, List[int]]
@@ -27,8 +30,12 @@ class Engine(_core.Engine):
     file. ``embedding_model`` is a name or a sentence-transformers folder; ``None`` loads
     ``"minilm"`` when it is in the cache, ``False`` loads none. The other arguments tune the
     scheduler; ``None`` keeps the core's default (``max_running=32``, ``max_batch_tokens=2048``,
-    ``kv_cache_tokens=16384``, ``context_length`` = the model's, ``threads`` = physical cores,
-    ``max_queue=256``). ``threads`` may be at most 4 per available CPU, and the KV cache must
+    ``target_step_ms=50``, ``kv_cache_tokens=16384``, ``context_length`` = the model's,
+    ``threads`` = physical cores, ``max_queue=256``). Every step runs every running stream's
+    next token plus a chunk of any prompt being prefilled; ``max_batch_tokens`` is the step's
+    token budget (at most 2**20) and ``target_step_ms`` the step time, hence inter-token
+    latency, the budget adapts to (above 0, at most 10000; ``0`` keeps a fixed budget of
+    ``max_batch_tokens``). ``threads`` may be at most 4 per available CPU, and the KV cache must
     fit in the machine's memory; a setting out of range raises :class:`InvalidRequestError`
     with ``param`` naming it.
     ``chat_template`` is a Jinja chat template used instead of the model's
@@ -46,8 +53,10 @@ class Engine(_core.Engine):
     (OpenAI's dict, or a Pydantic model class); the output then follows it and ends with
     ``"stop"`` when complete, ``"length"`` if ``max_tokens`` runs out first. A constraint that
     does not compile raises :class:`InvalidRequestError` naming the argument.
-    ``None`` for any of them means its default. A wrong type raises ``TypeError`` naming the
-    argument; a value out of range raises :class:`InvalidRequestError` with ``param`` set.
+    ``None`` for any of them means its default. The core reads them: an unknown name, a wrong
+    type or a value out of range raises :class:`InvalidRequestError` with ``param`` set (typed
+    as ``cortexstream._core.Sampling``, a ``TypedDict``). A prompt or messages of the wrong
+    type raise ``TypeError``.
 
     Use it as a context manager, or call :meth:`close`, to free the model deterministically.
     """
@@ -65,6 +74,7 @@ class Engine(_core.Engine):
         threads: Optional[int] = None,
         max_queue: Optional[int] = None,
         chat_template: Optional[str] = None,
+        target_step_ms: Optional[float] = None,
     ) -> Engine:
         return super().__new__(
             cls,
@@ -78,6 +88,7 @@ class Engine(_core.Engine):
             threads=threads,
             max_queue=max_queue,
             chat_template=chat_template,
+            target_step_ms=target_step_ms,
         )
 
     def embed(self, texts: Union[str, Sequence[str]], *, as_numpy: bool = False) -> Any:
@@ -86,20 +97,20 @@ class Engine(_core.Engine):
         vectors = super().embed(texts)
         return _as_array(vectors, self.model_info.embedding_dim) if as_numpy else vectors
 
-    def astream(self, prompt: Prompt, **sampling: Any) -> AsyncStream:
+    def astream(self, prompt: Prompt, **sampling: Unpack[Sampling]) -> AsyncStream:
         """Submits a text or token-id prompt now; iterate the result with ``async for``."""
         return AsyncStream(self.stream(prompt, **sampling))
 
-    def astream_chat(self, messages: Messages, **sampling: Any) -> AsyncStream:
+    def astream_chat(self, messages: Messages, **sampling: Unpack[Sampling]) -> AsyncStream:
         """Submits chat messages now; iterate the reply with ``async for``."""
         return AsyncStream(self.stream_chat(messages, **sampling))
 
-    async def agenerate(self, prompt: Prompt, **sampling: Any) -> Completion:
+    async def agenerate(self, prompt: Prompt, **sampling: Unpack[Sampling]) -> Completion:
         """Like :meth:`generate` without blocking the event loop; cancelling the task
         cancels the request."""
         return await self.astream(prompt, **sampling).wait()
 
-    async def achat(self, messages: Messages, **sampling: Any) -> Completion:
+    async def achat(self, messages: Messages, **sampling: Unpack[Sampling]) -> Completion:
         """Like :meth:`chat` without blocking the event loop; cancelling the task cancels
         the request."""
         return await self.astream_chat(messages, **sampling).wait()

@@ -7,9 +7,8 @@ usage: gen_reference_header.py FIXTURE.json OUT.h
 import json
 import sys
 
-# Only the first greedy tokens are compared: past them, llama.cpp's f16 KV cache and our
-# kernels legitimately diverge (the fixture's note says the first 12 match an f64 forward).
-GREEDY_TOKENS_COMPARED = 12
+# Only the first greedy tokens are compared: past them the float64 forward's top two nearly tie
+# (the fixture's greedy_near_tie), so llama.cpp and our kernels may legitimately part.
 
 
 def c_string(text: str) -> str:
@@ -36,7 +35,7 @@ def main(fixture_path: str, out_path: str) -> None:
         f"/* Generated from {fixture_path} by tests/c/gen_reference_header.py. */",
         f"static const char REF_PROMPT[] = {c_string(completion['prompt'])};",
         f"static const uint32_t REF_PROMPT_IDS[] = {c_ids(completion['prompt_token_ids'])};",
-        f"static const uint32_t REF_GREEDY_IDS[] = {c_ids(completion['greedy_token_ids'][:GREEDY_TOKENS_COMPARED])};",
+        f"static const uint32_t REF_GREEDY_IDS[] = {c_ids(completion['greedy_token_ids'][: completion['greedy_clear_tokens']])};",
         f"static const char REF_TOKENIZATION_TEXT[] = {c_string(tokenization['text'])};",
         f"static const uint32_t REF_TOKENIZATION_IDS[] = {c_ids(tokenization['token_ids'])};",
         f"static const char REF_CHAT_ROLE[] = {c_string(message['role'])};",

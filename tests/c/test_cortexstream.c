@@ -1342,6 +1342,35 @@ static void test_engine_settings_out_of_range_are_rejected(void) {
     bad = params;
     bad.max_running = 0;
     check_engine_params_rejected(bad, "max_running");
+    bad = params;
+    bad.max_batch_tokens = SIZE_MAX;
+    check_engine_params_rejected(bad, "max_batch_tokens");
+    const double bad_targets[] = {-1.0, NAN, INFINITY, 10000.5};
+    for (size_t i = 0; i < COUNT_OF(bad_targets); i++) {
+        bad = params;
+        bad.target_step_ms = bad_targets[i];
+        check_engine_params_rejected(bad, "target_step_ms");
+    }
+}
+
+/* The step latency target: 50 ms by default, 0 for a fixed budget, and a caller built before
+ * the field existed (struct_size ending before it) gets the default, whatever lies past it. */
+static void test_target_step_ms_param(void) {
+    char gguf[4200], minilm[4200];
+    model_paths(gguf, minilm, sizeof gguf);
+    cs_engine_params params = cs_engine_default_params();
+    CHECK(params.target_step_ms == 50.0, "default target_step_ms %f", params.target_step_ms);
+    params.model_path = gguf;
+    params.kv_cache_tokens = 512;
+    params.target_step_ms = 0.0;
+    cs_engine *fixed = NULL;
+    CHECK_OK(cs_engine_new(&params, &fixed));
+    if (fixed != NULL) CHECK_OK(cs_engine_free(fixed));
+    params.struct_size = offsetof(cs_engine_params, target_step_ms);
+    params.target_step_ms = -1.0;
+    cs_engine *older = NULL;
+    CHECK_OK(cs_engine_new(&params, &older));
+    if (older != NULL) CHECK_OK(cs_engine_free(older));
 }
 
 static void test_next_event_timeouts(void) {
@@ -1693,6 +1722,7 @@ int main(int argc, char **argv) {
         {"bool_field_bytes_other_than_0_or_1_are_rejected", test_bool_field_bytes_other_than_0_or_1_are_rejected},
         {"huge_thread_count_is_rejected", test_huge_thread_count_is_rejected},
         {"engine_settings_out_of_range_are_rejected", test_engine_settings_out_of_range_are_rejected},
+        {"target_step_ms_param", test_target_step_ms_param},
         {"next_event_timeouts", test_next_event_timeouts},
         {"logprob_bytes_of_a_partial_utf8_token", test_logprob_bytes_of_a_partial_utf8_token},
         {"cancel_takes_effect_within_one_step", test_cancel_takes_effect_within_one_step},

@@ -221,6 +221,8 @@ def test_bad_constraints_raise_naming_their_argument_before_anything_is_queued(e
 
 
 @pytest.mark.parametrize("kwargs", [{"json_schema": 3}, {"choices": "abc"}, {"regex": ["a"]}, {"grammar": 1}])
-def test_wrong_types_raise_type_error_naming_the_argument(engine, kwargs):
-    with pytest.raises(TypeError, match=next(iter(kwargs))):
+def test_wrong_types_are_invalid_requests_naming_the_argument(engine, kwargs):
+    # The core reads every door's options, so a wrong type is its invalid_request, as in Node and REST.
+    with pytest.raises(cortexstream.InvalidRequestError) as caught:
         engine.generate("Hi", max_tokens=4, **kwargs)
+    assert caught.value.param == next(iter(kwargs)), caught.value

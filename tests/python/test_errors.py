@@ -37,17 +37,31 @@ def test_empty_prompt_is_invalid(engine):
 @pytest.mark.parametrize(
     "call, field",
     [
-        (lambda e: e.generate("Hi", temperature="hot"), "temperature"),
-        (lambda e: e.generate("Hi", ignore_eos="yes"), "ignore_eos"),
-        (lambda e: e.generate("Hi", stop=3), "stop"),
         (lambda e: e.generate(3.5), "prompt"),
         (lambda e: e.chat("not a list of messages"), "messages"),
-        (lambda e: e.generate("Hi", temprature=0.5), "temprature"),
     ],
 )
-def test_wrong_types_raise_type_error_naming_the_field(engine, call, field):
+def test_wrong_prompt_types_raise_type_error_naming_the_argument(engine, call, field):
     with pytest.raises(TypeError, match=field):
         call(engine)
+
+
+@pytest.mark.parametrize(
+    "kwargs, param, wording",
+    [
+        ({"temperature": "hot"}, "temperature", 'invalid type: string "hot", expected f32'),
+        ({"ignore_eos": "yes"}, "ignore_eos", 'invalid type: string "yes", expected a boolean'),
+        ({"stop": 3}, "stop", "expected a string or a list of strings"),
+        ({"max_tokens": b"4"}, "max_tokens", "invalid type: bytes"),
+        ({"temprature": 0.5}, "options", "unknown option `temprature`"),
+    ],
+)
+def test_bad_option_types_and_names_are_the_cores_invalid_request(engine, kwargs, param, wording):
+    """The core reads the keyword arguments, so the message is the one every door gives."""
+    with pytest.raises(cortexstream.InvalidRequestError) as caught:
+        engine.generate("Hi", **kwargs)
+    assert caught.value.param == param, caught.value
+    assert wording in str(caught.value), caught.value
 
 
 def test_chat_message_without_content_is_a_type_error(engine):

@@ -35,6 +35,11 @@ TOO_MANY_THREADS = 4 * (os.cpu_count() or 1) + 1
         ("max_batch_tokens", 0),
         ("context_length", -5),
         ("max_queue", 0),
+        ("max_batch_tokens", 2**20 + 1),
+        ("target_step_ms", -1),
+        ("target_step_ms", math.nan),
+        ("target_step_ms", math.inf),
+        ("target_step_ms", 10_000.5),
     ],
 )
 def test_an_engine_setting_out_of_range_is_an_error_naming_it(setting, value):
@@ -47,6 +52,14 @@ def test_an_engine_setting_out_of_range_is_an_error_naming_it(setting, value):
 def test_an_engine_setting_of_the_wrong_type_is_a_type_error_naming_it():
     with pytest.raises(TypeError, match="threads"):
         cortexstream.Engine(embedding_model=False, threads="many")
+    with pytest.raises(TypeError, match="target_step_ms"):
+        cortexstream.Engine(embedding_model=False, target_step_ms="fast")
+
+
+@pytest.mark.parametrize("target_step_ms", [0, 0.5, 25, 10_000])
+def test_a_step_target_in_range_or_zero_for_a_fixed_budget_builds_an_engine(target_step_ms):
+    with cortexstream.Engine(embedding_model=False, kv_cache_tokens=512, target_step_ms=target_step_ms) as engine:
+        assert engine.generate("Hello", max_tokens=2, temperature=0.0).usage.completion_tokens >= 1
 
 
 @pytest.mark.parametrize("timeout", [math.nan, -1.0, -1e-9, -math.inf])

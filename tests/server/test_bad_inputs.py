@@ -214,6 +214,7 @@ def test_body_over_the_limit_is_413(server):
 # --- the Ollama door of the matrix ---------------------------------------------------------------
 
 #: The engine's name of a sampling field -> where an Ollama request holds it (`options.<name>`).
+#: Written out here rather than read from the server's table, so the test checks that table.
 OLLAMA_OPTIONS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p",
                   "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
                   "repetition_penalty": "repeat_penalty", "max_tokens": "num_predict", "stop": "stop",
@@ -345,6 +346,36 @@ def test_ollama_empty_prompt_or_messages_loads_the_model(server, path, body, con
     assert answer["done"] is True and answer["done_reason"] == "load"
     assert {key: answer[key] for key in content} == content
     assert server.metrics()["cortexstream_requests_finished_total"] == before
+
+
+@pytest.mark.parametrize(("options", "field", "wording"), [
+    ({"num_predict": "ten"}, "options.num_predict", 'invalid type: string "ten"'),
+    ({"repeat_last_n": -1}, "options.repeat_last_n", "integer `-1`"),
+    ({"stop": 5}, "options.stop", "expected a string or a list of strings"),
+])
+def test_ollama_options_are_renamed_and_their_errors_name_ollamas_field(server, options, field, wording):
+    # The engine reads the renamed options: its wording, with the field as Ollama spells it.
+    body = {"model": "smollm2", "prompt": "x", "raw": True, "stream": False, "options": options}
+    response = post(server, "/api/generate", json.dumps(body).encode())
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]
+    assert message.startswith(field) and wording in message, message
+
+
+def test_vllm_extension_fields_reach_the_engine(server):
+    # `ignore_eos` and `stop_token_ids` (vLLM's) are renamed like OpenAI's own fields.
+    body = {"model": "smollm2", "prompt": "x", "max_tokens": 1, "ignore_eos": "yes"}
+    response = post(server, "/v1/completions", json.dumps(body).encode())
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "ignore_eos"
+
+
+def test_max_completion_tokens_wins_over_max_tokens(server):
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": "Count to ten."}], "temperature": 0,
+            "max_tokens": 5, "max_completion_tokens": 1}
+    response = post(server, "/v1/chat/completions", json.dumps(body).encode())
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] == 1
 
 
 # --- empty lists, fan-out and big numbers --------------------------------------------------------

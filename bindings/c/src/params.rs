@@ -1,13 +1,13 @@
 //! The two params structs callers fill (`cs_engine_params`, `cs_sampling_params`), their
-//! defaults, and their conversion to the core's `EngineConfig` and `SamplingParams`.
-//! Range checks of sampling values stay in the core; here only what C's types add
-//! (sentinels like -1, signed counts, NULL strings) is checked.
+//! defaults, and their conversion to the core's `EngineConfig` and `RequestOptions`.
+//! Types and ranges of sampling values are checked by the core; here only what C's types add
+//! (sentinels like -1, NULL strings, the constraint kind) is handled.
 
 use std::ffi::c_char;
 use std::mem::size_of;
 use std::path::PathBuf;
 
-use cortexstream::{Constraint, EngineConfig, SamplingParams, ToolSpec};
+use cortexstream::{Constraint, EngineConfig, OptionValue, RequestOptions, SamplingParams};
 
 use crate::args::{c_str, c_str_array, optional_c_str, slice, SizedParams};
 use crate::status::Failure;
@@ -44,7 +44,10 @@ pub struct cs_engine_params {
     pub embedding_model_path: *const c_char,
     /// Most sequences decoded together in one step (default 32).
     pub max_running: usize,
-    /// Token budget of one step; long prompts are prefilled in chunks of this size (default 2048).
+    /// Token budget of one step, its decodes and prompt chunks together (vLLM's
+    /// `max_num_batched_tokens`): the budget itself when `target_step_ms` is 0, its ceiling
+    /// otherwise (default 2048, at most 2^20). Every running decode is in every step; long
+    /// prompts are prefilled in chunks of what the decodes leave (at least 16 tokens a step).
     pub max_batch_tokens: usize,
     /// Total tokens the KV cache holds across all sequences (default 16384). A cache larger than
     /// the machine's memory is CS_INVALID_ARGUMENT naming `kv_cache_tokens`.
@@ -63,6 +66,12 @@ pub struct cs_engine_params {
     /// a template (a base model) needs one for chat requests, which otherwise fail with
     /// CS_CHAT_TEMPLATE. Borrowed only during `cs_engine_new`.
     pub chat_template: *const c_char,
+    /// Target duration of one step in milliseconds, i.e. the inter-token latency of running
+    /// streams while prompts are prefilled beside them: the step's token budget adapts to
+    /// measured step times (default 50). 0 keeps a fixed budget of `max_batch_tokens`; a
+    /// negative, NaN or above-10000 value is CS_INVALID_ARGUMENT naming `target_step_ms`.
+    /// Appended after `chat_template`: a caller whose `struct_size` ends before it gets the default.
+    pub target_step_ms: f64,
 }
 
 /// How to sample and when to stop. Get one from `cs_sampling_default_params()`
@@ -168,6 +177,7 @@ pub extern "C" fn cs_engine_default_params() -> cs_engine_params {
         threads: defaults.threads.unwrap_or(0),
         max_queue: defaults.max_queue,
         chat_template: std::ptr::null(),
+        target_step_ms: defaults.target_step_ms.unwrap_or(0.0),
     }
 }
 
@@ -227,6 +237,7 @@ impl cs_engine_params {
         config.context_length = (self.context_length != 0).then_some(self.context_length);
         config.threads = (self.threads != 0).then_some(self.threads);
         config.max_queue = self.max_queue;
+        config.set_target_step_ms(self.target_step_ms);
         // SAFETY: forwarded caller contract.
         config.chat_template = unsafe { optional_c_str(self.chat_template, "chat_template")? }.map(String::from);
         Ok(config)
@@ -234,58 +245,72 @@ impl cs_engine_params {
 }
 
 impl cs_sampling_params {
-    /// The core sampling params these describe (the core validates their ranges at submit).
+    /// The core request options these describe: the one conversion of the C struct. The
+    /// fields become the core's language-neutral value, which the core reads as it reads every
+    /// door's (so a negative `top_k` gets the same message as in Python); only C's sentinels
+    /// (-1, `CS_SEED_RANDOM`) and the constraint kind are C's own.
     ///
     /// # Safety
     /// `stop`, `stop_token_ids`, `logit_bias_ids` and `logit_bias_values` must be NULL or hold
-    /// their stated number of valid elements.
-    pub(crate) unsafe fn to_core(self) -> Result<SamplingParams, Failure> {
-        let top_k = u32::try_from(self.top_k)
-            .map_err(|_| Failure::invalid("top_k", format!("must be >= 0 (0 disables it), got {}", self.top_k)))?;
-        let max_tokens = optional_count(self.max_tokens, "max_tokens")?;
-        let logprobs = optional_count(i64::from(self.logprobs), "logprobs")?;
+    /// their stated number of valid elements; `constraint`, `tools` and `tool_choice` must be
+    /// NULL or NUL-terminated.
+    pub(crate) unsafe fn to_options(self) -> Result<RequestOptions, Failure> {
         // SAFETY (all four): forwarded caller contract.
         let stop = unsafe { c_str_array(self.stop, self.stop_len, "stop")? };
         let stop_token_ids = unsafe { slice(self.stop_token_ids, self.stop_token_ids_len, "stop_token_ids")? };
         let bias_ids = unsafe { slice(self.logit_bias_ids, self.logit_bias_len, "logit_bias")? };
         let bias_values = unsafe { slice(self.logit_bias_values, self.logit_bias_len, "logit_bias")? };
+        let int = |n: i128| OptionValue::Int(n);
+        let float = |x: f32| OptionValue::Float(f64::from(x));
+        let fields = vec![
+            ("temperature", float(self.temperature)),
+            ("top_k", int(self.top_k.into())),
+            ("top_p", float(self.top_p)),
+            ("min_p", float(self.min_p)),
+            ("repetition_penalty", float(self.repetition_penalty)),
+            ("presence_penalty", float(self.presence_penalty)),
+            ("frequency_penalty", float(self.frequency_penalty)),
+            ("penalty_last_n", int(self.penalty_last_n as i128)),
+            ("seed", if self.seed == CS_SEED_RANDOM { OptionValue::Null } else { int(self.seed.into()) }),
+            ("max_tokens", unset_if_minus_one(self.max_tokens)),
+            ("stop", OptionValue::List(stop.into_iter().map(|s| OptionValue::Str(s.to_owned())).collect())),
+            ("stop_token_ids", OptionValue::List(stop_token_ids.iter().map(|&id| int(id.into())).collect())),
+            ("ignore_eos", OptionValue::Bool(self.ignore_eos)),
+            ("logprobs", unset_if_minus_one(self.logprobs.into())),
+            ("priority", int(self.priority.into())),
+            (
+                "logit_bias",
+                OptionValue::Map(
+                    bias_ids.iter().zip(bias_values).map(|(id, &bias)| (id.to_string(), float(bias))).collect(),
+                ),
+            ),
+        ];
         // SAFETY: forwarded caller contract.
-        let constraint = unsafe { self.constraint()? };
-        Ok(SamplingParams {
-            temperature: self.temperature,
-            top_k,
-            top_p: self.top_p,
-            min_p: self.min_p,
-            repetition_penalty: self.repetition_penalty,
-            presence_penalty: self.presence_penalty,
-            frequency_penalty: self.frequency_penalty,
-            penalty_last_n: self.penalty_last_n,
-            seed: (self.seed != CS_SEED_RANDOM).then_some(self.seed),
-            max_tokens,
-            stop: stop.into_iter().map(str::to_owned).collect(),
-            stop_token_ids: stop_token_ids.to_vec(),
-            ignore_eos: self.ignore_eos,
-            logprobs,
-            logit_bias: bias_ids.iter().copied().zip(bias_values.iter().copied()).collect(),
-            constraint,
-        })
+        let fields = fields.into_iter().chain(unsafe { self.tool_fields()? });
+        let value = OptionValue::Map(fields.map(|(name, value)| (name.to_owned(), value)).collect());
+        let mut options = RequestOptions::from_value(value)?;
+        // SAFETY: forwarded caller contract.
+        options.sampling.constraint = unsafe { self.constraint()? };
+        Ok(options)
     }
 
-    /// The tools of `tools`, `tool_choice` and `parallel_tool_calls` (the core checks them).
+    /// `tools`, `tool_choice` and `parallel_tool_calls` as the core's option values (the core
+    /// parses the texts and checks the tools); only the -1/0/1 of `parallel_tool_calls` is C's.
     ///
     /// # Safety
     /// `tools` and `tool_choice` must be NULL or NUL-terminated.
-    pub(crate) unsafe fn tool_spec(&self) -> Result<Option<ToolSpec>, Failure> {
+    unsafe fn tool_fields(&self) -> Result<[(&'static str, OptionValue); 3], Failure> {
         // SAFETY (both): forwarded caller contract.
         let tools = unsafe { optional_c_str(self.tools, "tools")? };
         let choice = unsafe { optional_c_str(self.tool_choice, "tool_choice")? };
         let parallel = match self.parallel_tool_calls {
-            -1 => None,
-            0 => Some(false),
-            1 => Some(true),
+            -1 => OptionValue::Null,
+            0 => OptionValue::Bool(false),
+            1 => OptionValue::Bool(true),
             other => return Err(Failure::invalid("parallel_tool_calls", format!("must be -1, 0 or 1, got {other}"))),
         };
-        Ok(ToolSpec::from_texts(tools, choice, parallel)?)
+        let [tools, choice] = cortexstream::tools::text_options(tools, choice)?;
+        Ok([tools, choice, ("parallel_tool_calls", parallel)])
     }
 
     /// The core constraint of `constraint_kind` and `constraint` (the core parses the text).
@@ -313,13 +338,12 @@ impl cs_sampling_params {
     }
 }
 
-/// A C count where -1 means "not set". Other negatives are errors; 0 passes through so the
-/// core reports it with its own message (e.g. "max_tokens must be at least 1").
-fn optional_count(value: i64, param: &'static str) -> Result<Option<usize>, Failure> {
+/// A C count where -1 means "not set"; any other value goes to the core, which refuses other
+/// negatives with the message every door gives and 0 with its own (e.g. "max_tokens must be at
+/// least 1").
+fn unset_if_minus_one(value: i64) -> OptionValue {
     match value {
-        -1 => Ok(None),
-        n => usize::try_from(n)
-            .map(Some)
-            .map_err(|_| Failure::invalid(param, format!("must be -1 (not set) or >= 0, got {n}"))),
+        -1 => OptionValue::Null,
+        n => OptionValue::Int(n.into()),
     }
 }

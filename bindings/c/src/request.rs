@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use cortexstream::tools::{messages_from_json, parsed_format};
-use cortexstream::{Canceller, Event, Prompt, RecvError, Request, RequestHandle, WaitLimit};
+use cortexstream::{Canceller, Event, Prompt, RecvError, RequestHandle, WaitLimit};
 
 use crate::args::{c_str, check_out, read_sized, require, slice};
 use crate::engine::{chat_messages, cs_chat_message, cs_engine, engine_ref};
@@ -165,8 +165,7 @@ unsafe fn submit(
     // SAFETY (all): forwarded caller contract.
     let engine = unsafe { engine_ref(engine)? }.core();
     let params = unsafe { read_sized(params, cs_sampling_default_params(), "params")? };
-    let mut request = Request::new(prompt, unsafe { params.to_core()? }).with_priority(params.priority);
-    request.tools = unsafe { params.tool_spec()? };
+    let request = unsafe { params.to_options()? }.into_request(prompt);
     check_out(out_request, "out_request")?;
     let tool_format = parsed_format(&request, engine.tool_call_format());
     let stream = match callback {

@@ -3,7 +3,7 @@
 const { NativeEngine } = require('./native');
 const { withDefaultModels } = require('./models');
 const { runRequest, ChunkStream } = require('./request');
-const { checkPrompt, checkMessages, checkOptions, checkEngineOptions } = require('./validate');
+const { checkPrompt, checkMessages, checkEngineOptions } = require('./validate');
 
 class Engine {
   #native;
@@ -71,18 +71,23 @@ class Engine {
   #submit(prompt, options) {
     return (onChunk) => {
       checkPrompt(prompt);
-      checkOptions(options);
-      return this.#native.submit(prompt, options, onChunk);
+      return this.#native.submit(prompt, samplingOptions(options), onChunk);
     };
   }
 
   #submitChat(messages, options) {
     return (onChunk) => {
       checkMessages(messages);
-      checkOptions(options);
-      return this.#native.submitChat(messages, options, onChunk);
+      return this.#native.submitChat(messages, samplingOptions(options), onChunk);
     };
   }
+}
+
+/** The options the core reads: all but `signal`, which `runRequest` handles. */
+function samplingOptions(options) {
+  if (options === null || typeof options !== 'object') return options;
+  const { signal, ...sampling } = options;
+  return sampling;
 }
 
 module.exports = { Engine };

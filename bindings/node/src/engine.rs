@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use cortexstream::tools::{parsed_format, ToolCallSplitter};
 use cortexstream::{ChatMessage, CompletionBuilder, Engine, Error, Event, Prompt, Request, RequestHandle};
-use napi::bindgen_prelude::{AsyncTask, Either, Env, FnArgs};
+use napi::bindgen_prelude::{AsyncTask, Either, Env, FnArgs, Unknown};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::Status;
 use napi_derive::napi;
 
 use crate::errors::to_js_error;
 use crate::naming::camel_case_keys;
-use crate::options::{raw_prompt, request, whole, EngineOptions, GenerateOptions, Message};
+use crate::options::{raw_prompt, request, whole, EngineOptions, Message};
 use crate::records::{Chunk, Completion, ModelInfo};
 use crate::tasks::{CloseTask, EmbedTask};
 
@@ -47,10 +47,14 @@ impl NativeEngine {
         &self,
         env: Env,
         prompt: Either<String, Vec<f64>>,
-        options: Option<GenerateOptions>,
+        options: Option<Unknown<'_>>,
         on_chunk: ChunkSink,
     ) -> napi::Result<NativeRequest> {
-        self.start(&env, raw_prompt(prompt).and_then(|p| request(p, options)), on_chunk)
+        let request = match raw_prompt(prompt) {
+            Ok(prompt) => request(prompt, options)?,
+            Err(error) => Err(error),
+        };
+        self.start(&env, request, on_chunk)
     }
 
     /// Queues chat messages (the reply is generated after the model's assistant header).
@@ -59,10 +63,10 @@ impl NativeEngine {
         &self,
         env: Env,
         messages: Vec<Message>,
-        options: Option<GenerateOptions>,
+        options: Option<Unknown<'_>>,
         on_chunk: ChunkSink,
     ) -> napi::Result<NativeRequest> {
-        self.start(&env, request(Prompt::Chat(chat_messages(messages)), options), on_chunk)
+        self.start(&env, request(Prompt::Chat(chat_messages(messages)), options)?, on_chunk)
     }
 
     /// Unit-length embedding vectors, one per text (on the thread pool).

@@ -19,6 +19,20 @@ pub fn camel_case(name: &str) -> String {
     out
 }
 
+/// `topP` -> `top_p`: a JavaScript option name as the core spells it.
+pub fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for c in name.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Renames every object key in `value`, at any depth, to camelCase.
 pub fn camel_case_keys(value: Value) -> Value {
     match value {

@@ -1,16 +1,18 @@
 //! JavaScript option objects -> core [`EngineConfig`] and [`Request`].
 //!
-//! Only conversion happens here; ranges are checked by the core so every front door reports
-//! the same messages. JavaScript has one number type, so integer options arrive as `f64` and
-//! a fraction, a negative count or an unsafe integer is an invalid value for that option
-//! (rather than being silently truncated or wrapped).
+//! Only conversion happens here; names, types and ranges of a request's options are checked by
+//! the core so every front door reports the same messages. JavaScript has one number type, so
+//! integer engine options arrive as `f64` and a fraction, a negative count or an unsafe integer
+//! is an invalid value for that option (rather than being silently truncated or wrapped).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
-use cortexstream::{ChatMessage, Constraint, EngineConfig, Error, Prompt, Request, SamplingParams, ToolSpec};
-use napi::bindgen_prelude::{Either, Null};
+use cortexstream::{ChatMessage, EngineConfig, Error, OptionValue, Prompt, Request, RequestOptions};
+use napi::bindgen_prelude::{Either, JsObjectValue, Null, Object, Unknown};
+use napi::{JsValue, ValueType};
 use napi_derive::napi;
+
+use crate::naming::snake_case;
 
 /// Largest integer a JavaScript number holds exactly (`Number.MAX_SAFE_INTEGER`).
 const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
@@ -29,6 +31,7 @@ pub struct EngineOptions {
     pub threads: Option<f64>,
     pub max_queue: Option<f64>,
     pub chat_template: Option<String>,
+    pub target_step_ms: Option<f64>,
 }
 
 impl EngineOptions {
@@ -40,6 +43,9 @@ impl EngineOptions {
         config.context_length = self.context_length.map(|v| whole(v, "contextLength")).transpose()?;
         config.threads = self.threads.map(|v| whole(v, "threads")).transpose()?;
         config.chat_template = self.chat_template;
+        if let Some(ms) = self.target_step_ms {
+            config.set_target_step_ms(ms);
+        }
         for (slot, value, name) in [
             (&mut config.max_running, self.max_running, "maxRunning"),
             (&mut config.max_batch_tokens, self.max_batch_tokens, "maxBatchTokens"),
@@ -53,80 +59,6 @@ impl EngineOptions {
         }
         Ok(config)
     }
-}
-
-/// Sampling and stopping options of one request (`signal` is handled in JavaScript).
-#[napi(object)]
-pub struct GenerateOptions {
-    pub max_tokens: Option<f64>,
-    pub temperature: Option<f64>,
-    pub top_k: Option<f64>,
-    pub top_p: Option<f64>,
-    pub min_p: Option<f64>,
-    pub repetition_penalty: Option<f64>,
-    pub presence_penalty: Option<f64>,
-    pub frequency_penalty: Option<f64>,
-    pub penalty_last_n: Option<f64>,
-    pub seed: Option<f64>,
-    pub stop: Option<Either<String, Vec<String>>>,
-    pub stop_token_ids: Option<Vec<f64>>,
-    pub ignore_eos: Option<bool>,
-    pub logprobs: Option<f64>,
-    pub priority: Option<f64>,
-    /// OpenAI's `logit_bias`: token id (as an object key) -> bias in [-100, 100].
-    pub logit_bias: Option<HashMap<String, f64>>,
-    // At most one of the five output constraints below (see `constraint`).
-    /// A JSON schema the output validates against (an object or JSON text).
-    pub json_schema: Option<serde_json::Value>,
-    /// A regular expression the whole output matches.
-    pub regex: Option<String>,
-    /// A Lark grammar (llguidance's dialect) the output follows.
-    pub grammar: Option<String>,
-    /// The output is exactly one of these strings.
-    pub choices: Option<Vec<String>>,
-    /// OpenAI's `response_format` object (`{type: 'json_object'}`, `{type: 'json_schema', ...}`).
-    pub response_format: Option<serde_json::Value>,
-    /// Tools the model may call (chat only): OpenAI's `[{type: 'function', function: {...}}]`.
-    pub tools: Option<serde_json::Value>,
-    /// `'none'`, `'auto'` (default), `'required'` or `{type: 'function', function: {name}}`.
-    pub tool_choice: Option<serde_json::Value>,
-    /// More than one call per answer (default true).
-    pub parallel_tool_calls: Option<bool>,
-}
-
-/// The request's constraint from whichever of the constraint options is set; two of them are
-/// an invalid request naming the second (JS spelling).
-fn constraint(o: &mut GenerateOptions) -> Result<Option<Constraint>, Error> {
-    let mut given: Vec<(&'static str, Option<Constraint>)> = Vec::new();
-    if let Some(schema) = o.json_schema.take() {
-        let text = match schema {
-            serde_json::Value::String(text) => text,
-            serde_json::Value::Object(_) | serde_json::Value::Bool(_) => schema.to_string(),
-            other => {
-                return Err(Error::invalid("jsonSchema", format!("must be an object or a JSON string, got {other}")))
-            }
-        };
-        given.push(("jsonSchema", Some(Constraint::JsonSchema(text))));
-    }
-    if let Some(pattern) = o.regex.take() {
-        given.push(("regex", Some(Constraint::Regex(pattern))));
-    }
-    if let Some(lark) = o.grammar.take() {
-        given.push(("grammar", Some(Constraint::Grammar(lark))));
-    }
-    if let Some(choices) = o.choices.take() {
-        given.push(("choices", Some(Constraint::Choices(choices))));
-    }
-    if let Some(format) = o.response_format.take() {
-        given.push(("responseFormat", Constraint::from_response_format(&format)?));
-    }
-    if let Some((second, _)) = given.get(1) {
-        return Err(Error::invalid(
-            second,
-            "only one of jsonSchema, regex, grammar, choices and responseFormat may be given",
-        ));
-    }
-    Ok(given.pop().and_then(|(_, constraint)| constraint))
 }
 
 /// One chat message, with the tool fields of an assistant turn that called tools
@@ -164,61 +96,58 @@ pub fn raw_prompt(prompt: Either<String, Vec<f64>>) -> Result<Prompt, Error> {
     }
 }
 
-/// Builds the request; unset options keep the core's defaults.
-pub fn request(prompt: Prompt, options: Option<GenerateOptions>) -> Result<Request, Error> {
-    let Some(mut o) = options else { return Ok(Request::new(prompt, SamplingParams::default())) };
-    let tools = ToolSpec::from_options(o.tools.as_ref(), o.tool_choice.as_ref(), o.parallel_tool_calls)?;
-    let mut p = SamplingParams { constraint: constraint(&mut o)?, ..SamplingParams::default() };
-    for (slot, value) in [
-        (&mut p.temperature, o.temperature),
-        (&mut p.top_p, o.top_p),
-        (&mut p.min_p, o.min_p),
-        (&mut p.repetition_penalty, o.repetition_penalty),
-        (&mut p.presence_penalty, o.presence_penalty),
-        (&mut p.frequency_penalty, o.frequency_penalty),
-    ] {
-        if let Some(value) = value {
-            *slot = value as f32;
-        }
-    }
-    if let Some(v) = o.top_k {
-        p.top_k = whole(v, "topK")?;
-    }
-    if let Some(v) = o.penalty_last_n {
-        p.penalty_last_n = whole(v, "penaltyLastN")?;
-    }
-    p.seed = o.seed.map(|v| whole(v, "seed")).transpose()?;
-    p.max_tokens = o.max_tokens.map(|v| whole(v, "maxTokens")).transpose()?;
-    p.logprobs = o.logprobs.map(|v| whole(v, "logprobs")).transpose()?;
-    p.ignore_eos = o.ignore_eos.unwrap_or(false);
-    p.stop = match o.stop {
-        None => Vec::new(),
-        Some(Either::A(single)) => vec![single],
-        Some(Either::B(many)) => many,
+/// Builds the request from the JavaScript options object: the one conversion of JavaScript
+/// values to the core's options. The core reads them (names, types) and checks the ranges, so
+/// the messages are the same at every door; only the top-level names are camelCase here.
+pub fn request(prompt: Prompt, options: Option<Unknown<'_>>) -> napi::Result<Result<Request, Error>> {
+    let value = match options {
+        None => OptionValue::Null,
+        Some(options) => match option_value(&options)? {
+            OptionValue::Map(entries) => {
+                OptionValue::Map(entries.into_iter().map(|(name, value)| (snake_case(&name), value)).collect())
+            }
+            other => other,
+        },
     };
-    p.stop_token_ids = o
-        .stop_token_ids
-        .unwrap_or_default()
-        .into_iter()
-        .map(|id| whole(id, "stopTokenIds"))
-        .collect::<Result<_, _>>()?;
-    p.logit_bias = o
-        .logit_bias
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(id, bias)| {
-            let id = id.trim().parse::<u32>().map_err(|_| {
-                Error::invalid("logit_bias", format!("keys must be token ids (whole numbers), got {id:?}"))
-            })?;
-            Ok((id, bias as f32))
-        })
-        .collect::<Result<_, Error>>()?;
-    let priority = o.priority.map(|v| whole(v, "priority")).transpose()?.unwrap_or(0);
-    let request = Request::new(prompt, p).with_priority(priority);
-    Ok(match tools {
-        Some(tools) => request.with_tools(tools),
-        None => request,
+    Ok(RequestOptions::from_value(value).map(|options| options.into_request(prompt)))
+}
+
+/// A JavaScript value as the core's language-neutral value. A whole number within
+/// `Number.MAX_SAFE_INTEGER` is an integer (JavaScript has one number type); a larger one stays
+/// a float so that a count refuses it instead of rounding it. Functions, symbols and bigints
+/// take no option: `Unsupported`, so the core's error names the field they were in.
+fn option_value(value: &Unknown<'_>) -> napi::Result<OptionValue> {
+    // SAFETY (every `cast` below): each casts to the type `get_type` reported, as `cast` requires.
+    Ok(match value.get_type()? {
+        ValueType::Undefined | ValueType::Null => OptionValue::Null,
+        ValueType::Boolean => OptionValue::Bool(unsafe { value.cast::<bool>() }?),
+        ValueType::Number => number(unsafe { value.cast::<f64>() }?),
+        ValueType::String => OptionValue::Str(unsafe { value.cast::<String>() }?),
+        ValueType::Object => {
+            let object = unsafe { value.cast::<Object<'_>>() }?;
+            if object.is_array()? {
+                let items =
+                    (0..object.get_array_length()?).map(|i| option_value(&object.get_element::<Unknown<'_>>(i)?));
+                OptionValue::List(items.collect::<napi::Result<_>>()?)
+            } else {
+                let names = object.get_property_names()?;
+                let entries = (0..names.get_array_length()?).map(|i| {
+                    let name: String = names.get_element(i)?;
+                    Ok((name.clone(), option_value(&object.get_named_property::<Unknown<'_>>(&name)?)?))
+                });
+                OptionValue::Map(entries.collect::<napi::Result<_>>()?)
+            }
+        }
+        other => OptionValue::Unsupported(format!("{other:?}").to_lowercase()),
     })
+}
+
+fn number(value: f64) -> OptionValue {
+    if value.fract() == 0.0 && value.abs() <= MAX_SAFE_INTEGER {
+        OptionValue::Int(value as i128)
+    } else {
+        OptionValue::Float(value)
+    }
 }
 
 /// A JavaScript number that must be a whole number representable as `T`.

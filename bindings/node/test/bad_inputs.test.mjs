@@ -1,5 +1,6 @@
 // The bad-input matrix (tests/hardening/bad_inputs.json), Node door: every case for "node"
-// fails with the right `code`/`param` (or TypeError), accepted ones give their exact greedy
+// fails with the right `code`/`param` (or TypeError for a prompt or messages of the wrong type,
+// checked before the addon), accepted ones give their exact greedy
 // text, and after each case the canary request still gets its exact text.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';

@@ -60,7 +60,8 @@ test('bad constraints reject naming the option', async () => {
       return true;
     });
   }
+  // Wrong types too are the core's invalid_request, as at every other door.
   for (const [options, param] of [[{ jsonSchema: 3 }, 'jsonSchema'], [{ choices: 'ab' }, 'choices'], [{ regex: 1 }, 'regex']]) {
-    await assert.rejects(engine.generate('Hi', options), (error) => error instanceof TypeError && error.param === param);
+    await assert.rejects(engine.generate('Hi', options), { code: 'invalid_request', param });
   }
 });

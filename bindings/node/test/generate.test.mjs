@@ -10,22 +10,24 @@ before(() => {
 after(() => engine.close());
 
 const fox = reference.raw_completion;
+// llama.cpp's greedy ids up to the float64 forward's first near tie (the fixture's greedy_near_tie).
+const clear = fox.greedy_clear_tokens;
 
 describe('generate', () => {
   test('greedy "The quick brown fox" matches llama.cpp', async () => {
-    const completion = await engine.generate(fox.prompt, { ...greedy, maxTokens: 12 });
-    assert.deepEqual(completion.tokenIds, fox.greedy_token_ids.slice(0, 12));
+    const completion = await engine.generate(fox.prompt, { ...greedy, maxTokens: clear });
+    assert.deepEqual(completion.tokenIds, fox.greedy_token_ids.slice(0, clear));
     assert.equal(completion.text, engine.detokenize(completion.tokenIds));
     assert.equal(completion.finishReason, 'length');
     const { promptTokens, completionTokens, totalTokens } = completion.usage;
-    assert.deepEqual([promptTokens, completionTokens, totalTokens], [4, 12, 16]);
+    assert.deepEqual([promptTokens, completionTokens, totalTokens], [4, clear, 4 + clear]);
     assert.ok(completion.timings.totalNs >= completion.timings.timeToFirstTokenNs && completion.timings.timeToFirstTokenNs > 0);
     assert.equal(completion.logprobs, undefined);
   });
 
   test('token-id prompts generate the same as text', async () => {
-    const completion = await engine.generate(fox.prompt_token_ids, { ...greedy, maxTokens: 12 });
-    assert.deepEqual(completion.tokenIds, fox.greedy_token_ids.slice(0, 12));
+    const completion = await engine.generate(fox.prompt_token_ids, { ...greedy, maxTokens: clear });
+    assert.deepEqual(completion.tokenIds, fox.greedy_token_ids.slice(0, clear));
   });
 
   test('stop strings end the completion without being part of it', async () => {
@@ -101,7 +103,7 @@ describe('streaming', () => {
     assert.equal(seen.length, 25);
     assert.equal(seen.at(-1).finishReason, 'length');
     assert.equal(seen.map((chunk) => chunk.text).join(''), completion.text);
-    assert.deepEqual(completion.tokenIds, fox.greedy_token_ids.slice(0, 24));
+    assert.deepEqual(completion.tokenIds.slice(0, clear), fox.greedy_token_ids.slice(0, clear));
   });
 
   test('a stream also exposes its completion', async () => {
@@ -144,13 +146,26 @@ describe('invalid options', () => {
     await assert.rejects(engine.generate(tooLong), { code: 'context_length_exceeded' });
   });
 
-  test('a fraction where a count belongs is a TypeError naming the option', async () => {
-    await assert.rejects(engine.generate('hello', { maxTokens: 2.5 }), (error) => {
-      assert.ok(error instanceof TypeError);
-      assert.equal(error.code, 'invalid_type');
-      assert.equal(error.param, 'maxTokens');
+  test('a fraction or an unsafe integer where a count belongs is invalid, naming the option', async () => {
+    // The core reads the options: the same code and wording as the Python, C and REST doors.
+    for (const [maxTokens, wording] of [[2.5, 'floating point `2.5`'], [2 ** 64, 'floating point']]) {
+      await assert.rejects(engine.generate('hello', { maxTokens }), (error) => {
+        assert.equal(error.code, 'invalid_request', error.message);
+        assert.equal(error.param, 'maxTokens');
+        assert.ok(error.message.includes(wording), error.message);
+        return true;
+      });
+    }
+  });
+
+  test('an unknown option is named, and `signal` is not one', async () => {
+    await assert.rejects(engine.generate('hello', { maxTokenz: 2 }), (error) => {
+      assert.equal(error.code, 'invalid_request');
+      assert.ok(error.message.includes('unknown option `max_tokenz`'), error.message);
       return true;
     });
+    const completion = await engine.generate('hello', { maxTokens: 1, signal: new AbortController().signal });
+    assert.equal(completion.tokenIds.length, 1);
   });
 
   test('a stream with invalid options fails when iterated', async () => {

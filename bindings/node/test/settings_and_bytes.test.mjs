@@ -35,6 +35,21 @@ test('engine options out of range are errors naming the option', () => {
   assertRejected({ blockSize: 0 }, 'blockSize');
   assertRejected({ maxQueue: 0 }, 'maxQueue');
   assertRejected({ threads: 'many' }, 'threads', 'invalid_type');
+  assertRejected({ maxBatchTokens: 2 ** 20 + 1 }, 'maxBatchTokens');
+  for (const bad of [-1, NaN, Infinity, 10000.5]) assertRejected({ targetStepMs: bad }, 'targetStepMs');
+  assertRejected({ targetStepMs: 'fast' }, 'targetStepMs', 'invalid_type');
+});
+
+test('a step target of 0 keeps a fixed budget; one in range adapts', async () => {
+  for (const targetStepMs of [0, 20]) {
+    const fixed = new Engine({ embeddingModel: null, kvCacheTokens: 512, targetStepMs });
+    try {
+      const completion = await fixed.generate('Hello', { ...greedy, maxTokens: 2 });
+      assert.ok(completion.tokenIds.length >= 1);
+    } finally {
+      fixed.close();
+    }
+  }
 });
 
 /** Logprobs of one greedy token forced by a logit bias. */

@@ -2,6 +2,7 @@
 //! releases the GIL.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use cortexstream::tools::parsed_format;
 use cortexstream::{EngineConfig, Prompt};
@@ -11,13 +12,38 @@ use pyo3::types::{PyDict, PyString, PyType};
 use crate::errors::to_py_err;
 use crate::options::{chat_messages, number, raw_prompt, request};
 use crate::records::{Completion, ModelInfo};
+use crate::registry::Lease;
 use crate::stream::Stream;
 
 /// A loaded model serving requests from any thread. Arguments left as `None` take the
 /// core's defaults. `cortexstream.Engine` subclasses this to resolve model names.
 #[pyclass(frozen, subclass, module = "cortexstream._core")]
 pub struct Engine {
-    engine: cortexstream::Engine,
+    engine: EngineRef,
+}
+
+/// An engine this object owns, or one a `Registry` owns and lent through a lease.
+enum EngineRef {
+    Owned(cortexstream::Engine),
+    /// `close()` leaves it running: the registry decides when it unloads.
+    Lent(Arc<cortexstream::Engine>),
+}
+
+impl std::ops::Deref for EngineRef {
+    type Target = cortexstream::Engine;
+    fn deref(&self) -> &cortexstream::Engine {
+        match self {
+            Self::Owned(engine) => engine,
+            Self::Lent(engine) => engine,
+        }
+    }
+}
+
+impl Engine {
+    /// A Python engine over a registry's model (see `Lease.engine`).
+    fn lent(engine: Arc<cortexstream::Engine>) -> Self {
+        Self { engine: EngineRef::Lent(engine) }
+    }
 }
 
 impl Engine {
@@ -46,6 +72,7 @@ impl Engine {
     #[pyo3(signature = (
         model, *, tokenizer=None, embedding_model=None, max_running=None, max_batch_tokens=None,
         kv_cache_tokens=None, context_length=None, threads=None, max_queue=None, chat_template=None,
+        target_step_ms=None, _lease=None,
     ))]
     #[allow(clippy::too_many_arguments)] // mirrors the Python keyword arguments one to one
     fn new(
@@ -60,27 +87,24 @@ impl Engine {
         threads: Option<&Bound<'_, PyAny>>,
         max_queue: Option<&Bound<'_, PyAny>>,
         chat_template: Option<String>,
+        target_step_ms: Option<&Bound<'_, PyAny>>,
+        _lease: Option<PyRef<'_, Lease>>,
     ) -> PyResult<Self> {
-        let mut config = EngineConfig::new(model);
-        config.tokenizer = tokenizer;
-        config.embedding_model = embedding_model;
-        // Sizes go through `number` so a negative or huge int is an InvalidRequestError naming
-        // the argument (pyo3's own conversion raises a bare OverflowError); the core checks ranges.
-        set_optional(&mut config.context_length, context_length, "context_length")?;
-        set_optional(&mut config.threads, threads, "threads")?;
-        config.chat_template = chat_template;
-        for (slot, value, name) in [
-            (&mut config.max_running, max_running, "max_running"),
-            (&mut config.max_batch_tokens, max_batch_tokens, "max_batch_tokens"),
-            (&mut config.kv_cache_tokens, kv_cache_tokens, "kv_cache_tokens"),
-            (&mut config.max_queue, max_queue, "max_queue"),
-        ] {
-            if let Some(value) = value.filter(|v| !v.is_none()) {
-                *slot = number(value, name)?;
-            }
+        // `Lease.engine` builds the `cortexstream.Engine` subclass (with its asyncio methods)
+        // over a registry's engine this way; the other arguments are then ignored.
+        if let Some(lease) = _lease {
+            return lease.generation_engine().map(Self::lent);
         }
+        let config = engine_config(
+            model,
+            tokenizer,
+            embedding_model,
+            [max_running, max_batch_tokens, kv_cache_tokens, context_length, threads, max_queue],
+            chat_template,
+            target_step_ms,
+        )?;
         let engine = py.detach(|| cortexstream::Engine::new(config)).map_err(to_py_err)?;
-        Ok(Self { engine })
+        Ok(Self { engine: EngineRef::Owned(engine) })
     }
 
     /// Generates a completion for a text or token-id prompt (blocks; the GIL is released).
@@ -185,7 +209,9 @@ impl Engine {
     /// Cancels in-flight requests, stops the engine thread and frees the model. Idempotent;
     /// later calls raise `EngineClosedError`.
     fn close(&self, py: Python<'_>) {
-        py.detach(|| self.engine.shutdown());
+        if let EngineRef::Owned(engine) = &self.engine {
+            py.detach(|| engine.shutdown());
+        }
     }
 
     fn __enter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
@@ -201,6 +227,41 @@ impl Engine {
     ) {
         self.close(py);
     }
+}
+
+/// The engine settings of `Engine(...)` and `Registry.register(...)`, in one place. `sizes`
+/// are `max_running, max_batch_tokens, kv_cache_tokens, context_length, threads, max_queue`.
+pub(crate) fn engine_config(
+    model: PathBuf,
+    tokenizer: Option<PathBuf>,
+    embedding_model: Option<PathBuf>,
+    sizes: [Option<&Bound<'_, PyAny>>; 6],
+    chat_template: Option<String>,
+    target_step_ms: Option<&Bound<'_, PyAny>>,
+) -> PyResult<EngineConfig> {
+    let [max_running, max_batch_tokens, kv_cache_tokens, context_length, threads, max_queue] = sizes;
+    let mut config = EngineConfig::new(model);
+    config.tokenizer = tokenizer;
+    config.embedding_model = embedding_model;
+    // Sizes go through `number` so a negative or huge int is an InvalidRequestError naming
+    // the argument (pyo3's own conversion raises a bare OverflowError); the core checks ranges.
+    set_optional(&mut config.context_length, context_length, "context_length")?;
+    set_optional(&mut config.threads, threads, "threads")?;
+    config.chat_template = chat_template;
+    if let Some(ms) = target_step_ms.filter(|v| !v.is_none()) {
+        config.set_target_step_ms(number(ms, "target_step_ms")?);
+    }
+    for (slot, value, name) in [
+        (&mut config.max_running, max_running, "max_running"),
+        (&mut config.max_batch_tokens, max_batch_tokens, "max_batch_tokens"),
+        (&mut config.kv_cache_tokens, kv_cache_tokens, "kv_cache_tokens"),
+        (&mut config.max_queue, max_queue, "max_queue"),
+    ] {
+        if let Some(value) = value.filter(|v| !v.is_none()) {
+            *slot = number(value, name)?;
+        }
+    }
+    Ok(config)
 }
 
 /// Sets an optional size from a keyword argument (`None` keeps it unset).

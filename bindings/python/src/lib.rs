@@ -4,11 +4,11 @@
 //! place (`errors`), and moves events to Python threads with the GIL released while waiting.
 //! The friendly layer (model names, asyncio, numpy) is plain Python in `python/cortexstream`.
 
-mod constraint;
 mod engine;
 mod errors;
 mod options;
 mod records;
+mod registry;
 mod stream;
 mod tools;
 
@@ -26,6 +26,9 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<records::TokenLogprobs>()?;
     module.add_class::<records::ModelInfo>()?;
     module.add_class::<tools::ToolCall>()?;
+    module.add_class::<registry::Registry>()?;
+    module.add_class::<registry::Lease>()?;
+    module.add_class::<registry::LoadedModel>()?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

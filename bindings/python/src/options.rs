@@ -1,18 +1,17 @@
 //! Python arguments → core [`Request`]: the prompt forms and the sampling keyword arguments.
 //!
-//! Only conversion happens here; the ranges are checked by the core at submit so every front
-//! door reports the same field names and messages. A wrong Python type is a `TypeError`
-//! naming the field; an integer that cannot be represented (e.g. `max_tokens=-1`) is an
-//! invalid request for that field.
+//! Only conversion happens here. The sampling keywords become one core [`OptionValue`]; the
+//! core reads it (types, unknown names) and checks the ranges at submit, so every front door
+//! reports the same field names and messages. A prompt or messages of the wrong Python type
+//! is a `TypeError` naming the argument.
 
-use cortexstream::{ChatMessage, Error, Prompt, Request, SamplingParams};
+use cortexstream::{ChatMessage, Error, OptionValue, Prompt, Request, RequestOptions};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyInt, PyString};
+use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
 
-use crate::constraint;
 use crate::errors::to_py_err;
-use crate::tools::{message_fields, ToolArgs};
+use crate::tools::message_fields;
 
 /// A text or token-id prompt (`str | list[int]`).
 pub fn raw_prompt(prompt: &Bound<'_, PyAny>) -> PyResult<Prompt> {
@@ -50,106 +49,79 @@ fn message(item: &Bound<'_, PyDict>) -> PyResult<ChatMessage> {
     Ok(message)
 }
 
-/// Builds the request from a prompt and the sampling keyword arguments. `None` for any of
-/// them means its default, so callers can forward optional fields as they are.
+/// Builds the request from a prompt and the sampling keyword arguments: the one conversion of
+/// Python values to the core's options. The core names the field of any bad value, rejects
+/// unknown keywords, and treats `None` as the default (so callers can forward optional fields).
 pub fn request(prompt: Prompt, sampling: Option<&Bound<'_, PyDict>>) -> PyResult<Request> {
-    let mut params = SamplingParams::default();
-    let mut priority = 0;
-    let mut tools = ToolArgs::default();
-    for (key, value) in sampling.into_iter().flat_map(|kwargs| kwargs.iter()) {
-        let key: String = key.extract()?;
-        if tools.take(&key, &value)? {
-            continue;
-        }
-        let p = &mut params;
-        let value = &value;
-        match key.as_str() {
-            "temperature" => set(&mut p.temperature, value, |v| number(v, "temperature"))?,
-            "top_k" => set(&mut p.top_k, value, |v| number(v, "top_k"))?,
-            "top_p" => set(&mut p.top_p, value, |v| number(v, "top_p"))?,
-            "min_p" => set(&mut p.min_p, value, |v| number(v, "min_p"))?,
-            "repetition_penalty" => set(&mut p.repetition_penalty, value, |v| number(v, "repetition_penalty"))?,
-            "presence_penalty" => set(&mut p.presence_penalty, value, |v| number(v, "presence_penalty"))?,
-            "frequency_penalty" => set(&mut p.frequency_penalty, value, |v| number(v, "frequency_penalty"))?,
-            "penalty_last_n" => set(&mut p.penalty_last_n, value, |v| number(v, "penalty_last_n"))?,
-            "seed" => set(&mut p.seed, value, |v| number(v, "seed").map(Some))?,
-            "max_tokens" => set(&mut p.max_tokens, value, |v| number(v, "max_tokens").map(Some))?,
-            "logprobs" => set(&mut p.logprobs, value, |v| number(v, "logprobs").map(Some))?,
-            "ignore_eos" => set(&mut p.ignore_eos, value, |v| typed(v, "ignore_eos", "a bool"))?,
-            "stop" => set(&mut p.stop, value, stop_strings)?,
-            "stop_token_ids" => set(&mut p.stop_token_ids, value, |v| typed(v, "stop_token_ids", "a list of int"))?,
-            "logit_bias" => set(&mut p.logit_bias, value, logit_bias)?,
-            "priority" => set(&mut priority, value, |v| number(v, "priority"))?,
-            "json_schema" => constraint::set(&mut p.constraint, "json_schema", value, constraint::json_schema)?,
-            "regex" => constraint::set(&mut p.constraint, "regex", value, constraint::regex)?,
-            "grammar" => constraint::set(&mut p.constraint, "grammar", value, constraint::grammar)?,
-            "choices" => constraint::set(&mut p.constraint, "choices", value, constraint::choices)?,
-            "response_format" => {
-                constraint::set(&mut p.constraint, "response_format", value, constraint::response_format)?
-            }
-            other => return Err(PyTypeError::new_err(format!("unexpected keyword argument `{other}`"))),
-        }
-    }
-    tools.attach(Request::new(prompt, params).with_priority(priority))
+    let entries = match sampling {
+        None => Vec::new(),
+        Some(kwargs) => kwargs.iter().map(|(key, value)| keyword(key.extract()?, &value)).collect::<PyResult<_>>()?,
+    };
+    let options = RequestOptions::from_value(OptionValue::Map(entries)).map_err(to_py_err)?;
+    Ok(options.into_request(prompt))
 }
 
-/// Parses `value` into `slot` unless it is `None` (keep the default).
-fn set<'py, T>(
-    slot: &mut T,
-    value: &Bound<'py, PyAny>,
-    parse: impl FnOnce(&Bound<'py, PyAny>) -> PyResult<T>,
-) -> PyResult<()> {
-    if !value.is_none() {
-        *slot = parse(value)?;
+/// One keyword argument. A Pydantic model class stands for its JSON schema (as the `openai`
+/// client's `parse()` takes it), under `json_schema` whether given as that or `response_format`.
+fn keyword(key: String, value: &Bound<'_, PyAny>) -> PyResult<(String, OptionValue)> {
+    if is_pydantic_model(value) && (key == "json_schema" || key == "response_format") {
+        return Ok(("json_schema".to_owned(), option_value(&value.call_method0("model_json_schema")?)?));
     }
-    Ok(())
+    Ok((key, option_value(value)?))
 }
 
-/// Extracts a non-number field, or a `TypeError` naming it.
+fn is_pydantic_model(value: &Bound<'_, PyAny>) -> bool {
+    value.is_instance_of::<PyType>() && value.hasattr("model_json_schema").unwrap_or(false)
+}
+
+/// A Python value as the core's language-neutral value. Types with no JSON form (bytes, sets,
+/// arbitrary objects) become `Unsupported` so the core's error names the field they were in.
+fn option_value(value: &Bound<'_, PyAny>) -> PyResult<OptionValue> {
+    Ok(if value.is_none() {
+        OptionValue::Null
+    } else if let Ok(b) = value.cast::<PyBool>() {
+        OptionValue::Bool(b.is_true())
+    } else if value.is_instance_of::<PyInt>() {
+        // Not shown: an int of thousands of digits would make a message as long.
+        value
+            .extract::<i128>()
+            .map_or_else(|_| OptionValue::Unsupported("an integer past 128 bits".into()), OptionValue::Int)
+    } else if value.is_instance_of::<PyFloat>() {
+        OptionValue::Float(value.extract()?)
+    } else if value.is_instance_of::<PyString>() {
+        OptionValue::Str(value.extract()?)
+    } else if value.is_instance_of::<PyList>() || value.is_instance_of::<PyTuple>() {
+        OptionValue::List(value.try_iter()?.map(|item| option_value(&item?)).collect::<PyResult<_>>()?)
+    } else if let Ok(dict) = value.cast::<PyDict>() {
+        OptionValue::Map(dict.iter().map(|(k, v)| Ok((map_key(&k)?, option_value(&v)?))).collect::<PyResult<_>>()?)
+    } else {
+        OptionValue::Unsupported(type_name(value))
+    })
+}
+
+/// A dict key as a map key: a str as it is, an int (e.g. a `logit_bias` token id) in decimal,
+/// anything else spelled so that the core's message shows it (it is no key any option takes).
+fn map_key(key: &Bound<'_, PyAny>) -> PyResult<String> {
+    if key.is_instance_of::<PyString>() {
+        return key.extract();
+    }
+    if key.is_instance_of::<PyInt>() && !key.is_instance_of::<PyBool>() {
+        // Through i128, not `str()`: Python refuses to print an int of thousands of digits.
+        return Ok(key.extract::<i128>().map_or_else(|_| "an integer past 128 bits".to_owned(), |n| n.to_string()));
+    }
+    Ok(format!("{} {}", type_name(key), key.repr()?))
+}
+
+fn type_name(value: &Bound<'_, PyAny>) -> String {
+    value.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".to_owned())
+}
+
+/// Extracts a prompt or messages argument, or a `TypeError` naming it.
 fn typed<'py, T>(value: &Bound<'py, PyAny>, param: &str, expected: &str) -> PyResult<T>
 where
     T: for<'a> FromPyObject<'a, 'py>,
 {
     value.extract::<T>().map_err(|_| type_error(param, expected, value))
-}
-
-/// `stop="x"` or `stop=["x", "y"]`.
-fn stop_strings(value: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
-    if let Ok(single) = value.extract::<String>() {
-        return Ok(vec![single]);
-    }
-    typed(value, "stop", "a str or a list of str")
-}
-
-/// OpenAI's `logit_bias`: `{token_id: bias}`. Ids may be ints or decimal strs (JSON object keys
-/// are strings, so a dict decoded from an OpenAI request has str keys). The core checks that
-/// ids are in the vocabulary and biases in [-100, 100].
-fn logit_bias(value: &Bound<'_, PyAny>) -> PyResult<Vec<(u32, f32)>> {
-    const EXPECTED: &str = "a dict of token id (int or str) to bias (float)";
-    let entries = value.cast::<PyDict>().map_err(|_| type_error("logit_bias", EXPECTED, value))?;
-    entries
-        .iter()
-        .map(|(key, bias)| {
-            let bias = bias.extract::<f32>().map_err(|_| type_error("logit_bias", EXPECTED, &bias))?;
-            Ok((bias_token_id(&key)?, bias))
-        })
-        .collect()
-}
-
-/// A `logit_bias` key as a token id. Integers that are no token id at all (negative, huge,
-/// `"abc"`) are invalid values of the field, like ids past the vocabulary.
-fn bias_token_id(key: &Bound<'_, PyAny>) -> PyResult<u32> {
-    const EXPECTED: &str = "a dict of token id (int or str) to bias (float)";
-    let text = if key.is_instance_of::<PyString>() {
-        key.extract::<String>()?
-    } else if key.is_instance_of::<PyInt>() && !key.is_instance_of::<PyBool>() {
-        key.str()?.to_string()
-    } else {
-        return Err(type_error("logit_bias", EXPECTED, key));
-    };
-    text.trim().parse::<u32>().map_err(|_| {
-        to_py_err(Error::invalid("logit_bias", format!("{text:?} is not a token id (a non-negative integer)")))
-    })
 }
 
 /// A number field. A Python int outside the Rust type's range (a negative count, say) is an

@@ -1,9 +1,9 @@
-//! Tool calling for Python: `tools=`, `tool_choice=`, `parallel_tool_calls=` keyword
-//! arguments, the tool fields of chat messages, and the `ToolCall` record. Only conversion
+//! Tool calling for Python: the tool fields of chat messages and the `ToolCall` record. The
+//! `tools=`, `tool_choice=` and `parallel_tool_calls=` keyword arguments are request options
+//! like the others (the core reads them in `RequestOptions::from_value`). Only conversion
 //! happens here; the core checks the tools, renders them, constrains and parses the calls.
 
-use cortexstream::tools::ToolSpec;
-use cortexstream::{Error, Request};
+use cortexstream::Error;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -29,42 +29,6 @@ impl ToolCall {
 impl From<cortexstream::ToolCall> for ToolCall {
     fn from(call: cortexstream::ToolCall) -> Self {
         Self { id: call.id, name: call.name, arguments: call.arguments }
-    }
-}
-
-/// The tool keyword arguments of one request, gathered while the others are read.
-#[derive(Default)]
-pub struct ToolArgs {
-    tools: Option<serde_json::Value>,
-    choice: Option<serde_json::Value>,
-    parallel: Option<bool>,
-}
-
-impl ToolArgs {
-    /// Takes `key` if it is one of the tool arguments; `Ok(false)` leaves it to the caller.
-    pub fn take(&mut self, key: &str, value: &Bound<'_, PyAny>) -> PyResult<bool> {
-        if value.is_none() {
-            return Ok(matches!(key, "tools" | "tool_choice" | "parallel_tool_calls"));
-        }
-        match key {
-            "tools" => self.tools = Some(json_value(value, "tools")?),
-            "tool_choice" => self.choice = Some(json_value(value, "tool_choice")?),
-            "parallel_tool_calls" => {
-                self.parallel = Some(value.extract().map_err(|_| type_error("parallel_tool_calls", "a bool", value))?)
-            }
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
-
-    /// Adds the checked tools to `request`.
-    pub fn attach(self, request: Request) -> PyResult<Request> {
-        let spec =
-            ToolSpec::from_options(self.tools.as_ref(), self.choice.as_ref(), self.parallel).map_err(to_py_err)?;
-        Ok(match spec {
-            Some(spec) => request.with_tools(spec),
-            None => request,
-        })
     }
 }
 

@@ -11,7 +11,7 @@ use super::sequence::{EventCallback, EventSink, Sequence};
 use super::Shared;
 use crate::detokenize::StreamingText;
 use crate::error::{Error, Result};
-use crate::request::{Prompt, Request, SamplingParams, StopReason};
+use crate::request::{Prompt, Request, StopCriteria, StopReason};
 use crate::sampling::Sampler;
 use crate::tokenizer::Tokenizer;
 use crate::tools;
@@ -26,6 +26,8 @@ pub(super) fn prepare(
     let tokenizer = &shared.tokenizer;
     let vocab_size = shared.info.vocab_size;
     request.params.validate(vocab_size)?;
+    // The sampler gets what it reads; the sequence holds the stop criteria.
+    let (mut sampler_settings, stop) = request.params.split();
     let tokens = match &request.prompt {
         Prompt::Text(text) => {
             if text.is_empty() {
@@ -58,23 +60,30 @@ pub(super) fn prepare(
                 tokens.len()
             ),
             prompt_tokens: tokens.len(),
-            max_tokens: request.params.max_tokens.unwrap_or(0),
+            max_tokens: stop.max_tokens.unwrap_or(0),
             context_length: context,
         });
     }
     debug_assert!(context <= shared.kv_capacity_tokens);
     // A completion that would overflow the context is clamped to it and ends with
     // FinishReason::Length, as llama.cpp does (documented in the README).
-    let max_new_tokens = request.params.max_tokens.unwrap_or(usize::MAX).min(context - tokens.len());
+    let max_new_tokens = stop.max_tokens.unwrap_or(usize::MAX).min(context - tokens.len());
 
     // Compiled here, on the caller's thread, so a bad schema fails the submit itself. With
     // tools, a forced call is the constraint and every tool schema is checked.
     let special_token = |text: &str| tokenizer.token_to_id(text).filter(|&id| tokenizer.is_special(id));
     let compile = |c: &crate::constraint::Constraint| shared.constraints.start(c, tokenizer, vocab_size).map(drop);
+    sampler_settings.constraint = tools::effective_constraint(
+        sampler_settings.constraint.take(),
+        request.tools.as_ref(),
+        &request.prompt,
+        shared.chat_template.tool_format(),
+        &special_token,
+        &compile,
+    )?;
     let constraint =
-        tools::effective_constraint(&request, shared.chat_template.tool_format(), &special_token, &compile)?;
-    let constraint = constraint.as_ref().map(|c| shared.constraints.start(c, tokenizer, vocab_size)).transpose()?;
-    let stop_ids = stop_tokens(&request.params, tokenizer);
+        sampler_settings.constraint.as_ref().map(|c| shared.constraints.start(c, tokenizer, vocab_size)).transpose()?;
+    let stop_ids = stop_tokens(&stop, tokenizer);
     let cancel = Arc::new(AtomicBool::new(false));
     let (tx, rx) = crossbeam_channel::unbounded();
     let sink = match callback {
@@ -90,15 +99,14 @@ pub(super) fn prepare(
         prompt_len,
         tokens,
         computed: 0,
-        prefill_start: 0,
         blocks: Default::default(),
         sliding_blocks: Default::default(),
         queue_slot: None,
         registered_blocks: 0,
         last_block_hash: None,
         max_new_tokens,
-        text: StreamingText::new(request.params.stop.clone()),
-        sampler: Sampler::new(request.params),
+        text: StreamingText::new(stop.stop),
+        sampler: Sampler::new(sampler_settings),
         constraint,
         stop_ids,
         sink,
@@ -108,7 +116,6 @@ pub(super) fn prepare(
         first_scheduled: None,
         first_token: None,
         last_token: None,
-        decode_deferrals: 0,
         scheduled_this_step: false,
     };
     let handle = RequestHandle::new(id, prompt_len, rx, cancel);
@@ -117,10 +124,10 @@ pub(super) fn prepare(
 
 /// The token ids that end a request, each with the stop it reports. A requested stop token id
 /// wins over the same id as an end-of-generation token: the request named it.
-fn stop_tokens(params: &SamplingParams, tokenizer: &Tokenizer) -> HashMap<u32, StopReason> {
-    let end_of_generation = tokenizer.end_of_generation_ids().iter().filter(|_| !params.ignore_eos);
+fn stop_tokens(stop: &StopCriteria, tokenizer: &Tokenizer) -> HashMap<u32, StopReason> {
+    let end_of_generation = tokenizer.end_of_generation_ids().iter().filter(|_| !stop.ignore_eos);
     let mut stops: HashMap<u32, StopReason> =
         end_of_generation.map(|&id| (id, StopReason::EndOfGeneration(id))).collect();
-    stops.extend(params.stop_token_ids.iter().map(|&id| (id, StopReason::StopTokenId(id))));
+    stops.extend(stop.stop_token_ids.iter().map(|&id| (id, StopReason::StopTokenId(id))));
     stops
 }

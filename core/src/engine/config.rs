@@ -2,12 +2,23 @@
 //! model's shape and the machine's memory.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
+use super::step_budget::StepBudget;
 use crate::error::{Error, Result};
 use crate::models::ModelShape;
 
-/// Default of [`EngineConfig::max_prefill_tokens`].
-const DEFAULT_MAX_PREFILL_TOKENS: usize = 64;
+/// Default of [`EngineConfig::max_batch_tokens`] and [`EngineConfig::max_prefill_tokens`].
+const DEFAULT_MAX_BATCH_TOKENS: usize = 2048;
+
+/// Default of [`EngineConfig::target_step_ms`].
+pub const DEFAULT_TARGET_STEP_MS: f64 = 50.0;
+
+/// Largest accepted token budget: far beyond any context window, so a bigger value is a typo.
+const MAX_TOKENS_PER_STEP: usize = 1 << 20;
+
+/// Largest accepted step target (10 s): a step that long is no streaming at all.
+const MAX_TARGET_STEP_MS: f64 = 10_000.0;
 
 /// How the engine is built. [`EngineConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
@@ -22,19 +33,30 @@ pub struct EngineConfig {
     pub embedding_model: Option<PathBuf>,
     /// Most sequences in the running batch (default 32).
     pub max_running: usize,
-    /// Token budget of one step: decode tokens plus prompt chunks (default 2048).
+    /// Token budget of one step, its decode tokens and prompt chunks together (vLLM's
+    /// `max_num_batched_tokens`): the budget itself without a `target_step_ms`, its ceiling
+    /// with one (default 2048, at most 2^20). Every running decode is in every step, whatever
+    /// the budget; prompts are prefilled in chunks of what the decodes leave (at least one
+    /// token, so a prompt always progresses).
     pub max_batch_tokens: usize,
-    /// Prompt tokens one step may compute (default 64). Small steps give queued requests
-    /// their first token early, one group after another, instead of all at the end of one
-    /// long step; a long prompt alone costs a few more (cheap) steps.
+    /// Target duration of one step in milliseconds, which is the inter-token latency of every
+    /// running stream: prompt chunks are sized from the measured step times so that a step
+    /// carrying one takes about this long, or, when the running decodes alone take more than
+    /// half of it, twice as long as they do (a prompt always gets half of a step, and the
+    /// streams' latency at most doubles while it is prefilled; one step in 17 of a long prefill
+    /// runs the decodes alone to measure them again). Default
+    /// [`DEFAULT_TARGET_STEP_MS`]; `None`: a fixed budget of `max_batch_tokens`. Positive, at
+    /// most 10000.
+    pub target_step_ms: Option<f64>,
+    /// Most prompt tokens one step may compute, whatever the budget (default 2048, at most
+    /// 2^20).
     pub max_prefill_tokens: usize,
     /// Total KV cache capacity in tokens, shared by all sequences (default 16384): every
     /// position of every layer of a model without sliding-window layers, and of the global
     /// layers of one with them (Gemma 3). Its sliding-window layers have a pool of their own
-    /// that keeps only each sequence's window: `max_running` sequences of
-    /// `window + min(max_prefill_tokens, max_batch_tokens)` positions plus one block each,
-    /// rounded up to blocks, and never more blocks than this capacity (see
-    /// [`sliding_pool_blocks`]).
+    /// that keeps only each sequence's window: `max_running` windows plus two blocks each, and
+    /// one step's prompt tokens (`min(max_prefill_tokens, max_batch_tokens)`), rounded up to
+    /// blocks, and never more blocks than this capacity (see [`sliding_pool_blocks`]).
     pub kv_cache_tokens: usize,
     /// Tokens per KV block (default 16).
     pub block_size: usize,
@@ -61,8 +83,9 @@ impl EngineConfig {
             tokenizer: None,
             embedding_model: None,
             max_running: 32,
-            max_batch_tokens: 2048,
-            max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS,
+            max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
+            target_step_ms: Some(DEFAULT_TARGET_STEP_MS),
+            max_prefill_tokens: DEFAULT_MAX_BATCH_TOKENS,
             kv_cache_tokens: 16384,
             block_size: 16,
             context_length: None,
@@ -70,6 +93,13 @@ impl EngineConfig {
             max_queue: 256,
             chat_template: None,
         }
+    }
+
+    /// Sets [`Self::target_step_ms`] from a plain number, the way the C, Python, Node and
+    /// REST front doors take it: 0 means none (a fixed budget); anything else is validated by
+    /// [`Engine::new`].
+    pub fn set_target_step_ms(&mut self, ms: f64) {
+        self.target_step_ms = (ms != 0.0).then_some(ms);
     }
 
     /// Most compute threads an engine accepts: four per CPU the process may use. More
@@ -96,6 +126,14 @@ impl EngineConfig {
                 return Err(Error::invalid(name, "must be at least 1"));
             }
         }
+        for (name, value) in
+            [("max_batch_tokens", self.max_batch_tokens), ("max_prefill_tokens", self.max_prefill_tokens)]
+        {
+            if value > MAX_TOKENS_PER_STEP {
+                return Err(Error::invalid(name, format!("must be at most {MAX_TOKENS_PER_STEP}, got {value}")));
+            }
+        }
+        self.validate_target_step()?;
         if self.kv_cache_tokens < self.block_size {
             return Err(Error::invalid("kv_cache_tokens", "must hold at least one block"));
         }
@@ -103,6 +141,25 @@ impl EngineConfig {
             return Err(Error::invalid("context_length", "must be at least 1"));
         }
         self.validate_threads()
+    }
+
+    fn validate_target_step(&self) -> Result<()> {
+        let Some(ms) = self.target_step_ms else { return Ok(()) };
+        if !(ms > 0.0 && ms <= MAX_TARGET_STEP_MS) {
+            return Err(Error::invalid(
+                "target_step_ms",
+                format!("must be a number of milliseconds above 0 and at most {MAX_TARGET_STEP_MS} (none for a fixed budget), got {ms}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The token budget controller this config asks for.
+    pub(super) fn step_budget(&self) -> StepBudget {
+        match self.target_step_ms {
+            Some(ms) => StepBudget::adaptive(self.max_batch_tokens, Duration::from_secs_f64(ms / 1000.0)),
+            None => StepBudget::fixed(self.max_batch_tokens),
+        }
     }
 
     fn validate_threads(&self) -> Result<()> {
@@ -122,13 +179,18 @@ impl EngineConfig {
 const THREADS_PER_CPU: usize = 4;
 
 /// Blocks of the sliding-window layers' pool (see [`EngineConfig::kv_cache_tokens`]): room
-/// for every running sequence's window and one prefill chunk, plus the block a window that
-/// does not start on a block boundary straddles, capped by the global pool's `num_blocks`
-/// (a sequence never holds more sliding blocks than global ones).
+/// for every running sequence's window plus two blocks (the one a window that does not start
+/// on a block boundary straddles, and the partial block its next tokens start in), and for one
+/// step's prompt tokens, which all the step's prompt chunks together never exceed; capped by
+/// the global pool's `num_blocks` (a sequence never holds more sliding blocks than global
+/// ones).
 pub fn sliding_pool_blocks(config: &EngineConfig, window: usize, num_blocks: usize) -> usize {
-    let chunk = config.max_prefill_tokens.min(config.max_batch_tokens);
-    let per_sequence = window.saturating_add(chunk).div_ceil(config.block_size).saturating_add(1);
-    per_sequence.saturating_mul(config.max_running).min(num_blocks)
+    let step_prompt_tokens = config.max_prefill_tokens.min(config.max_batch_tokens);
+    let per_sequence = window.div_ceil(config.block_size).saturating_add(2);
+    per_sequence
+        .saturating_mul(config.max_running)
+        .saturating_add(step_prompt_tokens.div_ceil(config.block_size))
+        .min(num_blocks)
 }
 
 /// Bytes of the KV cache for `num_blocks` blocks of `block_size` tokens in the global pool and

@@ -9,6 +9,7 @@ mod config;
 mod handle;
 pub(crate) mod scheduler;
 pub(crate) mod sequence;
+pub(crate) mod step_budget;
 mod step_loop;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -37,13 +38,8 @@ use sequence::{panic_message, EventCallback, QueueSlot, Sequence};
 use step_loop::StepLoop;
 
 pub use completion::{Completion, CompletionBuilder, EmbeddingInfo, Embeddings, ModelInfo};
-pub use config::{sliding_pool_blocks, EngineConfig};
+pub use config::{sliding_pool_blocks, EngineConfig, DEFAULT_TARGET_STEP_MS};
 pub use handle::{Canceller, RecvError, RequestHandle};
-
-/// Steps in a row a running decode may sit out while a short backlog of prompt work is
-/// pending: enough for a burst of queued short prompts to get their first tokens first,
-/// bounded so decodes never starve (a long prompt never defers them: see the scheduler).
-const MAX_DECODE_DEFERRAL: u32 = 8;
 
 enum Command {
     Submit(Box<Sequence>),
@@ -70,6 +66,8 @@ struct Shared {
     constraints: ConstraintCompiler,
     /// How the token masks of constrained sequences were computed (beside the forward or late).
     mask_counters: Arc<MaskCounters>,
+    /// See [`Engine::memory_bytes`].
+    memory_bytes: u64,
 }
 
 /// A loaded model serving requests on its own thread. `Send + Sync`: share it with `Arc`.
@@ -113,7 +111,8 @@ impl Engine {
         let mc = &model.shape();
         let num_blocks = config.kv_cache_tokens / config.block_size;
         let sliding_blocks = mc.sliding_window.map(|window| sliding_pool_blocks(&config, window, num_blocks));
-        kv_cache_bytes(num_blocks, sliding_blocks.unwrap_or(0), config.block_size, mc)?;
+        let kv_bytes = kv_cache_bytes(num_blocks, sliding_blocks.unwrap_or(0), config.block_size, mc)?;
+        let memory_bytes = resident_estimate(&config, kv_bytes);
         let kv_capacity_tokens = num_blocks * config.block_size;
         let context_length =
             config.context_length.unwrap_or(mc.context_length).min(mc.context_length).min(kv_capacity_tokens);
@@ -145,12 +144,7 @@ impl Engine {
             None => model.new_kv_storage(num_blocks, config.block_size),
         };
         let mut scheduler = Scheduler::new(
-            SchedulerConfig {
-                max_running: config.max_running,
-                max_batch_tokens: config.max_batch_tokens,
-                max_prefill_tokens: config.max_prefill_tokens,
-                max_decode_deferral: MAX_DECODE_DEFERRAL,
-            },
+            SchedulerConfig { max_running: config.max_running, max_prefill_tokens: config.max_prefill_tokens },
             BlockAllocator::new(num_blocks, config.block_size),
         );
         if let (Some(window), Some(blocks)) = (mc.sliding_window, sliding_blocks) {
@@ -172,8 +166,9 @@ impl Engine {
             pool,
             constraints: ConstraintCompiler::default(),
             mask_counters: Arc::default(),
+            memory_bytes,
         });
-        let worker = StepLoop::new(Arc::clone(&shared), model, kv, scheduler, command_rx);
+        let worker = StepLoop::new(Arc::clone(&shared), model, kv, scheduler, config.step_budget(), command_rx);
         let thread = std::thread::Builder::new()
             .name("cortexstream-engine".into())
             .spawn(move || worker.run())
@@ -236,6 +231,12 @@ impl Engine {
 
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.shared.tokenizer
+    }
+
+    /// Memory the engine holds, in bytes: the model files' sizes (the weights are loaded
+    /// from them) plus the KV cache. What a model registry budgets and `/api/ps` reports.
+    pub fn memory_bytes(&self) -> u64 {
+        self.shared.memory_bytes
     }
 
     pub fn metrics(&self) -> MetricsSnapshot {
@@ -322,6 +323,13 @@ impl Engine {
     pub fn constraint_mask_counts(&self) -> MaskCounts {
         self.shared.mask_counters.counts()
     }
+}
+
+/// The bytes an engine holds: its weight files plus the KV cache (see [`Engine::memory_bytes`]).
+fn resident_estimate(config: &EngineConfig, kv_bytes: usize) -> u64 {
+    let weights = std::fs::metadata(&config.model).map_or(0, |m| m.len());
+    let embedding = config.embedding_model.as_deref().map_or(0, crate::memory::files_bytes);
+    weights + embedding + kv_bytes as u64
 }
 
 impl Drop for Engine {

@@ -22,6 +22,7 @@ use std::collections::BinaryHeap;
 
 use super::block_allocator::{prefix_contents, BlockAllocator, BlockHash, BlockTable, OutOfBlocks};
 use super::sequence::Sequence;
+use super::step_budget::StepBudget;
 
 /// The block pool of sliding-window layers, and their window.
 pub(crate) struct SlidingPool {
@@ -107,19 +108,17 @@ fn allocate(
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SchedulerConfig {
     pub max_running: usize,
-    /// Tokens per step, decode and prompt together.
-    pub max_batch_tokens: usize,
-    /// Prompt (prefill) tokens per step.
+    /// Most prompt (prefill) tokens in one step, whatever the budget.
     pub max_prefill_tokens: usize,
-    /// Steps in a row a running decode may sit out while a short backlog of prompt work is
-    /// pending (see [`Scheduler::may_defer_decodes`]).
-    pub max_decode_deferral: u32,
 }
 
-/// What is left of a step's token budgets while planning it.
-struct Budget {
-    total: usize,
-    prefill: usize,
+/// Which running sequences a pass over them serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Those with one sampled token to run.
+    Decodes,
+    /// Those with prompt (or recompute) tokens to run.
+    Prompts,
 }
 
 /// One sequence's share of a step: tokens `start .. start + len` of `running[index]`.
@@ -216,98 +215,60 @@ impl Scheduler {
         removed
     }
 
-    /// Plans the next step into `plan` (cleared first). Returned chunks index into
-    /// `self.running`, which this call may reorder, shrink (preemption) and grow (admission).
+    /// Plans the next step into `plan` (cleared first) under `budget`. Returned chunks index
+    /// into `self.running`, which this call may reorder, shrink (preemption) and grow
+    /// (admission).
     ///
-    /// Time to first token under load: prompt work is capped at `max_prefill_tokens` per step
-    /// so that each step ends quickly and the sequences whose prompt it completes sample their
-    /// first token right away, instead of every queued prompt finishing together at the end of
-    /// one long step. Every step carries every running decode beside the prompt chunks,
-    /// except that decodes may sit out a few steps for a short backlog of prompts (see
-    /// [`Self::may_defer_decodes`]); a plan with no prompt work in it never defers them.
-    pub fn schedule_into(&mut self, plan: &mut Vec<ScheduledChunk>) -> PlanReport {
+    /// Every running decode is in every step (vLLM-style chunked prefill): a stream's
+    /// inter-token latency is one step, however long the prompts beside it. The prompt tokens
+    /// the budget grants beside those decodes (at most `max_prefill_tokens`) go to prompt
+    /// chunks: prompts already started first, oldest first, then newly admitted ones. The
+    /// engine's budget sizes them so that a step takes about its target time; each step's
+    /// prompts that complete sample their first token right away.
+    pub fn schedule_into(&mut self, plan: &mut Vec<ScheduledChunk>, budget: &StepBudget) -> PlanReport {
         let mut report = PlanReport::default();
         plan.clear();
-        let mut budget = Budget {
-            total: self.config.max_batch_tokens,
-            prefill: self.config.max_prefill_tokens.min(self.config.max_batch_tokens),
-        };
         self.running.sort_by_key(|s| (Reverse(s.priority), s.arrival));
         for seq in &mut self.running {
             seq.scheduled_this_step = false;
         }
-        let defer_decodes = self.may_defer_decodes();
-        self.schedule_running(plan, &mut budget, &mut report, defer_decodes);
-        let prefill_before_admission = plan.len();
-        self.admit(plan, &mut budget, &mut report);
-        let scheduled_prefill =
-            plan.len() > prefill_before_admission || plan.iter().any(|c| !self.running[c.index].is_decoding());
-        if defer_decodes && !scheduled_prefill {
-            // The pending prompt work could not run (no KV space, no slot): decode instead.
-            self.schedule_running(plan, &mut budget, &mut report, false);
-        }
+        // Decodes are not limited by the budget: every one of them runs.
+        let mut unlimited = usize::MAX;
+        self.schedule_running(plan, Phase::Decodes, &mut unlimited, &mut report);
+        let decodes = plan.len();
+        let mut prefill = budget.prompt_tokens(decodes).min(self.config.max_prefill_tokens);
+        self.schedule_running(plan, Phase::Prompts, &mut prefill, &mut report);
+        self.admit(plan, &mut prefill, decodes, &mut report);
         report
     }
 
-    /// Whether running decodes may sit out this step (each at most `max_decode_deferral` steps
-    /// in a row) so that pending prompts get their first tokens sooner.
-    ///
-    /// Only for a short backlog: all pending prompt work, each prompt counted whole (not just
-    /// what is left of it), must fit in the deferral window of `max_decode_deferral` steps of
-    /// `max_prefill_tokens`. Then a burst of short prompts gets every first token before the
-    /// decodes resume, while a long prompt never holds running streams back: it is prefilled
-    /// in chunks beside their decodes, from its first chunk to its last.
-    fn may_defer_decodes(&self) -> bool {
-        let window = self.config.max_prefill_tokens.saturating_mul(self.config.max_decode_deferral as usize);
-        let prefilling = self.running.iter().filter(|s| !s.is_decoding());
-        let slot_free = self.running.len() < self.config.max_running;
-        let admissible = self.waiting.iter().filter(|_| slot_free).map(|Queued(s)| s);
-        let mut backlog = prefilling.chain(admissible).map(Sequence::prompt_work).peekable();
-        if backlog.peek().is_none() {
-            return false;
-        }
-        let mut total = 0usize;
-        backlog.all(|work| {
-            total = total.saturating_add(work);
-            total <= window
-        })
-    }
-
-    /// Plans the next step (allocating; the engine uses [`Self::schedule_into`]).
+    /// Plans the next step with no budget but the configured prompt limits (allocating; the
+    /// engine uses [`Self::schedule_into`]).
     #[cfg(test)]
     pub fn schedule(&mut self) -> (Vec<ScheduledChunk>, PlanReport) {
         let mut plan = Vec::new();
-        let report = self.schedule_into(&mut plan);
+        let report = self.schedule_into(&mut plan, &StepBudget::fixed(usize::MAX));
         (plan, report)
     }
 
-    /// Serves running sequences in order (each at most once per step): a decode token each
-    /// (unless `defer_decodes` lets it sit out) or the next chunk of its prompt.
+    /// Serves the running sequences of `phase` in order (each at most once per step): a
+    /// decode token each, or the next chunk of its prompt out of `allowance` tokens.
     fn schedule_running(
         &mut self,
         plan: &mut Vec<ScheduledChunk>,
-        budget: &mut Budget,
+        phase: Phase,
+        allowance: &mut usize,
         report: &mut PlanReport,
-        defer_decodes: bool,
     ) {
         let mut i = 0;
-        while i < self.running.len() && budget.total > 0 {
+        while i < self.running.len() && *allowance > 0 {
             let seq = &mut self.running[i];
-            if seq.scheduled_this_step {
-                i += 1;
-                continue;
-            }
             let decoding = seq.is_decoding();
-            if decoding && defer_decodes && seq.decode_deferrals < self.config.max_decode_deferral {
-                seq.decode_deferrals += 1;
+            if seq.scheduled_this_step || decoding != (phase == Phase::Decodes) {
                 i += 1;
                 continue;
             }
-            let len = if decoding { 1 } else { seq.pending().min(budget.total).min(budget.prefill) };
-            if len == 0 {
-                i += 1;
-                continue;
-            }
+            let len = if decoding { 1 } else { seq.pending().min(*allowance) };
             let needed = blocks_needed(&self.allocator, self.sliding.as_ref(), seq, seq.computed + len);
             // Make room by preempting the newest sequences behind this one (not those already
             // in this step's plan).
@@ -337,23 +298,19 @@ impl Scheduler {
             }
             let seq = &mut self.running[i];
             seq.scheduled_this_step = true;
-            if decoding {
-                seq.decode_deferrals = 0;
-            } else {
-                budget.prefill -= len;
-            }
             let start = seq.computed;
             plan.push(ScheduledChunk { index: i, start, len, want_logits: start + len == seq.tokens.len() });
-            budget.total -= len;
+            *allowance -= len;
             i += 1;
         }
     }
 
-    /// Admits waiting sequences (highest priority, then earliest) while there is prefill
-    /// budget, a running slot and KV space.
-    fn admit(&mut self, plan: &mut Vec<ScheduledChunk>, budget: &mut Budget, report: &mut PlanReport) {
+    /// Admits waiting sequences (highest priority, then earliest) while there are `prefill`
+    /// tokens left, a running slot and KV space. The first `decodes` chunks of `plan` are
+    /// decodes, the rest prompt chunks.
+    fn admit(&mut self, plan: &mut Vec<ScheduledChunk>, prefill: &mut usize, decodes: usize, report: &mut PlanReport) {
         let block_size = self.allocator.block_size();
-        while self.running.len() < self.config.max_running && budget.total > 0 && budget.prefill > 0 {
+        while self.running.len() < self.config.max_running && *prefill > 0 {
             let Some(Queued(mut seq)) = self.waiting.pop() else { break };
             if seq.blocks.is_empty() {
                 // Reuse cached full blocks of the prompt, but always leave the last token to
@@ -365,7 +322,6 @@ impl Scheduler {
                     (blocks, last_hash, seq.sliding_blocks) = sliding.reuse(&seq.tokens, blocks);
                 }
                 seq.computed = blocks.len() * block_size;
-                seq.prefill_start = seq.computed;
                 seq.registered_blocks = blocks.len();
                 seq.last_block_hash = last_hash;
                 seq.blocks = blocks;
@@ -374,10 +330,10 @@ impl Scheduler {
                     report.prefix_hit_tokens += seq.cached_prompt_tokens;
                 }
             }
-            let len = seq.pending().min(budget.total).min(budget.prefill);
-            // A prompt that would only partly fit after others waits for the next step: the
-            // step stays short and its first token comes no later (whole prompts first).
-            let partial_after_others = len < seq.pending() && budget.prefill < self.config.max_prefill_tokens;
+            let len = seq.pending().min(*prefill);
+            // A prompt that would only partly fit after other prompts waits for the next step:
+            // its first token comes no later, and those of the whole prompts in this step sooner.
+            let partial_after_others = len < seq.pending() && plan.len() > decodes;
             let needed = blocks_needed(&self.allocator, self.sliding.as_ref(), &seq, seq.computed + len);
             if partial_after_others || allocate(&self.allocator, self.sliding.as_ref(), &mut seq, needed).is_err() {
                 // Not now: give the prefix blocks back (they stay cached) and keep its place.
@@ -399,8 +355,7 @@ impl Scheduler {
                 len,
                 want_logits: seq.computed + len == seq.tokens.len(),
             });
-            budget.total -= len;
-            budget.prefill -= len;
+            *prefill -= len;
         }
     }
 
@@ -438,7 +393,6 @@ impl Scheduler {
         seq.blocks.release();
         seq.sliding_blocks.release();
         seq.computed = 0;
-        seq.prefill_start = 0;
         seq.registered_blocks = 0;
         seq.last_block_hash = None;
         seq.scheduled_this_step = false;
@@ -465,7 +419,6 @@ mod tests {
             prompt_len: prompt.len(),
             tokens: prompt,
             computed: 0,
-            prefill_start: 0,
             blocks: Default::default(),
             sliding_blocks: Default::default(),
             queue_slot: None,
@@ -483,18 +436,12 @@ mod tests {
             first_scheduled: None,
             first_token: None,
             last_token: None,
-            decode_deferrals: 0,
             scheduled_this_step: false,
         }
     }
 
     fn scheduler(max_running: usize, budget: usize, blocks: usize) -> Scheduler {
-        let config = SchedulerConfig {
-            max_running,
-            max_batch_tokens: budget,
-            max_prefill_tokens: budget,
-            max_decode_deferral: 0,
-        };
+        let config = SchedulerConfig { max_running, max_prefill_tokens: budget };
         Scheduler::new(config, BlockAllocator::new(blocks, 4))
     }
 
@@ -510,7 +457,13 @@ mod tests {
 
     /// Runs a step as the engine would, sampling token 7 for every chunk that wants logits.
     fn step(s: &mut Scheduler) -> Vec<ScheduledChunk> {
-        let (plan, report) = s.schedule();
+        step_within(s, usize::MAX)
+    }
+
+    /// [`step`] under a budget of `budget` tokens.
+    fn step_within(s: &mut Scheduler, budget: usize) -> Vec<ScheduledChunk> {
+        let mut plan = Vec::new();
+        let report = s.schedule_into(&mut plan, &StepBudget::fixed(budget));
         assert!(report.out_of_space.is_empty());
         s.mark_computed(&plan);
         for c in &plan {
@@ -579,49 +532,6 @@ mod tests {
         assert!(plan[0].want_logits);
     }
 
-    #[test]
-    fn a_burst_of_prompts_gets_first_tokens_group_by_group_with_bounded_decode_deferral() {
-        let config =
-            SchedulerConfig { max_running: 8, max_batch_tokens: 100, max_prefill_tokens: 10, max_decode_deferral: 2 };
-        let mut s = Scheduler::new(config, BlockAllocator::new(64, 4));
-        for id in 0..6 {
-            s.enqueue(seq(id, 0, vec![id as u32; 4]));
-        }
-        let ids = |s: &Scheduler, plan: &[ScheduledChunk]| -> Vec<(u64, usize)> {
-            plan.iter().map(|c| (s.running[c.index].id, c.len)).collect()
-        };
-        // Whole prompts only (a third 4-token prompt would not fit in the 2 tokens left).
-        let plan = step(&mut s);
-        assert_eq!(ids(&s, &plan), vec![(0, 4), (1, 4)]);
-        // The next prompts go first; 0 and 1 sit out their decode (deferral 1 of 2)...
-        let plan = step(&mut s);
-        assert_eq!(ids(&s, &plan), vec![(2, 4), (3, 4)]);
-        // ...and again (2 of 2), while 2 and 3 now wait too.
-        let plan = step(&mut s);
-        assert_eq!(ids(&s, &plan), vec![(4, 4), (5, 4)]);
-        // No prompt work left: everyone decodes.
-        let plan = step(&mut s);
-        assert_eq!(ids(&s, &plan), vec![(0, 1), (1, 1), (2, 1), (3, 1), (4, 1), (5, 1)]);
-    }
-
-    #[test]
-    fn decodes_are_not_deferred_past_the_limit() {
-        let config =
-            SchedulerConfig { max_running: 8, max_batch_tokens: 100, max_prefill_tokens: 4, max_decode_deferral: 1 };
-        let mut s = Scheduler::new(config, BlockAllocator::new(64, 4));
-        s.enqueue(seq(0, 0, vec![1; 4]));
-        step(&mut s);
-        let mut decodes_of_0 = Vec::new();
-        // One short prompt arrives every step: a backlog that fits the deferral window.
-        for id in 1..5 {
-            s.enqueue(seq(id, 0, vec![id as u32; 4]));
-            let plan = step(&mut s);
-            decodes_of_0.push(plan.iter().any(|c| s.running[c.index].id == 0));
-        }
-        // Deferred once, decoded, deferred once, decoded (prompt work pending all along).
-        assert_eq!(decodes_of_0, vec![false, true, false, true]);
-    }
-
     /// Which running sequences decode (one token at the end of their tokens) in `plan`.
     fn decoding_ids(s: &Scheduler, plan: &[ScheduledChunk]) -> Vec<u64> {
         plan.iter()
@@ -630,46 +540,80 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_long_prompt_is_prefilled_in_chunks_beside_every_running_decode() {
-        // Deferral window: 2 steps of 4 prompt tokens. The new prompt is 24 tokens.
-        let config =
-            SchedulerConfig { max_running: 8, max_batch_tokens: 100, max_prefill_tokens: 4, max_decode_deferral: 2 };
-        let mut s = Scheduler::new(config, BlockAllocator::new(64, 4));
-        s.enqueue(seq(0, 0, vec![1; 4]));
-        s.enqueue(seq(1, 0, vec![2; 3]));
-        step(&mut s);
-        step(&mut s);
-        s.enqueue(seq(2, 0, vec![3; 24]));
-        // Six steps of prefill, its last chunk included: both streams decode in every one.
-        for chunk in 0..6 {
-            let plan = step(&mut s);
-            assert_eq!(decoding_ids(&s, &plan), vec![0, 1], "prefill step {chunk}");
-            let long = plan.iter().find(|c| s.running[c.index].id == 2).expect("a chunk of the long prompt");
-            assert_eq!((long.start, long.len), (chunk * 4, 4));
-        }
-        let plan = step(&mut s);
-        assert_eq!(decoding_ids(&s, &plan), vec![0, 1, 2]);
+    /// The config of the tests below: at most `max_prefill` prompt tokens a step.
+    fn chunked(max_running: usize, max_prefill: usize, blocks: usize) -> Scheduler {
+        let config = SchedulerConfig { max_running, max_prefill_tokens: max_prefill };
+        Scheduler::new(config, BlockAllocator::new(blocks, 4))
+    }
+
+    /// `(id, tokens)` of every chunk in `plan`, in plan order.
+    fn shares(s: &Scheduler, plan: &[ScheduledChunk]) -> Vec<(u64, usize)> {
+        plan.iter().map(|c| (s.running[c.index].id, c.len)).collect()
+    }
+
+    /// [`shares`] of a step under `budget`.
+    fn step_shares(s: &mut Scheduler, budget: usize) -> Vec<(u64, usize)> {
+        let plan = step_within(s, budget);
+        shares(s, &plan)
     }
 
     #[test]
-    fn decodes_wait_only_for_a_backlog_that_fits_the_deferral_window() {
-        // Window: 2 steps of 4 prompt tokens. Four 4-token prompts (16 tokens) are too many at
-        // first; once two of them have run, the last two (8 tokens) fit.
-        let config =
-            SchedulerConfig { max_running: 8, max_batch_tokens: 100, max_prefill_tokens: 4, max_decode_deferral: 2 };
-        let mut s = Scheduler::new(config, BlockAllocator::new(64, 4));
-        s.enqueue(seq(0, 0, vec![1; 4]));
+    fn every_running_decode_is_in_every_step_while_a_2k_prompt_prefills() {
+        // 8 streams decoding; a 2048-token prompt arrives. The budget changes every step (as
+        // the engine's controller would move it), sometimes below the decode count.
+        let mut s = chunked(16, 2048, 1024);
+        for id in 0..8 {
+            s.enqueue(seq(id, 0, vec![id as u32 + 1; 5]));
+        }
         step(&mut s);
-        for id in 1..5 {
-            s.enqueue(seq(id, 0, vec![id as u32 + 1; 4]));
+        s.enqueue(seq(100, 0, vec![9; 2048]));
+        let budgets = [72, 40, 8, 3, 200, 136, 1000, 30];
+        let mut prefilled = 0;
+        let mut steps = 0;
+        while prefilled < 2048 {
+            let budget = budgets[steps % budgets.len()];
+            let plan = step_within(&mut s, budget);
+            steps += 1;
+            assert_eq!(decoding_ids(&s, &plan), (0..8).collect::<Vec<u64>>(), "step {steps}");
+            let long = plan.iter().find(|c| s.running[c.index].id == 100).expect("a chunk of the long prompt");
+            assert_eq!(long.start, prefilled, "chunks follow each other");
+            // What the decodes leave, but at least one token.
+            let expected = budget.saturating_sub(8).max(1).min(2048 - prefilled);
+            assert_eq!(long.len, expected, "step {steps} with a budget of {budget}");
+            prefilled += long.len;
         }
-        let mut decodes_of_0 = Vec::new();
-        for _ in 0..5 {
-            let plan = step(&mut s);
-            decodes_of_0.push(decoding_ids(&s, &plan).contains(&0));
+        assert_eq!(steps, 15, "2048 tokens in chunks of 64, 32, 1, 1, 192, 128, 992, 22, then 64 ... 198");
+        let plan = step(&mut s);
+        assert_eq!(decoding_ids(&s, &plan), (0..8).chain([100]).collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn a_burst_of_prompts_gets_first_tokens_group_by_group_beside_the_decodes() {
+        let mut s = chunked(8, 100, 64);
+        for id in 0..6 {
+            s.enqueue(seq(id, 0, vec![id as u32; 4]));
         }
-        assert_eq!(decodes_of_0, vec![true, true, false, false, true]);
+        // 10 tokens: whole prompts only (a third 4-token prompt would not fit in the 2 left).
+        assert_eq!(step_shares(&mut s, 10), vec![(0, 4), (1, 4)]);
+        // The first two decode; the 8 tokens they leave take the next two prompts.
+        assert_eq!(step_shares(&mut s, 10), vec![(0, 1), (1, 1), (2, 4), (3, 4)]);
+        // Four decodes leave 6 tokens: one prompt, the other would only partly fit.
+        assert_eq!(step_shares(&mut s, 10), vec![(0, 1), (1, 1), (2, 1), (3, 1), (4, 4)]);
+        // Five decodes leave 5: the last prompt.
+        let plan = step_within(&mut s, 10);
+        assert_eq!(shares(&s, &plan), vec![(0, 1), (1, 1), (2, 1), (3, 1), (4, 1), (5, 4)]);
+        assert!(plan.iter().all(|c| c.want_logits), "every prompt was whole: all sample");
+    }
+
+    #[test]
+    fn a_lone_long_prompt_takes_the_budget_up_to_the_prefill_limit() {
+        let mut s = chunked(8, 16, 64);
+        s.enqueue(seq(0, 0, vec![1; 40]));
+        assert_eq!(step_shares(&mut s, 10), vec![(0, 10)]);
+        assert_eq!(step_shares(&mut s, 100), vec![(0, 16)], "max_prefill_tokens caps it");
+        assert_eq!(step_shares(&mut s, 8), vec![(0, 8)]);
+        assert_eq!(step_shares(&mut s, 100), vec![(0, 6)]);
+        assert_eq!(step_shares(&mut s, 1), vec![(0, 1)], "then it decodes");
     }
 
     #[test]

@@ -80,9 +80,6 @@ pub(crate) struct Sequence {
     pub prompt_len: usize,
     /// Leading tokens whose K/V are in the cache.
     pub computed: usize,
-    /// Where the current prefill started (after the prefix-cache hit at admission): the
-    /// scheduler weighs prompt work by its whole length, `tokens.len() - prefill_start`.
-    pub prefill_start: usize,
     /// The KV blocks it holds; they go back to the allocator when the sequence is dropped.
     pub blocks: BlockTable,
     /// Its blocks in the sliding-window layers' pool (empty for models without one); those
@@ -109,8 +106,6 @@ pub(crate) struct Sequence {
     pub first_scheduled: Option<Instant>,
     pub first_token: Option<Instant>,
     pub last_token: Option<Instant>,
-    /// Steps in a row this sequence's decode sat out for prompt work (see the scheduler).
-    pub decode_deferrals: u32,
     /// Already in the plan being built (the scheduler's bookkeeping within one step).
     pub scheduled_this_step: bool,
 }
@@ -127,12 +122,6 @@ impl Sequence {
     /// Generating: only the last sampled token is left to run (not a prompt or a recompute).
     pub fn is_decoding(&self) -> bool {
         self.pending() == 1 && self.computed >= self.prompt_len
-    }
-
-    /// The whole prompt work of its current (or next) prefill, computed or not: what the
-    /// scheduler weighs when deciding whether decodes may wait for it.
-    pub fn prompt_work(&self) -> usize {
-        self.tokens.len() - self.prefill_start
     }
 
     /// Tokens still to run through the model before the next token can be sampled.

@@ -10,6 +10,7 @@ use crossbeam_channel::Receiver;
 
 use super::scheduler::{ScheduledChunk, Scheduler};
 use super::sequence::{panic_message, Delivery, FinalEvent, Sequence};
+use super::step_budget::StepBudget;
 use super::{Command, Shared};
 use crate::constraint::masks::{MaskWorker, StepStates};
 use crate::detokenize::Step;
@@ -26,6 +27,8 @@ pub(super) struct StepLoop {
     model: GenerationModel,
     kv: KvStorage,
     scheduler: Scheduler,
+    /// Prompt tokens per step beside the decodes, adapted to the measured step times.
+    budget: StepBudget,
     commands: Receiver<Command>,
     /// Logits of the last step, reused across steps.
     logits: Vec<f32>,
@@ -55,6 +58,7 @@ impl StepLoop {
         model: GenerationModel,
         kv: KvStorage,
         scheduler: Scheduler,
+        budget: StepBudget,
         commands: Receiver<Command>,
     ) -> Self {
         Self {
@@ -63,6 +67,7 @@ impl StepLoop {
             model,
             kv,
             scheduler,
+            budget,
             commands,
             logits: Vec::new(),
             plan: Vec::new(),
@@ -124,7 +129,8 @@ impl StepLoop {
     }
 
     fn run_plan(&mut self, plan: &mut Vec<ScheduledChunk>) -> Result<()> {
-        let report = self.scheduler.schedule_into(plan);
+        let started = Instant::now();
+        let report = self.scheduler.schedule_into(plan, &self.budget);
         let metrics = Arc::clone(&self.shared.metrics);
         add(&metrics.preemptions, report.preempted as u64);
         add(&metrics.prefix_cache_hit_tokens, report.prefix_hit_tokens as u64);
@@ -185,6 +191,8 @@ impl StepLoop {
             }));
             self.finished = finished;
         }
+        // The whole step, sampling and streaming included: what a running stream waits.
+        self.budget.observe(batch_tokens - prefill_tokens, prefill_tokens, started.elapsed());
         Ok(())
     }
 

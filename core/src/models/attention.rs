@@ -1,28 +1,47 @@
 //! Causal self-attention read straight from the paged f16 KV cache (no gather copies), with
-//! grouped-query heads: the query heads that share a KV head are handled together, so each
-//! cached K and V row is loaded and widened to f32 once for all of them.
+//! grouped-query heads, computed flash-style: positions go by in tiles of [`TILE`], each tile's
+//! K and V rows are widened to f32 once and used by every query row of a task (up to
+//! [`TOKENS_PER_TASK`] tokens × the query heads sharing the KV head), and each query row keeps
+//! a running maximum, running sums and a rescaled output accumulator (online softmax), so no
+//! score buffer grows with the context.
 //!
-//! Work is split in tasks of (chunk, KV head, up to [`TOKENS_PER_TASK`] query tokens) spread
-//! on the thread pool. **Batch invariance:** a (token, head) result is a pure function of its
-//! query and its own sequence's cached positions `0..=pos`, computed in a fixed order (scores
-//! in position order, softmax, then the weighted V sum in position order); how tokens are
-//! grouped into tasks and what else is in the batch never changes the arithmetic.
+//! **The arithmetic of one query row** (one token at position `pos`, one query head), which
+//! every kernel (portable, AVX2, AVX-512) performs identically, operation for operation, so
+//! their results are the same bits:
+//! - The attended positions `first..=pos` ([`Span`]) are cut at multiples of [`TILE`] in
+//!   absolute position; tiles are visited in order. Within a tile, lane `j` is position
+//!   `tile_start + j`; lanes outside `first..=pos` are masked.
+//! - Score of a position: `dot(q, k) · scale`, where `dot` keeps 32 partial sums (partial `i`
+//!   is the fused multiply-add chain over the dimensions `d ≡ i (mod 32)` in increasing order,
+//!   from 0), summed as a fixed tree: `i + (i+16)`, then `+8`, `+4`, `+2`, `+1` lanes.
+//! - Per tile: `m' = max(m, max of the unmasked scores)`, `c = e^(m - m')`, weights
+//!   `p_j = e^(s_j - m')` (0 for masked lanes), lane sums `l_j = fma(l_j, c, p_j)`, output
+//!   accumulator `acc = acc · c`, then `acc = fma(p_j, v_j, acc)` for the unmasked lanes in
+//!   order (masked lanes are skipped, never multiplied by 0: their V rows may hold anything).
+//!   `e^x` is [`crate::models::elementwise`]'s polynomial, the same bits on every path.
+//! - At the end: `l = tree(l_0..l_15)` (lanes `j + (j+8)`, then `+4`, `+2`, `+1`) and
+//!   `out = acc · (1 / l)`.
+//!
+//! **Batch invariance:** that arithmetic depends only on the row's query, its position, its
+//! span and its sequence's cached K/V: tiles are aligned to absolute positions, not to the
+//! chunk or the task, so which tokens share a task, how a prompt is chunked and what else is in
+//! the batch never change a result.
 
+use crate::f16::f16_to_f32;
 use crate::kv_cache::KvStorage;
 use crate::models::SeqChunk;
 use crate::quant::disjoint::DisjointSlice;
 use crate::threadpool::ThreadPool;
 
-/// Query tokens one task handles, so a long prefill chunk spreads over the pool.
+/// Query tokens one task handles, so a long prefill chunk spreads over the pool; every K/V tile
+/// a task widens serves all of them.
 const TOKENS_PER_TASK: usize = 16;
 
-/// Positions ahead of the one being scored whose K and V rows the SIMD kernel prefetches.
-#[cfg(target_arch = "x86_64")]
-const PREFETCH_AHEAD: usize = 8;
+/// Positions per K/V tile (and lanes of the running sums): one AVX-512 vector of scores.
+const TILE: usize = 16;
 
-/// Largest head dimension the SIMD kernel handles (it widens one K row into a stack buffer).
-#[cfg(target_arch = "x86_64")]
-const MAX_SIMD_HEAD_DIM: usize = 256;
+/// Query heads whose output accumulators (or score sums) one kernel pass keeps in registers.
+const ROWS_PER_PASS: usize = 4;
 
 /// Head layout of the model.
 #[derive(Debug, Clone, Copy)]
@@ -80,41 +99,66 @@ struct Task {
     chunk_first_row: usize,
     kv_head: usize,
     tokens: (usize, usize),
+    /// Where this task's working buffers start in [`AttentionScratch::buffers`].
+    buffer: usize,
 }
 
-/// Per-step task list and score buffers, reused across steps (grow-only: warm steps do not
+/// Per-step task list and working buffers, reused across steps (grow-only: warm steps do not
 /// allocate).
 #[derive(Default)]
 pub(crate) struct AttentionScratch {
     tasks: Vec<Task>,
-    /// Attention weights: `span` values per task (`group` heads × the longest attended span).
-    scores: Vec<f32>,
-    span: usize,
+    /// Every task's [`TaskBuffers`], one after the other.
+    buffers: Vec<f32>,
 }
 
 impl AttentionScratch {
-    /// Splits this step's chunks into tasks and sizes the score buffer.
+    /// Splits this step's chunks into tasks and sizes their buffers.
     pub fn plan(&mut self, chunks: &[SeqChunk<'_>], g: &Geometry) {
         self.tasks.clear();
         let mut first_row = 0;
-        let mut max_positions = 0;
+        let mut buffer = 0;
         for (chunk_index, chunk) in chunks.iter().enumerate() {
             let n_tokens = chunk.tokens.len();
-            max_positions = max_positions.max(chunk.start_pos + n_tokens);
             for kv_head in 0..g.n_kv_heads {
                 for first in (0..n_tokens).step_by(TOKENS_PER_TASK) {
-                    self.tasks.push(Task {
-                        chunk: chunk_index,
-                        chunk_first_row: first_row,
-                        kv_head,
-                        tokens: (first, (first + TOKENS_PER_TASK).min(n_tokens)),
-                    });
+                    let tokens = (first, (first + TOKENS_PER_TASK).min(n_tokens));
+                    self.tasks.push(Task { chunk: chunk_index, chunk_first_row: first_row, kv_head, tokens, buffer });
+                    buffer += TaskBuffers::floats((tokens.1 - tokens.0) * g.group(), g.head_dim);
                 }
             }
             first_row += n_tokens;
         }
-        self.span = g.group() * max_positions;
-        self.scores.resize(self.tasks.len() * self.span, 0.0);
+        self.buffers.resize(buffer.max(self.buffers.len()), 0.0);
+    }
+}
+
+/// A task's working memory: the current tile's widened K and V rows and, per query row, its
+/// output accumulator, tile weights, running lane sums, running maximum and last correction.
+struct TaskBuffers<'a> {
+    keys: &'a mut [f32],
+    values: &'a mut [f32],
+    acc: &'a mut [f32],
+    weights: &'a mut [f32],
+    lane_sums: &'a mut [f32],
+    max: &'a mut [f32],
+    correction: &'a mut [f32],
+}
+
+impl<'a> TaskBuffers<'a> {
+    fn floats(rows: usize, head_dim: usize) -> usize {
+        2 * TILE * head_dim + rows * (head_dim + 2 * TILE + 2)
+    }
+
+    fn split(buffer: &'a mut [f32], rows: usize, head_dim: usize) -> Self {
+        let (keys, rest) = buffer.split_at_mut(TILE * head_dim);
+        let (values, rest) = rest.split_at_mut(TILE * head_dim);
+        let (acc, rest) = rest.split_at_mut(rows * head_dim);
+        let (weights, rest) = rest.split_at_mut(rows * TILE);
+        let (lane_sums, rest) = rest.split_at_mut(rows * TILE);
+        let (max, rest) = rest.split_at_mut(rows);
+        let correction = &mut rest[..rows];
+        Self { keys, values, acc, weights, lane_sums, max, correction }
     }
 }
 
@@ -124,13 +168,12 @@ struct KvHeadView<'a> {
     k: &'a [u16],
     v: &'a [u16],
     block_table: &'a [u32],
-    /// The first position attended: positions before it are never read (a sliding window).
-    first: usize,
     /// Offset of this layer's block 0, slot 0, at this KV head.
     base: usize,
     block_stride: usize,
     slot_stride: usize,
     block_size: usize,
+    head_dim: usize,
 }
 
 impl<'a> KvHeadView<'a> {
@@ -139,67 +182,160 @@ impl<'a> KvHeadView<'a> {
             k: kv.keys(layer),
             v: kv.values(layer),
             block_table,
-            first: 0,
             base: kv.offset(layer, 0, kv_head, 0),
             block_stride: kv.block_size * kv.kv_dim,
             slot_stride: head_dim,
             block_size: kv.block_size,
+            head_dim,
         }
     }
 
-    /// The same view starting at position `first`.
-    fn starting_at(self, first: usize) -> Self {
-        Self { first, ..self }
-    }
-
-    /// Offset of the row of the `i`-th attended position (`first + i`) in `k` and `v`.
-    #[inline(always)]
-    fn offset(&self, i: usize) -> usize {
-        let p = self.first + i;
-        self.base
+    /// The K and V rows of position `p` (bounds-checked: a released block's entry panics
+    /// rather than reading another sequence's memory).
+    #[inline]
+    fn rows(&self, p: usize) -> (&'a [u16], &'a [u16]) {
+        let offset = self.base
             + self.block_table[p / self.block_size] as usize * self.block_stride
-            + p % self.block_size * self.slot_stride
-    }
-
-    /// The blocks holding the `n` attended positions `first..first + n`.
-    fn blocks(&self, n: usize) -> &'a [u32] {
-        &self.block_table[self.first / self.block_size..(self.first + n).div_ceil(self.block_size)]
-    }
-
-    /// Calls `f(i, offset)` for the `n` attended positions `first + i`, `i` in `0..n` in
-    /// order, walking the block table.
-    #[inline(always)]
-    fn for_each_position(&self, n: usize, mut f: impl FnMut(usize, usize)) {
-        let end = self.first + n;
-        let first_block = self.first / self.block_size;
-        for (b, &block) in self.blocks(n).iter().enumerate() {
-            let block_base = self.base + block as usize * self.block_stride;
-            let block_start = (first_block + b) * self.block_size;
-            let from = self.first.max(block_start);
-            for p in from..end.min(block_start + self.block_size) {
-                f(p - self.first, block_base + (p - block_start) * self.slot_stride);
-            }
-        }
+            + p % self.block_size * self.slot_stride;
+        (&self.k[offset..offset + self.head_dim], &self.v[offset..offset + self.head_dim])
     }
 }
 
 /// Which implementation runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kernel {
-    Scalar,
+    Portable,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 impl Kernel {
     fn best(head_dim: usize) -> Self {
         #[cfg(target_arch = "x86_64")]
-        if head_dim.is_multiple_of(8) && head_dim <= MAX_SIMD_HEAD_DIM && crate::cpu::has_avx2_fma_f16c() {
-            return Kernel::Avx2;
+        if head_dim.is_multiple_of(8) {
+            if crate::cpu::has_avx512f_f16c() {
+                return Kernel::Avx512;
+            }
+            if crate::cpu::has_avx2_fma_f16c() {
+                return Kernel::Avx2;
+            }
         }
         let _ = head_dim;
-        Kernel::Scalar
+        Kernel::Portable
     }
+
+    /// Every kernel this CPU runs for `head_dim`, the portable one first (for tests).
+    #[cfg(test)]
+    fn available(head_dim: usize) -> Vec<Kernel> {
+        let mut kernels = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        if head_dim.is_multiple_of(8) {
+            if crate::cpu::has_avx2_fma_f16c() {
+                kernels.push(Kernel::Avx2);
+            }
+            if crate::cpu::has_avx512f_f16c() {
+                kernels.push(Kernel::Avx512);
+            }
+        }
+        kernels
+    }
+
+    /// Widens the K and V rows of positions `positions` into lanes `positions - tile_start`
+    /// of `keys` and `values` (f16 to f32 is exact, so every path gives the same floats).
+    fn widen_tile(self, view: &KvHeadView<'_>, tile_start: usize, positions: (usize, usize), b: &mut TaskBuffers<'_>) {
+        let hd = view.head_dim;
+        for p in positions.0..positions.1 {
+            let (k, v) = view.rows(p);
+            let lane = p - tile_start;
+            let (keys, values) = (&mut b.keys[lane * hd..][..hd], &mut b.values[lane * hd..][..hd]);
+            match self {
+                Kernel::Portable => {
+                    keys.iter_mut().zip(k).for_each(|(o, &x)| *o = f16_to_f32(x));
+                    values.iter_mut().zip(v).for_each(|(o, &x)| *o = f16_to_f32(x));
+                }
+                // SAFETY: both SIMD kernels are chosen only on CPUs with AVX2, FMA and F16C
+                // and for head dimensions that are multiples of 8; the slices are `hd` long.
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 | Kernel::Avx512 => unsafe {
+                    avx2::widen(k, keys);
+                    avx2::widen(v, values);
+                },
+            }
+        }
+    }
+
+    /// Scores of `queries` (`rows` heads) against the tile's keys in `lanes`, into `scores`
+    /// (`rows` × [`TILE`]); lanes outside `lanes` get -inf.
+    fn scores(
+        self,
+        queries: &[f32],
+        keys: &[f32],
+        head_dim: usize,
+        lanes: (usize, usize),
+        scale: f32,
+        scores: &mut [f32],
+    ) {
+        for row in scores.chunks_exact_mut(TILE) {
+            row[..lanes.0].fill(f32::NEG_INFINITY);
+            row[lanes.1..].fill(f32::NEG_INFINITY);
+        }
+        match self {
+            Kernel::Portable => portable::scores(queries, keys, head_dim, lanes, scale, scores),
+            // SAFETY: chosen only with the CPU features and head dimension each needs.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { avx2::scores(queries, keys, head_dim, lanes, scale, scores) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe { avx512::scores(queries, keys, head_dim, lanes, scale, scores) },
+        }
+    }
+
+    /// The online-softmax step of each row: turns `weights` (a row's scores) into
+    /// `e^(s - m')`, updates the running maximum and lane sums, and records the correction.
+    fn update_softmax(self, weights: &mut [f32], max: &mut [f32], lane_sums: &mut [f32], correction: &mut [f32]) {
+        let rows = weights.chunks_exact_mut(TILE).zip(lane_sums.chunks_exact_mut(TILE));
+        for (((weights, sums), max), correction) in rows.zip(max.iter_mut()).zip(correction.iter_mut()) {
+            let tile_max = weights.iter().fold(f32::NEG_INFINITY, |m, &s| if s > m { s } else { m });
+            let new_max = if tile_max > *max { tile_max } else { *max };
+            *correction = exp_nonpositive(*max - new_max);
+            *max = new_max;
+            match self {
+                Kernel::Portable => portable::update_lanes(weights, sums, new_max, *correction),
+                // SAFETY: chosen only on CPUs with AVX2 and FMA; both slices are TILE long.
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 | Kernel::Avx512 => unsafe { avx2::update_lanes(weights, sums, new_max, *correction) },
+            }
+        }
+    }
+
+    /// `acc = acc · c + Σ p_j v_j` over the positions in `lanes`, in order, for each row.
+    fn accumulate(self, values: &[f32], weights: &[f32], correction: &[f32], lanes: (usize, usize), acc: &mut [f32]) {
+        match self {
+            Kernel::Portable => portable::accumulate(values, weights, correction, lanes, acc),
+            // SAFETY: chosen only with the CPU features and head dimension each needs.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { avx2::accumulate(values, weights, correction, lanes, acc) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe { avx512::accumulate(values, weights, correction, lanes, acc) },
+        }
+    }
+}
+
+/// `e^x` for `x <= 0` (the same polynomial as the vector code; -inf gives 0).
+fn exp_nonpositive(x: f32) -> f32 {
+    crate::models::elementwise::exp_nonpositive(x)
+}
+
+/// A tile's sixteen lane sums added as the fixed tree the contract names.
+fn lane_tree(sums: &[f32]) -> f32 {
+    let mut s = [0f32; 8];
+    for (i, x) in s.iter_mut().enumerate() {
+        *x = sums[i] + sums[i + 8];
+    }
+    let q = [s[0] + s[4], s[1] + s[5], s[2] + s[6], s[3] + s[7]];
+    let h = [q[0] + q[2], q[1] + q[3]];
+    h[0] + h[1]
 }
 
 /// Causal attention of every row of the step: for each token at position `pos` and each query
@@ -219,300 +355,530 @@ pub(crate) fn attend(
     out: &mut [f32],
     pool: &ThreadPool,
 ) {
-    let hd = g.head_dim;
-    let group = g.group();
-    let q_dim = g.n_heads * hd;
-    let scale = g.scale;
-    let kernel = Kernel::best(hd);
-    let score_span = scratch.span;
+    attend_with(Kernel::best(g.head_dim), scratch, g, layer, span, chunks, kv, qkv, out, pool);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attend_with(
+    kernel: Kernel,
+    scratch: &mut AttentionScratch,
+    g: &Geometry,
+    layer: usize,
+    span: Span,
+    chunks: &[SeqChunk<'_>],
+    kv: &KvStorage,
+    qkv: &[f32],
+    out: &mut [f32],
+    pool: &ThreadPool,
+) {
     let tasks = &scratch.tasks;
     let out = DisjointSlice::new(out);
-    let scores = DisjointSlice::new(&mut scratch.scores);
+    let buffers = DisjointSlice::new(&mut scratch.buffers);
     pool.run(tasks.len(), &|task_index| {
         let task = tasks[task_index];
         let chunk = &chunks[task.chunk];
-        let view = KvHeadView::new(kv, layer, chunk.table(kv.pool_of(layer)), task.kv_head, hd);
-        // SAFETY: each task owns its own `span`-long stretch of the score buffer.
-        let scores = unsafe { scores.range_mut(task_index * score_span, score_span) };
+        let view = KvHeadView::new(kv, layer, chunk.table(kv.pool_of(layer)), task.kv_head, g.head_dim);
+        let rows = (task.tokens.1 - task.tokens.0) * g.group();
+        // SAFETY: each task owns its own stretch of the buffers (laid out by `plan`).
+        let buffer = unsafe { buffers.range_mut(task.buffer, TaskBuffers::floats(rows, g.head_dim)) };
+        let mut b = TaskBuffers::split(buffer, rows, g.head_dim);
+        attend_task(kernel, g, span, chunk, &task, &view, qkv, &mut b);
+        let q_dim = g.q_dim();
+        let group_len = g.group() * g.head_dim;
         for t in task.tokens.0..task.tokens.1 {
             let row = task.chunk_first_row + t;
-            let position = chunk.start_pos + t;
-            let first = span.first(position);
-            let view = view.starting_at(first);
-            let n = position + 1 - first;
-            let first_head = task.kv_head * group;
-            let queries = &qkv[row * g.qkv_row_len + first_head * hd..][..group * hd];
             // SAFETY: the (row, head group) output slots belong to this task alone.
-            let out = unsafe { out.range_mut(row * q_dim + first_head * hd, group * hd) };
-            attend_token(kernel, &view, n, queries, hd, scale, &mut scores[..group * n], out);
+            let out = unsafe { out.range_mut(row * q_dim + task.kv_head * group_len, group_len) };
+            let first_row = (t - task.tokens.0) * g.group();
+            finish_rows(&b, first_row, g.group(), g.head_dim, out);
         }
     });
 }
 
-/// One token's attention for one group of query heads (`queries` holds `group` heads of
-/// `head_dim`, `out` the same shape) over positions `0..n`. `scores` holds `group * n`.
+/// Every tile of the task's positions, each widened once and used by every query row it
+/// concerns.
 #[allow(clippy::too_many_arguments)]
-fn attend_token(
+fn attend_task(
     kernel: Kernel,
+    g: &Geometry,
+    span: Span,
+    chunk: &SeqChunk<'_>,
+    task: &Task,
     view: &KvHeadView<'_>,
-    n: usize,
-    queries: &[f32],
-    head_dim: usize,
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
+    qkv: &[f32],
+    b: &mut TaskBuffers<'_>,
 ) {
-    debug_assert_eq!(queries.len(), out.len());
-    debug_assert_eq!(scores.len(), queries.len() / head_dim * n);
-    match kernel {
-        Kernel::Scalar => attend_token_scalar(view, n, queries, head_dim, scale, scores, out),
-        // SAFETY: `Avx2` is chosen only when the CPU has AVX2, FMA and F16C and the head
-        // dimension is a multiple of 8 no larger than MAX_SIMD_HEAD_DIM.
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe { avx2::attend_token(view, n, queries, head_dim, scale, scores, out) },
+    let (hd, group) = (g.head_dim, g.group());
+    b.acc.fill(0.0);
+    b.lane_sums.fill(0.0);
+    b.max.fill(f32::NEG_INFINITY);
+    // A token's attended positions, `first..=pos`: both ends grow with the token index.
+    let positions = |t: usize| {
+        let pos = chunk.start_pos + t;
+        (span.first(pos), pos + 1)
+    };
+    let (t0, t1) = task.tokens;
+    let lowest = positions(t0).0;
+    let end = positions(t1 - 1).1;
+    for tile_start in (lowest / TILE * TILE..end).step_by(TILE) {
+        let tile = (tile_start, tile_start + TILE);
+        let meets = |t: usize| overlap(positions(t), tile).is_some();
+        let Some(first_token) = (t0..t1).find(|&t| meets(t)) else { continue };
+        let last_token = (first_token..t1).take_while(|&t| meets(t)).last().unwrap_or(first_token);
+        let widened = (tile_start.max(positions(first_token).0), tile.1.min(positions(last_token).1));
+        kernel.widen_tile(view, tile_start, widened, b);
+        for t in first_token..=last_token {
+            let Some((from, to)) = overlap(positions(t), tile) else { continue };
+            let lanes = (from - tile_start, to - tile_start);
+            let first_head = task.kv_head * group;
+            let queries = &qkv[(task.chunk_first_row + t) * g.qkv_row_len + first_head * hd..][..group * hd];
+            let rows = (t - t0) * group..(t - t0 + 1) * group;
+            let weights = &mut b.weights[rows.start * TILE..rows.end * TILE];
+            kernel.scores(queries, b.keys, hd, lanes, g.scale, weights);
+            let (max, sums) = (&mut b.max[rows.clone()], &mut b.lane_sums[rows.start * TILE..rows.end * TILE]);
+            kernel.update_softmax(weights, max, sums, &mut b.correction[rows.clone()]);
+            let acc = &mut b.acc[rows.start * hd..rows.end * hd];
+            kernel.accumulate(b.values, weights, &b.correction[rows], lanes, acc);
+        }
     }
 }
 
-fn attend_token_scalar(
-    view: &KvHeadView<'_>,
-    n: usize,
-    queries: &[f32],
-    head_dim: usize,
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    use crate::f16::f16_to_f32;
-    let group = queries.len() / head_dim;
-    view.for_each_position(n, |p, offset| {
-        let key = &view.k[offset..offset + head_dim];
-        for (h, query) in queries.chunks_exact(head_dim).enumerate() {
-            let dot: f32 = query.iter().zip(key).map(|(&q, &k)| q * f16_to_f32(k)).sum();
-            scores[h * n + p] = dot * scale;
+/// The positions two half-open ranges share, if any.
+fn overlap(a: (usize, usize), b: (usize, usize)) -> Option<(usize, usize)> {
+    let (from, to) = (a.0.max(b.0), a.1.min(b.1));
+    (from < to).then_some((from, to))
+}
+
+/// `out = acc · (1 / l)` for `rows` query rows from `first_row`.
+fn finish_rows(b: &TaskBuffers<'_>, first_row: usize, rows: usize, head_dim: usize, out: &mut [f32]) {
+    for r in 0..rows {
+        let row = first_row + r;
+        let inverse = 1.0 / lane_tree(&b.lane_sums[row * TILE..][..TILE]);
+        let acc = &b.acc[row * head_dim..][..head_dim];
+        for (o, &a) in out[r * head_dim..][..head_dim].iter_mut().zip(acc) {
+            *o = a * inverse;
         }
-    });
-    for head_scores in scores.chunks_exact_mut(n) {
-        let max = head_scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        let mut sum = 0.0;
-        for s in head_scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        let inverse = 1.0 / sum;
-        head_scores.iter_mut().for_each(|s| *s *= inverse);
     }
-    out.fill(0.0);
-    view.for_each_position(n, |p, offset| {
-        let value = &view.v[offset..offset + head_dim];
-        for h in 0..group {
-            let weight = scores[h * n + p];
-            for (o, &v) in out[h * head_dim..][..head_dim].iter_mut().zip(value) {
-                *o += weight * f16_to_f32(v);
+}
+
+/// The contract in plain Rust (`f32::mul_add` is a fused multiply-add on every target).
+mod portable {
+    use super::TILE;
+
+    /// `dot(q, k)` with 32 partial sums and the fixed tree.
+    fn dot(q: &[f32], k: &[f32]) -> f32 {
+        let mut p = [0f32; 32];
+        for (d, (&a, &b)) in q.iter().zip(k).enumerate() {
+            p[d % 32] = a.mul_add(b, p[d % 32]);
+        }
+        let mut r = [0f32; 8];
+        for (i, x) in r.iter_mut().enumerate() {
+            *x = (p[i] + p[i + 16]) + (p[i + 8] + p[i + 24]);
+        }
+        let q = [r[0] + r[4], r[1] + r[5], r[2] + r[6], r[3] + r[7]];
+        let h = [q[0] + q[2], q[1] + q[3]];
+        h[0] + h[1]
+    }
+
+    pub(super) fn scores(queries: &[f32], keys: &[f32], hd: usize, lanes: (usize, usize), scale: f32, out: &mut [f32]) {
+        for (q, row) in queries.chunks_exact(hd).zip(out.chunks_exact_mut(TILE)) {
+            for j in lanes.0..lanes.1 {
+                row[j] = dot(q, &keys[j * hd..][..hd]) * scale;
             }
         }
-    });
+    }
+
+    pub(super) fn update_lanes(weights: &mut [f32], sums: &mut [f32], max: f32, correction: f32) {
+        for (w, l) in weights.iter_mut().zip(sums.iter_mut()) {
+            *w = super::exp_nonpositive(*w - max);
+            *l = l.mul_add(correction, *w);
+        }
+    }
+
+    pub(super) fn accumulate(
+        values: &[f32],
+        weights: &[f32],
+        correction: &[f32],
+        lanes: (usize, usize),
+        acc: &mut [f32],
+    ) {
+        let hd = acc.len() / correction.len();
+        for ((acc, w), &c) in acc.chunks_exact_mut(hd).zip(weights.chunks_exact(TILE)).zip(correction) {
+            acc.iter_mut().for_each(|a| *a *= c);
+            for j in lanes.0..lanes.1 {
+                for (a, &v) in acc.iter_mut().zip(&values[j * hd..][..hd]) {
+                    *a = w[j].mul_add(v, *a);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{KvHeadView, MAX_SIMD_HEAD_DIM, PREFETCH_AHEAD};
+    use super::{ROWS_PER_PASS, TILE};
     use crate::models::elementwise::simd::exp_nonpositive;
 
+    /// f16 to f32, 8 values at a time.
+    ///
     /// # Safety
-    /// AVX2, FMA and F16C must be available; `head_dim` a multiple of 8, at most
-    /// `MAX_SIMD_HEAD_DIM`; slice shapes as [`super::attend_token`] documents.
+    /// AVX2 and F16C; `to` as long as `from`, a multiple of 8.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn attend_token(
-        view: &KvHeadView<'_>,
-        n: usize,
-        queries: &[f32],
-        head_dim: usize,
-        scale: f32,
-        scores: &mut [f32],
-        out: &mut [f32],
-    ) {
-        let group = queries.len() / head_dim;
-        assert!(head_dim.is_multiple_of(8) && head_dim <= MAX_SIMD_HEAD_DIM && scores.len() == group * n);
-        assert!(out.len() == queries.len());
-        let (k, v) = (view.k, view.v);
-        // Every offset the walk yields is a slot of a block in the table; the last slot's
-        // `head_dim` values must lie inside both buffers.
-        let last_slot = (view.block_size - 1) * view.slot_stride + head_dim;
-        let blocks = view.blocks(n);
-        assert!(k.len() == v.len());
-        assert!(blocks.iter().all(|&b| view.base + b as usize * view.block_stride + last_slot <= k.len()));
-
-        // Scores: widen each K row once, dot it with every query head of the group.
-        let mut key = [0f32; MAX_SIMD_HEAD_DIM];
-        view.for_each_position(n, |p, offset| {
-            // Blocks are scattered in memory; the hardware prefetcher follows a block's run
-            // but not the jump to the next block: ask for K and V rows ahead.
-            if p + PREFETCH_AHEAD < n {
-                let ahead = view.offset(p + PREFETCH_AHEAD);
-                for line in (0..head_dim).step_by(32) {
-                    _mm_prefetch::<_MM_HINT_T0>(k.as_ptr().add(ahead + line) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().add(ahead + line) as *const i8);
-                }
-            }
-            let row = k.as_ptr().add(offset);
-            for i in (0..head_dim).step_by(8) {
-                let wide = _mm256_cvtph_ps(_mm_loadu_si128(row.add(i) as *const __m128i));
-                _mm256_storeu_ps(key.as_mut_ptr().add(i), wide);
-            }
-            for h in 0..group {
-                let q = queries.as_ptr().add(h * head_dim);
-                // Four independent sums over 8-dim slices (a head_dim tail past the last
-                // 32 goes to the first): one chain of dependent FMAs would wait on latency.
-                let product = |i: usize, acc| {
-                    _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i)), _mm256_loadu_ps(key.as_ptr().add(i)), acc)
-                };
-                let [mut a0, mut a1, mut a2, mut a3] = [_mm256_setzero_ps(); 4];
-                let mut i = 0;
-                while i + 32 <= head_dim {
-                    (a0, a1, a2, a3) = (product(i, a0), product(i + 8, a1), product(i + 16, a2), product(i + 24, a3));
-                    i += 32;
-                }
-                while i < head_dim {
-                    a0 = product(i, a0);
-                    i += 8;
-                }
-                let sum = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
-                *scores.get_unchecked_mut(h * n + p) = horizontal_sum(sum) * scale;
-            }
-        });
-        for head_scores in scores.chunks_exact_mut(n) {
-            softmax(head_scores);
-        }
-
-        // Weighted sum of V, position by position, into every head of the group: 32 dims
-        // of up to 3 heads at a time stay in registers while the positions stream by.
-        out.fill(0.0);
-        for first_dim in (0..head_dim).step_by(32) {
-            for first_head in (0..group).step_by(3) {
-                let heads = (group - first_head).min(3);
-                let tile = ValueTile { view, n, scores, head_dim, first_dim, first_head };
-                match (head_dim - first_dim >= 32, heads) {
-                    (true, 3) => tile.accumulate::<3>(out),
-                    (true, 2) => tile.accumulate::<2>(out),
-                    (true, _) => tile.accumulate::<1>(out),
-                    (false, _) => tile.accumulate_narrow(out, heads),
-                }
-            }
+    pub(super) unsafe fn widen(from: &[u16], to: &mut [f32]) {
+        assert!(to.len() == from.len() && from.len().is_multiple_of(8));
+        for i in (0..from.len()).step_by(8) {
+            let wide = _mm256_cvtph_ps(_mm_loadu_si128(from.as_ptr().add(i) as *const __m128i));
+            _mm256_storeu_ps(to.as_mut_ptr().add(i), wide);
         }
     }
 
-    /// 32 dimensions (or what is left of the head) of up to 3 heads of the V sum.
-    struct ValueTile<'a, 'b> {
-        view: &'a KvHeadView<'b>,
-        n: usize,
-        scores: &'a [f32],
-        head_dim: usize,
-        first_dim: usize,
-        first_head: usize,
-    }
-
-    impl ValueTile<'_, '_> {
-        /// `HEADS` heads × 32 dims of accumulators in registers; each V row widened once.
-        #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn accumulate<const HEADS: usize>(&self, out: &mut [f32]) {
-            let mut acc = [[_mm256_setzero_ps(); 4]; HEADS];
-            let v = self.view.v.as_ptr().add(self.first_dim);
-            let weights = self.scores.as_ptr().add(self.first_head * self.n);
-            self.view.for_each_position(self.n, |p, offset| {
-                let row = v.add(offset);
-                let mut value = [_mm256_setzero_ps(); 4];
-                for (j, x) in value.iter_mut().enumerate() {
-                    *x = _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * j) as *const __m128i));
-                }
-                for (h, acc) in acc.iter_mut().enumerate() {
-                    let weight = _mm256_set1_ps(*weights.add(h * self.n + p));
-                    for (a, &x) in acc.iter_mut().zip(&value) {
-                        *a = _mm256_fmadd_ps(weight, x, *a);
-                    }
-                }
-            });
-            for (h, acc) in acc.iter().enumerate() {
-                let dst = out.as_mut_ptr().add((self.first_head + h) * self.head_dim + self.first_dim);
-                for (j, &a) in acc.iter().enumerate() {
-                    _mm256_storeu_ps(dst.add(8 * j), a);
-                }
-            }
-        }
-
-        /// The same sums (same order, same rounding) for a tail of fewer than 32 dims,
-        /// accumulating in `out`, which is zero on entry.
-        #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn accumulate_narrow(&self, out: &mut [f32], heads: usize) {
-            let o = out.as_mut_ptr();
-            let v = self.view.v.as_ptr();
-            self.view.for_each_position(self.n, |p, offset| {
-                let row = v.add(offset);
-                for i in (self.first_dim..self.head_dim).step_by(8) {
-                    let value = _mm256_cvtph_ps(_mm_loadu_si128(row.add(i) as *const __m128i));
-                    for h in self.first_head..self.first_head + heads {
-                        let weight = _mm256_set1_ps(*self.scores.get_unchecked(h * self.n + p));
-                        let dst = o.add(h * self.head_dim + i);
-                        _mm256_storeu_ps(dst, _mm256_fmadd_ps(weight, value, _mm256_loadu_ps(dst)));
-                    }
-                }
-            });
-        }
-    }
-
-    /// Lanes summed in a fixed order.
+    /// Lanes summed in a fixed order: `i + (i+4)`, then `+2`, then `+1`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn horizontal_sum(x: __m256) -> f32 {
+    pub(super) unsafe fn horizontal_sum(x: __m256) -> f32 {
         let pairs = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
         let halves = _mm_add_ps(pairs, _mm_movehl_ps(pairs, pairs));
         _mm_cvtss_f32(_mm_add_ss(halves, _mm_shuffle_ps::<1>(halves, halves)))
     }
 
+    /// # Safety
+    /// AVX2, FMA and F16C; `head_dim` a multiple of 8; `queries` whole rows of `head_dim`,
+    /// `keys` [`TILE`] rows, `out` [`TILE`] per query row.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn horizontal_max(x: __m256) -> f32 {
-        let pairs = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
-        let halves = _mm_max_ps(pairs, _mm_movehl_ps(pairs, pairs));
-        _mm_cvtss_f32(_mm_max_ss(halves, _mm_shuffle_ps::<1>(halves, halves)))
+    pub(super) unsafe fn scores(
+        queries: &[f32],
+        keys: &[f32],
+        hd: usize,
+        lanes: (usize, usize),
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let rows = queries.len() / hd;
+        assert!(hd.is_multiple_of(8) && keys.len() >= TILE * hd && out.len() == rows * TILE && lanes.1 <= TILE);
+        // Three rows of four accumulators and one key's four vectors fill the 16 registers.
+        for first in (0..rows).step_by(3) {
+            let q = queries.as_ptr().add(first * hd);
+            let o = out.as_mut_ptr().add(first * TILE);
+            for j in lanes.0..lanes.1 {
+                let k = keys.as_ptr().add(j * hd);
+                match rows - first {
+                    1 => score_rows::<1>(q, k, hd, scale, o.add(j)),
+                    2 => score_rows::<2>(q, k, hd, scale, o.add(j)),
+                    _ => score_rows::<3>(q, k, hd, scale, o.add(j)),
+                }
+            }
+        }
     }
 
-    /// In-place softmax, 8 lanes at a time; the tail goes through the same vector code with
-    /// its unused lanes masked out of the sum.
+    /// `R` query rows against one key; writes `out[r * TILE]`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn softmax(x: &mut [f32]) {
-        let n = x.len();
-        let full = n / 8 * 8;
-        let rest = n - full;
-        let p = x.as_mut_ptr();
-        let mut tail = [f32::NEG_INFINITY; 8];
-        tail[..rest].copy_from_slice(&x[full..]);
-
-        let mut max8 = _mm256_loadu_ps(tail.as_ptr());
-        for i in (0..full).step_by(8) {
-            max8 = _mm256_max_ps(max8, _mm256_loadu_ps(p.add(i)));
+    #[inline]
+    unsafe fn score_rows<const R: usize>(q: *const f32, k: *const f32, hd: usize, scale: f32, out: *mut f32) {
+        let mut acc = [[_mm256_setzero_ps(); 4]; R];
+        let mut d = 0;
+        while d < hd {
+            // Dimension d goes to partial sum d mod 32: vector (d mod 32) / 8.
+            let slices = ((hd - d) / 8).min(4);
+            for s in 0..slices {
+                let key = _mm256_loadu_ps(k.add(d + 8 * s));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    acc[s] = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(r * hd + d + 8 * s)), key, acc[s]);
+                }
+            }
+            d += 32;
         }
-        let max = _mm256_set1_ps(horizontal_max(max8));
-
-        let mut sum8 = _mm256_setzero_ps();
-        for i in (0..full).step_by(8) {
-            let e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), max));
-            _mm256_storeu_ps(p.add(i), e);
-            sum8 = _mm256_add_ps(sum8, e);
+        for (r, a) in acc.iter().enumerate() {
+            let sum = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]));
+            *out.add(r * TILE) = horizontal_sum(sum) * scale;
         }
-        let in_tail = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
-            _mm256_set1_epi32(rest as i32),
-            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-        ));
-        let e = _mm256_and_ps(exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(tail.as_ptr()), max)), in_tail);
-        _mm256_storeu_ps(tail.as_mut_ptr(), e);
-        sum8 = _mm256_add_ps(sum8, e);
+    }
 
-        let inverse = _mm256_set1_ps(1.0 / horizontal_sum(sum8));
-        for i in (0..full).step_by(8) {
-            _mm256_storeu_ps(p.add(i), _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), inverse));
+    /// `w = e^(w - max)`, `l = fma(l, c, w)` over the [`TILE`] lanes of one row.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; both slices [`TILE`] long.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn update_lanes(weights: &mut [f32], sums: &mut [f32], max: f32, correction: f32) {
+        assert!(weights.len() == TILE && sums.len() == TILE);
+        let (max, correction) = (_mm256_set1_ps(max), _mm256_set1_ps(correction));
+        for i in (0..TILE).step_by(8) {
+            let w = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(weights.as_ptr().add(i)), max));
+            _mm256_storeu_ps(weights.as_mut_ptr().add(i), w);
+            let l = _mm256_fmadd_ps(_mm256_loadu_ps(sums.as_ptr().add(i)), correction, w);
+            _mm256_storeu_ps(sums.as_mut_ptr().add(i), l);
         }
-        _mm256_storeu_ps(tail.as_mut_ptr(), _mm256_mul_ps(e, inverse));
-        x[full..].copy_from_slice(&tail[..rest]);
+    }
+
+    /// # Safety
+    /// AVX2 and FMA; `acc` whole rows of a `head_dim` that is a multiple of 8, one per
+    /// `correction`; `weights` [`TILE`] per row; `values` [`TILE`] rows.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn accumulate(
+        values: &[f32],
+        weights: &[f32],
+        correction: &[f32],
+        lanes: (usize, usize),
+        acc: &mut [f32],
+    ) {
+        let rows = correction.len();
+        let hd = acc.len() / rows;
+        assert!(hd.is_multiple_of(8) && acc.len() == rows * hd && weights.len() == rows * TILE);
+        assert!(values.len() >= TILE * hd && lanes.1 <= TILE);
+        const _: () = assert!(ROWS_PER_PASS >= 3);
+        for first in (0..rows).step_by(3) {
+            let pass = Pass {
+                values: values.as_ptr(),
+                weights: weights.as_ptr().add(first * TILE),
+                correction: correction.as_ptr().add(first),
+                acc: acc.as_mut_ptr().add(first * hd),
+                hd,
+                lanes,
+            };
+            let mut d = 0;
+            while d < hd {
+                let width = ((hd - d) / 8).min(4);
+                match (rows - first, width) {
+                    (1, 4) => pass.dims::<1, 4>(d),
+                    (2, 4) => pass.dims::<2, 4>(d),
+                    (_, 4) => pass.dims::<3, 4>(d),
+                    (1, _) => pass.dims::<1, 1>(d),
+                    (2, _) => pass.dims::<2, 1>(d),
+                    (_, _) => pass.dims::<3, 1>(d),
+                }
+                d += if width == 4 { 32 } else { 8 };
+            }
+        }
+    }
+
+    /// A few query rows' accumulators over one tile.
+    struct Pass {
+        values: *const f32,
+        weights: *const f32,
+        correction: *const f32,
+        acc: *mut f32,
+        hd: usize,
+        lanes: (usize, usize),
+    }
+
+    impl Pass {
+        /// `R` rows × `W` vectors of dims from `d`, in registers while the positions go by.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[inline]
+        unsafe fn dims<const R: usize, const W: usize>(&self, d: usize) {
+            let mut acc = [[_mm256_setzero_ps(); W]; R];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let c = _mm256_set1_ps(*self.correction.add(r));
+                for (w, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_mul_ps(_mm256_loadu_ps(self.acc.add(r * self.hd + d + 8 * w)), c);
+                }
+            }
+            for j in self.lanes.0..self.lanes.1 {
+                let row = self.values.add(j * self.hd + d);
+                let mut v = [_mm256_setzero_ps(); W];
+                for (w, v) in v.iter_mut().enumerate() {
+                    *v = _mm256_loadu_ps(row.add(8 * w));
+                }
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let p = _mm256_set1_ps(*self.weights.add(r * TILE + j));
+                    for (a, &v) in acc.iter_mut().zip(&v) {
+                        *a = _mm256_fmadd_ps(p, v, *a);
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (w, &a) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(self.acc.add(r * self.hd + d + 8 * w), a);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{ROWS_PER_PASS, TILE};
+
+    /// # Safety
+    /// AVX-512F, AVX2, FMA and F16C; shapes as [`super::avx2::scores`].
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(super) unsafe fn scores(
+        queries: &[f32],
+        keys: &[f32],
+        hd: usize,
+        lanes: (usize, usize),
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let rows = queries.len() / hd;
+        assert!(hd.is_multiple_of(8) && keys.len() >= TILE * hd && out.len() == rows * TILE && lanes.1 <= TILE);
+        // Up to four rows × two keys × two accumulators: 16 of the 32 registers.
+        for first in (0..rows).step_by(ROWS_PER_PASS) {
+            let q = queries.as_ptr().add(first * hd);
+            let o = out.as_mut_ptr().add(first * TILE);
+            let mut j = lanes.0;
+            while j < lanes.1 {
+                let k = keys.as_ptr().add(j * hd);
+                let two = j + 1 < lanes.1;
+                match (rows - first, two) {
+                    (1, true) => score_block::<1, 2>(q, k, hd, scale, o.add(j)),
+                    (2, true) => score_block::<2, 2>(q, k, hd, scale, o.add(j)),
+                    (3, true) => score_block::<3, 2>(q, k, hd, scale, o.add(j)),
+                    (_, true) => score_block::<4, 2>(q, k, hd, scale, o.add(j)),
+                    (1, false) => score_block::<1, 1>(q, k, hd, scale, o.add(j)),
+                    (2, false) => score_block::<2, 1>(q, k, hd, scale, o.add(j)),
+                    (3, false) => score_block::<3, 1>(q, k, hd, scale, o.add(j)),
+                    (_, false) => score_block::<4, 1>(q, k, hd, scale, o.add(j)),
+                }
+                j += if two { 2 } else { 1 };
+            }
+        }
+    }
+
+    /// `R` query rows against `P` consecutive keys; writes `out[r * TILE + p]`. Partial sums
+    /// `0..16` live in the first accumulator, `16..32` in the second.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn score_block<const R: usize, const P: usize>(
+        q: *const f32,
+        k: *const f32,
+        hd: usize,
+        scale: f32,
+        out: *mut f32,
+    ) {
+        let mut acc = [[[_mm512_setzero_ps(); 2]; P]; R];
+        let full = hd / 32 * 32;
+        for d in (0..full).step_by(32) {
+            let mut key = [[_mm512_setzero_ps(); 2]; P];
+            for (p, key) in key.iter_mut().enumerate() {
+                key[0] = _mm512_loadu_ps(k.add(p * hd + d));
+                key[1] = _mm512_loadu_ps(k.add(p * hd + d + 16));
+            }
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let q0 = _mm512_loadu_ps(q.add(r * hd + d));
+                let q1 = _mm512_loadu_ps(q.add(r * hd + d + 16));
+                for (acc, key) in acc.iter_mut().zip(&key) {
+                    acc[0] = _mm512_fmadd_ps(q0, key[0], acc[0]);
+                    acc[1] = _mm512_fmadd_ps(q1, key[1], acc[1]);
+                }
+            }
+        }
+        // A tail of 8, 16 or 24 dims: partial sums 0..8, 0..16, or 0..16 and 16..24.
+        let mut d = full;
+        while d < hd {
+            let slot = (d - full) / 16;
+            let mask: __mmask16 = if hd - d >= 16 { 0xffff } else { 0x00ff };
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let qv = _mm512_maskz_loadu_ps(mask, q.add(r * hd + d));
+                for (p, acc) in acc.iter_mut().enumerate() {
+                    let kv = _mm512_maskz_loadu_ps(mask, k.add(p * hd + d));
+                    acc[slot] = _mm512_mask3_fmadd_ps(qv, kv, acc[slot], mask);
+                }
+            }
+            d += 16;
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (p, acc) in acc.iter().enumerate() {
+                let halves = _mm512_add_ps(acc[0], acc[1]);
+                let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(halves)));
+                let eight = _mm256_add_ps(_mm512_castps512_ps256(halves), high);
+                *out.add(r * TILE + p) = super::avx2::horizontal_sum(eight) * scale;
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX-512F, AVX2, FMA and F16C; shapes as [`super::avx2::accumulate`].
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(super) unsafe fn accumulate(
+        values: &[f32],
+        weights: &[f32],
+        correction: &[f32],
+        lanes: (usize, usize),
+        acc: &mut [f32],
+    ) {
+        let rows = correction.len();
+        let hd = acc.len() / rows;
+        assert!(hd.is_multiple_of(8) && acc.len() == rows * hd && weights.len() == rows * TILE);
+        assert!(values.len() >= TILE * hd && lanes.1 <= TILE);
+        for first in (0..rows).step_by(ROWS_PER_PASS) {
+            let pass = Pass {
+                values: values.as_ptr(),
+                weights: weights.as_ptr().add(first * TILE),
+                correction: correction.as_ptr().add(first),
+                acc: acc.as_mut_ptr().add(first * hd),
+                hd,
+                lanes,
+            };
+            let mut d = 0;
+            while d < hd {
+                let rest = hd - d;
+                let (width, mask): (usize, __mmask16) = match rest {
+                    64.. => (4, 0xffff),
+                    16.. => (1, 0xffff),
+                    _ => (1, 0x00ff),
+                };
+                match (rows - first, width) {
+                    (1, 4) => pass.dims::<1, 4>(d, mask),
+                    (2, 4) => pass.dims::<2, 4>(d, mask),
+                    (3, 4) => pass.dims::<3, 4>(d, mask),
+                    (_, 4) => pass.dims::<4, 4>(d, mask),
+                    (1, _) => pass.dims::<1, 1>(d, mask),
+                    (2, _) => pass.dims::<2, 1>(d, mask),
+                    (3, _) => pass.dims::<3, 1>(d, mask),
+                    (_, _) => pass.dims::<4, 1>(d, mask),
+                }
+                d += (16 * width).min(rest);
+            }
+        }
+    }
+
+    /// A few query rows' accumulators over one tile.
+    struct Pass {
+        values: *const f32,
+        weights: *const f32,
+        correction: *const f32,
+        acc: *mut f32,
+        hd: usize,
+        lanes: (usize, usize),
+    }
+
+    impl Pass {
+        /// `R` rows × `W` vectors of 16 dims from `d` (the last vector's lanes in `mask`), in
+        /// registers while the positions go by.
+        #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+        #[inline]
+        unsafe fn dims<const R: usize, const W: usize>(&self, d: usize, mask: __mmask16) {
+            let lane_mask = |w: usize| if w + 1 == W { mask } else { 0xffff };
+            let mut acc = [[_mm512_setzero_ps(); W]; R];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let c = _mm512_set1_ps(*self.correction.add(r));
+                for (w, a) in acc.iter_mut().enumerate() {
+                    let at = self.acc.add(r * self.hd + d + 16 * w);
+                    *a = _mm512_mul_ps(_mm512_maskz_loadu_ps(lane_mask(w), at), c);
+                }
+            }
+            for j in self.lanes.0..self.lanes.1 {
+                let row = self.values.add(j * self.hd + d);
+                let mut v = [_mm512_setzero_ps(); W];
+                for (w, v) in v.iter_mut().enumerate() {
+                    *v = _mm512_maskz_loadu_ps(lane_mask(w), row.add(16 * w));
+                }
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let p = _mm512_set1_ps(*self.weights.add(r * TILE + j));
+                    for (a, &v) in acc.iter_mut().zip(&v) {
+                        *a = _mm512_fmadd_ps(p, v, *a);
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (w, &a) in acc.iter().enumerate() {
+                    _mm512_mask_storeu_ps(self.acc.add(r * self.hd + d + 16 * w), lane_mask(w), a);
+                }
+            }
+        }
     }
 }
 
@@ -521,16 +887,21 @@ mod tests {
     use super::*;
     use crate::f16::f32_to_f16;
 
-    /// A small storage with a scattered block table, filled with pseudo-random K/V.
-    fn storage(n: usize, head_dim: usize, n_kv_heads: usize, seed: u32) -> (KvStorage, Vec<u32>) {
-        let block_size = 4;
-        let blocks = n.div_ceil(block_size);
-        let mut kv = KvStorage::new(2, blocks * 3, block_size, n_kv_heads, head_dim);
+    /// Pseudo-random values in [-2, 2).
+    fn random_values(seed: u32) -> impl FnMut() -> f32 {
         let mut state = seed;
-        let mut random = move || {
+        move || {
             state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             (state >> 8) as f32 / (1u32 << 24) as f32 * 4.0 - 2.0
-        };
+        }
+    }
+
+    /// One sequence's K/V for `n` positions in a storage of 2 layers with scattered blocks of
+    /// `block_size` (not a multiple of the tile, so tiles straddle blocks).
+    fn storage(n: usize, g: &Geometry, block_size: usize, seed: u32) -> (KvStorage, Vec<u32>) {
+        let blocks = n.div_ceil(block_size);
+        let mut kv = KvStorage::new(2, blocks * 3, block_size, g.n_kv_heads, g.head_dim);
+        let mut random = random_values(seed);
         for x in kv.all_values_mut() {
             *x = f32_to_f16(random());
         }
@@ -539,28 +910,29 @@ mod tests {
         (kv, table)
     }
 
-    /// Straightforward float64 attention for one query head over positions `0..n`.
-    fn reference(kv: &KvStorage, table: &[u32], layer: usize, kv_head: usize, q: &[f32], n: usize) -> Vec<f64> {
-        reference_over(kv, table, layer, kv_head, q, 0..n)
+    fn geometry(head_dim: usize, n_heads: usize, n_kv_heads: usize) -> Geometry {
+        let qkv_row_len = (n_heads + 2 * n_kv_heads) * head_dim;
+        Geometry { n_heads, n_kv_heads, head_dim, qkv_row_len, scale: 1.0 / (head_dim as f32).sqrt() }
     }
 
-    /// Straightforward float64 attention for one query head over `positions`.
-    fn reference_over(
+    /// Float64 attention of query head `head` of `q_row` over `positions`.
+    fn reference(
         kv: &KvStorage,
         table: &[u32],
-        layer: usize,
-        kv_head: usize,
-        q: &[f32],
+        g: &Geometry,
+        head: usize,
+        q_row: &[f32],
         positions: std::ops::Range<usize>,
     ) -> Vec<f64> {
-        let hd = q.len();
+        let (hd, layer, kv_head) = (g.head_dim, 1, head / g.group());
+        let q = &q_row[head * hd..][..hd];
         let at = |p: usize| kv.position_offset(layer, table, p, kv_head);
         let wide = |x: u16| crate::f16::f16_to_f32(x) as f64;
         let scores: Vec<f64> = positions
             .clone()
             .map(|p| {
                 q.iter().zip(&kv.keys(layer)[at(p)..][..hd]).map(|(&a, &b)| a as f64 * wide(b)).sum::<f64>()
-                    / (hd as f64).sqrt()
+                    * g.scale as f64
             })
             .collect();
         let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -571,31 +943,96 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn sliding_window_reads_only_the_last_positions() {
-        assert_eq!(Span::Window(8).first(3), 0);
-        assert_eq!(Span::Window(8).first(7), 0);
-        assert_eq!(Span::Window(8).first(8), 1);
-        assert_eq!(Span::Causal.first(100), 0);
-        let mut kernels = vec![Kernel::Scalar];
-        if Kernel::best(16) != Kernel::Scalar {
-            kernels.push(Kernel::best(16));
+    /// Runs `attend_with` for one sequence's chunks (each `(start_pos, n_tokens)`), all in one
+    /// step, and returns the output rows in step order.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        kernel: Kernel,
+        g: &Geometry,
+        span: Span,
+        kv: &KvStorage,
+        table: &[u32],
+        chunks: &[(usize, usize)],
+        qkv: &[f32],
+        pool: &ThreadPool,
+    ) -> Vec<f32> {
+        let tokens = vec![0u32; chunks.iter().map(|c| c.1).sum()];
+        let seq_chunks: Vec<SeqChunk<'_>> = chunks
+            .iter()
+            .map(|&(start_pos, n)| SeqChunk {
+                tokens: &tokens[..n],
+                start_pos,
+                block_table: table,
+                sliding_block_table: table,
+                want_logits: false,
+            })
+            .collect();
+        let mut scratch = AttentionScratch::default();
+        scratch.plan(&seq_chunks, g);
+        let mut out = vec![f32::NAN; tokens.len() * g.q_dim()];
+        attend_with(kernel, &mut scratch, g, 1, span, &seq_chunks, kv, qkv, &mut out, pool);
+        out
+    }
+
+    /// Query rows for the positions of `chunks` (row `i` of the step: the queries of the
+    /// token at that position, the same for the same position in any chunking).
+    fn queries_for(g: &Geometry, chunks: &[(usize, usize)], seed: u32) -> Vec<f32> {
+        let mut qkv = Vec::new();
+        for &(start, n) in chunks {
+            for pos in start..start + n {
+                let mut random = random_values(seed ^ (pos as u32).wrapping_mul(2_654_435_761));
+                qkv.extend((0..g.qkv_row_len).map(|_| random()));
+            }
         }
-        let (head_dim, group, window) = (16, 2, 6);
-        for end in [1, 5, 6, 7, 9, 13, 22] {
-            let (kv, table) = storage(end, head_dim, 2, end as u32);
-            let queries: Vec<f32> = (0..group * head_dim).map(|i| ((i * 29 % 13) as f32 - 6.0) / 3.0).collect();
-            let first = Span::Window(window).first(end - 1);
-            let view = KvHeadView::new(&kv, 0, &table, 1, head_dim).starting_at(first);
-            let n = end - first;
-            for &kernel in &kernels {
-                let mut scores = vec![0.0; group * n];
-                let mut out = vec![0.0; group * head_dim];
-                attend_token(kernel, &view, n, &queries, head_dim, 0.25, &mut scores, &mut out);
-                for h in 0..group {
-                    let expected = reference_over(&kv, &table, 0, 1, &queries[h * head_dim..][..head_dim], first..end);
-                    for (&got, &want) in out[h * head_dim..][..head_dim].iter().zip(&expected) {
-                        assert!((got as f64 - want).abs() < 1e-4, "{kernel:?} end {end} head {h}: {got} vs {want}");
+        qkv
+    }
+
+    /// Head dims, (heads, KV heads), spans and context lengths that cover the tails of every
+    /// kernel: dims not a multiple of 32 or 16, groups of 1 to 5 rows, windows that start
+    /// mid-tile, contexts shorter and longer than a tile.
+    fn cases() -> Vec<(Geometry, Span, usize)> {
+        let mut cases = Vec::new();
+        for (hd, heads, kv_heads) in
+            [(64, 9, 3), (8, 1, 1), (16, 4, 2), (24, 2, 1), (40, 5, 1), (256, 4, 1), (48, 8, 2)]
+        {
+            for (span, n) in [
+                (Span::Causal, 1),
+                (Span::Causal, 7),
+                (Span::Causal, 45),
+                (Span::Window(6), 23),
+                (Span::Window(17), 50),
+            ] {
+                cases.push((geometry(hd, heads, kv_heads), span, n));
+            }
+        }
+        cases
+    }
+
+    #[test]
+    fn every_kernel_matches_a_float64_reference() {
+        let pool = ThreadPool::new(2).unwrap();
+        for (g, span, n) in cases() {
+            let (kv, table) = storage(n, &g, 5, n as u32 + g.head_dim as u32);
+            // The prompt in one chunk from position 0, then the last token as a decode.
+            let chunks = [(0, n)];
+            // Queries of two sizes: scores near each other, and scores ten times further apart
+            // (a peaked softmax whose running maximum jumps between tiles).
+            for magnitude in [1.0, 10.0] {
+                let qkv: Vec<f32> = queries_for(&g, &chunks, 7).iter().map(|q| q * magnitude).collect();
+                for kernel in Kernel::available(g.head_dim) {
+                    let out = run(kernel, &g, span, &kv, &table, &chunks, &qkv, &pool);
+                    for pos in 0..n {
+                        for head in 0..g.n_heads {
+                            let q_row = &qkv[pos * g.qkv_row_len..][..g.qkv_row_len];
+                            let want = reference(&kv, &table, &g, head, q_row, span.first(pos)..pos + 1);
+                            let got = &out[pos * g.q_dim() + head * g.head_dim..][..g.head_dim];
+                            for (d, (&got, &want)) in got.iter().zip(&want).enumerate() {
+                                assert!(
+                                (got as f64 - want).abs() < 1e-4,
+                                "{kernel:?} {g:?} {span:?} x{magnitude} pos {pos} head {head} dim {d}: {got} vs {want}"
+                            );
+                            }
+                        }
                     }
                 }
             }
@@ -603,34 +1040,83 @@ mod tests {
     }
 
     #[test]
-    fn kernels_match_a_float64_reference() {
-        let mut kernels = vec![Kernel::Scalar];
-        if Kernel::best(64) != Kernel::Scalar {
-            kernels.push(Kernel::best(64));
+    fn every_simd_kernel_gives_the_portable_bits() {
+        let pool = ThreadPool::new(2).unwrap();
+        for (g, span, n) in cases() {
+            let (kv, table) = storage(n, &g, 5, 3 * n as u32 + g.head_dim as u32);
+            let chunks = [(0, n)];
+            let qkv = queries_for(&g, &chunks, 11);
+            let portable = run(Kernel::Portable, &g, span, &kv, &table, &chunks, &qkv, &pool);
+            for kernel in Kernel::available(g.head_dim).into_iter().skip(1) {
+                let out = run(kernel, &g, span, &kv, &table, &chunks, &qkv, &pool);
+                let differ = out.iter().zip(&portable).position(|(a, b)| a.to_bits() != b.to_bits());
+                assert_eq!(differ, None, "{kernel:?} {g:?} {span:?} n {n}: first differing float");
+            }
         }
-        for (head_dim, group) in [(64, 3), (8, 1), (16, 2), (32, 2), (40, 4)] {
-            for n in [1, 3, 8, 9, 17, 40] {
-                let (kv, table) = storage(n, head_dim, 2, n as u32 + head_dim as u32);
-                let queries: Vec<f32> = (0..group * head_dim).map(|i| ((i * 37 % 17) as f32 - 8.0) / 4.0).collect();
-                let (layer, kv_head) = (1, 1);
-                let view = KvHeadView::new(&kv, layer, &table, kv_head, head_dim);
-                for &kernel in &kernels {
-                    let mut scores = vec![0.0; group * n];
-                    let mut out = vec![0.0; group * head_dim];
-                    let scale = 1.0 / (head_dim as f32).sqrt();
-                    attend_token(kernel, &view, n, &queries, head_dim, scale, &mut scores, &mut out);
-                    for h in 0..group {
-                        let q = &queries[h * head_dim..][..head_dim];
-                        let expected = reference(&kv, &table, layer, kv_head, q, n);
-                        for (d, (&got, &want)) in out[h * head_dim..][..head_dim].iter().zip(&expected).enumerate() {
+    }
+
+    /// Batch invariance: a token's result is the same bits whether its position is prefilled
+    /// in one chunk, in chunks cut anywhere, or decoded alone, and whatever shares the step.
+    #[test]
+    fn a_token_gets_the_same_bits_however_its_prompt_is_chunked() {
+        let pool = ThreadPool::new(2).unwrap();
+        let n = 53;
+        for (g, span) in [
+            (geometry(256, 4, 1), Span::Causal),
+            (geometry(64, 9, 3), Span::Window(20)),
+            (geometry(40, 2, 2), Span::Causal),
+        ] {
+            let (kv, table) = storage(n, &g, 16, 99);
+            for kernel in Kernel::available(g.head_dim) {
+                let whole = [(0, n)];
+                let reference = run(kernel, &g, span, &kv, &table, &whole, &queries_for(&g, &whole, 5), &pool);
+                let splits: [&[(usize, usize)]; 3] = [
+                    &[(0, 13), (13, 1), (14, 20), (34, 19)],
+                    &[(40, 13), (0, 3), (3, 37)],
+                    &[(52, 1), (51, 1), (0, 17), (17, 17), (34, 17)],
+                ];
+                for chunks in splits {
+                    let out = run(kernel, &g, span, &kv, &table, chunks, &queries_for(&g, chunks, 5), &pool);
+                    let mut row = 0;
+                    for &(start, len) in chunks {
+                        for pos in start..start + len {
+                            let got = &out[row * g.q_dim()..][..g.q_dim()];
+                            let want = &reference[pos * g.q_dim()..][..g.q_dim()];
                             assert!(
-                                (got as f64 - want).abs() < 1e-4,
-                                "{kernel:?} hd {head_dim} n {n} head {h} dim {d}: {got} vs {want}"
+                                got.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                                "{kernel:?} {g:?} {span:?} chunks {chunks:?}: position {pos} differs"
                             );
+                            row += 1;
                         }
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn sliding_window_reads_only_the_last_positions() {
+        assert_eq!(Span::Window(8).first(3), 0);
+        assert_eq!(Span::Window(8).first(7), 0);
+        assert_eq!(Span::Window(8).first(8), 1);
+        assert_eq!(Span::Causal.first(100), 0);
+    }
+
+    /// Positions before the window may sit in blocks given back to the pool (the table entry
+    /// then points nowhere valid): attention must not touch them.
+    #[test]
+    fn a_window_never_reads_blocks_before_it() {
+        let pool = ThreadPool::new(1).unwrap();
+        let g = geometry(16, 2, 1);
+        let (n, window, block_size) = (40, 7, 4);
+        let (kv, mut table) = storage(n, &g, block_size, 1);
+        let chunks = [(30, 10)];
+        let qkv = queries_for(&g, &chunks, 3);
+        // Position 30's window starts at 24 (block 6): blocks 0..6 are released.
+        table[..6].fill(u32::MAX);
+        for kernel in Kernel::available(g.head_dim) {
+            let out = run(kernel, &g, Span::Window(window), &kv, &table, &chunks, &qkv, &pool);
+            assert!(out.iter().all(|x| x.is_finite()), "{kernel:?}");
         }
     }
 }

@@ -170,6 +170,12 @@ fn silu_times(gate: &[f32], up: &[f32], out: &mut [f32]) {
     gated_times(Gate::Silu, gate, up, out);
 }
 
+/// `e^x` for `x <= 0` (-inf gives 0): the scalar twin of [`simd::exp_nonpositive`], the same
+/// bits.
+pub(crate) fn exp_nonpositive(x: f32) -> f32 {
+    portable::exp_nonpositive(x)
+}
+
 /// Constants of the f64 `e^x` (x <= 0) of [`portable`] and [`simd`].
 mod exp_f64 {
     /// Below ln(f64::MIN_POSITIVE), `e^x` is flushed to 0.

@@ -2,9 +2,10 @@
 //! ([`ToolCallFormat`]), the grammar that forces a call when `tool_choice` demands one, and
 //! the parsers that turn the model's text back into [`ToolCall`]s (whole, or while streaming).
 //!
-//! Every front door goes through here: it builds a [`ToolSpec`] from the request's `tools`,
-//! `tool_choice` and `parallel_tool_calls` ([`ToolSpec::from_json`] checks them and names
-//! the field at fault), submits it with the chat messages ([`crate::Request::with_tools`]),
+//! Every front door goes through here: the request's `tools`, `tool_choice` and
+//! `parallel_tool_calls` are options like any other, read by
+//! [`crate::RequestOptions::from_value`], which builds the [`ToolSpec`] ([`ToolSpec::from_json`]
+//! checks them and names the field at fault) and attaches it ([`crate::Request::with_tools`]);
 //! and parses the output with [`parse_tool_calls`] or a [`ToolCallStream`].
 
 mod format;
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::options::OptionValue;
 use crate::request::ChatMessage;
 
 pub use format::ToolCallFormat;
@@ -68,6 +70,26 @@ pub struct ToolCall {
     pub arguments: String,
 }
 
+/// The `tools` and `tool_choice` options as the core's [`OptionValue`]s, from `tools` as JSON
+/// text and `tool_choice` as a bare word (`none`, `auto`, `required`) or JSON text (a named
+/// function), as the C front door takes them; `None` is an unset option. The values then go
+/// through [`crate::RequestOptions::from_value`] with the request's other options.
+pub fn text_options(tools: Option<&str>, tool_choice: Option<&str>) -> Result<[(&'static str, OptionValue); 2]> {
+    let tools = tools
+        .map(serde_json::from_str::<OptionValue>)
+        .transpose()
+        .map_err(|e| Error::invalid("tools", format!("is not valid JSON: {e}")))?;
+    let choice = tool_choice
+        .map(|text| match text {
+            "none" | "auto" | "required" => Ok(OptionValue::Str(text.to_string())),
+            json => serde_json::from_str(json).map_err(|e| {
+                Error::invalid("tool_choice", format!("is not none, auto, required or JSON text: {e}"))
+            }),
+        })
+        .transpose()?;
+    Ok([("tools", tools.unwrap_or(OptionValue::Null)), ("tool_choice", choice.unwrap_or(OptionValue::Null))])
+}
+
 /// What a function name may contain: OpenAI's rule, plus `.` which Ollama tools use.
 fn valid_function_name(name: &str) -> bool {
     !name.is_empty()
@@ -110,29 +132,6 @@ impl ToolSpec {
             }
             (None, _) => Ok(None),
         }
-    }
-
-    /// [`from_options`](Self::from_options) with `tools` as JSON text and `tool_choice` as a
-    /// bare word (`none`, `auto`, `required`) or JSON text (a named function), as the C front
-    /// door takes them.
-    pub fn from_texts(
-        tools: Option<&str>,
-        tool_choice: Option<&str>,
-        parallel_tool_calls: Option<bool>,
-    ) -> Result<Option<Self>> {
-        let tools = tools
-            .map(|text| serde_json::from_str::<Value>(text))
-            .transpose()
-            .map_err(|e| Error::invalid("tools", format!("is not valid JSON: {e}")))?;
-        let choice = tool_choice
-            .map(|text| match text {
-                "none" | "auto" | "required" => Ok(Value::String(text.to_string())),
-                json => serde_json::from_str(json).map_err(|e| {
-                    Error::invalid("tool_choice", format!("is not none, auto, required or JSON text: {e}"))
-                }),
-            })
-            .transpose()?;
-        Self::from_options(tools.as_ref(), choice.as_ref(), parallel_tool_calls)
     }
 
     /// The tools' definitions as the chat template receives them.
@@ -278,7 +277,7 @@ pub fn validate_messages(messages: &[ChatMessage]) -> Result<()> {
     Ok(())
 }
 
-/// The constraint a request runs under, given its tools: its own constraint, or, when
+/// The constraint a request runs under, given its tools: its own constraint `own`, or, when
 /// `tool_choice` demands a call, the call grammar for the model's `format`.
 ///
 /// Whenever tools are offered (choice other than none) the call grammar is compiled through
@@ -286,14 +285,15 @@ pub fn validate_messages(messages: &[ChatMessage]) -> Result<()> {
 /// 400 on `tools` at submit. A forced call together with another constraint is refused
 /// (the answer cannot be both). Tools on a prompt that is not chat messages are refused.
 pub(crate) fn effective_constraint(
-    request: &crate::request::Request,
+    own: Option<crate::constraint::Constraint>,
+    tools: Option<&ToolSpec>,
+    prompt: &crate::request::Prompt,
     format: ToolCallFormat,
     special_token: &dyn Fn(&str) -> Option<u32>,
     compile: &dyn Fn(&crate::constraint::Constraint) -> Result<()>,
 ) -> Result<Option<crate::constraint::Constraint>> {
-    let own = request.params.constraint.clone();
-    let Some(spec) = request.tools.as_ref().filter(|spec| spec.choice != ToolChoice::None) else { return Ok(own) };
-    if !matches!(request.prompt, crate::request::Prompt::Chat(_)) {
+    let Some(spec) = tools.filter(|spec| spec.choice != ToolChoice::None) else { return Ok(own) };
+    if !matches!(prompt, crate::request::Prompt::Chat(_)) {
         return Err(Error::invalid("tools", "tools need a chat prompt (messages)"));
     }
     let calls = call_constraint(format, spec, special_token);

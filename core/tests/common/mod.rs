@@ -49,6 +49,12 @@ pub fn reference() -> serde_json::Value {
     serde_json::from_str(&text).expect("reference fixture is valid JSON")
 }
 
+/// How many of the reference's greedy ids are a fixed answer: up to the float64 forward's first
+/// near tie (`raw_completion.greedy_near_tie` in the fixture).
+pub fn clear_greedy_tokens() -> usize {
+    reference()["raw_completion"]["greedy_clear_tokens"].as_u64().expect("greedy_clear_tokens") as usize
+}
+
 /// A committed JSON fixture under `tests/fixtures/`.
 pub fn fixture(name: &str) -> serde_json::Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name);

@@ -29,9 +29,15 @@ class Job:
     sampling: dict
 
 
-def engine_seed(seed: int | None) -> int | None:
-    """The engine wants a u64 seed; negative seeds mean "random" (Ollama's and llama.cpp's -1)."""
-    return None if seed is None or seed < 0 else seed
+def is_negative_int(value: object) -> bool:
+    """An int below zero (not a bool, nor any other type: the engine names those)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value < 0
+
+
+def engine_seed(seed: object) -> object:
+    """A negative seed means "random" (Ollama's and llama.cpp's -1): no seed for the engine.
+    Anything else goes to the engine as it is, which checks it (a u64) and names `seed`."""
+    return None if is_negative_int(seed) else seed
 
 
 #: The lowest priority the engine takes (a signed 32-bit integer).
@@ -50,7 +56,8 @@ def fan_out(prompts: list, *, chat: bool, sampling: dict, n: int, priority: int 
     for prompt in prompts:
         for i in range(n):
             seed = sampling.get("seed")
-            job_sampling = sampling if seed is None else {**sampling, "seed": (seed + i) % 2**64}
+            is_count = isinstance(seed, int) and not isinstance(seed, bool)
+            job_sampling = {**sampling, "seed": (seed + i) % 2**64} if is_count else sampling
             jobs.append(Job(prompt, chat, {**job_sampling, "priority": max(priority - len(jobs), PRIORITY_MIN)}))
     return jobs
 

@@ -22,6 +22,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _milliseconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of milliseconds >= 0 (0: a fixed budget), got {text}")
+    return value
+
+
 def _seconds(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -55,7 +62,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     engine.add_argument("--max-queue", type=_positive,
                         help="requests waiting for a running slot (default 256); past it: 503 with Retry-After")
     engine.add_argument("--kv-cache-tokens", type=_positive, help="KV cache size in tokens (default 16384)")
-    engine.add_argument("--max-batch-tokens", type=_positive, help="tokens per forward step (default 2048)")
+    engine.add_argument("--max-batch-tokens", type=_positive,
+                        help="token budget of one step, every running stream's next token plus prompt chunks "
+                             "(default 2048): the ceiling of the adaptive budget, or the budget with "
+                             "--target-step-ms 0")
+    engine.add_argument("--target-step-ms", type=_milliseconds, metavar="MS",
+                        help="step time, hence inter-token latency of running streams while prompts are "
+                             "prefilled beside them, that the budget adapts to (default 50; 0: a fixed budget)")
     engine.add_argument("--context-length", type=_positive, help="context window (default: the model's)")
     engine.add_argument("--threads", type=_positive, help="compute threads (default: physical cores)")
     engine.add_argument("--chat-template", type=_template_file, metavar="FILE",
@@ -69,15 +82,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def engine_options(args: argparse.Namespace) -> EngineOptions:
+    """The engine settings of the command line (None: the engine's default)."""
+    return EngineOptions(max_running=args.max_running, max_queue=args.max_queue,
+                         kv_cache_tokens=args.kv_cache_tokens, max_batch_tokens=args.max_batch_tokens,
+                         target_step_ms=args.target_step_ms, context_length=args.context_length,
+                         threads=args.threads, chat_template=args.chat_template)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
-    engine = EngineOptions(max_running=args.max_running, max_queue=args.max_queue,
-                           kv_cache_tokens=args.kv_cache_tokens, max_batch_tokens=args.max_batch_tokens,
-                           context_length=args.context_length, threads=args.threads,
-                           chat_template=args.chat_template)
     config = ServerConfig(model=args.model, embedding_model=args.embedding_model, api_key=args.api_key or None,
-                          engine=engine)
+                          engine=engine_options(args))
     app = create_app(config)
     server_config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
     DrainingServer(server_config, app, drain_seconds=args.shutdown_timeout).run()

@@ -14,13 +14,13 @@ from starlette.types import Receive
 
 from .catalog import OLLAMA_DEFAULT_TAG, ServedModel
 from .errors import ApiError, from_engine_error
-from .generation import Job, complete_all, engine_seed, merge_streams, submit_all
+from .generation import Job, is_negative_int, complete_all, engine_seed, merge_streams, submit_all
+from .options import OLLAMA_OPTIONS, renamed, request_field
 from .schemas import (
     OllamaChatRequest,
     OllamaEmbeddingsRequest,
     OllamaEmbedRequest,
     OllamaGenerateRequest,
-    OllamaOptions,
     OllamaShowRequest,
     embedding_texts,
 )
@@ -31,13 +31,8 @@ from .streaming import ndjson_line, ndjson_response
 # The API key is checked by the `ApiKeys` middleware, before any body is read.
 router = APIRouter(prefix="/api")
 
-# Ollama option names that the engine spells differently.
-_RENAMED_OPTIONS = {"repeat_penalty": "repetition_penalty", "num_predict": "max_tokens"}
 #: The engine's name of a sampling field -> where an Ollama request holds it.
-_OPTION_FIELDS = {
-    **{engine: f"options.{ollama}" for ollama, engine in _RENAMED_OPTIONS.items()},
-    **{name: f"options.{name}" for name in OllamaOptions.model_fields if name not in _RENAMED_OPTIONS},
-}
+_OPTION_FIELDS = {engine: request_field(OLLAMA_OPTIONS, engine, "options.") for engine in OLLAMA_OPTIONS.values()}
 
 #: An engine error about the constraint is about the request's `format`.
 _FORMAT_FIELDS = dict.fromkeys(CONSTRAINT_PARAMS, "format")
@@ -58,10 +53,11 @@ def _load_response(model: str, content: dict) -> dict:
     return {"model": model, "created_at": _timestamp(), **content, "done": True, "done_reason": "load"}
 
 
-def _sampling(options: OllamaOptions) -> dict:
-    kwargs = {_RENAMED_OPTIONS.get(k, k): v for k, v in options.model_dump(exclude_none=True).items()}
+def _sampling(options: dict) -> dict:
+    """Engine keyword arguments of Ollama's `options`; the engine checks them."""
+    kwargs = renamed(options, OLLAMA_OPTIONS)
     # num_predict -1 (no limit) and -2 (fill the context) both mean "until the context is full".
-    if kwargs.get("max_tokens", 0) < 0:
+    if is_negative_int(kwargs.get("max_tokens")):
         del kwargs["max_tokens"]
     if "seed" in kwargs:
         kwargs["seed"] = engine_seed(kwargs["seed"])

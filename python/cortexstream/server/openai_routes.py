@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from .errors import ApiError, from_engine_error
 from .generation import complete_all, engine_seed, fan_out, merge_streams, submit_all
 from .openai_format import Envelope, TokenTexts, finish_fields, usage_body
+from .options import OPENAI_OPTIONS, renamed
 from .structured import naming_constraint_errors, openai_constraint, openai_history_message, openai_tool_calls
 from .schemas import (
     ChatCompletionRequest,
@@ -29,54 +30,15 @@ from .streaming import sse_event, sse_response
 # The API key is checked by the `ApiKeys` middleware, before any body is read.
 router = APIRouter(prefix="/v1")
 
-#: The largest token id a request can name: the engine takes ids as unsigned 32-bit integers.
-MAX_TOKEN_ID = 2**32 - 1
-
-# Request fields passed to the engine under the same name when the client set them.
-_PASSTHROUGH = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
-                "frequency_penalty")
-
-
-def _sampling(body: OpenAISampling, max_tokens: int | None, logprobs: int | None) -> dict:
-    """Engine keyword arguments; unset fields keep the engine's defaults."""
-    kwargs = {name: getattr(body, name) for name in _PASSTHROUGH if getattr(body, name) is not None}
-    if max_tokens is not None:
-        kwargs["max_tokens"] = max_tokens
-    if body.stop is not None:
-        kwargs["stop"] = [body.stop] if isinstance(body.stop, str) else body.stop
-    seed = engine_seed(body.seed)
-    if seed is not None:
-        kwargs["seed"] = seed
+def _sampling(body: OpenAISampling, logprobs: int | None) -> dict:
+    """Engine keyword arguments: the sampling fields renamed, a negative seed as no seed, and
+    the endpoint's `logprobs`; unset fields keep the engine's defaults."""
+    kwargs = renamed(body.sampling_fields, OPENAI_OPTIONS)
+    if "seed" in kwargs:
+        kwargs["seed"] = engine_seed(kwargs["seed"])
     if logprobs is not None:
         kwargs["logprobs"] = logprobs
-    if body.logit_bias is not None:
-        kwargs["logit_bias"] = _token_biases(body.logit_bias)
     return kwargs
-
-
-def _token_biases(logit_bias: dict[str, float]) -> dict[int, float]:
-    """OpenAI's `{"token_id": bias}` with the ids as ints; the engine checks that they are in
-    the vocabulary and the biases in [-100, 100]."""
-    return {_token_id(key): bias for key, bias in logit_bias.items()}
-
-
-def _token_id(key: str) -> int:
-    """A `logit_bias` key as a token id. The length is checked before `int()`: Python refuses
-    to convert more than 4300 digits (a ValueError, which would be a 500) and a number past
-    u32 would fail the engine's conversion instead of naming the field."""
-    digits = key.strip()
-    if not (digits.isascii() and digits.isdigit()):
-        raise ApiError(400, f"logit_bias keys must be token ids (non-negative integers), got {_shorten(key)}",
-                       param="logit_bias", code="invalid_request")
-    if len(digits.lstrip("0")) > len(str(MAX_TOKEN_ID)) or int(digits) > MAX_TOKEN_ID:
-        raise ApiError(400, f"logit_bias key {_shorten(key)} is not a token id of this model",
-                       param="logit_bias", code="invalid_request")
-    return int(digits)
-
-
-def _shorten(text: str, limit: int = 40) -> str:
-    """`text` quoted for an error message, cut to `limit` characters (a key may be megabytes)."""
-    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 def _choices(n: int, state) -> int:
@@ -113,9 +75,7 @@ async def chat_completions(body: ChatCompletionRequest, state: ReadyState, reque
     state.catalog.generation_model(body.model)
     messages = [openai_history_message(m, _message_text(m)) for m in body.messages]
     top = (body.top_logprobs or 0) if body.logprobs else None
-    # max_completion_tokens is the newer name of max_tokens; it wins when both are sent.
-    max_tokens = body.max_tokens if body.max_completion_tokens is None else body.max_completion_tokens
-    sampling = {**_sampling(body, max_tokens, top), **openai_constraint(body)}
+    sampling = {**_sampling(body, top), **openai_constraint(body)}
     jobs = fan_out([messages], chat=True, sampling=sampling, n=_choices(body.n, state), priority=body.priority)
     envelope = Envelope.new("chat.completion", body.model, "chatcmpl")
     texts = TokenTexts(state.engine)
@@ -205,7 +165,7 @@ def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str 
 @router.post("/completions")
 async def completions(body: CompletionRequest, state: ReadyState, request: Request):
     state.catalog.generation_model(body.model)
-    sampling = {**_sampling(body, body.max_tokens, body.logprobs), **openai_constraint(body)}
+    sampling = {**_sampling(body, body.logprobs), **openai_constraint(body)}
     prompts, n = _prompts(body.prompt), _choices(body.n, state)
     _check_fan_out(prompts, n, state)
     jobs = fan_out(prompts, chat=False, sampling=sampling, n=n, priority=body.priority)

@@ -1,7 +1,8 @@
 """Request bodies of the OpenAI and Ollama endpoints.
 
 Only the fields the server acts on are declared; unknown fields are ignored, as both APIs grow
-new ones all the time. Value ranges are checked by the engine, which names the field at fault.
+new ones all the time. Sampling fields are not declared at all: `options.py` renames them to the
+engine's options, and the engine checks their types and ranges and names the field at fault.
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-# Fields the engine takes as unsigned integers; the engine checks the finer ranges and names the
-# field, but a negative or 65-bit number must already be a 400 here, not a failed conversion.
+# Token ids of a prompt and `top_logprobs`: unsigned 32-bit integers, so a negative or 65-bit
+# number is a 400 here, not a failed conversion.
 Count = Annotated[int, Field(ge=0, le=2**32 - 1)]
-Seed = Annotated[int, Field(le=2**64 - 1)]
 # An extension of both APIs (vLLM's `priority`): the engine's scheduling priority, a signed
 # 32-bit integer; higher runs first, equal ones in arrival order. Strict: no bools or "5".
 Priority = Annotated[StrictInt, Field(ge=-(2**31), le=2**31 - 1)]
@@ -53,22 +53,13 @@ class StreamOptions(_Body):
 
 
 class OpenAISampling(_Body):
-    """Fields shared by chat completions and completions. `top_k`, `min_p` and
-    `repetition_penalty` are not OpenAI's but vLLM and llama.cpp accept them too."""
+    """Fields shared by chat completions and completions. The sampling fields are not declared:
+    they are read from the body's extra fields by `options.OPENAI_OPTIONS` and checked by the
+    engine, which names the field at fault."""
+
+    model_config = ConfigDict(extra="allow")
 
     model: str
-    max_tokens: Count | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: Count | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    stop: str | list[str] | None = None
-    seed: Seed | None = None
-    # OpenAI's {"token_id": bias}; JSON keys are strings, the route turns them into ids.
-    logit_bias: dict[str, float] | None = None
     # Checked by the route against the engine's running slots (`--max-running`).
     n: int = 1
     stream: bool = False
@@ -84,13 +75,17 @@ class OpenAISampling(_Body):
     function_call: str | dict | None = None
 
     @property
+    def sampling_fields(self) -> dict:
+        """The body's undeclared fields, where the sampling fields are."""
+        return self.model_extra or {}
+
+    @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
 
 class ChatCompletionRequest(OpenAISampling):
     messages: list[OpenAIMessage]
-    max_completion_tokens: Count | None = None
     logprobs: bool = False
     top_logprobs: Count | None = None
 
@@ -120,22 +115,6 @@ class EmbeddingRequest(_Body):
 # --- Ollama -------------------------------------------------------------------------------------
 
 
-class OllamaOptions(_Body):
-    """The `options` Ollama maps to llama.cpp's sampler; the rest (num_ctx, mirostat, ...) is ignored."""
-
-    temperature: float | None = None
-    top_k: Count | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    # Negative means no limit (Ollama's -1 and -2); past u32 it is no count the engine takes.
-    num_predict: Annotated[int, Field(le=2**32 - 1)] | None = None
-    stop: list[str] | None = None
-    seed: Seed | None = None
-    repeat_penalty: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-
-
 class OllamaMessage(_Body):
     role: str
     content: str = ""
@@ -151,7 +130,8 @@ class OllamaGenerateRequest(_Body):
     system: str | None = None
     raw: bool = False
     stream: bool = True
-    options: OllamaOptions = Field(default_factory=OllamaOptions)
+    # Sampling options, renamed by `options.OLLAMA_OPTIONS` and checked by the engine.
+    options: dict = Field(default_factory=dict)
     # "json" or a JSON schema (see structured.py).
     format: str | dict | None = None
     priority: Priority = 0
@@ -161,7 +141,8 @@ class OllamaChatRequest(_Body):
     model: str
     messages: list[OllamaMessage] = Field(default_factory=list)
     stream: bool = True
-    options: OllamaOptions = Field(default_factory=OllamaOptions)
+    # Sampling options, renamed by `options.OLLAMA_OPTIONS` and checked by the engine.
+    options: dict = Field(default_factory=dict)
     format: str | dict | None = None
     priority: Priority = 0
     # OpenAI's tool shape, as Ollama takes it (see structured.py).

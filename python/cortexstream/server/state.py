@@ -29,6 +29,8 @@ class EngineOptions:
     max_queue: int | None = None
     kv_cache_tokens: int | None = None
     max_batch_tokens: int | None = None
+    target_step_ms: float | None = None
+    """Step time the token budget adapts to; 0 keeps it fixed (`--target-step-ms`)."""
     context_length: int | None = None
     threads: int | None = None
     chat_template: str | None = None

@@ -1,0 +1,250 @@
+//! `Registry` and `Lease`: the core's model registry behind Python methods. Loading and
+//! unloading release the GIL.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::UNIX_EPOCH;
+
+use cortexstream::registry::{KeepAlive, ModelLease, ModelSource, ModelSpec, RegistryOptions, ServedModel};
+use cortexstream::Error;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString, PyType};
+
+use crate::engine::{engine_config, Engine};
+use crate::errors::to_py_err;
+use crate::options::number;
+
+/// Several models by name, each loaded on first use into its own engine and unloaded when
+/// idle past its keep-alive or, least recently used first, to stay within a memory budget.
+#[pyclass(frozen, subclass, module = "cortexstream._core")]
+pub struct Registry {
+    registry: cortexstream::Registry,
+}
+
+/// A loaded model as `Registry.loaded()` lists it.
+#[pyclass(frozen, get_all, module = "cortexstream._core")]
+pub struct LoadedModel {
+    name: String,
+    is_embedding: bool,
+    memory_bytes: u64,
+    active_requests: usize,
+    /// Unix time (seconds) it unloads if unused; `None`: never.
+    expires_at: Option<f64>,
+}
+
+/// A hold on one registry model: it stays loaded (and its requests run) until `release()`.
+#[pyclass(frozen, module = "cortexstream._core")]
+pub struct Lease {
+    lease: Mutex<Option<ModelLease>>,
+    name: String,
+    is_embedding: bool,
+}
+
+/// `keep_alive` as Ollama sends it: seconds (negative: forever) or a duration string.
+fn keep_alive(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<KeepAlive>> {
+    let Some(value) = value.filter(|v| !v.is_none()) else { return Ok(None) };
+    let parsed = if value.is_instance_of::<PyString>() {
+        KeepAlive::parse(&value.extract::<String>()?)
+    } else {
+        KeepAlive::from_secs_f64(number::<f64>(value, "keep_alive")?)
+    };
+    parsed.map(Some).map_err(|e| to_py_err(e.into()))
+}
+
+#[pymethods]
+impl Registry {
+    #[new]
+    #[pyo3(signature = (*, memory_budget_bytes=None, keep_alive=None))]
+    fn new(memory_budget_bytes: Option<&Bound<'_, PyAny>>, keep_alive: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let mut options = RegistryOptions::default();
+        if let Some(budget) = memory_budget_bytes.filter(|v| !v.is_none()) {
+            options.memory_budget_bytes = Some(number(budget, "memory_budget_bytes")?);
+        }
+        if let Some(keep_alive) = self::keep_alive(keep_alive)? {
+            options.default_keep_alive = keep_alive;
+        }
+        Ok(Self { registry: cortexstream::Registry::new(options) })
+    }
+
+    /// Registers a GGUF generation model (with the engine settings of `Engine`), or with
+    /// `embedding=True` a sentence-transformers folder, under `name`. Loads nothing yet.
+    #[pyo3(signature = (
+        name, model, *, embedding=false, keep_alive=None, tokenizer=None, embedding_model=None, max_running=None,
+        max_batch_tokens=None, kv_cache_tokens=None, context_length=None, threads=None, max_queue=None,
+        chat_template=None, target_step_ms=None,
+    ))]
+    #[allow(clippy::too_many_arguments)] // mirrors the Python keyword arguments one to one
+    fn register(
+        &self,
+        name: String,
+        model: PathBuf,
+        embedding: bool,
+        keep_alive: Option<&Bound<'_, PyAny>>,
+        tokenizer: Option<PathBuf>,
+        embedding_model: Option<PathBuf>,
+        max_running: Option<&Bound<'_, PyAny>>,
+        max_batch_tokens: Option<&Bound<'_, PyAny>>,
+        kv_cache_tokens: Option<&Bound<'_, PyAny>>,
+        context_length: Option<&Bound<'_, PyAny>>,
+        threads: Option<&Bound<'_, PyAny>>,
+        max_queue: Option<&Bound<'_, PyAny>>,
+        chat_template: Option<String>,
+        target_step_ms: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let source = if embedding {
+            let threads = threads.filter(|v| !v.is_none()).map(|t| number(t, "threads")).transpose()?;
+            ModelSource::Embedding { dir: model, threads }
+        } else {
+            let sizes = [max_running, max_batch_tokens, kv_cache_tokens, context_length, threads, max_queue];
+            ModelSource::Generation(engine_config(model, tokenizer, embedding_model, sizes, chat_template, target_step_ms)?)
+        };
+        let spec = ModelSpec { name, source, keep_alive: self::keep_alive(keep_alive)? };
+        self.registry.register(spec).map_err(|e| to_py_err(e.into()))
+    }
+
+    /// The registered names, sorted.
+    fn names(&self) -> Vec<String> {
+        self.registry.registered().into_iter().map(|r| r.spec.name).collect()
+    }
+
+    /// The model `name`, loaded now if needed; use it while holding the returned lease.
+    /// `keep_alive` (seconds, negative forever, or `"5m"`) becomes the model's from now on.
+    #[pyo3(signature = (name, keep_alive=None))]
+    fn get(&self, py: Python<'_>, name: &str, keep_alive: Option<&Bound<'_, PyAny>>) -> PyResult<Lease> {
+        let keep_alive = self::keep_alive(keep_alive)?;
+        let lease = py.detach(|| self.registry.get(name, keep_alive)).map_err(|e| to_py_err(e.into()))?;
+        Ok(Lease { name: name.to_string(), is_embedding: lease.is_embedding(), lease: Mutex::new(Some(lease)) })
+    }
+
+    /// Loads `name` if needed and starts its keep-alive countdown.
+    #[pyo3(signature = (name, keep_alive=None))]
+    fn load(&self, py: Python<'_>, name: &str, keep_alive: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let keep_alive = self::keep_alive(keep_alive)?;
+        py.detach(|| self.registry.load(name, keep_alive)).map_err(|e| to_py_err(e.into()))
+    }
+
+    /// Unloads `name` now (requests holding a lease finish first); whether it was loaded.
+    fn unload(&self, py: Python<'_>, name: &str) -> PyResult<bool> {
+        py.detach(|| self.registry.unload(name)).map_err(|e| to_py_err(e.into()))
+    }
+
+    /// The loaded models, by name, after unloading the expired ones.
+    fn loaded(&self, py: Python<'_>) -> Vec<LoadedModel> {
+        py.detach(|| self.registry.loaded()).into_iter().map(LoadedModel::from).collect()
+    }
+
+    /// Unloads every model; later `get`s raise `EngineClosedError`. Idempotent.
+    fn close(&self, py: Python<'_>) {
+        py.detach(|| self.registry.close());
+    }
+
+    fn __enter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        _exc_type: Option<&Bound<'_, PyType>>,
+        _exc_value: Option<&Bound<'_, PyAny>>,
+        _traceback: Option<&Bound<'_, PyAny>>,
+    ) {
+        self.close(py);
+    }
+}
+
+impl From<cortexstream::registry::LoadedModel> for LoadedModel {
+    fn from(model: cortexstream::registry::LoadedModel) -> Self {
+        let expires_at = model.expires_at.map(|at| at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64());
+        Self {
+            name: model.name,
+            is_embedding: model.is_embedding,
+            memory_bytes: model.memory_bytes,
+            active_requests: model.active_requests,
+            expires_at,
+        }
+    }
+}
+
+impl Lease {
+    /// The leased generation engine; an embedding model has none (`NoEmbeddingModel`'s
+    /// counterpart: an invalid `model`).
+    pub(crate) fn generation_engine(&self) -> PyResult<Arc<cortexstream::Engine>> {
+        self.served()?.engine().cloned().ok_or_else(|| {
+            to_py_err(Error::invalid(
+                "model",
+                format!("`{}` is an embedding model and cannot generate text", self.name),
+            ))
+        })
+    }
+
+    fn served(&self) -> PyResult<ServedModel> {
+        let lease = self.lease.lock().unwrap_or_else(|e| e.into_inner());
+        lease.as_ref().map(|l| l.model().clone()).ok_or_else(|| to_py_err(Error::EngineClosed))
+    }
+}
+
+#[pymethods]
+impl Lease {
+    #[getter]
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    #[getter]
+    fn is_embedding(&self) -> bool {
+        self.is_embedding
+    }
+
+    /// The generation engine as a `cortexstream.Engine` (with its asyncio methods), `None` for
+    /// an embedding model. Its `close()` leaves the model to the registry.
+    #[getter]
+    fn engine<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        if slf.get().served()?.engine().is_none() {
+            return Ok(None);
+        }
+        let py = slf.py();
+        let subclass = py.import("cortexstream")?.getattr("Engine")?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("_lease", slf)?;
+        // The compiled `__new__` with the subclass allocates the subclass (no `__init__` runs).
+        let new = py.get_type::<Engine>().getattr("__new__")?;
+        new.call((subclass, ""), Some(&kwargs)).map(Some)
+    }
+
+    /// Unit-length embedding vectors, one per text.
+    fn embed(&self, py: Python<'_>, texts: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<f32>>> {
+        Ok(self.embed_with_usage(py, texts)?.0)
+    }
+
+    /// Embedding vectors and the number of tokens they consumed.
+    fn embed_with_usage(&self, py: Python<'_>, texts: &Bound<'_, PyAny>) -> PyResult<(Vec<Vec<f32>>, usize)> {
+        let texts: Vec<String> =
+            if texts.is_instance_of::<PyString>() { vec![texts.extract()?] } else { texts.extract()? };
+        let model = self.served()?;
+        let embeddings =
+            py.detach(|| model.embed(&texts.iter().map(String::as_str).collect::<Vec<_>>())).map_err(to_py_err)?;
+        Ok((embeddings.vectors, embeddings.prompt_tokens))
+    }
+
+    /// Ends the hold: the model's keep-alive countdown starts. Idempotent.
+    fn release(&self, py: Python<'_>) {
+        let lease = self.lease.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // Dropping it may unload the model (keep_alive 0): not under the GIL.
+        py.detach(|| drop(lease));
+    }
+
+    fn __enter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        _exc_type: Option<&Bound<'_, PyType>>,
+        _exc_value: Option<&Bound<'_, PyAny>>,
+        _traceback: Option<&Bound<'_, PyAny>>,
+    ) {
+        self.release(py);
+    }
+}

@@ -1,0 +1,37 @@
+"""The user-facing :class:`Registry`: model names from the cache on top of the compiled one."""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+from . import _core
+from ._engine import PathLike, _resolve
+
+#: Ollama's keep-alive: seconds (negative: forever, ``0``: unload when idle) or ``"5m"``.
+KeepAlive = Union[float, str, None]
+
+
+class Registry(_core.Registry):
+    """Several models by name, each its own engine, loaded on first use (:meth:`get`) or on
+    :meth:`load`, unloaded after ``keep_alive`` idle (Ollama's semantics: seconds or ``"5m"``,
+    ``0`` unloads as soon as the model is idle, negative never; default 5 minutes) and, least
+    recently used first, when loading another would exceed ``memory_budget_bytes``.
+
+    >>> registry = cortexstream.Registry()
+    >>> registry.register("chat", "smollm2", context_length=2048)
+    >>> registry.register("minilm", "minilm", embedding=True)
+    >>> with registry.get("chat") as lease:
+    ...     print(lease.engine.generate("Hello", max_tokens=8).text)
+
+    ``model`` is a name from the model cache or a path. Hold the :class:`Lease` while the
+    model works for you: unloading never cuts its requests.
+    """
+
+    def register(self, name: str, model: PathLike, *, embedding: bool = False, **settings: Any) -> None:
+        super().register(name, _resolve(model), embedding=embedding, **settings)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.names()!r})"
+
+
+__all__ = ["KeepAlive", "Registry"]
