@@ -82,9 +82,8 @@ pub fn text_options(tools: Option<&str>, tool_choice: Option<&str>) -> Result<[(
     let choice = tool_choice
         .map(|text| match text {
             "none" | "auto" | "required" => Ok(OptionValue::Str(text.to_string())),
-            json => serde_json::from_str(json).map_err(|e| {
-                Error::invalid("tool_choice", format!("is not none, auto, required or JSON text: {e}"))
-            }),
+            json => serde_json::from_str(json)
+                .map_err(|e| Error::invalid("tool_choice", format!("is not none, auto, required or JSON text: {e}"))),
         })
         .transpose()?;
     Ok([("tools", tools.unwrap_or(OptionValue::Null)), ("tool_choice", choice.unwrap_or(OptionValue::Null))])
