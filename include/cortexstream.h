@@ -640,6 +640,24 @@ typedef struct cs_sampling_params {
    * Borrowed only during the submit call.
    */
   const char *constraint;
+  /**
+   * Tools the model may call (chat requests only), as JSON text (UTF-8) in OpenAI's shape:
+   * `[{"type": "function", "function": {"name", "description", "parameters"}}]`; NULL for
+   * none. Malformed tools fail the submit with CS_INVALID_ARGUMENT naming `tools` (the
+   * message gives the path, e.g. `tools[0].function.name`). Borrowed only during the submit.
+   */
+  const char *tools;
+  /**
+   * With `tools`: `none`, `auto` (NULL means auto), `required`, or a named function as JSON
+   * (`{"type": "function", "function": {"name": "f"}}`). With `required` or a named
+   * function the output is constrained to a call whose arguments validate against the
+   * tool's schema. Borrowed only during the submit.
+   */
+  const char *tool_choice;
+  /**
+   * With `tools`: 1 allows several calls per answer, 0 one; -1 (default) means 1.
+   */
+  int32_t parallel_tool_calls;
 } cs_sampling_params;
 
 /**
@@ -738,7 +756,7 @@ typedef struct cs_event {
    * TOKEN: UTF-8 text this token made safe to show: whole characters only, nothing that could
    * still become part of a stop string. Often empty (held back); a later event may carry the
    * text of several tokens. NUL-terminated for convenience; `text_len` is authoritative.
-   * FINISHED: "".
+   * FINISHED: "" (for a request with `tools`: text held back as a possible call that was not one).
    */
   const char *text;
   /**
@@ -806,6 +824,19 @@ typedef struct cs_event {
    * Length of `stop_string` in bytes, without the terminating NUL (0 when NULL).
    */
   size_t stop_string_len;
+  /**
+   * FINISHED of a request with `tools`: every call the answer made, as a NUL-terminated JSON
+   * array `[{"id", "name", "arguments"}]` (`arguments` is JSON text, an object; `[]` when
+   * none); NULL for requests without tools. An answer that stopped after calling ends with
+   * CS_FINISH_STOP and a non-empty array (OpenAI's finish reason "tool_calls"). TOKEN events
+   * of such a request carry only the text outside calls (call syntax is held back; text held
+   * back that turned out not to be a call comes with the FINISHED event's `text`).
+   */
+  const char *tool_calls;
+  /**
+   * Length of `tool_calls` in bytes, without the terminating NUL (0 when NULL).
+   */
+  size_t tool_calls_len;
 } cs_event;
 
 /**
@@ -1044,6 +1075,22 @@ enum cs_status cs_engine_submit_chat(const struct cs_engine *engine,
                                      cs_event_callback callback,
                                      void *user_data,
                                      struct cs_request **out_request);
+
+/**
+ * Submits a conversation given as JSON text (UTF-8) in OpenAI's shape:
+ * `[{"role", "content", "tool_calls"?, "tool_call_id"?, "name"?}]`, `content` null allowed on
+ * an assistant turn with `tool_calls` (arguments as JSON text or an object). This is how a
+ * tool-calling history (assistant calls, `tool` results) reaches the chat template; with
+ * `params->tools` the model may call tools (see `cs_event.tool_calls`). A malformed
+ * conversation is CS_INVALID_ARGUMENT naming `messages` with the message's index.
+ * Otherwise as `cs_engine_submit_chat`.
+ */
+enum cs_status cs_engine_submit_chat_json(const struct cs_engine *engine,
+                                          const char *messages_json,
+                                          const struct cs_sampling_params *params,
+                                          cs_event_callback callback,
+                                          void *user_data,
+                                          struct cs_request **out_request);
 
 /**
  * Takes the next event of a request submitted without a callback.

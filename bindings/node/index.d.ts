@@ -125,6 +125,20 @@ export interface GenerateOptions {
     | { type: 'json_object' }
     | { type: 'json_schema'; json_schema: { name?: string; schema: Record<string, unknown>; strict?: boolean } };
   /**
+   * Tools the model may call (chat only), rendered by the model's chat template; its calls
+   * come back in `toolCalls`. Malformed tools reject with `code: 'invalid_request'` and
+   * `param: 'tools'` (the message gives the path, e.g. `tools[0].function.name`).
+   */
+  tools?: Tool[];
+  /**
+   * `'auto'` (default: the model decides), `'none'` (tools neither shown nor parsed),
+   * `'required'` or a named function: the output is then constrained to a call whose
+   * arguments validate against the tool's `parameters` schema.
+   */
+  toolChoice?: 'none' | 'auto' | 'required' | { type: 'function'; function: { name: string } };
+  /** More than one call per answer (default true). */
+  parallelToolCalls?: boolean;
+  /**
    * Aborting cancels the request in the engine; the promise (or iteration) then rejects with
    * `signal.reason` (an `AbortError` by default) once the engine has ended the request.
    */
@@ -133,12 +147,37 @@ export interface GenerateOptions {
 
 /** One chat message. */
 export interface ChatMessage {
-  role: 'system' | 'user' | 'assistant' | (string & {});
-  content: string;
+  role: 'system' | 'user' | 'assistant' | 'tool' | (string & {});
+  /** May be null on an assistant turn that only called tools. */
+  content: string | null;
+  /** An assistant turn's calls, in OpenAI's shape (`arguments` as JSON text or an object). */
+  toolCalls?: { id: string; type: 'function'; function: { name: string; arguments: string | Record<string, unknown> } }[];
+  /** A `tool` turn: the id of the call it answers. */
+  toolCallId?: string;
+  /** A `tool` turn: the name of the function that answered. */
+  name?: string;
 }
 
-/** Why a request ended. `cancelled` also covers {@link Engine.close}. */
-export type FinishReason = 'stop' | 'length' | 'cancelled' | 'error';
+/** A function the model may call (OpenAI's shape). */
+export interface Tool {
+  type: 'function';
+  function: { name: string; description?: string; parameters?: Record<string, unknown> };
+}
+
+/** A call the model made. */
+export interface ToolCall {
+  /** Nine letters and digits. */
+  id: string;
+  name: string;
+  /** The arguments as JSON text (an object), as OpenAI returns them. */
+  arguments: string;
+}
+
+/**
+ * Why a request ended. `cancelled` also covers {@link Engine.close}; `tool_calls`: a request
+ * with `tools` stopped after calling.
+ */
+export type FinishReason = 'stop' | 'length' | 'cancelled' | 'error' | 'tool_calls';
 
 /**
  * Which stop ended a request: the detail behind {@link FinishReason}. `eos` (the model's
@@ -206,6 +245,8 @@ export interface Chunk {
   timings?: Timings;
   /** Set when `finishReason` is `error`. */
   error?: string;
+  /** Calls completed by this chunk (requests with `tools` only; call text is held back). */
+  toolCalls?: ToolCall[];
 }
 
 /** The whole result of one request. */
@@ -222,6 +263,8 @@ export interface Completion {
   logprobs?: TokenLogprobs[];
   /** Set when `finishReason` is `error`. */
   error?: string;
+  /** The calls the answer made (requests with `tools` only; `text` is the answer without them). */
+  toolCalls?: ToolCall[];
 }
 
 /** What the engine has loaded. */

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::request::ChatMessage;
 use crate::tokenizer::Tokenizer;
+use crate::tools::ToolCallFormat;
 
 /// The name the template is registered under; it shows up in error locations.
 const TEMPLATE_NAME: &str = "chat_template";
@@ -23,6 +24,8 @@ const ROLES: &[&str] = &["system", "user", "assistant", "tool"];
 #[derive(Debug)]
 pub struct ChatTemplate {
     compiled: Compiled,
+    /// How this template writes tool calls, read from its source (see [`ToolCallFormat`]).
+    tool_format: ToolCallFormat,
 }
 
 #[derive(Debug)]
@@ -54,7 +57,7 @@ impl ChatTemplate {
     /// A template that does not compile is an [`Error::ChatTemplate`].
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
         let env = compile(source, bos_token, eos_token).map_err(|e| Error::ChatTemplate(compile_failure(&e)))?;
-        Ok(Self { compiled: Compiled::Ready(env) })
+        Ok(Self { compiled: Compiled::Ready(env), tool_format: ToolCallFormat::detect(source) })
     }
 
     /// The model's template from GGUF `tokenizer.chat_template`; `Ok(None)` when it has none.
@@ -73,13 +76,13 @@ impl ChatTemplate {
             Ok(env) => Compiled::Ready(env),
             Err(e) => Compiled::Failed(format!("the model's {}", compile_failure(&e))),
         };
-        Ok(Some(Self { compiled }))
+        Ok(Some(Self { compiled, tool_format: ToolCallFormat::detect(source) }))
     }
 
     /// The template for a model that ships none: every render fails with
     /// [`Error::ChatTemplateMissing`].
     pub fn missing() -> Self {
-        Self { compiled: Compiled::Missing }
+        Self { compiled: Compiled::Missing, tool_format: ToolCallFormat::Generic }
     }
 
     /// A template supplied by the caller (the engine option `chat_template`), with the model's
@@ -89,7 +92,7 @@ impl ChatTemplate {
     pub fn from_option(source: &str, tokenizer: &Tokenizer) -> Result<Self> {
         let token_text = |id: Option<u32>| id.and_then(|id| tokenizer.id_to_token(id)).unwrap_or("");
         compile(source, token_text(tokenizer.bos_token_id()), token_text(tokenizer.eos_token_id()))
-            .map(|env| Self { compiled: Compiled::Ready(env) })
+            .map(|env| Self { compiled: Compiled::Ready(env), tool_format: ToolCallFormat::detect(source) })
             .map_err(|e| Error::invalid("chat_template", compile_failure(&e)))
     }
 
@@ -110,6 +113,24 @@ impl ChatTemplate {
     /// [`Error::ChatTemplate`] carrying `msg`; any other template failure (undefined values,
     /// unknown filters, a template that did not compile) is an [`Error::ChatTemplate`] too.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// How this template writes tool calls: its native syntax, or the generic JSON form when
+    /// its source shows none.
+    pub fn tool_format(&self) -> ToolCallFormat {
+        self.tool_format
+    }
+
+    /// [`render`](Self::render) with `tools` (each as given, OpenAI's `{"type": "function",
+    /// "function": {..}}`) as the template's `tools` variable, as `transformers`'
+    /// `apply_chat_template(messages, tools=...)` passes it (`none` when absent).
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&[serde_json::Value]>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         if messages.is_empty() {
             return Err(Error::invalid("messages", "at least one message is required"));
         }
@@ -125,7 +146,7 @@ impl ChatTemplate {
             Compiled::Missing => return Err(Error::ChatTemplateMissing),
         };
         env.get_template(TEMPLATE_NAME)
-            .and_then(|template| template.render(context! { messages, add_generation_prompt }))
+            .and_then(|template| template.render(context! { messages, tools, add_generation_prompt }))
             .map_err(render_failure)
     }
 }

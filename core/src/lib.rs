@@ -44,6 +44,7 @@ pub mod telemetry;
 pub mod threadpool;
 pub mod timeout;
 pub mod tokenizer;
+pub mod tools;
 
 pub use constraint::Constraint;
 pub use engine::{
@@ -59,3 +60,4 @@ pub use request::{
     Timings, TokenLogprobs, TopLogprob, Usage,
 };
 pub use timeout::WaitLimit;
+pub use tools::{ToolCall, ToolCallFormat, ToolChoice, ToolSpec};

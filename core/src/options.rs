@@ -22,6 +22,7 @@ use serde::forward_to_deserialize_any;
 use crate::constraint::Constraint;
 use crate::error::{Error, Result};
 use crate::request::{Prompt, Request, SamplingParams};
+use crate::tools::ToolSpec;
 
 /// The `param` of an error about a field no request has.
 pub const UNKNOWN_FIELD_PARAM: &str = "options";
@@ -53,10 +54,13 @@ pub struct RequestOptions {
     pub priority: i32,
     /// A label carried by the request's log records (see [`crate::telemetry`]).
     pub tag: Option<String>,
+    /// The tools a chat request offers (`tools`, `tool_choice`, `parallel_tool_calls`),
+    /// checked by [`ToolSpec::from_options`].
+    pub tools: Option<ToolSpec>,
 }
 
-/// The options that are not [`SamplingParams`] fields: the priority, and the five ways of
-/// spelling a constraint (at most one per request).
+/// The options that are not [`SamplingParams`] fields: the priority, the five ways of
+/// spelling a constraint (at most one per request), and the tools.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RequestExtras {
@@ -69,6 +73,11 @@ struct RequestExtras {
     choices: Option<Vec<String>>,
     /// OpenAI's `response_format` object.
     response_format: Option<serde_json::Value>,
+    /// OpenAI's list of tools (checked by [`ToolSpec::from_options`], which names the path).
+    tools: Option<serde_json::Value>,
+    /// `"none"`, `"auto"`, `"required"` or `{"type": "function", "function": {"name"}}`.
+    tool_choice: Option<serde_json::Value>,
+    parallel_tool_calls: Option<bool>,
 }
 
 impl RequestOptions {
@@ -93,15 +102,19 @@ impl RequestOptions {
         let mut sampling: SamplingParams = deserialize_fields(sampling)?;
         let priority = extras.priority;
         let tag = extras.tag.clone();
+        let tools = extras.tool_spec()?;
         sampling.constraint = extras.constraint()?;
-        Ok(Self { sampling, priority, tag })
+        Ok(Self { sampling, priority, tag, tools })
     }
 
     /// The request these options describe, for `prompt`.
     pub fn into_request(self, prompt: Prompt) -> Request {
         let mut request = Request::new(prompt, self.sampling).with_priority(self.priority);
         request.tag = self.tag;
-        request
+        match self.tools {
+            Some(tools) => request.with_tools(tools),
+            None => request,
+        }
     }
 
     /// Every field name an options map may hold.
@@ -118,6 +131,11 @@ impl<'de> Deserialize<'de> for RequestOptions {
 }
 
 impl RequestExtras {
+    /// The tools offered, if any (a `tool_choice` other than "none" needs them).
+    fn tool_spec(&self) -> Result<Option<ToolSpec>> {
+        ToolSpec::from_options(self.tools.as_ref(), self.tool_choice.as_ref(), self.parallel_tool_calls)
+    }
+
     /// The one constraint given, if any; two are an error naming the later one.
     fn constraint(self) -> Result<Option<Constraint>> {
         let mut given: Vec<(&'static str, Option<Constraint>)> = Vec::new();

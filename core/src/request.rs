@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::constraint::Constraint;
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
+use crate::tools::ToolSpec;
 
 /// Largest number of alternatives reported per token, as in OpenAI's `top_logprobs`.
 pub const MAX_LOGPROBS: usize = 20;
@@ -18,16 +19,36 @@ pub const MAX_LOGIT_BIAS: f32 = 100.0;
 /// which would turn the most likely token's weight into NaN and pick the least likely one.
 pub const MIN_TEMPERATURE: f32 = f32::MIN_POSITIVE;
 
-/// One chat message.
+/// One chat message. Besides role and content, the tool-calling fields Hugging Face templates
+/// read: an assistant turn's `tool_calls` (`[{"id", "type": "function", "function": {"name",
+/// "arguments": {..}}}]`, passed to the template as given) and a `tool` turn's `tool_call_id`
+/// and `name`. Absent fields are undefined in the template, as in `transformers`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self { role: role.into(), content: content.into(), tool_calls: None, tool_call_id: None, name: None }
+    }
+
+    /// An assistant turn that called tools (`tool_calls` in Hugging Face's shape).
+    pub fn with_tool_calls(mut self, tool_calls: Vec<serde_json::Value>) -> Self {
+        self.tool_calls = Some(tool_calls);
+        self
+    }
+
+    /// A `tool` turn answering the call `tool_call_id` (of the function `name`, when known).
+    pub fn tool_result(content: impl Into<String>, tool_call_id: impl Into<String>, name: Option<String>) -> Self {
+        Self { tool_call_id: Some(tool_call_id.into()), name, ..Self::new("tool", content) }
     }
 }
 
@@ -292,16 +313,25 @@ pub struct Request {
     pub priority: i32,
     /// A caller's label (the server's request id), carried by every log record of the request.
     pub tag: Option<String>,
+    /// Tools the model may call (chat prompts only); see [`crate::tools`].
+    pub tools: Option<ToolSpec>,
 }
 
 impl Request {
     pub fn new(prompt: impl Into<Prompt>, params: SamplingParams) -> Self {
-        Self { prompt: prompt.into(), params, priority: 0, tag: None }
+        Self { prompt: prompt.into(), params, priority: 0, tag: None, tools: None }
     }
 
     /// Labels the request's log records (see [`crate::telemetry`]).
     pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
         self.tag = Some(tag.into());
+        self
+    }
+
+    /// Offers `tools` to the model (rendered by the chat template, its calls parsed back and,
+    /// with `tool_choice` required or named, constrained).
+    pub fn with_tools(mut self, tools: ToolSpec) -> Self {
+        self.tools = Some(tools);
         self
     }
 

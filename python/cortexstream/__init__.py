@@ -19,6 +19,7 @@ from ._core import (
     Stream,
     Timings,
     TokenLogprobs,
+    ToolCall,
     Usage,
     __version__,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "Stream",
     "Timings",
     "TokenLogprobs",
+    "ToolCall",
     "Usage",
     "__version__",
     "logs",

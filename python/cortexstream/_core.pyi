@@ -19,6 +19,7 @@ __all__ = [
     "Stream",
     "Timings",
     "TokenLogprobs",
+    "ToolCall",
     "Usage",
     "__version__",
     "dropped_log_records",
@@ -108,6 +109,18 @@ class TokenLogprobs:
         """The raw bytes of each alternative in ``top``, in the same order."""
 
 @final
+class ToolCall:
+    """A call the model made to one of the request's ``tools``."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def arguments(self) -> str:
+        """The arguments as JSON text (an object), as OpenAI returns them."""
+
+@final
 class Chunk:
     """One item of a stream: new text, or (last) the finish reason with usage and timings."""
 
@@ -121,7 +134,8 @@ class Chunk:
     def logprobs(self) -> Optional[TokenLogprobs]: ...
     @property
     def finish_reason(self) -> Optional[str]:
-        """``"stop"``, ``"length"``, ``"cancelled"`` or ``"error"`` on the last chunk only."""
+        """``"stop"``, ``"length"``, ``"cancelled"`` or ``"error"`` on the last chunk only
+        (``"tool_calls"`` for a request with ``tools`` that stopped after calling)."""
     @property
     def stop_reason(self) -> Optional[StopReason]:
         """Which stop ended the request, on the last chunk only."""
@@ -132,6 +146,10 @@ class Chunk:
     @property
     def error(self) -> Optional[str]:
         """What went wrong, when ``finish_reason`` is ``"error"``."""
+    @property
+    def tool_calls(self) -> List[ToolCall]:
+        """Calls completed by this chunk (requests with ``tools`` only; their text is then
+        held back until it is known not to be a call)."""
 
 @final
 class Completion:
@@ -143,7 +161,8 @@ class Completion:
     def token_ids(self) -> List[int]: ...
     @property
     def finish_reason(self) -> str:
-        """``"stop"``, ``"length"``, ``"cancelled"`` or ``"error"``."""
+        """``"stop"``, ``"length"``, ``"cancelled"`` or ``"error"`` (``"tool_calls"`` for a
+        request with ``tools`` that stopped after calling)."""
     @property
     def stop_reason(self) -> StopReason:
         """Which stop ended the request."""
@@ -157,6 +176,10 @@ class Completion:
     @property
     def error(self) -> Optional[str]:
         """What went wrong, when ``finish_reason`` is ``"error"``."""
+    @property
+    def tool_calls(self) -> List[ToolCall]:
+        """The calls the answer made (requests with ``tools`` only; ``text`` is then the
+        answer without them and ``finish_reason`` is ``"tool_calls"``)."""
 
 @final
 class ModelInfo:
@@ -263,12 +286,19 @@ class Sampling(TypedDict, total=False):
     grammar: Optional[str]
     choices: Optional[Sequence[str]]
     response_format: Optional[Union[_ResponseFormat, Dict[str, Any], type]]
+    # Tools the model may call (chat methods only): OpenAI's list of
+    # ``{"type": "function", "function": {...}}``, ``"none"``/``"auto"``/``"required"`` or
+    # ``{"type": "function", "function": {"name": ...}}``, and more than one call per answer.
+    tools: Optional[Sequence[Dict[str, Any]]]
+    tool_choice: Optional[Union[str, Dict[str, Any]]]
+    parallel_tool_calls: Optional[bool]
 
 @disjoint_base
 class Engine:
     """A loaded model serving requests from any thread (paths only; see ``cortexstream.Engine``).
 
-    ``**sampling`` of the generation methods: see :class:`Sampling`. ``max_queue``
+    ``**sampling`` of the generation methods: see :class:`Sampling` (the tool options are for
+    the chat methods; messages may carry ``tool_calls``, ``tool_call_id`` and ``name``). ``max_queue``
     bounds the requests waiting for a slot; past it submits raise ``OverloadedError``.
     ``threads`` is at most 4 per available CPU. ``max_batch_tokens`` is a step's token budget
     (decodes and prompt chunks) and ``target_step_ms`` the step time it adapts to (default 50;
@@ -295,11 +325,11 @@ class Engine:
     ) -> Self: ...
     def generate(self, prompt: Union[str, List[int]], **sampling: Unpack[Sampling]) -> Completion:
         """Generates a completion for a text or token-id prompt."""
-    def chat(self, messages: Sequence[Dict[str, str]], **sampling: Unpack[Sampling]) -> Completion:
+    def chat(self, messages: Sequence[Dict[str, Any]], **sampling: Unpack[Sampling]) -> Completion:
         """Generates the assistant's reply to chat messages."""
     def stream(self, prompt: Union[str, List[int]], **sampling: Unpack[Sampling]) -> Stream:
         """Submits a text or token-id prompt and returns its chunks as they are generated."""
-    def stream_chat(self, messages: Sequence[Dict[str, str]], **sampling: Unpack[Sampling]) -> Stream:
+    def stream_chat(self, messages: Sequence[Dict[str, Any]], **sampling: Unpack[Sampling]) -> Stream:
         """Submits chat messages and returns the reply's chunks as they are generated."""
     def embed(self, texts: Union[str, Sequence[str]]) -> List[List[float]]:
         """Unit-length embedding vectors, one per text."""
@@ -309,7 +339,7 @@ class Engine:
         """Token ids of ``text``."""
     def detokenize(self, ids: Sequence[int]) -> str:
         """Text of token ids."""
-    def apply_chat_template(self, messages: Sequence[Dict[str, str]], add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(self, messages: Sequence[Dict[str, Any]], add_generation_prompt: bool = True) -> str:
         """Renders chat messages with the model's chat template."""
     def metrics(self) -> Dict[str, Any]:
         """Counters and histograms (``{"buckets": [(le, count), ...], "sum", "count"}``)."""

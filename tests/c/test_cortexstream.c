@@ -584,6 +584,78 @@ static void test_constrained_output_and_bad_constraints(void) {
     CHECK(request == NULL, "a refused submit returned a request");
 }
 
+/* Tool calling: `tools` + `tool_choice` in the params, a tool history as JSON, the calls as
+ * JSON on the FINISHED event. SmolLM2's template has no tool syntax (generic JSON form); a
+ * required choice constrains the answer to a call whose arguments fit the schema. */
+static void test_tool_calls_and_bad_tools(void) {
+    static const char *tools =
+        "[{\"type\": \"function\", \"function\": {\"name\": \"get_time\", \"parameters\": "
+        "{\"type\": \"object\", \"properties\": {\"hours\": {\"type\": \"integer\", \"minimum\": 0, "
+        "\"maximum\": 9}}, \"required\": [\"hours\"], \"additionalProperties\": false}}}]";
+    static const char *history =
+        "[{\"role\": \"user\", \"content\": \"What time is it?\"},"
+        " {\"role\": \"assistant\", \"content\": null, \"tool_calls\": [{\"id\": \"abc123def\", \"type\": "
+        "\"function\", \"function\": {\"name\": \"get_time\", \"arguments\": \"{\\\"hours\\\": 3}\"}}]},"
+        " {\"role\": \"tool\", \"tool_call_id\": \"abc123def\", \"content\": \"3 o'clock\"},"
+        " {\"role\": \"user\", \"content\": \"And now?\"}]";
+    cs_sampling_params params = greedy_params(60);
+    params.tools = tools;
+    params.tool_choice = "required";
+    params.parallel_tool_calls = 0;
+    cs_request *request = NULL;
+    CHECK_OK(cs_engine_submit_chat_json(engine, history, &params, NULL, NULL, &request));
+    char text[256] = "", calls[512] = "";
+    cs_finish_reason reason = CS_FINISH_NONE;
+    for (const cs_event *event = NULL; request != NULL && cs_request_next_event(request, -1, &event) == CS_OK;) {
+        if (strlen(text) + event->text_len < sizeof text) strncat(text, event->text, event->text_len);
+        if (event->kind == CS_EVENT_FINISHED) {
+            reason = event->finish_reason;
+            CHECK(event->tool_calls != NULL && event->tool_calls_len < sizeof calls, "no tool_calls JSON");
+            if (event->tool_calls != NULL && event->tool_calls_len < sizeof calls) {
+                memcpy(calls, event->tool_calls, event->tool_calls_len + 1);
+            }
+        }
+    }
+    if (request != NULL) CHECK_OK(cs_request_free(request));
+    CHECK(reason == CS_FINISH_STOP, "finish reason %d", (int)reason);
+    CHECK(text[0] == '\0', "call syntax leaked as text: \"%s\"", text);
+    int hours = -1;
+    const char *arguments = strstr(calls, "\"arguments\":\"{\\\"hours\\\":");
+    CHECK(strstr(calls, "\"name\":\"get_time\"") != NULL && arguments != NULL &&
+              sscanf(arguments, "\"arguments\":\"{\\\"hours\\\":%d", &hours) == 1 && hours >= 0 && hours <= 9,
+          "calls: %s", calls);
+
+    /* Without tools the FINISHED event has no tool_calls. */
+    params = greedy_params(2);
+    stream_result *plain = run_to_end(&params);
+    if (plain != NULL) {
+        CHECK(plain->finished.tool_calls == NULL && plain->finished.tool_calls_len == 0, "tool_calls on a plain request");
+        free(plain);
+    }
+
+    params = greedy_params(4);
+    request = NULL;
+    params.tools = "[{\"type\": \"function\", \"function\": {\"description\": \"no name\"}}]";
+    CHECK_FAILS(cs_engine_submit_chat_json(engine, history, &params, NULL, NULL, &request), CS_INVALID_ARGUMENT, "tools");
+    CHECK(strstr(cs_last_error_message(), "tools[0].function.name") != NULL, "%s", cs_last_error_message());
+    params.tools = tools;
+    params.tool_choice = "{\"type\": \"function\", \"function\": {\"name\": \"nope\"}}";
+    CHECK_FAILS(cs_engine_submit_chat_json(engine, history, &params, NULL, NULL, &request), CS_INVALID_ARGUMENT,
+                "tool_choice");
+    params.tool_choice = NULL;
+    params.parallel_tool_calls = 2;
+    CHECK_FAILS(cs_engine_submit_chat_json(engine, history, &params, NULL, NULL, &request), CS_INVALID_ARGUMENT,
+                "parallel_tool_calls");
+    params.parallel_tool_calls = -1;
+    CHECK_FAILS(cs_engine_submit_chat_json(engine, "[{\"role\": \"tool\", \"content\": \"x\"}]", &params, NULL, NULL,
+                                           &request),
+                CS_INVALID_ARGUMENT, "messages");
+    CHECK(strstr(cs_last_error_message(), "tool_call_id") != NULL, "%s", cs_last_error_message());
+    CHECK_FAILS(cs_engine_submit_chat_json(engine, "{not json", &params, NULL, NULL, &request), CS_INVALID_ARGUMENT,
+                "messages");
+    CHECK(request == NULL, "a refused submit returned a request");
+}
+
 /* Cancels `request` from its own thread once the puller has seen `after_tokens` tokens. */
 typedef struct {
     cs_request *request;
@@ -1674,6 +1746,7 @@ int main(int argc, char **argv) {
         {"stop_string_and_logprobs", test_stop_string_and_logprobs},
         {"stop_token_id_is_reported", test_stop_token_id_is_reported},
         {"constrained_output_and_bad_constraints", test_constrained_output_and_bad_constraints},
+        {"tool_calls_and_bad_tools", test_tool_calls_and_bad_tools},
         {"cancel_from_another_thread", test_cancel_from_another_thread},
         {"free_running_request_cancels_it", test_free_running_request_cancels_it},
         {"callback_returning_false_cancels", test_callback_returning_false_cancels},

@@ -1,7 +1,6 @@
 """Structured output on the REST routes (issue 20): OpenAI `response_format` on chat and
 completions (the official client's `.parse()` included), Ollama `format` on /api/chat and
-/api/generate; an invalid schema is a 400 naming the field, and `tools` are refused with a
-400 instead of being silently ignored."""
+/api/generate; an invalid schema is a 400 naming the field (tool calling: test_rest_tools.py)."""
 
 from __future__ import annotations
 
@@ -84,11 +83,9 @@ def post(server, path: str, body: dict) -> httpx.Response:
         ("/v1/chat/completions", {"response_format": {"type": "yaml"}}, "response_format"),
         ("/v1/completions", {"prompt": "Hi", "response_format": {"type": "json_schema", "json_schema": {}}},
          "response_format"),
-        ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ("/v1/chat/completions", {"tool_choice": "required"}, "tool_choice"),
         ("/api/chat", {"format": BAD_SCHEMA, "stream": False}, "format"),
         ("/api/chat", {"format": "xml", "stream": False}, "format"),
-        ("/api/chat", {"tools": [{"type": "function", "function": {"name": "f"}}], "stream": False}, "tools"),
         ("/api/generate", {"prompt": "Hi", "format": BAD_SCHEMA, "stream": False}, "format"),
     ],
 )
@@ -101,12 +98,3 @@ def test_bad_structured_output_requests_are_400_naming_the_field(server, path, b
         assert error["param"] == param, error
     else:
         assert param in error, error
-    if param.startswith("tool"):
-        assert "tools are not supported yet" in str(error)
-
-
-def test_openai_client_sees_tools_refused(openai_client):
-    with pytest.raises(openai.BadRequestError, match="tools are not supported yet"):
-        openai_client.chat.completions.create(
-            model=MODEL, messages=ASK, max_tokens=4,
-            tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])

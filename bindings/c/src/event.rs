@@ -4,7 +4,8 @@
 use std::ffi::c_char;
 use std::ptr;
 
-use cortexstream::{Event, FinishReason, StopReason, Timings, TokenLogprobs, Usage};
+use cortexstream::tools::{calls_to_json, ToolCallSplitter};
+use cortexstream::{Event, FinishReason, StopReason, Timings, TokenLogprobs, ToolCall, ToolCallFormat, Usage};
 
 /// Which kind of event a `cs_event` is.
 #[allow(non_camel_case_types)]
@@ -129,7 +130,7 @@ pub struct cs_event {
     /// TOKEN: UTF-8 text this token made safe to show: whole characters only, nothing that could
     /// still become part of a stop string. Often empty (held back); a later event may carry the
     /// text of several tokens. NUL-terminated for convenience; `text_len` is authoritative.
-    /// FINISHED: "".
+    /// FINISHED: "" (for a request with `tools`: text held back as a possible call that was not one).
     pub text: *const c_char,
     /// Length of `text` in bytes, without the terminating NUL.
     pub text_len: usize,
@@ -166,6 +167,27 @@ pub struct cs_event {
     pub stop_string: *const c_char,
     /// Length of `stop_string` in bytes, without the terminating NUL (0 when NULL).
     pub stop_string_len: usize,
+    /// FINISHED of a request with `tools`: every call the answer made, as a NUL-terminated JSON
+    /// array `[{"id", "name", "arguments"}]` (`arguments` is JSON text, an object; `[]` when
+    /// none); NULL for requests without tools. An answer that stopped after calling ends with
+    /// CS_FINISH_STOP and a non-empty array (OpenAI's finish reason "tool_calls"). TOKEN events
+    /// of such a request carry only the text outside calls (call syntax is held back; text held
+    /// back that turned out not to be a call comes with the FINISHED event's `text`).
+    pub tool_calls: *const c_char,
+    /// Length of `tool_calls` in bytes, without the terminating NUL (0 when NULL).
+    pub tool_calls_len: usize,
+}
+
+/// For a request with tools: its text split into content and calls on the way to C.
+pub(crate) struct ToolCallText {
+    splitter: ToolCallSplitter,
+    calls: Vec<ToolCall>,
+}
+
+impl ToolCallText {
+    pub(crate) fn new(format: ToolCallFormat) -> Self {
+        Self { splitter: ToolCallSplitter::new(format), calls: Vec::new() }
+    }
 }
 
 /// Owns the bytes a `cs_event` points into. One lives per request and is reused for each
@@ -180,6 +202,8 @@ pub(crate) struct EventBuffer {
     token_bytes: Vec<u8>,
     /// Views into `token_bytes`, one per alternative.
     top_logprobs_bytes: Vec<cs_bytes>,
+    /// The FINISHED event's `tool_calls` JSON, NUL-terminated.
+    tool_calls: Vec<u8>,
 }
 
 // SAFETY: the only pointers inside (`top_logprobs_bytes`) point into `token_bytes`, a heap
@@ -242,6 +266,32 @@ impl EventBuffer {
 }
 
 impl EventBuffer {
+    /// [`view`](Self::view) for a request that may offer tools: with `tools`, token text goes
+    /// through the core's splitter and the FINISHED event carries the calls.
+    pub(crate) fn view_split(&mut self, event: &Event, tools: Option<&mut ToolCallText>) -> cs_event {
+        let Some(tools) = tools else { return self.view(event) };
+        match event {
+            Event::Token { id, text, logprobs } => {
+                let split = tools.splitter.text(text);
+                tools.calls.extend(split.tool_calls);
+                self.view(&Event::Token { id: *id, text: split.content, logprobs: logprobs.clone() })
+            }
+            Event::Finished { .. } => {
+                let split = tools.splitter.finish();
+                tools.calls.extend(split.tool_calls);
+                let mut view = self.view(event);
+                set_c_text(&mut self.text, &split.content);
+                view.text = self.text.as_ptr().cast();
+                view.text_len = split.content.len();
+                let json = calls_to_json(&tools.calls);
+                set_c_text(&mut self.tool_calls, &json);
+                view.tool_calls = self.tool_calls.as_ptr().cast();
+                view.tool_calls_len = json.len();
+                view
+            }
+        }
+    }
+
     /// Stores the raw bytes of the sampled token and its alternatives; returns the view of the
     /// sampled token's and leaves the alternatives' in `top_logprobs_bytes`.
     fn set_token_bytes(&mut self, logprobs: Option<&TokenLogprobs>) -> cs_bytes {
@@ -294,6 +344,8 @@ fn blank_event(kind: cs_event_type) -> cs_event {
         stop_token_id: 0,
         stop_string: ptr::null(),
         stop_string_len: 0,
+        tool_calls: ptr::null(),
+        tool_calls_len: 0,
     }
 }
 

@@ -135,6 +135,18 @@ pub struct cs_sampling_params {
     /// strings, per `constraint_kind`; NULL for CS_CONSTRAINT_NONE and CS_CONSTRAINT_JSON_OBJECT.
     /// Borrowed only during the submit call.
     pub constraint: *const c_char,
+    /// Tools the model may call (chat requests only), as JSON text (UTF-8) in OpenAI's shape:
+    /// `[{"type": "function", "function": {"name", "description", "parameters"}}]`; NULL for
+    /// none. Malformed tools fail the submit with CS_INVALID_ARGUMENT naming `tools` (the
+    /// message gives the path, e.g. `tools[0].function.name`). Borrowed only during the submit.
+    pub tools: *const c_char,
+    /// With `tools`: `none`, `auto` (NULL means auto), `required`, or a named function as JSON
+    /// (`{"type": "function", "function": {"name": "f"}}`). With `required` or a named
+    /// function the output is constrained to a call whose arguments validate against the
+    /// tool's schema. Borrowed only during the submit.
+    pub tool_choice: *const c_char,
+    /// With `tools`: 1 allows several calls per answer, 0 one; -1 (default) means 1.
+    pub parallel_tool_calls: i32,
 }
 
 impl SizedParams for cs_engine_params {
@@ -199,6 +211,9 @@ pub extern "C" fn cs_sampling_default_params() -> cs_sampling_params {
         logit_bias_len: 0,
         constraint_kind: CS_CONSTRAINT_NONE,
         constraint: std::ptr::null(),
+        tools: std::ptr::null(),
+        tool_choice: std::ptr::null(),
+        parallel_tool_calls: -1,
     }
 }
 
@@ -237,7 +252,8 @@ impl cs_sampling_params {
     ///
     /// # Safety
     /// `stop`, `stop_token_ids`, `logit_bias_ids` and `logit_bias_values` must be NULL or hold
-    /// their stated number of valid elements; `constraint` must be NULL or NUL-terminated.
+    /// their stated number of valid elements; `constraint`, `tools` and `tool_choice` must be
+    /// NULL or NUL-terminated.
     pub(crate) unsafe fn to_options(self) -> Result<RequestOptions, Failure> {
         // SAFETY (all four): forwarded caller contract.
         let stop = unsafe { c_str_array(self.stop, self.stop_len, "stop")? };
@@ -269,11 +285,32 @@ impl cs_sampling_params {
                 ),
             ),
         ];
-        let value = OptionValue::Map(fields.into_iter().map(|(name, value)| (name.to_owned(), value)).collect());
+        // SAFETY: forwarded caller contract.
+        let fields = fields.into_iter().chain(unsafe { self.tool_fields()? });
+        let value = OptionValue::Map(fields.map(|(name, value)| (name.to_owned(), value)).collect());
         let mut options = RequestOptions::from_value(value)?;
         // SAFETY: forwarded caller contract.
         options.sampling.constraint = unsafe { self.constraint()? };
         Ok(options)
+    }
+
+    /// `tools`, `tool_choice` and `parallel_tool_calls` as the core's option values (the core
+    /// parses the texts and checks the tools); only the -1/0/1 of `parallel_tool_calls` is C's.
+    ///
+    /// # Safety
+    /// `tools` and `tool_choice` must be NULL or NUL-terminated.
+    unsafe fn tool_fields(&self) -> Result<[(&'static str, OptionValue); 3], Failure> {
+        // SAFETY (both): forwarded caller contract.
+        let tools = unsafe { optional_c_str(self.tools, "tools")? };
+        let choice = unsafe { optional_c_str(self.tool_choice, "tool_choice")? };
+        let parallel = match self.parallel_tool_calls {
+            -1 => OptionValue::Null,
+            0 => OptionValue::Bool(false),
+            1 => OptionValue::Bool(true),
+            other => return Err(Failure::invalid("parallel_tool_calls", format!("must be -1, 0 or 1, got {other}"))),
+        };
+        let [tools, choice] = cortexstream::tools::text_options(tools, choice)?;
+        Ok([tools, choice, ("parallel_tool_calls", parallel)])
     }
 
     /// The core constraint of `constraint_kind` and `constraint` (the core parses the text).

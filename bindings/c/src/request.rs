@@ -4,11 +4,12 @@ use std::ffi::{c_char, c_void};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use cortexstream::tools::{messages_from_json, parsed_format};
 use cortexstream::{Canceller, Event, Prompt, RecvError, RequestHandle, WaitLimit};
 
 use crate::args::{c_str, check_out, read_sized, require, slice};
 use crate::engine::{chat_messages, cs_chat_message, cs_engine, engine_ref};
-use crate::event::{cs_event, EventBuffer};
+use crate::event::{cs_event, EventBuffer, ToolCallText};
 use crate::params::{cs_sampling_default_params, cs_sampling_params};
 use crate::status::{cs_status, guard, Failure};
 
@@ -46,6 +47,8 @@ struct Stream {
 struct Pulled {
     buffer: EventBuffer,
     current: Option<cs_event>,
+    /// For a request with tools: the splitter its text goes through.
+    tools: Option<ToolCallText>,
 }
 
 /// `user_data` on its way to the engine thread.
@@ -123,7 +126,31 @@ pub unsafe extern "C" fn cs_engine_submit_chat(
     })
 }
 
-/// The part the three submit calls share.
+/// Submits a conversation given as JSON text (UTF-8) in OpenAI's shape:
+/// `[{"role", "content", "tool_calls"?, "tool_call_id"?, "name"?}]`, `content` null allowed on
+/// an assistant turn with `tool_calls` (arguments as JSON text or an object). This is how a
+/// tool-calling history (assistant calls, `tool` results) reaches the chat template; with
+/// `params->tools` the model may call tools (see `cs_event.tool_calls`). A malformed
+/// conversation is CS_INVALID_ARGUMENT naming `messages` with the message's index.
+/// Otherwise as `cs_engine_submit_chat`.
+#[no_mangle]
+pub unsafe extern "C" fn cs_engine_submit_chat_json(
+    engine: *const cs_engine,
+    messages_json: *const c_char,
+    params: *const cs_sampling_params,
+    callback: cs_event_callback,
+    user_data: *mut c_void,
+    out_request: *mut *mut cs_request,
+) -> cs_status {
+    guard(|| {
+        // SAFETY (all): forwarded caller contract.
+        let text = unsafe { c_str(messages_json, "messages_json")? };
+        let messages = messages_from_json(text)?;
+        unsafe { submit(engine, Prompt::Chat(messages), params, callback, user_data, out_request) }
+    })
+}
+
+/// The part the submit calls share.
 ///
 /// # Safety
 /// As documented on `cs_engine_submit_text`.
@@ -140,13 +167,18 @@ unsafe fn submit(
     let params = unsafe { read_sized(params, cs_sampling_default_params(), "params")? };
     let request = unsafe { params.to_options()? }.into_request(prompt);
     check_out(out_request, "out_request")?;
+    let tool_format = parsed_format(&request, engine.tool_call_format());
     let stream = match callback {
-        None => Stream { handle: engine.submit(request)?, pulled: Some(Pulled::default()) },
+        None => {
+            let pulled = Pulled { tools: tool_format.map(ToolCallText::new), ..Pulled::default() };
+            Stream { handle: engine.submit(request)?, pulled: Some(pulled) }
+        }
         Some(callback) => {
             let user_data = UserData(user_data);
             let mut buffer = EventBuffer::default();
+            let mut tools = tool_format.map(ToolCallText::new);
             let forward = move |event: &Event| {
-                let view = buffer.view(event);
+                let view = buffer.view_split(event, tools.as_mut());
                 // SAFETY: the caller supplied a valid callback; `view` outlives the call.
                 unsafe { callback(&view, user_data.get()) }
             };
@@ -192,11 +224,11 @@ pub unsafe extern "C" fn cs_request_next_event(
             .lock()
             .map_err(|_| Failure::new(cs_status::CS_INTERNAL, "request state poisoned by an earlier panic"))?;
         let Stream { handle, pulled } = &mut *stream;
-        let Some(Pulled { buffer, current }) = pulled else {
+        let Some(Pulled { buffer, current, tools }) = pulled else {
             return Err(Failure::invalid("request", "it was submitted with a callback, which receives its events"));
         };
         let event = receive(handle, timeout_ms)?;
-        let event: *const cs_event = current.insert(buffer.view(&event));
+        let event: *const cs_event = current.insert(buffer.view_split(&event, tools.as_mut()));
         // SAFETY: checked non-NULL above.
         unsafe { out_event.write(event) };
         Ok(())

@@ -27,10 +27,15 @@ function checkMessages(messages) {
     if (message === null || typeof message !== 'object') {
       throw typeError('messages', `an array of { role, content } (messages[${index}])`, message);
     }
-    for (const field of ['role', 'content']) {
+    // An assistant turn that only called tools may have null content.
+    const onlyCalls = Array.isArray(message.toolCalls) && (message.content === null || message.content === undefined);
+    for (const field of onlyCalls ? ['role'] : ['role', 'content']) {
       if (typeof message[field] !== 'string') {
         throw typeError('messages', `an array of { role, content } with string \`messages[${index}].${field}\``, message[field]);
       }
+    }
+    if (message.toolCalls !== undefined && !Array.isArray(message.toolCalls)) {
+      throw typeError('messages', `an array of { role, content } with \`messages[${index}].toolCalls\` an array`, message.toolCalls);
     }
   });
 }

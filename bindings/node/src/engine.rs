@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use cortexstream::tools::{parsed_format, ToolCallSplitter};
 use cortexstream::{ChatMessage, CompletionBuilder, Engine, Error, Event, Prompt, Request, RequestHandle};
 use napi::bindgen_prelude::{AsyncTask, Either, Env, FnArgs, Unknown};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
@@ -132,13 +133,25 @@ impl NativeEngine {
     fn start(&self, env: &Env, request: Result<Request, Error>, on_chunk: ChunkSink) -> napi::Result<NativeRequest> {
         let submit = |request: Request| {
             let wants_logprobs = request.params.logprobs.is_some();
+            let tool_format = parsed_format(&request, self.engine.tool_call_format());
+            let mut splitter = tool_format.map(ToolCallSplitter::new);
             let mut completion = CompletionBuilder::default();
             // Runs on the engine thread: gathers the completion as the core defines it and
             // only queues the chunk; if JavaScript is gone (the environment is shutting
             // down) the request is cancelled.
             let forward = move |event: &Event| {
-                let chunk = Chunk::from(event);
-                let done = completion.push(event.clone()).map(|c| Completion::new(c, wants_logprobs));
+                let mut chunk = Chunk::from(event);
+                if let Some(splitter) = splitter.as_mut() {
+                    chunk.split_tool_calls(splitter, event);
+                }
+                let done = completion.push(event.clone()).map(|c| {
+                    let reason = c.finish_reason;
+                    let mut done = Completion::new(c, wants_logprobs);
+                    if let Some(format) = tool_format {
+                        done.split_tool_calls(format, reason);
+                    }
+                    done
+                });
                 on_chunk.call((chunk, done).into(), ThreadsafeFunctionCallMode::NonBlocking) == Status::Ok
             };
             self.engine.submit_with_callback(request, Box::new(forward))

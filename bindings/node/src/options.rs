@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use cortexstream::{ChatMessage, EngineConfig, Error, OptionValue, Prompt, Request, RequestOptions};
-use napi::bindgen_prelude::{Either, JsObjectValue, Object, Unknown};
+use napi::bindgen_prelude::{Either, JsObjectValue, Null, Object, Unknown};
 use napi::{JsValue, ValueType};
 use napi_derive::napi;
 
@@ -61,16 +61,30 @@ impl EngineOptions {
     }
 }
 
-/// One chat message.
+/// One chat message, with the tool fields of an assistant turn that called tools
+/// (`toolCalls`, OpenAI's `[{id, type, function: {name, arguments}}]`) and of a `tool` turn
+/// answering one (`toolCallId`, `name`).
 #[napi(object)]
 pub struct Message {
     pub role: String,
-    pub content: String,
+    /// May be null on an assistant turn that only called tools.
+    pub content: Option<Either<String, Null>>,
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    pub tool_call_id: Option<String>,
+    pub name: Option<String>,
 }
 
 impl From<Message> for ChatMessage {
     fn from(message: Message) -> Self {
-        ChatMessage::new(message.role, message.content)
+        let content = match message.content {
+            Some(Either::A(text)) => text,
+            Some(Either::B(Null)) | None => String::new(),
+        };
+        let mut chat = ChatMessage::new(message.role, content);
+        chat.tool_calls = message.tool_calls;
+        chat.tool_call_id = message.tool_call_id;
+        chat.name = message.name;
+        chat
     }
 }
 

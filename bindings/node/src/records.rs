@@ -1,6 +1,7 @@
 //! Plain JavaScript objects built from the core's results (field names become camelCase).
 
-use cortexstream::Event;
+use cortexstream::tools::{finish_reason, parse_tool_calls, ToolCallSplitter};
+use cortexstream::{Event, FinishReason, ToolCallFormat};
 use napi_derive::napi;
 
 /// Token counts of one request.
@@ -84,6 +85,24 @@ impl TokenLogprobs {
     }
 }
 
+/// A call the model made; `arguments` is JSON text (an object), as OpenAI returns it.
+#[napi(object)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+impl From<cortexstream::ToolCall> for ToolCall {
+    fn from(call: cortexstream::ToolCall) -> Self {
+        Self { id: call.id, name: call.name, arguments: call.arguments }
+    }
+}
+
+fn tool_calls(calls: Vec<cortexstream::ToolCall>) -> Vec<ToolCall> {
+    calls.into_iter().map(ToolCall::from).collect()
+}
+
 /// Which stop ended a request (`stopReason`): `kind` is the core's name for it; `tokenId` is set
 /// for `eos` and `stop_token`, `stopString` for `stop_string`.
 #[napi(object)]
@@ -116,6 +135,24 @@ pub struct Chunk {
     pub usage: Option<Usage>,
     pub timings: Option<Timings>,
     pub error: Option<String>,
+    /// Calls completed by this chunk (requests with tools only).
+    pub tool_calls: Option<Vec<ToolCall>>,
+}
+
+impl Chunk {
+    /// For a request with tools: the chunk's text through the core's splitter, so it carries
+    /// content and completed calls, and the last one "tool_calls" if the answer called.
+    pub fn split_tool_calls(&mut self, splitter: &mut ToolCallSplitter, event: &Event) {
+        let split = match event {
+            Event::Token { text, .. } => splitter.text(text),
+            Event::Finished { .. } => splitter.finish(),
+        };
+        self.text = split.content;
+        self.tool_calls = Some(tool_calls(split.tool_calls));
+        if let Event::Finished { reason, .. } = event {
+            self.finish_reason = Some(finish_reason(*reason, splitter.made_calls()).to_owned());
+        }
+    }
 }
 
 impl From<&Event> for Chunk {
@@ -130,6 +167,7 @@ impl From<&Event> for Chunk {
                 usage: None,
                 timings: None,
                 error: None,
+                tool_calls: None,
             },
             Event::Finished { reason, stop_reason, usage, timings, error } => Chunk {
                 text: String::new(),
@@ -140,6 +178,7 @@ impl From<&Event> for Chunk {
                 usage: Some((*usage).into()),
                 timings: Some((*timings).into()),
                 error: error.clone(),
+                tool_calls: None,
             },
         }
     }
@@ -159,9 +198,22 @@ pub struct Completion {
     /// One entry per token when log-probabilities were requested (even if empty), else unset.
     pub logprobs: Option<Vec<TokenLogprobs>>,
     pub error: Option<String>,
+    /// The calls the answer made (requests with tools only; `text` is then the answer without
+    /// them and `finishReason` "tool_calls" if it stopped after calling).
+    pub tool_calls: Option<Vec<ToolCall>>,
 }
 
 impl Completion {
+    /// For a request with tools: the text split into content and the calls written in `format`.
+    pub fn split_tool_calls(&mut self, format: ToolCallFormat, reason: FinishReason) {
+        let parsed = parse_tool_calls(format, &self.text);
+        self.finish_reason = finish_reason(reason, !parsed.tool_calls.is_empty()).to_owned();
+        if !parsed.tool_calls.is_empty() {
+            self.text = parsed.content;
+        }
+        self.tool_calls = Some(tool_calls(parsed.tool_calls));
+    }
+
     /// `wants_logprobs`: whether the request asked for them, which an empty list cannot tell.
     pub fn new(completion: cortexstream::Completion, wants_logprobs: bool) -> Self {
         let logprobs = wants_logprobs.then(|| {
@@ -177,6 +229,7 @@ impl Completion {
             timings: completion.timings.into(),
             logprobs,
             error: completion.error,
+            tool_calls: None,
         }
     }
 }

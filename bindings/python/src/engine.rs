@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use cortexstream::tools::parsed_format;
 use cortexstream::{EngineConfig, Prompt};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyType};
@@ -49,8 +50,9 @@ impl Engine {
     fn submit(&self, py: Python<'_>, prompt: Prompt, sampling: Option<&Bound<'_, PyDict>>) -> PyResult<Stream> {
         let request = request(prompt, sampling)?;
         let wants_logprobs = request.params.logprobs.is_some();
+        let tool_format = parsed_format(&request, self.engine.tool_call_format());
         let handle = py.detach(|| self.engine.submit(request)).map_err(to_py_err)?;
-        Ok(Stream::new(handle, wants_logprobs))
+        Ok(Stream::new(handle, wants_logprobs, tool_format))
     }
 
     fn embed_texts(&self, py: Python<'_>, texts: &Bound<'_, PyAny>) -> PyResult<cortexstream::Embeddings> {

@@ -11,6 +11,7 @@ mod options;
 mod records;
 mod registry;
 mod stream;
+mod tools;
 
 use pyo3::prelude::*;
 
@@ -27,6 +28,7 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<records::ModelInfo>()?;
     module.add_function(wrap_pyfunction!(logs::set_log_handler, module)?)?;
     module.add_function(wrap_pyfunction!(logs::dropped_log_records, module)?)?;
+    module.add_class::<tools::ToolCall>()?;
     module.add_class::<registry::Registry>()?;
     module.add_class::<registry::Lease>()?;
     module.add_class::<registry::LoadedModel>()?;

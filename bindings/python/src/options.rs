@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
 
 use crate::errors::to_py_err;
+use crate::tools::message_fields;
 
 /// A text or token-id prompt (`str | list[int]`).
 pub fn raw_prompt(prompt: &Bound<'_, PyAny>) -> PyResult<Prompt> {
@@ -39,7 +40,13 @@ fn message(item: &Bound<'_, PyDict>) -> PyResult<ChatMessage> {
             None => Err(PyTypeError::new_err(format!("`messages` must be {expected}, a message has no `{key}`"))),
         }
     };
-    Ok(ChatMessage::new(field("role")?, field("content")?))
+    // An assistant turn that only called tools has `content: None` in OpenAI's shape.
+    let only_calls = item.get_item("tool_calls")?.is_some_and(|calls| !calls.is_none())
+        && item.get_item("content")?.is_none_or(|content| content.is_none());
+    let content = if only_calls { String::new() } else { field("content")? };
+    let mut message = ChatMessage::new(field("role")?, content);
+    message_fields(item, &mut message)?;
+    Ok(message)
 }
 
 /// Builds the request from a prompt and the sampling keyword arguments: the one conversion of
@@ -132,7 +139,7 @@ where
     })
 }
 
-fn type_error(param: &str, expected: &str, value: &Bound<'_, PyAny>) -> PyErr {
+pub(crate) fn type_error(param: &str, expected: &str, value: &Bound<'_, PyAny>) -> PyErr {
     let got = value.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".to_owned());
     PyTypeError::new_err(format!("`{param}` must be {expected}, got {got}"))
 }

@@ -3,6 +3,8 @@
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use crate::tools::ToolCall;
+
 /// `__repr__` in Python's `Name(field=value, ...)` style, each value shown by its own `repr`.
 macro_rules! python_repr {
     ($record:ident { $($field:ident),+ $(,)? }) => {
@@ -143,8 +145,10 @@ pub struct Chunk {
     pub(crate) usage: Option<Usage>,
     pub(crate) timings: Option<Timings>,
     pub(crate) error: Option<String>,
+    /// Calls completed by this chunk (only when the request offered tools).
+    pub(crate) tool_calls: Vec<ToolCall>,
 }
-python_repr!(Chunk { text, token_id, logprobs, finish_reason, stop_reason, usage, timings, error });
+python_repr!(Chunk { text, token_id, logprobs, finish_reason, stop_reason, usage, timings, error, tool_calls });
 
 /// The whole result of one request.
 #[pyclass(frozen, get_all, module = "cortexstream._core")]
@@ -158,8 +162,11 @@ pub struct Completion {
     pub(crate) timings: Timings,
     pub(crate) logprobs: Option<Vec<TokenLogprobs>>,
     pub(crate) error: Option<String>,
+    /// The calls the answer made (only when the request offered tools; `text` is then the
+    /// answer without them, and `finish_reason` is "tool_calls" if it stopped after calling).
+    pub(crate) tool_calls: Vec<ToolCall>,
 }
-python_repr!(Completion { text, token_ids, finish_reason, stop_reason, usage, timings, logprobs, error });
+python_repr!(Completion { text, token_ids, finish_reason, stop_reason, usage, timings, logprobs, error, tool_calls });
 
 impl Completion {
     /// `wants_logprobs`: the request asked for log-probabilities (`None` otherwise, not `[]`).
@@ -174,7 +181,19 @@ impl Completion {
             timings: c.timings.into(),
             logprobs: wants_logprobs.then_some(logprobs),
             error: c.error,
+            tool_calls: Vec::new(),
         }
+    }
+
+    /// Splits the text into content and the calls written in `format`.
+    pub fn with_tool_calls(mut self, format: cortexstream::ToolCallFormat, reason: cortexstream::FinishReason) -> Self {
+        let parsed = cortexstream::tools::parse_tool_calls(format, &self.text);
+        self.finish_reason = cortexstream::tools::finish_reason(reason, !parsed.tool_calls.is_empty());
+        if !parsed.tool_calls.is_empty() {
+            self.text = parsed.content;
+            self.tool_calls = parsed.tool_calls.into_iter().map(ToolCall::from).collect();
+        }
+        self
     }
 }
 

@@ -7,12 +7,14 @@
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use cortexstream::{Canceller, CompletionBuilder, Error, Event, RecvError, RequestHandle, WaitLimit};
+use cortexstream::tools::{finish_reason, ToolCallSplitter};
+use cortexstream::{Canceller, CompletionBuilder, Error, Event, RecvError, RequestHandle, ToolCallFormat, WaitLimit};
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 
 use crate::errors::to_py_err;
 use crate::records::{Chunk, Completion, TokenLogprobs};
+use crate::tools::ToolCall;
 
 /// How long one GIL-free wait lasts before Python gets a chance to run signal handlers.
 const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(50);
@@ -35,6 +37,30 @@ struct Receiver {
     /// The output so far, to build the `Completion` when the stream ends.
     collected: CompletionBuilder,
     wants_logprobs: bool,
+    /// For a request that offered tools: the parser its text goes through, so chunks carry
+    /// content and completed calls instead of call syntax.
+    tool_calls: Option<ToolCallParsing>,
+}
+
+struct ToolCallParsing {
+    format: ToolCallFormat,
+    splitter: ToolCallSplitter,
+}
+
+impl ToolCallParsing {
+    /// Runs a chunk's text through the core's splitter: the chunk keeps the content and gains
+    /// the calls; the last one says "tool_calls" if the answer stopped after calling.
+    fn apply(&mut self, chunk: &mut Chunk, event: &Event) {
+        let split = match event {
+            Event::Token { text, .. } => self.splitter.text(text),
+            Event::Finished { .. } => self.splitter.finish(),
+        };
+        chunk.text = split.content;
+        chunk.tool_calls = split.tool_calls.into_iter().map(ToolCall::from).collect();
+        if let Event::Finished { reason, .. } = event {
+            chunk.finish_reason = Some(finish_reason(*reason, self.splitter.made_calls()));
+        }
+    }
 }
 
 /// What one wait produced.
@@ -47,7 +73,8 @@ enum Received {
 
 impl Stream {
     /// Wraps a freshly submitted request.
-    pub fn new(handle: RequestHandle, wants_logprobs: bool) -> Self {
+    /// `tool_format`: the request offered tools, written by the model in this syntax.
+    pub fn new(handle: RequestHandle, wants_logprobs: bool, tool_format: Option<ToolCallFormat>) -> Self {
         Self {
             request_id: handle.id(),
             prompt_tokens: handle.prompt_tokens(),
@@ -56,6 +83,8 @@ impl Stream {
                 handle: Some(handle),
                 collected: CompletionBuilder::default(),
                 wants_logprobs,
+                tool_calls: tool_format
+                    .map(|format| ToolCallParsing { format, splitter: ToolCallSplitter::new(format) }),
             }),
             completion: OnceLock::new(),
         }
@@ -81,16 +110,22 @@ impl Stream {
         let event = if wait.is_zero() { handle.try_recv() } else { handle.recv_timeout(wait) };
         match event {
             Ok(event) => {
-                let wants_logprobs = receiver.wants_logprobs;
-                Received::Chunk(Box::new(self.chunk_from(event, &mut receiver.collected, wants_logprobs)))
+                let Receiver { collected, wants_logprobs, tool_calls, .. } = &mut *receiver;
+                Received::Chunk(Box::new(self.chunk_from(event, collected, *wants_logprobs, tool_calls.as_mut())))
             }
             Err(RecvError::Timeout | RecvError::Empty) => Received::Nothing,
             Err(RecvError::Finished) => Received::Ended,
         }
     }
 
-    fn chunk_from(&self, event: Event, collected: &mut CompletionBuilder, wants_logprobs: bool) -> Chunk {
-        let chunk = match &event {
+    fn chunk_from(
+        &self,
+        event: Event,
+        collected: &mut CompletionBuilder,
+        wants_logprobs: bool,
+        tool_calls: Option<&mut ToolCallParsing>,
+    ) -> Chunk {
+        let mut chunk = match &event {
             Event::Token { id, text, logprobs } => Chunk {
                 text: text.clone(),
                 token_id: Some(*id),
@@ -100,6 +135,7 @@ impl Stream {
                 usage: None,
                 timings: None,
                 error: None,
+                tool_calls: Vec::new(),
             },
             Event::Finished { reason, stop_reason, usage, timings, error } => Chunk {
                 text: String::new(),
@@ -110,11 +146,22 @@ impl Stream {
                 usage: Some((*usage).into()),
                 timings: Some((*timings).into()),
                 error: error.clone(),
+                tool_calls: Vec::new(),
             },
         };
+        let format = tool_calls.as_ref().map(|parsing| parsing.format);
+        if let Some(parsing) = tool_calls {
+            parsing.apply(&mut chunk, &event);
+        }
         if let Some(completion) = collected.push(event) {
+            let reason = completion.finish_reason;
+            let completion = Completion::new(completion, wants_logprobs);
+            let completion = match format {
+                Some(format) => completion.with_tool_calls(format, reason),
+                None => completion,
+            };
             // Only the one Finished event of a request gets here, so the cell is empty.
-            let _ = self.completion.set(Completion::new(completion, wants_logprobs));
+            let _ = self.completion.set(completion);
         }
         chunk
     }

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::request::{Prompt, Request, StopCriteria, StopReason};
 use crate::sampling::Sampler;
 use crate::tokenizer::Tokenizer;
+use crate::tools;
 
 /// Tokenizes and validates a request (on the caller's thread, so errors return at once and
 /// the engine thread never tokenizes).
@@ -26,7 +27,7 @@ pub(super) fn prepare(
     let vocab_size = shared.info.vocab_size;
     request.params.validate(vocab_size)?;
     // The sampler gets what it reads; the sequence holds the stop criteria.
-    let (sampler_settings, stop) = request.params.split();
+    let (mut sampler_settings, stop) = request.params.split();
     let tokens = match &request.prompt {
         Prompt::Text(text) => {
             if text.is_empty() {
@@ -43,7 +44,9 @@ pub(super) fn prepare(
             }
             ids.clone()
         }
-        Prompt::Chat(messages) => tokenizer.encode(&shared.chat_template.render(messages, true)?, false)?,
+        Prompt::Chat(messages) => {
+            tokenizer.encode(&tools::prepare_chat(&shared.chat_template, messages, request.tools.as_ref())?, false)?
+        }
     };
     if tokens.is_empty() {
         return Err(Error::invalid("prompt", "the prompt must contain at least one token"));
@@ -66,7 +69,18 @@ pub(super) fn prepare(
     // FinishReason::Length, as llama.cpp does (documented in the README).
     let max_new_tokens = stop.max_tokens.unwrap_or(usize::MAX).min(context - tokens.len());
 
-    // Compiled here, on the caller's thread, so a bad schema fails the submit itself.
+    // Compiled here, on the caller's thread, so a bad schema fails the submit itself. With
+    // tools, a forced call is the constraint and every tool schema is checked.
+    let special_token = |text: &str| tokenizer.token_to_id(text).filter(|&id| tokenizer.is_special(id));
+    let compile = |c: &crate::constraint::Constraint| shared.constraints.start(c, tokenizer, vocab_size).map(drop);
+    sampler_settings.constraint = tools::effective_constraint(
+        sampler_settings.constraint.take(),
+        request.tools.as_ref(),
+        &request.prompt,
+        shared.chat_template.tool_format(),
+        &special_token,
+        &compile,
+    )?;
     let constraint =
         sampler_settings.constraint.as_ref().map(|c| shared.constraints.start(c, tokenizer, vocab_size)).transpose()?;
     let stop_ids = stop_tokens(&stop, tokenizer);

@@ -30,6 +30,7 @@ use crate::models::GenerationModel;
 use crate::request::{ChatMessage, Request};
 use crate::threadpool::{default_thread_count, ThreadPool};
 use crate::tokenizer::Tokenizer;
+use crate::tools::ToolCallFormat;
 use block_allocator::BlockAllocator;
 use config::kv_cache_bytes;
 use scheduler::{Scheduler, SchedulerConfig, SlidingPool};
@@ -222,6 +223,11 @@ impl Engine {
     /// Renders chat messages with the model's template.
     pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         self.shared.chat_template.render(messages, add_generation_prompt)
+    }
+
+    /// How the model writes tool calls, read from its chat template (see [`crate::tools`]).
+    pub fn tool_call_format(&self) -> ToolCallFormat {
+        self.shared.chat_template.tool_format()
     }
 
     pub fn model_info(&self) -> &ModelInfo {

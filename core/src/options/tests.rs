@@ -139,3 +139,55 @@ fn split_gives_the_sampler_its_fields_and_the_sequence_the_stop_criteria() {
         StopCriteria { max_tokens: Some(4), stop: vec!["x".into()], stop_token_ids: vec![7], ignore_eos: true }
     );
 }
+
+fn weather_tool() -> OptionValue {
+    map(&[
+        ("type", OptionValue::Str("function".into())),
+        ("function", map(&[("name", OptionValue::Str("get_weather".into()))])),
+    ])
+}
+
+#[test]
+fn the_tool_options_become_the_requests_tool_spec() {
+    let options = parse(&[
+        ("tools", OptionValue::List(vec![weather_tool()])),
+        ("tool_choice", OptionValue::Str("required".into())),
+        ("parallel_tool_calls", OptionValue::Bool(false)),
+    ])
+    .unwrap();
+    let tools = options.tools.clone().expect("a tool spec");
+    assert_eq!(tools.tools.len(), 1);
+    assert_eq!(tools.tools[0].name, "get_weather");
+    assert_eq!((tools.choice, tools.parallel_calls), (crate::tools::ToolChoice::Required, false));
+    let request = options.into_request(Prompt::Chat(Vec::new()));
+    assert!(request.tools.is_some(), "into_request drops the tools");
+}
+
+#[test]
+fn bad_tool_options_name_their_field() {
+    let (param, message) = rejected(&[("parallel_tool_calls", OptionValue::Str("yes".into()))]);
+    assert_eq!(param, "parallel_tool_calls");
+    assert!(message.contains("invalid type: string \"yes\""), "{message}");
+    let (param, message) = rejected(&[("tools", OptionValue::Str("get_weather".into()))]);
+    assert_eq!(param, "tools");
+    assert!(message.contains("must be a list"), "{message}");
+    let (param, _) = rejected(&[("tool_choice", OptionValue::Str("required".into()))]);
+    assert_eq!(param, "tool_choice");
+    // "none" without tools asks for what happens anyway.
+    assert_eq!(parse(&[("tool_choice", OptionValue::Str("none".into()))]).unwrap(), RequestOptions::default());
+}
+
+#[test]
+fn the_c_doors_texts_become_tool_option_values() {
+    let [tools, choice] = crate::tools::text_options(
+        Some(r#"[{"type": "function", "function": {"name": "get_weather"}}]"#),
+        Some("auto"),
+    )
+    .unwrap();
+    assert_eq!(tools, ("tools", OptionValue::List(vec![weather_tool()])));
+    assert_eq!(choice, ("tool_choice", OptionValue::Str("auto".into())));
+    let error = crate::tools::text_options(Some("[not json"), None).unwrap_err();
+    assert_eq!(error.param(), Some("tools"));
+    let error = crate::tools::text_options(None, Some("sometimes")).unwrap_err();
+    assert_eq!(error.param(), Some("tool_choice"));
+}

@@ -25,7 +25,7 @@ from .schemas import (
     embedding_texts,
 )
 from .state import ReadyState, ServerState
-from .structured import CONSTRAINT_PARAMS, ollama_constraint, refuse_ollama_tools
+from .structured import CONSTRAINT_PARAMS, ollama_constraint, ollama_history, ollama_tool_calls
 from .streaming import ndjson_line, ndjson_response
 
 # The API key is checked by the `ApiKeys` middleware, before any body is read.
@@ -75,7 +75,8 @@ def _final_fields(result: cortexstream.Completion | cortexstream.Chunk) -> dict:
     usage, timings = result.usage, result.timings
     return {
         "done": True,
-        "done_reason": result.finish_reason,
+        # Ollama says "stop" after tool calls too.
+        "done_reason": "stop" if result.finish_reason == "tool_calls" else result.finish_reason,
         "total_duration": timings.total_ns,
         "load_duration": 0,  # the model is loaded once at startup, never per request
         "prompt_eval_count": usage.prompt_tokens,
@@ -85,14 +86,18 @@ def _final_fields(result: cortexstream.Completion | cortexstream.Chunk) -> dict:
     }
 
 
-async def _respond(state: ServerState, model: str, job: Job, stream: bool, content: Callable[[str], dict],
+#: Shapes a completion or chunk into Ollama's `response` or `message` field.
+Content = Callable[[cortexstream.Completion | cortexstream.Chunk], dict]
+
+
+async def _respond(state: ServerState, model: str, job: Job, stream: bool, content: Content,
                    receive: Receive, fields: dict[str, str]):
-    """Runs `job`; `content(text)` shapes generated text (`response` or `message`). An error
-    names its field as `fields` maps the engine's names (plus every option)."""
+    """Runs `job`; `content(result)` shapes generated text and calls (`response` or `message`).
+    An error names its field as `fields` maps the engine's names (plus every option)."""
     try:
         if not stream:
             [completion] = await complete_all(state.engine, [job], receive)
-            return {"model": model, "created_at": _timestamp(), **content(completion.text),
+            return {"model": model, "created_at": _timestamp(), **content(completion),
                     **_final_fields(completion)}
         streams = await submit_all(state.engine, [job])
     except (cortexstream.CortexstreamError, ApiError) as error:
@@ -100,13 +105,13 @@ async def _respond(state: ServerState, model: str, job: Job, stream: bool, conte
     return ndjson_response(_stream_lines(streams, model, content))
 
 
-async def _stream_lines(streams, model: str, content: Callable[[str], dict]) -> AsyncIterator[str]:
+async def _stream_lines(streams, model: str, content: Content) -> AsyncIterator[str]:
     try:
         async for _, chunk in merge_streams(streams):
-            head = {"model": model, "created_at": _timestamp(), **content(chunk.text)}
+            head = {"model": model, "created_at": _timestamp(), **content(chunk)}
             if chunk.finish_reason is not None:
                 yield ndjson_line({**head, **_final_fields(chunk)})
-            elif chunk.text:
+            elif chunk.text or chunk.tool_calls:
                 yield ndjson_line({**head, "done": False})
     except (cortexstream.CortexstreamError, ApiError) as error:
         yield ndjson_line(from_engine_error(error).ollama_body())
@@ -127,7 +132,7 @@ async def generate(body: OllamaGenerateRequest, state: ReadyState, request: Requ
         messages = [*system, {"role": "user", "content": body.prompt}]
         job = Job(messages, chat=True, sampling=sampling)
     # Templated, the prompt is the engine's `messages`: an error about it is about `prompt`.
-    return await _respond(state, body.model, job, body.stream, lambda text: {"response": text},
+    return await _respond(state, body.model, job, body.stream, lambda result: {"response": result.text},
                           request.receive, {"messages": "prompt", **_FORMAT_FIELDS})
 
 
@@ -137,13 +142,21 @@ async def chat(body: OllamaChatRequest, state: ReadyState, request: Request):
     if not body.messages:
         # Ollama documents an empty message list as the chat way to preload a model.
         return _load_response(body.model, {"message": {"role": "assistant", "content": ""}})
-    refuse_ollama_tools(body.tools)
-    messages = [{"role": m.role, "content": m.content} for m in body.messages]
-    sampling = {**_sampling(body.options), **ollama_constraint(body.format), "priority": body.priority}
-    job = Job(messages, chat=True, sampling=sampling)
-    return await _respond(state, body.model, job, body.stream,
-                          lambda text: {"message": {"role": "assistant", "content": text}},
+    tools = {"tools": body.tools} if body.tools else {}
+    if body.tool_choice is not None:
+        tools["tool_choice"] = body.tool_choice
+    sampling = {**_sampling(body.options), **ollama_constraint(body.format), "priority": body.priority, **tools}
+    job = Job(ollama_history(body.messages), chat=True, sampling=sampling)
+    return await _respond(state, body.model, job, body.stream, lambda result: {"message": _chat_message(result)},
                           request.receive, _FORMAT_FIELDS)
+
+
+def _chat_message(result: cortexstream.Completion | cortexstream.Chunk) -> dict:
+    """Ollama's `message`: the text, and the calls (arguments as objects) when there are some."""
+    message: dict = {"role": "assistant", "content": result.text}
+    if result.tool_calls:
+        message["tool_calls"] = ollama_tool_calls(result.tool_calls)
+    return message
 
 
 async def _embed(state: ServerState, texts: list[str], input_field: str) -> tuple[list[list[float]], int]:

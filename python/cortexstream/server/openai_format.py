@@ -29,7 +29,7 @@ class Envelope:
 
 
 #: The finish reasons the engine shares with OpenAI; a strict OpenAI client knows no others.
-_OPENAI_FINISH_REASONS = frozenset({"stop", "length"})
+_OPENAI_FINISH_REASONS = frozenset({"stop", "length", "tool_calls"})
 #: Where the engine's own finish reason goes when OpenAI has no word for it.
 ENGINE_FINISH_REASON_FIELD = "cortexstream_finish_reason"
 

@@ -15,7 +15,7 @@ from .errors import ApiError, from_engine_error
 from .generation import complete_all, engine_seed, fan_out, merge_streams, submit_all
 from .openai_format import Envelope, TokenTexts, finish_fields, usage_body
 from .options import OPENAI_OPTIONS, renamed
-from .structured import naming_constraint_errors, openai_constraint
+from .structured import naming_constraint_errors, openai_constraint, openai_history_message, openai_tool_calls
 from .schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -73,7 +73,7 @@ def _message_text(message: OpenAIMessage) -> str:
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, state: ReadyState, request: Request):
     state.catalog.generation_model(body.model)
-    messages = [{"role": m.role, "content": _message_text(m)} for m in body.messages]
+    messages = [openai_history_message(m, _message_text(m)) for m in body.messages]
     top = (body.top_logprobs or 0) if body.logprobs else None
     sampling = {**_sampling(body, top), **openai_constraint(body)}
     jobs = fan_out([messages], chat=True, sampling=sampling, n=_choices(body.n, state), priority=body.priority)
@@ -88,13 +88,34 @@ async def chat_completions(body: ChatCompletionRequest, state: ReadyState, reque
     choices = [
         {
             "index": i,
-            "message": {"role": "assistant", "content": c.text},
+            "message": _assistant_message(c),
             "logprobs": texts.chat_logprobs(c.logprobs) if c.logprobs is not None else None,
             **finish_fields(c.finish_reason, c.stop_reason),
         }
         for i, c in enumerate(completions)
     ]
     return envelope.body(choices, usage=usage_body([c.usage for c in completions]))
+
+
+def _assistant_message(completion: cortexstream.Completion) -> dict:
+    """A choice's message: the text, and the calls when the model made some (content is then
+    null if there was no other text, as OpenAI returns it)."""
+    if not completion.tool_calls:
+        return {"role": "assistant", "content": completion.text}
+    return {"role": "assistant", "content": completion.text or None,
+            "tool_calls": openai_tool_calls(completion.tool_calls)}
+
+
+def _tool_call_deltas(first_index: int, calls: list) -> list[dict]:
+    """OpenAI's streamed shape of complete calls: for each, a delta with its index, id, type,
+    name and empty arguments, then one with the arguments."""
+    deltas = []
+    for offset, call in enumerate(calls):
+        index = first_index + offset
+        deltas.append({"tool_calls": [{"index": index, "id": call.id, "type": "function",
+                                       "function": {"name": call.name, "arguments": ""}}]})
+        deltas.append({"tool_calls": [{"index": index, "function": {"arguments": call.arguments}}]})
+    return deltas
 
 
 async def _chat_events(streams, envelope: Envelope, texts: TokenTexts, include_usage: bool) -> AsyncIterator[str]:
@@ -107,6 +128,7 @@ async def _chat_events(streams, envelope: Envelope, texts: TokenTexts, include_u
         return sse_event(envelope.body([choice], **extra))
 
     usages = []
+    calls_made = [0] * len(streams)
     try:
         for index in range(len(streams)):
             yield chunk(index, {"role": "assistant", "content": ""})
@@ -114,6 +136,9 @@ async def _chat_events(streams, envelope: Envelope, texts: TokenTexts, include_u
             if piece.text or piece.logprobs is not None:
                 logprobs = {"content": [texts.chat_entry(piece.logprobs)]} if piece.logprobs is not None else None
                 yield chunk(index, {"content": piece.text}, logprobs=logprobs)
+            for delta in _tool_call_deltas(calls_made[index], piece.tool_calls):
+                yield chunk(index, delta)
+            calls_made[index] += len(piece.tool_calls)
             if piece.finish_reason is not None:
                 usages.append(piece.usage)
                 yield chunk(index, {}, finish=piece)

@@ -42,6 +42,10 @@ class OpenAIMessage(_Body):
     role: str
     # Required, as OpenAI requires it; null is allowed (an assistant turn that only called tools).
     content: str | list[ContentPart] | None
+    # An assistant turn's calls, and a `tool` turn's answer to one (see structured.py).
+    tool_calls: list[dict] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
 
 
 class StreamOptions(_Body):
@@ -66,6 +70,7 @@ class OpenAISampling(_Body):
     response_format: dict | None = None
     tools: list | None = None
     tool_choice: str | dict | None = None
+    parallel_tool_calls: bool | None = None
     functions: list | None = None
     function_call: str | dict | None = None
 
@@ -113,6 +118,10 @@ class EmbeddingRequest(_Body):
 class OllamaMessage(_Body):
     role: str
     content: str = ""
+    # An assistant turn's calls (`{"function": {"name", "arguments": {...}}}`) and the name
+    # of the tool a `tool` turn answers (see structured.py).
+    tool_calls: list[dict] | None = None
+    tool_name: str | None = None
 
 
 class OllamaGenerateRequest(_Body):
@@ -136,8 +145,10 @@ class OllamaChatRequest(_Body):
     options: dict = Field(default_factory=dict)
     format: str | dict | None = None
     priority: Priority = 0
-    # Refused until tool calling is implemented (see structured.py).
+    # OpenAI's tool shape, as Ollama takes it (see structured.py).
     tools: list | None = None
+    # Not Ollama's: OpenAI's `tool_choice`, accepted here too so a call can be forced.
+    tool_choice: str | dict | None = None
 
 
 class OllamaEmbedRequest(_Body):
