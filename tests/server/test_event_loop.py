@@ -19,7 +19,8 @@ from cortexstream.server.state import ServerConfig
 
 USAGE = SimpleNamespace(prompt_tokens=3, completion_tokens=1, cached_prompt_tokens=0)
 TIMINGS = SimpleNamespace(total_ns=1, prefill_ns=1, decode_ns=1)
-FINISHED = SimpleNamespace(text="ok", finish_reason="stop", logprobs=None, usage=USAGE, timings=TIMINGS, error=None)
+FINISHED = SimpleNamespace(text="ok", finish_reason="stop", stop_reason=None, tool_calls=[], logprobs=None, usage=USAGE,
+                           timings=TIMINGS, error=None)
 
 
 class FinishedStream:
@@ -51,6 +52,8 @@ class RecordingEngine:
 
     def __init__(self) -> None:
         self.submitted_on: list[threading.Thread] = []
+        # The server names the serving model on each request's access log line.
+        self.model_info = SimpleNamespace(name="recording")
 
     def _submit(self) -> FinishedStream:
         self.submitted_on.append(threading.current_thread())

@@ -285,6 +285,10 @@ async def shutdown_while_running(client: httpx.AsyncClient, server, count: int) 
 def cramped_server():
     server = start_server("--api-key", AUTH["Authorization"][7:], "--embedding-model", "none",
                           "--kv-cache-tokens", str(KV_CACHE_TOKENS), "--max-running", "32",
+                          # A fixed step budget: with step-time-sized prompt chunks, how soon the
+                          # long prompts fill the cramped cache (and preempt) would depend on how
+                          # busy the machine is.
+                          "--target-step-ms", "0",
                           "--shutdown-timeout", str(SHUTDOWN_DRAIN_S))
     try:
         wait_for_health(server, lambda r: r.status_code == 200, STARTUP_TIMEOUT_S)
