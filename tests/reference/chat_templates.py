@@ -113,10 +113,12 @@ class FixedClock(datetime.datetime):
         return FIXED_NOW if tz else FIXED_NOW.replace(tzinfo=None)
 
 
-def render(source, bos, eos, messages, add_generation_prompt):
+def render(source, bos, eos, messages, add_generation_prompt, tools=None):
+    """What `transformers` renders (or the error it raises); `tools` as `apply_chat_template`'s."""
     try:
         text = chat_template_utils.render_jinja_template(
             conversations=[messages],
+            tools=tools,
             chat_template=source,
             add_generation_prompt=add_generation_prompt,
             bos_token=bos,

@@ -14,16 +14,17 @@ needs `transformers jinja2` (not CI: the output is committed).
 """
 
 import argparse
-import datetime
 import json
 import pathlib
 
 from transformers.utils import chat_template_utils
 
+# The clock and the renderer are chat_templates.py's (same folder), so both fixtures agree.
+from chat_templates import FIXED_NOW, FixedClock, render
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "fixtures" / "tool_templates.json"
 
-FIXED_NOW = datetime.datetime(2025, 3, 14, 9, 26, 53, tzinfo=datetime.timezone.utc)
 
 # File in models/templates -> BOS and EOS token texts, and the tool-call syntax
 # `core/src/tools` is expected to detect in it.
@@ -115,31 +116,6 @@ CALL_EXAMPLES = {
 CALL_EXAMPLE_CALLS = {"one_call": [PARIS], "two_calls": [PARIS, TOKYO]}
 
 
-class FixedClock(datetime.datetime):
-    @classmethod
-    def now(cls, tz=None):
-        return FIXED_NOW if tz else FIXED_NOW.replace(tzinfo=None)
-
-
-def render(source, bos, eos, messages, tools, add_generation_prompt):
-    try:
-        text = chat_template_utils.render_jinja_template(
-            conversations=[messages],
-            tools=tools,
-            chat_template=source,
-            add_generation_prompt=add_generation_prompt,
-            bos_token=bos,
-            eos_token=eos,
-        )
-        if isinstance(text, tuple):
-            text = text[0]
-        if isinstance(text, list):
-            (text,) = text
-        return {"rendered": text}
-    except Exception as e:  # the template's raise_exception, or a jinja error
-        return {"raises": str(e)}
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("templates_dir", help="llama.cpp's models/templates")
@@ -156,13 +132,13 @@ def main():
                     "template": name,
                     "conversation": conversation,
                     "add_generation_prompt": add_generation_prompt,
-                    **render(source, bos, eos, messages, TOOLS, add_generation_prompt),
+                    **render(source, bos, eos, messages, add_generation_prompt, tools=TOOLS),
                 })
         for example, history in CALL_EXAMPLES.items():
             calls = CALL_EXAMPLE_CALLS[example]
-            prompt = render(source, bos, eos, history, TOOLS, True)
+            prompt = render(source, bos, eos, history, True, tools=TOOLS)
             whole = render(source, bos, eos, history + [{"role": "assistant", "content": "", "tool_calls": calls}],
-                           TOOLS, False)
+                           False, tools=TOOLS)
             examples.append({"template": name, "example": example, "prompt": prompt, "whole": whole})
     fixture = {
         "about": "transformers' render_jinja_template output with tools; written by tests/reference/tool_templates.py",
