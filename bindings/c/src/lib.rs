@@ -14,6 +14,7 @@ mod event;
 mod metrics;
 mod owned;
 mod params;
+mod registry;
 mod request;
 mod status;
 mod text;
