@@ -45,7 +45,7 @@
 /**
  * Minor version of the header; new functions or appended struct fields.
  */
-#define CS_VERSION_MINOR 2
+#define CS_VERSION_MINOR 3
 
 /**
  * Patch version of the header.

@@ -5,7 +5,8 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { Registry, modelsDir } from '../index.js';
+import { Registry, modelsDir, setLogListener } from '../index.js';
+import { waitFor } from './helpers.mjs';
 
 const smollm2 = path.join(modelsDir(), 'smollm2', 'SmolLM2-135M-Instruct.Q4_1.gguf');
 const minilm = path.join(modelsDir(), 'minilm');
@@ -95,4 +96,29 @@ test("a leased engine's close() leaves the model to the registry", async () => {
   } finally {
     await lease.release();
   }
+});
+
+test('an engine a registry builds honours logPrompts', async () => {
+  const logging = new Registry();
+  logging.register('logged', smollm2, { ...settings, kvCacheTokens: 256, maxRunning: 1, logPrompts: true });
+  logging.register('quiet', smollm2, { ...settings, kvCacheTokens: 256, maxRunning: 1 });
+  const records = [];
+  setLogListener((record) => records.push(record), 'info');
+  try {
+    for (const name of ['logged', 'quiet']) {
+      const lease = await logging.get(name);
+      try {
+        await lease.engine.generate('The secret ingredient is', { maxTokens: 1, tag: `node-${name}` });
+      } finally {
+        await lease.release();
+      }
+    }
+    await waitFor(() => records.filter((r) => r.message === 'finished').length >= 2, 10000);
+  } finally {
+    setLogListener(null);
+    await logging.close();
+  }
+  const queued = (tag) => records.filter((r) => r.message === 'queued' && r.fields.tag === tag);
+  assert.deepEqual(queued('node-logged').map((r) => r.fields.prompt), ['The secret ingredient is']);
+  assert.deepEqual(queued('node-quiet').map((r) => r.fields.prompt), [undefined]);
 });
