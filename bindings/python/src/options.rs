@@ -5,7 +5,7 @@
 //! reports the same field names and messages. A prompt or messages of the wrong Python type
 //! is a `TypeError` naming the argument.
 
-use cortexstream::{ChatMessage, Error, OptionValue, Prompt, Request, RequestOptions};
+use cortexstream::{ChatMessage, OptionValue, Prompt, Request, RequestOptions};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
@@ -136,21 +136,6 @@ where
     T: for<'a> FromPyObject<'a, 'py>,
 {
     value.extract::<T>().map_err(|_| type_error(param, expected, value))
-}
-
-/// A number field. A Python int outside the Rust type's range (a negative count, say) is an
-/// invalid value for that field rather than a bare `OverflowError`.
-pub fn number<'py, T>(value: &Bound<'py, PyAny>, param: &'static str) -> PyResult<T>
-where
-    T: for<'a> FromPyObject<'a, 'py>,
-{
-    value.extract::<T>().map_err(|_| {
-        if value.is_instance_of::<PyInt>() {
-            to_py_err(Error::invalid(param, format!("{value} is out of range")))
-        } else {
-            type_error(param, "a number", value)
-        }
-    })
 }
 
 pub(crate) fn type_error(param: &str, expected: &str, value: &Bound<'_, PyAny>) -> PyErr {

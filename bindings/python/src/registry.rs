@@ -12,7 +12,7 @@ use pyo3::types::{PyDict, PyString, PyType};
 
 use crate::engine::Engine;
 use crate::errors::to_py_err;
-use crate::options::{kwargs_entries, number, option_value};
+use crate::options::{kwargs_entries, option_value};
 
 /// Several models by name, each loaded on first use into its own engine and unloaded when
 /// idle past its keep-alive or, least recently used first, to stay within a memory budget.
@@ -51,13 +51,13 @@ impl Registry {
     #[new]
     #[pyo3(signature = (*, memory_budget_bytes=None, keep_alive=None))]
     fn new(memory_budget_bytes: Option<&Bound<'_, PyAny>>, keep_alive: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
-        let mut options = RegistryOptions::default();
-        if let Some(budget) = memory_budget_bytes.filter(|v| !v.is_none()) {
-            options.memory_budget_bytes = Some(number(budget, "memory_budget_bytes")?);
+        let mut entries = Vec::new();
+        for (key, value) in [("memory_budget_bytes", memory_budget_bytes), ("keep_alive", keep_alive)] {
+            if let Some(value) = value {
+                entries.push((key.to_owned(), option_value(value)?));
+            }
         }
-        if let Some(keep_alive) = self::keep_alive(keep_alive)? {
-            options.default_keep_alive = keep_alive;
-        }
+        let options = RegistryOptions::from_settings(OptionValue::Map(entries)).map_err(to_py_err)?;
         Ok(Self { registry: cortexstream::Registry::new(options) })
     }
 
