@@ -260,6 +260,29 @@ mod tests {
     }
 
     #[test]
+    fn registry_options_are_read_by_name() {
+        use crate::registry::RegistryOptions;
+        let options = RegistryOptions::from_settings(settings(&[
+            ("memory_budget_bytes", OptionValue::Int(1 << 30)),
+            ("keep_alive", OptionValue::Int(-1)),
+        ]))
+        .unwrap();
+        assert_eq!(options.memory_budget_bytes, Some(1 << 30));
+        assert_eq!(options.default_keep_alive, KeepAlive::Forever);
+        let defaults = RegistryOptions::from_settings(settings(&[("keep_alive", OptionValue::Null)])).unwrap();
+        assert_eq!(defaults.default_keep_alive, crate::registry::DEFAULT_KEEP_ALIVE);
+        for (name, value) in [
+            ("memory_budget_bytes", OptionValue::Int(-1)),
+            ("keep_alive", OptionValue::Str("soon".into())),
+            ("budget", OptionValue::Int(1)),
+        ] {
+            let error = RegistryOptions::from_settings(settings(&[(name, value)])).unwrap_err();
+            let expected = if name == "budget" { "options" } else { name };
+            assert_eq!(error.param(), Some(expected), "{error}");
+        }
+    }
+
+    #[test]
     fn bad_registration_values_name_their_field() {
         let error =
             ModelSpec::from_settings("m", "m.gguf", settings(&[("keep_alive", OptionValue::Bool(true))])).unwrap_err();
