@@ -35,11 +35,6 @@ SETTLE_TIMEOUT_S = 60.0
 REPLACEMENT_TIMEOUT_S = 300.0
 
 
-def pytest_configure(config):
-    # Ray Serve's own pydantic models warn on import; they are not ours to fix.
-    config.addinivalue_line("filterwarnings", "ignore::pydantic.warnings.PydanticDeprecatedSince20")
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
