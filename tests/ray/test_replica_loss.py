@@ -15,8 +15,9 @@ from conftest import API_KEY, AUTH, PIN_HEADER, REPLACEMENT_TIMEOUT_S, SETTLE_TI
 
 MODEL = "smollm2"
 STREAMS = 16
-#: Enough tokens that every stream is still generating when the replica dies.
-MAX_TOKENS = 160
+#: Enough tokens that streams are still generating when the replica dies (one that already
+#: ended is not lost: it is counted with the survivors).
+MAX_TOKENS = 400
 
 
 def counting(start: int) -> str:
@@ -58,18 +59,21 @@ def test_a_killed_replica_loses_only_its_own_streams(cluster):
         thread.start()
     for outcome in outcomes:
         assert outcome.started.wait(SETTLE_TIMEOUT_S), "a stream never started"
-    assert all(o.error is None and o.finish_reason is None for o in outcomes), \
-        [(o.error, o.finish_reason) for o in outcomes]
+    assert all(o.error is None for o in outcomes), [o.error for o in outcomes]
     replicas = {o.replica for o in outcomes}
     assert replicas == set(cluster.replica_ids()), "the streams did not spread over both replicas"
 
     victim = outcomes[0].replica
-    os.kill(cluster.replica_pid(victim), signal.SIGKILL)
+    victim_pid = cluster.replica_pid(victim)
+    # Streams still running on the victim when it dies; the kill follows at once.
+    lost = [o for o in outcomes if o.replica == victim and not o.ended.is_set()]
+    os.kill(victim_pid, signal.SIGKILL)
+    assert lost, "every stream on the victim ended before the kill"
 
     for outcome in outcomes:
         assert outcome.ended.wait(SETTLE_TIMEOUT_S * 2), "a stream hung after the replica died"
-    lost = [o for o in outcomes if o.replica == victim]
-    survived = [o for o in outcomes if o.replica != victim]
+    survived = [o for o in outcomes if o not in lost]
+    assert any(o.replica != victim for o in survived)
     for outcome in lost:
         assert isinstance(outcome.error, openai.APIError), outcome.error
         assert "replica" in str(outcome.error), outcome.error

@@ -44,7 +44,7 @@ def test_requests_sharing_a_long_system_prompt_land_on_one_replica(cluster):
 def test_distinct_prompts_spread_over_both_replicas(cluster):
     served_by = [chat(cluster, [{"role": "user", "content": f"Tell me fact number {i} about {topic}."}])
                  for i, topic in enumerate(["owls", "rivers", "copper", "tides", "maple trees", "comets"])]
-    # Idle replicas tie on load; the one that took fewer prefixes gets the next new one.
+    # Idle replicas tie on load; the one that waited longest takes the next new prefix.
     assert set(served_by) == set(cluster.replica_ids()), served_by
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,7 @@ from cortexstream.server.streaming import CancellingStreamingResponse, ndjson_li
 
 from .prefix import PIN_HEADER, RoutingHint, routing_hint
 from .relay import AsgiRelay, forwarded_scope
-from .router import DEFAULT_BUSY_IN_FLIGHT, PrefixAwareRouter
+from .router import DEFAULT_BUSY_IN_FLIGHT, STATS_TIME, PrefixAwareRouter
 
 log = logging.getLogger("ray.serve")
 
@@ -93,9 +94,18 @@ class RayServeOptions:
                              "(threads follow replica_cpus)")
 
     def server_config(self, threads: int) -> ServerConfig:
-        """The REST server's configuration for one replica running `threads` threads."""
-        return ServerConfig(model=self.model, embedding_model=self.embedding_model, api_key=self.api_key,
-                            engine=EngineOptions(**self.engine, threads=threads))
+        """The REST server's configuration for one replica running `threads` threads: what the
+        command line `cortexstream-server --model M --embedding-model E --threads T` gives."""
+        engine = EngineOptions(**self.engine, threads=threads)
+        try:
+            # The server on a model registry reads its models from the same command line.
+            from cortexstream.server.served import command_line_models
+        except ImportError:
+            # The server of one engine (before the registry): one model and its embedding model.
+            return ServerConfig(model=self.model, embedding_model=self.embedding_model, api_key=self.api_key,
+                                engine=engine)
+        return ServerConfig(models=command_line_models([self.model], self.embedding_model, engine),
+                            api_key=self.api_key, engine=engine)
 
 
 def _parse(name: str, annotation: str, value: Any) -> Any:
@@ -158,9 +168,9 @@ class EngineReplica:
         async for message in self._relay.stream(scope, body, replica_header):
             yield message
 
-    async def record_routing_stats(self) -> dict[str, int]:
-        """The engine's load for the router, read from the app's /metrics."""
-        return await engine_load(self._relay, self._options.api_key)
+    async def record_routing_stats(self) -> dict[str, float]:
+        """The engine's load for the router, read from the app's /metrics, and when."""
+        return {**await engine_load(self._relay, self._options.api_key), STATS_TIME: time.time()}
 
     async def check_health(self) -> None:
         status, body = await self._relay.call("GET", "/health")
@@ -233,7 +243,8 @@ def build_app(options: RayServeOptions) -> serve.Application:
     """The application: a gateway bound to engine replicas routed by prefix."""
     router = RequestRouterConfig(
         request_router_class=PrefixAwareRouter,
-        request_router_kwargs={"busy_in_flight": options.busy_in_flight},
+        request_router_kwargs={"busy_in_flight": options.busy_in_flight,
+                               "stats_max_age_s": 3 * options.routing_stats_period_s},
         request_routing_stats_period_s=options.routing_stats_period_s,
         request_routing_stats_timeout_s=max(5.0, options.routing_stats_period_s),
     )
