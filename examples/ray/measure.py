@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 import ray
 from ray import serve
 
@@ -58,9 +59,13 @@ def prefix_hit_rate(url: str) -> float:
     hits = prefilled = 0.0
     for replica in replica_ids():
         text = httpx.get(f"{url}/metrics", headers={PIN_HEADER: replica}, timeout=60).text
-        samples = dict(line.split(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
-        hits += float(samples.get("cortexstream_prefix_cache_hit_tokens_total", 0))
-        prefilled += float(samples.get("cortexstream_prefill_tokens_total", 0))
+        for family in text_string_to_metric_families(text):
+            # Summed over the labels (models), should the server label its samples.
+            total = sum(sample.value for sample in family.samples)
+            if family.name == "cortexstream_prefix_cache_hit_tokens":
+                hits += total
+            elif family.name == "cortexstream_prefill_tokens":
+                prefilled += total
     return hits / (hits + prefilled) if hits + prefilled else 0.0
 
 

@@ -58,15 +58,24 @@ class Cluster:
         return ray.get(self.replica_actor(replica_id).__ray_call__.remote(lambda _self: os.getpid()), timeout=30)
 
     def metrics(self, replica_id: str) -> dict[str, float]:
-        """The unlabelled samples of one replica's /metrics (pinned through the gateway)."""
+        """One replica's /metrics (pinned through the gateway) by sample name, summed over the
+        labels (models) when the server labels them; histogram buckets left out."""
         response = httpx.get(f"{self.url}/metrics", headers={**AUTH, PIN_HEADER: replica_id}, timeout=30)
         response.raise_for_status()
         assert response.headers[PIN_HEADER] == replica_id, "the pinned request reached another replica"
-        return {m[1]: float(m[2]) for m in re.finditer(r"^([a-z_]+) (\S+)$", response.text, re.M)}
+        return sum_samples(response.text)
 
     def running_replicas(self) -> int:
         status = serve.status().applications[APP_NAME].deployments[ENGINE_DEPLOYMENT]
         return status.replica_states.get("RUNNING", 0)
+
+
+def sum_samples(text: str) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for m in re.finditer(r"^([a-z_]+)(?:\{([^}]*)\})? (\S+)$", text, re.M):
+        if 'le="' not in (m[2] or ""):
+            totals[m[1]] = totals.get(m[1], 0.0) + float(m[3])
+    return totals
 
 
 def wait_until(condition, what: str, timeout_s: float = SETTLE_TIMEOUT_S, poll_s: float = 0.1):
