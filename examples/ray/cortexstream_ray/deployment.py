@@ -195,6 +195,11 @@ class Gateway:
         return await relay_response(request.url.path, messages)
 
 
+#: Response headers Serve's proxy sets itself: `x-request-id` is the request's id, which the proxy
+#: also put in the request's headers, so the app's copy would only repeat it.
+PROXY_HEADERS = frozenset({b"x-request-id"})
+
+
 def replica_lost(error: BaseException) -> ApiError:
     return ApiError(503, f"the engine replica serving this request failed: {type(error).__name__}",
                     code="replica_lost", retry_after=RETRY_AFTER_SECONDS)
@@ -214,7 +219,8 @@ async def relay_response(path: str, messages: DeploymentResponseGenerator) -> Re
         body = failure.ollama_body() if _is_ollama(path) else failure.openai_body()
         return JSONResponse(body, status_code=failure.status, headers={"Retry-After": str(failure.retry_after)})
     response = CancellingStreamingResponse(_bodies(path, start, messages), status_code=start["status"])
-    response.raw_headers = list(start.get("headers", []))
+    response.raw_headers = [(name, value) for name, value in start.get("headers", [])
+                            if name.lower() not in PROXY_HEADERS]
     return response
 
 
