@@ -1,6 +1,7 @@
 """A replica killed (SIGKILL to its process) during 16 concurrent streams loses only its own
 in-flight requests: they end with a clean error (the OpenAI client raises it), the streams on the
-survivor finish, the next 16 requests succeed, and Serve's replacement replica loads and serves."""
+survivor finish, a plain request the victim had not answered yet gets a 503 (`replica_lost`), the
+next 16 requests succeed, and Serve's replacement replica loads and serves."""
 
 from __future__ import annotations
 
@@ -35,6 +36,21 @@ class Outcome:
         self.ended = threading.Event()
 
 
+#: Plain (non-streaming) requests, OpenAI and Ollama, long enough to be running at the kill.
+PLAIN = {
+    "/v1/completions": {"model": MODEL, "prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": MAX_TOKENS, "temperature": 0},
+    "/api/generate": {"model": MODEL, "prompt": "7, 8, 9, 10, 11,", "raw": True, "stream": False,
+                      "options": {"temperature": 0, "num_predict": MAX_TOKENS}},
+}
+
+
+def plain_request(url: str, path: str, replica: str, answer: dict) -> None:
+    response = httpx.post(f"{url}{path}", headers={**AUTH, PIN_HEADER: replica}, json=PLAIN[path], timeout=120)
+    is_json = response.headers.get("content-type", "").startswith("application/json")
+    answer.update(status=response.status_code, body=response.json() if is_json else response.text,
+                  retry_after=response.headers.get("retry-after"))
+
+
 def stream_one(client: openai.OpenAI, index: int, outcome: Outcome) -> None:
     try:
         raw = client.completions.with_raw_response.create(
@@ -65,6 +81,15 @@ def test_a_killed_replica_loses_only_its_own_streams(cluster):
 
     victim = outcomes[0].replica
     victim_pid = cluster.replica_pid(victim)
+    # Two plain requests pinned to the victim, running in its engine: they have no answer yet.
+    submitted = "cortexstream_requests_submitted_total"
+    before = cluster.metrics(victim)[submitted]
+    plain = {path: {} for path in PLAIN}
+    plain_threads = [threading.Thread(target=plain_request, args=(cluster.url, path, victim, plain[path]), daemon=True)
+                     for path in PLAIN]
+    for thread in plain_threads:
+        thread.start()
+    wait_until(lambda: cluster.metrics(victim)[submitted] >= before + len(PLAIN), "the plain requests running")
     # Streams still running on the victim when it dies; the kill follows at once.
     lost = [o for o in outcomes if o.replica == victim and not o.ended.is_set()]
     os.kill(victim_pid, signal.SIGKILL)
@@ -81,6 +106,16 @@ def test_a_killed_replica_loses_only_its_own_streams(cluster):
     for outcome in survived:
         assert outcome.error is None, outcome.error
         assert outcome.finish_reason == "length"
+    # A request lost before its answer started is a 503 in its API's error shape.
+    for thread in plain_threads:
+        thread.join(SETTLE_TIMEOUT_S * 2)
+        assert not thread.is_alive(), "a plain request hung after the replica died"
+    openai_answer, ollama_answer = plain["/v1/completions"], plain["/api/generate"]
+    for answer in (openai_answer, ollama_answer):
+        assert answer["status"] == 503, answer
+        assert answer["retry_after"]
+    assert openai_answer["body"]["error"]["code"] == "replica_lost"
+    assert "replica" in ollama_answer["body"]["error"]
 
     # New requests go to the survivors (or the replacement) and succeed.
     def short_request(index: int) -> int:
