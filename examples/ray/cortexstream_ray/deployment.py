@@ -109,7 +109,8 @@ class RayServeOptions:
 
 
 def _parse(name: str, annotation: str, value: Any) -> Any:
-    """`serve run` passes strings: numbers, JSON objects and "none" are converted."""
+    """`serve run` passes strings: numbers, JSON objects and "none" (None) are converted, except
+    `embedding_model=none`, which is the server's own word for "no embedding model"."""
     if not isinstance(value, str):
         return value
     if value.lower() == "none" and "None" in annotation and name != "embedding_model":
