@@ -138,9 +138,10 @@ class PrefixAwareRouter(RequestRouter):
         return self._engine_stat(replica, "queue_depth") > 0 or self._in_flight(replica) >= self._busy_in_flight
 
     def _load_order(self, replica: RunningReplica) -> tuple:
-        """Least loaded first: engine queue, then requests in flight, then engine running
-        sequences, then the longest since it took a new prefix (spreads distinct prompts), then a
-        stable id."""
+        """Least loaded first: engine queue (a saturated engine), then requests in flight, then
+        the longest since it took a new prefix (spreads distinct prompts), then a stable id.
+        The engine's running sequences are not compared: a snapshot up to `stats_max_age_s` old
+        is too coarse to order idle replicas (it would send a burst of short requests to the one
+        that looked idle when it was taken); requests in flight count them live."""
         return (self._engine_stat(replica, "queue_depth"), self._in_flight(replica),
-                self._engine_stat(replica, "running"), self._last_new_prefix.get(replica.replica_id, 0),
-                replica.replica_id.unique_id)
+                self._last_new_prefix.get(replica.replica_id, 0), replica.replica_id.unique_id)
