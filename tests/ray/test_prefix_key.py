@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cortexstream_ray.deployment import RayServeOptions  # conftest puts examples/ray on the path
+from cortexstream_ray.deployment import RayServeOptions, scaling  # conftest puts examples/ray on the path
 from cortexstream_ray.prefix import BLOCK_CHARS, PIN_HEADER, prefix_key, routing_hint
 
 SYSTEM = "x" * (3 * BLOCK_CHARS)
@@ -59,3 +59,9 @@ def test_a_pinned_replica_is_read_from_the_header():
 def test_bad_options_name_the_field(args, field):
     with pytest.raises(ValueError, match=field):
         RayServeOptions.from_args(args)
+
+
+def test_autoscaling_targets_requests_in_flight_unless_the_count_is_fixed():
+    auto = scaling(RayServeOptions(min_replicas=1, max_replicas=4, target_ongoing_requests=8))["autoscaling_config"]
+    assert (auto.min_replicas, auto.max_replicas, auto.target_ongoing_requests) == (1, 4, 8)
+    assert scaling(RayServeOptions(num_replicas=3)) == {"num_replicas": 3}
