@@ -624,14 +624,16 @@ static void check_loaded_list_is_growable(const cs_registry *registry) {
           (unsigned long long)full.memory_bytes);
 
     /* An "older" caller whose struct ends after `is_embedding`: the rest keeps its bytes. */
+    const size_t older_size = offsetof(cs_loaded_model, is_embedding) + sizeof(bool);
     cs_loaded_model older;
     memset(&older, 0xAB, sizeof older);
-    older.struct_size = offsetof(cs_loaded_model, is_embedding) + sizeof older.is_embedding;
+    older.struct_size = older_size;
     CHECK_OK(cs_loaded_models_get(loaded, 0, &older));
+    CHECK(older.struct_size == older_size, "the caller's struct_size became %zu", older.struct_size);
     CHECK(older.name == full.name && older.is_embedding, "older struct did not get the fields it knows");
-    const unsigned char *tail = (const unsigned char *)&older + older.struct_size;
-    for (size_t i = 0; i < sizeof older - older.struct_size; i++)
-        CHECK(tail[i] == 0xAB, "byte %zu past the caller's struct_size was written", older.struct_size + i);
+    const unsigned char *tail = (const unsigned char *)&older + older_size;
+    for (size_t i = 0; i < sizeof older - older_size; i++)
+        CHECK(tail[i] == 0xAB, "byte %zu past the caller's struct_size was written", older_size + i);
 
     cs_loaded_model untouched = {.struct_size = sizeof untouched, .memory_bytes = 42};
     CHECK_FAILS(cs_loaded_models_get(loaded, len, &untouched), CS_INVALID_ARGUMENT, "index");
