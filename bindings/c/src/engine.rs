@@ -282,7 +282,9 @@ pub unsafe extern "C" fn cs_engine_embed(
         let engine = unsafe { engine_ref(engine)? };
         let dim = engine.engine.model_info().embedding.as_ref().map(|e| e.dim);
         // SAFETY: forwarded caller contract.
-        unsafe { embed_into(texts, texts_len, dim, |texts| engine.engine.embed(texts), out_vectors, out_vectors_len, out_dim) }
+        unsafe {
+            embed_into(texts, texts_len, dim, |texts| engine.engine.embed(texts), out_vectors, out_vectors_len, out_dim)
+        }
     })
 }
 

@@ -320,7 +320,15 @@ pub unsafe extern "C" fn cs_lease_embed(
         let model = lease.lease.model();
         // SAFETY: forwarded caller contract (documented above).
         unsafe {
-            embed_into(texts, texts_len, model.embedding_dim(), |texts| model.embed(texts), out_vectors, out_vectors_len, out_dim)
+            embed_into(
+                texts,
+                texts_len,
+                model.embedding_dim(),
+                |texts| model.embed(texts),
+                out_vectors,
+                out_vectors_len,
+                out_dim,
+            )
         }
     })
 }
