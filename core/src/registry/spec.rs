@@ -163,6 +163,15 @@ impl ServedModel {
         }
     }
 
+    /// Length of the vectors [`Self::embed`] returns, or `None` when it has no embedding model
+    /// (a generation engine loaded without one).
+    pub fn embedding_dim(&self) -> Option<usize> {
+        match self {
+            Self::Generation(engine) => engine.model_info().embedding.as_ref().map(|e| e.dim),
+            Self::Embedding(model) => Some(model.dim()),
+        }
+    }
+
     /// Memory the loaded model holds (see [`Engine::memory_bytes`]).
     pub fn memory_bytes(&self) -> u64 {
         match self {
