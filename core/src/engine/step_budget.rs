@@ -53,6 +53,12 @@ const REFRESH_DECODES_EVERY: u32 = 16;
 /// a long prompt arriving first makes no long step, big enough to measure the per-token cost.
 const INITIAL_PROMPT_TOKENS: usize = 64;
 
+/// The least prompt tokens of a step without decodes (when the ceiling allows). No stream
+/// waits on such a step, only arrivals, and a finer chunk makes the prefill itself slower:
+/// every step reads every weight for its few tokens (a 2048-token prompt alone on a busy
+/// machine at one thread took 105 s in 50 ms steps of a few tokens, 68 s in one chunk).
+const LONE_PROMPT_TOKENS: usize = 64;
+
 /// An exponentially weighted running mean, the newest sample weighing `weight`.
 fn smooth(estimate: Option<f64>, sample: f64, weight: f64) -> Option<f64> {
     Some(estimate.map_or(sample, |old| old + weight * (sample - old)))
@@ -171,8 +177,9 @@ impl StepBudget {
         let target_cost = target / self.slowdown.unwrap_or(1.0);
         let step_cost = target_cost.max(PROMPT_SHARE_FACTOR * decodes_cost);
         let affordable = (step_cost - decodes_cost) / per_token;
+        let floor = if decodes == 0 { LONE_PROMPT_TOKENS.min(ceiling) } else { 1 };
         // Saturating float-to-int conversion: an infinite or huge estimate is just the ceiling.
-        (affordable.floor() as usize).clamp(1, ceiling)
+        (affordable.floor() as usize).clamp(floor, ceiling)
     }
 
     /// Records that a step of `decodes` decodes and `prompt_tokens` prompt tokens took
@@ -382,6 +389,21 @@ mod tests {
         let settled = *grants.iter().rev().find(|&&g| g > 0).unwrap();
         assert!((53..=54).contains(&settled), "{grants:?}");
         assert!(1.5 * MACHINE.ms(8, settled) <= 60.0 + 1e-9);
+    }
+
+    #[test]
+    fn a_prompt_alone_is_never_chunked_finer_than_the_lone_floor() {
+        // 5 ms a prompt token: a 50 ms target alone would leave 10 tokens a step.
+        let slow = Machine { per_prompt_ms: 5.0, ..MACHINE };
+        let mut budget = StepBudget::adaptive(2048, Duration::from_millis(50));
+        let alone = grants_on_a_shared_machine(&mut budget, slow, 0, 20, |_| 1.0);
+        assert!(alone.iter().all(|&g| g == LONE_PROMPT_TOKENS), "{alone:?}");
+        // Beside decodes the target still governs (10 ms of decodes: 8 tokens, 7 after rounding).
+        decode_only(&mut budget, slow, 5, 5);
+        let beside = grants_on_a_shared_machine(&mut budget, slow, 5, 30, |_| 1.0);
+        let settled = *beside.iter().rev().find(|&&g| g > 0).unwrap();
+        assert!((7..=8).contains(&settled), "{beside:?}");
+        assert_eq!(StepBudget::adaptive(40, Duration::from_millis(50)).prompt_tokens(0), 40, "within the ceiling");
     }
 
     #[test]
