@@ -10,7 +10,7 @@ use crossbeam_channel::Receiver;
 
 use super::scheduler::{ScheduledChunk, Scheduler};
 use super::sequence::{panic_message, Delivery, FinalEvent, Sequence};
-use super::step_budget::StepBudget;
+use super::step_budget::{StepBudget, StepClock};
 use super::{Command, Shared};
 use crate::constraint::masks::{MaskWorker, StepStates};
 use crate::detokenize::Step;
@@ -129,7 +129,7 @@ impl StepLoop {
     }
 
     fn run_plan(&mut self, plan: &mut Vec<ScheduledChunk>) -> Result<()> {
-        let started = Instant::now();
+        let clock = StepClock::start();
         let report = self.scheduler.schedule_into(plan, &self.budget);
         let metrics = Arc::clone(&self.shared.metrics);
         add(&metrics.preemptions, report.preempted as u64);
@@ -203,7 +203,7 @@ impl StepLoop {
             self.finished = finished;
         }
         // The whole step, sampling and streaming included: what a running stream waits.
-        self.budget.observe(batch_tokens - prefill_tokens, prefill_tokens, started.elapsed());
+        self.budget.observe(batch_tokens - prefill_tokens, prefill_tokens, clock.elapsed());
         Ok(())
     }
 
