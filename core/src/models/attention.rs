@@ -396,6 +396,18 @@ impl Kernel {
     }
 }
 
+/// The attention kernel this CPU runs for head dimensions that are multiples of 8 (every
+/// supported model's), as [`crate::kernel_info`] reports it.
+pub(crate) fn kernel_name() -> &'static str {
+    match Kernel::best(64) {
+        Kernel::Portable => "portable",
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => "avx2",
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => "avx512",
+    }
+}
+
 /// `e^x` for `x <= 0` (the same polynomial as the vector code; -inf gives 0).
 fn exp_nonpositive(x: f32) -> f32 {
     crate::models::elementwise::exp_nonpositive(x)
