@@ -23,6 +23,7 @@ __all__ = [
     "Usage",
     "__version__",
     "dropped_log_records",
+    "kernel_info",
     "set_log_handler",
 ]
 

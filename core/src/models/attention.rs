@@ -531,7 +531,7 @@ fn attend_task(
         b.lane_sums.fill(0.0);
         b.max.fill(f32::NEG_INFINITY);
         let in_slice = |t: usize| overlap(positions(t), slice);
-        attend_tiles(kernel, g, task, view, qkv, b, slice, &in_slice);
+        attend_tiles(kernel, g, task, view, qkv, b, slice, in_slice);
         if task.slice.is_some() {
             continue;
         }
@@ -555,7 +555,7 @@ fn attend_tiles(
     qkv: &[f32],
     b: &mut TaskBuffers<'_>,
     slice: (usize, usize),
-    in_slice: &dyn Fn(usize) -> Option<(usize, usize)>,
+    in_slice: impl Fn(usize) -> Option<(usize, usize)>,
 ) {
     let (hd, group) = (g.head_dim, g.group());
     let (t0, t1) = task.tokens;
