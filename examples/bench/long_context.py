@@ -54,11 +54,11 @@ class LongWorkload:
     repeats: int
 
     @classmethod
-    def create(cls, model: str, threads: int, quick: bool) -> LongWorkload:
+    def create(cls, model: str, threads: int, quick: bool, repeats: int | None = None) -> LongWorkload:
         if quick:
-            return cls(model, threads, (16, 64), 4, 64, (4, 8), 4, 64, 1)
+            return cls(model, threads, (16, 64), 4, 64, (4, 8), 4, 64, repeats or 1)
         # 8000, not 8192: SmolLM2's context is 8192 positions and the decoded tokens must fit.
-        return cls(model, threads, (128, 2048, 8000), 32, 4096, (64, 128), 64, 256, 2)
+        return cls(model, threads, (128, 2048, 8000), 32, 4096, (64, 128), 64, 256, repeats or 2)
 
     @property
     def max_streams(self) -> int:

@@ -57,6 +57,11 @@ def parse_args() -> argparse.Namespace:
         default="standard",
         help="standard (default): the rows below; issue21: decode at positions 128/2k/8k, 4k prefill, 64 and 128 streams",
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        help="issue21 suite: runs per single-stream row (default 2; each 8k row prefills 8000 tokens first)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="compute threads of each side (default 2)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny token counts, 1 and 4 streams")
     parser.add_argument("--skip-peer", action="store_true", help="run only our side (ratios print as n/a)")
@@ -262,7 +267,7 @@ def write_report(path: Path, machine: dict[str, Any], workload: dict[str, Any], 
 
 def run_issue21(args: argparse.Namespace, model: Path) -> None:
     """Issue 21's rows (long_context.py), ours and the peer's, in one table of ratios."""
-    work = long_context.LongWorkload.create(str(model), args.threads, args.quick)
+    work = long_context.LongWorkload.create(str(model), args.threads, args.quick, args.repeats)
     cpu = cpu_description()
     settings = repack_settings(args.peer_repack, cpu["flags"])
     peer_steps = 1 + long_context.peer_step_count(work, settings)
