@@ -146,9 +146,17 @@ impl AttentionScratch {
         for (chunk_index, chunk) in chunks.iter().enumerate() {
             let n_tokens = chunk.tokens.len();
             let pos = chunk.start_pos;
-            let spread_this = spread && n_tokens == 1 && attention_split::slices(span.first(pos), pos + 1).nth(1).is_some();
+            let spread_this =
+                spread && n_tokens == 1 && attention_split::slices(span.first(pos), pos + 1).nth(1).is_some();
             for kv_head in 0..g.n_kv_heads {
-                let task = |tokens, buffer, slice| Task { chunk: chunk_index, chunk_first_row: first_row, kv_head, tokens, buffer, slice };
+                let task = |tokens, buffer, slice| Task {
+                    chunk: chunk_index,
+                    chunk_first_row: first_row,
+                    kv_head,
+                    tokens,
+                    buffer,
+                    slice,
+                };
                 if spread_this {
                     let first_task = self.tasks.len();
                     for slice in attention_split::slices(span.first(pos), pos + 1) {
@@ -491,7 +499,8 @@ fn attend_with(
         let (rows, hd) = (g.group(), g.head_dim);
         let floats = TaskBuffers::floats(rows, hd);
         // SAFETY: a merge's slice tasks belong to it alone, and the first pass has finished.
-        let partial = |task: usize| TaskBuffers::split(unsafe { buffers.range_mut(tasks[task].buffer, floats) }, rows, hd);
+        let partial =
+            |task: usize| TaskBuffers::split(unsafe { buffers.range_mut(tasks[task].buffer, floats) }, rows, hd);
         let mut merged = partial(merge.tasks.0);
         merged.fold_slice(0..rows, hd, true);
         for task in merge.tasks.0 + 1..merge.tasks.1 {
@@ -1303,7 +1312,8 @@ mod tests {
                                 let q_row = &qkv[row * g.qkv_row_len..][..g.qkv_row_len];
                                 let want = reference(&kv, &table, &g, head, q_row, span.first(pos)..pos + 1);
                                 let got = &out[row * g.q_dim() + head * g.head_dim..][..g.head_dim];
-                                let worst = got.iter().zip(&want).map(|(&a, &b)| (a as f64 - b).abs()).fold(0.0, f64::max);
+                                let worst =
+                                    got.iter().zip(&want).map(|(&a, &b)| (a as f64 - b).abs()).fold(0.0, f64::max);
                                 assert!(
                                     worst < 1e-4,
                                     "{kernel:?} spread {spread} {g:?} {span:?} x{magnitude} pos {pos} head {head}: off by {worst}"
@@ -1327,13 +1337,34 @@ mod tests {
             let (kv, table) = storage(n, &g, 16, 7 * n as u32);
             let last = n - 1;
             let alone = [(last, 1)];
-            let want = run_with(Kernel::Portable, false, &g, span, &kv, &table, &alone, &queries_for(&g, &alone, 21), &pools[0]);
-            let batches: [&[(usize, usize)]; 3] = [&alone, &[(0, 40), (last, 1), (SLICE, 1), (n - 18, 16)], &[(n - 17, 17)]];
+            let want = run_with(
+                Kernel::Portable,
+                false,
+                &g,
+                span,
+                &kv,
+                &table,
+                &alone,
+                &queries_for(&g, &alone, 21),
+                &pools[0],
+            );
+            let batches: [&[(usize, usize)]; 3] =
+                [&alone, &[(0, 40), (last, 1), (SLICE, 1), (n - 18, 16)], &[(n - 17, 17)]];
             for kernel in Kernel::available(g.head_dim) {
                 for spread in [false, true] {
                     for (threads, pool) in pools.iter().enumerate() {
                         for chunks in batches {
-                            let out = run_with(kernel, spread, &g, span, &kv, &table, chunks, &queries_for(&g, chunks, 21), pool);
+                            let out = run_with(
+                                kernel,
+                                spread,
+                                &g,
+                                span,
+                                &kv,
+                                &table,
+                                chunks,
+                                &queries_for(&g, chunks, 21),
+                                pool,
+                            );
                             let mut row = 0;
                             for &(start, len) in chunks {
                                 if (start..start + len).contains(&last) {
@@ -1361,7 +1392,13 @@ mod tests {
     fn a_lone_long_decode_is_spread_over_slices() {
         let g = geometry(64, 9, 3);
         let tokens = [0u32];
-        let chunk = |start_pos| SeqChunk { tokens: &tokens, start_pos, block_table: &[], sliding_block_table: &[], want_logits: true };
+        let chunk = |start_pos| SeqChunk {
+            tokens: &tokens,
+            start_pos,
+            block_table: &[],
+            sliding_block_table: &[],
+            want_logits: true,
+        };
         let mut scratch = AttentionScratch::default();
         let long = [chunk(2100)];
         let spread = attention_split::spread_slices(AttentionScratch::unsplit_tasks(&long, &g), 2);
