@@ -92,7 +92,9 @@ bench_smoke() {
         BENCH_ROWS=1,4 BENCH_SECONDS=0.2 cargo bench --quiet -p cortexstream --bench matmul &&
         # The side-by-side harness, our side only: building llama.cpp takes ~20 min on 2 cores,
         # so the full comparison is run by hand (examples/bench/README.md).
-        "$python" examples/bench/side_by_side.py --quick --skip-peer --json "$CARGO_TARGET_DIR/bench-smoke.json"
+        "$python" examples/bench/side_by_side.py --quick --skip-peer --json "$CARGO_TARGET_DIR/bench-smoke.json" &&
+        "$python" examples/bench/side_by_side.py --suite issue21 --quick --skip-peer \
+            --json "$CARGO_TARGET_DIR/bench-smoke-issue21.json"
 }
 
 step "python environment" setup_python

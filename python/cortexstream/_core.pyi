@@ -23,6 +23,7 @@ __all__ = [
     "Usage",
     "__version__",
     "dropped_log_records",
+    "kernel_info",
     "set_log_handler",
 ]
 
@@ -34,6 +35,11 @@ def set_log_handler(level: int, handler: Optional[Callable[[int, str, str, str],
 
 def dropped_log_records() -> int:
     """Records dropped because the handler fell a full queue behind."""
+
+def kernel_info() -> dict[str, Any]:
+    """The compute kernels the engine picks on this CPU: ``matmul`` (one row), ``matmul_batched``
+    (32 rows), ``matmul_batched_512`` (the 512-bit VNNI pair path), ``attention`` and
+    ``attention_slice`` (positions per slice of long-context decode attention)."""
 
 @final
 class Usage:

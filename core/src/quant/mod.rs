@@ -98,6 +98,16 @@ enum Storage {
     Quantized { format: QuantFormat, blocks: Vec<u8> },
 }
 
+/// The quantized matmul kernels this CPU runs: for one activation row (a lone decode), for a
+/// batch of 32 rows, and whether 32-row batches take the 512-bit paired-group path.
+pub(crate) fn kernel_names() -> (&'static str, &'static str, bool) {
+    #[cfg(target_arch = "x86_64")]
+    let wide = vnni512::is_available() && Kernel::best() == Kernel::Avx512Vnni && Kernel::for_rows(32) != Kernel::Amx;
+    #[cfg(not(target_arch = "x86_64"))]
+    let wide = false;
+    (Kernel::for_rows(1).name(), Kernel::for_rows(32).name(), wide)
+}
+
 /// Which implementation computes the dot products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kernel {
@@ -141,6 +151,21 @@ impl Kernel {
             }
         }
         Kernel::Scalar
+    }
+
+    /// The name [`crate::kernel_info`] reports.
+    fn name(self) -> &'static str {
+        match self {
+            Kernel::Scalar => "portable",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => "avx512_vnni",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::AvxVnni => "avx_vnni",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Amx => "amx",
+        }
     }
 
     /// The fastest kernel for a batch of `m` activation rows.
