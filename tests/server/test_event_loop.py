@@ -87,6 +87,9 @@ class LeasingState:
         self.ready, self.load_error, self.config = True, None, ServerConfig()
         self.engine = engine
 
+    def served(self, name, *, embedding):
+        return None
+
     @asynccontextmanager
     async def leased(self, name, *, embedding, keep_alive=None):
         yield HeldEngine(self.engine)

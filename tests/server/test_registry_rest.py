@@ -229,6 +229,17 @@ def test_keep_alive_0_unloads_after_the_request_and_bad_values_are_400(server, o
     assert response.status_code == 400 and "keep_alive" in response.json()["error"]
 
 
+def test_a_refused_request_loads_no_model(server, openai_client, ollama_client):
+    ollama_client.generate(model="short", keep_alive=0)
+    assert "short" not in loaded(server)
+    with pytest.raises(openai.BadRequestError) as refused:
+        openai_client.completions.create(model="short", prompt="Hi", n=1000)
+    assert refused.value.body["param"] == "n"
+    with pytest.raises(openai.BadRequestError):
+        openai_client.chat.completions.create(model="short", messages=[{"role": "user", "content": "hi"}], n=0)
+    assert "short" not in loaded(server)
+
+
 def test_a_stream_racing_an_unload_is_served_to_its_end(server, ollama_client):
     stream = ollama_client.generate(model="short", prompt="Tell me a long story about a dragon.", stream=True,
                                     options={**GREEDY, "num_predict": 48}, keep_alive="1h")
