@@ -79,6 +79,13 @@ pytest_suite() {
     return "$rc"
 }
 
+ray_serve_tests() {
+    # Ray is a dependency of the example and this suite only (examples/ray/requirements.txt),
+    # installed here rather than with the test requirements.
+    "$python" -m pip install --quiet --disable-pip-version-check -r examples/ray/requirements.txt &&
+        pytest_suite tests/ray
+}
+
 bench_smoke() {
     # Not a timed test: proves the benchmark harness runs. Numbers are printed, not asserted.
     BENCH_TOKENS=8 BENCH_CONCURRENCY=1,4 cargo bench --quiet -p cortexstream --bench decode &&
@@ -99,6 +106,7 @@ step "python stubs (stubtest)" env PYTHON="$python" tests/python/check_stubs.sh
 step "python module tests" pytest_suite tests/python
 step "REST server tests" pytest_suite tests/server
 step "REST server from the wheel: pip install cortexstream[server] in a fresh venv" tests/server/installed_package.sh
+step "REST server as Ray Serve replicas (installs ray[serve]; 2 replicas on a local Ray cluster)" ray_serve_tests
 if [ -x bindings/node/test.sh ]; then
     step "node addon tests" bindings/node/test.sh
     step "node package: npm pack, npm install <tarball> (prebuilt and built from source)" bindings/node/test_package.sh
