@@ -206,6 +206,15 @@ class ModelInfo:
         """Name of the embedding model, if one is loaded."""
     @property
     def embedding_dim(self) -> Optional[int]: ...
+    @property
+    def chat_template(self) -> Optional[str]:
+        """Source of the chat template in use (the configured one, else the model's); ``None``: none."""
+    @property
+    def parameter_count(self) -> int:
+        """Parameters: the elements of every tensor in the model file."""
+    @property
+    def quantization(self) -> Optional[str]:
+        """The file's quantization by llama.cpp's name (``"Q4_K_M"``), if the file says."""
 
 @final
 class Stream:
@@ -450,10 +459,17 @@ class Registry:
         """Loads ``name`` if needed and starts its keep-alive countdown."""
     def unload(self, name: str) -> bool:
         """Unloads ``name`` now (leased requests finish first); whether it was loaded."""
+    def unregister(self, name: str) -> bool:
+        """Forgets ``name``, unloading it (leased requests finish first); whether it was registered."""
     def loaded(self) -> List[LoadedModel]:
         """The loaded models, by name, after unloading the expired ones."""
+    def metrics(self) -> Dict[str, Dict[str, Any]]:
+        """``Engine.metrics()`` of every loaded generation model, by name; reading them neither
+        restarts a keep-alive nor counts as a use."""
     def close(self) -> None:
         """Unloads every model; later calls to :meth:`get` raise ``EngineClosedError``."""
+    def shutdown(self) -> None:
+        """:meth:`close`, then ends (as cancelled) the requests still running on its models."""
     def __enter__(self) -> Self: ...
     def __exit__(
         self,

@@ -109,9 +109,37 @@ impl Registry {
         py.detach(|| self.registry.unload(name)).map_err(|e| to_py_err(e.into()))
     }
 
+    /// Forgets `name` (unloading it; requests holding a lease finish first); whether it was
+    /// registered.
+    fn unregister(&self, py: Python<'_>, name: &str) -> bool {
+        py.detach(|| self.registry.unregister(name))
+    }
+
     /// The loaded models, by name, after unloading the expired ones.
     fn loaded(&self, py: Python<'_>) -> Vec<LoadedModel> {
         py.detach(|| self.registry.loaded()).into_iter().map(LoadedModel::from).collect()
+    }
+
+    /// `Engine.metrics()` of every loaded generation model, by name. Reading them neither
+    /// restarts a model's keep-alive nor counts as a use.
+    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let snapshots: Vec<_> = py.detach(|| {
+            let models = self.registry.loaded_models();
+            models.iter().filter_map(|(name, model)| Some((name.clone(), model.engine()?.metrics()))).collect()
+        });
+        let metrics = PyDict::new(py);
+        for (name, snapshot) in snapshots {
+            let snapshot =
+                pythonize::pythonize(py, &snapshot).map_err(|e| to_py_err(Error::Internal(format!("metrics: {e}"))))?;
+            metrics.set_item(name, snapshot)?;
+        }
+        Ok(metrics)
+    }
+
+    /// `close()`, then ends (as cancelled) the requests still running on any of its models,
+    /// leased ones included. Idempotent.
+    fn shutdown(&self, py: Python<'_>) {
+        py.detach(|| self.registry.shutdown());
     }
 
     /// Unloads every model; later `get`s raise `EngineClosedError`. Idempotent.
