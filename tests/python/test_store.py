@@ -310,9 +310,15 @@ def test_a_file_changed_after_add_is_refused_at_load(store: Path, tmp_path: Path
     local.write_bytes(TINY_DATA)
     models.add("mine", local)
     assert models.resolve("mine") == local
+    # Rewritten in place with other bytes of the same size: the modification time tells.
+    recorded = local.stat().st_mtime_ns
+    local.write_bytes(TINY_DATA[::-1])
+    os.utime(local, ns=(recorded + 10**9, recorded + 10**9))
+    with pytest.raises(models.ModelChangedError, match="changed since it was stored"):
+        models.resolve("mine")
     with open(local, "ab") as file:
         file.write(b"more")
-    with pytest.raises(models.ModelChangedError, match="changed since it was stored"):
+    with pytest.raises(models.ModelChangedError, match=f"size {len(TINY_DATA) + 4}, recorded {len(TINY_DATA)}"):
         models.resolve("mine")
     local.unlink()
     with pytest.raises(models.ModelChangedError, match="is missing"):
