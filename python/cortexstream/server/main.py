@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 
+import cortexstream
 import uvicorn
 
 from .app import create_app
 from .logs import setup_logging
 from .shutdown import DrainingServer
-from .state import NO_EMBEDDING_MODEL, EngineOptions, ServerConfig
+from .served import NO_EMBEDDING_MODEL, EngineOptions, command_line_models
+from .state import DEFAULT_KEEP_ALIVE, ServerConfig
 
 
 def _positive(text: str) -> int:
@@ -36,6 +39,34 @@ def _seconds(text: str) -> float:
     return value
 
 
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_BYTES = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def _bytes(text: str) -> int:
+    """`2GB`, `512MiB`, `1000000`: a size in bytes (decimal units as Ollama, binary with `i`)."""
+    match = _BYTES.match(text)
+    unit = match and _BYTE_UNITS.get(match[2].casefold())
+    if not match or unit is None:
+        raise argparse.ArgumentTypeError(f"expected a number of bytes, or one with a unit such as 2GB or 512MiB; "
+                                         f"got {text!r}")
+    value = int(float(match[1]) * unit)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 byte, got {text!r}")
+    return value
+
+
+def _keep_alive(text: str) -> float | str:
+    """Seconds as a number, else the duration text (the core parses it; checked at start)."""
+    try:
+        return float(text)
+    except ValueError:
+        if not text.strip():
+            raise argparse.ArgumentTypeError("expected seconds or a duration such as 5m") from None
+        return text
+
+
 def _template_file(path: str) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
@@ -47,11 +78,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="OpenAI- and Ollama-compatible REST server for cortexstream.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
-    parser.add_argument("--model", default="smollm2",
-                        help="model name in the cache, or a GGUF path (default: smollm2)")
-    parser.add_argument("--embedding-model", default=None,
+    parser.add_argument("--model", action="append", metavar="[NAME=]SOURCE",
+                        help="a generation model to serve: a name in the cache or a GGUF path, served under "
+                             "NAME (default: the cache name, or the file name without .gguf); repeat it to "
+                             "serve several. The first is loaded at start, the others on first use "
+                             "(default: smollm2)")
+    parser.add_argument("--embedding-model", default=None, metavar="[NAME=]SOURCE",
                         help="embedding model name or directory "
-                             f"(default: minilm if cached; '{NO_EMBEDDING_MODEL}' for none)")
+                             f"(default: minilm if cached; '{NO_EMBEDDING_MODEL}' for none); loaded on first use")
+    parser.add_argument("--keep-alive", type=_keep_alive, default=DEFAULT_KEEP_ALIVE,
+                        help="how long a model stays loaded after its last request, as Ollama: seconds or a "
+                             "duration such as 5m or 1h30m; 0 unloads it at once, a negative value never "
+                             f"(default: {DEFAULT_KEEP_ALIVE}); a request's keep_alive overrides it for its model")
+    parser.add_argument("--memory-budget", type=_bytes, metavar="BYTES",
+                        help="most memory the loaded models may hold (weights and KV caches), in bytes or "
+                             "with a unit (2GB, 512MiB); idle models unload, least recently used first, to "
+                             "make room for another (default: no budget)")
     parser.add_argument("--api-key", default=os.environ.get("CORTEXSTREAM_API_KEY"),
                         help="require `Authorization: Bearer KEY` (default: $CORTEXSTREAM_API_KEY, else no key)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -61,7 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-prompts", action="store_true",
                         help="include prompt text in the engine's `queued` log lines (default: prompts are "
                              "never logged)")
-    engine = parser.add_argument_group("engine sizes and limits (default: the engine's)")
+    engine = parser.add_argument_group("engine sizes and limits of every model (default: the engine's)")
     engine.add_argument("--max-running", type=_positive,
                         help="sequences decoded together (default 32); half of it is the most generations "
                              "(prompts x n) one request may ask for")
@@ -97,16 +139,33 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
                          log_prompts=args.log_prompts or None)
 
 
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """The configuration the command line describes; a bad `--model` or `--keep-alive` exits
+    with the argument named (as argparse does)."""
+    engine = engine_options(args)
+    try:
+        models = command_line_models(args.model, args.embedding_model, engine)
+        check_keep_alive(args.keep_alive)
+    except (ValueError, cortexstream.InvalidRequestError) as error:
+        raise SystemExit(f"cortexstream-server: error: {error}") from None
+    return ServerConfig(models=models, api_key=args.api_key or None, engine=engine,
+                        memory_budget_bytes=args.memory_budget, keep_alive=args.keep_alive)
+
+
+def check_keep_alive(keep_alive: float | str) -> None:
+    """Raises the core's error (naming `keep_alive`) for a value it cannot read."""
+    cortexstream.Registry(keep_alive=keep_alive).close()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging(args.log_format, args.log_level)
-    config = ServerConfig(model=args.model, embedding_model=args.embedding_model, api_key=args.api_key or None,
-                          engine=engine_options(args))
+    config = server_config(args)
     app = create_app(config)
     # uvicorn's lines go through our handler (log_config=None); the access line is ours.
-    server_config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                                   log_config=None, access_log=False)
-    DrainingServer(server_config, app, drain_seconds=args.shutdown_timeout).run()
+    listening = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                               log_config=None, access_log=False)
+    DrainingServer(listening, app, drain_seconds=args.shutdown_timeout).run()
 
 
 if __name__ == "__main__":
