@@ -103,6 +103,20 @@ def test_copy_serves_the_copy_and_delete_unserves_it(client, server, store: Path
     assert again.value.status_code == 404 and "not in the store" in again.value.error
 
 
+def test_a_request_running_on_a_deleted_model_finishes(client, server, store: Path) -> None:
+    assert client.copy("smollm2", "busy").status == "success"
+    stream = client.generate(model="busy", prompt="1, 2, 3, 4, 5,", stream=True,
+                             options={"num_predict": 200, "temperature": 0})
+    first = next(stream)
+    assert not first.done
+    assert client.delete("busy").status == "success"
+    assert "busy:latest" not in tag_names(server) and "busy" not in stored_names(store)
+    rest = list(stream)
+    assert len(rest) > 1, "the generation went on after the delete"
+    assert rest[-1].done and rest[-1].done_reason in ("stop", "length")
+    assert rest[-1].eval_count > 1
+
+
 def test_copy_refuses_a_taken_name_and_an_unknown_source(server) -> None:
     taken = httpx.post(f"{server.url}/api/copy", headers=AUTH, json={"source": "smollm2", "destination": "smollm2:latest"})
     assert taken.status_code == 409 and "already exists" in taken.json()["error"]
