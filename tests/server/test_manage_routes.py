@@ -117,9 +117,12 @@ def test_a_request_running_on_a_deleted_model_finishes(client, server, store: Pa
     assert rest[-1].eval_count > 1
 
 
-def test_copy_refuses_a_taken_name_and_an_unknown_source(server) -> None:
+def test_copy_refuses_a_taken_name_and_an_unknown_source(server, store: Path) -> None:
     taken = httpx.post(f"{server.url}/api/copy", headers=AUTH, json={"source": "smollm2", "destination": "smollm2:latest"})
-    assert taken.status_code == 409 and "already exists" in taken.json()["error"]
+    assert taken.status_code == 409 and "already" in taken.json()["error"]
+    served = httpx.post(f"{server.url}/api/copy", headers=AUTH, json={"source": "smollm2", "destination": "chat"})
+    assert served.status_code == 409 and "'chat' is already served" in served.json()["error"]
+    assert "chat" not in stored_names(store)
     unknown = httpx.post(f"{server.url}/api/copy", headers=AUTH, json={"source": "nosuch", "destination": "x"})
     assert unknown.status_code == 404 and "'nosuch' is not in the store" in unknown.json()["error"]
 

@@ -172,6 +172,10 @@ async def delete(body: DeleteRequest, state: ReadyState):
 async def copy(body: CopyRequest, state: ReadyState):
     source = _store_name(body.source, "source")
     destination = _store_name(body.destination, "destination")
+    if destination in state.model_names():
+        # Served from elsewhere (the command line, a config file): a copy would hide behind it.
+        raise ApiError(409, f"a model named {destination!r} is already served", param="destination",
+                       code="model_exists")
     try:
         entry = await asyncio.to_thread(models.copy, source, destination)
     except models.NoSuchModelError as error:
