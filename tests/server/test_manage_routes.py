@@ -71,6 +71,7 @@ def test_pull_streams_ollamas_progress_and_the_model_serves_at_once(client, serv
     statuses = [s.status for s in steps]
     assert statuses[0] == "pulling manifest"
     assert statuses[-3:] == ["verifying sha256 digest", "writing manifest", "success"]
+    assert statuses.count("success") == 1, "said once, by the server, when the model is servable"
     layer = [s for s in steps if s.status == f"pulling {models.MINILM.digest[7:19]}"]
     assert layer and all(s.digest == models.MINILM.digest for s in layer)
     assert layer[-1].completed == layer[-1].total > 0

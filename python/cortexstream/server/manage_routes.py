@@ -69,6 +69,8 @@ def _store_error(error: Exception, field: str = "model") -> ApiError:
     return ApiError(500, str(error) or type(error).__name__, code="store_error")
 
 
+SUCCESS = "success"
+
 # A pull of a name waits for a running pull of the same name (then finds it present) instead of
 # downloading it twice into the same folder.
 _pull_locks: dict[str, asyncio.Lock] = {}
@@ -120,13 +122,16 @@ async def _pull_in_background(state: ServerState, name: str) -> AsyncIterator[mo
     queue: asyncio.Queue[models.PullProgress | Exception | None] = asyncio.Queue()
 
     def report(step: models.PullProgress) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, step)
+        # "success" is the server's to say, once the model is also servable.
+        if step.status != SUCCESS:
+            loop.call_soon_threadsafe(queue.put_nowait, step)
 
     async def run() -> None:
         try:
             async with _pull_locks.setdefault(name, asyncio.Lock()):
                 [entry] = await asyncio.to_thread(models.pull, name, progress=report)
                 _serve(state, entry)
+            queue.put_nowait(models.PullProgress(SUCCESS))
         except Exception as error:  # noqa: BLE001 - handed to the client
             queue.put_nowait(error)
         finally:
