@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from . import ollama_routes, openai_routes
+from . import manage_routes, ollama_routes, openai_routes
 from .auth import ApiKeys
 from .bodies import JsonBodies
 from .errors import RETRY_AFTER_SECONDS, install_error_handlers
@@ -41,6 +41,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.add_middleware(RequestLogging)
     app.include_router(openai_routes.router)
     app.include_router(ollama_routes.router)
+    app.include_router(manage_routes.router)
 
     @app.get("/health")
     async def health(request: Request):

@@ -221,7 +221,8 @@ def _details(model: ServedModel) -> dict:
 
 
 def _listing(model: ServedModel) -> dict:
-    name = model.id + OLLAMA_DEFAULT_TAG
+    # A store name may carry its own tag (`chat:v1`); the others get Ollama's default one.
+    name = model.id if ":" in model.id else model.id + OLLAMA_DEFAULT_TAG
     return {"name": name, "model": name, "size": model.size_bytes, "details": _details(model)}
 
 
