@@ -35,6 +35,16 @@ def set_log_handler(level: int, handler: Optional[Callable[[int, str, str, str],
 def dropped_log_records() -> int:
     """Records dropped because the handler fell a full queue behind."""
 
+def option_names() -> List[str]:
+    """Every option name a request takes (the keys of :class:`Sampling`)."""
+
+def check_options(options: Dict[str, Any]) -> None:
+    """Checks request options ahead of any request and model (names, types, ranges; token ids
+    are checked at submit); raises ``InvalidRequestError`` naming the field."""
+
+def check_keep_alive(value: Union[float, str]) -> None:
+    """Checks a ``keep_alive`` value as :class:`Registry` reads it; raises ``InvalidRequestError``."""
+
 @final
 class Usage:
     """Token counts of one request."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import uvicorn
@@ -12,7 +13,12 @@ import uvicorn
 from .app import create_app
 from .logs import setup_logging
 from .shutdown import DrainingServer
+from .config_file import ConfigError, FileConfig, load_config
+from .settings import Settings, effective, explicit_flags, render
 from .state import NO_EMBEDDING_MODEL, EngineOptions, ServerConfig
+
+#: The generation model served when neither the command line nor a config file names one.
+DEFAULT_MODEL = "smollm2"
 
 
 def _positive(text: str) -> int:
@@ -43,11 +49,12 @@ def _template_file(path: str) -> str:
         raise argparse.ArgumentTypeError(f"cannot read the chat template file {path!r}: {error}") from None
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="OpenAI- and Ollama-compatible REST server for cortexstream.")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cortexstream-server",
+                                     description="OpenAI- and Ollama-compatible REST server for cortexstream.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
-    parser.add_argument("--model", default="smollm2",
+    parser.add_argument("--model", default=None,
                         help="model name in the cache, or a GGUF path (default: smollm2)")
     parser.add_argument("--embedding-model", default=None,
                         help="embedding model name or directory "
@@ -85,7 +92,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="on SIGTERM/SIGINT, seconds running requests may take to finish before the "
                              "engine closes and ends them (OpenAI: finish_reason 'length' with "
                              "cortexstream_finish_reason 'cancelled') (default: 10)")
-    return parser.parse_args(argv)
+    add_config_arguments(parser)
+    return parser
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    config = parser.add_argument_group("config file (docs/config.md)")
+    config.add_argument("--config", metavar="FILE",
+                        help="TOML file of server, logging, engine, models and API key settings (with per-key "
+                             "rate limits); a flag given here wins over the file")
+    config.add_argument("--print-config", action="store_true",
+                        help="print the effective configuration (file, then flags) as TOML, API keys masked, "
+                             "and exit")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def engine_options(args: argparse.Namespace) -> EngineOptions:
@@ -98,15 +120,58 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    setup_logging(args.log_format, args.log_level)
-    config = ServerConfig(model=args.model, embedding_model=args.embedding_model, api_key=args.api_key or None,
-                          engine=engine_options(args))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = effective_settings(parser, args, argv)
+        if args.print_config:
+            sys.stdout.write(render(settings))
+            return
+        config = server_config(settings, args)
+    except ConfigError as error:
+        # A mistake in the file is the operator's to fix: the message, no traceback (exit 2, as
+        # argparse does for a bad flag).
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    setup_logging(settings.logging["format"], settings.logging["level"])
     app = create_app(config)
+    server = settings.server
     # uvicorn's lines go through our handler (log_config=None); the access line is ours.
-    server_config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                                   log_config=None, access_log=False)
-    DrainingServer(server_config, app, drain_seconds=args.shutdown_timeout).run()
+    server_config_ = uvicorn.Config(app, host=server["host"], port=server["port"],
+                                    log_level=settings.logging["level"], log_config=None, access_log=False)
+    DrainingServer(server_config_, app, drain_seconds=server["shutdown_timeout"]).run()
+
+
+def effective_settings(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                       argv: list[str] | None) -> Settings:
+    """The config file (if any) with the flags given on the command line over it."""
+    file = load_config(args.config) if args.config else FileConfig()
+    return effective(file, args, explicit_flags(parser, argv))
+
+
+def server_config(settings: Settings, args: argparse.Namespace) -> ServerConfig:
+    """What the app serves: one generation model and at most one embedding model, from the
+    command line or the file's [[models]]."""
+    file_generation = [m for m in settings.models if not m.embedding]
+    file_embedding = [m for m in settings.models if m.embedding]
+    if len(file_generation) > 1 or len(file_embedding) > 1:
+        raise ConfigError(settings.source, None, "models", "this server serves one generation model and at most "
+                                                         "one embedding model")
+    for model in settings.models:
+        if model.defaults:
+            raise ConfigError(settings.source, None, f"models.{model.name}.defaults", "not supported yet")
+    generation = file_generation[0] if file_generation and args.model is None else None
+    if file_embedding and args.embedding_model is None:
+        embedding_model = file_embedding[0].model
+    elif settings.models and args.embedding_model is None:
+        embedding_model = NO_EMBEDDING_MODEL  # the file lists what is served
+    else:
+        embedding_model = args.embedding_model
+    engine = settings.model_engine(generation) if generation else {**settings.engine}
+    chat_template = args.chat_template or (generation.chat_template if generation else None)
+    options = EngineOptions(**engine, chat_template=chat_template,
+                            log_prompts=settings.logging["log_prompts"] or None)
+    return ServerConfig(model=generation.model if generation else (args.model or DEFAULT_MODEL),
+                        embedding_model=embedding_model, api_keys=settings.api_keys, engine=options)
 
 
 if __name__ == "__main__":

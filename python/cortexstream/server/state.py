@@ -10,6 +10,7 @@ import cortexstream
 from fastapi import Depends, Request
 
 from .catalog import ModelCatalog
+from .config_file import ApiKey
 from .errors import RETRY_AFTER_SECONDS, ApiError
 
 log = logging.getLogger("cortexstream.server")
@@ -49,7 +50,16 @@ class ServerConfig:
     model: str = "smollm2"
     embedding_model: str | None = None
     api_key: str | None = None
+    """One key without limits (`--api-key`, `$CORTEXSTREAM_API_KEY`)."""
+    api_keys: tuple[ApiKey, ...] = ()
+    """Keys with their own rate limits (`[[api_keys]]` of the config file)."""
     engine: EngineOptions = EngineOptions()
+
+    @property
+    def all_api_keys(self) -> tuple[ApiKey, ...]:
+        """Every key a client may send: the limited ones, then the unlimited `api_key`."""
+        unlimited = (ApiKey(name="api-key", secret=self.api_key),) if self.api_key else ()
+        return (*self.api_keys, *unlimited)
 
     @property
     def max_running(self) -> int:
