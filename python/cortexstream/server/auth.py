@@ -60,12 +60,13 @@ class ApiKeys:
         await self._serve_limited(limiter, scope, receive, send)
 
     async def _serve_limited(self, limiter: KeyLimiter, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serves an admitted request: its response carries the key's `x-ratelimit-*` headers,
-        and its tokens are counted once it is done (also when it failed or was cut short)."""
+        """Serves an admitted request: its response carries the key's `x-ratelimit-*` headers
+        as its admission left them (concurrent requests each see their own count), and its
+        tokens are counted once it is done (also when it failed or was cut short)."""
+        headers = [(name.encode(), value.encode()) for name, value in limiter.headers()]
 
         async def send_with_limits(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [(name.encode(), value.encode()) for name, value in limiter.headers()]
                 message = {**message, "headers": [*message.get("headers", []), *headers]}
             await send(message)
 

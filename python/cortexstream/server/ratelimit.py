@@ -36,6 +36,10 @@ Clock = Callable[[], float]
 
 SECONDS_PER_MINUTE = 60.0
 
+#: Float error a refill split into many small steps may leave (a bucket at 0.9999999999999999
+#: after refilling to 1): treated as nothing.
+_ROUNDING = 1e-9
+
 
 class TokenBucket:
     """`per_minute` units, refilled continuously at `per_minute / 60` a second; the level may go
@@ -53,13 +57,14 @@ class TokenBucket:
 
     def seconds_until(self, amount: float) -> float:
         """How long until the bucket holds `amount` (0 if it does now)."""
-        return max(0.0, (amount - self.level) * SECONDS_PER_MINUTE / self.limit)
+        missing = amount - self.level
+        return missing * SECONDS_PER_MINUTE / self.limit if missing > _ROUNDING else 0.0
 
     def seconds_until_full(self) -> float:
         return self.seconds_until(self.limit)
 
     def remaining(self) -> int:
-        return max(0, math.floor(self.level))
+        return max(0, math.floor(self.level + _ROUNDING))
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,7 @@ class KeyLimiter:
     def refusal_error(self, refusal: Refusal) -> ApiError:
         """The 429 for `refusal`: `Retry-After` in whole seconds, rounded up (a client retrying
         then is admitted), and at least 1."""
-        retry_after = max(1, math.ceil(refusal.retry_after_s))
+        retry_after = max(1, math.ceil(refusal.retry_after_s - _ROUNDING))
         bucket = self.requests if refusal.kind == "requests" else self.tokens
         assert bucket is not None
         message = (f"Rate limit reached for API key '{self.key.name}' on {refusal.kind} per minute: "
