@@ -22,7 +22,10 @@ __all__ = [
     "ToolCall",
     "Usage",
     "__version__",
+    "check_keep_alive",
+    "check_options",
     "dropped_log_records",
+    "option_names",
     "set_log_handler",
 ]
 
