@@ -444,6 +444,7 @@ class Registry:
         max_queue: Optional[int] = None,
         chat_template: Optional[str] = None,
         target_step_ms: Optional[float] = None,
+        log_prompts: bool = False,
     ) -> None:
         """Registers a GGUF generation model, or with ``embedding=True`` a sentence-transformers
         folder, under ``name``; loads nothing yet."""
@@ -455,10 +456,17 @@ class Registry:
         """Loads ``name`` if needed and starts its keep-alive countdown."""
     def unload(self, name: str) -> bool:
         """Unloads ``name`` now (leased requests finish first); whether it was loaded."""
+    def unregister(self, name: str) -> bool:
+        """Forgets ``name``, unloading it (leased requests finish first); whether it was registered."""
     def loaded(self) -> List[LoadedModel]:
         """The loaded models, by name, after unloading the expired ones."""
+    def metrics(self) -> Dict[str, Dict[str, Any]]:
+        """``Engine.metrics()`` of every loaded generation model, by name; reading them neither
+        restarts a keep-alive nor counts as a use."""
     def close(self) -> None:
         """Unloads every model; later calls to :meth:`get` raise ``EngineClosedError``."""
+    def shutdown(self) -> None:
+        """:meth:`close`, then ends (as cancelled) the requests still running on its models."""
     def __enter__(self) -> Self: ...
     def __exit__(
         self,

@@ -264,8 +264,10 @@ INVALID = [
     ("max_tokens = 32", "max_tokens = 0", "models[0].defaults.max_tokens", "at least 1"),
     ('stop = ["\\n"]', 'stop = [""]', "models[0].defaults.stop", "must not be empty"),
     ("seed = 7", "seed = -7", "models[0].defaults.seed", "integer `-7`, expected u64"),
-    ("seed = 7", "temprature = 0.5", "models[0].defaults.temprature", "unknown request option; the options are"),
+    ("seed = 7", "temprature = 0.5", "models[0].defaults.temprature", "unknown request option; a default may set temperature, top_k"),
     ("seed = 7", 'tag = "x"', "models[0].defaults.tag", "the server sets it"),
+    ("seed = 7", "priority = 3", "models[0].defaults.priority", "cannot be a default"),
+    ("seed = 7", 'regex = "a+"', "models[0].defaults.regex", "cannot be a default"),
     ('key = "sk-alice-0123456789abcdef"', "key = 12345", "api_keys[0].key", "expected a string"),
     ('key = "sk-alice-0123456789abcdef"', 'key = ""', "api_keys[0].key", "must not be empty"),
     ("requests_per_minute = 60", "requests_per_minute = 0", "api_keys[0].requests_per_minute", "at least 1"),
@@ -395,8 +397,36 @@ def test_print_config_shows_the_file_with_flags_over_it_and_masks_keys(tmp_path:
     assert "sk-alice" not in shown and "env-secret-value" not in shown
 
 
+def test_model_flags_replace_the_file_models_of_their_kind(tmp_path: Path):
+    config = tmp_path / "server.toml"
+    config.write_text('[server]\nkeep_alive = "1h"\n[[models]]\nname = "chat"\nmodel = "smollm2"\n'
+                      '[models.defaults]\ntemperature = 0.1\n[[models]]\nname = "embed"\nmodel = "minilm"\n'
+                      'embedding = true\n')
+    file_only = print_config("--config", str(config))
+    assert [(m["name"], m["embedding"]) for m in file_only["models"]] == [("chat", False), ("embed", True)]
+    assert file_only["server"]["keep_alive"] == "1h"
+    replaced = print_config("--config", str(config), "--model", "other=smollm2", "--embedding-model", "none",
+                            "--keep-alive", "30")
+    assert [(m["name"], m["embedding"]) for m in replaced["models"]] == [("other", False)]
+    assert "defaults" not in replaced["models"][0], "the file's defaults belong to the file's model"
+    assert replaced["server"]["keep_alive"] == 30.0
+
+
+def test_a_bad_flag_value_is_refused_like_a_bad_file_value(tmp_path: Path):
+    config = tmp_path / "server.toml"
+    config.write_text('[[models]]\nname = "chat"\nmodel = "smollm2"\n')
+    result = run_server("--config", str(config), "--keep-alive", "soon", "--print-config")
+    assert result.returncode == 2 and "--keep-alive: " in result.stderr and "Traceback" not in result.stderr
+    result = run_server("--config", str(config), "--model", "Chat=smollm2", "--print-config")
+    assert result.returncode == 0, "a --model replaces the file's generation models, so no clash"
+    config.write_text('[[models]]\nname = "chat"\nmodel = "minilm"\nembedding = true\n')
+    result = run_server("--config", str(config), "--model", "Chat=smollm2", "--print-config")
+    assert result.returncode == 2 and "two models are named 'chat'" in result.stderr, result.stderr
+
+
 def test_print_config_without_a_file_shows_the_defaults_and_the_cli_key():
-    printed = print_config("--api-key", "cli-secret-key-123456", "--log-level", "debug")
-    assert printed["server"] == {"host": "127.0.0.1", "port": 8000, "shutdown_timeout": 10.0}
+    printed = print_config("--api-key", "cli-secret-key-123456", "--log-level", "debug", "--embedding-model", "none")
+    assert printed["server"] == {"host": "127.0.0.1", "port": 8000, "shutdown_timeout": 10.0, "keep_alive": "5m"}
+    assert [(m["name"], m["model"]) for m in printed["models"]] == [("smollm2", "smollm2")]
     assert printed["logging"]["level"] == "debug"
     assert printed["api_keys"] == [{"name": "api-key", "key": "****3456"}]

@@ -17,7 +17,8 @@ import pytest
 from cortexstream.server.app import create_app
 from cortexstream.server.config_file import ApiKey
 from cortexstream.server.ratelimit import KeyLimiter, TokenBucket, duration_text
-from cortexstream.server.state import EngineOptions, ServerConfig, ServerState
+from cortexstream.server.served import EngineOptions, ModelEntry
+from cortexstream.server.state import ServerConfig, ServerState
 
 COMPLETION = {"model": "smollm2", "prompt": "The capital of France is", "max_tokens": 2, "temperature": 0}
 OLLAMA_GENERATE = {"model": "smollm2", "prompt": "Hi", "stream": False, "options": {"num_predict": 2}}
@@ -38,8 +39,8 @@ class FakeClock:
 
 @pytest.fixture(scope="module")
 def loaded_state():
-    config = ServerConfig(model="smollm2", embedding_model="none",
-                          engine=EngineOptions(max_running=8, kv_cache_tokens=2048, context_length=512))
+    engine = EngineOptions(max_running=8, kv_cache_tokens=2048, context_length=512)
+    config = ServerConfig(models=(ModelEntry("smollm2", "smollm2", engine=engine),), engine=engine)
     state = ServerState(config)
     state.load()
     assert state.ready, state.load_error

@@ -79,7 +79,7 @@ impl Registry {
     #[pyo3(signature = (
         name, model, *, embedding=false, keep_alive=None, tokenizer=None, embedding_model=None, max_running=None,
         max_batch_tokens=None, kv_cache_tokens=None, context_length=None, threads=None, max_queue=None,
-        chat_template=None, target_step_ms=None,
+        chat_template=None, target_step_ms=None, log_prompts=false,
     ))]
     #[allow(clippy::too_many_arguments)] // mirrors the Python keyword arguments one to one
     fn register(
@@ -98,20 +98,16 @@ impl Registry {
         max_queue: Option<&Bound<'_, PyAny>>,
         chat_template: Option<String>,
         target_step_ms: Option<&Bound<'_, PyAny>>,
+        log_prompts: bool,
     ) -> PyResult<()> {
         let source = if embedding {
             let threads = threads.filter(|v| !v.is_none()).map(|t| number(t, "threads")).transpose()?;
             ModelSource::Embedding { dir: model, threads }
         } else {
             let sizes = [max_running, max_batch_tokens, kv_cache_tokens, context_length, threads, max_queue];
-            ModelSource::Generation(engine_config(
-                model,
-                tokenizer,
-                embedding_model,
-                sizes,
-                chat_template,
-                target_step_ms,
-            )?)
+            let mut config = engine_config(model, tokenizer, embedding_model, sizes, chat_template, target_step_ms)?;
+            config.log_prompts = log_prompts;
+            ModelSource::Generation(config)
         };
         let spec = ModelSpec { name, source, keep_alive: self::keep_alive(keep_alive)? };
         self.registry.register(spec).map_err(|e| to_py_err(e.into()))
@@ -143,9 +139,37 @@ impl Registry {
         py.detach(|| self.registry.unload(name)).map_err(|e| to_py_err(e.into()))
     }
 
+    /// Forgets `name` (unloading it; requests holding a lease finish first); whether it was
+    /// registered.
+    fn unregister(&self, py: Python<'_>, name: &str) -> bool {
+        py.detach(|| self.registry.unregister(name))
+    }
+
     /// The loaded models, by name, after unloading the expired ones.
     fn loaded(&self, py: Python<'_>) -> Vec<LoadedModel> {
         py.detach(|| self.registry.loaded()).into_iter().map(LoadedModel::from).collect()
+    }
+
+    /// `Engine.metrics()` of every loaded generation model, by name. Reading them neither
+    /// restarts a model's keep-alive nor counts as a use.
+    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let snapshots: Vec<_> = py.detach(|| {
+            let models = self.registry.loaded_models();
+            models.iter().filter_map(|(name, model)| Some((name.clone(), model.engine()?.metrics()))).collect()
+        });
+        let metrics = PyDict::new(py);
+        for (name, snapshot) in snapshots {
+            let snapshot = pythonize::pythonize(py, &snapshot)
+                .map_err(|e| to_py_err(Error::Internal(format!("metrics: {e}"))))?;
+            metrics.set_item(name, snapshot)?;
+        }
+        Ok(metrics)
+    }
+
+    /// `close()`, then ends (as cancelled) the requests still running on any of its models,
+    /// leased ones included. Idempotent.
+    fn shutdown(&self, py: Python<'_>) {
+        py.detach(|| self.registry.shutdown());
     }
 
     /// Unloads every model; later `get`s raise `EngineClosedError`. Idempotent.

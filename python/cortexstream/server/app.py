@@ -20,8 +20,8 @@ from .state import ServerConfig, ServerState, server_state
 
 
 def create_app(config: ServerConfig, *, clock: Clock = time.monotonic) -> FastAPI:
-    """An app serving `config.model`; /health answers 503 until the model has loaded. `clock`
-    times the API keys' rate limits (tests move it instead of sleeping)."""
+    """An app serving `config.models`; /health answers 503 until the first one has loaded.
+    `clock` times the API keys' rate limits (tests move it instead of sleeping)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -47,6 +47,9 @@ def create_app(config: ServerConfig, *, clock: Clock = time.monotonic) -> FastAP
 
     @app.get("/health")
     async def health(request: Request):
+        """200 `ok` once every model is registered and the first one has loaded (the others
+        load on first use, so a request for one of them may still wait for its load); 503
+        `loading` until then; 503 `error` if the first model could not be loaded."""
         state = server_state(request)
         if state.ready:
             return {"status": "ok"}
@@ -58,7 +61,7 @@ def create_app(config: ServerConfig, *, clock: Clock = time.monotonic) -> FastAP
     @app.get("/metrics")
     async def metrics(request: Request):
         state = server_state(request)
-        snapshot = state.engine.metrics() if state.ready else {}
-        return PlainTextResponse(render_prometheus(snapshot, ready=state.ready), media_type=CONTENT_TYPE)
+        snapshots = await asyncio.to_thread(state.registry.metrics) if state.ready else {}
+        return PlainTextResponse(render_prometheus(snapshots, ready=state.ready), media_type=CONTENT_TYPE)
 
     return app

@@ -35,7 +35,7 @@ class ConfigError(Exception):
         super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
 
 
-class _Invalid(Exception):
+class _Invalid(ValueError):
     """A value's problem, before the caller knows where the value is."""
 
     def __init__(self, message: str, at: KeyPath = ()) -> None:
@@ -199,8 +199,15 @@ API_KEY: dict[str, Check] = {
 
 SECTIONS = ("server", "logging", "engine", "models", "api_keys")
 
-#: Request options a model's defaults may not set: the server sets them on every request.
-SERVER_OWNED_OPTIONS = {"tag": "the server sets it to the request id"}
+_PER_REQUEST = "a request's own choice (one default would clash with a request's other choice)"
+#: Request options a model's defaults may not set, and why.
+NOT_DEFAULTS = {
+    "tag": "the server sets it to the request id",
+    "priority": "every request sets it (its `priority` field, default 0)",
+    "logprobs": "whether an answer shows log-probabilities is the request's choice",
+    **{name: _PER_REQUEST for name in ("json_schema", "regex", "grammar", "choices", "response_format", "tools",
+                                       "tool_choice", "parallel_tool_calls")},
+}
 
 DEFAULT_SERVER = {"host": "127.0.0.1", "port": 8000, "shutdown_timeout": 10.0, "keep_alive": None,
                   "memory_budget": None}
@@ -400,10 +407,11 @@ class _Reader:
             raise self.error(path, "an embedding model takes no request options")
         names = _core.option_names()
         for key in defaults:
-            if key in SERVER_OWNED_OPTIONS:
-                raise self.error((*path, key), f"cannot be a default: {SERVER_OWNED_OPTIONS[key]}")
+            if key in NOT_DEFAULTS:
+                raise self.error((*path, key), f"cannot be a default: {NOT_DEFAULTS[key]}")
             if key not in names:
-                raise self.error((*path, key), f"unknown request option; the options are {', '.join(names)}")
+                allowed = ", ".join(name for name in names if name not in NOT_DEFAULTS)
+                raise self.error((*path, key), f"unknown request option; a default may set {allowed}")
         try:
             _core.check_options(dict(defaults))
         except cortexstream.InvalidRequestError as error:

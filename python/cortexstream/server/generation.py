@@ -16,7 +16,7 @@ import cortexstream
 from starlette.types import Receive
 
 from .errors import ApiError, ClientDisconnected
-from .logs import current_request_id, note_model, note_usage
+from .logs import current_request_id, note_usage
 
 _T = TypeVar("_T")
 
@@ -150,7 +150,6 @@ async def submit_all(engine: cortexstream.Engine, jobs: list[Job]) -> list[corte
     If the caller is cancelled meanwhile, the streams it would have got are cancelled on arrival.
     Each engine request is tagged with the HTTP request's id, so the engine's log records carry it."""
     jobs = tagged(jobs)
-    note_model(engine.model_info.name)
     submitted = asyncio.get_running_loop().run_in_executor(None, open_streams, engine, jobs)
     try:
         return await asyncio.shield(submitted)

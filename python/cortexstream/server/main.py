@@ -11,14 +11,12 @@ from pathlib import Path
 import uvicorn
 
 from .app import create_app
+from .config_file import ConfigError, FileConfig, byte_size, load_config
 from .logs import setup_logging
-from .shutdown import DrainingServer
-from .config_file import ConfigError, FileConfig, load_config
+from .served import NO_EMBEDDING_MODEL, EngineOptions
 from .settings import Settings, effective, explicit_flags, render
-from .state import NO_EMBEDDING_MODEL, EngineOptions, ServerConfig
-
-#: The generation model served when neither the command line nor a config file names one.
-DEFAULT_MODEL = "smollm2"
+from .shutdown import DrainingServer
+from .state import DEFAULT_KEEP_ALIVE, ServerConfig
 
 
 def _positive(text: str) -> int:
@@ -42,6 +40,25 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _bytes(text: str) -> int:
+    """`2GB`, `512MiB`, `1000000`: a size in bytes (decimal units as Ollama, binary with `i`),
+    read as the config file's `memory_budget` is."""
+    try:
+        return byte_size(int(text) if text.strip().isdigit() else text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _keep_alive(text: str) -> float | str:
+    """Seconds as a number, else the duration text (the core parses it; checked at start)."""
+    try:
+        return float(text)
+    except ValueError:
+        if not text.strip():
+            raise argparse.ArgumentTypeError("expected seconds or a duration such as 5m") from None
+        return text
+
+
 def _template_file(path: str) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
@@ -54,11 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="OpenAI- and Ollama-compatible REST server for cortexstream.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
-    parser.add_argument("--model", default=None,
-                        help="model name in the cache, or a GGUF path (default: smollm2)")
-    parser.add_argument("--embedding-model", default=None,
+    parser.add_argument("--model", action="append", metavar="[NAME=]SOURCE",
+                        help="a generation model to serve: a name in the cache or a GGUF path, served under "
+                             "NAME (default: the cache name, or the file name without .gguf); repeat it to "
+                             "serve several. The first is loaded at start, the others on first use "
+                             "(default: smollm2)")
+    parser.add_argument("--embedding-model", default=None, metavar="[NAME=]SOURCE",
                         help="embedding model name or directory "
-                             f"(default: minilm if cached; '{NO_EMBEDDING_MODEL}' for none)")
+                             f"(default: minilm if cached; '{NO_EMBEDDING_MODEL}' for none); loaded on first use")
+    parser.add_argument("--keep-alive", type=_keep_alive, default=DEFAULT_KEEP_ALIVE,
+                        help="how long a model stays loaded after its last request, as Ollama: seconds or a "
+                             "duration such as 5m or 1h30m; 0 unloads it at once, a negative value never "
+                             f"(default: {DEFAULT_KEEP_ALIVE}); a request's keep_alive overrides it for its model")
+    parser.add_argument("--memory-budget", type=_bytes, metavar="BYTES",
+                        help="most memory the loaded models may hold (weights and KV caches), in bytes or "
+                             "with a unit (2GB, 512MiB); idle models unload, least recently used first, to "
+                             "make room for another (default: no budget)")
     parser.add_argument("--api-key", default=os.environ.get("CORTEXSTREAM_API_KEY"),
                         help="require `Authorization: Bearer KEY` (default: $CORTEXSTREAM_API_KEY, else no key)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -68,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-prompts", action="store_true",
                         help="include prompt text in the engine's `queued` log lines (default: prompts are "
                              "never logged)")
-    engine = parser.add_argument_group("engine sizes and limits (default: the engine's)")
+    engine = parser.add_argument_group("engine sizes and limits of every model (default: the engine's)")
     engine.add_argument("--max-running", type=_positive,
                         help="sequences decoded together (default 32); half of it is the most generations "
                              "(prompts x n) one request may ask for")
@@ -127,18 +155,17 @@ def main(argv: list[str] | None = None) -> None:
         if args.print_config:
             sys.stdout.write(render(settings))
             return
-        config = server_config(settings, args)
     except ConfigError as error:
-        # A mistake in the file is the operator's to fix: the message, no traceback (exit 2, as
-        # argparse does for a bad flag).
+        # A mistake in the file or a flag is the operator's to fix: the message, no traceback
+        # (exit 2, as argparse does for a bad flag).
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     setup_logging(settings.logging["format"], settings.logging["level"])
-    app = create_app(config)
+    app = create_app(server_config(settings))
     server = settings.server
     # uvicorn's lines go through our handler (log_config=None); the access line is ours.
-    server_config_ = uvicorn.Config(app, host=server["host"], port=server["port"],
-                                    log_level=settings.logging["level"], log_config=None, access_log=False)
-    DrainingServer(server_config_, app, drain_seconds=server["shutdown_timeout"]).run()
+    listening = uvicorn.Config(app, host=server["host"], port=server["port"], log_level=settings.logging["level"],
+                               log_config=None, access_log=False)
+    DrainingServer(listening, app, drain_seconds=server["shutdown_timeout"]).run()
 
 
 def effective_settings(parser: argparse.ArgumentParser, args: argparse.Namespace,
@@ -148,30 +175,11 @@ def effective_settings(parser: argparse.ArgumentParser, args: argparse.Namespace
     return effective(file, args, explicit_flags(parser, argv))
 
 
-def server_config(settings: Settings, args: argparse.Namespace) -> ServerConfig:
-    """What the app serves: one generation model and at most one embedding model, from the
-    command line or the file's [[models]]."""
-    file_generation = [m for m in settings.models if not m.embedding]
-    file_embedding = [m for m in settings.models if m.embedding]
-    if len(file_generation) > 1 or len(file_embedding) > 1:
-        raise ConfigError(settings.source, None, "models", "this server serves one generation model and at most "
-                                                         "one embedding model")
-    for model in settings.models:
-        if model.defaults:
-            raise ConfigError(settings.source, None, f"models.{model.name}.defaults", "not supported yet")
-    generation = file_generation[0] if file_generation and args.model is None else None
-    if file_embedding and args.embedding_model is None:
-        embedding_model = file_embedding[0].model
-    elif settings.models and args.embedding_model is None:
-        embedding_model = NO_EMBEDDING_MODEL  # the file lists what is served
-    else:
-        embedding_model = args.embedding_model
-    engine = settings.model_engine(generation) if generation else {**settings.engine}
-    chat_template = args.chat_template or (generation.chat_template if generation else None)
-    options = EngineOptions(**engine, chat_template=chat_template,
-                            log_prompts=settings.logging["log_prompts"] or None)
-    return ServerConfig(model=generation.model if generation else (args.model or DEFAULT_MODEL),
-                        embedding_model=embedding_model, api_keys=settings.api_keys, engine=options)
+def server_config(settings: Settings) -> ServerConfig:
+    """What the app serves, and with which keys and limits."""
+    return ServerConfig(models=settings.models, api_keys=settings.api_keys, engine=settings.engine_options(),
+                        memory_budget_bytes=settings.server["memory_budget"],
+                        keep_alive=settings.server["keep_alive"])
 
 
 if __name__ == "__main__":

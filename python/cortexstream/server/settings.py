@@ -1,9 +1,11 @@
 """The effective configuration: built-in defaults, then the config file, then the command line.
 
 A flag given on the command line wins over the file everywhere it applies (an engine flag
-such as `--max-running` over `[engine]` and over each model's own value); a flag left out
-leaves the file's value. `--api-key` (or `$CORTEXSTREAM_API_KEY`) adds one key without limits
-beside the file's keys. `--print-config` shows the outcome as TOML, keys masked.
+such as `--max-running` over `[engine]` and over each model's own value; `--chat-template` over
+every generation model's template); a flag left out leaves the file's value. `--model` given
+replaces the file's generation models, `--embedding-model` its embedding models. `--api-key`
+(or `$CORTEXSTREAM_API_KEY`) adds one key without limits beside the file's keys.
+`--print-config` shows the outcome as TOML, keys masked.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import copy
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .config_file import (
@@ -24,13 +26,18 @@ from .config_file import (
     ConfigError,
     FileConfig,
     ModelConfig,
+    keep_alive,
 )
+from .served import NO_EMBEDDING_MODEL, EngineOptions, ModelEntry, command_line_models, parse_model_option
+from .state import DEFAULT_KEEP_ALIVE
 
 #: Command-line destinations -> (section, key) of the config file they override.
 FLAG_KEYS = {
     "host": ("server", "host"),
     "port": ("server", "port"),
     "shutdown_timeout": ("server", "shutdown_timeout"),
+    "keep_alive": ("server", "keep_alive"),
+    "memory_budget": ("server", "memory_budget"),
     "log_level": ("logging", "level"),
     "log_format": ("logging", "format"),
     "log_prompts": ("logging", "log_prompts"),
@@ -53,26 +60,28 @@ class Settings:
     server: Mapping[str, Any]
     logging: Mapping[str, Any]
     engine: Mapping[str, Any]
-    models: tuple[ModelConfig, ...]
+    """`[engine]` with the engine flags over it: what a model added later (`/api/pull`) gets."""
+    models: tuple[ModelEntry, ...]
     api_keys: tuple[ApiKey, ...]
     api_key_envs: Mapping[str, str] = field(default_factory=dict)
     """Key name -> the environment variable holding it (`key_env`)."""
+    chat_template: str | None = None
+    """`--chat-template` (the text), which every generation model uses when given."""
     source: str | None = None
     """The config file, if any."""
-    cli_engine: Mapping[str, Any] = field(default_factory=dict)
-    """The engine flags given on the command line (they win over every model's own value)."""
 
-    def model_engine(self, model: ModelConfig) -> dict[str, Any]:
-        """A model's engine settings: `[engine]`, then its own, then the command line's."""
-        return {**self.engine, **model.engine, **self.cli_engine}
+    def engine_options(self, own: Mapping[str, Any] | None = None, chat_template: str | None = None) -> EngineOptions:
+        """Engine options of `[engine]`, then a model's `own` settings; the logging section's
+        `log_prompts`; `--chat-template` over the model's `chat_template`."""
+        return EngineOptions(**{**self.engine, **(own or {})},
+                             chat_template=self.chat_template or chat_template,
+                             log_prompts=self.logging["log_prompts"] or None)
 
 
-def effective(file: FileConfig, args: argparse.Namespace, explicit: set[str],
-              cli_models: tuple[ModelConfig, ...] = ()) -> Settings:
-    """Merges the command line `args` (the flags in `explicit` were given) over `file`.
-    `cli_models` are the models the command line names; given, they replace the file's."""
+def effective(file: FileConfig, args: argparse.Namespace, explicit: set[str]) -> Settings:
+    """Merges the command line `args` (the flags in `explicit` were given) over `file`."""
     sections: dict[str, dict[str, Any]] = {
-        "server": {**DEFAULT_SERVER, **file.server},
+        "server": {**DEFAULT_SERVER, "keep_alive": DEFAULT_KEEP_ALIVE, **file.server},
         "logging": {**DEFAULT_LOGGING, **file.logging},
         "engine": dict(file.engine),
     }
@@ -82,17 +91,69 @@ def effective(file: FileConfig, args: argparse.Namespace, explicit: set[str],
             sections[section][key] = getattr(args, dest)
             if section == "engine":
                 cli_engine[key] = getattr(args, dest)
+    if "keep_alive" in explicit:
+        _check_flag("--keep-alive", keep_alive, sections["server"]["keep_alive"])
+    settings = Settings(
+        server=sections["server"], logging=sections["logging"], engine=sections["engine"], models=(),
+        api_keys=_api_keys(file, getattr(args, "api_key", None)), api_key_envs=file.api_key_envs,
+        chat_template=getattr(args, "chat_template", None), source=str(file.path) if file.path else None,
+    )
+    return replace(settings, models=_served_models(settings, file, cli_engine, args))
+
+
+def _check_flag(flag: str, check, value: Any) -> None:
+    try:
+        check(value)
+    except ValueError as error:
+        raise ConfigError(None, None, flag, str(error)) from None
+
+
+def _api_keys(file: FileConfig, cli_key: str | None) -> tuple[ApiKey, ...]:
     keys = list(file.api_keys)
-    cli_key = getattr(args, "api_key", None)
     if cli_key:
         if any(key.secret == cli_key for key in keys):
             raise ConfigError(None, None, "--api-key", "is already a key of the config file's [[api_keys]]")
         keys.append(ApiKey(name="api-key", secret=cli_key))
-    return Settings(
-        server=sections["server"], logging=sections["logging"], engine=sections["engine"],
-        models=cli_models or file.models, api_keys=tuple(keys), api_key_envs=file.api_key_envs,
-        source=str(file.path) if file.path else None, cli_engine=cli_engine,
-    )
+    return tuple(keys)
+
+
+def _served_models(settings: Settings, file: FileConfig, cli_engine: Mapping[str, Any],
+                   args: argparse.Namespace) -> tuple[ModelEntry, ...]:
+    """The file's models, with the command line's `--model` / `--embedding-model` replacing
+    those of their kind; the command line's alone (restreg's defaults) when the file has none."""
+    cli_options = settings.engine_options()
+    model_flags, embedding_flag = getattr(args, "model", None), getattr(args, "embedding_model", None)
+    try:
+        if not file.models:
+            return command_line_models(model_flags, embedding_flag, cli_options)
+        entries = [_entry(settings, model, cli_engine) for model in file.models]
+        if model_flags:
+            generation = list(command_line_models(model_flags, NO_EMBEDDING_MODEL, cli_options))
+            entries = generation + [entry for entry in entries if entry.embedding]
+        if embedding_flag is not None:
+            entries = [entry for entry in entries if not entry.embedding]
+            if embedding_flag != NO_EMBEDDING_MODEL:
+                entries.append(parse_model_option(embedding_flag, embedding=True, engine=cli_options))
+    except ValueError as error:
+        raise ConfigError(None, None, "--model", str(error)) from None
+    _no_duplicate_names(entries)
+    return tuple(entries)
+
+
+def _entry(settings: Settings, model: ModelConfig, cli_engine: Mapping[str, Any]) -> ModelEntry:
+    own = {**model.engine, **cli_engine}  # an engine flag wins over the model's own value too
+    return ModelEntry(name=model.name, source=model.model, embedding=model.embedding, keep_alive=model.keep_alive,
+                      engine=settings.engine_options(own, model.chat_template), defaults=dict(model.defaults))
+
+
+def _no_duplicate_names(entries: list[ModelEntry]) -> None:
+    seen: set[str] = set()
+    for entry in entries:
+        name = entry.name.casefold().removesuffix(":latest")
+        if name in seen:
+            raise ConfigError(None, None, "--model", f"two models are named {entry.name!r} (the command line's "
+                                                     "and the config file's); name one with NAME=SOURCE")
+        seen.add(name)
 
 
 # -- --print-config -----------------------------------------------------------------------
@@ -126,21 +187,26 @@ def _table(lines: list[str], header: str, entries: Mapping[str, Any]) -> None:
     lines.append("")
 
 
+def _model_table(entry: ModelEntry) -> dict[str, Any]:
+    engine = entry.engine.as_kwargs()
+    engine.pop("log_prompts", None)  # [logging] shows it
+    if entry.embedding:
+        engine = {key: value for key, value in engine.items() if key == "threads"}  # all an embedding model takes
+    return {"name": entry.name, "model": entry.source, "embedding": entry.embedding, "keep_alive": entry.keep_alive,
+            **engine}
+
+
 def render(settings: Settings) -> str:
-    """The effective configuration as a TOML file (API keys masked; a template read from a file
-    named by its file)."""
-    lines = [f"# effective configuration{f' (from {settings.source} and the command line)' if settings.source else ''}",
-             ""]
+    """The effective configuration as a TOML file (API keys masked)."""
+    origin = f" (from {settings.source} and the command line)" if settings.source else ""
+    lines = [f"# effective configuration{origin}", ""]
     _table(lines, "[server]", settings.server)
     _table(lines, "[logging]", settings.logging)
     _table(lines, "[engine]", settings.engine)
-    for model in settings.models:
-        template = ({"chat_template_file": model.chat_template_file} if model.chat_template_file
-                    else {"chat_template": model.chat_template})
-        _table(lines, "[[models]]", {"name": model.name, "model": model.model, "embedding": model.embedding,
-                                     "keep_alive": model.keep_alive, **template, **settings.model_engine(model)})
-        if model.defaults:
-            _table(lines, "[models.defaults]", model.defaults)
+    for entry in settings.models:
+        _table(lines, "[[models]]", _model_table(entry))
+        if entry.defaults:
+            _table(lines, "[models.defaults]", entry.defaults)
     for key in settings.api_keys:
         env = settings.api_key_envs.get(key.name)
         secret = {"key_env": env} if env else {"key": key.masked()}
