@@ -13,6 +13,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import httpx
 import pytest
 
 from cortexstream.server.config_file import ConfigError, load_config, parse_config
@@ -430,3 +431,26 @@ def test_print_config_without_a_file_shows_the_defaults_and_the_cli_key():
     assert [(m["name"], m["model"]) for m in printed["models"]] == [("smollm2", "smollm2")]
     assert printed["logging"]["level"] == "debug"
     assert printed["api_keys"] == [{"name": "api-key", "key": "****3456"}]
+
+
+def test_the_real_server_serves_what_its_config_file_says(tmp_path: Path):
+    from conftest import serving  # the suite's helper: the real entry point, waited on until healthy
+
+    config = tmp_path / "server.toml"
+    config.write_text('[logging]\nlevel = "warning"\n[engine]\nmax_running = 4\nkv_cache_tokens = 2048\n'
+                      '[[models]]\nname = "chat"\nmodel = "smollm2"\ncontext_length = 512\n'
+                      '[models.defaults]\nmax_tokens = 3\ntemperature = 0.0\n'
+                      '[[api_keys]]\nname = "alice"\nkey = "alice-key"\nrequests_per_minute = 3\n')
+    for server in serving("--config", str(config), "--api-key", "admin-key"):
+        alice, admin = {"Authorization": "Bearer alice-key"}, {"Authorization": "Bearer admin-key"}
+        models = httpx.get(f"{server.url}/v1/models", headers=alice, timeout=60)
+        assert [m["id"] for m in models.json()["data"]] == ["chat"], "exactly the file's models"
+        completion = httpx.post(f"{server.url}/v1/completions", headers=alice, timeout=120,
+                                json={"model": "chat", "prompt": "Once upon a time"})
+        assert completion.json()["usage"]["completion_tokens"] == 3, "the model's default max_tokens"
+        assert httpx.get(f"{server.url}/v1/models", headers=alice, timeout=60).status_code == 200
+        refused = httpx.get(f"{server.url}/v1/models", headers=alice, timeout=60)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+        assert 1 <= int(refused.headers["retry-after"]) <= 20
+        assert httpx.get(f"{server.url}/v1/models", headers=admin, timeout=60).status_code == 200, \
+            "the --api-key key has no limit"
