@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import serving
 
 from cortexstream.server.config_file import ConfigError, load_config, parse_config
 from cortexstream.server.toml_locator import key_lines, line_of
@@ -434,8 +435,6 @@ def test_print_config_without_a_file_shows_the_defaults_and_the_cli_key():
 
 
 def test_the_real_server_serves_what_its_config_file_says(tmp_path: Path):
-    from conftest import serving  # the suite's helper: the real entry point, waited on until healthy
-
     config = tmp_path / "server.toml"
     config.write_text('[logging]\nlevel = "warning"\n[engine]\nmax_running = 4\nkv_cache_tokens = 2048\n'
                       '[[models]]\nname = "chat"\nmodel = "smollm2"\ncontext_length = 512\n'

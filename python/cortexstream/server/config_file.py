@@ -27,12 +27,13 @@ from .toml_locator import KeyPath, key_lines, line_of
 
 
 class ConfigError(Exception):
-    """A config file mistake: `file:line: key: what is wrong`."""
+    """A config mistake: `file:line: key: what is wrong` (`file: ...` when the line is not
+    known; `--flag: ...` for a command-line value, which has no file)."""
 
-    def __init__(self, file: Path | None, line: int | None, key: str, message: str) -> None:
+    def __init__(self, file: Path | str | None, line: int | None, key: str, message: str) -> None:
         self.file, self.line, self.key, self.message = file, line, key, message
-        where = f"{file}:{line}" if file is not None and line is not None else str(file or "config")
-        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+        where = [f"{file}:{line}" if line is not None else str(file)] if file is not None else []
+        super().__init__(": ".join([*where, *([key] if key else []), message]))
 
 
 class _Invalid(ValueError):
@@ -315,20 +316,25 @@ class _Reader:
         self.no_duplicates(keys, "api_keys", lambda k: k.secret, what="key", shown=False)
         return FileConfig(
             path=self.file,
-            server=self.table(document, ("server",), SERVER),
-            logging=self.table(document, ("logging",), LOGGING),
-            engine=self.table(document, ("engine",), ENGINE),
+            server=self.section(document, "server", SERVER),
+            logging=self.section(document, "logging", LOGGING),
+            engine=self.section(document, "engine", ENGINE),
             models=models,
             api_keys=tuple(keys),
             api_key_envs=envs,
         )
 
-    def table(self, parent: dict, path: KeyPath, schema: Mapping[str, Check],
-              skip: frozenset[str] = frozenset()) -> dict[str, Any]:
-        """The checked entries of the table at `path` (a key of `parent`), absent ones left out."""
-        table = parent.get(path[-1], {}) if len(path) == 1 else parent
+    def section(self, document: dict, name: str, schema: Mapping[str, Check]) -> dict[str, Any]:
+        """The checked entries of the section `[name]` (none if it is absent)."""
+        table = document.get(name, {})
         if not isinstance(table, dict):
-            raise self.error(path, f"expected a table, got {_kind(table)}")
+            raise self.error((name,), f"expected a table, got {_kind(table)}")
+        return self.table(table, (name,), schema)
+
+    def table(self, table: dict, path: KeyPath, schema: Mapping[str, Check],
+              skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """The checked entries of `table` (at `path`), absent ones left out; the keys in `skip`
+        are the caller's to read."""
         checked = {}
         for key, value in table.items():
             if key in skip:
