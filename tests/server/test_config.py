@@ -432,6 +432,8 @@ def test_print_config_without_a_file_shows_the_defaults_and_the_cli_key():
     assert [(m["name"], m["model"]) for m in printed["models"]] == [("smollm2", "smollm2")]
     assert printed["logging"]["level"] == "debug"
     assert printed["api_keys"] == [{"name": "api-key", "key": "****3456"}]
+    from_env = print_config("--embedding-model", "none", env={"CORTEXSTREAM_API_KEY": "env-secret-key-654321"})
+    assert from_env["api_keys"] == [{"name": "api-key", "key": "****4321"}], "$CORTEXSTREAM_API_KEY still works"
 
 
 def test_the_real_server_serves_what_its_config_file_says(tmp_path: Path):
