@@ -215,6 +215,62 @@ def test_a_stream_is_charged_its_tokens(loaded_state):
     assert after.headers["x-ratelimit-remaining-tokens"] == str(limit - usage["total_tokens"])
 
 
+async def stream_and_leave(app, body: dict, headers: dict[str, str], events_before_leaving: int) -> int:
+    """Posts a streamed completion straight to the ASGI app and disconnects after reading
+    `events_before_leaving` SSE events (httpx's ASGI transport cannot leave mid-stream);
+    returns the events it got."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/completions", "raw_path": b"/v1/completions", "query_string": b"", "root_path": "",
+             "server": ("test", 80), "client": ("test", 1234),
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    enough = asyncio.Event()
+    events = 0
+    body_sent = False
+
+    async def receive():
+        nonlocal body_sent
+        if not body_sent:
+            body_sent = True
+            return {"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}
+        await enough.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        nonlocal events
+        if message["type"] == "http.response.body":
+            events += message.get("body", b"").count(b"data: {")
+            if events >= events_before_leaving:
+                enough.set()
+
+    await app(scope, receive, send)
+    return events
+
+
+def test_a_stream_cut_short_is_charged_what_it_was_sent(loaded_state):
+    clock = FakeClock()
+    limit = 1000
+    app = create_app(ServerConfig(api_keys=(key("alice", tokens=limit), key("bob"))), clock=clock)
+    app.state.server = loaded_state
+    body = {**COMPLETION, "max_tokens": 200, "stream": True, "ignore_eos": True}
+
+    async def scenario():
+        events = await stream_and_leave(app, body, auth("alice"), events_before_leaving=2)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=120) as client:
+            after = await client.post("/v1/completions", json=COMPLETION, headers=auth("alice"))
+            prompt = await client.post("/v1/completions", json={**COMPLETION, "max_tokens": 1},
+                                       headers=auth("bob"))
+        return events, after, prompt
+
+    events, after, prompt = asyncio.run(scenario())
+    assert 2 <= events < 200, "the client left mid-stream"
+    prompt_tokens = prompt.json()["usage"]["prompt_tokens"]
+    charged = limit - int(after.headers["x-ratelimit-remaining-tokens"])
+    # The prompt, the tokens the client got, and at most the few the engine made before it
+    # heard of the cancel; never nothing, never the whole 200.
+    assert prompt_tokens + 2 <= charged < prompt_tokens + 200
+
+
 # -- keys ----------------------------------------------------------------------------------
 
 def test_an_unlimited_key_has_no_limits_and_a_wrong_key_is_refused(loaded_state):

@@ -174,9 +174,13 @@ async def merge_streams(
 
     Closing this generator (the client went away) cancels every request still running in the
     engine, so their KV cache is freed at the next step. A request that fails raises `ApiError`.
+    Every request's tokens are counted (access line, API key token limit): its usage when it
+    ends, or, cut short, its prompt and the tokens it had sent.
     """
     queue: asyncio.Queue = asyncio.Queue()
     finished = [False] * len(streams)
+    sent = [0] * len(streams)  # tokens each stream has yielded
+    counted = [False] * len(streams)  # whether its usage was noted
 
     async def pump(index: int, stream: cortexstream.AsyncStream) -> None:
         try:
@@ -198,6 +202,9 @@ async def merge_streams(
                 raise_if_failed(item)
                 if item.usage is not None:
                     note_usage(item.usage.prompt_tokens, item.usage.completion_tokens)
+                    counted[index] = True
+                else:
+                    sent[index] += 1
                 yield index, item
     finally:
         for task in tasks:
@@ -205,3 +212,7 @@ async def merge_streams(
         for index, stream in enumerate(streams):
             if not finished[index]:
                 stream.cancel()
+            if not counted[index]:
+                # Its last chunk (with the usage) will not be read: a client leaving just before
+                # the end must not get its tokens for free.
+                note_usage(stream.prompt_tokens, sent[index])
