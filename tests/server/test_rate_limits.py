@@ -215,15 +215,17 @@ def test_a_stream_is_charged_its_tokens(loaded_state):
     assert after.headers["x-ratelimit-remaining-tokens"] == str(limit - usage["total_tokens"])
 
 
-async def stream_and_leave(app, body: dict, headers: dict[str, str], events_before_leaving: int) -> int:
-    """Posts a streamed completion straight to the ASGI app and disconnects after reading
-    `events_before_leaving` SSE events (httpx's ASGI transport cannot leave mid-stream);
-    returns the events it got."""
+async def post_and_leave(app, body: dict, headers: dict[str, str], events_before_leaving: int) -> int:
+    """Posts a completion straight to the ASGI app and disconnects after reading
+    `events_before_leaving` SSE events (0: right after sending the body; httpx's ASGI
+    transport cannot leave mid-request); returns the events it got."""
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
              "path": "/v1/completions", "raw_path": b"/v1/completions", "query_string": b"", "root_path": "",
              "server": ("test", 80), "client": ("test", 1234),
              "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
     enough = asyncio.Event()
+    if events_before_leaving == 0:
+        enough.set()
     events = 0
     body_sent = False
 
@@ -254,7 +256,7 @@ def test_a_stream_cut_short_is_charged_what_it_was_sent(loaded_state):
     body = {**COMPLETION, "max_tokens": 200, "stream": True, "ignore_eos": True}
 
     async def scenario():
-        events = await stream_and_leave(app, body, auth("alice"), events_before_leaving=2)
+        events = await post_and_leave(app, body, auth("alice"), events_before_leaving=2)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=120) as client:
             after = await client.post("/v1/completions", json=COMPLETION, headers=auth("alice"))
@@ -269,6 +271,26 @@ def test_a_stream_cut_short_is_charged_what_it_was_sent(loaded_state):
     # The prompt, the tokens the client got, and at most the few the engine made before it
     # heard of the cancel; never nothing, never the whole 200.
     assert prompt_tokens + 2 <= charged < prompt_tokens + 200
+
+
+def test_a_plain_request_abandoned_before_its_answer_is_charged_its_prompt(loaded_state):
+    clock = FakeClock()
+    limit = 1000
+    app = create_app(ServerConfig(api_keys=(key("alice", tokens=limit), key("bob"))), clock=clock)
+    app.state.server = loaded_state
+    body = {**COMPLETION, "max_tokens": 200, "ignore_eos": True}
+
+    async def scenario():
+        await post_and_leave(app, body, auth("alice"), events_before_leaving=0)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=120) as client:
+            after = await client.post("/v1/completions", json=COMPLETION, headers=auth("alice"))
+            prompt = await client.post("/v1/completions", json={**COMPLETION, "max_tokens": 1},
+                                       headers=auth("bob"))
+        return after, prompt
+
+    after, prompt = asyncio.run(scenario())
+    assert after.headers["x-ratelimit-remaining-tokens"] == str(limit - prompt.json()["usage"]["prompt_tokens"])
 
 
 # -- keys ----------------------------------------------------------------------------------

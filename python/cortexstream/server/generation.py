@@ -104,10 +104,12 @@ async def complete_all(engine: cortexstream.Engine, jobs: list[Job], receive: Re
         completions = await unless_disconnected(receive, asyncio.gather(*(s.wait() for s in streams)))
     finally:
         # Requests still running (a failure elsewhere, a disconnect) end within a step and free
-        # their KV blocks.
+        # their KV blocks. Their prompt tokens count (access line, key's token limit): a client
+        # leaving before its answer does not get them for free; what they generated was never read.
         for stream in streams:
             if stream.completion is None:
                 stream.cancel()
+                note_usage(stream.prompt_tokens, 0)
     for completion in completions:
         raise_if_failed(completion)
         note_usage(completion.usage.prompt_tokens, completion.usage.completion_tokens)
