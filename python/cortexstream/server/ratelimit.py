@@ -9,8 +9,9 @@ Requests are counted when they arrive. Tokens (prompt + generated, as the respon
 reports them) are counted once the response is done, as LiteLLM's and Envoy AI Gateway's
 per-key token limits do: the count is exact (no tokenizer in front of the engine, no guess at
 a `max_tokens` most clients leave unset; a stream the client leaves early pays its prompt and
-the tokens it was sent, a plain request abandoned before its answer its prompt). A key is admitted while its token bucket holds at least one token; the tokens of
-the responses it then gets may take the bucket below zero, which later requests wait out. So
+the tokens it was sent, a plain request abandoned before its answer its prompt). A key is
+admitted while its token bucket holds at least one token; the tokens of the responses it then
+gets may take the bucket below zero, which later requests wait out. So
 a key's usage can overshoot its limit only by the requests it had in flight when the limit was
 reached, and then pays the overshoot back before its next request.
 
