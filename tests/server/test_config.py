@@ -205,6 +205,13 @@ def test_every_key_is_read(config_dir: Path):
     assert config.api_key_envs == {"bob": "TEST_CONFIG_BOB_KEY"}
 
 
+def test_a_bare_name_is_a_folder_beside_the_file_before_it_is_a_cache_name(tmp_path: Path):
+    (tmp_path / "embedder").mkdir()
+    config = parse('[[models]]\nname = "e"\nmodel = "embedder"\nembedding = true\n'
+                   '[[models]]\nname = "m"\nmodel = "minilm"\nembedding = true\n', tmp_path)
+    assert [m.model for m in config.models] == [str((tmp_path / "embedder").resolve()), "minilm"]
+
+
 def test_the_documented_example_file_loads():
     config = load_config(EXAMPLE, environ={"CORTEXSTREAM_KEY_ALICE": "alice-key"})
     assert [m.name for m in config.models] == ["chat", "minilm"]
@@ -245,6 +252,7 @@ INVALID = [
     ('name = "chat"', "name = 3", "models[0].name", "expected a string"),
     ('model = "smollm2"', "model = false", "models[0].model", "expected a string"),
     ('model = "weights/tiny.gguf"', 'model = "weights/missing.gguf"', "models[1].model", "no such file"),
+    ('model = "smollm2"', 'model = "smollm3"', "models[0].model", "not a known model name"),
     ("context_length = 512", "context_length = -512", "models[0].context_length", "at least 1"),
     ("kv_cache_tokens = 2048", "kv_cache_tokens = 0", "models[0].kv_cache_tokens", "at least 1"),
     ("threads = 1", 'threads = "one"', "models[0].threads", "expected an integer"),

@@ -384,11 +384,17 @@ class _Reader:
         )
 
     def model_source(self, path: KeyPath, model: str) -> str:
-        """A cache name as it is; a path (it has a separator or ends in .gguf) resolved against
-        the config file's folder, and required to exist."""
-        if os.sep not in model and "/" not in model and not model.endswith(".gguf"):
-            return model
-        return str(self.existing_file(path, model, folder_ok=True))
+        """A path (it has a separator, ends in .gguf, or names something in the config file's
+        folder) resolved against the config file's folder and required to exist; otherwise a
+        model cache name, required to be in the cache (as loading it will require)."""
+        local = (self.folder / Path(model).expanduser()).resolve()
+        if "/" in model or os.sep in model or model.endswith(".gguf") or local.exists():
+            return str(self.existing_file(path, model, folder_ok=True))
+        try:
+            cortexstream.models.resolve(model)
+        except FileNotFoundError as error:
+            raise self.error(path, str(error)) from None
+        return model
 
     def existing_file(self, path: KeyPath, name: str, *, folder_ok: bool = False) -> Path:
         resolved = (self.folder / Path(name).expanduser()).resolve()
