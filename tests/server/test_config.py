@@ -92,6 +92,53 @@ def test_locator_finds_every_key_of_a_tricky_layout():
     assert ("models", 2) not in lines and ("key",) not in lines and ("name",) not in lines
 
 
+MORE_LAYOUTS = [
+    'models = [{ name = "a", defaults = { stop = ["x", "y"] } }, { name = "b" }]\n',
+    'grid = [[1, 2], [3, [4, 5]]]\n"a.b" = 1\n\'c.d\' = 2\n"e\\"f" = 3\n"ключ" = 4\n',
+    't = 1979-05-27T07:32:00Z\nd = 1979-05-27\nf = inf\nn = +1_000\nh = 0xDEAD # hex\nb = true\n',
+    '[a.b.c]\nx = 1\n[a]\ny = 2\n[a.b]\nz = 3\n',
+    'x = """\\\n   trimmed \\\n   # not a comment\n"""\ny = \'\'\'\n[not.a.table]\n\'\'\'\nz = 1\n',
+    '[[a]]\n[[a.b]]\n[[a.b]]\nc = 1\n[[a]]\n[[a.b]]\nc = 2\n',
+]
+
+
+def tomllib_paths(value, path=()):
+    """Every key path (and array index) of a document as tomllib reads it."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield (*path, key)
+            yield from tomllib_paths(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield (*path, index)
+            yield from tomllib_paths(item, (*path, index))
+
+
+@pytest.mark.parametrize("source", [TRICKY, *MORE_LAYOUTS], ids=range(1 + len(MORE_LAYOUTS)))
+def test_the_locator_finds_every_key_tomllib_reads(source):
+    lines = key_lines(source)
+    missing = [path for path in tomllib_paths(tomllib.loads(source)) if path not in lines]
+    assert not missing
+    assert max(lines.values()) <= source.count("\n") + 1
+
+
+def test_the_locator_counts_lines_through_strings_and_nested_tables():
+    strings, nested = key_lines(MORE_LAYOUTS[4]), key_lines(MORE_LAYOUTS[5])
+    assert (strings[("x",)], strings[("y",)], strings[("z",)]) == (1, 5, 8)
+    assert ("not",) not in strings
+    assert nested[("a", 0, "b", 1, "c")] == 4 and nested[("a", 1, "b", 0, "c")] == 7
+    inline = key_lines(MORE_LAYOUTS[0])
+    assert inline[("models", 1, "name")] == 1 and inline[("models", 0, "defaults", "stop", 1)] == 1
+
+
+def test_the_locator_finds_every_key_of_the_example_file():
+    source = EXAMPLE.read_text()
+    lines = key_lines(source)
+    assert all(path in lines for path in tomllib_paths(tomllib.loads(source)))
+    assert lines[("models", 1, "embedding")] == source.splitlines().index(
+        next(line for line in source.splitlines() if line.startswith("embedding = true"))) + 1
+
+
 def test_locator_reports_a_missing_key_at_its_table():
     lines = key_lines(TRICKY)
     assert line_of(lines, ("models", 1, "model")) == 17
