@@ -18,6 +18,8 @@ import pytest
 from conftest import serving
 
 from cortexstream.server.config_file import ConfigError, load_config, parse_config
+from cortexstream.server.main import build_parser, server_config
+from cortexstream.server.settings import effective, explicit_flags
 from cortexstream.server.toml_locator import key_lines, line_of
 
 REPO = Path(__file__).resolve().parents[2]
@@ -396,6 +398,28 @@ def test_a_duplicate_key_does_not_show_the_key(tmp_path: Path):
 def test_a_missing_file_is_named(tmp_path: Path):
     with pytest.raises(ConfigError, match=r"nope\.toml: no such file"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_the_file_becomes_the_server_configuration(config_dir: Path):
+    parser = build_parser()
+    argv = ["--max-queue", "64"]
+    settings = effective(parse(FULL, config_dir), parser.parse_args(argv), explicit_flags(parser, argv))
+    config = server_config(settings)
+    assert (config.memory_budget_bytes, config.keep_alive) == (512 * 2**20, "10m")
+    assert config.engine.max_queue == 64 and config.engine.max_running == 8 and config.engine.log_prompts
+    chat, local, minilm = config.models
+    assert (chat.name, chat.source, chat.keep_alive, dict(chat.defaults)) == \
+        ("chat", "smollm2", -1, {"temperature": 0.2, "top_p": 0.9, "top_k": 40, "max_tokens": 32, "stop": ["\n"],
+                                 "seed": 7})
+    # [engine], then the model's own, then the flag.
+    assert chat.engine.as_kwargs() == {"max_running": 4, "max_queue": 64, "kv_cache_tokens": 2048,
+                                       "max_batch_tokens": 256, "target_step_ms": 25.0, "context_length": 512,
+                                       "threads": 1, "chat_template": "{{ messages[0].content }}",
+                                       "log_prompts": True}
+    assert local.engine.chat_template == "{{ messages[-1].content }}" and local.keep_alive == 30
+    assert local.engine.max_running == 8, "a model without its own value has [engine]'s"
+    assert minilm.embedding and minilm.register_kwargs() == {"embedding": True, "threads": 2}
+    assert [key.name for key in config.all_api_keys] == ["alice", "bob"]
 
 
 # -- the real entry point ------------------------------------------------------------------
