@@ -18,7 +18,7 @@ import pytest
 from conftest import serving
 
 from cortexstream.server.config_file import ConfigError, load_config, parse_config
-from cortexstream.server.main import build_parser, server_config
+from cortexstream.server.main import build_parser, engine_options, server_config
 from cortexstream.server.settings import effective, explicit_flags
 from cortexstream.server.toml_locator import key_lines, line_of
 
@@ -403,7 +403,8 @@ def test_a_missing_file_is_named(tmp_path: Path):
 def test_the_file_becomes_the_server_configuration(config_dir: Path):
     parser = build_parser()
     argv = ["--max-queue", "64"]
-    settings = effective(parse(FULL, config_dir), parser.parse_args(argv), explicit_flags(parser, argv))
+    args = parser.parse_args(argv)
+    settings = effective(parse(FULL, config_dir), args, explicit_flags(parser, argv), engine_options(args))
     config = server_config(settings)
     assert (config.memory_budget_bytes, config.keep_alive) == (512 * 2**20, "10m")
     assert config.engine.max_queue == 64 and config.engine.max_running == 8 and config.engine.log_prompts

@@ -139,7 +139,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def engine_options(args: argparse.Namespace) -> EngineOptions:
-    """The engine settings of the command line (None: the engine's default)."""
+    """The engine settings of the command line (None: the engine's default, or the config
+    file's); `settings.effective` puts them over the file's."""
     return EngineOptions(max_running=args.max_running, max_queue=args.max_queue,
                          kv_cache_tokens=args.kv_cache_tokens, max_batch_tokens=args.max_batch_tokens,
                          target_step_ms=args.target_step_ms, context_length=args.context_length,
@@ -172,7 +173,7 @@ def effective_settings(parser: argparse.ArgumentParser, args: argparse.Namespace
                        argv: list[str] | None) -> Settings:
     """The config file (if any) with the flags given on the command line over it."""
     file = load_config(args.config) if args.config else FileConfig()
-    return effective(file, args, explicit_flags(parser, argv))
+    return effective(file, args, explicit_flags(parser, argv), engine_options(args))
 
 
 def server_config(settings: Settings) -> ServerConfig:

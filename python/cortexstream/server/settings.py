@@ -21,7 +21,6 @@ from typing import Any
 from .config_file import (
     DEFAULT_LOGGING,
     DEFAULT_SERVER,
-    ENGINE,
     ApiKey,
     ConfigError,
     FileConfig,
@@ -41,8 +40,11 @@ FLAG_KEYS = {
     "log_level": ("logging", "level"),
     "log_format": ("logging", "format"),
     "log_prompts": ("logging", "log_prompts"),
-    **{name: ("engine", name) for name in ENGINE},
 }
+
+#: Engine options that are not engine flags' settings: the template (a model's own, or
+#: `--chat-template` over all) and `log_prompts` (the [logging] section's).
+_NOT_ENGINE_FLAGS = ("chat_template", "log_prompts")
 
 
 def explicit_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
@@ -78,19 +80,19 @@ class Settings:
                              log_prompts=self.logging["log_prompts"] or None)
 
 
-def effective(file: FileConfig, args: argparse.Namespace, explicit: set[str]) -> Settings:
-    """Merges the command line `args` (the flags in `explicit` were given) over `file`."""
+def effective(file: FileConfig, args: argparse.Namespace, explicit: set[str],
+              engine_flags: EngineOptions = EngineOptions()) -> Settings:
+    """Merges the command line `args` (the flags in `explicit` were given; `engine_flags` are
+    the engine settings they set) over `file`."""
+    cli_engine = {key: value for key, value in engine_flags.as_kwargs().items() if key not in _NOT_ENGINE_FLAGS}
     sections: dict[str, dict[str, Any]] = {
         "server": {**DEFAULT_SERVER, "keep_alive": DEFAULT_KEEP_ALIVE, **file.server},
         "logging": {**DEFAULT_LOGGING, **file.logging},
-        "engine": dict(file.engine),
+        "engine": {**file.engine, **cli_engine},
     }
-    cli_engine = {}
     for dest, (section, key) in FLAG_KEYS.items():
         if dest in explicit and getattr(args, dest, None) is not None:
             sections[section][key] = getattr(args, dest)
-            if section == "engine":
-                cli_engine[key] = getattr(args, dest)
     if "keep_alive" in explicit:
         _check_flag("--keep-alive", keep_alive, sections["server"]["keep_alive"])
     settings = Settings(
