@@ -304,6 +304,10 @@ class _Reader:
         for key in document:
             if key not in SECTIONS:
                 raise self.error((key,), f"unknown section; the sections are {', '.join(SECTIONS)}")
+        # In the order a file usually has them, so the first mistake reported is the first one read.
+        server = self.section(document, "server", SERVER)
+        logging_ = self.section(document, "logging", LOGGING)
+        engine = self.section(document, "engine", ENGINE)
         models = tuple(self.model(i, table) for i, table in enumerate(self.array_of_tables(document, "models")))
         self.no_duplicates(models, "models", lambda m: m.name.casefold().removesuffix(":latest"))
         keys, envs = [], {}
@@ -316,9 +320,9 @@ class _Reader:
         self.no_duplicates(keys, "api_keys", lambda k: k.secret, what="key", shown=False)
         return FileConfig(
             path=self.file,
-            server=self.section(document, "server", SERVER),
-            logging=self.section(document, "logging", LOGGING),
-            engine=self.section(document, "engine", ENGINE),
+            server=server,
+            logging=logging_,
+            engine=engine,
             models=models,
             api_keys=tuple(keys),
             api_key_envs=envs,
