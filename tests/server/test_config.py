@@ -365,6 +365,8 @@ def one_model(extra: str = "", name: str = "chat") -> str:
     (one_model('chat_template = "a"\nchat_template_file = "b"\n'), "models[0].chat_template_file", 5,
      "not both"),
     (one_model("embedding = true\nchat_template = 'x'\n"), "models[0].chat_template", 5, "no chat template"),
+    (one_model("embedding = true\nthreads = 2\nmax_running = 4\n"), "models[0].max_running", 6,
+     "an embedding model takes no engine setting but `threads`"),
     (one_model("embedding = true\n[models.defaults]\ntemperature = 1.0\n"), "models[0].defaults", 5,
      "an embedding model takes no request options"),
     (one_model("defaults = 3\n"), "models[0].defaults", 4, "expected a table of request options"),

@@ -376,6 +376,9 @@ class _Reader:
         embedding = checked.get("embedding", False)
         if embedding and template is not None:
             raise self.error((*path, "chat_template"), "an embedding model has no chat template")
+        generation_only = [key for key in checked if key in ENGINE and key != "threads"]
+        if embedding and generation_only:
+            raise self.error((*path, generation_only[0]), "an embedding model takes no engine setting but `threads`")
         return ModelConfig(
             name=checked["name"],
             model=self.model_source((*path, "model"), checked["model"]),
