@@ -291,3 +291,16 @@ fn shutdown_ends_the_requests_that_close_lets_finish() {
     assert!(completion.usage.completion_tokens < 200);
     assert!(matches!(registry.get("large", None), Err(RegistryError::Closed)));
 }
+
+#[test]
+fn model_info_reports_template_parameters_and_quantization_from_the_gguf() {
+    let registry = registry(RegistryOptions::default(), ManualClock::new());
+    let lease = registry.get("small", None).unwrap();
+    let info = lease.engine().unwrap().model_info();
+    assert_eq!(info.quantization.as_deref(), Some("Q4_1"));
+    // SmolLM2-135M: about 135 million parameters.
+    assert!((120_000_000..150_000_000).contains(&info.parameter_count), "{}", info.parameter_count);
+    assert!(info.chat_template.as_deref().is_some_and(|t| t.contains("<|im_start|>")), "{:?}", info.chat_template);
+    assert_eq!(cortexstream::gguf::file_type_name(15), Some("Q4_K_M"));
+    assert_eq!(cortexstream::gguf::file_type_name(999), None);
+}

@@ -213,6 +213,15 @@ class ModelInfo:
         """Name of the embedding model, if one is loaded."""
     @property
     def embedding_dim(self) -> Optional[int]: ...
+    @property
+    def chat_template(self) -> Optional[str]:
+        """Source of the chat template in use (the configured one, else the model's); ``None``: none."""
+    @property
+    def parameter_count(self) -> int:
+        """Parameters: the elements of every tensor in the model file."""
+    @property
+    def quantization(self) -> Optional[str]:
+        """The file's quantization by llama.cpp's name (``"Q4_K_M"``), if the file says."""
 
 @final
 class Stream:

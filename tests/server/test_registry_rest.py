@@ -98,6 +98,21 @@ def test_every_registered_model_is_listed_and_only_the_first_is_loaded_at_start(
     assert all(ollama_client.show(name).capabilities for name in ("smollm2", "short", "all-minilm"))
 
 
+def test_show_fills_what_the_gguf_says_for_every_model(ollama_client):
+    for name, context in (("smollm2", ENGINE["kv_cache_tokens"]), ("short:latest", SHORT_CONTEXT)):
+        shown = ollama_client.show(name)
+        assert shown.details.quantization_level == "Q4_1"
+        assert shown.details.parameter_size.endswith("M") and 100 < float(shown.details.parameter_size[:-1]) < 200
+        assert shown.details.family == "llama" and shown.details.format == "gguf"
+        assert "<|im_start|>" in shown.template
+        assert shown.parameters == f"num_ctx {context}"
+        assert shown.modelinfo["llama.context_length"] == context
+        assert shown.modelinfo["general.parameter_count"] > 100_000_000
+        assert shown.capabilities == ["completion"]
+    embedding = ollama_client.show("all-minilm")
+    assert embedding.capabilities == ["embedding"] and embedding.details.family == "bert"
+
+
 def test_interleaved_requests_reach_the_model_they_name(server, openai_client, ollama_client):
     prompt = "The capital of France is"
     texts = []

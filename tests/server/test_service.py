@@ -106,7 +106,7 @@ def test_metrics_count_requests_and_tokens_in_prometheus_format(server, openai_c
     assert after[ttft_count] == before[ttft_count] + 1
     text = httpx.get(f"{server.url}/metrics", headers=AUTH).text
     assert "# TYPE cortexstream_per_token_seconds histogram" in text
-    assert 'cortexstream_time_to_first_token_seconds_bucket{le="+Inf"}' in text
+    assert 'cortexstream_time_to_first_token_seconds_bucket{le="+Inf",model="smollm2"}' in text
     assert "# TYPE cortexstream_queue_depth gauge" in text
 
 

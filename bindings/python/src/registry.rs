@@ -159,8 +159,8 @@ impl Registry {
         });
         let metrics = PyDict::new(py);
         for (name, snapshot) in snapshots {
-            let snapshot = pythonize::pythonize(py, &snapshot)
-                .map_err(|e| to_py_err(Error::Internal(format!("metrics: {e}"))))?;
+            let snapshot =
+                pythonize::pythonize(py, &snapshot).map_err(|e| to_py_err(Error::Internal(format!("metrics: {e}"))))?;
             metrics.set_item(name, snapshot)?;
         }
         Ok(metrics)

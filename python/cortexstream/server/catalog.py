@@ -41,6 +41,9 @@ class ServedModel:
     aliases: frozenset[str] = frozenset()
     architecture: str = ""
     context_length: int | None = None
+    chat_template: str | None = None
+    parameter_count: int | None = None
+    quantization: str | None = None
 
     @property
     def modified_at(self) -> datetime:
@@ -53,10 +56,18 @@ class ServedModel:
             return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
         return self.path.stat().st_size
 
+    @property
+    def described(self) -> bool:
+        """Whether what a loaded engine tells is known (an embedding model has nothing more)."""
+        return self.is_embedding or self.parameter_count is not None
+
     def learn(self, info) -> None:
         """Records a loaded engine's `ModelInfo` (an embedding model is BERT)."""
         self.architecture = info.architecture
         self.context_length = info.context_length
+        self.chat_template = info.chat_template
+        self.parameter_count = info.parameter_count
+        self.quantization = info.quantization
 
 
 def _aliases(entry: ModelEntry, path: Path) -> set[str]:

@@ -209,10 +209,18 @@ async def embeddings(body: OllamaEmbeddingsRequest, state: ReadyState):
     return {"embedding": vector}
 
 
+def _parameter_size(count: int | None) -> str:
+    """Ollama's spelling of a parameter count: `134.52M`, `1.2B`."""
+    if not count:
+        return ""
+    return f"{count / 1e9:.1f}B" if count >= 1e9 else f"{count / 1e6:.2f}M"
+
+
 def _details(model: ServedModel) -> dict:
     file_format = "gguf" if model.path.suffix == ".gguf" else "safetensors"
     return {"parent_model": "", "format": file_format, "family": model.architecture,
-            "families": [model.architecture], "parameter_size": "", "quantization_level": ""}
+            "families": [model.architecture], "parameter_size": _parameter_size(model.parameter_count),
+            "quantization_level": model.quantization or ""}
 
 
 def _listing(model: ServedModel) -> dict:
@@ -252,14 +260,19 @@ async def running_models(state: ReadyState):
 
 @router.post("/show")
 async def show(body: OllamaShowRequest, state: ReadyState):
-    model = state.catalog.find(body.model_name)
+    model = await state.described(body.model_name)
     model_info = {"general.architecture": model.architecture}
+    if model.parameter_count:
+        model_info["general.parameter_count"] = model.parameter_count
+    parameters = ""
     if model.context_length is not None:
         model_info[f"{model.architecture}.context_length"] = model.context_length
+        # Ollama's `parameters` are the Modelfile's PARAMETER lines; the served context is ours.
+        parameters = f"num_ctx {model.context_length}"
     return {
         "modelfile": "",
-        "parameters": "",
-        "template": "",
+        "parameters": parameters,
+        "template": model.chat_template or "",
         "details": _details(model),
         "model_info": model_info,
         "capabilities": ["embedding"] if model.is_embedding else ["completion"],

@@ -100,7 +100,16 @@ def parse_model_option(text: str, *, embedding: bool = False, engine: EngineOpti
         name, source = default_name(text), text
     if not name or not source:
         raise ValueError(f"expected NAME=SOURCE or SOURCE (a cache name or a path), got {text!r}")
-    return ModelEntry(name=name, source=source, embedding=embedding, engine=engine)
+    return ModelEntry(name=name, source=source, embedding=embedding or is_embedding_source(source), engine=engine)
+
+
+def is_embedding_source(source: str) -> bool:
+    """A sentence-transformers folder (an embedding model) rather than a GGUF file: the cache's
+    folder models (`minilm`) and any directory."""
+    known = models.KNOWN_MODELS.get(source)
+    if known is not None:
+        return not known.entry
+    return Path(source).expanduser().is_dir()
 
 
 def command_line_models(model_options: list[str] | None, embedding_model: str | None,

@@ -184,8 +184,17 @@ class ServerState:
     @staticmethod
     def _learn(model: ServedModel, lease: cortexstream.Lease) -> None:
         engine = lease.engine
-        if engine is not None and not model.architecture:
+        if engine is not None and not model.described:
             model.learn(engine.model_info)
+
+    async def described(self, name: str) -> ServedModel:
+        """The model `name` answers to, with what its GGUF says (template, parameters,
+        quantization, context length): loaded for that if it has not been since start."""
+        model = self.catalog.find(name)
+        if not model.described:
+            async with self.leased(name, embedding=False):
+                pass
+        return model
 
     @asynccontextmanager
     async def leased(self, name: str, *, embedding: bool, keep_alive=None) -> AsyncIterator[HeldLease]:
