@@ -18,8 +18,7 @@ import pytest
 from conftest import serving
 
 from cortexstream.server.config_file import ConfigError, load_config, parse_config
-from cortexstream.server.main import build_parser, engine_options, server_config
-from cortexstream.server.settings import effective, explicit_flags
+from cortexstream.server.main import ConfigExit, parse_args, server_config
 from cortexstream.server.toml_locator import key_lines, line_of
 
 REPO = Path(__file__).resolve().parents[2]
@@ -402,12 +401,11 @@ def test_a_missing_file_is_named(tmp_path: Path):
         load_config(tmp_path / "nope.toml")
 
 
-def test_the_file_becomes_the_server_configuration(config_dir: Path):
-    parser = build_parser()
-    argv = ["--max-queue", "64"]
-    args = parser.parse_args(argv)
-    settings = effective(parse(FULL, config_dir), args, explicit_flags(parser, argv), engine_options(args))
-    config = server_config(settings)
+def test_the_file_becomes_the_server_configuration(config_dir: Path, monkeypatch):
+    (config_dir / "server.toml").write_text(FULL)
+    monkeypatch.setenv("TEST_CONFIG_BOB_KEY", "bob-secret")
+    monkeypatch.delenv("CORTEXSTREAM_API_KEY", raising=False)
+    config = server_config(parse_args(["--config", str(config_dir / "server.toml"), "--max-queue", "64"]))
     assert (config.memory_budget_bytes, config.keep_alive) == (512 * 2**20, "10m")
     assert config.engine.max_queue == 64 and config.engine.max_running == 8 and config.engine.log_prompts
     chat, local, minilm = config.models
@@ -423,6 +421,15 @@ def test_the_file_becomes_the_server_configuration(config_dir: Path):
     assert local.engine.max_running == 8, "a model without its own value has [engine]'s"
     assert minilm.embedding and minilm.register_kwargs() == {"embedding": True, "threads": 2}
     assert [key.name for key in config.all_api_keys] == ["alice", "bob"]
+
+
+def test_a_mistake_stops_the_server_with_exit_status_2_and_the_message(tmp_path: Path):
+    (tmp_path / "server.toml").write_text("[server]\nport = 0\n")
+    with pytest.raises(ConfigExit) as stopped:
+        server_config(parse_args(["--config", str(tmp_path / "server.toml")]))
+    assert stopped.value.code == 2
+    assert str(stopped.value) == f"cortexstream-server: error: {tmp_path / 'server.toml'}:2: server.port: " \
+                                 "must be between 1 and 65535, got 0"
 
 
 # -- the real entry point ------------------------------------------------------------------

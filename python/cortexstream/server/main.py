@@ -66,8 +66,12 @@ def _template_file(path: str) -> str:
         raise argparse.ArgumentTypeError(f"cannot read the chat template file {path!r}: {error}") from None
 
 
+#: The name errors start with (`python -m cortexstream.server` runs the same command).
+PROG = "cortexstream-server"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cortexstream-server",
+    parser = argparse.ArgumentParser(prog=PROG,
                                      description="OpenAI- and Ollama-compatible REST server for cortexstream.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
@@ -135,7 +139,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    """The command line; `explicit` holds the flags it gives (they win over --config's file)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.explicit = explicit_flags(parser, argv)
+    return args
 
 
 def engine_options(args: argparse.Namespace) -> EngineOptions:
@@ -149,19 +157,18 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     try:
-        settings = effective_settings(parser, args, argv)
-        if args.print_config:
-            sys.stdout.write(render(settings))
-            return
-    except ConfigError as error:
-        # A mistake in the file or a flag is the operator's to fix: the message, no traceback
-        # (exit 2, as argparse does for a bad flag).
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
+        settings = settings_of(args)
+    except ConfigExit as stop:
+        # A mistake in the file or a flag is the operator's to fix: the message, no traceback.
+        sys.stderr.write(f"{stop}\n")
+        raise
+    if args.print_config:
+        sys.stdout.write(render(settings))
+        return
     setup_logging(settings.logging["format"], settings.logging["level"])
-    app = create_app(server_config(settings))
+    app = create_app(config_of(settings))
     server = settings.server
     # uvicorn's lines go through our handler (log_config=None); the access line is ours.
     listening = uvicorn.Config(app, host=server["host"], port=server["port"], log_level=settings.logging["level"],
@@ -169,18 +176,38 @@ def main(argv: list[str] | None = None) -> None:
     DrainingServer(listening, app, drain_seconds=server["shutdown_timeout"]).run()
 
 
-def effective_settings(parser: argparse.ArgumentParser, args: argparse.Namespace,
-                       argv: list[str] | None) -> Settings:
-    """The config file (if any) with the flags given on the command line over it."""
-    file = load_config(args.config) if args.config else FileConfig()
-    return effective(file, args, explicit_flags(parser, argv), engine_options(args))
+class ConfigExit(SystemExit):
+    """Stops the server for a mistake in its configuration (the file or a flag): exit status 2,
+    as argparse's for a bad flag; `str()` is the message."""
+
+    def __init__(self, error: ConfigError) -> None:
+        super().__init__(2)
+        self.message = f"{PROG}: error: {error}"
+
+    def __str__(self) -> str:
+        return self.message
 
 
-def server_config(settings: Settings) -> ServerConfig:
+def settings_of(args: argparse.Namespace) -> Settings:
+    """The config file (if any) with the flags the command line gives over it."""
+    try:
+        file = load_config(args.config) if args.config else FileConfig()
+        return effective(file, args, args.explicit, engine_options(args))
+    except ConfigError as error:
+        raise ConfigExit(error) from None
+
+
+def config_of(settings: Settings) -> ServerConfig:
     """What the app serves, and with which keys and limits."""
     return ServerConfig(models=settings.models, api_keys=settings.api_keys, engine=settings.engine_options(),
                         memory_budget_bytes=settings.server["memory_budget"],
                         keep_alive=settings.server["keep_alive"])
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """The configuration the command line (and its --config file) describes; a mistake raises
+    `ConfigExit` naming it."""
+    return config_of(settings_of(args))
 
 
 if __name__ == "__main__":
