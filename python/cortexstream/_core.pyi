@@ -22,8 +22,11 @@ __all__ = [
     "ToolCall",
     "Usage",
     "__version__",
+    "check_keep_alive",
+    "check_options",
     "dropped_log_records",
     "kernel_info",
+    "option_names",
     "set_log_handler",
 ]
 
@@ -40,6 +43,16 @@ def kernel_info() -> dict[str, Any]:
     """The compute kernels the engine picks on this CPU: ``matmul`` (one row), ``matmul_batched``
     (32 rows), ``matmul_batched_512`` (the 512-bit VNNI pair path), ``attention`` and
     ``attention_slice`` (positions per slice of long-context decode attention)."""
+
+def option_names() -> List[str]:
+    """Every option name a request takes (the keys of :class:`Sampling`)."""
+
+def check_options(options: Dict[str, Any]) -> None:
+    """Checks request options ahead of any request and model (names, types, ranges; token ids
+    are checked at submit); raises ``InvalidRequestError`` naming the field."""
+
+def check_keep_alive(value: Union[float, str]) -> None:
+    """Checks a ``keep_alive`` value as :class:`Registry` reads it; raises ``InvalidRequestError``."""
 
 @final
 class Usage:

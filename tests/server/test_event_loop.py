@@ -79,6 +79,9 @@ class HeldEngine:
     def hold_while(self, lines):
         return lines
 
+    def with_defaults(self, sampling):
+        return dict(sampling)  # a model without default options
+
 
 class LeasingState:
     """Stands in for a loaded server's state: every model name leases the stand-in engine."""

@@ -46,6 +46,14 @@ fn keep_alive(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<KeepAlive>> {
     KeepAlive::from_value(&option_value(value)?).map_err(|e| to_py_err(e.into()))
 }
 
+/// Checks a `keep_alive` value (seconds, negative forever, or a duration such as `"5m"`) the
+/// way `Registry` reads it, before any registry exists (a server config file's values);
+/// raises `InvalidRequestError` naming `keep_alive`.
+#[pyfunction]
+pub fn check_keep_alive(value: &Bound<'_, PyAny>) -> PyResult<()> {
+    keep_alive(Some(value)).map(|_| ())
+}
+
 #[pymethods]
 impl Registry {
     #[new]

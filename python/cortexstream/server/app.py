@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -14,11 +15,13 @@ from .bodies import JsonBodies
 from .errors import RETRY_AFTER_SECONDS, install_error_handlers
 from .logs import RequestLogging
 from .metrics import CONTENT_TYPE, render_prometheus
+from .ratelimit import Clock, KeyRing
 from .state import ServerConfig, ServerState, server_state
 
 
-def create_app(config: ServerConfig) -> FastAPI:
-    """An app serving `config.models`; /health answers 503 until the first one has loaded."""
+def create_app(config: ServerConfig, *, clock: Clock = time.monotonic) -> FastAPI:
+    """An app serving `config.models`; /health answers 503 until the first one has loaded.
+    `clock` times the API keys' rate limits (tests move it instead of sleeping)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -36,7 +39,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     install_error_handlers(app)
     # The last added runs first: the key is checked before any body is read.
     app.add_middleware(JsonBodies)
-    app.add_middleware(ApiKeys, api_key=config.api_key)
+    app.add_middleware(ApiKeys, keys=KeyRing(config.all_api_keys, clock))
     # Outermost: every response (401s included) gets its request id and an access line.
     app.add_middleware(RequestLogging)
     app.include_router(openai_routes.router)

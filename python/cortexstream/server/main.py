@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
+import sys
 from pathlib import Path
 
-import cortexstream
 import uvicorn
 
 from .app import create_app
+from .config_file import ConfigError, FileConfig, byte_size, load_config
 from .logs import setup_logging
+from .served import NO_EMBEDDING_MODEL, EngineOptions
+from .settings import Settings, effective, explicit_flags, render
 from .shutdown import DrainingServer
-from .served import NO_EMBEDDING_MODEL, EngineOptions, command_line_models
 from .state import DEFAULT_KEEP_ALIVE, ServerConfig
 
 
@@ -39,22 +40,13 @@ def _seconds(text: str) -> float:
     return value
 
 
-_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-_BYTES = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
-
-
 def _bytes(text: str) -> int:
-    """`2GB`, `512MiB`, `1000000`: a size in bytes (decimal units as Ollama, binary with `i`)."""
-    match = _BYTES.match(text)
-    unit = match and _BYTE_UNITS.get(match[2].casefold())
-    if not match or unit is None:
-        raise argparse.ArgumentTypeError(f"expected a number of bytes, or one with a unit such as 2GB or 512MiB; "
-                                         f"got {text!r}")
-    value = int(float(match[1]) * unit)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 byte, got {text!r}")
-    return value
+    """`2GB`, `512MiB`, `1000000`: a size in bytes (decimal units as Ollama, binary with `i`),
+    read as the config file's `memory_budget` is."""
+    try:
+        return byte_size(int(text) if text.strip().isdigit() else text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _keep_alive(text: str) -> float | str:
@@ -74,8 +66,13 @@ def _template_file(path: str) -> str:
         raise argparse.ArgumentTypeError(f"cannot read the chat template file {path!r}: {error}") from None
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="OpenAI- and Ollama-compatible REST server for cortexstream.")
+#: The name errors start with (`python -m cortexstream.server` runs the same command).
+PROG = "cortexstream-server"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG,
+                                     description="OpenAI- and Ollama-compatible REST server for cortexstream.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     parser.add_argument("--model", action="append", metavar="[NAME=]SOURCE",
@@ -127,11 +124,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="on SIGTERM/SIGINT, seconds running requests may take to finish before the "
                              "engine closes and ends them (OpenAI: finish_reason 'length' with "
                              "cortexstream_finish_reason 'cancelled') (default: 10)")
-    return parser.parse_args(argv)
+    add_config_arguments(parser)
+    return parser
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    config = parser.add_argument_group("config file (docs/config.md)")
+    config.add_argument("--config", metavar="FILE",
+                        help="TOML file of server, logging, engine, models and API key settings (with per-key "
+                             "rate limits); a flag given here wins over the file")
+    config.add_argument("--print-config", action="store_true",
+                        help="print the effective configuration (file, then flags) as TOML, API keys masked, "
+                             "and exit")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; `explicit` holds the flags it gives (they win over --config's file)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.explicit = explicit_flags(parser, argv)
+    return args
 
 
 def engine_options(args: argparse.Namespace) -> EngineOptions:
-    """The engine settings of the command line (None: the engine's default)."""
+    """The engine settings of the command line (None: the engine's default, or the config
+    file's); `settings.effective` puts them over the file's."""
     return EngineOptions(max_running=args.max_running, max_queue=args.max_queue,
                          kv_cache_tokens=args.kv_cache_tokens, max_batch_tokens=args.max_batch_tokens,
                          target_step_ms=args.target_step_ms, context_length=args.context_length,
@@ -139,33 +156,58 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
                          log_prompts=args.log_prompts or None)
 
 
-def server_config(args: argparse.Namespace) -> ServerConfig:
-    """The configuration the command line describes; a bad `--model` or `--keep-alive` exits
-    with the argument named (as argparse does)."""
-    engine = engine_options(args)
-    try:
-        models = command_line_models(args.model, args.embedding_model, engine)
-        check_keep_alive(args.keep_alive)
-    except (ValueError, cortexstream.InvalidRequestError) as error:
-        raise SystemExit(f"cortexstream-server: error: {error}") from None
-    return ServerConfig(models=models, api_key=args.api_key or None, engine=engine,
-                        memory_budget_bytes=args.memory_budget, keep_alive=args.keep_alive)
-
-
-def check_keep_alive(keep_alive: float | str) -> None:
-    """Raises the core's error (naming `keep_alive`) for a value it cannot read."""
-    cortexstream.Registry(keep_alive=keep_alive).close()
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    setup_logging(args.log_format, args.log_level)
-    config = server_config(args)
-    app = create_app(config)
+    try:
+        settings = settings_of(args)
+    except ConfigExit as stop:
+        # A mistake in the file or a flag is the operator's to fix: the message, no traceback.
+        sys.stderr.write(f"{stop}\n")
+        raise
+    if args.print_config:
+        sys.stdout.write(render(settings))
+        return
+    setup_logging(settings.logging["format"], settings.logging["level"])
+    app = create_app(config_of(settings))
+    server = settings.server
     # uvicorn's lines go through our handler (log_config=None); the access line is ours.
-    listening = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+    listening = uvicorn.Config(app, host=server["host"], port=server["port"], log_level=settings.logging["level"],
                                log_config=None, access_log=False)
-    DrainingServer(listening, app, drain_seconds=args.shutdown_timeout).run()
+    DrainingServer(listening, app, drain_seconds=server["shutdown_timeout"]).run()
+
+
+class ConfigExit(SystemExit):
+    """Stops the server for a mistake in its configuration (the file or a flag): exit status 2,
+    as argparse's for a bad flag; `str()` is the message."""
+
+    def __init__(self, error: ConfigError) -> None:
+        super().__init__(2)
+        self.message = f"{PROG}: error: {error}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    """The config file (if any) with the flags the command line gives over it."""
+    try:
+        file = load_config(args.config) if args.config else FileConfig()
+        return effective(file, args, args.explicit, engine_options(args))
+    except ConfigError as error:
+        raise ConfigExit(error) from None
+
+
+def config_of(settings: Settings) -> ServerConfig:
+    """What the app serves, and with which keys and limits."""
+    return ServerConfig(models=settings.models, api_keys=settings.api_keys, engine=settings.engine_options(),
+                        memory_budget_bytes=settings.server["memory_budget"],
+                        keep_alive=settings.server["keep_alive"])
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """The configuration the command line (and its --config file) describes; a mistake raises
+    `ConfigExit` naming it."""
+    return config_of(settings_of(args))
 
 
 if __name__ == "__main__":

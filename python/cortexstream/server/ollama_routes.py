@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -70,8 +71,9 @@ def _sampling(options: dict) -> dict:
     """Engine keyword arguments of Ollama's `options`; the engine checks them."""
     kwargs = renamed(options, OLLAMA_OPTIONS)
     # num_predict -1 (no limit) and -2 (fill the context) both mean "until the context is full".
+    # None, not absent: it also overrides a model's default max_tokens.
     if is_negative_int(kwargs.get("max_tokens")):
-        del kwargs["max_tokens"]
+        kwargs["max_tokens"] = None
     if "seed" in kwargs:
         kwargs["seed"] = engine_seed(kwargs["seed"])
     return kwargs
@@ -113,6 +115,7 @@ async def _respond(state: ServerState, model: str, keep_alive, job: Job, stream:
     try:
         async with state.leased(model, embedding=False, keep_alive=keep_alive) as held:
             load_ns = time.perf_counter_ns() - started
+            job = dataclasses.replace(job, sampling=held.with_defaults(job.sampling))
             if not stream:
                 [completion] = await complete_all(held.engine, [job], receive)
                 return {"model": model, "created_at": _timestamp(), **content(completion),
@@ -184,7 +187,7 @@ async def _embed(state: ServerState, model: str, keep_alive, texts: list[str],
     try:
         async with state.leased(model, embedding=True, keep_alive=keep_alive) as held:
             load_ns = time.perf_counter_ns() - started
-            vectors, prompt_tokens = await asyncio.to_thread(held.lease.embed_with_usage, texts)
+            vectors, prompt_tokens = await held.embed_with_usage(texts)
     except cortexstream.CortexstreamError as error:
         raise _in_ollama_terms(error, {"input": input_field}) from error
     return vectors, prompt_tokens, load_ns

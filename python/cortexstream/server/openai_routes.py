@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import struct
@@ -73,10 +72,10 @@ def _message_text(message: OpenAIMessage) -> str:
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, state: ReadyState, request: Request):
     # The model named, then the request's own checks: a refused request loads no model.
-    state.served(body.model, embedding=False)
+    served = state.served(body.model, embedding=False)
     messages = [openai_history_message(m, _message_text(m)) for m in body.messages]
     top = (body.top_logprobs or 0) if body.logprobs else None
-    sampling = {**_sampling(body, top), **openai_constraint(body)}
+    sampling = state.with_defaults(served, {**_sampling(body, top), **openai_constraint(body)})
     jobs = fan_out([messages], chat=True, sampling=sampling, n=_choices(body.n, state), priority=body.priority)
     async with state.leased(body.model, embedding=False) as held:
         return await _chat_completions(body, jobs, held, request)
@@ -172,8 +171,8 @@ def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str 
 @router.post("/completions")
 async def completions(body: CompletionRequest, state: ReadyState, request: Request):
     # The model named, then the request's own checks: a refused request loads no model.
-    state.served(body.model, embedding=False)
-    sampling = {**_sampling(body, body.logprobs), **openai_constraint(body)}
+    served = state.served(body.model, embedding=False)
+    sampling = state.with_defaults(served, {**_sampling(body, body.logprobs), **openai_constraint(body)})
     prompts, n = _prompts(body.prompt), _choices(body.n, state)
     _check_fan_out(prompts, n, state)
     jobs = fan_out(prompts, chat=False, sampling=sampling, n=n, priority=body.priority)
@@ -240,8 +239,7 @@ def _encode_embedding(vector: list[float], encoding_format: str) -> list[float] 
 async def embeddings(body: EmbeddingRequest, state: ReadyState):
     texts = embedding_texts(body.input)
     async with state.leased(body.model, embedding=True) as held:
-        # The embedding model runs outside the generation batch and blocks: keep it off the event loop.
-        vectors, prompt_tokens = await asyncio.to_thread(held.lease.embed_with_usage, texts)
+        vectors, prompt_tokens = await held.embed_with_usage(texts)
     data = [
         {"object": "embedding", "index": i, "embedding": _encode_embedding(v, body.encoding_format)}
         for i, v in enumerate(vectors)

@@ -8,8 +8,10 @@ which loads each model on first use.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cortexstream import models
 
@@ -53,13 +55,15 @@ class ModelEntry:
     model a sentence-transformers folder). `keep_alive` is the model's own idle time before it
     unloads (Ollama's: seconds, `"5m"`, `0` at once, negative never; None: the server's
     `--keep-alive`). `engine` holds the engine settings (ignored for an embedding model except
-    `threads`)."""
+    `threads`). `defaults` are request options (the core's names) a request's own values
+    override (a config file's `[models.defaults]`)."""
 
     name: str
     source: str
     embedding: bool = False
     keep_alive: float | str | None = None
     engine: EngineOptions = EngineOptions()
+    defaults: Mapping[str, Any] = field(default_factory=dict)
 
     def path(self) -> Path:
         """The file or folder to load (raises FileNotFoundError naming what to pull)."""

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import cortexstream
 from fastapi import Depends, Request
 
 from .catalog import ModelCatalog, ServedModel
+from .config_file import ApiKey
 from .errors import RETRY_AFTER_SECONDS, ApiError, model_not_found
-from .logs import note_model
+from .logs import note_model, note_usage
 from .served import DEFAULT_MODEL, NO_EMBEDDING_MODEL, EngineOptions, ModelEntry
 
 log = logging.getLogger("cortexstream.server")
@@ -41,11 +42,20 @@ class ServerConfig:
 
     models: tuple[ModelEntry, ...] = (ModelEntry(DEFAULT_MODEL, DEFAULT_MODEL),)
     api_key: str | None = None
+    """One key without limits (`--api-key`, `$CORTEXSTREAM_API_KEY`)."""
+    api_keys: tuple[ApiKey, ...] = ()
+    """Keys with their own rate limits (`[[api_keys]]` of the config file)."""
     engine: EngineOptions = EngineOptions()
     memory_budget_bytes: int | None = None
     """Most bytes of loaded models; idle ones unload, least recently used first, to make room."""
     keep_alive: float | str = DEFAULT_KEEP_ALIVE
     """Idle time before a model unloads (Ollama's: seconds or "5m"; 0 at once; negative never)."""
+
+    @property
+    def all_api_keys(self) -> tuple[ApiKey, ...]:
+        """Every key a client may send: the limited ones, then the unlimited `api_key`."""
+        unlimited = (ApiKey(name="api-key", secret=self.api_key),) if self.api_key else ()
+        return (*self.api_keys, *unlimited)
 
     @property
     def max_running(self) -> int:
@@ -83,6 +93,8 @@ class ServerState:
         self.catalog = ModelCatalog()
         self.load_error: str | None = None
         self._ready = False
+        # Model name -> its default request options (config file models have some).
+        self._defaults: dict[str, Mapping[str, Any]] = {}
 
     def load(self) -> None:
         """Registers every model and loads the first (blocking: run it off the event loop)."""
@@ -106,6 +118,7 @@ class ServerState:
     def _register(self, entry: ModelEntry) -> ServedModel:
         path = entry.path()
         self.registry.register(entry.name, path, **entry.register_kwargs())
+        self._defaults[entry.name] = entry.defaults
         return self.catalog.add(entry, path)
 
     def close(self) -> None:
@@ -131,6 +144,7 @@ class ServerState:
         """Forgets `name` (see the class documentation)."""
         registry = self._require_registry()
         self.catalog.remove(name)
+        self._defaults.pop(name, None)
         return registry.unregister(name)
 
     def model_names(self) -> list[str]:
@@ -147,6 +161,11 @@ class ServerState:
     def served(self, name: str, *, embedding: bool) -> ServedModel:
         """The model a request's `model` names: 404 if none, 400 if it cannot do the job."""
         return self.catalog.embedding_model(name) if embedding else self.catalog.generation_model(name)
+
+    def with_defaults(self, model: ServedModel, sampling: Mapping[str, Any]) -> dict[str, Any]:
+        """A request's engine options over `model`'s defaults (a config file's `[models.defaults]`),
+        for routes that check a request before leasing its model (see `HeldLease.with_defaults`)."""
+        return {**self._defaults.get(model.id, {}), **sampling}
 
     async def lease(self, name: str, *, embedding: bool, keep_alive=None) -> cortexstream.Lease:
         """A lease on the model `name` answers to, loaded first if it is not (off the event loop).
@@ -186,7 +205,8 @@ class ServerState:
     async def leased(self, name: str, *, embedding: bool, keep_alive=None) -> AsyncIterator[HeldLease]:
         """`async with state.leased(body.model, embedding=False) as held:` a lease released when
         the block ends, unless `held.hold_while(lines)` handed it to a streamed response."""
-        held = HeldLease(await self.lease(name, embedding=embedding, keep_alive=keep_alive))
+        lease = await self.lease(name, embedding=embedding, keep_alive=keep_alive)
+        held = HeldLease(lease, self._defaults.get(lease.name, {}))
         try:
             yield held
         finally:
@@ -209,11 +229,26 @@ def release_soon(lease: cortexstream.Lease) -> None:
 
 
 class HeldLease:
-    """A request's lease; `hold_while` hands it to the response stream that outlives the route."""
+    """A request's lease; `hold_while` hands it to the response stream that outlives the route.
+    `defaults` are the model's default request options (a config file's `[models.defaults]`):
+    `with_defaults` puts a request's own options over them."""
 
-    def __init__(self, lease: cortexstream.Lease) -> None:
+    def __init__(self, lease: cortexstream.Lease, defaults: Mapping[str, Any] | None = None) -> None:
         self.lease = lease
+        self.defaults = defaults or {}
         self.handed_over = False
+
+    async def embed_with_usage(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """Embeds `texts` off the event loop (the embedding model blocks) and counts their tokens
+        for the access line and the API key's token limit, as a generation's are."""
+        vectors, tokens = await asyncio.to_thread(self.lease.embed_with_usage, texts)
+        note_usage(tokens, 0)
+        return vectors, tokens
+
+    def with_defaults(self, sampling: Mapping[str, Any]) -> dict[str, Any]:
+        """The engine options of a request: the model's defaults, then the request's own (a
+        request's explicit None, such as Ollama's `num_predict: -1`, keeps the engine's default)."""
+        return {**self.defaults, **sampling}
 
     @property
     def engine(self) -> cortexstream.Engine:
