@@ -1895,6 +1895,7 @@ static void test_engine_metrics(void) {
     CHECK_DELTA(per_token_count, TOKENS - 1);
     CHECK_DELTA(step_failures, 0);
     CHECK_DELTA(embedding_requests, 1);
+    CHECK_DELTA(recomputed_tokens_total, 0); /* nothing was preempted */
 #undef CHECK_DELTA
     uint64_t prompt_seen = (after.prefill_tokens_total - before.prefill_tokens_total) +
                            (after.prefix_cache_hit_tokens - before.prefix_cache_hit_tokens);
