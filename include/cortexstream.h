@@ -569,6 +569,11 @@ typedef struct cs_metrics {
    * `prefill_tokens_total`).
    */
   uint64_t recomputed_tokens_total;
+  /**
+   * Gauge: tokens the last planned step could compute (its decodes plus the prompt tokens
+   * the step budget granted beside them).
+   */
+  uint64_t step_token_budget;
 } cs_metrics;
 
 /**

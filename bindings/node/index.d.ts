@@ -318,6 +318,8 @@ export interface Metrics {
   prefixCacheHitTokens: number;
   /** Tokens computed again after a preemption took their KV away. */
   recomputedTokensTotal: number;
+  /** Tokens the last planned step could compute: its decodes plus the prompt tokens the step budget granted. */
+  stepTokenBudget: number;
   generatedTokensTotal: number;
   steps: number;
   /** Steps that failed (an error or a caught panic, also in a compute worker); their requests ended with an error. */

@@ -66,6 +66,11 @@ pub struct MetricsSnapshot {
     /// Tokens (prompt or generated) computed again because a preemption took their K/V
     /// away. Not counted in `prefill_tokens_total`.
     pub recomputed_tokens_total: u64,
+    /// Gauge: tokens the last planned step could compute, its decodes plus the prompt tokens
+    /// the step budget granted beside them (at most `max_prefill_tokens`, and the decodes
+    /// and prompt tokens together at most `max_batch_tokens`). With `target_step_ms` it follows
+    /// the measured step times.
+    pub step_token_budget: usize,
     pub generated_tokens_total: u64,
     pub steps: u64,
     /// Steps that failed (an error, or a panic in the engine thread or a thread-pool worker);
@@ -101,6 +106,7 @@ pub struct Metrics {
     pub prefill_tokens_total: AtomicU64,
     pub prefix_cache_hit_tokens: AtomicU64,
     pub recomputed_tokens_total: AtomicU64,
+    pub step_token_budget: AtomicUsize,
     pub generated_tokens_total: AtomicU64,
     pub steps: AtomicU64,
     pub step_failures: AtomicU64,
@@ -134,6 +140,7 @@ impl Default for Metrics {
             prefill_tokens_total: AtomicU64::new(0),
             prefix_cache_hit_tokens: AtomicU64::new(0),
             recomputed_tokens_total: AtomicU64::new(0),
+            step_token_budget: AtomicUsize::new(0),
             generated_tokens_total: AtomicU64::new(0),
             steps: AtomicU64::new(0),
             step_failures: AtomicU64::new(0),
@@ -190,6 +197,7 @@ impl Metrics {
             prefill_tokens_total: load64(&self.prefill_tokens_total),
             prefix_cache_hit_tokens: load64(&self.prefix_cache_hit_tokens),
             recomputed_tokens_total: load64(&self.recomputed_tokens_total),
+            step_token_budget: load(&self.step_token_budget),
             generated_tokens_total: load64(&self.generated_tokens_total),
             steps: load64(&self.steps),
             step_failures: load64(&self.step_failures),

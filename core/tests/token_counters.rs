@@ -18,9 +18,13 @@ fn greedy(max_tokens: usize) -> SamplingParams {
 /// so which prompts share a step does not depend on timing) in a cache of `kv_cache_tokens`.
 fn engine(max_prefill_tokens: usize, kv_cache_tokens: usize) -> AllBlocksFreeAfter<Engine> {
     let mut config = EngineConfig::new(common::smollm2_path());
-    config.target_step_ms = None;
     config.max_prefill_tokens = max_prefill_tokens;
     config.kv_cache_tokens = kv_cache_tokens;
+    fixed_budget_engine(config)
+}
+
+fn fixed_budget_engine(mut config: EngineConfig) -> AllBlocksFreeAfter<Engine> {
+    config.target_step_ms = None;
     AllBlocksFreeAfter(Engine::new(config).expect("SmolLM2 loads"))
 }
 
@@ -102,4 +106,19 @@ fn recomputation_after_preemption_is_counted_apart_from_prefill() {
     let moved = run_and_check(&engine, "preempted and resumed", requests);
     assert!(moved.preemptions > 0, "the cache was large enough: {moved:?}");
     assert!(moved.recomputed > 0, "a resumed sequence computed nothing again: {moved:?}");
+}
+
+#[test]
+fn the_step_token_budget_gauge_is_the_last_steps_decodes_plus_its_granted_prompt_tokens() {
+    // The last step of a lone request is one decode; beside it a fixed budget grants
+    // `max_batch_tokens - 1` prompt tokens, capped by `max_prefill_tokens`.
+    let capped_by_prefill = engine(64, 4096);
+    capped_by_prefill.generate(Request::new("The quick brown fox", greedy(4))).unwrap();
+    assert_eq!(capped_by_prefill.metrics().step_token_budget, 1 + 64);
+
+    let mut config = EngineConfig::new(common::smollm2_path());
+    config.max_batch_tokens = 100;
+    let capped_by_batch = fixed_budget_engine(config);
+    capped_by_batch.generate(Request::new("The quick brown fox", greedy(4))).unwrap();
+    assert_eq!(capped_by_batch.metrics().step_token_budget, 100);
 }

@@ -108,6 +108,8 @@ def test_metrics_count_requests_and_tokens_in_prometheus_format(server, openai_c
     assert "# TYPE cortexstream_per_token_seconds histogram" in text
     assert 'cortexstream_time_to_first_token_seconds_bucket{le="+Inf"}' in text
     assert "# TYPE cortexstream_queue_depth gauge" in text
+    assert "# TYPE cortexstream_step_token_budget gauge" in text
+    assert after["cortexstream_step_token_budget"] > 0
 
 
 def test_prompt_token_counters_add_up_over_repeats_and_choices(server, openai_client):

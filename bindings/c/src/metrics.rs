@@ -81,6 +81,9 @@ pub struct cs_metrics {
     /// Tokens computed again because a preemption took their KV away (not counted in
     /// `prefill_tokens_total`).
     pub recomputed_tokens_total: u64,
+    /// Gauge: tokens the last planned step could compute (its decodes plus the prompt tokens
+    /// the step budget granted beside them).
+    pub step_token_budget: u64,
 }
 
 /// A count that fits the C field (usize is never wider than 64 bits on supported targets).
@@ -118,6 +121,7 @@ impl From<&MetricsSnapshot> for cs_metrics {
             kv_sliding_blocks_total: gauge(m.kv_sliding_blocks_total),
             kv_sliding_blocks_free: gauge(m.kv_sliding_blocks_free),
             recomputed_tokens_total: m.recomputed_tokens_total,
+            step_token_budget: gauge(m.step_token_budget),
         }
     }
 }

@@ -151,6 +151,7 @@ describe('invalid options', () => {
     assert.ok(moved('prefixCacheHitTokens') > 0, 'the repeat was served from the cache');
     assert.equal(moved('prefixCacheHitTokens') + moved('prefillTokensTotal'), moved('promptTokensTotal'));
     assert.equal(moved('recomputedTokensTotal'), 0);
+    assert.ok(after.stepTokenBudget > 0, `stepTokenBudget ${after.stepTokenBudget}`);
   });
 
   test('an empty prompt and an over-long prompt are rejected with their codes', async () => {

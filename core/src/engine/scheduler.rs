@@ -140,6 +140,8 @@ pub(crate) struct PlanReport {
     pub prefix_hit_tokens: usize,
     /// Sequences that cannot grow even alone (the cache is full): they must finish.
     pub out_of_space: Vec<Sequence>,
+    /// Tokens the step could compute: its decodes plus the prompt tokens granted beside them.
+    pub token_budget: usize,
 }
 
 /// Waiting sequences ordered by priority (highest first), then arrival (earliest first).
@@ -238,6 +240,7 @@ impl Scheduler {
         self.schedule_running(plan, Phase::Decodes, &mut unlimited, &mut report);
         let decodes = plan.len();
         let mut prefill = budget.prompt_tokens(decodes).min(self.config.max_prefill_tokens);
+        report.token_budget = decodes + prefill;
         self.schedule_running(plan, Phase::Prompts, &mut prefill, &mut report);
         self.admit(plan, &mut prefill, decodes, &mut report);
         report

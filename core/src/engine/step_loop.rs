@@ -133,6 +133,7 @@ impl StepLoop {
         let report = self.scheduler.schedule_into(plan, &self.budget);
         let metrics = Arc::clone(&self.shared.metrics);
         add(&metrics.preemptions, report.preempted as u64);
+        metrics.step_token_budget.store(report.token_budget, std::sync::atomic::Ordering::Relaxed);
         add(&metrics.prefix_cache_hit_tokens, report.prefix_hit_tokens as u64);
         if report.preempted > 0 || !report.out_of_space.is_empty() {
             tracing::warn!(
