@@ -505,8 +505,9 @@ mod tests {
     #[test]
     fn a_cached_prompt_sent_back_to_wait_counts_its_hits_once() {
         let mut s = scheduler(4, 100, 32);
+        // Its prompt fills and registers blocks 0..4 and 4..8.
         s.enqueue(seq(1, 0, (0..10).collect()));
-        step(&mut s); // registers blocks 0..4 and 4..8
+        step(&mut s);
         // A short new prompt, then one reusing those 8 tokens with 20 more to compute.
         s.enqueue(seq(2, 0, (100..106).collect()));
         s.enqueue(seq(3, 0, (0..8).chain(200..220).collect()));
