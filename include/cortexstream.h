@@ -497,15 +497,18 @@ typedef struct cs_metrics {
    */
   uint64_t running;
   /**
-   * Prompt tokens of accepted requests.
+   * Prompt tokens of accepted requests. Once every accepted request has consumed its
+   * prompt, `prefix_cache_hit_tokens + prefill_tokens_total == prompt_tokens_total`.
    */
   uint64_t prompt_tokens_total;
   /**
-   * Prompt tokens actually run through the model (excludes prefix-cache hits).
+   * Prompt tokens computed by the model for the first time (excludes prefix-cache hits and
+   * recomputation after a preemption).
    */
   uint64_t prefill_tokens_total;
   /**
-   * Prompt tokens whose KV was reused from the prefix cache.
+   * Prompt tokens whose KV came from the prefix cache (each prompt token of a request at
+   * most once).
    */
   uint64_t prefix_cache_hit_tokens;
   /**
@@ -571,6 +574,16 @@ typedef struct cs_metrics {
    * `kv_sliding_blocks_total` once the engine is idle.
    */
   uint64_t kv_sliding_blocks_free;
+  /**
+   * Tokens computed again because a preemption took their KV away (not counted in
+   * `prefill_tokens_total`).
+   */
+  uint64_t recomputed_tokens_total;
+  /**
+   * Gauge: tokens the last planned step could compute (its decodes plus the prompt tokens
+   * the step budget granted beside them).
+   */
+  uint64_t step_token_budget;
 } cs_metrics;
 
 /**

@@ -315,9 +315,16 @@ export interface Metrics {
   requestsRejected: number;
   queueDepth: number;
   running: number;
+  /** Prompt tokens of accepted requests: once their prompts are consumed, prefixCacheHitTokens + prefillTokensTotal. */
   promptTokensTotal: number;
+  /** Prompt tokens computed for the first time (cache hits and recomputation excluded). */
   prefillTokensTotal: number;
+  /** Prompt tokens whose KV came from the prefix cache (each prompt token of a request at most once). */
   prefixCacheHitTokens: number;
+  /** Tokens computed again after a preemption took their KV away. */
+  recomputedTokensTotal: number;
+  /** Tokens the last planned step could compute: its decodes plus the prompt tokens the step budget granted. */
+  stepTokenBudget: number;
   generatedTokensTotal: number;
   steps: number;
   /** Steps that failed (an error or a caught panic, also in a compute worker); their requests ended with an error. */

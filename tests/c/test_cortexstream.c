@@ -2000,12 +2000,14 @@ static void test_engine_metrics(void) {
     CHECK_DELTA(per_token_count, TOKENS - 1);
     CHECK_DELTA(step_failures, 0);
     CHECK_DELTA(embedding_requests, 1);
+    CHECK_DELTA(recomputed_tokens_total, 0); /* nothing was preempted */
 #undef CHECK_DELTA
     uint64_t prompt_seen = (after.prefill_tokens_total - before.prefill_tokens_total) +
                            (after.prefix_cache_hit_tokens - before.prefix_cache_hit_tokens);
     CHECK(prompt_seen == COUNT_OF(REF_PROMPT_IDS), "%llu prompt tokens prefilled or reused, the prompt has %zu",
           (unsigned long long)prompt_seen, COUNT_OF(REF_PROMPT_IDS));
     CHECK(after.batch_size_sum > before.batch_size_sum, "batch_size_sum did not grow");
+    CHECK(after.step_token_budget > 0, "step_token_budget is %llu after a step", (unsigned long long)after.step_token_budget);
     CHECK(after.time_to_first_token_seconds_sum > before.time_to_first_token_seconds_sum,
           "time_to_first_token_seconds_sum did not grow");
     CHECK(after.kv_blocks_total == before.kv_blocks_total && after.kv_blocks_total > 0, "kv_blocks_total %llu, was %llu",

@@ -17,7 +17,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 #: Snapshot fields that go up and down; every other number only grows (a counter).
 GAUGES = frozenset({
     "queue_depth", "running", "kv_blocks_total", "kv_blocks_free",
-    "kv_sliding_blocks_total", "kv_sliding_blocks_free",
+    "kv_sliding_blocks_total", "kv_sliding_blocks_free", "step_token_budget",
 })
 
 #: What each field of the engine's snapshot counts (the core's field documentation).
@@ -30,8 +30,10 @@ HELP = {
     "queue_depth": "Requests waiting to be scheduled.",
     "running": "Sequences in the running batch.",
     "prompt_tokens_total": "Prompt tokens of accepted requests.",
-    "prefill_tokens_total": "Prompt tokens run through the model (prefix-cache hits excluded).",
-    "prefix_cache_hit_tokens": "Prompt tokens whose KV was reused from the prefix cache.",
+    "prefill_tokens_total": "Prompt tokens computed for the first time (cache hits and recomputation excluded).",
+    "prefix_cache_hit_tokens": "Prompt tokens whose KV came from the prefix cache (hits + prefill = prompt tokens).",
+    "recomputed_tokens_total": "Tokens computed again after a preemption took their KV away.",
+    "step_token_budget": "Tokens the last planned step could compute (its decodes plus the prompt tokens granted).",
     "generated_tokens_total": "Tokens generated.",
     "steps": "Engine steps (one batched forward each).",
     "step_failures": "Steps that failed; the requests running in them ended with an error.",
