@@ -93,6 +93,9 @@ class LeasingState:
     def served(self, name, *, embedding):
         return None
 
+    def with_defaults(self, model, sampling):
+        return dict(sampling)
+
     @asynccontextmanager
     async def leased(self, name, *, embedding, keep_alive=None):
         yield HeldEngine(self.engine)
