@@ -52,6 +52,7 @@ pub use engine::{
     RequestHandle,
 };
 pub use error::{Error, Result};
+pub use kv_cache::KvCacheType;
 pub use metrics::{Histogram, MetricsSnapshot};
 pub use options::{OptionValue, RequestOptions};
 pub use registry::{KeepAlive, ModelLease, ModelSpec, Registry, RegistryError, RegistryOptions, ServedModel};
