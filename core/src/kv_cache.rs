@@ -163,7 +163,10 @@ pub enum RowsView<'a> {
     F16(&'a [u16]),
     /// Row at offset `o` (of a `head_dim` row): `quants[o..o + head_dim]`, scales
     /// `scales[o / head_dim * groups..][..groups]` with `groups = head_dim.div_ceil(32)`.
-    Q8 { quants: &'a [i8], scales: &'a [u16] },
+    Q8 {
+        quants: &'a [i8],
+        scales: &'a [u16],
+    },
 }
 
 impl RowsView<'_> {
@@ -189,7 +192,13 @@ struct PoolBuffers {
 }
 
 impl PoolBuffers {
-    fn new(cache_type: KvCacheType, n_layers: usize, num_blocks: usize, values_per_block: usize, head_dim: usize) -> Self {
+    fn new(
+        cache_type: KvCacheType,
+        n_layers: usize,
+        num_blocks: usize,
+        values_per_block: usize,
+        head_dim: usize,
+    ) -> Self {
         let len = n_layers * num_blocks * values_per_block;
         Self { num_blocks, k: Rows::new(cache_type, len, head_dim), v: Rows::new(cache_type, len, head_dim) }
     }
@@ -414,7 +423,8 @@ mod tests {
     fn a_q8_row_reads_back_within_half_a_step_of_each_run() {
         // head_dim 40: a full run of 32 and a short run of 8, each with its own scale.
         let mut kv = KvStorage::new(1, 2, 4, 2, 40).with_cache_type(KvCacheType::Q8_0);
-        let key: Vec<f32> = (0..80).map(|i| ((i * 37 % 23) as f32 - 11.0) * if i % 40 < 32 { 0.1 } else { 3.0 }).collect();
+        let key: Vec<f32> =
+            (0..80).map(|i| ((i * 37 % 23) as f32 - 11.0) * if i % 40 < 32 { 0.1 } else { 3.0 }).collect();
         let value: Vec<f32> = key.iter().map(|k| -k).collect();
         kv.write(0, &[1, 0], 5, &key, &value);
         for head in 0..2 {

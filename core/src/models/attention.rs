@@ -226,7 +226,9 @@ impl<'a> KvHeadView<'a> {
     /// Offset of position `p`'s rows in `k` and `v`.
     #[inline]
     fn offset(&self, p: usize) -> usize {
-        self.base + self.block_table[p / self.block_size] as usize * self.block_stride + p % self.block_size * self.slot_stride
+        self.base
+            + self.block_table[p / self.block_size] as usize * self.block_stride
+            + p % self.block_size * self.slot_stride
     }
 }
 
@@ -306,7 +308,9 @@ impl Kernel {
             let lane = p - tile_start;
             match Row::at(view.k, offset, hd) {
                 Row::F16(k) => self.widen_f16(k, &mut b.keys[lane * hd..][..hd]),
-                Row::Q8(quants, scales) => copy_key_blocks(quants, scales, &mut b.key_blocks[lane * groups..][..groups]),
+                Row::Q8(quants, scales) => {
+                    copy_key_blocks(quants, scales, &mut b.key_blocks[lane * groups..][..groups])
+                }
             }
             let values = &mut b.values[lane * hd..][..hd];
             match Row::at(view.v, offset, hd) {
@@ -1288,33 +1292,33 @@ mod tests {
             (geometry(64, 9, 3), Span::Window(20)),
             (geometry(40, 2, 2), Span::Causal),
         ] {
-          for cache_type in CACHE_TYPES {
-            let (kv, table) = storage(cache_type, n, &g, 16, 99);
-            for kernel in Kernel::available(g.head_dim) {
-                let whole = [(0, n)];
-                let reference = run(kernel, &g, span, &kv, &table, &whole, &queries_for(&g, &whole, 5), &pool);
-                let splits: [&[(usize, usize)]; 3] = [
-                    &[(0, 13), (13, 1), (14, 20), (34, 19)],
-                    &[(40, 13), (0, 3), (3, 37)],
-                    &[(52, 1), (51, 1), (0, 17), (17, 17), (34, 17)],
-                ];
-                for chunks in splits {
-                    let out = run(kernel, &g, span, &kv, &table, chunks, &queries_for(&g, chunks, 5), &pool);
-                    let mut row = 0;
-                    for &(start, len) in chunks {
-                        for pos in start..start + len {
-                            let got = &out[row * g.q_dim()..][..g.q_dim()];
-                            let want = &reference[pos * g.q_dim()..][..g.q_dim()];
-                            assert!(
-                                got.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()),
-                                "{kernel:?} {cache_type} {g:?} {span:?} chunks {chunks:?}: position {pos} differs"
-                            );
-                            row += 1;
+            for cache_type in CACHE_TYPES {
+                let (kv, table) = storage(cache_type, n, &g, 16, 99);
+                for kernel in Kernel::available(g.head_dim) {
+                    let whole = [(0, n)];
+                    let reference = run(kernel, &g, span, &kv, &table, &whole, &queries_for(&g, &whole, 5), &pool);
+                    let splits: [&[(usize, usize)]; 3] = [
+                        &[(0, 13), (13, 1), (14, 20), (34, 19)],
+                        &[(40, 13), (0, 3), (3, 37)],
+                        &[(52, 1), (51, 1), (0, 17), (17, 17), (34, 17)],
+                    ];
+                    for chunks in splits {
+                        let out = run(kernel, &g, span, &kv, &table, chunks, &queries_for(&g, chunks, 5), &pool);
+                        let mut row = 0;
+                        for &(start, len) in chunks {
+                            for pos in start..start + len {
+                                let got = &out[row * g.q_dim()..][..g.q_dim()];
+                                let want = &reference[pos * g.q_dim()..][..g.q_dim()];
+                                assert!(
+                                    got.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                                    "{kernel:?} {cache_type} {g:?} {span:?} chunks {chunks:?}: position {pos} differs"
+                                );
+                                row += 1;
+                            }
                         }
                     }
                 }
             }
-          }
         }
     }
 
