@@ -19,9 +19,15 @@ fn q8_config() -> EngineConfig {
     config
 }
 
+/// The shared engine: a fixed token budget, so how much a step batches does not depend on
+/// how loaded the machine is (the adaptive budget sizes prompt chunks from step times).
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| Engine::new(q8_config()).expect("the model loads with a q8_0 cache"))
+    ENGINE.get_or_init(|| {
+        let mut config = q8_config();
+        config.target_step_ms = None;
+        Engine::new(config).expect("the model loads with a q8_0 cache")
+    })
 }
 
 fn greedy(max_tokens: usize) -> SamplingParams {
@@ -52,6 +58,8 @@ fn batch_invariance_alone_and_among_29_others() {
     let steps = after.steps - before.steps;
     let batched_tokens = after.batch_size.sum - before.batch_size.sum;
     assert!(batched_tokens >= 8.0 * steps as f64, "{batched_tokens} tokens in {steps} steps: not batched");
+    let generated = after.generated_tokens_total - before.generated_tokens_total;
+    assert!(steps * 4 <= generated, "{generated} tokens in {steps} steps: not batched");
 }
 
 #[test]
