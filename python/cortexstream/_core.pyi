@@ -302,8 +302,9 @@ class Engine:
     bounds the requests waiting for a slot; past it submits raise ``OverloadedError``.
     ``threads`` is at most 4 per available CPU. ``max_batch_tokens`` is a step's token budget
     (decodes and prompt chunks) and ``target_step_ms`` the step time it adapts to (default 50;
-    0 keeps the budget fixed). A setting out of range (a negative size, a KV cache larger than
-    memory, a target above 10000 ms) raises ``InvalidRequestError`` naming it.
+    0 keeps the budget fixed). ``kv_cache_type`` is ``"f16"`` (default) or ``"q8_0"``. A setting
+    out of range (a negative size, a KV cache larger than memory, a target above 10000 ms, an
+    unknown cache type) raises ``InvalidRequestError`` naming it.
     """
 
     def __new__(
@@ -321,6 +322,7 @@ class Engine:
         chat_template: Optional[str] = None,
         target_step_ms: Optional[float] = None,
         log_prompts: bool = False,
+        kv_cache_type: Optional[str] = None,
         _lease: Optional[Lease] = None,
     ) -> Self: ...
     def generate(self, prompt: Union[str, List[int]], **sampling: Unpack[Sampling]) -> Completion:

@@ -38,6 +38,9 @@ class Engine(_core.Engine):
     ``max_batch_tokens``). ``threads`` may be at most 4 per available CPU, and the KV cache must
     fit in the machine's memory; a setting out of range raises :class:`InvalidRequestError`
     with ``param`` naming it.
+    ``kv_cache_type`` is how the KV cache stores keys and values: ``"f16"`` (the default) or
+    ``"q8_0"`` (8 bits with a scale per 32 values, about half the memory per token for a small
+    logit error); anything else raises :class:`InvalidRequestError` naming it.
     ``chat_template`` is a Jinja chat template used instead of the model's
     own; a model without one (a base model such as ``"gemma3"``) needs it for chat requests,
     which otherwise raise :class:`ChatTemplateMissingError`.
@@ -79,6 +82,7 @@ class Engine(_core.Engine):
         chat_template: Optional[str] = None,
         log_prompts: bool = False,
         target_step_ms: Optional[float] = None,
+        kv_cache_type: Optional[str] = None,
     ) -> Engine:
         return super().__new__(
             cls,
@@ -94,6 +98,7 @@ class Engine(_core.Engine):
             chat_template=chat_template,
             log_prompts=log_prompts,
             target_step_ms=target_step_ms,
+            kv_cache_type=kv_cache_type,
         )
 
     def embed(self, texts: Union[str, Sequence[str]], *, as_numpy: bool = False) -> Any:

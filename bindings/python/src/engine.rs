@@ -72,7 +72,7 @@ impl Engine {
     #[pyo3(signature = (
         model, *, tokenizer=None, embedding_model=None, max_running=None, max_batch_tokens=None,
         kv_cache_tokens=None, context_length=None, threads=None, max_queue=None, chat_template=None,
-        target_step_ms=None, log_prompts=false, _lease=None,
+        target_step_ms=None, log_prompts=false, kv_cache_type=None, _lease=None,
     ))]
     #[allow(clippy::too_many_arguments)] // mirrors the Python keyword arguments one to one
     fn new(
@@ -89,6 +89,7 @@ impl Engine {
         chat_template: Option<String>,
         target_step_ms: Option<&Bound<'_, PyAny>>,
         log_prompts: bool,
+        kv_cache_type: Option<&str>,
         _lease: Option<PyRef<'_, Lease>>,
     ) -> PyResult<Self> {
         // `Lease.engine` builds the `cortexstream.Engine` subclass (with its asyncio methods)
@@ -105,6 +106,9 @@ impl Engine {
             target_step_ms,
         )?;
         config.log_prompts = log_prompts;
+        if let Some(name) = kv_cache_type {
+            config.kv_cache_type = cortexstream::KvCacheType::parse(name).map_err(to_py_err)?;
+        }
         let engine = py.detach(|| cortexstream::Engine::new(config)).map_err(to_py_err)?;
         Ok(Self { engine: EngineRef::Owned(engine) })
     }
