@@ -45,7 +45,7 @@
 /**
  * Minor version of the header; new functions or appended struct fields.
  */
-#define CS_VERSION_MINOR 2
+#define CS_VERSION_MINOR 3
 
 /**
  * Patch version of the header.
@@ -274,6 +274,25 @@ typedef enum cs_stop_kind {
 typedef struct cs_engine cs_engine;
 
 /**
+ * A hold on one loaded model (from `cs_registry_get`): the model stays loaded, and the
+ * `cs_engine*` of `cs_lease_engine` valid, until `cs_registry_release`. A lease may outlive
+ * its registry (the model is freed when the lease is released).
+ *
+ * Thread-safety: `cs_lease_engine` from any thread; `cs_registry_release` must be the last
+ * call on the lease.
+ */
+typedef struct cs_lease cs_lease;
+
+/**
+ * Several models by name, each its own engine. Get one from `cs_registry_new`, free it with
+ * `cs_registry_free`.
+ *
+ * Thread-safety: every function taking a `cs_registry*` may be called from any thread,
+ * concurrently, except `cs_registry_free`, which must be the last call on it.
+ */
+typedef struct cs_registry cs_registry;
+
+/**
  * A submitted request.
  *
  * Thread-safety: `cs_request_cancel` and `cs_request_id` may be called from any thread at
@@ -351,6 +370,23 @@ typedef struct cs_engine_params {
    * Appended after `chat_template`: a caller whose `struct_size` ends before it gets the default.
    */
   double target_step_ms;
+  /**
+   * Most prompt tokens one step computes, whatever the budget (default 2048, at most 2^20).
+   * Appended in 0.3 (CS_VERSION_MINOR 3), as is `log_prompts`.
+   */
+  size_t max_prefill_tokens;
+  /**
+   * Put each request's prompt text in its `queued` log record (see `cs_set_log_callback`);
+   * default false: prompts are never logged. Must hold 0 or 1.
+   */
+  bool log_prompts;
+  /**
+   * How the KV cache stores keys and values (UTF-8): "f16" (NULL: the default) or "q8_0"
+   * (8 bits with an f16 scale per 32 values, about half the memory per token, for a small
+   * logit error); anything else is CS_INVALID_ARGUMENT naming `kv_cache_type`. Borrowed only
+   * during `cs_engine_new`. Appended in 0.3 (CS_VERSION_MINOR 3).
+   */
+  const char *kv_cache_type;
 } cs_engine_params;
 
 /**
@@ -658,7 +694,74 @@ typedef struct cs_sampling_params {
    * With `tools`: 1 allows several calls per answer, 0 one; -1 (default) means 1.
    */
   int32_t parallel_tool_calls;
+  /**
+   * A label (UTF-8) carried by the request's log records (the `tag` of their fields, see
+   * `cs_set_log_callback`), e.g. the caller's request id; NULL for none. Borrowed only during
+   * the submit. Appended in 0.3 (CS_VERSION_MINOR 3).
+   */
+  const char *tag;
 } cs_sampling_params;
+
+/**
+ * How a registry manages memory and time. Get one from `cs_registry_default_params()`.
+ */
+typedef struct cs_registry_params {
+  /**
+   * `sizeof(cs_registry_params)` as the caller was compiled; set by `cs_registry_default_params()`.
+   */
+  size_t struct_size;
+  /**
+   * Most bytes of loaded models: loading another unloads idle ones, least recently used
+   * first (models in use are never unloaded for it). 0: no budget (the default).
+   */
+  uint64_t memory_budget_bytes;
+  /**
+   * Keep-alive of a model whose registration and request give none, as Ollama spells it:
+   * seconds (`"300"`, `"-1"` forever, `"0"` unload when idle) or a duration (`"5m"`, `"1h30m"`);
+   * NULL: 5 minutes. Borrowed only during `cs_registry_new`.
+   */
+  const char *keep_alive;
+} cs_registry_params;
+
+/**
+ * One loaded model in a `cs_loaded_models` list.
+ */
+typedef struct cs_loaded_model {
+  /**
+   * Its registered name (lent by the list; valid until `cs_loaded_models_free`).
+   */
+  const char *name;
+  /**
+   * An embedding model (no `cs_engine`).
+   */
+  bool is_embedding;
+  /**
+   * Memory the loaded model holds (weights and KV cache).
+   */
+  uint64_t memory_bytes;
+  /**
+   * Leases held on it now.
+   */
+  size_t active_requests;
+  /**
+   * When it unloads if no request comes, in milliseconds since the Unix epoch; -1: never.
+   */
+  int64_t expires_at_ms;
+} cs_loaded_model;
+
+/**
+ * The loaded models, by name (from `cs_registry_loaded`); free with `cs_loaded_models_free`.
+ */
+typedef struct cs_loaded_models {
+  /**
+   * Number of entries in `models`.
+   */
+  size_t len;
+  /**
+   * `len` entries (NULL when `len` is 0).
+   */
+  const struct cs_loaded_model *models;
+} cs_loaded_models;
 
 /**
  * One of the most likely alternatives at a position.
@@ -915,7 +1018,8 @@ enum cs_status cs_engine_new(const struct cs_engine_params *params, struct cs_en
  * engine thread has exited. `cs_request` handles stay valid and must still be freed.
  *
  * Ownership: free each engine exactly once; the handle is invalid afterwards. NULL returns
- * CS_INVALID_ARGUMENT.
+ * CS_INVALID_ARGUMENT, and so does an engine lent by a registry lease (`cs_lease_engine`),
+ * which `cs_registry_release` frees.
  * Thread-safety: no other call on this engine may run or start concurrently, and it must
  * not be called from inside an event callback (the callback runs on the engine thread,
  * which this call joins).
@@ -1034,6 +1138,107 @@ struct cs_engine_params cs_engine_default_params(void);
  * Thread-safety: any thread.
  */
 struct cs_sampling_params cs_sampling_default_params(void);
+
+/**
+ * Registry params at their defaults: no memory budget, keep-alive 5 minutes.
+ *
+ * Thread-safety: any thread.
+ */
+struct cs_registry_params cs_registry_default_params(void);
+
+/**
+ * Creates an empty registry (NULL `params`: the defaults) and its keep-alive thread.
+ *
+ * On success `*out_registry` receives it; free it with `cs_registry_free`. Errors:
+ * CS_INVALID_ARGUMENT naming `keep_alive`.
+ * Thread-safety: any thread.
+ */
+enum cs_status cs_registry_new(const struct cs_registry_params *params,
+                               struct cs_registry **out_registry);
+
+/**
+ * Unloads every model and frees the registry. Leases still held stay valid (their models are
+ * freed when they are released). NULL returns CS_INVALID_ARGUMENT.
+ *
+ * Thread-safety: no other call on this registry may run or start concurrently.
+ */
+enum cs_status cs_registry_free(struct cs_registry *registry);
+
+/**
+ * Registers the generation model `params->model_path` under `name` with the engine settings
+ * of `params` (from `cs_engine_default_params()`), and its own `keep_alive` (as in
+ * `cs_registry_params`; NULL: the registry's). Loads nothing yet; a bad setting fails now
+ * with CS_INVALID_ARGUMENT naming it, a taken or malformed name with one naming `name`.
+ * Thread-safety: any thread.
+ */
+enum cs_status cs_registry_register(const struct cs_registry *registry,
+                                    const char *name,
+                                    const struct cs_engine_params *params,
+                                    const char *keep_alive);
+
+/**
+ * Registers a sentence-transformers folder `dir` as the embedding model `name` (served on its
+ * own: its lease has no `cs_engine`), computing on `threads` threads (0: one per physical
+ * core), with its own `keep_alive` (NULL: the registry's). Otherwise as `cs_registry_register`.
+ */
+enum cs_status cs_registry_register_embedding(const struct cs_registry *registry,
+                                              const char *name,
+                                              const char *dir,
+                                              size_t threads,
+                                              const char *keep_alive);
+
+/**
+ * The model `name`, loaded now if it is not (this call then takes as long as loading).
+ * `keep_alive` (as in `cs_registry_params`; NULL: unchanged) becomes the model's from now on.
+ * On success `*out_lease` receives a lease; release it with `cs_registry_release` exactly once.
+ * Errors: CS_MODEL_NOT_FOUND naming the model and the known ones, CS_INVALID_ARGUMENT naming
+ * `keep_alive`, the load's errors (CS_MODEL_LOAD, CS_IO, ...), CS_ENGINE_CLOSED.
+ * Thread-safety: any thread.
+ */
+enum cs_status cs_registry_get(const struct cs_registry *registry,
+                               const char *name,
+                               const char *keep_alive,
+                               struct cs_lease **out_lease);
+
+/**
+ * Writes the leased model's engine to `*out_engine`: a `cs_engine*` for every `cs_engine_*`
+ * call, valid until `cs_registry_release(lease)`; never pass it to `cs_engine_free`.
+ * An embedding model has none: CS_INVALID_ARGUMENT naming `lease`.
+ * Thread-safety: any thread.
+ */
+enum cs_status cs_lease_engine(const struct cs_lease *lease, struct cs_engine **out_engine);
+
+/**
+ * Ends the hold and frees the lease (and the `cs_engine*` it lent): the model's keep-alive
+ * countdown starts (keep-alive 0 unloads it now, which waits for its engine thread). Requests
+ * submitted through the lent engine must be finished or freed first. NULL returns
+ * CS_INVALID_ARGUMENT.
+ * Thread-safety: must be the last call on the lease; not from inside an event callback.
+ */
+enum cs_status cs_registry_release(struct cs_lease *lease);
+
+/**
+ * Unloads `name` now: requests holding a lease finish on it first. Writes to `*out_was_loaded`
+ * whether it was loaded. Errors: CS_MODEL_NOT_FOUND.
+ * Thread-safety: any thread.
+ */
+enum cs_status cs_registry_unload(const struct cs_registry *registry,
+                                  const char *name,
+                                  bool *out_was_loaded);
+
+/**
+ * The loaded models, by name, after unloading the expired ones. On success `*out_models`
+ * receives a list; free it with `cs_loaded_models_free`.
+ * Thread-safety: any thread.
+ */
+enum cs_status cs_registry_loaded(const struct cs_registry *registry,
+                                  struct cs_loaded_models **out_models);
+
+/**
+ * Frees a list from `cs_registry_loaded`. NULL is a no-op.
+ * Thread-safety: any thread; once per list.
+ */
+void cs_loaded_models_free(struct cs_loaded_models *models);
 
 /**
  * Submits a NUL-terminated UTF-8 prompt for completion (no chat template is applied).

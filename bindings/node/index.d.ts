@@ -18,50 +18,70 @@
  */
 
 /**
- * How to build an {@link Engine}. Unset options take the core's defaults. A value of the
- * wrong type throws a `TypeError` naming the option; a value out of range (not a whole
- * number, below 1, `threads` above 4 per available CPU, a KV cache larger than memory)
- * throws an `Error` with `code: 'invalid_request'` and `param` naming the option.
+ * The engine settings of {@link Engine} and {@link Registry.register}: the core's engine settings
+ * (`cortexstream::EngineConfig::setting_names`) in camelCase. The core reads them: an unknown
+ * name, a wrong type or a value out of range (not a whole number, below 1, `threads` above 4 per
+ * available CPU, a KV cache larger than memory) throws an `Error` with `code: 'invalid_request'`
+ * and `param` naming the setting. `null` and `undefined` keep a setting's default.
  */
-export interface EngineOptions {
-  /** GGUF file; default: SmolLM2-135M-Instruct (Q4_1) in the model cache ({@link modelsDir}). */
-  model?: string;
+export interface EngineSettings {
   /** A `tokenizer.json` to use instead of the GGUF's own tokenizer. */
-  tokenizer?: string;
-  /**
-   * A sentence-transformers folder for {@link Engine.embed}; default: `minilm/` in the model
-   * cache when it is there. `null` or `false` loads no embedding model.
-   */
-  embeddingModel?: string | null | false;
+  tokenizer?: string | null;
+  /** A sentence-transformers folder for {@link Engine.embed} (default: none). */
+  embeddingModel?: string | null;
   /** Most sequences in the running batch (default 32). */
-  maxRunning?: number;
+  maxRunning?: number | null;
   /**
    * Token budget of one engine step, its decodes and prompt chunks together (default 2048, at
    * most 2^20): fixed when `targetStepMs` is 0, else the ceiling of the adaptive budget. Every
    * running stream's next token is in every step; prompts are prefilled in chunks beside them.
    */
-  maxBatchTokens?: number;
+  maxBatchTokens?: number | null;
   /**
    * Target duration of one step in milliseconds, i.e. the inter-token latency of running
    * streams while a prompt is prefilled beside them: the budget adapts to measured step times
    * (default 50; 0 keeps a fixed budget; above 0 and at most 10000 otherwise).
    */
-  targetStepMs?: number;
+  targetStepMs?: number | null;
+  /** Most prompt tokens one step computes, whatever the budget (default 2048, at most 2^20). */
+  maxPrefillTokens?: number | null;
   /** Total KV cache capacity in tokens, shared by all requests (default 16384). */
-  kvCacheTokens?: number;
+  kvCacheTokens?: number | null;
   /** Tokens per KV cache block (default 16). */
-  blockSize?: number;
+  blockSize?: number | null;
   /** Context window; default and maximum: the model's. */
-  contextLength?: number;
+  contextLength?: number | null;
   /** Compute threads, at most 4 per available CPU; default: the physical cores. */
-  threads?: number;
+  threads?: number | null;
   /** Most requests waiting for a running slot; beyond it submits fail with `overloaded` (default 256). */
-  maxQueue?: number;
+  maxQueue?: number | null;
   /**
    * A Jinja chat template used instead of the model's own. A model without one (a base model)
    * needs it for chat requests, which otherwise fail with `chat_template_missing`.
    */
-  chatTemplate?: string;
+  chatTemplate?: string | null;
+  /**
+   * Put each request's prompt in its `queued` log record (see {@link setLogListener}); by
+   * default prompts are never logged.
+   */
+  logPrompts?: boolean | null;
+  /**
+   * How the KV cache stores keys and values: `'f16'` (default) or `'q8_0'` (8 bits with a scale
+   * per 32 values: about half the memory per token, for a small logit error). Anything else
+   * fails with `invalid_request` naming `kvCacheType`.
+   */
+  kvCacheType?: 'f16' | 'q8_0' | null;
+}
+
+/** How to build an {@link Engine}: the model and the {@link EngineSettings}. */
+export interface EngineOptions extends EngineSettings {
+  /** GGUF file; default: SmolLM2-135M-Instruct (Q4_1) in the model cache ({@link modelsDir}). */
+  model?: string;
+  /**
+   * A sentence-transformers folder for {@link Engine.embed}; default: `minilm/` in the model
+   * cache when it is there. `null` or `false` loads no embedding model.
+   */
+  embeddingModel?: string | null | false;
 }
 
 /**
@@ -407,6 +427,110 @@ export declare class Engine {
    * the engine thread. Idempotent; afterwards new requests fail with `engine_closed`.
    */
   close(): Promise<void>;
+}
+
+/**
+ * Ollama's keep-alive: seconds (negative: forever, `0`: unload as soon as the model is idle) or a
+ * duration string such as `'5m'`, `'1h30m'`, `'500ms'`.
+ */
+export type KeepAlive = number | string;
+
+/** How a {@link Registry} manages memory and time. */
+export interface RegistryOptions {
+  /**
+   * Most bytes of loaded models: loading another unloads idle ones, least recently used first.
+   * Models in use are never unloaded for it. Default: no budget.
+   */
+  memoryBudgetBytes?: number | null;
+  /** Keep-alive of a model whose registration and request give none (default 5 minutes). */
+  keepAlive?: KeepAlive | null;
+}
+
+/** A registration: a generation model's {@link EngineSettings}, or an embedding model. */
+export interface RegisterOptions extends EngineSettings {
+  /** `model` is a sentence-transformers folder served on its own; it takes only `threads`. */
+  embedding?: boolean | null;
+  /** This model's keep-alive when a request gives none. */
+  keepAlive?: KeepAlive | null;
+}
+
+/** A loaded model as {@link Registry.loaded} lists it. */
+export interface LoadedModel {
+  name: string;
+  isEmbedding: boolean;
+  /** Memory the loaded model holds (weights and KV cache). */
+  memoryBytes: number;
+  /** Leases held on it now. */
+  activeRequests: number;
+  /** When it unloads if no request comes; `null`: never. */
+  expiresAt: Date | null;
+}
+
+/**
+ * Several models by name, each its own engine (own KV cache and step loop), loaded on first
+ * {@link Registry.get} and unloaded when idle past its keep-alive (Ollama's semantics) or, least
+ * recently used first, to stay within a memory budget. A model in use is never unloaded under a
+ * request: unloading only drops the registry's hold, the model is freed when its last lease ends.
+ *
+ * @example
+ * ```js
+ * const registry = new Registry();
+ * registry.register('chat', '/models/SmolLM2-135M-Instruct.Q4_1.gguf', { contextLength: 2048 });
+ * const lease = await registry.get('chat');
+ * try {
+ *   console.log((await lease.engine.generate('Hello', { maxTokens: 8 })).text);
+ * } finally {
+ *   await lease.release();
+ * }
+ * ```
+ */
+export declare class Registry {
+  /** Throws `invalid_request` naming a bad option. */
+  constructor(options?: RegistryOptions);
+
+  /**
+   * Registers `model` (a GGUF path, or with `embedding: true` a sentence-transformers folder)
+   * under `name`; loads nothing yet. A bad setting throws `invalid_request` naming it now; a
+   * taken name throws `invalid_request` with `param: 'name'`.
+   */
+  register(name: string, model: string, options?: RegisterOptions): void;
+
+  /** The registered names, sorted. */
+  names(): string[];
+
+  /**
+   * The model `name`, loaded now if needed; hold the lease while using it and release it after.
+   * `keepAlive` becomes the model's from now on. Rejects with `model_not_found` naming an
+   * unknown model, `engine_closed` after {@link Registry.close}.
+   */
+  get(name: string, keepAlive?: KeepAlive | null): Promise<Lease>;
+
+  /** Loads `name` if needed and starts its keep-alive countdown. */
+  load(name: string, keepAlive?: KeepAlive | null): Promise<void>;
+
+  /** Unloads `name` now (leased requests finish first); resolves to whether it was loaded. */
+  unload(name: string): Promise<boolean>;
+
+  /** The loaded models, by name, after unloading the expired ones. */
+  loaded(): LoadedModel[];
+
+  /** Unloads every model; later `get`s reject with `engine_closed`. Idempotent. */
+  close(): Promise<void>;
+}
+
+/** A hold on one registry model: it stays loaded until {@link Lease.release}. */
+export declare class Lease {
+  readonly name: string;
+  readonly isEmbedding: boolean;
+  /**
+   * The generation engine, `null` for an embedding model. Its `close()` leaves the model to the
+   * registry. Throws `engine_closed` when first read after {@link Lease.release}.
+   */
+  readonly engine: Engine | null;
+  /** Unit-length embedding vectors with the embedding model (or the engine's). */
+  embed(texts: string | string[]): Promise<number[][]>;
+  /** Ends the hold: the model's keep-alive countdown starts (keep-alive 0 unloads it). Idempotent. */
+  release(): Promise<void>;
 }
 
 /** The model cache: `$CORTEXSTREAM_CACHE/models`, default `~/.cache/cortexstream/models`. */

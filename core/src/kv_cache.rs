@@ -70,6 +70,17 @@ impl FromStr for KvCacheType {
     }
 }
 
+/// As an engine setting: one of [`KvCacheType::NAMES`] (the error names the accepted ones).
+impl<'de> serde::Deserialize<'de> for KvCacheType {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Self::parse(&name).map_err(|error| match error {
+            Error::InvalidRequest { message, .. } => serde::de::Error::custom(message),
+            other => serde::de::Error::custom(other),
+        })
+    }
+}
+
 impl fmt::Display for KvCacheType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

@@ -93,13 +93,14 @@ impl RequestOptions {
                 ))
             }
         };
-        reject_unknown_fields(&entries)?;
+        let known = Self::field_names();
+        reject_unknown_fields(&entries, &known, OPTIONS_NOUNS, UNKNOWN_FIELD_PARAM)?;
         let (extras, sampling): (Vec<_>, Vec<_>) = entries
             .into_iter()
             .filter(|(_, value)| *value != OptionValue::Null)
             .partition(|(key, _)| fields_of::<RequestExtras>().contains(&key.as_str()));
-        let extras: RequestExtras = deserialize_fields(extras)?;
-        let mut sampling: SamplingParams = deserialize_fields(sampling)?;
+        let extras: RequestExtras = deserialize_fields(extras, &known, UNKNOWN_FIELD_PARAM)?;
+        let mut sampling: SamplingParams = deserialize_fields(sampling, &known, UNKNOWN_FIELD_PARAM)?;
         let priority = extras.priority;
         let tag = extras.tag.clone();
         let tools = extras.tool_spec()?;
@@ -161,18 +162,24 @@ impl RequestExtras {
     }
 }
 
+/// How the unknown-name error calls one entry and all of them (`option`/`options`).
+pub(crate) type Nouns = (&'static str, &'static str);
+
+const OPTIONS_NOUNS: Nouns = ("option", "options");
+
 /// An unknown field is an error naming it and listing the known ones (a typo must not be
-/// silently ignored).
-fn reject_unknown_fields(entries: &[(String, OptionValue)]) -> Result<()> {
-    let known = RequestOptions::field_names();
+/// silently ignored); `param` is the error's field.
+pub(crate) fn reject_unknown_fields(
+    entries: &[(String, OptionValue)],
+    known: &[&'static str],
+    (one, all): Nouns,
+    param: &'static str,
+) -> Result<()> {
     match entries.iter().find(|(key, _)| !known.contains(&key.as_str())) {
         None => Ok(()),
         Some((key, _)) => {
             let shown: String = key.chars().take(40).collect();
-            Err(Error::invalid(
-                UNKNOWN_FIELD_PARAM,
-                format!("unknown option `{shown}`; the options are {}", known.join(", ")),
-            ))
+            Err(Error::invalid(param, format!("unknown {one} `{shown}`; the {all} are {}", known.join(", "))))
         }
     }
 }
@@ -187,27 +194,28 @@ fn schema_text(schema: serde_json::Value) -> Result<String> {
 }
 
 /// Deserializes `T` from `entries`. Each entry is first tried on its own, so an error names
-/// the field it is about (serde's own errors do not say which field a type error is in).
-fn deserialize_fields<T>(entries: Vec<(String, OptionValue)>) -> Result<T>
+/// the field it is about (serde's own errors do not say which field a type error is in);
+/// `known` are the names errors may carry, `unknown_param` the one they carry otherwise.
+pub(crate) fn deserialize_fields<T>(
+    entries: Vec<(String, OptionValue)>,
+    known: &[&'static str],
+    unknown_param: &'static str,
+) -> Result<T>
 where
     T: for<'de> Deserialize<'de>,
 {
     for (key, value) in &entries {
         if let Err(error) = T::deserialize(OptionValue::Map(vec![(key.clone(), value.clone())])) {
-            return Err(Error::invalid(static_field_name(key), error.to_string()));
+            let param = known.iter().copied().find(|name| name == key).unwrap_or(unknown_param);
+            return Err(Error::invalid(param, error.to_string()));
         }
     }
-    T::deserialize(OptionValue::Map(entries)).map_err(|error| Error::invalid(UNKNOWN_FIELD_PARAM, error.to_string()))
-}
-
-/// `key` as the static name errors carry, or [`UNKNOWN_FIELD_PARAM`] for no known field.
-fn static_field_name(key: &str) -> &'static str {
-    RequestOptions::field_names().into_iter().find(|name| *name == key).unwrap_or(UNKNOWN_FIELD_PARAM)
+    T::deserialize(OptionValue::Map(entries)).map_err(|error| Error::invalid(unknown_param, error.to_string()))
 }
 
 /// The field names of a struct's serde derive, read by asking it to deserialize from a
 /// deserializer that records what `deserialize_struct` is told and then fails.
-fn fields_of<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
+pub(crate) fn fields_of<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
     struct FieldNames<'a>(&'a mut &'static [&'static str]);
 
     impl<'de> Deserializer<'de> for FieldNames<'_> {
@@ -240,7 +248,7 @@ fn fields_of<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
 
 impl OptionValue {
     /// What kind of value this is, for messages.
-    fn kind(&self) -> String {
+    pub(crate) fn kind(&self) -> String {
         match self {
             OptionValue::Null => "null".into(),
             OptionValue::Bool(_) => "a boolean".into(),

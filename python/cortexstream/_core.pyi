@@ -293,6 +293,27 @@ class Sampling(TypedDict, total=False):
     tool_choice: Optional[Union[str, Dict[str, Any]]]
     parallel_tool_calls: Optional[bool]
 
+class EngineSettings(TypedDict, total=False):
+    """The engine settings of ``Engine(...)`` and ``Registry.register(...)``: the core's
+    ``EngineConfig`` fields (``EngineConfig::setting_names``), which the core reads and checks.
+    ``None`` keeps a setting's default; a wrong type, an unknown name or a value out of range
+    raises ``InvalidRequestError`` naming the setting."""
+
+    tokenizer: Optional[Union[str, os.PathLike[str]]]
+    embedding_model: Optional[Union[str, os.PathLike[str]]]
+    max_running: Optional[int]
+    max_batch_tokens: Optional[int]
+    target_step_ms: Optional[float]
+    max_prefill_tokens: Optional[int]
+    kv_cache_tokens: Optional[int]
+    block_size: Optional[int]
+    context_length: Optional[int]
+    threads: Optional[int]
+    max_queue: Optional[int]
+    chat_template: Optional[str]
+    log_prompts: Optional[bool]
+    kv_cache_type: Optional[Literal["f16", "q8_0"]]
+
 @disjoint_base
 class Engine:
     """A loaded model serving requests from any thread (paths only; see ``cortexstream.Engine``).
@@ -302,28 +323,16 @@ class Engine:
     bounds the requests waiting for a slot; past it submits raise ``OverloadedError``.
     ``threads`` is at most 4 per available CPU. ``max_batch_tokens`` is a step's token budget
     (decodes and prompt chunks) and ``target_step_ms`` the step time it adapts to (default 50;
-    0 keeps the budget fixed). ``kv_cache_type`` is ``"f16"`` (default) or ``"q8_0"``. A setting
-    out of range (a negative size, a KV cache larger than memory, a target above 10000 ms, an
-    unknown cache type) raises ``InvalidRequestError`` naming it.
+    0 keeps the budget fixed). A setting out of range (a negative size, a KV cache larger than
+    memory, a target above 10000 ms) raises ``InvalidRequestError`` naming it.
     """
 
     def __new__(
         cls,
         model: Union[str, os.PathLike[str]],
         *,
-        tokenizer: Optional[Union[str, os.PathLike[str]]] = None,
-        embedding_model: Optional[Union[str, os.PathLike[str]]] = None,
-        max_running: Optional[int] = None,
-        max_batch_tokens: Optional[int] = None,
-        kv_cache_tokens: Optional[int] = None,
-        context_length: Optional[int] = None,
-        threads: Optional[int] = None,
-        max_queue: Optional[int] = None,
-        chat_template: Optional[str] = None,
-        target_step_ms: Optional[float] = None,
-        log_prompts: bool = False,
-        kv_cache_type: Optional[str] = None,
         _lease: Optional[Lease] = None,
+        **settings: Unpack[EngineSettings],
     ) -> Self: ...
     def generate(self, prompt: Union[str, List[int]], **sampling: Unpack[Sampling]) -> Completion:
         """Generates a completion for a text or token-id prompt."""
@@ -421,21 +430,13 @@ class Registry:
         name: str,
         model: Union[str, os.PathLike[str]],
         *,
-        embedding: bool = False,
+        embedding: Optional[bool] = None,
         keep_alive: _KeepAlive = None,
-        tokenizer: Optional[Union[str, os.PathLike[str]]] = None,
-        embedding_model: Optional[Union[str, os.PathLike[str]]] = None,
-        max_running: Optional[int] = None,
-        max_batch_tokens: Optional[int] = None,
-        kv_cache_tokens: Optional[int] = None,
-        context_length: Optional[int] = None,
-        threads: Optional[int] = None,
-        max_queue: Optional[int] = None,
-        chat_template: Optional[str] = None,
-        target_step_ms: Optional[float] = None,
+        **settings: Unpack[EngineSettings],
     ) -> None:
-        """Registers a GGUF generation model, or with ``embedding=True`` a sentence-transformers
-        folder, under ``name``; loads nothing yet."""
+        """Registers a GGUF generation model with engine settings, or with ``embedding=True`` a
+        sentence-transformers folder (which takes only ``threads``), under ``name``; loads
+        nothing yet. A bad setting raises ``InvalidRequestError`` naming it now."""
     def names(self) -> List[str]:
         """The registered names, sorted."""
     def get(self, name: str, keep_alive: _KeepAlive = None) -> Lease:

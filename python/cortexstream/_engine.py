@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import numpy
     from typing_extensions import Unpack
 
-    from ._core import Sampling
+    from ._core import EngineSettings, Sampling
 
 PathLike = Union[str, "os.PathLike[str]"]
 Prompt = Union[str, List[int]]
@@ -38,14 +38,15 @@ class Engine(_core.Engine):
     ``max_batch_tokens``). ``threads`` may be at most 4 per available CPU, and the KV cache must
     fit in the machine's memory; a setting out of range raises :class:`InvalidRequestError`
     with ``param`` naming it.
-    ``kv_cache_type`` is how the KV cache stores keys and values: ``"f16"`` (the default) or
-    ``"q8_0"`` (8 bits with a scale per 32 values, about half the memory per token for a small
-    logit error); anything else raises :class:`InvalidRequestError` naming it.
     ``chat_template`` is a Jinja chat template used instead of the model's
     own; a model without one (a base model such as ``"gemma3"``) needs it for chat requests,
     which otherwise raise :class:`ChatTemplateMissingError`.
     ``log_prompts=True`` puts each request's prompt in its ``queued`` log record (see
-    :mod:`cortexstream.logs`); by default prompts are never logged.
+    :mod:`cortexstream.logs`); by default prompts are never logged. ``tokenizer``,
+    ``max_prefill_tokens`` (most prompt tokens one step computes, default 2048) and
+    ``block_size`` (tokens per KV block, default 16) complete the settings, typed as
+    ``cortexstream._core.EngineSettings``: the core's one list, which it reads (an unknown name
+    or a wrong type raises :class:`InvalidRequestError` naming it, ``None`` keeps the default).
 
     Sampling keyword arguments, accepted by every generation method: ``max_tokens``,
     ``temperature`` (0.8; 0 is greedy), ``top_k`` (40), ``top_p`` (0.95), ``min_p`` (0.05),
@@ -72,33 +73,13 @@ class Engine(_core.Engine):
         model: Optional[PathLike] = None,
         *,
         embedding_model: Union[PathLike, None, bool] = None,
-        tokenizer: Optional[PathLike] = None,
-        max_running: Optional[int] = None,
-        max_batch_tokens: Optional[int] = None,
-        kv_cache_tokens: Optional[int] = None,
-        context_length: Optional[int] = None,
-        threads: Optional[int] = None,
-        max_queue: Optional[int] = None,
-        chat_template: Optional[str] = None,
-        log_prompts: bool = False,
-        target_step_ms: Optional[float] = None,
-        kv_cache_type: Optional[str] = None,
+        **settings: Unpack[EngineSettings],
     ) -> Engine:
         return super().__new__(
             cls,
             _resolve(models.DEFAULT_MODEL if model is None else model),
-            tokenizer=tokenizer,
             embedding_model=_embedding_model_path(embedding_model),
-            max_running=max_running,
-            max_batch_tokens=max_batch_tokens,
-            kv_cache_tokens=kv_cache_tokens,
-            context_length=context_length,
-            threads=threads,
-            max_queue=max_queue,
-            chat_template=chat_template,
-            log_prompts=log_prompts,
-            target_step_ms=target_step_ms,
-            kv_cache_type=kv_cache_type,
+            **settings,
         )
 
     def embed(self, texts: Union[str, Sequence[str]], *, as_numpy: bool = False) -> Any:

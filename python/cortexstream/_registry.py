@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from . import _core
 from ._engine import PathLike, _resolve
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ._core import EngineSettings
 
 #: Ollama's keep-alive: seconds (negative: forever, ``0``: unload when idle) or ``"5m"``.
 KeepAlive = Union[float, str, None]
@@ -27,8 +32,18 @@ class Registry(_core.Registry):
     model works for you: unloading never cuts its requests.
     """
 
-    def register(self, name: str, model: PathLike, *, embedding: bool = False, **settings: Any) -> None:
-        super().register(name, _resolve(model), embedding=embedding, **settings)
+    def register(
+        self,
+        name: str,
+        model: PathLike,
+        *,
+        embedding: Optional[bool] = None,
+        keep_alive: KeepAlive = None,
+        **settings: Unpack[EngineSettings],
+    ) -> None:
+        """Registers ``model`` under ``name`` with the engine settings of :class:`Engine`
+        (an embedding model takes only ``threads``); a bad setting raises now, naming it."""
+        super().register(name, _resolve(model), embedding=embedding, keep_alive=keep_alive, **settings)
 
     def __repr__(self) -> str:
         return f"Registry({self.names()!r})"

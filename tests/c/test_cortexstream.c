@@ -544,6 +544,192 @@ static void test_log_callback_receives_a_requests_records(void) {
     CHECK_FAILS(cs_set_log_callback(-1, NULL, NULL), CS_INVALID_ARGUMENT, "level");
 }
 
+/* Runs `prompt` greedily for `max_tokens` on `on` (any engine), pulled, into a new result. */
+static stream_result *run_on(cs_engine *on, const char *prompt, int64_t max_tokens, const char *tag) {
+    cs_sampling_params params = greedy_params(max_tokens);
+    params.ignore_eos = true;
+    params.tag = tag;
+    stream_result *result = calloc(1, sizeof *result);
+    cs_request *request = NULL;
+    CHECK_OK(cs_engine_submit_text(on, prompt, &params, NULL, NULL, &request));
+    if (request == NULL) return result;
+    CHECK_FAILS(drain(request, result), CS_END_OF_STREAM, NULL);
+    CHECK_OK(cs_request_free(request));
+    return result;
+}
+
+static bool listed_as_loaded(const cs_registry *registry, const char *name, size_t *active_requests) {
+    cs_loaded_models *loaded = NULL;
+    CHECK_OK(cs_registry_loaded(registry, &loaded));
+    bool found = false;
+    for (size_t i = 0; loaded != NULL && i < loaded->len; i++) {
+        if (strcmp(loaded->models[i].name, name) != 0) continue;
+        found = true;
+        if (active_requests != NULL) *active_requests = loaded->models[i].active_requests;
+        CHECK(loaded->models[i].memory_bytes > 0, "%s: memory_bytes 0", name);
+    }
+    cs_loaded_models_free(loaded);
+    return found;
+}
+
+/* The registry (issue 22): SmolLM2 under two names with their own settings plus MiniLM,
+ * requests to both interleaved, keep-alive 0, unknown names, the lent engine's ownership. */
+static void test_registry_serves_models_by_name(void) {
+    char gguf[4200], minilm[4200];
+    model_paths(gguf, minilm, sizeof gguf);
+    cs_registry *registry = NULL;
+    CHECK_OK(cs_registry_new(NULL, &registry));
+    if (registry == NULL) return;
+    cs_engine_params params = cs_engine_default_params();
+    params.model_path = gguf;
+    params.kv_cache_tokens = 512;
+    params.max_running = 2;
+    params.threads = 1;
+    params.context_length = 256;
+    CHECK_OK(cs_registry_register(registry, "small", &params, NULL));
+    params.context_length = 0;
+    CHECK_OK(cs_registry_register(registry, "large", &params, "5m"));
+    CHECK_OK(cs_registry_register_embedding(registry, "minilm", minilm, 1, NULL));
+    CHECK_FAILS(cs_registry_register(registry, "small", &params, NULL), CS_INVALID_ARGUMENT, "name");
+    params.max_running = 0;
+    CHECK_FAILS(cs_registry_register(registry, "bad", &params, NULL), CS_INVALID_ARGUMENT, "max_running");
+    params.max_running = 2;
+    CHECK_FAILS(cs_registry_register(registry, "bad", &params, "soon"), CS_INVALID_ARGUMENT, "keep_alive");
+
+    cs_lease *small = NULL, *large = NULL, *embedder = NULL;
+    CHECK_OK(cs_registry_get(registry, "small", NULL, &small));
+    CHECK_OK(cs_registry_get(registry, "large", NULL, &large));
+    CHECK_OK(cs_registry_get(registry, "minilm", NULL, &embedder));
+    cs_engine *small_engine = NULL, *large_engine = NULL, *none = NULL;
+    CHECK_OK(cs_lease_engine(small, &small_engine));
+    CHECK_OK(cs_lease_engine(large, &large_engine));
+    CHECK_FAILS(cs_lease_engine(embedder, &none), CS_INVALID_ARGUMENT, "lease");
+    CHECK(none == NULL, "out_engine written on failure");
+    if (small_engine != NULL && large_engine != NULL) {
+        cs_model_info info = {.struct_size = sizeof info};
+        CHECK_OK(cs_engine_model_info(small_engine, &info));
+        CHECK(info.context_length == 256, "small: context_length %zu", info.context_length);
+        CHECK_OK(cs_engine_model_info(large_engine, &info));
+        CHECK(info.context_length == 512, "large: context_length %zu (capped by its KV cache)", info.context_length);
+        /* Interleaved: both engines run at once, each on its own step loop. */
+        cs_sampling_params greedy = greedy_params(6);
+        greedy.ignore_eos = true;
+        cs_request *a = NULL, *b = NULL;
+        CHECK_OK(cs_engine_submit_text(small_engine, "The capital of France is", &greedy, NULL, NULL, &a));
+        CHECK_OK(cs_engine_submit_text(large_engine, "The capital of France is", &greedy, NULL, NULL, &b));
+        stream_result *ra = calloc(1, sizeof *ra), *rb = calloc(1, sizeof *rb);
+        if (a != NULL) CHECK_FAILS(drain(a, ra), CS_END_OF_STREAM, NULL);
+        if (b != NULL) CHECK_FAILS(drain(b, rb), CS_END_OF_STREAM, NULL);
+        CHECK(ra->ids_len == 6 && strcmp(ra->text, rb->text) == 0, "small gave \"%s\", large \"%s\"", ra->text, rb->text);
+        free(ra);
+        free(rb);
+        CHECK_OK(cs_request_free(a));
+        CHECK_OK(cs_request_free(b));
+        CHECK_FAILS(cs_engine_free(small_engine), CS_INVALID_ARGUMENT, "engine");
+    }
+    size_t active = 0;
+    CHECK(listed_as_loaded(registry, "small", &active) && active == 1, "small not listed with one lease");
+    CHECK(listed_as_loaded(registry, "minilm", NULL), "minilm not listed");
+    CHECK_OK(cs_registry_release(small));
+    CHECK_OK(cs_registry_release(large));
+    CHECK_OK(cs_registry_release(embedder));
+    CHECK(listed_as_loaded(registry, "small", &active) && active == 0, "small unloaded by its release");
+
+    /* Keep-alive 0: unloaded as soon as its last lease ends. */
+    cs_lease *once = NULL;
+    CHECK_OK(cs_registry_get(registry, "large", "0", &once));
+    CHECK(listed_as_loaded(registry, "large", NULL), "large not loaded while leased");
+    CHECK_OK(cs_registry_release(once));
+    CHECK(!listed_as_loaded(registry, "large", NULL), "large still loaded after keep-alive 0");
+
+    bool was_loaded = false;
+    CHECK_OK(cs_registry_unload(registry, "small", &was_loaded));
+    CHECK(was_loaded, "small was not loaded");
+    CHECK_OK(cs_registry_unload(registry, "small", &was_loaded));
+    CHECK(!was_loaded, "small unloaded twice");
+
+    cs_lease *missing = NULL;
+    CHECK_FAILS(cs_registry_get(registry, "gpt-4", NULL, &missing), CS_MODEL_NOT_FOUND, NULL);
+    CHECK(strstr(cs_last_error_message(), "gpt-4") != NULL && strstr(cs_last_error_message(), "large, minilm, small"),
+          "message: %s", cs_last_error_message());
+    CHECK(missing == NULL, "out_lease written on failure");
+    CHECK_FAILS(cs_registry_unload(registry, "gpt-4", &was_loaded), CS_MODEL_NOT_FOUND, NULL);
+    CHECK_FAILS(cs_registry_get(NULL, "small", NULL, &missing), CS_INVALID_ARGUMENT, "registry");
+    CHECK_FAILS(cs_registry_get(registry, NULL, NULL, &missing), CS_INVALID_ARGUMENT, "name");
+    CHECK_FAILS(cs_registry_release(NULL), CS_INVALID_ARGUMENT, "lease");
+
+    /* A lease outlives its registry. */
+    cs_lease *kept = NULL;
+    CHECK_OK(cs_registry_get(registry, "small", NULL, &kept));
+    CHECK_OK(cs_registry_free(registry));
+    cs_engine *kept_engine = NULL;
+    CHECK_OK(cs_lease_engine(kept, &kept_engine));
+    if (kept_engine != NULL) {
+        stream_result *result = run_on(kept_engine, "Hello", 2, NULL);
+        CHECK(result->ids_len == 2, "%zu tokens after the registry was freed", result->ids_len);
+        free(result);
+    }
+    CHECK_OK(cs_registry_release(kept));
+}
+
+/* What the log callback saw of the requests tagged by test_log_prompts_and_tags. */
+typedef struct {
+    pthread_mutex_t lock;
+    int quiet_queued, quiet_with_prompt, logged_queued, logged_with_prompt;
+} prompt_log_state;
+
+static void on_prompt_log(const cs_log_record *record, void *user_data) {
+    prompt_log_state *state = user_data;
+    if (strcmp(record->message, "queued") != 0) return;
+    bool has_prompt = strstr(record->fields_json, "\"prompt\":\"The secret ingredient is\"") != NULL;
+    pthread_mutex_lock(&state->lock);
+    if (strstr(record->fields_json, "\"tag\":\"c-quiet\"")) {
+        state->quiet_queued++;
+        state->quiet_with_prompt += has_prompt;
+    }
+    if (strstr(record->fields_json, "\"tag\":\"c-logged\"")) {
+        state->logged_queued++;
+        state->logged_with_prompt += has_prompt;
+    }
+    pthread_mutex_unlock(&state->lock);
+}
+
+/* Issue 22 item 5 in C: `cs_sampling_params.tag` reaches the request's records, and the
+ * prompt is in them only from an engine built with `log_prompts` (here by a registry). */
+static void test_log_prompts_and_tags(void) {
+    static prompt_log_state state = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    char gguf[4200], minilm[4200];
+    model_paths(gguf, minilm, sizeof gguf);
+    cs_registry *registry = NULL;
+    CHECK_OK(cs_registry_new(NULL, &registry));
+    if (registry == NULL) return;
+    cs_engine_params params = cs_engine_default_params();
+    params.model_path = gguf;
+    params.kv_cache_tokens = 256;
+    params.max_running = 1;
+    params.threads = 1;
+    params.log_prompts = true;
+    CHECK_OK(cs_registry_register(registry, "logged", &params, NULL));
+    cs_lease *lease = NULL;
+    CHECK_OK(cs_registry_get(registry, "logged", NULL, &lease));
+    cs_engine *logged = NULL;
+    CHECK_OK(cs_lease_engine(lease, &logged));
+    CHECK_OK(cs_set_log_callback(CS_LOG_INFO, on_prompt_log, &state));
+    free(run_on(engine, "The secret ingredient is", 1, "c-quiet"));
+    if (logged != NULL) free(run_on(logged, "The secret ingredient is", 1, "c-logged"));
+    CHECK_OK(cs_set_log_callback(CS_LOG_OFF, NULL, NULL));
+    CHECK(state.quiet_queued == 1 && state.quiet_with_prompt == 0, "quiet: %d queued, %d with the prompt",
+          state.quiet_queued, state.quiet_with_prompt);
+    CHECK(state.logged_queued == 1 && state.logged_with_prompt == 1, "logged: %d queued, %d with the prompt",
+          state.logged_queued, state.logged_with_prompt);
+    CHECK_OK(cs_registry_release(lease));
+    CHECK_OK(cs_registry_free(registry));
+    cs_sampling_params bad = greedy_params(1);
+    bad.tag = "\xff";
+    cs_request *request = NULL;
+    CHECK_FAILS(cs_engine_submit_text(engine, "Hi", &bad, NULL, NULL, &request), CS_INVALID_ARGUMENT, "tag");
+}
+
 static void test_constrained_output_and_bad_constraints(void) {
     cs_sampling_params params = greedy_params(16);
     params.temperature = 1.0f;
@@ -1415,6 +1601,40 @@ static void test_target_step_ms_param(void) {
     if (older != NULL) CHECK_OK(cs_engine_free(older));
 }
 
+/* kv_cache_type: "q8_0" builds an engine that generates; an unknown type is refused naming
+ * the field; a caller compiled before the field (shorter struct_size) gets the f16 default. */
+static void test_kv_cache_type_param(void) {
+    char gguf[4200], minilm[4200];
+    model_paths(gguf, minilm, sizeof gguf);
+    cs_engine_params params = cs_engine_default_params();
+    CHECK(params.kv_cache_type == NULL, "default kv_cache_type is not NULL");
+    params.model_path = gguf;
+    params.kv_cache_tokens = 512;
+    params.kv_cache_type = "q8_0";
+    cs_engine *q8 = NULL;
+    CHECK_OK(cs_engine_new(&params, &q8));
+    if (q8 != NULL) {
+        cs_sampling_params greedy = greedy_params(3);
+        cs_request *request = NULL;
+        CHECK_OK(cs_engine_submit_text(q8, REF_PROMPT, &greedy, NULL, NULL, &request));
+        if (request != NULL) {
+            const cs_event *event = NULL;
+            size_t tokens = 0;
+            while (cs_request_next_event(request, -1, &event) == CS_OK && event->kind == CS_EVENT_TOKEN) tokens++;
+            CHECK(tokens == 3, "q8_0 engine gave %zu tokens", tokens);
+            CHECK_OK(cs_request_free(request));
+        }
+        CHECK_OK(cs_engine_free(q8));
+    }
+    params.kv_cache_type = "q4_0";
+    cs_engine *refused = NULL;
+    CHECK_FAILS(cs_engine_new(&params, &refused), CS_INVALID_ARGUMENT, "kv_cache_type");
+    params.struct_size = offsetof(cs_engine_params, kv_cache_type);
+    cs_engine *older = NULL;
+    CHECK_OK(cs_engine_new(&params, &older));
+    if (older != NULL) CHECK_OK(cs_engine_free(older));
+}
+
 static void test_next_event_timeouts(void) {
     cs_sampling_params params = greedy_params(2);
     cs_request *request = NULL;
@@ -1765,12 +1985,15 @@ int main(int argc, char **argv) {
         {"huge_thread_count_is_rejected", test_huge_thread_count_is_rejected},
         {"engine_settings_out_of_range_are_rejected", test_engine_settings_out_of_range_are_rejected},
         {"target_step_ms_param", test_target_step_ms_param},
+        {"kv_cache_type_param", test_kv_cache_type_param},
         {"next_event_timeouts", test_next_event_timeouts},
         {"logprob_bytes_of_a_partial_utf8_token", test_logprob_bytes_of_a_partial_utf8_token},
         {"cancel_takes_effect_within_one_step", test_cancel_takes_effect_within_one_step},
         {"cancel_during_a_long_prefill", test_cancel_during_a_long_prefill},
         {"engine_metrics", test_engine_metrics},
         {"log_callback_receives_a_requests_records", test_log_callback_receives_a_requests_records},
+        {"registry_serves_models_by_name", test_registry_serves_models_by_name},
+        {"log_prompts_and_tags", test_log_prompts_and_tags},
     };
     int passed = 0, failed = 0;
     for (size_t i = 0; i < COUNT_OF(tests); i++) {

@@ -51,11 +51,13 @@ def test_an_engine_setting_out_of_range_is_an_error_naming_it(setting, value):
     assert setting in str(raised.value)
 
 
-def test_an_engine_setting_of_the_wrong_type_is_a_type_error_naming_it():
-    with pytest.raises(TypeError, match="threads"):
-        cortexstream.Engine(embedding_model=False, threads="many")
-    with pytest.raises(TypeError, match="target_step_ms"):
-        cortexstream.Engine(embedding_model=False, target_step_ms="fast")
+def test_an_engine_setting_of_the_wrong_type_is_an_error_naming_it():
+    # The core reads the settings (issue 22 item 1): a wrong type is an invalid setting, as a
+    # wrong type of a request option is.
+    for setting, value in [("threads", "many"), ("target_step_ms", "fast")]:
+        with pytest.raises(InvalidRequestError) as raised:
+            cortexstream.Engine(embedding_model=False, **{setting: value})
+        assert raised.value.param == setting, raised.value
 
 
 @pytest.mark.parametrize("target_step_ms", [0, 0.5, 25, 10_000])

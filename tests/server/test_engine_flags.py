@@ -31,3 +31,14 @@ def test_a_step_target_the_engine_refuses_names_target_step_ms():
     with pytest.raises(cortexstream.InvalidRequestError) as raised:
         cortexstream.Engine(embedding_model=False, **options.as_kwargs())
     assert raised.value.param == "target_step_ms"
+
+
+def test_the_kv_cache_type_flag_reaches_the_engine_and_is_checked(capsys):
+    assert engine_options(parse_args(["--kv-cache-type", "q8_0"])).kv_cache_type == "q8_0"
+    assert "kv_cache_type" not in engine_options(parse_args([])).as_kwargs(), "unset keeps the engine default"
+    with pytest.raises(SystemExit):
+        parse_args(["--kv-cache-type", "q4_0"])
+    assert "--kv-cache-type" in capsys.readouterr().err
+    options = EngineOptions(kv_cache_type="q8_0", kv_cache_tokens=512)
+    with cortexstream.Engine(embedding_model=False, **options.as_kwargs()) as engine:
+        assert engine.generate("Hello", max_tokens=2, temperature=0.0).usage.completion_tokens >= 1

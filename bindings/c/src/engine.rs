@@ -4,6 +4,7 @@
 use std::ffi::{c_char, CString};
 use std::mem::size_of;
 use std::ptr;
+use std::sync::Arc;
 
 use cortexstream::{ChatMessage, Engine, Error, ModelInfo};
 
@@ -19,9 +20,12 @@ use crate::text::to_c_string;
 /// concurrently, except `cs_engine_free`, which must be the last call on it.
 #[allow(non_camel_case_types)]
 pub struct cs_engine {
-    engine: Engine,
+    engine: Arc<Engine>,
     /// C copies of the model info strings, lent out by `cs_engine_model_info`.
     names: ModelNames,
+    /// Lent by a registry lease (`cs_lease_engine`): the lease owns it, `cs_engine_free`
+    /// refuses it.
+    lent: bool,
 }
 
 struct ModelNames {
@@ -93,6 +97,12 @@ impl cs_engine {
     pub(crate) fn core(&self) -> &Engine {
         &self.engine
     }
+
+    /// A handle on a registry's engine, owned by the lease that lends it.
+    pub(crate) fn lent(engine: Arc<Engine>) -> Self {
+        let names = ModelNames::of(engine.model_info());
+        Self { engine, names, lent: true }
+    }
 }
 
 /// Loads the model(s) described by `params` and starts the engine thread.
@@ -110,8 +120,9 @@ pub unsafe extern "C" fn cs_engine_new(params: *const cs_engine_params, out_engi
         // SAFETY: the string fields are NULL or NUL-terminated by the caller's contract.
         let engine = Engine::new(unsafe { params.to_config()? })?;
         let names = ModelNames::of(engine.model_info());
+        let engine = cs_engine { engine: Arc::new(engine), names, lent: false };
         // SAFETY: checked non-NULL above.
-        unsafe { out_engine.write(Box::into_raw(Box::new(cs_engine { engine, names }))) };
+        unsafe { out_engine.write(Box::into_raw(Box::new(engine))) };
         Ok(())
     })
 }
@@ -121,7 +132,8 @@ pub unsafe extern "C" fn cs_engine_new(params: *const cs_engine_params, out_engi
 /// engine thread has exited. `cs_request` handles stay valid and must still be freed.
 ///
 /// Ownership: free each engine exactly once; the handle is invalid afterwards. NULL returns
-/// CS_INVALID_ARGUMENT.
+/// CS_INVALID_ARGUMENT, and so does an engine lent by a registry lease (`cs_lease_engine`),
+/// which `cs_registry_release` frees.
 /// Thread-safety: no other call on this engine may run or start concurrently, and it must
 /// not be called from inside an event callback (the callback runs on the engine thread,
 /// which this call joins).
@@ -129,7 +141,12 @@ pub unsafe extern "C" fn cs_engine_new(params: *const cs_engine_params, out_engi
 pub unsafe extern "C" fn cs_engine_free(engine: *mut cs_engine) -> cs_status {
     guard(|| {
         // SAFETY: forwarded caller contract (documented above).
-        unsafe { engine_ref(engine)? };
+        if unsafe { engine_ref(engine)? }.lent {
+            return Err(Failure::invalid(
+                "engine",
+                "this engine belongs to a registry lease: release the lease with cs_registry_release instead",
+            ));
+        }
         // SAFETY: `engine` came from cs_engine_new and is freed once, by the contract.
         let engine = unsafe { Box::from_raw(engine) };
         engine.engine.shutdown();

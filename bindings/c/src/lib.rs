@@ -14,6 +14,7 @@ mod event;
 mod metrics;
 mod owned;
 mod params;
+mod registry;
 mod request;
 mod status;
 mod text;
@@ -25,7 +26,7 @@ use std::ffi::c_char;
 /// Major version of the header; a change means an incompatible ABI.
 pub const CS_VERSION_MAJOR: u32 = 0;
 /// Minor version of the header; new functions or appended struct fields.
-pub const CS_VERSION_MINOR: u32 = 2;
+pub const CS_VERSION_MINOR: u32 = 3;
 /// Patch version of the header.
 pub const CS_VERSION_PATCH: u32 = 0;
 

@@ -72,6 +72,17 @@ pub struct cs_engine_params {
     /// negative, NaN or above-10000 value is CS_INVALID_ARGUMENT naming `target_step_ms`.
     /// Appended after `chat_template`: a caller whose `struct_size` ends before it gets the default.
     pub target_step_ms: f64,
+    /// Most prompt tokens one step computes, whatever the budget (default 2048, at most 2^20).
+    /// Appended in 0.3 (CS_VERSION_MINOR 3), as is `log_prompts`.
+    pub max_prefill_tokens: usize,
+    /// Put each request's prompt text in its `queued` log record (see `cs_set_log_callback`);
+    /// default false: prompts are never logged. Must hold 0 or 1.
+    pub log_prompts: bool,
+    /// How the KV cache stores keys and values (UTF-8): "f16" (NULL: the default) or "q8_0"
+    /// (8 bits with an f16 scale per 32 values, about half the memory per token, for a small
+    /// logit error); anything else is CS_INVALID_ARGUMENT naming `kv_cache_type`. Borrowed only
+    /// during `cs_engine_new`. Appended in 0.3 (CS_VERSION_MINOR 3).
+    pub kv_cache_type: *const c_char,
 }
 
 /// How to sample and when to stop. Get one from `cs_sampling_default_params()`
@@ -147,10 +158,15 @@ pub struct cs_sampling_params {
     pub tool_choice: *const c_char,
     /// With `tools`: 1 allows several calls per answer, 0 one; -1 (default) means 1.
     pub parallel_tool_calls: i32,
+    /// A label (UTF-8) carried by the request's log records (the `tag` of their fields, see
+    /// `cs_set_log_callback`), e.g. the caller's request id; NULL for none. Borrowed only during
+    /// the submit. Appended in 0.3 (CS_VERSION_MINOR 3).
+    pub tag: *const c_char,
 }
 
 impl SizedParams for cs_engine_params {
-    const BOOL_FIELDS: &'static [(usize, &'static str)] = &[];
+    const BOOL_FIELDS: &'static [(usize, &'static str)] =
+        &[(std::mem::offset_of!(cs_engine_params, log_prompts), "log_prompts")];
 }
 
 impl SizedParams for cs_sampling_params {
@@ -178,6 +194,9 @@ pub extern "C" fn cs_engine_default_params() -> cs_engine_params {
         max_queue: defaults.max_queue,
         chat_template: std::ptr::null(),
         target_step_ms: defaults.target_step_ms.unwrap_or(0.0),
+        max_prefill_tokens: defaults.max_prefill_tokens,
+        log_prompts: defaults.log_prompts,
+        kv_cache_type: std::ptr::null(),
     }
 }
 
@@ -214,33 +233,55 @@ pub extern "C" fn cs_sampling_default_params() -> cs_sampling_params {
         tools: std::ptr::null(),
         tool_choice: std::ptr::null(),
         parallel_tool_calls: -1,
+        tag: std::ptr::null(),
     }
 }
 
 impl cs_engine_params {
-    /// The core config these params describe.
+    /// The core config these params describe: the fields become the core's engine settings
+    /// (the one conversion of this struct), which the core reads and checks as it does every
+    /// door's. Only C's own spellings are handled here: NULL strings and the 0 of
+    /// `context_length` and `threads` are "not set".
     ///
     /// # Safety
     /// The string fields must be NULL or NUL-terminated.
     pub(crate) unsafe fn to_config(self) -> Result<EngineConfig, Failure> {
-        // SAFETY (all three): forwarded caller contract.
-        let model = unsafe { c_str(self.model_path, "model_path")? };
-        let tokenizer = unsafe { optional_c_str(self.tokenizer_path, "tokenizer_path")? };
-        let embedding_model = unsafe { optional_c_str(self.embedding_model_path, "embedding_model_path")? };
-        let mut config = EngineConfig::new(model);
-        config.tokenizer = tokenizer.map(PathBuf::from);
-        config.embedding_model = embedding_model.map(PathBuf::from);
-        config.max_running = self.max_running;
-        config.max_batch_tokens = self.max_batch_tokens;
-        config.kv_cache_tokens = self.kv_cache_tokens;
-        config.block_size = self.block_size;
-        config.context_length = (self.context_length != 0).then_some(self.context_length);
-        config.threads = (self.threads != 0).then_some(self.threads);
-        config.max_queue = self.max_queue;
-        config.set_target_step_ms(self.target_step_ms);
         // SAFETY: forwarded caller contract.
-        config.chat_template = unsafe { optional_c_str(self.chat_template, "chat_template")? }.map(String::from);
-        Ok(config)
+        let model = unsafe { c_str(self.model_path, "model_path")? };
+        // SAFETY: forwarded caller contract.
+        let settings = unsafe { self.settings()? };
+        let value = OptionValue::Map(settings.into_iter().map(|(name, value)| (name.to_owned(), value)).collect());
+        Ok(EngineConfig::from_settings(model, value)?)
+    }
+
+    /// Every field but `model_path` as the core's engine setting of the same name.
+    ///
+    /// # Safety
+    /// The string fields must be NULL or NUL-terminated.
+    pub(crate) unsafe fn settings(&self) -> Result<Vec<(&'static str, OptionValue)>, Failure> {
+        let text = |ptr, param| -> Result<OptionValue, Failure> {
+            // SAFETY: forwarded caller contract.
+            let text = unsafe { optional_c_str(ptr, param)? };
+            Ok(text.map_or(OptionValue::Null, |text| OptionValue::Str(text.to_owned())))
+        };
+        let size = |n: usize| OptionValue::Int(n as i128);
+        let automatic_if_zero = |n: usize| if n == 0 { OptionValue::Null } else { size(n) };
+        Ok(vec![
+            ("tokenizer", text(self.tokenizer_path, "tokenizer_path")?),
+            ("embedding_model", text(self.embedding_model_path, "embedding_model_path")?),
+            ("max_running", size(self.max_running)),
+            ("max_batch_tokens", size(self.max_batch_tokens)),
+            ("target_step_ms", OptionValue::Float(self.target_step_ms)),
+            ("max_prefill_tokens", size(self.max_prefill_tokens)),
+            ("kv_cache_tokens", size(self.kv_cache_tokens)),
+            ("block_size", size(self.block_size)),
+            ("context_length", automatic_if_zero(self.context_length)),
+            ("threads", automatic_if_zero(self.threads)),
+            ("max_queue", size(self.max_queue)),
+            ("chat_template", text(self.chat_template, "chat_template")?),
+            ("log_prompts", OptionValue::Bool(self.log_prompts)),
+            ("kv_cache_type", text(self.kv_cache_type, "kv_cache_type")?),
+        ])
     }
 }
 
@@ -252,8 +293,8 @@ impl cs_sampling_params {
     ///
     /// # Safety
     /// `stop`, `stop_token_ids`, `logit_bias_ids` and `logit_bias_values` must be NULL or hold
-    /// their stated number of valid elements; `constraint`, `tools` and `tool_choice` must be
-    /// NULL or NUL-terminated.
+    /// their stated number of valid elements; `constraint`, `tools`, `tool_choice` and `tag`
+    /// must be NULL or NUL-terminated.
     pub(crate) unsafe fn to_options(self) -> Result<RequestOptions, Failure> {
         // SAFETY (all four): forwarded caller contract.
         let stop = unsafe { c_str_array(self.stop, self.stop_len, "stop")? };
@@ -286,7 +327,10 @@ impl cs_sampling_params {
             ),
         ];
         // SAFETY: forwarded caller contract.
-        let fields = fields.into_iter().chain(unsafe { self.tool_fields()? });
+        let tag = unsafe { optional_c_str(self.tag, "tag")? };
+        let tag = ("tag", tag.map_or(OptionValue::Null, |tag| OptionValue::Str(tag.to_owned())));
+        // SAFETY: forwarded caller contract.
+        let fields = fields.into_iter().chain([tag]).chain(unsafe { self.tool_fields()? });
         let value = OptionValue::Map(fields.map(|(name, value)| (name.to_owned(), value)).collect());
         let mut options = RequestOptions::from_value(value)?;
         // SAFETY: forwarded caller contract.
@@ -345,5 +389,32 @@ fn unset_if_minus_one(value: i64) -> OptionValue {
     match value {
         -1 => OptionValue::Null,
         n => OptionValue::Int(n.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every engine setting of the core is a field of `cs_engine_params` (under its name), so a
+    /// setting added to the core fails here until the struct grows (appended) to take it.
+    #[test]
+    fn the_engine_params_carry_every_core_setting() {
+        let params = cs_engine_default_params();
+        // SAFETY: the default params' strings are NULL.
+        let mut names: Vec<&str> = unsafe { params.settings() }.unwrap().into_iter().map(|(name, _)| name).collect();
+        let mut core_names = EngineConfig::setting_names();
+        names.sort_unstable();
+        core_names.sort_unstable();
+        assert_eq!(names, core_names);
+    }
+
+    #[test]
+    fn the_default_engine_params_are_the_core_defaults() {
+        let mut params = cs_engine_default_params();
+        params.model_path = c"m.gguf".as_ptr();
+        // SAFETY: the strings are NULL or NUL-terminated literals.
+        let config = unsafe { params.to_config() }.unwrap();
+        assert_eq!(format!("{config:?}"), format!("{:?}", EngineConfig::new("m.gguf")));
     }
 }

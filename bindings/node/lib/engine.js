@@ -5,10 +5,17 @@ const { withDefaultModels } = require('./models');
 const { runRequest, ChunkStream } = require('./request');
 const { checkPrompt, checkMessages, checkEngineOptions } = require('./validate');
 
+/** Key of the constructor option that wraps an existing native engine (a registry's). */
+const fromNative = Symbol('fromNative');
+
 class Engine {
   #native;
 
   constructor(options = {}) {
+    if (options !== null && typeof options === 'object' && options[fromNative]) {
+      this.#native = options[fromNative];
+      return;
+    }
     checkEngineOptions(options);
     this.#native = new NativeEngine(withDefaultModels(options));
   }
@@ -90,4 +97,9 @@ function samplingOptions(options) {
   return sampling;
 }
 
-module.exports = { Engine };
+/** The public engine over a native one a registry lent (its `close()` leaves the model loaded). */
+function wrapNativeEngine(native) {
+  return new Engine({ [fromNative]: native });
+}
+
+module.exports = { Engine, wrapNativeEngine };

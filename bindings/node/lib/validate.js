@@ -1,7 +1,8 @@
 'use strict';
-// Type checks of the prompt, the messages and the engine options, before they reach the native
-// addon, whose conversion of these arguments would name nothing. A request's sampling options
-// are not checked here: the core reads them (names, types, ranges) for every front door.
+// Type checks of the prompt, the messages and the engine options object, before they reach the
+// native addon, whose conversion of these arguments would name nothing. Engine settings and a
+// request's sampling options are not checked here: the core reads them (names, types, ranges)
+// for every front door.
 
 function typeError(param, expected, value) {
   const got = value === null ? 'null' : Array.isArray(value) ? 'array' : typeof value;
@@ -40,17 +41,9 @@ function checkMessages(messages) {
   });
 }
 
-// Engine sizes; ranges (whole, >= 1, bounded) are the core's to check.
-const ENGINE_NUMBER_OPTIONS = [
-  'maxRunning', 'maxBatchTokens', 'targetStepMs', 'kvCacheTokens', 'blockSize', 'contextLength', 'threads', 'maxQueue',
-];
-
-/** Engine options: sizes must be numbers (the native conversion would not name the option). */
+/** Engine options must be an object; the core reads the settings in it (names, types, ranges). */
 function checkEngineOptions(options) {
   if (options === null || typeof options !== 'object') throw typeError('options', 'an object', options);
-  for (const name of ENGINE_NUMBER_OPTIONS) {
-    if (options[name] !== undefined && typeof options[name] !== 'number') throw typeError(name, 'a number', options[name]);
-  }
 }
 
 module.exports = { checkPrompt, checkMessages, checkEngineOptions };

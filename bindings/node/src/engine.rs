@@ -12,7 +12,7 @@ use napi_derive::napi;
 
 use crate::errors::to_js_error;
 use crate::naming::camel_case_keys;
-use crate::options::{raw_prompt, request, whole, EngineOptions, Message};
+use crate::options::{engine_config, raw_prompt, request, whole, Message};
 use crate::records::{Chunk, Completion, ModelInfo};
 use crate::tasks::{CloseTask, EmbedTask};
 
@@ -30,15 +30,23 @@ type ChunkSink = ThreadsafeFunction<ChunkArgs, (), ChunkArgs, Status, false>;
 pub struct NativeEngine {
     /// Shared with the thread-pool tasks (`embed`, `close`).
     engine: Arc<Engine>,
+    /// Lent by a registry (`NativeLease.engine()`): `close()` leaves it running, the registry
+    /// decides when it unloads.
+    lent: bool,
 }
 
 #[napi]
 impl NativeEngine {
     /// Loads the model(s) and starts the engine thread.
     #[napi(constructor)]
-    pub fn new(env: Env, options: EngineOptions) -> napi::Result<Self> {
-        let engine = options.into_config().and_then(Engine::new).map_err(|e| to_js_error(&env, e))?;
-        Ok(Self { engine: Arc::new(engine) })
+    pub fn new(env: Env, options: Unknown<'_>) -> napi::Result<Self> {
+        let engine = engine_config(&options)?.and_then(Engine::new).map_err(|e| to_js_error(&env, e))?;
+        Ok(Self { engine: Arc::new(engine), lent: false })
+    }
+
+    /// An engine a registry lent (see `NativeLease.engine`).
+    pub(crate) fn lent(engine: Arc<Engine>) -> Self {
+        Self { engine, lent: true }
     }
 
     /// Queues a text or token-id prompt; every chunk, the last one included, goes to `on_chunk`.
@@ -124,10 +132,11 @@ impl NativeEngine {
         self.engine.is_closed()
     }
 
-    /// Cancels everything in flight and stops the engine thread (on the thread pool).
+    /// Cancels everything in flight and stops the engine thread (on the thread pool); an
+    /// engine lent by a registry is left running.
     #[napi(ts_return_type = "Promise<void>")]
     pub fn close(&self) -> AsyncTask<CloseTask> {
-        AsyncTask::new(CloseTask { engine: Arc::clone(&self.engine) })
+        AsyncTask::new(CloseTask { engine: (!self.lent).then(|| Arc::clone(&self.engine)) })
     }
 
     fn start(&self, env: &Env, request: Result<Request, Error>, on_chunk: ChunkSink) -> napi::Result<NativeRequest> {

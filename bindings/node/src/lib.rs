@@ -16,4 +16,5 @@ mod logs;
 mod naming;
 mod options;
 mod records;
+mod registry;
 mod tasks;

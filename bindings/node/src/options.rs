@@ -1,11 +1,10 @@
 //! JavaScript option objects -> core [`EngineConfig`] and [`Request`].
 //!
-//! Only conversion happens here; names, types and ranges of a request's options are checked by
-//! the core so every front door reports the same messages. JavaScript has one number type, so
-//! integer engine options arrive as `f64` and a fraction, a negative count or an unsafe integer
-//! is an invalid value for that option (rather than being silently truncated or wrapped).
-
-use std::path::PathBuf;
+//! Only conversion happens here; names, types and ranges of engine settings and of a request's
+//! options are checked by the core so every front door reports the same messages. JavaScript
+//! has one number type: a whole number is an integer, so a fraction, a negative count or an
+//! unsafe integer is an invalid value for its option (rather than being silently truncated or
+//! wrapped).
 
 use cortexstream::{ChatMessage, EngineConfig, Error, OptionValue, Prompt, Request, RequestOptions};
 use napi::bindgen_prelude::{Either, JsObjectValue, Null, Object, Unknown};
@@ -17,48 +16,36 @@ use crate::naming::snake_case;
 /// Largest integer a JavaScript number holds exactly (`Number.MAX_SAFE_INTEGER`).
 const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
 
-/// `new Engine(options)` after the JavaScript side filled in the default model paths.
-#[napi(object)]
-pub struct EngineOptions {
-    pub model: String,
-    pub tokenizer: Option<String>,
-    pub embedding_model: Option<String>,
-    pub max_running: Option<f64>,
-    pub max_batch_tokens: Option<f64>,
-    pub kv_cache_tokens: Option<f64>,
-    pub block_size: Option<f64>,
-    pub context_length: Option<f64>,
-    pub threads: Option<f64>,
-    pub max_queue: Option<f64>,
-    pub chat_template: Option<String>,
-    pub target_step_ms: Option<f64>,
+/// `new Engine(options)` after the JavaScript side filled in the default model paths: the one
+/// conversion of a JavaScript settings object. `model` is taken out; the other names go to the
+/// core in snake_case, which reads them (names, types, ranges) as it does for every door.
+pub fn engine_config(options: &Unknown<'_>) -> napi::Result<Result<EngineConfig, Error>> {
+    let entries = match snake_case_entries(options)? {
+        Ok(entries) => entries,
+        Err(error) => return Ok(Err(error)),
+    };
+    let (model, settings) = take_model(entries);
+    Ok(model.and_then(|model| EngineConfig::from_settings(model, OptionValue::Map(settings))))
 }
 
-impl EngineOptions {
-    /// The core configuration; unset options keep the core's defaults.
-    pub fn into_config(self) -> Result<EngineConfig, Error> {
-        let mut config = EngineConfig::new(self.model);
-        config.tokenizer = self.tokenizer.map(PathBuf::from);
-        config.embedding_model = self.embedding_model.map(PathBuf::from);
-        config.context_length = self.context_length.map(|v| whole(v, "contextLength")).transpose()?;
-        config.threads = self.threads.map(|v| whole(v, "threads")).transpose()?;
-        config.chat_template = self.chat_template;
-        if let Some(ms) = self.target_step_ms {
-            config.set_target_step_ms(ms);
-        }
-        for (slot, value, name) in [
-            (&mut config.max_running, self.max_running, "maxRunning"),
-            (&mut config.max_batch_tokens, self.max_batch_tokens, "maxBatchTokens"),
-            (&mut config.kv_cache_tokens, self.kv_cache_tokens, "kvCacheTokens"),
-            (&mut config.block_size, self.block_size, "blockSize"),
-            (&mut config.max_queue, self.max_queue, "maxQueue"),
-        ] {
-            if let Some(value) = value {
-                *slot = whole(value, name)?;
-            }
-        }
-        Ok(config)
-    }
+/// The entries of a JavaScript object, names in the core's snake_case; not an object is an
+/// invalid `options`.
+pub fn snake_case_entries(options: &Unknown<'_>) -> napi::Result<Result<Vec<(String, OptionValue)>, Error>> {
+    Ok(match option_value(options)? {
+        OptionValue::Map(entries) => Ok(entries.into_iter().map(|(name, value)| (snake_case(&name), value)).collect()),
+        OptionValue::Null => Ok(Vec::new()),
+        _ => Err(Error::invalid("options", "must be an object")),
+    })
+}
+
+/// Splits the required string `model` from the other entries.
+pub fn take_model(entries: Vec<(String, OptionValue)>) -> (Result<String, Error>, Vec<(String, OptionValue)>) {
+    let (model, rest): (Vec<_>, Vec<_>) = entries.into_iter().partition(|(name, _)| name == "model");
+    let model = match model.into_iter().next().map(|(_, value)| value) {
+        Some(OptionValue::Str(path)) => Ok(path),
+        _ => Err(Error::invalid("model", "must be a path (a string)")),
+    };
+    (model, rest)
 }
 
 /// One chat message, with the tool fields of an assistant turn that called tools
@@ -116,7 +103,7 @@ pub fn request(prompt: Prompt, options: Option<Unknown<'_>>) -> napi::Result<Res
 /// `Number.MAX_SAFE_INTEGER` is an integer (JavaScript has one number type); a larger one stays
 /// a float so that a count refuses it instead of rounding it. Functions, symbols and bigints
 /// take no option: `Unsupported`, so the core's error names the field they were in.
-fn option_value(value: &Unknown<'_>) -> napi::Result<OptionValue> {
+pub fn option_value(value: &Unknown<'_>) -> napi::Result<OptionValue> {
     // SAFETY (every `cast` below): each casts to the type `get_type` reported, as `cast` requires.
     Ok(match value.get_type()? {
         ValueType::Undefined | ValueType::Null => OptionValue::Null,

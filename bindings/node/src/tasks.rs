@@ -30,9 +30,10 @@ impl Task for EmbedTask {
     }
 }
 
-/// `engine.close()`: joining the engine thread waits for its current step.
+/// `engine.close()`: joining the engine thread waits for its current step. `None`: a
+/// registry's engine, which the registry closes.
 pub struct CloseTask {
-    pub engine: Arc<Engine>,
+    pub engine: Option<Arc<Engine>>,
 }
 
 impl Task for CloseTask {
@@ -40,7 +41,9 @@ impl Task for CloseTask {
     type JsValue = ();
 
     fn compute(&mut self) -> napi::Result<()> {
-        self.engine.shutdown();
+        if let Some(engine) = &self.engine {
+            engine.shutdown();
+        }
         Ok(())
     }
 

@@ -34,10 +34,12 @@ test('engine options out of range are errors naming the option', () => {
   assertRejected({ maxRunning: 1.5 }, 'maxRunning');
   assertRejected({ blockSize: 0 }, 'blockSize');
   assertRejected({ maxQueue: 0 }, 'maxQueue');
-  assertRejected({ threads: 'many' }, 'threads', 'invalid_type');
+  assertRejected({ threads: 'many' }, 'threads');
   assertRejected({ maxBatchTokens: 2 ** 20 + 1 }, 'maxBatchTokens');
   for (const bad of [-1, NaN, Infinity, 10000.5]) assertRejected({ targetStepMs: bad }, 'targetStepMs');
-  assertRejected({ targetStepMs: 'fast' }, 'targetStepMs', 'invalid_type');
+  assertRejected({ targetStepMs: 'fast' }, 'targetStepMs');
+  assertRejected({ logPrompts: 1 }, 'logPrompts');
+  assertRejected({ maxPrefillTokens: 0 }, 'maxPrefillTokens');
 });
 
 test('a step target of 0 keeps a fixed budget; one in range adapts', async () => {

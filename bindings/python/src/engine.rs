@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cortexstream::tools::parsed_format;
-use cortexstream::{EngineConfig, Prompt};
+use cortexstream::{EngineConfig, OptionValue, Prompt};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyType};
 
 use crate::errors::to_py_err;
-use crate::options::{chat_messages, number, raw_prompt, request};
+use crate::options::{chat_messages, kwargs_entries, raw_prompt, request};
 use crate::records::{Completion, ModelInfo};
 use crate::registry::Lease;
 use crate::stream::Stream;
@@ -68,47 +68,22 @@ impl Engine {
 
 #[pymethods]
 impl Engine {
+    /// `settings` are the core's engine settings by name (`EngineConfig::setting_names`).
     #[new]
-    #[pyo3(signature = (
-        model, *, tokenizer=None, embedding_model=None, max_running=None, max_batch_tokens=None,
-        kv_cache_tokens=None, context_length=None, threads=None, max_queue=None, chat_template=None,
-        target_step_ms=None, log_prompts=false, kv_cache_type=None, _lease=None,
-    ))]
-    #[allow(clippy::too_many_arguments)] // mirrors the Python keyword arguments one to one
+    #[pyo3(signature = (model, *, _lease=None, **settings))]
     fn new(
         py: Python<'_>,
         model: PathBuf,
-        tokenizer: Option<PathBuf>,
-        embedding_model: Option<PathBuf>,
-        max_running: Option<&Bound<'_, PyAny>>,
-        max_batch_tokens: Option<&Bound<'_, PyAny>>,
-        kv_cache_tokens: Option<&Bound<'_, PyAny>>,
-        context_length: Option<&Bound<'_, PyAny>>,
-        threads: Option<&Bound<'_, PyAny>>,
-        max_queue: Option<&Bound<'_, PyAny>>,
-        chat_template: Option<String>,
-        target_step_ms: Option<&Bound<'_, PyAny>>,
-        log_prompts: bool,
-        kv_cache_type: Option<&str>,
         _lease: Option<PyRef<'_, Lease>>,
+        settings: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
         // `Lease.engine` builds the `cortexstream.Engine` subclass (with its asyncio methods)
         // over a registry's engine this way; the other arguments are then ignored.
         if let Some(lease) = _lease {
             return lease.generation_engine().map(Self::lent);
         }
-        let mut config = engine_config(
-            model,
-            tokenizer,
-            embedding_model,
-            [max_running, max_batch_tokens, kv_cache_tokens, context_length, threads, max_queue],
-            chat_template,
-            target_step_ms,
-        )?;
-        config.log_prompts = log_prompts;
-        if let Some(name) = kv_cache_type {
-            config.kv_cache_type = cortexstream::KvCacheType::parse(name).map_err(to_py_err)?;
-        }
+        let config =
+            EngineConfig::from_settings(model, OptionValue::Map(kwargs_entries(settings)?)).map_err(to_py_err)?;
         let engine = py.detach(|| cortexstream::Engine::new(config)).map_err(to_py_err)?;
         Ok(Self { engine: EngineRef::Owned(engine) })
     }
@@ -233,47 +208,4 @@ impl Engine {
     ) {
         self.close(py);
     }
-}
-
-/// The engine settings of `Engine(...)` and `Registry.register(...)`, in one place. `sizes`
-/// are `max_running, max_batch_tokens, kv_cache_tokens, context_length, threads, max_queue`.
-pub(crate) fn engine_config(
-    model: PathBuf,
-    tokenizer: Option<PathBuf>,
-    embedding_model: Option<PathBuf>,
-    sizes: [Option<&Bound<'_, PyAny>>; 6],
-    chat_template: Option<String>,
-    target_step_ms: Option<&Bound<'_, PyAny>>,
-) -> PyResult<EngineConfig> {
-    let [max_running, max_batch_tokens, kv_cache_tokens, context_length, threads, max_queue] = sizes;
-    let mut config = EngineConfig::new(model);
-    config.tokenizer = tokenizer;
-    config.embedding_model = embedding_model;
-    // Sizes go through `number` so a negative or huge int is an InvalidRequestError naming
-    // the argument (pyo3's own conversion raises a bare OverflowError); the core checks ranges.
-    set_optional(&mut config.context_length, context_length, "context_length")?;
-    set_optional(&mut config.threads, threads, "threads")?;
-    config.chat_template = chat_template;
-    if let Some(ms) = target_step_ms.filter(|v| !v.is_none()) {
-        config.set_target_step_ms(number(ms, "target_step_ms")?);
-    }
-    for (slot, value, name) in [
-        (&mut config.max_running, max_running, "max_running"),
-        (&mut config.max_batch_tokens, max_batch_tokens, "max_batch_tokens"),
-        (&mut config.kv_cache_tokens, kv_cache_tokens, "kv_cache_tokens"),
-        (&mut config.max_queue, max_queue, "max_queue"),
-    ] {
-        if let Some(value) = value.filter(|v| !v.is_none()) {
-            *slot = number(value, name)?;
-        }
-    }
-    Ok(config)
-}
-
-/// Sets an optional size from a keyword argument (`None` keeps it unset).
-fn set_optional(slot: &mut Option<usize>, value: Option<&Bound<'_, PyAny>>, name: &'static str) -> PyResult<()> {
-    if let Some(value) = value.filter(|v| !v.is_none()) {
-        *slot = Some(number(value, name)?);
-    }
-    Ok(())
 }

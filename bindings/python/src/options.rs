@@ -61,6 +61,15 @@ pub fn request(prompt: Prompt, sampling: Option<&Bound<'_, PyDict>>) -> PyResult
     Ok(options.into_request(prompt))
 }
 
+/// Keyword arguments as the entries of the core's map value (`None`: none), for the engine
+/// settings and registrations the core reads.
+pub fn kwargs_entries(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<(String, OptionValue)>> {
+    match kwargs {
+        None => Ok(Vec::new()),
+        Some(kwargs) => kwargs.iter().map(|(key, value)| Ok((key.extract()?, option_value(&value)?))).collect(),
+    }
+}
+
 /// One keyword argument. A Pydantic model class stands for its JSON schema (as the `openai`
 /// client's `parse()` takes it), under `json_schema` whether given as that or `response_format`.
 fn keyword(key: String, value: &Bound<'_, PyAny>) -> PyResult<(String, OptionValue)> {
@@ -74,9 +83,14 @@ fn is_pydantic_model(value: &Bound<'_, PyAny>) -> bool {
     value.is_instance_of::<PyType>() && value.hasattr("model_json_schema").unwrap_or(false)
 }
 
-/// A Python value as the core's language-neutral value. Types with no JSON form (bytes, sets,
-/// arbitrary objects) become `Unsupported` so the core's error names the field they were in.
-fn option_value(value: &Bound<'_, PyAny>) -> PyResult<OptionValue> {
+/// A Python value as the core's language-neutral value. A path (`os.PathLike`) is its text.
+/// Types with no JSON form (bytes, sets, arbitrary objects) become `Unsupported` so the core's
+/// error names the field they were in.
+pub fn option_value(value: &Bound<'_, PyAny>) -> PyResult<OptionValue> {
+    if !value.is_instance_of::<PyString>() && value.hasattr("__fspath__").unwrap_or(false) {
+        let path = value.call_method0("__fspath__")?;
+        return option_value(&path);
+    }
     Ok(if value.is_none() {
         OptionValue::Null
     } else if let Ok(b) = value.cast::<PyBool>() {

@@ -5,14 +5,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
 
-use cortexstream::registry::{KeepAlive, ModelLease, ModelSource, ModelSpec, RegistryOptions, ServedModel};
-use cortexstream::Error;
+use cortexstream::registry::{KeepAlive, ModelLease, ModelSpec, RegistryOptions, ServedModel};
+use cortexstream::{Error, OptionValue};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyType};
 
-use crate::engine::{engine_config, Engine};
+use crate::engine::Engine;
 use crate::errors::to_py_err;
-use crate::options::number;
+use crate::options::{kwargs_entries, number, option_value};
 
 /// Several models by name, each loaded on first use into its own engine and unloaded when
 /// idle past its keep-alive or, least recently used first, to stay within a memory budget.
@@ -42,13 +42,8 @@ pub struct Lease {
 
 /// `keep_alive` as Ollama sends it: seconds (negative: forever) or a duration string.
 fn keep_alive(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<KeepAlive>> {
-    let Some(value) = value.filter(|v| !v.is_none()) else { return Ok(None) };
-    let parsed = if value.is_instance_of::<PyString>() {
-        KeepAlive::parse(&value.extract::<String>()?)
-    } else {
-        KeepAlive::from_secs_f64(number::<f64>(value, "keep_alive")?)
-    };
-    parsed.map(Some).map_err(|e| to_py_err(e.into()))
+    let Some(value) = value else { return Ok(None) };
+    KeepAlive::from_value(&option_value(value)?).map_err(|e| to_py_err(e.into()))
 }
 
 #[pymethods]
@@ -66,46 +61,25 @@ impl Registry {
         Ok(Self { registry: cortexstream::Registry::new(options) })
     }
 
-    /// Registers a GGUF generation model (with the engine settings of `Engine`), or with
-    /// `embedding=True` a sentence-transformers folder, under `name`. Loads nothing yet.
-    #[pyo3(signature = (
-        name, model, *, embedding=false, keep_alive=None, tokenizer=None, embedding_model=None, max_running=None,
-        max_batch_tokens=None, kv_cache_tokens=None, context_length=None, threads=None, max_queue=None,
-        chat_template=None, target_step_ms=None,
-    ))]
-    #[allow(clippy::too_many_arguments)] // mirrors the Python keyword arguments one to one
+    /// Registers a GGUF generation model with engine settings, or with `embedding=True` a
+    /// sentence-transformers folder (which takes only `threads`), under `name`. Loads nothing
+    /// yet. The core reads the keywords (`ModelSpec::from_settings`).
+    #[pyo3(signature = (name, model, *, embedding=None, keep_alive=None, **settings))]
     fn register(
         &self,
         name: String,
         model: PathBuf,
-        embedding: bool,
+        embedding: Option<&Bound<'_, PyAny>>,
         keep_alive: Option<&Bound<'_, PyAny>>,
-        tokenizer: Option<PathBuf>,
-        embedding_model: Option<PathBuf>,
-        max_running: Option<&Bound<'_, PyAny>>,
-        max_batch_tokens: Option<&Bound<'_, PyAny>>,
-        kv_cache_tokens: Option<&Bound<'_, PyAny>>,
-        context_length: Option<&Bound<'_, PyAny>>,
-        threads: Option<&Bound<'_, PyAny>>,
-        max_queue: Option<&Bound<'_, PyAny>>,
-        chat_template: Option<String>,
-        target_step_ms: Option<&Bound<'_, PyAny>>,
+        settings: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
-        let source = if embedding {
-            let threads = threads.filter(|v| !v.is_none()).map(|t| number(t, "threads")).transpose()?;
-            ModelSource::Embedding { dir: model, threads }
-        } else {
-            let sizes = [max_running, max_batch_tokens, kv_cache_tokens, context_length, threads, max_queue];
-            ModelSource::Generation(engine_config(
-                model,
-                tokenizer,
-                embedding_model,
-                sizes,
-                chat_template,
-                target_step_ms,
-            )?)
-        };
-        let spec = ModelSpec { name, source, keep_alive: self::keep_alive(keep_alive)? };
+        let mut entries = kwargs_entries(settings)?;
+        for (key, value) in [("embedding", embedding), ("keep_alive", keep_alive)] {
+            if let Some(value) = value {
+                entries.push((key.to_owned(), option_value(value)?));
+            }
+        }
+        let spec = ModelSpec::from_settings(name, model, OptionValue::Map(entries)).map_err(to_py_err)?;
         self.registry.register(spec).map_err(|e| to_py_err(e.into()))
     }
 

@@ -22,9 +22,16 @@ const MAX_TOKENS_PER_STEP: usize = 1 << 20;
 const MAX_TARGET_STEP_MS: f64 = 10_000.0;
 
 /// How the engine is built. [`EngineConfig::new`] gives the defaults.
-#[derive(Debug, Clone)]
+///
+/// Every field but `model` is an engine setting the front doors take by name (Python keyword
+/// arguments, a JavaScript object in camelCase, the C params struct): the serde derive is the
+/// one list of them, read by [`EngineConfig::from_settings`]. A field added here is a setting
+/// of every door (each door's tests compare its names with [`EngineConfig::setting_names`]).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
     /// Path of a llama-family GGUF file.
+    #[serde(skip)]
     pub model: PathBuf,
     /// A `tokenizer.json` to use instead of the GGUF's own tokenizer. Without one, a
     /// `tokenizer.json` next to the model file is used if present, else the GGUF metadata.
@@ -47,7 +54,8 @@ pub struct EngineConfig {
     /// streams' latency at most doubles while it is prefilled; one step in 17 of a long prefill
     /// runs the decodes alone to measure them again). Default
     /// [`DEFAULT_TARGET_STEP_MS`]; `None`: a fixed budget of `max_batch_tokens`. Positive, at
-    /// most 10000.
+    /// most 10000. As a setting, 0 means `None` (a number is all C and JavaScript can pass).
+    #[serde(deserialize_with = "super::settings::zero_is_none")]
     pub target_step_ms: Option<f64>,
     /// Most prompt tokens one step may compute, whatever the budget (default 2048, at most
     /// 2^20).
@@ -83,6 +91,13 @@ pub struct EngineConfig {
     /// Puts each request's prompt text in its `queued` log record (default false: prompts are
     /// never logged). See [`crate::telemetry`].
     pub log_prompts: bool,
+}
+
+/// The defaults, with no model path (a setting left out keeps its value from here).
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self::new(PathBuf::new())
+    }
 }
 
 impl EngineConfig {
@@ -124,7 +139,7 @@ impl EngineConfig {
     /// Checks every setting that can be checked without the model; the error names the
     /// first field out of range. The KV cache size is checked once the model's shape is known
     /// ([`kv_cache_bytes`]).
-    pub(super) fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         let positive = [
             ("max_running", self.max_running),
             ("max_batch_tokens", self.max_batch_tokens),
@@ -135,7 +150,7 @@ impl EngineConfig {
         ];
         for (name, value) in positive {
             if value == 0 {
-                return Err(Error::invalid(name, "must be at least 1"));
+                return Err(Error::invalid(name, format!("{name} must be at least 1, got 0")));
             }
         }
         for (name, value) in
@@ -150,7 +165,7 @@ impl EngineConfig {
             return Err(Error::invalid("kv_cache_tokens", "must hold at least one block"));
         }
         if self.context_length == Some(0) {
-            return Err(Error::invalid("context_length", "must be at least 1"));
+            return Err(Error::invalid("context_length", "context_length must be at least 1, got 0"));
         }
         self.validate_threads()
     }

@@ -9,6 +9,7 @@ mod config;
 mod handle;
 pub(crate) mod scheduler;
 pub(crate) mod sequence;
+mod settings;
 pub(crate) mod step_budget;
 mod step_loop;
 

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::RegistryError;
+use crate::options::OptionValue;
 
 /// Default keep-alive: five minutes, as Ollama.
 pub const DEFAULT_KEEP_ALIVE: KeepAlive = KeepAlive::For(Duration::from_secs(300));
@@ -49,6 +50,21 @@ impl KeepAlive {
         parse_go_duration(trimmed.strip_prefix('+').unwrap_or(trimmed))
             .map(Self::For)
             .map_err(|reason| invalid(text, reason))
+    }
+
+    /// From a front door's value: null is none (the default applies), a number is seconds, a
+    /// string is parsed as by [`parse`](Self::parse); anything else is refused naming `keep_alive`.
+    pub fn from_value(value: &OptionValue) -> Result<Option<Self>, RegistryError> {
+        match value {
+            OptionValue::Null => Ok(None),
+            OptionValue::Int(seconds) => Self::from_secs_f64(*seconds as f64).map(Some),
+            OptionValue::Float(seconds) => Self::from_secs_f64(*seconds).map(Some),
+            OptionValue::Str(text) => Self::parse(text).map(Some),
+            other => Err(RegistryError::InvalidKeepAlive {
+                value: other.kind(),
+                reason: "must be a number of seconds or a duration such as 5m",
+            }),
+        }
     }
 
     /// When a model that became idle at `idle_since` expires; `None`: never.

@@ -17,7 +17,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use serde::Deserialize;
+
 use crate::error::Error;
+use crate::options::OptionValue;
 
 pub use keep_alive::{KeepAlive, DEFAULT_KEEP_ALIVE};
 pub use spec::{EmbeddingModel, ModelSource, ModelSpec, ServedModel};
@@ -91,6 +94,41 @@ pub struct RegistryOptions {
     pub memory_budget_bytes: Option<u64>,
     /// Keep-alive of a model whose spec and request name none (default: 5 minutes).
     pub default_keep_alive: KeepAlive,
+}
+
+impl RegistryOptions {
+    /// From a front door's map: `memory_budget_bytes` (a byte count, null for none) and
+    /// `keep_alive` (see [`KeepAlive::from_value`]); nulls keep the defaults, an unknown name
+    /// is refused by name.
+    pub fn from_settings(settings: OptionValue) -> Result<Self, Error> {
+        let entries = match settings {
+            OptionValue::Null => Vec::new(),
+            OptionValue::Map(entries) => entries,
+            other => return Err(Error::invalid("options", format!("expected a map of options, got {}", other.kind()))),
+        };
+        let mut options = Self::default();
+        for (key, value) in entries {
+            match key.as_str() {
+                "memory_budget_bytes" => {
+                    options.memory_budget_bytes = Option::<u64>::deserialize(value)
+                        .map_err(|e| Error::invalid("memory_budget_bytes", e.to_string()))?;
+                }
+                "keep_alive" => {
+                    if let Some(keep_alive) = KeepAlive::from_value(&value)? {
+                        options.default_keep_alive = keep_alive;
+                    }
+                }
+                other => {
+                    let shown: String = other.chars().take(40).collect();
+                    return Err(Error::invalid(
+                        "options",
+                        format!("unknown registry option `{shown}`; the options are memory_budget_bytes, keep_alive"),
+                    ));
+                }
+            }
+        }
+        Ok(options)
+    }
 }
 
 impl Default for RegistryOptions {

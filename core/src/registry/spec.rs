@@ -8,6 +8,7 @@ use crate::engine::sequence::panic_message;
 use crate::engine::{Embeddings, EngineConfig};
 use crate::error::{Error, Result};
 use crate::models::bert::BertEmbedder;
+use crate::options::OptionValue;
 use crate::threadpool::{default_thread_count, ThreadPool};
 use crate::Engine;
 
@@ -43,6 +44,38 @@ impl ModelSpec {
         Self { name: name.into(), source: ModelSource::Embedding { dir: dir.into(), threads: None }, keep_alive: None }
     }
 
+    /// A model named `name` at `model`, from what a front door's `register` received: a map
+    /// with `embedding` (a bool: `model` is a sentence-transformers folder served on its own),
+    /// `keep_alive` (see [`KeepAlive::from_value`]) and engine settings
+    /// ([`EngineConfig::from_settings`]); an embedding model takes only `threads`. Nulls keep
+    /// the defaults; errors name the setting.
+    pub fn from_settings(name: impl Into<String>, model: impl Into<PathBuf>, settings: OptionValue) -> Result<Self> {
+        let (registration, engine_settings): (Vec<_>, Vec<_>) = match settings {
+            OptionValue::Null => (Vec::new(), Vec::new()),
+            OptionValue::Map(entries) => {
+                entries.into_iter().partition(|(key, _)| REGISTRATION_FIELDS.contains(&key.as_str()))
+            }
+            other => {
+                return Err(Error::invalid("settings", format!("expected a map of settings, got {}", other.kind())))
+            }
+        };
+        let mut embedding = false;
+        let mut keep_alive = None;
+        for (key, value) in registration {
+            match key.as_str() {
+                "embedding" => embedding = embedding_flag(value)?,
+                _ => keep_alive = KeepAlive::from_value(&value).map_err(Error::from)?,
+            }
+        }
+        let name = name.into();
+        let source = if embedding {
+            ModelSource::Embedding { dir: model.into(), threads: embedding_threads(&name, engine_settings)? }
+        } else {
+            ModelSource::Generation(EngineConfig::from_settings(model, OptionValue::Map(engine_settings))?)
+        };
+        Ok(Self { name, source, keep_alive })
+    }
+
     /// The same spec with its own default keep-alive.
     pub fn with_keep_alive(mut self, keep_alive: KeepAlive) -> Self {
         self.keep_alive = Some(keep_alive);
@@ -75,6 +108,35 @@ impl ModelSpec {
             }
         }
     }
+}
+
+/// What a `register` call takes besides engine settings.
+pub const REGISTRATION_FIELDS: [&str; 2] = ["embedding", "keep_alive"];
+
+fn embedding_flag(value: OptionValue) -> Result<bool> {
+    match value {
+        OptionValue::Null => Ok(false),
+        OptionValue::Bool(flag) => Ok(flag),
+        other => Err(Error::invalid("embedding", format!("must be a boolean, got {}", other.kind()))),
+    }
+}
+
+/// The `threads` of an embedding model, the one engine setting it has; any other (not null)
+/// is refused by name rather than ignored.
+fn embedding_threads(name: &str, settings: Vec<(String, OptionValue)>) -> Result<Option<usize>> {
+    let mut threads = None;
+    for (key, value) in settings.into_iter().filter(|(_, value)| *value != OptionValue::Null) {
+        let config = EngineConfig::from_settings("", OptionValue::Map(vec![(key.clone(), value)]))?;
+        if key != "threads" {
+            let param = EngineConfig::setting_names().into_iter().find(|known| *known == key).unwrap_or("settings");
+            return Err(Error::invalid(
+                param,
+                format!("`{key}` is a setting of generation models; `{name}` is an embedding model (it takes only `threads`)"),
+            ));
+        }
+        threads = config.threads;
+    }
+    Ok(threads)
 }
 
 /// A loaded model as the registry hands it out; cloning shares it.
@@ -149,5 +211,64 @@ impl EmbeddingModel {
 
     pub fn max_tokens(&self) -> usize {
         self.embedder.max_tokens()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(entries: &[(&str, OptionValue)]) -> OptionValue {
+        OptionValue::Map(entries.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
+    }
+
+    #[test]
+    fn a_generation_spec_takes_engine_settings_and_keep_alive() {
+        let spec = ModelSpec::from_settings(
+            "chat",
+            "m.gguf",
+            settings(&[
+                ("keep_alive", OptionValue::Str("5m".into())),
+                ("max_running", OptionValue::Int(2)),
+                ("log_prompts", OptionValue::Bool(true)),
+                ("embedding", OptionValue::Null),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(spec.keep_alive, Some(KeepAlive::For(std::time::Duration::from_secs(300))));
+        let ModelSource::Generation(config) = spec.source else { panic!("not a generation model") };
+        assert_eq!(config.max_running, 2);
+        assert!(config.log_prompts);
+    }
+
+    #[test]
+    fn an_embedding_spec_takes_threads_only() {
+        let spec = ModelSpec::from_settings(
+            "minilm",
+            "dir",
+            settings(&[("embedding", OptionValue::Bool(true)), ("threads", OptionValue::Int(1))]),
+        )
+        .unwrap();
+        assert!(matches!(spec.source, ModelSource::Embedding { threads: Some(1), .. }));
+        let error = ModelSpec::from_settings(
+            "minilm",
+            "dir",
+            settings(&[("embedding", OptionValue::Bool(true)), ("max_running", OptionValue::Int(2))]),
+        )
+        .unwrap_err();
+        assert_eq!(error.param(), Some("max_running"), "{error}");
+    }
+
+    #[test]
+    fn bad_registration_values_name_their_field() {
+        let error =
+            ModelSpec::from_settings("m", "m.gguf", settings(&[("keep_alive", OptionValue::Bool(true))])).unwrap_err();
+        assert_eq!(error.param(), Some("keep_alive"), "{error}");
+        let error =
+            ModelSpec::from_settings("m", "m.gguf", settings(&[("embedding", OptionValue::Int(1))])).unwrap_err();
+        assert_eq!(error.param(), Some("embedding"), "{error}");
+        let error =
+            ModelSpec::from_settings("m", "m.gguf", settings(&[("max_runing", OptionValue::Int(1))])).unwrap_err();
+        assert!(error.to_string().contains("unknown setting `max_runing`"), "{error}");
     }
 }
