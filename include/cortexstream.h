@@ -284,6 +284,16 @@ typedef struct cs_engine cs_engine;
 typedef struct cs_lease cs_lease;
 
 /**
+ * The loaded models, by name (from `cs_registry_loaded`): read them with
+ * `cs_loaded_models_len` and `cs_loaded_models_get`, free the list with `cs_loaded_models_free`.
+ * Opaque, so that `cs_loaded_model` can grow: the library never hands out an array whose
+ * stride a caller compiled against an older header would get wrong.
+ *
+ * Thread-safety: immutable; any thread may read it, `cs_loaded_models_free` must be the last call.
+ */
+typedef struct cs_loaded_models cs_loaded_models;
+
+/**
  * Several models by name, each its own engine. Get one from `cs_registry_new`, free it with
  * `cs_registry_free`.
  *
@@ -494,15 +504,18 @@ typedef struct cs_metrics {
    */
   uint64_t running;
   /**
-   * Prompt tokens of accepted requests.
+   * Prompt tokens of accepted requests. Once every accepted request has consumed its
+   * prompt, `prefix_cache_hit_tokens + prefill_tokens_total == prompt_tokens_total`.
    */
   uint64_t prompt_tokens_total;
   /**
-   * Prompt tokens actually run through the model (excludes prefix-cache hits).
+   * Prompt tokens computed by the model for the first time (excludes prefix-cache hits and
+   * recomputation after a preemption).
    */
   uint64_t prefill_tokens_total;
   /**
-   * Prompt tokens whose KV was reused from the prefix cache.
+   * Prompt tokens whose KV came from the prefix cache (each prompt token of a request at
+   * most once).
    */
   uint64_t prefix_cache_hit_tokens;
   /**
@@ -568,6 +581,16 @@ typedef struct cs_metrics {
    * `kv_sliding_blocks_total` once the engine is idle.
    */
   uint64_t kv_sliding_blocks_free;
+  /**
+   * Tokens computed again because a preemption took their KV away (not counted in
+   * `prefill_tokens_total`).
+   */
+  uint64_t recomputed_tokens_total;
+  /**
+   * Gauge: tokens the last planned step could compute (its decodes plus the prompt tokens
+   * the step budget granted beside them).
+   */
+  uint64_t step_token_budget;
 } cs_metrics;
 
 /**
@@ -724,9 +747,15 @@ typedef struct cs_registry_params {
 } cs_registry_params;
 
 /**
- * One loaded model in a `cs_loaded_models` list.
+ * One loaded model, as `cs_loaded_models_get` describes it. The caller sets
+ * `struct_size = sizeof(cs_loaded_model)` first; fields are only ever appended, so a caller
+ * built against an older header gets the fields it knows.
  */
 typedef struct cs_loaded_model {
+  /**
+   * `sizeof(cs_loaded_model)` as the caller was compiled; only that many bytes are written.
+   */
+  size_t struct_size;
   /**
    * Its registered name (lent by the list; valid until `cs_loaded_models_free`).
    */
@@ -748,20 +777,6 @@ typedef struct cs_loaded_model {
    */
   int64_t expires_at_ms;
 } cs_loaded_model;
-
-/**
- * The loaded models, by name (from `cs_registry_loaded`); free with `cs_loaded_models_free`.
- */
-typedef struct cs_loaded_models {
-  /**
-   * Number of entries in `models`.
-   */
-  size_t len;
-  /**
-   * `len` entries (NULL when `len` is 0).
-   */
-  const struct cs_loaded_model *models;
-} cs_loaded_models;
 
 /**
  * One of the most likely alternatives at a position.
@@ -1209,6 +1224,29 @@ enum cs_status cs_registry_get(const struct cs_registry *registry,
 enum cs_status cs_lease_engine(const struct cs_lease *lease, struct cs_engine **out_engine);
 
 /**
+ * Writes to `*out_dim` the length of the vectors `cs_lease_embed` returns for this lease.
+ * Errors: CS_NO_EMBEDDING_MODEL for a generation model loaded without one.
+ * Thread-safety: any thread.
+ */
+enum cs_status cs_lease_embedding_dim(const struct cs_lease *lease, size_t *out_dim);
+
+/**
+ * Embeds `texts_len` NUL-terminated UTF-8 strings with the leased model: an embedding model
+ * (`cs_registry_register_embedding`), or a generation model's own embedding model. As
+ * `cs_engine_embed`: vector i (L2-normalised, `dim` floats) goes to `out_vectors[i * dim ...]`,
+ * which must hold `texts_len * dim` floats (get `dim` from `cs_lease_embedding_dim`), checked
+ * before any work (CS_INVALID_ARGUMENT naming `out_vectors`, stating the needed size), and
+ * `dim` to `*out_dim`. Errors also: CS_NO_EMBEDDING_MODEL.
+ * Thread-safety: any thread, concurrently.
+ */
+enum cs_status cs_lease_embed(const struct cs_lease *lease,
+                              const char *const *texts,
+                              size_t texts_len,
+                              float *out_vectors,
+                              size_t out_vectors_len,
+                              size_t *out_dim);
+
+/**
  * Ends the hold and frees the lease (and the `cs_engine*` it lent): the model's keep-alive
  * countdown starts (keep-alive 0 unloads it now, which waits for its engine thread). Requests
  * submitted through the lent engine must be finished or freed first. NULL returns
@@ -1228,11 +1266,28 @@ enum cs_status cs_registry_unload(const struct cs_registry *registry,
 
 /**
  * The loaded models, by name, after unloading the expired ones. On success `*out_models`
- * receives a list; free it with `cs_loaded_models_free`.
+ * receives a list (see `cs_loaded_models`); free it with `cs_loaded_models_free`.
  * Thread-safety: any thread.
  */
 enum cs_status cs_registry_loaded(const struct cs_registry *registry,
                                   struct cs_loaded_models **out_models);
+
+/**
+ * Writes the number of models in `models` to `*out_len`.
+ * Thread-safety: any thread.
+ */
+enum cs_status cs_loaded_models_len(const struct cs_loaded_models *models, size_t *out_len);
+
+/**
+ * Describes model `index` (below `cs_loaded_models_len`) into `*out_model` (set
+ * `out_model->struct_size = sizeof(cs_loaded_model)` first; only that many bytes are written).
+ * Its `name` is lent by the list until `cs_loaded_models_free`. Errors: CS_INVALID_ARGUMENT
+ * naming `index` when it is out of range, `out_model` for a bad `struct_size`.
+ * Thread-safety: any thread.
+ */
+enum cs_status cs_loaded_models_get(const struct cs_loaded_models *models,
+                                    size_t index,
+                                    struct cs_loaded_model *out_model);
 
 /**
  * Frees a list from `cs_registry_loaded`. NULL is a no-op.

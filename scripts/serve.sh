@@ -29,20 +29,24 @@ export CORTEXSTREAM_CACHE="$cache"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
 (cd "$repo" && VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" maturin develop --release --quiet)
 
-# The default models, plus the one `--model NAME` names when it is a cache name rather than a
-# path (`--model gemma3`); an unknown name stops here with the list of known ones.
-model_choice=""
+# The default models, plus those `--model [NAME=]SOURCE` (repeatable) names when SOURCE is a
+# cache name rather than a path (`--model gemma3`, `--model chat=gemma3`); an unknown name stops
+# here with the list of known ones.
+model_choices=()
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
     case "${args[i]}" in
-        --model) model_choice="${args[i + 1]:-}" ;;
-        --model=*) model_choice="${args[i]#--model=}" ;;
+        --model) model_choices+=("${args[i + 1]:-}") ;;
+        --model=*) model_choices+=("${args[i]#--model=}") ;;
     esac
 done
 pull=(all)
-if [[ "$model_choice" =~ ^[A-Za-z0-9_-]+$ && ! -e "$model_choice" ]]; then
-    pull+=("$model_choice")
-fi
+for model_choice in "${model_choices[@]+"${model_choices[@]}"}"; do
+    source_name="${model_choice#*=}"
+    if [[ "$source_name" =~ ^[A-Za-z0-9_-]+$ && ! -e "$source_name" ]]; then
+        pull+=("$source_name")
+    fi
+done
 "$python" "$repo/python/cortexstream/models.py" pull "${pull[@]}"
 
 cd "$repo"

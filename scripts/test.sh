@@ -79,13 +79,22 @@ pytest_suite() {
     return "$rc"
 }
 
+ray_serve_tests() {
+    # Ray is a dependency of the example and this suite only (examples/ray/requirements.txt),
+    # installed here rather than with the test requirements.
+    "$python" -m pip install --quiet --disable-pip-version-check -r examples/ray/requirements.txt &&
+        pytest_suite tests/ray
+}
+
 bench_smoke() {
     # Not a timed test: proves the benchmark harness runs. Numbers are printed, not asserted.
     BENCH_TOKENS=8 BENCH_CONCURRENCY=1,4 cargo bench --quiet -p cortexstream --bench decode &&
         BENCH_ROWS=1,4 BENCH_SECONDS=0.2 cargo bench --quiet -p cortexstream --bench matmul &&
         # The side-by-side harness, our side only: building llama.cpp takes ~20 min on 2 cores,
         # so the full comparison is run by hand (examples/bench/README.md).
-        "$python" examples/bench/side_by_side.py --quick --skip-peer --json "$CARGO_TARGET_DIR/bench-smoke.json"
+        "$python" examples/bench/side_by_side.py --quick --skip-peer --json "$CARGO_TARGET_DIR/bench-smoke.json" &&
+        "$python" examples/bench/side_by_side.py --suite issue21 --quick --skip-peer \
+            --json "$CARGO_TARGET_DIR/bench-smoke-issue21.json"
 }
 
 step "python environment" setup_python
@@ -99,6 +108,7 @@ step "python stubs (stubtest)" env PYTHON="$python" tests/python/check_stubs.sh
 step "python module tests" pytest_suite tests/python
 step "REST server tests" pytest_suite tests/server
 step "REST server from the wheel: pip install cortexstream[server] in a fresh venv" tests/server/installed_package.sh
+step "REST server as Ray Serve replicas (installs ray[serve]; 2 replicas on a local Ray cluster)" ray_serve_tests
 if [ -x bindings/node/test.sh ]; then
     step "node addon tests" bindings/node/test.sh
     step "node package: npm pack, npm install <tarball> (prebuilt and built from source)" bindings/node/test_package.sh

@@ -75,11 +75,16 @@ export interface EngineSettings {
 
 /** How to build an {@link Engine}: the model and the {@link EngineSettings}. */
 export interface EngineOptions extends EngineSettings {
-  /** GGUF file; default: SmolLM2-135M-Instruct (Q4_1) in the model cache ({@link modelsDir}). */
+  /**
+   * GGUF file, or a model cache name (`'smollm2'`, `'gemma3'`) as in Python; default: SmolLM2-135M-Instruct
+   * (Q4_1) in the model cache ({@link modelsDir}). A word that is neither an existing file nor a
+   * known name, or a known model not yet pulled, throws `model_not_found` with `param: 'model'`.
+   */
   model?: string;
   /**
-   * A sentence-transformers folder for {@link Engine.embed}; default: `minilm/` in the model
-   * cache when it is there. `null` or `false` loads no embedding model.
+   * A sentence-transformers folder, or the cache name `'minilm'`, for {@link Engine.embed};
+   * default: `minilm/` in the model cache when it is there. `null` or `false` loads no embedding
+   * model. Names are resolved as for `model` (`param: 'embeddingModel'`).
    */
   embeddingModel?: string | null | false;
 }
@@ -316,9 +321,16 @@ export interface Metrics {
   requestsRejected: number;
   queueDepth: number;
   running: number;
+  /** Prompt tokens of accepted requests: once their prompts are consumed, prefixCacheHitTokens + prefillTokensTotal. */
   promptTokensTotal: number;
+  /** Prompt tokens computed for the first time (cache hits and recomputation excluded). */
   prefillTokensTotal: number;
+  /** Prompt tokens whose KV came from the prefix cache (each prompt token of a request at most once). */
   prefixCacheHitTokens: number;
+  /** Tokens computed again after a preemption took their KV away. */
+  recomputedTokensTotal: number;
+  /** Tokens the last planned step could compute: its decodes plus the prompt tokens the step budget granted. */
+  stepTokenBudget: number;
   generatedTokensTotal: number;
   steps: number;
   /** Steps that failed (an error or a caught panic, also in a compute worker); their requests ended with an error. */
@@ -475,7 +487,7 @@ export interface LoadedModel {
  * @example
  * ```js
  * const registry = new Registry();
- * registry.register('chat', '/models/SmolLM2-135M-Instruct.Q4_1.gguf', { contextLength: 2048 });
+ * registry.register('chat', 'smollm2', { contextLength: 2048 }); // or a GGUF path
  * const lease = await registry.get('chat');
  * try {
  *   console.log((await lease.engine.generate('Hello', { maxTokens: 8 })).text);
@@ -489,9 +501,12 @@ export declare class Registry {
   constructor(options?: RegistryOptions);
 
   /**
-   * Registers `model` (a GGUF path, or with `embedding: true` a sentence-transformers folder)
-   * under `name`; loads nothing yet. A bad setting throws `invalid_request` naming it now; a
-   * taken name throws `invalid_request` with `param: 'name'`.
+   * Registers `model` (a GGUF path, or with `embedding: true` a sentence-transformers folder, or
+   * a model cache name: `'smollm2'`, `'minilm'`, `'gemma3'`) under `name`; loads nothing yet. A
+   * bad setting throws `invalid_request` naming it now; a taken name throws `invalid_request`
+   * with `param: 'name'`; a word that is neither an existing path nor a known cache name, or a
+   * known model not yet pulled, throws `model_not_found` with `param: 'model'`, naming the known
+   * names or the pull command.
    */
   register(name: string, model: string, options?: RegisterOptions): void;
 

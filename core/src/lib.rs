@@ -27,6 +27,7 @@ pub(crate) mod f16;
 pub mod gguf;
 #[doc(hidden)]
 pub mod gguf_write;
+pub mod kernel_info;
 #[doc(hidden)]
 pub mod kv_cache;
 pub(crate) mod memory;
@@ -52,6 +53,7 @@ pub use engine::{
     RequestHandle,
 };
 pub use error::{Error, Result};
+pub use kernel_info::{kernel_info, KernelInfo};
 pub use kv_cache::KvCacheType;
 pub use metrics::{Histogram, MetricsSnapshot};
 pub use options::{OptionValue, RequestOptions};

@@ -47,11 +47,30 @@ pub struct MetricsSnapshot {
     pub queue_depth: usize,
     /// Sequences in the running batch.
     pub running: usize,
+    /// Prompt tokens of accepted requests (a request with `n` choices is `n` requests).
+    ///
+    /// Each prompt token of a request is counted once more when its K/V first comes to be:
+    /// served from the prefix cache (`prefix_cache_hit_tokens`) or computed
+    /// (`prefill_tokens_total`). So `prefix_cache_hit_tokens + prefill_tokens_total ==
+    /// prompt_tokens_total` once every accepted request has consumed its prompt; less while
+    /// prompts wait or are being computed, or for requests cancelled before their prompt
+    /// was consumed. Preemption never adds to either (see `recomputed_tokens_total`).
     pub prompt_tokens_total: u64,
-    /// Prompt tokens actually run through the model (excludes prefix-cache hits).
+    /// Prompt tokens computed by the model for the first time (excludes prefix-cache hits
+    /// and recomputation after a preemption).
     pub prefill_tokens_total: u64,
-    /// Prompt tokens whose KV was reused from the prefix cache.
+    /// Prompt tokens whose K/V came from the prefix cache instead of being computed: each
+    /// prompt position of a request counts at most once, when the request is admitted (not
+    /// when a prompt that does not fit yet is offered its cache and goes back to wait).
     pub prefix_cache_hit_tokens: u64,
+    /// Tokens (prompt or generated) computed again because a preemption took their K/V
+    /// away. Not counted in `prefill_tokens_total`.
+    pub recomputed_tokens_total: u64,
+    /// Gauge: tokens the last planned step could compute, its decodes plus the prompt tokens
+    /// the step budget granted beside them (at most `max_prefill_tokens`, and the decodes
+    /// and prompt tokens together at most `max_batch_tokens`). With `target_step_ms` it follows
+    /// the measured step times.
+    pub step_token_budget: usize,
     pub generated_tokens_total: u64,
     pub steps: u64,
     /// Steps that failed (an error, or a panic in the engine thread or a thread-pool worker);
@@ -86,6 +105,8 @@ pub struct Metrics {
     pub prompt_tokens_total: AtomicU64,
     pub prefill_tokens_total: AtomicU64,
     pub prefix_cache_hit_tokens: AtomicU64,
+    pub recomputed_tokens_total: AtomicU64,
+    pub step_token_budget: AtomicUsize,
     pub generated_tokens_total: AtomicU64,
     pub steps: AtomicU64,
     pub step_failures: AtomicU64,
@@ -118,6 +139,8 @@ impl Default for Metrics {
             prompt_tokens_total: AtomicU64::new(0),
             prefill_tokens_total: AtomicU64::new(0),
             prefix_cache_hit_tokens: AtomicU64::new(0),
+            recomputed_tokens_total: AtomicU64::new(0),
+            step_token_budget: AtomicUsize::new(0),
             generated_tokens_total: AtomicU64::new(0),
             steps: AtomicU64::new(0),
             step_failures: AtomicU64::new(0),
@@ -173,6 +196,8 @@ impl Metrics {
             prompt_tokens_total: load64(&self.prompt_tokens_total),
             prefill_tokens_total: load64(&self.prefill_tokens_total),
             prefix_cache_hit_tokens: load64(&self.prefix_cache_hit_tokens),
+            recomputed_tokens_total: load64(&self.recomputed_tokens_total),
+            step_token_budget: load(&self.step_token_budget),
             generated_tokens_total: load64(&self.generated_tokens_total),
             steps: load64(&self.steps),
             step_failures: load64(&self.step_failures),

@@ -97,3 +97,19 @@ fn a_running_stream_gets_a_token_on_every_step_while_a_2k_prompt_prefills() {
     let metrics = engine.metrics();
     assert_eq!(metrics.kv_blocks_free, metrics.kv_blocks_total, "every block is free again");
 }
+
+#[test]
+fn a_prompt_alone_is_prefilled_in_chunks_of_at_least_64_tokens() {
+    let engine = shared_engine();
+    // Tokens no other test sent (no prefix-cache hits), and nothing else running: no stream
+    // waits on these steps, so a 50 ms target must not cut the prompt finer than 64 tokens
+    // a step however slow the machine (it once gave such a prompt a few tokens a step).
+    let text: String = (0..800).map(|i| format!("{} ", i * 7919 % 10007)).collect();
+    let prompt: Vec<u32> = engine.tokenize(&text, false).unwrap().into_iter().take(640).collect();
+    assert_eq!(prompt.len(), 640);
+    let before = engine.metrics().steps;
+    let done = engine.submit(Request::new(Prompt::Tokens(prompt), greedy(1))).unwrap().wait();
+    assert_eq!((done.finish_reason, done.usage.prompt_tokens), (FinishReason::Length, 640));
+    let steps = engine.metrics().steps - before;
+    assert!((1..=10).contains(&steps), "640 prompt tokens took {steps} steps");
+}

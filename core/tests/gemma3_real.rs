@@ -23,6 +23,9 @@ fn engine() -> &'static Engine {
         // 270M with one 256-wide KV head over 18 layers: a small pool is plenty for these
         // prompts and keeps the test's memory modest on CI.
         config.kv_cache_tokens = 4096;
+        // A fixed step budget: the batching check counts steps, and an adaptive budget measured on
+        // a loaded machine would shrink the prompt chunks and spread the streams over more steps.
+        config.target_step_ms = None;
         let engine = Engine::new(config).expect("the real Gemma 3 file loads");
         assert_eq!(engine.model_info().architecture, "gemma3");
         engine

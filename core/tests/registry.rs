@@ -241,3 +241,66 @@ fn the_reaper_thread_unloads_expired_models_without_being_asked() {
     registry.close();
     assert!(matches!(registry.get("minilm", None), Err(RegistryError::Closed)));
 }
+
+#[test]
+fn unregister_forgets_the_name_and_serves_the_requests_in_flight() {
+    let registry = registry(RegistryOptions::default(), ManualClock::new());
+    let lease = registry.get("small", None).unwrap();
+    let handle = lease.engine().unwrap().submit(greedy("Tell me a story about a dragon", 12)).unwrap();
+    assert!(registry.unregister("small"));
+    assert!(loaded_names(&registry).is_empty());
+    assert!(matches!(registry.get("small", None), Err(RegistryError::UnknownModel { .. })));
+    let names: Vec<String> = registry.registered().into_iter().map(|r| r.spec.name).collect();
+    assert_eq!(names, ["large", "minilm"]);
+    // The request that held a lease finishes on the forgotten model.
+    assert_eq!(handle.wait().usage.completion_tokens, 12);
+    drop(lease);
+    assert!(loaded_names(&registry).is_empty(), "the ended lease did not bring it back");
+    assert!(!registry.unregister("small"), "already forgotten");
+    // The name is free again.
+    registry.register(ModelSpec::generation("small", smollm2(Some(128)))).unwrap();
+    assert_eq!(registry.get("small", None).unwrap().engine().unwrap().model_info().context_length, 128);
+}
+
+#[test]
+fn reading_the_loaded_models_neither_restarts_keep_alive_nor_counts_as_use() {
+    let clock = ManualClock::new();
+    let options = RegistryOptions { default_keep_alive: KeepAlive::For(Duration::from_secs(10)), ..Default::default() };
+    let registry = registry(options, Arc::clone(&clock));
+    registry.load("small", None).unwrap();
+    clock.advance(Duration::from_secs(6));
+    let models = registry.loaded_models();
+    assert_eq!(models.len(), 1);
+    assert_eq!(models[0].0, "small");
+    assert!(models[0].1.engine().unwrap().metrics().steps == 0);
+    drop(models);
+    clock.advance(Duration::from_secs(6));
+    assert!(loaded_names(&registry).is_empty(), "expired 10 s after its load, not after the read");
+}
+
+#[test]
+fn shutdown_ends_the_requests_that_close_lets_finish() {
+    let registry = registry(RegistryOptions::default(), ManualClock::new());
+    let lease = registry.get("small", None).unwrap();
+    // Unloaded while leased: only the lease holds it now, and shutdown still reaches it.
+    assert!(registry.unload("small").unwrap());
+    let handle = lease.engine().unwrap().submit(greedy("Tell me a long story about a dragon", 200)).unwrap();
+    registry.shutdown();
+    let completion = handle.wait();
+    assert_eq!(completion.finish_reason, FinishReason::Cancelled);
+    assert!(completion.usage.completion_tokens < 200);
+    assert!(matches!(registry.get("large", None), Err(RegistryError::Closed)));
+}
+
+#[test]
+fn model_info_reports_template_parameters_and_quantization_from_the_gguf() {
+    let registry = registry(RegistryOptions::default(), ManualClock::new());
+    let lease = registry.get("small", None).unwrap();
+    let info = lease.engine().unwrap().model_info();
+    assert_eq!(info.quantization.as_deref(), Some("Q4_1"));
+    // SmolLM2-135M: about 135 million parameters.
+    assert!((120_000_000..150_000_000).contains(&info.parameter_count), "{}", info.parameter_count);
+    assert!(info.chat_template.as_deref().is_some_and(|t| t.contains("<|im_start|>")), "{:?}", info.chat_template);
+    assert_eq!(cortexstream::gguf::file_type_name(15), Some("Q4_K_M"));
+    assert_eq!(cortexstream::gguf::file_type_name(999), None);
+}

@@ -5,8 +5,12 @@ streams, peak RSS and decode as a share of the memory-bandwidth bound; prints on
 ratios (ours / llama.cpp) on stdout and optionally writes everything as JSON. Progress goes to
 stderr. llama.cpp comes from setup_peer.sh (built once into the cache).
 
-Usage: python examples/bench/side_by_side.py [--model smollm2|gemma3|smollm2-q4_k_m|PATH]
-       [--threads 2] [--quick] [--skip-peer] [--peer-repack auto|on|off] [--json out.json]
+With ``--suite issue21`` it runs issue 21's rows instead (long_context.py): decode at context
+positions 128, 2k and 8k, a 4k-token prefill, aggregate decode at 64 and 128 streams.
+
+Usage: python examples/bench/side_by_side.py [--suite standard|issue21]
+       [--model smollm2|gemma3|smollm2-q4_k_m|PATH] [--threads 2] [--quick] [--skip-peer]
+       [--peer-repack auto|on|off] [--json out.json]
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_models
+import long_context
 import ours as our_side
 import peer
 from machine import cpu_description, read_bandwidth_bytes_per_s, weight_bytes_per_token
@@ -45,6 +50,17 @@ def parse_args() -> argparse.Namespace:
         "--model",
         default="smollm2",
         help="GGUF both sides load: a path, or a name (" + ", ".join(bench_models.known_names()) + "; default smollm2)",
+    )
+    parser.add_argument(
+        "--suite",
+        choices=("standard", "issue21"),
+        default="standard",
+        help="standard (default): the rows below; issue21: decode at positions 128/2k/8k, 4k prefill, 64 and 128 streams",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        help="issue21 suite: runs per single-stream row (default 2; each 8k row prefills 8000 tokens first)",
     )
     parser.add_argument("--threads", type=int, default=2, help="compute threads of each side (default 2)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny token counts, 1 and 4 streams")
@@ -234,11 +250,57 @@ def build_table(rows: list[Row], ours: dict[str, Any], theirs: dict[str, Any] | 
     return "\n".join([render(header), separator, *map(render, lines)]), ratios
 
 
+def write_report(path: Path, machine: dict[str, Any], workload: dict[str, Any], ours, theirs, ratios) -> None:
+    report = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        # "~" unquoted, so the recorded command can be pasted into a shell as is.
+        "command": sys.executable.replace(str(Path.home()), "~", 1) + " " + shlex.join(sys.argv),
+        "machine": machine,
+        "workload": workload,
+        "ours": ours,
+        "llama_cpp": theirs,
+        "table": ratios,
+    }
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def run_issue21(args: argparse.Namespace, model: Path) -> None:
+    """Issue 21's rows (long_context.py), ours and the peer's, in one table of ratios."""
+    work = long_context.LongWorkload.create(str(model), args.threads, args.quick, args.repeats)
+    cpu = cpu_description()
+    settings = repack_settings(args.peer_repack, cpu["flags"])
+    peer_steps = 1 + long_context.peer_step_count(work, settings)
+    progress = Progress(total=long_context.step_count(work) + (0 if args.skip_peer else peer_steps))
+    load_start = long_context.load_average()
+    ours = long_context.run_ours(work, progress)
+    theirs = None
+    if not args.skip_peer:
+        progress.step("llama.cpp: set up (builds once, ~20 min on 2 cores)")
+        theirs = long_context.run_peer(setup_peer(), work, settings, progress)
+    load_end = long_context.load_average()
+    table, ratios = build_table(long_context.table_rows(work), ours, theirs)
+    print(table)
+    kernels = ", ".join(f"{key} {value}" for key, value in ours["kernels"].items())
+    print(f"CPU: {cpu['model']} ({' '.join(cpu['flags'])}); our kernels: {kernels}")
+    print(f"load average (1/5/15 min): {load_start} at the start, {load_end} at the end")
+    if theirs:
+        print(f"llama.cpp repacking per row (llama-bench, the faster setting): {theirs['repack']}; "
+              f"llama-server {theirs['server_repack']}")
+    if args.json:
+        machine = {"cpus": os.cpu_count(), "cpu": cpu, "kernels": ours["kernels"],
+                   "load_average_start": load_start, "load_average_end": load_end}
+        write_report(args.json, machine, work.to_json(), ours, theirs, ratios)
+
+
 def main() -> None:
     # A SIGTERM (a CI timeout, say) unwinds like Ctrl-C, so llama-server is stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     args = parse_args()
     model = bench_models.resolve(args.model, peer_bin=setup_peer)
+    if args.suite == "issue21":
+        run_issue21(args, model)
+        return
     work = Workload.create(str(model), args.threads, args.quick)
     cpu = cpu_description()
     settings = repack_settings(args.peer_repack, cpu["flags"])
@@ -262,24 +324,15 @@ def main() -> None:
             f" (llama-bench, the faster setting each), llama-server {theirs['server_repack']}"
         )
     if args.json:
-        report = {
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            # "~" unquoted, so the recorded command can be pasted into a shell as is.
-            "command": sys.executable.replace(str(Path.home()), "~", 1) + " " + shlex.join(sys.argv),
-            "machine": {
-                "cpus": os.cpu_count(),
-                "cpu": cpu,
-                "read_bandwidth_bytes_per_s": bandwidth,
-                "weight_bytes_per_token": weight_bytes,
-                "decode_bound_tok_s": bound_tok_s,
-            },
-            "workload": work.to_json(),
-            "ours": ours,
-            "llama_cpp": theirs,
-            "table": ratios,
+        machine = {
+            "cpus": os.cpu_count(),
+            "cpu": cpu,
+            "kernels": ours["kernels"],
+            "read_bandwidth_bytes_per_s": bandwidth,
+            "weight_bytes_per_token": weight_bytes,
+            "decode_bound_tok_s": bound_tok_s,
         }
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}", file=sys.stderr)
+        write_report(args.json, machine, work.to_json(), ours, theirs, ratios)
 
 
 if __name__ == "__main__":

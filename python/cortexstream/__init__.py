@@ -22,6 +22,7 @@ from ._core import (
     ToolCall,
     Usage,
     __version__,
+    kernel_info,
 )
 from ._engine import Engine
 from ._registry import Registry
@@ -66,6 +67,7 @@ __all__ = [
     "ToolCall",
     "Usage",
     "__version__",
+    "kernel_info",
     "logs",
     "models",
 ]

@@ -1,4 +1,4 @@
-"""``python -m cortexstream pull [smollm2|minilm|gemma3|all]``: fill the model cache (``list`` shows it)."""
+"""``python -m cortexstream pull|list|rm|cp|add``: the model store (see ``cortexstream.models``)."""
 
 import sys
 

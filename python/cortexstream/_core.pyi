@@ -22,7 +22,11 @@ __all__ = [
     "ToolCall",
     "Usage",
     "__version__",
+    "check_keep_alive",
+    "check_options",
     "dropped_log_records",
+    "kernel_info",
+    "option_names",
     "set_log_handler",
 ]
 
@@ -34,6 +38,21 @@ def set_log_handler(level: int, handler: Optional[Callable[[int, str, str, str],
 
 def dropped_log_records() -> int:
     """Records dropped because the handler fell a full queue behind."""
+
+def kernel_info() -> dict[str, Any]:
+    """The compute kernels the engine picks on this CPU: ``matmul`` (one row), ``matmul_batched``
+    (32 rows), ``matmul_batched_512`` (the 512-bit VNNI pair path), ``attention`` and
+    ``attention_slice`` (positions per slice of long-context decode attention)."""
+
+def option_names() -> List[str]:
+    """Every option name a request takes (the keys of :class:`Sampling`)."""
+
+def check_options(options: Dict[str, Any]) -> None:
+    """Checks request options ahead of any request and model (names, types, ranges; token ids
+    are checked at submit); raises ``InvalidRequestError`` naming the field."""
+
+def check_keep_alive(value: Union[float, str]) -> None:
+    """Checks a ``keep_alive`` value as :class:`Registry` reads it; raises ``InvalidRequestError``."""
 
 @final
 class Usage:
@@ -200,6 +219,15 @@ class ModelInfo:
         """Name of the embedding model, if one is loaded."""
     @property
     def embedding_dim(self) -> Optional[int]: ...
+    @property
+    def chat_template(self) -> Optional[str]:
+        """Source of the chat template in use (the configured one, else the model's); ``None``: none."""
+    @property
+    def parameter_count(self) -> int:
+        """Parameters: the elements of every tensor in the model file."""
+    @property
+    def quantization(self) -> Optional[str]:
+        """The file's quantization by llama.cpp's name (``"Q4_K_M"``), if the file says."""
 
 @final
 class Stream:
@@ -445,10 +473,17 @@ class Registry:
         """Loads ``name`` if needed and starts its keep-alive countdown."""
     def unload(self, name: str) -> bool:
         """Unloads ``name`` now (leased requests finish first); whether it was loaded."""
+    def unregister(self, name: str) -> bool:
+        """Forgets ``name``, unloading it (leased requests finish first); whether it was registered."""
     def loaded(self) -> List[LoadedModel]:
         """The loaded models, by name, after unloading the expired ones."""
+    def metrics(self) -> Dict[str, Dict[str, Any]]:
+        """``Engine.metrics()`` of every loaded generation model, by name; reading them neither
+        restarts a keep-alive nor counts as a use."""
     def close(self) -> None:
         """Unloads every model; later calls to :meth:`get` raise ``EngineClosedError``."""
+    def shutdown(self) -> None:
+        """:meth:`close`, then ends (as cancelled) the requests still running on its models."""
     def __enter__(self) -> Self: ...
     def __exit__(
         self,

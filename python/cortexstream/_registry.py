@@ -29,7 +29,9 @@ class Registry(_core.Registry):
     ...     print(lease.engine.generate("Hello", max_tokens=8).text)
 
     ``model`` is a name from the model cache or a path. Hold the :class:`Lease` while the
-    model works for you: unloading never cuts its requests.
+    model works for you: unloading never cuts its requests. :meth:`unregister` forgets a name
+    (its running requests finish first), :meth:`metrics` reads the loaded engines' counters
+    without touching their keep-alive, and :meth:`shutdown` closes and ends what still runs.
     """
 
     def register(

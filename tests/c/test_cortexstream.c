@@ -561,15 +561,112 @@ static stream_result *run_on(cs_engine *on, const char *prompt, int64_t max_toke
 static bool listed_as_loaded(const cs_registry *registry, const char *name, size_t *active_requests) {
     cs_loaded_models *loaded = NULL;
     CHECK_OK(cs_registry_loaded(registry, &loaded));
+    size_t len = 0;
+    if (loaded != NULL) CHECK_OK(cs_loaded_models_len(loaded, &len));
     bool found = false;
-    for (size_t i = 0; loaded != NULL && i < loaded->len; i++) {
-        if (strcmp(loaded->models[i].name, name) != 0) continue;
+    for (size_t i = 0; i < len; i++) {
+        cs_loaded_model model = {.struct_size = sizeof model};
+        CHECK_OK(cs_loaded_models_get(loaded, i, &model));
+        if (model.name == NULL || strcmp(model.name, name) != 0) continue;
         found = true;
-        if (active_requests != NULL) *active_requests = loaded->models[i].active_requests;
-        CHECK(loaded->models[i].memory_bytes > 0, "%s: memory_bytes 0", name);
+        if (active_requests != NULL) *active_requests = model.active_requests;
+        CHECK(model.memory_bytes > 0, "%s: memory_bytes 0", name);
     }
     cs_loaded_models_free(loaded);
     return found;
+}
+
+/* An embedding-only model from the registry embeds from C (cs_lease_embed), as the engine's
+ * own MiniLM does, with the same buffer checks. */
+static void check_lease_embeds_like_the_engine(const cs_lease *lease) {
+    const char *texts[] = {"A cat sits on the mat.", "The stock market fell sharply today."};
+    enum { DIM = 384, N = 2 };
+    size_t dim = 0;
+    CHECK_OK(cs_lease_embedding_dim(lease, &dim));
+    CHECK(dim == DIM, "cs_lease_embedding_dim %zu", dim);
+    float from_lease[N * DIM], from_engine[N * DIM];
+    dim = 0;
+    CHECK_OK(cs_lease_embed(lease, texts, N, from_lease, N * DIM, &dim));
+    CHECK(dim == DIM, "cs_lease_embed dim %zu", dim);
+    CHECK_OK(cs_engine_embed(engine, texts, N, from_engine, N * DIM, &dim));
+    double worst = 0.0;
+    for (size_t i = 0; i < N * DIM; i++) worst = fmax(worst, fabs((double)from_lease[i] - from_engine[i]));
+    CHECK(worst < 1e-5, "lease and engine vectors differ by %g", worst);
+
+    size_t untouched_dim = 7;
+    CHECK_FAILS(cs_lease_embed(lease, texts, N, from_lease, N * DIM - 1, &untouched_dim), CS_INVALID_ARGUMENT,
+                "out_vectors");
+    CHECK(strstr(cs_last_error_message(), "768") != NULL, "message does not state the size: %s",
+          cs_last_error_message());
+    CHECK(untouched_dim == 7, "out_dim written by a failing call");
+    CHECK_FAILS(cs_lease_embed(NULL, texts, N, from_lease, N * DIM, &dim), CS_INVALID_ARGUMENT, "lease");
+    CHECK_FAILS(cs_lease_embed(lease, NULL, N, from_lease, N * DIM, &dim), CS_INVALID_ARGUMENT, "texts");
+    CHECK_FAILS(cs_lease_embed(lease, texts, N, from_lease, N * DIM, NULL), CS_INVALID_ARGUMENT, "out_dim");
+    CHECK_FAILS(cs_lease_embedding_dim(lease, NULL), CS_INVALID_ARGUMENT, "out_dim");
+}
+
+/* cs_loaded_model can grow (issue 22): a caller built against an older, shorter struct gets the
+ * fields it knows and nothing is written past its struct_size; bad sizes and indexes are refused
+ * naming the argument. */
+static void check_loaded_list_is_growable(const cs_registry *registry) {
+    cs_loaded_models *loaded = NULL;
+    CHECK_OK(cs_registry_loaded(registry, &loaded));
+    if (loaded == NULL) return;
+    size_t len = 0;
+    CHECK_OK(cs_loaded_models_len(loaded, &len));
+    CHECK(len == 1, "%zu models loaded, expected only minilm", len);
+
+    cs_loaded_model full = {.struct_size = sizeof full};
+    CHECK_OK(cs_loaded_models_get(loaded, 0, &full));
+    CHECK(full.struct_size == sizeof full, "struct_size rewritten to %zu", full.struct_size);
+    CHECK(full.name != NULL && strcmp(full.name, "minilm") == 0 && full.is_embedding && full.memory_bytes > 0,
+          "entry: %s embedding=%d bytes=%llu", full.name ? full.name : "(null)", full.is_embedding,
+          (unsigned long long)full.memory_bytes);
+
+    /* An "older" caller whose struct ends after `is_embedding`: the rest keeps its bytes. */
+    const size_t older_size = offsetof(cs_loaded_model, is_embedding) + sizeof(bool);
+    cs_loaded_model older;
+    memset(&older, 0xAB, sizeof older);
+    older.struct_size = older_size;
+    CHECK_OK(cs_loaded_models_get(loaded, 0, &older));
+    CHECK(older.struct_size == older_size, "the caller's struct_size became %zu", older.struct_size);
+    CHECK(older.name == full.name && older.is_embedding, "older struct did not get the fields it knows");
+    const unsigned char *tail = (const unsigned char *)&older + older_size;
+    for (size_t i = 0; i < sizeof older - older_size; i++)
+        CHECK(tail[i] == 0xAB, "byte %zu past the caller's struct_size was written", older_size + i);
+
+    cs_loaded_model untouched = {.struct_size = sizeof untouched, .memory_bytes = 42};
+    CHECK_FAILS(cs_loaded_models_get(loaded, len, &untouched), CS_INVALID_ARGUMENT, "index");
+    CHECK(untouched.memory_bytes == 42, "out_model written by a failing call");
+    untouched.struct_size = sizeof untouched + 8;
+    CHECK_FAILS(cs_loaded_models_get(loaded, 0, &untouched), CS_INVALID_ARGUMENT, "out_model");
+    untouched.struct_size = 0;
+    CHECK_FAILS(cs_loaded_models_get(loaded, 0, &untouched), CS_INVALID_ARGUMENT, "out_model");
+    CHECK_FAILS(cs_loaded_models_get(loaded, 0, NULL), CS_INVALID_ARGUMENT, "out_model");
+    CHECK_FAILS(cs_loaded_models_get(NULL, 0, &full), CS_INVALID_ARGUMENT, "models");
+    CHECK_FAILS(cs_loaded_models_len(NULL, &len), CS_INVALID_ARGUMENT, "models");
+    CHECK_FAILS(cs_loaded_models_len(loaded, NULL), CS_INVALID_ARGUMENT, "out_len");
+    cs_loaded_models_free(loaded);
+    cs_loaded_models_free(NULL);
+}
+
+/* MiniLM alone in a registry (issue 22 leftovers): it embeds through its lease, and the list of
+ * loaded models is read through the growable accessors. */
+static void test_registry_embedding_model_and_loaded_list(void) {
+    char gguf[4200], minilm[4200];
+    model_paths(gguf, minilm, sizeof gguf);
+    cs_registry *registry = NULL;
+    CHECK_OK(cs_registry_new(NULL, &registry));
+    if (registry == NULL) return;
+    CHECK_OK(cs_registry_register_embedding(registry, "minilm", minilm, 1, NULL));
+    cs_lease *lease = NULL;
+    CHECK_OK(cs_registry_get(registry, "minilm", NULL, &lease));
+    if (lease != NULL) {
+        check_lease_embeds_like_the_engine(lease);
+        check_loaded_list_is_growable(registry);
+        CHECK_OK(cs_registry_release(lease));
+    }
+    CHECK_OK(cs_registry_free(registry));
 }
 
 /* The registry (issue 22): SmolLM2 under two names with their own settings plus MiniLM,
@@ -605,6 +702,14 @@ static void test_registry_serves_models_by_name(void) {
     CHECK_OK(cs_lease_engine(large, &large_engine));
     CHECK_FAILS(cs_lease_engine(embedder, &none), CS_INVALID_ARGUMENT, "lease");
     CHECK(none == NULL, "out_engine written on failure");
+    {
+        const char *text = "no embedder";
+        float vector[384];
+        size_t dim = 7;
+        CHECK_FAILS(cs_lease_embedding_dim(small, &dim), CS_NO_EMBEDDING_MODEL, NULL);
+        CHECK_FAILS(cs_lease_embed(small, &text, 1, vector, 384, &dim), CS_NO_EMBEDDING_MODEL, NULL);
+        CHECK(dim == 7, "out_dim written by a failing call");
+    }
     if (small_engine != NULL && large_engine != NULL) {
         cs_model_info info = {.struct_size = sizeof info};
         CHECK_OK(cs_engine_model_info(small_engine, &info));
@@ -1929,12 +2034,14 @@ static void test_engine_metrics(void) {
     CHECK_DELTA(per_token_count, TOKENS - 1);
     CHECK_DELTA(step_failures, 0);
     CHECK_DELTA(embedding_requests, 1);
+    CHECK_DELTA(recomputed_tokens_total, 0); /* nothing was preempted */
 #undef CHECK_DELTA
     uint64_t prompt_seen = (after.prefill_tokens_total - before.prefill_tokens_total) +
                            (after.prefix_cache_hit_tokens - before.prefix_cache_hit_tokens);
     CHECK(prompt_seen == COUNT_OF(REF_PROMPT_IDS), "%llu prompt tokens prefilled or reused, the prompt has %zu",
           (unsigned long long)prompt_seen, COUNT_OF(REF_PROMPT_IDS));
     CHECK(after.batch_size_sum > before.batch_size_sum, "batch_size_sum did not grow");
+    CHECK(after.step_token_budget > 0, "step_token_budget is %llu after a step", (unsigned long long)after.step_token_budget);
     CHECK(after.time_to_first_token_seconds_sum > before.time_to_first_token_seconds_sum,
           "time_to_first_token_seconds_sum did not grow");
     CHECK(after.kv_blocks_total == before.kv_blocks_total && after.kv_blocks_total > 0, "kv_blocks_total %llu, was %llu",
@@ -1993,6 +2100,7 @@ int main(int argc, char **argv) {
         {"engine_metrics", test_engine_metrics},
         {"log_callback_receives_a_requests_records", test_log_callback_receives_a_requests_records},
         {"registry_serves_models_by_name", test_registry_serves_models_by_name},
+        {"registry_embedding_model_and_loaded_list", test_registry_embedding_model_and_loaded_list},
         {"log_prompts_and_tags", test_log_prompts_and_tags},
     };
     int passed = 0, failed = 0;

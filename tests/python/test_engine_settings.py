@@ -101,3 +101,10 @@ def test_a_registry_engine_honours_log_prompts():
         registry.register("quiet", "smollm2", **settings)  # type: ignore[arg-type]
         assert queued_prompts(registry, "logged", "reg-logged") == ["The secret ingredient is"]
         assert queued_prompts(registry, "quiet", "reg-quiet") == [None]
+
+
+@pytest.mark.parametrize("option, value", [("memory_budget_bytes", -1), ("memory_budget_bytes", "lots"), ("keep_alive", "soon")])
+def test_a_bad_registry_option_is_refused_naming_it(option, value):
+    with pytest.raises(InvalidRequestError) as refused:
+        cortexstream.Registry(**{option: value})
+    assert refused.value.param == option, refused.value

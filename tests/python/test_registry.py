@@ -106,3 +106,27 @@ def test_a_leased_engine_is_a_full_engine_that_close_does_not_stop(registry):
         assert lease.engine.generate("Hi", max_tokens=2, ignore_eos=True).usage.completion_tokens == 2
     with registry.get("minilm") as minilm:
         assert minilm.engine is None
+
+
+def test_unregister_metrics_and_shutdown(registry):
+    with registry.get("small") as small:
+        small.engine.generate("Hi", max_tokens=2, temperature=0, ignore_eos=True)
+    metrics = registry.metrics()
+    assert list(metrics) == ["small"] and metrics["small"]["generated_tokens_total"] == 2
+    # That reading them is not a use (keep-alive, LRU) is held by the core's test on a manual clock.
+    assert registry.unregister("small") is True
+    assert registry.names() == ["large", "minilm"] and registry.loaded() == []
+    with pytest.raises(ModelNotFoundError):
+        registry.get("small")
+    assert registry.unregister("small") is False
+    # Shutdown ends what a lease still runs.
+    lease = registry.get("large")
+    stream = lease.engine.stream("Once upon a time", max_tokens=500, ignore_eos=True)
+    registry.shutdown()
+    assert stream.wait().finish_reason == "cancelled"
+    lease.release()
+
+
+def test_register_takes_log_prompts(registry):
+    registry.register("logged", "smollm2", kv_cache_tokens=512, threads=1, log_prompts=True)
+    assert "logged" in registry.names()

@@ -33,10 +33,36 @@ class RunningServer:
         return self.log_path.read_text(errors="replace")
 
     def metrics(self) -> dict[str, float]:
-        """The unlabelled samples of /metrics, by name."""
+        """The samples of /metrics by name, summed over the loaded models (see `summed_metrics`)."""
+        return summed_metrics(self.metrics_text())
+
+    def labelled_metrics(self) -> dict[tuple[str, frozenset], float]:
+        """Every sample of /metrics, by name and labels (see `labelled_samples`)."""
+        return labelled_samples(self.metrics_text())
+
+    def metrics_text(self) -> str:
         response = httpx.get(f"{self.url}/metrics", headers=AUTH)
         response.raise_for_status()
-        return {m[1]: float(m[2]) for m in re.finditer(r"^([a-z_]+) (\S+)$", response.text, re.M)}
+        return response.text
+
+
+def labelled_samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """Every sample of a /metrics text, by name and labels (`frozenset` of `(label, value)`)."""
+    samples = {}
+    for m in re.finditer(r"^([a-z_]+)(?:\{([^}]*)\})? (\S+)$", text, re.M):
+        labels = frozenset(re.findall(r'([a-z_]+)="([^"]*)"', m[2] or ""))
+        samples[(m[1], labels)] = float(m[3])
+    return samples
+
+
+def summed_metrics(text: str) -> dict[str, float]:
+    """The samples of a /metrics text by name, summed over the loaded models' `model` labels
+    (histogram buckets left out: their `_sum` and `_count` stay)."""
+    totals: dict[str, float] = {}
+    for (name, labels), value in labelled_samples(text).items():
+        if "le" not in dict(labels):
+            totals[name] = totals.get(name, 0.0) + value
+    return totals
 
 
 def free_port() -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from contextlib import asynccontextmanager
 from types import SimpleNamespace
 
 import httpx
@@ -69,6 +70,34 @@ class RecordingEngine:
         return ""
 
 
+class HeldEngine:
+    """Stands in for the lease a route holds: its engine, and a stream that keeps it."""
+
+    def __init__(self, engine: RecordingEngine) -> None:
+        self.engine = engine
+
+    def hold_while(self, lines):
+        return lines
+
+    def with_defaults(self, sampling):
+        return dict(sampling)  # a model without default options
+
+
+class LeasingState:
+    """Stands in for a loaded server's state: every model name leases the stand-in engine."""
+
+    def __init__(self, engine: RecordingEngine) -> None:
+        self.ready, self.load_error, self.config = True, None, ServerConfig()
+        self.engine = engine
+
+    def served(self, name, *, embedding):
+        return None
+
+    @asynccontextmanager
+    async def leased(self, name, *, embedding, keep_alive=None):
+        yield HeldEngine(self.engine)
+
+
 CHAT = [{"role": "user", "content": "hi"}]
 ROUTES = [
     ("/v1/chat/completions", {"model": "m", "messages": CHAT}),
@@ -86,8 +115,7 @@ def test_submission_runs_off_the_event_loop(path, body, stream):
     engine = RecordingEngine()
     app = create_app(ServerConfig())
     # No lifespan (no model): the state a loaded server has, with the stand-in engine.
-    app.state.server = SimpleNamespace(ready=True, load_error=None, engine=engine, config=ServerConfig(),
-                                       catalog=SimpleNamespace(generation_model=lambda name: None))
+    app.state.server = LeasingState(engine)
 
     async def call() -> tuple[httpx.Response, threading.Thread]:
         transport = httpx.ASGITransport(app=app)

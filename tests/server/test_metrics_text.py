@@ -1,5 +1,6 @@
 """/metrics text as Prometheus parses it: every family has HELP and TYPE, counters end in
-`_total`, histograms have cumulative buckets ending at +Inf. No model needed."""
+`_total`, histograms have cumulative buckets ending at +Inf, every per-engine sample has the
+`model` label of its loaded model. No model needed."""
 
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ SNAPSHOT = {
 }
 
 
+OTHER = {**SNAPSHOT, "requests_submitted": 9, "batch_size": {"buckets": [[1.0, 0], [4.0, 1]], "sum": 3.0, "count": 1}}
+
+
 def families() -> dict:
-    text = render_prometheus(SNAPSHOT, ready=True)
+    text = render_prometheus({"chat": SNAPSHOT, "other": OTHER}, ready=True)
     return {family.name: family for family in text_string_to_metric_families(text)}
 
 
@@ -37,16 +41,21 @@ def test_every_family_has_help_and_its_type() -> None:
         assert family.documentation, family.name
 
 
-def test_sample_names_and_values() -> None:
+def test_sample_names_and_values_one_series_per_model() -> None:
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families().values() for s in f.samples}
+    chat, other = (("model", "chat"),), (("model", "other"),)
     assert samples[("cortexstream_ready", ())] == 1
-    assert samples[("cortexstream_requests_submitted_total", ())] == 3
-    assert samples[("cortexstream_prompt_tokens_total", ())] == 12
-    assert samples[("cortexstream_kv_blocks_free", ())] == 250
-    assert samples[("cortexstream_batch_size_bucket", (("le", "1.0"),))] == 2
-    assert samples[("cortexstream_batch_size_bucket", (("le", "+Inf"),))] == 6
-    assert samples[("cortexstream_batch_size_sum", ())] == 11.0
-    assert samples[("cortexstream_batch_size_count", ())] == 6
+    assert samples[("cortexstream_requests_submitted_total", chat)] == 3
+    assert samples[("cortexstream_requests_submitted_total", other)] == 9
+    assert samples[("cortexstream_prompt_tokens_total", chat)] == 12
+    assert samples[("cortexstream_kv_blocks_free", chat)] == 250
+    assert samples[("cortexstream_batch_size_bucket", (("le", "1.0"), *chat))] == 2
+    assert samples[("cortexstream_batch_size_bucket", (("le", "+Inf"), *chat))] == 6
+    assert samples[("cortexstream_batch_size_bucket", (("le", "+Inf"), *other))] == 1
+    assert samples[("cortexstream_batch_size_sum", chat)] == 11.0
+    assert samples[("cortexstream_batch_size_count", other)] == 1
+    # Nothing per engine without its model.
+    assert all(labels for (name, labels) in samples if name != "cortexstream_ready")
 
 
 def test_not_ready_renders_without_a_snapshot() -> None:

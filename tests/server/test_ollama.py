@@ -76,8 +76,12 @@ def test_tags_show_ps_and_version(ollama_client, server):
     assert shown.modelinfo["llama.context_length"] > 0
     assert ollama_client.show("all-minilm").capabilities == ["embedding"]
 
-    running = {m.model for m in ollama_client.ps().models}
-    assert running == set(tags)
+    # Loaded on first use: after a request to each, both are loaded, in RAM, with an expiry.
+    ollama_client.embed(model="minilm", input="hi")
+    running = {m.model: m for m in ollama_client.ps().models}
+    assert set(running) == set(tags)
+    assert all(m.size_vram == 0 and m.expires_at is not None for m in running.values())
+    assert running["smollm2:latest"].size > tags["smollm2:latest"].size  # the weights plus the KV cache
 
     version = httpx.get(f"{server.url}/api/version", headers=AUTH).json()["version"]
     assert version and version[0].isdigit()

@@ -106,8 +106,26 @@ def test_metrics_count_requests_and_tokens_in_prometheus_format(server, openai_c
     assert after[ttft_count] == before[ttft_count] + 1
     text = httpx.get(f"{server.url}/metrics", headers=AUTH).text
     assert "# TYPE cortexstream_per_token_seconds histogram" in text
-    assert 'cortexstream_time_to_first_token_seconds_bucket{le="+Inf"}' in text
+    assert 'cortexstream_time_to_first_token_seconds_bucket{le="+Inf",model="smollm2"}' in text
     assert "# TYPE cortexstream_queue_depth gauge" in text
+    assert "# TYPE cortexstream_step_token_budget gauge" in text
+    assert after["cortexstream_step_token_budget"] > 0
+
+
+def test_prompt_token_counters_add_up_over_repeats_and_choices(server, openai_client):
+    # Each prompt token is counted once, as a prefix-cache hit or as prefill (the REST server
+    # fans n out into n engine requests; the repeat is served from the cache).
+    names = ("prompt_tokens", "prefill_tokens", "prefix_cache_hit_tokens", "recomputed_tokens", "requests_finished")
+    prompt, prefill, hits, recomputed, finished = (f"cortexstream_{name}_total" for name in names)
+    before = server.metrics()
+    text = "You are a careful assistant who counts things. " * 8 + "Count to three:"
+    for _ in range(2):
+        openai_client.completions.create(model=MODEL, prompt=text, max_tokens=3, temperature=0.7, seed=1, n=2)
+    after = wait_for_metrics(server, lambda m: m[finished] >= before[finished] + 4)
+    moved = {name: after[name] - before[name] for name in (prompt, prefill, hits, recomputed)}
+    assert moved[hits] > 0, moved
+    assert moved[hits] + moved[prefill] == moved[prompt], moved
+    assert moved[recomputed] == 0, moved
 
 
 def test_sixteen_concurrent_streams_all_finish_batched_together(server):

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import AUTH, STARTUP_TIMEOUT_S, start_server, stop_server, wait_for_health
+from conftest import AUTH, STARTUP_TIMEOUT_S, start_server, stop_server, summed_metrics, wait_for_health
 
 CLIENTS = 200
 MAX_TOKENS = 12
@@ -173,7 +173,7 @@ async def cancel_later(task: asyncio.Task, outcome: Outcome, delay_s: float) -> 
 
 
 def read_metrics(text: str) -> dict[str, float]:
-    return {m[1]: float(m[2]) for m in re.finditer(r"^([a-z_]+) (\S+)$", text, re.M)}
+    return summed_metrics(text)
 
 
 async def metrics_when(client: httpx.AsyncClient, condition, timeout_s: float = 30.0) -> dict[str, float]:

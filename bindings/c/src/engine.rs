@@ -278,32 +278,52 @@ pub unsafe extern "C" fn cs_engine_embed(
     out_dim: *mut usize,
 ) -> cs_status {
     guard(|| {
-        // SAFETY (all three): forwarded caller contract.
+        // SAFETY: forwarded caller contract.
         let engine = unsafe { engine_ref(engine)? };
-        let texts = unsafe { c_str_array(texts, texts_len, "texts")? };
-        check_out(out_dim, "out_dim")?;
-        let dim = engine.engine.model_info().embedding.as_ref().ok_or(Error::NoEmbeddingModel)?.dim;
-        let needed = texts.len() * dim;
-        if out_vectors_len < needed {
-            return Err(Failure::invalid(
-                "out_vectors",
-                format!(
-                    "buffer holds {out_vectors_len} floats but {} texts of dimension {dim} need {needed}",
-                    texts.len()
-                ),
-            ));
+        let dim = engine.engine.model_info().embedding.as_ref().map(|e| e.dim);
+        // SAFETY: forwarded caller contract.
+        unsafe {
+            embed_into(texts, texts_len, dim, |texts| engine.engine.embed(texts), out_vectors, out_vectors_len, out_dim)
         }
-        check_out(out_vectors, "out_vectors")?;
-        let embeddings = engine.engine.embed(&texts)?;
-        // SAFETY: `out_vectors` holds at least `needed` floats (checked above).
-        let out = unsafe { std::slice::from_raw_parts_mut(out_vectors, needed) };
-        for (chunk, vector) in out.chunks_exact_mut(dim.max(1)).zip(&embeddings.vectors) {
-            chunk.copy_from_slice(vector);
-        }
-        // SAFETY: checked non-NULL above.
-        unsafe { out_dim.write(dim) };
-        Ok(())
     })
+}
+
+/// The body of `cs_engine_embed` and `cs_lease_embed`: reads the texts, checks the caller's
+/// buffer holds `texts_len * dim` floats before any work, runs `embed` and copies its vectors
+/// out. `dim` is `None` when there is no embedding model.
+///
+/// # Safety
+/// As for `cs_engine_embed`'s `texts`, `out_vectors` and `out_dim`.
+pub(crate) unsafe fn embed_into(
+    texts: *const *const c_char,
+    texts_len: usize,
+    dim: Option<usize>,
+    embed: impl FnOnce(&[&str]) -> Result<cortexstream::Embeddings, Error>,
+    out_vectors: *mut f32,
+    out_vectors_len: usize,
+    out_dim: *mut usize,
+) -> Result<(), Failure> {
+    // SAFETY: forwarded caller contract.
+    let texts = unsafe { c_str_array(texts, texts_len, "texts")? };
+    check_out(out_dim, "out_dim")?;
+    let dim = dim.ok_or(Error::NoEmbeddingModel)?;
+    let needed = texts.len() * dim;
+    if out_vectors_len < needed {
+        return Err(Failure::invalid(
+            "out_vectors",
+            format!("buffer holds {out_vectors_len} floats but {} texts of dimension {dim} need {needed}", texts.len()),
+        ));
+    }
+    check_out(out_vectors, "out_vectors")?;
+    let embeddings = embed(&texts)?;
+    // SAFETY: `out_vectors` holds at least `needed` floats (checked above).
+    let out = unsafe { std::slice::from_raw_parts_mut(out_vectors, needed) };
+    for (chunk, vector) in out.chunks_exact_mut(dim.max(1)).zip(&embeddings.vectors) {
+        chunk.copy_from_slice(vector);
+    }
+    // SAFETY: checked non-NULL above.
+    unsafe { out_dim.write(dim) };
+    Ok(())
 }
 
 /// Chat messages passed by C, as the core's type.

@@ -36,11 +36,14 @@ pub struct cs_metrics {
     pub queue_depth: u64,
     /// Gauge: sequences in the running batch.
     pub running: u64,
-    /// Prompt tokens of accepted requests.
+    /// Prompt tokens of accepted requests. Once every accepted request has consumed its
+    /// prompt, `prefix_cache_hit_tokens + prefill_tokens_total == prompt_tokens_total`.
     pub prompt_tokens_total: u64,
-    /// Prompt tokens actually run through the model (excludes prefix-cache hits).
+    /// Prompt tokens computed by the model for the first time (excludes prefix-cache hits and
+    /// recomputation after a preemption).
     pub prefill_tokens_total: u64,
-    /// Prompt tokens whose KV was reused from the prefix cache.
+    /// Prompt tokens whose KV came from the prefix cache (each prompt token of a request at
+    /// most once).
     pub prefix_cache_hit_tokens: u64,
     /// Tokens sampled for requests.
     pub generated_tokens_total: u64,
@@ -75,6 +78,12 @@ pub struct cs_metrics {
     /// Gauge: sliding-window pool blocks not used by any sequence. Equals
     /// `kv_sliding_blocks_total` once the engine is idle.
     pub kv_sliding_blocks_free: u64,
+    /// Tokens computed again because a preemption took their KV away (not counted in
+    /// `prefill_tokens_total`).
+    pub recomputed_tokens_total: u64,
+    /// Gauge: tokens the last planned step could compute (its decodes plus the prompt tokens
+    /// the step budget granted beside them).
+    pub step_token_budget: u64,
 }
 
 /// A count that fits the C field (usize is never wider than 64 bits on supported targets).
@@ -111,6 +120,8 @@ impl From<&MetricsSnapshot> for cs_metrics {
             per_token_seconds_sum: m.per_token_seconds.sum,
             kv_sliding_blocks_total: gauge(m.kv_sliding_blocks_total),
             kv_sliding_blocks_free: gauge(m.kv_sliding_blocks_free),
+            recomputed_tokens_total: m.recomputed_tokens_total,
+            step_token_budget: gauge(m.step_token_budget),
         }
     }
 }

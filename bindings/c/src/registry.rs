@@ -3,14 +3,15 @@
 //! All registry logic is the core's; this converts arguments and hands out handles.
 
 use std::ffi::{c_char, CString};
+use std::mem::size_of;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
-use cortexstream::registry::{KeepAlive, ModelLease, ModelSpec, RegistryOptions};
+use cortexstream::registry::{KeepAlive, LoadedModel, ModelLease, ModelSpec, RegistryOptions};
 use cortexstream::{Error, OptionValue, Registry};
 
-use crate::args::{c_str, check_out, optional_c_str, read_sized, require, SizedParams};
-use crate::engine::cs_engine;
+use crate::args::{c_str, check_out, optional_c_str, read_sized, require, write_sized, SizedParams};
+use crate::engine::{cs_engine, embed_into};
 use crate::params::cs_engine_params;
 use crate::status::{cs_status, guard, Failure};
 use crate::text::to_c_string;
@@ -59,11 +60,15 @@ impl SizedParams for cs_registry_params {
     const BOOL_FIELDS: &'static [(usize, &'static str)] = &[];
 }
 
-/// One loaded model in a `cs_loaded_models` list.
+/// One loaded model, as `cs_loaded_models_get` describes it. The caller sets
+/// `struct_size = sizeof(cs_loaded_model)` first; fields are only ever appended, so a caller
+/// built against an older header gets the fields it knows.
 #[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct cs_loaded_model {
+    /// `sizeof(cs_loaded_model)` as the caller was compiled; only that many bytes are written.
+    pub struct_size: usize,
     /// Its registered name (lent by the list; valid until `cs_loaded_models_free`).
     pub name: *const c_char,
     /// An embedding model (no `cs_engine`).
@@ -76,21 +81,16 @@ pub struct cs_loaded_model {
     pub expires_at_ms: i64,
 }
 
-/// The loaded models, by name (from `cs_registry_loaded`); free with `cs_loaded_models_free`.
+/// The loaded models, by name (from `cs_registry_loaded`): read them with
+/// `cs_loaded_models_len` and `cs_loaded_models_get`, free the list with `cs_loaded_models_free`.
+/// Opaque, so that `cs_loaded_model` can grow: the library never hands out an array whose
+/// stride a caller compiled against an older header would get wrong.
+///
+/// Thread-safety: immutable; any thread may read it, `cs_loaded_models_free` must be the last call.
 #[allow(non_camel_case_types)]
-#[repr(C)]
 pub struct cs_loaded_models {
-    /// Number of entries in `models`.
-    pub len: usize,
-    /// `len` entries (NULL when `len` is 0).
-    pub models: *const cs_loaded_model,
-}
-
-/// What `cs_loaded_models` points into; the C-visible list is its first field.
-#[repr(C)]
-struct LoadedList {
-    public: cs_loaded_models,
     entries: Vec<cs_loaded_model>,
+    /// The C strings `entries` point into.
     _names: Vec<CString>,
 }
 
@@ -282,6 +282,57 @@ pub unsafe extern "C" fn cs_lease_engine(lease: *const cs_lease, out_engine: *mu
     })
 }
 
+/// Writes to `*out_dim` the length of the vectors `cs_lease_embed` returns for this lease.
+/// Errors: CS_NO_EMBEDDING_MODEL for a generation model loaded without one.
+/// Thread-safety: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn cs_lease_embedding_dim(lease: *const cs_lease, out_dim: *mut usize) -> cs_status {
+    guard(|| {
+        // SAFETY: forwarded caller contract (documented above).
+        let lease = unsafe { require(lease, "lease")? };
+        check_out(out_dim, "out_dim")?;
+        let dim = lease.lease.embedding_dim().ok_or(Error::NoEmbeddingModel)?;
+        // SAFETY: checked non-NULL above.
+        unsafe { out_dim.write(dim) };
+        Ok(())
+    })
+}
+
+/// Embeds `texts_len` NUL-terminated UTF-8 strings with the leased model: an embedding model
+/// (`cs_registry_register_embedding`), or a generation model's own embedding model. As
+/// `cs_engine_embed`: vector i (L2-normalised, `dim` floats) goes to `out_vectors[i * dim ...]`,
+/// which must hold `texts_len * dim` floats (get `dim` from `cs_lease_embedding_dim`), checked
+/// before any work (CS_INVALID_ARGUMENT naming `out_vectors`, stating the needed size), and
+/// `dim` to `*out_dim`. Errors also: CS_NO_EMBEDDING_MODEL.
+/// Thread-safety: any thread, concurrently.
+#[no_mangle]
+pub unsafe extern "C" fn cs_lease_embed(
+    lease: *const cs_lease,
+    texts: *const *const c_char,
+    texts_len: usize,
+    out_vectors: *mut f32,
+    out_vectors_len: usize,
+    out_dim: *mut usize,
+) -> cs_status {
+    guard(|| {
+        // SAFETY: forwarded caller contract (documented above).
+        let lease = unsafe { require(lease, "lease")? };
+        let model = lease.lease.model();
+        // SAFETY: forwarded caller contract (documented above).
+        unsafe {
+            embed_into(
+                texts,
+                texts_len,
+                model.embedding_dim(),
+                |texts| model.embed(texts),
+                out_vectors,
+                out_vectors_len,
+                out_dim,
+            )
+        }
+    })
+}
+
 /// Ends the hold and frees the lease (and the `cs_engine*` it lent): the model's keep-alive
 /// countdown starts (keep-alive 0 unloads it now, which waits for its engine thread). Requests
 /// submitted through the lent engine must be finished or freed first. NULL returns
@@ -323,7 +374,7 @@ pub unsafe extern "C" fn cs_registry_unload(
 }
 
 /// The loaded models, by name, after unloading the expired ones. On success `*out_models`
-/// receives a list; free it with `cs_loaded_models_free`.
+/// receives a list (see `cs_loaded_models`); free it with `cs_loaded_models_free`.
 /// Thread-safety: any thread.
 #[no_mangle]
 pub unsafe extern "C" fn cs_registry_loaded(
@@ -334,29 +385,66 @@ pub unsafe extern "C" fn cs_registry_loaded(
         // SAFETY: forwarded caller contract (documented above).
         let registry = unsafe { registry_ref(registry)? };
         check_out(out_models, "out_models")?;
-        let loaded = registry.loaded();
-        let names: Vec<CString> = loaded.iter().map(|model| to_c_string(&model.name)).collect();
-        let entries: Vec<cs_loaded_model> = loaded
-            .iter()
-            .zip(&names)
-            .map(|(model, name)| cs_loaded_model {
-                name: name.as_ptr(),
-                is_embedding: model.is_embedding,
-                memory_bytes: model.memory_bytes,
-                active_requests: model.active_requests,
-                expires_at_ms: model.expires_at.map_or(-1, |at| {
-                    i64::try_from(at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(i64::MAX)
-                }),
-            })
-            .collect();
-        let public = cs_loaded_models {
-            len: entries.len(),
-            models: if entries.is_empty() { std::ptr::null() } else { entries.as_ptr() },
-        };
-        let list = Box::new(LoadedList { public, entries, _names: names });
-        // SAFETY: checked non-NULL above; `public` is the first field of a repr(C) struct.
-        unsafe { out_models.write(Box::into_raw(list).cast::<cs_loaded_models>()) };
+        let list = loaded_list(registry.loaded());
+        // SAFETY: checked non-NULL above.
+        unsafe { out_models.write(Box::into_raw(Box::new(list))) };
         Ok(())
+    })
+}
+
+/// The core's loaded models as a C list; the strings live in the list beside the entries.
+fn loaded_list(loaded: Vec<LoadedModel>) -> cs_loaded_models {
+    let names: Vec<CString> = loaded.iter().map(|model| to_c_string(&model.name)).collect();
+    let entries = loaded
+        .iter()
+        .zip(&names)
+        .map(|(model, name)| cs_loaded_model {
+            struct_size: size_of::<cs_loaded_model>(),
+            name: name.as_ptr(),
+            is_embedding: model.is_embedding,
+            memory_bytes: model.memory_bytes,
+            active_requests: model.active_requests,
+            expires_at_ms: model.expires_at.map_or(-1, |at| {
+                i64::try_from(at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(i64::MAX)
+            }),
+        })
+        .collect();
+    cs_loaded_models { entries, _names: names }
+}
+
+/// Writes the number of models in `models` to `*out_len`.
+/// Thread-safety: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn cs_loaded_models_len(models: *const cs_loaded_models, out_len: *mut usize) -> cs_status {
+    guard(|| {
+        // SAFETY: forwarded caller contract (documented above).
+        let models = unsafe { require(models, "models")? };
+        check_out(out_len, "out_len")?;
+        // SAFETY: checked non-NULL above.
+        unsafe { out_len.write(models.entries.len()) };
+        Ok(())
+    })
+}
+
+/// Describes model `index` (below `cs_loaded_models_len`) into `*out_model` (set
+/// `out_model->struct_size = sizeof(cs_loaded_model)` first; only that many bytes are written).
+/// Its `name` is lent by the list until `cs_loaded_models_free`. Errors: CS_INVALID_ARGUMENT
+/// naming `index` when it is out of range, `out_model` for a bad `struct_size`.
+/// Thread-safety: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn cs_loaded_models_get(
+    models: *const cs_loaded_models,
+    index: usize,
+    out_model: *mut cs_loaded_model,
+) -> cs_status {
+    guard(|| {
+        // SAFETY: forwarded caller contract (documented above).
+        let models = unsafe { require(models, "models")? };
+        let entry = models.entries.get(index).ok_or_else(|| {
+            Failure::invalid("index", format!("`index` is {index}, but the list holds {} models", models.entries.len()))
+        })?;
+        // SAFETY: forwarded caller contract (documented above).
+        unsafe { write_sized(out_model, *entry, "out_model") }
     })
 }
 
@@ -367,7 +455,7 @@ pub unsafe extern "C" fn cs_loaded_models_free(models: *mut cs_loaded_models) {
     if models.is_null() {
         return;
     }
-    // SAFETY: by the contract it came from cs_registry_loaded (a LoadedList whose first field
-    // it points to) and is freed once. Dropping Vecs of plain data and CStrings cannot panic.
-    drop(unsafe { Box::from_raw(models.cast::<LoadedList>()) });
+    // SAFETY: by the contract it came from cs_registry_loaded and is freed once. Dropping Vecs
+    // of plain data and CStrings cannot panic.
+    drop(unsafe { Box::from_raw(models) });
 }

@@ -3,6 +3,7 @@
 // a leased model. Everything a registry decides (loading, keep-alive, LRU) is the core's.
 const { NativeRegistry } = require('./native');
 const { wrapNativeEngine } = require('./engine');
+const { resolveModel } = require('./models');
 
 class Registry {
   #native;
@@ -11,8 +12,9 @@ class Registry {
     this.#native = new NativeRegistry(options);
   }
 
+  /** `model` is a path or a cache name ("smollm2", "minilm", "gemma3"), as in Python. */
   register(name, model, options = {}) {
-    this.#native.register(name, model, options);
+    this.#native.register(name, resolveModel(model, 'model'), options);
   }
 
   names() {

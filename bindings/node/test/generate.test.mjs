@@ -140,6 +140,20 @@ describe('invalid options', () => {
     assert.equal(engine.metrics().requestsRejected, rejectedBefore + 1);
   });
 
+  test('prompt tokens are counted once, as prefix-cache hits or as prefill', async () => {
+    const prompt = 'You are a careful assistant who counts things. '.repeat(8);
+    const before = engine.metrics();
+    const first = await engine.generate(prompt, { ...greedy, maxTokens: 2 });
+    const second = await engine.generate(prompt, { ...greedy, maxTokens: 2 });
+    const after = engine.metrics();
+    const moved = (key) => after[key] - before[key];
+    assert.equal(moved('promptTokensTotal'), first.usage.promptTokens + second.usage.promptTokens);
+    assert.ok(moved('prefixCacheHitTokens') > 0, 'the repeat was served from the cache');
+    assert.equal(moved('prefixCacheHitTokens') + moved('prefillTokensTotal'), moved('promptTokensTotal'));
+    assert.equal(moved('recomputedTokensTotal'), 0);
+    assert.ok(after.stepTokenBudget > 0, `stepTokenBudget ${after.stepTokenBudget}`);
+  });
+
   test('an empty prompt and an over-long prompt are rejected with their codes', async () => {
     await assert.rejects(engine.generate(''), { code: 'invalid_request', param: 'prompt' });
     const tooLong = new Array(engine.modelInfo.contextLength).fill(fox.prompt_token_ids[0]);

@@ -6,6 +6,7 @@
 
 mod engine;
 mod errors;
+mod kernels;
 mod logs;
 mod options;
 mod records;
@@ -28,6 +29,10 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<records::ModelInfo>()?;
     module.add_function(wrap_pyfunction!(logs::set_log_handler, module)?)?;
     module.add_function(wrap_pyfunction!(logs::dropped_log_records, module)?)?;
+    module.add_function(wrap_pyfunction!(kernels::kernel_info, module)?)?;
+    module.add_function(wrap_pyfunction!(options::option_names, module)?)?;
+    module.add_function(wrap_pyfunction!(options::check_options, module)?)?;
+    module.add_function(wrap_pyfunction!(registry::check_keep_alive, module)?)?;
     module.add_class::<tools::ToolCall>()?;
     module.add_class::<registry::Registry>()?;
     module.add_class::<registry::Lease>()?;

@@ -5,7 +5,7 @@
 //! reports the same field names and messages. A prompt or messages of the wrong Python type
 //! is a `TypeError` naming the argument.
 
-use cortexstream::{ChatMessage, Error, OptionValue, Prompt, Request, RequestOptions};
+use cortexstream::{ChatMessage, OptionValue, Prompt, Request, RequestOptions};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
@@ -53,12 +53,32 @@ fn message(item: &Bound<'_, PyDict>) -> PyResult<ChatMessage> {
 /// Python values to the core's options. The core names the field of any bad value, rejects
 /// unknown keywords, and treats `None` as the default (so callers can forward optional fields).
 pub fn request(prompt: Prompt, sampling: Option<&Bound<'_, PyDict>>) -> PyResult<Request> {
+    Ok(request_options(sampling)?.into_request(prompt))
+}
+
+fn request_options(sampling: Option<&Bound<'_, PyDict>>) -> PyResult<RequestOptions> {
     let entries = match sampling {
         None => Vec::new(),
         Some(kwargs) => kwargs.iter().map(|(key, value)| keyword(key.extract()?, &value)).collect::<PyResult<_>>()?,
     };
-    let options = RequestOptions::from_value(OptionValue::Map(entries)).map_err(to_py_err)?;
-    Ok(options.into_request(prompt))
+    RequestOptions::from_value(OptionValue::Map(entries)).map_err(to_py_err)
+}
+
+/// Every option name a request takes (`Sampling`'s keys), from the core's one definition.
+#[pyfunction]
+pub fn option_names() -> Vec<&'static str> {
+    RequestOptions::field_names()
+}
+
+/// Checks options given ahead of any request and any model (a server config file's default
+/// sampling): names, types and every range that does not depend on the vocabulary; token ids
+/// (`stop_token_ids`, `logit_bias`) are checked against the model at submit. Raises
+/// `InvalidRequestError` naming the field, with the words a request's error would use.
+#[pyfunction]
+pub fn check_options(options: &Bound<'_, PyDict>) -> PyResult<()> {
+    let options = request_options(Some(options))?;
+    // No vocabulary yet: every token id is in range for now.
+    options.sampling.validate(usize::MAX).map_err(to_py_err)
 }
 
 /// Keyword arguments as the entries of the core's map value (`None`: none), for the engine
@@ -136,21 +156,6 @@ where
     T: for<'a> FromPyObject<'a, 'py>,
 {
     value.extract::<T>().map_err(|_| type_error(param, expected, value))
-}
-
-/// A number field. A Python int outside the Rust type's range (a negative count, say) is an
-/// invalid value for that field rather than a bare `OverflowError`.
-pub fn number<'py, T>(value: &Bound<'py, PyAny>, param: &'static str) -> PyResult<T>
-where
-    T: for<'a> FromPyObject<'a, 'py>,
-{
-    value.extract::<T>().map_err(|_| {
-        if value.is_instance_of::<PyInt>() {
-            to_py_err(Error::invalid(param, format!("{value} is out of range")))
-        } else {
-            type_error(param, "a number", value)
-        }
-    })
 }
 
 pub(crate) fn type_error(param: &str, expected: &str, value: &Bound<'_, PyAny>) -> PyErr {

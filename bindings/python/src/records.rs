@@ -208,6 +208,9 @@ pub struct ModelInfo {
     vocab_size: usize,
     embedding_model: Option<String>,
     embedding_dim: Option<usize>,
+    chat_template: Option<String>,
+    parameter_count: u64,
+    quantization: Option<String>,
 }
 python_repr!(ModelInfo { name, path, architecture, context_length, vocab_size, embedding_model, embedding_dim });
 
@@ -221,6 +224,9 @@ impl From<&cortexstream::ModelInfo> for ModelInfo {
             vocab_size: info.vocab_size,
             embedding_model: info.embedding.as_ref().map(|e| e.name.clone()),
             embedding_dim: info.embedding.as_ref().map(|e| e.dim),
+            chat_template: info.chat_template.clone(),
+            parameter_count: info.parameter_count,
+            quantization: info.quantization.clone(),
         }
     }
 }

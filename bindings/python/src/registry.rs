@@ -12,7 +12,7 @@ use pyo3::types::{PyDict, PyString, PyType};
 
 use crate::engine::Engine;
 use crate::errors::to_py_err;
-use crate::options::{kwargs_entries, number, option_value};
+use crate::options::{kwargs_entries, option_value};
 
 /// Several models by name, each loaded on first use into its own engine and unloaded when
 /// idle past its keep-alive or, least recently used first, to stay within a memory budget.
@@ -46,18 +46,26 @@ fn keep_alive(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<KeepAlive>> {
     KeepAlive::from_value(&option_value(value)?).map_err(|e| to_py_err(e.into()))
 }
 
+/// Checks a `keep_alive` value (seconds, negative forever, or a duration such as `"5m"`) the
+/// way `Registry` reads it, before any registry exists (a server config file's values);
+/// raises `InvalidRequestError` naming `keep_alive`.
+#[pyfunction]
+pub fn check_keep_alive(value: &Bound<'_, PyAny>) -> PyResult<()> {
+    keep_alive(Some(value)).map(|_| ())
+}
+
 #[pymethods]
 impl Registry {
     #[new]
     #[pyo3(signature = (*, memory_budget_bytes=None, keep_alive=None))]
     fn new(memory_budget_bytes: Option<&Bound<'_, PyAny>>, keep_alive: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
-        let mut options = RegistryOptions::default();
-        if let Some(budget) = memory_budget_bytes.filter(|v| !v.is_none()) {
-            options.memory_budget_bytes = Some(number(budget, "memory_budget_bytes")?);
+        let mut entries = Vec::new();
+        for (key, value) in [("memory_budget_bytes", memory_budget_bytes), ("keep_alive", keep_alive)] {
+            if let Some(value) = value {
+                entries.push((key.to_owned(), option_value(value)?));
+            }
         }
-        if let Some(keep_alive) = self::keep_alive(keep_alive)? {
-            options.default_keep_alive = keep_alive;
-        }
+        let options = RegistryOptions::from_settings(OptionValue::Map(entries)).map_err(to_py_err)?;
         Ok(Self { registry: cortexstream::Registry::new(options) })
     }
 
@@ -109,9 +117,37 @@ impl Registry {
         py.detach(|| self.registry.unload(name)).map_err(|e| to_py_err(e.into()))
     }
 
+    /// Forgets `name` (unloading it; requests holding a lease finish first); whether it was
+    /// registered.
+    fn unregister(&self, py: Python<'_>, name: &str) -> bool {
+        py.detach(|| self.registry.unregister(name))
+    }
+
     /// The loaded models, by name, after unloading the expired ones.
     fn loaded(&self, py: Python<'_>) -> Vec<LoadedModel> {
         py.detach(|| self.registry.loaded()).into_iter().map(LoadedModel::from).collect()
+    }
+
+    /// `Engine.metrics()` of every loaded generation model, by name. Reading them neither
+    /// restarts a model's keep-alive nor counts as a use.
+    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let snapshots: Vec<_> = py.detach(|| {
+            let models = self.registry.loaded_models();
+            models.iter().filter_map(|(name, model)| Some((name.clone(), model.engine()?.metrics()))).collect()
+        });
+        let metrics = PyDict::new(py);
+        for (name, snapshot) in snapshots {
+            let snapshot =
+                pythonize::pythonize(py, &snapshot).map_err(|e| to_py_err(Error::Internal(format!("metrics: {e}"))))?;
+            metrics.set_item(name, snapshot)?;
+        }
+        Ok(metrics)
+    }
+
+    /// `close()`, then ends (as cancelled) the requests still running on any of its models,
+    /// leased ones included. Idempotent.
+    fn shutdown(&self, py: Python<'_>) {
+        py.detach(|| self.registry.shutdown());
     }
 
     /// Unloads every model; later `get`s raise `EngineClosedError`. Idempotent.

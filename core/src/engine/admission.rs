@@ -100,6 +100,7 @@ pub(super) fn prepare(
         prompt_len,
         tokens,
         computed: 0,
+        covered: 0,
         blocks: Default::default(),
         sliding_blocks: Default::default(),
         queue_slot: None,

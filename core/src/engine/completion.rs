@@ -16,6 +16,13 @@ pub struct ModelInfo {
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
     pub embedding: Option<EmbeddingInfo>,
+    /// Source of the chat template in use: the configured one, else the model's
+    /// (`tokenizer.chat_template`); `None`: the model has none.
+    pub chat_template: Option<String>,
+    /// Parameters: the elements of every tensor in the file.
+    pub parameter_count: u64,
+    /// The file's quantization (`general.file_type` by llama.cpp's name, e.g. `Q4_K_M`), if it says.
+    pub quantization: Option<String>,
 }
 
 /// The embedding model, when one is loaded.

@@ -24,7 +24,7 @@ use crate::constraint::compiler::ConstraintCompiler;
 use crate::constraint::masks::MaskCounters;
 use crate::constraint::MaskCounts;
 use crate::error::{Error, Result};
-use crate::gguf::GgufFile;
+use crate::gguf::{file_type_name, GgufFile, Value};
 use crate::metrics::{add, Metrics, MetricsSnapshot};
 use crate::models::bert::BertEmbedder;
 use crate::models::GenerationModel;
@@ -135,6 +135,16 @@ impl Engine {
                 dim: e.dim(),
                 max_tokens: e.max_tokens(),
             }),
+            chat_template: config
+                .chat_template
+                .clone()
+                .or_else(|| gguf.get("tokenizer.chat_template").and_then(Value::as_str).map(str::to_string)),
+            parameter_count: gguf.tensors().iter().map(|t| t.element_count() as u64).sum(),
+            quantization: gguf
+                .get("general.file_type")
+                .and_then(Value::as_u64)
+                .and_then(file_type_name)
+                .map(str::to_string),
         };
         drop(gguf);
 

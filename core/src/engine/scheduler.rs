@@ -21,7 +21,7 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
 use super::block_allocator::{prefix_contents, BlockAllocator, BlockHash, BlockTable, OutOfBlocks};
-use super::sequence::Sequence;
+use super::sequence::{ComputedTokens, Sequence};
 use super::step_budget::StepBudget;
 
 /// The block pool of sliding-window layers, and their window.
@@ -135,10 +135,13 @@ pub(crate) struct ScheduledChunk {
 #[derive(Default)]
 pub(crate) struct PlanReport {
     pub preempted: usize,
-    /// Prompt tokens newly served from the prefix cache at admission.
+    /// Prompt tokens served from the prefix cache to sequences admitted in this step (each
+    /// prompt position of a sequence counts once, see [`Sequence::note_cache_reuse`]).
     pub prefix_hit_tokens: usize,
     /// Sequences that cannot grow even alone (the cache is full): they must finish.
     pub out_of_space: Vec<Sequence>,
+    /// Tokens the step could compute: its decodes plus the prompt tokens granted beside them.
+    pub token_budget: usize,
 }
 
 /// Waiting sequences ordered by priority (highest first), then arrival (earliest first).
@@ -237,6 +240,7 @@ impl Scheduler {
         self.schedule_running(plan, Phase::Decodes, &mut unlimited, &mut report);
         let decodes = plan.len();
         let mut prefill = budget.prompt_tokens(decodes).min(self.config.max_prefill_tokens);
+        report.token_budget = decodes + prefill;
         self.schedule_running(plan, Phase::Prompts, &mut prefill, &mut report);
         self.admit(plan, &mut prefill, decodes, &mut report);
         report
@@ -327,10 +331,6 @@ impl Scheduler {
                 seq.registered_blocks = blocks.len();
                 seq.last_block_hash = last_hash;
                 seq.blocks = blocks;
-                if seq.first_scheduled.is_none() {
-                    seq.cached_prompt_tokens = seq.computed.min(seq.prompt_len);
-                    report.prefix_hit_tokens += seq.cached_prompt_tokens;
-                }
             }
             let len = seq.pending().min(*prefill);
             // A prompt that would only partly fit after other prompts waits for the next step:
@@ -342,6 +342,9 @@ impl Scheduler {
                 self.preempt(seq);
                 break;
             }
+            // Counted only now that it is admitted: a prompt that goes back to wait is
+            // offered its cached prefix again next time.
+            report.prefix_hit_tokens += seq.note_cache_reuse();
             if seq.first_scheduled.is_none() {
                 seq.first_scheduled = Some(std::time::Instant::now());
                 tracing::debug!(target: "cortexstream::request", parent: &seq.span, cached_prompt_tokens = seq.cached_prompt_tokens, "prefill start");
@@ -364,11 +367,14 @@ impl Scheduler {
 
     /// Records that the planned chunks went through the model: advances `computed`,
     /// registers newly completed blocks in the prefix cache (in both pools) and gives back the
-    /// sliding blocks that fell out of the window.
-    pub fn mark_computed(&mut self, plan: &[ScheduledChunk]) {
+    /// sliding blocks that fell out of the window. Returns what the step computed, for the
+    /// token counters.
+    pub fn mark_computed(&mut self, plan: &[ScheduledChunk]) -> ComputedTokens {
         let block_size = self.allocator.block_size();
+        let mut work = ComputedTokens::default();
         for chunk in plan {
             let seq = &mut self.running[chunk.index];
+            work += seq.note_computed(chunk.start, chunk.len);
             seq.computed = chunk.start + chunk.len;
             while (seq.registered_blocks + 1) * block_size <= seq.computed {
                 let r = seq.registered_blocks;
@@ -388,6 +394,7 @@ impl Scheduler {
                 sliding.release_slid_out(seq);
             }
         }
+        work
     }
 
     /// Sends a sequence back to the queue, releasing its blocks; it will recompute its
@@ -433,6 +440,7 @@ mod tests {
             prompt_len: prompt.len(),
             tokens: prompt,
             computed: 0,
+            covered: 0,
             blocks: Default::default(),
             sliding_blocks: Default::default(),
             queue_slot: None,
@@ -477,16 +485,70 @@ mod tests {
 
     /// [`step`] under a budget of `budget` tokens.
     fn step_within(s: &mut Scheduler, budget: usize) -> Vec<ScheduledChunk> {
+        step_counting(s, budget).0
+    }
+
+    /// [`step_within`], also returning the step's prefix-cache hits and computed tokens.
+    fn step_counting(s: &mut Scheduler, budget: usize) -> (Vec<ScheduledChunk>, usize, ComputedTokens) {
         let mut plan = Vec::new();
         let report = s.schedule_into(&mut plan, &StepBudget::fixed(budget));
         assert!(report.out_of_space.is_empty());
-        s.mark_computed(&plan);
+        let computed = s.mark_computed(&plan);
         for c in &plan {
             if c.want_logits {
                 s.running[c.index].tokens.push(7);
             }
         }
-        plan
+        (plan, report.prefix_hit_tokens, computed)
+    }
+
+    #[test]
+    fn a_cached_prompt_sent_back_to_wait_counts_its_hits_once() {
+        let mut s = scheduler(4, 100, 32);
+        // Its prompt fills and registers blocks 0..4 and 4..8.
+        s.enqueue(seq(1, 0, (0..10).collect()));
+        step(&mut s);
+        // A short new prompt, then one reusing those 8 tokens with 20 more to compute.
+        s.enqueue(seq(2, 0, (100..106).collect()));
+        s.enqueue(seq(3, 0, (0..8).chain(200..220).collect()));
+        let mut hits = 0;
+        let mut prompt_computed = 0;
+        for _ in 0..8 {
+            let (_, step_hits, computed) = step_counting(&mut s, 10);
+            hits += step_hits;
+            prompt_computed += computed.prompt;
+        }
+        let third = s.running.iter().find(|q| q.id == 3).expect("admitted");
+        assert!(third.computed >= third.prompt_len, "its prompt was consumed");
+        assert_eq!(third.cached_prompt_tokens, 8);
+        assert_eq!(hits, 8, "the hits of the prompt that waited a step were counted again");
+        assert_eq!(hits + prompt_computed, 6 + 28, "hits + first-time prompt tokens = prompt tokens");
+    }
+
+    #[test]
+    fn positions_computed_again_after_a_preemption_are_recomputation_not_prefill() {
+        let mut q = seq(1, 0, (0..10).collect());
+        q.computed = 4; // admitted with one cached block
+        assert_eq!(q.note_cache_reuse(), 4);
+        assert_eq!(q.note_computed(4, 6), ComputedTokens { prompt: 6, recomputed: 0 });
+        q.tokens.extend([7, 8]);
+        assert_eq!(q.note_computed(10, 1), ComputedTokens::default(), "a decode is neither");
+        // Preempted; readmitted with its first 8 positions cached: not hits a second time.
+        q.computed = 8;
+        assert_eq!(q.note_cache_reuse(), 0);
+        assert_eq!(q.note_computed(8, 4), ComputedTokens { prompt: 0, recomputed: 3 }, "8..11 again, 11 new");
+        assert_eq!(q.cached_prompt_tokens, 4);
+    }
+
+    #[test]
+    fn prompt_positions_first_served_by_the_cache_after_a_preemption_are_hits() {
+        // Preempted halfway through its prompt; meanwhile another sequence cached all of it.
+        let mut q = seq(1, 0, (0..20).collect());
+        assert_eq!(q.note_computed(0, 8), ComputedTokens { prompt: 8, recomputed: 0 });
+        q.computed = 16;
+        assert_eq!(q.note_cache_reuse(), 8);
+        assert_eq!(q.note_computed(16, 4), ComputedTokens { prompt: 4, recomputed: 0 });
+        assert_eq!(q.cached_prompt_tokens + 8 + 4, 20);
     }
 
     #[test]

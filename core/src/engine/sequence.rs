@@ -80,6 +80,10 @@ pub(crate) struct Sequence {
     pub prompt_len: usize,
     /// Leading tokens whose K/V are in the cache.
     pub computed: usize,
+    /// Leading positions whose K/V this sequence has had at least once (computed, or served
+    /// from the prefix cache): the most `computed` ever was. After a preemption, positions
+    /// below it that run through the model again are recomputation, not prefill.
+    pub covered: usize,
     /// The KV blocks it holds; they go back to the allocator when the sequence is dropped.
     pub blocks: BlockTable,
     /// Its blocks in the sliding-window layers' pool (empty for models without one); those
@@ -131,6 +135,29 @@ impl Sequence {
         self.tokens.len() - self.computed
     }
 
+    /// Records that admission gave it positions `..computed` from the prefix cache. Returns
+    /// the prompt tokens this covers for the first time (its prefix-cache hits, also added to
+    /// its usage); positions it had before a preemption are not hits again.
+    pub fn note_cache_reuse(&mut self) -> usize {
+        let hits = self.computed.min(self.prompt_len).saturating_sub(self.covered);
+        self.covered = self.covered.max(self.computed);
+        self.cached_prompt_tokens += hits;
+        hits
+    }
+
+    /// Records that positions `start .. start + len` ran through the model, and says which of
+    /// them were prompt tokens computed for the first time and which were computed again.
+    pub fn note_computed(&mut self, start: usize, len: usize) -> ComputedTokens {
+        let end = start + len;
+        let first_time = start.max(self.covered);
+        let work = ComputedTokens {
+            prompt: end.min(self.prompt_len).saturating_sub(first_time),
+            recomputed: end.min(self.covered).saturating_sub(start),
+        };
+        self.covered = self.covered.max(end);
+        work
+    }
+
     pub fn usage(&self) -> Usage {
         Usage {
             prompt_tokens: self.prompt_len,
@@ -169,6 +196,25 @@ impl Sequence {
         };
         // Everything but the sink (blocks included) is dropped here.
         FinalEvent { sink: self.sink, event }
+    }
+}
+
+/// What a forward step computed, as the engine's token counters count it. Each prompt
+/// position of a sequence is covered once, either by a prefix-cache hit or as `prompt`, so
+/// hits + `prompt` add up to the prompt tokens of every request whose prompt was consumed.
+/// (Positions first computed past the prompt are decodes, counted as generated tokens.)
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ComputedTokens {
+    /// Prompt positions computed for the first time.
+    pub prompt: usize,
+    /// Positions computed again after a preemption took their K/V away.
+    pub recomputed: usize,
+}
+
+impl std::ops::AddAssign for ComputedTokens {
+    fn add_assign(&mut self, other: Self) {
+        self.prompt += other.prompt;
+        self.recomputed += other.recomputed;
     }
 }
 

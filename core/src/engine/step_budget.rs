@@ -4,22 +4,35 @@
 //! Every running stream gets one token per step, so a step's duration *is* their inter-token
 //! latency. A step costs what its decodes cost plus a cost per prompt token, and the second
 //! grows with the prompt's depth (attention over everything before it). [`StepBudget`] keeps
-//! two running estimates from the steps it is shown: the time of a step without prompt work,
-//! and the time per prompt token beyond it; the prompt chunk is what fits in the rest of the
+//! two running estimates from the steps it is shown: the cost of a step without prompt work,
+//! and the cost per prompt token beyond it; the prompt chunk is what fits in the rest of the
 //! target. When the decodes alone take more than half the target (many streams, a slow or
 //! busy machine), a step may take up to twice their time instead: a prompt always gets at
 //! least half of every step, and the streams' inter-token latency at most doubles while it is
-//! prefilled. It takes durations as input and never reads a clock, so it is tested with
-//! made-up ones.
+//! prefilled.
+//!
+//! Costs are measured in the engine thread's CPU time ([`StepTime::cpu`]), not in wall-clock
+//! time: on a shared machine a step's wall time mostly says how long other processes held the
+//! core, and a controller fed with it resizes the prompt chunk after every descheduled step.
+//! The engine thread takes part in every parallel kernel and runs everything serial, so its
+//! CPU time is what the step would take on an idle machine. The target is a wall-clock
+//! latency, so the budget also keeps a slowly smoothed ratio of wall to CPU time (how busy the
+//! machine is) and divides the target by it; the twice-the-decodes rule is a ratio of costs
+//! and does not need it. It takes times as input and never reads a clock ([`StepClock`] does),
+//! so it is tested with made-up ones.
 //!
 //! Without a target the budget is fixed: `max_batch_tokens` tokens a step, decodes first
 //! (every one of them: a prompt gets at least one token even when they exceed the budget).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Weight of the newest step in the running estimates: they mostly reflect the last ~4 steps,
-/// so a deeper prompt chunk or a busier machine shows within a few steps.
+/// Weight of the newest step in the running cost estimates: they mostly reflect the last ~4
+/// steps, so a deeper prompt chunk shows within a few steps.
 const SMOOTHING: f64 = 0.25;
+
+/// Weight of the newest step in the machine's slowdown (wall over CPU time): one step taken
+/// off the core for a while barely moves it, a machine that stays busy shows within ~20 steps.
+const SLOWDOWN_SMOOTHING: f64 = 0.05;
 
 /// A step may take this many times its decodes' time when that is more than the target.
 const PROMPT_SHARE_FACTOR: f64 = 2.0;
@@ -40,9 +53,70 @@ const REFRESH_DECODES_EVERY: u32 = 16;
 /// a long prompt arriving first makes no long step, big enough to measure the per-token cost.
 const INITIAL_PROMPT_TOKENS: usize = 64;
 
-/// An exponentially weighted running mean.
-fn smooth(estimate: Option<f64>, sample: f64) -> Option<f64> {
-    Some(estimate.map_or(sample, |old| old + SMOOTHING * (sample - old)))
+/// The least prompt tokens of a step without decodes (when the ceiling allows). No stream
+/// waits on such a step, only arrivals, and a finer chunk makes the prefill itself slower:
+/// every step reads every weight for its few tokens (a 2048-token prompt alone on a busy
+/// machine at one thread took 105 s in 50 ms steps of a few tokens, 68 s in one chunk).
+const LONE_PROMPT_TOKENS: usize = 64;
+
+/// An exponentially weighted running mean, the newest sample weighing `weight`.
+fn smooth(estimate: Option<f64>, sample: f64, weight: f64) -> Option<f64> {
+    Some(estimate.map_or(sample, |old| old + weight * (sample - old)))
+}
+
+/// What a step took.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct StepTime {
+    /// Wall-clock time: what a running stream waited for its token.
+    pub wall: Duration,
+    /// The engine thread's CPU time: what the step's work cost, however busy the machine
+    /// (the wall time where the platform has no per-thread CPU clock).
+    pub cpu: Duration,
+}
+
+impl StepTime {
+    /// A step on an idle machine: its CPU time is its wall time.
+    #[cfg(test)]
+    pub fn idle(elapsed: Duration) -> Self {
+        Self { wall: elapsed, cpu: elapsed }
+    }
+}
+
+/// Measures a step's [`StepTime`] from its start.
+pub(crate) struct StepClock {
+    wall: Instant,
+    cpu: Option<Duration>,
+}
+
+impl StepClock {
+    pub fn start() -> Self {
+        Self { wall: Instant::now(), cpu: thread_cpu_time() }
+    }
+
+    pub fn elapsed(&self) -> StepTime {
+        let wall = self.wall.elapsed();
+        let cpu = match (self.cpu, thread_cpu_time()) {
+            (Some(start), Some(now)) => now.saturating_sub(start),
+            _ => wall,
+        };
+        StepTime { wall, cpu }
+    }
+}
+
+/// The calling thread's CPU time so far, where the platform has a per-thread CPU clock.
+#[cfg(target_os = "linux")]
+fn thread_cpu_time() -> Option<Duration> {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid, writable timespec; the call only writes it.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    let seconds = u64::try_from(now.tv_sec).ok()?;
+    let nanos = u32::try_from(now.tv_nsec).ok()?;
+    (status == 0).then(|| Duration::new(seconds, nanos))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn thread_cpu_time() -> Option<Duration> {
+    None
 }
 
 /// The prompt token budget of the next step: fixed, or adapted to a target step time.
@@ -51,12 +125,14 @@ pub(crate) struct StepBudget {
     /// Tokens of a step, decodes and prompt together: the budget without a target, the
     /// ceiling with one.
     max_tokens: usize,
-    /// Target step time in seconds.
+    /// Target step time in (wall-clock) seconds.
     target: Option<f64>,
-    /// Seconds of a step with decodes and no prompt work.
+    /// CPU seconds of a step with decodes and no prompt work.
     decode_step: Option<f64>,
-    /// Seconds per prompt token beyond the decodes.
+    /// CPU seconds per prompt token beyond the decodes.
     per_prompt_token: Option<f64>,
+    /// Wall-clock seconds per CPU second of a step: 1 on an idle machine, more on a busy one.
+    slowdown: Option<f64>,
     /// The largest prompt chunk measured (the growth limit starts from it).
     largest_measured: usize,
     /// Steps with both decodes and prompt work since the last decode-only one.
@@ -72,6 +148,7 @@ impl StepBudget {
             target: None,
             decode_step: None,
             per_prompt_token: None,
+            slowdown: None,
             largest_measured: 0,
             since_decode_only: 0,
         }
@@ -95,25 +172,31 @@ impl StepBudget {
         }
         let ceiling = (self.largest_measured * MAX_GROWTH).max(INITIAL_PROMPT_TOKENS).min(room).max(1);
         let Some(per_token) = self.per_prompt_token else { return ceiling };
-        let decodes_time = if decodes > 0 { self.decode_step.unwrap_or(0.0) } else { 0.0 };
-        let step_time = target.max(PROMPT_SHARE_FACTOR * decodes_time);
-        let affordable = (step_time - decodes_time) / per_token;
+        let decodes_cost = if decodes > 0 { self.decode_step.unwrap_or(0.0) } else { 0.0 };
+        // The target in CPU seconds on this machine as busy as it has been lately.
+        let target_cost = target / self.slowdown.unwrap_or(1.0);
+        let step_cost = target_cost.max(PROMPT_SHARE_FACTOR * decodes_cost);
+        let affordable = (step_cost - decodes_cost) / per_token;
+        let floor = if decodes == 0 { LONE_PROMPT_TOKENS.min(ceiling) } else { 1 };
         // Saturating float-to-int conversion: an infinite or huge estimate is just the ceiling.
-        (affordable.floor() as usize).clamp(1, ceiling)
+        (affordable.floor() as usize).clamp(floor, ceiling)
     }
 
     /// Records that a step of `decodes` decodes and `prompt_tokens` prompt tokens took
     /// `elapsed`.
-    pub fn observe(&mut self, decodes: usize, prompt_tokens: usize, elapsed: Duration) {
+    pub fn observe(&mut self, decodes: usize, prompt_tokens: usize, elapsed: StepTime) {
         if self.target.is_none() || decodes + prompt_tokens == 0 {
             return;
         }
-        let seconds = elapsed.as_secs_f64();
+        let seconds = elapsed.cpu.as_secs_f64();
+        if seconds > 0.0 {
+            self.slowdown = smooth(self.slowdown, elapsed.wall.as_secs_f64() / seconds, SLOWDOWN_SMOOTHING);
+        }
         if prompt_tokens == 0 {
             // After a stretch of prefill the decodes may cost far more than before (longer
             // contexts): the fresh measurement replaces the old estimate.
             let stale = self.since_decode_only >= REFRESH_DECODES_EVERY;
-            self.decode_step = if stale { Some(seconds) } else { smooth(self.decode_step, seconds) };
+            self.decode_step = if stale { Some(seconds) } else { smooth(self.decode_step, seconds, SMOOTHING) };
             self.since_decode_only = 0;
             return;
         }
@@ -124,7 +207,7 @@ impl StepBudget {
         // A noisy step can take less than its decodes' estimate: a prompt chunk is taken to
         // cost at least a tenth of its step.
         let per_token = (seconds - decodes_time).max(MIN_PROMPT_SHARE * seconds) / prompt_tokens as f64;
-        self.per_prompt_token = smooth(self.per_prompt_token, per_token);
+        self.per_prompt_token = smooth(self.per_prompt_token, per_token, SMOOTHING);
         self.largest_measured = self.largest_measured.max(prompt_tokens);
     }
 }
@@ -143,13 +226,12 @@ mod tests {
     }
 
     impl Machine {
-        fn step(self, decodes: usize, prompt: usize) -> Duration {
-            let ms = self.fixed_ms + self.per_decode_ms * decodes as f64 + self.per_prompt_ms * prompt as f64;
-            Duration::from_secs_f64(ms / 1000.0)
+        fn step(self, decodes: usize, prompt: usize) -> StepTime {
+            StepTime::idle(Duration::from_secs_f64(self.ms(decodes, prompt) / 1000.0))
         }
 
         fn ms(self, decodes: usize, prompt: usize) -> f64 {
-            self.step(decodes, prompt).as_secs_f64() * 1000.0
+            self.fixed_ms + self.per_decode_ms * decodes as f64 + self.per_prompt_ms * prompt as f64
         }
     }
 
@@ -182,7 +264,7 @@ mod tests {
         let mut budget = StepBudget::fixed(512);
         assert_eq!(budget.prompt_tokens(0), 512);
         assert_eq!(budget.prompt_tokens(8), 504);
-        budget.observe(8, 504, Duration::from_secs(10));
+        budget.observe(8, 504, StepTime::idle(Duration::from_secs(10)));
         assert_eq!(budget.prompt_tokens(8), 504);
         assert_eq!(budget.prompt_tokens(600), 1, "a prompt still progresses");
     }
@@ -258,19 +340,85 @@ mod tests {
         assert!((200..=210).contains(&last), "{grants:?}");
     }
 
+    /// Runs `steps` steps on `machine`, the wall time of step `i` stretched by `stretch(i)`
+    /// (the machine's other work); returns every grant.
+    fn grants_on_a_shared_machine(
+        budget: &mut StepBudget,
+        machine: Machine,
+        decodes: usize,
+        steps: usize,
+        stretch: impl Fn(usize) -> f64,
+    ) -> Vec<usize> {
+        (0..steps)
+            .map(|i| {
+                let prompt = budget.prompt_tokens(decodes);
+                let cost = machine.step(decodes, prompt).cpu;
+                budget.observe(decodes, prompt, StepTime { wall: cost.mul_f64(stretch(i)), cpu: cost });
+                prompt
+            })
+            .collect()
+    }
+
+    #[test]
+    fn steps_taken_off_the_core_do_not_change_the_prompt_chunks() {
+        // 32 decodes cost more than half the 50 ms target, so a step may cost twice their
+        // cost: the same chunks whether or not other processes stretch some steps' wall time.
+        let mut quiet = StepBudget::adaptive(2048, Duration::from_millis(50));
+        let mut shared = quiet.clone();
+        decode_only(&mut quiet, MACHINE, 32, 20);
+        for i in 0..20 {
+            let cost = MACHINE.step(32, 0).cpu;
+            let stretch = if i % 3 == 0 { 12.0 } else { 1.0 };
+            shared.observe(32, 0, StepTime { wall: cost.mul_f64(stretch), cpu: cost });
+        }
+        let quiet_grants = grants_on_a_shared_machine(&mut quiet, MACHINE, 32, 60, |_| 1.0);
+        let noise = |i: usize| [1.0, 9.0, 1.3, 1.0, 25.0, 1.1, 4.0][i % 7];
+        let shared_grants = grants_on_a_shared_machine(&mut shared, MACHINE, 32, 60, noise);
+        assert_eq!(quiet_grants, shared_grants);
+        assert!(quiet_grants.iter().any(|&g| g > 0), "{quiet_grants:?}");
+    }
+
+    #[test]
+    fn a_machine_that_stays_busy_leaves_the_prompt_less_of_the_latency_target() {
+        // 8 decodes cost 13 ms; every step takes 1.5 times its cost in wall time, so the 60 ms
+        // target is 40 ms of cost: 27 ms, 54 prompt tokens (94 on an idle machine).
+        let mut budget = StepBudget::adaptive(2048, Duration::from_millis(60));
+        let busy = |_| 1.5;
+        decode_only(&mut budget, MACHINE, 8, 5);
+        let grants = grants_on_a_shared_machine(&mut budget, MACHINE, 8, 200, busy);
+        let settled = *grants.iter().rev().find(|&&g| g > 0).unwrap();
+        assert!((53..=54).contains(&settled), "{grants:?}");
+        assert!(1.5 * MACHINE.ms(8, settled) <= 60.0 + 1e-9);
+    }
+
+    #[test]
+    fn a_prompt_alone_is_never_chunked_finer_than_the_lone_floor() {
+        // 5 ms a prompt token: a 50 ms target alone would leave 10 tokens a step.
+        let slow = Machine { per_prompt_ms: 5.0, ..MACHINE };
+        let mut budget = StepBudget::adaptive(2048, Duration::from_millis(50));
+        let alone = grants_on_a_shared_machine(&mut budget, slow, 0, 20, |_| 1.0);
+        assert!(alone.iter().all(|&g| g == LONE_PROMPT_TOKENS), "{alone:?}");
+        // Beside decodes the target still governs (10 ms of decodes: 8 tokens, 7 after rounding).
+        decode_only(&mut budget, slow, 5, 5);
+        let beside = grants_on_a_shared_machine(&mut budget, slow, 5, 30, |_| 1.0);
+        let settled = *beside.iter().rev().find(|&&g| g > 0).unwrap();
+        assert!((7..=8).contains(&settled), "{beside:?}");
+        assert_eq!(StepBudget::adaptive(40, Duration::from_millis(50)).prompt_tokens(0), 40, "within the ceiling");
+    }
+
     #[test]
     fn a_noisy_fast_step_cannot_make_prompt_tokens_free() {
         let mut budget = StepBudget::adaptive(2048, Duration::from_millis(30));
         decode_only(&mut budget, MACHINE, 8, 5);
         // 64 prompt tokens in less time than the decodes alone usually take.
-        budget.observe(8, 64, Duration::from_millis(10));
+        budget.observe(8, 64, StepTime::idle(Duration::from_millis(10)));
         assert!(budget.prompt_tokens(8) <= 128, "{}", budget.prompt_tokens(8));
     }
 
     #[test]
     fn empty_steps_are_not_measured() {
         let mut budget = StepBudget::adaptive(2048, Duration::from_millis(20));
-        budget.observe(0, 0, Duration::from_millis(500));
+        budget.observe(0, 0, StepTime::idle(Duration::from_millis(500)));
         assert_eq!(budget.prompt_tokens(0), INITIAL_PROMPT_TOKENS);
     }
 

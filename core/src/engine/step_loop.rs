@@ -10,7 +10,7 @@ use crossbeam_channel::Receiver;
 
 use super::scheduler::{ScheduledChunk, Scheduler};
 use super::sequence::{panic_message, Delivery, FinalEvent, Sequence};
-use super::step_budget::StepBudget;
+use super::step_budget::{StepBudget, StepClock};
 use super::{Command, Shared};
 use crate::constraint::masks::{MaskWorker, StepStates};
 use crate::detokenize::Step;
@@ -129,10 +129,11 @@ impl StepLoop {
     }
 
     fn run_plan(&mut self, plan: &mut Vec<ScheduledChunk>) -> Result<()> {
-        let started = Instant::now();
+        let clock = StepClock::start();
         let report = self.scheduler.schedule_into(plan, &self.budget);
         let metrics = Arc::clone(&self.shared.metrics);
         add(&metrics.preemptions, report.preempted as u64);
+        metrics.step_token_budget.store(report.token_budget, std::sync::atomic::Ordering::Relaxed);
         add(&metrics.prefix_cache_hit_tokens, report.prefix_hit_tokens as u64);
         if report.preempted > 0 || !report.out_of_space.is_empty() {
             tracing::warn!(
@@ -166,10 +167,10 @@ impl StepLoop {
             }
         }));
         let batch_tokens: usize = plan.iter().map(|c| c.len).sum();
-        // Everything but one-token decode chunks counts as prefill (including recomputation
-        // after preemption).
+        // For the step budget's cost model, everything but one-token decode chunks costs as
+        // prompt tokens (recomputation after preemption included).
         let is_decode = |c: &ScheduledChunk| c.len == 1 && c.start >= running[c.index].prompt_len;
-        let prefill_tokens: usize = plan.iter().filter(|c| !is_decode(c)).map(|c| c.len).sum();
+        let prompt_like_tokens: usize = plan.iter().filter(|c| !is_decode(c)).map(|c| c.len).sum();
         let (model, kv, logits) = (&self.model, &mut self.kv, &mut self.logits);
         let outcome = self.masks.beside(&mut constrained, || model.forward(&chunks, kv, logits));
         self.chunks = reuse_allocation(chunks);
@@ -179,9 +180,10 @@ impl StepLoop {
         outcome?;
 
         add(&metrics.steps, 1);
-        add(&metrics.prefill_tokens_total, prefill_tokens as u64);
         metrics.observe_batch_size(batch_tokens);
-        self.scheduler.mark_computed(plan);
+        let computed = self.scheduler.mark_computed(plan);
+        add(&metrics.prefill_tokens_total, computed.prompt as u64);
+        add(&metrics.recomputed_tokens_total, computed.recomputed as u64);
 
         let vocab = self.model.vocab_size();
         self.finished.clear();
@@ -203,7 +205,7 @@ impl StepLoop {
             self.finished = finished;
         }
         // The whole step, sampling and streaming included: what a running stream waits.
-        self.budget.observe(batch_tokens - prefill_tokens, prefill_tokens, started.elapsed());
+        self.budget.observe(batch_tokens - prompt_like_tokens, prompt_like_tokens, clock.elapsed());
         Ok(())
     }
 

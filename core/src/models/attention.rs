@@ -21,6 +21,15 @@
 //!   `e^x` is [`crate::models::elementwise`]'s polynomial, the same bits on every path.
 //! - At the end: `l = tree(l_0..l_15)` (lanes `j + (j+8)`, then `+4`, `+2`, `+1`) and
 //!   `out = acc · (1 / l)`.
+//! - Contexts longer than [`attention_split::SLICE`] positions: the above runs per fixed slice of positions
+//!   and the slices' partials are folded in order ([`crate::models::attention_split`]), the
+//!   same bits whether the slices run in one task or, for a long decode row on an idle pool,
+//!   in one task each.
+//! - With a q8_0 cache: the score is `dot_q8(q8(q), k) · scale` (the query quantized in blocks
+//!   of 32 like the matmuls' activations; per block, eight integer sums of four products, each
+//!   added to its lane by a fused multiply-add with the product of the two scales); V rows are
+//!   `q · d`, exact in f32. Every task quantizes its own query rows, so a row's slice tasks
+//!   use the same query bits as an unspread pass.
 //!
 //! **Batch invariance:** that arithmetic depends only on the row's query, its position, its
 //! span and its sequence's cached K/V: tiles are aligned to absolute positions, not to the
@@ -29,6 +38,7 @@
 
 use crate::f16::f16_to_f32;
 use crate::kv_cache::{KvCacheType, KvStorage, RowsView, Q8_GROUP};
+use crate::models::attention_split::{self, fold, Merged};
 use crate::models::SeqChunk;
 use crate::quant::disjoint::DisjointSlice;
 use crate::quant::Q8Block;
@@ -105,6 +115,21 @@ struct Task {
     /// Where its 8-bit query and key blocks start in [`AttentionScratch::blocks`] (used with
     /// a q8_0 cache only).
     blocks: usize,
+    /// `Some(slice)`: the task attends only the positions of this [`attention_split::SLICE`] and leaves its
+    /// partial in its buffers for a [`Merge`]; `None`: it attends every position and writes
+    /// the output.
+    slice: Option<(usize, usize)>,
+}
+
+/// One decode row's KV head whose slices ran as separate tasks: folds their partials in order
+/// (into the first slice task's buffers) and writes the output.
+#[derive(Clone, Copy)]
+struct Merge {
+    /// The step row of the decoded token.
+    row: usize,
+    kv_head: usize,
+    /// The slice tasks, in slice order.
+    tasks: (usize, usize),
 }
 
 /// Per-step task list and working buffers, reused across steps (grow-only: warm steps do not
@@ -112,6 +137,7 @@ struct Task {
 #[derive(Default)]
 pub(crate) struct AttentionScratch {
     tasks: Vec<Task>,
+    merges: Vec<Merge>,
     /// Every task's [`TaskBuffers`], one after the other.
     buffers: Vec<f32>,
     /// Every task's 8-bit blocks (its quantized query rows, then one tile of keys), sized only
@@ -122,22 +148,48 @@ pub(crate) struct AttentionScratch {
 }
 
 impl AttentionScratch {
-    /// Splits this step's chunks into tasks and sizes their buffers.
-    pub fn plan(&mut self, chunks: &[SeqChunk<'_>], g: &Geometry) {
+    /// Splits this step's chunks into tasks and sizes their buffers. With `spread`, each decode
+    /// row (a one-token chunk) whose span covers several slices gets one task per slice and a
+    /// [`Merge`]; the results are the same bits either way.
+    fn plan(&mut self, chunks: &[SeqChunk<'_>], g: &Geometry, span: Span, spread: bool) {
         self.tasks.clear();
+        self.merges.clear();
         let mut first_row = 0;
         let mut buffer = 0;
         let mut blocks = 0;
+        let group_floats = |tokens: usize| TaskBuffers::floats(tokens * g.group(), g.head_dim);
+        let group_blocks = |tokens: usize| TaskBuffers::blocks(tokens * g.group(), g.head_dim);
         for (chunk_index, chunk) in chunks.iter().enumerate() {
             let n_tokens = chunk.tokens.len();
+            let pos = chunk.start_pos;
+            let spread_this =
+                spread && n_tokens == 1 && attention_split::slices(span.first(pos), pos + 1).nth(1).is_some();
             for kv_head in 0..g.n_kv_heads {
+                let task = |tokens, buffer, blocks, slice| Task {
+                    chunk: chunk_index,
+                    chunk_first_row: first_row,
+                    kv_head,
+                    tokens,
+                    buffer,
+                    blocks,
+                    slice,
+                };
+                if spread_this {
+                    let first_task = self.tasks.len();
+                    for slice in attention_split::slices(span.first(pos), pos + 1) {
+                        self.tasks.push(task((0, 1), buffer, blocks, Some(slice)));
+                        buffer += group_floats(1);
+                        blocks += group_blocks(1);
+                    }
+                    let tasks = (first_task, self.tasks.len());
+                    self.merges.push(Merge { row: first_row, kv_head, tasks });
+                    continue;
+                }
                 for first in (0..n_tokens).step_by(TOKENS_PER_TASK) {
                     let tokens = (first, (first + TOKENS_PER_TASK).min(n_tokens));
-                    let chunk_first_row = first_row;
-                    self.tasks.push(Task { chunk: chunk_index, chunk_first_row, kv_head, tokens, buffer, blocks });
-                    let rows = (tokens.1 - tokens.0) * g.group();
-                    buffer += TaskBuffers::floats(rows, g.head_dim);
-                    blocks += TaskBuffers::blocks(rows, g.head_dim);
+                    self.tasks.push(task(tokens, buffer, blocks, None));
+                    buffer += group_floats(tokens.1 - tokens.0);
+                    blocks += group_blocks(tokens.1 - tokens.0);
                 }
             }
             first_row += n_tokens;
@@ -153,12 +205,17 @@ impl AttentionScratch {
             self.blocks.resize(self.blocks_needed, Q8Block::default());
         }
     }
+
+    /// Tasks of this step if no row were spread over slices.
+    fn unsplit_tasks(chunks: &[SeqChunk<'_>], g: &Geometry) -> usize {
+        chunks.iter().map(|c| c.tokens.len().div_ceil(TOKENS_PER_TASK) * g.n_kv_heads).sum()
+    }
 }
 
 /// A task's working memory: the current tile's widened K and V rows and, per query row, its
-/// output accumulator, tile weights, running lane sums, running maximum and last correction;
-/// with a q8_0 cache, its query rows quantized and the current tile's 8-bit keys instead of
-/// widened ones.
+/// output accumulator, tile weights, running lane sums, running maximum and last correction
+/// within the current slice, and the folded result of its slices so far; with a q8_0 cache,
+/// its query rows quantized and the current tile's 8-bit keys instead of widened ones.
 struct TaskBuffers<'a> {
     query_blocks: &'a mut [Q8Block],
     key_blocks: &'a mut [Q8Block],
@@ -169,11 +226,14 @@ struct TaskBuffers<'a> {
     lane_sums: &'a mut [f32],
     max: &'a mut [f32],
     correction: &'a mut [f32],
+    merged_acc: &'a mut [f32],
+    merged_max: &'a mut [f32],
+    merged_sum: &'a mut [f32],
 }
 
 impl<'a> TaskBuffers<'a> {
     fn floats(rows: usize, head_dim: usize) -> usize {
-        2 * TILE * head_dim + rows * (head_dim + 2 * TILE + 2)
+        2 * TILE * head_dim + rows * (2 * head_dim + 2 * TILE + 4)
     }
 
     /// 8-bit blocks of the task's query rows and of one tile of keys, for a q8_0 cache.
@@ -190,8 +250,48 @@ impl<'a> TaskBuffers<'a> {
         let (weights, rest) = rest.split_at_mut(rows * TILE);
         let (lane_sums, rest) = rest.split_at_mut(rows * TILE);
         let (max, rest) = rest.split_at_mut(rows);
-        let correction = &mut rest[..rows];
-        Self { query_blocks, key_blocks, keys, values, acc, weights, lane_sums, max, correction }
+        let (correction, rest) = rest.split_at_mut(rows);
+        let (merged_acc, rest) = rest.split_at_mut(rows * head_dim);
+        let (merged_max, rest) = rest.split_at_mut(rows);
+        let merged_sum = &mut rest[..rows];
+        Self {
+            query_blocks,
+            key_blocks,
+            keys,
+            values,
+            acc,
+            weights,
+            lane_sums,
+            max,
+            correction,
+            merged_acc,
+            merged_max,
+            merged_sum,
+        }
+    }
+
+    /// Folds rows `rows`' current slice into their merged results (`first`: it is their first
+    /// slice).
+    fn fold_slice(&mut self, rows: std::ops::Range<usize>, head_dim: usize, first: bool) {
+        let target = (&mut *self.merged_max, &mut *self.merged_sum, &mut *self.merged_acc);
+        fold_partials((self.max, self.lane_sums, self.acc), target, rows, head_dim, first);
+    }
+}
+
+/// Folds rows `rows` of a slice's partials (`max`, lane sums, `acc`) into merged results
+/// (`max`, `sum`, `acc`).
+fn fold_partials(
+    partial: (&[f32], &[f32], &[f32]),
+    merged: (&mut [f32], &mut [f32], &mut [f32]),
+    rows: std::ops::Range<usize>,
+    hd: usize,
+    first: bool,
+) {
+    let ((max, lane_sums, acc), (merged_max, merged_sum, merged_acc)) = (partial, merged);
+    for r in rows {
+        let target = Merged { max: &mut merged_max[r], sum: &mut merged_sum[r], acc: &mut merged_acc[r * hd..][..hd] };
+        let sum = lane_tree(&lane_sums[r * TILE..][..TILE]);
+        fold(target, first, max[r], sum, &acc[r * hd..][..hd]);
     }
 }
 
@@ -426,6 +526,18 @@ impl Kernel {
     }
 }
 
+/// The attention kernel this CPU runs for head dimensions that are multiples of 8 (every
+/// supported model's), as [`crate::kernel_info`] reports it.
+pub(crate) fn kernel_name() -> &'static str {
+    match Kernel::best(64) {
+        Kernel::Portable => "portable",
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => "avx2",
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => "avx512",
+    }
+}
+
 /// `e^x` for `x <= 0` (the same polynomial as the vector code; -inf gives 0).
 fn exp_nonpositive(x: f32) -> f32 {
     crate::models::elementwise::exp_nonpositive(x)
@@ -459,12 +571,16 @@ pub(crate) fn attend(
     out: &mut [f32],
     pool: &ThreadPool,
 ) {
-    attend_with(Kernel::best(g.head_dim), scratch, g, layer, span, chunks, kv, qkv, out, pool);
+    let spread = attention_split::spread_slices(AttentionScratch::unsplit_tasks(chunks, g), pool.n_threads());
+    attend_with(Kernel::best(g.head_dim), spread, scratch, g, layer, span, chunks, kv, qkv, out, pool);
 }
 
+/// [`attend`] with the kernel and the slice spreading chosen by the caller (tests try every
+/// combination: the bits must not change).
 #[allow(clippy::too_many_arguments)]
 fn attend_with(
     kernel: Kernel,
+    spread: bool,
     scratch: &mut AttentionScratch,
     g: &Geometry,
     layer: usize,
@@ -475,11 +591,13 @@ fn attend_with(
     out: &mut [f32],
     pool: &ThreadPool,
 ) {
+    scratch.plan(chunks, g, span, spread);
     scratch.size_blocks(kv.cache_type());
-    let tasks = &scratch.tasks;
+    let (tasks, merges) = (&scratch.tasks, &scratch.merges);
     let out = DisjointSlice::new(out);
     let buffers = DisjointSlice::new(&mut scratch.buffers);
     let blocks = DisjointSlice::new(&mut scratch.blocks);
+    let (q_dim, group_len) = (g.q_dim(), g.group() * g.head_dim);
     pool.run(tasks.len(), &|task_index| {
         let task = tasks[task_index];
         let chunk = &chunks[task.chunk];
@@ -494,8 +612,9 @@ fn attend_with(
         };
         let mut b = TaskBuffers::split(buffer, blocks, rows, g.head_dim);
         attend_task(kernel, g, span, chunk, &task, &view, qkv, &mut b);
-        let q_dim = g.q_dim();
-        let group_len = g.group() * g.head_dim;
+        if task.slice.is_some() {
+            return; // a partial: its merge writes the output
+        }
         for t in task.tokens.0..task.tokens.1 {
             let row = task.chunk_first_row + t;
             // SAFETY: the (row, head group) output slots belong to this task alone.
@@ -504,10 +623,31 @@ fn attend_with(
             finish_rows(&b, first_row, g.group(), g.head_dim, out);
         }
     });
+    pool.run(merges.len(), &|merge_index| {
+        let merge = merges[merge_index];
+        let (rows, hd) = (g.group(), g.head_dim);
+        let floats = TaskBuffers::floats(rows, hd);
+        // SAFETY: a merge's slice tasks belong to it alone, and the first pass has finished.
+        // The fold reads only floats: no 8-bit blocks.
+        let partial = |task: usize| {
+            TaskBuffers::split(unsafe { buffers.range_mut(tasks[task].buffer, floats) }, &mut [], rows, hd)
+        };
+        let mut merged = partial(merge.tasks.0);
+        merged.fold_slice(0..rows, hd, true);
+        for task in merge.tasks.0 + 1..merge.tasks.1 {
+            let slice = partial(task);
+            let target = (&mut *merged.merged_max, &mut *merged.merged_sum, &mut *merged.merged_acc);
+            fold_partials((slice.max, slice.lane_sums, slice.acc), target, 0..rows, hd, false);
+        }
+        // SAFETY: the (row, head group) output slots belong to this merge alone.
+        let out = unsafe { out.range_mut(merge.row * q_dim + merge.kv_head * group_len, group_len) };
+        finish_rows(&merged, 0, rows, hd, out);
+    });
 }
 
-/// Every tile of the task's positions, each widened once and used by every query row it
-/// concerns.
+/// The task's positions slice by slice (one slice for a slice task), each slice's tiles from a
+/// fresh online-softmax state, folded into the rows' merged results in order (left as a
+/// partial in a slice task).
 #[allow(clippy::too_many_arguments)]
 fn attend_task(
     kernel: Kernel,
@@ -519,32 +659,60 @@ fn attend_task(
     qkv: &[f32],
     b: &mut TaskBuffers<'_>,
 ) {
-    let (hd, group) = (g.head_dim, g.group());
-    let groups = hd.div_ceil(Q8_GROUP);
-    let quantized = !b.query_blocks.is_empty();
-    if quantized {
+    // Quantized once per task: every slice and tile of the task uses the same query blocks.
+    if !b.query_blocks.is_empty() {
         quantize_queries(g, task, qkv, b.query_blocks);
     }
-    b.acc.fill(0.0);
-    b.lane_sums.fill(0.0);
-    b.max.fill(f32::NEG_INFINITY);
     // A token's attended positions, `first..=pos`: both ends grow with the token index.
     let positions = |t: usize| {
         let pos = chunk.start_pos + t;
         (span.first(pos), pos + 1)
     };
     let (t0, t1) = task.tokens;
-    let lowest = positions(t0).0;
-    let end = positions(t1 - 1).1;
-    for tile_start in (lowest / TILE * TILE..end).step_by(TILE) {
+    let range = task.slice.unwrap_or((positions(t0).0, positions(t1 - 1).1));
+    for slice in attention_split::slices(range.0, range.1) {
+        b.acc.fill(0.0);
+        b.lane_sums.fill(0.0);
+        b.max.fill(f32::NEG_INFINITY);
+        let in_slice = |t: usize| overlap(positions(t), slice);
+        attend_tiles(kernel, g, task, view, qkv, b, slice, in_slice);
+        if task.slice.is_some() {
+            continue;
+        }
+        for t in t0..t1 {
+            if let Some((from, _)) = in_slice(t) {
+                let rows = (t - t0) * g.group()..(t - t0 + 1) * g.group();
+                b.fold_slice(rows, g.head_dim, from == positions(t).0);
+            }
+        }
+    }
+}
+
+/// Every tile of `slice`, each widened once and used by every query row it concerns
+/// (`in_slice(t)`: token `t`'s positions within the slice).
+#[allow(clippy::too_many_arguments)]
+fn attend_tiles(
+    kernel: Kernel,
+    g: &Geometry,
+    task: &Task,
+    view: &KvHeadView<'_>,
+    qkv: &[f32],
+    b: &mut TaskBuffers<'_>,
+    slice: (usize, usize),
+    in_slice: impl Fn(usize) -> Option<(usize, usize)>,
+) {
+    let (hd, group) = (g.head_dim, g.group());
+    let (groups, quantized) = (hd.div_ceil(Q8_GROUP), !b.query_blocks.is_empty());
+    let (t0, t1) = task.tokens;
+    let in_tile = |t: usize, tile| in_slice(t).and_then(|p| overlap(p, tile));
+    for tile_start in (slice.0 / TILE * TILE..slice.1).step_by(TILE) {
         let tile = (tile_start, tile_start + TILE);
-        let meets = |t: usize| overlap(positions(t), tile).is_some();
-        let Some(first_token) = (t0..t1).find(|&t| meets(t)) else { continue };
-        let last_token = (first_token..t1).take_while(|&t| meets(t)).last().unwrap_or(first_token);
-        let widened = (tile_start.max(positions(first_token).0), tile.1.min(positions(last_token).1));
-        kernel.widen_tile(view, tile_start, widened, b);
+        let Some(first_token) = (t0..t1).find(|&t| in_tile(t, tile).is_some()) else { continue };
+        let last_token = (first_token..t1).take_while(|&t| in_tile(t, tile).is_some()).last().unwrap_or(first_token);
+        let (Some(first), Some(last)) = (in_tile(first_token, tile), in_tile(last_token, tile)) else { continue };
+        kernel.widen_tile(view, tile_start, (first.0, last.1), b);
         for t in first_token..=last_token {
-            let Some((from, to)) = overlap(positions(t), tile) else { continue };
+            let Some((from, to)) = in_tile(t, tile) else { continue };
             let lanes = (from - tile_start, to - tile_start);
             let first_head = task.kv_head * group;
             let queries = &qkv[(task.chunk_first_row + t) * g.qkv_row_len + first_head * hd..][..group * hd];
@@ -601,12 +769,12 @@ fn overlap(a: (usize, usize), b: (usize, usize)) -> Option<(usize, usize)> {
     (from < to).then_some((from, to))
 }
 
-/// `out = acc · (1 / l)` for `rows` query rows from `first_row`.
+/// `out = acc · (1 / l)` of the merged results of `rows` query rows from `first_row`.
 fn finish_rows(b: &TaskBuffers<'_>, first_row: usize, rows: usize, head_dim: usize, out: &mut [f32]) {
     for r in 0..rows {
         let row = first_row + r;
-        let inverse = 1.0 / lane_tree(&b.lane_sums[row * TILE..][..TILE]);
-        let acc = &b.acc[row * head_dim..][..head_dim];
+        let inverse = 1.0 / b.merged_sum[row];
+        let acc = &b.merged_acc[row * head_dim..][..head_dim];
         for (o, &a) in out[r * head_dim..][..head_dim].iter_mut().zip(acc) {
             *o = a * inverse;
         }
@@ -1089,6 +1257,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::attention_split::SLICE;
 
     const CACHE_TYPES: [KvCacheType; 2] = [KvCacheType::F16, KvCacheType::Q8_0];
 
@@ -1182,6 +1351,22 @@ mod tests {
         qkv: &[f32],
         pool: &ThreadPool,
     ) -> Vec<f32> {
+        run_with(kernel, false, g, span, kv, table, chunks, qkv, pool)
+    }
+
+    /// [`run`] with long decode rows spread over slice tasks or not.
+    #[allow(clippy::too_many_arguments)]
+    fn run_with(
+        kernel: Kernel,
+        spread: bool,
+        g: &Geometry,
+        span: Span,
+        kv: &KvStorage,
+        table: &[u32],
+        chunks: &[(usize, usize)],
+        qkv: &[f32],
+        pool: &ThreadPool,
+    ) -> Vec<f32> {
         let tokens = vec![0u32; chunks.iter().map(|c| c.1).sum()];
         let seq_chunks: Vec<SeqChunk<'_>> = chunks
             .iter()
@@ -1194,9 +1379,8 @@ mod tests {
             })
             .collect();
         let mut scratch = AttentionScratch::default();
-        scratch.plan(&seq_chunks, g);
         let mut out = vec![f32::NAN; tokens.len() * g.q_dim()];
-        attend_with(kernel, &mut scratch, g, 1, span, &seq_chunks, kv, qkv, &mut out, pool);
+        attend_with(kernel, spread, &mut scratch, g, 1, span, &seq_chunks, kv, qkv, &mut out, pool);
         out
     }
 
@@ -1348,5 +1532,134 @@ mod tests {
                 assert!(out.iter().all(|x| x.is_finite()), "{kernel:?} {cache_type}");
             }
         }
+    }
+
+    /// Long contexts (several slices) for the long-context tests: a grouped head layout and a
+    /// single-KV-head one, global and windowed (a window that starts mid-slice), each over an
+    /// f16 and a q8_0 cache (a q8_0 slice task quantizes its own query rows and keys).
+    fn long_cases() -> Vec<(Geometry, Span, usize, KvCacheType)> {
+        let cases = [
+            (geometry(64, 9, 3), Span::Causal, 2100),
+            (geometry(256, 4, 1), Span::Causal, 2 * SLICE + 37),
+            (geometry(64, 9, 3), Span::Window(700), 2100),
+        ];
+        cases.into_iter().flat_map(|(g, span, n)| CACHE_TYPES.map(|t| (g, span, n, t))).collect()
+    }
+
+    /// A long prompt's last 19 tokens prefilled (slices folded in one task) beside the last
+    /// position decoded (spread over slice tasks or not) match a float64 softmax, on every kernel.
+    #[test]
+    fn long_contexts_match_a_float64_reference_spread_or_not() {
+        let pool = ThreadPool::new(2).unwrap();
+        for (g, span, n, cache_type) in long_cases() {
+            let (kv, table) = storage(cache_type, n, &g, 16, n as u32);
+            let chunks = [(n - 20, 19), (n - 1, 1)];
+            for magnitude in [1.0, 10.0] {
+                let qkv: Vec<f32> = queries_for(&g, &chunks, 13).iter().map(|q| q * magnitude).collect();
+                for kernel in Kernel::available(g.head_dim) {
+                    for spread in [false, true] {
+                        let out = run_with(kernel, spread, &g, span, &kv, &table, &chunks, &qkv, &pool);
+                        for (row, pos) in (n - 20..n).enumerate() {
+                            for head in 0..g.n_heads {
+                                let q_row = &qkv[row * g.qkv_row_len..][..g.qkv_row_len];
+                                let want = reference(&kv, &table, &g, head, q_row, span.first(pos)..pos + 1);
+                                let got = &out[row * g.q_dim() + head * g.head_dim..][..g.head_dim];
+                                let worst =
+                                    got.iter().zip(&want).map(|(&a, &b)| (a as f64 - b).abs()).fold(0.0, f64::max);
+                                assert!(
+                                    worst < 1e-4,
+                                    "{kernel:?} {cache_type} spread {spread} {g:?} {span:?} x{magnitude} pos {pos} head {head}: off by {worst}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Batch invariance and ISA identity for long contexts: the last position's result is the
+    /// portable kernel's bits for it decoded alone on one thread, whatever the kernel, whether
+    /// its slices are spread over tasks, on pools of 1 to 3 threads, beside other rows, and when
+    /// it is the last token of a prefill chunk instead of a decode.
+    #[test]
+    fn a_long_decode_gets_the_same_bits_spread_or_not_on_any_pool_and_batch() {
+        let pools: Vec<ThreadPool> = (1..=3).map(|t| ThreadPool::new(t).unwrap()).collect();
+        for (g, span, n, cache_type) in long_cases() {
+            let (kv, table) = storage(cache_type, n, &g, 16, 7 * n as u32);
+            let last = n - 1;
+            let alone = [(last, 1)];
+            let want = run_with(
+                Kernel::Portable,
+                false,
+                &g,
+                span,
+                &kv,
+                &table,
+                &alone,
+                &queries_for(&g, &alone, 21),
+                &pools[0],
+            );
+            let batches: [&[(usize, usize)]; 3] =
+                [&alone, &[(0, 40), (last, 1), (SLICE, 1), (n - 18, 16)], &[(n - 17, 17)]];
+            for kernel in Kernel::available(g.head_dim) {
+                for spread in [false, true] {
+                    for (threads, pool) in pools.iter().enumerate() {
+                        for chunks in batches {
+                            let out = run_with(
+                                kernel,
+                                spread,
+                                &g,
+                                span,
+                                &kv,
+                                &table,
+                                chunks,
+                                &queries_for(&g, chunks, 21),
+                                pool,
+                            );
+                            let mut row = 0;
+                            for &(start, len) in chunks {
+                                if (start..start + len).contains(&last) {
+                                    let got = &out[(row + last - start) * g.q_dim()..][..g.q_dim()];
+                                    let differ = got.iter().zip(&want).position(|(a, b)| a.to_bits() != b.to_bits());
+                                    assert_eq!(
+                                        differ,
+                                        None,
+                                        "{kernel:?} {cache_type} spread {spread} {} threads {g:?} {span:?} chunks {chunks:?}",
+                                        threads + 1
+                                    );
+                                }
+                                row += len;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The production policy spreads a lone long decode over slice tasks (so the tests above
+    /// exercise the path the engine takes) and leaves short or crowded steps alone.
+    #[test]
+    fn a_lone_long_decode_is_spread_over_slices() {
+        let g = geometry(64, 9, 3);
+        let tokens = [0u32];
+        let chunk = |start_pos| SeqChunk {
+            tokens: &tokens,
+            start_pos,
+            block_table: &[],
+            sliding_block_table: &[],
+            want_logits: true,
+        };
+        let mut scratch = AttentionScratch::default();
+        let long = [chunk(2100)];
+        let spread = attention_split::spread_slices(AttentionScratch::unsplit_tasks(&long, &g), 2);
+        scratch.plan(&long, &g, Span::Causal, spread);
+        assert_eq!((scratch.tasks.len(), scratch.merges.len()), (3 * 5, 3));
+        let short = [chunk(SLICE - 1)];
+        scratch.plan(&short, &g, Span::Causal, true);
+        assert_eq!((scratch.tasks.len(), scratch.merges.len()), (3, 0));
+        let crowded: Vec<_> = (0..3).map(|_| chunk(2100)).collect();
+        assert!(!attention_split::spread_slices(AttentionScratch::unsplit_tasks(&crowded, &g), 2));
     }
 }

@@ -2,6 +2,7 @@
 //! over a list of [`SeqChunk`]s; embedding models map texts to vectors.
 
 pub(crate) mod attention;
+pub(crate) mod attention_split;
 pub mod bert;
 pub(crate) mod elementwise;
 pub mod gemma3;

@@ -34,7 +34,6 @@ impl StepScratch {
     /// not allocate).
     pub fn prepare(&mut self, chunks: &[SeqChunk<'_>], g: &Geometry, hidden_size: usize, ffn_size: usize) {
         fill_rows(chunks, &mut self.rows);
-        self.attention.plan(chunks, g);
         let n = self.rows.len();
         self.x.resize(n * hidden_size, 0.0);
         self.normed.resize(n * hidden_size, 0.0);

@@ -21,6 +21,7 @@ use serde::Deserialize;
 
 use crate::error::Error;
 use crate::options::OptionValue;
+use crate::Engine;
 
 pub use keep_alive::{KeepAlive, DEFAULT_KEEP_ALIVE};
 pub use spec::{EmbeddingModel, ModelSource, ModelSpec, ServedModel};
@@ -183,6 +184,9 @@ struct State {
     loaded: HashMap<String, Slot>,
     /// Increments on every load; a lease releases only the load it came from.
     next_load_id: u64,
+    /// Every generation engine loaded and not yet freed (leases may outlive their slot), for
+    /// [`Registry::shutdown`].
+    engines: Vec<Weak<Engine>>,
     /// Increments on every use; the least recently used idle model has the smallest tick.
     tick: u64,
     closed: bool,
@@ -319,6 +323,31 @@ impl Registry {
         Ok(removed.is_some())
     }
 
+    /// Forgets `name`: unloads it as [`unload`](Self::unload) does (requests holding a lease
+    /// finish on it; it is freed when the last one ends) and removes its registration, so later
+    /// requests for it fail with [`RegistryError::UnknownModel`]. A load of it under way ends
+    /// serving its own request only. `false`: no model had that name.
+    pub fn unregister(&self, name: &str) -> bool {
+        let (registered, unloaded) = {
+            let mut state = self.inner.lock();
+            (state.specs.remove(name), state.loaded.remove(name))
+        };
+        self.inner.changed.notify_all();
+        // Shut the model down (if idle) outside the registry's lock.
+        drop(unloaded);
+        registered.is_some()
+    }
+
+    /// The loaded models themselves, by name, without leasing them: reading them (metrics, say)
+    /// neither restarts their keep-alive nor counts as a use for the LRU order.
+    pub fn loaded_models(&self) -> Vec<(String, ServedModel)> {
+        let state = self.inner.lock();
+        let mut models: Vec<(String, ServedModel)> =
+            state.loaded.iter().map(|(name, slot)| (name.clone(), slot.model.clone())).collect();
+        models.sort_by(|a, b| a.0.cmp(&b.0));
+        models
+    }
+
     /// The loaded models (after unloading the expired ones), by name.
     pub fn loaded(&self) -> Vec<LoadedModel> {
         let (listed, expired) = {
@@ -343,6 +372,16 @@ impl Registry {
     /// Sum of [`ServedModel::memory_bytes`] over the loaded models.
     pub fn memory_bytes(&self) -> u64 {
         self.inner.lock().loaded_bytes()
+    }
+
+    /// [`close`](Self::close), then shuts down every engine it loaded that a lease still holds,
+    /// ending their running requests as cancelled (a server's shutdown after its drain time).
+    pub fn shutdown(&self) {
+        self.close();
+        let engines: Vec<Weak<Engine>> = std::mem::take(&mut self.inner.lock().engines);
+        for engine in engines.iter().filter_map(Weak::upgrade) {
+            engine.shutdown();
+        }
     }
 
     /// Unloads every model and stops the reaper; leased models finish their requests. Idempotent.
@@ -499,7 +538,7 @@ impl Inner {
         };
         drop(evicted);
         let model = spec.load().map_err(|source| RegistryError::Load { name: name.to_string(), source })?;
-        self.insert_loaded(name, &spec, model, keep_alive)
+        self.insert_loaded(name, &spec, &load_lock, model, keep_alive)
     }
 
     /// Records a freshly loaded model (leased once, by the caller) and makes room for it.
@@ -507,6 +546,7 @@ impl Inner {
         self: &Arc<Self>,
         name: &str,
         spec: &ModelSpec,
+        load_lock: &Arc<Mutex<()>>,
         model: ServedModel,
         keep_alive: Option<KeepAlive>,
     ) -> Result<ModelLease, RegistryError> {
@@ -516,9 +556,16 @@ impl Inner {
             if state.closed {
                 return Err(RegistryError::Closed);
             }
-            if let Some(registered) = state.specs.get_mut(name) {
-                registered.last_memory_bytes = Some(memory_bytes);
+            if let Some(engine) = model.engine() {
+                state.engines.retain(|e| e.strong_count() > 0);
+                state.engines.push(Arc::downgrade(engine));
             }
+            // Unregistered (or replaced by a new registration) while it loaded: the request
+            // that loaded it is served on it, and nothing else finds it.
+            let Some(registered) = state.specs.get_mut(name).filter(|r| Arc::ptr_eq(&r.load_lock, load_lock)) else {
+                return Ok(ModelLease { model, name: name.to_string(), load_id: 0, registry: Weak::new() });
+            };
+            registered.last_memory_bytes = Some(memory_bytes);
             state.next_load_id += 1;
             let slot = Slot {
                 model,

@@ -163,6 +163,15 @@ impl ServedModel {
         }
     }
 
+    /// Length of the vectors [`Self::embed`] returns, or `None` when it has no embedding model
+    /// (a generation engine loaded without one).
+    pub fn embedding_dim(&self) -> Option<usize> {
+        match self {
+            Self::Generation(engine) => engine.model_info().embedding.as_ref().map(|e| e.dim),
+            Self::Embedding(model) => Some(model.dim()),
+        }
+    }
+
     /// Memory the loaded model holds (see [`Engine::memory_bytes`]).
     pub fn memory_bytes(&self) -> u64 {
         match self {
@@ -257,6 +266,29 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(error.param(), Some("max_running"), "{error}");
+    }
+
+    #[test]
+    fn registry_options_are_read_by_name() {
+        use crate::registry::RegistryOptions;
+        let options = RegistryOptions::from_settings(settings(&[
+            ("memory_budget_bytes", OptionValue::Int(1 << 30)),
+            ("keep_alive", OptionValue::Int(-1)),
+        ]))
+        .unwrap();
+        assert_eq!(options.memory_budget_bytes, Some(1 << 30));
+        assert_eq!(options.default_keep_alive, KeepAlive::Forever);
+        let defaults = RegistryOptions::from_settings(settings(&[("keep_alive", OptionValue::Null)])).unwrap();
+        assert_eq!(defaults.default_keep_alive, crate::registry::DEFAULT_KEEP_ALIVE);
+        for (name, value) in [
+            ("memory_budget_bytes", OptionValue::Int(-1)),
+            ("keep_alive", OptionValue::Str("soon".into())),
+            ("budget", OptionValue::Int(1)),
+        ] {
+            let error = RegistryOptions::from_settings(settings(&[(name, value)])).unwrap_err();
+            let expected = if name == "budget" { "options" } else { name };
+            assert_eq!(error.param(), Some(expected), "{error}");
+        }
     }
 
     #[test]

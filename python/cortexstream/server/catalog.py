@@ -1,15 +1,20 @@
-"""The names the served models answer to, and their descriptions for the model-list endpoints."""
+"""The names the served models answer to, and what the model-list endpoints say about them.
+
+A request's `model` is matched without case and without Ollama's `:latest` tag, against each
+model's registered name and its aliases (the cache name or file name it was loaded from, and
+the usual spellings of the cache's models: `all-minilm` for `minilm`). A registered name always
+wins over another model's alias; an alias two models share belongs to the first.
+"""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import cortexstream
-
 from .errors import ApiError, model_not_found
+from .served import ModelEntry, default_name
 
 #: Extra names of the models the cache ships, as users of OpenAI- and Ollama-style servers type them.
 KNOWN_ALIASES = {
@@ -25,23 +30,20 @@ def _normalize(name: str) -> str:
     return name.removesuffix(OLLAMA_DEFAULT_TAG)
 
 
-def _is_path(name_or_path: str) -> bool:
-    return os.sep in name_or_path or name_or_path.endswith(".gguf") or Path(name_or_path).exists()
-
-
-@dataclass(frozen=True)
+@dataclass
 class ServedModel:
-    """One loaded model: its primary id, every alias, and what it can do."""
+    """One registered model: its name (the registry's), its file, what it can do, and what its
+    first load told (architecture, context length) for the listings."""
 
     id: str
-    aliases: frozenset[str]
     is_embedding: bool
     path: Path
-    architecture: str
-    context_length: int | None
-
-    def answers_to(self, name: str) -> bool:
-        return _normalize(name) in self.aliases
+    aliases: frozenset[str] = frozenset()
+    architecture: str = ""
+    context_length: int | None = None
+    chat_template: str | None = None
+    parameter_count: int | None = None
+    quantization: str | None = None
 
     @property
     def modified_at(self) -> datetime:
@@ -54,53 +56,66 @@ class ServedModel:
             return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
         return self.path.stat().st_size
 
+    @property
+    def described(self) -> bool:
+        """Whether what a loaded engine tells is known (an embedding model has nothing more)."""
+        return self.is_embedding or self.parameter_count is not None
 
-def _served_model(primary: str, others: list[str | None], **fields) -> ServedModel:
-    names = {primary, *(n for n in others if n)}
+    def learn(self, info) -> None:
+        """Records a loaded engine's `ModelInfo` (an embedding model is BERT)."""
+        self.architecture = info.architecture
+        self.context_length = info.context_length
+        self.chat_template = info.chat_template
+        self.parameter_count = info.parameter_count
+        self.quantization = info.quantization
+
+
+def _aliases(entry: ModelEntry, path: Path) -> set[str]:
+    names = {entry.source, default_name(entry.source), path.name, path.stem}
     for name in list(names):
         names.update(KNOWN_ALIASES.get(_normalize(name), ()))
-    return ServedModel(id=primary, aliases=frozenset(_normalize(n) for n in names), **fields)
+    return {_normalize(n) for n in names if n} - {_normalize(entry.name)}
 
 
+@dataclass
 class ModelCatalog:
-    """Resolves the `model` field of a request to the generation or the embedding model."""
+    """The registered models by name; safe to change while requests read it."""
 
-    def __init__(
-        self, info: cortexstream.ModelInfo, requested_model: str, requested_embedding_model: str | None
-    ) -> None:
-        """`info` is the engine's `ModelInfo`; the requested names are what the command line said."""
-        path = Path(info.path)
-        # A cache name ("smollm2") is the friendliest id; a path falls back to the file stem.
-        primary = path.stem if _is_path(requested_model) else requested_model
-        self.generation = _served_model(
-            primary,
-            [info.name, path.stem],
-            is_embedding=False,
-            path=path,
-            architecture=info.architecture,
-            context_length=info.context_length,
-        )
-        self.embedding: ServedModel | None = None
-        if info.embedding_model:
-            # The engine loaded it, so the cache resolves it (its files give size and date).
-            embedding_path = cortexstream.models.resolve(requested_embedding_model or info.embedding_model)
-            self.embedding = _served_model(
-                info.embedding_model,
-                [embedding_path.name, requested_embedding_model],
-                is_embedding=True,
-                path=embedding_path,
-                architecture="bert",
-                context_length=None,
-            )
+    _models: dict[str, ServedModel] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, entry: ModelEntry, path: Path) -> ServedModel:
+        model = ServedModel(id=entry.name, is_embedding=entry.embedding, path=path,
+                            aliases=frozenset(_aliases(entry, path)),
+                            architecture="bert" if entry.embedding else "")
+        with self._lock:
+            self._models[entry.name] = model
+        return model
+
+    def remove(self, name: str) -> bool:
+        with self._lock:
+            return self._models.pop(name, None) is not None
 
     @property
     def models(self) -> list[ServedModel]:
-        return [m for m in (self.generation, self.embedding) if m is not None]
+        """In registration order (the first `--model` first)."""
+        with self._lock:
+            return list(self._models.values())
+
+    def by_id(self, name: str) -> ServedModel | None:
+        """The model registered as `name` exactly (no alias), if any."""
+        with self._lock:
+            return self._models.get(name)
 
     def find(self, name: str) -> ServedModel:
         """The model answering to `name`, or a 404 `model_not_found`."""
-        for model in self.models:
-            if model.answers_to(name):
+        wanted = _normalize(name)
+        models = self.models
+        for model in models:
+            if _normalize(model.id) == wanted:
+                return model
+        for model in models:
+            if wanted in model.aliases:
                 return model
         raise model_not_found(name)
 

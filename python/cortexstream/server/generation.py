@@ -16,7 +16,7 @@ import cortexstream
 from starlette.types import Receive
 
 from .errors import ApiError, ClientDisconnected
-from .logs import current_request_id, note_model, note_usage
+from .logs import current_request_id, note_usage
 
 _T = TypeVar("_T")
 
@@ -104,10 +104,12 @@ async def complete_all(engine: cortexstream.Engine, jobs: list[Job], receive: Re
         completions = await unless_disconnected(receive, asyncio.gather(*(s.wait() for s in streams)))
     finally:
         # Requests still running (a failure elsewhere, a disconnect) end within a step and free
-        # their KV blocks.
+        # their KV blocks. Their prompt tokens count (access line, key's token limit): a client
+        # leaving before its answer does not get them for free; what they generated was never read.
         for stream in streams:
             if stream.completion is None:
                 stream.cancel()
+                note_usage(stream.prompt_tokens, 0)
     for completion in completions:
         raise_if_failed(completion)
         note_usage(completion.usage.prompt_tokens, completion.usage.completion_tokens)
@@ -150,7 +152,6 @@ async def submit_all(engine: cortexstream.Engine, jobs: list[Job]) -> list[corte
     If the caller is cancelled meanwhile, the streams it would have got are cancelled on arrival.
     Each engine request is tagged with the HTTP request's id, so the engine's log records carry it."""
     jobs = tagged(jobs)
-    note_model(engine.model_info.name)
     submitted = asyncio.get_running_loop().run_in_executor(None, open_streams, engine, jobs)
     try:
         return await asyncio.shield(submitted)
@@ -175,9 +176,13 @@ async def merge_streams(
 
     Closing this generator (the client went away) cancels every request still running in the
     engine, so their KV cache is freed at the next step. A request that fails raises `ApiError`.
+    Every request's tokens are counted (access line, API key token limit): its usage when it
+    ends, or, cut short, its prompt and the tokens it had sent.
     """
     queue: asyncio.Queue = asyncio.Queue()
     finished = [False] * len(streams)
+    sent = [0] * len(streams)  # tokens each stream has yielded
+    counted = [False] * len(streams)  # whether its usage was noted
 
     async def pump(index: int, stream: cortexstream.AsyncStream) -> None:
         try:
@@ -199,6 +204,9 @@ async def merge_streams(
                 raise_if_failed(item)
                 if item.usage is not None:
                     note_usage(item.usage.prompt_tokens, item.usage.completion_tokens)
+                    counted[index] = True
+                else:
+                    sent[index] += 1
                 yield index, item
     finally:
         for task in tasks:
@@ -206,3 +214,7 @@ async def merge_streams(
         for index, stream in enumerate(streams):
             if not finished[index]:
                 stream.cancel()
+            if not counted[index]:
+                # Its last chunk (with the usage) will not be read: a client leaving just before
+                # the end must not get its tokens for free.
+                note_usage(stream.prompt_tokens, sent[index])

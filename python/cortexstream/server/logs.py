@@ -69,6 +69,12 @@ def note_usage(prompt_tokens: int, completion_tokens: int) -> None:
         entry.completion_tokens += completion_tokens
 
 
+def current_usage() -> int:
+    """The tokens (prompt + generated) the current request has used so far."""
+    entry = _current.get()
+    return entry.prompt_tokens + entry.completion_tokens if entry is not None else 0
+
+
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
     """The client's `X-Request-Id` if well formed, else a new one."""
     for key, value in headers:

@@ -1,5 +1,6 @@
-"""Renders `engine.metrics()` in the Prometheus text exposition format with `prometheus_client`
-(HELP and TYPE lines, name and value formatting, escaping), from a fresh snapshot per scrape."""
+"""Renders the loaded models' `Engine.metrics()` in the Prometheus text exposition format with
+`prometheus_client` (HELP and TYPE lines, name and value formatting, escaping, labels), from
+fresh snapshots per scrape: one series per loaded generation model, labelled `model`."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 #: Snapshot fields that go up and down; every other number only grows (a counter).
 GAUGES = frozenset({
     "queue_depth", "running", "kv_blocks_total", "kv_blocks_free",
-    "kv_sliding_blocks_total", "kv_sliding_blocks_free",
+    "kv_sliding_blocks_total", "kv_sliding_blocks_free", "step_token_budget",
 })
 
 #: What each field of the engine's snapshot counts (the core's field documentation).
@@ -29,8 +30,10 @@ HELP = {
     "queue_depth": "Requests waiting to be scheduled.",
     "running": "Sequences in the running batch.",
     "prompt_tokens_total": "Prompt tokens of accepted requests.",
-    "prefill_tokens_total": "Prompt tokens run through the model (prefix-cache hits excluded).",
-    "prefix_cache_hit_tokens": "Prompt tokens whose KV was reused from the prefix cache.",
+    "prefill_tokens_total": "Prompt tokens computed for the first time (cache hits and recomputation excluded).",
+    "prefix_cache_hit_tokens": "Prompt tokens whose KV came from the prefix cache (hits + prefill = prompt tokens).",
+    "recomputed_tokens_total": "Tokens computed again after a preemption took their KV away.",
+    "step_token_budget": "Tokens the last planned step could compute (its decodes plus the prompt tokens granted).",
     "generated_tokens_total": "Tokens generated.",
     "steps": "Engine steps (one batched forward each).",
     "step_failures": "Steps that failed; the requests running in them ended with an error.",
@@ -51,40 +54,55 @@ def _help(field: str) -> str:
     return HELP.get(field, f"The engine's {field.replace('_', ' ')}.")
 
 
-def _histogram(name: str, field: str, histogram: dict) -> Metric:
-    # The snapshot's buckets are cumulative (as Prometheus wants); +Inf holds every observation.
-    buckets = [(repr(float(bound)), count) for bound, count in histogram["buckets"]]
-    buckets.append(("+Inf", histogram["count"]))
-    return HistogramMetricFamily(name, _help(field), buckets=buckets, sum_value=histogram["sum"])
+def _family(name: str, field: str, sample) -> Metric:
+    """The family of one snapshot field, labelled by model (its samples are added later)."""
+    if isinstance(sample, dict):
+        return HistogramMetricFamily(name, _help(field), labels=["model"])
+    if field in GAUGES:
+        return GaugeMetricFamily(name, _help(field), labels=["model"])
+    # prometheus_client names the sample `<name>_total` (and drops a `_total` already there).
+    return CounterMetricFamily(name, _help(field), labels=["model"])
 
 
-def _families(snapshot: dict, ready: bool) -> Iterator[Metric]:
-    yield GaugeMetricFamily(f"{PREFIX}_ready", "1 once the model is loaded and requests are served.", value=int(ready))
-    for field, value in snapshot.items():
-        name = f"{PREFIX}_{field}"
-        if isinstance(value, dict):
-            yield _histogram(name, field, value)
-        elif field in GAUGES:
-            yield GaugeMetricFamily(name, _help(field), value=value)
-        else:
-            # prometheus_client names the sample `<name>_total` (and drops a `_total` already there).
-            yield CounterMetricFamily(name, _help(field), value=value)
+def _add(family: Metric, model: str, value) -> None:
+    if isinstance(value, dict):
+        # The snapshot's buckets are cumulative (as Prometheus wants); +Inf holds every observation.
+        buckets = [(repr(float(bound)), count) for bound, count in value["buckets"]]
+        buckets.append(("+Inf", value["count"]))
+        family.add_metric([model], buckets=buckets, sum_value=value["sum"])
+    else:
+        family.add_metric([model], value)
+
+
+def _families(snapshots: dict[str, dict], ready: bool) -> Iterator[Metric]:
+    yield GaugeMetricFamily(f"{PREFIX}_ready", "1 once the first model is loaded and requests are served.",
+                            value=int(ready))
+    families: dict[str, Metric] = {}
+    for model, snapshot in snapshots.items():
+        for field, value in snapshot.items():
+            name = f"{PREFIX}_{field}"
+            if name not in families:
+                families[name] = _family(name, field, value)
+            _add(families[name], model, value)
+    yield from families.values()
 
 
 class _Snapshot:
-    """A collector that yields one snapshot's metric families."""
+    """A collector that yields one scrape's metric families."""
 
-    def __init__(self, snapshot: dict, ready: bool) -> None:
-        self._snapshot = snapshot
+    def __init__(self, snapshots: dict[str, dict], ready: bool) -> None:
+        self._snapshots = snapshots
         self._ready = ready
 
     def collect(self) -> Iterator[Metric]:
-        return _families(self._snapshot, self._ready)
+        return _families(self._snapshots, self._ready)
 
 
-def render_prometheus(snapshot: dict, *, ready: bool) -> str:
-    """One metric family per snapshot field: histograms (dicts with `buckets`), gauges, counters
-    (samples suffixed `_total`). `ready` becomes the `cortexstream_ready` gauge."""
+def render_prometheus(snapshots: dict[str, dict], *, ready: bool) -> str:
+    """One metric family per snapshot field, one sample (or histogram) per loaded model in it,
+    labelled `model="NAME"`: histograms (dicts with `buckets`), gauges, counters (samples
+    suffixed `_total`). `ready` becomes the unlabelled `cortexstream_ready` gauge. A model's
+    counters start from zero each time it loads."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(snapshot, ready))
+    registry.register(_Snapshot(snapshots, ready))
     return generate_latest(registry).decode("utf-8")

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import cortexstream
 from fastapi import APIRouter, Request
@@ -24,6 +25,7 @@ from .schemas import (
     OllamaShowRequest,
     embedding_texts,
 )
+from .served import is_zero_keep_alive
 from .state import ReadyState, ServerState
 from .structured import CONSTRAINT_PARAMS, ollama_constraint, ollama_history, ollama_tool_calls
 from .streaming import ndjson_line, ndjson_response
@@ -48,17 +50,30 @@ def _in_ollama_terms(error: Exception, fields: dict[str, str]) -> ApiError:
     return error
 
 
-def _load_response(model: str, content: dict) -> dict:
-    """Ollama's answer to a request with nothing to generate: it only loads the model."""
-    return {"model": model, "created_at": _timestamp(), **content, "done": True, "done_reason": "load"}
+def _load_response(model: str, content: dict, done_reason: str = "load") -> dict:
+    """Ollama's answer to a request with nothing to generate: it only loads (or unloads) the model."""
+    return {"model": model, "created_at": _timestamp(), **content, "done": True, "done_reason": done_reason}
+
+
+async def _load_or_unload(state: ServerState, model: str, keep_alive, content: dict) -> dict:
+    """An empty request: Ollama's way to preload a model (it loads and its keep-alive starts),
+    or with `keep_alive: 0` to unload it now (requests running on it finish first)."""
+    served = state.served(model, embedding=False)
+    if is_zero_keep_alive(keep_alive):
+        await asyncio.to_thread(state.registry.unload, served.id)
+        return _load_response(model, content, "unload")
+    async with state.leased(model, embedding=False, keep_alive=keep_alive):
+        pass
+    return _load_response(model, content)
 
 
 def _sampling(options: dict) -> dict:
     """Engine keyword arguments of Ollama's `options`; the engine checks them."""
     kwargs = renamed(options, OLLAMA_OPTIONS)
     # num_predict -1 (no limit) and -2 (fill the context) both mean "until the context is full".
+    # None, not absent: it also overrides a model's default max_tokens.
     if is_negative_int(kwargs.get("max_tokens")):
-        del kwargs["max_tokens"]
+        kwargs["max_tokens"] = None
     if "seed" in kwargs:
         kwargs["seed"] = engine_seed(kwargs["seed"])
     return kwargs
@@ -70,15 +85,16 @@ def _timestamp(moment: datetime | None = None) -> str:
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def _final_fields(result: cortexstream.Completion | cortexstream.Chunk) -> dict:
-    """The statistics of Ollama's last object, from a completion or a stream's last chunk."""
+def _final_fields(result: cortexstream.Completion | cortexstream.Chunk, load_ns: int) -> dict:
+    """The statistics of Ollama's last object, from a completion or a stream's last chunk;
+    `load_ns` is the time the request waited for its model (loading it, if it was not)."""
     usage, timings = result.usage, result.timings
     return {
         "done": True,
         # Ollama says "stop" after tool calls too.
         "done_reason": "stop" if result.finish_reason == "tool_calls" else result.finish_reason,
-        "total_duration": timings.total_ns,
-        "load_duration": 0,  # the model is loaded once at startup, never per request
+        "total_duration": timings.total_ns + load_ns,
+        "load_duration": load_ns,
         "prompt_eval_count": usage.prompt_tokens,
         "prompt_eval_duration": timings.prefill_ns,
         "eval_count": usage.completion_tokens,
@@ -90,27 +106,32 @@ def _final_fields(result: cortexstream.Completion | cortexstream.Chunk) -> dict:
 Content = Callable[[cortexstream.Completion | cortexstream.Chunk], dict]
 
 
-async def _respond(state: ServerState, model: str, job: Job, stream: bool, content: Content,
+async def _respond(state: ServerState, model: str, keep_alive, job: Job, stream: bool, content: Content,
                    receive: Receive, fields: dict[str, str]):
-    """Runs `job`; `content(result)` shapes generated text and calls (`response` or `message`).
-    An error names its field as `fields` maps the engine's names (plus every option)."""
+    """Runs `job` on the model `model` names, holding its lease until the answer is complete;
+    `content(result)` shapes generated text and calls (`response` or `message`). An error names
+    its field as `fields` maps the engine's names (plus every option)."""
+    started = time.perf_counter_ns()
     try:
-        if not stream:
-            [completion] = await complete_all(state.engine, [job], receive)
-            return {"model": model, "created_at": _timestamp(), **content(completion),
-                    **_final_fields(completion)}
-        streams = await submit_all(state.engine, [job])
+        async with state.leased(model, embedding=False, keep_alive=keep_alive) as held:
+            load_ns = time.perf_counter_ns() - started
+            job = dataclasses.replace(job, sampling=held.with_defaults(job.sampling))
+            if not stream:
+                [completion] = await complete_all(held.engine, [job], receive)
+                return {"model": model, "created_at": _timestamp(), **content(completion),
+                        **_final_fields(completion, load_ns)}
+            streams = await submit_all(held.engine, [job])
+            return ndjson_response(held.hold_while(_stream_lines(streams, model, content, load_ns)))
     except (cortexstream.CortexstreamError, ApiError) as error:
         raise _in_ollama_terms(error, fields) from error
-    return ndjson_response(_stream_lines(streams, model, content))
 
 
-async def _stream_lines(streams, model: str, content: Content) -> AsyncIterator[str]:
+async def _stream_lines(streams, model: str, content: Content, load_ns: int) -> AsyncIterator[str]:
     try:
         async for _, chunk in merge_streams(streams):
             head = {"model": model, "created_at": _timestamp(), **content(chunk)}
             if chunk.finish_reason is not None:
-                yield ndjson_line({**head, **_final_fields(chunk)})
+                yield ndjson_line({**head, **_final_fields(chunk, load_ns)})
             elif chunk.text or chunk.tool_calls:
                 yield ndjson_line({**head, "done": False})
     except (cortexstream.CortexstreamError, ApiError) as error:
@@ -119,10 +140,8 @@ async def _stream_lines(streams, model: str, content: Content) -> AsyncIterator[
 
 @router.post("/generate")
 async def generate(body: OllamaGenerateRequest, state: ReadyState, request: Request):
-    state.catalog.generation_model(body.model)
     if not body.prompt:
-        # Ollama's way to preload a model: an empty prompt answers at once.
-        return _load_response(body.model, {"response": ""})
+        return await _load_or_unload(state, body.model, body.keep_alive, {"response": ""})
     sampling = {**_sampling(body.options), **ollama_constraint(body.format), "priority": body.priority}
     if body.raw:
         job = Job(body.prompt, chat=False, sampling=sampling)
@@ -132,22 +151,22 @@ async def generate(body: OllamaGenerateRequest, state: ReadyState, request: Requ
         messages = [*system, {"role": "user", "content": body.prompt}]
         job = Job(messages, chat=True, sampling=sampling)
     # Templated, the prompt is the engine's `messages`: an error about it is about `prompt`.
-    return await _respond(state, body.model, job, body.stream, lambda result: {"response": result.text},
+    return await _respond(state, body.model, body.keep_alive, job, body.stream, lambda result: {"response": result.text},
                           request.receive, {"messages": "prompt", **_FORMAT_FIELDS})
 
 
 @router.post("/chat")
 async def chat(body: OllamaChatRequest, state: ReadyState, request: Request):
-    state.catalog.generation_model(body.model)
     if not body.messages:
-        # Ollama documents an empty message list as the chat way to preload a model.
-        return _load_response(body.model, {"message": {"role": "assistant", "content": ""}})
+        # Ollama documents an empty message list as the chat way to preload (or unload) a model.
+        return await _load_or_unload(state, body.model, body.keep_alive, {"message": {"role": "assistant", "content": ""}})
     tools = {"tools": body.tools} if body.tools else {}
     if body.tool_choice is not None:
         tools["tool_choice"] = body.tool_choice
     sampling = {**_sampling(body.options), **ollama_constraint(body.format), "priority": body.priority, **tools}
     job = Job(ollama_history(body.messages), chat=True, sampling=sampling)
-    return await _respond(state, body.model, job, body.stream, lambda result: {"message": _chat_message(result)},
+    return await _respond(state, body.model, body.keep_alive, job, body.stream,
+                          lambda result: {"message": _chat_message(result)},
                           request.receive, _FORMAT_FIELDS)
 
 
@@ -159,40 +178,54 @@ def _chat_message(result: cortexstream.Completion | cortexstream.Chunk) -> dict:
     return message
 
 
-async def _embed(state: ServerState, texts: list[str], input_field: str) -> tuple[list[list[float]], int]:
-    """Embeds off the event loop (the embedding model runs outside the generation batch and
-    blocks); an error about the engine's `input` names `input_field`."""
+async def _embed(state: ServerState, model: str, keep_alive, texts: list[str],
+                 input_field: str) -> tuple[list[list[float]], int, int]:
+    """Embeds with the model `model` names, off the event loop (the embedding model blocks);
+    returns the vectors, their token count and the nanoseconds spent waiting for the model. An
+    error about the engine's `input` names `input_field`."""
+    started = time.perf_counter_ns()
     try:
-        return await asyncio.to_thread(state.engine.embed_with_usage, texts)
+        async with state.leased(model, embedding=True, keep_alive=keep_alive) as held:
+            load_ns = time.perf_counter_ns() - started
+            vectors, prompt_tokens = await held.embed_with_usage(texts)
     except cortexstream.CortexstreamError as error:
         raise _in_ollama_terms(error, {"input": input_field}) from error
+    return vectors, prompt_tokens, load_ns
 
 
 @router.post("/embed")
 async def embed(body: OllamaEmbedRequest, state: ReadyState):
-    state.catalog.embedding_model(body.model)
     started = time.perf_counter_ns()
-    vectors, prompt_tokens = await _embed(state, embedding_texts(body.input), "input")
+    vectors, prompt_tokens, load_ns = await _embed(state, body.model, body.keep_alive, embedding_texts(body.input),
+                                                   "input")
     total_ns = time.perf_counter_ns() - started
-    return {"model": body.model, "embeddings": vectors, "total_duration": total_ns, "load_duration": 0,
+    return {"model": body.model, "embeddings": vectors, "total_duration": total_ns, "load_duration": load_ns,
             "prompt_eval_count": prompt_tokens}
 
 
 @router.post("/embeddings")
 async def embeddings(body: OllamaEmbeddingsRequest, state: ReadyState):
-    state.catalog.embedding_model(body.model)
-    [vector], _ = await _embed(state, [body.prompt], "prompt")
+    [vector], _, _ = await _embed(state, body.model, body.keep_alive, [body.prompt], "prompt")
     return {"embedding": vector}
+
+
+def _parameter_size(count: int | None) -> str:
+    """Ollama's spelling of a parameter count: `134.52M`, `1.2B`."""
+    if not count:
+        return ""
+    return f"{count / 1e9:.1f}B" if count >= 1e9 else f"{count / 1e6:.2f}M"
 
 
 def _details(model: ServedModel) -> dict:
     file_format = "gguf" if model.path.suffix == ".gguf" else "safetensors"
     return {"parent_model": "", "format": file_format, "family": model.architecture,
-            "families": [model.architecture], "parameter_size": "", "quantization_level": ""}
+            "families": [model.architecture], "parameter_size": _parameter_size(model.parameter_count),
+            "quantization_level": model.quantization or ""}
 
 
 def _listing(model: ServedModel) -> dict:
-    name = model.id + OLLAMA_DEFAULT_TAG
+    # A store name may carry its own tag (`chat:v1`); the others get Ollama's default one.
+    name = model.id if ":" in model.id else model.id + OLLAMA_DEFAULT_TAG
     return {"name": name, "model": name, "size": model.size_bytes, "details": _details(model)}
 
 
@@ -201,23 +234,46 @@ async def tags(state: ReadyState):
     return {"models": [{**_listing(m), "modified_at": _timestamp(m.modified_at)} for m in state.catalog.models]}
 
 
+#: Ollama's `expires_at` for a model kept loaded forever: now plus Go's longest duration.
+_FOREVER = timedelta(microseconds=(2**63 - 1) // 1000)
+
+
+def _expires_at(unix_seconds: float | None) -> str:
+    if unix_seconds is None:
+        return _timestamp(datetime.now(UTC) + _FOREVER)
+    return _timestamp(datetime.fromtimestamp(unix_seconds, tz=UTC))
+
+
 @router.get("/ps")
 async def running_models(state: ReadyState):
-    # Every served model stays loaded for the server's lifetime, and nothing is on a GPU.
-    return {"models": [{**_listing(m), "size_vram": 0, "context_length": m.context_length}
-                       for m in state.catalog.models]}
+    """The loaded models: `size` is the memory each holds (weights and KV cache), all of it in
+    RAM (`size_vram: 0`); `expires_at` is when it unloads if no request comes."""
+    loaded = await asyncio.to_thread(state.registry.loaded)
+    listed = []
+    for running in loaded:
+        model = state.catalog.by_id(running.name)
+        if model is None:
+            continue  # removed while this listed it
+        listed.append({**_listing(model), "size": running.memory_bytes, "size_vram": 0,
+                       "expires_at": _expires_at(running.expires_at), "context_length": model.context_length})
+    return {"models": listed}
 
 
 @router.post("/show")
 async def show(body: OllamaShowRequest, state: ReadyState):
-    model = state.catalog.find(body.model_name)
+    model = await state.described(body.model_name)
     model_info = {"general.architecture": model.architecture}
+    if model.parameter_count:
+        model_info["general.parameter_count"] = model.parameter_count
+    parameters = ""
     if model.context_length is not None:
         model_info[f"{model.architecture}.context_length"] = model.context_length
+        # Ollama's `parameters` are the Modelfile's PARAMETER lines; the served context is ours.
+        parameters = f"num_ctx {model.context_length}"
     return {
         "modelfile": "",
-        "parameters": "",
-        "template": "",
+        "parameters": parameters,
+        "template": model.chat_template or "",
         "details": _details(model),
         "model_info": model_info,
         "capabilities": ["embedding"] if model.is_embedding else ["completion"],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import struct
@@ -12,7 +11,7 @@ import cortexstream
 from fastapi import APIRouter, Request
 
 from .errors import ApiError, from_engine_error
-from .generation import complete_all, engine_seed, fan_out, merge_streams, submit_all
+from .generation import Job, complete_all, engine_seed, fan_out, merge_streams, submit_all
 from .openai_format import Envelope, TokenTexts, finish_fields, usage_body
 from .options import OPENAI_OPTIONS, renamed
 from .structured import naming_constraint_errors, openai_constraint, openai_history_message, openai_tool_calls
@@ -24,7 +23,7 @@ from .schemas import (
     OpenAISampling,
     embedding_texts,
 )
-from .state import ReadyState
+from .state import HeldLease, ReadyState
 from .streaming import sse_event, sse_response
 
 # The API key is checked by the `ApiKeys` middleware, before any body is read.
@@ -72,18 +71,25 @@ def _message_text(message: OpenAIMessage) -> str:
 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, state: ReadyState, request: Request):
-    state.catalog.generation_model(body.model)
+    # The model named, then the request's own checks: a refused request loads no model.
+    served = state.served(body.model, embedding=False)
     messages = [openai_history_message(m, _message_text(m)) for m in body.messages]
     top = (body.top_logprobs or 0) if body.logprobs else None
-    sampling = {**_sampling(body, top), **openai_constraint(body)}
+    sampling = state.with_defaults(served, {**_sampling(body, top), **openai_constraint(body)})
     jobs = fan_out([messages], chat=True, sampling=sampling, n=_choices(body.n, state), priority=body.priority)
+    async with state.leased(body.model, embedding=False) as held:
+        return await _chat_completions(body, jobs, held, request)
+
+
+async def _chat_completions(body: ChatCompletionRequest, jobs: list[Job], held: HeldLease, request: Request):
+    engine = held.engine
     envelope = Envelope.new("chat.completion", body.model, "chatcmpl")
-    texts = TokenTexts(state.engine)
+    texts = TokenTexts(engine)
     if body.stream:
-        streams = await naming_constraint_errors(submit_all(state.engine, jobs), "response_format")
+        streams = await naming_constraint_errors(submit_all(engine, jobs), "response_format")
         chunk_envelope = dataclasses.replace(envelope, object="chat.completion.chunk")
-        return sse_response(_chat_events(streams, chunk_envelope, texts, body.include_usage))
-    completions = await naming_constraint_errors(complete_all(state.engine, jobs, request.receive),
+        return sse_response(held.hold_while(_chat_events(streams, chunk_envelope, texts, body.include_usage)))
+    completions = await naming_constraint_errors(complete_all(engine, jobs, request.receive),
                                                  "response_format")
     choices = [
         {
@@ -164,17 +170,24 @@ def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str 
 
 @router.post("/completions")
 async def completions(body: CompletionRequest, state: ReadyState, request: Request):
-    state.catalog.generation_model(body.model)
-    sampling = {**_sampling(body, body.logprobs), **openai_constraint(body)}
+    # The model named, then the request's own checks: a refused request loads no model.
+    served = state.served(body.model, embedding=False)
+    sampling = state.with_defaults(served, {**_sampling(body, body.logprobs), **openai_constraint(body)})
     prompts, n = _prompts(body.prompt), _choices(body.n, state)
     _check_fan_out(prompts, n, state)
     jobs = fan_out(prompts, chat=False, sampling=sampling, n=n, priority=body.priority)
+    async with state.leased(body.model, embedding=False) as held:
+        return await _completions(body, jobs, held, request)
+
+
+async def _completions(body: CompletionRequest, jobs: list[Job], held: HeldLease, request: Request):
+    engine = held.engine
     envelope = Envelope.new("text_completion", body.model, "cmpl")
-    texts = TokenTexts(state.engine)
+    texts = TokenTexts(engine)
     if body.stream:
-        streams = await naming_constraint_errors(submit_all(state.engine, jobs), "response_format")
-        return sse_response(_completion_events(streams, envelope, texts, body.include_usage))
-    completions = await naming_constraint_errors(complete_all(state.engine, jobs, request.receive),
+        streams = await naming_constraint_errors(submit_all(engine, jobs), "response_format")
+        return sse_response(held.hold_while(_completion_events(streams, envelope, texts, body.include_usage)))
+    completions = await naming_constraint_errors(complete_all(engine, jobs, request.receive),
                                                  "response_format")
     choices = [
         {
@@ -224,10 +237,9 @@ def _encode_embedding(vector: list[float], encoding_format: str) -> list[float] 
 
 @router.post("/embeddings")
 async def embeddings(body: EmbeddingRequest, state: ReadyState):
-    state.catalog.embedding_model(body.model)
     texts = embedding_texts(body.input)
-    # The embedding model runs outside the generation batch and blocks: keep it off the event loop.
-    vectors, prompt_tokens = await asyncio.to_thread(state.engine.embed_with_usage, texts)
+    async with state.leased(body.model, embedding=True) as held:
+        vectors, prompt_tokens = await held.embed_with_usage(texts)
     data = [
         {"object": "embedding", "index": i, "embedding": _encode_embedding(v, body.encoding_format)}
         for i, v in enumerate(vectors)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 from .errors import ApiError
 
@@ -115,6 +115,11 @@ class EmbeddingRequest(_Body):
 # --- Ollama -------------------------------------------------------------------------------------
 
 
+#: Ollama's `keep_alive`: seconds (negative: forever; 0: unload after this request) or a duration
+#: such as "5m"; the core parses it and names `keep_alive` when it cannot.
+KeepAlive = StrictInt | StrictFloat | StrictStr | None
+
+
 class OllamaMessage(_Body):
     role: str
     content: str = ""
@@ -126,6 +131,7 @@ class OllamaMessage(_Body):
 
 class OllamaGenerateRequest(_Body):
     model: str
+    keep_alive: KeepAlive = None
     prompt: str = ""
     system: str | None = None
     raw: bool = False
@@ -139,6 +145,7 @@ class OllamaGenerateRequest(_Body):
 
 class OllamaChatRequest(_Body):
     model: str
+    keep_alive: KeepAlive = None
     messages: list[OllamaMessage] = Field(default_factory=list)
     stream: bool = True
     # Sampling options, renamed by `options.OLLAMA_OPTIONS` and checked by the engine.
@@ -153,6 +160,7 @@ class OllamaChatRequest(_Body):
 
 class OllamaEmbedRequest(_Body):
     model: str
+    keep_alive: KeepAlive = None
     input: str | list[str]
 
 
@@ -160,6 +168,7 @@ class OllamaEmbeddingsRequest(_Body):
     """The legacy single-text endpoint."""
 
     model: str
+    keep_alive: KeepAlive = None
     prompt: str
 
 

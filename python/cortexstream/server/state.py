@@ -1,57 +1,61 @@
-"""The server's configuration, its engine (loaded in the background), and the request guards."""
+"""The server's configuration, its model registry (the first model loaded in the background),
+and the request guards."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import cortexstream
 from fastapi import Depends, Request
 
-from .catalog import ModelCatalog
-from .errors import RETRY_AFTER_SECONDS, ApiError
+from .catalog import ModelCatalog, ServedModel
+from .config_file import ApiKey
+from .errors import RETRY_AFTER_SECONDS, ApiError, model_not_found
+from .logs import note_model, note_usage
+from .served import DEFAULT_MODEL, NO_EMBEDDING_MODEL, EngineOptions, ModelEntry
 
 log = logging.getLogger("cortexstream.server")
 
-#: `--embedding-model none` serves no embedding model.
-NO_EMBEDDING_MODEL = "none"
+__all__ = [
+    "DEFAULT_KEEP_ALIVE", "DEFAULT_MAX_RUNNING", "NO_EMBEDDING_MODEL", "EngineOptions", "ModelEntry", "ReadyState",
+    "ServerConfig", "ServerState", "ready_state", "server_state",
+]
 
 #: The core's default number of running sequences (`EngineConfig::max_running`).
 DEFAULT_MAX_RUNNING = 32
 
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """Engine sizes and limits; None keeps the core's default (see `cortexstream.Engine`)."""
-
-    max_running: int | None = None
-    max_queue: int | None = None
-    kv_cache_tokens: int | None = None
-    max_batch_tokens: int | None = None
-    target_step_ms: float | None = None
-    """Step time the token budget adapts to; 0 keeps it fixed (`--target-step-ms`)."""
-    context_length: int | None = None
-    threads: int | None = None
-    chat_template: str | None = None
-    """Jinja chat template text used instead of the model's own (`--chat-template FILE`)."""
-    log_prompts: bool | None = None
-    """Put prompts in the engine's `queued` log records (`--log-prompts`); never by default."""
-    kv_cache_type: str | None = None
-    """How the KV cache stores keys and values: f16 or q8_0 (`--kv-cache-type`)."""
-
-    def as_kwargs(self) -> dict:
-        return {name: value for name, value in self.__dict__.items() if value is not None}
+#: How long an idle model stays loaded when neither its entry nor the request says (Ollama's default).
+DEFAULT_KEEP_ALIVE = "5m"
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """What the command line chose. `embedding_model=None` means the engine's default (minilm)."""
+    """What the command line (or a config file) chose. `models[0]` is loaded at start; the
+    others on first use. `engine` is the command line's engine settings: every model of the
+    command line has them, and so does a model added later (`ServerState.add_model`)."""
 
-    model: str = "smollm2"
-    embedding_model: str | None = None
+    models: tuple[ModelEntry, ...] = (ModelEntry(DEFAULT_MODEL, DEFAULT_MODEL),)
     api_key: str | None = None
+    """One key without limits (`--api-key`, `$CORTEXSTREAM_API_KEY`)."""
+    api_keys: tuple[ApiKey, ...] = ()
+    """Keys with their own rate limits (`[[api_keys]]` of the config file)."""
     engine: EngineOptions = EngineOptions()
+    memory_budget_bytes: int | None = None
+    """Most bytes of loaded models; idle ones unload, least recently used first, to make room."""
+    keep_alive: float | str = DEFAULT_KEEP_ALIVE
+    """Idle time before a model unloads (Ollama's: seconds or "5m"; 0 at once; negative never)."""
+
+    @property
+    def all_api_keys(self) -> tuple[ApiKey, ...]:
+        """Every key a client may send: the limited ones, then the unlimited `api_key`."""
+        unlimited = (ApiKey(name="api-key", secret=self.api_key),) if self.api_key else ()
+        return (*self.api_keys, *unlimited)
 
     @property
     def max_running(self) -> int:
@@ -66,35 +70,221 @@ class ServerConfig:
 
 
 class ServerState:
-    """Holds the engine once it has loaded; until then every model endpoint answers 503."""
+    """The served models, in a `cortexstream.Registry`: each loads on first use (the first one
+    at start) and unloads after its keep-alive, or to fit the memory budget. Until the first
+    model has loaded every model endpoint answers 503.
+
+    The interface for routes that change the model list (`/api/pull`, `/api/delete`,
+    `/api/copy`), callable from any thread once the server is ready:
+
+    - `add_model(name, path, embedding)` registers the GGUF file (or, with `embedding=True`,
+      the sentence-transformers folder) at `path` under `name`, with the server's engine
+      settings and keep-alive; it loads on first use. Raises `ValueError` for a name already
+      served, `cortexstream.InvalidRequestError` for an invalid name.
+    - `remove_model(name) -> bool` forgets `name` (the registered name, not an alias): later
+      requests for it answer 404, requests already running on it finish first, then it is
+      freed. `False` if no model had that name.
+    - `model_names() -> list[str]` the registered names, in registration order.
+    """
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.engine: cortexstream.Engine | None = None
-        self.catalog: ModelCatalog | None = None
+        self.registry: cortexstream.Registry | None = None
+        self.catalog = ModelCatalog()
         self.load_error: str | None = None
+        self._ready = False
+        # Model name -> its default request options (config file models have some).
+        self._defaults: dict[str, Mapping[str, Any]] = {}
 
     def load(self) -> None:
-        """Loads the models (blocking: run it off the event loop)."""
+        """Registers every model and loads the first (blocking: run it off the event loop)."""
         config = self.config
-        embedding = False if config.embedding_model == NO_EMBEDDING_MODEL else config.embedding_model
         try:
-            engine = cortexstream.Engine(config.model, embedding_model=embedding, **config.engine.as_kwargs())
-            self.catalog = ModelCatalog(engine.model_info, config.model, config.embedding_model)
+            self.registry = cortexstream.Registry(memory_budget_bytes=config.memory_budget_bytes,
+                                                  keep_alive=config.keep_alive)
+            for entry in config.models:
+                self._register(entry)
+            if config.models:
+                first = self.catalog.find(config.models[0].name)
+                with self.registry.get(first.id) as lease:
+                    self._learn(first, lease)
         except Exception as error:  # noqa: BLE001 - reported by /health and every endpoint
             self.load_error = str(error)
             log.error("cannot load the model: %s", error)
             return
-        self.engine = engine
-        log.info("serving %s", ", ".join(m.id for m in self.catalog.models))
+        self._ready = True
+        log.info("serving %s", ", ".join(self.model_names()))
+
+    def _register(self, entry: ModelEntry) -> ServedModel:
+        path = entry.path()
+        self.registry.register(entry.name, path, **entry.register_kwargs())
+        self._defaults[entry.name] = entry.defaults
+        return self.catalog.add(entry, path)
 
     def close(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
+        """Unloads every model, ending the requests still running on them (as cancelled)."""
+        if self.registry is not None:
+            self.registry.shutdown()
 
     @property
     def ready(self) -> bool:
-        return self.engine is not None
+        return self._ready
+
+    # --- the model list ----------------------------------------------------------------------
+
+    def add_model(self, name: str, path: Path, embedding: bool) -> None:
+        """Registers `path` under `name` (see the class documentation)."""
+        if name in self.model_names():
+            raise ValueError(f"a model named {name!r} is already served")
+        entry = ModelEntry(name=name, source=str(path), embedding=embedding, engine=self.config.engine)
+        self._require_registry()
+        self._register(entry)
+
+    def remove_model(self, name: str) -> bool:
+        """Forgets `name` (see the class documentation)."""
+        registry = self._require_registry()
+        self.catalog.remove(name)
+        self._defaults.pop(name, None)
+        return registry.unregister(name)
+
+    def model_names(self) -> list[str]:
+        """The registered names, in registration order."""
+        return [model.id for model in self.catalog.models]
+
+    def _require_registry(self) -> cortexstream.Registry:
+        if self.registry is None:
+            raise RuntimeError("the server has not started its model registry yet")
+        return self.registry
+
+    # --- leases ------------------------------------------------------------------------------
+
+    def served(self, name: str, *, embedding: bool) -> ServedModel:
+        """The model a request's `model` names: 404 if none, 400 if it cannot do the job."""
+        return self.catalog.embedding_model(name) if embedding else self.catalog.generation_model(name)
+
+    def with_defaults(self, model: ServedModel, sampling: Mapping[str, Any]) -> dict[str, Any]:
+        """A request's engine options over `model`'s defaults (a config file's `[models.defaults]`),
+        for routes that check a request before leasing its model (see `HeldLease.with_defaults`)."""
+        return {**self._defaults.get(model.id, {}), **sampling}
+
+    async def lease(self, name: str, *, embedding: bool, keep_alive=None) -> cortexstream.Lease:
+        """A lease on the model `name` answers to, loaded first if it is not (off the event loop).
+        `keep_alive` (the request's) becomes the model's from now on. The caller releases it."""
+        model = self.served(name, embedding=embedding)
+        registry = self._require_registry()
+        note_model(model.id)
+        taking = asyncio.get_running_loop().run_in_executor(None, registry.get, model.id, keep_alive)
+        try:
+            lease = await asyncio.shield(taking)
+        except asyncio.CancelledError:
+            # The client left while the model loaded: the lease, when it comes, is not needed.
+            taking.add_done_callback(_release_taken)
+            raise
+        except cortexstream.ModelNotFoundError:
+            # Removed between the lookup and the lease.
+            raise model_not_found(name) from None
+        self._learn(model, lease)
+        return lease
+
+    @staticmethod
+    def _learn(model: ServedModel, lease: cortexstream.Lease) -> None:
+        engine = lease.engine
+        if engine is not None and not model.described:
+            model.learn(engine.model_info)
+
+    async def described(self, name: str) -> ServedModel:
+        """The model `name` answers to, with what its GGUF says (template, parameters,
+        quantization, context length): loaded for that if it has not been since start."""
+        model = self.catalog.find(name)
+        if not model.described:
+            async with self.leased(name, embedding=False):
+                pass
+        return model
+
+    @asynccontextmanager
+    async def leased(self, name: str, *, embedding: bool, keep_alive=None) -> AsyncIterator[HeldLease]:
+        """`async with state.leased(body.model, embedding=False) as held:` a lease released when
+        the block ends, unless `held.hold_while(lines)` handed it to a streamed response."""
+        lease = await self.lease(name, embedding=embedding, keep_alive=keep_alive)
+        held = HeldLease(lease, self._defaults.get(lease.name, {}))
+        try:
+            yield held
+        finally:
+            if not held.handed_over:
+                release_soon(held.lease)
+
+
+def _release_taken(taking: asyncio.Future) -> None:
+    if not taking.cancelled() and taking.exception() is None:
+        release_soon(taking.result())
+
+
+def release_soon(lease: cortexstream.Lease) -> None:
+    """Releases `lease` on a worker thread: the release may unload the model (keep_alive 0),
+    which joins its engine thread, and must neither stall the event loop nor be cancelled."""
+    try:
+        asyncio.get_running_loop().run_in_executor(None, lease.release)
+    except RuntimeError:  # no running loop (shutdown): release here
+        lease.release()
+
+
+class HeldLease:
+    """A request's lease; `hold_while` hands it to the response stream that outlives the route.
+    `defaults` are the model's default request options (a config file's `[models.defaults]`):
+    `with_defaults` puts a request's own options over them."""
+
+    def __init__(self, lease: cortexstream.Lease, defaults: Mapping[str, Any] | None = None) -> None:
+        self.lease = lease
+        self.defaults = defaults or {}
+        self.handed_over = False
+
+    async def embed_with_usage(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """Embeds `texts` off the event loop (the embedding model blocks) and counts their tokens
+        for the access line and the API key's token limit, as a generation's are."""
+        vectors, tokens = await asyncio.to_thread(self.lease.embed_with_usage, texts)
+        note_usage(tokens, 0)
+        return vectors, tokens
+
+    def with_defaults(self, sampling: Mapping[str, Any]) -> dict[str, Any]:
+        """The engine options of a request: the model's defaults, then the request's own (a
+        request's explicit None, such as Ollama's `num_predict: -1`, keeps the engine's default)."""
+        return {**self.defaults, **sampling}
+
+    @property
+    def engine(self) -> cortexstream.Engine:
+        return self.lease.engine
+
+    def hold_while(self, lines: AsyncIterator[str]) -> LeasedLines:
+        self.handed_over = True
+        return LeasedLines(self.lease, lines)
+
+
+class LeasedLines:
+    """The lines of a streamed response, holding the model's lease until the stream ends or is
+    closed (the client went away: `CancellingStreamingResponse` always closes it, even when it
+    never started, which an async generator's `finally` would not see)."""
+
+    def __init__(self, lease: cortexstream.Lease, lines: AsyncIterator[str]) -> None:
+        self._lease: cortexstream.Lease | None = lease
+        self._lines = lines
+
+    def __aiter__(self) -> LeasedLines:
+        return self
+
+    async def __anext__(self) -> str:
+        try:
+            return await self._lines.__anext__()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        try:
+            await self._lines.aclose()
+        finally:
+            lease, self._lease = self._lease, None
+            if lease is not None:
+                release_soon(lease)
 
 
 def server_state(request: Request) -> ServerState:
@@ -102,7 +292,7 @@ def server_state(request: Request) -> ServerState:
 
 
 def ready_state(request: Request) -> ServerState:
-    """FastAPI dependency: the state of a server whose engine is ready, else 503."""
+    """FastAPI dependency: the state of a server whose first model has loaded, else 503."""
     state = server_state(request)
     if state.load_error is not None:
         raise ApiError(503, f"the model failed to load: {state.load_error}", code="model_load_error")
@@ -111,5 +301,5 @@ def ready_state(request: Request) -> ServerState:
     return state
 
 
-#: Route parameter type: the state of a server whose engine is ready (else the route answers 503).
+#: Route parameter type: the state of a server whose first model is ready (else the route answers 503).
 ReadyState = Annotated[ServerState, Depends(ready_state)]
