@@ -390,6 +390,13 @@ typedef struct cs_engine_params {
    * default false: prompts are never logged. Must hold 0 or 1.
    */
   bool log_prompts;
+  /**
+   * How the KV cache stores keys and values (UTF-8): "f16" (NULL: the default) or "q8_0"
+   * (8 bits with an f16 scale per 32 values, about half the memory per token, for a small
+   * logit error); anything else is CS_INVALID_ARGUMENT naming `kv_cache_type`. Borrowed only
+   * during `cs_engine_new`. Appended in 0.3 (CS_VERSION_MINOR 3).
+   */
+  const char *kv_cache_type;
 } cs_engine_params;
 
 /**

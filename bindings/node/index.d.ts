@@ -65,6 +65,12 @@ export interface EngineSettings {
    * default prompts are never logged.
    */
   logPrompts?: boolean | null;
+  /**
+   * How the KV cache stores keys and values: `'f16'` (default) or `'q8_0'` (8 bits with a scale
+   * per 32 values: about half the memory per token, for a small logit error). Anything else
+   * fails with `invalid_request` naming `kvCacheType`.
+   */
+  kvCacheType?: 'f16' | 'q8_0' | null;
 }
 
 /** How to build an {@link Engine}: the model and the {@link EngineSettings}. */

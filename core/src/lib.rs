@@ -54,6 +54,7 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use kernel_info::{kernel_info, KernelInfo};
+pub use kv_cache::KvCacheType;
 pub use metrics::{Histogram, MetricsSnapshot};
 pub use options::{OptionValue, RequestOptions};
 pub use registry::{KeepAlive, ModelLease, ModelSpec, Registry, RegistryError, RegistryOptions, ServedModel};

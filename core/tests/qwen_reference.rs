@@ -12,8 +12,10 @@
 mod common;
 
 use common::reference::{
-    check_batch_invariance, check_llamacpp_agreement, check_logits, check_tokenizer, load, Bounds, PeerBounds,
+    check_batch_invariance, check_batch_invariance_as, check_llamacpp_agreement, check_logits, check_logits_as,
+    check_tokenizer, load, Bounds, PeerBounds,
 };
+use cortexstream::kv_cache::KvCacheType;
 use cortexstream::models::GenerationModel;
 
 /// Measured (2026-12, printed by the test) plus a margin of about 10%; the reference logits'
@@ -112,4 +114,28 @@ fn q4_k_m_file_matches_llama_cpp_and_transformers() {
         &PeerBounds { file: "tiny-q4_k_m.gguf", logprob: 0.45, runner_up_logprob: None, min_steps_compared: 48 },
     );
     check_logits("qwen2_q4_k_m", &Bounds { file: "tiny-q4_k_m.gguf", mean: 0.6, max: 3.3, min_top1_positions: 3 });
+}
+
+/// The q8_0 KV cache on the F32 file (so the error measured is the cache's: 8-bit K and V, and
+/// 8-bit queries in Q·K), against the same float64 reference. Bounds: the measured value
+/// (2026-12, printed by the test) plus about 10%. Measured: qwen2 mean 0.0146, max 0.122, top-1 checked at 75; qwen3 mean 0.0374, max 0.400, top-1 checked at 51 (the f16 cache: 0.0006 / 0.0043 and 0.0014 / 0.0088).
+#[test]
+fn q8_cache_logits_match_transformers_float64_at_every_position() {
+    check_logits_as(
+        "qwen2",
+        &Bounds { file: "tiny-f32.gguf", mean: 0.016, max: 0.14, min_top1_positions: 75 },
+        KvCacheType::Q8_0,
+    );
+    check_logits_as(
+        "qwen3",
+        &Bounds { file: "tiny-f32.gguf", mean: 0.042, max: 0.45, min_top1_positions: 51 },
+        KvCacheType::Q8_0,
+    );
+}
+
+/// Batch invariance holds with the q8_0 KV cache too (every row is quantized on its own).
+#[test]
+fn logits_are_bitwise_identical_alone_and_batched_with_a_q8_cache() {
+    check_batch_invariance_as("qwen2", "tiny-q8_0.gguf", KvCacheType::Q8_0);
+    check_batch_invariance_as("qwen3", "tiny-q8_0.gguf", KvCacheType::Q8_0);
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use common::AllBlocksFreeAfter;
 use cortexstream::gguf::GgufFile;
-use cortexstream::kv_cache::{BlockAllocator, BlockTable};
+use cortexstream::kv_cache::{BlockAllocator, BlockTable, KvCacheType};
 use cortexstream::models::gemma3::Gemma3Model;
 use cortexstream::models::SeqChunk;
 use cortexstream::threadpool::ThreadPool;
@@ -33,7 +33,7 @@ fn argmax(values: &[f32]) -> u32 {
     (0..values.len()).fold(0, |best, i| if values[i] > values[best] { i } else { best }) as u32
 }
 
-/// How `run` keeps the sliding layers' K/V.
+/// How `run` keeps the sliding layers' K/V (stored as f16 unless `Q8`).
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum SlidingKv {
     /// One pool for every layer, every position kept (sliding layers only read the window).
@@ -41,6 +41,26 @@ enum SlidingKv {
     /// A sliding pool of `ceil((window + chunk) / block_size) + 1` blocks, the most one
     /// sequence may hold: blocks before the window are given back before each step.
     ReleaseBeforeWindow,
+    /// Either of the above with the KV cache stored as q8_0.
+    Q8(&'static SlidingKv),
+}
+
+impl SlidingKv {
+    fn releases(self) -> bool {
+        match self {
+            SlidingKv::ReleaseBeforeWindow => true,
+            SlidingKv::KeepEverything => false,
+            SlidingKv::Q8(inner) => inner.releases(),
+        }
+    }
+
+    fn cache_type(self) -> KvCacheType {
+        if matches!(self, SlidingKv::Q8(_)) {
+            KvCacheType::Q8_0
+        } else {
+            KvCacheType::F16
+        }
+    }
 }
 
 /// `prompt` in chunks of `chunk` tokens, then `decode` greedy tokens, alone: the logits of
@@ -57,12 +77,12 @@ fn run(
     let total = prompt.len() + decode;
     let global_blocks = total.div_ceil(block_size);
     let sliding_blocks = (window + chunk).div_ceil(block_size) + 1;
-    let mut storage = match kv {
-        SlidingKv::KeepEverything => model.new_kv_storage(global_blocks, block_size),
-        SlidingKv::ReleaseBeforeWindow => {
-            model.new_kv_storage_with_sliding_pool(global_blocks, sliding_blocks, block_size)
-        }
-    };
+    let mut storage = if kv.releases() {
+        model.new_kv_storage_with_sliding_pool(global_blocks, sliding_blocks, block_size)
+    } else {
+        model.new_kv_storage(global_blocks, block_size)
+    }
+    .with_cache_type(kv.cache_type());
     // Global blocks in reverse, so no table is the identity.
     let global: Vec<u32> = (0..global_blocks as u32).rev().collect();
     let sliding_pool = BlockAllocator::new(sliding_blocks, block_size);
@@ -74,7 +94,7 @@ fn run(
     while computed < total {
         let len = chunk.min(tokens.len() - computed);
         let end = computed + len;
-        if kv == SlidingKv::ReleaseBeforeWindow {
+        if kv.releases() {
             sliding.release_before((computed + 1).saturating_sub(window) / block_size);
             let needed = end.div_ceil(block_size) - sliding.len();
             sliding_pool.allocate_into(&mut sliding, needed).expect("the window's blocks fit the sliding pool");
@@ -113,6 +133,12 @@ fn tiny_gemma3_logits_are_bitwise_the_same_when_sliding_blocks_are_given_back() 
         let kept = run(&model, &prompt, chunk, 20, 4, SlidingKv::KeepEverything);
         let released = run(&model, &prompt, chunk, 20, 4, SlidingKv::ReleaseBeforeWindow);
         assert_bitwise_equal(&kept, &released, &format!("chunks of {chunk}"));
+        // The same with 8-bit blocks in both pools (and the q8 logits are not the f16 ones:
+        // the cache type really changed).
+        let kept_q8 = run(&model, &prompt, chunk, 20, 4, SlidingKv::Q8(&SlidingKv::KeepEverything));
+        let released_q8 = run(&model, &prompt, chunk, 20, 4, SlidingKv::Q8(&SlidingKv::ReleaseBeforeWindow));
+        assert_bitwise_equal(&kept_q8, &released_q8, &format!("q8_0, chunks of {chunk}"));
+        assert_ne!(kept_q8, kept, "chunks of {chunk}: a q8_0 cache gave the f16 logits");
     }
 }
 

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use cortexstream::gguf::GgufFile;
+use cortexstream::kv_cache::KvCacheType;
 use cortexstream::models::llama::LlamaModel;
 use cortexstream::models::SeqChunk;
 use cortexstream::threadpool::ThreadPool;
@@ -43,13 +44,20 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn warm_decode_and_prefill_steps_do_not_allocate() {
+    // Both cache formats (the 8-bit one keeps quantized query and key blocks per task).
+    for cache_type in [KvCacheType::F16, KvCacheType::Q8_0] {
+        check_warm_steps_do_not_allocate(cache_type);
+    }
+}
+
+fn check_warm_steps_do_not_allocate(cache_type: KvCacheType) {
     let gguf = GgufFile::open(common::smollm2_path()).expect("open model");
     let model =
         LlamaModel::load(&gguf, Arc::new(ThreadPool::new(2).expect("start the thread pool"))).expect("load model");
     const BLOCK_SIZE: usize = 16;
     const SEQS: usize = 4;
     const BLOCKS_EACH: usize = 4;
-    let mut kv = model.new_kv_storage(SEQS * BLOCKS_EACH, BLOCK_SIZE);
+    let mut kv = model.new_kv_storage(SEQS * BLOCKS_EACH, BLOCK_SIZE).with_cache_type(cache_type);
     let tables: Vec<Vec<u32>> = (0..SEQS).map(|s| (0..BLOCKS_EACH).map(|b| (b * SEQS + s) as u32).collect()).collect();
     let tokens: Vec<u32> = (0..40).map(|i| 100 + i * 7).collect();
     let mut logits = Vec::new();
@@ -81,5 +89,5 @@ fn warm_decode_and_prefill_steps_do_not_allocate() {
     }
     model.forward(&smaller_prefill, &mut kv, &mut logits).expect("prefill again");
     let allocated = ALLOCATIONS.load(Ordering::SeqCst) - before;
-    assert_eq!(allocated, 0, "warm forward steps allocated {allocated} times");
+    assert_eq!(allocated, 0, "{cache_type} KV: warm forward steps allocated {allocated} times");
 }

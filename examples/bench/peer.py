@@ -47,8 +47,9 @@ def best_bench(bin_dir: Path, work: Workload, settings: list[bool]) -> dict[str,
     return best
 
 
-def bench(bin_dir: Path, work: Workload, repack: bool) -> dict[str, float]:
-    """llama-bench's own prefill (pp) and decode (tg) rates, averaged over the repeats."""
+def bench(bin_dir: Path, work: Workload, repack: bool, extra_args: tuple[str, ...] = ()) -> dict[str, float]:
+    """llama-bench's own prefill (pp) and decode (tg) rates, averaged over the repeats;
+    ``extra_args`` go on its command line (e.g. the KV cache type)."""
     command = [
         str(bin_dir / "llama-bench"),
         "-m",
@@ -65,6 +66,7 @@ def bench(bin_dir: Path, work: Workload, repack: bool) -> dict[str, float]:
         "1" if repack else "0",
         "-o",
         "json",
+        *extra_args,
     ]
     output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=900).stdout
     rates = {}
@@ -83,7 +85,7 @@ class LlamaServer:
     """A llama-server with one slot per stream and continuous batching, on a free loopback port;
     a context manager that always stops it."""
 
-    def __init__(self, bin_dir: Path, work: Workload, repack: bool) -> None:
+    def __init__(self, bin_dir: Path, work: Workload, repack: bool, extra_args: tuple[str, ...] = ()) -> None:
         self.work = work
         self.port = free_loopback_port()
         log_fd, log_name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
@@ -107,6 +109,7 @@ class LlamaServer:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
+                *extra_args,
             ],
             stdout=log_fd,
             stderr=subprocess.STDOUT,

@@ -340,6 +340,7 @@ class EngineSettings(TypedDict, total=False):
     max_queue: Optional[int]
     chat_template: Optional[str]
     log_prompts: Optional[bool]
+    kv_cache_type: Optional[Literal["f16", "q8_0"]]
 
 @disjoint_base
 class Engine:

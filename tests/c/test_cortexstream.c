@@ -1706,6 +1706,40 @@ static void test_target_step_ms_param(void) {
     if (older != NULL) CHECK_OK(cs_engine_free(older));
 }
 
+/* kv_cache_type: "q8_0" builds an engine that generates; an unknown type is refused naming
+ * the field; a caller compiled before the field (shorter struct_size) gets the f16 default. */
+static void test_kv_cache_type_param(void) {
+    char gguf[4200], minilm[4200];
+    model_paths(gguf, minilm, sizeof gguf);
+    cs_engine_params params = cs_engine_default_params();
+    CHECK(params.kv_cache_type == NULL, "default kv_cache_type is not NULL");
+    params.model_path = gguf;
+    params.kv_cache_tokens = 512;
+    params.kv_cache_type = "q8_0";
+    cs_engine *q8 = NULL;
+    CHECK_OK(cs_engine_new(&params, &q8));
+    if (q8 != NULL) {
+        cs_sampling_params greedy = greedy_params(3);
+        cs_request *request = NULL;
+        CHECK_OK(cs_engine_submit_text(q8, REF_PROMPT, &greedy, NULL, NULL, &request));
+        if (request != NULL) {
+            const cs_event *event = NULL;
+            size_t tokens = 0;
+            while (cs_request_next_event(request, -1, &event) == CS_OK && event->kind == CS_EVENT_TOKEN) tokens++;
+            CHECK(tokens == 3, "q8_0 engine gave %zu tokens", tokens);
+            CHECK_OK(cs_request_free(request));
+        }
+        CHECK_OK(cs_engine_free(q8));
+    }
+    params.kv_cache_type = "q4_0";
+    cs_engine *refused = NULL;
+    CHECK_FAILS(cs_engine_new(&params, &refused), CS_INVALID_ARGUMENT, "kv_cache_type");
+    params.struct_size = offsetof(cs_engine_params, kv_cache_type);
+    cs_engine *older = NULL;
+    CHECK_OK(cs_engine_new(&params, &older));
+    if (older != NULL) CHECK_OK(cs_engine_free(older));
+}
+
 static void test_next_event_timeouts(void) {
     cs_sampling_params params = greedy_params(2);
     cs_request *request = NULL;
@@ -2058,6 +2092,7 @@ int main(int argc, char **argv) {
         {"huge_thread_count_is_rejected", test_huge_thread_count_is_rejected},
         {"engine_settings_out_of_range_are_rejected", test_engine_settings_out_of_range_are_rejected},
         {"target_step_ms_param", test_target_step_ms_param},
+        {"kv_cache_type_param", test_kv_cache_type_param},
         {"next_event_timeouts", test_next_event_timeouts},
         {"logprob_bytes_of_a_partial_utf8_token", test_logprob_bytes_of_a_partial_utf8_token},
         {"cancel_takes_effect_within_one_step", test_cancel_takes_effect_within_one_step},

@@ -40,6 +40,8 @@ TOO_MANY_THREADS = 4 * (os.cpu_count() or 1) + 1
         ("target_step_ms", math.nan),
         ("target_step_ms", math.inf),
         ("target_step_ms", 10_000.5),
+        ("kv_cache_type", "q8"),
+        ("kv_cache_type", "F16"),
     ],
 )
 def test_an_engine_setting_out_of_range_is_an_error_naming_it(setting, value):
@@ -62,6 +64,13 @@ def test_an_engine_setting_of_the_wrong_type_is_an_error_naming_it():
 def test_a_step_target_in_range_or_zero_for_a_fixed_budget_builds_an_engine(target_step_ms):
     with cortexstream.Engine(embedding_model=False, kv_cache_tokens=512, target_step_ms=target_step_ms) as engine:
         assert engine.generate("Hello", max_tokens=2, temperature=0.0).usage.completion_tokens >= 1
+
+
+@pytest.mark.parametrize("kv_cache_type", [None, "f16", "q8_0"])
+def test_each_kv_cache_type_builds_an_engine_that_generates(kv_cache_type):
+    with cortexstream.Engine(embedding_model=False, kv_cache_tokens=512, kv_cache_type=kv_cache_type) as engine:
+        completion = engine.generate("The quick brown fox", max_tokens=4, temperature=0.0, ignore_eos=True)
+        assert completion.usage.completion_tokens == 4
 
 
 @pytest.mark.parametrize("timeout", [math.nan, -1.0, -1e-9, -math.inf])

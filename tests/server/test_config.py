@@ -169,6 +169,7 @@ kv_cache_tokens = 4096
 max_batch_tokens = 512
 target_step_ms = 0
 context_length = 1024
+kv_cache_type = "q8_0"
 
 [[models]]
 name = "chat"
@@ -180,6 +181,7 @@ max_running = 4
 max_queue = 8
 max_batch_tokens = 256
 target_step_ms = 25
+kv_cache_type = "f16"
 keep_alive = -1
 chat_template = "{{ messages[0].content }}"
 [models.defaults]
@@ -233,11 +235,12 @@ def test_every_key_is_read(config_dir: Path):
                              "memory_budget": 512 * 2**20}
     assert config.logging == {"level": "debug", "format": "json", "log_prompts": True}
     assert config.engine == {"threads": 2, "max_running": 8, "max_queue": 16, "kv_cache_tokens": 4096,
-                             "max_batch_tokens": 512, "target_step_ms": 0.0, "context_length": 1024}
+                             "max_batch_tokens": 512, "target_step_ms": 0.0, "context_length": 1024,
+                             "kv_cache_type": "q8_0"}
     chat, local, minilm = config.models
     assert (chat.name, chat.model, chat.embedding, chat.keep_alive) == ("chat", "smollm2", False, -1)
     assert chat.engine == {"context_length": 512, "kv_cache_tokens": 2048, "threads": 1, "max_running": 4,
-                           "max_queue": 8, "max_batch_tokens": 256, "target_step_ms": 25.0}
+                           "max_queue": 8, "max_batch_tokens": 256, "target_step_ms": 25.0, "kv_cache_type": "f16"}
     assert chat.chat_template == "{{ messages[0].content }}"
     assert chat.defaults == {"temperature": 0.2, "top_p": 0.9, "top_k": 40, "max_tokens": 32, "stop": ["\n"], "seed": 7}
     # Relative paths resolve against the file's folder, not the working directory.
@@ -296,6 +299,8 @@ INVALID = [
     ("target_step_ms = 0", "target_step_ms = 20000", "engine.target_step_ms", "between 0 and 10000"),
     ("context_length = 1024", "context_length = 0", "engine.context_length", "at least 1"),
     ("context_length = 1024", "chat_template = 'x'", "engine.chat_template", "unknown key"),
+    ('kv_cache_type = "q8_0"', 'kv_cache_type = "q4_0"', "engine.kv_cache_type", "must be one of f16, q8_0, got 'q4_0'"),
+    ('kv_cache_type = "f16"', "kv_cache_type = 8", "models[0].kv_cache_type", "expected a string"),
     ('name = "chat"', 'name = "../etc"', "models[0].name", "letters, digits"),
     ('name = "chat"', "name = 3", "models[0].name", "expected a string"),
     ('model = "smollm2"', "model = false", "models[0].model", "expected a string"),
@@ -416,9 +421,10 @@ def test_the_file_becomes_the_server_configuration(config_dir: Path, monkeypatch
     assert chat.engine.as_kwargs() == {"max_running": 4, "max_queue": 64, "kv_cache_tokens": 2048,
                                        "max_batch_tokens": 256, "target_step_ms": 25.0, "context_length": 512,
                                        "threads": 1, "chat_template": "{{ messages[0].content }}",
-                                       "log_prompts": True}
+                                       "log_prompts": True, "kv_cache_type": "f16"}
     assert local.engine.chat_template == "{{ messages[-1].content }}" and local.keep_alive == 30
     assert local.engine.max_running == 8, "a model without its own value has [engine]'s"
+    assert local.engine.kv_cache_type == "q8_0"
     assert minilm.embedding and minilm.register_kwargs() == {"embedding": True, "threads": 2}
     assert [key.name for key in config.all_api_keys] == ["alice", "bob"]
 

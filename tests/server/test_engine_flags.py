@@ -33,6 +33,24 @@ def test_a_step_target_the_engine_refuses_names_target_step_ms():
     assert raised.value.param == "target_step_ms"
 
 
+def test_the_kv_cache_type_flag_reaches_the_engine_and_is_checked(capsys):
+    assert engine_options(parse_args(["--kv-cache-type", "q8_0"])).kv_cache_type == "q8_0"
+    assert "kv_cache_type" not in engine_options(parse_args([])).as_kwargs(), "unset keeps the engine default"
+    with pytest.raises(SystemExit):
+        parse_args(["--kv-cache-type", "q4_0"])
+    assert "--kv-cache-type" in capsys.readouterr().err
+    # The server's own path: every model's entry carries the flag into the registry.
+    (entry,) = models_of("--kv-cache-type", "q8_0", "--kv-cache-tokens", "512")
+    assert entry.register_kwargs()["kv_cache_type"] == "q8_0"
+    with cortexstream.Registry() as registry:
+        registry.register(entry.name, entry.path(), **entry.register_kwargs())
+        with registry.get(entry.name) as lease:
+            assert lease.engine.generate("Hello", max_tokens=2, temperature=0.0).usage.completion_tokens >= 1
+        with pytest.raises(cortexstream.InvalidRequestError) as raised:
+            registry.register("bad", entry.path(), kv_cache_type="q4_0")
+        assert raised.value.param == "kv_cache_type"
+
+
 def models_of(*argv: str):
     from cortexstream.server.main import server_config
     return server_config(parse_args(["--embedding-model", "none", *argv])).models

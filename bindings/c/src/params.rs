@@ -78,6 +78,11 @@ pub struct cs_engine_params {
     /// Put each request's prompt text in its `queued` log record (see `cs_set_log_callback`);
     /// default false: prompts are never logged. Must hold 0 or 1.
     pub log_prompts: bool,
+    /// How the KV cache stores keys and values (UTF-8): "f16" (NULL: the default) or "q8_0"
+    /// (8 bits with an f16 scale per 32 values, about half the memory per token, for a small
+    /// logit error); anything else is CS_INVALID_ARGUMENT naming `kv_cache_type`. Borrowed only
+    /// during `cs_engine_new`. Appended in 0.3 (CS_VERSION_MINOR 3).
+    pub kv_cache_type: *const c_char,
 }
 
 /// How to sample and when to stop. Get one from `cs_sampling_default_params()`
@@ -191,6 +196,7 @@ pub extern "C" fn cs_engine_default_params() -> cs_engine_params {
         target_step_ms: defaults.target_step_ms.unwrap_or(0.0),
         max_prefill_tokens: defaults.max_prefill_tokens,
         log_prompts: defaults.log_prompts,
+        kv_cache_type: std::ptr::null(),
     }
 }
 
@@ -274,6 +280,7 @@ impl cs_engine_params {
             ("max_queue", size(self.max_queue)),
             ("chat_template", text(self.chat_template, "chat_template")?),
             ("log_prompts", OptionValue::Bool(self.log_prompts)),
+            ("kv_cache_type", text(self.kv_cache_type, "kv_cache_type")?),
         ])
     }
 }

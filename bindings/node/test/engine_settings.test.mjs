@@ -38,3 +38,11 @@ test('a setting of the wrong type is refused naming it in camelCase', () => {
     param: 'logPrompts',
   });
 });
+
+test('an unknown KV cache type is refused naming kvCacheType', () => {
+  assert.throws(() => new Engine({ embeddingModel: null, kvCacheType: 'q4_0' }), {
+    code: 'invalid_request',
+    param: 'kvCacheType',
+    message: /"f16", "q8_0"/,
+  });
+});

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::step_budget::StepBudget;
 use crate::error::{Error, Result};
+use crate::kv_cache::KvCacheType;
 use crate::models::ModelShape;
 
 /// Default of [`EngineConfig::max_batch_tokens`] and [`EngineConfig::max_prefill_tokens`].
@@ -68,6 +69,13 @@ pub struct EngineConfig {
     pub kv_cache_tokens: usize,
     /// Tokens per KV block (default 16).
     pub block_size: usize,
+    /// How K and V are stored: [`KvCacheType::F16`] (default) or [`KvCacheType::Q8_0`] (8 bits
+    /// with an f16 scale per 32 values: about 0.53× the bytes of f16 per token at head
+    /// dimension 64, so `kv_cache_tokens` costs that much less memory, for a logit error of
+    /// the size of the f16 cache's against float64 on SmolLM2, measured by
+    /// `core/tests/forward_reference.rs`). The front doors take it as `"f16"` or `"q8_0"`
+    /// ([`KvCacheType::parse`]).
+    pub kv_cache_type: KvCacheType,
     /// Context window; default and maximum: the model's.
     pub context_length: Option<usize>,
     /// Compute threads; default: the physical cores. At most [`crate::threadpool::MAX_THREADS`];
@@ -106,6 +114,7 @@ impl EngineConfig {
             max_prefill_tokens: DEFAULT_MAX_BATCH_TOKENS,
             kv_cache_tokens: 16384,
             block_size: 16,
+            kv_cache_type: KvCacheType::F16,
             context_length: None,
             threads: None,
             max_queue: 256,
@@ -213,7 +222,8 @@ pub fn sliding_pool_blocks(config: &EngineConfig, window: usize, num_blocks: usi
 }
 
 /// Bytes of the KV cache for `num_blocks` blocks of `block_size` tokens in the global pool and
-/// `sliding_blocks` in the sliding one, with the model's shape (K and V, f16), or an error
+/// `sliding_blocks` in the sliding one, with the model's shape (K and V as `cache_type`, the
+/// bytes [`KvStorage::bytes`](crate::kv_cache::KvStorage::bytes) allocates), or an error
 /// naming `kv_cache_tokens` when that overflows or exceeds the machine's physical memory: a
 /// typo must fail cleanly, not abort in the allocator or get the process killed when the
 /// pages are first touched.
@@ -222,9 +232,9 @@ pub(super) fn kv_cache_bytes(
     sliding_blocks: usize,
     block_size: usize,
     model: &ModelShape,
+    cache_type: KvCacheType,
 ) -> Result<usize> {
     const K_AND_V: usize = 2;
-    let element = std::mem::size_of::<u16>();
     let too_big = || {
         Error::invalid(
             "kv_cache_tokens",
@@ -236,7 +246,7 @@ pub(super) fn kv_cache_bytes(
         .checked_mul(num_blocks)
         .zip(model.n_sliding_layers.checked_mul(sliding_blocks))
         .and_then(|(global, sliding)| global.checked_add(sliding));
-    let bytes = [block_size, model.n_kv_heads, model.head_dim, K_AND_V, element]
+    let bytes = [block_size, model.n_kv_heads, K_AND_V, cache_type.row_bytes(model.head_dim)]
         .into_iter()
         .try_fold(layer_blocks.ok_or_else(too_big)?, usize::checked_mul)
         .filter(|&bytes| bytes <= isize::MAX as usize)

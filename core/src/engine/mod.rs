@@ -115,7 +115,8 @@ impl Engine {
         let mc = &model.shape();
         let num_blocks = config.kv_cache_tokens / config.block_size;
         let sliding_blocks = mc.sliding_window.map(|window| sliding_pool_blocks(&config, window, num_blocks));
-        let kv_bytes = kv_cache_bytes(num_blocks, sliding_blocks.unwrap_or(0), config.block_size, mc)?;
+        let kv_bytes =
+            kv_cache_bytes(num_blocks, sliding_blocks.unwrap_or(0), config.block_size, mc, config.kv_cache_type)?;
         let memory_bytes = resident_estimate(&config, kv_bytes);
         let kv_capacity_tokens = num_blocks * config.block_size;
         let context_length =
@@ -156,7 +157,8 @@ impl Engine {
         let kv = match sliding_blocks {
             Some(sliding) => model.new_kv_storage_with_sliding_pool(num_blocks, sliding, config.block_size),
             None => model.new_kv_storage(num_blocks, config.block_size),
-        };
+        }
+        .with_cache_type(config.kv_cache_type);
         let mut scheduler = Scheduler::new(
             SchedulerConfig { max_running: config.max_running, max_prefill_tokens: config.max_prefill_tokens },
             BlockAllocator::new(num_blocks, config.block_size),

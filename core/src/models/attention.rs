@@ -25,6 +25,11 @@
 //!   and the slices' partials are folded in order ([`crate::models::attention_split`]), the
 //!   same bits whether the slices run in one task or, for a long decode row on an idle pool,
 //!   in one task each.
+//! - With a q8_0 cache: the score is `dot_q8(q8(q), k) · scale` (the query quantized in blocks
+//!   of 32 like the matmuls' activations; per block, eight integer sums of four products, each
+//!   added to its lane by a fused multiply-add with the product of the two scales); V rows are
+//!   `q · d`, exact in f32. Every task quantizes its own query rows, so a row's slice tasks
+//!   use the same query bits as an unspread pass.
 //!
 //! **Batch invariance:** that arithmetic depends only on the row's query, its position, its
 //! span and its sequence's cached K/V: tiles are aligned to absolute positions, not to the
@@ -32,10 +37,11 @@
 //! the batch never change a result.
 
 use crate::f16::f16_to_f32;
-use crate::kv_cache::KvStorage;
+use crate::kv_cache::{KvCacheType, KvStorage, RowsView, Q8_GROUP};
 use crate::models::attention_split::{self, fold, Merged};
 use crate::models::SeqChunk;
 use crate::quant::disjoint::DisjointSlice;
+use crate::quant::Q8Block;
 use crate::threadpool::ThreadPool;
 
 /// Query tokens one task handles, so a long prefill chunk spreads over the pool; every K/V tile
@@ -106,6 +112,9 @@ struct Task {
     tokens: (usize, usize),
     /// Where this task's working buffers start in [`AttentionScratch::buffers`].
     buffer: usize,
+    /// Where its 8-bit query and key blocks start in [`AttentionScratch::blocks`] (used with
+    /// a q8_0 cache only).
+    blocks: usize,
     /// `Some(slice)`: the task attends only the positions of this [`attention_split::SLICE`] and leaves its
     /// partial in its buffers for a [`Merge`]; `None`: it attends every position and writes
     /// the output.
@@ -131,6 +140,11 @@ pub(crate) struct AttentionScratch {
     merges: Vec<Merge>,
     /// Every task's [`TaskBuffers`], one after the other.
     buffers: Vec<f32>,
+    /// Every task's 8-bit blocks (its quantized query rows, then one tile of keys), sized only
+    /// when the cache is q8_0.
+    blocks: Vec<Q8Block>,
+    /// Blocks the planned tasks need with a q8_0 cache.
+    blocks_needed: usize,
 }
 
 impl AttentionScratch {
@@ -142,26 +156,30 @@ impl AttentionScratch {
         self.merges.clear();
         let mut first_row = 0;
         let mut buffer = 0;
+        let mut blocks = 0;
         let group_floats = |tokens: usize| TaskBuffers::floats(tokens * g.group(), g.head_dim);
+        let group_blocks = |tokens: usize| TaskBuffers::blocks(tokens * g.group(), g.head_dim);
         for (chunk_index, chunk) in chunks.iter().enumerate() {
             let n_tokens = chunk.tokens.len();
             let pos = chunk.start_pos;
             let spread_this =
                 spread && n_tokens == 1 && attention_split::slices(span.first(pos), pos + 1).nth(1).is_some();
             for kv_head in 0..g.n_kv_heads {
-                let task = |tokens, buffer, slice| Task {
+                let task = |tokens, buffer, blocks, slice| Task {
                     chunk: chunk_index,
                     chunk_first_row: first_row,
                     kv_head,
                     tokens,
                     buffer,
+                    blocks,
                     slice,
                 };
                 if spread_this {
                     let first_task = self.tasks.len();
                     for slice in attention_split::slices(span.first(pos), pos + 1) {
-                        self.tasks.push(task((0, 1), buffer, Some(slice)));
+                        self.tasks.push(task((0, 1), buffer, blocks, Some(slice)));
                         buffer += group_floats(1);
+                        blocks += group_blocks(1);
                     }
                     let tasks = (first_task, self.tasks.len());
                     self.merges.push(Merge { row: first_row, kv_head, tasks });
@@ -169,13 +187,23 @@ impl AttentionScratch {
                 }
                 for first in (0..n_tokens).step_by(TOKENS_PER_TASK) {
                     let tokens = (first, (first + TOKENS_PER_TASK).min(n_tokens));
-                    self.tasks.push(task(tokens, buffer, None));
+                    self.tasks.push(task(tokens, buffer, blocks, None));
                     buffer += group_floats(tokens.1 - tokens.0);
+                    blocks += group_blocks(tokens.1 - tokens.0);
                 }
             }
             first_row += n_tokens;
         }
         self.buffers.resize(buffer.max(self.buffers.len()), 0.0);
+        self.blocks_needed = blocks;
+    }
+
+    /// Grows the 8-bit blocks to what the plan needs when the cache is q8_0 (never for f16,
+    /// whose steps then keep no such memory).
+    fn size_blocks(&mut self, cache_type: KvCacheType) {
+        if cache_type == KvCacheType::Q8_0 && self.blocks.len() < self.blocks_needed {
+            self.blocks.resize(self.blocks_needed, Q8Block::default());
+        }
     }
 
     /// Tasks of this step if no row were spread over slices.
@@ -186,8 +214,11 @@ impl AttentionScratch {
 
 /// A task's working memory: the current tile's widened K and V rows and, per query row, its
 /// output accumulator, tile weights, running lane sums, running maximum and last correction
-/// within the current slice, and the folded result of its slices so far.
+/// within the current slice, and the folded result of its slices so far; with a q8_0 cache,
+/// its query rows quantized and the current tile's 8-bit keys instead of widened ones.
 struct TaskBuffers<'a> {
+    query_blocks: &'a mut [Q8Block],
+    key_blocks: &'a mut [Q8Block],
     keys: &'a mut [f32],
     values: &'a mut [f32],
     acc: &'a mut [f32],
@@ -205,7 +236,14 @@ impl<'a> TaskBuffers<'a> {
         2 * TILE * head_dim + rows * (2 * head_dim + 2 * TILE + 4)
     }
 
-    fn split(buffer: &'a mut [f32], rows: usize, head_dim: usize) -> Self {
+    /// 8-bit blocks of the task's query rows and of one tile of keys, for a q8_0 cache.
+    fn blocks(rows: usize, head_dim: usize) -> usize {
+        (rows + TILE) * head_dim.div_ceil(Q8_GROUP)
+    }
+
+    /// `blocks` is empty with an f16 cache.
+    fn split(buffer: &'a mut [f32], blocks: &'a mut [Q8Block], rows: usize, head_dim: usize) -> Self {
+        let (query_blocks, key_blocks) = blocks.split_at_mut(blocks.len().min(rows * head_dim.div_ceil(Q8_GROUP)));
         let (keys, rest) = buffer.split_at_mut(TILE * head_dim);
         let (values, rest) = rest.split_at_mut(TILE * head_dim);
         let (acc, rest) = rest.split_at_mut(rows * head_dim);
@@ -216,7 +254,20 @@ impl<'a> TaskBuffers<'a> {
         let (merged_acc, rest) = rest.split_at_mut(rows * head_dim);
         let (merged_max, rest) = rest.split_at_mut(rows);
         let merged_sum = &mut rest[..rows];
-        Self { keys, values, acc, weights, lane_sums, max, correction, merged_acc, merged_max, merged_sum }
+        Self {
+            query_blocks,
+            key_blocks,
+            keys,
+            values,
+            acc,
+            weights,
+            lane_sums,
+            max,
+            correction,
+            merged_acc,
+            merged_max,
+            merged_sum,
+        }
     }
 
     /// Folds rows `rows`' current slice into their merged results (`first`: it is their first
@@ -247,8 +298,8 @@ fn fold_partials(
 /// One KV head of one layer of one sequence's paged cache.
 #[derive(Clone, Copy)]
 struct KvHeadView<'a> {
-    k: &'a [u16],
-    v: &'a [u16],
+    k: RowsView<'a>,
+    v: RowsView<'a>,
     block_table: &'a [u32],
     /// Offset of this layer's block 0, slot 0, at this KV head.
     base: usize,
@@ -272,14 +323,34 @@ impl<'a> KvHeadView<'a> {
         }
     }
 
-    /// The K and V rows of position `p` (bounds-checked: a released block's entry panics
-    /// rather than reading another sequence's memory).
+    /// Offset of position `p`'s rows in `k` and `v`.
     #[inline]
-    fn rows(&self, p: usize) -> (&'a [u16], &'a [u16]) {
-        let offset = self.base
+    fn offset(&self, p: usize) -> usize {
+        self.base
             + self.block_table[p / self.block_size] as usize * self.block_stride
-            + p % self.block_size * self.slot_stride;
-        (&self.k[offset..offset + self.head_dim], &self.v[offset..offset + self.head_dim])
+            + p % self.block_size * self.slot_stride
+    }
+}
+
+/// One row of the cache (bounds-checked: a released block's entry panics rather than reading
+/// another sequence's memory).
+#[derive(Clone, Copy)]
+enum Row<'a> {
+    F16(&'a [u16]),
+    /// The row's 8-bit values and its scales (one per 32 values).
+    Q8(&'a [i8], &'a [u16]),
+}
+
+impl<'a> Row<'a> {
+    #[inline]
+    fn at(rows: RowsView<'a>, offset: usize, head_dim: usize) -> Self {
+        match rows {
+            RowsView::F16(bits) => Row::F16(&bits[offset..offset + head_dim]),
+            RowsView::Q8 { quants, scales } => {
+                let groups = head_dim.div_ceil(Q8_GROUP);
+                Row::Q8(&quants[offset..offset + head_dim], &scales[offset / head_dim * groups..][..groups])
+            }
+        }
     }
 }
 
@@ -324,26 +395,77 @@ impl Kernel {
         kernels
     }
 
-    /// Widens the K and V rows of positions `positions` into lanes `positions - tile_start`
-    /// of `keys` and `values` (f16 to f32 is exact, so every path gives the same floats).
+    /// Reads the K and V rows of positions `positions` into lanes `positions - tile_start`:
+    /// V widened to f32 in `values`; K widened in `keys` (f16), or copied as 8-bit blocks
+    /// into `key_blocks` (q8_0, each row's last block zero-padded to 32 values). f16 to f32 is
+    /// exact, and so is `q · d` (an 8-bit integer times an 11-bit significand), so every path
+    /// gives the same floats.
     fn widen_tile(self, view: &KvHeadView<'_>, tile_start: usize, positions: (usize, usize), b: &mut TaskBuffers<'_>) {
         let hd = view.head_dim;
+        let groups = hd.div_ceil(Q8_GROUP);
         for p in positions.0..positions.1 {
-            let (k, v) = view.rows(p);
+            let offset = view.offset(p);
             let lane = p - tile_start;
-            let (keys, values) = (&mut b.keys[lane * hd..][..hd], &mut b.values[lane * hd..][..hd]);
-            match self {
-                Kernel::Portable => {
-                    keys.iter_mut().zip(k).for_each(|(o, &x)| *o = f16_to_f32(x));
-                    values.iter_mut().zip(v).for_each(|(o, &x)| *o = f16_to_f32(x));
+            match Row::at(view.k, offset, hd) {
+                Row::F16(k) => self.widen_f16(k, &mut b.keys[lane * hd..][..hd]),
+                Row::Q8(quants, scales) => {
+                    copy_key_blocks(quants, scales, &mut b.key_blocks[lane * groups..][..groups])
                 }
-                // SAFETY: both SIMD kernels are chosen only on CPUs with AVX2, FMA and F16C
-                // and for head dimensions that are multiples of 8; the slices are `hd` long.
-                #[cfg(target_arch = "x86_64")]
-                Kernel::Avx2 | Kernel::Avx512 => unsafe {
-                    avx2::widen(k, keys);
-                    avx2::widen(v, values);
-                },
+            }
+            let values = &mut b.values[lane * hd..][..hd];
+            match Row::at(view.v, offset, hd) {
+                Row::F16(v) => self.widen_f16(v, values),
+                Row::Q8(quants, scales) => self.dequantize(quants, scales, values),
+            }
+        }
+    }
+
+    fn widen_f16(self, from: &[u16], to: &mut [f32]) {
+        match self {
+            Kernel::Portable => to.iter_mut().zip(from).for_each(|(o, &x)| *o = f16_to_f32(x)),
+            // SAFETY: both SIMD kernels are chosen only on CPUs with AVX2, FMA and F16C and for
+            // head dimensions that are multiples of 8; the slices are `hd` long.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 | Kernel::Avx512 => unsafe { avx2::widen(from, to) },
+        }
+    }
+
+    /// `to[i] = q[i] · d[i / 32]` (exact in f32).
+    fn dequantize(self, quants: &[i8], scales: &[u16], to: &mut [f32]) {
+        match self {
+            Kernel::Portable => {
+                for (i, (o, &q)) in to.iter_mut().zip(quants).enumerate() {
+                    *o = q as f32 * f16_to_f32(scales[i / Q8_GROUP]);
+                }
+            }
+            // SAFETY: as in `widen_f16`.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 | Kernel::Avx512 => unsafe { avx2::dequantize(quants, scales, to) },
+        }
+    }
+
+    /// 8-bit scores: `dot_q8(q, k) · scale` of each query row's blocks against the tile's key
+    /// blocks in `lanes`; lanes outside get -inf.
+    fn scores_q8(
+        self,
+        queries: &[Q8Block],
+        keys: &[Q8Block],
+        groups: usize,
+        lanes: (usize, usize),
+        scale: f32,
+        scores: &mut [f32],
+    ) {
+        for (q, row) in queries.chunks_exact(groups).zip(scores.chunks_exact_mut(TILE)) {
+            row[..lanes.0].fill(f32::NEG_INFINITY);
+            row[lanes.1..].fill(f32::NEG_INFINITY);
+            for j in lanes.0..lanes.1 {
+                let k = &keys[j * groups..][..groups];
+                row[j] = match self {
+                    Kernel::Portable => portable::dot_q8(q, k),
+                    // SAFETY: both SIMD kernels are chosen only on CPUs with AVX2.
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx2 | Kernel::Avx512 => unsafe { avx2::dot_q8(q, k) },
+                } * scale;
             }
         }
     }
@@ -470,9 +592,11 @@ fn attend_with(
     pool: &ThreadPool,
 ) {
     scratch.plan(chunks, g, span, spread);
+    scratch.size_blocks(kv.cache_type());
     let (tasks, merges) = (&scratch.tasks, &scratch.merges);
     let out = DisjointSlice::new(out);
     let buffers = DisjointSlice::new(&mut scratch.buffers);
+    let blocks = DisjointSlice::new(&mut scratch.blocks);
     let (q_dim, group_len) = (g.q_dim(), g.group() * g.head_dim);
     pool.run(tasks.len(), &|task_index| {
         let task = tasks[task_index];
@@ -481,7 +605,12 @@ fn attend_with(
         let rows = (task.tokens.1 - task.tokens.0) * g.group();
         // SAFETY: each task owns its own stretch of the buffers (laid out by `plan`).
         let buffer = unsafe { buffers.range_mut(task.buffer, TaskBuffers::floats(rows, g.head_dim)) };
-        let mut b = TaskBuffers::split(buffer, rows, g.head_dim);
+        let blocks = match kv.cache_type() {
+            // SAFETY: as the buffers.
+            KvCacheType::Q8_0 => unsafe { blocks.range_mut(task.blocks, TaskBuffers::blocks(rows, g.head_dim)) },
+            KvCacheType::F16 => &mut [],
+        };
+        let mut b = TaskBuffers::split(buffer, blocks, rows, g.head_dim);
         attend_task(kernel, g, span, chunk, &task, &view, qkv, &mut b);
         if task.slice.is_some() {
             return; // a partial: its merge writes the output
@@ -499,8 +628,10 @@ fn attend_with(
         let (rows, hd) = (g.group(), g.head_dim);
         let floats = TaskBuffers::floats(rows, hd);
         // SAFETY: a merge's slice tasks belong to it alone, and the first pass has finished.
-        let partial =
-            |task: usize| TaskBuffers::split(unsafe { buffers.range_mut(tasks[task].buffer, floats) }, rows, hd);
+        // The fold reads only floats: no 8-bit blocks.
+        let partial = |task: usize| {
+            TaskBuffers::split(unsafe { buffers.range_mut(tasks[task].buffer, floats) }, &mut [], rows, hd)
+        };
         let mut merged = partial(merge.tasks.0);
         merged.fold_slice(0..rows, hd, true);
         for task in merge.tasks.0 + 1..merge.tasks.1 {
@@ -528,6 +659,10 @@ fn attend_task(
     qkv: &[f32],
     b: &mut TaskBuffers<'_>,
 ) {
+    // Quantized once per task: every slice and tile of the task uses the same query blocks.
+    if !b.query_blocks.is_empty() {
+        quantize_queries(g, task, qkv, b.query_blocks);
+    }
     // A token's attended positions, `first..=pos`: both ends grow with the token index.
     let positions = |t: usize| {
         let pos = chunk.start_pos + t;
@@ -567,6 +702,7 @@ fn attend_tiles(
     in_slice: impl Fn(usize) -> Option<(usize, usize)>,
 ) {
     let (hd, group) = (g.head_dim, g.group());
+    let (groups, quantized) = (hd.div_ceil(Q8_GROUP), !b.query_blocks.is_empty());
     let (t0, t1) = task.tokens;
     let in_tile = |t: usize, tile| in_slice(t).and_then(|p| overlap(p, tile));
     for tile_start in (slice.0 / TILE * TILE..slice.1).step_by(TILE) {
@@ -582,12 +718,48 @@ fn attend_tiles(
             let queries = &qkv[(task.chunk_first_row + t) * g.qkv_row_len + first_head * hd..][..group * hd];
             let rows = (t - t0) * group..(t - t0 + 1) * group;
             let weights = &mut b.weights[rows.start * TILE..rows.end * TILE];
-            kernel.scores(queries, b.keys, hd, lanes, g.scale, weights);
+            if quantized {
+                let queries = &b.query_blocks[rows.start * groups..rows.end * groups];
+                kernel.scores_q8(queries, b.key_blocks, groups, lanes, g.scale, weights);
+            } else {
+                kernel.scores(queries, b.keys, hd, lanes, g.scale, weights);
+            }
             let (max, sums) = (&mut b.max[rows.clone()], &mut b.lane_sums[rows.start * TILE..rows.end * TILE]);
             kernel.update_softmax(weights, max, sums, &mut b.correction[rows.clone()]);
             let acc = &mut b.acc[rows.start * hd..rows.end * hd];
             kernel.accumulate(b.values, weights, &b.correction[rows], lanes, acc);
         }
+    }
+}
+
+/// Quantizes the task's query rows (each token's heads of the task's KV head) to 8-bit blocks
+/// of 32, as the matmuls quantize activations (the same bits on every path), each row's last
+/// block zero-padded.
+fn quantize_queries(g: &Geometry, task: &Task, qkv: &[f32], blocks: &mut [Q8Block]) {
+    let hd = g.head_dim;
+    let groups = hd.div_ceil(Q8_GROUP);
+    let mut run = [0f32; Q8_GROUP];
+    let mut blocks = blocks.chunks_exact_mut(groups);
+    for t in task.tokens.0..task.tokens.1 {
+        let first_head = task.kv_head * g.group();
+        let row = &qkv[(task.chunk_first_row + t) * g.qkv_row_len + first_head * hd..][..g.group() * hd];
+        for (query, blocks) in row.chunks_exact(hd).zip(blocks.by_ref()) {
+            for (values, block) in query.chunks(Q8_GROUP).zip(blocks.iter_mut()) {
+                run.fill(0.0);
+                run[..values.len()].copy_from_slice(values);
+                crate::quant::quantize_row(&run, std::slice::from_mut(block));
+            }
+        }
+    }
+}
+
+/// One cached 8-bit K row as blocks of 32 (the last zero-padded; zeros add nothing to the
+/// integer sums).
+fn copy_key_blocks(quants: &[i8], scales: &[u16], blocks: &mut [Q8Block]) {
+    for ((block, run), &scale) in blocks.iter_mut().zip(quants.chunks(Q8_GROUP)).zip(scales) {
+        block.d = f16_to_f32(scale);
+        block.q[..run.len()].copy_from_slice(run);
+        block.q[run.len()..].fill(0);
     }
 }
 
@@ -636,6 +808,22 @@ mod portable {
         }
     }
 
+    /// `dot_q8(q, k)`: per block, eight exact integer sums of four products each (lane `l`:
+    /// values `4l..4l+4`), each added to its lane as `fma(d_q · d_k, sum, lane)`; the lanes
+    /// then summed as the fixed tree `l + (l+4)`, `+2`, `+1`.
+    pub(super) fn dot_q8(q: &[crate::quant::Q8Block], k: &[crate::quant::Q8Block]) -> f32 {
+        let mut lanes = [0f32; 8];
+        for (a, b) in q.iter().zip(k) {
+            let d = a.d * b.d;
+            for (l, lane) in lanes.iter_mut().enumerate() {
+                let sum: i32 = (4 * l..4 * l + 4).map(|i| a.q[i] as i32 * b.q[i] as i32).sum();
+                *lane = d.mul_add(sum as f32, *lane);
+            }
+        }
+        let q = [lanes[0] + lanes[4], lanes[1] + lanes[5], lanes[2] + lanes[6], lanes[3] + lanes[7]];
+        (q[0] + q[2]) + (q[1] + q[3])
+    }
+
     pub(super) fn update_lanes(weights: &mut [f32], sums: &mut [f32], max: f32, correction: f32) {
         for (w, l) in weights.iter_mut().zip(sums.iter_mut()) {
             *w = super::exp_nonpositive(*w - max);
@@ -680,6 +868,42 @@ mod avx2 {
             let wide = _mm256_cvtph_ps(_mm_loadu_si128(from.as_ptr().add(i) as *const __m128i));
             _mm256_storeu_ps(to.as_mut_ptr().add(i), wide);
         }
+    }
+
+    /// `q · d` for an 8-bit row with a scale per 32 values, 8 values at a time.
+    ///
+    /// # Safety
+    /// AVX2; `to` as long as `quants`, a multiple of 8; a scale per 32 values.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dequantize(quants: &[i8], scales: &[u16], to: &mut [f32]) {
+        assert!(to.len() == quants.len() && quants.len().is_multiple_of(8));
+        assert!(scales.len() >= quants.len().div_ceil(32));
+        for i in (0..quants.len()).step_by(8) {
+            let eight = _mm_loadl_epi64(quants.as_ptr().add(i) as *const __m128i);
+            let wide = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(eight));
+            let d = _mm256_set1_ps(crate::f16::f16_to_f32(scales[i / 32]));
+            _mm256_storeu_ps(to.as_mut_ptr().add(i), _mm256_mul_ps(wide, d));
+        }
+    }
+
+    /// [`super::portable::dot_q8`]: `maddubs` of |q| and k signed by q gives the pair sums
+    /// (at most 2 · 127 · 127, no saturation: the quantizers never give -128), `madd` with
+    /// ones the eight sums of four.
+    ///
+    /// # Safety
+    /// AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_q8(q: &[crate::quant::Q8Block], k: &[crate::quant::Q8Block]) -> f32 {
+        let ones = _mm256_set1_epi16(1);
+        let mut lanes = _mm256_setzero_ps();
+        for (a, b) in q.iter().zip(k) {
+            let qa = _mm256_loadu_si256(a.q.as_ptr() as *const __m256i);
+            let kb = _mm256_loadu_si256(b.q.as_ptr() as *const __m256i);
+            let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(qa, qa), _mm256_sign_epi8(kb, qa));
+            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+            lanes = _mm256_fmadd_ps(_mm256_set1_ps(a.d * b.d), sums, lanes);
+        }
+        horizontal_sum(lanes)
     }
 
     /// Lanes summed in a fixed order: `i + (i+4)`, then `+2`, then `+1`.
@@ -1033,8 +1257,9 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::f16::f32_to_f16;
     use crate::models::attention_split::SLICE;
+
+    const CACHE_TYPES: [KvCacheType; 2] = [KvCacheType::F16, KvCacheType::Q8_0];
 
     /// Pseudo-random values in [-2, 2).
     fn random_values(seed: u32) -> impl FnMut() -> f32 {
@@ -1045,18 +1270,36 @@ mod tests {
         }
     }
 
-    /// One sequence's K/V for `n` positions in a storage of 2 layers with scattered blocks of
-    /// `block_size` (not a multiple of the tile, so tiles straddle blocks).
-    fn storage(n: usize, g: &Geometry, block_size: usize, seed: u32) -> (KvStorage, Vec<u32>) {
+    /// One sequence's K/V for `n` positions (and the rest of its last block) in a storage of
+    /// 2 layers with scattered blocks of `block_size` (not a multiple of the tile, so tiles
+    /// straddle blocks), stored as `cache_type`.
+    fn storage(cache_type: KvCacheType, n: usize, g: &Geometry, block_size: usize, seed: u32) -> (KvStorage, Vec<u32>) {
         let blocks = n.div_ceil(block_size);
-        let mut kv = KvStorage::new(2, blocks * 3, block_size, g.n_kv_heads, g.head_dim);
-        let mut random = random_values(seed);
-        for x in kv.all_values_mut() {
-            *x = f32_to_f16(random());
-        }
+        let mut kv = KvStorage::new(2, blocks * 3, block_size, g.n_kv_heads, g.head_dim).with_cache_type(cache_type);
         // Blocks out of order and spread, like a real allocator's.
-        let table = (0..blocks as u32).map(|b| (b * 7 + 2) % (blocks as u32 * 3)).collect();
+        let table: Vec<u32> = (0..blocks as u32).map(|b| (b * 7 + 2) % (blocks as u32 * 3)).collect();
+        let mut random = random_values(seed);
+        for layer in 0..2 {
+            for pos in 0..blocks * block_size {
+                let key: Vec<f32> = (0..g.kv_dim()).map(|_| random()).collect();
+                let value: Vec<f32> = (0..g.kv_dim()).map(|_| random()).collect();
+                kv.write(layer, &table, pos, &key, &value);
+            }
+        }
         (kv, table)
+    }
+
+    /// `q` as the q8_0 attention uses it: quantized in blocks of 32 and read back.
+    fn as_quantized(q: &[f32]) -> Vec<f64> {
+        let mut out = Vec::new();
+        for run in q.chunks(Q8_GROUP) {
+            let mut padded = [0f32; Q8_GROUP];
+            padded[..run.len()].copy_from_slice(run);
+            let mut block = [Q8Block::default()];
+            crate::quant::quantize_row(&padded, &mut block);
+            out.extend(block[0].q[..run.len()].iter().map(|&x| x as f64 * block[0].d as f64));
+        }
+        out
     }
 
     fn geometry(head_dim: usize, n_heads: usize, n_kv_heads: usize) -> Geometry {
@@ -1075,21 +1318,24 @@ mod tests {
     ) -> Vec<f64> {
         let (hd, layer, kv_head) = (g.head_dim, 1, head / g.group());
         let q = &q_row[head * hd..][..hd];
+        // With a q8_0 cache the kernels quantize the query too (the error of that is the
+        // model-level tests' business); here only their arithmetic is checked.
+        let q: Vec<f64> = match kv.cache_type() {
+            KvCacheType::F16 => q.iter().map(|&x| x as f64).collect(),
+            KvCacheType::Q8_0 => as_quantized(q),
+        };
         let at = |p: usize| kv.position_offset(layer, table, p, kv_head);
-        let wide = |x: u16| crate::f16::f16_to_f32(x) as f64;
+        let key = |p: usize| kv.keys(layer).row_f32(at(p), hd);
+        let value = |p: usize| kv.values(layer).row_f32(at(p), hd);
         let scores: Vec<f64> = positions
             .clone()
-            .map(|p| {
-                q.iter().zip(&kv.keys(layer)[at(p)..][..hd]).map(|(&a, &b)| a as f64 * wide(b)).sum::<f64>()
-                    * g.scale as f64
-            })
+            .map(|p| q.iter().zip(&key(p)).map(|(&a, &b)| a * b as f64).sum::<f64>() * g.scale as f64)
             .collect();
         let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
         let total: f64 = e.iter().sum();
-        (0..hd)
-            .map(|d| positions.clone().zip(&e).map(|(p, e)| e / total * wide(kv.values(layer)[at(p) + d])).sum())
-            .collect()
+        let values: Vec<Vec<f32>> = positions.clone().map(value).collect();
+        (0..hd).map(|d| values.iter().zip(&e).map(|(v, e)| e / total * v[d] as f64).sum()).collect()
     }
 
     /// Runs `attend_with` for one sequence's chunks (each `(start_pos, n_tokens)`), all in one
@@ -1175,8 +1421,8 @@ mod tests {
     #[test]
     fn every_kernel_matches_a_float64_reference() {
         let pool = ThreadPool::new(2).unwrap();
-        for (g, span, n) in cases() {
-            let (kv, table) = storage(n, &g, 5, n as u32 + g.head_dim as u32);
+        for ((g, span, n), cache_type) in cases().into_iter().flat_map(|c| CACHE_TYPES.map(|t| (c, t))) {
+            let (kv, table) = storage(cache_type, n, &g, 5, n as u32 + g.head_dim as u32);
             // The prompt in one chunk from position 0, then the last token as a decode.
             let chunks = [(0, n)];
             // Queries of two sizes: scores near each other, and scores ten times further apart
@@ -1193,7 +1439,7 @@ mod tests {
                             for (d, (&got, &want)) in got.iter().zip(&want).enumerate() {
                                 assert!(
                                 (got as f64 - want).abs() < 1e-4,
-                                "{kernel:?} {g:?} {span:?} x{magnitude} pos {pos} head {head} dim {d}: {got} vs {want}"
+                                "{kernel:?} {cache_type} {g:?} {span:?} x{magnitude} pos {pos} head {head} dim {d}: {got} vs {want}"
                             );
                             }
                         }
@@ -1206,15 +1452,15 @@ mod tests {
     #[test]
     fn every_simd_kernel_gives_the_portable_bits() {
         let pool = ThreadPool::new(2).unwrap();
-        for (g, span, n) in cases() {
-            let (kv, table) = storage(n, &g, 5, 3 * n as u32 + g.head_dim as u32);
+        for ((g, span, n), cache_type) in cases().into_iter().flat_map(|c| CACHE_TYPES.map(|t| (c, t))) {
+            let (kv, table) = storage(cache_type, n, &g, 5, 3 * n as u32 + g.head_dim as u32);
             let chunks = [(0, n)];
             let qkv = queries_for(&g, &chunks, 11);
             let portable = run(Kernel::Portable, &g, span, &kv, &table, &chunks, &qkv, &pool);
             for kernel in Kernel::available(g.head_dim).into_iter().skip(1) {
                 let out = run(kernel, &g, span, &kv, &table, &chunks, &qkv, &pool);
                 let differ = out.iter().zip(&portable).position(|(a, b)| a.to_bits() != b.to_bits());
-                assert_eq!(differ, None, "{kernel:?} {g:?} {span:?} n {n}: first differing float");
+                assert_eq!(differ, None, "{kernel:?} {cache_type} {g:?} {span:?} n {n}: first differing float");
             }
         }
     }
@@ -1230,27 +1476,29 @@ mod tests {
             (geometry(64, 9, 3), Span::Window(20)),
             (geometry(40, 2, 2), Span::Causal),
         ] {
-            let (kv, table) = storage(n, &g, 16, 99);
-            for kernel in Kernel::available(g.head_dim) {
-                let whole = [(0, n)];
-                let reference = run(kernel, &g, span, &kv, &table, &whole, &queries_for(&g, &whole, 5), &pool);
-                let splits: [&[(usize, usize)]; 3] = [
-                    &[(0, 13), (13, 1), (14, 20), (34, 19)],
-                    &[(40, 13), (0, 3), (3, 37)],
-                    &[(52, 1), (51, 1), (0, 17), (17, 17), (34, 17)],
-                ];
-                for chunks in splits {
-                    let out = run(kernel, &g, span, &kv, &table, chunks, &queries_for(&g, chunks, 5), &pool);
-                    let mut row = 0;
-                    for &(start, len) in chunks {
-                        for pos in start..start + len {
-                            let got = &out[row * g.q_dim()..][..g.q_dim()];
-                            let want = &reference[pos * g.q_dim()..][..g.q_dim()];
-                            assert!(
-                                got.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()),
-                                "{kernel:?} {g:?} {span:?} chunks {chunks:?}: position {pos} differs"
-                            );
-                            row += 1;
+            for cache_type in CACHE_TYPES {
+                let (kv, table) = storage(cache_type, n, &g, 16, 99);
+                for kernel in Kernel::available(g.head_dim) {
+                    let whole = [(0, n)];
+                    let reference = run(kernel, &g, span, &kv, &table, &whole, &queries_for(&g, &whole, 5), &pool);
+                    let splits: [&[(usize, usize)]; 3] = [
+                        &[(0, 13), (13, 1), (14, 20), (34, 19)],
+                        &[(40, 13), (0, 3), (3, 37)],
+                        &[(52, 1), (51, 1), (0, 17), (17, 17), (34, 17)],
+                    ];
+                    for chunks in splits {
+                        let out = run(kernel, &g, span, &kv, &table, chunks, &queries_for(&g, chunks, 5), &pool);
+                        let mut row = 0;
+                        for &(start, len) in chunks {
+                            for pos in start..start + len {
+                                let got = &out[row * g.q_dim()..][..g.q_dim()];
+                                let want = &reference[pos * g.q_dim()..][..g.q_dim()];
+                                assert!(
+                                    got.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                                    "{kernel:?} {cache_type} {g:?} {span:?} chunks {chunks:?}: position {pos} differs"
+                                );
+                                row += 1;
+                            }
                         }
                     }
                 }
@@ -1273,25 +1521,29 @@ mod tests {
         let pool = ThreadPool::new(1).unwrap();
         let g = geometry(16, 2, 1);
         let (n, window, block_size) = (40, 7, 4);
-        let (kv, mut table) = storage(n, &g, block_size, 1);
-        let chunks = [(30, 10)];
-        let qkv = queries_for(&g, &chunks, 3);
-        // Position 30's window starts at 24 (block 6): blocks 0..6 are released.
-        table[..6].fill(u32::MAX);
-        for kernel in Kernel::available(g.head_dim) {
-            let out = run(kernel, &g, Span::Window(window), &kv, &table, &chunks, &qkv, &pool);
-            assert!(out.iter().all(|x| x.is_finite()), "{kernel:?}");
+        for cache_type in CACHE_TYPES {
+            let (kv, mut table) = storage(cache_type, n, &g, block_size, 1);
+            let chunks = [(30, 10)];
+            let qkv = queries_for(&g, &chunks, 3);
+            // Position 30's window starts at 24 (block 6): blocks 0..6 are released.
+            table[..6].fill(u32::MAX);
+            for kernel in Kernel::available(g.head_dim) {
+                let out = run(kernel, &g, Span::Window(window), &kv, &table, &chunks, &qkv, &pool);
+                assert!(out.iter().all(|x| x.is_finite()), "{kernel:?} {cache_type}");
+            }
         }
     }
 
     /// Long contexts (several slices) for the long-context tests: a grouped head layout and a
-    /// single-KV-head one, global and windowed (a window that starts mid-slice).
-    fn long_cases() -> Vec<(Geometry, Span, usize)> {
-        vec![
+    /// single-KV-head one, global and windowed (a window that starts mid-slice), each over an
+    /// f16 and a q8_0 cache (a q8_0 slice task quantizes its own query rows and keys).
+    fn long_cases() -> Vec<(Geometry, Span, usize, KvCacheType)> {
+        let cases = [
             (geometry(64, 9, 3), Span::Causal, 2100),
             (geometry(256, 4, 1), Span::Causal, 2 * SLICE + 37),
             (geometry(64, 9, 3), Span::Window(700), 2100),
-        ]
+        ];
+        cases.into_iter().flat_map(|(g, span, n)| CACHE_TYPES.map(|t| (g, span, n, t))).collect()
     }
 
     /// A long prompt's last 19 tokens prefilled (slices folded in one task) beside the last
@@ -1299,8 +1551,8 @@ mod tests {
     #[test]
     fn long_contexts_match_a_float64_reference_spread_or_not() {
         let pool = ThreadPool::new(2).unwrap();
-        for (g, span, n) in long_cases() {
-            let (kv, table) = storage(n, &g, 16, n as u32);
+        for (g, span, n, cache_type) in long_cases() {
+            let (kv, table) = storage(cache_type, n, &g, 16, n as u32);
             let chunks = [(n - 20, 19), (n - 1, 1)];
             for magnitude in [1.0, 10.0] {
                 let qkv: Vec<f32> = queries_for(&g, &chunks, 13).iter().map(|q| q * magnitude).collect();
@@ -1316,7 +1568,7 @@ mod tests {
                                     got.iter().zip(&want).map(|(&a, &b)| (a as f64 - b).abs()).fold(0.0, f64::max);
                                 assert!(
                                     worst < 1e-4,
-                                    "{kernel:?} spread {spread} {g:?} {span:?} x{magnitude} pos {pos} head {head}: off by {worst}"
+                                    "{kernel:?} {cache_type} spread {spread} {g:?} {span:?} x{magnitude} pos {pos} head {head}: off by {worst}"
                                 );
                             }
                         }
@@ -1333,8 +1585,8 @@ mod tests {
     #[test]
     fn a_long_decode_gets_the_same_bits_spread_or_not_on_any_pool_and_batch() {
         let pools: Vec<ThreadPool> = (1..=3).map(|t| ThreadPool::new(t).unwrap()).collect();
-        for (g, span, n) in long_cases() {
-            let (kv, table) = storage(n, &g, 16, 7 * n as u32);
+        for (g, span, n, cache_type) in long_cases() {
+            let (kv, table) = storage(cache_type, n, &g, 16, 7 * n as u32);
             let last = n - 1;
             let alone = [(last, 1)];
             let want = run_with(
@@ -1373,7 +1625,7 @@ mod tests {
                                     assert_eq!(
                                         differ,
                                         None,
-                                        "{kernel:?} spread {spread} {} threads {g:?} {span:?} chunks {chunks:?}",
+                                        "{kernel:?} {cache_type} spread {spread} {} threads {g:?} {span:?} chunks {chunks:?}",
                                         threads + 1
                                     );
                                 }

@@ -46,7 +46,8 @@ use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile};
 use crate::threadpool::ThreadPool;
 
-use activations::{quantize_row_portable, Q8Block};
+use activations::quantize_row_portable;
+pub(crate) use activations::Q8Block;
 use blocks::{f16_to_f32, QuantFormat, BLOCK};
 use disjoint::DisjointSlice;
 use interleaved::LANES;

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cortexstream::gguf::GgufFile;
+use cortexstream::kv_cache::KvCacheType;
 use cortexstream::models::{GenerationModel, SeqChunk};
 use cortexstream::threadpool::ThreadPool;
 use cortexstream::tokenizer::Tokenizer;
@@ -75,8 +76,18 @@ pub fn prompts(family: &str) -> Vec<Prompt> {
 /// Runs `tokens` alone through `model` in chunks of `chunk_size` (blocks scattered, as a real
 /// allocator hands them out), returning the logits of each chunk's last position.
 pub fn logits_in_chunks(model: &GenerationModel, tokens: &[u32], chunk_size: usize) -> Vec<(usize, Vec<f32>)> {
+    logits_in_chunks_as(model, tokens, chunk_size, KvCacheType::F16)
+}
+
+/// [`logits_in_chunks`] with the KV cache stored as `cache_type`.
+pub fn logits_in_chunks_as(
+    model: &GenerationModel,
+    tokens: &[u32],
+    chunk_size: usize,
+    cache_type: KvCacheType,
+) -> Vec<(usize, Vec<f32>)> {
     let blocks = tokens.len().div_ceil(BLOCK_SIZE);
-    let mut kv = model.new_kv_storage(blocks * 3, BLOCK_SIZE);
+    let mut kv = model.new_kv_storage(blocks * 3, BLOCK_SIZE).with_cache_type(cache_type);
     let table: Vec<u32> = (0..blocks as u32).map(|b| b * 3 + 1).collect();
     let mut out = Vec::new();
     let mut logits = Vec::new();
@@ -147,14 +158,19 @@ pub struct Measured {
 /// whole-prompt and 5-token chunked prefill give the bits of one-token steps, the error is
 /// within the bounds, and top-1 agrees wherever the reference's gap is clear.
 pub fn check_logits(family: &str, bounds: &Bounds) -> Measured {
+    check_logits_as(family, bounds, KvCacheType::F16)
+}
+
+/// [`check_logits`] with the KV cache stored as `cache_type`.
+pub fn check_logits_as(family: &str, bounds: &Bounds, cache_type: KvCacheType) -> Measured {
     let model = load(family, bounds.file);
     let vocab = model.vocab_size();
     let (mut max, mut sum, mut count, mut top1_checked) = (0f64, 0f64, 0usize, 0usize);
     for (p, prompt) in prompts(family).iter().enumerate() {
         assert_eq!(prompt.logits.len(), prompt.ids.len() * vocab, "{family} prompt {p}: reference shape");
-        let per_token = logits_in_chunks(&model, &prompt.ids, 1);
+        let per_token = logits_in_chunks_as(&model, &prompt.ids, 1, cache_type);
         for chunk_size in [prompt.ids.len(), 5] {
-            for (position, logits) in logits_in_chunks(&model, &prompt.ids, chunk_size) {
+            for (position, logits) in logits_in_chunks_as(&model, &prompt.ids, chunk_size, cache_type) {
                 assert!(
                     logits == per_token[position].1,
                     "{family}/{}: chunk size {chunk_size} changed position {position}",
@@ -182,7 +198,7 @@ pub fn check_logits(family: &str, bounds: &Bounds) -> Measured {
         }
     }
     let measured = Measured { mean: sum / count as f64, max, top1_checked };
-    println!("{family}/{}: |logit error| vs transformers float64: {measured:?}", bounds.file);
+    println!("{family}/{} ({cache_type} KV): |logit error| vs transformers float64: {measured:?}", bounds.file);
     let within = |what: &str, value: f64, bound: f64| {
         assert!(value <= bound, "{family}/{}: {what} logit error {value} exceeds {bound}", bounds.file);
     };
@@ -220,11 +236,12 @@ pub fn run_schedule(
     prompts: &[Vec<u32>],
     schedule: &[Vec<usize>],
     decode_steps: usize,
+    cache_type: KvCacheType,
 ) -> Vec<Vec<Vec<f32>>> {
     let max_len = prompts.iter().map(Vec::len).max().unwrap_or(0) + decode_steps;
     let blocks_each = max_len.div_ceil(BLOCK_SIZE);
     let count = prompts.len();
-    let mut kv = model.new_kv_storage(count * blocks_each, BLOCK_SIZE);
+    let mut kv = model.new_kv_storage(count * blocks_each, BLOCK_SIZE).with_cache_type(cache_type);
     let mut seqs: Vec<Sequence> = prompts
         .iter()
         .enumerate()
@@ -272,18 +289,23 @@ pub fn run_schedule(
 /// prompts (three or more): prefilled in two chunks while the others prefill and decode beside
 /// it, then all decoding together for 12 steps.
 pub fn check_batch_invariance(family: &str, file: &str) {
+    check_batch_invariance_as(family, file, KvCacheType::F16)
+}
+
+/// [`check_batch_invariance`] with the KV cache stored as `cache_type`.
+pub fn check_batch_invariance_as(family: &str, file: &str, cache_type: KvCacheType) {
     let model = load(family, file);
     let p = prompts(family);
     let first = p[0].ids.clone();
-    let alone = run_schedule(&model, std::slice::from_ref(&first), &[vec![first.len()]], 12);
+    let alone = run_schedule(&model, std::slice::from_ref(&first), &[vec![first.len()]], 12, cache_type);
     let batch = vec![first.clone(), p[1].ids.clone(), p[2].ids.clone()];
     let split = first.len() - 9;
     let schedule = [vec![split, 4, p[2].ids.len()], vec![9, p[1].ids.len() - 4, 1], vec![0, 1, 1]];
-    let batched = run_schedule(&model, &batch, &schedule, 12);
+    let batched = run_schedule(&model, &batch, &schedule, 12, cache_type);
     assert_eq!(alone[0].len(), 13);
     assert_eq!(batched[0].len(), 13);
     for (step, (a, b)) in alone[0].iter().zip(&batched[0]).enumerate() {
-        assert!(a == b, "{family}/{file} step {step}: logits differ between alone and batched");
+        assert!(a == b, "{family}/{file} ({cache_type} KV) step {step}: logits differ between alone and batched");
     }
 }
 
@@ -374,7 +396,13 @@ pub fn check_llamacpp_agreement(family: &str, bounds: &PeerBounds) {
                 first_near_tie = first_near_tie.min(step);
             }
         }
-        let free = run_schedule(&model, std::slice::from_ref(&prompt_ids), &[vec![prompt_ids.len()]], theirs.len() - 1);
+        let free = run_schedule(
+            &model,
+            std::slice::from_ref(&prompt_ids),
+            &[vec![prompt_ids.len()]],
+            theirs.len() - 1,
+            KvCacheType::F16,
+        );
         let ours: Vec<u32> = free[0].iter().map(|logits| argmax(logits) as u32).collect();
         assert_eq!(
             ours[..first_near_tie],

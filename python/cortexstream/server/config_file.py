@@ -177,6 +177,7 @@ ENGINE: dict[str, Check] = {
     "max_batch_tokens": integer(1),
     "target_step_ms": number(0, 10_000),
     "context_length": integer(1),
+    "kv_cache_type": choice("f16", "q8_0"),
 }
 
 MODEL: dict[str, Check] = {

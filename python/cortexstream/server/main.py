@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--target-step-ms", type=_milliseconds, metavar="MS",
                         help="step time, hence inter-token latency of running streams while prompts are "
                              "prefilled beside them, that the budget adapts to (default 50; 0: a fixed budget)")
+    engine.add_argument("--kv-cache-type", choices=["f16", "q8_0"],
+                        help="how the KV cache stores keys and values: f16 (default) or q8_0 (8 bits with a "
+                             "scale per 32 values, about half the memory per token, for a small logit error)")
     engine.add_argument("--context-length", type=_positive, help="context window (default: the model's)")
     engine.add_argument("--threads", type=_positive, help="compute threads (default: physical cores)")
     engine.add_argument("--chat-template", type=_template_file, metavar="FILE",
@@ -153,7 +156,7 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
                          kv_cache_tokens=args.kv_cache_tokens, max_batch_tokens=args.max_batch_tokens,
                          target_step_ms=args.target_step_ms, context_length=args.context_length,
                          threads=args.threads, chat_template=args.chat_template,
-                         log_prompts=args.log_prompts or None)
+                         log_prompts=args.log_prompts or None, kv_cache_type=args.kv_cache_type)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,6 +41,8 @@ class EngineOptions:
     """Jinja chat template text used instead of the model's own (`--chat-template FILE`)."""
     log_prompts: bool | None = None
     """Put prompts in the engine's `queued` log records (`--log-prompts`); never by default."""
+    kv_cache_type: str | None = None
+    """How the KV cache stores keys and values: f16 or q8_0 (`--kv-cache-type`)."""
 
     def as_kwargs(self) -> dict:
         return {name: value for name, value in self.__dict__.items() if value is not None}
