@@ -5,6 +5,8 @@ real files: no network."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -116,6 +118,20 @@ def test_a_request_running_on_a_deleted_model_finishes(client, server, store: Pa
     assert len(rest) > 1, "the generation went on after the delete"
     assert rest[-1].done and rest[-1].done_reason in ("stop", "length")
     assert rest[-1].eval_count > 1
+
+
+def test_a_model_stored_by_the_cli_after_start_is_served_by_its_name(client, server, store: Path) -> None:
+    # `python -m cortexstream cp` in another process, while the server runs (as with Ollama's CLI).
+    environment = {**os.environ, "CORTEXSTREAM_CACHE": str(store / "cache")}
+    subprocess.run([sys.executable, "-m", "cortexstream", "cp", "smollm2", "later"], env=environment,
+                   check=True, capture_output=True, timeout=120)
+    reply = client.generate(model="later", prompt="Hello", options={"num_predict": 2, "temperature": 0})
+    assert reply.done and reply.eval_count >= 1
+    assert "later:latest" in tag_names(server)
+    assert client.delete("later").status == "success"
+    with pytest.raises(ollama.ResponseError) as gone:
+        client.generate(model="later", prompt="Hello", options={"num_predict": 1})
+    assert gone.value.status_code == 404
 
 
 def test_copy_refuses_a_taken_name_and_an_unknown_source(server, store: Path) -> None:

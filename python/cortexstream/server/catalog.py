@@ -109,6 +109,16 @@ class ModelCatalog:
 
     def find(self, name: str) -> ServedModel:
         """The model answering to `name`, or a 404 `model_not_found`."""
+        model = self._lookup(name)
+        if model is None:
+            raise model_not_found(name)
+        return model
+
+    def knows(self, name: str) -> bool:
+        """Whether some model answers to `name` (its id or an alias)."""
+        return self._lookup(name) is not None
+
+    def _lookup(self, name: str) -> ServedModel | None:
         wanted = _normalize(name)
         models = self.models
         for model in models:
@@ -117,7 +127,7 @@ class ModelCatalog:
         for model in models:
             if wanted in model.aliases:
                 return model
-        raise model_not_found(name)
+        return None
 
     def generation_model(self, name: str) -> ServedModel:
         model = self.find(name)

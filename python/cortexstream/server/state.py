@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import cortexstream
+from cortexstream import models
 from fastapi import Depends, Request
 
 from .catalog import ModelCatalog, ServedModel
@@ -159,8 +160,23 @@ class ServerState:
     # --- leases ------------------------------------------------------------------------------
 
     def served(self, name: str, *, embedding: bool) -> ServedModel:
-        """The model a request's `model` names: 404 if none, 400 if it cannot do the job."""
+        """The model a request's `model` names: 404 if none, 400 if it cannot do the job. A
+        name the server was not started with is looked up in the model store, so a model pulled,
+        copied or added there (`python -m cortexstream pull|cp|add`) after start is served by
+        its store name, as Ollama serves whatever its store holds."""
+        if not self.catalog.knows(name):
+            self._serve_from_store(name)
         return self.catalog.embedding_model(name) if embedding else self.catalog.generation_model(name)
+
+    def _serve_from_store(self, name: str) -> None:
+        """Registers the store's model `name`; a name the store does not hold (or cannot be a
+        store name) is left for the catalog's 404."""
+        try:
+            entry = models.get(name)
+        except (models.InvalidModelNameError, models.NoSuchModelError):
+            return
+        if self.registry is not None and entry.name not in self.model_names():
+            self.add_model(entry.name, entry.path, entry.embedding)
 
     def with_defaults(self, model: ServedModel, sampling: Mapping[str, Any]) -> dict[str, Any]:
         """A request's engine options over `model`'s defaults (a config file's `[models.defaults]`),
