@@ -61,18 +61,10 @@ def log(message: str) -> None:
 
 def ours_child(cache_type: str, work: Workload) -> dict[str, Any]:
     """Our side with one cache type (run in a child process: its VmHWM is this engine's)."""
-    import cortexstream
     import ours
     from machine import peak_rss_bytes
 
-    with cortexstream.Engine(
-        work.model,
-        embedding_model=False,
-        threads=work.threads,
-        kv_cache_tokens=work.kv_tokens,
-        max_running=work.max_streams,
-        kv_cache_type=cache_type,
-    ) as engine:
+    with ours.open_engine(work, kv_cache_type=cache_type) as engine:
         engine.generate(DECODE_PROMPT, max_tokens=4, **ours.GREEDY)
         result: dict[str, Any] = {"decode_tok_s": ours.decode_tok_s(engine, work)}
         count = work.max_streams

@@ -130,17 +130,11 @@ def run_ours_child(work: LongWorkload, progress: Progress) -> dict[str, Any]:
     import cortexstream
 
     from machine import peak_rss_bytes
-    from ours import run_one_stream
+    from ours import open_engine, run_one_stream
 
     result: dict[str, Any] = {"kernels": cortexstream.kernel_info(), "load_average_start": load_average()}
     progress.step("ours: load model, warm up")
-    with cortexstream.Engine(
-        work.model,
-        embedding_model=False,
-        threads=work.threads,
-        kv_cache_tokens=work.kv_tokens,
-        max_running=work.max_streams,
-    ) as engine:
+    with open_engine(work) as engine:
         engine.generate("Once upon a time", max_tokens=4, **GREEDY)
         result["decode_at_depth_tok_s"] = {}
         for index, depth in enumerate(work.depths):

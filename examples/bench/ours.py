@@ -122,6 +122,13 @@ def constrained_runs(
     return {"first_ttft_s": first, "ttft_s": cached, "streams": {str(count): streams}}
 
 
+def open_engine(work: Any, **settings: Any) -> "cortexstream.Engine":
+    """The engine every bench row measures: the workload's model, threads, KV cache size and
+    running slots, no embedding model; `settings` adds engine settings (e.g. `kv_cache_type`)."""
+    return cortexstream.Engine(work.model, embedding_model=False, threads=work.threads,
+                               kv_cache_tokens=work.kv_tokens, max_running=work.max_streams, **settings)
+
+
 def step_count(work: Workload) -> int:
     """How many progress steps :func:`main` shows."""
     return 6 + len(work.stream_counts)
@@ -134,13 +141,7 @@ def main() -> None:
     result: dict[str, Any] = {"kernels": cortexstream.kernel_info()}
 
     progress.step("ours: load model, warm up")
-    with cortexstream.Engine(
-        work.model,
-        embedding_model=False,
-        threads=work.threads,
-        kv_cache_tokens=work.kv_tokens,
-        max_running=work.max_streams,
-    ) as engine:
+    with open_engine(work) as engine:
         engine.generate(DECODE_PROMPT, max_tokens=4, **GREEDY)
         progress.step(f"ours: single-stream decode, {work.decode_tokens} tokens x{work.repeats}")
         result["decode_tok_s"] = decode_tok_s(engine, work)
