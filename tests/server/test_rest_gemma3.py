@@ -74,3 +74,49 @@ def test_the_sliding_window_pool_is_a_gauge_and_whole_when_idle(gemma3_server) -
         "both KV pools whole once idle",
     )
     assert (metrics["cortexstream_kv_blocks_total"], metrics["cortexstream_kv_sliding_blocks_total"]) == (32, 32)
+
+
+@pytest.fixture(scope="module")
+def two_architectures_server():
+    """Issue 22's check with two real generation models: SmolLM2 (llama) and Gemma 3 beside
+    MiniLM, one server."""
+    assert models.GEMMA3.is_present(), "gemma3 missing; run `python3 python/cortexstream/models.py pull all`"
+    yield from serving("--model", "smollm2", "--model", "gemma3", "--embedding-model", "minilm",
+                       "--kv-cache-tokens", "512", "--threads", "1")
+
+
+def test_smollm2_gemma3_and_minilm_serve_interleaved_from_the_official_clients(two_architectures_server) -> None:
+    import concurrent.futures
+
+    import ollama
+    import openai
+
+    url = two_architectures_server.url
+    openai_client = openai.OpenAI(base_url=f"{url}/v1", api_key=AUTH["Authorization"][7:], max_retries=0, timeout=120)
+    ollama_client = ollama.Client(host=url, headers=AUTH, timeout=120)
+    prompt = "The capital of France is"
+
+    def gemma3_completion() -> str:
+        return openai_client.completions.create(model="gemma3", prompt=prompt, max_tokens=4, temperature=0).choices[0].text
+
+    def smollm2_chat() -> str:
+        return ollama_client.chat(model="smollm2:latest", messages=[{"role": "user", "content": "Hi"}],
+                                  options={"num_predict": 4, "temperature": 0}).message.content
+
+    def minilm_embedding() -> int:
+        return len(ollama_client.embed(model="all-minilm", input=prompt).embeddings[0])
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        jobs = [pool.submit(job) for _ in range(2) for job in (gemma3_completion, smollm2_chat, minilm_embedding)]
+        results = [job.result() for job in jobs]
+    gemma3_texts, smollm2_texts, dims = results[0::3], results[1::3], results[2::3]
+    assert gemma3_texts[0] == gemma3_texts[1] and gemma3_texts[0].strip(), "greedy: the same text twice"
+    assert all(text for text in smollm2_texts) and dims == [384, 384]
+    running = {m.model: m for m in ollama_client.ps().models}
+    assert set(running) == {"smollm2:latest", "gemma3:latest", "minilm:latest"}, running
+    assert ollama_client.show("gemma3").details.family == "gemma3"
+    assert ollama_client.show("smollm2").details.family == "llama"
+    # The base model still has no chat template, beside one that has.
+    with pytest.raises(openai.BadRequestError) as no_template:
+        openai_client.chat.completions.create(model="gemma3", messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+    assert no_template.value.code == "chat_template_missing"
