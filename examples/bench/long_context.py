@@ -157,22 +157,7 @@ def run_ours_child(work: LongWorkload, progress: Progress) -> dict[str, Any]:
 
 def run_ours(work: LongWorkload, progress: Progress) -> dict[str, Any]:
     """Our side in a child process, so its numbers (and RSS) are the engine's alone."""
-    completed = subprocess.run(
-        [
-            sys.executable,
-            str(HERE / "long_context.py"),
-            json.dumps(work.to_json()),
-            str(progress.done),
-            str(progress.total),
-            str(progress.started_at),
-        ],
-        stdout=subprocess.PIPE,
-        check=True,
-        timeout=OURS_TIMEOUT_S,
-        text=True,
-    )
-    progress.done += step_count(work)
-    return json.loads(completed.stdout)
+    return progress.run_child(HERE / "long_context.py", work.to_json(), step_count(work), OURS_TIMEOUT_S)
 
 
 # ---------------------------------------------------------------- the peer
@@ -280,8 +265,8 @@ def table_rows(work: LongWorkload) -> list[tuple[str, Any, str]]:
 
 def main() -> None:
     """The child process of :func:`run_ours`."""
-    work = LongWorkload.from_json(json.loads(sys.argv[1]))
-    progress = Progress(total=int(sys.argv[3]), done=int(sys.argv[2]), started_at=float(sys.argv[4]))
+    work_json, progress = Progress.in_child(sys.argv)
+    work = LongWorkload.from_json(work_json)
     json.dump(run_ours_child(work, progress), sys.stdout)
 
 

@@ -135,8 +135,8 @@ def step_count(work: Workload) -> int:
 
 
 def main() -> None:
-    work = Workload.from_json(json.loads(sys.argv[1]))
-    progress = Progress(total=int(sys.argv[3]), done=int(sys.argv[2]), started_at=float(sys.argv[4]))
+    work_json, progress = Progress.in_child(sys.argv)
+    work = Workload.from_json(work_json)
     # The kernels the engine picks on this CPU, for the report beside the CPU's flags.
     result: dict[str, Any] = {"kernels": cortexstream.kernel_info()}
 

@@ -78,22 +78,7 @@ def parse_args() -> argparse.Namespace:
 
 def run_ours(work: Workload, progress: Progress) -> dict[str, Any]:
     """Our side in a child process, so its peak RSS is the engine's and nothing else's."""
-    completed = subprocess.run(
-        [
-            sys.executable,
-            str(HERE / "ours.py"),
-            json.dumps(work.to_json()),
-            str(progress.done),
-            str(progress.total),
-            str(progress.started_at),
-        ],
-        stdout=subprocess.PIPE,
-        check=True,
-        timeout=OURS_TIMEOUT_S,
-        text=True,
-    )
-    progress.done += our_side.step_count(work)
-    return json.loads(completed.stdout)
+    return progress.run_child(HERE / "ours.py", work.to_json(), our_side.step_count(work), OURS_TIMEOUT_S)
 
 
 def setup_peer() -> Path:
