@@ -261,19 +261,20 @@ def measure_round(run: RunStream, prompts: list[list[int]], long_ids: list[int],
     return result
 
 
-def medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """The median over rounds of every number a round reports."""
+def side_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One side's result: the median over rounds of every number a round reports, in a round's
+    own shape (``alone`` / ``mixed`` with ``itl_p50_s``, ``itl_p99_s``, ``long_ttft_s``), the
+    median of the rounds' p99 ratios, and every round."""
     def median_of(pick: Callable[[dict[str, Any]], float | None]) -> float | None:
         values = [v for v in map(pick, rounds) if v is not None]
         return statistics.median(values) if values else None
 
-    summary: dict[str, Any] = {}
-    for phase in ("alone", "mixed"):
-        for key in ("itl_p50_s", "itl_p99_s"):
-            summary[f"{phase}_{key}"] = median_of(lambda r: r[phase][key])
-    summary["long_ttft_s"] = median_of(lambda r: r["mixed"]["long_ttft_s"])
+    summary: dict[str, Any] = {phase: {key: median_of(lambda r: r[phase][key]) for key in ("itl_p50_s", "itl_p99_s")}
+                               for phase in ("alone", "mixed")}
+    summary["mixed"]["long_ttft_s"] = median_of(lambda r: r["mixed"]["long_ttft_s"])
     summary["itl_p99_ratio"] = median_of(lambda r: r["itl_p99_ratio"])
     summary["step_cpu_ratio"] = median_of(lambda r: r.get("step_cpu_ratio"))
+    summary["rounds"] = rounds
     return summary
 
 
@@ -322,7 +323,10 @@ def summary_table(ours: dict[str, Any], theirs: dict[str, Any] | None, streams: 
                   rounds: int) -> str:
     """Medians over rounds, side by side."""
     def get(side: dict[str, Any] | None, key: str) -> float | None:
-        return side["median"][key] if side else None
+        if not side:
+            return None
+        phase, _, name = key.partition("_")
+        return side[phase][name] if phase in ("alone", "mixed") else side[key]
 
     lines = [f"Medians over {rounds} round(s):", "",
              "| metric | ours | llama-server | ours/llama-server |", "|---|---:|---:|---:|"]
@@ -330,7 +334,7 @@ def summary_table(ours: dict[str, Any], theirs: dict[str, Any] | None, streams: 
             ("alone_itl_p99_s", f"ITL p99 s, {streams} streams alone"),
             ("mixed_itl_p50_s", f"ITL p50 s, {streams} streams, {long_tokens}-token prompt"),
             ("mixed_itl_p99_s", f"ITL p99 s, {streams} streams, {long_tokens}-token prompt"),
-            ("long_ttft_s", f"TTFT s of the {long_tokens}-token prompt")]
+            ("mixed_long_ttft_s", f"TTFT s of the {long_tokens}-token prompt")]
     for key, label in rows:
         lines.append(f"| {label} | {fmt(get(ours, key))} | {fmt(get(theirs, key))} | "
                      f"{ratio(get(ours, key), get(theirs, key))} |")
@@ -385,14 +389,13 @@ def main() -> None:
             repack = peer.repack_works(cpu_description()["flags"])
             runners["llama.cpp"] = peer_stream(stack.enter_context(peer.LlamaServer(setup_peer(), work, repack)))
         # Each round runs both sides, the peer first; the idle side waits without spinning.
-        results: dict[str, dict[str, Any]] = {side: {"rounds": []} for side in runners}
+        rounds: dict[str, list[dict[str, Any]]] = {side: [] for side in runners}
         for r in range(args.rounds):
             long_ids = round_prompt(text_ids, openings[r], args.long_tokens)
             for side in sorted(runners, reverse=True):
-                results[side]["rounds"].append(measure_round(runners[side], prompts, long_ids, args.alone_gaps,
-                                                             progress, f"{side} round {r + 1}", side == "ours"))
-        for side in results.values():
-            side["median"] = medians(side["rounds"])
+                rounds[side].append(measure_round(runners[side], prompts, long_ids, args.alone_gaps,
+                                                  progress, f"{side} round {r + 1}", side == "ours"))
+        results = {side: side_summary(side_rounds) for side, side_rounds in rounds.items()}
 
     ours, theirs = results["ours"], results.get("llama.cpp")
     print(summary_table(ours, theirs, args.streams, args.long_tokens, args.rounds))
