@@ -202,9 +202,10 @@ class StepCosts(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.steps.append(dict(record.fields))  # type: ignore[attr-defined]
 
-    def summary(self, prompt_steps: bool) -> dict[str, Any]:
-        """Mean CPU and wall ms of the steps with (or without) prompt tokens."""
-        chosen = [s for s in self.steps if (s["prompt_tokens"] > 0) == prompt_steps and s["decodes"] > 0]
+    def summary(self, prompt_steps: bool, decodes: int) -> dict[str, Any]:
+        """Mean CPU and wall ms of the steps with (or without) prompt tokens beside exactly
+        ``decodes`` decodes (every stream: not the steps while they start or stop)."""
+        chosen = [s for s in self.steps if (s["prompt_tokens"] > 0) == prompt_steps and s["decodes"] == decodes]
         if not chosen:
             return {"steps": 0}
         return {"steps": len(chosen),
@@ -247,7 +248,7 @@ def measure_round(run: RunStream, prompts: list[list[int]], long_ids: list[int],
         if ours:
             with OurSteps() as costs:
                 stats = run_phase(run, prompts, ids, alone_gaps)
-            stats["step_costs"] = costs.summary(prompt_steps=ids is not None)
+            stats["step_costs"] = costs.summary(prompt_steps=ids is not None, decodes=len(prompts))
         else:
             stats = run_phase(run, prompts, ids, alone_gaps)
         stats["load_avg"] = [load_start, load()]
