@@ -249,6 +249,9 @@ def measure_round(run: RunStream, prompts: list[list[int]], long_ids: list[int],
             with OurSteps() as costs:
                 stats = run_phase(run, prompts, ids, alone_gaps)
             stats["step_costs"] = costs.summary(prompt_steps=ids is not None, decodes=len(prompts))
+            if ids is not None:
+                # The decode-only steps the budget itself runs to re-measure the decodes.
+                stats["step_costs"]["decode_only"] = costs.summary(prompt_steps=False, decodes=len(prompts))
         else:
             stats = run_phase(run, prompts, ids, alone_gaps)
         stats["load_avg"] = [load_start, load()]
