@@ -291,7 +291,11 @@ mod tests {
         let mut budget = StepBudget::adaptive(4096, Duration::from_millis(50));
         let alone = grants_on_a_shared_machine(&mut budget, slow, 0, 5, |i| [1.0, 30.0][i % 2]);
         assert_eq!(alone, vec![4096; 5]);
-        assert_eq!(StepBudget::adaptive(40, Duration::from_millis(50)).prompt_tokens(0), 40, "the ceiling is the budget");
+        assert_eq!(
+            StepBudget::adaptive(40, Duration::from_millis(50)).prompt_tokens(0),
+            40,
+            "the ceiling is the budget"
+        );
     }
 
     #[test]
