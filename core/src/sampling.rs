@@ -354,7 +354,7 @@ fn sort_by_logit_desc(items: &mut Vec<(u32, f32)>, scratch: &mut Vec<(u32, f32)>
             counts[digit(c.1)] += 1;
         }
         // A digit every item shares leaves the order as it is.
-        if counts.iter().any(|&n| n == items.len()) {
+        if counts.contains(&items.len()) {
             shift += DIGIT_BITS;
             continue;
         }
