@@ -478,8 +478,9 @@ class Registry:
     def loaded(self) -> List[LoadedModel]:
         """The loaded models, by name, after unloading the expired ones."""
     def metrics(self) -> Dict[str, Dict[str, Any]]:
-        """``Engine.metrics()`` of every loaded generation model, by name; reading them neither
-        restarts a keep-alive nor counts as a use."""
+        """The counters of every loaded model, by name: a generation model's ``Engine.metrics()``,
+        an embedding model's ``embedding_requests`` and ``embedding_tokens_total``; reading them
+        neither restarts a keep-alive nor counts as a use."""
     def close(self) -> None:
         """Unloads every model; later calls to :meth:`get` raise ``EngineClosedError``."""
     def shutdown(self) -> None:

@@ -111,11 +111,15 @@ def test_a_leased_engine_is_a_full_engine_that_close_does_not_stop(registry):
 def test_unregister_metrics_and_shutdown(registry):
     with registry.get("small") as small:
         small.engine.generate("Hi", max_tokens=2, temperature=0, ignore_eos=True)
+    with registry.get("minilm") as minilm:
+        _, tokens = minilm.embed_with_usage(["one", "two three"])
     metrics = registry.metrics()
-    assert list(metrics) == ["small"] and metrics["small"]["generated_tokens_total"] == 2
+    assert list(metrics) == ["minilm", "small"] and metrics["small"]["generated_tokens_total"] == 2
+    # An embedding model's counters too (the REST server's /metrics renders them).
+    assert metrics["minilm"] == {"embedding_requests": 1, "embedding_tokens_total": tokens} and tokens == 7
     # That reading them is not a use (keep-alive, LRU) is held by the core's test on a manual clock.
     assert registry.unregister("small") is True
-    assert registry.names() == ["large", "minilm"] and registry.loaded() == []
+    assert registry.names() == ["large", "minilm"] and loaded_names(registry) == ["minilm"]
     with pytest.raises(ModelNotFoundError):
         registry.get("small")
     assert registry.unregister("small") is False

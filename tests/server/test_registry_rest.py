@@ -157,6 +157,25 @@ def test_metrics_have_one_series_per_loaded_model(server, openai_client):
     assert samples[("cortexstream_ready", frozenset())] == 1
 
 
+def test_embeddings_are_counted_per_model_in_metrics(server, openai_client, ollama_client):
+    minilm = frozenset({("model", "minilm")})
+
+    def counted() -> tuple[float, float]:
+        samples = server.labelled_metrics()
+        return (samples[("cortexstream_embedding_requests_total", minilm)],
+                samples[("cortexstream_embedding_tokens_total", minilm)])
+
+    ollama_client.embed(model="all-minilm", input="loaded, so its series exist")
+    requests, tokens = counted()
+    openai_tokens = openai_client.embeddings.create(model="minilm", input=["one", "two three"]).usage.prompt_tokens
+    ollama_tokens = ollama_client.embed(model="all-minilm", input="four five six").prompt_eval_count
+    assert counted() == (requests + 2, tokens + openai_tokens + ollama_tokens)
+    # Ollama's older route answers no token count; its call counts all the same.
+    ollama_client.embeddings(model="minilm", prompt="seven")
+    assert counted()[0] == requests + 3
+    assert "# TYPE cortexstream_embedding_tokens_total counter" in server.metrics_text()
+
+
 def test_unknown_model_is_404_in_each_apis_shape(server, openai_client, ollama_client):
     with pytest.raises(openai.NotFoundError) as chat:
         openai_client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])

@@ -93,7 +93,7 @@ impl Registry {
 
     /// The registered names, sorted.
     fn names(&self) -> Vec<String> {
-        self.registry.registered().into_iter().map(|r| r.spec.name).collect()
+        self.registry.names()
     }
 
     /// The model `name`, loaded now if needed; use it while holding the returned lease.
@@ -128,13 +128,11 @@ impl Registry {
         py.detach(|| self.registry.loaded()).into_iter().map(LoadedModel::from).collect()
     }
 
-    /// `Engine.metrics()` of every loaded generation model, by name. Reading them neither
-    /// restarts a model's keep-alive nor counts as a use.
+    /// The counters of every loaded model, by name: a generation model's `Engine.metrics()`,
+    /// an embedding model's `embedding_requests` and `embedding_tokens_total`. Reading them
+    /// neither restarts a model's keep-alive nor counts as a use.
     fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let snapshots: Vec<_> = py.detach(|| {
-            let models = self.registry.loaded_models();
-            models.iter().filter_map(|(name, model)| Some((name.clone(), model.engine()?.metrics()))).collect()
-        });
+        let snapshots = py.detach(|| self.registry.metrics());
         let metrics = PyDict::new(py);
         for (name, snapshot) in snapshots {
             let snapshot =

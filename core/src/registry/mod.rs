@@ -24,7 +24,7 @@ use crate::options::OptionValue;
 use crate::Engine;
 
 pub use keep_alive::{KeepAlive, DEFAULT_KEEP_ALIVE};
-pub use spec::{EmbeddingModel, ModelSource, ModelSpec, ServedModel};
+pub use spec::{EmbeddingMetrics, EmbeddingModel, ModelMetrics, ModelSource, ModelSpec, ServedModel};
 
 /// What can go wrong in a registry call. Converts into the core [`Error`] for the bindings.
 #[derive(Debug, thiserror::Error)]
@@ -346,6 +346,31 @@ impl Registry {
             state.loaded.iter().map(|(name, slot)| (name.clone(), slot.model.clone())).collect();
         models.sort_by(|a, b| a.0.cmp(&b.0));
         models
+    }
+
+    /// The counters of every loaded model (generation and embedding), sorted by name, read
+    /// without touching their keep-alive (see [`loaded_models`](Self::loaded_models)). A model's
+    /// counters start from zero each time it loads.
+    pub fn metrics(&self) -> Vec<(String, ModelMetrics)> {
+        self.loaded_models().into_iter().map(|(name, model)| (name, model.metrics())).collect()
+    }
+
+    /// The counters of the model `name`: `None` when it is registered but not loaded. Read as
+    /// [`metrics`](Self::metrics) reads them (not a use).
+    pub fn model_metrics(&self, name: &str) -> Result<Option<ModelMetrics>, RegistryError> {
+        let state = self.inner.lock();
+        if let Some(slot) = state.loaded.get(name) {
+            return Ok(Some(slot.model.metrics()));
+        }
+        if state.specs.contains_key(name) {
+            return Ok(None);
+        }
+        Err(RegistryError::UnknownModel { name: name.to_owned(), known: state.specs.keys().cloned().collect() })
+    }
+
+    /// The registered names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.registered().into_iter().map(|registered| registered.spec.name).collect()
     }
 
     /// The loaded models (after unloading the expired ones), by name.
