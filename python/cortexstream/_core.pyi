@@ -22,9 +22,11 @@ __all__ = [
     "ToolCall",
     "Usage",
     "__version__",
+    "check_engine_settings",
     "check_keep_alive",
     "check_options",
     "dropped_log_records",
+    "engine_setting_names",
     "kernel_info",
     "option_names",
     "set_log_handler",
@@ -50,6 +52,13 @@ def option_names() -> List[str]:
 def check_options(options: Dict[str, Any]) -> None:
     """Checks request options ahead of any request and model (names, types, ranges; token ids
     are checked at submit); raises ``InvalidRequestError`` naming the field."""
+
+def engine_setting_names() -> List[str]:
+    """Every engine setting's name (the keywords of :class:`Engine`), from the core's one definition."""
+
+def check_engine_settings(settings: Dict[str, Any]) -> None:
+    """Checks engine settings ahead of any model (names, types, ranges, as :class:`Engine` checks
+    them but for the KV cache against the model); raises ``InvalidRequestError`` naming the setting."""
 
 def check_keep_alive(value: Union[float, str]) -> None:
     """Checks a ``keep_alive`` value as :class:`Registry` reads it; raises ``InvalidRequestError``."""
