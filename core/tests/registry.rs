@@ -333,3 +333,22 @@ fn metrics_count_every_loaded_model_embedding_ones_included() {
     assert_eq!(registry.model_metrics("large").unwrap(), None);
     assert!(matches!(registry.model_metrics("gpt-4"), Err(RegistryError::UnknownModel { .. })));
 }
+
+#[test]
+fn describe_reads_the_gguf_without_loading_and_agrees_with_the_loaded_engine() {
+    let registry = registry(RegistryOptions::default(), ManualClock::new());
+    let before = registry.describe("small").unwrap().expect("a generation model");
+    assert!(registry.loaded().is_empty(), "describing loaded nothing");
+    assert_eq!(before.context_length, 256);
+    assert_eq!(before.architecture, "llama");
+    assert_eq!(before.quantization.as_deref(), Some("Q4_1"));
+    assert!(before.chat_template.as_deref().is_some_and(|t| t.contains("<|im_start|>")));
+    assert!(before.parameter_count > 100_000_000);
+    assert_eq!(registry.describe("large").unwrap().unwrap().context_length, KV_TOKENS);
+    assert_eq!(registry.describe("minilm").unwrap(), None);
+    assert!(matches!(registry.describe("gpt-4"), Err(Error::ModelNotFound(_))));
+    let lease = registry.get("small", None).unwrap();
+    let info = lease.engine().unwrap().model_info();
+    assert_eq!(before, cortexstream::ModelDescription::from(info));
+    assert_eq!(registry.describe("small").unwrap(), Some(before));
+}

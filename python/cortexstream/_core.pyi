@@ -13,6 +13,7 @@ __all__ = [
     "Engine",
     "Lease",
     "LoadedModel",
+    "ModelDescription",
     "ModelInfo",
     "Registry",
     "StopReason",
@@ -411,6 +412,22 @@ class Engine:
 _KeepAlive = Union[float, str, None]
 
 @final
+class ModelDescription:
+    """What a generation model is, as :meth:`Registry.describe` reads it."""
+
+    @property
+    def architecture(self) -> str: ...
+    @property
+    def context_length(self) -> int:
+        """The context window an engine with the model's settings serves."""
+    @property
+    def chat_template(self) -> Optional[str]: ...
+    @property
+    def parameter_count(self) -> int: ...
+    @property
+    def quantization(self) -> Optional[str]: ...
+
+@final
 class LoadedModel:
     """A model a :class:`Registry` has loaded."""
 
@@ -484,6 +501,9 @@ class Registry:
         """Unloads ``name`` now (leased requests finish first); whether it was loaded."""
     def unregister(self, name: str) -> bool:
         """Forgets ``name``, unloading it (leased requests finish first); whether it was registered."""
+    def describe(self, name: str) -> Optional[ModelDescription]:
+        """What the generation model ``name`` is, read from its GGUF's metadata without loading it
+        (or from its engine when loaded); ``None`` for an embedding model. Not a use of it."""
     def loaded(self) -> List[LoadedModel]:
         """The loaded models, by name, after unloading the expired ones."""
     def metrics(self) -> Dict[str, Dict[str, Any]]:

@@ -134,3 +134,17 @@ def test_unregister_metrics_and_shutdown(registry):
 def test_register_takes_log_prompts(registry):
     registry.register("logged", "smollm2", kv_cache_tokens=512, threads=1, log_prompts=True)
     assert "logged" in registry.names()
+
+
+def test_describe_reads_the_gguf_without_loading(registry):
+    described = registry.describe("small")
+    assert registry.loaded() == [], "describing loaded nothing"
+    assert (described.architecture, described.context_length, described.quantization) == ("llama", 256, "Q4_1")
+    assert "<|im_start|>" in described.chat_template and described.parameter_count > 100_000_000
+    assert registry.describe("minilm") is None
+    with pytest.raises(ModelNotFoundError):
+        registry.describe("gpt-4")
+    with registry.get("small") as small:
+        info = small.engine.model_info
+        assert (info.context_length, info.chat_template, info.parameter_count) == \
+            (described.context_length, described.chat_template, described.parameter_count)

@@ -32,6 +32,30 @@ pub struct LoadedModel {
     expires_at: Option<f64>,
 }
 
+/// What a generation model is, as `Registry.describe()` reads it (from the GGUF's metadata,
+/// without loading, or from the loaded engine).
+#[pyclass(frozen, get_all, module = "cortexstream._core")]
+pub struct ModelDescription {
+    architecture: String,
+    /// The context window an engine with the model's settings serves.
+    context_length: usize,
+    chat_template: Option<String>,
+    parameter_count: u64,
+    quantization: Option<String>,
+}
+
+impl From<cortexstream::ModelDescription> for ModelDescription {
+    fn from(description: cortexstream::ModelDescription) -> Self {
+        Self {
+            architecture: description.architecture,
+            context_length: description.context_length,
+            chat_template: description.chat_template,
+            parameter_count: description.parameter_count,
+            quantization: description.quantization,
+        }
+    }
+}
+
 /// A hold on one registry model: it stays loaded (and its requests run) until `release()`.
 #[pyclass(frozen, module = "cortexstream._core")]
 pub struct Lease {
@@ -121,6 +145,14 @@ impl Registry {
     /// registered.
     fn unregister(&self, py: Python<'_>, name: &str) -> bool {
         py.detach(|| self.registry.unregister(name))
+    }
+
+    /// What the generation model `name` is (architecture, served context length, chat template,
+    /// parameter count, quantization) without loading it: read from its GGUF's metadata, or
+    /// from its engine when loaded. `None` for an embedding model. Not a use of the model.
+    fn describe(&self, py: Python<'_>, name: &str) -> PyResult<Option<ModelDescription>> {
+        let description = py.detach(|| self.registry.describe(name)).map_err(to_py_err)?;
+        Ok(description.map(ModelDescription::from))
     }
 
     /// The loaded models, by name, after unloading the expired ones.

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Deserialize;
 
+use crate::engine::ModelDescription;
 use crate::error::Error;
 use crate::options::OptionValue;
 use crate::Engine;
@@ -366,6 +367,31 @@ impl Registry {
             return Ok(None);
         }
         Err(RegistryError::UnknownModel { name: name.to_owned(), known: state.specs.keys().cloned().collect() })
+    }
+
+    /// What the generation model `name` is, for a model listing (Ollama's `/api/show`), without
+    /// loading it: a loaded model's engine says (exact); one not loaded is read from its GGUF's
+    /// metadata ([`ModelDescription::read`]), no weights touched. `None` for an embedding
+    /// model. Not a use of the model.
+    pub fn describe(&self, name: &str) -> crate::Result<Option<ModelDescription>> {
+        let (spec, loaded) = {
+            let state = self.inner.lock();
+            let Some(registered) = state.specs.get(name) else {
+                return Err(RegistryError::UnknownModel {
+                    name: name.to_owned(),
+                    known: state.specs.keys().cloned().collect(),
+                }
+                .into());
+            };
+            (registered.spec.clone(), state.loaded.get(name).map(|slot| slot.model.clone()))
+        };
+        if let Some(engine) = loaded.as_ref().and_then(ServedModel::engine) {
+            return Ok(Some(ModelDescription::from(engine.model_info())));
+        }
+        match &spec.source {
+            ModelSource::Generation(config) => ModelDescription::read(config).map(Some),
+            ModelSource::Embedding { .. } => Ok(None),
+        }
     }
 
     /// The registered names, sorted.

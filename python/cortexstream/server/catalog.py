@@ -73,7 +73,7 @@ class ServedModel:
         return self.is_embedding or self.parameter_count is not None
 
     def learn(self, info) -> None:
-        """Records a loaded engine's `ModelInfo` (an embedding model is BERT)."""
+        """Records a `ModelInfo` or a `ModelDescription` (an embedding model is BERT)."""
         self.architecture = info.architecture
         self.context_length = info.context_length
         self.chat_template = info.chat_template

@@ -201,11 +201,17 @@ class ServerState:
 
     async def described(self, name: str) -> ServedModel:
         """The model `name` answers to, with what its GGUF says (template, parameters,
-        quantization, context length): loaded for that if it has not been since start."""
+        quantization, served context length): read from the file's metadata, without loading
+        the model (nor counting as a use of it) when it has not been loaded since start."""
         model = self.catalog.find(name)
         if not model.described:
-            async with self.leased(name, embedding=False):
-                pass
+            registry = self._require_registry()
+            try:
+                description = await asyncio.to_thread(registry.describe, model.id)
+            except cortexstream.ModelNotFoundError:
+                raise model_not_found(name) from None  # removed meanwhile
+            if description is not None:
+                model.learn(description)
         return model
 
     @asynccontextmanager
