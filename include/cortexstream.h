@@ -294,6 +294,14 @@ typedef struct cs_lease cs_lease;
 typedef struct cs_loaded_models cs_loaded_models;
 
 /**
+ * Names (from `cs_registry_names`): read them with `cs_names_len` and `cs_names_get`, free the
+ * list with `cs_names_free`.
+ *
+ * Thread-safety: immutable; any thread may read it, `cs_names_free` must be the last call.
+ */
+typedef struct cs_names cs_names;
+
+/**
  * Several models by name, each its own engine. Get one from `cs_registry_new`, free it with
  * `cs_registry_free`.
  *
@@ -595,6 +603,13 @@ typedef struct cs_metrics {
    * the step budget granted beside them).
    */
   uint64_t step_token_budget;
+  /**
+   * Tokens embedded by the successful calls of an embedding model registered on its own
+   * (`cs_registry_register_embedding`, read with `cs_registry_metrics`, where
+   * `embedding_requests` counts its calls and every other field is 0). 0 for a generation
+   * engine, whose own embedding calls count in `embedding_requests` only.
+   */
+  uint64_t embedding_tokens_total;
 } cs_metrics;
 
 /**
@@ -1267,6 +1282,67 @@ enum cs_status cs_registry_release(struct cs_lease *lease);
 enum cs_status cs_registry_unload(const struct cs_registry *registry,
                                   const char *name,
                                   bool *out_was_loaded);
+
+/**
+ * Forgets `name`: later `cs_registry_get`s fail with CS_MODEL_NOT_FOUND; requests holding a
+ * lease on it finish first, then it is freed (an idle model is freed now, joining its engine
+ * thread). Writes to `*out_was_registered` whether a model had that name.
+ * Thread-safety: any thread.
+ */
+enum cs_status cs_registry_unregister(const struct cs_registry *registry,
+                                      const char *name,
+                                      bool *out_was_registered);
+
+/**
+ * Copies the counters of the model `name` into `*out_metrics` (set `out_metrics->struct_size =
+ * sizeof(cs_metrics)` first; only that many bytes are written) when it is loaded, and writes to
+ * `*out_loaded` whether it is (not loaded: `*out_metrics` is left alone). A generation model's
+ * are its engine's (`cs_engine_metrics`); an embedding model's are `embedding_requests` and
+ * `embedding_tokens_total`, every other field 0. Reading them neither restarts the model's
+ * keep-alive nor counts as a use; they start from zero each time it loads. Errors:
+ * CS_MODEL_NOT_FOUND for a name not registered; CS_INVALID_ARGUMENT for a NULL argument or a
+ * bad `struct_size`.
+ * Thread-safety: any thread.
+ */
+enum cs_status cs_registry_metrics(const struct cs_registry *registry,
+                                   const char *name,
+                                   struct cs_metrics *out_metrics,
+                                   bool *out_loaded);
+
+/**
+ * The registered names, sorted. On success `*out_names` receives a list (see `cs_names`); free
+ * it with `cs_names_free`.
+ * Thread-safety: any thread.
+ */
+enum cs_status cs_registry_names(const struct cs_registry *registry, struct cs_names **out_names);
+
+/**
+ * Unloads every model as `cs_registry_free` does (later `cs_registry_get`s fail with
+ * CS_ENGINE_CLOSED), then ends the requests still running on models a lease holds, as
+ * CS_FINISH_CANCELLED (a daemon's shutdown after its drain time). Leases stay valid until
+ * released; free the registry with `cs_registry_free` afterwards. Idempotent.
+ * Thread-safety: any thread.
+ */
+enum cs_status cs_registry_shutdown(const struct cs_registry *registry);
+
+/**
+ * Writes the number of names in `names` to `*out_len`.
+ * Thread-safety: any thread.
+ */
+enum cs_status cs_names_len(const struct cs_names *names, size_t *out_len);
+
+/**
+ * Writes to `*out_name` name `index` (below `cs_names_len`), NUL-terminated UTF-8 lent by the
+ * list until `cs_names_free`. Errors: CS_INVALID_ARGUMENT naming `index` when out of range.
+ * Thread-safety: any thread.
+ */
+enum cs_status cs_names_get(const struct cs_names *names, size_t index, const char **out_name);
+
+/**
+ * Frees a list from `cs_registry_names`. NULL is a no-op.
+ * Thread-safety: any thread; once per list.
+ */
+void cs_names_free(struct cs_names *names);
 
 /**
  * The loaded models, by name, after unloading the expired ones. On success `*out_models`

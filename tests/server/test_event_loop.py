@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import threading
 from contextlib import asynccontextmanager
+from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
 import pytest
 
 from cortexstream.server.app import create_app
+from cortexstream.server.catalog import ServedModel
 from cortexstream.server.state import ServerConfig
 
 USAGE = SimpleNamespace(prompt_tokens=3, completion_tokens=1, cached_prompt_tokens=0)
@@ -49,22 +51,25 @@ class FinishedStream:
 
 
 class RecordingEngine:
-    """Stands in for `cortexstream.Engine`: records the thread every submission runs on."""
+    """Stands in for `cortexstream.Engine`: records the thread every submission runs on, and
+    the engine options it was given."""
 
     def __init__(self) -> None:
         self.submitted_on: list[threading.Thread] = []
+        self.sampling: list[dict] = []
         # The server names the serving model on each request's access log line.
         self.model_info = SimpleNamespace(name="recording")
 
-    def _submit(self) -> FinishedStream:
+    def _submit(self, sampling: dict) -> FinishedStream:
         self.submitted_on.append(threading.current_thread())
+        self.sampling.append(sampling)
         return FinishedStream()
 
     def astream(self, prompt, **sampling) -> FinishedStream:
-        return self._submit()
+        return self._submit(sampling)
 
     def astream_chat(self, messages, **sampling) -> FinishedStream:
-        return self._submit()
+        return self._submit(sampling)
 
     def detokenize(self, ids) -> str:
         return ""
@@ -79,22 +84,18 @@ class HeldEngine:
     def hold_while(self, lines):
         return lines
 
-    def with_defaults(self, sampling):
-        return dict(sampling)  # a model without default options
-
 
 class LeasingState:
-    """Stands in for a loaded server's state: every model name leases the stand-in engine."""
+    """Stands in for a loaded server's state: every model name is `model` (the catalog's own
+    `ServedModel`, default request options included) and leases the stand-in engine."""
 
-    def __init__(self, engine: RecordingEngine) -> None:
+    def __init__(self, engine: RecordingEngine, model: ServedModel | None = None) -> None:
         self.ready, self.load_error, self.config = True, None, ServerConfig()
         self.engine = engine
+        self.model = model or ServedModel(id="m", is_embedding=False, path=Path("m.gguf"))
 
     def served(self, name, *, embedding):
-        return None
-
-    def with_defaults(self, model, sampling):
-        return dict(sampling)
+        return self.model
 
     @asynccontextmanager
     async def leased(self, name, *, embedding, keep_alive=None):

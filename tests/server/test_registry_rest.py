@@ -26,6 +26,7 @@ from conftest import REPO, STARTUP_TIMEOUT_S, RunningServer, free_port, stop_ser
 #: Small engines: one thread and a 1024-token KV cache each.
 ENGINE = {"threads": 1, "kv_cache_tokens": 1024, "max_running": 4}
 SHORT_CONTEXT = 256
+SHOWN_CONTEXT = 300
 GREEDY = {"temperature": 0, "seed": 3}
 HANG_GUARD_S = 60
 
@@ -72,6 +73,8 @@ def server():
         {"name": "short", "source": "smollm2", "engine": {**ENGINE, "context_length": SHORT_CONTEXT},
          "keep_alive": "1h"},
         {"name": "minilm", "source": "minilm", "embedding": True, "engine": {"threads": 1}},
+        # Only ever shown: /api/show must not load it.
+        {"name": "shown-only", "source": "smollm2", "engine": {**ENGINE, "context_length": SHOWN_CONTEXT}},
     ]}
     running = start_entries_server(spec)
     yield running
@@ -90,8 +93,9 @@ def ollama_client(server) -> ollama.Client:
 
 def test_every_registered_model_is_listed_and_only_the_first_is_loaded_at_start(server, openai_client,
                                                                                 ollama_client):
-    assert [m.id for m in openai_client.models.list().data] == ["smollm2", "short", "minilm"]
-    assert {m.model for m in ollama_client.list().models} == {"smollm2:latest", "short:latest", "minilm:latest"}
+    assert [m.id for m in openai_client.models.list().data] == ["smollm2", "short", "minilm", "shown-only"]
+    assert {m.model for m in ollama_client.list().models} == {"smollm2:latest", "short:latest", "minilm:latest",
+                                                              "shown-only:latest"}
     assert openai_client.models.retrieve("short").id == "short"
     running = {m.model for m in ollama_client.ps().models}
     assert "smollm2:latest" in running, running
@@ -111,6 +115,20 @@ def test_show_fills_what_the_gguf_says_for_every_model(ollama_client):
         assert shown.capabilities == ["completion"]
     embedding = ollama_client.show("all-minilm")
     assert embedding.capabilities == ["embedding"] and embedding.details.family == "bert"
+
+
+def test_show_answers_from_the_gguf_without_loading_the_model(server, ollama_client):
+    shown = ollama_client.show("shown-only")
+    assert "shown-only" not in loaded(server), "/api/show loaded the model"
+    # What a loaded engine would say: its served context, the GGUF's template and quantization.
+    assert shown.parameters == f"num_ctx {SHOWN_CONTEXT}"
+    assert shown.modelinfo["llama.context_length"] == SHOWN_CONTEXT
+    assert shown.modelinfo["general.parameter_count"] > 100_000_000
+    assert shown.details.quantization_level == "Q4_1" and shown.details.family == "llama"
+    assert "<|im_start|>" in shown.template and shown.capabilities == ["completion"]
+    with pytest.raises(ollama.ResponseError) as unknown:
+        ollama_client.show("gpt-4")
+    assert unknown.value.status_code == 404
 
 
 def test_interleaved_requests_reach_the_model_they_name(server, openai_client, ollama_client):
@@ -155,6 +173,25 @@ def test_metrics_have_one_series_per_loaded_model(server, openai_client):
     assert {"smollm2", "short"} <= set(submitted), submitted
     assert submitted["short"] >= 1
     assert samples[("cortexstream_ready", frozenset())] == 1
+
+
+def test_embeddings_are_counted_per_model_in_metrics(server, openai_client, ollama_client):
+    minilm = frozenset({("model", "minilm")})
+
+    def counted() -> tuple[float, float]:
+        samples = server.labelled_metrics()
+        return (samples[("cortexstream_embedding_requests_total", minilm)],
+                samples[("cortexstream_embedding_tokens_total", minilm)])
+
+    ollama_client.embed(model="all-minilm", input="loaded, so its series exist")
+    requests, tokens = counted()
+    openai_tokens = openai_client.embeddings.create(model="minilm", input=["one", "two three"]).usage.prompt_tokens
+    ollama_tokens = ollama_client.embed(model="all-minilm", input="four five six").prompt_eval_count
+    assert counted() == (requests + 2, tokens + openai_tokens + ollama_tokens)
+    # Ollama's older route answers no token count; its call counts all the same.
+    ollama_client.embeddings(model="minilm", prompt="seven")
+    assert counted()[0] == requests + 3
+    assert "# TYPE cortexstream_embedding_tokens_total counter" in server.metrics_text()
 
 
 def test_unknown_model_is_404_in_each_apis_shape(server, openai_client, ollama_client):

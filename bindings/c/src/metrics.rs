@@ -2,6 +2,7 @@
 
 use std::mem::size_of;
 
+use cortexstream::registry::ModelMetrics;
 use cortexstream::MetricsSnapshot;
 
 use crate::args::write_sized;
@@ -18,7 +19,7 @@ use crate::status::{cs_status, guard};
 /// the buckets for Prometheus).
 #[allow(non_camel_case_types)]
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct cs_metrics {
     /// `sizeof(cs_metrics)` as the caller was compiled; only that many bytes are written.
     pub struct_size: usize,
@@ -84,6 +85,11 @@ pub struct cs_metrics {
     /// Gauge: tokens the last planned step could compute (its decodes plus the prompt tokens
     /// the step budget granted beside them).
     pub step_token_budget: u64,
+    /// Tokens embedded by the successful calls of an embedding model registered on its own
+    /// (`cs_registry_register_embedding`, read with `cs_registry_metrics`, where
+    /// `embedding_requests` counts its calls and every other field is 0). 0 for a generation
+    /// engine, whose own embedding calls count in `embedding_requests` only.
+    pub embedding_tokens_total: u64,
 }
 
 /// A count that fits the C field (usize is never wider than 64 bits on supported targets).
@@ -122,6 +128,21 @@ impl From<&MetricsSnapshot> for cs_metrics {
             kv_sliding_blocks_free: gauge(m.kv_sliding_blocks_free),
             recomputed_tokens_total: m.recomputed_tokens_total,
             step_token_budget: gauge(m.step_token_budget),
+            embedding_tokens_total: 0,
+        }
+    }
+}
+
+impl From<&ModelMetrics> for cs_metrics {
+    fn from(metrics: &ModelMetrics) -> Self {
+        match metrics {
+            ModelMetrics::Generation(snapshot) => Self::from(snapshot),
+            ModelMetrics::Embedding(counts) => Self {
+                struct_size: size_of::<cs_metrics>(),
+                embedding_requests: counts.embedding_requests,
+                embedding_tokens_total: counts.embedding_tokens_total,
+                ..Self::default()
+            },
         }
     }
 }

@@ -12,6 +12,7 @@ use cortexstream::{Error, OptionValue, Registry};
 
 use crate::args::{c_str, check_out, optional_c_str, read_sized, require, write_sized, SizedParams};
 use crate::engine::{cs_engine, embed_into};
+use crate::metrics::cs_metrics;
 use crate::params::cs_engine_params;
 use crate::status::{cs_status, guard, Failure};
 use crate::text::to_c_string;
@@ -371,6 +372,145 @@ pub unsafe extern "C" fn cs_registry_unload(
         unsafe { out_was_loaded.write(was_loaded) };
         Ok(())
     })
+}
+
+/// Forgets `name`: later `cs_registry_get`s fail with CS_MODEL_NOT_FOUND; requests holding a
+/// lease on it finish first, then it is freed (an idle model is freed now, joining its engine
+/// thread). Writes to `*out_was_registered` whether a model had that name.
+/// Thread-safety: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn cs_registry_unregister(
+    registry: *const cs_registry,
+    name: *const c_char,
+    out_was_registered: *mut bool,
+) -> cs_status {
+    guard(|| {
+        // SAFETY (both): forwarded caller contract (documented above).
+        let registry = unsafe { registry_ref(registry)? };
+        let name = unsafe { c_str(name, "name")? };
+        check_out(out_was_registered, "out_was_registered")?;
+        let was_registered = registry.unregister(name);
+        // SAFETY: checked non-NULL above.
+        unsafe { out_was_registered.write(was_registered) };
+        Ok(())
+    })
+}
+
+/// Copies the counters of the model `name` into `*out_metrics` (set `out_metrics->struct_size =
+/// sizeof(cs_metrics)` first; only that many bytes are written) when it is loaded, and writes to
+/// `*out_loaded` whether it is (not loaded: `*out_metrics` is left alone). A generation model's
+/// are its engine's (`cs_engine_metrics`); an embedding model's are `embedding_requests` and
+/// `embedding_tokens_total`, every other field 0. Reading them neither restarts the model's
+/// keep-alive nor counts as a use; they start from zero each time it loads. Errors:
+/// CS_MODEL_NOT_FOUND for a name not registered; CS_INVALID_ARGUMENT for a NULL argument or a
+/// bad `struct_size`.
+/// Thread-safety: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn cs_registry_metrics(
+    registry: *const cs_registry,
+    name: *const c_char,
+    out_metrics: *mut cs_metrics,
+    out_loaded: *mut bool,
+) -> cs_status {
+    guard(|| {
+        // SAFETY (both): forwarded caller contract (documented above).
+        let registry = unsafe { registry_ref(registry)? };
+        let name = unsafe { c_str(name, "name")? };
+        check_out(out_metrics, "out_metrics")?;
+        check_out(out_loaded, "out_loaded")?;
+        let metrics = registry.model_metrics(name).map_err(Error::from)?;
+        if let Some(metrics) = &metrics {
+            // SAFETY: forwarded caller contract (documented above).
+            unsafe { write_sized(out_metrics, cs_metrics::from(metrics), "out_metrics")? };
+        }
+        // SAFETY: checked non-NULL above.
+        unsafe { out_loaded.write(metrics.is_some()) };
+        Ok(())
+    })
+}
+
+/// The registered names, sorted. On success `*out_names` receives a list (see `cs_names`); free
+/// it with `cs_names_free`.
+/// Thread-safety: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn cs_registry_names(registry: *const cs_registry, out_names: *mut *mut cs_names) -> cs_status {
+    guard(|| {
+        // SAFETY: forwarded caller contract (documented above).
+        let registry = unsafe { registry_ref(registry)? };
+        check_out(out_names, "out_names")?;
+        let names = cs_names { names: registry.names().iter().map(|name| to_c_string(name)).collect() };
+        // SAFETY: checked non-NULL above.
+        unsafe { out_names.write(Box::into_raw(Box::new(names))) };
+        Ok(())
+    })
+}
+
+/// Unloads every model as `cs_registry_free` does (later `cs_registry_get`s fail with
+/// CS_ENGINE_CLOSED), then ends the requests still running on models a lease holds, as
+/// CS_FINISH_CANCELLED (a daemon's shutdown after its drain time). Leases stay valid until
+/// released; free the registry with `cs_registry_free` afterwards. Idempotent.
+/// Thread-safety: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn cs_registry_shutdown(registry: *const cs_registry) -> cs_status {
+    guard(|| {
+        // SAFETY: forwarded caller contract (documented above).
+        let registry = unsafe { registry_ref(registry)? };
+        registry.shutdown();
+        Ok(())
+    })
+}
+
+/// Names (from `cs_registry_names`): read them with `cs_names_len` and `cs_names_get`, free the
+/// list with `cs_names_free`.
+///
+/// Thread-safety: immutable; any thread may read it, `cs_names_free` must be the last call.
+#[allow(non_camel_case_types)]
+pub struct cs_names {
+    names: Vec<CString>,
+}
+
+/// Writes the number of names in `names` to `*out_len`.
+/// Thread-safety: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn cs_names_len(names: *const cs_names, out_len: *mut usize) -> cs_status {
+    guard(|| {
+        // SAFETY: forwarded caller contract (documented above).
+        let names = unsafe { require(names, "names")? };
+        check_out(out_len, "out_len")?;
+        // SAFETY: checked non-NULL above.
+        unsafe { out_len.write(names.names.len()) };
+        Ok(())
+    })
+}
+
+/// Writes to `*out_name` name `index` (below `cs_names_len`), NUL-terminated UTF-8 lent by the
+/// list until `cs_names_free`. Errors: CS_INVALID_ARGUMENT naming `index` when out of range.
+/// Thread-safety: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn cs_names_get(names: *const cs_names, index: usize, out_name: *mut *const c_char) -> cs_status {
+    guard(|| {
+        // SAFETY: forwarded caller contract (documented above).
+        let names = unsafe { require(names, "names")? };
+        check_out(out_name, "out_name")?;
+        let name = names.names.get(index).ok_or_else(|| {
+            Failure::invalid("index", format!("`index` is {index}, but the list holds {} names", names.names.len()))
+        })?;
+        // SAFETY: checked non-NULL above.
+        unsafe { out_name.write(name.as_ptr()) };
+        Ok(())
+    })
+}
+
+/// Frees a list from `cs_registry_names`. NULL is a no-op.
+/// Thread-safety: any thread; once per list.
+#[no_mangle]
+pub unsafe extern "C" fn cs_names_free(names: *mut cs_names) {
+    if names.is_null() {
+        return;
+    }
+    // SAFETY: by the contract it came from cs_registry_names and is freed once. Dropping
+    // CStrings cannot panic.
+    drop(unsafe { Box::from_raw(names) });
 }
 
 /// The loaded models, by name, after unloading the expired ones. On success `*out_models`

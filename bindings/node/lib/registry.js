@@ -21,6 +21,18 @@ class Registry {
     return this.#native.names();
   }
 
+  async unregister(name) {
+    return this.#native.unregister(name);
+  }
+
+  metrics() {
+    return this.#native.metrics();
+  }
+
+  async shutdown() {
+    return this.#native.shutdown();
+  }
+
   async get(name, keepAlive) {
     return new Lease(await this.#native.get(name, keepAlive));
   }

@@ -12,6 +12,7 @@ use napi_derive::napi;
 
 use crate::engine::NativeEngine;
 use crate::errors::to_js_error;
+use crate::naming::camel_case_keys;
 use crate::options::{option_value, snake_case_entries};
 
 /// Several models by name, each its own engine, loaded on first use.
@@ -66,7 +67,32 @@ impl NativeRegistry {
     /// The registered names, sorted.
     #[napi]
     pub fn names(&self) -> Vec<String> {
-        self.registry.registered().into_iter().map(|r| r.spec.name).collect()
+        self.registry.names()
+    }
+
+    /// Forgets `name` (on the thread pool: unloading an idle model joins its engine thread);
+    /// leased requests finish first. Resolves to whether it was registered.
+    #[napi(ts_return_type = "Promise<boolean>")]
+    pub fn unregister(&self, name: String) -> AsyncTask<UnregisterTask> {
+        AsyncTask::new(UnregisterTask { registry: Arc::clone(&self.registry), name })
+    }
+
+    /// The counters of every loaded model by name (the core's `Registry::metrics`), keys in
+    /// camelCase: an engine's metrics, or an embedding model's `embeddingRequests` and
+    /// `embeddingTokensTotal`. Reading them is not a use of the models.
+    #[napi]
+    pub fn metrics(&self) -> napi::Result<serde_json::Value> {
+        let mut by_name = serde_json::Map::new();
+        for (name, metrics) in self.registry.metrics() {
+            by_name.insert(name, camel_case_keys(serde_json::to_value(metrics)?));
+        }
+        Ok(serde_json::Value::Object(by_name))
+    }
+
+    /// `close()`, then ends (as cancelled) the requests still running on leased models.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn shutdown(&self) -> AsyncTask<ShutdownRegistryTask> {
+        AsyncTask::new(ShutdownRegistryTask { registry: Arc::clone(&self.registry) })
     }
 
     /// The model `name`, loaded if needed (on the thread pool); resolves to a lease.
@@ -199,6 +225,44 @@ impl Task for UnloadTask {
 
     fn resolve(&mut self, env: Env, output: Self::Output) -> napi::Result<bool> {
         output.map_err(|e| to_js_error(&env, e))
+    }
+}
+
+/// `registry.unregister(name)`: dropping an idle engine joins its thread.
+pub struct UnregisterTask {
+    registry: Arc<Registry>,
+    name: String,
+}
+
+impl Task for UnregisterTask {
+    type Output = bool;
+    type JsValue = bool;
+
+    fn compute(&mut self) -> napi::Result<bool> {
+        Ok(self.registry.unregister(&self.name))
+    }
+
+    fn resolve(&mut self, _env: Env, output: bool) -> napi::Result<bool> {
+        Ok(output)
+    }
+}
+
+/// `registry.shutdown()`: joins every engine thread.
+pub struct ShutdownRegistryTask {
+    registry: Arc<Registry>,
+}
+
+impl Task for ShutdownRegistryTask {
+    type Output = ();
+    type JsValue = ();
+
+    fn compute(&mut self) -> napi::Result<()> {
+        self.registry.shutdown();
+        Ok(())
+    }
+
+    fn resolve(&mut self, _env: Env, _output: ()) -> napi::Result<()> {
+        Ok(())
     }
 }
 

@@ -122,3 +122,42 @@ test('an engine a registry builds honours logPrompts', async () => {
   assert.deepEqual(queued('node-logged').map((r) => r.fields.prompt), ['The secret ingredient is']);
   assert.deepEqual(queued('node-quiet').map((r) => r.fields.prompt), [undefined]);
 });
+
+test('unregister, metrics of every loaded model (embedding ones included) and shutdown', async () => {
+  const own = new Registry();
+  own.register('chat', smollm2, { ...settings, kvCacheTokens: 256, maxRunning: 1 });
+  own.register('minilm', minilm, { embedding: true, threads: 1 });
+  try {
+    assert.deepEqual(own.metrics(), {}, 'nothing is loaded yet');
+    const embedder = await own.get('minilm');
+    await embedder.embed(['one', 'two three']);
+    await embedder.embed('four');
+    await embedder.release();
+    const chat = await own.get('chat');
+    await chat.engine.generate('Hi', { ...greedy, maxTokens: 2 });
+    await chat.release();
+    const metrics = own.metrics();
+    assert.deepEqual(Object.keys(metrics), ['chat', 'minilm']);
+    // [CLS] and [SEP] around each text: 3 + 4 + 3 tokens.
+    assert.deepEqual(metrics.minilm, { embeddingRequests: 2, embeddingTokensTotal: 10 });
+    assert.equal(metrics.chat.generatedTokensTotal, 2);
+    assert.equal(metrics.chat.requestsFinished, 1);
+
+    assert.equal(await own.unregister('chat'), true);
+    assert.deepEqual(own.names(), ['minilm']);
+    assert.deepEqual(Object.keys(own.metrics()), ['minilm']);
+    await assert.rejects(own.get('chat'), { code: 'model_not_found' });
+    assert.equal(await own.unregister('chat'), false);
+
+    // Shutdown ends what a lease still runs, as cancelled.
+    own.register('long', smollm2, { ...settings, kvCacheTokens: 1024, maxRunning: 1 });
+    const lease = await own.get('long');
+    const inFlight = lease.engine.generate('Once upon a time', { maxTokens: 500, ignoreEos: true });
+    await own.shutdown();
+    assert.equal((await inFlight).finishReason, 'cancelled');
+    await lease.release();
+    await assert.rejects(own.get('minilm'), { code: 'engine_closed' });
+  } finally {
+    await own.close();
+  }
+});

@@ -32,11 +32,14 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(kernels::kernel_info, module)?)?;
     module.add_function(wrap_pyfunction!(options::option_names, module)?)?;
     module.add_function(wrap_pyfunction!(options::check_options, module)?)?;
+    module.add_function(wrap_pyfunction!(options::engine_setting_names, module)?)?;
+    module.add_function(wrap_pyfunction!(options::check_engine_settings, module)?)?;
     module.add_function(wrap_pyfunction!(registry::check_keep_alive, module)?)?;
     module.add_class::<tools::ToolCall>()?;
     module.add_class::<registry::Registry>()?;
     module.add_class::<registry::Lease>()?;
     module.add_class::<registry::LoadedModel>()?;
+    module.add_class::<registry::ModelDescription>()?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

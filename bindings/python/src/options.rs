@@ -5,7 +5,7 @@
 //! reports the same field names and messages. A prompt or messages of the wrong Python type
 //! is a `TypeError` naming the argument.
 
-use cortexstream::{ChatMessage, OptionValue, Prompt, Request, RequestOptions};
+use cortexstream::{ChatMessage, EngineConfig, OptionValue, Prompt, Request, RequestOptions};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
@@ -79,6 +79,22 @@ pub fn check_options(options: &Bound<'_, PyDict>) -> PyResult<()> {
     let options = request_options(Some(options))?;
     // No vocabulary yet: every token id is in range for now.
     options.sampling.validate(usize::MAX).map_err(to_py_err)
+}
+
+/// Every engine setting's name, in `EngineConfig`'s field order: the core's one definition
+/// (what `Engine(...)` and `Registry.register(...)` take as keywords).
+#[pyfunction]
+pub fn engine_setting_names() -> Vec<&'static str> {
+    EngineConfig::setting_names()
+}
+
+/// Checks engine settings given ahead of any model (a server config file's `[engine]`): names,
+/// types and ranges exactly as `Engine(...)` checks them, except the KV cache against a model's
+/// shape. Raises `InvalidRequestError` naming the setting, in the core's words.
+#[pyfunction]
+pub fn check_engine_settings(settings: &Bound<'_, PyDict>) -> PyResult<()> {
+    let entries = kwargs_entries(Some(settings))?;
+    EngineConfig::from_settings(std::path::PathBuf::new(), OptionValue::Map(entries)).map(|_| ()).map_err(to_py_err)
 }
 
 /// Keyword arguments as the entries of the core's map value (`None`: none), for the engine

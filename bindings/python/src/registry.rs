@@ -32,6 +32,30 @@ pub struct LoadedModel {
     expires_at: Option<f64>,
 }
 
+/// What a generation model is, as `Registry.describe()` reads it (from the GGUF's metadata,
+/// without loading, or from the loaded engine).
+#[pyclass(frozen, get_all, module = "cortexstream._core")]
+pub struct ModelDescription {
+    architecture: String,
+    /// The context window an engine with the model's settings serves.
+    context_length: usize,
+    chat_template: Option<String>,
+    parameter_count: u64,
+    quantization: Option<String>,
+}
+
+impl From<cortexstream::ModelDescription> for ModelDescription {
+    fn from(description: cortexstream::ModelDescription) -> Self {
+        Self {
+            architecture: description.architecture,
+            context_length: description.context_length,
+            chat_template: description.chat_template,
+            parameter_count: description.parameter_count,
+            quantization: description.quantization,
+        }
+    }
+}
+
 /// A hold on one registry model: it stays loaded (and its requests run) until `release()`.
 #[pyclass(frozen, module = "cortexstream._core")]
 pub struct Lease {
@@ -93,7 +117,7 @@ impl Registry {
 
     /// The registered names, sorted.
     fn names(&self) -> Vec<String> {
-        self.registry.registered().into_iter().map(|r| r.spec.name).collect()
+        self.registry.names()
     }
 
     /// The model `name`, loaded now if needed; use it while holding the returned lease.
@@ -123,18 +147,24 @@ impl Registry {
         py.detach(|| self.registry.unregister(name))
     }
 
+    /// What the generation model `name` is (architecture, served context length, chat template,
+    /// parameter count, quantization) without loading it: read from its GGUF's metadata, or
+    /// from its engine when loaded. `None` for an embedding model. Not a use of the model.
+    fn describe(&self, py: Python<'_>, name: &str) -> PyResult<Option<ModelDescription>> {
+        let description = py.detach(|| self.registry.describe(name)).map_err(to_py_err)?;
+        Ok(description.map(ModelDescription::from))
+    }
+
     /// The loaded models, by name, after unloading the expired ones.
     fn loaded(&self, py: Python<'_>) -> Vec<LoadedModel> {
         py.detach(|| self.registry.loaded()).into_iter().map(LoadedModel::from).collect()
     }
 
-    /// `Engine.metrics()` of every loaded generation model, by name. Reading them neither
-    /// restarts a model's keep-alive nor counts as a use.
+    /// The counters of every loaded model, by name: a generation model's `Engine.metrics()`,
+    /// an embedding model's `embedding_requests` and `embedding_tokens_total`. Reading them
+    /// neither restarts a model's keep-alive nor counts as a use.
     fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let snapshots: Vec<_> = py.detach(|| {
-            let models = self.registry.loaded_models();
-            models.iter().filter_map(|(name, model)| Some((name.clone(), model.engine()?.metrics()))).collect()
-        });
+        let snapshots = py.detach(|| self.registry.metrics());
         let metrics = PyDict::new(py);
         for (name, snapshot) in snapshots {
             let snapshot =

@@ -24,7 +24,7 @@ use crate::constraint::compiler::ConstraintCompiler;
 use crate::constraint::masks::MaskCounters;
 use crate::constraint::MaskCounts;
 use crate::error::{Error, Result};
-use crate::gguf::{file_type_name, GgufFile, Value};
+use crate::gguf::GgufFile;
 use crate::metrics::{add, Metrics, MetricsSnapshot};
 use crate::models::bert::BertEmbedder;
 use crate::models::GenerationModel;
@@ -38,7 +38,7 @@ use scheduler::{Scheduler, SchedulerConfig, SlidingPool};
 use sequence::{panic_message, EventCallback, QueueSlot, Sequence};
 use step_loop::StepLoop;
 
-pub use completion::{Completion, CompletionBuilder, EmbeddingInfo, Embeddings, ModelInfo};
+pub use completion::{Completion, CompletionBuilder, EmbeddingInfo, Embeddings, ModelDescription, ModelInfo};
 pub use config::{sliding_pool_blocks, EngineConfig, DEFAULT_TARGET_STEP_MS};
 pub use handle::{Canceller, RecvError, RequestHandle};
 
@@ -119,12 +119,12 @@ impl Engine {
             kv_cache_bytes(num_blocks, sliding_blocks.unwrap_or(0), config.block_size, mc, config.kv_cache_type)?;
         let memory_bytes = resident_estimate(&config, kv_bytes);
         let kv_capacity_tokens = num_blocks * config.block_size;
-        let context_length =
-            config.context_length.unwrap_or(mc.context_length).min(mc.context_length).min(kv_capacity_tokens);
+        let described = ModelDescription::new(&gguf, &config, mc.context_length);
+        let context_length = described.context_length;
         let info = ModelInfo {
             name: mc.name.clone(),
             path: config.model.clone(),
-            architecture: gguf.require_str("general.architecture").unwrap_or("llama").to_string(),
+            architecture: described.architecture,
             context_length,
             vocab_size: mc.vocab_size,
             bos_token_id: tokenizer.bos_token_id(),
@@ -135,16 +135,9 @@ impl Engine {
                 dim: e.dim(),
                 max_tokens: e.max_tokens(),
             }),
-            chat_template: config
-                .chat_template
-                .clone()
-                .or_else(|| gguf.get("tokenizer.chat_template").and_then(Value::as_str).map(str::to_string)),
-            parameter_count: gguf.tensors().iter().map(|t| t.element_count() as u64).sum(),
-            quantization: gguf
-                .get("general.file_type")
-                .and_then(Value::as_u64)
-                .and_then(file_type_name)
-                .map(str::to_string),
+            chat_template: described.chat_template,
+            parameter_count: described.parameter_count,
+            quantization: described.quantization,
         };
         drop(gguf);
 

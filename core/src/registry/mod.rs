@@ -19,12 +19,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Deserialize;
 
+use crate::engine::ModelDescription;
 use crate::error::Error;
 use crate::options::OptionValue;
 use crate::Engine;
 
 pub use keep_alive::{KeepAlive, DEFAULT_KEEP_ALIVE};
-pub use spec::{EmbeddingModel, ModelSource, ModelSpec, ServedModel};
+pub use spec::{EmbeddingMetrics, EmbeddingModel, ModelMetrics, ModelSource, ModelSpec, ServedModel};
 
 /// What can go wrong in a registry call. Converts into the core [`Error`] for the bindings.
 #[derive(Debug, thiserror::Error)]
@@ -346,6 +347,56 @@ impl Registry {
             state.loaded.iter().map(|(name, slot)| (name.clone(), slot.model.clone())).collect();
         models.sort_by(|a, b| a.0.cmp(&b.0));
         models
+    }
+
+    /// The counters of every loaded model (generation and embedding), sorted by name, read
+    /// without touching their keep-alive (see [`loaded_models`](Self::loaded_models)). A model's
+    /// counters start from zero each time it loads.
+    pub fn metrics(&self) -> Vec<(String, ModelMetrics)> {
+        self.loaded_models().into_iter().map(|(name, model)| (name, model.metrics())).collect()
+    }
+
+    /// The counters of the model `name`: `None` when it is registered but not loaded. Read as
+    /// [`metrics`](Self::metrics) reads them (not a use).
+    pub fn model_metrics(&self, name: &str) -> Result<Option<ModelMetrics>, RegistryError> {
+        let state = self.inner.lock();
+        if let Some(slot) = state.loaded.get(name) {
+            return Ok(Some(slot.model.metrics()));
+        }
+        if state.specs.contains_key(name) {
+            return Ok(None);
+        }
+        Err(RegistryError::UnknownModel { name: name.to_owned(), known: state.specs.keys().cloned().collect() })
+    }
+
+    /// What the generation model `name` is, for a model listing (Ollama's `/api/show`), without
+    /// loading it: a loaded model's engine says (exact); one not loaded is read from its GGUF's
+    /// metadata ([`ModelDescription::read`]), no weights touched. `None` for an embedding
+    /// model. Not a use of the model.
+    pub fn describe(&self, name: &str) -> crate::Result<Option<ModelDescription>> {
+        let (spec, loaded) = {
+            let state = self.inner.lock();
+            let Some(registered) = state.specs.get(name) else {
+                return Err(RegistryError::UnknownModel {
+                    name: name.to_owned(),
+                    known: state.specs.keys().cloned().collect(),
+                }
+                .into());
+            };
+            (registered.spec.clone(), state.loaded.get(name).map(|slot| slot.model.clone()))
+        };
+        if let Some(engine) = loaded.as_ref().and_then(ServedModel::engine) {
+            return Ok(Some(ModelDescription::from(engine.model_info())));
+        }
+        match &spec.source {
+            ModelSource::Generation(config) => ModelDescription::read(config).map(Some),
+            ModelSource::Embedding { .. } => Ok(None),
+        }
+    }
+
+    /// The registered names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.registered().into_iter().map(|registered| registered.spec.name).collect()
     }
 
     /// The loaded models (after unloading the expired ones), by name.

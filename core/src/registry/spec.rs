@@ -2,11 +2,15 @@
 //! out once loaded ([`ServedModel`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use serde::Serialize;
 
 use crate::engine::sequence::panic_message;
 use crate::engine::{Embeddings, EngineConfig};
 use crate::error::{Error, Result};
+use crate::metrics::MetricsSnapshot;
 use crate::models::bert::BertEmbedder;
 use crate::options::OptionValue;
 use crate::threadpool::{default_thread_count, ThreadPool};
@@ -183,12 +187,50 @@ impl ServedModel {
     pub fn is_embedding(&self) -> bool {
         matches!(self, Self::Embedding(_))
     }
+
+    /// The model's counters now: its engine's [`MetricsSnapshot`], or an embedding model's
+    /// [`EmbeddingMetrics`]. Reading them does not count as a use.
+    pub fn metrics(&self) -> ModelMetrics {
+        match self {
+            Self::Generation(engine) => ModelMetrics::Generation(engine.metrics()),
+            Self::Embedding(model) => ModelMetrics::Embedding(model.metrics()),
+        }
+    }
+}
+
+/// A loaded model's counters, as [`Registry::metrics`](super::Registry::metrics) lists them.
+/// Serialized without a tag: the fields of the snapshot itself (a REST server renders each
+/// field as a Prometheus family labelled by model).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ModelMetrics {
+    Generation(MetricsSnapshot),
+    Embedding(EmbeddingMetrics),
+}
+
+/// The counters of an embedding model served on its own (a generation engine counts its own
+/// embedding calls in [`MetricsSnapshot::embedding_requests`]). They start from zero when the
+/// model loads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct EmbeddingMetrics {
+    /// Embedding calls made (one per `embed`, however many texts; failed ones included).
+    pub embedding_requests: u64,
+    /// Tokens the successful calls embedded (each text's, special tokens included).
+    pub embedding_tokens_total: u64,
+}
+
+/// What [`EmbeddingMetrics`] reads, updated by any thread that embeds.
+#[derive(Debug, Default)]
+struct EmbeddingCounters {
+    requests: AtomicU64,
+    tokens: AtomicU64,
 }
 
 /// A sentence-embedding model served without a generation model.
 pub struct EmbeddingModel {
     embedder: BertEmbedder,
     memory_bytes: u64,
+    counters: EmbeddingCounters,
 }
 
 impl std::fmt::Debug for EmbeddingModel {
@@ -202,16 +244,26 @@ impl EmbeddingModel {
         let threads = threads.unwrap_or_else(default_thread_count);
         let pool = Arc::new(ThreadPool::new(threads).map_err(|e| Error::invalid("threads", e.to_string()))?);
         let embedder = BertEmbedder::load(dir, pool)?;
-        Ok(Self { embedder, memory_bytes: crate::memory::files_bytes(dir) })
+        Ok(Self { embedder, memory_bytes: crate::memory::files_bytes(dir), counters: EmbeddingCounters::default() })
     }
 
     pub fn embed(&self, texts: &[&str]) -> Result<Embeddings> {
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
         // A panic in the embedder is a bug, reported as an error (as `Engine::embed` does).
         let embedded =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.embedder.embed_counting_tokens(texts)))
                 .map_err(|panic| Error::Internal(panic_message(&panic)))?;
         let (vectors, prompt_tokens) = embedded?;
+        self.counters.tokens.fetch_add(u64::try_from(prompt_tokens).unwrap_or(u64::MAX), Ordering::Relaxed);
         Ok(Embeddings { vectors, prompt_tokens })
+    }
+
+    /// The calls and tokens embedded since the model loaded.
+    pub fn metrics(&self) -> EmbeddingMetrics {
+        EmbeddingMetrics {
+            embedding_requests: self.counters.requests.load(Ordering::Relaxed),
+            embedding_tokens_total: self.counters.tokens.load(Ordering::Relaxed),
+        }
     }
 
     pub fn dim(&self) -> usize {

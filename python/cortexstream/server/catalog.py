@@ -9,9 +9,11 @@ wins over another model's alias; an alias two models share belongs to the first.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from .errors import ApiError, model_not_found
 from .served import ModelEntry, default_name
@@ -44,6 +46,15 @@ class ServedModel:
     chat_template: str | None = None
     parameter_count: int | None = None
     quantization: str | None = None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    """Request options (the core's names) a request's own values override: a config file's
+    `[models.defaults]`. Every generation route takes them through `with_defaults`."""
+
+    def with_defaults(self, sampling: Mapping[str, Any]) -> dict[str, Any]:
+        """The engine options of a request for this model: its defaults, then the request's own
+        (a request's explicit None, such as Ollama's `num_predict: -1`, keeps the engine's
+        default). The one place defaults are merged, so no route can merge them differently."""
+        return {**self.defaults, **sampling}
 
     @property
     def modified_at(self) -> datetime:
@@ -62,7 +73,7 @@ class ServedModel:
         return self.is_embedding or self.parameter_count is not None
 
     def learn(self, info) -> None:
-        """Records a loaded engine's `ModelInfo` (an embedding model is BERT)."""
+        """Records a `ModelInfo` or a `ModelDescription` (an embedding model is BERT)."""
         self.architecture = info.architecture
         self.context_length = info.context_length
         self.chat_template = info.chat_template
@@ -87,7 +98,7 @@ class ModelCatalog:
     def add(self, entry: ModelEntry, path: Path) -> ServedModel:
         model = ServedModel(id=entry.name, is_embedding=entry.embedding, path=path,
                             aliases=frozenset(_aliases(entry, path)),
-                            architecture="bert" if entry.embedding else "")
+                            architecture="bert" if entry.embedding else "", defaults=dict(entry.defaults))
         with self._lock:
             self._models[entry.name] = model
         return model

@@ -168,17 +168,26 @@ LOGGING: dict[str, Check] = {
     "log_prompts": boolean,
 }
 
-#: Engine settings: `[engine]` for every model, or one model's own in its `[[models]]` table.
-ENGINE: dict[str, Check] = {
-    "threads": integer(1),
-    "max_running": integer(1),
-    "max_queue": integer(1),
-    "kv_cache_tokens": integer(1),
-    "max_batch_tokens": integer(1),
-    "target_step_ms": number(0, 10_000),
-    "context_length": integer(1),
-    "kv_cache_type": choice("f16", "q8_0"),
+#: The core's engine settings a config file gives elsewhere, or not at all, and where.
+ENGINE_ELSEWHERE = {
+    "tokenizer": "the model's own",
+    "embedding_model": "a [[models]] table with embedding = true",
+    "chat_template": "a [[models]] table's chat_template or chat_template_file",
+    "log_prompts": "[logging] log_prompts",
 }
+
+#: Engine settings, `[engine]` for every model or one model's own in its `[[models]]` table:
+#: the core's (`EngineConfig`), by its names. The core checks their types and ranges
+#: (`_Reader.engine_settings`), so the file takes exactly what `Engine(...)` takes.
+ENGINE_SETTINGS = tuple(name for name in _core.engine_setting_names() if name not in ENGINE_ELSEWHERE)
+
+
+def _for_the_core(value: Any) -> Any:
+    """A value the core checks, with the others of its table (see `_Reader.engine_settings`)."""
+    return value
+
+
+ENGINE: dict[str, Check] = dict.fromkeys(ENGINE_SETTINGS, _for_the_core)
 
 MODEL: dict[str, Check] = {
     "name": model_name,
@@ -309,7 +318,8 @@ class _Reader:
         server = self.section(document, "server", SERVER)
         logging_ = self.section(document, "logging", LOGGING)
         engine = self.section(document, "engine", ENGINE)
-        models = tuple(self.model(i, table) for i, table in enumerate(self.array_of_tables(document, "models")))
+        self.engine_settings(("engine",), engine)
+        models = tuple(self.model(i, table, engine) for i, table in enumerate(self.array_of_tables(document, "models")))
         self.no_duplicates(models, "models", lambda m: m.name.casefold().removesuffix(":latest"))
         keys, envs = [], {}
         for i, table in enumerate(self.array_of_tables(document, "api_keys")):
@@ -363,7 +373,23 @@ class _Reader:
         if key not in table:
             raise self.error(path, f"missing `{key}`")
 
-    def model(self, index: int, table: dict) -> ModelConfig:
+    def engine_settings(self, path: KeyPath, own: Mapping[str, Any], over: Mapping[str, Any] | None = None) -> None:
+        """Checks the engine settings `own` (at `path`), laid over `[engine]`'s (`over`) as a
+        model gets them, with the core's own check: an error names the key it is about, where
+        the file sets it, in the core's words (its ranges)."""
+        over = over or {}
+        try:
+            _core.check_engine_settings({**over, **own})
+        except cortexstream.InvalidRequestError as error:
+            if error.param in own:
+                at = (*path, error.param)
+            elif error.param in over:
+                at = ("engine", error.param)
+            else:
+                at = path
+            raise self.error(at, _core_message(error)) from None
+
+    def model(self, index: int, table: dict, engine: Mapping[str, Any]) -> ModelConfig:
         path: KeyPath = ("models", index)
         for key in ("name", "model"):
             self.required(table, path, key)
@@ -380,6 +406,9 @@ class _Reader:
         generation_only = [key for key in checked if key in ENGINE and key != "threads"]
         if embedding and generation_only:
             raise self.error((*path, generation_only[0]), "an embedding model takes no engine setting but `threads`")
+        own_engine = {key: value for key, value in checked.items() if key in ENGINE}
+        # An embedding model takes `threads` only: `[engine]`'s other settings are not its.
+        self.engine_settings(path, own_engine, {} if embedding else engine)
         return ModelConfig(
             name=checked["name"],
             model=self.model_source((*path, "model"), checked["model"]),
@@ -387,7 +416,7 @@ class _Reader:
             keep_alive=checked.get("keep_alive"),
             chat_template=template,
             chat_template_file=template_file,
-            engine={key: value for key, value in checked.items() if key in ENGINE},
+            engine=own_engine,
             defaults=self.sampling_defaults((*path, "defaults"), table.get("defaults", {}), embedding),
         )
 

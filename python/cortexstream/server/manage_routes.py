@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 from collections.abc import AsyncIterator
 
 from cortexstream import models
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from .errors import ApiError
+from .generation import unless_disconnected
 from .state import ReadyState, ServerState
 from .streaming import ndjson_line, ndjson_response
 
@@ -98,28 +100,40 @@ def _progress_object(step: models.PullProgress) -> dict:
 
 
 @router.post("/pull")
-async def pull(body: PullRequest, state: ReadyState):
+async def pull(body: PullRequest, state: ReadyState, request: Request):
     name = _store_name(body.model or body.name, "model")
     if name not in models.KNOWN_MODELS:
         raise _store_error(models.NoSuchModelError(
             f"model {name!r} cannot be pulled; known: {', '.join(sorted(models.KNOWN_MODELS))}"))
     steps = _pull_in_background(state, name)
     if body.stream:
+        # A client that leaves closes the stream, which stops the pull.
         return ndjson_response(_progress_lines(steps))
+    # A client that leaves cancels the wait (`ClientDisconnected`), which stops the pull.
+    return await unless_disconnected(request.receive, _last_step(steps))
+
+
+async def _last_step(steps: AsyncIterator[models.PullProgress | Exception]) -> JSONResponse:
+    """The pull's last step as one object (`stream: false`); closing `steps` however this ends
+    (the client left: this is cancelled) stops the pull."""
     last: dict = {}
-    async for item in steps:
-        if isinstance(item, Exception):
-            raise _store_error(item)
-        last = _progress_object(item)
+    try:
+        async for item in steps:
+            if isinstance(item, Exception):
+                raise _store_error(item)
+            last = _progress_object(item)
+    finally:
+        await steps.aclose()
     return JSONResponse(last)
 
 
 async def _pull_in_background(state: ServerState, name: str) -> AsyncIterator[models.PullProgress | Exception]:
     """Runs the pull in a worker thread and yields its progress steps as they happen, then its
-    failure if it failed. A client that goes away does not stop the pull: it completes (or
-    fails) and leaves the store consistent either way."""
+    failure if it failed. Closing this before the end (the client went away) stops the pull as
+    Ollama does: the download is killed and its temporary files removed; nothing is stored."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[models.PullProgress | Exception | None] = asyncio.Queue()
+    cancelled = threading.Event()
 
     def report(step: models.PullProgress) -> None:
         # "success" is the server's to say, once the model is also servable.
@@ -129,7 +143,7 @@ async def _pull_in_background(state: ServerState, name: str) -> AsyncIterator[mo
     async def run() -> None:
         try:
             async with _pull_locks.setdefault(name, asyncio.Lock()):
-                [entry] = await asyncio.to_thread(models.pull, name, progress=report)
+                [entry] = await asyncio.to_thread(models.pull, name, progress=report, cancelled=cancelled)
                 _serve(state, entry)
             queue.put_nowait(models.PullProgress(SUCCESS))
         except Exception as error:  # noqa: BLE001 - handed to the client
@@ -140,11 +154,16 @@ async def _pull_in_background(state: ServerState, name: str) -> AsyncIterator[mo
     task = asyncio.create_task(run())
     _running_pulls.add(task)
     task.add_done_callback(_running_pulls.discard)
-    while (item := await queue.get()) is not None:
-        yield item
+    try:
+        while (item := await queue.get()) is not None:
+            yield item
+    finally:
+        # Set after the end too, where it changes nothing. A pull waiting behind another of the
+        # same name stops before it starts.
+        cancelled.set()
 
 
-#: Pulls whose client left: kept referenced until they finish (asyncio holds tasks weakly).
+#: Pulls whose client left, until they have stopped (asyncio holds tasks weakly).
 _running_pulls: set[asyncio.Task] = set()
 
 

@@ -1,6 +1,7 @@
 """Renders the loaded models' `Engine.metrics()` in the Prometheus text exposition format with
 `prometheus_client` (HELP and TYPE lines, name and value formatting, escaping, labels), from
-fresh snapshots per scrape: one series per loaded generation model, labelled `model`."""
+fresh snapshots per scrape: one series per loaded model, labelled `model` (an embedding model
+has two counters: `embedding_requests` and `embedding_tokens_total`)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ HELP = {
     "kv_blocks_free": "KV cache blocks not used by any sequence (free or holding reusable prefixes).",
     "kv_sliding_blocks_total": "KV cache blocks of sliding-window layers (0 for models without them).",
     "kv_sliding_blocks_free": "Sliding-window KV cache blocks not used by any sequence.",
-    "embedding_requests": "Embedding requests served.",
+    "embedding_requests": "Embedding calls made to the model (one per request, however many texts).",
+    "embedding_tokens_total": "Tokens embedded by an embedding model's successful calls.",
     "batch_size": "Tokens (prefill and decode rows) per forward step.",
     "time_to_first_token_seconds": "Seconds from submit to a request's first token.",
     "per_token_seconds": "Mean seconds per generated token after the first, per request.",

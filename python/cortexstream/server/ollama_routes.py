@@ -113,9 +113,10 @@ async def _respond(state: ServerState, model: str, keep_alive, job: Job, stream:
     its field as `fields` maps the engine's names (plus every option)."""
     started = time.perf_counter_ns()
     try:
+        served = state.served(model, embedding=False)
+        job = dataclasses.replace(job, sampling=served.with_defaults(job.sampling))
         async with state.leased(model, embedding=False, keep_alive=keep_alive) as held:
             load_ns = time.perf_counter_ns() - started
-            job = dataclasses.replace(job, sampling=held.with_defaults(job.sampling))
             if not stream:
                 [completion] = await complete_all(held.engine, [job], receive)
                 return {"model": model, "created_at": _timestamp(), **content(completion),

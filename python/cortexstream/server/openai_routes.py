@@ -75,7 +75,7 @@ async def chat_completions(body: ChatCompletionRequest, state: ReadyState, reque
     served = state.served(body.model, embedding=False)
     messages = [openai_history_message(m, _message_text(m)) for m in body.messages]
     top = (body.top_logprobs or 0) if body.logprobs else None
-    sampling = state.with_defaults(served, {**_sampling(body, top), **openai_constraint(body)})
+    sampling = served.with_defaults({**_sampling(body, top), **openai_constraint(body)})
     jobs = fan_out([messages], chat=True, sampling=sampling, n=_choices(body.n, state), priority=body.priority)
     async with state.leased(body.model, embedding=False) as held:
         return await _chat_completions(body, jobs, held, request)
@@ -172,7 +172,7 @@ def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str 
 async def completions(body: CompletionRequest, state: ReadyState, request: Request):
     # The model named, then the request's own checks: a refused request loads no model.
     served = state.served(body.model, embedding=False)
-    sampling = state.with_defaults(served, {**_sampling(body, body.logprobs), **openai_constraint(body)})
+    sampling = served.with_defaults({**_sampling(body, body.logprobs), **openai_constraint(body)})
     prompts, n = _prompts(body.prompt), _choices(body.n, state)
     _check_fan_out(prompts, n, state)
     jobs = fan_out(prompts, chat=False, sampling=sampling, n=n, priority=body.priority)

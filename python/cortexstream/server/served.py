@@ -43,6 +43,10 @@ class EngineOptions:
     """Put prompts in the engine's `queued` log records (`--log-prompts`); never by default."""
     kv_cache_type: str | None = None
     """How the KV cache stores keys and values: f16 or q8_0 (`--kv-cache-type`)."""
+    block_size: int | None = None
+    """Tokens per KV cache block (a config file's `block_size`)."""
+    max_prefill_tokens: int | None = None
+    """Most prompt tokens one step computes (a config file's `max_prefill_tokens`)."""
 
     def as_kwargs(self) -> dict:
         return {name: value for name, value in self.__dict__.items() if value is not None}

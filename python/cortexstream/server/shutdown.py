@@ -42,7 +42,7 @@ class DrainingServer(uvicorn.Server):
         state = getattr(self.served_app.state, "server", None)
         if state is None or not state.ready:
             return
-        running = sum(snapshot["running"] for snapshot in state.registry.metrics().values())
+        running = sum(snapshot.get("running", 0) for snapshot in state.registry.metrics().values())
         log.warning("shutdown: closing the engine after %.1fs of draining; %d running request(s) end as "
                     "cancelled", self.drain_seconds, running)
         await asyncio.to_thread(state.close)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import cortexstream
 from cortexstream import models
@@ -94,8 +94,6 @@ class ServerState:
         self.catalog = ModelCatalog()
         self.load_error: str | None = None
         self._ready = False
-        # Model name -> its default request options (config file models have some).
-        self._defaults: dict[str, Mapping[str, Any]] = {}
 
     def load(self) -> None:
         """Registers every model and loads the first (blocking: run it off the event loop)."""
@@ -119,7 +117,6 @@ class ServerState:
     def _register(self, entry: ModelEntry) -> ServedModel:
         path = entry.path()
         self.registry.register(entry.name, path, **entry.register_kwargs())
-        self._defaults[entry.name] = entry.defaults
         return self.catalog.add(entry, path)
 
     def close(self) -> None:
@@ -145,7 +142,6 @@ class ServerState:
         """Forgets `name` (see the class documentation)."""
         registry = self._require_registry()
         self.catalog.remove(name)
-        self._defaults.pop(name, None)
         return registry.unregister(name)
 
     def model_names(self) -> list[str]:
@@ -178,11 +174,6 @@ class ServerState:
         if self.registry is not None and entry.name not in self.model_names():
             self.add_model(entry.name, entry.path, entry.embedding)
 
-    def with_defaults(self, model: ServedModel, sampling: Mapping[str, Any]) -> dict[str, Any]:
-        """A request's engine options over `model`'s defaults (a config file's `[models.defaults]`),
-        for routes that check a request before leasing its model (see `HeldLease.with_defaults`)."""
-        return {**self._defaults.get(model.id, {}), **sampling}
-
     async def lease(self, name: str, *, embedding: bool, keep_alive=None) -> cortexstream.Lease:
         """A lease on the model `name` answers to, loaded first if it is not (off the event loop).
         `keep_alive` (the request's) becomes the model's from now on. The caller releases it."""
@@ -210,11 +201,17 @@ class ServerState:
 
     async def described(self, name: str) -> ServedModel:
         """The model `name` answers to, with what its GGUF says (template, parameters,
-        quantization, context length): loaded for that if it has not been since start."""
+        quantization, served context length): read from the file's metadata, without loading
+        the model (nor counting as a use of it) when it has not been loaded since start."""
         model = self.catalog.find(name)
         if not model.described:
-            async with self.leased(name, embedding=False):
-                pass
+            registry = self._require_registry()
+            try:
+                description = await asyncio.to_thread(registry.describe, model.id)
+            except cortexstream.ModelNotFoundError:
+                raise model_not_found(name) from None  # removed meanwhile
+            if description is not None:
+                model.learn(description)
         return model
 
     @asynccontextmanager
@@ -222,7 +219,7 @@ class ServerState:
         """`async with state.leased(body.model, embedding=False) as held:` a lease released when
         the block ends, unless `held.hold_while(lines)` handed it to a streamed response."""
         lease = await self.lease(name, embedding=embedding, keep_alive=keep_alive)
-        held = HeldLease(lease, self._defaults.get(lease.name, {}))
+        held = HeldLease(lease)
         try:
             yield held
         finally:
@@ -246,12 +243,10 @@ def release_soon(lease: cortexstream.Lease) -> None:
 
 class HeldLease:
     """A request's lease; `hold_while` hands it to the response stream that outlives the route.
-    `defaults` are the model's default request options (a config file's `[models.defaults]`):
-    `with_defaults` puts a request's own options over them."""
+    (A model's default request options are `ServedModel.with_defaults`, applied before leasing.)"""
 
-    def __init__(self, lease: cortexstream.Lease, defaults: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, lease: cortexstream.Lease) -> None:
         self.lease = lease
-        self.defaults = defaults or {}
         self.handed_over = False
 
     async def embed_with_usage(self, texts: list[str]) -> tuple[list[list[float]], int]:
@@ -260,11 +255,6 @@ class HeldLease:
         vectors, tokens = await asyncio.to_thread(self.lease.embed_with_usage, texts)
         note_usage(tokens, 0)
         return vectors, tokens
-
-    def with_defaults(self, sampling: Mapping[str, Any]) -> dict[str, Any]:
-        """The engine options of a request: the model's defaults, then the request's own (a
-        request's explicit None, such as Ollama's `num_predict: -1`, keeps the engine's default)."""
-        return {**self.defaults, **sampling}
 
     @property
     def engine(self) -> cortexstream.Engine:
