@@ -1662,4 +1662,48 @@ mod tests {
         let crowded: Vec<_> = (0..3).map(|_| chunk(2100)).collect();
         assert!(!attention_split::spread_slices(AttentionScratch::unsplit_tasks(&crowded, &g), 2));
     }
+
+    /// CPU time of one attention call (this thread's clock; the one-thread pool runs tasks on
+    /// the caller), best of several: `cargo test --release -p cortexstream --lib
+    /// attention_speed_probe -- --ignored --nocapture`. A measuring aid for A/B runs, not a test.
+    #[test]
+    #[ignore]
+    fn attention_speed_probe() {
+        fn thread_cpu_ns() -> u64 {
+            let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: a valid timespec for the call to fill.
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+            now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+        }
+        let pool = ThreadPool::new(1).unwrap();
+        let smollm2 = geometry(64, 9, 3);
+        let gemma3 = geometry(256, 4, 1);
+        let cases: [(&str, Geometry, Span, usize, usize); 7] = [
+            ("smollm2 decode at 128", smollm2, Span::Causal, 128, 1),
+            ("smollm2 decode at 2048", smollm2, Span::Causal, 2048, 1),
+            ("smollm2 decode at 8000", smollm2, Span::Causal, 8000, 1),
+            ("smollm2 prefill 64 at 4032", smollm2, Span::Causal, 4032, 64),
+            ("smollm2 prefill 256 at 3840", smollm2, Span::Causal, 3840, 256),
+            ("gemma3 prefill 512 global", gemma3, Span::Causal, 0, 512),
+            ("gemma3 prefill 512 window", gemma3, Span::Window(512), 0, 512),
+        ];
+        let filter = std::env::var("PROBE").unwrap_or_default();
+        for (name, g, span, start, n) in cases {
+            if !name.contains(filter.as_str()) {
+                continue;
+            }
+            let (kv, table) = storage(KvCacheType::F16, start + n, &g, 16, 5);
+            let chunks = [(start, n)];
+            let qkv = queries_for(&g, &chunks, 3);
+            let kernel = Kernel::best(g.head_dim);
+            let mut best = u64::MAX;
+            let repeats = (2_000_000 / (n * (start + n))).clamp(3, 200);
+            for _ in 0..repeats {
+                let before = thread_cpu_ns();
+                std::hint::black_box(run(kernel, &g, span, &kv, &table, &chunks, &qkv, &pool));
+                best = best.min(thread_cpu_ns() - before);
+            }
+            println!("{name:<30} {kernel:?} {:>10.1} us", best as f64 / 1000.0);
+        }
+    }
 }
