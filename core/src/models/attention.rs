@@ -498,18 +498,12 @@ impl Kernel {
     /// The online-softmax step of each row: turns `weights` (a row's scores) into
     /// `e^(s - m')`, updates the running maximum and lane sums, and records the correction.
     fn update_softmax(self, weights: &mut [f32], max: &mut [f32], lane_sums: &mut [f32], correction: &mut [f32]) {
-        let rows = weights.chunks_exact_mut(TILE).zip(lane_sums.chunks_exact_mut(TILE));
-        for (((weights, sums), max), correction) in rows.zip(max.iter_mut()).zip(correction.iter_mut()) {
-            let tile_max = weights.iter().fold(f32::NEG_INFINITY, |m, &s| if s > m { s } else { m });
-            let new_max = if tile_max > *max { tile_max } else { *max };
-            *correction = exp_nonpositive(*max - new_max);
-            *max = new_max;
-            match self {
-                Kernel::Portable => portable::update_lanes(weights, sums, new_max, *correction),
-                // SAFETY: chosen only on CPUs with AVX2 and FMA; both slices are TILE long.
-                #[cfg(target_arch = "x86_64")]
-                Kernel::Avx2 | Kernel::Avx512 => unsafe { avx2::update_lanes(weights, sums, new_max, *correction) },
-            }
+        match self {
+            Kernel::Portable => portable::update_softmax(weights, max, lane_sums, correction),
+            // SAFETY: chosen only on CPUs with AVX2 and FMA; `attend_tiles` passes TILE weights
+            // and lane sums per row.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 | Kernel::Avx512 => unsafe { avx2::update_softmax(weights, max, lane_sums, correction) },
         }
     }
 
@@ -536,11 +530,6 @@ pub(crate) fn kernel_name() -> &'static str {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => "avx512",
     }
-}
-
-/// `e^x` for `x <= 0` (the same polynomial as the vector code; -inf gives 0).
-fn exp_nonpositive(x: f32) -> f32 {
-    crate::models::elementwise::exp_nonpositive(x)
 }
 
 /// A tile's sixteen lane sums added as the fixed tree the contract names.
@@ -784,6 +773,7 @@ fn finish_rows(b: &TaskBuffers<'_>, first_row: usize, rows: usize, head_dim: usi
 /// The contract in plain Rust (`f32::mul_add` is a fused multiply-add on every target).
 mod portable {
     use super::TILE;
+    use crate::models::elementwise::exp_nonpositive;
 
     /// `dot(q, k)` with 32 partial sums and the fixed tree.
     fn dot(q: &[f32], k: &[f32]) -> f32 {
@@ -824,10 +814,39 @@ mod portable {
         (q[0] + q[2]) + (q[1] + q[3])
     }
 
-    pub(super) fn update_lanes(weights: &mut [f32], sums: &mut [f32], max: f32, correction: f32) {
-        for (w, l) in weights.iter_mut().zip(sums.iter_mut()) {
-            *w = super::exp_nonpositive(*w - max);
-            *l = l.mul_add(correction, *w);
+    /// The larger of two floats as `maxps` picks it: `a` if `a > b`, else `b` (so a NaN `a`
+    /// gives `b`, and of two zeros the second).
+    fn max_ps(a: f32, b: f32) -> f32 {
+        if a > b {
+            a
+        } else {
+            b
+        }
+    }
+
+    /// The maximum of a tile's scores as the fixed tree of `max_ps`: lanes `i` and `i + 8`,
+    /// then `+4`, `+2`, `+1` (the first operand always the lower lane).
+    pub(super) fn tile_max(scores: &[f32]) -> f32 {
+        let mut m = [0f32; 8];
+        for (i, m) in m.iter_mut().enumerate() {
+            *m = max_ps(scores[i], scores[i + 8]);
+        }
+        let q = [max_ps(m[0], m[4]), max_ps(m[1], m[5]), max_ps(m[2], m[6]), max_ps(m[3], m[7])];
+        max_ps(max_ps(q[0], q[2]), max_ps(q[1], q[3]))
+    }
+
+    /// Each row's online-softmax step: `m' = max_ps(tile_max, m)`, `c = e^(m - m')`,
+    /// `w = e^(s - m')`, `l = fma(l, c, w)`.
+    pub(super) fn update_softmax(weights: &mut [f32], max: &mut [f32], lane_sums: &mut [f32], correction: &mut [f32]) {
+        let rows = weights.chunks_exact_mut(TILE).zip(lane_sums.chunks_exact_mut(TILE));
+        for (((weights, sums), max), correction) in rows.zip(max.iter_mut()).zip(correction.iter_mut()) {
+            let new_max = max_ps(tile_max(weights), *max);
+            *correction = exp_nonpositive(*max - new_max);
+            *max = new_max;
+            for (w, l) in weights.iter_mut().zip(sums.iter_mut()) {
+                *w = exp_nonpositive(*w - new_max);
+                *l = l.mul_add(*correction, *w);
+            }
         }
     }
 
@@ -966,19 +985,35 @@ mod avx2 {
         }
     }
 
-    /// `w = e^(w - max)`, `l = fma(l, c, w)` over the [`TILE`] lanes of one row.
+    /// [`super::portable::update_softmax`] in registers: the tile maximum as the same tree of
+    /// `maxps` (operands in the same order), the correction by the vector `e^x` (the scalar
+    /// one's twin, the same bits), and no call into libm's software `fmaf`.
     ///
     /// # Safety
-    /// AVX2 and FMA; both slices [`TILE`] long.
+    /// AVX2 and FMA; [`TILE`] weights and lane sums per row, one maximum and correction per row.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn update_lanes(weights: &mut [f32], sums: &mut [f32], max: f32, correction: f32) {
-        assert!(weights.len() == TILE && sums.len() == TILE);
-        let (max, correction) = (_mm256_set1_ps(max), _mm256_set1_ps(correction));
-        for i in (0..TILE).step_by(8) {
-            let w = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(weights.as_ptr().add(i)), max));
-            _mm256_storeu_ps(weights.as_mut_ptr().add(i), w);
-            let l = _mm256_fmadd_ps(_mm256_loadu_ps(sums.as_ptr().add(i)), correction, w);
-            _mm256_storeu_ps(sums.as_mut_ptr().add(i), l);
+    pub(super) unsafe fn update_softmax(weights: &mut [f32], max: &mut [f32], sums: &mut [f32], correction: &mut [f32]) {
+        let rows = max.len();
+        assert!(weights.len() == rows * TILE && sums.len() == rows * TILE && correction.len() == rows);
+        for r in 0..rows {
+            let (w, l) = (weights.as_mut_ptr().add(r * TILE), sums.as_mut_ptr().add(r * TILE));
+            let (low, high) = (_mm256_loadu_ps(w), _mm256_loadu_ps(w.add(8)));
+            let eight = _mm256_max_ps(low, high);
+            let four = _mm_max_ps(_mm256_castps256_ps128(eight), _mm256_extractf128_ps::<1>(eight));
+            let two = _mm_max_ps(four, _mm_movehl_ps(four, four));
+            let tile_max = _mm_max_ss(two, _mm_shuffle_ps::<1>(two, two));
+            let old_max = _mm_set_ss(max[r]);
+            let new_max = _mm_max_ss(tile_max, old_max);
+            let c = exp_nonpositive(_mm256_castps128_ps256(_mm_sub_ss(old_max, new_max)));
+            let c = _mm256_broadcastss_ps(_mm256_castps256_ps128(c));
+            correction[r] = _mm256_cvtss_f32(c);
+            max[r] = _mm_cvtss_f32(new_max);
+            let new_max = _mm256_broadcastss_ps(new_max);
+            for (i, x) in [(0, low), (8, high)] {
+                let p = exp_nonpositive(_mm256_sub_ps(x, new_max));
+                _mm256_storeu_ps(w.add(i), p);
+                _mm256_storeu_ps(l.add(i), _mm256_fmadd_ps(_mm256_loadu_ps(l.add(i)), c, p));
+            }
         }
     }
 
@@ -1086,40 +1121,83 @@ mod avx512 {
     ) {
         let rows = queries.len() / hd;
         assert!(hd.is_multiple_of(8) && keys.len() >= TILE * hd && out.len() == rows * TILE && lanes.1 <= TILE);
+        // Each lane's 16 sums `p_i + p_(i+16)` of each row of the pass, reduced together below.
+        // Lanes outside `lanes` are zeros (their scores are not stored); the others are written
+        // by `score_block` before they are read, so the 4 KiB need no clearing per call.
+        let mut halves = std::mem::MaybeUninit::<[[__m512; TILE]; ROWS_PER_PASS]>::uninit();
+        let h = halves.as_mut_ptr() as *mut __m512;
+        for j in (0..lanes.0).chain(lanes.1..TILE) {
+            for r in 0..ROWS_PER_PASS {
+                h.add(r * TILE + j).write(_mm512_setzero_ps());
+            }
+        }
+        let in_lanes: __mmask16 = ((1u32 << lanes.1) - (1u32 << lanes.0)) as __mmask16;
         // Up to four rows × two keys × two accumulators: 16 of the 32 registers.
         for first in (0..rows).step_by(ROWS_PER_PASS) {
             let q = queries.as_ptr().add(first * hd);
-            let o = out.as_mut_ptr().add(first * TILE);
             let mut j = lanes.0;
             while j < lanes.1 {
                 let k = keys.as_ptr().add(j * hd);
                 let two = j + 1 < lanes.1;
                 match (rows - first, two) {
-                    (1, true) => score_block::<1, 2>(q, k, hd, scale, o.add(j)),
-                    (2, true) => score_block::<2, 2>(q, k, hd, scale, o.add(j)),
-                    (3, true) => score_block::<3, 2>(q, k, hd, scale, o.add(j)),
-                    (_, true) => score_block::<4, 2>(q, k, hd, scale, o.add(j)),
-                    (1, false) => score_block::<1, 1>(q, k, hd, scale, o.add(j)),
-                    (2, false) => score_block::<2, 1>(q, k, hd, scale, o.add(j)),
-                    (3, false) => score_block::<3, 1>(q, k, hd, scale, o.add(j)),
-                    (_, false) => score_block::<4, 1>(q, k, hd, scale, o.add(j)),
+                    (1, true) => score_block::<1, 2>(q, k, hd, h.add(j)),
+                    (2, true) => score_block::<2, 2>(q, k, hd, h.add(j)),
+                    (3, true) => score_block::<3, 2>(q, k, hd, h.add(j)),
+                    (_, true) => score_block::<4, 2>(q, k, hd, h.add(j)),
+                    (1, false) => score_block::<1, 1>(q, k, hd, h.add(j)),
+                    (2, false) => score_block::<2, 1>(q, k, hd, h.add(j)),
+                    (3, false) => score_block::<3, 1>(q, k, hd, h.add(j)),
+                    (_, false) => score_block::<4, 1>(q, k, hd, h.add(j)),
                 }
                 j += if two { 2 } else { 1 };
+            }
+            for r in 0..(rows - first).min(ROWS_PER_PASS) {
+                // SAFETY: row r's lanes are all written (above, or by this pass's blocks).
+                let row = &*(h.add(r * TILE) as *const [__m512; TILE]);
+                let scores = _mm512_mul_ps(lane_trees(row), _mm512_set1_ps(scale));
+                _mm512_mask_storeu_ps(out.as_mut_ptr().add((first + r) * TILE), in_lanes, scores);
             }
         }
     }
 
-    /// `R` query rows against `P` consecutive keys; writes `out[r * TILE + p]`. Partial sums
-    /// `0..16` live in the first accumulator, `16..32` in the second.
+    /// The score tree's last four levels for sixteen lanes at once: lane `j` of the result is
+    /// `tree(h[j])`, where `tree(x)` sums `e_i = x_i + x_(i+8)`, then `e_i + e_(i+4)`, then
+    /// `+2`, then `+1` (the contract's order, as [`super::avx2::horizontal_sum`] does it for
+    /// one lane). Each level adds pairs of vectors shuffled so that both lanes' partial sums
+    /// travel together: 45 shuffles and adds for sixteen scores instead of about 9 per score.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     #[inline]
-    unsafe fn score_block<const R: usize, const P: usize>(
-        q: *const f32,
-        k: *const f32,
-        hd: usize,
-        scale: f32,
-        out: *mut f32,
-    ) {
+    unsafe fn lane_trees(h: &[__m512; TILE]) -> __m512 {
+        // Level `+8`: t[k] holds lanes 2k (in its low 8 floats) and 2k + 1 (high 8).
+        let mut t = [_mm512_setzero_ps(); 8];
+        for (k, t) in t.iter_mut().enumerate() {
+            let (a, b) = (h[2 * k], h[2 * k + 1]);
+            *t = _mm512_add_ps(_mm512_shuffle_f32x4::<0x44>(a, b), _mm512_shuffle_f32x4::<0xEE>(a, b));
+        }
+        // Level `+4`: u[m]'s 128-bit chunk c holds lane 4m + c.
+        let mut u = [_mm512_setzero_ps(); 4];
+        for (m, u) in u.iter_mut().enumerate() {
+            let (x, y) = (t[2 * m], t[2 * m + 1]);
+            *u = _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(x, y), _mm512_shuffle_f32x4::<0xDD>(x, y));
+        }
+        // Level `+2`: v[n]'s chunk c holds lane 8n + c (floats 0, 1) and 8n + 4 + c (2, 3).
+        let mut v = [_mm512_setzero_ps(); 2];
+        for (n, v) in v.iter_mut().enumerate() {
+            let (x, y) = (u[2 * n], u[2 * n + 1]);
+            *v = _mm512_add_ps(_mm512_shuffle_ps::<0x44>(x, y), _mm512_shuffle_ps::<0xEE>(x, y));
+        }
+        // Level `+1`: float 4c + k holds lane 4k + c; put lane j at float j.
+        let w = _mm512_add_ps(_mm512_shuffle_ps::<0x88>(v[0], v[1]), _mm512_shuffle_ps::<0xDD>(v[0], v[1]));
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        _mm512_permutexvar_ps(order, w)
+    }
+
+    /// `R` query rows against `P` consecutive keys; writes key `p`'s sums `p_i + p_(i+16)` of
+    /// row `r` to `halves[r * TILE + p]`. Partial sums `0..16` live in the first accumulator,
+    /// `16..32` in the second.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn score_block<const R: usize, const P: usize>(q: *const f32, k: *const f32, hd: usize, halves: *mut __m512) {
         let mut acc = [[[_mm512_setzero_ps(); 2]; P]; R];
         let full = hd / 32 * 32;
         for d in (0..full).step_by(32) {
@@ -1153,10 +1231,7 @@ mod avx512 {
         }
         for (r, acc) in acc.iter().enumerate() {
             for (p, acc) in acc.iter().enumerate() {
-                let halves = _mm512_add_ps(acc[0], acc[1]);
-                let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(halves)));
-                let eight = _mm256_add_ps(_mm512_castps512_ps256(halves), high);
-                *out.add(r * TILE + p) = super::avx2::horizontal_sum(eight) * scale;
+                *halves.add(r * TILE + p) = _mm512_add_ps(acc[0], acc[1]);
             }
         }
     }
