@@ -13,8 +13,12 @@
 //!   `tile_start + j`; lanes outside `first..=pos` are masked.
 //! - Score of a position: `dot(q, k) · scale`, where `dot` keeps 32 partial sums (partial `i`
 //!   is the fused multiply-add chain over the dimensions `d ≡ i (mod 32)` in increasing order,
-//!   from 0), summed as a fixed tree: `i + (i+16)`, then `+8`, `+4`, `+2`, `+1` lanes.
-//! - Per tile: `m' = max(m, max of the unmasked scores)`, `c = e^(m - m')`, weights
+//!   from 0), summed as a fixed tree: `i + (i+16)`, then `+8`, `+4`, `+2`, `+1` lanes. (The
+//!   AVX-512 kernel runs the last four levels for a tile's sixteen positions at once through a
+//!   shuffle network: the same additions, no horizontal sum per score.)
+//! - Per tile: `m' = maxps(t, m)` with `t` the tile's maximum as a fixed tree of `maxps`
+//!   (lanes `maxps(s_j, s_(j+8))`, then `+4`, `+2`, `+1`; masked lanes hold -inf;
+//!   `maxps(a, b)` is `a` if `a > b`, else `b`, as the instruction), `c = e^(m - m')`, weights
 //!   `p_j = e^(s_j - m')` (0 for masked lanes), lane sums `l_j = fma(l_j, c, p_j)`, output
 //!   accumulator `acc = acc · c`, then `acc = fma(p_j, v_j, acc)` for the unmasked lanes in
 //!   order (masked lanes are skipped, never multiplied by 0: their V rows may hold anything).
@@ -30,6 +34,11 @@
 //!   added to its lane by a fused multiply-add with the product of the two scales); V rows are
 //!   `q · d`, exact in f32. Every task quantizes its own query rows, so a row's slice tasks
 //!   use the same query bits as an unspread pass.
+//!
+//! **Memory:** a tile's K/V rows are widened a block's run at a time (a block's slots lie one
+//! after the other), and the next tile's rows are prefetched while this one is computed: the
+//! paged blocks lie anywhere, so the hardware prefetcher cannot follow them. Neither changes a
+//! bit.
 //!
 //! **Batch invariance:** that arithmetic depends only on the row's query, its position, its
 //! span and its sequence's cached K/V: tiles are aligned to absolute positions, not to the
@@ -416,7 +425,9 @@ impl Kernel {
                 Row::F16(k) => self.widen_f16(k, &mut b.keys[lanes.start * hd..lanes.end * hd]),
                 Row::Q8(quants, scales) => {
                     let blocks = b.key_blocks[lanes.start * groups..lanes.end * groups].chunks_exact_mut(groups);
-                    for ((blocks, quants), scales) in blocks.zip(quants.chunks_exact(hd)).zip(scales.chunks_exact(groups)) {
+                    for ((blocks, quants), scales) in
+                        blocks.zip(quants.chunks_exact(hd)).zip(scales.chunks_exact(groups))
+                    {
                         copy_key_blocks(quants, scales, blocks);
                     }
                 }
@@ -425,7 +436,8 @@ impl Kernel {
             match Row::run(view.v, offset, hd, count) {
                 Row::F16(v) => self.widen_f16(v, values),
                 Row::Q8(quants, scales) => {
-                    let rows = values.chunks_exact_mut(hd).zip(quants.chunks_exact(hd)).zip(scales.chunks_exact(groups));
+                    let rows =
+                        values.chunks_exact_mut(hd).zip(quants.chunks_exact(hd)).zip(scales.chunks_exact(groups));
                     for ((values, quants), scales) in rows {
                         self.dequantize(quants, scales, values);
                     }
@@ -1045,7 +1057,12 @@ mod avx2 {
     /// # Safety
     /// AVX2 and FMA; [`TILE`] weights and lane sums per row, one maximum and correction per row.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn update_softmax(weights: &mut [f32], max: &mut [f32], sums: &mut [f32], correction: &mut [f32]) {
+    pub(super) unsafe fn update_softmax(
+        weights: &mut [f32],
+        max: &mut [f32],
+        sums: &mut [f32],
+        correction: &mut [f32],
+    ) {
         let rows = max.len();
         assert!(weights.len() == rows * TILE && sums.len() == rows * TILE && correction.len() == rows);
         for r in 0..rows {
@@ -1250,7 +1267,12 @@ mod avx512 {
     /// `16..32` in the second.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     #[inline]
-    unsafe fn score_block<const R: usize, const P: usize>(q: *const f32, k: *const f32, hd: usize, halves: *mut __m512) {
+    unsafe fn score_block<const R: usize, const P: usize>(
+        q: *const f32,
+        k: *const f32,
+        hd: usize,
+        halves: *mut __m512,
+    ) {
         let mut acc = [[[_mm512_setzero_ps(); 2]; P]; R];
         let full = hd / 32 * 32;
         for d in (0..full).step_by(32) {
