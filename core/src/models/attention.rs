@@ -1813,9 +1813,17 @@ mod tests {
         assert!(!attention_split::spread_slices(AttentionScratch::unsplit_tasks(&crowded, &g), 2));
     }
 
+    /// The kernel `PROBE_KERNEL` names (`portable`, `avx2`, `avx512`), else the best.
+    fn probe_kernel(head_dim: usize) -> Kernel {
+        let wanted = std::env::var("PROBE_KERNEL").unwrap_or_default().to_lowercase();
+        let available = Kernel::available(head_dim);
+        available.into_iter().rev().find(|k| format!("{k:?}").to_lowercase() == wanted).unwrap_or(Kernel::best(head_dim))
+    }
+
     /// CPU time of one attention call (this thread's clock; the one-thread pool runs tasks on
     /// the caller), best of several: `cargo test --release -p cortexstream --lib
-    /// attention_speed_probe -- --ignored --nocapture`. A measuring aid for A/B runs, not a test.
+    /// attention_speed_probe -- --ignored --nocapture`; `PROBE=text` runs the rows whose name
+    /// contains it, `PROBE_KERNEL=avx2` forces a kernel. A measuring aid for A/B runs, not a test.
     #[test]
     #[ignore]
     fn attention_speed_probe() {
@@ -1845,7 +1853,7 @@ mod tests {
             let (kv, table) = storage(KvCacheType::F16, start + n, &g, 16, 5);
             let chunks = [(start, n)];
             let qkv = queries_for(&g, &chunks, 3);
-            let kernel = Kernel::best(g.head_dim);
+            let kernel = probe_kernel(g.head_dim);
             let mut best = u64::MAX;
             let repeats = (2_000_000 / (n * (start + n))).clamp(3, 200);
             for _ in 0..repeats {
@@ -1862,7 +1870,7 @@ mod tests {
             let layers: Vec<_> = (0..6).map(|l| storage(KvCacheType::F16, pos + 1, &g, 16, 5 + l)).collect();
             let chunks = [(pos, 1)];
             let qkv = queries_for(&g, &chunks, 3);
-            let kernel = Kernel::best(g.head_dim);
+            let kernel = probe_kernel(g.head_dim);
             let mut best = u64::MAX;
             for _ in 0..30 {
                 let before = thread_cpu_ns();
