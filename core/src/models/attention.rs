@@ -1074,8 +1074,13 @@ mod avx2 {
             let tile_max = _mm_max_ss(two, _mm_shuffle_ps::<1>(two, two));
             let old_max = _mm_set_ss(max[r]);
             let new_max = _mm_max_ss(tile_max, old_max);
-            let c = exp_nonpositive(_mm256_castps128_ps256(_mm_sub_ss(old_max, new_max)));
-            let c = _mm256_broadcastss_ps(_mm256_castps256_ps128(c));
+            // A maximum that stays (the usual case deep in a context) gives `e^0`, exactly 1.
+            let c = if _mm_comigt_ss(tile_max, old_max) == 0 && max[r].is_finite() {
+                _mm256_set1_ps(1.0)
+            } else {
+                let c = exp_nonpositive(_mm256_castps128_ps256(_mm_sub_ss(old_max, new_max)));
+                _mm256_broadcastss_ps(_mm256_castps256_ps128(c))
+            };
             correction[r] = _mm256_cvtss_f32(c);
             max[r] = _mm_cvtss_f32(new_max);
             let new_max = _mm256_broadcastss_ps(new_max);
@@ -1656,6 +1661,24 @@ mod tests {
         }
     }
 
+    /// The SIMD softmax step skips `e^(m - m')` when the maximum stays: that is sound only
+    /// while the polynomial gives exactly 1 at 0 (on both paths).
+    #[test]
+    fn the_exponential_of_zero_is_exactly_one() {
+        for zero in [0.0f32, -0.0] {
+            assert_eq!(crate::models::elementwise::exp_nonpositive(zero).to_bits(), 1f32.to_bits());
+            #[cfg(target_arch = "x86_64")]
+            if crate::cpu::has_avx2_fma_f16c() {
+                // SAFETY: the CPU has AVX2 and FMA.
+                let one = unsafe {
+                    use std::arch::x86_64::*;
+                    _mm256_cvtss_f32(crate::models::elementwise::simd::exp_nonpositive(_mm256_set1_ps(zero)))
+                };
+                assert_eq!(one.to_bits(), 1f32.to_bits());
+            }
+        }
+    }
+
     #[test]
     fn sliding_window_reads_only_the_last_positions() {
         assert_eq!(Span::Window(8).first(3), 0);
@@ -1817,7 +1840,11 @@ mod tests {
     fn probe_kernel(head_dim: usize) -> Kernel {
         let wanted = std::env::var("PROBE_KERNEL").unwrap_or_default().to_lowercase();
         let available = Kernel::available(head_dim);
-        available.into_iter().rev().find(|k| format!("{k:?}").to_lowercase() == wanted).unwrap_or(Kernel::best(head_dim))
+        available
+            .into_iter()
+            .rev()
+            .find(|k| format!("{k:?}").to_lowercase() == wanted)
+            .unwrap_or(Kernel::best(head_dim))
     }
 
     /// CPU time of one attention call (this thread's clock; the one-thread pool runs tasks on
