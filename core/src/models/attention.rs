@@ -13,8 +13,12 @@
 //!   `tile_start + j`; lanes outside `first..=pos` are masked.
 //! - Score of a position: `dot(q, k) · scale`, where `dot` keeps 32 partial sums (partial `i`
 //!   is the fused multiply-add chain over the dimensions `d ≡ i (mod 32)` in increasing order,
-//!   from 0), summed as a fixed tree: `i + (i+16)`, then `+8`, `+4`, `+2`, `+1` lanes.
-//! - Per tile: `m' = max(m, max of the unmasked scores)`, `c = e^(m - m')`, weights
+//!   from 0), summed as a fixed tree: `i + (i+16)`, then `+8`, `+4`, `+2`, `+1` lanes. (The
+//!   AVX-512 kernel runs the last four levels for a tile's sixteen positions at once through a
+//!   shuffle network: the same additions, no horizontal sum per score.)
+//! - Per tile: `m' = maxps(t, m)` with `t` the tile's maximum as a fixed tree of `maxps`
+//!   (lanes `maxps(s_j, s_(j+8))`, then `+4`, `+2`, `+1`; masked lanes hold -inf;
+//!   `maxps(a, b)` is `a` if `a > b`, else `b`, as the instruction), `c = e^(m - m')`, weights
 //!   `p_j = e^(s_j - m')` (0 for masked lanes), lane sums `l_j = fma(l_j, c, p_j)`, output
 //!   accumulator `acc = acc · c`, then `acc = fma(p_j, v_j, acc)` for the unmasked lanes in
 //!   order (masked lanes are skipped, never multiplied by 0: their V rows may hold anything).
@@ -30,6 +34,11 @@
 //!   added to its lane by a fused multiply-add with the product of the two scales); V rows are
 //!   `q · d`, exact in f32. Every task quantizes its own query rows, so a row's slice tasks
 //!   use the same query bits as an unspread pass.
+//!
+//! **Memory:** a tile's K/V rows are widened a block's run at a time (a block's slots lie one
+//! after the other), and the next tile's rows are prefetched while this one is computed: the
+//! paged blocks lie anywhere, so the hardware prefetcher cannot follow them. Neither changes a
+//! bit.
 //!
 //! **Batch invariance:** that arithmetic depends only on the row's query, its position, its
 //! span and its sequence's cached K/V: tiles are aligned to absolute positions, not to the
@@ -332,23 +341,25 @@ impl<'a> KvHeadView<'a> {
     }
 }
 
-/// One row of the cache (bounds-checked: a released block's entry panics rather than reading
-/// another sequence's memory).
+/// Consecutive rows of the cache (bounds-checked: a released block's entry panics rather than
+/// reading another sequence's memory).
 #[derive(Clone, Copy)]
 enum Row<'a> {
     F16(&'a [u16]),
-    /// The row's 8-bit values and its scales (one per 32 values).
+    /// The rows' 8-bit values and their scales (one per 32 values of a row).
     Q8(&'a [i8], &'a [u16]),
 }
 
 impl<'a> Row<'a> {
+    /// The `count` rows from `offset` (one block's slots lie one after the other).
     #[inline]
-    fn at(rows: RowsView<'a>, offset: usize, head_dim: usize) -> Self {
+    fn run(rows: RowsView<'a>, offset: usize, head_dim: usize, count: usize) -> Self {
+        let len = count * head_dim;
         match rows {
-            RowsView::F16(bits) => Row::F16(&bits[offset..offset + head_dim]),
+            RowsView::F16(bits) => Row::F16(&bits[offset..offset + len]),
             RowsView::Q8 { quants, scales } => {
                 let groups = head_dim.div_ceil(Q8_GROUP);
-                Row::Q8(&quants[offset..offset + head_dim], &scales[offset / head_dim * groups..][..groups])
+                Row::Q8(&quants[offset..offset + len], &scales[offset / head_dim * groups..][..count * groups])
             }
         }
     }
@@ -400,23 +411,39 @@ impl Kernel {
     /// into `key_blocks` (q8_0, each row's last block zero-padded to 32 values). f16 to f32 is
     /// exact, and so is `q · d` (an 8-bit integer times an 11-bit significand), so every path
     /// gives the same floats.
+    /// Positions go by in runs within one block, whose rows lie one after the other: one
+    /// offset lookup (a division by the block size) and one widening call per run, not per row.
     fn widen_tile(self, view: &KvHeadView<'_>, tile_start: usize, positions: (usize, usize), b: &mut TaskBuffers<'_>) {
         let hd = view.head_dim;
         let groups = hd.div_ceil(Q8_GROUP);
-        for p in positions.0..positions.1 {
-            let offset = view.offset(p);
-            let lane = p - tile_start;
-            match Row::at(view.k, offset, hd) {
-                Row::F16(k) => self.widen_f16(k, &mut b.keys[lane * hd..][..hd]),
+        let mut run_start = positions.0;
+        while run_start < positions.1 {
+            let run_end = ((run_start / view.block_size + 1) * view.block_size).min(positions.1);
+            let (offset, count) = (view.offset(run_start), run_end - run_start);
+            let lanes = run_start - tile_start..run_end - tile_start;
+            match Row::run(view.k, offset, hd, count) {
+                Row::F16(k) => self.widen_f16(k, &mut b.keys[lanes.start * hd..lanes.end * hd]),
                 Row::Q8(quants, scales) => {
-                    copy_key_blocks(quants, scales, &mut b.key_blocks[lane * groups..][..groups])
+                    let blocks = b.key_blocks[lanes.start * groups..lanes.end * groups].chunks_exact_mut(groups);
+                    for ((blocks, quants), scales) in
+                        blocks.zip(quants.chunks_exact(hd)).zip(scales.chunks_exact(groups))
+                    {
+                        copy_key_blocks(quants, scales, blocks);
+                    }
                 }
             }
-            let values = &mut b.values[lane * hd..][..hd];
-            match Row::at(view.v, offset, hd) {
+            let values = &mut b.values[lanes.start * hd..lanes.end * hd];
+            match Row::run(view.v, offset, hd, count) {
                 Row::F16(v) => self.widen_f16(v, values),
-                Row::Q8(quants, scales) => self.dequantize(quants, scales, values),
+                Row::Q8(quants, scales) => {
+                    let rows =
+                        values.chunks_exact_mut(hd).zip(quants.chunks_exact(hd)).zip(scales.chunks_exact(groups));
+                    for ((values, quants), scales) in rows {
+                        self.dequantize(quants, scales, values);
+                    }
+                }
             }
+            run_start = run_end;
         }
     }
 
@@ -498,18 +525,12 @@ impl Kernel {
     /// The online-softmax step of each row: turns `weights` (a row's scores) into
     /// `e^(s - m')`, updates the running maximum and lane sums, and records the correction.
     fn update_softmax(self, weights: &mut [f32], max: &mut [f32], lane_sums: &mut [f32], correction: &mut [f32]) {
-        let rows = weights.chunks_exact_mut(TILE).zip(lane_sums.chunks_exact_mut(TILE));
-        for (((weights, sums), max), correction) in rows.zip(max.iter_mut()).zip(correction.iter_mut()) {
-            let tile_max = weights.iter().fold(f32::NEG_INFINITY, |m, &s| if s > m { s } else { m });
-            let new_max = if tile_max > *max { tile_max } else { *max };
-            *correction = exp_nonpositive(*max - new_max);
-            *max = new_max;
-            match self {
-                Kernel::Portable => portable::update_lanes(weights, sums, new_max, *correction),
-                // SAFETY: chosen only on CPUs with AVX2 and FMA; both slices are TILE long.
-                #[cfg(target_arch = "x86_64")]
-                Kernel::Avx2 | Kernel::Avx512 => unsafe { avx2::update_lanes(weights, sums, new_max, *correction) },
-            }
+        match self {
+            Kernel::Portable => portable::update_softmax(weights, max, lane_sums, correction),
+            // SAFETY: chosen only on CPUs with AVX2 and FMA; `attend_tiles` passes TILE weights
+            // and lane sums per row.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 | Kernel::Avx512 => unsafe { avx2::update_softmax(weights, max, lane_sums, correction) },
         }
     }
 
@@ -536,11 +557,6 @@ pub(crate) fn kernel_name() -> &'static str {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => "avx512",
     }
-}
-
-/// `e^x` for `x <= 0` (the same polynomial as the vector code; -inf gives 0).
-fn exp_nonpositive(x: f32) -> f32 {
-    crate::models::elementwise::exp_nonpositive(x)
 }
 
 /// A tile's sixteen lane sums added as the fixed tree the contract names.
@@ -710,6 +726,10 @@ fn attend_tiles(
         let Some(first_token) = (t0..t1).find(|&t| in_tile(t, tile).is_some()) else { continue };
         let last_token = (first_token..t1).take_while(|&t| in_tile(t, tile).is_some()).last().unwrap_or(first_token);
         let (Some(first), Some(last)) = (in_tile(first_token, tile), in_tile(last_token, tile)) else { continue };
+        // The next tile's rows start on their way from memory while this one is computed: the
+        // paged blocks lie anywhere, and a block's rows are too short a run for the hardware
+        // prefetcher to catch on.
+        prefetch_rows(view, (tile.1, (tile.1 + TILE).min(slice.1)));
         kernel.widen_tile(view, tile_start, (first.0, last.1), b);
         for t in first_token..=last_token {
             let Some((from, to)) = in_tile(t, tile) else { continue };
@@ -730,6 +750,40 @@ fn attend_tiles(
             kernel.accumulate(b.values, weights, &b.correction[rows], lanes, acc);
         }
     }
+}
+
+/// Asks the CPU to start loading the K and V rows of `positions` into its cache, a block's run
+/// of rows at a time (a hint: no result depends on it).
+fn prefetch_rows(view: &KvHeadView<'_>, positions: (usize, usize)) {
+    let mut run_start = positions.0;
+    while run_start < positions.1 {
+        let run_end = ((run_start / view.block_size + 1) * view.block_size).min(positions.1);
+        let (offset, len) = (view.offset(run_start), (run_end - run_start) * view.head_dim);
+        for rows in [view.k, view.v] {
+            match rows {
+                RowsView::F16(bits) => prefetch(bits.get(offset..offset + len).unwrap_or_default()),
+                RowsView::Q8 { quants, .. } => prefetch(quants.get(offset..offset + len).unwrap_or_default()),
+            }
+        }
+        run_start = run_end;
+    }
+}
+
+/// Prefetches every cache line of `data` (nothing off x86-64).
+#[inline]
+fn prefetch<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        const LINE: usize = 64;
+        let (start, bytes) = (data.as_ptr() as *const i8, std::mem::size_of_val(data));
+        for at in (0..bytes).step_by(LINE) {
+            // SAFETY: a prefetch never faults, and the address lies within `data`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.add(at)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
 }
 
 /// Quantizes the task's query rows (each token's heads of the task's KV head) to 8-bit blocks
@@ -784,6 +838,7 @@ fn finish_rows(b: &TaskBuffers<'_>, first_row: usize, rows: usize, head_dim: usi
 /// The contract in plain Rust (`f32::mul_add` is a fused multiply-add on every target).
 mod portable {
     use super::TILE;
+    use crate::models::elementwise::exp_nonpositive;
 
     /// `dot(q, k)` with 32 partial sums and the fixed tree.
     fn dot(q: &[f32], k: &[f32]) -> f32 {
@@ -824,10 +879,39 @@ mod portable {
         (q[0] + q[2]) + (q[1] + q[3])
     }
 
-    pub(super) fn update_lanes(weights: &mut [f32], sums: &mut [f32], max: f32, correction: f32) {
-        for (w, l) in weights.iter_mut().zip(sums.iter_mut()) {
-            *w = super::exp_nonpositive(*w - max);
-            *l = l.mul_add(correction, *w);
+    /// The larger of two floats as `maxps` picks it: `a` if `a > b`, else `b` (so a NaN `a`
+    /// gives `b`, and of two zeros the second).
+    fn max_ps(a: f32, b: f32) -> f32 {
+        if a > b {
+            a
+        } else {
+            b
+        }
+    }
+
+    /// The maximum of a tile's scores as the fixed tree of `max_ps`: lanes `i` and `i + 8`,
+    /// then `+4`, `+2`, `+1` (the first operand always the lower lane).
+    pub(super) fn tile_max(scores: &[f32]) -> f32 {
+        let mut m = [0f32; 8];
+        for (i, m) in m.iter_mut().enumerate() {
+            *m = max_ps(scores[i], scores[i + 8]);
+        }
+        let q = [max_ps(m[0], m[4]), max_ps(m[1], m[5]), max_ps(m[2], m[6]), max_ps(m[3], m[7])];
+        max_ps(max_ps(q[0], q[2]), max_ps(q[1], q[3]))
+    }
+
+    /// Each row's online-softmax step: `m' = max_ps(tile_max, m)`, `c = e^(m - m')`,
+    /// `w = e^(s - m')`, `l = fma(l, c, w)`.
+    pub(super) fn update_softmax(weights: &mut [f32], max: &mut [f32], lane_sums: &mut [f32], correction: &mut [f32]) {
+        let rows = weights.chunks_exact_mut(TILE).zip(lane_sums.chunks_exact_mut(TILE));
+        for (((weights, sums), max), correction) in rows.zip(max.iter_mut()).zip(correction.iter_mut()) {
+            let new_max = max_ps(tile_max(weights), *max);
+            *correction = exp_nonpositive(*max - new_max);
+            *max = new_max;
+            for (w, l) in weights.iter_mut().zip(sums.iter_mut()) {
+                *w = exp_nonpositive(*w - new_max);
+                *l = l.mul_add(*correction, *w);
+            }
         }
     }
 
@@ -966,19 +1050,45 @@ mod avx2 {
         }
     }
 
-    /// `w = e^(w - max)`, `l = fma(l, c, w)` over the [`TILE`] lanes of one row.
+    /// [`super::portable::update_softmax`] in registers: the tile maximum as the same tree of
+    /// `maxps` (operands in the same order), the correction by the vector `e^x` (the scalar
+    /// one's twin, the same bits), and no call into libm's software `fmaf`.
     ///
     /// # Safety
-    /// AVX2 and FMA; both slices [`TILE`] long.
+    /// AVX2 and FMA; [`TILE`] weights and lane sums per row, one maximum and correction per row.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn update_lanes(weights: &mut [f32], sums: &mut [f32], max: f32, correction: f32) {
-        assert!(weights.len() == TILE && sums.len() == TILE);
-        let (max, correction) = (_mm256_set1_ps(max), _mm256_set1_ps(correction));
-        for i in (0..TILE).step_by(8) {
-            let w = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(weights.as_ptr().add(i)), max));
-            _mm256_storeu_ps(weights.as_mut_ptr().add(i), w);
-            let l = _mm256_fmadd_ps(_mm256_loadu_ps(sums.as_ptr().add(i)), correction, w);
-            _mm256_storeu_ps(sums.as_mut_ptr().add(i), l);
+    pub(super) unsafe fn update_softmax(
+        weights: &mut [f32],
+        max: &mut [f32],
+        sums: &mut [f32],
+        correction: &mut [f32],
+    ) {
+        let rows = max.len();
+        assert!(weights.len() == rows * TILE && sums.len() == rows * TILE && correction.len() == rows);
+        for r in 0..rows {
+            let (w, l) = (weights.as_mut_ptr().add(r * TILE), sums.as_mut_ptr().add(r * TILE));
+            let (low, high) = (_mm256_loadu_ps(w), _mm256_loadu_ps(w.add(8)));
+            let eight = _mm256_max_ps(low, high);
+            let four = _mm_max_ps(_mm256_castps256_ps128(eight), _mm256_extractf128_ps::<1>(eight));
+            let two = _mm_max_ps(four, _mm_movehl_ps(four, four));
+            let tile_max = _mm_max_ss(two, _mm_shuffle_ps::<1>(two, two));
+            let old_max = _mm_set_ss(max[r]);
+            let new_max = _mm_max_ss(tile_max, old_max);
+            // A maximum that stays (the usual case deep in a context) gives `e^0`, exactly 1.
+            let c = if _mm_comigt_ss(tile_max, old_max) == 0 && max[r].is_finite() {
+                _mm256_set1_ps(1.0)
+            } else {
+                let c = exp_nonpositive(_mm256_castps128_ps256(_mm_sub_ss(old_max, new_max)));
+                _mm256_broadcastss_ps(_mm256_castps256_ps128(c))
+            };
+            correction[r] = _mm256_cvtss_f32(c);
+            max[r] = _mm_cvtss_f32(new_max);
+            let new_max = _mm256_broadcastss_ps(new_max);
+            for (i, x) in [(0, low), (8, high)] {
+                let p = exp_nonpositive(_mm256_sub_ps(x, new_max));
+                _mm256_storeu_ps(w.add(i), p);
+                _mm256_storeu_ps(l.add(i), _mm256_fmadd_ps(_mm256_loadu_ps(l.add(i)), c, p));
+            }
         }
     }
 
@@ -1086,39 +1196,87 @@ mod avx512 {
     ) {
         let rows = queries.len() / hd;
         assert!(hd.is_multiple_of(8) && keys.len() >= TILE * hd && out.len() == rows * TILE && lanes.1 <= TILE);
+        // Each lane's 16 sums `p_i + p_(i+16)` of each row of the pass, reduced together below.
+        // Lanes outside `lanes` are zeros (their scores are not stored); the others are written
+        // by `score_block` before they are read, so the 4 KiB need no clearing per call.
+        let mut halves = std::mem::MaybeUninit::<[[__m512; TILE]; ROWS_PER_PASS]>::uninit();
+        let h = halves.as_mut_ptr() as *mut __m512;
+        for j in (0..lanes.0).chain(lanes.1..TILE) {
+            for r in 0..ROWS_PER_PASS {
+                h.add(r * TILE + j).write(_mm512_setzero_ps());
+            }
+        }
+        let in_lanes: __mmask16 = ((1u32 << lanes.1) - (1u32 << lanes.0)) as __mmask16;
         // Up to four rows × two keys × two accumulators: 16 of the 32 registers.
         for first in (0..rows).step_by(ROWS_PER_PASS) {
             let q = queries.as_ptr().add(first * hd);
-            let o = out.as_mut_ptr().add(first * TILE);
             let mut j = lanes.0;
             while j < lanes.1 {
                 let k = keys.as_ptr().add(j * hd);
                 let two = j + 1 < lanes.1;
                 match (rows - first, two) {
-                    (1, true) => score_block::<1, 2>(q, k, hd, scale, o.add(j)),
-                    (2, true) => score_block::<2, 2>(q, k, hd, scale, o.add(j)),
-                    (3, true) => score_block::<3, 2>(q, k, hd, scale, o.add(j)),
-                    (_, true) => score_block::<4, 2>(q, k, hd, scale, o.add(j)),
-                    (1, false) => score_block::<1, 1>(q, k, hd, scale, o.add(j)),
-                    (2, false) => score_block::<2, 1>(q, k, hd, scale, o.add(j)),
-                    (3, false) => score_block::<3, 1>(q, k, hd, scale, o.add(j)),
-                    (_, false) => score_block::<4, 1>(q, k, hd, scale, o.add(j)),
+                    (1, true) => score_block::<1, 2>(q, k, hd, h.add(j)),
+                    (2, true) => score_block::<2, 2>(q, k, hd, h.add(j)),
+                    (3, true) => score_block::<3, 2>(q, k, hd, h.add(j)),
+                    (_, true) => score_block::<4, 2>(q, k, hd, h.add(j)),
+                    (1, false) => score_block::<1, 1>(q, k, hd, h.add(j)),
+                    (2, false) => score_block::<2, 1>(q, k, hd, h.add(j)),
+                    (3, false) => score_block::<3, 1>(q, k, hd, h.add(j)),
+                    (_, false) => score_block::<4, 1>(q, k, hd, h.add(j)),
                 }
                 j += if two { 2 } else { 1 };
+            }
+            for r in 0..(rows - first).min(ROWS_PER_PASS) {
+                // SAFETY: row r's lanes are all written (above, or by this pass's blocks).
+                let row = &*(h.add(r * TILE) as *const [__m512; TILE]);
+                let scores = _mm512_mul_ps(lane_trees(row), _mm512_set1_ps(scale));
+                _mm512_mask_storeu_ps(out.as_mut_ptr().add((first + r) * TILE), in_lanes, scores);
             }
         }
     }
 
-    /// `R` query rows against `P` consecutive keys; writes `out[r * TILE + p]`. Partial sums
-    /// `0..16` live in the first accumulator, `16..32` in the second.
+    /// The score tree's last four levels for sixteen lanes at once: lane `j` of the result is
+    /// `tree(h[j])`, where `tree(x)` sums `e_i = x_i + x_(i+8)`, then `e_i + e_(i+4)`, then
+    /// `+2`, then `+1` (the contract's order, as [`super::avx2::horizontal_sum`] does it for
+    /// one lane). Each level adds pairs of vectors shuffled so that both lanes' partial sums
+    /// travel together: 45 shuffles and adds for sixteen scores instead of about 9 per score.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn lane_trees(h: &[__m512; TILE]) -> __m512 {
+        // Level `+8`: t[k] holds lanes 2k (in its low 8 floats) and 2k + 1 (high 8).
+        let mut t = [_mm512_setzero_ps(); 8];
+        for (k, t) in t.iter_mut().enumerate() {
+            let (a, b) = (h[2 * k], h[2 * k + 1]);
+            *t = _mm512_add_ps(_mm512_shuffle_f32x4::<0x44>(a, b), _mm512_shuffle_f32x4::<0xEE>(a, b));
+        }
+        // Level `+4`: u[m]'s 128-bit chunk c holds lane 4m + c.
+        let mut u = [_mm512_setzero_ps(); 4];
+        for (m, u) in u.iter_mut().enumerate() {
+            let (x, y) = (t[2 * m], t[2 * m + 1]);
+            *u = _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(x, y), _mm512_shuffle_f32x4::<0xDD>(x, y));
+        }
+        // Level `+2`: v[n]'s chunk c holds lane 8n + c (floats 0, 1) and 8n + 4 + c (2, 3).
+        let mut v = [_mm512_setzero_ps(); 2];
+        for (n, v) in v.iter_mut().enumerate() {
+            let (x, y) = (u[2 * n], u[2 * n + 1]);
+            *v = _mm512_add_ps(_mm512_shuffle_ps::<0x44>(x, y), _mm512_shuffle_ps::<0xEE>(x, y));
+        }
+        // Level `+1`: float 4c + k holds lane 4k + c; put lane j at float j.
+        let w = _mm512_add_ps(_mm512_shuffle_ps::<0x88>(v[0], v[1]), _mm512_shuffle_ps::<0xDD>(v[0], v[1]));
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        _mm512_permutexvar_ps(order, w)
+    }
+
+    /// `R` query rows against `P` consecutive keys; writes key `p`'s sums `p_i + p_(i+16)` of
+    /// row `r` to `halves[r * TILE + p]`. Partial sums `0..16` live in the first accumulator,
+    /// `16..32` in the second.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     #[inline]
     unsafe fn score_block<const R: usize, const P: usize>(
         q: *const f32,
         k: *const f32,
         hd: usize,
-        scale: f32,
-        out: *mut f32,
+        halves: *mut __m512,
     ) {
         let mut acc = [[[_mm512_setzero_ps(); 2]; P]; R];
         let full = hd / 32 * 32;
@@ -1153,10 +1311,7 @@ mod avx512 {
         }
         for (r, acc) in acc.iter().enumerate() {
             for (p, acc) in acc.iter().enumerate() {
-                let halves = _mm512_add_ps(acc[0], acc[1]);
-                let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(halves)));
-                let eight = _mm256_add_ps(_mm512_castps512_ps256(halves), high);
-                *out.add(r * TILE + p) = super::avx2::horizontal_sum(eight) * scale;
+                *halves.add(r * TILE + p) = _mm512_add_ps(acc[0], acc[1]);
             }
         }
     }
@@ -1506,6 +1661,24 @@ mod tests {
         }
     }
 
+    /// The SIMD softmax step skips `e^(m - m')` when the maximum stays: that is sound only
+    /// while the polynomial gives exactly 1 at 0 (on both paths).
+    #[test]
+    fn the_exponential_of_zero_is_exactly_one() {
+        for zero in [0.0f32, -0.0] {
+            assert_eq!(crate::models::elementwise::exp_nonpositive(zero).to_bits(), 1f32.to_bits());
+            #[cfg(target_arch = "x86_64")]
+            if crate::cpu::has_avx2_fma_f16c() {
+                // SAFETY: the CPU has AVX2 and FMA.
+                let one = unsafe {
+                    use std::arch::x86_64::*;
+                    _mm256_cvtss_f32(crate::models::elementwise::simd::exp_nonpositive(_mm256_set1_ps(zero)))
+                };
+                assert_eq!(one.to_bits(), 1f32.to_bits());
+            }
+        }
+    }
+
     #[test]
     fn sliding_window_reads_only_the_last_positions() {
         assert_eq!(Span::Window(8).first(3), 0);
@@ -1661,5 +1834,79 @@ mod tests {
         assert_eq!((scratch.tasks.len(), scratch.merges.len()), (3, 0));
         let crowded: Vec<_> = (0..3).map(|_| chunk(2100)).collect();
         assert!(!attention_split::spread_slices(AttentionScratch::unsplit_tasks(&crowded, &g), 2));
+    }
+
+    /// The kernel `PROBE_KERNEL` names (`portable`, `avx2`, `avx512`), else the best.
+    fn probe_kernel(head_dim: usize) -> Kernel {
+        let wanted = std::env::var("PROBE_KERNEL").unwrap_or_default().to_lowercase();
+        let available = Kernel::available(head_dim);
+        available
+            .into_iter()
+            .rev()
+            .find(|k| format!("{k:?}").to_lowercase() == wanted)
+            .unwrap_or(Kernel::best(head_dim))
+    }
+
+    /// CPU time of one attention call (this thread's clock; the one-thread pool runs tasks on
+    /// the caller), best of several: `cargo test --release -p cortexstream --lib
+    /// attention_speed_probe -- --ignored --nocapture`; `PROBE=text` runs the rows whose name
+    /// contains it, `PROBE_KERNEL=avx2` forces a kernel. A measuring aid for A/B runs, not a test.
+    #[test]
+    #[ignore]
+    fn attention_speed_probe() {
+        fn thread_cpu_ns() -> u64 {
+            let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: a valid timespec for the call to fill.
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+            now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+        }
+        let pool = ThreadPool::new(1).unwrap();
+        let smollm2 = geometry(64, 9, 3);
+        let gemma3 = geometry(256, 4, 1);
+        let cases: [(&str, Geometry, Span, usize, usize); 7] = [
+            ("smollm2 decode at 128", smollm2, Span::Causal, 128, 1),
+            ("smollm2 decode at 2048", smollm2, Span::Causal, 2048, 1),
+            ("smollm2 decode at 8000", smollm2, Span::Causal, 8000, 1),
+            ("smollm2 prefill 64 at 4032", smollm2, Span::Causal, 4032, 64),
+            ("smollm2 prefill 256 at 3840", smollm2, Span::Causal, 3840, 256),
+            ("gemma3 prefill 512 global", gemma3, Span::Causal, 0, 512),
+            ("gemma3 prefill 512 window", gemma3, Span::Window(512), 0, 512),
+        ];
+        let filter = std::env::var("PROBE").unwrap_or_default();
+        for (name, g, span, start, n) in cases {
+            if !name.contains(filter.as_str()) {
+                continue;
+            }
+            let (kv, table) = storage(KvCacheType::F16, start + n, &g, 16, 5);
+            let chunks = [(start, n)];
+            let qkv = queries_for(&g, &chunks, 3);
+            let kernel = probe_kernel(g.head_dim);
+            let mut best = u64::MAX;
+            let repeats = (2_000_000 / (n * (start + n))).clamp(3, 200);
+            for _ in 0..repeats {
+                let before = thread_cpu_ns();
+                std::hint::black_box(run(kernel, &g, span, &kv, &table, &chunks, &qkv, &pool));
+                best = best.min(thread_cpu_ns() - before);
+            }
+            println!("{name:<30} {kernel:?} {:>10.1} us", best as f64 / 1000.0);
+        }
+        // As the engine decodes: each call reads another layer's K/V, so the rows come from
+        // memory rather than the last level cache (6 layers of 6 MB each).
+        if "smollm2 decode at 8000 from memory".contains(filter.as_str()) {
+            let (g, pos) = (smollm2, 8000);
+            let layers: Vec<_> = (0..6).map(|l| storage(KvCacheType::F16, pos + 1, &g, 16, 5 + l)).collect();
+            let chunks = [(pos, 1)];
+            let qkv = queries_for(&g, &chunks, 3);
+            let kernel = probe_kernel(g.head_dim);
+            let mut best = u64::MAX;
+            for _ in 0..30 {
+                let before = thread_cpu_ns();
+                for (kv, table) in &layers {
+                    std::hint::black_box(run(kernel, &g, Span::Causal, kv, table, &chunks, &qkv, &pool));
+                }
+                best = best.min((thread_cpu_ns() - before) / layers.len() as u64);
+            }
+            println!("{:<30} {kernel:?} {:>10.1} us", "smollm2 decode 8000 memory", best as f64 / 1000.0);
+        }
     }
 }
