@@ -20,8 +20,62 @@ pub(crate) fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]
         for (x_row, out_row) in
             x[rows.start * width..rows.end * width].chunks_exact(width).zip(out.chunks_exact_mut(width))
         {
-            let scale = 1.0 / ((sum_of_squares(x_row) / width as f64) as f32 + eps).sqrt();
-            scale_by_weight(x_row, scale, weight, out_row);
+            rms_norm_row(x_row, weight, eps, out_row);
+        }
+    });
+}
+
+/// [`rms_norm_rows`] for one row.
+fn rms_norm_row(x_row: &[f32], weight: &[f32], eps: f32, out_row: &mut [f32]) {
+    let scale = 1.0 / ((sum_of_squares(x_row) / x_row.len() as f64) as f32 + eps).sqrt();
+    scale_by_weight(x_row, scale, weight, out_row);
+}
+
+/// The norms around a residual add (see [`residual_add_then_norm`]).
+pub(crate) struct ResidualNorms<'a> {
+    /// Values per row.
+    pub width: usize,
+    /// Normalise the block's output with this weight before adding it (Gemma's post-block
+    /// norms); `None`: add it as it is.
+    pub post: Option<&'a [f32]>,
+    /// Normalise the sum with this weight into the next block's input; `None`: no next block.
+    pub next: Option<&'a [f32]>,
+    pub eps: f32,
+}
+
+/// The residual add between two blocks with the norms around it, per row: `x += delta`, or
+/// `x += rms_norm(delta) · post`, then `normed = rms_norm(x) · next`. One pass over the rows
+/// on the pool, where these were up to two norm passes, each a wait of the pool, and an add
+/// on the calling thread alone. Per row the operations of [`rms_norm_rows`] and
+/// [`add_in_place`] in the same order, so the same bits. `normed` is scratch when there is
+/// no `next`.
+pub(crate) fn residual_add_then_norm(
+    x: &mut [f32],
+    delta: &[f32],
+    norms: ResidualNorms<'_>,
+    normed: &mut [f32],
+    pool: &ThreadPool,
+) {
+    let ResidualNorms { width, post, next, eps } = norms;
+    debug_assert!(delta.len() == x.len() && normed.len() == x.len());
+    let normed = DisjointSlice::new(normed);
+    for_row_ranges(x.len() / width, x, width, pool, |rows, x_rows| {
+        // SAFETY: each task writes only its own rows.
+        let normed_rows = unsafe { normed.range_mut(rows.start * width, rows.len() * width) };
+        let delta_rows = delta[rows.start * width..rows.end * width].chunks_exact(width);
+        for ((x_row, delta_row), normed_row) in
+            x_rows.chunks_exact_mut(width).zip(delta_rows).zip(normed_rows.chunks_exact_mut(width))
+        {
+            match post {
+                Some(weight) => {
+                    rms_norm_row(delta_row, weight, eps, normed_row);
+                    add_in_place(x_row, normed_row);
+                }
+                None => add_in_place(x_row, delta_row),
+            }
+            if let Some(weight) = next {
+                rms_norm_row(x_row, weight, eps, normed_row);
+            }
         }
     });
 }
@@ -60,6 +114,7 @@ const GELU_B: f64 = GELU_A * 0.044_715;
 /// One row normalised in place: `x = x / sqrt(mean(x²) + eps) * weight` (the arithmetic of
 /// [`rms_norm_rows`]).
 pub(crate) fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    // Not `rms_norm_row`: the input is also the output.
     let scale = 1.0 / ((sum_of_squares(x) / x.len() as f64) as f32 + eps).sqrt();
     for (v, &w) in x.iter_mut().zip(weight) {
         *v = *v * scale * w;
@@ -68,19 +123,26 @@ pub(crate) fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
 
 /// RMS-normalises every query head of each fused `[q | k | v]` row with `q_norm` and every
 /// key head with `k_norm`, in place (Gemma 3's and Qwen 3's per-head norms before RoPE).
+#[cfg(test)]
 pub(crate) fn rms_norm_query_and_key_heads(qkv: &mut [f32], g: &Geometry, q_norm: &[f32], k_norm: &[f32], eps: f32) {
     for row in qkv.chunks_exact_mut(g.qkv_row_len) {
-        let (queries, rest) = row.split_at_mut(g.q_dim());
-        for head in queries.chunks_exact_mut(g.head_dim) {
-            rms_norm_in_place(head, q_norm, eps);
-        }
-        for head in rest[..g.kv_dim()].chunks_exact_mut(g.head_dim) {
-            rms_norm_in_place(head, k_norm, eps);
-        }
+        rms_norm_heads_of_row(row, g, q_norm, k_norm, eps);
+    }
+}
+
+/// [`rms_norm_query_and_key_heads`] for one fused `[q | k | v]` row.
+pub(crate) fn rms_norm_heads_of_row(row: &mut [f32], g: &Geometry, q_norm: &[f32], k_norm: &[f32], eps: f32) {
+    let (queries, rest) = row.split_at_mut(g.q_dim());
+    for head in queries.chunks_exact_mut(g.head_dim) {
+        rms_norm_in_place(head, q_norm, eps);
+    }
+    for head in rest[..g.kv_dim()].chunks_exact_mut(g.head_dim) {
+        rms_norm_in_place(head, k_norm, eps);
     }
 }
 
 /// `row += bias` for every row of `x` (rows of `bias.len()` values).
+#[cfg(test)]
 pub(crate) fn add_bias_rows(x: &mut [f32], bias: &[f32]) {
     for row in x.chunks_exact_mut(bias.len()) {
         add_in_place(row, bias);
@@ -94,7 +156,7 @@ pub(crate) fn add_in_place(x: &mut [f32], delta: &[f32]) {
 
 /// Calls `f(rows, out_rows)` over contiguous row ranges: on the pool for `PARALLEL_ROWS` or
 /// more rows, inline otherwise. `out` holds `n_rows` rows of `width`.
-fn for_row_ranges(
+pub(crate) fn for_row_ranges(
     n_rows: usize,
     out: &mut [f32],
     width: usize,
@@ -558,6 +620,41 @@ mod tests {
             }
         } else {
             eprintln!("AVX-512 path not checked: this CPU has no AVX-512F");
+        }
+    }
+
+    #[test]
+    fn the_fused_residual_pass_equals_the_separate_norms_and_add() {
+        let pool = ThreadPool::new(2).expect("start the thread pool");
+        let width = 40;
+        for n_rows in [1, PARALLEL_ROWS, 13] {
+            let value = |i: usize, k: usize| ((i * k % 101) as f32 - 50.0) * 0.013;
+            let x: Vec<f32> = (0..n_rows * width).map(|i| value(i, 37)).collect();
+            let delta: Vec<f32> = (0..n_rows * width).map(|i| value(i, 53)).collect();
+            let post: Vec<f32> = (0..width).map(|i| 0.5 + i as f32 * 0.01).collect();
+            let next: Vec<f32> = (0..width).map(|i| 1.5 - i as f32 * 0.02).collect();
+            for (post, next) in [(None, None), (None, Some(&next[..])), (Some(&post[..]), None), (Some(&post[..]), Some(&next[..]))] {
+                let (mut separate_x, mut separate_normed) = (x.clone(), vec![0f32; x.len()]);
+                match post {
+                    Some(weight) => {
+                        let mut normed_delta = vec![0f32; x.len()];
+                        rms_norm_rows(&delta, weight, 1e-6, &mut normed_delta, &pool);
+                        add_in_place(&mut separate_x, &normed_delta);
+                    }
+                    None => add_in_place(&mut separate_x, &delta),
+                }
+                if let Some(weight) = next {
+                    rms_norm_rows(&separate_x, weight, 1e-6, &mut separate_normed, &pool);
+                }
+                let (mut fused_x, mut fused_normed) = (x.clone(), vec![0f32; x.len()]);
+                let norms = ResidualNorms { width, post, next, eps: 1e-6 };
+                residual_add_then_norm(&mut fused_x, &delta, norms, &mut fused_normed, &pool);
+                let case = format!("{n_rows} rows, post {}, next {}", post.is_some(), next.is_some());
+                assert_eq!(fused_x, separate_x, "{case}");
+                if next.is_some() {
+                    assert_eq!(fused_normed, separate_normed, "{case}");
+                }
+            }
         }
     }
 

@@ -26,9 +26,10 @@ use crate::error::Result;
 use crate::gguf::{GgufFile, Value};
 use crate::kv_cache::{KvPool, KvStorage};
 use crate::models::attention::{self, Span};
-use crate::models::elementwise::{add_in_place, geglu_tanh_rows, rms_norm_query_and_key_heads, rms_norm_rows};
+use crate::models::elementwise::{geglu_tanh_rows, residual_add_then_norm, rms_norm_rows, ResidualNorms};
+use crate::models::llama::RopeStyle;
 use crate::models::metadata::{ArchKeys, DecoderDims, MustBeOff, ROPE_SCALING_WHY};
-use crate::models::rope::{self, RopeTable};
+use crate::models::rope::{self, HeadNorms, QkvRowPrep, RopeTable};
 use crate::models::stacked::StackedMatrix;
 use crate::models::step::StepScratch;
 use crate::models::tensors::ReadTensors;
@@ -354,22 +355,40 @@ impl Gemma3Model {
 
         self.vocabulary.embed(&s.rows, &mut s.x, c.hidden_size);
         s.x.iter_mut().for_each(|v| *v *= self.embedding_scale);
+        if let Some(first) = self.layers.first() {
+            rms_norm_rows(&s.x, &first.attn_norm, c.rms_eps, &mut s.normed, pool);
+        }
         for (l, layer) in self.layers.iter().enumerate() {
-            rms_norm_rows(&s.x, &layer.attn_norm, c.rms_eps, &mut s.normed, pool);
+            // `normed` holds this layer's input: `x` normalised with `attn_norm`.
             layer.qkv.matmul(&s.normed, n, &mut s.qkv, pool);
-            rms_norm_query_and_key_heads(&mut s.qkv, &geometry, &layer.q_norm, &layer.k_norm, c.rms_eps);
-            let rotation = if c.sliding_layers[l] { rope_swa } else { rope_global };
-            rope::rotate_neox(&mut s.qkv, &geometry, rotation);
+            QkvRowPrep {
+                bias: None,
+                head_norms: Some(HeadNorms { query: &layer.q_norm, key: &layer.k_norm, eps: c.rms_eps }),
+                style: RopeStyle::Neox,
+                rope: if c.sliding_layers[l] { rope_swa } else { rope_global },
+            }
+            .apply(&mut s.qkv, &geometry, pool);
             s.attend_and_project(&geometry, l, c.span(l), chunks, kv, &layer.attn_output, pool);
-            rms_norm_rows(&s.projected, &layer.post_attention_norm, c.rms_eps, &mut s.normed, pool);
-            add_in_place(&mut s.x, &s.normed);
+            // x += post_attention_norm(attention); normed = ffn_norm(x).
+            let norms = ResidualNorms {
+                width: c.hidden_size,
+                post: Some(&layer.post_attention_norm),
+                next: Some(&layer.ffn_norm),
+                eps: c.rms_eps,
+            };
+            residual_add_then_norm(&mut s.x, &s.projected, norms, &mut s.normed, pool);
 
-            rms_norm_rows(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.normed, pool);
             layer.gate_up.matmul(&s.normed, n, &mut s.gate_up, pool);
             geglu_tanh_rows(&s.gate_up, c.ffn_size, &mut s.ffn_hidden, pool);
             layer.down.matmul(&s.ffn_hidden, n, &mut s.projected, pool);
-            rms_norm_rows(&s.projected, &layer.post_ffw_norm, c.rms_eps, &mut s.normed, pool);
-            add_in_place(&mut s.x, &s.normed);
+            // x += post_ffw_norm(ffn); normed = the next layer's attn_norm(x).
+            let norms = ResidualNorms {
+                width: c.hidden_size,
+                post: Some(&layer.post_ffw_norm),
+                next: self.layers.get(l + 1).map(|next| &next.attn_norm[..]),
+                eps: c.rms_eps,
+            };
+            residual_add_then_norm(&mut s.x, &s.projected, norms, &mut s.normed, pool);
         }
 
         self.vocabulary.wanted_logits(chunks, c.rms_eps, s, logits, pool);

@@ -21,9 +21,9 @@ use crate::error::Result;
 use crate::gguf::GgufFile;
 use crate::kv_cache::KvStorage;
 use crate::models::attention;
-use crate::models::elementwise::{add_in_place, rms_norm_rows};
+use crate::models::elementwise::rms_norm_rows;
 use crate::models::metadata::{ArchKeys, DENSE_DECODER_MUST_BE_OFF, MAX_HEAD_DIM};
-use crate::models::rope::{self, RopeTable};
+use crate::models::rope::{self, QkvRowPrep, RopeTable};
 use crate::models::stacked::StackedMatrix;
 use crate::models::step::{StepScratch, SwigluFfn};
 use crate::models::tensors::ReadTensors;
@@ -421,16 +421,17 @@ impl LlamaModel {
         let n = s.rows.len();
 
         self.vocabulary.embed(&s.rows, &mut s.x, c.hidden_size);
+        if let Some(first) = self.layers.first() {
+            rms_norm_rows(&s.x, &first.attn_norm, c.rms_eps, &mut s.normed, pool);
+        }
         for (l, layer) in self.layers.iter().enumerate() {
-            rms_norm_rows(&s.x, &layer.attn_norm, c.rms_eps, &mut s.normed, pool);
+            // `normed` holds this layer's input: `x` normalised with `attn_norm`.
             layer.qkv.matmul(&s.normed, n, &mut s.qkv, pool);
-            match c.family.rope {
-                RopeStyle::Normal => rope::rotate_normal(&mut s.qkv, &geometry, rope),
-                RopeStyle::Neox => rope::rotate_neox(&mut s.qkv, &geometry, rope),
-            }
+            QkvRowPrep { bias: None, head_norms: None, style: c.family.rope, rope }.apply(&mut s.qkv, &geometry, pool);
             s.attend_and_project(&geometry, l, c.span(), chunks, kv, &layer.attn_output, pool);
-            add_in_place(&mut s.x, &s.projected);
-            s.add_swiglu_ffn(&layer.ffn, c.ffn_size, c.rms_eps, pool);
+            s.add_residual(Some(&layer.ffn.norm), c.rms_eps, pool);
+            s.swiglu_ffn(&layer.ffn, c.ffn_size, pool);
+            s.add_residual(self.layers.get(l + 1).map(|next| &next.attn_norm[..]), c.rms_eps, pool);
         }
 
         self.vocabulary.wanted_logits(chunks, c.rms_eps, s, logits, pool);

@@ -2,7 +2,7 @@
 
 use crate::kv_cache::KvStorage;
 use crate::models::attention::{self, AttentionScratch, Geometry, Span};
-use crate::models::elementwise::{add_in_place, rms_norm_rows, swiglu_rows};
+use crate::models::elementwise::{residual_add_then_norm, swiglu_rows, ResidualNorms};
 use crate::models::kv_write::store_keys_and_values;
 use crate::models::rows::{fill_rows, RowInfo};
 use crate::models::stacked::StackedMatrix;
@@ -74,13 +74,23 @@ impl StepScratch {
         attn_output.matmul(&self.attn, self.rows.len(), &mut self.projected, pool);
     }
 
-    /// `x += ffn(x)` for the residual stream `x`.
-    pub fn add_swiglu_ffn(&mut self, ffn: &SwigluFfn, ffn_size: usize, rms_eps: f32, pool: &ThreadPool) {
+    /// The FFN of the rows in `normed` (already normalised with the FFN's norm, which the
+    /// caller fuses with the residual add before it): `projected = down(swiglu(gate_up ·
+    /// normed))`.
+    pub fn swiglu_ffn(&mut self, ffn: &SwigluFfn, ffn_size: usize, pool: &ThreadPool) {
         let n = self.rows.len();
-        rms_norm_rows(&self.x, &ffn.norm, rms_eps, &mut self.normed, pool);
         ffn.gate_up.matmul(&self.normed, n, &mut self.gate_up, pool);
         swiglu_rows(&self.gate_up, ffn_size, &mut self.ffn_hidden, pool);
         ffn.down.matmul(&self.ffn_hidden, n, &mut self.projected, pool);
-        add_in_place(&mut self.x, &self.projected);
+    }
+
+    /// A llama-style layer's two residual adds, each fused with the norm after it (see
+    /// [`residual_add_then_norm`]): after attention, `x += projected` and `normed` = the FFN's
+    /// input; after the FFN, `x += projected` and `normed` = the next layer's input
+    /// (`next_norm`), or nothing after the last layer.
+    pub fn add_residual(&mut self, next_norm: Option<&[f32]>, rms_eps: f32, pool: &ThreadPool) {
+        let width = self.x.len() / self.rows.len().max(1);
+        let norms = ResidualNorms { width, post: None, next: next_norm, eps: rms_eps };
+        residual_add_then_norm(&mut self.x, &self.projected, norms, &mut self.normed, pool);
     }
 }
