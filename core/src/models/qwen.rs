@@ -252,6 +252,7 @@ impl QwenModel {
         if let Some(first) = self.layers.first() {
             rms_norm_rows(&s.x, &first.attn_norm, c.rms_eps, &mut s.normed, pool);
         }
+        let mut n_rows = n;
         for (l, layer) in self.layers.iter().enumerate() {
             // `normed` holds this layer's input: `x` normalised with `attn_norm`.
             layer.qkv.matmul(&s.normed, n, &mut s.qkv, pool);
@@ -262,13 +263,18 @@ impl QwenModel {
                 rope,
             }
             .apply(&mut s.qkv, &geometry, pool);
-            s.attend_and_project(&geometry, l, Span::Causal, chunks, kv, &layer.attn_output, pool);
-            s.add_residual(Some(&layer.ffn.norm), c.rms_eps, pool);
-            s.swiglu_ffn(&layer.ffn, c.ffn_size, pool);
-            s.add_residual(self.layers.get(l + 1).map(|next| &next.attn_norm[..]), c.rms_eps, pool);
+            s.attend(&geometry, l, Span::Causal, chunks, kv, pool);
+            if l + 1 == self.layers.len() {
+                n_rows = s.keep_logit_rows(chunks, &geometry);
+            }
+            s.project(&layer.attn_output, n_rows, pool);
+            s.add_residual(None, Some(&layer.ffn.norm), c.rms_eps, n_rows, pool);
+            s.swiglu_ffn(&layer.ffn, c.ffn_size, n_rows, pool);
+            let next_norm = self.layers.get(l + 1).map(|next| &next.attn_norm[..]);
+            s.add_residual(None, next_norm, c.rms_eps, n_rows, pool);
         }
 
-        self.vocabulary.wanted_logits(chunks, c.rms_eps, s, logits, pool);
+        self.vocabulary.logits_of_kept_rows(n_rows, c.rms_eps, s, logits, pool);
         Ok(())
     }
 }
