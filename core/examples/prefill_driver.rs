@@ -26,7 +26,8 @@ fn main() {
     let (mut times, mut walls) = (Vec::new(), Vec::new());
     for rep in 0..reps {
         // A different first token per prompt: no prefix is shared with an earlier one.
-        let ids: Vec<u32> = std::iter::once(1000 + rep as u32).chain(text.iter().copied().cycle()).take(tokens).collect();
+        let ids: Vec<u32> =
+            std::iter::once(1000 + rep as u32).chain(text.iter().copied().cycle()).take(tokens).collect();
         let (start, start_wall) = (process_cpu_seconds(), std::time::Instant::now());
         engine.generate(Request::new(Prompt::Tokens(ids), params.clone())).expect("generate");
         let (seconds, wall) = (process_cpu_seconds() - start, start_wall.elapsed().as_secs_f64());

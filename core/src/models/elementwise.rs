@@ -616,7 +616,11 @@ mod tests {
                 let mut avx512 = vec![f32::NAN; len];
                 // SAFETY: AVX-512F, AVX2 and FMA checked just above.
                 unsafe { simd::geglu_tanh_times_avx512(&gate[..len], &up[..len], &mut avx512) };
-                assert_eq!(first_difference(&avx512, &portable), None, "AVX-512, {len} values (index, gate, got, portable)");
+                assert_eq!(
+                    first_difference(&avx512, &portable),
+                    None,
+                    "AVX-512, {len} values (index, gate, got, portable)"
+                );
             }
         } else {
             eprintln!("AVX-512 path not checked: this CPU has no AVX-512F");
@@ -633,7 +637,9 @@ mod tests {
             let delta: Vec<f32> = (0..n_rows * width).map(|i| value(i, 53)).collect();
             let post: Vec<f32> = (0..width).map(|i| 0.5 + i as f32 * 0.01).collect();
             let next: Vec<f32> = (0..width).map(|i| 1.5 - i as f32 * 0.02).collect();
-            for (post, next) in [(None, None), (None, Some(&next[..])), (Some(&post[..]), None), (Some(&post[..]), Some(&next[..]))] {
+            for (post, next) in
+                [(None, None), (None, Some(&next[..])), (Some(&post[..]), None), (Some(&post[..]), Some(&next[..]))]
+            {
                 let (mut separate_x, mut separate_normed) = (x.clone(), vec![0f32; x.len()]);
                 match post {
                     Some(weight) => {

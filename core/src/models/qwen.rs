@@ -24,8 +24,8 @@ use crate::gguf::GgufFile;
 use crate::kv_cache::KvStorage;
 use crate::models::attention::{self, Span};
 use crate::models::elementwise::rms_norm_rows;
-use crate::models::metadata::{ArchKeys, MustBeOff, DENSE_DECODER_MUST_BE_OFF, ROPE_SCALING_WHY};
 use crate::models::llama::RopeStyle;
+use crate::models::metadata::{ArchKeys, MustBeOff, DENSE_DECODER_MUST_BE_OFF, ROPE_SCALING_WHY};
 use crate::models::rope::{self, QkvRowPrep, RopeTable};
 use crate::models::stacked::StackedMatrix;
 use crate::models::step::{StepScratch, SwigluFfn};
@@ -258,7 +258,11 @@ impl QwenModel {
             layer.qkv.matmul(&s.normed, n, &mut s.qkv, pool);
             QkvRowPrep {
                 bias: layer.qkv_bias.as_deref(),
-                head_norms: layer.head_norms.as_ref().map(|n| rope::HeadNorms { query: &n.query, key: &n.key, eps: c.rms_eps }),
+                head_norms: layer.head_norms.as_ref().map(|n| rope::HeadNorms {
+                    query: &n.query,
+                    key: &n.key,
+                    eps: c.rms_eps,
+                }),
                 style: RopeStyle::Neox,
                 rope,
             }

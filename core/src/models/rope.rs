@@ -153,7 +153,8 @@ mod tests {
         table.fill(&rows, &frequencies(10_000.0, g.head_dim));
         let qkv: Vec<f32> = (0..n_rows * g.qkv_row_len).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.031).collect();
         let bias: Vec<f32> = (0..g.qkv_row_len).map(|i| (i % 9) as f32 * 0.1 - 0.4).collect();
-        let (q_norm, k_norm): (Vec<f32>, Vec<f32>) = (0..8).map(|i| (0.5 + i as f32 * 0.1, 1.5 - i as f32 * 0.07)).unzip();
+        let (q_norm, k_norm): (Vec<f32>, Vec<f32>) =
+            (0..8).map(|i| (0.5 + i as f32 * 0.1, 1.5 - i as f32 * 0.07)).unzip();
         for style in [RopeStyle::Normal, RopeStyle::Neox] {
             for with_extras in [false, true] {
                 let mut separate = qkv.clone();

@@ -97,8 +97,12 @@ mod tests {
     fn mixed_parts_fuse_adjacent_runs_and_lay_outputs_side_by_side() {
         let pool = ThreadPool::new(2).expect("start the thread pool");
         // Gemma 3's shape: Q5_0 Wq and Wk, a Q8_0 Wv; then a Q5_0 after the Q8_0 again.
-        let parts =
-            vec![matrix(GgmlType::Q5_0, 24, 1), matrix(GgmlType::Q5_0, 8, 2), matrix(GgmlType::Q8_0, 8, 3), matrix(GgmlType::Q5_0, 16, 4)];
+        let parts = vec![
+            matrix(GgmlType::Q5_0, 24, 1),
+            matrix(GgmlType::Q5_0, 8, 2),
+            matrix(GgmlType::Q8_0, 8, 3),
+            matrix(GgmlType::Q5_0, 16, 4),
+        ];
         let stacked = StackedMatrix::new(parts.clone());
         match &stacked {
             StackedMatrix::Parts { parts, .. } => {
