@@ -139,7 +139,8 @@ const GELU_B: f64 = GELU_A * 0.044_715;
 
 /// One row normalised in place: `x = x / sqrt(mean(x²) + eps) * weight` (the arithmetic of
 /// [`rms_norm_rows`]).
-pub(crate) fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+#[cfg(test)]
+fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     with_avx2(|| rms_norm_in_place_inline(x, weight, eps))
 }
 
