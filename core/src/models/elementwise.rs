@@ -252,9 +252,14 @@ enum Gate {
 /// `f32::mul_add`, which is exact without FMA hardware too), so their results are identical.
 fn gated_times(act: Gate, gate: &[f32], up: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if act == Gate::GeluTanh && crate::cpu::has_avx512f_f16c() {
+    if crate::cpu::has_avx512f_f16c() {
         // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked just above).
-        return unsafe { simd::geglu_tanh_times_avx512(gate, up, out) };
+        return unsafe {
+            match act {
+                Gate::GeluTanh => simd::geglu_tanh_times_avx512(gate, up, out),
+                Gate::Silu => simd::swiglu_times_avx512(gate, up, out),
+            }
+        };
     }
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::has_avx2_fma() {
@@ -460,6 +465,64 @@ pub(crate) mod simd {
         }
     }
 
+    /// [`gated_times`] for SiLU with sixteen f32 lanes per vector instead of eight: the same
+    /// IEEE operations per lane as [`sigmoid_times8`] and the portable twin (the sign-bit
+    /// blend as a mask of the sign bit), so the same bits.
+    ///
+    /// # Safety
+    /// AVX-512F, AVX2 and FMA must be available.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(crate) unsafe fn swiglu_times_avx512(gate: &[f32], up: &[f32], out: &mut [f32]) {
+        let n = out.len().min(gate.len()).min(up.len());
+        let full = n / 16 * 16;
+        for i in (0..full).step_by(16) {
+            let value = sigmoid_times16(_mm512_loadu_ps(gate.as_ptr().add(i)), _mm512_loadu_ps(up.as_ptr().add(i)));
+            _mm512_storeu_ps(out.as_mut_ptr().add(i), value);
+        }
+        if full < n {
+            let (mut g, mut u, mut o) = ([0f32; 16], [0f32; 16], [0f32; 16]);
+            g[..n - full].copy_from_slice(&gate[full..n]);
+            u[..n - full].copy_from_slice(&up[full..n]);
+            _mm512_storeu_ps(o.as_mut_ptr(), sigmoid_times16(_mm512_loadu_ps(g.as_ptr()), _mm512_loadu_ps(u.as_ptr())));
+            out[full..n].copy_from_slice(&o[..n - full]);
+        }
+    }
+
+    /// [`sigmoid_times8`] with `z = x = g` on sixteen lanes.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    unsafe fn sigmoid_times16(g: __m512, u: __m512) -> __m512 {
+        let sign_bit = _mm512_set1_epi32(i32::MIN);
+        let negative = _mm512_test_epi32_mask(_mm512_castps_si512(g), sign_bit);
+        let e = exp_nonpositive_x16(_mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(g), sign_bit)));
+        let numerator = _mm512_mask_blend_ps(negative, _mm512_set1_ps(1.0), e);
+        let sigmoid = _mm512_div_ps(numerator, _mm512_add_ps(_mm512_set1_ps(1.0), e));
+        _mm512_mul_ps(_mm512_mul_ps(g, sigmoid), u)
+    }
+
+    /// [`exp_nonpositive`] on sixteen lanes, operation for operation.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    unsafe fn exp_nonpositive_x16(x: __m512) -> __m512 {
+        let lowest = _mm512_set1_ps(-87.336_55);
+        let underflow = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, lowest);
+        let x = _mm512_max_ps(x, lowest);
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm512_fmadd_ps(
+            x,
+            _mm512_set1_ps(std::f32::consts::LOG2_E),
+            _mm512_set1_ps(0.5),
+        ));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let mut y = _mm512_set1_ps(1.987_569_1e-4);
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+            y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(c));
+        }
+        y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0)));
+        let pow2n = _mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)));
+        _mm512_maskz_mov_ps(!underflow, _mm512_mul_ps(y, _mm512_castsi512_ps(pow2n)))
+    }
+
     /// [`gelu_tanh4`] on eight f64 lanes. The sign-bit blend of `_mm256_blendv_pd` is a mask
     /// from the sign bit itself (`vptestmq`), so `-0.0` and negative NaNs choose as it does.
     #[target_feature(enable = "avx512f,avx2,fma")]
@@ -644,7 +707,7 @@ mod tests {
     /// does not depend on which one `gated_times` dispatches to.
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn every_vector_geglu_path_matches_the_portable_one_bit_for_bit() {
+    fn every_vector_gate_path_matches_the_portable_one_bit_for_bit() {
         let mut gate = sweep();
         // Negative NaN and -0.0 (the sign-bit blend), past both ends of the exp clamp.
         gate.extend([-f32::NAN, f32::NAN, -0.0, -1e-45, 1e-45, -40.0, 40.0, f32::INFINITY, f32::NEG_INFINITY]);
@@ -662,6 +725,18 @@ mod tests {
             assert_eq!(first_difference(&avx2, &portable), None, "AVX2 (index, gate, got, portable)");
         }
         if crate::cpu::has_avx512f_f16c() {
+            let mut silu = vec![f32::NAN; gate.len()];
+            portable::gated_times(Gate::Silu, &gate, &up, &mut silu);
+            for len in [gate.len(), gate.len() - 1, gate.len() - 9, gate.len() - 15] {
+                let mut avx512 = vec![f32::NAN; len];
+                // SAFETY: AVX-512F, AVX2 and FMA checked just above.
+                unsafe { simd::swiglu_times_avx512(&gate[..len], &up[..len], &mut avx512) };
+                assert_eq!(
+                    first_difference(&avx512, &silu),
+                    None,
+                    "SiLU AVX-512, {len} values (index, gate, got, portable)"
+                );
+            }
             // Every tail length, so the padded last vector is covered too.
             for len in [gate.len(), gate.len() - 1, gate.len() - 3, gate.len() - 7] {
                 let mut avx512 = vec![f32::NAN; len];
