@@ -20,8 +20,88 @@ pub(crate) fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]
         for (x_row, out_row) in
             x[rows.start * width..rows.end * width].chunks_exact(width).zip(out.chunks_exact_mut(width))
         {
-            let scale = 1.0 / ((sum_of_squares(x_row) / width as f64) as f32 + eps).sqrt();
-            scale_by_weight(x_row, scale, weight, out_row);
+            rms_norm_row(x_row, weight, eps, out_row);
+        }
+    });
+}
+
+/// [`rms_norm_rows`] for one row.
+fn rms_norm_row(x_row: &[f32], weight: &[f32], eps: f32, out_row: &mut [f32]) {
+    with_avx2(|| rms_norm_row_inline(x_row, weight, eps, out_row))
+}
+
+#[inline(always)]
+fn rms_norm_row_inline(x_row: &[f32], weight: &[f32], eps: f32, out_row: &mut [f32]) {
+    let scale = 1.0 / ((sum_of_squares(x_row) / x_row.len() as f64) as f32 + eps).sqrt();
+    scale_by_weight(x_row, scale, weight, out_row);
+}
+
+/// Runs `f` compiled with AVX2 where the CPU has it, else as it is. `f` and what it calls
+/// are plain scalar Rust (inlined), which the compiler vectorises 8 f32 / 4 f64 lanes wide
+/// with AVX2 instead of 4 / 2 with the baseline SSE2: the row norms and residual adds take
+/// half the instructions. Rust never reassociates or fuses float operations, so each value
+/// goes through the same IEEE operations in the same order either way: the same bits.
+#[inline(always)]
+fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::has_avx2_fma() {
+        #[target_feature(enable = "avx2")]
+        unsafe fn compiled_for_avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { compiled_for_avx2(f) };
+    }
+    f()
+}
+
+/// The norms around a residual add (see [`residual_add_then_norm`]).
+pub(crate) struct ResidualNorms<'a> {
+    /// Values per row.
+    pub width: usize,
+    /// Normalise the block's output with this weight before adding it (Gemma's post-block
+    /// norms); `None`: add it as it is.
+    pub post: Option<&'a [f32]>,
+    /// Normalise the sum with this weight into the next block's input; `None`: no next block.
+    pub next: Option<&'a [f32]>,
+    pub eps: f32,
+}
+
+/// The residual add between two blocks with the norms around it, per row: `x += delta`, or
+/// `x += rms_norm(delta) · post`, then `normed = rms_norm(x) · next`. One pass over the rows
+/// on the pool, where these were up to two norm passes, each a wait of the pool, and an add
+/// on the calling thread alone. Per row the operations of [`rms_norm_rows`] and
+/// [`add_in_place`] in the same order, so the same bits. `normed` is scratch when there is
+/// no `next`.
+pub(crate) fn residual_add_then_norm(
+    x: &mut [f32],
+    delta: &[f32],
+    norms: ResidualNorms<'_>,
+    normed: &mut [f32],
+    pool: &ThreadPool,
+) {
+    let ResidualNorms { width, post, next, eps } = norms;
+    debug_assert!(delta.len() == x.len() && normed.len() == x.len());
+    let normed = DisjointSlice::new(normed);
+    for_row_ranges(x.len() / width, x, width, pool, |rows, x_rows| {
+        // SAFETY: each task writes only its own rows.
+        let normed_rows = unsafe { normed.range_mut(rows.start * width, rows.len() * width) };
+        let delta_rows = delta[rows.start * width..rows.end * width].chunks_exact(width);
+        for ((x_row, delta_row), normed_row) in
+            x_rows.chunks_exact_mut(width).zip(delta_rows).zip(normed_rows.chunks_exact_mut(width))
+        {
+            with_avx2(|| {
+                match post {
+                    Some(weight) => {
+                        rms_norm_row_inline(delta_row, weight, eps, normed_row);
+                        add_in_place(x_row, normed_row);
+                    }
+                    None => add_in_place(x_row, delta_row),
+                }
+                if let Some(weight) = next {
+                    rms_norm_row_inline(x_row, weight, eps, normed_row);
+                }
+            });
         }
     });
 }
@@ -59,7 +139,14 @@ const GELU_B: f64 = GELU_A * 0.044_715;
 
 /// One row normalised in place: `x = x / sqrt(mean(x²) + eps) * weight` (the arithmetic of
 /// [`rms_norm_rows`]).
-pub(crate) fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+#[cfg(test)]
+fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    with_avx2(|| rms_norm_in_place_inline(x, weight, eps))
+}
+
+#[inline(always)]
+fn rms_norm_in_place_inline(x: &mut [f32], weight: &[f32], eps: f32) {
+    // Not `rms_norm_row`: the input is also the output.
     let scale = 1.0 / ((sum_of_squares(x) / x.len() as f64) as f32 + eps).sqrt();
     for (v, &w) in x.iter_mut().zip(weight) {
         *v = *v * scale * w;
@@ -68,19 +155,28 @@ pub(crate) fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
 
 /// RMS-normalises every query head of each fused `[q | k | v]` row with `q_norm` and every
 /// key head with `k_norm`, in place (Gemma 3's and Qwen 3's per-head norms before RoPE).
+#[cfg(test)]
 pub(crate) fn rms_norm_query_and_key_heads(qkv: &mut [f32], g: &Geometry, q_norm: &[f32], k_norm: &[f32], eps: f32) {
     for row in qkv.chunks_exact_mut(g.qkv_row_len) {
-        let (queries, rest) = row.split_at_mut(g.q_dim());
-        for head in queries.chunks_exact_mut(g.head_dim) {
-            rms_norm_in_place(head, q_norm, eps);
-        }
-        for head in rest[..g.kv_dim()].chunks_exact_mut(g.head_dim) {
-            rms_norm_in_place(head, k_norm, eps);
-        }
+        rms_norm_heads_of_row(row, g, q_norm, k_norm, eps);
     }
 }
 
+/// [`rms_norm_query_and_key_heads`] for one fused `[q | k | v]` row.
+pub(crate) fn rms_norm_heads_of_row(row: &mut [f32], g: &Geometry, q_norm: &[f32], k_norm: &[f32], eps: f32) {
+    with_avx2(|| {
+        let (queries, rest) = row.split_at_mut(g.q_dim());
+        for head in queries.chunks_exact_mut(g.head_dim) {
+            rms_norm_in_place_inline(head, q_norm, eps);
+        }
+        for head in rest[..g.kv_dim()].chunks_exact_mut(g.head_dim) {
+            rms_norm_in_place_inline(head, k_norm, eps);
+        }
+    })
+}
+
 /// `row += bias` for every row of `x` (rows of `bias.len()` values).
+#[cfg(test)]
 pub(crate) fn add_bias_rows(x: &mut [f32], bias: &[f32]) {
     for row in x.chunks_exact_mut(bias.len()) {
         add_in_place(row, bias);
@@ -88,13 +184,14 @@ pub(crate) fn add_bias_rows(x: &mut [f32], bias: &[f32]) {
 }
 
 /// `x += delta`, element by element.
+#[inline(always)]
 pub(crate) fn add_in_place(x: &mut [f32], delta: &[f32]) {
     x.iter_mut().zip(delta).for_each(|(x, d)| *x += d);
 }
 
 /// Calls `f(rows, out_rows)` over contiguous row ranges: on the pool for `PARALLEL_ROWS` or
 /// more rows, inline otherwise. `out` holds `n_rows` rows of `width`.
-fn for_row_ranges(
+pub(crate) fn for_row_ranges(
     n_rows: usize,
     out: &mut [f32],
     width: usize,
@@ -119,6 +216,7 @@ fn for_row_ranges(
 /// Σ x² in f64, in four interleaved partial sums (element `i` goes to sum `i % 4`) combined in
 /// a fixed order: wide enough that the sum of hundreds of squares loses nothing, and
 /// vectorisable, which one running sum is not.
+#[inline(always)]
 fn sum_of_squares(x: &[f32]) -> f64 {
     let mut partial = [0f64; 4];
     let (body, tail) = x.split_at(x.len() / 4 * 4);
@@ -133,6 +231,7 @@ fn sum_of_squares(x: &[f32]) -> f64 {
     (partial[0] + partial[2]) + (partial[1] + partial[3])
 }
 
+#[inline(always)]
 fn scale_by_weight(x: &[f32], scale: f32, weight: &[f32], out: &mut [f32]) {
     for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
         *o = v * scale * w;
@@ -152,6 +251,16 @@ enum Gate {
 /// operations in the same order (fused multiply-adds where the vector code has them, as
 /// `f32::mul_add`, which is exact without FMA hardware too), so their results are identical.
 fn gated_times(act: Gate, gate: &[f32], up: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::has_avx512f_f16c() {
+        // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked just above).
+        return unsafe {
+            match act {
+                Gate::GeluTanh => simd::geglu_tanh_times_avx512(gate, up, out),
+                Gate::Silu => simd::swiglu_times_avx512(gate, up, out),
+            }
+        };
+    }
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
@@ -173,6 +282,19 @@ fn silu_times(gate: &[f32], up: &[f32], out: &mut [f32]) {
 /// `e^x` for `x <= 0` (-inf gives 0): the scalar twin of [`simd::exp_nonpositive`], the same
 /// bits.
 pub(crate) fn exp_nonpositive(x: f32) -> f32 {
+    // The portable code's `mul_add`s are a libm call each (a software fused multiply-add)
+    // when compiled for the baseline x86-64, and `floor` another: attention's per-tile softmax
+    // correction spent ~3% of a SmolLM2 prefill there. Compiled with FMA and SSE4.1 they are
+    // single instructions computing the same correctly rounded results: the same bits.
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::has_avx2_fma() {
+        #[target_feature(enable = "fma,sse4.1")]
+        unsafe fn with_fma_instructions(x: f32) -> f32 {
+            portable::exp_nonpositive(x)
+        }
+        // SAFETY: the CPU has FMA (checked just above), and SSE4.1 with its AVX2.
+        return unsafe { with_fma_instructions(x) };
+    }
     portable::exp_nonpositive(x)
 }
 
@@ -254,6 +376,7 @@ mod portable {
     }
 
     /// [`super::simd::exp_nonpositive`] for one value.
+    #[inline(always)]
     pub(super) fn exp_nonpositive(x: f32) -> f32 {
         const LOWEST: f32 = -87.336_55;
         let underflow = x < LOWEST;
@@ -313,6 +436,129 @@ pub(crate) mod simd {
         } else {
             sigmoid_times8(g, g, u)
         }
+    }
+
+    /// [`gated_times`] for GELU-tanh with eight f64 lanes per vector instead of four: the
+    /// f64 evaluation is most of a Gemma prefill's FFN work outside the matmuls, and it is
+    /// latency-bound (a 13-term Horner chain), so twice the lanes per chain is about twice the
+    /// rate. Every lane sees the same IEEE operations as [`gelu_tanh4`] and the portable
+    /// twin (multiply, add, fused multiply-add, floor, divide, conversions), so the bits are
+    /// the same.
+    ///
+    /// # Safety
+    /// AVX-512F, AVX2 and FMA must be available.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(crate) unsafe fn geglu_tanh_times_avx512(gate: &[f32], up: &[f32], out: &mut [f32]) {
+        let n = out.len().min(gate.len()).min(up.len());
+        let full = n / 8 * 8;
+        let geglu8 = |g: __m256, u: __m256| _mm256_mul_ps(gelu_tanh8(_mm512_cvtps_pd(g)), u);
+        for i in (0..full).step_by(8) {
+            let value = geglu8(_mm256_loadu_ps(gate.as_ptr().add(i)), _mm256_loadu_ps(up.as_ptr().add(i)));
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), value);
+        }
+        if full < n {
+            let (mut g, mut u, mut o) = ([0f32; 8], [0f32; 8], [0f32; 8]);
+            g[..n - full].copy_from_slice(&gate[full..n]);
+            u[..n - full].copy_from_slice(&up[full..n]);
+            _mm256_storeu_ps(o.as_mut_ptr(), geglu8(_mm256_loadu_ps(g.as_ptr()), _mm256_loadu_ps(u.as_ptr())));
+            out[full..n].copy_from_slice(&o[..n - full]);
+        }
+    }
+
+    /// [`gated_times`] for SiLU with sixteen f32 lanes per vector instead of eight: the same
+    /// IEEE operations per lane as [`sigmoid_times8`] and the portable twin (the sign-bit
+    /// blend as a mask of the sign bit), so the same bits.
+    ///
+    /// # Safety
+    /// AVX-512F, AVX2 and FMA must be available.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(crate) unsafe fn swiglu_times_avx512(gate: &[f32], up: &[f32], out: &mut [f32]) {
+        let n = out.len().min(gate.len()).min(up.len());
+        let full = n / 16 * 16;
+        for i in (0..full).step_by(16) {
+            let value = sigmoid_times16(_mm512_loadu_ps(gate.as_ptr().add(i)), _mm512_loadu_ps(up.as_ptr().add(i)));
+            _mm512_storeu_ps(out.as_mut_ptr().add(i), value);
+        }
+        if full < n {
+            let (mut g, mut u, mut o) = ([0f32; 16], [0f32; 16], [0f32; 16]);
+            g[..n - full].copy_from_slice(&gate[full..n]);
+            u[..n - full].copy_from_slice(&up[full..n]);
+            _mm512_storeu_ps(o.as_mut_ptr(), sigmoid_times16(_mm512_loadu_ps(g.as_ptr()), _mm512_loadu_ps(u.as_ptr())));
+            out[full..n].copy_from_slice(&o[..n - full]);
+        }
+    }
+
+    /// [`sigmoid_times8`] with `z = x = g` on sixteen lanes.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    unsafe fn sigmoid_times16(g: __m512, u: __m512) -> __m512 {
+        let sign_bit = _mm512_set1_epi32(i32::MIN);
+        let negative = _mm512_test_epi32_mask(_mm512_castps_si512(g), sign_bit);
+        let e = exp_nonpositive_x16(_mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(g), sign_bit)));
+        let numerator = _mm512_mask_blend_ps(negative, _mm512_set1_ps(1.0), e);
+        let sigmoid = _mm512_div_ps(numerator, _mm512_add_ps(_mm512_set1_ps(1.0), e));
+        _mm512_mul_ps(_mm512_mul_ps(g, sigmoid), u)
+    }
+
+    /// [`exp_nonpositive`] on sixteen lanes, operation for operation.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    unsafe fn exp_nonpositive_x16(x: __m512) -> __m512 {
+        let lowest = _mm512_set1_ps(-87.336_55);
+        let underflow = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, lowest);
+        let x = _mm512_max_ps(x, lowest);
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm512_fmadd_ps(
+            x,
+            _mm512_set1_ps(std::f32::consts::LOG2_E),
+            _mm512_set1_ps(0.5),
+        ));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let mut y = _mm512_set1_ps(1.987_569_1e-4);
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+            y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(c));
+        }
+        y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0)));
+        let pow2n = _mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)));
+        _mm512_maskz_mov_ps(!underflow, _mm512_mul_ps(y, _mm512_castsi512_ps(pow2n)))
+    }
+
+    /// [`gelu_tanh4`] on eight f64 lanes. The sign-bit blend of `_mm256_blendv_pd` is a mask
+    /// from the sign bit itself (`vptestmq`), so `-0.0` and negative NaNs choose as it does.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    unsafe fn gelu_tanh8(x: __m512d) -> __m256 {
+        let square = _mm512_mul_pd(x, x);
+        let z = _mm512_mul_pd(x, _mm512_add_pd(_mm512_mul_pd(_mm512_set1_pd(GELU_B), square), _mm512_set1_pd(GELU_A)));
+        let sign_bit = _mm512_set1_epi64(i64::MIN);
+        let negative = _mm512_test_epi64_mask(_mm512_castpd_si512(z), sign_bit);
+        let e = exp_nonpositive_f64_x8(_mm512_castsi512_pd(_mm512_or_si512(_mm512_castpd_si512(z), sign_bit)));
+        let numerator = _mm512_mask_blend_pd(negative, _mm512_set1_pd(1.0), e);
+        _mm512_cvtpd_ps(_mm512_mul_pd(x, _mm512_div_pd(numerator, _mm512_add_pd(_mm512_set1_pd(1.0), e))))
+    }
+
+    /// [`exp_nonpositive_f64`] on eight lanes, operation for operation.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    unsafe fn exp_nonpositive_f64_x8(x: __m512d) -> __m512d {
+        use super::exp_f64::*;
+        let lowest = _mm512_set1_pd(LOWEST);
+        let underflow = _mm512_cmp_pd_mask::<_CMP_LT_OQ>(x, lowest);
+        let x = _mm512_max_pd(x, lowest);
+        let n = _mm512_roundscale_pd::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm512_fmadd_pd(
+            x,
+            _mm512_set1_pd(std::f64::consts::LOG2_E),
+            _mm512_set1_pd(0.5),
+        ));
+        let r = _mm512_fnmadd_pd(n, _mm512_set1_pd(LN2_HIGH), x);
+        let r = _mm512_fnmadd_pd(n, _mm512_set1_pd(LN2_LOW), r);
+        let mut y = _mm512_set1_pd(TAYLOR[0]);
+        for &c in &TAYLOR[1..] {
+            y = _mm512_fmadd_pd(y, r, _mm512_set1_pd(c));
+        }
+        let biased = _mm512_castpd_si512(_mm512_add_pd(n, _mm512_set1_pd(1023.0 + 4_503_599_627_370_496.0)));
+        let pow2n = _mm512_castsi512_pd(_mm512_slli_epi64::<52>(biased));
+        _mm512_maskz_mov_pd(!underflow, _mm512_mul_pd(y, pow2n))
     }
 
     /// `x sigmoid(x (GELU_A + GELU_B x²))` for four f64 lanes, rounded to f32.
@@ -454,6 +700,132 @@ mod tests {
         for x in [-708.0f64, -100.3, -20.5, -1.0, -0.3466, -1e-12, 0.0] {
             let e = portable::exp_nonpositive_f64(x);
             assert!((e - x.exp()).abs() <= 1e-15 * x.exp(), "exp({x}) = {e}");
+        }
+    }
+
+    /// Each GELU-tanh vector path against the portable statement directly, so the comparison
+    /// does not depend on which one `gated_times` dispatches to.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn every_vector_gate_path_matches_the_portable_one_bit_for_bit() {
+        let mut gate = sweep();
+        // Negative NaN and -0.0 (the sign-bit blend), past both ends of the exp clamp.
+        gate.extend([-f32::NAN, f32::NAN, -0.0, -1e-45, 1e-45, -40.0, 40.0, f32::INFINITY, f32::NEG_INFINITY]);
+        let up: Vec<f32> = (0..gate.len()).map(|i| 0.5 - (i % 5) as f32 * 0.3).collect();
+        let mut portable = vec![f32::NAN; gate.len()];
+        portable::gated_times(Gate::GeluTanh, &gate, &up, &mut portable);
+        // The first value that differs, if any (a whole-vector assert would print 4000 values).
+        let first_difference = |a: &[f32], b: &[f32]| {
+            a.iter().zip(b).position(|(x, y)| x.to_bits() != y.to_bits()).map(|i| (i, gate[i], a[i], b[i]))
+        };
+        if crate::cpu::has_avx2_fma() {
+            let mut avx2 = vec![f32::NAN; gate.len()];
+            // SAFETY: AVX2 and FMA checked just above.
+            unsafe { simd::gated_times::<true>(&gate, &up, &mut avx2) };
+            assert_eq!(first_difference(&avx2, &portable), None, "AVX2 (index, gate, got, portable)");
+        }
+        if crate::cpu::has_avx512f_f16c() {
+            let mut silu = vec![f32::NAN; gate.len()];
+            portable::gated_times(Gate::Silu, &gate, &up, &mut silu);
+            for len in [gate.len(), gate.len() - 1, gate.len() - 9, gate.len() - 15] {
+                let mut avx512 = vec![f32::NAN; len];
+                // SAFETY: AVX-512F, AVX2 and FMA checked just above.
+                unsafe { simd::swiglu_times_avx512(&gate[..len], &up[..len], &mut avx512) };
+                assert_eq!(
+                    first_difference(&avx512, &silu),
+                    None,
+                    "SiLU AVX-512, {len} values (index, gate, got, portable)"
+                );
+            }
+            // Every tail length, so the padded last vector is covered too.
+            for len in [gate.len(), gate.len() - 1, gate.len() - 3, gate.len() - 7] {
+                let mut avx512 = vec![f32::NAN; len];
+                // SAFETY: AVX-512F, AVX2 and FMA checked just above.
+                unsafe { simd::geglu_tanh_times_avx512(&gate[..len], &up[..len], &mut avx512) };
+                assert_eq!(
+                    first_difference(&avx512, &portable),
+                    None,
+                    "AVX-512, {len} values (index, gate, got, portable)"
+                );
+            }
+        } else {
+            eprintln!("AVX-512 path not checked: this CPU has no AVX-512F");
+        }
+    }
+
+    #[test]
+    fn the_fused_residual_pass_equals_the_separate_norms_and_add() {
+        let pool = ThreadPool::new(2).expect("start the thread pool");
+        let width = 40;
+        for n_rows in [1, PARALLEL_ROWS, 13] {
+            let value = |i: usize, k: usize| ((i * k % 101) as f32 - 50.0) * 0.013;
+            let x: Vec<f32> = (0..n_rows * width).map(|i| value(i, 37)).collect();
+            let delta: Vec<f32> = (0..n_rows * width).map(|i| value(i, 53)).collect();
+            let post: Vec<f32> = (0..width).map(|i| 0.5 + i as f32 * 0.01).collect();
+            let next: Vec<f32> = (0..width).map(|i| 1.5 - i as f32 * 0.02).collect();
+            for (post, next) in
+                [(None, None), (None, Some(&next[..])), (Some(&post[..]), None), (Some(&post[..]), Some(&next[..]))]
+            {
+                let (mut separate_x, mut separate_normed) = (x.clone(), vec![0f32; x.len()]);
+                match post {
+                    Some(weight) => {
+                        let mut normed_delta = vec![0f32; x.len()];
+                        rms_norm_rows(&delta, weight, 1e-6, &mut normed_delta, &pool);
+                        add_in_place(&mut separate_x, &normed_delta);
+                    }
+                    None => add_in_place(&mut separate_x, &delta),
+                }
+                if let Some(weight) = next {
+                    rms_norm_rows(&separate_x, weight, 1e-6, &mut separate_normed, &pool);
+                }
+                let (mut fused_x, mut fused_normed) = (x.clone(), vec![0f32; x.len()]);
+                let norms = ResidualNorms { width, post, next, eps: 1e-6 };
+                residual_add_then_norm(&mut fused_x, &delta, norms, &mut fused_normed, &pool);
+                let case = format!("{n_rows} rows, post {}, next {}", post.is_some(), next.is_some());
+                assert_eq!(fused_x, separate_x, "{case}");
+                if next.is_some() {
+                    assert_eq!(fused_normed, separate_normed, "{case}");
+                }
+            }
+        }
+    }
+
+    /// The row norms compiled for AVX2 (what the forward runs on such CPUs) against the same
+    /// code compiled for the baseline, on widths around every vector and unroll boundary.
+    #[test]
+    fn row_norms_compiled_for_avx2_equal_the_baseline_bitwise() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for width in [1usize, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 33, 64, 256, 257, 640] {
+            let x: Vec<f32> = (0..width).map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 1.7e-3).collect();
+            let weight: Vec<f32> = (0..width).map(|i| 0.75 + (i % 13) as f32 * 0.031).collect();
+            let (mut baseline, mut dispatched) = (vec![0f32; width], vec![0f32; width]);
+            rms_norm_row_inline(&x, &weight, 1e-6, &mut baseline);
+            rms_norm_row(&x, &weight, 1e-6, &mut dispatched);
+            assert_eq!(bits(&dispatched), bits(&baseline), "rms_norm_row, width {width}");
+            let (mut baseline, mut dispatched) = (x.clone(), x.clone());
+            rms_norm_in_place_inline(&mut baseline, &weight, 1e-6);
+            rms_norm_in_place(&mut dispatched, &weight, 1e-6);
+            assert_eq!(bits(&dispatched), bits(&baseline), "rms_norm_in_place, width {width}");
+        }
+    }
+
+    #[test]
+    fn scalar_exp_with_fma_instructions_equals_the_baseline_bitwise() {
+        // Across the whole clamp range, the underflow edge, zeros and non-finite inputs.
+        let inputs = (0..20_000).map(|i| -(i as f32) * 0.004_37).chain([
+            -87.336_55,
+            -87.34,
+            -88.0,
+            -1e-30,
+            0.0,
+            -0.0,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::MIN_POSITIVE,
+        ]);
+        for x in inputs {
+            let (dispatched, baseline) = (exp_nonpositive(x), portable::exp_nonpositive(x));
+            assert_eq!(dispatched.to_bits(), baseline.to_bits(), "e^{x}: {dispatched} vs {baseline}");
         }
     }
 

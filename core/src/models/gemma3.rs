@@ -26,9 +26,10 @@ use crate::error::Result;
 use crate::gguf::{GgufFile, Value};
 use crate::kv_cache::{KvPool, KvStorage};
 use crate::models::attention::{self, Span};
-use crate::models::elementwise::{add_in_place, geglu_tanh_rows, rms_norm_query_and_key_heads, rms_norm_rows};
+use crate::models::elementwise::{geglu_tanh_rows, rms_norm_rows};
+use crate::models::llama::RopeStyle;
 use crate::models::metadata::{ArchKeys, DecoderDims, MustBeOff, ROPE_SCALING_WHY};
-use crate::models::rope::{self, RopeTable};
+use crate::models::rope::{self, HeadNorms, QkvRowPrep, RopeTable};
 use crate::models::stacked::StackedMatrix;
 use crate::models::step::StepScratch;
 use crate::models::tensors::ReadTensors;
@@ -354,25 +355,39 @@ impl Gemma3Model {
 
         self.vocabulary.embed(&s.rows, &mut s.x, c.hidden_size);
         s.x.iter_mut().for_each(|v| *v *= self.embedding_scale);
+        if let Some(first) = self.layers.first() {
+            rms_norm_rows(&s.x, &first.attn_norm, c.rms_eps, &mut s.normed, pool);
+        }
+        let mut n_rows = n;
         for (l, layer) in self.layers.iter().enumerate() {
-            rms_norm_rows(&s.x, &layer.attn_norm, c.rms_eps, &mut s.normed, pool);
+            // `normed` holds this layer's input: `x` normalised with `attn_norm`.
             layer.qkv.matmul(&s.normed, n, &mut s.qkv, pool);
-            rms_norm_query_and_key_heads(&mut s.qkv, &geometry, &layer.q_norm, &layer.k_norm, c.rms_eps);
-            let rotation = if c.sliding_layers[l] { rope_swa } else { rope_global };
-            rope::rotate_neox(&mut s.qkv, &geometry, rotation);
-            s.attend_and_project(&geometry, l, c.span(l), chunks, kv, &layer.attn_output, pool);
-            rms_norm_rows(&s.projected, &layer.post_attention_norm, c.rms_eps, &mut s.normed, pool);
-            add_in_place(&mut s.x, &s.normed);
-
-            rms_norm_rows(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.normed, pool);
-            layer.gate_up.matmul(&s.normed, n, &mut s.gate_up, pool);
-            geglu_tanh_rows(&s.gate_up, c.ffn_size, &mut s.ffn_hidden, pool);
-            layer.down.matmul(&s.ffn_hidden, n, &mut s.projected, pool);
-            rms_norm_rows(&s.projected, &layer.post_ffw_norm, c.rms_eps, &mut s.normed, pool);
-            add_in_place(&mut s.x, &s.normed);
+            QkvRowPrep {
+                bias: None,
+                head_norms: Some(HeadNorms { query: &layer.q_norm, key: &layer.k_norm, eps: c.rms_eps }),
+                style: RopeStyle::Neox,
+                rope: if c.sliding_layers[l] { rope_swa } else { rope_global },
+            }
+            .apply(&mut s.qkv, &geometry, pool);
+            s.attend(&geometry, l, c.span(l), chunks, kv, pool);
+            if l + 1 == self.layers.len() {
+                n_rows = s.keep_logit_rows(chunks, &geometry);
+            }
+            s.project(&layer.attn_output, n_rows, pool);
+            // x += post_attention_norm(attention); normed = ffn_norm(x).
+            s.add_residual(Some(&layer.post_attention_norm), Some(&layer.ffn_norm), c.rms_eps, n_rows, pool);
+            let (hidden, ffn) = (c.hidden_size, c.ffn_size);
+            let gate_up = &mut s.gate_up[..n_rows * 2 * ffn];
+            layer.gate_up.matmul(&s.normed[..n_rows * hidden], n_rows, gate_up, pool);
+            let hidden_units = &mut s.ffn_hidden[..n_rows * ffn];
+            geglu_tanh_rows(gate_up, ffn, hidden_units, pool);
+            layer.down.matmul(hidden_units, n_rows, &mut s.projected[..n_rows * hidden], pool);
+            // x += post_ffw_norm(ffn); normed = the next layer's attn_norm(x).
+            let next_norm = self.layers.get(l + 1).map(|next| &next.attn_norm[..]);
+            s.add_residual(Some(&layer.post_ffw_norm), next_norm, c.rms_eps, n_rows, pool);
         }
 
-        self.vocabulary.wanted_logits(chunks, c.rms_eps, s, logits, pool);
+        self.vocabulary.logits_of_kept_rows(n_rows, c.rms_eps, s, logits, pool);
         Ok(())
     }
 }

@@ -21,9 +21,9 @@ use crate::error::Result;
 use crate::gguf::GgufFile;
 use crate::kv_cache::KvStorage;
 use crate::models::attention;
-use crate::models::elementwise::{add_in_place, rms_norm_rows};
+use crate::models::elementwise::rms_norm_rows;
 use crate::models::metadata::{ArchKeys, DENSE_DECODER_MUST_BE_OFF, MAX_HEAD_DIM};
-use crate::models::rope::{self, RopeTable};
+use crate::models::rope::{self, QkvRowPrep, RopeTable};
 use crate::models::stacked::StackedMatrix;
 use crate::models::step::{StepScratch, SwigluFfn};
 use crate::models::tensors::ReadTensors;
@@ -421,19 +421,26 @@ impl LlamaModel {
         let n = s.rows.len();
 
         self.vocabulary.embed(&s.rows, &mut s.x, c.hidden_size);
+        if let Some(first) = self.layers.first() {
+            rms_norm_rows(&s.x, &first.attn_norm, c.rms_eps, &mut s.normed, pool);
+        }
+        let mut n_rows = n;
         for (l, layer) in self.layers.iter().enumerate() {
-            rms_norm_rows(&s.x, &layer.attn_norm, c.rms_eps, &mut s.normed, pool);
+            // `normed` holds this layer's input: `x` normalised with `attn_norm`.
             layer.qkv.matmul(&s.normed, n, &mut s.qkv, pool);
-            match c.family.rope {
-                RopeStyle::Normal => rope::rotate_normal(&mut s.qkv, &geometry, rope),
-                RopeStyle::Neox => rope::rotate_neox(&mut s.qkv, &geometry, rope),
+            QkvRowPrep { bias: None, head_norms: None, style: c.family.rope, rope }.apply(&mut s.qkv, &geometry, pool);
+            s.attend(&geometry, l, c.span(), chunks, kv, pool);
+            if l + 1 == self.layers.len() {
+                n_rows = s.keep_logit_rows(chunks, &geometry);
             }
-            s.attend_and_project(&geometry, l, c.span(), chunks, kv, &layer.attn_output, pool);
-            add_in_place(&mut s.x, &s.projected);
-            s.add_swiglu_ffn(&layer.ffn, c.ffn_size, c.rms_eps, pool);
+            s.project(&layer.attn_output, n_rows, pool);
+            s.add_residual(None, Some(&layer.ffn.norm), c.rms_eps, n_rows, pool);
+            s.swiglu_ffn(&layer.ffn, c.ffn_size, n_rows, pool);
+            let next_norm = self.layers.get(l + 1).map(|next| &next.attn_norm[..]);
+            s.add_residual(None, next_norm, c.rms_eps, n_rows, pool);
         }
 
-        self.vocabulary.wanted_logits(chunks, c.rms_eps, s, logits, pool);
+        self.vocabulary.logits_of_kept_rows(n_rows, c.rms_eps, s, logits, pool);
         Ok(())
     }
 }

@@ -23,9 +23,10 @@ use crate::error::Result;
 use crate::gguf::GgufFile;
 use crate::kv_cache::KvStorage;
 use crate::models::attention::{self, Span};
-use crate::models::elementwise::{add_bias_rows, add_in_place, rms_norm_query_and_key_heads, rms_norm_rows};
+use crate::models::elementwise::rms_norm_rows;
+use crate::models::llama::RopeStyle;
 use crate::models::metadata::{ArchKeys, MustBeOff, DENSE_DECODER_MUST_BE_OFF, ROPE_SCALING_WHY};
-use crate::models::rope::{self, RopeTable};
+use crate::models::rope::{self, QkvRowPrep, RopeTable};
 use crate::models::stacked::StackedMatrix;
 use crate::models::step::{StepScratch, SwigluFfn};
 use crate::models::tensors::ReadTensors;
@@ -248,22 +249,36 @@ impl QwenModel {
         let n = s.rows.len();
 
         self.vocabulary.embed(&s.rows, &mut s.x, c.hidden_size);
+        if let Some(first) = self.layers.first() {
+            rms_norm_rows(&s.x, &first.attn_norm, c.rms_eps, &mut s.normed, pool);
+        }
+        let mut n_rows = n;
         for (l, layer) in self.layers.iter().enumerate() {
-            rms_norm_rows(&s.x, &layer.attn_norm, c.rms_eps, &mut s.normed, pool);
+            // `normed` holds this layer's input: `x` normalised with `attn_norm`.
             layer.qkv.matmul(&s.normed, n, &mut s.qkv, pool);
-            if let Some(bias) = &layer.qkv_bias {
-                add_bias_rows(&mut s.qkv, bias);
+            QkvRowPrep {
+                bias: layer.qkv_bias.as_deref(),
+                head_norms: layer.head_norms.as_ref().map(|n| rope::HeadNorms {
+                    query: &n.query,
+                    key: &n.key,
+                    eps: c.rms_eps,
+                }),
+                style: RopeStyle::Neox,
+                rope,
             }
-            if let Some(norms) = &layer.head_norms {
-                rms_norm_query_and_key_heads(&mut s.qkv, &geometry, &norms.query, &norms.key, c.rms_eps);
+            .apply(&mut s.qkv, &geometry, pool);
+            s.attend(&geometry, l, Span::Causal, chunks, kv, pool);
+            if l + 1 == self.layers.len() {
+                n_rows = s.keep_logit_rows(chunks, &geometry);
             }
-            rope::rotate_neox(&mut s.qkv, &geometry, rope);
-            s.attend_and_project(&geometry, l, Span::Causal, chunks, kv, &layer.attn_output, pool);
-            add_in_place(&mut s.x, &s.projected);
-            s.add_swiglu_ffn(&layer.ffn, c.ffn_size, c.rms_eps, pool);
+            s.project(&layer.attn_output, n_rows, pool);
+            s.add_residual(None, Some(&layer.ffn.norm), c.rms_eps, n_rows, pool);
+            s.swiglu_ffn(&layer.ffn, c.ffn_size, n_rows, pool);
+            let next_norm = self.layers.get(l + 1).map(|next| &next.attn_norm[..]);
+            s.add_residual(None, next_norm, c.rms_eps, n_rows, pool);
         }
 
-        self.vocabulary.wanted_logits(chunks, c.rms_eps, s, logits, pool);
+        self.vocabulary.logits_of_kept_rows(n_rows, c.rms_eps, s, logits, pool);
         Ok(())
     }
 }

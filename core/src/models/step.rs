@@ -2,7 +2,7 @@
 
 use crate::kv_cache::KvStorage;
 use crate::models::attention::{self, AttentionScratch, Geometry, Span};
-use crate::models::elementwise::{add_in_place, rms_norm_rows, swiglu_rows};
+use crate::models::elementwise::{residual_add_then_norm, swiglu_rows, ResidualNorms};
 use crate::models::kv_write::store_keys_and_values;
 use crate::models::rows::{fill_rows, RowInfo};
 use crate::models::stacked::StackedMatrix;
@@ -25,8 +25,6 @@ pub(crate) struct StepScratch {
     pub gate_up: Vec<f32>,
     pub ffn_hidden: Vec<f32>,
     pub attention: AttentionScratch,
-    /// Final hidden states of the rows that want logits.
-    pub logit_inputs: Vec<f32>,
 }
 
 impl StepScratch {
@@ -56,31 +54,114 @@ pub(crate) struct SwigluFfn {
 
 impl StepScratch {
     /// Attention after the step's `qkv` rows are final (biases, norms and RoPE applied): stores
-    /// this step's keys and values in layer `layer` of `kv`, attends over `span`, and writes the
-    /// output projection `attn_output · attn` into `projected`.
+    /// this step's keys and values in layer `layer` of `kv` and attends over `span`, into
+    /// `attn`.
     #[allow(clippy::too_many_arguments)]
-    pub fn attend_and_project(
+    pub fn attend(
         &mut self,
         g: &Geometry,
         layer: usize,
         span: Span,
         chunks: &[SeqChunk<'_>],
         kv: &mut KvStorage,
-        attn_output: &QMatrix,
         pool: &ThreadPool,
     ) {
         store_keys_and_values(&self.qkv, g, layer, chunks, kv);
         attention::attend(&mut self.attention, g, layer, span, chunks, kv, &self.qkv, &mut self.attn, pool);
-        attn_output.matmul(&self.attn, self.rows.len(), &mut self.projected, pool);
     }
 
-    /// `x += ffn(x)` for the residual stream `x`.
-    pub fn add_swiglu_ffn(&mut self, ffn: &SwigluFfn, ffn_size: usize, rms_eps: f32, pool: &ThreadPool) {
-        let n = self.rows.len();
-        rms_norm_rows(&self.x, &ffn.norm, rms_eps, &mut self.normed, pool);
-        ffn.gate_up.matmul(&self.normed, n, &mut self.gate_up, pool);
-        swiglu_rows(&self.gate_up, ffn_size, &mut self.ffn_hidden, pool);
-        ffn.down.matmul(&self.ffn_hidden, n, &mut self.projected, pool);
-        add_in_place(&mut self.x, &self.projected);
+    /// Called in the last layer once its attention has run: moves the rows whose logits are
+    /// wanted (the last row of each chunk with `want_logits`) to the front of `x` and `attn`,
+    /// in chunk order, and returns how many there are. Past the last attention no row depends
+    /// on another, and only these rows reach the output head, so the rest of the last layer
+    /// runs on them alone (in a prefill chunk of 512 tokens, 1 row instead of 512: the last
+    /// layer's output projection and FFN, a `1 / n_layers` share of the matmuls). Each kept
+    /// row goes through the same operations as before, so its bits do not change.
+    pub fn keep_logit_rows(&mut self, chunks: &[SeqChunk<'_>], g: &Geometry) -> usize {
+        let (hidden, q_dim) = (self.x.len() / self.rows.len().max(1), g.q_dim());
+        let (mut kept, mut end) = (0, 0);
+        for chunk in chunks {
+            end += chunk.tokens.len();
+            if !chunk.want_logits {
+                continue;
+            }
+            let row = end - 1;
+            if row != kept {
+                self.x.copy_within(row * hidden..(row + 1) * hidden, kept * hidden);
+                self.attn.copy_within(row * q_dim..(row + 1) * q_dim, kept * q_dim);
+            }
+            kept += 1;
+        }
+        kept
+    }
+
+    /// The attention output projection of the first `n_rows` rows: `projected = attn_output ·
+    /// attn`.
+    pub fn project(&mut self, attn_output: &QMatrix, n_rows: usize, pool: &ThreadPool) {
+        let (q_dim, hidden) = (attn_output.cols(), attn_output.rows());
+        attn_output.matmul(&self.attn[..n_rows * q_dim], n_rows, &mut self.projected[..n_rows * hidden], pool);
+    }
+
+    /// The FFN of the first `n_rows` rows of `normed` (already normalised with the FFN's norm,
+    /// which the caller fuses with the residual add before it): `projected = down(swiglu(gate_up
+    /// · normed))`.
+    pub fn swiglu_ffn(&mut self, ffn: &SwigluFfn, ffn_size: usize, n_rows: usize, pool: &ThreadPool) {
+        let hidden = ffn.down.rows();
+        let gate_up = &mut self.gate_up[..n_rows * 2 * ffn_size];
+        ffn.gate_up.matmul(&self.normed[..n_rows * hidden], n_rows, gate_up, pool);
+        let hidden_units = &mut self.ffn_hidden[..n_rows * ffn_size];
+        swiglu_rows(gate_up, ffn_size, hidden_units, pool);
+        ffn.down.matmul(hidden_units, n_rows, &mut self.projected[..n_rows * hidden], pool);
+    }
+
+    /// The residual add of the first `n_rows` rows fused with the norm after it (see
+    /// [`residual_add_then_norm`]): `x += projected`, or `x += rms_norm(projected) · post`
+    /// (Gemma's post-block norms), then `normed` = `x` normalised with `next` (the next
+    /// block's input; nothing after the last layer).
+    pub fn add_residual(
+        &mut self,
+        post: Option<&[f32]>,
+        next: Option<&[f32]>,
+        rms_eps: f32,
+        n_rows: usize,
+        pool: &ThreadPool,
+    ) {
+        let width = self.x.len() / self.rows.len().max(1);
+        let norms = ResidualNorms { width, post, next, eps: rms_eps };
+        let rows = ..n_rows * width;
+        residual_add_then_norm(&mut self.x[rows], &self.projected[rows], norms, &mut self.normed[rows], pool);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_logit_rows_moves_each_wanting_chunks_last_row_to_the_front_in_order() {
+        let g = Geometry { n_heads: 2, n_kv_heads: 1, head_dim: 2, qkv_row_len: 8, scale: 1.0 };
+        let tokens = [0u32; 5];
+        let chunk = |len: usize, want_logits: bool| SeqChunk {
+            tokens: &tokens[..len],
+            start_pos: 0,
+            block_table: &[],
+            sliding_block_table: &[],
+            want_logits,
+        };
+        // Rows 0..3 (wants: row 2), 3..8 (no), 8 (wants: row 8), 9..11 (wants: row 10).
+        let chunks = [chunk(3, true), chunk(5, false), chunk(1, true), chunk(2, true)];
+        let mut s = StepScratch::default();
+        s.prepare(&chunks, &g, 3, 4);
+        let n = s.rows.len();
+        assert_eq!(n, 11);
+        s.x = (0..n * 3).map(|i| i as f32).collect();
+        s.attn = (0..n * g.q_dim()).map(|i| -(i as f32)).collect();
+        assert_eq!(s.keep_logit_rows(&chunks, &g), 3);
+        for (kept, row) in [2usize, 8, 10].into_iter().enumerate() {
+            let x_row: Vec<f32> = (row * 3..row * 3 + 3).map(|i| i as f32).collect();
+            assert_eq!(s.x[kept * 3..kept * 3 + 3], x_row[..], "x of row {row}");
+            let attn_row: Vec<f32> = (row * 4..row * 4 + 4).map(|i| -(i as f32)).collect();
+            assert_eq!(s.attn[kept * 4..kept * 4 + 4], attn_row[..], "attn of row {row}");
+        }
     }
 }

@@ -6,7 +6,6 @@ use crate::models::elementwise::rms_norm_rows;
 use crate::models::rows::RowInfo;
 use crate::models::step::StepScratch;
 use crate::models::weights::Weights;
-use crate::models::SeqChunk;
 use crate::quant::QMatrix;
 use crate::threadpool::ThreadPool;
 
@@ -40,31 +39,23 @@ impl Vocabulary {
     }
 
     /// Writes one row of `vocab_size` logits per chunk with `want_logits`, in chunk order, into
-    /// `logits` (resized), from the residual stream `s.x`.
-    pub fn wanted_logits(
+    /// `logits` (resized), from the first `n_rows` rows of the residual stream `s.x`: the rows
+    /// [`StepScratch::keep_logit_rows`] kept.
+    pub fn logits_of_kept_rows(
         &self,
-        chunks: &[SeqChunk<'_>],
+        n_rows: usize,
         rms_eps: f32,
         s: &mut StepScratch,
         logits: &mut Vec<f32>,
         pool: &ThreadPool,
     ) {
         let hidden = self.output_norm.len();
-        s.logit_inputs.clear();
-        let mut first_row = 0;
-        for chunk in chunks {
-            first_row += chunk.tokens.len();
-            if chunk.want_logits {
-                s.logit_inputs.extend_from_slice(&s.x[(first_row - 1) * hidden..][..hidden]);
-            }
-        }
-        let n_logits = s.logit_inputs.len() / hidden;
-        s.normed.resize(n_logits * hidden, 0.0);
-        rms_norm_rows(&s.logit_inputs, &self.output_norm, rms_eps, &mut s.normed, pool);
+        let rows = ..n_rows * hidden;
+        rms_norm_rows(&s.x[rows], &self.output_norm, rms_eps, &mut s.normed[rows], pool);
         let head = self.output.as_ref().unwrap_or(&self.token_embedding);
-        logits.resize(n_logits * head.rows(), 0.0);
-        if n_logits > 0 {
-            head.matmul(&s.normed, n_logits, logits, pool);
+        logits.resize(n_rows * head.rows(), 0.0);
+        if n_rows > 0 {
+            head.matmul(&s.normed[rows], n_rows, logits, pool);
         }
     }
 }

@@ -449,12 +449,56 @@ impl QMatrix {
     }
 
     fn matmul_using(&self, kernel: Kernel, x: &[f32], m: usize, out: &mut [f32], pool: &ThreadPool) {
-        // AMX unpacks Q4_0, Q4_1 and Q8_0 only; the VNNI kernel gives the same bits.
-        #[cfg(target_arch = "x86_64")]
-        let kernel = match (kernel, &self.storage) {
-            (Kernel::Amx, Storage::Quantized { format, .. }) if format.is_regrouped() => Kernel::best(),
-            _ => kernel,
-        };
+        self.check_shapes(x, m, out);
+        match &self.storage {
+            Storage::Float(_) => self.matmul_float(x, out, pool),
+            Storage::Quantized { .. } => QUANTIZED_ACTIVATIONS.with_borrow_mut(|acts| {
+                quantize_activations(kernel, x, self.cols, m, acts, pool);
+                self.matmul_quantized(kernel, acts, m, out, pool);
+            }),
+        }
+    }
+
+    /// [`QMatrix::matmul`] of each of `parts` (same `cols`) over the same `x`, for projections
+    /// stacked from tensors of different types: the activations are quantized once for all the
+    /// quantized parts instead of once per part. `each(i, out_i)` receives part `i`'s output
+    /// (`m` rows of `parts[i].rows()` values) in `buffer`, which grows as needed. Each part's
+    /// output has the bits `parts[i].matmul(x, ..)` gives: the quantization of a row does not
+    /// depend on the matrix it feeds.
+    pub(crate) fn matmul_each(
+        parts: &[QMatrix],
+        x: &[f32],
+        m: usize,
+        buffer: &mut Vec<f32>,
+        pool: &ThreadPool,
+        mut each: impl FnMut(usize, &[f32]),
+    ) {
+        let Some(first) = parts.first() else { return };
+        let kernel = Kernel::for_rows(m);
+        // Taken out of the thread-local rather than borrowed in it, so that `each` may run
+        // matmuls of its own (they get a buffer of their own).
+        let mut acts = QUANTIZED_ACTIVATIONS.take();
+        {
+            if parts.iter().any(|p| matches!(p.storage, Storage::Quantized { .. })) {
+                quantize_activations(kernel, x, first.cols, m, &mut acts, pool);
+            }
+            for (i, part) in parts.iter().enumerate() {
+                if buffer.len() < m * part.rows {
+                    buffer.resize(m * part.rows, 0.0);
+                }
+                let out = &mut buffer[..m * part.rows];
+                part.check_shapes(x, m, out);
+                match &part.storage {
+                    Storage::Float(_) => part.matmul_float(x, out, pool),
+                    Storage::Quantized { .. } => part.matmul_quantized(kernel, &acts, m, out, pool),
+                }
+                each(i, out);
+            }
+        }
+        QUANTIZED_ACTIVATIONS.set(acts);
+    }
+
+    fn check_shapes(&self, x: &[f32], m: usize, out: &[f32]) {
         assert!(
             x.len() == m * self.cols && out.len() == m * self.rows,
             "matmul shapes: x {} out {} for m {m} on {}×{}",
@@ -463,34 +507,34 @@ impl QMatrix {
             self.rows,
             self.cols
         );
-        match &self.storage {
-            Storage::Float(weights) => self.for_each_row_parallel(pool, out, |row, out| {
-                let w_row = &weights[row * self.cols..][..self.cols];
-                for (r, x_row) in x.chunks_exact(self.cols).enumerate() {
-                    // SAFETY: each output row `row` belongs to exactly one task.
-                    unsafe { out.write(r * self.rows + row, dot_f32(w_row, x_row)) };
-                }
-            }),
-            Storage::Quantized { format, blocks } => QUANTIZED_ACTIVATIONS.with_borrow_mut(|acts| {
-                let n_blocks = self.cols / BLOCK;
-                // The AMX kernel reads whole tiles of activation rows: pad with zero rows.
-                let padded = match kernel {
-                    #[cfg(target_arch = "x86_64")]
-                    Kernel::Amx => m.next_multiple_of(amx::TOKENS),
-                    _ => m,
-                };
-                acts.resize(padded * n_blocks, Q8Block::default());
-                for (x_row, act_row) in x.chunks_exact(self.cols).zip(acts.chunks_exact_mut(n_blocks)) {
-                    quantize_row(x_row, act_row);
-                }
-                acts[m * n_blocks..].fill(Q8Block::default());
-                let out = DisjointSlice::new(out);
-                match kernel {
-                    #[cfg(target_arch = "x86_64")]
-                    Kernel::Amx => self.matmul_amx(*format, blocks, acts, &out, pool),
-                    _ => self.matmul_groups(kernel, *format, blocks, acts, m, &out, pool),
-                }
-            }),
+    }
+
+    /// F32/F16 weights take `x` as it is.
+    fn matmul_float(&self, x: &[f32], out: &mut [f32], pool: &ThreadPool) {
+        let Storage::Float(weights) = &self.storage else { return };
+        self.for_each_row_parallel(pool, out, |row, out| {
+            let w_row = &weights[row * self.cols..][..self.cols];
+            for (r, x_row) in x.chunks_exact(self.cols).enumerate() {
+                // SAFETY: each output row `row` belongs to exactly one task.
+                unsafe { out.write(r * self.rows + row, dot_f32(w_row, x_row)) };
+            }
+        });
+    }
+
+    /// The quantized kernels over activations [`quantize_activations`] prepared for `kernel`.
+    fn matmul_quantized(&self, kernel: Kernel, acts: &[Q8Block], m: usize, out: &mut [f32], pool: &ThreadPool) {
+        let Storage::Quantized { format, blocks } = &self.storage else { return };
+        // AMX unpacks Q4_0, Q4_1 and Q8_0 only; the VNNI kernel gives the same bits.
+        #[cfg(target_arch = "x86_64")]
+        let kernel = match kernel {
+            Kernel::Amx if format.is_regrouped() => Kernel::best(),
+            _ => kernel,
+        };
+        let out = DisjointSlice::new(out);
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Amx => self.matmul_amx(*format, blocks, acts, &out, pool),
+            _ => self.matmul_groups(kernel, *format, blocks, acts, m, &out, pool),
         }
     }
 
@@ -670,6 +714,40 @@ fn prefetch_share(bytes: &[u8], share: usize, count: usize) {
         // a program can observe but its timing (SSE, part of x86_64).
         unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().add(line * LINE) as *const i8) };
     }
+}
+
+/// Rows from which a matmul's activations are quantized on the pool rather than by the calling
+/// thread alone (a decode step's few rows take less than waking the pool).
+const PARALLEL_QUANTIZE_ROWS: usize = 16;
+
+/// Quantizes the `m` rows of `x` (`cols` each) into `acts`, sized for `kernel`: the AMX kernel
+/// reads whole tiles of activation rows, so it gets zero rows up to a whole tile. Rows are
+/// quantized one by one ([`quantize_row`]) whichever thread takes them, so the bits do not
+/// depend on the split.
+fn quantize_activations(kernel: Kernel, x: &[f32], cols: usize, m: usize, acts: &mut Vec<Q8Block>, pool: &ThreadPool) {
+    let n_blocks = cols / BLOCK;
+    let padded = match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Amx => m.next_multiple_of(amx::TOKENS),
+        _ => m,
+    };
+    acts.resize(padded * n_blocks, Q8Block::default());
+    let (rows, padding) = acts.split_at_mut(m * n_blocks);
+    padding.fill(Q8Block::default());
+    let quantize = |x: &[f32], acts: &mut [Q8Block]| {
+        for (x_row, act_row) in x.chunks_exact(cols).zip(acts.chunks_exact_mut(n_blocks)) {
+            quantize_row(x_row, act_row);
+        }
+    };
+    if m < PARALLEL_QUANTIZE_ROWS || pool.n_threads() == 1 {
+        return quantize(&x[..m * cols], rows);
+    }
+    let rows = DisjointSlice::new(rows);
+    for_each_range(pool, m, |range| {
+        // SAFETY: each task writes the blocks of its own rows only.
+        let acts = unsafe { rows.range_mut(range.start * n_blocks, range.len() * n_blocks) };
+        quantize(&x[range.start * cols..range.end * cols], acts);
+    });
 }
 
 /// Splits `0..count` into contiguous ranges, [`TASKS_PER_THREAD`] per pool thread, and runs

@@ -282,6 +282,47 @@ fn concat_rows_equals_separate_matmuls() {
 }
 
 #[test]
+fn activations_quantized_on_the_pool_equal_row_by_row_quantization() {
+    let pool = ThreadPool::new(2).expect("start the thread pool");
+    let x = random_activations(&mut Rng(17));
+    let n_blocks = COLS / BLOCK;
+    for m in [1, PARALLEL_QUANTIZE_ROWS - 1, PARALLEL_QUANTIZE_ROWS, PARALLEL_QUANTIZE_ROWS + 1, 37, MAX_M] {
+        let mut acts = Vec::new();
+        quantize_activations(Kernel::Scalar, &x[..m * COLS], COLS, m, &mut acts, &pool);
+        assert_eq!(acts.len(), m * n_blocks);
+        for (r, row) in acts.chunks_exact(n_blocks).enumerate() {
+            let mut alone = vec![Q8Block::default(); n_blocks];
+            quantize_row(&x[r * COLS..][..COLS], &mut alone);
+            let same = row.iter().zip(&alone).all(|(a, b)| {
+                a.q == b.q && a.sum == b.sum && a.d.to_bits() == b.d.to_bits() && a.s.to_bits() == b.s.to_bits()
+            });
+            assert!(same, "row {r} of {m}");
+        }
+    }
+}
+
+#[test]
+fn matmul_each_equals_each_part_alone() {
+    let pool = ThreadPool::new(2).expect("start the thread pool");
+    let x = random_activations(&mut Rng(23));
+    // Quantized parts of different formats beside a float one, as stacked projections mix them.
+    let parts: Vec<QMatrix> =
+        [GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::F32, GgmlType::Q6K].iter().map(|&ty| matrix(ty, 40).0).collect();
+    for m in [1, 3, PARALLEL_QUANTIZE_ROWS + 3, MAX_M] {
+        let mut buffer = Vec::new();
+        let mut seen = Vec::new();
+        QMatrix::matmul_each(&parts, &x[..m * COLS], m, &mut buffer, &pool, |i, out| {
+            let mut alone = vec![0f32; m * parts[i].rows()];
+            parts[i].matmul(&x[..m * COLS], m, &mut alone, &pool);
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(out), bits(&alone), "part {i}, {m} rows");
+            seen.push(i);
+        });
+        assert_eq!(seen, [0, 1, 2, 3], "every part once, in order");
+    }
+}
+
+#[test]
 fn interleaving_round_trips_every_row() {
     for (t, ty) in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0].into_iter().enumerate() {
         let bytes = random_weight_bytes(ty, &mut Rng(400 + t as u64));
