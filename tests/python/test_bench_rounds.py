@@ -1,0 +1,136 @@
+"""The side-by-side method (examples/bench/rounds.py, child.py): both sides of a measurement run
+back to back with the order flipped every round, a row's ratio is the median of its per-round
+ratios (not the ratio of the medians), targets are checked on that median, and our side's child
+process keeps its protocol clean whatever else is printed. No model and no peer: fake sides."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "examples/bench"
+sys.path.insert(0, str(BENCH))
+
+import child  # noqa: E402
+import rounds  # noqa: E402
+from progress import Progress  # noqa: E402
+from rounds import OURS, PEER, Measurement, Row, Target  # noqa: E402
+
+
+def fake_side(name: str, calls: list[str], values: list[float]) -> rounds.SideRun:
+    def run(round_index: int) -> dict:
+        calls.append(f"{name}{round_index}")
+        return {"rate": values[round_index], "streams": {str(round_index): {"n": round_index}}}
+
+    return run
+
+
+def test_each_round_runs_both_sides_back_to_back_and_flips_the_order() -> None:
+    calls: list[str] = []
+    measurements = [
+        Measurement("a", fake_side("A", calls, [1, 2, 3, 4]), fake_side("B", calls, [1, 2, 3, 4])),
+        Measurement("c", fake_side("C", calls, [1, 2, 3, 4]), fake_side("D", calls, [1, 2, 3, 4])),
+    ]
+    records = rounds.run_rounds(measurements, 4, with_peer=True, progress=Progress())
+    assert calls == ["A0", "B0", "C0", "D0", "B1", "A1", "D1", "C1", "A2", "B2", "C2", "D2", "B3", "A3", "D3", "C3"]
+    assert [len(record["runs"]) for record in records] == [4, 4, 4, 4]
+    for run in records[1]["runs"]:
+        assert len(run["load_average_before"]) == len(run["load_average_after"]) == 3
+    assert [run["side"] for run in records[1]["runs"]] == ["llama.cpp", "ours", "llama.cpp", "ours"]
+    # Each side's parts merge into one result per round, nested dicts included.
+    assert records[2][OURS]["streams"] == {"2": {"n": 2}}
+
+
+def test_without_the_peer_only_our_side_runs() -> None:
+    calls: list[str] = []
+    measurement = Measurement("a", fake_side("A", calls, [5, 6]), fake_side("B", calls, [5, 6]))
+    records = rounds.run_rounds([measurement], 2, with_peer=False, progress=Progress())
+    assert calls == ["A0", "A1"]
+    assert records[0][PEER] is None
+    summary = rounds.summarize_row(Row("rate", lambda r: r["rate"], "{:.1f}", Target(1.5)), records)
+    assert summary["ours"] == 5.5 and summary["ratio"] is None and summary["met"] is None
+
+
+def records_of(ours: list[float], theirs: list[float]) -> list[dict]:
+    return [{"round": i + 1, OURS: {"rate": o}, PEER: {"rate": t}, "runs": []} for i, (o, t) in enumerate(zip(ours, theirs))]
+
+
+def test_a_row_reports_the_median_of_its_per_round_ratios_and_their_range() -> None:
+    # Medians 20 and 10 would make 2.0x; the rounds' ratios are 1.0, 4.0 and 0.5.
+    records = records_of([10, 20, 30], [10, 5, 60])
+    summary = rounds.summarize_row(Row("rate", lambda r: r["rate"], "{:.1f}"), records)
+    assert (summary["ours"], summary[PEER]) == (20, 10)
+    assert summary["ratio"] == 1.0
+    assert (summary["ratio_min"], summary["ratio_max"]) == (0.5, 4.0)
+    assert [r["ratio"] for r in summary["rounds"]] == [1.0, 4.0, 0.5]
+
+
+@pytest.mark.parametrize(
+    ("target", "ours", "ratio", "met"),
+    [
+        (Target(1.5), 10.0, 1.5, True),
+        (Target(1.5), 10.0, 1.49, False),
+        (Target(1.0, at_most=True), 10.0, 0.9, True),
+        (Target(1.0, at_most=True), 10.0, 1.1, False),
+        (Target(85, on_ratio=False, unit="%"), 86.0, 0.1, True),
+        (Target(85, on_ratio=False, unit="%"), 84.0, 9.0, False),
+        (Target(2.0, at_most=True, on_ratio=False), 2.5, 0.5, False),
+        (Target(1.5), 10.0, None, None),
+    ],
+)
+def test_targets_are_checked_on_the_ratio_or_on_our_value(target: Target, ours: float, ratio, met) -> None:
+    assert target.met(ours, ratio) is met
+
+
+def test_the_table_shows_the_range_the_target_and_the_verdict() -> None:
+    rows = [
+        Row("decode tok/s", lambda r: r["rate"], "{:.1f}", Target(1.5)),
+        Row("peak RSS MiB", lambda r: r["rate"], "{:.0f}"),
+    ]
+    records = records_of([10, 20, 30], [10, 5, 60])
+    table = rounds.render_table(rows, rounds.summarize(rows, records), 3)
+    header, _, decode, rss = table.splitlines()
+    assert "ratio range" in header and "target" in header and "met" in header
+    assert "0.50-4.00x" in decode and ">= 1.5x" in decode and "MISSED" in decode
+    assert "MISSED" not in rss and "met" not in rss
+
+
+def test_one_round_keeps_the_plain_table() -> None:
+    rows = [Row("decode tok/s", lambda r: r["rate"], "{:.1f}")]
+    table = rounds.render_table(rows, rounds.summarize(rows, records_of([3], [2])), 1)
+    assert table.splitlines()[0].split("|")[1:-1] == [" metric       ", " ours ", " llama.cpp ", " ours/llama.cpp "]
+    assert "1.50x" in table
+
+
+CHILD = """
+import sys
+sys.path.insert(0, {bench!r})
+import child
+
+replies = child.protocol_stream()
+print("stray output on stdout must not reach the protocol")
+work = child.workload_of(sys.argv)
+
+def fail(round):
+    raise ValueError("measurement failed")
+
+child.serve({{"double": lambda round, x: {{"value": 2 * x * work["scale"], "round": round}}, "fail": fail}},
+            {{"kernels": {{"matmul": "fake"}}}}, replies)
+"""
+
+
+def test_our_child_keeps_its_engine_between_calls_and_reports_errors(tmp_path: Path) -> None:
+    script = tmp_path / "fake_ours.py"
+    script.write_text(textwrap.dedent(CHILD.format(bench=str(BENCH))))
+    with child.OursChild(script, {"scale": 3}, timeout_s=60) as ours:
+        assert ours.hello["kernels"] == {"matmul": "fake"}
+        assert ours.call("double", round=1, x=2) == {"value": 12, "round": 1}
+        with pytest.raises(child.ChildError, match="ValueError: measurement failed"):
+            ours.call("fail", round=0)
+        with pytest.raises(child.ChildError, match="unknown op 'nope'"):
+            ours.call("nope")
+        assert ours.call("double", round=2, x=1) == {"value": 6, "round": 2}
+    assert ours.process.returncode == 0
