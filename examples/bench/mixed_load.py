@@ -35,7 +35,7 @@ from typing import Any
 import bench_models
 import cortexstream
 import peer
-from machine import cpu_description
+from machine import commit_hash, cpu_description, footer
 from progress import Progress
 from side_by_side import setup_peer
 from workload import Workload
@@ -230,6 +230,7 @@ def table(ours: dict[str, Any], theirs: dict[str, Any] | None, streams: int, lon
 def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     args = parse_args()
+    load_start = [round(x, 2) for x in os.getloadavg()]
     model = str(bench_models.resolve(args.model, peer_bin=setup_peer))
     progress = Progress(total=3 + (0 if args.skip_peer else 3))
     # One slot per stream plus the long prompt's, each with room for the long prompt: the same
@@ -259,6 +260,8 @@ def main() -> None:
         ours = measure(our_stream(engine), prompts, long_ids, progress, "ours")
 
     print(table(ours, theirs, args.streams, args.long_tokens))
+    load_end = [round(x, 2) for x in os.getloadavg()]
+    print(footer(cpu_description(), cortexstream.kernel_info(), args.threads, load_start, load_end, commit_hash()))
     if args.json:
         report = {
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
