@@ -134,3 +134,56 @@ def test_our_child_keeps_its_engine_between_calls_and_reports_errors(tmp_path: P
             ours.call("nope")
         assert ours.call("double", round=2, x=1) == {"value": 6, "round": 2}
     assert ours.process.returncode == 0
+
+
+def rows_by_label(rows: list[Row]) -> dict[str, Row]:
+    return {row.label: row for row in rows}
+
+
+def standard_rows_with(targets: dict) -> dict[str, Row]:
+    import side_by_side
+    from workload import Workload
+
+    work = Workload.create("model.gguf", threads=1, quick=False)
+    facts = {"decode_bound_tok_s": 100.0, "ttft_prompt_tokens": 57, "ttft_kind": "chat"}
+    return rows_by_label(side_by_side.standard_rows(work, facts, targets))
+
+
+def test_issue21_raises_the_32_stream_target_where_vnni_or_amx_exists() -> None:
+    import side_by_side
+
+    for flags, bound in ((["avx2", "fma"], 4.0), (["avx2", "avx512_vnni"], 6.0), (["avx2", "avx_vnni"], 6.0),
+                         (["avx2", "amx_int8"], 6.0)):
+        rows = standard_rows_with(side_by_side.issue21_standard_targets(flags))
+        assert rows["aggregate decode tok/s, 32 streams"].target == Target(bound)
+    rows = standard_rows_with(side_by_side.issue21_standard_targets(["avx2"]))
+    assert rows["aggregate decode tok/s, 8 streams"].target is None
+    assert rows["mean TTFT s, 32 streams"].target == Target(0.1, at_most=True)
+    assert rows["decode % of bandwidth bound (100 tok/s)"].target == Target(85, on_ratio=False, unit="%")
+
+
+def test_issue16_targets_sit_on_decode_prefill_32_streams_and_rss() -> None:
+    import side_by_side
+
+    rows = standard_rows_with(side_by_side.ISSUE16_TARGETS)
+    with_targets = {label: row.target.text() for label, row in rows.items() if row.target}
+    assert with_targets == {
+        "decode tok/s (1 stream, 128 tokens)": ">= 1.5x",
+        "prefill tok/s (512-token prompt)": ">= 2x",
+        "aggregate decode tok/s, 32 streams": ">= 4x",
+        "peak RSS MiB": "<= 1x",
+    }
+
+
+def test_later_rounds_get_new_prompts_and_a_new_schema_text_for_the_same_grammar() -> None:
+    from workload import STRUCTURED_SCHEMA, Workload, first_run, structured_schema
+
+    work = Workload.create("model.gguf", threads=1, quick=False)
+    first, second = work.stream_prompts(32, 0), work.stream_prompts(32, 1)
+    assert len(set(first) | set(second)) == 64
+    assert not any(b.startswith(a[:20]) for a, b in zip(first, second))
+    assert set(work.structured_prompts(32, 1)).isdisjoint(second)
+    assert structured_schema(0) == STRUCTURED_SCHEMA
+    assert structured_schema(1) != structured_schema(2)
+    assert {k: v for k, v in structured_schema(1).items() if k != "title"} == STRUCTURED_SCHEMA
+    assert first_run(1) - first_run(0) > 2 * work.repeats + 1  # a round's TTFT and schema runs fit
