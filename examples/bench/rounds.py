@@ -103,21 +103,28 @@ def step_count(measurements: list[Measurement], rounds: int, with_peer: bool) ->
     return rounds * per_round
 
 
+# Reads the CPU seconds a side has used so far (its processes'), keyed by OURS, PEER or JOINT.
+CpuClocks = dict[str, Callable[[], float]]
+JOINT = "both"
+
+
 def run_rounds(
-    measurements: list[Measurement], rounds: int, with_peer: bool, progress: Progress
+    measurements: list[Measurement], rounds: int, with_peer: bool, progress: Progress, cpu_clocks: CpuClocks | None = None
 ) -> list[dict[str, Any]]:
     """Every measurement on both sides, back to back in :func:`side_order`, ``rounds`` times.
 
     Returns one record per round: each side's results (the measurements' parts merged) and
-    every run with its time and the load average before and after it."""
+    every run with its time, the load average before and after it and, where ``cpu_clocks``
+    has the side, the CPU seconds the side's processes used meanwhile."""
+    clocks = cpu_clocks or {}
     records = []
     for index in range(rounds):
         record: dict[str, Any] = {"round": index + 1, OURS: {}, PEER: {} if with_peer else None, "runs": []}
         for measurement in measurements:
             prefix = f"round {index + 1}/{rounds}, " if rounds > 1 else ""
             if measurement.joint is not None:
-                ours, theirs = timed(record, measurement.label, "both", progress, prefix,
-                                     lambda: measurement.joint(index))  # type: ignore[misc]
+                ours, theirs = timed(record, measurement.label, JOINT, progress, prefix,
+                                     lambda: measurement.joint(index), clocks.get(JOINT))  # type: ignore[misc]
                 deep_merge(record[OURS], ours)
                 if with_peer and theirs is not None:
                     deep_merge(record[PEER], theirs)
@@ -126,28 +133,51 @@ def run_rounds(
                 run = measurement.ours if side == OURS else measurement.peer
                 if run is None or (side == PEER and not with_peer):
                     continue
-                part = timed(record, measurement.label, side, progress, prefix, lambda: run(index))  # type: ignore[misc]
+                part = timed(record, measurement.label, side, progress, prefix, lambda: run(index),  # type: ignore[misc]
+                             clocks.get(side))
                 deep_merge(record[side], part)
         records.append(record)
     return records
 
 
-def timed(record: dict[str, Any], label: str, side: str, progress: Progress, prefix: str, run: Callable[[], Any]) -> Any:
-    """Runs one side of one measurement, noting when, how long and the load around it."""
+def timed(
+    record: dict[str, Any],
+    label: str,
+    side: str,
+    progress: Progress,
+    prefix: str,
+    run: Callable[[], Any],
+    cpu_clock: Callable[[], float] | None,
+) -> Any:
+    """Runs one side of one measurement, noting when, how long, the load around it and the CPU
+    time the side got."""
     progress.step(f"{prefix}{SIDE_NAMES.get(side, 'both sides')}: {label}")
     before, started, clock = load_average(), datetime.datetime.now().isoformat(timespec="seconds"), time.monotonic()
+    cpu_before = cpu_clock() if cpu_clock else None
     result = run()
-    record["runs"].append(
-        {
-            "measurement": label,
-            "side": SIDE_NAMES.get(side, "both"),
-            "started": started,
-            "seconds": round(time.monotonic() - clock, 2),
-            "load_average_before": before,
-            "load_average_after": load_average(),
-        }
-    )
+    entry = {
+        "measurement": label,
+        "side": SIDE_NAMES.get(side, JOINT),
+        "started": started,
+        "seconds": round(time.monotonic() - clock, 2),
+        "load_average_before": before,
+        "load_average_after": load_average(),
+    }
+    if cpu_clock and cpu_before is not None:
+        entry["cpu_seconds"] = round(cpu_clock() - cpu_before, 2)
+    record["runs"].append(entry)
     return result
+
+
+def cpu_shares(records: list[dict[str, Any]], threads: int, min_seconds: float = 1.0) -> dict[str, float]:
+    """Per side, the median over its runs (of at least ``min_seconds``) of the CPU time it got as
+    a share of its threads' wall time: how much of the machine each side actually had."""
+    shares: dict[str, list[float]] = {}
+    for record in records:
+        for run in record["runs"]:
+            if "cpu_seconds" in run and run["seconds"] >= min_seconds and run["side"] != JOINT:
+                shares.setdefault(run["side"], []).append(run["cpu_seconds"] / (run["seconds"] * threads))
+    return {side: statistics.median(values) for side, values in shares.items()}
 
 
 def summarize(rows: list[Row], records: list[dict[str, Any]]) -> list[dict[str, Any]]:

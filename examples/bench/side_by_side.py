@@ -44,7 +44,15 @@ import long_context
 import peer
 import rounds
 from child import OursChild
-from machine import commit_hash, cpu_description, footer, read_bandwidth_bytes_per_s, weight_bytes_per_token
+from machine import (
+    children_cpu_seconds,
+    commit_hash,
+    cpu_description,
+    footer,
+    process_cpu_seconds,
+    read_bandwidth_bytes_per_s,
+    weight_bytes_per_token,
+)
 from peer import setup_peer  # noqa: F401  (mixed_load.py imports it from here)
 from progress import Progress
 from rounds import Measurement, Row, Target
@@ -127,15 +135,24 @@ class Run:
             return [choice == "on"]
         return [False, True] if peer.repack_works(self.cpu["flags"]) else [False]
 
-    def run_rounds(self, measurements: list[Measurement]) -> list[dict[str, Any]]:
+    def run_rounds(self, measurements: list[Measurement], cpu_clocks: rounds.CpuClocks) -> list[dict[str, Any]]:
         self.progress.total += rounds.step_count(measurements, self.args.rounds, self.with_peer)
-        return rounds.run_rounds(measurements, self.args.rounds, self.with_peer, self.progress)
+        return rounds.run_rounds(measurements, self.args.rounds, self.with_peer, self.progress, cpu_clocks)
 
     def open_ours(self, stack: ExitStack, script: str, work: dict[str, Any], model: str) -> OursChild:
         self.progress.step(f"ours: load {Path(model).name}, warm up")
         ours = stack.enter_context(OursChild(HERE / script, work, OURS_TIMEOUT_S))
         self.kernels = ours.hello["kernels"]
         return ours
+
+
+def session_clocks(ours: OursChild, server: peer.LlamaServer | None) -> rounds.CpuClocks:
+    """CPU time of each side while both stay up: our child's, and llama-server's plus that of
+    the llama-bench runs (this process's finished children; our child is still running)."""
+    clocks = {rounds.OURS: partial(process_cpu_seconds, ours.process.pid)}
+    if server is not None:
+        clocks[rounds.PEER] = lambda: process_cpu_seconds(server.process.pid) + children_cpu_seconds()
+    return clocks
 
 
 @dataclass
@@ -315,7 +332,7 @@ def run_standard(run: Run, model: Path, targets: dict[str, Target], name: str = 
         if run.with_peer:
             run.progress.step(f"llama.cpp: start llama-server --parallel {work.max_streams} -c {work.kv_tokens}")
             theirs = stack.enter_context(PeerStandard(setup_peer(), work, run.repack_settings, facts["ttft_prompt"]))
-        records = run.run_rounds(standard_measurements(work, ours, theirs))
+        records = run.run_rounds(standard_measurements(work, ours, theirs), session_clocks(ours, theirs and theirs.server))
     facts["decode_bound_tok_s"] = statistics.median(r[rounds.OURS]["decode_bound_tok_s"] for r in records)
     return Section(name, standard_rows(work, facts, targets), records, work.to_json(), facts)
 
@@ -367,7 +384,7 @@ def run_long_context(run: Run, model: Path) -> Section:
             run.progress.step(f"llama.cpp: start llama-server --parallel {work.max_streams} -c "
                               f"{work.stream_workload().kv_tokens}")
             theirs = stack.enter_context(long_context.PeerLong(setup_peer(), work, run.repack_settings))
-        records = run.run_rounds(long_context.measurements(work, ours, theirs))
+        records = run.run_rounds(long_context.measurements(work, ours, theirs), session_clocks(ours, theirs and theirs.server))
     return Section("long_context", long_context.table_rows(work), records, work.to_json())
 
 
@@ -393,7 +410,7 @@ def run_mixed_load(run: Run, model: Path) -> Section:
         return {"mixed_load": report["ours"]}, theirs and {"mixed_load": theirs}
 
     label = "mixed load (mixed_load.py " + " ".join(command[2:]) + ")"
-    records = run.run_rounds([Measurement(label, joint=both)])
+    records = run.run_rounds([Measurement(label, joint=both)], {rounds.JOINT: children_cpu_seconds})
     return Section("mixed_load", mixed_rows(streams, tokens), records, {"command": command})
 
 
@@ -439,7 +456,9 @@ def run_kv_cache_types(run: Run, model: Path) -> Section:
             lambda r, t=t: r["kv"][t]["peak_rss_bytes"] / MIB / count, "{:.2f}")
         for t in kv_cache_types.CACHE_TYPES
     ]
-    return Section("kv_cache_types", rows, run.run_rounds(measurements), work.to_json())
+    # Every run is a process of its own, finished by the time the run ends.
+    clocks = {rounds.OURS: children_cpu_seconds, rounds.PEER: children_cpu_seconds}
+    return Section("kv_cache_types", rows, run.run_rounds(measurements, clocks), work.to_json())
 
 
 def run_issue21(run: Run, model: Path) -> list[Section]:
@@ -473,6 +492,13 @@ def rounds_note(count: int, with_peer: bool) -> str:
         return f"rounds: {count} (our side only)"
     return (f"rounds: {count}; each measurement ran on both sides back to back, ours first in rounds 1, 3, ..., "
             "llama.cpp first in rounds 2, 4, ...; ratio = median of the rounds' ratios")
+
+
+def cpu_share_note(records: list[dict[str, Any]], threads: int) -> str:
+    shares = rounds.cpu_shares(records, threads)
+    text = ", ".join(f"{side} {share:.0%}" for side, share in shares.items()) or "n/a"
+    return (f"CPU each side got (its processes' CPU seconds over wall seconds x {threads} threads, median over "
+            f"runs of 1 s or more; low means the machine was busy): {text}")
 
 
 def write_report(path: Path, machine: dict[str, Any], sections: list[Section]) -> None:
@@ -511,6 +537,7 @@ def main() -> None:
         print(note)
     commit = commit_hash()
     print(rounds_note(args.rounds, run.with_peer))
+    print(cpu_share_note([record for section in sections for record in section.records], args.threads))
     print(footer(run.cpu, run.kernels, args.threads, load_start, load_end, commit))
     if args.json:
         machine = {"cpus": os.cpu_count(), "cpu": run.cpu, "kernels": run.kernels, "threads": args.threads,

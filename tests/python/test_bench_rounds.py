@@ -187,3 +187,37 @@ def test_later_rounds_get_new_prompts_and_a_new_schema_text_for_the_same_grammar
     assert structured_schema(1) != structured_schema(2)
     assert {k: v for k, v in structured_schema(1).items() if k != "title"} == STRUCTURED_SCHEMA
     assert first_run(1) - first_run(0) > 2 * work.repeats + 1  # a round's TTFT and schema runs fit
+
+
+def test_each_run_records_the_cpu_time_its_side_got() -> None:
+    used = {OURS: 0.0, PEER: 0.0}
+
+    def side(name: str, cpu: float) -> rounds.SideRun:
+        def run(round_index: int) -> dict:
+            used[name] += cpu
+            return {}
+
+        return run
+
+    clocks = {OURS: lambda: used[OURS], PEER: lambda: used[PEER]}
+    records = rounds.run_rounds([Measurement("m", side(OURS, 3.0), side(PEER, 1.0))], 2, True, Progress(), clocks)
+    assert [(run["side"], run["cpu_seconds"]) for record in records for run in record["runs"]] == [
+        ("ours", 3.0), ("llama.cpp", 1.0), ("llama.cpp", 1.0), ("ours", 3.0)]
+    for record in records:
+        for run in record["runs"]:
+            run["seconds"] = 2.0  # as if each run took 2 s of wall time
+    assert rounds.cpu_shares(records, threads=1) == {"ours": 1.5, "llama.cpp": 0.5}
+    assert rounds.cpu_shares(records, threads=2) == {"ours": 0.75, "llama.cpp": 0.25}
+
+
+def test_a_process_cpu_time_is_read_from_proc() -> None:
+    import os
+    import time
+
+    from machine import process_cpu_seconds
+
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        pass
+    mine = os.times()
+    assert abs(process_cpu_seconds(os.getpid()) - (mine.user + mine.system)) < 0.1
