@@ -43,6 +43,7 @@ import kv_cache_types
 import long_context
 import peer
 import rounds
+import targets
 from child import OursChild
 from machine import (
     children_cpu_seconds,
@@ -264,17 +265,17 @@ def streams_metric(count: int, key: str):
     return lambda result: result["streams"][str(count)][key]
 
 
-def standard_rows(work: Workload, facts: dict[str, Any], targets: dict[str, Target]) -> list[Row]:
-    """The standard rows; ``targets`` by row key: decode, prefill, streams (the most streams),
+def standard_rows(work: Workload, facts: dict[str, Any], row_targets: dict[str, Target]) -> list[Row]:
+    """The standard rows; ``row_targets`` by row key: decode, prefill, streams (the most streams),
     streams_ttft (their mean TTFT), rss, bound (decode % of the bandwidth bound, each round's
     decode over that round's bound)."""
     bound_tok_s = facts["decode_bound_tok_s"]
     prompt = f"{facts['ttft_prompt_tokens']}-token {facts['ttft_kind']} prompt"
     rows = [
         Row(f"decode tok/s (1 stream, {work.decode_tokens} tokens)", lambda r: r["decode_tok_s"], "{:.1f}",
-            targets.get("decode")),
+            row_targets.get("decode")),
         Row(f"prefill tok/s ({work.prefill_tokens}-token prompt)", lambda r: r["prefill_tok_s"], "{:.1f}",
-            targets.get("prefill")),
+            row_targets.get("prefill")),
         Row(f"TTFT s ({prompt})", lambda r: r["ttft_s"], "{:.3f}"),
     ]
     rows += [
@@ -282,20 +283,20 @@ def standard_rows(work: Workload, facts: dict[str, Any], targets: dict[str, Targ
             f"aggregate decode tok/s, {count} stream{'s' if count > 1 else ''}",
             streams_metric(count, "aggregate_tok_s"),
             "{:.1f}",
-            targets.get("streams") if count == work.max_streams else None,
+            row_targets.get("streams") if count == work.max_streams else None,
         )
         for count in work.stream_counts
     ]
     rows += constrained_rows(work, prompt)
     rows += [
         Row(f"mean TTFT s, {work.max_streams} streams", streams_metric(work.max_streams, "mean_ttft_s"), "{:.3f}",
-            targets.get("streams_ttft")),
-        Row("peak RSS MiB", lambda r: r["peak_rss_bytes"] / MIB, "{:.0f}", targets.get("rss")),
+            row_targets.get("streams_ttft")),
+        Row("peak RSS MiB", lambda r: r["peak_rss_bytes"] / MIB, "{:.0f}", row_targets.get("rss")),
         Row(
             f"decode % of bandwidth bound ({bound_tok_s:.0f} tok/s)",
             lambda r: 100 * r["decode_tok_s"] / r["decode_bound_tok_s"],
             "{:.0f}%",
-            targets.get("bound"),
+            row_targets.get("bound"),
         ),
     ]
     return rows
@@ -322,7 +323,7 @@ def constrained_rows(work: Workload, prompt: str) -> list[Row]:
     ]
 
 
-def run_standard(run: Run, model: Path, targets: dict[str, Target], name: str = "standard") -> Section:
+def run_standard(run: Run, model: Path, row_targets: dict[str, Target], name: str = "standard") -> Section:
     work = Workload.create(str(model), run.args.threads, run.args.quick)
     facts: dict[str, Any] = {"weight_bytes_per_token": weight_bytes_per_token(work.model)}
     with ExitStack() as stack:
@@ -334,37 +335,16 @@ def run_standard(run: Run, model: Path, targets: dict[str, Target], name: str = 
             theirs = stack.enter_context(PeerStandard(setup_peer(), work, run.repack_settings, facts["ttft_prompt"]))
         records = run.run_rounds(standard_measurements(work, ours, theirs), session_clocks(ours, theirs and theirs.server))
     facts["decode_bound_tok_s"] = statistics.median(r[rounds.OURS]["decode_bound_tok_s"] for r in records)
-    return Section(name, standard_rows(work, facts, targets), records, work.to_json(), facts)
+    return Section(name, standard_rows(work, facts, row_targets), records, work.to_json(), facts)
 
 
 # ---------------------------------------------------------------- the issues' suites
-
-# Issue 16 (K-quants, Gemma 3): decode >= 1.5x, prefill >= 2x, 32 streams >= 4x, RSS <= 1.0x.
-ISSUE16_TARGETS = {
-    "decode": Target(1.5),
-    "prefill": Target(2.0),
-    "streams": Target(4.0),
-    "rss": Target(1.0, at_most=True),
-}
-
-
-def issue21_standard_targets(cpu_flags: list[str]) -> dict[str, Target]:
-    """Issue 21's raised targets for the standard rows: single-stream decode >= 85% of the
-    bandwidth bound, 32 streams >= 6x where VNNI or AMX exists (>= 4x on AVX2-only CPUs), mean
-    TTFT at 32 streams <= 0.1x."""
-    has_vnni = any(flag in cpu_flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
-    return {
-        "bound": Target(85, on_ratio=False, unit="%"),
-        "streams": Target(6.0 if has_vnni else 4.0),
-        "streams_ttft": Target(0.1, at_most=True),
-    }
-
 
 def run_issue16(run: Run) -> list[Section]:
     sections = []
     for name in ISSUE16_MODELS:
         model = bench_models.resolve(name, peer_bin=setup_peer)
-        section = run_standard(run, model, ISSUE16_TARGETS, name)
+        section = run_standard(run, model, targets.ISSUE16_STANDARD, name)
         sections.append(prefixed(section, name))
     return sections
 
@@ -385,12 +365,12 @@ def run_long_context(run: Run, model: Path) -> Section:
                               f"{work.stream_workload().kv_tokens}")
             theirs = stack.enter_context(long_context.PeerLong(setup_peer(), work, run.repack_settings))
         records = run.run_rounds(long_context.measurements(work, ours, theirs), session_clocks(ours, theirs and theirs.server))
-    return Section("long_context", long_context.table_rows(work), records, work.to_json())
+    rows = long_context.table_rows(work, targets.ISSUE21_LONG_CONTEXT)
+    return Section("long_context", rows, records, work.to_json())
 
 
 # Issue 21, mixed load: 8 running streams while a 4096-token prompt arrives (--quick: 2 streams,
-# 256 tokens). Targets: p99 inter-token latency with the long prompt <= 2x the same streams' p99
-# alone (ours); the long prompt's TTFT <= 0.7x llama-server's.
+# 256 tokens).
 MIXED_SIZES = {False: (8, 4096), True: (2, 256)}
 
 
@@ -426,9 +406,9 @@ def mixed_rows(streams: int, tokens: int) -> list[Row]:
     rows += [
         Row(f"  ITL p99 with the {tokens}-token prompt / alone",
             lambda r: r["mixed_load"]["mixed"]["itl_p99_s"] / r["mixed_load"]["alone"]["itl_p99_s"], "{:.2f}x",
-            Target(2.0, at_most=True, on_ratio=False)),
+            targets.ISSUE21_MIXED_ITL_P99),
         Row(f"TTFT s of the {tokens}-token prompt, {streams} streams running", read("mixed", "long_ttft_s"), "{:.3f}",
-            Target(0.7, at_most=True)),
+            targets.ISSUE21_MIXED_LONG_TTFT),
     ]
     return rows
 
@@ -463,7 +443,7 @@ def run_kv_cache_types(run: Run, model: Path) -> Section:
 
 def run_issue21(run: Run, model: Path) -> list[Section]:
     return [
-        run_standard(run, model, issue21_standard_targets(run.cpu["flags"])),
+        run_standard(run, model, targets.issue21_standard(run.cpu["flags"])),
         run_long_context(run, model),
         run_mixed_load(run, model),
         run_kv_cache_types(run, model),

@@ -150,22 +150,22 @@ def standard_rows_with(targets: dict) -> dict[str, Row]:
 
 
 def test_issue21_raises_the_32_stream_target_where_vnni_or_amx_exists() -> None:
-    import side_by_side
+    import targets
 
     for flags, bound in ((["avx2", "fma"], 4.0), (["avx2", "avx512_vnni"], 6.0), (["avx2", "avx_vnni"], 6.0),
                          (["avx2", "amx_int8"], 6.0)):
-        rows = standard_rows_with(side_by_side.issue21_standard_targets(flags))
+        rows = standard_rows_with(targets.issue21_standard(flags))
         assert rows["aggregate decode tok/s, 32 streams"].target == Target(bound)
-    rows = standard_rows_with(side_by_side.issue21_standard_targets(["avx2"]))
+    rows = standard_rows_with(targets.issue21_standard(["avx2"]))
     assert rows["aggregate decode tok/s, 8 streams"].target is None
     assert rows["mean TTFT s, 32 streams"].target == Target(0.1, at_most=True)
     assert rows["decode % of bandwidth bound (100 tok/s)"].target == Target(85, on_ratio=False, unit="%")
 
 
 def test_issue16_targets_sit_on_decode_prefill_32_streams_and_rss() -> None:
-    import side_by_side
+    import targets
 
-    rows = standard_rows_with(side_by_side.ISSUE16_TARGETS)
+    rows = standard_rows_with(targets.ISSUE16_STANDARD)
     with_targets = {label: row.target.text() for label, row in rows.items() if row.target}
     assert with_targets == {
         "decode tok/s (1 stream, 128 tokens)": ">= 1.5x",
@@ -221,3 +221,25 @@ def test_a_process_cpu_time_is_read_from_proc() -> None:
         pass
     mine = os.times()
     assert abs(process_cpu_seconds(os.getpid()) - (mine.user + mine.system)) < 0.1
+
+
+def test_issue21_targets_sit_on_the_long_context_and_mixed_load_rows() -> None:
+    import long_context
+    import side_by_side
+    import targets
+
+    work = long_context.LongWorkload.create("model.gguf", threads=1, quick=False)
+    long_rows = {row.label: row.target for row in long_context.table_rows(work, targets.ISSUE21_LONG_CONTEXT)}
+    assert [label for label, target in long_rows.items() if target == Target(1.5)] == [
+        "decode tok/s at position 128 (1 stream, 32 tokens)",
+        "decode tok/s at position 2048 (1 stream, 32 tokens)",
+        "decode tok/s at position 8000 (1 stream, 32 tokens)",
+        "prefill tok/s (4096-token prompt)",
+    ]
+    assert sum(target is not None for target in long_rows.values()) == 4
+    mixed = {row.label.strip(): row for row in side_by_side.mixed_rows(8, 4096)}
+    assert mixed["ITL p99 with the 4096-token prompt / alone"].target == Target(2.0, at_most=True, on_ratio=False)
+    assert mixed["TTFT s of the 4096-token prompt, 8 streams running"].target == Target(0.7, at_most=True)
+    # The p99 target is on our own mixed / alone ratio, read per round from each side's results.
+    side = {"mixed_load": {"alone": {"itl_p99_s": 0.05}, "mixed": {"itl_p99_s": 0.2}}}
+    assert mixed["ITL p99 with the 4096-token prompt / alone"].read(side) == pytest.approx(4.0)
