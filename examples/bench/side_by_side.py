@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
@@ -340,13 +341,10 @@ def run_standard(run: Run, model: Path, row_targets: dict[str, Target], name: st
 
 # ---------------------------------------------------------------- the issues' suites
 
-def run_issue16(run: Run) -> list[Section]:
-    sections = []
+def run_issue16(run: Run) -> Iterator[Section]:
     for name in ISSUE16_MODELS:
         model = bench_models.resolve(name, peer_bin=setup_peer)
-        section = run_standard(run, model, targets.ISSUE16_STANDARD, name)
-        sections.append(prefixed(section, name))
-    return sections
+        yield prefixed(run_standard(run, model, targets.ISSUE16_STANDARD, name), name)
 
 
 def prefixed(section: Section, prefix: str) -> Section:
@@ -441,13 +439,23 @@ def run_kv_cache_types(run: Run, model: Path) -> Section:
     return Section("kv_cache_types", rows, run.run_rounds(measurements, clocks), work.to_json())
 
 
-def run_issue21(run: Run, model: Path) -> list[Section]:
-    return [
-        run_standard(run, model, targets.issue21_standard(run.cpu["flags"])),
-        run_long_context(run, model),
-        run_mixed_load(run, model),
-        run_kv_cache_types(run, model),
-    ]
+def run_issue21(run: Run, model: Path) -> Iterator[Section]:
+    yield run_standard(run, model, targets.issue21_standard(run.cpu["flags"]))
+    yield run_long_context(run, model)
+    yield run_mixed_load(run, model)
+    yield run_kv_cache_types(run, model)
+
+
+def run_suite(run: Run) -> Iterator[Section]:
+    """The suite's sections, each yielded as soon as it is measured."""
+    if run.args.suite == "issue16":
+        yield from run_issue16(run)
+        return
+    model = bench_models.resolve(run.args.model or "smollm2", peer_bin=setup_peer)
+    if run.args.suite == "issue21":
+        yield from run_issue21(run, model)
+    else:
+        yield run_standard(run, model, {})
 
 
 # ---------------------------------------------------------------- report
@@ -481,9 +489,11 @@ def cpu_share_note(records: list[dict[str, Any]], threads: int) -> str:
             f"runs of 1 s or more; low means the machine was busy): {text}")
 
 
-def write_report(path: Path, machine: dict[str, Any], sections: list[Section]) -> None:
+def write_report(path: Path, machine: dict[str, Any], sections: list[Section], complete: bool) -> None:
+    """The JSON report; ``complete`` is False while later sections are still to run."""
     report = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "complete": complete,
         # "~" unquoted, so the recorded command can be pasted into a shell as is.
         "command": sys.executable.replace(str(Path.home()), "~", 1) + " " + shlex.join(sys.argv),
         "machine": machine,
@@ -492,8 +502,10 @@ def write_report(path: Path, machine: dict[str, Any], sections: list[Section]) -
             for s in sections
         ],
     }
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {path}", file=sys.stderr)
+    partial_path = path.with_name(path.name + ".partial")
+    partial_path.write_text(json.dumps(report, indent=2) + "\n")
+    partial_path.replace(path)  # never a half-written file under the final name
+    print(f"wrote {path}{'' if complete else ' (so far)'}", file=sys.stderr)
 
 
 def main() -> None:
@@ -502,11 +514,12 @@ def main() -> None:
     args = parse_args()
     run = Run(args, Progress())
     load_start = rounds.load_average()
-    if args.suite == "issue16":
-        sections = run_issue16(run)
-    else:
-        model = bench_models.resolve(args.model or "smollm2", peer_bin=setup_peer)
-        sections = run_issue21(run, model) if args.suite == "issue21" else [run_standard(run, model, {})]
+    commit = commit_hash()
+    sections: list[Section] = []
+    for section in run_suite(run):
+        sections.append(section)
+        if args.json:  # after every section, so a long run that fails later keeps what it measured
+            write_report(args.json, machine_facts(run, load_start, None, commit), sections, complete=False)
     load_end = rounds.load_average()
 
     rows = [row for section in sections for row in section.rows]
@@ -515,15 +528,17 @@ def main() -> None:
     note = repack_note(sections)
     if note:
         print(note)
-    commit = commit_hash()
     print(rounds_note(args.rounds, run.with_peer))
     print(cpu_share_note([record for section in sections for record in section.records], args.threads))
     print(footer(run.cpu, run.kernels, args.threads, load_start, load_end, commit))
     if args.json:
-        machine = {"cpus": os.cpu_count(), "cpu": run.cpu, "kernels": run.kernels, "threads": args.threads,
-                   "rounds": args.rounds, "load_average_start": load_start, "load_average_end": load_end,
-                   "commit": commit}
-        write_report(args.json, machine, sections)
+        write_report(args.json, machine_facts(run, load_start, load_end, commit), sections, complete=True)
+
+
+def machine_facts(run: Run, load_start: list[float], load_end: list[float] | None, commit: str) -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "cpu": run.cpu, "kernels": run.kernels, "threads": run.args.threads,
+            "rounds": run.args.rounds, "load_average_start": load_start, "load_average_end": load_end,
+            "commit": commit}
 
 
 if __name__ == "__main__":
