@@ -77,6 +77,8 @@ class Row:
     read: Callable[[dict[str, Any]], float]
     fmt: str
     target: Target | None = None
+    ours_only: bool = False
+    """A number only our side reports (e.g. from our engine's step trace): no peer value or ratio."""
 
 
 def side_order(round_index: int) -> tuple[str, str]:
@@ -190,7 +192,7 @@ def summarize_row(row: Row, records: list[dict[str, Any]]) -> dict[str, Any]:
     per_round = []
     for record in records:
         ours = row.read(record[OURS])
-        theirs = row.read(record[PEER]) if record[PEER] is not None else None
+        theirs = row.read(record[PEER]) if record[PEER] is not None and not row.ours_only else None
         per_round.append({"ours": ours, PEER: theirs, "ratio": ours / theirs if theirs else None})
     ratios = [r["ratio"] for r in per_round if r["ratio"] is not None]
     theirs_values = [r[PEER] for r in per_round if r[PEER] is not None]

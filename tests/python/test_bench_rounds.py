@@ -98,6 +98,12 @@ def test_the_table_shows_the_range_the_target_and_the_verdict() -> None:
     assert "MISSED" not in rss and "met" not in rss
 
 
+def test_a_row_only_our_side_reports_has_no_peer_value_or_ratio() -> None:
+    records = [{"round": 1, OURS: {"cost": 2.0}, PEER: {"rate": 1.0}, "runs": []}]
+    summary = rounds.summarize_row(Row("our step cost", lambda r: r["cost"], "{:.1f}", ours_only=True), records)
+    assert (summary["ours"], summary[PEER], summary["ratio"]) == (2.0, None, None)
+
+
 def test_one_round_keeps_the_plain_table() -> None:
     rows = [Row("decode tok/s", lambda r: r["rate"], "{:.1f}")]
     table = rounds.render_table(rows, rounds.summarize(rows, records_of([3], [2])), 1)
