@@ -189,19 +189,21 @@ def summarize(rows: list[Row], records: list[dict[str, Any]]) -> list[dict[str, 
 
 
 def summarize_row(row: Row, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """A row's reader may return None for a round that did not produce its number (e.g. no
+    prompt step in our trace); medians are over the rounds that did."""
     per_round = []
     for record in records:
         ours = row.read(record[OURS])
         theirs = row.read(record[PEER]) if record[PEER] is not None and not row.ours_only else None
-        per_round.append({"ours": ours, PEER: theirs, "ratio": ours / theirs if theirs else None})
+        ratio_of_round = ours / theirs if ours is not None and theirs else None
+        per_round.append({"ours": ours, PEER: theirs, "ratio": ratio_of_round})
     ratios = [r["ratio"] for r in per_round if r["ratio"] is not None]
-    theirs_values = [r[PEER] for r in per_round if r[PEER] is not None]
-    ours_median = statistics.median(r["ours"] for r in per_round)
+    ours_median = median_or_none([r["ours"] for r in per_round])
     ratio = statistics.median(ratios) if ratios else None
     return {
         "label": row.label,
         "ours": ours_median,
-        PEER: statistics.median(theirs_values) if theirs_values else None,
+        PEER: median_or_none([r[PEER] for r in per_round]),
         "ratio": ratio,
         "ratio_min": min(ratios) if ratios else None,
         "ratio_max": max(ratios) if ratios else None,
@@ -209,6 +211,11 @@ def summarize_row(row: Row, records: list[dict[str, Any]]) -> dict[str, Any]:
         "target": row.target.text() if row.target else None,
         "met": row.target.met(ours_median, ratio) if row.target else None,
     }
+
+
+def median_or_none(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
 
 
 def render_table(rows: list[Row], summaries: list[dict[str, Any]], rounds: int) -> str:
@@ -223,7 +230,8 @@ def render_table(rows: list[Row], summaries: list[dict[str, Any]], rounds: int) 
         header += ["target", "met"]
     lines = [header]
     for row, summary in zip(rows, summaries):
-        cells = [row.label, row.fmt.format(summary["ours"]), optional(row.fmt, summary[PEER]), optional("{:.2f}x", summary["ratio"])]
+        cells = [row.label, optional(row.fmt, summary["ours"]), optional(row.fmt, summary[PEER]),
+                 optional("{:.2f}x", summary["ratio"])]
         if rounds > 1:
             cells.append(
                 "n/a" if summary["ratio_min"] is None else f"{summary['ratio_min']:.2f}-{summary['ratio_max']:.2f}x"

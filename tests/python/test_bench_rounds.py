@@ -102,6 +102,12 @@ def test_a_row_only_our_side_reports_has_no_peer_value_or_ratio() -> None:
     records = [{"round": 1, OURS: {"cost": 2.0}, PEER: {"rate": 1.0}, "runs": []}]
     summary = rounds.summarize_row(Row("our step cost", lambda r: r["cost"], "{:.1f}", ours_only=True), records)
     assert (summary["ours"], summary[PEER], summary["ratio"]) == (2.0, None, None)
+    # A round without the number does not count; no round with it gives n/a.
+    records.append({"round": 2, OURS: {"cost": None}, PEER: {}, "runs": []})
+    assert rounds.summarize_row(Row("c", lambda r: r["cost"], "{:.1f}", ours_only=True), records)["ours"] == 2.0
+    row = Row("c", lambda r: None, "{:.1f}", ours_only=True)
+    last_line = rounds.render_table([row], rounds.summarize([row], records), 2).splitlines()[-1]
+    assert [cell.strip() for cell in last_line.split("|")[1:-1]] == ["c", "n/a", "n/a", "n/a", "n/a"]
 
 
 def test_one_round_keeps_the_plain_table() -> None:
