@@ -340,7 +340,9 @@ typedef struct cs_engine_params {
    * Token budget of one step, its decodes and prompt chunks together (vLLM's
    * `max_num_batched_tokens`): the budget itself when `target_step_ms` is 0, its ceiling
    * otherwise (default 2048, at most 2^20). Every running decode is in every step; long
-   * prompts are prefilled in chunks of what the decodes leave (at least 16 tokens a step).
+   * prompts are prefilled in chunks of what the decodes leave (at least 1 token a step). A
+   * step with no running decode takes this many prompt tokens whatever the target: a request
+   * arriving meanwhile waits for that one step, then is admitted ahead of the rest.
    */
   size_t max_batch_tokens;
   /**
@@ -373,9 +375,11 @@ typedef struct cs_engine_params {
    */
   const char *chat_template;
   /**
-   * Target duration of one step in milliseconds, i.e. the inter-token latency of running
-   * streams while prompts are prefilled beside them: the step's token budget adapts to
-   * measured step times (default 50). 0 keeps a fixed budget of `max_batch_tokens`; a
+   * Target duration in milliseconds of a step that carries running decodes and prompt
+   * tokens, i.e. the inter-token latency of running streams while prompts are prefilled
+   * beside them: such a step costs the larger of this target and twice the decodes' own
+   * step (measured in CPU time), so their latency is at most max(target, 2x without the
+   * prompt) (default 25). 0 keeps a fixed budget of `max_batch_tokens`; a
    * negative, NaN or above-10000 value is CS_INVALID_ARGUMENT naming `target_step_ms`.
    * Appended after `chat_template`: a caller whose `struct_size` ends before it gets the default.
    */

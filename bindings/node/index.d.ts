@@ -35,12 +35,15 @@ export interface EngineSettings {
    * Token budget of one engine step, its decodes and prompt chunks together (default 2048, at
    * most 2^20): fixed when `targetStepMs` is 0, else the ceiling of the adaptive budget. Every
    * running stream's next token is in every step; prompts are prefilled in chunks beside them.
+   * A step with no running stream gives a prompt all of it (a request arriving meanwhile waits
+   * for that one step, then goes ahead of the rest of the prompt).
    */
   maxBatchTokens?: number | null;
   /**
    * Target duration of one step in milliseconds, i.e. the inter-token latency of running
-   * streams while a prompt is prefilled beside them: the budget adapts to measured step times
-   * (default 50; 0 keeps a fixed budget; above 0 and at most 10000 otherwise).
+   * streams while a prompt is prefilled beside them: the budget adapts to measured step costs
+   * so that such a step takes the larger of this and twice the streams' own step (default 25;
+   * 0 keeps a fixed budget; above 0 and at most 10000 otherwise).
    */
   targetStepMs?: number | null;
   /** Most prompt tokens one step computes, whatever the budget (default 2048, at most 2^20). */

@@ -20,6 +20,44 @@ pub(crate) fn release_free_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub(crate) fn release_free_memory() {}
 
+/// The page size transparent huge pages come in on x86-64 and most other Linux platforms.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// A zeroed buffer of `len` bytes for weights the matmul kernels stream through on every
+/// step, whose whole 2 MiB pages are asked to be transparent huge pages (`MADV_HUGEPAGE`)
+/// before anything touches them, so the first writes fault them in as huge pages.
+///
+/// Why: a decode step reads every weight once, in order. On 4 KiB pages each page is a TLB
+/// miss and a page walk, and the hardware prefetcher stops at every page boundary; Gemma 3's
+/// 178 MB output head alone is 43,000 pages. Where THP is `madvise` (the common default),
+/// weights in ordinary allocations never got huge pages. Measured on Zen 4, one thread, CPU
+/// time of `examples/matmul_driver.rs` in alternating runs: the 262144 × 640 Q8_0 head at one
+/// activation row 8.1-9.6 -> 5.4-5.6 ms, at 8 rows 15.1-17.3 -> 13.7-14.4 ms, at 32 rows
+/// 41.5-42.6 -> 36.5-36.8 ms; Q5_0 65536 × 640 and Q4_K 65536 × 1024 at 32 rows 5% less.
+/// Only a hint: where THP is `never`, unavailable or the allocation reuses touched memory,
+/// the buffer is an ordinary one, and no result depends on it.
+pub(crate) fn zeroed_for_streaming(len: usize) -> Vec<u8> {
+    let buffer = vec![0u8; len];
+    advise_huge_pages(&buffer);
+    buffer
+}
+
+/// `MADV_HUGEPAGE` over the whole 2 MiB pages inside `buffer` (nothing if it holds none).
+#[cfg(target_os = "linux")]
+fn advise_huge_pages(buffer: &[u8]) {
+    let start = (buffer.as_ptr() as usize).next_multiple_of(HUGE_PAGE);
+    let end = (buffer.as_ptr() as usize + buffer.len()) / HUGE_PAGE * HUGE_PAGE;
+    if end > start {
+        // SAFETY: the range lies inside `buffer`'s allocation and is page-aligned;
+        // MADV_HUGEPAGE changes how future faults are served, never the contents. An error
+        // (no THP in this kernel) leaves the memory as it was, which is fine for a hint.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge_pages(_buffer: &[u8]) {}
+
 /// Total size of the files in `path` (a file, or a folder walked recursively); unreadable
 /// entries count as 0. Model weights are loaded from these files, so this sizes a model.
 pub(crate) fn files_bytes(path: &std::path::Path) -> u64 {
@@ -29,4 +67,49 @@ pub(crate) fn files_bytes(path: &std::path::Path) -> u64 {
     }
     let Ok(entries) = std::fs::read_dir(path) else { return 0 };
     entries.flatten().map(|entry| files_bytes(&entry.path())).sum()
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// The `VmFlags` line of the mapping in `/proc/self/smaps` that holds `address`.
+    fn vm_flags_at(address: usize) -> Option<String> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ') {
+                if let Some((from, to)) = range.split_once('-') {
+                    if let (Ok(from), Ok(to)) = (usize::from_str_radix(from, 16), usize::from_str_radix(to, 16)) {
+                        inside = (from..to).contains(&address);
+                        continue;
+                    }
+                }
+            }
+            if inside {
+                if let Some(flags) = line.strip_prefix("VmFlags:") {
+                    return Some(flags.trim().to_string());
+                }
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn streamed_weights_are_advised_as_huge_pages() {
+        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
+            eprintln!("no transparent huge pages in this kernel: nothing to check");
+            return;
+        }
+        let buffer = zeroed_for_streaming(3 * HUGE_PAGE);
+        let inner = (buffer.as_ptr() as usize).next_multiple_of(HUGE_PAGE);
+        let flags = vm_flags_at(inner).expect("the buffer's mapping is in /proc/self/smaps");
+        // `hg`: MADV_HUGEPAGE was applied to this range.
+        assert!(flags.split_whitespace().any(|f| f == "hg"), "VmFlags: {flags}");
+        // A buffer without the advice has no `hg` (the check can fail).
+        let plain = vec![1u8; 3 * HUGE_PAGE];
+        let plain_inner = (plain.as_ptr() as usize).next_multiple_of(HUGE_PAGE);
+        let plain_flags = vm_flags_at(plain_inner).expect("mapped");
+        assert!(!plain_flags.split_whitespace().any(|f| f == "hg"), "VmFlags: {plain_flags}");
+    }
 }

@@ -65,6 +65,13 @@ pub struct Sampler {
     candidates: Vec<(u32, f32)>,
     /// The distinct tokens of the repetition-penalty window (reused between calls).
     penalised: Vec<u32>,
+    /// Candidates whose weight cannot change the draw unless it reaches them, in id order
+    /// (see [`Sampler::order_candidates`]; reused between calls).
+    negligible: Vec<(u32, f32)>,
+    /// The radix sort's second buffer (reused between calls).
+    scratch: Vec<(u32, f32)>,
+    /// The largest candidate logit of the current draw.
+    top_logit: f32,
 }
 
 /// The outcome of one sampling call.
@@ -84,6 +91,9 @@ impl Sampler {
             output_counts: HashMap::new(),
             candidates: Vec::new(),
             penalised: Vec::new(),
+            negligible: Vec::new(),
+            scratch: Vec::new(),
+            top_logit: 0.0,
         }
     }
 
@@ -148,8 +158,11 @@ impl Sampler {
     }
 
     fn sample_stochastic(&mut self, logits: &[f32]) -> u32 {
+        self.draw_stochastic(logits).token
+    }
+
+    fn draw_stochastic(&mut self, logits: &[f32]) -> Draw {
         let p = &self.params;
-        let inv_t = 1.0 / p.temperature;
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         // min-p keeps tokens with prob >= min_p * p_max, i.e. logit >= max + ln(min_p) * T.
         // Applying it first (O(vocab)) usually leaves a handful of candidates to sort.
@@ -159,44 +172,205 @@ impl Sampler {
             logits.iter().enumerate().filter(|(_, &l)| l >= floor && l.is_finite()).map(|(i, &l)| (i as u32, l)),
         );
         if self.candidates.is_empty() {
-            return argmax(logits);
+            return Draw { token: argmax(logits), total: 0.0 };
         }
-        let by_logit_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         let k = p.top_k as usize;
         if k > 0 && k < self.candidates.len() {
             self.candidates.select_nth_unstable_by(k - 1, by_logit_desc);
             self.candidates.truncate(k);
+            self.candidates.sort_unstable_by(by_logit_desc);
+            self.negligible.clear();
+        } else {
+            self.order_candidates();
         }
-        self.candidates.sort_unstable_by(by_logit_desc);
+        self.draw()
+    }
 
-        // Softmax with temperature over the survivors, then the nucleus cut.
+    /// Puts the candidates (in id order, as collected) in the order the draw walks them:
+    /// logit descending, ties by id ascending, as one full sort would, but without sorting
+    /// what cannot matter. A candidate whose weight (below) is under [`NEGLIGIBLE_WEIGHT`]
+    /// changes neither the total nor the walk before the walk reaches it (see
+    /// [`NEGLIGIBLE_WEIGHT`]), and all of them come after all the others in that order, so they
+    /// wait, in id order, in `negligible` and are ordered only if the walk gets there
+    /// ([`Self::append_negligible`]). The others are ordered by [`sort_by_logit_desc`], which
+    /// gives the same order as the comparison sort in linear time. With a temperature of 1 and
+    /// a 262,144-token vocabulary this replaced a full sort per token.
+    fn order_candidates(&mut self) {
+        let is_significant = significance_fn(&self.candidates, self.params.temperature);
+        let negligible = &mut self.negligible;
+        negligible.clear();
+        self.candidates.retain(|&c| {
+            let keep = is_significant(c.1);
+            if !keep {
+                negligible.push(c);
+            }
+            keep
+        });
+        sort_by_logit_desc(&mut self.candidates, &mut self.scratch);
+    }
+
+    /// Orders the negligible candidates and appends them (the walk reached them).
+    fn append_negligible(&mut self) {
+        sort_by_logit_desc(&mut self.negligible, &mut self.scratch);
+        let start = self.candidates.len();
+        self.candidates.append(&mut self.negligible);
+        let (top, inv_t) = (self.top_logit, 1.0 / self.params.temperature);
+        for c in &mut self.candidates[start..] {
+            c.1 = weight(c.1, top, inv_t);
+        }
+    }
+
+    /// Softmax with temperature over the ordered candidates, the nucleus cut, then one draw.
+    fn draw(&mut self) -> Draw {
+        let inv_t = 1.0 / self.params.temperature;
+        let top_p = self.params.top_p;
+        // The first candidate has the largest logit.
         let top = self.candidates[0].1;
+        self.top_logit = top;
         let mut total = 0.0f64;
         for c in self.candidates.iter_mut() {
-            c.1 = (((c.1 - top) * inv_t) as f64).exp() as f32;
+            c.1 = weight(c.1, top, inv_t);
             total += c.1 as f64;
         }
-        if p.top_p < 1.0 {
+        if top_p < 1.0 {
             let mut cumulative = 0.0f64;
-            let mut keep = self.candidates.len();
-            for (i, c) in self.candidates.iter().enumerate() {
-                cumulative += c.1 as f64 / total;
-                if cumulative >= p.top_p as f64 {
-                    keep = i + 1;
-                    break;
+            let mut keep = None;
+            let mut i = 0;
+            while keep.is_none() {
+                if i == self.candidates.len() {
+                    if self.negligible.is_empty() {
+                        break;
+                    }
+                    self.append_negligible();
+                }
+                cumulative += self.candidates[i].1 as f64 / total;
+                i += 1;
+                if cumulative >= top_p as f64 {
+                    keep = Some(i);
                 }
             }
-            self.candidates.truncate(keep);
+            if let Some(keep) = keep {
+                self.candidates.truncate(keep);
+                self.negligible.clear();
+            }
             total = self.candidates.iter().map(|c| c.1 as f64).sum();
         }
         let mut target = self.rng.next_f64() * total;
-        for c in &self.candidates {
-            target -= c.1 as f64;
-            if target < 0.0 {
-                return c.0;
+        let mut i = 0;
+        loop {
+            if i == self.candidates.len() {
+                if self.negligible.is_empty() {
+                    break;
+                }
+                self.append_negligible();
             }
+            target -= self.candidates[i].1 as f64;
+            if target < 0.0 {
+                return Draw { token: self.candidates[i].0, total };
+            }
+            i += 1;
         }
-        self.candidates[self.candidates.len() - 1].0
+        Draw { token: self.candidates[self.candidates.len() - 1].0, total }
+    }
+}
+
+/// A stochastic draw: the token, and the total weight it was drawn against (which the tests
+/// hold to the full sort's bit for bit, a far finer check than the token).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Draw {
+    token: u32,
+    total: f64,
+}
+
+/// The order the draw walks candidates in: logit descending, ties by id ascending.
+fn by_logit_desc(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// A candidate's unnormalised probability relative to the most likely one (`top`), as f32.
+/// Monotone in `logit`: a larger logit never gets a smaller weight.
+fn weight(logit: f32, top: f32, inv_t: f32) -> f32 {
+    (((logit - top) * inv_t) as f64).exp() as f32
+}
+
+/// Whether a logit of `candidates` has a [`weight`] of at least [`NEGLIGIBLE_WEIGHT`], where
+/// the top is their largest logit (by [`f32::total_cmp`], as the order has it). The exponent
+/// alone decides all but a sliver around ln 2^-53 = -36.74 (e^-36.5 > 2^-53 > e^-37, and
+/// both the exponential and the rounding to f32 are monotone), so the exponential is only
+/// taken there, not for every token of the vocabulary.
+fn significance_fn(candidates: &[(u32, f32)], temperature: f32) -> impl Fn(f32) -> bool {
+    let top = candidates.iter().map(|c| c.1).max_by(f32::total_cmp).unwrap_or(0.0);
+    let inv_t = 1.0 / temperature;
+    move |logit| {
+        let exponent = (logit - top) * inv_t;
+        if exponent > -36.5 {
+            true
+        } else if exponent < -37.0 {
+            false
+        } else {
+            weight(logit, top, inv_t) >= NEGLIGIBLE_WEIGHT
+        }
+    }
+}
+
+/// 2^-53: a weight below it cannot change the total the draw normalises by. The total adds
+/// the weights in the walk's order (descending), starting from the top candidate's weight,
+/// exactly 1, so every running total is at least 1, whose f64 spacing is at least 2^-52;
+/// adding a non-negative value under half the spacing rounds back to the same total, and
+/// every weight after the first such one is as small. So the total over all candidates equals
+/// the total over those at or above this weight. The nucleus cut and the walk need the rest
+/// only if they run past all the others (the walk only by rounding); then the rest are
+/// ordered and the same loop goes on over them, as it would have over the full sort.
+const NEGLIGIBLE_WEIGHT: f32 = 1.0 / (1u64 << 53) as f32;
+
+/// Sorts `items` by [`by_logit_desc`] when `items` is in ascending id order (as collected):
+/// the comparison sort for a few items, else a stable least-significant-digit radix sort on
+/// the logits' order-preserving bit patterns, which keeps equal logits in id order and so
+/// gives exactly the comparison sort's order (a strict total order has one sorted
+/// permutation). `scratch` is reused between calls.
+fn sort_by_logit_desc(items: &mut Vec<(u32, f32)>, scratch: &mut Vec<(u32, f32)>) {
+    const RADIX_FROM: usize = 512;
+    const DIGIT_BITS: u32 = 11;
+    const BUCKETS: usize = 1 << DIGIT_BITS;
+    debug_assert!(items.windows(2).all(|w| w[0].0 < w[1].0), "ids ascending");
+    if items.len() < RADIX_FROM {
+        items.sort_unstable_by(by_logit_desc);
+        return;
+    }
+    // `total_cmp` orders floats as these keys order (sign-magnitude to two's complement);
+    // inverted for descending.
+    let key = |l: f32| {
+        let bits = l.to_bits();
+        let ascending = if bits >> 31 == 1 { !bits } else { bits | 1 << 31 };
+        !ascending
+    };
+    scratch.clear();
+    scratch.resize(items.len(), (0, 0.0));
+    let mut shift = 0;
+    while shift < 32 {
+        let digit = |l: f32| ((key(l) >> shift) as usize) & (BUCKETS - 1);
+        let mut counts = [0usize; BUCKETS];
+        for c in items.iter() {
+            counts[digit(c.1)] += 1;
+        }
+        // A digit every item shares leaves the order as it is.
+        if counts.contains(&items.len()) {
+            shift += DIGIT_BITS;
+            continue;
+        }
+        let mut next = 0;
+        for n in counts.iter_mut() {
+            let start = next;
+            next += *n;
+            *n = start;
+        }
+        for &c in items.iter() {
+            let d = digit(c.1);
+            scratch[counts[d]] = c;
+            counts[d] += 1;
+        }
+        std::mem::swap(items, scratch);
+        shift += DIGIT_BITS;
     }
 }
 
@@ -572,6 +746,172 @@ mod tests {
             let mut logits = [20.0, 10.0, -30.0];
             assert_eq!(s.sample(&mut logits, &[0, 2]).token, expected, "penalty {penalty:e}");
             assert!(logits.iter().all(|l| l.is_finite()), "{logits:?}");
+        }
+    }
+
+    /// The stochastic draw as it was before the selection: every candidate sorted by
+    /// [`by_logit_desc`] (kept here, verbatim but for the names and the returned total, as the
+    /// reference the faster draw must agree with token for token and total for total).
+    fn full_sort_draw(p: &SamplingParams, rng: &mut Rng, logits: &[f32]) -> Draw {
+        let inv_t = 1.0 / p.temperature;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let floor = if p.min_p > 0.0 { max + p.min_p.ln() * p.temperature } else { f32::NEG_INFINITY };
+        let mut candidates: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .filter(|(_, &l)| l >= floor && l.is_finite())
+            .map(|(i, &l)| (i as u32, l))
+            .collect();
+        if candidates.is_empty() {
+            return Draw { token: argmax(logits), total: 0.0 };
+        }
+        let k = p.top_k as usize;
+        if k > 0 && k < candidates.len() {
+            candidates.select_nth_unstable_by(k - 1, by_logit_desc);
+            candidates.truncate(k);
+        }
+        candidates.sort_unstable_by(by_logit_desc);
+        let top = candidates[0].1;
+        let mut total = 0.0f64;
+        for c in candidates.iter_mut() {
+            c.1 = (((c.1 - top) * inv_t) as f64).exp() as f32;
+            total += c.1 as f64;
+        }
+        if p.top_p < 1.0 {
+            let mut cumulative = 0.0f64;
+            let mut keep = candidates.len();
+            for (i, c) in candidates.iter().enumerate() {
+                cumulative += c.1 as f64 / total;
+                if cumulative >= p.top_p as f64 {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            candidates.truncate(keep);
+            total = candidates.iter().map(|c| c.1 as f64).sum();
+        }
+        let mut target = rng.next_f64() * total;
+        for c in &candidates {
+            target -= c.1 as f64;
+            if target < 0.0 {
+                return Draw { token: c.0, total };
+            }
+        }
+        Draw { token: candidates[candidates.len() - 1].0, total }
+    }
+
+    /// Logits shaped like a language model's (a bulk around 0, a few far above it), or flat,
+    /// or coarse enough for many ties, signed zeros included.
+    fn shaped_logits(rng: &mut Rng, vocab: usize, shape: usize) -> Vec<f32> {
+        let mut uniform = || rng.next_f64() as f32;
+        (0..vocab)
+            .map(|_| match shape {
+                // Bulk N(0, ~3) with a tail of strong candidates.
+                0 => {
+                    let bulk = (uniform() + uniform() + uniform() + uniform() - 2.0) * 5.0;
+                    if uniform() < 0.001 {
+                        bulk + 15.0 + 10.0 * uniform()
+                    } else {
+                        bulk
+                    }
+                }
+                // Spread wide enough that most of the vocabulary is negligible.
+                1 => -60.0 * uniform() * uniform(),
+                // Quantized to quarters: ties everywhere, signed zeros among them.
+                2 => {
+                    let q = ((uniform() * 16.0) as i32 - 8) as f32 * 0.25;
+                    if q == 0.0 && uniform() < 0.5 {
+                        -0.0
+                    } else {
+                        q
+                    }
+                }
+                // Nearly flat.
+                _ => uniform() * 1e-3,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_selection_draws_what_the_full_sort_drew() {
+        let mut rng = Rng::seeded(2026);
+        let mut draws = 0;
+        for vocab in [1usize, 7, 511, 512, 3000, 40_000, 262_144] {
+            let cases = if vocab > 100_000 { 6 } else { 60 };
+            for case in 0..cases {
+                let shape = case % 4;
+                let logits = shaped_logits(&mut rng, vocab, shape);
+                let pick = |rng: &mut Rng, choices: &[f32]| choices[(rng.next_u64() % choices.len() as u64) as usize];
+                let p = params(|p| {
+                    p.temperature =
+                        pick(&mut rng, &[crate::request::MIN_TEMPERATURE, 0.05, 0.3, 0.7, 1.0, 1.5, 4.0, 1e6]);
+                    p.top_p = pick(&mut rng, &[1.0, 1.0, 0.999, 0.95, 0.5, 1e-6]);
+                    p.min_p = pick(&mut rng, &[0.0, 0.0, 0.0, 0.05]);
+                    p.top_k = [0u32, 0, 0, 1, 40, vocab as u32 + 1][(rng.next_u64() % 6) as usize];
+                    p.seed = Some(rng.next_u64());
+                });
+                let mut sampler = Sampler::new(p.clone());
+                let mut reference_rng = Rng::seeded(p.seed.expect("seeded"));
+                let steps = if vocab > 100_000 { 4 } else { 25 };
+                for step in 0..steps {
+                    let expected = full_sort_draw(&p, &mut reference_rng, &logits);
+                    let got = sampler.draw_stochastic(&logits);
+                    assert_eq!(got.token, expected.token, "vocab {vocab} case {case} step {step} shape {shape} {p:?}");
+                    assert_eq!(
+                        got.total.to_bits(),
+                        expected.total.to_bits(),
+                        "total {} against {}: vocab {vocab} case {case} step {step} shape {shape} {p:?}",
+                        got.total,
+                        expected.total
+                    );
+                    draws += 1;
+                }
+            }
+        }
+        assert!(draws > 1000);
+    }
+
+    #[test]
+    fn the_radix_order_is_the_comparison_order() {
+        let mut rng = Rng::seeded(11);
+        for len in [0usize, 1, 511, 512, 513, 5000, 100_000] {
+            for shape in 0..4 {
+                let logits = shaped_logits(&mut rng, len, shape);
+                let mut items: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+                // Values whose bit patterns differ only in the highest digit, and infinities.
+                if len > 8 {
+                    items[1].1 = f32::INFINITY;
+                    items[2].1 = f32::NEG_INFINITY;
+                    items[3].1 = -f32::MAX;
+                    items[4].1 = f32::MIN_POSITIVE;
+                    items[5].1 = -f32::MIN_POSITIVE;
+                }
+                let mut expected = items.clone();
+                expected.sort_by(by_logit_desc);
+                sort_by_logit_desc(&mut items, &mut Vec::new());
+                let bits = |v: &[(u32, f32)]| v.iter().map(|&(i, l)| (i, l.to_bits())).collect::<Vec<_>>();
+                assert_eq!(bits(&items), bits(&expected), "len {len} shape {shape}");
+            }
+        }
+    }
+
+    #[test]
+    fn significance_is_the_weight_test_around_the_boundary() {
+        // Every f32 logit step across the boundary's neighbourhood at a few temperatures
+        // (the top logit at 0 and elsewhere), where the shortcut hands over to the weight.
+        for (top, temperature) in [(0.0f32, 1.0f32), (0.0, 0.7), (25.0, 1.0), (-3.5, 2.0), (10.0, 0.05)] {
+            let candidates = [(0u32, top)];
+            let is_significant = significance_fn(&candidates, temperature);
+            let (from, to) = (top - 38.0 * temperature, top - 35.5 * temperature);
+            let mut logit = from;
+            let mut checked = 0;
+            while logit < to {
+                let expected = weight(logit, top, 1.0 / temperature) >= NEGLIGIBLE_WEIGHT;
+                assert_eq!(is_significant(logit), expected, "logit {logit} top {top} T {temperature}");
+                logit = f32::from_bits(if logit < 0.0 { logit.to_bits() - 1 } else { logit.to_bits() + 1 });
+                checked += 1;
+            }
+            assert!(checked > 1000, "{checked}");
         }
     }
 }

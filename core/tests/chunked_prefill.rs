@@ -99,17 +99,23 @@ fn a_running_stream_gets_a_token_on_every_step_while_a_2k_prompt_prefills() {
 }
 
 #[test]
-fn a_prompt_alone_is_prefilled_in_chunks_of_at_least_64_tokens() {
-    let engine = shared_engine();
-    // Tokens no other test sent (no prefix-cache hits), and nothing else running: no stream
-    // waits on these steps, so a 50 ms target must not cut the prompt finer than 64 tokens
-    // a step however slow the machine (it once gave such a prompt a few tokens a step).
+fn a_prompt_alone_is_prefilled_in_chunks_of_max_batch_tokens_whatever_the_target() {
+    // No stream waits on a step without decodes, so the latency target (default 50 ms, and
+    // 1 ms here, which alone would leave a token or two a step) does not cut such a prompt
+    // finer than `max_batch_tokens`: 640 tokens in 256 + 256 + 128, the last step sampling.
+    let config = EngineConfig {
+        threads: Some(1),
+        max_batch_tokens: 256,
+        target_step_ms: Some(1.0),
+        ..EngineConfig::new(common::smollm2_path())
+    };
+    let engine = Engine::new(config).expect("the model loads");
     let text: String = (0..800).map(|i| format!("{} ", i * 7919 % 10007)).collect();
     let prompt: Vec<u32> = engine.tokenize(&text, false).unwrap().into_iter().take(640).collect();
     assert_eq!(prompt.len(), 640);
-    let before = engine.metrics().steps;
     let done = engine.submit(Request::new(Prompt::Tokens(prompt), greedy(1))).unwrap().wait();
     assert_eq!((done.finish_reason, done.usage.prompt_tokens), (FinishReason::Length, 640));
-    let steps = engine.metrics().steps - before;
-    assert!((1..=10).contains(&steps), "640 prompt tokens took {steps} steps");
+    let metrics = engine.metrics();
+    assert_eq!(metrics.steps, 3, "640 prompt tokens alone in steps of 256");
+    assert_eq!(metrics.step_token_budget, 256, "the last step was granted the whole budget");
 }

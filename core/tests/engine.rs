@@ -75,9 +75,21 @@ fn stream_concatenation_equals_completion_text() {
     assert_eq!(streamed, whole.text);
 }
 
+/// An engine like [`engine`] with a fixed step budget: a test that counts steps to show its
+/// requests shared them must not depend on the machine's load (the adaptive budget cuts prompt
+/// chunks on a busy CPU, which adds steps without changing any result).
+fn fixed_budget_engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut config = EngineConfig::new(common::smollm2_path());
+        config.target_step_ms = None;
+        Engine::new(config).expect("the default model loads")
+    })
+}
+
 #[test]
 fn batch_invariance_alone_and_among_29_others() {
-    let engine = AllBlocksFreeAfter(engine());
+    let engine = AllBlocksFreeAfter(fixed_budget_engine());
     let prompts = ["The quick brown fox", "Once upon a time, in a small village,", "The capital of France is"];
     let alone: Vec<Vec<u32>> =
         prompts.iter().map(|p| engine.generate(Request::new(*p, greedy(16))).unwrap().token_ids).collect();

@@ -20,12 +20,17 @@ use cortexstream::{
 
 /// A small KV cache (keeps the test light) that still fits the long prompt below.
 const KV_CACHE_TOKENS: usize = 4096;
+/// `max_batch_tokens` of the shared engine: a lone prompt's chunk.
+const LONE_PROMPT_CHUNK: usize = 256;
 
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| {
         let mut config = EngineConfig::new(common::smollm2_path());
         config.kv_cache_tokens = KV_CACHE_TOKENS;
+        // A prompt alone is prefilled `max_batch_tokens` a step: the long prefill below then
+        // takes 12 steps, so a cancel can land in the middle of it.
+        config.max_batch_tokens = LONE_PROMPT_CHUNK;
         Engine::new(config).expect("the default model loads")
     })
 }
@@ -193,7 +198,7 @@ fn cancel_after(engine: &Engine, tokens_before_cancel: usize) {
 fn cancel_during_a_long_prefill_ends_it_within_one_step_with_no_tokens() {
     let engine = engine();
     let sentence = engine.tokenize(" The river runs past the old mill and under the stone bridge.", false).unwrap();
-    // ~3000 tokens: about 47 prefill steps of 64 tokens, far more than the cancel may take.
+    // ~3000 tokens: 12 prefill steps of `LONE_PROMPT_CHUNK`, far more than the cancel may take.
     let prompt: Vec<u32> = sentence.iter().copied().cycle().take(3000).collect();
     let before = engine.metrics();
     let handle = engine.submit(Request::new(Prompt::Tokens(prompt.clone()), greedy(16))).unwrap();

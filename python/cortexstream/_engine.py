@@ -30,12 +30,15 @@ class Engine(_core.Engine):
     file. ``embedding_model`` is a name or a sentence-transformers folder; ``None`` loads
     ``"minilm"`` when it is in the cache, ``False`` loads none. The other arguments tune the
     scheduler; ``None`` keeps the core's default (``max_running=32``, ``max_batch_tokens=2048``,
-    ``target_step_ms=50``, ``kv_cache_tokens=16384``, ``context_length`` = the model's,
+    ``target_step_ms=25``, ``kv_cache_tokens=16384``, ``context_length`` = the model's,
     ``threads`` = physical cores, ``max_queue=256``). Every step runs every running stream's
     next token plus a chunk of any prompt being prefilled; ``max_batch_tokens`` is the step's
-    token budget (at most 2**20) and ``target_step_ms`` the step time, hence inter-token
-    latency, the budget adapts to (above 0, at most 10000; ``0`` keeps a fixed budget of
-    ``max_batch_tokens``). ``threads`` may be at most 4 per available CPU, and the KV cache must
+    token budget (at most 2**20), all of it a lone prompt's when no stream is decoding (a
+    request arriving meanwhile waits for that one step). ``target_step_ms`` is the step time,
+    hence inter-token latency of running streams while a prompt is prefilled beside them, that
+    the budget adapts to: such a step costs the larger of it and twice the decodes' own step,
+    so their latency at most doubles or stays within the target (above 0, at most 10000;
+    ``0`` keeps a fixed budget of ``max_batch_tokens``). ``threads`` may be at most 4 per available CPU, and the KV cache must
     fit in the machine's memory; a setting out of range raises :class:`InvalidRequestError`
     with ``param`` naming it.
     ``chat_template`` is a Jinja chat template used instead of the model's

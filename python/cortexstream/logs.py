@@ -1,7 +1,9 @@
 """The core's structured log records, delivered to Python :mod:`logging`.
 
 Records arrive on the ``cortexstream`` logger's children named after their target
-(``cortexstream.request``, ``cortexstream.model``, ``cortexstream.kv``, ``cortexstream.engine``),
+(``cortexstream.request``, ``cortexstream.model``, ``cortexstream.kv``, ``cortexstream.engine``,
+and at trace level ``cortexstream.step``: one record per engine step with its decodes, prompt
+tokens, token budget and the engine thread's CPU and wall microseconds),
 with their fields as attributes of the :class:`logging.LogRecord` (``extra``) and all of them
 in ``record.fields``. A request's records carry ``request_id`` (the engine's) and ``tag`` (the
 caller's, e.g. the server's request id). Prompt text is never logged unless the engine was

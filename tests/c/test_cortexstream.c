@@ -1686,13 +1686,13 @@ static void test_engine_settings_out_of_range_are_rejected(void) {
     }
 }
 
-/* The step latency target: 50 ms by default, 0 for a fixed budget, and a caller built before
+/* The step latency target: 25 ms by default, 0 for a fixed budget, and a caller built before
  * the field existed (struct_size ending before it) gets the default, whatever lies past it. */
 static void test_target_step_ms_param(void) {
     char gguf[4200], minilm[4200];
     model_paths(gguf, minilm, sizeof gguf);
     cs_engine_params params = cs_engine_default_params();
-    CHECK(params.target_step_ms == 50.0, "default target_step_ms %f", params.target_step_ms);
+    CHECK(params.target_step_ms == 25.0, "default target_step_ms %f", params.target_step_ms);
     params.model_path = gguf;
     params.kv_cache_tokens = 512;
     params.target_step_ms = 0.0;

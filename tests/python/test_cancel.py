@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import signal
 import threading
+from typing import Iterator
 import _thread
 
 import pytest
+
+import cortexstream
 
 from conftest import idle, wait_until
 
@@ -84,9 +87,18 @@ def test_cancel_takes_effect_within_one_step(engine, tokens_before_cancel):
     assert wait_until(lambda: idle(engine))
 
 
-def test_cancel_during_a_long_prefill(engine):
+@pytest.fixture(scope="module")
+def small_steps() -> Iterator[cortexstream.Engine]:
+    """An engine that prefills a prompt alone 256 tokens a step (``max_batch_tokens``; the
+    default 2048 would take a 3000-token prompt in two steps, too few to cancel in between)."""
+    with cortexstream.Engine(embedding_model=False, kv_cache_tokens=4096, max_batch_tokens=256) as engine:
+        yield engine
+
+
+def test_cancel_during_a_long_prefill(small_steps):
+    engine = small_steps
     sentence = engine.tokenize(" The river runs past the old mill and under the stone bridge.")
-    prompt = (sentence * 400)[:3000]  # ~47 prefill steps of 64 tokens
+    prompt = (sentence * 400)[:3000]  # 12 prefill steps of 256 tokens
     before = engine.metrics()
     stream = engine.stream(prompt, max_tokens=16, temperature=0.0)
     assert wait_until(lambda: engine.metrics()["prefill_tokens_total"] > before["prefill_tokens_total"])

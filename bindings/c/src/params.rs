@@ -47,7 +47,9 @@ pub struct cs_engine_params {
     /// Token budget of one step, its decodes and prompt chunks together (vLLM's
     /// `max_num_batched_tokens`): the budget itself when `target_step_ms` is 0, its ceiling
     /// otherwise (default 2048, at most 2^20). Every running decode is in every step; long
-    /// prompts are prefilled in chunks of what the decodes leave (at least 16 tokens a step).
+    /// prompts are prefilled in chunks of what the decodes leave (at least 1 token a step). A
+    /// step with no running decode takes this many prompt tokens whatever the target: a request
+    /// arriving meanwhile waits for that one step, then is admitted ahead of the rest.
     pub max_batch_tokens: usize,
     /// Total tokens the KV cache holds across all sequences (default 16384). A cache larger than
     /// the machine's memory is CS_INVALID_ARGUMENT naming `kv_cache_tokens`.
@@ -66,9 +68,11 @@ pub struct cs_engine_params {
     /// a template (a base model) needs one for chat requests, which otherwise fail with
     /// CS_CHAT_TEMPLATE. Borrowed only during `cs_engine_new`.
     pub chat_template: *const c_char,
-    /// Target duration of one step in milliseconds, i.e. the inter-token latency of running
-    /// streams while prompts are prefilled beside them: the step's token budget adapts to
-    /// measured step times (default 50). 0 keeps a fixed budget of `max_batch_tokens`; a
+    /// Target duration in milliseconds of a step that carries running decodes and prompt
+    /// tokens, i.e. the inter-token latency of running streams while prompts are prefilled
+    /// beside them: such a step costs the larger of this target and twice the decodes' own
+    /// step (measured in CPU time), so their latency is at most max(target, 2x without the
+    /// prompt) (default 25). 0 keeps a fixed budget of `max_batch_tokens`; a
     /// negative, NaN or above-10000 value is CS_INVALID_ARGUMENT naming `target_step_ms`.
     /// Appended after `chat_template`: a caller whose `struct_size` ends before it gets the default.
     pub target_step_ms: f64,

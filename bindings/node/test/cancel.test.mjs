@@ -114,9 +114,13 @@ test('cancel() takes effect within one engine step, whatever the phase', async (
   }
 });
 
-test('cancelling during a long prefill ends the request with no token and frees its KV blocks', async () => {
+test('cancelling during a long prefill ends the request with no token and frees its KV blocks', async (t) => {
+  // A prompt alone is prefilled maxBatchTokens a step: 256 makes this one 12 steps (the
+  // default 2048 would make it two, too few to cancel in between).
+  const engine = openEngine({ maxBatchTokens: 256 });
+  t.after(() => engine.close());
   const sentence = engine.tokenize(' The river runs past the old mill and under the stone bridge.');
-  const prompt = Array.from({ length: 3000 }, (_, i) => sentence[i % sentence.length]); // ~47 prefill steps
+  const prompt = Array.from({ length: 3000 }, (_, i) => sentence[i % sentence.length]); // 12 prefill steps
   const before = engine.metrics();
   const stream = engine.stream(prompt, { ...greedy, maxTokens: 16 });
   await waitFor(() => engine.metrics().prefillTokensTotal > before.prefillTokensTotal, 60000);

@@ -225,9 +225,12 @@ impl Scheduler {
     /// Every running decode is in every step (vLLM-style chunked prefill): a stream's
     /// inter-token latency is one step, however long the prompts beside it. The prompt tokens
     /// the budget grants beside those decodes (at most `max_prefill_tokens`) go to prompt
-    /// chunks: prompts already started first, oldest first, then newly admitted ones. The
-    /// engine's budget sizes them so that a step takes about its target time; each step's
-    /// prompts that complete sample their first token right away.
+    /// chunks: newly admitted prompts first, then the next chunks of prompts already started,
+    /// oldest first. So a request that arrives while a long prompt is prefilled waits for the
+    /// step in flight, not for the whole prefill (a started prompt loses at most one step's
+    /// chunk to each arrival, which runs behind it from then on). The engine's budget sizes
+    /// the chunks so that a step takes about its target time; each step's prompts that
+    /// complete sample their first token right away.
     pub fn schedule_into(&mut self, plan: &mut Vec<ScheduledChunk>, budget: &StepBudget) -> PlanReport {
         let mut report = PlanReport::default();
         plan.clear();
@@ -241,8 +244,8 @@ impl Scheduler {
         let decodes = plan.len();
         let mut prefill = budget.prompt_tokens(decodes).min(self.config.max_prefill_tokens);
         report.token_budget = decodes + prefill;
-        self.schedule_running(plan, Phase::Prompts, &mut prefill, &mut report);
         self.admit(plan, &mut prefill, decodes, &mut report);
+        self.schedule_running(plan, Phase::Prompts, &mut prefill, &mut report);
         report
     }
 
@@ -691,6 +694,25 @@ mod tests {
         assert_eq!(step_shares(&mut s, 8), vec![(0, 8)]);
         assert_eq!(step_shares(&mut s, 100), vec![(0, 6)]);
         assert_eq!(step_shares(&mut s, 1), vec![(0, 1)], "then it decodes");
+    }
+
+    #[test]
+    fn an_arrival_during_a_long_prefill_waits_only_for_the_step_in_flight() {
+        // A 100-token prompt alone, 40 tokens a step; a 6-token prompt arrives after its first
+        // chunk, a 50-token one after its second.
+        let mut s = chunked(8, 1000, 64);
+        s.enqueue(seq(0, 0, vec![1; 100]));
+        assert_eq!(step_shares(&mut s, 40), vec![(0, 40)]);
+        s.enqueue(seq(1, 0, vec![2; 6]));
+        // Admitted ahead of the started prompt's next chunk, whole: it samples at once.
+        let plan = step_within(&mut s, 40);
+        assert_eq!(shares(&s, &plan), vec![(1, 6), (0, 34)]);
+        assert!(plan[0].want_logits);
+        s.enqueue(seq(2, 0, vec![3; 50]));
+        // One decode; the arrival takes what is left (it does not fit whole), the started
+        // prompt waits this one step and goes first from then on.
+        assert_eq!(step_shares(&mut s, 40), vec![(1, 1), (2, 39)]);
+        assert_eq!(step_shares(&mut s, 40), vec![(1, 1), (0, 26), (2, 11)]);
     }
 
     #[test]

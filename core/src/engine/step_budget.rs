@@ -21,6 +21,13 @@
 //! and does not need it. It takes times as input and never reads a clock ([`StepClock`] does),
 //! so it is tested with made-up ones.
 //!
+//! A step without decodes gets the whole `max_batch_tokens`, target or not: no running stream
+//! waits on it, only arrivals, which wait for at most that one step (the scheduler admits them
+//! ahead of the next chunk of a prompt already started), and a finer chunk makes the prefill
+//! itself slower (every step reads every weight for its few tokens). Such a step is not
+//! measured for the cost per prompt token: a chunk of thousands of tokens spreads the weights'
+//! cost over all of them and says little about the small chunks beside decodes.
+//!
 //! Without a target the budget is fixed: `max_batch_tokens` tokens a step, decodes first
 //! (every one of them: a prompt gets at least one token even when they exceed the budget).
 
@@ -52,12 +59,6 @@ const REFRESH_DECODES_EVERY: u32 = 16;
 /// Prompt tokens of the first adaptive step, before anything was measured: small enough that
 /// a long prompt arriving first makes no long step, big enough to measure the per-token cost.
 const INITIAL_PROMPT_TOKENS: usize = 64;
-
-/// The least prompt tokens of a step without decodes (when the ceiling allows). No stream
-/// waits on such a step, only arrivals, and a finer chunk makes the prefill itself slower:
-/// every step reads every weight for its few tokens (a 2048-token prompt alone on a busy
-/// machine at one thread took 105 s in 50 ms steps of a few tokens, 68 s in one chunk).
-const LONE_PROMPT_TOKENS: usize = 64;
 
 /// An exponentially weighted running mean, the newest sample weighing `weight`.
 fn smooth(estimate: Option<f64>, sample: f64, weight: f64) -> Option<f64> {
@@ -160,26 +161,26 @@ impl StepBudget {
         Self { target: Some(target.as_secs_f64()), ..Self::fixed(max_tokens) }
     }
 
-    /// Prompt tokens a step that carries `decodes` decodes may add: 0 for one step in
-    /// [`REFRESH_DECODES_EVERY`] + 1 of a long prefill beside decodes (see there), else at least 1.
+    /// Prompt tokens a step that carries `decodes` decodes may add: all of `max_tokens` without
+    /// decodes; 0 for one step in [`REFRESH_DECODES_EVERY`] + 1 of a long prefill beside
+    /// decodes (see there), else at least 1.
     pub fn prompt_tokens(&self, decodes: usize) -> usize {
         let room = self.max_tokens.saturating_sub(decodes);
-        let Some(target) = self.target else {
+        let Some(target) = self.target.filter(|_| decodes > 0) else {
             return room.max(1);
         };
-        if decodes > 0 && self.since_decode_only >= REFRESH_DECODES_EVERY {
+        if self.since_decode_only >= REFRESH_DECODES_EVERY {
             return 0;
         }
         let ceiling = (self.largest_measured * MAX_GROWTH).max(INITIAL_PROMPT_TOKENS).min(room).max(1);
         let Some(per_token) = self.per_prompt_token else { return ceiling };
-        let decodes_cost = if decodes > 0 { self.decode_step.unwrap_or(0.0) } else { 0.0 };
+        let decodes_cost = self.decode_step.unwrap_or(0.0);
         // The target in CPU seconds on this machine as busy as it has been lately.
         let target_cost = target / self.slowdown.unwrap_or(1.0);
         let step_cost = target_cost.max(PROMPT_SHARE_FACTOR * decodes_cost);
         let affordable = (step_cost - decodes_cost) / per_token;
-        let floor = if decodes == 0 { LONE_PROMPT_TOKENS.min(ceiling) } else { 1 };
         // Saturating float-to-int conversion: an infinite or huge estimate is just the ceiling.
-        (affordable.floor() as usize).clamp(floor, ceiling)
+        (affordable.floor() as usize).clamp(1, ceiling)
     }
 
     /// Records that a step of `decodes` decodes and `prompt_tokens` prompt tokens took
@@ -200,10 +201,13 @@ impl StepBudget {
             self.since_decode_only = 0;
             return;
         }
-        if decodes > 0 {
-            self.since_decode_only += 1;
+        if decodes == 0 {
+            // A lone prompt's chunk (see the module docs): its cost per token is not that of a
+            // chunk beside decodes.
+            return;
         }
-        let decodes_time = if decodes > 0 { self.decode_step.unwrap_or(0.0) } else { 0.0 };
+        self.since_decode_only += 1;
+        let decodes_time = self.decode_step.unwrap_or(0.0);
         // A noisy step can take less than its decodes' estimate: a prompt chunk is taken to
         // cost at least a tenth of its step.
         let per_token = (seconds - decodes_time).max(MIN_PROMPT_SHARE * seconds) / prompt_tokens as f64;
@@ -281,17 +285,30 @@ mod tests {
     }
 
     #[test]
-    fn a_lone_prompt_gets_the_whole_target_and_grows_at_most_twofold_per_step() {
-        // No decodes: 5 ms + 0.5 ms a token, target 1 s: 1990 tokens, reached by doubling.
-        let mut budget = StepBudget::adaptive(4096, Duration::from_millis(1000));
-        let mut grants = Vec::new();
-        for _ in 0..8 {
-            let prompt = budget.prompt_tokens(0);
-            grants.push(prompt);
-            budget.observe(0, prompt, MACHINE.step(0, prompt));
-        }
-        assert_eq!(&grants[..5], &[64, 128, 256, 512, 1024]);
-        assert!((1850..=1990).contains(&grants[7]), "{grants:?}");
+    fn a_lone_prompt_gets_the_whole_budget_whatever_the_target_or_the_costs() {
+        // 5 ms a prompt token: a 50 ms target alone would leave 10 tokens a step.
+        let slow = Machine { per_prompt_ms: 5.0, ..MACHINE };
+        let mut budget = StepBudget::adaptive(4096, Duration::from_millis(50));
+        let alone = grants_on_a_shared_machine(&mut budget, slow, 0, 5, |i| [1.0, 30.0][i % 2]);
+        assert_eq!(alone, vec![4096; 5]);
+        assert_eq!(
+            StepBudget::adaptive(40, Duration::from_millis(50)).prompt_tokens(0),
+            40,
+            "the ceiling is the budget"
+        );
+    }
+
+    #[test]
+    fn lone_steps_do_not_teach_the_budget_the_cost_of_a_chunk_beside_decodes() {
+        // A 4096-token chunk alone, then decodes arrive: the first chunk beside them is the
+        // cautious first one, as if nothing had been measured, not 2 x 4096 tokens.
+        let mut budget = StepBudget::adaptive(8192, Duration::from_millis(50));
+        budget.observe(0, 4096, MACHINE.step(0, 4096));
+        decode_only(&mut budget, MACHINE, 8, 5);
+        assert_eq!(budget.prompt_tokens(8), INITIAL_PROMPT_TOKENS);
+        // Beside decodes the target governs again (13 ms of decodes: 74 tokens in 50 ms).
+        let settled = run(&mut budget, MACHINE, 8, 30);
+        assert!((73..=74).contains(&settled), "settled at {settled}");
     }
 
     #[test]
@@ -392,21 +409,6 @@ mod tests {
     }
 
     #[test]
-    fn a_prompt_alone_is_never_chunked_finer_than_the_lone_floor() {
-        // 5 ms a prompt token: a 50 ms target alone would leave 10 tokens a step.
-        let slow = Machine { per_prompt_ms: 5.0, ..MACHINE };
-        let mut budget = StepBudget::adaptive(2048, Duration::from_millis(50));
-        let alone = grants_on_a_shared_machine(&mut budget, slow, 0, 20, |_| 1.0);
-        assert!(alone.iter().all(|&g| g == LONE_PROMPT_TOKENS), "{alone:?}");
-        // Beside decodes the target still governs (10 ms of decodes: 8 tokens, 7 after rounding).
-        decode_only(&mut budget, slow, 5, 5);
-        let beside = grants_on_a_shared_machine(&mut budget, slow, 5, 30, |_| 1.0);
-        let settled = *beside.iter().rev().find(|&&g| g > 0).unwrap();
-        assert!((7..=8).contains(&settled), "{beside:?}");
-        assert_eq!(StepBudget::adaptive(40, Duration::from_millis(50)).prompt_tokens(0), 40, "within the ceiling");
-    }
-
-    #[test]
     fn a_noisy_fast_step_cannot_make_prompt_tokens_free() {
         let mut budget = StepBudget::adaptive(2048, Duration::from_millis(30));
         decode_only(&mut budget, MACHINE, 8, 5);
@@ -419,7 +421,7 @@ mod tests {
     fn empty_steps_are_not_measured() {
         let mut budget = StepBudget::adaptive(2048, Duration::from_millis(20));
         budget.observe(0, 0, StepTime::idle(Duration::from_millis(500)));
-        assert_eq!(budget.prompt_tokens(0), INITIAL_PROMPT_TOKENS);
+        assert_eq!(budget.prompt_tokens(8), INITIAL_PROMPT_TOKENS);
     }
 
     #[test]

@@ -205,7 +205,19 @@ impl StepLoop {
             self.finished = finished;
         }
         // The whole step, sampling and streaming included: what a running stream waits.
-        self.budget.observe(batch_tokens - prompt_like_tokens, prompt_like_tokens, clock.elapsed());
+        let elapsed = clock.elapsed();
+        let decodes = batch_tokens - prompt_like_tokens;
+        // What the budget saw, for measuring it (trace level: nothing is built unless asked).
+        tracing::trace!(
+            target: "cortexstream::step",
+            decodes,
+            prompt_tokens = prompt_like_tokens,
+            token_budget = report.token_budget,
+            cpu_us = elapsed.cpu.as_micros() as u64,
+            wall_us = elapsed.wall.as_micros() as u64,
+            "step"
+        );
+        self.budget.observe(decodes, prompt_like_tokens, elapsed);
         Ok(())
     }
 

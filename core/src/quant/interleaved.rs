@@ -70,7 +70,7 @@ pub fn interleave(format: QuantFormat, rows: usize, n_blocks: usize, ggml: &[u8]
     let groups = rows.div_ceil(LANES);
     let group_block = format.group_block_bytes();
     // Padding rows stay all zero: scale 0 makes their outputs 0, and they are never stored.
-    let mut out = vec![0u8; groups * n_blocks * group_block];
+    let mut out = crate::memory::zeroed_for_streaming(groups * n_blocks * group_block);
     for row in 0..rows {
         let (group, lane) = (row / LANES, row % LANES);
         for b in 0..n_blocks {

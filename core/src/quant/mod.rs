@@ -357,14 +357,19 @@ impl QMatrix {
             {
                 // Whole groups only (padding at most in the last part's last group): the
                 // interleaved data simply follows on.
-                let blocks = parts
+                let sources: Vec<&[u8]> = parts
                     .iter()
                     .map(|p| match &p.storage {
                         Storage::Quantized { blocks, .. } => blocks.as_slice(),
                         Storage::Float(_) => &[],
                     })
-                    .collect::<Vec<_>>()
-                    .concat();
+                    .collect();
+                let mut blocks = crate::memory::zeroed_for_streaming(sources.iter().map(|s| s.len()).sum());
+                let mut at = 0;
+                for source in sources {
+                    blocks[at..at + source.len()].copy_from_slice(source);
+                    at += source.len();
+                }
                 Storage::Quantized { format: *format, blocks }
             }
             Storage::Quantized { format, .. } if format.is_regrouped() => {
@@ -374,7 +379,7 @@ impl QMatrix {
                 }
                 let n_blocks = first.cols / BLOCK;
                 let group_bytes = format.group_bytes(n_blocks);
-                let mut blocks = vec![0u8; rows.div_ceil(LANES) * group_bytes];
+                let mut blocks = crate::memory::zeroed_for_streaming(rows.div_ceil(LANES) * group_bytes);
                 let sources = parts.iter().flat_map(|p| (0..p.rows).map(move |row| (p, row)));
                 for (dst_row, (part, src_row)) in sources.enumerate() {
                     let Storage::Quantized { blocks: src, .. } = &part.storage else { return None };

@@ -348,7 +348,7 @@ pub fn interleave(format: QuantFormat, rows: usize, n_blocks: usize, ggml: &[u8]
     assert_eq!(ggml.len(), rows * row_bytes, "ggml data size");
     let group_bytes = format.group_bytes(n_blocks);
     // Padding rows stay all zero: scale 0 makes their outputs 0, and they are never stored.
-    let mut out = vec![0u8; rows.div_ceil(LANES) * group_bytes];
+    let mut out = crate::memory::zeroed_for_streaming(rows.div_ceil(LANES) * group_bytes);
     let mut blocks = Vec::with_capacity(n_blocks);
     for (row, bytes) in ggml.chunks_exact(row_bytes.max(1)).enumerate().take(rows) {
         blocks.clear();

@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "--target-step-ms 0")
     engine.add_argument("--target-step-ms", type=_milliseconds, metavar="MS",
                         help="step time, hence inter-token latency of running streams while prompts are "
-                             "prefilled beside them, that the budget adapts to (default 50; 0: a fixed budget)")
+                             "prefilled beside them, that the budget adapts to, at least twice their own step "
+                             "(default 25; 0: a fixed budget)")
     engine.add_argument("--kv-cache-type", choices=["f16", "q8_0"],
                         help="how the KV cache stores keys and values: f16 (default) or q8_0 (8 bits with a "
                              "scale per 32 values, about half the memory per token, for a small logit error)")
