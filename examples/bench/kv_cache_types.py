@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import subprocess
 import sys
 from functools import partial
@@ -31,8 +30,9 @@ from typing import Any
 
 import bench_models
 import peer
-from machine import cpu_description
-from side_by_side import setup_peer
+from machine import commit_hash, cpu_description, footer
+from peer import setup_peer
+from rounds import load_average
 from streams import measure_streams
 from workload import DECODE_PROMPT, Workload
 
@@ -64,9 +64,11 @@ def ours_child(cache_type: str, work: Workload) -> dict[str, Any]:
     import ours
     from machine import peak_rss_bytes
 
+    import cortexstream
+
     with ours.open_engine(work, kv_cache_type=cache_type) as engine:
         engine.generate(DECODE_PROMPT, max_tokens=4, **ours.GREEDY)
-        result: dict[str, Any] = {"decode_tok_s": ours.decode_tok_s(engine, work)}
+        result: dict[str, Any] = {"kernels": cortexstream.kernel_info(), "decode_tok_s": ours.decode_tok_s(engine, work)}
         count = work.max_streams
         result["streams"] = measure_streams(work.stream_prompts(count), ours.run_one_stream(engine, work), STREAMS_TIMEOUT_S)
         result["peak_rss_bytes"] = peak_rss_bytes()
@@ -141,7 +143,7 @@ def main() -> None:
     model = bench_models.resolve(args.model, lambda: bin_dir or setup_peer())
     work = Workload.create(str(model), args.threads, args.quick)
     results: dict[str, dict[str, Any]] = {"ours": {}}
-    load_start = os.getloadavg()
+    load_start = load_average()
     for cache_type in CACHE_TYPES:
         log(f"ours, {cache_type} KV: decode x{work.repeats}, {work.max_streams} streams x {work.stream_tokens} tokens")
         results["ours"][cache_type] = run_ours(cache_type, work)
@@ -150,9 +152,11 @@ def main() -> None:
         for cache_type in CACHE_TYPES:
             log(f"llama.cpp, {cache_type} KV: llama-bench tg{work.decode_tokens}, llama-server {work.max_streams} streams")
             results["llama.cpp"][cache_type] = run_peer(cache_type, work, bin_dir)
-    load_end = os.getloadavg()
+    load_end = load_average()
     print(table(results, work))
-    print(f"load average (1 min) at start {load_start[0]:.1f}, at end {load_end[0]:.1f}; threads {work.threads}; {model}")
+    print(f"model: {model}")
+    kernels = results["ours"][CACHE_TYPES[0]].get("kernels")
+    print(footer(cpu_description(), kernels, work.threads, load_start, load_end, commit_hash()))
     if args.json:
         summary = {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -2,8 +2,9 @@
 positions 128, 2k and 8k, prefill of a 4k-token prompt, and aggregate decode at 64 and 128
 concurrent streams, ours and llama.cpp's on the same GGUF and threads, in one run.
 
-Our side runs in a child process (``python long_context.py WORKLOAD_JSON ...``, as ours.py) so
-its numbers are the engine's alone. The peer: ``llama-bench -p 0 -n N -d DEPTH`` for the decode
+Our side runs in a child process that keeps its engine loaded (``python long_context.py --serve
+WORKLOAD_JSON``, child.py) so its numbers are the engine's alone, one measurement per request,
+alternating with the peer's (rounds.py). The peer: ``llama-bench -p 0 -n N -d DEPTH`` for the decode
 rows (it prefills DEPTH tokens, then times N decoded tokens), ``llama-bench -p 4096 -n 0`` for
 prefill, and one ``llama-server --parallel 128 -c 128x256`` for the streams.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -21,14 +21,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from progress import Progress
+import child
+import peer
+from child import OursChild
+from machine import peak_rss_bytes
+from rounds import Measurement, Row, Target
 from streams import measure_streams
-from workload import Workload, prefill_tag
+from workload import Workload, first_run, prefill_tag
 
 HERE = Path(__file__).resolve().parent
 GREEDY = {"temperature": 0.0, "ignore_eos": True}
 STREAMS_TIMEOUT_S = 1800.0
-OURS_TIMEOUT_S = 3600
 PEER_BENCH_TIMEOUT_S = 3600
 
 # Tokenizes to well past 8k tokens: distinct numbered chapters, so no two stretches repeat.
@@ -70,10 +73,13 @@ class LongWorkload:
         deepest = max(self.depths) + self.depth_decode_tokens + 16
         return max(self.max_streams * self.ctx_per_slot, deepest)
 
-    def stream_prompts(self, count: int) -> list[str]:
+    def stream_prompts(self, count: int, round_index: int = 0) -> list[str]:
         """The standard suite's distinct stream prompts, tagged apart from other runs."""
-        base = Workload(self.model, self.threads, 0, 0, 1, (count,), self.stream_tokens, self.ctx_per_slot)
-        return [f"[{count}] {prompt}" for prompt in base.stream_prompts(count)]
+        return [f"[{count}] {prompt}" for prompt in self.stream_workload().stream_prompts(count, round_index)]
+
+    def stream_workload(self) -> Workload:
+        """The standard workload of the streams rows (llama-server's slots and context)."""
+        return Workload(self.model, self.threads, 0, 0, 1, (self.max_streams,), self.stream_tokens, self.ctx_per_slot)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -82,15 +88,6 @@ class LongWorkload:
     def from_json(cls, data: dict[str, Any]) -> LongWorkload:
         tuples = {key: tuple(data[key]) for key in ("depths", "stream_counts")}
         return cls(**{**data, **tuples})
-
-
-def step_count(work: LongWorkload) -> int:
-    """Progress steps of one side (both show as many)."""
-    return 2 + len(work.depths) + len(work.stream_counts)
-
-
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 # ---------------------------------------------------------------- our side (child process)
@@ -126,38 +123,26 @@ def long_prefill(engine: Any, work: LongWorkload, first_run: int) -> float:
     return statistics.median(rates)
 
 
-def run_ours_child(work: LongWorkload, progress: Progress) -> dict[str, Any]:
-    import cortexstream
+def long_ops(engine: Any, work: LongWorkload) -> dict[str, Any]:
+    """Our measurements of these rows, by name, each for one round (``round``, 0-based). Run
+    numbers differ per depth, row and round, so no run reuses another's cached prefix."""
+    from ours import run_one_stream
 
-    from machine import peak_rss_bytes
-    from ours import open_engine, run_one_stream
+    def decode(round: int, depth: int) -> dict[str, Any]:
+        rate = decode_at_depth(engine, work, depth, first_run=first_run(round) + depth)
+        return {"decode_at_depth_tok_s": {str(depth): rate}}
 
-    result: dict[str, Any] = {"kernels": cortexstream.kernel_info(), "load_average_start": load_average()}
-    progress.step("ours: load model, warm up")
-    with open_engine(work) as engine:
-        engine.generate("Once upon a time", max_tokens=4, **GREEDY)
-        result["decode_at_depth_tok_s"] = {}
-        for index, depth in enumerate(work.depths):
-            progress.step(f"ours: decode at position {depth}, {work.depth_decode_tokens} tokens x{work.repeats}")
-            rate = decode_at_depth(engine, work, depth, first_run=100 * (index + 1))
-            result["decode_at_depth_tok_s"][str(depth)] = rate
-        progress.step(f"ours: prefill, {work.prefill_tokens}-token prompt x{work.repeats}")
-        result["prefill_tok_s"] = long_prefill(engine, work, first_run=1000)
-        result["streams"] = {}
-        stream_work = Workload(work.model, work.threads, 0, 0, 1, work.stream_counts, work.stream_tokens, 0)
-        for count in work.stream_counts:
-            progress.step(f"ours: {count} concurrent streams x {work.stream_tokens} tokens")
-            result["streams"][str(count)] = measure_streams(
-                work.stream_prompts(count), run_one_stream(engine, stream_work), STREAMS_TIMEOUT_S
-            )
-        result["peak_rss_bytes"] = peak_rss_bytes()
-    result["load_average_end"] = load_average()
-    return result
+    def streams(round: int, count: int) -> dict[str, Any]:
+        stream_work = work.stream_workload()
+        timing = measure_streams(work.stream_prompts(count, round), run_one_stream(engine, stream_work), STREAMS_TIMEOUT_S)
+        return {"streams": {str(count): timing}}
 
-
-def run_ours(work: LongWorkload, progress: Progress) -> dict[str, Any]:
-    """Our side in a child process, so its numbers (and RSS) are the engine's alone."""
-    return progress.run_child(HERE / "long_context.py", work.to_json(), step_count(work), OURS_TIMEOUT_S)
+    return {
+        "decode_at_depth": decode,
+        "prefill": lambda round: {"prefill_tok_s": long_prefill(engine, work, first_run=first_run(round) + 99_000)},
+        "streams": streams,
+        "peak_rss": lambda round: {"peak_rss_bytes": peak_rss_bytes()},
+    }
 
 
 # ---------------------------------------------------------------- the peer
@@ -182,92 +167,116 @@ def llama_bench(bin_dir: Path, work: LongWorkload, repack: bool, *args: str) -> 
     return json.loads(output)
 
 
-def peer_bench(bin_dir: Path, work: LongWorkload, repack: bool, progress: Progress) -> dict[str, Any]:
-    """llama-bench's decode rate at each depth and its prefill rate, with one repacking setting."""
-    depths = ",".join(map(str, work.depths))
-    progress.step(f"llama.cpp: llama-bench -n {work.depth_decode_tokens} -d {depths}, repack {'on' if repack else 'off'}")
-    tests = llama_bench(bin_dir, work, repack, "-p", "0", "-n", str(work.depth_decode_tokens), "-d", depths)
-    rates: dict[str, Any] = {"decode_at_depth_tok_s": {str(t["n_depth"]): t["avg_ts"] for t in tests}}
-    progress.step(f"llama.cpp: llama-bench -p {work.prefill_tokens}, repack {'on' if repack else 'off'}")
-    tests = llama_bench(bin_dir, work, repack, "-p", str(work.prefill_tokens), "-n", "0")
-    rates["prefill_tok_s"] = tests[0]["avg_ts"]
-    return rates
+class PeerLong:
+    """llama.cpp's side of these rows: llama-bench per row (with each repacking setting, the
+    faster kept), and one llama-server with a slot per stream for the streams rows."""
+
+    def __init__(self, bin_dir: Path, work: LongWorkload, settings: list[bool]) -> None:
+        self.bin_dir, self.work, self.settings = bin_dir, work, settings
+        self.server = peer.LlamaServer(bin_dir, work.stream_workload(), settings[-1])
+
+    def __enter__(self) -> PeerLong:
+        self.server.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.__exit__(*exc_info)
+
+    def best_rate(self, *args: str) -> tuple[float, str, dict[str, float]]:
+        """llama-bench's rate for ``args`` with each repacking setting: the faster, its setting,
+        and every setting's rate."""
+        rates = {("on" if repack else "off"): llama_bench(self.bin_dir, self.work, repack, *args)[0]["avg_ts"]
+                 for repack in self.settings}
+        setting = max(rates, key=rates.__getitem__)
+        return rates[setting], setting, rates
+
+    def decode_at_depth(self, round_index: int, depth: int) -> dict[str, Any]:
+        rate, setting, rates = self.best_rate("-p", "0", "-n", str(self.work.depth_decode_tokens), "-d", str(depth))
+        key = f"decode@{depth}"
+        return {"decode_at_depth_tok_s": {str(depth): rate}, "repack": {key: setting}, "bench_by_repack": {key: rates}}
+
+    def prefill(self, round_index: int) -> dict[str, Any]:
+        rate, setting, rates = self.best_rate("-p", str(self.work.prefill_tokens), "-n", "0")
+        return {"prefill_tok_s": rate, "repack": {"prefill": setting}, "bench_by_repack": {"prefill": rates}}
+
+    def streams(self, round_index: int, count: int) -> dict[str, Any]:
+        prompts = self.work.stream_prompts(count, round_index)
+        run_one = partial(self.server.stream_completion, n_predict=self.work.stream_tokens)
+        return {"streams": {str(count): measure_streams(prompts, run_one, STREAMS_TIMEOUT_S)}}
+
+    def peak_rss(self, round_index: int) -> dict[str, Any]:
+        return {"peak_rss_bytes": self.server.peak_rss_bytes(), "server_repack": "on" if self.settings[-1] else "off"}
 
 
-def best_of(runs: dict[str, dict[str, Any]], read) -> tuple[float, str]:
-    """The faster repacking setting's rate of one row, and which setting that was."""
-    setting = max(runs, key=lambda s: read(runs[s]))
-    return read(runs[setting]), setting
+def measurements(work: LongWorkload, ours: OursChild, theirs: PeerLong | None) -> list[Measurement]:
+    """Each row's measurement on both sides."""
+    listed = [
+        Measurement(
+            f"decode at position {depth}, {work.depth_decode_tokens} tokens x{work.repeats}",
+            ours=partial(call_in_round, ours, "decode_at_depth", depth=depth),
+            peer=theirs and partial(theirs.decode_at_depth, depth=depth),
+        )
+        for depth in work.depths
+    ]
+    listed.append(Measurement(f"prefill, {work.prefill_tokens}-token prompt x{work.repeats}",
+                              ours=partial(call_in_round, ours, "prefill"), peer=theirs and theirs.prefill))
+    listed += [
+        Measurement(
+            f"{count} concurrent streams x {work.stream_tokens} tokens",
+            ours=partial(call_in_round, ours, "streams", count=count),
+            peer=theirs and partial(theirs.streams, count=count),
+        )
+        for count in work.stream_counts
+    ]
+    listed.append(Measurement("peak RSS", ours=partial(call_in_round, ours, "peak_rss"), peer=theirs and theirs.peak_rss))
+    return listed
 
 
-def run_peer(bin_dir: Path, work: LongWorkload, settings: list[bool], progress: Progress) -> dict[str, Any]:
-    import peer
-
-    runs = {("on" if repack else "off"): peer_bench(bin_dir, work, repack, progress) for repack in settings}
-    result: dict[str, Any] = {"bench_by_repack": runs, "decode_at_depth_tok_s": {}, "repack": {}}
-    for depth in map(str, work.depths):
-        rate, setting = best_of(runs, lambda r: r["decode_at_depth_tok_s"][depth])
-        result["decode_at_depth_tok_s"][depth], result["repack"][f"decode@{depth}"] = rate, setting
-    result["prefill_tok_s"], result["repack"]["prefill"] = best_of(runs, lambda r: r["prefill_tok_s"])
-    repack = settings[-1]
-    result["server_repack"] = "on" if repack else "off"
-    server_work = Workload(work.model, work.threads, 0, 0, 1, (work.max_streams,), work.stream_tokens, work.ctx_per_slot)
-    progress.step(f"llama.cpp: start llama-server --parallel {work.max_streams} -c {server_work.kv_tokens}")
-    with peer.LlamaServer(bin_dir, server_work, repack) as server:
-        result["streams"] = {}
-        for count in work.stream_counts:
-            progress.step(f"llama.cpp: {count} concurrent streams x {work.stream_tokens} tokens")
-            result["streams"][str(count)] = measure_streams(
-                work.stream_prompts(count),
-                partial(server.stream_completion, n_predict=work.stream_tokens),
-                STREAMS_TIMEOUT_S,
-            )
-        result["peak_rss_bytes"] = server.peak_rss_bytes()
-    return result
-
-
-def peer_step_count(work: LongWorkload, settings: list[bool]) -> int:
-    return 2 * len(settings) + 1 + len(work.stream_counts)
+def call_in_round(ours: OursChild, op: str, round_index: int, **args: Any) -> dict[str, Any]:
+    return ours.call(op, round=round_index, **args)
 
 
 # ---------------------------------------------------------------- the table
 
 
-def table_rows(work: LongWorkload) -> list[tuple[str, Any, str]]:
-    """(label, reader of one side's results, format) per row."""
-    rows: list[tuple[str, Any, str]] = []
-    for depth in work.depths:
-        rows.append(
-            (
-                f"decode tok/s at position {depth} (1 stream, {work.depth_decode_tokens} tokens)",
-                lambda r, d=str(depth): r["decode_at_depth_tok_s"][d],
-                "{:.1f}",
-            )
+def table_rows(work: LongWorkload, target: Target | None) -> list[Row]:
+    """The rows of this suite; ``target`` on each decode row and the prefill row."""
+    rows = [
+        Row(
+            f"decode tok/s at position {depth} (1 stream, {work.depth_decode_tokens} tokens)",
+            lambda r, d=str(depth): r["decode_at_depth_tok_s"][d],
+            "{:.1f}",
+            target,
         )
-    rows.append((f"prefill tok/s ({work.prefill_tokens}-token prompt)", lambda r: r["prefill_tok_s"], "{:.1f}"))
-    for count in work.stream_counts:
-        rows.append(
-            (
-                f"aggregate decode tok/s, {count} streams x {work.stream_tokens} tokens",
-                lambda r, c=str(count): r["streams"][c]["aggregate_tok_s"],
-                "{:.1f}",
-            )
+        for depth in work.depths
+    ]
+    rows.append(Row(f"prefill tok/s ({work.prefill_tokens}-token prompt)", lambda r: r["prefill_tok_s"], "{:.1f}", target))
+    rows += [
+        Row(
+            f"aggregate decode tok/s, {count} streams x {work.stream_tokens} tokens",
+            lambda r, c=str(count): r["streams"][c]["aggregate_tok_s"],
+            "{:.1f}",
         )
-    rows.append(
-        (
-            f"mean TTFT s, {work.max_streams} streams",
-            lambda r: r["streams"][str(work.max_streams)]["mean_ttft_s"],
-            "{:.3f}",
-        )
-    )
+        for count in work.stream_counts
+    ]
+    rows.append(Row(f"mean TTFT s, {work.max_streams} streams",
+                    lambda r: r["streams"][str(work.max_streams)]["mean_ttft_s"], "{:.3f}"))
     return rows
 
 
 def main() -> None:
-    """The child process of :func:`run_ours`."""
-    work_json, progress = Progress.in_child(sys.argv)
-    work = LongWorkload.from_json(work_json)
-    json.dump(run_ours_child(work, progress), sys.stdout)
+    """The child process of :class:`child.OursChild`: our engine for these rows."""
+    import cortexstream
+
+    from ours import open_engine
+
+    if not child.is_serve_call(sys.argv):
+        raise SystemExit("long_context.py is run by side_by_side.py --suite issue21")
+    replies = child.protocol_stream()
+    work = LongWorkload.from_json(child.workload_of(sys.argv))
+    with open_engine(work) as engine:
+        engine.generate("Once upon a time", max_tokens=4, **GREEDY)  # warm up
+        child.serve(long_ops(engine, work), {"kernels": cortexstream.kernel_info()}, replies)
 
 
 if __name__ == "__main__":

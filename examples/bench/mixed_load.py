@@ -47,7 +47,7 @@ from typing import Any
 import bench_models
 import cortexstream
 import peer
-from machine import cpu_description
+from machine import commit_hash, cpu_description, footer
 from progress import Progress
 from side_by_side import setup_peer
 from workload import Workload
@@ -372,6 +372,7 @@ def rounds_table(name: str, side: dict[str, Any]) -> str:
 def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     args = parse_args()
+    load_start = [round(x, 2) for x in os.getloadavg()]
     model = str(bench_models.resolve(args.model, peer_bin=setup_peer))
     sides = 1 if args.skip_peer else 2
     progress = Progress(total=1 + (0 if args.skip_peer else 1) + 2 * sides * args.rounds)
@@ -414,6 +415,9 @@ def main() -> None:
         if side:
             print()
             print(rounds_table(name, side))
+    load_end = [round(x, 2) for x in os.getloadavg()]
+    print()
+    print(footer(cpu_description(), cortexstream.kernel_info(), args.threads, load_start, load_end, commit_hash()))
     if args.json:
         report = {
             "date": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -18,8 +18,18 @@ from streams import StreamTiming
 from workload import Workload
 
 SERVER_START_TIMEOUT_S = 120.0
+SETUP_TIMEOUT_S = 3600
+HERE = Path(__file__).resolve().parent
 
 REQUEST_TIMEOUT_S = 900.0
+
+
+def setup_peer() -> Path:
+    """Builds llama.cpp on first use (setup_peer.sh, minutes), then just returns its bin directory."""
+    completed = subprocess.run(
+        [str(HERE / "setup_peer.sh")], stdout=subprocess.PIPE, check=True, timeout=SETUP_TIMEOUT_S, text=True
+    )
+    return Path(completed.stdout.strip().splitlines()[-1])
 
 
 def repack_works(cpu_flags: list[str]) -> bool:

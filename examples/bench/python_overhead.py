@@ -20,6 +20,9 @@ import time
 
 import cortexstream
 
+from machine import commit_hash, cpu_description, footer
+from rounds import load_average
+
 PROMPT = "Write a long story about a lighthouse keeper."
 
 
@@ -68,6 +71,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    load_start = load_average()
 
     with cortexstream.Engine(embedding_model=False) as engine:
         engine.generate(PROMPT, max_tokens=8)  # warm up
@@ -84,6 +88,8 @@ def main() -> None:
           f"({(python_gap / core_per_token - 1) * 100:+.2f}%)")
     print(f"delivery of a buffered chunk   {sync_cost / 1e3:9.2f} us (for loop)")
     print(f"                               {async_cost / 1e3:9.2f} us (async for)")
+    print(footer(cpu_description(), cortexstream.kernel_info(), "the engine's default", load_start, load_average(),
+                 commit_hash()))
 
 
 if __name__ == "__main__":

@@ -48,6 +48,29 @@ STRUCTURED_SCHEMA = {
 }
 
 
+def structured_schema(round_index: int) -> dict:
+    """The schema of round ``round_index``: the same grammar, its text made new each round by a
+    title, so that "the first request of a new schema" compiles it in every round (our engine
+    caches compiled schemas by their text)."""
+    if round_index == 0:
+        return STRUCTURED_SCHEMA
+    return {"title": f"records, round {round_index + 1}", **STRUCTURED_SCHEMA}
+
+
+# Run numbers (prompt tags, system messages) of one round: a round's runs never reuse an
+# earlier round's prompt, so our prefix cache cannot help a later round.
+RUNS_PER_ROUND = 100
+
+
+def first_run(round_index: int) -> int:
+    return RUNS_PER_ROUND * round_index
+
+
+def round_tag(round_index: int) -> str:
+    """Put in front of a round's stream prompts (none for the first round: today's prompts)."""
+    return f"[round {round_index + 1}] " if round_index else ""
+
+
 def system_message(run: int) -> str:
     """A distinct system message per repeat, so the prefix cache cannot help the TTFT runs."""
     return f"You are assistant number {run}."
@@ -141,14 +164,16 @@ class Workload:
         """KV capacity of each side: llama-server's -c, and our kv_cache_tokens, so RSS compares alike."""
         return self.max_streams * self.ctx_per_slot
 
-    def stream_prompts(self, count: int) -> list[str]:
-        """Distinct prompts, so no stream shares a cached prefix with another."""
-        return [f"Write a story about {STREAM_TOPICS[i % len(STREAM_TOPICS)]} (#{i})." for i in range(count)]
+    def stream_prompts(self, count: int, round_index: int = 0) -> list[str]:
+        """Distinct prompts, so no stream shares a cached prefix with another (or with a stream
+        of an earlier round)."""
+        tag = round_tag(round_index)
+        return [f"{tag}Write a story about {STREAM_TOPICS[i % len(STREAM_TOPICS)]} (#{i})." for i in range(count)]
 
-    def structured_prompts(self, count: int) -> list[str]:
+    def structured_prompts(self, count: int, round_index: int = 0) -> list[str]:
         """The prompts of the constrained streams: the same requests, tagged so that none reuses
         the cached prefix of its unconstrained twin (which ran just before)."""
-        return [f"[json] {prompt}" for prompt in self.stream_prompts(count)]
+        return [f"[json] {prompt}" for prompt in self.stream_prompts(count, round_index)]
 
     def check_full_length(self, streams: dict[str, float], count: int) -> None:
         """Constrained streams must decode as many tokens as the free ones for their rates to
