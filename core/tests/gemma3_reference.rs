@@ -12,7 +12,7 @@ mod common;
 
 use common::reference::{
     check_batch_invariance, check_batch_invariance_as, check_llamacpp_agreement, check_logits, check_logits_as,
-    check_tokenizer, load, Bounds, PeerBounds,
+    check_pass_invariance, check_tokenizer, load, Bounds, PeerBounds,
 };
 use cortexstream::kv_cache::KvCacheType;
 use cortexstream::models::GenerationModel;
@@ -92,4 +92,9 @@ fn q8_cache_logits_match_transformers_float64_at_every_position() {
 #[test]
 fn logits_are_bitwise_identical_alone_and_batched_with_a_q8_cache() {
     check_batch_invariance_as("gemma3", "tiny-q8_0.gguf", KvCacheType::Q8_0);
+}
+
+#[test]
+fn a_step_cut_into_passes_gives_the_same_logits() {
+    check_pass_invariance("gemma3", "tiny-q8_0.gguf");
 }

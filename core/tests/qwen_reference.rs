@@ -13,7 +13,7 @@ mod common;
 
 use common::reference::{
     check_batch_invariance, check_batch_invariance_as, check_llamacpp_agreement, check_logits, check_logits_as,
-    check_tokenizer, load, Bounds, PeerBounds,
+    check_pass_invariance, check_tokenizer, load, Bounds, PeerBounds,
 };
 use cortexstream::kv_cache::KvCacheType;
 use cortexstream::models::GenerationModel;
@@ -138,4 +138,9 @@ fn q8_cache_logits_match_transformers_float64_at_every_position() {
 fn logits_are_bitwise_identical_alone_and_batched_with_a_q8_cache() {
     check_batch_invariance_as("qwen2", "tiny-q8_0.gguf", KvCacheType::Q8_0);
     check_batch_invariance_as("qwen3", "tiny-q8_0.gguf", KvCacheType::Q8_0);
+}
+
+#[test]
+fn a_step_cut_into_passes_gives_the_same_logits() {
+    check_pass_invariance("qwen2", "tiny-q8_0.gguf");
 }

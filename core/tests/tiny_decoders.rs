@@ -137,6 +137,13 @@ fn logits_are_bitwise_identical_alone_and_batched() {
     }
 }
 
+#[test]
+fn a_step_cut_into_passes_gives_the_same_logits() {
+    for family in ["llama3", "phi3"] {
+        reference::check_pass_invariance(family, "tiny-q8_0.gguf");
+    }
+}
+
 /// llama.cpp on the same files (`tests/fixtures/{family}/llamacpp.json`, written by
 /// `tests/reference/tiny_llamacpp.py` from the peer build) agrees with us: see
 /// `check_llamacpp_agreement` (log-probabilities of llama.cpp's top two tokens at every step,

@@ -9,6 +9,7 @@ pub mod gemma3;
 pub(crate) mod kv_write;
 pub mod llama;
 pub(crate) mod metadata;
+pub(crate) mod micro_batch;
 pub mod phi3;
 pub mod qwen;
 pub(crate) mod rope;
@@ -167,8 +168,35 @@ impl GenerationModel {
         }
     }
 
-    /// One batched step (see [`llama::LlamaModel::forward`] for the contract).
+    /// One batched step (see [`llama::LlamaModel::forward`] for the contract), in passes of
+    /// at most [`micro_batch::MAX_ROWS`] rows.
     pub fn forward(&self, chunks: &[SeqChunk<'_>], kv: &mut KvStorage, logits: &mut Vec<f32>) -> Result<()> {
+        self.forward_in_passes(chunks, kv, logits, micro_batch::MAX_ROWS)
+    }
+
+    /// [`Self::forward`] with passes of at most `max_rows` rows (tests try several: the logits
+    /// must not change). A step that fits is one pass, with no copy.
+    pub fn forward_in_passes(
+        &self,
+        chunks: &[SeqChunk<'_>],
+        kv: &mut KvStorage,
+        logits: &mut Vec<f32>,
+        max_rows: usize,
+    ) -> Result<()> {
+        let rows: usize = chunks.iter().map(|c| c.tokens.len()).sum();
+        if rows <= max_rows {
+            return self.forward_pass(chunks, kv, logits);
+        }
+        logits.clear();
+        let mut pass_logits = Vec::new();
+        for pass in micro_batch::passes(chunks, max_rows) {
+            self.forward_pass(&pass, kv, &mut pass_logits)?;
+            logits.extend_from_slice(&pass_logits);
+        }
+        Ok(())
+    }
+
+    fn forward_pass(&self, chunks: &[SeqChunk<'_>], kv: &mut KvStorage, logits: &mut Vec<f32>) -> Result<()> {
         match self {
             Self::Llama(m) => m.forward(chunks, kv, logits),
             Self::Gemma3(m) => m.forward(chunks, kv, logits),

@@ -238,6 +238,18 @@ pub fn run_schedule(
     decode_steps: usize,
     cache_type: KvCacheType,
 ) -> Vec<Vec<Vec<f32>>> {
+    run_schedule_in_passes(model, prompts, schedule, decode_steps, cache_type, usize::MAX)
+}
+
+/// [`run_schedule`] with every step's forward cut into passes of at most `max_rows` rows.
+pub fn run_schedule_in_passes(
+    model: &GenerationModel,
+    prompts: &[Vec<u32>],
+    schedule: &[Vec<usize>],
+    decode_steps: usize,
+    cache_type: KvCacheType,
+    max_rows: usize,
+) -> Vec<Vec<Vec<f32>>> {
     let max_len = prompts.iter().map(Vec::len).max().unwrap_or(0) + decode_steps;
     let blocks_each = max_len.div_ceil(BLOCK_SIZE);
     let count = prompts.len();
@@ -272,7 +284,7 @@ pub fn run_schedule(
             .collect();
         let wanting: Vec<usize> =
             active.iter().copied().zip(&chunks).filter(|(_, c)| c.want_logits).map(|(i, _)| i).collect();
-        model.forward(&chunks, &mut kv, &mut logits).expect("forward");
+        model.forward_in_passes(&chunks, &mut kv, &mut logits, max_rows).expect("forward");
         for &i in &active {
             seqs[i].computed += lens[i];
         }
@@ -306,6 +318,22 @@ pub fn check_batch_invariance_as(family: &str, file: &str, cache_type: KvCacheTy
     assert_eq!(batched[0].len(), 13);
     for (step, (a, b)) in alone[0].iter().zip(&batched[0]).enumerate() {
         assert!(a == b, "{family}/{file} ({cache_type} KV) step {step}: logits differ between alone and batched");
+    }
+}
+
+/// A step's forward cut into passes of a few rows (as steps of more than
+/// `micro_batch::MAX_ROWS` rows are) gives the same logits bit for bit as one pass: three
+/// prompts prefilled in one step, then decoded together.
+pub fn check_pass_invariance(family: &str, file: &str) {
+    let model = load(family, file);
+    let batch: Vec<Vec<u32>> = prompts(family).iter().take(3).map(|p| p.ids.clone()).collect();
+    let schedule = [batch.iter().map(Vec::len).collect::<Vec<_>>()];
+    let whole = run_schedule_in_passes(&model, &batch, &schedule, 4, KvCacheType::F16, usize::MAX);
+    for max_rows in [1, 5, 17] {
+        let cut = run_schedule_in_passes(&model, &batch, &schedule, 4, KvCacheType::F16, max_rows);
+        for (seq, (a, b)) in whole.iter().zip(&cut).enumerate() {
+            assert!(a == b, "{family}/{file}: sequence {seq}'s logits differ in passes of {max_rows} rows");
+        }
     }
 }
 
