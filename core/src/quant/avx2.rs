@@ -134,16 +134,10 @@ unsafe fn q8_step(sums: __m256i, magnitudes: __m256i, weights: __m256i, acts: __
     _mm256_add_epi32(sums, products)
 }
 
-/// 5-bit weights (up to 31): a `maddubs` lane is at most 2 * 31 * 127, widened to 32 bits at once.
+/// Weights up to 63 (the 5-bit formats, Q6_K's stored values): a `maddubs` lane is at most
+/// 2 * 63 * 128, short of saturating, widened to 32 bits at once.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn u8_step(sums: __m256i, weights: __m256i, acts: __m256i) -> __m256i {
     _mm256_add_epi32(sums, _mm256_madd_epi16(_mm256_maddubs_epi16(weights, acts), _mm256_set1_epi16(1)))
-}
-
-/// Signed weights: Q8_0's sign trick.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn s8_step(sums: __m256i, magnitudes: __m256i, weights: __m256i, acts: __m256i) -> __m256i {
-    q8_step(sums, magnitudes, weights, acts)
 }

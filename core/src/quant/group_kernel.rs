@@ -31,9 +31,7 @@ macro_rules! by_tile_height {
 ///   activation row;
 ///
 /// - `u8_step(__m256i, w, a) -> __m256i`: adds four u8 × i8 products per lane, unsaturated
-///   for weights up to 31 (the 5-bit formats), to 32-bit sums;
-/// - `s8_step(__m256i, magnitudes, w, a) -> __m256i`: the same for signed weights given with
-///   their magnitudes (up to 127), exact;
+///   for weights up to 63 (the 5-bit formats, Q6_K's and Q3_K's stored values), to 32-bit sums;
 ///
 /// and has `broadcast4`, `load_f16x8`, `m_at`, `Q8Block`, `QuantFormat`, `LANES` and `TILE`
 /// in scope.
@@ -272,6 +270,13 @@ macro_rules! group_kernels {
 
         /// Q6_K and Q3_K: signed values (stored plus a bias) with an integer
         /// scale per 16-weight half.
+        ///
+        /// The stored values (0..=63, 0..=7) are multiplied as they are (`u8_step`) and each
+        /// half's sum starts at `-bias Σ a` over that half (the activation block's `low_sum`
+        /// and `sum`): `Σ (q - bias) a`, exact in 32 bits, with no sign moved per activation
+        /// row. The half sums `S` are scaled in f32, which still gives exactly the integer
+        /// `sc0 S0 + sc1 S1`: `|S| <= 16 · 32 · 128 = 2^16` and `|sc| <= 2^7`, so each product is
+        /// at most 2^23 and their sum at most 2^24, integers f32 holds exactly.
         #[target_feature(enable = $features)]
         unsafe fn halves<const PACK: u8, const N: usize>(
             format: QuantFormat,
@@ -281,32 +286,36 @@ macro_rules! group_kernels {
             out: &mut [[f32; LANES]; TILE],
         ) {
             let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
-            let bias = _mm256_set1_epi8(format.bias() as i8);
+            let bias = format.bias() as i32;
             let mut acc = [_mm256_setzero_ps(); N];
             for b in 0..n_blocks {
                 let block = group.as_ptr().add(b * block_bytes);
                 let d = load_f16x8(scale_fields(format, group, n_blocks, b));
-                let scales = [load_i8x8(block.add(format.sc_at(0))), load_i8x8(block.add(format.sc_at(1)))];
+                let scales = [
+                    _mm256_cvtepi32_ps(load_i8x8(block.add(format.sc_at(0)))),
+                    _mm256_cvtepi32_ps(load_i8x8(block.add(format.sc_at(1)))),
+                ];
                 let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
-                let mut dots = [_mm256_setzero_si256(); N];
+                let mut dots = [_mm256_setzero_ps(); N];
                 for (half, scale) in scales.into_iter().enumerate() {
-                    let mut sums = [_mm256_setzero_si256(); N];
+                    let mut sums: [__m256i; N] = std::array::from_fn(|r| {
+                        let half_sum = if half == 0 { row_acts[r].low_sum } else { row_acts[r].sum - row_acts[r].low_sum };
+                        _mm256_set1_epi32(-bias * half_sum)
+                    });
                     for pair in 2 * half..2 * half + 2 {
                         for (k, stored) in unpack_pair::<PACK>(block.add(values_at), pair).into_iter().enumerate() {
-                            let weights = _mm256_sub_epi8(stored, bias);
-                            let magnitudes = _mm256_abs_epi8(weights);
                             for r in 0..N {
-                                sums[r] = s8_step(sums[r], magnitudes, weights, broadcast4(row_acts[r], 2 * pair + k));
+                                sums[r] = u8_step(sums[r], stored, broadcast4(row_acts[r], 2 * pair + k));
                             }
                         }
                     }
                     for r in 0..N {
-                        dots[r] = _mm256_add_epi32(dots[r], _mm256_mullo_epi32(scale, sums[r]));
+                        dots[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums[r]), dots[r]);
                     }
                 }
                 for r in 0..N {
                     let scale = _mm256_mul_ps(d, _mm256_set1_ps(row_acts[r].d));
-                    acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dots[r]), acc[r]);
+                    acc[r] = _mm256_fmadd_ps(scale, dots[r], acc[r]);
                 }
             }
             for r in 0..N {

@@ -162,11 +162,10 @@ unsafe fn load_i8x8_pair(low: *const u8, high: *const u8) -> __m512i {
     ))
 }
 
-/// Q6_K, as `group_kernel`'s `halves` under `vnni` for sixteen rows. The 256-bit kernel moves
-/// the weights' signs onto the activations (`vpsignb`, which AVX-512 lacks); here the stored
-/// values (0..=63) go to `vpdpbusd` as they are and each 16-weight half's sum starts at
-/// `-32 Σ a` over that half (from the activation block's `low_sum` and `sum`, taken once when
-/// the activations were quantized): `Σ (q - 32) a` either way, exact in 32 bits.
+/// Q6_K, as `group_kernel`'s `halves` under `vnni` for sixteen rows: the stored values
+/// (0..=63) go to `vpdpbusd` as they are and each 16-weight half's sum starts at `-32 Σ a`
+/// over that half (from the activation block's `low_sum` and `sum`, taken once when the
+/// activations were quantized): `Σ (q - 32) a`, exact in 32 bits.
 ///
 /// The half sums `S` are then scaled in f32 rather than with `vpmulld`, and the result is
 /// still exactly the integer `sc0 S0 + sc1 S1` the other kernels convert: `|S| <= 16 · 32 ·
