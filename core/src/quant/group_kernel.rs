@@ -274,9 +274,8 @@ macro_rules! group_kernels {
         /// The stored values (0..=63, 0..=7) are multiplied as they are (`u8_step`) and each
         /// half's sum starts at `-bias Σ a` over that half (the activation block's `low_sum`
         /// and `sum`): `Σ (q - bias) a`, exact in 32 bits, with no sign moved per activation
-        /// row. The half sums `S` are scaled in f32, which still gives exactly the integer
-        /// `sc0 S0 + sc1 S1`: `|S| <= 16 · 32 · 128 = 2^16` and `|sc| <= 2^7`, so each product is
-        /// at most 2^23 and their sum at most 2^24, integers f32 holds exactly.
+        /// row. (Scaling the half sums in f32, exact here, instead of `vpmulld` measured 1-2%
+        /// slower on Zen 4.)
         #[target_feature(enable = $features)]
         unsafe fn halves<const PACK: u8, const N: usize>(
             format: QuantFormat,
@@ -291,12 +290,9 @@ macro_rules! group_kernels {
             for b in 0..n_blocks {
                 let block = group.as_ptr().add(b * block_bytes);
                 let d = load_f16x8(scale_fields(format, group, n_blocks, b));
-                let scales = [
-                    _mm256_cvtepi32_ps(load_i8x8(block.add(format.sc_at(0)))),
-                    _mm256_cvtepi32_ps(load_i8x8(block.add(format.sc_at(1)))),
-                ];
+                let scales = [load_i8x8(block.add(format.sc_at(0))), load_i8x8(block.add(format.sc_at(1)))];
                 let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
-                let mut dots = [_mm256_setzero_ps(); N];
+                let mut dots = [_mm256_setzero_si256(); N];
                 for (half, scale) in scales.into_iter().enumerate() {
                     let mut sums: [__m256i; N] = std::array::from_fn(|r| {
                         let half_sum = if half == 0 { row_acts[r].low_sum } else { row_acts[r].sum - row_acts[r].low_sum };
@@ -310,12 +306,12 @@ macro_rules! group_kernels {
                         }
                     }
                     for r in 0..N {
-                        dots[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums[r]), dots[r]);
+                        dots[r] = _mm256_add_epi32(dots[r], _mm256_mullo_epi32(scale, sums[r]));
                     }
                 }
                 for r in 0..N {
                     let scale = _mm256_mul_ps(d, _mm256_set1_ps(row_acts[r].d));
-                    acc[r] = _mm256_fmadd_ps(scale, dots[r], acc[r]);
+                    acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dots[r]), acc[r]);
                 }
             }
             for r in 0..N {

@@ -567,10 +567,11 @@ fn quantized_weights_stay_close_to_their_file_size() {
     }
 }
 
-/// Q6_K blocks at the extremes the 512-bit kernel's f32 scaling relies on staying exact
-/// (`vnni512::q6k_pair`): every value stored as 0 (weight -32), scales -128 and 127, and
-/// activations of magnitude 127, so `sc0 S0 + sc1 S1` reaches about 2^24. Every kernel, at
-/// a batch that takes the 512-bit pairs and at one that does not, equals the portable one.
+/// Q6_K blocks at the integer limits of the kernels' half sums: every value stored as 0
+/// (weight -32), scales -128 and 127, and activations of magnitude 127, so a half sum `S`
+/// reaches 16 · 32 · 127 and `sc0 S0 + sc1 S1` about 2^24 (a kernel narrowing `S` to 16 bits,
+/// or scaling it inexactly, shows here, not on random blocks). Every kernel, at a batch that
+/// takes the 512-bit pairs and at one that does not, equals the portable one.
 #[test]
 fn q6k_blocks_at_the_integer_limits_give_identical_bits() {
     const Q6K_ROWS: usize = 32;
