@@ -98,7 +98,11 @@ mod tests {
         quantize_row_portable(&x, &mut portable);
         for (i, (a, b)) in fast.iter().zip(&portable).enumerate() {
             assert!(
-                a.q == b.q && a.sum == b.sum && a.low_sum == b.low_sum && a.d.to_bits() == b.d.to_bits() && a.s.to_bits() == b.s.to_bits(),
+                a.q == b.q
+                    && a.sum == b.sum
+                    && a.low_sum == b.low_sum
+                    && a.d.to_bits() == b.d.to_bits()
+                    && a.s.to_bits() == b.s.to_bits(),
                 "block {i}"
             );
         }
@@ -172,7 +176,11 @@ mod tests {
         }
         for (i, (a, b)) in fast.iter().zip(&portable).enumerate() {
             assert!(
-                a.q == b.q && a.sum == b.sum && a.low_sum == b.low_sum && a.d.to_bits() == b.d.to_bits() && a.s.to_bits() == b.s.to_bits(),
+                a.q == b.q
+                    && a.sum == b.sum
+                    && a.low_sum == b.low_sum
+                    && a.d.to_bits() == b.d.to_bits()
+                    && a.s.to_bits() == b.s.to_bits(),
                 "block {i}: SIMD {a:?} vs portable {b:?}"
             );
         }
