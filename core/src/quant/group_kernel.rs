@@ -359,7 +359,7 @@ macro_rules! group_kernels {
                 }
                 for r in 0..N {
                     let act = row_acts[r];
-                    let low: i32 = act.q[..16].iter().map(|&a| a as i32).sum();
+                    let low = act.low_sum;
                     let min_dot = _mm256_add_epi32(
                         _mm256_mullo_epi32(mins[0], _mm256_set1_epi32(low)),
                         _mm256_mullo_epi32(mins[1], _mm256_set1_epi32(act.sum - low)),
