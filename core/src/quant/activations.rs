@@ -14,6 +14,9 @@ pub struct Q8Block {
     /// `Σ q[i]`, exact: lets a kernel that needs unsigned weights add 128 to them and take
     /// `128 Σ q[i]` back off in integers (the VNNI kernel's Q8_0 path).
     pub sum: i32,
+    /// `Σ q[..16]`, exact: the first 16-value half's sum, which the Q6_K kernels need for
+    /// every weight row; taken once here rather than once per row group of every matmul.
+    pub low_sum: i32,
     pub q: [i8; BLOCK],
 }
 
@@ -53,6 +56,7 @@ pub fn quantize_row_portable(x: &[f32], out: &mut [Q8Block]) {
         block.d = d;
         block.s = d * sum as f32;
         block.sum = sum;
+        block.low_sum = block.q[..BLOCK / 2].iter().map(|&q| q as i32).sum();
     }
 }
 
@@ -76,6 +80,7 @@ mod tests {
             let sum: i32 = block.q.iter().map(|&q| q as i32).sum();
             assert_eq!(block.s, block.d * sum as f32);
             assert_eq!(block.sum, sum);
+            assert_eq!(block.low_sum, block.q[..16].iter().map(|&q| q as i32).sum::<i32>());
         }
     }
 
@@ -93,7 +98,11 @@ mod tests {
         quantize_row_portable(&x, &mut portable);
         for (i, (a, b)) in fast.iter().zip(&portable).enumerate() {
             assert!(
-                a.q == b.q && a.sum == b.sum && a.d.to_bits() == b.d.to_bits() && a.s.to_bits() == b.s.to_bits(),
+                a.q == b.q
+                    && a.sum == b.sum
+                    && a.low_sum == b.low_sum
+                    && a.d.to_bits() == b.d.to_bits()
+                    && a.s.to_bits() == b.s.to_bits(),
                 "block {i}"
             );
         }
@@ -167,7 +176,11 @@ mod tests {
         }
         for (i, (a, b)) in fast.iter().zip(&portable).enumerate() {
             assert!(
-                a.q == b.q && a.sum == b.sum && a.d.to_bits() == b.d.to_bits() && a.s.to_bits() == b.s.to_bits(),
+                a.q == b.q
+                    && a.sum == b.sum
+                    && a.low_sum == b.low_sum
+                    && a.d.to_bits() == b.d.to_bits()
+                    && a.s.to_bits() == b.s.to_bits(),
                 "block {i}: SIMD {a:?} vs portable {b:?}"
             );
         }
@@ -223,6 +236,7 @@ mod tests {
             assert!(
                 block.q == expected.q
                     && block.sum == expected.sum
+                    && block.low_sum == expected.low_sum
                     && block.d.to_bits() == expected.d.to_bits()
                     && block.s.to_bits() == expected.s.to_bits(),
                 "block {i}: AVX2 {block:?} vs portable {expected:?}"

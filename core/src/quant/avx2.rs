@@ -53,10 +53,8 @@ pub unsafe fn quantize_block(values: &[f32; 32], out: &mut Q8Block) {
         _mm256_cvtps_epi32(nearest_even)
     };
     let q = [round(v[0]), round(v[1]), round(v[2]), round(v[3])];
-    let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-    let sum = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
-    let sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0b01_00_11_10));
-    let sum = _mm_cvtsi128_si32(_mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0b10_11_00_01)));
+    let low = _mm256_add_epi32(q[0], q[1]);
+    let (low_sum, sum) = (horizontal_sum(low), horizontal_sum(_mm256_add_epi32(low, _mm256_add_epi32(q[2], q[3]))));
     // Narrow 4×8 i32 to 32 i8; the packs work within 128-bit halves, the permute restores order.
     let packed = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
     let ordered = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
@@ -64,6 +62,16 @@ pub unsafe fn quantize_block(values: &[f32; 32], out: &mut Q8Block) {
     out.d = d;
     out.s = d * sum as f32;
     out.sum = sum;
+    out.low_sum = low_sum;
+}
+
+/// The sum of eight i32 lanes (exact: the quantizer's lanes are at most 127 in magnitude).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn horizontal_sum(lanes: __m256i) -> i32 {
+    let sum = _mm_add_epi32(_mm256_castsi256_si128(lanes), _mm256_extracti128_si256(lanes, 1));
+    let sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0b01_00_11_10));
+    _mm_cvtsi128_si32(_mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0b10_11_00_01)))
 }
 
 /// Four activation bytes `4 * v .. 4 * v + 4` of `act`, in every 32-bit lane.
@@ -126,16 +134,10 @@ unsafe fn q8_step(sums: __m256i, magnitudes: __m256i, weights: __m256i, acts: __
     _mm256_add_epi32(sums, products)
 }
 
-/// 5-bit weights (up to 31): a `maddubs` lane is at most 2 * 31 * 127, widened to 32 bits at once.
+/// Weights up to 63 (the 5-bit formats, Q6_K's stored values): a `maddubs` lane is at most
+/// 2 * 63 * 128, short of saturating, widened to 32 bits at once.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn u8_step(sums: __m256i, weights: __m256i, acts: __m256i) -> __m256i {
     _mm256_add_epi32(sums, _mm256_madd_epi16(_mm256_maddubs_epi16(weights, acts), _mm256_set1_epi16(1)))
-}
-
-/// Signed weights: Q8_0's sign trick.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn s8_step(sums: __m256i, magnitudes: __m256i, weights: __m256i, acts: __m256i) -> __m256i {
-    q8_step(sums, magnitudes, weights, acts)
 }

@@ -566,3 +566,45 @@ fn quantized_weights_stay_close_to_their_file_size() {
         assert!(ratio <= 1.2, "{ty:?}: {} bytes in memory for {} in the file", blocks.len(), file.len());
     }
 }
+
+/// Q6_K blocks at the integer limits of the kernels' half sums: every value stored as 0
+/// (weight -32), scales -128 and 127, and activations of magnitude 127, so a half sum `S`
+/// reaches 16 · 32 · 127 and `sc0 S0 + sc1 S1` about 2^24 (a kernel narrowing `S` to 16 bits,
+/// or scaling it inexactly, shows here, not on random blocks). Every kernel, at a batch that
+/// takes the 512-bit pairs and at one that does not, equals the portable one.
+#[test]
+fn q6k_blocks_at_the_integer_limits_give_identical_bits() {
+    const Q6K_ROWS: usize = 32;
+    const BLOCK_BYTES: usize = 210;
+    let mut bytes = vec![0u8; Q6K_ROWS * COLS / 256 * BLOCK_BYTES];
+    for (i, block) in bytes.chunks_exact_mut(BLOCK_BYTES).enumerate() {
+        // Scales: all -128, or -128 and 127 alternating halves; d = 1.
+        for (j, scale) in block[192..208].iter_mut().enumerate() {
+            *scale = if i % 2 == 0 || j % 2 == 0 { 0x80 } else { 0x7f };
+        }
+        block[208..210].copy_from_slice(&0x3c00u16.to_le_bytes());
+    }
+    let matrix = QMatrix::from_bytes(GgmlType::Q6K, Q6K_ROWS, COLS, &bytes).unwrap();
+    // Activation rows: all -1 (each half sum -127 * 16), or -1 and +1 in alternating halves.
+    let x: Vec<f32> =
+        (0..MAX_M * COLS).map(|i| if (i / COLS) % 2 == 0 || (i % 32) < 16 { -1.0 } else { 1.0 }).collect();
+    let pool = ThreadPool::new(2).expect("start the thread pool");
+    for m in [MAX_M, 1] {
+        let results: Vec<Vec<u32>> = kernels()
+            .iter()
+            .map(|&kernel| {
+                let mut out = vec![0f32; m * Q6K_ROWS];
+                matrix.matmul_using(kernel, &x[..m * COLS], m, &mut out, &pool);
+                out.iter().map(|v| v.to_bits()).collect()
+            })
+            .collect();
+        for (kernel, result) in kernels().iter().zip(&results).skip(1) {
+            assert!(*result == results[0], "batch of {m}: {kernel:?} differs from {:?}", kernels()[0]);
+        }
+        // Weight row 0 (first super-block's scales all -128, the second's -128 and 127 in
+        // turn; every weight -32 times its scale) times activation row 0 (all -1).
+        let want = -(256.0 * 4096.0 + 128.0 * 4096.0 - 128.0 * 4064.0);
+        let first = f32::from_bits(results[0][0]);
+        assert!((first / want - 1.0).abs() < 1e-5, "batch of {m}: {first}, want about {want}");
+    }
+}

@@ -86,13 +86,6 @@ macro_rules! vnni_kernels {
             unsafe fn u8_step(sums: __m256i, weights: __m256i, acts: __m256i) -> __m256i {
                 $dpbusd(sums, weights, acts)
             }
-
-            /// Signed weights as magnitudes, their signs moved onto the activations.
-            #[target_feature(enable = $features)]
-            #[inline]
-            unsafe fn s8_step(sums: __m256i, magnitudes: __m256i, weights: __m256i, acts: __m256i) -> __m256i {
-                $dpbusd(sums, magnitudes, _mm256_sign_epi8(acts, weights))
-            }
         }
     };
 }
