@@ -67,8 +67,8 @@ def test_an_id_is_generated_when_absent_or_malformed_and_errors_carry_it(json_se
     assert malformed.status_code == 400
     ids = [generated.headers["x-request-id"], malformed.headers["x-request-id"]]
     assert len(set(ids)) == 2 and all(len(i) == 32 for i in ids) and "bad id" not in ids[1]
-    # Wait for each id's access line itself: another line of the same request (a warning
-    # about its refused field) can be written before it.
+    # Wait for each id's access line itself: another line of the same request (the core's
+    # `rejected` record of its refused field) is written just before it.
     has_access_line = lambda ls, i: any(line["message"] == "request" for line in _of(ls, i))  # noqa: E731
     lines = _wait_for(json_server, lambda ls: all(has_access_line(ls, i) for i in ids), "the access lines")
     assert [line["status"] for line in _of(lines, ids[1]) if line["message"] == "request"] == [400]
