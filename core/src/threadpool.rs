@@ -56,15 +56,18 @@ struct Shared {
     remaining: AtomicUsize,
     /// Workers currently holding the job's closure pointer.
     active: AtomicUsize,
-    /// Workers asleep on `wake`, or about to be: a new job notifies only when this is not 0.
+    /// Workers registered as asleep on `wake` (or about to be): a new job notifies only when
+    /// this is not 0, and then sets it to 0, so a worker slow to wake up (on a loaded machine,
+    /// for many jobs) costs one system call, not one per job. Changed only under `sleep_lock`.
     sleepers: AtomicUsize,
     /// Whether the caller sleeps (or is about to) on `done`: a finishing worker notifies only
     /// then.
     caller_sleeping: AtomicBool,
     shutdown: AtomicBool,
-    /// Guards nothing but the sleeps: held from a sleeper's last check until it waits, and by
-    /// a waker while it notifies, so no notification falls between the two.
-    sleep_lock: Mutex<()>,
+    /// Held from a sleeper's last check until it waits, and by a waker while it notifies, so no
+    /// notification falls between the two. Counts the notifications of `wake`: a worker whose
+    /// registration a notification cleared sees the count change.
+    sleep_lock: Mutex<u64>,
     wake: Condvar,
     done: Condvar,
     /// The message of the first task of the current job that panicked, on any thread. A task
@@ -84,7 +87,7 @@ impl Shared {
         self.panic_message.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
-    fn lock_sleep(&self) -> MutexGuard<'_, ()> {
+    fn lock_sleep(&self) -> MutexGuard<'_, u64> {
         self.sleep_lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -168,7 +171,7 @@ impl ThreadPool {
             sleepers: AtomicUsize::new(0),
             caller_sleeping: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
-            sleep_lock: Mutex::new(()),
+            sleep_lock: Mutex::new(0),
             wake: Condvar::new(),
             done: Condvar::new(),
             panic_message: Mutex::new(None),
@@ -275,7 +278,9 @@ fn publish(shared: &Shared, task: &&'static Task, n_tasks: usize) {
     shared.live.store(generation, Ordering::SeqCst);
     shared.generation.store(generation, Ordering::SeqCst);
     if shared.sleepers.load(Ordering::SeqCst) != 0 {
-        let _guard = shared.lock_sleep();
+        let mut notifications = shared.lock_sleep();
+        *notifications += 1;
+        shared.sleepers.store(0, Ordering::SeqCst);
         shared.wake.notify_all();
     }
 }
@@ -331,20 +336,30 @@ fn next_generation(shared: &Shared, seen: usize) -> Option<usize> {
         }
         std::hint::spin_loop();
     }
-    let mut guard = shared.lock_sleep();
-    shared.sleepers.fetch_add(1, Ordering::SeqCst);
-    let outcome = loop {
-        if shared.shutdown.load(Ordering::SeqCst) {
-            break None;
+    let mut notifications = shared.lock_sleep();
+    loop {
+        // Register, then check: a job published after the check sees the registration.
+        shared.sleepers.fetch_add(1, Ordering::SeqCst);
+        let registered_at = *notifications;
+        loop {
+            let outcome = if shared.shutdown.load(Ordering::SeqCst) {
+                Some(None)
+            } else {
+                let generation = shared.generation.load(Ordering::SeqCst);
+                (generation != seen).then_some(Some(generation))
+            };
+            if let Some(outcome) = outcome {
+                if *notifications == registered_at {
+                    shared.sleepers.fetch_sub(1, Ordering::SeqCst);
+                }
+                return outcome;
+            }
+            notifications = shared.wake.wait(notifications).unwrap_or_else(|e| e.into_inner());
+            if *notifications != registered_at {
+                break; // The notifier cleared every registration; register again.
+            }
         }
-        let generation = shared.generation.load(Ordering::SeqCst);
-        if generation != seen {
-            break Some(generation);
-        }
-        guard = shared.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
-    };
-    shared.sleepers.fetch_sub(1, Ordering::SeqCst);
-    outcome
+    }
 }
 
 /// Joins job `generation` if it is still live: counts this worker in `active` first, so
