@@ -590,18 +590,18 @@ impl QMatrix {
         let n_blocks = self.cols / BLOCK;
         let group_bytes = self.group_bytes();
         let groups = self.rows.div_ceil(LANES);
-        let n_tiles = m.div_ceil(vnni512::PAIR_TILE);
+        let n_tiles = m.div_ceil(TILE);
         for_each_range(pool, groups.div_ceil(2), |pairs| {
-            let mut results = [[0f32; vnni512::PAIR_LANES]; vnni512::PAIR_TILE];
+            let mut results = [[0f32; vnni512::PAIR_LANES]; TILE];
             for pair in pairs {
                 let g = 2 * pair;
                 let first_group = &blocks[g * group_bytes..][..group_bytes];
                 let second_group = &blocks[(g + 1).min(groups - 1) * group_bytes..][..group_bytes];
                 let next_pair = blocks.get((g + 2) * group_bytes..).unwrap_or_default();
                 let next_pair = &next_pair[..next_pair.len().min(2 * group_bytes)];
-                for (tile, first) in (0..m).step_by(vnni512::PAIR_TILE).enumerate() {
+                for (tile, first) in (0..m).step_by(TILE).enumerate() {
                     prefetch_share(next_pair, tile, n_tiles);
-                    let n = vnni512::PAIR_TILE.min(m - first);
+                    let n = TILE.min(m - first);
                     let tile_acts = &acts[first * n_blocks..(first + n) * n_blocks];
                     // SAFETY: chosen only after `vnni512::is_available()` said yes.
                     unsafe { vnni512::pair_tile(format, first_group, second_group, n_blocks, tile_acts, &mut results) };

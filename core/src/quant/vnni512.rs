@@ -19,31 +19,6 @@ use super::TILE;
 /// Weight rows of a group pair: one per 32-bit lane of a 512-bit vector.
 pub const PAIR_LANES: usize = 2 * LANES;
 
-/// Activation rows [`pair_tile`] takes at once. The `Offset` formats unpack each block once
-/// for all of them (the unpacking is as many vector operations as a 4-row tile's dot
-/// products, and Zen 4 runs this kernel at its vector issue rate, not its `vpdpbusd` rate);
-/// Q8_0 and Q6_K run their 4-row kernels twice (their unpacking is cheap, and 8 rows of
-/// them were slower: register pressure).
-pub const PAIR_TILE: usize = 2 * TILE;
-
-/// Calls `$kernel::<flags.., n>` for a tile of `$n` (1..=8) activation rows.
-macro_rules! by_pair_tile_height {
-    ($n:expr, $kernel:ident $(, $flag:expr)*; $($arg:expr),*) => {{
-        const _: () = assert!(PAIR_TILE == 8, "by_pair_tile_height! covers tiles of up to 8 rows");
-        match $n {
-            0 => {}
-            1 => $kernel::<$($flag,)* 1>($($arg),*),
-            2 => $kernel::<$($flag,)* 2>($($arg),*),
-            3 => $kernel::<$($flag,)* 3>($($arg),*),
-            4 => $kernel::<$($flag,)* 4>($($arg),*),
-            5 => $kernel::<$($flag,)* 5>($($arg),*),
-            6 => $kernel::<$($flag,)* 6>($($arg),*),
-            7 => $kernel::<$($flag,)* 7>($($arg),*),
-            _ => $kernel::<$($flag,)* 8>($($arg),*),
-        }
-    }};
-}
-
 /// The batch size from which the pairs pay: below it the 256-bit kernels stay. With a few
 /// activation rows a matmul streams its weights from memory, and there the two streams of a
 /// pair were slower (Zen 4, one thread, weights far larger than the caches: the 262144-row
@@ -74,7 +49,7 @@ pub fn pairs(format: QuantFormat) -> bool {
 }
 
 /// `out[r][j]` = weight row `j` of the pair (rows 0..8 from `first`, 8..16 from `second`) ·
-/// activation row `r`, for the `n <= PAIR_TILE` activation rows stacked in `acts`. `first` and
+/// activation row `r`, for the `n <= TILE` activation rows stacked in `acts`. `first` and
 /// `second` each hold one group's `n_blocks` blocks of `format` (one that [`pairs`] takes).
 ///
 /// # Safety
@@ -85,47 +60,23 @@ pub unsafe fn pair_tile(
     second: &[u8],
     n_blocks: usize,
     acts: &[Q8Block],
-    out: &mut [[f32; PAIR_LANES]; PAIR_TILE],
+    out: &mut [[f32; PAIR_LANES]; TILE],
 ) {
     let n = acts.len() / n_blocks.max(1);
     let group_bytes = format.group_bytes(n_blocks);
-    assert!(first.len() == group_bytes && second.len() == group_bytes && acts.len() == n * n_blocks && n <= PAIR_TILE);
+    assert!(first.len() == group_bytes && second.len() == group_bytes && acts.len() == n * n_blocks && n <= TILE);
     match format {
-        QuantFormat::Q8_0 => in_halves(n, n_blocks, acts, out, |n, acts, out| {
-            by_tile_height!(n, q8_pair; first, second, n_blocks, acts, out)
-        }),
+        QuantFormat::Q8_0 => by_tile_height!(n, q8_pair; first, second, n_blocks, acts, out),
         QuantFormat::Q5_0 => {
-            by_pair_tile_height!(n, offset_pair, MIN_MINUS_16D, true; format, first, second, n_blocks, acts, out)
+            by_tile_height!(n, offset_pair, MIN_MINUS_16D, true; format, first, second, n_blocks, acts, out)
         }
         QuantFormat::Q5_1 => {
-            by_pair_tile_height!(n, offset_pair, MIN_STORED, true; format, first, second, n_blocks, acts, out)
+            by_tile_height!(n, offset_pair, MIN_STORED, true; format, first, second, n_blocks, acts, out)
         }
-        QuantFormat::Q4K => {
-            by_pair_tile_height!(n, offset_pair, MIN_K, false; format, first, second, n_blocks, acts, out)
-        }
-        QuantFormat::Q5K => {
-            by_pair_tile_height!(n, offset_pair, MIN_K, true; format, first, second, n_blocks, acts, out)
-        }
-        QuantFormat::Q6K => in_halves(n, n_blocks, acts, out, |n, acts, out| {
-            by_tile_height!(n, q6k_pair; format, first, second, n_blocks, acts, out)
-        }),
+        QuantFormat::Q4K => by_tile_height!(n, offset_pair, MIN_K, false; format, first, second, n_blocks, acts, out),
+        QuantFormat::Q5K => by_tile_height!(n, offset_pair, MIN_K, true; format, first, second, n_blocks, acts, out),
+        QuantFormat::Q6K => by_tile_height!(n, q6k_pair; format, first, second, n_blocks, acts, out),
         _ => unreachable!("{format:?} is not paired (`pairs`)"),
-    }
-}
-
-/// Runs a kernel of up to `TILE` rows on the first `TILE` of the tile's `n` rows, then on the rest.
-fn in_halves(
-    n: usize,
-    n_blocks: usize,
-    acts: &[Q8Block],
-    out: &mut [[f32; PAIR_LANES]; PAIR_TILE],
-    mut kernel: impl FnMut(usize, &[Q8Block], &mut [[f32; PAIR_LANES]]),
-) {
-    let (top, bottom) = out.split_at_mut(TILE);
-    let first_rows = n.min(TILE);
-    kernel(first_rows, &acts[..first_rows * n_blocks], top);
-    if n > TILE {
-        kernel(n - TILE, &acts[TILE * n_blocks..], bottom);
     }
 }
 
@@ -223,7 +174,7 @@ unsafe fn q6k_pair<const N: usize>(
     second: &[u8],
     n_blocks: usize,
     acts: &[Q8Block],
-    out: &mut [[f32; PAIR_LANES]],
+    out: &mut [[f32; PAIR_LANES]; TILE],
 ) {
     let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
     let bias = format.bias() as i32;
@@ -281,7 +232,7 @@ unsafe fn offset_pair<const MIN: u8, const FIVE: bool, const N: usize>(
     second: &[u8],
     n_blocks: usize,
     acts: &[Q8Block],
-    out: &mut [[f32; PAIR_LANES]],
+    out: &mut [[f32; PAIR_LANES]; TILE],
 ) {
     let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
     let nibble = _mm512_set1_epi8(0x0f);
@@ -342,7 +293,7 @@ unsafe fn q8_pair<const N: usize>(
     second: &[u8],
     n_blocks: usize,
     acts: &[Q8Block],
-    out: &mut [[f32; PAIR_LANES]],
+    out: &mut [[f32; PAIR_LANES]; TILE],
 ) {
     let (block_bytes, values_at) = (QuantFormat::Q8_0.group_block_bytes(), QuantFormat::Q8_0.values_offset());
     let top_bit = _mm512_set1_epi8(i8::MIN);
