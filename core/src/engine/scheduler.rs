@@ -22,7 +22,17 @@ use std::collections::BinaryHeap;
 
 use super::block_allocator::{prefix_contents, BlockAllocator, BlockHash, BlockTable, OutOfBlocks};
 use super::sequence::{ComputedTokens, Sequence};
-use super::step_budget::StepBudget;
+use super::step_budget::{StepBudget, StepDecodes};
+
+/// A stream's first tokens: until it has generated this many, the step budget does not protect
+/// its inter-token latency (see [`crate::engine::step_budget`]). Prompts that arrive together
+/// (32 clients starting at once) reach the engine over a few steps, the first of them already
+/// decoding when the last arrive; their decodes must not throttle the prefill of the rest,
+/// which would cost those users their first token and stagger every stream's end. 16 steps
+/// cover arrivals spread over a few hundred milliseconds; a stream that has streamed more is
+/// flowing, and a prompt that arrives beside it (a pasted document) is prefilled in chunks that
+/// keep its latency within the budget's rule.
+pub(crate) const STARTING_TOKENS: usize = 16;
 
 /// The block pool of sliding-window layers, and their window.
 pub(crate) struct SlidingPool {
@@ -142,6 +152,8 @@ pub(crate) struct PlanReport {
     pub out_of_space: Vec<Sequence>,
     /// Tokens the step could compute: its decodes plus the prompt tokens granted beside them.
     pub token_budget: usize,
+    /// The step's decodes, and how many of them the budget's latency rule protected.
+    pub decodes: StepDecodes,
 }
 
 /// Waiting sequences ordered by priority (highest first), then arrival (earliest first).
@@ -242,11 +254,18 @@ impl Scheduler {
         let mut unlimited = usize::MAX;
         self.schedule_running(plan, Phase::Decodes, &mut unlimited, &mut report);
         let decodes = plan.len();
-        let mut prefill = budget.prompt_tokens(decodes).min(self.config.max_prefill_tokens);
+        report.decodes = StepDecodes { total: decodes, protected: self.flowing_decodes(plan) };
+        let mut prefill = budget.prompt_tokens(report.decodes).min(self.config.max_prefill_tokens);
         report.token_budget = decodes + prefill;
         self.admit(plan, &mut prefill, decodes, &mut report);
         self.schedule_running(plan, Phase::Prompts, &mut prefill, &mut report);
         report
+    }
+
+    /// How many of the decodes in `plan` (all it holds so far) are of flowing streams: past
+    /// their [`STARTING_TOKENS`] first tokens.
+    fn flowing_decodes(&self, plan: &[ScheduledChunk]) -> usize {
+        plan.iter().filter(|c| self.running[c.index].generated() >= STARTING_TOKENS).count()
     }
 
     /// Plans the next step with no budget but the configured prompt limits (allocating; the
@@ -856,5 +875,92 @@ mod tests {
         s.remove_where(|_| true);
         assert_eq!(s.allocator.available(), 8);
         assert!(s.is_idle());
+    }
+
+    /// An adaptive budget that has measured 4 decodes at 20 ms and a prompt token at 1 ms: it
+    /// grants 20 prompt tokens beside protected decodes (a step may cost twice the decodes'
+    /// 20 ms), at most 256 tokens a step.
+    fn measured_budget() -> StepBudget {
+        use super::super::step_budget::StepTime;
+        use std::time::Duration;
+        let mut budget = StepBudget::adaptive(256, Duration::from_millis(25));
+        for _ in 0..3 {
+            budget.observe(StepDecodes::protected(4), 0, StepTime::idle(Duration::from_millis(20)));
+        }
+        budget.observe(StepDecodes::protected(4), 10, StepTime::idle(Duration::from_millis(30)));
+        assert_eq!(budget.prompt_tokens(StepDecodes::protected(4)), 20);
+        budget
+    }
+
+    /// A step planned under `budget`, run as [`step_counting`] runs it: its plan and report.
+    fn step_under(s: &mut Scheduler, budget: &StepBudget) -> (Vec<ScheduledChunk>, PlanReport) {
+        let mut plan = Vec::new();
+        let report = s.schedule_into(&mut plan, budget);
+        assert!(report.out_of_space.is_empty());
+        s.mark_computed(&plan);
+        for c in &plan {
+            if c.want_logits {
+                s.running[c.index].tokens.push(7);
+            }
+        }
+        (plan, report)
+    }
+
+    /// Prompts admitted by `plan` (chunks that start at a sequence's first token).
+    fn admitted(plan: &[ScheduledChunk]) -> usize {
+        plan.iter().filter(|c| c.start == 0).count()
+    }
+
+    #[test]
+    fn a_burst_of_32_short_prompts_is_prefilled_in_as_few_steps_as_max_batch_tokens_allows() {
+        // The first of 32 clients reaches the engine alone; the other 31 (18 tokens each) arrive
+        // while its first step runs. Beside its decode the budget would grant 20 tokens, one
+        // prompt a step (32 steps of ramp-up); it is still starting, so the burst gets
+        // everything but the decodes of the 256-token steps: 14, 13, then the last 4 prompts.
+        let budget = measured_budget();
+        let mut s = chunked(32, 2048, 256);
+        s.enqueue(seq(0, 0, vec![1; 18]));
+        let (plan, _) = step_under(&mut s, &budget);
+        assert_eq!(admitted(&plan), 1);
+        for id in 1..32 {
+            s.enqueue(seq(id, 0, vec![id as u32 + 1; 18]));
+        }
+        let mut admitted_per_step = Vec::new();
+        while s.waiting_len() > 0 {
+            let (plan, _) = step_under(&mut s, &budget);
+            admitted_per_step.push(admitted(&plan));
+            assert!(admitted_per_step.len() < 32, "{admitted_per_step:?}");
+        }
+        assert_eq!(admitted_per_step, vec![14, 13, 4]);
+        // All 32 decode together from now on: they will also end together.
+        let (plan, _) = step_under(&mut s, &budget);
+        assert_eq!(decoding_ids(&s, &plan), (0..32).collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn streams_flowing_before_a_burst_keep_the_latency_rule() {
+        // 4 streams have streamed 16 tokens each when 8 prompts arrive: the budget's grant
+        // beside their decodes (20 tokens) holds, one 18-token prompt a step, and the decodes
+        // of the prompts admitted meanwhile do not lift it.
+        let budget = measured_budget();
+        let mut s = chunked(32, 2048, 256);
+        for id in 0..4 {
+            s.enqueue(seq(id, 0, vec![id as u32 + 1; 5]));
+        }
+        for _ in 0..STARTING_TOKENS {
+            step_under(&mut s, &budget);
+        }
+        assert!(s.running.iter().all(|q| q.generated() == STARTING_TOKENS));
+        for id in 10..18 {
+            s.enqueue(seq(id, 0, vec![id as u32; 18]));
+        }
+        for step in 0..8 {
+            let (plan, report) = step_under(&mut s, &budget);
+            assert_eq!(report.decodes, StepDecodes { total: 4 + step, protected: 4 }, "step {step}");
+            assert_eq!(admitted(&plan), 1, "step {step}");
+            let prompt_tokens: usize = plan.iter().filter(|c| c.start == 0).map(|c| c.len).sum();
+            assert!(prompt_tokens <= 20, "step {step}: {prompt_tokens} prompt tokens");
+        }
+        assert_eq!(s.waiting_len(), 0);
     }
 }
