@@ -19,20 +19,11 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
+use std::time::Instant;
 
 use super::block_allocator::{prefix_contents, BlockAllocator, BlockHash, BlockTable, OutOfBlocks};
 use super::sequence::{ComputedTokens, Sequence};
 use super::step_budget::{StepBudget, StepDecodes};
-
-/// A stream's first tokens: until it has generated this many, the step budget does not protect
-/// its inter-token latency (see [`crate::engine::step_budget`]). Prompts that arrive together
-/// (32 clients starting at once) reach the engine over a few steps, the first of them already
-/// decoding when the last arrive; their decodes must not throttle the prefill of the rest,
-/// which would cost those users their first token and stagger every stream's end. 16 steps
-/// cover arrivals spread over a few hundred milliseconds; a stream that has streamed more is
-/// flowing, and a prompt that arrives beside it (a pasted document) is prefilled in chunks that
-/// keep its latency within the budget's rule.
-pub(crate) const STARTING_TOKENS: usize = 16;
 
 /// The block pool of sliding-window layers, and their window.
 pub(crate) struct SlidingPool {
@@ -254,7 +245,7 @@ impl Scheduler {
         let mut unlimited = usize::MAX;
         self.schedule_running(plan, Phase::Decodes, &mut unlimited, &mut report);
         let decodes = plan.len();
-        report.decodes = StepDecodes { total: decodes, protected: self.flowing_decodes(plan) };
+        report.decodes = StepDecodes { total: decodes, protected: self.protected_decodes(plan) };
         let mut prefill = budget.prompt_tokens(report.decodes).min(self.config.max_prefill_tokens);
         report.token_budget = decodes + prefill;
         self.admit(plan, &mut prefill, decodes, &mut report);
@@ -262,10 +253,25 @@ impl Scheduler {
         report
     }
 
-    /// How many of the decodes in `plan` (all it holds so far) are of flowing streams: past
-    /// their [`STARTING_TOKENS`] first tokens.
-    fn flowing_decodes(&self, plan: &[ScheduledChunk]) -> usize {
-        plan.iter().filter(|c| self.running[c.index].generated() >= STARTING_TOKENS).count()
+    /// How many of the decodes in `plan` (all it holds so far) the step budget's latency rule
+    /// protects: those of streams that had their first token before the oldest prompt still
+    /// waiting for its own was submitted (all of them when no prompt waits). A stream that got
+    /// its first token after that is part of the same burst of arrivals: its first tokens'
+    /// latency is not worth the waiting users' time to first token (see
+    /// [`crate::engine::step_budget`]), while streams already flowing when a long prompt
+    /// arrives keep their inter-token latency within the budget's rule.
+    fn protected_decodes(&self, plan: &[ScheduledChunk]) -> usize {
+        let Some(burst_start) = self.oldest_prompt_awaiting_first_token() else { return plan.len() };
+        plan.iter().filter(|c| self.running[c.index].first_token.is_some_and(|t| t < burst_start)).count()
+    }
+
+    /// When the oldest prompt without a first token that this step could serve was submitted:
+    /// running, or waiting while a running slot is free. Preempted sequences that had streamed
+    /// already are not a burst's prompts.
+    fn oldest_prompt_awaiting_first_token(&self) -> Option<Instant> {
+        let waiting =
+            self.waiting.iter().map(|Queued(seq)| seq).filter(|_| self.running.len() < self.config.max_running);
+        self.running.iter().chain(waiting).filter(|seq| seq.first_token.is_none()).map(|seq| seq.submitted).min()
     }
 
     /// Plans the next step with no budget but the configured prompt limits (allocating; the
@@ -892,7 +898,8 @@ mod tests {
         budget
     }
 
-    /// A step planned under `budget`, run as [`step_counting`] runs it: its plan and report.
+    /// A step planned under `budget`, run as [`step_counting`] runs it (also noting when a
+    /// sequence got its first token): its plan and report.
     fn step_under(s: &mut Scheduler, budget: &StepBudget) -> (Vec<ScheduledChunk>, PlanReport) {
         let mut plan = Vec::new();
         let report = s.schedule_into(&mut plan, budget);
@@ -900,7 +907,9 @@ mod tests {
         s.mark_computed(&plan);
         for c in &plan {
             if c.want_logits {
-                s.running[c.index].tokens.push(7);
+                let seq = &mut s.running[c.index];
+                seq.tokens.push(7);
+                seq.first_token.get_or_insert_with(Instant::now);
             }
         }
         (plan, report)
@@ -913,17 +922,20 @@ mod tests {
 
     #[test]
     fn a_burst_of_32_short_prompts_is_prefilled_in_as_few_steps_as_max_batch_tokens_allows() {
-        // The first of 32 clients reaches the engine alone; the other 31 (18 tokens each) arrive
-        // while its first step runs. Beside its decode the budget would grant 20 tokens, one
-        // prompt a step (32 steps of ramp-up); it is still starting, so the burst gets
-        // everything but the decodes of the 256-token steps: 14, 13, then the last 4 prompts.
+        // 32 clients submit together; the first prompt (18 tokens) reaches the engine alone and
+        // the other 31 while its step runs. Beside its decode the budget would grant 20 tokens,
+        // one prompt a step (32 steps of ramp-up); but it is one of the burst (its first token
+        // came after they were submitted), so the burst gets everything but the decodes of the
+        // 256-token steps: 14, 13, then the last 4 prompts.
         let budget = measured_budget();
         let mut s = chunked(32, 2048, 256);
-        s.enqueue(seq(0, 0, vec![1; 18]));
+        let mut burst: Vec<Sequence> = (0..32).map(|id| seq(id, 0, vec![id as u32 + 1; 18])).collect();
+        let late = burst.split_off(1);
+        s.enqueue(burst.remove(0));
         let (plan, _) = step_under(&mut s, &budget);
         assert_eq!(admitted(&plan), 1);
-        for id in 1..32 {
-            s.enqueue(seq(id, 0, vec![id as u32 + 1; 18]));
+        for q in late {
+            s.enqueue(q);
         }
         let mut admitted_per_step = Vec::new();
         while s.waiting_len() > 0 {
@@ -938,19 +950,20 @@ mod tests {
     }
 
     #[test]
-    fn streams_flowing_before_a_burst_keep_the_latency_rule() {
-        // 4 streams have streamed 16 tokens each when 8 prompts arrive: the budget's grant
+    fn streams_that_were_streaming_before_a_burst_keep_the_latency_rule() {
+        // 4 streams have their first tokens when 8 prompts are submitted: the budget's grant
         // beside their decodes (20 tokens) holds, one 18-token prompt a step, and the decodes
-        // of the prompts admitted meanwhile do not lift it.
+        // of the prompts admitted meanwhile (not protected) do not lift it.
         let budget = measured_budget();
         let mut s = chunked(32, 2048, 256);
         for id in 0..4 {
             s.enqueue(seq(id, 0, vec![id as u32 + 1; 5]));
         }
-        for _ in 0..STARTING_TOKENS {
-            step_under(&mut s, &budget);
+        step_under(&mut s, &budget);
+        // Their first tokens came a millisecond before the burst is submitted.
+        for q in &mut s.running {
+            q.first_token = q.first_token.and_then(|t| t.checked_sub(std::time::Duration::from_millis(1)));
         }
-        assert!(s.running.iter().all(|q| q.generated() == STARTING_TOKENS));
         for id in 10..18 {
             s.enqueue(seq(id, 0, vec![id as u32; 18]));
         }
@@ -962,5 +975,25 @@ mod tests {
             assert!(prompt_tokens <= 20, "step {step}: {prompt_tokens} prompt tokens");
         }
         assert_eq!(s.waiting_len(), 0);
+        let (_, report) = step_under(&mut s, &budget);
+        assert_eq!(report.decodes, StepDecodes::protected(12), "no prompt waits: every stream is protected");
+    }
+
+    #[test]
+    fn a_full_running_set_keeps_the_latency_rule_for_the_queue() {
+        // 2 running slots, both streaming; prompts submitted before their first tokens wait for
+        // a slot: they cannot be served, so they do not lift the rule.
+        let budget = measured_budget();
+        let mut s = chunked(2, 2048, 256);
+        let queued: Vec<Sequence> = (10..14).map(|id| seq(id, 0, vec![id as u32; 18])).collect();
+        for id in 0..2 {
+            s.enqueue(seq(id, 0, vec![id as u32 + 1; 5]));
+        }
+        step_under(&mut s, &budget);
+        for q in queued {
+            s.enqueue(q);
+        }
+        let (_, report) = step_under(&mut s, &budget);
+        assert_eq!(report.decodes, StepDecodes::protected(2));
     }
 }

@@ -29,13 +29,13 @@
 //! cost over all of them and says little about the small chunks beside decodes.
 //!
 //! The same holds for a step whose decodes are all *unprotected* ([`StepDecodes::protected`]):
-//! streams still starting, which the scheduler does not count as flowing yet (see
-//! `scheduler::STARTING_TOKENS`). When a burst of prompts arrives together, the first of them
-//! decode while the rest wait; throttling the rest to spare those first few tokens' latency
-//! would cost every waiting user their time to first token, and the streams, started one
-//! after another, would also end one after another. So a burst is prefilled in as few steps as
-//! `max_batch_tokens` allows, and the latency rule applies as soon as one running stream is
-//! protected (e.g. the streams that were running when a long prompt arrives).
+//! streams that got their first token after the oldest prompt still waiting for its own was
+//! submitted (`Scheduler::protected_decodes`), i.e. the first of a burst of prompts that arrived
+//! together. Throttling the rest of the burst to spare those first tokens' latency would cost
+//! every waiting user their time to first token, and the streams, started one after another,
+//! would also end one after another. So a burst is prefilled in as few steps as
+//! `max_batch_tokens` allows, and the latency rule applies as soon as one running stream was
+//! streaming before the prompt arrived (the streams running when a long prompt is pasted).
 //!
 //! Without a target the budget is fixed: `max_batch_tokens` tokens a step, decodes first
 //! (every one of them: a prompt gets at least one token even when they exceed the budget).
@@ -141,6 +141,7 @@ pub(crate) struct StepDecodes {
 
 impl StepDecodes {
     /// `total` decodes, all of them protected.
+    #[cfg(test)]
     pub fn protected(total: usize) -> Self {
         Self { total, protected: total }
     }
@@ -232,7 +233,7 @@ impl StepBudget {
             return;
         }
         if !decodes.latency_bound() {
-            // A lone prompt's chunk, or a burst's beside streams still starting (see the
+            // A lone prompt's chunk, or a burst's beside its own first streams (see the
             // module docs): its cost per token is not that of a small chunk beside decodes.
             return;
         }
@@ -293,12 +294,12 @@ mod tests {
 
     const MACHINE: Machine = Machine { fixed_ms: 5.0, per_decode_ms: 1.0, per_prompt_ms: 0.5 };
 
-    /// `n` decodes of streams that were flowing: every one protected.
+    /// `n` decodes of streams that were streaming before the prompt arrived: every one protected.
     fn flowing(n: usize) -> StepDecodes {
         StepDecodes::protected(n)
     }
 
-    /// `n` decodes of streams still starting: none protected.
+    /// `n` decodes of streams of the prompt's own burst: none protected.
     fn starting(n: usize) -> StepDecodes {
         StepDecodes { total: n, protected: 0 }
     }
@@ -473,9 +474,10 @@ mod tests {
     }
 
     #[test]
-    fn decodes_of_streams_still_starting_leave_a_burst_the_whole_budget() {
+    fn decodes_of_the_bursts_own_streams_leave_it_the_whole_budget() {
         // A settled budget grants 33-34 tokens beside 8 protected decodes (30 ms target); beside
-        // 8 decodes of streams that just started, a burst of prompts gets what they leave.
+        // 8 decodes of streams that started after the waiting prompts arrived, those prompts
+        // get what the decodes leave.
         let mut budget = StepBudget::adaptive(2048, Duration::from_millis(30));
         decode_only(&mut budget, MACHINE, 8, 5);
         let settled = run(&mut budget, MACHINE, 8, 30);
