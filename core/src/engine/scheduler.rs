@@ -232,7 +232,9 @@ impl Scheduler {
     /// oldest first. So a request that arrives while a long prompt is prefilled waits for the
     /// step in flight, not for the whole prefill (a started prompt loses at most one step's
     /// chunk to each arrival, which runs behind it from then on). The engine's budget sizes
-    /// the chunks so that a step takes about its target time; each step's prompts that
+    /// the chunks so that a step takes about its target time when it carries decodes of
+    /// streams that were streaming before the waiting prompts arrived, else grants the whole
+    /// budget (a burst of arrivals, see [`Self::protected_decodes`]); each step's prompts that
     /// complete sample their first token right away.
     pub fn schedule_into(&mut self, plan: &mut Vec<ScheduledChunk>, budget: &StepBudget) -> PlanReport {
         let mut report = PlanReport::default();
