@@ -51,7 +51,10 @@ pub struct EngineConfig {
     /// the budget; prompts are prefilled in chunks of what the decodes leave (at least one
     /// token, so a prompt always progresses). A step with no running decode takes this many
     /// prompt tokens, target or not (no stream waits on it): a request that arrives meanwhile
-    /// waits for that one step, then is admitted ahead of the rest of the prompt.
+    /// waits for that one step, then is admitted ahead of the rest of the prompt. So does a
+    /// step whose decodes all got their first token after the oldest prompt still waiting for
+    /// its own was submitted: a burst of prompts arriving together is prefilled in as few
+    /// steps as this budget allows, beside its own first streams.
     pub max_batch_tokens: usize,
     /// Target duration in milliseconds of a step that carries running decodes and prompt
     /// tokens, which is the inter-token latency of every running stream while a prompt is
@@ -60,7 +63,8 @@ pub struct EngineConfig {
     /// machine's recent wall/CPU ratio) and twice the decodes' own step. So the streams'
     /// latency is at most max(target, 2x their latency without the prompt), and a prompt
     /// always gets at least half of a step; one step in 17 of a long prefill runs the decodes
-    /// alone to measure them again. A step without running decodes ignores the target (see
+    /// alone to measure them again. It protects the streams that had their first token before
+    /// the prompt arrived; a step without such decodes ignores the target (see
     /// `max_batch_tokens`). Default [`DEFAULT_TARGET_STEP_MS`] (25); `None`: a fixed budget of
     /// `max_batch_tokens`. Positive, at most 10000. As a setting, 0 means `None` (a number is
     /// all C and JavaScript can pass).

@@ -19,10 +19,11 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
+use std::time::Instant;
 
 use super::block_allocator::{prefix_contents, BlockAllocator, BlockHash, BlockTable, OutOfBlocks};
 use super::sequence::{ComputedTokens, Sequence};
-use super::step_budget::StepBudget;
+use super::step_budget::{StepBudget, StepDecodes};
 
 /// The block pool of sliding-window layers, and their window.
 pub(crate) struct SlidingPool {
@@ -142,6 +143,8 @@ pub(crate) struct PlanReport {
     pub out_of_space: Vec<Sequence>,
     /// Tokens the step could compute: its decodes plus the prompt tokens granted beside them.
     pub token_budget: usize,
+    /// The step's decodes, and how many of them the budget's latency rule protected.
+    pub decodes: StepDecodes,
 }
 
 /// Waiting sequences ordered by priority (highest first), then arrival (earliest first).
@@ -229,7 +232,9 @@ impl Scheduler {
     /// oldest first. So a request that arrives while a long prompt is prefilled waits for the
     /// step in flight, not for the whole prefill (a started prompt loses at most one step's
     /// chunk to each arrival, which runs behind it from then on). The engine's budget sizes
-    /// the chunks so that a step takes about its target time; each step's prompts that
+    /// the chunks so that a step takes about its target time when it carries decodes of
+    /// streams that were streaming before the waiting prompts arrived, else grants the whole
+    /// budget (a burst of arrivals, see [`Self::protected_decodes`]); each step's prompts that
     /// complete sample their first token right away.
     pub fn schedule_into(&mut self, plan: &mut Vec<ScheduledChunk>, budget: &StepBudget) -> PlanReport {
         let mut report = PlanReport::default();
@@ -242,11 +247,33 @@ impl Scheduler {
         let mut unlimited = usize::MAX;
         self.schedule_running(plan, Phase::Decodes, &mut unlimited, &mut report);
         let decodes = plan.len();
-        let mut prefill = budget.prompt_tokens(decodes).min(self.config.max_prefill_tokens);
+        report.decodes = StepDecodes { total: decodes, protected: self.protected_decodes(plan) };
+        let mut prefill = budget.prompt_tokens(report.decodes).min(self.config.max_prefill_tokens);
         report.token_budget = decodes + prefill;
         self.admit(plan, &mut prefill, decodes, &mut report);
         self.schedule_running(plan, Phase::Prompts, &mut prefill, &mut report);
         report
+    }
+
+    /// How many of the decodes in `plan` (all it holds so far) the step budget's latency rule
+    /// protects: those of streams that had their first token before the oldest prompt still
+    /// waiting for its own was submitted (all of them when no prompt waits). A stream that got
+    /// its first token after that is part of the same burst of arrivals: its first tokens'
+    /// latency is not worth the waiting users' time to first token (see
+    /// [`crate::engine::step_budget`]), while streams already flowing when a long prompt
+    /// arrives keep their inter-token latency within the budget's rule.
+    fn protected_decodes(&self, plan: &[ScheduledChunk]) -> usize {
+        let Some(burst_start) = self.oldest_prompt_awaiting_first_token() else { return plan.len() };
+        plan.iter().filter(|c| self.running[c.index].first_token.is_some_and(|t| t < burst_start)).count()
+    }
+
+    /// When the oldest prompt without a first token that this step could serve was submitted:
+    /// running, or waiting while a running slot is free. Preempted sequences that had streamed
+    /// already are not a burst's prompts.
+    fn oldest_prompt_awaiting_first_token(&self) -> Option<Instant> {
+        let waiting =
+            self.waiting.iter().map(|Queued(seq)| seq).filter(|_| self.running.len() < self.config.max_running);
+        self.running.iter().chain(waiting).filter(|seq| seq.first_token.is_none()).map(|seq| seq.submitted).min()
     }
 
     /// Plans the next step with no budget but the configured prompt limits (allocating; the
@@ -856,5 +883,119 @@ mod tests {
         s.remove_where(|_| true);
         assert_eq!(s.allocator.available(), 8);
         assert!(s.is_idle());
+    }
+
+    /// An adaptive budget that has measured 4 decodes at 20 ms and a prompt token at 1 ms: it
+    /// grants 20 prompt tokens beside protected decodes (a step may cost twice the decodes'
+    /// 20 ms), at most 256 tokens a step.
+    fn measured_budget() -> StepBudget {
+        use super::super::step_budget::StepTime;
+        use std::time::Duration;
+        let mut budget = StepBudget::adaptive(256, Duration::from_millis(25));
+        for _ in 0..3 {
+            budget.observe(StepDecodes::protected(4), 0, StepTime::idle(Duration::from_millis(20)));
+        }
+        budget.observe(StepDecodes::protected(4), 10, StepTime::idle(Duration::from_millis(30)));
+        assert_eq!(budget.prompt_tokens(StepDecodes::protected(4)), 20);
+        budget
+    }
+
+    /// A step planned under `budget`, run as [`step_counting`] runs it (also noting when a
+    /// sequence got its first token): its plan and report.
+    fn step_under(s: &mut Scheduler, budget: &StepBudget) -> (Vec<ScheduledChunk>, PlanReport) {
+        let mut plan = Vec::new();
+        let report = s.schedule_into(&mut plan, budget);
+        assert!(report.out_of_space.is_empty());
+        s.mark_computed(&plan);
+        for c in &plan {
+            if c.want_logits {
+                let seq = &mut s.running[c.index];
+                seq.tokens.push(7);
+                seq.first_token.get_or_insert_with(Instant::now);
+            }
+        }
+        (plan, report)
+    }
+
+    /// Prompts admitted by `plan` (chunks that start at a sequence's first token).
+    fn admitted(plan: &[ScheduledChunk]) -> usize {
+        plan.iter().filter(|c| c.start == 0).count()
+    }
+
+    #[test]
+    fn a_burst_of_32_short_prompts_is_prefilled_in_as_few_steps_as_max_batch_tokens_allows() {
+        // 32 clients submit together; the first prompt (18 tokens) reaches the engine alone and
+        // the other 31 while its step runs. Beside its decode the budget would grant 20 tokens,
+        // one prompt a step (32 steps of ramp-up); but it is one of the burst (its first token
+        // came after they were submitted), so the burst gets everything but the decodes of the
+        // 256-token steps: 14, 13, then the last 4 prompts.
+        let budget = measured_budget();
+        let mut s = chunked(32, 2048, 256);
+        let mut burst: Vec<Sequence> = (0..32).map(|id| seq(id, 0, vec![id as u32 + 1; 18])).collect();
+        let late = burst.split_off(1);
+        s.enqueue(burst.remove(0));
+        let (plan, _) = step_under(&mut s, &budget);
+        assert_eq!(admitted(&plan), 1);
+        for q in late {
+            s.enqueue(q);
+        }
+        let mut admitted_per_step = Vec::new();
+        while s.waiting_len() > 0 {
+            let (plan, _) = step_under(&mut s, &budget);
+            admitted_per_step.push(admitted(&plan));
+            assert!(admitted_per_step.len() < 32, "{admitted_per_step:?}");
+        }
+        assert_eq!(admitted_per_step, vec![14, 13, 4]);
+        // All 32 decode together from now on: they will also end together.
+        let (plan, _) = step_under(&mut s, &budget);
+        assert_eq!(decoding_ids(&s, &plan), (0..32).collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn streams_that_were_streaming_before_a_burst_keep_the_latency_rule() {
+        // 4 streams have their first tokens when 8 prompts are submitted: the budget's grant
+        // beside their decodes (20 tokens) holds, one 18-token prompt a step, and the decodes
+        // of the prompts admitted meanwhile (not protected) do not lift it.
+        let budget = measured_budget();
+        let mut s = chunked(32, 2048, 256);
+        for id in 0..4 {
+            s.enqueue(seq(id, 0, vec![id as u32 + 1; 5]));
+        }
+        step_under(&mut s, &budget);
+        // Their first tokens came a millisecond before the burst is submitted.
+        for q in &mut s.running {
+            q.first_token = q.first_token.and_then(|t| t.checked_sub(std::time::Duration::from_millis(1)));
+        }
+        for id in 10..18 {
+            s.enqueue(seq(id, 0, vec![id as u32; 18]));
+        }
+        for step in 0..8 {
+            let (plan, report) = step_under(&mut s, &budget);
+            assert_eq!(report.decodes, StepDecodes { total: 4 + step, protected: 4 }, "step {step}");
+            assert_eq!(admitted(&plan), 1, "step {step}");
+            let prompt_tokens: usize = plan.iter().filter(|c| c.start == 0).map(|c| c.len).sum();
+            assert!(prompt_tokens <= 20, "step {step}: {prompt_tokens} prompt tokens");
+        }
+        assert_eq!(s.waiting_len(), 0);
+        let (_, report) = step_under(&mut s, &budget);
+        assert_eq!(report.decodes, StepDecodes::protected(12), "no prompt waits: every stream is protected");
+    }
+
+    #[test]
+    fn a_full_running_set_keeps_the_latency_rule_for_the_queue() {
+        // 2 running slots, both streaming; prompts submitted before their first tokens wait for
+        // a slot: they cannot be served, so they do not lift the rule.
+        let budget = measured_budget();
+        let mut s = chunked(2, 2048, 256);
+        let queued: Vec<Sequence> = (10..14).map(|id| seq(id, 0, vec![id as u32; 18])).collect();
+        for id in 0..2 {
+            s.enqueue(seq(id, 0, vec![id as u32 + 1; 5]));
+        }
+        step_under(&mut s, &budget);
+        for q in queued {
+            s.enqueue(q);
+        }
+        let (_, report) = step_under(&mut s, &budget);
+        assert_eq!(report.decodes, StepDecodes::protected(2));
     }
 }

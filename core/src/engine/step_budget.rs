@@ -28,6 +28,15 @@
 //! measured for the cost per prompt token: a chunk of thousands of tokens spreads the weights'
 //! cost over all of them and says little about the small chunks beside decodes.
 //!
+//! The same holds for a step whose decodes are all *unprotected* ([`StepDecodes::protected`]):
+//! streams that got their first token after the oldest prompt still waiting for its own was
+//! submitted (`Scheduler::protected_decodes`), i.e. the first of a burst of prompts that arrived
+//! together. Throttling the rest of the burst to spare those first tokens' latency would cost
+//! every waiting user their time to first token, and the streams, started one after another,
+//! would also end one after another. So a burst is prefilled in as few steps as
+//! `max_batch_tokens` allows, and the latency rule applies as soon as one running stream was
+//! streaming before the prompt arrived (the streams running when a long prompt is pasted).
+//!
 //! Without a target the budget is fixed: `max_batch_tokens` tokens a step, decodes first
 //! (every one of them: a prompt gets at least one token even when they exceed the budget).
 
@@ -120,6 +129,29 @@ fn thread_cpu_time() -> Option<Duration> {
     None
 }
 
+/// A step's decodes, as the budget sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct StepDecodes {
+    /// Every decode of the step (each costs its share of the step).
+    pub total: usize,
+    /// Those of streams whose inter-token latency the target protects (at most `total`);
+    /// none: the step is sized as if it had no decodes (see the module docs).
+    pub protected: usize,
+}
+
+impl StepDecodes {
+    /// `total` decodes, all of them protected.
+    #[cfg(test)]
+    pub fn protected(total: usize) -> Self {
+        Self { total, protected: total }
+    }
+
+    /// Whether the latency target sizes the step: some protected stream waits on it.
+    fn latency_bound(self) -> bool {
+        self.protected > 0
+    }
+}
+
 /// The prompt token budget of the next step: fixed, or adapted to a target step time.
 #[derive(Debug, Clone)]
 pub(crate) struct StepBudget {
@@ -161,12 +193,12 @@ impl StepBudget {
         Self { target: Some(target.as_secs_f64()), ..Self::fixed(max_tokens) }
     }
 
-    /// Prompt tokens a step that carries `decodes` decodes may add: all of `max_tokens` without
-    /// decodes; 0 for one step in [`REFRESH_DECODES_EVERY`] + 1 of a long prefill beside
-    /// decodes (see there), else at least 1.
-    pub fn prompt_tokens(&self, decodes: usize) -> usize {
-        let room = self.max_tokens.saturating_sub(decodes);
-        let Some(target) = self.target.filter(|_| decodes > 0) else {
+    /// Prompt tokens a step that carries `decodes` may add: all of `max_tokens` beside them when
+    /// none is protected; 0 for one step in [`REFRESH_DECODES_EVERY`] + 1 of a long prefill
+    /// beside protected decodes (see there), else at least 1.
+    pub fn prompt_tokens(&self, decodes: StepDecodes) -> usize {
+        let room = self.max_tokens.saturating_sub(decodes.total);
+        let Some(target) = self.target.filter(|_| decodes.latency_bound()) else {
             return room.max(1);
         };
         if self.since_decode_only >= REFRESH_DECODES_EVERY {
@@ -183,10 +215,9 @@ impl StepBudget {
         (affordable.floor() as usize).clamp(1, ceiling)
     }
 
-    /// Records that a step of `decodes` decodes and `prompt_tokens` prompt tokens took
-    /// `elapsed`.
-    pub fn observe(&mut self, decodes: usize, prompt_tokens: usize, elapsed: StepTime) {
-        if self.target.is_none() || decodes + prompt_tokens == 0 {
+    /// Records that a step of `decodes` and `prompt_tokens` prompt tokens took `elapsed`.
+    pub fn observe(&mut self, decodes: StepDecodes, prompt_tokens: usize, elapsed: StepTime) {
+        if self.target.is_none() || decodes.total + prompt_tokens == 0 {
             return;
         }
         let seconds = elapsed.cpu.as_secs_f64();
@@ -201,9 +232,9 @@ impl StepBudget {
             self.since_decode_only = 0;
             return;
         }
-        if decodes == 0 {
-            // A lone prompt's chunk (see the module docs): its cost per token is not that of a
-            // chunk beside decodes.
+        if !decodes.latency_bound() {
+            // A lone prompt's chunk, or a burst's beside its own first streams (see the
+            // module docs): its cost per token is not that of a small chunk beside decodes.
             return;
         }
         self.since_decode_only += 1;
@@ -244,11 +275,11 @@ mod tests {
     fn run(budget: &mut StepBudget, machine: Machine, decodes: usize, steps: usize) -> usize {
         let mut last = 0;
         for _ in 0..steps {
-            let prompt = budget.prompt_tokens(decodes);
-            budget.observe(decodes, prompt, machine.step(decodes, prompt));
+            let prompt = budget.prompt_tokens(flowing(decodes));
+            budget.observe(flowing(decodes), prompt, machine.step(decodes, prompt));
             last = if prompt > 0 { prompt } else { last };
         }
-        match budget.prompt_tokens(decodes) {
+        match budget.prompt_tokens(flowing(decodes)) {
             0 => last,
             grant => grant,
         }
@@ -257,20 +288,30 @@ mod tests {
     /// Decode-only steps, as before a long prompt arrives.
     fn decode_only(budget: &mut StepBudget, machine: Machine, decodes: usize, steps: usize) {
         for _ in 0..steps {
-            budget.observe(decodes, 0, machine.step(decodes, 0));
+            budget.observe(flowing(decodes), 0, machine.step(decodes, 0));
         }
     }
 
     const MACHINE: Machine = Machine { fixed_ms: 5.0, per_decode_ms: 1.0, per_prompt_ms: 0.5 };
 
+    /// `n` decodes of streams that were streaming before the prompt arrived: every one protected.
+    fn flowing(n: usize) -> StepDecodes {
+        StepDecodes::protected(n)
+    }
+
+    /// `n` decodes of streams of the prompt's own burst: none protected.
+    fn starting(n: usize) -> StepDecodes {
+        StepDecodes { total: n, protected: 0 }
+    }
+
     #[test]
     fn a_fixed_budget_gives_prompts_what_the_decodes_leave_and_ignores_step_times() {
         let mut budget = StepBudget::fixed(512);
-        assert_eq!(budget.prompt_tokens(0), 512);
-        assert_eq!(budget.prompt_tokens(8), 504);
-        budget.observe(8, 504, StepTime::idle(Duration::from_secs(10)));
-        assert_eq!(budget.prompt_tokens(8), 504);
-        assert_eq!(budget.prompt_tokens(600), 1, "a prompt still progresses");
+        assert_eq!(budget.prompt_tokens(flowing(0)), 512);
+        assert_eq!(budget.prompt_tokens(flowing(8)), 504);
+        budget.observe(flowing(8), 504, StepTime::idle(Duration::from_secs(10)));
+        assert_eq!(budget.prompt_tokens(flowing(8)), 504);
+        assert_eq!(budget.prompt_tokens(flowing(600)), 1, "a prompt still progresses");
     }
 
     #[test]
@@ -278,7 +319,7 @@ mod tests {
         // 8 decodes take 13 ms; a 30 ms target leaves 17 ms, 34 prompt tokens.
         let mut budget = StepBudget::adaptive(2048, Duration::from_millis(30));
         decode_only(&mut budget, MACHINE, 8, 5);
-        assert_eq!(budget.prompt_tokens(8), INITIAL_PROMPT_TOKENS, "nothing measured yet");
+        assert_eq!(budget.prompt_tokens(flowing(8)), INITIAL_PROMPT_TOKENS, "nothing measured yet");
         let settled = run(&mut budget, MACHINE, 8, 30);
         assert!((33..=34).contains(&settled), "settled at {settled}");
         assert!(MACHINE.ms(8, settled) <= 30.0 + 1e-9);
@@ -292,7 +333,7 @@ mod tests {
         let alone = grants_on_a_shared_machine(&mut budget, slow, 0, 5, |i| [1.0, 30.0][i % 2]);
         assert_eq!(alone, vec![4096; 5]);
         assert_eq!(
-            StepBudget::adaptive(40, Duration::from_millis(50)).prompt_tokens(0),
+            StepBudget::adaptive(40, Duration::from_millis(50)).prompt_tokens(flowing(0)),
             40,
             "the ceiling is the budget"
         );
@@ -303,9 +344,9 @@ mod tests {
         // A 4096-token chunk alone, then decodes arrive: the first chunk beside them is the
         // cautious first one, as if nothing had been measured, not 2 x 4096 tokens.
         let mut budget = StepBudget::adaptive(8192, Duration::from_millis(50));
-        budget.observe(0, 4096, MACHINE.step(0, 4096));
+        budget.observe(flowing(0), 4096, MACHINE.step(0, 4096));
         decode_only(&mut budget, MACHINE, 8, 5);
-        assert_eq!(budget.prompt_tokens(8), INITIAL_PROMPT_TOKENS);
+        assert_eq!(budget.prompt_tokens(flowing(8)), INITIAL_PROMPT_TOKENS);
         // Beside decodes the target governs again (13 ms of decodes: 74 tokens in 50 ms).
         let settled = run(&mut budget, MACHINE, 8, 30);
         assert!((73..=74).contains(&settled), "settled at {settled}");
@@ -329,9 +370,9 @@ mod tests {
         let before = run(&mut budget, MACHINE, 8, 30);
         // Prompt tokens now cost four times as much (attention over a longer prefix).
         let deeper = Machine { per_prompt_ms: 2.0, ..MACHINE };
-        let prompt = budget.prompt_tokens(8);
-        budget.observe(8, prompt, deeper.step(8, prompt));
-        assert!(budget.prompt_tokens(8) < before, "shrinks after one slow step");
+        let prompt = budget.prompt_tokens(flowing(8));
+        budget.observe(flowing(8), prompt, deeper.step(8, prompt));
+        assert!(budget.prompt_tokens(flowing(8)) < before, "shrinks after one slow step");
         let settled = run(&mut budget, deeper, 8, 30);
         assert!((8..=9).contains(&settled), "settled at {settled}, 17 ms / 2 ms expected");
     }
@@ -345,9 +386,9 @@ mod tests {
         let grown = Machine { per_decode_ms: 12.5, ..MACHINE };
         let mut grants = Vec::new();
         for _ in 0..60 {
-            let prompt = budget.prompt_tokens(8);
+            let prompt = budget.prompt_tokens(flowing(8));
             grants.push(prompt);
-            budget.observe(8, prompt, grown.step(8, prompt));
+            budget.observe(flowing(8), prompt, grown.step(8, prompt));
         }
         // One decode-only step in every 17, and the prompt again gets half of each step
         // (105 ms, 210 tokens), not what a stale 13 ms estimate of the decodes would leave.
@@ -368,9 +409,9 @@ mod tests {
     ) -> Vec<usize> {
         (0..steps)
             .map(|i| {
-                let prompt = budget.prompt_tokens(decodes);
+                let prompt = budget.prompt_tokens(flowing(decodes));
                 let cost = machine.step(decodes, prompt).cpu;
-                budget.observe(decodes, prompt, StepTime { wall: cost.mul_f64(stretch(i)), cpu: cost });
+                budget.observe(flowing(decodes), prompt, StepTime { wall: cost.mul_f64(stretch(i)), cpu: cost });
                 prompt
             })
             .collect()
@@ -386,7 +427,7 @@ mod tests {
         for i in 0..20 {
             let cost = MACHINE.step(32, 0).cpu;
             let stretch = if i % 3 == 0 { 12.0 } else { 1.0 };
-            shared.observe(32, 0, StepTime { wall: cost.mul_f64(stretch), cpu: cost });
+            shared.observe(flowing(32), 0, StepTime { wall: cost.mul_f64(stretch), cpu: cost });
         }
         let quiet_grants = grants_on_a_shared_machine(&mut quiet, MACHINE, 32, 60, |_| 1.0);
         let noise = |i: usize| [1.0, 9.0, 1.3, 1.0, 25.0, 1.1, 4.0][i % 7];
@@ -413,15 +454,15 @@ mod tests {
         let mut budget = StepBudget::adaptive(2048, Duration::from_millis(30));
         decode_only(&mut budget, MACHINE, 8, 5);
         // 64 prompt tokens in less time than the decodes alone usually take.
-        budget.observe(8, 64, StepTime::idle(Duration::from_millis(10)));
-        assert!(budget.prompt_tokens(8) <= 128, "{}", budget.prompt_tokens(8));
+        budget.observe(flowing(8), 64, StepTime::idle(Duration::from_millis(10)));
+        assert!(budget.prompt_tokens(flowing(8)) <= 128, "{}", budget.prompt_tokens(flowing(8)));
     }
 
     #[test]
     fn empty_steps_are_not_measured() {
         let mut budget = StepBudget::adaptive(2048, Duration::from_millis(20));
-        budget.observe(0, 0, StepTime::idle(Duration::from_millis(500)));
-        assert_eq!(budget.prompt_tokens(8), INITIAL_PROMPT_TOKENS);
+        budget.observe(flowing(0), 0, StepTime::idle(Duration::from_millis(500)));
+        assert_eq!(budget.prompt_tokens(flowing(8)), INITIAL_PROMPT_TOKENS);
     }
 
     #[test]
@@ -430,5 +471,28 @@ mod tests {
         assert_eq!(run(&mut budget, MACHINE, 8, 10), 92, "max_batch_tokens caps decodes and prompt together");
         let slow = Machine { per_prompt_ms: 10_000.0, ..MACHINE };
         assert_eq!(run(&mut budget, slow, 8, 10), 1, "one token a step at worst");
+    }
+
+    #[test]
+    fn decodes_of_the_bursts_own_streams_leave_it_the_whole_budget() {
+        // A settled budget grants 33-34 tokens beside 8 protected decodes (30 ms target); beside
+        // 8 decodes of streams that started after the waiting prompts arrived, those prompts
+        // get what the decodes leave.
+        let mut budget = StepBudget::adaptive(2048, Duration::from_millis(30));
+        decode_only(&mut budget, MACHINE, 8, 5);
+        let settled = run(&mut budget, MACHINE, 8, 30);
+        assert!((33..=34).contains(&settled), "settled at {settled}");
+        assert_eq!(budget.prompt_tokens(starting(8)), 2040);
+        assert_eq!(
+            budget.prompt_tokens(StepDecodes { total: 8, protected: 1 }),
+            settled,
+            "one protected stream is enough"
+        );
+        assert_eq!(budget.prompt_tokens(starting(4000)), 1, "a prompt still progresses");
+        // Those big steps teach it nothing: beside protected decodes the grant is the same.
+        for _ in 0..10 {
+            budget.observe(starting(8), 2040, MACHINE.step(8, 2040));
+        }
+        assert_eq!(budget.prompt_tokens(flowing(8)), settled);
     }
 }

@@ -10,7 +10,7 @@ use crossbeam_channel::Receiver;
 
 use super::scheduler::{ScheduledChunk, Scheduler};
 use super::sequence::{panic_message, Delivery, FinalEvent, Sequence};
-use super::step_budget::{StepBudget, StepClock};
+use super::step_budget::{StepBudget, StepClock, StepDecodes};
 use super::{Command, Shared};
 use crate::constraint::masks::{MaskWorker, StepStates};
 use crate::detokenize::Step;
@@ -206,11 +206,13 @@ impl StepLoop {
         }
         // The whole step, sampling and streaming included: what a running stream waits.
         let elapsed = clock.elapsed();
-        let decodes = batch_tokens - prompt_like_tokens;
+        let total = batch_tokens - prompt_like_tokens;
+        let decodes = StepDecodes { total, protected: report.decodes.protected.min(total) };
         // What the budget saw, for measuring it (trace level: nothing is built unless asked).
         tracing::trace!(
             target: "cortexstream::step",
-            decodes,
+            decodes = decodes.total,
+            protected_decodes = decodes.protected,
             prompt_tokens = prompt_like_tokens,
             token_budget = report.token_budget,
             cpu_us = elapsed.cpu.as_micros() as u64,
