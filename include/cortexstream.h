@@ -350,7 +350,9 @@ typedef struct cs_engine_params {
    * otherwise (default 2048, at most 2^20). Every running decode is in every step; long
    * prompts are prefilled in chunks of what the decodes leave (at least 1 token a step). A
    * step with no running decode takes this many prompt tokens whatever the target: a request
-   * arriving meanwhile waits for that one step, then is admitted ahead of the rest.
+   * arriving meanwhile waits for that one step, then is admitted ahead of the rest. So does a
+   * burst of prompts beside streams that had their first token only after the oldest waiting
+   * prompt arrived (32 clients at once start within a few steps).
    */
   size_t max_batch_tokens;
   /**
@@ -385,7 +387,7 @@ typedef struct cs_engine_params {
   /**
    * Target duration in milliseconds of a step that carries running decodes and prompt
    * tokens, i.e. the inter-token latency of running streams while prompts are prefilled
-   * beside them: such a step costs the larger of this target and twice the decodes' own
+   * beside them (streams whose first token came before the oldest waiting prompt arrived): such a step costs the larger of this target and twice the decodes' own
    * step (measured in CPU time), so their latency is at most max(target, 2x without the
    * prompt) (default 25). 0 keeps a fixed budget of `max_batch_tokens`; a
    * negative, NaN or above-10000 value is CS_INVALID_ARGUMENT naming `target_step_ms`.

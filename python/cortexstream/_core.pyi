@@ -360,8 +360,8 @@ class Engine:
     the chat methods; messages may carry ``tool_calls``, ``tool_call_id`` and ``name``). ``max_queue``
     bounds the requests waiting for a slot; past it submits raise ``OverloadedError``.
     ``threads`` is at most 4 per available CPU. ``max_batch_tokens`` is a step's token budget
-    (decodes and prompt chunks; all of it a lone prompt's) and ``target_step_ms`` the step time
-    it adapts to beside running decodes, at least twice their own step (default 25; 0 keeps
+    (decodes and prompt chunks; all of it a lone prompt's, or a burst's that arrived together)
+    and ``target_step_ms`` the step time it adapts to beside streams that were already streaming, at least twice their own step (default 25; 0 keeps
     the budget fixed). A setting out of range (a negative size, a KV cache larger than
     memory, a target above 10000 ms) raises ``InvalidRequestError`` naming it.
     """
