@@ -119,6 +119,38 @@ fn batch_invariance_alone_and_among_29_others() {
     assert!(steps * 4 <= generated, "{generated} tokens in {steps} steps: not batched");
 }
 
+/// Plain greedy rows, whose output head keeps only the argmax and never writes their logits,
+/// pick the tokens that greedy rows needing their logits (log-probabilities asked) pick: alone,
+/// and sharing steps with each other (a batch that mixes both kinds of rows).
+#[test]
+fn greedy_tokens_are_the_same_whether_or_not_the_head_writes_the_logits() {
+    let engine = AllBlocksFreeAfter(fixed_budget_engine());
+    let prompts = ["The quick brown fox", "Once upon a time,", "1, 2, 3, 4,", "def main():", "Paris is the"];
+    let with_logits = |n| SamplingParams { logprobs: Some(1), ..greedy(n) };
+    let alone: Vec<Vec<u32>> =
+        prompts.iter().map(|p| engine.generate(Request::new(*p, with_logits(12))).unwrap().token_ids).collect();
+    let before = engine.metrics();
+    let handles: Vec<_> = prompts
+        .iter()
+        .flat_map(|p| [greedy(12), with_logits(12)].map(|params| engine.submit(Request::new(*p, params)).unwrap()))
+        .collect();
+    let completions: Vec<_> = handles.into_iter().map(|h| h.wait()).collect();
+    for (i, pair) in completions.chunks_exact(2).enumerate() {
+        let (argmax_only, logit_row) = (&pair[0], &pair[1]);
+        assert_eq!(argmax_only.token_ids, alone[i], "prompt {i}: greedy from the head's argmax");
+        assert_eq!(logit_row.token_ids, alone[i], "prompt {i}: greedy from the logits, batched");
+        assert!(argmax_only.logprobs.is_empty(), "prompt {i}: no logprobs were asked");
+        // The logit row still got its logits: its token is its own most likely one.
+        for (lp, &id) in logit_row.logprobs.iter().zip(&logit_row.token_ids) {
+            assert_eq!(lp.top.first().map(|t| t.token_id), Some(id), "prompt {i}");
+        }
+        assert_eq!(logit_row.logprobs.len(), 12, "prompt {i}");
+    }
+    // Both kinds shared steps: ten requests, far fewer steps than ten apart would take.
+    let steps = engine.metrics().steps - before.steps;
+    assert!(steps <= 2 * 13, "{steps} steps for ten 12-token requests: not batched");
+}
+
 #[test]
 fn thirty_two_concurrent_requests_finish_with_correct_usage() {
     let engine = AllBlocksFreeAfter(engine());

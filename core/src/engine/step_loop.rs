@@ -14,10 +14,10 @@ use super::step_budget::{StepBudget, StepClock};
 use super::{Command, Shared};
 use crate::constraint::masks::{MaskWorker, StepStates};
 use crate::detokenize::Step;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kv_cache::KvStorage;
 use crate::metrics::{add, Metrics};
-use crate::models::{GenerationModel, SeqChunk};
+use crate::models::{GenerationModel, LogitRows, SeqChunk};
 use crate::request::{Event, FinishReason, StopReason};
 use crate::tokenizer::Tokenizer;
 
@@ -30,8 +30,9 @@ pub(super) struct StepLoop {
     /// Prompt tokens per step beside the decodes, adapted to the measured step times.
     budget: StepBudget,
     commands: Receiver<Command>,
-    /// Logits of the last step, reused across steps.
-    logits: Vec<f32>,
+    /// The head's work per logit row and its results (logits, or a greedy row's token),
+    /// reused across steps.
+    head: LogitRows,
     /// The step's plan, reused across steps.
     plan: Vec<ScheduledChunk>,
     /// The step's model input, kept empty between steps only for its allocation (see
@@ -69,7 +70,7 @@ impl StepLoop {
             scheduler,
             budget,
             commands,
-            logits: Vec::new(),
+            head: LogitRows::default(),
             plan: Vec::new(),
             chunks: Vec::new(),
             finished: Vec::new(),
@@ -151,6 +152,10 @@ impl StepLoop {
             return Ok(());
         }
 
+        // Which logit rows need only their argmax (decided before the grammar states leave).
+        self.head.argmax_only.clear();
+        let running = &self.scheduler.running;
+        self.head.argmax_only.extend(plan.iter().filter(|c| c.want_logits).map(|c| needs_only_argmax(&running[c.index])));
         // The grammar states of the sequences sampling this step leave their sequences for the
         // forward, so their masks can be computed beside it (see `MaskWorker`).
         let mut constrained = take_sampling_constraints(&mut self.scheduler.running, plan);
@@ -171,8 +176,8 @@ impl StepLoop {
         // prompt tokens (recomputation after preemption included).
         let is_decode = |c: &ScheduledChunk| c.len == 1 && c.start >= running[c.index].prompt_len;
         let prompt_like_tokens: usize = plan.iter().filter(|c| !is_decode(c)).map(|c| c.len).sum();
-        let (model, kv, logits) = (&self.model, &mut self.kv, &mut self.logits);
-        let outcome = self.masks.beside(&mut constrained, || model.forward(&chunks, kv, logits));
+        let (model, kv, head) = (&self.model, &mut self.kv, &mut self.head);
+        let outcome = self.masks.beside(&mut constrained, || model.forward_rows(&chunks, kv, head));
         self.chunks = reuse_allocation(chunks);
         for (index, state) in constrained {
             self.scheduler.running[index].constraint = Some(state);
@@ -187,11 +192,20 @@ impl StepLoop {
 
         let vocab = self.model.vocab_size();
         self.finished.clear();
-        // Logit rows come in plan order, one per chunk that wanted logits.
+        // Logit rows come in plan order, one per chunk that wanted logits; the head packed the
+        // logits of the rows that wanted them and the argmax of the others, each in row order.
+        let (mut logit_rows, mut argmaxes) = (self.head.logits.chunks_exact_mut(vocab), self.head.argmax.iter());
         for (row, c) in plan.iter().filter(|c| c.want_logits).enumerate() {
-            let logits = &mut self.logits[row * vocab..(row + 1) * vocab];
+            let next = if self.head.argmax_only[row] {
+                argmaxes.next().map(|&token| NextToken::RawArgmax(token))
+            } else {
+                logit_rows.next().map(NextToken::FromLogits)
+            };
+            let Some(next) = next else {
+                return Err(Error::Internal(format!("the head returned no result for logit row {row}")));
+            };
             let seq = &mut self.scheduler.running[c.index];
-            if let Some((reason, error)) = advance(seq, logits, &self.shared.tokenizer, &metrics) {
+            if let Some((reason, error)) = advance(seq, next, &self.shared.tokenizer, &metrics) {
                 self.finished.push((seq.id, reason, error));
             }
         }
@@ -299,21 +313,41 @@ fn take_sampling_constraints(running: &mut [Sequence], plan: &[ScheduledChunk]) 
         .collect()
 }
 
-/// Samples the next token of `seq` from its logits, streams it, and says whether the
-/// request is now finished (and why).
+/// Whether `seq`'s next token is the argmax of its raw logits (see
+/// [`crate::sampling::Sampler::picks_raw_argmax`]), so the head need not write its logits.
+fn needs_only_argmax(seq: &Sequence) -> bool {
+    // The grammar state is checked too: it is what masks the logits, whatever the settings say.
+    seq.sampler.picks_raw_argmax() && seq.constraint.is_none()
+}
+
+/// What the head gave for a sequence's logit row.
+enum NextToken<'a> {
+    /// The row's logits, to sample from.
+    FromLogits(&'a mut [f32]),
+    /// The argmax of the raw logits, for a sequence that [`needs_only_argmax`].
+    RawArgmax(u32),
+}
+
+/// Samples the next token of `seq` (or takes the head's argmax), streams it, and says whether
+/// the request is now finished (and why).
 fn advance(
     seq: &mut Sequence,
-    logits: &mut [f32],
+    next: NextToken<'_>,
     tokenizer: &Tokenizer,
     metrics: &Metrics,
 ) -> Option<(StopReason, Option<String>)> {
     let now = Instant::now();
-    if let Some(constraint) = &mut seq.constraint {
-        if let Err(message) = constraint.mask_logits(logits) {
-            return Some((StopReason::Error, Some(message)));
+    let sampled = match next {
+        NextToken::FromLogits(logits) => {
+            if let Some(constraint) = &mut seq.constraint {
+                if let Err(message) = constraint.mask_logits(logits) {
+                    return Some((StopReason::Error, Some(message)));
+                }
+            }
+            seq.sampler.sample(logits, &seq.tokens)
         }
-    }
-    let sampled = seq.sampler.sample(logits, &seq.tokens);
+        NextToken::RawArgmax(token) => seq.sampler.sampled_raw_argmax(token),
+    };
     let token = sampled.token;
     let grammar_complete = match seq.constraint.as_mut().map(|c| c.advance(token)) {
         Some(Err(message)) => return Some((StopReason::Error, Some(message))),
