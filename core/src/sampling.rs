@@ -549,7 +549,8 @@ mod tests {
         let mut rng = Rng::seeded(11);
         for row in rows_with_ties_and_nan(&mut rng) {
             // Random cut points; pieces of a few tasks, merged in order, as the head does.
-            let mut cuts: Vec<usize> = (0..rng.next_u64() % 6).map(|_| (rng.next_u64() as usize) % (row.len() + 1)).collect();
+            let mut cuts: Vec<usize> =
+                (0..rng.next_u64() % 6).map(|_| (rng.next_u64() as usize) % (row.len() + 1)).collect();
             cuts.extend([0, row.len()]);
             cuts.sort_unstable();
             let mut tasks: Vec<RunningArgmax> = Vec::new();

@@ -155,7 +155,9 @@ impl StepLoop {
         // Which logit rows need only their argmax (decided before the grammar states leave).
         self.head.argmax_only.clear();
         let running = &self.scheduler.running;
-        self.head.argmax_only.extend(plan.iter().filter(|c| c.want_logits).map(|c| needs_only_argmax(&running[c.index])));
+        self.head
+            .argmax_only
+            .extend(plan.iter().filter(|c| c.want_logits).map(|c| needs_only_argmax(&running[c.index])));
         // The grammar states of the sequences sampling this step leave their sequences for the
         // forward, so their masks can be computed beside it (see `MaskWorker`).
         let mut constrained = take_sampling_constraints(&mut self.scheduler.running, plan);

@@ -587,7 +587,8 @@ impl QMatrix {
         let m = argmax_only.len();
         let groups = self.rows.div_ceil(LANES);
         #[cfg(target_arch = "x86_64")]
-        let pairs = kernel == Kernel::Avx512Vnni && m >= vnni512::MIN_ROWS && vnni512::pairs(format) && vnni512::is_available();
+        let pairs =
+            kernel == Kernel::Avx512Vnni && m >= vnni512::MIN_ROWS && vnni512::pairs(format) && vnni512::is_available();
         #[cfg(not(target_arch = "x86_64"))]
         let pairs = false;
         // Units of work: 8-row groups, or pairs of them for the pair kernel.
@@ -911,7 +912,13 @@ thread_local! {
 /// `column + j` of activation row `first + r`. Lanes at or past `tile_rows` (past the matrix's
 /// last row) are dropped.
 #[inline]
-fn store_in_tile<const W: usize>(tile: &mut [f32], column: usize, first: usize, tile_rows: usize, results: &[[f32; W]]) {
+fn store_in_tile<const W: usize>(
+    tile: &mut [f32],
+    column: usize,
+    first: usize,
+    tile_rows: usize,
+    results: &[[f32; W]],
+) {
     let lanes = W.min(tile_rows - column);
     for (r, row_results) in results.iter().enumerate() {
         let dst = &mut tile[(first + r) * ARGMAX_TILE_ROWS + column..][..lanes];

@@ -617,7 +617,13 @@ fn row_bytes(ty: GgmlType) -> usize {
 
 /// A `rows`-row matrix of `ty` whose row `r` is row `pick(r)` of a random [`ROWS`]-row
 /// pattern; the pattern rows in `nan_rows` get a NaN scale (all their outputs NaN).
-fn patterned_matrix(ty: GgmlType, seed: u64, rows: usize, pick: impl Fn(usize) -> usize, nan_rows: &[usize]) -> QMatrix {
+fn patterned_matrix(
+    ty: GgmlType,
+    seed: u64,
+    rows: usize,
+    pick: impl Fn(usize) -> usize,
+    nan_rows: &[usize],
+) -> QMatrix {
     let mut pattern = random_weight_bytes(ty, &mut Rng(seed));
     let (row_len, block_bytes) = (row_bytes(ty), ty.block_layout().1);
     for &p in nan_rows {
@@ -631,7 +637,13 @@ fn patterned_matrix(ty: GgmlType, seed: u64, rows: usize, pick: impl Fn(usize) -
 
 /// `matmul_argmax_rows` against `matmul` then `sampling::argmax`: the same index for every
 /// argmax row, the same bits for every other row. Returns the full outputs.
-fn assert_fused_argmax_is_argmax_of_matmul(matrix: &QMatrix, x: &[f32], flags: &[bool], pool: &ThreadPool, what: &str) -> Vec<f32> {
+fn assert_fused_argmax_is_argmax_of_matmul(
+    matrix: &QMatrix,
+    x: &[f32],
+    flags: &[bool],
+    pool: &ThreadPool,
+    what: &str,
+) -> Vec<f32> {
     let (m, rows) = (flags.len(), matrix.rows());
     let mut full = vec![0f32; m * rows];
     matrix.matmul(&x[..m * COLS], m, &mut full, pool);
