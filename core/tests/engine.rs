@@ -366,6 +366,52 @@ fn seeded_sampling_is_reproducible() {
     assert!(others.iter().any(|o| *o != a), "different seeds should differ");
 }
 
+/// Rows sampled from logits are picked on the engine's pool when several share a step (then
+/// streamed in plan order on the engine thread): each seeded request gets the tokens it gets
+/// alone, and its events arrive in order (the streamed ids and text are the completion's).
+#[test]
+fn seeded_sampling_is_the_same_alone_and_picked_on_the_pool_beside_others() {
+    let mut config = EngineConfig::new(common::smollm2_path());
+    // Two threads: the pool has another thread to sample on (one would sample inline).
+    config.threads = Some(2);
+    config.target_step_ms = None;
+    let engine = AllBlocksFreeAfter(Engine::new(config).expect("the default model loads"));
+    let sampled = |seed: u64| SamplingParams {
+        temperature: 0.9,
+        seed: Some(seed),
+        max_tokens: Some(16),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    // Sampled rows beside a greedy row (the head's argmax) and a greedy row with logprobs.
+    let requests: Vec<(String, SamplingParams)> = (0..8u64)
+        .map(|i| (format!("Story {i}: the {} was", ["cat", "ship", "storm", "king"][i as usize % 4]), sampled(100 + i)))
+        .chain([("The capital of France is".to_string(), greedy(16))])
+        .chain([("Count: 1, 2, 3,".to_string(), SamplingParams { logprobs: Some(2), ..greedy(16) })])
+        .collect();
+    let alone: Vec<_> =
+        requests.iter().map(|(p, params)| engine.generate(Request::new(p.as_str(), params.clone())).unwrap()).collect();
+    let before = engine.metrics();
+    let handles: Vec<_> =
+        requests.iter().map(|(p, params)| engine.submit(Request::new(p.as_str(), params.clone())).unwrap()).collect();
+    for (i, handle) in handles.into_iter().enumerate() {
+        let (mut ids, mut text) = (Vec::new(), String::new());
+        for event in handle {
+            match event {
+                Event::Token { id, text: piece, .. } => {
+                    ids.push(id);
+                    text.push_str(&piece);
+                }
+                Event::Finished { reason, .. } => assert_eq!(reason, FinishReason::Length, "request {i}"),
+            }
+        }
+        assert_eq!(ids, alone[i].token_ids, "request {i}: batched and sampled on the pool");
+        assert_eq!(text, alone[i].text, "request {i}: streamed in order");
+    }
+    let steps = engine.metrics().steps - before.steps;
+    assert!(steps <= 2 * 17, "{steps} steps for ten 16-token requests: not batched");
+}
+
 #[test]
 fn invalid_requests_get_typed_errors_and_the_engine_keeps_serving() {
     let engine = AllBlocksFreeAfter(engine());

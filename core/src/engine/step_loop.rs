@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crossbeam_channel::Receiver;
@@ -19,6 +19,7 @@ use crate::kv_cache::KvStorage;
 use crate::metrics::{add, Metrics};
 use crate::models::{GenerationModel, LogitRows, SeqChunk};
 use crate::request::{Event, FinishReason, StopReason};
+use crate::sampling::Sampled;
 use crate::tokenizer::Tokenizer;
 
 /// The engine thread: owns the model, the KV storage and the scheduler.
@@ -192,22 +193,13 @@ impl StepLoop {
         add(&metrics.prefill_tokens_total, computed.prompt as u64);
         add(&metrics.recomputed_tokens_total, computed.recomputed as u64);
 
-        let vocab = self.model.vocab_size();
         self.finished.clear();
-        // Logit rows come in plan order, one per chunk that wanted logits; the head packed the
-        // logits of the rows that wanted them and the argmax of the others, each in row order.
-        let (mut logit_rows, mut argmaxes) = (self.head.logits.chunks_exact_mut(vocab), self.head.argmax.iter());
-        for (row, c) in plan.iter().filter(|c| c.want_logits).enumerate() {
-            let next = if self.head.argmax_only[row] {
-                argmaxes.next().map(|&token| NextToken::RawArgmax(token))
-            } else {
-                logit_rows.next().map(NextToken::FromLogits)
-            };
-            let Some(next) = next else {
-                return Err(Error::Internal(format!("the head returned no result for logit row {row}")));
-            };
+        // Pick every row's token first (on the pool when several sample), then stream them in
+        // plan order on this thread.
+        let picked = self.pick_tokens(plan)?;
+        for (c, picked) in plan.iter().filter(|c| c.want_logits).zip(picked) {
             let seq = &mut self.scheduler.running[c.index];
-            if let Some((reason, error)) = advance(seq, next, &self.shared.tokenizer, &metrics) {
+            if let Some((reason, error)) = emit(seq, picked, &self.shared.tokenizer, &metrics) {
                 self.finished.push((seq.id, reason, error));
             }
         }
@@ -235,6 +227,57 @@ impl StepLoop {
         );
         self.budget.observe(decodes, prompt_like_tokens, elapsed);
         Ok(())
+    }
+
+    /// Picks the next token of every sequence with a logit row (in plan order): from the head's
+    /// argmax, or sampled from its logits. Each sequence's sampler is its own (seed, RNG,
+    /// counts), so rows are independent: with [`POOL_SAMPLING_ROWS`] rows or more to sample,
+    /// they are sampled on the model's pool, whose other threads would otherwise wait for this
+    /// one; the picks are the same on any thread.
+    fn pick_tokens(&mut self, plan: &[ScheduledChunk]) -> Result<Vec<Picked>> {
+        let vocab = self.model.vocab_size();
+        let pool = self.model.pool();
+        let head = &mut self.head;
+        let mut sequences: Vec<Option<&mut Sequence>> = self.scheduler.running.iter_mut().map(Some).collect();
+        // Logit rows come in plan order, one per chunk that wanted logits; the head packed the
+        // logits of the rows that wanted them and the argmax of the others, each in row order.
+        let (mut logit_rows, mut argmaxes) = (head.logits.chunks_exact_mut(vocab), head.argmax.iter());
+        let mut jobs = Vec::new();
+        let mut sampled = 0;
+        for (row, c) in plan.iter().filter(|c| c.want_logits).enumerate() {
+            let next = if head.argmax_only[row] {
+                argmaxes.next().map(|&token| NextToken::RawArgmax(token))
+            } else {
+                logit_rows.next().map(NextToken::FromLogits)
+            };
+            let Some(next) = next else {
+                return Err(Error::Internal(format!("the head returned no result for logit row {row}")));
+            };
+            let Some(seq) = sequences.get_mut(c.index).and_then(Option::take) else {
+                return Err(Error::Internal(format!("running sequence {} has two logit rows in a step", c.index)));
+            };
+            sampled += usize::from(matches!(next, NextToken::FromLogits(_)));
+            jobs.push(Mutex::new((seq, next, None)));
+        }
+        let run = |job: &Mutex<PickJob<'_>>| {
+            let mut job = job.lock().unwrap_or_else(|e| e.into_inner());
+            let (seq, next, picked) = &mut *job;
+            *picked = Some(pick(seq, next));
+        };
+        if sampled >= POOL_SAMPLING_ROWS && pool.n_threads() > 1 {
+            pool.run(jobs.len(), &|i| run(&jobs[i]));
+        } else {
+            jobs.iter().for_each(run);
+        }
+        Ok(jobs
+            .into_iter()
+            .map(|job| {
+                job.into_inner()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .2
+                    .unwrap_or_else(|| Err("internal error: a logit row was not picked".into()))
+            })
+            .collect())
     }
 
     /// Ends cancelled requests (flag set by the caller, or the consumer went away).
@@ -322,6 +365,16 @@ fn needs_only_argmax(seq: &Sequence) -> bool {
     seq.sampler.picks_raw_argmax() && seq.constraint.is_none()
 }
 
+/// Rows to sample from logits from which a step samples them on the pool: one row alone is
+/// not worth waking the pool for.
+const POOL_SAMPLING_ROWS: usize = 2;
+
+/// A sequence's token as picked (or why picking failed: its grammar rejected every token).
+type Picked = std::result::Result<Sampled, String>;
+
+/// A sequence, its logit row, and the token picked from it.
+type PickJob<'a> = (&'a mut Sequence, NextToken<'a>, Option<Picked>);
+
 /// What the head gave for a sequence's logit row.
 enum NextToken<'a> {
     /// The row's logits, to sample from.
@@ -330,25 +383,32 @@ enum NextToken<'a> {
     RawArgmax(u32),
 }
 
-/// Samples the next token of `seq` (or takes the head's argmax), streams it, and says whether
-/// the request is now finished (and why).
-fn advance(
+/// Samples the next token of `seq` from its logits (masked by its grammar), or takes the
+/// head's argmax. Touches only `seq`'s sampler and grammar mask: rows are picked in any order.
+fn pick(seq: &mut Sequence, next: &mut NextToken<'_>) -> Picked {
+    match next {
+        NextToken::FromLogits(logits) => {
+            if let Some(constraint) = &mut seq.constraint {
+                constraint.mask_logits(logits)?;
+            }
+            Ok(seq.sampler.sample(logits, &seq.tokens))
+        }
+        NextToken::RawArgmax(token) => Ok(seq.sampler.sampled_raw_argmax(*token)),
+    }
+}
+
+/// Appends the token [`pick`] picked for `seq`, streams it, and says whether the request is
+/// now finished (and why).
+fn emit(
     seq: &mut Sequence,
-    next: NextToken<'_>,
+    picked: Picked,
     tokenizer: &Tokenizer,
     metrics: &Metrics,
 ) -> Option<(StopReason, Option<String>)> {
     let now = Instant::now();
-    let sampled = match next {
-        NextToken::FromLogits(logits) => {
-            if let Some(constraint) = &mut seq.constraint {
-                if let Err(message) = constraint.mask_logits(logits) {
-                    return Some((StopReason::Error, Some(message)));
-                }
-            }
-            seq.sampler.sample(logits, &seq.tokens)
-        }
-        NextToken::RawArgmax(token) => seq.sampler.sampled_raw_argmax(token),
+    let sampled = match picked {
+        Ok(sampled) => sampled,
+        Err(message) => return Some((StopReason::Error, Some(message))),
     };
     let token = sampled.token;
     let grammar_complete = match seq.constraint.as_mut().map(|c| c.advance(token)) {

@@ -337,6 +337,11 @@ impl Gemma3Model {
         KvStorage::with_sliding_pool(&sliding, num_blocks, sliding_blocks, block_size, c.n_kv_heads, c.head_dim)
     }
 
+    /// The thread pool the forward runs on.
+    pub(crate) fn pool(&self) -> &ThreadPool {
+        &self.pool
+    }
+
     /// One batched step over all chunks, with the contract of
     /// [`crate::models::llama::LlamaModel::forward`].
     pub fn forward(&self, chunks: &[SeqChunk<'_>], kv: &mut KvStorage, logits: &mut Vec<f32>) -> Result<()> {

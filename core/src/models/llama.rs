@@ -401,6 +401,11 @@ impl LlamaModel {
         KvStorage::new(self.config.n_layers, num_blocks, block_size, self.config.n_kv_heads, self.config.head_dim)
     }
 
+    /// The thread pool the forward runs on.
+    pub(crate) fn pool(&self) -> &ThreadPool {
+        &self.pool
+    }
+
     /// One batched step over all chunks (see [`SeqChunk`]): writes each new token's K/V into
     /// `kv` through the chunk's block table, attends causally over positions
     /// `0..start_pos + len`, and writes one row of `vocab_size` logits per chunk with

@@ -136,6 +136,15 @@ impl GenerationModel {
         }
     }
 
+    /// The thread pool the forward runs on (the engine also samples on it).
+    pub(crate) fn pool(&self) -> &ThreadPool {
+        match self {
+            Self::Llama(m) => m.pool(),
+            Self::Gemma3(m) => m.pool(),
+            Self::Qwen(m) => m.pool(),
+        }
+    }
+
     /// Logits per row of [`Self::forward`]'s output (no allocation: the step loop calls it).
     pub fn vocab_size(&self) -> usize {
         match self {

@@ -234,6 +234,11 @@ impl QwenModel {
         KvStorage::new(self.config.n_layers, num_blocks, block_size, self.config.n_kv_heads, self.config.head_dim)
     }
 
+    /// The thread pool the forward runs on.
+    pub(crate) fn pool(&self) -> &ThreadPool {
+        &self.pool
+    }
+
     /// One batched step over all chunks, with the contract of
     /// [`crate::models::llama::LlamaModel::forward`].
     pub fn forward(&self, chunks: &[SeqChunk<'_>], kv: &mut KvStorage, logits: &mut Vec<f32>) -> Result<()> {
