@@ -5,18 +5,42 @@
 //! a pool that spin-waits collapses when its threads outnumber free cores. Workers here spin
 //! for a short, bounded time after a job (cheap hand-off between back-to-back kernels) and
 //! then sleep on a condition variable.
+//!
+//! The hot path takes no lock and makes no system call: a job is published through atomics
+//! that spinning workers read directly, and a condition variable is notified only when a
+//! thread is known to sleep on it (a counter of sleeping workers, a flag for a sleeping
+//! caller). Each such hand-shake is a store then a load on both sides, all `SeqCst`, so at
+//! least one side sees the other: either the waker sees the sleeper and notifies under the
+//! lock, or the sleeper sees the change before it sleeps.
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-/// The job generation a new pool starts at.
+/// The job generation a new pool starts at; no job ever has it, so `live` holds it when no
+/// job may be joined.
 const INITIAL_GENERATION: usize = 0;
 
 /// How many spin iterations a worker waits for the next job before sleeping.
 const SPIN_ITERATIONS: u32 = 20_000;
+
+/// While spinning, a thread yields its CPU once every this many iterations (about 13 µs of
+/// `pause` on Zen 4). On a quiet machine the yield returns at once; on one where the pool's
+/// threads outnumber the free cores it lets the thread being waited for run instead of
+/// the spinner.
+const SPINS_PER_YIELD: u32 = 512;
+
+/// One iteration of a spin-wait: a `pause`, and now and then a yield of the CPU.
+#[inline]
+fn spin_once(spins: u32) {
+    if spins % SPINS_PER_YIELD == SPINS_PER_YIELD - 1 {
+        std::thread::yield_now();
+    } else {
+        std::hint::spin_loop();
+    }
+}
 
 /// The number of threads to use when the caller does not say: the physical cores, at most the
 /// CPUs this process may run on.
@@ -31,27 +55,37 @@ pub fn default_thread_count() -> usize {
 
 type Task = dyn Fn(usize) + Sync;
 
-struct Job {
-    /// Type-erased pointer to the caller's closure; valid until `remaining` reaches 0,
-    /// because `run` does not return before that.
-    task: *const Task,
-    n_tasks: usize,
-}
-
-// SAFETY: the closure behind `task` is `Sync`, and `run` keeps it alive while workers use it.
-unsafe impl Send for Job {}
-
 struct Shared {
-    state: Mutex<State>,
+    /// Bumped once per job; a worker waits for it to move past the last job it saw.
+    generation: AtomicUsize,
+    /// The generation of the job workers may still join, or [`INITIAL_GENERATION`] once `run`
+    /// has retired it. A worker joins only after counting itself in `active` and then seeing
+    /// its generation here, so `run`, which retires the job before waiting for `active` to
+    /// reach 0, never returns while a worker can still touch the job.
+    live: AtomicUsize,
+    /// The job's closure: points at the caller's `&dyn Fn` on `run`'s stack (a thin pointer
+    /// to the fat one), valid while the job is live or a worker is active in it.
+    task: AtomicPtr<&'static Task>,
+    n_tasks: AtomicUsize,
+    next_task: AtomicUsize,
+    /// Tasks not finished yet.
+    remaining: AtomicUsize,
+    /// Workers currently holding the job's closure pointer.
+    active: AtomicUsize,
+    /// Workers registered as asleep on `wake` (or about to be): a new job notifies only when
+    /// this is not 0, and then sets it to 0, so a worker slow to wake up (on a loaded machine,
+    /// for many jobs) costs one system call, not one per job. Changed only under `sleep_lock`.
+    sleepers: AtomicUsize,
+    /// Whether the caller sleeps (or is about to) on `done`: a finishing worker notifies only
+    /// then.
+    caller_sleeping: AtomicBool,
+    shutdown: AtomicBool,
+    /// Held from a sleeper's last check until it waits, and by a waker while it notifies, so no
+    /// notification falls between the two. Counts the notifications of `wake`: a worker whose
+    /// registration a notification cleared sees the count change.
+    sleep_lock: Mutex<u64>,
     wake: Condvar,
     done: Condvar,
-    generation: AtomicUsize,
-    next_task: AtomicUsize,
-    remaining: AtomicUsize,
-    /// Workers currently holding the job's closure pointer. `run` returns only once this is 0,
-    /// so a worker that woke late never touches a closure that is gone or claims tasks of the
-    /// next job.
-    active: AtomicUsize,
     /// The message of the first task of the current job that panicked, on any thread. A task
     /// that panics leaves its output unwritten, so `run` must not return normally after it.
     panic_message: Mutex<Option<String>>,
@@ -67,6 +101,19 @@ impl Shared {
 
     fn take_panic(&self) -> Option<String> {
         self.panic_message.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn lock_sleep(&self) -> MutexGuard<'_, u64> {
+        self.sleep_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Decrements `counter` (a worker's share of `remaining` or `active`) and wakes the caller
+    /// if it reached 0 while the caller sleeps on it.
+    fn count_down(&self, counter: &AtomicUsize) {
+        if counter.fetch_sub(1, Ordering::SeqCst) == 1 && self.caller_sleeping.load(Ordering::SeqCst) {
+            let _guard = self.lock_sleep();
+            self.done.notify_all();
+        }
     }
 }
 
@@ -97,11 +144,6 @@ pub enum PoolError {
         #[source]
         source: std::io::Error,
     },
-}
-
-struct State {
-    job: Option<Job>,
-    shutdown: bool,
 }
 
 /// A fixed set of worker threads; the calling thread takes part in every job.
@@ -135,13 +177,19 @@ impl ThreadPool {
         }
         let n_threads = n_threads.max(1);
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { job: None, shutdown: false }),
-            wake: Condvar::new(),
-            done: Condvar::new(),
             generation: AtomicUsize::new(INITIAL_GENERATION),
+            live: AtomicUsize::new(INITIAL_GENERATION),
+            task: AtomicPtr::new(std::ptr::null_mut()),
+            n_tasks: AtomicUsize::new(0),
             next_task: AtomicUsize::new(0),
             remaining: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
+            sleepers: AtomicUsize::new(0),
+            caller_sleeping: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            sleep_lock: Mutex::new(0),
+            wake: Condvar::new(),
+            done: Condvar::new(),
             panic_message: Mutex::new(None),
         });
         // Built before the workers, so that on a spawn failure dropping it shuts down and
@@ -210,29 +258,46 @@ impl ThreadPool {
     fn run_job(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync), caller_works: bool) {
         let _serial = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
         let shared = &*self.shared;
-        // SAFETY: erase the closure's lifetime; we wait below until every worker is done with it.
-        let task: *const Task = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Task>(f) };
-        shared.next_task.store(0, Ordering::SeqCst);
-        shared.remaining.store(n_tasks, Ordering::SeqCst);
-        {
-            let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            state.job = Some(Job { task, n_tasks });
-            shared.generation.fetch_add(1, Ordering::SeqCst);
-        }
-        shared.wake.notify_all();
+        // SAFETY: erase the closure's lifetime; the job is retired and every worker is done
+        // with it before this function returns (and `task` goes out of scope).
+        let task: &'static Task = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Task>(f) };
+        publish(shared, &task, n_tasks);
 
         if caller_works {
             work_on(shared, f, n_tasks);
         }
 
         // Wait for workers still finishing their last task, retire the job so no late waker
-        // picks it up, then wait for workers that already hold it to let go.
+        // joins it, then wait for workers that already hold it to let go.
         wait_until_zero(shared, &shared.remaining);
-        shared.state.lock().unwrap_or_else(|e| e.into_inner()).job = None;
+        shared.live.store(INITIAL_GENERATION, Ordering::SeqCst);
         wait_until_zero(shared, &shared.active);
         if let Some(message) = shared.take_panic() {
             panic!("a thread-pool task panicked: {message}");
         }
+    }
+}
+
+/// Makes a job of `n_tasks` calls of `task` visible to the workers, and wakes the sleeping
+/// ones (only when there are any: the notification is a system call).
+fn publish(shared: &Shared, task: &&'static Task, n_tasks: usize) {
+    shared.task.store(task as *const &'static Task as *mut &'static Task, Ordering::Relaxed);
+    shared.n_tasks.store(n_tasks, Ordering::Relaxed);
+    shared.next_task.store(0, Ordering::Relaxed);
+    shared.remaining.store(n_tasks, Ordering::Relaxed);
+    // `wrapping_add` skips nothing but the never-used INITIAL_GENERATION after 2^64 jobs.
+    let mut generation = shared.generation.load(Ordering::Relaxed).wrapping_add(1);
+    if generation == INITIAL_GENERATION {
+        generation = generation.wrapping_add(1);
+    }
+    // The stores above happen before these: a worker that sees either sees the job.
+    shared.live.store(generation, Ordering::SeqCst);
+    shared.generation.store(generation, Ordering::SeqCst);
+    if shared.sleepers.load(Ordering::SeqCst) != 0 {
+        let mut notifications = shared.lock_sleep();
+        *notifications += 1;
+        shared.sleepers.store(0, Ordering::SeqCst);
+        shared.wake.notify_all();
     }
 }
 
@@ -241,14 +306,16 @@ fn wait_until_zero(shared: &Shared, counter: &AtomicUsize) {
     let mut spins = 0;
     while counter.load(Ordering::Acquire) != 0 {
         if spins < SPIN_ITERATIONS {
+            spin_once(spins);
             spins += 1;
-            std::hint::spin_loop();
             continue;
         }
-        let state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        if counter.load(Ordering::Acquire) != 0 {
-            let _unused = shared.done.wait(state);
+        let mut guard = shared.lock_sleep();
+        shared.caller_sleeping.store(true, Ordering::SeqCst);
+        while counter.load(Ordering::SeqCst) != 0 {
+            guard = shared.done.wait(guard).unwrap_or_else(|e| e.into_inner());
         }
+        shared.caller_sleeping.store(false, Ordering::SeqCst);
     }
 }
 
@@ -265,10 +332,7 @@ fn work_on(shared: &Shared, f: &(dyn Fn(usize) + Sync), n_tasks: usize) {
         struct Done<'a>(&'a Shared);
         impl Drop for Done<'_> {
             fn drop(&mut self) {
-                if self.0.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    let _guard = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
-                    self.0.done.notify_all();
-                }
+                self.0.count_down(&self.0.remaining);
             }
         }
         let _done = Done(shared);
@@ -278,55 +342,81 @@ fn work_on(shared: &Shared, f: &(dyn Fn(usize) + Sync), n_tasks: usize) {
     }
 }
 
+/// Waits (spinning a little, then asleep) for a generation other than `seen`; `None` once
+/// the pool shuts down.
+fn next_generation(shared: &Shared, seen: usize) -> Option<usize> {
+    for spins in 0..SPIN_ITERATIONS {
+        let generation = shared.generation.load(Ordering::Acquire);
+        if generation != seen {
+            return Some(generation);
+        }
+        spin_once(spins);
+    }
+    let mut notifications = shared.lock_sleep();
+    loop {
+        // Register, then check: a job published after the check sees the registration.
+        shared.sleepers.fetch_add(1, Ordering::SeqCst);
+        let registered_at = *notifications;
+        loop {
+            let outcome = if shared.shutdown.load(Ordering::SeqCst) {
+                Some(None)
+            } else {
+                let generation = shared.generation.load(Ordering::SeqCst);
+                (generation != seen).then_some(Some(generation))
+            };
+            if let Some(outcome) = outcome {
+                if *notifications == registered_at {
+                    shared.sleepers.fetch_sub(1, Ordering::SeqCst);
+                }
+                return outcome;
+            }
+            notifications = shared.wake.wait(notifications).unwrap_or_else(|e| e.into_inner());
+            if *notifications != registered_at {
+                break; // The notifier cleared every registration; register again.
+            }
+        }
+    }
+}
+
+/// Joins job `generation` if it is still live: counts this worker in `active` first, so
+/// `run` waits for it; leaves again if the job was retired meanwhile.
+fn join(shared: &Shared, generation: usize) -> Option<(&'static Task, usize)> {
+    shared.active.fetch_add(1, Ordering::SeqCst);
+    if shared.live.load(Ordering::SeqCst) != generation {
+        shared.count_down(&shared.active);
+        return None;
+    }
+    // SAFETY: the job is live and we are counted in `active`, so `run` has not returned and
+    // the reference `task` points at is still on its stack.
+    let task = unsafe { *shared.task.load(Ordering::Relaxed) };
+    Some((task, shared.n_tasks.load(Ordering::Relaxed)))
+}
+
 fn worker_loop(shared: &Shared) {
     // Start from the generation the pool was created with, not whatever it is when this thread
     // first runs: a job submitted before the thread started must not be mistaken for an old one.
-    let mut seen_generation = INITIAL_GENERATION;
-    loop {
-        // Spin a little for the next job, then sleep.
-        let mut spins = 0;
-        while shared.generation.load(Ordering::Acquire) == seen_generation && spins < SPIN_ITERATIONS {
-            spins += 1;
-            std::hint::spin_loop();
-        }
-        let (task, n_tasks) = {
-            let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            loop {
-                if state.shutdown {
-                    return;
-                }
-                let generation = shared.generation.load(Ordering::Acquire);
-                if generation != seen_generation {
-                    seen_generation = generation;
-                    if let Some(job) = &state.job {
-                        shared.active.fetch_add(1, Ordering::AcqRel);
-                        break (job.task, job.n_tasks);
-                    }
-                    // The job already finished before we woke; wait for the next one.
-                    continue;
-                }
-                state = shared.wake.wait(state).unwrap_or_else(|e| e.into_inner());
-            }
+    let mut seen = INITIAL_GENERATION;
+    while let Some(generation) = next_generation(shared, seen) {
+        seen = generation;
+        let Some((f, n_tasks)) = join(shared, generation) else {
+            continue;
         };
-        // SAFETY: `run` keeps the closure alive until `remaining` hits 0, and we only touch
-        // it through `work_on`, which claims tasks that are still outstanding.
-        let f = unsafe { &*task };
         // `work_on` catches the tasks' panics; this catches anything else, because a worker
-        // that died here would never decrement `active` and `run` would wait forever.
+        // that died here would never leave `active` and `run` would wait forever.
         if let Err(payload) = catch_unwind(AssertUnwindSafe(|| work_on(shared, f, n_tasks))) {
             shared.record_panic(payload);
         }
-        if shared.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let _guard = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            shared.done.notify_all();
-        }
+        shared.count_down(&shared.active);
     }
 }
 
 impl Drop for ThreadPool {
     fn drop(&mut self) {
-        self.shared.state.lock().unwrap_or_else(|e| e.into_inner()).shutdown = true;
-        self.shared.wake.notify_all();
+        {
+            let _guard = self.shared.lock_sleep();
+            self.shared.shutdown.store(true, Ordering::SeqCst);
+            self.shared.wake.notify_all();
+        }
         for worker in self.workers.drain(..) {
             let _ = worker.join();
         }
@@ -392,6 +482,74 @@ mod tests {
             count.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(count.load(Ordering::Relaxed), 8);
+    }
+
+    /// A hang guard, not a timing assertion: how long a broken hand-shake may take to show.
+    const HANG_GUARD: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Polls `condition` until it holds; false if it still does not after [`HANG_GUARD`].
+    fn eventually(condition: impl Fn() -> bool) -> bool {
+        let deadline = std::time::Instant::now() + HANG_GUARD;
+        while !condition() {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::yield_now();
+        }
+        true
+    }
+
+    /// Runs `f` on its own thread; false if it has not returned after [`HANG_GUARD`] (the
+    /// thread is then left behind, stuck).
+    fn returns(f: impl FnOnce() + Send + 'static) -> bool {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            f();
+            let _ = sender.send(());
+        });
+        receiver.recv_timeout(HANG_GUARD).is_ok()
+    }
+
+    #[test]
+    fn a_job_wakes_a_worker_that_went_to_sleep() {
+        let pool = ThreadPool::new(2).expect("pool");
+        pool.run(2, &|_| {});
+        assert!(eventually(|| pool.shared.sleepers.load(Ordering::SeqCst) == 1), "the idle worker sleeps");
+        // Two tasks that each wait for the other to start: they can only meet if the
+        // sleeping worker was woken and took one.
+        let arrived = AtomicUsize::new(0);
+        let met = AtomicUsize::new(0);
+        pool.run(2, &|_| {
+            arrived.fetch_add(1, Ordering::SeqCst);
+            if eventually(|| arrived.load(Ordering::SeqCst) == 2) {
+                met.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        assert_eq!(met.load(Ordering::SeqCst), 2, "both tasks ran at the same time");
+    }
+
+    #[test]
+    fn a_worker_finishing_last_wakes_the_caller_that_went_to_sleep() {
+        let pool = Arc::new(ThreadPool::new(2).expect("pool"));
+        let finished = returns({
+            let pool = Arc::clone(&pool);
+            move || {
+                let caller = std::thread::current().id();
+                let shared = &pool.shared;
+                // The tasks meet, so one runs on the worker; the worker's ends only once the
+                // caller, done with its own, sleeps waiting for it: only the worker's
+                // notification can wake it.
+                let arrived = AtomicUsize::new(0);
+                pool.run(2, &|_| {
+                    arrived.fetch_add(1, Ordering::SeqCst);
+                    eventually(|| arrived.load(Ordering::SeqCst) == 2);
+                    if std::thread::current().id() != caller {
+                        eventually(|| shared.caller_sleeping.load(Ordering::SeqCst));
+                    }
+                });
+            }
+        });
+        assert!(finished, "the caller was never woken");
     }
 
     #[test]

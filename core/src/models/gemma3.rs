@@ -380,9 +380,10 @@ impl Gemma3Model {
                 rope: if c.sliding_layers[l] { rope_swa } else { rope_global },
             }
             .apply(&mut s.qkv, &geometry, pool);
-            s.attend(&geometry, l, c.span(l), chunks, kv, pool);
             if l + 1 == self.layers.len() {
-                n_rows = s.keep_logit_rows(chunks, &geometry);
+                n_rows = s.attend_logit_rows(&geometry, l, c.span(l), chunks, kv, pool);
+            } else {
+                s.attend(&geometry, l, c.span(l), chunks, kv, pool);
             }
             s.project(&layer.attn_output, n_rows, pool);
             // x += post_attention_norm(attention); normed = ffn_norm(x).

@@ -440,9 +440,10 @@ impl LlamaModel {
             // `normed` holds this layer's input: `x` normalised with `attn_norm`.
             layer.qkv.matmul(&s.normed, n, &mut s.qkv, pool);
             QkvRowPrep { bias: None, head_norms: None, style: c.family.rope, rope }.apply(&mut s.qkv, &geometry, pool);
-            s.attend(&geometry, l, c.span(), chunks, kv, pool);
             if l + 1 == self.layers.len() {
-                n_rows = s.keep_logit_rows(chunks, &geometry);
+                n_rows = s.attend_logit_rows(&geometry, l, c.span(), chunks, kv, pool);
+            } else {
+                s.attend(&geometry, l, c.span(), chunks, kv, pool);
             }
             s.project(&layer.attn_output, n_rows, pool);
             s.add_residual(None, Some(&layer.ffn.norm), c.rms_eps, n_rows, pool);

@@ -278,9 +278,10 @@ impl QwenModel {
                 rope,
             }
             .apply(&mut s.qkv, &geometry, pool);
-            s.attend(&geometry, l, Span::Causal, chunks, kv, pool);
             if l + 1 == self.layers.len() {
-                n_rows = s.keep_logit_rows(chunks, &geometry);
+                n_rows = s.attend_logit_rows(&geometry, l, Span::Causal, chunks, kv, pool);
+            } else {
+                s.attend(&geometry, l, Span::Causal, chunks, kv, pool);
             }
             s.project(&layer.attn_output, n_rows, pool);
             s.add_residual(None, Some(&layer.ffn.norm), c.rms_eps, n_rows, pool);

@@ -70,15 +70,72 @@ impl StepScratch {
         attention::attend(&mut self.attention, g, layer, span, chunks, kv, &self.qkv, &mut self.attn, pool);
     }
 
-    /// Called in the last layer once its attention has run: moves the rows whose logits are
-    /// wanted (the last row of each chunk with `want_logits`) to the front of `x` and `attn`,
-    /// in chunk order, and returns how many there are. Past the last attention no row depends
-    /// on another, and only these rows reach the output head, so the rest of the last layer
-    /// runs on them alone (in a prefill chunk of 512 tokens, 1 row instead of 512: the last
-    /// layer's output projection and FFN, a `1 / n_layers` share of the matmuls). Each kept
-    /// row goes through the same operations as before, so its bits do not change.
+    /// [`Self::attend`] for the last layer: stores every row's keys and values, but attends
+    /// only for the rows whose logits are wanted (the last row of each chunk with
+    /// `want_logits`), moved first to the front of `x` and `qkv`, in chunk order; returns how
+    /// many there are. Past the last attention no row depends on another, and only these rows
+    /// reach the output head, so the rest of the last layer runs on them alone (in a prefill
+    /// chunk of 512 tokens, 1 row instead of 512: the last layer's attention, output
+    /// projection and FFN). Each kept row is attended as a one-token chunk at its own
+    /// position, which gives the bits it gets inside its chunk (attention is batch- and
+    /// chunk-invariant), so no result changes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend_logit_rows(
+        &mut self,
+        g: &Geometry,
+        layer: usize,
+        span: Span,
+        chunks: &[SeqChunk<'_>],
+        kv: &mut KvStorage,
+        pool: &ThreadPool,
+    ) -> usize {
+        store_keys_and_values(&self.qkv, g, layer, chunks, kv);
+        let n_kept = self.keep_logit_rows(chunks, g);
+        // Without allocating (a warm step allocates nothing): a run of one-token chunks that
+        // want logits (decode) is attended as it is, in one call; a longer chunk's last token
+        // as a one-token chunk of its own.
+        let (mut kept, mut i) = (0, 0);
+        while i < chunks.len() {
+            let run = chunks[i..].iter().take_while(|c| c.want_logits && c.tokens.len() == 1).count();
+            if run > 0 {
+                self.attend_kept_rows(g, layer, span, &chunks[i..i + run], kept, kv, pool);
+                (kept, i) = (kept + run, i + run);
+                continue;
+            }
+            if chunks[i].want_logits {
+                let last = last_token_chunk(&chunks[i]);
+                self.attend_kept_rows(g, layer, span, std::slice::from_ref(&last), kept, kv, pool);
+                kept += 1;
+            }
+            i += 1;
+        }
+        debug_assert_eq!(kept, n_kept);
+        n_kept
+    }
+
+    /// Attention for one-token `chunks` whose rows sit at `first..` of `qkv`, into the same
+    /// rows of `attn`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_kept_rows(
+        &mut self,
+        g: &Geometry,
+        layer: usize,
+        span: Span,
+        chunks: &[SeqChunk<'_>],
+        first: usize,
+        kv: &KvStorage,
+        pool: &ThreadPool,
+    ) {
+        let rows = first..first + chunks.len();
+        let qkv = &self.qkv[rows.start * g.qkv_row_len..rows.end * g.qkv_row_len];
+        let attn = &mut self.attn[rows.start * g.q_dim()..rows.end * g.q_dim()];
+        attention::attend(&mut self.attention, g, layer, span, chunks, kv, qkv, attn, pool);
+    }
+
+    /// Moves the rows whose logits are wanted (the last row of each chunk with `want_logits`)
+    /// to the front of `x` and `qkv`, in chunk order, and returns how many there are.
     pub fn keep_logit_rows(&mut self, chunks: &[SeqChunk<'_>], g: &Geometry) -> usize {
-        let (hidden, q_dim) = (self.x.len() / self.rows.len().max(1), g.q_dim());
+        let (hidden, qkv_len) = (self.x.len() / self.rows.len().max(1), g.qkv_row_len);
         let (mut kept, mut end) = (0, 0);
         for chunk in chunks {
             end += chunk.tokens.len();
@@ -88,7 +145,7 @@ impl StepScratch {
             let row = end - 1;
             if row != kept {
                 self.x.copy_within(row * hidden..(row + 1) * hidden, kept * hidden);
-                self.attn.copy_within(row * q_dim..(row + 1) * q_dim, kept * q_dim);
+                self.qkv.copy_within(row * qkv_len..(row + 1) * qkv_len, kept * qkv_len);
             }
             kept += 1;
         }
@@ -133,6 +190,12 @@ impl StepScratch {
     }
 }
 
+/// `chunk`'s last token alone, at its position, with the same block tables.
+fn last_token_chunk<'a>(chunk: &SeqChunk<'a>) -> SeqChunk<'a> {
+    let last = chunk.tokens.len().saturating_sub(1);
+    SeqChunk { tokens: &chunk.tokens[last..], start_pos: chunk.start_pos + last, ..*chunk }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,13 +218,13 @@ mod tests {
         let n = s.rows.len();
         assert_eq!(n, 11);
         s.x = (0..n * 3).map(|i| i as f32).collect();
-        s.attn = (0..n * g.q_dim()).map(|i| -(i as f32)).collect();
+        s.qkv = (0..n * g.qkv_row_len).map(|i| -(i as f32)).collect();
         assert_eq!(s.keep_logit_rows(&chunks, &g), 3);
         for (kept, row) in [2usize, 8, 10].into_iter().enumerate() {
             let x_row: Vec<f32> = (row * 3..row * 3 + 3).map(|i| i as f32).collect();
             assert_eq!(s.x[kept * 3..kept * 3 + 3], x_row[..], "x of row {row}");
-            let attn_row: Vec<f32> = (row * 4..row * 4 + 4).map(|i| -(i as f32)).collect();
-            assert_eq!(s.attn[kept * 4..kept * 4 + 4], attn_row[..], "attn of row {row}");
+            let qkv_row: Vec<f32> = (row * 8..row * 8 + 8).map(|i| -(i as f32)).collect();
+            assert_eq!(s.qkv[kept * 8..kept * 8 + 8], qkv_row[..], "qkv of row {row}");
         }
     }
 }

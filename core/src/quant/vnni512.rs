@@ -8,6 +8,16 @@
 //! float operations in the same order, block after block. So the bits are the same as every
 //! other kernel's, and the choice of pairing (which depends only on the matrix, never on the
 //! batch) does not show in the results.
+//!
+//! What bounds them on Zen 4 (2026-12-05, `examples/matmul_driver.rs`, CPU time): the
+//! multiply pipes, not the unpacking. A Q5_0 row and block takes 8 `vpdpbusd` and 3 float
+//! multiplies (`d_w d_a`, `m_w s_a`, the fused multiply-add), 11 multiply-pipe operations;
+//! 576 x 576 at 512 rows runs at 11 of them per row and block at the VM's clock. Tiles of 8
+//! rows (each block unpacked once per 8 rows) were no faster; dropping the `m_w s_a`
+//! multiply (wrong bits, an experiment only) made it 11% faster. So only a cheaper float
+//! epilogue on every path would speed the `Offset` formats up, e.g. Q5_0 as Q8_0 does it
+//! (sums started at `-16 Σa`, exact, then `acc = fma(d_w d_a, dot, acc)`: 10 operations),
+//! which changes the bits of every kernel, the portable one included.
 
 use std::arch::x86_64::*;
 
