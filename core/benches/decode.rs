@@ -2,7 +2,8 @@
 //!
 //! `cargo bench -p cortexstream --bench decode` (model from the cache, filled by
 //! `python3 python/cortexstream/models.py pull all`). Environment: `BENCH_TOKENS` tokens per sequence (default 128),
-//! `BENCH_THREADS` compute threads (default: physical cores), `BENCH_CONCURRENCY` a
+//! `BENCH_THREADS` compute threads (default: physical cores), `BENCH_TEMPERATURE` (default 0:
+//! greedy), `BENCH_CONCURRENCY` a
 //! comma-separated list (default `1,8,32`), `BENCH_MODEL` a GGUF path (default: the cached
 //! SmolLM2 Q4_1).
 //!
@@ -65,7 +66,20 @@ fn main() {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     // Warm-up: first-touch of the weights and scratch buffers.
-    let params = SamplingParams { max_tokens: Some(tokens), ignore_eos: true, ..SamplingParams::greedy() };
+    // `BENCH_TEMPERATURE` (default 0: greedy) samples with the default top-k/top-p and a seed
+    // per run, to measure the sampling rows.
+    let temperature: f32 = std::env::var("BENCH_TEMPERATURE").ok().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let params = if temperature > 0.0 {
+        SamplingParams {
+            max_tokens: Some(tokens),
+            ignore_eos: true,
+            temperature,
+            seed: Some(7),
+            ..SamplingParams::default()
+        }
+    } else {
+        SamplingParams { max_tokens: Some(tokens), ignore_eos: true, ..SamplingParams::greedy() }
+    };
     let _ = engine.generate(Request::new("Warm up.", SamplingParams { max_tokens: Some(4), ..params.clone() }));
 
     println!("{:>8} {:>14} {:>14} {:>12}", "streams", "decode tok/s", "per stream", "mean TTFT");

@@ -106,6 +106,29 @@ impl Sampler {
         *self.output_counts.entry(token).or_insert(0) += 1;
     }
 
+    /// Whether [`Self::sample`] picks exactly [`argmax`] of the raw logits and returns nothing
+    /// else: greedy (temperature 0), no log-probabilities, no logit bias, no repetition,
+    /// presence or frequency penalty, no output constraint. Then the output head may find the
+    /// argmax while computing the row and never write the row's logits
+    /// ([`crate::models::LogitRows`]).
+    pub fn picks_raw_argmax(&self) -> bool {
+        let p = &self.params;
+        p.temperature == 0.0
+            && p.logprobs.is_none()
+            && p.logit_bias.is_empty()
+            && p.repetition_penalty == 1.0
+            && p.presence_penalty == 0.0
+            && p.frequency_penalty == 0.0
+            && p.constraint.is_none()
+    }
+
+    /// What [`Self::sample`] returns for a row whose raw argmax is `token`, for a sampler that
+    /// [`Self::picks_raw_argmax`].
+    pub fn sampled_raw_argmax(&self, token: u32) -> Sampled {
+        debug_assert!(self.picks_raw_argmax(), "the logits were needed");
+        Sampled { token, logprobs: None }
+    }
+
     /// Picks the next token. `logits` is modified in place (penalties); `history` is the
     /// sequence so far (prompt then output), used by the repetition penalty.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> Sampled {
@@ -399,6 +422,48 @@ pub fn argmax(logits: &[f32]) -> u32 {
     logits[first_chunk * LANES..].iter().position(|&l| l == max).map_or(0, |i| (first_chunk * LANES + i) as u32)
 }
 
+/// [`argmax`] of a row that arrives in pieces in index order (the output head computes it
+/// tile by tile, on several threads): the first index of the largest non-NaN value so far,
+/// 0 while every value was NaN. Pieces of one row offered in index order give the index
+/// [`argmax`] gives over the whole row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct RunningArgmax {
+    /// NaN until a non-NaN value was offered.
+    value: f32,
+    index: u32,
+}
+
+impl RunningArgmax {
+    /// Nothing offered yet.
+    pub(crate) const NONE: Self = Self { value: f32::NAN, index: 0 };
+
+    /// Offers `values`, the row's values from index `first` on (after every index offered so far).
+    pub(crate) fn offer(&mut self, first: usize, values: &[f32]) {
+        let best = argmax(values) as usize;
+        if let Some(&value) = values.get(best) {
+            self.offer_one(first + best, value);
+        }
+    }
+
+    /// Offers the best of a later piece, as another [`RunningArgmax`] found it.
+    pub(crate) fn merge(&mut self, later: RunningArgmax) {
+        self.offer_one(later.index as usize, later.value);
+    }
+
+    /// Offers one value at an index after every index offered so far: it wins only when
+    /// strictly larger (ties keep the earlier index), and NaN never wins.
+    fn offer_one(&mut self, index: usize, value: f32) {
+        if !value.is_nan() && (self.value.is_nan() || value > self.value) {
+            self.value = value;
+            self.index = index as u32;
+        }
+    }
+
+    pub(crate) fn index(&self) -> u32 {
+        self.index
+    }
+}
+
 /// log-sum-exp of the row and its `n` most likely tokens with their log-probabilities.
 fn top_logprobs(logits: &[f32], n: usize) -> (f32, Vec<TopLogprob>) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -459,6 +524,72 @@ mod tests {
         }
         for logits in &cases {
             assert_eq!(argmax(logits), scan(logits), "{:?}", &logits[..logits.len().min(20)]);
+        }
+    }
+
+    /// Rows with ties, NaN and infinities where the head's tiles and tasks could split them.
+    fn rows_with_ties_and_nan(rng: &mut Rng) -> Vec<Vec<f32>> {
+        let mut rows = vec![vec![f32::NAN; 40], vec![f32::NEG_INFINITY; 33], vec![-0.0, 0.0, 0.0], vec![]];
+        for len in [1usize, 17, 64, 1000] {
+            for _ in 0..20 {
+                // Few distinct values: the maximum repeats (ties across pieces).
+                let mut row: Vec<f32> = (0..len).map(|_| (rng.next_u64() % 5) as f32).collect();
+                for _ in 0..rng.next_u64() % 4 {
+                    let at = (rng.next_u64() % len as u64) as usize;
+                    row[at] = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][(rng.next_u64() % 3) as usize];
+                }
+                rows.push(row);
+            }
+        }
+        rows
+    }
+
+    #[test]
+    fn a_row_offered_in_pieces_gives_the_argmax_of_the_whole_row() {
+        let mut rng = Rng::seeded(11);
+        for row in rows_with_ties_and_nan(&mut rng) {
+            // Random cut points; pieces of a few tasks, merged in order, as the head does.
+            let mut cuts: Vec<usize> =
+                (0..rng.next_u64() % 6).map(|_| (rng.next_u64() as usize) % (row.len() + 1)).collect();
+            cuts.extend([0, row.len()]);
+            cuts.sort_unstable();
+            let mut tasks: Vec<RunningArgmax> = Vec::new();
+            for piece in cuts.windows(2) {
+                let mut task = RunningArgmax::NONE;
+                // Each task offers its piece in two tiles.
+                let middle = (piece[0] + piece[1]) / 2;
+                task.offer(piece[0], &row[piece[0]..middle]);
+                task.offer(middle, &row[middle..piece[1]]);
+                tasks.push(task);
+            }
+            let mut merged = RunningArgmax::NONE;
+            tasks.into_iter().for_each(|task| merged.merge(task));
+            assert_eq!(merged.index(), argmax(&row), "{row:?} cut at {cuts:?}");
+        }
+    }
+
+    #[test]
+    fn only_plain_greedy_settings_pick_the_raw_argmax() {
+        let picks = |f: fn(&mut SamplingParams)| {
+            let mut p = SamplingParams::greedy();
+            f(&mut p);
+            Sampler::new(p).picks_raw_argmax()
+        };
+        assert!(picks(|_| {}), "plain greedy");
+        // Settings that change nothing else keep it.
+        assert!(picks(|p| p.top_k = 5), "top-k is moot at temperature 0");
+        assert!(picks(|p| p.seed = Some(3)), "the seed is moot at temperature 0");
+        let excluded: [(&str, fn(&mut SamplingParams)); 7] = [
+            ("temperature", |p| p.temperature = 0.7),
+            ("logprobs", |p| p.logprobs = Some(0)),
+            ("logit_bias", |p| p.logit_bias = vec![(3, 0.0)]),
+            ("repetition_penalty", |p| p.repetition_penalty = 1.1),
+            ("presence_penalty", |p| p.presence_penalty = 0.5),
+            ("frequency_penalty", |p| p.frequency_penalty = -0.5),
+            ("constraint", |p| p.constraint = Some(crate::constraint::Constraint::Regex("a+".into()))),
+        ];
+        for (what, set) in excluded {
+            assert!(!picks(set), "{what} needs the logits");
         }
     }
 

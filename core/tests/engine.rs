@@ -119,6 +119,38 @@ fn batch_invariance_alone_and_among_29_others() {
     assert!(steps * 4 <= generated, "{generated} tokens in {steps} steps: not batched");
 }
 
+/// Plain greedy rows, whose output head keeps only the argmax and never writes their logits,
+/// pick the tokens that greedy rows needing their logits (log-probabilities asked) pick: alone,
+/// and sharing steps with each other (a batch that mixes both kinds of rows).
+#[test]
+fn greedy_tokens_are_the_same_whether_or_not_the_head_writes_the_logits() {
+    let engine = AllBlocksFreeAfter(fixed_budget_engine());
+    let prompts = ["The quick brown fox", "Once upon a time,", "1, 2, 3, 4,", "def main():", "Paris is the"];
+    let with_logits = |n| SamplingParams { logprobs: Some(1), ..greedy(n) };
+    let alone: Vec<Vec<u32>> =
+        prompts.iter().map(|p| engine.generate(Request::new(*p, with_logits(12))).unwrap().token_ids).collect();
+    let before = engine.metrics();
+    let handles: Vec<_> = prompts
+        .iter()
+        .flat_map(|p| [greedy(12), with_logits(12)].map(|params| engine.submit(Request::new(*p, params)).unwrap()))
+        .collect();
+    let completions: Vec<_> = handles.into_iter().map(|h| h.wait()).collect();
+    for (i, pair) in completions.chunks_exact(2).enumerate() {
+        let (argmax_only, logit_row) = (&pair[0], &pair[1]);
+        assert_eq!(argmax_only.token_ids, alone[i], "prompt {i}: greedy from the head's argmax");
+        assert_eq!(logit_row.token_ids, alone[i], "prompt {i}: greedy from the logits, batched");
+        assert!(argmax_only.logprobs.is_empty(), "prompt {i}: no logprobs were asked");
+        // The logit row still got its logits: its token is its own most likely one.
+        for (lp, &id) in logit_row.logprobs.iter().zip(&logit_row.token_ids) {
+            assert_eq!(lp.top.first().map(|t| t.token_id), Some(id), "prompt {i}");
+        }
+        assert_eq!(logit_row.logprobs.len(), 12, "prompt {i}");
+    }
+    // Both kinds shared steps: ten requests, far fewer steps than ten apart would take.
+    let steps = engine.metrics().steps - before.steps;
+    assert!(steps <= 2 * 13, "{steps} steps for ten 12-token requests: not batched");
+}
+
 #[test]
 fn thirty_two_concurrent_requests_finish_with_correct_usage() {
     let engine = AllBlocksFreeAfter(engine());
@@ -332,6 +364,52 @@ fn seeded_sampling_is_reproducible() {
     assert_eq!(a, sample(42));
     let others: Vec<_> = (1..=3).map(sample).collect();
     assert!(others.iter().any(|o| *o != a), "different seeds should differ");
+}
+
+/// Rows sampled from logits are picked on the engine's pool when several share a step (then
+/// streamed in plan order on the engine thread): each seeded request gets the tokens it gets
+/// alone, and its events arrive in order (the streamed ids and text are the completion's).
+#[test]
+fn seeded_sampling_is_the_same_alone_and_picked_on_the_pool_beside_others() {
+    let mut config = EngineConfig::new(common::smollm2_path());
+    // Two threads: the pool has another thread to sample on (one would sample inline).
+    config.threads = Some(2);
+    config.target_step_ms = None;
+    let engine = AllBlocksFreeAfter(Engine::new(config).expect("the default model loads"));
+    let sampled = |seed: u64| SamplingParams {
+        temperature: 0.9,
+        seed: Some(seed),
+        max_tokens: Some(16),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    // Sampled rows beside a greedy row (the head's argmax) and a greedy row with logprobs.
+    let requests: Vec<(String, SamplingParams)> = (0..8u64)
+        .map(|i| (format!("Story {i}: the {} was", ["cat", "ship", "storm", "king"][i as usize % 4]), sampled(100 + i)))
+        .chain([("The capital of France is".to_string(), greedy(16))])
+        .chain([("Count: 1, 2, 3,".to_string(), SamplingParams { logprobs: Some(2), ..greedy(16) })])
+        .collect();
+    let alone: Vec<_> =
+        requests.iter().map(|(p, params)| engine.generate(Request::new(p.as_str(), params.clone())).unwrap()).collect();
+    let before = engine.metrics();
+    let handles: Vec<_> =
+        requests.iter().map(|(p, params)| engine.submit(Request::new(p.as_str(), params.clone())).unwrap()).collect();
+    for (i, handle) in handles.into_iter().enumerate() {
+        let (mut ids, mut text) = (Vec::new(), String::new());
+        for event in handle {
+            match event {
+                Event::Token { id, text: piece, .. } => {
+                    ids.push(id);
+                    text.push_str(&piece);
+                }
+                Event::Finished { reason, .. } => assert_eq!(reason, FinishReason::Length, "request {i}"),
+            }
+        }
+        assert_eq!(ids, alone[i].token_ids, "request {i}: batched and sampled on the pool");
+        assert_eq!(text, alone[i].text, "request {i}: streamed in order");
+    }
+    let steps = engine.metrics().steps - before.steps;
+    assert!(steps <= 2 * 17, "{steps} steps for ten 16-token requests: not batched");
 }
 
 #[test]

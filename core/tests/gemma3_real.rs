@@ -77,6 +77,33 @@ fn greedy_is_the_same_alone_and_beside_eight_others() {
     );
 }
 
+/// Plain greedy rows take the head's fused argmax (the 262,144-row Q8_0 head reduced tile by
+/// tile, never written); greedy rows with log-probabilities take the written logits. Twenty
+/// prompts, each submitted both ways at once: 40 logit rows per step (the 16+-row pair kernel)
+/// mixing both kinds, and every plain row picks the token its logit twin picks.
+#[test]
+fn greedy_from_the_fused_head_equals_greedy_from_the_logits_in_mixed_steps() {
+    use cortexstream::{Request, SamplingParams};
+    let engine = AllBlocksFreeAfter(engine());
+    let plain = SamplingParams { max_tokens: Some(10), ..SamplingParams::greedy() };
+    let with_logits = SamplingParams { logprobs: Some(1), ..plain.clone() };
+    let topics = ["the sea", "a red fox", "prime numbers", "Rust code", "the moon", "tea", "a violin", "rain"];
+    let prompts: Vec<String> = (0..20).map(|i| format!("Note {i} about {}:", topics[i % topics.len()])).collect();
+    let handles: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let submit = |params: &SamplingParams| engine.submit(Request::new(p.as_str(), params.clone())).unwrap();
+            (submit(&plain), submit(&with_logits))
+        })
+        .collect();
+    for (i, (fused, logit_row)) in handles.into_iter().enumerate() {
+        let (fused, logit_row) = (fused.wait(), logit_row.wait());
+        assert_eq!(fused.token_ids.len(), 10, "prompt {i}");
+        assert_eq!(fused.token_ids, logit_row.token_ids, "prompt {i}: {:?}", prompts[i]);
+        assert_eq!(logit_row.logprobs.len(), 10, "prompt {i}: the logit row got its logits");
+    }
+}
+
 /// Per prompt of the fixture (in its order), bounds on `|our logprob - float64 logprob|` over
 /// the float64 top-5 ids of its positions: `(mean, max)`, each what we measured plus about 15%
 /// (measured with the tiled attention: mean 0.045 0.108 0.060 0.078 0.102 0.048; max 0.178

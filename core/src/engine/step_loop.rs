@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crossbeam_channel::Receiver;
@@ -14,11 +14,12 @@ use super::step_budget::{StepBudget, StepClock, StepDecodes};
 use super::{Command, Shared};
 use crate::constraint::masks::{MaskWorker, StepStates};
 use crate::detokenize::Step;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kv_cache::KvStorage;
 use crate::metrics::{add, Metrics};
-use crate::models::{GenerationModel, SeqChunk};
+use crate::models::{GenerationModel, LogitRows, SeqChunk};
 use crate::request::{Event, FinishReason, StopReason};
+use crate::sampling::Sampled;
 use crate::tokenizer::Tokenizer;
 
 /// The engine thread: owns the model, the KV storage and the scheduler.
@@ -30,8 +31,9 @@ pub(super) struct StepLoop {
     /// Prompt tokens per step beside the decodes, adapted to the measured step times.
     budget: StepBudget,
     commands: Receiver<Command>,
-    /// Logits of the last step, reused across steps.
-    logits: Vec<f32>,
+    /// The head's work per logit row and its results (logits, or a greedy row's token),
+    /// reused across steps.
+    head: LogitRows,
     /// The step's plan, reused across steps.
     plan: Vec<ScheduledChunk>,
     /// The step's model input, kept empty between steps only for its allocation (see
@@ -69,7 +71,7 @@ impl StepLoop {
             scheduler,
             budget,
             commands,
-            logits: Vec::new(),
+            head: LogitRows::default(),
             plan: Vec::new(),
             chunks: Vec::new(),
             finished: Vec::new(),
@@ -151,6 +153,12 @@ impl StepLoop {
             return Ok(());
         }
 
+        // Which logit rows need only their argmax (decided before the grammar states leave).
+        self.head.argmax_only.clear();
+        let running = &self.scheduler.running;
+        self.head
+            .argmax_only
+            .extend(plan.iter().filter(|c| c.want_logits).map(|c| needs_only_argmax(&running[c.index])));
         // The grammar states of the sequences sampling this step leave their sequences for the
         // forward, so their masks can be computed beside it (see `MaskWorker`).
         let mut constrained = take_sampling_constraints(&mut self.scheduler.running, plan);
@@ -171,8 +179,8 @@ impl StepLoop {
         // prompt tokens (recomputation after preemption included).
         let is_decode = |c: &ScheduledChunk| c.len == 1 && c.start >= running[c.index].prompt_len;
         let prompt_like_tokens: usize = plan.iter().filter(|c| !is_decode(c)).map(|c| c.len).sum();
-        let (model, kv, logits) = (&self.model, &mut self.kv, &mut self.logits);
-        let outcome = self.masks.beside(&mut constrained, || model.forward(&chunks, kv, logits));
+        let (model, kv, head) = (&self.model, &mut self.kv, &mut self.head);
+        let outcome = self.masks.beside(&mut constrained, || model.forward_rows(&chunks, kv, head));
         self.chunks = reuse_allocation(chunks);
         for (index, state) in constrained {
             self.scheduler.running[index].constraint = Some(state);
@@ -185,13 +193,13 @@ impl StepLoop {
         add(&metrics.prefill_tokens_total, computed.prompt as u64);
         add(&metrics.recomputed_tokens_total, computed.recomputed as u64);
 
-        let vocab = self.model.vocab_size();
         self.finished.clear();
-        // Logit rows come in plan order, one per chunk that wanted logits.
-        for (row, c) in plan.iter().filter(|c| c.want_logits).enumerate() {
-            let logits = &mut self.logits[row * vocab..(row + 1) * vocab];
+        // Pick every row's token first (on the pool when several sample), then stream them in
+        // plan order on this thread.
+        let picked = self.pick_tokens(plan)?;
+        for (c, picked) in plan.iter().filter(|c| c.want_logits).zip(picked) {
             let seq = &mut self.scheduler.running[c.index];
-            if let Some((reason, error)) = advance(seq, logits, &self.shared.tokenizer, &metrics) {
+            if let Some((reason, error)) = emit(seq, picked, &self.shared.tokenizer, &metrics) {
                 self.finished.push((seq.id, reason, error));
             }
         }
@@ -221,6 +229,57 @@ impl StepLoop {
         );
         self.budget.observe(decodes, prompt_like_tokens, elapsed);
         Ok(())
+    }
+
+    /// Picks the next token of every sequence with a logit row (in plan order): from the head's
+    /// argmax, or sampled from its logits. Each sequence's sampler is its own (seed, RNG,
+    /// counts), so rows are independent: with [`POOL_SAMPLING_ROWS`] rows or more to sample,
+    /// they are sampled on the model's pool, whose other threads would otherwise wait for this
+    /// one; the picks are the same on any thread.
+    fn pick_tokens(&mut self, plan: &[ScheduledChunk]) -> Result<Vec<Picked>> {
+        let vocab = self.model.vocab_size();
+        let pool = self.model.pool();
+        let head = &mut self.head;
+        let mut sequences: Vec<Option<&mut Sequence>> = self.scheduler.running.iter_mut().map(Some).collect();
+        // Logit rows come in plan order, one per chunk that wanted logits; the head packed the
+        // logits of the rows that wanted them and the argmax of the others, each in row order.
+        let (mut logit_rows, mut argmaxes) = (head.logits.chunks_exact_mut(vocab), head.argmax.iter());
+        let mut jobs = Vec::new();
+        let mut sampled = 0;
+        for (row, c) in plan.iter().filter(|c| c.want_logits).enumerate() {
+            let next = if head.argmax_only[row] {
+                argmaxes.next().map(|&token| NextToken::RawArgmax(token))
+            } else {
+                logit_rows.next().map(NextToken::FromLogits)
+            };
+            let Some(next) = next else {
+                return Err(Error::Internal(format!("the head returned no result for logit row {row}")));
+            };
+            let Some(seq) = sequences.get_mut(c.index).and_then(Option::take) else {
+                return Err(Error::Internal(format!("running sequence {} has two logit rows in a step", c.index)));
+            };
+            sampled += usize::from(matches!(next, NextToken::FromLogits(_)));
+            jobs.push(Mutex::new((seq, next, None)));
+        }
+        let run = |job: &Mutex<PickJob<'_>>| {
+            let mut job = job.lock().unwrap_or_else(|e| e.into_inner());
+            let (seq, next, picked) = &mut *job;
+            *picked = Some(pick(seq, next));
+        };
+        if sampled >= POOL_SAMPLING_ROWS && pool.n_threads() > 1 {
+            pool.run(jobs.len(), &|i| run(&jobs[i]));
+        } else {
+            jobs.iter().for_each(run);
+        }
+        Ok(jobs
+            .into_iter()
+            .map(|job| {
+                job.into_inner()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .2
+                    .unwrap_or_else(|| Err("internal error: a logit row was not picked".into()))
+            })
+            .collect())
     }
 
     /// Ends cancelled requests (flag set by the caller, or the consumer went away).
@@ -301,21 +360,58 @@ fn take_sampling_constraints(running: &mut [Sequence], plan: &[ScheduledChunk]) 
         .collect()
 }
 
-/// Samples the next token of `seq` from its logits, streams it, and says whether the
-/// request is now finished (and why).
-fn advance(
+/// Whether `seq`'s next token is the argmax of its raw logits (see
+/// [`crate::sampling::Sampler::picks_raw_argmax`]), so the head need not write its logits.
+fn needs_only_argmax(seq: &Sequence) -> bool {
+    // The grammar state is checked too: it is what masks the logits, whatever the settings say.
+    seq.sampler.picks_raw_argmax() && seq.constraint.is_none()
+}
+
+/// Rows to sample from logits from which a step samples them on the pool: one row alone is
+/// not worth waking the pool for.
+const POOL_SAMPLING_ROWS: usize = 2;
+
+/// A sequence's token as picked (or why picking failed: its grammar rejected every token).
+type Picked = std::result::Result<Sampled, String>;
+
+/// A sequence, its logit row, and the token picked from it.
+type PickJob<'a> = (&'a mut Sequence, NextToken<'a>, Option<Picked>);
+
+/// What the head gave for a sequence's logit row.
+enum NextToken<'a> {
+    /// The row's logits, to sample from.
+    FromLogits(&'a mut [f32]),
+    /// The argmax of the raw logits, for a sequence that [`needs_only_argmax`].
+    RawArgmax(u32),
+}
+
+/// Samples the next token of `seq` from its logits (masked by its grammar), or takes the
+/// head's argmax. Touches only `seq`'s sampler and grammar mask: rows are picked in any order.
+fn pick(seq: &mut Sequence, next: &mut NextToken<'_>) -> Picked {
+    match next {
+        NextToken::FromLogits(logits) => {
+            if let Some(constraint) = &mut seq.constraint {
+                constraint.mask_logits(logits)?;
+            }
+            Ok(seq.sampler.sample(logits, &seq.tokens))
+        }
+        NextToken::RawArgmax(token) => Ok(seq.sampler.sampled_raw_argmax(*token)),
+    }
+}
+
+/// Appends the token [`pick`] picked for `seq`, streams it, and says whether the request is
+/// now finished (and why).
+fn emit(
     seq: &mut Sequence,
-    logits: &mut [f32],
+    picked: Picked,
     tokenizer: &Tokenizer,
     metrics: &Metrics,
 ) -> Option<(StopReason, Option<String>)> {
     let now = Instant::now();
-    if let Some(constraint) = &mut seq.constraint {
-        if let Err(message) = constraint.mask_logits(logits) {
-            return Some((StopReason::Error, Some(message)));
-        }
-    }
-    let sampled = seq.sampler.sample(logits, &seq.tokens);
+    let sampled = match picked {
+        Ok(sampled) => sampled,
+        Err(message) => return Some((StopReason::Error, Some(message))),
+    };
     let token = sampled.token;
     let grammar_complete = match seq.constraint.as_mut().map(|c| c.advance(token)) {
         Some(Err(message)) => return Some((StopReason::Error, Some(message))),

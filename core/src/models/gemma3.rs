@@ -33,7 +33,7 @@ use crate::models::rope::{self, HeadNorms, QkvRowPrep, RopeTable};
 use crate::models::stacked::StackedMatrix;
 use crate::models::step::StepScratch;
 use crate::models::tensors::ReadTensors;
-use crate::models::vocabulary::{Vocabulary, VOCABULARY_TENSORS};
+use crate::models::vocabulary::{LogitRows, Vocabulary, VOCABULARY_TENSORS};
 use crate::models::weights::{layer_tensor, Weights};
 use crate::models::{check_chunks, check_sliding_tables, load_error, SeqChunk};
 use crate::quant::QMatrix;
@@ -337,9 +337,20 @@ impl Gemma3Model {
         KvStorage::with_sliding_pool(&sliding, num_blocks, sliding_blocks, block_size, c.n_kv_heads, c.head_dim)
     }
 
+    /// The thread pool the forward runs on.
+    pub(crate) fn pool(&self) -> &ThreadPool {
+        &self.pool
+    }
+
     /// One batched step over all chunks, with the contract of
     /// [`crate::models::llama::LlamaModel::forward`].
     pub fn forward(&self, chunks: &[SeqChunk<'_>], kv: &mut KvStorage, logits: &mut Vec<f32>) -> Result<()> {
+        LogitRows::all_logits(logits, |rows| self.forward_rows(chunks, kv, rows))
+    }
+
+    /// [`Self::forward`] with the head's work per logit row chosen by the caller (see
+    /// [`LogitRows`]).
+    pub fn forward_rows(&self, chunks: &[SeqChunk<'_>], kv: &mut KvStorage, rows: &mut LogitRows) -> Result<()> {
         let c = &self.config;
         check_chunks(chunks, kv, c.n_layers, c.kv_dim(), c.vocab_size)?;
         self.check_sliding_pool(chunks, kv)?;
@@ -388,7 +399,7 @@ impl Gemma3Model {
             s.add_residual(Some(&layer.post_ffw_norm), next_norm, c.rms_eps, n_rows, pool);
         }
 
-        self.vocabulary.logits_of_kept_rows(n_rows, c.rms_eps, s, logits, pool);
+        self.vocabulary.logits_of_kept_rows(n_rows, c.rms_eps, s, rows, pool);
         Ok(())
     }
 }

@@ -27,7 +27,7 @@ use crate::models::rope::{self, QkvRowPrep, RopeTable};
 use crate::models::stacked::StackedMatrix;
 use crate::models::step::{StepScratch, SwigluFfn};
 use crate::models::tensors::ReadTensors;
-use crate::models::vocabulary::Vocabulary;
+use crate::models::vocabulary::{LogitRows, Vocabulary};
 use crate::models::weights::{layer_tensor, Weights};
 use crate::models::{check_chunks, load_error, SeqChunk};
 use crate::quant::QMatrix;
@@ -401,6 +401,11 @@ impl LlamaModel {
         KvStorage::new(self.config.n_layers, num_blocks, block_size, self.config.n_kv_heads, self.config.head_dim)
     }
 
+    /// The thread pool the forward runs on.
+    pub(crate) fn pool(&self) -> &ThreadPool {
+        &self.pool
+    }
+
     /// One batched step over all chunks (see [`SeqChunk`]): writes each new token's K/V into
     /// `kv` through the chunk's block table, attends causally over positions
     /// `0..start_pos + len`, and writes one row of `vocab_size` logits per chunk with
@@ -409,6 +414,12 @@ impl LlamaModel {
     /// Errors: a token id outside the vocabulary (`InvalidRequest`), or chunks and KV storage
     /// that do not fit together (`Internal`: the caller broke the [`SeqChunk`] contract).
     pub fn forward(&self, chunks: &[SeqChunk<'_>], kv: &mut KvStorage, logits: &mut Vec<f32>) -> Result<()> {
+        LogitRows::all_logits(logits, |rows| self.forward_rows(chunks, kv, rows))
+    }
+
+    /// [`Self::forward`] with the head's work per logit row chosen by the caller (see
+    /// [`LogitRows`]).
+    pub fn forward_rows(&self, chunks: &[SeqChunk<'_>], kv: &mut KvStorage, rows: &mut LogitRows) -> Result<()> {
         let c = &self.config;
         check_chunks(chunks, kv, c.n_layers, c.kv_dim(), c.vocab_size)?;
         let pool = &*self.pool;
@@ -441,7 +452,7 @@ impl LlamaModel {
             s.add_residual(None, next_norm, c.rms_eps, n_rows, pool);
         }
 
-        self.vocabulary.logits_of_kept_rows(n_rows, c.rms_eps, s, logits, pool);
+        self.vocabulary.logits_of_kept_rows(n_rows, c.rms_eps, s, rows, pool);
         Ok(())
     }
 }

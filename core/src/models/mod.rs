@@ -20,6 +20,8 @@ pub(crate) mod tensors;
 pub(crate) mod vocabulary;
 pub(crate) mod weights;
 
+pub use vocabulary::LogitRows;
+
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -134,6 +136,15 @@ impl GenerationModel {
         }
     }
 
+    /// The thread pool the forward runs on (the engine also samples on it).
+    pub(crate) fn pool(&self) -> &ThreadPool {
+        match self {
+            Self::Llama(m) => m.pool(),
+            Self::Gemma3(m) => m.pool(),
+            Self::Qwen(m) => m.pool(),
+        }
+    }
+
     /// Logits per row of [`Self::forward`]'s output (no allocation: the step loop calls it).
     pub fn vocab_size(&self) -> usize {
         match self {
@@ -174,6 +185,12 @@ impl GenerationModel {
         self.forward_in_passes(chunks, kv, logits, micro_batch::MAX_ROWS)
     }
 
+    /// [`Self::forward`] with the head's work per logit row chosen by the caller (see
+    /// [`LogitRows`]): the engine's step.
+    pub fn forward_rows(&self, chunks: &[SeqChunk<'_>], kv: &mut KvStorage, rows: &mut LogitRows) -> Result<()> {
+        self.forward_rows_in_passes(chunks, kv, rows, micro_batch::MAX_ROWS)
+    }
+
     /// [`Self::forward`] with passes of at most `max_rows` rows (tests try several: the logits
     /// must not change). A step that fits is one pass, with no copy.
     pub fn forward_in_passes(
@@ -183,24 +200,43 @@ impl GenerationModel {
         logits: &mut Vec<f32>,
         max_rows: usize,
     ) -> Result<()> {
-        let rows: usize = chunks.iter().map(|c| c.tokens.len()).sum();
-        if rows <= max_rows {
-            return self.forward_pass(chunks, kv, logits);
+        LogitRows::all_logits(logits, |rows| self.forward_rows_in_passes(chunks, kv, rows, max_rows))
+    }
+
+    /// [`Self::forward_rows`] with passes of at most `max_rows` rows: each pass gets the flags
+    /// of its own logit rows, and the passes' results are concatenated in row order.
+    pub fn forward_rows_in_passes(
+        &self,
+        chunks: &[SeqChunk<'_>],
+        kv: &mut KvStorage,
+        rows: &mut LogitRows,
+        max_rows: usize,
+    ) -> Result<()> {
+        let n_rows: usize = chunks.iter().map(|c| c.tokens.len()).sum();
+        if n_rows <= max_rows {
+            return self.forward_pass(chunks, kv, rows);
         }
-        logits.clear();
-        let mut pass_logits = Vec::new();
+        rows.logits.clear();
+        rows.argmax.clear();
+        let mut pass_rows = LogitRows::default();
+        let mut first_logit_row = 0;
         for pass in micro_batch::passes(chunks, max_rows) {
-            self.forward_pass(&pass, kv, &mut pass_logits)?;
-            logits.extend_from_slice(&pass_logits);
+            let logit_rows = first_logit_row..first_logit_row + pass.iter().filter(|c| c.want_logits).count();
+            first_logit_row = logit_rows.end;
+            pass_rows.argmax_only.clear();
+            pass_rows.argmax_only.extend(logit_rows.map(|r| rows.argmax_only.get(r).copied().unwrap_or(false)));
+            self.forward_pass(&pass, kv, &mut pass_rows)?;
+            rows.logits.extend_from_slice(&pass_rows.logits);
+            rows.argmax.extend_from_slice(&pass_rows.argmax);
         }
         Ok(())
     }
 
-    fn forward_pass(&self, chunks: &[SeqChunk<'_>], kv: &mut KvStorage, logits: &mut Vec<f32>) -> Result<()> {
+    fn forward_pass(&self, chunks: &[SeqChunk<'_>], kv: &mut KvStorage, rows: &mut LogitRows) -> Result<()> {
         match self {
-            Self::Llama(m) => m.forward(chunks, kv, logits),
-            Self::Gemma3(m) => m.forward(chunks, kv, logits),
-            Self::Qwen(m) => m.forward(chunks, kv, logits),
+            Self::Llama(m) => m.forward_rows(chunks, kv, rows),
+            Self::Gemma3(m) => m.forward_rows(chunks, kv, rows),
+            Self::Qwen(m) => m.forward_rows(chunks, kv, rows),
         }
     }
 }

@@ -30,7 +30,7 @@ use crate::models::rope::{self, QkvRowPrep, RopeTable};
 use crate::models::stacked::StackedMatrix;
 use crate::models::step::{StepScratch, SwigluFfn};
 use crate::models::tensors::ReadTensors;
-use crate::models::vocabulary::{Vocabulary, VOCABULARY_TENSORS};
+use crate::models::vocabulary::{LogitRows, Vocabulary, VOCABULARY_TENSORS};
 use crate::models::weights::{layer_tensor, Weights};
 use crate::models::{check_chunks, SeqChunk};
 use crate::quant::QMatrix;
@@ -234,9 +234,20 @@ impl QwenModel {
         KvStorage::new(self.config.n_layers, num_blocks, block_size, self.config.n_kv_heads, self.config.head_dim)
     }
 
+    /// The thread pool the forward runs on.
+    pub(crate) fn pool(&self) -> &ThreadPool {
+        &self.pool
+    }
+
     /// One batched step over all chunks, with the contract of
     /// [`crate::models::llama::LlamaModel::forward`].
     pub fn forward(&self, chunks: &[SeqChunk<'_>], kv: &mut KvStorage, logits: &mut Vec<f32>) -> Result<()> {
+        LogitRows::all_logits(logits, |rows| self.forward_rows(chunks, kv, rows))
+    }
+
+    /// [`Self::forward`] with the head's work per logit row chosen by the caller (see
+    /// [`LogitRows`]).
+    pub fn forward_rows(&self, chunks: &[SeqChunk<'_>], kv: &mut KvStorage, rows: &mut LogitRows) -> Result<()> {
         let c = &self.config;
         check_chunks(chunks, kv, c.n_layers, c.kv_dim(), c.vocab_size)?;
         let pool = &*self.pool;
@@ -279,7 +290,7 @@ impl QwenModel {
             s.add_residual(None, next_norm, c.rms_eps, n_rows, pool);
         }
 
-        self.vocabulary.logits_of_kept_rows(n_rows, c.rms_eps, s, logits, pool);
+        self.vocabulary.logits_of_kept_rows(n_rows, c.rms_eps, s, rows, pool);
         Ok(())
     }
 }

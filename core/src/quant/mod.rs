@@ -44,6 +44,7 @@ use std::cell::RefCell;
 
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile};
+use crate::sampling::RunningArgmax;
 use crate::threadpool::ThreadPool;
 
 use activations::quantize_row_portable;
@@ -498,6 +499,146 @@ impl QMatrix {
         QUANTIZED_ACTIVATIONS.set(acts);
     }
 
+    /// [`QMatrix::matmul`] over `m` rows of which some want only the index of their largest
+    /// value (an output head's greedy pick): for each row `r` with `argmax_only[r]`, `argmax`
+    /// receives (one entry per such row, in order) the index [`crate::sampling::argmax`] picks
+    /// from the row `matmul` computes; the other rows' outputs go to `out`, packed in order
+    /// (`self.rows()` values each; both vectors are resized).
+    ///
+    /// The quantized kernels compute the matrix tile by tile ([`ARGMAX_TILE_ROWS`] weight rows),
+    /// and each tile's values are reduced while they are in cache instead of written out: for
+    /// Gemma 3's 262,144-row head at 32 rows the full output is 33 MB written and read back. The
+    /// values are the bits `matmul` computes (the same kernel over the same activations; a
+    /// tile only decides which weight rows run together). Float weights and AMX compute the
+    /// full rows, then pick.
+    pub(crate) fn matmul_argmax_rows(
+        &self,
+        x: &[f32],
+        m: usize,
+        argmax_only: &[bool],
+        out: &mut Vec<f32>,
+        argmax: &mut Vec<u32>,
+        pool: &ThreadPool,
+    ) {
+        assert_eq!(argmax_only.len(), m, "one argmax flag per row");
+        let kernel = Kernel::for_rows(m);
+        #[cfg(target_arch = "x86_64")]
+        let amx = kernel == Kernel::Amx;
+        #[cfg(not(target_arch = "x86_64"))]
+        let amx = false;
+        let fused = match &self.storage {
+            Storage::Quantized { format, blocks } if !amx => Some((*format, &blocks[..])),
+            _ => None,
+        };
+        let Some((format, blocks)) = fused else {
+            return self.matmul_then_argmax(x, m, argmax_only, out, argmax, pool);
+        };
+        let n_full = argmax_only.iter().filter(|&&a| !a).count();
+        out.resize(n_full * self.rows, 0.0);
+        QUANTIZED_ACTIVATIONS.with_borrow_mut(|acts| {
+            assert_eq!(x.len(), m * self.cols, "matmul shapes: x for m {m} on {}×{}", self.rows, self.cols);
+            quantize_activations(kernel, x, self.cols, m, acts, pool);
+            self.fused_argmax(kernel, format, blocks, acts, argmax_only, out, argmax, pool);
+        });
+    }
+
+    /// The fallback of [`Self::matmul_argmax_rows`]: every row in full, then each argmax row
+    /// picked and the other rows packed.
+    fn matmul_then_argmax(
+        &self,
+        x: &[f32],
+        m: usize,
+        argmax_only: &[bool],
+        out: &mut Vec<f32>,
+        argmax: &mut Vec<u32>,
+        pool: &ThreadPool,
+    ) {
+        let rows = self.rows;
+        out.resize(m * rows, 0.0);
+        self.matmul(x, m, out, pool);
+        argmax.clear();
+        let mut kept = 0;
+        for (r, &only_argmax) in argmax_only.iter().enumerate() {
+            if only_argmax {
+                argmax.push(crate::sampling::argmax(&out[r * rows..(r + 1) * rows]));
+            } else {
+                out.copy_within(r * rows..(r + 1) * rows, kept * rows);
+                kept += 1;
+            }
+        }
+        out.truncate(kept * rows);
+    }
+
+    /// The fused path of [`Self::matmul_argmax_rows`] over quantized `acts`: each pool task
+    /// takes a run of weight rows, computes it a tile at a time into its thread's buffer, and
+    /// keeps each argmax row's [`RunningArgmax`]; the tasks' results are merged in row order.
+    #[allow(clippy::too_many_arguments)]
+    fn fused_argmax(
+        &self,
+        kernel: Kernel,
+        format: QuantFormat,
+        blocks: &[u8],
+        acts: &[Q8Block],
+        argmax_only: &[bool],
+        out: &mut [f32],
+        argmax: &mut Vec<u32>,
+        pool: &ThreadPool,
+    ) {
+        let m = argmax_only.len();
+        let groups = self.rows.div_ceil(LANES);
+        #[cfg(target_arch = "x86_64")]
+        let pairs =
+            kernel == Kernel::Avx512Vnni && m >= vnni512::MIN_ROWS && vnni512::pairs(format) && vnni512::is_available();
+        #[cfg(not(target_arch = "x86_64"))]
+        let pairs = false;
+        // Units of work: 8-row groups, or pairs of them for the pair kernel.
+        let (unit_rows, units) = if pairs { (2 * LANES, groups.div_ceil(2)) } else { (LANES, groups) };
+        let units_per_tile = ARGMAX_TILE_ROWS / unit_rows;
+        let per_task = units.div_ceil(pool.n_threads() * TASKS_PER_THREAD).max(1);
+        let n_tasks = units.div_ceil(per_task);
+        ARGMAX_RESULTS.with_borrow_mut(|results| {
+            results.clear();
+            results.resize(n_tasks * m, RunningArgmax::NONE);
+            let task_results = DisjointSlice::new(results);
+            let out = DisjointSlice::new(out);
+            pool.run(n_tasks, &|task| {
+                // SAFETY: task `task` alone writes its `m` results.
+                let best = unsafe { task_results.range_mut(task * m, m) };
+                let task_units = task * per_task..((task + 1) * per_task).min(units);
+                ARGMAX_TILE.with_borrow_mut(|tile| {
+                    tile.resize(m * ARGMAX_TILE_ROWS, 0.0);
+                    for first_unit in task_units.clone().step_by(units_per_tile) {
+                        let tile_units = first_unit..(first_unit + units_per_tile).min(task_units.end);
+                        let first_row = first_unit * unit_rows;
+                        let tile_rows = (tile_units.len() * unit_rows).min(self.rows - first_row);
+                        let tile_units = tile_units.clone();
+                        #[cfg(target_arch = "x86_64")]
+                        if pairs {
+                            self.pair_run(format, blocks, acts, m, tile_units, |row, first, results| {
+                                store_in_tile(tile, row - first_row, first, tile_rows, results)
+                            });
+                        } else {
+                            self.group_run(kernel, format, blocks, acts, m, tile_units, |row, first, results| {
+                                store_in_tile(tile, row - first_row, first, tile_rows, results)
+                            });
+                        }
+                        #[cfg(not(target_arch = "x86_64"))]
+                        self.group_run(kernel, format, blocks, acts, m, tile_units, |row, first, results| {
+                            store_in_tile(tile, row - first_row, first, tile_rows, results)
+                        });
+                        reduce_tile(tile, tile_rows, first_row, self.rows, argmax_only, best, &out);
+                    }
+                });
+            });
+            argmax.clear();
+            for (r, _) in argmax_only.iter().enumerate().filter(|(_, &only)| only) {
+                let mut row_best = RunningArgmax::NONE;
+                (0..n_tasks).for_each(|task| row_best.merge(results[task * m + r]));
+                argmax.push(row_best.index());
+            }
+        });
+    }
+
     fn check_shapes(&self, x: &[f32], m: usize, out: &[f32]) {
         assert!(
             x.len() == m * self.cols && out.len() == m * self.rows,
@@ -557,20 +698,39 @@ impl QMatrix {
         if kernel == Kernel::Avx512Vnni && m >= vnni512::MIN_ROWS && vnni512::pairs(format) && vnni512::is_available() {
             return self.matmul_group_pairs(format, blocks, acts, m, out, pool);
         }
+        for_each_range(pool, self.rows.div_ceil(LANES), |groups| {
+            self.group_run(kernel, format, blocks, acts, m, groups, |first_row, first, results| {
+                self.store_tile(out, first_row, first, results)
+            })
+        });
+    }
+
+    /// The 8-row groups `groups` applied to the `m` activation rows, on the calling thread:
+    /// `store(first weight row, first activation row, results)` receives each tile.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn group_run(
+        &self,
+        kernel: Kernel,
+        format: QuantFormat,
+        blocks: &[u8],
+        acts: &[Q8Block],
+        m: usize,
+        groups: std::ops::Range<usize>,
+        mut store: impl FnMut(usize, usize, &[[f32; LANES]]),
+    ) {
         let n_blocks = self.cols / BLOCK;
         let group_bytes = self.group_bytes();
-        for_each_range(pool, self.rows.div_ceil(LANES), |groups| {
-            let mut results = [[0f32; LANES]; TILE];
-            for g in groups {
-                let group = &blocks[g * group_bytes..][..group_bytes];
-                for first in (0..m).step_by(TILE) {
-                    let n = TILE.min(m - first);
-                    let tile_acts = &acts[first * n_blocks..(first + n) * n_blocks];
-                    kernel.group_tile(format, group, n_blocks, tile_acts, &mut results);
-                    self.store_tile(out, g * LANES, first, &results[..n]);
-                }
+        let mut results = [[0f32; LANES]; TILE];
+        for g in groups {
+            let group = &blocks[g * group_bytes..][..group_bytes];
+            for first in (0..m).step_by(TILE) {
+                let n = TILE.min(m - first);
+                let tile_acts = &acts[first * n_blocks..(first + n) * n_blocks];
+                kernel.group_tile(format, group, n_blocks, tile_acts, &mut results);
+                store(g * LANES, first, &results[..n]);
             }
-        });
+        }
     }
 
     /// [`vnni512::pair_tile`]: each task takes a run of group pairs (16 weight
@@ -587,28 +747,47 @@ impl QMatrix {
         out: &DisjointSlice<'_, f32>,
         pool: &ThreadPool,
     ) {
+        for_each_range(pool, self.rows.div_ceil(LANES).div_ceil(2), |pairs| {
+            self.pair_run(format, blocks, acts, m, pairs, |first_row, first, results| {
+                self.store_tile(out, first_row, first, results)
+            })
+        });
+    }
+
+    /// The group pairs `pairs` applied to the `m` activation rows, on the calling thread (see
+    /// [`Self::matmul_group_pairs`]): `store(first weight row, first activation row, results)`
+    /// receives each tile. Call only where `vnni512::is_available()`.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    fn pair_run(
+        &self,
+        format: QuantFormat,
+        blocks: &[u8],
+        acts: &[Q8Block],
+        m: usize,
+        pairs: std::ops::Range<usize>,
+        mut store: impl FnMut(usize, usize, &[[f32; vnni512::PAIR_LANES]]),
+    ) {
         let n_blocks = self.cols / BLOCK;
         let group_bytes = self.group_bytes();
         let groups = self.rows.div_ceil(LANES);
         let n_tiles = m.div_ceil(TILE);
-        for_each_range(pool, groups.div_ceil(2), |pairs| {
-            let mut results = [[0f32; vnni512::PAIR_LANES]; TILE];
-            for pair in pairs {
-                let g = 2 * pair;
-                let first_group = &blocks[g * group_bytes..][..group_bytes];
-                let second_group = &blocks[(g + 1).min(groups - 1) * group_bytes..][..group_bytes];
-                let next_pair = blocks.get((g + 2) * group_bytes..).unwrap_or_default();
-                let next_pair = &next_pair[..next_pair.len().min(2 * group_bytes)];
-                for (tile, first) in (0..m).step_by(TILE).enumerate() {
-                    prefetch_share(next_pair, tile, n_tiles);
-                    let n = TILE.min(m - first);
-                    let tile_acts = &acts[first * n_blocks..(first + n) * n_blocks];
-                    // SAFETY: chosen only after `vnni512::is_available()` said yes.
-                    unsafe { vnni512::pair_tile(format, first_group, second_group, n_blocks, tile_acts, &mut results) };
-                    self.store_tile(out, g * LANES, first, &results[..n]);
-                }
+        let mut results = [[0f32; vnni512::PAIR_LANES]; TILE];
+        for pair in pairs {
+            let g = 2 * pair;
+            let first_group = &blocks[g * group_bytes..][..group_bytes];
+            let second_group = &blocks[(g + 1).min(groups - 1) * group_bytes..][..group_bytes];
+            let next_pair = blocks.get((g + 2) * group_bytes..).unwrap_or_default();
+            let next_pair = &next_pair[..next_pair.len().min(2 * group_bytes)];
+            for (tile, first) in (0..m).step_by(TILE).enumerate() {
+                prefetch_share(next_pair, tile, n_tiles);
+                let n = TILE.min(m - first);
+                let tile_acts = &acts[first * n_blocks..(first + n) * n_blocks];
+                // SAFETY: the caller checked `vnni512::is_available()`.
+                unsafe { vnni512::pair_tile(format, first_group, second_group, n_blocks, tile_acts, &mut results) };
+                store(g * LANES, first, &results[..n]);
             }
-        });
+        }
     }
 
     /// Writes a tile's results (`results[r][j]`: weight row `first_row + j`, activation row
@@ -713,6 +892,66 @@ fn prefetch_share(bytes: &[u8], share: usize, count: usize) {
         // SAFETY: the address is inside `bytes`; a prefetch never faults and changes nothing
         // a program can observe but its timing (SSE, part of x86_64).
         unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().add(line * LINE) as *const i8) };
+    }
+}
+
+/// Weight rows per tile of [`QMatrix::matmul_argmax_rows`]: a tile's values for 32 activation
+/// rows (64 KB) stay in the L2 cache between the kernel writing them and the reduction reading
+/// them, and a tile is long enough that the reduction's per-row overhead stays small.
+const ARGMAX_TILE_ROWS: usize = 512;
+
+thread_local! {
+    /// Each pool thread's tile of [`QMatrix::matmul_argmax_rows`] (grown once to the largest batch).
+    static ARGMAX_TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's per-task results of [`QMatrix::matmul_argmax_rows`].
+    static ARGMAX_RESULTS: RefCell<Vec<RunningArgmax>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Writes a kernel tile's results into a tile of [`QMatrix::matmul_argmax_rows`] (a row of
+/// [`ARGMAX_TILE_ROWS`] values per activation row): `results[r][j]` is the tile's column
+/// `column + j` of activation row `first + r`. Lanes at or past `tile_rows` (past the matrix's
+/// last row) are dropped.
+#[inline]
+fn store_in_tile<const W: usize>(
+    tile: &mut [f32],
+    column: usize,
+    first: usize,
+    tile_rows: usize,
+    results: &[[f32; W]],
+) {
+    let lanes = W.min(tile_rows - column);
+    for (r, row_results) in results.iter().enumerate() {
+        let dst = &mut tile[(first + r) * ARGMAX_TILE_ROWS + column..][..lanes];
+        match <&mut [f32; W]>::try_from(&mut *dst) {
+            Ok(full) => *full = *row_results,
+            Err(_) => dst.copy_from_slice(&row_results[..lanes]),
+        }
+    }
+}
+
+/// Folds a computed tile (`tile_rows` values from weight row `first_row` on, per activation
+/// row) into the running argmax of each row with `argmax_only`, and copies each other row's
+/// values to its packed place in `out` (`rows` values per row).
+fn reduce_tile(
+    tile: &[f32],
+    tile_rows: usize,
+    first_row: usize,
+    rows: usize,
+    argmax_only: &[bool],
+    best: &mut [RunningArgmax],
+    out: &DisjointSlice<'_, f32>,
+) {
+    let mut full = 0;
+    for (r, (&only_argmax, best)) in argmax_only.iter().zip(best).enumerate() {
+        let values = &tile[r * ARGMAX_TILE_ROWS..][..tile_rows];
+        if only_argmax {
+            best.offer(first_row, values);
+        } else {
+            // SAFETY: the task computing weight rows `first_row..first_row + tile_rows` alone
+            // writes these columns.
+            unsafe { out.range_mut(full * rows + first_row, tile_rows) }.copy_from_slice(values);
+            full += 1;
+        }
     }
 }
 

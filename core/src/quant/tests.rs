@@ -608,3 +608,109 @@ fn q6k_blocks_at_the_integer_limits_give_identical_bits() {
         assert!((first / want - 1.0).abs() < 1e-5, "batch of {m}: {first}, want about {want}");
     }
 }
+
+/// Bytes of one `COLS`-wide row of `ty`.
+fn row_bytes(ty: GgmlType) -> usize {
+    let (block_values, block_bytes) = ty.block_layout();
+    COLS / block_values * block_bytes
+}
+
+/// A `rows`-row matrix of `ty` whose row `r` is row `pick(r)` of a random [`ROWS`]-row
+/// pattern; the pattern rows in `nan_rows` get a NaN scale (all their outputs NaN).
+fn patterned_matrix(
+    ty: GgmlType,
+    seed: u64,
+    rows: usize,
+    pick: impl Fn(usize) -> usize,
+    nan_rows: &[usize],
+) -> QMatrix {
+    let mut pattern = random_weight_bytes(ty, &mut Rng(seed));
+    let (row_len, block_bytes) = (row_bytes(ty), ty.block_layout().1);
+    for &p in nan_rows {
+        for block in pattern[p * row_len..(p + 1) * row_len].chunks_exact_mut(block_bytes) {
+            block[f16_scale_offsets(ty)[0]..][..2].copy_from_slice(&0x7e00u16.to_le_bytes());
+        }
+    }
+    let bytes: Vec<u8> = (0..rows).flat_map(|r| pattern[pick(r) * row_len..][..row_len].to_vec()).collect();
+    QMatrix::from_bytes(ty, rows, COLS, &bytes).unwrap()
+}
+
+/// `matmul_argmax_rows` against `matmul` then `sampling::argmax`: the same index for every
+/// argmax row, the same bits for every other row. Returns the full outputs.
+fn assert_fused_argmax_is_argmax_of_matmul(
+    matrix: &QMatrix,
+    x: &[f32],
+    flags: &[bool],
+    pool: &ThreadPool,
+    what: &str,
+) -> Vec<f32> {
+    let (m, rows) = (flags.len(), matrix.rows());
+    let mut full = vec![0f32; m * rows];
+    matrix.matmul(&x[..m * COLS], m, &mut full, pool);
+    let (mut out, mut argmax) = (vec![1.0; 3], vec![7; 2]);
+    matrix.matmul_argmax_rows(&x[..m * COLS], m, flags, &mut out, &mut argmax, pool);
+    let row = |r: usize| &full[r * rows..(r + 1) * rows];
+    let expected: Vec<u32> = (0..m).filter(|&r| flags[r]).map(|r| crate::sampling::argmax(row(r))).collect();
+    assert_eq!(argmax, expected, "{what}: argmax rows");
+    let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let kept: Vec<f32> = (0..m).filter(|&r| !flags[r]).flat_map(|r| row(r).to_vec()).collect();
+    assert_eq!(bits(&out), bits(&kept), "{what}: the rows that want their values");
+    full
+}
+
+/// Flags of `m` rows: all argmax, none, and mixed.
+fn argmax_flag_sets(m: usize) -> [Vec<bool>; 3] {
+    [vec![true; m], vec![false; m], (0..m).map(|r| r % 3 != 1).collect()]
+}
+
+#[test]
+fn fused_argmax_picks_what_argmax_picks_from_the_full_matmul() {
+    // Rows spanning several tiles and tasks, not a multiple of a group pair; below and above
+    // the pair kernel's 16 rows; float weights take the unfused path.
+    let rows = 3 * ARGMAX_TILE_ROWS + 8 * 5 + 3;
+    let x = random_activations(&mut Rng(31));
+    for threads in [1, 2, 3] {
+        let pool = ThreadPool::new(threads).expect("start the thread pool");
+        for ty in [GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q4_1, GgmlType::Q6K, GgmlType::F32] {
+            let bytes: Vec<u8> =
+                (0..rows.div_ceil(ROWS)).flat_map(|i| random_weight_bytes(ty, &mut Rng(100 + i as u64))).collect();
+            let matrix = QMatrix::from_bytes(ty, rows, COLS, &bytes[..rows * row_bytes(ty)]).unwrap();
+            for m in [1, 3, 16, 33] {
+                for flags in argmax_flag_sets(m) {
+                    let what = format!("{ty:?}, {m} rows, {threads} threads, {flags:?}");
+                    assert_fused_argmax_is_argmax_of_matmul(&matrix, &x, &flags, &pool, &what);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_argmax_breaks_ties_low_and_never_picks_nan() {
+    let rows = 2 * ARGMAX_TILE_ROWS + 61;
+    let x = random_activations(&mut Rng(37));
+    let pool = ThreadPool::new(2).expect("start the thread pool");
+    for ty in [GgmlType::Q8_0, GgmlType::Q4K] {
+        // Seven pattern rows repeated from an offset: each activation row's maximum first shows
+        // within the first seven rows and ties every seventh row after it, across tiles and
+        // tasks. Pattern rows 0 and 1 are NaN (every output NaN), so NaN sits beside the ties.
+        let matrix = patterned_matrix(ty, 41, rows, |r| (r * 3 + 5) % 7, &[0, 1]);
+        for m in [2, 17] {
+            for flags in argmax_flag_sets(m) {
+                let what = format!("ties, {ty:?}, {m} rows, {flags:?}");
+                let full = assert_fused_argmax_is_argmax_of_matmul(&matrix, &x, &flags, &pool, &what);
+                for r in 0..m {
+                    let row = &full[r * rows..(r + 1) * rows];
+                    let best = crate::sampling::argmax(row) as usize;
+                    assert!(best < 7 && !row[best].is_nan(), "{what}: row {r} picked {best}");
+                    assert!(row[best + 7] == row[best], "{what}: row {r}'s maximum is tied");
+                }
+            }
+        }
+        // Every output NaN: index 0, as `argmax` gives.
+        let all_nan = patterned_matrix(ty, 43, rows, |r| r % 2, &[0, 1]);
+        for flags in argmax_flag_sets(17) {
+            assert_fused_argmax_is_argmax_of_matmul(&all_nan, &x, &flags, &pool, &format!("all NaN, {ty:?}"));
+        }
+    }
+}
