@@ -135,6 +135,32 @@ macro_rules! group_kernels {
             _mm256_and_si256(moved, _mm256_set1_epi8(3 << TO))
         }
 
+        /// The `Offset` format that `offset_kernel::<MIN, FIVE, _>` serves: known at compile
+        /// time, so that every layout offset of its block loop folds to a constant (with the
+        /// format read at run time, each block spent about twenty scalar instructions and
+        /// branches on `scale_fields_at` and `group_block_bytes`).
+        #[inline(always)]
+        const fn offset_format(min: u8, five: bool) -> QuantFormat {
+            match (min, five) {
+                (MIN_MINUS_16D, _) => QuantFormat::Q5_0,
+                (MIN_STORED, _) => QuantFormat::Q5_1,
+                (_, false) => QuantFormat::Q4K,
+                (_, true) => QuantFormat::Q5K,
+            }
+        }
+
+        /// Independent chains of `vpdpbusd` per activation row: a single row has one chain per
+        /// block otherwise, eight dependent multiply-adds long, and the out-of-order window does
+        /// not cover the latency; two chains (summed once per block, an exact integer add)
+        /// halve it. With two rows or more the rows' chains already run side by side.
+        const fn chains(n: usize) -> usize {
+            if n == 1 {
+                2
+            } else {
+                1
+            }
+        }
+
         /// The `Offset` formats: Q5_0, Q5_1, Q4_K, Q5_K (`FIVE`: values have a high-bit plane).
         #[target_feature(enable = $features)]
         unsafe fn offset_kernel<const MIN: u8, const FIVE: bool, const N: usize>(
@@ -144,6 +170,8 @@ macro_rules! group_kernels {
             acts: &[Q8Block],
             out: &mut [[f32; LANES]; TILE],
         ) {
+            debug_assert_eq!(format, offset_format(MIN, FIVE));
+            let format = offset_format(MIN, FIVE);
             let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
             let nibble = _mm256_set1_epi8(0x0f);
             let mut acc = [_mm256_setzero_ps(); N];
@@ -163,7 +191,9 @@ macro_rules! group_kernels {
                     }
                 };
                 let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
-                let mut sums = [q4_start(); N];
+                // Chain `pair % chains` takes a pair's products (both nibbles of it for Q4_K;
+                // for the 5-bit formats chain 1 takes the high nibbles instead, when there are two).
+                let mut sums = [[q4_start(); N]; 2];
                 let bits = if FIVE {
                     _mm256_loadu_si256(block.add(values_at + 128) as *const __m256i)
                 } else {
@@ -179,15 +209,20 @@ macro_rules! group_kernels {
                     }
                     for r in 0..N {
                         let (a_low, a_high) = (broadcast4(row_acts[r], 2 * pair), broadcast4(row_acts[r], 2 * pair + 1));
-                        sums[r] = if FIVE {
-                            u8_step(u8_step(sums[r], low, a_low), high, a_high)
+                        if FIVE {
+                            let high_chain = chains(N) - 1;
+                            sums[0][r] = u8_step(sums[0][r], low, a_low);
+                            sums[high_chain][r] = u8_step(sums[high_chain][r], high, a_high);
                         } else {
-                            q4_step(sums[r], low, high, a_low, a_high)
-                        };
+                            let chain = pair % chains(N);
+                            sums[chain][r] = q4_step(sums[chain][r], low, high, a_low, a_high);
+                        }
                     }
                 }
                 for r in 0..N {
-                    let dot = _mm256_cvtepi32_ps(if FIVE { sums[r] } else { q4_sum(sums[r]) });
+                    let [first, second] = if FIVE { [sums[0][r], sums[1][r]] } else { [q4_sum(sums[0][r]), q4_sum(sums[1][r])] };
+                    let total = if chains(N) == 2 { _mm256_add_epi32(first, second) } else { first };
+                    let dot = _mm256_cvtepi32_ps(total);
                     let offset = _mm256_mul_ps(m, _mm256_set1_ps(row_acts[r].s));
                     let scale = _mm256_mul_ps(d, _mm256_set1_ps(row_acts[r].d));
                     acc[r] = _mm256_add_ps(acc[r], _mm256_fmadd_ps(scale, dot, offset));
