@@ -41,6 +41,14 @@ macro_rules! by_tile_height {
 /// like Q8_0, `HalfMins` (Q2_K) with the activations' half sums.
 macro_rules! group_kernels {
     ($features:literal) => {
+        group_kernels!(@kernels $features);
+        merges_by_shifts!($features);
+    };
+    ($features:literal, gfni) => {
+        group_kernels!(@kernels $features);
+        merges_by_gfni!($features);
+    };
+    (@kernels $features:literal) => {
         /// `out[r][j] = weight row j of the group · activation row r` for the `n <= TILE`
         /// activation rows stacked in `acts` (`n_blocks` blocks each). `group` holds the
         /// group's `n_blocks` blocks.
@@ -201,12 +209,11 @@ macro_rules! group_kernels {
                 };
                 for pair in 0..4 {
                     let packed = _mm256_loadu_si256(block.add(values_at + 32 * pair) as *const __m256i);
-                    let mut low = _mm256_and_si256(packed, nibble);
-                    let mut high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
-                    if FIVE {
-                        low = _mm256_or_si256(low, bit_at::<4>(bits, 2 * pair));
-                        high = _mm256_or_si256(high, bit_at::<4>(bits, 2 * pair + 1));
-                    }
+                    let (low, high) = if FIVE {
+                        (merge_bit(packed, bits, 2 * pair), merge_bit(_mm256_srli_epi16(packed, 4), bits, 2 * pair + 1))
+                    } else {
+                        (_mm256_and_si256(packed, nibble), _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble))
+                    };
                     for r in 0..N {
                         let (a_low, a_high) = (broadcast4(row_acts[r], 2 * pair), broadcast4(row_acts[r], 2 * pair + 1));
                         if FIVE {
@@ -287,12 +294,12 @@ macro_rules! group_kernels {
             // No closures here: they need not inherit this function's CPU features.
             let (first, second) = (2 * pair, 2 * pair + 1);
             if PACK == PACK_NIBBLES_CRUMBS {
-                let nibble = _mm256_set1_epi8(0x0f);
                 let packed = _mm256_loadu_si256(values.add(32 * pair) as *const __m256i);
                 let crumbs = _mm256_loadu_si256(values.add(128 + 32 * (pair / 2)) as *const __m256i);
-                let low = _mm256_or_si256(_mm256_and_si256(packed, nibble), crumb_at::<4>(crumbs, first % 4));
-                let high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
-                return [low, _mm256_or_si256(high, crumb_at::<4>(crumbs, second % 4))];
+                return [
+                    merge_crumb(packed, crumbs, first % 4),
+                    merge_crumb(_mm256_srli_epi16(packed, 4), crumbs, second % 4),
+                ];
             }
             let crumbs = _mm256_loadu_si256(values.add(32 * (pair / 2)) as *const __m256i);
             let (low, high) = (crumb_at::<0>(crumbs, first % 4), crumb_at::<0>(crumbs, second % 4));
@@ -319,6 +326,9 @@ macro_rules! group_kernels {
             acts: &[Q8Block],
             out: &mut [[f32; LANES]; TILE],
         ) {
+            // Fixed at compile time, as in `offset_kernel`.
+            debug_assert_eq!(format, if PACK == PACK_NIBBLES_CRUMBS { QuantFormat::Q6K } else { QuantFormat::Q3K });
+            let format = if PACK == PACK_NIBBLES_CRUMBS { QuantFormat::Q6K } else { QuantFormat::Q3K };
             let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
             let bias = format.bias() as i32;
             let mut acc = [_mm256_setzero_ps(); N];
@@ -472,6 +482,62 @@ macro_rules! group_kernels {
             for r in 0..N {
                 _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
             }
+        }
+    };
+}
+
+/// The portable merges of a nibble and its high bits (`group_kernels!`'s `merge_bit` and
+/// `merge_crumb`): shift the bits into place, mask, OR.
+macro_rules! merges_by_shifts {
+    ($features:literal) => {
+        /// `nibbles`' low nibble (its bits 4-7 are dropped) with bit `v` of each byte of the
+        /// bit plane `bits` as bit 4: a 5-bit value of Q5_0, Q5_1 or Q5_K.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn merge_bit(nibbles: __m256i, bits: __m256i, v: usize) -> __m256i {
+            _mm256_or_si256(_mm256_and_si256(nibbles, _mm256_set1_epi8(0x0f)), bit_at::<4>(bits, v))
+        }
+
+        /// `nibbles`' low nibble with bits `2j`, `2j + 1` of each byte of `crumbs` as bits 4
+        /// and 5: a stored 6-bit value of Q6_K.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn merge_crumb(nibbles: __m256i, crumbs: __m256i, j: usize) -> __m256i {
+            _mm256_or_si256(_mm256_and_si256(nibbles, _mm256_set1_epi8(0x0f)), crumb_at::<4>(crumbs, j))
+        }
+    };
+}
+
+/// `merge_bit` and `merge_crumb` with GFNI and AVX-512VL: one `vgf2p8affineqb` moves the wanted
+/// bits of every byte into place and clears the rest (a bit matrix per 64-bit lane), one
+/// `vpternlogd` masks the nibble and merges, where the shifts take a shift, a mask and the
+/// merge per vector. Same bits: both compute the same bytes.
+macro_rules! merges_by_gfni {
+    ($features:literal) => {
+        /// The 8×8 bit matrix of `vgf2p8affineqb` that moves input bit `from` of every byte to
+        /// output bit `to` (byte `7 - to` of the matrix is the mask of the input bits whose
+        /// parity gives output bit `to`).
+        const fn move_bit(from: usize, to: usize) -> i64 {
+            ((1u64 << from) << (8 * (7 - to))) as i64
+        }
+
+        /// `vpternlogd`'s truth table for `(a & c) | b`: `a` the nibbles, `b` the moved bits
+        /// (nothing outside bits 4-5), `c` the nibble mask.
+        const NIBBLE_OR_MOVED: i32 = (0xf0 & 0xaa) | 0xcc;
+
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn merge_bit(nibbles: __m256i, bits: __m256i, v: usize) -> __m256i {
+            let moved = _mm256_gf2p8affine_epi64_epi8::<0>(bits, _mm256_set1_epi64x(move_bit(v, 4)));
+            _mm256_ternarylogic_epi32::<NIBBLE_OR_MOVED>(nibbles, moved, _mm256_set1_epi8(0x0f))
+        }
+
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn merge_crumb(nibbles: __m256i, crumbs: __m256i, j: usize) -> __m256i {
+            let matrix = move_bit(2 * j, 4) | move_bit(2 * j + 1, 5);
+            let moved = _mm256_gf2p8affine_epi64_epi8::<0>(crumbs, _mm256_set1_epi64x(matrix));
+            _mm256_ternarylogic_epi32::<NIBBLE_OR_MOVED>(nibbles, moved, _mm256_set1_epi8(0x0f))
         }
     };
 }

@@ -22,9 +22,9 @@ use super::interleaved::LANES;
 use super::TILE;
 
 /// Defines module `$name`: `is_available()` and `group_tile()` compiled with `$features`,
-/// using `$dpbusd` as the `vpdpbusd` intrinsic.
+/// using `$dpbusd` as the `vpdpbusd` intrinsic (and `gfni`: GFNI for the high-bit merges).
 macro_rules! vnni_kernels {
-    ($(#[$doc:meta])* $name:ident, $features:literal, $detect:path, $dpbusd:ident) => {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $detect:path, $dpbusd:ident $(, $merges:ident)?) => {
         $(#[$doc])*
         pub mod $name {
             use std::arch::x86_64::*;
@@ -38,7 +38,7 @@ macro_rules! vnni_kernels {
                 crate::cpu::has_avx2_fma_f16c() && $detect()
             }
 
-            group_kernels!($features);
+            group_kernels!($features $(, $merges)?);
 
             // The inner steps of `group_kernels!`: `vpdpbusd` sums four u8 × i8 products into
             // each 32-bit lane without saturating.
@@ -90,13 +90,57 @@ macro_rules! vnni_kernels {
     };
 }
 
+/// `vpdpbusd` in its EVEX encoding on 256-bit vectors (AVX512-VNNI + AVX512-VL): the kernels
+/// with GFNI's bit merges where the CPU has it (Ice Lake, Zen 4 and later), else with shifts
+/// (Cascade Lake). Both give the same bits.
+pub mod avx512 {
+    use super::{Q8Block, QuantFormat, LANES, TILE};
+
+    /// Whether this CPU can run the kernels in this module.
+    pub fn is_available() -> bool {
+        super::avx512_shifts::is_available()
+    }
+
+    /// `group_tile` of [`super::avx512_gfni`] or [`super::avx512_shifts`].
+    ///
+    /// # Safety
+    /// The CPU must support this module's features ([`is_available`]).
+    pub unsafe fn group_tile(
+        format: QuantFormat,
+        group: &[u8],
+        n_blocks: usize,
+        acts: &[Q8Block],
+        out: &mut [[f32; LANES]; TILE],
+    ) {
+        if super::avx512_gfni::is_available() {
+            super::avx512_gfni::group_tile(format, group, n_blocks, acts, out)
+        } else {
+            super::avx512_shifts::group_tile(format, group, n_blocks, acts, out)
+        }
+    }
+}
+
 vnni_kernels!(
-    /// `vpdpbusd` in its EVEX encoding on 256-bit vectors (AVX512-VNNI + AVX512-VL).
-    avx512,
+    /// The AVX512-VNNI kernels with GFNI (`vgf2p8affineqb`) for the 5th and 6th bits.
+    avx512_gfni,
+    "avx512vnni,avx512vl,gfni,avx2,fma,f16c",
+    super::has_avx512_vnni_gfni,
+    _mm256_dpbusd_epi32,
+    gfni
+);
+
+vnni_kernels!(
+    /// The AVX512-VNNI kernels for CPUs without GFNI.
+    avx512_shifts,
     "avx512vnni,avx512vl,avx2,fma,f16c",
     crate::cpu::has_avx512_vnni,
     _mm256_dpbusd_epi32
 );
+
+/// AVX512-VNNI (with AVX512-VL) and GFNI.
+fn has_avx512_vnni_gfni() -> bool {
+    crate::cpu::has_avx512_vnni() && is_x86_feature_detected!("gfni")
+}
 
 vnni_kernels!(
     /// `vpdpbusd` in its VEX encoding (AVX-VNNI).
