@@ -105,6 +105,7 @@ pub mod avx512 {
     ///
     /// # Safety
     /// The CPU must support this module's features ([`is_available`]).
+    #[inline]
     pub unsafe fn group_tile(
         format: QuantFormat,
         group: &[u8],
@@ -112,11 +113,18 @@ pub mod avx512 {
         acts: &[Q8Block],
         out: &mut [[f32; LANES]; TILE],
     ) {
-        if super::avx512_gfni::is_available() {
+        if has_gfni() {
             super::avx512_gfni::group_tile(format, group, n_blocks, acts, out)
         } else {
             super::avx512_shifts::group_tile(format, group, n_blocks, acts, out)
         }
+    }
+
+    /// Whether [`super::avx512_gfni`] runs here, asked once: a matmul calls `group_tile` once
+    /// per group and tile, and the feature checks behind `is_available` cost more than a load.
+    fn has_gfni() -> bool {
+        static GFNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *GFNI.get_or_init(super::avx512_gfni::is_available)
     }
 }
 
