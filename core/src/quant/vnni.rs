@@ -24,7 +24,7 @@ use super::TILE;
 /// Defines module `$name`: `is_available()` and `group_tile()` compiled with `$features`,
 /// using `$dpbusd` as the `vpdpbusd` intrinsic (and `gfni`: GFNI for the high-bit merges).
 macro_rules! vnni_kernels {
-    ($(#[$doc:meta])* $name:ident, $features:literal, $detect:path, $dpbusd:ident $(, $merges:ident)?) => {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $registers:literal, $detect:path, $dpbusd:ident $(, $merges:ident)?) => {
         $(#[$doc])*
         pub mod $name {
             use std::arch::x86_64::*;
@@ -37,6 +37,9 @@ macro_rules! vnni_kernels {
             pub fn is_available() -> bool {
                 crate::cpu::has_avx2_fma_f16c() && $detect()
             }
+
+            /// The vector registers `$features` give (YMM0-15, or YMM0-31 with AVX-512VL).
+            const VECTOR_REGISTERS: usize = $registers;
 
             group_kernels!($features $(, $merges)?);
 
@@ -132,6 +135,7 @@ vnni_kernels!(
     /// The AVX512-VNNI kernels with GFNI (`vgf2p8affineqb`) for the 5th and 6th bits.
     avx512_gfni,
     "avx512vnni,avx512vl,gfni,avx2,fma,f16c",
+    32,
     super::has_avx512_vnni_gfni,
     _mm256_dpbusd_epi32,
     gfni
@@ -141,6 +145,7 @@ vnni_kernels!(
     /// The AVX512-VNNI kernels for CPUs without GFNI.
     avx512_shifts,
     "avx512vnni,avx512vl,avx2,fma,f16c",
+    32,
     crate::cpu::has_avx512_vnni,
     _mm256_dpbusd_epi32
 );
@@ -154,6 +159,7 @@ vnni_kernels!(
     /// `vpdpbusd` in its VEX encoding (AVX-VNNI).
     avx,
     "avxvnni,avx2,fma,f16c",
+    16,
     crate::cpu::has_avx_vnni,
     _mm256_dpbusd_avx_epi32
 );
