@@ -439,18 +439,21 @@ macro_rules! group_kernels {
                 let d = load_f16x8(block);
                 let m = if OFFSET { load_f16x8(block.add(m_at(0))) } else { _mm256_mul_ps(d, _mm256_set1_ps(-8.0)) };
                 let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
-                let mut sums = [q4_start(); N];
+                // Pair `pair` goes to chain `pair % chains` (see `chains`).
+                let mut sums = [[q4_start(); N]; 2];
                 for pair in 0..4 {
                     let packed = _mm256_loadu_si256(block.add(values_at + 32 * pair) as *const __m256i);
                     let low = _mm256_and_si256(packed, nibble);
                     let high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
+                    let chain = pair % chains(N);
                     for r in 0..N {
                         let (a_low, a_high) = (broadcast4(row_acts[r], 2 * pair), broadcast4(row_acts[r], 2 * pair + 1));
-                        sums[r] = q4_step(sums[r], low, high, a_low, a_high);
+                        sums[chain][r] = q4_step(sums[chain][r], low, high, a_low, a_high);
                     }
                 }
                 for r in 0..N {
-                    let dot = _mm256_cvtepi32_ps(q4_sum(sums[r]));
+                    let (first, second) = (q4_sum(sums[0][r]), q4_sum(sums[1][r]));
+                    let dot = _mm256_cvtepi32_ps(if chains(N) == 2 { _mm256_add_epi32(first, second) } else { first });
                     let offset = _mm256_mul_ps(m, _mm256_set1_ps(row_acts[r].s));
                     let scale = _mm256_mul_ps(d, _mm256_set1_ps(row_acts[r].d));
                     acc[r] = _mm256_add_ps(acc[r], _mm256_fmadd_ps(scale, dot, offset));
