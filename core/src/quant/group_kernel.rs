@@ -34,7 +34,8 @@ macro_rules! by_tile_height {
 ///   for weights up to 63 (the 5-bit formats, Q6_K's and Q3_K's stored values), to 32-bit sums;
 ///
 /// and has `broadcast4`, `load_f16x8`, `m_at`, `Q8Block`, `QuantFormat`, `LANES` and `TILE`
-/// in scope, and `VECTOR_REGISTERS`, the vector registers its features give (16 or 32).
+/// in scope, and `VECTOR_REGISTERS`, the vector registers its features give (16 or 32), and
+/// `DOT_STEP_LATENCY`, the cycles one step adds to its accumulator's dependency chain.
 ///
 /// The regrouped formats (`regroup`) follow the portable kernel's epilogues operation for
 /// operation: `Offset` formats like Q4_1 with their scale and min computed per block, `Plain`
@@ -163,9 +164,10 @@ macro_rules! group_kernels {
         /// it. Measured on Zen 4 (AVX512-VNNI, 1-row driver CPU time): Q5_0 1536x576 at 1 row
         /// 19.4 -> 16.2 us, 2 rows 21.3 -> 19.8, 3 rows 26.0 -> 25.1; Q4_K 576x1536 at 3 rows
         /// 24.0 -> 22.6, 4 rows 29.5 -> 28.2. With 16 vector registers (AVX2, AVX-VNNI) the
-        /// extra chains of 2-4 rows would not fit beside the weights: one row only there.
+        /// extra chains of 2-4 rows would not fit beside the weights: one row only there. The
+        /// AVX2 steps end in a one-cycle add, not a `vpdpbusd`: one chain there.
         const fn chains(n: usize) -> usize {
-            if n == 1 || VECTOR_REGISTERS >= 32 {
+            if DOT_STEP_LATENCY > 1 && (n == 1 || VECTOR_REGISTERS >= 32) {
                 2
             } else {
                 1

@@ -41,6 +41,9 @@ macro_rules! vnni_kernels {
             /// The vector registers `$features` give (YMM0-15, or YMM0-31 with AVX-512VL).
             const VECTOR_REGISTERS: usize = $registers;
 
+            /// Each step is a `vpdpbusd` into the accumulator (4-5 cycles on Zen 4 and Intel cores).
+            const DOT_STEP_LATENCY: usize = 4;
+
             group_kernels!($features $(, $merges)?);
 
             // The inner steps of `group_kernels!`: `vpdpbusd` sums four u8 × i8 products into
