@@ -232,7 +232,8 @@ macro_rules! group_kernels {
                     }
                 }
                 for r in 0..N {
-                    let [first, second] = if FIVE { [sums[0][r], sums[1][r]] } else { [q4_sum(sums[0][r]), q4_sum(sums[1][r])] };
+                    let [first, second] =
+                        if FIVE { [sums[0][r], sums[1][r]] } else { [q4_sum(sums[0][r]), q4_sum(sums[1][r])] };
                     let total = if chains(N) == 2 { _mm256_add_epi32(first, second) } else { first };
                     let dot = _mm256_cvtepi32_ps(total);
                     let offset = _mm256_mul_ps(m, _mm256_set1_ps(row_acts[r].s));

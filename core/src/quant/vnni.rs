@@ -24,7 +24,10 @@ use super::TILE;
 /// Defines module `$name`: `is_available()` and `group_tile()` compiled with `$features`,
 /// using `$dpbusd` as the `vpdpbusd` intrinsic (and `gfni`: GFNI for the high-bit merges).
 macro_rules! vnni_kernels {
-    ($(#[$doc:meta])* $name:ident, $features:literal, $registers:literal, $detect:path, $dpbusd:ident $(, $merges:ident)?) => {
+    (
+        $(#[$doc:meta])* $name:ident, $features:literal, $registers:literal, $detect:path, $dpbusd:ident
+        $(, $merges:ident)?
+    ) => {
         $(#[$doc])*
         pub mod $name {
             use std::arch::x86_64::*;
