@@ -5,7 +5,10 @@
 //! alternating pairs of runs (the other processes still share the caches and memory).
 //!
 //! `cargo run --release -p cortexstream --example matmul_driver -- Q8_0 512 640 32 4`
-//! (type, rows, cols, batch rows, repetitions); compare `Ir` of `QMatrix::matmul` between builds.
+//! (type, rows, cols, batch rows, repetitions[, matmuls per repetition]); compare `Ir` of
+//! `QMatrix::matmul` between builds. A matrix that takes a few microseconds (the single-row
+//! decode shapes) needs several matmuls per repetition for the clock to resolve it: the time
+//! printed is per matmul.
 
 use cortexstream::gguf::GgmlType;
 use cortexstream::quant::QMatrix;
@@ -15,11 +18,12 @@ use cortexstream::threadpool::ThreadPool;
 fn block_layout(ty: GgmlType) -> (usize, usize, &'static [usize]) {
     match ty {
         GgmlType::Q8_0 => (32, 34, &[0]),
+        GgmlType::Q4_1 => (32, 20, &[0, 2]),
         GgmlType::Q5_0 => (32, 22, &[0]),
         GgmlType::Q4K => (256, 144, &[0, 2]),
         GgmlType::Q5K => (256, 176, &[0, 2]),
         GgmlType::Q6K => (256, 210, &[208]),
-        _ => panic!("the driver covers Q8_0, Q5_0, Q4_K, Q5_K and Q6_K"),
+        _ => panic!("the driver covers Q8_0, Q4_1, Q5_0, Q4_K, Q5_K and Q6_K"),
     }
 }
 
@@ -28,13 +32,14 @@ fn main() {
     let arg = |i: usize, default: usize| args.get(i).map_or(default, |s| s.parse().expect("a number"));
     let ty = match args.first().map_or("Q8_0", String::as_str) {
         "Q8_0" => GgmlType::Q8_0,
+        "Q4_1" => GgmlType::Q4_1,
         "Q5_0" => GgmlType::Q5_0,
         "Q4_K" => GgmlType::Q4K,
         "Q5_K" => GgmlType::Q5K,
         "Q6_K" => GgmlType::Q6K,
         other => panic!("unknown type {other}"),
     };
-    let (rows, cols, m, reps) = (arg(1, 512), arg(2, 640), arg(3, 32), arg(4, 4));
+    let (rows, cols, m, reps, calls) = (arg(1, 512), arg(2, 640), arg(3, 32), arg(4, 4), arg(5, 1).max(1));
     let (per_block, block_bytes, scales) = block_layout(ty);
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
@@ -59,12 +64,14 @@ fn main() {
     let mut fastest_ns = u64::MAX;
     for _ in 0..reps {
         let start = thread_cpu_ns();
-        matrix.matmul(&x, m, &mut out, &pool);
-        fastest_ns = fastest_ns.min(thread_cpu_ns().saturating_sub(start));
+        for _ in 0..calls {
+            matrix.matmul(&x, m, &mut out, &pool);
+        }
+        fastest_ns = fastest_ns.min(thread_cpu_ns().saturating_sub(start) / calls as u64);
         checksum += out.iter().map(|&v| v as f64).sum::<f64>();
     }
     println!(
-        "{ty:?} {rows}x{cols} m={m} reps={reps} checksum {checksum:.6} fastest {:.3} ms CPU",
+        "{ty:?} {rows}x{cols} m={m} reps={reps} checksum {checksum:.6} fastest {:.4} ms CPU",
         fastest_ns as f64 / 1e6
     );
 }

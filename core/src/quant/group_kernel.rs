@@ -20,6 +20,19 @@ macro_rules! by_tile_height {
     }};
 }
 
+/// `$kernel::<[$flag,] N>` for the tile height `$n` (1..=TILE) as a [`crate::quant::TileKernel`].
+macro_rules! tile_kernel_of_height {
+    ($n:expr, $kernel:ident $(, $flag:expr)*) => {{
+        const _: () = assert!(super::TILE == 4, "tile_kernel_of_height! covers tiles of up to 4 rows");
+        match $n {
+            1 => $kernel::<$($flag,)* 1> as crate::quant::TileKernel,
+            2 => $kernel::<$($flag,)* 2>,
+            3 => $kernel::<$($flag,)* 3>,
+            _ => $kernel::<$($flag,)* 4>,
+        }
+    }};
+}
+
 /// Defines `group_tile` (and its `q4` and `q8` kernels) in the invoking module, compiled with
 /// `$features`. The module provides, as `#[inline]` functions with those features:
 ///
@@ -34,13 +47,22 @@ macro_rules! by_tile_height {
 ///   for weights up to 63 (the 5-bit formats, Q6_K's and Q3_K's stored values), to 32-bit sums;
 ///
 /// and has `broadcast4`, `load_f16x8`, `m_at`, `Q8Block`, `QuantFormat`, `LANES` and `TILE`
-/// in scope.
+/// in scope, and `VECTOR_REGISTERS`, the vector registers its features give (16 or 32), and
+/// `DOT_STEP_LATENCY`, the cycles one step adds to its accumulator's dependency chain.
 ///
 /// The regrouped formats (`regroup`) follow the portable kernel's epilogues operation for
 /// operation: `Offset` formats like Q4_1 with their scale and min computed per block, `Plain`
 /// like Q8_0, `HalfMins` (Q2_K) with the activations' half sums.
 macro_rules! group_kernels {
     ($features:literal) => {
+        group_kernels!(@kernels $features);
+        merges_by_shifts!($features);
+    };
+    ($features:literal, gfni) => {
+        group_kernels!(@kernels $features);
+        merges_by_gfni!($features);
+    };
+    (@kernels $features:literal) => {
         /// `out[r][j] = weight row j of the group · activation row r` for the `n <= TILE`
         /// activation rows stacked in `acts` (`n_blocks` blocks each). `group` holds the
         /// group's `n_blocks` blocks.
@@ -59,9 +81,9 @@ macro_rules! group_kernels {
                 group.len() == format.group_bytes(n_blocks) && acts.len() == n * n_blocks && n <= TILE
             );
             match format {
-                QuantFormat::Q4_0 => by_tile_height!(n, q4, false; group, n_blocks, acts, out),
-                QuantFormat::Q4_1 => by_tile_height!(n, q4, true; group, n_blocks, acts, out),
-                QuantFormat::Q8_0 => by_tile_height!(n, q8; group, n_blocks, acts, out),
+                QuantFormat::Q4_0 => by_tile_height!(n, q4, false; format, group, n_blocks, acts, out),
+                QuantFormat::Q4_1 => by_tile_height!(n, q4, true; format, group, n_blocks, acts, out),
+                QuantFormat::Q8_0 => by_tile_height!(n, q8; format, group, n_blocks, acts, out),
                 QuantFormat::Q5_0 => by_tile_height!(n, offset_kernel, MIN_MINUS_16D, true; format, group, n_blocks, acts, out),
                 QuantFormat::Q5_1 => by_tile_height!(n, offset_kernel, MIN_STORED, true; format, group, n_blocks, acts, out),
                 QuantFormat::Q4K => by_tile_height!(n, offset_kernel, MIN_K, false; format, group, n_blocks, acts, out),
@@ -71,6 +93,29 @@ macro_rules! group_kernels {
                 QuantFormat::Q6K => by_tile_height!(n, halves, PACK_NIBBLES_CRUMBS; format, group, n_blocks, acts, out),
                 QuantFormat::Q3K => by_tile_height!(n, halves, PACK_CRUMBS_BIT; format, group, n_blocks, acts, out),
                 QuantFormat::Q2K => by_tile_height!(n, q2k; format, group, n_blocks, acts, out),
+            }
+        }
+
+        /// The kernel `group_tile` runs for `format` and tiles of `n` rows (1..=TILE), for a
+        /// caller that runs many groups with one format and height: the dispatch (and the
+        /// checks) happen once, not once per group, which at one row is a group of some 250
+        /// cycles. The caller takes on `group_tile`'s checks: `group.len() ==
+        /// format.group_bytes(n_blocks)`, `acts.len() == n * n_blocks`.
+        pub fn tile_kernel(format: QuantFormat, n: usize) -> crate::quant::TileKernel {
+            assert!((1..=TILE).contains(&n), "tile height {n}");
+            match format {
+                QuantFormat::Q4_0 => tile_kernel_of_height!(n, q4, false),
+                QuantFormat::Q4_1 => tile_kernel_of_height!(n, q4, true),
+                QuantFormat::Q8_0 => tile_kernel_of_height!(n, q8),
+                QuantFormat::Q5_0 => tile_kernel_of_height!(n, offset_kernel, MIN_MINUS_16D, true),
+                QuantFormat::Q5_1 => tile_kernel_of_height!(n, offset_kernel, MIN_STORED, true),
+                QuantFormat::Q4K => tile_kernel_of_height!(n, offset_kernel, MIN_K, false),
+                QuantFormat::Q5K => tile_kernel_of_height!(n, offset_kernel, MIN_K, true),
+                QuantFormat::IQ4NL => tile_kernel_of_height!(n, iq4, false),
+                QuantFormat::IQ4XS => tile_kernel_of_height!(n, iq4, true),
+                QuantFormat::Q6K => tile_kernel_of_height!(n, halves, PACK_NIBBLES_CRUMBS),
+                QuantFormat::Q3K => tile_kernel_of_height!(n, halves, PACK_CRUMBS_BIT),
+                QuantFormat::Q2K => tile_kernel_of_height!(n, q2k),
             }
         }
 
@@ -135,6 +180,36 @@ macro_rules! group_kernels {
             _mm256_and_si256(moved, _mm256_set1_epi8(3 << TO))
         }
 
+        /// The `Offset` format that `offset_kernel::<MIN, FIVE, _>` serves: known at compile
+        /// time, so that every layout offset of its block loop folds to a constant (with the
+        /// format read at run time, each block spent about twenty scalar instructions and
+        /// branches on `scale_fields_at` and `group_block_bytes`).
+        #[inline(always)]
+        const fn offset_format(min: u8, five: bool) -> QuantFormat {
+            match (min, five) {
+                (MIN_MINUS_16D, _) => QuantFormat::Q5_0,
+                (MIN_STORED, _) => QuantFormat::Q5_1,
+                (_, false) => QuantFormat::Q4K,
+                (_, true) => QuantFormat::Q5K,
+            }
+        }
+
+        /// Independent chains of multiply-adds per activation row and block. With one chain, a
+        /// single row's block is eight dependent `vpdpbusd`, whose latency the out-of-order
+        /// window does not cover; two chains (summed once per block, an exact integer add) halve
+        /// it. Measured on Zen 4 (AVX512-VNNI, 1-row driver CPU time): Q5_0 1536x576 at 1 row
+        /// 19.4 -> 16.2 us, 2 rows 21.3 -> 19.8, 3 rows 26.0 -> 25.1; Q4_K 576x1536 at 3 rows
+        /// 24.0 -> 22.6, 4 rows 29.5 -> 28.2. With 16 vector registers (AVX2, AVX-VNNI) the
+        /// extra chains of 2-4 rows would not fit beside the weights: one row only there. The
+        /// AVX2 steps end in a one-cycle add, not a `vpdpbusd`: one chain there.
+        const fn chains(n: usize) -> usize {
+            if DOT_STEP_LATENCY > 1 && (n == 1 || VECTOR_REGISTERS >= 32) {
+                2
+            } else {
+                1
+            }
+        }
+
         /// The `Offset` formats: Q5_0, Q5_1, Q4_K, Q5_K (`FIVE`: values have a high-bit plane).
         #[target_feature(enable = $features)]
         unsafe fn offset_kernel<const MIN: u8, const FIVE: bool, const N: usize>(
@@ -144,6 +219,8 @@ macro_rules! group_kernels {
             acts: &[Q8Block],
             out: &mut [[f32; LANES]; TILE],
         ) {
+            debug_assert_eq!(format, offset_format(MIN, FIVE));
+            let format = offset_format(MIN, FIVE);
             let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
             let nibble = _mm256_set1_epi8(0x0f);
             let mut acc = [_mm256_setzero_ps(); N];
@@ -163,7 +240,9 @@ macro_rules! group_kernels {
                     }
                 };
                 let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
-                let mut sums = [q4_start(); N];
+                // Chain `pair % chains` takes a pair's products (both nibbles of it for Q4_K;
+                // for the 5-bit formats chain 1 takes the high nibbles instead, when there are two).
+                let mut sums = [[q4_start(); N]; 2];
                 let bits = if FIVE {
                     _mm256_loadu_si256(block.add(values_at + 128) as *const __m256i)
                 } else {
@@ -171,23 +250,28 @@ macro_rules! group_kernels {
                 };
                 for pair in 0..4 {
                     let packed = _mm256_loadu_si256(block.add(values_at + 32 * pair) as *const __m256i);
-                    let mut low = _mm256_and_si256(packed, nibble);
-                    let mut high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
-                    if FIVE {
-                        low = _mm256_or_si256(low, bit_at::<4>(bits, 2 * pair));
-                        high = _mm256_or_si256(high, bit_at::<4>(bits, 2 * pair + 1));
-                    }
+                    let (low, high) = if FIVE {
+                        (merge_bit(packed, bits, 2 * pair), merge_bit(_mm256_srli_epi16(packed, 4), bits, 2 * pair + 1))
+                    } else {
+                        (_mm256_and_si256(packed, nibble), _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble))
+                    };
                     for r in 0..N {
                         let (a_low, a_high) = (broadcast4(row_acts[r], 2 * pair), broadcast4(row_acts[r], 2 * pair + 1));
-                        sums[r] = if FIVE {
-                            u8_step(u8_step(sums[r], low, a_low), high, a_high)
+                        if FIVE {
+                            let high_chain = chains(N) - 1;
+                            sums[0][r] = u8_step(sums[0][r], low, a_low);
+                            sums[high_chain][r] = u8_step(sums[high_chain][r], high, a_high);
                         } else {
-                            q4_step(sums[r], low, high, a_low, a_high)
-                        };
+                            let chain = pair % chains(N);
+                            sums[chain][r] = q4_step(sums[chain][r], low, high, a_low, a_high);
+                        }
                     }
                 }
                 for r in 0..N {
-                    let dot = _mm256_cvtepi32_ps(if FIVE { sums[r] } else { q4_sum(sums[r]) });
+                    let [first, second] =
+                        if FIVE { [sums[0][r], sums[1][r]] } else { [q4_sum(sums[0][r]), q4_sum(sums[1][r])] };
+                    let total = if chains(N) == 2 { _mm256_add_epi32(first, second) } else { first };
+                    let dot = _mm256_cvtepi32_ps(total);
                     let offset = _mm256_mul_ps(m, _mm256_set1_ps(row_acts[r].s));
                     let scale = _mm256_mul_ps(d, _mm256_set1_ps(row_acts[r].d));
                     acc[r] = _mm256_add_ps(acc[r], _mm256_fmadd_ps(scale, dot, offset));
@@ -252,12 +336,12 @@ macro_rules! group_kernels {
             // No closures here: they need not inherit this function's CPU features.
             let (first, second) = (2 * pair, 2 * pair + 1);
             if PACK == PACK_NIBBLES_CRUMBS {
-                let nibble = _mm256_set1_epi8(0x0f);
                 let packed = _mm256_loadu_si256(values.add(32 * pair) as *const __m256i);
                 let crumbs = _mm256_loadu_si256(values.add(128 + 32 * (pair / 2)) as *const __m256i);
-                let low = _mm256_or_si256(_mm256_and_si256(packed, nibble), crumb_at::<4>(crumbs, first % 4));
-                let high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
-                return [low, _mm256_or_si256(high, crumb_at::<4>(crumbs, second % 4))];
+                return [
+                    merge_crumb(packed, crumbs, first % 4),
+                    merge_crumb(_mm256_srli_epi16(packed, 4), crumbs, second % 4),
+                ];
             }
             let crumbs = _mm256_loadu_si256(values.add(32 * (pair / 2)) as *const __m256i);
             let (low, high) = (crumb_at::<0>(crumbs, first % 4), crumb_at::<0>(crumbs, second % 4));
@@ -284,6 +368,9 @@ macro_rules! group_kernels {
             acts: &[Q8Block],
             out: &mut [[f32; LANES]; TILE],
         ) {
+            // Fixed at compile time, as in `offset_kernel`.
+            debug_assert_eq!(format, if PACK == PACK_NIBBLES_CRUMBS { QuantFormat::Q6K } else { QuantFormat::Q3K });
+            let format = if PACK == PACK_NIBBLES_CRUMBS { QuantFormat::Q6K } else { QuantFormat::Q3K };
             let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
             let bias = format.bias() as i32;
             let mut acc = [_mm256_setzero_ps(); N];
@@ -377,6 +464,7 @@ macro_rules! group_kernels {
         /// Q4_0 (`OFFSET == false`, `m = -8 d`) and Q4_1 (`OFFSET == true`, `m` stored).
         #[target_feature(enable = $features)]
         unsafe fn q4<const OFFSET: bool, const N: usize>(
+            _format: QuantFormat,
             group: &[u8],
             n_blocks: usize,
             acts: &[Q8Block],
@@ -391,18 +479,21 @@ macro_rules! group_kernels {
                 let d = load_f16x8(block);
                 let m = if OFFSET { load_f16x8(block.add(m_at(0))) } else { _mm256_mul_ps(d, _mm256_set1_ps(-8.0)) };
                 let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
-                let mut sums = [q4_start(); N];
+                // Pair `pair` goes to chain `pair % chains` (see `chains`).
+                let mut sums = [[q4_start(); N]; 2];
                 for pair in 0..4 {
                     let packed = _mm256_loadu_si256(block.add(values_at + 32 * pair) as *const __m256i);
                     let low = _mm256_and_si256(packed, nibble);
                     let high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
+                    let chain = pair % chains(N);
                     for r in 0..N {
                         let (a_low, a_high) = (broadcast4(row_acts[r], 2 * pair), broadcast4(row_acts[r], 2 * pair + 1));
-                        sums[r] = q4_step(sums[r], low, high, a_low, a_high);
+                        sums[chain][r] = q4_step(sums[chain][r], low, high, a_low, a_high);
                     }
                 }
                 for r in 0..N {
-                    let dot = _mm256_cvtepi32_ps(q4_sum(sums[r]));
+                    let (first, second) = (q4_sum(sums[0][r]), q4_sum(sums[1][r]));
+                    let dot = _mm256_cvtepi32_ps(if chains(N) == 2 { _mm256_add_epi32(first, second) } else { first });
                     let offset = _mm256_mul_ps(m, _mm256_set1_ps(row_acts[r].s));
                     let scale = _mm256_mul_ps(d, _mm256_set1_ps(row_acts[r].d));
                     acc[r] = _mm256_add_ps(acc[r], _mm256_fmadd_ps(scale, dot, offset));
@@ -414,7 +505,13 @@ macro_rules! group_kernels {
         }
 
         #[target_feature(enable = $features)]
-        unsafe fn q8<const N: usize>(group: &[u8], n_blocks: usize, acts: &[Q8Block], out: &mut [[f32; LANES]; TILE]) {
+        unsafe fn q8<const N: usize>(
+            _format: QuantFormat,
+            group: &[u8],
+            n_blocks: usize,
+            acts: &[Q8Block],
+            out: &mut [[f32; LANES]; TILE],
+        ) {
             let (block_bytes, values_at) = (QuantFormat::Q8_0.group_block_bytes(), QuantFormat::Q8_0.values_offset());
             let mut acc = [_mm256_setzero_ps(); N];
             for b in 0..n_blocks {
@@ -437,6 +534,62 @@ macro_rules! group_kernels {
             for r in 0..N {
                 _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
             }
+        }
+    };
+}
+
+/// The portable merges of a nibble and its high bits (`group_kernels!`'s `merge_bit` and
+/// `merge_crumb`): shift the bits into place, mask, OR.
+macro_rules! merges_by_shifts {
+    ($features:literal) => {
+        /// `nibbles`' low nibble (its bits 4-7 are dropped) with bit `v` of each byte of the
+        /// bit plane `bits` as bit 4: a 5-bit value of Q5_0, Q5_1 or Q5_K.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn merge_bit(nibbles: __m256i, bits: __m256i, v: usize) -> __m256i {
+            _mm256_or_si256(_mm256_and_si256(nibbles, _mm256_set1_epi8(0x0f)), bit_at::<4>(bits, v))
+        }
+
+        /// `nibbles`' low nibble with bits `2j`, `2j + 1` of each byte of `crumbs` as bits 4
+        /// and 5: a stored 6-bit value of Q6_K.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn merge_crumb(nibbles: __m256i, crumbs: __m256i, j: usize) -> __m256i {
+            _mm256_or_si256(_mm256_and_si256(nibbles, _mm256_set1_epi8(0x0f)), crumb_at::<4>(crumbs, j))
+        }
+    };
+}
+
+/// `merge_bit` and `merge_crumb` with GFNI and AVX-512VL: one `vgf2p8affineqb` moves the wanted
+/// bits of every byte into place and clears the rest (a bit matrix per 64-bit lane), one
+/// `vpternlogd` masks the nibble and merges, where the shifts take a shift, a mask and the
+/// merge per vector. Same bits: both compute the same bytes.
+macro_rules! merges_by_gfni {
+    ($features:literal) => {
+        /// The 8×8 bit matrix of `vgf2p8affineqb` that moves input bit `from` of every byte to
+        /// output bit `to` (byte `7 - to` of the matrix is the mask of the input bits whose
+        /// parity gives output bit `to`).
+        const fn move_bit(from: usize, to: usize) -> i64 {
+            ((1u64 << from) << (8 * (7 - to))) as i64
+        }
+
+        /// `vpternlogd`'s truth table for `(a & c) | b`: `a` the nibbles, `b` the moved bits
+        /// (nothing outside bits 4-5), `c` the nibble mask.
+        const NIBBLE_OR_MOVED: i32 = (0xf0 & 0xaa) | 0xcc;
+
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn merge_bit(nibbles: __m256i, bits: __m256i, v: usize) -> __m256i {
+            let moved = _mm256_gf2p8affine_epi64_epi8::<0>(bits, _mm256_set1_epi64x(move_bit(v, 4)));
+            _mm256_ternarylogic_epi32::<NIBBLE_OR_MOVED>(nibbles, moved, _mm256_set1_epi8(0x0f))
+        }
+
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn merge_crumb(nibbles: __m256i, crumbs: __m256i, j: usize) -> __m256i {
+            let matrix = move_bit(2 * j, 4) | move_bit(2 * j + 1, 5);
+            let moved = _mm256_gf2p8affine_epi64_epi8::<0>(crumbs, _mm256_set1_epi64x(matrix));
+            _mm256_ternarylogic_epi32::<NIBBLE_OR_MOVED>(nibbles, moved, _mm256_set1_epi8(0x0f))
         }
     };
 }

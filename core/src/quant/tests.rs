@@ -391,6 +391,50 @@ fn simd_kernels_give_identical_bits() {
     }
 }
 
+/// `Kernel::Avx512Vnni` runs one of two builds of the 256-bit kernels, with GFNI's bit merges
+/// or with shifts, whichever the CPU allows ([`vnni::avx512`]); the tests above only see the
+/// one this CPU takes. This holds both (where the CPU runs them) to the portable kernel, group
+/// by group, for every format and tile height.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx512_vnni_builds_with_and_without_gfni_give_identical_bits() {
+    type GroupTile = unsafe fn(QuantFormat, &[u8], usize, &[Q8Block], &mut [[f32; LANES]; TILE]);
+    let mut builds: Vec<(&str, GroupTile)> = Vec::new();
+    if vnni::avx512_shifts::is_available() {
+        builds.push(("shifts", vnni::avx512_shifts::group_tile));
+    }
+    if vnni::avx512_gfni::is_available() {
+        builds.push(("gfni", vnni::avx512_gfni::group_tile));
+    }
+    if builds.is_empty() {
+        eprintln!("skipped: no AVX512-VNNI on this CPU");
+        return;
+    }
+    let n_blocks = COLS / BLOCK;
+    let x = random_activations(&mut Rng(17));
+    let mut acts = vec![Q8Block::default(); TILE * n_blocks];
+    quantize_row(&x[..TILE * COLS], &mut acts);
+    for (t, ty) in quantized_types().enumerate() {
+        let (matrix, _) = matrix(ty, 700 + t as u64);
+        let Storage::Quantized { format, blocks } = &matrix.storage else { unreachable!("{ty:?} is quantized") };
+        for group in blocks.chunks_exact(format.group_bytes(n_blocks)) {
+            for n in 1..=TILE {
+                let tile_acts = &acts[..n * n_blocks];
+                let mut expected = [[0f32; LANES]; TILE];
+                scalar::group_tile(*format, group, n_blocks, tile_acts, &mut expected);
+                for (name, group_tile) in &builds {
+                    let mut got = [[0f32; LANES]; TILE];
+                    // SAFETY: each build is listed only if its `is_available()` said yes.
+                    unsafe { group_tile(*format, group, n_blocks, tile_acts, &mut got) };
+                    let bits =
+                        |rows: &[[f32; LANES]]| -> Vec<u32> { rows.iter().flatten().map(|v| v.to_bits()).collect() };
+                    assert!(bits(&got[..n]) == bits(&expected[..n]), "{ty:?}, {n} rows: the {name} build differs");
+                }
+            }
+        }
+    }
+}
+
 /// Our dequantized rows against `gguf.quants.dequantize` on random blocks of every type
 /// (fixtures written by `tests/reference/quant_fixtures.py`): equal bit for bit.
 #[test]

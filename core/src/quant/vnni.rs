@@ -22,9 +22,12 @@ use super::interleaved::LANES;
 use super::TILE;
 
 /// Defines module `$name`: `is_available()` and `group_tile()` compiled with `$features`,
-/// using `$dpbusd` as the `vpdpbusd` intrinsic.
+/// using `$dpbusd` as the `vpdpbusd` intrinsic (and `gfni`: GFNI for the high-bit merges).
 macro_rules! vnni_kernels {
-    ($(#[$doc:meta])* $name:ident, $features:literal, $detect:path, $dpbusd:ident) => {
+    (
+        $(#[$doc:meta])* $name:ident, $features:literal, $registers:literal, $detect:path, $dpbusd:ident
+        $(, $merges:ident)?
+    ) => {
         $(#[$doc])*
         pub mod $name {
             use std::arch::x86_64::*;
@@ -38,7 +41,13 @@ macro_rules! vnni_kernels {
                 crate::cpu::has_avx2_fma_f16c() && $detect()
             }
 
-            group_kernels!($features);
+            /// The vector registers `$features` give (YMM0-15, or YMM0-31 with AVX-512VL).
+            const VECTOR_REGISTERS: usize = $registers;
+
+            /// Each step is a `vpdpbusd` into the accumulator (4-5 cycles on Zen 4 and Intel cores).
+            const DOT_STEP_LATENCY: usize = 4;
+
+            group_kernels!($features $(, $merges)?);
 
             // The inner steps of `group_kernels!`: `vpdpbusd` sums four u8 × i8 products into
             // each 32-bit lane without saturating.
@@ -90,18 +99,82 @@ macro_rules! vnni_kernels {
     };
 }
 
+/// `vpdpbusd` in its EVEX encoding on 256-bit vectors (AVX512-VNNI + AVX512-VL): the kernels
+/// with GFNI's bit merges where the CPU has it (Ice Lake, Zen 4 and later), else with shifts
+/// (Cascade Lake). Both give the same bits.
+pub mod avx512 {
+    use super::{Q8Block, QuantFormat, LANES, TILE};
+
+    /// Whether this CPU can run the kernels in this module.
+    pub fn is_available() -> bool {
+        super::avx512_shifts::is_available()
+    }
+
+    /// `group_tile` of [`super::avx512_gfni`] or [`super::avx512_shifts`].
+    ///
+    /// # Safety
+    /// The CPU must support this module's features ([`is_available`]).
+    #[inline]
+    pub unsafe fn group_tile(
+        format: QuantFormat,
+        group: &[u8],
+        n_blocks: usize,
+        acts: &[Q8Block],
+        out: &mut [[f32; LANES]; TILE],
+    ) {
+        if has_gfni() {
+            super::avx512_gfni::group_tile(format, group, n_blocks, acts, out)
+        } else {
+            super::avx512_shifts::group_tile(format, group, n_blocks, acts, out)
+        }
+    }
+
+    /// `tile_kernel` of [`super::avx512_gfni`] or [`super::avx512_shifts`].
+    pub fn tile_kernel(format: QuantFormat, n: usize) -> crate::quant::TileKernel {
+        if has_gfni() {
+            super::avx512_gfni::tile_kernel(format, n)
+        } else {
+            super::avx512_shifts::tile_kernel(format, n)
+        }
+    }
+
+    /// Whether [`super::avx512_gfni`] runs here, asked once: a matmul calls `group_tile` once
+    /// per group and tile, and the feature checks behind `is_available` cost more than a load.
+    fn has_gfni() -> bool {
+        static GFNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *GFNI.get_or_init(super::avx512_gfni::is_available)
+    }
+}
+
 vnni_kernels!(
-    /// `vpdpbusd` in its EVEX encoding on 256-bit vectors (AVX512-VNNI + AVX512-VL).
-    avx512,
+    /// The AVX512-VNNI kernels with GFNI (`vgf2p8affineqb`) for the 5th and 6th bits.
+    avx512_gfni,
+    "avx512vnni,avx512vl,gfni,avx2,fma,f16c",
+    32,
+    super::has_avx512_vnni_gfni,
+    _mm256_dpbusd_epi32,
+    gfni
+);
+
+vnni_kernels!(
+    /// The AVX512-VNNI kernels for CPUs without GFNI.
+    avx512_shifts,
     "avx512vnni,avx512vl,avx2,fma,f16c",
+    32,
     crate::cpu::has_avx512_vnni,
     _mm256_dpbusd_epi32
 );
+
+/// AVX512-VNNI (with AVX512-VL) and GFNI.
+fn has_avx512_vnni_gfni() -> bool {
+    crate::cpu::has_avx512_vnni() && is_x86_feature_detected!("gfni")
+}
 
 vnni_kernels!(
     /// `vpdpbusd` in its VEX encoding (AVX-VNNI).
     avx,
     "avxvnni,avx2,fma,f16c",
+    16,
     crate::cpu::has_avx_vnni,
     _mm256_dpbusd_avx_epi32
 );
