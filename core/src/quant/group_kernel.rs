@@ -70,7 +70,7 @@ macro_rules! group_kernels {
                 QuantFormat::Q4_0 => by_tile_height!(n, q4, false; group, n_blocks, acts, out),
                 QuantFormat::Q4_1 => by_tile_height!(n, q4, true; group, n_blocks, acts, out),
                 QuantFormat::Q8_0 => by_tile_height!(n, q8; group, n_blocks, acts, out),
-                QuantFormat::Q5_0 => by_tile_height!(n, offset_kernel, MIN_MINUS_16D, true; format, group, n_blocks, acts, out),
+                QuantFormat::Q5_0 => by_tile_height!(n, offset_kernel, PLAIN_BIAS_16, true; format, group, n_blocks, acts, out),
                 QuantFormat::Q5_1 => by_tile_height!(n, offset_kernel, MIN_STORED, true; format, group, n_blocks, acts, out),
                 QuantFormat::Q4K => by_tile_height!(n, offset_kernel, MIN_K, false; format, group, n_blocks, acts, out),
                 QuantFormat::Q5K => by_tile_height!(n, offset_kernel, MIN_K, true; format, group, n_blocks, acts, out),
@@ -82,8 +82,10 @@ macro_rules! group_kernels {
             }
         }
 
-        /// How an `Offset` format's per-block scale `d` and min `m` come from its fields.
-        const MIN_MINUS_16D: u8 = 0; // Q5_0: `m = -16 d`
+        /// How an `Offset` format's per-block scale `d` and min `m` come from its fields; Q5_0
+        /// shares the 5-bit unpacking but has no min: its stored values are `q + 16` and its
+        /// epilogue is `Plain` (`regroup`).
+        const PLAIN_BIAS_16: u8 = 0; // Q5_0: `Σ (q_w - 16) a`, then `fma(d_w d_a, dot, acc)`
         const MIN_STORED: u8 = 1; // Q5_1: `m` stored as f16
         const MIN_K: u8 = 2; // Q4_K, Q5_K: `d = d_super sc`, `m = -dmin mn`
 
@@ -150,7 +152,7 @@ macro_rules! group_kernels {
         #[inline(always)]
         const fn offset_format(min: u8, five: bool) -> QuantFormat {
             match (min, five) {
-                (MIN_MINUS_16D, _) => QuantFormat::Q5_0,
+                (PLAIN_BIAS_16, _) => QuantFormat::Q5_0,
                 (MIN_STORED, _) => QuantFormat::Q5_1,
                 (_, false) => QuantFormat::Q4K,
                 (_, true) => QuantFormat::Q5K,
@@ -169,7 +171,9 @@ macro_rules! group_kernels {
             }
         }
 
-        /// The `Offset` formats: Q5_0, Q5_1, Q4_K, Q5_K (`FIVE`: values have a high-bit plane).
+        /// The `Offset` formats Q5_1, Q4_K, Q5_K (`FIVE`: values have a high-bit plane), and Q5_0,
+        /// whose stored values are unpacked the same way but whose dot starts at `-16 Σ a` (exact)
+        /// and whose epilogue is `Plain`: one float multiply per block less.
         #[target_feature(enable = $features)]
         unsafe fn offset_kernel<const MIN: u8, const FIVE: bool, const N: usize>(
             format: QuantFormat,
@@ -188,7 +192,7 @@ macro_rules! group_kernels {
                 let fields = scale_fields(format, group, n_blocks, b);
                 let d = load_f16x8(fields);
                 let (d, m) = match MIN {
-                    MIN_MINUS_16D => (d, _mm256_mul_ps(d, _mm256_set1_ps(-16.0))),
+                    PLAIN_BIAS_16 => (d, _mm256_setzero_ps()),
                     MIN_STORED => (d, load_f16x8(fields.add(QuantFormat::AUX_AT))),
                     _ => {
                         let negative_dmin = _mm256_xor_ps(load_f16x8(fields.add(QuantFormat::AUX_AT)), _mm256_set1_ps(-0.0));
@@ -202,6 +206,10 @@ macro_rules! group_kernels {
                 // Chain `pair % chains` takes a pair's products (both nibbles of it for Q4_K;
                 // for the 5-bit formats chain 1 takes the high nibbles instead, when there are two).
                 let mut sums = [[q4_start(); N]; 2];
+                if MIN == PLAIN_BIAS_16 {
+                    let bias = format.bias() as i32;
+                    (0..N).for_each(|r| sums[0][r] = _mm256_set1_epi32(-bias * row_acts[r].sum));
+                }
                 let bits = if FIVE {
                     _mm256_loadu_si256(block.add(values_at + 128) as *const __m256i)
                 } else {
@@ -230,9 +238,13 @@ macro_rules! group_kernels {
                     let [first, second] = if FIVE { [sums[0][r], sums[1][r]] } else { [q4_sum(sums[0][r]), q4_sum(sums[1][r])] };
                     let total = if chains(N) == 2 { _mm256_add_epi32(first, second) } else { first };
                     let dot = _mm256_cvtepi32_ps(total);
-                    let offset = _mm256_mul_ps(m, _mm256_set1_ps(row_acts[r].s));
                     let scale = _mm256_mul_ps(d, _mm256_set1_ps(row_acts[r].d));
-                    acc[r] = _mm256_add_ps(acc[r], _mm256_fmadd_ps(scale, dot, offset));
+                    acc[r] = if MIN == PLAIN_BIAS_16 {
+                        _mm256_fmadd_ps(scale, dot, acc[r])
+                    } else {
+                        let offset = _mm256_mul_ps(m, _mm256_set1_ps(row_acts[r].s));
+                        _mm256_add_ps(acc[r], _mm256_fmadd_ps(scale, dot, offset))
+                    };
                 }
             }
             for r in 0..N {
