@@ -207,8 +207,9 @@ macro_rules! group_kernels {
                 // for the 5-bit formats chain 1 takes the high nibbles instead, when there are two).
                 let mut sums = [[q4_start(); N]; 2];
                 if MIN == PLAIN_BIAS_16 {
-                    let bias = format.bias() as i32;
-                    (0..N).for_each(|r| sums[0][r] = _mm256_set1_epi32(-bias * row_acts[r].sum));
+                    // Q5_0: `Σ (q + 16) a - 16 Σ a`, exact, the correction broadcast from memory.
+                    const _: () = assert!(QuantFormat::Q5_0.bias() == 16);
+                    (0..N).for_each(|r| sums[0][r] = _mm256_set1_epi32(row_acts[r].minus_16_sum));
                 }
                 let bits = if FIVE {
                     _mm256_loadu_si256(block.add(values_at + 128) as *const __m256i)

@@ -261,9 +261,10 @@ unsafe fn offset_pair<const MIN: u8, const FIVE: bool, const N: usize>(
             }
         };
         let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
+        // Q5_0: `Σ (q + 16) a - 16 Σ a`, exact, the correction broadcast from memory.
+        const _: () = assert!(QuantFormat::Q5_0.bias() == 16);
         let mut sums: [__m512i; N] = if MIN == PLAIN_BIAS_16 {
-            let bias = format.bias() as i32;
-            std::array::from_fn(|r| _mm512_set1_epi32(-bias * row_acts[r].sum))
+            std::array::from_fn(|r| _mm512_set1_epi32(row_acts[r].minus_16_sum))
         } else {
             [_mm512_setzero_si512(); N]
         };
