@@ -18,11 +18,12 @@ use cortexstream::threadpool::ThreadPool;
 fn block_layout(ty: GgmlType) -> (usize, usize, &'static [usize]) {
     match ty {
         GgmlType::Q8_0 => (32, 34, &[0]),
+        GgmlType::Q4_1 => (32, 20, &[0, 2]),
         GgmlType::Q5_0 => (32, 22, &[0]),
         GgmlType::Q4K => (256, 144, &[0, 2]),
         GgmlType::Q5K => (256, 176, &[0, 2]),
         GgmlType::Q6K => (256, 210, &[208]),
-        _ => panic!("the driver covers Q8_0, Q5_0, Q4_K, Q5_K and Q6_K"),
+        _ => panic!("the driver covers Q8_0, Q4_1, Q5_0, Q4_K, Q5_K and Q6_K"),
     }
 }
 
@@ -31,6 +32,7 @@ fn main() {
     let arg = |i: usize, default: usize| args.get(i).map_or(default, |s| s.parse().expect("a number"));
     let ty = match args.first().map_or("Q8_0", String::as_str) {
         "Q8_0" => GgmlType::Q8_0,
+        "Q4_1" => GgmlType::Q4_1,
         "Q5_0" => GgmlType::Q5_0,
         "Q4_K" => GgmlType::Q4K,
         "Q5_K" => GgmlType::Q5K,

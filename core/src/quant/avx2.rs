@@ -24,6 +24,12 @@ pub fn is_available() -> bool {
     crate::cpu::has_avx2_fma_f16c()
 }
 
+/// YMM0-15.
+const VECTOR_REGISTERS: usize = 16;
+
+/// The steps accumulate with `vpaddw` / `vpaddd` (the multiplies are off the chain).
+const DOT_STEP_LATENCY: usize = 1;
+
 group_kernels!("avx2,fma,f16c");
 
 /// Quantizes 32 activations into `out` exactly as `activations::quantize_row_portable` does

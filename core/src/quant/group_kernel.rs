@@ -34,7 +34,8 @@ macro_rules! by_tile_height {
 ///   for weights up to 63 (the 5-bit formats, Q6_K's and Q3_K's stored values), to 32-bit sums;
 ///
 /// and has `broadcast4`, `load_f16x8`, `m_at`, `Q8Block`, `QuantFormat`, `LANES` and `TILE`
-/// in scope.
+/// in scope, and `VECTOR_REGISTERS`, the vector registers its features give (16 or 32), and
+/// `DOT_STEP_LATENCY`, the cycles one step adds to its accumulator's dependency chain.
 ///
 /// The regrouped formats (`regroup`) follow the portable kernel's epilogues operation for
 /// operation: `Offset` formats like Q4_1 with their scale and min computed per block, `Plain`
@@ -159,12 +160,16 @@ macro_rules! group_kernels {
             }
         }
 
-        /// Independent chains of `vpdpbusd` per activation row: a single row has one chain per
-        /// block otherwise, eight dependent multiply-adds long, and the out-of-order window does
-        /// not cover the latency; two chains (summed once per block, an exact integer add)
-        /// halve it. With two rows or more the rows' chains already run side by side.
+        /// Independent chains of multiply-adds per activation row and block. With one chain, a
+        /// single row's block is eight dependent `vpdpbusd`, whose latency the out-of-order
+        /// window does not cover; two chains (summed once per block, an exact integer add) halve
+        /// it. Measured on Zen 4 (AVX512-VNNI, 1-row driver CPU time): Q5_0 1536x576 at 1 row
+        /// 19.4 -> 16.2 us, 2 rows 21.3 -> 19.8, 3 rows 26.0 -> 25.1; Q4_K 576x1536 at 3 rows
+        /// 24.0 -> 22.6, 4 rows 29.5 -> 28.2. With 16 vector registers (AVX2, AVX-VNNI) the
+        /// extra chains of 2-4 rows would not fit beside the weights: one row only there. The
+        /// AVX2 steps end in a one-cycle add, not a `vpdpbusd`: one chain there.
         const fn chains(n: usize) -> usize {
-            if n == 1 {
+            if DOT_STEP_LATENCY > 1 && (n == 1 || VECTOR_REGISTERS >= 32) {
                 2
             } else {
                 1
@@ -236,7 +241,8 @@ macro_rules! group_kernels {
                     }
                 }
                 for r in 0..N {
-                    let [first, second] = if FIVE { [sums[0][r], sums[1][r]] } else { [q4_sum(sums[0][r]), q4_sum(sums[1][r])] };
+                    let [first, second] =
+                        if FIVE { [sums[0][r], sums[1][r]] } else { [q4_sum(sums[0][r]), q4_sum(sums[1][r])] };
                     let total = if chains(N) == 2 { _mm256_add_epi32(first, second) } else { first };
                     let dot = _mm256_cvtepi32_ps(total);
                     let scale = _mm256_mul_ps(d, _mm256_set1_ps(row_acts[r].d));
@@ -449,18 +455,21 @@ macro_rules! group_kernels {
                 let d = load_f16x8(block);
                 let m = if OFFSET { load_f16x8(block.add(m_at(0))) } else { _mm256_mul_ps(d, _mm256_set1_ps(-8.0)) };
                 let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
-                let mut sums = [q4_start(); N];
+                // Pair `pair` goes to chain `pair % chains` (see `chains`).
+                let mut sums = [[q4_start(); N]; 2];
                 for pair in 0..4 {
                     let packed = _mm256_loadu_si256(block.add(values_at + 32 * pair) as *const __m256i);
                     let low = _mm256_and_si256(packed, nibble);
                     let high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
+                    let chain = pair % chains(N);
                     for r in 0..N {
                         let (a_low, a_high) = (broadcast4(row_acts[r], 2 * pair), broadcast4(row_acts[r], 2 * pair + 1));
-                        sums[r] = q4_step(sums[r], low, high, a_low, a_high);
+                        sums[chain][r] = q4_step(sums[chain][r], low, high, a_low, a_high);
                     }
                 }
                 for r in 0..N {
-                    let dot = _mm256_cvtepi32_ps(q4_sum(sums[r]));
+                    let (first, second) = (q4_sum(sums[0][r]), q4_sum(sums[1][r]));
+                    let dot = _mm256_cvtepi32_ps(if chains(N) == 2 { _mm256_add_epi32(first, second) } else { first });
                     let offset = _mm256_mul_ps(m, _mm256_set1_ps(row_acts[r].s));
                     let scale = _mm256_mul_ps(d, _mm256_set1_ps(row_acts[r].d));
                     acc[r] = _mm256_add_ps(acc[r], _mm256_fmadd_ps(scale, dot, offset));

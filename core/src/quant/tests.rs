@@ -426,7 +426,8 @@ fn avx512_vnni_builds_with_and_without_gfni_give_identical_bits() {
                     let mut got = [[0f32; LANES]; TILE];
                     // SAFETY: each build is listed only if its `is_available()` said yes.
                     unsafe { group_tile(*format, group, n_blocks, tile_acts, &mut got) };
-                    let bits = |rows: &[[f32; LANES]]| -> Vec<u32> { rows.iter().flatten().map(|v| v.to_bits()).collect() };
+                    let bits =
+                        |rows: &[[f32; LANES]]| -> Vec<u32> { rows.iter().flatten().map(|v| v.to_bits()).collect() };
                     assert!(bits(&got[..n]) == bits(&expected[..n]), "{ty:?}, {n} rows: the {name} build differs");
                 }
             }
