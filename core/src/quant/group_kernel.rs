@@ -20,6 +20,19 @@ macro_rules! by_tile_height {
     }};
 }
 
+/// `$kernel::<[$flag,] N>` for the tile height `$n` (1..=TILE) as a [`crate::quant::TileKernel`].
+macro_rules! tile_kernel_of_height {
+    ($n:expr, $kernel:ident $(, $flag:expr)*) => {{
+        const _: () = assert!(super::TILE == 4, "tile_kernel_of_height! covers tiles of up to 4 rows");
+        match $n {
+            1 => $kernel::<$($flag,)* 1> as crate::quant::TileKernel,
+            2 => $kernel::<$($flag,)* 2>,
+            3 => $kernel::<$($flag,)* 3>,
+            _ => $kernel::<$($flag,)* 4>,
+        }
+    }};
+}
+
 /// Defines `group_tile` (and its `q4` and `q8` kernels) in the invoking module, compiled with
 /// `$features`. The module provides, as `#[inline]` functions with those features:
 ///
@@ -68,9 +81,9 @@ macro_rules! group_kernels {
                 group.len() == format.group_bytes(n_blocks) && acts.len() == n * n_blocks && n <= TILE
             );
             match format {
-                QuantFormat::Q4_0 => by_tile_height!(n, q4, false; group, n_blocks, acts, out),
-                QuantFormat::Q4_1 => by_tile_height!(n, q4, true; group, n_blocks, acts, out),
-                QuantFormat::Q8_0 => by_tile_height!(n, q8; group, n_blocks, acts, out),
+                QuantFormat::Q4_0 => by_tile_height!(n, q4, false; format, group, n_blocks, acts, out),
+                QuantFormat::Q4_1 => by_tile_height!(n, q4, true; format, group, n_blocks, acts, out),
+                QuantFormat::Q8_0 => by_tile_height!(n, q8; format, group, n_blocks, acts, out),
                 QuantFormat::Q5_0 => by_tile_height!(n, offset_kernel, PLAIN_BIAS_16, true; format, group, n_blocks, acts, out),
                 QuantFormat::Q5_1 => by_tile_height!(n, offset_kernel, MIN_STORED, true; format, group, n_blocks, acts, out),
                 QuantFormat::Q4K => by_tile_height!(n, offset_kernel, MIN_K, false; format, group, n_blocks, acts, out),
@@ -80,6 +93,29 @@ macro_rules! group_kernels {
                 QuantFormat::Q6K => by_tile_height!(n, halves, PACK_NIBBLES_CRUMBS; format, group, n_blocks, acts, out),
                 QuantFormat::Q3K => by_tile_height!(n, halves, PACK_CRUMBS_BIT; format, group, n_blocks, acts, out),
                 QuantFormat::Q2K => by_tile_height!(n, q2k; format, group, n_blocks, acts, out),
+            }
+        }
+
+        /// The kernel `group_tile` runs for `format` and tiles of `n` rows (1..=TILE), for a
+        /// caller that runs many groups with one format and height: the dispatch (and the
+        /// checks) happen once, not once per group, which at one row is a group of some 250
+        /// cycles. The caller takes on `group_tile`'s checks: `group.len() ==
+        /// format.group_bytes(n_blocks)`, `acts.len() == n * n_blocks`.
+        pub fn tile_kernel(format: QuantFormat, n: usize) -> crate::quant::TileKernel {
+            assert!((1..=TILE).contains(&n), "tile height {n}");
+            match format {
+                QuantFormat::Q4_0 => tile_kernel_of_height!(n, q4, false),
+                QuantFormat::Q4_1 => tile_kernel_of_height!(n, q4, true),
+                QuantFormat::Q8_0 => tile_kernel_of_height!(n, q8),
+                QuantFormat::Q5_0 => tile_kernel_of_height!(n, offset_kernel, PLAIN_BIAS_16, true),
+                QuantFormat::Q5_1 => tile_kernel_of_height!(n, offset_kernel, MIN_STORED, true),
+                QuantFormat::Q4K => tile_kernel_of_height!(n, offset_kernel, MIN_K, false),
+                QuantFormat::Q5K => tile_kernel_of_height!(n, offset_kernel, MIN_K, true),
+                QuantFormat::IQ4NL => tile_kernel_of_height!(n, iq4, false),
+                QuantFormat::IQ4XS => tile_kernel_of_height!(n, iq4, true),
+                QuantFormat::Q6K => tile_kernel_of_height!(n, halves, PACK_NIBBLES_CRUMBS),
+                QuantFormat::Q3K => tile_kernel_of_height!(n, halves, PACK_CRUMBS_BIT),
+                QuantFormat::Q2K => tile_kernel_of_height!(n, q2k),
             }
         }
 
@@ -441,6 +477,7 @@ macro_rules! group_kernels {
         /// Q4_0 (`OFFSET == false`, `m = -8 d`) and Q4_1 (`OFFSET == true`, `m` stored).
         #[target_feature(enable = $features)]
         unsafe fn q4<const OFFSET: bool, const N: usize>(
+            _format: QuantFormat,
             group: &[u8],
             n_blocks: usize,
             acts: &[Q8Block],
@@ -481,7 +518,13 @@ macro_rules! group_kernels {
         }
 
         #[target_feature(enable = $features)]
-        unsafe fn q8<const N: usize>(group: &[u8], n_blocks: usize, acts: &[Q8Block], out: &mut [[f32; LANES]; TILE]) {
+        unsafe fn q8<const N: usize>(
+            _format: QuantFormat,
+            group: &[u8],
+            n_blocks: usize,
+            acts: &[Q8Block],
+            out: &mut [[f32; LANES]; TILE],
+        ) {
             let (block_bytes, values_at) = (QuantFormat::Q8_0.group_block_bytes(), QuantFormat::Q8_0.values_offset());
             let mut acc = [_mm256_setzero_ps(); N];
             for b in 0..n_blocks {

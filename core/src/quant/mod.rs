@@ -226,7 +226,25 @@ impl Kernel {
             Kernel::Amx => Kernel::best().group_tile(format, group, n_blocks, acts, out),
         }
     }
+
+    /// The SIMD kernel [`Kernel::group_tile`] runs for `format` and tiles of `n` rows, chosen
+    /// once for a run of groups; `None` for the portable kernel.
+    #[cfg(target_arch = "x86_64")]
+    fn tile_kernel(self, format: QuantFormat, n: usize) -> Option<TileKernel> {
+        match self {
+            Kernel::Scalar => None,
+            Kernel::Avx2 => Some(avx2::tile_kernel(format, n)),
+            Kernel::Avx512Vnni => Some(vnni::avx512::tile_kernel(format, n)),
+            Kernel::AvxVnni => Some(vnni::avx::tile_kernel(format, n)),
+            Kernel::Amx => Kernel::best().tile_kernel(format, n),
+        }
+    }
 }
+
+/// One tile kernel of a module (`group_kernels!`'s `tile_kernel`), for one format and tile
+/// height; the arguments are `group_tile`'s.
+#[cfg(target_arch = "x86_64")]
+pub(crate) type TileKernel = unsafe fn(QuantFormat, &[u8], usize, &[Q8Block], &mut [[f32; LANES]; TILE]);
 
 thread_local! {
     /// The quantized activations of the current matmul. Thread-local so `matmul` keeps its
@@ -559,6 +577,10 @@ impl QMatrix {
         }
         let n_blocks = self.cols / BLOCK;
         let group_bytes = self.group_bytes();
+        assert!(group_bytes == format.group_bytes(n_blocks) && acts.len() >= m * n_blocks);
+        // The kernels for full tiles and for the last one, chosen once per matmul.
+        #[cfg(target_arch = "x86_64")]
+        let tile_kernels = [TILE.min(m).max(1), (m.max(1) - 1) % TILE + 1].map(|n| kernel.tile_kernel(format, n));
         for_each_range(pool, self.rows.div_ceil(LANES), |groups| {
             let mut results = [[0f32; LANES]; TILE];
             for g in groups {
@@ -566,6 +588,15 @@ impl QMatrix {
                 for first in (0..m).step_by(TILE) {
                     let n = TILE.min(m - first);
                     let tile_acts = &acts[first * n_blocks..(first + n) * n_blocks];
+                    #[cfg(target_arch = "x86_64")]
+                    if let Some(tile_kernel) = tile_kernels[usize::from(first + TILE > m)] {
+                        // SAFETY: `kernel` is only chosen where the CPU runs it; `group` holds
+                        // one group of `n_blocks` blocks and `tile_acts` `n` rows of them (the
+                        // assertion above and the slicing), the tile height `tile_kernel` took.
+                        unsafe { tile_kernel(format, group, n_blocks, tile_acts, &mut results) };
+                        self.store_tile(out, g * LANES, first, &results[..n]);
+                        continue;
+                    }
                     kernel.group_tile(format, group, n_blocks, tile_acts, &mut results);
                     self.store_tile(out, g * LANES, first, &results[..n]);
                 }

@@ -129,6 +129,15 @@ pub mod avx512 {
         }
     }
 
+    /// `tile_kernel` of [`super::avx512_gfni`] or [`super::avx512_shifts`].
+    pub fn tile_kernel(format: QuantFormat, n: usize) -> crate::quant::TileKernel {
+        if has_gfni() {
+            super::avx512_gfni::tile_kernel(format, n)
+        } else {
+            super::avx512_shifts::tile_kernel(format, n)
+        }
+    }
+
     /// Whether [`super::avx512_gfni`] runs here, asked once: a matmul calls `group_tile` once
     /// per group and tile, and the feature checks behind `is_available` cost more than a load.
     fn has_gfni() -> bool {
