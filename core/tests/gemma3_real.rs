@@ -106,15 +106,19 @@ fn greedy_from_the_fused_head_equals_greedy_from_the_logits_in_mixed_steps() {
 
 /// Per prompt of the fixture (in its order), bounds on `|our logprob - float64 logprob|` over
 /// the float64 top-5 ids of its positions: `(mean, max)`, each what we measured plus about 15%
-/// (measured with the tiled attention: mean 0.045 0.108 0.060 0.078 0.102 0.048; max 0.178
-/// 0.400 0.331 0.340 0.301 0.203. Before it: mean 0.049 0.089 0.065 0.076 0.086 0.047, max
+/// (measured with Q5_0 computed as llama.cpp does, its bias taken off the integer block dot
+/// exactly: mean 0.052 0.084 0.058 0.066 0.087 0.052; max 0.249 0.567 0.247 0.399 0.333 0.230.
+/// Before it, with the tiled attention: mean 0.045 0.108 0.060 0.078 0.102 0.048; max 0.178
+/// 0.400 0.331 0.340 0.301 0.203. Before that: mean 0.049 0.089 0.065 0.076 0.086 0.047, max
 /// 0.174 0.360 0.290 0.282 0.306 0.166; with a float64 attention: mean 0.051 0.083 0.056 0.082
-/// 0.106 0.050, max 0.223 0.319 0.222 0.334 0.328 0.186: single roundings move them this much). Only our own 8-bit activation rounding separates us from float64, so these are far
+/// 0.106 0.050, max 0.223 0.319 0.222 0.334 0.328 0.186: single roundings move them this much,
+/// the means less than the maxima, which are single lower-ranked ids). Only our own 8-bit
+/// activation rounding separates us from float64, so these are far
 /// tighter than the llama.cpp comparison (0.4), which carries both engines' rounding; the
 /// lower-ranked ids of the top 5 carry the larger errors. A model change that moves these
 /// (e.g. a more exact kernel) should re-measure them, not widen them blindly.
 const FLOAT64_ERROR_BOUNDS: [(f32, f32); 6] =
-    [(0.052, 0.205), (0.125, 0.46), (0.069, 0.381), (0.09, 0.391), (0.118, 0.347), (0.056, 0.234)];
+    [(0.06, 0.286), (0.097, 0.652), (0.067, 0.284), (0.076, 0.459), (0.1, 0.383), (0.06, 0.265)];
 
 /// Positions per prompt in the fixture, times its six prompts: the test must really look.
 const FLOAT64_MIN_POSITIONS: usize = 6 * 16;

@@ -17,6 +17,10 @@ pub struct Q8Block {
     /// `Σ q[..16]`, exact: the first 16-value half's sum, which the Q6_K kernels need for
     /// every weight row; taken once here rather than once per row group of every matmul.
     pub low_sum: i32,
+    /// `-16 Σ q[i]`, exact: Q5_0's bias taken off its block dots (`regroup`). Kept here so the
+    /// kernels broadcast it straight from memory: computed in a general register and broadcast
+    /// from there, it cost the vector pipes about what Q5_0's `Plain` epilogue saves them.
+    pub minus_16_sum: i32,
     pub q: [i8; BLOCK],
 }
 
@@ -56,6 +60,7 @@ pub fn quantize_row_portable(x: &[f32], out: &mut [Q8Block]) {
         block.d = d;
         block.s = d * sum as f32;
         block.sum = sum;
+        block.minus_16_sum = -16 * sum;
         block.low_sum = block.q[..BLOCK / 2].iter().map(|&q| q as i32).sum();
     }
 }
@@ -100,6 +105,7 @@ mod tests {
             assert!(
                 a.q == b.q
                     && a.sum == b.sum
+                    && a.minus_16_sum == b.minus_16_sum
                     && a.low_sum == b.low_sum
                     && a.d.to_bits() == b.d.to_bits()
                     && a.s.to_bits() == b.s.to_bits(),
@@ -178,6 +184,7 @@ mod tests {
             assert!(
                 a.q == b.q
                     && a.sum == b.sum
+                    && a.minus_16_sum == b.minus_16_sum
                     && a.low_sum == b.low_sum
                     && a.d.to_bits() == b.d.to_bits()
                     && a.s.to_bits() == b.s.to_bits(),
@@ -236,6 +243,7 @@ mod tests {
             assert!(
                 block.q == expected.q
                     && block.sum == expected.sum
+                    && block.minus_16_sum == expected.minus_16_sum
                     && block.low_sum == expected.low_sum
                     && block.d.to_bits() == expected.d.to_bits()
                     && block.s.to_bits() == expected.s.to_bits(),

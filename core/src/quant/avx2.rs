@@ -68,6 +68,7 @@ pub unsafe fn quantize_block(values: &[f32; 32], out: &mut Q8Block) {
     out.d = d;
     out.s = d * sum as f32;
     out.sum = sum;
+    out.minus_16_sum = -16 * sum;
     out.low_sum = low_sum;
 }
 

@@ -84,7 +84,7 @@ macro_rules! group_kernels {
                 QuantFormat::Q4_0 => by_tile_height!(n, q4, false; format, group, n_blocks, acts, out),
                 QuantFormat::Q4_1 => by_tile_height!(n, q4, true; format, group, n_blocks, acts, out),
                 QuantFormat::Q8_0 => by_tile_height!(n, q8; format, group, n_blocks, acts, out),
-                QuantFormat::Q5_0 => by_tile_height!(n, offset_kernel, MIN_MINUS_16D, true; format, group, n_blocks, acts, out),
+                QuantFormat::Q5_0 => by_tile_height!(n, offset_kernel, PLAIN_BIAS_16, true; format, group, n_blocks, acts, out),
                 QuantFormat::Q5_1 => by_tile_height!(n, offset_kernel, MIN_STORED, true; format, group, n_blocks, acts, out),
                 QuantFormat::Q4K => by_tile_height!(n, offset_kernel, MIN_K, false; format, group, n_blocks, acts, out),
                 QuantFormat::Q5K => by_tile_height!(n, offset_kernel, MIN_K, true; format, group, n_blocks, acts, out),
@@ -107,7 +107,7 @@ macro_rules! group_kernels {
                 QuantFormat::Q4_0 => tile_kernel_of_height!(n, q4, false),
                 QuantFormat::Q4_1 => tile_kernel_of_height!(n, q4, true),
                 QuantFormat::Q8_0 => tile_kernel_of_height!(n, q8),
-                QuantFormat::Q5_0 => tile_kernel_of_height!(n, offset_kernel, MIN_MINUS_16D, true),
+                QuantFormat::Q5_0 => tile_kernel_of_height!(n, offset_kernel, PLAIN_BIAS_16, true),
                 QuantFormat::Q5_1 => tile_kernel_of_height!(n, offset_kernel, MIN_STORED, true),
                 QuantFormat::Q4K => tile_kernel_of_height!(n, offset_kernel, MIN_K, false),
                 QuantFormat::Q5K => tile_kernel_of_height!(n, offset_kernel, MIN_K, true),
@@ -119,8 +119,10 @@ macro_rules! group_kernels {
             }
         }
 
-        /// How an `Offset` format's per-block scale `d` and min `m` come from its fields.
-        const MIN_MINUS_16D: u8 = 0; // Q5_0: `m = -16 d`
+        /// How an `Offset` format's per-block scale `d` and min `m` come from its fields; Q5_0
+        /// shares the 5-bit unpacking but has no min: its stored values are `q + 16` and its
+        /// epilogue is `Plain` (`regroup`).
+        const PLAIN_BIAS_16: u8 = 0; // Q5_0: `Σ (q_w - 16) a`, then `fma(d_w d_a, dot, acc)`
         const MIN_STORED: u8 = 1; // Q5_1: `m` stored as f16
         const MIN_K: u8 = 2; // Q4_K, Q5_K: `d = d_super sc`, `m = -dmin mn`
 
@@ -187,7 +189,7 @@ macro_rules! group_kernels {
         #[inline(always)]
         const fn offset_format(min: u8, five: bool) -> QuantFormat {
             match (min, five) {
-                (MIN_MINUS_16D, _) => QuantFormat::Q5_0,
+                (PLAIN_BIAS_16, _) => QuantFormat::Q5_0,
                 (MIN_STORED, _) => QuantFormat::Q5_1,
                 (_, false) => QuantFormat::Q4K,
                 (_, true) => QuantFormat::Q5K,
@@ -210,7 +212,9 @@ macro_rules! group_kernels {
             }
         }
 
-        /// The `Offset` formats: Q5_0, Q5_1, Q4_K, Q5_K (`FIVE`: values have a high-bit plane).
+        /// The `Offset` formats Q5_1, Q4_K, Q5_K (`FIVE`: values have a high-bit plane), and Q5_0,
+        /// whose stored values are unpacked the same way but whose dot starts at `-16 Σ a` (exact)
+        /// and whose epilogue is `Plain`: one float multiply per block less.
         #[target_feature(enable = $features)]
         unsafe fn offset_kernel<const MIN: u8, const FIVE: bool, const N: usize>(
             format: QuantFormat,
@@ -229,7 +233,7 @@ macro_rules! group_kernels {
                 let fields = scale_fields(format, group, n_blocks, b);
                 let d = load_f16x8(fields);
                 let (d, m) = match MIN {
-                    MIN_MINUS_16D => (d, _mm256_mul_ps(d, _mm256_set1_ps(-16.0))),
+                    PLAIN_BIAS_16 => (d, _mm256_setzero_ps()),
                     MIN_STORED => (d, load_f16x8(fields.add(QuantFormat::AUX_AT))),
                     _ => {
                         let negative_dmin = _mm256_xor_ps(load_f16x8(fields.add(QuantFormat::AUX_AT)), _mm256_set1_ps(-0.0));
@@ -243,6 +247,11 @@ macro_rules! group_kernels {
                 // Chain `pair % chains` takes a pair's products (both nibbles of it for Q4_K;
                 // for the 5-bit formats chain 1 takes the high nibbles instead, when there are two).
                 let mut sums = [[q4_start(); N]; 2];
+                if MIN == PLAIN_BIAS_16 {
+                    // Q5_0: `Σ (q + 16) a - 16 Σ a`, exact, the correction broadcast from memory.
+                    const _: () = assert!(QuantFormat::Q5_0.bias() == 16);
+                    (0..N).for_each(|r| sums[0][r] = _mm256_set1_epi32(row_acts[r].minus_16_sum));
+                }
                 let bits = if FIVE {
                     _mm256_loadu_si256(block.add(values_at + 128) as *const __m256i)
                 } else {
@@ -272,9 +281,13 @@ macro_rules! group_kernels {
                         if FIVE { [sums[0][r], sums[1][r]] } else { [q4_sum(sums[0][r]), q4_sum(sums[1][r])] };
                     let total = if chains(N) == 2 { _mm256_add_epi32(first, second) } else { first };
                     let dot = _mm256_cvtepi32_ps(total);
-                    let offset = _mm256_mul_ps(m, _mm256_set1_ps(row_acts[r].s));
                     let scale = _mm256_mul_ps(d, _mm256_set1_ps(row_acts[r].d));
-                    acc[r] = _mm256_add_ps(acc[r], _mm256_fmadd_ps(scale, dot, offset));
+                    acc[r] = if MIN == PLAIN_BIAS_16 {
+                        _mm256_fmadd_ps(scale, dot, acc[r])
+                    } else {
+                        let offset = _mm256_mul_ps(m, _mm256_set1_ps(row_acts[r].s));
+                        _mm256_add_ps(acc[r], _mm256_fmadd_ps(scale, dot, offset))
+                    };
                 }
             }
             for r in 0..N {

@@ -25,14 +25,17 @@
 //! `k` holds bit 4 of byte `k` of all eight value vectors, Q6_K two "crumb" vectors whose byte
 //! `k` holds bits 4-5 of byte `k` of four value vectors (a shift and a mask per value vector,
 //! like ggml's own Q5_K / Q6_K `qh`). Q2_K keeps only crumb vectors (2 bits), Q3_K crumbs and a
-//! bit vector (3 bits). Signed values are stored plus a bias (Q6_K 32, Q3_K 4) and the kernels
-//! subtract it.
+//! bit vector (3 bits). Signed values are stored plus a bias (Q6_K 32, Q3_K 4, Q5_0 16: its
+//! weights are `d (q - 16)`) and the kernels subtract it, in integers: a block's dot starts at
+//! `-bias Σ a`, exact (llama.cpp's own formulation of Q5_0).
 //!
 //! How the integer dot products of a 32-weight block turn into a row's sum ([`Epilogue`]), with
 //! `lo`/`hi` the dots of the block's two 16-weight halves and `d_a`, `s_a = d_a Σ a` the
 //! activation block's scale and scaled sum:
-//! - `Offset` (Q4_K, Q5_K, Q5_0, Q5_1): `acc += fma(d_w d_a, lo + hi, m_w s_a)`;
-//! - `Plain` (IQ4_NL, IQ4_XS, Q6_K, Q3_K): `acc = fma(d_w d_a, sc_lo lo + sc_hi hi, acc)`;
+//! - `Offset` (Q4_K, Q5_K, Q5_1): `acc += fma(d_w d_a, lo + hi, m_w s_a)`;
+//! - `Plain` (IQ4_NL, IQ4_XS, Q6_K, Q3_K, Q5_0): `acc = fma(d_w d_a, sc_lo lo + sc_hi hi, acc)`
+//!   (Q5_0 has no sub-scales: `lo + hi`). One float multiply per block less than `Offset`,
+//!   which is what bounds the 512-bit kernels (`vnni512`).
 //! - `HalfMins` (Q2_K): `acc += fma(d_w d_a, sc_lo lo + sc_hi hi, m_w (d_a (mn_lo Σa_lo + mn_hi Σa_hi)))`.
 //!
 //! The integer sums are exact on every path: a half's dot is at most 16 · 32 · 127 in magnitude
@@ -109,16 +112,18 @@ impl QuantFormat {
     pub const fn epilogue(self) -> Epilogue {
         match self {
             Self::Q2K => Epilogue::HalfMins,
-            Self::IQ4NL | Self::IQ4XS | Self::Q6K | Self::Q3K | Self::Q8_0 => Epilogue::Plain,
+            Self::IQ4NL | Self::IQ4XS | Self::Q6K | Self::Q3K | Self::Q5_0 | Self::Q8_0 => Epilogue::Plain,
             _ => Epilogue::Offset,
         }
     }
 
-    /// What is added to a signed value to store it unsigned (Q6_K: -32..31, Q3_K: -4..3).
+    /// What is added to a signed value to store it unsigned (Q6_K: -32..31, Q3_K: -4..3,
+    /// Q5_0: -16..15).
     #[inline]
     pub const fn bias(self) -> u8 {
         match self {
             Self::Q6K => 32,
+            Self::Q5_0 => 16,
             Self::Q3K => 4,
             _ => 0,
         }
@@ -245,9 +250,11 @@ pub fn decode_ggml_block(format: QuantFormat, bytes: &[u8], out: &mut Vec<RowBlo
             let at = if format == QuantFormat::Q5_1 { 4 } else { 2 };
             let qh = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
             let qs = &bytes[at + 4..at + 20];
+            // Q5_0's values are signed, `q - 16` (stored plus `bias`); Q5_1's stay unsigned.
+            let bias = format.bias();
             let q = std::array::from_fn(|i| {
                 let nibble = if i < 16 { qs[i] & 15 } else { qs[i - 16] >> 4 };
-                nibble | (((qh >> i) & 1) as u8) << 4
+                (nibble | (((qh >> i) & 1) as u8) << 4).wrapping_sub(bias)
             });
             out.push(RowBlock { d: u16_at(bytes, 0), aux, sc: [0; 2], mins: [0; 2], q });
         }
@@ -487,7 +494,8 @@ pub fn decode(format: QuantFormat, group: &[u8], n_blocks: usize, b: usize, lane
     let unsigned = |v: [u8; 2]| v.map(|s| s as i32);
     let mut out = Decoded { d, m: 0.0, sc: [1; 2], mins: [1; 2], q: raw };
     match format {
-        QuantFormat::Q5_0 => out.m = -16.0 * d,
+        // Signed values `q - 16` and the scale alone: the `Plain` epilogue.
+        QuantFormat::Q5_0 => {}
         QuantFormat::Q5_1 => out.m = aux,
         QuantFormat::Q4K | QuantFormat::Q5K => {
             out.d = d * block.sc[0] as f32;
@@ -516,8 +524,6 @@ pub fn dequantize_block(format: QuantFormat, group: &[u8], n_blocks: usize, b: u
     for (i, (v, &q)) in out.iter_mut().zip(&w.q).enumerate() {
         let h = i / (BLOCK / 2);
         *v = match format.epilogue() {
-            // ggml: `d * (q - 16)`; `d q - 16 d` would give +0 where ggml gives -0.
-            _ if format == QuantFormat::Q5_0 => w.d * (q as i32 - 16) as f32,
             Epilogue::Offset => w.d * q as f32 + w.m,
             Epilogue::Plain => (w.d * w.sc[h] as f32) * q as f32,
             Epilogue::HalfMins => (w.d * w.sc[h] as f32) * q as f32 + w.m * w.mins[h] as f32,

@@ -1,4 +1,4 @@
-//! Q8_0, Q6_K and the `Offset` formats (Q5_0, Q5_1, Q4_K, Q5_K) on 512-bit `vpdpbusd` (AVX512-VNNI
+//! Q8_0, Q6_K, Q5_0 and the `Offset` formats (Q5_1, Q4_K, Q5_K) on 512-bit `vpdpbusd` (AVX512-VNNI
 //! with AVX512-F/BW): two 8-row groups side by side, one group in each 256-bit half of a
 //! vector, so each nibble unpacking, each broadcast activation dword and each `vpdpbusd`
 //! serves sixteen weight rows instead of eight.
@@ -78,7 +78,7 @@ pub unsafe fn pair_tile(
     match format {
         QuantFormat::Q8_0 => by_tile_height!(n, q8_pair; first, second, n_blocks, acts, out),
         QuantFormat::Q5_0 => {
-            by_tile_height!(n, offset_pair, MIN_MINUS_16D, true; format, first, second, n_blocks, acts, out)
+            by_tile_height!(n, offset_pair, PLAIN_BIAS_16, true; format, first, second, n_blocks, acts, out)
         }
         QuantFormat::Q5_1 => {
             by_tile_height!(n, offset_pair, MIN_STORED, true; format, first, second, n_blocks, acts, out)
@@ -91,8 +91,8 @@ pub unsafe fn pair_tile(
 }
 
 /// How an `Offset` format's per-block scale `d` and min `m` come from its fields (as in
-/// `group_kernel`).
-const MIN_MINUS_16D: u8 = 0; // Q5_0: `m = -16 d`
+/// `group_kernel`); Q5_0 has none: its dot starts at `-16 Σ a` and its epilogue is `Plain`.
+const PLAIN_BIAS_16: u8 = 0; // Q5_0: `Σ (q_w - 16) a`, then `fma(d_w d_a, dot, acc)`
 const MIN_STORED: u8 = 1; // Q5_1: `m` stored as f16
 const MIN_K: u8 = 2; // Q4_K, Q5_K: `d = d_super sc`, `m = -dmin mn`
 
@@ -233,8 +233,10 @@ unsafe fn q6k_pair<const N: usize>(
     }
 }
 
-/// The `Offset` formats (`FIVE`: values have a high-bit plane), as `group_kernel`'s
-/// `offset_kernel` under `vnni` for sixteen rows.
+/// The `Offset` formats (`FIVE`: values have a high-bit plane) and Q5_0, as `group_kernel`'s
+/// `offset_kernel` under `vnni` for sixteen rows. Q5_0 takes 8 `vpdpbusd` and 2 float
+/// multiplies per block and row (`d_w d_a`, the fma), the `Offset` formats one more (`m_w s_a`):
+/// the multiply pipes bound this kernel.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
 unsafe fn offset_pair<const MIN: u8, const FIVE: bool, const N: usize>(
     format: QuantFormat,
@@ -253,7 +255,7 @@ unsafe fn offset_pair<const MIN: u8, const FIVE: bool, const N: usize>(
         let (low_fields, high_fields) = (first.as_ptr().add(fields_at), second.as_ptr().add(fields_at));
         let d = load_f16x8_pair(low_fields, high_fields);
         let (d, m) = match MIN {
-            MIN_MINUS_16D => (d, _mm512_mul_ps(d, _mm512_set1_ps(-16.0))),
+            PLAIN_BIAS_16 => (d, _mm512_setzero_ps()),
             MIN_STORED => {
                 (d, load_f16x8_pair(low_fields.add(QuantFormat::AUX_AT), high_fields.add(QuantFormat::AUX_AT)))
             }
@@ -269,7 +271,13 @@ unsafe fn offset_pair<const MIN: u8, const FIVE: bool, const N: usize>(
             }
         };
         let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
-        let mut sums = [_mm512_setzero_si512(); N];
+        // Q5_0: `Σ (q + 16) a - 16 Σ a`, exact, the correction broadcast from memory.
+        const _: () = assert!(QuantFormat::Q5_0.bias() == 16);
+        let mut sums: [__m512i; N] = if MIN == PLAIN_BIAS_16 {
+            std::array::from_fn(|r| _mm512_set1_epi32(row_acts[r].minus_16_sum))
+        } else {
+            [_mm512_setzero_si512(); N]
+        };
         let bits =
             if FIVE { load_pair(low.add(values_at + 128), high.add(values_at + 128)) } else { _mm512_setzero_si512() };
         for pair in 0..4 {
@@ -287,9 +295,13 @@ unsafe fn offset_pair<const MIN: u8, const FIVE: bool, const N: usize>(
         }
         for r in 0..N {
             let dot = _mm512_cvtepi32_ps(sums[r]);
-            let offset = _mm512_mul_ps(m, _mm512_set1_ps(row_acts[r].s));
             let scale = _mm512_mul_ps(d, _mm512_set1_ps(row_acts[r].d));
-            acc[r] = _mm512_add_ps(acc[r], _mm512_fmadd_ps(scale, dot, offset));
+            acc[r] = if MIN == PLAIN_BIAS_16 {
+                _mm512_fmadd_ps(scale, dot, acc[r])
+            } else {
+                let offset = _mm512_mul_ps(m, _mm512_set1_ps(row_acts[r].s));
+                _mm512_add_ps(acc[r], _mm512_fmadd_ps(scale, dot, offset))
+            };
         }
     }
     for r in 0..N {
