@@ -120,12 +120,19 @@ fn greedy_from_the_fused_head_equals_greedy_from_the_logits_in_mixed_steps() {
 const FLOAT64_ERROR_BOUNDS: [(f32, f32); 6] =
     [(0.06, 0.286), (0.097, 0.652), (0.067, 0.284), (0.076, 0.459), (0.1, 0.383), (0.06, 0.265)];
 
+/// Our greedy pick must be float64's wherever float64's top two logprobs are further apart than
+/// this (nats). One margin for every prompt, independent of the per-prompt maxima above: those
+/// are single lower-ranked ids of the top 5, while the pick depends on the top two only.
+/// Measured: 0.05 fails ("The capital of France is", position 13), 0.2 passes; it was twice each
+/// prompt's max bound (0.41-1.3), far looser.
+const FLOAT64_PICK_MARGIN: f32 = 0.25;
+
 /// Positions per prompt in the fixture, times its six prompts: the test must really look.
 const FLOAT64_MIN_POSITIONS: usize = 6 * 16;
 
 /// Our log-probabilities of float64's top-5 ids, teacher-forced on the same ids, stay within
 /// the prompt's [`FLOAT64_ERROR_BOUNDS`] (mean and max), and wherever float64's top two are
-/// further apart than twice the prompt's max bound our pick is its pick.
+/// further apart than [`FLOAT64_PICK_MARGIN`] our pick is its pick.
 #[test]
 fn next_token_logprobs_follow_float64_closely() {
     let engine = AllBlocksFreeAfter(engine());
@@ -133,7 +140,7 @@ fn next_token_logprobs_follow_float64_closely() {
     assert_eq!(references.len(), FLOAT64_ERROR_BOUNDS.len(), "one pair of bounds per float64 prompt");
     let mut positions = 0;
     for (r, &(mean_bound, max_bound)) in references.iter().zip(&FLOAT64_ERROR_BOUNDS) {
-        let errors = float64::errors(&engine, r, 2.0 * max_bound);
+        let errors = float64::errors(&engine, r, FLOAT64_PICK_MARGIN);
         assert!(errors.mean <= mean_bound, "{}: mean above {mean_bound}", errors.summary);
         assert!(errors.max <= max_bound, "{}: max above {max_bound}", errors.summary);
         positions += errors.positions;
