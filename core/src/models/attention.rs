@@ -325,7 +325,7 @@ impl<'a> KvHeadView<'a> {
             v: kv.values(layer),
             block_table,
             base: kv.offset(layer, 0, kv_head, 0),
-            block_stride: kv.block_size * kv.kv_dim,
+            block_stride: kv.block_stride(layer),
             slot_stride: head_dim,
             block_size: kv.block_size,
             head_dim,
