@@ -6,7 +6,8 @@
 //!
 //! `cargo run --release -p cortexstream --example long_decode_driver -- <gguf> 8000 1 32 3`
 //! (model, depth, compute threads, decoded tokens, repetitions). Compare builds in
-//! alternating pairs of runs.
+//! alternating pairs of runs. `KV_TYPE=q8_0` sets the cache type, `KV_TOKENS=N` its capacity
+//! (default: the depth and the tokens); the peak RSS printed shows what the cache commits.
 
 use cortexstream::{Engine, EngineConfig, Prompt, Request, SamplingParams};
 
@@ -17,7 +18,8 @@ fn main() {
     let (depth, threads, tokens, reps) = (arg(1, 8000), arg(2, 1), arg(3, 32), arg(4, 3));
     let config = EngineConfig {
         threads: Some(threads),
-        kv_cache_tokens: depth + tokens + 64,
+        // `KV_TOKENS`: a larger cache (e.g. the default 16384) to see what the unused part costs.
+        kv_cache_tokens: std::env::var("KV_TOKENS").map_or(depth + tokens + 64, |n| n.parse().expect("a number")),
         kv_cache_type: std::env::var("KV_TYPE").map_or(Default::default(), |t| t.parse().expect("a KV type")),
         ..EngineConfig::new(model)
     };
