@@ -762,7 +762,13 @@ fn prefetch_rows(view: &KvHeadView<'_>, positions: (usize, usize)) {
         for rows in [view.k, view.v] {
             match rows {
                 RowsView::F16(bits) => prefetch(bits.get(offset..offset + len).unwrap_or_default()),
-                RowsView::Q8 { quants, .. } => prefetch(quants.get(offset..offset + len).unwrap_or_default()),
+                RowsView::Q8 { quants, scales } => {
+                    prefetch(quants.get(offset..offset + len).unwrap_or_default());
+                    // The run's scales: block-major, one block's lie apart from the next's.
+                    let groups = view.head_dim.div_ceil(Q8_GROUP);
+                    let first = offset / view.head_dim * groups;
+                    prefetch(scales.get(first..first + len / view.head_dim * groups).unwrap_or_default());
+                }
             }
         }
         run_start = run_end;
