@@ -215,11 +215,13 @@ impl RowsView<'_> {
 /// touched huge page holds the next blocks of every layer (11 SmolLM2 blocks of 16 positions
 /// per 2 MiB of f16 K), so resident memory exceeds the blocks used by at most one huge page
 /// per buffer. Measured (Zen 4 VM, THP `madvise`, a loaded machine; process CPU time per
-/// decoded token at position 8000, SmolLM2 Q4_1, f16, `examples/long_decode_driver.rs`, old
-/// and new binaries alternated): one thread 40.8/43.0/42.3 -> 39.5/37.9/38.9 ms (-8%), two
-/// threads 57.2 -> 55.4 ms; peak RSS of a short request with the default 16384-token cache
-/// unchanged (134 MB). Attention stays compute- and latency-bound (scores, f16 widening), so
-/// this is no more than a few percent of the step.
+/// decoded token at position 8000, SmolLM2 Q4_1, `examples/long_decode_driver.rs`, old and new
+/// binaries alternated, best of 2 each): f16 one thread 40.8/43.0/42.3/38.5 -> 39.5/37.9/38.9/
+/// 39.2 ms (-5% on average, the last, quietest pair +2%), two threads 57.2/61.1 -> 55.4/60.0;
+/// q8_0 one thread 49.8/44.6/46.5 -> 44.0/41.9/43.5 (with its scales prefetched by attention;
+/// without, block-major was 3-9% slower); peak RSS of a short request with the default
+/// 16384-token cache unchanged (134 MB). Attention stays compute- and latency-bound (scores,
+/// f16 widening), so the pages are worth a few percent of the step, not more.
 struct PoolBuffers {
     num_blocks: usize,
     /// Layers kept in this pool.
