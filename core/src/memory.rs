@@ -44,7 +44,11 @@ pub(crate) fn zeroed_for_streaming(len: usize) -> Vec<u8> {
 
 /// `MADV_HUGEPAGE` over the whole 2 MiB pages inside `buffer` (nothing if it holds none).
 #[cfg(target_os = "linux")]
-fn advise_huge_pages(buffer: &[u8]) {
+pub(crate) fn advise_huge_pages<T>(buffer: &[T]) {
+    let buffer = {
+        // SAFETY: the same memory viewed as bytes; only its address range is used.
+        unsafe { std::slice::from_raw_parts(buffer.as_ptr().cast::<u8>(), std::mem::size_of_val(buffer)) }
+    };
     let start = (buffer.as_ptr() as usize).next_multiple_of(HUGE_PAGE);
     let end = (buffer.as_ptr() as usize + buffer.len()) / HUGE_PAGE * HUGE_PAGE;
     if end > start {
@@ -56,7 +60,7 @@ fn advise_huge_pages(buffer: &[u8]) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn advise_huge_pages(_buffer: &[u8]) {}
+pub(crate) fn advise_huge_pages<T>(_buffer: &[T]) {}
 
 /// Total size of the files in `path` (a file, or a folder walked recursively); unreadable
 /// entries count as 0. Model weights are loaded from these files, so this sizes a model.
@@ -70,11 +74,29 @@ pub(crate) fn files_bytes(path: &std::path::Path) -> u64 {
 }
 
 #[cfg(all(test, target_os = "linux"))]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// Whether this kernel has transparent huge pages (else advice is a no-op to check).
+    pub(crate) fn has_transparent_huge_pages() -> bool {
+        std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists()
+    }
+
+    /// Bytes of `buffer`'s pages that are resident (`mincore`), whole 4 KiB pages counted.
+    pub(crate) fn resident_bytes<T>(buffer: &[T]) -> usize {
+        const PAGE: usize = 4096;
+        let start = buffer.as_ptr() as usize / PAGE * PAGE;
+        let end = (buffer.as_ptr() as usize + std::mem::size_of_val(buffer)).next_multiple_of(PAGE);
+        let mut flags = vec![0u8; (end - start) / PAGE];
+        // SAFETY: the range covers `buffer`'s mapped pages (page-aligned outward, still inside
+        // its mapping or the allocator's) and `flags` has one byte per page.
+        let status = unsafe { libc::mincore(start as *mut libc::c_void, end - start, flags.as_mut_ptr()) };
+        assert_eq!(status, 0, "mincore");
+        flags.iter().filter(|&&f| f & 1 == 1).count() * PAGE
+    }
+
     /// The `VmFlags` line of the mapping in `/proc/self/smaps` that holds `address`.
-    fn vm_flags_at(address: usize) -> Option<String> {
+    pub(crate) fn vm_flags_at(address: usize) -> Option<String> {
         let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
         let mut inside = false;
         for line in smaps.lines() {
@@ -97,7 +119,7 @@ mod tests {
 
     #[test]
     fn streamed_weights_are_advised_as_huge_pages() {
-        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
+        if !has_transparent_huge_pages() {
             eprintln!("no transparent huge pages in this kernel: nothing to check");
             return;
         }

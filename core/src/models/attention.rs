@@ -325,7 +325,7 @@ impl<'a> KvHeadView<'a> {
             v: kv.values(layer),
             block_table,
             base: kv.offset(layer, 0, kv_head, 0),
-            block_stride: kv.block_size * kv.kv_dim,
+            block_stride: kv.block_stride(layer),
             slot_stride: head_dim,
             block_size: kv.block_size,
             head_dim,
@@ -762,7 +762,13 @@ fn prefetch_rows(view: &KvHeadView<'_>, positions: (usize, usize)) {
         for rows in [view.k, view.v] {
             match rows {
                 RowsView::F16(bits) => prefetch(bits.get(offset..offset + len).unwrap_or_default()),
-                RowsView::Q8 { quants, .. } => prefetch(quants.get(offset..offset + len).unwrap_or_default()),
+                RowsView::Q8 { quants, scales } => {
+                    prefetch(quants.get(offset..offset + len).unwrap_or_default());
+                    // The run's scales: block-major, one block's lie apart from the next's.
+                    let groups = view.head_dim.div_ceil(Q8_GROUP);
+                    let first = offset / view.head_dim * groups;
+                    prefetch(scales.get(first..first + len / view.head_dim * groups).unwrap_or_default());
+                }
             }
         }
         run_start = run_end;
