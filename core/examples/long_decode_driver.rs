@@ -9,7 +9,10 @@
 //! alternating pairs of runs. `KV_TYPE=q8_0` sets the cache type, `KV_TOKENS=N` its capacity
 //! (default: the depth and the tokens); the peak RSS printed shows what the cache commits.
 
+#[path = "support/cpu_clock.rs"]
+mod cpu_clock;
 use cortexstream::{Engine, EngineConfig, Prompt, Request, SamplingParams};
+use cpu_clock::process_cpu_seconds;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -55,23 +58,4 @@ fn peak_rss_kb() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or("");
     line.split_whitespace().nth(1).and_then(|kb| kb.parse().ok()).unwrap_or(0)
-}
-
-/// CPU time of this process, every thread (`CLOCK_PROCESS_CPUTIME_ID`, Linux).
-fn process_cpu_seconds() -> f64 {
-    #[repr(C)]
-    struct Timespec {
-        seconds: i64,
-        nanoseconds: i64,
-    }
-    extern "C" {
-        fn clock_gettime(clock: i32, time: *mut Timespec) -> i32;
-    }
-    const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
-    let mut time = Timespec { seconds: 0, nanoseconds: 0 };
-    // SAFETY: `time` is a valid timespec for the C library to fill.
-    if unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut time) } != 0 {
-        return 0.0;
-    }
-    time.seconds as f64 + time.nanoseconds as f64 * 1e-9
 }

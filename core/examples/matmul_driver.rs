@@ -10,9 +10,12 @@
 //! decode shapes) needs several matmuls per repetition for the clock to resolve it: the time
 //! printed is per matmul.
 
+#[path = "support/cpu_clock.rs"]
+mod cpu_clock;
 use cortexstream::gguf::GgmlType;
 use cortexstream::quant::QMatrix;
 use cortexstream::threadpool::ThreadPool;
+use cpu_clock::thread_cpu_ns;
 
 /// Bytes per ggml block and the offsets of its f16 scales (set to a sane value, 2^-7).
 fn block_layout(ty: GgmlType) -> (usize, usize, &'static [usize]) {
@@ -74,23 +77,4 @@ fn main() {
         "{ty:?} {rows}x{cols} m={m} reps={reps} checksum {checksum:.6} fastest {:.4} ms CPU",
         fastest_ns as f64 / 1e6
     );
-}
-
-/// Nanoseconds this thread has run on a CPU (`CLOCK_THREAD_CPUTIME_ID`, Linux).
-fn thread_cpu_ns() -> u64 {
-    #[repr(C)]
-    struct Timespec {
-        seconds: i64,
-        nanoseconds: i64,
-    }
-    extern "C" {
-        fn clock_gettime(clock: i32, time: *mut Timespec) -> i32;
-    }
-    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
-    let mut time = Timespec { seconds: 0, nanoseconds: 0 };
-    // SAFETY: `time` is a valid timespec for the C library to fill.
-    if unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut time) } != 0 {
-        return 0;
-    }
-    time.seconds as u64 * 1_000_000_000 + time.nanoseconds as u64
 }

@@ -9,7 +9,10 @@
 //! (model, prompt tokens, compute threads, repetitions). Compare builds in alternating pairs
 //! of runs; profile with `perf record -e cpu-clock -g` (loading is a few percent at 5 reps).
 
+#[path = "support/cpu_clock.rs"]
+mod cpu_clock;
 use cortexstream::{Engine, EngineConfig, Prompt, Request, SamplingParams};
+use cpu_clock::process_cpu_seconds;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -44,23 +47,4 @@ fn main() {
         walls.join(" "),
         tokens as f64 / fastest_wall
     );
-}
-
-/// CPU time of this process, every thread (`CLOCK_PROCESS_CPUTIME_ID`, Linux).
-fn process_cpu_seconds() -> f64 {
-    #[repr(C)]
-    struct Timespec {
-        seconds: i64,
-        nanoseconds: i64,
-    }
-    extern "C" {
-        fn clock_gettime(clock: i32, time: *mut Timespec) -> i32;
-    }
-    const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
-    let mut time = Timespec { seconds: 0, nanoseconds: 0 };
-    // SAFETY: `time` is a valid timespec for the C library to fill.
-    if unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut time) } != 0 {
-        return 0.0;
-    }
-    time.seconds as f64 + time.nanoseconds as f64 * 1e-9
 }
