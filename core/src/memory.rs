@@ -128,10 +128,26 @@ pub(crate) mod tests {
         let flags = vm_flags_at(inner).expect("the buffer's mapping is in /proc/self/smaps");
         // `hg`: MADV_HUGEPAGE was applied to this range.
         assert!(flags.split_whitespace().any(|f| f == "hg"), "VmFlags: {flags}");
-        // A buffer without the advice has no `hg` (the check can fail).
-        let plain = vec![1u8; 3 * HUGE_PAGE];
-        let plain_inner = (plain.as_ptr() as usize).next_multiple_of(HUGE_PAGE);
+        // A mapping without the advice has no `hg` (the check can fail). A fresh mapping, not a
+        // `Vec`: the allocator may hand back heap memory an earlier test advised, which keeps
+        // its `hg` flag after being freed.
+        let len = 3 * HUGE_PAGE;
+        // SAFETY: a new private anonymous mapping, unmapped below; nothing else refers to it.
+        let plain = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(plain, libc::MAP_FAILED, "mmap");
+        let plain_inner = (plain as usize).next_multiple_of(HUGE_PAGE);
         let plain_flags = vm_flags_at(plain_inner).expect("mapped");
+        // SAFETY: `plain` is the mapping of `len` bytes made above.
+        unsafe { libc::munmap(plain, len) };
         assert!(!plain_flags.split_whitespace().any(|f| f == "hg"), "VmFlags: {plain_flags}");
     }
 }
