@@ -6,11 +6,13 @@
 
 mod common;
 
+use common::greedy;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cortexstream::{Engine, EngineConfig, Event, FinishReason, Prompt, Request, SamplingParams};
+use cortexstream::{Engine, EngineConfig, Event, FinishReason, Prompt, Request};
 
 /// The default scheduling (adaptive budget), one compute thread (the machine is shared).
 fn shared_engine() -> &'static Engine {
@@ -19,10 +21,6 @@ fn shared_engine() -> &'static Engine {
         let config = EngineConfig { threads: Some(1), ..EngineConfig::new(common::smollm2_path()) };
         Engine::new(config).expect("the default model loads")
     })
-}
-
-fn greedy(max_tokens: usize) -> SamplingParams {
-    SamplingParams { max_tokens: Some(max_tokens), ignore_eos: true, ..SamplingParams::greedy() }
 }
 
 /// `n` tokens of real text (a paragraph repeated).

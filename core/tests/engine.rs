@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::greedy;
+
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -22,10 +24,6 @@ fn engine() -> &'static Engine {
         config.embedding_model = Some(common::minilm_dir());
         Engine::new(config).expect("the default model loads")
     })
-}
-
-fn greedy(max_tokens: usize) -> SamplingParams {
-    SamplingParams { max_tokens: Some(max_tokens), ignore_eos: true, ..SamplingParams::greedy() }
 }
 
 /// llama.cpp's greedy ids up to float64's first near tie (the fixture's `greedy_near_tie`).

@@ -4,16 +4,14 @@
 
 mod common;
 
+use common::greedy;
+
 use std::path::PathBuf;
 
 use cortexstream::{Engine, EngineConfig, FinishReason, Request, SamplingParams};
 
 fn tiny_gemma3() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gemma3/tiny-q8_0.gguf")
-}
-
-fn greedy(max_tokens: usize) -> SamplingParams {
-    SamplingParams { max_tokens: Some(max_tokens), ignore_eos: true, ..SamplingParams::greedy() }
 }
 
 /// Greedy with the top-5 log-probabilities of every step: the tiny model's top-2 gaps are wide,

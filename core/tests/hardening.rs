@@ -17,6 +17,8 @@
 
 mod common;
 
+use common::greedy;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -303,10 +305,6 @@ fn special_values_resolve() {
 }
 
 // ---------- limits ----------
-
-fn greedy(max_tokens: usize) -> SamplingParams {
-    SamplingParams { max_tokens: Some(max_tokens), ignore_eos: true, ..SamplingParams::greedy() }
-}
 
 /// A deliberately cramped engine: 8 KV blocks of 16 tokens (so the effective context is 128,
 /// below the 4096 asked for) and two running slots.

@@ -5,13 +5,13 @@
 
 mod common;
 
+use common::greedy;
+
 use std::sync::OnceLock;
 
 use common::AllBlocksFreeAfter;
 
-use cortexstream::{
-    ChatMessage, Engine, EngineConfig, Error, FinishReason, KvCacheType, Prompt, Request, SamplingParams,
-};
+use cortexstream::{ChatMessage, Engine, EngineConfig, Error, FinishReason, KvCacheType, Prompt, Request};
 
 fn q8_config() -> EngineConfig {
     let mut config = EngineConfig::new(common::smollm2_path());
@@ -28,10 +28,6 @@ fn engine() -> &'static Engine {
         config.target_step_ms = None;
         Engine::new(config).expect("the model loads with a q8_0 cache")
     })
-}
-
-fn greedy(max_tokens: usize) -> SamplingParams {
-    SamplingParams { max_tokens: Some(max_tokens), ignore_eos: true, ..SamplingParams::greedy() }
 }
 
 #[test]

@@ -7,9 +7,11 @@
 
 mod common;
 
+use common::greedy;
+
 use std::sync::OnceLock;
 
-use cortexstream::{Engine, EngineConfig, Error, FinishReason, Request, SamplingParams};
+use cortexstream::{Engine, EngineConfig, Error, FinishReason, Request};
 
 /// Two threads, so the pool has a worker and the injected panic happens on it.
 fn engine() -> &'static Engine {
@@ -20,10 +22,6 @@ fn engine() -> &'static Engine {
         config.threads = Some(2);
         Engine::new(config).expect("the default model loads")
     })
-}
-
-fn greedy(max_tokens: usize) -> SamplingParams {
-    SamplingParams { max_tokens: Some(max_tokens), ignore_eos: true, ..SamplingParams::greedy() }
 }
 
 fn reference_greedy_ids(n: usize) -> Vec<u32> {

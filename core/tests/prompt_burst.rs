@@ -5,11 +5,13 @@
 
 mod common;
 
+use common::greedy;
+
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use cortexstream::{Engine, EngineConfig, Event, FinishReason, Request, SamplingParams};
+use cortexstream::{Engine, EngineConfig, Event, FinishReason, Request};
 
 /// What `Engine::submit_with_callback` takes.
 type EventCallback = Box<dyn FnMut(&Event) -> bool + Send>;
@@ -25,10 +27,6 @@ fn engine() -> &'static Engine {
         let config = EngineConfig { threads: Some(1), ..EngineConfig::new(common::smollm2_path()) };
         Engine::new(config).expect("the default model loads")
     })
-}
-
-fn greedy(max_tokens: usize) -> SamplingParams {
-    SamplingParams { max_tokens: Some(max_tokens), ignore_eos: true, ..SamplingParams::greedy() }
 }
 
 /// The engine's step counter at each stream's first token, by stream index.

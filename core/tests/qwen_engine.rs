@@ -6,12 +6,10 @@
 
 mod common;
 
-use common::reference::{fixture_path, ids, llamacpp_prompts, prompts, steps_before_near_tie};
-use cortexstream::{ChatMessage, Engine, EngineConfig, Prompt, Request, SamplingParams};
+use common::greedy;
 
-fn greedy(max_tokens: usize) -> SamplingParams {
-    SamplingParams { max_tokens: Some(max_tokens), ignore_eos: true, ..SamplingParams::greedy() }
-}
+use common::reference::{fixture_path, ids, llamacpp_prompts, prompts, steps_before_near_tie};
+use cortexstream::{ChatMessage, Engine, EngineConfig, Prompt, Request};
 
 #[test]
 fn text_prompts_generate_llama_cpp_greedy_tokens() {

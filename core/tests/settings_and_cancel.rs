@@ -11,6 +11,8 @@
 
 mod common;
 
+use common::greedy;
+
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -33,10 +35,6 @@ fn engine() -> &'static Engine {
         config.max_batch_tokens = LONE_PROMPT_CHUNK;
         Engine::new(config).expect("the default model loads")
     })
-}
-
-fn greedy(max_tokens: usize) -> SamplingParams {
-    SamplingParams { max_tokens: Some(max_tokens), ignore_eos: true, ..SamplingParams::greedy() }
 }
 
 /// `Engine::new` with one setting changed must fail naming `param`.

@@ -13,6 +13,8 @@
 
 mod common;
 
+use common::greedy;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -22,7 +24,7 @@ use cortexstream::kv_cache::{BlockAllocator, BlockTable, KvCacheType};
 use cortexstream::models::gemma3::Gemma3Model;
 use cortexstream::models::SeqChunk;
 use cortexstream::threadpool::ThreadPool;
-use cortexstream::{Engine, EngineConfig, Event, Prompt, Request, SamplingParams};
+use cortexstream::{Engine, EngineConfig, Event, Prompt, Request};
 
 fn load(path: PathBuf) -> Gemma3Model {
     let gguf = GgufFile::open(&path).expect("open the gemma3 file");
@@ -140,10 +142,6 @@ fn tiny_gemma3_logits_are_bitwise_the_same_when_sliding_blocks_are_given_back() 
         assert_bitwise_equal(&kept_q8, &released_q8, &format!("q8_0, chunks of {chunk}"));
         assert_ne!(kept_q8, kept, "chunks of {chunk}: a q8_0 cache gave the f16 logits");
     }
-}
-
-fn greedy(max_tokens: usize) -> SamplingParams {
-    SamplingParams { max_tokens: Some(max_tokens), ignore_eos: true, ..SamplingParams::greedy() }
 }
 
 /// A prompt of exactly `len` tokens of varied text.

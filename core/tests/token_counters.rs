@@ -6,13 +6,11 @@
 
 mod common;
 
+use common::greedy;
+
 use common::AllBlocksFreeAfter;
 
-use cortexstream::{Completion, Engine, EngineConfig, MetricsSnapshot, Request, SamplingParams};
-
-fn greedy(max_tokens: usize) -> SamplingParams {
-    SamplingParams { max_tokens: Some(max_tokens), ignore_eos: true, ..SamplingParams::greedy() }
-}
+use cortexstream::{Completion, Engine, EngineConfig, MetricsSnapshot, Request};
 
 /// An engine whose steps compute at most `max_prefill_tokens` prompt tokens (a fixed budget,
 /// so which prompts share a step does not depend on timing) in a cache of `kv_cache_tokens`.

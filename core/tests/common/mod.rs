@@ -109,3 +109,13 @@ impl<E: std::borrow::Borrow<cortexstream::Engine>> Drop for AllBlocksFreeAfter<E
         );
     }
 }
+
+/// Greedy sampling of exactly `max_tokens` tokens (`ignore_eos`): a request whose length and
+/// step count a test can count on.
+pub fn greedy(max_tokens: usize) -> cortexstream::SamplingParams {
+    cortexstream::SamplingParams {
+        max_tokens: Some(max_tokens),
+        ignore_eos: true,
+        ..cortexstream::SamplingParams::greedy()
+    }
+}
