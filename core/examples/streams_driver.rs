@@ -18,15 +18,15 @@ fn main() {
     let model = args.first().expect("usage: streams_driver <gguf> [streams] [threads] [tokens] [reps]");
     let arg = |i: usize, default: usize| args.get(i).map_or(default, |s| s.parse().expect("a number"));
     let (streams, threads, tokens, reps) = (arg(1, 32), arg(2, 2), arg(3, 64), arg(4, 3));
-    let engine = Engine::new(EngineConfig { threads: Some(threads), ..EngineConfig::new(model) }).expect("the model loads");
-    let prompts: Vec<String> = (0..streams).map(|i| format!("Write a story about a lighthouse keeper (#{i}).")).collect();
+    let engine =
+        Engine::new(EngineConfig { threads: Some(threads), ..EngineConfig::new(model) }).expect("the model loads");
+    let prompts: Vec<String> =
+        (0..streams).map(|i| format!("Write a story about a lighthouse keeper (#{i}).")).collect();
     let run = |max_tokens: usize| {
         let params = SamplingParams { max_tokens: Some(max_tokens), ignore_eos: true, ..SamplingParams::greedy() };
         let start = process_cpu_seconds();
-        let handles: Vec<_> = prompts
-            .iter()
-            .map(|p| engine.submit(Request::new(p.as_str(), params.clone())).expect("submit"))
-            .collect();
+        let handles: Vec<_> =
+            prompts.iter().map(|p| engine.submit(Request::new(p.as_str(), params.clone())).expect("submit")).collect();
         for handle in handles {
             assert_eq!(handle.wait().token_ids.len(), max_tokens);
         }

@@ -2,7 +2,7 @@
 
 use crate::kv_cache::KvStorage;
 use crate::models::attention::{self, AttentionScratch, Geometry, Span};
-use crate::models::elementwise::{rms_norm_and_quantize_rows, residual_add_then_norm, swiglu_rows, ResidualNorms};
+use crate::models::elementwise::{residual_add_then_norm, rms_norm_and_quantize_rows, swiglu_rows, ResidualNorms};
 use crate::models::kv_write::store_keys_and_values;
 use crate::models::rows::{fill_rows, RowInfo};
 use crate::models::stacked::StackedMatrix;
@@ -249,7 +249,14 @@ impl StepScratch {
         let norms = ResidualNorms { width, post, next, eps: rms_eps };
         let rows = ..n_rows * width;
         let quantized = quantized_rows(&mut self.normed_quantized, n_rows, width);
-        residual_add_then_norm(&mut self.x[rows], &self.projected[rows], norms, &mut self.normed[rows], quantized, pool);
+        residual_add_then_norm(
+            &mut self.x[rows],
+            &self.projected[rows],
+            norms,
+            &mut self.normed[rows],
+            quantized,
+            pool,
+        );
     }
 }
 

@@ -1064,7 +1064,11 @@ fn prequantized_fits(kernel: Kernel, quantized: &[Q8Block], cols: usize, m: usiz
     }
     let _ = kernel;
     let fits = cols.is_multiple_of(BLOCK) && quantized.len() == m * (cols / BLOCK);
-    debug_assert!(fits || !cols.is_multiple_of(BLOCK), "{} pre-quantized blocks for {m} rows of {cols}", quantized.len());
+    debug_assert!(
+        fits || !cols.is_multiple_of(BLOCK),
+        "{} pre-quantized blocks for {m} rows of {cols}",
+        quantized.len()
+    );
     fits
 }
 

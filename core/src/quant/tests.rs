@@ -349,7 +349,8 @@ fn matmul_over_prequantized_rows_equals_matmul_bit_for_bit() {
         }
     }
     // Stacked parts of different types take the same rows once for all parts.
-    let parts: Vec<QMatrix> = [GgmlType::Q4K, GgmlType::Q6K, GgmlType::F32].iter().map(|&ty| matrix(ty, 41).0).collect();
+    let parts: Vec<QMatrix> =
+        [GgmlType::Q4K, GgmlType::Q6K, GgmlType::F32].iter().map(|&ty| matrix(ty, 41).0).collect();
     for m in [1, PARALLEL_QUANTIZE_ROWS + 1, MAX_M] {
         let quantized = rows_quantized(&x, m);
         let mut outputs = [Vec::new(), Vec::new()];
