@@ -77,15 +77,11 @@ pub unsafe fn pair_tile(
     assert!(first.len() == group_bytes && second.len() == group_bytes && acts.len() == n * n_blocks && n <= TILE);
     match format {
         QuantFormat::Q8_0 => by_tile_height!(n, q8_pair; first, second, n_blocks, acts, out),
-        QuantFormat::Q5_0 => {
-            by_tile_height!(n, offset_pair, PLAIN_BIAS_16, true; format, first, second, n_blocks, acts, out)
-        }
-        QuantFormat::Q5_1 => {
-            by_tile_height!(n, offset_pair, MIN_STORED, true; format, first, second, n_blocks, acts, out)
-        }
-        QuantFormat::Q4K => by_tile_height!(n, offset_pair, MIN_K, false; format, first, second, n_blocks, acts, out),
-        QuantFormat::Q5K => by_tile_height!(n, offset_pair, MIN_K, true; format, first, second, n_blocks, acts, out),
-        QuantFormat::Q6K => by_tile_height!(n, q6k_pair; format, first, second, n_blocks, acts, out),
+        QuantFormat::Q5_0 => by_tile_height!(n, offset_pair, PLAIN_BIAS_16, true; first, second, n_blocks, acts, out),
+        QuantFormat::Q5_1 => by_tile_height!(n, offset_pair, MIN_STORED, true; first, second, n_blocks, acts, out),
+        QuantFormat::Q4K => by_tile_height!(n, offset_pair, MIN_K, false; first, second, n_blocks, acts, out),
+        QuantFormat::Q5K => by_tile_height!(n, offset_pair, MIN_K, true; first, second, n_blocks, acts, out),
+        QuantFormat::Q6K => by_tile_height!(n, q6k_pair; first, second, n_blocks, acts, out),
         _ => unreachable!("{format:?} is not paired (`pairs`)"),
     }
 }
@@ -95,6 +91,18 @@ pub unsafe fn pair_tile(
 const PLAIN_BIAS_16: u8 = 0; // Q5_0: `Σ (q_w - 16) a`, then `fma(d_w d_a, dot, acc)`
 const MIN_STORED: u8 = 1; // Q5_1: `m` stored as f16
 const MIN_K: u8 = 2; // Q4_K, Q5_K: `d = d_super sc`, `m = -dmin mn`
+
+/// The format [`offset_pair`]`::<MIN, FIVE>` computes. The kernels take their format from
+/// their const parameters rather than as an argument, so every layout offset (`const fn`s of
+/// the format) folds into the code instead of being recomputed with branches for every block.
+const fn offset_format(min: u8, five: bool) -> QuantFormat {
+    match (min, five) {
+        (PLAIN_BIAS_16, _) => QuantFormat::Q5_0,
+        (MIN_STORED, _) => QuantFormat::Q5_1,
+        (_, false) => QuantFormat::Q4K,
+        (_, true) => QuantFormat::Q5K,
+    }
+}
 
 /// Eight f16 values at `low` and eight at `high`, as sixteen f32 (exact).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
@@ -181,17 +189,16 @@ unsafe fn load_i8x8_pair(low: *const u8, high: *const u8) -> __m512i {
 /// f32, exact here, instead of `vpmulld` measured 1-2% slower on Zen 4.)
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
 unsafe fn q6k_pair<const N: usize>(
-    format: QuantFormat,
     first: &[u8],
     second: &[u8],
     n_blocks: usize,
     acts: &[Q8Block],
     out: &mut [[f32; PAIR_LANES]; TILE],
 ) {
+    let format = QuantFormat::Q6K;
     let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
     // The half sums start at the activation block's `minus_32_low_sum` / `minus_32_high_sum`.
     const _: () = assert!(QuantFormat::Q6K.bias() == 32);
-    debug_assert_eq!(format, QuantFormat::Q6K);
     let nibble = _mm512_set1_epi8(0x0f);
     let mut acc = [_mm512_setzero_ps(); N];
     for b in 0..n_blocks {
@@ -243,13 +250,13 @@ unsafe fn q6k_pair<const N: usize>(
 /// the multiply pipes bound this kernel.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
 unsafe fn offset_pair<const MIN: u8, const FIVE: bool, const N: usize>(
-    format: QuantFormat,
     first: &[u8],
     second: &[u8],
     n_blocks: usize,
     acts: &[Q8Block],
     out: &mut [[f32; PAIR_LANES]; TILE],
 ) {
+    let format = offset_format(MIN, FIVE);
     let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
     let nibble = _mm512_set1_epi8(0x0f);
     let mut acc = [_mm512_setzero_ps(); N];
