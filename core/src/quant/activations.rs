@@ -137,10 +137,7 @@ mod tests {
         quantize_row(&x, &mut fast);
         quantize_row_portable(&x, &mut portable);
         for (i, (a, b)) in fast.iter().zip(&portable).enumerate() {
-            assert!(
-                same_bits(a, b),
-                "block {i}"
-            );
+            assert!(same_bits(a, b), "block {i}");
         }
     }
 
@@ -211,10 +208,7 @@ mod tests {
             }
         }
         for (i, (a, b)) in fast.iter().zip(&portable).enumerate() {
-            assert!(
-                same_bits(a, b),
-                "block {i}: SIMD {a:?} vs portable {b:?}"
-            );
+            assert!(same_bits(a, b), "block {i}: SIMD {a:?} vs portable {b:?}");
         }
     }
 
@@ -265,10 +259,7 @@ mod tests {
             let mut block = Q8Block::default();
             // SAFETY: AVX2 is available (checked above); `values` holds exactly 32 floats.
             unsafe { super::super::avx2::quantize_block(values.try_into().expect("32 values"), &mut block) };
-            assert!(
-                same_bits(&block, expected),
-                "block {i}: AVX2 {block:?} vs portable {expected:?}"
-            );
+            assert!(same_bits(&block, expected), "block {i}: AVX2 {block:?} vs portable {expected:?}");
         }
     }
 }

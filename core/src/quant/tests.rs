@@ -758,3 +758,29 @@ fn fused_argmax_breaks_ties_low_and_never_picks_nan() {
         }
     }
 }
+
+/// The pair kernels prefetch the next pair a share per tile and each tile's share a share per
+/// block: the shares must cover every byte exactly once, in order, cut at cache lines, for
+/// any count (more shares than lines included), or some weights would be fetched late.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn prefetch_shares_cover_every_byte_once_in_whole_lines() {
+    let bytes = vec![0u8; 64 * 37 + 11];
+    for len in [0, 1, 64, 65, 64 * 37, bytes.len()] {
+        for count in [1, 2, 3, 8, 36, 37, 38, 200] {
+            let shares = PrefetchShares::new(&bytes[..len], count);
+            let mut next = 0;
+            for share in 0..count + 2 {
+                let part = shares.share(share);
+                let start = (part.as_ptr() as usize) - (bytes.as_ptr() as usize);
+                assert!(
+                    part.is_empty() || start == next,
+                    "len {len}, count {count}: share {share} starts at {start}, not {next}"
+                );
+                assert!(part.is_empty() || start.is_multiple_of(64), "len {len}, count {count}: share {share} not at a line");
+                next += part.len();
+            }
+            assert_eq!(next, len, "len {len}, count {count}: the shares cover {next} bytes");
+        }
+    }
+}

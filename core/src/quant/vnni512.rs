@@ -24,7 +24,7 @@ use std::arch::x86_64::*;
 use super::activations::Q8Block;
 use super::blocks::QuantFormat;
 use super::interleaved::LANES;
-use super::TILE;
+use super::{PrefetchShares, TILE};
 
 /// Weight rows of a group pair: one per 32-bit lane of a 512-bit vector.
 pub const PAIR_LANES: usize = 2 * LANES;
@@ -61,27 +61,33 @@ pub fn pairs(format: QuantFormat) -> bool {
 /// `out[r][j]` = weight row `j` of the pair (rows 0..8 from `first`, 8..16 from `second`) ·
 /// activation row `r`, for the `n <= TILE` activation rows stacked in `acts`. `first` and
 /// `second` each hold one group's `n_blocks` blocks of `format` (one that [`pairs`] takes).
+/// `ahead` (weights a later call will read) is prefetched, a share per block
+/// ([`PrefetchShares`]); it changes no result.
 ///
 /// # Safety
 /// The CPU must support the features [`is_available`] checks.
 pub unsafe fn pair_tile(
     format: QuantFormat,
-    first: &[u8],
-    second: &[u8],
+    [first, second]: [&[u8]; 2],
     n_blocks: usize,
     acts: &[Q8Block],
+    ahead: &[u8],
     out: &mut [[f32; PAIR_LANES]; TILE],
 ) {
     let n = acts.len() / n_blocks.max(1);
     let group_bytes = format.group_bytes(n_blocks);
     assert!(first.len() == group_bytes && second.len() == group_bytes && acts.len() == n * n_blocks && n <= TILE);
     match format {
-        QuantFormat::Q8_0 => by_tile_height!(n, q8_pair; first, second, n_blocks, acts, out),
-        QuantFormat::Q5_0 => by_tile_height!(n, offset_pair, PLAIN_BIAS_16, true; first, second, n_blocks, acts, out),
-        QuantFormat::Q5_1 => by_tile_height!(n, offset_pair, MIN_STORED, true; first, second, n_blocks, acts, out),
-        QuantFormat::Q4K => by_tile_height!(n, offset_pair, MIN_K, false; first, second, n_blocks, acts, out),
-        QuantFormat::Q5K => by_tile_height!(n, offset_pair, MIN_K, true; first, second, n_blocks, acts, out),
-        QuantFormat::Q6K => by_tile_height!(n, q6k_pair; first, second, n_blocks, acts, out),
+        QuantFormat::Q8_0 => by_tile_height!(n, q8_pair; first, second, n_blocks, acts, ahead, out),
+        QuantFormat::Q5_0 => {
+            by_tile_height!(n, offset_pair, PLAIN_BIAS_16, true; first, second, n_blocks, acts, ahead, out)
+        }
+        QuantFormat::Q5_1 => {
+            by_tile_height!(n, offset_pair, MIN_STORED, true; first, second, n_blocks, acts, ahead, out)
+        }
+        QuantFormat::Q4K => by_tile_height!(n, offset_pair, MIN_K, false; first, second, n_blocks, acts, ahead, out),
+        QuantFormat::Q5K => by_tile_height!(n, offset_pair, MIN_K, true; first, second, n_blocks, acts, ahead, out),
+        QuantFormat::Q6K => by_tile_height!(n, q6k_pair; first, second, n_blocks, acts, ahead, out),
         _ => unreachable!("{format:?} is not paired (`pairs`)"),
     }
 }
@@ -102,6 +108,13 @@ const fn offset_format(min: u8, five: bool) -> QuantFormat {
         (_, false) => QuantFormat::Q4K,
         (_, true) => QuantFormat::Q5K,
     }
+}
+
+/// The tile's `N` activation rows, `n_blocks` blocks each: cut once, so the kernels' reads of
+/// block `b < n_blocks` need no bounds check per row and block.
+#[inline]
+fn activation_rows<const N: usize>(acts: &[Q8Block], n_blocks: usize) -> [&[Q8Block]; N] {
+    std::array::from_fn(|r| &acts[r * n_blocks..][..n_blocks])
 }
 
 /// Eight f16 values at `low` and eight at `high`, as sixteen f32 (exact).
@@ -187,14 +200,18 @@ unsafe fn load_i8x8_pair(low: *const u8, high: *const u8) -> __m512i {
 /// general register and moved over for every row, tile and weight pair): `Σ (q - 32) a`,
 /// exact in 32 bits. (Scaling the half sums in
 /// f32, exact here, instead of `vpmulld` measured 1-2% slower on Zen 4.)
+#[allow(clippy::needless_range_loop)] // `b` addresses the weights and the prefetch too
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
 unsafe fn q6k_pair<const N: usize>(
     first: &[u8],
     second: &[u8],
     n_blocks: usize,
     acts: &[Q8Block],
+    ahead: &[u8],
     out: &mut [[f32; PAIR_LANES]; TILE],
 ) {
+    let ahead = PrefetchShares::new(ahead, n_blocks);
+    let rows = activation_rows::<N>(acts, n_blocks);
     let format = QuantFormat::Q6K;
     let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
     // The half sums start at the activation block's `minus_32_low_sum` / `minus_32_high_sum`.
@@ -202,12 +219,13 @@ unsafe fn q6k_pair<const N: usize>(
     let nibble = _mm512_set1_epi8(0x0f);
     let mut acc = [_mm512_setzero_ps(); N];
     for b in 0..n_blocks {
+        ahead.prefetch(b);
         let (low, high) = (first.as_ptr().add(b * block_bytes), second.as_ptr().add(b * block_bytes));
         let fields_at = format.scale_fields_at(n_blocks, b);
         let d = load_f16x8_pair(first.as_ptr().add(fields_at), second.as_ptr().add(fields_at));
         let (sc0, sc1) = (format.sc_at(0), format.sc_at(1));
         let scales = [load_i8x8_pair(low.add(sc0), high.add(sc0)), load_i8x8_pair(low.add(sc1), high.add(sc1))];
-        let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
+        let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &rows[r][b]);
         let (low_values, high_values) = (low.add(values_at), high.add(values_at));
         let mut dots = [_mm512_setzero_si512(); N];
         for (half, scale) in scales.into_iter().enumerate() {
@@ -248,19 +266,24 @@ unsafe fn q6k_pair<const N: usize>(
 /// `offset_kernel` under `vnni` for sixteen rows. Q5_0 takes 8 `vpdpbusd` and 2 float
 /// multiplies per block and row (`d_w d_a`, the fma), the `Offset` formats one more (`m_w s_a`):
 /// the multiply pipes bound this kernel.
+#[allow(clippy::needless_range_loop)] // `b` addresses the weights and the prefetch too
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
 unsafe fn offset_pair<const MIN: u8, const FIVE: bool, const N: usize>(
     first: &[u8],
     second: &[u8],
     n_blocks: usize,
     acts: &[Q8Block],
+    ahead: &[u8],
     out: &mut [[f32; PAIR_LANES]; TILE],
 ) {
+    let ahead = PrefetchShares::new(ahead, n_blocks);
+    let rows = activation_rows::<N>(acts, n_blocks);
     let format = offset_format(MIN, FIVE);
     let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
     let nibble = _mm512_set1_epi8(0x0f);
     let mut acc = [_mm512_setzero_ps(); N];
     for b in 0..n_blocks {
+        ahead.prefetch(b);
         let (low, high) = (first.as_ptr().add(b * block_bytes), second.as_ptr().add(b * block_bytes));
         let fields_at = format.scale_fields_at(n_blocks, b);
         let (low_fields, high_fields) = (first.as_ptr().add(fields_at), second.as_ptr().add(fields_at));
@@ -281,7 +304,7 @@ unsafe fn offset_pair<const MIN: u8, const FIVE: bool, const N: usize>(
                 )
             }
         };
-        let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
+        let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &rows[r][b]);
         // Q5_0: `Σ (q + 16) a - 16 Σ a`, exact, the correction broadcast from memory.
         const _: () = assert!(QuantFormat::Q5_0.bias() == 16);
         let mut sums: [__m512i; N] = if MIN == PLAIN_BIAS_16 {
@@ -320,18 +343,23 @@ unsafe fn offset_pair<const MIN: u8, const FIVE: bool, const N: usize>(
     }
 }
 
+#[allow(clippy::needless_range_loop)] // `b` addresses the weights and the prefetch too
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
 unsafe fn q8_pair<const N: usize>(
     first: &[u8],
     second: &[u8],
     n_blocks: usize,
     acts: &[Q8Block],
+    ahead: &[u8],
     out: &mut [[f32; PAIR_LANES]; TILE],
 ) {
+    let ahead = PrefetchShares::new(ahead, n_blocks);
+    let rows = activation_rows::<N>(acts, n_blocks);
     let (block_bytes, values_at) = (QuantFormat::Q8_0.group_block_bytes(), QuantFormat::Q8_0.values_offset());
     let top_bit = _mm512_set1_epi8(i8::MIN);
     let mut acc = [_mm512_setzero_ps(); N];
     for b in 0..n_blocks {
+        ahead.prefetch(b);
         let (low, high) = (first.as_ptr().add(b * block_bytes), second.as_ptr().add(b * block_bytes));
         // The sixteen rows' f16 scales, widened exactly.
         let d16 = _mm256_inserti128_si256::<1>(
@@ -339,7 +367,7 @@ unsafe fn q8_pair<const N: usize>(
             _mm_loadu_si128(high as *const __m128i),
         );
         let d = _mm512_cvtph_ps(d16);
-        let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
+        let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &rows[r][b]);
         // Σ (w + 128) a = Σ w a + 128 Σ a: start from -128 Σ a (exact, as in `vnni`), taken
         // when the activations were quantized and broadcast straight from memory.
         let mut sums: [__m512i; N] = std::array::from_fn(|r| _mm512_set1_epi32(row_acts[r].minus_128_sum));
