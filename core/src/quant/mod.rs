@@ -7,7 +7,7 @@
 //! per 32-element block and takes integer dot products against the weight blocks, eight weight
 //! rows per vector: with VNNI or AVX2 on CPUs that have them (chosen at runtime), portable code
 //! otherwise; batches of 8 rows or more go to AMX tiles where the CPU and OS offer them
-//! (`amx`). With AVX-512, batches of 16 rows or more in the formats `vnni512` covers take
+//! (`amx`). With AVX-512, batches of 8 rows or more in the formats `vnni512` covers take
 //! sixteen weight rows (two groups) per 512-bit vector. The SIMD kernels give identical bits (exact integer block sums, then the same
 //! float operations in the same order), so the choice never shows in the results.
 //!
@@ -117,7 +117,7 @@ enum Kernel {
     #[cfg(target_arch = "x86_64")]
     Avx2,
     /// AVX2 plus `vpdpbusd` in its AVX512-VNNI (with AVX512-VL) encoding; with AVX512-F/BW
-    /// too, batches of 16 rows or more in Q8_0, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K take two
+    /// too, batches of 8 rows or more in Q8_0, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K take two
     /// groups per 512-bit vector (`vnni512`, same bits).
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
@@ -904,7 +904,7 @@ impl QMatrix {
 /// A run of weights to prefetch a share at a time, while other weights are computed on.
 ///
 /// The pair kernels read each pair's ~11 KB of weights from memory once, then reuse it from
-/// the caches for every tile of activation rows; at 16 rows and more they compute fast enough
+/// the caches for every tile of activation rows; at 8 rows and more they compute fast enough
 /// that the first tile waits for memory whenever the matrix is larger than the caches (Gemma
 /// 3's 178 MB output head, and every layer at 32 streams, whose weights together exceed the
 /// L3): the hardware prefetcher stops at each 4 KiB page. So the next pair's lines are spread
@@ -916,7 +916,7 @@ impl QMatrix {
 /// over its blocks (a burst of 54 lines a tile left a 16384 × 2048 Q6_K 16% slower than the
 /// same work from the caches) then took that Q6_K at 32 rows 10.4-10.6 -> 8.4 ms and the head
 /// 35.3-39.5 -> 32.3-33.5 ms (with the kernels' activation rows cut once, see
-/// `vnni512::activation_rows`). The 256-bit kernels at 1..15 rows stream one group at a time and there the
+/// `vnni512::activation_rows`). The 256-bit kernels at 1..7 rows stream one group at a time and there the
 /// hardware prefetcher alone was faster (software prefetching made the head at one row
 /// 30-60% slower), so they do not call this. A hint only: no result depends on it.
 #[cfg(target_arch = "x86_64")]

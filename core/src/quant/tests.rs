@@ -710,7 +710,7 @@ fn argmax_flag_sets(m: usize) -> [Vec<bool>; 3] {
 #[test]
 fn fused_argmax_picks_what_argmax_picks_from_the_full_matmul() {
     // Rows spanning several tiles and tasks, not a multiple of a group pair; below and above
-    // the pair kernel's 16 rows; float weights take the unfused path.
+    // the pair kernels' `vnni512::MIN_ROWS` (8; 8 itself included); float weights take the unfused path.
     let rows = 3 * ARGMAX_TILE_ROWS + 8 * 5 + 3;
     let x = random_activations(&mut Rng(31));
     for threads in [1, 2, 3] {
@@ -719,7 +719,7 @@ fn fused_argmax_picks_what_argmax_picks_from_the_full_matmul() {
             let bytes: Vec<u8> =
                 (0..rows.div_ceil(ROWS)).flat_map(|i| random_weight_bytes(ty, &mut Rng(100 + i as u64))).collect();
             let matrix = QMatrix::from_bytes(ty, rows, COLS, &bytes[..rows * row_bytes(ty)]).unwrap();
-            for m in [1, 3, 16, 33] {
+            for m in [1, 3, 8, 16, 33] {
                 for flags in argmax_flag_sets(m) {
                     let what = format!("{ty:?}, {m} rows, {threads} threads, {flags:?}");
                     assert_fused_argmax_is_argmax_of_matmul(&matrix, &x, &flags, &pool, &what);
@@ -777,7 +777,10 @@ fn prefetch_shares_cover_every_byte_once_in_whole_lines() {
                     part.is_empty() || start == next,
                     "len {len}, count {count}: share {share} starts at {start}, not {next}"
                 );
-                assert!(part.is_empty() || start.is_multiple_of(64), "len {len}, count {count}: share {share} not at a line");
+                assert!(
+                    part.is_empty() || start.is_multiple_of(64),
+                    "len {len}, count {count}: share {share} not at a line"
+                );
                 next += part.len();
             }
             assert_eq!(next, len, "len {len}, count {count}: the shares cover {next} bytes");

@@ -32,10 +32,15 @@ pub const PAIR_LANES: usize = 2 * LANES;
 /// The batch size from which the pairs pay: below it the 256-bit kernels stay. With a few
 /// activation rows a matmul streams its weights from memory, and there the two streams of a
 /// pair were slower (Zen 4, one thread, weights far larger than the caches: the 262144-row
-/// Q8_0 output head 57% slower at 1 row, 10-20% at 2 to 8, even at 16, 17% faster at 32;
-/// Q5_0 slower up to 4 rows, faster from 8). Both give the same bits, so where the switch
-/// sits never shows in results.
-pub const MIN_ROWS: usize = 16;
+/// Q8_0 output head twice as slow at 2 rows, 17-60% at 4 and 6; Q5_0 even at 2, faster
+/// from 4). From 8 rows, with the next pair prefetched a share per block, the pairs win
+/// everywhere measured (2026-12-06, `examples/matmul_driver.rs`, CPU time, alternated pairs,
+/// 16 -> 8: the head at 8 rows 16.3-19.2 -> 14.7-15.1 ms, at 12 rows 23.4-24.4 -> 16.9-17.6,
+/// Q5_0 65536 x 640 at 8 rows 3.45-3.57 -> 2.33-2.38, Q6_K 16384 x 2048 at 12 rows 5.8 ->
+/// 3.3-3.5, Q4_K 16384 x 1024 at 8 rows 1.65-1.90 -> 0.92-0.98, a cache-resident Q5_0 1536 x
+/// 576 at 12 rows 0.084 -> 0.067-0.073). Both give the same bits, so where the switch sits
+/// never shows in results.
+pub const MIN_ROWS: usize = 8;
 
 /// Whether this CPU can run [`pair_tile`].
 pub fn is_available() -> bool {
