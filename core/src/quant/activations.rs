@@ -21,7 +21,30 @@ pub struct Q8Block {
     /// kernels broadcast it straight from memory: computed in a general register and broadcast
     /// from there, it cost the vector pipes about what Q5_0's `Plain` epilogue saves them.
     pub minus_16_sum: i32,
+    /// `-128 Σ q[i]`, exact: the Q8_0 kernels' start (weights made unsigned by adding 128),
+    /// broadcast from memory for the same reason as `minus_16_sum`.
+    pub minus_128_sum: i32,
+    /// `-32 Σ q[..16]` and `-32 Σ q[16..]`, exact: Q6_K's two 16-value halves' starts (its
+    /// values are stored plus 32), likewise broadcast from memory.
+    pub minus_32_low_sum: i32,
+    pub minus_32_high_sum: i32,
     pub q: [i8; BLOCK],
+}
+
+impl Q8Block {
+    /// Sets the scale and every field derived from the exact sums of the values (`sum` over
+    /// all 32, `low_sum` over the first 16): the one place that defines them, so the portable
+    /// and SIMD quantizers cannot disagree on a field. |Σ| <= 32 * 127, so no product overflows.
+    pub(super) fn set_scale_and_sums(&mut self, d: f32, sum: i32, low_sum: i32) {
+        self.d = d;
+        self.s = d * sum as f32;
+        self.sum = sum;
+        self.low_sum = low_sum;
+        self.minus_16_sum = -16 * sum;
+        self.minus_128_sum = -128 * sum;
+        self.minus_32_low_sum = -32 * low_sum;
+        self.minus_32_high_sum = -32 * (sum - low_sum);
+    }
 }
 
 /// The scale `d` of a block whose largest magnitude is `amax`, and the inverse the values are
@@ -57,11 +80,8 @@ pub fn quantize_row_portable(x: &[f32], out: &mut [Q8Block]) {
             *q = (v * inverse).round_ties_even() as i8;
             sum += *q as i32;
         }
-        block.d = d;
-        block.s = d * sum as f32;
-        block.sum = sum;
-        block.minus_16_sum = -16 * sum;
-        block.low_sum = block.q[..BLOCK / 2].iter().map(|&q| q as i32).sum();
+        let low_sum = block.q[..BLOCK / 2].iter().map(|&q| q as i32).sum();
+        block.set_scale_and_sums(d, sum, low_sum);
     }
 }
 
@@ -70,6 +90,17 @@ mod tests {
     use super::*;
     // The dispatcher (AVX2 where available) is checked against the portable statement here.
     use crate::quant::quantize_row;
+
+    /// Every field of two blocks equal, floats by their bits. Destructured without `..`, so a
+    /// field added to `Q8Block` does not compile here until it is compared too.
+    fn same_bits(a: &Q8Block, b: &Q8Block) -> bool {
+        let Q8Block { d, s, sum, low_sum, minus_16_sum, minus_128_sum, minus_32_low_sum, minus_32_high_sum, q } = *a;
+        d.to_bits() == b.d.to_bits()
+            && s.to_bits() == b.s.to_bits()
+            && (sum, low_sum, minus_16_sum, minus_128_sum) == (b.sum, b.low_sum, b.minus_16_sum, b.minus_128_sum)
+            && (minus_32_low_sum, minus_32_high_sum) == (b.minus_32_low_sum, b.minus_32_high_sum)
+            && q == b.q
+    }
 
     #[test]
     fn quantization_error_is_at_most_half_a_step() {
@@ -85,7 +116,11 @@ mod tests {
             let sum: i32 = block.q.iter().map(|&q| q as i32).sum();
             assert_eq!(block.s, block.d * sum as f32);
             assert_eq!(block.sum, sum);
-            assert_eq!(block.low_sum, block.q[..16].iter().map(|&q| q as i32).sum::<i32>());
+            let low_sum = block.q[..16].iter().map(|&q| q as i32).sum::<i32>();
+            assert_eq!(block.low_sum, low_sum);
+            assert_eq!(block.minus_16_sum, -16 * sum);
+            assert_eq!(block.minus_128_sum, -128 * sum);
+            assert_eq!((block.minus_32_low_sum, block.minus_32_high_sum), (-32 * low_sum, -32 * (sum - low_sum)));
         }
     }
 
@@ -102,15 +137,7 @@ mod tests {
         quantize_row(&x, &mut fast);
         quantize_row_portable(&x, &mut portable);
         for (i, (a, b)) in fast.iter().zip(&portable).enumerate() {
-            assert!(
-                a.q == b.q
-                    && a.sum == b.sum
-                    && a.minus_16_sum == b.minus_16_sum
-                    && a.low_sum == b.low_sum
-                    && a.d.to_bits() == b.d.to_bits()
-                    && a.s.to_bits() == b.s.to_bits(),
-                "block {i}"
-            );
+            assert!(same_bits(a, b), "block {i}");
         }
     }
 
@@ -181,15 +208,7 @@ mod tests {
             }
         }
         for (i, (a, b)) in fast.iter().zip(&portable).enumerate() {
-            assert!(
-                a.q == b.q
-                    && a.sum == b.sum
-                    && a.minus_16_sum == b.minus_16_sum
-                    && a.low_sum == b.low_sum
-                    && a.d.to_bits() == b.d.to_bits()
-                    && a.s.to_bits() == b.s.to_bits(),
-                "block {i}: SIMD {a:?} vs portable {b:?}"
-            );
+            assert!(same_bits(a, b), "block {i}: SIMD {a:?} vs portable {b:?}");
         }
     }
 
@@ -240,15 +259,7 @@ mod tests {
             let mut block = Q8Block::default();
             // SAFETY: AVX2 is available (checked above); `values` holds exactly 32 floats.
             unsafe { super::super::avx2::quantize_block(values.try_into().expect("32 values"), &mut block) };
-            assert!(
-                block.q == expected.q
-                    && block.sum == expected.sum
-                    && block.minus_16_sum == expected.minus_16_sum
-                    && block.low_sum == expected.low_sum
-                    && block.d.to_bits() == expected.d.to_bits()
-                    && block.s.to_bits() == expected.s.to_bits(),
-                "block {i}: AVX2 {block:?} vs portable {expected:?}"
-            );
+            assert!(same_bits(&block, expected), "block {i}: AVX2 {block:?} vs portable {expected:?}");
         }
     }
 }

@@ -65,11 +65,7 @@ pub unsafe fn quantize_block(values: &[f32; 32], out: &mut Q8Block) {
     let packed = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
     let ordered = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256(out.q.as_mut_ptr() as *mut __m256i, ordered);
-    out.d = d;
-    out.s = d * sum as f32;
-    out.sum = sum;
-    out.minus_16_sum = -16 * sum;
-    out.low_sum = low_sum;
+    out.set_scale_and_sums(d, sum, low_sum);
 }
 
 /// The sum of eight i32 lanes (exact: the quantizer's lanes are at most 127 in magnitude).

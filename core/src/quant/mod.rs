@@ -7,7 +7,7 @@
 //! per 32-element block and takes integer dot products against the weight blocks, eight weight
 //! rows per vector: with VNNI or AVX2 on CPUs that have them (chosen at runtime), portable code
 //! otherwise; batches of 8 rows or more go to AMX tiles where the CPU and OS offer them
-//! (`amx`). With AVX-512, batches of 16 rows or more in the formats `vnni512` covers take
+//! (`amx`). With AVX-512, batches of 8 rows or more in the formats `vnni512` covers take
 //! sixteen weight rows (two groups) per 512-bit vector. The SIMD kernels give identical bits (exact integer block sums, then the same
 //! float operations in the same order), so the choice never shows in the results.
 //!
@@ -121,7 +121,7 @@ enum Kernel {
     #[cfg(target_arch = "x86_64")]
     Avx2,
     /// AVX2 plus `vpdpbusd` in its AVX512-VNNI (with AVX512-VL) encoding; with AVX512-F/BW
-    /// too, batches of 16 rows or more in Q8_0, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K take two
+    /// too, batches of 8 rows or more in Q8_0, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K take two
     /// groups per 512-bit vector (`vnni512`, same bits).
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
@@ -801,7 +801,7 @@ impl QMatrix {
     /// [`vnni512::pair_tile`]: each task takes a run of group pairs (16 weight
     /// rows; the last pair of an odd group count pairs the last group with itself and keeps
     /// one half). While a pair's tiles run, the next pair's weights are prefetched, a share
-    /// per tile ([`prefetch_share`]).
+    /// per tile, spread over its blocks ([`PrefetchShares`]).
     #[cfg(target_arch = "x86_64")]
     fn matmul_group_pairs(
         &self,
@@ -844,12 +844,14 @@ impl QMatrix {
             let second_group = &blocks[(g + 1).min(groups - 1) * group_bytes..][..group_bytes];
             let next_pair = blocks.get((g + 2) * group_bytes..).unwrap_or_default();
             let next_pair = &next_pair[..next_pair.len().min(2 * group_bytes)];
+            let next_pair = PrefetchShares::new(next_pair, n_tiles);
             for (tile, first) in (0..m).step_by(TILE).enumerate() {
-                prefetch_share(next_pair, tile, n_tiles);
+                let ahead = next_pair.share(tile);
                 let n = TILE.min(m - first);
                 let tile_acts = &acts[first * n_blocks..(first + n) * n_blocks];
+                let pair = [first_group, second_group];
                 // SAFETY: the caller checked `vnni512::is_available()`.
-                unsafe { vnni512::pair_tile(format, first_group, second_group, n_blocks, tile_acts, &mut results) };
+                unsafe { vnni512::pair_tile(format, pair, n_blocks, tile_acts, ahead, &mut results) };
                 store(g * LANES, first, &results[..n]);
             }
         }
@@ -933,30 +935,62 @@ impl QMatrix {
     }
 }
 
-/// Asks the CPU to start loading share `share` of `count` of `bytes` into its caches.
+/// A run of weights to prefetch a share at a time, while other weights are computed on.
 ///
 /// The pair kernels read each pair's ~11 KB of weights from memory once, then reuse it from
-/// the caches for every tile of activation rows; at 16 rows and more they compute fast enough
+/// the caches for every tile of activation rows; at 8 rows and more they compute fast enough
 /// that the first tile waits for memory whenever the matrix is larger than the caches (Gemma
 /// 3's 178 MB output head, and every layer at 32 streams, whose weights together exceed the
-/// L3): the hardware prefetcher stops at each 4 KiB page. Spreading the next pair's lines
-/// over the current pair's tiles keeps those loads in flight without a burst. Measured on Zen
-/// 4, one thread, CPU time (`examples/matmul_driver.rs`): the 262144 × 640 Q8_0 head at 32
-/// rows 48 -> 42 ms, a 65536 × 640 Q5_0 matrix at 32 rows 13-15 -> 11 ms, a cache-resident
-/// Q5_0 at 512 rows unchanged. The 256-bit kernels at 1..15 rows stream one group at a time
-/// and there the hardware prefetcher alone was faster (software prefetching made the head at
-/// one row 30-60% slower), so they do not call this. A hint only: no result depends on it.
+/// L3): the hardware prefetcher stops at each 4 KiB page. So the next pair's lines are spread
+/// over the current pair's tiles, and each tile's share over its blocks (the kernel prefetches
+/// one share per block): a few lines at a time, never a burst. Measured on Zen
+/// 4, one thread, CPU time (`examples/matmul_driver.rs`): a share per tile took the
+/// 262144 × 640 Q8_0 head at 32 rows 48 -> 42 ms, a 65536 × 640 Q5_0 matrix at 32 rows
+/// 13-15 -> 11 ms, a cache-resident Q5_0 at 512 rows unchanged. Spreading each tile's share
+/// over its blocks (a burst of 54 lines a tile left a 16384 × 2048 Q6_K 16% slower than the
+/// same work from the caches) then took that Q6_K at 32 rows 10.4-10.6 -> 8.4 ms and the head
+/// 35.3-39.5 -> 32.3-33.5 ms (with the kernels' activation rows cut once, see
+/// `vnni512::activation_rows`). The 256-bit kernels at 1..7 rows stream one group at a time and there the
+/// hardware prefetcher alone was faster (software prefetching made the head at one row
+/// 30-60% slower), so they do not call this. A hint only: no result depends on it.
 #[cfg(target_arch = "x86_64")]
-#[inline]
-fn prefetch_share(bytes: &[u8], share: usize, count: usize) {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+#[derive(Clone, Copy)]
+pub(crate) struct PrefetchShares<'a> {
+    bytes: &'a [u8],
+    share_bytes: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<'a> PrefetchShares<'a> {
     const LINE: usize = 64;
-    let lines = bytes.len().div_ceil(LINE);
-    let per_share = lines.div_ceil(count.max(1));
-    for line in share * per_share..((share + 1) * per_share).min(lines) {
-        // SAFETY: the address is inside `bytes`; a prefetch never faults and changes nothing
-        // a program can observe but its timing (SSE, part of x86_64).
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().add(line * LINE) as *const i8) };
+
+    /// `bytes` cut into `count` shares of whole cache lines (the last ones shorter or empty).
+    #[inline]
+    pub(crate) fn new(bytes: &'a [u8], count: usize) -> Self {
+        let share_bytes = bytes.len().div_ceil(Self::LINE).div_ceil(count.max(1)) * Self::LINE;
+        Self { bytes, share_bytes }
+    }
+
+    /// The bytes of share `share` (empty past the end).
+    #[inline]
+    pub(crate) fn share(self, share: usize) -> &'a [u8] {
+        let start = (share * self.share_bytes).min(self.bytes.len());
+        &self.bytes[start..(start + self.share_bytes).min(self.bytes.len())]
+    }
+
+    /// Asks the CPU to start loading share `share` into its caches.
+    #[inline]
+    pub(crate) fn prefetch(self, share: usize) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // Plain offsets rather than `share`'s slice: this runs once per block of a kernel.
+        let mut at = share * self.share_bytes;
+        let end = (at + self.share_bytes).min(self.bytes.len());
+        while at < end {
+            // SAFETY: `at < bytes.len()`; a prefetch never faults and changes nothing a
+            // program can observe but its timing (SSE, part of x86_64).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(self.bytes.as_ptr().add(at) as *const i8) };
+            at += Self::LINE;
+        }
     }
 }
 

@@ -751,7 +751,7 @@ fn argmax_flag_sets(m: usize) -> [Vec<bool>; 3] {
 #[test]
 fn fused_argmax_picks_what_argmax_picks_from_the_full_matmul() {
     // Rows spanning several tiles and tasks, not a multiple of a group pair; below and above
-    // the pair kernel's 16 rows; float weights take the unfused path.
+    // the pair kernels' `vnni512::MIN_ROWS` (8; 8 itself included); float weights take the unfused path.
     let rows = 3 * ARGMAX_TILE_ROWS + 8 * 5 + 3;
     let x = random_activations(&mut Rng(31));
     for threads in [1, 2, 3] {
@@ -760,7 +760,7 @@ fn fused_argmax_picks_what_argmax_picks_from_the_full_matmul() {
             let bytes: Vec<u8> =
                 (0..rows.div_ceil(ROWS)).flat_map(|i| random_weight_bytes(ty, &mut Rng(100 + i as u64))).collect();
             let matrix = QMatrix::from_bytes(ty, rows, COLS, &bytes[..rows * row_bytes(ty)]).unwrap();
-            for m in [1, 3, 16, 33] {
+            for m in [1, 3, 8, 16, 33] {
                 for flags in argmax_flag_sets(m) {
                     let what = format!("{ty:?}, {m} rows, {threads} threads, {flags:?}");
                     assert_fused_argmax_is_argmax_of_matmul(&matrix, &x, &flags, &pool, &what);
@@ -796,6 +796,35 @@ fn fused_argmax_breaks_ties_low_and_never_picks_nan() {
         let all_nan = patterned_matrix(ty, 43, rows, |r| r % 2, &[0, 1]);
         for flags in argmax_flag_sets(17) {
             assert_fused_argmax_is_argmax_of_matmul(&all_nan, &x, &flags, &pool, &format!("all NaN, {ty:?}"));
+        }
+    }
+}
+
+/// The pair kernels prefetch the next pair a share per tile and each tile's share a share per
+/// block: the shares must cover every byte exactly once, in order, cut at cache lines, for
+/// any count (more shares than lines included), or some weights would be fetched late.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn prefetch_shares_cover_every_byte_once_in_whole_lines() {
+    let bytes = vec![0u8; 64 * 37 + 11];
+    for len in [0, 1, 64, 65, 64 * 37, bytes.len()] {
+        for count in [1, 2, 3, 8, 36, 37, 38, 200] {
+            let shares = PrefetchShares::new(&bytes[..len], count);
+            let mut next = 0;
+            for share in 0..count + 2 {
+                let part = shares.share(share);
+                let start = (part.as_ptr() as usize) - (bytes.as_ptr() as usize);
+                assert!(
+                    part.is_empty() || start == next,
+                    "len {len}, count {count}: share {share} starts at {start}, not {next}"
+                );
+                assert!(
+                    part.is_empty() || start.is_multiple_of(64),
+                    "len {len}, count {count}: share {share} not at a line"
+                );
+                next += part.len();
+            }
+            assert_eq!(next, len, "len {len}, count {count}: the shares cover {next} bytes");
         }
     }
 }

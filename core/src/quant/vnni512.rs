@@ -24,7 +24,7 @@ use std::arch::x86_64::*;
 use super::activations::Q8Block;
 use super::blocks::QuantFormat;
 use super::interleaved::LANES;
-use super::TILE;
+use super::{PrefetchShares, TILE};
 
 /// Weight rows of a group pair: one per 32-bit lane of a 512-bit vector.
 pub const PAIR_LANES: usize = 2 * LANES;
@@ -32,10 +32,15 @@ pub const PAIR_LANES: usize = 2 * LANES;
 /// The batch size from which the pairs pay: below it the 256-bit kernels stay. With a few
 /// activation rows a matmul streams its weights from memory, and there the two streams of a
 /// pair were slower (Zen 4, one thread, weights far larger than the caches: the 262144-row
-/// Q8_0 output head 57% slower at 1 row, 10-20% at 2 to 8, even at 16, 17% faster at 32;
-/// Q5_0 slower up to 4 rows, faster from 8). Both give the same bits, so where the switch
-/// sits never shows in results.
-pub const MIN_ROWS: usize = 16;
+/// Q8_0 output head twice as slow at 2 rows, 17-60% at 4 and 6; Q5_0 even at 2, faster
+/// from 4). From 8 rows, with the next pair prefetched a share per block, the pairs win
+/// everywhere measured (2026-12-06, `examples/matmul_driver.rs`, CPU time, alternated pairs,
+/// 16 -> 8: the head at 8 rows 16.3-19.2 -> 14.7-15.1 ms, at 12 rows 23.4-24.4 -> 16.9-17.6,
+/// Q5_0 65536 x 640 at 8 rows 3.45-3.57 -> 2.33-2.38, Q6_K 16384 x 2048 at 12 rows 5.8 ->
+/// 3.3-3.5, Q4_K 16384 x 1024 at 8 rows 1.65-1.90 -> 0.92-0.98, a cache-resident Q5_0 1536 x
+/// 576 at 12 rows 0.084 -> 0.067-0.073). Both give the same bits, so where the switch sits
+/// never shows in results.
+pub const MIN_ROWS: usize = 8;
 
 /// Whether this CPU can run [`pair_tile`].
 pub fn is_available() -> bool {
@@ -61,31 +66,33 @@ pub fn pairs(format: QuantFormat) -> bool {
 /// `out[r][j]` = weight row `j` of the pair (rows 0..8 from `first`, 8..16 from `second`) ·
 /// activation row `r`, for the `n <= TILE` activation rows stacked in `acts`. `first` and
 /// `second` each hold one group's `n_blocks` blocks of `format` (one that [`pairs`] takes).
+/// `ahead` (weights a later call will read) is prefetched, a share per block
+/// ([`PrefetchShares`]); it changes no result.
 ///
 /// # Safety
 /// The CPU must support the features [`is_available`] checks.
 pub unsafe fn pair_tile(
     format: QuantFormat,
-    first: &[u8],
-    second: &[u8],
+    [first, second]: [&[u8]; 2],
     n_blocks: usize,
     acts: &[Q8Block],
+    ahead: &[u8],
     out: &mut [[f32; PAIR_LANES]; TILE],
 ) {
     let n = acts.len() / n_blocks.max(1);
     let group_bytes = format.group_bytes(n_blocks);
     assert!(first.len() == group_bytes && second.len() == group_bytes && acts.len() == n * n_blocks && n <= TILE);
     match format {
-        QuantFormat::Q8_0 => by_tile_height!(n, q8_pair; first, second, n_blocks, acts, out),
+        QuantFormat::Q8_0 => by_tile_height!(n, q8_pair; first, second, n_blocks, acts, ahead, out),
         QuantFormat::Q5_0 => {
-            by_tile_height!(n, offset_pair, PLAIN_BIAS_16, true; format, first, second, n_blocks, acts, out)
+            by_tile_height!(n, offset_pair, PLAIN_BIAS_16, true; first, second, n_blocks, acts, ahead, out)
         }
         QuantFormat::Q5_1 => {
-            by_tile_height!(n, offset_pair, MIN_STORED, true; format, first, second, n_blocks, acts, out)
+            by_tile_height!(n, offset_pair, MIN_STORED, true; first, second, n_blocks, acts, ahead, out)
         }
-        QuantFormat::Q4K => by_tile_height!(n, offset_pair, MIN_K, false; format, first, second, n_blocks, acts, out),
-        QuantFormat::Q5K => by_tile_height!(n, offset_pair, MIN_K, true; format, first, second, n_blocks, acts, out),
-        QuantFormat::Q6K => by_tile_height!(n, q6k_pair; format, first, second, n_blocks, acts, out),
+        QuantFormat::Q4K => by_tile_height!(n, offset_pair, MIN_K, false; first, second, n_blocks, acts, ahead, out),
+        QuantFormat::Q5K => by_tile_height!(n, offset_pair, MIN_K, true; first, second, n_blocks, acts, ahead, out),
+        QuantFormat::Q6K => by_tile_height!(n, q6k_pair; first, second, n_blocks, acts, ahead, out),
         _ => unreachable!("{format:?} is not paired (`pairs`)"),
     }
 }
@@ -95,6 +102,25 @@ pub unsafe fn pair_tile(
 const PLAIN_BIAS_16: u8 = 0; // Q5_0: `Σ (q_w - 16) a`, then `fma(d_w d_a, dot, acc)`
 const MIN_STORED: u8 = 1; // Q5_1: `m` stored as f16
 const MIN_K: u8 = 2; // Q4_K, Q5_K: `d = d_super sc`, `m = -dmin mn`
+
+/// The format [`offset_pair`]`::<MIN, FIVE>` computes. The kernels take their format from
+/// their const parameters rather than as an argument, so every layout offset (`const fn`s of
+/// the format) folds into the code instead of being recomputed with branches for every block.
+const fn offset_format(min: u8, five: bool) -> QuantFormat {
+    match (min, five) {
+        (PLAIN_BIAS_16, _) => QuantFormat::Q5_0,
+        (MIN_STORED, _) => QuantFormat::Q5_1,
+        (_, false) => QuantFormat::Q4K,
+        (_, true) => QuantFormat::Q5K,
+    }
+}
+
+/// The tile's `N` activation rows, `n_blocks` blocks each: cut once, so the kernels' reads of
+/// block `b < n_blocks` need no bounds check per row and block.
+#[inline]
+fn activation_rows<const N: usize>(acts: &[Q8Block], n_blocks: usize) -> [&[Q8Block]; N] {
+    std::array::from_fn(|r| &acts[r * n_blocks..][..n_blocks])
+}
 
 /// Eight f16 values at `low` and eight at `high`, as sixteen f32 (exact).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
@@ -174,35 +200,43 @@ unsafe fn load_i8x8_pair(low: *const u8, high: *const u8) -> __m512i {
 
 /// Q6_K, as `group_kernel`'s `halves` under `vnni` for sixteen rows: the stored values
 /// (0..=63) go to `vpdpbusd` as they are and each 16-weight half's sum starts at `-32 Σ a`
-/// over that half (from the activation block's `low_sum` and `sum`, taken once when the
-/// activations were quantized): `Σ (q - 32) a`, exact in 32 bits. (Scaling the half sums in
+/// over that half (the activation block's `minus_32_low_sum` / `minus_32_high_sum`, taken
+/// once when the activations were quantized and broadcast from memory, not computed in a
+/// general register and moved over for every row, tile and weight pair): `Σ (q - 32) a`,
+/// exact in 32 bits. (Scaling the half sums in
 /// f32, exact here, instead of `vpmulld` measured 1-2% slower on Zen 4.)
+#[allow(clippy::needless_range_loop)] // `b` addresses the weights and the prefetch too
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
 unsafe fn q6k_pair<const N: usize>(
-    format: QuantFormat,
     first: &[u8],
     second: &[u8],
     n_blocks: usize,
     acts: &[Q8Block],
+    ahead: &[u8],
     out: &mut [[f32; PAIR_LANES]; TILE],
 ) {
+    let ahead = PrefetchShares::new(ahead, n_blocks);
+    let rows = activation_rows::<N>(acts, n_blocks);
+    let format = QuantFormat::Q6K;
     let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
-    let bias = format.bias() as i32;
+    // The half sums start at the activation block's `minus_32_low_sum` / `minus_32_high_sum`.
+    const _: () = assert!(QuantFormat::Q6K.bias() == 32);
     let nibble = _mm512_set1_epi8(0x0f);
     let mut acc = [_mm512_setzero_ps(); N];
     for b in 0..n_blocks {
+        ahead.prefetch(b);
         let (low, high) = (first.as_ptr().add(b * block_bytes), second.as_ptr().add(b * block_bytes));
         let fields_at = format.scale_fields_at(n_blocks, b);
         let d = load_f16x8_pair(first.as_ptr().add(fields_at), second.as_ptr().add(fields_at));
         let (sc0, sc1) = (format.sc_at(0), format.sc_at(1));
         let scales = [load_i8x8_pair(low.add(sc0), high.add(sc0)), load_i8x8_pair(low.add(sc1), high.add(sc1))];
-        let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
+        let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &rows[r][b]);
         let (low_values, high_values) = (low.add(values_at), high.add(values_at));
         let mut dots = [_mm512_setzero_si512(); N];
         for (half, scale) in scales.into_iter().enumerate() {
             let mut sums: [__m512i; N] = std::array::from_fn(|r| {
-                let half_sum = if half == 0 { row_acts[r].low_sum } else { row_acts[r].sum - row_acts[r].low_sum };
-                _mm512_set1_epi32(-bias * half_sum)
+                let act = row_acts[r];
+                _mm512_set1_epi32(if half == 0 { act.minus_32_low_sum } else { act.minus_32_high_sum })
             });
             for pair in 2 * half..2 * half + 2 {
                 let packed = load_pair(low_values.add(32 * pair), high_values.add(32 * pair));
@@ -237,19 +271,24 @@ unsafe fn q6k_pair<const N: usize>(
 /// `offset_kernel` under `vnni` for sixteen rows. Q5_0 takes 8 `vpdpbusd` and 2 float
 /// multiplies per block and row (`d_w d_a`, the fma), the `Offset` formats one more (`m_w s_a`):
 /// the multiply pipes bound this kernel.
+#[allow(clippy::needless_range_loop)] // `b` addresses the weights and the prefetch too
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
 unsafe fn offset_pair<const MIN: u8, const FIVE: bool, const N: usize>(
-    format: QuantFormat,
     first: &[u8],
     second: &[u8],
     n_blocks: usize,
     acts: &[Q8Block],
+    ahead: &[u8],
     out: &mut [[f32; PAIR_LANES]; TILE],
 ) {
+    let ahead = PrefetchShares::new(ahead, n_blocks);
+    let rows = activation_rows::<N>(acts, n_blocks);
+    let format = offset_format(MIN, FIVE);
     let (block_bytes, values_at) = (format.group_block_bytes(), format.values_offset());
     let nibble = _mm512_set1_epi8(0x0f);
     let mut acc = [_mm512_setzero_ps(); N];
     for b in 0..n_blocks {
+        ahead.prefetch(b);
         let (low, high) = (first.as_ptr().add(b * block_bytes), second.as_ptr().add(b * block_bytes));
         let fields_at = format.scale_fields_at(n_blocks, b);
         let (low_fields, high_fields) = (first.as_ptr().add(fields_at), second.as_ptr().add(fields_at));
@@ -270,7 +309,7 @@ unsafe fn offset_pair<const MIN: u8, const FIVE: bool, const N: usize>(
                 )
             }
         };
-        let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
+        let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &rows[r][b]);
         // Q5_0: `Σ (q + 16) a - 16 Σ a`, exact, the correction broadcast from memory.
         const _: () = assert!(QuantFormat::Q5_0.bias() == 16);
         let mut sums: [__m512i; N] = if MIN == PLAIN_BIAS_16 {
@@ -309,18 +348,23 @@ unsafe fn offset_pair<const MIN: u8, const FIVE: bool, const N: usize>(
     }
 }
 
+#[allow(clippy::needless_range_loop)] // `b` addresses the weights and the prefetch too
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
 unsafe fn q8_pair<const N: usize>(
     first: &[u8],
     second: &[u8],
     n_blocks: usize,
     acts: &[Q8Block],
+    ahead: &[u8],
     out: &mut [[f32; PAIR_LANES]; TILE],
 ) {
+    let ahead = PrefetchShares::new(ahead, n_blocks);
+    let rows = activation_rows::<N>(acts, n_blocks);
     let (block_bytes, values_at) = (QuantFormat::Q8_0.group_block_bytes(), QuantFormat::Q8_0.values_offset());
     let top_bit = _mm512_set1_epi8(i8::MIN);
     let mut acc = [_mm512_setzero_ps(); N];
     for b in 0..n_blocks {
+        ahead.prefetch(b);
         let (low, high) = (first.as_ptr().add(b * block_bytes), second.as_ptr().add(b * block_bytes));
         // The sixteen rows' f16 scales, widened exactly.
         let d16 = _mm256_inserti128_si256::<1>(
@@ -328,9 +372,10 @@ unsafe fn q8_pair<const N: usize>(
             _mm_loadu_si128(high as *const __m128i),
         );
         let d = _mm512_cvtph_ps(d16);
-        let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &acts[r * n_blocks + b]);
-        // Σ (w + 128) a = Σ w a + 128 Σ a: start from -128 Σ a (exact, as in `vnni`).
-        let mut sums: [__m512i; N] = std::array::from_fn(|r| _mm512_set1_epi32(-128 * row_acts[r].sum));
+        let row_acts: [&Q8Block; N] = std::array::from_fn(|r| &rows[r][b]);
+        // Σ (w + 128) a = Σ w a + 128 Σ a: start from -128 Σ a (exact, as in `vnni`), taken
+        // when the activations were quantized and broadcast straight from memory.
+        let mut sums: [__m512i; N] = std::array::from_fn(|r| _mm512_set1_epi32(row_acts[r].minus_128_sum));
         for v in 0..8 {
             let weights = _mm512_inserti64x4::<1>(
                 _mm512_castsi256_si512(_mm256_loadu_si256(low.add(values_at + 32 * v) as *const __m256i)),
