@@ -97,7 +97,7 @@ enum Storage {
     Float(Vec<f32>),
     /// The ggml blocks regrouped eight rows at a time (`interleaved`), in owned memory that
     /// the OS cannot evict and re-read from disk in the middle of a decode step.
-    Quantized { format: QuantFormat, blocks: Vec<u8> },
+    Quantized { format: QuantFormat, blocks: crate::memory::StreamingBuffer },
 }
 
 /// The quantized matmul kernels this CPU runs: for one activation row (a lone decode), for a
@@ -379,7 +379,7 @@ impl QMatrix {
                 let sources: Vec<&[u8]> = parts
                     .iter()
                     .map(|p| match &p.storage {
-                        Storage::Quantized { blocks, .. } => blocks.as_slice(),
+                        Storage::Quantized { blocks, .. } => &blocks[..],
                         Storage::Float(_) => &[],
                     })
                     .collect();
