@@ -49,7 +49,7 @@ pub(crate) fn zeroed_for_streaming(len: usize) -> StreamingBuffer {
     let (chunk, offset, shared_bytes) = carve(len);
     // SAFETY: `offset..offset + len` lies inside `chunk` (`carve`) and no live buffer holds
     // any of it.
-unsafe { std::ptr::write_bytes(chunk.start.as_ptr().add(offset), 0, len) };
+    unsafe { std::ptr::write_bytes(chunk.start.as_ptr().add(offset), 0, len) };
     StreamingBuffer { chunk, offset, len, shared_bytes }
 }
 
@@ -129,7 +129,8 @@ unsafe impl Sync for Chunk {}
 impl Chunk {
     /// `len` bytes (a multiple of [`HUGE_PAGE`], nonzero), untouched.
     fn new(len: usize) -> Self {
-        let layout = std::alloc::Layout::from_size_align(len, HUGE_PAGE).expect("a weight buffer fits the address space");
+        let layout =
+            std::alloc::Layout::from_size_align(len, HUGE_PAGE).expect("a weight buffer fits the address space");
         // SAFETY: `layout` has a nonzero size.
         let start = unsafe { std::alloc::alloc(layout) };
         let Some(start) = std::ptr::NonNull::new(start) else { std::alloc::handle_alloc_error(layout) };
@@ -331,7 +332,11 @@ pub(crate) mod tests {
         }
         for (i, buffer) in buffers.iter().enumerate().filter(|(_, b)| !b.is_empty()) {
             let flags = vm_flags_at(buffer.as_ptr() as usize).expect("the buffer's mapping is in /proc/self/smaps");
-            assert!(flags.split_whitespace().any(|f| f == "hg"), "buffer {i} ({} bytes): VmFlags {flags}", buffer.len());
+            assert!(
+                flags.split_whitespace().any(|f| f == "hg"),
+                "buffer {i} ({} bytes): VmFlags {flags}",
+                buffer.len()
+            );
         }
     }
 

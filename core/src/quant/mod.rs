@@ -749,7 +749,10 @@ impl QMatrix {
         for g in groups {
             let group = &blocks[g * group_bytes..][..group_bytes];
             #[cfg(target_arch = "x86_64")]
-            prefetch_share(blocks.get((g + 1) * group_bytes + header_at..(g + 2) * group_bytes).unwrap_or_default(), 0, 1);
+            {
+                let next_header = (g + 1) * group_bytes + header_at..(g + 2) * group_bytes;
+                prefetch_share(blocks.get(next_header).unwrap_or_default(), 0, 1);
+            }
             for first in (0..m).step_by(TILE) {
                 let n = TILE.min(m - first);
                 let tile_acts = &acts[first * n_blocks..(first + n) * n_blocks];
