@@ -749,10 +749,7 @@ impl QMatrix {
         for g in groups {
             let group = &blocks[g * group_bytes..][..group_bytes];
             #[cfg(target_arch = "x86_64")]
-            {
-                let next_header = (g + 1) * group_bytes + header_at..(g + 2) * group_bytes;
-                prefetch_share(blocks.get(next_header).unwrap_or_default(), 0, 1);
-            }
+            prefetch_lines(blocks.get((g + 1) * group_bytes + header_at..(g + 2) * group_bytes).unwrap_or_default());
             for first in (0..m).step_by(TILE) {
                 let n = TILE.min(m - first);
                 let tile_acts = &acts[first * n_blocks..(first + n) * n_blocks];
@@ -918,14 +915,7 @@ impl QMatrix {
 /// rows 48 -> 42 ms, a 65536 × 640 Q5_0 matrix at 32 rows 13-15 -> 11 ms, a cache-resident
 /// Q5_0 at 512 rows unchanged. The 256-bit kernels at 1..15 rows stream one group at a time
 /// and there the hardware prefetcher alone was faster (software prefetching made the head at
-/// one row 30-60% slower), so they do not prefetch the weights; they prefetch only the next
-/// group's super-block headers (K-quants: a few lines at the group's end, which the first
-/// block's epilogue needs long before the stream of blocks reaches them, a miss per group
-/// otherwise). Measured at one row, 400 copies cycled so each matrix comes from memory
-/// (`matmul_driver ... 1 30 400 400`), CPU time, without/with, three alternated pairs: Q6_K 576
-/// x 1536 38.8/40.9/40.2 -> 30.1/29.7/28.1 us, Q4_K 576 x 1536 24.5/25.3/23.9 -> 21.1/20.8/19.9
-/// us; Q5_0 (no headers) and cache-resident matrices unchanged. A hint only: no result depends
-/// on it.
+/// one row 30-60% slower), so they do not call this. A hint only: no result depends on it.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 fn prefetch_share(bytes: &[u8], share: usize, count: usize) {
@@ -937,6 +927,28 @@ fn prefetch_share(bytes: &[u8], share: usize, count: usize) {
         // SAFETY: the address is inside `bytes`; a prefetch never faults and changes nothing
         // a program can observe but its timing (SSE, part of x86_64).
         unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().add(line * LINE) as *const i8) };
+    }
+}
+
+/// Asks the CPU to start loading `bytes` (a few cache lines) into its caches.
+///
+/// [`QMatrix::group_run`] calls it on the next group's super-block headers: the K-quants keep
+/// a group's `d`/`dmin` at the group's end (`regroup`), which the first block's epilogue needs
+/// long before the stream of blocks reaches them, a miss per group when the weights come from
+/// memory. Only those few lines: prefetching the weights themselves made the 1..15-row
+/// kernels slower (see the pair kernels' prefetching). Measured at one row, 400 copies cycled so each
+/// matrix comes from memory (`matmul_driver ... 1 30 400 400`), CPU time, without/with, three
+/// alternated pairs: Q6_K 576 x 1536 38.8/40.9/40.2 -> 30.1/29.7/28.1 us, Q4_K 576 x 1536
+/// 24.5/25.3/23.9 -> 21.1/20.8/19.9 us; Q5_0 (no headers) and cache-resident matrices
+/// unchanged. A hint only: no result depends on it.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn prefetch_lines(bytes: &[u8]) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    for line in (0..bytes.len()).step_by(64) {
+        // SAFETY: the address is inside `bytes`; a prefetch never faults and changes nothing
+        // a program can observe but its timing (SSE, part of x86_64).
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().add(line) as *const i8) };
     }
 }
 
