@@ -745,6 +745,7 @@ impl QMatrix {
         let tile_kernels = [TILE.min(m).max(1), (m.max(1) - 1) % TILE + 1].map(|n| kernel.tile_kernel(format, n));
         let mut results = [[0f32; LANES]; TILE];
         // Where a group's super-block headers start (K-quants, IQ4_XS), or its end.
+        #[cfg(target_arch = "x86_64")]
         let header_at = if format.has_super_header() { format.scale_fields_at(n_blocks, 0) } else { group_bytes };
         for g in groups {
             let group = &blocks[g * group_bytes..][..group_bytes];
