@@ -156,6 +156,8 @@ pub struct ThreadPool {
     /// Test-only fault: the next job's first task panics on a worker (see
     /// [`ThreadPool::panic_in_next_job_for_testing`]).
     inject_panic: AtomicBool,
+    /// Jobs handed to the workers so far (see [`ThreadPool::dispatched_jobs`]).
+    dispatched: AtomicUsize,
 }
 
 impl ThreadPool {
@@ -200,6 +202,7 @@ impl ThreadPool {
             n_threads,
             run_lock: Mutex::new(()),
             inject_panic: AtomicBool::new(false),
+            dispatched: AtomicUsize::new(0),
         };
         for index in 1..n_threads {
             let shared = Arc::clone(&pool.shared);
@@ -227,6 +230,13 @@ impl ThreadPool {
     /// Total threads that work on a job, including the caller.
     pub fn n_threads(&self) -> usize {
         self.n_threads
+    }
+
+    /// How many jobs this pool has handed to its workers so far: each is a publication, a
+    /// wake-up and a wait for the last task, the cost a step's row-wise passes are fused to
+    /// save (a `run` the caller does alone, with one thread or one task, is not counted).
+    pub fn dispatched_jobs(&self) -> usize {
+        self.dispatched.load(Ordering::Relaxed)
     }
 
     /// Calls `f(i)` once for every `i` in `0..n_tasks`, spread over the pool, and returns when
@@ -257,6 +267,7 @@ impl ThreadPool {
     /// task and every worker is done, then re-raises a task's panic.
     fn run_job(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync), caller_works: bool) {
         let _serial = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.dispatched.fetch_add(1, Ordering::Relaxed);
         let shared = &*self.shared;
         // SAFETY: erase the closure's lifetime; the job is retired and every worker is done
         // with it before this function returns (and `task` goes out of scope).
@@ -443,6 +454,20 @@ mod tests {
             });
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
         }
+    }
+
+    #[test]
+    fn only_jobs_handed_to_workers_are_counted() {
+        let pool = ThreadPool::new(2).expect("pool");
+        pool.run(0, &|_| {});
+        pool.run(1, &|_| {});
+        assert_eq!(pool.dispatched_jobs(), 0, "no task, or one the caller runs alone");
+        pool.run(5, &|_| {});
+        pool.run(2, &|_| {});
+        assert_eq!(pool.dispatched_jobs(), 2);
+        let alone = ThreadPool::new(1).expect("pool");
+        alone.run(5, &|_| {});
+        assert_eq!(alone.dispatched_jobs(), 0, "a one-thread pool dispatches nothing");
     }
 
     #[test]

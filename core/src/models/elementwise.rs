@@ -7,6 +7,7 @@
 
 use crate::models::attention::Geometry;
 use crate::quant::disjoint::DisjointSlice;
+use crate::quant::{quantize_row, Q8Block};
 use crate::threadpool::ThreadPool;
 
 /// Below this many rows a step's row-wise work runs on the calling thread: waking the pool
@@ -15,14 +16,65 @@ const PARALLEL_ROWS: usize = 4;
 
 /// `out_row = x_row / sqrt(mean(x_row²) + eps) * weight` for every row.
 pub(crate) fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32], pool: &ThreadPool) {
+    rms_norm_and_quantize_rows(x, weight, eps, out, None, pool)
+}
+
+/// [`rms_norm_rows`], each normalised row also quantized into `quantized` when given (see
+/// [`QuantizedRows`]) in the same pass.
+pub(crate) fn rms_norm_and_quantize_rows(
+    x: &[f32],
+    weight: &[f32],
+    eps: f32,
+    out: &mut [f32],
+    quantized: Option<&mut [Q8Block]>,
+    pool: &ThreadPool,
+) {
     let width = weight.len();
-    for_row_ranges(x.len() / width, out, width, pool, |rows, out| {
-        for (x_row, out_row) in
-            x[rows.start * width..rows.end * width].chunks_exact(width).zip(out.chunks_exact_mut(width))
-        {
+    let n_rows = x.len() / width;
+    let quantized = QuantizedRows::new(quantized, n_rows, width);
+    for_row_ranges(n_rows, out, width, pool, |rows, out| {
+        let x_rows = x[rows.start * width..rows.end * width].chunks_exact(width);
+        for (r, (x_row, out_row)) in rows.zip(x_rows.zip(out.chunks_exact_mut(width))) {
             rms_norm_row(x_row, weight, eps, out_row);
+            // SAFETY: row `r` belongs to this task alone.
+            unsafe { QuantizedRows::store(&quantized, r, out_row) };
         }
     });
+}
+
+/// Where a row-wise pass also quantizes each row it writes, for the matmul that reads them
+/// next ([`crate::quant::QMatrix::matmul_prequantized`]): the matmul then needs no
+/// quantization pass of its own (at 16 rows or more one more pool dispatch and wait), and
+/// each row is quantized right after it is computed, while it is in L1. Rows are quantized
+/// one by one with [`quantize_row`], as the matmul would: the same bits.
+pub(crate) struct QuantizedRows<'a> {
+    blocks: DisjointSlice<'a, Q8Block>,
+    blocks_per_row: usize,
+}
+
+impl<'a> QuantizedRows<'a> {
+    /// `blocks` for `n_rows` rows of `width` values (`width / 32` blocks each). `None` when
+    /// there are none, or the rows cannot be quantized (a width that is not a whole number of
+    /// blocks: only float matrices take such rows).
+    pub(crate) fn new(blocks: Option<&'a mut [Q8Block]>, n_rows: usize, width: usize) -> Option<Self> {
+        let blocks = blocks.filter(|_| width.is_multiple_of(crate::quant::ACTIVATION_BLOCK))?;
+        let blocks_per_row = width / crate::quant::ACTIVATION_BLOCK;
+        assert_eq!(blocks.len(), n_rows * blocks_per_row, "quantized blocks for {n_rows} rows of {width}");
+        Some(Self { blocks: DisjointSlice::new(blocks), blocks_per_row })
+    }
+
+    /// Quantizes `values`, row `row` of the pass, when there is somewhere to put it.
+    ///
+    /// # Safety
+    /// No other thread stores row `row` at the same time.
+    #[inline]
+    unsafe fn store(this: &Option<Self>, row: usize, values: &[f32]) {
+        if let Some(this) = this {
+            // SAFETY: the caller owns row `row`; `new` checked the blocks cover every row.
+            let blocks = unsafe { this.blocks.range_mut(row * this.blocks_per_row, this.blocks_per_row) };
+            quantize_row(values, blocks);
+        }
+    }
 }
 
 /// [`rms_norm_rows`] for one row.
@@ -73,22 +125,29 @@ pub(crate) struct ResidualNorms<'a> {
 /// on the calling thread alone. Per row the operations of [`rms_norm_rows`] and
 /// [`add_in_place`] in the same order, so the same bits. `normed` is scratch when there is
 /// no `next`.
+///
+/// With `quantized` (and a `next` norm), each `normed` row is also quantized there (see
+/// [`QuantizedRows`]).
 pub(crate) fn residual_add_then_norm(
     x: &mut [f32],
     delta: &[f32],
     norms: ResidualNorms<'_>,
     normed: &mut [f32],
+    quantized: Option<&mut [Q8Block]>,
     pool: &ThreadPool,
 ) {
     let ResidualNorms { width, post, next, eps } = norms;
     debug_assert!(delta.len() == x.len() && normed.len() == x.len());
+    let n_rows = x.len() / width;
+    let quantized = QuantizedRows::new(quantized.filter(|_| next.is_some()), n_rows, width);
     let normed = DisjointSlice::new(normed);
-    for_row_ranges(x.len() / width, x, width, pool, |rows, x_rows| {
+    for_row_ranges(n_rows, x, width, pool, |rows, x_rows| {
         // SAFETY: each task writes only its own rows.
         let normed_rows = unsafe { normed.range_mut(rows.start * width, rows.len() * width) };
         let delta_rows = delta[rows.start * width..rows.end * width].chunks_exact(width);
-        for ((x_row, delta_row), normed_row) in
-            x_rows.chunks_exact_mut(width).zip(delta_rows).zip(normed_rows.chunks_exact_mut(width))
+        let first_row = rows.start;
+        for (i, ((x_row, delta_row), normed_row)) in
+            x_rows.chunks_exact_mut(width).zip(delta_rows).zip(normed_rows.chunks_exact_mut(width)).enumerate()
         {
             with_avx2(|| {
                 match post {
@@ -102,29 +161,55 @@ pub(crate) fn residual_add_then_norm(
                     rms_norm_row_inline(x_row, weight, eps, normed_row);
                 }
             });
+            // SAFETY: the row belongs to this task alone.
+            unsafe { QuantizedRows::store(&quantized, first_row + i, normed_row) };
         }
     });
 }
 
-/// `out = silu(gate) * up` for rows laid out as `[gate | up]` (`ffn_size` each).
-pub(crate) fn swiglu_rows(gate_up: &[f32], ffn_size: usize, out: &mut [f32], pool: &ThreadPool) {
-    for_row_ranges(out.len() / ffn_size, out, ffn_size, pool, |rows, out| {
-        let rows_in = &gate_up[rows.start * 2 * ffn_size..rows.end * 2 * ffn_size];
-        for (row, out_row) in rows_in.chunks_exact(2 * ffn_size).zip(out.chunks_exact_mut(ffn_size)) {
-            let (gate, up) = row.split_at(ffn_size);
-            silu_times(gate, up, out_row);
-        }
-    });
+/// `out = silu(gate) * up` for rows laid out as `[gate | up]` (`ffn_size` each); each `out`
+/// row also quantized into `quantized` when given (see [`QuantizedRows`]).
+pub(crate) fn swiglu_rows(
+    gate_up: &[f32],
+    ffn_size: usize,
+    out: &mut [f32],
+    quantized: Option<&mut [Q8Block]>,
+    pool: &ThreadPool,
+) {
+    gated_rows(Gate::Silu, gate_up, ffn_size, out, quantized, pool)
 }
 
 /// `out = gelu_tanh(gate) * up` for rows laid out as `[gate | up]` (`ffn_size` each): Gemma's
-/// gated FFN, with GELU's tanh approximation.
-pub(crate) fn geglu_tanh_rows(gate_up: &[f32], ffn_size: usize, out: &mut [f32], pool: &ThreadPool) {
-    for_row_ranges(out.len() / ffn_size, out, ffn_size, pool, |rows, out| {
-        let rows_in = &gate_up[rows.start * 2 * ffn_size..rows.end * 2 * ffn_size];
-        for (row, out_row) in rows_in.chunks_exact(2 * ffn_size).zip(out.chunks_exact_mut(ffn_size)) {
+/// gated FFN, with GELU's tanh approximation; each `out` row also quantized into `quantized`
+/// when given.
+pub(crate) fn geglu_tanh_rows(
+    gate_up: &[f32],
+    ffn_size: usize,
+    out: &mut [f32],
+    quantized: Option<&mut [Q8Block]>,
+    pool: &ThreadPool,
+) {
+    gated_rows(Gate::GeluTanh, gate_up, ffn_size, out, quantized, pool)
+}
+
+/// `out = act(gate) * up` per `[gate | up]` row, then the row quantized when asked.
+fn gated_rows(
+    act: Gate,
+    gate_up: &[f32],
+    ffn_size: usize,
+    out: &mut [f32],
+    quantized: Option<&mut [Q8Block]>,
+    pool: &ThreadPool,
+) {
+    let n_rows = out.len() / ffn_size;
+    let quantized = QuantizedRows::new(quantized, n_rows, ffn_size);
+    for_row_ranges(n_rows, out, ffn_size, pool, |rows, out| {
+        let rows_in = gate_up[rows.start * 2 * ffn_size..rows.end * 2 * ffn_size].chunks_exact(2 * ffn_size);
+        for (r, (row, out_row)) in rows.zip(rows_in.zip(out.chunks_exact_mut(ffn_size))) {
             let (gate, up) = row.split_at(ffn_size);
-            gated_times(Gate::GeluTanh, gate, up, out_row);
+            gated_times(act, gate, up, out_row);
+            // SAFETY: row `r` belongs to this task alone.
+            unsafe { QuantizedRows::store(&quantized, r, out_row) };
         }
     });
 }
@@ -275,6 +360,7 @@ fn gated_times(act: Gate, gate: &[f32], up: &[f32], out: &mut [f32]) {
 }
 
 /// `out[i] = silu(gate[i]) * up[i]`, with `silu(g) = g / (1 + e^-g)`.
+#[cfg(test)]
 fn silu_times(gate: &[f32], up: &[f32], out: &mut [f32]) {
     gated_times(Gate::Silu, gate, up, out);
 }
@@ -780,12 +866,77 @@ mod tests {
                 }
                 let (mut fused_x, mut fused_normed) = (x.clone(), vec![0f32; x.len()]);
                 let norms = ResidualNorms { width, post, next, eps: 1e-6 };
-                residual_add_then_norm(&mut fused_x, &delta, norms, &mut fused_normed, &pool);
+                residual_add_then_norm(&mut fused_x, &delta, norms, &mut fused_normed, None, &pool);
                 let case = format!("{n_rows} rows, post {}, next {}", post.is_some(), next.is_some());
                 assert_eq!(fused_x, separate_x, "{case}");
                 if next.is_some() {
                     assert_eq!(fused_normed, separate_normed, "{case}");
                 }
+            }
+        }
+    }
+
+    /// `rows` quantized one by one, as a matmul quantizes its activations.
+    fn quantized_one_by_one(rows: &[f32], width: usize) -> Vec<Q8Block> {
+        let mut blocks = vec![Q8Block::default(); rows.len() / width * (width / 32)];
+        for (row, out) in rows.chunks_exact(width).zip(blocks.chunks_exact_mut(width / 32)) {
+            quantize_row(row, out);
+        }
+        blocks
+    }
+
+    /// Every field of every block, as bits (`Q8Block` has no `PartialEq`: its floats compare
+    /// by bits here).
+    fn block_bits(blocks: &[Q8Block]) -> Vec<(u32, u32, i32, i32, i32, [i8; 32])> {
+        blocks.iter().map(|b| (b.d.to_bits(), b.s.to_bits(), b.sum, b.low_sum, b.minus_16_sum, b.q)).collect()
+    }
+
+    /// Blocks that no quantization produces, so a row the pass forgot shows.
+    fn stale_blocks(n: usize) -> Vec<Q8Block> {
+        vec![Q8Block { d: f32::NAN, sum: i32::MIN, q: [i8::MIN; 32], ..Q8Block::default() }; n]
+    }
+
+    /// The passes that quantize the rows they write (for the next matmul, in the same pool
+    /// pass) give the blocks a separate quantization of their outputs gives, at row counts on
+    /// both sides of the pool threshold, and write the same float rows as without blocks.
+    #[test]
+    fn row_passes_quantize_each_written_row_as_a_separate_pass_would() {
+        let pool = ThreadPool::new(2).expect("start the thread pool");
+        let (width, ffn) = (64, 96);
+        let value = |i: usize, k: usize| ((i * k % 101) as f32 - 50.0) * 0.013;
+        let weight: Vec<f32> = (0..width).map(|i| 1.5 - i as f32 * 0.02).collect();
+        for n_rows in [1, PARALLEL_ROWS - 1, PARALLEL_ROWS, 13, 32] {
+            let x: Vec<f32> = (0..n_rows * width).map(|i| value(i, 37)).collect();
+            let delta: Vec<f32> = (0..n_rows * width).map(|i| value(i, 53)).collect();
+            let gate_up: Vec<f32> = (0..n_rows * 2 * ffn).map(|i| value(i, 29)).collect();
+
+            let (mut normed, mut plain) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+            let mut blocks = stale_blocks(n_rows * width / 32);
+            rms_norm_and_quantize_rows(&x, &weight, 1e-6, &mut normed, Some(&mut blocks), &pool);
+            rms_norm_rows(&x, &weight, 1e-6, &mut plain, &pool);
+            assert_eq!(normed, plain, "norm, {n_rows} rows");
+            assert_eq!(block_bits(&blocks), block_bits(&quantized_one_by_one(&normed, width)), "norm, {n_rows} rows");
+
+            for post in [None, Some(&weight[..])] {
+                let (mut summed, mut plain_x) = (x.clone(), x.clone());
+                let mut blocks = stale_blocks(n_rows * width / 32);
+                let norms = || ResidualNorms { width, post, next: Some(&weight), eps: 1e-6 };
+                residual_add_then_norm(&mut summed, &delta, norms(), &mut normed, Some(&mut blocks), &pool);
+                residual_add_then_norm(&mut plain_x, &delta, norms(), &mut plain, None, &pool);
+                assert_eq!((&summed, &normed), (&plain_x, &plain), "residual, {n_rows} rows");
+                let expected = block_bits(&quantized_one_by_one(&normed, width));
+                assert_eq!(block_bits(&blocks), expected, "residual, post {}, {n_rows} rows", post.is_some());
+            }
+
+            type Pass = fn(&[f32], usize, &mut [f32], Option<&mut [Q8Block]>, &ThreadPool);
+            for (name, pass) in [("swiglu", swiglu_rows as Pass), ("geglu", geglu_tanh_rows as Pass)] {
+                let (mut hidden, mut plain_hidden) = (vec![0f32; n_rows * ffn], vec![0f32; n_rows * ffn]);
+                let mut blocks = stale_blocks(n_rows * ffn / 32);
+                pass(&gate_up, ffn, &mut hidden, Some(&mut blocks), &pool);
+                pass(&gate_up, ffn, &mut plain_hidden, None, &pool);
+                assert_eq!(hidden, plain_hidden, "{name}, {n_rows} rows");
+                let expected = block_bits(&quantized_one_by_one(&hidden, ffn));
+                assert_eq!(block_bits(&blocks), expected, "{name}, {n_rows} rows");
             }
         }
     }

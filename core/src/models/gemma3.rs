@@ -26,7 +26,7 @@ use crate::error::Result;
 use crate::gguf::{GgufFile, Value};
 use crate::kv_cache::{KvPool, KvStorage};
 use crate::models::attention::{self, Span};
-use crate::models::elementwise::{geglu_tanh_rows, rms_norm_rows};
+use crate::models::elementwise::geglu_tanh_rows;
 use crate::models::llama::RopeStyle;
 use crate::models::metadata::{ArchKeys, DecoderDims, MustBeOff, ROPE_SCALING_WHY};
 use crate::models::rope::{self, HeadNorms, QkvRowPrep, RopeTable};
@@ -367,12 +367,12 @@ impl Gemma3Model {
         self.vocabulary.embed(&s.rows, &mut s.x, c.hidden_size);
         s.x.iter_mut().for_each(|v| *v *= self.embedding_scale);
         if let Some(first) = self.layers.first() {
-            rms_norm_rows(&s.x, &first.attn_norm, c.rms_eps, &mut s.normed, pool);
+            s.norm_first_layer_input(&first.attn_norm, c.rms_eps, pool);
         }
         let mut n_rows = n;
         for (l, layer) in self.layers.iter().enumerate() {
             // `normed` holds this layer's input: `x` normalised with `attn_norm`.
-            layer.qkv.matmul(&s.normed, n, &mut s.qkv, pool);
+            s.project_qkv(&layer.qkv, pool);
             QkvRowPrep {
                 bias: None,
                 head_norms: Some(HeadNorms { query: &layer.q_norm, key: &layer.k_norm, eps: c.rms_eps }),
@@ -388,12 +388,7 @@ impl Gemma3Model {
             s.project(&layer.attn_output, n_rows, pool);
             // x += post_attention_norm(attention); normed = ffn_norm(x).
             s.add_residual(Some(&layer.post_attention_norm), Some(&layer.ffn_norm), c.rms_eps, n_rows, pool);
-            let (hidden, ffn) = (c.hidden_size, c.ffn_size);
-            let gate_up = &mut s.gate_up[..n_rows * 2 * ffn];
-            layer.gate_up.matmul(&s.normed[..n_rows * hidden], n_rows, gate_up, pool);
-            let hidden_units = &mut s.ffn_hidden[..n_rows * ffn];
-            geglu_tanh_rows(gate_up, ffn, hidden_units, pool);
-            layer.down.matmul(hidden_units, n_rows, &mut s.projected[..n_rows * hidden], pool);
+            s.gated_ffn(&layer.gate_up, geglu_tanh_rows, &layer.down, c.ffn_size, n_rows, pool);
             // x += post_ffw_norm(ffn); normed = the next layer's attn_norm(x).
             let next_norm = self.layers.get(l + 1).map(|next| &next.attn_norm[..]);
             s.add_residual(Some(&layer.post_ffw_norm), next_norm, c.rms_eps, n_rows, pool);

@@ -21,7 +21,6 @@ use crate::error::Result;
 use crate::gguf::GgufFile;
 use crate::kv_cache::KvStorage;
 use crate::models::attention;
-use crate::models::elementwise::rms_norm_rows;
 use crate::models::metadata::{ArchKeys, DENSE_DECODER_MUST_BE_OFF, MAX_HEAD_DIM};
 use crate::models::rope::{self, QkvRowPrep, RopeTable};
 use crate::models::stacked::StackedMatrix;
@@ -433,12 +432,12 @@ impl LlamaModel {
 
         self.vocabulary.embed(&s.rows, &mut s.x, c.hidden_size);
         if let Some(first) = self.layers.first() {
-            rms_norm_rows(&s.x, &first.attn_norm, c.rms_eps, &mut s.normed, pool);
+            s.norm_first_layer_input(&first.attn_norm, c.rms_eps, pool);
         }
         let mut n_rows = n;
         for (l, layer) in self.layers.iter().enumerate() {
             // `normed` holds this layer's input: `x` normalised with `attn_norm`.
-            layer.qkv.matmul(&s.normed, n, &mut s.qkv, pool);
+            s.project_qkv(&layer.qkv, pool);
             QkvRowPrep { bias: None, head_norms: None, style: c.family.rope, rope }.apply(&mut s.qkv, &geometry, pool);
             if l + 1 == self.layers.len() {
                 n_rows = s.attend_logit_rows(&geometry, l, c.span(), chunks, kv, pool);

@@ -23,7 +23,6 @@ use crate::error::Result;
 use crate::gguf::GgufFile;
 use crate::kv_cache::KvStorage;
 use crate::models::attention::{self, Span};
-use crate::models::elementwise::rms_norm_rows;
 use crate::models::llama::RopeStyle;
 use crate::models::metadata::{ArchKeys, MustBeOff, DENSE_DECODER_MUST_BE_OFF, ROPE_SCALING_WHY};
 use crate::models::rope::{self, QkvRowPrep, RopeTable};
@@ -261,12 +260,12 @@ impl QwenModel {
 
         self.vocabulary.embed(&s.rows, &mut s.x, c.hidden_size);
         if let Some(first) = self.layers.first() {
-            rms_norm_rows(&s.x, &first.attn_norm, c.rms_eps, &mut s.normed, pool);
+            s.norm_first_layer_input(&first.attn_norm, c.rms_eps, pool);
         }
         let mut n_rows = n;
         for (l, layer) in self.layers.iter().enumerate() {
             // `normed` holds this layer's input: `x` normalised with `attn_norm`.
-            layer.qkv.matmul(&s.normed, n, &mut s.qkv, pool);
+            s.project_qkv(&layer.qkv, pool);
             QkvRowPrep {
                 bias: layer.qkv_bias.as_deref(),
                 head_norms: layer.head_norms.as_ref().map(|n| rope::HeadNorms {

@@ -7,7 +7,7 @@
 
 use std::sync::Mutex;
 
-use crate::quant::QMatrix;
+use crate::quant::{Q8Block, QMatrix};
 use crate::threadpool::ThreadPool;
 
 pub(crate) enum StackedMatrix {
@@ -47,15 +47,32 @@ impl StackedMatrix {
     }
 
     /// `out` row `r` = `[part_0 · x_r | part_1 · x_r | ...]` for the `m` rows of `x`.
+    #[cfg(test)]
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32], pool: &ThreadPool) {
+        self.matmul_prequantized(x, None, m, out, pool)
+    }
+
+    /// [`Self::matmul`] with `x`'s rows already quantized when `quantized` is given (see
+    /// [`QMatrix::matmul_prequantized`]): the same bits.
+    pub fn matmul_prequantized(
+        &self,
+        x: &[f32],
+        quantized: Option<&[Q8Block]>,
+        m: usize,
+        out: &mut [f32],
+        pool: &ThreadPool,
+    ) {
         match self {
-            Self::Fused(fused) => fused.matmul(x, m, out, pool),
+            Self::Fused(fused) => match quantized {
+                Some(quantized) => fused.matmul_prequantized(x, quantized, m, out, pool),
+                None => fused.matmul(x, m, out, pool),
+            },
             Self::Parts { parts, buffer } => {
                 let width = self.rows();
                 let mut buffer = buffer.lock().unwrap_or_else(|e| e.into_inner());
                 // The parts' outputs arrive in order, each beside the previous one.
                 let mut first_column = 0;
-                QMatrix::matmul_each(parts, x, m, &mut buffer, pool, |i, part_out| {
+                QMatrix::matmul_each(parts, x, quantized, m, &mut buffer, pool, |i, part_out| {
                     let rows = parts[i].rows();
                     for (out_row, part_row) in out.chunks_exact_mut(width).zip(part_out.chunks_exact(rows)) {
                         out_row[first_column..first_column + rows].copy_from_slice(part_row);

@@ -2,12 +2,12 @@
 
 use crate::kv_cache::KvStorage;
 use crate::models::attention::{self, AttentionScratch, Geometry, Span};
-use crate::models::elementwise::{residual_add_then_norm, swiglu_rows, ResidualNorms};
+use crate::models::elementwise::{residual_add_then_norm, rms_norm_and_quantize_rows, swiglu_rows, ResidualNorms};
 use crate::models::kv_write::store_keys_and_values;
 use crate::models::rows::{fill_rows, RowInfo};
 use crate::models::stacked::StackedMatrix;
 use crate::models::SeqChunk;
-use crate::quant::QMatrix;
+use crate::quant::{Q8Block, QMatrix, ACTIVATION_BLOCK};
 use crate::threadpool::ThreadPool;
 
 /// Per-step buffers (row-major, one row per token of the step unless noted), reused by every
@@ -24,7 +24,29 @@ pub(crate) struct StepScratch {
     pub projected: Vec<f32>,
     pub gate_up: Vec<f32>,
     pub ffn_hidden: Vec<f32>,
+    /// `normed` quantized row by row by the pass that wrote it (for the QKV and gate/up
+    /// matmuls: see [`crate::quant::QMatrix::matmul_prequantized`]); empty when the hidden
+    /// size is not a whole number of blocks.
+    pub normed_quantized: Vec<Q8Block>,
+    /// `ffn_hidden` quantized likewise, for the down projection.
+    pub ffn_hidden_quantized: Vec<Q8Block>,
     pub attention: AttentionScratch,
+}
+
+/// The blocks one row of `width` values quantizes to, or 0 when it cannot be (only float
+/// matrices take such rows).
+fn blocks_per_row(width: usize) -> usize {
+    if width.is_multiple_of(ACTIVATION_BLOCK) {
+        width / ACTIVATION_BLOCK
+    } else {
+        0
+    }
+}
+
+/// The first `n_rows` rows' blocks of `quantized` (`None` when rows cannot be quantized).
+fn quantized_rows(quantized: &mut [Q8Block], n_rows: usize, width: usize) -> Option<&mut [Q8Block]> {
+    let per_row = blocks_per_row(width);
+    (per_row > 0).then(|| &mut quantized[..n_rows * per_row])
 }
 
 impl StepScratch {
@@ -40,6 +62,23 @@ impl StepScratch {
         self.projected.resize(n * hidden_size, 0.0);
         self.gate_up.resize(n * 2 * ffn_size, 0.0);
         self.ffn_hidden.resize(n * ffn_size, 0.0);
+        self.normed_quantized.resize(n * blocks_per_row(hidden_size), Q8Block::default());
+        self.ffn_hidden_quantized.resize(n * blocks_per_row(ffn_size), Q8Block::default());
+    }
+
+    /// The first layer's input: `normed` = `x` normalised with `norm` (quantized as well).
+    pub fn norm_first_layer_input(&mut self, norm: &[f32], rms_eps: f32, pool: &ThreadPool) {
+        let n_rows = self.rows.len();
+        let quantized = quantized_rows(&mut self.normed_quantized, n_rows, norm.len());
+        rms_norm_and_quantize_rows(&self.x, norm, rms_eps, &mut self.normed, quantized, pool);
+    }
+
+    /// `qkv = Wqkv · normed` over every row of the step, from `normed`'s quantized rows.
+    pub fn project_qkv(&mut self, qkv: &StackedMatrix, pool: &ThreadPool) {
+        let n_rows = self.rows.len();
+        let width = self.normed.len() / n_rows.max(1);
+        let quantized = quantized_rows(&mut self.normed_quantized, n_rows, width).map(|q| &*q);
+        qkv.matmul_prequantized(&self.normed, quantized, n_rows, &mut self.qkv, pool);
     }
 }
 
@@ -163,12 +202,35 @@ impl StepScratch {
     /// which the caller fuses with the residual add before it): `projected = down(swiglu(gate_up
     /// · normed))`.
     pub fn swiglu_ffn(&mut self, ffn: &SwigluFfn, ffn_size: usize, n_rows: usize, pool: &ThreadPool) {
-        let hidden = ffn.down.rows();
-        let gate_up = &mut self.gate_up[..n_rows * 2 * ffn_size];
-        ffn.gate_up.matmul(&self.normed[..n_rows * hidden], n_rows, gate_up, pool);
+        self.gated_ffn(&ffn.gate_up, swiglu_rows, &ffn.down, ffn_size, n_rows, pool)
+    }
+
+    /// A gated FFN of the first `n_rows` rows of `normed` (normalised, and quantized, by the
+    /// residual pass before it): `projected = down(activate(gate_up · normed))`, where
+    /// `activate` maps `[gate | up]` rows to hidden rows and quantizes them for `down` in the
+    /// same pass (see [`crate::models::elementwise::swiglu_rows`]).
+    pub fn gated_ffn(
+        &mut self,
+        gate_up: &StackedMatrix,
+        activate: GatedActivation,
+        down: &QMatrix,
+        ffn_size: usize,
+        n_rows: usize,
+        pool: &ThreadPool,
+    ) {
+        let hidden = down.rows();
+        let gate_up_rows = &mut self.gate_up[..n_rows * 2 * ffn_size];
+        let normed_quantized = quantized_rows(&mut self.normed_quantized, n_rows, hidden).map(|q| &*q);
+        gate_up.matmul_prequantized(&self.normed[..n_rows * hidden], normed_quantized, n_rows, gate_up_rows, pool);
         let hidden_units = &mut self.ffn_hidden[..n_rows * ffn_size];
-        swiglu_rows(gate_up, ffn_size, hidden_units, pool);
-        ffn.down.matmul(hidden_units, n_rows, &mut self.projected[..n_rows * hidden], pool);
+        let hidden_quantized = quantized_rows(&mut self.ffn_hidden_quantized, n_rows, ffn_size);
+        activate(gate_up_rows, ffn_size, hidden_units, hidden_quantized, pool);
+        let hidden_quantized = quantized_rows(&mut self.ffn_hidden_quantized, n_rows, ffn_size);
+        let out = &mut self.projected[..n_rows * hidden];
+        match hidden_quantized {
+            Some(quantized) => down.matmul_prequantized(hidden_units, quantized, n_rows, out, pool),
+            None => down.matmul(hidden_units, n_rows, out, pool),
+        }
     }
 
     /// The residual add of the first `n_rows` rows fused with the norm after it (see
@@ -186,9 +248,22 @@ impl StepScratch {
         let width = self.x.len() / self.rows.len().max(1);
         let norms = ResidualNorms { width, post, next, eps: rms_eps };
         let rows = ..n_rows * width;
-        residual_add_then_norm(&mut self.x[rows], &self.projected[rows], norms, &mut self.normed[rows], pool);
+        let quantized = quantized_rows(&mut self.normed_quantized, n_rows, width);
+        residual_add_then_norm(
+            &mut self.x[rows],
+            &self.projected[rows],
+            norms,
+            &mut self.normed[rows],
+            quantized,
+            pool,
+        );
     }
 }
+
+/// A gated FFN's activation over `[gate | up]` rows (`ffn_size` each) into hidden rows,
+/// quantizing each hidden row when given blocks: [`swiglu_rows`] or
+/// [`crate::models::elementwise::geglu_tanh_rows`].
+pub(crate) type GatedActivation = fn(&[f32], usize, &mut [f32], Option<&mut [Q8Block]>, &ThreadPool);
 
 /// `chunk`'s last token alone, at its position, with the same block tables.
 fn last_token_chunk<'a>(chunk: &SeqChunk<'a>) -> SeqChunk<'a> {

@@ -75,6 +75,10 @@ pub fn quantize_row(x: &[f32], out: &mut [Q8Block]) {
     quantize_row_portable(x, out);
 }
 
+/// Values per quantized activation block ([`Q8Block`]): rows pre-quantized for
+/// [`QMatrix::matmul_prequantized`] take one block per this many values.
+pub(crate) const ACTIVATION_BLOCK: usize = BLOCK;
+
 /// The tensor types [`QMatrix`] loads, by their ggml names (for errors).
 pub const SUPPORTED_TYPES: &str =
     "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS";
@@ -467,6 +471,31 @@ impl QMatrix {
         self.matmul_using(Kernel::for_rows(m), x, m, out, pool);
     }
 
+    /// [`QMatrix::matmul`] over `x` whose rows the caller has already quantized with
+    /// [`quantize_row`] into `quantized` (`m` rows of `cols / 32` blocks), typically in the
+    /// pool pass that computed `x`, each row while it was in cache: the bits of `matmul(x, ..)`
+    /// (a row's quantization depends on that row alone) without its own quantization pass and
+    /// pool dispatch. Float weights take `x`; the AMX kernel, which reads zero-padded tiles of
+    /// rows, quantizes `x` again.
+    pub(crate) fn matmul_prequantized(
+        &self,
+        x: &[f32],
+        quantized: &[Q8Block],
+        m: usize,
+        out: &mut [f32],
+        pool: &ThreadPool,
+    ) {
+        let kernel = Kernel::for_rows(m);
+        if !prequantized_fits(kernel, quantized, self.cols, m) {
+            return self.matmul_using(kernel, x, m, out, pool);
+        }
+        self.check_shapes(x, m, out);
+        match &self.storage {
+            Storage::Float(_) => self.matmul_float(x, out, pool),
+            Storage::Quantized { .. } => self.matmul_quantized(kernel, quantized, m, out, pool),
+        }
+    }
+
     fn matmul_using(&self, kernel: Kernel, x: &[f32], m: usize, out: &mut [f32], pool: &ThreadPool) {
         self.check_shapes(x, m, out);
         match &self.storage {
@@ -484,9 +513,12 @@ impl QMatrix {
     /// (`m` rows of `parts[i].rows()` values) in `buffer`, which grows as needed. Each part's
     /// output has the bits `parts[i].matmul(x, ..)` gives: the quantization of a row does not
     /// depend on the matrix it feeds.
+    /// With `quantized`, `x`'s rows already quantized as for [`QMatrix::matmul_prequantized`]
+    /// (used when they fit the kernel, else `x` is quantized here as without them).
     pub(crate) fn matmul_each(
         parts: &[QMatrix],
         x: &[f32],
+        quantized: Option<&[Q8Block]>,
         m: usize,
         buffer: &mut Vec<f32>,
         pool: &ThreadPool,
@@ -498,9 +530,11 @@ impl QMatrix {
         // matmuls of its own (they get a buffer of their own).
         let mut acts = QUANTIZED_ACTIVATIONS.take();
         {
-            if parts.iter().any(|p| matches!(p.storage, Storage::Quantized { .. })) {
+            let prequantized = quantized.filter(|q| prequantized_fits(kernel, q, first.cols, m));
+            if prequantized.is_none() && parts.iter().any(|p| matches!(p.storage, Storage::Quantized { .. })) {
                 quantize_activations(kernel, x, first.cols, m, &mut acts, pool);
             }
+            let acts = prequantized.unwrap_or(&acts);
             for (i, part) in parts.iter().enumerate() {
                 if buffer.len() < m * part.rows {
                     buffer.resize(m * part.rows, 0.0);
@@ -509,7 +543,7 @@ impl QMatrix {
                 part.check_shapes(x, m, out);
                 match &part.storage {
                     Storage::Float(_) => part.matmul_float(x, out, pool),
-                    Storage::Quantized { .. } => part.matmul_quantized(kernel, &acts, m, out, pool),
+                    Storage::Quantized { .. } => part.matmul_quantized(kernel, acts, m, out, pool),
                 }
                 each(i, out);
             }
@@ -1045,6 +1079,24 @@ fn quantize_activations(kernel: Kernel, x: &[f32], cols: usize, m: usize, acts: 
         let acts = unsafe { rows.range_mut(range.start * n_blocks, range.len() * n_blocks) };
         quantize(&x[range.start * cols..range.end * cols], acts);
     });
+}
+
+/// Whether `quantized` can stand for the activations [`quantize_activations`] would prepare
+/// for `kernel` from `m` rows of `cols`: one block per 32 values of every row, and no padding
+/// needed (the AMX kernel's tiles are padded with zero rows).
+fn prequantized_fits(kernel: Kernel, quantized: &[Q8Block], cols: usize, m: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Amx {
+        return false;
+    }
+    let _ = kernel;
+    let fits = cols.is_multiple_of(BLOCK) && quantized.len() == m * (cols / BLOCK);
+    debug_assert!(
+        fits || !cols.is_multiple_of(BLOCK),
+        "{} pre-quantized blocks for {m} rows of {cols}",
+        quantized.len()
+    );
+    fits
 }
 
 /// Splits `0..count` into contiguous ranges, [`TASKS_PER_THREAD`] per pool thread, and runs

@@ -311,7 +311,7 @@ fn matmul_each_equals_each_part_alone() {
     for m in [1, 3, PARALLEL_QUANTIZE_ROWS + 3, MAX_M] {
         let mut buffer = Vec::new();
         let mut seen = Vec::new();
-        QMatrix::matmul_each(&parts, &x[..m * COLS], m, &mut buffer, &pool, |i, out| {
+        QMatrix::matmul_each(&parts, &x[..m * COLS], None, m, &mut buffer, &pool, |i, out| {
             let mut alone = vec![0f32; m * parts[i].rows()];
             parts[i].matmul(&x[..m * COLS], m, &mut alone, &pool);
             let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
@@ -319,6 +319,47 @@ fn matmul_each_equals_each_part_alone() {
             seen.push(i);
         });
         assert_eq!(seen, [0, 1, 2, 3], "every part once, in order");
+    }
+}
+
+/// `m` rows of `x` quantized row by row, as the row-wise passes of a step do before
+/// [`QMatrix::matmul_prequantized`].
+fn rows_quantized(x: &[f32], m: usize) -> Vec<Q8Block> {
+    let mut blocks = vec![Q8Block::default(); m * COLS / BLOCK];
+    for (row, out) in x[..m * COLS].chunks_exact(COLS).zip(blocks.chunks_exact_mut(COLS / BLOCK)) {
+        quantize_row(row, out);
+    }
+    blocks
+}
+
+#[test]
+fn matmul_over_prequantized_rows_equals_matmul_bit_for_bit() {
+    let pool = ThreadPool::new(2).expect("start the thread pool");
+    let x = random_activations(&mut Rng(29));
+    let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let types = quantized_types().chain([GgmlType::F32, GgmlType::F16]);
+    for (t, ty) in types.enumerate() {
+        let (matrix, _) = matrix(ty, 40 + t as u64);
+        for m in [1, 3, PARALLEL_QUANTIZE_ROWS - 1, PARALLEL_QUANTIZE_ROWS, 33, MAX_M] {
+            let quantized = rows_quantized(&x, m);
+            let (mut expected, mut got) = (vec![0f32; m * ROWS], vec![f32::NAN; m * ROWS]);
+            matrix.matmul(&x[..m * COLS], m, &mut expected, &pool);
+            matrix.matmul_prequantized(&x[..m * COLS], &quantized, m, &mut got, &pool);
+            assert_eq!(bits(&got), bits(&expected), "{ty:?}, {m} rows");
+        }
+    }
+    // Stacked parts of different types take the same rows once for all parts.
+    let parts: Vec<QMatrix> =
+        [GgmlType::Q4K, GgmlType::Q6K, GgmlType::F32].iter().map(|&ty| matrix(ty, 41).0).collect();
+    for m in [1, PARALLEL_QUANTIZE_ROWS + 1, MAX_M] {
+        let quantized = rows_quantized(&x, m);
+        let mut outputs = [Vec::new(), Vec::new()];
+        for (pre, outputs) in [None, Some(&quantized[..])].into_iter().zip(&mut outputs) {
+            QMatrix::matmul_each(&parts, &x[..m * COLS], pre, m, &mut Vec::new(), &pool, |_, out| {
+                outputs.extend(bits(out))
+            });
+        }
+        assert_eq!(outputs[1], outputs[0], "stacked parts, {m} rows");
     }
 }
 
