@@ -64,7 +64,7 @@ impl QuantFormat {
 
 /// Regroups `rows` rows of ggml blocks (`n_blocks` per row, row after row) into the layout
 /// above. `ggml.len()` must be `rows * n_blocks * format.block_bytes()`.
-pub fn interleave(format: QuantFormat, rows: usize, n_blocks: usize, ggml: &[u8]) -> Vec<u8> {
+pub fn interleave(format: QuantFormat, rows: usize, n_blocks: usize, ggml: &[u8]) -> crate::memory::StreamingBuffer {
     let block_bytes = format.block_bytes();
     assert_eq!(ggml.len(), rows * n_blocks * block_bytes, "ggml data size");
     let groups = rows.div_ceil(LANES);

@@ -349,7 +349,7 @@ fn k4_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
 
 /// Regroups `rows` rows of ggml data (`n_blocks` 32-weight blocks per row) into the layout
 /// above; `ggml.len()` must hold exactly those rows.
-pub fn interleave(format: QuantFormat, rows: usize, n_blocks: usize, ggml: &[u8]) -> Vec<u8> {
+pub fn interleave(format: QuantFormat, rows: usize, n_blocks: usize, ggml: &[u8]) -> crate::memory::StreamingBuffer {
     let (per_block, block_bytes) = format.ggml_block();
     let row_bytes = n_blocks * BLOCK / per_block * block_bytes;
     assert_eq!(ggml.len(), rows * row_bytes, "ggml data size");
