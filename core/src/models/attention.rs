@@ -39,11 +39,11 @@
 //! **Memory:** a tile's K/V rows are widened a block's run at a time (a block's slots lie one
 //! after the other), and the next tile's rows are prefetched while this one is computed: the
 //! paged blocks lie anywhere, so the hardware prefetcher cannot follow them. A task of one
-//! token (a decode row) on the AVX-512 kernel skips the widening when the tile's rows lie in
-//! one block (always, with the default block of 16 positions): the score and accumulate
-//! kernels load each f16 K or V row once, convert it in registers and use it for up to
-//! [`ROWS_PER_PASS`] query heads of the group at once (all of SmolLM2's three and Gemma 3's
-//! four), so no scratch copy is written and read back. None of this changes a bit: f16 to f32 is exact,
+//! token (a decode row) on a SIMD kernel skips the widening when the tile's rows lie in one
+//! block (always, with the default block of 16 positions): the score and accumulate kernels
+//! load each f16 K or V row, convert it in registers and use it for every query head of the
+//! pass (up to three on AVX2, [`ROWS_PER_PASS`] on AVX-512: all of SmolLM2's three and Gemma
+//! 3's four), so no scratch copy is written and read back. None of this changes a bit: f16 to f32 is exact,
 //! and the kernels do the same operations on the same floats either way.
 //!
 //! **Batch invariance:** that arithmetic depends only on the row's query, its position, its
@@ -520,11 +520,11 @@ impl Kernel {
     /// Whether this kernel reads a decode row's f16 K/V straight from the cache
     /// ([`TileSource::Cached`]) instead of widening them into scratch first.
     fn reads_cached_rows(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        if self == Kernel::Avx512 {
-            return true;
+        match self {
+            Kernel::Portable => false,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 | Kernel::Avx512 => true,
         }
-        false
     }
 
     /// Scores of `queries` (`rows` heads) against the tile's keys in `lanes`, into `scores`
@@ -548,18 +548,21 @@ impl Kernel {
             }
             // SAFETY: chosen only with the CPU features and head dimension each needs.
             #[cfg(target_arch = "x86_64")]
-            (Kernel::Avx2, TileSource::Widened(keys)) => unsafe {
-                avx2::scores(queries, keys, head_dim, lanes, scale, scores)
+            (Kernel::Avx2, keys) => unsafe {
+                match keys.checked(head_dim, lanes) {
+                    TileSource::Widened(k) => avx2::scores(queries, simd_rows(k, 0), head_dim, lanes, scale, scores),
+                    TileSource::Cached { rows, first } => {
+                        avx2::scores(queries, simd_rows(rows, first), head_dim, lanes, scale, scores)
+                    }
+                }
             },
             // SAFETY: as above; `checked` makes sure every lane's row lies in the slice.
             #[cfg(target_arch = "x86_64")]
             (Kernel::Avx512, keys) => unsafe {
                 match keys.checked(head_dim, lanes) {
-                    TileSource::Widened(k) => {
-                        avx512::scores(queries, avx512_rows(k, 0), head_dim, lanes, scale, scores)
-                    }
+                    TileSource::Widened(k) => avx512::scores(queries, simd_rows(k, 0), head_dim, lanes, scale, scores),
                     TileSource::Cached { rows, first } => {
-                        avx512::scores(queries, avx512_rows(rows, first), head_dim, lanes, scale, scores)
+                        avx512::scores(queries, simd_rows(rows, first), head_dim, lanes, scale, scores)
                     }
                 }
             },
@@ -594,17 +597,23 @@ impl Kernel {
             }
             // SAFETY: chosen only with the CPU features and head dimension each needs.
             #[cfg(target_arch = "x86_64")]
-            (Kernel::Avx2, TileSource::Widened(values)) => unsafe {
-                avx2::accumulate(values, weights, correction, lanes, acc)
+            (Kernel::Avx2, values) => unsafe {
+                let hd = acc.len() / correction.len().max(1);
+                match values.checked(hd, lanes) {
+                    TileSource::Widened(v) => avx2::accumulate(simd_rows(v, 0), weights, correction, lanes, acc),
+                    TileSource::Cached { rows, first } => {
+                        avx2::accumulate(simd_rows(rows, first), weights, correction, lanes, acc)
+                    }
+                }
             },
             // SAFETY: as above; `checked` makes sure every lane's row lies in the slice.
             #[cfg(target_arch = "x86_64")]
             (Kernel::Avx512, values) => unsafe {
                 let hd = acc.len() / correction.len().max(1);
                 match values.checked(hd, lanes) {
-                    TileSource::Widened(v) => avx512::accumulate(avx512_rows(v, 0), weights, correction, lanes, acc),
+                    TileSource::Widened(v) => avx512::accumulate(simd_rows(v, 0), weights, correction, lanes, acc),
                     TileSource::Cached { rows, first } => {
-                        avx512::accumulate(avx512_rows(rows, first), weights, correction, lanes, acc)
+                        avx512::accumulate(simd_rows(rows, first), weights, correction, lanes, acc)
                     }
                 }
             },
@@ -637,10 +646,10 @@ impl<'a> TileSource<'a> {
     }
 }
 
-/// The AVX-512 kernels' view of checked rows.
+/// The SIMD kernels' view of checked rows.
 #[cfg(target_arch = "x86_64")]
-fn avx512_rows<E>(rows: &[E], first: usize) -> avx512::TileRows<E> {
-    avx512::TileRows { rows: rows.as_ptr(), first }
+fn simd_rows<E>(rows: &[E], first: usize) -> lanes::TileRows<E> {
+    lanes::TileRows { rows: rows.as_ptr(), first }
 }
 
 /// The attention kernel this CPU runs for head dimensions that are multiples of 8 (every
@@ -1049,10 +1058,86 @@ mod portable {
     }
 }
 
+/// The SIMD kernels' view of a tile's K or V rows (widened or in place), shared by the AVX2
+/// and AVX-512 kernels.
+#[cfg(target_arch = "x86_64")]
+mod lanes {
+    use std::arch::x86_64::*;
+
+    /// A tile's K or V rows as a kernel reads them: lane `j`'s row starts `(j - first) ·
+    /// head_dim` elements after `rows`. The rows are widened f32 (the task's scratch, `first`
+    /// 0) or f16 straight from the cache (one block's run, `first` its first lane), converted
+    /// in registers: f16 to f32 is exact, so both give the kernels the same floats and the
+    /// same bits.
+    pub(super) struct TileRows<E> {
+        pub rows: *const E,
+        pub first: usize,
+    }
+
+    impl<E> Clone for TileRows<E> {
+        fn clone(&self) -> Self {
+            *self
+        }
+    }
+    impl<E> Copy for TileRows<E> {}
+
+    impl<E: Element> TileRows<E> {
+        /// Lane `j`'s row (`j >= first`).
+        #[inline(always)]
+        pub(super) unsafe fn row(self, j: usize, hd: usize) -> *const E {
+            self.rows.add((j - self.first) * hd)
+        }
+    }
+
+    /// An element type of K/V rows the kernels read. Both loads are called only from kernels
+    /// compiled with the features they need (AVX2 and F16C; AVX-512F for `load`), into which
+    /// they are inlined.
+    pub(super) trait Element {
+        /// Eight floats from `at`.
+        unsafe fn load8(at: *const Self) -> __m256;
+        /// Sixteen floats from `at` (with `mask` `0x00ff`: eight, the rest zero; `mask` is
+        /// `0xffff` or `0x00ff`).
+        unsafe fn load(at: *const Self, mask: __mmask16) -> __m512;
+    }
+
+    impl Element for f32 {
+        #[inline(always)]
+        unsafe fn load8(at: *const f32) -> __m256 {
+            _mm256_loadu_ps(at)
+        }
+
+        #[inline(always)]
+        unsafe fn load(at: *const f32, mask: __mmask16) -> __m512 {
+            if mask == 0xffff {
+                _mm512_loadu_ps(at)
+            } else {
+                _mm512_maskz_loadu_ps(mask, at)
+            }
+        }
+    }
+
+    impl Element for u16 {
+        #[inline(always)]
+        unsafe fn load8(at: *const u16) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(at as *const __m128i))
+        }
+
+        #[inline(always)]
+        unsafe fn load(at: *const u16, mask: __mmask16) -> __m512 {
+            if mask == 0xffff {
+                _mm512_cvtph_ps(_mm256_loadu_si256(at as *const __m256i))
+            } else {
+                _mm512_cvtph_ps(_mm256_zextsi128_si256(_mm_loadu_si128(at as *const __m128i)))
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
+    use super::lanes::{Element, TileRows};
     use super::{ROWS_PER_PASS, TILE};
     use crate::models::elementwise::simd::exp_nonpositive;
 
@@ -1117,26 +1202,26 @@ mod avx2 {
     /// AVX2, FMA and F16C; `head_dim` a multiple of 8; `queries` whole rows of `head_dim`,
     /// `keys` [`TILE`] rows, `out` [`TILE`] per query row.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn scores(
+    pub(super) unsafe fn scores<E: Element>(
         queries: &[f32],
-        keys: &[f32],
+        keys: TileRows<E>,
         hd: usize,
         lanes: (usize, usize),
         scale: f32,
         out: &mut [f32],
     ) {
         let rows = queries.len() / hd;
-        assert!(hd.is_multiple_of(8) && keys.len() >= TILE * hd && out.len() == rows * TILE && lanes.1 <= TILE);
+        assert!(hd.is_multiple_of(8) && out.len() == rows * TILE && keys.first <= lanes.0 && lanes.1 <= TILE);
         // Three rows of four accumulators and one key's four vectors fill the 16 registers.
         for first in (0..rows).step_by(3) {
             let q = queries.as_ptr().add(first * hd);
             let o = out.as_mut_ptr().add(first * TILE);
             for j in lanes.0..lanes.1 {
-                let k = keys.as_ptr().add(j * hd);
+                let k = keys.row(j, hd);
                 match rows - first {
-                    1 => score_rows::<1>(q, k, hd, scale, o.add(j)),
-                    2 => score_rows::<2>(q, k, hd, scale, o.add(j)),
-                    _ => score_rows::<3>(q, k, hd, scale, o.add(j)),
+                    1 => score_rows::<E, 1>(q, k, hd, scale, o.add(j)),
+                    2 => score_rows::<E, 2>(q, k, hd, scale, o.add(j)),
+                    _ => score_rows::<E, 3>(q, k, hd, scale, o.add(j)),
                 }
             }
         }
@@ -1145,14 +1230,14 @@ mod avx2 {
     /// `R` query rows against one key; writes `out[r * TILE]`.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    unsafe fn score_rows<const R: usize>(q: *const f32, k: *const f32, hd: usize, scale: f32, out: *mut f32) {
+    unsafe fn score_rows<E: Element, const R: usize>(q: *const f32, k: *const E, hd: usize, scale: f32, out: *mut f32) {
         let mut acc = [[_mm256_setzero_ps(); 4]; R];
         let mut d = 0;
         while d < hd {
             // Dimension d goes to partial sum d mod 32: vector (d mod 32) / 8.
             let slices = ((hd - d) / 8).min(4);
             for s in 0..slices {
-                let key = _mm256_loadu_ps(k.add(d + 8 * s));
+                let key = E::load8(k.add(d + 8 * s));
                 for (r, acc) in acc.iter_mut().enumerate() {
                     acc[s] = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(r * hd + d + 8 * s)), key, acc[s]);
                 }
@@ -1211,8 +1296,8 @@ mod avx2 {
     /// AVX2 and FMA; `acc` whole rows of a `head_dim` that is a multiple of 8, one per
     /// `correction`; `weights` [`TILE`] per row; `values` [`TILE`] rows.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn accumulate(
-        values: &[f32],
+    pub(super) unsafe fn accumulate<E: Element>(
+        values: TileRows<E>,
         weights: &[f32],
         correction: &[f32],
         lanes: (usize, usize),
@@ -1221,11 +1306,11 @@ mod avx2 {
         let rows = correction.len();
         let hd = acc.len() / rows;
         assert!(hd.is_multiple_of(8) && acc.len() == rows * hd && weights.len() == rows * TILE);
-        assert!(values.len() >= TILE * hd && lanes.1 <= TILE);
+        assert!(values.first <= lanes.0 && lanes.1 <= TILE);
         const _: () = assert!(ROWS_PER_PASS >= 3);
         for first in (0..rows).step_by(3) {
             let pass = Pass {
-                values: values.as_ptr(),
+                values,
                 weights: weights.as_ptr().add(first * TILE),
                 correction: correction.as_ptr().add(first),
                 acc: acc.as_mut_ptr().add(first * hd),
@@ -1249,8 +1334,8 @@ mod avx2 {
     }
 
     /// A few query rows' accumulators over one tile.
-    struct Pass {
-        values: *const f32,
+    struct Pass<E> {
+        values: TileRows<E>,
         weights: *const f32,
         correction: *const f32,
         acc: *mut f32,
@@ -1258,7 +1343,7 @@ mod avx2 {
         lanes: (usize, usize),
     }
 
-    impl Pass {
+    impl<E: Element> Pass<E> {
         /// `R` rows × `W` vectors of dims from `d`, in registers while the positions go by.
         #[target_feature(enable = "avx2,fma,f16c")]
         #[inline]
@@ -1271,10 +1356,10 @@ mod avx2 {
                 }
             }
             for j in self.lanes.0..self.lanes.1 {
-                let row = self.values.add(j * self.hd + d);
+                let row = self.values.row(j, self.hd).add(d);
                 let mut v = [_mm256_setzero_ps(); W];
                 for (w, v) in v.iter_mut().enumerate() {
-                    *v = _mm256_loadu_ps(row.add(8 * w));
+                    *v = E::load8(row.add(8 * w));
                 }
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let p = _mm256_set1_ps(*self.weights.add(r * TILE + j));
@@ -1296,61 +1381,8 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
+    use super::lanes::{Element, TileRows};
     use super::{ROWS_PER_PASS, TILE};
-
-    /// A tile's K or V rows as a kernel reads them: lane `j`'s row starts `(j - first) ·
-    /// head_dim` elements after `rows`. The rows are widened f32 (the task's scratch, `first`
-    /// 0) or f16 straight from the cache (one block's run, `first` its first lane), converted
-    /// in registers: f16 to f32 is exact, so both give the kernels the same floats and the
-    /// same bits.
-    pub(super) struct TileRows<E> {
-        pub rows: *const E,
-        pub first: usize,
-    }
-
-    impl<E> Clone for TileRows<E> {
-        fn clone(&self) -> Self {
-            *self
-        }
-    }
-    impl<E> Copy for TileRows<E> {}
-
-    impl<E: Element> TileRows<E> {
-        /// Lane `j`'s row (`j >= first`).
-        #[inline(always)]
-        unsafe fn row(self, j: usize, hd: usize) -> *const E {
-            self.rows.add((j - self.first) * hd)
-        }
-    }
-
-    /// An element type of K/V rows the kernels read.
-    pub(super) trait Element {
-        /// Sixteen floats from `at` (with `mask` `0x00ff`: eight, the rest zero; `mask` is
-        /// `0xffff` or `0x00ff`).
-        unsafe fn load(at: *const Self, mask: __mmask16) -> __m512;
-    }
-
-    impl Element for f32 {
-        #[inline(always)]
-        unsafe fn load(at: *const f32, mask: __mmask16) -> __m512 {
-            if mask == 0xffff {
-                _mm512_loadu_ps(at)
-            } else {
-                _mm512_maskz_loadu_ps(mask, at)
-            }
-        }
-    }
-
-    impl Element for u16 {
-        #[inline(always)]
-        unsafe fn load(at: *const u16, mask: __mmask16) -> __m512 {
-            if mask == 0xffff {
-                _mm512_cvtph_ps(_mm256_loadu_si256(at as *const __m256i))
-            } else {
-                _mm512_cvtph_ps(_mm256_zextsi128_si256(_mm_loadu_si128(at as *const __m128i)))
-            }
-        }
-    }
 
     /// # Safety
     /// AVX-512F, AVX2, FMA and F16C; shapes as [`super::avx2::scores`].
@@ -1858,13 +1890,18 @@ mod tests {
             let (kv, table) = storage(cache_type, 40, &g, block_size, 4);
             let view = KvHeadView::new(&kv, 1, &table, 0, g.head_dim);
             let in_place = |positions| view.f16_run(positions).is_some();
-            assert_eq!(in_place((16, 32)), cache_type == KvCacheType::F16 && block_size == 16, "{cache_type} {block_size}");
+            assert_eq!(
+                in_place((16, 32)),
+                cache_type == KvCacheType::F16 && block_size == 16,
+                "{cache_type} {block_size}"
+            );
             assert_eq!(in_place((16, 20)), cache_type == KvCacheType::F16, "{cache_type} {block_size}");
             assert!(!in_place((3, 3)));
             if let Some((k, v)) = view.f16_run((17, 20)) {
                 let row = |rows: RowsView<'_>, p| rows.row_f32(kv.position_offset(1, &table, p, 0), g.head_dim);
                 for (i, p) in (17..20).enumerate() {
-                    let widened = |bits: &[u16]| bits[i * 16..][..16].iter().map(|&x| f16_to_f32(x)).collect::<Vec<_>>();
+                    let widened =
+                        |bits: &[u16]| bits[i * 16..][..16].iter().map(|&x| f16_to_f32(x)).collect::<Vec<_>>();
                     assert_eq!(widened(k), row(kv.keys(1), p));
                     assert_eq!(widened(v), row(kv.values(1), p));
                 }
@@ -2034,12 +2071,14 @@ mod tests {
     /// -p cortexstream --lib attention_batch_probe -- --ignored --nocapture`; `PROBE_STREAMS`
     /// (default 32), `PROBE_CONTEXT` (the longest stream's context, default 145; the others
     /// spread down to a tenth of it), `PROBE_THREADS` (default 1: the caller's thread time is
-    /// all of it). A measuring aid for A/B runs, not a test.
+    /// all of it), `PROBE_KERNEL` as in [`attention_speed_probe`]. A measuring aid for A/B
+    /// runs, not a test.
     #[test]
     #[ignore]
     fn attention_batch_probe() {
         let env = |name: &str, default: usize| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
-        let (streams, context, threads) = (env("PROBE_STREAMS", 32), env("PROBE_CONTEXT", 145), env("PROBE_THREADS", 1));
+        let (streams, context, threads) =
+            (env("PROBE_STREAMS", 32), env("PROBE_CONTEXT", 145), env("PROBE_THREADS", 1));
         let (g, layers, block_size) = (geometry(64, 9, 3), 30, 16);
         let blocks_per_stream = (context + 1).div_ceil(block_size);
         let total_blocks = streams * blocks_per_stream;
@@ -2048,7 +2087,8 @@ mod tests {
         let tables: Vec<Vec<u32>> = (0..streams)
             .map(|s| (0..blocks_per_stream).map(|b| ((b * streams + s) * 7919 % total_blocks) as u32).collect())
             .collect();
-        let contexts: Vec<usize> = (0..streams).map(|s| context - s * (context - context / 10) / streams.max(1)).collect();
+        let contexts: Vec<usize> =
+            (0..streams).map(|s| context - s * (context - context / 10) / streams.max(1)).collect();
         let mut random = random_values(17);
         let row: Vec<f32> = (0..g.kv_dim()).map(|_| random()).collect();
         for layer in 0..layers {
@@ -2076,10 +2116,12 @@ mod tests {
         let mut scratch = AttentionScratch::default();
         let mut out = vec![0f32; streams * g.q_dim()];
         let mut times = Vec::new();
+        let kernel = probe_kernel(g.head_dim);
+        let spread = attention_split::spread_slices(AttentionScratch::unsplit_tasks(&chunks, &g), threads);
         for _ in 0..40 {
             let before = process_cpu_ns();
             for layer in 0..layers {
-                attend(&mut scratch, &g, layer, Span::Causal, &chunks, &kv, &qkv, &mut out, &pool);
+                attend_with(kernel, spread, &mut scratch, &g, layer, Span::Causal, &chunks, &kv, &qkv, &mut out, &pool);
             }
             times.push(process_cpu_ns() - before);
         }
