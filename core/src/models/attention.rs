@@ -837,7 +837,7 @@ fn attend_tiles(
         // too, measured no faster: `attention_batch_probe`.)
         prefetch_rows(view, (tile.1, (tile.1 + TILE).min(slice.1)));
         // A decode row (one token) reads f16 rows straight from the cache where the kernel
-        // can: each row is loaded once for every head of the group, with no scratch copy.
+        // can: each row is loaded once per pass over the group's heads, with no scratch copy.
         let cached = if t1 - t0 == 1 && kernel.reads_cached_rows() { view.f16_run((first.0, last.1)) } else { None };
         let (keys, values) = match cached {
             Some((keys, values)) => {
