@@ -518,7 +518,8 @@ impl Kernel {
     }
 
     /// Whether this kernel reads a decode row's f16 K/V straight from the cache
-    /// ([`TileSource::Cached`]) instead of widening them into scratch first.
+    /// ([`Kernel::scores_cached`], [`Kernel::accumulate_cached`]) instead of widening them
+    /// into scratch first.
     fn reads_cached_rows(self) -> bool {
         match self {
             Kernel::Portable => false,
@@ -527,46 +528,61 @@ impl Kernel {
         }
     }
 
-    /// Scores of `queries` (`rows` heads) against the tile's keys in `lanes`, into `scores`
-    /// (`rows` × [`TILE`]); lanes outside `lanes` get -inf.
+    /// Scores of `queries` (`rows` heads) against the tile's widened keys (lane `j` at row
+    /// `j`) in `lanes`, into `scores` (`rows` × [`TILE`]); lanes outside `lanes` get -inf.
     fn scores(
         self,
         queries: &[f32],
-        keys: TileSource<'_>,
+        keys: &[f32],
         head_dim: usize,
         lanes: (usize, usize),
         scale: f32,
         scores: &mut [f32],
     ) {
-        for row in scores.chunks_exact_mut(TILE) {
-            row[..lanes.0].fill(f32::NEG_INFINITY);
-            row[lanes.1..].fill(f32::NEG_INFINITY);
+        mask_outside(scores, lanes);
+        match self {
+            Kernel::Portable => portable::scores(queries, keys, head_dim, lanes, scale, scores),
+            // SAFETY: chosen only with the CPU features and head dimension each needs; the
+            // keys hold every lane's row.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe {
+                assert!(keys.len() >= TILE * head_dim);
+                avx2::scores(queries, simd_rows(keys, 0, head_dim), head_dim, lanes, scale, scores)
+            },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe {
+                assert!(keys.len() >= TILE * head_dim);
+                avx512::scores(queries, simd_rows(keys, 0, head_dim), head_dim, lanes, scale, scores)
+            },
         }
-        match (self, keys) {
-            (Kernel::Portable, TileSource::Widened(keys)) => {
-                portable::scores(queries, keys, head_dim, lanes, scale, scores)
-            }
-            // SAFETY: chosen only with the CPU features and head dimension each needs.
+    }
+
+    /// [`Kernel::scores`] against f16 keys read in place: one block's run of rows, lane `j`
+    /// at row `j - first` (only on kernels that [`Kernel::reads_cached_rows`]).
+    #[allow(clippy::too_many_arguments)]
+    fn scores_cached(
+        self,
+        queries: &[f32],
+        keys: &[u16],
+        first: usize,
+        head_dim: usize,
+        lanes: (usize, usize),
+        scale: f32,
+        scores: &mut [f32],
+    ) {
+        mask_outside(scores, lanes);
+        assert!(first <= lanes.0 && lanes.1 <= TILE && (lanes.1 - first) * head_dim <= keys.len());
+        match self {
+            Kernel::Portable => unreachable!("the portable kernel widens cached rows"),
+            // SAFETY: as in `scores`; the run holds every lane's row (checked above).
             #[cfg(target_arch = "x86_64")]
-            (Kernel::Avx2, keys) => unsafe {
-                match keys.checked(head_dim, lanes) {
-                    TileSource::Widened(k) => avx2::scores(queries, simd_rows(k, 0), head_dim, lanes, scale, scores),
-                    TileSource::Cached { rows, first } => {
-                        avx2::scores(queries, simd_rows(rows, first), head_dim, lanes, scale, scores)
-                    }
-                }
+            Kernel::Avx2 => unsafe {
+                avx2::scores(queries, simd_rows(keys, first, head_dim), head_dim, lanes, scale, scores)
             },
-            // SAFETY: as above; `checked` makes sure every lane's row lies in the slice.
             #[cfg(target_arch = "x86_64")]
-            (Kernel::Avx512, keys) => unsafe {
-                match keys.checked(head_dim, lanes) {
-                    TileSource::Widened(k) => avx512::scores(queries, simd_rows(k, 0), head_dim, lanes, scale, scores),
-                    TileSource::Cached { rows, first } => {
-                        avx512::scores(queries, simd_rows(rows, first), head_dim, lanes, scale, scores)
-                    }
-                }
+            Kernel::Avx512 => unsafe {
+                avx512::scores(queries, simd_rows(keys, first, head_dim), head_dim, lanes, scale, scores)
             },
-            (_, TileSource::Cached { .. }) => unreachable!("only kernels that `reads_cached_rows` get cached rows"),
         }
     }
 
@@ -582,74 +598,66 @@ impl Kernel {
         }
     }
 
-    /// `acc = acc · c + Σ p_j v_j` over the positions in `lanes`, in order, for each row.
-    fn accumulate(
+    /// `acc = acc · c + Σ p_j v_j` over the positions in `lanes`, in order, for each row, with
+    /// the tile's widened values (lane `j` at row `j`).
+    fn accumulate(self, values: &[f32], weights: &[f32], correction: &[f32], lanes: (usize, usize), acc: &mut [f32]) {
+        let hd = acc.len() / correction.len().max(1);
+        match self {
+            Kernel::Portable => portable::accumulate(values, weights, correction, lanes, acc),
+            // SAFETY: chosen only with the CPU features and head dimension each needs; the
+            // values hold every lane's row.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe {
+                assert!(values.len() >= TILE * hd);
+                avx2::accumulate(simd_rows(values, 0, hd), weights, correction, lanes, acc)
+            },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe {
+                assert!(values.len() >= TILE * hd);
+                avx512::accumulate(simd_rows(values, 0, hd), weights, correction, lanes, acc)
+            },
+        }
+    }
+
+    /// [`Kernel::accumulate`] with f16 values read in place: one block's run of rows, lane
+    /// `j` at row `j - first` (only on kernels that [`Kernel::reads_cached_rows`]).
+    #[allow(clippy::too_many_arguments)]
+    fn accumulate_cached(
         self,
-        values: TileSource<'_>,
+        values: &[u16],
+        first: usize,
+        hd: usize,
         weights: &[f32],
         correction: &[f32],
         lanes: (usize, usize),
         acc: &mut [f32],
     ) {
-        match (self, values) {
-            (Kernel::Portable, TileSource::Widened(values)) => {
-                portable::accumulate(values, weights, correction, lanes, acc)
-            }
-            // SAFETY: chosen only with the CPU features and head dimension each needs.
+        assert!(first <= lanes.0 && lanes.1 <= TILE && (lanes.1 - first) * hd <= values.len());
+        match self {
+            Kernel::Portable => unreachable!("the portable kernel widens cached rows"),
+            // SAFETY: as in `accumulate`; the run holds every lane's row (checked above).
             #[cfg(target_arch = "x86_64")]
-            (Kernel::Avx2, values) => unsafe {
-                let hd = acc.len() / correction.len().max(1);
-                match values.checked(hd, lanes) {
-                    TileSource::Widened(v) => avx2::accumulate(simd_rows(v, 0), weights, correction, lanes, acc),
-                    TileSource::Cached { rows, first } => {
-                        avx2::accumulate(simd_rows(rows, first), weights, correction, lanes, acc)
-                    }
-                }
-            },
-            // SAFETY: as above; `checked` makes sure every lane's row lies in the slice.
+            Kernel::Avx2 => unsafe { avx2::accumulate(simd_rows(values, first, hd), weights, correction, lanes, acc) },
             #[cfg(target_arch = "x86_64")]
-            (Kernel::Avx512, values) => unsafe {
-                let hd = acc.len() / correction.len().max(1);
-                match values.checked(hd, lanes) {
-                    TileSource::Widened(v) => avx512::accumulate(simd_rows(v, 0), weights, correction, lanes, acc),
-                    TileSource::Cached { rows, first } => {
-                        avx512::accumulate(simd_rows(rows, first), weights, correction, lanes, acc)
-                    }
-                }
+            Kernel::Avx512 => unsafe {
+                avx512::accumulate(simd_rows(values, first, hd), weights, correction, lanes, acc)
             },
-            (_, TileSource::Cached { .. }) => unreachable!("only kernels that `reads_cached_rows` get cached rows"),
         }
     }
 }
 
-/// A tile's K or V rows as the score and accumulate kernels read them.
-#[derive(Clone, Copy)]
-enum TileSource<'a> {
-    /// Widened to f32 in the task's scratch: lane `j` at row `j` (K of an f16 cache, V of
-    /// either).
-    Widened(&'a [f32]),
-    /// f16 rows straight from the cache, one block's run: lane `j` at row `j - first`
-    /// (decode rows, on kernels that [`Kernel::reads_cached_rows`]).
-    Cached { rows: &'a [u16], first: usize },
-}
-
-impl<'a> TileSource<'a> {
-    /// The source, after checking that every lane of `lanes` has a whole row in it (a bad
-    /// plan panics here rather than reading past the slice).
-    fn checked(self, head_dim: usize, lanes: (usize, usize)) -> Self {
-        let (len, first) = match self {
-            TileSource::Widened(rows) => (rows.len(), 0),
-            TileSource::Cached { rows, first } => (rows.len(), first),
-        };
-        assert!(first <= lanes.0 && lanes.1 <= TILE && (lanes.1 - first) * head_dim <= len);
-        self
+/// Sets each score row's lanes outside `lanes` to -inf.
+fn mask_outside(scores: &mut [f32], lanes: (usize, usize)) {
+    for row in scores.chunks_exact_mut(TILE) {
+        row[..lanes.0].fill(f32::NEG_INFINITY);
+        row[lanes.1..].fill(f32::NEG_INFINITY);
     }
 }
 
 /// The SIMD kernels' view of checked rows.
 #[cfg(target_arch = "x86_64")]
-fn simd_rows<E>(rows: &[E], first: usize) -> lanes::TileRows<E> {
-    lanes::TileRows { rows: rows.as_ptr(), first }
+fn simd_rows<E: lanes::Element>(rows: &[E], first: usize, head_dim: usize) -> lanes::TileRows<E> {
+    lanes::TileRows::new(rows, first, head_dim)
 }
 
 /// The attention kernel this CPU runs for head dimensions that are multiples of 8 (every
@@ -839,16 +847,10 @@ fn attend_tiles(
         // A decode row (one token) reads f16 rows straight from the cache where the kernel
         // can: each row is loaded once per pass over the group's heads, with no scratch copy.
         let cached = if t1 - t0 == 1 && kernel.reads_cached_rows() { view.f16_run((first.0, last.1)) } else { None };
-        let (keys, values) = match cached {
-            Some((keys, values)) => {
-                let first = first.0 - tile_start;
-                (TileSource::Cached { rows: keys, first }, TileSource::Cached { rows: values, first })
-            }
-            None => {
-                kernel.widen_tile(view, tile_start, (first.0, last.1), b);
-                (TileSource::Widened(&*b.keys), TileSource::Widened(&*b.values))
-            }
-        };
+        if cached.is_none() {
+            kernel.widen_tile(view, tile_start, (first.0, last.1), b);
+        }
+        let first_lane = first.0 - tile_start;
         for t in first_token..=last_token {
             let Some((from, to)) = in_tile(t, tile) else { continue };
             let lanes = (from - tile_start, to - tile_start);
@@ -860,12 +862,19 @@ fn attend_tiles(
                 let queries = &b.query_blocks[rows.start * groups..rows.end * groups];
                 kernel.scores_q8(queries, b.key_blocks, groups, lanes, g.scale, weights);
             } else {
-                kernel.scores(queries, keys, hd, lanes, g.scale, weights);
+                match cached {
+                    Some((keys, _)) => kernel.scores_cached(queries, keys, first_lane, hd, lanes, g.scale, weights),
+                    None => kernel.scores(queries, b.keys, hd, lanes, g.scale, weights),
+                }
             }
             let (max, sums) = (&mut b.max[rows.clone()], &mut b.lane_sums[rows.start * TILE..rows.end * TILE]);
             kernel.update_softmax(weights, max, sums, &mut b.correction[rows.clone()]);
             let acc = &mut b.acc[rows.start * hd..rows.end * hd];
-            kernel.accumulate(values, weights, &b.correction[rows], lanes, acc);
+            let correction = &b.correction[rows];
+            match cached {
+                Some((_, values)) => kernel.accumulate_cached(values, first_lane, hd, weights, correction, lanes, acc),
+                None => kernel.accumulate(b.values, weights, correction, lanes, acc),
+            }
         }
     }
 }
@@ -1064,13 +1073,15 @@ mod portable {
 mod lanes {
     use std::arch::x86_64::*;
 
-    /// A tile's K or V rows as a kernel reads them: lane `j`'s row starts `(j - first) ·
-    /// head_dim` elements after `rows`. The rows are widened f32 (the task's scratch, `first`
-    /// 0) or f16 straight from the cache (one block's run, `first` its first lane), converted
-    /// in registers: f16 to f32 is exact, so both give the kernels the same floats and the
-    /// same bits.
+    /// A tile's K or V rows as a kernel reads them: lane `j`'s row starts `j · head_dim`
+    /// elements after `lane0` (a pointer that lies before the rows when `first > 0`, used
+    /// only through wrapping arithmetic that lands back inside them). The rows are widened f32
+    /// (the task's scratch, `first` 0) or f16 straight from the cache (one block's run, `first`
+    /// its first lane), converted in registers: f16 to f32 is exact, so both give the kernels
+    /// the same floats and the same bits.
     pub(super) struct TileRows<E> {
-        pub rows: *const E,
+        lane0: *const E,
+        /// The first lane whose row is there.
         pub first: usize,
     }
 
@@ -1082,10 +1093,15 @@ mod lanes {
     impl<E> Copy for TileRows<E> {}
 
     impl<E: Element> TileRows<E> {
+        /// The rows of lanes `first..` of a `hd`-float row length, starting at `rows`.
+        pub(super) fn new(rows: &[E], first: usize, hd: usize) -> Self {
+            TileRows { lane0: rows.as_ptr().wrapping_sub(first * hd), first }
+        }
+
         /// Lane `j`'s row (`j >= first`).
         #[inline(always)]
-        pub(super) unsafe fn row(self, j: usize, hd: usize) -> *const E {
-            self.rows.add((j - self.first) * hd)
+        pub(super) fn row(self, j: usize, hd: usize) -> *const E {
+            self.lane0.wrapping_add(j * hd)
         }
     }
 
