@@ -1,6 +1,7 @@
 //! Causal self-attention read straight from the paged f16 KV cache (no gather copies), with
 //! grouped-query heads, computed flash-style: positions go by in tiles of [`TILE`], each tile's
-//! K and V rows are widened to f32 once and used by every query row of a task (up to
+//! K and V rows are widened to f32 once (or, for a decode row, read in place: see **Memory**)
+//! and used by every query row of a task (up to
 //! [`TOKENS_PER_TASK`] tokens × the query heads sharing the KV head), and each query row keeps
 //! a running maximum, running sums and a rescaled output accumulator (online softmax), so no
 //! score buffer grows with the context.
@@ -37,8 +38,13 @@
 //!
 //! **Memory:** a tile's K/V rows are widened a block's run at a time (a block's slots lie one
 //! after the other), and the next tile's rows are prefetched while this one is computed: the
-//! paged blocks lie anywhere, so the hardware prefetcher cannot follow them. Neither changes a
-//! bit.
+//! paged blocks lie anywhere, so the hardware prefetcher cannot follow them. A task of one
+//! token (a decode row) on a SIMD kernel skips the widening when the tile's rows lie in one
+//! block (always, with the default block of 16 positions): the score and accumulate kernels
+//! load each f16 K or V row, convert it in registers and use it for every query head of the
+//! pass (up to three on AVX2, [`ROWS_PER_PASS`] on AVX-512: all of SmolLM2's three and Gemma
+//! 3's four), so no scratch copy is written and read back. None of this changes a bit: f16 to f32 is exact,
+//! and the kernels do the same operations on the same floats either way.
 //!
 //! **Batch invariance:** that arithmetic depends only on the row's query, its position, its
 //! span and its sequence's cached K/V: tiles are aligned to absolute positions, not to the
@@ -332,6 +338,20 @@ impl<'a> KvHeadView<'a> {
         }
     }
 
+    /// The f16 K and V rows of `positions` if they lie in one block (one run of rows) of an
+    /// f16 cache.
+    fn f16_run(&self, positions: (usize, usize)) -> Option<(&'a [u16], &'a [u16])> {
+        let (from, to) = positions;
+        if from >= to || from / self.block_size != (to - 1) / self.block_size {
+            return None;
+        }
+        let (offset, count) = (self.offset(from), to - from);
+        match (Row::run(self.k, offset, self.head_dim, count), Row::run(self.v, offset, self.head_dim, count)) {
+            (Row::F16(k), Row::F16(v)) => Some((k, v)),
+            _ => None,
+        }
+    }
+
     /// Offset of position `p`'s rows in `k` and `v`.
     #[inline]
     fn offset(&self, p: usize) -> usize {
@@ -497,8 +517,19 @@ impl Kernel {
         }
     }
 
-    /// Scores of `queries` (`rows` heads) against the tile's keys in `lanes`, into `scores`
-    /// (`rows` × [`TILE`]); lanes outside `lanes` get -inf.
+    /// Whether this kernel reads a decode row's f16 K/V straight from the cache
+    /// ([`Kernel::scores_cached`], [`Kernel::accumulate_cached`]) instead of widening them
+    /// into scratch first.
+    fn reads_cached_rows(self) -> bool {
+        match self {
+            Kernel::Portable => false,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 | Kernel::Avx512 => true,
+        }
+    }
+
+    /// Scores of `queries` (`rows` heads) against the tile's widened keys (lane `j` at row
+    /// `j`) in `lanes`, into `scores` (`rows` × [`TILE`]); lanes outside `lanes` get -inf.
     fn scores(
         self,
         queries: &[f32],
@@ -508,17 +539,50 @@ impl Kernel {
         scale: f32,
         scores: &mut [f32],
     ) {
-        for row in scores.chunks_exact_mut(TILE) {
-            row[..lanes.0].fill(f32::NEG_INFINITY);
-            row[lanes.1..].fill(f32::NEG_INFINITY);
-        }
+        mask_outside(scores, lanes);
         match self {
             Kernel::Portable => portable::scores(queries, keys, head_dim, lanes, scale, scores),
-            // SAFETY: chosen only with the CPU features and head dimension each needs.
+            // SAFETY: chosen only with the CPU features and head dimension each needs; the
+            // keys hold every lane's row.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::scores(queries, keys, head_dim, lanes, scale, scores) },
+            Kernel::Avx2 => unsafe {
+                assert!(keys.len() >= TILE * head_dim);
+                avx2::scores(queries, simd_rows(keys, 0, head_dim), head_dim, lanes, scale, scores)
+            },
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => unsafe { avx512::scores(queries, keys, head_dim, lanes, scale, scores) },
+            Kernel::Avx512 => unsafe {
+                assert!(keys.len() >= TILE * head_dim);
+                avx512::scores(queries, simd_rows(keys, 0, head_dim), head_dim, lanes, scale, scores)
+            },
+        }
+    }
+
+    /// [`Kernel::scores`] against f16 keys read in place: one block's run of rows, lane `j`
+    /// at row `j - first` (only on kernels that [`Kernel::reads_cached_rows`]).
+    #[allow(clippy::too_many_arguments)]
+    fn scores_cached(
+        self,
+        queries: &[f32],
+        keys: &[u16],
+        first: usize,
+        head_dim: usize,
+        lanes: (usize, usize),
+        scale: f32,
+        scores: &mut [f32],
+    ) {
+        mask_outside(scores, lanes);
+        assert!(first <= lanes.0 && lanes.1 <= TILE && (lanes.1 - first) * head_dim <= keys.len());
+        match self {
+            Kernel::Portable => unreachable!("the portable kernel widens cached rows"),
+            // SAFETY: as in `scores`; the run holds every lane's row (checked above).
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe {
+                avx2::scores(queries, simd_rows(keys, first, head_dim), head_dim, lanes, scale, scores)
+            },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe {
+                avx512::scores(queries, simd_rows(keys, first, head_dim), head_dim, lanes, scale, scores)
+            },
         }
     }
 
@@ -534,17 +598,66 @@ impl Kernel {
         }
     }
 
-    /// `acc = acc · c + Σ p_j v_j` over the positions in `lanes`, in order, for each row.
+    /// `acc = acc · c + Σ p_j v_j` over the positions in `lanes`, in order, for each row, with
+    /// the tile's widened values (lane `j` at row `j`).
     fn accumulate(self, values: &[f32], weights: &[f32], correction: &[f32], lanes: (usize, usize), acc: &mut [f32]) {
+        let hd = acc.len() / correction.len().max(1);
         match self {
             Kernel::Portable => portable::accumulate(values, weights, correction, lanes, acc),
-            // SAFETY: chosen only with the CPU features and head dimension each needs.
+            // SAFETY: chosen only with the CPU features and head dimension each needs; the
+            // values hold every lane's row.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::accumulate(values, weights, correction, lanes, acc) },
+            Kernel::Avx2 => unsafe {
+                assert!(values.len() >= TILE * hd);
+                avx2::accumulate(simd_rows(values, 0, hd), weights, correction, lanes, acc)
+            },
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => unsafe { avx512::accumulate(values, weights, correction, lanes, acc) },
+            Kernel::Avx512 => unsafe {
+                assert!(values.len() >= TILE * hd);
+                avx512::accumulate(simd_rows(values, 0, hd), weights, correction, lanes, acc)
+            },
         }
     }
+
+    /// [`Kernel::accumulate`] with f16 values read in place: one block's run of rows, lane
+    /// `j` at row `j - first` (only on kernels that [`Kernel::reads_cached_rows`]).
+    #[allow(clippy::too_many_arguments)]
+    fn accumulate_cached(
+        self,
+        values: &[u16],
+        first: usize,
+        hd: usize,
+        weights: &[f32],
+        correction: &[f32],
+        lanes: (usize, usize),
+        acc: &mut [f32],
+    ) {
+        assert!(first <= lanes.0 && lanes.1 <= TILE && (lanes.1 - first) * hd <= values.len());
+        match self {
+            Kernel::Portable => unreachable!("the portable kernel widens cached rows"),
+            // SAFETY: as in `accumulate`; the run holds every lane's row (checked above).
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { avx2::accumulate(simd_rows(values, first, hd), weights, correction, lanes, acc) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe {
+                avx512::accumulate(simd_rows(values, first, hd), weights, correction, lanes, acc)
+            },
+        }
+    }
+}
+
+/// Sets each score row's lanes outside `lanes` to -inf.
+fn mask_outside(scores: &mut [f32], lanes: (usize, usize)) {
+    for row in scores.chunks_exact_mut(TILE) {
+        row[..lanes.0].fill(f32::NEG_INFINITY);
+        row[lanes.1..].fill(f32::NEG_INFINITY);
+    }
+}
+
+/// The SIMD kernels' view of checked rows.
+#[cfg(target_arch = "x86_64")]
+fn simd_rows<E: lanes::Element>(rows: &[E], first: usize, head_dim: usize) -> lanes::TileRows<E> {
+    lanes::TileRows::new(rows, first, head_dim)
 }
 
 /// The attention kernel this CPU runs for head dimensions that are multiples of 8 (every
@@ -728,9 +841,16 @@ fn attend_tiles(
         let (Some(first), Some(last)) = (in_tile(first_token, tile), in_tile(last_token, tile)) else { continue };
         // The next tile's rows start on their way from memory while this one is computed: the
         // paged blocks lie anywhere, and a block's rows are too short a run for the hardware
-        // prefetcher to catch on.
+        // prefetcher to catch on. (Two or three tiles ahead, or the next tasks' first tiles
+        // too, measured no faster: `attention_batch_probe`.)
         prefetch_rows(view, (tile.1, (tile.1 + TILE).min(slice.1)));
-        kernel.widen_tile(view, tile_start, (first.0, last.1), b);
+        // A decode row (one token) reads f16 rows straight from the cache where the kernel
+        // can: each row is loaded once per pass over the group's heads, with no scratch copy.
+        let cached = if t1 - t0 == 1 && kernel.reads_cached_rows() { view.f16_run((first.0, last.1)) } else { None };
+        if cached.is_none() {
+            kernel.widen_tile(view, tile_start, (first.0, last.1), b);
+        }
+        let first_lane = first.0 - tile_start;
         for t in first_token..=last_token {
             let Some((from, to)) = in_tile(t, tile) else { continue };
             let lanes = (from - tile_start, to - tile_start);
@@ -742,12 +862,19 @@ fn attend_tiles(
                 let queries = &b.query_blocks[rows.start * groups..rows.end * groups];
                 kernel.scores_q8(queries, b.key_blocks, groups, lanes, g.scale, weights);
             } else {
-                kernel.scores(queries, b.keys, hd, lanes, g.scale, weights);
+                match cached {
+                    Some((keys, _)) => kernel.scores_cached(queries, keys, first_lane, hd, lanes, g.scale, weights),
+                    None => kernel.scores(queries, b.keys, hd, lanes, g.scale, weights),
+                }
             }
             let (max, sums) = (&mut b.max[rows.clone()], &mut b.lane_sums[rows.start * TILE..rows.end * TILE]);
             kernel.update_softmax(weights, max, sums, &mut b.correction[rows.clone()]);
             let acc = &mut b.acc[rows.start * hd..rows.end * hd];
-            kernel.accumulate(b.values, weights, &b.correction[rows], lanes, acc);
+            let correction = &b.correction[rows];
+            match cached {
+                Some((_, values)) => kernel.accumulate_cached(values, first_lane, hd, weights, correction, lanes, acc),
+                None => kernel.accumulate(b.values, weights, correction, lanes, acc),
+            }
         }
     }
 }
@@ -940,10 +1067,93 @@ mod portable {
     }
 }
 
+/// The SIMD kernels' view of a tile's K or V rows (widened or in place), shared by the AVX2
+/// and AVX-512 kernels.
+#[cfg(target_arch = "x86_64")]
+mod lanes {
+    use std::arch::x86_64::*;
+
+    /// A tile's K or V rows as a kernel reads them: lane `j`'s row starts `j · head_dim`
+    /// elements after `lane0` (a pointer that lies before the rows when `first > 0`, used
+    /// only through wrapping arithmetic that lands back inside them). The rows are widened f32
+    /// (the task's scratch, `first` 0) or f16 straight from the cache (one block's run, `first`
+    /// its first lane), converted in registers: f16 to f32 is exact, so both give the kernels
+    /// the same floats and the same bits.
+    pub(super) struct TileRows<E> {
+        lane0: *const E,
+        /// The first lane whose row is there.
+        pub first: usize,
+    }
+
+    impl<E> Clone for TileRows<E> {
+        fn clone(&self) -> Self {
+            *self
+        }
+    }
+    impl<E> Copy for TileRows<E> {}
+
+    impl<E: Element> TileRows<E> {
+        /// The rows of lanes `first..` of a `hd`-float row length, starting at `rows`.
+        pub(super) fn new(rows: &[E], first: usize, hd: usize) -> Self {
+            TileRows { lane0: rows.as_ptr().wrapping_sub(first * hd), first }
+        }
+
+        /// Lane `j`'s row (`j >= first`).
+        #[inline(always)]
+        pub(super) fn row(self, j: usize, hd: usize) -> *const E {
+            self.lane0.wrapping_add(j * hd)
+        }
+    }
+
+    /// An element type of K/V rows the kernels read. Both loads are called only from kernels
+    /// compiled with the features they need (AVX2 and F16C; AVX-512F for `load`), into which
+    /// they are inlined.
+    pub(super) trait Element {
+        /// Eight floats from `at`.
+        unsafe fn load8(at: *const Self) -> __m256;
+        /// Sixteen floats from `at` (with `mask` `0x00ff`: eight, the rest zero; `mask` is
+        /// `0xffff` or `0x00ff`).
+        unsafe fn load(at: *const Self, mask: __mmask16) -> __m512;
+    }
+
+    impl Element for f32 {
+        #[inline(always)]
+        unsafe fn load8(at: *const f32) -> __m256 {
+            _mm256_loadu_ps(at)
+        }
+
+        #[inline(always)]
+        unsafe fn load(at: *const f32, mask: __mmask16) -> __m512 {
+            if mask == 0xffff {
+                _mm512_loadu_ps(at)
+            } else {
+                _mm512_maskz_loadu_ps(mask, at)
+            }
+        }
+    }
+
+    impl Element for u16 {
+        #[inline(always)]
+        unsafe fn load8(at: *const u16) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(at as *const __m128i))
+        }
+
+        #[inline(always)]
+        unsafe fn load(at: *const u16, mask: __mmask16) -> __m512 {
+            if mask == 0xffff {
+                _mm512_cvtph_ps(_mm256_loadu_si256(at as *const __m256i))
+            } else {
+                _mm512_cvtph_ps(_mm256_zextsi128_si256(_mm_loadu_si128(at as *const __m128i)))
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
+    use super::lanes::{Element, TileRows};
     use super::{ROWS_PER_PASS, TILE};
     use crate::models::elementwise::simd::exp_nonpositive;
 
@@ -1008,26 +1218,26 @@ mod avx2 {
     /// AVX2, FMA and F16C; `head_dim` a multiple of 8; `queries` whole rows of `head_dim`,
     /// `keys` [`TILE`] rows, `out` [`TILE`] per query row.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn scores(
+    pub(super) unsafe fn scores<E: Element>(
         queries: &[f32],
-        keys: &[f32],
+        keys: TileRows<E>,
         hd: usize,
         lanes: (usize, usize),
         scale: f32,
         out: &mut [f32],
     ) {
         let rows = queries.len() / hd;
-        assert!(hd.is_multiple_of(8) && keys.len() >= TILE * hd && out.len() == rows * TILE && lanes.1 <= TILE);
+        assert!(hd.is_multiple_of(8) && out.len() == rows * TILE && keys.first <= lanes.0 && lanes.1 <= TILE);
         // Three rows of four accumulators and one key's four vectors fill the 16 registers.
         for first in (0..rows).step_by(3) {
             let q = queries.as_ptr().add(first * hd);
             let o = out.as_mut_ptr().add(first * TILE);
             for j in lanes.0..lanes.1 {
-                let k = keys.as_ptr().add(j * hd);
+                let k = keys.row(j, hd);
                 match rows - first {
-                    1 => score_rows::<1>(q, k, hd, scale, o.add(j)),
-                    2 => score_rows::<2>(q, k, hd, scale, o.add(j)),
-                    _ => score_rows::<3>(q, k, hd, scale, o.add(j)),
+                    1 => score_rows::<E, 1>(q, k, hd, scale, o.add(j)),
+                    2 => score_rows::<E, 2>(q, k, hd, scale, o.add(j)),
+                    _ => score_rows::<E, 3>(q, k, hd, scale, o.add(j)),
                 }
             }
         }
@@ -1036,14 +1246,14 @@ mod avx2 {
     /// `R` query rows against one key; writes `out[r * TILE]`.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    unsafe fn score_rows<const R: usize>(q: *const f32, k: *const f32, hd: usize, scale: f32, out: *mut f32) {
+    unsafe fn score_rows<E: Element, const R: usize>(q: *const f32, k: *const E, hd: usize, scale: f32, out: *mut f32) {
         let mut acc = [[_mm256_setzero_ps(); 4]; R];
         let mut d = 0;
         while d < hd {
             // Dimension d goes to partial sum d mod 32: vector (d mod 32) / 8.
             let slices = ((hd - d) / 8).min(4);
             for s in 0..slices {
-                let key = _mm256_loadu_ps(k.add(d + 8 * s));
+                let key = E::load8(k.add(d + 8 * s));
                 for (r, acc) in acc.iter_mut().enumerate() {
                     acc[s] = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(r * hd + d + 8 * s)), key, acc[s]);
                 }
@@ -1102,8 +1312,8 @@ mod avx2 {
     /// AVX2 and FMA; `acc` whole rows of a `head_dim` that is a multiple of 8, one per
     /// `correction`; `weights` [`TILE`] per row; `values` [`TILE`] rows.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn accumulate(
-        values: &[f32],
+    pub(super) unsafe fn accumulate<E: Element>(
+        values: TileRows<E>,
         weights: &[f32],
         correction: &[f32],
         lanes: (usize, usize),
@@ -1112,11 +1322,11 @@ mod avx2 {
         let rows = correction.len();
         let hd = acc.len() / rows;
         assert!(hd.is_multiple_of(8) && acc.len() == rows * hd && weights.len() == rows * TILE);
-        assert!(values.len() >= TILE * hd && lanes.1 <= TILE);
+        assert!(values.first <= lanes.0 && lanes.1 <= TILE);
         const _: () = assert!(ROWS_PER_PASS >= 3);
         for first in (0..rows).step_by(3) {
             let pass = Pass {
-                values: values.as_ptr(),
+                values,
                 weights: weights.as_ptr().add(first * TILE),
                 correction: correction.as_ptr().add(first),
                 acc: acc.as_mut_ptr().add(first * hd),
@@ -1140,8 +1350,8 @@ mod avx2 {
     }
 
     /// A few query rows' accumulators over one tile.
-    struct Pass {
-        values: *const f32,
+    struct Pass<E> {
+        values: TileRows<E>,
         weights: *const f32,
         correction: *const f32,
         acc: *mut f32,
@@ -1149,7 +1359,7 @@ mod avx2 {
         lanes: (usize, usize),
     }
 
-    impl Pass {
+    impl<E: Element> Pass<E> {
         /// `R` rows × `W` vectors of dims from `d`, in registers while the positions go by.
         #[target_feature(enable = "avx2,fma,f16c")]
         #[inline]
@@ -1162,10 +1372,10 @@ mod avx2 {
                 }
             }
             for j in self.lanes.0..self.lanes.1 {
-                let row = self.values.add(j * self.hd + d);
+                let row = self.values.row(j, self.hd).add(d);
                 let mut v = [_mm256_setzero_ps(); W];
                 for (w, v) in v.iter_mut().enumerate() {
-                    *v = _mm256_loadu_ps(row.add(8 * w));
+                    *v = E::load8(row.add(8 * w));
                 }
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let p = _mm256_set1_ps(*self.weights.add(r * TILE + j));
@@ -1187,21 +1397,22 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
+    use super::lanes::{Element, TileRows};
     use super::{ROWS_PER_PASS, TILE};
 
     /// # Safety
     /// AVX-512F, AVX2, FMA and F16C; shapes as [`super::avx2::scores`].
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub(super) unsafe fn scores(
+    pub(super) unsafe fn scores<E: Element>(
         queries: &[f32],
-        keys: &[f32],
+        keys: TileRows<E>,
         hd: usize,
         lanes: (usize, usize),
         scale: f32,
         out: &mut [f32],
     ) {
         let rows = queries.len() / hd;
-        assert!(hd.is_multiple_of(8) && keys.len() >= TILE * hd && out.len() == rows * TILE && lanes.1 <= TILE);
+        assert!(hd.is_multiple_of(8) && out.len() == rows * TILE && keys.first <= lanes.0 && lanes.1 <= TILE);
         // Each lane's 16 sums `p_i + p_(i+16)` of each row of the pass, reduced together below.
         // Lanes outside `lanes` are zeros (their scores are not stored); the others are written
         // by `score_block` before they are read, so the 4 KiB need no clearing per call.
@@ -1218,17 +1429,17 @@ mod avx512 {
             let q = queries.as_ptr().add(first * hd);
             let mut j = lanes.0;
             while j < lanes.1 {
-                let k = keys.as_ptr().add(j * hd);
+                let k = keys.row(j, hd);
                 let two = j + 1 < lanes.1;
                 match (rows - first, two) {
-                    (1, true) => score_block::<1, 2>(q, k, hd, h.add(j)),
-                    (2, true) => score_block::<2, 2>(q, k, hd, h.add(j)),
-                    (3, true) => score_block::<3, 2>(q, k, hd, h.add(j)),
-                    (_, true) => score_block::<4, 2>(q, k, hd, h.add(j)),
-                    (1, false) => score_block::<1, 1>(q, k, hd, h.add(j)),
-                    (2, false) => score_block::<2, 1>(q, k, hd, h.add(j)),
-                    (3, false) => score_block::<3, 1>(q, k, hd, h.add(j)),
-                    (_, false) => score_block::<4, 1>(q, k, hd, h.add(j)),
+                    (1, true) => score_block::<E, 1, 2>(q, k, hd, h.add(j)),
+                    (2, true) => score_block::<E, 2, 2>(q, k, hd, h.add(j)),
+                    (3, true) => score_block::<E, 3, 2>(q, k, hd, h.add(j)),
+                    (_, true) => score_block::<E, 4, 2>(q, k, hd, h.add(j)),
+                    (1, false) => score_block::<E, 1, 1>(q, k, hd, h.add(j)),
+                    (2, false) => score_block::<E, 2, 1>(q, k, hd, h.add(j)),
+                    (3, false) => score_block::<E, 3, 1>(q, k, hd, h.add(j)),
+                    (_, false) => score_block::<E, 4, 1>(q, k, hd, h.add(j)),
                 }
                 j += if two { 2 } else { 1 };
             }
@@ -1278,9 +1489,9 @@ mod avx512 {
     /// `16..32` in the second.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     #[inline]
-    unsafe fn score_block<const R: usize, const P: usize>(
+    unsafe fn score_block<E: Element, const R: usize, const P: usize>(
         q: *const f32,
-        k: *const f32,
+        k: *const E,
         hd: usize,
         halves: *mut __m512,
     ) {
@@ -1289,8 +1500,8 @@ mod avx512 {
         for d in (0..full).step_by(32) {
             let mut key = [[_mm512_setzero_ps(); 2]; P];
             for (p, key) in key.iter_mut().enumerate() {
-                key[0] = _mm512_loadu_ps(k.add(p * hd + d));
-                key[1] = _mm512_loadu_ps(k.add(p * hd + d + 16));
+                key[0] = E::load(k.add(p * hd + d), 0xffff);
+                key[1] = E::load(k.add(p * hd + d + 16), 0xffff);
             }
             for (r, acc) in acc.iter_mut().enumerate() {
                 let q0 = _mm512_loadu_ps(q.add(r * hd + d));
@@ -1309,7 +1520,7 @@ mod avx512 {
             for (r, acc) in acc.iter_mut().enumerate() {
                 let qv = _mm512_maskz_loadu_ps(mask, q.add(r * hd + d));
                 for (p, acc) in acc.iter_mut().enumerate() {
-                    let kv = _mm512_maskz_loadu_ps(mask, k.add(p * hd + d));
+                    let kv = E::load(k.add(p * hd + d), mask);
                     acc[slot] = _mm512_mask3_fmadd_ps(qv, kv, acc[slot], mask);
                 }
             }
@@ -1325,8 +1536,8 @@ mod avx512 {
     /// # Safety
     /// AVX-512F, AVX2, FMA and F16C; shapes as [`super::avx2::accumulate`].
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub(super) unsafe fn accumulate(
-        values: &[f32],
+    pub(super) unsafe fn accumulate<E: Element>(
+        values: TileRows<E>,
         weights: &[f32],
         correction: &[f32],
         lanes: (usize, usize),
@@ -1335,10 +1546,10 @@ mod avx512 {
         let rows = correction.len();
         let hd = acc.len() / rows;
         assert!(hd.is_multiple_of(8) && acc.len() == rows * hd && weights.len() == rows * TILE);
-        assert!(values.len() >= TILE * hd && lanes.1 <= TILE);
+        assert!(values.first <= lanes.0 && lanes.1 <= TILE);
         for first in (0..rows).step_by(ROWS_PER_PASS) {
             let pass = Pass {
-                values: values.as_ptr(),
+                values,
                 weights: weights.as_ptr().add(first * TILE),
                 correction: correction.as_ptr().add(first),
                 acc: acc.as_mut_ptr().add(first * hd),
@@ -1369,8 +1580,8 @@ mod avx512 {
     }
 
     /// A few query rows' accumulators over one tile.
-    struct Pass {
-        values: *const f32,
+    struct Pass<E> {
+        values: TileRows<E>,
         weights: *const f32,
         correction: *const f32,
         acc: *mut f32,
@@ -1378,7 +1589,7 @@ mod avx512 {
         lanes: (usize, usize),
     }
 
-    impl Pass {
+    impl<E: Element> Pass<E> {
         /// `R` rows × `W` vectors of 16 dims from `d` (the last vector's lanes in `mask`), in
         /// registers while the positions go by.
         #[target_feature(enable = "avx512f,avx2,fma,f16c")]
@@ -1394,10 +1605,10 @@ mod avx512 {
                 }
             }
             for j in self.lanes.0..self.lanes.1 {
-                let row = self.values.add(j * self.hd + d);
+                let row = self.values.row(j, self.hd).add(d);
                 let mut v = [_mm512_setzero_ps(); W];
                 for (w, v) in v.iter_mut().enumerate() {
-                    *v = _mm512_maskz_loadu_ps(lane_mask(w), row.add(16 * w));
+                    *v = E::load(row.add(16 * w), lane_mask(w));
                 }
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let p = _mm512_set1_ps(*self.weights.add(r * TILE + j));
@@ -1685,6 +1896,35 @@ mod tests {
         }
     }
 
+    /// A decode row's tile is read in place only as one block's run of f16 rows (a tile that
+    /// straddles blocks, or a q8_0 cache, is widened), and the run holds exactly the rows of
+    /// the positions asked for.
+    #[test]
+    fn a_decode_tile_is_read_in_place_only_within_one_f16_block() {
+        let g = geometry(16, 2, 1);
+        for (cache_type, block_size) in [(KvCacheType::F16, 16), (KvCacheType::F16, 5), (KvCacheType::Q8_0, 16)] {
+            let (kv, table) = storage(cache_type, 40, &g, block_size, 4);
+            let view = KvHeadView::new(&kv, 1, &table, 0, g.head_dim);
+            let in_place = |positions| view.f16_run(positions).is_some();
+            assert_eq!(
+                in_place((16, 32)),
+                cache_type == KvCacheType::F16 && block_size == 16,
+                "{cache_type} {block_size}"
+            );
+            assert_eq!(in_place((16, 20)), cache_type == KvCacheType::F16, "{cache_type} {block_size}");
+            assert!(!in_place((3, 3)));
+            if let Some((k, v)) = view.f16_run((17, 20)) {
+                let row = |rows: RowsView<'_>, p| rows.row_f32(kv.position_offset(1, &table, p, 0), g.head_dim);
+                for (i, p) in (17..20).enumerate() {
+                    let widened =
+                        |bits: &[u16]| bits[i * 16..][..16].iter().map(|&x| f16_to_f32(x)).collect::<Vec<_>>();
+                    assert_eq!(widened(k), row(kv.keys(1), p));
+                    assert_eq!(widened(v), row(kv.values(1), p));
+                }
+            }
+        }
+    }
+
     #[test]
     fn sliding_window_reads_only_the_last_positions() {
         assert_eq!(Span::Window(8).first(3), 0);
@@ -1840,6 +2080,82 @@ mod tests {
         assert_eq!((scratch.tasks.len(), scratch.merges.len()), (3, 0));
         let crowded: Vec<_> = (0..3).map(|_| chunk(2100)).collect();
         assert!(!attention_split::spread_slices(AttentionScratch::unsplit_tasks(&crowded, &g), 2));
+    }
+
+    /// CPU time of one decode step's attention over every layer for many short streams whose
+    /// K/V come from memory, as the engine's 32-stream decode runs it: `cargo test --release
+    /// -p cortexstream --lib attention_batch_probe -- --ignored --nocapture`; `PROBE_STREAMS`
+    /// (default 32), `PROBE_CONTEXT` (the longest stream's context, default 145; the others
+    /// spread down to a tenth of it), `PROBE_THREADS` (default 1: the caller's thread time is
+    /// all of it), `PROBE_KERNEL` as in [`attention_speed_probe`]. A measuring aid for A/B
+    /// runs, not a test.
+    #[test]
+    #[ignore]
+    fn attention_batch_probe() {
+        let env = |name: &str, default: usize| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+        let (streams, context, threads) =
+            (env("PROBE_STREAMS", 32), env("PROBE_CONTEXT", 145), env("PROBE_THREADS", 1));
+        let (g, layers, block_size) = (geometry(64, 9, 3), 30, 16);
+        let blocks_per_stream = (context + 1).div_ceil(block_size);
+        let total_blocks = streams * blocks_per_stream;
+        let mut kv = KvStorage::new(layers, total_blocks, block_size, g.n_kv_heads, g.head_dim);
+        // Each stream's blocks spread over the pool, like an allocator's after some traffic.
+        let tables: Vec<Vec<u32>> = (0..streams)
+            .map(|s| (0..blocks_per_stream).map(|b| ((b * streams + s) * 7919 % total_blocks) as u32).collect())
+            .collect();
+        let contexts: Vec<usize> =
+            (0..streams).map(|s| context - s * (context - context / 10) / streams.max(1)).collect();
+        let mut random = random_values(17);
+        let row: Vec<f32> = (0..g.kv_dim()).map(|_| random()).collect();
+        for layer in 0..layers {
+            for (table, &n) in tables.iter().zip(&contexts) {
+                for pos in 0..=n {
+                    kv.write(layer, table, pos, &row, &row);
+                }
+            }
+        }
+        let tokens = vec![0u32; streams];
+        let chunks: Vec<SeqChunk<'_>> = tables
+            .iter()
+            .zip(&contexts)
+            .enumerate()
+            .map(|(s, (table, &n))| SeqChunk {
+                tokens: &tokens[s..s + 1],
+                start_pos: n,
+                block_table: table,
+                sliding_block_table: table,
+                want_logits: true,
+            })
+            .collect();
+        let qkv: Vec<f32> = (0..streams * g.qkv_row_len).map(|_| random()).collect();
+        let pool = ThreadPool::new(threads).unwrap();
+        let mut scratch = AttentionScratch::default();
+        let mut out = vec![0f32; streams * g.q_dim()];
+        let mut times = Vec::new();
+        let kernel = probe_kernel(g.head_dim);
+        let spread = attention_split::spread_slices(AttentionScratch::unsplit_tasks(&chunks, &g), threads);
+        for _ in 0..40 {
+            let before = process_cpu_ns();
+            for layer in 0..layers {
+                attend_with(kernel, spread, &mut scratch, &g, layer, Span::Causal, &chunks, &kv, &qkv, &mut out, &pool);
+            }
+            times.push(process_cpu_ns() - before);
+        }
+        times.sort_unstable();
+        let ms = |ns: u64| ns as f64 / 1e6;
+        println!(
+            "{streams} streams, contexts {}..{context}, {threads} threads: median {:.3} ms, best {:.3} ms a step",
+            contexts.last().unwrap_or(&0),
+            ms(times[times.len() / 2]),
+            ms(times[0])
+        );
+    }
+
+    fn process_cpu_ns() -> u64 {
+        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: a valid timespec for the call to fill.
+        unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+        now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
     }
 
     /// The kernel `PROBE_KERNEL` names (`portable`, `avx2`, `avx512`), else the best.
