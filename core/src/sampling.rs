@@ -423,9 +423,9 @@ pub fn argmax(logits: &[f32]) -> u32 {
 }
 
 /// [`argmax`] of a row that arrives in pieces in index order (the output head computes it
-/// tile by tile, on several threads): the first index of the largest non-NaN value so far,
-/// 0 while every value was NaN. Pieces of one row offered in index order give the index
-/// [`argmax`] gives over the whole row.
+/// on several threads, each piece's best found by a [`LaneArgmax`]): the first index of the
+/// largest non-NaN value so far, 0 while every value was NaN. Pieces of one row merged in
+/// index order give the index [`argmax`] gives over the whole row.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct RunningArgmax {
     /// NaN until a non-NaN value was offered.
@@ -436,14 +436,6 @@ pub(crate) struct RunningArgmax {
 impl RunningArgmax {
     /// Nothing offered yet.
     pub(crate) const NONE: Self = Self { value: f32::NAN, index: 0 };
-
-    /// Offers `values`, the row's values from index `first` on (after every index offered so far).
-    pub(crate) fn offer(&mut self, first: usize, values: &[f32]) {
-        let best = argmax(values) as usize;
-        if let Some(&value) = values.get(best) {
-            self.offer_one(first + best, value);
-        }
-    }
 
     /// Offers the best of a later piece, as another [`RunningArgmax`] found it.
     pub(crate) fn merge(&mut self, later: RunningArgmax) {
@@ -461,6 +453,63 @@ impl RunningArgmax {
 
     pub(crate) fn index(&self) -> u32 {
         self.index
+    }
+}
+
+/// [`RunningArgmax`] of a row whose values arrive `W` at a time as the matmul kernels produce
+/// them (`W` consecutive indices, one per lane), kept per lane in registers' worth of state
+/// instead of written to a buffer and scanned: each lane keeps the first index of its largest
+/// non-NaN value (values offered to a lane must come in increasing index order), and
+/// [`Self::best`] picks the largest over the lanes, ties to the lowest index.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LaneArgmax<const W: usize> {
+    /// NaN in a lane until a non-NaN value was offered to it.
+    values: [f32; W],
+    indices: [u32; W],
+}
+
+impl<const W: usize> LaneArgmax<W> {
+    /// Nothing offered yet.
+    pub(crate) const NONE: Self = Self { values: [f32::NAN; W], indices: [0; W] };
+
+    /// Offers `values[j]` at index `first + j` to lane `j`.
+    #[inline(always)]
+    pub(crate) fn offer(&mut self, first: usize, values: &[f32; W]) {
+        let first = first as u32;
+        // Branch-free so the lanes vectorise: a value wins when strictly larger than its
+        // lane's best (ties keep the earlier index) or when the lane has none yet (its best is
+        // NaN, `<=` is false); NaN itself never wins.
+        for j in 0..W {
+            let (v, best) = (values[j], self.values[j]);
+            #[allow(clippy::neg_cmp_op_on_partial_ord)]
+            let wins = !(v <= best) & !v.is_nan();
+            self.values[j] = if wins { v } else { best };
+            self.indices[j] = if wins { first + j as u32 } else { self.indices[j] };
+        }
+    }
+
+    /// Offers `values[j]` at index `first + j` to lane `j`, for the first `values.len()`
+    /// lanes only (a matrix's last rows).
+    pub(crate) fn offer_partial(&mut self, first: usize, values: &[f32]) {
+        for (j, &v) in values.iter().enumerate().take(W) {
+            let best = self.values[j];
+            if v > best || (best.is_nan() && !v.is_nan()) {
+                self.values[j] = v;
+                self.indices[j] = (first + j) as u32;
+            }
+        }
+    }
+
+    /// The best over the lanes: the largest non-NaN value, ties to the lowest index.
+    pub(crate) fn best(&self) -> RunningArgmax {
+        let mut best = RunningArgmax::NONE;
+        for (&value, &index) in self.values.iter().zip(&self.indices) {
+            let larger = value > best.value || (value == best.value && index < best.index);
+            if !value.is_nan() && (best.value.is_nan() || larger) {
+                best = RunningArgmax { value, index };
+            }
+        }
+        best
     }
 }
 
@@ -544,27 +593,42 @@ mod tests {
         rows
     }
 
+    /// Offers `row` to a [`LaneArgmax`] `W` values at a time from index `first` on (a
+    /// partial offer for a last piece shorter than `W`).
+    fn offer_in_lanes<const W: usize>(lanes: &mut LaneArgmax<W>, first: usize, row: &[f32]) {
+        for (i, piece) in row.chunks(W).enumerate() {
+            match <&[f32; W]>::try_from(piece) {
+                Ok(full) => lanes.offer(first + i * W, full),
+                Err(_) => lanes.offer_partial(first + i * W, piece),
+            }
+        }
+    }
+
+    /// The index the head picks from `row` split at `cuts` (its tasks' pieces, merged in
+    /// order), each task offering its piece in two runs of `W`-lane tiles.
+    fn argmax_in_lanes<const W: usize>(row: &[f32], cuts: &[usize]) -> u32 {
+        let mut merged = RunningArgmax::NONE;
+        for piece in cuts.windows(2) {
+            let mut task = LaneArgmax::<W>::NONE;
+            let middle = (piece[0] + piece[1]) / 2;
+            offer_in_lanes(&mut task, piece[0], &row[piece[0]..middle]);
+            offer_in_lanes(&mut task, middle, &row[middle..piece[1]]);
+            merged.merge(task.best());
+        }
+        merged.index()
+    }
+
     #[test]
     fn a_row_offered_in_pieces_gives_the_argmax_of_the_whole_row() {
         let mut rng = Rng::seeded(11);
         for row in rows_with_ties_and_nan(&mut rng) {
-            // Random cut points; pieces of a few tasks, merged in order, as the head does.
+            // Random cut points (whole lane groups or not); the head's lane widths.
             let mut cuts: Vec<usize> =
                 (0..rng.next_u64() % 6).map(|_| (rng.next_u64() as usize) % (row.len() + 1)).collect();
             cuts.extend([0, row.len()]);
             cuts.sort_unstable();
-            let mut tasks: Vec<RunningArgmax> = Vec::new();
-            for piece in cuts.windows(2) {
-                let mut task = RunningArgmax::NONE;
-                // Each task offers its piece in two tiles.
-                let middle = (piece[0] + piece[1]) / 2;
-                task.offer(piece[0], &row[piece[0]..middle]);
-                task.offer(middle, &row[middle..piece[1]]);
-                tasks.push(task);
-            }
-            let mut merged = RunningArgmax::NONE;
-            tasks.into_iter().for_each(|task| merged.merge(task));
-            assert_eq!(merged.index(), argmax(&row), "{row:?} cut at {cuts:?}");
+            assert_eq!(argmax_in_lanes::<8>(&row, &cuts), argmax(&row), "8 lanes: {row:?} cut at {cuts:?}");
+            assert_eq!(argmax_in_lanes::<16>(&row, &cuts), argmax(&row), "16 lanes: {row:?} cut at {cuts:?}");
         }
     }
 
