@@ -488,6 +488,31 @@ impl<const W: usize> LaneArgmax<W> {
         }
     }
 
+    /// [`Self::offer`] of each row of a kernel tile: `tile[r]` (values from index `first` on)
+    /// to `lanes[r]`. One SIMD compare per row where the CPU has it (AVX-512 for 16 lanes,
+    /// AVX for 8); the lanes are only written when a value wins, which is rare once a row's
+    /// large values were seen.
+    #[inline]
+    pub(crate) fn offer_tile(lanes: &mut [Self], first: usize, tile: &[[f32; W]]) {
+        assert!(lanes.len() >= tile.len(), "a lane set per tile row");
+        #[cfg(target_arch = "x86_64")]
+        {
+            let first = first as u32;
+            if W == 16 && lanes_x86::has_avx512() {
+                // SAFETY: `W` is 16, so the pointers are to the types the kernel takes, and
+                // `lanes` holds at least `tile.len()` of them (asserted); the CPU has AVX-512F.
+                unsafe { lanes_x86::offer_tile_16(lanes.as_mut_ptr().cast(), first, tile.as_ptr().cast(), tile.len()) };
+                return;
+            }
+            if W == 8 && lanes_x86::has_avx() {
+                // SAFETY: as above, for `W` 8 and AVX.
+                unsafe { lanes_x86::offer_tile_8(lanes.as_mut_ptr().cast(), first, tile.as_ptr().cast(), tile.len()) };
+                return;
+            }
+        }
+        lanes.iter_mut().zip(tile).for_each(|(lanes, values)| lanes.offer(first, values));
+    }
+
     /// Offers `values[j]` at index `first + j` to lane `j`, for the first `values.len()`
     /// lanes only (a matrix's last rows).
     pub(crate) fn offer_partial(&mut self, first: usize, values: &[f32]) {
@@ -510,6 +535,73 @@ impl<const W: usize> LaneArgmax<W> {
             }
         }
         best
+    }
+}
+
+/// [`LaneArgmax::offer_tile`]'s SIMD kernels: the same decision as [`LaneArgmax::offer`] per
+/// lane (`!(v <= best)` is the unordered "not less or equal" compare: true for a lane with no
+/// value yet, whose best is NaN; masked by "`v` is not NaN").
+#[cfg(target_arch = "x86_64")]
+mod lanes_x86 {
+    use super::LaneArgmax;
+    use std::arch::x86_64::*;
+
+    pub(super) fn has_avx512() -> bool {
+        is_x86_feature_detected!("avx512f")
+    }
+
+    pub(super) fn has_avx() -> bool {
+        is_x86_feature_detected!("avx")
+    }
+
+    /// `count` rows of 16 values from `tile` into the lanes at `lanes`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `lanes` and `tile` point to `count` valid items each.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn offer_tile_16(lanes: *mut LaneArgmax<16>, first: u32, tile: *const [f32; 16], count: usize) {
+        let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let indices = _mm512_add_epi32(_mm512_set1_epi32(first as i32), iota);
+        for r in 0..count {
+            // SAFETY: `r < count` (the caller's promise).
+            let (lanes, values) = unsafe { (&mut *lanes.add(r), &*tile.add(r)) };
+            let v = unsafe { _mm512_loadu_ps(values.as_ptr()) };
+            let best = unsafe { _mm512_loadu_ps(lanes.values.as_ptr()) };
+            let wins = _mm512_cmp_ps_mask::<_CMP_NLE_UQ>(v, best);
+            let wins = _mm512_mask_cmp_ps_mask::<_CMP_ORD_Q>(wins, v, v);
+            if wins != 0 {
+                unsafe {
+                    _mm512_mask_storeu_ps(lanes.values.as_mut_ptr(), wins, v);
+                    _mm512_mask_storeu_epi32(lanes.indices.as_mut_ptr().cast(), wins, indices);
+                }
+            }
+        }
+    }
+
+    /// `count` rows of 8 values from `tile` into the lanes at `lanes`.
+    ///
+    /// # Safety
+    /// The CPU has AVX; `lanes` and `tile` point to `count` valid items each.
+    #[target_feature(enable = "avx")]
+    pub(super) unsafe fn offer_tile_8(lanes: *mut LaneArgmax<8>, first: u32, tile: *const [f32; 8], count: usize) {
+        // AVX has no 32-bit integer add: the lane indices are computed once per tile.
+        let mut lane_indices = [0u32; 8];
+        lane_indices.iter_mut().enumerate().for_each(|(j, index)| *index = first + j as u32);
+        let indices = _mm256_castsi256_ps(unsafe { _mm256_loadu_si256(lane_indices.as_ptr().cast()) });
+        for r in 0..count {
+            // SAFETY: `r < count` (the caller's promise).
+            let (lanes, values) = unsafe { (&mut *lanes.add(r), &*tile.add(r)) };
+            let v = unsafe { _mm256_loadu_ps(values.as_ptr()) };
+            let best = unsafe { _mm256_loadu_ps(lanes.values.as_ptr()) };
+            let wins = _mm256_and_ps(_mm256_cmp_ps::<_CMP_NLE_UQ>(v, best), _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
+            if _mm256_movemask_ps(wins) != 0 {
+                unsafe {
+                    let old = _mm256_loadu_ps(lanes.indices.as_ptr().cast());
+                    _mm256_storeu_ps(lanes.values.as_mut_ptr(), _mm256_blendv_ps(best, v, wins));
+                    _mm256_storeu_ps(lanes.indices.as_mut_ptr().cast(), _mm256_blendv_ps(old, indices, wins));
+                }
+            }
+        }
     }
 }
 
@@ -594,10 +686,12 @@ mod tests {
     }
 
     /// Offers `row` to a [`LaneArgmax`] `W` values at a time from index `first` on (a
-    /// partial offer for a last piece shorter than `W`).
-    fn offer_in_lanes<const W: usize>(lanes: &mut LaneArgmax<W>, first: usize, row: &[f32]) {
+    /// partial offer for a last piece shorter than `W`), by the tile path (SIMD where the CPU
+    /// has it) or the portable one.
+    fn offer_in_lanes<const W: usize>(lanes: &mut LaneArgmax<W>, first: usize, row: &[f32], tile: bool) {
         for (i, piece) in row.chunks(W).enumerate() {
             match <&[f32; W]>::try_from(piece) {
+                Ok(full) if tile => LaneArgmax::offer_tile(std::slice::from_mut(lanes), first + i * W, &[*full]),
                 Ok(full) => lanes.offer(first + i * W, full),
                 Err(_) => lanes.offer_partial(first + i * W, piece),
             }
@@ -606,13 +700,13 @@ mod tests {
 
     /// The index the head picks from `row` split at `cuts` (its tasks' pieces, merged in
     /// order), each task offering its piece in two runs of `W`-lane tiles.
-    fn argmax_in_lanes<const W: usize>(row: &[f32], cuts: &[usize]) -> u32 {
+    fn argmax_in_lanes<const W: usize>(row: &[f32], cuts: &[usize], tile: bool) -> u32 {
         let mut merged = RunningArgmax::NONE;
         for piece in cuts.windows(2) {
             let mut task = LaneArgmax::<W>::NONE;
             let middle = (piece[0] + piece[1]) / 2;
-            offer_in_lanes(&mut task, piece[0], &row[piece[0]..middle]);
-            offer_in_lanes(&mut task, middle, &row[middle..piece[1]]);
+            offer_in_lanes(&mut task, piece[0], &row[piece[0]..middle], tile);
+            offer_in_lanes(&mut task, middle, &row[middle..piece[1]], tile);
             merged.merge(task.best());
         }
         merged.index()
@@ -627,8 +721,11 @@ mod tests {
                 (0..rng.next_u64() % 6).map(|_| (rng.next_u64() as usize) % (row.len() + 1)).collect();
             cuts.extend([0, row.len()]);
             cuts.sort_unstable();
-            assert_eq!(argmax_in_lanes::<8>(&row, &cuts), argmax(&row), "8 lanes: {row:?} cut at {cuts:?}");
-            assert_eq!(argmax_in_lanes::<16>(&row, &cuts), argmax(&row), "16 lanes: {row:?} cut at {cuts:?}");
+            for tile in [false, true] {
+                let what = format!("tile path {tile}: {row:?} cut at {cuts:?}");
+                assert_eq!(argmax_in_lanes::<8>(&row, &cuts, tile), argmax(&row), "8 lanes, {what}");
+                assert_eq!(argmax_in_lanes::<16>(&row, &cuts, tile), argmax(&row), "16 lanes, {what}");
+            }
         }
     }
 

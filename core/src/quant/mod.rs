@@ -696,10 +696,15 @@ impl QMatrix {
         results: &[[f32; W]],
     ) {
         let valid = W.min(self.rows - first_row);
-        for (r, values) in results.iter().enumerate() {
-            match packed[first + r] {
-                None if valid == W => lanes[first + r].offer(first_row, values),
-                None => lanes[first + r].offer_partial(first_row, &values[..valid]),
+        let rows = first..first + results.len();
+        if valid == W && packed[rows.clone()].iter().all(Option::is_none) {
+            // The common case: every row of the tile wants only its argmax.
+            return LaneArgmax::offer_tile(&mut lanes[rows], first_row, results);
+        }
+        for (r, values) in rows.zip(results) {
+            match packed[r] {
+                None if valid == W => LaneArgmax::offer_tile(std::slice::from_mut(&mut lanes[r]), first_row, &[*values]),
+                None => lanes[r].offer_partial(first_row, &values[..valid]),
                 Some(full) => {
                     // SAFETY: the task computing weight rows `first_row..first_row + W` alone
                     // writes these columns.
