@@ -472,19 +472,19 @@ impl<const W: usize> LaneArgmax<W> {
     /// Nothing offered yet.
     pub(crate) const NONE: Self = Self { values: [f32::NAN; W], indices: [0; W] };
 
-    /// Offers `values[j]` at index `first + j` to lane `j`.
-    #[inline(always)]
+    /// Offers `values[j]` at index `first + j` to lane `j` (the portable path of
+    /// [`Self::offer_tile`]).
     pub(crate) fn offer(&mut self, first: usize, values: &[f32; W]) {
-        let first = first as u32;
-        // Branch-free so the lanes vectorise: a value wins when strictly larger than its
-        // lane's best (ties keep the earlier index) or when the lane has none yet (its best is
-        // NaN, `<=` is false); NaN itself never wins.
-        for j in 0..W {
-            let (v, best) = (values[j], self.values[j]);
+        let lanes = self.values.iter_mut().zip(&mut self.indices);
+        for (j, ((best, index), &v)) in lanes.zip(values).enumerate() {
+            // A value wins when strictly larger than its lane's best (ties keep the earlier
+            // index) or when the lane has none yet (its best is NaN, `<=` is false); NaN
+            // itself never wins.
             #[allow(clippy::neg_cmp_op_on_partial_ord)]
-            let wins = !(v <= best) & !v.is_nan();
-            self.values[j] = if wins { v } else { best };
-            self.indices[j] = if wins { first + j as u32 } else { self.indices[j] };
+            if !(v <= *best) && !v.is_nan() {
+                *best = v;
+                *index = (first + j) as u32;
+            }
         }
     }
 

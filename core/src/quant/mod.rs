@@ -703,7 +703,9 @@ impl QMatrix {
         }
         for (r, values) in rows.zip(results) {
             match packed[r] {
-                None if valid == W => LaneArgmax::offer_tile(std::slice::from_mut(&mut lanes[r]), first_row, &[*values]),
+                None if valid == W => {
+                    LaneArgmax::offer_tile(std::slice::from_mut(&mut lanes[r]), first_row, &[*values])
+                }
                 None => lanes[r].offer_partial(first_row, &values[..valid]),
                 Some(full) => {
                     // SAFETY: the task computing weight rows `first_row..first_row + W` alone
