@@ -490,9 +490,9 @@ impl<const W: usize> LaneArgmax<W> {
 
     /// [`Self::offer`] of each row of a kernel tile: `tile[r]` (values from index `first` on)
     /// to `lanes[r]`. One SIMD compare per row where the CPU has it (AVX-512 for 16 lanes,
-    /// AVX for 8); the lanes are only written when a value wins, which is rare once a row's
+    /// AVX2 for 8); the lanes are only written when a value wins, which is rare once a row's
     /// large values were seen.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn offer_tile(lanes: &mut [Self], first: usize, tile: &[[f32; W]]) {
         assert!(lanes.len() >= tile.len(), "a lane set per tile row");
         #[cfg(target_arch = "x86_64")]
@@ -504,8 +504,8 @@ impl<const W: usize> LaneArgmax<W> {
                 unsafe { lanes_x86::offer_tile_16(lanes.as_mut_ptr().cast(), first, tile.as_ptr().cast(), tile.len()) };
                 return;
             }
-            if W == 8 && lanes_x86::has_avx() {
-                // SAFETY: as above, for `W` 8 and AVX.
+            if W == 8 && lanes_x86::has_avx2() {
+                // SAFETY: as above, for `W` 8 and AVX2.
                 unsafe { lanes_x86::offer_tile_8(lanes.as_mut_ptr().cast(), first, tile.as_ptr().cast(), tile.len()) };
                 return;
             }
@@ -550,8 +550,8 @@ mod lanes_x86 {
         is_x86_feature_detected!("avx512f")
     }
 
-    pub(super) fn has_avx() -> bool {
-        is_x86_feature_detected!("avx")
+    pub(super) fn has_avx2() -> bool {
+        is_x86_feature_detected!("avx2")
     }
 
     /// `count` rows of 16 values from `tile` into the lanes at `lanes`.
@@ -581,13 +581,11 @@ mod lanes_x86 {
     /// `count` rows of 8 values from `tile` into the lanes at `lanes`.
     ///
     /// # Safety
-    /// The CPU has AVX; `lanes` and `tile` point to `count` valid items each.
-    #[target_feature(enable = "avx")]
+    /// The CPU has AVX2; `lanes` and `tile` point to `count` valid items each.
+    #[target_feature(enable = "avx2")]
     pub(super) unsafe fn offer_tile_8(lanes: *mut LaneArgmax<8>, first: u32, tile: *const [f32; 8], count: usize) {
-        // AVX has no 32-bit integer add: the lane indices are computed once per tile.
-        let mut lane_indices = [0u32; 8];
-        lane_indices.iter_mut().enumerate().for_each(|(j, index)| *index = first + j as u32);
-        let indices = _mm256_castsi256_ps(unsafe { _mm256_loadu_si256(lane_indices.as_ptr().cast()) });
+        let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let indices = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_set1_epi32(first as i32), iota));
         for r in 0..count {
             // SAFETY: `r < count` (the caller's promise).
             let (lanes, values) = unsafe { (&mut *lanes.add(r), &*tile.add(r)) };
