@@ -423,9 +423,9 @@ pub fn argmax(logits: &[f32]) -> u32 {
 }
 
 /// [`argmax`] of a row that arrives in pieces in index order (the output head computes it
-/// tile by tile, on several threads): the first index of the largest non-NaN value so far,
-/// 0 while every value was NaN. Pieces of one row offered in index order give the index
-/// [`argmax`] gives over the whole row.
+/// on several threads, each piece's best found by a [`LaneArgmax`]): the first index of the
+/// largest non-NaN value so far, 0 while every value was NaN. Pieces of one row merged in
+/// index order give the index [`argmax`] gives over the whole row.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct RunningArgmax {
     /// NaN until a non-NaN value was offered.
@@ -436,14 +436,6 @@ pub(crate) struct RunningArgmax {
 impl RunningArgmax {
     /// Nothing offered yet.
     pub(crate) const NONE: Self = Self { value: f32::NAN, index: 0 };
-
-    /// Offers `values`, the row's values from index `first` on (after every index offered so far).
-    pub(crate) fn offer(&mut self, first: usize, values: &[f32]) {
-        let best = argmax(values) as usize;
-        if let Some(&value) = values.get(best) {
-            self.offer_one(first + best, value);
-        }
-    }
 
     /// Offers the best of a later piece, as another [`RunningArgmax`] found it.
     pub(crate) fn merge(&mut self, later: RunningArgmax) {
@@ -461,6 +453,153 @@ impl RunningArgmax {
 
     pub(crate) fn index(&self) -> u32 {
         self.index
+    }
+}
+
+/// [`RunningArgmax`] of a row whose values arrive `W` at a time as the matmul kernels produce
+/// them (`W` consecutive indices, one per lane), kept per lane in registers' worth of state
+/// instead of written to a buffer and scanned: each lane keeps the first index of its largest
+/// non-NaN value (values offered to a lane must come in increasing index order), and
+/// [`Self::best`] picks the largest over the lanes, ties to the lowest index.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LaneArgmax<const W: usize> {
+    /// NaN in a lane until a non-NaN value was offered to it.
+    values: [f32; W],
+    indices: [u32; W],
+}
+
+impl<const W: usize> LaneArgmax<W> {
+    /// Nothing offered yet.
+    pub(crate) const NONE: Self = Self { values: [f32::NAN; W], indices: [0; W] };
+
+    /// Offers `values[j]` at index `first + j` to lane `j` (the portable path of
+    /// [`Self::offer_tile`]).
+    pub(crate) fn offer(&mut self, first: usize, values: &[f32; W]) {
+        let lanes = self.values.iter_mut().zip(&mut self.indices);
+        for (j, ((best, index), &v)) in lanes.zip(values).enumerate() {
+            // A value wins when strictly larger than its lane's best (ties keep the earlier
+            // index) or when the lane has none yet (its best is NaN, `<=` is false); NaN
+            // itself never wins.
+            #[allow(clippy::neg_cmp_op_on_partial_ord)]
+            if !(v <= *best) && !v.is_nan() {
+                *best = v;
+                *index = (first + j) as u32;
+            }
+        }
+    }
+
+    /// [`Self::offer`] of each row of a kernel tile: `tile[r]` (values from index `first` on)
+    /// to `lanes[r]`. One SIMD compare per row where the CPU has it (AVX-512 for 16 lanes,
+    /// AVX2 for 8); the lanes are only written when a value wins, which is rare once a row's
+    /// large values were seen.
+    #[inline(always)]
+    pub(crate) fn offer_tile(lanes: &mut [Self], first: usize, tile: &[[f32; W]]) {
+        assert!(lanes.len() >= tile.len(), "a lane set per tile row");
+        #[cfg(target_arch = "x86_64")]
+        {
+            let first = first as u32;
+            if W == 16 && lanes_x86::has_avx512() {
+                // SAFETY: `W` is 16, so the pointers are to the types the kernel takes, and
+                // `lanes` holds at least `tile.len()` of them (asserted); the CPU has AVX-512F.
+                unsafe { lanes_x86::offer_tile_16(lanes.as_mut_ptr().cast(), first, tile.as_ptr().cast(), tile.len()) };
+                return;
+            }
+            if W == 8 && lanes_x86::has_avx2() {
+                // SAFETY: as above, for `W` 8 and AVX2.
+                unsafe { lanes_x86::offer_tile_8(lanes.as_mut_ptr().cast(), first, tile.as_ptr().cast(), tile.len()) };
+                return;
+            }
+        }
+        lanes.iter_mut().zip(tile).for_each(|(lanes, values)| lanes.offer(first, values));
+    }
+
+    /// Offers `values[j]` at index `first + j` to lane `j`, for the first `values.len()`
+    /// lanes only (a matrix's last rows).
+    pub(crate) fn offer_partial(&mut self, first: usize, values: &[f32]) {
+        for (j, &v) in values.iter().enumerate().take(W) {
+            let best = self.values[j];
+            if v > best || (best.is_nan() && !v.is_nan()) {
+                self.values[j] = v;
+                self.indices[j] = (first + j) as u32;
+            }
+        }
+    }
+
+    /// The best over the lanes: the largest non-NaN value, ties to the lowest index.
+    pub(crate) fn best(&self) -> RunningArgmax {
+        let mut best = RunningArgmax::NONE;
+        for (&value, &index) in self.values.iter().zip(&self.indices) {
+            let larger = value > best.value || (value == best.value && index < best.index);
+            if !value.is_nan() && (best.value.is_nan() || larger) {
+                best = RunningArgmax { value, index };
+            }
+        }
+        best
+    }
+}
+
+/// [`LaneArgmax::offer_tile`]'s SIMD kernels: the same decision as [`LaneArgmax::offer`] per
+/// lane (`!(v <= best)` is the unordered "not less or equal" compare: true for a lane with no
+/// value yet, whose best is NaN; masked by "`v` is not NaN").
+#[cfg(target_arch = "x86_64")]
+mod lanes_x86 {
+    use super::LaneArgmax;
+    use std::arch::x86_64::*;
+
+    pub(super) fn has_avx512() -> bool {
+        is_x86_feature_detected!("avx512f")
+    }
+
+    pub(super) fn has_avx2() -> bool {
+        is_x86_feature_detected!("avx2")
+    }
+
+    /// `count` rows of 16 values from `tile` into the lanes at `lanes`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `lanes` and `tile` point to `count` valid items each.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn offer_tile_16(lanes: *mut LaneArgmax<16>, first: u32, tile: *const [f32; 16], count: usize) {
+        let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let indices = _mm512_add_epi32(_mm512_set1_epi32(first as i32), iota);
+        for r in 0..count {
+            // SAFETY: `r < count` (the caller's promise).
+            let (lanes, values) = unsafe { (&mut *lanes.add(r), &*tile.add(r)) };
+            let v = unsafe { _mm512_loadu_ps(values.as_ptr()) };
+            let best = unsafe { _mm512_loadu_ps(lanes.values.as_ptr()) };
+            let wins = _mm512_cmp_ps_mask::<_CMP_NLE_UQ>(v, best);
+            let wins = _mm512_mask_cmp_ps_mask::<_CMP_ORD_Q>(wins, v, v);
+            if wins != 0 {
+                unsafe {
+                    _mm512_mask_storeu_ps(lanes.values.as_mut_ptr(), wins, v);
+                    _mm512_mask_storeu_epi32(lanes.indices.as_mut_ptr().cast(), wins, indices);
+                }
+            }
+        }
+    }
+
+    /// `count` rows of 8 values from `tile` into the lanes at `lanes`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `lanes` and `tile` point to `count` valid items each.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn offer_tile_8(lanes: *mut LaneArgmax<8>, first: u32, tile: *const [f32; 8], count: usize) {
+        let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let indices = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_set1_epi32(first as i32), iota));
+        for r in 0..count {
+            // SAFETY: `r < count` (the caller's promise).
+            let (lanes, values) = unsafe { (&mut *lanes.add(r), &*tile.add(r)) };
+            let v = unsafe { _mm256_loadu_ps(values.as_ptr()) };
+            let best = unsafe { _mm256_loadu_ps(lanes.values.as_ptr()) };
+            let wins = _mm256_and_ps(_mm256_cmp_ps::<_CMP_NLE_UQ>(v, best), _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
+            if _mm256_movemask_ps(wins) != 0 {
+                unsafe {
+                    let old = _mm256_loadu_ps(lanes.indices.as_ptr().cast());
+                    _mm256_storeu_ps(lanes.values.as_mut_ptr(), _mm256_blendv_ps(best, v, wins));
+                    _mm256_storeu_ps(lanes.indices.as_mut_ptr().cast(), _mm256_blendv_ps(old, indices, wins));
+                }
+            }
+        }
     }
 }
 
@@ -544,27 +683,47 @@ mod tests {
         rows
     }
 
+    /// Offers `row` to a [`LaneArgmax`] `W` values at a time from index `first` on (a
+    /// partial offer for a last piece shorter than `W`), by the tile path (SIMD where the CPU
+    /// has it) or the portable one.
+    fn offer_in_lanes<const W: usize>(lanes: &mut LaneArgmax<W>, first: usize, row: &[f32], tile: bool) {
+        for (i, piece) in row.chunks(W).enumerate() {
+            match <&[f32; W]>::try_from(piece) {
+                Ok(full) if tile => LaneArgmax::offer_tile(std::slice::from_mut(lanes), first + i * W, &[*full]),
+                Ok(full) => lanes.offer(first + i * W, full),
+                Err(_) => lanes.offer_partial(first + i * W, piece),
+            }
+        }
+    }
+
+    /// The index the head picks from `row` split at `cuts` (its tasks' pieces, merged in
+    /// order), each task offering its piece in two runs of `W`-lane tiles.
+    fn argmax_in_lanes<const W: usize>(row: &[f32], cuts: &[usize], tile: bool) -> u32 {
+        let mut merged = RunningArgmax::NONE;
+        for piece in cuts.windows(2) {
+            let mut task = LaneArgmax::<W>::NONE;
+            let middle = (piece[0] + piece[1]) / 2;
+            offer_in_lanes(&mut task, piece[0], &row[piece[0]..middle], tile);
+            offer_in_lanes(&mut task, middle, &row[middle..piece[1]], tile);
+            merged.merge(task.best());
+        }
+        merged.index()
+    }
+
     #[test]
     fn a_row_offered_in_pieces_gives_the_argmax_of_the_whole_row() {
         let mut rng = Rng::seeded(11);
         for row in rows_with_ties_and_nan(&mut rng) {
-            // Random cut points; pieces of a few tasks, merged in order, as the head does.
+            // Random cut points (whole lane groups or not); the head's lane widths.
             let mut cuts: Vec<usize> =
                 (0..rng.next_u64() % 6).map(|_| (rng.next_u64() as usize) % (row.len() + 1)).collect();
             cuts.extend([0, row.len()]);
             cuts.sort_unstable();
-            let mut tasks: Vec<RunningArgmax> = Vec::new();
-            for piece in cuts.windows(2) {
-                let mut task = RunningArgmax::NONE;
-                // Each task offers its piece in two tiles.
-                let middle = (piece[0] + piece[1]) / 2;
-                task.offer(piece[0], &row[piece[0]..middle]);
-                task.offer(middle, &row[middle..piece[1]]);
-                tasks.push(task);
+            for tile in [false, true] {
+                let what = format!("tile path {tile}: {row:?} cut at {cuts:?}");
+                assert_eq!(argmax_in_lanes::<8>(&row, &cuts, tile), argmax(&row), "8 lanes, {what}");
+                assert_eq!(argmax_in_lanes::<16>(&row, &cuts, tile), argmax(&row), "16 lanes, {what}");
             }
-            let mut merged = RunningArgmax::NONE;
-            tasks.into_iter().for_each(|task| merged.merge(task));
-            assert_eq!(merged.index(), argmax(&row), "{row:?} cut at {cuts:?}");
         }
     }
 

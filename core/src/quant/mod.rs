@@ -44,7 +44,7 @@ use std::cell::RefCell;
 
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile};
-use crate::sampling::RunningArgmax;
+use crate::sampling::{LaneArgmax, RunningArgmax};
 use crate::threadpool::ThreadPool;
 
 use activations::quantize_row_portable;
@@ -557,12 +557,11 @@ impl QMatrix {
     /// from the row `matmul` computes; the other rows' outputs go to `out`, packed in order
     /// (`self.rows()` values each; both vectors are resized).
     ///
-    /// The quantized kernels compute the matrix tile by tile ([`ARGMAX_TILE_ROWS`] weight rows),
-    /// and each tile's values are reduced while they are in cache instead of written out: for
-    /// Gemma 3's 262,144-row head at 32 rows the full output is 33 MB written and read back. The
-    /// values are the bits `matmul` computes (the same kernel over the same activations; a
-    /// tile only decides which weight rows run together). Float weights and AMX compute the
-    /// full rows, then pick.
+    /// The quantized kernels' results are folded into a lane-wise running argmax as each
+    /// kernel tile produces them, never written out: for Gemma 3's 262,144-row head at 32 rows
+    /// the full output is 33 MB written and read back. The values are the bits `matmul`
+    /// computes (the same kernel over the same activations; the split only decides which
+    /// weight rows run together). Float weights and AMX compute the full rows, then pick.
     pub(crate) fn matmul_argmax_rows(
         &self,
         x: &[f32],
@@ -622,8 +621,9 @@ impl QMatrix {
     }
 
     /// The fused path of [`Self::matmul_argmax_rows`] over quantized `acts`: each pool task
-    /// takes a run of weight rows, computes it a tile at a time into its thread's buffer, and
-    /// keeps each argmax row's [`RunningArgmax`]; the tasks' results are merged in row order.
+    /// takes a run of weight rows and folds each kernel tile's results, as they come, into a
+    /// lane-wise running argmax per argmax row ([`LaneArgmax`], a few KB that stay in L1) or
+    /// stores them in place for the other rows; the tasks' results are merged in row order.
     #[allow(clippy::too_many_arguments)]
     fn fused_argmax(
         &self,
@@ -644,10 +644,10 @@ impl QMatrix {
         #[cfg(not(target_arch = "x86_64"))]
         let pairs = false;
         // Units of work: 8-row groups, or pairs of them for the pair kernel.
-        let (unit_rows, units) = if pairs { (2 * LANES, groups.div_ceil(2)) } else { (LANES, groups) };
-        let units_per_tile = ARGMAX_TILE_ROWS / unit_rows;
+        let units = if pairs { groups.div_ceil(2) } else { groups };
         let per_task = units.div_ceil(pool.n_threads() * TASKS_PER_THREAD).max(1);
         let n_tasks = units.div_ceil(per_task);
+        let packed = packed_full_rows(argmax_only);
         ARGMAX_RESULTS.with_borrow_mut(|results| {
             results.clear();
             results.resize(n_tasks * m, RunningArgmax::NONE);
@@ -657,30 +657,20 @@ impl QMatrix {
                 // SAFETY: task `task` alone writes its `m` results.
                 let best = unsafe { task_results.range_mut(task * m, m) };
                 let task_units = task * per_task..((task + 1) * per_task).min(units);
-                ARGMAX_TILE.with_borrow_mut(|tile| {
-                    tile.resize(m * ARGMAX_TILE_ROWS, 0.0);
-                    for first_unit in task_units.clone().step_by(units_per_tile) {
-                        let tile_units = first_unit..(first_unit + units_per_tile).min(task_units.end);
-                        let first_row = first_unit * unit_rows;
-                        let tile_rows = (tile_units.len() * unit_rows).min(self.rows - first_row);
-                        let tile_units = tile_units.clone();
-                        #[cfg(target_arch = "x86_64")]
-                        if pairs {
-                            self.pair_run(format, blocks, acts, m, tile_units, |row, first, results| {
-                                store_in_tile(tile, row - first_row, first, tile_rows, results)
-                            });
-                        } else {
-                            self.group_run(kernel, format, blocks, acts, m, tile_units, |row, first, results| {
-                                store_in_tile(tile, row - first_row, first, tile_rows, results)
-                            });
-                        }
-                        #[cfg(not(target_arch = "x86_64"))]
-                        self.group_run(kernel, format, blocks, acts, m, tile_units, |row, first, results| {
-                            store_in_tile(tile, row - first_row, first, tile_rows, results)
-                        });
-                        reduce_tile(tile, tile_rows, first_row, self.rows, argmax_only, best, &out);
-                    }
+                #[cfg(target_arch = "x86_64")]
+                if pairs {
+                    let mut lanes = vec![LaneArgmax::<{ vnni512::PAIR_LANES }>::NONE; m];
+                    self.pair_run(format, blocks, acts, m, task_units, |row, first, results| {
+                        self.fold_tile(&packed, &out, &mut lanes, row, first, results)
+                    });
+                    best.iter_mut().zip(&lanes).for_each(|(best, lanes)| *best = lanes.best());
+                    return;
+                }
+                let mut lanes = vec![LaneArgmax::<LANES>::NONE; m];
+                self.group_run(kernel, format, blocks, acts, m, task_units, |row, first, results| {
+                    self.fold_tile(&packed, &out, &mut lanes, row, first, results)
                 });
+                best.iter_mut().zip(&lanes).for_each(|(best, lanes)| *best = lanes.best());
             });
             argmax.clear();
             for (r, _) in argmax_only.iter().enumerate().filter(|(_, &only)| only) {
@@ -689,6 +679,45 @@ impl QMatrix {
                 argmax.push(row_best.index());
             }
         });
+    }
+
+    /// Folds a kernel tile of [`Self::fused_argmax`] (`results[r][j]`: weight row
+    /// `first_row + j`, activation row `first + r`; lanes past the matrix's last row dropped)
+    /// into the lanes of each argmax row, and stores each other row's values at its packed
+    /// place in `out` (`packed[r]`, [`packed_full_rows`]).
+    #[inline(always)]
+    fn fold_tile<const W: usize>(
+        &self,
+        packed: &[Option<usize>],
+        out: &DisjointSlice<'_, f32>,
+        lanes: &mut [LaneArgmax<W>],
+        first_row: usize,
+        first: usize,
+        results: &[[f32; W]],
+    ) {
+        let valid = W.min(self.rows - first_row);
+        let rows = first..first + results.len();
+        if valid == W && packed[rows.clone()].iter().all(Option::is_none) {
+            // The common case: every row of the tile wants only its argmax.
+            return LaneArgmax::offer_tile(&mut lanes[rows], first_row, results);
+        }
+        for (r, values) in rows.zip(results) {
+            match packed[r] {
+                None if valid == W => {
+                    LaneArgmax::offer_tile(std::slice::from_mut(&mut lanes[r]), first_row, &[*values])
+                }
+                None => lanes[r].offer_partial(first_row, &values[..valid]),
+                Some(full) => {
+                    // SAFETY: the task computing weight rows `first_row..first_row + W` alone
+                    // writes these columns.
+                    let dst = unsafe { out.range_mut(full * self.rows + first_row, valid) };
+                    match <&mut [f32; W]>::try_from(&mut *dst) {
+                        Ok(all) => *all = *values,
+                        Err(_) => dst.copy_from_slice(&values[..valid]),
+                    }
+                }
+            }
+        }
     }
 
     fn check_shapes(&self, x: &[f32], m: usize, out: &[f32]) {
@@ -1021,64 +1050,24 @@ fn prefetch_lines(bytes: &[u8]) {
     }
 }
 
-/// Weight rows per tile of [`QMatrix::matmul_argmax_rows`]: a tile's values for 32 activation
-/// rows (64 KB) stay in the L2 cache between the kernel writing them and the reduction reading
-/// them, and a tile is long enough that the reduction's per-row overhead stays small.
-const ARGMAX_TILE_ROWS: usize = 512;
-
 thread_local! {
-    /// Each pool thread's tile of [`QMatrix::matmul_argmax_rows`] (grown once to the largest batch).
-    static ARGMAX_TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// The calling thread's per-task results of [`QMatrix::matmul_argmax_rows`].
     static ARGMAX_RESULTS: RefCell<Vec<RunningArgmax>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Writes a kernel tile's results into a tile of [`QMatrix::matmul_argmax_rows`] (a row of
-/// [`ARGMAX_TILE_ROWS`] values per activation row): `results[r][j]` is the tile's column
-/// `column + j` of activation row `first + r`. Lanes at or past `tile_rows` (past the matrix's
-/// last row) are dropped.
-#[inline]
-fn store_in_tile<const W: usize>(
-    tile: &mut [f32],
-    column: usize,
-    first: usize,
-    tile_rows: usize,
-    results: &[[f32; W]],
-) {
-    let lanes = W.min(tile_rows - column);
-    for (r, row_results) in results.iter().enumerate() {
-        let dst = &mut tile[(first + r) * ARGMAX_TILE_ROWS + column..][..lanes];
-        match <&mut [f32; W]>::try_from(&mut *dst) {
-            Ok(full) => *full = *row_results,
-            Err(_) => dst.copy_from_slice(&row_results[..lanes]),
-        }
-    }
-}
-
-/// Folds a computed tile (`tile_rows` values from weight row `first_row` on, per activation
-/// row) into the running argmax of each row with `argmax_only`, and copies each other row's
-/// values to its packed place in `out` (`rows` values per row).
-fn reduce_tile(
-    tile: &[f32],
-    tile_rows: usize,
-    first_row: usize,
-    rows: usize,
-    argmax_only: &[bool],
-    best: &mut [RunningArgmax],
-    out: &DisjointSlice<'_, f32>,
-) {
-    let mut full = 0;
-    for (r, (&only_argmax, best)) in argmax_only.iter().zip(best).enumerate() {
-        let values = &tile[r * ARGMAX_TILE_ROWS..][..tile_rows];
-        if only_argmax {
-            best.offer(first_row, values);
-        } else {
-            // SAFETY: the task computing weight rows `first_row..first_row + tile_rows` alone
-            // writes these columns.
-            unsafe { out.range_mut(full * rows + first_row, tile_rows) }.copy_from_slice(values);
-            full += 1;
-        }
-    }
+/// For each row of [`QMatrix::matmul_argmax_rows`], `None` for an argmax row, else its place
+/// among the rows whose values are written out.
+fn packed_full_rows(argmax_only: &[bool]) -> Vec<Option<usize>> {
+    let mut kept = 0;
+    argmax_only
+        .iter()
+        .map(|&only_argmax| {
+            (!only_argmax).then(|| {
+                kept += 1;
+                kept - 1
+            })
+        })
+        .collect()
 }
 
 /// Rows from which a matmul's activations are quantized on the pool rather than by the calling

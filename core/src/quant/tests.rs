@@ -750,9 +750,10 @@ fn argmax_flag_sets(m: usize) -> [Vec<bool>; 3] {
 
 #[test]
 fn fused_argmax_picks_what_argmax_picks_from_the_full_matmul() {
-    // Rows spanning several tiles and tasks, not a multiple of a group pair; below and above
-    // the pair kernels' `vnni512::MIN_ROWS` (8; 8 itself included); float weights take the unfused path.
-    let rows = 3 * ARGMAX_TILE_ROWS + 8 * 5 + 3;
+    // Rows spanning several tasks, not a multiple of a group pair (the last lanes are past the
+    // matrix); below and above the pair kernels' `vnni512::MIN_ROWS` (8; 8 itself included);
+    // float weights take the unfused path.
+    let rows: usize = 1536 + 8 * 5 + 3;
     let x = random_activations(&mut Rng(31));
     for threads in [1, 2, 3] {
         let pool = ThreadPool::new(threads).expect("start the thread pool");
@@ -772,12 +773,12 @@ fn fused_argmax_picks_what_argmax_picks_from_the_full_matmul() {
 
 #[test]
 fn fused_argmax_breaks_ties_low_and_never_picks_nan() {
-    let rows = 2 * ARGMAX_TILE_ROWS + 61;
+    let rows: usize = 1024 + 61;
     let x = random_activations(&mut Rng(37));
     let pool = ThreadPool::new(2).expect("start the thread pool");
     for ty in [GgmlType::Q8_0, GgmlType::Q4K] {
         // Seven pattern rows repeated from an offset: each activation row's maximum first shows
-        // within the first seven rows and ties every seventh row after it, across tiles and
+        // within the first seven rows and ties every seventh row after it, across lanes and
         // tasks. Pattern rows 0 and 1 are NaN (every output NaN), so NaN sits beside the ties.
         let matrix = patterned_matrix(ty, 41, rows, |r| (r * 3 + 5) % 7, &[0, 1]);
         for m in [2, 17] {
