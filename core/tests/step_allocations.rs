@@ -13,7 +13,7 @@ use std::sync::Arc;
 use cortexstream::gguf::GgufFile;
 use cortexstream::kv_cache::KvCacheType;
 use cortexstream::models::llama::LlamaModel;
-use cortexstream::models::SeqChunk;
+use cortexstream::models::{LogitRows, SeqChunk};
 use cortexstream::threadpool::ThreadPool;
 
 struct Counting;
@@ -55,7 +55,8 @@ fn check_warm_steps_do_not_allocate(cache_type: KvCacheType) {
     let model =
         LlamaModel::load(&gguf, Arc::new(ThreadPool::new(2).expect("start the thread pool"))).expect("load model");
     const BLOCK_SIZE: usize = 16;
-    const SEQS: usize = 4;
+    // 8 sequences: the fused head's 512-bit pair path starts at 8 rows.
+    const SEQS: usize = 8;
     const BLOCKS_EACH: usize = 4;
     let mut kv = model.new_kv_storage(SEQS * BLOCKS_EACH, BLOCK_SIZE).with_cache_type(cache_type);
     let tables: Vec<Vec<u32>> = (0..SEQS).map(|s| (0..BLOCKS_EACH).map(|b| (b * SEQS + s) as u32).collect()).collect();
@@ -75,17 +76,23 @@ fn check_warm_steps_do_not_allocate(cache_type: KvCacheType) {
             })
             .collect()
     };
+    // Greedy rows take the fused head (argmax only, no logits written) beside a row that
+    // wants its logits: the engine's usual decode step.
+    let mut greedy_rows =
+        LogitRows { argmax_only: vec![true, false, true, true, true, true, false, true], ..LogitRows::default() };
     let prefill = step(0, 20);
     model.forward(&prefill, &mut kv, &mut logits).expect("prefill");
     // Warm-up decode at the longest span the measured steps reach.
     let warm = step(39, 1);
     model.forward(&warm, &mut kv, &mut logits).expect("warm-up decode");
+    model.forward_rows(&warm, &mut kv, &mut greedy_rows).expect("warm-up greedy decode");
 
     let decodes: Vec<Vec<SeqChunk<'_>>> = (20..30).map(|p| step(p, 1)).collect();
     let smaller_prefill = step(20, 10);
     let before = ALLOCATIONS.load(Ordering::SeqCst);
     for chunks in &decodes {
         model.forward(chunks, &mut kv, &mut logits).expect("decode");
+        model.forward_rows(chunks, &mut kv, &mut greedy_rows).expect("greedy decode");
     }
     model.forward(&smaller_prefill, &mut kv, &mut logits).expect("prefill again");
     let allocated = ALLOCATIONS.load(Ordering::SeqCst) - before;

@@ -887,11 +887,9 @@ mod tests {
 
     /// Every field of every block, as bits (`Q8Block` has no `PartialEq`: its floats compare
     /// by bits here).
-    #[allow(clippy::type_complexity)]
     fn block_bits(blocks: &[Q8Block]) -> Vec<(u32, u32, [i32; 6], [i8; 32])> {
-        let sums = |b: &Q8Block| {
-            [b.sum, b.low_sum, b.minus_16_sum, b.minus_128_sum, b.minus_32_low_sum, b.minus_32_high_sum]
-        };
+        let sums =
+            |b: &Q8Block| [b.sum, b.low_sum, b.minus_16_sum, b.minus_128_sum, b.minus_32_low_sum, b.minus_32_high_sum];
         blocks.iter().map(|b| (b.d.to_bits(), b.s.to_bits(), sums(b), b.q)).collect()
     }
 

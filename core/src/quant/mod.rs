@@ -647,44 +647,52 @@ impl QMatrix {
         let units = if pairs { groups.div_ceil(2) } else { groups };
         let per_task = units.div_ceil(pool.n_threads() * TASKS_PER_THREAD).max(1);
         let n_tasks = units.div_ceil(per_task);
-        let packed = packed_full_rows(argmax_only);
-        ARGMAX_RESULTS.with_borrow_mut(|results| {
-            results.clear();
-            results.resize(n_tasks * m, RunningArgmax::NONE);
-            let task_results = DisjointSlice::new(results);
-            let out = DisjointSlice::new(out);
-            pool.run(n_tasks, &|task| {
-                // SAFETY: task `task` alone writes its `m` results.
-                let best = unsafe { task_results.range_mut(task * m, m) };
-                let task_units = task * per_task..((task + 1) * per_task).min(units);
-                #[cfg(target_arch = "x86_64")]
-                if pairs {
-                    let mut lanes = vec![LaneArgmax::<{ vnni512::PAIR_LANES }>::NONE; m];
-                    self.pair_run(format, blocks, acts, m, task_units, |row, first, results| {
-                        self.fold_tile(&packed, &out, &mut lanes, row, first, results)
+        ARGMAX_PACKED.with_borrow_mut(|packed| {
+            pack_full_rows(argmax_only, packed);
+            let packed = &*packed;
+            ARGMAX_RESULTS.with_borrow_mut(|results| {
+                results.clear();
+                results.resize(n_tasks * m, RunningArgmax::NONE);
+                let task_results = DisjointSlice::new(results);
+                let out = DisjointSlice::new(out);
+                pool.run(n_tasks, &|task| {
+                    // SAFETY: task `task` alone writes its `m` results.
+                    let best = unsafe { task_results.range_mut(task * m, m) };
+                    let task_units = task * per_task..((task + 1) * per_task).min(units);
+                    #[cfg(target_arch = "x86_64")]
+                    if pairs {
+                        return PAIR_LANE_SCRATCH.with_borrow_mut(|lanes| {
+                            lanes.clear();
+                            lanes.resize(m, LaneArgmax::NONE);
+                            self.pair_run(format, blocks, acts, m, task_units, |row, first, results| {
+                                self.fold_tile(packed, &out, lanes, row, first, results)
+                            });
+                            best.iter_mut().zip(lanes.iter()).for_each(|(best, lanes)| *best = lanes.best());
+                        });
+                    }
+                    LANE_SCRATCH.with_borrow_mut(|lanes| {
+                        lanes.clear();
+                        lanes.resize(m, LaneArgmax::NONE);
+                        self.group_run(kernel, format, blocks, acts, m, task_units, |row, first, results| {
+                            self.fold_tile(packed, &out, lanes, row, first, results)
+                        });
+                        best.iter_mut().zip(lanes.iter()).for_each(|(best, lanes)| *best = lanes.best());
                     });
-                    best.iter_mut().zip(&lanes).for_each(|(best, lanes)| *best = lanes.best());
-                    return;
-                }
-                let mut lanes = vec![LaneArgmax::<LANES>::NONE; m];
-                self.group_run(kernel, format, blocks, acts, m, task_units, |row, first, results| {
-                    self.fold_tile(&packed, &out, &mut lanes, row, first, results)
                 });
-                best.iter_mut().zip(&lanes).for_each(|(best, lanes)| *best = lanes.best());
+                argmax.clear();
+                for (r, _) in argmax_only.iter().enumerate().filter(|(_, &only)| only) {
+                    let mut row_best = RunningArgmax::NONE;
+                    (0..n_tasks).for_each(|task| row_best.merge(results[task * m + r]));
+                    argmax.push(row_best.index());
+                }
             });
-            argmax.clear();
-            for (r, _) in argmax_only.iter().enumerate().filter(|(_, &only)| only) {
-                let mut row_best = RunningArgmax::NONE;
-                (0..n_tasks).for_each(|task| row_best.merge(results[task * m + r]));
-                argmax.push(row_best.index());
-            }
         });
     }
 
     /// Folds a kernel tile of [`Self::fused_argmax`] (`results[r][j]`: weight row
     /// `first_row + j`, activation row `first + r`; lanes past the matrix's last row dropped)
     /// into the lanes of each argmax row, and stores each other row's values at its packed
-    /// place in `out` (`packed[r]`, [`packed_full_rows`]).
+    /// place in `out` (`packed[r]`, [`pack_full_rows`]).
     #[inline(always)]
     fn fold_tile<const W: usize>(
         &self,
@@ -1053,21 +1061,29 @@ fn prefetch_lines(bytes: &[u8]) {
 thread_local! {
     /// The calling thread's per-task results of [`QMatrix::matmul_argmax_rows`].
     static ARGMAX_RESULTS: RefCell<Vec<RunningArgmax>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's [`pack_full_rows`] of the current call.
+    static ARGMAX_PACKED: RefCell<Vec<Option<usize>>> = const { RefCell::new(Vec::new()) };
+    /// Each thread's lane states for the task it runs (reused, so a warm step allocates nothing).
+    static LANE_SCRATCH: RefCell<Vec<LaneArgmax<LANES>>> = const { RefCell::new(Vec::new()) };
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// [`LANE_SCRATCH`] for the 512-bit pair kernel's 16-lane tiles.
+    static PAIR_LANE_SCRATCH: RefCell<Vec<LaneArgmax<{ vnni512::PAIR_LANES }>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// For each row of [`QMatrix::matmul_argmax_rows`], `None` for an argmax row, else its place
-/// among the rows whose values are written out.
-fn packed_full_rows(argmax_only: &[bool]) -> Vec<Option<usize>> {
+/// among the rows whose values are written out (into `packed`, whose allocation is reused).
+fn pack_full_rows(argmax_only: &[bool], packed: &mut Vec<Option<usize>>) {
     let mut kept = 0;
-    argmax_only
-        .iter()
-        .map(|&only_argmax| {
-            (!only_argmax).then(|| {
-                kept += 1;
-                kept - 1
-            })
+    packed.clear();
+    packed.extend(argmax_only.iter().map(|&only_argmax| {
+        (!only_argmax).then(|| {
+            kept += 1;
+            kept - 1
         })
-        .collect()
+    }));
 }
 
 /// Rows from which a matmul's activations are quantized on the pool rather than by the calling
