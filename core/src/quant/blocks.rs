@@ -31,6 +31,32 @@ pub enum QuantFormat {
     IQ4XS,
 }
 
+/// The `MIN` const parameter of the `Offset` kernels (`group_kernel`, `vnni512`): how a format's
+/// per-block scale `d` and min `m` come from its fields, and which format a kernel instance
+/// serves. Q5_0 shares the 5-bit unpacking but has no min: its stored values are `q + 16` and
+/// its epilogue is `Plain` (`regroup`).
+pub(crate) mod offset {
+    use super::QuantFormat;
+
+    pub(crate) const PLAIN_BIAS_16: u8 = 0; // Q5_0: `Σ (q_w - 16) a`, then `fma(d_w d_a, dot, acc)`
+    pub(crate) const MIN_STORED: u8 = 1; // Q5_1: `m` stored as f16
+    pub(crate) const MIN_K: u8 = 2; // Q4_K, Q5_K: `d = d_super sc`, `m = -dmin mn`
+
+    /// The format `offset_*::<MIN, FIVE>` computes. The kernels take their format from their
+    /// const parameters rather than as an argument, so every layout offset (`const fn`s of the
+    /// format) folds into the code: read at run time, each block spent about twenty scalar
+    /// instructions and branches on `scale_fields_at` and `group_block_bytes`.
+    #[inline(always)]
+    pub(crate) const fn format(min: u8, five: bool) -> QuantFormat {
+        match (min, five) {
+            (PLAIN_BIAS_16, _) => QuantFormat::Q5_0,
+            (MIN_STORED, _) => QuantFormat::Q5_1,
+            (_, false) => QuantFormat::Q4K,
+            (_, true) => QuantFormat::Q5K,
+        }
+    }
+}
+
 /// One decoded block: weight `i` is `d * q[i] + m`.
 pub struct DecodedBlock {
     pub d: f32,

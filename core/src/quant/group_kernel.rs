@@ -119,12 +119,7 @@ macro_rules! group_kernels {
             }
         }
 
-        /// How an `Offset` format's per-block scale `d` and min `m` come from its fields; Q5_0
-        /// shares the 5-bit unpacking but has no min: its stored values are `q + 16` and its
-        /// epilogue is `Plain` (`regroup`).
-        const PLAIN_BIAS_16: u8 = 0; // Q5_0: `Σ (q_w - 16) a`, then `fma(d_w d_a, dot, acc)`
-        const MIN_STORED: u8 = 1; // Q5_1: `m` stored as f16
-        const MIN_K: u8 = 2; // Q4_K, Q5_K: `d = d_super sc`, `m = -dmin mn`
+        use crate::quant::blocks::offset::{format as offset_format, MIN_K, MIN_STORED, PLAIN_BIAS_16};
 
         /// Block `b`'s eight f16 `d` values (`aux` follows at `AUX_AT`): in the block, or in its
         /// super-block's header (`regroup`).
@@ -182,19 +177,6 @@ macro_rules! group_kernels {
             _mm256_and_si256(moved, _mm256_set1_epi8(3 << TO))
         }
 
-        /// The `Offset` format that `offset_kernel::<MIN, FIVE, _>` serves: known at compile
-        /// time, so that every layout offset of its block loop folds to a constant (with the
-        /// format read at run time, each block spent about twenty scalar instructions and
-        /// branches on `scale_fields_at` and `group_block_bytes`).
-        #[inline(always)]
-        const fn offset_format(min: u8, five: bool) -> QuantFormat {
-            match (min, five) {
-                (PLAIN_BIAS_16, _) => QuantFormat::Q5_0,
-                (MIN_STORED, _) => QuantFormat::Q5_1,
-                (_, false) => QuantFormat::Q4K,
-                (_, true) => QuantFormat::Q5K,
-            }
-        }
 
         /// Independent chains of multiply-adds per activation row and block. With one chain, a
         /// single row's block is eight dependent `vpdpbusd`, whose latency the out-of-order

@@ -22,6 +22,7 @@
 use std::arch::x86_64::*;
 
 use super::activations::Q8Block;
+use super::blocks::offset::{format as offset_format, MIN_K, MIN_STORED, PLAIN_BIAS_16};
 use super::blocks::QuantFormat;
 use super::interleaved::LANES;
 use super::{PrefetchShares, TILE};
@@ -94,24 +95,6 @@ pub unsafe fn pair_tile(
         QuantFormat::Q5K => by_tile_height!(n, offset_pair, MIN_K, true; first, second, n_blocks, acts, ahead, out),
         QuantFormat::Q6K => by_tile_height!(n, q6k_pair; first, second, n_blocks, acts, ahead, out),
         _ => unreachable!("{format:?} is not paired (`pairs`)"),
-    }
-}
-
-/// How an `Offset` format's per-block scale `d` and min `m` come from its fields (as in
-/// `group_kernel`); Q5_0 has none: its dot starts at `-16 Σ a` and its epilogue is `Plain`.
-const PLAIN_BIAS_16: u8 = 0; // Q5_0: `Σ (q_w - 16) a`, then `fma(d_w d_a, dot, acc)`
-const MIN_STORED: u8 = 1; // Q5_1: `m` stored as f16
-const MIN_K: u8 = 2; // Q4_K, Q5_K: `d = d_super sc`, `m = -dmin mn`
-
-/// The format [`offset_pair`]`::<MIN, FIVE>` computes. The kernels take their format from
-/// their const parameters rather than as an argument, so every layout offset (`const fn`s of
-/// the format) folds into the code instead of being recomputed with branches for every block.
-const fn offset_format(min: u8, five: bool) -> QuantFormat {
-    match (min, five) {
-        (PLAIN_BIAS_16, _) => QuantFormat::Q5_0,
-        (MIN_STORED, _) => QuantFormat::Q5_1,
-        (_, false) => QuantFormat::Q4K,
-        (_, true) => QuantFormat::Q5K,
     }
 }
 
