@@ -53,6 +53,7 @@
 
 use crate::f16::f16_to_f32;
 use crate::kv_cache::{KvCacheType, KvStorage, RowsView, Q8_GROUP};
+use crate::memory::prefetch_lines;
 use crate::models::attention_split::{self, fold, Merged};
 use crate::models::SeqChunk;
 use crate::quant::disjoint::DisjointSlice;
@@ -888,35 +889,18 @@ fn prefetch_rows(view: &KvHeadView<'_>, positions: (usize, usize)) {
         let (offset, len) = (view.offset(run_start), (run_end - run_start) * view.head_dim);
         for rows in [view.k, view.v] {
             match rows {
-                RowsView::F16(bits) => prefetch(bits.get(offset..offset + len).unwrap_or_default()),
+                RowsView::F16(bits) => prefetch_lines(bits.get(offset..offset + len).unwrap_or_default()),
                 RowsView::Q8 { quants, scales } => {
-                    prefetch(quants.get(offset..offset + len).unwrap_or_default());
+                    prefetch_lines(quants.get(offset..offset + len).unwrap_or_default());
                     // The run's scales: block-major, one block's lie apart from the next's.
                     let groups = view.head_dim.div_ceil(Q8_GROUP);
                     let first = offset / view.head_dim * groups;
-                    prefetch(scales.get(first..first + len / view.head_dim * groups).unwrap_or_default());
+                    prefetch_lines(scales.get(first..first + len / view.head_dim * groups).unwrap_or_default());
                 }
             }
         }
         run_start = run_end;
     }
-}
-
-/// Prefetches every cache line of `data` (nothing off x86-64).
-#[inline]
-fn prefetch<T>(data: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        const LINE: usize = 64;
-        let (start, bytes) = (data.as_ptr() as *const i8, std::mem::size_of_val(data));
-        for at in (0..bytes).step_by(LINE) {
-            // SAFETY: a prefetch never faults, and the address lies within `data`.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.add(at)) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = data;
 }
 
 /// Quantizes the task's query rows (each token's heads of the task's KV head) to 8-bit blocks

@@ -44,6 +44,7 @@ use std::cell::RefCell;
 
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile};
+use crate::memory::prefetch_lines;
 use crate::sampling::{LaneArgmax, RunningArgmax};
 use crate::threadpool::ThreadPool;
 
@@ -816,11 +817,18 @@ impl QMatrix {
         let tile_kernels = [TILE.min(m).max(1), (m.max(1) - 1) % TILE + 1].map(|n| kernel.tile_kernel(format, n));
         let mut results = [[0f32; LANES]; TILE];
         // Where a group's super-block headers start (K-quants, IQ4_XS), or its end.
-        #[cfg(target_arch = "x86_64")]
         let header_at = if format.has_super_header() { format.scale_fields_at(n_blocks, 0) } else { group_bytes };
         for g in groups {
             let group = &blocks[g * group_bytes..][..group_bytes];
-            #[cfg(target_arch = "x86_64")]
+            // The next group's headers: the K-quants keep a group's `d`/`dmin` at its end
+            // (`regroup`), which the first block's epilogue needs long before the stream of
+            // blocks reaches them, a miss per group when the weights come from memory. Only
+            // those few lines: prefetching the weights themselves made the 1..15-row kernels
+            // slower (see [`PrefetchShares`]). Measured at one row, 400 copies cycled so each
+            // matrix comes from memory (`matmul_driver ... 1 30 400 400`), CPU time,
+            // without/with, three alternated pairs: Q6_K 576 x 1536 38.8/40.9/40.2 ->
+            // 30.1/29.7/28.1 us, Q4_K 576 x 1536 24.5/25.3/23.9 -> 21.1/20.8/19.9 us; Q5_0 (no
+            // headers) and cache-resident matrices unchanged.
             prefetch_lines(blocks.get((g + 1) * group_bytes + header_at..(g + 2) * group_bytes).unwrap_or_default());
             for first in (0..m).step_by(TILE) {
                 let n = TILE.min(m - first);
@@ -1033,28 +1041,6 @@ impl<'a> PrefetchShares<'a> {
             unsafe { _mm_prefetch::<_MM_HINT_T0>(self.bytes.as_ptr().add(at) as *const i8) };
             at += Self::LINE;
         }
-    }
-}
-
-/// Asks the CPU to start loading `bytes` (a few cache lines) into its caches.
-///
-/// [`QMatrix::group_run`] calls it on the next group's super-block headers: the K-quants keep
-/// a group's `d`/`dmin` at the group's end (`regroup`), which the first block's epilogue needs
-/// long before the stream of blocks reaches them, a miss per group when the weights come from
-/// memory. Only those few lines: prefetching the weights themselves made the 1..15-row
-/// kernels slower (see the pair kernels' prefetching). Measured at one row, 400 copies cycled so each
-/// matrix comes from memory (`matmul_driver ... 1 30 400 400`), CPU time, without/with, three
-/// alternated pairs: Q6_K 576 x 1536 38.8/40.9/40.2 -> 30.1/29.7/28.1 us, Q4_K 576 x 1536
-/// 24.5/25.3/23.9 -> 21.1/20.8/19.9 us; Q5_0 (no headers) and cache-resident matrices
-/// unchanged. A hint only: no result depends on it.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-fn prefetch_lines(bytes: &[u8]) {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-    for line in (0..bytes.len()).step_by(64) {
-        // SAFETY: the address is inside `bytes`; a prefetch never faults and changes nothing
-        // a program can observe but its timing (SSE, part of x86_64).
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().add(line) as *const i8) };
     }
 }
 
