@@ -885,12 +885,11 @@ mod tests {
         blocks
     }
 
-    /// Every field of every block, as bits (`Q8Block` has no `PartialEq`: its floats compare
-    /// by bits here).
-    fn block_bits(blocks: &[Q8Block]) -> Vec<(u32, u32, [i32; 6], [i8; 32])> {
-        let sums =
-            |b: &Q8Block| [b.sum, b.low_sum, b.minus_16_sum, b.minus_128_sum, b.minus_32_low_sum, b.minus_32_high_sum];
-        blocks.iter().map(|b| (b.d.to_bits(), b.s.to_bits(), sums(b), b.q)).collect()
+    /// `blocks` equal `expected` block for block, every field by its bits ([`Q8Block::same_bits`]).
+    fn assert_same_blocks(blocks: &[Q8Block], expected: &[Q8Block], what: &str) {
+        assert_eq!(blocks.len(), expected.len(), "{what}: block count");
+        let first_differing = blocks.iter().zip(expected).position(|(a, b)| !a.same_bits(b));
+        assert_eq!(first_differing, None, "{what}: first block that differs");
     }
 
     /// Blocks that no quantization produces, so a row the pass forgot shows.
@@ -917,7 +916,7 @@ mod tests {
             rms_norm_and_quantize_rows(&x, &weight, 1e-6, &mut normed, Some(&mut blocks), &pool);
             rms_norm_rows(&x, &weight, 1e-6, &mut plain, &pool);
             assert_eq!(normed, plain, "norm, {n_rows} rows");
-            assert_eq!(block_bits(&blocks), block_bits(&quantized_one_by_one(&normed, width)), "norm, {n_rows} rows");
+            assert_same_blocks(&blocks, &quantized_one_by_one(&normed, width), &format!("norm, {n_rows} rows"));
 
             for post in [None, Some(&weight[..])] {
                 let (mut summed, mut plain_x) = (x.clone(), x.clone());
@@ -926,8 +925,8 @@ mod tests {
                 residual_add_then_norm(&mut summed, &delta, norms(), &mut normed, Some(&mut blocks), &pool);
                 residual_add_then_norm(&mut plain_x, &delta, norms(), &mut plain, None, &pool);
                 assert_eq!((&summed, &normed), (&plain_x, &plain), "residual, {n_rows} rows");
-                let expected = block_bits(&quantized_one_by_one(&normed, width));
-                assert_eq!(block_bits(&blocks), expected, "residual, post {}, {n_rows} rows", post.is_some());
+                let what = format!("residual, post {}, {n_rows} rows", post.is_some());
+                assert_same_blocks(&blocks, &quantized_one_by_one(&normed, width), &what);
             }
 
             type Pass = fn(&[f32], usize, &mut [f32], Option<&mut [Q8Block]>, &ThreadPool);
@@ -937,8 +936,7 @@ mod tests {
                 pass(&gate_up, ffn, &mut hidden, Some(&mut blocks), &pool);
                 pass(&gate_up, ffn, &mut plain_hidden, None, &pool);
                 assert_eq!(hidden, plain_hidden, "{name}, {n_rows} rows");
-                let expected = block_bits(&quantized_one_by_one(&hidden, ffn));
-                assert_eq!(block_bits(&blocks), expected, "{name}, {n_rows} rows");
+                assert_same_blocks(&blocks, &quantized_one_by_one(&hidden, ffn), &format!("{name}, {n_rows} rows"));
             }
         }
     }

@@ -45,6 +45,20 @@ impl Q8Block {
         self.minus_32_low_sum = -32 * low_sum;
         self.minus_32_high_sum = -32 * (sum - low_sum);
     }
+
+    /// Every field of the two blocks equal, floats by their bits (for tests: `Q8Block` has no
+    /// `PartialEq`). Destructured without `..`, so a field added to `Q8Block` does not compile
+    /// here until it is compared too.
+    #[cfg(test)]
+    pub(crate) fn same_bits(&self, other: &Q8Block) -> bool {
+        let Q8Block { d, s, sum, low_sum, minus_16_sum, minus_128_sum, minus_32_low_sum, minus_32_high_sum, q } = *self;
+        let b = other;
+        d.to_bits() == b.d.to_bits()
+            && s.to_bits() == b.s.to_bits()
+            && (sum, low_sum, minus_16_sum, minus_128_sum) == (b.sum, b.low_sum, b.minus_16_sum, b.minus_128_sum)
+            && (minus_32_low_sum, minus_32_high_sum) == (b.minus_32_low_sum, b.minus_32_high_sum)
+            && q == b.q
+    }
 }
 
 /// The scale `d` of a block whose largest magnitude is `amax`, and the inverse the values are
@@ -91,17 +105,6 @@ mod tests {
     // The dispatcher (AVX2 where available) is checked against the portable statement here.
     use crate::quant::quantize_row;
 
-    /// Every field of two blocks equal, floats by their bits. Destructured without `..`, so a
-    /// field added to `Q8Block` does not compile here until it is compared too.
-    fn same_bits(a: &Q8Block, b: &Q8Block) -> bool {
-        let Q8Block { d, s, sum, low_sum, minus_16_sum, minus_128_sum, minus_32_low_sum, minus_32_high_sum, q } = *a;
-        d.to_bits() == b.d.to_bits()
-            && s.to_bits() == b.s.to_bits()
-            && (sum, low_sum, minus_16_sum, minus_128_sum) == (b.sum, b.low_sum, b.minus_16_sum, b.minus_128_sum)
-            && (minus_32_low_sum, minus_32_high_sum) == (b.minus_32_low_sum, b.minus_32_high_sum)
-            && q == b.q
-    }
-
     #[test]
     fn quantization_error_is_at_most_half_a_step() {
         let x: Vec<f32> = (0..64).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.173).collect();
@@ -137,7 +140,7 @@ mod tests {
         quantize_row(&x, &mut fast);
         quantize_row_portable(&x, &mut portable);
         for (i, (a, b)) in fast.iter().zip(&portable).enumerate() {
-            assert!(same_bits(a, b), "block {i}");
+            assert!(a.same_bits(b), "block {i}");
         }
     }
 
@@ -208,7 +211,7 @@ mod tests {
             }
         }
         for (i, (a, b)) in fast.iter().zip(&portable).enumerate() {
-            assert!(same_bits(a, b), "block {i}: SIMD {a:?} vs portable {b:?}");
+            assert!(a.same_bits(b), "block {i}: SIMD {a:?} vs portable {b:?}");
         }
     }
 
@@ -259,7 +262,7 @@ mod tests {
             let mut block = Q8Block::default();
             // SAFETY: AVX2 is available (checked above); `values` holds exactly 32 floats.
             unsafe { super::super::avx2::quantize_block(values.try_into().expect("32 values"), &mut block) };
-            assert!(same_bits(&block, expected), "block {i}: AVX2 {block:?} vs portable {expected:?}");
+            assert!(block.same_bits(expected), "block {i}: AVX2 {block:?} vs portable {expected:?}");
         }
     }
 }
