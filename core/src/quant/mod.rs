@@ -662,22 +662,16 @@ impl QMatrix {
                     let task_units = task * per_task..((task + 1) * per_task).min(units);
                     #[cfg(target_arch = "x86_64")]
                     if pairs {
-                        return PAIR_LANE_SCRATCH.with_borrow_mut(|lanes| {
-                            lanes.clear();
-                            lanes.resize(m, LaneArgmax::NONE);
+                        return with_fresh_lanes(&PAIR_LANE_SCRATCH, best, |lanes| {
                             self.pair_run(format, blocks, acts, m, task_units, |row, first, results| {
                                 self.fold_tile(packed, &out, lanes, row, first, results)
-                            });
-                            best.iter_mut().zip(lanes.iter()).for_each(|(best, lanes)| *best = lanes.best());
+                            })
                         });
                     }
-                    LANE_SCRATCH.with_borrow_mut(|lanes| {
-                        lanes.clear();
-                        lanes.resize(m, LaneArgmax::NONE);
+                    with_fresh_lanes(&LANE_SCRATCH, best, |lanes| {
                         self.group_run(kernel, format, blocks, acts, m, task_units, |row, first, results| {
                             self.fold_tile(packed, &out, lanes, row, first, results)
-                        });
-                        best.iter_mut().zip(lanes.iter()).for_each(|(best, lanes)| *best = lanes.best());
+                        })
                     });
                 });
                 argmax.clear();
@@ -1057,6 +1051,21 @@ thread_local! {
 thread_local! {
     /// [`LANE_SCRATCH`] for the 512-bit pair kernel's 16-lane tiles.
     static PAIR_LANE_SCRATCH: RefCell<Vec<LaneArgmax<{ vnni512::PAIR_LANES }>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `fold` over one fresh [`LaneArgmax`] per activation row, taken from this thread's
+/// `scratch` (reused, so a warm step allocates nothing), then writes each row's best to `best`.
+fn with_fresh_lanes<const W: usize>(
+    scratch: &'static std::thread::LocalKey<RefCell<Vec<LaneArgmax<W>>>>,
+    best: &mut [RunningArgmax],
+    fold: impl FnOnce(&mut [LaneArgmax<W>]),
+) {
+    scratch.with_borrow_mut(|lanes| {
+        lanes.clear();
+        lanes.resize(best.len(), LaneArgmax::NONE);
+        fold(lanes);
+        best.iter_mut().zip(lanes.iter()).for_each(|(best, lanes)| *best = lanes.best());
+    })
 }
 
 /// For each row of [`QMatrix::matmul_argmax_rows`], `None` for an argmax row, else its place
