@@ -422,6 +422,14 @@ pub fn argmax(logits: &[f32]) -> u32 {
     logits[first_chunk * LANES..].iter().position(|&l| l == max).map_or(0, |i| (first_chunk * LANES + i) as u32)
 }
 
+/// Whether `value`, at an index after every one offered so far, replaces `best` in a running
+/// argmax: only when strictly larger (ties keep the earlier index) or when there is no best yet
+/// (NaN); NaN itself never wins.
+#[inline(always)]
+fn beats(value: f32, best: f32) -> bool {
+    !value.is_nan() && (best.is_nan() || value > best)
+}
+
 /// [`argmax`] of a row that arrives in pieces in index order (the output head computes it
 /// on several threads, each piece's best found by a [`LaneArgmax`]): the first index of the
 /// largest non-NaN value so far, 0 while every value was NaN. Pieces of one row merged in
@@ -439,15 +447,8 @@ impl RunningArgmax {
 
     /// Offers the best of a later piece, as another [`RunningArgmax`] found it.
     pub(crate) fn merge(&mut self, later: RunningArgmax) {
-        self.offer_one(later.index as usize, later.value);
-    }
-
-    /// Offers one value at an index after every index offered so far: it wins only when
-    /// strictly larger (ties keep the earlier index), and NaN never wins.
-    fn offer_one(&mut self, index: usize, value: f32) {
-        if !value.is_nan() && (self.value.is_nan() || value > self.value) {
-            self.value = value;
-            self.index = index as u32;
+        if beats(later.value, self.value) {
+            *self = later;
         }
     }
 
@@ -472,16 +473,12 @@ impl<const W: usize> LaneArgmax<W> {
     /// Nothing offered yet.
     pub(crate) const NONE: Self = Self { values: [f32::NAN; W], indices: [0; W] };
 
-    /// Offers `values[j]` at index `first + j` to lane `j` (the portable path of
-    /// [`Self::offer_tile`]).
-    pub(crate) fn offer(&mut self, first: usize, values: &[f32; W]) {
+    /// Offers `values[j]` at index `first + j` to lane `j`, for the first `values.len()` lanes
+    /// (fewer than `W` for a matrix's last rows; the portable path of [`Self::offer_tile`]).
+    pub(crate) fn offer(&mut self, first: usize, values: &[f32]) {
         let lanes = self.values.iter_mut().zip(&mut self.indices);
         for (j, ((best, index), &v)) in lanes.zip(values).enumerate() {
-            // A value wins when strictly larger than its lane's best (ties keep the earlier
-            // index) or when the lane has none yet (its best is NaN, `<=` is false); NaN
-            // itself never wins.
-            #[allow(clippy::neg_cmp_op_on_partial_ord)]
-            if !(v <= *best) && !v.is_nan() {
+            if beats(v, *best) {
                 *best = v;
                 *index = (first + j) as u32;
             }
@@ -513,18 +510,6 @@ impl<const W: usize> LaneArgmax<W> {
         lanes.iter_mut().zip(tile).for_each(|(lanes, values)| lanes.offer(first, values));
     }
 
-    /// Offers `values[j]` at index `first + j` to lane `j`, for the first `values.len()`
-    /// lanes only (a matrix's last rows).
-    pub(crate) fn offer_partial(&mut self, first: usize, values: &[f32]) {
-        for (j, &v) in values.iter().enumerate().take(W) {
-            let best = self.values[j];
-            if v > best || (best.is_nan() && !v.is_nan()) {
-                self.values[j] = v;
-                self.indices[j] = (first + j) as u32;
-            }
-        }
-    }
-
     /// The best over the lanes: the largest non-NaN value, ties to the lowest index.
     pub(crate) fn best(&self) -> RunningArgmax {
         let mut best = RunningArgmax::NONE;
@@ -538,9 +523,9 @@ impl<const W: usize> LaneArgmax<W> {
     }
 }
 
-/// [`LaneArgmax::offer_tile`]'s SIMD kernels: the same decision as [`LaneArgmax::offer`] per
-/// lane (`!(v <= best)` is the unordered "not less or equal" compare: true for a lane with no
-/// value yet, whose best is NaN; masked by "`v` is not NaN").
+/// [`LaneArgmax::offer_tile`]'s SIMD kernels: [`beats`] per lane, as `!(v <= best)` (the
+/// unordered "not less or equal" compare: true where the lane has no value yet, whose best is
+/// NaN) masked by "`v` is not NaN".
 #[cfg(target_arch = "x86_64")]
 mod lanes_x86 {
     use super::LaneArgmax;
@@ -691,7 +676,7 @@ mod tests {
             match <&[f32; W]>::try_from(piece) {
                 Ok(full) if tile => LaneArgmax::offer_tile(std::slice::from_mut(lanes), first + i * W, &[*full]),
                 Ok(full) => lanes.offer(first + i * W, full),
-                Err(_) => lanes.offer_partial(first + i * W, piece),
+                Err(_) => lanes.offer(first + i * W, piece),
             }
         }
     }

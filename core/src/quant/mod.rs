@@ -709,7 +709,7 @@ impl QMatrix {
                 None if valid == W => {
                     LaneArgmax::offer_tile(std::slice::from_mut(&mut lanes[r]), first_row, &[*values])
                 }
-                None => lanes[r].offer_partial(first_row, &values[..valid]),
+                None => lanes[r].offer(first_row, &values[..valid]),
                 Some(full) => {
                     // SAFETY: the task computing weight rows `first_row..first_row + W` alone
                     // writes these columns.
