@@ -44,22 +44,25 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn warm_decode_and_prefill_steps_do_not_allocate() {
-    // Both cache formats (the 8-bit one keeps quantized query and key blocks per task).
+    // Both cache formats (the 8-bit one keeps quantized query and key blocks per task). 8
+    // sequences: the fused head's 512-bit pair path starts at 8 rows; 16: where the CPU has
+    // AMX, the head (Q8_0) takes the fused AMX path from 16 rows (per-thread AMX workspaces
+    // and 16-lane argmax scratch).
     for cache_type in [KvCacheType::F16, KvCacheType::Q8_0] {
-        check_warm_steps_do_not_allocate(cache_type);
+        for seqs in [8, 16] {
+            check_warm_steps_do_not_allocate(cache_type, seqs);
+        }
     }
 }
 
-fn check_warm_steps_do_not_allocate(cache_type: KvCacheType) {
+fn check_warm_steps_do_not_allocate(cache_type: KvCacheType, seqs: usize) {
     let gguf = GgufFile::open(common::smollm2_path()).expect("open model");
     let model =
         LlamaModel::load(&gguf, Arc::new(ThreadPool::new(2).expect("start the thread pool"))).expect("load model");
     const BLOCK_SIZE: usize = 16;
-    // 8 sequences: the fused head's 512-bit pair path starts at 8 rows.
-    const SEQS: usize = 8;
     const BLOCKS_EACH: usize = 4;
-    let mut kv = model.new_kv_storage(SEQS * BLOCKS_EACH, BLOCK_SIZE).with_cache_type(cache_type);
-    let tables: Vec<Vec<u32>> = (0..SEQS).map(|s| (0..BLOCKS_EACH).map(|b| (b * SEQS + s) as u32).collect()).collect();
+    let mut kv = model.new_kv_storage(seqs * BLOCKS_EACH, BLOCK_SIZE).with_cache_type(cache_type);
+    let tables: Vec<Vec<u32>> = (0..seqs).map(|s| (0..BLOCKS_EACH).map(|b| (b * seqs + s) as u32).collect()).collect();
     let tokens: Vec<u32> = (0..40).map(|i| 100 + i * 7).collect();
     let mut logits = Vec::new();
 
@@ -78,8 +81,7 @@ fn check_warm_steps_do_not_allocate(cache_type: KvCacheType) {
     };
     // Greedy rows take the fused head (argmax only, no logits written) beside a row that
     // wants its logits: the engine's usual decode step.
-    let mut greedy_rows =
-        LogitRows { argmax_only: vec![true, false, true, true, true, true, false, true], ..LogitRows::default() };
+    let mut greedy_rows = LogitRows { argmax_only: (0..seqs).map(|s| s % 5 != 1).collect(), ..LogitRows::default() };
     let prefill = step(0, 20);
     model.forward(&prefill, &mut kv, &mut logits).expect("prefill");
     // Warm-up decode at the longest span the measured steps reach.
@@ -96,5 +98,5 @@ fn check_warm_steps_do_not_allocate(cache_type: KvCacheType) {
     }
     model.forward(&smaller_prefill, &mut kv, &mut logits).expect("prefill again");
     let allocated = ALLOCATIONS.load(Ordering::SeqCst) - before;
-    assert_eq!(allocated, 0, "{cache_type} KV: warm forward steps allocated {allocated} times");
+    assert_eq!(allocated, 0, "{cache_type} KV, {seqs} sequences: warm forward steps allocated {allocated} times");
 }

@@ -6,8 +6,8 @@
 //! weights, dequantizing bit for bit like ggml). F32, F16 and BF16 are widened to f32. [`QMatrix::matmul`] quantizes each activation row to 8 bits
 //! per 32-element block and takes integer dot products against the weight blocks, eight weight
 //! rows per vector: with VNNI or AVX2 on CPUs that have them (chosen at runtime), portable code
-//! otherwise; batches of 8 rows or more go to AMX tiles where the CPU and OS offer them
-//! (`amx`). With AVX-512, batches of 8 rows or more in the formats `vnni512` covers take
+//! otherwise; batches of 8 rows or more (16 for Q8_0) go to AMX tiles where the CPU and OS
+//! offer them (`amx`). With AVX-512, batches of 8 rows or more in the formats `vnni512` covers take
 //! sixteen weight rows (two groups) per 512-bit vector. The SIMD kernels give identical bits (exact integer block sums, then the same
 //! float operations in the same order), so the choice never shows in the results.
 //!
@@ -140,6 +140,16 @@ enum Kernel {
 #[cfg(target_arch = "x86_64")]
 const AMX_MIN_ROWS: usize = 8;
 
+/// [`AMX_MIN_ROWS`] for Q8_0, against the 512-bit VNNI pair kernel (`vnni512`). Measured on a
+/// 2-core Sapphire Rapids-class Xeon (AMX-INT8), one thread, CPU time, AMX/VNNI in alternated
+/// pairs (`examples/matmul_driver.rs`): 2048 × 640 Q8_0 (cache-resident) at 8 rows 0.106-0.111
+/// / 0.085-0.092 ms, 12 rows 0.126-0.133 / 0.130-0.134, 16 rows 0.148-0.153 / 0.173-0.180;
+/// Gemma 3's 262,144 × 640 Q8_0 head at 8 rows 21.4-22.7 / 19.1-19.4 ms, 12 rows 23.2-23.9 /
+/// 20.4-21.1; and the fused head in a Gemma 3 decode at 8 streams 33.4-33.9 / 30.9-33.8 ms per
+/// step, at 32 streams 72-80 / 85-97 (`examples/streams_driver.rs`).
+#[cfg(target_arch = "x86_64")]
+const AMX_MIN_ROWS_Q8_0: usize = 16;
+
 impl Kernel {
     /// The fastest kernel this CPU supports.
     fn best() -> Self {
@@ -183,6 +193,19 @@ impl Kernel {
         }
         let _ = m;
         Self::best()
+    }
+
+    /// `self`, chosen for a batch of `m` rows, for weights in `format`: AMX unpacks Q4_0, Q4_1
+    /// and Q8_0 only, and Q8_0 (no unpacking to amortize) beats the 512-bit VNNI pair kernel
+    /// only from [`AMX_MIN_ROWS_Q8_0`] rows; the others take the best VNNI kernel, which gives
+    /// the same bits.
+    fn for_format(self, format: QuantFormat, m: usize) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if self == Kernel::Amx && (format.is_regrouped() || format == QuantFormat::Q8_0 && m < AMX_MIN_ROWS_Q8_0) {
+            return Kernel::best();
+        }
+        let _ = (format, m);
+        self
     }
 
     /// Every kernel this CPU can run (for tests that hold them to one another).
@@ -562,7 +585,7 @@ impl QMatrix {
     /// kernel tile produces them, never written out: for Gemma 3's 262,144-row head at 32 rows
     /// the full output is 33 MB written and read back. The values are the bits `matmul`
     /// computes (the same kernel over the same activations; the split only decides which
-    /// weight rows run together). Float weights and AMX compute the full rows, then pick.
+    /// weight rows run together). Float weights compute the full rows, then pick.
     pub(crate) fn matmul_argmax_rows(
         &self,
         x: &[f32],
@@ -574,17 +597,10 @@ impl QMatrix {
     ) {
         assert_eq!(argmax_only.len(), m, "one argmax flag per row");
         let kernel = Kernel::for_rows(m);
-        #[cfg(target_arch = "x86_64")]
-        let amx = kernel == Kernel::Amx;
-        #[cfg(not(target_arch = "x86_64"))]
-        let amx = false;
-        let fused = match &self.storage {
-            Storage::Quantized { format, blocks } if !amx => Some((*format, &blocks[..])),
-            _ => None,
-        };
-        let Some((format, blocks)) = fused else {
+        let Storage::Quantized { format, blocks } = &self.storage else {
             return self.matmul_then_argmax(x, m, argmax_only, out, argmax, pool);
         };
+        let (format, blocks) = (*format, &blocks[..]);
         let n_full = argmax_only.iter().filter(|&&a| !a).count();
         out.resize(n_full * self.rows, 0.0);
         QUANTIZED_ACTIVATIONS.with_borrow_mut(|acts| {
@@ -639,12 +655,15 @@ impl QMatrix {
     ) {
         let m = argmax_only.len();
         let groups = self.rows.div_ceil(LANES);
+        let kernel = kernel.for_format(format, m);
         #[cfg(target_arch = "x86_64")]
-        let pairs =
-            kernel == Kernel::Avx512Vnni && m >= vnni512::MIN_ROWS && vnni512::pairs(format) && vnni512::is_available();
+        let amx = kernel == Kernel::Amx;
+        #[cfg(target_arch = "x86_64")]
+        let pairs = amx
+            || kernel == Kernel::Avx512Vnni && m >= vnni512::MIN_ROWS && vnni512::pairs(format) && vnni512::is_available();
         #[cfg(not(target_arch = "x86_64"))]
         let pairs = false;
-        // Units of work: 8-row groups, or pairs of them for the pair kernel.
+        // Units of work: 8-row groups, or pairs of them for the pair and AMX kernels.
         let units = if pairs { groups.div_ceil(2) } else { groups };
         let per_task = units.div_ceil(pool.n_threads() * TASKS_PER_THREAD).max(1);
         let n_tasks = units.div_ceil(per_task);
@@ -660,6 +679,14 @@ impl QMatrix {
                     // SAFETY: task `task` alone writes its `m` results.
                     let best = unsafe { task_results.range_mut(task * m, m) };
                     let task_units = task * per_task..((task + 1) * per_task).min(units);
+                    #[cfg(target_arch = "x86_64")]
+                    if amx {
+                        return with_fresh_lanes(&PAIR_LANE_SCRATCH, best, |lanes| {
+                            self.amx_run(format, blocks, acts, m, task_units, |row, results| {
+                                self.fold_tile(packed, &out, lanes, row, 0, results)
+                            })
+                        });
+                    }
                     #[cfg(target_arch = "x86_64")]
                     if pairs {
                         return with_fresh_lanes(&PAIR_LANE_SCRATCH, best, |lanes| {
@@ -749,12 +776,7 @@ impl QMatrix {
     /// The quantized kernels over activations [`quantize_activations`] prepared for `kernel`.
     fn matmul_quantized(&self, kernel: Kernel, acts: &[Q8Block], m: usize, out: &mut [f32], pool: &ThreadPool) {
         let Storage::Quantized { format, blocks } = &self.storage else { return };
-        // AMX unpacks Q4_0, Q4_1 and Q8_0 only; the VNNI kernel gives the same bits.
-        #[cfg(target_arch = "x86_64")]
-        let kernel = match kernel {
-            Kernel::Amx if format.is_regrouped() => Kernel::best(),
-            _ => kernel,
-        };
+        let kernel = kernel.for_format(*format, m);
         let out = DisjointSlice::new(out);
         match kernel {
             #[cfg(target_arch = "x86_64")]
@@ -934,29 +956,51 @@ impl QMatrix {
         out: &DisjointSlice<'_, f32>,
         pool: &ThreadPool,
     ) {
-        let n_blocks = self.cols / BLOCK;
         let m = out.len() / self.rows;
-        let group_bytes = self.group_bytes();
-        let groups = self.rows.div_ceil(LANES);
-        for_each_range(pool, groups.div_ceil(2), |pairs| {
-            AMX_WORKSPACE.with_borrow_mut(|workspace| {
-                // SAFETY: `Kernel::Amx` is only chosen after `amx::is_available()` said yes.
-                let tiles = unsafe { amx::Tiles::configure() };
-                for p in pairs {
-                    let group = |g: usize| if g < groups { &blocks[g * group_bytes..][..group_bytes] } else { &[][..] };
-                    let pair = [group(2 * p), group(2 * p + 1)];
-                    // SAFETY: as above; `tiles` configured this thread.
-                    unsafe { amx::pair_matmul(&tiles, workspace, format, pair, n_blocks, acts, m) };
-                    let first_row = 2 * p * LANES;
-                    let lanes = amx::ROWS.min(self.rows - first_row);
-                    for (r, row_results) in workspace.results()[..m].iter().enumerate() {
-                        // SAFETY: the output rows of pair `p` belong to this task alone; AVX-512
-                        // is available (part of `amx::is_available()`).
-                        unsafe { amx::store_row(row_results, out.range_mut(r * self.rows + first_row, lanes)) };
-                    }
+        for_each_range(pool, self.rows.div_ceil(LANES).div_ceil(2), |pairs| {
+            self.amx_run(format, blocks, acts, m, pairs, |first_row, results| {
+                let lanes = amx::ROWS.min(self.rows - first_row);
+                for (r, row_results) in results.iter().enumerate() {
+                    // SAFETY: the output rows of this pair belong to this task alone; AVX-512
+                    // is available (part of `amx::is_available()`).
+                    unsafe { amx::store_row(row_results, out.range_mut(r * self.rows + first_row, lanes)) };
                 }
             })
         });
+    }
+
+    /// The group pairs `pairs` (16 weight rows each; the last pair of an odd group count has
+    /// zero rows for its second group) applied on AMX to the first `m` activation rows of
+    /// `acts` (padded to whole tiles, [`quantize_activations`]), on the calling thread:
+    /// `each(first weight row, results)` receives each pair's results, `results[r][j]` for
+    /// weight row `first_row + j` (lanes past the matrix's last row included) and activation
+    /// row `r < m`. The one place that calls [`amx::pair_matmul`]. Call only where
+    /// `Kernel::Amx` was chosen (after `amx::is_available()` said yes).
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    fn amx_run(
+        &self,
+        format: QuantFormat,
+        blocks: &[u8],
+        acts: &[Q8Block],
+        m: usize,
+        pairs: std::ops::Range<usize>,
+        mut each: impl FnMut(usize, &[[f32; amx::ROWS]]),
+    ) {
+        let n_blocks = self.cols / BLOCK;
+        let group_bytes = self.group_bytes();
+        let groups = self.rows.div_ceil(LANES);
+        AMX_WORKSPACE.with_borrow_mut(|workspace| {
+            // SAFETY: `Kernel::Amx` is only chosen after `amx::is_available()` said yes.
+            let tiles = unsafe { amx::Tiles::configure() };
+            for p in pairs {
+                let group = |g: usize| if g < groups { &blocks[g * group_bytes..][..group_bytes] } else { &[][..] };
+                let pair = [group(2 * p), group(2 * p + 1)];
+                // SAFETY: as above; `tiles` configured this thread.
+                unsafe { amx::pair_matmul(&tiles, workspace, format, pair, n_blocks, acts, m) };
+                each(2 * p * LANES, &workspace.results()[..m]);
+            }
+        })
     }
 
     /// Runs `f(row, out)` for every weight row, in contiguous row ranges spread over the pool.

@@ -750,10 +750,17 @@ fn argmax_flag_sets(m: usize) -> [Vec<bool>; 3] {
 
 #[test]
 fn fused_argmax_picks_what_argmax_picks_from_the_full_matmul() {
-    // Rows spanning several tasks, not a multiple of a group pair (the last lanes are past the
-    // matrix); below and above the pair kernels' `vnni512::MIN_ROWS` (8; 8 itself included);
-    // float weights take the unfused path.
-    let rows: usize = 1536 + 8 * 5 + 3;
+    // Rows spanning several tasks, an odd number of groups, the last one partial (the last
+    // pair's lanes are past the matrix, its second group absent); below and above the pair
+    // kernels' `vnni512::MIN_ROWS` (8; 8 itself included) and, on AMX CPUs, AMX's thresholds
+    // (Q4_1 from 8 rows, Q8_0 from 16: both fold AMX results here); float weights take the
+    // unfused path.
+    let rows: usize = 1536 + 8 * 4 + 3;
+    #[cfg(target_arch = "x86_64")]
+    if amx::is_available() {
+        let amx_for = |format, m| Kernel::for_rows(m).for_format(format, m) == Kernel::Amx;
+        assert!(amx_for(QuantFormat::Q8_0, 16) && amx_for(QuantFormat::Q4_1, 8), "the AMX fold is tested");
+    }
     let x = random_activations(&mut Rng(31));
     for threads in [1, 2, 3] {
         let pool = ThreadPool::new(threads).expect("start the thread pool");
@@ -776,7 +783,8 @@ fn fused_argmax_breaks_ties_low_and_never_picks_nan() {
     let rows: usize = 1024 + 61;
     let x = random_activations(&mut Rng(37));
     let pool = ThreadPool::new(2).expect("start the thread pool");
-    for ty in [GgmlType::Q8_0, GgmlType::Q4K] {
+    // 17 rows: AMX for Q8_0 and Q4_1 where the CPU has it.
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q4K] {
         // Seven pattern rows repeated from an offset: each activation row's maximum first shows
         // within the first seven rows and ties every seventh row after it, across lanes and
         // tasks. Pattern rows 0 and 1 are NaN (every output NaN), so NaN sits beside the ties.
