@@ -682,7 +682,7 @@ impl QMatrix {
                     #[cfg(target_arch = "x86_64")]
                     if amx {
                         return with_fresh_lanes(&PAIR_LANE_SCRATCH, best, |lanes| {
-                            self.amx_run(format, blocks, acts, m, task_units, |row, results| {
+                            self.amx_run(acts, m, task_units, |row, results| {
                                 self.fold_tile(packed, &out, lanes, row, 0, results)
                             })
                         });
@@ -780,7 +780,7 @@ impl QMatrix {
         let out = DisjointSlice::new(out);
         match kernel {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Amx => self.matmul_amx(*format, blocks, acts, &out, pool),
+            Kernel::Amx => self.matmul_amx(acts, &out, pool),
             _ => self.matmul_groups(kernel, *format, blocks, acts, m, &out, pool),
         }
     }
@@ -948,17 +948,10 @@ impl QMatrix {
     /// to all activation rows (`acts`: padded to whole tiles; only the first `out.len() / rows`
     /// rows are stored).
     #[cfg(target_arch = "x86_64")]
-    fn matmul_amx(
-        &self,
-        format: QuantFormat,
-        blocks: &[u8],
-        acts: &[Q8Block],
-        out: &DisjointSlice<'_, f32>,
-        pool: &ThreadPool,
-    ) {
+    fn matmul_amx(&self, acts: &[Q8Block], out: &DisjointSlice<'_, f32>, pool: &ThreadPool) {
         let m = out.len() / self.rows;
         for_each_range(pool, self.rows.div_ceil(LANES).div_ceil(2), |pairs| {
-            self.amx_run(format, blocks, acts, m, pairs, |first_row, results| {
+            self.amx_run(acts, m, pairs, |first_row, results| {
                 let lanes = amx::ROWS.min(self.rows - first_row);
                 for (r, row_results) in results.iter().enumerate() {
                     // SAFETY: the output rows of this pair belong to this task alone; AVX-512
@@ -969,9 +962,10 @@ impl QMatrix {
         });
     }
 
-    /// The group pairs `pairs` (16 weight rows each; the last pair of an odd group count has
-    /// zero rows for its second group) applied on AMX to the first `m` activation rows of
-    /// `acts` (padded to whole tiles, [`quantize_activations`]), on the calling thread:
+    /// The group pairs `pairs` of these quantized weights (16 rows each; the last pair of an
+    /// odd group count has zero rows for its second group) applied on AMX to the first `m`
+    /// activation rows of `acts` (padded to whole tiles, [`quantize_activations`]), on the
+    /// calling thread:
     /// `each(first weight row, results)` receives each pair's results, `results[r][j]` for
     /// weight row `first_row + j` (lanes past the matrix's last row included) and activation
     /// row `r < m`. The one place that calls [`amx::pair_matmul`]. Call only where
@@ -980,14 +974,13 @@ impl QMatrix {
     #[inline]
     fn amx_run(
         &self,
-        format: QuantFormat,
-        blocks: &[u8],
         acts: &[Q8Block],
         m: usize,
         pairs: std::ops::Range<usize>,
         mut each: impl FnMut(usize, &[[f32; amx::ROWS]]),
     ) {
-        let n_blocks = self.cols / BLOCK;
+        let Storage::Quantized { format, blocks } = &self.storage else { return };
+        let (format, blocks, n_blocks) = (*format, &blocks[..], self.cols / BLOCK);
         let group_bytes = self.group_bytes();
         let groups = self.rows.div_ceil(LANES);
         AMX_WORKSPACE.with_borrow_mut(|workspace| {
