@@ -59,12 +59,17 @@ use interleaved::LANES;
 /// registers).
 const TILE: usize = 4;
 
-/// Quantizes one activation row (`x.len() == out.len() * 32`) block by block, with AVX2 where
-/// the CPU has it, else portably ([`activations::quantize_row_portable`], which states the
-/// rule); both give the same bits (same scale, same rounding, exact integer sum). Lives here,
-/// above both, so that `activations` and `avx2` do not import each other.
+/// Quantizes one activation row (`x.len() == out.len() * 32`) block by block, with AVX-512 or
+/// AVX2 where the CPU has them, else portably ([`activations::quantize_row_portable`], which
+/// states the rule); all give the same bits (same scale, same rounding, exact integer sum).
+/// Lives here, above them, so that `activations` and `avx2` do not import each other.
 pub fn quantize_row(x: &[f32], out: &mut [Q8Block]) {
     debug_assert_eq!(x.len(), out.len() * BLOCK);
+    #[cfg(target_arch = "x86_64")]
+    if activations::avx512::is_available() {
+        // SAFETY: AVX-512F is available (checked above).
+        return unsafe { activations::avx512::quantize_row(x, out) };
+    }
     #[cfg(target_arch = "x86_64")]
     if avx2::is_available() {
         for (values, block) in x.chunks_exact(BLOCK).zip(out.iter_mut()) {
