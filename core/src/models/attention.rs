@@ -595,7 +595,10 @@ impl Kernel {
             // SAFETY: chosen only on CPUs with AVX2 and FMA; `attend_tiles` passes TILE weights
             // and lane sums per row.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 | Kernel::Avx512 => unsafe { avx2::update_softmax(weights, max, lane_sums, correction) },
+            Kernel::Avx2 => unsafe { avx2::update_softmax(weights, max, lane_sums, correction) },
+            // SAFETY: chosen only on CPUs with AVX-512F as well; shapes as above.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe { avx512::update_softmax(weights, max, lane_sums, correction) },
         }
     }
 
@@ -1268,28 +1271,43 @@ mod avx2 {
         for r in 0..rows {
             let (w, l) = (weights.as_mut_ptr().add(r * TILE), sums.as_mut_ptr().add(r * TILE));
             let (low, high) = (_mm256_loadu_ps(w), _mm256_loadu_ps(w.add(8)));
-            let eight = _mm256_max_ps(low, high);
-            let four = _mm_max_ps(_mm256_castps256_ps128(eight), _mm256_extractf128_ps::<1>(eight));
-            let two = _mm_max_ps(four, _mm_movehl_ps(four, four));
-            let tile_max = _mm_max_ss(two, _mm_shuffle_ps::<1>(two, two));
-            let old_max = _mm_set_ss(max[r]);
-            let new_max = _mm_max_ss(tile_max, old_max);
-            // A maximum that stays (the usual case deep in a context) gives `e^0`, exactly 1.
-            let c = if _mm_comigt_ss(tile_max, old_max) == 0 && max[r].is_finite() {
-                _mm256_set1_ps(1.0)
-            } else {
-                let c = exp_nonpositive(_mm256_castps128_ps256(_mm_sub_ss(old_max, new_max)));
-                _mm256_broadcastss_ps(_mm256_castps256_ps128(c))
-            };
-            correction[r] = _mm256_cvtss_f32(c);
-            max[r] = _mm_cvtss_f32(new_max);
-            let new_max = _mm256_broadcastss_ps(new_max);
+            let (new_max, c) = new_max_and_correction(low, high, &mut max[r], &mut correction[r]);
+            let (new_max, c) = (_mm256_broadcastss_ps(new_max), _mm256_broadcastss_ps(c));
             for (i, x) in [(0, low), (8, high)] {
                 let p = exp_nonpositive(_mm256_sub_ps(x, new_max));
                 _mm256_storeu_ps(w.add(i), p);
                 _mm256_storeu_ps(l.add(i), _mm256_fmadd_ps(_mm256_loadu_ps(l.add(i)), c, p));
             }
         }
+    }
+
+    /// One row's tile maximum (lanes `low` and `high`, the tree of `maxps` the portable
+    /// `tile_max` states), its new running maximum `m' = max(tile max, m)` and correction
+    /// `c = e^(m - m')`, stored in `max` and `correction` and returned in lane 0 (shared with
+    /// the AVX-512 kernel, so both take them by the same instructions).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(super) unsafe fn new_max_and_correction(
+        low: __m256,
+        high: __m256,
+        max: &mut f32,
+        correction: &mut f32,
+    ) -> (__m128, __m128) {
+        let eight = _mm256_max_ps(low, high);
+        let four = _mm_max_ps(_mm256_castps256_ps128(eight), _mm256_extractf128_ps::<1>(eight));
+        let two = _mm_max_ps(four, _mm_movehl_ps(four, four));
+        let tile_max = _mm_max_ss(two, _mm_shuffle_ps::<1>(two, two));
+        let old_max = _mm_set_ss(*max);
+        let new_max = _mm_max_ss(tile_max, old_max);
+        // A maximum that stays (the usual case deep in a context) gives `e^0`, exactly 1.
+        let c = if _mm_comigt_ss(tile_max, old_max) == 0 && max.is_finite() {
+            _mm_set_ss(1.0)
+        } else {
+            _mm256_castps256_ps128(exp_nonpositive(_mm256_castps128_ps256(_mm_sub_ss(old_max, new_max))))
+        };
+        *correction = _mm_cvtss_f32(c);
+        *max = _mm_cvtss_f32(new_max);
+        (new_max, c)
     }
 
     /// # Safety
@@ -1383,6 +1401,37 @@ mod avx512 {
 
     use super::lanes::{Element, TileRows};
     use super::{ROWS_PER_PASS, TILE};
+    use crate::models::elementwise::simd::exp_nonpositive_x16;
+
+    /// [`super::avx2::update_softmax`] with a row's 16 weights in one ZMM: the maximum and
+    /// correction by the same instructions ([`super::avx2::new_max_and_correction`]), then
+    /// `e^(s - m')` by the 16-lane twin of the 8-lane `e^x` (operation for operation), so the
+    /// same bits in half the exponential's instructions.
+    ///
+    /// # Safety
+    /// AVX-512F, AVX2, FMA and F16C; shapes as [`super::avx2::update_softmax`].
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(super) unsafe fn update_softmax(
+        weights: &mut [f32],
+        max: &mut [f32],
+        sums: &mut [f32],
+        correction: &mut [f32],
+    ) {
+        const _: () = assert!(TILE == 16, "one ZMM per row");
+        let rows = max.len();
+        assert!(weights.len() == rows * TILE && sums.len() == rows * TILE && correction.len() == rows);
+        for r in 0..rows {
+            let (w, l) = (weights.as_mut_ptr().add(r * TILE), sums.as_mut_ptr().add(r * TILE));
+            let x = _mm512_loadu_ps(w);
+            let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x)));
+            let (new_max, c) =
+                super::avx2::new_max_and_correction(_mm512_castps512_ps256(x), high, &mut max[r], &mut correction[r]);
+            let (new_max, c) = (_mm512_broadcastss_ps(new_max), _mm512_broadcastss_ps(c));
+            let p = exp_nonpositive_x16(_mm512_sub_ps(x, new_max));
+            _mm512_storeu_ps(w, p);
+            _mm512_storeu_ps(l, _mm512_fmadd_ps(_mm512_loadu_ps(l), c, p));
+        }
+    }
 
     /// # Safety
     /// AVX-512F, AVX2, FMA and F16C; shapes as [`super::avx2::scores`].
