@@ -57,7 +57,7 @@ use crate::memory::prefetch_lines;
 use crate::models::attention_split::{self, fold, Merged};
 use crate::models::SeqChunk;
 use crate::quant::disjoint::DisjointSlice;
-use crate::quant::Q8Block;
+use crate::quant::{Q8Block, ACTIVATION_BLOCK};
 use crate::threadpool::ThreadPool;
 
 /// Query tokens one task handles, so a long prefill chunk spreads over the pool; every K/V tile
@@ -692,6 +692,12 @@ fn lane_tree(sums: &[f32]) -> f32 {
 /// `0..=pos`, or a sliding window ending at `pos`) applied to V.
 /// Reads queries from `qkv` (rows of `qkv_row_len`) and writes `out` (rows of
 /// `n_heads * head_dim`). K/V of this step's tokens must already be in `kv`.
+///
+/// With `quantized` (`out`'s rows' [`quantized_output_blocks`] each), each task also
+/// quantizes the output it writes, head group by head group while it is in cache, for the
+/// output projection ([`crate::quant::QMatrix::matmul_prequantized`]): the bits
+/// [`crate::quant::quantize_row`] gives for the whole row, since a block never spans two
+/// heads, and no separate quantization pass and pool dispatch per layer.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend(
     scratch: &mut AttentionScratch,
@@ -702,10 +708,21 @@ pub(crate) fn attend(
     kv: &KvStorage,
     qkv: &[f32],
     out: &mut [f32],
+    quantized: Option<&mut [Q8Block]>,
     pool: &ThreadPool,
 ) {
     let spread = attention_split::spread_slices(AttentionScratch::unsplit_tasks(chunks, g), pool.n_threads());
-    attend_with(Kernel::best(g.head_dim), spread, scratch, g, layer, span, chunks, kv, qkv, out, pool);
+    attend_with(Kernel::best(g.head_dim), spread, scratch, g, layer, span, chunks, kv, qkv, out, quantized, pool);
+}
+
+/// The blocks [`attend`] quantizes each output row to, or 0 when it cannot: a head whose
+/// dimension is not a whole number of blocks would put one block across two heads' tasks.
+pub(crate) fn quantized_output_blocks(g: &Geometry) -> usize {
+    if g.head_dim.is_multiple_of(ACTIVATION_BLOCK) {
+        g.q_dim() / ACTIVATION_BLOCK
+    } else {
+        0
+    }
 }
 
 /// [`attend`] with the kernel and the slice spreading chosen by the caller (tests try every
@@ -722,11 +739,28 @@ fn attend_with(
     kv: &KvStorage,
     qkv: &[f32],
     out: &mut [f32],
+    quantized: Option<&mut [Q8Block]>,
     pool: &ThreadPool,
 ) {
     scratch.plan(chunks, g, span, spread);
     scratch.size_blocks(kv.cache_type());
     let (tasks, merges) = (&scratch.tasks, &scratch.merges);
+    let blocks_per_row = quantized_output_blocks(g);
+    if let Some(quantized) = &quantized {
+        assert!(blocks_per_row > 0, "head dimension {} is not a whole number of blocks", g.head_dim);
+        assert_eq!(quantized.len() * g.q_dim(), out.len() * blocks_per_row, "quantized output blocks");
+    }
+    let quantized = quantized.map(DisjointSlice::new);
+    // The output of one (row, head group) quantized into its own blocks: its first value
+    // `row * q_dim + kv_head * group_len` starts a block (head_dim is a multiple of 32).
+    let quantize_group = |row: usize, kv_head: usize, out: &[f32]| {
+        if let Some(quantized) = &quantized {
+            let first = (row * g.q_dim() + kv_head * out.len()) / ACTIVATION_BLOCK;
+            // SAFETY: these blocks cover exactly the output slots of the caller, which owns them.
+            let blocks = unsafe { quantized.range_mut(first, out.len() / ACTIVATION_BLOCK) };
+            crate::quant::quantize_row(out, blocks);
+        }
+    };
     let out = DisjointSlice::new(out);
     let buffers = DisjointSlice::new(&mut scratch.buffers);
     let blocks = DisjointSlice::new(&mut scratch.blocks);
@@ -754,6 +788,7 @@ fn attend_with(
             let out = unsafe { out.range_mut(row * q_dim + task.kv_head * group_len, group_len) };
             let first_row = (t - task.tokens.0) * g.group();
             finish_rows(&b, first_row, g.group(), g.head_dim, out);
+            quantize_group(row, task.kv_head, out);
         }
     });
     pool.run(merges.len(), &|merge_index| {
@@ -775,6 +810,7 @@ fn attend_with(
         // SAFETY: the (row, head group) output slots belong to this merge alone.
         let out = unsafe { out.range_mut(merge.row * q_dim + merge.kv_head * group_len, group_len) };
         finish_rows(&merged, 0, rows, hd, out);
+        quantize_group(merge.row, merge.kv_head, out);
     });
 }
 
@@ -1785,7 +1821,21 @@ mod tests {
             .collect();
         let mut scratch = AttentionScratch::default();
         let mut out = vec![f32::NAN; tokens.len() * g.q_dim()];
-        attend_with(kernel, spread, &mut scratch, g, 1, span, &seq_chunks, kv, qkv, &mut out, pool);
+        // The output quantized by the tasks (where the head dimension allows) must be the
+        // output rows quantized whole, in every case every test here runs.
+        let blocks_per_row = quantized_output_blocks(g);
+        let stale = Q8Block { d: f32::NAN, sum: i32::MIN, q: [i8::MIN; 32], ..Q8Block::default() };
+        let mut quantized = vec![stale; tokens.len() * blocks_per_row];
+        let quantized_out = (blocks_per_row > 0).then_some(&mut quantized[..]);
+        attend_with(kernel, spread, &mut scratch, g, 1, span, &seq_chunks, kv, qkv, &mut out, quantized_out, pool);
+        let mut expected = vec![Q8Block::default(); quantized.len()];
+        if blocks_per_row > 0 {
+            for (row, blocks) in out.chunks_exact(g.q_dim()).zip(expected.chunks_exact_mut(blocks_per_row)) {
+                crate::quant::quantize_row(row, blocks);
+            }
+        }
+        let first_differing = quantized.iter().zip(&expected).position(|(a, b)| !a.same_bits(b));
+        assert_eq!(first_differing, None, "quantized output ({kernel:?}, spread {spread}, head_dim {})", g.head_dim);
         out
     }
 
@@ -2170,7 +2220,7 @@ mod tests {
         for _ in 0..40 {
             let before = process_cpu_ns();
             for layer in 0..layers {
-                attend_with(kernel, spread, &mut scratch, &g, layer, Span::Causal, &chunks, &kv, &qkv, &mut out, &pool);
+                attend_with(kernel, spread, &mut scratch, &g, layer, Span::Causal, &chunks, &kv, &qkv, &mut out, None, &pool);
             }
             times.push(process_cpu_ns() - before);
         }
