@@ -426,12 +426,10 @@ mod tests {
     #[test]
     #[ignore]
     fn quantizer_speed_probe() {
-        fn thread_cpu_ns() -> u64 {
-            let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-            // SAFETY: a valid timespec for the call to fill.
-            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-            now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
-        }
+        let thread_cpu_ns = || {
+            let now = crate::engine::step_budget::thread_cpu_time().expect("a per-thread CPU clock");
+            now.as_nanos() as u64
+        };
         let rows: Vec<f32> = (0..32 * (576 + 1536)).map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 0.0123).collect();
         let mut blocks = vec![Q8Block::default(); rows.len() / BLOCK];
         let quantizers: [(&str, fn(&[f32], &mut [Q8Block])); 3] = [
