@@ -432,7 +432,8 @@ mod tests {
         };
         let rows: Vec<f32> = (0..32 * (576 + 1536)).map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 0.0123).collect();
         let mut blocks = vec![Q8Block::default(); rows.len() / BLOCK];
-        let quantizers: [(&str, fn(&[f32], &mut [Q8Block])); 3] = [
+        type Quantizer = fn(&[f32], &mut [Q8Block]);
+        let quantizers: [(&str, Quantizer); 3] = [
             ("portable", quantize_row_portable),
             // SAFETY (both): run only where available (checked below).
             ("avx2", |x, out| {
