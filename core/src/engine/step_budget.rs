@@ -113,9 +113,10 @@ impl StepClock {
     }
 }
 
-/// The calling thread's CPU time so far, where the platform has a per-thread CPU clock.
+/// The calling thread's CPU time so far, where the platform has a per-thread CPU clock (also
+/// the kernels' speed probes' clock).
 #[cfg(target_os = "linux")]
-fn thread_cpu_time() -> Option<Duration> {
+pub(crate) fn thread_cpu_time() -> Option<Duration> {
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `now` is a valid, writable timespec; the call only writes it.
     let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
@@ -125,7 +126,7 @@ fn thread_cpu_time() -> Option<Duration> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn thread_cpu_time() -> Option<Duration> {
+pub(crate) fn thread_cpu_time() -> Option<Duration> {
     None
 }
 

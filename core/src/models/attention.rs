@@ -57,7 +57,7 @@ use crate::memory::prefetch_lines;
 use crate::models::attention_split::{self, fold, Merged};
 use crate::models::SeqChunk;
 use crate::quant::disjoint::DisjointSlice;
-use crate::quant::Q8Block;
+use crate::quant::{Q8Block, ACTIVATION_BLOCK};
 use crate::threadpool::ThreadPool;
 
 /// Query tokens one task handles, so a long prefill chunk spreads over the pool; every K/V tile
@@ -595,7 +595,10 @@ impl Kernel {
             // SAFETY: chosen only on CPUs with AVX2 and FMA; `attend_tiles` passes TILE weights
             // and lane sums per row.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 | Kernel::Avx512 => unsafe { avx2::update_softmax(weights, max, lane_sums, correction) },
+            Kernel::Avx2 => unsafe { avx2::update_softmax(weights, max, lane_sums, correction) },
+            // SAFETY: chosen only on CPUs with AVX-512F as well; shapes as above.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe { avx512::update_softmax(weights, max, lane_sums, correction) },
         }
     }
 
@@ -689,6 +692,12 @@ fn lane_tree(sums: &[f32]) -> f32 {
 /// `0..=pos`, or a sliding window ending at `pos`) applied to V.
 /// Reads queries from `qkv` (rows of `qkv_row_len`) and writes `out` (rows of
 /// `n_heads * head_dim`). K/V of this step's tokens must already be in `kv`.
+///
+/// With `quantized` (`out`'s rows' [`quantized_output_blocks`] each), each task also
+/// quantizes the output it writes, head group by head group while it is in cache, for the
+/// output projection ([`crate::quant::QMatrix::matmul_prequantized`]): the bits
+/// [`crate::quant::quantize_row`] gives for the whole row, since a block never spans two
+/// heads, and no separate quantization pass and pool dispatch per layer.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend(
     scratch: &mut AttentionScratch,
@@ -699,10 +708,21 @@ pub(crate) fn attend(
     kv: &KvStorage,
     qkv: &[f32],
     out: &mut [f32],
+    quantized: Option<&mut [Q8Block]>,
     pool: &ThreadPool,
 ) {
     let spread = attention_split::spread_slices(AttentionScratch::unsplit_tasks(chunks, g), pool.n_threads());
-    attend_with(Kernel::best(g.head_dim), spread, scratch, g, layer, span, chunks, kv, qkv, out, pool);
+    attend_with(Kernel::best(g.head_dim), spread, scratch, g, layer, span, chunks, kv, qkv, out, quantized, pool);
+}
+
+/// The blocks [`attend`] quantizes each output row to, or 0 when it cannot: a head whose
+/// dimension is not a whole number of blocks would put one block across two heads' tasks.
+pub(crate) fn quantized_output_blocks(g: &Geometry) -> usize {
+    if g.head_dim.is_multiple_of(ACTIVATION_BLOCK) {
+        g.q_dim() / ACTIVATION_BLOCK
+    } else {
+        0
+    }
 }
 
 /// [`attend`] with the kernel and the slice spreading chosen by the caller (tests try every
@@ -719,11 +739,28 @@ fn attend_with(
     kv: &KvStorage,
     qkv: &[f32],
     out: &mut [f32],
+    quantized: Option<&mut [Q8Block]>,
     pool: &ThreadPool,
 ) {
     scratch.plan(chunks, g, span, spread);
     scratch.size_blocks(kv.cache_type());
     let (tasks, merges) = (&scratch.tasks, &scratch.merges);
+    let blocks_per_row = quantized_output_blocks(g);
+    if let Some(quantized) = &quantized {
+        assert!(blocks_per_row > 0, "head dimension {} is not a whole number of blocks", g.head_dim);
+        assert_eq!(quantized.len() * g.q_dim(), out.len() * blocks_per_row, "quantized output blocks");
+    }
+    let quantized = quantized.map(DisjointSlice::new);
+    // The output of one (row, head group) quantized into its own blocks: its first value
+    // `row * q_dim + kv_head * group_len` starts a block (head_dim is a multiple of 32).
+    let quantize_group = |row: usize, kv_head: usize, out: &[f32]| {
+        if let Some(quantized) = &quantized {
+            let first = (row * g.q_dim() + kv_head * out.len()) / ACTIVATION_BLOCK;
+            // SAFETY: these blocks cover exactly the output slots of the caller, which owns them.
+            let blocks = unsafe { quantized.range_mut(first, out.len() / ACTIVATION_BLOCK) };
+            crate::quant::quantize_row(out, blocks);
+        }
+    };
     let out = DisjointSlice::new(out);
     let buffers = DisjointSlice::new(&mut scratch.buffers);
     let blocks = DisjointSlice::new(&mut scratch.blocks);
@@ -751,6 +788,7 @@ fn attend_with(
             let out = unsafe { out.range_mut(row * q_dim + task.kv_head * group_len, group_len) };
             let first_row = (t - task.tokens.0) * g.group();
             finish_rows(&b, first_row, g.group(), g.head_dim, out);
+            quantize_group(row, task.kv_head, out);
         }
     });
     pool.run(merges.len(), &|merge_index| {
@@ -772,6 +810,7 @@ fn attend_with(
         // SAFETY: the (row, head group) output slots belong to this merge alone.
         let out = unsafe { out.range_mut(merge.row * q_dim + merge.kv_head * group_len, group_len) };
         finish_rows(&merged, 0, rows, hd, out);
+        quantize_group(merge.row, merge.kv_head, out);
     });
 }
 
@@ -1268,28 +1307,43 @@ mod avx2 {
         for r in 0..rows {
             let (w, l) = (weights.as_mut_ptr().add(r * TILE), sums.as_mut_ptr().add(r * TILE));
             let (low, high) = (_mm256_loadu_ps(w), _mm256_loadu_ps(w.add(8)));
-            let eight = _mm256_max_ps(low, high);
-            let four = _mm_max_ps(_mm256_castps256_ps128(eight), _mm256_extractf128_ps::<1>(eight));
-            let two = _mm_max_ps(four, _mm_movehl_ps(four, four));
-            let tile_max = _mm_max_ss(two, _mm_shuffle_ps::<1>(two, two));
-            let old_max = _mm_set_ss(max[r]);
-            let new_max = _mm_max_ss(tile_max, old_max);
-            // A maximum that stays (the usual case deep in a context) gives `e^0`, exactly 1.
-            let c = if _mm_comigt_ss(tile_max, old_max) == 0 && max[r].is_finite() {
-                _mm256_set1_ps(1.0)
-            } else {
-                let c = exp_nonpositive(_mm256_castps128_ps256(_mm_sub_ss(old_max, new_max)));
-                _mm256_broadcastss_ps(_mm256_castps256_ps128(c))
-            };
-            correction[r] = _mm256_cvtss_f32(c);
-            max[r] = _mm_cvtss_f32(new_max);
-            let new_max = _mm256_broadcastss_ps(new_max);
+            let (new_max, c) = new_max_and_correction(low, high, &mut max[r], &mut correction[r]);
+            let (new_max, c) = (_mm256_broadcastss_ps(new_max), _mm256_broadcastss_ps(c));
             for (i, x) in [(0, low), (8, high)] {
                 let p = exp_nonpositive(_mm256_sub_ps(x, new_max));
                 _mm256_storeu_ps(w.add(i), p);
                 _mm256_storeu_ps(l.add(i), _mm256_fmadd_ps(_mm256_loadu_ps(l.add(i)), c, p));
             }
         }
+    }
+
+    /// One row's tile maximum (lanes `low` and `high`, the tree of `maxps` the portable
+    /// `tile_max` states), its new running maximum `m' = max(tile max, m)` and correction
+    /// `c = e^(m - m')`, stored in `max` and `correction` and returned in lane 0 (shared with
+    /// the AVX-512 kernel, so both take them by the same instructions).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(super) unsafe fn new_max_and_correction(
+        low: __m256,
+        high: __m256,
+        max: &mut f32,
+        correction: &mut f32,
+    ) -> (__m128, __m128) {
+        let eight = _mm256_max_ps(low, high);
+        let four = _mm_max_ps(_mm256_castps256_ps128(eight), _mm256_extractf128_ps::<1>(eight));
+        let two = _mm_max_ps(four, _mm_movehl_ps(four, four));
+        let tile_max = _mm_max_ss(two, _mm_shuffle_ps::<1>(two, two));
+        let old_max = _mm_set_ss(*max);
+        let new_max = _mm_max_ss(tile_max, old_max);
+        // A maximum that stays (the usual case deep in a context) gives `e^0`, exactly 1.
+        let c = if _mm_comigt_ss(tile_max, old_max) == 0 && max.is_finite() {
+            _mm_set_ss(1.0)
+        } else {
+            _mm256_castps256_ps128(exp_nonpositive(_mm256_castps128_ps256(_mm_sub_ss(old_max, new_max))))
+        };
+        *correction = _mm_cvtss_f32(c);
+        *max = _mm_cvtss_f32(new_max);
+        (new_max, c)
     }
 
     /// # Safety
@@ -1383,6 +1437,37 @@ mod avx512 {
 
     use super::lanes::{Element, TileRows};
     use super::{ROWS_PER_PASS, TILE};
+    use crate::models::elementwise::simd::exp_nonpositive_x16;
+
+    /// [`super::avx2::update_softmax`] with a row's 16 weights in one ZMM: the maximum and
+    /// correction by the same instructions ([`super::avx2::new_max_and_correction`]), then
+    /// `e^(s - m')` by the 16-lane twin of the 8-lane `e^x` (operation for operation), so the
+    /// same bits in half the exponential's instructions.
+    ///
+    /// # Safety
+    /// AVX-512F, AVX2, FMA and F16C; shapes as [`super::avx2::update_softmax`].
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(super) unsafe fn update_softmax(
+        weights: &mut [f32],
+        max: &mut [f32],
+        sums: &mut [f32],
+        correction: &mut [f32],
+    ) {
+        const _: () = assert!(TILE == 16, "one ZMM per row");
+        let rows = max.len();
+        assert!(weights.len() == rows * TILE && sums.len() == rows * TILE && correction.len() == rows);
+        for r in 0..rows {
+            let (w, l) = (weights.as_mut_ptr().add(r * TILE), sums.as_mut_ptr().add(r * TILE));
+            let x = _mm512_loadu_ps(w);
+            let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x)));
+            let (new_max, c) =
+                super::avx2::new_max_and_correction(_mm512_castps512_ps256(x), high, &mut max[r], &mut correction[r]);
+            let (new_max, c) = (_mm512_broadcastss_ps(new_max), _mm512_broadcastss_ps(c));
+            let p = exp_nonpositive_x16(_mm512_sub_ps(x, new_max));
+            _mm512_storeu_ps(w, p);
+            _mm512_storeu_ps(l, _mm512_fmadd_ps(_mm512_loadu_ps(l), c, p));
+        }
+    }
 
     /// # Safety
     /// AVX-512F, AVX2, FMA and F16C; shapes as [`super::avx2::scores`].
@@ -1736,7 +1821,21 @@ mod tests {
             .collect();
         let mut scratch = AttentionScratch::default();
         let mut out = vec![f32::NAN; tokens.len() * g.q_dim()];
-        attend_with(kernel, spread, &mut scratch, g, 1, span, &seq_chunks, kv, qkv, &mut out, pool);
+        // The output quantized by the tasks (where the head dimension allows) must be the
+        // output rows quantized whole, in every case every test here runs.
+        let blocks_per_row = quantized_output_blocks(g);
+        let stale = Q8Block { d: f32::NAN, sum: i32::MIN, q: [i8::MIN; 32], ..Q8Block::default() };
+        let mut quantized = vec![stale; tokens.len() * blocks_per_row];
+        let quantized_out = (blocks_per_row > 0).then_some(&mut quantized[..]);
+        attend_with(kernel, spread, &mut scratch, g, 1, span, &seq_chunks, kv, qkv, &mut out, quantized_out, pool);
+        let mut expected = vec![Q8Block::default(); quantized.len()];
+        if blocks_per_row > 0 {
+            for (row, blocks) in out.chunks_exact(g.q_dim()).zip(expected.chunks_exact_mut(blocks_per_row)) {
+                crate::quant::quantize_row(row, blocks);
+            }
+        }
+        let first_differing = quantized.iter().zip(&expected).position(|(a, b)| !a.same_bits(b));
+        assert_eq!(first_differing, None, "quantized output ({kernel:?}, spread {spread}, head_dim {})", g.head_dim);
         out
     }
 
@@ -2121,7 +2220,7 @@ mod tests {
         for _ in 0..40 {
             let before = process_cpu_ns();
             for layer in 0..layers {
-                attend_with(kernel, spread, &mut scratch, &g, layer, Span::Causal, &chunks, &kv, &qkv, &mut out, &pool);
+                attend_with(kernel, spread, &mut scratch, &g, layer, Span::Causal, &chunks, &kv, &qkv, &mut out, None, &pool);
             }
             times.push(process_cpu_ns() - before);
         }

@@ -589,7 +589,7 @@ pub(crate) mod simd {
     /// [`exp_nonpositive`] on sixteen lanes, operation for operation.
     #[target_feature(enable = "avx512f,avx2,fma")]
     #[inline]
-    unsafe fn exp_nonpositive_x16(x: __m512) -> __m512 {
+    pub(crate) unsafe fn exp_nonpositive_x16(x: __m512) -> __m512 {
         let lowest = _mm512_set1_ps(-87.336_55);
         let underflow = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, lowest);
         let x = _mm512_max_ps(x, lowest);

@@ -30,6 +30,13 @@ pub(crate) struct StepScratch {
     pub normed_quantized: Vec<Q8Block>,
     /// `ffn_hidden` quantized likewise, for the down projection.
     pub ffn_hidden_quantized: Vec<Q8Block>,
+    /// `attn` quantized likewise by the attention tasks, for the output projection; empty
+    /// when the head dimension is not a whole number of blocks
+    /// ([`attention::quantized_output_blocks`]).
+    pub attn_quantized: Vec<Q8Block>,
+    /// The rows of `attn` the attention has written and quantized this layer, in order from
+    /// the first: what `project` may take from `attn_quantized`.
+    attn_quantized_rows: usize,
     pub attention: AttentionScratch,
 }
 
@@ -41,6 +48,13 @@ fn blocks_per_row(width: usize) -> usize {
     } else {
         0
     }
+}
+
+/// The blocks of the attention output's rows `rows` in `quantized` (`None` when the attention
+/// output is not quantized).
+fn attn_blocks<'a>(quantized: &'a mut [Q8Block], g: &Geometry, rows: std::ops::Range<usize>) -> Option<&'a mut [Q8Block]> {
+    let per_row = attention::quantized_output_blocks(g);
+    (per_row > 0).then(|| &mut quantized[rows.start * per_row..rows.end * per_row])
 }
 
 /// The first `n_rows` rows' blocks of `quantized` (`None` when rows cannot be quantized).
@@ -64,6 +78,8 @@ impl StepScratch {
         self.ffn_hidden.resize(n * ffn_size, 0.0);
         self.normed_quantized.resize(n * blocks_per_row(hidden_size), Q8Block::default());
         self.ffn_hidden_quantized.resize(n * blocks_per_row(ffn_size), Q8Block::default());
+        self.attn_quantized.resize(n * attention::quantized_output_blocks(g), Q8Block::default());
+        self.attn_quantized_rows = 0;
     }
 
     /// The first layer's input: `normed` = `x` normalised with `norm` (quantized as well).
@@ -106,7 +122,11 @@ impl StepScratch {
         pool: &ThreadPool,
     ) {
         store_keys_and_values(&self.qkv, g, layer, chunks, kv);
-        attention::attend(&mut self.attention, g, layer, span, chunks, kv, &self.qkv, &mut self.attn, pool);
+        let n_rows = self.rows.len();
+        let quantized = attn_blocks(&mut self.attn_quantized, g, 0..n_rows);
+        let attn = &mut self.attn[..n_rows * g.q_dim()];
+        attention::attend(&mut self.attention, g, layer, span, chunks, kv, &self.qkv, attn, quantized, pool);
+        self.attn_quantized_rows = n_rows;
     }
 
     /// [`Self::attend`] for the last layer: stores every row's keys and values, but attends
@@ -166,9 +186,13 @@ impl StepScratch {
         pool: &ThreadPool,
     ) {
         let rows = first..first + chunks.len();
+        // Rows are attended in order from the first kept one (`attend_logit_rows`).
+        debug_assert!(first == 0 || first == self.attn_quantized_rows);
+        let quantized = attn_blocks(&mut self.attn_quantized, g, rows.clone());
         let qkv = &self.qkv[rows.start * g.qkv_row_len..rows.end * g.qkv_row_len];
         let attn = &mut self.attn[rows.start * g.q_dim()..rows.end * g.q_dim()];
-        attention::attend(&mut self.attention, g, layer, span, chunks, kv, qkv, attn, pool);
+        attention::attend(&mut self.attention, g, layer, span, chunks, kv, qkv, attn, quantized, pool);
+        self.attn_quantized_rows = rows.end;
     }
 
     /// Moves the rows whose logits are wanted (the last row of each chunk with `want_logits`)
@@ -195,7 +219,16 @@ impl StepScratch {
     /// attn`.
     pub fn project(&mut self, attn_output: &QMatrix, n_rows: usize, pool: &ThreadPool) {
         let (q_dim, hidden) = (attn_output.cols(), attn_output.rows());
-        attn_output.matmul(&self.attn[..n_rows * q_dim], n_rows, &mut self.projected[..n_rows * hidden], pool);
+        let (attn, out) = (&self.attn[..n_rows * q_dim], &mut self.projected[..n_rows * hidden]);
+        // Taken once: the next layer's attention quantizes its own rows again.
+        let quantized_rows = std::mem::take(&mut self.attn_quantized_rows);
+        let per_row = self.attn_quantized.len() / self.rows.len().max(1);
+        match &self.attn_quantized[..] {
+            quantized if per_row * ACTIVATION_BLOCK == q_dim && quantized_rows >= n_rows => {
+                attn_output.matmul_prequantized(attn, &quantized[..n_rows * per_row], n_rows, out, pool)
+            }
+            _ => attn_output.matmul(attn, n_rows, out, pool),
+        }
     }
 
     /// The FFN of the first `n_rows` rows of `normed` (already normalised with the FFN's norm,

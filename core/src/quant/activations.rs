@@ -99,6 +99,107 @@ pub fn quantize_row_portable(x: &[f32], out: &mut [Q8Block]) {
     }
 }
 
+/// The AVX-512 quantizer: two blocks (four ZMM registers) at a time, so the reductions of
+/// their maxima and sums share shuffles, and the rounding, the conversion and the narrowing to
+/// bytes each take one instruction per 16 values (`vcvtps2dq` with ties-to-even embedded,
+/// `vpmovsdb`) where AVX2 takes three per 8. The scale comes from [`block_scale`] and every
+/// derived field from [`Q8Block::set_scale_and_sums`], as on the other paths: the same bits.
+#[cfg(target_arch = "x86_64")]
+pub(super) mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{block_scale, Q8Block, BLOCK};
+
+    /// Whether this CPU can run [`quantize_row`].
+    pub fn is_available() -> bool {
+        crate::cpu::has_avx512f_f16c()
+    }
+
+    /// Quantizes one row (`x.len() == out.len() * 32`) exactly as
+    /// [`super::quantize_row_portable`] does.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F ([`is_available`]).
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn quantize_row(x: &[f32], out: &mut [Q8Block]) {
+        assert_eq!(x.len(), out.len() * BLOCK, "a row of whole blocks");
+        let mut pairs = out.chunks_exact_mut(2);
+        for (i, pair) in pairs.by_ref().enumerate() {
+            let [a, b] = pair else { unreachable!("chunks of two") };
+            // `x` holds the pair's 64 values (asserted above).
+            let first = x.as_ptr().add(2 * i * BLOCK);
+            quantize_pair(first, first.add(BLOCK), a, b);
+        }
+        if let [last] = pairs.into_remainder() {
+            // An odd last block: quantized as both halves of a pair (the same bits as alone,
+            // since nothing crosses between a pair's blocks), the second copy dropped.
+            let first = x.as_ptr().add(x.len() - BLOCK);
+            let mut twin = Q8Block::default();
+            quantize_pair(first, first, last, &mut twin);
+        }
+    }
+
+    /// Quantizes the 32 values at `a` into `out_a` and the 32 at `b` into `out_b`.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn quantize_pair(a: *const f32, b: *const f32, out_a: &mut Q8Block, out_b: &mut Q8Block) {
+        let v = [_mm512_loadu_ps(a), _mm512_loadu_ps(a.add(16)), _mm512_loadu_ps(b), _mm512_loadu_ps(b.add(16))];
+        // NaN values are skipped, as `f32::max` skips them in the portable fold: `max_ps`
+        // returns its second operand when either is NaN, so the running maximum (never NaN,
+        // started at 0) goes second.
+        let fold = |low, high| {
+            let max = _mm512_max_ps(_mm512_abs_ps(low), _mm512_setzero_ps());
+            _mm512_max_ps(_mm512_abs_ps(high), max)
+        };
+        let (max_a, max_b) = (fold(v[0], v[1]), fold(v[2], v[3]));
+        // Both blocks' maxima in one tree (NaN-free now, so order does not matter: the maximum
+        // of a set is exact): 128-bit lanes [a0 a1 b0 b1] ∨ [a2 a3 b2 b3], then the two lanes
+        // of each block, then within lanes. Lane 0 ends with a's maximum, lane 8 with b's.
+        let max = _mm512_max_ps(
+            _mm512_shuffle_f32x4::<0b01_00_01_00>(max_a, max_b),
+            _mm512_shuffle_f32x4::<0b11_10_11_10>(max_a, max_b),
+        );
+        let max = _mm512_max_ps(max, _mm512_shuffle_f32x4::<0b10_11_00_01>(max, max));
+        let max = _mm512_max_ps(max, _mm512_permute_ps::<0b01_00_11_10>(max));
+        let max = _mm512_max_ps(max, _mm512_permute_ps::<0b10_11_00_01>(max));
+        let amax = (_mm512_cvtss_f32(max), _mm_cvtss_f32(_mm512_extractf32x4_ps::<2>(max)));
+        let ((d_a, inverse_a), (d_b, inverse_b)) = (block_scale(amax.0), block_scale(amax.1));
+        let round = |x, inverse| {
+            let scaled = _mm512_mul_ps(x, _mm512_set1_ps(inverse));
+            // A NaN (a NaN input, or ±inf × 0 in a block whose scale is infinite) becomes 0,
+            // as the portable `as i8` makes it; the conversion would give i32::MIN (→ -128).
+            let ordered = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(scaled, scaled);
+            _mm512_maskz_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(ordered, scaled)
+        };
+        let q = [round(v[0], inverse_a), round(v[1], inverse_a), round(v[2], inverse_b), round(v[3], inverse_b)];
+        // The four 16-value halves' sums in one tree: [a_low a_high] and [b_low b_high] folded
+        // to 128-bit lanes, then [a_low a_high b_low b_high], then within lanes (exact: |q| <= 127).
+        let halves = |low, high| {
+            _mm512_add_epi32(
+                _mm512_shuffle_i32x4::<0b01_00_01_00>(low, high),
+                _mm512_shuffle_i32x4::<0b11_10_11_10>(low, high),
+            )
+        };
+        let (sums_a, sums_b) = (halves(q[0], q[1]), halves(q[2], q[3]));
+        let sums = _mm512_add_epi32(
+            _mm512_shuffle_i32x4::<0b10_00_10_00>(sums_a, sums_b),
+            _mm512_shuffle_i32x4::<0b11_01_11_01>(sums_a, sums_b),
+        );
+        let sums = _mm512_add_epi32(sums, _mm512_shuffle_epi32::<0b01_00_11_10>(sums));
+        let sums = _mm512_add_epi32(sums, _mm512_shuffle_epi32::<0b10_11_00_01>(sums));
+        let mut lanes = [0i32; 16];
+        _mm512_storeu_si512(lanes.as_mut_ptr().cast(), sums);
+        // Each 16 i32 narrow to 16 i8 with signed saturation, in order (never reached: |q| <= 127).
+        for (out, q) in [(&mut *out_a, &q[..2]), (&mut *out_b, &q[2..])] {
+            let bytes = out.q.as_mut_ptr() as *mut __m128i;
+            _mm_storeu_si128(bytes, _mm512_cvtsepi32_epi8(q[0]));
+            _mm_storeu_si128(bytes.add(1), _mm512_cvtsepi32_epi8(q[1]));
+        }
+        out_a.set_scale_and_sums(d_a, lanes[0] + lanes[4], lanes[0]);
+        out_b.set_scale_and_sums(d_b, lanes[8] + lanes[12], lanes[8]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,9 +344,8 @@ mod tests {
         }
     }
 
-    /// The SIMD quantizer against the portable one directly, so the comparison does not
-    /// depend on what `quantize_row` dispatches to. AVX2 is the only SIMD activation
-    /// quantizer (the VNNI, AVX-512 and AMX kernels consume its blocks).
+    /// The AVX2 quantizer against the portable one directly, so the comparison does not
+    /// depend on what `quantize_row` dispatches to (AVX-512 on CPUs that have both).
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_avx2_quantizer_matches_the_portable_one_bit_for_bit() {
@@ -263,6 +363,106 @@ mod tests {
             // SAFETY: AVX2 is available (checked above); `values` holds exactly 32 floats.
             unsafe { super::super::avx2::quantize_block(values.try_into().expect("32 values"), &mut block) };
             assert!(block.same_bits(expected), "block {i}: AVX2 {block:?} vs portable {expected:?}");
+        }
+    }
+
+    /// Rows of every awkward kind, odd and even numbers of blocks: ties, zeros, negative zero,
+    /// all-equal blocks, ±f32::MAX, the tiny and subnormal blocks, NaN and infinities, and
+    /// pseudo-random values over many magnitudes.
+    fn awkward_rows() -> Vec<Vec<f32>> {
+        let mut state = 0x2545_f491u32;
+        let mut random = move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            // A sign, a magnitude 2^-20 .. 2^20 and a mantissa, from the one draw.
+            let magnitude = (2f32).powi((state % 41) as i32 - 20);
+            let mantissa = 1.0 + (state >> 8) as f32 / (1u32 << 24) as f32;
+            if state & 0x80 != 0 { -magnitude * mantissa } else { magnitude * mantissa }
+        };
+        let mut special = Vec::new();
+        special.extend((0..BLOCK).map(|i| i as f32 - 15.5)); // ties
+        special.extend([0.0; BLOCK]);
+        special.extend([-0.0; BLOCK]);
+        special.extend([0.7; BLOCK]);
+        special.extend([-3.25e-3; BLOCK]);
+        special.extend((0..BLOCK).map(|i| if i % 3 == 0 { f32::MAX } else { -f32::MAX }));
+        special.extend((0..BLOCK).map(|i| if i == 17 { -f32::MAX } else { i as f32 }));
+        special.extend((0..BLOCK).map(|i| if i == 3 { f32::MAX } else { 0.0 }));
+        special.extend(tiny_blocks());
+        special.extend(non_finite_blocks());
+        let n_special = special.len() / BLOCK;
+        let mut rows = vec![special];
+        for n_blocks in [1, 2, 3, 18, 48, n_special + 1] {
+            rows.push((0..n_blocks * BLOCK).map(|_| random()).collect());
+        }
+        // The special blocks again at odd offsets, so each is the second of a pair as well.
+        rows.push([vec![1.0; BLOCK], rows[0].clone()].concat());
+        rows
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx512_quantizer_matches_the_portable_one_bit_for_bit() {
+        if !super::avx512::is_available() {
+            eprintln!("skipped: this CPU has no AVX-512");
+            return;
+        }
+        for (r, x) in awkward_rows().iter().enumerate() {
+            let n = x.len() / BLOCK;
+            let (mut fast, mut portable) = (vec![Q8Block::default(); n], vec![Q8Block::default(); n]);
+            quantize_row_portable(x, &mut portable);
+            // SAFETY: AVX-512F is available (checked above).
+            unsafe { super::avx512::quantize_row(x, &mut fast) };
+            for (i, (a, b)) in fast.iter().zip(&portable).enumerate() {
+                assert!(a.same_bits(b), "row {r} block {i}: AVX-512 {a:?} vs portable {b:?}");
+            }
+        }
+    }
+
+    /// CPU time per block of each quantizer on decode-sized rows (SmolLM2's 576 and 1536):
+    /// `cargo test --release -p cortexstream --lib quantizer_speed_probe -- --ignored --nocapture`.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    #[ignore]
+    fn quantizer_speed_probe() {
+        let thread_cpu_ns = || {
+            let now = crate::engine::step_budget::thread_cpu_time().expect("a per-thread CPU clock");
+            now.as_nanos() as u64
+        };
+        let rows: Vec<f32> = (0..32 * (576 + 1536)).map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 0.0123).collect();
+        let mut blocks = vec![Q8Block::default(); rows.len() / BLOCK];
+        type Quantizer = fn(&[f32], &mut [Q8Block]);
+        let quantizers: [(&str, Quantizer); 3] = [
+            ("portable", quantize_row_portable),
+            // SAFETY (both): run only where available (checked below).
+            ("avx2", |x, out| {
+                for (values, block) in x.chunks_exact(BLOCK).zip(out.iter_mut()) {
+                    unsafe { super::super::avx2::quantize_block(values.try_into().expect("32 values"), block) }
+                }
+            }),
+            ("avx512", |x, out| unsafe { super::avx512::quantize_row(x, out) }),
+        ];
+        for round in 0..3 {
+            for (name, quantize) in quantizers {
+                if name == "avx512" && !super::avx512::is_available() {
+                    continue;
+                }
+                let start = thread_cpu_ns();
+                for _ in 0..200 {
+                    let mut at = 0;
+                    for width in [576, 1536] {
+                        for row in 0..32 {
+                            let _ = row;
+                            let (x, out) = (&rows[at..at + width], &mut blocks[at / BLOCK..(at + width) / BLOCK]);
+                            quantize(std::hint::black_box(x), out);
+                            at += width;
+                        }
+                    }
+                }
+                let ns = (thread_cpu_ns() - start) as f64 / (200 * blocks.len()) as f64;
+                println!("round {round} {name}: {ns:.2} ns/block");
+            }
         }
     }
 }

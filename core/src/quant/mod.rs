@@ -59,12 +59,17 @@ use interleaved::LANES;
 /// registers).
 const TILE: usize = 4;
 
-/// Quantizes one activation row (`x.len() == out.len() * 32`) block by block, with AVX2 where
-/// the CPU has it, else portably ([`activations::quantize_row_portable`], which states the
-/// rule); both give the same bits (same scale, same rounding, exact integer sum). Lives here,
-/// above both, so that `activations` and `avx2` do not import each other.
+/// Quantizes one activation row (`x.len() == out.len() * 32`) block by block, with AVX-512 or
+/// AVX2 where the CPU has them, else portably ([`activations::quantize_row_portable`], which
+/// states the rule); all give the same bits (same scale, same rounding, exact integer sum).
+/// Lives here, above them, so that `activations` and `avx2` do not import each other.
 pub fn quantize_row(x: &[f32], out: &mut [Q8Block]) {
     debug_assert_eq!(x.len(), out.len() * BLOCK);
+    #[cfg(target_arch = "x86_64")]
+    if activations::avx512::is_available() {
+        // SAFETY: AVX-512F is available (checked above).
+        return unsafe { activations::avx512::quantize_row(x, out) };
+    }
     #[cfg(target_arch = "x86_64")]
     if avx2::is_available() {
         for (values, block) in x.chunks_exact(BLOCK).zip(out.iter_mut()) {
@@ -499,8 +504,9 @@ impl QMatrix {
     /// [`quantize_row`] into `quantized` (`m` rows of `cols / 32` blocks), typically in the
     /// pool pass that computed `x`, each row while it was in cache: the bits of `matmul(x, ..)`
     /// (a row's quantization depends on that row alone) without its own quantization pass and
-    /// pool dispatch. Float weights take `x`; the AMX kernel, which reads zero-padded tiles of
-    /// rows, quantizes `x` again.
+    /// pool dispatch. Float weights take `x`; the AMX kernel, which reads whole tiles of rows,
+    /// takes the blocks as they are when `m` fills whole tiles, else a copy padded with zero
+    /// rows ([`padded_rows`]).
     pub(crate) fn matmul_prequantized(
         &self,
         x: &[f32],
@@ -510,13 +516,19 @@ impl QMatrix {
         pool: &ThreadPool,
     ) {
         let kernel = Kernel::for_rows(m);
-        if !prequantized_fits(kernel, quantized, self.cols, m) {
+        if !prequantized_fits(quantized, self.cols, m) {
             return self.matmul_using(kernel, x, m, out, pool);
         }
         self.check_shapes(x, m, out);
         match &self.storage {
             Storage::Float(_) => self.matmul_float(x, out, pool),
-            Storage::Quantized { .. } => self.matmul_quantized(kernel, quantized, m, out, pool),
+            Storage::Quantized { .. } if padded_rows(kernel, m) == m => {
+                self.matmul_quantized(kernel, quantized, m, out, pool)
+            }
+            Storage::Quantized { .. } => QUANTIZED_ACTIVATIONS.with_borrow_mut(|acts| {
+                pad_prequantized(kernel, quantized, m, acts);
+                self.matmul_quantized(kernel, acts, m, out, pool)
+            }),
         }
     }
 
@@ -554,11 +566,15 @@ impl QMatrix {
         // matmuls of its own (they get a buffer of their own).
         let mut acts = QUANTIZED_ACTIVATIONS.take();
         {
-            let prequantized = quantized.filter(|q| prequantized_fits(kernel, q, first.cols, m));
-            if prequantized.is_none() && parts.iter().any(|p| matches!(p.storage, Storage::Quantized { .. })) {
-                quantize_activations(kernel, x, first.cols, m, &mut acts, pool);
+            let prequantized = quantized.filter(|q| prequantized_fits(q, first.cols, m));
+            let as_they_are = prequantized.filter(|_| padded_rows(kernel, m) == m);
+            if as_they_are.is_none() && parts.iter().any(|p| matches!(p.storage, Storage::Quantized { .. })) {
+                match prequantized {
+                    Some(quantized) => pad_prequantized(kernel, quantized, m, &mut acts),
+                    None => quantize_activations(kernel, x, first.cols, m, &mut acts, pool),
+                }
             }
-            let acts = prequantized.unwrap_or(&acts);
+            let acts = as_they_are.unwrap_or(&acts);
             for (i, part) in parts.iter().enumerate() {
                 if buffer.len() < m * part.rows {
                     buffer.resize(m * part.rows, 0.0);
@@ -1128,12 +1144,7 @@ const PARALLEL_QUANTIZE_ROWS: usize = 16;
 /// depend on the split.
 fn quantize_activations(kernel: Kernel, x: &[f32], cols: usize, m: usize, acts: &mut Vec<Q8Block>, pool: &ThreadPool) {
     let n_blocks = cols / BLOCK;
-    let padded = match kernel {
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Amx => m.next_multiple_of(amx::TOKENS),
-        _ => m,
-    };
-    acts.resize(padded * n_blocks, Q8Block::default());
+    acts.resize(padded_rows(kernel, m) * n_blocks, Q8Block::default());
     let (rows, padding) = acts.split_at_mut(m * n_blocks);
     padding.fill(Q8Block::default());
     let quantize = |x: &[f32], acts: &mut [Q8Block]| {
@@ -1152,15 +1163,31 @@ fn quantize_activations(kernel: Kernel, x: &[f32], cols: usize, m: usize, acts: 
     });
 }
 
-/// Whether `quantized` can stand for the activations [`quantize_activations`] would prepare
-/// for `kernel` from `m` rows of `cols`: one block per 32 values of every row, and no padding
-/// needed (the AMX kernel's tiles are padded with zero rows).
-fn prequantized_fits(kernel: Kernel, quantized: &[Q8Block], cols: usize, m: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Amx {
-        return false;
+/// The activation rows `kernel` reads for `m` rows: the AMX kernel reads whole tiles of
+/// [`amx::TOKENS`] rows, the rows past `m` zero.
+fn padded_rows(kernel: Kernel, m: usize) -> usize {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Amx => m.next_multiple_of(amx::TOKENS),
+        _ => m,
     }
-    let _ = kernel;
+}
+
+/// `quantized` (`m` rows) copied into `acts` and padded with zero rows to
+/// [`padded_rows`]`(kernel, m)`: copying the blocks costs a fraction of quantizing the rows
+/// again, which the AMX kernel did for every pre-quantized matmul whose `m` is not a whole
+/// number of tiles (and, before, for all of them).
+fn pad_prequantized(kernel: Kernel, quantized: &[Q8Block], m: usize, acts: &mut Vec<Q8Block>) {
+    let n_blocks = quantized.len() / m.max(1);
+    acts.clear();
+    acts.extend_from_slice(quantized);
+    acts.resize(padded_rows(kernel, m) * n_blocks, Q8Block::default());
+}
+
+/// Whether `quantized` can stand for the activations [`quantize_activations`] would prepare
+/// from `m` rows of `cols`: one block per 32 values of every row (padding for the AMX tiles,
+/// where `m` needs it, is added by [`pad_prequantized`]).
+fn prequantized_fits(quantized: &[Q8Block], cols: usize, m: usize) -> bool {
     let fits = cols.is_multiple_of(BLOCK) && quantized.len() == m * (cols / BLOCK);
     debug_assert!(
         fits || !cols.is_multiple_of(BLOCK),

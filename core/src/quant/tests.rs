@@ -363,6 +363,35 @@ fn matmul_over_prequantized_rows_equals_matmul_bit_for_bit() {
     }
 }
 
+/// The pre-quantized blocks are what the matmul reads, on every kernel `m` picks (AMX from
+/// `AMX_MIN_ROWS` rows, whole tiles of rows or not): given `x` that quantizes differently, the
+/// result is still that of the rows the blocks came from. A kernel that quantized `x` again
+/// (as AMX did for every pre-quantized matmul) fails here.
+#[test]
+fn matmul_prequantized_reads_the_given_blocks_not_x_again() {
+    let pool = ThreadPool::new(2).expect("start the thread pool");
+    let x = random_activations(&mut Rng(31));
+    let other_x: Vec<f32> = x.iter().map(|v| -2.0 * v).collect();
+    let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for (t, ty) in quantized_types().enumerate() {
+        let (matrix, _) = matrix(ty, 60 + t as u64);
+        for m in [1, AMX_MIN_ROWS, 16, 20, 32, 33, MAX_M] {
+            let quantized = rows_quantized(&x, m);
+            let (mut expected, mut got) = (vec![0f32; m * ROWS], vec![f32::NAN; m * ROWS]);
+            matrix.matmul(&x[..m * COLS], m, &mut expected, &pool);
+            matrix.matmul_prequantized(&other_x[..m * COLS], &quantized, m, &mut got, &pool);
+            assert_eq!(bits(&got), bits(&expected), "{ty:?}, {m} rows");
+            // Stacked parts (a float part among them would read `x`: none here).
+            let mut stacked = Vec::new();
+            let parts = [matrix.clone()];
+            QMatrix::matmul_each(&parts, &other_x[..m * COLS], Some(&quantized), m, &mut Vec::new(), &pool, |_, out| {
+                stacked.extend(bits(out))
+            });
+            assert_eq!(stacked, bits(&expected), "{ty:?}, {m} rows, stacked");
+        }
+    }
+}
+
 #[test]
 fn interleaving_round_trips_every_row() {
     for (t, ty) in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0].into_iter().enumerate() {
