@@ -201,7 +201,7 @@ pub unsafe fn pair_matmul(
         BlockScales::load(format, pair, b * block_bytes).store(block);
     }
     let tiles = m.div_ceil(TOKENS);
-    let run = Run { blocks: &blocks[..n_blocks], acts, n_blocks, tiles, next };
+    let run = Run { blocks: &blocks[..n_blocks], acts, n_blocks, tiles, m, next };
     let out = &mut results[..tiles * TOKENS];
     match format {
         QuantFormat::Q8_0 => run.tiles::<true, false>(dots, out),
@@ -215,8 +215,9 @@ struct Run<'a> {
     blocks: &'a [PairBlock],
     acts: &'a [Q8Block],
     n_blocks: usize,
-    /// Tiles of [`TOKENS`] activation rows to compute.
+    /// Tiles of [`TOKENS`] activation rows to compute, and the rows that count (`m`).
     tiles: usize,
+    m: usize,
     /// The next pair's bytes, prefetched a share per round of the loop.
     next: &'a [u8],
 }
@@ -224,45 +225,67 @@ struct Run<'a> {
 impl Run<'_> {
     /// The tile loop for one kind of format: `SIGNED` weights (`tdpbssd`, else `tdpbsud` for
     /// unsigned nibbles) and an `OFFSET` term `m_w s_a` in the epilogue. Writes `out[t]` for
-    /// every row of the `tiles` tiles (padding rows too: zero activations, never read).
+    /// the first `m` rows (and padding rows up to a whole half-tile, never read).
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     #[inline]
     unsafe fn tiles<const SIGNED: bool, const OFFSET: bool>(&self, dots: &mut [Dots; DEPTH], out: &mut [[f32; ROWS]]) {
         let n_blocks = self.n_blocks;
-        let act_stride = n_blocks * std::mem::size_of::<Q8Block>();
         assert!(out.len() == self.tiles * TOKENS && self.acts.len() >= out.len() * n_blocks);
+        assert!(self.m <= self.tiles * TOKENS && self.m + TOKENS > self.tiles * TOKENS);
         let shares = PrefetchShares::new(self.next, self.tiles * (n_blocks + DEPTH - 1));
         for tile in 0..self.tiles {
-            let acts = &self.acts[tile * TOKENS * n_blocks..][..TOKENS * n_blocks];
-            let mut acc = [_mm512_setzero_ps(); TOKENS];
-            // The last `DEPTH - 1` rounds only drain the ring, oldest first (the blocks add in
-            // order); each call site once, so everything inlines and `acc` stays in registers.
-            for b in 0..n_blocks + DEPTH - 1 {
-                if b < n_blocks {
-                    let w = self.blocks[b].tile.0.as_ptr();
-                    multiply_tile::<SIGNED>(b % DEPTH, acts[b].q.as_ptr(), act_stride, w, &mut dots[b % DEPTH]);
-                }
-                shares.prefetch(tile * (n_blocks + DEPTH - 1) + b);
-                if b + 1 >= DEPTH {
-                    let e = b + 1 - DEPTH;
-                    let scales = BlockScales::stored(&self.blocks[e]);
-                    let dots = &dots[e % DEPTH];
-                    let act = acts[e..].as_ptr();
-                    // Written out 16 times: as a loop LLVM kept `acc` in memory.
-                    macro_rules! row {
-                        ($($t:literal)*) => {$(
+            // Padding rows past `m` are multiplied (a tile is 16 rows) but only a whole last
+            // half-tile of them skips the epilogue: at 8 rows that halves the vector work.
+            match self.m - tile * TOKENS {
+                ..=8 => self.tile::<SIGNED, OFFSET, 8>(tile, shares, dots, out),
+                _ => self.tile::<SIGNED, OFFSET, TOKENS>(tile, shares, dots, out),
+            }
+        }
+    }
+
+    /// Tile `tile` of activation rows, the epilogue for its first `LIVE` rows only (8 or 16).
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn tile<const SIGNED: bool, const OFFSET: bool, const LIVE: usize>(
+        &self,
+        tile: usize,
+        shares: PrefetchShares,
+        dots: &mut [Dots; DEPTH],
+        out: &mut [[f32; ROWS]],
+    ) {
+        let n_blocks = self.n_blocks;
+        let act_stride = n_blocks * std::mem::size_of::<Q8Block>();
+        let acts = &self.acts[tile * TOKENS * n_blocks..][..TOKENS * n_blocks];
+        let mut acc = [_mm512_setzero_ps(); TOKENS];
+        // The last `DEPTH - 1` rounds only drain the ring, oldest first (the blocks add in
+        // order); each call site once, so everything inlines and `acc` stays in registers.
+        for b in 0..n_blocks + DEPTH - 1 {
+            if b < n_blocks {
+                let w = self.blocks[b].tile.0.as_ptr();
+                multiply_tile::<SIGNED>(b % DEPTH, acts[b].q.as_ptr(), act_stride, w, &mut dots[b % DEPTH]);
+            }
+            shares.prefetch(tile * (n_blocks + DEPTH - 1) + b);
+            if b + 1 >= DEPTH {
+                let e = b + 1 - DEPTH;
+                let scales = BlockScales::stored(&self.blocks[e]);
+                let dots = &dots[e % DEPTH];
+                let act = acts[e..].as_ptr();
+                // Written out 16 times: as a loop LLVM kept `acc` in memory.
+                macro_rules! row {
+                    ($($t:literal)*) => {$(
+                        if $t < LIVE {
                             // SAFETY: row `t` of the tile, block `e` (`acts` is the tile's rows).
                             let dot = _mm512_cvtepi32_ps(_mm512_load_si512(dots.0[$t].as_ptr() as *const _));
                             acc[$t] = epilogue_row::<OFFSET>(&scales, &*act.add($t * n_blocks), dot, acc[$t]);
-                        )*};
-                    }
-                    const _: () = assert!(TOKENS == 16, "row! names the rows of a tile");
-                    row!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+                        }
+                    )*};
                 }
+                const _: () = assert!(TOKENS == 16, "row! names the rows of a tile");
+                row!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
             }
-            for (row, acc) in out[tile * TOKENS..][..TOKENS].iter_mut().zip(acc) {
-                _mm512_storeu_ps(row.as_mut_ptr(), acc);
-            }
+        }
+        for (row, acc) in out[tile * TOKENS..][..LIVE].iter_mut().zip(acc) {
+            _mm512_storeu_ps(row.as_mut_ptr(), acc);
         }
     }
 }

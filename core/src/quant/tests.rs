@@ -435,7 +435,8 @@ fn simd_kernels_give_identical_bits() {
 /// The AMX loop against the VNNI kernel it must equal bit for bit, over the shapes its loop
 /// treats apart: 1 and 2 blocks (fewer than the ring's depth: only draining rounds), 5 and 48
 /// blocks; 8 weight rows (one group: the pair's second is absent), 24 (an odd group count) and
-/// 40; batches of one and of several activation tiles, whole and partial.
+/// 40; batches of one and of several activation tiles, whole, half and partial (the epilogue
+/// skips the padding rows of a last tile with at most 8 live rows).
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn amx_loop_equals_vnni_over_tile_and_block_counts() {
@@ -459,7 +460,7 @@ fn amx_loop_equals_vnni_over_tile_and_block_counts() {
                     }
                 }
                 let matrix = QMatrix::from_bytes(ty, rows, cols, &bytes).unwrap();
-                for m in [8, 16, 17, 32, 33, 64] {
+                for m in [8, 9, 16, 17, 24, 25, 32, 33, 64] {
                     let [amx, vnni] = [Kernel::Amx, Kernel::best()].map(|kernel| {
                         let mut out = vec![f32::NAN; m * rows];
                         matrix.matmul_using(kernel, &x[..m * cols], m, &mut out, &pool);
