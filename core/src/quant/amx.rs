@@ -168,7 +168,8 @@ unsafe fn unpack_block(format: QuantFormat, pair: [&[u8]; 2], b: usize, tile: &m
 /// stored every row's accumulator per block and tile. Vector loads do not take data from tile
 /// stores, so the hand-off is software-pipelined: a ring of [`DEPTH`] result tiles and buffers
 /// keeps several multiplies in flight, block `b`'s epilogue running after block
-/// `b + DEPTH - 1`'s multiply was issued.
+/// `b + DEPTH - 1`'s multiply was issued; the ring runs on from one activation tile to the
+/// next, so a tile's last epilogues overlap the next tile's first multiplies.
 ///
 /// # Safety
 /// [`is_available`] must have returned true and `_tiles` must be this thread's configuration.
@@ -255,20 +256,30 @@ impl Run<'_> {
     ) {
         let n_blocks = self.n_blocks;
         let act_stride = n_blocks * std::mem::size_of::<Q8Block>();
-        let acts = &self.acts[tile * TOKENS * n_blocks..][..TOKENS * n_blocks];
+        let tile_acts = |tile: usize| &self.acts[tile * TOKENS * n_blocks..][..TOKENS * n_blocks];
+        let acts = tile_acts(tile);
+        let next_acts = (tile + 1 < self.tiles).then(|| tile_acts(tile + 1));
+        // The ring runs on across tiles: block `b` of tile `tile` is step `first + b` and takes
+        // ring slot `(first + b) % DEPTH`.
+        let first = tile * n_blocks;
         let mut acc = [_mm512_setzero_ps(); TOKENS];
-        // The last `DEPTH - 1` rounds only drain the ring, oldest first (the blocks add in
-        // order); each call site once, so everything inlines and `acc` stays in registers.
+        // The last `DEPTH - 1` rounds drain the ring, oldest first (the blocks add in order),
+        // while they issue the next tile's first multiplies (which its own first rounds then
+        // skip). Each call site once, so everything inlines and `acc` stays in registers.
         for b in 0..n_blocks + DEPTH - 1 {
-            if b < n_blocks {
-                let w = self.blocks[b].tile.0.as_ptr();
-                multiply_tile::<SIGNED>(b % DEPTH, acts[b].q.as_ptr(), act_stride, w, &mut dots[b % DEPTH]);
+            let (issue_acts, block) = match b < n_blocks {
+                true => (Some(acts).filter(|_| tile == 0 || b >= DEPTH - 1), b),
+                false => (next_acts, b - n_blocks),
+            };
+            if let Some(issue_acts) = issue_acts.filter(|_| block < n_blocks) {
+                let (slot, w) = ((first + b) % DEPTH, self.blocks[block].tile.0.as_ptr());
+                multiply_tile::<SIGNED>(slot, issue_acts[block].q.as_ptr(), act_stride, w, &mut dots[slot]);
             }
             shares.prefetch(tile * (n_blocks + DEPTH - 1) + b);
             if b + 1 >= DEPTH {
                 let e = b + 1 - DEPTH;
                 let scales = BlockScales::stored(&self.blocks[e]);
-                let dots = &dots[e % DEPTH];
+                let dots = &dots[(first + e) % DEPTH];
                 let act = acts[e..].as_ptr();
                 // Written out 16 times: as a loop LLVM kept `acc` in memory.
                 macro_rules! row {
