@@ -5,7 +5,8 @@
 //! products in 32-bit lanes: 8,192 multiply-adds in one instruction, where the VNNI kernels
 //! need 64 `vpdpbusd`. What remains on the vector units is the float epilogue per block
 //! (`d_w d_a · dot + m_w s_a` into the accumulator). A tile multiply costs the same for 1 row
-//! as for 16, so AMX pays off from about 8 rows; smaller batches stay on the VNNI kernel.
+//! as for 16, so AMX pays off from about 8-12 rows (`AMX_MIN_ROWS`); smaller batches stay on
+//! the VNNI kernel.
 //!
 //! **Identical bits.** The block dot products are exact integers, and the epilogue is the VNNI
 //! kernel's, operation for operation, on 16 weight rows per vector instead of 8. So whether a
@@ -161,8 +162,8 @@ unsafe fn unpack_block(format: QuantFormat, pair: [&[u8]; 2], b: usize, tile: &m
 /// next call's unpacking finds them in the caches (a hint only).
 ///
 /// Activation tiles outer, blocks inner. First all of the pair's blocks are unpacked, with
-/// their scales as f32, into [`Workspace`]'s pair buffer (640 bytes a block: 11-40 KB for
-/// 576-2048 columns), once for every tile of activation rows. Then each tile of 16 activation
+/// their scales as f32, into [`Workspace`]'s pair buffer (640 bytes a block: 11-40 KB of it
+/// for 576-2048 columns), once for every tile of activation rows. Then each tile of 16 activation
 /// rows runs through the blocks with its 16 accumulators (16 rows × 16 weight rows) in vector
 /// registers from the first block to the last, where the loop with blocks outer loaded and
 /// stored every row's accumulator per block and tile. Vector loads do not take data from tile
@@ -190,12 +191,14 @@ pub unsafe fn pair_matmul(
     assert!(tokens.is_multiple_of(TOKENS) && acts.len() == tokens * n_blocks && n_blocks > 0 && m <= tokens);
     assert!(pair.iter().all(|g| g.is_empty() || g.len() == n_blocks * block_bytes) && !pair[0].is_empty());
     let Workspace { blocks, dots, results } = workspace;
-    // Grown once to the largest batch and matrix; later calls only overwrite.
+    // Grown once to the largest batch and matrix; later calls only overwrite. Each pool thread
+    // has its own, and which thread first meets the widest matrix depends on the pool's split:
+    // so the pair buffer starts at 128 blocks (4096 columns, 80 KB), lest a warm step grow it.
     if results.len() < tokens {
         results.resize(tokens, [0.0; ROWS]);
     }
     if blocks.len() < n_blocks {
-        blocks.resize_with(n_blocks, PairBlock::zeroed);
+        blocks.resize_with(n_blocks.max(128), PairBlock::zeroed);
     }
     for (b, block) in blocks[..n_blocks].iter_mut().enumerate() {
         unpack_block(format, pair, b, &mut block.tile);
