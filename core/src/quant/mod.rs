@@ -1005,8 +1005,10 @@ impl QMatrix {
             for p in pairs {
                 let group = |g: usize| if g < groups { &blocks[g * group_bytes..][..group_bytes] } else { &[][..] };
                 let pair = [group(2 * p), group(2 * p + 1)];
+                // The next pair's two groups lie side by side (empty after the last pair).
+                let next = &blocks[(2 * p + 2).min(groups) * group_bytes..(2 * p + 4).min(groups) * group_bytes];
                 // SAFETY: as above; `tiles` configured this thread.
-                unsafe { amx::pair_matmul(&tiles, workspace, format, pair, n_blocks, acts, m) };
+                unsafe { amx::pair_matmul(&tiles, workspace, format, pair, next, n_blocks, acts, m) };
                 each(2 * p * LANES, &workspace.results()[..m]);
             }
         })

@@ -461,6 +461,47 @@ fn simd_kernels_give_identical_bits() {
     }
 }
 
+/// The AMX loop against the VNNI kernel it must equal bit for bit, over the shapes its loop
+/// treats apart: 1 and 2 blocks (fewer than the ring's depth: only draining rounds), 5 and 48
+/// blocks; 8 weight rows (one group: the pair's second is absent), 24 (an odd group count) and
+/// 40; batches of one and of several activation tiles, whole, half and partial (the epilogue
+/// skips the padding rows of a last tile with at most 8 live rows).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn amx_loop_equals_vnni_over_tile_and_block_counts() {
+    if !Kernel::available().contains(&Kernel::Amx) {
+        eprintln!("skipped: no AMX on this CPU");
+        return;
+    }
+    let pool = ThreadPool::new(2).expect("start the thread pool");
+    let mut rng = Rng(29);
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        let (block_values, block_bytes) = ty.block_layout();
+        for cols in [32, 64, 160, 1536] {
+            let x: Vec<f32> = (0..64 * cols).map(|i| rng.signed_unit() * if i % 37 == 0 { 8.0 } else { 1.0 }).collect();
+            for rows in [8, 24, 40] {
+                let mut bytes = Vec::new();
+                for _ in 0..rows * cols / block_values {
+                    let start = bytes.len();
+                    bytes.extend((0..block_bytes).map(|_| rng.byte()));
+                    for &at in f16_scale_offsets(ty) {
+                        bytes[start + at..][..2].copy_from_slice(&rng.f16_scale());
+                    }
+                }
+                let matrix = QMatrix::from_bytes(ty, rows, cols, &bytes).unwrap();
+                for m in [8, 9, 16, 17, 24, 25, 32, 33, 64] {
+                    let [amx, vnni] = [Kernel::Amx, Kernel::best()].map(|kernel| {
+                        let mut out = vec![f32::NAN; m * rows];
+                        matrix.matmul_using(kernel, &x[..m * cols], m, &mut out, &pool);
+                        out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
+                    });
+                    assert!(amx == vnni, "{ty:?} {rows}×{cols}, batch of {m}: AMX differs from {:?}", Kernel::best());
+                }
+            }
+        }
+    }
+}
+
 /// `Kernel::Avx512Vnni` runs one of two builds of the 256-bit kernels, with GFNI's bit merges
 /// or with shifts, whichever the CPU allows ([`vnni::avx512`]); the tests above only see the
 /// one this CPU takes. This holds both (where the CPU runs them) to the portable kernel, group
