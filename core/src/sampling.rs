@@ -723,7 +723,8 @@ mod tests {
         // Settings that change nothing else keep it.
         assert!(picks(|p| p.top_k = 5), "top-k is moot at temperature 0");
         assert!(picks(|p| p.seed = Some(3)), "the seed is moot at temperature 0");
-        let excluded: [(&str, fn(&mut SamplingParams)); 7] = [
+        type Setting = fn(&mut SamplingParams);
+        let excluded: [(&str, Setting); 7] = [
             ("temperature", |p| p.temperature = 0.7),
             ("logprobs", |p| p.logprobs = Some(0)),
             ("logit_bias", |p| p.logit_bias = vec![(3, 0.0)]),

@@ -742,7 +742,7 @@ fn q6k_blocks_at_the_integer_limits_give_identical_bits() {
     let matrix = QMatrix::from_bytes(GgmlType::Q6K, Q6K_ROWS, COLS, &bytes).unwrap();
     // Activation rows: all -1 (each half sum -127 * 16), or -1 and +1 in alternating halves.
     let x: Vec<f32> =
-        (0..MAX_M * COLS).map(|i| if (i / COLS) % 2 == 0 || (i % 32) < 16 { -1.0 } else { 1.0 }).collect();
+        (0..MAX_M * COLS).map(|i| if (i / COLS).is_multiple_of(2) || (i % 32) < 16 { -1.0 } else { 1.0 }).collect();
     let pool = ThreadPool::new(2).expect("start the thread pool");
     for m in [MAX_M, 1] {
         let results: Vec<Vec<u32>> = kernels()

@@ -201,6 +201,9 @@ impl ServedModel {
 /// A loaded model's counters, as [`Registry::metrics`](super::Registry::metrics) lists them.
 /// Serialized without a tag: the fields of the snapshot itself (a REST server renders each
 /// field as a Prometheus family labelled by model).
+// A snapshot is built on request and handed out by value, never stored in bulk: its size
+// costs nothing, and boxing it would change the public enum for every binding.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum ModelMetrics {
