@@ -497,7 +497,17 @@ impl QMatrix {
     /// Quantized weights take 8-bit quantized activations (see the module docs); F32/F16
     /// weights take `x` as it is. Output rows are split across `pool`.
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32], pool: &ThreadPool) {
-        self.matmul_using(Kernel::for_rows(m), x, m, out, pool);
+        self.matmul_using(self.kernel(m), x, m, out, pool);
+    }
+
+    /// The kernel these weights take for `m` activation rows ([`Kernel::for_rows`], then
+    /// [`Kernel::for_format`]): chosen before the activations are prepared, so they are padded
+    /// to whole AMX tiles only for a matmul that runs on AMX.
+    fn kernel(&self, m: usize) -> Kernel {
+        match &self.storage {
+            Storage::Quantized { format, .. } => Kernel::for_rows(m).for_format(*format, m),
+            Storage::Float(_) => Kernel::for_rows(m),
+        }
     }
 
     /// [`QMatrix::matmul`] over `x` whose rows the caller has already quantized with
@@ -515,7 +525,7 @@ impl QMatrix {
         out: &mut [f32],
         pool: &ThreadPool,
     ) {
-        let kernel = Kernel::for_rows(m);
+        let kernel = self.kernel(m);
         if !prequantized_fits(quantized, self.cols, m) {
             return self.matmul_using(kernel, x, m, out, pool);
         }
@@ -561,7 +571,15 @@ impl QMatrix {
         mut each: impl FnMut(usize, &[f32]),
     ) {
         let Some(first) = parts.first() else { return };
-        let kernel = Kernel::for_rows(m);
+        // The shared activations are prepared for the quantized part that reads the most rows
+        // (an AMX part: whole tiles); each part then runs its own kernel on them
+        // (`matmul_quantized` applies `Kernel::for_format`), reading its first `m` rows.
+        let kernel = parts
+            .iter()
+            .filter(|p| matches!(p.storage, Storage::Quantized { .. }))
+            .map(|p| p.kernel(m))
+            .max_by_key(|&k| padded_rows(k, m))
+            .unwrap_or_else(|| Kernel::for_rows(m));
         // Taken out of the thread-local rather than borrowed in it, so that `each` may run
         // matmuls of its own (they get a buffer of their own).
         let mut acts = QUANTIZED_ACTIVATIONS.take();
@@ -612,7 +630,7 @@ impl QMatrix {
         pool: &ThreadPool,
     ) {
         assert_eq!(argmax_only.len(), m, "one argmax flag per row");
-        let kernel = Kernel::for_rows(m);
+        let kernel = self.kernel(m);
         let Storage::Quantized { format, blocks } = &self.storage else {
             return self.matmul_then_argmax(x, m, argmax_only, out, argmax, pool);
         };
@@ -657,6 +675,7 @@ impl QMatrix {
     /// takes a run of weight rows and folds each kernel tile's results, as they come, into a
     /// lane-wise running argmax per argmax row ([`LaneArgmax`], a few KB that stay in L1) or
     /// stores them in place for the other rows; the tasks' results are merged in row order.
+    /// `kernel` is [`Self::kernel`]`(m)` (the format's rule already applied).
     #[allow(clippy::too_many_arguments)]
     fn fused_argmax(
         &self,
@@ -671,7 +690,6 @@ impl QMatrix {
     ) {
         let m = argmax_only.len();
         let groups = self.rows.div_ceil(LANES);
-        let kernel = kernel.for_format(format, m);
         #[cfg(target_arch = "x86_64")]
         let amx = kernel == Kernel::Amx;
         #[cfg(target_arch = "x86_64")]
