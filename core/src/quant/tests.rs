@@ -659,18 +659,25 @@ fn real_tensors_dequantize_like_gguf_py() {
     }
 }
 
-/// Resident kilobytes of this process's mappings of `file` (`/proc/self/smaps`).
+/// Resident kilobytes of this process's mappings of `file` (`/proc/self/smaps`) that overlap
+/// `bytes`: the map one `GgufFile` holds, not the maps other tests running at the same time
+/// make of the same file.
 #[cfg(target_os = "linux")]
-fn mapped_rss_kib(file: &std::path::Path) -> u64 {
+fn mapped_rss_kib(file: &std::path::Path, bytes: &[u8]) -> u64 {
     let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
     let name = file.canonicalize().unwrap().to_string_lossy().into_owned();
-    let mut in_file = false;
+    let (lo, hi) = (bytes.as_ptr() as usize, bytes.as_ptr() as usize + bytes.len());
+    let mut counted = false;
     let mut total = 0;
     for line in smaps.lines() {
         if line.split_whitespace().next().is_some_and(|field| !field.ends_with(':')) {
             // A mapping's header: `start-end perms offset dev inode [path]`.
-            in_file = line.ends_with(&name);
-        } else if in_file && line.starts_with("Rss:") {
+            let range = line.split_whitespace().next().and_then(|r| r.split_once('-'));
+            let (start, end) = range.map_or((0, 0), |(a, b)| {
+                (usize::from_str_radix(a, 16).unwrap(), usize::from_str_radix(b, 16).unwrap())
+            });
+            counted = line.ends_with(&name) && start < hi && lo < end;
+        } else if counted && line.starts_with("Rss:") {
             total += line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap();
         }
     }
@@ -688,12 +695,12 @@ fn loading_a_matrix_releases_its_mapped_pages() {
         return;
     };
     let gguf = GgufFile::open(&path).unwrap();
-    let (info, _) = gguf.tensor_bytes("token_embd.weight").unwrap();
+    let (info, mapped) = gguf.tensor_bytes("token_embd.weight").unwrap();
     let size_kib = info.size as u64 / 1024;
     // The metadata (a 262k-token vocabulary) was read by the parser and stays mapped.
-    let before = mapped_rss_kib(&path);
+    let before = mapped_rss_kib(&path, mapped);
     let matrix = QMatrix::from_gguf(&gguf, "token_embd.weight").unwrap();
-    let grown = mapped_rss_kib(&path).saturating_sub(before);
+    let grown = mapped_rss_kib(&path, mapped).saturating_sub(before);
     assert!(grown < 1024, "{grown} KiB more of the file mapped after loading a {size_kib} KiB tensor");
     // Still readable through the map (the bytes fault back in), and equal to the copy.
     let (_, bytes) = gguf.tensor_bytes("token_embd.weight").unwrap();
