@@ -344,28 +344,6 @@ mod tests {
         }
     }
 
-    /// The AVX2 quantizer against the portable one directly, so the comparison does not
-    /// depend on what `quantize_row` dispatches to (AVX-512 on CPUs that have both).
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn the_avx2_quantizer_matches_the_portable_one_bit_for_bit() {
-        if !super::super::avx2::is_available() {
-            eprintln!("skipped: this CPU has no AVX2");
-            return;
-        }
-        let mut x = tiny_blocks();
-        x.extend((0..4096).map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 0.0123));
-        x.extend(non_finite_blocks());
-        let mut portable = vec![Q8Block::default(); x.len() / BLOCK];
-        quantize_row_portable(&x, &mut portable);
-        for (i, (values, expected)) in x.chunks_exact(BLOCK).zip(&portable).enumerate() {
-            let mut block = Q8Block::default();
-            // SAFETY: AVX2 is available (checked above); `values` holds exactly 32 floats.
-            unsafe { super::super::avx2::quantize_block(values.try_into().expect("32 values"), &mut block) };
-            assert!(block.same_bits(expected), "block {i}: AVX2 {block:?} vs portable {expected:?}");
-        }
-    }
-
     /// Rows of every awkward kind, odd and even numbers of blocks: ties, zeros, negative zero,
     /// all-equal blocks, ±f32::MAX, the tiny and subnormal blocks, NaN and infinities, and
     /// pseudo-random values over many magnitudes.
@@ -398,7 +376,34 @@ mod tests {
         }
         // The special blocks again at odd offsets, so each is the second of a pair as well.
         rows.push([vec![1.0; BLOCK], rows[0].clone()].concat());
+        // A long row of evenly spread values.
+        rows.push((0..4096).map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 0.0123).collect());
         rows
+    }
+
+    /// A SIMD quantizer against the portable one directly, so the comparison does not depend
+    /// on what `quantize_row` dispatches to, on every row of [`awkward_rows`].
+    fn assert_matches_portable(name: &str, quantize: impl Fn(&[f32], &mut [Q8Block])) {
+        for (r, x) in awkward_rows().iter().enumerate() {
+            let n = x.len() / BLOCK;
+            let (mut fast, mut portable) = (vec![Q8Block::default(); n], vec![Q8Block::default(); n]);
+            quantize_row_portable(x, &mut portable);
+            quantize(x, &mut fast);
+            for (i, (a, b)) in fast.iter().zip(&portable).enumerate() {
+                assert!(a.same_bits(b), "row {r} block {i}: {name} {a:?} vs portable {b:?}");
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_quantizer_matches_the_portable_one_bit_for_bit() {
+        if !super::super::avx2::is_available() {
+            eprintln!("skipped: this CPU has no AVX2");
+            return;
+        }
+        // SAFETY: AVX2 is available (checked above).
+        assert_matches_portable("AVX2", |x, out| unsafe { super::super::avx2::quantize_row(x, out) });
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -408,16 +413,8 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX-512");
             return;
         }
-        for (r, x) in awkward_rows().iter().enumerate() {
-            let n = x.len() / BLOCK;
-            let (mut fast, mut portable) = (vec![Q8Block::default(); n], vec![Q8Block::default(); n]);
-            quantize_row_portable(x, &mut portable);
-            // SAFETY: AVX-512F is available (checked above).
-            unsafe { super::avx512::quantize_row(x, &mut fast) };
-            for (i, (a, b)) in fast.iter().zip(&portable).enumerate() {
-                assert!(a.same_bits(b), "row {r} block {i}: AVX-512 {a:?} vs portable {b:?}");
-            }
-        }
+        // SAFETY: AVX-512F is available (checked above).
+        assert_matches_portable("AVX-512", |x, out| unsafe { super::avx512::quantize_row(x, out) });
     }
 
     /// CPU time per block of each quantizer on decode-sized rows (SmolLM2's 576 and 1536):
@@ -436,11 +433,7 @@ mod tests {
         let quantizers: [(&str, Quantizer); 3] = [
             ("portable", quantize_row_portable),
             // SAFETY (both): run only where available (checked below).
-            ("avx2", |x, out| {
-                for (values, block) in x.chunks_exact(BLOCK).zip(out.iter_mut()) {
-                    unsafe { super::super::avx2::quantize_block(values.try_into().expect("32 values"), block) }
-                }
-            }),
+            ("avx2", |x, out| unsafe { super::super::avx2::quantize_row(x, out) }),
             ("avx512", |x, out| unsafe { super::avx512::quantize_row(x, out) }),
         ];
         for round in 0..3 {

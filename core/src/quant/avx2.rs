@@ -32,13 +32,26 @@ const DOT_STEP_LATENCY: usize = 1;
 
 group_kernels!("avx2,fma,f16c");
 
+/// Quantizes one row (`x.len() == out.len() * 32`) block by block, exactly as
+/// `activations::quantize_row_portable` does.
+///
+/// # Safety
+/// The CPU must support AVX2 ([`is_available`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_row(x: &[f32], out: &mut [Q8Block]) {
+    assert_eq!(x.len(), out.len() * 32, "a row of whole blocks");
+    for (values, block) in x.chunks_exact(32).zip(out.iter_mut()) {
+        quantize_block(values.try_into().expect("32 values (asserted above)"), block);
+    }
+}
+
 /// Quantizes 32 activations into `out` exactly as `activations::quantize_row_portable` does
 /// (same scale, round half to even, exact integer sum).
 ///
 /// # Safety
 /// The CPU must support AVX2 ([`is_available`]).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn quantize_block(values: &[f32; 32], out: &mut Q8Block) {
+unsafe fn quantize_block(values: &[f32; 32], out: &mut Q8Block) {
     let p = values.as_ptr();
     let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
     let magnitude = |x| _mm256_andnot_ps(_mm256_set1_ps(-0.0), x);

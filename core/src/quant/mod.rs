@@ -72,11 +72,8 @@ pub fn quantize_row(x: &[f32], out: &mut [Q8Block]) {
     }
     #[cfg(target_arch = "x86_64")]
     if avx2::is_available() {
-        for (values, block) in x.chunks_exact(BLOCK).zip(out.iter_mut()) {
-            // SAFETY: AVX2 is available (checked above); `values` holds exactly 32 floats.
-            unsafe { avx2::quantize_block(values.try_into().expect("32 values"), block) };
-        }
-        return;
+        // SAFETY: AVX2 is available (checked above).
+        return unsafe { avx2::quantize_row(x, out) };
     }
     quantize_row_portable(x, out);
 }
